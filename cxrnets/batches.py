@@ -1,0 +1,56 @@
+"""Mini-batches from the uint8 cache, preprocessed on the training device.
+
+Only uint8 pixels cross to the device (4x less than float32); the float
+conversion, the training-time random horizontal flip and the ImageNet
+normalisation run there. On CUDA the batch is pinned and copied without
+blocking, and convolutional models may ask for channels-last memory format.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Batches:
+    """Iterate (images, targets) over `rows` of a (N, 3, S, S) uint8 array; reshuffled each epoch."""
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray, rows: np.ndarray, batch_size: int,
+                 device: torch.device, train: bool, seed: int = 0, channels_last: bool = False):
+        self.images, self.targets, self.rows = images, targets, np.asarray(rows)
+        self.batch_size, self.device, self.train = batch_size, device, train
+        self.seed, self.epoch = seed, 0
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
+
+    def __len__(self) -> int:
+        return -(-len(self.rows) // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        rng = np.random.default_rng((self.seed, self.epoch))
+        order = rng.permutation(self.rows) if self.train else self.rows
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start:start + self.batch_size]
+            if self.train and len(batch) < 2:
+                continue  # BatchNorm cannot train on a single image
+            pixels = torch.from_numpy(self.images[batch])
+            targets = torch.from_numpy(self.targets[batch])
+            flip = torch.from_numpy(rng.random(len(batch)) < 0.5) if self.train else None
+            yield self._to_device(pixels, flip), targets.to(self.device, non_blocking=True)
+
+    def _to_device(self, pixels: torch.Tensor, flip: torch.Tensor | None) -> torch.Tensor:
+        if self.device.type == "cuda":
+            pixels = pixels.pin_memory()
+        pixels = pixels.to(self.device, non_blocking=True).float()
+        if flip is not None:
+            flip = flip.to(self.device, non_blocking=True).view(-1, 1, 1, 1)
+            pixels = torch.where(flip, pixels.flip(-1), pixels)
+        pixels = (pixels - self.mean) / self.std
+        return pixels.contiguous(memory_format=self.memory_format)

@@ -1,0 +1,157 @@
+"""Decode once: every image of a dataset, resized for one image size, in a uint8 array file.
+
+A cache lives in `<cache root>/<dataset>-<size>px-<key>/` and holds
+`images.npy` (a (N, 3, size, size) uint8 array, read as a memmap), `index.parquet` (relpath,
+sha1 of the file, whether it decoded) and `meta.json`. The key hashes the
+dataset name, the image size and every file's path, size and mtime, so it
+changes when the files change. Building runs under a file lock: two trials
+on a node never build the same cache at once; the second one waits and reads.
+
+Stage a dataset on a node before a study (the cluster's setup commands do this):
+
+    python -m cxrnets.cache --dataset covid-radiography --data-root ~/data/covid-radiography --image-size 224
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from filelock import FileLock
+
+from cxrnets.data import DATASET_NAMES, DatasetIndex, load_dataset
+from cxrnets.errors import CxrError
+from cxrnets.images import decode
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1  # bump when decoding or resizing changes
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get("CXR_TUNE_CACHE", Path.home() / ".cache" / "cxr-tune"))
+
+
+@dataclass
+class ImageCache:
+    """A decoded dataset. `images[i]` belongs to `index.frame.iloc[i]`; undecodable files are dropped."""
+
+    directory: Path
+    index: DatasetIndex
+    images: np.ndarray
+    sha1: np.ndarray
+    decoded: int  # images decoded by this call: 0 when the cache was already there
+
+
+def cache_key(index: DatasetIndex, image_size: int) -> str:
+    digest = hashlib.sha256(f"{CACHE_FORMAT}|{index.name}|{image_size}".encode())
+    for relpath, path in zip(index.frame["relpath"], index.paths()):
+        stat = path.stat()
+        digest.update(f"|{relpath}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def build_cache(index: DatasetIndex, image_size: int, cache_root: str | Path | None = None,
+                workers: int | None = None) -> ImageCache:
+    """Return the decoded images of `index` at `image_size`, decoding only if no cache exists yet."""
+    cache_root = Path(cache_root) if cache_root else default_cache_root()
+    directory = cache_root / f"{index.name}-{image_size}px-{cache_key(index, image_size)}"
+    cache_root.mkdir(parents=True, exist_ok=True)
+    decoded = 0
+    with FileLock(str(directory) + ".lock"):
+        if not (directory / "meta.json").is_file():
+            decoded = _decode_into(directory, index, image_size, workers or os.cpu_count() or 1)
+    return _open(directory, index, decoded)
+
+
+def _decode_into(directory: Path, index: DatasetIndex, image_size: int, workers: int) -> int:
+    partial = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    paths = index.paths()
+    images = np.lib.format.open_memmap(
+        partial / "images.npy", mode="w+", dtype=np.uint8, shape=(len(paths), 3, image_size, image_size)
+    )
+    sha1 = [""] * len(paths)
+    errors: list[str | None] = [None] * len(paths)
+
+    def decode_one(i: int) -> None:
+        try:
+            data = paths[i].read_bytes()
+            sha1[i] = hashlib.sha1(data).hexdigest()
+            images[i] = decode(data, image_size, paths[i])
+        except (CxrError, OSError) as error:
+            errors[i] = str(error)
+
+    started = time.perf_counter()
+    log.info("decoding %d images of %s at %d px into %s", len(paths), index.name, image_size, directory)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for done, _ in enumerate(pool.map(decode_one, range(len(paths))), start=1):
+            if done % 500 == 0 or done == len(paths):
+                rate = done / max(time.perf_counter() - started, 1e-9)
+                log.info("decoded %d/%d images (%.0f images/s)", done, len(paths), rate)
+    images.flush()
+    del images
+    for i, error in enumerate(errors):
+        if error:
+            log.warning("skipped undecodable image: %s", error)
+    frame = pd.DataFrame({"relpath": index.frame["relpath"], "sha1": sha1, "ok": [e is None for e in errors],
+                          "error": [e or "" for e in errors]})
+    frame.to_parquet(partial / "index.parquet", index=False)
+    meta = {"format": CACHE_FORMAT, "dataset": index.name, "root": str(index.root), "image_size": image_size,
+            "images": len(paths), "undecodable": int((~frame["ok"]).sum()),
+            "seconds": round(time.perf_counter() - started, 2)}
+    (partial / "meta.json").write_text(json.dumps(meta, indent=2))
+    shutil.rmtree(directory, ignore_errors=True)
+    partial.rename(directory)
+    return len(paths)
+
+
+def _open(directory: Path, index: DatasetIndex, decoded: int) -> ImageCache:
+    table = pd.read_parquet(directory / "index.parquet")
+    if list(table["relpath"]) != list(index.frame["relpath"]):
+        raise CxrError(f"{directory}: cache index does not match the dataset; delete the folder to rebuild it")
+    images = np.load(directory / "images.npy", mmap_mode="r")
+    ok = table["ok"].to_numpy()
+    skipped = int((~ok).sum())
+    if skipped:
+        index = index.subset(ok)
+        index.skipped["undecodable image"] = skipped
+        log.warning("%s: %d undecodable image(s) left out: %s", index.name, skipped,
+                    "; ".join(table.loc[~ok, "error"].head(5)))
+        images = images[ok]  # a copy in memory; only happens for datasets with broken files
+    return ImageCache(directory, index, images, table.loc[ok, "sha1"].to_numpy(), decoded)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Decode a dataset once into the node's image cache.")
+    parser.add_argument("--dataset", required=True, choices=DATASET_NAMES, help="dataset name")
+    parser.add_argument("--data-root", required=True, help="where the dataset lies (the CSV file for 'csv')")
+    parser.add_argument("--image-size", type=int, nargs="+", default=[224],
+                        help="one or more square sizes in pixels to cache (default: 224)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="cache root (default: $CXR_TUNE_CACHE or ~/.cache/cxr-tune)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        index = load_dataset(args.dataset, args.data_root)
+        for size in args.image_size:
+            cache = build_cache(index, size, args.cache_dir)
+            state = f"decoded {cache.decoded} images" if cache.decoded else "already cached"
+            print(f"{args.dataset} at {size}px: {state}, {len(cache.index.frame)} usable -> {cache.directory}")
+    except CxrError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+"""Chest X-ray datasets by name, each read from its real on-disk layout.
+
+Every loader returns a `DatasetIndex`: one row per image (its path relative
+to the data root, its patient, its labels) and the class vocabulary. Nothing
+is decoded here; `cxrnets.cache` decodes each image once.
+
+    index = load_dataset("covid-chestxray-3class", "../shared/data/covid-chestxray-dataset")
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrnets.errors import CxrError
+from cxrnets.images import IMAGE_SUFFIXES
+
+log = logging.getLogger(__name__)
+
+SAMPLE_ROOT = Path(__file__).resolve().parent / "sample"  # the embedded sample of dataset 3
+
+DATASET_NAMES = (
+    "covid-radiography",
+    "covid-pneumonia-normal",
+    "covid-chestxray",
+    "covid-chestxray-3class",
+    "folder",
+    "csv",
+)
+
+RADIOGRAPHY_CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
+PNEUMONIA_NORMAL_CLASSES = ("covid", "normal", "pneumonia")
+
+# covid-chestxray findings imply their parents, so that "COVID-19" also counts as
+# viral pneumonia. Newer releases of the dataset spell the path out
+# ("Pneumonia/Viral/COVID-19"); older ones name only the leaf.
+FINDING_PARENTS = {
+    "COVID-19": "Viral", "SARS": "Viral", "MERS-CoV": "Viral", "MERS": "Viral",
+    "Influenza": "Viral", "Varicella": "Viral", "Herpes": "Viral",
+    "Streptococcus": "Bacterial", "Klebsiella": "Bacterial", "Legionella": "Bacterial",
+    "E.Coli": "Bacterial", "Chlamydophila": "Bacterial", "Staphylococcus": "Bacterial",
+    "Mycoplasma Bacterial Pneumonia": "Bacterial", "Mycoplasma": "Bacterial",
+    "Nocardia": "Bacterial", "Tuberculosis": "Bacterial",
+    "Pneumocystis": "Fungal", "Aspergillosis": "Fungal", "Candida": "Fungal",
+    "Viral": "Pneumonia", "Bacterial": "Pneumonia", "Fungal": "Pneumonia", "Lipoid": "Pneumonia",
+    "Aspiration": "Pneumonia",
+}
+UNLABELLED_FINDINGS = frozenset({"todo", "unknown", ""})
+NO_FINDING = "No Finding"
+FRONTAL_VIEWS = ("PA", "AP", "AP Supine", "AP semi erect")
+THREE_CLASSES = ("COVID-19", "Other pneumonia", "No Finding")
+
+
+@dataclass
+class DatasetIndex:
+    """The images of one dataset: `frame` has columns relpath, patient, labels (a tuple of class names)."""
+
+    name: str
+    root: Path
+    frame: pd.DataFrame
+    classes: list[str]
+    multilabel: bool = False
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def paths(self) -> list[Path]:
+        return [self.root / relpath for relpath in self.frame["relpath"]]
+
+    def targets(self) -> np.ndarray:
+        """Class indices (N,) for single-label data, multi-hot float32 (N, C) for multi-label."""
+        position = {name: i for i, name in enumerate(self.classes)}
+        if not self.multilabel:
+            return np.array([position[labels[0]] for labels in self.frame["labels"]], dtype=np.int64)
+        multi_hot = np.zeros((len(self.frame), len(self.classes)), dtype=np.float32)
+        for row, labels in enumerate(self.frame["labels"]):
+            multi_hot[row, [position[label] for label in labels]] = 1.0
+        return multi_hot
+
+    def stratum(self) -> pd.Series:
+        """One string per image to stratify splits on (the label set for multi-label data)."""
+        return self.frame["labels"].map(lambda labels: "|".join(sorted(labels)))
+
+    def subset(self, keep: pd.Series | np.ndarray) -> "DatasetIndex":
+        frame = self.frame[np.asarray(keep)].reset_index(drop=True)
+        return DatasetIndex(self.name, self.root, frame, self.classes, self.multilabel, dict(self.skipped))
+
+    def summary(self) -> str:
+        if self.multilabel:
+            counts = Counter(label for labels in self.frame["labels"] for label in labels)
+        else:
+            counts = Counter(labels[0] for labels in self.frame["labels"])
+        per_class = ", ".join(f"{name} {counts.get(name, 0)}" for name in self.classes)
+        skipped = ", ".join(f"{reason} {count}" for reason, count in self.skipped.items() if count)
+        patients = self.frame["patient"].nunique()
+        text = f"{self.name}: {len(self.frame)} images of {patients} patients ({per_class})"
+        return text + (f"; skipped: {skipped}" if skipped else "")
+
+
+def load_dataset(name: str, root: str | Path, **options) -> DatasetIndex:
+    """Index the dataset `name` found at `root`. Options are per loader (see each `_load_*`)."""
+    loaders = {
+        "covid-radiography": _load_covid_radiography,
+        "covid-pneumonia-normal": _load_covid_pneumonia_normal,
+        "covid-chestxray": lambda root, **kw: _load_covid_chestxray(root, three_class=False, **kw),
+        "covid-chestxray-3class": lambda root, **kw: _load_covid_chestxray(root, three_class=True, **kw),
+        "folder": _load_folder,
+        "csv": _load_csv,
+    }
+    if name not in loaders:
+        raise CxrError(f"unknown dataset {name!r}: choose one of {', '.join(DATASET_NAMES)}")
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise CxrError(f"data root {root} does not exist: pass --data-root pointing at the {name} dataset")
+    try:
+        index = loaders[name](root, **options)
+    except TypeError as error:
+        raise CxrError(f"dataset {name!r} does not take these options {sorted(options)}: {error}") from error
+    if len(index.frame) == 0:
+        raise CxrError(f"{root}: no usable images found for dataset {name!r} ({index.summary()})")
+    log.info(index.summary())
+    return index
+
+
+# ---------------------------------------------------------------- class-folder layouts
+
+def _image_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _subdirectories(root: Path) -> dict[str, Path]:
+    """Sub-folders of root keyed by lower-cased name."""
+    return {p.name.lower(): p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+
+
+def _from_class_folders(name: str, root: Path, class_files: dict[str, list[Path]]) -> DatasetIndex:
+    for class_name, files in class_files.items():
+        if not files:
+            raise CxrError(f"{root}: class folder for {class_name!r} holds no images; add images or remove the folder")
+    rows = [
+        {"relpath": path.relative_to(root).as_posix(), "patient": None, "labels": (class_name,)}
+        for class_name, files in class_files.items()
+        for path in files
+    ]
+    frame = pd.DataFrame(rows, columns=["relpath", "patient", "labels"])
+    # No patient ids in these layouts: each image is its own group when splitting.
+    frame["patient"] = frame["relpath"]
+    return DatasetIndex(name, root, frame, list(class_files))
+
+
+def _find_class_folders(root: Path, expected: tuple[str, ...], dataset: str) -> dict[str, Path]:
+    present = _subdirectories(root)
+    missing = [c for c in expected if c.lower() not in present]
+    if missing:
+        raise CxrError(
+            f"{root}: not a {dataset} dataset: class folders {missing} are missing "
+            f"(expected {list(expected)}, found {sorted(p.name for p in present.values())})"
+        )
+    return {c: present[c.lower()] for c in expected}
+
+
+def _load_covid_radiography(root: Path) -> DatasetIndex:
+    """COVID-19 Radiography Database v4+: <Class>/images/*.png; <Class>/masks/ are never samples."""
+    folders = _find_class_folders(root, RADIOGRAPHY_CLASSES, "covid-radiography")
+    class_files = {}
+    for class_name, folder in folders.items():
+        images = _subdirectories(folder).get("images")
+        if images is None:
+            raise CxrError(f"{folder}: has no images/ folder (covid-radiography v4+ layout is <Class>/images/)")
+        class_files[class_name] = _image_files(images)
+    return _from_class_folders("covid-radiography", root, class_files)
+
+
+def _load_covid_pneumonia_normal(root: Path) -> DatasetIndex:
+    """COVID-19, Pneumonia, Normal Chest X-ray PA dataset: covid/, normal/, pneumonia/ holding images."""
+    folders = _find_class_folders(root, PNEUMONIA_NORMAL_CLASSES, "covid-pneumonia-normal")
+    return _from_class_folders(
+        "covid-pneumonia-normal", root, {c: _image_files(f) for c, f in folders.items()}
+    )
+
+
+def _load_folder(root: Path) -> DatasetIndex:
+    """Any class-per-folder tree: each sub-folder of root is a class; `masks` folders are skipped."""
+    folders = _subdirectories(root)
+    if len(folders) < 2:
+        raise CxrError(f"{root}: a folder dataset needs at least two class sub-folders, found {len(folders)}")
+    class_files = {
+        folder.name: [p for p in _image_files(folder) if "masks" not in {part.lower() for part in p.parts}]
+        for folder in folders.values()
+    }
+    return _from_class_folders("folder", root, class_files)
+
+
+# ---------------------------------------------------------------- CSV layouts
+
+def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise CxrError(f"{path}: cannot read CSV ({error})") from error
+    missing = [column for column in required if column not in table.columns]
+    if missing:
+        raise CxrError(
+            f"{path}: missing column(s) {missing}; the file has {list(table.columns)}. "
+            "Name the right columns with the dataset options."
+        )
+    return table
+
+
+def _load_csv(root: Path, path_column: str = "path", label_column: str = "label",
+              patient_column: str | None = None) -> DatasetIndex:
+    """Any CSV of image path and label (and optional patient) columns. `root` is the CSV file;
+    relative image paths are resolved against its folder. Rows whose image is absent are skipped."""
+    if root.is_dir():
+        raise CxrError(f"{root}: the csv dataset takes the CSV file itself as --data-root")
+    required = [path_column, label_column] + ([patient_column] if patient_column else [])
+    table = _read_csv(root, required)
+    base = root.parent
+    rows, skipped = [], Counter()
+    for line, record in enumerate(table.to_dict("records"), start=2):
+        label = record[label_column].strip()
+        if not label:
+            skipped["blank label"] += 1
+            log.warning("%s row %d: blank %r, skipped", root, line, label_column)
+            continue
+        image = (base / record[path_column]).resolve()
+        if not image.is_file():
+            skipped["image file absent"] += 1
+            log.warning("%s row %d: image %s not found, skipped", root, line, image)
+            continue
+        patient = record[patient_column].strip() if patient_column else ""
+        rows.append({"relpath": image.relative_to(base.resolve()).as_posix() if image.is_relative_to(base.resolve())
+                     else str(image), "patient": patient or None, "labels": (label,)})
+    frame = pd.DataFrame(rows, columns=["relpath", "patient", "labels"])
+    frame["patient"] = frame["patient"].fillna(frame["relpath"])
+    classes = sorted({labels[0] for labels in frame["labels"]})
+    return DatasetIndex("csv", base.resolve(), frame, classes, skipped=dict(skipped))
+
+
+def parse_finding(finding: str, hierarchy: dict[str, str] | None = None) -> tuple[str, ...]:
+    """'COVID-19, ARDS' -> ('ARDS', 'COVID-19', 'Pneumonia', 'Viral') with the label hierarchy applied.
+
+    Splits on ',' and '/', normalises whitespace, and matches known names case-insensitively.
+    """
+    hierarchy = FINDING_PARENTS if hierarchy is None else hierarchy
+    canonical = {name.lower(): name for pair in hierarchy.items() for name in pair}
+    canonical[NO_FINDING.lower()] = NO_FINDING
+    labels = set()
+    for part in re.split(r"[,/]", finding):
+        label = " ".join(part.split())
+        if not label:
+            continue
+        label = canonical.get(label.lower(), label)
+        while label:
+            labels.add(label)
+            label = hierarchy.get(label)
+    return tuple(sorted(labels))
+
+
+def three_class_label(labels: tuple[str, ...]) -> str | None:
+    """COVID-19 / Other pneumonia / No Finding, or None for findings that are none of these."""
+    if "COVID-19" in labels:
+        return "COVID-19"
+    if "Pneumonia" in labels:
+        return "Other pneumonia"
+    if labels == (NO_FINDING,):
+        return NO_FINDING
+    return None
+
+
+def _load_covid_chestxray(root: Path, three_class: bool, metadata: str = "metadata.csv",
+                          modality: str | None = "X-ray", views: tuple[str, ...] | None = FRONTAL_VIEWS,
+                          hierarchy: dict[str, str] | None = None) -> DatasetIndex:
+    """ieee8023 covid-chestxray-dataset: metadata.csv (finding, patientid, view, modality, folder,
+    filename) beside the image folders. Skipped rows are counted by reason and logged."""
+    csv_path = root / metadata
+    if not csv_path.is_file():
+        raise CxrError(f"{root}: no {metadata} (covid-chestxray needs metadata.csv beside images/)")
+    table = _read_csv(csv_path, ["patientid", "finding", "filename"])
+    wanted_views = {v.lower() for v in views} if views else None
+    rows, skipped = [], Counter()
+    for record in table.to_dict("records"):
+        finding = record["finding"].strip()
+        if finding.lower() in UNLABELLED_FINDINGS:
+            skipped[f"finding {finding or 'blank'}"] += 1
+            continue
+        if modality and record.get("modality", modality).strip().lower() != modality.lower():
+            skipped[f"modality not {modality}"] += 1
+            continue
+        if wanted_views is not None and record.get("view", "").strip().lower() not in wanted_views:
+            skipped["view not frontal" if views == FRONTAL_VIEWS else "view filtered out"] += 1
+            continue
+        relpath = f"{record.get('folder', '').strip() or 'images'}/{record['filename'].strip()}"
+        if not (root / relpath).is_file():
+            skipped["image file absent"] += 1
+            log.debug("%s: %s listed but absent, skipped", csv_path, relpath)
+            continue
+        labels = parse_finding(finding, hierarchy)
+        if three_class:
+            label = three_class_label(labels)
+            if label is None:
+                skipped["not COVID-19/pneumonia/No Finding"] += 1
+                continue
+            labels = (label,)
+        rows.append({"relpath": relpath, "patient": record["patientid"].strip() or relpath, "labels": labels})
+    frame = pd.DataFrame(rows, columns=["relpath", "patient", "labels"])
+    if three_class:
+        present = {labels[0] for labels in frame["labels"]}
+        classes = [c for c in THREE_CLASSES if c in present]
+        name = "covid-chestxray-3class"
+    else:
+        classes = sorted({label for labels in frame["labels"] for label in labels})
+        name = "covid-chestxray"
+    return DatasetIndex(name, root, frame, classes, multilabel=not three_class, skipped=dict(skipped))

@@ -1,0 +1,82 @@
+"""Decode one chest X-ray file into a square uint8 RGB array, whatever its mode.
+
+Preprocessing follows the paper: resize the shorter side to the image size,
+then center-crop a square. Flips and normalisation happen later, on tensors
+(see `cxrnets.batches`), so that the decoded pixels can be cached once.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from cxrnets.errors import CxrError
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
+
+# Images above this many pixels are refused rather than risk a decompression bomb.
+MAX_PIXELS = 20_000 * 20_000
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode (1, L, LA, P, RGB, RGBA, CMYK, I;16, I, F) to 8-bit RGB.
+
+    Transparent pixels are composited onto black, the background of an X-ray.
+    High-bit-depth greyscale (16-bit PNG, 32-bit int or float) is stretched
+    from its own min..max to 0..255, since many 16-bit X-rays use 10-12 bits.
+    """
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scale = 255.0 / (high - low) if high > low else 0.0
+        image = Image.fromarray(((array - low) * scale).round().astype(np.uint8), mode="L")
+    if image.mode in ("LA", "RGBA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to `size` (bilinear, antialiased), then center-crop size x size."""
+    return ImageOps.fit(image, (size, size), method=Image.Resampling.BILINEAR)
+
+
+def decode(data: bytes, size: int, name: str | Path = "<bytes>") -> np.ndarray:
+    """Decode image bytes into a (3, size, size) uint8 array; CxrError names `name` on failure."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.width * image.height > MAX_PIXELS:
+                raise CxrError(
+                    f"{name}: image is {image.width}x{image.height} pixels, over the "
+                    f"{MAX_PIXELS:,}-pixel limit; downsize it before use"
+                )
+            if image.format == "JPEG":
+                # Let libjpeg decode at a reduced scale: large JPEGs decode many times faster.
+                image.draft("RGB", (size, size))
+            image = ImageOps.exif_transpose(image)
+            image.load()
+    except CxrError:
+        raise
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as error:
+        raise CxrError(f"{name}: cannot decode image ({error}); replace or delete the file") from error
+    return np.asarray(resize_center_crop(to_rgb(image), size)).transpose(2, 0, 1).copy()
+
+
+def load_image(path: str | Path, size: int) -> np.ndarray:
+    """Read and decode one image file into a (3, size, size) uint8 array."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise CxrError(f"{path}: cannot read image ({error.strerror}); check that the file exists") from error
+    return decode(data, size, path)

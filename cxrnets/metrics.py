@@ -1,0 +1,214 @@
+"""Classification metrics for single-label and multi-label chest X-ray models.
+
+Plain numpy and scikit-learn (no torch, no Ray): callers pass arrays of true
+labels and per-class scores, and get Python floats keyed by the metric names
+the study reports (``accuracy``, ``precision_macro``, ``recall_macro``,
+``f1_macro``, ...). Every metric comes from scikit-learn with
+``zero_division=0``; macro averages run over all classes the model has, so a
+class absent from a small split still counts (as zero).
+
+Single-label: ``y_true`` is an int array of shape (N,), ``scores`` is (N, C)
+probabilities or logits, and the prediction is the argmax.
+Multi-label: ``y_true`` is a 0/1 array of shape (N, L), ``scores`` is (N, L)
+probabilities, and the prediction is ``scores >= threshold``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "classification_metrics",
+    "confusion_matrix",
+    "per_class_table",
+    "predictions",
+]
+
+
+def _check_scores(scores: np.ndarray) -> np.ndarray:
+    scores = np.asarray(scores)
+    if scores.ndim != 2:
+        raise ValueError(
+            f"scores must be a 2-D array of shape (N, classes), got shape {scores.shape}"
+        )
+    if scores.shape[0] == 0:
+        raise ValueError("cannot compute metrics on empty input (N == 0 samples)")
+    if scores.shape[1] == 0:
+        raise ValueError("scores has no classes (shape (N, 0))")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError(
+            "scores contain NaN or infinite values; the model output is unusable "
+            "(did training diverge?)"
+        )
+    return scores
+
+
+def _check_inputs(
+    y_true: np.ndarray, scores: np.ndarray, multilabel: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate shapes and values; return (y_true as int64, scores)."""
+    y_true = np.asarray(y_true)
+    if y_true.shape[:1] == (0,) or y_true.size == 0:
+        raise ValueError("cannot compute metrics on empty input (N == 0 samples)")
+    scores = _check_scores(scores)
+    if multilabel:
+        if y_true.shape != scores.shape:
+            raise ValueError(
+                f"multi-label y_true has shape {y_true.shape} but scores has shape "
+                f"{scores.shape}; both must be (N, labels)"
+            )
+        if not np.all(np.isin(y_true, (0, 1))):
+            raise ValueError("multi-label y_true must contain only 0 and 1")
+    else:
+        if y_true.ndim != 1 or y_true.shape[0] != scores.shape[0]:
+            raise ValueError(
+                f"single-label y_true must have shape ({scores.shape[0]},) to match "
+                f"scores of shape {scores.shape}, got {y_true.shape}"
+            )
+        if not np.all(np.equal(np.mod(y_true, 1), 0)):
+            raise ValueError("single-label y_true must contain integer class indices")
+        num_classes = scores.shape[1]
+        if y_true.min() < 0 or y_true.max() >= num_classes:
+            raise ValueError(
+                f"single-label y_true holds class indices outside 0..{num_classes - 1} "
+                f"(min {y_true.min()}, max {y_true.max()}) for {num_classes} score columns"
+            )
+    return y_true.astype(np.int64), scores
+
+
+def predictions(scores: np.ndarray, multilabel: bool, threshold: float = 0.5) -> np.ndarray:
+    """Turn scores into predictions.
+
+    Single-label: argmax over classes, shape (N,). Multi-label: 0/1 of
+    ``scores >= threshold``, shape (N, L). Always int64.
+    """
+    scores = _check_scores(scores)
+    if multilabel:
+        return (scores >= threshold).astype(np.int64)
+    return np.argmax(scores, axis=1).astype(np.int64)
+
+
+def _per_label_roc_auc(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """ROC AUC of each label column; nan where y_true holds only one class."""
+    aucs = np.full(y_true.shape[1], np.nan, dtype=np.float64)
+    for j in range(y_true.shape[1]):
+        column = y_true[:, j]
+        if np.unique(column).size == 2:
+            aucs[j] = skm.roc_auc_score(column, scores[:, j])
+    return aucs
+
+
+def classification_metrics(
+    y_true: np.ndarray, scores: np.ndarray, multilabel: bool, threshold: float = 0.5
+) -> dict[str, float]:
+    """Summary metrics for one split.
+
+    Single-label keys: ``accuracy``, ``precision_macro``, ``recall_macro``,
+    ``f1_macro`` (macro over all C score columns).
+
+    Multi-label keys: ``accuracy`` (label-wise: fraction of the N*L cells
+    predicted right), ``subset_accuracy`` (exact match of whole rows),
+    ``precision_macro``, ``recall_macro``, ``f1_macro``, ``f1_micro``, and
+    ``roc_auc_macro`` (mean ROC AUC over labels where y_true has both 0 and 1;
+    nan when no label does).
+
+    Raises ValueError on empty input or mismatched shapes.
+    """
+    y_true, scores = _check_inputs(y_true, scores, multilabel)
+    y_pred = predictions(scores, multilabel, threshold)
+    labels = list(range(scores.shape[1]))
+    precision, recall, f1, _ = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average="macro", zero_division=0
+    )
+    if not multilabel:
+        return {
+            "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+            "precision_macro": float(precision),
+            "recall_macro": float(recall),
+            "f1_macro": float(f1),
+        }
+    aucs = _per_label_roc_auc(y_true, scores)
+    defined = aucs[~np.isnan(aucs)]
+    if defined.size < aucs.size:
+        logger.debug(
+            "ROC AUC undefined for %d of %d labels (only one class in y_true)",
+            aucs.size - defined.size,
+            aucs.size,
+        )
+    return {
+        # Label-wise accuracy: every (sample, label) cell counts once.
+        "accuracy": float(skm.accuracy_score(y_true.ravel(), y_pred.ravel())),
+        # On indicator matrices scikit-learn's accuracy is the exact-match ratio.
+        "subset_accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "precision_macro": float(precision),
+        "recall_macro": float(recall),
+        "f1_macro": float(f1),
+        "f1_micro": float(
+            skm.f1_score(y_true, y_pred, labels=labels, average="micro", zero_division=0)
+        ),
+        "roc_auc_macro": float(defined.mean()) if defined.size else float("nan"),
+    }
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C, C) int64 counts; rows are true classes, columns predicted classes.
+
+    Classes are ``0..num_classes-1``, so a class that never occurs still gets
+    its (zero) row and column.
+    """
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    if y_true.size == 0:
+        raise ValueError("cannot compute a confusion matrix on empty input (N == 0 samples)")
+    if y_true.shape != y_pred.shape or y_true.ndim != 1:
+        raise ValueError(
+            f"y_true and y_pred must be 1-D arrays of equal length, got shapes "
+            f"{y_true.shape} and {y_pred.shape}"
+        )
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    return skm.confusion_matrix(y_true, y_pred, labels=list(range(num_classes))).astype(
+        np.int64
+    )
+
+
+def per_class_table(
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    class_names: list[str],
+    multilabel: bool,
+    threshold: float = 0.5,
+) -> pd.DataFrame:
+    """One row per class (or label): precision, recall, f1 and support.
+
+    Columns: ``class``, ``precision``, ``recall``, ``f1``, ``support`` (number
+    of true members), and for multi-label also ``roc_auc`` (nan where the label
+    has only one class in y_true).
+    """
+    y_true, scores = _check_inputs(y_true, scores, multilabel)
+    if len(class_names) != scores.shape[1]:
+        raise ValueError(
+            f"got {len(class_names)} class names for {scores.shape[1]} score columns"
+        )
+    y_pred = predictions(scores, multilabel, threshold)
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=list(range(scores.shape[1])), average=None, zero_division=0
+    )
+    table = pd.DataFrame(
+        {
+            "class": list(class_names),
+            "precision": np.asarray(precision, dtype=np.float64),
+            "recall": np.asarray(recall, dtype=np.float64),
+            "f1": np.asarray(f1, dtype=np.float64),
+            "support": np.asarray(support, dtype=np.int64),
+        }
+    )
+    if multilabel:
+        table["roc_auc"] = _per_label_roc_auc(y_true, scores)
+    return table

@@ -1,0 +1,269 @@
+"""The classifiers a study can train: torchvision's AlexNet, VGG11 and ResNet50.
+
+Every model is built without weights, gets a fresh ``nn.Linear`` head for the
+number of classes, and can then be initialised from
+
+* torchvision's ImageNet weights (``pretrained=True``), read from torchvision's
+  own cache file (``imagenet_weights_path``) or downloaded into it, or
+* a local file (``weights=...``): a plain state dict, or one of our own
+  checkpoints, which hold the state dict under ``"model"``.
+
+Files are always read with ``torch.load(..., weights_only=True)``: a pickled
+file can run code. A head whose shape does not fit (an ImageNet head has 1000
+classes) is skipped and stays freshly initialised; any other mismatch is an
+error.
+
+``MIN_IMAGE_SIZE`` is the smallest square input each model accepts. It follows
+from the layers (torchvision's versions, which end in an adaptive average pool,
+so only the pooling/strided layers before it limit the size):
+
+* ``alexnet`` 63 px: conv 11x11 stride 4 padding 2 gives ``(s - 7) // 4 + 1``;
+  each of the three 3x3 stride-2 max-pools needs at least 3 px in, so the
+  last needs 3, the second 7, the first 15, and ``(s - 7) // 4 + 1 >= 15``
+  means ``s >= 63`` (at 32 px the last max-pool gets 1 px and fails).
+* ``vgg11`` 32 px: five 2x2 stride-2 max-pools (3x3 convs keep the size), each
+  halving with floor, need ``2**5`` px.
+* ``resnet50`` 1 px: every strided layer (7x7/2 conv with padding 3, 3x3/2
+  max-pool with padding 1, 3x3/2 and 1x1/2 convs) maps 1 px to 1 px. In
+  training mode BatchNorm needs more than one value per channel, so at 32 px
+  or less (where the last stage is 1x1) a batch must hold at least 2 images.
+
+The values were confirmed by forward passes (train and eval mode, batch 2) at
+every size from 1 to 79 px
+(the tests check ``MIN`` works and, for AlexNet and VGG11, that ``MIN - 1``
+fails).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+import torchvision
+from torch import nn
+
+from cxrnets.errors import CxrError
+
+__all__ = [
+    "MODEL_NAMES",
+    "MIN_IMAGE_SIZE",
+    "check_image_size",
+    "build_model",
+    "imagenet_weights_path",
+]
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAMES: tuple[str, ...] = ("alexnet", "vgg11", "resnet50")
+
+MIN_IMAGE_SIZE: dict[str, int] = {"alexnet": 63, "vgg11": 32, "resnet50": 1}
+
+# The state-dict keys of each model's classification head.
+_HEAD_KEYS: dict[str, tuple[str, str]] = {
+    "alexnet": ("classifier.6.weight", "classifier.6.bias"),
+    "vgg11": ("classifier.6.weight", "classifier.6.bias"),
+    "resnet50": ("fc.weight", "fc.bias"),
+}
+
+# How many offending keys an error message shows.
+_SHOW_KEYS = 5
+
+
+def _check_name(name: str) -> None:
+    if name not in MODEL_NAMES:
+        raise CxrError(
+            f"unknown model {name!r}: choose one of {', '.join(MODEL_NAMES)}"
+        )
+
+
+def check_image_size(name: str, image_size: int) -> None:
+    """Raise ``CxrError`` if ``name`` cannot take square images of ``image_size`` px."""
+    _check_name(name)
+    minimum = MIN_IMAGE_SIZE[name]
+    if image_size < minimum:
+        raise CxrError(
+            f"image_size {image_size} is too small for model {name!r}: it needs "
+            f"at least {minimum} px; raise image_size to {minimum} or more"
+        )
+
+
+def _imagenet_url(name: str) -> str:
+    return torchvision.models.get_model_weights(name).DEFAULT.url
+
+
+def imagenet_weights_path(name: str) -> Path:
+    """Where torchvision's cache keeps the DEFAULT ImageNet weights of ``name``.
+
+    That is ``torch.hub.get_dir()/checkpoints/<file name of the weights URL>``,
+    the file ``torchvision.models.<name>(weights="DEFAULT")`` would read; so it
+    follows ``TORCH_HOME`` and ``torch.hub.set_dir``.
+    """
+    _check_name(name)
+    file_name = os.path.basename(urlparse(_imagenet_url(name)).path)
+    return Path(torch.hub.get_dir()) / "checkpoints" / file_name
+
+
+def _missing_imagenet_error(name: str, path: Path, reason: str) -> CxrError:
+    return CxrError(
+        f"the ImageNet weights for model {name!r} are not available ({reason}): "
+        f"download {_imagenet_url(name)} and save it as {path} "
+        f"(torchvision's cache; set TORCH_HOME to move it), "
+        f"or pass a weights file instead"
+    )
+
+
+def _load_imagenet_state_dict(name: str, allow_download: bool) -> tuple[dict[str, Any], Path]:
+    path = imagenet_weights_path(name)
+    if path.is_file():
+        logger.info("loading ImageNet weights for %s from %s", name, path)
+        return _read_file(path), path
+    if not allow_download:
+        raise _missing_imagenet_error(name, path, f"{path} does not exist and downloading is off")
+    url = _imagenet_url(name)
+    logger.info("downloading ImageNet weights for %s from %s to %s", name, url, path)
+    try:
+        state = torch.hub.load_state_dict_from_url(
+            url,
+            model_dir=str(path.parent),
+            map_location="cpu",
+            progress=False,
+            check_hash=True,
+            file_name=path.name,
+            weights_only=True,
+        )
+    except Exception as exc:  # no network, a proxy, a bad hash: all end the same way
+        raise _missing_imagenet_error(
+            name, path, f"the download failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    return _state_dict_of(state, path), path
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CxrError(f"weights file {path} does not exist (or is not a file): check the path")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        logger.debug("torch.load(%s, weights_only=True) failed", path, exc_info=True)
+        raise CxrError(
+            f"weights file {path} cannot be read as a PyTorch state dict with "
+            f"torch.load(weights_only=True) ({type(exc).__name__}: {_short(exc)}); it is "
+            f"damaged, not a PyTorch file, or holds objects other than tensors and plain "
+            f"Python values: pass a file saved with torch.save(model.state_dict()) or one "
+            f"of our checkpoints"
+        ) from exc
+    return _state_dict_of(obj, path)
+
+
+def _short(exc: BaseException) -> str:
+    """The gist of ``exc``: torch's weights-only errors bury it under advice to load unsafely."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:
+            rest = line.split("WeightsUnpickler error:", 1)[1].strip()
+            return rest or (lines[i + 1] if i + 1 < len(lines) else line)
+    text = lines[0] if lines else repr(exc)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _state_dict_of(obj: Any, path: Path) -> dict[str, Any]:
+    """The state dict in ``obj``: ``obj`` itself, or ``obj["model"]`` for our checkpoints."""
+    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
+        obj = obj["model"]
+    if not isinstance(obj, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        raise CxrError(
+            f"weights file {path} holds no state dict (a mapping of names to tensors, "
+            f"either at the top or under 'model'); pass a file saved with "
+            f"torch.save(model.state_dict()) or one of our checkpoints"
+        )
+    return dict(obj)
+
+
+def _first(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_SHOW_KEYS])
+    more = len(keys) - _SHOW_KEYS
+    return shown + (f" (and {more} more)" if more > 0 else "")
+
+
+def _load_into(model: nn.Module, name: str, state: dict[str, Any], path: Path) -> None:
+    """Copy ``state`` into ``model``; only the head may be absent or of another shape."""
+    own = model.state_dict()
+    head = set(_HEAD_KEYS[name])
+    missing = [k for k in own if k not in state and k not in head]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and k not in head and state[k].shape != own[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_first(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_first(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches (file vs model): {_first(mismatched)}")
+    if problems:
+        raise CxrError(
+            f"weights file {path} does not fit model {name!r}: {'; '.join(problems)}; "
+            f"pass weights saved from a {name} model"
+        )
+    skipped = sorted(k for k in head if k not in state or state[k].shape != own[k].shape)
+    to_load = {k: v for k, v in state.items() if k not in skipped}
+    model.load_state_dict(to_load, strict=False)
+    if skipped:
+        shapes = ", ".join(
+            f"{k} {tuple(state[k].shape) if k in state else 'absent'}" for k in skipped
+        )
+        logger.info(
+            "loaded %d tensors from %s into %s; the head was re-initialised "
+            "(file: %s; model: %d classes)",
+            len(to_load), path, name, shapes, own[_HEAD_KEYS[name][1]].shape[0],
+        )
+    else:
+        logger.info("loaded %d tensors from %s into %s, head included", len(to_load), path, name)
+
+
+def _replace_head(model: nn.Module, name: str, num_classes: int) -> None:
+    if name == "resnet50":
+        model.fc = nn.Linear(model.fc.in_features, num_classes)
+    else:
+        old = model.classifier[6]
+        model.classifier[6] = nn.Linear(old.in_features, num_classes)
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    allow_download: bool = True,
+) -> nn.Module:
+    """Build model ``name`` with a fresh ``num_classes``-way linear head.
+
+    ``weights`` (a state dict file, or a checkpoint holding one under
+    ``"model"``) initialises everything whose shape fits; it implies
+    ``pretrained``. ``pretrained`` without ``weights`` reads torchvision's
+    ImageNet weights from its cache (``imagenet_weights_path``), downloading
+    them there first if ``allow_download``. The ImageNet head (1000 classes)
+    is never loaded into a head of another size.
+    """
+    _check_name(name)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise CxrError(f"num_classes must be an integer of at least 2, got {num_classes!r}")
+    model = torchvision.models.get_model(name, weights=None)
+    _replace_head(model, name, num_classes)
+    if weights is not None:
+        path = Path(weights).expanduser()
+        _load_into(model, name, _read_file(path), path)
+    elif pretrained:
+        state, path = _load_imagenet_state_dict(name, allow_download)
+        _load_into(model, name, state, path)
+    return model

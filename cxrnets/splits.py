@@ -1,0 +1,121 @@
+"""Seeded, stratified, patient-disjoint train/val/test splits, saved to a file and checked for leakage.
+
+Images are grouped so that a group never straddles two splits: one group per
+patient, merged with any other image whose file is byte-identical (the same
+picture listed twice, under two patients or names, would leak otherwise).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from cxrnets.errors import CxrError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+def leakage_groups(patients: pd.Series, sha1: pd.Series) -> np.ndarray:
+    """Connected components of 'same patient' and 'same file content' as integer group ids."""
+    parent = list(range(len(patients)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for key in (patients.to_numpy(), sha1.to_numpy()):
+        first_seen: dict = {}
+        for i, value in enumerate(key):
+            if value in first_seen:
+                parent[find(i)] = find(first_seen[value])
+            else:
+                first_seen[value] = i
+    roots = [find(i) for i in range(len(parent))]
+    return pd.factorize(pd.Series(roots))[0]
+
+
+def _hold_out(strata: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of about `fraction` of the rows, whole groups only, stratified."""
+    n_splits = max(2, round(1 / fraction))
+    if len(np.unique(groups)) < n_splits:
+        raise CxrError(
+            f"only {len(np.unique(groups))} patients/groups: too few to hold out {fraction:.0%} of them; "
+            "use a larger dataset or larger split fractions"
+        )
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class")
+        _, held = next(splitter.split(np.zeros(len(strata)), strata, groups))
+    mask = np.zeros(len(strata), dtype=bool)
+    mask[held] = True
+    return mask
+
+
+def make_split(frame: pd.DataFrame, strata: pd.Series, val_fraction: float = 0.15,
+               test_fraction: float = 0.15, seed: int = 0) -> pd.DataFrame:
+    """Assign every row of `frame` (columns relpath, patient, sha1) to train, val or test.
+
+    Returns a frame with columns relpath, patient, sha1, stratum, split.
+    """
+    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise CxrError(f"split fractions val={val_fraction}, test={test_fraction} must be in (0, 1) and sum below 1")
+    split = frame[["relpath", "patient", "sha1"]].reset_index(drop=True).copy()
+    split["stratum"] = strata.to_numpy()
+    groups = leakage_groups(split["patient"], split["sha1"])
+    labels = pd.factorize(split["stratum"])[0]
+    assignment = np.full(len(split), "train", dtype=object)
+    test = _hold_out(labels, groups, test_fraction, seed)
+    assignment[test] = "test"
+    rest = np.flatnonzero(~test)
+    val = _hold_out(labels[rest], groups[rest], val_fraction / (1 - test_fraction), seed + 1)
+    assignment[rest[val]] = "val"
+    split["split"] = assignment
+    check_leakage(split)
+    return split
+
+
+def check_leakage(split: pd.DataFrame) -> None:
+    """Fail loudly when a patient or an identical image file falls on two sides of the split."""
+    for column, what in (("patient", "patient"), ("sha1", "identical image file")):
+        sides = split.groupby(column)["split"].nunique()
+        leaking = sides[sides > 1]
+        if len(leaking):
+            example = leaking.index[0]
+            where = split.loc[split[column] == example, ["relpath", "split"]].to_string(index=False)
+            raise CxrError(
+                f"split leaks: {len(leaking)} {what}(s) fall on two sides, e.g. {column}={example!r}:\n{where}"
+            )
+
+
+def save_split(split: pd.DataFrame, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    split.to_csv(path, index=False)
+
+
+def load_split(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    try:
+        split = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except OSError as error:
+        raise CxrError(f"{path}: cannot read split file ({error})") from error
+    missing = {"relpath", "patient", "sha1", "split"} - set(split.columns)
+    if missing:
+        raise CxrError(f"{path}: not a split file, missing columns {sorted(missing)}")
+    check_leakage(split)
+    return split
+
+
+def describe(split: pd.DataFrame) -> str:
+    counts = split.groupby("split").agg(images=("relpath", "size"), patients=("patient", "nunique"))
+    return ", ".join(f"{name} {counts.loc[name, 'images']} images/{counts.loc[name, 'patients']} patients"
+                     for name in SPLITS if name in counts.index)

@@ -1,0 +1,1 @@
+"""YAML search spaces shipped with cxr-tune (package data)."""

@@ -1,0 +1,169 @@
+"""Tests for cxrnets.models: building, image-size limits and loading weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from cxrnets.errors import CxrError
+from cxrnets.models import (
+    MIN_IMAGE_SIZE,
+    MODEL_NAMES,
+    build_model,
+    check_image_size,
+    imagenet_weights_path,
+)
+
+HEAD = {"alexnet": "classifier.6", "vgg11": "classifier.6", "resnet50": "fc"}
+
+
+@pytest.fixture
+def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty torchvision cache under tmp_path; restored after the test."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # undo any set_dir on teardown
+    torch.hub.set_dir(str(tmp_path / "torch" / "hub"))
+    return tmp_path / "torch" / "hub"
+
+
+def _imagenet_state(name: str) -> dict[str, torch.Tensor]:
+    """A state dict with torchvision's own 1000-class head (random values)."""
+    return torchvision.models.get_model(name, weights=None).state_dict()
+
+
+def _assert_backbone_equal(model: torch.nn.Module, state: dict, name: str, num_classes: int) -> None:
+    own = model.state_dict()
+    head = HEAD[name]
+    assert own[f"{head}.weight"].shape[0] == num_classes
+    assert own[f"{head}.bias"].shape == (num_classes,)
+    backbone = [k for k in state if not k.startswith(head + ".")]
+    assert len(backbone) == len(own) - 2
+    for key in backbone:
+        assert torch.equal(own[key], state[key]), key
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_builds_at_min_image_size(name: str) -> None:
+    size = MIN_IMAGE_SIZE[name]
+    check_image_size(name, size)
+    model = build_model(name, num_classes=3)
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, size, size))  # train mode: BatchNorm runs as in training
+    assert out.shape == (2, 3)
+    if size > 1:
+        with pytest.raises(RuntimeError):
+            with torch.no_grad():
+                model(torch.randn(2, 3, size - 1, size - 1))
+    with pytest.raises(CxrError, match=f"{name}.*{size}"):
+        check_image_size(name, size - 1)
+
+
+def test_min_image_size_values() -> None:
+    assert MIN_IMAGE_SIZE == {"alexnet": 63, "vgg11": 32, "resnet50": 1}
+    with pytest.raises(CxrError, match="alexnet"):
+        check_image_size("alexnet", 32)
+
+
+def test_unknown_model_lists_known_names() -> None:
+    with pytest.raises(CxrError, match="densenet.*alexnet, vgg11, resnet50"):
+        build_model("densenet", num_classes=3)
+    with pytest.raises(CxrError, match="densenet"):
+        check_image_size("densenet", 224)
+
+
+@pytest.mark.parametrize("num_classes", [1, 0])
+def test_num_classes_must_be_two_or_more(num_classes: int) -> None:
+    with pytest.raises(CxrError, match="num_classes"):
+        build_model("alexnet", num_classes=num_classes)
+
+
+@pytest.mark.parametrize("name", ["alexnet", "resnet50"])
+def test_imagenet_state_dict_from_file(name: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    state = _imagenet_state(name)
+    path = tmp_path / f"{name}.pth"
+    torch.save(state, path)
+    with caplog.at_level("INFO", logger="cxrnets.models"):
+        model = build_model(name, num_classes=4, weights=path)
+    _assert_backbone_equal(model, state, name, 4)
+    assert "re-initialised" in caplog.text
+
+
+def test_imagenet_weights_from_torchvision_cache(torch_home: Path) -> None:
+    path = imagenet_weights_path("resnet50")
+    assert path.parent == torch_home / "checkpoints"
+    assert path.name == "resnet50-11ad3fa6.pth"
+    state = _imagenet_state("resnet50")
+    path.parent.mkdir(parents=True)
+    torch.save(state, path)
+    model = build_model("resnet50", num_classes=3, pretrained=True, allow_download=False)
+    _assert_backbone_equal(model, state, "resnet50", 3)
+
+
+def test_missing_imagenet_weights_without_download(torch_home: Path) -> None:
+    path = imagenet_weights_path("alexnet")
+    url = torchvision.models.AlexNet_Weights.DEFAULT.url
+    with pytest.raises(CxrError) as err:
+        build_model("alexnet", num_classes=3, pretrained=True, allow_download=False)
+    assert url in str(err.value)
+    assert str(path) in str(err.value)
+    assert not path.exists()
+
+
+def test_failed_download_says_where_to_put_the_file(
+    torch_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    with pytest.raises(CxrError, match="network is unreachable") as err:
+        build_model("alexnet", num_classes=3, pretrained=True)
+    assert torchvision.models.AlexNet_Weights.DEFAULT.url in str(err.value)
+    assert str(imagenet_weights_path("alexnet")) in str(err.value)
+
+
+def test_corrupt_weights_file(tmp_path: Path) -> None:
+    path = tmp_path / "corrupt.pth"
+    path.write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
+    with pytest.raises(CxrError, match="corrupt.pth"):
+        build_model("alexnet", num_classes=3, weights=path)
+
+
+def test_missing_weights_file(tmp_path: Path) -> None:
+    with pytest.raises(CxrError, match="nothere.pth"):
+        build_model("alexnet", num_classes=3, weights=tmp_path / "nothere.pth")
+
+
+def test_own_checkpoint_loads_with_head(tmp_path: Path) -> None:
+    trained = build_model("alexnet", num_classes=3)
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"model": trained.state_dict(), "config": {"model": "alexnet", "lr": 0.01}}, path)
+    model = build_model("alexnet", num_classes=3, weights=path)
+    for key, value in trained.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_weights_of_another_model_are_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "resnet.pt"
+    torch.save(build_model("resnet50", num_classes=3).state_dict(), path)
+    with pytest.raises(CxrError, match=r"resnet\.pt.*alexnet.*(missing|unexpected) keys"):
+        build_model("alexnet", num_classes=3, weights=path)
+
+
+def test_backbone_shape_mismatch_is_rejected(tmp_path: Path) -> None:
+    state = build_model("alexnet", num_classes=3).state_dict()
+    state["features.0.weight"] = torch.zeros(32, 3, 11, 11)
+    path = tmp_path / "bad.pt"
+    torch.save(state, path)
+    with pytest.raises(CxrError, match=r"bad\.pt.*features\.0\.weight"):
+        build_model("alexnet", num_classes=3, weights=path)
+
+
+def test_file_without_state_dict_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "list.pt"
+    torch.save([1, 2, 3], path)
+    with pytest.raises(CxrError, match=r"list\.pt.*no state dict"):
+        build_model("alexnet", num_classes=3, weights=path)
