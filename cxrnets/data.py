@@ -134,6 +134,8 @@ def _image_files(directory: Path) -> list[Path]:
 
 def _subdirectories(root: Path) -> dict[str, Path]:
     """Sub-folders of root keyed by lower-cased name."""
+    if not root.is_dir():
+        raise CxrError(f"{root}: is a file, not a folder; pass the dataset's folder as --data-root")
     return {p.name.lower(): p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
 
 
@@ -185,11 +187,12 @@ def _load_covid_pneumonia_normal(root: Path) -> DatasetIndex:
 
 def _load_folder(root: Path) -> DatasetIndex:
     """Any class-per-folder tree: each sub-folder of root is a class; `masks` folders are skipped."""
-    folders = _subdirectories(root)
+    folders = {key: folder for key, folder in _subdirectories(root).items() if key != "masks"}
     if len(folders) < 2:
         raise CxrError(f"{root}: a folder dataset needs at least two class sub-folders, found {len(folders)}")
     class_files = {
-        folder.name: [p for p in _image_files(folder) if "masks" not in {part.lower() for part in p.parts}]
+        folder.name: [p for p in _image_files(folder)
+                      if "masks" not in {part.lower() for part in p.relative_to(root).parts}]
         for folder in folders.values()
     }
     return _from_class_folders("folder", root, class_files)
@@ -200,8 +203,8 @@ def _load_folder(root: Path) -> DatasetIndex:
 def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise CxrError(f"{path}: cannot read CSV ({error})") from error
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise CxrError(f"{path}: cannot read CSV ({error}); check that it is a CSV file with a header row") from error
     missing = [column for column in required if column not in table.columns]
     if missing:
         raise CxrError(

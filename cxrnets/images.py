@@ -29,8 +29,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
     High-bit-depth greyscale (16-bit PNG, 32-bit int or float) is stretched
     from its own min..max to 0..255, since many 16-bit X-rays use 10-12 bits.
     """
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("P", "1", "L", "RGB") and image.info.get("transparency") is not None:
+        # a palette entry or a tRNS colour marks transparent pixels: make them an alpha channel
+        image = image.convert("RGBA")
+    elif image.mode == "P":
+        image = image.convert("RGB")
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
         low, high = float(array.min()), float(array.max())

@@ -212,3 +212,18 @@ def per_class_table(
     if multilabel:
         table["roc_auc"] = _per_label_roc_auc(y_true, scores)
     return table
+
+
+def majority_baseline(train_targets: np.ndarray, eval_targets: np.ndarray, multilabel: bool,
+                      num_classes: int | None = None) -> dict[str, float]:
+    """Metrics of always predicting the training split's most frequent class (or, multi-label,
+    each label that is present in most training images): the floor a trained model must beat."""
+    if multilabel:
+        prevalence = np.asarray(train_targets, dtype=float).mean(axis=0)
+        scores = np.tile((prevalence >= 0.5).astype(float), (len(eval_targets), 1))
+        return classification_metrics(eval_targets, scores, multilabel=True)
+    num_classes = num_classes or int(max(train_targets.max(), eval_targets.max())) + 1
+    majority = np.bincount(train_targets, minlength=num_classes).argmax()
+    scores = np.zeros((len(eval_targets), num_classes))
+    scores[:, majority] = 1.0
+    return classification_metrics(eval_targets, scores, multilabel=False)

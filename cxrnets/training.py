@@ -101,18 +101,20 @@ class PreparedData:
         return np.flatnonzero(self.split["split"].to_numpy() == name)
 
 
-def prepare_data(config: TrainConfig) -> PreparedData:
+def prepare_data(config: TrainConfig, split: pd.DataFrame | None = None) -> PreparedData:
     """Index the dataset, decode it once into the cache, and make or reuse its split.
 
-    With `config.split_file` set, an existing split file is reused (the study
-    makes it once and every trial reads it); it must still match the data.
+    A given `split` (the study makes one and hands it to every trial) or an
+    existing `config.split_file` is reused; it must still match the data.
     """
     index = load_dataset(config.dataset, config.data_root, **config.dataset_options)
     cache = build_cache(index, config.image_size, config.cache_dir)
     index = cache.index
     frame = index.frame.assign(sha1=cache.sha1)
     split_file = Path(config.split_file) if config.split_file else None
-    if split_file and split_file.is_file():
+    if split is not None:
+        split = align_split(split, frame, Path("<the study's split>"))
+    elif split_file and split_file.is_file():
         split = align_split(load_split(split_file), frame, split_file)
     else:
         split = make_split(frame, index.stratum(), config.val_fraction, config.test_fraction, config.seed)

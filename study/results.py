@@ -1,0 +1,112 @@
+"""The study's results table: every trial's config and per-epoch metrics, in Parquet.
+
+The driver appends one small Parquet part per reported epoch (and one per
+trial end) under `<study dir>/results/` and `<study dir>/trial_events/`, so
+an interrupted study loses nothing already reported and a resumed one only
+adds parts. `read_results` reads the parts back as one table.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs
+import pyarrow.parquet as pq
+from ray import tune
+
+RESULTS_DIR = "results"
+EVENTS_DIR = "trial_events"
+# Result keys that are Tune's bookkeeping rather than the study's.
+TUNE_KEYS = ("trial_id", "training_iteration", "time_total_s", "time_this_iter_s", "timestamp", "node_ip",
+             "hostname", "pid", "date", "done")
+
+
+def join_uri(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def _filesystem(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    if "://" not in uri:
+        return pyarrow.fs.LocalFileSystem(), uri
+    return pyarrow.fs.FileSystem.from_uri(uri)
+
+
+def result_row(trial: Any, result: dict[str, Any]) -> dict[str, Any]:
+    row = {"trial_id": trial.trial_id, "trial_name": str(trial)}
+    for key, value in result.items():
+        if key == "config" or isinstance(value, dict):
+            continue
+        if key in TUNE_KEYS or "/" in key or isinstance(value, (int, float, str, bool)):
+            row[key] = value
+    for key, value in trial.config.items():
+        row[f"config/{key}"] = value
+    return row
+
+
+class ResultsTable(tune.Callback):
+    """A Tune callback, run on the driver, that appends every result to the study's Parquet table."""
+
+    def __init__(self, study_uri: str):
+        self.study_uri = study_uri
+        self._session = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self._sequence = 0
+
+    def _write(self, folder: str, row: dict[str, Any]) -> None:
+        filesystem, path = _filesystem(join_uri(self.study_uri, folder))
+        filesystem.create_dir(path, recursive=True)
+        self._sequence += 1
+        table = pa.Table.from_pylist([row])
+        final = join_uri(path, f"part-{self._session}-{self._sequence:06d}.parquet")
+        # Write then rename, so that a reader never sees half a file.
+        pq.write_table(table, final + ".tmp", filesystem=filesystem)
+        filesystem.move(final + ".tmp", final)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._write(RESULTS_DIR, result_row(trial, result))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._event(trial, "completed")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._event(trial, "error")
+
+    def _event(self, trial: Any, event: str) -> None:
+        error = ""
+        if event == "error" and getattr(trial, "error_file", None):
+            error = str(trial.error_file)
+        self._write(EVENTS_DIR, {"trial_id": trial.trial_id, "event": event, "timestamp": time.time(),
+                                 "error_file": error})
+
+
+def _read_parts(study_uri: str, folder: str) -> pd.DataFrame:
+    filesystem, path = _filesystem(join_uri(study_uri, folder))
+    info = filesystem.get_file_info(path)
+    if info.type != pyarrow.fs.FileType.Directory:
+        return pd.DataFrame()
+    selector = pyarrow.fs.FileSelector(path)
+    files = sorted(f.path for f in filesystem.get_file_info(selector) if f.path.endswith(".parquet"))
+    if not files:
+        return pd.DataFrame()
+    tables = [pq.read_table(f, filesystem=filesystem) for f in files]
+    return pa.concat_tables(tables, promote_options="permissive").to_pandas()
+
+
+def read_results(study_uri: str) -> pd.DataFrame:
+    """Every reported epoch of every trial, one row each (a resumed epoch counts once: the last report)."""
+    results = _read_parts(study_uri, RESULTS_DIR)
+    if results.empty:
+        return results
+    results = results.drop_duplicates(["trial_id", "training_iteration"], keep="last")
+    return results.sort_values(["trial_id", "training_iteration"]).reset_index(drop=True)
+
+
+def read_trial_events(study_uri: str) -> pd.DataFrame:
+    """How each trial ended (completed or error); trials absent here were still running or interrupted."""
+    events = _read_parts(study_uri, EVENTS_DIR)
+    if events.empty:
+        return pd.DataFrame(columns=["trial_id", "event", "timestamp", "error_file"])
+    return events.sort_values("timestamp").drop_duplicates("trial_id", keep="last").reset_index(drop=True)

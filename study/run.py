@@ -1,0 +1,465 @@
+"""Run a hyperparameter study of chest X-ray classifiers with Ray Tune, Optuna and ASHA.
+
+    python -m study.run                                   # demo study on the embedded sample (~10 min, 2 CPUs)
+    python -m study.run --dataset covid-chestxray-3class --data-root ../shared/data/covid-chestxray-dataset \
+        --image-size 64 --num-samples 12 --max-epochs 6
+    python -m study.run --space paper --dataset covid-radiography --data-root ~/data/covid-radiography \
+        --gpus-per-trial 0.25 --storage s3://bucket/cxr-tune --name paper-grid
+    python -m study.run --resume studies/demo-20261125-101500  # continue an interrupted study
+    tensorboard --logdir studies/demo-20261125-101500
+
+Before Ray starts any trial the driver checks every option, indexes each
+dataset, decodes it once into the node's cache, and makes the study's split
+(saved in the study directory; every trial uses it). Then Optuna proposes
+configurations from the search space and ASHA stops weak trials early.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Checkpointing every epoch with CheckpointConfig(num_to_keep) makes Tune warn on every
+# snapshot (see RAY-NOTES.md); the snapshots are what we want, the warnings are noise.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+
+import pandas as pd  # noqa: E402
+import pyarrow.fs  # noqa: E402
+
+from cxrnets.cache import build_cache  # noqa: E402
+from cxrnets.data import SAMPLE_ROOT, load_dataset  # noqa: E402
+from cxrnets.errors import CxrError  # noqa: E402
+from cxrnets.metrics import majority_baseline  # noqa: E402
+from cxrnets.splits import describe, load_split, make_split, save_split  # noqa: E402
+from cxrnets.training import SPLIT_COLUMNS, align_split  # noqa: E402
+from study.results import ResultsTable, join_uri, read_results  # noqa: E402
+from study.space import SearchSpace, load_space, parse_space  # noqa: E402
+from study.tables import comparison_table, markdown_table  # noqa: E402
+from study.trainable import TrialContext, train_trial  # noqa: E402
+
+log = logging.getLogger("study.run")
+
+METRICS = ("val/f1_macro", "val/accuracy", "val/precision_macro", "val/recall_macro", "val/loss",
+           "val/subset_accuracy", "val/f1_micro", "val/roc_auc_macro", "train/loss")
+SETTINGS_FILE = "study.json"
+DEFAULTS = {"dataset": "covid-chestxray-3class", "image_size": 64, "num_samples": 10, "max_epochs": 4,
+            "grace_period": 1, "reduction_factor": 2, "metric": "val/f1_macro"}
+
+
+@dataclass
+class StudySettings:
+    """Everything that defines a study; saved as study.json in the study directory."""
+
+    name: str
+    storage: str
+    space: dict[str, Any]
+    space_source: str
+    data_roots: dict[str, str]
+    image_size: int
+    num_samples: int
+    max_epochs: int
+    grace_period: int
+    reduction_factor: int
+    metric: str
+    mode: str
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_concurrent: int | None
+    max_failures: int
+    seed: int
+    cache_dir: str | None = None
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # majority class, per dataset
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
+
+    @property
+    def study_uri(self) -> str:
+        return join_uri(self.storage, self.name)
+
+    def search_space(self) -> SearchSpace:
+        return parse_space(self.space, self.space_source, self.name)
+
+
+# ------------------------------------------------------------------ arguments
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m study.run", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = parser.add_argument
+    add("--space", default="demo", help="search space: a YAML file or the name of one in search_spaces/")
+    add("--dataset", default=None, help="dataset name; overrides the space's (default: covid-chestxray-3class)")
+    add("--data-root", action="append", default=None, metavar="[DATASET=]PATH",
+        help="where a dataset lies; repeat as DATASET=PATH when the space searches over datasets "
+             "(default: the embedded sample for covid-chestxray datasets)")
+    add("--num-samples", type=int, default=None, help="trials to run (default: the space's, else 10)")
+    add("--max-epochs", type=int, default=None, help="epochs of a trial that ASHA never stops (default: space's, else 4)")
+    add("--grace-period", type=int, default=None, help="epochs every trial gets before ASHA may stop it (default: 1)")
+    add("--reduction-factor", type=int, default=None, help="ASHA keeps 1/this of trials at each rung (default: 2)")
+    add("--metric", default=None, choices=METRICS, help="validation metric that ASHA and Optuna optimise "
+        "(default: val/f1_macro; minimised if it is a loss)")
+    add("--image-size", type=int, default=None, help="square input size in pixels (default: space's, else 64)")
+    add("--cpus-per-trial", type=float, default=1.0, help="CPU cores reserved per trial")
+    add("--gpus-per-trial", type=float, default=0.0,
+        help="GPUs per trial; fractions pack trials on a card (0.25 = four per GPU)")
+    add("--max-concurrent", type=int, default=None, help="at most this many trials at once (default: as resources allow)")
+    add("--max-failures", type=int, default=2, help="retries of a trial whose worker or node died, from its last checkpoint")
+    add("--storage", default="studies", help="where studies are written: a local folder, s3:// or gs:// URI")
+    add("--name", default=None, help="study name, the folder under --storage (default: <space>-<date-time>)")
+    add("--seed", type=int, default=0, help="seed of the split, the sampler and the trials")
+    add("--cache-dir", default=None, help="decode-once image cache on each node (default: ~/.cache/cxr-tune)")
+    add("--resume", default=None, metavar="STUDY_DIR", help="continue the study in this directory")
+    add("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a cluster running here, "
+        "else a new local instance)")
+    add("--num-cpus", type=int, default=None, help="CPUs of a new local Ray instance (default: all)")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> StudySettings:
+    space = load_space(args.space)
+    source = Path(space.source)
+    document = _read_yaml(source)
+    study = {**DEFAULTS, **space.study}
+    pick = lambda key: getattr(args, key) if getattr(args, key) is not None else study[key]  # noqa: E731
+
+    datasets = space.values_of("dataset") or [args.dataset or study["dataset"]]
+    if args.dataset:
+        datasets = [args.dataset]
+        document["search"] = {k: v for k, v in document["search"].items() if k != "dataset"}
+    document["search"] = {"dataset": {"choice": datasets} if len(datasets) > 1 else {"value": datasets[0]},
+                          **{k: v for k, v in document["search"].items() if k != "dataset"}}
+    image_size = pick("image_size")
+    if space.values_of("image_size") and args.image_size is not None:
+        raise CxrError("--image-size conflicts with the space's image_size dimension; drop one")
+    settings = StudySettings(
+        name=args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+        storage=args.storage if "://" in args.storage else str(Path(args.storage).expanduser().resolve()),
+        space=document, space_source=str(source), data_roots=_data_roots(args.data_root, datasets),
+        image_size=image_size, num_samples=pick("num_samples"), max_epochs=pick("max_epochs"),
+        grace_period=pick("grace_period"), reduction_factor=pick("reduction_factor"), metric=pick("metric"),
+        mode="min" if pick("metric").endswith("loss") else "max", cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+        seed=args.seed, cache_dir=args.cache_dir)
+    validate(settings)
+    return settings
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def _data_roots(given: list[str] | None, datasets: list[str]) -> dict[str, str]:
+    roots: dict[str, str] = {}
+    for item in given or []:
+        name, sep, path = item.partition("=")
+        if sep and name in datasets:
+            roots[name] = path
+        elif len(datasets) == 1 and not (sep and name in _all_dataset_names()):
+            roots[datasets[0]] = item
+        else:
+            raise CxrError(f"--data-root {item!r}: with several datasets, write DATASET=PATH for one of {datasets}")
+    for name in datasets:
+        if name not in roots:
+            if not name.startswith("covid-chestxray"):
+                raise CxrError(f"dataset {name!r} needs --data-root (only covid-chestxray has an embedded sample)")
+            roots[name] = str(SAMPLE_ROOT)
+        roots[name] = str(Path(roots[name]).expanduser().resolve())
+    return roots
+
+
+def _all_dataset_names() -> tuple[str, ...]:
+    from cxrnets.data import DATASET_NAMES
+
+    return DATASET_NAMES
+
+
+def validate(settings: StudySettings) -> None:
+    """Every check that needs no Ray: run before Ray starts anything."""
+    space = settings.search_space()
+    for key in ("num_samples", "max_epochs", "grace_period", "image_size"):
+        if getattr(settings, key) < 1:
+            raise CxrError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(settings, key)}")
+    if settings.reduction_factor < 2:
+        raise CxrError(f"--reduction-factor must be at least 2, got {settings.reduction_factor}")
+    if settings.grace_period > settings.max_epochs:
+        raise CxrError(f"--grace-period {settings.grace_period} exceeds --max-epochs {settings.max_epochs}")
+    if settings.cpus_per_trial <= 0 or settings.gpus_per_trial < 0:
+        raise CxrError("--cpus-per-trial must be positive and --gpus-per-trial non-negative")
+    if settings.gpus_per_trial > 1 and settings.gpus_per_trial != int(settings.gpus_per_trial):
+        raise CxrError(f"--gpus-per-trial {settings.gpus_per_trial}: above 1 it must be a whole number of GPUs")
+    if settings.max_concurrent is not None and settings.max_concurrent < 1:
+        raise CxrError("--max-concurrent must be at least 1")
+    if settings.max_failures < 0:
+        raise CxrError("--max-failures must be 0 or more")
+    from cxrnets.models import check_image_size
+
+    for model in space.values_of("model"):
+        check_image_size(model, settings.image_size)
+    if space.sampler == "grid" and settings.num_samples < len(space.grid()):
+        log.warning("the grid has %d combinations but --num-samples is %d: only part of it runs",
+                    len(space.grid()), settings.num_samples)
+
+
+def check_local_resources(settings: StudySettings) -> None:
+    """On a machine that runs the study itself, refuse what it cannot give."""
+    import torch
+
+    cores = os.cpu_count() or 1
+    if settings.cpus_per_trial > cores:
+        raise CxrError(f"--cpus-per-trial {settings.cpus_per_trial:g} exceeds the {cores} CPU cores of this machine")
+    if settings.gpus_per_trial > 0 and torch.cuda.device_count() == 0:
+        raise CxrError(f"--gpus-per-trial {settings.gpus_per_trial:g} asked for, but this machine has no CUDA GPU: "
+                       "drop the flag to run on CPU, or pass --address of a cluster with GPUs")
+    if settings.gpus_per_trial > torch.cuda.device_count():
+        raise CxrError(f"--gpus-per-trial {settings.gpus_per_trial:g} exceeds the "
+                       f"{torch.cuda.device_count()} GPU(s) of this machine")
+
+
+def check_storage_writable(study_uri: str) -> None:
+    from study.results import _filesystem
+
+    probe = join_uri(study_uri, ".write-check")
+    try:
+        filesystem, path = _filesystem(probe)
+        filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with filesystem.open_output_stream(path) as stream:
+            stream.write(b"ok")
+        filesystem.delete_file(path)
+    except Exception as error:  # pyarrow raises OSError, ArrowInvalid, ... depending on the filesystem
+        raise CxrError(f"--storage {study_uri}: cannot write there ({error}); pick a writable folder or bucket, "
+                       "and for s3:// or gs:// check the credentials and network") from error
+
+
+# ------------------------------------------------------------------ data, once per study
+
+def prepare_splits(settings: StudySettings, resume: bool) -> dict[str, pd.DataFrame]:
+    """Index and decode every dataset once, and make (or, resuming, reread) the study's split of each."""
+    from study.results import _filesystem
+
+    splits = {}
+    for dataset, root in settings.data_roots.items():
+        index = load_dataset(dataset, root)
+        cache = build_cache(index, settings.image_size, settings.cache_dir)
+        frame = cache.index.frame.assign(sha1=cache.sha1)
+        filesystem, path = _filesystem(join_uri(settings.study_uri, "splits", f"{dataset}.csv"))
+        if resume:
+            with filesystem.open_input_stream(path) as stream:
+                split = pd.read_csv(stream, dtype=str, keep_default_na=False)
+            split = align_split(split, frame, Path(path))
+        else:
+            split = make_split(frame, cache.index.stratum(), seed=settings.seed)
+            if "://" in path:
+                with filesystem.open_output_stream(path) as stream:
+                    stream.write(split[SPLIT_COLUMNS].to_csv(index=False).encode())
+            else:
+                save_split(split[SPLIT_COLUMNS], path)
+        targets = cache.index.targets()
+        rows = {name: (split["split"] == name).to_numpy() for name in ("train", "val")}
+        baseline = majority_baseline(targets[rows["train"]], targets[rows["val"]], cache.index.multilabel,
+                                     len(cache.index.classes))
+        log.info("%s split: %s; majority-class baseline val/f1_macro %.3f", dataset, describe(split),
+                 baseline["f1_macro"])
+        splits[dataset] = split[SPLIT_COLUMNS]
+        settings.baselines[dataset] = baseline
+    return splits
+
+
+def load_settings(study_dir: str) -> StudySettings:
+    from study.results import _filesystem
+
+    filesystem, path = _filesystem(join_uri(study_dir, SETTINGS_FILE))
+    try:
+        with filesystem.open_input_stream(path) as stream:
+            values = json.loads(stream.read())
+    except (OSError, FileNotFoundError) as error:
+        raise CxrError(f"--resume {study_dir}: no {SETTINGS_FILE} there; is it a study directory?") from error
+    # The directory may have moved since the study started: it is where the study is now.
+    values["storage"], _, values["name"] = study_dir.rstrip("/").rpartition("/")
+    return StudySettings(**values)
+
+
+def save_settings(settings: StudySettings) -> None:
+    from study.results import _filesystem
+
+    filesystem, path = _filesystem(join_uri(settings.study_uri, SETTINGS_FILE))
+    if filesystem.get_file_info(path).type != pyarrow.fs.FileType.NotFound:  # never rewrite a study in place
+        raise CxrError(f"{settings.study_uri} already holds a study: use --resume or another --name")
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with filesystem.open_output_stream(path) as stream:
+        stream.write(json.dumps(asdict(settings), indent=2).encode())
+
+
+# ------------------------------------------------------------------ Ray
+
+def connect(address: str | None, num_cpus: int | None) -> bool:
+    """Join a cluster or start a local instance; True if this call started a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+        return False
+    try:
+        ray.init(address="auto")
+        log.info("joined the Ray cluster running on this machine")
+        return False
+    except ConnectionError:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=num_cpus, include_dashboard=False)
+        return True
+
+
+def check_cluster(settings: StudySettings) -> None:
+    """On a multi-node cluster, every node must see the study's storage and the datasets."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [node for node in ray.nodes() if node["Alive"]]
+    if len(nodes) < 2:
+        return
+    shared = "://" not in settings.storage
+    marker = Path(settings.storage) / settings.name / SETTINGS_FILE if shared else None
+
+    @ray.remote(num_cpus=0)
+    def look(paths: list[str]) -> list[bool]:
+        return [Path(p).exists() for p in paths]
+
+    wanted = list(settings.data_roots.values()) + ([str(marker)] if marker else [])
+    checks = {node["NodeID"]: look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        node["NodeID"], soft=False)).remote(wanted) for node in nodes}
+    for node_id, ref in checks.items():
+        seen = ray.get(ref, timeout=120)
+        for path, ok in zip(wanted, seen):
+            if ok:
+                continue
+            if marker and path == str(marker):
+                raise CxrError(
+                    f"--storage {settings.storage} is not visible from node {node_id[:8]}: Ray needs storage that "
+                    "every node shares on a multi-node cluster; pass --storage s3://bucket/path (or a shared "
+                    "file system mounted at the same path on every node)")
+            raise CxrError(f"node {node_id[:8]} has no dataset at {path}: stage it there first "
+                           "(python -m cxrnets.cache --dataset ... --data-root ...; see README, Cluster)")
+
+
+def trial_name(trial) -> str:
+    config = trial.config
+    parts = [config.get("model", "?"), config.get("optimizer", "?"), f"lr{config.get('lr', 0):.0e}",
+             f"bs{config.get('batch_size', '?')}"]
+    if config.get("pretrained"):
+        parts.append("pretrained")
+    if len(str(config.get("dataset", ""))) and "dataset" in config:
+        parts.insert(0, config["dataset"])
+    return "_".join(str(p) for p in parts)
+
+
+def trial_dirname(trial) -> str:
+    return f"{trial.trial_id}_{trial_name(trial)}"
+
+
+def build_tuner(settings: StudySettings, splits: dict[str, pd.DataFrame], resume: bool):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    space = settings.search_space()
+    context = TrialContext(
+        data_roots=settings.data_roots, splits=splits, metric=settings.metric, mode=settings.mode,
+        defaults={"image_size": settings.image_size, "epochs": settings.max_epochs, "seed": settings.seed,
+                  "cache_dir": settings.cache_dir, "device": "auto"})
+    trainable = tune.with_resources(tune.with_parameters(train_trial, context=context),
+                                    {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
+    if resume:
+        return tune.Tuner.restore(settings.study_uri, trainable, resume_unfinished=True, resume_errored=True)
+    searcher = OptunaSearch(space, metric=settings.metric, mode=settings.mode,
+                            sampler=space.make_sampler(settings.seed), study_name=settings.name)
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=settings.max_epochs,
+                              grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=settings.metric, mode=settings.mode, search_alg=searcher, scheduler=scheduler,
+            num_samples=settings.num_samples, max_concurrent_trials=settings.max_concurrent, reuse_actors=True,
+            trial_name_creator=trial_name, trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=settings.name, storage_path=settings.storage, callbacks=[ResultsTable(settings.study_uri)],
+            failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=settings.metric,
+                                                    checkpoint_score_order=settings.mode),
+            verbose=1),
+    )
+
+
+# ------------------------------------------------------------------ main
+
+def run_study(settings: StudySettings, resume: bool = False, address: str | None = None,
+              num_cpus: int | None = None):
+    """Check, prepare and run one study; returns Tune's ResultGrid."""
+    started_here = False
+    if not resume:
+        check_storage_writable(settings.study_uri)
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        check_local_resources(settings)
+    splits = prepare_splits(settings, resume)
+    if not resume:
+        save_settings(settings)
+    import ray
+
+    started_here = connect(address, num_cpus)
+    try:
+        check_cluster(settings)
+        tuner = build_tuner(settings, splits, resume)
+        started = time.perf_counter()
+        results = tuner.fit()
+        log.info("study finished in %.0f s", time.perf_counter() - started)
+    finally:
+        if started_here:
+            ray.shutdown()
+    return results
+
+
+def print_summary(settings: StudySettings) -> None:
+    results = read_results(settings.study_uri)
+    if results.empty:
+        print("no trial reported an epoch")
+        return
+    table = comparison_table(results, settings.metric, settings.mode)
+    print(f"\nBest trial per model (chosen on {settings.metric}, validation split):\n")
+    print(markdown_table(table))
+    for dataset, baseline in settings.baselines.items():
+        print(f"\nmajority-class baseline on {dataset}: val/f1_macro {baseline['f1_macro']:.3f}, "
+              f"val/accuracy {baseline['accuracy']:.3f}")
+    print(f"\nresults:     {settings.study_uri}/results (Parquet, every trial and epoch)")
+    print(f"tensorboard: tensorboard --logdir {settings.study_uri}")
+    print(f"analysis:    python -m study.analyze {settings.study_uri}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        if args.resume:
+            settings = load_settings(args.resume.rstrip("/") if "://" in args.resume
+                                     else str(Path(args.resume).expanduser().resolve()))
+        else:
+            settings = settings_from_args(args)
+        run_study(settings, resume=bool(args.resume), address=args.address, num_cpus=args.num_cpus)
+    except CxrError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print_summary(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""Search spaces: a YAML file of dimensions -> an Optuna define-by-run function plus study settings.
+
+A space file (see `search_spaces/*.yaml`) has three sections:
+
+    study:                      # defaults for the study's flags; the command line wins
+      dataset: covid-chestxray-3class
+      image_size: 64
+      num_samples: 12
+      max_epochs: 4
+    sampler: tpe                # tpe (default), random or grid (every combination, categorical only)
+    search:                     # one entry per trial-config key, tried in this order
+      model: {choice: [alexnet, vgg11, resnet50]}
+      optimizer: {choice: [adam, sgd]}
+      lr: {loguniform: [1.0e-4, 1.0e-1]}
+      batch_size: {choice: [16, 32]}
+      momentum: {uniform: [0.8, 0.99], when: {optimizer: sgd}}   # conditional: SGD trials only
+      weight_decay: {value: 0.0005, when: {optimizer: sgd}}
+
+A dimension is one of `choice: [...]`, `uniform: [low, high]`,
+`loguniform: [low, high]`, `int: [low, high]` (add `log: true` for a log
+scale) or `value: x` (a constant). `when: {key: value or [values]}` keeps the
+dimension only for trials whose earlier dimensions match. Every dimension
+becomes a key of the trial config, and so a column of the analysis.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from cxrnets.data import DATASET_NAMES
+from cxrnets.errors import CxrError
+from cxrnets.models import MODEL_NAMES
+from cxrnets.training import OPTIMIZER_NAMES
+
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+
+# Trial-config keys a space may search over: the TrainConfig fields that define a model's training.
+SEARCHABLE = ("dataset", "model", "optimizer", "lr", "batch_size", "pretrained", "momentum", "weight_decay",
+              "image_size", "seed")
+KINDS = ("choice", "uniform", "loguniform", "int", "value")
+SAMPLERS = ("tpe", "random", "grid")
+ALLOWED_NAMES = {"dataset": DATASET_NAMES, "model": MODEL_NAMES, "optimizer": OPTIMIZER_NAMES}
+
+
+@dataclass(frozen=True)
+class Dimension:
+    name: str
+    kind: str
+    args: Any
+    log: bool = False
+    when: dict[str, tuple] = field(default_factory=dict)
+
+    def applies(self, config: dict[str, Any]) -> bool:
+        return all(config.get(key) in values for key, values in self.when.items())
+
+    def sample(self, trial: optuna.Trial) -> Any:
+        if self.kind == "value":
+            return self.args
+        if self.kind == "choice":
+            return trial.suggest_categorical(self.name, list(self.args))
+        low, high = self.args
+        if self.kind == "int":
+            return trial.suggest_int(self.name, low, high, log=self.log)
+        return trial.suggest_float(self.name, low, high, log=self.kind == "loguniform")
+
+    def values(self) -> list:
+        """Every value of a grid dimension."""
+        return [self.args] if self.kind == "value" else list(self.args)
+
+
+@dataclass
+class SearchSpace:
+    """A parsed space file; calling it with an optuna.Trial samples one trial config (define-by-run)."""
+
+    name: str
+    dimensions: list[Dimension]
+    sampler: str = "tpe"
+    study: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        """Suggest every applicable dimension; return the constants (Tune merges them into the config)."""
+        config: dict[str, Any] = {}
+        constants: dict[str, Any] = {}
+        for dimension in self.dimensions:
+            if dimension.applies(config):
+                config[dimension.name] = dimension.sample(trial)
+                if dimension.kind == "value":
+                    constants[dimension.name] = config[dimension.name]
+        return constants
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every combination of the space's values, conditional dimensions applied (grid sampler)."""
+        combos: list[dict[str, Any]] = [{}]
+        for dimension in self.dimensions:
+            grown = []
+            for config in combos:
+                if dimension.applies(config):
+                    grown += [{**config, dimension.name: value} for value in dimension.values()]
+                else:
+                    grown.append(config)
+            combos = grown
+        return combos
+
+    def optuna_grid(self) -> dict[str, list]:
+        """Optuna GridSampler's search space: the suggested (non-constant) dimensions."""
+        grid: dict[str, list] = {}
+        for dimension in self.dimensions:
+            if dimension.kind != "value":
+                grid.setdefault(dimension.name, [])
+                grid[dimension.name] += [v for v in dimension.values() if v not in grid[dimension.name]]
+        return grid
+
+    def make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        if self.sampler == "grid":
+            return optuna.samplers.GridSampler(self.optuna_grid(), seed=seed)
+        if self.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed)
+
+    def values_of(self, name: str) -> list:
+        """Every value a dimension can take (choices and constants), or [] if it is not in the space."""
+        found = []
+        for dimension in self.dimensions:
+            if dimension.name == name and dimension.kind in ("choice", "value"):
+                found += [v for v in dimension.values() if v not in found]
+        return found
+
+
+def resolve_space_path(space: str | Path) -> Path:
+    """A YAML path, or the name of a file in search_spaces/ ("demo" or "demo.yaml")."""
+    path = Path(space).expanduser()
+    if path.is_file():
+        return path
+    shipped = SPACES_DIR / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+    if shipped.is_file():
+        return shipped
+    names = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+    raise CxrError(f"search space {space!r} not found: give a YAML file or one of {', '.join(names)}")
+
+
+def load_space(space: str | Path) -> SearchSpace:
+    path = resolve_space_path(space)
+    try:
+        document = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise CxrError(f"{path}: not valid YAML ({error})") from error
+    return parse_space(document, str(path), path.stem)
+
+
+def parse_space(document: Any, source: str = "<space>", name: str = "space") -> SearchSpace:
+    """Validate a space document; every mistake names the key and says what is allowed."""
+    if not isinstance(document, dict):
+        raise CxrError(f"{source}: a search space is a mapping with a 'search' section")
+    unknown = set(document) - {"search", "study", "sampler", "description", "name"}
+    if unknown:
+        raise CxrError(f"{source}: unknown top-level key(s) {sorted(unknown)}; allowed: search, study, sampler, "
+                       "description, name")
+    search = document.get("search")
+    if not isinstance(search, dict) or not search:
+        raise CxrError(f"{source}: 'search' must map dimension names to their ranges or choices")
+    sampler = document.get("sampler", "tpe")
+    if sampler not in SAMPLERS:
+        raise CxrError(f"{source}: sampler {sampler!r} is not one of {', '.join(SAMPLERS)}")
+    dimensions = []
+    for key, spec in search.items():
+        dimensions.append(_parse_dimension(source, key, spec, [d.name for d in dimensions]))
+    study = document.get("study") or {}
+    if not isinstance(study, dict):
+        raise CxrError(f"{source}: 'study' must be a mapping of study settings")
+    space = SearchSpace(str(document.get("name", name)), dimensions, sampler, study, source)
+    if sampler == "grid":
+        continuous = [d.name for d in dimensions if d.kind not in ("choice", "value")]
+        if continuous:
+            raise CxrError(f"{source}: the grid sampler needs choice or value dimensions; "
+                           f"{continuous} are ranges")
+    _check_models_fit_image_size(source, space)
+    return space
+
+
+def _parse_dimension(source: str, key: str, spec: Any, earlier: list[str]) -> Dimension:
+    where = f"{source}: search.{key}"
+    if key not in SEARCHABLE:
+        raise CxrError(f"{where}: unknown dimension {key!r}; searchable keys are {', '.join(SEARCHABLE)}")
+    if not isinstance(spec, dict):
+        spec = {"value": spec}
+    spec = dict(spec)
+    when_spec = spec.pop("when", {}) or {}
+    log = bool(spec.pop("log", False))
+    kinds = [k for k in spec if k in KINDS]
+    extra = [k for k in spec if k not in KINDS]
+    if extra or len(kinds) != 1:
+        raise CxrError(f"{where}: give exactly one of {', '.join(KINDS)} (plus optional when/log); got {sorted(spec)}")
+    kind = kinds[0]
+    args = spec[kind]
+    if not isinstance(when_spec, dict):
+        raise CxrError(f"{where}.when: must map an earlier dimension to its value(s)")
+    when = {}
+    for condition, values in when_spec.items():
+        if condition not in earlier:
+            raise CxrError(f"{where}.when: {condition!r} must be a dimension listed before {key!r}")
+        when[condition] = tuple(values) if isinstance(values, list) else (values,)
+    if kind == "choice":
+        if not isinstance(args, list) or not args:
+            raise CxrError(f"{where}.choice: must be a non-empty list")
+        for value in args:
+            _check_value(where, key, value)
+        args = tuple(args)
+    elif kind == "value":
+        _check_value(where, key, args)
+    else:
+        if not (isinstance(args, list) and len(args) == 2 and all(isinstance(v, (int, float)) for v in args)):
+            raise CxrError(f"{where}.{kind}: must be [low, high] numbers, got {args!r}")
+        low, high = args
+        if not low < high:
+            raise CxrError(f"{where}.{kind}: low {low} must be below high {high}")
+        if (kind == "loguniform" or log) and low <= 0:
+            raise CxrError(f"{where}.{kind}: a log scale needs low > 0, got {low}")
+        if kind == "int" and not all(isinstance(v, int) for v in args):
+            raise CxrError(f"{where}.int: bounds must be integers, got {args!r}")
+        for value in args:
+            _check_value(where, key, value)
+        args = tuple(args)
+    return Dimension(key, kind, args, log, when)
+
+
+def _check_value(where: str, key: str, value: Any) -> None:
+    if key in ALLOWED_NAMES:
+        if value not in ALLOWED_NAMES[key]:
+            raise CxrError(f"{where}: unknown {key} {value!r}; choose from {', '.join(ALLOWED_NAMES[key])}")
+        return
+    if key == "pretrained":
+        if not isinstance(value, bool):
+            raise CxrError(f"{where}: pretrained takes true or false, got {value!r}")
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise CxrError(f"{where}: {key} takes numbers, got {value!r}")
+    positive = key in ("lr", "batch_size", "image_size")
+    if (positive and value <= 0) or value < 0:
+        raise CxrError(f"{where}: {key} must be {'positive' if positive else 'non-negative'}, got {value!r}")
+    if key in ("batch_size", "image_size", "seed") and not isinstance(value, int):
+        raise CxrError(f"{where}: {key} must be an integer, got {value!r}")
+
+
+def _check_models_fit_image_size(source: str, space: SearchSpace) -> None:
+    """Catch 'alexnet at 32 px' before any trial runs."""
+    from cxrnets.models import MIN_IMAGE_SIZE
+
+    sizes = space.values_of("image_size") or ([space.study["image_size"]] if "image_size" in space.study else [])
+    for model, size in itertools.product(space.values_of("model"), sizes):
+        if isinstance(size, int) and size < MIN_IMAGE_SIZE[model]:
+            raise CxrError(f"{source}: image_size {size} is too small for {model} "
+                           f"(needs at least {MIN_IMAGE_SIZE[model]} px)")
+

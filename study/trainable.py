@@ -1,0 +1,82 @@
+"""The Ray Tune trainable: one trial trains one cxrnets configuration, reporting every epoch.
+
+Each epoch is reported with a checkpoint (model, optimizer, epoch, config), so
+a trial that Tune retries (its node died) continues from its last epoch. A
+diverging trial (NaN loss) reports a worst-possible result and stops: ASHA and
+the searcher see a poor trial, the study goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from ray import tune
+
+from cxrnets.errors import DivergedError
+from cxrnets.training import PreparedData, TrainConfig, TrainingRun, prepare_data
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass
+class TrialContext:
+    """What every trial of a study shares, beyond its own config (passed with tune.with_parameters)."""
+
+    data_roots: dict[str, str]           # dataset name -> data root on the nodes
+    splits: dict[str, pd.DataFrame]      # "<dataset>" -> the study's split, made once by the driver
+    defaults: dict[str, Any]             # TrainConfig values every trial shares (image_size, epochs, ...)
+    metric: str = "val/f1_macro"
+    mode: str = "max"
+    dataset_options: dict[str, dict] = field(default_factory=dict)
+
+    def train_config(self, config: dict[str, Any]) -> TrainConfig:
+        values = {**self.defaults, **config}
+        values["data_root"] = self.data_roots[values["dataset"]]
+        values["dataset_options"] = self.dataset_options.get(values["dataset"], {})
+        values["pretrained"] = bool(values.get("pretrained", False))
+        return TrainConfig.from_dict(values)
+
+    def worst_result(self) -> dict[str, float]:
+        """What a diverged trial reports: the worst value of the study metric (all max-mode metrics lie in [0, 1])."""
+        return {self.metric: 0.0 if self.mode == "max" else float("inf"), "diverged": 1}
+
+
+# Decoded datasets stay open in a worker process between trials (Tune reuses actors).
+_PREPARED: dict[tuple, PreparedData] = {}
+
+
+def _prepared_data(config: TrainConfig, split: pd.DataFrame) -> PreparedData:
+    key = (config.dataset, config.data_root, config.image_size, config.cache_dir)
+    if key not in _PREPARED:
+        _PREPARED[key] = prepare_data(config, split=split)
+    return _PREPARED[key]
+
+
+def train_trial(config: dict[str, Any], context: TrialContext) -> None:
+    train_config = context.train_config(config)
+    data = _prepared_data(train_config, context.splits[train_config.dataset])
+    run = TrainingRun(train_config, data)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as directory:
+            run.restore(torch.load(Path(directory) / CHECKPOINT_FILE, map_location=run.device, weights_only=True))
+        log.info("resumed %s from epoch %d", train_config.model, run.epoch)
+    while run.epoch < train_config.epochs:
+        try:
+            metrics = run.train_epoch()
+        except DivergedError as error:
+            log.warning("trial diverged at epoch %d: %s", run.epoch + 1, error)
+            tune.report({"epoch": run.epoch + 1, **context.worst_result(), "status": "diverged"})
+            return
+        metrics["diverged"] = 0
+        with tempfile.TemporaryDirectory() as directory:
+            torch.save(run.checkpoint(), Path(directory) / CHECKPOINT_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))

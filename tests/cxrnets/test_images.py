@@ -1,0 +1,173 @@
+"""Tests for cxrnets.images: every PIL mode to a (3, S, S) uint8 array, and bad files."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrnets import images
+from cxrnets.errors import CxrError
+from cxrnets.images import decode, load_image, to_rgb
+
+# The mode PIL reports when it opens each file the fixtures write.
+OPENED_MODE = {"L": "L", "LA": "LA", "P": "P", "P-transparent": "P", "RGB": "RGB", "RGBA": "RGBA",
+               "I;16": "I;16", "JPEG": "RGB"}
+
+
+@pytest.mark.parametrize("mode", sorted(OPENED_MODE))
+@pytest.mark.parametrize("size", [16, 32, 64])
+def test_every_mode_gives_square_uint8_rgb(mode: str, size: int, tmp_path: Path, write_image) -> None:
+    path = write_image(tmp_path / f"x.png", mode, brightness=128, seed=1, size=(40, 32))
+    with Image.open(path) as opened:  # the fixture really wrote the odd mode
+        assert opened.mode == OPENED_MODE[mode]
+        assert opened.format == ("JPEG" if mode == "JPEG" else "PNG")
+    array = load_image(path, size)
+    assert array.shape == (3, size, size)
+    assert array.dtype == np.uint8
+    assert array.flags.writeable and array.flags.c_contiguous
+    # greyscale stays greyscale in all three channels (JPEG may round a little)
+    assert np.abs(array[0].astype(int) - array[2].astype(int)).max() <= 2
+    assert array.max() > 0
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGB", "JPEG"])
+def test_brightness_survives_decoding(mode: str, tmp_path: Path, write_image) -> None:
+    dark = load_image(write_image(tmp_path / "dark.png", mode, brightness=50, seed=1), 32)
+    bright = load_image(write_image(tmp_path / "bright.png", mode, brightness=200, seed=2), 32)
+    assert abs(dark.mean() - 50) < 8
+    assert abs(bright.mean() - 200) < 8
+
+
+def test_16_bit_keeps_its_contrast() -> None:
+    # A 12-bit X-ray in a 16-bit PNG: values 1000..1800. A naive 8-bit conversion would clip
+    # everything to white (or, divided by 256, to almost black).
+    ramp = np.linspace(1000, 1800, 32 * 32).reshape(32, 32).astype(np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(ramp).save(buffer, format="PNG")
+    assert Image.open(io.BytesIO(buffer.getvalue())).mode == "I;16"
+    array = decode(buffer.getvalue(), 32, "ramp.png")
+    assert array.min() == 0 and array.max() == 255  # stretched over the full range
+    assert len(np.unique(array)) > 200  # and not posterised
+    assert np.all(np.diff(array[0].astype(int).ravel()) >= 0)  # the ramp keeps its order
+
+
+def test_flat_16_bit_image_is_black_not_an_error() -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 8), 777, dtype=np.uint16)).save(buffer, format="PNG")
+    assert decode(buffer.getvalue(), 8).max() == 0
+
+
+@pytest.mark.parametrize("mode", ["LA", "RGBA", "P-transparent"])
+def test_transparency_is_composited_onto_black(mode: str, tmp_path: Path, write_image) -> None:
+    # a 32x32 image whose top-left 8x8 corner is fully transparent (white underneath for P)
+    array = load_image(write_image(tmp_path / "t.png", mode, brightness=180, seed=3, size=(32, 32)), 32)
+    assert array[:, :8, :8].max() == 0
+    assert array[:, 8:, 8:].mean() > 150
+
+
+def test_rgba_half_transparent_white() -> None:
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
+    rgba[..., :3] = 255
+    rgba[..., 3] = 128
+    result = np.asarray(to_rgb(Image.fromarray(rgba, mode="RGBA")))
+    assert np.all(np.abs(result.astype(int) - 128) <= 1)
+
+
+def test_greyscale_with_trns_colour_is_transparent() -> None:
+    grey = np.full((8, 8), 200, dtype=np.uint8)
+    grey[4:, :] = 100
+    buffer = io.BytesIO()
+    Image.fromarray(grey).save(buffer, format="PNG", transparency=200)  # tRNS: grey 200 is transparent
+    array = decode(buffer.getvalue(), 8)
+    assert array[:, :4].max() == 0
+    assert np.all(array[:, 4:] == 100)
+
+
+def test_other_modes_convert(tmp_path: Path) -> None:
+    for mode in ("1", "CMYK", "I", "F"):
+        image = Image.new(mode, (20, 20))
+        assert to_rgb(image).mode == "RGB"
+    bilevel = Image.fromarray(np.eye(8, dtype=bool))
+    assert bilevel.mode == "1"
+    assert np.asarray(to_rgb(bilevel)).max() == 255
+
+
+def test_resize_center_crops_the_middle() -> None:
+    # a wide image: left and right thirds black, middle white -> the crop is mostly white
+    wide = np.zeros((30, 90), dtype=np.uint8)
+    wide[:, 30:60] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(wide).save(buffer, format="PNG")
+    array = decode(buffer.getvalue(), 30)
+    assert array.shape == (3, 30, 30)
+    assert array.mean() > 240
+
+
+def test_large_jpeg_decodes_at_reduced_scale(tmp_path: Path) -> None:
+    path = tmp_path / "big.jpg"
+    Image.fromarray(np.full((800, 1000), 90, dtype=np.uint8)).save(path, quality=90)
+    array = load_image(path, 32)
+    assert array.shape == (3, 32, 32)
+    assert abs(array.mean() - 90) < 3
+
+
+def test_corrupt_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.png"
+    path.write_bytes(b"this is not an image at all" * 10)
+    with pytest.raises(CxrError, match="garbage.png"):
+        load_image(path, 32)
+
+
+@pytest.mark.parametrize("mode, suffix", [("L", ".png"), ("RGBA", ".png"), ("L", ".jpg")])
+def test_truncated_file_names_the_file(mode: str, suffix: str, tmp_path: Path, write_image) -> None:
+    whole = write_image(tmp_path / f"whole{suffix}", mode, brightness=120, seed=4, size=(64, 64)).read_bytes()
+    path = tmp_path / f"truncated{suffix}"
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(CxrError, match=f"truncated{suffix}.*cannot decode"):
+        load_image(path, 32)
+
+
+def test_empty_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.png"
+    path.write_bytes(b"")
+    with pytest.raises(CxrError, match="empty.png"):
+        load_image(path, 32)
+
+
+def test_missing_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere" / "absent.png"
+    with pytest.raises(CxrError, match="absent.png.*exists"):
+        load_image(path, 32)
+
+
+def test_damaged_bytes_never_escape_as_other_errors(tmp_path: Path, write_image) -> None:
+    """Flipped and cut bytes give a decoded array or a CxrError, never another exception."""
+    rng = np.random.default_rng(0)
+    for mode in ("L", "P-transparent", "I;16", "JPEG"):
+        data = write_image(tmp_path / f"{mode}.png", mode, 128, seed=5, size=(48, 40)).read_bytes()
+        for trial in range(40):
+            damaged = bytearray(data)
+            if trial % 2:
+                damaged = damaged[: rng.integers(1, len(damaged))]
+            else:
+                for position in rng.integers(0, len(damaged), size=4):
+                    damaged[position] = rng.integers(0, 256)
+            try:
+                array = decode(bytes(damaged), 16, "damaged.png")
+            except CxrError as error:
+                assert "damaged.png" in str(error)
+            else:
+                assert array.shape == (3, 16, 16)
+
+
+def test_huge_image_is_refused(tmp_path: Path, write_image, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_image(tmp_path / "huge.png", "L", 128, seed=6, size=(40, 32))
+    monkeypatch.setattr(images, "MAX_PIXELS", 40 * 32 - 1)
+    with pytest.raises(CxrError, match=r"huge.png.*40x32.*limit"):
+        load_image(path, 16)
+    monkeypatch.setattr(images, "MAX_PIXELS", 40 * 32)
+    assert load_image(path, 16).shape == (3, 16, 16)
