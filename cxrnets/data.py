@@ -250,7 +250,9 @@ def parse_finding(finding: str, hierarchy: dict[str, str] | None = None) -> tupl
     Splits on ',' and '/', normalises whitespace, and matches known names case-insensitively.
     """
     hierarchy = FINDING_PARENTS if hierarchy is None else hierarchy
-    canonical = {name.lower(): name for pair in hierarchy.items() for name in pair}
+    # spellings of the known findings, whatever hierarchy is applied
+    canonical = {name.lower(): name for pair in FINDING_PARENTS.items() for name in pair}
+    canonical.update({name.lower(): name for pair in hierarchy.items() for name in pair})
     canonical[NO_FINDING.lower()] = NO_FINDING
     labels = set()
     for part in re.split(r"[,/]", finding):

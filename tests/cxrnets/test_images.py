@@ -21,7 +21,7 @@ OPENED_MODE = {"L": "L", "LA": "LA", "P": "P", "P-transparent": "P", "RGB": "RGB
 @pytest.mark.parametrize("mode", sorted(OPENED_MODE))
 @pytest.mark.parametrize("size", [16, 32, 64])
 def test_every_mode_gives_square_uint8_rgb(mode: str, size: int, tmp_path: Path, write_image) -> None:
-    path = write_image(tmp_path / f"x.png", mode, brightness=128, seed=1, size=(40, 32))
+    path = write_image(tmp_path / "x.png", mode, brightness=128, seed=1, size=(40, 32))
     with Image.open(path) as opened:  # the fixture really wrote the odd mode
         assert opened.mode == OPENED_MODE[mode]
         assert opened.format == ("JPEG" if mode == "JPEG" else "PNG")

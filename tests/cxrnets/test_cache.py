@@ -1,0 +1,154 @@
+"""Tests for cxrnets.cache: decode once, rebuild when files change, skip broken files, lock."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxrnets import cache as cache_module
+from cxrnets.cache import build_cache, cache_key, default_cache_root
+from cxrnets.data import load_dataset
+
+SIZE = 24
+
+
+@pytest.fixture
+def radiography(make_radiography):
+    return load_dataset("covid-radiography", make_radiography(per_class=3))
+
+
+def test_second_build_decodes_nothing(radiography, tmp_path: Path) -> None:
+    first = build_cache(radiography, SIZE, cache_root=tmp_path / "cache", workers=2)
+    assert first.decoded == 12
+    assert first.images.shape == (12, 3, SIZE, SIZE) and first.images.dtype == np.uint8
+    assert len(first.sha1) == 12 and all(len(digest) == 40 for digest in first.sha1)
+    second = build_cache(radiography, SIZE, cache_root=tmp_path / "cache")
+    assert second.decoded == 0
+    assert second.directory == first.directory
+    np.testing.assert_array_equal(np.asarray(second.images), np.asarray(first.images))
+    assert isinstance(second.images, np.memmap)  # read from disk, not held in memory
+    # the cached pixels are the decoded images, in the index's order, brighter class brighter
+    means = np.asarray(second.images).reshape(12, -1).mean(axis=1)
+    classes = [labels[0] for labels in second.index.frame["labels"]]
+    by_class = {name: means[[c == name for c in classes]].mean() for name in set(classes)}
+    assert by_class["COVID"] > by_class["Lung_Opacity"] > by_class["Viral Pneumonia"] > by_class["Normal"]
+    meta = json.loads((first.directory / "meta.json").read_text())
+    assert meta["images"] == 12 and meta["undecodable"] == 0 and meta["image_size"] == SIZE
+    assert first.directory.name.startswith(f"covid-radiography-{SIZE}px-")
+
+
+def test_another_size_is_another_cache(radiography, tmp_path: Path) -> None:
+    small = build_cache(radiography, 16, cache_root=tmp_path)
+    large = build_cache(radiography, 20, cache_root=tmp_path)
+    assert small.directory != large.directory and large.decoded == 12
+    assert large.images.shape[-1] == 20
+
+
+def test_touching_a_file_changes_the_key(radiography, tmp_path: Path) -> None:
+    first = build_cache(radiography, SIZE, cache_root=tmp_path)
+    path = radiography.paths()[4]
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    assert cache_key(radiography, SIZE) != first.directory.name.rsplit("-", 1)[1]
+    again = build_cache(radiography, SIZE, cache_root=tmp_path)
+    assert again.decoded == 12 and again.directory != first.directory
+    np.testing.assert_array_equal(np.asarray(again.images), np.asarray(first.images))  # same content
+
+
+def test_changing_a_file_rebuilds_with_new_pixels(radiography, tmp_path: Path, write_image) -> None:
+    first = build_cache(radiography, SIZE, cache_root=tmp_path)
+    path = radiography.paths()[0]
+    write_image(path, "L", brightness=10, seed=12345)
+    again = build_cache(radiography, SIZE, cache_root=tmp_path)
+    assert again.decoded == 12
+    assert again.sha1[0] != first.sha1[0] and list(again.sha1[1:]) == list(first.sha1[1:])
+    assert np.asarray(again.images[0]).mean() < 30 < np.asarray(first.images[0]).mean()
+    np.testing.assert_array_equal(np.asarray(again.images[1:]), np.asarray(first.images[1:]))
+
+
+def test_corrupt_image_is_skipped_and_logged(make_folder, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = make_folder(per_class=4)
+    (root / "sick" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    whole = (root / "healthy" / "img-001.png").read_bytes()
+    (root / "healthy" / "cut.png").write_bytes(whole[: len(whole) // 2])
+    index = load_dataset("folder", root)
+    assert len(index.frame) == 10
+    with caplog.at_level(logging.WARNING, logger="cxrnets.cache"):
+        built = build_cache(index, SIZE, cache_root=tmp_path)
+    assert built.decoded == 10
+    assert "broken.png" in caplog.text and "cut.png" in caplog.text
+    assert built.index.skipped == {"undecodable image": 2}
+    assert len(built.index.frame) == 8 == len(built.images) == len(built.sha1)
+    assert not built.index.frame["relpath"].str.contains("broken|cut").any()
+    assert built.index.targets().tolist().count(0) == 4  # the others are still usable
+    table = pd.read_parquet(built.directory / "index.parquet")
+    assert table["ok"].sum() == 8 and table.loc[~table["ok"], "error"].str.contains("cannot decode").all()
+    # reading the cache again still leaves them out, and says so
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cxrnets.cache"):
+        again = build_cache(index, SIZE, cache_root=tmp_path)
+    assert again.decoded == 0 and len(again.images) == 8
+    assert "undecodable" in caplog.text and "broken.png" in caplog.text
+    np.testing.assert_array_equal(np.asarray(again.images), np.asarray(built.images))
+
+
+def test_concurrent_builds_decode_once(radiography, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    original = cache_module._decode_into
+
+    def slow_decode_into(*args, **kwargs):
+        calls.append(threading.get_ident())
+        time.sleep(0.3)  # the other thread reaches the lock while this one decodes
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "_decode_into", slow_decode_into)
+    barrier = threading.Barrier(2)
+    results, errors = [], []
+
+    def build() -> None:
+        try:
+            barrier.wait()
+            results.append(build_cache(radiography, SIZE, cache_root=tmp_path, workers=1))
+        except Exception as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors
+    assert len(calls) == 1
+    assert sorted(result.decoded for result in results) == [0, 12]
+    np.testing.assert_array_equal(np.asarray(results[0].images), np.asarray(results[1].images))
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_default_cache_root_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                     radiography) -> None:
+    monkeypatch.setenv("CXR_TUNE_CACHE", str(tmp_path / "env-cache"))
+    assert default_cache_root() == tmp_path / "env-cache"
+    built = build_cache(radiography, 16)
+    assert built.directory.parent == tmp_path / "env-cache"
+
+
+def test_cache_cli(make_pneumonia_normal, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = make_pneumonia_normal(per_class=3)
+    arguments = ["--dataset", "covid-pneumonia-normal", "--data-root", str(root), "--image-size", "16", "20",
+                 "--cache-dir", str(tmp_path / "cache")]
+    cache_module.main(arguments)
+    out = capsys.readouterr().out
+    assert "at 16px: decoded 9 images, 9 usable" in out and "at 20px: decoded 9 images" in out
+    cache_module.main(arguments)
+    assert "at 16px: already cached" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"error: .*does not exist"):
+        cache_module.main(["--dataset", "folder", "--data-root", str(tmp_path / "nowhere"),
+                           "--cache-dir", str(tmp_path / "cache")])

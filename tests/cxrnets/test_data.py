@@ -1,0 +1,382 @@
+"""Tests for cxrnets.data: every dataset layout, the covid-chestxray parsing, and bad input."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxrnets.data import (
+    DATASET_NAMES,
+    RADIOGRAPHY_CLASSES,
+    SAMPLE_ROOT,
+    THREE_CLASSES,
+    load_dataset,
+    parse_finding,
+    three_class_label,
+)
+from cxrnets.errors import CxrError
+from cxrnets.images import load_image
+
+
+def class_counts(index) -> Counter:
+    if index.multilabel:
+        return Counter(label for labels in index.frame["labels"] for label in labels)
+    return Counter(labels[0] for labels in index.frame["labels"])
+
+
+# ------------------------------------------------------------------ covid-radiography
+
+
+@pytest.mark.parametrize("lower", [False, True], ids=["as-shipped", "lower-case-folders"])
+def test_radiography_layout(make_radiography, lower: bool) -> None:
+    root = make_radiography(per_class=5, lower=lower)
+    index = load_dataset("covid-radiography", root)
+    assert index.classes == list(RADIOGRAPHY_CLASSES)  # canonical names whatever the folder case
+    assert not index.multilabel
+    assert class_counts(index) == {name: 5 for name in RADIOGRAPHY_CLASSES}
+    relpaths = list(index.frame["relpath"])
+    assert all("/images/" in relpath for relpath in relpaths)
+    assert not any("masks" in relpath.lower() for relpath in relpaths)  # masks are never samples
+    assert all(path.is_file() for path in index.paths())
+    assert list(index.frame["patient"]) == relpaths  # no patient ids: each image its own group
+    targets = index.targets()
+    assert targets.dtype == np.int64 and sorted(Counter(targets.tolist()).items()) == [(k, 5) for k in range(4)]
+    if lower:
+        assert relpaths[0].startswith("covid/images/")
+
+
+def test_radiography_missing_class_folder(make_radiography) -> None:
+    root = make_radiography()
+    shutil.rmtree(root / "Viral Pneumonia")
+    with pytest.raises(CxrError, match=r"Viral Pneumonia.*missing|missing.*Viral Pneumonia"):
+        load_dataset("covid-radiography", root)
+
+
+def test_radiography_without_images_subfolder(make_radiography) -> None:
+    root = make_radiography()
+    shutil.rmtree(root / "Normal" / "images")
+    with pytest.raises(CxrError, match=r"Normal.*images/"):
+        load_dataset("covid-radiography", root)
+
+
+def test_radiography_empty_class_folder(make_radiography) -> None:
+    root = make_radiography()
+    for path in (root / "Lung_Opacity" / "images").iterdir():
+        path.unlink()
+    with pytest.raises(CxrError, match=r"'Lung_Opacity'.*no images"):
+        load_dataset("covid-radiography", root)
+
+
+def test_radiography_root_that_is_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "archive.zip"
+    path.write_bytes(b"PK")
+    with pytest.raises(CxrError, match=r"archive.zip.*not a folder"):
+        load_dataset("covid-radiography", path)
+
+
+# ------------------------------------------------------------------ covid-pneumonia-normal
+
+
+def test_pneumonia_normal_layout(make_pneumonia_normal) -> None:
+    root = make_pneumonia_normal(per_class=6)
+    index = load_dataset("covid-pneumonia-normal", root)
+    assert index.classes == ["covid", "normal", "pneumonia"]
+    assert class_counts(index) == {"covid": 6, "normal": 6, "pneumonia": 6}
+    suffixes = {Path(relpath).suffix for relpath in index.frame["relpath"]}
+    assert suffixes == {".png", ".jpg", ".jpeg", ".PNG"}  # suffixes matched case-insensitively
+    assert not any(relpath.endswith(".ini") for relpath in index.frame["relpath"])
+    for path in index.paths():  # varied sizes and modes all decode to the same square
+        assert load_image(path, 24).shape == (3, 24, 24)
+
+
+def test_pneumonia_normal_upper_case_folders(make_pneumonia_normal, tmp_path: Path) -> None:
+    root = make_pneumonia_normal(per_class=3)
+    (root / "covid").rename(root / "COVID")
+    (root / "normal").rename(root / "Normal")
+    index = load_dataset("covid-pneumonia-normal", root)
+    assert index.classes == ["covid", "normal", "pneumonia"]
+    assert len(index.frame) == 9
+
+
+def test_pneumonia_normal_empty_class(make_pneumonia_normal) -> None:
+    root = make_pneumonia_normal(per_class=3)
+    for path in (root / "pneumonia").iterdir():
+        path.unlink()
+    with pytest.raises(CxrError, match=r"'pneumonia'.*no images"):
+        load_dataset("covid-pneumonia-normal", root)
+
+
+def test_pneumonia_normal_missing_class(make_pneumonia_normal) -> None:
+    root = make_pneumonia_normal(per_class=3)
+    shutil.rmtree(root / "normal")
+    with pytest.raises(CxrError, match=r"not a covid-pneumonia-normal dataset.*'normal'"):
+        load_dataset("covid-pneumonia-normal", root)
+
+
+# ------------------------------------------------------------------ folder
+
+
+def test_folder_layout(make_folder) -> None:
+    root = make_folder(per_class=7)
+    index = load_dataset("folder", root)
+    assert index.classes == ["healthy", "sick"]
+    assert class_counts(index) == {"healthy": 7, "sick": 7}
+    relpaths = list(index.frame["relpath"])
+    assert any("/batch2/" in relpath for relpath in relpaths)  # sub-folders count
+    assert not any("masks" in relpath or ".hidden" in relpath for relpath in relpaths)
+
+
+def test_folder_under_a_path_named_masks(make_folder, tmp_path: Path) -> None:
+    """Only masks/ folders inside the dataset are skipped, not the dataset's own parents."""
+    root = make_folder(root=tmp_path / "masks" / "my-data", per_class=3)
+    (root / "masks").mkdir()  # a top-level masks/ folder is not a class either
+    index = load_dataset("folder", root)
+    assert index.classes == ["healthy", "sick"]
+    assert len(index.frame) == 6
+
+
+def test_folder_needs_two_classes(tmp_path: Path, write_image) -> None:
+    write_image(tmp_path / "data" / "only" / "a.png")
+    with pytest.raises(CxrError, match="at least two class sub-folders"):
+        load_dataset("folder", tmp_path / "data")
+
+
+def test_folder_empty_class(make_folder) -> None:
+    root = make_folder(per_class=3)
+    (root / "unsure").mkdir()
+    (root / "unsure" / "notes.txt").write_text("nothing yet")
+    with pytest.raises(CxrError, match=r"'unsure'.*no images"):
+        load_dataset("folder", root)
+
+
+# ------------------------------------------------------------------ csv
+
+
+def test_csv_layout(make_csv_dataset, caplog: pytest.LogCaptureFixture) -> None:
+    csv_path = make_csv_dataset()
+    with caplog.at_level(logging.WARNING, logger="cxrnets.data"):
+        index = load_dataset("csv", csv_path, patient_column="patient")
+    assert index.classes == ["covid", "normal"]
+    assert class_counts(index) == {"covid": 12, "normal": 12}
+    assert index.frame["patient"].nunique() == 16
+    assert set(index.frame["patient"]) == {f"patient-{p:02d}" for p in range(16)}
+    assert index.skipped == {"image file absent": 1, "blank label": 1}
+    assert all(path.is_file() for path in index.paths())
+    # every skip is logged, naming the CSV and its row
+    assert "labels.csv row" in caplog.text and "absent.png" in caplog.text
+    assert "skipped: image file absent 1, blank label 1" in index.summary()
+
+
+def test_csv_without_patient_column_groups_by_image(make_csv_dataset) -> None:
+    index = load_dataset("csv", make_csv_dataset())
+    assert list(index.frame["patient"]) == list(index.frame["relpath"])
+
+
+def test_csv_with_other_column_names(make_csv_dataset) -> None:
+    csv_path = make_csv_dataset(columns=("file", "diagnosis", "subject"))
+    index = load_dataset("csv", csv_path, path_column="file", label_column="diagnosis", patient_column="subject")
+    assert len(index.frame) == 24 and index.frame["patient"].nunique() == 16
+
+
+def test_csv_without_the_named_columns(make_csv_dataset) -> None:
+    csv_path = make_csv_dataset(columns=("file", "diagnosis", "subject"))
+    with pytest.raises(CxrError, match=r"labels.csv.*missing column\(s\) \['path', 'label'\]"):
+        load_dataset("csv", csv_path)
+    with pytest.raises(CxrError, match=r"labels.csv.*\['patient'\]"):
+        load_dataset("csv", csv_path, path_column="file", label_column="diagnosis", patient_column="patient")
+
+
+def test_csv_root_must_be_the_file(make_csv_dataset) -> None:
+    with pytest.raises(CxrError, match="takes the CSV file itself"):
+        load_dataset("csv", make_csv_dataset().parent)
+
+
+def test_csv_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.csv"
+    path.write_text("")
+    with pytest.raises(CxrError, match=r"empty.csv.*cannot read CSV"):
+        load_dataset("csv", path)
+
+
+def test_csv_with_no_usable_rows(tmp_path: Path) -> None:
+    path = tmp_path / "labels.csv"
+    path.write_text("path,label\nmissing.png,covid\n")
+    with pytest.raises(CxrError, match=r"no usable images.*image file absent 1"):
+        load_dataset("csv", path)
+
+
+def test_unknown_dataset_option(make_csv_dataset) -> None:
+    with pytest.raises(CxrError, match="does not take these options.*'colour'"):
+        load_dataset("csv", make_csv_dataset(), colour="red")
+
+
+# ------------------------------------------------------------------ names and roots
+
+
+def test_unknown_dataset_name(tmp_path: Path) -> None:
+    with pytest.raises(CxrError, match=r"unknown dataset 'chexpert'.*covid-radiography"):
+        load_dataset("chexpert", tmp_path)
+
+
+@pytest.mark.parametrize("name", DATASET_NAMES)
+def test_data_root_that_does_not_exist(name: str, tmp_path: Path) -> None:
+    with pytest.raises(CxrError, match=r"nowhere.*does not exist.*--data-root"):
+        load_dataset(name, tmp_path / "nowhere")
+
+
+# ------------------------------------------------------------------ covid-chestxray: parsing
+
+
+@pytest.mark.parametrize("finding, labels", [
+    ("COVID-19", ("COVID-19", "Pneumonia", "Viral")),
+    ("COVID-19, ARDS", ("ARDS", "COVID-19", "Pneumonia", "Viral")),
+    ("Pneumonia/Viral/COVID-19", ("COVID-19", "Pneumonia", "Viral")),
+    ("Pneumonia/Viral/COVID-19, ARDS", ("ARDS", "COVID-19", "Pneumonia", "Viral")),
+    ("  covid-19 ", ("COVID-19", "Pneumonia", "Viral")),
+    ("pneumonia / BACTERIAL / streptococcus", ("Bacterial", "Pneumonia", "Streptococcus")),
+    ("Streptococcus", ("Bacterial", "Pneumonia", "Streptococcus")),
+    ("Pneumocystis", ("Fungal", "Pneumocystis", "Pneumonia")),
+    ("SARS", ("Pneumonia", "SARS", "Viral")),
+    ("Pneumonia", ("Pneumonia",)),
+    ("No Finding", ("No Finding",)),
+    ("no   finding", ("No Finding",)),
+    ("COVID-19,,ARDS", ("ARDS", "COVID-19", "Pneumonia", "Viral")),
+    ("Something  New", ("Something New",)),  # unknown names are kept, whitespace normalised
+    ("", ()),
+])
+def test_parse_finding(finding: str, labels: tuple[str, ...]) -> None:
+    assert parse_finding(finding) == labels
+
+
+def test_parse_finding_with_own_hierarchy() -> None:
+    assert parse_finding("COVID-19, ARDS", hierarchy={}) == ("ARDS", "COVID-19")
+    assert parse_finding(" covid-19 ", hierarchy={}) == ("COVID-19",)  # still case-normalised
+    assert parse_finding("b", hierarchy={"B": "A", "A": "Root"}) == ("A", "B", "Root")
+
+
+@pytest.mark.parametrize("labels, expected", [
+    (("COVID-19", "Pneumonia", "Viral"), "COVID-19"),
+    (("ARDS", "COVID-19", "Pneumonia", "Viral"), "COVID-19"),
+    (("Bacterial", "Pneumonia", "Streptococcus"), "Other pneumonia"),
+    (("Pneumonia",), "Other pneumonia"),
+    (("No Finding",), "No Finding"),
+    (("ARDS",), None),
+    (("ARDS", "No Finding"), None),
+])
+def test_three_class_label(labels: tuple[str, ...], expected: str | None) -> None:
+    assert three_class_label(labels) == expected
+
+
+# ------------------------------------------------------------------ covid-chestxray: fixture tree
+
+CHESTXRAY_SKIPPED = {"finding todo": 1, "finding blank": 1, "finding Unknown": 1, "modality not X-ray": 1,
+                     "view not frontal": 1, "image file absent": 2}
+
+
+def test_chestxray_multilabel(make_chestxray, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="cxrnets.data"):
+        index = load_dataset("covid-chestxray", make_chestxray())
+    assert index.multilabel
+    assert len(index.frame) == 25
+    assert index.frame["patient"].nunique() == 19
+    assert index.skipped == CHESTXRAY_SKIPPED
+    assert index.classes == sorted(index.classes)
+    assert class_counts(index) == {
+        "COVID-19": 10, "Viral": 12, "Pneumonia": 18, "ARDS": 3, "Bacterial": 3, "Streptococcus": 2,
+        "Klebsiella": 1, "SARS": 1, "Fungal": 2, "Pneumocystis": 2, "Influenza": 1, "No Finding": 6,
+    }
+    by_path = dict(zip(index.frame["relpath"], index.frame["labels"]))
+    assert by_path["images/p2-a.jpeg"] == ("ARDS", "COVID-19", "Pneumonia", "Viral")
+    assert by_path["images/p4.png"] == ("COVID-19", "Pneumonia", "Viral")
+    assert by_path["images/p16.png"] == ("No Finding",)
+    assert "images/p5-lateral.png" not in by_path and "images/p6-ct.png" not in by_path
+    targets = index.targets()
+    assert targets.shape == (25, len(index.classes)) and targets.dtype == np.float32
+    assert targets.sum() == sum(len(labels) for labels in index.frame["labels"])
+    # the skip summary is logged, not silent
+    assert "skipped:" in caplog.text and "image file absent 2" in caplog.text and "finding todo 1" in caplog.text
+
+
+def test_chestxray_three_class(make_chestxray) -> None:
+    index = load_dataset("covid-chestxray-3class", make_chestxray())
+    assert not index.multilabel
+    assert index.classes == list(THREE_CLASSES)
+    assert class_counts(index) == {"COVID-19": 10, "Other pneumonia": 8, "No Finding": 6}
+    assert index.frame["patient"].nunique() == 18
+    assert index.skipped == {**CHESTXRAY_SKIPPED, "not COVID-19/pneumonia/No Finding": 1}
+    assert index.stratum().nunique() == 3
+
+
+def test_chestxray_view_and_modality_filters(make_chestxray) -> None:
+    root = make_chestxray()
+    any_view = load_dataset("covid-chestxray", root, views=None)
+    assert len(any_view.frame) == 26 and "images/p5-lateral.png" in set(any_view.frame["relpath"])
+    everything = load_dataset("covid-chestxray", root, views=None, modality=None)
+    assert len(everything.frame) == 27 and "images/p6-ct.png" in set(everything.frame["relpath"])
+    ct_only = load_dataset("covid-chestxray", root, views=None, modality="ct")
+    assert list(ct_only.frame["relpath"]) == ["images/p6-ct.png"]
+    pa_only = load_dataset("covid-chestxray", root, views=("pa",))
+    assert len(pa_only.frame) == 18
+    assert pa_only.skipped["view filtered out"] == 9  # 7 AP rows, the lateral and an absent AP row
+    assert pa_only.skipped["image file absent"] == 1  # only the PA one: the view filter comes first
+
+
+def test_chestxray_hierarchy_option(make_chestxray) -> None:
+    index = load_dataset("covid-chestxray", make_chestxray(), hierarchy={})
+    # no implied parents: only rows that spell the path out ("Pneumonia/Viral/COVID-19") have them
+    assert "Viral" in index.classes and "Bacterial" in index.classes
+    counts = class_counts(index)
+    assert counts["COVID-19"] == 10 and counts["Viral"] == 3 and counts["Pneumonia"] == 7
+
+
+def test_chestxray_without_metadata(make_chestxray) -> None:
+    root = make_chestxray()
+    (root / "metadata.csv").unlink()
+    with pytest.raises(CxrError, match=r"no metadata.csv"):
+        load_dataset("covid-chestxray", root)
+
+
+def test_chestxray_metadata_without_columns(make_chestxray) -> None:
+    root = make_chestxray()
+    (root / "metadata.csv").write_text("patient,label,file\n1,COVID-19,p1-a.jpg\n")
+    with pytest.raises(CxrError, match=r"metadata.csv.*missing column\(s\) \['patientid', 'finding', 'filename'\]"):
+        load_dataset("covid-chestxray-3class", root)
+
+
+# ------------------------------------------------------------------ the embedded sample and the real copy
+
+
+def test_embedded_sample() -> None:
+    three = load_dataset("covid-chestxray-3class", SAMPLE_ROOT)
+    assert three.classes == list(THREE_CLASSES)
+    counts = class_counts(three)
+    assert 150 <= len(three.frame) <= 300 and min(counts.values()) >= 10
+    assert all(path.is_file() for path in three.paths())
+    multi = load_dataset("covid-chestxray", SAMPLE_ROOT)
+    assert multi.multilabel and {"COVID-19", "Pneumonia", "Viral", "No Finding"} <= set(multi.classes)
+    assert multi.skipped.get("image file absent", 0) == 0  # the sample ships every image it lists
+
+
+def test_real_dataset_three_class(real_chestxray: Path) -> None:
+    index = load_dataset("covid-chestxray-3class", real_chestxray)
+    counts = class_counts(index)
+    assert index.classes == list(THREE_CLASSES)
+    assert 400 <= len(index.frame) <= 800
+    assert counts["COVID-19"] > counts["Other pneumonia"] > counts["No Finding"] > 0
+    assert index.frame["patient"].nunique() >= 200
+    assert index.skipped["image file absent"] == 11
+    assert index.skipped["finding todo"] > 0 and index.skipped["modality not X-ray"] > 0
+    assert all(path.is_file() for path in index.paths())
+
+
+def test_real_dataset_multilabel(real_chestxray: Path) -> None:
+    index = load_dataset("covid-chestxray", real_chestxray)
+    counts = class_counts(index)
+    assert counts["Pneumonia"] >= counts["Viral"] >= counts["COVID-19"] > 300  # hierarchy applied
+    assert index.skipped["image file absent"] == 11
+    assert "todo" not in {label.lower() for label in index.classes}

@@ -1,0 +1,196 @@
+"""Tests for cxrnets.splits: seeded, stratified, patient-disjoint splits and the leakage check."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxrnets.data import SAMPLE_ROOT, DatasetIndex, load_dataset
+from cxrnets.errors import CxrError
+from cxrnets.splits import SPLITS, check_leakage, describe, leakage_groups, load_split, make_split, save_split
+
+
+def with_sha1(index: DatasetIndex) -> pd.DataFrame:
+    return index.frame.assign(sha1=[hashlib.sha1(path.read_bytes()).hexdigest() for path in index.paths()])
+
+
+def split_of(index: DatasetIndex, seed: int = 0, **fractions) -> pd.DataFrame:
+    return make_split(with_sha1(index), index.stratum(), seed=seed, **fractions)
+
+
+def assert_disjoint(split: pd.DataFrame) -> None:
+    assert (split.groupby("patient")["split"].nunique() == 1).all()
+    assert (split.groupby("sha1")["split"].nunique() == 1).all()
+
+
+@pytest.fixture
+def three_classes(make_folder) -> DatasetIndex:
+    """42 images, 14 per class, each image its own group."""
+    return load_dataset("folder", make_folder(classes={"dark": 50, "grey": 120, "light": 200}, per_class=14))
+
+
+def test_deterministic_for_a_seed(three_classes: DatasetIndex) -> None:
+    first = split_of(three_classes, seed=0)
+    pd.testing.assert_frame_equal(first, split_of(three_classes, seed=0))
+    other = split_of(three_classes, seed=1)
+    assert list(other["relpath"]) == list(first["relpath"])  # rows keep the dataset's order
+    assert (other["split"] != first["split"]).any()
+
+
+def test_stratified_and_sized(three_classes: DatasetIndex) -> None:
+    split = split_of(three_classes)
+    assert list(split.columns) == ["relpath", "patient", "sha1", "stratum", "split"]
+    assert set(split["split"]) == set(SPLITS)
+    per_split = split.groupby("split")["stratum"].agg(set)
+    for name in SPLITS:
+        assert per_split[name] == {"dark", "grey", "light"}, f"{name} lacks a class"
+    sizes = split["split"].value_counts()
+    assert 4 <= sizes["test"] <= 9 and 4 <= sizes["val"] <= 9 and sizes["train"] >= 26
+
+
+def test_fractions_are_honoured(make_folder) -> None:
+    index = load_dataset("folder", make_folder(classes={"a": 60, "b": 190}, per_class=30))
+    split = split_of(index, val_fraction=0.25, test_fraction=0.25)
+    sizes = split["split"].value_counts()
+    assert 12 <= sizes["test"] <= 18 and 12 <= sizes["val"] <= 18
+
+
+def test_patient_disjoint_on_fixture_tree(make_chestxray) -> None:
+    index = load_dataset("covid-chestxray-3class", make_chestxray())
+    for seed in range(5):
+        split = split_of(index, seed=seed)
+        assert_disjoint(split)
+        assert set(split["split"]) == set(SPLITS)
+
+
+@pytest.mark.parametrize("dataset", ["covid-chestxray-3class", "covid-chestxray"])
+def test_patient_disjoint_on_embedded_sample(dataset: str) -> None:
+    index = load_dataset(dataset, SAMPLE_ROOT)
+    split = split_of(index)
+    assert_disjoint(split)
+    assert split["patient"].nunique() == index.frame["patient"].nunique()
+    sizes = split["split"].value_counts(normalize=True)
+    assert 0.05 < sizes["test"] < 0.3 and 0.05 < sizes["val"] < 0.3
+    if dataset == "covid-chestxray-3class":  # every class in every split
+        assert (split.groupby("split")["stratum"].nunique() == 3).all()
+
+
+def test_patient_disjoint_on_real_dataset(real_chestxray: Path) -> None:
+    index = load_dataset("covid-chestxray-3class", real_chestxray)
+    frame = with_sha1(index)
+    # upstream lists a few images twice, under two patient ids (285 and 339, 287 and 340)
+    shared = frame.groupby("sha1")["patient"].nunique()
+    assert (shared > 1).sum() >= 1
+    split = make_split(frame, index.stratum(), seed=0)
+    assert_disjoint(split)
+    # the patients that share an image are therefore on one side together
+    for sha1 in shared[shared > 1].index:
+        patients = set(frame.loc[frame["sha1"] == sha1, "patient"])
+        assert split.loc[split["patient"].isin(patients), "split"].nunique() == 1
+    assert (split.groupby("split")["stratum"].nunique() == 3).all()
+
+
+def test_leakage_groups_join_patients_and_identical_files() -> None:
+    patients = pd.Series(["a", "a", "b", "c", "d", "e"])
+    sha1 = pd.Series(["1", "2", "2", "3", "3", "4"])
+    groups = leakage_groups(patients, sha1)
+    assert groups[0] == groups[1] == groups[2]  # a's second image is byte-identical to b's
+    assert groups[3] == groups[4]  # c and d share a file
+    assert len({groups[0], groups[3], groups[5]}) == 3
+
+
+def test_identical_files_under_two_patients_end_on_one_side() -> None:
+    rows = 40
+    frame = pd.DataFrame({
+        "relpath": [f"img{i}.png" for i in range(rows)],
+        "patient": [f"p{i}" for i in range(rows)],
+        "sha1": [f"{i:040x}" for i in range(rows)],
+    })
+    frame.loc[1, "sha1"] = frame.loc[0, "sha1"]  # p0 and p1 share a picture
+    frame.loc[21, "sha1"] = frame.loc[20, "sha1"]  # so do p20 and p21
+    strata = pd.Series(["x" if i % 2 else "y" for i in range(rows)])
+    for seed in range(10):
+        split = make_split(frame, strata, seed=seed)
+        assert split.loc[0, "split"] == split.loc[1, "split"]
+        assert split.loc[20, "split"] == split.loc[21, "split"]
+
+
+def hand_made_split() -> pd.DataFrame:
+    return pd.DataFrame({
+        "relpath": ["a.png", "b.png", "c.png", "d.png"],
+        "patient": ["p1", "p2", "p3", "p4"],
+        "sha1": ["s1", "s2", "s3", "s4"],
+        "stratum": ["x", "x", "y", "y"],
+        "split": ["train", "train", "val", "test"],
+    })
+
+
+def test_check_leakage_accepts_a_clean_split() -> None:
+    check_leakage(hand_made_split())
+
+
+def test_check_leakage_patient_on_two_sides() -> None:
+    split = hand_made_split()
+    split.loc[2, "patient"] = "p1"
+    with pytest.raises(CxrError, match=r"(?s)split leaks: 1 patient\(s\).*'p1'.*c.png"):
+        check_leakage(split)
+
+
+def test_check_leakage_identical_file_on_two_sides() -> None:
+    split = hand_made_split()
+    split.loc[3, "sha1"] = "s2"
+    with pytest.raises(CxrError, match=r"identical image file.*'s2'"):
+        check_leakage(split)
+
+
+def test_save_load_round_trip(three_classes: DatasetIndex, tmp_path: Path) -> None:
+    split = split_of(three_classes)
+    path = tmp_path / "study" / "split.csv"  # the folder is made
+    save_split(split, path)
+    loaded = load_split(path)
+    pd.testing.assert_frame_equal(loaded, split.astype(str))
+    text = describe(loaded)
+    assert text.startswith("train ") and "val " in text and "test " in text and "patients" in text
+
+
+def test_load_split_refuses_a_leaking_file(tmp_path: Path) -> None:
+    split = hand_made_split()
+    split.loc[1, "patient"] = "p3"  # p3's other image is in val, this one in train
+    path = tmp_path / "split.csv"
+    split.to_csv(path, index=False)
+    with pytest.raises(CxrError, match="leaks"):
+        load_split(path)
+
+
+def test_load_split_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(CxrError, match=r"absent.csv.*cannot read split file"):
+        load_split(tmp_path / "absent.csv")
+    path = tmp_path / "other.csv"
+    path.write_text("relpath,label\na.png,x\n")
+    with pytest.raises(CxrError, match=r"other.csv.*not a split file.*'patient', 'sha1', 'split'"):
+        load_split(path)
+
+
+@pytest.mark.parametrize("val, test", [(0, 0.15), (0.15, 0), (-0.1, 0.15), (0.5, 0.5), (0.7, 0.4), (1.0, 0.1)])
+def test_bad_fractions(three_classes: DatasetIndex, val: float, test: float) -> None:
+    with pytest.raises(CxrError, match="split fractions"):
+        split_of(three_classes, val_fraction=val, test_fraction=test)
+
+
+def test_too_few_patients(make_folder) -> None:
+    index = load_dataset("folder", make_folder(per_class=3))  # 6 groups, a 15% hold-out needs 7
+    with pytest.raises(CxrError, match=r"only 6 patients/groups.*too few"):
+        split_of(index)
+
+
+def test_strata_are_label_sets_for_multilabel(make_chestxray) -> None:
+    index = load_dataset("covid-chestxray", make_chestxray())
+    strata = index.stratum()
+    assert "ARDS|COVID-19|Pneumonia|Viral" in set(strata)
+    split = split_of(index)
+    assert_disjoint(split)
+    assert np.array_equal(split["stratum"].to_numpy(), strata.to_numpy())

@@ -1,0 +1,356 @@
+"""Tests for cxrnets.training and the `python -m cxrnets.train` CLI.
+
+The end-to-end runs use the embedded sample (ResNet50 at 32 px, the fastest
+model on a CPU at the smallest useful size) decoded once into a module-wide
+cache; the error paths use tiny fixture datasets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from cxrnets.data import SAMPLE_ROOT
+from cxrnets.errors import CxrError, DivergedError
+from cxrnets.train import main
+from cxrnets.training import (
+    TrainConfig,
+    TrainingRun,
+    align_split,
+    autocast_dtype,
+    build_optimizer,
+    prepare_data,
+    select_device,
+)
+
+METRIC_KEYS = {"epoch", "train/loss", "val/loss", "val/accuracy", "val/precision_macro", "val/recall_macro",
+               "val/f1_macro", "epoch_seconds", "images_per_second"}
+MULTILABEL_KEYS = METRIC_KEYS | {"val/subset_accuracy", "val/f1_micro", "val/roc_auc_macro"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: at these tiny sizes thread hand-offs cost more than they gain, and on a
+    busy 2-core machine two spinning OpenMP threads per process make an epoch several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def sample_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One decode-once cache for every sample run of this module."""
+    return tmp_path_factory.mktemp("sample-cache")
+
+
+def sample_config(cache: Path, **overrides) -> TrainConfig:
+    values = dict(dataset="covid-chestxray-3class", data_root=str(SAMPLE_ROOT), model="resnet50", image_size=32,
+                  batch_size=32, epochs=2, lr=1e-3, cache_dir=str(cache), seed=0)
+    return TrainConfig(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def sample_run(sample_cache: Path) -> tuple[TrainingRun, list[dict]]:
+    """ResNet50 trained 2 epochs on the embedded sample (3 classes, 32 px)."""
+    run = TrainingRun(sample_config(sample_cache))
+    history = [run.train_epoch() for _ in range(run.config.epochs)]
+    return run, history
+
+
+# ------------------------------------------------------------------ config
+
+
+def test_default_config_is_valid() -> None:
+    config = TrainConfig()
+    config.validate()
+    assert config.data_root == str(SAMPLE_ROOT)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"lr": 0}, "option lr must be a positive number"),
+    ({"lr": -0.01}, "option lr"),
+    ({"lr": float("nan")}, "option lr"),
+    ({"lr": float("inf")}, "option lr"),
+    ({"lr": "0.1"}, "option lr"),
+    ({"batch_size": 0}, "option batch_size must be a positive integer"),
+    ({"batch_size": -8}, "option batch_size"),
+    ({"batch_size": 2.5}, "option batch_size"),
+    ({"epochs": 0}, "option epochs"),
+    ({"image_size": 0}, "option image_size"),
+    ({"optimizer": "rmsprop"}, r"unknown optimizer 'rmsprop'.*adam, sgd"),
+    ({"model": "resnet18"}, r"unknown model 'resnet18'.*alexnet"),
+    ({"dataset": "imagenet"}, r"unknown dataset 'imagenet'"),
+    ({"model": "alexnet", "image_size": 32}, r"image_size 32 is too small for model 'alexnet'.*63"),
+    ({"model": "vgg11", "image_size": 31}, r"too small for model 'vgg11'"),
+    ({"momentum": -0.5}, "momentum"),
+    ({"weight_decay": -1e-4}, "weight_decay"),
+])
+def test_validate_errors(changes: dict, message: str) -> None:
+    with pytest.raises(CxrError, match=message):
+        TrainConfig(**changes).validate()
+
+
+def test_training_run_validates_first(tmp_path: Path) -> None:
+    with pytest.raises(CxrError, match="option lr"):  # before touching any data
+        TrainingRun(TrainConfig(lr=0, data_root=str(tmp_path / "nowhere")))
+
+
+def test_from_dict_ignores_trial_extras() -> None:
+    config = TrainConfig.from_dict({"model": "vgg11", "lr": 0.01, "trial_id": "abc", "config/extra": 1})
+    assert config.model == "vgg11" and config.lr == 0.01
+
+
+def test_optimizers_and_device() -> None:
+    parameters = [nn.Parameter(torch.zeros(2))]
+    adam = build_optimizer("adam", parameters, 0.01, weight_decay=1e-4)
+    assert isinstance(adam, torch.optim.Adam) and adam.defaults["weight_decay"] == 1e-4
+    sgd = build_optimizer("sgd", parameters, 0.01, momentum=0.8, weight_decay=1e-3)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.8
+    with pytest.raises(CxrError, match="unknown optimizer 'lbfgs'"):
+        build_optimizer("lbfgs", parameters, 0.01)
+    assert select_device("cpu") == torch.device("cpu")
+    assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert autocast_dtype(torch.device("cpu"), True) is None  # CPU runs stay in float32
+    if not torch.cuda.is_available():
+        with pytest.raises(CxrError, match="no CUDA GPU"):
+            select_device("cuda")
+
+
+# ------------------------------------------------------------------ divergence
+
+
+@pytest.fixture
+def tiny_folder(make_folder) -> Path:
+    return make_folder(classes={"dark": 60, "bright": 190}, per_class=8)
+
+
+def tiny_config(root: Path, cache: Path, **overrides) -> TrainConfig:
+    values = dict(dataset="folder", data_root=str(root), model="resnet50", image_size=32, batch_size=4, epochs=2,
+                  cache_dir=str(cache))
+    return TrainConfig(**{**values, **overrides})
+
+
+class NanLoss(nn.Module):
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return logits.sum() * float("nan")
+
+
+def test_nan_loss_raises_diverged(tiny_folder: Path, tmp_path: Path) -> None:
+    run = TrainingRun(tiny_config(tiny_folder, tmp_path))
+    run.loss_fn = NanLoss()
+    with pytest.raises(DivergedError, match=r"training diverged: loss became nan after 0 images"):
+        run.train_epoch()
+    assert issubclass(DivergedError, CxrError)
+
+
+def test_cli_reports_divergence(tiny_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["--dataset", "folder", "--data-root", str(tiny_folder), "--image-size", "32", "--batch-size", "4",
+                 "--epochs", "2", "--lr", "1e30", "--cache-dir", str(tmp_path / "cache"),
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert "status: diverged at epoch 1" in err and "lower --lr" in err
+    assert "Traceback" not in err
+
+
+# ------------------------------------------------------------------ data and the split file
+
+
+def test_prepare_data_reuses_the_split_file(make_chestxray, tmp_path: Path) -> None:
+    root = make_chestxray()
+    split_file = tmp_path / "study" / "split.csv"
+    config = TrainConfig(dataset="covid-chestxray-3class", data_root=str(root), model="resnet50", image_size=16,
+                         cache_dir=str(tmp_path / "cache"), split_file=str(split_file), seed=0)
+    first = prepare_data(config)
+    assert split_file.is_file()
+    assert len(first.images) == len(first.targets) == len(first.split) == 24
+    assert first.images.shape[1:] == (3, 16, 16)
+    assert sorted(np.concatenate([first.rows(name) for name in ("train", "val", "test")]).tolist()) == list(range(24))
+    # another seed would split differently, but the file wins
+    again = prepare_data(replace(config, seed=7))
+    pd.testing.assert_frame_equal(again.split.astype(str), first.split.astype(str))
+    assert not np.array_equal(
+        prepare_data(replace(config, seed=7, split_file=None)).split["split"], first.split["split"])
+
+
+def test_prepare_data_refuses_a_split_whose_images_changed(make_chestxray, tmp_path: Path, write_image) -> None:
+    root = make_chestxray()
+    split_file = tmp_path / "split.csv"
+    config = TrainConfig(dataset="covid-chestxray-3class", data_root=str(root), model="resnet50", image_size=16,
+                         cache_dir=str(tmp_path / "cache"), split_file=str(split_file))
+    prepare_data(config)
+    write_image(root / "images" / "p15.png", "L", brightness=5, seed=777)  # same name, new picture
+    with pytest.raises(CxrError, match=r"split.csv: 1 image file\(s\) changed content.*p15.png.*new study"):
+        prepare_data(config)
+
+
+def test_prepare_data_refuses_a_split_of_other_images(make_folder, tmp_path: Path, write_image) -> None:
+    root = make_folder(per_class=8)
+    split_file = tmp_path / "split.csv"
+    config = TrainConfig(dataset="folder", data_root=str(root), model="resnet50", image_size=16,
+                         cache_dir=str(tmp_path / "cache"), split_file=str(split_file))
+    prepare_data(config)
+    write_image(root / "sick" / "new-one.png", "L", 190, seed=4242)
+    with pytest.raises(CxrError, match=r"dataset changed since this split was made \(1 new images.*new-one.png"):
+        prepare_data(config)
+
+
+def test_split_file_with_an_image_listed_twice(make_chestxray, tmp_path: Path) -> None:
+    """Dataset 3 lists a few images under two patient ids: the saved split must still align."""
+    root = make_chestxray()
+    metadata = pd.read_csv(root / "metadata.csv", dtype=str, keep_default_na=False)
+    twice = metadata[metadata["filename"] == "p8-a.png"].assign(patientid="99")
+    pd.concat([metadata, twice]).to_csv(root / "metadata.csv", index=False)
+    config = TrainConfig(dataset="covid-chestxray-3class", data_root=str(root), model="resnet50", image_size=16,
+                         cache_dir=str(tmp_path / "cache"), split_file=str(tmp_path / "split.csv"))
+    first = prepare_data(config)
+    assert len(first.split) == 25 and (first.split["relpath"] == "images/p8-a.png").sum() == 2
+    second = prepare_data(config)
+    pd.testing.assert_frame_equal(second.split.astype(str), first.split.astype(str))
+    sides = second.split.loc[second.split["patient"].isin(["8", "99"]), "split"]
+    assert sides.nunique() == 1  # patient 8 and 99 share a picture: one side
+
+
+def test_align_split_orders_like_the_data() -> None:
+    frame = pd.DataFrame({"relpath": ["a", "b", "c"], "patient": ["1", "2", "3"], "sha1": ["x", "y", "z"]})
+    split = frame.iloc[::-1].assign(stratum="s", split=["test", "val", "train"])
+    aligned = align_split(split, frame, Path("split.csv"))
+    assert list(aligned["relpath"]) == ["a", "b", "c"]
+    assert list(aligned["split"]) == ["train", "val", "test"]
+    with pytest.raises(CxrError, match=r"split.csv: the dataset changed.*1 gone.*'c'"):
+        align_split(split, frame.iloc[:2], Path("split.csv"))
+
+
+# ------------------------------------------------------------------ end to end on the embedded sample
+
+
+def test_sample_run_reports_every_metric(sample_run) -> None:
+    run, history = sample_run
+    assert run.classes == ["COVID-19", "Other pneumonia", "No Finding"]
+    assert not run.multilabel and isinstance(run.loss_fn, nn.CrossEntropyLoss)
+    assert [metrics["epoch"] for metrics in history] == [1, 2]
+    for metrics in history:
+        assert METRIC_KEYS <= set(metrics)
+        assert all(math.isfinite(value) for value in metrics.values())
+        for key in ("val/accuracy", "val/precision_macro", "val/recall_macro", "val/f1_macro"):
+            assert 0.0 <= metrics[key] <= 1.0
+        assert metrics["epoch_seconds"] > 0 and metrics["images_per_second"] > 0
+    # the split is patient-disjoint and every image is in exactly one part
+    split = run.data.split
+    assert (split.groupby("patient")["split"].nunique() == 1).all()
+    assert len(split) == len(run.data.images) == len(run.data.targets)
+    test_metrics, y_true, scores = run.evaluate_split("test")
+    assert {"test/loss", "test/accuracy", "test/f1_macro"} <= set(test_metrics)
+    assert scores.shape == (len(run.data.rows("test")), 3)
+    np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-5)  # softmax probabilities
+
+
+def test_checkpoint_loads_safely_and_restores(sample_run, tmp_path: Path) -> None:
+    run, _ = sample_run
+    path = tmp_path / "checkpoint.pt"
+    torch.save(run.checkpoint(), path)
+    checkpoint = torch.load(path, weights_only=True)  # nothing in it needs pickle's code execution
+    assert checkpoint["config"] == asdict(run.config)
+    assert checkpoint["epoch"] == 2 and checkpoint["classes"] == run.classes and checkpoint["multilabel"] is False
+    # a new run from the stored config (more epochs: resume) picks up where the first stopped
+    config = TrainConfig(**{**checkpoint["config"], "epochs": 3})
+    resumed = TrainingRun(config, data=run.data)
+    resumed.restore(checkpoint)
+    assert resumed.epoch == 2
+    for name, tensor in run.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    assert resumed.optimizer.state_dict()["state"].keys() == run.optimizer.state_dict()["state"].keys()
+    metrics = resumed.train_epoch()
+    assert metrics["epoch"] == 3 and math.isfinite(metrics["train/loss"])
+
+
+def test_multilabel_run_uses_bce(sample_cache: Path) -> None:
+    run = TrainingRun(sample_config(sample_cache, dataset="covid-chestxray", epochs=1))
+    assert run.multilabel and isinstance(run.loss_fn, nn.BCEWithLogitsLoss)
+    assert run.data.targets.shape == (len(run.data.images), len(run.classes))
+    assert {"COVID-19", "Viral", "Pneumonia", "No Finding"} <= set(run.classes)
+    metrics = run.train_epoch()
+    assert MULTILABEL_KEYS <= set(metrics)
+    assert 0.0 <= metrics["val/subset_accuracy"] <= metrics["val/accuracy"] <= 1.0
+    assert 0.0 <= metrics["val/roc_auc_macro"] <= 1.0
+    _, _, scores = run.evaluate_split("val")
+    assert ((scores >= 0) & (scores <= 1)).all()  # sigmoid, one probability per label
+
+
+# ------------------------------------------------------------------ the CLI
+
+
+def test_cli_trains_the_sample(sample_cache: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "run"
+    caplog.set_level(logging.INFO)
+    code = main(["--model", "resnet50", "--image-size", "32", "--batch-size", "32", "--epochs", "2",
+                 "--cache-dir", str(sample_cache), "--out", str(out)])
+    assert code == 0
+    text = caplog.text
+    assert "resnet50 on covid-chestxray-3class" in text
+    for epoch in (1, 2):  # one line per epoch with the loss and the validation metrics
+        assert re.search(rf"epoch {epoch}/2 .*train loss [\d.]+.*(f1|F1)\S* [\d.]+", text), text
+    assert re.search(r"test: .*loss [\d.]+", text)
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [metrics["epoch"] for metrics in history] == [1, 2] and METRIC_KEYS <= set(history[0])
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] == 2
+    assert checkpoint["config"]["model"] == "resnet50" and checkpoint["config"]["image_size"] == 32
+    assert checkpoint["config"]["cache_dir"] == str(sample_cache)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--model", "resnet18"], "invalid choice: 'resnet18'"),
+    (["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
+    (["--dataset", "chexpert"], "invalid choice: 'chexpert'"),
+    (["--lr", "fast"], "invalid float value: 'fast'"),
+    (["--batch-size", "3.5"], "invalid int value: '3.5'"),
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+])
+def test_cli_bad_flags(arguments: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(arguments)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--lr", "0"], "error: option lr must be a positive number, got 0.0"),
+    (["--lr", "-0.001"], "error: option lr"),
+    (["--batch-size", "0"], "error: option batch_size must be a positive integer"),
+    (["--epochs", "-1"], "error: option epochs"),
+    (["--model", "alexnet", "--image-size", "32"], "too small for model 'alexnet'"),
+])
+def test_cli_bad_values(arguments: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main([*arguments, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_missing_data_root(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "nowhere does not exist" in capsys.readouterr().err
+
+
+def test_cli_help_explains_every_flag(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--dataset", "--data-root", "--model", "--optimizer", "--lr", "--batch-size", "--epochs",
+                 "--image-size", "--pretrained", "--weights", "--seed", "--split-file", "--cache-dir", "--out"):
+        assert flag in text
+    assert "default: 0.001" in text and "default: resnet50" in text
