@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 COMPARISON_METRICS = ("val/accuracy", "val/precision_macro", "val/recall_macro", "val/f1_macro")
@@ -42,3 +43,244 @@ def markdown_table(table: pd.DataFrame, floatfmt: str = ".3f") -> str:
         if column.endswith("lr") and pd.api.types.is_numeric_dtype(shown[column]):
             shown[column] = shown[column].map(lambda v: f"{v:.1e}")
     return shown.to_markdown(index=False, floatfmt=floatfmt)
+
+
+# ------------------------------------------------------------------ trials, ablations, search summary
+# Pure pandas on the results table (study.results.read_results) and the trial events
+# (read_trial_events), so that study.run, study.analyze and tests share them.
+
+COMPLETED, STOPPED_EARLY, DIVERGED, FAILED, UNFINISHED = (
+    "completed", "stopped early", "diverged", "failed", "unfinished")
+STATUSES = (COMPLETED, STOPPED_EARLY, DIVERGED, FAILED, UNFINISHED)
+NOT_SET = "(not set)"  # the ablation row of trials a conditional dimension does not apply to
+
+
+def epoch_column(results: pd.DataFrame) -> pd.Series:
+    """The epoch each row reports (the trainable's `epoch`, else Tune's training_iteration)."""
+    if "epoch" in results.columns:
+        return results["epoch"].fillna(results["training_iteration"]).astype(int)
+    return results["training_iteration"].astype(int)
+
+
+def trial_table(results: pd.DataFrame, events: pd.DataFrame, metric: str, mode: str, max_epochs: int,
+                configs: dict[str, dict] | None = None) -> pd.DataFrame:
+    """One row per trial: trial_id, trial_name, its config/ columns, epochs, best epoch and value, status.
+
+    status is one of STATUSES: `completed` (reached max_epochs), `stopped early` (ended before
+    max_epochs without diverging: ASHA stopped it), `diverged` (NaN loss), `failed` (Tune recorded an
+    error), `unfinished` (no end recorded and short of max_epochs: still running or interrupted).
+    `configs` adds trials that never reported an epoch (trial_id -> config, e.g. from params.json).
+    """
+    rows = []
+    results = results.assign(_epoch=epoch_column(results)) if len(results) else results
+    ended = dict(zip(events["trial_id"], events["event"])) if len(events) else {}
+    trial_ids = list(dict.fromkeys([*(results["trial_id"] if len(results) else []), *ended, *(configs or {})]))
+    best = best_epochs(results, metric, mode).set_index("trial_id") if len(results) and metric in results else None
+    for trial_id in trial_ids:
+        own = results[results["trial_id"] == trial_id] if len(results) else results
+        row: dict = {"trial_id": trial_id}
+        if len(own):
+            last = own.iloc[-1]
+            row["trial_name"] = last.get("trial_name", trial_id)
+            for column in own.columns:
+                if column.startswith("config/"):
+                    row[column] = last[column]
+        else:
+            config = (configs or {}).get(trial_id, {})
+            row["trial_name"] = config.get("__trial_name__", trial_id)
+            row.update({f"config/{k}": v for k, v in config.items() if not k.startswith("__")})
+        epochs = int(own["_epoch"].max()) if len(own) else 0
+        diverged = bool(len(own) and "diverged" in own and (own["diverged"].fillna(0) > 0).any())
+        row["epochs"] = epochs
+        row["epochs_run"] = len(own)  # epochs trained (a resumed epoch counts once)
+        if best is not None and trial_id in best.index and pd.notna(best.loc[trial_id, metric]):
+            row["best_epoch"] = int(epoch_column(best.loc[[trial_id]]).iloc[0])
+            row[metric] = float(best.loc[trial_id, metric])
+        else:
+            row["best_epoch"], row[metric] = pd.NA, float("nan")
+        row["seconds"] = float(own["time_this_iter_s"].sum()) if "time_this_iter_s" in own else float("nan")
+        event = ended.get(trial_id)
+        if event == "error":
+            row["status"] = FAILED
+        elif diverged:
+            row["status"] = DIVERGED
+        elif epochs >= max_epochs:
+            row["status"] = COMPLETED
+        elif event == "completed":
+            row["status"] = STOPPED_EARLY
+        else:
+            row["status"] = UNFINISHED
+        rows.append(row)
+    columns = ["trial_id", "trial_name"]
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return pd.DataFrame(columns=[*columns, "epochs", "epochs_run", "best_epoch", metric, "seconds", "status"])
+    config_columns = sorted(c for c in table.columns if c.startswith("config/"))
+    rest = ["epochs", "epochs_run", "best_epoch", metric, "seconds", "status"]
+    table["best_epoch"] = table["best_epoch"].astype("Int64")
+    return table[columns + config_columns + rest].sort_values("trial_id").reset_index(drop=True)
+
+
+def _decade_label(exponent: int) -> str:
+    return f"1e{exponent:+03d} – 1e{exponent + 1:+03d}".replace("+", "")
+
+
+def bin_values(values: pd.Series, scale: str | None = None, max_values: int = 6,
+               bins: int = 4) -> tuple[pd.Series, list[str]]:
+    """Labels for the ablation rows of one dimension, and their order.
+
+    Categorical values (and numbers with at most `max_values` distinct values, unless `scale` says
+    the dimension is continuous) are their own rows. Continuous numbers are binned: per decade on
+    a log scale (`scale="log"`, or positive numbers spanning a factor 10 or more), else in `bins`
+    equal-width bins. Missing values (a conditional dimension) get NOT_SET.
+    """
+    present = values.dropna()
+    numeric = (len(present) > 0 and pd.api.types.is_numeric_dtype(present.infer_objects())
+               and not pd.api.types.is_bool_dtype(present.infer_objects()))
+    continuous = scale in ("log", "linear") or (numeric and present.nunique() > max_values)
+    if not numeric or not continuous or present.nunique() <= 1:
+        distinct = sorted(present.unique(), key=lambda v: (str(type(v)), v))
+        labels = {v: _value_label(v) for v in distinct}
+        out = values.map(lambda v: NOT_SET if _missing(v) else labels[v])
+        order = list(dict.fromkeys(labels.values()))
+    else:
+        numbers = present.astype(float)
+        log = scale == "log" or (scale is None and numbers.min() > 0 and numbers.max() / numbers.min() >= 10)
+        if log and numbers.min() > 0:
+            exponent = lambda v: int(np.floor(np.log10(v) + 1e-9))  # noqa: E731
+            order = [_decade_label(e) for e in range(exponent(numbers.min()), exponent(numbers.max()) + 1)]
+            out = values.map(lambda v: NOT_SET if _missing(v) else _decade_label(exponent(float(v))))
+        else:
+            edges = np.linspace(numbers.min(), numbers.max(), bins + 1)
+            order = [f"[{edges[i]:.3g}, {edges[i + 1]:.3g}{']' if i == bins - 1 else ')'}" for i in range(bins)]
+
+            def which(v):
+                if _missing(v):
+                    return NOT_SET
+                index = min(int(np.searchsorted(edges, float(v), side="right")) - 1, bins - 1)
+                return order[max(index, 0)]
+
+            out = values.map(which)
+        used = set(out)
+        order = [label for label in order if label in used]
+    if (out == NOT_SET).any():
+        order.append(NOT_SET)
+    return out, order
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA
+
+
+def _value_label(value) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value)).lower()
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return str(int(value)) if value.is_integer() and abs(value) >= 1 else f"{value:.3g}"
+    return str(value)
+
+
+def ablation_table(trials: pd.DataFrame, dimension: str, metric: str, mode: str,
+                   scale: str | None = None) -> pd.DataFrame:
+    """Per value (or bin) of one search dimension: trials, how each ended, epochs spent, best and median
+    `metric` (each trial counted at its best epoch). The status counts add up to `trials`, and the
+    `trials` column to the number of trials in `trials`."""
+    column = f"config/{dimension}" if f"config/{dimension}" in trials.columns else dimension
+    labels, order = bin_values(trials[column], scale)
+    frame = trials.assign(_value=labels)
+    rows = []
+    for label in order:
+        group = frame[frame["_value"] == label]
+        scores = group[metric].dropna()
+        row = {dimension: label, "trials": len(group)}
+        row.update({status: int((group["status"] == status).sum()) for status in STATUSES})
+        row["epochs"] = int(group["epochs_run"].sum())
+        row[f"best {metric}"] = (scores.min() if mode == "min" else scores.max()) if len(scores) else float("nan")
+        row[f"median {metric}"] = scores.median() if len(scores) else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def search_summary(trials: pd.DataFrame, max_epochs: int, wall_seconds: float | None = None) -> dict:
+    """Trials run and how they ended, epochs spent, and the budget ASHA saved against running every
+    trial to max_epochs: 1 - epochs spent / (trials * max_epochs)."""
+    count = len(trials)
+    spent = int(trials["epochs_run"].sum()) if count else 0
+    budget = count * max_epochs
+    summary = {"trials": count}
+    summary.update({status: int((trials["status"] == status).sum()) for status in STATUSES})
+    summary.update({
+        "max epochs": max_epochs,
+        "epochs spent": spent,
+        "epochs without early stopping": budget,
+        "ASHA saving": 1 - spent / budget if budget else float("nan"),
+        "epochs per trial (mean)": spent / count if count else float("nan"),
+        "epochs per trial (min)": int(trials["epochs_run"].min()) if count else 0,
+        "epochs per trial (max)": int(trials["epochs_run"].max()) if count else 0,
+        "trial compute seconds": float(trials["seconds"].sum()) if count else 0.0,
+    })
+    if wall_seconds is not None:
+        summary["wall seconds"] = float(wall_seconds)
+    return summary
+
+
+def wall_seconds(results: pd.DataFrame, events: pd.DataFrame | None = None) -> float | None:
+    """From the start of the first reported epoch to the last report or trial end."""
+    if results.empty or "timestamp" not in results:
+        return None
+    spent = results["time_this_iter_s"].fillna(0) if "time_this_iter_s" in results else 0
+    start = float((results["timestamp"] - spent).min())
+    end = float(results["timestamp"].max())
+    if events is not None and len(events):
+        end = max(end, float(events["timestamp"].max()))
+    return end - start
+
+
+# ------------------------------------------------------------------ the paper's tables
+
+PAPER_METRICS = ("accuracy", "subset_accuracy", "precision_macro", "recall_macro", "f1_micro", "f1_macro",
+                 "roc_auc_macro")
+METRIC_TITLES = {"accuracy": "Accuracy", "subset_accuracy": "Subset accuracy (multi-label)",
+                 "precision_macro": "Macro precision", "recall_macro": "Macro recall",
+                 "f1_micro": "Micro F1 (multi-label)", "f1_macro": "Macro F1", "roc_auc_macro": "Macro ROC AUC"}
+
+
+def paper_table(cells: pd.DataFrame, metric: str, models: list[str] | None = None,
+                datasets: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """One metric as the paper shows it: datasets as rows, models as columns.
+
+    `cells` has columns dataset, model and `metric`, one row per evaluated trial (several per cell
+    with top-k). Returns (mean, std, n) tables indexed by dataset with one column per model; a cell
+    with no trial is NaN (n 0). std is the sample standard deviation (NaN for one trial).
+    """
+    scored = cells.dropna(subset=[metric]) if metric in cells else cells.iloc[0:0].assign(**{metric: []})
+    models = models or list(dict.fromkeys(cells["model"]))
+    datasets = datasets or sorted(scored["dataset"].unique())
+    grouped = scored.groupby(["dataset", "model"])[metric]
+    shape = lambda series: (series.unstack("model").reindex(index=datasets, columns=models)  # noqa: E731
+                            if len(series) else pd.DataFrame(index=datasets, columns=models, dtype=float))
+    mean, std, count = shape(grouped.mean()), shape(grouped.std()), shape(grouped.count())
+    for table in (mean, std, count):
+        table.index.name, table.columns.name = "dataset", None
+    return mean.astype(float), std.astype(float), count.fillna(0).astype(int)
+
+
+def format_paper_table(mean: pd.DataFrame, std: pd.DataFrame, count: pd.DataFrame, top_k: int = 1,
+                       digits: int = 3) -> pd.DataFrame:
+    """Cells as text: `0.812`, or `0.812 ± 0.020` over the top-k trials (`(n=1)` when fewer than k)."""
+    shown = pd.DataFrame(index=mean.index, columns=mean.columns, dtype=object)
+    for dataset in mean.index:
+        for model in mean.columns:
+            value, n = mean.loc[dataset, model], int(count.loc[dataset, model])
+            if n == 0 or pd.isna(value):
+                text = "—"
+            elif top_k == 1:
+                text = f"{value:.{digits}f}"
+            else:
+                spread = std.loc[dataset, model]
+                text = f"{value:.{digits}f} ± {0.0 if pd.isna(spread) else spread:.{digits}f}"
+                if n < top_k:
+                    text += f" (n={n})"
+            shown.loc[dataset, model] = text
+    return shown.reset_index()

@@ -1,0 +1,510 @@
+"""study.analyze on a small real study: Ray on CPU, part of the embedded sample, two models, both
+optimizers, two learning rates (6 trials of their grid of 8), 2 epochs, ASHA.
+
+Six of the eight grid points leave every model, optimizer and learning rate with at least two
+trials. The study is built once for the module (a minute or two on 2 cores); the tests that damage it
+(interrupted, corrupt checkpoint, edited split) work on copies whose checkpoints are hard links,
+and never write into a linked file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import types
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from cxrnets.data import SAMPLE_ROOT, load_dataset
+from cxrnets.errors import CxrError
+from study import analyze as analyze_module
+from study.analyze import (Analysis, Candidate, CheckpointInfo, Evaluation, Selected, StudyData, analyze,
+                           build_tables, confusion_table, evaluate_checkpoint, main, open_study, plot_confusion,
+                           plot_pretrained, pretrained_pairs, render_markdown, trial_checkpoints)
+from cxrnets.metrics import classification_metrics
+from study.results import read_results
+from study.space import parse_space
+from study.tables import (NOT_SET, STATUSES, ablation_table, best_epochs, bin_values, comparison_table,
+                          format_paper_table, paper_table, search_summary, trial_table)
+
+DATASET = "covid-chestxray-3class"
+METRIC = "val/f1_macro"
+TRIALS = 6
+COMPARED = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
+GRID = """\
+sampler: grid
+search:
+  model: {choice: [alexnet, resnet50]}
+  optimizer: {choice: [adam, sgd]}
+  lr: {choice: [1.0e-3, 1.0e-2]}
+  batch_size: {value: 32}
+  momentum: {value: 0.9, when: {optimizer: sgd}}
+  pretrained: {value: false}
+"""
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def sample_subset(root: Path, per_class: int = 20) -> Path:
+    """The embedded sample in its real layout, cut to at most `per_class` images per class (faster trials)."""
+    index = load_dataset(DATASET, SAMPLE_ROOT)
+    frame = index.frame.assign(label=index.frame["labels"].str[0])
+    keep = set(frame.groupby("label", sort=False).head(per_class)["relpath"])
+    metadata = pd.read_csv(SAMPLE_ROOT / "metadata.csv", dtype=str, keep_default_na=False)
+    relpaths = (metadata["folder"].str.strip().replace("", "images") + "/" + metadata["filename"].str.strip())
+    metadata = metadata[relpaths.isin(keep)]
+    root.mkdir(parents=True)
+    metadata.to_csv(root / "metadata.csv", index=False)
+    for relpath in keep:
+        (root / relpath).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(SAMPLE_ROOT / relpath, root / relpath)
+    return root
+
+
+@pytest.fixture(scope="module")
+def study_dir(ray_session, tmp_path_factory) -> Path:
+    from study.run import build_parser, run_study, settings_from_args
+
+    work = tmp_path_factory.mktemp("analyze-study")
+    data = sample_subset(work / "data")
+    (work / "grid.yaml").write_text(GRID)
+    settings = settings_from_args(build_parser().parse_args([
+        "--space", str(work / "grid.yaml"), "--dataset", DATASET, "--data-root", str(data),
+        "--num-samples", str(TRIALS), "--max-epochs", "2", "--grace-period", "1", "--reduction-factor", "2",
+        "--image-size", "64", "--storage", str(work / "studies"), "--name", "grid",
+        "--cache-dir", str(work / "cache")]))
+    run_study(settings)
+    return work / "studies" / "grid"
+
+
+@pytest.fixture(scope="module")
+def evaluated(study_dir):
+    """The default analysis (test split, top-1), recording every checkpoint it evaluates."""
+    calls = []
+    original = analyze_module.evaluate_checkpoint
+
+    def recording(path, data, split="test", trial_id=""):
+        calls.append((trial_id, path, split))
+        return original(path, data, split, trial_id)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(analyze_module, "evaluate_checkpoint", recording)
+        analysis = analyze(study_dir)
+    return analysis, calls
+
+
+def linked_copy(source: Path, target: Path) -> Path:
+    """A copy of a study whose files are hard links (checkpoints are hundreds of MB): unlink before writing."""
+    shutil.copytree(source, target, copy_function=os.link, ignore=shutil.ignore_patterns("report"))
+    return target
+
+
+def test_size(study_dir):
+    """The study the other tests read: 6 trials, each of them at least one epoch."""
+    results = read_results(str(study_dir))
+    assert results["trial_id"].nunique() == TRIALS
+    assert results.groupby("config/model")["trial_id"].nunique().min() >= 2
+    assert set(results["config/model"]) == {"alexnet", "resnet50"}
+    assert set(results["config/optimizer"]) == {"adam", "sgd"}
+    assert set(results["config/lr"]) == {1e-3, 1e-2}
+
+
+def test_comparison_tables_have_the_paper_shape(evaluated):
+    analysis, _ = evaluated
+    for metric in COMPARED:
+        table = analysis.tables[f"comparison_{metric}"]
+        assert list(table.columns) == ["dataset", "alexnet", "resnet50"]
+        assert list(table["dataset"]) == [DATASET]
+        assert table[["alexnet", "resnet50"]].notna().all(axis=None)
+        assert ((table[["alexnet", "resnet50"]] >= 0) & (table[["alexnet", "resnet50"]] <= 1)).all(axis=None)
+        shown = analysis.tables[f"_shown_comparison_{metric}"]
+        assert shown.shape == (1, 3) and "±" not in shown.iloc[0, 1]
+    # single-label data: no multi-label metrics
+    assert "comparison_subset_accuracy" not in analysis.tables
+    selected = analysis.tables["selected_trials"]
+    assert list(zip(selected["model"], selected["rank"])) == [("alexnet", 1), ("resnet50", 1)]
+    for metric in COMPARED:
+        for row in selected.to_dict("records"):
+            value = analysis.tables[f"comparison_{metric}"].loc[0, row["model"]]
+            assert value == pytest.approx(row[f"test/{metric}"])
+
+
+def test_test_metrics_come_from_the_best_validation_trial(evaluated, study_dir):
+    """Only the val-best trial of each cell is evaluated on test, at its best checkpoint; recomputing
+    every trial's test metrics shows the table holds the val-best's, whatever the test-best is."""
+    analysis, calls = evaluated
+    results = read_results(str(study_dir))
+    best = best_epochs(results, METRIC, "max")
+    study = open_study(study_dir)
+    data = StudyData(study)
+    assert {trial_id for trial_id, *_ in calls} == {s.candidate.trial_id for s in analysis.selected}
+    assert len(calls) == 2 and all(split == "test" for *_, split in calls)
+    for chosen in analysis.selected:
+        cell = best[best["config/model"] == chosen.model]
+        top = cell[METRIC].max()
+        # chosen on validation: the best value of its cell (ties go to the lowest trial id)
+        assert chosen.candidate.trial_id == sorted(cell.loc[cell[METRIC] == top, "trial_id"])[0]
+        assert chosen.candidate.value == pytest.approx(top)
+        own = results[results["trial_id"] == chosen.candidate.trial_id].set_index("epoch")
+        assert own.loc[chosen.evaluation.epoch, METRIC] == pytest.approx(top)  # a best-epoch checkpoint
+        test_f1 = {}
+        for trial_id in cell["trial_id"]:
+            for info in trial_checkpoints(study, trial_id):
+                evaluation = evaluate_checkpoint(info.path, data, "test", trial_id)
+                test_f1[(trial_id, evaluation.epoch)] = evaluation.metrics["test/f1_macro"]
+        table_value = analysis.tables["comparison_f1_macro"].loc[0, chosen.model]
+        assert table_value == pytest.approx(test_f1[(chosen.candidate.trial_id, chosen.evaluation.epoch)])
+        test_best = max(test_f1, key=test_f1.get)
+        if test_f1[test_best] > table_value + 1e-9:  # the test-best trial was not chosen: it lost on validation
+            assert test_best[0] != chosen.candidate.trial_id or test_best[1] != chosen.evaluation.epoch
+
+
+def test_ablation_counts_add_up(evaluated, study_dir):
+    analysis, _ = evaluated
+    results = read_results(str(study_dir))
+    trials = analysis.trials
+    assert len(trials) == TRIALS
+    names = {name.removeprefix("ablation_") for name in analysis.tables if name.startswith("ablation_")}
+    assert {"model", "optimizer", "lr", "batch_size", "momentum", "pretrained"} <= names
+    for name in names:
+        table = analysis.tables[f"ablation_{name}"]
+        assert table["trials"].sum() == TRIALS, name
+        assert (table[list(STATUSES)].sum(axis=1) == table["trials"]).all(), name
+        assert table["epochs"].sum() == len(results), name
+    counts = lambda name: dict(zip(analysis.tables[f"ablation_{name}"][name],  # noqa: E731
+                                           analysis.tables[f"ablation_{name}"]["trials"]))
+    assert counts("lr") == {"0.001": (trials["config/lr"] == 1e-3).sum(), "0.01": (trials["config/lr"] == 1e-2).sum()}
+    sgd = (trials["config/optimizer"] == "sgd").sum()
+    assert counts("optimizer") == {"adam": TRIALS - sgd, "sgd": sgd}
+    assert counts("momentum") == {"0.9": sgd, NOT_SET: TRIALS - sgd}
+    assert counts("batch_size") == {"32": TRIALS}
+    model = analysis.tables["ablation_model"].set_index("model")
+    for name, group in trials.groupby("config/model"):
+        assert model.loc[name, f"best {METRIC}"] == pytest.approx(group[METRIC].max())
+        assert model.loc[name, f"median {METRIC}"] == pytest.approx(group[METRIC].median())
+        stopped = ((group["epochs"] < 2) & (group["status"] != "diverged")).sum()
+        assert model.loc[name, "stopped early"] + model.loc[name, "diverged"] == stopped + (
+            group["status"] == "diverged").sum()
+
+
+def test_search_summary(evaluated, study_dir):
+    analysis, _ = evaluated
+    results = read_results(str(study_dir))
+    summary = analysis.summary
+    assert summary["trials"] == TRIALS
+    assert sum(summary[status] for status in STATUSES) == TRIALS
+    assert summary["failed"] == 0 and summary["unfinished"] == 0
+    assert summary["epochs spent"] == len(results)
+    assert summary["ASHA saving"] == pytest.approx(1 - len(results) / (TRIALS * 2))
+    assert summary["stopped early"] == (results.groupby("trial_id")["epoch"].max() < 2).sum()
+    assert summary["wall seconds"] > 0
+
+
+def test_confusion_matrices_sum_to_the_test_split(evaluated, study_dir):
+    analysis, _ = evaluated
+    split = pd.read_csv(study_dir / "splits" / f"{DATASET}.csv")
+    test_size = int((split["split"] == "test").sum())
+    classes = ["COVID-19", "Other pneumonia", "No Finding"]
+    for model in ("alexnet", "resnet50"):
+        confusion = analysis.tables[f"confusion_{DATASET}_{model}"]
+        assert list(confusion["true class"]) == classes and list(confusion.columns[1:]) == classes
+        assert confusion[classes].to_numpy().sum() == test_size
+        true_counts = confusion[classes].sum(axis=1).to_numpy()
+        per_class = analysis.tables[f"per_class_{DATASET}_{model}"]
+        assert list(per_class["class"]) == classes
+        assert (per_class["support"].to_numpy() == true_counts).all()
+        assert per_class[["precision", "recall", "f1"]].apply(lambda c: c.between(0, 1)).all(axis=None)
+
+
+def test_report_files(evaluated, study_dir):
+    analysis, _ = evaluated
+    report = study_dir / "report"
+    assert analysis.out == report
+    text = (report / "report.md").read_text()
+    for heading in ("## Search summary", "## Comparison (test split)", "### Macro F1", "### Accuracy",
+                    "## Ablations", "### lr", "## Confusion matrices", "## Curves"):
+        assert heading in text
+    figures = sorted(p.name for p in (report / "figures").iterdir())
+    assert figures == sorted([f"confusion_{DATASET}_alexnet.png", f"confusion_{DATASET}_resnet50.png",
+                              f"curves_{DATASET}.png"])
+    for name in figures:
+        path = report / "figures" / name
+        assert f"](figures/{name})" in text
+        assert path.stat().st_size > 5000 and path.read_bytes()[:8] == PNG_MAGIC
+        with Image.open(path) as image:
+            assert image.size[0] > 300 and image.size[1] > 300
+            assert np.asarray(image.convert("L")).std() > 10  # not a blank canvas
+    for name, table in analysis.tables.items():
+        if name.startswith("_"):
+            continue
+        from_csv = pd.read_csv(report / "tables" / f"{name}.csv")
+        from_parquet = pd.read_parquet(report / "tables" / f"{name}.parquet")
+        assert from_csv.shape == table.shape == from_parquet.shape, name
+    # Markdown tables render on GitHub: a header separator under every table header
+    assert text.count("|:--") + text.count("|--") >= 10
+
+
+def test_cli_top_k_on_validation(study_dir, tmp_path, capsys):
+    """--top-k 2 --split val: mean ± std of the 2 best trials per cell; evaluated on validation, each
+    checkpoint reproduces the validation metric the study recorded for its epoch."""
+    out = tmp_path / "report"
+    assert main([str(study_dir), "--top-k", "2", "--split", "val", "--format", "md,csv", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "±" in printed
+    selected = pd.read_csv(out / "tables" / "selected_trials.csv")
+    assert sorted(selected["rank"]) == [1, 1, 2, 2]
+    # the checkpoint evaluated on validation gives what the study recorded for that epoch
+    assert selected["val/f1_macro"].to_numpy() == pytest.approx(selected[f"{METRIC} (recorded)"].to_numpy())
+    comparison = pd.read_csv(out / "tables" / "comparison_f1_macro.csv")
+    assert list(comparison.columns) == ["dataset", "alexnet", "resnet50", "alexnet std", "alexnet n",
+                                        "resnet50 std", "resnet50 n"]
+    for model in ("alexnet", "resnet50"):
+        values = selected.loc[selected["model"] == model, "val/f1_macro"]
+        assert comparison.loc[0, model] == pytest.approx(values.mean())
+        assert comparison.loc[0, f"{model} std"] == pytest.approx(values.std())
+    assert not (out / "figures").exists() and not list(out.glob("tables/*.parquet"))
+    assert "Comparison (validation split)" in (out / "report.md").read_text()
+
+
+def _result_parts(study: Path) -> list[tuple[Path, str, int]]:
+    parts = []
+    for path in sorted((study / "results").glob("*.parquet")):
+        row = pq.read_table(path).to_pylist()[0]
+        parts.append((path, row["trial_id"], int(row["training_iteration"])))
+    return parts
+
+
+def test_interrupted_study_is_analysed_from_what_it_has(evaluated, study_dir, tmp_path):
+    """No trial ends recorded, the val-best resnet50 trial lost its last epoch's result, and another
+    trial lost its checkpoint: the analysis uses what is left."""
+    analysis, _ = evaluated
+    copy = linked_copy(study_dir, tmp_path / "grid")
+    shutil.rmtree(copy / "trial_events")
+    best = analysis.best(DATASET, "resnet50").candidate
+    kept = {info.epoch for info in trial_checkpoints(open_study(copy), best.trial_id)}
+    for path, trial, iteration in _result_parts(copy):
+        if trial == best.trial_id and iteration in kept:  # its checkpoints lose their results
+            path.unlink()
+    gone = analysis.best(DATASET, "alexnet").candidate.trial_id
+    for folder in copy.glob(f"{gone}_*"):
+        for checkpoint in folder.glob("checkpoint_*"):
+            shutil.rmtree(checkpoint)
+    reached = {}
+    for _, trial, iteration in _result_parts(copy):
+        reached[trial] = max(reached.get(trial, 0), iteration)
+
+    result = analyze(copy, formats=("md", "csv"))
+    summary = result.summary
+    assert summary["trials"] == TRIALS and summary["failed"] == 0 and summary["stopped early"] == 0
+    assert summary["unfinished"] == sum(reached.get(t, 0) < 2 for t in analysis.trials["trial_id"])
+    assert summary["completed"] + summary["unfinished"] == TRIALS  # no end recorded: nothing counts as stopped
+    notes = "\n".join(result.notes)
+    assert gone in notes and "no checkpoint" in notes
+    assert best.trial_id in notes
+    for model, skipped in (("alexnet", gone), ("resnet50", best.trial_id)):
+        chosen = result.best(DATASET, model)
+        # the next trial of the cell on validation, or the cell marked empty
+        assert chosen is None or chosen.candidate.trial_id != skipped
+        if chosen is None:
+            assert f"{DATASET} / {model}: no trial with a usable checkpoint" in notes
+    for name in result.tables:
+        if name.startswith("ablation_"):
+            assert result.tables[name]["trials"].sum() == TRIALS
+    assert (copy / "report" / "report.md").is_file()
+
+
+def test_corrupt_checkpoint_is_skipped(evaluated, study_dir, tmp_path):
+    analysis, _ = evaluated
+    copy = linked_copy(study_dir, tmp_path / "grid")
+    broken = analysis.best(DATASET, "alexnet").candidate
+    for path in copy.glob(f"{broken.trial_id}_*/checkpoint_*/checkpoint.pt"):
+        path.unlink()  # a hard link: never write into it
+        path.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    result = analyze(copy, formats=("csv",))
+    notes = "\n".join(result.notes)
+    assert broken.trial_id in notes and "not a readable checkpoint" in notes
+    chosen = result.best(DATASET, "alexnet")
+    assert chosen is not None and chosen.candidate.trial_id != broken.trial_id
+    assert result.best(DATASET, "resnet50").candidate.trial_id == analysis.best(DATASET, "resnet50").candidate.trial_id
+
+
+def test_edited_split_file_is_refused(study_dir, tmp_path, capsys):
+    copy = linked_copy(study_dir, tmp_path / "grid")
+    path = copy / "splits" / f"{DATASET}.csv"
+    split = pd.read_csv(path, dtype=str, keep_default_na=False)
+    path.unlink()
+    split.loc[split.index[split["split"] == "test"][0], "split"] = "train"
+    split.to_csv(path, index=False)
+    assert main([str(copy), "--format", "csv"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: refusing to evaluate") and "edited" in error
+    assert not (copy / "report" / "tables" / "selected_trials.csv").exists()
+
+
+def test_changed_test_images_are_refused(study_dir, tmp_path):
+    copy = linked_copy(study_dir, tmp_path / "grid")
+    data = open_study(copy).settings.data_roots[DATASET]
+    changed = tmp_path / "data"
+    shutil.copytree(data, changed)
+    split = pd.read_csv(copy / "splits" / f"{DATASET}.csv")
+    image = changed / split.loc[split["split"] == "test", "relpath"].iloc[0]
+    with Image.open(image) as original:
+        flipped = original.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        flipped.load()
+    image.unlink()
+    flipped.save(image, format="PNG")
+    with pytest.raises(CxrError, match="refusing to evaluate.*changed content"):
+        analyze(copy, data_roots={DATASET: str(changed)}, formats=("csv",))
+
+
+def test_bad_input(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2
+    assert "is not a study directory" in capsys.readouterr().err
+    assert main([str(tmp_path / "absent")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+    (tmp_path / "study.json").write_text("{not json")
+    assert main([str(tmp_path)]) == 2
+    assert "not a readable study settings file" in capsys.readouterr().err
+
+
+def test_study_without_a_finished_epoch(study_dir, tmp_path, capsys):
+    copy = tmp_path / "grid"
+    copy.mkdir()
+    shutil.copy(study_dir / "study.json", copy / "study.json")
+    shutil.copytree(study_dir / "splits", copy / "splits")
+    assert main([str(copy)]) == 2
+    assert "no trial has finished an epoch" in capsys.readouterr().err
+    assert main([str(study_dir), "--metric", "test/f1_macro"]) == 2
+    assert "validation metric" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ pure functions, no study needed
+
+def _results(rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    frame["training_iteration"] = frame["epoch"]
+    frame["trial_name"] = frame["trial_id"]
+    frame["time_this_iter_s"] = 1.0
+    frame["timestamp"] = np.arange(len(frame)) + 1000
+    return frame
+
+
+def test_trial_status_and_search_summary():
+    rows = []
+    for trial, epochs, extra in (("a", 3, {}), ("b", 1, {}), ("c", 2, {"diverged": 1}), ("d", 2, {}),
+                                 ("e", 1, {})):
+        for epoch in range(1, epochs + 1):
+            last = epoch == epochs
+            rows.append({"trial_id": trial, "epoch": epoch, METRIC: 0.1 * epoch + (0.5 if trial == "a" else 0),
+                         "diverged": extra.get("diverged", 0) if last else 0, "config/lr": 1e-3})
+    events = pd.DataFrame({"trial_id": ["a", "b", "c", "d"], "event": ["completed", "completed", "completed", "error"],
+                           "timestamp": [1.0, 2.0, 3.0, 4.0], "error_file": ""})
+    trials = trial_table(_results(rows), events, METRIC, "max", 3, configs={"f": {"lr": 0.1}})
+    status = dict(zip(trials["trial_id"], trials["status"]))
+    assert status == {"a": "completed", "b": "stopped early", "c": "diverged", "d": "failed",
+                      "e": "unfinished", "f": "unfinished"}
+    assert trials.set_index("trial_id").loc["a", "best_epoch"] == 3
+    summary = search_summary(trials, 3)
+    assert summary["trials"] == 6 and summary["epochs spent"] == 9
+    assert summary["ASHA saving"] == pytest.approx(1 - 9 / 18)
+    table = ablation_table(trials, "lr", METRIC, "max", scale="log")
+    assert list(table["lr"]) == ["1e-03 – 1e-02", "1e-01 – 1e00"]
+    assert table["trials"].sum() == 6 and table.loc[0, f"best {METRIC}"] == pytest.approx(0.8)
+
+
+def test_binning():
+    lrs = pd.Series([1e-4, 3e-4, 2e-3, 5e-3, 0.02, 0.05, 0.09, None])
+    labels, order = bin_values(lrs, scale="log")
+    assert order == ["1e-04 – 1e-03", "1e-03 – 1e-02", "1e-02 – 1e-01", NOT_SET]
+    assert list(labels[:3]) == ["1e-04 – 1e-03", "1e-04 – 1e-03", "1e-03 – 1e-02"]
+    # no scale given: many distinct values spanning decades are binned per decade too
+    assert bin_values(lrs.dropna())[1] == order[:-1]
+    momentum = pd.Series(np.linspace(0.8, 0.99, 10))
+    labels, order = bin_values(momentum, scale="linear")
+    assert len(order) == 4 and labels.value_counts().sum() == 10
+    assert bin_values(pd.Series([True, False, True]))[1] == ["false", "true"]
+    assert bin_values(pd.Series([16, 32, 16]))[1] == ["16", "32"]
+
+
+def test_paper_table_with_top_k():
+    cells = pd.DataFrame({"dataset": ["d1", "d1", "d1", "d2"], "model": ["alexnet", "alexnet", "resnet50", "alexnet"],
+                          "f1_macro": [0.8, 0.6, 0.5, 0.9]})
+    mean, std, count = paper_table(cells, "f1_macro", ["alexnet", "resnet50"])
+    assert mean.loc["d1", "alexnet"] == pytest.approx(0.7) and count.loc["d2", "resnet50"] == 0
+    shown = format_paper_table(mean, std, count, top_k=2)
+    assert list(shown.columns) == ["dataset", "alexnet", "resnet50"]
+    assert shown.loc[0, "alexnet"] == "0.700 ± 0.141" and shown.loc[0, "resnet50"].endswith("(n=1)")
+    assert shown.loc[1, "resnet50"] == "—"
+
+
+def test_multilabel_confusion_and_pretrained_figure(tmp_path):
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 2, (20, 3))
+    evaluation = Evaluation("t", 2, "test", {}, y_true, rng.random((20, 3)), ["A", "B", "C"], True, {})
+    table = confusion_table(evaluation)
+    assert list(table.columns) == ["label", "TN", "FP", "FN", "TP"]
+    assert (table[["TN", "FP", "FN", "TP"]].sum(axis=1) == 20).all()
+    plot_confusion(evaluation, "multi-label", tmp_path / "ml.png")
+    assert (tmp_path / "ml.png").read_bytes()[:8] == PNG_MAGIC
+
+    rows = []
+    for trial, model, pretrained, scores in (("p1", "resnet50", True, [0.5, 0.7]), ("s1", "resnet50", False, [0.3, 0.4]),
+                                             ("s2", "resnet50", False, [0.35, 0.45]), ("a1", "alexnet", False, [0.2])):
+        for epoch, score in enumerate(scores, 1):
+            rows.append({"trial_id": trial, "epoch": epoch, METRIC: score, "config/dataset": "d",
+                         "config/model": model, "config/pretrained": pretrained})
+    results = _results(rows).assign(dataset=lambda f: f["config/dataset"], model=lambda f: f["config/model"])
+    pairs = pretrained_pairs(results, METRIC, "max")
+    assert pairs == {("d", "resnet50"): {True: "p1", False: "s2"}}
+    study = types.SimpleNamespace(results=results, settings=types.SimpleNamespace(data_roots={"d": "."}))
+    analysis = Analysis(study, METRIC, "max", "test", 1, pd.DataFrame())
+    plot_pretrained(analysis, "d", pairs, tmp_path / "pretrained.png")
+    assert (tmp_path / "pretrained.png").stat().st_size > 5000
+
+
+def test_multilabel_tables():
+    """A multi-label dataset gets label-wise accuracy, subset accuracy, micro/macro F1 and macro ROC AUC
+    tables, and per-label 2x2 confusion counts."""
+    rng = np.random.default_rng(1)
+    rows = [{"trial_id": trial, "epoch": epoch, METRIC: 0.1 * epoch + offset, "config/dataset": "covid-chestxray",
+             "config/model": model, "diverged": 0}
+            for trial, model, offset in (("t1", "alexnet", 0.1), ("t2", "resnet50", 0.2)) for epoch in (1, 2)]
+    results = _results(rows)
+    events = pd.DataFrame({"trial_id": ["t1", "t2"], "event": "completed", "timestamp": 1.0, "error_file": ""})
+    trials = trial_table(results, events, METRIC, "max", 2)
+    settings = types.SimpleNamespace(
+        name="ml", created="now", space_source="x.yaml", data_roots={"covid-chestxray": "."},
+        search_space=lambda: parse_space({"search": {"model": {"choice": ["alexnet", "resnet50"]}}}))
+    study = types.SimpleNamespace(uri="/nowhere", settings=settings, results=results, events=events)
+    analysis = Analysis(study, METRIC, "max", "test", 1, trials, summary=search_summary(trials, 2))
+    classes = ["COVID-19", "Pneumonia", "Viral"]
+    for trial, model in (("t1", "alexnet"), ("t2", "resnet50")):
+        y_true, scores = rng.integers(0, 2, (12, 3)), rng.random((12, 3))
+        metrics = {f"test/{k}": v for k, v in classification_metrics(y_true, scores, True).items()}
+        candidate = Candidate(trial, trial, CheckpointInfo(trial, "x", 2), 2, 0.4, 2, 0.4)
+        evaluation = Evaluation(trial, 2, "test", metrics, y_true, scores, classes, True, {})
+        analysis.selected.append(Selected("covid-chestxray", model, 1, candidate, evaluation))
+    build_tables(analysis)
+    for metric in ("accuracy", "subset_accuracy", "f1_micro", "f1_macro", "roc_auc_macro"):
+        table = analysis.tables[f"comparison_{metric}"]
+        assert list(table.columns) == ["dataset", "alexnet", "resnet50"] and list(table["dataset"]) == [
+            "covid-chestxray"]
+    confusion = analysis.tables["confusion_covid-chestxray_alexnet"]
+    assert list(confusion["label"]) == classes and (confusion[["TN", "FP", "FN", "TP"]].sum(axis=1) == 12).all()
+    assert "roc_auc" in analysis.tables["per_class_covid-chestxray_resnet50"].columns
+    text = render_markdown(analysis, ("md",))
+    assert "### Subset accuracy (multi-label)" in text and "### Macro ROC AUC" in text
+
+
+def test_run_summary_uses_the_same_comparison(evaluated, study_dir):
+    """study.run prints study.tables.comparison_table; the report's validation table is that table."""
+    analysis, _ = evaluated
+    results = read_results(str(study_dir))
+    expected = comparison_table(results, METRIC, "max")
+    pd.testing.assert_frame_equal(analysis.tables["validation_best"], expected)
+    chosen = {s.model: s.candidate.trial_name for s in analysis.selected}
+    assert chosen == dict(zip(expected["model"], expected["trial_name"]))
