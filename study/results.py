@@ -52,12 +52,19 @@ class ResultsTable(tune.Callback):
 
     def __init__(self, study_uri: str):
         self.study_uri = study_uri
-        self._session = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self._session: str | None = None  # names this run's parts; a new one in every process (see below)
         self._sequence = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles the callback with the run config (tuner.pkl) and `Tuner.restore` unpickles it:
+        # a resumed run must not reuse the first run's part names, or it would overwrite its parts.
+        return {**self.__dict__, "_session": None, "_sequence": 0}
 
     def _write(self, folder: str, row: dict[str, Any]) -> None:
         filesystem, path = _filesystem(join_uri(self.study_uri, folder))
         filesystem.create_dir(path, recursive=True)
+        if self._session is None:
+            self._session = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self._sequence += 1
         table = pa.Table.from_pylist([row])
         final = join_uri(path, f"part-{self._session}-{self._sequence:06d}.parquet")

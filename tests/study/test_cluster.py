@@ -1,0 +1,321 @@
+"""Studies on a real two-node Ray cluster: trials on both nodes, the loss of a node, refusals, bounded retries.
+
+A cluster needs a Ray of its own, so the cluster runs are not in this pytest
+process (which may hold the session's Ray instance): each runs
+`cluster_scenarios.py` in a subprocess with its own RAY_TMPDIR and asserts
+on the JSON it writes. The refusal tests fake the nodes' answers and need no
+Ray at all. Run time: about 5 minutes on 2 cores shared with other work
+(load ~6), two thirds of it the two-node scenario; less on idle cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cxrnets.errors import CxrError
+
+HERE = Path(__file__).resolve().parent
+SCRIPT = HERE / "cluster_scenarios.py"
+REPO = HERE.parents[1]
+MAX_EPOCHS = 6  # of the node-loss study (cluster_scenarios.node_loss)
+
+
+# ------------------------------------------------------------------ running a scenario
+
+@pytest.fixture(scope="module")
+def ray_tmp() -> Iterator[Path]:
+    """Where the scenarios' Ray instances keep their session files, one sub-folder each.
+
+    Ray puts Unix sockets there, whose paths must stay under 108 characters: a short folder of
+    our own, not pytest's long tmp_path (and not /tmp/ray, where another process's `ray.init()`
+    would find a scenario cluster's address file and join it).
+    """
+    folder = Path(tempfile.mkdtemp(prefix="cxr-ray-", dir="/tmp"))
+    yield folder
+    give_up = time.monotonic() + 10
+    while True:  # Ray's last processes may still write there for a moment after a scenario exits
+        shutil.rmtree(folder, ignore_errors=True)
+        time.sleep(0.5)
+        if not folder.exists() or time.monotonic() > give_up:
+            break
+
+
+def run_scenario(name: str, workdir: Path, cache_dir: Path, ray_tmp: Path, deadline: float) -> dict[str, Any]:
+    """Run one scenario in its own process group and return its JSON; fail with its log if it broke."""
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    env.update(RAY_AUTH_MODE="disabled", RAY_TMPDIR=str(ray_tmp / name), PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    out, log_path = workdir / f"{name}.json", workdir / f"{name}.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(SCRIPT), name, str(workdir), str(out), "--cache-dir", str(cache_dir),
+             "--deadline", str(deadline)],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            returncode = process.wait(timeout=deadline + 90)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the group this test started: the script and its Ray
+            process.wait()
+            pytest.fail(f"cluster scenario {name} did not exit {deadline + 90:.0f} s after it started\n"
+                        + tail(log_path))
+    if not out.is_file():
+        pytest.fail(f"cluster scenario {name} exited with {returncode} and wrote no result\n" + tail(log_path))
+    result = json.loads(out.read_text())
+    result["log"] = str(log_path)
+    if result.get("timed_out"):
+        pytest.fail(f"cluster scenario {name} gave up after its {deadline:.0f} s deadline: the study hung or the "
+                    f"machine is overloaded\n{json.dumps(result, indent=1)[:3000]}\n" + tail(log_path))
+    if result.get("error"):
+        pytest.fail(f"cluster scenario {name} raised:\n{result['error']}\n" + tail(log_path))
+    return result
+
+
+def tail(path: Path, lines: int = 60) -> str:
+    text = path.read_text(errors="replace").splitlines() if path.is_file() else []
+    return f"--- last {lines} lines of {path} ---\n" + "\n".join(text[-lines:])
+
+
+def part(result: dict[str, Any], name: str) -> dict[str, Any]:
+    section = result[name]
+    if section.get("error"):
+        pytest.fail(f"{name} raised:\n{section['error']}\n" + tail(Path(result["log"])))
+    return section
+
+
+@pytest.fixture(scope="module")
+def cluster_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cluster-cache")
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory: pytest.TempPathFactory, cluster_cache: Path, ray_tmp: Path) -> dict[str, Any]:
+    """The `spread` and `node_loss` studies, run in turn on one two-node cluster (one subprocess)."""
+    return run_scenario("two_nodes", tmp_path_factory.mktemp("two-nodes"), cluster_cache, ray_tmp, deadline=540)
+
+
+@pytest.fixture(scope="module")
+def always_fails(tmp_path_factory: pytest.TempPathFactory, cluster_cache: Path, ray_tmp: Path) -> dict[str, Any]:
+    return run_scenario("always_fails", tmp_path_factory.mktemp("always-fails"), cluster_cache, ray_tmp,
+                        deadline=240)
+
+
+def by_trial(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    trials: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        trials.setdefault(row["trial_id"], []).append(row)
+    return trials
+
+
+# ------------------------------------------------------------------ 1. trials on both nodes
+
+def test_study_runs_trials_on_both_nodes(two_nodes):
+    spread = part(two_nodes, "spread")
+    head, worker = two_nodes["head"], two_nodes["worker"]
+    assert head != worker
+    assert spread["grid"]["num_trials"] == 4 and spread["grid"]["num_errors"] == 0, spread["grid"]
+    assert sorted(spread["events"].values()) == ["completed"] * 4, spread["events"]
+    trials = by_trial(spread["results"])
+    assert len(trials) == 4
+    for trial_id, rows in trials.items():
+        assert [row["epoch"] for row in rows] == [1, 2], (trial_id, rows)
+    nodes = {row["node_id"] for row in spread["results"]}
+    assert nodes == {head, worker}, f"trials ran on {nodes}, expected the head {head} and the worker {worker}"
+
+
+def test_check_cluster_asks_every_node_for_real(two_nodes):
+    """check_cluster's node-pinned tasks on the live cluster: paths that no node has are refused."""
+    refusals = part(two_nodes, "spread")["refusals"]
+    assert refusals["dataset"] and "has no dataset at" in refusals["dataset"], refusals
+    assert "stage it there first" in refusals["dataset"]
+    assert refusals["storage"] and "is not visible from node" in refusals["storage"], refusals
+    assert "s3://" in refusals["storage"]
+
+
+# ------------------------------------------------------------------ 2. node loss
+
+def test_trial_on_a_lost_node_resumes_from_its_checkpoint(two_nodes):
+    loss = part(two_nodes, "node_loss")
+    head, worker = two_nodes["head"], two_nodes["worker"]
+    assert "victim" in loss, "no trial reported an epoch from the worker node before the study ended"
+    victim = loss["victim"]
+
+    # The study completed: every trial finished all its epochs, none errored.
+    assert loss["grid"]["num_errors"] == 0, loss["grid"]
+    assert sorted(loss["events"].values()) == ["completed"] * 2, loss["events"]
+    final = by_trial(loss["results"])
+    assert sorted(final) == sorted(loss["events"])
+    for trial_id, rows in final.items():
+        assert [row["epoch"] for row in rows] == list(range(1, MAX_EPOCHS + 1)), (trial_id, rows)
+
+    # The victim's reports, in the order the driver received them (raw parts, no de-duplication):
+    # its epochs and Tune's iterations go on from where the worker stopped; nothing restarts at 1.
+    reports = by_trial(loss["raw_results"])[victim]
+    iterations = [row["training_iteration"] for row in reports]
+    epochs = [row["epoch"] for row in reports]
+    assert iterations == sorted(set(iterations)), f"training_iteration went back: {iterations}"
+    assert epochs == iterations == list(range(1, MAX_EPOCHS + 1)), f"epochs {epochs}, iterations {iterations}"
+    on_worker = [row["epoch"] for row in reports if row["node_id"] == worker]
+    elsewhere = [row["epoch"] for row in reports if row["node_id"] != worker]
+    assert on_worker and on_worker == list(range(1, len(on_worker) + 1)), on_worker
+    assert elsewhere, (f"trial {victim} finished all its epochs on the worker before the node was removed: "
+                       "nothing was resumed (the epochs are too fast to catch)")
+    assert elsewhere == list(range(len(on_worker) + 1, MAX_EPOCHS + 1)), \
+        f"after epochs {on_worker} on the lost worker the trial went on with epochs {elsewhere}"
+    assert {row["node_id"] for row in reports if row["node_id"] != worker} <= {head, loss["replacement"]}
+
+    # Nothing reported before the node was lost is missing from (or changed in) the results table.
+    before = loss["before_removal"]
+    assert any(row["node_id"] == worker for row in before)
+    after = {(row["trial_id"], row["training_iteration"]): row for row in loss["results"]}
+    for row in before:
+        kept = after.get((row["trial_id"], row["training_iteration"]))
+        assert kept == row, f"reported before the node loss: {row}; now: {kept}"
+
+
+# ------------------------------------------------------------------ 3. check_cluster's decisions
+
+@pytest.fixture
+def settings(tmp_path):
+    from study.run import build_parser, save_settings, settings_from_args
+
+    args = build_parser().parse_args(["--storage", str(tmp_path / "studies"), "--name", "cluster-check",
+                                      "--cache-dir", str(tmp_path / "cache")])
+    settings = settings_from_args(args)
+    save_settings(settings)  # study.json, the file every node must see
+    return settings
+
+
+def fake_nodes(monkeypatch, nodes: list[str], hidden: dict[str, set[str]] | None = None) -> list[list[str]]:
+    """Pretend the cluster has these live nodes; node N does not see the paths in hidden[N]."""
+    import study.run
+
+    asked: list[list[str]] = []
+
+    def seen(node_ids, paths, timeout=120):
+        asked.append(list(paths))
+        return {node: [Path(p).exists() and p not in (hidden or {}).get(node, set()) for p in paths]
+                for node in node_ids}
+
+    monkeypatch.setattr(study.run, "_alive_nodes", lambda: list(nodes))
+    monkeypatch.setattr(study.run, "_paths_seen_by_nodes", seen)
+    return asked
+
+
+def test_check_cluster_on_one_node_asks_nothing(monkeypatch, settings):
+    from study.run import check_cluster
+
+    asked = fake_nodes(monkeypatch, ["a" * 56], hidden={"a" * 56: {str(Path(settings.storage) / "x")}})
+    check_cluster(settings)
+    assert asked == []
+
+
+def test_a_head_alone_with_a_local_storage_folder_is_warned_about(monkeypatch, settings, caplog):
+    """A cluster whose workers come later (autoscaling, min 0): nothing to ask yet, but a warning."""
+    from study.run import check_cluster
+
+    asked = fake_nodes(monkeypatch, ["a" * 56])
+    with caplog.at_level("WARNING", logger="study.run"):
+        check_cluster(settings, joined=True)
+        check_cluster(replace(settings, storage="s3://bucket/cxr-tune"), joined=True)
+    assert asked == []
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 1 and "shared file system" in warnings[0] and settings.storage in warnings[0]
+
+
+def test_check_cluster_passes_when_every_node_sees_everything(monkeypatch, settings):
+    from study.run import SETTINGS_FILE, check_cluster
+
+    asked = fake_nodes(monkeypatch, ["a" * 56, "b" * 56])
+    check_cluster(settings)
+    marker = str(Path(settings.storage) / settings.name / SETTINGS_FILE)
+    assert asked == [[*settings.data_roots.values(), marker]]
+
+
+def test_storage_not_visible_from_a_node_is_refused(monkeypatch, settings):
+    from study.run import SETTINGS_FILE, check_cluster
+
+    marker = str(Path(settings.storage) / settings.name / SETTINGS_FILE)
+    fake_nodes(monkeypatch, ["a" * 56, "b" * 56], hidden={"b" * 56: {marker}})
+    with pytest.raises(CxrError, match="not visible from node bbbbbbbb") as error:
+        check_cluster(settings)
+    assert f"--storage {settings.storage}" in str(error.value)
+    assert "every node shares" in str(error.value) and "--storage s3://" in str(error.value)
+
+
+def test_dataset_missing_on_a_node_is_refused(monkeypatch, settings):
+    from study.run import check_cluster
+
+    root = settings.data_roots["covid-chestxray-3class"]
+    fake_nodes(monkeypatch, ["a" * 56, "b" * 56], hidden={"b" * 56: {root}})
+    with pytest.raises(CxrError, match="node bbbbbbbb has no dataset at") as error:
+        check_cluster(settings)
+    assert root in str(error.value) and "stage it there first" in str(error.value)
+
+
+def test_object_storage_is_not_looked_for_on_the_nodes(monkeypatch, settings):
+    """With s3:// storage the nodes reach the bucket themselves; only the datasets are checked."""
+    from study.run import check_cluster
+
+    asked = fake_nodes(monkeypatch, ["a" * 56, "b" * 56])
+    check_cluster(replace(settings, storage="s3://bucket/cxr-tune"))
+    assert asked == [list(settings.data_roots.values())]
+
+
+def test_a_trial_refuses_a_node_that_joined_after_the_check(monkeypatch, tmp_path):
+    """Autoscaled workers join after check_cluster: each trial checks its own node first."""
+    import study.trainable
+    from study.trainable import TrialContext, check_node
+
+    monkeypatch.setattr(study.trainable, "_node_id", lambda: "c" * 56)
+    root = tmp_path / "data"
+    root.mkdir()
+    context = TrialContext(data_roots={"folder": str(root)}, splits={}, defaults={}, storage=str(tmp_path),
+                           settings_file=str(tmp_path / "study" / "study.json"))
+    with pytest.raises(CxrError, match=f"--storage {tmp_path} is not visible from node cccccccc"):
+        check_node(context, str(root))
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "study.json").write_text("{}")
+    check_node(context, str(root))
+    with pytest.raises(CxrError, match="node cccccccc has no dataset at .*stage it there first"):
+        check_node(context, str(tmp_path / "absent"))
+    check_node(replace(context, settings_file=None), str(root))  # s3:// storage: nothing to look for
+
+
+def test_a_study_joins_only_a_cluster_started_with_ray_start(monkeypatch, tmp_path):
+    """--address, else RAY_ADDRESS, else the address `ray start` records; never another process's ray.init()."""
+    from study.run import cluster_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    assert cluster_address(None) is None
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text("10.0.0.5:6379\n")
+    assert cluster_address(None) == "10.0.0.5:6379"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.6:6379")
+    assert cluster_address(None) == "10.0.0.6:6379"
+    assert cluster_address("10.0.0.7:6379") == "10.0.0.7:6379"
+
+
+# ------------------------------------------------------------------ 4. bounded retries
+
+def test_a_trial_that_always_fails_ends_after_max_failures_retries(always_fails):
+    """--max-failures 1: two attempts, then ERROR, and the study returns (its data root vanished)."""
+    assert always_fails["grid"]["num_trials"] == 1 and always_fails["grid"]["num_errors"] == 1, always_fails["grid"]
+    attempts = always_fails["attempts"]
+    assert len(attempts) == 2 and len(set(attempts)) == 1, attempts
+    assert "has no dataset at" in always_fails["errors"][0] and "stage it" in always_fails["errors"][0]
+    assert list(always_fails["events"].values()) == ["error"]
+    assert always_fails["results"] == []

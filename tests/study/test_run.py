@@ -1,0 +1,540 @@
+"""`python -m study.run` end to end: bad input, a real study on Ray, divergence, TensorBoard, kill and resume.
+
+The studies train on a tiny class-per-folder dataset (3 classes x 16 images of
+40x32 px, built once per module) at 32 or 64 px, so an epoch takes a second or
+two on one CPU core; the cost is mostly Ray's and the checkpoints' (ResNet50
+with Adam ~270 MB, AlexNet with SGD ~490 MB per epoch). The in-process studies
+share the session's Ray instance (`ray_session`, tests/study/conftest.py); the
+kill-and-resume test runs the CLI in subprocesses that start their own Ray.
+About 3-4.5 minutes on 2 cores shared with other work (less on idle ones).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import pickle
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from study.results import ResultsTable, read_results, read_trial_events
+from study.run import build_parser, main, print_summary, run_study, settings_from_args
+
+REPO = Path(__file__).resolve().parents[2]
+CLASSES = {"covid": 210, "normal": 50, "pneumonia": 130}  # class -> mean brightness: something to learn
+
+
+# ------------------------------------------------------------------ helpers
+
+def build_tiny_folder(root: Path, per_class: int = 16) -> Path:
+    """A `folder` dataset: one sub-folder per class of small noisy grey PNGs (every file distinct)."""
+    for k, (name, brightness) in enumerate(CLASSES.items()):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            rng = np.random.default_rng(1000 * k + i)
+            pixels = np.clip(brightness + rng.normal(0, 25, (32, 40)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{name}-{i:02d}.png")
+    return root
+
+
+def write_space(path: Path, search: dict, **top) -> Path:
+    path.write_text(yaml.safe_dump({**top, "search": search}, sort_keys=False))
+    return path
+
+
+def study_argv(space: Path, storage: Path, name: str, data: Path, cache: Path, *extra: str) -> list[str]:
+    return ["--space", str(space), "--dataset", "folder", "--data-root", str(data), "--storage", str(storage),
+            "--name", name, "--cache-dir", str(cache), *extra]
+
+
+def trial_dirs(study_dir: Path) -> list[Path]:
+    """Tune's per-trial folders (the ones holding params.json)."""
+    return sorted(p.parent for p in study_dir.glob("*/params.json"))
+
+
+def result_json(trial_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
+
+
+def tensorboard_scalars(trial_dir: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(trial_dir), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    return events
+
+
+def hparams_of(events) -> dict:
+    """The hyperparameters Tune wrote for TensorBoard's HPARAMS view ({} if none)."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    try:
+        content = events.PluginTagToContent("hparams")
+    except KeyError:  # no hparams plugin data at all
+        return {}
+    start = content.get("_hparams_/session_start_info")
+    if start is None:
+        return {}
+    info = plugin_data_pb2.HParamsPluginData.FromString(start).session_start_info
+    return {key: (value.string_value or value.number_value or value.bool_value) for key, value in info.hparams.items()}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return build_tiny_folder(tmp_path_factory.mktemp("tiny-folder"))
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+# ------------------------------------------------------------------ bad input: one clear error, no trial
+
+UNKNOWN_DIMENSION = {"model": {"choice": ["resnet50"]}, "learning_rate": {"loguniform": [1e-4, 1e-2]}}
+IMPOSSIBLE_RANGE = {"model": {"choice": ["resnet50"]}, "lr": {"loguniform": [1e-2, 1e-4]}}
+GOOD_SPACE = {"model": {"value": "resnet50"}, "optimizer": {"value": "adam"}, "lr": {"value": 1e-3},
+              "batch_size": {"value": 16}}
+
+TOO_MANY_CPUS = str(max(64, 2 * (os.cpu_count() or 1)))
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+
+BAD_INPUT = {
+    "unknown dimension": (UNKNOWN_DIMENSION, [], r"search\.learning_rate: unknown dimension 'learning_rate'"),
+    "impossible range": (IMPOSSIBLE_RANGE, [], r"search\.lr\.loguniform: low 0\.01 must be below high 0\.0001"),
+    "alexnet at 32 px": ({**GOOD_SPACE, "model": {"choice": ["alexnet", "resnet50"]}}, ["--image-size", "32"],
+                         r"image_size 32 is too small for model 'alexnet'"),
+    "GPU on a machine without one": pytest.param(GOOD_SPACE, ["--gpus-per-trial", "1"],
+                                                 r"--gpus-per-trial 1 .*no CUDA GPU", marks=NO_GPU),
+    "fraction of a GPU without one": pytest.param(GOOD_SPACE, ["--gpus-per-trial", "0.25"],
+                                                  r"--gpus-per-trial 0\.25 .*no CUDA GPU", marks=NO_GPU),
+    "more CPUs than the machine": (GOOD_SPACE, ["--cpus-per-trial", TOO_MANY_CPUS],
+                                   rf"--cpus-per-trial {TOO_MANY_CPUS} exceeds the \d+ CPU cores of this machine"),
+    "more CPUs than --num-cpus": (GOOD_SPACE, ["--num-cpus", "1", "--cpus-per-trial", "2"],
+                                  r"--cpus-per-trial 2 exceeds the 1 CPU cores"),
+    "grace period past max epochs": (GOOD_SPACE, ["--max-epochs", "2", "--grace-period", "3"],
+                                     r"--grace-period 3 exceeds --max-epochs 2"),
+    "zero trials": (GOOD_SPACE, ["--num-samples", "0"], r"--num-samples must be at least 1"),
+}
+
+
+def assert_no_trial(storage: Path) -> None:
+    """Nothing of a study started or was left behind: no study folder (so no study.json, Tune state,
+    trial folder or results)."""
+    left = sorted(p.name for p in storage.glob("*"))
+    assert left == [], f"{storage} holds {left} after a refused start"
+
+
+@pytest.mark.parametrize("search, flags, message", BAD_INPUT.values(), ids=BAD_INPUT.keys())
+def test_bad_input_is_one_clear_error_before_any_trial(tmp_path, capsys, tiny_data, cache_dir, search, flags,
+                                                       message):
+    space = write_space(tmp_path / "space.yaml", search)
+    storage = tmp_path / "studies"
+    code = main(study_argv(space, storage, "bad", tiny_data, cache_dir, "--image-size", "32", *flags))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ")
+    assert len(re.findall(message, err)) == 1, err
+    assert "Traceback" not in err
+    assert_no_trial(storage)
+
+
+def test_data_root_that_does_not_exist(tmp_path, capsys, cache_dir):
+    space = write_space(tmp_path / "space.yaml", GOOD_SPACE)
+    missing = tmp_path / "no-such-data"
+    code = main(study_argv(space, tmp_path / "studies", "bad", missing, cache_dir, "--image-size", "32"))
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ")
+    assert str(missing) in err
+    assert_no_trial(tmp_path / "studies")
+    # the default dataset (covid-chestxray-3class) with a wrong root names it too
+    code = main(["--data-root", str(missing), "--storage", str(tmp_path / "studies"), "--name", "bad2",
+                 "--cache-dir", str(cache_dir)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and str(missing) in err
+    assert_no_trial(tmp_path / "studies")
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_storage_that_cannot_be_written(tmp_path, capsys, tiny_data, cache_dir, where):
+    space = write_space(tmp_path / "space.yaml", GOOD_SPACE)
+    blocker = tmp_path / "not-a-folder.txt"
+    blocker.write_text("a file, not a folder\n")
+    storage = blocker if where == "a file" else blocker / "studies"
+    code = main(study_argv(space, storage, "bad", tiny_data, cache_dir, "--image-size", "32"))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"error: --storage {storage}/bad: cannot write there")
+    assert blocker.read_text() == "a file, not a folder\n"
+
+
+def test_storage_bucket_that_cannot_be_reached(tmp_path, capsys, tiny_data, cache_dir):
+    """No network here: an s3:// bucket fails fast (DNS) with the same error, not a hang."""
+    space = write_space(tmp_path / "space.yaml", GOOD_SPACE)
+    started = time.monotonic()
+    code = main(study_argv(space, "s3://nonexistent-bucket-xyz/", "bad", tiny_data, cache_dir,  # type: ignore[arg-type]
+                           "--image-size", "32"))
+    elapsed = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: --storage s3://nonexistent-bucket-xyz/bad: cannot write there")
+    assert "check the credentials and network" in err
+    assert elapsed < 60, f"the unreachable bucket took {elapsed:.0f} s to refuse"
+
+
+def test_resume_of_a_folder_that_is_no_study(tmp_path, capsys):
+    code = main(["--resume", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: --resume {tmp_path}: no study.json there")
+
+
+def test_grid_space_runs_every_combination_by_default(tmp_path):
+    """--num-samples defaults to the grid's size (paper.yaml: 108), not to 10."""
+    settings = settings_from_args(build_parser().parse_args(["--space", "paper", "--storage", str(tmp_path)]))
+    assert settings.num_samples == 108
+    assert (settings.image_size, settings.max_epochs, settings.grace_period) == (224, 50, 5)
+    settings = settings_from_args(build_parser().parse_args(["--space", "paper", "--num-samples", "4",
+                                                             "--storage", str(tmp_path)]))
+    assert settings.num_samples == 4
+
+
+def test_results_table_of_a_resumed_run_never_overwrites_the_first_runs_parts(tmp_path):
+    """Tuner.restore unpickles the callback that the first run pickled: the resumed run must write
+    parts of its own next to the first run's, never over them."""
+    trial = SimpleNamespace(trial_id="t1", config={"model": "resnet50", "lr": 0.01})
+    first = ResultsTable(str(tmp_path))
+    pickled = pickle.dumps(first)  # Tuner(...) saves tuner.pkl, callbacks included, before the run starts
+    first.on_trial_result(0, [], trial, {"training_iteration": 1, "val/loss": 1.5})
+    resumed = pickle.loads(pickled)  # Tuner.restore(...)
+    resumed.on_trial_result(0, [], trial, {"training_iteration": 2, "val/loss": 1.2})
+    assert len(list((tmp_path / "results").glob("part-*.parquet"))) == 2
+    results = read_results(str(tmp_path))
+    assert list(results["training_iteration"]) == [1, 2] and list(results["val/loss"]) == [1.5, 1.2]
+    assert list(results["config/lr"]) == [0.01, 0.01]
+
+
+# ------------------------------------------------------------------ a study of several trials
+
+MAX_EPOCHS = 3
+MAIN_SEARCH = {
+    "model": {"choice": ["resnet50", "alexnet"]},
+    "optimizer": {"choice": ["adam", "sgd"]},
+    "lr": {"loguniform": [1.0e-4, 3.0e-3]},
+    "batch_size": {"value": 16},
+    "momentum": {"value": 0.9, "when": {"optimizer": "sgd"}},
+    "weight_decay": {"value": 1.0e-4, "when": {"optimizer": "sgd"}},
+}
+
+
+@pytest.fixture(scope="module")
+def main_study(ray_session, tmp_path_factory, tiny_data, cache_dir):
+    """Six trials over ResNet50 and AlexNet (64 px), Adam and SGD, 3 epochs, ASHA on val/loss.
+
+    val/loss rather than the default F1: on 7 validation images many trials tie on F1, and ASHA
+    only stops a trial that is strictly worse. Seed 2 draws both models and both optimizers.
+    """
+    root = tmp_path_factory.mktemp("main-study")
+    space = write_space(root / "two-models.yaml", MAIN_SEARCH)
+    args = build_parser().parse_args(study_argv(
+        space, root / "studies", "two-models", tiny_data, cache_dir, "--image-size", "64", "--num-samples", "6",
+        "--max-epochs", str(MAX_EPOCHS), "--grace-period", "1", "--reduction-factor", "4", "--metric", "val/loss",
+        "--seed", "2"))
+    settings = settings_from_args(args)
+    started = time.monotonic()
+    grid = run_study(settings)
+    print(f"main study: {time.monotonic() - started:.0f} s")
+    return settings, grid, Path(settings.study_uri)
+
+
+def test_study_over_two_models_and_both_optimizers_completes(main_study, capsys):
+    settings, grid, study_dir = main_study
+    assert len(grid) == 6 and not grid.errors
+    results = read_results(settings.study_uri)
+    assert results["trial_id"].nunique() == 6
+    configs = results.drop_duplicates("trial_id")
+    assert set(configs["config/model"]) == {"resnet50", "alexnet"}
+    assert set(configs["config/optimizer"]) == {"adam", "sgd"}
+    events = read_trial_events(settings.study_uri)
+    assert len(events) == 6 and set(events["event"]) == {"completed"}
+    assert (study_dir / "study.json").is_file() and (study_dir / "splits" / "folder.csv").is_file()
+    # the end of a run: the comparison table, best trial per model, and where things are
+    print_summary(settings)
+    out = capsys.readouterr().out
+    assert "| resnet50 " in out and "| alexnet " in out
+    assert re.search(r"\| \d\.\de-0\d +\|", out), "learning rates are not in scientific notation:\n" + out
+    assert f"tensorboard --logdir {study_dir}" in out
+
+
+def test_adam_trials_never_carry_sgd_dimensions(main_study):
+    settings, _, study_dir = main_study
+    for trial_dir in trial_dirs(study_dir):
+        params = json.loads((trial_dir / "params.json").read_text())
+        if params["optimizer"] == "adam":
+            assert "momentum" not in params and "weight_decay" not in params, params
+        else:
+            assert (params["momentum"], params["weight_decay"]) == (0.9, 1e-4), params
+    results = read_results(settings.study_uri)
+    adam = results[results["config/optimizer"] == "adam"]
+    assert adam["config/momentum"].isna().all() and adam["config/weight_decay"].isna().all()
+
+
+def test_asha_stops_a_trial_early(main_study):
+    settings, _, _ = main_study
+    results = read_results(settings.study_uri)
+    trained = results.groupby("trial_id").filter(lambda rows: (rows["diverged"] == 0).all())
+    epochs = trained.groupby("trial_id")["training_iteration"].max()
+    assert (epochs < MAX_EPOCHS).any(), f"ASHA stopped no trial: epochs per trial {epochs.to_dict()}"
+    assert (epochs == MAX_EPOCHS).any(), f"no trial ran all {MAX_EPOCHS} epochs: {epochs.to_dict()}"
+
+
+def test_parquet_table_holds_every_reported_epoch(main_study):
+    """Every line of every trial's result.json (and progress.csv) is a row of the Parquet table."""
+    settings, _, study_dir = main_study
+    results = read_results(settings.study_uri)
+    dirs = trial_dirs(study_dir)
+    assert len(dirs) == 6
+    for trial_dir in dirs:
+        reported = result_json(trial_dir)
+        trial_id = reported[0]["trial_id"]
+        assert trial_dir.name.startswith(trial_id)
+        rows = results[results["trial_id"] == trial_id]
+        assert list(rows["training_iteration"]) == [r["training_iteration"] for r in reported]
+        assert list(rows["training_iteration"]) == list(range(1, len(reported) + 1))
+        assert list(rows["epoch"]) == [r["epoch"] for r in reported]
+        assert np.allclose(rows["val/loss"], [r["val/loss"] for r in reported])
+        for key in ("val/f1_macro", "val/accuracy", "train/loss"):
+            if all(key in r for r in reported):
+                assert np.allclose(rows[key], [r[key] for r in reported]), key
+        progress = pd.read_csv(trial_dir / "progress.csv")
+        assert list(progress["training_iteration"]) == list(rows["training_iteration"])
+        params = json.loads((trial_dir / "params.json").read_text())
+        for key, value in params.items():
+            assert rows[f"config/{key}"].eq(value).all(), key
+
+
+def test_tensorboard_holds_every_epoch_of_every_trial_with_hparams(main_study):
+    settings, _, study_dir = main_study
+    results = read_results(settings.study_uri)
+    for trial_dir in trial_dirs(study_dir):
+        assert list(trial_dir.glob("events.out.tfevents.*")), f"no TensorBoard events in {trial_dir}"
+        trial_id = trial_dir.name.split("_")[0]
+        rows = results[results["trial_id"] == trial_id]
+        params = json.loads((trial_dir / "params.json").read_text())
+        # named by its configuration
+        assert params["model"] in trial_dir.name and params["optimizer"] in trial_dir.name
+        events = tensorboard_scalars(trial_dir)
+        loss = events.Scalars("ray/tune/val/loss")
+        assert [e.step for e in loss] == list(rows["training_iteration"])
+        assert np.allclose([e.value for e in loss], rows["val/loss"], rtol=1e-5)
+        scored = rows.dropna(subset=["val/f1_macro"])
+        if len(scored):
+            f1 = events.Scalars("ray/tune/val/f1_macro")
+            assert [e.step for e in f1] == list(scored["training_iteration"])
+            assert np.allclose([e.value for e in f1], scored["val/f1_macro"], rtol=1e-5)
+            assert [e.step for e in events.Scalars("ray/tune/train/loss")] == list(scored["training_iteration"])
+        hparams = hparams_of(events)
+        assert hparams, f"no HPARAMS for {trial_dir.name}"
+        assert hparams["model"] == params["model"] and hparams["optimizer"] == params["optimizer"]
+        assert math.isclose(hparams["lr"], params["lr"], rel_tol=1e-9)
+        if params["optimizer"] == "sgd":
+            assert math.isclose(hparams["momentum"], 0.9)
+        else:
+            assert "momentum" not in hparams
+
+
+# ------------------------------------------------------------------ a diverging trial
+
+def test_diverging_trials_end_as_poor_results_and_the_study_completes(ray_session, tmp_path, tiny_data, cache_dir,
+                                                                       capsys):
+    """lr 1e6 makes the loss NaN: with SGD within the first steps, with Adam the training loss stays
+    finite but the outputs on the validation split are NaN. Both trials end after one report with
+    diverged=1 and the worst F1 (0), neither errors nor is retried, and the study completes."""
+    space = write_space(tmp_path / "diverge.yaml", {
+        "model": {"value": "resnet50"}, "optimizer": {"choice": ["adam", "sgd"]}, "lr": {"value": 1.0e6},
+        "batch_size": {"value": 16}}, sampler="grid")
+    settings = settings_from_args(build_parser().parse_args(study_argv(
+        space, tmp_path / "studies", "diverge", tiny_data, cache_dir, "--image-size", "32", "--max-epochs", "3")))
+    assert settings.num_samples == 2  # the grid's size
+    grid = run_study(settings)
+    assert len(grid) == 2 and not grid.errors
+    results = read_results(settings.study_uri)
+    assert sorted(results["config/optimizer"]) == ["adam", "sgd"]
+    assert list(results["diverged"]) == [1, 1]
+    assert list(results["training_iteration"]) == [1, 1] and list(results["epoch"]) == [1, 1]
+    assert list(results["val/f1_macro"]) == [0.0, 0.0]
+    assert list(results["status"]) == ["diverged", "diverged"]
+    assert set(read_trial_events(settings.study_uri)["event"]) == {"completed"}
+    for result in grid:
+        assert result.error is None and result.metrics["diverged"] == 1
+    print_summary(settings)
+    assert "| resnet50 " in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ kill the driver, then resume
+
+def _snapshot(study_dir: Path) -> dict[str, tuple[str, int]]:
+    """trial id -> (status, last reported iteration) in Tune's latest experiment snapshot."""
+    files = sorted(glob.glob(str(study_dir / "experiment_state-*.json")))
+    if not files:
+        return {}
+    try:
+        state = json.loads(Path(files[-1]).read_text())
+    except (OSError, ValueError):  # being rewritten
+        return {}
+    trials = {}
+    for trial, runtime in state["trial_data"]:
+        trial = json.loads(trial) if isinstance(trial, str) else trial
+        runtime = json.loads(runtime) if isinstance(runtime, str) else runtime
+        trials[trial["trial_id"]] = (trial["status"], (runtime.get("last_result") or {}).get("training_iteration"))
+    return trials
+
+
+def _raw_parts(study_dir: Path) -> pd.DataFrame:
+    """Every row of every Parquet part (no de-duplication), with the run (session) that wrote it."""
+    frames = []
+    for path in sorted((study_dir / "results").glob("part-*.parquet")):
+        frame = pd.read_parquet(path)
+        frames.append(frame.assign(session=path.name.rsplit("-", 1)[0]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _kill_leftovers(ray_tmp: str) -> list[int]:
+    """SIGKILL processes this test started that outlived their group (their command line names our RAY_TMPDIR)."""
+    killed = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if ray_tmp in cmdline:
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed.append(int(proc.name))
+            except ProcessLookupError:
+                pass
+    return killed
+
+
+def test_kill_and_resume_continues_without_rerunning(tmp_path, tiny_data, cache_dir):
+    """SIGKILL the CLI driver (and its Ray) once one trial has finished and a second has reported
+    an epoch; `--resume` finishes the study: the finished trial is not rerun, the second continues
+    from its checkpoint, the third starts fresh, the first run's results are kept, and the searcher
+    still knows every trial."""
+    space = write_space(tmp_path / "resume.yaml", {
+        "model": {"value": "resnet50"}, "optimizer": {"value": "adam"}, "lr": {"loguniform": [1.0e-4, 1.0e-3]},
+        "batch_size": {"value": 16}})
+    storage, epochs, samples = tmp_path / "studies", 3, 3
+    study_dir = storage / "resume"
+    ray_tmp = tempfile.mkdtemp(prefix="cxr-ray-", dir="/tmp")  # own Ray; short for Ray's socket paths
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    env.update(RAY_AUTH_MODE="disabled", RAY_TMPDIR=ray_tmp, PYTHONUNBUFFERED="1")
+    argv = study_argv(space, storage, "resume", tiny_data, cache_dir, "--image-size", "32", "--num-samples",
+                      str(samples), "--max-epochs", str(epochs), "--grace-period", str(epochs),
+                      "--max-concurrent", "1", "--num-cpus", "2", "--seed", "0")
+    processes = []
+
+    def start(args: list[str], log: Path) -> subprocess.Popen:
+        with log.open("w") as out:
+            process = subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=REPO, env=env, stdout=out,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        processes.append(process)
+        return process
+
+    try:
+        first = start(argv, tmp_path / "first.log")
+        deadline = time.monotonic() + 400
+        while True:
+            assert first.poll() is None, "the first run ended before it could be killed:\n" + \
+                (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no finished trial and second trial in time:\n" + \
+                (tmp_path / "first.log").read_text()[-3000:]
+            snapshot = _snapshot(study_dir)
+            done = [t for t, (status, _) in snapshot.items() if status == "TERMINATED"]
+            running = [t for t, (status, it) in snapshot.items() if status == "RUNNING" and it]
+            if done and running:
+                events = read_trial_events(str(study_dir))
+                reported = read_results(str(study_dir))
+                if (len(reported) and set(done) <= set(events.loc[events["event"] == "completed", "trial_id"])
+                        and set(running) <= set(reported["trial_id"])):
+                    break
+            time.sleep(0.2)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        print(f"killed the first run after {time.monotonic() - deadline + 400:.0f} s")
+        _kill_leftovers(ray_tmp)
+        (finished,), (unfinished,) = done, running
+        status, checkpointed = _snapshot(study_dir)[unfinished]  # what --resume restores (a report may have
+        assert status == "RUNNING" and 1 <= checkpointed < epochs  # come in since the poll)
+        before = _raw_parts(study_dir)
+        assert set(before["trial_id"]) == {finished, unfinished}
+        assert sorted(before.loc[before["trial_id"] == finished, "epoch"]) == list(range(1, epochs + 1))
+        assert before["session"].nunique() == 1
+
+        resumed_at = time.monotonic()
+        second = start(["--resume", str(study_dir), "--num-cpus", "2"], tmp_path / "resume.log")
+        assert second.wait(timeout=400) == 0, (tmp_path / "resume.log").read_text()[-3000:]
+        print(f"the resumed run took {time.monotonic() - resumed_at:.0f} s")
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        _kill_leftovers(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+    after = _raw_parts(study_dir)
+    # the first run's parts are all still there, unchanged: resuming appends
+    kept = after[after["session"] == before["session"].iloc[0]]
+    pd.testing.assert_frame_equal(kept.reset_index(drop=True), before.reset_index(drop=True))
+    new = after[after["session"] != before["session"].iloc[0]]
+    assert new["session"].nunique() == 1
+
+    trials = set(after["trial_id"])
+    assert len(trials) == samples and len(trial_dirs(study_dir)) == samples
+    assert finished not in set(new["trial_id"]), "the finished trial ran again"
+    resumed = new.loc[new["trial_id"] == unfinished, "epoch"].tolist()
+    assert resumed == list(range(checkpointed + 1, epochs + 1)), \
+        f"the unfinished trial reran from scratch or skipped epochs: {resumed} (checkpoint at {checkpointed})"
+    assert new.loc[new["trial_id"] == unfinished, "training_iteration"].tolist() == resumed
+    assert kept.loc[kept["trial_id"] == unfinished, "epoch"].tolist()[:checkpointed] == list(range(1, checkpointed + 1))
+    (fresh,) = trials - {finished, unfinished}
+    assert new.loc[new["trial_id"] == fresh, "epoch"].tolist() == list(range(1, epochs + 1))
+
+    results = read_results(str(study_dir))
+    assert len(results) == samples * epochs
+    assert results.groupby("trial_id")["training_iteration"].apply(list).tolist() == [list(range(1, epochs + 1))] * 3
+    events = read_trial_events(str(study_dir))
+    assert set(events["trial_id"]) == trials and set(events["event"]) == {"completed"}
+
+    # The searcher keeps what it learned: its saved Optuna study holds all three trials, complete,
+    # and the value of the trial that finished before the kill.
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = OptunaSearch()
+    searcher.restore_from_dir(str(study_dir))
+    optuna_trials = searcher._ot_study.trials  # no public accessor for the searcher's Optuna study
+    assert len(optuna_trials) == samples
+    assert all(t.state.name == "COMPLETE" for t in optuna_trials)
+    assert set(searcher._ot_trials) == trials
+    for trial_id in trials:
+        last = results.loc[(results["trial_id"] == trial_id) & (results["training_iteration"] == epochs),
+                           "val/f1_macro"].item()
+        assert math.isclose(optuna_trials[searcher._ot_trials[trial_id].number].value, last)

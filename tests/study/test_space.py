@@ -1,0 +1,231 @@
+"""Search spaces: the shipped YAML files, conditional dimensions under Optuna, and malformed spaces.
+
+No Ray here: the define-by-run function is driven by an Optuna study directly and by
+Ray's OptunaSearch searcher (which needs no running Ray to suggest configs).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from cxrnets.errors import CxrError
+from study.space import SPACES_DIR, load_space, parse_space
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+SGD_ONLY = ("momentum", "weight_decay")  # demo.yaml and paper.yaml: SGD's own hyperparameters
+
+
+def sample_configs(space, trials: int, seed: int = 0) -> list[dict]:
+    """Trial configs as a study sees them: Optuna's suggestions plus the space's constants.
+
+    Each trial is told a made-up score, so that TPE leaves its random start-up phase and
+    samples from its model of the (conditional) space too.
+    """
+    study = optuna.create_study(direction="maximize", sampler=space.make_sampler(seed))
+    configs = []
+    for i in range(trials):
+        trial = study.ask()
+        constants = space(trial)
+        config = {**trial.params, **constants}
+        configs.append(config)
+        study.tell(trial, math.sin(i) + (0.5 if config.get("optimizer") == "sgd" else 0.0))
+    return configs
+
+
+# ------------------------------------------------------------------ shipped spaces
+
+@pytest.mark.parametrize("name", ["demo", "paper", "wide"])
+def test_shipped_spaces_parse(name):
+    space = load_space(name)
+    assert space.name == name
+    assert Path(space.source) == SPACES_DIR / f"{name}.yaml"
+    assert space.values_of("model") == ["alexnet", "vgg11", "resnet50"]
+    assert set(space.values_of("optimizer")) == {"adam", "sgd"}
+    assert [d.name for d in space.dimensions][:1] == ["model"]
+    # loading by file path gives the same space as loading by name
+    assert load_space(SPACES_DIR / f"{name}.yaml").dimensions == space.dimensions
+    assert load_space(f"{name}.yaml").dimensions == space.dimensions
+
+
+def test_unknown_space_name_lists_the_shipped_ones():
+    with pytest.raises(CxrError, match="not found.*demo.*paper.*wide"):
+        load_space("nonexistent-space")
+
+
+def test_paper_grid_is_the_papers_108_combinations():
+    space = load_space("paper")
+    assert space.sampler == "grid"
+    assert space.study["image_size"] == 224 and space.study["max_epochs"] == 50
+    grid = space.grid()
+    assert len(grid) == 108 == 3 * 3 * 3 * 2 * 2
+    assert len({tuple(sorted(c.items())) for c in grid}) == 108, "the grid repeats a combination"
+    assert {c["lr"] for c in grid} == {1e-4, 1e-2, 1e-1}
+    assert {c["batch_size"] for c in grid} == {16, 32, 64}
+    assert {c["pretrained"] for c in grid} == {True, False}
+    sgd = [c for c in grid if c["optimizer"] == "sgd"]
+    adam = [c for c in grid if c["optimizer"] == "adam"]
+    assert len(sgd) == len(adam) == 54
+    assert all(c["momentum"] == 0.9 and c["weight_decay"] == 0.5 for c in sgd)
+    assert not any(key in c for c in adam for key in SGD_ONLY)
+    # Optuna's GridSampler enumerates the same 108 points (the constants are not grid axes)
+    assert math.prod(len(values) for values in space.optuna_grid().values()) == 108
+
+
+def test_paper_grid_through_optuna_search_runs_every_combination_once():
+    """Ray's OptunaSearch with the grid sampler proposes all 108 points before repeating one,
+    even when every trial is still running (none has reported)."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    space = load_space("paper")
+    searcher = OptunaSearch(space, metric="val/f1_macro", mode="max", sampler=space.make_sampler(0),
+                            study_name="paper-grid")
+    configs = [searcher.suggest(f"trial-{i}") for i in range(108)]
+    assert len({tuple(sorted(c.items())) for c in configs}) == 108
+    for config in configs:
+        if config["optimizer"] == "sgd":
+            assert (config["momentum"], config["weight_decay"]) == (0.9, 0.5)
+        else:
+            assert not set(SGD_ONLY) & set(config)
+
+
+# ------------------------------------------------------------------ conditional dimensions
+
+@pytest.mark.parametrize("name", ["demo", "wide"])
+def test_adam_trials_never_get_sgd_dimensions(name):
+    space = load_space(name)
+    configs = sample_configs(space, 40)
+    adam = [c for c in configs if c["optimizer"] == "adam"]
+    sgd = [c for c in configs if c["optimizer"] == "sgd"]
+    assert len(adam) >= 5 and len(sgd) >= 5
+    assert not any("momentum" in c for c in adam)
+    assert all("momentum" in c for c in sgd)
+    if name == "demo":  # weight decay is SGD's only in demo.yaml ...
+        assert not any("weight_decay" in c for c in adam)
+        assert all(c["momentum"] == 0.9 and c["weight_decay"] == 1e-4 for c in sgd)
+    else:  # ... wide.yaml gives both optimizers their own weight decay range
+        assert all(1e-6 <= c["weight_decay"] <= 1e-2 for c in configs)
+        assert all(0.5 <= c["momentum"] <= 0.99 for c in sgd)
+        assert all(1e-5 <= c["lr"] <= 1e-1 for c in configs)
+        assert {c["batch_size"] for c in configs} <= {8, 16, 32, 64, 128}
+
+
+def test_conditional_dimensions_through_ray_optuna_search():
+    """The path a study takes: OptunaSearch proposes configs from the define-by-run function and
+    learns from completed trials; Adam configs never carry momentum or weight decay."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    space = load_space("demo")
+    searcher = OptunaSearch(space, metric="val/f1_macro", mode="max", sampler=space.make_sampler(0),
+                            study_name="demo")
+    configs = []
+    for i in range(24):  # past TPE's 10 random start-up trials
+        config = searcher.suggest(f"trial-{i}")
+        configs.append(config)
+        searcher.on_trial_complete(f"trial-{i}", {"val/f1_macro": 0.3 + 0.02 * (i % 7), "training_iteration": 1})
+    assert {c["optimizer"] for c in configs} == {"adam", "sgd"}
+    for config in configs:
+        assert config["pretrained"] is False
+        assert 1e-4 <= config["lr"] <= 3e-2
+        if config["optimizer"] == "adam":
+            assert not set(SGD_ONLY) & set(config), config
+        else:
+            assert (config["momentum"], config["weight_decay"]) == (0.9, 1e-4), config
+
+
+def test_same_seed_same_configs():
+    space = load_space("wide")
+    assert sample_configs(space, 12, seed=3) == sample_configs(space, 12, seed=3)
+    assert sample_configs(space, 12, seed=3) != sample_configs(space, 12, seed=4)
+
+
+def test_when_takes_a_list_of_values():
+    space = parse_space({"search": {
+        "optimizer": {"choice": ["adam", "sgd"]},
+        "weight_decay": {"loguniform": [1e-6, 1e-2], "when": {"optimizer": ["sgd", "adam"]}},
+        "momentum": {"uniform": [0.5, 0.99], "when": {"optimizer": "sgd"}},
+    }})
+    for config in sample_configs(space, 20):
+        assert "weight_decay" in config
+        assert ("momentum" in config) == (config["optimizer"] == "sgd")
+
+
+# ------------------------------------------------------------------ malformed spaces
+
+GOOD = {"model": {"choice": ["resnet50"]}, "optimizer": {"choice": ["adam", "sgd"]},
+        "lr": {"loguniform": [1e-4, 1e-1]}}
+
+MALFORMED = {
+    "unknown dimension": ({"search": {**GOOD, "learning_rate": {"loguniform": [1e-4, 1e-1]}}},
+                          r"search\.learning_rate: unknown dimension 'learning_rate'"),
+    "low >= high": ({"search": {**GOOD, "lr": {"loguniform": [0.1, 0.01]}}},
+                    r"search\.lr\.loguniform: low 0\.1 must be below high 0\.01"),
+    "low == high": ({"search": {**GOOD, "momentum": {"uniform": [0.9, 0.9]}}},
+                    r"search\.momentum\.uniform: low 0\.9 must be below high 0\.9"),
+    "loguniform low <= 0": ({"search": {**GOOD, "lr": {"loguniform": [0, 0.1]}}},
+                            r"search\.lr\.loguniform: a log scale needs low > 0"),
+    "log int low <= 0": ({"search": {**GOOD, "batch_size": {"int": [0, 64], "log": True}}},
+                         r"search\.batch_size"),
+    "range not two numbers": ({"search": {**GOOD, "lr": {"uniform": [0.1]}}},
+                              r"search\.lr\.uniform: must be \[low, high\] numbers"),
+    "empty choice": ({"search": {**GOOD, "batch_size": {"choice": []}}},
+                     r"search\.batch_size\.choice: must be a non-empty list"),
+    "unknown model": ({"search": {**GOOD, "model": {"choice": ["alexnet", "resnet18"]}}},
+                      r"search\.model: unknown model 'resnet18'; choose from alexnet, vgg11, resnet50"),
+    "unknown optimizer": ({"search": {**GOOD, "optimizer": {"choice": ["adam", "rmsprop"]}}},
+                          r"search\.optimizer: unknown optimizer 'rmsprop'"),
+    "unknown dataset": ({"search": {"dataset": {"value": "mnist"}, **GOOD}},
+                        r"search\.dataset: unknown dataset 'mnist'"),
+    "when on a later dimension": (
+        {"search": {"model": {"choice": ["resnet50"]}, "momentum": {"value": 0.9, "when": {"optimizer": "sgd"}},
+                    "optimizer": {"choice": ["adam", "sgd"]}}},
+        r"search\.momentum\.when: 'optimizer' must be a dimension listed before 'momentum'"),
+    "when on an unknown dimension": (
+        {"search": {**GOOD, "momentum": {"value": 0.9, "when": {"scheduler": "cosine"}}}},
+        r"search\.momentum\.when: 'scheduler' must be a dimension listed before 'momentum'"),
+    "two kinds in one dimension": ({"search": {**GOOD, "lr": {"choice": [0.1], "uniform": [0.1, 0.2]}}},
+                                   r"search\.lr: give exactly one of"),
+    "grid with a continuous range": ({"sampler": "grid", "search": GOOD},
+                                     r"grid sampler needs choice or value dimensions; \['lr'\] are ranges"),
+    "unknown sampler": ({"sampler": "bayes", "search": GOOD}, r"sampler 'bayes' is not one of tpe, random, grid"),
+    "unknown top-level key": ({"serach": GOOD}, r"unknown top-level key\(s\) \['serach'\]"),
+    "no search section": ({"study": {"image_size": 64}}, r"'search' must map dimension names"),
+    "alexnet at 32 px (study setting)": (
+        {"study": {"image_size": 32}, "search": {**GOOD, "model": {"choice": ["resnet50", "alexnet"]}}},
+        r"image_size 32 is too small for alexnet \(needs at least 63 px\)"),
+    "alexnet at 32 px (dimension)": (
+        {"search": {**GOOD, "model": {"choice": ["alexnet"]}, "image_size": {"choice": [32, 64]}}},
+        r"image_size 32 is too small for alexnet"),
+    "negative learning rate": ({"search": {**GOOD, "lr": {"choice": [0.01, -0.1]}}},
+                               r"search\.lr: lr must be positive"),
+    "fractional batch size": ({"search": {**GOOD, "batch_size": {"choice": [16, 32.5]}}},
+                              r"search\.batch_size: batch_size must be an integer"),
+    "pretrained not a boolean": ({"search": {**GOOD, "pretrained": {"choice": ["yes", "no"]}}},
+                                 r"search\.pretrained: pretrained takes true or false"),
+}
+
+
+@pytest.mark.parametrize("document, message", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_space_fails_naming_the_key(document, message):
+    with pytest.raises(CxrError, match=message):
+        parse_space(document, "bad.yaml")
+
+
+def test_malformed_space_file_names_the_file_and_key(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump({"search": {"model": {"choice": ["resnet50"]}, "batchsize": {"choice": [16]}}}))
+    with pytest.raises(CxrError, match=rf"{path}: search\.batchsize: unknown dimension 'batchsize'; "
+                                       r"searchable keys are dataset, model"):
+        load_space(path)
+
+
+def test_invalid_yaml_names_the_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("search:\n  model: {choice: [resnet50\n")
+    with pytest.raises(CxrError, match=rf"{path}: not valid YAML"):
+        load_space(path)

@@ -1,0 +1,199 @@
+"""The Tune trainable without Ray: config merging, per-epoch reports with checkpoints, resume, divergence.
+
+`train_trial` is called directly with Tune's `report` and `get_checkpoint` replaced by
+recorders, on a tiny class-per-folder dataset at 32 px (ResNet50, about a second an epoch).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from ray import tune
+
+import study.trainable as trainable
+from cxrnets.training import TrainConfig, TrainingRun, prepare_data
+from study.trainable import CHECKPOINT_FILE, TrialContext, train_trial
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread, as a trial gets on a 1-CPU reservation: on a busy 2-core machine two
+    threads spin against each other and an epoch takes 10x longer."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """3 classes x 12 small noisy grey PNGs whose brightness tells the class."""
+    root = tmp_path_factory.mktemp("tiny-folder")
+    for k, (name, brightness) in enumerate({"covid": 210, "normal": 50, "pneumonia": 130}.items()):
+        (root / name).mkdir()
+        for i in range(12):
+            rng = np.random.default_rng(1000 * k + i)
+            pixels = np.clip(brightness + rng.normal(0, 25, (32, 40)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{name}-{i:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def context(tiny_data, tmp_path_factory) -> TrialContext:
+    """What a study hands every trial: data roots, the study's split, shared defaults."""
+    cache = tmp_path_factory.mktemp("cache")
+    data = prepare_data(TrainConfig(dataset="folder", data_root=str(tiny_data), image_size=32, cache_dir=str(cache)))
+    return TrialContext(data_roots={"folder": str(tiny_data)}, splits={"folder": data.split},
+                        defaults={"image_size": 32, "epochs": 2, "seed": 0, "cache_dir": str(cache),
+                                  "device": "auto"})
+
+
+class Reports:
+    """Stands in for tune.report / tune.get_checkpoint: records each report and its checkpoint's content."""
+
+    def __init__(self, checkpoint: tune.Checkpoint | None = None):
+        self.metrics: list[dict] = []
+        self.checkpoints: list[dict | None] = []
+        self.checkpoint = checkpoint
+
+    def report(self, metrics, checkpoint=None):
+        self.metrics.append(dict(metrics))
+        saved = None
+        if checkpoint is not None:  # the trainable deletes the folder once report() returns
+            with checkpoint.as_directory() as folder:
+                saved = torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True, mmap=True)
+        self.checkpoints.append(saved)
+
+    def get_checkpoint(self):
+        return self.checkpoint
+
+
+@pytest.fixture
+def reports(monkeypatch) -> Reports:
+    recorder = Reports()
+    monkeypatch.setattr(trainable.tune, "report", recorder.report)
+    monkeypatch.setattr(trainable.tune, "get_checkpoint", recorder.get_checkpoint)
+    monkeypatch.setattr(trainable, "_node_id", lambda: "node-under-test")
+    return recorder
+
+
+# ------------------------------------------------------------------ the trial config
+
+def test_train_config_merges_defaults_with_the_trial_config(context, tiny_data):
+    config = context.train_config({"dataset": "folder", "model": "resnet50", "optimizer": "sgd", "lr": 0.01,
+                                   "batch_size": 8, "momentum": 0.8, "weight_decay": 5e-4})
+    assert isinstance(config, TrainConfig)
+    assert (config.model, config.optimizer, config.lr, config.batch_size) == ("resnet50", "sgd", 0.01, 8)
+    assert (config.momentum, config.weight_decay) == (0.8, 5e-4)
+    # from the study's defaults
+    assert (config.image_size, config.epochs, config.seed, config.device) == (32, 2, 0, "auto")
+    assert config.cache_dir == context.defaults["cache_dir"]
+    # from the context, not the config
+    assert config.data_root == str(tiny_data)
+    assert config.dataset_options == {} and config.pretrained is False
+    config.validate()
+
+
+def test_trial_config_wins_over_defaults_and_dimensions_left_out_keep_theirs(context):
+    config = context.train_config({"dataset": "folder", "model": "alexnet", "image_size": 64, "seed": 3,
+                                   "pretrained": True})
+    assert (config.image_size, config.seed, config.pretrained) == (64, 3, True)
+    # an Adam trial has no momentum or weight_decay in its config: the TrainConfig defaults apply
+    adam = context.train_config({"dataset": "folder", "optimizer": "adam"})
+    assert (adam.momentum, adam.weight_decay) == (TrainConfig.momentum, TrainConfig.weight_decay)
+
+
+def test_trial_config_with_extra_tune_keys(context):
+    """Tune and Optuna add keys of their own to a trial's config; they are not training options."""
+    config = context.train_config({"dataset": "folder", "model": "resnet50", "lr": 1e-3, "__trial_index__": 4,
+                                   "trial_id": "abc123", "experiment_tag": "4_lr=0.001", "pretrained": None,
+                                   "some/nested": {"a": 1}})
+    assert (config.model, config.lr, config.pretrained) == ("resnet50", 1e-3, False)
+    assert not hasattr(config, "__trial_index__") and not hasattr(config, "experiment_tag")
+    config.validate()
+
+
+def test_dataset_options_per_dataset(tiny_data):
+    context = TrialContext(data_roots={"folder": str(tiny_data)}, splits={}, defaults={},
+                           dataset_options={"folder": {"some_option": 1}})
+    assert context.train_config({"dataset": "folder"}).dataset_options == {"some_option": 1}
+
+
+def test_worst_result_is_the_worst_value_of_the_study_metric():
+    assert TrialContext({}, {}, {}, metric="val/f1_macro", mode="max").worst_result() == \
+        {"val/f1_macro": 0.0, "diverged": 1}
+    assert TrialContext({}, {}, {}, metric="val/loss", mode="min").worst_result() == \
+        {"val/loss": math.inf, "diverged": 1}
+
+
+# ------------------------------------------------------------------ train_trial
+
+def test_every_epoch_is_reported_with_a_checkpoint(context, reports):
+    train_trial({"dataset": "folder", "model": "resnet50", "optimizer": "adam", "lr": 1e-3, "batch_size": 16,
+                 "__trial_index__": 0}, context)
+    assert [m["epoch"] for m in reports.metrics] == [1, 2]
+    for metrics, saved in zip(reports.metrics, reports.checkpoints):
+        for key in ("train/loss", "val/loss", "val/accuracy", "val/precision_macro", "val/recall_macro",
+                    "val/f1_macro", "epoch_seconds", "images_per_second"):
+            assert math.isfinite(metrics[key]), key
+        assert metrics["diverged"] == 0 and metrics["node_id"] == "node-under-test"
+        assert saved["epoch"] == metrics["epoch"]
+        assert saved["config"]["model"] == "resnet50" and saved["config"]["lr"] == 1e-3
+        assert {"model", "optimizer"} <= set(saved)
+
+
+def test_a_retried_trial_continues_from_its_checkpoint(context, reports):
+    """Tune hands a retried (or resumed) trial its last checkpoint: training goes on from that epoch."""
+    config = {"dataset": "folder", "model": "resnet50", "optimizer": "sgd", "lr": 1e-3, "batch_size": 16,
+              "momentum": 0.9}
+    run = TrainingRun(context.train_config(config))
+    run.train_epoch()
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save(run.checkpoint(), Path(folder) / CHECKPOINT_FILE)
+        reports.checkpoint = tune.Checkpoint.from_directory(folder)
+        train_trial(config, context)
+    assert [m["epoch"] for m in reports.metrics] == [2]  # of 2 (the context's default epochs)
+    assert [c["epoch"] for c in reports.checkpoints] == [2]
+    # and from the restored optimizer state: SGD's momentum buffers came back
+    assert reports.checkpoints[0]["optimizer"]["state"]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_diverging_trial_reports_the_worst_result_and_ends(context, reports, monkeypatch, optimizer):
+    """lr 1e6: the loss becomes NaN while training, or (here, on 2 batches an epoch) the training loss
+    stays finite and the model's validation outputs are NaN. Either way the trial reports the worst
+    F1 once, with no checkpoint, and ends instead of raising (which would make Tune retry it)."""
+    checks = []
+    real_check = trainable._outputs_finite
+
+    def outputs_finite(run):
+        checks.append(real_check(run))
+        return checks[-1]
+
+    monkeypatch.setattr(trainable, "_outputs_finite", outputs_finite)
+    train_trial({"dataset": "folder", "model": "resnet50", "optimizer": optimizer, "lr": 1e6, "batch_size": 16},
+                context)
+    assert reports.metrics == [{"epoch": 1, "val/f1_macro": 0.0, "diverged": 1, "status": "diverged"}]
+    assert reports.checkpoints == [None]
+    assert checks in ([], [False])  # [] : the training loss itself became NaN (DivergedError)
+
+
+def test_a_healthy_model_has_finite_outputs(context):
+    run = TrainingRun(context.train_config({"dataset": "folder", "model": "resnet50", "lr": 1e-4,
+                                            "batch_size": 16}))
+    assert trainable._outputs_finite(run)
+
+
+def test_split_is_the_studys(context):
+    """Trials train on the split the driver made, not one of their own."""
+    assert isinstance(context.splits["folder"], pd.DataFrame)
+    data = trainable._prepared_data(context.train_config({"dataset": "folder"}), context.splits["folder"])
+    assert list(data.split["relpath"]) == list(context.splits["folder"]["relpath"])
+    assert list(data.split["split"]) == list(context.splits["folder"]["split"])
