@@ -43,7 +43,8 @@ from cxrnets.training import SPLIT_COLUMNS, align_split  # noqa: E402
 from study.results import ResultsTable, join_uri, read_results  # noqa: E402
 from study.space import SearchSpace, load_space, parse_space  # noqa: E402
 from study.tables import comparison_table, markdown_table  # noqa: E402
-from study.trainable import TrialContext, train_trial  # noqa: E402
+from study.trainable import (TrialContext, dataset_missing_message, storage_not_shared_message,  # noqa: E402
+                             train_trial)
 
 log = logging.getLogger("study.run")
 
@@ -89,22 +90,34 @@ class StudySettings:
 
 # ------------------------------------------------------------------ arguments
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Append each flag's default, unless its help already says in words what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m study.run", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        prog="python -m study.run", description=__doc__.split("\n\n")[0], formatter_class=_HelpFormatter)
     add = parser.add_argument
     add("--space", default="demo", help="search space: a YAML file or the name of one in search_spaces/")
-    add("--dataset", default=None, help="dataset name; overrides the space's (default: covid-chestxray-3class)")
+    add("--dataset", default=None,
+        help="dataset name; overrides the space's (default: the space's, else covid-chestxray-3class)")
     add("--data-root", action="append", default=None, metavar="[DATASET=]PATH",
         help="where a dataset lies; repeat as DATASET=PATH when the space searches over datasets "
              "(default: the embedded sample for covid-chestxray datasets)")
-    add("--num-samples", type=int, default=None, help="trials to run (default: the space's, else 10)")
+    add("--num-samples", type=int, default=None,
+        help="trials to run (default: the space's, else every combination for a grid space, else 10)")
     add("--max-epochs", type=int, default=None, help="epochs of a trial that ASHA never stops (default: space's, else 4)")
-    add("--grace-period", type=int, default=None, help="epochs every trial gets before ASHA may stop it (default: 1)")
-    add("--reduction-factor", type=int, default=None, help="ASHA keeps 1/this of trials at each rung (default: 2)")
+    add("--grace-period", type=int, default=None,
+        help="epochs every trial gets before ASHA may stop it (default: the space's, else 1)")
+    add("--reduction-factor", type=int, default=None,
+        help="ASHA keeps 1/this of trials at each rung (default: the space's, else 2)")
     add("--metric", default=None, choices=METRICS, help="validation metric that ASHA and Optuna optimise "
-        "(default: val/f1_macro; minimised if it is a loss)")
+        "(default: the space's, else val/f1_macro; minimised if it is a loss)")
     add("--image-size", type=int, default=None, help="square input size in pixels (default: space's, else 64)")
     add("--cpus-per-trial", type=float, default=1.0, help="CPU cores reserved per trial")
     add("--gpus-per-trial", type=float, default=0.0,
@@ -114,8 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--storage", default="studies", help="where studies are written: a local folder, s3:// or gs:// URI")
     add("--name", default=None, help="study name, the folder under --storage (default: <space>-<date-time>)")
     add("--seed", type=int, default=0, help="seed of the split, the sampler and the trials")
-    add("--cache-dir", default=None, help="decode-once image cache on each node (default: ~/.cache/cxr-tune)")
-    add("--resume", default=None, metavar="STUDY_DIR", help="continue the study in this directory")
+    add("--cache-dir", default=None,
+        help="decode-once image cache on each node (default: $CXR_TUNE_CACHE, else ~/.cache/cxr-tune)")
+    add("--resume", default=None, metavar="STUDY_DIR",
+        help="continue the study in this directory with the settings in its study.json "
+             "(only --address and --num-cpus still apply) (default: start a new study)")
     add("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a cluster running here, "
         "else a new local instance)")
     add("--num-cpus", type=int, default=None, help="CPUs of a new local Ray instance (default: all)")
@@ -127,6 +143,8 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
     source = Path(space.source)
     document = _read_yaml(source)
     study = {**DEFAULTS, **space.study}
+    if space.sampler == "grid" and "num_samples" not in space.study:
+        study["num_samples"] = len(space.grid())  # a grid space runs every combination unless told otherwise
     pick = lambda key: getattr(args, key) if getattr(args, key) is not None else study[key]  # noqa: E731
 
     datasets = space.values_of("dataset") or [args.dataset or study["dataset"]]
@@ -209,13 +227,29 @@ def validate(settings: StudySettings) -> None:
                     len(space.grid()), settings.num_samples)
 
 
-def check_local_resources(settings: StudySettings) -> None:
-    """On a machine that runs the study itself, refuse what it cannot give."""
+def runs_on_this_machine(address: str | None) -> bool:
+    """True when the study's trials run on this machine alone: a local Ray instance, not a cluster.
+
+    A cluster's head may have no GPU (cluster.yaml: the GPUs are on autoscaled workers), so
+    --gpus-per-trial is checked against this machine only when no cluster is joined.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return len(_alive_nodes()) < 2
+    return cluster_address(address) is None
+
+
+def check_local_resources(settings: StudySettings, cores: int | None = None) -> None:
+    """On a machine that runs the study itself, refuse what it cannot give (cores: the CPUs Ray may use)."""
     import torch
 
-    cores = os.cpu_count() or 1
+    machine = os.cpu_count() or 1
+    cores = min(cores, machine) if cores else machine
     if settings.cpus_per_trial > cores:
-        raise CxrError(f"--cpus-per-trial {settings.cpus_per_trial:g} exceeds the {cores} CPU cores of this machine")
+        where = "this machine" if cores == machine else "the local Ray instance (--num-cpus)"
+        raise CxrError(f"--cpus-per-trial {settings.cpus_per_trial:g} exceeds the {cores} CPU cores of {where}: "
+                       "no trial could ever start")
     if settings.gpus_per_trial > 0 and torch.cuda.device_count() == 0:
         raise CxrError(f"--gpus-per-trial {settings.gpus_per_trial:g} asked for, but this machine has no CUDA GPU: "
                        "drop the flag to run on CPU, or pass --address of a cluster with GPUs")
@@ -230,10 +264,14 @@ def check_storage_writable(study_uri: str) -> None:
     probe = join_uri(study_uri, ".write-check")
     try:
         filesystem, path = _filesystem(probe)
-        filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        folder = path.rsplit("/", 1)[0]
+        existed = filesystem.get_file_info(folder).type != pyarrow.fs.FileType.NotFound
+        filesystem.create_dir(folder, recursive=True)
         with filesystem.open_output_stream(path) as stream:
             stream.write(b"ok")
         filesystem.delete_file(path)
+        if not existed:  # a start refused later (bad data root, ...) leaves no empty study folder behind
+            filesystem.delete_dir(folder)
     except Exception as error:  # pyarrow raises OSError, ArrowInvalid, ... depending on the filesystem
         raise CxrError(f"--storage {study_uri}: cannot write there ({error}); pick a writable folder or bucket, "
                        "and for s3:// or gs:// check the credentials and network") from error
@@ -300,56 +338,95 @@ def save_settings(settings: StudySettings) -> None:
 
 # ------------------------------------------------------------------ Ray
 
+def cluster_address(address: str | None) -> str | None:
+    """The Ray cluster a study joins: --address, else RAY_ADDRESS, else the cluster that `ray start`
+    (or `ray up`) started on this machine; None when there is none and the study starts its own instance.
+
+    Only a cluster recorded by `ray start` counts as "running here": Ray's address="auto" would also
+    join the private instance of any other process's ray.init() (another study, a test run), which
+    dies with that process.
+    """
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        return address
+    from ray._private.utils import read_ray_address  # the file `ray start` writes under RAY_TMPDIR
+
+    return read_ray_address() or None
+
+
 def connect(address: str | None, num_cpus: int | None) -> bool:
     """Join a cluster or start a local instance; True if this call started a local one."""
     import ray
 
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = cluster_address(address)
     if address:
-        ray.init(address=address)
+        try:
+            ray.init(address=address)
+        except ConnectionError as error:
+            raise CxrError(f"cannot reach the Ray cluster at {address} ({error}); check --address or "
+                           "RAY_ADDRESS, or run `ray stop` if a cluster started here is gone") from error
+        log.info("joined the Ray cluster at %s", address)
         return False
-    try:
-        ray.init(address="auto")
-        log.info("joined the Ray cluster running on this machine")
-        return False
-    except ConnectionError:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
-        return True
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=num_cpus, include_dashboard=False)
+    return True
 
 
-def check_cluster(settings: StudySettings) -> None:
-    """On a multi-node cluster, every node must see the study's storage and the datasets."""
+def _alive_nodes() -> list[str]:
+    """Node ids of the Ray cluster's live nodes."""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    nodes = [node for node in ray.nodes() if node["Alive"]]
-    if len(nodes) < 2:
-        return
-    shared = "://" not in settings.storage
-    marker = Path(settings.storage) / settings.name / SETTINGS_FILE if shared else None
+    return [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+
+
+def _paths_seen_by_nodes(node_ids: list[str], paths: list[str], timeout: float = 120) -> dict[str, list[bool]]:
+    """Whether each path exists, as seen from each node: a zero-CPU task pinned to every node."""
+    import ray
+    from ray.exceptions import GetTimeoutError
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     @ray.remote(num_cpus=0)
     def look(paths: list[str]) -> list[bool]:
         return [Path(p).exists() for p in paths]
 
-    wanted = list(settings.data_roots.values()) + ([str(marker)] if marker else [])
-    checks = {node["NodeID"]: look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-        node["NodeID"], soft=False)).remote(wanted) for node in nodes}
-    for node_id, ref in checks.items():
-        seen = ray.get(ref, timeout=120)
+    refs = {node_id: look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+                                  max_retries=0).remote(paths) for node_id in node_ids}
+    seen = {}
+    for node_id, ref in refs.items():
+        try:
+            seen[node_id] = ray.get(ref, timeout=timeout)
+        except GetTimeoutError as error:
+            raise CxrError(f"node {node_id[:8]} did not answer within {timeout:.0f} s whether it sees the "
+                           "study's storage and datasets; check `ray status` and try again") from error
+    return seen
+
+
+def check_cluster(settings: StudySettings, joined: bool = False) -> None:
+    """On a multi-node cluster, every node must see the study's storage and the datasets.
+
+    Only the nodes alive now are checked; a node that joins later (an autoscaled worker) is checked
+    by each trial it runs (see study.trainable). `joined`: the study joined a cluster rather than
+    starting its own Ray, so nodes may join later.
+    """
+    nodes = _alive_nodes()
+    local_storage = "://" not in settings.storage
+    if len(nodes) < 2:
+        if joined and local_storage:
+            log.warning("--storage %s is a local folder and the cluster has one node now: a node that joins "
+                        "later must see it at the same path (a shared file system), or its trials fail; "
+                        "on a cloud cluster use --storage s3://...", settings.storage)
+        return
+    marker = str(Path(settings.storage) / settings.name / SETTINGS_FILE) if local_storage else None
+    wanted = list(settings.data_roots.values()) + ([marker] if marker else [])
+    for node_id, seen in _paths_seen_by_nodes(nodes, wanted).items():
         for path, ok in zip(wanted, seen):
             if ok:
                 continue
-            if marker and path == str(marker):
-                raise CxrError(
-                    f"--storage {settings.storage} is not visible from node {node_id[:8]}: Ray needs storage that "
-                    "every node shares on a multi-node cluster; pass --storage s3://bucket/path (or a shared "
-                    "file system mounted at the same path on every node)")
-            raise CxrError(f"node {node_id[:8]} has no dataset at {path}: stage it there first "
-                           "(python -m cxrnets.cache --dataset ... --data-root ...; see README, Cluster)")
+            if path == marker:
+                raise CxrError(storage_not_shared_message(settings.storage, node_id))
+            raise CxrError(dataset_missing_message(path, node_id))
 
 
 def trial_name(trial) -> str:
@@ -375,6 +452,8 @@ def build_tuner(settings: StudySettings, splits: dict[str, pd.DataFrame], resume
     space = settings.search_space()
     context = TrialContext(
         data_roots=settings.data_roots, splits=splits, metric=settings.metric, mode=settings.mode,
+        storage=settings.storage,
+        settings_file=None if "://" in settings.storage else join_uri(settings.study_uri, SETTINGS_FILE),
         defaults={"image_size": settings.image_size, "epochs": settings.max_epochs, "seed": settings.seed,
                   "cache_dir": settings.cache_dir, "device": "auto"})
     trainable = tune.with_resources(tune.with_parameters(train_trial, context=context),
@@ -408,8 +487,9 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
     started_here = False
     if not resume:
         check_storage_writable(settings.study_uri)
-    if not (address or os.environ.get("RAY_ADDRESS")):
-        check_local_resources(settings)
+    local = runs_on_this_machine(address)
+    if local:
+        check_local_resources(settings, cores=num_cpus)
     splits = prepare_splits(settings, resume)
     if not resume:
         save_settings(settings)
@@ -417,7 +497,7 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
 
     started_here = connect(address, num_cpus)
     try:
-        check_cluster(settings)
+        check_cluster(settings, joined=not local)
         tuner = build_tuner(settings, splits, resume)
         started = time.perf_counter()
         results = tuner.fit()

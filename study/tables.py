@@ -39,10 +39,12 @@ def comparison_table(results: pd.DataFrame, metric: str, mode: str,
 def markdown_table(table: pd.DataFrame, floatfmt: str = ".3f") -> str:
     """GitHub-flavoured Markdown (pipes), numbers to 3 decimals, learning rates in scientific notation."""
     shown = table.copy()
-    for column in shown.columns:
+    as_text = []  # tabulate would read "7.0e-04" back as a number and print it with floatfmt ("0.001")
+    for index, column in enumerate(shown.columns):
         if column.endswith("lr") and pd.api.types.is_numeric_dtype(shown[column]):
             shown[column] = shown[column].map(lambda v: f"{v:.1e}")
-    return shown.to_markdown(index=False, floatfmt=floatfmt)
+            as_text.append(index)
+    return shown.to_markdown(index=False, floatfmt=floatfmt, disable_numparse=as_text or False)
 
 
 # ------------------------------------------------------------------ trials, ablations, search summary

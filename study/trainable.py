@@ -9,17 +9,20 @@ the searcher see a poor trial, the study goes on.
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import ray
 import torch
 from ray import tune
 
-from cxrnets.errors import DivergedError
-from cxrnets.training import PreparedData, TrainConfig, TrainingRun, prepare_data
+from cxrnets.errors import CxrError, DivergedError
+from cxrnets.training import PreparedData, TrainConfig, TrainingRun, evaluate, prepare_data
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,8 @@ class TrialContext:
     metric: str = "val/f1_macro"
     mode: str = "max"
     dataset_options: dict[str, dict] = field(default_factory=dict)
+    storage: str | None = None           # the study's --storage, for messages
+    settings_file: str | None = None     # the study's study.json where --storage is a local path: every node must see it
 
     def train_config(self, config: dict[str, Any]) -> TrainConfig:
         values = {**self.defaults, **config}
@@ -49,6 +54,33 @@ class TrialContext:
         return {self.metric: 0.0 if self.mode == "max" else float("inf"), "diverged": 1}
 
 
+def storage_not_shared_message(storage: str, node_id: str) -> str:
+    return (f"--storage {storage} is not visible from node {node_id[:8]}: Ray needs storage that "
+            "every node shares on a multi-node cluster; pass --storage s3://bucket/path (or a shared "
+            "file system mounted at the same path on every node)")
+
+
+def dataset_missing_message(path: str, node_id: str) -> str:
+    return (f"node {node_id[:8]} has no dataset at {path}: stage it there first "
+            "(python -m cxrnets.cache --dataset ... --data-root ...; see docs/cluster.md)")
+
+
+def check_node(context: TrialContext, data_root: str) -> None:
+    """Refuse to train on a node that cannot see the study's storage or the dataset.
+
+    The driver checks the nodes alive when the study starts (study.run.check_cluster); this
+    catches nodes that join later, such as autoscaled GPU workers.
+    """
+    if context.settings_file and not Path(context.settings_file).is_file():
+        raise CxrError(storage_not_shared_message(context.storage or context.settings_file, _node_id()))
+    if "://" not in data_root and not Path(data_root).exists():
+        raise CxrError(dataset_missing_message(data_root, _node_id()))
+
+
+def _node_id() -> str:
+    return ray.get_runtime_context().get_node_id()
+
+
 # Decoded datasets stay open in a worker process between trials (Tune reuses actors).
 _PREPARED: dict[tuple, PreparedData] = {}
 
@@ -60,8 +92,21 @@ def _prepared_data(config: TrainConfig, split: pd.DataFrame) -> PreparedData:
     return _PREPARED[key]
 
 
+def _outputs_finite(run: TrainingRun) -> bool:
+    """Whether the model's loss and scores on the validation split are all finite numbers."""
+    loss, _, scores = evaluate(run.forward, run.batches("val"), run.loss_fn, run.multilabel, run.amp_dtype)
+    return math.isfinite(loss) and bool(np.isfinite(scores).all())
+
+
+def _report_diverged(context: TrialContext, epoch: int, error: Exception) -> None:
+    """End the trial as the worst possible result, which ASHA and the searcher see (no checkpoint)."""
+    log.warning("trial diverged at epoch %d: %s", epoch, error)
+    tune.report({"epoch": epoch, **context.worst_result(), "status": "diverged"})
+
+
 def train_trial(config: dict[str, Any], context: TrialContext) -> None:
     train_config = context.train_config(config)
+    check_node(context, train_config.data_root)
     data = _prepared_data(train_config, context.splits[train_config.dataset])
     run = TrainingRun(train_config, data)
     checkpoint = tune.get_checkpoint()
@@ -70,13 +115,21 @@ def train_trial(config: dict[str, Any], context: TrialContext) -> None:
             run.restore(torch.load(Path(directory) / CHECKPOINT_FILE, map_location=run.device, weights_only=True))
         log.info("resumed %s from epoch %d", train_config.model, run.epoch)
     while run.epoch < train_config.epochs:
+        epoch = run.epoch + 1  # train_epoch() counts the epoch before it evaluates, so note it first
         try:
             metrics = run.train_epoch()
         except DivergedError as error:
-            log.warning("trial diverged at epoch %d: %s", run.epoch + 1, error)
-            tune.report({"epoch": run.epoch + 1, **context.worst_result(), "status": "diverged"})
+            _report_diverged(context, epoch, error)
+            return
+        except ValueError as error:
+            # The training loss stayed finite but the model's outputs on the validation split are NaN or
+            # infinite (cxrnets' metrics refuse them): the trial diverged too; it must not crash (and be retried).
+            if _outputs_finite(run):
+                raise
+            _report_diverged(context, epoch, error)
             return
         metrics["diverged"] = 0
+        metrics["node_id"] = _node_id()  # nodes on one machine share an IP: tell them apart by node id
         with tempfile.TemporaryDirectory() as directory:
             torch.save(run.checkpoint(), Path(directory) / CHECKPOINT_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
