@@ -48,12 +48,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path]:
     parser.add_argument("--split-file", default=None, help="reuse (or write) the train/val/test split here")
     parser.add_argument("--cache-dir", default=None, help="decode-once cache root (default: ~/.cache/cxr-tune)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1")
-    parser.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--no-amp", action="store_true",
+                        help="disable mixed precision on CUDA (bf16 where the card supports it, else fp16); "
+                             "CPU always trains in float32")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA only: ignored on CPU)")
+    parser.add_argument("--no-balance", action="store_true",
+                        help="plain cross-entropy instead of weighting classes by inverse training frequency")
     parser.add_argument("--out", default="runs/train", help="folder for checkpoint.pt and metrics.jsonl")
     args = parser.parse_args(argv)
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
-    config = TrainConfig(**given, amp=not args.no_amp)
+    config = TrainConfig(**given, amp=not args.no_amp, balance_classes=not args.no_balance)
     config.pretrained = config.pretrained or config.weights is not None
     return config, Path(args.out)
 
@@ -76,11 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         except DivergedError as error:
             print(f"status: diverged at epoch {run.epoch + 1}: {error}; try a lower --lr", file=sys.stderr)
             return 3
-        log.info("epoch %d/%d  train loss %.4f  val loss %.4f  acc %.3f  precision %.3f  recall %.3f  "
-                 "F1 %.3f  (%.1f s, %.1f images/s)", metrics["epoch"], config.epochs, metrics["train/loss"],
-                 metrics["val/loss"], metrics["val/accuracy"], metrics["val/precision_macro"],
-                 metrics["val/recall_macro"], metrics["val/f1_macro"], metrics["epoch_seconds"],
-                 metrics["images_per_second"])
+        shown = "  ".join(f"{key.removeprefix('val/')} {value:.3f}" for key, value in metrics.items()
+                          if key.startswith("val/"))
+        log.info("epoch %d/%d  train loss %.4f  val: %s  (%.1f s, %.1f images/s)", metrics["epoch"],
+                 config.epochs, metrics["train/loss"], shown, metrics["epoch_seconds"], metrics["images_per_second"])
         with history.open("a") as file:
             file.write(json.dumps(metrics) + "\n")
         torch.save(run.checkpoint(), out / "checkpoint.pt")

@@ -59,9 +59,11 @@ class TrainConfig:
     split_file: str | None = None
     cache_dir: str | None = None
     device: str = "auto"
-    amp: bool = True
-    channels_last: bool = True
-    compile: bool = False
+    # The GPU path: each acts on CUDA only and leaves CPU results unchanged (see gpu_path()).
+    amp: bool = True             # mixed precision: bf16 where the card supports it, else fp16 + loss scaling
+    channels_last: bool = True   # channels-last memory format for the (convolutional) models
+    compile: bool = False        # torch.compile the model
+    balance_classes: bool = True  # weight single-label cross-entropy by inverse class frequency
     dataset_options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -77,10 +79,13 @@ class TrainConfig:
             raise CxrError(f"unknown model {self.model!r}: choose one of {', '.join(MODEL_NAMES)}")
         if self.optimizer not in OPTIMIZER_NAMES:
             raise CxrError(f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZER_NAMES)}")
-        for name in ("lr", "batch_size", "epochs", "image_size"):
+        if not (isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool)
+                and math.isfinite(self.lr) and self.lr > 0):
+            raise CxrError(f"option lr must be a positive number, got {self.lr!r}")
+        for name in ("batch_size", "epochs", "image_size"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise CxrError(f"option {name} must be a positive number, got {value!r}")
+            if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+                raise CxrError(f"option {name} must be a positive integer, got {value!r}")
         if self.momentum < 0 or self.weight_decay < 0:
             raise CxrError(f"momentum ({self.momentum}) and weight_decay ({self.weight_decay}) must be >= 0")
         check_image_size(self.model, self.image_size)
@@ -135,7 +140,18 @@ def align_split(split: pd.DataFrame, frame: pd.DataFrame, path: Path) -> pd.Data
             f"{list(missing[:3])}; {len(gone)} gone, e.g. {list(gone[:3])}); the split is part of the study: "
             "start a new study for the new data"
         )
-    aligned = by_path.loc[frame["relpath"]].reset_index()
+    # A file can be listed twice (dataset 3 lists some images under two patient ids): match the
+    # n-th listing in the split with the n-th in the data, so that every row is aligned once.
+    keyed = split.assign(_listing=split.groupby("relpath").cumcount()).set_index(["relpath", "_listing"])
+    wanted = pd.MultiIndex.from_arrays([frame["relpath"], frame.groupby("relpath").cumcount()],
+                                       names=["relpath", "_listing"])
+    if len(keyed) != len(frame) or not wanted.isin(keyed.index).all():
+        raise CxrError(
+            f"{path}: the dataset changed since this split was made (the split lists {len(keyed)} images, "
+            f"the data {len(frame)}: some file is listed a different number of times); the split is part "
+            "of the study: start a new study for the new data"
+        )
+    aligned = keyed.loc[wanted].reset_index(level="_listing", drop=True).reset_index()
     changed = aligned["sha1"].to_numpy() != frame["sha1"].to_numpy()
     if changed.any():
         raise CxrError(
@@ -171,18 +187,56 @@ def autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def gpu_path(config: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """Which GPU-path options act on `device`: all of them on CUDA, none on CPU (CPU results never change).
+
+    amp: the autocast dtype's name (bf16 where the card supports it, else fp16 with loss scaling) or None;
+    channels_last: model and batches in channels-last memory format; compile: torch.compile;
+    pinned_memory: batches pinned in host memory and copied without blocking.
+    """
+    cuda = device.type == "cuda"
+    amp = autocast_dtype(device, config.amp)
+    return {"amp": str(amp).removeprefix("torch.") if amp is not None else None,
+            "channels_last": bool(config.channels_last and cuda), "compile": bool(config.compile and cuda),
+            "pinned_memory": cuda}
+
+
 # ------------------------------------------------------------------ one epoch
 
+# On CUDA the host reads the loss back every SYNC_EVERY steps instead of every step, so that it
+# queues the next batches' copies and kernels while the GPU still computes (a read waits for the GPU).
+SYNC_EVERY = 32
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously); a no-op on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
-                    amp_dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None) -> dict:
-    """One pass over the training batches; raises DivergedError on a NaN or infinite loss."""
+                    amp_dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
+                    sync_every: int | None = None) -> dict:
+    """One pass over the training batches; raises DivergedError on a NaN or infinite loss.
+
+    The losses are read back to the host every `sync_every` steps (default: every step on CPU, where a
+    read costs nothing, and every SYNC_EVERY steps on other devices) and summed in the same order
+    either way, so the result does not depend on it. A non-finite loss is found at the next read,
+    before that step's update; the error names the images trained before the batch that diverged.
+    """
     model.train()
     total_loss, images, started = 0.0, 0, time.perf_counter()
+    pending: list[tuple[torch.Tensor, int]] = []
+    device = None
     for inputs, targets in batches:
+        if device is None:
+            device = inputs.device
+            sync_every = sync_every or (1 if device.type == "cpu" else SYNC_EVERY)
         with torch.autocast(inputs.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             loss = loss_fn(model(inputs), targets)
-        if not torch.isfinite(loss):
-            raise DivergedError(f"training diverged: loss became {loss.item()} after {images} images")
+        pending.append((loss.detach(), len(inputs)))
+        if len(pending) >= sync_every:
+            total_loss, images = _read_losses(pending, total_loss, images)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -191,27 +245,51 @@ def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.O
         else:
             loss.backward()
             optimizer.step()
-        total_loss += loss.item() * len(inputs)
-        images += len(inputs)
+    total_loss, images = _read_losses(pending, total_loss, images)
+    if device is not None:
+        synchronize(device)
     return {"loss": total_loss / max(images, 1), "images": images, "seconds": time.perf_counter() - started}
+
+
+def _read_losses(pending: list[tuple[torch.Tensor, int]], total_loss: float, images: int) -> tuple[float, int]:
+    """Add the pending (loss, batch size) pairs to the running sum, in order, with one read; empties `pending`."""
+    if not pending:
+        return total_loss, images
+    values = torch.stack([loss.float() for loss, _ in pending]).tolist()
+    for value, (_, count) in zip(values, pending):
+        if not math.isfinite(value):
+            pending.clear()
+            raise DivergedError(f"training diverged: loss became {value} after {images} images")
+        total_loss += value * count
+        images += count
+    pending.clear()
+    return total_loss, images
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Batches, loss_fn: nn.Module, multilabel: bool,
              amp_dtype: torch.dtype | None = None) -> tuple[float, np.ndarray, np.ndarray]:
-    """Mean loss, true targets and scores (softmax or sigmoid probabilities) over the batches."""
+    """Mean loss, true targets and scores (softmax or sigmoid probabilities) over the batches.
+
+    Everything stays on the device until the last batch and is read back once.
+    """
     model.eval()
-    total_loss, all_targets, all_scores = 0.0, [], []
+    losses, counts, all_targets, all_scores = [], [], [], []
     for inputs, targets in batches:
         with torch.autocast(inputs.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(inputs)
         logits = logits.float()
-        total_loss += loss_fn(logits, targets).item() * len(inputs)
-        scores = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)
-        all_targets.append(targets.cpu().numpy())
-        all_scores.append(scores.cpu().numpy())
-    count = sum(len(t) for t in all_targets)
-    return total_loss / max(count, 1), np.concatenate(all_targets), np.concatenate(all_scores)
+        losses.append(loss_fn(logits, targets))
+        counts.append(len(inputs))
+        all_targets.append(targets)
+        all_scores.append(torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1))
+    if not losses:
+        raise CxrError("nothing to evaluate: the split is empty")
+    total_loss = 0.0
+    for value, count in zip(torch.stack(losses).tolist(), counts):
+        total_loss += value * count
+    return (total_loss / max(sum(counts), 1), torch.cat(all_targets).cpu().numpy(),
+            torch.cat(all_scores).cpu().numpy())
 
 
 # ------------------------------------------------------------------ the run
@@ -231,21 +309,37 @@ class TrainingRun:
             if len(self.data.rows(name)) == 0:
                 raise CxrError(f"the {name} split of {config.dataset} is empty; use a larger dataset")
         self.model = build_model(config.model, len(self.classes), config.pretrained, config.weights)
-        channels_last = config.channels_last and self.device.type == "cuda"
-        self.model = self.model.to(self.device, memory_format=torch.channels_last if channels_last
+        self.gpu_path = gpu_path(config, self.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # one input size per run: let cuDNN time and pick its kernels
+        if config.compile and not self.gpu_path["compile"]:
+            log.info("compile ignored on %s: torch.compile is applied on CUDA only (on CPU it gave no speed-up "
+                     "and took about a minute to compile, and it may change results in the last bits)", self.device)
+        self.model = self.model.to(self.device, memory_format=torch.channels_last if self.gpu_path["channels_last"]
                                    else torch.contiguous_format)
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.forward = torch.compile(self.model) if self.gpu_path["compile"] else self.model
         self.optimizer = build_optimizer(config.optimizer, self.model.parameters(), config.lr,
                                          config.momentum, config.weight_decay)
-        self.loss_fn = nn.BCEWithLogitsLoss() if self.multilabel else nn.CrossEntropyLoss()
+        self.loss_fn = nn.BCEWithLogitsLoss() if self.multilabel else nn.CrossEntropyLoss(
+            weight=self.class_weights() if config.balance_classes else None)
         self.amp_dtype = autocast_dtype(self.device, config.amp)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.epoch = 0
         self.train_batches = self.batches("train", train=True)
 
+    def class_weights(self) -> torch.Tensor:
+        """Inverse class frequency in the training split (sklearn's 'balanced'); 0 for an absent class.
+
+        Chest X-ray datasets are imbalanced (81% COVID-19 in dataset 3's 3-class view): unweighted
+        cross-entropy settles on the majority class, which scores the floor of the macro metrics.
+        """
+        counts = np.bincount(self.data.targets[self.data.rows("train")], minlength=len(self.classes))
+        weights = np.where(counts > 0, counts.sum() / (len(self.classes) * np.maximum(counts, 1)), 0.0)
+        return torch.tensor(weights, dtype=torch.float32, device=self.device)
+
     def batches(self, split: str, train: bool = False) -> Batches:
         return Batches(self.data.images, self.data.targets, self.data.rows(split), self.config.batch_size,
-                       self.device, train, self.config.seed, self.config.channels_last and self.device.type == "cuda")
+                       self.device, train, self.config.seed, self.gpu_path["channels_last"])
 
     def train_epoch(self) -> dict[str, float]:
         """Train one epoch, evaluate on validation; returns the metrics the study reports."""
