@@ -288,8 +288,11 @@ def evaluate(model: nn.Module, batches: Batches, loss_fn: nn.Module, multilabel:
     total_loss = 0.0
     for value, count in zip(torch.stack(losses).tolist(), counts):
         total_loss += value * count
-    return (total_loss / max(sum(counts), 1), torch.cat(all_targets).cpu().numpy(),
-            torch.cat(all_scores).cpu().numpy())
+    scores = torch.cat(all_scores).cpu().numpy()
+    if not (math.isfinite(total_loss) and np.isfinite(scores).all()):
+        # The training loss can stay finite while the weights no longer give finite outputs.
+        raise DivergedError(f"the model's outputs on evaluation are NaN or infinite (loss {total_loss})")
+    return total_loss / max(sum(counts), 1), torch.cat(all_targets).cpu().numpy(), scores
 
 
 # ------------------------------------------------------------------ the run

@@ -900,7 +900,7 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
         lines += ["### Skipped trials and notes", ""]
         lines += [f"- {note}" for note in analysis.notes] + [""]
 
-    lines += [f"## Best trials on validation (as `python -m study.run` prints them)", "",
+    lines += ["## Best trials on validation (as `python -m study.run` prints them)", "",
               _md(tables["validation_best"]), ""]
 
     lines += ["## Ablations", "",

@@ -38,7 +38,7 @@ from cxrnets.cache import build_cache  # noqa: E402
 from cxrnets.data import SAMPLE_ROOT, load_dataset  # noqa: E402
 from cxrnets.errors import CxrError  # noqa: E402
 from cxrnets.metrics import majority_baseline  # noqa: E402
-from cxrnets.splits import describe, load_split, make_split, save_split  # noqa: E402
+from cxrnets.splits import describe, make_split, save_split  # noqa: E402
 from cxrnets.training import SPLIT_COLUMNS, align_split  # noqa: E402
 from study.results import ResultsTable, join_uri, read_results  # noqa: E402
 from study.space import SearchSpace, load_space, parse_space  # noqa: E402

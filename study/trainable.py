@@ -9,20 +9,18 @@ the searcher see a poor trial, the study goes on.
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import ray
 import torch
 from ray import tune
 
 from cxrnets.errors import CxrError, DivergedError
-from cxrnets.training import PreparedData, TrainConfig, TrainingRun, evaluate, prepare_data
+from cxrnets.training import PreparedData, TrainConfig, TrainingRun, prepare_data
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +90,6 @@ def _prepared_data(config: TrainConfig, split: pd.DataFrame) -> PreparedData:
     return _PREPARED[key]
 
 
-def _outputs_finite(run: TrainingRun) -> bool:
-    """Whether the model's loss and scores on the validation split are all finite numbers."""
-    loss, _, scores = evaluate(run.forward, run.batches("val"), run.loss_fn, run.multilabel, run.amp_dtype)
-    return math.isfinite(loss) and bool(np.isfinite(scores).all())
-
-
 def _report_diverged(context: TrialContext, epoch: int, error: Exception) -> None:
     """End the trial as the worst possible result, which ASHA and the searcher see (no checkpoint)."""
     log.warning("trial diverged at epoch %d: %s", epoch, error)
@@ -119,13 +111,6 @@ def train_trial(config: dict[str, Any], context: TrialContext) -> None:
         try:
             metrics = run.train_epoch()
         except DivergedError as error:
-            _report_diverged(context, epoch, error)
-            return
-        except ValueError as error:
-            # The training loss stayed finite but the model's outputs on the validation split are NaN or
-            # infinite (cxrnets' metrics refuse them): the trial diverged too; it must not crash (and be retried).
-            if _outputs_finite(run):
-                raise
             _report_diverged(context, epoch, error)
             return
         metrics["diverged"] = 0
