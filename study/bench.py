@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -801,19 +801,10 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> tuple[Settings, str]:
     preset = "smoke" if args.smoke else "quick" if args.quick else "full"
     settings = replace(Settings(), **PRESETS[preset])
-    given = {
-        "parts": args.parts, "models": args.models, "data_models": args.data_models, "image_sizes": args.image_sizes,
-        "trainable_image_size": args.trainable_image_size, "repeats": args.repeats,
-        "model_batches": args.model_batches, "decode_images": args.decode_images, "batch_size": args.batch_size,
-        "dataset": args.dataset, "data_root": args.data_root, "device": args.device,
-        "study_space": args.study_space, "study_samples": args.study_samples, "study_epochs": args.study_epochs,
-        "search_models": args.search_models, "search_lrs": args.search_lrs,
-        "search_max_epochs": args.search_max_epochs, "search_grace_period": args.search_grace_period,
-        "search_reduction_factor": args.search_reduction_factor, "search_sampler": args.search_sampler,
-        "search_samples": args.search_samples, "search_metric": args.search_metric, "num_cpus": args.num_cpus, "gpus_per_trial": args.gpus_per_trial,
-        "seed": args.seed,
-    }
-    settings = replace(settings, **{k: v for k, v in given.items() if v is not None})
+    # every flag named like a Settings field overrides the preset when given (the switches come after)
+    given = {f.name: getattr(args, f.name) for f in fields(Settings)
+             if f.name not in ("amp", "channels_last", "compile") and getattr(args, f.name, None) is not None}
+    settings = replace(settings, **given)
     if args.no_amp:
         settings.amp = False
     if args.no_channels_last:
@@ -888,6 +879,9 @@ def main(argv: list[str] | None = None) -> int:
             except (CxrError, RuntimeError, OSError) as error:
                 log.error("part %s failed: %s", part, error)
                 failures[part] = str(error)
+            except Exception as error:  # noqa: BLE001 - a bench reports what it measured, whatever fails
+                log.exception("part %s failed", part)
+                failures[part] = f"{type(error).__name__}: {error}"
             bench.part_seconds[part] = round(time.perf_counter() - part_started, 1)
             bench.load[part] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     finally:
