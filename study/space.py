@@ -19,8 +19,14 @@ A space file (see `search_spaces/*.yaml`) has three sections:
 A dimension is one of `choice: [...]`, `uniform: [low, high]`,
 `loguniform: [low, high]`, `int: [low, high]` (add `log: true` for a log
 scale) or `value: x` (a constant). `when: {key: value or [values]}` keeps the
-dimension only for trials whose earlier dimensions match. Every dimension
-becomes a key of the trial config, and so a column of the analysis.
+dimension only for trials whose earlier dimensions match. A key may also take a
+list of such ranges, each with its own `when`; the first that matches is used:
+
+      lr:                       # Adam and SGD want learning rates a decade or two apart
+        - {loguniform: [1.0e-5, 1.0e-3], when: {optimizer: adam}}
+        - {loguniform: [1.0e-3, 1.0e-1], when: {optimizer: sgd}}
+
+Every dimension becomes a key of the trial config, and so a column of the analysis.
 """
 
 from __future__ import annotations
@@ -90,7 +96,7 @@ class SearchSpace:
         config: dict[str, Any] = {}
         constants: dict[str, Any] = {}
         for dimension in self.dimensions:
-            if dimension.applies(config):
+            if dimension.name not in config and dimension.applies(config):
                 config[dimension.name] = dimension.sample(trial)
                 if dimension.kind == "value":
                     constants[dimension.name] = config[dimension.name]
@@ -102,7 +108,7 @@ class SearchSpace:
         for dimension in self.dimensions:
             grown = []
             for config in combos:
-                if dimension.applies(config):
+                if dimension.name not in config and dimension.applies(config):
                     grown += [{**config, dimension.name: value} for value in dimension.values()]
                 else:
                     grown.append(config)
@@ -169,9 +175,13 @@ def parse_space(document: Any, source: str = "<space>", name: str = "space") -> 
     sampler = document.get("sampler", "tpe")
     if sampler not in SAMPLERS:
         raise CxrError(f"{source}: sampler {sampler!r} is not one of {', '.join(SAMPLERS)}")
-    dimensions = []
+    dimensions: list[Dimension] = []
     for key, spec in search.items():
-        dimensions.append(_parse_dimension(source, key, spec, [d.name for d in dimensions]))
+        earlier = [d.name for d in dimensions]
+        if isinstance(spec, list):
+            dimensions += _parse_alternatives(source, key, spec, earlier)
+        else:
+            dimensions.append(_parse_dimension(source, key, spec, earlier))
     study = document.get("study") or {}
     if not isinstance(study, dict):
         raise CxrError(f"{source}: 'study' must be a mapping of study settings")
@@ -185,8 +195,25 @@ def parse_space(document: Any, source: str = "<space>", name: str = "space") -> 
     return space
 
 
-def _parse_dimension(source: str, key: str, spec: Any, earlier: list[str]) -> Dimension:
+def _parse_alternatives(source: str, key: str, specs: list, earlier: list[str]) -> list[Dimension]:
+    """One key with a range per condition, e.g. a learning-rate range for each optimizer."""
     where = f"{source}: search.{key}"
+    if not specs:
+        raise CxrError(f"{where}: an empty list; give one range, or a list of ranges each with its own 'when'")
+    alternatives = [_parse_dimension(source, key, spec, earlier, f"{where}[{i}]") for i, spec in enumerate(specs)]
+    for i, alternative in enumerate(alternatives):
+        if not alternative.when:
+            raise CxrError(f"{where}[{i}]: each alternative needs a 'when' (which trials it is for)")
+    scales = {(a.kind, a.log) for a in alternatives if a.kind != "value"}
+    if len(scales) > 1 or any(a.kind == "choice" for a in alternatives):
+        # Optuna keeps one distribution type per parameter name: ranges may move, their scale may not.
+        raise CxrError(f"{where}: alternatives must be ranges of one kind (all loguniform, all uniform or all int) "
+                       f"or constants; got {sorted(a.kind for a in alternatives)}")
+    return alternatives
+
+
+def _parse_dimension(source: str, key: str, spec: Any, earlier: list[str], where: str = "") -> Dimension:
+    where = where or f"{source}: search.{key}"
     if key not in SEARCHABLE:
         raise CxrError(f"{where}: unknown dimension {key!r}; searchable keys are {', '.join(SEARCHABLE)}")
     if not isinstance(spec, dict):

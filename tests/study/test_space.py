@@ -111,7 +111,7 @@ def test_adam_trials_never_get_sgd_dimensions(name):
     else:  # ... wide.yaml gives both optimizers their own weight decay range
         assert all(1e-6 <= c["weight_decay"] <= 1e-2 for c in configs)
         assert all(0.5 <= c["momentum"] <= 0.99 for c in sgd)
-        assert all(1e-5 <= c["lr"] <= 1e-1 for c in configs)
+        assert all(1e-6 <= c["lr"] <= 1e-2 for c in adam) and all(1e-4 <= c["lr"] <= 1e-1 for c in sgd)
         assert {c["batch_size"] for c in configs} <= {8, 16, 32, 64, 128}
 
 
@@ -131,10 +131,11 @@ def test_conditional_dimensions_through_ray_optuna_search():
     assert {c["optimizer"] for c in configs} == {"adam", "sgd"}
     for config in configs:
         assert config["pretrained"] is False
-        assert 1e-4 <= config["lr"] <= 3e-2
         if config["optimizer"] == "adam":
+            assert 2e-5 <= config["lr"] <= 2e-3
             assert not set(SGD_ONLY) & set(config), config
         else:
+            assert 1e-3 <= config["lr"] <= 5e-2
             assert (config["momentum"], config["weight_decay"]) == (0.9, 1e-4), config
 
 
@@ -153,6 +154,31 @@ def test_when_takes_a_list_of_values():
     for config in sample_configs(space, 20):
         assert "weight_decay" in config
         assert ("momentum" in config) == (config["optimizer"] == "sgd")
+
+
+def test_a_key_can_take_one_range_per_optimizer():
+    """Adam and SGD trials draw their learning rates from their own ranges, and TPE learns each."""
+    space = parse_space({"search": {
+        "optimizer": {"choice": ["adam", "sgd"]},
+        "lr": [{"loguniform": [1e-5, 1e-3], "when": {"optimizer": "adam"}},
+               {"loguniform": [1e-3, 1e-1], "when": {"optimizer": "sgd"}}],
+    }})
+    configs = sample_configs(space, 40)
+    adam = [c["lr"] for c in configs if c["optimizer"] == "adam"]
+    sgd = [c["lr"] for c in configs if c["optimizer"] == "sgd"]
+    assert len(adam) >= 5 and len(sgd) >= 5
+    assert all(1e-5 <= lr <= 1e-3 for lr in adam)
+    assert all(1e-3 <= lr <= 1e-1 for lr in sgd)
+
+
+def test_first_matching_alternative_wins():
+    space = parse_space({"search": {
+        "optimizer": {"choice": ["adam", "sgd"]},
+        "lr": [{"value": 0.5, "when": {"optimizer": "sgd"}},
+               {"value": 0.001, "when": {"optimizer": ["adam", "sgd"]}}],
+    }})
+    for config in sample_configs(space, 10):
+        assert config["lr"] == (0.5 if config["optimizer"] == "sgd" else 0.001)
 
 
 # ------------------------------------------------------------------ malformed spaces
@@ -205,6 +231,18 @@ MALFORMED = {
                                r"search\.lr: lr must be positive"),
     "fractional batch size": ({"search": {**GOOD, "batch_size": {"choice": [16, 32.5]}}},
                               r"search\.batch_size: batch_size must be an integer"),
+    "alternative without when": (
+        {"search": {**GOOD, "lr": [{"loguniform": [1e-5, 1e-3], "when": {"optimizer": "adam"}},
+                                   {"loguniform": [1e-3, 1e-1]}]}},
+        r"search\.lr\[1\]: each alternative needs a 'when'"),
+    "alternatives on two scales": (
+        {"search": {**GOOD, "lr": [{"loguniform": [1e-5, 1e-3], "when": {"optimizer": "adam"}},
+                                   {"uniform": [1e-3, 1e-1], "when": {"optimizer": "sgd"}}]}},
+        r"search\.lr: alternatives must be ranges of one kind"),
+    "empty alternatives": ({"search": {**GOOD, "lr": []}}, r"search\.lr: an empty list"),
+    "bad range in an alternative": (
+        {"search": {**GOOD, "lr": [{"loguniform": [1e-3, 1e-5], "when": {"optimizer": "adam"}}]}},
+        r"search\.lr\[0\]\.loguniform: low 0\.001 must be below high 1e-05"),
     "pretrained not a boolean": ({"search": {**GOOD, "pretrained": {"choice": ["yes", "no"]}}},
                                  r"search\.pretrained: pretrained takes true or false"),
 }
