@@ -41,9 +41,9 @@ import pyarrow.fs
 from cxrnets.errors import CxrError
 from cxrnets.models import MODEL_NAMES
 from study.results import _filesystem, join_uri, read_results, read_trial_events
-from study.tables import (METRIC_TITLES, NOT_SET, PAPER_METRICS, STATUSES, ablation_table, best_epochs,
-                          comparison_table, epoch_column, format_paper_table, markdown_table, paper_table,
-                          search_summary, trial_table, wall_seconds)
+from study.tables import (METRIC_TITLES, NOT_SET, PAPER_METRICS, SCIENTIFIC_COLUMNS, STATUSES, ablation_table,
+                          best_epochs, comparison_table, epoch_column, format_paper_table, markdown_table,
+                          paper_table, search_summary, trial_table, wall_seconds)
 
 log = logging.getLogger("study.analyze")
 
@@ -380,10 +380,12 @@ class Evaluation:
     multilabel: bool
     config: dict[str, Any]
     seconds: float = 0.0
+    baseline: dict[str, float] = field(default_factory=dict)  # the majority-class predictor on the same images
 
 
 def evaluate_checkpoint(path: str, data: StudyData, split: str = "test", trial_id: str = "") -> Evaluation:
     """Load a trial's checkpoint and evaluate it once on `split` of the study's split; CxrError if unusable."""
+    from cxrnets.metrics import majority_baseline
     from cxrnets.training import TrainingRun
 
     started = time.perf_counter()
@@ -399,9 +401,11 @@ def evaluate_checkpoint(path: str, data: StudyData, split: str = "test", trial_i
     except (RuntimeError, KeyError, TypeError) as error:
         raise CxrError(f"{path}: the weights do not fit {config.model} ({str(error)[:200]})") from error
     metrics, y_true, scores = run.evaluate_split(split)
+    baseline = majority_baseline(prepared.targets[prepared.rows("train")], y_true, prepared.index.multilabel,
+                                 len(prepared.index.classes))
     return Evaluation(trial_id, int(checkpoint["epoch"]), split, metrics, y_true, scores,
                       list(prepared.index.classes), bool(prepared.index.multilabel), dict(checkpoint["config"]),
-                      time.perf_counter() - started)
+                      time.perf_counter() - started, {f"{split}/{k}": v for k, v in baseline.items()})
 
 
 # ------------------------------------------------------------------ the analysis
@@ -577,6 +581,13 @@ def build_tables(analysis: Analysis) -> None:
                 table[f"{model} n"] = count[model].to_numpy()
         tables[f"comparison_{metric}"] = table
         tables[f"_shown_comparison_{metric}"] = format_paper_table(mean, std, count, analysis.top_k)
+    baselines = {}
+    for chosen in analysis.selected:
+        if chosen.rank == 1 and chosen.evaluation.baseline and chosen.dataset not in baselines:
+            baselines[chosen.dataset] = {m: chosen.evaluation.baseline.get(prefix + m) for m in PAPER_METRICS
+                                         if prefix + m in chosen.evaluation.baseline}
+    if baselines:
+        tables["majority_baseline"] = pd.DataFrame([{"dataset": d, **v} for d, v in sorted(baselines.items())])
     # The validation table study.run prints at the end of a run (same code: study.tables.comparison_table).
     tables["validation_best"] = comparison_table(analysis.study.results, analysis.metric, analysis.mode)
     tables["trials"] = analysis.trials
@@ -828,7 +839,7 @@ def _md(table: pd.DataFrame) -> str:
     for column in table.columns:
         values = table[column]
         numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
-        if numeric and str(column).endswith("lr"):
+        if numeric and str(column).removeprefix("config/") in SCIENTIFIC_COLUMNS:
             shown[column] = values.map(lambda v: "" if pd.isna(v) else f"{v:.1e}")
         elif numeric:
             shown[column] = values.map(_number)
@@ -888,6 +899,11 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
         lines += ["No cell could be evaluated (see Skipped trials below).", ""]
     for metric in compared:
         lines += [f"### {METRIC_TITLES[metric]}", "", _md(tables[f"_shown_comparison_{metric}"]), ""]
+    if "majority_baseline" in tables:
+        lines += ["### Majority-class baseline", "",
+                  f"Always predicting the training split's most frequent class (multi-label: each label present in "
+                  f"most training images), scored on the same {split_name} images: the floor a model must beat.", "",
+                  _md(tables["majority_baseline"]), ""]
 
     lines += ["## Evaluated trials", ""]
     if len(tables["selected_trials"]):

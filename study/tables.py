@@ -7,6 +7,7 @@ import pandas as pd
 
 COMPARISON_METRICS = ("val/accuracy", "val/precision_macro", "val/recall_macro", "val/f1_macro")
 CONFIG_COLUMNS = ("config/optimizer", "config/lr", "config/batch_size", "config/pretrained")
+SCIENTIFIC_COLUMNS = ("lr", "weight_decay")
 
 
 def best_epochs(results: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
@@ -37,12 +38,14 @@ def comparison_table(results: pd.DataFrame, metric: str, mode: str,
 
 
 def markdown_table(table: pd.DataFrame, floatfmt: str = ".3f") -> str:
-    """GitHub-flavoured Markdown (pipes), numbers to 3 decimals, learning rates in scientific notation."""
+    """GitHub-flavoured Markdown (pipes), numbers to 3 decimals; learning rates and weight decays in
+    scientific notation (3 decimals would show a weight decay of 1e-4 as 0.000)."""
     shown = table.copy()
     as_text = []  # tabulate would read "7.0e-04" back as a number and print it with floatfmt ("0.001")
     for index, column in enumerate(shown.columns):
-        if column.endswith("lr") and pd.api.types.is_numeric_dtype(shown[column]):
-            shown[column] = shown[column].map(lambda v: f"{v:.1e}")
+        name = str(column).removeprefix("config/")
+        if name in SCIENTIFIC_COLUMNS and pd.api.types.is_numeric_dtype(shown[column]):
+            shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.1e}")
             as_text.append(index)
     return shown.to_markdown(index=False, floatfmt=floatfmt, disable_numparse=as_text or False)
 

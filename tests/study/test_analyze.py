@@ -133,6 +133,21 @@ def test_comparison_tables_have_the_paper_shape(evaluated):
             assert value == pytest.approx(row[f"test/{metric}"])
 
 
+def test_report_shows_the_majority_class_baseline_on_the_test_split(evaluated, study_dir):
+    """The floor next to the comparison: the training split's most frequent class, scored on the test images."""
+    analysis, _ = evaluated
+    split = pd.read_csv(study_dir / "splits" / f"{DATASET}.csv")
+    majority = split.loc[split["split"] == "train", "stratum"].value_counts().idxmax()
+    test = split.loc[split["split"] == "test", "stratum"]
+    baseline = analysis.tables["majority_baseline"]
+    assert list(baseline["dataset"]) == [DATASET]
+    assert baseline.loc[0, "accuracy"] == pytest.approx((test == majority).mean())
+    assert baseline.loc[0, "recall_macro"] == pytest.approx(1 / split["stratum"].nunique())
+    text = (analysis.out / "report.md").read_text()
+    assert "### Majority-class baseline" in text
+    assert text.index("### Majority-class baseline") < text.index("## Evaluated trials")
+
+
 def test_test_metrics_come_from_the_best_validation_trial(evaluated, study_dir):
     """Only the val-best trial of each cell is evaluated on test, at its best checkpoint; recomputing
     every trial's test metrics shows the table holds the val-best's, whatever the test-best is."""
