@@ -687,7 +687,11 @@ def plot_curves(analysis: Analysis, dataset: str, path: Path) -> None:
     figure, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.8), squeeze=False, sharey=True)
     selected = {s.candidate.trial_id: s for s in analysis.selected if s.dataset == dataset}
     best = best_epochs(results, analysis.metric, analysis.mode).set_index("trial_id")[analysis.metric]
+    baseline = (analysis.study.settings.baselines.get(dataset, {}).get(analysis.metric.removeprefix("val/"))
+                if analysis.metric.startswith("val/") else None)
     for axis, model in zip(axes.flat, models):
+        if baseline is not None:
+            axis.axhline(baseline, color="0.3", linestyle="--", linewidth=1, label="majority class", zorder=0)
         own = results[results["model"] == model]
         order = sorted(own["trial_id"].unique(), key=lambda t: (selected[t].rank if t in selected else 10**6, t))
         highlighted = [t for t in order if t in selected]
@@ -707,7 +711,7 @@ def plot_curves(analysis: Analysis, dataset: str, path: Path) -> None:
         axis.set_xlabel("epoch")
         axis.xaxis.get_major_locator().set_params(integer=True)
         axis.grid(alpha=0.3)
-        if highlighted:
+        if highlighted or baseline is not None:
             axis.legend(fontsize=7, loc="best")
     axes.flat[0].set_ylabel(f"{analysis.metric} (validation)")
     figure.suptitle(f"{dataset}: {analysis.metric} per epoch; selected trials in colour, others grey", fontsize=10)
