@@ -25,7 +25,7 @@ from cxrnets.errors import CxrError
 from study import analyze as analyze_module
 from study.analyze import (Analysis, Candidate, CheckpointInfo, Evaluation, Selected, StudyData, analyze,
                            build_tables, confusion_table, evaluate_checkpoint, main, open_study, plot_confusion,
-                           plot_pretrained, pretrained_pairs, render_markdown, trial_checkpoints)
+                           plot_curves, plot_pretrained, pretrained_pairs, render_markdown, trial_checkpoints)
 from cxrnets.metrics import classification_metrics
 from study.results import read_results
 from study.space import parse_space
@@ -146,6 +146,29 @@ def test_report_shows_the_majority_class_baseline_on_the_test_split(evaluated, s
     text = (analysis.out / "report.md").read_text()
     assert "### Majority-class baseline" in text
     assert text.index("### Majority-class baseline") < text.index("## Evaluated trials")
+
+
+def test_curves_draw_the_majority_class_baseline(evaluated, study_dir, tmp_path, monkeypatch):
+    """A flat curve on the baseline reads as 'never beat the constant prediction'."""
+    from matplotlib.axes import Axes
+
+    analysis, _ = evaluated
+    drawn, original = [], Axes.axhline
+
+    def recording(self, y=0, *args, **kwargs):
+        drawn.append((y, kwargs.get("label")))
+        return original(self, y, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "axhline", recording)
+    plot_curves(analysis, DATASET, tmp_path / "curves.png")
+    # always predicting the training majority class: F1 2p/(1+p) on that class (p: its share of
+    # validation), 0 on the others, averaged over the classes
+    split = pd.read_csv(study_dir / "splits" / f"{DATASET}.csv")
+    majority = split.loc[split["split"] == "train", "stratum"].value_counts().idxmax()
+    share = (split.loc[split["split"] == "val", "stratum"] == majority).mean()
+    baseline = 2 * share / (1 + share) / split["stratum"].nunique()
+    assert drawn == [(pytest.approx(baseline), "majority class")] * 2  # one per model panel
+    assert (tmp_path / "curves.png").stat().st_size > 0
 
 
 def test_test_metrics_come_from_the_best_validation_trial(evaluated, study_dir):
