@@ -237,18 +237,24 @@ def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.O
         pending.append((loss.detach(), len(inputs)))
         if len(pending) >= sync_every:
             total_loss, images = _read_losses(pending, total_loss, images)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        backward_and_step(loss, optimizer, scaler)
     total_loss, images = _read_losses(pending, total_loss, images)
     if device is not None:
         synchronize(device)
     return {"loss": total_loss / max(images, 1), "images": images, "seconds": time.perf_counter() - started}
+
+
+def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                      scaler: torch.amp.GradScaler | None = None) -> None:
+    """One update from `loss`: gradients (scaled for fp16 when a scaler is given), then the optimizer step."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
 
 
 def _read_losses(pending: list[tuple[torch.Tensor, int]], total_loss: float, images: int) -> tuple[float, int]:

@@ -184,7 +184,7 @@ def bare_epoch(run, batches, limit: int | None = None) -> tuple[int, float]:
     """The bare loop: forward, backward, step over `batches` with the run's model and optimizer; nothing else."""
     import torch
 
-    from cxrnets.training import synchronize
+    from cxrnets.training import backward_and_step, synchronize
 
     model, optimizer, loss_fn, scaler = run.forward, run.optimizer, run.loss_fn, run.scaler
     model.train()
@@ -194,14 +194,7 @@ def bare_epoch(run, batches, limit: int | None = None) -> tuple[int, float]:
             break
         with torch.autocast(inputs.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
             loss = loss_fn(model(inputs), targets)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        backward_and_step(loss, optimizer, scaler)
         images += len(inputs)
     synchronize(run.device)
     return images, time.perf_counter() - started
