@@ -41,7 +41,7 @@ import pyarrow.fs
 from cxrnets.errors import CxrError
 from cxrnets.models import MODEL_NAMES
 from study.results import _filesystem, join_uri, read_results, read_trial_events
-from study.tables import (METRIC_TITLES, NOT_SET, PAPER_METRICS, SCIENTIFIC_COLUMNS, STATUSES, ablation_table,
+from study.tables import (METRIC_TITLES, NOT_SET, PAPER_METRICS, STATUSES, ablation_table,
                           best_epochs, comparison_table, epoch_column, format_paper_table, markdown_table,
                           paper_table, search_summary, trial_table, wall_seconds)
 
@@ -837,34 +837,6 @@ def write_report(analysis: Analysis, formats: tuple[str, ...]) -> None:
     log.info("report written to %s", out / "report.md" if "md" in formats else out)
 
 
-def _md(table: pd.DataFrame) -> str:
-    """GitHub Markdown with numbers as we format them (tabulate would reparse labels like `0.01`)."""
-    shown, align = pd.DataFrame(index=table.index), []
-    for column in table.columns:
-        values = table[column]
-        numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
-        if numeric and str(column).removeprefix("config/") in SCIENTIFIC_COLUMNS:
-            shown[column] = values.map(lambda v: "" if pd.isna(v) else f"{v:.1e}")
-        elif numeric:
-            shown[column] = values.map(_number)
-        else:
-            shown[column] = values.map(lambda v: "" if v is None or v is pd.NA or (isinstance(v, float) and
-                                                                                   np.isnan(v))
-                                       else str(v).lower() if isinstance(v, (bool, np.bool_)) else str(v))
-        align.append("right" if numeric else "left")
-    return shown.to_markdown(index=False, disable_numparse=True, colalign=align)
-
-
-def _number(value: Any) -> str:
-    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
-        return ""
-    if isinstance(value, (int, np.integer)):
-        return str(value)
-    if abs(value) >= 1e6:
-        return f"{value:.3g}"
-    return str(int(value)) if float(value).is_integer() and abs(value) >= 1 else f"{value:.3f}"
-
-
 def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
     study, settings, tables = analysis.study, analysis.study.settings, analysis.tables
     split_name = "test" if analysis.split == "test" else "validation"
@@ -890,7 +862,7 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
               ("trial compute time", f"{summary['trial compute seconds']:.0f} s")]
     if "wall seconds" in summary:
         shown.append(("wall time (first to last report)", f"{summary['wall seconds']:.0f} s"))
-    lines += [_md(pd.DataFrame(shown, columns=["quantity", "value"]).astype(str)), ""]
+    lines += [markdown_table(pd.DataFrame(shown, columns=["quantity", "value"]).astype(str)), ""]
     lines += ["`stopped early`: ended before the last epoch without diverging (ASHA stopped it); "
               "`unfinished`: no end recorded (still running, or the study was interrupted).", ""]
 
@@ -902,16 +874,16 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
     if not compared:
         lines += ["No cell could be evaluated (see Skipped trials below).", ""]
     for metric in compared:
-        lines += [f"### {METRIC_TITLES[metric]}", "", _md(tables[f"_shown_comparison_{metric}"]), ""]
+        lines += [f"### {METRIC_TITLES[metric]}", "", markdown_table(tables[f"_shown_comparison_{metric}"]), ""]
     if "majority_baseline" in tables:
         lines += ["### Majority-class baseline", "",
                   f"Always predicting the training split's most frequent class (multi-label: each label present in "
                   f"most training images), scored on the same {split_name} images: the floor a model must beat.", "",
-                  _md(tables["majority_baseline"]), ""]
+                  markdown_table(tables["majority_baseline"]), ""]
 
     lines += ["## Evaluated trials", ""]
     if len(tables["selected_trials"]):
-        lines += [_md(tables["selected_trials"]), ""]
+        lines += [markdown_table(tables["selected_trials"]), ""]
         lines += ["`best epoch`: the trial's best epoch on validation; `evaluated epoch`: the checkpoint evaluated "
                   "(they differ only where the best checkpoint is gone, or ties).", ""]
     else:
@@ -921,7 +893,7 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
         lines += [f"- {note}" for note in analysis.notes] + [""]
 
     lines += ["## Best trials on validation (as `python -m study.run` prints them)", "",
-              _md(tables["validation_best"]), ""]
+              markdown_table(tables["validation_best"]), ""]
 
     lines += ["## Ablations", "",
               f"Per value of each search dimension (continuous ones binned): trials, how they ended, epochs "
@@ -929,7 +901,7 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
               f"`{NOT_SET}`: trials the dimension does not apply to.", ""]
     for name, table in tables.items():
         if name.startswith("ablation_"):
-            lines += [f"### {name.removeprefix('ablation_')}", "", _md(table), ""]
+            lines += [f"### {name.removeprefix('ablation_')}", "", markdown_table(table), ""]
 
     lines += ["## Confusion matrices and per-class metrics", ""]
     best = [s for s in analysis.selected if s.rank == 1]
@@ -945,7 +917,7 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
                      else "Per label: true negatives, false positives, false negatives, true positives."), ""]
         if figures and f"confusion_{name}" in analysis.figures:
             lines += [f"![confusion matrix, {chosen.dataset} / {chosen.model}](figures/confusion_{name}.png)", ""]
-        lines += [_md(tables[f"confusion_{name}"]), "", _md(tables[f"per_class_{name}"]), ""]
+        lines += [markdown_table(tables[f"confusion_{name}"]), "", markdown_table(tables[f"per_class_{name}"]), ""]
 
     if figures:
         lines += ["## Curves", ""]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -37,17 +39,34 @@ def comparison_table(results: pd.DataFrame, metric: str, mode: str,
     return table
 
 
-def markdown_table(table: pd.DataFrame, floatfmt: str = ".3f") -> str:
-    """GitHub-flavoured Markdown (pipes), numbers to 3 decimals; learning rates and weight decays in
-    scientific notation (3 decimals would show a weight decay of 1e-4 as 0.000)."""
-    shown = table.copy()
-    as_text = []  # tabulate would read "7.0e-04" back as a number and print it with floatfmt ("0.001")
-    for index, column in enumerate(shown.columns):
-        name = str(column).removeprefix("config/")
-        if name in SCIENTIFIC_COLUMNS and pd.api.types.is_numeric_dtype(shown[column]):
-            shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.1e}")
-            as_text.append(index)
-    return shown.to_markdown(index=False, floatfmt=floatfmt, disable_numparse=as_text or False)
+def markdown_table(table: pd.DataFrame) -> str:
+    """GitHub-flavoured Markdown as `study.run` prints it and `report.md` holds it: numbers to 3 decimals
+    (whole numbers as integers), learning rates and weight decays in scientific notation (3 decimals
+    would show a weight decay of 1e-4 as 0.000), booleans as true/false, missing values blank."""
+    shown, align = pd.DataFrame(index=table.index), []
+    for column in table.columns:
+        values = table[column]
+        numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+        if numeric and str(column).removeprefix("config/") in SCIENTIFIC_COLUMNS:
+            shown[column] = values.map(lambda v: "" if pd.isna(v) else f"{v:.1e}")
+        elif numeric:
+            shown[column] = values.map(_number)
+        else:
+            shown[column] = values.map(lambda v: "" if _missing(v) else str(v).lower()
+                                       if isinstance(v, (bool, np.bool_)) else str(v))
+        align.append("right" if numeric else "left")
+    # Every cell is text by now: tabulate must not reparse labels like `0.01` or `7.0e-04` as numbers.
+    return shown.to_markdown(index=False, disable_numparse=True, colalign=align)
+
+
+def _number(value: Any) -> str:
+    if _missing(value):
+        return ""
+    if isinstance(value, (int, np.integer)):
+        return str(value)
+    if abs(value) >= 1e6:
+        return f"{value:.3g}"
+    return str(int(value)) if float(value).is_integer() and abs(value) >= 1 else f"{value:.3f}"
 
 
 # ------------------------------------------------------------------ trials, ablations, search summary
