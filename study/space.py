@@ -90,6 +90,7 @@ class SearchSpace:
     sampler: str = "tpe"
     study: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    cover_first: tuple[str, ...] = ()
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         """Suggest every applicable dimension; return the constants (Tune merges them into the config)."""
@@ -102,10 +103,13 @@ class SearchSpace:
                     constants[dimension.name] = config[dimension.name]
         return constants
 
-    def grid(self) -> list[dict[str, Any]]:
-        """Every combination of the space's values, conditional dimensions applied (grid sampler)."""
+    def grid(self, names: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+        """Every combination of the space's values, conditional dimensions applied (grid sampler);
+        with `names`, every combination of those dimensions only."""
         combos: list[dict[str, Any]] = [{}]
         for dimension in self.dimensions:
+            if names is not None and dimension.name not in names:
+                continue
             grown = []
             for config in combos:
                 if dimension.name not in config and dimension.applies(config):
@@ -114,6 +118,12 @@ class SearchSpace:
                     grown.append(config)
             combos = grown
         return combos
+
+    def first_points(self) -> list[dict[str, Any]]:
+        """The trials the study starts with: every combination of the `cover_first` choices, in the
+        order the space lists them; the sampler draws their other dimensions."""
+        chosen = tuple(d.name for d in self.dimensions if d.name in self.cover_first and d.kind == "choice")
+        return self.grid(chosen) if chosen else []
 
     def optuna_grid(self) -> dict[str, list]:
         """Optuna GridSampler's search space: the suggested (non-constant) dimensions."""
@@ -165,10 +175,10 @@ def parse_space(document: Any, source: str = "<space>", name: str = "space") -> 
     """Validate a space document; every mistake names the key and says what is allowed."""
     if not isinstance(document, dict):
         raise CxrError(f"{source}: a search space is a mapping with a 'search' section")
-    unknown = set(document) - {"search", "study", "sampler", "description", "name"}
+    unknown = set(document) - {"search", "study", "sampler", "cover_first", "description", "name"}
     if unknown:
         raise CxrError(f"{source}: unknown top-level key(s) {sorted(unknown)}; allowed: search, study, sampler, "
-                       "description, name")
+                       "cover_first, description, name")
     search = document.get("search")
     if not isinstance(search, dict) or not search:
         raise CxrError(f"{source}: 'search' must map dimension names to their ranges or choices")
@@ -185,7 +195,8 @@ def parse_space(document: Any, source: str = "<space>", name: str = "space") -> 
     study = document.get("study") or {}
     if not isinstance(study, dict):
         raise CxrError(f"{source}: 'study' must be a mapping of study settings")
-    space = SearchSpace(str(document.get("name", name)), dimensions, sampler, study, source)
+    cover_first = _parse_cover_first(source, document.get("cover_first"), dimensions, sampler)
+    space = SearchSpace(str(document.get("name", name)), dimensions, sampler, study, source, cover_first)
     if sampler == "grid":
         continuous = [d.name for d in dimensions if d.kind not in ("choice", "value")]
         if continuous:
@@ -193,6 +204,29 @@ def parse_space(document: Any, source: str = "<space>", name: str = "space") -> 
                            f"{continuous} are ranges")
     _check_models_fit_image_size(source, space)
     return space
+
+
+def _parse_cover_first(source: str, names: Any, dimensions: list[Dimension], sampler: str) -> tuple[str, ...]:
+    """`cover_first: [model, optimizer]`: choice dimensions whose every combination starts the study."""
+    if names is None:
+        return ()
+    where = f"{source}: cover_first"
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        raise CxrError(f"{where}: must be a list of choice dimensions, e.g. [model, optimizer]")
+    if sampler == "grid":
+        raise CxrError(f"{where}: the grid sampler already tries every combination; drop cover_first")
+    by_name = {d.name: d for d in dimensions}
+    for name in names:
+        if name not in by_name:
+            raise CxrError(f"{where}: {name!r} is not a dimension of the space; choose from {', '.join(by_name)}")
+        dimension = by_name[name]
+        if dimension.kind not in ("choice", "value"):  # a value: a choice the command line fixed (--dataset)
+            raise CxrError(f"{where}: {name!r} is a {dimension.kind} range, not a choice: only choices have "
+                           "combinations to cover")
+        uncovered = [key for key in dimension.when if key not in names]
+        if uncovered:
+            raise CxrError(f"{where}: {name!r} depends on {uncovered}, which must be covered too")
+    return tuple(names)
 
 
 def _parse_alternatives(source: str, key: str, specs: list, earlier: list[str]) -> list[Dimension]:

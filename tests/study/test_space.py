@@ -139,6 +139,46 @@ def test_conditional_dimensions_through_ray_optuna_search():
             assert (config["momentum"], config["weight_decay"]) == (0.9, 1e-4), config
 
 
+def ray_searcher_configs(space, trials: int, seed: int = 0) -> list[dict]:
+    """Configs as a study's OptunaSearch proposes them, the cover_first points enqueued first."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = OptunaSearch(space, metric="val/f1_macro", mode="max", sampler=space.make_sampler(seed),
+                            points_to_evaluate=space.first_points() or None, study_name="cover")
+    configs = []
+    for i in range(trials):
+        configs.append(searcher.suggest(f"trial-{i}"))
+        searcher.on_trial_complete(f"trial-{i}", {"val/f1_macro": 0.3 + 0.01 * i, "training_iteration": 1})
+    return configs
+
+
+def test_cover_first_starts_with_every_model_and_optimizer():
+    """demo.yaml: the first 6 trials are each model with Adam and with SGD, every other dimension drawn
+    as usual (Adam and SGD learning rates from their own ranges); then TPE is free."""
+    space = load_space("demo")
+    configs = ray_searcher_configs(space, 12)
+    first = [(c["model"], c["optimizer"]) for c in configs[:6]]
+    assert first == [(m, o) for m in ("alexnet", "vgg11", "resnet50") for o in ("adam", "sgd")]
+    for config in configs:
+        assert (2e-5 <= config["lr"] <= 2e-3) if config["optimizer"] == "adam" else (1e-3 <= config["lr"] <= 5e-2)
+        assert ("momentum" in config) == (config["optimizer"] == "sgd"), config
+    assert len({c["lr"] for c in configs}) == 12
+    without = parse_space({k: v for k, v in yaml.safe_load((SPACES_DIR / "demo.yaml").read_text()).items()
+                           if k != "cover_first"})
+    assert [(c["model"], c["optimizer"]) for c in ray_searcher_configs(without, 6)] != first
+
+
+def test_cover_first_follows_conditions():
+    """A covered choice that exists only for some trials is covered only in those."""
+    space = parse_space({"cover_first": ["optimizer", "momentum"], "search": {
+        "optimizer": {"choice": ["adam", "sgd"]}, "lr": {"loguniform": [1e-4, 1e-1]},
+        "momentum": {"choice": [0.8, 0.9], "when": {"optimizer": "sgd"}}}})
+    assert space.first_points() == [{"optimizer": "adam"}, {"optimizer": "sgd", "momentum": 0.8},
+                                    {"optimizer": "sgd", "momentum": 0.9}]
+    assert [{k: c[k] for k in ("optimizer", "momentum") if k in c} for c in ray_searcher_configs(space, 3)] \
+        == space.first_points()
+
+
 def test_same_seed_same_configs():
     space = load_space("wide")
     assert sample_configs(space, 12, seed=3) == sample_configs(space, 12, seed=3)
@@ -243,6 +283,19 @@ MALFORMED = {
     "bad range in an alternative": (
         {"search": {**GOOD, "lr": [{"loguniform": [1e-3, 1e-5], "when": {"optimizer": "adam"}}]}},
         r"search\.lr\[0\]\.loguniform: low 0\.001 must be below high 1e-05"),
+    "cover_first an unknown dimension": ({"cover_first": ["model", "optimiser"], "search": GOOD},
+                                         r"cover_first: 'optimiser' is not a dimension of the space"),
+    "cover_first a range": ({"cover_first": ["lr"], "search": GOOD},
+                            r"cover_first: 'lr' is a loguniform range, not a choice"),
+    "cover_first not a list": ({"cover_first": "model", "search": GOOD},
+                               r"cover_first: must be a list of choice dimensions"),
+    "cover_first with the grid sampler": (
+        {"sampler": "grid", "cover_first": ["model"], "search": {**GOOD, "lr": {"choice": [0.1]}}},
+        r"cover_first: the grid sampler already tries every combination"),
+    "cover_first a conditional dimension alone": (
+        {"cover_first": ["momentum"], "search": {**GOOD, "momentum": {"choice": [0.8, 0.9],
+                                                                      "when": {"optimizer": "sgd"}}}},
+        r"cover_first: 'momentum' depends on \['optimizer'\], which must be covered too"),
     "pretrained not a boolean": ({"search": {**GOOD, "pretrained": {"choice": ["yes", "no"]}}},
                                  r"search\.pretrained: pretrained takes true or false"),
 }
