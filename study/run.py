@@ -10,8 +10,9 @@
 
 Before Ray starts any trial the driver checks every option, indexes each
 dataset, decodes it once into the node's cache, and makes the study's split
-(saved in the study directory; every trial uses it). Then Optuna proposes
-configurations from the search space and ASHA stops weak trials early.
+(saved in the study directory; every trial uses it). Then the space's
+`cover_first` trials run (e.g. every model with each optimizer), Optuna
+proposes the rest, and ASHA stops trials whose best epoch so far is weak.
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="trials to run (default: the space's, else every combination for a grid space, else 10)")
     add("--max-epochs", type=int, default=None, help="epochs of a trial that ASHA never stops (default: space's, else 4)")
     add("--grace-period", type=int, default=None,
-        help="epochs every trial gets before ASHA may stop it (default: the space's, else 1)")
+        help="epochs every trial gets before ASHA may stop it; ASHA judges a trial by its best epoch so far "
+             "(default: the space's, else 1)")
     add("--reduction-factor", type=int, default=None,
         help="ASHA keeps 1/this of trials at each rung (default: the space's, else 2)")
     add("--metric", default=None, choices=METRICS, help="validation metric that ASHA and Optuna optimise "
@@ -225,6 +227,10 @@ def validate(settings: StudySettings) -> None:
     if space.sampler == "grid" and settings.num_samples < len(space.grid()):
         log.warning("the grid has %d combinations but --num-samples is %d: only part of it runs",
                     len(space.grid()), settings.num_samples)
+    first = space.first_points()
+    if len(first) > settings.num_samples:
+        log.warning("cover_first %s has %d combinations but --num-samples is %d: only the first %d are tried",
+                    list(space.cover_first), len(first), settings.num_samples, settings.num_samples)
 
 
 def runs_on_this_machine(address: str | None) -> bool:
@@ -446,8 +452,9 @@ def trial_dirname(trial) -> str:
 
 def build_tuner(settings: StudySettings, splits: dict[str, pd.DataFrame], resume: bool):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
+
+    from study.asha import BestEpochASHA
 
     space = settings.search_space()
     context = TrialContext(
@@ -460,9 +467,13 @@ def build_tuner(settings: StudySettings, splits: dict[str, pd.DataFrame], resume
                                     {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
     if resume:
         return tune.Tuner.restore(settings.study_uri, trainable, resume_unfinished=True, resume_errored=True)
-    searcher = OptunaSearch(space, metric=settings.metric, mode=settings.mode,
+    first = space.first_points()
+    if first:
+        log.info("the first %d trials cover every combination of %s; then %s proposes",
+                 min(len(first), settings.num_samples), " x ".join(space.cover_first), space.sampler.upper())
+    searcher = OptunaSearch(space, metric=settings.metric, mode=settings.mode, points_to_evaluate=first or None,
                             sampler=space.make_sampler(settings.seed), study_name=settings.name)
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=settings.max_epochs,
+    scheduler = BestEpochASHA(time_attr="training_iteration", max_t=settings.max_epochs,
                               grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)
     return tune.Tuner(
         trainable,

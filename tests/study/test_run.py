@@ -247,10 +247,11 @@ def main_study(ray_session, tmp_path_factory, tiny_data, cache_dir):
     """Six trials over ResNet50 and AlexNet (64 px), Adam and SGD, 3 epochs, ASHA on val/loss.
 
     val/loss rather than the default F1: on 7 validation images many trials tie on F1, and ASHA
-    only stops a trial that is strictly worse. Seed 2 draws both models and both optimizers.
+    only stops a trial that is strictly worse. cover_first makes the first four trials each model with
+    each optimizer.
     """
     root = tmp_path_factory.mktemp("main-study")
-    space = write_space(root / "two-models.yaml", MAIN_SEARCH)
+    space = write_space(root / "two-models.yaml", MAIN_SEARCH, cover_first=["model", "optimizer"])
     args = build_parser().parse_args(study_argv(
         space, root / "studies", "two-models", tiny_data, cache_dir, "--image-size", "64", "--num-samples", "6",
         "--max-epochs", str(MAX_EPOCHS), "--grace-period", "1", "--reduction-factor", "4", "--metric", "val/loss",
@@ -268,8 +269,8 @@ def test_study_over_two_models_and_both_optimizers_completes(main_study, capsys)
     results = read_results(settings.study_uri)
     assert results["trial_id"].nunique() == 6
     configs = results.drop_duplicates("trial_id")
-    assert set(configs["config/model"]) == {"resnet50", "alexnet"}
-    assert set(configs["config/optimizer"]) == {"adam", "sgd"}
+    assert set(zip(configs["config/model"], configs["config/optimizer"])) == {
+        ("resnet50", "adam"), ("resnet50", "sgd"), ("alexnet", "adam"), ("alexnet", "sgd")}
     events = read_trial_events(settings.study_uri)
     assert len(events) == 6 and set(events["event"]) == {"completed"}
     assert (study_dir / "study.json").is_file() and (study_dir / "splits" / "folder.csv").is_file()
