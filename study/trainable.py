@@ -2,8 +2,9 @@
 
 Each epoch is reported with a checkpoint (model, optimizer, epoch, config), so
 a trial that Tune retries (its node died) continues from its last epoch. A
-diverging trial (NaN loss) reports a worst-possible result and stops: ASHA and
-the searcher see a poor trial, the study goes on.
+diverging trial (NaN loss) reports a worst-possible result and stops: the
+searcher sees a poor trial (ASHA, which judges trials by their best epoch, sees
+its best before it diverged), the study goes on.
 """
 
 from __future__ import annotations
