@@ -115,30 +115,6 @@ def test_adam_trials_never_get_sgd_dimensions(name):
         assert {c["batch_size"] for c in configs} <= {8, 16, 32, 64, 128}
 
 
-def test_conditional_dimensions_through_ray_optuna_search():
-    """The path a study takes: OptunaSearch proposes configs from the define-by-run function and
-    learns from completed trials; Adam configs never carry momentum or weight decay."""
-    from ray.tune.search.optuna import OptunaSearch
-
-    space = load_space("demo")
-    searcher = OptunaSearch(space, metric="val/f1_macro", mode="max", sampler=space.make_sampler(0),
-                            study_name="demo")
-    configs = []
-    for i in range(24):  # past TPE's 10 random start-up trials
-        config = searcher.suggest(f"trial-{i}")
-        configs.append(config)
-        searcher.on_trial_complete(f"trial-{i}", {"val/f1_macro": 0.3 + 0.02 * (i % 7), "training_iteration": 1})
-    assert {c["optimizer"] for c in configs} == {"adam", "sgd"}
-    for config in configs:
-        assert config["pretrained"] is False
-        if config["optimizer"] == "adam":
-            assert 2e-5 <= config["lr"] <= 2e-3
-            assert not set(SGD_ONLY) & set(config), config
-        else:
-            assert 1e-3 <= config["lr"] <= 5e-2
-            assert (config["momentum"], config["weight_decay"]) == (0.9, 1e-4), config
-
-
 def ray_searcher_configs(space, trials: int, seed: int = 0) -> list[dict]:
     """Configs as a study's OptunaSearch proposes them, the cover_first points enqueued first."""
     from ray.tune.search.optuna import OptunaSearch
@@ -150,6 +126,22 @@ def ray_searcher_configs(space, trials: int, seed: int = 0) -> list[dict]:
         configs.append(searcher.suggest(f"trial-{i}"))
         searcher.on_trial_complete(f"trial-{i}", {"val/f1_macro": 0.3 + 0.01 * i, "training_iteration": 1})
     return configs
+
+
+def test_conditional_dimensions_through_ray_optuna_search():
+    """The path a study takes: OptunaSearch proposes configs from the define-by-run function and
+    learns from completed trials; Adam configs never carry momentum or weight decay."""
+    space = load_space("demo")
+    configs = ray_searcher_configs(space, 24)  # past TPE's 10 random start-up trials
+    assert {c["optimizer"] for c in configs} == {"adam", "sgd"}
+    for config in configs:
+        assert config["pretrained"] is False
+        if config["optimizer"] == "adam":
+            assert 2e-5 <= config["lr"] <= 2e-3
+            assert not set(SGD_ONLY) & set(config), config
+        else:
+            assert 1e-3 <= config["lr"] <= 5e-2
+            assert (config["momentum"], config["weight_decay"]) == (0.9, 1e-4), config
 
 
 def test_cover_first_starts_with_every_model_and_optimizer():
