@@ -6,14 +6,16 @@
 
 It reads what a study wrote (finished, still running or interrupted; it never
 trains): the results table, the trial ends, the study's split and the trials'
-checkpoints. For every (dataset, model) it picks the best trial on the
-validation metric, evaluates that trial's best checkpoint once on the
-held-out test split, and writes `<study dir>/report/`: report.md (tables
-inline, figures linked), one CSV and one Parquet file per table under
-tables/, and PNG figures under figures/.
+best-weights sidecars (study.checkpoints). For every (dataset, model) it picks
+the best trial on the validation metric, evaluates that trial's best weights
+once on the held-out test split, and writes `<study dir>/report/` (or --out):
+report.md (tables inline, figures linked), one CSV and one Parquet file per
+table under tables/, and PNG figures under figures/. A study in object storage
+(s3://, gs://) is read in place; only the weights it evaluates are downloaded,
+into a local cache that a second analysis reuses.
 
 Only the trials chosen on validation are ever evaluated on test. A trial
-whose checkpoint is missing or unreadable is reported and the next best
+whose weights are missing or unreadable is reported and the next best
 trial of its cell takes its place. The split is part of the study: if the
 images changed since the study made it (their SHA-1s are in the split file),
 or the split file was edited (the analysis remakes the split from the data
@@ -23,32 +25,31 @@ and the study's seed and compares), the analysis refuses.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import math
 import re
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.fs
 
 from cxrnets.errors import CxrError
 from cxrnets.models import MODEL_NAMES
-from study.results import _filesystem, join_uri, read_results, read_trial_events
+from study import storage
+from study.checkpoints import BestWeights, read_best_weights
+from study.results import read_results, read_trial_events
+from study.settings import StudySettings, load_settings, read_split, split_uri
 from study.tables import (METRIC_TITLES, NOT_SET, PAPER_METRICS, STATUSES, ablation_table,
                           best_epochs, comparison_table, epoch_column, format_paper_table, markdown_table,
                           paper_table, search_summary, trial_table, wall_seconds)
 
 log = logging.getLogger("study.analyze")
 
-SETTINGS_FILE = "study.json"
-CHECKPOINT_FILE = "checkpoint.pt"
 FORMATS = ("md", "csv", "parquet", "png")
 REPORT_DIR = "report"
 
@@ -62,63 +63,41 @@ class AnalysisRefused(CxrError):
 
 @dataclass
 class Study:
-    """What a study directory holds, read once."""
+    """What a study directory holds, read once (the weights only as their sidecars say)."""
 
     uri: str
-    settings: Any                    # study.run.StudySettings
+    settings: StudySettings
     results: pd.DataFrame            # one row per (trial, epoch)
     events: pd.DataFrame             # how trials ended
     trial_dirs: dict[str, list[str]]  # trial_id -> its Tune trial folder(s)
+    weights: dict[str, BestWeights] = field(default_factory=dict)  # trial_id -> its best weights
+    weights_problems: list[str] = field(default_factory=list)      # sidecars that could not be read
 
     @property
     def remote(self) -> bool:
-        return "://" in self.uri
+        return storage.is_remote(self.uri)
 
 
 def open_study(study_dir: str | Path) -> Study:
-    """Read study.json, the results table, the trial ends and the trial folders; CxrError if it is no study."""
-    from study.run import StudySettings
-
-    uri = str(study_dir).rstrip("/") if "://" in str(study_dir) else str(Path(study_dir).expanduser().resolve())
-    filesystem, path = _filesystem(uri)
-    info = filesystem.get_file_info(path)
-    if info.type != pyarrow.fs.FileType.Directory:
-        raise CxrError(f"{study_dir}: no such directory; pass the folder python -m study.run wrote "
-                       "(<storage>/<study name>)")
-    settings_path = join_uri(path, SETTINGS_FILE)
-    if filesystem.get_file_info(settings_path).type != pyarrow.fs.FileType.File:
-        raise CxrError(f"{study_dir} is not a study directory: it has no {SETTINGS_FILE}; pass the folder "
-                       "python -m study.run wrote (<storage>/<study name>)")
-    try:
-        with filesystem.open_input_stream(settings_path) as stream:
-            values = json.loads(stream.read())
-        known = {f.name for f in fields(StudySettings)}
-        values = {key: value for key, value in values.items() if key in known}
-        # The directory may have moved since the study started: it is where the study is now.
-        values["storage"], _, values["name"] = uri.rpartition("/")
-        settings = StudySettings(**values)
-    except (ValueError, TypeError) as error:
-        raise CxrError(f"{study_dir}/{SETTINGS_FILE}: not a readable study settings file ({error})") from error
+    """Read study.json, the results table, the trial ends, the trial folders and the best-weights
+    sidecars (small files only); CxrError if it is no study."""
+    settings = load_settings(str(study_dir))
+    uri = settings.study_uri
     results = read_results(uri)
     events = read_trial_events(uri)
     # Tune names a trial's folder <trial_id>_<trial name> (study.run.trial_dirname).
     known = sorted({*results.get("trial_id", []), *events["trial_id"]}, key=len, reverse=True)
     trial_dirs: dict[str, list[str]] = {}
-    for entry in filesystem.get_file_info(pyarrow.fs.FileSelector(path)):
-        if entry.type != pyarrow.fs.FileType.Directory:
+    for entry in storage.listing(uri):
+        if not entry.is_dir:
             continue
-        trial_id = next((t for t in known if entry.base_name.startswith(f"{t}_")), None)
-        match = re.fullmatch(r"([0-9a-f]{8})_.+", entry.base_name)
+        trial_id = next((t for t in known if entry.name.startswith(f"{t}_")), None)
+        match = re.fullmatch(r"([0-9a-f]{8})_.+", entry.name)
         trial_id = trial_id or (match.group(1) if match else None)
         if trial_id:
-            trial_dirs.setdefault(trial_id, []).append(_same_scheme(uri, entry.path))
-    return Study(uri, settings, results, events, trial_dirs)
-
-
-def _same_scheme(uri: str, path: str) -> str:
-    """A path pyarrow listed under `uri`, as a URI again (s3://bucket/... stays s3://)."""
-    scheme, sep, _ = uri.partition("://")
-    return f"{scheme}://{path}" if sep and "://" not in path else path
+            trial_dirs.setdefault(trial_id, []).append(entry.uri)
+    weights, problems = read_best_weights(uri)
+    return Study(uri, settings, results, events, trial_dirs, weights, problems)
 
 
 def resolve_metric(study: Study, metric: str | None) -> tuple[str, str]:
@@ -143,10 +122,8 @@ def trial_configs(study: Study) -> dict[str, dict]:
     for trial_id, folders in study.trial_dirs.items():
         if trial_id in reported:
             continue
-        filesystem, path = _filesystem(join_uri(folders[0], "params.json"))
         try:
-            with filesystem.open_input_stream(path) as stream:
-                config = json.loads(stream.read())
+            config = storage.read_json(storage.join(folders[0], "params.json"))
         except (OSError, ValueError):
             config = {}
         config["__trial_name__"] = folders[0].rstrip("/").rpartition("/")[2].partition("_")[2]
@@ -173,28 +150,13 @@ def search_dimensions(study: Study, trials: pd.DataFrame) -> list[tuple[str, str
 
 # ------------------------------------------------------------------ checkpoints
 
-@dataclass
-class CheckpointInfo:
-    trial_id: str
-    path: str
-    epoch: int | None = None
-    error: str | None = None
-
-
-def _load(path: str) -> dict:
+def load_checkpoint(path: str | Path) -> dict:
+    """A trial's best weights (a local file, weights_only), checked for the keys the analysis needs;
+    CxrError if unusable."""
     import torch
 
-    if "://" in path:
-        filesystem, inner = _filesystem(path)
-        with filesystem.open_input_stream(inner) as stream:
-            return torch.load(io.BytesIO(stream.read()), map_location="cpu", weights_only=True)
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-
-
-def load_checkpoint(path: str) -> dict:
-    """A study checkpoint (weights_only), checked for the keys the analysis needs; CxrError if unusable."""
     try:
-        checkpoint = _load(path)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... on a bad file
         raise CxrError(f"{path}: not a readable checkpoint ({type(error).__name__}: {str(error)[:200]})") from error
     missing = {"model", "epoch", "config", "classes", "multilabel"} - set(checkpoint if isinstance(checkpoint, dict)
@@ -204,79 +166,60 @@ def load_checkpoint(path: str) -> dict:
     return checkpoint
 
 
-def trial_checkpoints(study: Study, trial_id: str) -> list[CheckpointInfo]:
-    """Every checkpoint a trial's folder holds, with the epoch it was saved at (or why it is unusable)."""
-    found = []
-    for folder in study.trial_dirs.get(trial_id, []):
-        filesystem, path = _filesystem(folder)
-        for entry in sorted(filesystem.get_file_info(pyarrow.fs.FileSelector(path)), key=lambda e: e.base_name):
-            if entry.type != pyarrow.fs.FileType.Directory or not entry.base_name.startswith("checkpoint_"):
-                continue
-            file = _same_scheme(folder, join_uri(entry.path, CHECKPOINT_FILE))
-            if filesystem.get_file_info(join_uri(entry.path, CHECKPOINT_FILE)).type != pyarrow.fs.FileType.File:
-                found.append(CheckpointInfo(trial_id, file, error=f"{entry.base_name} holds no {CHECKPOINT_FILE}"))
-                continue
-            try:
-                found.append(CheckpointInfo(trial_id, file, epoch=int(load_checkpoint(file)["epoch"])))
-            except CxrError as error:
-                found.append(CheckpointInfo(trial_id, file, error=str(error)))
-    return found
-
-
 @dataclass
 class Candidate:
-    """A trial's best usable checkpoint, ranked by the validation metric at that checkpoint's epoch."""
+    """A trial's best weights, ranked by the validation metric at their epoch."""
 
     trial_id: str
     trial_name: str
-    checkpoint: CheckpointInfo
+    weights: BestWeights
     epoch: int
-    value: float                 # the validation metric at `epoch`
+    value: float                 # the validation metric at `epoch`, as the results table recorded it
     best_epoch: int
     best_value: float
 
 
 def candidates(study: Study, trials: pd.DataFrame, metric: str, mode: str,
-               notes: list[str]) -> list[Candidate]:
-    """Usable checkpoints of `trials` (one per trial: its best on `metric`), best first.
+               notes: list[str], top_k: int = 1) -> list[Candidate]:
+    """The trials of `trials` that have best weights, best first (their epoch as the sidecar says:
+    no weights file is read here).
 
-    Trials without a usable checkpoint are left out, and why goes into `notes`.
+    Trials without usable weights are left out; why goes into `notes` for those that would have been
+    among the `top_k` evaluated (the study deletes the others' weights by design: --keep).
     """
     results = study.results
-    ranked = []
+    ranked, unweighted = [], []
     for trial in trials.to_dict("records"):
         trial_id, name = trial["trial_id"], trial["trial_name"]
+        weights = study.weights.get(trial_id)
         if pd.isna(trial.get("_best")):
-            if trial_checkpoints(study, trial_id):
-                notes.append(f"trial {trial_id} ({name}): has checkpoints but no recorded {metric} (the study "
+            if weights:
+                notes.append(f"trial {trial_id} ({name}): has best weights but no recorded {metric} (the study "
                              "stopped before recording its first epoch); not used")
+            continue
+        if weights is None:
+            unweighted.append((float(trial["_best"]), trial_id, name, int(trial["_best_epoch"])))
             continue
         own = results[results["trial_id"] == trial_id]
         scores = dict(zip(epoch_column(own), own[metric]))
-        infos = trial_checkpoints(study, trial_id)
-        usable = []
-        for info in infos:
-            if info.error:
-                notes.append(f"trial {trial_id} ({name}): checkpoint unusable, skipped: {info.error}")
-            elif info.epoch not in scores or pd.isna(scores[info.epoch]):
-                notes.append(f"trial {trial_id} ({name}): the checkpoint of epoch {info.epoch} has no recorded "
-                             f"{metric} (the study stopped before recording it); not used")
-            else:
-                usable.append(info)
-        if not usable:
-            what = "no checkpoint" if not infos else "no usable checkpoint"
-            notes.append(f"trial {trial_id} ({name}): {what}; skipped (best {metric} {trial['_best']:.3f} "
-                         f"at epoch {trial['_best_epoch']})")
+        if weights.epoch not in scores or pd.isna(scores[weights.epoch]):
+            notes.append(f"trial {trial_id} ({name}): its best weights are of epoch {weights.epoch}, which has no "
+                         f"recorded {metric} (the study stopped before recording it); not used")
             continue
-        sign = 1 if mode == "min" else -1
-        chosen = min(usable, key=lambda info: (sign * scores[info.epoch], info.epoch))
-        value = float(scores[chosen.epoch])
+        value = float(scores[weights.epoch])
         best_epoch, best_value = int(trial["_best_epoch"]), float(trial["_best"])
         if value != best_value:
-            notes.append(f"trial {trial_id} ({name}): the checkpoint of its best epoch {best_epoch} "
-                         f"({metric} {best_value:.3f}) is gone; using epoch {chosen.epoch} ({metric} {value:.3f})")
-        ranked.append(Candidate(trial_id, name, chosen, chosen.epoch, value, best_epoch, best_value))
+            notes.append(f"trial {trial_id} ({name}): its weights are of epoch {weights.epoch} ({metric} "
+                         f"{value:.3f}), not of its best epoch on {metric} ({best_epoch}, {best_value:.3f}): the "
+                         f"study kept the best on {weights.metric}")
+        ranked.append(Candidate(trial_id, name, weights, weights.epoch, value, best_epoch, best_value))
     sign = 1 if mode == "min" else -1
+    for value, trial_id, name, epoch in unweighted:
+        better = sum(1 for c in ranked if (sign * c.value, c.trial_id) < (sign * value, trial_id))
+        if better < top_k:
+            notes.append(f"trial {trial_id} ({name}): no best weights (best {metric} {value:.3f} at epoch {epoch}); "
+                         f"skipped. The study keeps the weights of each model's {study.settings.keep} best trials "
+                         f"on {study.settings.metric} (study.run --keep)")
     # Ties go to the lower trial id, as in study.tables.best_trials (what study.run prints).
     return sorted(ranked, key=lambda c: (sign * c.value, c.trial_id))
 
@@ -296,18 +239,19 @@ class StudyData:
         self._splits: dict[str, pd.DataFrame] = {}
 
     def split_uri(self, dataset: str) -> str:
-        return join_uri(self.study.uri, "splits", f"{dataset}.csv")
+        return split_uri(self.study.uri, dataset)
+
+    def download_dir(self) -> Path:
+        """Where weights from object storage are cached on this machine."""
+        return Path(self.cache_dir) / "downloads" if self.cache_dir else storage.download_cache_dir()
 
     def split(self, dataset: str) -> pd.DataFrame:
         if dataset not in self._splits:
             uri = self.split_uri(dataset)
-            filesystem, path = _filesystem(uri)
             try:
-                with filesystem.open_input_stream(path) as stream:
-                    split = pd.read_csv(stream, dtype=str, keep_default_na=False)
-            except (OSError, FileNotFoundError) as error:
-                raise AnalysisRefused(f"{uri}: the study's split of {dataset} is missing ({error}); the split is "
-                                      "part of the study and the test evaluation needs it") from error
+                split = read_split(uri)
+            except CxrError as error:
+                raise AnalysisRefused(f"{error}; the test evaluation needs it") from error
             missing = {"relpath", "patient", "sha1", "split"} - set(split.columns)
             if missing:
                 raise AnalysisRefused(f"{uri}: not a split file (missing columns {sorted(missing)})")
@@ -383,8 +327,9 @@ class Evaluation:
     baseline: dict[str, float] = field(default_factory=dict)  # the majority-class predictor on the same images
 
 
-def evaluate_checkpoint(path: str, data: StudyData, split: str = "test", trial_id: str = "") -> Evaluation:
-    """Load a trial's checkpoint and evaluate it once on `split` of the study's split; CxrError if unusable."""
+def evaluate_checkpoint(path: str | Path, data: StudyData, split: str = "test", trial_id: str = "") -> Evaluation:
+    """Load a trial's weights (a local file) and evaluate them once on `split` of the study's split;
+    CxrError if unusable."""
     from cxrnets.metrics import majority_baseline
     from cxrnets.training import TrainingRun
 
@@ -436,6 +381,7 @@ class Analysis:
     figures: dict[str, Path] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     out: Path | None = None
+    downloaded_bytes: int = 0  # weights fetched from object storage (0 when all came from the local cache)
 
     def best(self, dataset: str, model: str) -> Selected | None:
         return next((s for s in self.selected if (s.dataset, s.model, s.rank) == (dataset, model, 1)), None)
@@ -478,7 +424,7 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
         raise CxrError(f"{study.uri}: no finished epoch recorded {metric}; nothing to analyse")
     settings = study.settings
     trials = trial_table(study.results, study.events, metric, mode, settings.max_epochs, trial_configs(study))
-    analysis = Analysis(study, metric, mode, split, top_k, trials)
+    analysis = Analysis(study, metric, mode, split, top_k, trials, notes=list(study.weights_problems))
     analysis.summary = search_summary(trials, settings.max_epochs, wall_seconds(study.results, study.events))
 
     if out is None and study.remote:
@@ -501,7 +447,7 @@ def select_and_evaluate(analysis: Analysis, data: StudyData) -> None:
     for dataset, model in cells:
         members = trials[(trials["dataset"] == dataset) & (trials["model"] == model)]
         queue.append((dataset, model, candidates(analysis.study, members, analysis.metric, analysis.mode,
-                                                 analysis.notes)))
+                                                 analysis.notes, analysis.top_k)))
     total = sum(min(len(ranked), analysis.top_k) for *_, ranked in queue)
     done = 0
     for dataset, model, ranked in queue:
@@ -514,11 +460,12 @@ def select_and_evaluate(analysis: Analysis, data: StudyData) -> None:
                      dataset, model, candidate.trial_id, candidate.trial_name, candidate.epoch, analysis.metric,
                      candidate.value, analysis.split)
             try:
-                evaluation = evaluate_checkpoint(candidate.checkpoint.path, data, analysis.split,
-                                                 candidate.trial_id)
+                local, fetched = storage.download(candidate.weights.uri, data.download_dir())
+                analysis.downloaded_bytes += fetched
+                evaluation = evaluate_checkpoint(local, data, analysis.split, candidate.trial_id)
             except AnalysisRefused:
                 raise
-            except CxrError as error:
+            except (CxrError, OSError) as error:
                 analysis.notes.append(f"trial {candidate.trial_id} ({candidate.trial_name}): {error}; skipped, "
                                       "the next best trial of its cell takes its place")
                 log.warning("trial %s skipped: %s", candidate.trial_id, error)
@@ -980,6 +927,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for note in analysis.notes:
         print(f"note: {note}")
+    if analysis.study.remote:
+        print(f"downloaded {analysis.downloaded_bytes / 1e6:,.1f} MB of weights from {analysis.study.uri} "
+              f"(cached for the next analysis)")
     shown = analysis.tables.get("_shown_comparison_f1_macro")
     if shown is not None:
         print(f"\nMacro F1 on the {analysis.split} split (best trial per model, chosen on {analysis.metric}):\n")

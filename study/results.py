@@ -14,25 +14,16 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.fs
 import pyarrow.parquet as pq
 from ray import tune
+
+from study import storage
 
 RESULTS_DIR = "results"
 EVENTS_DIR = "trial_events"
 # Result keys that are Tune's bookkeeping rather than the study's.
 TUNE_KEYS = ("trial_id", "training_iteration", "time_total_s", "time_this_iter_s", "timestamp", "node_ip",
              "hostname", "pid", "date", "done")
-
-
-def join_uri(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts])
-
-
-def _filesystem(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    if "://" not in uri:
-        return pyarrow.fs.LocalFileSystem(), uri
-    return pyarrow.fs.FileSystem.from_uri(uri)
 
 
 def result_row(trial: Any, result: dict[str, Any]) -> dict[str, Any]:
@@ -61,16 +52,13 @@ class ResultsTable(tune.Callback):
         return {**self.__dict__, "_session": None, "_sequence": 0}
 
     def _write(self, folder: str, row: dict[str, Any]) -> None:
-        filesystem, path = _filesystem(join_uri(self.study_uri, folder))
-        filesystem.create_dir(path, recursive=True)
         if self._session is None:
             self._session = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self._sequence += 1
-        table = pa.Table.from_pylist([row])
-        final = join_uri(path, f"part-{self._session}-{self._sequence:06d}.parquet")
-        # Write then rename, so that a reader never sees half a file.
-        pq.write_table(table, final + ".tmp", filesystem=filesystem)
-        filesystem.move(final + ".tmp", final)
+        buffer = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist([row]), buffer)
+        part = storage.join(self.study_uri, folder, f"part-{self._session}-{self._sequence:06d}.parquet")
+        storage.write_bytes(part, buffer.getvalue().to_pybytes())  # whole or not at all, as readers expect
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._write(RESULTS_DIR, result_row(trial, result))
@@ -90,15 +78,11 @@ class ResultsTable(tune.Callback):
 
 
 def _read_parts(study_uri: str, folder: str) -> pd.DataFrame:
-    filesystem, path = _filesystem(join_uri(study_uri, folder))
-    info = filesystem.get_file_info(path)
-    if info.type != pyarrow.fs.FileType.Directory:
-        return pd.DataFrame()
-    selector = pyarrow.fs.FileSelector(path)
-    files = sorted(f.path for f in filesystem.get_file_info(selector) if f.path.endswith(".parquet"))
+    files = [entry.uri for entry in storage.listing(storage.join(study_uri, folder)) if entry.name.endswith(".parquet")]
     if not files:
         return pd.DataFrame()
-    tables = [pq.read_table(f, filesystem=filesystem) for f in files]
+    filesystem, _ = storage.filesystem(study_uri)
+    tables = [pq.read_table(storage.filesystem(part)[1], filesystem=filesystem) for part in files]
     return pa.concat_tables(tables, promote_options="permissive").to_pandas()
 
 

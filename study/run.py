@@ -18,14 +18,11 @@ proposes the rest, and ASHA stops trials whose best epoch so far is weak.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 # Checkpointing every epoch with CheckpointConfig(num_to_keep) makes Tune warn on every
 # snapshot (see RAY-NOTES.md); the snapshots are what we want, the warnings are noise.
@@ -33,61 +30,24 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
 
 import pandas as pd  # noqa: E402
-import pyarrow.fs  # noqa: E402
 
 from cxrnets.cache import build_cache  # noqa: E402
 from cxrnets.data import SAMPLE_ROOT, load_dataset  # noqa: E402
 from cxrnets.errors import CxrError  # noqa: E402
 from cxrnets.metrics import majority_baseline  # noqa: E402
-from cxrnets.splits import describe, make_split, save_split  # noqa: E402
+from cxrnets.splits import describe, make_split  # noqa: E402
 from cxrnets.training import SPLIT_COLUMNS, align_split  # noqa: E402
-from study.results import ResultsTable, join_uri, read_results  # noqa: E402
-from study.space import SearchSpace, load_space, parse_space  # noqa: E402
+from study import storage  # noqa: E402
+from study.checkpoints import CheckpointPolicy, WeightsKeeper, parse_keep, prune_weights  # noqa: E402
+from study.results import ResultsTable, read_results, read_trial_events  # noqa: E402
+from study.settings import (CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DEFAULTS, METRICS, SETTINGS_FILE,  # noqa: E402
+                            StudySettings, load_settings, read_split, save_settings, settings_uri, split_uri)
+from study.space import load_space  # noqa: E402
 from study.tables import comparison_table, markdown_table  # noqa: E402
 from study.trainable import (TrialContext, dataset_missing_message, storage_not_shared_message,  # noqa: E402
                              train_trial)
 
 log = logging.getLogger("study.run")
-
-METRICS = ("val/f1_macro", "val/accuracy", "val/precision_macro", "val/recall_macro", "val/loss",
-           "val/subset_accuracy", "val/f1_micro", "val/roc_auc_macro", "train/loss")
-SETTINGS_FILE = "study.json"
-DEFAULTS = {"dataset": "covid-chestxray-3class", "image_size": 64, "num_samples": 10, "max_epochs": 4,
-            "grace_period": 1, "reduction_factor": 2, "metric": "val/f1_macro"}
-
-
-@dataclass
-class StudySettings:
-    """Everything that defines a study; saved as study.json in the study directory."""
-
-    name: str
-    storage: str
-    space: dict[str, Any]
-    space_source: str
-    data_roots: dict[str, str]
-    image_size: int
-    num_samples: int
-    max_epochs: int
-    grace_period: int
-    reduction_factor: int
-    metric: str
-    mode: str
-    cpus_per_trial: float
-    gpus_per_trial: float
-    max_concurrent: int | None
-    max_failures: int
-    seed: int
-    cache_dir: str | None = None
-    baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # majority class, per dataset
-    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
-
-    @property
-    def study_uri(self) -> str:
-        return join_uri(self.storage, self.name)
-
-    def search_space(self) -> SearchSpace:
-        return parse_space(self.space, self.space_source, self.name)
-
 
 # ------------------------------------------------------------------ arguments
 
@@ -127,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-concurrent", type=int, default=None, help="at most this many trials at once (default: as resources allow)")
     add("--max-failures", type=int, default=2, help="retries of a trial whose worker or node died, from its last checkpoint")
     add("--storage", default="studies", help="where studies are written: a local folder, s3:// or gs:// URI")
+    add("--checkpoint-every", type=int, default=CHECKPOINT_EVERY,
+        help="epochs between two full states (model + optimizer) of a running trial, from which a trial on a "
+             "lost node or an interrupted study continues; a trial's best weights are written whenever its best "
+             "epoch improves, whatever this says")
+    add("--checkpoint-minutes", type=float, default=CHECKPOINT_MINUTES,
+        help="also write a full state once this many minutes have passed since the last one (long epochs)")
+    add("--keep", default="1", help="best weights kept after the study: each model's K best trials on the "
+        "study metric (what study.analyze --top-k K can evaluate), or 'all'")
     add("--name", default=None, help="study name, the folder under --storage (default: <space>-<date-time>)")
     add("--seed", type=int, default=0, help="seed of the split, the sampler and the trials")
     add("--cache-dir", default=None,
@@ -160,13 +128,14 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
         raise CxrError("--image-size conflicts with the space's image_size dimension; drop one")
     settings = StudySettings(
         name=args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-        storage=args.storage if "://" in args.storage else str(Path(args.storage).expanduser().resolve()),
+        storage=storage.location(args.storage),
         space=document, space_source=str(source), data_roots=_data_roots(args.data_root, datasets),
         image_size=image_size, num_samples=pick("num_samples"), max_epochs=pick("max_epochs"),
         grace_period=pick("grace_period"), reduction_factor=pick("reduction_factor"), metric=pick("metric"),
         mode="min" if pick("metric").endswith("loss") else "max", cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
-        seed=args.seed, cache_dir=args.cache_dir)
+        seed=args.seed, cache_dir=args.cache_dir, checkpoint_every=args.checkpoint_every,
+        checkpoint_minutes=args.checkpoint_minutes, keep=parse_keep(args.keep))
     validate(settings)
     return settings
 
@@ -220,6 +189,9 @@ def validate(settings: StudySettings) -> None:
         raise CxrError("--max-concurrent must be at least 1")
     if settings.max_failures < 0:
         raise CxrError("--max-failures must be 0 or more")
+    if settings.checkpoint_every < 1 or not settings.checkpoint_minutes > 0:
+        raise CxrError(f"--checkpoint-every ({settings.checkpoint_every}) must be at least 1 and "
+                       f"--checkpoint-minutes ({settings.checkpoint_minutes:g}) above 0")
     from cxrnets.models import check_image_size
 
     for model in space.values_of("model"):
@@ -264,48 +236,21 @@ def check_local_resources(settings: StudySettings, cores: int | None = None) -> 
                        f"{torch.cuda.device_count()} GPU(s) of this machine")
 
 
-def check_storage_writable(study_uri: str) -> None:
-    from study.results import _filesystem
-
-    probe = join_uri(study_uri, ".write-check")
-    try:
-        filesystem, path = _filesystem(probe)
-        folder = path.rsplit("/", 1)[0]
-        existed = filesystem.get_file_info(folder).type != pyarrow.fs.FileType.NotFound
-        filesystem.create_dir(folder, recursive=True)
-        with filesystem.open_output_stream(path) as stream:
-            stream.write(b"ok")
-        filesystem.delete_file(path)
-        if not existed:  # a start refused later (bad data root, ...) leaves no empty study folder behind
-            filesystem.delete_dir(folder)
-    except Exception as error:  # pyarrow raises OSError, ArrowInvalid, ... depending on the filesystem
-        raise CxrError(f"--storage {study_uri}: cannot write there ({error}); pick a writable folder or bucket, "
-                       "and for s3:// or gs:// check the credentials and network") from error
-
-
 # ------------------------------------------------------------------ data, once per study
 
 def prepare_splits(settings: StudySettings, resume: bool) -> dict[str, pd.DataFrame]:
     """Index and decode every dataset once, and make (or, resuming, reread) the study's split of each."""
-    from study.results import _filesystem
-
     splits = {}
     for dataset, root in settings.data_roots.items():
         index = load_dataset(dataset, root)
         cache = build_cache(index, settings.image_size, settings.cache_dir)
         frame = cache.index.frame.assign(sha1=cache.sha1)
-        filesystem, path = _filesystem(join_uri(settings.study_uri, "splits", f"{dataset}.csv"))
+        uri = split_uri(settings.study_uri, dataset)
         if resume:
-            with filesystem.open_input_stream(path) as stream:
-                split = pd.read_csv(stream, dtype=str, keep_default_na=False)
-            split = align_split(split, frame, Path(path))
+            split = align_split(read_split(uri), frame, Path(uri))
         else:
             split = make_split(frame, cache.index.stratum(), seed=settings.seed)
-            if "://" in path:
-                with filesystem.open_output_stream(path) as stream:
-                    stream.write(split[SPLIT_COLUMNS].to_csv(index=False).encode())
-            else:
-                save_split(split[SPLIT_COLUMNS], path)
+            storage.write_csv(uri, split[SPLIT_COLUMNS])
         targets = cache.index.targets()
         rows = {name: (split["split"] == name).to_numpy() for name in ("train", "val")}
         baseline = majority_baseline(targets[rows["train"]], targets[rows["val"]], cache.index.multilabel,
@@ -315,31 +260,6 @@ def prepare_splits(settings: StudySettings, resume: bool) -> dict[str, pd.DataFr
         splits[dataset] = split[SPLIT_COLUMNS]
         settings.baselines[dataset] = baseline
     return splits
-
-
-def load_settings(study_dir: str) -> StudySettings:
-    from study.results import _filesystem
-
-    filesystem, path = _filesystem(join_uri(study_dir, SETTINGS_FILE))
-    try:
-        with filesystem.open_input_stream(path) as stream:
-            values = json.loads(stream.read())
-    except (OSError, FileNotFoundError) as error:
-        raise CxrError(f"--resume {study_dir}: no {SETTINGS_FILE} there; is it a study directory?") from error
-    # The directory may have moved since the study started: it is where the study is now.
-    values["storage"], _, values["name"] = study_dir.rstrip("/").rpartition("/")
-    return StudySettings(**values)
-
-
-def save_settings(settings: StudySettings) -> None:
-    from study.results import _filesystem
-
-    filesystem, path = _filesystem(join_uri(settings.study_uri, SETTINGS_FILE))
-    if filesystem.get_file_info(path).type != pyarrow.fs.FileType.NotFound:  # never rewrite a study in place
-        raise CxrError(f"{settings.study_uri} already holds a study: use --resume or another --name")
-    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with filesystem.open_output_stream(path) as stream:
-        stream.write(json.dumps(asdict(settings), indent=2).encode())
 
 
 # ------------------------------------------------------------------ Ray
@@ -417,14 +337,14 @@ def check_cluster(settings: StudySettings, joined: bool = False) -> None:
     starting its own Ray, so nodes may join later.
     """
     nodes = _alive_nodes()
-    local_storage = "://" not in settings.storage
+    local_storage = not storage.is_remote(settings.storage)
     if len(nodes) < 2:
         if joined and local_storage:
             log.warning("--storage %s is a local folder and the cluster has one node now: a node that joins "
                         "later must see it at the same path (a shared file system), or its trials fail; "
                         "on a cloud cluster use --storage s3://...", settings.storage)
         return
-    marker = str(Path(settings.storage) / settings.name / SETTINGS_FILE) if local_storage else None
+    marker = settings_uri(settings.study_uri) if local_storage else None
     wanted = list(settings.data_roots.values()) + ([marker] if marker else [])
     for node_id, seen in _paths_seen_by_nodes(nodes, wanted).items():
         for path, ok in zip(wanted, seen):
@@ -459,8 +379,9 @@ def build_tuner(settings: StudySettings, splits: dict[str, pd.DataFrame], resume
     space = settings.search_space()
     context = TrialContext(
         data_roots=settings.data_roots, splits=splits, metric=settings.metric, mode=settings.mode,
-        storage=settings.storage,
-        settings_file=None if "://" in settings.storage else join_uri(settings.study_uri, SETTINGS_FILE),
+        study_uri=settings.study_uri, storage=settings.storage,
+        settings_file=None if storage.is_remote(settings.storage) else settings_uri(settings.study_uri),
+        checkpoint_policy=CheckpointPolicy(settings.checkpoint_every, settings.checkpoint_minutes),
         defaults={"image_size": settings.image_size, "epochs": settings.max_epochs, "seed": settings.seed,
                   "cache_dir": settings.cache_dir, "device": "auto"})
     trainable = tune.with_resources(tune.with_parameters(train_trial, context=context),
@@ -482,10 +403,12 @@ def build_tuner(settings: StudySettings, splits: dict[str, pd.DataFrame], resume
             num_samples=settings.num_samples, max_concurrent_trials=settings.max_concurrent, reuse_actors=True,
             trial_name_creator=trial_name, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
-            name=settings.name, storage_path=settings.storage, callbacks=[ResultsTable(settings.study_uri)],
+            name=settings.name, storage_path=settings.storage,
+            callbacks=[ResultsTable(settings.study_uri),
+                       WeightsKeeper(settings.study_uri, settings.metric, settings.mode, settings.keep)],
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=settings.metric,
-                                                    checkpoint_score_order=settings.mode),
+            # Full states only (best weights are the trainable's own files): the newest one is all a resume needs.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             verbose=1),
     )
 
@@ -497,7 +420,7 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
     """Check, prepare and run one study; returns Tune's ResultGrid."""
     started_here = False
     if not resume:
-        check_storage_writable(settings.study_uri)
+        storage.check_writable(settings.study_uri)
     local = runs_on_this_machine(address)
     if local:
         check_local_resources(settings, cores=num_cpus)
@@ -513,6 +436,10 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
         started = time.perf_counter()
         results = tuner.fit()
         log.info("study finished in %.0f s", time.perf_counter() - started)
+        events = read_trial_events(settings.study_uri)
+        prune_weights(settings.study_uri, read_results(settings.study_uri),
+                      events.loc[events["event"] == "completed", "trial_id"], settings.keep, settings.metric,
+                      settings.mode)
     finally:
         if started_here:
             ray.shutdown()
@@ -540,8 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.resume:
-            settings = load_settings(args.resume.rstrip("/") if "://" in args.resume
-                                     else str(Path(args.resume).expanduser().resolve()))
+            settings = load_settings(args.resume, "--resume")
         else:
             settings = settings_from_args(args)
         run_study(settings, resume=bool(args.resume), address=args.address, num_cpus=args.num_cpus)

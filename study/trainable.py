@@ -1,16 +1,20 @@
 """The Ray Tune trainable: one trial trains one cxrnets configuration, reporting every epoch.
 
-Each epoch is reported with a checkpoint (model, optimizer, epoch, config), so
-a trial that Tune retries (its node died) continues from its last epoch. A
-diverging trial (NaN loss) reports a worst-possible result and stops: the
-searcher sees a poor trial (ASHA, which judges trials by their best epoch, sees
-its best before it diverged), the study goes on.
+What it writes follows the checkpoint policy (study.checkpoints): the weights
+of each new best epoch, before that epoch's report; and a full state (model,
+optimizer, epoch, best so far) as a Tune checkpoint every `checkpoint_every`
+epochs or `checkpoint_minutes` minutes, from which a trial that Tune retries
+(its node died) or a resumed study continues. A diverging trial (NaN loss)
+reports a worst-possible result and stops: the searcher sees a poor trial
+(ASHA, which judges trials by their best epoch, sees its best before it
+diverged), the study goes on.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +26,10 @@ from ray import tune
 
 from cxrnets.errors import CxrError, DivergedError
 from cxrnets.training import PreparedData, TrainConfig, TrainingRun, prepare_data
+from study import storage
+from study.checkpoints import STATE_FILE, CheckpointPolicy, TrialWeights
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FILE = "checkpoint.pt"
 
 
 @dataclass
@@ -38,8 +42,10 @@ class TrialContext:
     metric: str = "val/f1_macro"
     mode: str = "max"
     dataset_options: dict[str, dict] = field(default_factory=dict)
+    study_uri: str = ""                  # the study's folder or URI: best weights go to <study_uri>/weights/
     storage: str | None = None           # the study's --storage, for messages
     settings_file: str | None = None     # the study's study.json where --storage is a local path: every node must see it
+    checkpoint_policy: CheckpointPolicy = field(default_factory=CheckpointPolicy)
 
     def train_config(self, config: dict[str, Any]) -> TrainConfig:
         values = {**self.defaults, **config}
@@ -72,7 +78,7 @@ def check_node(context: TrialContext, data_root: str) -> None:
     """
     if context.settings_file and not Path(context.settings_file).is_file():
         raise CxrError(storage_not_shared_message(context.storage or context.settings_file, _node_id()))
-    if "://" not in data_root and not Path(data_root).exists():
+    if not storage.is_remote(data_root) and not Path(data_root).exists():
         raise CxrError(dataset_missing_message(data_root, _node_id()))
 
 
@@ -102,11 +108,15 @@ def train_trial(config: dict[str, Any], context: TrialContext) -> None:
     check_node(context, train_config.data_root)
     data = _prepared_data(train_config, context.splits[train_config.dataset])
     run = TrainingRun(train_config, data)
+    weights = TrialWeights(context.study_uri, tune.get_context().get_trial_id(), context.metric, context.mode)
     checkpoint = tune.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as directory:
-            run.restore(torch.load(Path(directory) / CHECKPOINT_FILE, map_location=run.device, weights_only=True))
+            state = torch.load(Path(directory) / STATE_FILE, map_location=run.device, weights_only=True)
+        run.restore(state)
+        weights.restore(state)
         log.info("resumed %s from epoch %d", train_config.model, run.epoch)
+    last_full_state = time.monotonic()
     while run.epoch < train_config.epochs:
         epoch = run.epoch + 1  # train_epoch() counts the epoch before it evaluates, so note it first
         try:
@@ -116,6 +126,12 @@ def train_trial(config: dict[str, Any], context: TrialContext) -> None:
             return
         metrics["diverged"] = 0
         metrics["node_id"] = _node_id()  # nodes on one machine share an IP: tell them apart by node id
+        weights.update(run, metrics)  # before the report: a result the driver sees has its weights saved
+        if not context.checkpoint_policy.full_state_due(run.epoch, train_config.epochs,
+                                                        time.monotonic() - last_full_state):
+            tune.report(metrics)
+            continue
         with tempfile.TemporaryDirectory() as directory:
-            torch.save(run.checkpoint(), Path(directory) / CHECKPOINT_FILE)
+            torch.save({**run.checkpoint(), **weights.state()}, Path(directory) / STATE_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+        last_full_state = time.monotonic()

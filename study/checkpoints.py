@@ -1,0 +1,243 @@
+"""The checkpoint policy: what a study writes of its trials' models, when, and what stays.
+
+Two needs, two kinds of file, nothing more:
+
+- **Selection** needs each trial's weights at its best epoch on the study metric, the epoch the
+  analysis evaluates. A trial writes them, model weights only (no optimizer state), to
+  `<study>/weights/<trial id>.pt` whenever its best epoch improves (strictly: the first of tied
+  epochs stays, as in study.tables.best_epochs), then a small sidecar `<trial id>.json` (epoch,
+  metric, value, bytes) that the analysis reads instead of the weights.
+- **Fault tolerance** needs a full state (weights, optimizer state, epoch, best so far) recent
+  enough to continue a trial on another node. It is a Tune checkpoint, written every
+  `checkpoint_every` epochs or after `checkpoint_minutes` minutes, whichever comes first, never
+  after a trial's last epoch; Tune keeps only the newest (CheckpointConfig(num_to_keep=1)), and
+  `WeightsKeeper` deletes it when the trial ends. A resumed trial repeats at most the epochs since
+  its last full state: fewer than `checkpoint_every`, or the epoch that crossed `checkpoint_minutes`.
+
+After the study only each (dataset, model) cell's `keep` best trials on the study metric keep their
+weights ("all": every trial's). `WeightsKeeper` deletes the others as trials end (a trial that has
+ended outside its cell's top `keep` can never re-enter it), and `prune_weights` once more at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ray import tune
+
+from study import storage
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_DIR = "weights"
+STATE_FILE = "state.pt"  # the full state inside a Tune checkpoint folder
+CHECKPOINT_PREFIX = "checkpoint_"  # Tune's checkpoint folders inside a trial's folder
+
+
+def weights_uri(study_uri: str, trial_id: str) -> str:
+    return storage.join(study_uri, WEIGHTS_DIR, f"{trial_id}.pt")
+
+
+def sidecar_uri(study_uri: str, trial_id: str) -> str:
+    return storage.join(study_uri, WEIGHTS_DIR, f"{trial_id}.json")
+
+
+def improves(value: float | None, best: float | None, mode: str) -> bool:
+    """Whether `value` is strictly better than `best` (None: nothing yet); NaN never improves."""
+    if value is None or not isinstance(value, (int, float)) or math.isnan(value):
+        return False
+    return best is None or (value < best if mode == "min" else value > best)
+
+
+@dataclass
+class CheckpointPolicy:
+    """When a running trial writes its full state."""
+
+    every: int = 5            # epochs
+    minutes: float = 15.0     # or minutes since the last full state, whichever comes first
+
+    def full_state_due(self, epoch: int, last_epoch: int, seconds_since_last: float) -> bool:
+        if epoch >= last_epoch:  # the trial ends here: nothing left to resume
+            return False
+        return epoch % self.every == 0 or seconds_since_last >= 60 * self.minutes
+
+
+@dataclass
+class BestWeights:
+    """A trial's best-weights file as its sidecar describes it."""
+
+    trial_id: str
+    epoch: int
+    metric: str
+    value: float
+    bytes: int
+    uri: str  # the weights file
+
+    @classmethod
+    def from_sidecar(cls, values: dict[str, Any]) -> "BestWeights":
+        return cls(str(values["trial_id"]), int(values["epoch"]), str(values["metric"]), float(values["value"]),
+                   int(values["bytes"]), str(values["uri"]))
+
+
+class TrialWeights:
+    """A running trial's best so far, and the writing of its best weights (in the trial's process)."""
+
+    def __init__(self, study_uri: str, trial_id: str, metric: str, mode: str):
+        self.study_uri, self.trial_id, self.metric, self.mode = study_uri, trial_id, metric, mode
+        self.best_value: float | None = None
+        self.best_epoch: int | None = None
+
+    def state(self) -> dict[str, Any]:
+        """What a full state carries of the best so far."""
+        return {"best_value": self.best_value, "best_epoch": self.best_epoch}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.best_value, self.best_epoch = state.get("best_value"), state.get("best_epoch")
+
+    def update(self, run, metrics: dict[str, Any]) -> BestWeights | None:
+        """After an epoch: write the weights if this epoch is the trial's best so far."""
+        value = metrics.get(self.metric)
+        if not improves(value, self.best_value, self.mode):
+            return None
+        self.best_value, self.best_epoch = float(value), int(run.epoch)
+        return save_best_weights(self.study_uri, self.trial_id, run, self.metric, float(value))
+
+
+def save_best_weights(study_uri: str, trial_id: str, run, metric: str, value: float) -> BestWeights:
+    """Write a TrainingRun's weights (with its epoch, config and classes), then their sidecar.
+
+    The sidecar comes second, so that one that exists always names complete weights of its epoch.
+    """
+    import torch
+
+    checkpoint = run.checkpoint()
+    weights = {key: checkpoint[key] for key in ("model", "epoch", "config", "classes", "multilabel")}
+    uri = weights_uri(study_uri, trial_id)
+    with storage.written_file(uri) as path:
+        torch.save({**weights, "metric": metric, "value": value}, path)
+        size = path.stat().st_size
+    best = BestWeights(trial_id, int(checkpoint["epoch"]), metric, value, size, uri)
+    storage.write_json(sidecar_uri(study_uri, trial_id), asdict(best))
+    return best
+
+
+def read_best_weights(study_uri: str) -> tuple[dict[str, BestWeights], list[str]]:
+    """Every trial's best-weights sidecar: trial id -> BestWeights, and what could not be read (why)."""
+    found, problems = {}, []
+    for entry in storage.listing(storage.join(study_uri, WEIGHTS_DIR)):
+        if entry.is_dir or not entry.name.endswith(".json"):
+            continue
+        try:
+            best = BestWeights.from_sidecar(storage.read_json(entry.uri))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            problems.append(f"{entry.uri}: unreadable sidecar ({error})")
+            continue
+        # The folder may have moved since the trial wrote the sidecar: the weights lie beside it.
+        best.uri = weights_uri(study_uri, best.trial_id)
+        found[best.trial_id] = best
+    return found, problems
+
+
+def delete_weights(study_uri: str, trial_id: str) -> None:
+    storage.delete(sidecar_uri(study_uri, trial_id))  # first: a sidecar never names deleted weights
+    storage.delete(weights_uri(study_uri, trial_id))
+
+
+def delete_full_states(trial_folder: str) -> int:
+    """Delete the Tune checkpoints (full states) in a trial's folder; returns the bytes freed."""
+    freed = 0
+    for entry in storage.listing(trial_folder):
+        if entry.is_dir and entry.name.startswith(CHECKPOINT_PREFIX):
+            freed += storage.total_bytes(entry.uri)
+            storage.delete(entry.uri)
+    return freed
+
+
+def parse_keep(text: str | int) -> int | str:
+    """--keep: "all" or a positive number of trials per cell."""
+    from cxrnets.errors import CxrError
+
+    if str(text).strip().lower() == "all":
+        return "all"
+    try:
+        keep = int(text)
+    except ValueError:
+        keep = 0
+    if keep < 1:
+        raise CxrError(f"--keep {text}: give 'all' or how many of each model's best trials keep their weights "
+                       "(1 or more)")
+    return keep
+
+
+def weights_to_drop(bests: dict[str, tuple[tuple, float]], ended: Iterable[str], keep: int | str,
+                    mode: str) -> list[str]:
+    """Trials whose weights can go: ended, and outside their cell's `keep` best.
+
+    `bests`: trial id -> (cell, best value so far) for every trial known, running ones too (their bests
+    only get better, so a trial that ended outside the top `keep` stays outside). Ties rank the lower
+    trial id first, as the analysis does.
+    """
+    if keep == "all":
+        return []
+    sign = 1 if mode == "min" else -1
+    by_cell: dict[tuple, list[tuple[float, str]]] = {}
+    for trial_id, (cell, value) in bests.items():
+        by_cell.setdefault(cell, []).append((sign * value, trial_id))
+    ended = set(ended)
+    drop = []
+    for ranked in by_cell.values():
+        drop += [trial_id for _, trial_id in sorted(ranked)[int(keep):] if trial_id in ended]
+    return sorted(drop)
+
+
+def cell_of(config: dict[str, Any]) -> tuple[str, str]:
+    return str(config.get("dataset", "")), str(config.get("model", ""))
+
+
+def prune_weights(study_uri: str, results, ended: Iterable[str], keep: int | str, metric: str,
+                  mode: str) -> list[str]:
+    """Delete the weights of ended trials outside their cell's `keep` best (results: study.results)."""
+    from study.tables import best_epochs
+
+    if keep == "all" or results.empty or metric not in results:
+        return []
+    best = best_epochs(results, metric, mode)
+    bests = {row["trial_id"]: ((str(row.get("config/dataset", "")), str(row.get("config/model", ""))),
+                               float(row[metric])) for row in best.to_dict("records")}
+    drop = [t for t in weights_to_drop(bests, ended, keep, mode)
+            if storage.kind(sidecar_uri(study_uri, t)) != "missing" or storage.kind(weights_uri(study_uri, t))
+            != "missing"]
+    for trial_id in drop:
+        delete_weights(study_uri, trial_id)
+    if drop:
+        log.info("deleted the weights of %d trial(s) outside each model's %s best (--keep)", len(drop), keep)
+    return drop
+
+
+class WeightsKeeper(tune.Callback):
+    """On the driver: deletes an ended trial's full state, and the weights of trials that ended outside
+    their cell's `keep` best. It knows the trials whose results it saw (after a resume, those since)."""
+
+    def __init__(self, study_uri: str, metric: str, mode: str, keep: int | str):
+        self.study_uri, self.metric, self.mode, self.keep = study_uri, metric, mode, keep
+        self.bests: dict[str, tuple[tuple, float]] = {}
+        self.ended: set[str] = set()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.metric)
+        known = self.bests.get(trial.trial_id)
+        if improves(value, known[1] if known else None, self.mode):
+            self.bests[trial.trial_id] = (cell_of(trial.config), float(value))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.ended.add(trial.trial_id)
+        if trial.path:
+            delete_full_states(storage.join(self.study_uri, storage.name_of(trial.path)))
+        for trial_id in weights_to_drop(self.bests, self.ended, self.keep, self.mode):
+            delete_weights(self.study_uri, trial_id)
+            self.ended.discard(trial_id)
+            self.bests.pop(trial_id, None)

@@ -1,0 +1,124 @@
+"""A real S3 server on 127.0.0.1 (moto's `moto_server`), for the tests and the benchmark.
+
+    with LocalS3Server() as server:            # starts moto_server on a free port
+        server.create_bucket("cxr")
+        with server.environment():             # AWS_ENDPOINT_URL + dummy credentials for pyarrow and Ray
+            run_study(... storage="s3://cxr/studies" ...)
+
+Needs `moto[server]` (in the test extra: `pip install -e ".[test]"`). Ray workers
+inherit the environment of the driver that starts Ray, so set the environment
+before `ray.init` for trials to reach the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from cxrnets.errors import CxrError
+
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class LocalS3Server:
+    """moto_server on 127.0.0.1; `environment()` points pyarrow (and so Ray Tune) at it."""
+
+    def __init__(self, port: int | None = None, log_file: str | Path | None = None, timeout: float = 30.0):
+        self.port = port or free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.log_file = Path(log_file) if log_file else None
+        self.timeout = timeout
+        self.process: subprocess.Popen | None = None
+
+    def env(self) -> dict[str, str]:
+        """The variables that send pyarrow's S3 requests here, with credentials the server accepts."""
+        return {"AWS_ENDPOINT_URL": self.endpoint, **CREDENTIALS}
+
+    def start(self) -> "LocalS3Server":
+        command = shutil.which("moto_server")
+        if command is None:
+            raise CxrError("moto_server not found: install the test extra (pip install -e \".[test]\"), which "
+                           "brings moto[server]")
+        output = self.log_file.open("w") if self.log_file else subprocess.DEVNULL
+        self.process = subprocess.Popen([command, "-H", "127.0.0.1", "-p", str(self.port)], stdout=output,
+                                        stderr=subprocess.STDOUT, env={**os.environ, **CREDENTIALS})
+        deadline = time.monotonic() + self.timeout
+        while True:
+            if self.process.poll() is not None:
+                raise CxrError(f"moto_server exited at start (status {self.process.returncode})"
+                               + (f"; see {self.log_file}" if self.log_file else ""))
+            try:
+                urllib.request.urlopen(self.endpoint, timeout=1).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise CxrError(f"moto_server did not answer on {self.endpoint} within {self.timeout:.0f} s")
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def __enter__(self) -> "LocalS3Server":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @contextlib.contextmanager
+    def environment(self) -> Iterator[dict[str, str]]:
+        """Set env() in this process (and so in processes and Ray workers started from it) for the block."""
+        saved = {key: os.environ.get(key) for key in self.env()}
+        os.environ.update(self.env())
+        try:
+            yield self.env()
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+    def filesystem(self):
+        """A pyarrow S3 filesystem on this server that may create buckets."""
+        import pyarrow.fs
+
+        return pyarrow.fs.S3FileSystem(access_key=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                                       secret_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                                       region=CREDENTIALS["AWS_DEFAULT_REGION"], scheme="http",
+                                       endpoint_override=f"127.0.0.1:{self.port}", allow_bucket_creation=True)
+
+    def create_bucket(self, name: str) -> str:
+        """Create a bucket; returns its URI (s3://NAME)."""
+        self.filesystem().create_dir(name)
+        return f"s3://{name}"
+
+
+if __name__ == "__main__":  # python -m study.local_s3: a server to try --storage s3://... by hand
+    with LocalS3Server() as server:
+        server.create_bucket(sys.argv[1] if len(sys.argv) > 1 else "cxr")
+        print("export " + " ".join(f"{k}={v}" for k, v in server.env().items()), flush=True)
+        print("bucket s3://" + (sys.argv[1] if len(sys.argv) > 1 else "cxr") + " ready; Ctrl-C stops the server")
+        with contextlib.suppress(KeyboardInterrupt):
+            server.process.wait()

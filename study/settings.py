@@ -1,0 +1,117 @@
+"""What defines a study: its settings (`study.json`) and its split (`splits/<dataset>.csv`).
+
+`study.run` makes both once and saves them in the study's folder; `--resume`,
+`study.analyze` and `study.bench` read them back (`load_settings`,
+`read_split`). Everything goes through `study.storage`, so a study in a
+bucket works like one on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from cxrnets.errors import CxrError
+from study import storage
+from study.space import SearchSpace, parse_space
+
+SETTINGS_FILE = "study.json"
+# What ASHA and Optuna may optimise: the validation metrics every trial reports (losses are minimised).
+METRICS = ("val/f1_macro", "val/accuracy", "val/precision_macro", "val/recall_macro", "val/loss",
+           "val/subset_accuracy", "val/f1_micro", "val/roc_auc_macro", "train/loss")
+# Used where neither the command line nor the space says.
+DEFAULTS = {"dataset": "covid-chestxray-3class", "image_size": 64, "num_samples": 10, "max_epochs": 4,
+            "grace_period": 1, "reduction_factor": 2, "metric": "val/f1_macro"}
+# The checkpoint policy's defaults (see study.checkpoints).
+CHECKPOINT_EVERY = 5          # epochs between two full states of a running trial
+CHECKPOINT_MINUTES = 15.0     # ... or minutes, whichever comes first
+KEEP_ALL = "all"
+
+
+@dataclass
+class StudySettings:
+    """Everything that defines a study; saved as study.json in the study directory."""
+
+    name: str
+    storage: str
+    space: dict[str, Any]
+    space_source: str
+    data_roots: dict[str, str]
+    image_size: int
+    num_samples: int
+    max_epochs: int
+    grace_period: int
+    reduction_factor: int
+    metric: str
+    mode: str
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_concurrent: int | None
+    max_failures: int
+    seed: int
+    cache_dir: str | None = None
+    checkpoint_every: int = CHECKPOINT_EVERY
+    checkpoint_minutes: float = CHECKPOINT_MINUTES
+    keep: int | str = 1  # best weights kept after the study: each (dataset, model) cell's k best trials, or "all"
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # majority class, per dataset
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
+
+    @property
+    def study_uri(self) -> str:
+        return storage.join(self.storage, self.name)
+
+    def search_space(self) -> SearchSpace:
+        return parse_space(self.space, self.space_source, self.name)
+
+
+def settings_uri(study_uri: str) -> str:
+    return storage.join(study_uri, SETTINGS_FILE)
+
+
+def load_settings(study_dir: str, flag: str = "study directory") -> StudySettings:
+    """The settings of the study at `study_dir` (a local folder or a URI), wherever it lies now.
+
+    CxrError, naming the folder, if it holds no study.json or an unreadable one.
+    """
+    uri = storage.location(study_dir, flag)
+    if storage.kind(uri) != "dir":
+        raise CxrError(f"{flag} {study_dir}: no such study directory; pass the folder python -m study.run wrote "
+                       "(<storage>/<study name>)")
+    try:
+        values = storage.read_json(settings_uri(uri))
+    except FileNotFoundError as error:
+        raise CxrError(f"{flag} {study_dir}: not a study directory, it has no {SETTINGS_FILE}; pass the folder "
+                       "python -m study.run wrote (<storage>/<study name>)") from error
+    except (OSError, ValueError) as error:
+        raise CxrError(f"{settings_uri(uri)}: not a readable study settings file ({error})") from error
+    known = {f.name for f in fields(StudySettings)}
+    values = {key: value for key, value in values.items() if key in known} if isinstance(values, dict) else {}
+    # The directory may have moved since the study started: it is where the study is now.
+    values["storage"], values["name"] = storage.parent_of(uri), storage.name_of(uri)
+    try:
+        return StudySettings(**values)
+    except TypeError as error:
+        raise CxrError(f"{settings_uri(uri)}: not a readable study settings file ({error})") from error
+
+
+def save_settings(settings: StudySettings) -> None:
+    """Write study.json of a new study; CxrError if the folder already holds a study (never rewritten)."""
+    uri = settings_uri(settings.study_uri)
+    if storage.kind(uri) != "missing":
+        raise CxrError(f"{settings.study_uri} already holds a study: use --resume or another --name")
+    storage.write_text(uri, json.dumps(asdict(settings), indent=2))
+
+
+def split_uri(study_uri: str, dataset: str) -> str:
+    return storage.join(study_uri, "splits", f"{dataset}.csv")
+
+
+def read_split(uri: str):
+    """A study's saved split (a DataFrame); CxrError naming the file if it is missing."""
+    try:
+        return storage.read_csv(uri, dtype=str, keep_default_na=False)
+    except FileNotFoundError as error:
+        raise CxrError(f"{uri}: the study's split is missing; it is part of the study and cannot be remade "
+                       "safely: restore the file (from a copy of the study), or start a new study") from error

@@ -1,0 +1,303 @@
+"""Every read and write of a study's files, on a local path or in object storage.
+
+A location is a local path (`studies/demo-1`) or a URI (`s3://bucket/studies/demo-1`,
+`gs://bucket/...`); `location()` turns what a user typed into one, and every
+other function takes that. pyarrow does the work (the same filesystems Ray
+Tune writes the study's own files through), so credentials and endpoints come
+from the usual environment (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`,
+`GOOGLE_APPLICATION_CREDENTIALS`, ...).
+
+    uri = location("s3://bucket/studies")          # unchanged; a local path becomes absolute
+    write_json(join(uri, "demo", "study.json"), {...})
+    read_csv(join(uri, "demo", "splits", "covid-chestxray-3class.csv"))
+    path = download(join(uri, "demo", "weights", "0a1b2c3d.pt"))   # a local file, cached by URI and size
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.fs
+
+from cxrnets.errors import CxrError
+
+log = logging.getLogger(__name__)
+
+REMOTE_SCHEMES = ("s3", "gs")
+CHUNK = 8 * 2**20  # bytes per read or write of a large file
+
+
+def is_remote(uri: str) -> bool:
+    """True for object storage (s3://, gs://), False for a local path."""
+    return "://" in str(uri)
+
+
+def location(text: str | Path, flag: str = "--storage") -> str:
+    """A user's storage location as the study stores it: an absolute local path, or a URI whose
+    scheme pyarrow can write to (CxrError naming `flag` otherwise)."""
+    text = str(text)
+    if not is_remote(text):
+        return str(Path(text).expanduser().resolve())
+    scheme = text.partition("://")[0].lower()
+    if scheme == "file":
+        return str(Path(text.partition("://")[2]).resolve())
+    if scheme not in REMOTE_SCHEMES:
+        raise CxrError(f"{flag} {text}: unsupported scheme {scheme}://; use a local folder, s3://BUCKET/PATH "
+                       "or gs://BUCKET/PATH")
+    if not text.partition("://")[2].strip("/"):
+        raise CxrError(f"{flag} {text}: name a bucket ({scheme}://BUCKET/PATH)")
+    return text.rstrip("/")
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([str(base).rstrip("/"), *parts])
+
+
+def name_of(uri: str) -> str:
+    """The last part of a location (a file or folder name)."""
+    return str(uri).rstrip("/").rpartition("/")[2]
+
+
+def parent_of(uri: str) -> str:
+    return str(uri).rstrip("/").rpartition("/")[0]
+
+
+def filesystem(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    """The pyarrow filesystem of a location and the path within it (a bucket path has no scheme)."""
+    if not is_remote(uri):
+        return pyarrow.fs.LocalFileSystem(), str(uri)
+    try:
+        return pyarrow.fs.FileSystem.from_uri(uri)
+    except (pyarrow.ArrowInvalid, OSError) as error:
+        raise CxrError(f"{uri}: cannot open this storage location ({error})") from error
+
+
+def _as_uri(base: str, path: str) -> str:
+    """A path pyarrow listed under `base`, as a location again (s3://bucket/... stays s3://)."""
+    scheme, sep, _ = str(base).partition("://")
+    return f"{scheme}://{path}" if sep else path
+
+
+# ------------------------------------------------------------------ what is there
+
+@dataclass(frozen=True)
+class Entry:
+    """One file or folder in a listing."""
+
+    uri: str
+    name: str
+    is_dir: bool
+    size: int | None  # bytes; None for a folder
+
+
+def kind(uri: str) -> str:
+    """'file', 'dir' or 'missing'."""
+    fs, path = filesystem(uri)
+    found = fs.get_file_info(path).type
+    if found == pyarrow.fs.FileType.File:
+        return "file"
+    return "dir" if found == pyarrow.fs.FileType.Directory else "missing"
+
+
+def is_file(uri: str) -> bool:
+    return kind(uri) == "file"
+
+
+def is_dir(uri: str) -> bool:
+    return kind(uri) == "dir"
+
+
+def size_of(uri: str) -> int | None:
+    """A file's size in bytes, None if it is not there."""
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    return info.size if info.type == pyarrow.fs.FileType.File else None
+
+
+def listing(uri: str, recursive: bool = False) -> list[Entry]:
+    """What a folder holds (nothing if it is not there), sorted by name."""
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=recursive, allow_not_found=True))
+    entries = [Entry(_as_uri(uri, info.path), info.base_name, info.type == pyarrow.fs.FileType.Directory,
+                     info.size if info.type == pyarrow.fs.FileType.File else None) for info in infos]
+    return sorted(entries, key=lambda entry: entry.uri)
+
+
+def total_bytes(uri: str) -> int:
+    """Bytes of every file under a folder (0 if it is not there)."""
+    return sum(entry.size or 0 for entry in listing(uri, recursive=True))
+
+
+# ------------------------------------------------------------------ reading and writing
+
+def read_bytes(uri: str) -> bytes:
+    """A whole file; OSError if it is missing or unreadable."""
+    fs, path = filesystem(uri)
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole file, creating its folder. A reader never sees half of it: locally it is written
+    beside and renamed; an object store shows an object only once it is complete."""
+    fs, path = filesystem(uri)
+    fs.create_dir(path.rpartition("/")[0], recursive=True)
+    target = path + ".tmp" if not is_remote(uri) else path
+    with fs.open_output_stream(target) as stream:
+        stream.write(data)
+    if target != path:
+        fs.move(target, path)
+
+
+@contextmanager
+def written_file(uri: str) -> Iterator[Path]:
+    """A local path to write a (large) file to; when the block ends, the file is at `uri`, complete.
+
+    Locally the file is written beside its place and renamed into it; for object storage it is
+    written to a temporary file and uploaded. If the block raises, nothing appears at `uri`.
+    """
+    fs, path = filesystem(uri)
+    fs.create_dir(path.rpartition("/")[0], recursive=True)
+    if not is_remote(uri):
+        partial = Path(path + ".tmp")
+        try:
+            yield partial
+            partial.replace(path)
+        finally:
+            partial.unlink(missing_ok=True)
+        return
+    with tempfile.TemporaryDirectory(prefix="cxr-upload-") as folder:
+        local = Path(folder) / name_of(uri)
+        yield local
+        with local.open("rb") as source, fs.open_output_stream(path) as stream:
+            while chunk := source.read(CHUNK):
+                stream.write(chunk)
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode()
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode())
+
+
+def read_json(uri: str) -> Any:
+    return json.loads(read_bytes(uri))
+
+
+def write_json(uri: str, value: Any) -> None:
+    write_text(uri, json.dumps(value, indent=2))
+
+
+def read_csv(uri: str, **options: Any) -> pd.DataFrame:
+    return pd.read_csv(io.BytesIO(read_bytes(uri)), **options)
+
+
+def write_csv(uri: str, frame: pd.DataFrame) -> None:
+    write_text(uri, frame.to_csv(index=False))
+
+
+def delete(uri: str) -> None:
+    """Remove a file or a folder with everything in it; nothing happens if it is not there."""
+    fs, path = filesystem(uri)
+    found = fs.get_file_info(path).type
+    if found == pyarrow.fs.FileType.Directory:
+        fs.delete_dir(path)
+    elif found == pyarrow.fs.FileType.File:
+        fs.delete_file(path)
+
+
+def copy_tree(source: str, destination: str) -> None:
+    """Copy a folder (a study, say) between any two locations."""
+    source_fs, source_path = filesystem(source)
+    destination_fs, destination_path = filesystem(destination)
+    destination_fs.create_dir(destination_path, recursive=True)
+    pyarrow.fs.copy_files(source_path, destination_path, source_filesystem=source_fs,
+                          destination_filesystem=destination_fs)
+
+
+def check_writable(uri: str, flag: str = "--storage") -> None:
+    """Write and delete a probe file under `uri`; CxrError naming the location if that fails.
+
+    Run before a study starts anything, so that a missing bucket or refused credentials stop it at
+    once rather than at the first trial's report. A folder the probe had to create is removed again.
+    """
+    probe = join(uri, ".write-check")
+    try:
+        fs, path = filesystem(probe)
+        folder = path.rpartition("/")[0]
+        existed = fs.get_file_info(folder).type != pyarrow.fs.FileType.NotFound
+        fs.create_dir(folder, recursive=True)
+        with fs.open_output_stream(path) as stream:
+            stream.write(b"ok")
+        fs.delete_file(path)
+        if not existed and not is_remote(uri):  # an object store has no empty folders to leave behind
+            fs.delete_dir(folder)
+    except CxrError:
+        raise
+    except Exception as error:  # pyarrow raises OSError, ArrowInvalid, ... depending on the filesystem
+        hint = ("check that the bucket exists and that the credentials in the environment "
+                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS) may write "
+                "to it" if is_remote(uri) else "pick a folder you can write to")
+        raise CxrError(f"{flag} {uri}: cannot write there ({_first_line(error)}); {hint}") from error
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+
+
+# ------------------------------------------------------------------ downloads
+
+def download_cache_dir() -> Path:
+    root = os.environ.get("CXR_TUNE_CACHE") or Path.home() / ".cache" / "cxr-tune"
+    return Path(root) / "downloads"
+
+
+def download(uri: str, cache_dir: str | Path | None = None, progress: bool = True) -> tuple[Path, int]:
+    """A local file with the content of `uri`, and the bytes fetched to get it: the file itself for a
+    local path (0 bytes), else a copy in the download cache keyed by URI and size, so that a second
+    call fetches nothing.
+
+    Shows a progress bar (tqdm) while it downloads; OSError if the object is missing or unreadable.
+    """
+    if not is_remote(uri):
+        return Path(uri), 0
+    size = size_of(uri)
+    if size is None:
+        raise FileNotFoundError(f"{uri}: no such object")
+    folder = Path(cache_dir) if cache_dir else download_cache_dir()
+    key = hashlib.sha1(uri.encode()).hexdigest()[:16]
+    local = folder / f"{key}-{size}-{name_of(uri)}"
+    if local.is_file() and local.stat().st_size == size:
+        return local, 0
+    folder.mkdir(parents=True, exist_ok=True)
+    from tqdm.auto import tqdm
+
+    partial = local.with_name(local.name + ".part")
+    fs, path = filesystem(uri)
+    with fs.open_input_stream(path) as stream, partial.open("wb") as out, \
+            tqdm(total=size, unit="B", unit_scale=True, desc=f"download {name_of(uri)}", disable=not progress,
+                 leave=False) as bar:
+        while chunk := stream.read(CHUNK):
+            out.write(chunk)
+            bar.update(len(chunk))
+    fetched = partial.stat().st_size
+    if fetched != size:
+        partial.unlink()
+        raise OSError(f"{uri}: downloaded {fetched} of {size} bytes")
+    partial.replace(local)
+    return local, fetched
