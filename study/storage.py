@@ -247,13 +247,12 @@ def check_writable(uri: str, flag: str = "--storage") -> None:
         fs.delete_file(path)
         if not existed and not is_remote(uri):  # an object store has no empty folders to leave behind
             fs.delete_dir(folder)
-    except CxrError:
-        raise
     except Exception as error:  # pyarrow raises OSError, ArrowInvalid, ... depending on the filesystem
-        hint = ("check that the bucket exists and that the credentials in the environment "
-                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS) may write "
-                "to it" if is_remote(uri) else "pick a folder you can write to")
-        raise CxrError(f"{flag} {uri}: cannot write there ({_first_line(error)}); {hint}") from error
+        cause = error.__cause__ if isinstance(error, CxrError) and error.__cause__ else error
+        hint = ("check the credentials and network, and that the bucket exists (credentials come from the "
+                "environment: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS)"
+                if is_remote(uri) else "pick a folder you can write to")
+        raise CxrError(f"{flag} {uri}: cannot write there ({_first_line(cause)}); {hint}") from error
 
 
 def _first_line(error: Exception) -> str:

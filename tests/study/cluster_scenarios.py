@@ -148,7 +148,8 @@ def node_loss(workdir: Path, cache_dir: str, out: dict[str, Any], cluster, worke
     from study.results import read_results
     from study.run import run_study
 
-    settings = make_settings(workdir, "node-loss", cache_dir, "--num-samples", "2", "--max-epochs", "6",
+    settings = make_settings(workdir, "node-loss", cache_dir, "--checkpoint-every", "1", "--num-samples", "2",
+                             "--max-epochs", "6",
                              "--grace-period", "6", "--max-failures", "2")
     # The study runs in a thread: adding a node registers signal handlers, which only the main thread may.
     outcome: dict[str, Any] = {}

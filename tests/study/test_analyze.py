@@ -23,10 +23,11 @@ from PIL import Image
 from cxrnets.data import SAMPLE_ROOT, load_dataset
 from cxrnets.errors import CxrError
 from study import analyze as analyze_module
-from study.analyze import (Analysis, Candidate, CheckpointInfo, Evaluation, Selected, StudyData, analyze,
-                           build_tables, confusion_table, evaluate_checkpoint, main, open_study, plot_confusion,
-                           plot_curves, plot_pretrained, pretrained_pairs, render_markdown, trial_checkpoints)
+from study.analyze import (Analysis, Candidate, Evaluation, Selected, StudyData, analyze, build_tables,
+                           confusion_table, evaluate_checkpoint, main, open_study, plot_confusion, plot_curves,
+                           plot_pretrained, pretrained_pairs, render_markdown)
 from cxrnets.metrics import classification_metrics
+from study.checkpoints import BestWeights
 from study.results import read_results
 from study.space import parse_space
 from study.tables import (NOT_SET, STATUSES, ablation_table, best_epochs, bin_values, comparison_table,
@@ -76,7 +77,7 @@ def study_dir(ray_session, tmp_path_factory) -> Path:
         "--space", str(work / "grid.yaml"), "--dataset", DATASET, "--data-root", str(data),
         "--num-samples", str(TRIALS), "--max-epochs", "2", "--grace-period", "1", "--reduction-factor", "2",
         "--image-size", "64", "--storage", str(work / "studies"), "--name", "grid",
-        "--cache-dir", str(work / "cache")]))
+        "--cache-dir", str(work / "cache"), "--keep", "all"]))
     run_study(settings)
     return work / "studies" / "grid"
 
@@ -191,9 +192,8 @@ def test_test_metrics_come_from_the_best_validation_trial(evaluated, study_dir):
         assert own.loc[chosen.evaluation.epoch, METRIC] == pytest.approx(top)  # a best-epoch checkpoint
         test_f1 = {}
         for trial_id in cell["trial_id"]:
-            for info in trial_checkpoints(study, trial_id):
-                evaluation = evaluate_checkpoint(info.path, data, "test", trial_id)
-                test_f1[(trial_id, evaluation.epoch)] = evaluation.metrics["test/f1_macro"]
+            evaluation = evaluate_checkpoint(study.weights[trial_id].uri, data, "test", trial_id)
+            test_f1[(trial_id, evaluation.epoch)] = evaluation.metrics["test/f1_macro"]
         table_value = analysis.tables["comparison_f1_macro"].loc[0, chosen.model]
         assert table_value == pytest.approx(test_f1[(chosen.candidate.trial_id, chosen.evaluation.epoch)])
         test_best = max(test_f1, key=test_f1.get)
@@ -317,20 +317,19 @@ def _result_parts(study: Path) -> list[tuple[Path, str, int]]:
 
 
 def test_interrupted_study_is_analysed_from_what_it_has(evaluated, study_dir, tmp_path):
-    """No trial ends recorded, the val-best resnet50 trial lost its last epoch's result, and another
-    trial lost its checkpoint: the analysis uses what is left."""
+    """No trial ends recorded, the val-best resnet50 trial lost the result of its weights' epoch, and
+    another trial lost its weights: the analysis uses what is left."""
     analysis, _ = evaluated
     copy = linked_copy(study_dir, tmp_path / "grid")
     shutil.rmtree(copy / "trial_events")
     best = analysis.best(DATASET, "resnet50").candidate
-    kept = {info.epoch for info in trial_checkpoints(open_study(copy), best.trial_id)}
+    kept = open_study(copy).weights[best.trial_id].epoch
     for path, trial, iteration in _result_parts(copy):
-        if trial == best.trial_id and iteration in kept:  # its checkpoints lose their results
+        if trial == best.trial_id and iteration == kept:  # its weights lose their result
             path.unlink()
     gone = analysis.best(DATASET, "alexnet").candidate.trial_id
-    for folder in copy.glob(f"{gone}_*"):
-        for checkpoint in folder.glob("checkpoint_*"):
-            shutil.rmtree(checkpoint)
+    for path in (copy / "weights").glob(f"{gone}.*"):
+        path.unlink()
     reached = {}
     for _, trial, iteration in _result_parts(copy):
         reached[trial] = max(reached.get(trial, 0), iteration)
@@ -341,7 +340,7 @@ def test_interrupted_study_is_analysed_from_what_it_has(evaluated, study_dir, tm
     assert summary["unfinished"] == sum(reached.get(t, 0) < 2 for t in analysis.trials["trial_id"])
     assert summary["completed"] + summary["unfinished"] == TRIALS  # no end recorded: nothing counts as stopped
     notes = "\n".join(result.notes)
-    assert gone in notes and "no checkpoint" in notes
+    assert gone in notes and "no best weights" in notes
     assert best.trial_id in notes
     for model, skipped in (("alexnet", gone), ("resnet50", best.trial_id)):
         chosen = result.best(DATASET, model)
@@ -359,9 +358,9 @@ def test_corrupt_checkpoint_is_skipped(evaluated, study_dir, tmp_path):
     analysis, _ = evaluated
     copy = linked_copy(study_dir, tmp_path / "grid")
     broken = analysis.best(DATASET, "alexnet").candidate
-    for path in copy.glob(f"{broken.trial_id}_*/checkpoint_*/checkpoint.pt"):
-        path.unlink()  # a hard link: never write into it
-        path.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    path = copy / "weights" / f"{broken.trial_id}.pt"
+    path.unlink()  # a hard link: never write into it
+    path.write_bytes(b"PK\x03\x04 this is not a checkpoint")
     result = analyze(copy, formats=("csv",))
     notes = "\n".join(result.notes)
     assert broken.trial_id in notes and "not a readable checkpoint" in notes
@@ -401,9 +400,9 @@ def test_changed_test_images_are_refused(study_dir, tmp_path):
 
 def test_bad_input(tmp_path, capsys):
     assert main([str(tmp_path)]) == 2
-    assert "is not a study directory" in capsys.readouterr().err
+    assert "not a study directory" in capsys.readouterr().err
     assert main([str(tmp_path / "absent")]) == 2
-    assert "no such directory" in capsys.readouterr().err
+    assert "no such study directory" in capsys.readouterr().err
     (tmp_path / "study.json").write_text("{not json")
     assert main([str(tmp_path)]) == 2
     assert "not a readable study settings file" in capsys.readouterr().err
@@ -523,7 +522,7 @@ def test_multilabel_tables():
     for trial, model in (("t1", "alexnet"), ("t2", "resnet50")):
         y_true, scores = rng.integers(0, 2, (12, 3)), rng.random((12, 3))
         metrics = {f"test/{k}": v for k, v in classification_metrics(y_true, scores, True).items()}
-        candidate = Candidate(trial, trial, CheckpointInfo(trial, "x", 2), 2, 0.4, 2, 0.4)
+        candidate = Candidate(trial, trial, BestWeights(trial, 2, METRIC, 0.4, 1, "x"), 2, 0.4, 2, 0.4)
         evaluation = Evaluation(trial, 2, "test", metrics, y_true, scores, classes, True, {})
         analysis.selected.append(Selected("covid-chestxray", model, 1, candidate, evaluation))
     build_tables(analysis)

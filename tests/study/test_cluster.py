@@ -189,7 +189,8 @@ def test_trial_on_a_lost_node_resumes_from_its_checkpoint(two_nodes):
 
 @pytest.fixture
 def settings(tmp_path):
-    from study.run import build_parser, save_settings, settings_from_args
+    from study.run import build_parser, settings_from_args
+    from study.settings import save_settings
 
     args = build_parser().parse_args(["--storage", str(tmp_path / "studies"), "--name", "cluster-check",
                                       "--cache-dir", str(tmp_path / "cache")])
@@ -236,7 +237,8 @@ def test_a_head_alone_with_a_local_storage_folder_is_warned_about(monkeypatch, s
 
 
 def test_check_cluster_passes_when_every_node_sees_everything(monkeypatch, settings):
-    from study.run import SETTINGS_FILE, check_cluster
+    from study.run import check_cluster
+    from study.settings import SETTINGS_FILE
 
     asked = fake_nodes(monkeypatch, ["a" * 56, "b" * 56])
     check_cluster(settings)
@@ -245,7 +247,8 @@ def test_check_cluster_passes_when_every_node_sees_everything(monkeypatch, setti
 
 
 def test_storage_not_visible_from_a_node_is_refused(monkeypatch, settings):
-    from study.run import SETTINGS_FILE, check_cluster
+    from study.run import check_cluster
+    from study.settings import SETTINGS_FILE
 
     marker = str(Path(settings.storage) / settings.name / SETTINGS_FILE)
     fake_nodes(monkeypatch, ["a" * 56, "b" * 56], hidden={"b" * 56: {marker}})

@@ -33,7 +33,9 @@ import torch
 import yaml
 from PIL import Image
 
+from study.checkpoints import read_best_weights
 from study.results import ResultsTable, read_results, read_trial_events
+from study.tables import best_epochs
 from study.run import build_parser, main, print_summary, run_study, settings_from_args
 
 REPO = Path(__file__).resolve().parents[2]
@@ -201,7 +203,7 @@ def test_storage_bucket_that_cannot_be_reached(tmp_path, capsys, tiny_data, cach
 def test_resume_of_a_folder_that_is_no_study(tmp_path, capsys):
     code = main(["--resume", str(tmp_path)])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith(f"error: --resume {tmp_path}: no study.json there")
+    assert code == 2 and err.startswith(f"error: --resume {tmp_path}: not a study directory, it has no study.json")
 
 
 def test_grid_space_runs_every_combination_by_default(tmp_path):
@@ -255,7 +257,7 @@ def main_study(ray_session, tmp_path_factory, tiny_data, cache_dir):
     args = build_parser().parse_args(study_argv(
         space, root / "studies", "two-models", tiny_data, cache_dir, "--image-size", "64", "--num-samples", "6",
         "--max-epochs", str(MAX_EPOCHS), "--grace-period", "1", "--reduction-factor", "4", "--metric", "val/loss",
-        "--seed", "2"))
+        "--seed", "2", "--checkpoint-every", "2"))
     settings = settings_from_args(args)
     started = time.monotonic()
     grid = run_study(settings)
@@ -280,6 +282,24 @@ def test_study_over_two_models_and_both_optimizers_completes(main_study, capsys)
     assert "| resnet50 " in out and "| alexnet " in out
     assert re.search(r"\| \d\.\de-0\d +\|", out), "learning rates are not in scientific notation:\n" + out
     assert f"tensorboard --logdir {study_dir}" in out
+
+
+def test_what_stays_is_each_models_best_weights_and_no_full_state(main_study):
+    """--keep 1 (the default): after the study each model's best trial on the study metric keeps the
+    weights of its best epoch; the other trials' weights, and every full state (written after epoch 2
+    with --checkpoint-every 2), are gone."""
+    settings, _, study_dir = main_study
+    results = read_results(settings.study_uri)
+    best = best_epochs(results, "val/loss", "min").sort_values(["val/loss", "trial_id"])
+    winners = best.drop_duplicates("config/model")
+    weights, problems = read_best_weights(settings.study_uri)
+    assert problems == [] and sorted(weights) == sorted(winners["trial_id"])
+    for row in winners.itertuples():
+        assert weights[row.trial_id].epoch == row.training_iteration
+        assert (study_dir / "weights" / f"{row.trial_id}.pt").is_file()
+    assert sorted(p.name for p in (study_dir / "weights").iterdir()) == sorted(
+        f"{t}.{kind}" for t in winners["trial_id"] for kind in ("json", "pt"))
+    assert list(study_dir.glob("*/checkpoint_*")) == []
 
 
 def test_adam_trials_never_carry_sgd_dimensions(main_study):
@@ -449,7 +469,7 @@ def test_kill_and_resume_continues_without_rerunning(tmp_path, tiny_data, cache_
     env.update(RAY_AUTH_MODE="disabled", RAY_TMPDIR=ray_tmp, PYTHONUNBUFFERED="1")
     argv = study_argv(space, storage, "resume", tiny_data, cache_dir, "--image-size", "32", "--num-samples",
                       str(samples), "--max-epochs", str(epochs), "--grace-period", str(epochs),
-                      "--max-concurrent", "1", "--num-cpus", "2", "--seed", "0")
+                      "--max-concurrent", "1", "--num-cpus", "2", "--seed", "0", "--checkpoint-every", "1")
     processes = []
 
     def start(args: list[str], log: Path) -> subprocess.Popen:

@@ -1,7 +1,8 @@
-"""The Tune trainable without Ray: config merging, per-epoch reports with checkpoints, resume, divergence.
+"""The Tune trainable without Ray: config merging, per-epoch reports, the checkpoint policy, resume,
+divergence.
 
-`train_trial` is called directly with Tune's `report` and `get_checkpoint` replaced by
-recorders, on a tiny class-per-folder dataset at 32 px (ResNet50, about a second an epoch).
+`train_trial` is called directly with Tune's `report`, `get_checkpoint` and `get_context` replaced
+by recorders, on a tiny class-per-folder dataset at 32 px (ResNet50, about a second an epoch).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import math
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -20,7 +22,9 @@ from ray import tune
 import study.trainable as trainable
 from cxrnets.errors import DivergedError
 from cxrnets.training import TrainConfig, TrainingRun, prepare_data
-from study.trainable import CHECKPOINT_FILE, TrialContext, train_trial
+from study.checkpoints import STATE_FILE, CheckpointPolicy, read_best_weights
+from study.tables import best_epochs
+from study.trainable import TrialContext, train_trial
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,7 +57,15 @@ def context(tiny_data, tmp_path_factory) -> TrialContext:
     data = prepare_data(TrainConfig(dataset="folder", data_root=str(tiny_data), image_size=32, cache_dir=str(cache)))
     return TrialContext(data_roots={"folder": str(tiny_data)}, splits={"folder": data.split},
                         defaults={"image_size": 32, "epochs": 2, "seed": 0, "cache_dir": str(cache),
-                                  "device": "auto"})
+                                  "device": "auto"}, checkpoint_policy=CheckpointPolicy(every=2))
+
+
+@pytest.fixture
+def study_context(context, tmp_path) -> TrialContext:
+    """The module's context writing its best weights into a fresh study folder."""
+    from dataclasses import replace
+
+    return replace(context, study_uri=str(tmp_path / "study"))
 
 
 class Reports:
@@ -69,7 +81,7 @@ class Reports:
         saved = None
         if checkpoint is not None:  # the trainable deletes the folder once report() returns
             with checkpoint.as_directory() as folder:
-                saved = torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True, mmap=True)
+                saved = torch.load(Path(folder) / STATE_FILE, weights_only=True, mmap=True)
         self.checkpoints.append(saved)
 
     def get_checkpoint(self):
@@ -81,6 +93,7 @@ def reports(monkeypatch) -> Reports:
     recorder = Reports()
     monkeypatch.setattr(trainable.tune, "report", recorder.report)
     monkeypatch.setattr(trainable.tune, "get_checkpoint", recorder.get_checkpoint)
+    monkeypatch.setattr(trainable.tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: "trial-1"))
     monkeypatch.setattr(trainable, "_node_id", lambda: "node-under-test")
     return recorder
 
@@ -136,45 +149,67 @@ def test_worst_result_is_the_worst_value_of_the_study_metric():
 
 # ------------------------------------------------------------------ train_trial
 
-def test_every_epoch_is_reported_with_a_checkpoint(context, reports):
+def test_every_epoch_is_reported_and_checkpoints_follow_the_policy(study_context, reports):
+    """5 epochs, a full state every 2: reports at every epoch, full states after epochs 2 and 4 (none
+    after the last), and the best weights of the best epoch so far, with a sidecar naming it."""
     train_trial({"dataset": "folder", "model": "resnet50", "optimizer": "adam", "lr": 1e-3, "batch_size": 16,
-                 "__trial_index__": 0}, context)
-    assert [m["epoch"] for m in reports.metrics] == [1, 2]
-    for metrics, saved in zip(reports.metrics, reports.checkpoints):
+                 "epochs": 5, "__trial_index__": 0}, study_context)
+    assert [m["epoch"] for m in reports.metrics] == [1, 2, 3, 4, 5]
+    for metrics in reports.metrics:
         for key in ("train/loss", "val/loss", "val/accuracy", "val/precision_macro", "val/recall_macro",
                     "val/f1_macro", "epoch_seconds", "images_per_second"):
             assert math.isfinite(metrics[key]), key
         assert metrics["diverged"] == 0 and metrics["node_id"] == "node-under-test"
+    assert [c is not None for c in reports.checkpoints] == [False, True, False, True, False]
+    scores = [m["val/f1_macro"] for m in reports.metrics]
+    for metrics, saved in zip(reports.metrics, reports.checkpoints):
+        if saved is None:
+            continue
         assert saved["epoch"] == metrics["epoch"]
         assert saved["config"]["model"] == "resnet50" and saved["config"]["lr"] == 1e-3
         assert {"model", "optimizer"} <= set(saved)
+        so_far = scores[:metrics["epoch"]]
+        assert saved["best_value"] == max(so_far) and saved["best_epoch"] == so_far.index(max(so_far)) + 1
+
+    best_epoch = scores.index(max(scores)) + 1  # the first of tied epochs, as study.tables.best_epochs
+    frame = pd.DataFrame({"trial_id": "trial-1", "val/f1_macro": scores, "training_iteration": range(1, 6)})
+    assert best_epochs(frame, "val/f1_macro", "max")["training_iteration"].item() == best_epoch
+    weights, problems = read_best_weights(study_context.study_uri)
+    assert problems == [] and list(weights) == ["trial-1"]
+    assert (weights["trial-1"].epoch, weights["trial-1"].value) == (best_epoch, max(scores))
+    saved = torch.load(weights["trial-1"].uri, weights_only=True)
+    assert saved["epoch"] == best_epoch and "optimizer" not in saved  # weights only
+    assert Path(weights["trial-1"].uri).stat().st_size == weights["trial-1"].bytes
 
 
-def test_a_retried_trial_continues_from_its_checkpoint(context, reports):
-    """Tune hands a retried (or resumed) trial its last checkpoint: training goes on from that epoch."""
+def test_a_retried_trial_continues_from_its_full_state(study_context, reports):
+    """Tune hands a retried (or resumed) trial its last full state: training goes on from that epoch,
+    with the best so far it carried (here unbeatable, so no new weights are written)."""
     config = {"dataset": "folder", "model": "resnet50", "optimizer": "sgd", "lr": 1e-3, "batch_size": 16,
-              "momentum": 0.9}
-    run = TrainingRun(context.train_config(config))
+              "momentum": 0.9, "epochs": 3}
+    run = TrainingRun(study_context.train_config(config))
     run.train_epoch()
     with tempfile.TemporaryDirectory() as folder:
-        torch.save(run.checkpoint(), Path(folder) / CHECKPOINT_FILE)
+        torch.save({**run.checkpoint(), "best_value": 1.0, "best_epoch": 1}, Path(folder) / STATE_FILE)
         reports.checkpoint = tune.Checkpoint.from_directory(folder)
-        train_trial(config, context)
-    assert [m["epoch"] for m in reports.metrics] == [2]  # of 2 (the context's default epochs)
-    assert [c["epoch"] for c in reports.checkpoints] == [2]
-    # and from the restored optimizer state: SGD's momentum buffers came back
-    assert reports.checkpoints[0]["optimizer"]["state"]
+        train_trial(config, study_context)
+    assert [m["epoch"] for m in reports.metrics] == [2, 3]
+    # a full state after epoch 2 (every 2), from the restored optimizer state: SGD's momentum buffers came back
+    assert [c is not None for c in reports.checkpoints] == [True, False]
+    assert reports.checkpoints[0]["optimizer"]["state"] and reports.checkpoints[0]["best_value"] == 1.0
+    assert read_best_weights(study_context.study_uri) == ({}, [])
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_diverging_trial_reports_the_worst_result_and_ends(context, reports, optimizer):
+def test_diverging_trial_reports_the_worst_result_and_ends(study_context, reports, optimizer):
     """lr 1e6: the loss becomes NaN while training, or (here, on 2 batches an epoch) the training loss
     stays finite and the model's validation outputs are NaN. Either way the trial reports the worst
-    F1 once, with no checkpoint, and ends instead of raising (which would make Tune retry it)."""
+    F1 once, with no checkpoint and no weights, and ends instead of raising (which would make Tune retry it)."""
     train_trial({"dataset": "folder", "model": "resnet50", "optimizer": optimizer, "lr": 1e6, "batch_size": 16},
-                context)
+                study_context)
     assert reports.metrics == [{"epoch": 1, "val/f1_macro": 0.0, "diverged": 1, "status": "diverged"}]
     assert reports.checkpoints == [None]
+    assert read_best_weights(study_context.study_uri) == ({}, [])
 
 
 def test_nan_validation_outputs_are_divergence_not_a_crash(context):

@@ -1,0 +1,148 @@
+"""The checkpoint policy without Ray: when full states are due, which weights stay, the driver's keeper.
+
+Trials and results are small stand-ins; the files are real (a local study folder).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+
+from cxrnets.errors import CxrError
+from study.checkpoints import (CheckpointPolicy, WeightsKeeper, delete_full_states, improves, parse_keep,
+                               prune_weights, read_best_weights, save_best_weights, sidecar_uri, weights_to_drop,
+                               weights_uri)
+
+
+def test_full_state_every_k_epochs_or_minutes_never_after_the_last():
+    policy = CheckpointPolicy(every=3, minutes=10)
+    due = [epoch for epoch in range(1, 11) if policy.full_state_due(epoch, 10, seconds_since_last=5)]
+    assert due == [3, 6, 9]
+    assert policy.full_state_due(1, 10, seconds_since_last=600)       # a long epoch: the clock decides
+    assert not policy.full_state_due(10, 10, seconds_since_last=3600)  # the trial ends: nothing to resume
+    assert [e for e in range(1, 5) if CheckpointPolicy(every=5).full_state_due(e, 4, 1)] == []  # the demo's 4 epochs
+
+
+def test_improves_is_strict_and_ignores_nan():
+    assert improves(0.5, None, "max") and improves(0.6, 0.5, "max") and not improves(0.5, 0.5, "max")
+    assert improves(0.4, 0.5, "min") and not improves(0.6, 0.5, "min")
+    assert not improves(math.nan, None, "max") and not improves(None, 0.1, "max")
+
+
+def test_keep_parses_all_or_a_positive_count():
+    assert parse_keep("all") == "all" and parse_keep("ALL") == "all" and parse_keep("3") == 3
+    for bad in ("0", "-1", "best", ""):
+        with pytest.raises(CxrError, match="--keep"):
+            parse_keep(bad)
+
+
+def test_weights_to_drop_keeps_each_cells_best_among_all_trials():
+    cell_a, cell_b = ("d", "alexnet"), ("d", "resnet50")
+    bests = {"t1": (cell_a, 0.5), "t2": (cell_a, 0.7), "t3": (cell_a, 0.6), "t4": (cell_b, 0.1),
+             "t5": (cell_a, 0.7)}
+    # t2 and t5 tie at 0.7: the lower trial id ranks first, as in the analysis
+    assert weights_to_drop(bests, {"t1", "t2", "t3", "t4", "t5"}, 1, "max") == ["t1", "t3", "t5"]
+    assert weights_to_drop(bests, {"t1", "t2", "t3", "t4", "t5"}, 2, "max") == ["t1", "t3"]
+    # a running trial is never dropped, but still counts: t3 ended behind two better trials
+    assert weights_to_drop(bests, {"t3"}, 2, "max") == ["t3"]
+    assert weights_to_drop(bests, {"t1", "t2", "t3"}, "all", "max") == []
+    assert weights_to_drop(bests, {"t1", "t2", "t3", "t4", "t5"}, 1, "min") == ["t2", "t3", "t5"]
+
+
+class FakeRun:
+    """What save_best_weights reads of a TrainingRun."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def checkpoint(self) -> dict:
+        return {"model": {"w": torch.full((3,), float(self.epoch))}, "optimizer": {"state": {}},
+                "epoch": self.epoch, "config": {"model": "alexnet"}, "classes": ["a", "b"], "multilabel": False}
+
+
+def write_trial(study: Path, trial_id: str, epoch: int, value: float) -> None:
+    save_best_weights(str(study), trial_id, FakeRun(epoch), "val/f1_macro", value)
+
+
+def test_best_weights_hold_weights_only_and_a_sidecar_says_what_they_are(tmp_path):
+    write_trial(tmp_path, "aaaa0001", 3, 0.61)
+    weights, problems = read_best_weights(str(tmp_path))
+    assert problems == []
+    best = weights["aaaa0001"]
+    assert (best.epoch, best.metric, best.value) == (3, "val/f1_macro", 0.61)
+    assert best.bytes == Path(best.uri).stat().st_size
+    saved = torch.load(best.uri, weights_only=True)
+    assert set(saved) == {"model", "epoch", "config", "classes", "multilabel", "metric", "value"}
+    assert not list(tmp_path.glob("weights/*.tmp"))
+
+
+def test_a_moved_study_finds_its_weights_beside_the_sidecars(tmp_path):
+    write_trial(tmp_path / "before", "aaaa0001", 1, 0.5)
+    (tmp_path / "before").rename(tmp_path / "after")
+    weights, _ = read_best_weights(str(tmp_path / "after"))
+    assert Path(weights["aaaa0001"].uri).is_file() and "after" in weights["aaaa0001"].uri
+
+
+def test_an_unreadable_sidecar_is_reported_not_fatal(tmp_path):
+    write_trial(tmp_path, "aaaa0001", 1, 0.5)
+    Path(sidecar_uri(str(tmp_path), "bbbb0002")).write_text("{not json")
+    weights, problems = read_best_weights(str(tmp_path))
+    assert list(weights) == ["aaaa0001"]
+    assert len(problems) == 1 and "bbbb0002.json" in problems[0]
+
+
+def results_frame(rows: list[tuple[str, str, int, float]]) -> pd.DataFrame:
+    return pd.DataFrame([{"trial_id": t, "config/dataset": "d", "config/model": m, "training_iteration": e,
+                          "val/f1_macro": v} for t, m, e, v in rows])
+
+
+def test_prune_deletes_ended_trials_outside_the_top_k_of_their_model(tmp_path):
+    results = results_frame([("t1", "alexnet", 1, 0.3), ("t1", "alexnet", 2, 0.5), ("t2", "alexnet", 1, 0.6),
+                             ("t3", "alexnet", 1, 0.4), ("t4", "resnet50", 1, 0.2)])
+    for trial_id, value in (("t1", 0.5), ("t2", 0.6), ("t3", 0.4), ("t4", 0.2)):
+        write_trial(tmp_path, trial_id, 1, value)
+    dropped = prune_weights(str(tmp_path), results, ended=["t1", "t2", "t4"], keep=1, metric="val/f1_macro",
+                            mode="max")
+    assert dropped == ["t1"]  # t3 is behind too, but has not ended (an interrupted study may resume it)
+    left = sorted(p.name for p in (tmp_path / "weights").iterdir())
+    assert left == ["t2.json", "t2.pt", "t3.json", "t3.pt", "t4.json", "t4.pt"]
+    assert prune_weights(str(tmp_path), results, ["t1", "t2", "t3", "t4"], "all", "val/f1_macro", "max") == []
+
+
+def fake_trial(trial_id: str, model: str, folder: Path) -> SimpleNamespace:
+    return SimpleNamespace(trial_id=trial_id, config={"dataset": "d", "model": model}, path=str(folder))
+
+
+def test_keeper_deletes_full_states_at_the_end_and_weights_that_fell_out(tmp_path):
+    keeper = WeightsKeeper(str(tmp_path), "val/f1_macro", "max", keep=1)
+    trials = {t: fake_trial(t, "alexnet", tmp_path / f"{t}_alexnet") for t in ("t1", "t2")}
+    for trial in trials.values():
+        (Path(trial.path) / "checkpoint_000001").mkdir(parents=True)
+        (Path(trial.path) / "checkpoint_000001" / "state.pt").write_bytes(b"x" * 100)
+        (Path(trial.path) / "result.json").write_text("{}")
+    write_trial(tmp_path, "t1", 1, 0.4)
+    write_trial(tmp_path, "t2", 1, 0.7)
+    keeper.on_trial_result(0, [], trials["t1"], {"val/f1_macro": 0.4})
+    keeper.on_trial_result(0, [], trials["t2"], {"val/f1_macro": 0.7})
+    keeper.on_trial_complete(0, [], trials["t2"])
+    assert not (Path(trials["t2"].path) / "checkpoint_000001").exists()
+    assert (Path(trials["t2"].path) / "result.json").is_file()   # only the full state goes
+    assert (Path(trials["t1"].path) / "checkpoint_000001").exists()  # t1 is still running
+    assert Path(weights_uri(str(tmp_path), "t1")).is_file()
+    keeper.on_trial_complete(0, [], trials["t1"])  # ended behind t2: its weights go too
+    assert not Path(weights_uri(str(tmp_path), "t1")).exists()
+    assert not Path(sidecar_uri(str(tmp_path), "t1")).exists()
+    assert Path(weights_uri(str(tmp_path), "t2")).is_file()
+
+
+def test_delete_full_states_reports_the_bytes_freed(tmp_path):
+    (tmp_path / "checkpoint_000003").mkdir()
+    (tmp_path / "checkpoint_000003" / "state.pt").write_bytes(b"x" * 1234)
+    (tmp_path / "params.json").write_text("{}")
+    assert delete_full_states(str(tmp_path)) == 1234
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.json"]
