@@ -38,7 +38,7 @@ from cxrnets.metrics import majority_baseline  # noqa: E402
 from cxrnets.splits import describe, make_split  # noqa: E402
 from cxrnets.training import SPLIT_COLUMNS, align_split  # noqa: E402
 from study import storage  # noqa: E402
-from study.checkpoints import CheckpointPolicy, WeightsKeeper, parse_keep, prune_weights  # noqa: E402
+from study.checkpoints import WEIGHTS_DIR, CheckpointPolicy, WeightsKeeper, parse_keep, prune_weights  # noqa: E402
 from study.results import ResultsTable, read_results, read_trial_events  # noqa: E402
 from study.settings import (CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DEFAULTS, METRICS, SETTINGS_FILE,  # noqa: E402
                             StudySettings, load_settings, read_split, save_settings, settings_uri, split_uri)
@@ -457,7 +457,11 @@ def print_summary(settings: StudySettings) -> None:
     for dataset, baseline in settings.baselines.items():
         print(f"\nmajority-class baseline on {dataset}: val/f1_macro {baseline['f1_macro']:.3f}, "
               f"val/accuracy {baseline['accuracy']:.3f}")
-    print(f"\nresults:     {settings.study_uri}/results (Parquet, every trial and epoch)")
+    weights = storage.total_bytes(storage.join(settings.study_uri, WEIGHTS_DIR))
+    print(f"\nstudy:       {settings.study_uri} ({storage.total_bytes(settings.study_uri) / 1e6:,.0f} MB, of which "
+          f"{weights / 1e6:,.0f} MB best weights of "
+          + ("every trial" if settings.keep == "all" else f"each model's {settings.keep} best trial(s)") + ", --keep)")
+    print(f"results:     {settings.study_uri}/results (Parquet, every trial and epoch)")
     print(f"tensorboard: tensorboard --logdir {settings.study_uri}")
     print(f"analysis:    python -m study.analyze {settings.study_uri}")
 

@@ -206,6 +206,20 @@ def test_resume_of_a_folder_that_is_no_study(tmp_path, capsys):
     assert code == 2 and err.startswith(f"error: --resume {tmp_path}: not a study directory, it has no study.json")
 
 
+def test_resume_of_a_study_whose_split_is_missing(tmp_path, capsys, tiny_data, cache_dir):
+    """The split is part of the study: a resume without it stops before Ray, naming the file."""
+    from study.settings import save_settings
+
+    space = write_space(tmp_path / "space.yaml", GOOD_SPACE)
+    settings = settings_from_args(build_parser().parse_args(
+        study_argv(space, tmp_path / "studies", "no-split", tiny_data, cache_dir, "--image-size", "32")))
+    save_settings(settings)
+    code = main(["--resume", settings.study_uri])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{settings.study_uri}/splits/folder.csv: the study's split is missing" in err and "restore" in err
+
+
 def test_grid_space_runs_every_combination_by_default(tmp_path):
     """--num-samples defaults to the grid's size (paper.yaml: 108), not to 10."""
     settings = settings_from_args(build_parser().parse_args(["--space", "paper", "--storage", str(tmp_path)]))
