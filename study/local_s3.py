@@ -4,6 +4,15 @@
         server.create_bucket("cxr")
         with server.environment():             # AWS_ENDPOINT_URL + dummy credentials for pyarrow and Ray
             run_study(... storage="s3://cxr/studies" ...)
+        with server.auth_enforced():           # now the server refuses credentials it does not know
+            ...
+
+By default the server accepts any credentials (it refuses unsigned writes, so
+"no credentials at all" is refused too). `LocalS3Server(enforce_auth=True)` starts it enforcing
+IAM authentication from the first request (moto's INITIAL_NO_AUTH_ACTION_COUNT=0),
+so the dummy credentials are refused: it then cannot even create a bucket.
+`auth_enforced()` switches enforcement on for a block on a running server
+(moto's /moto-api/reset-auth), so a bucket made before it exists but is refused.
 
 Needs `moto[server]` (in the test extra: `pip install -e ".[test]"`). Ray workers
 inherit the environment of the driver that starts Ray, so set the environment
@@ -19,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,11 +47,13 @@ def free_port() -> int:
 class LocalS3Server:
     """moto_server on 127.0.0.1; `environment()` points pyarrow (and so Ray Tune) at it."""
 
-    def __init__(self, port: int | None = None, log_file: str | Path | None = None, timeout: float = 30.0):
+    def __init__(self, port: int | None = None, log_file: str | Path | None = None, timeout: float = 30.0,
+                 enforce_auth: bool = False):
         self.port = port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.log_file = Path(log_file) if log_file else None
         self.timeout = timeout
+        self.enforce_auth = enforce_auth  # refuse credentials the server does not know, from the start
         self.process: subprocess.Popen | None = None
 
     def env(self) -> dict[str, str]:
@@ -54,8 +66,13 @@ class LocalS3Server:
             raise CxrError("moto_server not found: install the test extra (pip install -e \".[test]\"), which "
                            "brings moto[server]")
         output = self.log_file.open("w") if self.log_file else subprocess.DEVNULL
+        env = {**os.environ, **CREDENTIALS}
+        if self.enforce_auth:
+            env["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"  # moto: authenticate every request (unknown keys are refused)
+        else:
+            env.pop("INITIAL_NO_AUTH_ACTION_COUNT", None)
         self.process = subprocess.Popen([command, "-H", "127.0.0.1", "-p", str(self.port)], stdout=output,
-                                        stderr=subprocess.STDOUT, env={**os.environ, **CREDENTIALS})
+                                        stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + self.timeout
         while True:
             if self.process.poll() is not None:
@@ -63,6 +80,8 @@ class LocalS3Server:
                                + (f"; see {self.log_file}" if self.log_file else ""))
             try:
                 urllib.request.urlopen(self.endpoint, timeout=1).close()
+                return self
+            except urllib.error.HTTPError:  # it answered (403 where it enforces authentication)
                 return self
             except OSError:
                 if time.monotonic() > deadline:
@@ -100,6 +119,24 @@ class LocalS3Server:
                 else:
                     os.environ[key] = value
 
+    def set_auth(self, enforced: bool) -> None:
+        """Switch IAM authentication on (unknown credentials are refused) or off, on the running server."""
+        request = urllib.request.Request(f"{self.endpoint}/moto-api/reset-auth", method="POST",
+                                         data=b"0" if enforced else b"inf",
+                                         headers={"Content-Type": "application/octet-stream"})
+        urllib.request.urlopen(request, timeout=10).close()
+        self.enforce_auth = enforced
+
+    @contextlib.contextmanager
+    def auth_enforced(self) -> Iterator["LocalS3Server"]:
+        """Within the block the server refuses the dummy credentials (and requests without any)."""
+        before = self.enforce_auth
+        self.set_auth(True)
+        try:
+            yield self
+        finally:
+            self.set_auth(before)
+
     def filesystem(self):
         """A pyarrow S3 filesystem on this server that may create buckets."""
         import pyarrow.fs
@@ -110,7 +147,7 @@ class LocalS3Server:
                                        endpoint_override=f"127.0.0.1:{self.port}", allow_bucket_creation=True)
 
     def create_bucket(self, name: str) -> str:
-        """Create a bucket; returns its URI (s3://NAME)."""
+        """Create a bucket (not while authentication is enforced); returns its URI (s3://NAME)."""
         self.filesystem().create_dir(name)
         return f"s3://{name}"
 

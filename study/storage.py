@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -102,9 +103,12 @@ class Entry:
 
 
 def kind(uri: str) -> str:
-    """'file', 'dir' or 'missing'."""
+    """'file', 'dir' or 'missing'; CxrError naming the location if the storage refuses to say (credentials)."""
     fs, path = filesystem(uri)
-    found = fs.get_file_info(path).type
+    try:
+        found = fs.get_file_info(path).type
+    except OSError as error:
+        raise CxrError(f"{uri}: cannot read this location ({_first_line(error)}); {_access_hint(uri)}") from error
     if found == pyarrow.fs.FileType.File:
         return "file"
     return "dir" if found == pyarrow.fs.FileType.Directory else "missing"
@@ -227,7 +231,7 @@ def copy_tree(source: str, destination: str) -> None:
     destination_fs, destination_path = filesystem(destination)
     destination_fs.create_dir(destination_path, recursive=True)
     pyarrow.fs.copy_files(source_path, destination_path, source_filesystem=source_fs,
-                          destination_filesystem=destination_fs)
+                          destination_filesystem=destination_fs, chunk_size=CHUNK)
 
 
 def check_writable(uri: str, flag: str = "--storage") -> None:
@@ -240,23 +244,37 @@ def check_writable(uri: str, flag: str = "--storage") -> None:
     try:
         fs, path = filesystem(probe)
         folder = path.rpartition("/")[0]
-        existed = fs.get_file_info(folder).type != pyarrow.fs.FileType.NotFound
-        fs.create_dir(folder, recursive=True)
+        # The top-most folder the probe creates: removed again, with what it holds (an object store
+        # keeps empty "folder/" marker objects too).
+        created = None
+        while folder and fs.get_file_info(folder).type == pyarrow.fs.FileType.NotFound:
+            created, folder = folder, folder.rpartition("/")[0]
+            if is_remote(uri) and "/" not in folder:  # the bucket itself: never created here
+                break
+        fs.create_dir(path.rpartition("/")[0], recursive=True)
         with fs.open_output_stream(path) as stream:
             stream.write(b"ok")
         fs.delete_file(path)
-        if not existed and not is_remote(uri):  # an object store has no empty folders to leave behind
-            fs.delete_dir(folder)
+        if created:
+            fs.delete_dir(created)
     except Exception as error:  # pyarrow raises OSError, ArrowInvalid, ... depending on the filesystem
         cause = error.__cause__ if isinstance(error, CxrError) and error.__cause__ else error
-        hint = ("check the credentials and network, and that the bucket exists (credentials come from the "
-                "environment: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS)"
-                if is_remote(uri) else "pick a folder you can write to")
-        raise CxrError(f"{flag} {uri}: cannot write there ({_first_line(cause)}); {hint}") from error
+        raise CxrError(f"{flag} {uri}: cannot write there ({_first_line(cause)}); {_access_hint(uri)}") from error
+
+
+def _access_hint(uri: str) -> str:
+    if not is_remote(uri):
+        return "pick a folder you can write to"
+    return ("check the credentials and network, and that the bucket exists (credentials come from the environment: "
+            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS)")
 
 
 def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__
+    missing = re.search(r"Bucket '([^']+)' not found", text)  # pyarrow goes on about allow_bucket_creation
+    return f"bucket {missing.group(1)} does not exist" if missing else text.splitlines()[0][:300]
 
 
 # ------------------------------------------------------------------ downloads
@@ -268,18 +286,21 @@ def download_cache_dir() -> Path:
 
 def download(uri: str, cache_dir: str | Path | None = None, progress: bool = True) -> tuple[Path, int]:
     """A local file with the content of `uri`, and the bytes fetched to get it: the file itself for a
-    local path (0 bytes), else a copy in the download cache keyed by URI and size, so that a second
-    call fetches nothing.
+    local path (0 bytes), else a copy in the download cache keyed by URI, size and modification time,
+    so that a second call fetches nothing.
 
     Shows a progress bar (tqdm) while it downloads; OSError if the object is missing or unreadable.
     """
     if not is_remote(uri):
         return Path(uri), 0
-    size = size_of(uri)
-    if size is None:
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type != pyarrow.fs.FileType.File:
         raise FileNotFoundError(f"{uri}: no such object")
+    size = info.size
+    # Size and modification time: weights rewritten at another epoch often have the same size.
+    key = hashlib.sha1(f"{uri} {info.mtime_ns}".encode()).hexdigest()[:16]
     folder = Path(cache_dir) if cache_dir else download_cache_dir()
-    key = hashlib.sha1(uri.encode()).hexdigest()[:16]
     local = folder / f"{key}-{size}-{name_of(uri)}"
     if local.is_file() and local.stat().st_size == size:
         return local, 0
@@ -287,7 +308,6 @@ def download(uri: str, cache_dir: str | Path | None = None, progress: bool = Tru
     from tqdm.auto import tqdm
 
     partial = local.with_name(local.name + ".part")
-    fs, path = filesystem(uri)
     with fs.open_input_stream(path) as stream, partial.open("wb") as out, \
             tqdm(total=size, unit="B", unit_scale=True, desc=f"download {name_of(uri)}", disable=not progress,
                  leave=False) as bar:

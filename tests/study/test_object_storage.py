@@ -1,0 +1,478 @@
+"""Studies in a bucket end to end, against a real S3 server (moto, see conftest.s3_server).
+
+One study serves most tests (`s3_study`, module-scoped): `python -m study.run --storage s3://...`
+run as a subprocess from an empty working directory, SIGKILLed (with its Ray) once one trial has
+finished and a second has reported an epoch, then `--resume s3://...` finishes it. Its tests check
+what the bucket holds (settings, split, results, TensorBoard events, best weights; full states
+while it ran, none after), that nothing was written locally, that the resume lost and repeated
+nothing, and that `python -m study.analyze s3://...` gives the tables of a local copy's analysis,
+downloading only the weights it evaluates, once.
+
+The studies run the CLI in subprocesses, each with its own Ray (RAY_TMPDIR) and the server's
+environment passed explicitly: Ray workers inherit the environment of the driver that starts Ray,
+and the session's Ray instance (`ray_session`) may have started before any S3 variable was set.
+
+Cost: ResNet50 at 64 px with plain SGD (no momentum: a full state is the weights alone, 94 MB, not
+the 280 MB of Adam's; at 32 px SGD diverges on this tiny dataset). Most of the time goes to moving
+those files through moto (~20 MB/s here). About 2.5-3.5 minutes on 2 busy cores.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from study import analyze as analyze_module
+from study import run as run_module
+from study import storage
+from study.analyze import analyze
+from study.checkpoints import read_best_weights, weights_uri
+from study.results import read_results, read_trial_events
+from study.settings import load_settings
+from test_run import _kill_leftovers, build_tiny_folder, study_argv, tensorboard_scalars, write_space
+
+EPOCHS, SAMPLES = 3, 2
+SEARCH = {"model": {"value": "resnet50"}, "optimizer": {"value": "sgd"}, "lr": {"loguniform": [1.0e-4, 1.0e-3]},
+          "batch_size": {"value": 16}, "momentum": {"value": 0.0}}
+DATASET, MODEL = "folder", "resnet50"
+
+
+# ------------------------------------------------------------------ helpers
+
+def snapshot(study_uri: str) -> dict[str, tuple[str, int | None]]:
+    """trial id -> (status, last reported iteration) in Tune's latest experiment snapshot in the bucket."""
+    files = sorted(entry.uri for entry in storage.listing(study_uri)
+                   if entry.name.startswith("experiment_state-") and entry.name.endswith(".json"))
+    if not files:
+        return {}
+    try:
+        state = storage.read_json(files[-1])
+    except (OSError, ValueError):  # being rewritten
+        return {}
+    trials = {}
+    for trial, runtime in state["trial_data"]:
+        trial = json.loads(trial) if isinstance(trial, str) else trial
+        runtime = json.loads(runtime) if isinstance(runtime, str) else runtime
+        trials[trial["trial_id"]] = (trial["status"], (runtime.get("last_result") or {}).get("training_iteration"))
+    return trials
+
+
+def raw_parts(study_uri: str) -> pd.DataFrame:
+    """Every row of every Parquet part in the bucket (no de-duplication), with the run (session) that wrote it."""
+    frames = []
+    for entry in storage.listing(storage.join(study_uri, "results")):
+        if entry.name.endswith(".parquet"):
+            frame = pd.read_parquet(io.BytesIO(storage.read_bytes(entry.uri)))
+            frames.append(frame.assign(session=entry.name.rsplit("-", 1)[0]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def trial_folders(study_uri: str) -> dict[str, str]:
+    """trial id -> its Tune folder in the bucket (<trial id>_<name>, holding params.json)."""
+    return {entry.name.partition("_")[0]: entry.uri for entry in storage.listing(study_uri)
+            if entry.is_dir and storage.kind(storage.join(entry.uri, "params.json")) == "file"}
+
+
+def tables_of(report: Path) -> dict[str, pd.DataFrame]:
+    return {path.name: pd.read_csv(path) for path in sorted((report / "tables").glob("*.csv"))}
+
+
+def forbid_ray(monkeypatch) -> list:
+    """Make any start of (or connection to) Ray fail the test; returns the calls seen."""
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError("Ray was started for a study that should have stopped before it")
+
+    monkeypatch.setattr(run_module, "connect", refuse)
+    return calls
+
+
+# ------------------------------------------------------------------ fixtures
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return build_tiny_folder(tmp_path_factory.mktemp("tiny-folder"))
+
+
+@pytest.fixture(scope="module")
+def s3_env(s3_server):
+    """This module's bucket (its URI) and the server's environment set for the module's tests."""
+    bucket = s3_server.create_bucket(f"studies-{uuid.uuid4().hex[:12]}")
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in s3_server.env().items():
+            patch.setenv(key, value)
+        yield bucket
+
+
+@pytest.fixture(scope="module")
+def s3_study(s3_env, tmp_path_factory, tiny_data):
+    """A study in the bucket, killed (SIGKILL, the driver's whole process group) mid-study, then resumed.
+
+    Two trials of 3 epochs one at a time, a full state after epochs 1 and 2 (--checkpoint-every 1),
+    every trial's best weights kept (--keep all). Returns what the tests need, including what the
+    bucket held when the first run was killed.
+    """
+    work = tmp_path_factory.mktemp("s3-study")
+    space = write_space(work / "sgd.yaml", SEARCH)
+    cwd = work / "cwd"  # the runs' working directory: must stay empty
+    cwd.mkdir()
+    cache = work / "cache"
+    name = "killed"
+    storage_uri = storage.join(s3_env, "studies")
+    study_uri = storage.join(storage_uri, name)
+    ray_tmp = tempfile.mkdtemp(prefix="cxr-ray-", dir="/tmp")  # own Ray; short for Ray's socket paths
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}  # has the S3 variables
+    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", RAY_TMPDIR=ray_tmp, PYTHONUNBUFFERED="1")
+    argv = study_argv(space, storage_uri, name, tiny_data, cache, "--image-size", "64", "--num-samples", str(SAMPLES),
+                      "--max-epochs", str(EPOCHS), "--grace-period", str(EPOCHS), "--max-concurrent", "1",
+                      "--num-cpus", "2", "--seed", "0", "--checkpoint-every", "1", "--keep", "all")
+    processes = []
+
+    def start(args: list[str], log: Path) -> subprocess.Popen:
+        with log.open("w") as out:
+            process = subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=cwd, env=env, stdout=out,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        processes.append(process)
+        return process
+
+    started = time.monotonic()
+    try:
+        first = start(argv, work / "first.log")
+        deadline = time.monotonic() + 400
+        while True:
+            assert first.poll() is None, "the first run ended before it could be killed:\n" + \
+                (work / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no finished trial and second trial in time:\n" + \
+                (work / "first.log").read_text()[-3000:]
+            state = snapshot(study_uri)
+            done = [t for t, (status, _) in state.items() if status == "TERMINATED"]
+            running = [t for t, (status, it) in state.items() if status == "RUNNING" and it]
+            if done and running:
+                events = read_trial_events(study_uri)
+                reported = read_results(study_uri)
+                if (len(reported) and set(done) <= set(events.loc[events["event"] == "completed", "trial_id"])
+                        and set(running) <= set(reported["trial_id"])):
+                    break
+            time.sleep(0.5)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        killed_after = time.monotonic() - started
+        _kill_leftovers(ray_tmp)
+        (finished,), (unfinished,) = done, running
+        status, checkpointed = snapshot(study_uri)[unfinished]  # what --resume restores
+        folders = trial_folders(study_uri)
+        full_states = [entry.uri.removeprefix(folders[unfinished] + "/")
+                       for entry in storage.listing(folders[unfinished], recursive=True)
+                       if "checkpoint_" in entry.uri and not entry.is_dir]
+        before = raw_parts(study_uri)
+
+        resumed_at = time.monotonic()
+        second = start(["--resume", study_uri, "--num-cpus", "2"], work / "resume.log")
+        assert second.wait(timeout=400) == 0, (work / "resume.log").read_text()[-3000:]
+        resumed_in = time.monotonic() - resumed_at
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        _kill_leftovers(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    print(f"s3 study: killed after {killed_after:.0f} s, resumed run {resumed_in:.0f} s")
+    return SimpleNamespace(uri=study_uri, storage=storage_uri, name=name, cwd=cwd, cache=cache, env=env, work=work,
+                           finished=finished, unfinished=unfinished, status_at_kill=status, checkpointed=checkpointed,
+                           full_states_at_kill=full_states, before=before, after=raw_parts(study_uri))
+
+
+@pytest.fixture(scope="module")
+def analyses(s3_study, tmp_path_factory):
+    """The study analysed three times: the CLI on the bucket (first, from an empty working directory),
+    analyze() on the bucket again (second), and analyze() on a local copy (storage.copy_tree)."""
+    work = tmp_path_factory.mktemp("analyses")
+    cwd = work / "cwd"
+    cwd.mkdir()
+    downloads = s3_study.cache / "downloads"  # the study's --cache-dir: where the analysis caches weights
+    assert not downloads.exists()
+    started = time.monotonic()
+    timings = {}
+    cli = subprocess.run([sys.executable, "-m", "study.analyze", s3_study.uri, "--out", str(work / "s3-first")],
+                         cwd=cwd, env=s3_study.env, capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stdout[-3000:] + cli.stderr[-3000:]
+    cached = {path.name: path.stat().st_size for path in downloads.iterdir()}
+    timings["CLI"], started = time.monotonic() - started, time.monotonic()
+    second = analyze(s3_study.uri, out=work / "s3-second")
+    timings["analyze()"], started = time.monotonic() - started, time.monotonic()
+    local_dir = work / "local" / s3_study.name
+    storage.copy_tree(s3_study.uri, str(local_dir))
+    timings["copy_tree"], started = time.monotonic() - started, time.monotonic()
+    local = analyze(local_dir, out=work / "local-report")
+    timings["local analyze()"] = time.monotonic() - started
+    print("analyses: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    return SimpleNamespace(cli=cli, cwd=cwd, first_out=work / "s3-first", cached_after_first=cached,
+                           downloads=downloads, second=second, local_dir=local_dir, local=local)
+
+
+# ------------------------------------------------------------------ a study in a bucket
+
+def test_the_bucket_holds_the_whole_study_and_the_working_directory_nothing(s3_study):
+    uri = s3_study.uri
+    assert list(s3_study.cwd.iterdir()) == [], "the study wrote into its working directory"
+    settings = load_settings(uri)
+    assert (settings.storage, settings.name, settings.keep, settings.checkpoint_every) == \
+        (s3_study.storage, s3_study.name, "all", 1)
+    split = storage.read_csv(storage.join(uri, "splits", f"{DATASET}.csv"), dtype=str)
+    assert len(split) == 48 and set(split["split"]) == {"train", "val", "test"}
+    assert [e.name for e in storage.listing(storage.join(uri, "results"))
+            if e.name.endswith(".parquet")], "no results in the bucket"
+    results = read_results(uri)
+    assert results["trial_id"].nunique() == SAMPLES
+    assert results.groupby("trial_id")["training_iteration"].apply(list).tolist() == \
+        [list(range(1, EPOCHS + 1))] * SAMPLES
+    events = read_trial_events(uri)
+    assert sorted(events["trial_id"]) == sorted(results["trial_id"].unique()) and set(events["event"]) == {"completed"}
+    # Tune's own state is there too (what --resume restores from)
+    names = [entry.name for entry in storage.listing(uri)]
+    assert "tuner.pkl" in names and any(n.startswith("experiment_state-") for n in names)
+
+    # best weights of every trial (--keep all): weights and sidecar, the sidecar naming their size and epoch
+    weights, problems = read_best_weights(uri)
+    assert problems == [] and sorted(weights) == sorted(results["trial_id"].unique())
+    for trial_id, best in weights.items():
+        assert storage.size_of(weights_uri(uri, trial_id)) == best.bytes > 50_000_000
+        rows = results[results["trial_id"] == trial_id]
+        best_f1 = rows["val/f1_macro"].max()
+        assert best.epoch == rows.loc[rows["val/f1_macro"] == best_f1, "training_iteration"].min()
+    assert sorted(e.name for e in storage.listing(storage.join(uri, "weights"))) == sorted(
+        f"{t}.{kind}" for t in weights for kind in ("json", "pt"))
+
+    # TensorBoard events in every trial folder; no full state left once the trials ended
+    folders = trial_folders(uri)
+    assert sorted(folders) == sorted(weights)
+    for trial_id, folder in folders.items():
+        files = [e.name for e in storage.listing(folder)]
+        assert any(n.startswith("events.out.tfevents.") for n in files), f"no TensorBoard events in {folder}: {files}"
+        assert not [n for n in files if n.startswith("checkpoint_")], f"full states left in {folder}: {files}"
+    assert not [e.uri for e in storage.listing(uri, recursive=True) if "checkpoint_" in e.uri]
+
+
+def test_tensorboard_events_in_the_bucket_hold_every_epoch(s3_study, tmp_path):
+    """The trial that finished before the kill: its events file, downloaded, holds each epoch's val/loss."""
+    folder = trial_folders(s3_study.uri)[s3_study.finished]
+    for entry in storage.listing(folder):
+        if entry.name.startswith("events.out.tfevents."):
+            (tmp_path / entry.name).write_bytes(storage.read_bytes(entry.uri))
+    rows = read_results(s3_study.uri).query("trial_id == @s3_study.finished")
+    loss = tensorboard_scalars(tmp_path).Scalars("ray/tune/val/loss")
+    assert [e.step for e in loss] == list(rows["training_iteration"]) == list(range(1, EPOCHS + 1))
+    assert [round(e.value, 5) for e in loss] == [round(v, 5) for v in rows["val/loss"]]
+
+
+def test_full_states_were_in_the_bucket_while_the_study_ran(s3_study):
+    """When the first run was killed, the unfinished trial's latest full state lay in the bucket (Tune
+    keeps one), and it was what the resumed run continued from."""
+    assert s3_study.status_at_kill == "RUNNING" and 1 <= s3_study.checkpointed < EPOCHS
+    states = s3_study.full_states_at_kill
+    assert states and all(re.fullmatch(r"checkpoint_\d{6}/state\.pt", state) for state in states), states
+
+
+def test_killed_study_resumed_from_the_bucket_loses_and_repeats_nothing(s3_study):
+    before, after = s3_study.before, s3_study.after
+    finished, unfinished, checkpointed = s3_study.finished, s3_study.unfinished, s3_study.checkpointed
+    assert set(before["trial_id"]) == {finished, unfinished} and before["session"].nunique() == 1
+    assert sorted(before.loc[before["trial_id"] == finished, "epoch"]) == list(range(1, EPOCHS + 1))
+    # the first run's parts are all still there, unchanged: resuming appends
+    kept = after[after["session"] == before["session"].iloc[0]]
+    pd.testing.assert_frame_equal(kept.reset_index(drop=True), before.reset_index(drop=True))
+    new = after[after["session"] != before["session"].iloc[0]]
+    assert new["session"].nunique() == 1
+    assert finished not in set(new["trial_id"]), "the finished trial ran again"
+    resumed = new.loc[new["trial_id"] == unfinished, "epoch"].tolist()
+    assert resumed == list(range(checkpointed + 1, EPOCHS + 1)), \
+        f"the unfinished trial reran from scratch or skipped epochs: {resumed} (full state at {checkpointed})"
+    assert set(new["trial_id"]) == {unfinished}
+    results = read_results(s3_study.uri)
+    assert len(results) == SAMPLES * EPOCHS
+
+
+# ------------------------------------------------------------------ analysing a study in a bucket
+
+PATH_OR_TIME = re.compile(r"path|dir|uri|file|second|time|date|created", re.IGNORECASE)
+
+
+def assert_same_table(remote: pd.DataFrame, local: pd.DataFrame, what: str) -> list[str]:
+    """The same table but for columns that hold paths or times; returns the columns that differ."""
+    assert list(remote.columns) == list(local.columns) and len(remote) == len(local), what
+    differing = [column for column in local.columns if not remote[column].equals(local[column])]
+    unexpected = [column for column in differing if not PATH_OR_TIME.search(str(column))]
+    for column in unexpected:
+        pd.testing.assert_series_equal(remote[column], local[column], obj=f"{what}, column {column!r}")
+    return differing
+
+
+def test_analysis_of_the_bucket_matches_that_of_a_local_copy(s3_study, analyses):
+    assert list(analyses.cwd.iterdir()) == [], "the analysis wrote into its working directory"
+    local = tables_of(analyses.local.out)
+    assert "selected_trials.csv" in local and "comparison_f1_macro.csv" in local and "trials.csv" in local
+    for name, report in (("CLI on the bucket", analyses.first_out), ("analyze() on the bucket", analyses.second.out)):
+        remote = tables_of(report)
+        assert sorted(remote) == sorted(local), name
+        differing = {table: assert_same_table(remote[table], local[table], f"{name}: {table}") for table in local}
+        print(f"{name}: columns that differ from the local copy's analysis: "
+              f"{ {t: c for t, c in differing.items() if c} }")
+    assert analyses.second.notes == analyses.local.notes
+    assert analyses.local.best(DATASET, MODEL) is not None
+    assert analyses.second.best(DATASET, MODEL).candidate.trial_id == analyses.local.best(DATASET, MODEL).candidate.trial_id
+
+
+def test_analysis_downloads_the_evaluated_weights_once(s3_study, analyses):
+    evaluated = pd.read_csv(analyses.first_out / "tables" / "selected_trials.csv", dtype={"trial_id": str})["trial_id"]
+    sizes = {t: storage.size_of(weights_uri(s3_study.uri, t)) for t in evaluated}
+    # the first analysis fetched exactly the evaluated weights, into the study's cache
+    assert sorted(analyses.cached_after_first.values()) == sorted(sizes.values())
+    assert all(any(name.endswith(f"-{t}.pt") for name in analyses.cached_after_first) for t in sizes)
+    assert f"downloaded {sum(sizes.values()) / 1e6:,.1f} MB of weights from {s3_study.uri}" in analyses.cli.stdout
+    # the second fetched nothing
+    assert analyses.second.downloaded_bytes == 0
+    assert {p.name: p.stat().st_size for p in analyses.downloads.iterdir()} == analyses.cached_after_first
+    # a local study is never "downloaded"
+    assert analyses.local.downloaded_bytes == 0
+
+
+def test_analysis_of_a_bucket_needs_a_local_report_folder(s3_study, capsys):
+    assert analyze_module.main([s3_study.uri]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {s3_study.uri} is in object storage: pass --out DIR"), err
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_damaged_weights_in_the_bucket_are_reported_and_skipped(s3_study, analyses, tmp_path, damage):
+    """The cell's best trial lost its weights file (or has half of one): the analysis says so in its
+    notes and evaluates the cell's next trial, as it does for a local study."""
+    best = analyses.second.best(DATASET, MODEL).candidate.trial_id
+    (other,) = set(read_results(s3_study.uri)["trial_id"]) - {best}
+    copy = storage.join(s3_study.storage, f"{s3_study.name}-{damage}")
+    storage.copy_tree(s3_study.uri, copy)
+    if damage == "missing":
+        storage.delete(weights_uri(copy, best))
+    else:
+        head = (analyses.local_dir / "weights" / f"{best}.pt").read_bytes()[: 2**20]
+        storage.write_bytes(weights_uri(copy, best), head)
+    result = analyze(copy, out=tmp_path / "report", formats=("csv",))
+    notes = "\n".join(result.notes)
+    assert best in notes and "skipped" in notes, notes
+    assert ("no such object" if damage == "missing" else "not a readable checkpoint") in notes, notes
+    chosen = result.best(DATASET, MODEL)
+    assert chosen is not None and chosen.candidate.trial_id == other
+    fetched = storage.size_of(weights_uri(copy, other)) + (2**20 if damage == "truncated" else 0)
+    assert result.downloaded_bytes == fetched
+
+
+# ------------------------------------------------------------------ what cannot work stops at once
+
+def test_bucket_that_does_not_exist_stops_the_study_before_ray(s3_bucket, tmp_path, tiny_data, capsys, monkeypatch):
+    import ray
+
+    ray_was_up = ray.is_initialized()
+    calls = forbid_ray(monkeypatch)
+    space = write_space(tmp_path / "space.yaml", SEARCH)
+    missing = f"s3://missing-{uuid.uuid4().hex[:12]}/studies"
+    started = time.monotonic()
+    code = run_module.main(study_argv(space, missing, "bad", tiny_data, tmp_path / "cache", "--image-size", "64"))
+    elapsed = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"error: --storage {missing}/bad: cannot write there (") and err.count("error:") == 1, err
+    assert "the bucket exists" in err and "Traceback" not in err
+    assert calls == [] and ray.is_initialized() == ray_was_up
+    assert elapsed < 15, f"the missing bucket took {elapsed:.0f} s to refuse"
+
+
+def test_refused_credentials_stop_the_study_before_ray(s3_bucket, s3_server, tmp_path, tiny_data, capsys,
+                                                       monkeypatch):
+    calls = forbid_ray(monkeypatch)
+    space = write_space(tmp_path / "space.yaml", SEARCH)
+    with s3_server.auth_enforced():
+        code = run_module.main(study_argv(space, f"{s3_bucket}/studies", "bad", tiny_data, tmp_path / "cache",
+                                          "--image-size", "64"))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"error: --storage {s3_bucket}/studies/bad: cannot write there (") and \
+        err.count("error:") == 1, err
+    assert "ACCESS_DENIED" in err and "credentials" in err
+    assert calls == []
+    assert storage.listing(s3_bucket, recursive=True) == []  # nothing of the study was written
+
+
+def test_study_refused_after_the_write_check_leaves_nothing_in_the_bucket(s3_bucket, tmp_path, capsys,
+                                                                         monkeypatch):
+    """The bucket is writable but the data is not there: the study stops before Ray, and the bucket
+    holds nothing of it (as test_run.assert_no_trial asks of a local folder), so that the same
+    --name can start again and --resume says there is no such study."""
+    calls = forbid_ray(monkeypatch)
+    space = write_space(tmp_path / "space.yaml", SEARCH)
+    missing = tmp_path / "no-such-data"
+    code = run_module.main(study_argv(space, f"{s3_bucket}/studies", "bad", missing, tmp_path / "cache",
+                                      "--image-size", "64"))
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and str(missing) in err, err
+    assert calls == []
+    left = [entry.uri for entry in storage.listing(s3_bucket, recursive=True)]
+    assert left == [], f"the refused study left {left} in the bucket"
+
+
+def test_resume_of_a_study_that_is_not_in_the_bucket(s3_bucket, capsys, monkeypatch):
+    calls = forbid_ray(monkeypatch)
+    absent = f"{s3_bucket}/studies/absent"
+    assert run_module.main(["--resume", absent]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --resume {absent}: no such study directory") and err.count("\n") == 1, err
+    # a folder in the bucket, but no study.json in it
+    storage.write_text(f"{s3_bucket}/studies/other/notes.txt", "not a study")
+    assert run_module.main(["--resume", f"{s3_bucket}/studies/other"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --resume {s3_bucket}/studies/other: not a study directory, it has no study.json")
+    assert calls == []
+
+
+def test_analysis_of_a_study_that_is_not_in_the_bucket(s3_bucket, tmp_path, capsys):
+    absent = f"{s3_bucket}/studies/absent"
+    assert analyze_module.main([absent, "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: study directory {absent}: no such study directory") and err.count("\n") == 1, err
+    assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize("command", ["resume", "analyze"])
+def test_refused_credentials_when_reading_a_study_are_one_clear_error(s3_bucket, s3_server, tmp_path, capsys,
+                                                                     monkeypatch, command):
+    """Refused credentials (or a network error) while reading a study: an error naming the location,
+    not a traceback."""
+    forbid_ray(monkeypatch)
+    uri = f"{s3_bucket}/studies/demo"
+    with s3_server.auth_enforced():
+        try:
+            if command == "resume":
+                code = run_module.main(["--resume", uri])
+            else:
+                code = analyze_module.main([uri, "--out", str(tmp_path / "report")])
+        except OSError as error:
+            pytest.fail(f"{command} of {uri} with refused credentials raised {type(error).__name__} (a traceback "
+                        f"for the user) instead of one clear error: {error}")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and uri in err and "ACCESS_DENIED" in err, err
