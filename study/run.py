@@ -40,7 +40,7 @@ from cxrnets.training import SPLIT_COLUMNS, align_split  # noqa: E402
 from study import storage  # noqa: E402
 from study.checkpoints import WEIGHTS_DIR, CheckpointPolicy, WeightsKeeper, parse_keep, prune_weights  # noqa: E402
 from study.results import ResultsTable, read_results, read_trial_events  # noqa: E402
-from study.settings import (CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DEFAULTS, METRICS, SETTINGS_FILE,  # noqa: E402
+from study.settings import (CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DEFAULTS, METRICS,  # noqa: E402
                             StudySettings, load_settings, read_split, save_settings, settings_uri, split_uri)
 from study.space import load_space  # noqa: E402
 from study.tables import comparison_table, markdown_table  # noqa: E402

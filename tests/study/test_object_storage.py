@@ -19,15 +19,9 @@ those files through moto (~20 MB/s here). About 2.5-3.5 minutes on 2 busy cores.
 
 from __future__ import annotations
 
-import io
-import json
-import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -43,7 +37,8 @@ from study.analyze import analyze
 from study.checkpoints import read_best_weights, weights_uri
 from study.results import read_results, read_trial_events
 from study.settings import load_settings
-from test_run import _kill_leftovers, build_tiny_folder, study_argv, tensorboard_scalars, write_space
+from test_run import (build_tiny_folder, raw_parts, snapshot, study_argv, study_commands, tensorboard_scalars,
+                      wait_for_a_finished_and_a_running_trial, write_space)
 
 EPOCHS, SAMPLES = 3, 2
 SEARCH = {"model": {"value": "resnet50"}, "optimizer": {"value": "sgd"}, "lr": {"loguniform": [1.0e-4, 1.0e-3]},
@@ -52,34 +47,6 @@ DATASET, MODEL = "folder", "resnet50"
 
 
 # ------------------------------------------------------------------ helpers
-
-def snapshot(study_uri: str) -> dict[str, tuple[str, int | None]]:
-    """trial id -> (status, last reported iteration) in Tune's latest experiment snapshot in the bucket."""
-    files = sorted(entry.uri for entry in storage.listing(study_uri)
-                   if entry.name.startswith("experiment_state-") and entry.name.endswith(".json"))
-    if not files:
-        return {}
-    try:
-        state = storage.read_json(files[-1])
-    except (OSError, ValueError):  # being rewritten
-        return {}
-    trials = {}
-    for trial, runtime in state["trial_data"]:
-        trial = json.loads(trial) if isinstance(trial, str) else trial
-        runtime = json.loads(runtime) if isinstance(runtime, str) else runtime
-        trials[trial["trial_id"]] = (trial["status"], (runtime.get("last_result") or {}).get("training_iteration"))
-    return trials
-
-
-def raw_parts(study_uri: str) -> pd.DataFrame:
-    """Every row of every Parquet part in the bucket (no de-duplication), with the run (session) that wrote it."""
-    frames = []
-    for entry in storage.listing(storage.join(study_uri, "results")):
-        if entry.name.endswith(".parquet"):
-            frame = pd.read_parquet(io.BytesIO(storage.read_bytes(entry.uri)))
-            frames.append(frame.assign(session=entry.name.rsplit("-", 1)[0]))
-    return pd.concat(frames, ignore_index=True)
-
 
 def trial_folders(study_uri: str) -> dict[str, str]:
     """trial id -> its Tune folder in the bucket (<trial id>_<name>, holding params.json)."""
@@ -136,44 +103,15 @@ def s3_study(s3_env, tmp_path_factory, tiny_data):
     name = "killed"
     storage_uri = storage.join(s3_env, "studies")
     study_uri = storage.join(storage_uri, name)
-    ray_tmp = tempfile.mkdtemp(prefix="cxr-ray-", dir="/tmp")  # own Ray; short for Ray's socket paths
-    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}  # has the S3 variables
-    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", RAY_TMPDIR=ray_tmp, PYTHONUNBUFFERED="1")
     argv = study_argv(space, storage_uri, name, tiny_data, cache, "--image-size", "64", "--num-samples", str(SAMPLES),
                       "--max-epochs", str(EPOCHS), "--grace-period", str(EPOCHS), "--max-concurrent", "1",
                       "--num-cpus", "2", "--seed", "0", "--checkpoint-every", "1", "--keep", "all")
-    processes = []
-
-    def start(args: list[str], log: Path) -> subprocess.Popen:
-        with log.open("w") as out:
-            process = subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=cwd, env=env, stdout=out,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
-        processes.append(process)
-        return process
-
     started = time.monotonic()
-    try:
-        first = start(argv, work / "first.log")
-        deadline = time.monotonic() + 400
-        while True:
-            assert first.poll() is None, "the first run ended before it could be killed:\n" + \
-                (work / "first.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no finished trial and second trial in time:\n" + \
-                (work / "first.log").read_text()[-3000:]
-            state = snapshot(study_uri)
-            done = [t for t, (status, _) in state.items() if status == "TERMINATED"]
-            running = [t for t, (status, it) in state.items() if status == "RUNNING" and it]
-            if done and running:
-                events = read_trial_events(study_uri)
-                reported = read_results(study_uri)
-                if (len(reported) and set(done) <= set(events.loc[events["event"] == "completed", "trial_id"])
-                        and set(running) <= set(reported["trial_id"])):
-                    break
-            time.sleep(0.5)
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
+    with study_commands(cwd) as commands:  # the environment holds the server's variables (s3_env)
+        first = commands.start(argv, work / "first.log")
+        done, running = wait_for_a_finished_and_a_running_trial(first, study_uri, work / "first.log")
+        commands.kill(first)
         killed_after = time.monotonic() - started
-        _kill_leftovers(ray_tmp)
         (finished,), (unfinished,) = done, running
         status, checkpointed = snapshot(study_uri)[unfinished]  # what --resume restores
         folders = trial_folders(study_uri)
@@ -183,16 +121,10 @@ def s3_study(s3_env, tmp_path_factory, tiny_data):
         before = raw_parts(study_uri)
 
         resumed_at = time.monotonic()
-        second = start(["--resume", study_uri, "--num-cpus", "2"], work / "resume.log")
+        second = commands.start(["--resume", study_uri, "--num-cpus", "2"], work / "resume.log")
         assert second.wait(timeout=400) == 0, (work / "resume.log").read_text()[-3000:]
         resumed_in = time.monotonic() - resumed_at
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        _kill_leftovers(ray_tmp)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+        env = commands.env
     print(f"s3 study: killed after {killed_after:.0f} s, resumed run {resumed_in:.0f} s")
     return SimpleNamespace(uri=study_uri, storage=storage_uri, name=name, cwd=cwd, cache=cache, env=env, work=work,
                            finished=finished, unfinished=unfinished, status_at_kill=status, checkpointed=checkpointed,

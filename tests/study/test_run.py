@@ -11,7 +11,8 @@ About 3-4.5 minutes on 2 cores shared with other work (less on idle ones).
 
 from __future__ import annotations
 
-import glob
+import contextlib
+import io
 import json
 import math
 import os
@@ -33,6 +34,7 @@ import torch
 import yaml
 from PIL import Image
 
+from study import storage
 from study.checkpoints import read_best_weights
 from study.results import ResultsTable, read_results, read_trial_events
 from study.tables import best_epochs
@@ -423,13 +425,14 @@ def test_diverging_trials_end_as_poor_results_and_the_study_completes(ray_sessio
 
 # ------------------------------------------------------------------ kill the driver, then resume
 
-def _snapshot(study_dir: Path) -> dict[str, tuple[str, int]]:
-    """trial id -> (status, last reported iteration) in Tune's latest experiment snapshot."""
-    files = sorted(glob.glob(str(study_dir / "experiment_state-*.json")))
+def snapshot(study_uri: str | Path) -> dict[str, tuple[str, int | None]]:
+    """trial id -> (status, last reported iteration) in Tune's latest experiment snapshot (a folder or bucket)."""
+    files = sorted(entry.uri for entry in storage.listing(str(study_uri))
+                   if entry.name.startswith("experiment_state-") and entry.name.endswith(".json"))
     if not files:
         return {}
     try:
-        state = json.loads(Path(files[-1]).read_text())
+        state = storage.read_json(files[-1])
     except (OSError, ValueError):  # being rewritten
         return {}
     trials = {}
@@ -440,13 +443,34 @@ def _snapshot(study_dir: Path) -> dict[str, tuple[str, int]]:
     return trials
 
 
-def _raw_parts(study_dir: Path) -> pd.DataFrame:
+def raw_parts(study_uri: str | Path) -> pd.DataFrame:
     """Every row of every Parquet part (no de-duplication), with the run (session) that wrote it."""
     frames = []
-    for path in sorted((study_dir / "results").glob("part-*.parquet")):
-        frame = pd.read_parquet(path)
-        frames.append(frame.assign(session=path.name.rsplit("-", 1)[0]))
+    for entry in storage.listing(storage.join(str(study_uri), "results")):
+        if entry.name.endswith(".parquet"):
+            frame = pd.read_parquet(io.BytesIO(storage.read_bytes(entry.uri)))
+            frames.append(frame.assign(session=entry.name.rsplit("-", 1)[0]))
     return pd.concat(frames, ignore_index=True)
+
+
+def wait_for_a_finished_and_a_running_trial(process: subprocess.Popen, study_uri: str | Path, log: Path,
+                                           timeout: float = 400) -> tuple[list[str], list[str]]:
+    """Poll a study run by `process` until Tune's snapshot shows a finished trial (its end recorded)
+    and a running one that has reported an epoch; returns their ids (done, running)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, "the run ended before it could be killed:\n" + log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "no finished trial and second trial in time:\n" + log.read_text()[-3000:]
+        trials_now = snapshot(study_uri)
+        done = [t for t, (status, _) in trials_now.items() if status == "TERMINATED"]
+        running = [t for t, (status, it) in trials_now.items() if status == "RUNNING" and it]
+        if done and running:
+            events = read_trial_events(str(study_uri))
+            reported = read_results(str(study_uri))
+            if (len(reported) and set(done) <= set(events.loc[events["event"] == "completed", "trial_id"])
+                    and set(running) <= set(reported["trial_id"])):
+                return done, running
+        time.sleep(0.2)
 
 
 def _kill_leftovers(ray_tmp: str) -> list[int]:
@@ -468,6 +492,39 @@ def _kill_leftovers(ray_tmp: str) -> list[int]:
     return killed
 
 
+@contextlib.contextmanager
+def study_commands(cwd: Path, env: dict[str, str] | None = None):
+    """Runs `python -m study.run ARGS` in subprocesses (`.start(args, log)`) with a Ray instance of their
+    own (a private RAY_TMPDIR, no RAY_ADDRESS) and `env` added; `.kill(process)` SIGKILLs one with its
+    Ray, as a crash would. At the end every process left and its Ray are killed."""
+    ray_tmp = tempfile.mkdtemp(prefix="cxr-ray-", dir="/tmp")  # short: Ray's socket paths must stay under 107 chars
+    full_env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    full_env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", RAY_TMPDIR=ray_tmp, PYTHONUNBUFFERED="1",
+                    **(env or {}))
+    processes: list[subprocess.Popen] = []
+
+    def start(args: list[str], log: Path) -> subprocess.Popen:
+        with log.open("w") as out:
+            process = subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=cwd, env=full_env,
+                                       stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        processes.append(process)
+        return process
+
+    def kill(process: subprocess.Popen) -> None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        _kill_leftovers(ray_tmp)
+
+    try:
+        yield SimpleNamespace(start=start, kill=kill, env=full_env)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                kill(process)
+        _kill_leftovers(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
 def test_kill_and_resume_continues_without_rerunning(tmp_path, tiny_data, cache_dir):
     """SIGKILL the CLI driver (and its Ray) once one trial has finished and a second has reported
     an epoch; `--resume` finishes the study: the finished trial is not rerun, the second continues
@@ -478,64 +535,29 @@ def test_kill_and_resume_continues_without_rerunning(tmp_path, tiny_data, cache_
         "batch_size": {"value": 16}})
     storage, epochs, samples = tmp_path / "studies", 3, 3
     study_dir = storage / "resume"
-    ray_tmp = tempfile.mkdtemp(prefix="cxr-ray-", dir="/tmp")  # own Ray; short for Ray's socket paths
-    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    env.update(RAY_AUTH_MODE="disabled", RAY_TMPDIR=ray_tmp, PYTHONUNBUFFERED="1")
     argv = study_argv(space, storage, "resume", tiny_data, cache_dir, "--image-size", "32", "--num-samples",
                       str(samples), "--max-epochs", str(epochs), "--grace-period", str(epochs),
                       "--max-concurrent", "1", "--num-cpus", "2", "--seed", "0", "--checkpoint-every", "1")
-    processes = []
-
-    def start(args: list[str], log: Path) -> subprocess.Popen:
-        with log.open("w") as out:
-            process = subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=REPO, env=env, stdout=out,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
-        processes.append(process)
-        return process
-
-    try:
-        first = start(argv, tmp_path / "first.log")
-        deadline = time.monotonic() + 400
-        while True:
-            assert first.poll() is None, "the first run ended before it could be killed:\n" + \
-                (tmp_path / "first.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no finished trial and second trial in time:\n" + \
-                (tmp_path / "first.log").read_text()[-3000:]
-            snapshot = _snapshot(study_dir)
-            done = [t for t, (status, _) in snapshot.items() if status == "TERMINATED"]
-            running = [t for t, (status, it) in snapshot.items() if status == "RUNNING" and it]
-            if done and running:
-                events = read_trial_events(str(study_dir))
-                reported = read_results(str(study_dir))
-                if (len(reported) and set(done) <= set(events.loc[events["event"] == "completed", "trial_id"])
-                        and set(running) <= set(reported["trial_id"])):
-                    break
-            time.sleep(0.2)
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-        print(f"killed the first run after {time.monotonic() - deadline + 400:.0f} s")
-        _kill_leftovers(ray_tmp)
+    with study_commands(REPO) as commands:
+        first = commands.start(argv, tmp_path / "first.log")
+        started = time.monotonic()
+        done, running = wait_for_a_finished_and_a_running_trial(first, study_dir, tmp_path / "first.log")
+        commands.kill(first)
+        print(f"killed the first run after {time.monotonic() - started:.0f} s")
         (finished,), (unfinished,) = done, running
-        status, checkpointed = _snapshot(study_dir)[unfinished]  # what --resume restores (a report may have
+        status, checkpointed = snapshot(study_dir)[unfinished]  # what --resume restores (a report may have
         assert status == "RUNNING" and 1 <= checkpointed < epochs  # come in since the poll)
-        before = _raw_parts(study_dir)
+        before = raw_parts(study_dir)
         assert set(before["trial_id"]) == {finished, unfinished}
         assert sorted(before.loc[before["trial_id"] == finished, "epoch"]) == list(range(1, epochs + 1))
         assert before["session"].nunique() == 1
 
         resumed_at = time.monotonic()
-        second = start(["--resume", str(study_dir), "--num-cpus", "2"], tmp_path / "resume.log")
+        second = commands.start(["--resume", str(study_dir), "--num-cpus", "2"], tmp_path / "resume.log")
         assert second.wait(timeout=400) == 0, (tmp_path / "resume.log").read_text()[-3000:]
         print(f"the resumed run took {time.monotonic() - resumed_at:.0f} s")
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        _kill_leftovers(ray_tmp)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
 
-    after = _raw_parts(study_dir)
+    after = raw_parts(study_dir)
     # the first run's parts are all still there, unchanged: resuming appends
     kept = after[after["session"] == before["session"].iloc[0]]
     pd.testing.assert_frame_equal(kept.reset_index(drop=True), before.reset_index(drop=True))
