@@ -1,29 +1,36 @@
-"""Benchmark a study against its limits: the data path, the trainable, the orchestration, the search.
+"""Benchmark a study against its limits: the data path, the trainable, the orchestration, the search, the storage.
 
     python -m study.bench --quick                       # every part, about ten minutes on 2 CPU cores
     python -m study.bench                               # the full sizes (about an hour on 2 CPU cores)
     python -m study.bench --parts data,trainable --models alexnet --image-sizes 64,224 --repeats 3
     python -m study.bench --quick --device cuda --gpus-per-trial 0.5   # on a GPU machine
 
-Four parts, all measured in one run on one machine:
+Five parts, all measured in one run on one machine:
 
 1. data: images/s of decoding + preprocessing from the image files against reading the decode-once
    cache (cxrnets.cache + cxrnets.batches), at each image size, and the cache's images/s against the
    fastest model's training images/s (a bare loop: forward, backward, step).
 2. trainable: per model, images/s of what the study's trainable runs each epoch (study.trainable:
-   TrainingRun.train_epoch = training + validation metrics, then torch.save of the checkpoint and the
-   copy that tune.report makes of it into the study's storage) against a bare PyTorch loop doing the
-   same forward/backward/step on the same batches.
+   TrainingRun.train_epoch = training + validation metrics, then the checkpoint policy of
+   study.checkpoints: the best weights whenever the trial's best epoch improves, and a full state,
+   saved and copied into the study's storage as tune.report does, when the policy says it is due)
+   against a bare PyTorch loop doing the same forward/backward/step on the same batches, over
+   consecutive epochs of one run; and the bytes it writes per epoch.
 3. orchestration: `python -m study.run` as a user runs it (a subprocess with its own Ray instance):
    seconds to the first reported epoch, and the study's wall time against the sum of its trials'
    own time (Tune's time_total_s) over the trial slots.
 4. search: the full grid of a small space run to the maximum epochs without early stopping against
    the ASHA + Optuna study of the same space: epochs spent and best validation metric, as ratios.
    Both run one trial at a time, seeded, so that they repeat.
+5. storage: the default study (the orchestration study's sizes) run as a user runs it, with local
+   storage: the bytes it writes, the bytes it leaves (by kind: weights, full states, results,
+   TensorBoard events, the rest), and `study.analyze`'s time and downloads; then the same study with
+   --storage s3://... against a local S3 server (moto_server): the bytes left in the bucket, and the
+   analysis's time and downloads from there against the local analysis.
 
 The bench prints a table of every figure, its goal and whether it is met, and writes them all, with
 the machine and the settings, to a JSON file (--out). Everything it writes besides lies in a
-temporary work directory, deleted at the end unless --keep (checkpoints reach gigabytes).
+temporary work directory, deleted at the end unless --keep (checkpoints and weights reach gigabytes).
 """
 
 from __future__ import annotations
@@ -35,7 +42,6 @@ import math
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,7 +55,7 @@ import numpy as np
 
 log = logging.getLogger("study.bench")
 
-PARTS = ("data", "trainable", "orchestration", "search")
+PARTS = ("data", "trainable", "orchestration", "search", "storage")
 MODELS = ("alexnet", "vgg11", "resnet50")
 # Each goal: figure name pattern (a prefix; every figure that starts with it is checked), comparison, target.
 GOALS = (
@@ -60,6 +66,9 @@ GOALS = (
     ("orchestration/first_epoch_seconds", "<=", 20.0, "first epoch reported <= 20 s after the command starts"),
     ("search/best_gap", "<=", 0.01, "ASHA + Optuna best within 0.01 of the full grid's best"),
     ("search/epochs_ratio", "<=", 1 / 3, "ASHA + Optuna spends <= 1/3 of the full grid's epochs"),
+    # Meant for the default study (the full preset); the quick and smoke presets print it all the same.
+    ("storage/demo_bytes_left", "<=", 1.5e9, "the default study leaves <= 1.5 GB in its storage"),
+    ("storage/s3_analysis_vs_local", "<=", 2.0, "the analysis of a study in S3 takes <= 2x the local one's time"),
 )
 # Dataset 1 (covid-radiography), 21,165 images, split 70/15/15: what the trainable's ratio is projected to.
 PROJECTED_DATASET = ("covid-radiography", 21_165)
@@ -96,6 +105,13 @@ class Settings:
     study_image_size: int | None = None
     num_cpus: int = field(default_factory=lambda: os.cpu_count() or 1)
     gpus_per_trial: float = 0.0
+    # the checkpoint policy of the trainable part and of the storage part's studies (study.checkpoints)
+    checkpoint_every: int | None = None       # None: the study's default (study.settings.CHECKPOINT_EVERY)
+    checkpoint_minutes: float | None = None   # None: the study's default (study.settings.CHECKPOINT_MINUTES)
+    # storage (the default study, as the orchestration part runs it, unless these say otherwise)
+    storage_samples: int | None = None    # None: study_samples
+    storage_epochs: int | None = None     # None: study_epochs
+    s3_bucket: str = "cxr-bench"
     # search
     search_models: tuple[str, ...] = ("alexnet", "resnet50")
     search_optimizers: tuple[str, ...] = ("adam", "sgd")
@@ -122,6 +138,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                   study_space="<smoke>", study_samples=2, study_epochs=1, study_image_size=16,
                   search_models=("resnet50",), search_optimizers=("adam",), search_lrs=(1e-4, 1e-3),
                   search_image_size=16, search_max_epochs=2, search_grace_period=1, search_reduction_factor=2,
+                  # storage: one trial of two epochs with a full state after the first, so that the
+                  # accounting sees a full state written and deleted
+                  checkpoint_every=1, storage_samples=1, storage_epochs=2,
                   timeout_s=1200.0),
 }
 
@@ -322,21 +341,30 @@ def bench_data(bench: Bench) -> None:
 
 # ------------------------------------------------------------------ 2. trainable overhead
 
-def persist_checkpoint(run, storage: Path, epoch: int) -> tuple[float, float, int]:
-    """What study.trainable and tune.report do with a checkpoint, timed: torch.save into a temporary
-    directory, then Ray's copy of it into the study's storage (pyarrow.fs.copy_files, 64 MiB chunks,
+def _policy(s: Settings):
+    """The checkpoint policy the bench measures: the study's defaults unless --checkpoint-every/-minutes."""
+    from study.checkpoints import CheckpointPolicy
+    from study.settings import CHECKPOINT_EVERY, CHECKPOINT_MINUTES
+
+    return CheckpointPolicy(s.checkpoint_every or CHECKPOINT_EVERY, s.checkpoint_minutes or CHECKPOINT_MINUTES)
+
+
+def persist_full_state(run, weights, trial_folder: Path, index: int) -> tuple[float, float, int]:
+    """What study.trainable and tune.report do with a full state, timed: torch.save of the run's
+    checkpoint and the trial's best so far into a temporary directory, then Ray's copy of it into the
+    trial's folder in the study's storage (pyarrow.fs.copy_files, 64 MiB chunks,
     ray.train._internal.storage). Returns (save seconds, persist seconds, bytes)."""
     import pyarrow.fs
     import torch
 
-    from study.trainable import CHECKPOINT_FILE
+    from study.checkpoints import CHECKPOINT_PREFIX, STATE_FILE
 
     with tempfile.TemporaryDirectory() as directory:
         started = time.perf_counter()
-        torch.save(run.checkpoint(), Path(directory) / CHECKPOINT_FILE)
+        torch.save({**run.checkpoint(), **weights.state()}, Path(directory) / STATE_FILE)
         saved = time.perf_counter()
-        size = (Path(directory) / CHECKPOINT_FILE).stat().st_size
-        destination = storage / f"checkpoint_{epoch:06d}"
+        size = (Path(directory) / STATE_FILE).stat().st_size
+        destination = trial_folder / f"{CHECKPOINT_PREFIX}{index:06d}"
         local = pyarrow.fs.LocalFileSystem()
         local.create_dir(str(destination))
         pyarrow.fs.copy_files(directory, str(destination), source_filesystem=local, destination_filesystem=local,
@@ -345,16 +373,43 @@ def persist_checkpoint(run, storage: Path, epoch: int) -> tuple[float, float, in
     return saved - started, persisted - saved, size
 
 
+def _keep_newest_state(trial_folder: Path, keep: str) -> None:
+    """Tune keeps one full state (CheckpointConfig(num_to_keep=1)); its driver deletes the older ones,
+    outside the trial's epoch (so untimed here)."""
+    from study.checkpoints import CHECKPOINT_PREFIX
+
+    for folder in trial_folder.glob(f"{CHECKPOINT_PREFIX}*"):
+        if folder.name != keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+TRAINABLE_PARTS = ("train", "val", "weights", "state_save", "state_persist")
+
+
 def bench_trainable(bench: Bench) -> None:
+    """The trainable's epochs against the bare loop's, over `repeats` consecutive epochs of one run each.
+
+    Each trainable epoch does what study.trainable.train_trial does: train_epoch(), then
+    TrialWeights.update (the best weights and their sidecar, written only when the study metric
+    improves), then a full state when CheckpointPolicy.full_state_due says so (the run is a trial of
+    `repeats` epochs: never after its last). The ratio is the throughput over the whole run (images
+    over seconds, summed over the epochs), not a median: the checkpoint costs come in some epochs only.
+    """
     import torch
 
     from cxrnets.training import TrainingRun, prepare_data
+    from study import storage
+    from study.checkpoints import CHECKPOINT_PREFIX, TrialWeights, sidecar_uri
+    from study.settings import DEFAULTS
 
     s = bench.settings
     cache_dir = bench.workdir / "cache"
     size = s.trainable_image_size
-    details = bench.details.setdefault("trainable", {"image_size": size, "batch_size": s.batch_size,
-                                                     "repeats": s.repeats, "models": {}})
+    policy = _policy(s)
+    metric = DEFAULTS["metric"]
+    details = bench.details.setdefault("trainable", {
+        "image_size": size, "batch_size": s.batch_size, "epochs": s.repeats, "metric": metric,
+        "policy": {"checkpoint_every": policy.every, "checkpoint_minutes": policy.minutes}, "models": {}})
     data = None
     for model in s.models:
         config = _train_config(s, model, size, cache_dir)
@@ -365,45 +420,83 @@ def bench_trainable(bench: Bench) -> None:
         details["gpu_path"] = trial.gpu_path
         for run in (bare, trial):  # the same warm-up for both: first-call allocations, kernel choices
             bare_epoch(run, run.train_batches, limit=2)
-        storage = bench.workdir / "trainable-storage" / model
-        samples: dict[str, list[float]] = {k: [] for k in ("bare", "trainable", "train", "val", "save", "persist")}
-        checkpoint_bytes = 0
+        # A study folder of the model's own in the work directory: <study>/weights/ and a trial folder.
+        study_uri = str(bench.workdir / "trainable-storage" / model)
+        trial_id = f"bench_{model}"
+        trial_folder = Path(study_uri) / f"{trial_id}_{model}"
+        weights = TrialWeights(study_uri, trial_id, metric, "min" if metric.endswith("loss") else "max")
+        samples: dict[str, list[float]] = {k: [] for k in ("bare_images", "bare_seconds", "trained_images",
+                                                           "trainable_seconds", "bytes", *TRAINABLE_PARTS)}
+        weights_writes, full_states, weights_bytes, state_bytes = 0, 0, 0, 0
+        last_full_state = time.monotonic()  # as train_trial: the clock starts with the run
         for repeat in range(s.repeats):
             # Alternate which goes first, so that a change in the machine's load hits both alike.
             for kind in (("bare", "trainable") if repeat % 2 == 0 else ("trainable", "bare")):
                 if kind == "bare":
                     bare.train_batches.set_epoch(repeat)
                     images, seconds = bare_epoch(bare, bare.train_batches)
-                    samples["bare"].append(images / seconds)
+                    samples["bare_images"].append(images)
+                    samples["bare_seconds"].append(seconds)
                     continue
                 started = time.perf_counter()
                 metrics = trial.train_epoch()
                 epoch_seconds = time.perf_counter() - started
-                save, persist, checkpoint_bytes = persist_checkpoint(trial, storage, trial.epoch)
-                total = epoch_seconds + save + persist
+                best = weights.update(trial, metrics)
+                weights_seconds = time.perf_counter() - started - epoch_seconds
+                written = 0
+                if best is not None:
+                    weights_writes += 1
+                    weights_bytes = best.bytes + (storage.size_of(sidecar_uri(study_uri, trial_id)) or 0)
+                    written += weights_bytes
+                save = persist = 0.0
+                if policy.full_state_due(trial.epoch, s.repeats, time.monotonic() - last_full_state):
+                    save, persist, state_bytes = persist_full_state(trial, weights, trial_folder, full_states)
+                    _keep_newest_state(trial_folder, f"{CHECKPOINT_PREFIX}{full_states:06d}")
+                    last_full_state = time.monotonic()
+                    full_states += 1
+                    written += state_bytes
                 trained = round(metrics["images_per_second"] * metrics["epoch_seconds"])
-                samples["trainable"].append(trained / total)
+                samples["trained_images"].append(trained)
+                samples["trainable_seconds"].append(epoch_seconds + weights_seconds + save + persist)
                 samples["train"].append(metrics["epoch_seconds"])
                 samples["val"].append(epoch_seconds - metrics["epoch_seconds"])
-                samples["save"].append(save)
-                samples["persist"].append(persist)
-                shutil.rmtree(storage, ignore_errors=True)  # Tune keeps one checkpoint (num_to_keep=1)
-        med = {k: statistics.median(v) for k, v in samples.items()}
-        ratio = med["trainable"] / med["bare"]
-        train_ratio = (images / med["train"]) / med["bare"]
-        bench.figure(f"trainable/bare_images_per_second/{model}", med["bare"])
-        bench.figure(f"trainable/trainable_images_per_second/{model}", med["trainable"])
-        bench.figure(f"trainable/ratio/{model}", ratio)
-        # What limits the ratio: each part of the trainable's epoch as a share of it.
-        epoch_total = med["train"] + med["val"] + med["save"] + med["persist"]
-        n_train, n_val = details["train_images"], details["val_images"]
-        projected = _projected_ratio(med, n_train, n_val)
+                samples["weights"].append(weights_seconds)
+                samples["state_save"].append(save)
+                samples["state_persist"].append(persist)
+                samples["bytes"].append(written)
+        # A run too short for the policy to write a full state (fewer than checkpoint_every epochs) still
+        # needs its cost, for the breakdown and the projection: one more, outside the timed epochs.
+        state_measured_apart = full_states == 0
+        if state_measured_apart:
+            state_save, state_persist, state_bytes = persist_full_state(trial, weights, trial_folder, 0)
+        else:
+            state_save = sum(samples["state_save"]) / full_states
+            state_persist = sum(samples["state_persist"]) / full_states
+        epochs = len(samples["train"])
+        mean = {k: sum(samples[k]) / epochs for k in TRAINABLE_PARTS}
+        bare_ips = sum(samples["bare_images"]) / sum(samples["bare_seconds"])
+        trainable_ips = sum(samples["trained_images"]) / sum(samples["trainable_seconds"])
+        train_ratio = sum(samples["trained_images"]) / sum(samples["train"]) / bare_ips
+        bytes_per_epoch = sum(samples["bytes"]) / epochs
+        bench.figure(f"trainable/bare_images_per_second/{model}", bare_ips)
+        bench.figure(f"trainable/trainable_images_per_second/{model}", trainable_ips)
+        bench.figure(f"trainable/ratio/{model}", trainable_ips / bare_ips)
+        bench.figure(f"trainable/bytes_per_epoch/{model}", bytes_per_epoch)
+        # What limits the ratio: each part of the trainable's epoch (mean over the run) as a share of it.
+        epoch_total = sum(mean.values())
+        projected = _projected_ratio(bare_ips, mean, details["val_images"], policy, state_save + state_persist)
         details["models"][model] = {
             "train_loop_vs_bare": round(train_ratio, 4),
-            "seconds": {k: round(med[k], 3) for k in ("train", "val", "save", "persist")},
-            "shares": {k: round(med[k] / epoch_total, 4) for k in ("train", "val", "save", "persist")},
-            "checkpoint_mb": round(checkpoint_bytes / 1e6, 1),
-            "checkpoint_mb_per_s": round(checkpoint_bytes / 1e6 / max(med["save"] + med["persist"], 1e-9), 1),
+            "seconds": {k: round(v, 3) for k, v in mean.items()},
+            "shares": {k: round(v / epoch_total, 4) for k, v in mean.items()},
+            "bytes_per_epoch": round(bytes_per_epoch),
+            "weights_writes": weights_writes, "weights_bytes": weights_bytes,
+            "weights_mb": round(weights_bytes / 1e6, 1),
+            "weights_mb_per_s": round(weights_bytes / 1e6 / max(sum(samples["weights"]) / max(weights_writes, 1),
+                                                                1e-9), 1),
+            "full_states": full_states, "full_state_bytes": state_bytes, "full_state_mb": round(state_bytes / 1e6, 1),
+            "full_state_seconds": {"save": round(state_save, 3), "persist": round(state_persist, 3)},
+            "full_state_measured_apart": state_measured_apart,
             f"ratio_projected_{PROJECTED_DATASET[0]}": round(projected, 4),
             "samples": {k: [round(x, 4) for x in v] for k, v in samples.items()},
         }
@@ -412,15 +505,21 @@ def bench_trainable(bench: Bench) -> None:
     shutil.rmtree(bench.workdir / "trainable-storage", ignore_errors=True)
 
 
-def _projected_ratio(med: dict[str, float], n_train: int, n_val: int) -> float:
+def _projected_ratio(bare_ips: float, mean: dict[str, float], n_val: int, policy, state_seconds: float) -> float:
     """The trainable's ratio on dataset 1 (70/15/15 split) at the same per-image costs: the bare loop's
-    training time, plus the validation pass (grows with the images) and the checkpoint (does not).
+    training time, plus the validation pass (grows with the images) and the checkpoint policy's cost
+    per epoch (does not): the best weights in the same share of epochs as in the bench's run (every
+    epoch of a short run improves: an upper bound for a long one), and a full state every
+    `policy.every` epochs, or every epoch once an epoch takes `policy.minutes` (between the two, in
+    proportion; "never after the last epoch" is left out: an upper bound again).
     The trainable's training loop is the bare loop's code plus a per-step loss read, so the bare loop's
     speed stands for it (one repetition of each differs by the machine's noise, +-10 % here)."""
     _, images = PROJECTED_DATASET
-    train = 0.70 * images / med["bare"]
-    val = 0.15 * images * med["val"] / max(n_val, 1)
-    return train / (train + val + med["save"] + med["persist"])
+    train = 0.70 * images / bare_ips
+    val = 0.15 * images * mean["val"] / max(n_val, 1)
+    states_per_epoch = min(1.0, max(1 / policy.every, (train + val) / (60 * policy.minutes)))
+    checkpoint = mean["weights"] + states_per_epoch * state_seconds
+    return train / (train + val + checkpoint)
 
 
 # ------------------------------------------------------------------ studies as a user runs them
@@ -450,45 +549,160 @@ class StudyRun:
     started: float = 0.0  # time.time() when the command started
 
 
-def run_study_command(bench: Bench, name: str, args: list[str]) -> StudyRun:
+# ------------------------------------------------------------------ the studies' command lines
+# Built by these functions alone, which run nothing, so that a test can check every preset's
+# command lines with study.run's own validation before anything runs (tests/study/test_bench.py).
+
+def studies_storage(workdir: Path) -> str:
+    """--storage of the studies the bench runs on local disk."""
+    return str(workdir / "studies")
+
+
+def s3_storage(s: Settings) -> str:
+    """--storage of the storage part's S3 study (a bucket on the local S3 server)."""
+    return f"s3://{s.s3_bucket}/studies"
+
+
+def study_run_argv(s: Settings, workdir: Path, name: str, args: list[str], storage: str | None = None) -> list[str]:
+    """The arguments of `python -m study.run` for one of the bench's studies: the part's own `args`,
+    then where it goes (--storage, default: the work directory), its name, cache, seed and CPUs."""
+    argv = [*args, "--storage", storage or studies_storage(workdir), "--name", name,
+            "--cache-dir", str(workdir / "cache"), "--seed", str(s.seed), "--num-cpus", str(s.num_cpus)]
+    if s.gpus_per_trial:
+        argv += ["--gpus-per-trial", str(s.gpus_per_trial)]
+    return argv
+
+
+def study_space(s: Settings, workdir: Path) -> str:
+    """--space of the orchestration and storage studies (the smoke space is written to the work directory)."""
+    if s.study_space == "<smoke>":
+        return str(_write_space(workdir, "smoke-space", SMOKE_SPACE))
+    return s.study_space
+
+
+def _default_study_args(s: Settings, workdir: Path, samples: int | None, epochs: int | None) -> list[str]:
+    """The default study (the space's own settings) at the preset's sizes.
+
+    Fewer epochs than the space's grace period would make study.run refuse ("--grace-period N exceeds
+    --max-epochs M"): the grace period then shrinks to the epochs (every trial runs them all).
+    """
+    from study.settings import DEFAULTS
+    from study.space import load_space
+
+    space = study_space(s, workdir)
+    args = ["--space", space]
+    for flag, value in (("--num-samples", samples), ("--max-epochs", epochs), ("--image-size", s.study_image_size)):
+        if value is not None:
+            args += [flag, str(value)]
+    grace = load_space(space).study.get("grace_period", DEFAULTS["grace_period"])
+    if epochs is not None and grace > epochs:
+        args += ["--grace-period", str(epochs)]
+    return args
+
+
+def orchestration_args(s: Settings, workdir: Path) -> list[str]:
+    return _default_study_args(s, workdir, s.study_samples, s.study_epochs)
+
+
+def storage_args(s: Settings, workdir: Path) -> list[str]:
+    """The storage part's study: the orchestration study's, with its own sizes and policy where set."""
+    args = _default_study_args(s, workdir, s.storage_samples or s.study_samples, s.storage_epochs or s.study_epochs)
+    if s.checkpoint_every is not None:
+        args += ["--checkpoint-every", str(s.checkpoint_every)]
+    if s.checkpoint_minutes is not None:
+        args += ["--checkpoint-minutes", str(s.checkpoint_minutes)]
+    return args
+
+
+def search_args(s: Settings, workdir: Path) -> dict[str, list[str]]:
+    """The search part's two studies: the full grid, then ASHA + Optuna over the same space."""
+    from study.space import load_space
+
+    grid_space = _write_space(workdir, "search-grid", search_space_text(s, "grid"))
+    asha_space = _write_space(workdir, "search-asha", search_space_text(s, s.search_sampler))
+    configs = len(load_space(grid_space).grid())
+    samples = s.search_samples or configs
+    # One trial at a time with every core: ASHA's decisions and Optuna's proposals then do not depend
+    # on which trial finishes first, so the seeded run repeats.
+    common = ["--image-size", str(s.search_image_size), "--max-epochs", str(s.search_max_epochs),
+              "--metric", s.search_metric, "--cpus-per-trial", str(s.num_cpus), "--max-concurrent", "1"]
+    # The full grid: ASHA with its grace period at the maximum epochs never stops a trial early.
+    return {"search-grid": ["--space", str(grid_space), "--num-samples", str(configs),
+                            "--grace-period", str(s.search_max_epochs), "--reduction-factor", "2", *common],
+            "search-asha": ["--space", str(asha_space), "--num-samples", str(samples),
+                            "--grace-period", str(s.search_grace_period),
+                            "--reduction-factor", str(s.search_reduction_factor), *common]}
+
+
+def planned_studies(s: Settings, workdir: Path) -> dict[str, list[str]]:
+    """Every `python -m study.run` command line (its arguments) that the parts in s.parts would run,
+    by study name; writes the space files they name into `workdir`, runs nothing."""
+    planned: dict[str, list[str]] = {}
+    if "orchestration" in s.parts:
+        planned["orchestration"] = study_run_argv(s, workdir, "orchestration", orchestration_args(s, workdir))
+    if "search" in s.parts:
+        for name, args in search_args(s, workdir).items():
+            planned[name] = study_run_argv(s, workdir, name, args)
+    if "storage" in s.parts:
+        args = storage_args(s, workdir)
+        planned["storage-local"] = study_run_argv(s, workdir, "storage-local", args)
+        planned["storage-s3"] = study_run_argv(s, workdir, "storage-s3", args, storage=s3_storage(s))
+    return planned
+
+
+def run_study_command(bench: Bench, name: str, args: list[str], storage: str | None = None,
+                      env: dict[str, str] | None = None, watch: "FolderWatch | None" = None) -> StudyRun:
     """`python -m study.run ARGS` in a subprocess with its own Ray instance; watches for the first result.
 
-    The study gets a private RAY_TMPDIR so that it starts its own Ray instance even where another
-    process on this machine runs one, and RAY_ADDRESS is dropped for the same reason.
+    `storage`: the study's --storage (default: the work directory's studies/); `env`: variables added
+    to the subprocess's environment (an S3 endpoint and its credentials, say); `watch`: polled while
+    the study runs, and once after it ends. The study gets a private RAY_TMPDIR so that it starts its
+    own Ray instance even where another process on this machine runs one, and RAY_ADDRESS is dropped
+    for the same reason.
     """
+    from study import storage as study_storage
+
     s = bench.settings
-    storage = bench.workdir / "studies"
-    study_uri = str(storage / name)
+    argv = study_run_argv(s, bench.workdir, name, args, storage)
+    study_uri = study_storage.join(study_storage.location(storage or studies_storage(bench.workdir)), name)
     log_file = bench.workdir / f"{name}.log"
     ray_tmp = Path(tempfile.mkdtemp(prefix="cxrb-"))  # short: Ray's socket paths must stay under 107 chars
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_TMPDIR=str(ray_tmp), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
-               PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
-                                                      env.get("PYTHONPATH")]))
-    command = [sys.executable, "-m", "study.run", *args, "--storage", str(storage), "--name", name,
-               "--cache-dir", str(bench.workdir / "cache"), "--seed", str(s.seed), "--num-cpus", str(s.num_cpus)]
-    if s.gpus_per_trial:
-        command += ["--gpus-per-trial", str(s.gpus_per_trial)]
+    environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    environment.update(RAY_TMPDIR=str(ray_tmp), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
+                       PYTHONUNBUFFERED="1")
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
+                                                              environment.get("PYTHONPATH")]))
+    environment.update(env or {})
+    command = [sys.executable, "-m", "study.run", *argv]
     log.info("running %s", " ".join(command[1:]))
-    results_dir = Path(study_uri) / "results"
+    # The first result: the first Parquet part of results/ (watched on local storage only).
+    results_dir = None if study_storage.is_remote(study_uri) else Path(study_uri) / "results"
     first = None
+
+    def first_part() -> float | None:
+        if results_dir is None or not results_dir.is_dir():
+            return None
+        parts = [p for p in results_dir.iterdir() if p.suffix == ".parquet"]
+        return min(p.stat().st_mtime for p in parts) - started if parts else None
+
     try:
         with log_file.open("w") as output:
             started = time.time()
-            process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env,
+            process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=environment,
                                        cwd=str(bench.workdir))
             while process.poll() is None:
-                if first is None and results_dir.is_dir():
-                    parts = [p for p in results_dir.iterdir() if p.suffix == ".parquet"]
-                    if parts:
-                        first = min(p.stat().st_mtime for p in parts) - started
+                if first is None:
+                    first = first_part()
+                if watch is not None:
+                    watch.maybe_poll()
                 if time.time() - started > s.timeout_s:
                     process.kill()
                     process.wait()
                     raise RuntimeError(f"study {name} ran past {s.timeout_s:.0f} s; see {log_file}")
                 time.sleep(0.05)
             wall = time.time() - started
+            if watch is not None:
+                watch.poll()
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     text = log_file.read_text(errors="replace")
@@ -499,14 +713,14 @@ def run_study_command(bench: Bench, name: str, args: list[str]) -> StudyRun:
     for line in text.splitlines():
         if line.startswith("study finished in "):
             fit = float(line.split()[3])
-    if first is None and results_dir.is_dir():
-        parts = [p for p in results_dir.iterdir() if p.suffix == ".parquet"]
-        first = min(p.stat().st_mtime for p in parts) - started if parts else None
+    if first is None:
+        first = first_part()
     return StudyRun(name, study_uri, wall, first, fit, process.returncode, str(log_file), started)
 
 
-def _space_file(bench: Bench, name: str, text: str) -> Path:
-    path = bench.workdir / f"{name}.yaml"
+def _write_space(workdir: Path, name: str, text: str) -> Path:
+    path = workdir / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
 
@@ -524,12 +738,7 @@ def bench_orchestration(bench: Bench) -> None:
     from study.results import read_results
 
     s = bench.settings
-    space = str(_space_file(bench, "smoke-space", SMOKE_SPACE)) if s.study_space == "<smoke>" else s.study_space
-    args = ["--space", space]
-    for flag, value in (("--num-samples", s.study_samples), ("--max-epochs", s.study_epochs),
-                        ("--image-size", s.study_image_size)):
-        if value is not None:
-            args += [flag, str(value)]
+    args = orchestration_args(s, bench.workdir)
     study = run_study_command(bench, "orchestration", args)
     results = read_results(study.study_uri)
     if results.empty:
@@ -596,9 +805,15 @@ def read_results_models(study_uri: str) -> dict[str, str]:
 
 
 def _drop_checkpoints(study_uri: str) -> None:
-    """Free the disk (an AlexNet checkpoint is ~0.7 GB, VGG11 ~1.6 GB); results and logs stay."""
-    for folder in Path(study_uri).glob("*/checkpoint_*"):
-        shutil.rmtree(folder, ignore_errors=True)
+    """Free the disk: the best weights (AlexNet's ~0.23 GB, VGG11's ~0.5 GB) and any full state left
+    (~0.7 GB, ~1.6 GB: the policy deletes them as trials end); results and logs stay."""
+    from study import storage
+    from study.checkpoints import WEIGHTS_DIR, delete_full_states
+
+    for entry in storage.listing(study_uri):
+        if entry.is_dir:
+            delete_full_states(entry.uri)
+    storage.delete(storage.join(study_uri, WEIGHTS_DIR))
 
 
 # ------------------------------------------------------------------ 4. search efficiency
@@ -629,23 +844,13 @@ def bench_search(bench: Bench) -> None:
     from study.tables import best_epochs
 
     s = bench.settings
-    grid_space = _space_file(bench, "search-grid", search_space_text(s, "grid"))
-    asha_space = _space_file(bench, "search-asha", search_space_text(s, s.search_sampler))
-    configs = len(load_space(grid_space).grid())
+    studies = search_args(s, bench.workdir)
+    configs = len(load_space(bench.workdir / "search-grid.yaml").grid())
     samples = s.search_samples or configs
     metric = s.search_metric
     mode = "min" if metric.endswith("loss") else "max"
-    # One trial at a time with every core: ASHA's decisions and Optuna's proposals then do not depend
-    # on which trial finishes first, so the seeded run repeats.
-    common = ["--image-size", str(s.search_image_size), "--max-epochs", str(s.search_max_epochs),
-              "--metric", metric, "--cpus-per-trial", str(s.num_cpus), "--max-concurrent", "1"]
-    # The full grid: ASHA with its grace period at the maximum epochs never stops a trial early.
-    grid = run_study_command(bench, "search-grid", ["--space", str(grid_space), "--num-samples", str(configs),
-                                                    "--grace-period", str(s.search_max_epochs),
-                                                    "--reduction-factor", "2", *common])
-    asha = run_study_command(bench, "search-asha", ["--space", str(asha_space), "--num-samples", str(samples),
-                                                    "--grace-period", str(s.search_grace_period),
-                                                    "--reduction-factor", str(s.search_reduction_factor), *common])
+    grid = run_study_command(bench, "search-grid", studies["search-grid"])
+    asha = run_study_command(bench, "search-asha", studies["search-asha"])
     outcome = {}
     for label, study in (("grid", grid), ("asha", asha)):
         results = read_results(study.study_uri)
@@ -689,6 +894,269 @@ def bench_search(bench: Bench) -> None:
         "reduction_factor": s.search_reduction_factor, "image_size": s.search_image_size, "mode": mode,
         "space": search_space_text(s, "grid"), **outcome,
     }
+
+
+# ------------------------------------------------------------------ 5. storage
+
+STORAGE_KINDS = ("weights", "checkpoints", "results", "tensorboard", "other")
+
+
+def file_kind(relative: str) -> str:
+    """What a file of a study folder (its path relative to the folder) is, for the bytes-by-kind split:
+    weights (weights/: best weights and sidecars), checkpoints (full states: a trial folder's
+    checkpoint_*/), results (results/ and trial_events/ Parquet parts, Tune's per-trial result.json and
+    progress.csv), tensorboard (events.out.tfevents.*), other (study.json, the split, Tune's experiment
+    state, params, ...)."""
+    from study.checkpoints import CHECKPOINT_PREFIX, WEIGHTS_DIR
+    from study.results import EVENTS_DIR, RESULTS_DIR
+
+    parts = relative.split("/")
+    if parts[0] == WEIGHTS_DIR:
+        return "weights"
+    if any(part.startswith(CHECKPOINT_PREFIX) for part in parts[:-1]):
+        return "checkpoints"
+    if parts[0] in (RESULTS_DIR, EVENTS_DIR) or parts[-1] in ("result.json", "progress.csv"):
+        return "results"
+    if parts[-1].startswith("events.out.tfevents"):
+        return "tensorboard"
+    return "other"
+
+
+def bytes_by_kind(uri: str) -> dict[str, int]:
+    """Bytes of every file under a study folder (local or object storage), by file_kind."""
+    from study import storage
+
+    found = dict.fromkeys(STORAGE_KINDS, 0)
+    prefix = uri.rstrip("/") + "/"
+    for entry in storage.listing(uri, recursive=True):
+        if not entry.is_dir and entry.uri.startswith(prefix):
+            found[file_kind(entry.uri[len(prefix):])] += entry.size or 0
+    return found
+
+
+class FolderWatch:
+    """Samples a local study folder while its study runs: its size over time, and the bytes written.
+
+    Bytes written, counted from what each poll (every `interval` s) sees, by kind of file:
+    - weights/: every distinct (path, mtime, size) once. A weights file or sidecar appears complete
+      (written beside as *.tmp, then renamed; the .tmp files are not counted), and each new best
+      replaces it: each version seen is one write.
+    - everything else: each path once, at the largest size seen. A full state is copied by Tune
+      straight into its checkpoint_NNNNNN/ folder (a poll may see it half written; its largest size
+      is the whole file) and never rewritten under the same name; results parts are written once;
+      TensorBoard events and Tune's progress files only grow.
+    Limits: a file that lives less than a poll interval is missed. A full state lives for at least an
+    epoch, a weights version until the trial's next improvement, or, for a trial's last improvement,
+    until the trial ends: WeightsKeeper then deletes the weights of a trial outside its cell's --keep
+    best within a fraction of a second, so these are often missed (measured: --quick's 4 one-epoch
+    trials, 1 of 4 weights files missed, 515 MB of 1.49 GB). A full state deleted before a poll saw
+    it whole counts what was seen; files Tune rewrites in place (its experiment state, every few
+    seconds) count once, at their largest. So this is a lower bound on the bytes that reached the disk;
+    weights_written() gives the weights' bytes without the polling's blind spot.
+    """
+
+    def __init__(self, uri: str, interval: float = 0.2):
+        self.uri, self.interval = uri, interval
+        self.last_poll = -math.inf
+        self.versions: set[tuple[str, int, int]] = set()  # weights/: (path, mtime_ns, size)
+        self.largest: dict[str, int] = {}                  # every other file: the largest size seen
+        self.samples: list[tuple[float, int]] = []         # (time.time(), folder bytes)
+        self.polls = self.failed_polls = 0
+        self.seconds = 0.0                                  # spent polling
+
+    def maybe_poll(self) -> None:
+        if time.monotonic() - self.last_poll >= self.interval:
+            self.poll()
+
+    def poll(self) -> None:
+        import pyarrow.fs
+
+        from study import storage
+
+        self.last_poll = started = time.monotonic()
+        fs, path = storage.filesystem(self.uri)  # storage.listing has no mtimes: its filesystem's own listing
+        try:
+            infos = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True, allow_not_found=True))
+        except OSError:  # a folder deleted while it was listed (a full state, say): the next poll sees the rest
+            self.failed_polls += 1
+            return
+        total = 0
+        for info in infos:
+            if info.type != pyarrow.fs.FileType.File:
+                continue
+            total += info.size
+            relative = info.path[len(path.rstrip("/")) + 1:]
+            if relative.endswith(".tmp"):
+                continue
+            if file_kind(relative) == "weights":
+                self.versions.add((relative, info.mtime_ns or 0, info.size))
+            else:
+                self.largest[relative] = max(self.largest.get(relative, 0), info.size)
+        self.samples.append((time.time(), total))
+        self.polls += 1
+        self.seconds += time.monotonic() - started
+
+    @property
+    def peak_bytes(self) -> int:
+        return max((size for _, size in self.samples), default=0)
+
+    def written(self) -> dict[str, int]:
+        found = dict.fromkeys(STORAGE_KINDS, 0)
+        for _, _, size in self.versions:
+            found["weights"] += size
+        for relative, size in self.largest.items():
+            found[file_kind(relative)] += size
+        return found
+
+    def weights_sizes(self) -> dict[str, int]:
+        """Each trial's weights file (weights/<trial id>.pt) at the largest size seen, by trial id."""
+        from study.checkpoints import WEIGHTS_DIR
+
+        sizes: dict[str, int] = {}
+        for relative, _, size in self.versions:
+            folder, _, name = relative.partition("/")
+            if folder == WEIGHTS_DIR and name.endswith(".pt"):
+                sizes[name[:-3]] = max(sizes.get(name[:-3], 0), size)
+        return sizes
+
+    def series(self, since: float, points: int = 100) -> list[list[float]]:
+        """(seconds since `since`, MB) at most `points` samples, evenly picked, with the peak among them."""
+        step = max(1, math.ceil(len(self.samples) / points))
+        picked = self.samples[::step]
+        if self.samples:
+            peak = max(self.samples, key=lambda sample: sample[1])
+            picked = sorted({*picked, peak, self.samples[-1]})
+        return [[round(when - since, 1), round(size / 1e6, 1)] for when, size in picked]
+
+
+def weights_written(results, metric: str, mode: str, sizes: dict[str, int]) -> tuple[int, dict[str, int]]:
+    """The bytes of best weights a study wrote, without polling's blind spot: a trial writes its weights
+    at each epoch whose study metric strictly improves on its best so far (study.checkpoints.improves,
+    TrialWeights.update's own rule; a diverged epoch writes nothing), counted from the results table,
+    each at the size of that trial's weights file as seen (`sizes`, by trial id), else at the median
+    size of its model's files seen. Returns (bytes, writes by trial id); sidecars are left out."""
+    from study.checkpoints import improves
+
+    if results.empty or metric not in results:
+        return 0, {}
+    results = results.sort_values(["trial_id", "training_iteration"])
+    models = results.groupby("trial_id")["config/model"].first().to_dict() if "config/model" in results else {}
+    by_model: dict[str, list[int]] = {}
+    for trial_id, size in sizes.items():
+        by_model.setdefault(str(models.get(trial_id)), []).append(size)
+    diverged = results["diverged"].fillna(0) > 0 if "diverged" in results else None
+    total, writes = 0, {}
+    for trial_id, rows in results.groupby("trial_id"):
+        best, count = None, 0
+        for index, value in rows[metric].items():
+            if diverged is not None and diverged[index]:
+                continue
+            if improves(None if value is None else float(value), best, mode):
+                best, count = float(value), count + 1
+        writes[trial_id] = count
+        same_model = by_model.get(str(models.get(trial_id)), [])
+        size = sizes.get(trial_id) or (int(np.median(same_model)) if same_model else 0)
+        total += count * size
+    return total, writes
+
+
+def _analysis(bench: Bench, study_uri: str, label: str) -> dict[str, Any]:
+    """`python -m study.analyze STUDY --out DIR`, in this process (study.analyze.analyze), timed."""
+    from study.analyze import analyze, cell_columns
+
+    s = bench.settings
+    out = bench.workdir / f"analysis-{label}"
+    started = time.perf_counter()
+    analysis = analyze(study_uri, out=out, cache_dir=str(bench.workdir / "cache"), device=s.device)
+    seconds = time.perf_counter() - started
+    trials = cell_columns(analysis.trials, analysis.study.settings)
+    cells = len({*zip(trials["dataset"], trials["model"])})
+    return {"seconds": seconds, "downloaded_bytes": analysis.downloaded_bytes, "cells": cells,
+            "top_k": analysis.top_k, "evaluated": len(analysis.selected),
+            "evaluated_weights_bytes": sum(selected.candidate.weights.bytes for selected in analysis.selected),
+            "notes": list(analysis.notes), "out": str(out)}
+
+
+def bench_storage(bench: Bench) -> None:
+    """The default study's storage: bytes written and left, locally and in S3, and the analysis's
+    time and downloads from each (see the module's docstring)."""
+    from study import storage
+    from study.local_s3 import LocalS3Server
+    from study.results import read_results
+    from study.settings import load_settings
+
+    s = bench.settings
+    args = storage_args(s, bench.workdir)
+    details = bench.details.setdefault("storage", {})
+    details["command"] = (f"python -m study.run {' '.join(args)} (+ --storage/--name/--cache-dir/--seed/"
+                          "--num-cpus)")
+    # Local storage, watched while it runs.
+    name = "storage-local"
+    watch = FolderWatch(storage.join(storage.location(studies_storage(bench.workdir)), name))
+    study = run_study_command(bench, name, args, watch=watch)
+    results = read_results(study.study_uri)
+    settings = load_settings(study.study_uri)
+    left, written = bytes_by_kind(study.study_uri), watch.written()
+    seen_weights = written["weights"]
+    written["weights"], writes = weights_written(results, settings.metric, settings.mode, watch.weights_sizes())
+    bench.figure("storage/study_wall_seconds", study.wall_seconds)
+    bench.figure("storage/written_bytes", sum(written.values()))
+    bench.figure("storage/written_weights_bytes", written["weights"])
+    bench.figure("storage/written_weights_bytes_seen", seen_weights)
+    bench.figure("storage/written_checkpoints_bytes", written["checkpoints"])
+    bench.figure("storage/peak_bytes", watch.peak_bytes)
+    bench.figure("storage/demo_bytes_left", sum(left.values()))
+    for kind in STORAGE_KINDS:
+        bench.figure(f"storage/bytes_left_{kind}", left[kind])
+    details["local"] = {
+        "study": study.study_uri, "log": study.log_file, "trials": int(results["trial_id"].nunique())
+        if len(results) else 0, "epochs": int(len(results)), "written": written, "left": left,
+        "peak_bytes": watch.peak_bytes, "polls": watch.polls, "failed_polls": watch.failed_polls,
+        "polling_seconds": round(watch.seconds, 2), "mb_over_time": watch.series(study.started),
+        "weights_versions_seen": len(watch.versions), "weights_written_seen": seen_weights,
+        "weights_writes": writes}
+    # The analysis, locally: first (cold: its imports), and again after the S3 one (warm); the faster counts.
+    local = _analysis(bench, study.study_uri, "local")
+    details["local"]["analysis"] = local
+    bench.figure("storage/local_analysis_downloaded_bytes", local["downloaded_bytes"])
+    if shutil.which("moto_server") is None:
+        reason = "moto_server is not installed (pip install \"moto[server]\"): no S3 figures"
+        log.warning("storage: S3 half skipped: %s", reason)
+        details["s3_skipped"] = reason
+        bench.figure("storage/local_analysis_seconds", local["seconds"])
+        _drop_checkpoints(study.study_uri)
+        return
+    downloads = bench.workdir / "cache" / "downloads"  # where the analysis caches what it downloads
+    with LocalS3Server(log_file=bench.workdir / "moto.log") as server:
+        server.create_bucket(s.s3_bucket)
+        s3 = run_study_command(bench, "storage-s3", args, storage=s3_storage(s), env=server.env())
+        with server.environment():
+            left_s3 = bytes_by_kind(s3.study_uri)
+            shutil.rmtree(downloads, ignore_errors=True)  # nothing cached: the analysis downloads what it needs
+            remote = _analysis(bench, s3.study_uri, "s3")
+            files = [p for p in downloads.iterdir() if p.is_file() and not p.name.endswith(".part")] \
+                if downloads.is_dir() else []
+    # Note: moto serves a ranged GET in time proportional to the whole object, and study.storage.download
+    # reads in 8 MiB ranges: measured here, a 250 MB object took 4.4 s in 8 MiB reads, 1.0 s in 64 MiB
+    # reads, 0.4 s in one. Against moto the S3 analysis's time is mostly that; real S3 serves ranges in
+    # time proportional to the range.
+    warm = _analysis(bench, study.study_uri, "local-again")
+    local_seconds = min(local["seconds"], warm["seconds"])
+    bench.figure("storage/local_analysis_seconds", local_seconds)
+    bench.figure("storage/s3_study_wall_seconds", s3.wall_seconds)
+    bench.figure("storage/s3_bytes_left", sum(left_s3.values()))
+    bench.figure("storage/s3_analysis_seconds", remote["seconds"])
+    bench.figure("storage/s3_analysis_vs_local", remote["seconds"] / local_seconds)
+    bench.figure("storage/s3_analysis_downloaded_bytes", remote["downloaded_bytes"])
+    bench.figure("storage/s3_downloaded_files", len(files))
+    # What the analysis may download: one weights file per evaluated trial, at most cells x top-k.
+    bench.figure("storage/s3_max_files", remote["cells"] * remote["top_k"])
+    bench.figure("storage/s3_downloaded_vs_evaluated_bytes", remote["downloaded_bytes"]
+                 / remote["evaluated_weights_bytes"] if remote["evaluated_weights_bytes"] else float("nan"))
+    details["local"]["analysis_again"] = warm
+    details["s3"] = {"study": s3.study_uri, "log": s3.log_file, "left": left_s3, "analysis": remote,
+                     "downloaded_files": sorted(p.name for p in files)}
+    _drop_checkpoints(study.study_uri)
 
 
 # ------------------------------------------------------------------ goals, table, main
@@ -735,7 +1203,7 @@ def build_parser() -> argparse.ArgumentParser:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="small sizes: about ten minutes on 2 CPU cores")
     size.add_argument("--smoke", action="store_true", help="the smallest sizes that still give every figure "
-                      "(ResNet50 at 32 px; what the test runs): a couple of minutes")
+                      "(ResNet50 at 16 px; what the test runs): a few minutes")
     d = Settings()
     add("--parts", type=_csv(str), default=None, help=f"comma-separated parts to run (default: {','.join(PARTS)})")
     add("--models", type=_csv(str), default=None,
@@ -781,12 +1249,17 @@ def build_parser() -> argparse.ArgumentParser:
         f"{d.search_metric}, the study's; val/loss separates configurations that all predict the majority class)")
     add("--search-samples", type=int, default=None,
         help="trials of the ASHA study (default: as many as the grid's configurations)")
+    add("--checkpoint-every", type=int, default=None, help="epochs between two full states in the trainable part "
+        "and the storage part's studies (default: the study's, 5; --smoke: 1)")
+    add("--checkpoint-minutes", type=float, default=None, help="or minutes, whichever comes first (default: the "
+        "study's, 15)")
     add("--num-cpus", type=int, default=None, help="CPUs of each study's Ray instance (default: all)")
     add("--gpus-per-trial", type=float, default=None, help="GPUs per trial in the studies (default: 0)")
     add("--seed", type=int, default=None, help="seed of every part (default: 0)")
     add("--out", default="bench.json", help="JSON file of every figure (default: bench.json)")
     add("--workdir", default=None, help="work directory (default: a new temporary directory)")
-    add("--keep", action="store_true", help="keep the work directory (study logs, results; no checkpoints)")
+    add("--keep", action="store_true", help="keep the work directory (study logs, results; no checkpoints or "
+        "weights)")
     return parser
 
 
@@ -829,7 +1302,13 @@ def validate(s: Settings) -> None:
     for name in ("repeats", "model_batches", "batch_size", "search_max_epochs", "search_grace_period", "num_cpus"):
         if getattr(s, name) < 1:
             raise CxrError(f"--{name.replace('_', '-')} must be at least 1")
-    from study.run import METRICS
+    for name in ("study_samples", "study_epochs", "study_image_size", "storage_samples", "storage_epochs",
+                 "checkpoint_every", "search_samples"):
+        if getattr(s, name) is not None and getattr(s, name) < 1:
+            raise CxrError(f"--{name.replace('_', '-')} must be at least 1")
+    if s.checkpoint_minutes is not None and not s.checkpoint_minutes > 0:
+        raise CxrError("--checkpoint-minutes must be above 0")
+    from study.settings import METRICS
 
     if s.search_metric not in METRICS:
         raise CxrError(f"--search-metric {s.search_metric}: choose one of {', '.join(METRICS)}")
@@ -858,7 +1337,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     failures = {}
     runners = {"data": bench_data, "trainable": bench_trainable, "orchestration": bench_orchestration,
-               "search": bench_search}
+               "search": bench_search, "storage": bench_storage}
     try:
         for part in PARTS:
             if part not in settings.parts:

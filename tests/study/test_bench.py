@@ -14,18 +14,26 @@ import pytest
 import yaml
 
 from cxrnets.errors import CxrError
-from study import bench
+from study import bench, run
 from study.space import parse_space
 
 SMOKE_FIGURES = [
     "data/decode_images_per_second@16", "data/cache_images_per_second@16", "data/cache_vs_decode@16",
     "data/model_train_images_per_second@16/resnet50", "data/cache_vs_fastest_model@16",
     "trainable/bare_images_per_second/resnet50", "trainable/trainable_images_per_second/resnet50",
-    "trainable/ratio/resnet50",
+    "trainable/ratio/resnet50", "trainable/bytes_per_epoch/resnet50",
     "orchestration/first_epoch_seconds", "orchestration/study_wall_seconds", "orchestration/trial_seconds_sum",
     "orchestration/overhead",
     "search/grid_epochs", "search/asha_epochs", "search/epochs_ratio", "search/grid_best", "search/asha_best",
     "search/best_gap", "search/best_ratio",
+    "storage/study_wall_seconds", "storage/written_bytes", "storage/written_weights_bytes",
+    "storage/written_weights_bytes_seen",
+    "storage/written_checkpoints_bytes", "storage/peak_bytes", "storage/demo_bytes_left",
+    *(f"storage/bytes_left_{kind}" for kind in bench.STORAGE_KINDS),
+    "storage/local_analysis_seconds", "storage/local_analysis_downloaded_bytes",
+    "storage/s3_study_wall_seconds", "storage/s3_bytes_left", "storage/s3_analysis_seconds",
+    "storage/s3_analysis_vs_local", "storage/s3_analysis_downloaded_bytes", "storage/s3_downloaded_files",
+    "storage/s3_max_files", "storage/s3_downloaded_vs_evaluated_bytes",
 ]
 
 
@@ -44,19 +52,101 @@ def test_smoke_run_gives_every_figure(tmp_path: Path, capsys: pytest.CaptureFixt
     checked = {goal["figure"] for goal in report["goals"]}
     assert checked == {"data/cache_vs_decode@16", "data/cache_vs_fastest_model@16", "trainable/ratio/resnet50",
                        "orchestration/overhead", "orchestration/first_epoch_seconds", "search/best_gap",
-                       "search/epochs_ratio"}
+                       "search/epochs_ratio", "storage/demo_bytes_left", "storage/s3_analysis_vs_local"}
     assert all(isinstance(goal["met"], bool) for goal in report["goals"])
     # the grid ran every configuration to the last epoch; ASHA ran the same space
     search = report["details"]["search"]
     assert search["grid"]["trials"] == search["configs"] == 2
     assert search["grid"]["trials_at_max_epochs"] == 2 and search["grid"]["distinct_configs"] == 2
     assert figures["search/grid_epochs"] == 4 and 2 <= figures["search/asha_epochs"] <= 4
-    # the trainable's epoch is broken down into what limits it
+    # the trainable's epoch is broken down into what limits it; its one epoch is its first best: weights
+    # only (the last epoch writes no full state), and the full state's cost measured apart
     parts = report["details"]["trainable"]["models"]["resnet50"]
-    assert set(parts["seconds"]) == {"train", "val", "save", "persist"} and parts["checkpoint_mb"] > 50
+    assert set(parts["seconds"]) == {"train", "val", "weights", "state_save", "state_persist"}
+    assert parts["weights_writes"] == 1 and parts["full_states"] == 0 and parts["full_state_measured_apart"]
+    assert 50e6 < parts["weights_bytes"] < parts["full_state_bytes"]  # ResNet50: 94 MB of weights, 3x with Adam's
+    assert figures["trainable/bytes_per_epoch/resnet50"] == parts["weights_bytes"]  # the weights and their sidecar
+    # storage: the study's one trial wrote a full state after epoch 1 (--checkpoint-every 1) that its end
+    # deleted, and its weights, which stay (--keep 1); the analysis fetched only the weights it evaluated
+    storage = report["details"]["storage"]
+    assert storage["local"]["written"]["checkpoints"] > 0 and storage["local"]["left"]["checkpoints"] == 0
+    assert figures["storage/written_bytes"] >= figures["storage/demo_bytes_left"] > 0
+    assert figures["storage/written_weights_bytes"] >= storage["local"]["left"]["weights"] - 10_000  # - sidecars
+    assert figures["storage/bytes_left_weights"] > 50e6 and figures["storage/s3_bytes_left"] > 50e6
+    assert figures["storage/local_analysis_downloaded_bytes"] == 0
+    assert 1 <= figures["storage/s3_downloaded_files"] <= figures["storage/s3_max_files"] == 1
+    assert figures["storage/s3_downloaded_vs_evaluated_bytes"] == 1.0
     assert report["machine"]["cores"] >= 1 and report["machine"]["device"] == "cpu"
     assert set(report["part_seconds"]) == set(bench.PARTS)
     assert not workdir.exists()  # checkpoints and studies are gone unless --keep
+
+
+@pytest.mark.parametrize("preset", ["--smoke", "--quick", "--full"])
+def test_every_study_command_of_every_preset_is_valid(preset: str, tmp_path: Path) -> None:
+    """What each part would pass to python -m study.run, checked by study.run's own validation (no Ray,
+    nothing runs): a change to a shipped space, a preset or study.run cannot break a documented command
+    unnoticed (--quick once stopped with "--grace-period 2 exceeds --max-epochs 1")."""
+    settings, _ = bench.settings_from_args(bench.build_parser().parse_args([] if preset == "--full" else [preset]))
+    planned = bench.planned_studies(settings, tmp_path)
+    assert set(planned) == {"orchestration", "search-grid", "search-asha", "storage-local", "storage-s3"}
+    for name, argv in planned.items():
+        study = run.settings_from_args(run.build_parser().parse_args(argv))  # raises CxrError if refused
+        assert study.name == name
+    # the sizes of the preset reach the studies
+    orchestration = run.settings_from_args(run.build_parser().parse_args(planned["orchestration"]))
+    assert orchestration.num_samples == (settings.study_samples or 10)
+    assert orchestration.grace_period <= orchestration.max_epochs == (settings.study_epochs or 4)
+    assert run.settings_from_args(run.build_parser().parse_args(planned["storage-s3"])).storage.startswith("s3://")
+
+
+def test_the_grace_period_shrinks_to_the_epochs_only_where_needed(tmp_path: Path) -> None:
+    quick = bench.settings_from_args(bench.build_parser().parse_args(["--quick"]))[0]
+    args = bench.orchestration_args(quick, tmp_path)
+    assert args[args.index("--grace-period") + 1] == "1"  # the demo space's grace period is 2, the study 1 epoch
+    full = bench.settings_from_args(bench.build_parser().parse_args(["--study-epochs", "3"]))[0]
+    assert "--grace-period" not in bench.orchestration_args(full, tmp_path)
+
+
+def test_storage_kinds_and_the_written_bytes(tmp_path: Path) -> None:
+    """The storage part's accounting on a folder it watches: weights versions each count, a full state
+    counts once at its largest size, deleted files stay counted."""
+    study = tmp_path / "study"
+    (study / "weights").mkdir(parents=True)
+    (study / "t1_x" / "checkpoint_000000").mkdir(parents=True)
+    (study / "results").mkdir()
+    watch = bench.FolderWatch(str(study))
+    (study / "weights" / "t1.pt").write_bytes(b"w" * 100)
+    (study / "weights" / "t1.pt.tmp").write_bytes(b"w" * 7)  # being written: not counted
+    (study / "t1_x" / "checkpoint_000000" / "state.pt").write_bytes(b"s" * 150)  # half written
+    watch.poll()
+    (study / "t1_x" / "checkpoint_000000" / "state.pt").write_bytes(b"s" * 300)
+    (study / "weights" / "t1.pt.tmp").replace(study / "weights" / "t1.pt")  # a new best
+    (study / "results" / "part-1.parquet").write_bytes(b"r" * 10)
+    (study / "t1_x" / "events.out.tfevents.1").write_bytes(b"e" * 20)
+    (study / "t1_x" / "params.json").write_bytes(b"p" * 5)
+    watch.poll()
+    (study / "t1_x" / "checkpoint_000000" / "state.pt").unlink()  # the trial ended: its full state goes
+    watch.poll()
+    assert watch.written() == {"weights": 107, "checkpoints": 300, "results": 10, "tensorboard": 20, "other": 5}
+    assert watch.peak_bytes == 7 + 300 + 10 + 20 + 5
+    assert bench.bytes_by_kind(str(study)) == {"weights": 7, "checkpoints": 0, "results": 10, "tensorboard": 20,
+                                               "other": 5}
+
+
+def test_weights_written_counts_every_improvement_at_the_trials_size() -> None:
+    """What polling misses (weights written and deleted within a poll), counted from the results: one
+    write per strict improvement of the study metric, none for a diverged epoch or a NaN."""
+    import pandas as pd
+
+    nan = float("nan")
+    results = pd.DataFrame({
+        "trial_id": ["a", "a", "a", "b", "b", "c", "d"], "training_iteration": [1, 2, 3, 1, 2, 1, 1],
+        "val/f1_macro": [0.2, 0.1, 0.3, nan, 0.5, 0.0, 0.4], "diverged": [0, 0, 0, 0, 0, 1, 0],
+        "config/model": ["alexnet"] * 5 + ["vgg11", "vgg11"]})
+    total, writes = bench.weights_written(results, "val/f1_macro", "max", {"a": 100, "d": 70})
+    assert writes == {"a": 2, "b": 1, "c": 0, "d": 1}
+    assert total == 2 * 100 + 1 * 100 + 0 + 1 * 70  # b was never seen: the size of its model's files seen
+    assert bench.weights_written(results, "val/loss", "min", {}) == (0, {})
 
 
 def test_goals_apply_to_every_matching_figure() -> None:
