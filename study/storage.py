@@ -36,7 +36,9 @@ from cxrnets.errors import CxrError
 log = logging.getLogger(__name__)
 
 REMOTE_SCHEMES = ("s3", "gs")
-CHUNK = 8 * 2**20  # bytes per read or write of a large file
+# Bytes per read or write of a large file. Large: an S3 GET has a fixed cost (and moto serves each
+# ranged GET in time proportional to the whole object: 250 MB took 4.4 s in 8 MiB reads, 1.0 s in 64 MiB).
+CHUNK = 64 * 2**20
 
 
 def is_remote(uri: str) -> bool:

@@ -222,6 +222,15 @@ def test_resume_of_a_study_whose_split_is_missing(tmp_path, capsys, tiny_data, c
     assert f"{settings.study_uri}/splits/folder.csv: the study's split is missing" in err and "restore" in err
 
 
+def test_fewer_epochs_than_the_spaces_grace_period_lower_it(tmp_path, caplog):
+    """`--max-epochs 1` on the demo space (grace period 2) runs, with a grace period of 1 and a warning;
+    a --grace-period given beyond --max-epochs is still refused (BAD_INPUT)."""
+    with caplog.at_level("WARNING", logger="study.run"):
+        settings = settings_from_args(build_parser().parse_args(["--max-epochs", "1", "--storage", str(tmp_path)]))
+    assert (settings.max_epochs, settings.grace_period) == (1, 1)
+    assert "grace period 2 exceeds --max-epochs 1" in caplog.text
+
+
 def test_grid_space_runs_every_combination_by_default(tmp_path):
     """--num-samples defaults to the grid's size (paper.yaml: 108), not to 10."""
     settings = settings_from_args(build_parser().parse_args(["--space", "paper", "--storage", str(tmp_path)]))
