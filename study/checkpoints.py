@@ -30,6 +30,7 @@ from typing import Any
 from ray import tune
 
 from study import storage
+from study.settings import CHECKPOINT_EVERY, CHECKPOINT_MINUTES
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,8 @@ def improves(value: float | None, best: float | None, mode: str) -> bool:
 class CheckpointPolicy:
     """When a running trial writes its full state."""
 
-    every: int = 5            # epochs
-    minutes: float = 15.0     # or minutes since the last full state, whichever comes first
+    every: int = CHECKPOINT_EVERY        # epochs
+    minutes: float = CHECKPOINT_MINUTES  # or minutes since the last full state, whichever comes first
 
     def full_state_due(self, epoch: int, last_epoch: int, seconds_since_last: float) -> bool:
         if epoch >= last_epoch:  # the trial ends here: nothing left to resume
