@@ -78,11 +78,12 @@ class ResultsTable(tune.Callback):
 
 
 def _read_parts(study_uri: str, folder: str) -> pd.DataFrame:
-    files = [entry.uri for entry in storage.listing(storage.join(study_uri, folder)) if entry.name.endswith(".parquet")]
-    if not files:
+    folder = storage.join(study_uri, folder)
+    names = [entry.name for entry in storage.listing(folder) if entry.name.endswith(".parquet")]
+    if not names:
         return pd.DataFrame()
-    filesystem, _ = storage.filesystem(study_uri)
-    tables = [pq.read_table(storage.filesystem(part)[1], filesystem=filesystem) for part in files]
+    filesystem, path = storage.filesystem(folder)  # once: opening a bucket's filesystem has a cost
+    tables = [pq.read_table(f"{path}/{name}", filesystem=filesystem) for name in names]
     return pa.concat_tables(tables, promote_options="permissive").to_pandas()
 
 

@@ -24,8 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-# Checkpointing every epoch with CheckpointConfig(num_to_keep) makes Tune warn on every
-# snapshot (see RAY-NOTES.md); the snapshots are what we want, the warnings are noise.
+# Checkpoints with CheckpointConfig(num_to_keep) make Tune warn at every experiment snapshot
+# (see RAY-NOTES.md); the snapshots are what we want, the warnings are noise.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
 
