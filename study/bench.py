@@ -581,22 +581,12 @@ def study_space(s: Settings, workdir: Path) -> str:
 
 
 def _default_study_args(s: Settings, workdir: Path, samples: int | None, epochs: int | None) -> list[str]:
-    """The default study (the space's own settings) at the preset's sizes.
-
-    Fewer epochs than the space's grace period would make study.run refuse ("--grace-period N exceeds
-    --max-epochs M"): the grace period then shrinks to the epochs (every trial runs them all).
-    """
-    from study.settings import DEFAULTS
-    from study.space import load_space
-
-    space = study_space(s, workdir)
-    args = ["--space", space]
+    """The default study (the space's own settings) at the preset's sizes. (Fewer epochs than the
+    space's grace period: study.run lowers the grace period to them.)"""
+    args = ["--space", study_space(s, workdir)]
     for flag, value in (("--num-samples", samples), ("--max-epochs", epochs), ("--image-size", s.study_image_size)):
         if value is not None:
             args += [flag, str(value)]
-    grace = load_space(space).study.get("grace_period", DEFAULTS["grace_period"])
-    if epochs is not None and grace > epochs:
-        args += ["--grace-period", str(epochs)]
     return args
 
 

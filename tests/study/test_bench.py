@@ -99,14 +99,6 @@ def test_every_study_command_of_every_preset_is_valid(preset: str, tmp_path: Pat
     assert run.settings_from_args(run.build_parser().parse_args(planned["storage-s3"])).storage.startswith("s3://")
 
 
-def test_the_grace_period_shrinks_to_the_epochs_only_where_needed(tmp_path: Path) -> None:
-    quick = bench.settings_from_args(bench.build_parser().parse_args(["--quick"]))[0]
-    args = bench.orchestration_args(quick, tmp_path)
-    assert args[args.index("--grace-period") + 1] == "1"  # the demo space's grace period is 2, the study 1 epoch
-    full = bench.settings_from_args(bench.build_parser().parse_args(["--study-epochs", "3"]))[0]
-    assert "--grace-period" not in bench.orchestration_args(full, tmp_path)
-
-
 def test_storage_kinds_and_the_written_bytes(tmp_path: Path) -> None:
     """The storage part's accounting on a folder it watches: weights versions each count, a full state
     counts once at its largest size, deleted files stay counted."""
