@@ -764,7 +764,7 @@ def bench_orchestration(bench: Bench) -> None:
         if "config/model" in results else {},
         "log": study.log_file,
     }
-    _drop_checkpoints(study.study_uri)
+    _drop_model_files(study.study_uri)
 
 
 def _trial_spans(study_uri: str):
@@ -794,7 +794,7 @@ def read_results_models(study_uri: str) -> dict[str, str]:
     return results.groupby("trial_id")["config/model"].first().to_dict()
 
 
-def _drop_checkpoints(study_uri: str) -> None:
+def _drop_model_files(study_uri: str) -> None:
     """Free the disk: the best weights (AlexNet's ~0.23 GB, VGG11's ~0.5 GB) and any full state left
     (~0.7 GB, ~1.6 GB: the policy deletes them as trials end); results and logs stay."""
     from study import storage
@@ -863,7 +863,7 @@ def bench_search(bench: Bench) -> None:
             "trials_at_max_epochs": int((summary["per_trial"]["epochs"] >= s.search_max_epochs).sum()),
             "wall_seconds": round(study.wall_seconds, 1), "log": study.log_file,
         }
-        _drop_checkpoints(study.study_uri)
+        _drop_model_files(study.study_uri)
     if outcome["grid"]["trials_at_max_epochs"] != outcome["grid"]["trials"]:
         log.warning("search: %d of the grid's %d trials stopped before %d epochs", outcome["grid"]["trials"]
                     - outcome["grid"]["trials_at_max_epochs"], outcome["grid"]["trials"], s.search_max_epochs)
@@ -959,29 +959,27 @@ class FolderWatch:
             self.poll()
 
     def poll(self) -> None:
-        import pyarrow.fs
-
         from study import storage
 
         self.last_poll = started = time.monotonic()
-        fs, path = storage.filesystem(self.uri)  # storage.listing has no mtimes: its filesystem's own listing
         try:
-            infos = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True, allow_not_found=True))
+            entries = storage.listing(self.uri, recursive=True)
         except OSError:  # a folder deleted while it was listed (a full state, say): the next poll sees the rest
             self.failed_polls += 1
             return
         total = 0
-        for info in infos:
-            if info.type != pyarrow.fs.FileType.File:
+        prefix = self.uri.rstrip("/") + "/"
+        for entry in entries:
+            if entry.is_dir:
                 continue
-            total += info.size
-            relative = info.path[len(path.rstrip("/")) + 1:]
+            total += entry.size
+            relative = entry.uri.removeprefix(prefix)
             if relative.endswith(".tmp"):
                 continue
             if file_kind(relative) == "weights":
-                self.versions.add((relative, info.mtime_ns or 0, info.size))
+                self.versions.add((relative, entry.mtime_ns or 0, entry.size))
             else:
-                self.largest[relative] = max(self.largest.get(relative, 0), info.size)
+                self.largest[relative] = max(self.largest.get(relative, 0), entry.size)
         self.samples.append((time.time(), total))
         self.polls += 1
         self.seconds += time.monotonic() - started
@@ -1114,7 +1112,7 @@ def bench_storage(bench: Bench) -> None:
         log.warning("storage: S3 half skipped: %s", reason)
         details["s3_skipped"] = reason
         bench.figure("storage/local_analysis_seconds", local["seconds"])
-        _drop_checkpoints(study.study_uri)
+        _drop_model_files(study.study_uri)
         return
     downloads = bench.workdir / "cache" / "downloads"  # where the analysis caches what it downloads
     with LocalS3Server(log_file=bench.workdir / "moto.log") as server:
@@ -1146,7 +1144,7 @@ def bench_storage(bench: Bench) -> None:
     details["local"]["analysis_again"] = warm
     details["s3"] = {"study": s3.study_uri, "log": s3.log_file, "left": left_s3, "analysis": remote,
                      "downloaded_files": sorted(p.name for p in files)}
-    _drop_checkpoints(study.study_uri)
+    _drop_model_files(study.study_uri)
 
 
 # ------------------------------------------------------------------ goals, table, main

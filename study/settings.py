@@ -27,7 +27,6 @@ DEFAULTS = {"dataset": "covid-chestxray-3class", "image_size": 64, "num_samples"
 # The checkpoint policy's defaults (see study.checkpoints).
 CHECKPOINT_EVERY = 5          # epochs between two full states of a running trial
 CHECKPOINT_MINUTES = 15.0     # ... or minutes, whichever comes first
-KEEP_ALL = "all"
 
 
 @dataclass

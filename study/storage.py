@@ -102,6 +102,7 @@ class Entry:
     name: str
     is_dir: bool
     size: int | None  # bytes; None for a folder
+    mtime_ns: int | None = None  # last modification, where the storage says
 
 
 def kind(uri: str) -> str:
@@ -114,14 +115,6 @@ def kind(uri: str) -> str:
     if found == pyarrow.fs.FileType.File:
         return "file"
     return "dir" if found == pyarrow.fs.FileType.Directory else "missing"
-
-
-def is_file(uri: str) -> bool:
-    return kind(uri) == "file"
-
-
-def is_dir(uri: str) -> bool:
-    return kind(uri) == "dir"
 
 
 def size_of(uri: str) -> int | None:
@@ -138,7 +131,7 @@ def listing(uri: str, recursive: bool = False) -> list[Entry]:
         return []
     infos = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=recursive, allow_not_found=True))
     entries = [Entry(_as_uri(uri, info.path), info.base_name, info.type == pyarrow.fs.FileType.Directory,
-                     info.size if info.type == pyarrow.fs.FileType.File else None) for info in infos]
+                     info.size if info.type == pyarrow.fs.FileType.File else None, info.mtime_ns) for info in infos]
     return sorted(entries, key=lambda entry: entry.uri)
 
 
