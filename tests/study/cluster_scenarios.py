@@ -11,8 +11,9 @@ on the JSON it writes. Scenarios:
   - `spread`: a 4-trial study with storage on a path both nodes see, then
     check_cluster on paths that no node has (through the real node-pinned
     Ray tasks);
-  - `node_loss`: a 2-trial, 6-epoch study; as soon as a trial on the worker
-    has reported an epoch, the worker node is removed and a new one added.
+  - `node_loss`: a 2-trial, 6-epoch study; as soon as Tune has registered
+    the first full state of a trial on the worker, the worker node is
+    removed and a new one added.
 - `always_fails`: a local one-CPU Ray and a study whose data root vanishes
   after the driver prepared it, so that every attempt of every trial raises.
 
@@ -92,9 +93,15 @@ def rows(frame) -> list[dict[str, Any]]:
 
 def raw_results(study_uri: str):
     """Every result part in the order the driver wrote them (no de-duplication)."""
-    from study.results import RESULTS_DIR, _read_parts
+    import io
 
-    return _read_parts(study_uri, RESULTS_DIR)
+    import pandas as pd
+
+    from study import storage
+
+    frames = [pd.read_parquet(io.BytesIO(storage.read_bytes(entry.uri)))
+              for entry in storage.listing(storage.join(study_uri, "results")) if entry.name.endswith(".parquet")]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def grid_summary(grid) -> dict[str, Any]:
@@ -144,39 +151,53 @@ def spread(workdir: Path, cache_dir: str, out: dict[str, Any]) -> None:
 
 
 def node_loss(workdir: Path, cache_dir: str, out: dict[str, Any], cluster, worker) -> None:
-    """A 2-trial, 6-epoch study; the worker node is removed once a trial there has reported an epoch."""
+    """A 2-trial, 6-epoch study; the worker node is removed as soon as Tune has registered the first
+    full state of a trial there, and a new node added."""
+    import study.run
     from study.results import read_results
-    from study.run import run_study
 
     settings = make_settings(workdir, "node-loss", cache_dir, "--checkpoint-every", "1", "--num-samples", "2",
                              "--max-epochs", "6",
                              "--grace-period", "6", "--max-failures", "2")
+    removed = threading.Event()
+    keeper = study.run.WeightsKeeper
+
+    class RemoveWorkerAfterItsFirstSave(keeper):
+        """Removes the worker from inside Tune's loop, right after Tune registered a checkpoint of a
+        trial there: no later result of that trial can reach the driver before the node is gone."""
+
+        def on_trial_save(self, iteration, trials, trial, **info):
+            super().on_trial_save(iteration, trials, trial, **info)
+            if removed.is_set() or (trial.last_result or {}).get("node_id") != worker.node_id:
+                return
+            out["victim"] = trial.trial_id
+            out["before_removal"] = rows(raw_results(settings.study_uri))
+            cluster.remove_node(worker)
+            log.warning("removed the worker node after trial %s saved epoch %s there", trial.trial_id,
+                        trial.last_result.get("epoch"))
+            removed.set()
+
+        def __reduce__(self):  # Tune pickles its callbacks (for a resume this scenario never does)
+            return keeper, (self.study_uri, self.metric, self.mode, self.keep)
+
+    study.run.WeightsKeeper = RemoveWorkerAfterItsFirstSave
     # The study runs in a thread: adding a node registers signal handlers, which only the main thread may.
     outcome: dict[str, Any] = {}
 
-    def study() -> None:
+    def run() -> None:
         try:
-            outcome["grid"] = run_study(settings)
+            outcome["grid"] = study.run.run_study(settings)
         except BaseException:  # noqa: BLE001 - re-raised below
             outcome["error"] = traceback.format_exc()
 
     started = time.perf_counter()
-    runner = threading.Thread(target=study, name="study", daemon=True)
+    runner = threading.Thread(target=run, name="study", daemon=True)
     runner.start()
-    # Poll the results table; at the first epoch a trial reports from the worker, remove the worker.
-    while runner.is_alive():
-        table = raw_results(settings.study_uri)
-        if len(table) and "node_id" in table.columns and (table["node_id"] == worker.node_id).any():
-            on_worker = table[table["node_id"] == worker.node_id]
-            out["victim"] = on_worker["trial_id"].iloc[0]
-            out["before_removal"] = rows(table)
-            cluster.remove_node(worker)
-            log.warning("removed the worker node after trial %s reported epoch(s) %s there", out["victim"],
-                        sorted(on_worker["epoch"].tolist()))
-            # As an autoscaler would: a new node, so that the retried trial need not wait for the head's CPU.
-            out["replacement"] = cluster.add_node(num_cpus=1).node_id
-            break
-        time.sleep(0.1)
+    while runner.is_alive() and not removed.wait(timeout=0.1):
+        pass
+    if removed.is_set():
+        # As an autoscaler would: a new node, so that the retried trial need not wait for the head's CPU.
+        out["replacement"] = cluster.add_node(num_cpus=1).node_id
     runner.join()
     if "error" in outcome:
         raise RuntimeError(f"the study raised:\n{outcome['error']}")
