@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "classification_metrics",
     "confusion_matrix",
+    "majority_baseline",
+    "majority_scores",
     "per_class_table",
     "predictions",
 ]
@@ -214,16 +216,24 @@ def per_class_table(
     return table
 
 
-def majority_baseline(train_targets: np.ndarray, eval_targets: np.ndarray, multilabel: bool,
-                      num_classes: int | None = None) -> dict[str, float]:
-    """Metrics of always predicting the training split's most frequent class (or, multi-label,
-    each label that is present in most training images): the floor a trained model must beat."""
+def majority_scores(train_targets: np.ndarray, count: int, multilabel: bool, num_classes: int) -> np.ndarray:
+    """The scores of always predicting the training split's most frequent class (multi-label: each
+    label present in most training images) for `count` images: (count, num_classes)."""
     if multilabel:
         prevalence = np.asarray(train_targets, dtype=float).mean(axis=0)
-        scores = np.tile((prevalence >= 0.5).astype(float), (len(eval_targets), 1))
-        return classification_metrics(eval_targets, scores, multilabel=True)
-    num_classes = num_classes or int(max(train_targets.max(), eval_targets.max())) + 1
-    majority = np.bincount(train_targets, minlength=num_classes).argmax()
-    scores = np.zeros((len(eval_targets), num_classes))
+        return np.tile((prevalence >= 0.5).astype(float), (count, 1))
+    majority = np.bincount(np.asarray(train_targets, dtype=np.int64), minlength=num_classes).argmax()
+    scores = np.zeros((count, num_classes))
     scores[:, majority] = 1.0
-    return classification_metrics(eval_targets, scores, multilabel=False)
+    return scores
+
+
+def majority_baseline(train_targets: np.ndarray, eval_targets: np.ndarray, multilabel: bool,
+                      num_classes: int | None = None) -> dict[str, float]:
+    """Metrics of the majority predictor (majority_scores): the floor a trained model must beat."""
+    if multilabel:
+        num_classes = np.asarray(train_targets).shape[1]
+    else:
+        num_classes = num_classes or int(max(train_targets.max(), eval_targets.max())) + 1
+    scores = majority_scores(train_targets, len(eval_targets), multilabel, num_classes)
+    return classification_metrics(eval_targets, scores, multilabel=multilabel)

@@ -1050,7 +1050,8 @@ def weights_written(results, metric: str, mode: str, sizes: dict[str, int]) -> t
 
 def _analysis(bench: Bench, study_uri: str, label: str) -> dict[str, Any]:
     """`python -m study.analyze STUDY --out DIR`, in this process (study.analyze.analyze), timed."""
-    from study.analyze import analyze, cell_columns
+    from study.analysis.reading import cell_columns
+    from study.analyze import analyze
 
     s = bench.settings
     out = bench.workdir / f"analysis-{label}"

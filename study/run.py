@@ -374,6 +374,19 @@ def trial_dirname(trial) -> str:
     return f"{trial.trial_id}_{trial_name(trial)}"
 
 
+def trial_context(settings: StudySettings, splits: dict[str, pd.DataFrame], weights_uri: str | None = None
+                  ) -> TrialContext:
+    """What every trial of the study shares; `weights_uri`: where trials write their best weights
+    (default: the study folder; a seed-repeat run of study.confirm writes under its own folder)."""
+    return TrialContext(
+        data_roots=settings.data_roots, splits=splits, metric=settings.metric, mode=settings.mode,
+        study_uri=weights_uri or settings.study_uri, storage=settings.storage,
+        settings_file=None if storage.is_remote(settings.storage) else settings_uri(settings.study_uri),
+        checkpoint_policy=CheckpointPolicy(settings.checkpoint_every, settings.checkpoint_minutes),
+        defaults={"image_size": settings.image_size, "epochs": settings.max_epochs, "seed": settings.seed,
+                  "cache_dir": settings.cache_dir, "device": "auto"})
+
+
 def build_tuner(settings: StudySettings, splits: dict[str, pd.DataFrame], resume: bool):
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
@@ -381,14 +394,7 @@ def build_tuner(settings: StudySettings, splits: dict[str, pd.DataFrame], resume
     from study.asha import BestEpochASHA
 
     space = settings.search_space()
-    context = TrialContext(
-        data_roots=settings.data_roots, splits=splits, metric=settings.metric, mode=settings.mode,
-        study_uri=settings.study_uri, storage=settings.storage,
-        settings_file=None if storage.is_remote(settings.storage) else settings_uri(settings.study_uri),
-        checkpoint_policy=CheckpointPolicy(settings.checkpoint_every, settings.checkpoint_minutes),
-        defaults={"image_size": settings.image_size, "epochs": settings.max_epochs, "seed": settings.seed,
-                  "cache_dir": settings.cache_dir, "device": "auto"})
-    trainable = tune.with_resources(tune.with_parameters(train_trial, context=context),
+    trainable = tune.with_resources(tune.with_parameters(train_trial, context=trial_context(settings, splits)),
                                     {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
     if resume:
         return tune.Tuner.restore(settings.study_uri, trainable, resume_unfinished=True, resume_errored=True)

@@ -76,6 +76,17 @@ class Dimension:
             return trial.suggest_int(self.name, low, high, log=self.log)
         return trial.suggest_float(self.name, low, high, log=self.kind == "loguniform")
 
+    def distribution(self) -> optuna.distributions.BaseDistribution | None:
+        """The Optuna distribution `sample` draws from (None for a fixed value)."""
+        if self.kind == "value":
+            return None
+        if self.kind == "choice":
+            return optuna.distributions.CategoricalDistribution(list(self.args))
+        low, high = self.args
+        if self.kind == "int":
+            return optuna.distributions.IntDistribution(low, high, log=self.log)
+        return optuna.distributions.FloatDistribution(low, high, log=self.kind == "loguniform")
+
     def values(self) -> list:
         """Every value of a grid dimension."""
         return [self.args] if self.kind == "value" else list(self.args)

@@ -291,8 +291,11 @@ def paper_table(cells: pd.DataFrame, metric: str, models: list[str] | None = Non
 
 
 def format_paper_table(mean: pd.DataFrame, std: pd.DataFrame, count: pd.DataFrame, top_k: int = 1,
-                       digits: int = 3) -> pd.DataFrame:
-    """Cells as text: `0.812`, or `0.812 ± 0.020` over the top-k trials (`(n=1)` when fewer than k)."""
+                       digits: int = 3, lower: pd.DataFrame | None = None,
+                       upper: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Cells as text: `0.812`, or `0.812 ± 0.020` over the top-k trials (`(n=1)` when fewer than k);
+    with `lower` and `upper` (same shape), the 95% interval after it: `0.812 [0.74, 0.87]`
+    (`[undefined]` where it is NaN)."""
     shown = pd.DataFrame(index=mean.index, columns=mean.columns, dtype=object)
     for dataset in mean.index:
         for model in mean.columns:
@@ -306,5 +309,14 @@ def format_paper_table(mean: pd.DataFrame, std: pd.DataFrame, count: pd.DataFram
                 text = f"{value:.{digits}f} ± {0.0 if pd.isna(spread) else spread:.{digits}f}"
                 if n < top_k:
                     text += f" (n={n})"
+            if lower is not None and text != "—":
+                text += " " + interval_text(lower.loc[dataset, model], upper.loc[dataset, model])
             shown.loc[dataset, model] = text
     return shown.reset_index()
+
+
+def interval_text(lower: float, upper: float, digits: int = 2) -> str:
+    """`[0.21, 0.41]`, or `[undefined]` where either bound is NaN."""
+    if pd.isna(lower) or pd.isna(upper):
+        return "[undefined]"
+    return f"[{lower:.{digits}f}, {upper:.{digits}f}]"

@@ -13,8 +13,12 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from pathlib import Path
 
+import pandas as pd
 import pytest
+
+from cxrnets.data import SAMPLE_ROOT, load_dataset
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +56,52 @@ def s3_bucket(s3_server, monkeypatch) -> str:
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
     return uri
+
+
+GRID_DATASET = "covid-chestxray-3class"
+GRID_TRIALS = 6
+GRID_SPACE = """\
+sampler: grid
+search:
+  model: {choice: [alexnet, resnet50]}
+  optimizer: {choice: [adam, sgd]}
+  lr: {choice: [1.0e-3, 1.0e-2]}
+  batch_size: {value: 32}
+  momentum: {value: 0.9, when: {optimizer: sgd}}
+  pretrained: {value: false}
+"""
+
+
+def sample_subset(root: Path, per_class: int = 20) -> Path:
+    """The embedded sample in its real layout, cut to at most `per_class` images per class (faster trials)."""
+    index = load_dataset(GRID_DATASET, SAMPLE_ROOT)
+    frame = index.frame.assign(label=index.frame["labels"].str[0])
+    keep = set(frame.groupby("label", sort=False).head(per_class)["relpath"])
+    metadata = pd.read_csv(SAMPLE_ROOT / "metadata.csv", dtype=str, keep_default_na=False)
+    relpaths = (metadata["folder"].str.strip().replace("", "images") + "/" + metadata["filename"].str.strip())
+    metadata = metadata[relpaths.isin(keep)]
+    root.mkdir(parents=True)
+    metadata.to_csv(root / "metadata.csv", index=False)
+    for relpath in keep:
+        (root / relpath).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(SAMPLE_ROOT / relpath, root / relpath)
+    return root
+
+
+@pytest.fixture(scope="session")
+def grid_study(ray_session, tmp_path_factory) -> Path:
+    """A small real study, built once for the session (a minute or two on 2 cores): part of the
+    embedded sample, two models, both optimizers, two learning rates (6 trials of their grid of 8),
+    2 epochs, ASHA, the weights of every trial kept. Tests that change it work on copies."""
+    from study.run import build_parser, run_study, settings_from_args
+
+    work = tmp_path_factory.mktemp("analyze-study")
+    data = sample_subset(work / "data")
+    (work / "grid.yaml").write_text(GRID_SPACE)
+    settings = settings_from_args(build_parser().parse_args([
+        "--space", str(work / "grid.yaml"), "--dataset", GRID_DATASET, "--data-root", str(data),
+        "--num-samples", str(GRID_TRIALS), "--max-epochs", "2", "--grace-period", "1", "--reduction-factor", "2",
+        "--image-size", "64", "--storage", str(work / "studies"), "--name", "grid",
+        "--cache-dir", str(work / "cache"), "--keep", "all"]))
+    run_study(settings)
+    return work / "studies" / "grid"

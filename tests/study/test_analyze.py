@@ -2,7 +2,7 @@
 optimizers, two learning rates (6 trials of their grid of 8), 2 epochs, ASHA.
 
 Six of the eight grid points leave every model, optimizer and learning rate with at least two
-trials. The study is built once for the module (a minute or two on 2 cores); the tests that damage it
+trials. The study is built once for the session (conftest.grid_study); the tests that damage it
 (interrupted, corrupt checkpoint, edited split) work on copies whose checkpoints are hard links,
 and never write into a linked file.
 """
@@ -20,12 +20,15 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from cxrnets.data import SAMPLE_ROOT, load_dataset
 from cxrnets.errors import CxrError
-from study import analyze as analyze_module
-from study.analyze import (Analysis, Candidate, Evaluation, Selected, StudyData, analyze, build_tables,
-                           confusion_table, evaluate_checkpoint, main, open_study, plot_confusion, plot_curves,
-                           plot_pretrained, pretrained_pairs, render_markdown)
+from study.analysis import selection as selection_module
+from study.analysis.evaluation import Evaluation, StudyData, evaluate_checkpoint
+from study.analysis.figures import plot_confusion, plot_curves, plot_pretrained, pretrained_pairs
+from study.analysis.reading import open_study
+from study.analysis.report import render_markdown
+from study.analysis.report_tables import build_tables, confusion_table
+from study.analysis.selection import Analysis, Candidate, Selected
+from study.analyze import analyze, main
 from cxrnets.metrics import classification_metrics
 from study.checkpoints import BestWeights
 from study.results import read_results
@@ -37,63 +40,27 @@ DATASET = "covid-chestxray-3class"
 METRIC = "val/f1_macro"
 TRIALS = 6
 COMPARED = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
-GRID = """\
-sampler: grid
-search:
-  model: {choice: [alexnet, resnet50]}
-  optimizer: {choice: [adam, sgd]}
-  lr: {choice: [1.0e-3, 1.0e-2]}
-  batch_size: {value: 32}
-  momentum: {value: 0.9, when: {optimizer: sgd}}
-  pretrained: {value: false}
-"""
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def sample_subset(root: Path, per_class: int = 20) -> Path:
-    """The embedded sample in its real layout, cut to at most `per_class` images per class (faster trials)."""
-    index = load_dataset(DATASET, SAMPLE_ROOT)
-    frame = index.frame.assign(label=index.frame["labels"].str[0])
-    keep = set(frame.groupby("label", sort=False).head(per_class)["relpath"])
-    metadata = pd.read_csv(SAMPLE_ROOT / "metadata.csv", dtype=str, keep_default_na=False)
-    relpaths = (metadata["folder"].str.strip().replace("", "images") + "/" + metadata["filename"].str.strip())
-    metadata = metadata[relpaths.isin(keep)]
-    root.mkdir(parents=True)
-    metadata.to_csv(root / "metadata.csv", index=False)
-    for relpath in keep:
-        (root / relpath).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(SAMPLE_ROOT / relpath, root / relpath)
-    return root
-
-
 @pytest.fixture(scope="module")
-def study_dir(ray_session, tmp_path_factory) -> Path:
-    from study.run import build_parser, run_study, settings_from_args
-
-    work = tmp_path_factory.mktemp("analyze-study")
-    data = sample_subset(work / "data")
-    (work / "grid.yaml").write_text(GRID)
-    settings = settings_from_args(build_parser().parse_args([
-        "--space", str(work / "grid.yaml"), "--dataset", DATASET, "--data-root", str(data),
-        "--num-samples", str(TRIALS), "--max-epochs", "2", "--grace-period", "1", "--reduction-factor", "2",
-        "--image-size", "64", "--storage", str(work / "studies"), "--name", "grid",
-        "--cache-dir", str(work / "cache"), "--keep", "all"]))
-    run_study(settings)
-    return work / "studies" / "grid"
+def study_dir(grid_study) -> Path:
+    """The session's small grid study (conftest.grid_study): 6 trials of 2 epochs, weights of all kept."""
+    return grid_study
 
 
 @pytest.fixture(scope="module")
 def evaluated(study_dir):
     """The default analysis (test split, top-1), recording every checkpoint it evaluates."""
     calls = []
-    original = analyze_module.evaluate_checkpoint
+    original = selection_module.evaluate_checkpoint
 
     def recording(path, data, split="test", trial_id=""):
         calls.append((trial_id, path, split))
         return original(path, data, split, trial_id)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(analyze_module, "evaluate_checkpoint", recording)
+        patch.setattr(selection_module, "evaluate_checkpoint", recording)
         analysis = analyze(study_dir)
     return analysis, calls
 
@@ -118,12 +85,17 @@ def test_comparison_tables_have_the_paper_shape(evaluated):
     analysis, _ = evaluated
     for metric in COMPARED:
         table = analysis.tables[f"comparison_{metric}"]
-        assert list(table.columns) == ["dataset", "alexnet", "resnet50"]
+        assert list(table.columns) == ["dataset", "alexnet", "resnet50", "alexnet lower", "alexnet upper",
+                                       "resnet50 lower", "resnet50 upper"]
         assert list(table["dataset"]) == [DATASET]
         assert table[["alexnet", "resnet50"]].notna().all(axis=None)
         assert ((table[["alexnet", "resnet50"]] >= 0) & (table[["alexnet", "resnet50"]] <= 1)).all(axis=None)
         shown = analysis.tables[f"_shown_comparison_{metric}"]
         assert shown.shape == (1, 3) and "±" not in shown.iloc[0, 1]
+        for model in ("alexnet", "resnet50"):  # the interval follows the figure: `0.310 [0.21, 0.41]`
+            lower, upper = table.loc[0, f"{model} lower"], table.loc[0, f"{model} upper"]
+            assert 0 <= lower <= upper <= 1
+            assert shown.loc[0, model] == f"{table.loc[0, model]:.3f} [{lower:.2f}, {upper:.2f}]"
     # single-label data: no multi-label metrics
     assert "comparison_subset_accuracy" not in analysis.tables
     selected = analysis.tables["selected_trials"]
@@ -286,6 +258,61 @@ def test_report_files(evaluated, study_dir):
     assert text.count("|:--") + text.count("|--") >= 10
 
 
+def test_intervals_resample_patients_and_pair_the_comparisons(evaluated, study_dir):
+    """Every test figure carries its interval; the paired differences against the baseline and the
+    row's model chosen on validation are in a table and, for the study metric, in words."""
+    from study.analysis.uncertainty import BASELINE, bootstrap_split, percentile_interval
+
+    analysis, _ = evaluated
+    bootstrap = analysis.bootstraps[DATASET]
+    split = pd.read_csv(study_dir / "splits" / f"{DATASET}.csv")
+    test = split[split["split"] == "test"]
+    assert bootstrap.images == len(test) and bootstrap.patients == test["patient"].nunique()
+    assert bootstrap.resamples == 2000 and set(bootstrap.samples) == {
+        *(c.candidate.trial_id for c in analysis.selected), BASELINE}
+    # Seeded with the study's seed: the same resamples give the same intervals.
+    again = bootstrap_split(DATASET, [c.evaluation for c in analysis.selected], 2000, seed=bootstrap.seed)
+    for chosen in analysis.selected:
+        table = analysis.tables["comparison_f1_macro"]
+        assert (table.loc[0, f"{chosen.model} lower"], table.loc[0, f"{chosen.model} upper"]) == pytest.approx(
+            percentile_interval(again.samples[chosen.candidate.trial_id].summary["f1_macro"]))
+    baseline = analysis.tables["majority_baseline"]
+    assert baseline.loc[0, "accuracy lower"] <= baseline.loc[0, "accuracy"] <= baseline.loc[0, "accuracy upper"]
+    per_class = analysis.tables[f"per_class_{DATASET}_resnet50"]
+    assert {"precision lower", "recall upper", "f1 lower"} <= set(per_class.columns)
+
+    paired = analysis.tables["paired_differences"]
+    reference = max((c for c in analysis.selected), key=lambda c: (c.candidate.value, c.model == "alexnet")).model
+    f1 = paired[paired["metric"] == "f1_macro"]
+    assert sorted(zip(f1["model"], f1["versus"])) == sorted(
+        [("alexnet", BASELINE), ("resnet50", BASELINE)]
+        + [(m, f"{reference} (best on validation)") for m in ("alexnet", "resnet50") if m != reference])
+    for row in f1.to_dict("records"):
+        assert row["lower"] <= row["upper"]
+        assert row["distinguishable"] == (row["lower"] > 0 or row["upper"] < 0)
+        if row["versus"] == BASELINE:
+            chosen = next(c for c in analysis.selected if c.model == row["model"])
+            assert row["difference"] == pytest.approx(chosen.evaluation.metrics["test/f1_macro"]
+                                                      - chosen.evaluation.baseline["test/f1_macro"])
+    text = (analysis.out / "report.md").read_text()
+    assert "bootstrap resamples of the split's **patients**" in text
+    assert "### Paired differences (Macro F1)" in text
+    for row in f1.to_dict("records"):
+        assert f"{row['model']} vs {row['versus']}: {row['difference']:+.3f}" in text
+    assert "distinguishable" in text
+
+
+def test_bootstrap_option(study_dir, tmp_path, capsys):
+    for bad in ("50", "-1"):
+        assert main([str(study_dir), "--bootstrap", bad, "--out", str(tmp_path / "r")]) == 2
+        assert "--bootstrap" in capsys.readouterr().err
+    assert main([str(study_dir), "--bootstrap", "0", "--format", "md,csv", "--out", str(tmp_path / "r")]) == 0
+    assert list(pd.read_csv(tmp_path / "r" / "tables" / "comparison_f1_macro.csv").columns) == [
+        "dataset", "alexnet", "resnet50"]
+    assert not (tmp_path / "r" / "tables" / "paired_differences.csv").exists()
+    assert "Paired differences" not in (tmp_path / "r" / "report.md").read_text()
+
+
 def test_cli_top_k_on_validation(study_dir, tmp_path, capsys):
     """--top-k 2 --split val: mean ± std of the 2 best trials per cell; evaluated on validation, each
     checkpoint reproduces the validation metric the study recorded for its epoch."""
@@ -298,7 +325,8 @@ def test_cli_top_k_on_validation(study_dir, tmp_path, capsys):
     # the checkpoint evaluated on validation gives what the study recorded for that epoch
     assert selected["val/f1_macro"].to_numpy() == pytest.approx(selected[f"{METRIC} (recorded)"].to_numpy())
     comparison = pd.read_csv(out / "tables" / "comparison_f1_macro.csv")
-    assert list(comparison.columns) == ["dataset", "alexnet", "resnet50", "alexnet std", "alexnet n",
+    assert list(comparison.columns) == ["dataset", "alexnet", "resnet50", "alexnet lower", "alexnet upper",
+                                        "alexnet std", "alexnet n", "resnet50 lower", "resnet50 upper",
                                         "resnet50 std", "resnet50 n"]
     for model in ("alexnet", "resnet50"):
         values = selected.loc[selected["model"] == model, "val/f1_macro"]
@@ -481,7 +509,8 @@ def test_paper_table_with_top_k():
 def test_multilabel_confusion_and_pretrained_figure(tmp_path):
     rng = np.random.default_rng(0)
     y_true = rng.integers(0, 2, (20, 3))
-    evaluation = Evaluation("t", 2, "test", {}, y_true, rng.random((20, 3)), ["A", "B", "C"], True, {})
+    evaluation = Evaluation("t", 2, "test", {}, y_true, rng.random((20, 3)), ["A", "B", "C"], True, {},
+                            groups=np.arange(20), baseline_scores=np.zeros((20, 3)))
     table = confusion_table(evaluation)
     assert list(table.columns) == ["label", "TN", "FP", "FN", "TP"]
     assert (table[["TN", "FP", "FN", "TP"]].sum(axis=1) == 20).all()
@@ -523,7 +552,8 @@ def test_multilabel_tables():
         y_true, scores = rng.integers(0, 2, (12, 3)), rng.random((12, 3))
         metrics = {f"test/{k}": v for k, v in classification_metrics(y_true, scores, True).items()}
         candidate = Candidate(trial, trial, BestWeights(trial, 2, METRIC, 0.4, 1, "x"), 2, 0.4, 2, 0.4)
-        evaluation = Evaluation(trial, 2, "test", metrics, y_true, scores, classes, True, {})
+        evaluation = Evaluation(trial, 2, "test", metrics, y_true, scores, classes, True, {},
+                                groups=np.arange(12) // 2, baseline_scores=np.zeros((12, 3)))
         analysis.selected.append(Selected("covid-chestxray", model, 1, candidate, evaluation))
     build_tables(analysis)
     for metric in ("accuracy", "subset_accuracy", "f1_micro", "f1_macro", "roc_auc_macro"):

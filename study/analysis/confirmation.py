@@ -1,0 +1,136 @@
+"""The seed repeats of study.confirm, evaluated: each seed's best weights (chosen on validation, as
+in the search) scored once on the evaluated split, and summarised per cell and per pair of models."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from cxrnets.errors import CxrError
+from study import storage
+from study.analysis.evaluation import AnalysisRefused, Evaluation, StudyData, evaluate_checkpoint
+from study.analysis.reading import Study, model_order
+from study.checkpoints import read_best_weights
+from study.confirm import ConfirmJob, confirm_uri, read_jobs
+from study.results import read_results, read_trial_events
+from study.tables import COMPLETED, trial_table
+
+log = logging.getLogger("study.analyze")
+
+
+@dataclass
+class SeedRun:
+    """One job of the confirm run, as far as it got."""
+
+    job: ConfirmJob
+    trial_id: str | None = None
+    status: str = "not started"
+    epochs: int = 0
+    best_epoch: int | None = None
+    validation: float = float("nan")       # the study metric at the best epoch
+    evaluation: Evaluation | None = None   # its best weights on the evaluated split
+
+
+@dataclass
+class Confirmation:
+    runs: list[SeedRun]
+    seeds: list[int]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return all(run.status == COMPLETED and run.evaluation is not None for run in self.runs)
+
+
+def evaluate_confirmation(study: Study, split: str, data: StudyData, downloaded: list[int]) -> Confirmation | None:
+    """Evaluate every seed run of the study's confirm run that has best weights; None without one.
+    `downloaded` collects the bytes fetched from object storage."""
+    jobs = read_jobs(study.uri)
+    if jobs is None:
+        return None
+    settings = study.settings
+    uri = confirm_uri(study.uri)
+    results, events = read_results(uri), read_trial_events(uri)
+    weights, problems = read_best_weights(uri)
+    confirmation = Confirmation([SeedRun(job) for job in jobs], sorted({job.seed for job in jobs}), list(problems))
+    if results.empty:
+        confirmation.notes.append(f"{uri}: no seed run has reported an epoch yet")
+        return confirmation
+    trials = trial_table(results, events, settings.metric, settings.mode, settings.max_epochs)
+    for run in confirmation.runs:
+        mine = trials[trials["config/job"] == run.job.job] if "config/job" in trials else trials.iloc[0:0]
+        if mine.empty:
+            continue
+        row = mine.sort_values("epochs", ascending=False).iloc[0]
+        run.trial_id, run.status, run.epochs = str(row["trial_id"]), str(row["status"]), int(row["epochs"])
+        if pd.notna(row["best_epoch"]):
+            run.best_epoch, run.validation = int(row["best_epoch"]), float(row[settings.metric])
+        best = weights.get(run.trial_id)
+        if best is None:
+            confirmation.notes.append(f"seed run {run.job.name} ({run.trial_id}): no best weights; not evaluated")
+            continue
+        try:
+            local, fetched = storage.download(best.uri, data.download_dir())
+            downloaded.append(fetched)
+            run.evaluation = evaluate_checkpoint(local, data, split, run.trial_id)
+        except AnalysisRefused:
+            raise
+        except (CxrError, OSError) as error:
+            confirmation.notes.append(f"seed run {run.job.name} ({run.trial_id}): {error}; not evaluated")
+            continue
+        log.info("seed %d of %s / %s: %s", run.job.seed, run.job.dataset, run.job.model,
+                 ", ".join(f"{k} {v:.3f}" for k, v in run.evaluation.metrics.items() if not k.endswith("loss")))
+    return confirmation
+
+
+def seed_runs_table(confirmation: Confirmation, split: str, metric: str) -> pd.DataFrame:
+    """One row per seed run: its cell, seed, status, epochs, validation best and figures on the split."""
+    rows = []
+    for run in confirmation.runs:
+        row = {"dataset": run.job.dataset, "model": run.job.model, "confirms": run.job.confirms,
+               "seed": run.job.seed, "trial_id": run.trial_id, "status": run.status, "epochs": run.epochs,
+               "best epoch": run.best_epoch, f"{metric} (best)": run.validation}
+        if run.evaluation is not None:
+            row.update({k: v for k, v in run.evaluation.metrics.items() if k.startswith(f"{split}/")})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def seed_summary(runs: pd.DataFrame, figure: str, search: dict[tuple[str, str], float]) -> pd.DataFrame:
+    """Per cell: the search's own run next to the mean ± std over the evaluated seeds (`figure`: a
+    column of seed_runs_table, e.g. test/f1_macro); `search`: (dataset, model) -> the search's value."""
+    rows = []
+    for (dataset, model), group in runs.groupby(["dataset", "model"], sort=False):
+        values = group[figure].dropna() if figure in group else pd.Series(dtype=float)
+        rows.append({"dataset": dataset, "model": model, "search's run": search.get((dataset, model), np.nan),
+                     "seeds mean": values.mean() if len(values) else np.nan,
+                     "seeds std": values.std() if len(values) > 1 else np.nan,
+                     "seeds evaluated": len(values), "seeds asked": len(group),
+                     "each seed": ", ".join(f"{v:.3f}" for v in values)})
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    order = model_order(table["model"])
+    return table.sort_values(["dataset", "model"], key=lambda c: c.map(order.index) if c.name == "model" else c,
+                             kind="stable").reset_index(drop=True)
+
+
+def seed_differences(runs: pd.DataFrame, figure: str) -> pd.DataFrame:
+    """Per dataset and pair of models: the difference of `figure` seed by seed (the seeds both have),
+    its mean and standard deviation."""
+    rows = []
+    if figure not in runs:
+        return pd.DataFrame(columns=["dataset", "model", "versus", "seeds", "mean difference", "std"])
+    for dataset, group in runs.groupby("dataset", sort=False):
+        by_seed = group.pivot_table(index="seed", columns="model", values=figure, aggfunc="first")
+        models = model_order(by_seed.columns)
+        for i, first in enumerate(models):
+            for second in models[i + 1:]:
+                difference = (by_seed[first] - by_seed[second]).dropna()
+                rows.append({"dataset": dataset, "model": first, "versus": second, "seeds": len(difference),
+                             "mean difference": difference.mean() if len(difference) else np.nan,
+                             "std": difference.std() if len(difference) > 1 else np.nan})
+    return pd.DataFrame(rows, columns=["dataset", "model", "versus", "seeds", "mean difference", "std"])

@@ -1,0 +1,176 @@
+"""Evaluating a trial's best weights, once, on the study's own split of its dataset.
+
+StudyData reads each dataset's split file, checks it against the data and
+the study's seed (refusing if either changed), and prepares each dataset
+once; evaluate_checkpoint loads one weights file and scores it, with the
+majority-class baseline on the same images.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxrnets.errors import CxrError
+from study import storage
+from study.analysis.reading import Study
+from study.settings import read_split, split_uri
+
+
+class AnalysisRefused(CxrError):
+    """An error that stops the whole analysis (the data or the split changed, the data is absent),
+    not just one trial."""
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A trial's best weights (a local file, weights_only), checked for the keys the analysis needs;
+    CxrError if unusable."""
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... on a bad file
+        raise CxrError(f"{path}: not a readable checkpoint ({type(error).__name__}: {str(error)[:200]})") from error
+    missing = {"model", "epoch", "config", "classes", "multilabel"} - set(checkpoint if isinstance(checkpoint, dict)
+                                                                         else {})
+    if missing:
+        raise CxrError(f"{path}: not a study checkpoint (missing {sorted(missing)})")
+    return checkpoint
+
+
+class StudyData:
+    """The study's split of each dataset, checked against the data, prepared once per (dataset, image size)."""
+
+    def __init__(self, study: Study, data_roots: dict[str, str] | None = None, cache_dir: str | None = None,
+                 device: str = "auto"):
+        self.study = study
+        self.data_roots = {**study.settings.data_roots, **(data_roots or {})}
+        self.cache_dir = cache_dir or study.settings.cache_dir
+        self.device = device
+        self._prepared: dict[tuple, Any] = {}
+        self._splits: dict[str, pd.DataFrame] = {}
+
+    def split_uri(self, dataset: str) -> str:
+        return split_uri(self.study.uri, dataset)
+
+    def download_dir(self) -> Path:
+        """Where weights from object storage are cached on this machine."""
+        return Path(self.cache_dir) / "downloads" if self.cache_dir else storage.download_cache_dir()
+
+    def split(self, dataset: str) -> pd.DataFrame:
+        if dataset not in self._splits:
+            uri = self.split_uri(dataset)
+            try:
+                split = read_split(uri)
+            except CxrError as error:
+                raise AnalysisRefused(f"{error}; the test evaluation needs it") from error
+            missing = {"relpath", "patient", "sha1", "split"} - set(split.columns)
+            if missing:
+                raise AnalysisRefused(f"{uri}: not a split file (missing columns {sorted(missing)})")
+            self._splits[dataset] = split
+        return self._splits[dataset]
+
+    def prepare(self, config) -> Any:
+        """The dataset of `config` (a TrainConfig) with the study's split; refuses if either changed."""
+        from cxrnets.splits import make_split
+        from cxrnets.training import prepare_data
+
+        key = (config.dataset, config.data_root, config.image_size, config.cache_dir,
+               json.dumps(config.dataset_options, sort_keys=True))
+        if key in self._prepared:
+            return self._prepared[key]
+        uri = self.split_uri(config.dataset)
+        saved = self.split(config.dataset)
+        if not Path(config.data_root).exists():
+            raise AnalysisRefused(f"dataset {config.dataset}: no data at {config.data_root} on this machine; pass "
+                                  f"--data-root {config.dataset}=PATH")
+        try:
+            data = prepare_data(config, split=saved)
+        except CxrError as error:
+            raise AnalysisRefused(f"refusing to evaluate: {uri} no longer matches the data at "
+                                  f"{config.data_root}: {error}") from error
+        # The split file itself must be the one the study made: remake it (seeded) and compare.
+        frame = data.index.frame.assign(sha1=data.split["sha1"].to_numpy())
+        try:
+            remade = make_split(frame, data.index.stratum(), seed=self.study.settings.seed)
+        except CxrError as error:
+            raise AnalysisRefused(f"refusing to evaluate: the data at {config.data_root} no longer gives the "
+                                  f"study's split ({error})") from error
+        moved = remade["split"].to_numpy() != data.split["split"].to_numpy()
+        if moved.any():
+            example = data.split.loc[moved, ["relpath", "split"]].iloc[0]
+            raise AnalysisRefused(
+                f"refusing to evaluate: {uri} was edited since the study made it: {int(moved.sum())} image(s) "
+                f"changed split, e.g. {example['relpath']} is now in {example['split']} but the study put it in "
+                f"{remade.loc[moved, 'split'].iloc[0]} (seed {self.study.settings.seed}); the split is part of "
+                "the study: restore the file, or start a new study")
+        for name in ("train", "val", "test"):
+            if len(data.rows(name)) == 0:
+                raise AnalysisRefused(f"{uri}: the {name} split of {config.dataset} is empty; nothing to evaluate on")
+        self._prepared[key] = data
+        return data
+
+    def train_config(self, checkpoint: dict):
+        from cxrnets.training import TrainConfig
+
+        values = dict(checkpoint["config"])
+        dataset = values.get("dataset")
+        if dataset in self.data_roots:
+            values["data_root"] = self.data_roots[dataset]
+        # The checkpoint holds every weight: no pretrained weights to fetch, no compile for one pass.
+        values.update(cache_dir=self.cache_dir, device=self.device, pretrained=False, weights=None, compile=False)
+        return TrainConfig.from_dict(values)
+
+
+@dataclass
+class Evaluation:
+    """One checkpoint evaluated on one split."""
+
+    trial_id: str
+    epoch: int
+    split: str
+    metrics: dict[str, float]
+    y_true: np.ndarray
+    scores: np.ndarray
+    classes: list[str]
+    multilabel: bool
+    config: dict[str, Any]
+    groups: np.ndarray           # each image's patient (leakage group, cxrnets.splits): the bootstrap's unit
+    baseline_scores: np.ndarray  # the majority-class predictor's scores on the same images
+    seconds: float = 0.0
+    baseline: dict[str, float] = field(default_factory=dict)  # the majority-class predictor's metrics
+
+
+def evaluate_checkpoint(path: str | Path, data: StudyData, split: str = "test", trial_id: str = "") -> Evaluation:
+    """Load a trial's weights (a local file) and evaluate them once on `split` of the study's split;
+    CxrError if unusable."""
+    from cxrnets.metrics import classification_metrics, majority_scores
+    from cxrnets.splits import leakage_groups
+    from cxrnets.training import TrainingRun
+
+    started = time.perf_counter()
+    checkpoint = load_checkpoint(path)
+    config = data.train_config(checkpoint)
+    prepared = data.prepare(config)
+    if list(checkpoint["classes"]) != list(prepared.index.classes):
+        raise CxrError(f"{path}: the checkpoint's classes {checkpoint['classes']} differ from the dataset's "
+                       f"{prepared.index.classes}")
+    run = TrainingRun(config, prepared)
+    try:
+        run.model.load_state_dict(checkpoint["model"])
+    except (RuntimeError, KeyError, TypeError) as error:
+        raise CxrError(f"{path}: the weights do not fit {config.model} ({str(error)[:200]})") from error
+    metrics, y_true, scores = run.evaluate_split(split)
+    multilabel, classes = bool(prepared.index.multilabel), list(prepared.index.classes)
+    groups = leakage_groups(prepared.split["patient"].astype(str), prepared.split["sha1"])[prepared.rows(split)]
+    baseline_scores = majority_scores(prepared.targets[prepared.rows("train")], len(y_true), multilabel, len(classes))
+    baseline = classification_metrics(y_true, baseline_scores, multilabel)
+    return Evaluation(trial_id, int(checkpoint["epoch"]), split, metrics, y_true, scores, classes, multilabel,
+                      dict(checkpoint["config"]), groups, baseline_scores, time.perf_counter() - started,
+                      {f"{split}/{k}": v for k, v in baseline.items()})

@@ -1,0 +1,194 @@
+"""The report's figures (PNG, matplotlib's Agg backend): confusion matrices, validation curves, and
+pretrained against from scratch."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from study.analysis.evaluation import Evaluation
+from study.analysis.importance import Importance
+from study.analysis.reading import cell_columns, model_order
+from study.analysis.report_tables import confusion_table, slug
+from study.analysis.selection import Analysis
+from study.tables import best_epochs, epoch_column
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion(evaluation: Evaluation, title: str, path: Path) -> None:
+    plt = _pyplot()
+    table = confusion_table(evaluation)
+    if evaluation.multilabel:
+        count = len(evaluation.classes)
+        columns = min(count, 4)
+        rows = math.ceil(count / columns)
+        figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.6 * rows + 0.6), squeeze=False)
+        for axis in axes.flat[count:]:
+            axis.axis("off")
+        for axis, row in zip(axes.flat, table.itertuples(index=False)):
+            matrix = np.array([[row.TN, row.FP], [row.FN, row.TP]])
+            _draw_matrix(axis, matrix, ["absent", "present"], ["absent", "present"])
+            axis.set_title(row.label, fontsize=9)
+            axis.set_xlabel("predicted", fontsize=8)
+            axis.set_ylabel("true", fontsize=8)
+    else:
+        count = len(evaluation.classes)
+        size = max(4.0, 1.1 * count + 2)
+        figure, axis = plt.subplots(figsize=(size, size))
+        matrix = table.drop(columns="true class").to_numpy()
+        _draw_matrix(axis, matrix, evaluation.classes, evaluation.classes)
+        axis.set_xlabel("predicted class")
+        axis.set_ylabel("true class")
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _draw_matrix(axis, matrix: np.ndarray, rows: list[str], columns: list[str]) -> None:
+    axis.imshow(matrix, cmap="Blues", vmin=0, vmax=max(int(matrix.max()), 1))
+    axis.set_xticks(range(len(columns)), columns, rotation=30, ha="right", fontsize=8)
+    axis.set_yticks(range(len(rows)), rows, fontsize=8)
+    high = matrix.max() / 2
+    for (i, j), value in np.ndenumerate(matrix):
+        axis.text(j, i, str(int(value)), ha="center", va="center", fontsize=9,
+                  color="white" if value > high else "black")
+
+
+def plot_curves(analysis: Analysis, dataset: str, path: Path) -> None:
+    """Per model: every trial's validation metric per epoch (grey), the selected trials in colour."""
+    plt = _pyplot()
+    results = cell_columns(analysis.study.results, analysis.study.settings)
+    results = results[results["dataset"] == dataset].assign(_epoch=lambda f: epoch_column(f))
+    models = model_order(results["model"])
+    figure, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.8), squeeze=False, sharey=True)
+    selected = {s.candidate.trial_id: s for s in analysis.selected if s.dataset == dataset}
+    best = best_epochs(results, analysis.metric, analysis.mode).set_index("trial_id")[analysis.metric]
+    baseline = (analysis.study.settings.baselines.get(dataset, {}).get(analysis.metric.removeprefix("val/"))
+                if analysis.metric.startswith("val/") else None)
+    for axis, model in zip(axes.flat, models):
+        if baseline is not None:
+            axis.axhline(baseline, color="0.3", linestyle="--", linewidth=1, label="majority class", zorder=0)
+        own = results[results["model"] == model]
+        order = sorted(own["trial_id"].unique(), key=lambda t: (selected[t].rank if t in selected else 10**6, t))
+        highlighted = [t for t in order if t in selected]
+        if not highlighted:  # nothing evaluated in this cell: show its best trial on validation
+            ranked = best[best.index.isin(own["trial_id"])].sort_values(ascending=analysis.mode == "min")
+            highlighted = list(ranked.index[:analysis.top_k])
+        for trial_id in order:
+            curve = own[own["trial_id"] == trial_id].sort_values("_epoch")
+            if trial_id not in highlighted:
+                axis.plot(curve["_epoch"], curve[analysis.metric], color="0.7", linewidth=1, marker=".", zorder=1)
+        for rank, trial_id in enumerate(highlighted, 1):  # the best on top, first in the legend
+            curve = own[own["trial_id"] == trial_id].sort_values("_epoch")
+            label = f"#{rank} {curve['trial_name'].iloc[-1].removeprefix(f'{dataset}_')}"
+            axis.plot(curve["_epoch"], curve[analysis.metric], marker="o", linewidth=2, label=label,
+                      zorder=10 - min(rank, 9))
+        axis.set_title(f"{model} ({own['trial_id'].nunique()} trials)")
+        axis.set_xlabel("epoch")
+        axis.xaxis.get_major_locator().set_params(integer=True)
+        axis.grid(alpha=0.3)
+        if highlighted or baseline is not None:
+            axis.legend(fontsize=7, loc="best")
+    axes.flat[0].set_ylabel(f"{analysis.metric} (validation)")
+    figure.suptitle(f"{dataset}: {analysis.metric} per epoch; selected trials in colour, others grey", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def pretrained_pairs(results: pd.DataFrame, metric: str, mode: str) -> dict[tuple[str, str], dict[bool, str]]:
+    """(dataset, model) -> {True: best pretrained trial id, False: best from-scratch trial id}, for the
+    cells that have both."""
+    if "config/pretrained" not in results:
+        return {}
+    best = best_epochs(results, metric, mode)
+    best = best.assign(_pretrained=best["config/pretrained"].fillna(False).astype(bool))
+    pairs = {}
+    for (dataset, model), group in best.groupby(["dataset", "model"]):
+        if group["_pretrained"].nunique() == 2:
+            ordered = group.sort_values(metric, ascending=mode == "min", kind="stable")
+            pairs[(dataset, model)] = {flag: ordered.loc[ordered["_pretrained"] == flag, "trial_id"].iloc[0]
+                                       for flag in (True, False)}
+    return pairs
+
+
+def plot_pretrained(analysis: Analysis, dataset: str, pairs: dict, path: Path) -> None:
+    """The paper's figure: per model, the best ImageNet-pretrained trial against the best from-scratch one."""
+    plt = _pyplot()
+    results = cell_columns(analysis.study.results, analysis.study.settings)
+    results = results.assign(_epoch=epoch_column(results))
+    models = [m for m in model_order(results["model"]) if (dataset, m) in pairs]
+    figure, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.8), squeeze=False, sharey=True)
+    for axis, model in zip(axes.flat, models):
+        for flag, style in ((True, "-"), (False, "--")):
+            trial_id = pairs[(dataset, model)][flag]
+            curve = results[results["trial_id"] == trial_id].sort_values("_epoch")
+            label = f"{'pretrained' if flag else 'from scratch'} ({curve['trial_name'].iloc[-1].removeprefix(dataset + '_')})"
+            axis.plot(curve["_epoch"], curve[analysis.metric], style, marker="o", label=label)
+        axis.set_title(model)
+        axis.set_xlabel("epoch")
+        axis.xaxis.get_major_locator().set_params(integer=True)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    axes.flat[0].set_ylabel(f"{analysis.metric} (validation)")
+    figure.suptitle(f"{dataset}: ImageNet-pretrained against from scratch (best trial of each)", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write_figures(analysis: Analysis, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    split_name = "test" if analysis.split == "test" else "validation"
+    for chosen in analysis.selected:
+        if chosen.rank != 1:
+            continue
+        name = f"confusion_{slug(chosen.dataset)}_{slug(chosen.model)}"
+        title = (f"{chosen.dataset} / {chosen.model}\ntrial {chosen.candidate.trial_id}, epoch "
+                 f"{chosen.evaluation.epoch}, {split_name} split ({len(chosen.evaluation.y_true)} images)")
+        plot_confusion(chosen.evaluation, title, folder / f"{name}.png")
+        analysis.figures[name] = folder / f"{name}.png"
+    results = cell_columns(analysis.study.results, analysis.study.settings)
+    for dataset in sorted(results["dataset"].unique()):
+        name = f"curves_{slug(dataset)}"
+        plot_curves(analysis, dataset, folder / f"{name}.png")
+        analysis.figures[name] = folder / f"{name}.png"
+    pairs = pretrained_pairs(results, analysis.metric, analysis.mode)
+    for dataset in sorted({d for d, _ in pairs}):
+        name = f"pretrained_{slug(dataset)}"
+        plot_pretrained(analysis, dataset, pairs, folder / f"{name}.png")
+        analysis.figures[name] = folder / f"{name}.png"
+    for importance in analysis.importances:
+        if importance.table is not None:
+            name = f"importance_{slug(importance.dataset)}"
+            plot_importance(importance, analysis.metric, folder / f"{name}.png")
+            analysis.figures[name] = folder / f"{name}.png"
+
+
+def plot_importance(importance: Importance, metric: str, path: Path) -> None:
+    """Horizontal bars, most important on top."""
+    plt = _pyplot()
+    table = importance.table.iloc[::-1]
+    figure, axis = plt.subplots(figsize=(6.0, 1.2 + 0.45 * len(table)))
+    axis.barh(table["parameter"], table["importance"], color="tab:blue")
+    for y, value in enumerate(table["importance"]):
+        axis.text(value, y, f" {value:.2f}", va="center", fontsize=8)
+    axis.set_xlim(0, max(1.0, float(table["importance"].max()) * 1.15))
+    axis.set_xlabel(f"share of the variance of the best {metric} ({importance.evaluator})")
+    axis.set_title(f"{importance.dataset}: hyperparameter importance ({importance.trials} completed trials)",
+                   fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

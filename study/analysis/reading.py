@@ -1,0 +1,122 @@
+"""Opening a study for analysis: its settings, results, trial ends, trial folders and best-weights sidecars.
+
+Everything here reads small files only; no weights are loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from cxrnets.errors import CxrError
+from cxrnets.models import MODEL_NAMES
+from study import storage
+from study.checkpoints import BestWeights, read_best_weights
+from study.results import read_results, read_trial_events
+from study.settings import StudySettings, load_settings
+
+log = logging.getLogger("study.analyze")
+
+
+@dataclass
+class Study:
+    """What a study directory holds, read once (the weights only as their sidecars say)."""
+
+    uri: str
+    settings: StudySettings
+    results: pd.DataFrame            # one row per (trial, epoch)
+    events: pd.DataFrame             # how trials ended
+    trial_dirs: dict[str, list[str]]  # trial_id -> its Tune trial folder(s)
+    weights: dict[str, BestWeights] = field(default_factory=dict)  # trial_id -> its best weights
+    weights_problems: list[str] = field(default_factory=list)      # sidecars that could not be read
+
+    @property
+    def remote(self) -> bool:
+        return storage.is_remote(self.uri)
+
+
+def open_study(study_dir: str | Path) -> Study:
+    """Read study.json, the results table, the trial ends, the trial folders and the best-weights
+    sidecars (small files only); CxrError if it is no study."""
+    settings = load_settings(str(study_dir))
+    uri = settings.study_uri
+    results = read_results(uri)
+    events = read_trial_events(uri)
+    # Tune names a trial's folder <trial_id>_<trial name> (study.run.trial_dirname).
+    known = sorted({*results.get("trial_id", []), *events["trial_id"]}, key=len, reverse=True)
+    trial_dirs: dict[str, list[str]] = {}
+    for entry in storage.listing(uri):
+        if not entry.is_dir:
+            continue
+        trial_id = next((t for t in known if entry.name.startswith(f"{t}_")), None)
+        match = re.fullmatch(r"([0-9a-f]{8})_.+", entry.name)
+        trial_id = trial_id or (match.group(1) if match else None)
+        if trial_id:
+            trial_dirs.setdefault(trial_id, []).append(entry.uri)
+    weights, problems = read_best_weights(uri)
+    return Study(uri, settings, results, events, trial_dirs, weights, problems)
+
+
+def resolve_metric(study: Study, metric: str | None) -> tuple[str, str]:
+    """The validation metric trials are chosen on, and its mode (min for a loss)."""
+    metric = metric or study.settings.metric
+    if "/" not in metric:
+        metric = f"val/{metric}"
+    if not metric.startswith("val/"):
+        raise CxrError(f"--metric {metric}: trials are chosen on a validation metric (val/...); "
+                       "use --split test to see test metrics")
+    available = sorted(c for c in study.results.columns if c.startswith("val/"))
+    if metric not in study.results.columns:
+        raise CxrError(f"--metric {metric}: the study did not record it; recorded: {', '.join(available)}")
+    mode = study.settings.mode if metric == study.settings.metric else ("min" if metric.endswith("loss") else "max")
+    return metric, mode
+
+
+def trial_configs(study: Study) -> dict[str, dict]:
+    """Configs of trials that never reported an epoch, from their params.json (for the trial table)."""
+    reported = set(study.results["trial_id"]) if len(study.results) else set()
+    configs = {}
+    for trial_id, folders in study.trial_dirs.items():
+        if trial_id in reported:
+            continue
+        try:
+            config = storage.read_json(storage.join(folders[0], "params.json"))
+        except (OSError, ValueError):
+            config = {}
+        config["__trial_name__"] = folders[0].rstrip("/").rpartition("/")[2].partition("_")[2]
+        configs[trial_id] = config
+    return configs
+
+
+def search_dimensions(study: Study, trials: pd.DataFrame) -> list[tuple[str, str | None]]:
+    """(dimension, scale) for every config/ column, in the space's order; scale is log, linear or None."""
+    scales: dict[str, str | None] = {}
+    try:
+        for dimension in study.settings.search_space().dimensions:
+            if dimension.kind in ("uniform", "loguniform", "int"):
+                scale = "log" if dimension.kind == "loguniform" or dimension.log else "linear"
+                scales.setdefault(dimension.name, scale)
+            else:
+                scales.setdefault(dimension.name, None)
+    except CxrError as error:  # a space file this version no longer parses: bin from the values alone
+        log.warning("the study's search space does not parse (%s); ablations bin numbers by their values", error)
+    columns = [c.removeprefix("config/") for c in trials.columns if c.startswith("config/")]
+    ordered = [name for name in scales if name in columns] + [c for c in columns if c not in scales]
+    return [(name, scales.get(name)) for name in ordered]
+
+
+def cell_columns(frame: pd.DataFrame, settings) -> pd.DataFrame:
+    """dataset and model columns for every trial (a study over one dataset may not record it per trial)."""
+    default_dataset = next(iter(settings.data_roots), "?")
+    dataset = frame["config/dataset"] if "config/dataset" in frame else pd.Series(default_dataset, index=frame.index)
+    model = frame["config/model"] if "config/model" in frame else pd.Series("?", index=frame.index)
+    return frame.assign(dataset=dataset.fillna(default_dataset).astype(str), model=model.fillna("?").astype(str))
+
+
+def model_order(models) -> list[str]:
+    models = list(dict.fromkeys(models))
+    return [m for m in MODEL_NAMES if m in models] + sorted(m for m in models if m not in MODEL_NAMES)

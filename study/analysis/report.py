@@ -1,0 +1,268 @@
+"""Writing the report: report.md, every table as CSV and Parquet, and the figures."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from study.analysis.figures import write_figures
+from study.analysis.report_tables import reported_metric, slug
+from study.analysis.selection import Analysis
+from study.tables import METRIC_TITLES, NOT_SET, PAPER_METRICS, STATUSES, markdown_table
+
+log = logging.getLogger("study.analyze")
+
+
+def _clean(folder: Path, suffixes: tuple[str, ...]) -> None:
+    """Remove what an earlier analysis wrote (files of ours only), so no stale table or figure stays."""
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if path.is_file() and path.suffix in suffixes:
+                path.unlink()
+
+
+def _for_files(table: pd.DataFrame) -> pd.DataFrame:
+    """Columns Parquet can store: mixed-type object columns become text."""
+    table = table.copy()
+    for column in table.columns:
+        if table[column].dtype == object:
+            kinds = {type(v) for v in table[column] if not (v is None or v is pd.NA or
+                                                            (isinstance(v, float) and np.isnan(v)))}
+            if len(kinds) > 1 or not kinds <= {str, int, float, bool, np.int64, np.float64, np.bool_}:
+                table[column] = table[column].map(lambda v: None if v is None or v is pd.NA or
+                                                  (isinstance(v, float) and np.isnan(v)) else str(v))
+    table.columns = [str(c) for c in table.columns]
+    return table
+
+
+def write_report(analysis: Analysis, formats: tuple[str, ...]) -> None:
+    out = analysis.out
+    out.mkdir(parents=True, exist_ok=True)
+    tables_dir, figures_dir = out / "tables", out / "figures"
+    _clean(tables_dir, (".csv", ".parquet"))
+    _clean(figures_dir, (".png",))
+    if (out / "report.md").is_file():
+        (out / "report.md").unlink()
+    if "csv" in formats or "parquet" in formats:
+        tables_dir.mkdir(parents=True, exist_ok=True)
+        for name, table in analysis.tables.items():
+            if name.startswith("_"):
+                continue
+            stored = _for_files(table)
+            if "csv" in formats:
+                stored.to_csv(tables_dir / f"{name}.csv", index=False)
+                analysis.files.append(tables_dir / f"{name}.csv")
+            if "parquet" in formats:
+                stored.to_parquet(tables_dir / f"{name}.parquet", index=False)
+                analysis.files.append(tables_dir / f"{name}.parquet")
+    if "png" in formats:
+        write_figures(analysis, figures_dir)
+        analysis.files += list(analysis.figures.values())
+    if "md" in formats:
+        (out / "report.md").write_text(render_markdown(analysis, formats))
+        analysis.files.append(out / "report.md")
+    log.info("report written to %s", out / "report.md" if "md" in formats else out)
+
+
+def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
+    study, settings, tables = analysis.study, analysis.study.settings, analysis.tables
+    split_name = "test" if analysis.split == "test" else "validation"
+    figures = "png" in formats
+    lines = [f"# Study `{settings.name}`: analysis", ""]
+    lines += [f"- Study directory: `{study.uri}` (created {settings.created})",
+              f"- Search space: `{settings.space_source}`; datasets: "
+              + ", ".join(f"`{d}`" for d in settings.data_roots),
+              f"- Trials chosen on **{analysis.metric}** ({'lower' if analysis.mode == 'min' else 'higher'} is "
+              f"better, validation split); evaluated once on the **{split_name}** split"
+              + (f"; cells are the mean ± std of the {analysis.top_k} best trials" if analysis.top_k > 1 else ""),
+              f"- Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by `python -m study.analyze`", ""]
+
+    summary = analysis.summary
+    lines += ["## Search summary", ""]
+    shown = [("trials run", summary["trials"])]
+    shown += [(status, summary[status]) for status in STATUSES]
+    shown += [("epochs spent", f"{summary['epochs spent']} of {summary['epochs without early stopping']} "
+                               f"({summary['trials']} trials × {summary['max epochs']} epochs)"),
+              ("ASHA saving", f"{summary['ASHA saving']:.0%} of the epochs"),
+              ("epochs per trial", f"mean {summary['epochs per trial (mean)']:.2f}, min "
+                                   f"{summary['epochs per trial (min)']}, max {summary['epochs per trial (max)']}"),
+              ("trial compute time", f"{summary['trial compute seconds']:.0f} s")]
+    if "wall seconds" in summary:
+        shown.append(("wall time (first to last report)", f"{summary['wall seconds']:.0f} s"))
+    lines += [markdown_table(pd.DataFrame(shown, columns=["quantity", "value"]).astype(str)), ""]
+    lines += ["`stopped early`: ended before the last epoch without diverging (ASHA stopped it); "
+              "`unfinished`: no end recorded (still running, or the study was interrupted).", ""]
+
+    lines += [f"## Comparison ({split_name} split)", ""]
+    lines += [f"Each cell: the best trial of that dataset and model on {analysis.metric} (validation), "
+              f"evaluated once on the held-out {split_name} split from its best checkpoint. "
+              "For multi-label datasets accuracy is label-wise (the paper's accuracy).", ""]
+    if analysis.bootstraps:
+        lines += [uncertainty_paragraph(analysis), ""]
+    compared = [m for m in PAPER_METRICS if f"_shown_comparison_{m}" in tables]
+    if not compared:
+        lines += ["No cell could be evaluated (see Skipped trials below).", ""]
+    for metric in compared:
+        lines += [f"### {METRIC_TITLES[metric]}", "", markdown_table(tables[f"_shown_comparison_{metric}"]), ""]
+    if "majority_baseline" in tables:
+        lines += ["### Majority-class baseline", "",
+                  f"Always predicting the training split's most frequent class (multi-label: each label present in "
+                  f"most training images), scored on the same {split_name} images: the floor a model must beat.", "",
+                  markdown_table(tables["_shown_majority_baseline"]), ""]
+    if "paired_differences" in tables:
+        lines += paired_section(analysis)
+    if analysis.confirmation is not None:
+        lines += seed_section(analysis)
+
+    lines += ["## Evaluated trials", ""]
+    if len(tables["selected_trials"]):
+        lines += [markdown_table(tables["selected_trials"]), ""]
+        lines += ["`best epoch`: the trial's best epoch on validation; `evaluated epoch`: the checkpoint evaluated "
+                  "(they differ only where the best checkpoint is gone, or ties).", ""]
+    else:
+        lines += ["None.", ""]
+    if analysis.notes:
+        lines += ["### Skipped trials and notes", ""]
+        lines += [f"- {note}" for note in analysis.notes] + [""]
+
+    lines += ["## Best trials on validation (as `python -m study.run` prints them)", "",
+              markdown_table(tables["validation_best"]), ""]
+
+    lines += ["## Ablations", "",
+              f"Per value of each search dimension (continuous ones binned): trials, how they ended, epochs "
+              f"spent, and the best and median {analysis.metric} (each trial at its best epoch). "
+              f"`{NOT_SET}`: trials the dimension does not apply to.", ""]
+    for name, table in tables.items():
+        if name.startswith("ablation_"):
+            lines += [f"### {name.removeprefix('ablation_')}", "", markdown_table(table), ""]
+
+    if analysis.importances:
+        lines += importance_section(analysis, figures)
+
+    lines += ["## Confusion matrices and per-class metrics", ""]
+    best = [s for s in analysis.selected if s.rank == 1]
+    if not best:
+        lines += ["None (no cell could be evaluated).", ""]
+    for chosen in best:
+        name = f"{slug(chosen.dataset)}_{slug(chosen.model)}"
+        evaluation = chosen.evaluation
+        lines += [f"### {chosen.dataset} / {chosen.model}", "",
+                  f"Trial `{chosen.candidate.trial_id}` ({chosen.candidate.trial_name}), epoch {evaluation.epoch}, "
+                  f"{split_name} split: {len(evaluation.y_true)} images. "
+                  + ("Rows: true class; columns: predicted class." if not evaluation.multilabel
+                     else "Per label: true negatives, false positives, false negatives, true positives."), ""]
+        if figures and f"confusion_{name}" in analysis.figures:
+            lines += [f"![confusion matrix, {chosen.dataset} / {chosen.model}](figures/confusion_{name}.png)", ""]
+        lines += [markdown_table(tables[f"confusion_{name}"]), "", markdown_table(tables[f"_shown_per_class_{name}"]), ""]
+
+    if figures:
+        lines += ["## Curves", ""]
+        for name, path in analysis.figures.items():
+            if name.startswith("curves_") or name.startswith("pretrained_"):
+                lines += [f"![{name}](figures/{path.name})", ""]
+
+    stored = [n for n in tables if not n.startswith("_")]
+    kinds = [k for k in ("csv", "parquet") if k in formats]
+    if kinds:
+        lines += ["## Files", "", "Every table above as " + " and ".join(k.upper() for k in kinds)
+                  + " under `tables/`: " + ", ".join(f"`{n}`" for n in stored) + ".", ""]
+    return "\n".join(lines)
+
+
+def uncertainty_paragraph(analysis: Analysis) -> str:
+    """How the intervals were made, and on how many patients, per dataset."""
+    first = next(iter(analysis.bootstraps.values()))
+    sizes = "; ".join(f"{b.dataset}: {b.images} images of {b.patients} patients"
+                      for b in analysis.bootstraps.values())
+    text = (f"In brackets: the 95% interval from {first.resamples:,} bootstrap resamples of the split's "
+            f"**patients** (all images of a patient drawn together, within strata of each patient's class; "
+            f"seed {first.seed}), not of images: images of one patient are correlated. Stratified as pROC "
+            f"does, the intervals hold the split's class mix fixed: a constant predictor's figure barely moves. "
+            f"({sizes}.)")
+    if analysis.top_k > 1:
+        text += f" With --top-k {analysis.top_k} the interval is that of the cell's mean."
+    undefined = sorted({f"{b.dataset}: {', '.join(sorted(b.undefined))}: {reason}"
+                        for b in analysis.bootstraps.values() for reason in set(b.undefined.values())})
+    if undefined:
+        text += " Undefined intervals: " + "; ".join(undefined) + "."
+    return text
+
+
+def paired_section(analysis: Analysis) -> list[str]:
+    """The pre-stated comparisons on the study metric, in words, and where the full table lies."""
+    table = analysis.tables["paired_differences"]
+    metric = reported_metric(analysis)
+    shown = table[table["metric"] == metric]
+    lines = [f"### Paired differences ({METRIC_TITLES.get(metric, metric)})", "",
+             f"The comparison family, fixed before any {analysis.split} figure is seen: on "
+             f"{METRIC_TITLES.get(metric, metric).lower()}, each model against the majority-class baseline, and "
+             f"each model against its row's model chosen best on validation ({len(shown)} comparisons). Each is "
+             "the difference of the two figures with its 95% interval over the same resampled patients; a "
+             "difference is called distinguishable from zero when its interval excludes zero (intervals not "
+             f"adjusted for the {len(shown)} comparisons). Every metric's differences are in "
+             "`tables/paired_differences`.", ""]
+    for row in shown.itertuples(index=False):
+        if pd.isna(row.lower) or pd.isna(row.upper):
+            interval, verdict = "[undefined]", "no interval"
+        else:
+            interval = f"[{row.lower:+.2f}, {row.upper:+.2f}]"
+            verdict = "distinguishable" if row.distinguishable else "not distinguishable"
+        lines.append(f"- {row.dataset}: {row.model} vs {row.versus}: {row.difference:+.3f} {interval}, {verdict}")
+    return lines + [""]
+
+
+def importance_section(analysis: Analysis, figures: bool) -> list[str]:
+    first = analysis.importances[0]
+    title = {"fanova": "fANOVA", "ped-anova": "PED-ANOVA"}.get(first.evaluator, first.evaluator)
+    lines = [f"### Hyperparameter importance ({title})", "",
+             f"Optuna's {title} evaluator over each dataset's completed trials, each valued at its best epoch's "
+             f"{analysis.metric}: the share of that value's variance each searched parameter explains. Trials "
+             "ASHA stopped early are left out (their best is cut short), and so are parameters some trials "
+             "lack (conditional dimensions).", ""]
+    for importance in analysis.importances:
+        if importance.table is None:
+            lines += [f"{importance.dataset}: not estimated: {importance.reason}.", ""]
+            continue
+        name = f"importance_{slug(importance.dataset)}"
+        if figures and name in analysis.figures:
+            lines += [f"![{name}](figures/{name}.png)", ""]
+        lines += [markdown_table(importance.table), ""]
+    return lines
+
+
+def seed_section(analysis: Analysis) -> list[str]:
+    """The seed repeats: the search's run of each cell next to the spread over new seeds."""
+    confirmation, tables = analysis.confirmation, analysis.tables
+    metric = reported_metric(analysis)
+    title = METRIC_TITLES.get(metric, metric)
+    evaluated = sum(run.evaluation is not None for run in confirmation.runs)
+    lines = ["## Seed repeats (`python -m study.confirm`)", "",
+             f"Each cell's selected configuration trained again with seeds {', '.join(map(str, confirmation.seeds))} "
+             f"(initialisation and batch order; same split, {analysis.study.settings.max_epochs} epochs, no early "
+             f"stopping), each seed's best epoch on {analysis.study.settings.metric} evaluated once on the "
+             f"{analysis.split} split. {title}: the search's run next to the seeds' mean ± standard deviation.", ""]
+    if not confirmation.complete:
+        lines += [f"**Partial:** {evaluated} of {len(confirmation.runs)} seed runs finished and evaluated; "
+                  f"continue with `python -m study.confirm {analysis.study.uri} --resume`, then analyse again.", ""]
+    summary = tables["seed_summary"]
+    if len(summary):
+        shown = summary.assign(**{
+            "search's run": summary["search's run"].map(lambda v: "—" if pd.isna(v) else f"{v:.3f}"),
+            "seeds": [("—" if pd.isna(m) else f"{m:.3f}" + ("" if pd.isna(s) else f" ± {s:.3f}"))
+                      + f" ({n} of {k})" for m, s, n, k in zip(summary["seeds mean"], summary["seeds std"],
+                                                               summary["seeds evaluated"], summary["seeds asked"])],
+        })[["dataset", "model", "search's run", "seeds", "each seed"]]
+        lines += [markdown_table(shown), ""]
+    differences = tables["seed_differences"].dropna(subset=["mean difference"])
+    if len(differences):
+        lines += [f"Between models, seed by seed ({title}, the seeds both finished):", ""]
+        for row in differences.itertuples(index=False):
+            spread = "" if pd.isna(row.std) else f" ± {row.std:.3f}"
+            lines.append(f"- {row.dataset}: {row.model} − {row.versus}: {row[4]:+.3f}{spread} over {row.seeds} seed(s)")
+        lines.append("")
+    lines += [f"- {note}" for note in confirmation.notes] + ([""] if confirmation.notes else [])
+    return lines

@@ -1,0 +1,229 @@
+"""The report's tables, built from an Analysis: the paper's comparison tables, the baseline, the
+validation table, ablations, confusion matrices and per-class metrics."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+from study.analysis.confirmation import seed_differences, seed_runs_table, seed_summary
+from study.analysis.evaluation import Evaluation
+from study.analysis.reading import cell_columns, model_order, search_dimensions
+from study.analysis.selection import Analysis
+from study.analysis.uncertainty import BASELINE, SplitBootstrap, percentile_interval
+from study.tables import (PAPER_METRICS, ablation_table, comparison_table, format_paper_table, interval_text,
+                          paper_table)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-") or "x"
+
+
+def selected_table(analysis: Analysis) -> pd.DataFrame:
+    """One row per evaluated trial: its cell, rank, config, epochs and metrics on the split."""
+    rows = []
+    trials = analysis.trials.set_index("trial_id")
+    config_columns = [c for c in trials.columns if c.startswith("config/") and c not in
+                      ("config/dataset", "config/model")]
+    for chosen in analysis.selected:
+        candidate, evaluation = chosen.candidate, chosen.evaluation
+        row = {"dataset": chosen.dataset, "model": chosen.model, "rank": chosen.rank,
+               "trial_id": candidate.trial_id, "trial_name": candidate.trial_name}
+        row.update({c.removeprefix("config/"): trials.loc[candidate.trial_id, c] for c in config_columns})
+        row.update({"best epoch": candidate.best_epoch, "evaluated epoch": evaluation.epoch,
+                    f"{analysis.metric} (recorded)": candidate.value})
+        row.update(evaluation.metrics)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def build_tables(analysis: Analysis) -> None:
+    tables = analysis.tables
+    settings = analysis.study.settings
+    cells = selected_table(analysis)
+    tables["selected_trials"] = cells
+    trials = cell_columns(analysis.trials, settings)
+    models = model_order(trials["model"])
+    prefix = f"{analysis.split}/"
+    long = cells.rename(columns=lambda c: c.removeprefix(prefix)) if len(cells) else pd.DataFrame(
+        columns=["dataset", "model"])
+    for metric in PAPER_METRICS:
+        if metric not in long.columns or long[metric].notna().sum() == 0:
+            continue
+        rows = sorted(long.loc[long[metric].notna(), "dataset"].unique())
+        mean, std, count = paper_table(long, metric, models, rows)
+        lower, upper = cell_intervals(analysis, metric, mean)
+        table = mean.reset_index()
+        for model in models:
+            if analysis.bootstraps:
+                table[f"{model} lower"] = lower[model].to_numpy()
+                table[f"{model} upper"] = upper[model].to_numpy()
+            if analysis.top_k > 1:
+                table[f"{model} std"] = std[model].to_numpy()
+                table[f"{model} n"] = count[model].to_numpy()
+        tables[f"comparison_{metric}"] = table
+        tables[f"_shown_comparison_{metric}"] = format_paper_table(
+            mean, std, count, analysis.top_k, lower=lower if analysis.bootstraps else None, upper=upper)
+    baselines = []
+    for dataset in dict.fromkeys(chosen.dataset for chosen in analysis.selected):
+        evaluation = next(c.evaluation for c in analysis.selected if c.dataset == dataset)
+        row = {"dataset": dataset}
+        for metric in PAPER_METRICS:
+            if prefix + metric not in evaluation.baseline:
+                continue
+            row[metric] = evaluation.baseline[prefix + metric]
+            if dataset in analysis.bootstraps:
+                row[f"{metric} lower"], row[f"{metric} upper"] = interval_of(
+                    analysis.bootstraps[dataset], metric, analysis.bootstraps[dataset].cell([BASELINE], metric))
+        baselines.append(row)
+    if baselines:
+        tables["majority_baseline"] = pd.DataFrame(baselines).sort_values("dataset", kind="stable")
+        tables["_shown_majority_baseline"] = with_intervals(tables["majority_baseline"])
+    if analysis.bootstraps:
+        tables["paired_differences"] = paired_differences(analysis)
+    if analysis.confirmation is not None:
+        runs = seed_runs_table(analysis.confirmation, analysis.split, analysis.metric)
+        figure = prefix + reported_metric(analysis)
+        search = {(c.dataset, c.model): c.evaluation.metrics.get(figure) for c in analysis.selected if c.rank == 1}
+        tables["seed_runs"] = runs
+        tables["seed_summary"] = seed_summary(runs, figure, search)
+        tables["seed_differences"] = seed_differences(runs, figure)
+    # The validation table study.run prints at the end of a run (same code: study.tables.comparison_table).
+    tables["validation_best"] = comparison_table(analysis.study.results, analysis.metric, analysis.mode)
+    tables["trials"] = analysis.trials
+    for dimension, scale in search_dimensions(analysis.study, analysis.trials):
+        tables[f"ablation_{dimension}"] = ablation_table(analysis.trials, dimension, analysis.metric,
+                                                        analysis.mode, scale)
+    tables["search_summary"] = pd.DataFrame([analysis.summary])
+    for importance in analysis.importances:
+        if importance.table is not None:
+            tables[f"importance_{slug(importance.dataset)}"] = importance.table
+    for chosen in analysis.selected:
+        if chosen.rank != 1:
+            continue
+        from cxrnets.metrics import per_class_table
+
+        evaluation = chosen.evaluation
+        name = f"{slug(chosen.dataset)}_{slug(chosen.model)}"
+        tables[f"confusion_{name}"] = confusion_table(evaluation)
+        per_class = per_class_table(evaluation.y_true, evaluation.scores, evaluation.classes, evaluation.multilabel)
+        bootstrap = analysis.bootstraps.get(chosen.dataset)
+        if bootstrap is not None:
+            samples = bootstrap.samples[chosen.candidate.trial_id].per_class
+            present = per_class["support"].to_numpy() > 0
+            for column in [c for c in ("precision", "recall", "f1", "roc_auc") if c in per_class]:
+                bounds = [percentile_interval(samples[column][:, j]) if present[j] else (np.nan, np.nan)
+                          for j in range(len(per_class))]
+                per_class[f"{column} lower"] = [b[0] for b in bounds]
+                per_class[f"{column} upper"] = [b[1] for b in bounds]
+        tables[f"per_class_{name}"] = per_class
+        tables[f"_shown_per_class_{name}"] = with_intervals(per_class)
+
+
+def reported_metric(analysis: Analysis) -> str:
+    """The figure the report discusses in words: the study metric on the evaluated split (macro F1
+    when the study metric is a loss or not one of the paper's)."""
+    metric = analysis.metric.removeprefix("val/")
+    return metric if metric in PAPER_METRICS else "f1_macro"
+
+
+def cell_intervals(analysis: Analysis, metric: str, mean: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(lower, upper) tables shaped like `mean` (datasets x models): each cell's interval, from the
+    mean over its evaluated trials on every resample; NaN where undefined or not resampled."""
+    lower = pd.DataFrame(np.nan, index=mean.index, columns=mean.columns)
+    upper = lower.copy()
+    for dataset in mean.index:
+        bootstrap = analysis.bootstraps.get(dataset)
+        if bootstrap is None:
+            continue
+        for model in mean.columns:
+            trial_ids = cell_trials(analysis, dataset, model)
+            if trial_ids:
+                lower.loc[dataset, model], upper.loc[dataset, model] = interval_of(
+                    bootstrap, metric, bootstrap.cell(trial_ids, metric))
+    return lower, upper
+
+
+def cell_trials(analysis: Analysis, dataset: str, model: str) -> list[str]:
+    return [c.candidate.trial_id for c in analysis.selected if (c.dataset, c.model) == (dataset, model)]
+
+
+def interval_of(bootstrap: SplitBootstrap, metric: str, samples: np.ndarray) -> tuple[float, float]:
+    if metric in bootstrap.undefined:
+        return np.nan, np.nan
+    return percentile_interval(samples)
+
+
+def with_intervals(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """A table with `X`, `X lower`, `X upper` columns shown as one `X` column: `0.310 [0.21, 0.41]`."""
+    shown = pd.DataFrame(index=table.index)
+    for column in table.columns:
+        if column.endswith(" lower") or column.endswith(" upper"):
+            continue
+        values = table[column]
+        if f"{column} lower" not in table or not pd.api.types.is_numeric_dtype(values):
+            shown[column] = values
+            continue
+        shown[column] = ["—" if pd.isna(v) else f"{v:.{digits}f} {interval_text(lo, hi)}"
+                         for v, lo, hi in zip(values, table[f"{column} lower"], table[f"{column} upper"])]
+    return shown.reset_index(drop=True)
+
+
+def best_model_on_validation(analysis: Analysis, dataset: str) -> str:
+    """The row's reference model: the one whose selected trial is best on the validation metric
+    (chosen before any test figure is seen; ties go to the model listed first)."""
+    firsts = [c for c in analysis.selected if c.dataset == dataset and c.rank == 1]
+    order = model_order(c.model for c in firsts)
+    sign = 1 if analysis.mode == "min" else -1
+    return min(firsts, key=lambda c: (sign * c.candidate.value, order.index(c.model))).model
+
+
+def paired_differences(analysis: Analysis) -> pd.DataFrame:
+    """Per dataset and metric, each model against the majority baseline and against the row's model
+    chosen best on validation: the difference of their figures and its interval over the same
+    resampled patients. `distinguishable`: the interval excludes zero."""
+    prefix = f"{analysis.split}/"
+    rows = []
+    for dataset, bootstrap in analysis.bootstraps.items():
+        models = model_order(c.model for c in analysis.selected if c.dataset == dataset)
+        reference = best_model_on_validation(analysis, dataset)
+        baseline = next(c.evaluation.baseline for c in analysis.selected if c.dataset == dataset)
+        for metric in PAPER_METRICS:
+            if metric not in bootstrap.samples[BASELINE].summary or prefix + metric not in baseline:
+                continue
+            point = {model: float(np.mean([c.evaluation.metrics[prefix + metric] for c in analysis.selected
+                                           if (c.dataset, c.model) == (dataset, model)])) for model in models}
+            samples = {model: bootstrap.cell(cell_trials(analysis, dataset, model), metric) for model in models}
+            others = [(BASELINE, baseline[prefix + metric], bootstrap.samples[BASELINE].summary[metric])]
+            for model in models:
+                versus = others + ([(f"{reference} (best on validation)", point[reference], samples[reference])]
+                                   if model != reference else [])
+                for name, value, reference_samples in versus:
+                    lower, upper = percentile_interval(samples[model] - reference_samples)
+                    rows.append({"dataset": dataset, "metric": metric, "model": model, "versus": name,
+                                 "difference": point[model] - value, "lower": lower, "upper": upper,
+                                 "distinguishable": bool(lower > 0 or upper < 0)})
+    return pd.DataFrame(rows, columns=["dataset", "metric", "model", "versus", "difference", "lower", "upper",
+                                       "distinguishable"])
+
+
+def confusion_table(evaluation: Evaluation) -> pd.DataFrame:
+    """Single-label: rows true class, columns predicted class. Multi-label: one row per label (TN FP FN TP)."""
+    from cxrnets.metrics import confusion_matrix, predictions
+
+    predicted = predictions(evaluation.scores, evaluation.multilabel)
+    if evaluation.multilabel:
+        rows = []
+        for j, label in enumerate(evaluation.classes):
+            truth, guess = evaluation.y_true[:, j].astype(int), predicted[:, j]
+            rows.append({"label": label, "TN": int(((truth == 0) & (guess == 0)).sum()),
+                         "FP": int(((truth == 0) & (guess == 1)).sum()),
+                         "FN": int(((truth == 1) & (guess == 0)).sum()),
+                         "TP": int(((truth == 1) & (guess == 1)).sum())})
+        return pd.DataFrame(rows)
+    matrix = confusion_matrix(evaluation.y_true, predicted, len(evaluation.classes))
+    table = pd.DataFrame(matrix, columns=list(evaluation.classes))
+    table.insert(0, "true class", list(evaluation.classes))
+    return table

@@ -1,0 +1,167 @@
+"""Selecting on validation, evaluating on test: the trials each (dataset, model) cell puts forward.
+
+Per cell, `candidates` ranks the trials that have best weights by the
+validation metric at the weights' epoch (from the sidecars and the results
+table, never from the weights); `select_and_evaluate` downloads and
+evaluates the `top_k` best, letting the next trial take the place of one
+whose weights are missing or unreadable.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cxrnets.errors import CxrError
+from study import storage
+from study.analysis.evaluation import AnalysisRefused, Evaluation, StudyData, evaluate_checkpoint
+from study.analysis.reading import Study, cell_columns, model_order
+from study.analysis.confirmation import Confirmation
+from study.analysis.importance import Importance
+from study.analysis.uncertainty import SplitBootstrap
+from study.checkpoints import BestWeights
+from study.tables import epoch_column
+
+log = logging.getLogger("study.analyze")
+
+
+@dataclass
+class Candidate:
+    """A trial's best weights, ranked by the validation metric at their epoch."""
+
+    trial_id: str
+    trial_name: str
+    weights: BestWeights
+    epoch: int
+    value: float                 # the validation metric at `epoch`, as the results table recorded it
+    best_epoch: int
+    best_value: float
+
+
+def candidates(study: Study, trials: pd.DataFrame, metric: str, mode: str,
+               notes: list[str], top_k: int = 1) -> list[Candidate]:
+    """The trials of `trials` that have best weights, best first (their epoch as the sidecar says:
+    no weights file is read here).
+
+    Trials without usable weights are left out; why goes into `notes` for those that would have been
+    among the `top_k` evaluated (the study deletes the others' weights by design: --keep).
+    """
+    results = study.results
+    ranked, unweighted = [], []
+    for trial in trials.to_dict("records"):
+        trial_id, name = trial["trial_id"], trial["trial_name"]
+        weights = study.weights.get(trial_id)
+        if pd.isna(trial.get("_best")):
+            if weights:
+                notes.append(f"trial {trial_id} ({name}): has best weights but no recorded {metric} (the study "
+                             "stopped before recording its first epoch); not used")
+            continue
+        if weights is None:
+            unweighted.append((float(trial["_best"]), trial_id, name, int(trial["_best_epoch"])))
+            continue
+        own = results[results["trial_id"] == trial_id]
+        scores = dict(zip(epoch_column(own), own[metric]))
+        if weights.epoch not in scores or pd.isna(scores[weights.epoch]):
+            notes.append(f"trial {trial_id} ({name}): its best weights are of epoch {weights.epoch}, which has no "
+                         f"recorded {metric} (the study stopped before recording it); not used")
+            continue
+        value = float(scores[weights.epoch])
+        best_epoch, best_value = int(trial["_best_epoch"]), float(trial["_best"])
+        if value != best_value:
+            notes.append(f"trial {trial_id} ({name}): its weights are of epoch {weights.epoch} ({metric} "
+                         f"{value:.3f}), not of its best epoch on {metric} ({best_epoch}, {best_value:.3f}): the "
+                         f"study kept the best on {weights.metric}")
+        ranked.append(Candidate(trial_id, name, weights, weights.epoch, value, best_epoch, best_value))
+    sign = 1 if mode == "min" else -1
+    for value, trial_id, name, epoch in unweighted:
+        better = sum(1 for c in ranked if (sign * c.value, c.trial_id) < (sign * value, trial_id))
+        if better < top_k:
+            notes.append(f"trial {trial_id} ({name}): no best weights (best {metric} {value:.3f} at epoch {epoch}); "
+                         f"skipped. The study keeps the weights of each model's {study.settings.keep} best trials "
+                         f"on {study.settings.metric} (study.run --keep)")
+    # Ties go to the lower trial id, as in study.tables.best_trials (what study.run prints).
+    return sorted(ranked, key=lambda c: (sign * c.value, c.trial_id))
+
+
+@dataclass
+class Selected:
+    """One evaluated trial of a (dataset, model) cell; rank 1 is the cell's best on validation."""
+
+    dataset: str
+    model: str
+    rank: int
+    candidate: Candidate
+    evaluation: Evaluation
+
+
+@dataclass
+class Analysis:
+    study: Study
+    metric: str
+    mode: str
+    split: str
+    top_k: int
+    trials: pd.DataFrame
+    selected: list[Selected] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)   # name -> table (what CSV/Parquet hold)
+    summary: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, Path] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+    out: Path | None = None
+    downloaded_bytes: int = 0  # weights fetched from object storage (0 when all came from the local cache)
+    bootstraps: dict[str, SplitBootstrap] = field(default_factory=dict)  # dataset -> its split resampled
+    importances: list[Importance] = field(default_factory=list)          # one per dataset
+    confirmation: Confirmation | None = None                             # study.confirm's seed repeats
+
+    def best(self, dataset: str, model: str) -> Selected | None:
+        return next((s for s in self.selected if (s.dataset, s.model, s.rank) == (dataset, model, 1)), None)
+
+
+def select_and_evaluate(analysis: Analysis, data: StudyData) -> None:
+    """Per (dataset, model): rank trials on validation, evaluate the k best usable checkpoints on the split."""
+    trials = cell_columns(analysis.trials, analysis.study.settings)
+    trials = trials.assign(_best=trials[analysis.metric], _best_epoch=trials["best_epoch"])
+    cells = sorted({(d, m) for d, m in zip(trials["dataset"], trials["model"])},
+                   key=lambda cell: (cell[0], model_order(trials["model"]).index(cell[1])))
+    queue = []
+    for dataset, model in cells:
+        members = trials[(trials["dataset"] == dataset) & (trials["model"] == model)]
+        queue.append((dataset, model, candidates(analysis.study, members, analysis.metric, analysis.mode,
+                                                 analysis.notes, analysis.top_k)))
+    total = sum(min(len(ranked), analysis.top_k) for *_, ranked in queue)
+    done = 0
+    for dataset, model, ranked in queue:
+        rank = 0
+        for candidate in ranked:
+            if rank == analysis.top_k:
+                break
+            done += 1
+            log.info("[%d/%d] %s / %s: evaluating trial %s (%s, epoch %d, %s %.3f) on the %s split", done, total,
+                     dataset, model, candidate.trial_id, candidate.trial_name, candidate.epoch, analysis.metric,
+                     candidate.value, analysis.split)
+            try:
+                local, fetched = storage.download(candidate.weights.uri, data.download_dir())
+                analysis.downloaded_bytes += fetched
+                evaluation = evaluate_checkpoint(local, data, analysis.split, candidate.trial_id)
+            except AnalysisRefused:
+                raise
+            except (CxrError, OSError) as error:
+                analysis.notes.append(f"trial {candidate.trial_id} ({candidate.trial_name}): {error}; skipped, "
+                                      "the next best trial of its cell takes its place")
+                log.warning("trial %s skipped: %s", candidate.trial_id, error)
+                total += 1
+                continue
+            rank += 1
+            shown = {k: v for k, v in evaluation.metrics.items() if not k.endswith("loss")}
+            log.info("    %s (%.1f s)", ", ".join(f"{k} {v:.3f}" for k, v in shown.items()), evaluation.seconds)
+            analysis.selected.append(Selected(dataset, model, rank, candidate, evaluation))
+        if rank == 0:
+            analysis.notes.append(f"{dataset} / {model}: no trial with a usable checkpoint; the cell stays empty")
+        elif rank < analysis.top_k:
+            analysis.notes.append(f"{dataset} / {model}: only {rank} trial(s) with a usable checkpoint "
+                                  f"(--top-k {analysis.top_k})")

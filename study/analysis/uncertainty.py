@@ -1,0 +1,218 @@
+"""Uncertainty of test figures: a seeded bootstrap that resamples patients, not images.
+
+Images of one patient are correlated (same lungs, same scanner, often the
+same day), so resampling images treats a patient with ten images as ten
+independent observations and gives intervals that are too narrow. Here
+the unit is the split's leakage group (a patient, merged with any patient
+that shares a byte-identical file: cxrnets.splits.leakage_groups), drawn
+with replacement within strata (each group's most frequent class, or for
+multi-label its rarest present label), so that a class present in the test
+split stays present in every resample. A resample is a vector of weights,
+one per image (how many times its group was drawn), and every metric of
+cxrnets.metrics.classification_metrics is computed from weighted counts for
+all resamples at once (weights of ones give exactly the point estimates).
+
+Intervals are percentile intervals. Paired differences use the same
+resampled patients for both sides, so that what the two models share (the
+hard patients) cancels out.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from cxrnets.metrics import predictions
+
+LEVEL = 0.95
+RESAMPLES = 2000
+
+
+@dataclass
+class MetricSamples:
+    """One set of predictions scored on every resample: metric name -> (resamples,) values, and
+    per-class precision, recall and f1 -> (resamples, classes)."""
+
+    summary: dict[str, np.ndarray]
+    per_class: dict[str, np.ndarray]
+
+
+def group_strata(groups: np.ndarray, y_true: np.ndarray, multilabel: bool) -> np.ndarray:
+    """Each image's stratum: its group's most frequent class (ties: the rarer class in the split),
+    multi-label: its group's rarest present label (-1 for none)."""
+    groups = np.asarray(groups)
+    _, group_index = np.unique(groups, return_inverse=True)
+    if multilabel:
+        labels = np.asarray(y_true, dtype=np.int64)
+        counts = np.zeros((group_index.max() + 1, labels.shape[1]), dtype=np.int64)
+        np.add.at(counts, group_index, labels)
+        prevalence = labels.sum(axis=0)
+        rarity = np.where(counts > 0, prevalence[None, :], np.iinfo(np.int64).max)
+        stratum = np.where(counts.any(axis=1), rarity.argmin(axis=1), -1)
+        return stratum[group_index]
+    classes = np.asarray(y_true, dtype=np.int64)
+    counts = np.zeros((group_index.max() + 1, classes.max() + 1), dtype=np.int64)
+    np.add.at(counts, group_index, classes[:, None] == np.arange(classes.max() + 1)[None, :])
+    frequency = np.bincount(classes, minlength=counts.shape[1])
+    # Most images first; among equals the class rarer in the split (so rare classes get their strata).
+    key = counts * (len(classes) + 1) - frequency[None, :]
+    return key.argmax(axis=1)[group_index]
+
+
+def resample_weights(groups: np.ndarray, strata: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, images) weights: in each resample, every stratum's groups drawn with replacement
+    as many times as the stratum has groups; an image weighs as often as its group was drawn."""
+    groups = np.asarray(groups)
+    unique_groups, group_index = np.unique(groups, return_inverse=True)
+    group_stratum = np.zeros(len(unique_groups), dtype=np.int64)
+    group_stratum[group_index] = np.unique(strata, return_inverse=True)[1]
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((resamples, len(unique_groups)), dtype=np.int32)
+    rows = np.arange(resamples)[:, None]
+    for stratum in np.unique(group_stratum):
+        members = np.flatnonzero(group_stratum == stratum)
+        drawn = members[rng.integers(0, len(members), size=(resamples, len(members)))]
+        np.add.at(counts, (np.broadcast_to(rows, drawn.shape), drawn), 1)
+    return counts[:, group_index].astype(np.float64)
+
+
+def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, 0 where the denominator is 0 (scikit-learn's zero_division=0)."""
+    safe = np.where(denominator > 0, denominator, 1)
+    return np.where(denominator > 0, numerator / safe, 0.0)
+
+
+def _prf(tp: np.ndarray, predicted: np.ndarray, support: np.ndarray) -> tuple[np.ndarray, ...]:
+    precision = _divide(tp, predicted)
+    recall = _divide(tp, support)
+    f1 = _divide(2 * tp, predicted + support)
+    return precision, recall, f1
+
+
+def _weighted_auc(truth: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(resamples,) ROC AUC of one label under each row of weights (ties count a half, as in
+    scikit-learn); NaN where a resample lacks positives or negatives."""
+    order = np.argsort(scores, kind="stable")
+    sorted_scores = scores[order]
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    w = weights[:, order]
+    positive = np.add.reduceat(w * truth[order], starts, axis=1)
+    negative = np.add.reduceat(w * (1 - truth[order]), starts, axis=1)
+    below = np.cumsum(negative, axis=1) - negative
+    pairs = positive.sum(axis=1) * negative.sum(axis=1)
+    won = (positive * (below + 0.5 * negative)).sum(axis=1)
+    return np.where(pairs > 0, won / np.where(pairs > 0, pairs, 1), np.nan)
+
+
+def metric_samples(y_true: np.ndarray, scores: np.ndarray, multilabel: bool, weights: np.ndarray) -> MetricSamples:
+    """Every metric of classification_metrics, and per-class precision/recall/f1, for each row of
+    `weights` (resamples, images)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    predicted = predictions(scores, multilabel)
+    if multilabel:
+        truth, guess = y_true.astype(np.float64), predicted.astype(np.float64)
+        tp = weights @ (truth * guess)
+        fp = weights @ ((1 - truth) * guess)
+        fn = weights @ (truth * (1 - guess))
+        total = weights.sum(axis=1)
+        right_cells = weights @ (truth == guess).sum(axis=1)
+        exact = weights @ (truth == guess).all(axis=1)
+        precision, recall, f1 = _prf(tp, tp + fp, tp + fn)
+        aucs = np.stack([_weighted_auc(truth[:, j], np.asarray(scores)[:, j], weights)
+                         for j in range(truth.shape[1])], axis=1)
+        with warnings.catch_warnings():  # a resample where no label has both classes: NaN, as in the metrics
+            warnings.simplefilter("ignore", RuntimeWarning)
+            auc_macro = np.nanmean(aucs, axis=1)
+        summary = {
+            "accuracy": _divide(right_cells, total * truth.shape[1]),
+            "subset_accuracy": _divide(exact, total),
+            "precision_macro": precision.mean(axis=1), "recall_macro": recall.mean(axis=1),
+            "f1_macro": f1.mean(axis=1),
+            "f1_micro": _divide(2 * tp.sum(axis=1), 2 * tp.sum(axis=1) + fp.sum(axis=1) + fn.sum(axis=1)),
+            "roc_auc_macro": auc_macro,
+        }
+        return MetricSamples(summary, {"precision": precision, "recall": recall, "f1": f1, "roc_auc": aucs})
+    classes = np.asarray(scores).shape[1]
+    pair = np.zeros((len(y_true), classes * classes))
+    pair[np.arange(len(y_true)), y_true * classes + predicted] = 1.0
+    confusion = (weights @ pair).reshape(len(weights), classes, classes)  # [resample, true, predicted]
+    tp = np.diagonal(confusion, axis1=1, axis2=2)
+    support, guessed = confusion.sum(axis=2), confusion.sum(axis=1)
+    precision, recall, f1 = _prf(tp, guessed, support)
+    summary = {"accuracy": _divide(tp.sum(axis=1), support.sum(axis=1)),
+               "precision_macro": precision.mean(axis=1), "recall_macro": recall.mean(axis=1),
+               "f1_macro": f1.mean(axis=1)}
+    return MetricSamples(summary, {"precision": precision, "recall": recall, "f1": f1})
+
+
+def percentile_interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """The central `level` interval of the finite samples; (nan, nan) when there are none."""
+    finite = np.asarray(samples, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2 * 100
+    lower, upper = np.percentile(finite, [tail, 100 - tail])
+    return float(lower), float(upper)
+
+
+def undefined_reasons(y_true: np.ndarray, classes: list[str], multilabel: bool, groups: np.ndarray) -> dict[str, str]:
+    """Metric -> why its interval is undefined on this test split (empty when all are defined).
+
+    A class with no test image makes every macro average a constant zero term that no resampling
+    of this split can move: the interval would describe the split, not the model.
+    """
+    if len(np.unique(groups)) < 2:
+        reason = f"the test split holds one patient ({len(y_true)} image(s)): nothing to resample"
+        names = ("accuracy", "subset_accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_micro",
+                 "roc_auc_macro")
+        return {name: reason for name in names}
+    present = (np.asarray(y_true).sum(axis=0) > 0 if multilabel
+               else np.bincount(np.asarray(y_true, dtype=np.int64), minlength=len(classes)) > 0)
+    absent = [name for name, here in zip(classes, present) if not here]
+    if not absent:
+        return {}
+    reason = (f"{'label' if multilabel else 'class'} {', '.join(absent)} has no test image: the macro "
+              "average counts it as 0 in every resample")
+    return {name: reason for name in ("precision_macro", "recall_macro", "f1_macro")}
+
+
+# ------------------------------------------------------------------ the analysis's test splits
+
+BASELINE = "majority baseline"  # the key of the majority-class predictor's samples
+
+
+@dataclass
+class SplitBootstrap:
+    """One dataset's evaluated split, resampled: every evaluated trial and the baseline scored on the
+    same resampled patients."""
+
+    dataset: str
+    resamples: int
+    seed: int
+    patients: int                      # resampling units (leakage groups) in the split
+    images: int
+    undefined: dict[str, str]          # metric -> why its interval is undefined
+    samples: dict[str, MetricSamples]  # trial id (and BASELINE) -> its metrics on every resample
+
+    def cell(self, trial_ids: list[str], metric: str) -> np.ndarray:
+        """(resamples,) the mean of `metric` over a cell's evaluated trials (top-k) on each resample."""
+        return np.mean([self.samples[t].summary[metric] for t in trial_ids], axis=0)
+
+
+def bootstrap_split(dataset: str, evaluations: list, resamples: int = RESAMPLES, seed: int = 0) -> SplitBootstrap:
+    """Resample the patients of the split that `evaluations` (study.analysis.evaluation.Evaluation,
+    all of one dataset, hence of the same images) were scored on."""
+    first = evaluations[0]
+    for other in evaluations[1:]:
+        if not (np.array_equal(other.y_true, first.y_true) and np.array_equal(other.groups, first.groups)):
+            raise ValueError(f"{dataset}: trials {first.trial_id} and {other.trial_id} were evaluated on different "
+                             "images; their figures cannot be paired")
+    strata = group_strata(first.groups, first.y_true, first.multilabel)
+    weights = resample_weights(first.groups, strata, resamples, seed)
+    samples = {e.trial_id: metric_samples(e.y_true, e.scores, e.multilabel, weights) for e in evaluations}
+    samples[BASELINE] = metric_samples(first.y_true, first.baseline_scores, first.multilabel, weights)
+    return SplitBootstrap(dataset, resamples, seed, len(np.unique(first.groups)), len(first.y_true),
+                          undefined_reasons(first.y_true, first.classes, first.multilabel, first.groups), samples)

@@ -1,0 +1,214 @@
+"""Seed repeats of a study's selected configurations: is a winner its configuration, or its seed?
+
+    python -m study.confirm studies/demo-20261125-101500 --seeds 3
+    python -m study.confirm studies/demo-20261125-101500 --resume    # continue an interrupted confirm
+    python -m study.analyze studies/demo-20261125-101500             # the report gains the seed spread
+
+For every (dataset, model) cell it takes the trial chosen on the study's
+validation metric (the one the analysis evaluates) and trains its
+configuration again with N new seeds (the study's seed + 1 ... + N: model
+initialisation and batch order; the study's split unchanged), each for the
+study's max epochs, without early stopping. The seeds are the same for
+every cell, so models can be compared seed by seed. It is a Ray Tune run on
+the study's cluster and storage, with the study's fault tolerance (a trial
+whose node dies continues from its last full state) and checkpoint policy,
+written under `<study>/confirm/`: jobs.json (what each trial trains), the
+results table, TensorBoard events, and each seed's best weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pandas as pd
+
+from cxrnets.errors import CxrError
+from study import storage
+from study.checkpoints import WeightsKeeper
+from study.results import ResultsTable, read_results
+from study.settings import StudySettings, load_settings
+from study.tables import best_trials
+
+log = logging.getLogger("study.confirm")
+
+CONFIRM_DIR = "confirm"
+JOBS_FILE = "jobs.json"
+
+
+@dataclass
+class ConfirmJob:
+    """One trial of a confirm run: a selected configuration with one new seed."""
+
+    job: int
+    dataset: str
+    model: str
+    confirms: str            # the study trial whose configuration this repeats
+    seed: int
+    config: dict[str, Any]   # the trial config, seed included
+
+    @property
+    def name(self) -> str:
+        config = self.config
+        return (f"{self.dataset}_{self.model}_{config.get('optimizer', '?')}_lr{config.get('lr', 0):.0e}_"
+                f"bs{config.get('batch_size', '?')}_seed{self.seed}")
+
+
+def confirm_uri(study_uri: str) -> str:
+    return storage.join(study_uri, CONFIRM_DIR)
+
+
+def jobs_uri(study_uri: str) -> str:
+    return storage.join(confirm_uri(study_uri), JOBS_FILE)
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def make_jobs(settings: StudySettings, results: pd.DataFrame, seeds: int) -> list[ConfirmJob]:
+    """Each cell's trial chosen on validation, once per new seed."""
+    if seeds < 1:
+        raise CxrError(f"--seeds {seeds}: give how many new seeds to train each selected configuration with (1 or more)")
+    if results.empty or settings.metric not in results or results[settings.metric].notna().sum() == 0:
+        raise CxrError(f"{settings.study_uri}: no trial has recorded {settings.metric} yet; nothing to confirm: let the "
+                       "study run (or --resume it) first")
+    default_dataset = next(iter(settings.data_roots))
+    results = results.assign(**{"config/dataset": results.get("config/dataset", default_dataset)})
+    chosen = best_trials(results, settings.metric, settings.mode, by=("config/dataset", "config/model"))
+    jobs = []
+    for seed in range(settings.seed + 1, settings.seed + 1 + seeds):
+        for row in chosen.to_dict("records"):
+            config = {key.removeprefix("config/"): _plain(value) for key, value in row.items()
+                      if key.startswith("config/") and not (isinstance(value, float) and math.isnan(value))
+                      and value is not None}
+            config["seed"] = seed
+            jobs.append(ConfirmJob(len(jobs), str(config["dataset"]), str(config.get("model", "?")),
+                                   str(row["trial_id"]), seed, config))
+    return jobs
+
+
+def read_jobs(study_uri: str) -> list[ConfirmJob] | None:
+    """The confirm run's jobs, or None if the study has none."""
+    uri = jobs_uri(study_uri)
+    if storage.kind(uri) == "missing":
+        return None
+    try:
+        return [ConfirmJob(**job) for job in storage.read_json(uri)]
+    except (OSError, ValueError, TypeError) as error:
+        raise CxrError(f"{uri}: not a readable confirm jobs file ({error})") from error
+
+
+def train_job(config: dict[str, Any], context, jobs: list[dict[str, Any]]) -> None:
+    """The trainable: study.trainable.train_trial on the job's configuration."""
+    from study.trainable import train_trial
+
+    train_trial(jobs[config["job"]], context)
+
+
+class JobNames:
+    """Tune's trial names and folder names for a confirm run (picklable, unlike a closure)."""
+
+    def __init__(self, jobs: list[ConfirmJob], folder: bool = False):
+        self.names, self.folder = [job.name for job in jobs], folder
+
+    def __call__(self, trial) -> str:
+        name = self.names[trial.config["job"]]
+        return f"{trial.trial_id}_{name}" if self.folder else name
+
+
+def build_tuner(settings: StudySettings, jobs: list[ConfirmJob], splits: dict[str, pd.DataFrame], resume: bool):
+    from ray import tune
+
+    from study.run import trial_context
+
+    uri = confirm_uri(settings.study_uri)
+    trainable = tune.with_resources(
+        tune.with_parameters(train_job, context=trial_context(settings, splits, weights_uri=uri),
+                             jobs=[job.config for job in jobs]),
+        {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
+    if resume:
+        return tune.Tuner.restore(uri, trainable, resume_unfinished=True, resume_errored=True)
+    return tune.Tuner(
+        trainable,
+        param_space={"job": tune.grid_search(list(range(len(jobs))))},
+        tune_config=tune.TuneConfig(
+            metric=settings.metric, mode=settings.mode, max_concurrent_trials=settings.max_concurrent,
+            reuse_actors=True, trial_name_creator=JobNames(jobs), trial_dirname_creator=JobNames(jobs, folder=True)),
+        run_config=tune.RunConfig(
+            name=CONFIRM_DIR, storage_path=settings.study_uri,
+            callbacks=[ResultsTable(uri), WeightsKeeper(uri, settings.metric, settings.mode, "all")],
+            failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1))
+
+
+def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, address: str | None = None,
+                num_cpus: int | None = None):
+    """Start (or resume) the confirm run of a study; returns Tune's ResultGrid."""
+    from study.run import check_cluster, check_local_resources, connect, prepare_splits, runs_on_this_machine
+
+    import ray
+
+    settings = load_settings(study_dir)
+    jobs = read_jobs(settings.study_uri)
+    if resume:
+        if jobs is None:
+            raise CxrError(f"{settings.study_uri} has no confirm run to resume; start one with --seeds N")
+    else:
+        if jobs is not None:
+            raise CxrError(f"{confirm_uri(settings.study_uri)} already holds a confirm run ({len(jobs)} trials): "
+                           "continue it with --resume, or delete that folder to start again")
+        jobs = make_jobs(settings, read_results(settings.study_uri), seeds if seeds is not None else 3)
+    if runs_on_this_machine(address):
+        check_local_resources(settings, cores=num_cpus)
+    splits = prepare_splits(settings, resume=True)  # the study's own split, checked against the data
+    if not resume:
+        storage.write_json(jobs_uri(settings.study_uri), [asdict(job) for job in jobs])
+    cells = len({(job.dataset, job.model) for job in jobs})
+    log.info("confirm: %d configuration(s) x %d seed(s) = %d trials of %d epochs", cells, len(jobs) // max(cells, 1),
+             len(jobs), settings.max_epochs)
+    started_here = connect(address, num_cpus)
+    try:
+        check_cluster(settings, joined=not runs_on_this_machine(address))
+        started = time.perf_counter()
+        grid = build_tuner(settings, jobs, splits, resume).fit()
+        log.info("confirm finished in %.0f s", time.perf_counter() - started)
+    finally:
+        if started_here:
+            ray.shutdown()
+    return grid
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m study.confirm", description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("study_dir", help="the study directory python -m study.run wrote (<storage>/<study name>)")
+    add("--seeds", type=int, default=3, help="new seeds per selected configuration (default: 3)")
+    add("--resume", action="store_true", help="continue this study's interrupted confirm run")
+    add("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a cluster running here, "
+        "else a local Ray instance)")
+    add("--num-cpus", type=int, default=None, help="CPUs of a new local Ray instance (default: all)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        run_confirm(args.study_dir, seeds=args.seeds, resume=args.resume, address=args.address,
+                    num_cpus=args.num_cpus)
+    except CxrError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"\nconfirm run: {confirm_uri(load_settings(args.study_dir).study_uri)}")
+    print(f"analysis:    python -m study.analyze {args.study_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

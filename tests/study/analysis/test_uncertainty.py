@@ -1,0 +1,124 @@
+"""The patient bootstrap: exact point estimates, known interval widths, paired differences, strata."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+from cxrnets.metrics import classification_metrics, per_class_table
+from study.analysis.uncertainty import (BASELINE, bootstrap_split, group_strata, metric_samples,
+                                        percentile_interval, resample_weights, undefined_reasons)
+
+
+def synthetic(multilabel: bool, images: int = 240, classes: int = 4, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    if multilabel:
+        y_true = (rng.random((images, classes)) < 0.3).astype(int)
+        scores = np.clip(0.4 * y_true + 0.6 * rng.random((images, classes)), 0, 1)
+        scores[:7] = 0.5  # ties, which the AUC counts as halves
+    else:
+        y_true = rng.integers(0, classes, images)
+        scores = rng.random((images, classes))
+        scores[np.arange(images), y_true] += 0.4
+    return y_true, scores, rng.integers(0, 50, images)
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_weights_of_ones_give_the_metrics_and_a_resample_equals_its_duplicated_images(multilabel):
+    y_true, scores, groups = synthetic(multilabel)
+    ones = metric_samples(y_true, scores, multilabel, np.ones((1, len(y_true))))
+    for name, value in classification_metrics(y_true, scores, multilabel).items():
+        assert ones.summary[name][0] == pytest.approx(value, abs=1e-12), name
+    per_class = per_class_table(y_true, scores, list("abcd"), multilabel)
+    for column in ("precision", "recall", "f1") + (("roc_auc",) if multilabel else ()):
+        np.testing.assert_allclose(ones.per_class[column][0], per_class[column].to_numpy())
+
+    weights = resample_weights(groups, group_strata(groups, y_true, multilabel), 50, seed=3)
+    samples = metric_samples(y_true, scores, multilabel, weights)
+    for b in (0, 17, 49):
+        drawn = np.repeat(np.arange(len(y_true)), weights[b].astype(int))
+        for name, value in classification_metrics(y_true[drawn], scores[drawn], multilabel).items():
+            assert samples.summary[name][b] == pytest.approx(value, abs=1e-9), (name, b)
+
+
+def test_resampling_patients_gives_the_width_that_resampling_images_understates():
+    """20 patients of 10 images each; a patient's images are all right or all wrong (10 and 10).
+    Accuracy 0.5 over 20 independent units: standard error sqrt(0.25 / 20) = 0.112, a 95% interval
+    about 0.44 wide. Treating the 200 images as independent gives sqrt(0.25 / 200) = 0.035: 0.14 wide."""
+    patients = np.repeat(np.arange(20), 10)
+    y_true = np.repeat(np.arange(20) % 2, 10)             # 10 patients per class
+    right = np.repeat((np.arange(20) // 2) % 2 == 0, 10)  # 5 right, 5 wrong patients in each class
+    predicted = np.where(right, y_true, 1 - y_true)
+    scores = np.eye(2)[predicted]
+
+    def width(groups):
+        weights = resample_weights(groups, group_strata(groups, y_true, False), 4000, seed=0)
+        accuracy = metric_samples(y_true, scores, False, weights).summary["accuracy"]
+        assert np.mean(accuracy) == pytest.approx(0.5, abs=0.01)
+        lower, upper = percentile_interval(accuracy)
+        return upper - lower
+
+    assert 0.36 <= width(patients) <= 0.52
+    assert width(np.arange(200)) <= 0.18
+
+
+def evaluation(trial_id, y_true, scores, groups, baseline_class=0, classes=("a", "b")):
+    baseline = np.zeros_like(scores, dtype=float)
+    baseline[:, baseline_class] = 1.0
+    return types.SimpleNamespace(trial_id=trial_id, y_true=y_true, scores=scores, groups=groups, multilabel=False,
+                                 classes=list(classes), baseline_scores=baseline)
+
+
+def test_paired_differences_have_the_known_sign_and_cancel_what_the_models_share():
+    rng = np.random.default_rng(0)
+    patients = np.repeat(np.arange(40), 3)
+    y_true = np.repeat(np.arange(40) % 2, 3)
+    perfect = np.eye(2)[y_true]
+    # `worse` misses every image of 8 patients; `almost` misses one patient that `perfect` gets right.
+    worse_patients = rng.choice(40, 8, replace=False)
+    worse = np.eye(2)[np.where(np.isin(patients, worse_patients), 1 - y_true, y_true)]
+    almost = np.eye(2)[np.where(patients == 5, 1 - y_true, y_true)]
+    split = bootstrap_split("d", [evaluation("perfect", y_true, perfect, patients),
+                                  evaluation("worse", y_true, worse, patients),
+                                  evaluation("almost", y_true, almost, patients)], resamples=2000, seed=1)
+    difference = split.cell(["perfect"], "accuracy") - split.cell(["worse"], "accuracy")
+    lower, upper = percentile_interval(difference)
+    assert 0 < lower < 0.2 < upper  # +0.2 exactly on the split; distinguishable from zero
+    lower, upper = percentile_interval(split.cell(["perfect"], "accuracy") - split.cell(["almost"], "accuracy"))
+    assert lower == 0 and upper > 0  # one patient apart: not distinguishable
+    # Against the majority baseline (always class 0: accuracy 0.5), the perfect model is clearly better.
+    lower, _ = percentile_interval(split.cell(["perfect"], "accuracy") - split.samples[BASELINE].summary["accuracy"])
+    assert lower > 0.3
+    # Paired: the same resamples on both sides. Unpaired, the spread of the difference would be wider.
+    assert np.std(difference) < np.std(split.cell(["perfect"], "f1_macro") - np.roll(split.cell(["worse"], "f1_macro"), 1))
+
+
+def test_strata_keep_a_rare_class_in_every_resample_and_seeds_repeat():
+    y_true = np.array([0] * 60 + [1] * 2)        # 2 images of the rare class, one patient each
+    groups = np.r_[np.repeat(np.arange(20), 3), [20, 21]]
+    strata = group_strata(groups, y_true, False)
+    weights = resample_weights(groups, strata, 500, seed=7)
+    assert (weights[:, y_true == 1].sum(axis=1) == 2).all()
+    assert (weights.sum(axis=1) == len(y_true)).all()  # every resample draws as many patients (here images)
+    np.testing.assert_array_equal(weights, resample_weights(groups, strata, 500, seed=7))
+    assert not np.array_equal(weights, resample_weights(groups, strata, 500, seed=8))
+
+
+def test_an_absent_class_or_a_single_patient_leaves_intervals_undefined_with_why():
+    reasons = undefined_reasons(np.array([0, 0, 1, 1]), ["COVID-19", "Pneumonia", "No Finding"], False,
+                                np.array([0, 1, 2, 3]))
+    assert set(reasons) == {"precision_macro", "recall_macro", "f1_macro"}
+    assert "No Finding has no test image" in reasons["f1_macro"]
+    assert undefined_reasons(np.array([0, 1, 2]), ["a", "b", "c"], False, np.array([0, 1, 2])) == {}
+    one = undefined_reasons(np.array([0, 1]), ["a", "b"], False, np.array([4, 4]))
+    assert "accuracy" in one and "one patient" in one["accuracy"]
+
+
+def test_evaluations_of_different_images_are_refused():
+    y_true = np.array([0, 1, 0, 1])
+    first = evaluation("a", y_true, np.eye(2)[y_true], np.arange(4))
+    other = evaluation("b", y_true[::-1].copy(), np.eye(2)[y_true], np.arange(4))
+    with pytest.raises(ValueError, match="evaluated on different images"):
+        bootstrap_split("d", [first, other], resamples=200)

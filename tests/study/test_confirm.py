@@ -1,0 +1,131 @@
+"""study.confirm: the selected configurations trained again with new seeds through Ray, and the
+analysis that reports their spread (on a hard-linked copy of the session's grid study)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from study import storage
+from study.analyze import analyze
+from study.confirm import confirm_uri, main, read_jobs, run_confirm
+from study.results import read_results, read_trial_events
+from study.tables import best_trials
+
+DATASET = "covid-chestxray-3class"
+METRIC = "val/f1_macro"
+SEEDS = 2
+
+
+def linked_copy(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target, copy_function=os.link, ignore=shutil.ignore_patterns("report"))
+    return target
+
+
+def part_names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("*.parquet"))
+
+
+@pytest.fixture(scope="module")
+def confirmed(grid_study, tmp_path_factory) -> Path:
+    study = linked_copy(grid_study, tmp_path_factory.mktemp("confirm") / "grid")
+    before = part_names(study / "results")
+    run_confirm(str(study), seeds=SEEDS)
+    assert part_names(study / "results") == before  # the study's own results are untouched
+    return study
+
+
+def test_each_selected_configuration_is_trained_again_with_each_new_seed(confirmed):
+    results = read_results(str(confirmed))
+    chosen = best_trials(results, METRIC, "max", by=("config/dataset", "config/model")).set_index("config/model")
+    jobs = read_jobs(str(confirmed))
+    assert sorted((job.model, job.seed) for job in jobs) == [("alexnet", 1), ("alexnet", 2),
+                                                              ("resnet50", 1), ("resnet50", 2)]
+    for job in jobs:
+        best = chosen.loc[job.model]
+        assert job.confirms == best["trial_id"]
+        for key in ("optimizer", "lr", "batch_size"):
+            assert job.config[key] == best[f"config/{key}"]
+        assert job.config["seed"] == job.seed
+    uri = confirm_uri(str(confirmed))
+    repeats = read_results(uri)
+    assert repeats["trial_id"].nunique() == 4
+    assert (repeats.groupby("trial_id")["epoch"].max() == 2).all()  # every epoch: no early stopping
+    assert set(read_trial_events(uri)["event"]) == {"completed"}
+    assert len(list((confirmed / "confirm" / "weights").glob("*.pt"))) == 4
+    assert not list((confirmed / "confirm").glob("*/checkpoint_*"))  # full states go when a trial ends
+    # A new seed is a new run: the same configuration's first epoch differs between seeds.
+    first = repeats[repeats["epoch"] == 1].assign(job=lambda f: f["config/job"])
+    by_job = dict(zip(first["job"], first["train/loss"]))
+    for model in ("alexnet", "resnet50"):
+        seed_one, seed_two = (next(j.job for j in jobs if (j.model, j.seed) == (model, s)) for s in (1, 2))
+        assert by_job[seed_one] != by_job[seed_two]
+
+
+def test_the_analysis_reports_the_seed_spread_next_to_the_search(confirmed):
+    analysis = analyze(confirmed, formats=("md", "csv"))
+    confirmation = analysis.confirmation
+    assert confirmation is not None and confirmation.complete and confirmation.seeds == [1, 2]
+    runs = analysis.tables["seed_runs"]
+    assert len(runs) == 4 and runs["test/f1_macro"].notna().all()
+    summary = analysis.tables["seed_summary"].set_index("model")
+    for model in ("alexnet", "resnet50"):
+        mine = runs[runs["model"] == model]["test/f1_macro"]
+        assert summary.loc[model, "seeds mean"] == pytest.approx(mine.mean())
+        assert summary.loc[model, "seeds std"] == pytest.approx(mine.std())
+        assert summary.loc[model, "seeds evaluated"] == SEEDS
+        search = analysis.best(DATASET, model).evaluation.metrics["test/f1_macro"]
+        assert summary.loc[model, "search's run"] == pytest.approx(search)
+    difference = analysis.tables["seed_differences"].iloc[0]
+    by_seed = runs.pivot_table(index="seed", columns="model", values="test/f1_macro")
+    assert difference["seeds"] == SEEDS
+    assert difference["mean difference"] == pytest.approx((by_seed["alexnet"] - by_seed["resnet50"]).mean())
+    text = (confirmed / "report" / "report.md").read_text()
+    assert "## Seed repeats (`python -m study.confirm`)" in text and "(2 of 2)" in text
+    assert "alexnet − resnet50" in text and "Partial" not in text
+
+
+def test_a_partial_confirm_is_reported_as_partial_and_a_finished_one_resumes_to_nothing(confirmed, tmp_path):
+    copy = linked_copy(confirmed, tmp_path / "grid")
+    uri = confirm_uri(str(copy))
+    lost = read_results(uri)["trial_id"].iloc[0]
+    for folder in ("results", "trial_events"):  # as if that trial had never reported
+        for path in (copy / "confirm" / folder).glob("*.parquet"):
+            if _trial_of(path) == lost:
+                path.unlink()
+    for path in (copy / "confirm" / "weights").glob(f"{lost}.*"):
+        path.unlink()
+    analysis = analyze(copy, formats=("md",), resamples=0, importance="none")
+    assert not analysis.confirmation.complete
+    assert sum(run.evaluation is not None for run in analysis.confirmation.runs) == 3
+    text = (copy / "report" / "report.md").read_text()
+    assert "**Partial:** 3 of 4 seed runs" in text and "--resume" in text
+
+    parts = part_names(confirmed / "confirm" / "results")
+    run_confirm(str(confirmed), resume=True)  # every trial had finished: Tune restores and runs nothing
+    assert part_names(confirmed / "confirm" / "results") == parts
+
+
+def _trial_of(path: Path) -> str:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()[0]["trial_id"]
+
+
+def test_bad_input(grid_study, confirmed, tmp_path, capsys):
+    assert main([str(grid_study), "--seeds", "0"]) == 2
+    assert "--seeds 0" in capsys.readouterr().err
+    assert storage.kind(confirm_uri(str(grid_study))) == "missing"  # nothing written
+    assert main([str(confirmed), "--seeds", "2"]) == 2
+    assert "already holds a confirm run" in capsys.readouterr().err
+    assert main([str(grid_study), "--resume"]) == 2
+    assert "no confirm run to resume" in capsys.readouterr().err
+    assert main([str(tmp_path)]) == 2
+    assert "not a study directory" in capsys.readouterr().err
+    empty = linked_copy(grid_study, tmp_path / "empty")
+    shutil.rmtree(empty / "results")
+    assert main([str(empty)]) == 2
+    assert "nothing to confirm" in capsys.readouterr().err
