@@ -1,8 +1,9 @@
-"""Analyse a study: the paper's comparison and ablation tables, confusion matrices and curves.
+"""Analyse a study: the paper's comparison and ablation tables, with intervals, confusion matrices and curves.
 
     python -m study.analyze studies/demo-20261125-101500
     python -m study.analyze studies/demo-20261125-101500 --top-k 3 --format md,png
     python -m study.analyze studies/demo-20261125-101500 --split val --metric val/accuracy
+    python -m study.analyze studies/demo-20261125-101500 --bootstrap 5000 --importance ped-anova
 
 It reads what a study wrote (finished, still running or interrupted; it never
 trains): the results table, the trial ends, the study's split and the trials'
@@ -13,6 +14,13 @@ report.md (tables inline, figures linked), one CSV and one Parquet file per
 table under tables/, and PNG figures under figures/. A study in object storage
 (s3://, gs://) is read in place; only the weights it evaluates are downloaded,
 into a local cache that a second analysis reuses.
+
+Every figure from the evaluated split carries a 95% interval from a bootstrap
+over its patients, and the models are compared, paired on the same resampled
+patients, with the majority baseline and with the model chosen best on
+validation (study.analysis.uncertainty). Optuna's importance evaluators say
+which hyperparameters mattered; a `python -m study.confirm` run adds the
+spread over new seeds of each selected configuration.
 
 Only the trials chosen on validation are ever evaluated on test. A trial
 whose weights are missing or unreadable is reported and the next best
@@ -91,7 +99,10 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
     if resamples:
         for dataset in dict.fromkeys(chosen.dataset for chosen in analysis.selected):
             evaluations = [chosen.evaluation for chosen in analysis.selected if chosen.dataset == dataset]
-            analysis.bootstraps[dataset] = bootstrap_split(dataset, evaluations, resamples, settings.seed)
+            try:
+                analysis.bootstraps[dataset] = bootstrap_split(dataset, evaluations, resamples, settings.seed)
+            except ValueError as error:
+                analysis.notes.append(f"no intervals for {dataset}: {error}")
     if importance != "none":
         analysis.importances = importances(analysis, importance)
     build_tables(analysis)

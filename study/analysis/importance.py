@@ -3,9 +3,11 @@
 Each dataset's completed trials (every epoch run; trials that ASHA stopped
 early are left out, since their best is cut short) become an in-memory
 Optuna study, each trial valued at its best epoch's validation metric (what
-selection uses), with the distributions of the study's search space. Optuna
-assesses the parameters present in every one of those trials: a conditional
-dimension (momentum only for SGD) and a fixed value are left out. With fewer
+selection uses), with the distributions of the study's search space (a
+dimension defined per condition, such as one learning-rate range per
+optimizer, spans its ranges). Optuna assesses the parameters present in
+every one of those trials: a conditional dimension (momentum only for SGD)
+and a fixed value are left out. With fewer
 than MIN_TRIALS trials the estimate would be noise, and the analysis says so
 instead.
 """
@@ -45,6 +47,21 @@ def evaluator_for(name: str, seed: int):
     raise ValueError(f"--importance {name}: choose from {', '.join(EVALUATORS)} or none")
 
 
+def merged_distribution(variants: list):
+    """One distribution for a dimension the space defines per condition (lr: one range for Adam,
+    another for SGD): the span of the ranges, or the union of the choices."""
+    import optuna
+
+    first = variants[0]
+    if len(variants) == 1:
+        return first
+    if isinstance(first, optuna.distributions.CategoricalDistribution):
+        choices = [c for variant in variants for c in variant.choices]
+        return optuna.distributions.CategoricalDistribution(list(dict.fromkeys(choices)))
+    kind = type(first)
+    return kind(min(v.low for v in variants), max(v.high for v in variants), log=all(v.log for v in variants))
+
+
 def parameter_importance(dataset: str, trials: pd.DataFrame, dimensions: list, metric: str, mode: str,
                          evaluator: str = "fanova", seed: int = 0) -> Importance:
     """`trials`: the study's trial table (study.tables.trial_table) for one dataset; `dimensions`: the
@@ -54,8 +71,11 @@ def parameter_importance(dataset: str, trials: pd.DataFrame, dimensions: list, m
     from study.tables import COMPLETED
 
     done = trials[(trials["status"] == COMPLETED) & trials[metric].notna()]
-    searched = {d.name: d.distribution() for d in dimensions
-                if d.distribution() is not None and f"config/{d.name}" in trials.columns}
+    variants: dict[str, list] = {}
+    for dimension in dimensions:
+        if dimension.distribution() is not None and f"config/{dimension.name}" in trials.columns:
+            variants.setdefault(dimension.name, []).append(dimension.distribution())
+    searched = {name: merged_distribution(found) for name, found in variants.items()}
     searched = {name: dist for name, dist in searched.items()
                 if not isinstance(dist, optuna.distributions.CategoricalDistribution) or len(dist.choices) > 1}
     if len(done) < MIN_TRIALS:
@@ -87,8 +107,12 @@ def parameter_importance(dataset: str, trials: pd.DataFrame, dimensions: list, m
             else:
                 value = float(value)
             params[name], distributions[name] = value, distribution
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions,
-                                                  value=float(row[metric])))
+        try:
+            study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions,
+                                                      value=float(row[metric])))
+        except ValueError as error:  # a value outside the space: the space file changed since the study
+            return Importance(dataset, evaluator, len(done), reason=(
+                f"trial {row['trial_id']} does not fit the study's search space ({error})"))
     common = [name for name in searched if all(name in trial.params for trial in study.trials)]
     if not common:
         return Importance(dataset, evaluator, len(done), reason=(

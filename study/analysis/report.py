@@ -120,7 +120,7 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
 
     lines += ["## Evaluated trials", ""]
     if len(tables["selected_trials"]):
-        lines += [markdown_table(tables["selected_trials"]), ""]
+        lines += [markdown_table(tables["_shown_selected_trials"]), ""]
         lines += ["`best epoch`: the trial's best epoch on validation; `evaluated epoch`: the checkpoint evaluated "
                   "(they differ only where the best checkpoint is gone, or ties).", ""]
     else:
@@ -199,7 +199,7 @@ def paired_section(analysis: Analysis) -> list[str]:
     shown = table[table["metric"] == metric]
     lines = [f"### Paired differences ({METRIC_TITLES.get(metric, metric)})", "",
              f"The comparison family, fixed before any {analysis.split} figure is seen: on "
-             f"{METRIC_TITLES.get(metric, metric).lower()}, each model against the majority-class baseline, and "
+             f"{METRIC_TITLES.get(metric, metric)}, each model against the majority-class baseline, and "
              f"each model against its row's model chosen best on validation ({len(shown)} comparisons). Each is "
              "the difference of the two figures with its 95% interval over the same resampled patients; a "
              "difference is called distinguishable from zero when its interval excludes zero (intervals not "
@@ -231,6 +231,8 @@ def importance_section(analysis: Analysis, figures: bool) -> list[str]:
         if figures and name in analysis.figures:
             lines += [f"![{name}](figures/{name}.png)", ""]
         lines += [markdown_table(importance.table), ""]
+        if importance.trials < 30:
+            lines += [f"From {importance.trials} completed trials: read the order, not the decimals.", ""]
     return lines
 
 

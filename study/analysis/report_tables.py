@@ -35,17 +35,48 @@ def selected_table(analysis: Analysis) -> pd.DataFrame:
         row.update({"best epoch": candidate.best_epoch, "evaluated epoch": evaluation.epoch,
                     f"{analysis.metric} (recorded)": candidate.value})
         row.update(evaluation.metrics)
+        bootstrap = analysis.bootstraps.get(chosen.dataset)
+        if bootstrap is not None:
+            prefix = f"{analysis.split}/"
+            for name, samples in bootstrap.samples[candidate.trial_id].summary.items():
+                if prefix + name in evaluation.metrics:
+                    row[f"{prefix}{name} lower"], row[f"{prefix}{name} upper"] = interval_of(bootstrap, name, samples)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def build_tables(analysis: Analysis) -> None:
+    """Every table of the report into analysis.tables (names starting with `_`: text for report.md only)."""
     tables = analysis.tables
-    settings = analysis.study.settings
     cells = selected_table(analysis)
     tables["selected_trials"] = cells
-    trials = cell_columns(analysis.trials, settings)
-    models = model_order(trials["model"])
+    # The mean test loss has no per-image resampling here: the CSV keeps it, the report shows the figures
+    # that carry their interval.
+    shown = cells.drop(columns=[f"{analysis.split}/loss"], errors="ignore") if analysis.bootstraps else cells
+    tables["_shown_selected_trials"] = with_intervals(shown) if len(shown) else shown
+    tables.update(comparison_tables(analysis, cells))
+    tables.update(baseline_tables(analysis))
+    if analysis.bootstraps:
+        tables["paired_differences"] = paired_differences(analysis)
+    if analysis.confirmation is not None:
+        tables.update(seed_tables(analysis))
+    # The validation table study.run prints at the end of a run (same code: study.tables.comparison_table).
+    tables["validation_best"] = comparison_table(analysis.study.results, analysis.metric, analysis.mode)
+    tables["trials"] = analysis.trials
+    for dimension, scale in search_dimensions(analysis.study, analysis.trials):
+        tables[f"ablation_{dimension}"] = ablation_table(analysis.trials, dimension, analysis.metric,
+                                                        analysis.mode, scale)
+    tables["search_summary"] = pd.DataFrame([analysis.summary])
+    for importance in analysis.importances:
+        if importance.table is not None:
+            tables[f"importance_{slug(importance.dataset)}"] = importance.table
+    tables.update(per_class_tables(analysis))
+
+
+def comparison_tables(analysis: Analysis, cells: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The paper's tables, one per metric: datasets as rows, models as columns, with intervals."""
+    tables = {}
+    models = model_order(cell_columns(analysis.trials, analysis.study.settings)["model"])
     prefix = f"{analysis.split}/"
     long = cells.rename(columns=lambda c: c.removeprefix(prefix)) if len(cells) else pd.DataFrame(
         columns=["dataset", "model"])
@@ -66,45 +97,48 @@ def build_tables(analysis: Analysis) -> None:
         tables[f"comparison_{metric}"] = table
         tables[f"_shown_comparison_{metric}"] = format_paper_table(
             mean, std, count, analysis.top_k, lower=lower if analysis.bootstraps else None, upper=upper)
-    baselines = []
+    return tables
+
+
+def baseline_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
+    """The majority-class predictor on each dataset's evaluated images, with intervals."""
+    prefix = f"{analysis.split}/"
+    rows = []
     for dataset in dict.fromkeys(chosen.dataset for chosen in analysis.selected):
         evaluation = next(c.evaluation for c in analysis.selected if c.dataset == dataset)
+        bootstrap = analysis.bootstraps.get(dataset)
         row = {"dataset": dataset}
         for metric in PAPER_METRICS:
             if prefix + metric not in evaluation.baseline:
                 continue
             row[metric] = evaluation.baseline[prefix + metric]
-            if dataset in analysis.bootstraps:
+            if bootstrap is not None:
                 row[f"{metric} lower"], row[f"{metric} upper"] = interval_of(
-                    analysis.bootstraps[dataset], metric, analysis.bootstraps[dataset].cell([BASELINE], metric))
-        baselines.append(row)
-    if baselines:
-        tables["majority_baseline"] = pd.DataFrame(baselines).sort_values("dataset", kind="stable")
-        tables["_shown_majority_baseline"] = with_intervals(tables["majority_baseline"])
-    if analysis.bootstraps:
-        tables["paired_differences"] = paired_differences(analysis)
-    if analysis.confirmation is not None:
-        runs = seed_runs_table(analysis.confirmation, analysis.split, analysis.metric)
-        figure = prefix + reported_metric(analysis)
-        search = {(c.dataset, c.model): c.evaluation.metrics.get(figure) for c in analysis.selected if c.rank == 1}
-        tables["seed_runs"] = runs
-        tables["seed_summary"] = seed_summary(runs, figure, search)
-        tables["seed_differences"] = seed_differences(runs, figure)
-    # The validation table study.run prints at the end of a run (same code: study.tables.comparison_table).
-    tables["validation_best"] = comparison_table(analysis.study.results, analysis.metric, analysis.mode)
-    tables["trials"] = analysis.trials
-    for dimension, scale in search_dimensions(analysis.study, analysis.trials):
-        tables[f"ablation_{dimension}"] = ablation_table(analysis.trials, dimension, analysis.metric,
-                                                        analysis.mode, scale)
-    tables["search_summary"] = pd.DataFrame([analysis.summary])
-    for importance in analysis.importances:
-        if importance.table is not None:
-            tables[f"importance_{slug(importance.dataset)}"] = importance.table
+                    bootstrap, metric, bootstrap.cell([BASELINE], metric))
+        rows.append(row)
+    if not rows:
+        return {}
+    table = pd.DataFrame(rows).sort_values("dataset", kind="stable")
+    return {"majority_baseline": table, "_shown_majority_baseline": with_intervals(table)}
+
+
+def seed_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
+    """study.confirm's seed runs, their summary per cell, and the differences between models."""
+    runs = seed_runs_table(analysis.confirmation, analysis.split, analysis.metric)
+    figure = f"{analysis.split}/{reported_metric(analysis)}"
+    search = {(c.dataset, c.model): c.evaluation.metrics.get(figure) for c in analysis.selected if c.rank == 1}
+    return {"seed_runs": runs, "seed_summary": seed_summary(runs, figure, search),
+            "seed_differences": seed_differences(runs, figure)}
+
+
+def per_class_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
+    """The confusion matrix and per-class figures (with intervals) of each cell's selected trial."""
+    from cxrnets.metrics import per_class_table
+
+    tables = {}
     for chosen in analysis.selected:
         if chosen.rank != 1:
             continue
-        from cxrnets.metrics import per_class_table
-
         evaluation = chosen.evaluation
         name = f"{slug(chosen.dataset)}_{slug(chosen.model)}"
         tables[f"confusion_{name}"] = confusion_table(evaluation)
@@ -120,6 +154,7 @@ def build_tables(analysis: Analysis) -> None:
                 per_class[f"{column} upper"] = [b[1] for b in bounds]
         tables[f"per_class_{name}"] = per_class
         tables[f"_shown_per_class_{name}"] = with_intervals(per_class)
+    return tables
 
 
 def reported_metric(analysis: Analysis) -> str:

@@ -278,6 +278,9 @@ def test_intervals_resample_patients_and_pair_the_comparisons(evaluated, study_d
             percentile_interval(again.samples[chosen.candidate.trial_id].summary["f1_macro"]))
     baseline = analysis.tables["majority_baseline"]
     assert baseline.loc[0, "accuracy lower"] <= baseline.loc[0, "accuracy"] <= baseline.loc[0, "accuracy upper"]
+    selected = analysis.tables["selected_trials"]
+    assert (selected["test/f1_macro lower"] <= selected["test/f1_macro upper"]).all()
+    assert "test/loss" not in analysis.tables["_shown_selected_trials"]  # no interval for the mean loss
     per_class = analysis.tables[f"per_class_{DATASET}_resnet50"]
     assert {"precision lower", "recall upper", "f1 lower"} <= set(per_class.columns)
 

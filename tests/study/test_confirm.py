@@ -15,6 +15,7 @@ from study.confirm import confirm_uri, main, read_jobs, run_confirm
 from study.results import read_results, read_trial_events
 from study.tables import best_trials
 
+REPO = Path(__file__).resolve().parents[2]
 DATASET = "covid-chestxray-3class"
 METRIC = "val/f1_macro"
 SEEDS = 2
@@ -107,6 +108,32 @@ def test_a_partial_confirm_is_reported_as_partial_and_a_finished_one_resumes_to_
     parts = part_names(confirmed / "confirm" / "results")
     run_confirm(str(confirmed), resume=True)  # every trial had finished: Tune restores and runs nothing
     assert part_names(confirmed / "confirm" / "results") == parts
+
+
+def test_a_killed_confirm_resumes_without_losing_or_repeating(grid_study, tmp_path):
+    """SIGKILL the confirm driver (and its Ray) once one seed run has finished and another has
+    reported an epoch; --resume completes every run, keeps every report, reruns nothing finished."""
+    from test_run import raw_parts, study_commands, wait_for_a_finished_and_a_running_trial
+
+    study = linked_copy(grid_study, tmp_path / "grid")
+    uri = confirm_uri(str(study))
+    with study_commands(REPO) as commands:
+        first = commands.start([str(study), "--seeds", "2", "--num-cpus", "2"], tmp_path / "first.log",
+                               module="study.confirm")
+        done, _ = wait_for_a_finished_and_a_running_trial(first, uri, tmp_path / "first.log")
+        commands.kill(first)
+        before = raw_parts(uri)
+        second = commands.start([str(study), "--resume", "--num-cpus", "2"], tmp_path / "second.log",
+                                module="study.confirm")
+        assert second.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    after = raw_parts(uri)
+    kept = after[after["session"].isin(set(before["session"]))]
+    assert len(kept) == len(before)  # every part written before the kill is still there
+    resumed = after[~after["session"].isin(set(before["session"]))]
+    assert not set(done) & set(resumed["trial_id"])  # finished runs were not rerun
+    final = read_results(uri)
+    assert final["trial_id"].nunique() == 4 and (final.groupby("trial_id")["epoch"].max() == 2).all()
+    assert set(read_trial_events(uri)["event"]) == {"completed"}
 
 
 def _trial_of(path: Path) -> str:

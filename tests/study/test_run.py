@@ -503,8 +503,8 @@ def _kill_leftovers(ray_tmp: str) -> list[int]:
 
 @contextlib.contextmanager
 def study_commands(cwd: Path, env: dict[str, str] | None = None):
-    """Runs `python -m study.run ARGS` in subprocesses (`.start(args, log)`) with a Ray instance of their
-    own (a private RAY_TMPDIR, no RAY_ADDRESS) and `env` added; `.kill(process)` SIGKILLs one with its
+    """Runs `python -m study.run ARGS` (or another command: `.start(args, log, module="study.confirm")`) in
+    subprocesses with a Ray instance of their own (a private RAY_TMPDIR, no RAY_ADDRESS) and `env` added; `.kill(process)` SIGKILLs one with its
     Ray, as a crash would. At the end every process left and its Ray are killed."""
     ray_tmp = tempfile.mkdtemp(prefix="cxr-ray-", dir="/tmp")  # short: Ray's socket paths must stay under 107 chars
     full_env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
@@ -512,9 +512,9 @@ def study_commands(cwd: Path, env: dict[str, str] | None = None):
                     **(env or {}))
     processes: list[subprocess.Popen] = []
 
-    def start(args: list[str], log: Path) -> subprocess.Popen:
+    def start(args: list[str], log: Path, module: str = "study.run") -> subprocess.Popen:
         with log.open("w") as out:
-            process = subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=cwd, env=full_env,
+            process = subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=full_env,
                                        stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         processes.append(process)
         return process

@@ -67,3 +67,21 @@ def test_a_minimised_metric_and_seeded_results():
     again = parameter_importance("d", table, SPACE.dimensions, "val/loss", "min", "fanova", seed=3).table
     assert first["parameter"].iloc[0] == "lr"
     pd.testing.assert_frame_equal(first, again)
+
+
+def test_a_dimension_defined_per_condition_spans_its_ranges():
+    """The demo's lr: one range for Adam, another for SGD; every trial has an lr, so it is assessed."""
+    space = parse_space({"search": {
+        "optimizer": {"choice": ["adam", "sgd"]},
+        "lr": [{"loguniform": [2.0e-5, 2.0e-3], "when": {"optimizer": ["adam"]}},
+               {"loguniform": [1.0e-3, 5.0e-2], "when": {"optimizer": ["sgd"]}}],
+        "batch_size": {"choice": [16, 32]}}})
+    rng = np.random.default_rng(2)
+    optimizer = rng.choice(["adam", "sgd"], 24)
+    lr = np.where(optimizer == "adam", 10 ** rng.uniform(-4.7, -2.7, 24), 10 ** rng.uniform(-3, -1.3, 24))
+    table = pd.DataFrame({"trial_id": [f"t{i}" for i in range(24)], "config/optimizer": optimizer, "config/lr": lr,
+                          "config/batch_size": rng.choice([16, 32], 24), "status": COMPLETED,
+                          METRIC: 0.5 + 0.1 * np.log10(lr)})
+    importance = parameter_importance("d", table, space.dimensions, METRIC, "max")
+    assert importance.table is not None, importance.reason
+    assert importance.table["parameter"].iloc[0] == "lr"
