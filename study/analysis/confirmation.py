@@ -15,7 +15,7 @@ from study.analysis.evaluation import AnalysisRefused, Evaluation, StudyData, ev
 from study.analysis.reading import Study, model_order
 from study.checkpoints import read_best_weights
 from study.confirm import ConfirmJob, confirm_uri, read_jobs
-from study.results import read_results, read_trial_events
+from study.results import RESULTS_DIR, read_results, read_trial_events
 from study.tables import COMPLETED, trial_table
 
 log = logging.getLogger("study.analyze")
@@ -56,6 +56,10 @@ def evaluate_confirmation(study: Study, split: str, data: StudyData, downloaded:
     results, events = read_results(uri), read_trial_events(uri)
     weights, problems = read_best_weights(uri)
     confirmation = Confirmation([SeedRun(job) for job in jobs], sorted({job.seed for job in jobs}), list(problems))
+    runs = driver_runs(uri)
+    if runs > 1:
+        confirmation.notes.append(f"the confirm run was resumed {runs - 1} time(s) (python -m study.confirm --resume): "
+                                  "a seed run interrupted mid-way went on from its last full state")
     if results.empty:
         confirmation.notes.append(f"{uri}: no seed run has reported an epoch yet")
         return confirmation
@@ -84,6 +88,14 @@ def evaluate_confirmation(study: Study, split: str, data: StudyData, downloaded:
         log.info("seed %d of %s / %s: %s", run.job.seed, run.job.dataset, run.job.model,
                  ", ".join(f"{k} {v:.3f}" for k, v in run.evaluation.metrics.items() if not k.endswith("loss")))
     return confirmation
+
+
+def driver_runs(uri: str) -> int:
+    """How many driver processes wrote results here (each names its parts with a session of its own:
+    study.results.ResultsTable); more than one means the run was resumed."""
+    sessions = {entry.name.rsplit("-", 1)[0] for entry in storage.listing(storage.join(uri, RESULTS_DIR))
+                if entry.name.endswith(".parquet")}
+    return len(sessions)
 
 
 def seed_runs_table(confirmation: Confirmation, split: str, metric: str) -> pd.DataFrame:

@@ -86,7 +86,7 @@ def test_the_analysis_reports_the_seed_spread_next_to_the_search(confirmed):
     assert difference["mean difference"] == pytest.approx((by_seed["alexnet"] - by_seed["resnet50"]).mean())
     text = (confirmed / "report" / "report.md").read_text()
     assert "## Seed repeats (`python -m study.confirm`)" in text and "(2 of 2)" in text
-    assert "alexnet − resnet50" in text and "Partial" not in text
+    assert "alexnet − resnet50" in text and "Partial" not in text and "resumed" not in text
 
 
 def test_a_partial_confirm_is_reported_as_partial_and_a_finished_one_resumes_to_nothing(confirmed, tmp_path):
@@ -134,6 +134,9 @@ def test_a_killed_confirm_resumes_without_losing_or_repeating(grid_study, tmp_pa
     final = read_results(uri)
     assert final["trial_id"].nunique() == 4 and (final.groupby("trial_id")["epoch"].max() == 2).all()
     assert set(read_trial_events(uri)["event"]) == {"completed"}
+    analysis = analyze(study, formats=("md",), resamples=0, importance="none")
+    assert analysis.confirmation.complete
+    assert "the confirm run was resumed 1 time(s)" in (study / "report" / "report.md").read_text()
 
 
 def _trial_of(path: Path) -> str:
