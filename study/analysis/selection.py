@@ -4,7 +4,9 @@ Per cell, `candidates` ranks the trials that have best weights by the
 validation metric at the weights' epoch (from the sidecars and the results
 table, never from the weights); `select_and_evaluate` downloads and
 evaluates the `top_k` best, letting the next trial take the place of one
-whose weights are missing or unreadable.
+whose weights are missing or unreadable. `Analysis` holds what the selection
+found and what the later steps add (intervals, seed repeats, importance,
+tables, figures).
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ import pandas as pd
 
 from cxrnets.errors import CxrError
 from study import storage
-from study.analysis.evaluation import AnalysisRefused, Evaluation, StudyData, evaluate_checkpoint
-from study.analysis.reading import Study, cell_columns, model_order
 from study.analysis.confirmation import Confirmation
+from study.analysis.evaluation import AnalysisRefused, Evaluation, StudyData, evaluate_checkpoint
 from study.analysis.importance import Importance
+from study.analysis.reading import Study, cell_columns, model_order
 from study.analysis.uncertainty import SplitBootstrap
 from study.checkpoints import BestWeights
 from study.tables import epoch_column
