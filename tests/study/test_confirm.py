@@ -3,6 +3,7 @@ analysis that reports their spread (on a hard-linked copy of the session's grid 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -116,6 +117,11 @@ def test_a_killed_confirm_resumes_without_losing_or_repeating(grid_study, tmp_pa
     from test_run import raw_parts, study_commands, wait_for_a_finished_and_a_running_trial
 
     study = linked_copy(grid_study, tmp_path / "grid")
+    # Longer seed runs than the study's 2 epochs (2 to 7 s each here: too quick to catch one finished and
+    # one running), and a full state every epoch, so that the interrupted run continues from one.
+    settings = json.loads((study / "study.json").read_text())
+    (study / "study.json").unlink()  # a hard link to the shared study's file
+    (study / "study.json").write_text(json.dumps({**settings, "max_epochs": 5, "checkpoint_every": 1}))
     uri = confirm_uri(str(study))
     with study_commands(REPO) as commands:
         first = commands.start([str(study), "--seeds", "2", "--num-cpus", "2"], tmp_path / "first.log",
@@ -132,7 +138,7 @@ def test_a_killed_confirm_resumes_without_losing_or_repeating(grid_study, tmp_pa
     resumed = after[~after["session"].isin(set(before["session"]))]
     assert not set(done) & set(resumed["trial_id"])  # finished runs were not rerun
     final = read_results(uri)
-    assert final["trial_id"].nunique() == 4 and (final.groupby("trial_id")["epoch"].max() == 2).all()
+    assert final["trial_id"].nunique() == 4 and (final.groupby("trial_id")["epoch"].max() == 5).all()
     assert set(read_trial_events(uri)["event"]) == {"completed"}
     analysis = analyze(study, formats=("md",), resamples=0, importance="none")
     assert analysis.confirmation.complete
@@ -146,8 +152,9 @@ def _trial_of(path: Path) -> str:
 
 
 def test_bad_input(grid_study, confirmed, tmp_path, capsys):
-    assert main([str(grid_study), "--seeds", "0"]) == 2
-    assert "--seeds 0" in capsys.readouterr().err
+    for seeds in ("0", "-2"):
+        assert main([str(grid_study), "--seeds", seeds]) == 2
+        assert f"--seeds {seeds}: give how many new seeds" in capsys.readouterr().err
     assert storage.kind(confirm_uri(str(grid_study))) == "missing"  # nothing written
     assert main([str(confirmed), "--seeds", "2"]) == 2
     assert "already holds a confirm run" in capsys.readouterr().err
