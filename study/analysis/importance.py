@@ -73,8 +73,9 @@ def parameter_importance(dataset: str, trials: pd.DataFrame, dimensions: list, m
     done = trials[(trials["status"] == COMPLETED) & trials[metric].notna()]
     variants: dict[str, list] = {}
     for dimension in dimensions:
-        if dimension.distribution() is not None and f"config/{dimension.name}" in trials.columns:
-            variants.setdefault(dimension.name, []).append(dimension.distribution())
+        distribution = dimension.distribution()
+        if distribution is not None and f"config/{dimension.name}" in trials.columns:
+            variants.setdefault(dimension.name, []).append(distribution)
     searched = {name: merged_distribution(found) for name, found in variants.items()}
     searched = {name: dist for name, dist in searched.items()
                 if not isinstance(dist, optuna.distributions.CategoricalDistribution) or len(dist.choices) > 1}
