@@ -93,9 +93,8 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
 
     data = StudyData(study, data_roots, cache_dir, device)
     select_and_evaluate(analysis, data)
-    fetched: list[int] = []
-    analysis.confirmation = evaluate_confirmation(study, split, data, fetched)
-    analysis.downloaded_bytes += sum(fetched)
+    analysis.confirmation = evaluate_confirmation(study, split, data)
+    analysis.downloaded_bytes = data.downloaded_bytes
     if resamples:
         for dataset in dict.fromkeys(chosen.dataset for chosen in analysis.selected):
             evaluations = [chosen.evaluation for chosen in analysis.selected if chosen.dataset == dataset]

@@ -45,9 +45,8 @@ class Confirmation:
         return all(run.status == COMPLETED and run.evaluation is not None for run in self.runs)
 
 
-def evaluate_confirmation(study: Study, split: str, data: StudyData, downloaded: list[int]) -> Confirmation | None:
-    """Evaluate every seed run of the study's confirm run that has best weights; None without one.
-    `downloaded` collects the bytes fetched from object storage."""
+def evaluate_confirmation(study: Study, split: str, data: StudyData) -> Confirmation | None:
+    """Evaluate every seed run of the study's confirm run that has best weights; None without one."""
     jobs = read_jobs(study.uri)
     if jobs is None:
         return None
@@ -77,9 +76,7 @@ def evaluate_confirmation(study: Study, split: str, data: StudyData, downloaded:
             confirmation.notes.append(f"seed run {run.job.name} ({run.trial_id}): no best weights; not evaluated")
             continue
         try:
-            local, fetched = storage.download(best.uri, data.download_dir())
-            downloaded.append(fetched)
-            run.evaluation = evaluate_checkpoint(local, data, split, run.trial_id)
+            run.evaluation = evaluate_checkpoint(data.fetch(best.uri), data, split, run.trial_id)
         except AnalysisRefused:
             raise
         except (CxrError, OSError) as error:

@@ -55,6 +55,7 @@ class StudyData:
         self.device = device
         self._prepared: dict[tuple, Any] = {}
         self._splits: dict[str, pd.DataFrame] = {}
+        self.downloaded_bytes = 0  # weights fetched from object storage (0 when all came from the local cache)
 
     def split_uri(self, dataset: str) -> str:
         return split_uri(self.study.uri, dataset)
@@ -62,6 +63,12 @@ class StudyData:
     def download_dir(self) -> Path:
         """Where weights from object storage are cached on this machine."""
         return Path(self.cache_dir) / "downloads" if self.cache_dir else storage.download_cache_dir()
+
+    def fetch(self, weights_uri: str) -> Path:
+        """A local copy of a weights file (itself where it is local), counting the bytes downloaded."""
+        local, fetched = storage.download(weights_uri, self.download_dir())
+        self.downloaded_bytes += fetched
+        return local
 
     def split(self, dataset: str) -> pd.DataFrame:
         if dataset not in self._splits:

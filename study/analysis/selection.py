@@ -19,7 +19,6 @@ from typing import Any
 import pandas as pd
 
 from cxrnets.errors import CxrError
-from study import storage
 from study.analysis.confirmation import Confirmation
 from study.analysis.evaluation import AnalysisRefused, Evaluation, StudyData, evaluate_checkpoint
 from study.analysis.importance import Importance
@@ -147,9 +146,8 @@ def select_and_evaluate(analysis: Analysis, data: StudyData) -> None:
                      dataset, model, candidate.trial_id, candidate.trial_name, candidate.epoch, analysis.metric,
                      candidate.value, analysis.split)
             try:
-                local, fetched = storage.download(candidate.weights.uri, data.download_dir())
-                analysis.downloaded_bytes += fetched
-                evaluation = evaluate_checkpoint(local, data, analysis.split, candidate.trial_id)
+                evaluation = evaluate_checkpoint(data.fetch(candidate.weights.uri), data, analysis.split,
+                                                 candidate.trial_id)
             except AnalysisRefused:
                 raise
             except (CxrError, OSError) as error:
