@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
-from cxrnets.data import DATASET_NAMES, DatasetIndex, load_dataset
+from cxrnets.data import DATASET_NAMES, DatasetIndex, dataset_options_help, load_dataset, parse_dataset_options
 from cxrnets.errors import CxrError
 from cxrnets.images import decode
 
@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Decode a dataset once into the node's image cache.")
     parser.add_argument("--dataset", required=True, choices=DATASET_NAMES, help="dataset name")
     parser.add_argument("--data-root", required=True, help="where the dataset lies (the CSV file for 'csv')")
+    parser.add_argument("--dataset-option", action="append", default=None, metavar="KEY=VALUE",
+                        help="a loader option, repeatable; the images cached are those the options keep "
+                             f"({dataset_options_help()})")
     parser.add_argument("--image-size", type=int, nargs="+", default=[224],
                         help="one or more square sizes in pixels to cache (default: 224)")
     parser.add_argument("--cache-dir", default=None,
@@ -144,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        index = load_dataset(args.dataset, args.data_root)
+        options = parse_dataset_options(args.dataset_option, [args.dataset]).get(args.dataset, {})
+        index = load_dataset(args.dataset, args.data_root, **options)
         for size in args.image_size:
             cache = build_cache(index, size, args.cache_dir)
             state = f"decoded {cache.decoded} images" if cache.decoded else "already cached"

@@ -9,11 +9,15 @@ is decoded here; `cxrnets.cache` decodes each image once.
 
 from __future__ import annotations
 
+import codecs
 import logging
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
@@ -55,11 +59,14 @@ UNLABELLED_FINDINGS = frozenset({"todo", "unknown", ""})
 NO_FINDING = "No Finding"
 FRONTAL_VIEWS = ("PA", "AP", "AP Supine", "AP semi erect")
 THREE_CLASSES = ("COVID-19", "Other pneumonia", "No Finding")
+UNKNOWN_SOURCE = "(unknown)"
 
 
 @dataclass
 class DatasetIndex:
-    """The images of one dataset: `frame` has columns relpath, patient, labels (a tuple of class names)."""
+    """The images of one dataset: `frame` has columns relpath, patient, labels (a tuple of class names),
+    and, where the loader knows each image's origin, source (and heldout: the image's source is held out
+    as a test set of its own, see cxrnets.splits)."""
 
     name: str
     root: Path
@@ -98,11 +105,14 @@ class DatasetIndex:
         skipped = ", ".join(f"{reason} {count}" for reason, count in self.skipped.items() if count)
         patients = self.frame["patient"].nunique()
         text = f"{self.name}: {len(self.frame)} images of {patients} patients ({per_class})"
+        if "heldout" in self.frame and self.frame["heldout"].any():
+            held = self.frame.loc[self.frame["heldout"], "source"].value_counts()
+            text += f"; held-out sources: {', '.join(f'{name} {count}' for name, count in held.items())}"
         return text + (f"; skipped: {skipped}" if skipped else "")
 
 
 def load_dataset(name: str, root: str | Path, **options) -> DatasetIndex:
-    """Index the dataset `name` found at `root`. Options are per loader (see each `_load_*`)."""
+    """Index the dataset `name` found at `root`. Options are per loader (DATASET_OPTIONS)."""
     loaders = {
         "covid-radiography": _load_covid_radiography,
         "covid-pneumonia-normal": _load_covid_pneumonia_normal,
@@ -113,17 +123,129 @@ def load_dataset(name: str, root: str | Path, **options) -> DatasetIndex:
     }
     if name not in loaders:
         raise CxrError(f"unknown dataset {name!r}: choose one of {', '.join(DATASET_NAMES)}")
+    options = check_dataset_options(name, options)
     root = Path(root).expanduser()
     if not root.exists():
         raise CxrError(f"data root {root} does not exist: pass --data-root pointing at the {name} dataset")
-    try:
-        index = loaders[name](root, **options)
-    except TypeError as error:
-        raise CxrError(f"dataset {name!r} does not take these options {sorted(options)}: {error}") from error
+    index = loaders[name](root, **options)
     if len(index.frame) == 0:
         raise CxrError(f"{root}: no usable images found for dataset {name!r} ({index.summary()})")
     log.info(index.summary())
     return index
+
+
+# ---------------------------------------------------------------- loader options
+
+def _text(value: Any) -> str:
+    text = str(value).strip()
+    if not text:
+        raise ValueError("an empty value")
+    return text
+
+
+def _names(value: Any) -> list[str]:
+    names = [part.strip() for part in value.split(",")] if isinstance(value, str) else [str(v).strip() for v in value]
+    if not all(names):
+        raise ValueError("a comma-separated list of names")
+    return names
+
+
+def _any_or(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None or str(value).strip().lower() == "any" else convert(value)
+
+
+def _encoding(value: Any) -> str:
+    try:
+        return codecs.lookup(str(value).strip()).name
+    except LookupError:
+        raise ValueError("a text encoding Python knows, such as utf-8, latin-1 or cp1252") from None
+
+
+def _mapping(value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError("a mapping (from Python only)")
+    return value
+
+
+_CSV_OPTIONS = {
+    "encoding": (_encoding, "the CSV's text encoding (default utf-8; latin-1 occurs in real metadata files)"),
+    "source_column": (_text, "the column naming each image's origin (a hospital, a URL: its host is the source)"),
+    "holdout_sources": (_names, "sources whose images form a held-out test set of their own (needs a source column)"),
+}
+# What each loader takes, with a converter from the command line's text (or study.json's value) and help.
+DATASET_OPTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], str]]] = {
+    "covid-radiography": {},
+    "covid-pneumonia-normal": {},
+    "folder": {},
+    "csv": {
+        "path_column": (_text, "the column of image paths, relative to the CSV's folder (default path)"),
+        "label_column": (_text, "the column of class names (default label)"),
+        "patient_column": (_text, "the column of patient ids; a patient's images never straddle two splits "
+                                  "(default: none, each image its own patient)"),
+        **_CSV_OPTIONS,
+    },
+    **{name: {
+        "metadata": (_text, "the metadata file beside images/ (default metadata.csv)"),
+        "modality": (_any_or(_text), "the modality kept (default X-ray; any keeps all)"),
+        "views": (_any_or(_names), f"the views kept, comma-separated (default {','.join(FRONTAL_VIEWS)}; any keeps all)"),
+        "hierarchy": (_mapping, "finding -> parent finding (Python only)"),
+        **_CSV_OPTIONS,
+    } for name in ("covid-chestxray", "covid-chestxray-3class")},
+}
+
+
+def check_dataset_options(dataset: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options converted to what the loader takes; CxrError naming the option and the flag otherwise."""
+    known = DATASET_OPTIONS.get(dataset, {})
+    checked = {}
+    for key, value in options.items():
+        if key not in known:
+            offered = ", ".join(k for k in known if k != "hierarchy") or "none"
+            raise CxrError(f"dataset {dataset!r} has no option {key!r} (--dataset-option {key}=...); "
+                           f"its options: {offered}")
+        convert, _ = known[key]
+        try:
+            checked[key] = convert(value)
+        except ValueError as error:
+            raise CxrError(f"--dataset-option {key}={value}: dataset {dataset!r} wants {error}") from None
+    return checked
+
+
+def parse_dataset_options(items: list[str] | None, datasets: list[str]) -> dict[str, dict[str, Any]]:
+    """`--dataset-option [DATASET:]KEY=VALUE` flags -> {dataset: {key: value}}, checked against each loader.
+
+    Without a DATASET: prefix an option applies to the only dataset, or to every dataset that takes it.
+    """
+    options: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        target, colon, assignment = item.partition(":") if ":" in item.partition("=")[0] else ("", "", item)
+        key, equals, value = assignment.partition("=")
+        if not equals or not key.strip():
+            raise CxrError(f"--dataset-option {item!r}: write KEY=VALUE, or DATASET:KEY=VALUE with several datasets")
+        key = key.strip()
+        if colon:
+            if target not in datasets:
+                raise CxrError(f"--dataset-option {item!r}: {target!r} is not a dataset of this run "
+                               f"({', '.join(datasets)})")
+            targets = [target]
+        else:
+            targets = [d for d in datasets if key in DATASET_OPTIONS.get(d, {})] if len(datasets) > 1 else datasets
+            if not targets:
+                raise CxrError(f"--dataset-option {item!r}: no dataset of this run ({', '.join(datasets)}) takes "
+                               f"{key!r}")
+        for dataset in targets:
+            options.setdefault(dataset, {}).update(check_dataset_options(dataset, {key: value}))
+    return options
+
+
+def dataset_options_help() -> str:
+    """Every loader's options, for the --dataset-option help."""
+    parts = []
+    for dataset, known in DATASET_OPTIONS.items():
+        names = [k for k in known if k != "hierarchy"]
+        if names:
+            parts.append(f"{dataset}: {', '.join(names)}")
+    return "; ".join(parts)
 
 
 # ---------------------------------------------------------------- class-folder layouts
@@ -200,30 +322,72 @@ def _load_folder(root: Path) -> DatasetIndex:
 
 # ---------------------------------------------------------------- CSV layouts
 
-def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
+def _read_csv(path: Path, required: list[str], encoding: str = "utf-8") -> pd.DataFrame:
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding)
+    except UnicodeDecodeError as error:
+        data = path.read_bytes()
+        try:
+            data.decode(encoding)  # pandas decodes in chunks: find the byte's place in the whole file
+        except UnicodeDecodeError as whole:
+            error = whole
+        line = data[:error.start].count(b"\n") + 1
+        raise CxrError(f"{path}: line {line} is not {encoding} text (byte {error.object[error.start]:#04x}); pass "
+                       "the file's encoding, e.g. --dataset-option encoding=latin-1") from error
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise CxrError(f"{path}: cannot read CSV ({error}); check that it is a CSV file with a header row") from error
     missing = [column for column in required if column not in table.columns]
     if missing:
         raise CxrError(
             f"{path}: missing column(s) {missing}; the file has {list(table.columns)}. "
-            "Name the right columns with the dataset options."
+            "Name the right columns with --dataset-option (e.g. path_column=..., label_column=..., "
+            "patient_column=...)."
         )
     return table
 
 
+def source_of(value: str) -> str:
+    """An image's origin from a metadata value: a URL's host (without www.), else the value itself."""
+    value = value.strip()
+    host = urlparse(value).netloc.lower().removeprefix("www.") if "//" in value else ""
+    return host or value or UNKNOWN_SOURCE
+
+
+def _mark_sources(frame: pd.DataFrame, sources: list[str], path: Path, source_column: str | None,
+                  holdout_sources: list[str] | None) -> pd.DataFrame:
+    """Add the source column (and heldout, if sources are held out) to a loader's frame."""
+    if source_column is None:
+        if holdout_sources:
+            raise CxrError(f"{path}: holdout_sources needs a column of sources: pass --dataset-option "
+                           "source_column=COLUMN")
+        return frame
+    frame["source"] = sources
+    if holdout_sources:
+        counts = frame["source"].value_counts()
+        unknown = [s for s in holdout_sources if s not in counts.index]
+        if unknown:
+            listed = ", ".join(f"{name} ({count})" for name, count in counts.head(15).items())
+            raise CxrError(f"--dataset-option holdout_sources: no image of {path} comes from {unknown} (sources from "
+                           f"column {source_column!r}, with their images: {listed}{', ...' if len(counts) > 15 else ''})")
+        frame["heldout"] = frame["source"].isin(holdout_sources)
+        if frame["heldout"].all():
+            raise CxrError(f"--dataset-option holdout_sources: {holdout_sources} hold every image of {path}; "
+                           "keep some sources to train on")
+    return frame
+
+
 def _load_csv(root: Path, path_column: str = "path", label_column: str = "label",
-              patient_column: str | None = None) -> DatasetIndex:
-    """Any CSV of image path and label (and optional patient) columns. `root` is the CSV file;
-    relative image paths are resolved against its folder. Rows whose image is absent are skipped."""
+              patient_column: str | None = None, encoding: str = "utf-8", source_column: str | None = None,
+              holdout_sources: list[str] | None = None) -> DatasetIndex:
+    """Any CSV of image path and label (and optional patient and source) columns. `root` is the CSV file;
+    relative image paths are resolved against its folder. Rows whose image is absent are skipped;
+    a blank patient makes the image its own patient."""
     if root.is_dir():
         raise CxrError(f"{root}: the csv dataset takes the CSV file itself as --data-root")
-    required = [path_column, label_column] + ([patient_column] if patient_column else [])
-    table = _read_csv(root, required)
+    required = [path_column, label_column] + [c for c in (patient_column, source_column) if c]
+    table = _read_csv(root, required, encoding)
     base = root.parent
-    rows, skipped = [], Counter()
+    rows, sources, skipped, blank_patients = [], [], Counter(), 0
     for line, record in enumerate(table.to_dict("records"), start=2):
         label = record[label_column].strip()
         if not label:
@@ -236,10 +400,16 @@ def _load_csv(root: Path, path_column: str = "path", label_column: str = "label"
             log.warning("%s row %d: image %s not found, skipped", root, line, image)
             continue
         patient = record[patient_column].strip() if patient_column else ""
+        blank_patients += bool(patient_column and not patient)
         rows.append({"relpath": image.relative_to(base.resolve()).as_posix() if image.is_relative_to(base.resolve())
                      else str(image), "patient": patient or None, "labels": (label,)})
+        sources.append(source_of(record[source_column]) if source_column else None)
+    if blank_patients:
+        log.warning("%s: %d row(s) with a blank %r: each of those images is its own patient", root, blank_patients,
+                    patient_column)
     frame = pd.DataFrame(rows, columns=["relpath", "patient", "labels"])
     frame["patient"] = frame["patient"].fillna(frame["relpath"])
+    frame = _mark_sources(frame, sources, root, source_column, holdout_sources)
     classes = sorted({labels[0] for labels in frame["labels"]})
     return DatasetIndex("csv", base.resolve(), frame, classes, skipped=dict(skipped))
 
@@ -279,15 +449,22 @@ def three_class_label(labels: tuple[str, ...]) -> str | None:
 
 def _load_covid_chestxray(root: Path, three_class: bool, metadata: str = "metadata.csv",
                           modality: str | None = "X-ray", views: tuple[str, ...] | None = FRONTAL_VIEWS,
-                          hierarchy: dict[str, str] | None = None) -> DatasetIndex:
+                          hierarchy: dict[str, str] | None = None, encoding: str = "utf-8",
+                          source_column: str | None = "url", holdout_sources: list[str] | None = None
+                          ) -> DatasetIndex:
     """ieee8023 covid-chestxray-dataset: metadata.csv (finding, patientid, view, modality, folder,
-    filename) beside the image folders. Skipped rows are counted by reason and logged."""
+    filename, and the url each image came from: its source) beside the image folders. Skipped rows
+    are counted by reason and logged."""
     csv_path = root / metadata
     if not csv_path.is_file():
         raise CxrError(f"{root}: no {metadata} (covid-chestxray needs metadata.csv beside images/)")
-    table = _read_csv(csv_path, ["patientid", "finding", "filename"])
+    explicit_source = source_column != "url"
+    table = _read_csv(csv_path, ["patientid", "finding", "filename"] + ([source_column] if explicit_source else []),
+                      encoding)
+    if source_column not in table.columns:
+        source_column = None  # an older metadata.csv without url: no sources
     wanted_views = {v.lower() for v in views} if views else None
-    rows, skipped = [], Counter()
+    rows, sources, skipped = [], [], Counter()
     for record in table.to_dict("records"):
         finding = record["finding"].strip()
         if finding.lower() in UNLABELLED_FINDINGS:
@@ -297,7 +474,7 @@ def _load_covid_chestxray(root: Path, three_class: bool, metadata: str = "metada
             skipped[f"modality not {modality}"] += 1
             continue
         if wanted_views is not None and record.get("view", "").strip().lower() not in wanted_views:
-            skipped["view not frontal" if views == FRONTAL_VIEWS else "view filtered out"] += 1
+            skipped["view not frontal" if tuple(views) == FRONTAL_VIEWS else "view filtered out"] += 1
             continue
         relpath = f"{record.get('folder', '').strip() or 'images'}/{record['filename'].strip()}"
         if not (root / relpath).is_file():
@@ -312,7 +489,9 @@ def _load_covid_chestxray(root: Path, three_class: bool, metadata: str = "metada
                 continue
             labels = (label,)
         rows.append({"relpath": relpath, "patient": record["patientid"].strip() or relpath, "labels": labels})
+        sources.append(source_of(record[source_column]) if source_column else None)
     frame = pd.DataFrame(rows, columns=["relpath", "patient", "labels"])
+    frame = _mark_sources(frame, sources, csv_path, source_column, holdout_sources)
     if three_class:
         present = {labels[0] for labels in frame["labels"]}
         classes = [c for c in THREE_CLASSES if c in present]

@@ -3,6 +3,12 @@
 Images are grouped so that a group never straddles two splits: one group per
 patient, merged with any other image whose file is byte-identical (the same
 picture listed twice, under two patients or names, would leak otherwise).
+
+Where a dataset holds out whole sources (cxrnets.data: the `holdout_sources`
+option marks their images `heldout`), those images form a fourth part,
+`heldout`, a test set from places the model never trained on; a group with
+any held-out image is held out whole, and train/val/test are drawn from the
+other sources as usual.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from cxrnets.errors import CxrError
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+HELDOUT = "heldout"  # images of held-out sources: a test set from elsewhere
 
 
 def leakage_groups(patients: pd.Series, sha1: pd.Series) -> np.ndarray:
@@ -62,7 +69,8 @@ def _hold_out(strata: np.ndarray, groups: np.ndarray, fraction: float, seed: int
 
 def make_split(frame: pd.DataFrame, strata: pd.Series, val_fraction: float = 0.15,
                test_fraction: float = 0.15, seed: int = 0) -> pd.DataFrame:
-    """Assign every row of `frame` (columns relpath, patient, sha1) to train, val or test.
+    """Assign every row of `frame` (columns relpath, patient, sha1, and optionally heldout) to train,
+    val or test (and heldout: every group with a held-out image).
 
     Returns a frame with columns relpath, patient, sha1, stratum, split.
     """
@@ -73,9 +81,16 @@ def make_split(frame: pd.DataFrame, strata: pd.Series, val_fraction: float = 0.1
     groups = leakage_groups(split["patient"], split["sha1"])
     labels = pd.factorize(split["stratum"])[0]
     assignment = np.full(len(split), "train", dtype=object)
-    test = _hold_out(labels, groups, test_fraction, seed)
+    marked = frame["heldout"].to_numpy(dtype=bool) if "heldout" in frame else np.zeros(len(split), dtype=bool)
+    held = np.isin(groups, groups[marked])
+    if (held & ~marked).any():
+        log.warning("%d image(s) of kept sources share a patient (or a file) with a held-out source: held out "
+                    "with it", int((held & ~marked).sum()))
+    assignment[held] = HELDOUT
+    kept = np.flatnonzero(~held)
+    test = kept[_hold_out(labels[kept], groups[kept], test_fraction, seed)]
     assignment[test] = "test"
-    rest = np.flatnonzero(~test)
+    rest = np.setdiff1d(kept, test)
     val = _hold_out(labels[rest], groups[rest], val_fraction / (1 - test_fraction), seed + 1)
     assignment[rest[val]] = "val"
     split["split"] = assignment
@@ -118,4 +133,4 @@ def load_split(path: str | Path) -> pd.DataFrame:
 def describe(split: pd.DataFrame) -> str:
     counts = split.groupby("split").agg(images=("relpath", "size"), patients=("patient", "nunique"))
     return ", ".join(f"{name} {counts.loc[name, 'images']} images/{counts.loc[name, 'patients']} patients"
-                     for name in SPLITS if name in counts.index)
+                     for name in (*SPLITS, HELDOUT) if name in counts.index)

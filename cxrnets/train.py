@@ -3,6 +3,7 @@
     python -m cxrnets.train                      # ResNet50 on the embedded sample, 64 px, 5 epochs
     python -m cxrnets.train --dataset covid-chestxray --data-root ../shared/data/covid-chestxray-dataset \
         --model resnet50 --image-size 64 --epochs 2
+    python -m cxrnets.train --dataset csv --data-root labels.csv --dataset-option patient_column=patient
 
 Prints the validation metrics after every epoch, evaluates on the test split
 at the end, and saves `<out>/checkpoint.pt` (model, optimizer, epoch, config).
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from cxrnets.data import DATASET_NAMES
+from cxrnets.data import DATASET_NAMES, dataset_options_help, parse_dataset_options
 from cxrnets.errors import CxrError, DivergedError
 from cxrnets.models import MODEL_NAMES
 from cxrnets.training import OPTIMIZER_NAMES, TrainConfig, TrainingRun
@@ -34,6 +35,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path]:
     parser.add_argument("--dataset", default=defaults.dataset, choices=DATASET_NAMES, help="dataset name")
     parser.add_argument("--data-root", default=defaults.data_root,
                         help="dataset folder (the CSV file for 'csv'); default: the embedded sample")
+    parser.add_argument("--dataset-option", action="append", default=None, metavar="KEY=VALUE",
+                        help=f"a loader option, repeatable ({dataset_options_help()})")
     parser.add_argument("--model", default=defaults.model, choices=MODEL_NAMES, help="network")
     parser.add_argument("--optimizer", default=defaults.optimizer, choices=OPTIMIZER_NAMES, help="optimizer")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="learning rate")
@@ -57,7 +60,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path]:
     parser.add_argument("--out", default="runs/train", help="folder for checkpoint.pt and metrics.jsonl")
     args = parser.parse_args(argv)
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
-    config = TrainConfig(**given, amp=not args.no_amp, balance_classes=not args.no_balance)
+    try:
+        options = parse_dataset_options(args.dataset_option, [args.dataset]).get(args.dataset, {})
+    except CxrError as error:
+        parser.error(str(error))
+    config = TrainConfig(**given, amp=not args.no_amp, balance_classes=not args.no_balance, dataset_options=options)
     config.pretrained = config.pretrained or config.weights is not None
     return config, Path(args.out)
 

@@ -32,7 +32,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
 import pandas as pd  # noqa: E402
 
 from cxrnets.cache import build_cache  # noqa: E402
-from cxrnets.data import SAMPLE_ROOT, load_dataset  # noqa: E402
+from cxrnets.data import SAMPLE_ROOT, dataset_options_help, load_dataset, parse_dataset_options  # noqa: E402
 from cxrnets.errors import CxrError  # noqa: E402
 from cxrnets.metrics import majority_baseline  # noqa: E402
 from cxrnets.splits import describe, make_split  # noqa: E402
@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--data-root", action="append", default=None, metavar="[DATASET=]PATH",
         help="where a dataset lies; repeat as DATASET=PATH when the space searches over datasets "
              "(default: the embedded sample for covid-chestxray datasets)")
+    add("--dataset-option", action="append", default=None, metavar="[DATASET:]KEY=VALUE",
+        help="a dataset loader's option, repeatable; saved with the study, reused on --resume and by the analysis "
+             f"(e.g. patient_column=patientid for a csv dataset). Options: {dataset_options_help()} "
+             "(default: none)")
     add("--num-samples", type=int, default=None,
         help="trials to run (default: the space's, else every combination for a grid space, else 10)")
     add("--max-epochs", type=int, default=None, help="epochs of a trial that ASHA never stops (default: space's, else 4)")
@@ -139,7 +143,8 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
         mode="min" if pick("metric").endswith("loss") else "max", cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
         seed=args.seed, cache_dir=args.cache_dir, checkpoint_every=args.checkpoint_every,
-        checkpoint_minutes=args.checkpoint_minutes, keep=parse_keep(args.keep))
+        checkpoint_minutes=args.checkpoint_minutes, keep=parse_keep(args.keep),
+        dataset_options=parse_dataset_options(args.dataset_option, datasets))
     validate(settings)
     return settings
 
@@ -246,7 +251,7 @@ def prepare_splits(settings: StudySettings, resume: bool) -> dict[str, pd.DataFr
     """Index and decode every dataset once, and make (or, resuming, reread) the study's split of each."""
     splits = {}
     for dataset, root in settings.data_roots.items():
-        index = load_dataset(dataset, root)
+        index = load_dataset(dataset, root, **settings.dataset_options.get(dataset, {}))
         cache = build_cache(index, settings.image_size, settings.cache_dir)
         frame = cache.index.frame.assign(sha1=cache.sha1)
         uri = split_uri(settings.study_uri, dataset)
@@ -380,6 +385,7 @@ def trial_context(settings: StudySettings, splits: dict[str, pd.DataFrame], weig
     (default: the study folder; a seed-repeat run of study.confirm writes under its own folder)."""
     return TrialContext(
         data_roots=settings.data_roots, splits=splits, metric=settings.metric, mode=settings.mode,
+        dataset_options=settings.dataset_options,
         study_uri=weights_uri or settings.study_uri, storage=settings.storage,
         settings_file=None if storage.is_remote(settings.storage) else settings_uri(settings.study_uri),
         checkpoint_policy=CheckpointPolicy(settings.checkpoint_every, settings.checkpoint_minutes),

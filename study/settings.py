@@ -54,6 +54,7 @@ class StudySettings:
     checkpoint_every: int = CHECKPOINT_EVERY
     checkpoint_minutes: float = CHECKPOINT_MINUTES
     keep: int | str = 1  # best weights kept after the study: each (dataset, model) cell's k best trials, or "all"
+    dataset_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # dataset -> its loader's options
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # majority class, per dataset
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
 

@@ -91,7 +91,8 @@ _PREPARED: dict[tuple, PreparedData] = {}
 
 
 def _prepared_data(config: TrainConfig, split: pd.DataFrame) -> PreparedData:
-    key = (config.dataset, config.data_root, config.image_size, config.cache_dir)
+    key = (config.dataset, config.data_root, config.image_size, config.cache_dir,
+           tuple(sorted((k, str(v)) for k, v in config.dataset_options.items())))
     if key not in _PREPARED:
         _PREPARED[key] = prepare_data(config, split=split)
     return _PREPARED[key]

@@ -152,3 +152,13 @@ def test_cache_cli(make_pneumonia_normal, tmp_path: Path, capsys: pytest.Capture
     with pytest.raises(SystemExit, match=r"error: .*does not exist"):
         cache_module.main(["--dataset", "folder", "--data-root", str(tmp_path / "nowhere"),
                            "--cache-dir", str(tmp_path / "cache")])
+
+
+def test_cache_cli_takes_the_loaders_options(make_csv_dataset, tmp_path: Path, capsys) -> None:
+    csv_path = make_csv_dataset(columns=("file", "diagnosis", "subject"))
+    arguments = ["--dataset", "csv", "--data-root", str(csv_path), "--image-size", "16",
+                 "--cache-dir", str(tmp_path / "cache")]
+    with pytest.raises(SystemExit, match=r"missing column\(s\) \['path', 'label'\].*--dataset-option"):
+        cache_module.main(arguments)
+    cache_module.main([*arguments, "--dataset-option", "path_column=file", "--dataset-option", "label_column=diagnosis"])
+    assert "at 16px: decoded 24 images, 24 usable" in capsys.readouterr().out

@@ -15,7 +15,9 @@ from cxrnets.data import (
     RADIOGRAPHY_CLASSES,
     SAMPLE_ROOT,
     THREE_CLASSES,
+    UNKNOWN_SOURCE,
     load_dataset,
+    parse_dataset_options,
     parse_finding,
     three_class_label,
 )
@@ -211,7 +213,8 @@ def test_csv_with_no_usable_rows(tmp_path: Path) -> None:
 
 
 def test_unknown_dataset_option(make_csv_dataset) -> None:
-    with pytest.raises(CxrError, match="does not take these options.*'colour'"):
+    with pytest.raises(CxrError, match=r"'csv' has no option 'colour' \(--dataset-option colour=...\); its options: "
+                                       r"path_column, label_column, patient_column"):
         load_dataset("csv", make_csv_dataset(), colour="red")
 
 
@@ -380,3 +383,83 @@ def test_real_dataset_multilabel(real_chestxray: Path) -> None:
     assert counts["Pneumonia"] >= counts["Viral"] >= counts["COVID-19"] > 300  # hierarchy applied
     assert index.skipped["image file absent"] == 11
     assert "todo" not in {label.lower() for label in index.classes}
+
+
+# ------------------------------------------------------------------ loader options, encodings, sources
+
+
+def test_dataset_options_from_the_command_line() -> None:
+    assert parse_dataset_options(["patient_column= subject"], ["csv"]) == {"csv": {"patient_column": "subject"}}
+    with pytest.raises(CxrError, match=r"'csv' has no option 'views' \(--dataset-option views=...\)"):
+        parse_dataset_options(["views=PA"], ["csv"])
+    both = ["covid-chestxray-3class", "csv"]
+    options = parse_dataset_options(["views=any", "csv:patient_column=subject", "encoding=latin-1"], both)
+    assert options == {"covid-chestxray-3class": {"views": None, "encoding": "iso8859-1"},
+                       "csv": {"patient_column": "subject", "encoding": "iso8859-1"}}
+    assert parse_dataset_options(["views=PA,AP"], ["covid-chestxray"]) == {"covid-chestxray": {"views": ["PA", "AP"]}}
+    with pytest.raises(CxrError, match=r"'folder' is not a dataset of this run \(csv\)"):
+        parse_dataset_options(["folder:patient_column=x"], ["csv"])
+    with pytest.raises(CxrError, match=r"write KEY=VALUE"):
+        parse_dataset_options(["patient_column"], ["csv"])
+    with pytest.raises(CxrError, match=r"encoding=klingon: dataset 'csv' wants a text encoding"):
+        parse_dataset_options(["encoding=klingon"], ["csv"])
+
+
+def test_views_option_keeps_the_views_named(make_chestxray) -> None:
+    root = make_chestxray()
+    lateral_too = load_dataset("covid-chestxray-3class", root, views="PA,AP,AP Supine,AP semi erect,L")
+    assert "images/p5-lateral.png" in set(lateral_too.frame["relpath"])
+    assert len(lateral_too.frame) == len(load_dataset("covid-chestxray-3class", root).frame) + 1
+    assert len(load_dataset("covid-chestxray-3class", root, views="any", modality="any").frame) == 26
+
+
+def test_a_latin1_csv_is_refused_naming_the_line_and_the_option(make_csv_dataset) -> None:
+    csv_path = make_csv_dataset()
+    lines = csv_path.read_text().splitlines()
+    lines[3] = lines[3].replace("normal", "neumonía") if "normal" in lines[3] else lines[3].replace("covid", "neumonía")
+    csv_path.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    with pytest.raises(CxrError, match=r"labels.csv: line 4 is not utf-8 text \(byte 0xed\); pass the file's "
+                                       r"encoding, e.g. --dataset-option encoding=latin-1"):
+        load_dataset("csv", csv_path)
+    index = load_dataset("csv", csv_path, encoding="latin-1", patient_column="patient")
+    assert "neumonía" in index.classes and len(index.frame) == 24
+
+
+def test_blank_patient_ids_are_their_own_patients(make_csv_dataset, caplog: pytest.LogCaptureFixture) -> None:
+    csv_path = make_csv_dataset()
+    text = csv_path.read_text().replace(",patient-00\n", ",\n")  # patient-00's two images lose their id
+    csv_path.write_text(text)
+    with caplog.at_level(logging.WARNING, logger="cxrnets.data"):
+        index = load_dataset("csv", csv_path, patient_column="patient")
+    assert "2 row(s) with a blank 'patient': each of those images is its own patient" in caplog.text
+    blank = index.frame[index.frame["relpath"].str.startswith("img/p00-")]
+    assert len(blank) == 2 and blank["patient"].nunique() == 2
+    assert index.frame["patient"].nunique() == 17
+
+
+def test_sources_from_a_url_column_and_held_out(make_chestxray) -> None:
+    root = make_chestxray()
+    metadata = (root / "metadata.csv").read_text()
+    metadata = metadata.replace("https://example.org/case/0,", "https://www.radiopaedia.org/cases/0,")
+    metadata = metadata.replace("https://example.org/case/1,", "https://radiopaedia.org/cases/1,")
+    metadata = metadata.replace("https://example.org/case/20,", ",")  # no url: an unknown source
+    (root / "metadata.csv").write_text(metadata)
+    index = load_dataset("covid-chestxray-3class", root)
+    assert "heldout" not in index.frame
+    sources = index.frame.set_index("relpath")["source"]
+    assert sources["images/p1-a.jpg"] == sources["images/p1-b.png"] == "radiopaedia.org"
+    assert sources["images/p14-a.png"] == UNKNOWN_SOURCE and sources["images/p2-a.jpeg"] == "example.org"
+    held = load_dataset("covid-chestxray-3class", root, holdout_sources=["radiopaedia.org"])
+    assert sorted(held.frame.loc[held.frame["heldout"], "relpath"]) == ["images/p1-a.jpg", "images/p1-b.png"]
+    assert "held-out sources: radiopaedia.org 2" in held.summary()
+    with pytest.raises(CxrError, match=r"holdout_sources: no image .* comes from \['nejm.org'\] .*"
+                                       r"example.org \(21\), radiopaedia.org \(2\)"):
+        load_dataset("covid-chestxray-3class", root, holdout_sources="nejm.org")
+    with pytest.raises(CxrError, match=r"missing column\(s\) \['journal'\]"):
+        load_dataset("covid-chestxray-3class", root, source_column="journal")
+
+
+def test_csv_sources_need_a_column(make_csv_dataset) -> None:
+    with pytest.raises(CxrError, match=r"holdout_sources needs a column of sources: pass --dataset-option "
+                                       r"source_column=COLUMN"):
+        load_dataset("csv", make_csv_dataset(), holdout_sources="a")

@@ -11,7 +11,7 @@ import pytest
 
 from cxrnets.data import SAMPLE_ROOT, DatasetIndex, load_dataset
 from cxrnets.errors import CxrError
-from cxrnets.splits import SPLITS, check_leakage, describe, leakage_groups, load_split, make_split, save_split
+from cxrnets.splits import HELDOUT, SPLITS, check_leakage, describe, leakage_groups, load_split, make_split, save_split
 
 
 def with_sha1(index: DatasetIndex) -> pd.DataFrame:
@@ -194,3 +194,39 @@ def test_strata_are_label_sets_for_multilabel(make_chestxray) -> None:
     split = split_of(index)
     assert_disjoint(split)
     assert np.array_equal(split["stratum"].to_numpy(), strata.to_numpy())
+
+
+# ------------------------------------------------------------------ held-out sources
+
+
+def test_held_out_sources_form_a_fourth_part_disjoint_in_sources_and_patients(caplog) -> None:
+    """On the embedded sample (real metadata): radiopaedia.org held out. Its images, and only they,
+    are in `heldout`; train/val/test hold the other sources, stratified as before."""
+    index = load_dataset("covid-chestxray-3class", SAMPLE_ROOT, holdout_sources=["radiopaedia.org"])
+    split = split_of(index).assign(source=index.frame["source"].to_numpy())
+    assert_disjoint(split)
+    held = split["split"] == HELDOUT
+    assert set(split.loc[held, "source"]) == {"radiopaedia.org"}
+    assert "radiopaedia.org" not in set(split.loc[~held, "source"])
+    assert held.sum() == (index.frame["source"] == "radiopaedia.org").sum() == 96
+    assert set(split.loc[~held, "split"]) == set(SPLITS)
+    assert f"{HELDOUT} 96 images" in describe(split)
+
+
+def test_a_patient_of_a_held_out_source_is_held_out_whole(three_classes: DatasetIndex, caplog) -> None:
+    frame = with_sha1(three_classes)
+    frame["patient"] = frame["relpath"]
+    frame.loc[[0, 1, 2], "patient"] = "shared"  # one patient, one image from the held-out source
+    frame["heldout"] = False
+    frame.loc[0, "heldout"] = True
+    split = make_split(frame, three_classes.stratum(), seed=0)
+    assert_disjoint(split)
+    assert list(split.loc[split["split"] == HELDOUT].index) == [0, 1, 2]
+    assert "2 image(s) of kept sources share a patient (or a file) with a held-out source" in caplog.text
+
+
+def test_without_held_out_sources_the_split_is_unchanged(three_classes: DatasetIndex) -> None:
+    frame = with_sha1(three_classes)
+    marked = frame.assign(heldout=False)
+    pd.testing.assert_frame_equal(make_split(frame, three_classes.stratum(), seed=3),
+                                  make_split(marked, three_classes.stratum(), seed=3))

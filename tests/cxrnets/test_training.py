@@ -164,6 +164,22 @@ def test_cli_reports_divergence(tiny_folder: Path, tmp_path: Path, capsys: pytes
     assert "Traceback" not in err
 
 
+def test_cli_groups_a_csv_by_its_patient_column(make_csv_dataset, tmp_path: Path, caplog) -> None:
+    """--dataset-option reaches the loader: 24 images of 16 patients, not of 24."""
+    csv_path = make_csv_dataset(columns=("file", "diagnosis", "subject"))
+    arguments = ["--dataset", "csv", "--data-root", str(csv_path), "--image-size", "32", "--batch-size", "8",
+                 "--epochs", "1", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
+                 "--dataset-option", "path_column=file", "--dataset-option", "label_column=diagnosis"]
+    with caplog.at_level(logging.INFO):
+        assert main([*arguments, "--dataset-option", "patient_column=subject"]) == 0
+    assert "csv: 24 images of 16 patients" in caplog.text
+    checkpoint = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["config"]["dataset_options"] == {"path_column": "file", "label_column": "diagnosis",
+                                                       "patient_column": "subject"}
+    with pytest.raises(SystemExit):
+        main([*arguments, "--dataset-option", "patient=subject"])
+
+
 # ------------------------------------------------------------------ data and the split file
 
 
