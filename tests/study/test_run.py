@@ -432,6 +432,35 @@ def test_diverging_trials_end_as_poor_results_and_the_study_completes(ray_sessio
     assert "| resnet50 " in capsys.readouterr().out
 
 
+def test_dataset_options_are_saved_and_reused_by_resume_and_analysis(ray_session, tmp_path, make_csv_dataset,
+                                                                    cache_dir, capsys):
+    """A user's CSV with its own column names and a patient column: the options reach the split (by
+    patient), are saved in study.json, and --resume and the analysis read the data with them (with the
+    loader's defaults they could not: the CSV has no 'path' or 'label' column)."""
+    from study.analyze import analyze
+
+    csv_path = make_csv_dataset(columns=("file", "diagnosis", "subject"))
+    space = write_space(tmp_path / "one.yaml", GOOD_SPACE)
+    argv = ["--space", str(space), "--dataset", "csv", "--data-root", str(csv_path), "--storage", str(tmp_path),
+            "--name", "csv-study", "--cache-dir", str(cache_dir), "--image-size", "32", "--num-samples", "1",
+            "--max-epochs", "1"]
+    assert main(argv) == 2 and "--dataset-option" in capsys.readouterr().err  # the error names the flag
+    options = ["--dataset-option", "path_column=file", "--dataset-option", "label_column=diagnosis",
+               "--dataset-option", "patient_column=subject"]
+    assert main([*argv, *options]) == 0
+    study_dir = tmp_path / "csv-study"
+    saved = json.loads((study_dir / "study.json").read_text())["dataset_options"]
+    assert saved == {"csv": {"path_column": "file", "label_column": "diagnosis", "patient_column": "subject"}}
+    split = pd.read_csv(study_dir / "splits" / "csv.csv")
+    assert split["patient"].nunique() == 16 and split["patient"].str.startswith("patient-").all()
+    assert (split.groupby("patient")["split"].nunique() == 1).all()
+
+    assert main(["--resume", str(study_dir)]) == 0, capsys.readouterr().err
+    analysis = analyze(study_dir, resamples=0, importance="none", formats=("md",), cache_dir=str(cache_dir))
+    assert [(s.model, len(s.evaluation.y_true)) for s in analysis.selected] == [
+        ("resnet50", int((split["split"] == "test").sum()))]
+
+
 # ------------------------------------------------------------------ kill the driver, then resume
 
 def snapshot(study_uri: str | Path) -> dict[str, tuple[str, int | None]]:
