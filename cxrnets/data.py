@@ -211,30 +211,34 @@ def check_dataset_options(dataset: str, options: dict[str, Any]) -> dict[str, An
     return checked
 
 
-def parse_dataset_options(items: list[str] | None, datasets: list[str]) -> dict[str, dict[str, Any]]:
-    """`--dataset-option [DATASET:]KEY=VALUE` flags -> {dataset: {key: value}}, checked against each loader.
+def parse_dataset_options(items: list[str] | None, targets: list[str] | dict[str, str]
+                          ) -> dict[str, dict[str, Any]]:
+    """`--dataset-option [TARGET:]KEY=VALUE` flags -> {target: {key: value}}, checked against each loader.
 
-    Without a DATASET: prefix an option applies to the only dataset, or to every dataset that takes it.
+    `targets`: the datasets of the run, or a mapping of names (study.analyze's external sets) to the
+    dataset each is read as. Without a TARGET: prefix an option applies to the only target, or to
+    every target whose loader takes it.
     """
+    loaders = dict(targets) if isinstance(targets, dict) else {name: name for name in targets}
+    names = ", ".join(loaders) or "none"
     options: dict[str, dict[str, Any]] = {}
     for item in items or []:
         target, colon, assignment = item.partition(":") if ":" in item.partition("=")[0] else ("", "", item)
         key, equals, value = assignment.partition("=")
         if not equals or not key.strip():
-            raise CxrError(f"--dataset-option {item!r}: write KEY=VALUE, or DATASET:KEY=VALUE with several datasets")
+            raise CxrError(f"--dataset-option {item!r}: write KEY=VALUE, or TARGET:KEY=VALUE with several datasets")
         key = key.strip()
         if colon:
-            if target not in datasets:
-                raise CxrError(f"--dataset-option {item!r}: {target!r} is not a dataset of this run "
-                               f"({', '.join(datasets)})")
-            targets = [target]
+            if target not in loaders:
+                raise CxrError(f"--dataset-option {item!r}: {target!r} is not a dataset of this run ({names})")
+            chosen = [target]
         else:
-            targets = [d for d in datasets if key in DATASET_OPTIONS.get(d, {})] if len(datasets) > 1 else datasets
-            if not targets:
-                raise CxrError(f"--dataset-option {item!r}: no dataset of this run ({', '.join(datasets)}) takes "
-                               f"{key!r}")
-        for dataset in targets:
-            options.setdefault(dataset, {}).update(check_dataset_options(dataset, {key: value}))
+            chosen = [t for t, d in loaders.items() if key in DATASET_OPTIONS.get(d, {})] if len(loaders) > 1 \
+                else list(loaders)
+            if not chosen:
+                raise CxrError(f"--dataset-option {item!r}: no dataset of this run ({names}) takes {key!r}")
+        for name in chosen:
+            options.setdefault(name, {}).update(check_dataset_options(loaders[name], {key: value}))
     return options
 
 

@@ -4,6 +4,8 @@
     python -m study.analyze studies/demo-20261125-101500 --top-k 3 --format md,png
     python -m study.analyze studies/demo-20261125-101500 --split val --metric val/accuracy
     python -m study.analyze studies/demo-20261125-101500 --bootstrap 5000 --importance ped-anova
+    python -m study.analyze studies/demo-20261125-101500 --external hospital-b=csv:/data/b/labels.csv \
+        --dataset-option hospital-b:patient_column=patient --label-map "No finding=No Finding"
 
 It reads what a study wrote (finished, still running or interrupted; it never
 trains): the results table, the trial ends, the study's split and the trials'
@@ -21,6 +23,13 @@ patients, with the majority baseline and with the model chosen best on
 validation (study.analysis.uncertainty). Optuna's importance evaluators say
 which hyperparameters mattered; a `python -m study.confirm` run adds the
 spread over new seeds of each selected configuration.
+
+Each cell's best model is also evaluated once on images from elsewhere: the
+study's held-out sources (study.run --dataset-option holdout_sources=...)
+and every --external set, with what exists when a set lacks classes
+(accuracy, each present class's recall and ROC AUC), beside its internal
+figures; and Grad-CAM maps show where it looks (study.analysis.external,
+study.analysis.saliency).
 
 Only the trials chosen on validation are ever evaluated on test. A trial
 whose weights are missing or unreadable is reported and the next best
@@ -40,10 +49,13 @@ from pathlib import Path
 from cxrnets.errors import CxrError
 from study.analysis.confirmation import evaluate_confirmation
 from study.analysis.evaluation import StudyData
+from study.analysis.external import (ExternalSpec, check_externals, evaluate_elsewhere, parse_externals,
+                                     parse_label_map)
 from study.analysis.importance import EVALUATORS, Importance, parameter_importance
 from study.analysis.reading import cell_columns, open_study, resolve_metric, trial_configs
 from study.analysis.report import write_report
 from study.analysis.report_tables import build_tables
+from study.analysis.saliency import saliency_panels
 from study.analysis.selection import Analysis, select_and_evaluate
 from study.analysis.uncertainty import RESAMPLES, bootstrap_split
 from study.tables import markdown_table, search_summary, trial_table, wall_seconds
@@ -53,12 +65,15 @@ log = logging.getLogger("study.analyze")
 FORMATS = ("md", "csv", "parquet", "png")
 REPORT_DIR = "report"
 MIN_RESAMPLES = 200
+SALIENCY_PER_CLASS = 2
 
 
 def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test", top_k: int = 1,
             formats: tuple[str, ...] = FORMATS, out: str | Path | None = None,
             data_roots: dict[str, str] | None = None, cache_dir: str | None = None,
-            device: str = "auto", resamples: int = RESAMPLES, importance: str = "fanova") -> Analysis:
+            device: str = "auto", resamples: int = RESAMPLES, importance: str = "fanova",
+            externals: list[ExternalSpec] | None = None, label_map: dict[str, str] | None = None,
+            saliency: int = SALIENCY_PER_CLASS) -> Analysis:
     """Analyse one study and write its report; returns everything it computed."""
     if split not in ("val", "test"):
         raise CxrError(f"--split {split}: choose val or test")
@@ -67,6 +82,8 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
     if resamples != 0 and resamples < MIN_RESAMPLES:
         raise CxrError(f"--bootstrap {resamples}: give at least {MIN_RESAMPLES} resamples (a 95% interval's tails "
                        f"need them; default {RESAMPLES}), or 0 for no intervals")
+    if saliency < 0:
+        raise CxrError(f"--saliency {saliency}: give the images per class for the Grad-CAM figures, or 0 for none")
     if importance not in (*EVALUATORS, "none"):
         raise CxrError(f"--importance {importance}: choose from {', '.join(EVALUATORS)} or none")
     unknown = set(formats) - set(FORMATS)
@@ -92,6 +109,7 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
     analysis.out = Path(out) if out is not None else Path(study.uri) / REPORT_DIR
 
     data = StudyData(study, data_roots, cache_dir, device)
+    check_externals(data, externals or [], label_map or {})
     select_and_evaluate(analysis, data)
     analysis.confirmation = evaluate_confirmation(study, split, data)
     analysis.downloaded_bytes = data.downloaded_bytes
@@ -102,6 +120,9 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
                 analysis.bootstraps[dataset] = bootstrap_split(dataset, evaluations, resamples, settings.seed)
             except ValueError as error:
                 analysis.notes.append(f"no intervals for {dataset}: {error}")
+    analysis.external = evaluate_elsewhere(analysis, data, externals or [], label_map or {}, resamples, device)
+    if saliency and "png" in formats:
+        analysis.saliency = saliency_panels(analysis, data, saliency, device)
     if importance != "none":
         analysis.importances = importances(analysis, importance)
     build_tables(analysis)
@@ -143,6 +164,20 @@ def build_parser() -> argparse.ArgumentParser:
     add("--importance", default="fanova", choices=(*EVALUATORS, "none"),
         help="Optuna's hyperparameter-importance evaluator over the completed trials: fanova, ped-anova, or "
              "none (default: fanova)")
+    add("--external", action="append", default=None, metavar="NAME=DATASET:PATH",
+        help="also evaluate each cell's best model, once, on every image of this dataset (repeatable; e.g. "
+             "hospital-b=csv:/data/b/labels.csv); its loader options as --dataset-option NAME:KEY=VALUE "
+             "(default: none; a study that held out sources is always evaluated on them)")
+    add("--dataset-option", action="append", default=None, metavar="[NAME:]KEY=VALUE",
+        help="a loader option of an --external set, repeatable (the study's own datasets keep the options saved "
+             "in study.json) (default: none)")
+    add("--label-map", action="append", default=None, metavar="FILE.yaml|EXTERNAL=STUDY",
+        help="reconcile an external set's class names with the study's: a YAML file of 'external label: study "
+             "class' lines, or one inline pair such as \"No finding=No Finding\"; repeatable. External images "
+             "whose label has no counterpart are counted and left out (default: names must match)")
+    add("--saliency", type=int, default=SALIENCY_PER_CLASS, metavar="N",
+        help="Grad-CAM figures: N seeded images per class of the evaluated split and of each external set, per "
+             f"cell (0 for none; default: {SALIENCY_PER_CLASS})")
     add("--format", default=",".join(FORMATS),
         help=f"what to write, comma-separated from {','.join(FORMATS)} (default: all of them)")
     add("--out", default=None, help="report folder (default: <study dir>/report)")
@@ -167,10 +202,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise CxrError(f"--data-root {item!r}: write DATASET=PATH")
             roots[name] = str(Path(path).expanduser().resolve())
         formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+        externals = parse_externals(args.external, args.dataset_option)
+        label_map = parse_label_map(args.label_map)
         analysis = analyze(args.study_dir, metric=args.metric, split=args.split, top_k=args.top_k,
                            formats=formats, out=args.out, data_roots=roots, cache_dir=args.cache_dir,
-                           device=args.device, resamples=args.bootstrap,
-                           importance=args.importance)
+                           device=args.device, resamples=args.bootstrap, importance=args.importance,
+                           externals=externals, label_map=label_map, saliency=args.saliency)
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -183,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     if shown is not None:
         print(f"\nMacro F1 on the {analysis.split} split (best trial per model, chosen on {analysis.metric}):\n")
         print(markdown_table(shown))
+    elsewhere = analysis.tables.get("_shown_external_accuracy")
+    if elsewhere is not None:
+        print(f"\nAccuracy on the internal {analysis.split} split and elsewhere (held-out sources, --external):\n")
+        print(markdown_table(elsewhere))
     print(f"\nreport: {analysis.out / 'report.md' if 'md' in formats else analysis.out}")
     return 0
 

@@ -44,6 +44,20 @@ def load_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
+def model_from_checkpoint(checkpoint: dict, device: str = "auto"):
+    """(model, device): the checkpoint's network with its weights, in eval mode on `device`."""
+    from cxrnets.models import build_model
+    from cxrnets.training import select_device
+
+    model = build_model(checkpoint["config"]["model"], len(checkpoint["classes"]))
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except (RuntimeError, KeyError, TypeError) as error:
+        raise CxrError(f"the weights do not fit {checkpoint['config']['model']} ({str(error)[:200]})") from error
+    target = select_device(device)
+    return model.to(target).eval(), target
+
+
 class StudyData:
     """The study's split of each dataset, checked against the data, prepared once per (dataset, image size)."""
 

@@ -13,6 +13,7 @@ from study.analysis.evaluation import Evaluation
 from study.analysis.importance import Importance
 from study.analysis.reading import cell_columns, model_order
 from study.analysis.report_tables import confusion_table, slug
+from study.analysis.saliency import SaliencyPanel
 from study.analysis.selection import Analysis
 from study.tables import best_epochs, epoch_column
 
@@ -175,6 +176,37 @@ def write_figures(analysis: Analysis, folder: Path) -> None:
             name = f"importance_{slug(importance.dataset)}"
             plot_importance(importance, analysis.metric, folder / f"{name}.png")
             analysis.figures[name] = folder / f"{name}.png"
+    for panel in analysis.saliency:
+        name = f"gradcam_{panel.slug}"
+        plot_gradcam(panel, folder / f"{name}.png")
+        analysis.figures[name] = folder / f"{name}.png"
+
+
+def plot_gradcam(panel: SaliencyPanel, path: Path) -> None:
+    """One row per set: each image in grey with its Grad-CAM map laid over it."""
+    plt = _pyplot()
+    columns = max(len(row.images) for row in panel.rows)
+    figure, axes = plt.subplots(len(panel.rows), columns, figsize=(1.9 * columns, 2.1 * len(panel.rows) + 0.5),
+                                squeeze=False)
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+        axis.set_frame_on(False)
+    for r, row in enumerate(panel.rows):
+        axes[r, 0].set_ylabel(row.name, fontsize=9)
+        for c, (image, heat) in enumerate(zip(row.images, row.maps)):
+            axis = axes[r, c]
+            axis.imshow(image.transpose(1, 2, 0).mean(axis=2), cmap="gray", vmin=0, vmax=255)
+            axis.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            right = row.true[c] == row.predicted[c]
+            flat = "\nflat map" if not heat.any() else ""  # nothing raised the predicted class's score
+            axis.set_title(f"{row.true[c]} →\n{row.predicted[c]} ({row.probability[c]:.2f}){flat}", fontsize=7,
+                           color="black" if right else "tab:red")
+    figure.suptitle(f"{panel.dataset} / {panel.model}: Grad-CAM of the predicted class ({panel.layer}, "
+                    f"{panel.grid} grid on {panel.image_size} px); red title: wrong prediction", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def plot_importance(importance: Importance, metric: str, path: Path) -> None:

@@ -117,6 +117,8 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
         lines += paired_section(analysis)
     if analysis.confirmation is not None:
         lines += seed_section(analysis)
+    if len(analysis.external) or analysis.saliency:
+        lines += elsewhere_section(analysis, figures)
 
     lines += ["## Evaluated trials", ""]
     if len(tables["selected_trials"]):
@@ -267,4 +269,62 @@ def seed_section(analysis: Analysis) -> list[str]:
             lines.append(f"- {row.dataset}: {row.model} − {row.versus}: {row[4]:+.3f}{spread} over {row.seeds} seed(s)")
         lines.append("")
     lines += [f"- {note}" for note in confirmation.notes] + ([""] if confirmation.notes else [])
+    return lines
+
+
+def _change_words(row) -> str:
+    if pd.isna(row.change):
+        return "undefined"
+    if pd.isna(row.change_lower) or pd.isna(row.change_upper):
+        return f"{row.change:+.3f}"
+    verdict = ("a drop" if row.change_upper < 0 else "a rise" if row.change_lower > 0
+               else "no distinguishable change")
+    return f"{row.change:+.3f} [{row.change_lower:+.2f}, {row.change_upper:+.2f}], {verdict}"
+
+
+def elsewhere_section(analysis: Analysis, figures: bool) -> list[str]:
+    """The selected models on the external sets and held-out sources, and where they look (Grad-CAM)."""
+    from study.analysis.external import ALL_PRESENT, EXTERNAL_METRICS, EXTERNAL_TITLES
+
+    internal = f"internal {analysis.split}"
+    lines = ["## Elsewhere: held-out sources and external sets", ""]
+    table = analysis.external
+    if len(table):
+        lines += [f"Each cell's model chosen on validation, evaluated once on every image of each set below, against "
+                  f"its figures on the {internal} split. A model that learnt its sources rather than the lungs scores "
+                  "well on a split of the same sources and drops on images from elsewhere. External sets rarely have "
+                  "every class, so the figures are those that exist with partial classes: accuracy, and each present "
+                  "class's recall and one-vs-rest ROC AUC; the means run over the classes present in both sets. "
+                  "Intervals: 95%, patient bootstrap of each set (resampled independently); the change is "
+                  "external − internal.", ""]
+        lines += [f"- **{s.name}** ({s.description}): {s.summary().partition(': ')[2]}" for s in analysis.external_sets]
+        lines.append("")
+        summary = table[table["class"] == ALL_PRESENT]
+        for (dataset, model, name), rows in summary.groupby(["dataset", "model", "set"], sort=False):
+            by_metric = {row.metric: row for row in rows.itertuples(index=False)}
+            parts = [f"{EXTERNAL_TITLES[m].lower()} {by_metric[m].internal:.3f} → {by_metric[m].external:.3f} "
+                     f"({_change_words(by_metric[m])})" for m in EXTERNAL_METRICS if m in by_metric]
+            lines.append(f"- {dataset} / {model} on {name}: " + "; ".join(parts))
+        lines.append("")
+        for metric in (*EXTERNAL_METRICS, "recall", "roc_auc"):
+            shown = analysis.tables.get(f"_shown_external_{metric}")
+            if shown is not None and len(shown):
+                lines += [f"### {EXTERNAL_TITLES[metric]}" + (" per class" if metric in ("recall", "roc_auc") else ""),
+                          "", markdown_table(shown.rename(columns={"external": "on the set"})), ""]
+        lines += ["Every row, with its bounds, is in `tables/external_evaluation`.", ""]
+    if analysis.saliency:
+        lines += ["### Where the models look (Grad-CAM)", ""]
+        first = analysis.saliency[0]
+        lines += [f"Grad-CAM (captum's LayerGradCam) of the predicted class on the last convolutional layer, upsampled "
+                  f"to the input and laid over it (warm: the regions that raised the predicted class's score), for "
+                  f"{first.per_class} seeded image(s) per class of each set. Titles: true class → predicted class "
+                  "(probability). Maps at this input size are coarse (the layer's grid is named under each figure); "
+                  "weight on the image's borders, text or devices rather than the lungs is the shortcut to look for.",
+                  ""]
+        for panel in analysis.saliency:
+            name = f"gradcam_{panel.slug}"
+            if figures and name in analysis.figures:
+                lines += [f"![Grad-CAM, {panel.dataset} / {panel.model}](figures/{name}.png)", "",
+                          f"{panel.dataset} / {panel.model}: layer `{panel.layer}`, a {panel.grid} grid on "
+                          f"{panel.image_size} px input.", ""]
     return lines

@@ -71,6 +71,48 @@ def build_tables(analysis: Analysis) -> None:
         if importance.table is not None:
             tables[f"importance_{slug(importance.dataset)}"] = importance.table
     tables.update(per_class_tables(analysis))
+    if len(analysis.external):
+        tables.update(external_tables(analysis))
+
+
+def external_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
+    """The comparison with the external sets (every row), and per summary metric the cells' internal
+    figure, external figure and change, each with its interval, for report.md."""
+    from study.analysis.external import ALL_PRESENT, EXTERNAL_METRICS
+
+    table = analysis.external
+    tables = {"external_evaluation": table}
+    internal = f"internal {analysis.split}"
+    for metric in (*EXTERNAL_METRICS, "recall", "roc_auc"):
+        rows = table[table["metric"] == metric]
+        if metric in EXTERNAL_METRICS:
+            rows = rows[rows["class"] == ALL_PRESENT]
+        shown = pd.DataFrame({
+            "dataset": rows["dataset"], "model": rows["model"], "set": rows["set"],
+            **({} if metric in EXTERNAL_METRICS else {"class": rows["class"]}),
+            internal: [_figure(v, lo, hi) for v, lo, hi in zip(rows["internal"], rows["internal_lower"],
+                                                               rows["internal_upper"])],
+            "external": [_figure(v, lo, hi) for v, lo, hi in zip(rows["external"], rows["external_lower"],
+                                                                 rows["external_upper"])],
+            "change": [_figure(v, lo, hi, signed=True) for v, lo, hi in zip(rows["change"], rows["change_lower"],
+                                                                            rows["change_upper"])],
+        })
+        if metric not in EXTERNAL_METRICS:
+            shown["note"] = rows["note"].to_numpy()
+        tables[f"_shown_external_{metric}"] = shown.reset_index(drop=True)
+    return tables
+
+
+def _figure(value: float, lower: float, upper: float, signed: bool = False) -> str:
+    """`0.712 [0.60, 0.81]`; `—` for a figure that does not exist (an absent class)."""
+    if pd.isna(value):
+        return "—"
+    text = f"{value:+.3f}" if signed else f"{value:.3f}"
+    if pd.isna(lower) and pd.isna(upper):
+        return text
+    if signed:
+        return f"{text} [{lower:+.2f}, {upper:+.2f}]" if not (pd.isna(lower) or pd.isna(upper)) else f"{text} [undefined]"
+    return f"{text} {interval_text(lower, upper)}"
 
 
 def comparison_tables(analysis: Analysis, cells: pd.DataFrame) -> dict[str, pd.DataFrame]:

@@ -118,6 +118,9 @@ class Analysis:
     bootstraps: dict[str, SplitBootstrap] = field(default_factory=dict)  # dataset -> its split resampled
     importances: list[Importance] = field(default_factory=list)          # one per dataset
     confirmation: Confirmation | None = None                             # study.confirm's seed repeats
+    external_sets: list = field(default_factory=list)  # study.analysis.external.ExternalSet, each evaluated
+    external: pd.DataFrame = field(default_factory=pd.DataFrame)  # internal split vs each external set
+    saliency: list = field(default_factory=list)       # study.analysis.saliency.SaliencyPanel, one per cell
 
     def best(self, dataset: str, model: str) -> Selected | None:
         return next((s for s in self.selected if (s.dataset, s.model, s.rank) == (dataset, model, 1)), None)

@@ -147,6 +147,29 @@ def metric_samples(y_true: np.ndarray, scores: np.ndarray, multilabel: bool, wei
     return MetricSamples(summary, {"precision": precision, "recall": recall, "f1": f1})
 
 
+def partial_class_samples(y_true: np.ndarray, scores: np.ndarray, classes_used: np.ndarray,
+                          weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Single-label figures that exist when a set lacks some classes, for each row of `weights`:
+    accuracy; each class's recall and one-vs-rest ROC AUC (NaN for a class absent from the set, or
+    without images of another class); and their means over `classes_used` (a boolean mask, the
+    classes present in every set being compared)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    scores = np.asarray(scores)
+    classes = scores.shape[1]
+    base = metric_samples(y_true, scores, False, weights)
+    present = np.bincount(y_true, minlength=classes) > 0
+    recall = np.where(present[None, :], base.per_class["recall"], np.nan)
+    auc = np.stack([_weighted_auc((y_true == k).astype(np.float64), scores[:, k], weights) if present[k]
+                    else np.full(len(weights), np.nan) for k in range(classes)], axis=1)
+    used = np.asarray(classes_used, dtype=bool)
+    with warnings.catch_warnings():  # no class used, or an AUC undefined in every used class: NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        recall_mean = np.nanmean(recall[:, used], axis=1) if used.any() else np.full(len(weights), np.nan)
+        auc_mean = np.nanmean(auc[:, used], axis=1) if used.any() else np.full(len(weights), np.nan)
+    return {"accuracy": base.summary["accuracy"], "recall_present": recall_mean, "roc_auc_present": auc_mean,
+            "recall": recall, "roc_auc": auc}
+
+
 def percentile_interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
     """The central `level` interval of the finite samples; (nan, nan) when there are none."""
     finite = np.asarray(samples, dtype=np.float64)

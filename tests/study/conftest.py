@@ -72,7 +72,13 @@ search:
 """
 
 
-def sample_subset(root: Path, per_class: int = 20) -> Path:
+@pytest.fixture(scope="session")
+def sample_subset():
+    """The `subset_of_sample(root, per_class)` builder, for tests that need their own study of the sample."""
+    return subset_of_sample
+
+
+def subset_of_sample(root: Path, per_class: int = 20) -> Path:
     """The embedded sample in its real layout, cut to at most `per_class` images per class (faster trials)."""
     index = load_dataset(GRID_DATASET, SAMPLE_ROOT)
     frame = index.frame.assign(label=index.frame["labels"].str[0])
@@ -96,7 +102,7 @@ def grid_study(ray_session, tmp_path_factory) -> Path:
     from study.run import build_parser, run_study, settings_from_args
 
     work = tmp_path_factory.mktemp("analyze-study")
-    data = sample_subset(work / "data")
+    data = subset_of_sample(work / "data")
     (work / "grid.yaml").write_text(GRID_SPACE)
     settings = settings_from_args(build_parser().parse_args([
         "--space", str(work / "grid.yaml"), "--dataset", GRID_DATASET, "--data-root", str(data),

@@ -1,0 +1,332 @@
+"""The selected models on images from elsewhere: other datasets, and the study's own held-out sources.
+
+Classifiers of chest X-rays trained on a mix of sources learn the source (text markers, laterality
+tags, processing, hospital) and score well on a held-out split of the same sources, then fail on a
+new hospital (DeGrave et al., Nature Machine Intelligence 2021). So each cell's model chosen on
+validation is also evaluated, once, on every image of each external set:
+
+- `--external NAME=DATASET:PATH`: any dataset cxrnets reads, with its loader options, decoded once
+  into the same cache at the study's image size; its labels reconciled with the study's classes
+  through a label map. Images whose label has no counterpart are counted and left out; a study
+  class the set lacks is reported absent, never scored.
+- the split's `heldout` part, where the study held out whole sources (cxrnets.splits).
+
+An external set rarely has every class, so it is scored on what exists with partial classes:
+accuracy, each present class's recall, and each present class's one-vs-rest ROC AUC; the summaries
+average over the classes present in both the external set and the internal split. Intervals come
+from the same patient bootstrap as the internal figures, the external set's patients resampled
+independently of the internal split's, and the change is the difference of the two.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrnets.data import DATASET_NAMES, load_dataset, parse_dataset_options
+from cxrnets.errors import CxrError
+from study.analysis.evaluation import StudyData, load_checkpoint, model_from_checkpoint
+from study.analysis.selection import Analysis, Selected
+from study.analysis.uncertainty import (group_strata, partial_class_samples, percentile_interval,
+                                        resample_weights)
+
+log = logging.getLogger("study.analyze")
+
+HELDOUT_SET = "held-out sources"
+# The summaries of an external comparison; per-class rows use "recall" and "roc_auc".
+EXTERNAL_METRICS = ("accuracy", "recall_present", "roc_auc_present")
+EXTERNAL_TITLES = {"accuracy": "Accuracy", "recall_present": "Mean recall of the classes present",
+                   "roc_auc_present": "Mean one-vs-rest ROC AUC of the classes present",
+                   "recall": "Recall", "roc_auc": "One-vs-rest ROC AUC"}
+ALL_PRESENT = "(classes present)"
+
+
+@dataclass
+class ExternalSpec:
+    """One `--external NAME=DATASET:PATH` and its `--dataset-option NAME:KEY=VALUE`s."""
+
+    name: str
+    dataset: str
+    path: str
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class ExternalSet:
+    """The images of one external set that the study's classes can score, for one study dataset."""
+
+    name: str
+    description: str
+    dataset: str                  # the study dataset whose models it evaluates
+    classes: list[str]            # the study's classes (the models' outputs)
+    images: np.ndarray            # decoded images (a cache's memmap); `rows` of it belong to the set
+    rows: np.ndarray
+    y_true: np.ndarray            # class indices into `classes`
+    groups: np.ndarray            # each image's patient (leakage group): the bootstrap's unit
+    left_out: dict[str, int] = field(default_factory=dict)  # external label without a counterpart -> images
+    skipped: dict[str, int] = field(default_factory=dict)   # the loader's skips (undecodable, absent, ...)
+
+    @property
+    def present(self) -> np.ndarray:
+        return np.bincount(self.y_true, minlength=len(self.classes)) > 0
+
+    def summary(self) -> str:
+        counts = np.bincount(self.y_true, minlength=len(self.classes))
+        text = (f"{self.name}: {len(self.y_true)} images of {len(np.unique(self.groups))} patients ("
+                + ", ".join(f"{c} {n}" for c, n in zip(self.classes, counts) if n) + ")")
+        absent = [c for c, n in zip(self.classes, counts) if not n]
+        if absent:
+            text += f"; absent: {', '.join(absent)}"
+        if self.left_out:
+            text += "; left out (no counterpart among the study's classes): " + ", ".join(
+                f"{label} {count}" for label, count in sorted(self.left_out.items()))
+        skipped = {reason: count for reason, count in self.skipped.items() if count}
+        if skipped:
+            text += "; skipped: " + ", ".join(f"{reason} {count}" for reason, count in skipped.items())
+        return text
+
+
+# ------------------------------------------------------------------ command-line input
+
+def parse_externals(items: list[str] | None, option_items: list[str] | None) -> list[ExternalSpec]:
+    """`--external NAME=DATASET:PATH` flags, with their `--dataset-option [NAME:]KEY=VALUE`s."""
+    specs: dict[str, ExternalSpec] = {}
+    for item in items or []:
+        name, equals, rest = item.partition("=")
+        dataset, colon, path = rest.partition(":")
+        name, dataset = name.strip(), dataset.strip()
+        if not (equals and colon and name and dataset and path):
+            raise CxrError(f"--external {item!r}: write NAME=DATASET:PATH, e.g. hospital-b=csv:/data/b/labels.csv")
+        if dataset not in DATASET_NAMES:
+            raise CxrError(f"--external {item!r}: unknown dataset {dataset!r}; choose one of {', '.join(DATASET_NAMES)}")
+        if name in specs or name == HELDOUT_SET:
+            raise CxrError(f"--external {item!r}: the name {name!r} is taken; give each external set its own name")
+        specs[name] = ExternalSpec(name, dataset, str(Path(path).expanduser()))
+    if option_items and not specs:
+        raise CxrError("--dataset-option in the analysis applies to --external sets, and none is given (the study's "
+                       "own datasets keep the options saved in study.json)")
+    for name, options in parse_dataset_options(option_items, {n: s.dataset for n, s in specs.items()}).items():
+        specs[name].options.update(options)
+    return list(specs.values())
+
+
+def parse_label_map(items: list[str] | None) -> dict[str, str]:
+    """`--label-map` flags: YAML files of `external label: study class`, or inline `EXTERNAL=STUDY`."""
+    import yaml
+
+    mapping: dict[str, str] = {}
+    for item in items or []:
+        path = Path(item).expanduser()
+        if path.suffix.lower() in (".yaml", ".yml", ".json") or path.is_file():
+            try:
+                document = yaml.safe_load(path.read_text())
+            except OSError as error:
+                raise CxrError(f"--label-map {item}: cannot read it ({error.strerror}); pass a YAML file of "
+                               "'external label: study class' lines, or EXTERNAL=STUDY") from error
+            except yaml.YAMLError as error:
+                raise CxrError(f"--label-map {item}: not YAML ({str(error).splitlines()[0]})") from error
+            if not isinstance(document, dict):
+                raise CxrError(f"--label-map {item}: holds no mapping; write one 'external label: study class' per line")
+            mapping.update({str(key).strip(): str(value).strip() for key, value in document.items()})
+            continue
+        external, equals, study = item.partition("=")
+        if not (equals and external.strip() and study.strip()):
+            raise CxrError(f"--label-map {item!r}: write EXTERNAL=STUDY (e.g. \"No finding=No Finding\") or name "
+                           "a YAML file")
+        mapping[external.strip()] = study.strip()
+    return mapping
+
+
+def check_label_map(label_map: dict[str, str], classes: list[str]) -> None:
+    wrong = {external: study for external, study in label_map.items() if study not in classes}
+    if wrong:
+        external, study = next(iter(wrong.items()))
+        raise CxrError(f"--label-map maps {external!r} to {study!r}, which is no class of the study "
+                       f"({', '.join(classes)})")
+
+
+def check_externals(data: StudyData, specs: list[ExternalSpec], label_map: dict[str, str]) -> None:
+    """Refuse, before anything is evaluated, external sets and label maps the study cannot score: a path
+    that does not exist, a set with no class in common, a map onto a class the study lacks, a multi-label
+    study. Reads indexes only (no image is decoded)."""
+    if not specs and not label_map:
+        return
+    settings = data.study.settings
+    for dataset, root in data.data_roots.items():
+        try:
+            study_index = load_dataset(dataset, root, **settings.dataset_options.get(dataset, {}))
+        except CxrError as error:
+            raise CxrError(f"cannot read the study's dataset {dataset} to check the external sets: {error}") from error
+        if study_index.multilabel:
+            raise CxrError(f"--external: the study's dataset {dataset} is multi-label; external evaluation scores "
+                           "single-label studies")
+        classes = list(study_index.classes)
+        check_label_map(label_map, classes)
+        for spec in specs:
+            try:
+                index = load_dataset(spec.dataset, spec.path, **spec.options)
+            except CxrError as error:
+                raise CxrError(f"--external {spec.name}: {error}") from error
+            labels = {label_map.get(labels[0], labels[0]) for labels in index.frame["labels"]}
+            if not labels & set(classes):
+                raise CxrError(f"--external {spec.name}: no class in common with the study: the set's classes are "
+                               f"{sorted({labels[0] for labels in index.frame['labels']})}, the study's {classes}; "
+                               "reconcile them with --label-map EXTERNAL=STUDY (or a YAML file)")
+
+
+# ------------------------------------------------------------------ the sets
+
+def load_external(spec: ExternalSpec, dataset: str, classes: list[str], label_map: dict[str, str],
+                  image_size: int, cache_dir: str | None) -> ExternalSet:
+    """Read, decode (once, into the cache) and label one external set for the models of `dataset`."""
+    from cxrnets.cache import build_cache
+    from cxrnets.splits import leakage_groups
+
+    try:
+        index = load_dataset(spec.dataset, spec.path, **spec.options)
+    except CxrError as error:
+        raise CxrError(f"--external {spec.name}: {error}") from error
+    if index.multilabel:
+        raise CxrError(f"--external {spec.name}: {spec.dataset} is multi-label; external evaluation scores "
+                       "single-label sets (use covid-chestxray-3class, folder or csv)")
+    cache = build_cache(index, image_size, cache_dir)
+    index = cache.index  # undecodable images left out, counted in index.skipped
+    labels = [labels[0] for labels in index.frame["labels"]]
+    position = {name: i for i, name in enumerate(classes)}
+    mapped = [label_map.get(label, label) for label in labels]
+    keep = np.array([name in position for name in mapped], dtype=bool)
+    if not keep.any():
+        raise CxrError(f"--external {spec.name}: no class in common with the study: the set's classes are "
+                       f"{sorted(set(labels))}, the study's {classes}; reconcile them with --label-map "
+                       "EXTERNAL=STUDY (or a YAML file)")
+    rows = np.flatnonzero(keep)
+    groups = leakage_groups(index.frame["patient"].astype(str), pd.Series(cache.sha1))[rows]
+    external = ExternalSet(
+        spec.name, f"{spec.dataset} at {spec.path}", dataset, list(classes), cache.images, rows,
+        np.array([position[mapped[i]] for i in rows], dtype=np.int64), groups,
+        dict(Counter(label for label, kept in zip(labels, keep) if not kept)), dict(index.skipped))
+    log.info("external %s", external.summary())
+    return external
+
+
+def heldout_set(data: StudyData, config, classes: list[str]) -> ExternalSet | None:
+    """The study split's held-out sources of `config`'s dataset, as an external set (None if it has none)."""
+    from cxrnets.splits import HELDOUT, leakage_groups
+
+    prepared = data.prepare(config)
+    rows = prepared.rows(HELDOUT)
+    if len(rows) == 0:
+        return None
+    sources = sorted(set(prepared.index.frame["source"].to_numpy()[rows])) if "source" in prepared.index.frame else []
+    groups = leakage_groups(prepared.split["patient"].astype(str), prepared.split["sha1"])[rows]
+    return ExternalSet(HELDOUT_SET, f"{config.dataset}'s held-out sources: {', '.join(sources)}", config.dataset,
+                       list(classes), prepared.images, rows, prepared.targets[rows], groups)
+
+
+def predict(checkpoint: dict, images: np.ndarray, rows: np.ndarray, device: str, batch_size: int = 64) -> np.ndarray:
+    """A checkpoint's class probabilities (len(rows), classes) on `rows` of the decoded `images`."""
+    import torch
+
+    from cxrnets.batches import Batches
+    from cxrnets.training import evaluate
+
+    model, target = model_from_checkpoint(checkpoint, device)
+    placeholder = np.zeros(len(images), dtype=np.int64)  # evaluate() computes a loss: targets it ignores here
+    _, _, scores = evaluate(model, Batches(images, placeholder, rows, batch_size, target, train=False),
+                            torch.nn.CrossEntropyLoss(), multilabel=False)
+    return scores
+
+
+# ------------------------------------------------------------------ the comparison
+
+def _figures(y_true: np.ndarray, scores: np.ndarray, groups: np.ndarray, classes_used: np.ndarray,
+             resamples: int, seed: int) -> tuple[dict, dict | None]:
+    """Point figures and, with resamples, their bootstrap samples (weights of ones give the points)."""
+    point = partial_class_samples(y_true, scores, classes_used, np.ones((1, len(y_true))))
+    if not resamples:
+        return point, None
+    weights = resample_weights(groups, group_strata(groups, y_true, False), resamples, seed)
+    return point, partial_class_samples(y_true, scores, classes_used, weights)
+
+
+def _column(figures: dict[str, np.ndarray], metric: str, k: int | None) -> np.ndarray:
+    """(resamples,) values of a summary metric, or of class k's column of a per-class one."""
+    return figures[metric] if k is None else figures[metric][:, k]
+
+
+def _interval(samples: np.ndarray | None) -> tuple[float, float]:
+    return percentile_interval(samples) if samples is not None else (float("nan"), float("nan"))
+
+
+def compare(chosen: Selected, external: ExternalSet, scores: np.ndarray, resamples: int, seed: int,
+            set_seed: int) -> list[dict]:
+    """Rows of the external comparison for one cell and one set: each summary metric, then each class."""
+    internal = chosen.evaluation
+    internal_present = np.bincount(internal.y_true, minlength=len(external.classes)) > 0
+    both = internal_present & external.present
+    inside, inside_samples = _figures(internal.y_true, internal.scores, internal.groups, both, resamples, seed)
+    outside, outside_samples = _figures(external.y_true, scores, external.groups, both, resamples, set_seed)
+    rows = []
+    base = {"dataset": chosen.dataset, "model": chosen.model, "trial_id": chosen.candidate.trial_id,
+            "set": external.name, "internal_images": len(internal.y_true), "external_images": len(external.y_true),
+            "external_patients": len(np.unique(external.groups))}
+    wanted = [(metric, ALL_PRESENT, None) for metric in EXTERNAL_METRICS]
+    wanted += [(metric, name, k) for metric in ("recall", "roc_auc") for k, name in enumerate(external.classes)]
+    for metric, class_name, k in wanted:
+        value_in, value_out = float(_column(inside, metric, k)[0]), float(_column(outside, metric, k)[0])
+        samples_in = _column(inside_samples, metric, k) if inside_samples is not None else None
+        samples_out = _column(outside_samples, metric, k) if outside_samples is not None else None
+        change = samples_out - samples_in if samples_in is not None else None
+        note = ""
+        if k is not None and not external.present[k]:
+            note = f"absent from {external.name}"
+        elif k is not None and not internal_present[k]:
+            note = f"absent from the internal {internal.split} split"
+        rows.append({**base, "metric": metric, "class": class_name, "internal": value_in,
+                     "internal_lower": _interval(samples_in)[0], "internal_upper": _interval(samples_in)[1],
+                     "external": value_out, "external_lower": _interval(samples_out)[0],
+                     "external_upper": _interval(samples_out)[1], "change": value_out - value_in,
+                     "change_lower": _interval(change)[0], "change_upper": _interval(change)[1], "note": note})
+    return rows
+
+
+def evaluate_elsewhere(analysis: Analysis, data: StudyData, specs: list[ExternalSpec], label_map: dict[str, str],
+                       resamples: int, device: str = "auto") -> pd.DataFrame:
+    """Each cell's best model (rank 1) on each external set and on its dataset's held-out sources:
+    the comparison table (one row per cell, set, metric and class); the sets go to analysis.external_sets."""
+    seed = analysis.study.settings.seed
+    rows: list[dict] = []
+    loaded: dict[tuple[str, str], ExternalSet] = {}
+    best = [chosen for chosen in analysis.selected if chosen.rank == 1]
+    for chosen in best:
+        if chosen.evaluation.multilabel:
+            if specs:
+                analysis.notes.append(f"{chosen.dataset}: external evaluation scores single-label studies; "
+                                      f"{chosen.dataset} is multi-label")
+            continue
+        classes = chosen.evaluation.classes
+        check_label_map(label_map, classes)
+        checkpoint = load_checkpoint(data.fetch(chosen.candidate.weights.uri))
+        config = data.train_config(checkpoint)
+        sets = []
+        held = heldout_set(data, config, classes)
+        if held is not None:
+            loaded.setdefault((held.name, chosen.dataset), held)
+            sets.append(held)
+        for spec in specs:
+            key = (spec.name, chosen.dataset)
+            if key not in loaded:
+                loaded[key] = load_external(spec, chosen.dataset, classes, label_map, config.image_size, data.cache_dir)
+            sets.append(loaded[key])
+        for number, external in enumerate(sets, 1):
+            scores = predict(checkpoint, external.images, external.rows, device)
+            log.info("%s / %s on %s: accuracy %.3f", chosen.dataset, chosen.model, external.name,
+                     float((scores.argmax(axis=1) == external.y_true).mean()))
+            rows += compare(chosen, external, scores, resamples, seed, seed + 1000 * number)
+    analysis.external_sets = list(loaded.values())
+    return pd.DataFrame(rows)

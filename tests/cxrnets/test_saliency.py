@@ -1,0 +1,42 @@
+"""Grad-CAM through captum on the three architectures: one map per input, at the input's size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cxrnets.errors import CxrError
+from cxrnets.models import build_model
+from cxrnets.saliency import gradcam_layer, grad_cam
+
+
+@pytest.mark.parametrize("model_name, size, layer, grid", [
+    ("alexnet", 64, "features.10", (3, 3)),
+    ("vgg11", 64, "features.18", (4, 4)),
+    ("resnet50", 64, "layer3", (4, 4)),   # layer4 would be 2x2 at 64 px
+    ("resnet50", 128, "layer4", (4, 4)),
+])
+def test_maps_for_each_architecture_differ_between_inputs(model_name, size, layer, grid):
+    torch.manual_seed(0)
+    model = build_model(model_name, 3)
+    inputs = torch.randn(2, 3, size, size)
+    inputs[1, :, : size // 2] += 3.0  # the second image is bright in its upper half
+    maps = grad_cam(model, model_name, inputs, [0, 0])
+    assert maps.layer == layer and maps.grid == grid
+    assert maps.maps.shape == (2, size, size) and np.isfinite(maps.maps).all()
+    assert maps.maps.min() >= 0 and maps.maps.max() <= 1
+    assert np.abs(maps.maps[0] - maps.maps[1]).max() > 0.05  # each input its own map
+
+
+def test_the_target_class_changes_the_map():
+    torch.manual_seed(1)
+    model = build_model("vgg11", 3)
+    inputs = torch.randn(1, 3, 64, 64).repeat(2, 1, 1, 1)
+    maps = grad_cam(model, "vgg11", inputs, [0, 2])
+    assert np.abs(maps.maps[0] - maps.maps[1]).max() > 0.05
+
+
+def test_unknown_model_is_refused():
+    with pytest.raises(CxrError, match="unknown model 'densenet'"):
+        gradcam_layer(torch.nn.Identity(), "densenet", 64)

@@ -1,0 +1,206 @@
+"""External evaluation and held-out sources: the selected models on images from elsewhere, with
+partial classes, a label map, left-out labels, undecodable images, and their Grad-CAM figures."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxrnets.errors import CxrError
+from study.analysis.external import ALL_PRESENT, HELDOUT_SET, parse_externals, parse_label_map
+from study.analyze import analyze, main
+from PIL import Image
+
+GRID_DATASET = "covid-chestxray-3class"  # the dataset of conftest.grid_study
+
+# The external set: a different source (synthetic images, another naming of the classes), with a class
+# the study lacks and none of its "Other pneumonia".
+EXTERNAL_ROWS = ([("COVID-19", f"b{p}", 200) for p in range(4) for _ in range(2)]
+                 + [("No finding", f"n{p}", 60) for p in range(5)]
+                 + [("Tuberculosis", "t0", 130), ("Tuberculosis", "t1", 130)])
+
+
+def external_csv(root: Path) -> Path:
+    rows = []
+    (root / "img").mkdir(parents=True)
+    for i, (label, patient, brightness) in enumerate(EXTERNAL_ROWS):
+        name = f"img/{i:02d}.png"
+        pixels = np.random.default_rng(70_000 + i).normal(brightness, 20, (80, 80)).clip(0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / name)
+        rows.append({"path": name, "finding": label, "subject": patient})
+    (root / "img" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
+    rows.append({"path": "img/broken.png", "finding": "COVID-19", "subject": "b9"})
+    with (root / "labels.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=["path", "finding", "subject"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root / "labels.csv"
+
+
+EXTERNAL_ARGS = ["--dataset-option", "hospital-b:label_column=finding",
+                 "--dataset-option", "hospital-b:patient_column=subject"]
+
+
+@pytest.fixture(scope="module")
+def external_analysis(grid_study, tmp_path_factory):
+    work = tmp_path_factory.mktemp("external")
+    labels = external_csv(work / "hospital-b")
+    specs = parse_externals([f"hospital-b=csv:{labels}"], [a for a in EXTERNAL_ARGS if a != "--dataset-option"])
+    label_map = parse_label_map(["No finding=No Finding"])
+    analysis = analyze(grid_study, out=work / "report", resamples=200, importance="none", externals=specs,
+                       label_map=label_map)
+    return analysis, work
+
+
+def test_the_external_set_is_read_with_its_options_and_label_map(external_analysis):
+    analysis, _ = external_analysis
+    [external] = analysis.external_sets
+    assert external.name == "hospital-b"
+    assert len(external.y_true) == 13 and len(np.unique(external.groups)) == 9  # 8 COVID-19 + 5 No Finding
+    assert external.left_out == {"Tuberculosis": 2}
+    assert external.skipped.get("undecodable image") == 1
+    assert [c for c, here in zip(external.classes, external.present) if not here] == ["Other pneumonia"]
+    summary = external.summary()
+    assert "absent: Other pneumonia" in summary and "Tuberculosis 2" in summary and "undecodable image 1" in summary
+
+
+def test_each_cell_is_compared_on_what_exists_with_partial_classes(external_analysis):
+    analysis, _ = external_analysis
+    table = analysis.external
+    assert set(table["model"]) == {"alexnet", "resnet50"} and set(table["set"]) == {"hospital-b"}
+    for model in ("alexnet", "resnet50"):
+        rows = table[table["model"] == model].set_index(["metric", "class"])
+        absent = rows.loc[("recall", "Other pneumonia")]
+        assert np.isnan(absent["external"]) and absent["note"] == "absent from hospital-b"
+        assert np.isnan(rows.loc[("roc_auc", "Other pneumonia"), "external"])
+        # The mean recall runs over the classes present in both sets: COVID-19 and No Finding.
+        recall = rows.loc[("recall", "COVID-19"), "external"], rows.loc[("recall", "No Finding"), "external"]
+        assert rows.loc[("recall_present", ALL_PRESENT), "external"] == pytest.approx(np.mean(recall))
+        accuracy = rows.loc[("accuracy", ALL_PRESENT)]
+        assert accuracy["external_lower"] <= accuracy["external"] <= accuracy["external_upper"]
+        assert accuracy["change"] == pytest.approx(accuracy["external"] - accuracy["internal"])
+        # 8 COVID-19 and 5 No Finding images: accuracy is the support-weighted mean of the two recalls
+        assert accuracy["external"] == pytest.approx((8 * recall[0] + 5 * recall[1]) / 13)
+        internal = [s for s in analysis.selected if s.model == model and s.rank == 1][0].evaluation
+        assert accuracy["internal"] == pytest.approx(internal.metrics["test/accuracy"])
+
+
+def test_the_report_shows_the_comparison_and_the_gradcam_figures(external_analysis):
+    analysis, work = external_analysis
+    report = (work / "report" / "report.md").read_text()
+    assert "## Elsewhere: held-out sources and external sets" in report
+    assert "- grid" not in report and "on hospital-b: accuracy" in report
+    assert "### Where the models look (Grad-CAM)" in report
+    assert (work / "report" / "tables" / "external_evaluation.csv").is_file()
+    for model in ("alexnet", "resnet50"):
+        figure = work / "report" / "figures" / f"gradcam_{GRID_DATASET}_{model}.png"
+        assert figure.is_file() and f"figures/{figure.name}" in report
+    panels = {panel.model: panel for panel in analysis.saliency}
+    assert [row.name for row in panels["resnet50"].rows] == ["internal test", "hospital-b"]
+    internal, external = panels["resnet50"].rows
+    assert len(internal.images) == 6 and len(external.images) == 4  # two per present class
+    assert set(external.true) == {"COVID-19", "No Finding"}
+    assert internal.maps.shape == (6, 64, 64) and 0 <= internal.maps.min() and internal.maps.max() <= 1
+    assert not np.allclose(internal.maps[0], internal.maps[-1])  # a map per image, not one for all
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--external", "x=csv:{labels}", "--label-map", "No finding=Healthy"],
+     r"--label-map maps 'No finding' to 'Healthy', which is no class of the study \(COVID-19, Other pneumonia, "
+     r"No Finding\)"),
+    (["--external", "x=csv:{labels}", "--dataset-option", "x:label_column=subject"],
+     r"--external x: no class in common with the study: the set's classes are \['b0', .*\], the study's "
+     r"\['COVID-19', 'Other pneumonia', 'No Finding'\]"),
+    (["--external", "x=csv:{tmp}/nowhere.csv"], r"--external x: data root .*nowhere.csv does not exist"),
+    (["--external", "x=csv:{labels}"], r"--external x: .*labels.csv: missing column\(s\) \['label'\]"),
+    (["--external", "x=lungs:{labels}"], r"--external 'x=lungs:.*': unknown dataset 'lungs'"),
+    (["--external", "x"], r"--external 'x': write NAME=DATASET:PATH"),
+    (["--dataset-option", "label_column=finding"], r"--dataset-option in the analysis applies to --external sets"),
+])
+def test_bad_external_input_is_refused_before_any_evaluation(grid_study, tmp_path, capsys, flags, message):
+    labels = external_csv(tmp_path / "set")
+    argv = [str(grid_study), "--out", str(tmp_path / "report"), "--bootstrap", "0", "--importance", "none",
+            *[flag.format(labels=labels, tmp=tmp_path) for flag in flags]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    import re
+    assert re.search(message, err), err
+    assert not (tmp_path / "report").exists()
+
+
+def test_a_checkpoint_of_other_classes_is_skipped_and_the_next_trial_evaluated(grid_study, tmp_path):
+    """Weights of another study's classes in place of a cell's best: reported, skipped; the cell's next
+    best trial is evaluated internally and elsewhere."""
+    import torch
+
+    from study.analysis.reading import open_study
+
+    study_dir = tmp_path / "grid"
+    shutil.copytree(grid_study, study_dir)
+    first = analyze(study_dir, out=tmp_path / "first", resamples=0, importance="none", formats=("csv",))
+    best = first.best(GRID_DATASET, "resnet50").candidate.trial_id
+    weights = Path(open_study(study_dir).weights[best].uri)
+    checkpoint = torch.load(weights, weights_only=True)
+    checkpoint["classes"] = ["normal", "covid", "pneumonia"]
+    torch.save(checkpoint, weights)
+    labels = external_csv(tmp_path / "set")
+    analysis = analyze(study_dir, out=tmp_path / "second", resamples=0, importance="none", formats=("csv",),
+                       externals=parse_externals([f"b=csv:{labels}"], ["label_column=finding"]),
+                       label_map={"No finding": "No Finding"})
+    assert any(best in note and "the checkpoint's classes ['normal', 'covid', 'pneumonia'] differ" in note
+               for note in analysis.notes)
+    replacement = analysis.best(GRID_DATASET, "resnet50").candidate.trial_id
+    assert replacement != best
+    assert set(analysis.external.loc[analysis.external["model"] == "resnet50", "trial_id"]) == {replacement}
+
+
+def test_label_map_from_a_yaml_file(tmp_path):
+    path = tmp_path / "map.yaml"
+    path.write_text("No finding: No Finding\nCOVID: COVID-19\n")
+    assert parse_label_map([str(path), "Normal=No Finding"]) == {
+        "No finding": "No Finding", "COVID": "COVID-19", "Normal": "No Finding"}
+    with pytest.raises(CxrError, match=r"--label-map .*missing.yaml: cannot read it"):
+        parse_label_map([str(tmp_path / "missing.yaml")])
+
+
+# ------------------------------------------------------------------ held-out sources
+
+
+@pytest.fixture(scope="module")
+def heldout_study(ray_session, tmp_path_factory, sample_subset) -> Path:
+    """One ResNet50 trial of 2 epochs on part of the embedded sample, radiopaedia.org held out."""
+    from study.run import build_parser, run_study, settings_from_args
+
+    work = tmp_path_factory.mktemp("heldout-study")
+    data = sample_subset(work / "data", per_class=30)
+    space = work / "one.yaml"
+    space.write_text("search:\n  model: {value: resnet50}\n  optimizer: {value: adam}\n  lr: {value: 1.0e-3}\n"
+                     "  batch_size: {value: 16}\n  pretrained: {value: false}\n")
+    settings = settings_from_args(build_parser().parse_args([
+        "--space", str(space), "--dataset", GRID_DATASET, "--data-root", str(data), "--num-samples", "1",
+        "--max-epochs", "2", "--image-size", "32", "--storage", str(work / "studies"), "--name", "heldout",
+        "--cache-dir", str(work / "cache"), "--dataset-option", "holdout_sources=radiopaedia.org"]))
+    run_study(settings)
+    return work / "studies" / "heldout"
+
+
+def test_held_out_sources_are_evaluated_beside_the_internal_test(heldout_study, tmp_path):
+    import pandas as pd
+
+    split = pd.read_csv(heldout_study / "splits" / f"{GRID_DATASET}.csv")
+    held = int((split["split"] == "heldout").sum())
+    assert held > 0
+    analysis = analyze(heldout_study, out=tmp_path / "report", resamples=200, importance="none")
+    [external] = analysis.external_sets
+    assert external.name == HELDOUT_SET and len(external.y_true) == held
+    assert "radiopaedia.org" in external.description
+    rows = analysis.external.set_index(["metric", "class"])
+    assert rows.loc[("accuracy", ALL_PRESENT), "external_images"] == held
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "resnet50 on held-out sources: accuracy" in report
+    assert [row.name for row in analysis.saliency[0].rows] == ["internal test", HELDOUT_SET]
