@@ -186,7 +186,7 @@ def plot_gradcam(panel: SaliencyPanel, path: Path) -> None:
     """One row per set: each image in grey with its Grad-CAM map laid over it."""
     plt = _pyplot()
     columns = max(len(row.images) for row in panel.rows)
-    figure, axes = plt.subplots(len(panel.rows), columns, figsize=(1.9 * columns, 2.1 * len(panel.rows) + 0.5),
+    figure, axes = plt.subplots(len(panel.rows), columns, figsize=(1.9 * columns, 2.4 * len(panel.rows) + 0.7),
                                 squeeze=False)
     for axis in axes.flat:
         axis.set_xticks([])

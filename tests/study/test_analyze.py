@@ -240,7 +240,8 @@ def test_report_files(evaluated, study_dir):
         assert heading in text
     figures = sorted(p.name for p in (report / "figures").iterdir())
     assert figures == sorted([f"confusion_{DATASET}_alexnet.png", f"confusion_{DATASET}_resnet50.png",
-                              f"curves_{DATASET}.png"])
+                              f"curves_{DATASET}.png", f"gradcam_{DATASET}_alexnet.png",
+                              f"gradcam_{DATASET}_resnet50.png"])
     for name in figures:
         path = report / "figures" / name
         assert f"](figures/{name})" in text
