@@ -30,9 +30,9 @@ import pandas as pd
 
 from cxrnets.data import DATASET_NAMES, load_dataset, parse_dataset_options
 from cxrnets.errors import CxrError
-from study.analysis.evaluation import StudyData, load_checkpoint, model_from_checkpoint
-from study.analysis.selection import Analysis, Selected
-from study.analysis.uncertainty import (group_strata, partial_class_samples, percentile_interval,
+from study.analysis.evaluation import Evaluation, StudyData, load_checkpoint, model_from_checkpoint
+from study.analysis.selection import Analysis
+from study.analysis.uncertainty import (BASELINE, group_strata, partial_class_samples, percentile_interval,
                                         resample_weights)
 
 log = logging.getLogger("study.analyze")
@@ -263,18 +263,17 @@ def _interval(samples: np.ndarray | None) -> tuple[float, float]:
     return percentile_interval(samples) if samples is not None else (float("nan"), float("nan"))
 
 
-def compare(chosen: Selected, external: ExternalSet, scores: np.ndarray, resamples: int, seed: int,
-            set_seed: int) -> list[dict]:
-    """Rows of the external comparison for one cell and one set: each summary metric, then each class."""
-    internal = chosen.evaluation
-    internal_present = np.bincount(internal.y_true, minlength=len(external.classes)) > 0
-    both = internal_present & external.present
-    inside, inside_samples = _figures(internal.y_true, internal.scores, internal.groups, both, resamples, seed)
+def compare(cell: dict, internal: Evaluation, internal_scores: np.ndarray, external: ExternalSet,
+            scores: np.ndarray, resamples: int, seed: int, set_seed: int) -> list[dict]:
+    """Rows of the external comparison for one cell (dataset, model, trial_id) and one set: each summary
+    metric, then each class. `internal_scores`: the cell's scores on the images of `internal`."""
+    counts_in = np.bincount(internal.y_true, minlength=len(external.classes))
+    counts_out = np.bincount(external.y_true, minlength=len(external.classes))
+    both = (counts_in > 0) & (counts_out > 0)
+    inside, inside_samples = _figures(internal.y_true, internal_scores, internal.groups, both, resamples, seed)
     outside, outside_samples = _figures(external.y_true, scores, external.groups, both, resamples, set_seed)
     rows = []
-    base = {"dataset": chosen.dataset, "model": chosen.model, "trial_id": chosen.candidate.trial_id,
-            "set": external.name, "internal_images": len(internal.y_true), "external_images": len(external.y_true),
-            "external_patients": len(np.unique(external.groups))}
+    base = {**cell, "set": external.name, "external_patients": len(np.unique(external.groups))}
     wanted = [(metric, ALL_PRESENT, None) for metric in EXTERNAL_METRICS]
     wanted += [(metric, name, k) for metric in ("recall", "roc_auc") for k, name in enumerate(external.classes)]
     for metric, class_name, k in wanted:
@@ -283,15 +282,18 @@ def compare(chosen: Selected, external: ExternalSet, scores: np.ndarray, resampl
         samples_out = _column(outside_samples, metric, k) if outside_samples is not None else None
         change = samples_out - samples_in if samples_in is not None else None
         note = ""
-        if k is not None and not external.present[k]:
+        if k is not None and not counts_out[k]:
             note = f"absent from {external.name}"
-        elif k is not None and not internal_present[k]:
+        elif k is not None and not counts_in[k]:
             note = f"absent from the internal {internal.split} split"
-        rows.append({**base, "metric": metric, "class": class_name, "internal": value_in,
-                     "internal_lower": _interval(samples_in)[0], "internal_upper": _interval(samples_in)[1],
-                     "external": value_out, "external_lower": _interval(samples_out)[0],
-                     "external_upper": _interval(samples_out)[1], "change": value_out - value_in,
-                     "change_lower": _interval(change)[0], "change_upper": _interval(change)[1], "note": note})
+        rows.append({**base, "metric": metric, "class": class_name,
+                     "internal_images": len(internal.y_true) if k is None else int(counts_in[k]),
+                     "external_images": len(external.y_true) if k is None else int(counts_out[k]),
+                     "internal": value_in, "internal_lower": _interval(samples_in)[0],
+                     "internal_upper": _interval(samples_in)[1], "external": value_out,
+                     "external_lower": _interval(samples_out)[0], "external_upper": _interval(samples_out)[1],
+                     "change": value_out - value_in, "change_lower": _interval(change)[0],
+                     "change_upper": _interval(change)[1], "note": note})
     return rows
 
 
@@ -301,6 +303,7 @@ def evaluate_elsewhere(analysis: Analysis, data: StudyData, specs: list[External
     the comparison table (one row per cell, set, metric and class); the sets go to analysis.external_sets."""
     seed = analysis.study.settings.seed
     rows: list[dict] = []
+    baselines: dict[tuple[str, str], list[dict]] = {}
     loaded: dict[tuple[str, str], ExternalSet] = {}
     best = [chosen for chosen in analysis.selected if chosen.rank == 1]
     for chosen in best:
@@ -323,10 +326,18 @@ def evaluate_elsewhere(analysis: Analysis, data: StudyData, specs: list[External
             if key not in loaded:
                 loaded[key] = load_external(spec, chosen.dataset, classes, label_map, config.image_size, data.cache_dir)
             sets.append(loaded[key])
+        cell = {"dataset": chosen.dataset, "model": chosen.model, "trial_id": chosen.candidate.trial_id}
+        internal = chosen.evaluation
         for number, external in enumerate(sets, 1):
             scores = predict(checkpoint, external.images, external.rows, device)
             log.info("%s / %s on %s: accuracy %.3f", chosen.dataset, chosen.model, external.name,
                      float((scores.argmax(axis=1) == external.y_true).mean()))
-            rows += compare(chosen, external, scores, resamples, seed, seed + 1000 * number)
+            rows += compare(cell, internal, internal.scores, external, scores, resamples, seed, seed + 1000 * number)
+            if (chosen.dataset, external.name) not in baselines:
+                # The training split's majority class, always: what accuracy owes to each set's class mix.
+                constant = np.tile(internal.baseline_scores[0], (len(external.y_true), 1))
+                baselines[(chosen.dataset, external.name)] = compare(
+                    {"dataset": chosen.dataset, "model": BASELINE, "trial_id": ""}, internal,
+                    internal.baseline_scores, external, constant, resamples, seed, seed + 1000 * number)
     analysis.external_sets = list(loaded.values())
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows + [row for rows in baselines.values() for row in rows])

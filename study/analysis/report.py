@@ -296,13 +296,15 @@ def elsewhere_section(analysis: Analysis, figures: bool) -> list[str]:
                   "every class, so the figures are those that exist with partial classes: accuracy, and each present "
                   "class's recall and one-vs-rest ROC AUC; the means run over the classes present in both sets. "
                   "Intervals: 95%, patient bootstrap of each set (resampled independently); the change is "
-                  "external − internal.", ""]
+                  "external − internal. Accuracy moves with a set's class mix: the majority-class predictor's rows "
+                  "show how much of a change the mix alone makes; the recall and AUC means do not depend on it.", ""]
         lines += [f"- **{s.name}** ({s.description}): {s.summary().partition(': ')[2]}" for s in analysis.external_sets]
         lines.append("")
         summary = table[table["class"] == ALL_PRESENT]
         for (dataset, model, name), rows in summary.groupby(["dataset", "model", "set"], sort=False):
             by_metric = {row.metric: row for row in rows.itertuples(index=False)}
-            parts = [f"{EXTERNAL_TITLES[m].lower()} {by_metric[m].internal:.3f} → {by_metric[m].external:.3f} "
+            parts = [f"{EXTERNAL_TITLES[m][0].lower()}{EXTERNAL_TITLES[m][1:]} {by_metric[m].internal:.3f} → "
+                     f"{by_metric[m].external:.3f} "
                      f"({_change_words(by_metric[m])})" for m in EXTERNAL_METRICS if m in by_metric]
             lines.append(f"- {dataset} / {model} on {name}: " + "; ".join(parts))
         lines.append("")

@@ -89,7 +89,8 @@ def external_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
             rows = rows[rows["class"] == ALL_PRESENT]
         shown = pd.DataFrame({
             "dataset": rows["dataset"], "model": rows["model"], "set": rows["set"],
-            **({} if metric in EXTERNAL_METRICS else {"class": rows["class"]}),
+            **({} if metric in EXTERNAL_METRICS else {"class": rows["class"], "images (internal, set)": [
+                f"{a}, {b}" for a, b in zip(rows["internal_images"], rows["external_images"])]}),
             internal: [_figure(v, lo, hi) for v, lo, hi in zip(rows["internal"], rows["internal_lower"],
                                                                rows["internal_upper"])],
             "external": [_figure(v, lo, hi) for v, lo, hi in zip(rows["external"], rows["external_lower"],

@@ -12,6 +12,7 @@ import pytest
 
 from cxrnets.errors import CxrError
 from study.analysis.external import ALL_PRESENT, HELDOUT_SET, parse_externals, parse_label_map
+from study.analysis.uncertainty import BASELINE
 from study.analyze import analyze, main
 from PIL import Image
 
@@ -71,7 +72,7 @@ def test_the_external_set_is_read_with_its_options_and_label_map(external_analys
 def test_each_cell_is_compared_on_what_exists_with_partial_classes(external_analysis):
     analysis, _ = external_analysis
     table = analysis.external
-    assert set(table["model"]) == {"alexnet", "resnet50"} and set(table["set"]) == {"hospital-b"}
+    assert set(table["model"]) == {"alexnet", "resnet50", BASELINE} and set(table["set"]) == {"hospital-b"}
     for model in ("alexnet", "resnet50"):
         rows = table[table["model"] == model].set_index(["metric", "class"])
         absent = rows.loc[("recall", "Other pneumonia")]
@@ -87,6 +88,12 @@ def test_each_cell_is_compared_on_what_exists_with_partial_classes(external_anal
         assert accuracy["external"] == pytest.approx((8 * recall[0] + 5 * recall[1]) / 13)
         internal = [s for s in analysis.selected if s.model == model and s.rank == 1][0].evaluation
         assert accuracy["internal"] == pytest.approx(internal.metrics["test/accuracy"])
+        assert rows.loc[("recall", "COVID-19"), "external_images"] == 8
+    # The majority-class predictor (COVID-19, the training split's largest class): its accuracy on the
+    # set is the set's share of COVID-19 images, the part of any change that the class mix alone makes.
+    constant = table[table["model"] == BASELINE].set_index(["metric", "class"])
+    assert constant.loc[("accuracy", ALL_PRESENT), "external"] == pytest.approx(8 / 13)
+    assert constant.loc[("roc_auc_present", ALL_PRESENT), "external"] == pytest.approx(0.5)
 
 
 def test_the_report_shows_the_comparison_and_the_gradcam_figures(external_analysis):
@@ -199,7 +206,7 @@ def test_held_out_sources_are_evaluated_beside_the_internal_test(heldout_study, 
     [external] = analysis.external_sets
     assert external.name == HELDOUT_SET and len(external.y_true) == held
     assert "radiopaedia.org" in external.description
-    rows = analysis.external.set_index(["metric", "class"])
+    rows = analysis.external[analysis.external["model"] == "resnet50"].set_index(["metric", "class"])
     assert rows.loc[("accuracy", ALL_PRESENT), "external_images"] == held
     report = (tmp_path / "report" / "report.md").read_text()
     assert "resnet50 on held-out sources: accuracy" in report
