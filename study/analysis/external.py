@@ -172,11 +172,15 @@ def check_externals(data: StudyData, specs: list[ExternalSpec], label_map: dict[
                 index = load_dataset(spec.dataset, spec.path, **spec.options)
             except CxrError as error:
                 raise CxrError(f"--external {spec.name}: {error}") from error
-            labels = {label_map.get(labels[0], labels[0]) for labels in index.frame["labels"]}
-            if not labels & set(classes):
-                raise CxrError(f"--external {spec.name}: no class in common with the study: the set's classes are "
-                               f"{sorted({labels[0] for labels in index.frame['labels']})}, the study's {classes}; "
-                               "reconcile them with --label-map EXTERNAL=STUDY (or a YAML file)")
+            labels = {labels[0] for labels in index.frame["labels"]}
+            if not {label_map.get(label, label) for label in labels} & set(classes):
+                raise no_common_class(spec, labels, classes)
+
+
+def no_common_class(spec: ExternalSpec, labels, classes: list[str]) -> CxrError:
+    return CxrError(f"--external {spec.name}: no class in common with the study: the set's classes are "
+                    f"{sorted(set(labels))}, the study's {classes}; reconcile them with --label-map EXTERNAL=STUDY "
+                    "(or a YAML file)")
 
 
 # ------------------------------------------------------------------ the sets
@@ -200,10 +204,8 @@ def load_external(spec: ExternalSpec, dataset: str, classes: list[str], label_ma
     position = {name: i for i, name in enumerate(classes)}
     mapped = [label_map.get(label, label) for label in labels]
     keep = np.array([name in position for name in mapped], dtype=bool)
-    if not keep.any():
-        raise CxrError(f"--external {spec.name}: no class in common with the study: the set's classes are "
-                       f"{sorted(set(labels))}, the study's {classes}; reconcile them with --label-map "
-                       "EXTERNAL=STUDY (or a YAML file)")
+    if not keep.any():  # possible here only when the images in common could not be decoded
+        raise no_common_class(spec, labels, classes)
     rows = np.flatnonzero(keep)
     groups = leakage_groups(index.frame["patient"].astype(str), pd.Series(cache.sha1))[rows]
     external = ExternalSet(
