@@ -400,7 +400,7 @@ def bench_trainable(bench: Bench) -> None:
     from cxrnets.training import TrainingRun, prepare_data
     from study import storage
     from study.checkpoints import CHECKPOINT_PREFIX, TrialWeights, sidecar_uri
-    from study.settings import DEFAULTS
+    from study.settings import DEFAULTS, metric_mode
 
     s = bench.settings
     cache_dir = bench.workdir / "cache"
@@ -424,7 +424,7 @@ def bench_trainable(bench: Bench) -> None:
         study_uri = str(bench.workdir / "trainable-storage" / model)
         trial_id = f"bench_{model}"
         trial_folder = Path(study_uri) / f"{trial_id}_{model}"
-        weights = TrialWeights(study_uri, trial_id, metric, "min" if metric.endswith("loss") else "max")
+        weights = TrialWeights(study_uri, trial_id, metric, metric_mode(metric))
         samples: dict[str, list[float]] = {k: [] for k in ("bare_images", "bare_seconds", "trained_images",
                                                            "trainable_seconds", "bytes", *TRAINABLE_PARTS)}
         weights_writes, full_states, weights_bytes, state_bytes = 0, 0, 0, 0
@@ -830,6 +830,7 @@ def search_space_text(s: Settings, sampler: str) -> str:
 
 def bench_search(bench: Bench) -> None:
     from study.results import read_results
+    from study.settings import metric_mode
     from study.space import load_space
     from study.tables import best_epochs
 
@@ -838,7 +839,7 @@ def bench_search(bench: Bench) -> None:
     configs = len(load_space(bench.workdir / "search-grid.yaml").grid())
     samples = s.search_samples or configs
     metric = s.search_metric
-    mode = "min" if metric.endswith("loss") else "max"
+    mode = metric_mode(metric)
     grid = run_study_command(bench, "search-grid", studies["search-grid"])
     asha = run_study_command(bench, "search-asha", studies["search-asha"])
     outcome = {}

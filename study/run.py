@@ -40,8 +40,9 @@ from cxrnets.training import SPLIT_COLUMNS, align_split  # noqa: E402
 from study import storage  # noqa: E402
 from study.checkpoints import WEIGHTS_DIR, CheckpointPolicy, WeightsKeeper, parse_keep, prune_weights  # noqa: E402
 from study.results import ResultsTable, read_results, read_trial_events  # noqa: E402
-from study.settings import (CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DEFAULTS, METRICS,  # noqa: E402
-                            StudySettings, load_settings, read_split, save_settings, settings_uri, split_uri)
+from study.settings import (CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DEFAULTS, METRICS, TIE_BREAK,  # noqa: E402
+                            StudySettings, load_settings, metric_mode, read_split, save_settings, settings_uri,
+                            split_uri)
 from study.space import load_space  # noqa: E402
 from study.tables import comparison_table, markdown_table  # noqa: E402
 from study.trainable import (TrialContext, dataset_missing_message, storage_not_shared_message,  # noqa: E402
@@ -84,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="ASHA keeps 1/this of trials at each rung (default: the space's, else 2)")
     add("--metric", default=None, choices=METRICS, help="validation metric that ASHA and Optuna optimise "
         "(default: the space's, else val/f1_macro; minimised if it is a loss)")
+    add("--tie-break", default=TIE_BREAK, choices=(*METRICS, "none"),
+        help="ASHA's rungs rank trials at equal best metric by this second validation metric (its value at the "
+             "trial's best epoch), so that trials tied on the constant prediction are stopped when others at the "
+             "rung are better on it; none for plain ties")
     add("--image-size", type=int, default=None, help="square input size in pixels (default: space's, else 64)")
     add("--cpus-per-trial", type=float, default=1.0, help="CPU cores reserved per trial")
     add("--gpus-per-trial", type=float, default=0.0,
@@ -132,6 +137,8 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
                     study["grace_period"], args.max_epochs, args.max_epochs)
         study["grace_period"] = args.max_epochs
     image_size = pick("image_size")
+    # A tie-break on the study metric itself breaks nothing.
+    tie_break = None if args.tie_break in ("none", pick("metric")) else args.tie_break
     if space.values_of("image_size") and args.image_size is not None:
         raise CxrError("--image-size conflicts with the space's image_size dimension; drop one")
     settings = StudySettings(
@@ -140,7 +147,7 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
         space=document, space_source=str(source), data_roots=_data_roots(args.data_root, datasets),
         image_size=image_size, num_samples=pick("num_samples"), max_epochs=pick("max_epochs"),
         grace_period=pick("grace_period"), reduction_factor=pick("reduction_factor"), metric=pick("metric"),
-        mode="min" if pick("metric").endswith("loss") else "max", cpus_per_trial=args.cpus_per_trial,
+        mode=metric_mode(pick("metric")), tie_break=tie_break, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
         seed=args.seed, cache_dir=args.cache_dir, checkpoint_every=args.checkpoint_every,
         checkpoint_minutes=args.checkpoint_minutes, keep=parse_keep(args.keep),
@@ -395,9 +402,9 @@ def trial_context(settings: StudySettings, splits: dict[str, pd.DataFrame], weig
 
 def build_tuner(settings: StudySettings, splits: dict[str, pd.DataFrame], resume: bool):
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
     from study.asha import BestEpochASHA
+    from study.searcher import BestEpochOptunaSearch
 
     space = settings.search_space()
     trainable = tune.with_resources(tune.with_parameters(train_trial, context=trial_context(settings, splits)),
@@ -408,10 +415,11 @@ def build_tuner(settings: StudySettings, splits: dict[str, pd.DataFrame], resume
     if first:
         log.info("the first %d trials cover every combination of %s; then %s proposes",
                  min(len(first), settings.num_samples), " x ".join(space.cover_first), space.sampler.upper())
-    searcher = OptunaSearch(space, metric=settings.metric, mode=settings.mode, points_to_evaluate=first or None,
+    searcher = BestEpochOptunaSearch(space, metric=settings.metric, mode=settings.mode, points_to_evaluate=first or None,
                             sampler=space.make_sampler(settings.seed), study_name=settings.name)
     scheduler = BestEpochASHA(time_attr="training_iteration", max_t=settings.max_epochs,
-                              grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)
+                              grace_period=settings.grace_period, reduction_factor=settings.reduction_factor,
+                              tie_break=settings.tie_break, tie_break_mode=metric_mode(settings.tie_break or ""))
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(

@@ -21,6 +21,7 @@ SETTINGS_FILE = "study.json"
 # What ASHA and Optuna may optimise: the validation metrics every trial reports (losses are minimised).
 METRICS = ("val/f1_macro", "val/accuracy", "val/precision_macro", "val/recall_macro", "val/loss",
            "val/subset_accuracy", "val/f1_micro", "val/roc_auc_macro", "train/loss")
+TIE_BREAK = "val/loss"  # what ASHA's rungs rank tied trials by (study.asha)
 # Used where neither the command line nor the space says.
 DEFAULTS = {"dataset": "covid-chestxray-3class", "image_size": 64, "num_samples": 10, "max_epochs": 4,
             "grace_period": 1, "reduction_factor": 2, "metric": "val/f1_macro"}
@@ -55,6 +56,7 @@ class StudySettings:
     checkpoint_minutes: float = CHECKPOINT_MINUTES
     keep: int | str = 1  # best weights kept after the study: each (dataset, model) cell's k best trials, or "all"
     dataset_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # dataset -> its loader's options
+    tie_break: str | None = None  # ASHA's second metric for ties (None: plain ties, as studies before it had)
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # majority class, per dataset
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
 
@@ -64,6 +66,11 @@ class StudySettings:
 
     def search_space(self) -> SearchSpace:
         return parse_space(self.space, self.space_source, self.name)
+
+
+def metric_mode(metric: str) -> str:
+    """min for a loss, else max."""
+    return "min" if metric.endswith("loss") else "max"
 
 
 def settings_uri(study_uri: str) -> str:

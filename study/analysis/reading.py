@@ -17,7 +17,7 @@ from cxrnets.models import MODEL_NAMES
 from study import storage
 from study.checkpoints import BestWeights, read_best_weights
 from study.results import read_results, read_trial_events
-from study.settings import StudySettings, load_settings
+from study.settings import StudySettings, load_settings, metric_mode
 
 log = logging.getLogger("study.analyze")
 
@@ -72,7 +72,7 @@ def resolve_metric(study: Study, metric: str | None) -> tuple[str, str]:
     available = sorted(c for c in study.results.columns if c.startswith("val/"))
     if metric not in study.results.columns:
         raise CxrError(f"--metric {metric}: the study did not record it; recorded: {', '.join(available)}")
-    mode = study.settings.mode if metric == study.settings.metric else ("min" if metric.endswith("loss") else "max")
+    mode = study.settings.mode if metric == study.settings.metric else metric_mode(metric)
     return metric, mode
 
 

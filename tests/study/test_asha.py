@@ -90,3 +90,63 @@ def test_the_best_epochs_survive_a_restore(tmp_path):
         == TrialScheduler.CONTINUE
     assert restored.on_trial_result(None, trials["learner"], {"training_iteration": 4, "val/f1_macro": 0.283}) \
         == TrialScheduler.CONTINUE
+
+
+# ------------------------------------------------------------------ ties broken by a second metric
+
+def run_pairs(scheduler, curves: dict[str, list[tuple[float, float]]]) -> dict[str, int]:
+    """As run(), each epoch reporting (val/f1_macro, val/loss)."""
+    scheduler.set_search_properties("val/f1_macro", "max")
+    trials = {name: SimpleNamespace(trial_id=name) for name in curves}
+    for trial in trials.values():
+        scheduler.on_trial_add(None, trial)
+    epochs = {name: 0 for name in curves}
+    running = set(curves)
+    for epoch in range(1, 7):
+        for name in curves:
+            if name in running:
+                epochs[name] = epoch
+                f1, loss = curves[name][epoch - 1]
+                result = {"training_iteration": epoch, "val/f1_macro": f1, "val/loss": loss}
+                if scheduler.on_trial_result(None, trials[name], result) == TrialScheduler.STOP:
+                    running.discard(name)
+    return epochs
+
+
+def tie_breaking(**options):
+    return BestEpochASHA(time_attr="training_iteration", max_t=6, grace_period=2, reduction_factor=2,
+                         tie_break="val/loss", tie_break_mode="min", **options)
+
+
+# Four trials on the constant prediction (the same macro-F1 every epoch), their losses apart.
+STUCK = {name: [(0.297, loss)] * 6 for name, loss in (("a", 1.10), ("b", 1.08), ("c", 1.12), ("d", 1.05))}
+
+
+def test_trials_tied_on_the_constant_prediction_are_stopped_by_their_loss():
+    assert run(asha(BestEpochASHA), {name: [f1 for f1, _ in curve] for name, curve in STUCK.items()}) == \
+        {"a": 6, "b": 6, "c": 6, "d": 6}  # plain ties: nothing stops
+    epochs = run_pairs(tie_breaking(), STUCK)
+    assert epochs["c"] == 2  # the worst loss of the rung
+    assert epochs["d"] == 6  # the best loss goes on
+    assert sum(epochs.values()) < 24
+
+
+def test_a_late_learner_whose_best_is_not_below_the_cutoff_is_kept():
+    """The measured ResNet50 curve, with its loss falling while its F1 dips: at the epoch-2 rung its best
+    (0.297 at epoch 1, loss 1.06) ties the constant trials on F1 and beats most of them on loss."""
+    learner = list(zip(LEARNER, [1.06, 1.07, 1.02, 0.98, 0.97, 0.90]))
+    epochs = run_pairs(tie_breaking(), {**STUCK, "learner": learner})
+    assert epochs["learner"] == 6
+    assert epochs["c"] == 2
+
+
+def test_the_metric_still_comes_first():
+    """A better macro-F1 wins whatever the losses: the tie-break only orders equal metrics."""
+    curves = {"low-loss": [(0.297, 0.50)] * 6, "better-f1": [(0.31, 2.0)] * 6, "worse": [(0.2, 0.1)] * 6}
+    epochs = run_pairs(tie_breaking(), curves)
+    assert epochs["better-f1"] == 6 and epochs["worse"] == 2
+
+
+def test_trials_without_the_tie_break_metric_are_judged_on_the_metric_alone():
+    curves = {name: [f1 for f1, _ in curve] for name, curve in STUCK.items()}
+    assert run(tie_breaking(), curves) == {"a": 6, "b": 6, "c": 6, "d": 6}
