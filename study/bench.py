@@ -66,6 +66,8 @@ GOALS = (
     ("orchestration/first_epoch_seconds", "<=", 20.0, "first epoch reported <= 20 s after the command starts"),
     ("search/best_gap", "<=", 0.01, "ASHA + Optuna best within 0.01 of the full grid's best"),
     ("search/epochs_ratio", "<=", 1 / 3, "ASHA + Optuna spends <= 1/3 of the full grid's epochs"),
+    ("search/best_gap_vs_optuna", "<=", 0.01, "the study's best within 0.01 of plain Optuna's on the same budget"),
+    ("search/epochs_vs_optuna", "<=", 1.0, "the study spends no more epochs than plain Optuna with its pruner"),
     # Meant for the default study (the full preset); the quick and smoke presets print it all the same.
     ("storage/demo_bytes_left", "<=", 1.5e9, "the default study leaves <= 1.5 GB in its storage"),
     ("storage/s3_analysis_vs_local", "<=", 2.0, "the analysis of a study in S3 takes <= 2x the local one's time"),
@@ -865,6 +867,7 @@ def bench_search(bench: Bench) -> None:
             "wall_seconds": round(study.wall_seconds, 1), "log": study.log_file,
         }
         _drop_model_files(study.study_uri)
+    outcome["optuna"] = plain_optuna_search(bench, bench.workdir / "search-asha.yaml", samples)
     if outcome["grid"]["trials_at_max_epochs"] != outcome["grid"]["trials"]:
         log.warning("search: %d of the grid's %d trials stopped before %d epochs", outcome["grid"]["trials"]
                     - outcome["grid"]["trials_at_max_epochs"], outcome["grid"]["trials"], s.search_max_epochs)
@@ -879,12 +882,80 @@ def bench_search(bench: Bench) -> None:
     bench.figure("search/best_gap", grid_best - asha_best)
     bench.figure("search/best_ratio", outcome["asha"]["best"] / outcome["grid"]["best"]
                  if outcome["grid"]["best"] else float("nan"))
+    # The peer a user would pick on one machine: plain Optuna, same space, budget and training.
+    optuna_best = -outcome["optuna"]["best"] if mode == "min" else outcome["optuna"]["best"]
+    bench.figure("search/optuna_epochs", outcome["optuna"]["epochs"])
+    bench.figure("search/optuna_best", outcome["optuna"]["best"])
+    bench.figure("search/epochs_vs_optuna", outcome["asha"]["epochs"] / outcome["optuna"]["epochs"])
+    bench.figure("search/best_gap_vs_optuna", optuna_best - asha_best)
+    bench.figure("search/wall_vs_optuna", outcome["asha"]["wall_seconds"] / outcome["optuna"]["wall_seconds"])
     bench.details["search"] = {
         "metric": metric, "configs": configs, "asha_samples": samples, "sampler": s.search_sampler,
         "max_epochs": s.search_max_epochs, "grace_period": s.search_grace_period,
         "reduction_factor": s.search_reduction_factor, "image_size": s.search_image_size, "mode": mode,
         "space": search_space_text(s, "grid"), **outcome,
     }
+
+
+def plain_optuna_search(bench: Bench, space_file: Path, samples: int) -> dict[str, Any]:
+    """The search part's space through Optuna alone, in this process: its TPE sampler (seeded, the
+    space's cover_first points enqueued first, as the study does) and its SuccessiveHalvingPruner with
+    the study's grace period and reduction factor, each epoch reported, `samples` trials, the same
+    cxrnets training, split and seed as the study's trials. Returns epochs spent, the best epoch's
+    metric (pruned trials included, as the study counts them) and wall time."""
+    import optuna
+    import torch
+
+    from cxrnets.errors import DivergedError
+    from cxrnets.training import TrainConfig, TrainingRun, prepare_data
+    from study.settings import metric_mode
+    from study.space import load_space
+
+    s = bench.settings
+    space = load_space(space_file)
+    metric, mode = s.search_metric, metric_mode(s.search_metric)
+    base = {"dataset": s.dataset, "data_root": _data_root(s), "image_size": s.search_image_size,
+            "epochs": s.search_max_epochs, "seed": s.seed, "cache_dir": str(bench.workdir / "cache"),
+            "device": s.device}
+    torch.set_num_threads(s.num_cpus)  # as a study trial that reserves every core
+    started = time.perf_counter()
+    data = prepare_data(TrainConfig.from_dict({**base, "model": "resnet50"}))
+    epochs, values = 0, []
+
+    def objective(trial: optuna.Trial) -> float:
+        nonlocal epochs
+        constants = space(trial)  # define-by-run: suggests into trial.params, returns the constants
+        run = TrainingRun(TrainConfig.from_dict({**base, **trial.params, **constants}), data)
+        best = None
+        for epoch in range(1, s.search_max_epochs + 1):
+            try:
+                value = run.train_epoch()[metric]
+            except DivergedError:
+                raise optuna.TrialPruned() from None
+            epochs += 1
+            values.append(value)
+            best = value if best is None or (value > best if mode == "max" else value < best) else best
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return best
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        direction="maximize" if mode == "max" else "minimize", sampler=space.make_sampler(s.seed),
+        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=s.search_grace_period,
+                                                      reduction_factor=s.search_reduction_factor))
+    for point in space.first_points()[:samples]:
+        study.enqueue_trial(point)
+    study.optimize(objective, n_trials=samples)
+    pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
+    best = max(values) if mode == "max" else min(values)
+    log.info("plain Optuna: %d trials (%d pruned), %d epochs, best %s %.3f", len(study.trials), pruned, epochs,
+             metric, best)
+    return {"trials": len(study.trials), "pruned": pruned, "epochs": epochs, "best": float(best),
+            "wall_seconds": round(time.perf_counter() - started, 1),
+            "pruner": f"SuccessiveHalvingPruner(min_resource={s.search_grace_period}, "
+                      f"reduction_factor={s.search_reduction_factor})"}
 
 
 # ------------------------------------------------------------------ 5. storage

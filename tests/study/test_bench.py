@@ -25,7 +25,8 @@ SMOKE_FIGURES = [
     "orchestration/first_epoch_seconds", "orchestration/study_wall_seconds", "orchestration/trial_seconds_sum",
     "orchestration/overhead",
     "search/grid_epochs", "search/asha_epochs", "search/epochs_ratio", "search/grid_best", "search/asha_best",
-    "search/best_gap", "search/best_ratio",
+    "search/best_gap", "search/best_ratio", "search/optuna_epochs", "search/optuna_best", "search/epochs_vs_optuna",
+    "search/best_gap_vs_optuna", "search/wall_vs_optuna",
     "storage/study_wall_seconds", "storage/written_bytes", "storage/written_weights_bytes",
     "storage/written_weights_bytes_seen",
     "storage/written_checkpoints_bytes", "storage/peak_bytes", "storage/demo_bytes_left",
@@ -52,13 +53,16 @@ def test_smoke_run_gives_every_figure(tmp_path: Path, capsys: pytest.CaptureFixt
     checked = {goal["figure"] for goal in report["goals"]}
     assert checked == {"data/cache_vs_decode@16", "data/cache_vs_fastest_model@16", "trainable/ratio/resnet50",
                        "orchestration/overhead", "orchestration/first_epoch_seconds", "search/best_gap",
-                       "search/epochs_ratio", "storage/demo_bytes_left", "storage/s3_analysis_vs_local"}
+                       "search/epochs_ratio", "search/best_gap_vs_optuna", "search/epochs_vs_optuna",
+                       "storage/demo_bytes_left", "storage/s3_analysis_vs_local"}
     assert all(isinstance(goal["met"], bool) for goal in report["goals"])
     # the grid ran every configuration to the last epoch; ASHA ran the same space
     search = report["details"]["search"]
     assert search["grid"]["trials"] == search["configs"] == 2
     assert search["grid"]["trials_at_max_epochs"] == 2 and search["grid"]["distinct_configs"] == 2
     assert figures["search/grid_epochs"] == 4 and 2 <= figures["search/asha_epochs"] <= 4
+    assert search["optuna"]["trials"] == 2 and 2 <= figures["search/optuna_epochs"] <= 4
+    assert figures["search/epochs_vs_optuna"] == figures["search/asha_epochs"] / figures["search/optuna_epochs"]
     # the trainable's epoch is broken down into what limits it; its one epoch is its first best: weights
     # only (the last epoch writes no full state), and the full state's cost measured apart
     parts = report["details"]["trainable"]["models"]["resnet50"]
