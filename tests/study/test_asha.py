@@ -19,24 +19,27 @@ LEARNER = [0.297, 0.297, 0.238, 0.283, 0.238, 0.490]     # ResNet50 + Adam, lr 1
 NEVER_THERE = [0.091, 0.092, 0.091, 0.091, 0.091, 0.091]  # never reaches the constant prediction
 
 
-def run(scheduler, curves: dict[str, list[float]], metric: str = "val/f1_macro") -> dict[str, int]:
-    """Feed the curves epoch by epoch, trials in turn; returns the epochs each trial got."""
-    scheduler.set_search_properties(metric, "max" if metric != "val/loss" else "min")
-    trials = {name: SimpleNamespace(trial_id=name) for name in curves}
+def replay(scheduler, reports: dict[str, list[dict]], metric: str = "val/f1_macro") -> dict[str, int]:
+    """Feed each trial's reports epoch by epoch, trials in turn; returns the epochs each trial got."""
+    scheduler.set_search_properties(metric, "min" if metric == "val/loss" else "max")
+    trials = {name: SimpleNamespace(trial_id=name) for name in reports}
     for trial in trials.values():
         scheduler.on_trial_add(None, trial)
-    epochs = {name: 0 for name in curves}
-    running = set(curves)
+    epochs = {name: 0 for name in reports}
+    running = set(reports)
     for epoch in range(1, 7):
-        for name in list(curves):
-            if name not in running:
-                continue
-            epochs[name] = epoch
-            action = scheduler.on_trial_result(None, trials[name], {"training_iteration": epoch,
-                                                                      metric: curves[name][epoch - 1]})
-            if action == TrialScheduler.STOP:
-                running.discard(name)
+        for name in reports:
+            if name in running:
+                epochs[name] = epoch
+                result = {"training_iteration": epoch, **reports[name][epoch - 1]}
+                if scheduler.on_trial_result(None, trials[name], result) == TrialScheduler.STOP:
+                    running.discard(name)
     return epochs
+
+
+def run(scheduler, curves: dict[str, list[float]], metric: str = "val/f1_macro") -> dict[str, int]:
+    """replay() of one metric's curves."""
+    return replay(scheduler, {name: [{metric: value} for value in curve] for name, curve in curves.items()}, metric)
 
 
 def asha(cls):
@@ -95,22 +98,9 @@ def test_the_best_epochs_survive_a_restore(tmp_path):
 # ------------------------------------------------------------------ ties broken by a second metric
 
 def run_pairs(scheduler, curves: dict[str, list[tuple[float, float]]]) -> dict[str, int]:
-    """As run(), each epoch reporting (val/f1_macro, val/loss)."""
-    scheduler.set_search_properties("val/f1_macro", "max")
-    trials = {name: SimpleNamespace(trial_id=name) for name in curves}
-    for trial in trials.values():
-        scheduler.on_trial_add(None, trial)
-    epochs = {name: 0 for name in curves}
-    running = set(curves)
-    for epoch in range(1, 7):
-        for name in curves:
-            if name in running:
-                epochs[name] = epoch
-                f1, loss = curves[name][epoch - 1]
-                result = {"training_iteration": epoch, "val/f1_macro": f1, "val/loss": loss}
-                if scheduler.on_trial_result(None, trials[name], result) == TrialScheduler.STOP:
-                    running.discard(name)
-    return epochs
+    """replay() of (val/f1_macro, val/loss) curves."""
+    return replay(scheduler, {name: [{"val/f1_macro": f1, "val/loss": loss} for f1, loss in curve]
+                              for name, curve in curves.items()})
 
 
 def tie_breaking(**options):
