@@ -287,9 +287,10 @@ def elsewhere_section(analysis: Analysis, figures: bool) -> list[str]:
     from study.analysis.external import ALL_PRESENT, EXTERNAL_METRICS, EXTERNAL_TITLES
 
     internal = f"internal {analysis.split}"
-    lines = ["## Elsewhere: held-out sources and external sets", ""]
     table = analysis.external
+    lines = []
     if len(table):
+        lines += ["## Elsewhere: held-out sources and external sets", ""]
         lines += [f"Each cell's model chosen on validation, evaluated once on every image of each set below, against "
                   f"its figures on the {internal} split. A model that learnt its sources rather than the lungs scores "
                   "well on a split of the same sources and drops on images from elsewhere. External sets rarely have "
@@ -315,9 +316,10 @@ def elsewhere_section(analysis: Analysis, figures: bool) -> list[str]:
                           "", markdown_table(shown.rename(columns={"external": "on the set"})), ""]
         lines += ["Every row, with its bounds, is in `tables/external_evaluation`.", ""]
     if analysis.saliency:
-        lines += ["### Where the models look (Grad-CAM)", ""]
+        lines += ["### Where the models look (Grad-CAM)" if len(table) else "## Where the models look (Grad-CAM)", ""]
         first = analysis.saliency[0]
-        lines += [f"Grad-CAM (captum's LayerGradCam) of the predicted class on the last convolutional layer, upsampled "
+        lines += [f"Grad-CAM (captum's LayerGradCam) of the predicted class on the last convolutional layer (ResNet50: "
+                  f"layer3 on inputs under 128 px, where layer4 is a 2x2 grid), upsampled "
                   f"to the input and laid over it (warm: the regions that raised the predicted class's score), for "
                   f"{first.per_class} seeded image(s) per class of each set. Titles: true class → predicted class "
                   "(probability). Maps at this input size are coarse (the layer's grid is named under each figure); "

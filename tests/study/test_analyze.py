@@ -236,8 +236,10 @@ def test_report_files(evaluated, study_dir):
     assert analysis.out == report
     text = (report / "report.md").read_text()
     for heading in ("## Search summary", "## Comparison (test split)", "### Macro F1", "### Accuracy",
-                    "## Ablations", "### lr", "## Confusion matrices", "## Curves"):
+                    "## Ablations", "### lr", "## Confusion matrices", "## Curves",
+                    "## Where the models look (Grad-CAM)"):
         assert heading in text
+    assert "## Elsewhere" not in text  # no held-out sources, no external set
     figures = sorted(p.name for p in (report / "figures").iterdir())
     assert figures == sorted([f"confusion_{DATASET}_alexnet.png", f"confusion_{DATASET}_resnet50.png",
                               f"curves_{DATASET}.png", f"gradcam_{DATASET}_alexnet.png",
