@@ -315,8 +315,9 @@ def format_paper_table(mean: pd.DataFrame, std: pd.DataFrame, count: pd.DataFram
     return shown.reset_index()
 
 
-def interval_text(lower: float, upper: float, digits: int = 2) -> str:
-    """`[0.21, 0.41]`, or `[undefined]` where either bound is NaN."""
+def interval_text(lower: float, upper: float, digits: int = 2, signed: bool = False) -> str:
+    """`[0.21, 0.41]` (`[-0.04, +0.10]` signed, for a difference), or `[undefined]` where either bound is NaN."""
     if pd.isna(lower) or pd.isna(upper):
         return "[undefined]"
-    return f"[{lower:.{digits}f}, {upper:.{digits}f}]"
+    sign = "+" if signed else ""
+    return f"[{lower:{sign}.{digits}f}, {upper:{sign}.{digits}f}]"

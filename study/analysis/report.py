@@ -12,7 +12,7 @@ import pandas as pd
 from study.analysis.figures import write_figures
 from study.analysis.report_tables import reported_metric, slug
 from study.analysis.selection import Analysis
-from study.tables import METRIC_TITLES, NOT_SET, PAPER_METRICS, STATUSES, markdown_table
+from study.tables import METRIC_TITLES, NOT_SET, PAPER_METRICS, STATUSES, interval_text, markdown_table
 
 log = logging.getLogger("study.analyze")
 
@@ -208,10 +208,10 @@ def paired_section(analysis: Analysis) -> list[str]:
              f"adjusted for the {len(shown)} comparisons). Every metric's differences are in "
              "`tables/paired_differences`.", ""]
     for row in shown.itertuples(index=False):
+        interval = interval_text(row.lower, row.upper, signed=True)
         if pd.isna(row.lower) or pd.isna(row.upper):
-            interval, verdict = "[undefined]", "no interval"
+            verdict = "no interval"
         else:
-            interval = f"[{row.lower:+.2f}, {row.upper:+.2f}]"
             verdict = "distinguishable" if row.distinguishable else "not distinguishable"
         lines.append(f"- {row.dataset}: {row.model} vs {row.versus}: {row.difference:+.3f} {interval}, {verdict}")
     return lines + [""]
@@ -279,7 +279,7 @@ def _change_words(row) -> str:
         return f"{row.change:+.3f}"
     verdict = ("a drop" if row.change_upper < 0 else "a rise" if row.change_lower > 0
                else "no distinguishable change")
-    return f"{row.change:+.3f} [{row.change_lower:+.2f}, {row.change_upper:+.2f}], {verdict}"
+    return f"{row.change:+.3f} {interval_text(row.change_lower, row.change_upper, signed=True)}, {verdict}"
 
 
 def elsewhere_section(analysis: Analysis, figures: bool) -> list[str]:

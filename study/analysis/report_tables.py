@@ -111,9 +111,7 @@ def _figure(value: float, lower: float, upper: float, signed: bool = False) -> s
     text = f"{value:+.3f}" if signed else f"{value:.3f}"
     if pd.isna(lower) and pd.isna(upper):
         return text
-    if signed:
-        return f"{text} [{lower:+.2f}, {upper:+.2f}]" if not (pd.isna(lower) or pd.isna(upper)) else f"{text} [undefined]"
-    return f"{text} {interval_text(lower, upper)}"
+    return f"{text} {interval_text(lower, upper, signed=signed)}"
 
 
 def comparison_tables(analysis: Analysis, cells: pd.DataFrame) -> dict[str, pd.DataFrame]:
