@@ -109,7 +109,7 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
     analysis.out = Path(out) if out is not None else Path(study.uri) / REPORT_DIR
 
     data = StudyData(study, data_roots, cache_dir, device)
-    check_externals(data, externals or [], label_map or {})
+    external_indexes = check_externals(data, externals or [], label_map or {})
     select_and_evaluate(analysis, data)
     analysis.confirmation = evaluate_confirmation(study, split, data)
     analysis.downloaded_bytes = data.downloaded_bytes
@@ -120,7 +120,8 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
                 analysis.bootstraps[dataset] = bootstrap_split(dataset, evaluations, resamples, settings.seed)
             except ValueError as error:
                 analysis.notes.append(f"no intervals for {dataset}: {error}")
-    analysis.external = evaluate_elsewhere(analysis, data, externals or [], label_map or {}, resamples, device)
+    analysis.external = evaluate_elsewhere(analysis, data, externals or [], external_indexes, label_map or {},
+                                           resamples, device)
     if saliency and "png" in formats:
         analysis.saliency = saliency_panels(analysis, data, saliency, device)
     if importance != "none":

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrnets.data import DATASET_NAMES, load_dataset, parse_dataset_options
+from cxrnets.data import DATASET_NAMES, DatasetIndex, load_dataset, parse_dataset_options
 from cxrnets.errors import CxrError
 from study.analysis.evaluation import Evaluation, StudyData, load_checkpoint, model_from_checkpoint
 from study.analysis.selection import Analysis
@@ -150,12 +150,14 @@ def check_label_map(label_map: dict[str, str], classes: list[str]) -> None:
                        f"({', '.join(classes)})")
 
 
-def check_externals(data: StudyData, specs: list[ExternalSpec], label_map: dict[str, str]) -> None:
+def check_externals(data: StudyData, specs: list[ExternalSpec], label_map: dict[str, str]
+                    ) -> dict[str, DatasetIndex]:
     """Refuse, before anything is evaluated, external sets and label maps the study cannot score: a path
     that does not exist, a set with no class in common, a map onto a class the study lacks, a multi-label
-    study. Reads indexes only (no image is decoded)."""
+    study. Reads indexes only (no image is decoded); returns each external set's index by name."""
+    indexes: dict[str, DatasetIndex] = {}
     if not specs and not label_map:
-        return
+        return indexes
     settings = data.study.settings
     for dataset, root in data.data_roots.items():
         try:
@@ -168,13 +170,15 @@ def check_externals(data: StudyData, specs: list[ExternalSpec], label_map: dict[
         classes = list(study_index.classes)
         check_label_map(label_map, classes)
         for spec in specs:
-            try:
-                index = load_dataset(spec.dataset, spec.path, **spec.options)
-            except CxrError as error:
-                raise CxrError(f"--external {spec.name}: {error}") from error
-            labels = {labels[0] for labels in index.frame["labels"]}
+            if spec.name not in indexes:
+                try:
+                    indexes[spec.name] = load_dataset(spec.dataset, spec.path, **spec.options)
+                except CxrError as error:
+                    raise CxrError(f"--external {spec.name}: {error}") from error
+            labels = {labels[0] for labels in indexes[spec.name].frame["labels"]}
             if not {label_map.get(label, label) for label in labels} & set(classes):
                 raise no_common_class(spec, labels, classes)
+    return indexes
 
 
 def no_common_class(spec: ExternalSpec, labels, classes: list[str]) -> CxrError:
@@ -185,16 +189,13 @@ def no_common_class(spec: ExternalSpec, labels, classes: list[str]) -> CxrError:
 
 # ------------------------------------------------------------------ the sets
 
-def load_external(spec: ExternalSpec, dataset: str, classes: list[str], label_map: dict[str, str],
-                  image_size: int, cache_dir: str | None) -> ExternalSet:
-    """Read, decode (once, into the cache) and label one external set for the models of `dataset`."""
+def load_external(spec: ExternalSpec, index: DatasetIndex, dataset: str, classes: list[str],
+                  label_map: dict[str, str], image_size: int, cache_dir: str | None) -> ExternalSet:
+    """Decode (once, into the cache) and label one external set (`index`: its images, check_externals)
+    for the models of `dataset`."""
     from cxrnets.cache import build_cache
     from cxrnets.splits import leakage_groups
 
-    try:
-        index = load_dataset(spec.dataset, spec.path, **spec.options)
-    except CxrError as error:
-        raise CxrError(f"--external {spec.name}: {error}") from error
     if index.multilabel:
         raise CxrError(f"--external {spec.name}: {spec.dataset} is multi-label; external evaluation scores "
                        "single-label sets (use covid-chestxray-3class, folder or csv)")
@@ -230,16 +231,16 @@ def heldout_set(data: StudyData, config, classes: list[str]) -> ExternalSet | No
                        list(classes), prepared.images, rows, prepared.targets[rows], groups)
 
 
-def predict(checkpoint: dict, images: np.ndarray, rows: np.ndarray, device: str, batch_size: int = 64) -> np.ndarray:
-    """A checkpoint's class probabilities (len(rows), classes) on `rows` of the decoded `images`."""
+def predict(model, device, images: np.ndarray, rows: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """A model's class probabilities (len(rows), classes) on `rows` of the decoded `images`; `model` and
+    `device` as evaluation.model_from_checkpoint gives them."""
     import torch
 
     from cxrnets.batches import Batches
     from cxrnets.training import evaluate
 
-    model, target = model_from_checkpoint(checkpoint, device)
     placeholder = np.zeros(len(images), dtype=np.int64)  # evaluate() computes a loss: targets it ignores here
-    _, _, scores = evaluate(model, Batches(images, placeholder, rows, batch_size, target, train=False),
+    _, _, scores = evaluate(model, Batches(images, placeholder, rows, batch_size, device, train=False),
                             torch.nn.CrossEntropyLoss(), multilabel=False)
     return scores
 
@@ -299,10 +300,12 @@ def compare(cell: dict, internal: Evaluation, internal_scores: np.ndarray, exter
     return rows
 
 
-def evaluate_elsewhere(analysis: Analysis, data: StudyData, specs: list[ExternalSpec], label_map: dict[str, str],
-                       resamples: int, device: str = "auto") -> pd.DataFrame:
-    """Each cell's best model (rank 1) on each external set and on its dataset's held-out sources:
-    the comparison table (one row per cell, set, metric and class); the sets go to analysis.external_sets."""
+def evaluate_elsewhere(analysis: Analysis, data: StudyData, specs: list[ExternalSpec],
+                       indexes: dict[str, DatasetIndex], label_map: dict[str, str], resamples: int,
+                       device: str = "auto") -> pd.DataFrame:
+    """Each cell's best model (rank 1) on each external set (`indexes`: check_externals's) and on its
+    dataset's held-out sources: the comparison table (one row per cell, set, metric and class); the
+    sets go to analysis.external_sets."""
     seed = analysis.study.settings.seed
     rows: list[dict] = []
     baselines: dict[tuple[str, str], list[dict]] = {}
@@ -326,12 +329,16 @@ def evaluate_elsewhere(analysis: Analysis, data: StudyData, specs: list[External
         for spec in specs:
             key = (spec.name, chosen.dataset)
             if key not in loaded:
-                loaded[key] = load_external(spec, chosen.dataset, classes, label_map, config.image_size, data.cache_dir)
+                loaded[key] = load_external(spec, indexes[spec.name], chosen.dataset, classes, label_map,
+                                            config.image_size, data.cache_dir)
             sets.append(loaded[key])
+        if not sets:
+            continue
         cell = {"dataset": chosen.dataset, "model": chosen.model, "trial_id": chosen.candidate.trial_id}
         internal = chosen.evaluation
+        model, target = model_from_checkpoint(checkpoint, device)
         for number, external in enumerate(sets, 1):
-            scores = predict(checkpoint, external.images, external.rows, device)
+            scores = predict(model, target, external.images, external.rows)
             log.info("%s / %s on %s: accuracy %.3f", chosen.dataset, chosen.model, external.name,
                      float((scores.argmax(axis=1) == external.y_true).mean()))
             rows += compare(cell, internal, internal.scores, external, scores, resamples, seed, seed + 1000 * number)
