@@ -14,7 +14,10 @@ import pytest
 import yaml
 
 from cxrnets.errors import CxrError
-from study import bench, run
+from study import run
+from study.bench import cli, common, search
+from study.bench import settings as bench_settings
+from study.bench import storage as bench_storage
 from study.space import parse_space
 
 SMOKE_FIGURES = [
@@ -30,7 +33,7 @@ SMOKE_FIGURES = [
     "storage/study_wall_seconds", "storage/written_bytes", "storage/written_weights_bytes",
     "storage/written_weights_bytes_seen",
     "storage/written_checkpoints_bytes", "storage/peak_bytes", "storage/demo_bytes_left",
-    *(f"storage/bytes_left_{kind}" for kind in bench.STORAGE_KINDS),
+    *(f"storage/bytes_left_{kind}" for kind in bench_storage.STORAGE_KINDS),
     "storage/local_analysis_seconds", "storage/local_analysis_downloaded_bytes",
     "storage/s3_study_wall_seconds", "storage/s3_bytes_left", "storage/s3_analysis_seconds",
     "storage/s3_analysis_vs_local", "storage/s3_analysis_downloaded_bytes", "storage/s3_downloaded_files",
@@ -40,7 +43,7 @@ SMOKE_FIGURES = [
 
 def test_smoke_run_gives_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out, workdir = tmp_path / "bench.json", tmp_path / "work"
-    code = bench.main(["--smoke", "--out", str(out), "--workdir", str(workdir)])
+    code = cli.main(["--smoke", "--out", str(out), "--workdir", str(workdir)])
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
     assert report["failures"] == {} and code == 0
@@ -81,7 +84,7 @@ def test_smoke_run_gives_every_figure(tmp_path: Path, capsys: pytest.CaptureFixt
     assert 1 <= figures["storage/s3_downloaded_files"] <= figures["storage/s3_max_files"] == 1
     assert figures["storage/s3_downloaded_vs_evaluated_bytes"] == 1.0
     assert report["machine"]["cores"] >= 1 and report["machine"]["device"] == "cpu"
-    assert set(report["part_seconds"]) == set(bench.PARTS)
+    assert set(report["part_seconds"]) == set(bench_settings.PARTS)
     assert not workdir.exists()  # checkpoints and studies are gone unless --keep
 
 
@@ -90,8 +93,8 @@ def test_every_study_command_of_every_preset_is_valid(preset: str, tmp_path: Pat
     """What each part would pass to python -m study.run, checked by study.run's own validation (no Ray,
     nothing runs): a change to a shipped space, a preset or study.run cannot break a documented command
     unnoticed (--quick once stopped with "--grace-period 2 exceeds --max-epochs 1")."""
-    settings, _ = bench.settings_from_args(bench.build_parser().parse_args([] if preset == "--full" else [preset]))
-    planned = bench.planned_studies(settings, tmp_path)
+    settings, _ = cli.settings_from_args(cli.build_parser().parse_args([] if preset == "--full" else [preset]))
+    planned = cli.planned_studies(settings, tmp_path)
     assert set(planned) == {"orchestration", "search-grid", "search-asha", "storage-local", "storage-s3"}
     for name, argv in planned.items():
         study = run.settings_from_args(run.build_parser().parse_args(argv))  # raises CxrError if refused
@@ -110,7 +113,7 @@ def test_storage_kinds_and_the_written_bytes(tmp_path: Path) -> None:
     (study / "weights").mkdir(parents=True)
     (study / "t1_x" / "checkpoint_000000").mkdir(parents=True)
     (study / "results").mkdir()
-    watch = bench.FolderWatch(str(study))
+    watch = bench_storage.FolderWatch(str(study))
     (study / "weights" / "t1.pt").write_bytes(b"w" * 100)
     (study / "weights" / "t1.pt.tmp").write_bytes(b"w" * 7)  # being written: not counted
     (study / "t1_x" / "checkpoint_000000" / "state.pt").write_bytes(b"s" * 150)  # half written
@@ -125,7 +128,7 @@ def test_storage_kinds_and_the_written_bytes(tmp_path: Path) -> None:
     watch.poll()
     assert watch.written() == {"weights": 107, "checkpoints": 300, "results": 10, "tensorboard": 20, "other": 5}
     assert watch.peak_bytes == 7 + 300 + 10 + 20 + 5
-    assert bench.bytes_by_kind(str(study)) == {"weights": 7, "checkpoints": 0, "results": 10, "tensorboard": 20,
+    assert bench_storage.bytes_by_kind(str(study)) == {"weights": 7, "checkpoints": 0, "results": 10, "tensorboard": 20,
                                                "other": 5}
 
 
@@ -139,28 +142,28 @@ def test_weights_written_counts_every_improvement_at_the_trials_size() -> None:
         "trial_id": ["a", "a", "a", "b", "b", "c", "d"], "training_iteration": [1, 2, 3, 1, 2, 1, 1],
         "val/f1_macro": [0.2, 0.1, 0.3, nan, 0.5, 0.0, 0.4], "diverged": [0, 0, 0, 0, 0, 1, 0],
         "config/model": ["alexnet"] * 5 + ["vgg11", "vgg11"]})
-    total, writes = bench.weights_written(results, "val/f1_macro", "max", {"a": 100, "d": 70})
+    total, writes = bench_storage.weights_written(results, "val/f1_macro", "max", {"a": 100, "d": 70})
     assert writes == {"a": 2, "b": 1, "c": 0, "d": 1}
     assert total == 2 * 100 + 1 * 100 + 0 + 1 * 70  # b was never seen: the size of its model's files seen
-    assert bench.weights_written(results, "val/loss", "min", {}) == (0, {})
+    assert bench_storage.weights_written(results, "val/loss", "min", {}) == (0, {})
 
 
 def test_goals_apply_to_every_matching_figure() -> None:
     figures = {"data/cache_vs_decode@64": 12.0, "data/cache_vs_decode@224": 8.0, "trainable/ratio/alexnet": 0.96,
                "trainable/ratio/vgg11": float("nan"), "search/epochs_ratio": 0.5, "search/grid_best": 0.7}
-    goals = {goal["figure"]: goal["met"] for goal in bench.check_goals(figures)}
+    goals = {goal["figure"]: goal["met"] for goal in common.check_goals(figures)}
     assert goals == {"data/cache_vs_decode@64": True, "data/cache_vs_decode@224": False,
                      "trainable/ratio/alexnet": True, "trainable/ratio/vgg11": False, "search/epochs_ratio": False}
-    table = bench.render_table(figures, bench.check_goals(figures))
+    table = common.render_table(figures, common.check_goals(figures))
     assert "| data " in table and "NO" in table and "yes" in table and "grid_best" in table
 
 
 def test_presets_and_flags() -> None:
-    parser = bench.build_parser()
-    quick, preset = bench.settings_from_args(parser.parse_args(["--quick", "--models", "alexnet", "--repeats", "2"]))
+    parser = cli.build_parser()
+    quick, preset = cli.settings_from_args(parser.parse_args(["--quick", "--models", "alexnet", "--repeats", "2"]))
     assert preset == "quick" and quick.models == ("alexnet",) and quick.repeats == 2
-    assert quick.search_max_epochs == bench.PRESETS["quick"]["search_max_epochs"]
-    full, preset = bench.settings_from_args(parser.parse_args(["--parts", "data,search", "--no-amp", "--compile"]))
+    assert quick.search_max_epochs == bench_settings.PRESETS["quick"]["search_max_epochs"]
+    full, preset = cli.settings_from_args(parser.parse_args(["--parts", "data,search", "--no-amp", "--compile"]))
     assert preset == "full" and full.parts == ("data", "search") and not full.amp and full.compile
     with pytest.raises(SystemExit):
         parser.parse_args(["--quick", "--smoke"])
@@ -174,14 +177,14 @@ def test_presets_and_flags() -> None:
 ])
 def test_bad_flags_are_refused(argv: list[str], message: str) -> None:
     with pytest.raises(CxrError, match=message):
-        bench.settings_from_args(bench.build_parser().parse_args(argv))
-    assert bench.main(argv + ["--out", "/nonexistent/never-written.json"]) == 2
+        cli.settings_from_args(cli.build_parser().parse_args(argv))
+    assert cli.main(argv + ["--out", "/nonexistent/never-written.json"]) == 2
 
 
 @pytest.mark.parametrize("sampler", ["grid", "tpe"])
 def test_search_space_is_a_valid_space_of_the_study(sampler: str) -> None:
-    settings = bench.Settings()
-    space = parse_space(yaml.safe_load(bench.search_space_text(settings, sampler)))
+    settings = bench_settings.Settings()
+    space = parse_space(yaml.safe_load(search.search_space_text(settings, sampler)))
     assert space.sampler == sampler
     assert len(space.grid()) == len(settings.search_models) * len(settings.search_optimizers) * len(settings.search_lrs)
     assert set(space.values_of("model")) == set(settings.search_models)

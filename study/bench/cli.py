@@ -1,0 +1,230 @@
+"""Benchmark a study against its limits: the data path, the trainable, the orchestration, the search, the storage.
+
+    python -m study.bench --quick                       # every part, about ten minutes on 2 CPU cores
+    python -m study.bench                               # the full sizes (about an hour on 2 CPU cores)
+    python -m study.bench --parts data,trainable --models alexnet --image-sizes 64,224 --repeats 3
+    python -m study.bench --quick --device cuda --gpus-per-trial 0.5   # on a GPU machine
+
+Five parts, all measured in one run on one machine:
+
+1. data: images/s of decoding + preprocessing from the image files against reading the decode-once
+   cache (cxrnets.cache + cxrnets.batches), at each image size, and the cache's images/s against the
+   fastest model's training images/s (a bare loop: forward, backward, step).
+2. trainable: per model, images/s of what the study's trainable runs each epoch (study.trainable:
+   TrainingRun.train_epoch = training + validation metrics, then the checkpoint policy of
+   study.checkpoints: the best weights whenever the trial's best epoch improves, and a full state,
+   saved and copied into the study's storage as tune.report does, when the policy says it is due)
+   against a bare PyTorch loop doing the same forward/backward/step on the same batches, over
+   consecutive epochs of one run; and the bytes it writes per epoch.
+3. orchestration: `python -m study.run` as a user runs it (a subprocess with its own Ray instance):
+   seconds to the first reported epoch, and the study's wall time against the sum of its trials'
+   own time (Tune's time_total_s) over the trial slots.
+4. search: the full grid of a small space run to the maximum epochs without early stopping against
+   the ASHA + Optuna study of the same space: epochs spent and best validation metric, as ratios.
+   Both run one trial at a time, seeded, so that they repeat.
+5. storage: the default study (the orchestration study's sizes) run as a user runs it, with local
+   storage: the bytes it writes, the bytes it leaves (by kind: weights, full states, results,
+   TensorBoard events, the rest), and `study.analyze`'s time and downloads; then the same study with
+   --storage s3://... against a local S3 server (moto_server): the bytes left in the bucket, and the
+   analysis's time and downloads from there against the local analysis.
+
+The bench prints a table of every figure, its goal and whether it is met, and writes them all, with
+the machine and the settings, to a JSON file (--out). Everything it writes besides lies in a
+temporary work directory, deleted at the end unless --keep (checkpoints and weights reach gigabytes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from study.bench.common import Bench, check_goals, machine_info, render_table, study_run_argv, write_report
+from study.bench.data import bench_data
+from study.bench.orchestration import bench_orchestration, orchestration_args
+from study.bench.search import bench_search, search_args
+from study.bench.settings import PARTS, PRESETS, Settings, validate
+from study.bench.storage import bench_storage, s3_storage, storage_args
+from study.bench.trainable import bench_trainable
+
+log = logging.getLogger(__name__)
+
+
+def planned_studies(s: Settings, workdir: Path) -> dict[str, list[str]]:
+    """Every `python -m study.run` command line (its arguments) that the parts in s.parts would run,
+    by study name; writes the space files they name into `workdir`, runs nothing."""
+    planned: dict[str, list[str]] = {}
+    if "orchestration" in s.parts:
+        planned["orchestration"] = study_run_argv(s, workdir, "orchestration", orchestration_args(s, workdir))
+    if "search" in s.parts:
+        for name, args in search_args(s, workdir).items():
+            planned[name] = study_run_argv(s, workdir, name, args)
+    if "storage" in s.parts:
+        args = storage_args(s, workdir)
+        planned["storage-local"] = study_run_argv(s, workdir, "storage-local", args)
+        planned["storage-s3"] = study_run_argv(s, workdir, "storage-s3", args, storage=s3_storage(s))
+    return planned
+
+
+def _csv(kind: Callable[[str], Any]) -> Callable[[str], tuple]:
+    def parse(text: str) -> tuple:
+        return tuple(kind(item.strip()) for item in text.split(",") if item.strip())
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m study.bench", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Presets (a flag given on the command line wins over the preset):\n"
+               + "\n".join(f"  {name}: {values or 'the defaults below'}" for name, values in PRESETS.items()))
+    add = parser.add_argument
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="small sizes: about ten minutes on 2 CPU cores")
+    size.add_argument("--smoke", action="store_true", help="the smallest sizes that still give every figure "
+                      "(ResNet50 at 16 px; what the test runs): a few minutes")
+    d = Settings()
+    add("--parts", type=_csv(str), default=None, help=f"comma-separated parts to run (default: {','.join(PARTS)})")
+    add("--models", type=_csv(str), default=None,
+        help=f"models of the trainable part (default: {','.join(d.models)})")
+    add("--data-models", type=_csv(str), default=None,
+        help=f"models whose training speed the data part compares with (default: {','.join(d.data_models)})")
+    add("--image-sizes", type=_csv(int), default=None,
+        help=f"image sizes of the data part (default: {','.join(map(str, d.image_sizes))})")
+    add("--trainable-image-size", type=int, default=None,
+        help=f"image size of the trainable part (default: {d.trainable_image_size})")
+    add("--repeats", type=int, default=None, help=f"repetitions of each trainable measurement; the median "
+        f"is reported (default: {d.repeats})")
+    add("--model-batches", type=int, default=None,
+        help=f"timed training batches per model and size in the data part (default: {d.model_batches})")
+    add("--decode-images", type=int, default=None, help="images decoded per size in the data part "
+        "(default: every image of the dataset)")
+    add("--batch-size", type=int, default=None, help=f"batch size everywhere (default: {d.batch_size})")
+    add("--dataset", default=None, help=f"dataset of the data and trainable parts (default: {d.dataset})")
+    add("--data-root", default=None, help="where that dataset lies (default: the embedded sample)")
+    add("--device", default=None, help="auto (CUDA if present), cpu, cuda, cuda:1 (default: auto)")
+    add("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    add("--no-channels-last", action="store_true", help="disable channels-last memory format on CUDA")
+    add("--compile", action="store_true", help="torch.compile the models (CUDA only)")
+    add("--study-space", default=None, help="space of the orchestration study (default: demo, the default "
+        "study's)")
+    add("--study-samples", type=int, default=None,
+        help="trials of the orchestration study (default: the space's own; --quick: 4)")
+    add("--study-epochs", type=int, default=None,
+        help="max epochs of the orchestration study (default: the space's own; --quick: 1)")
+    add("--search-models", type=_csv(str), default=None,
+        help=f"models of the search space (default: {','.join(d.search_models)})")
+    add("--search-lrs", type=_csv(float), default=None,
+        help=f"learning rates of the search space (default: {','.join(map(str, d.search_lrs))})")
+    add("--search-max-epochs", type=int, default=None, help=f"max epochs of the search part (default: "
+        f"{d.search_max_epochs}; --quick: {PRESETS['quick']['search_max_epochs']})")
+    add("--search-grace-period", type=int, default=None,
+        help=f"ASHA grace period of the search part (default: {d.search_grace_period})")
+    add("--search-reduction-factor", type=int, default=None,
+        help=f"ASHA reduction factor of the search part (default: {d.search_reduction_factor})")
+    add("--search-sampler", choices=("tpe", "random", "grid"), default=None,
+        help=f"Optuna sampler of the ASHA study (default: {d.search_sampler})")
+    add("--search-metric", default=None, help="validation metric of the search part's studies (default: "
+        f"{d.search_metric}, the study's; val/loss separates configurations that all predict the majority class)")
+    add("--search-samples", type=int, default=None,
+        help="trials of the ASHA study (default: as many as the grid's configurations)")
+    add("--checkpoint-every", type=int, default=None, help="epochs between two full states in the trainable part "
+        "and the storage part's studies (default: the study's, 5; --smoke: 1)")
+    add("--checkpoint-minutes", type=float, default=None, help="or minutes, whichever comes first (default: the "
+        "study's, 15)")
+    add("--num-cpus", type=int, default=None, help="CPUs of each study's Ray instance (default: all)")
+    add("--gpus-per-trial", type=float, default=None, help="GPUs per trial in the studies (default: 0)")
+    add("--seed", type=int, default=None, help="seed of every part (default: 0)")
+    add("--out", default="bench.json", help="JSON file of every figure (default: bench.json)")
+    add("--workdir", default=None, help="work directory (default: a new temporary directory)")
+    add("--keep", action="store_true", help="keep the work directory (study logs, results; no checkpoints or "
+        "weights)")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> tuple[Settings, str]:
+    preset = "smoke" if args.smoke else "quick" if args.quick else "full"
+    settings = replace(Settings(), **PRESETS[preset])
+    # every flag named like a Settings field overrides the preset when given (the switches come after)
+    given = {f.name: getattr(args, f.name) for f in fields(Settings)
+             if f.name not in ("amp", "channels_last", "compile") and getattr(args, f.name, None) is not None}
+    settings = replace(settings, **given)
+    if args.no_amp:
+        settings.amp = False
+    if args.no_channels_last:
+        settings.channels_last = False
+    if args.compile:
+        settings.compile = True
+    validate(settings)
+    return settings, preset
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    from cxrnets.errors import CxrError
+
+    args = build_parser().parse_args(argv)
+    try:
+        settings, preset = settings_from_args(args)
+    except CxrError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    workdir = Path(args.workdir).expanduser().resolve() if args.workdir else Path(tempfile.mkdtemp(prefix="cxr-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    bench = Bench(settings, workdir)
+    machine = machine_info(settings)
+    log.info("bench (%s) on %s, %s cores, device %s; work directory %s", preset, machine["cpu"], machine["cores"],
+             machine["device"], workdir)
+    started = time.perf_counter()
+    failures = {}
+    runners = {"data": bench_data, "trainable": bench_trainable, "orchestration": bench_orchestration,
+               "search": bench_search, "storage": bench_storage}
+    try:
+        for part in PARTS:
+            if part not in settings.parts:
+                continue
+            log.info("---- %s", part)
+            part_started = time.perf_counter()
+            load_before = os.getloadavg()[0]
+            try:
+                runners[part](bench)
+            except (CxrError, RuntimeError, OSError) as error:
+                log.error("part %s failed: %s", part, error)
+                failures[part] = str(error)
+            except Exception as error:  # noqa: BLE001 - a bench reports what it measured, whatever fails
+                log.exception("part %s failed", part)
+                failures[part] = f"{type(error).__name__}: {error}"
+            bench.part_seconds[part] = round(time.perf_counter() - part_started, 1)
+            bench.load[part] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    goals = check_goals(bench.figures)
+    report = {
+        "preset": preset, "machine": machine, "settings": asdict(settings), "seconds": round(time.perf_counter()
+                                                                                            - started, 1),
+        "part_seconds": bench.part_seconds,
+        "load_average": {part: {"before": v[0], "after": v[1]} for part, v in bench.load.items()},
+        "figures": bench.figures, "goals": goals, "details": bench.details, "failures": failures,
+        "workdir": str(workdir) if args.keep else None,
+    }
+    out = Path(args.out)
+    write_report(out, report)
+    print(f"\nBenchmark ({preset}) on {machine['cpu']}, {machine['cores']} cores, device {machine['device']}"
+          + (f" ({machine['gpu']})" if machine["gpu"] else "") + f", {machine['date']}; "
+          f"{report['seconds']:.0f} s in all\n")
+    print(render_table(bench.figures, goals))
+    met = sum(goal["met"] for goal in goals)
+    print(f"\ngoals met: {met} of {len(goals)}; figures and details: {out}")
+    for part, error in failures.items():
+        print(f"part {part} FAILED: {error}", file=sys.stderr)
+    return 1 if failures else 0
+

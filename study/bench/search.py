@@ -1,0 +1,186 @@
+"""Part 4, search: the full grid against ASHA + Optuna over the same space, and plain Optuna beside them.
+
+Described with the other parts in study.bench.cli's docstring.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from study.bench.common import Bench, data_root, drop_model_files, run_study_command, trial_summary, write_space
+from study.bench.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def search_args(s: Settings, workdir: Path) -> dict[str, list[str]]:
+    """The search part's two studies: the full grid, then ASHA + Optuna over the same space."""
+    from study.space import load_space
+
+    grid_space = write_space(workdir, "search-grid", search_space_text(s, "grid"))
+    asha_space = write_space(workdir, "search-asha", search_space_text(s, s.search_sampler))
+    configs = len(load_space(grid_space).grid())
+    samples = s.search_samples or configs
+    # One trial at a time with every core: ASHA's decisions and Optuna's proposals then do not depend
+    # on which trial finishes first, so the seeded run repeats.
+    common = ["--image-size", str(s.search_image_size), "--max-epochs", str(s.search_max_epochs),
+              "--metric", s.search_metric, "--cpus-per-trial", str(s.num_cpus), "--max-concurrent", "1"]
+    # The full grid: ASHA with its grace period at the maximum epochs never stops a trial early.
+    return {"search-grid": ["--space", str(grid_space), "--num-samples", str(configs),
+                            "--grace-period", str(s.search_max_epochs), "--reduction-factor", "2", *common],
+            "search-asha": ["--space", str(asha_space), "--num-samples", str(samples),
+                            "--grace-period", str(s.search_grace_period),
+                            "--reduction-factor", str(s.search_reduction_factor), *common]}
+
+
+def search_space_text(s: Settings, sampler: str) -> str:
+    def listing(values) -> str:
+        return "[" + ", ".join(str(v) for v in values) + "]"
+
+    lrs = "[" + ", ".join(f"{lr:.1e}" for lr in s.search_lrs) + "]"
+    lines = [
+        "description: Bench search-efficiency space (the full grid against ASHA + Optuna).",
+        f"sampler: {sampler}",
+        "search:",
+        f"  model: {{choice: {listing(s.search_models)}}}",
+        f"  optimizer: {{choice: {listing(s.search_optimizers)}}}",
+        f"  lr: {{choice: {lrs}}}",
+        f"  batch_size: {{value: {s.batch_size}}}",
+    ]
+    if "sgd" in s.search_optimizers:
+        lines.append("  momentum: {value: 0.9, when: {optimizer: sgd}}")
+    lines.append("  pretrained: {value: false}")
+    return "\n".join(lines) + "\n"
+
+
+def bench_search(bench: Bench) -> None:
+    from study.results import read_results
+    from study.settings import metric_mode
+    from study.space import load_space
+    from study.tables import best_epochs
+
+    s = bench.settings
+    studies = search_args(s, bench.workdir)
+    configs = len(load_space(bench.workdir / "search-grid.yaml").grid())
+    samples = s.search_samples or configs
+    metric = s.search_metric
+    mode = metric_mode(metric)
+    grid = run_study_command(bench, "search-grid", studies["search-grid"])
+    asha = run_study_command(bench, "search-asha", studies["search-asha"])
+    outcome = {}
+    for label, study in (("grid", grid), ("asha", asha)):
+        results = read_results(study.study_uri)
+        if results.empty:
+            raise RuntimeError(f"the {label} study reported nothing; see {study.log_file}")
+        summary = trial_summary(results)
+        best = best_epochs(results, metric, mode)
+        top = best.iloc[0]
+        # ASHA stops a trial only when its result is strictly worse than the rung's cutoff: ties pass.
+        first = results[results["training_iteration"] == s.search_grace_period][metric]
+        combos = results.groupby("trial_id")[["config/model", "config/optimizer", "config/lr"]].first()
+        outcome[label] = {
+            "trials": summary["trials"], "epochs": summary["epochs"], "best": float(top[metric]),
+            "best_trial": {"model": top.get("config/model"), "optimizer": top.get("config/optimizer"),
+                           "lr": float(top.get("config/lr")), "epoch": int(top["training_iteration"])},
+            "distinct_configs": int(len(combos.drop_duplicates())),
+            "at_grace_period": {"results": int(len(first)), "distinct_values": int(first.round(6).nunique()),
+                                "most_common_value_count": int(first.round(6).value_counts().iloc[0])
+                                if len(first) else 0},
+            "trials_at_max_epochs": int((summary["per_trial"]["epochs"] >= s.search_max_epochs).sum()),
+            "wall_seconds": round(study.wall_seconds, 1), "log": study.log_file,
+        }
+        drop_model_files(study.study_uri)
+    outcome["optuna"] = plain_optuna_search(bench, bench.workdir / "search-asha.yaml", samples)
+    if outcome["grid"]["trials_at_max_epochs"] != outcome["grid"]["trials"]:
+        log.warning("search: %d of the grid's %d trials stopped before %d epochs", outcome["grid"]["trials"]
+                    - outcome["grid"]["trials_at_max_epochs"], outcome["grid"]["trials"], s.search_max_epochs)
+    grid_best, asha_best = outcome["grid"]["best"], outcome["asha"]["best"]
+    if mode == "min":  # a loss: the gap and the ratio still read "how far ASHA's best falls short"
+        grid_best, asha_best = -grid_best, -asha_best
+    bench.figure("search/grid_epochs", outcome["grid"]["epochs"])
+    bench.figure("search/asha_epochs", outcome["asha"]["epochs"])
+    bench.figure("search/epochs_ratio", outcome["asha"]["epochs"] / outcome["grid"]["epochs"])
+    bench.figure("search/grid_best", outcome["grid"]["best"])
+    bench.figure("search/asha_best", outcome["asha"]["best"])
+    bench.figure("search/best_gap", grid_best - asha_best)
+    bench.figure("search/best_ratio", outcome["asha"]["best"] / outcome["grid"]["best"]
+                 if outcome["grid"]["best"] else float("nan"))
+    # The peer a user would pick on one machine: plain Optuna, same space, budget and training.
+    optuna_best = -outcome["optuna"]["best"] if mode == "min" else outcome["optuna"]["best"]
+    bench.figure("search/optuna_epochs", outcome["optuna"]["epochs"])
+    bench.figure("search/optuna_best", outcome["optuna"]["best"])
+    bench.figure("search/epochs_vs_optuna", outcome["asha"]["epochs"] / outcome["optuna"]["epochs"])
+    bench.figure("search/best_gap_vs_optuna", optuna_best - asha_best)
+    bench.figure("search/wall_vs_optuna", outcome["asha"]["wall_seconds"] / outcome["optuna"]["wall_seconds"])
+    bench.details["search"] = {
+        "metric": metric, "configs": configs, "asha_samples": samples, "sampler": s.search_sampler,
+        "max_epochs": s.search_max_epochs, "grace_period": s.search_grace_period,
+        "reduction_factor": s.search_reduction_factor, "image_size": s.search_image_size, "mode": mode,
+        "space": search_space_text(s, "grid"), **outcome,
+    }
+
+
+def plain_optuna_search(bench: Bench, space_file: Path, samples: int) -> dict[str, Any]:
+    """The search part's space through Optuna alone, in this process: its TPE sampler (seeded, the
+    space's cover_first points enqueued first, as the study does) and its SuccessiveHalvingPruner with
+    the study's grace period and reduction factor, each epoch reported, `samples` trials, the same
+    cxrnets training, split and seed as the study's trials. Returns epochs spent, the best epoch's
+    metric (pruned trials included, as the study counts them) and wall time."""
+    import optuna
+    import torch
+
+    from cxrnets.errors import DivergedError
+    from cxrnets.training import TrainConfig, TrainingRun, prepare_data
+    from study.settings import metric_mode
+    from study.space import load_space
+
+    s = bench.settings
+    space = load_space(space_file)
+    metric, mode = s.search_metric, metric_mode(s.search_metric)
+    base = {"dataset": s.dataset, "data_root": data_root(s), "image_size": s.search_image_size,
+            "epochs": s.search_max_epochs, "seed": s.seed, "cache_dir": str(bench.workdir / "cache"),
+            "device": s.device}
+    torch.set_num_threads(s.num_cpus)  # as a study trial that reserves every core
+    started = time.perf_counter()
+    data = prepare_data(TrainConfig.from_dict({**base, "model": "resnet50"}))
+    epochs, values = 0, []
+
+    def objective(trial: optuna.Trial) -> float:
+        nonlocal epochs
+        constants = space(trial)  # define-by-run: suggests into trial.params, returns the constants
+        run = TrainingRun(TrainConfig.from_dict({**base, **trial.params, **constants}), data)
+        best = None
+        for epoch in range(1, s.search_max_epochs + 1):
+            try:
+                value = run.train_epoch()[metric]
+            except DivergedError:
+                raise optuna.TrialPruned() from None
+            epochs += 1
+            values.append(value)
+            best = value if best is None or (value > best if mode == "max" else value < best) else best
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return best
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        direction="maximize" if mode == "max" else "minimize", sampler=space.make_sampler(s.seed),
+        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=s.search_grace_period,
+                                                      reduction_factor=s.search_reduction_factor))
+    for point in space.first_points()[:samples]:
+        study.enqueue_trial(point)
+    study.optimize(objective, n_trials=samples)
+    pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
+    best = max(values) if mode == "max" else min(values)
+    log.info("plain Optuna: %d trials (%d pruned), %d epochs, best %s %.3f", len(study.trials), pruned, epochs,
+             metric, best)
+    return {"trials": len(study.trials), "pruned": pruned, "epochs": epochs, "best": float(best),
+            "wall_seconds": round(time.perf_counter() - started, 1),
+            "pruner": f"SuccessiveHalvingPruner(min_resource={s.search_grace_period}, "
+                      f"reduction_factor={s.search_reduction_factor})"}
+
+
