@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import yaml
 
 from study.bench.settings import Settings
 
@@ -83,17 +84,19 @@ def check_goals(figures: dict[str, float]) -> list[dict[str, Any]]:
 
 
 def render_table(figures: dict[str, float], goals: list[dict[str, Any]]) -> str:
+    """Every figure, its goal and whether it is met, as a Markdown table (study.tables.markdown_table)."""
+    import pandas as pd
+
+    from study.tables import markdown_table
+
     by_figure = {goal["figure"]: goal for goal in goals}
-    rows = [("part", "figure", "value", "goal", "met")]
+    rows = []
     for name, value in figures.items():
         part, _, rest = name.partition("/")
         goal = by_figure.get(name)
         rows.append((part, rest, _fmt(value), goal["goal"] if goal else "",
                      ("yes" if goal["met"] else "NO") if goal else ""))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
+    return markdown_table(pd.DataFrame(rows, columns=["part", "figure", "value", "goal", "met"], dtype=str))
 
 
 def write_report(out: Path, report: dict[str, Any]) -> None:
@@ -181,17 +184,18 @@ def machine_info(settings: Settings) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ studies as a user runs them
 
-SMOKE_SPACE = """\
-description: Bench smoke study (ResNet50 at 16 px on the embedded sample).
-sampler: tpe
-search:
-  model: {choice: [resnet50]}
-  optimizer: {choice: [adam, sgd]}
-  lr: {loguniform: [1.0e-4, 1.0e-3]}
-  batch_size: {value: 32}
-  momentum: {value: 0.9, when: {optimizer: sgd}}
-  pretrained: {value: false}
-"""
+SMOKE_SPACE: dict[str, Any] = {
+    "description": "Bench smoke study (ResNet50 at 16 px on the embedded sample).",
+    "sampler": "tpe",
+    "search": {
+        "model": {"choice": ["resnet50"]},
+        "optimizer": {"choice": ["adam", "sgd"]},
+        "lr": {"loguniform": [1.0e-4, 1.0e-3]},
+        "batch_size": {"value": 32},
+        "momentum": {"value": 0.9, "when": {"optimizer": "sgd"}},
+        "pretrained": {"value": False},
+    },
+}
 
 
 @dataclass
@@ -229,7 +233,7 @@ def study_run_argv(s: Settings, workdir: Path, name: str, args: list[str], stora
 def study_space(s: Settings, workdir: Path) -> str:
     """--space of the orchestration and storage studies (the smoke space is written to the work directory)."""
     if s.study_space == "<smoke>":
-        return str(write_space(workdir, "smoke-space", SMOKE_SPACE))
+        return str(write_space(workdir, "smoke-space", space_text(SMOKE_SPACE)))
     return s.study_space
 
 
@@ -316,6 +320,12 @@ def write_space(workdir: Path, name: str, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+def space_text(space: dict[str, Any]) -> str:
+    """A search space as YAML, in search_spaces/*.yaml's format. Keys keep their order: a `when` names
+    a dimension above it."""
+    return yaml.safe_dump(space, sort_keys=False, default_flow_style=None, width=120)
 
 
 def trial_summary(results) -> dict[str, Any]:

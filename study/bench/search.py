@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from study.bench.common import Bench, data_root, drop_model_files, run_study_command, trial_summary, write_space
+from study.bench.common import (Bench, data_root, drop_model_files, run_study_command, space_text, trial_summary,
+                                write_space)
 from study.bench.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,23 +38,19 @@ def search_args(s: Settings, workdir: Path) -> dict[str, list[str]]:
 
 
 def search_space_text(s: Settings, sampler: str) -> str:
-    def listing(values) -> str:
-        return "[" + ", ".join(str(v) for v in values) + "]"
-
-    lrs = "[" + ", ".join(f"{lr:.1e}" for lr in s.search_lrs) + "]"
-    lines = [
-        "description: Bench search-efficiency space (the full grid against ASHA + Optuna).",
-        f"sampler: {sampler}",
-        "search:",
-        f"  model: {{choice: {listing(s.search_models)}}}",
-        f"  optimizer: {{choice: {listing(s.search_optimizers)}}}",
-        f"  lr: {{choice: {lrs}}}",
-        f"  batch_size: {{value: {s.batch_size}}}",
-    ]
+    """The search part's space (search_spaces/*.yaml's format): the search models, optimizers and learning
+    rates (each to 2 significant digits), the batch size fixed, no pretrained weights."""
+    search: dict[str, Any] = {
+        "model": {"choice": list(s.search_models)},
+        "optimizer": {"choice": list(s.search_optimizers)},
+        "lr": {"choice": [float(f"{lr:.1e}") for lr in s.search_lrs]},
+        "batch_size": {"value": s.batch_size},
+    }
     if "sgd" in s.search_optimizers:
-        lines.append("  momentum: {value: 0.9, when: {optimizer: sgd}}")
-    lines.append("  pretrained: {value: false}")
-    return "\n".join(lines) + "\n"
+        search["momentum"] = {"value": 0.9, "when": {"optimizer": "sgd"}}
+    search["pretrained"] = {"value": False}
+    return space_text({"description": "Bench search-efficiency space (the full grid against ASHA + Optuna).",
+                       "sampler": sampler, "search": search})
 
 
 def bench_search(bench: Bench) -> None:
