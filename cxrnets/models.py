@@ -13,7 +13,7 @@ file can run code. A head whose shape does not fit (an ImageNet head has 1000
 classes) is skipped and stays freshly initialised; any other mismatch is an
 error.
 
-``MIN_IMAGE_SIZE`` is the smallest square input each model accepts. It follows
+``MIN_IMAGE_SIZE`` (cxrnets.names) is the smallest square input each model accepts. It follows
 from the layers (torchvision's versions, which end in an adaptive average pool,
 so only the pooling/strided layers before it limit the size):
 
@@ -48,6 +48,7 @@ import torchvision
 from torch import nn
 
 from cxrnets.errors import CxrError
+from cxrnets.names import MIN_IMAGE_SIZE, MODEL_NAMES, check_image_size, check_model_name
 
 __all__ = [
     "MODEL_NAMES",
@@ -59,10 +60,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MODEL_NAMES: tuple[str, ...] = ("alexnet", "vgg11", "resnet50")
-
-MIN_IMAGE_SIZE: dict[str, int] = {"alexnet": 63, "vgg11": 32, "resnet50": 1}
-
 # The state-dict keys of each model's classification head.
 _HEAD_KEYS: dict[str, tuple[str, str]] = {
     "alexnet": ("classifier.6.weight", "classifier.6.bias"),
@@ -72,24 +69,6 @@ _HEAD_KEYS: dict[str, tuple[str, str]] = {
 
 # How many offending keys an error message shows.
 _SHOW_KEYS = 5
-
-
-def _check_name(name: str) -> None:
-    if name not in MODEL_NAMES:
-        raise CxrError(
-            f"unknown model {name!r}: choose one of {', '.join(MODEL_NAMES)}"
-        )
-
-
-def check_image_size(name: str, image_size: int) -> None:
-    """Raise ``CxrError`` if ``name`` cannot take square images of ``image_size`` px."""
-    _check_name(name)
-    minimum = MIN_IMAGE_SIZE[name]
-    if image_size < minimum:
-        raise CxrError(
-            f"image_size {image_size} is too small for model {name!r}: it needs "
-            f"at least {minimum} px; raise image_size to {minimum} or more"
-        )
 
 
 def _imagenet_url(name: str) -> str:
@@ -103,7 +82,7 @@ def imagenet_weights_path(name: str) -> Path:
     the file ``torchvision.models.<name>(weights="DEFAULT")`` would read; so it
     follows ``TORCH_HOME`` and ``torch.hub.set_dir``.
     """
-    _check_name(name)
+    check_model_name(name)
     file_name = os.path.basename(urlparse(_imagenet_url(name)).path)
     return Path(torch.hub.get_dir()) / "checkpoints" / file_name
 
@@ -255,7 +234,7 @@ def build_model(
     them there first if ``allow_download``. The ImageNet head (1000 classes)
     is never loaded into a head of another size.
     """
-    _check_name(name)
+    check_model_name(name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise CxrError(f"num_classes must be an integer of at least 2, got {num_classes!r}")
     model = torchvision.models.get_model(name, weights=None)

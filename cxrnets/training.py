@@ -28,12 +28,12 @@ from cxrnets.cache import build_cache
 from cxrnets.data import DATASET_NAMES, SAMPLE_ROOT, DatasetIndex, load_dataset
 from cxrnets.errors import CxrError, DivergedError
 from cxrnets.metrics import classification_metrics
-from cxrnets.models import MODEL_NAMES, build_model, check_image_size
+from cxrnets.models import build_model
+from cxrnets.names import MODEL_NAMES, OPTIMIZER_NAMES, check_image_size
 from cxrnets.splits import describe, load_split, make_split, save_split
 
 log = logging.getLogger(__name__)
 
-OPTIMIZER_NAMES = ("adam", "sgd")
 SPLIT_COLUMNS = ["relpath", "patient", "sha1", "stratum", "split"]
 
 

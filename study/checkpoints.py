@@ -158,22 +158,6 @@ def delete_full_states(trial_folder: str) -> int:
     return freed
 
 
-def parse_keep(text: str | int) -> int | str:
-    """--keep: "all" or a positive number of trials per cell."""
-    from cxrnets.errors import CxrError
-
-    if str(text).strip().lower() == "all":
-        return "all"
-    try:
-        keep = int(text)
-    except ValueError:
-        keep = 0
-    if keep < 1:
-        raise CxrError(f"--keep {text}: give 'all' or how many of each model's best trials keep their weights "
-                       "(1 or more)")
-    return keep
-
-
 def weights_to_drop(bests: dict[str, tuple[tuple, float]], ended: Iterable[str], keep: int | str,
                     mode: str) -> list[str]:
     """Trials whose weights can go: ended, and outside their cell's `keep` best.

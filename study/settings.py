@@ -57,6 +57,9 @@ class StudySettings:
     keep: int | str = 1  # best weights kept after the study: each (dataset, model) cell's k best trials, or "all"
     dataset_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # dataset -> its loader's options
     tie_break: str | None = None  # ASHA's second metric for ties (None: plain ties, as studies before it had)
+    # The Optuna study's name in optuna.db (study.searcher); None: a study from before that file, whose
+    # Optuna study lived in the driver's memory and in Tune's snapshots only.
+    optuna_study: str | None = None
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # majority class, per dataset
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
 
@@ -71,6 +74,20 @@ class StudySettings:
 def metric_mode(metric: str) -> str:
     """min for a loss, else max."""
     return "min" if metric.endswith("loss") else "max"
+
+
+def parse_keep(text: str | int) -> int | str:
+    """--keep: "all" or a positive number of trials per cell."""
+    if str(text).strip().lower() == "all":
+        return "all"
+    try:
+        keep = int(text)
+    except ValueError:
+        keep = 0
+    if keep < 1:
+        raise CxrError(f"--keep {text}: give 'all' or how many of each model's best trials keep their weights "
+                       "(1 or more)")
+    return keep
 
 
 def settings_uri(study_uri: str) -> str:

@@ -35,15 +35,16 @@ import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
 import yaml
 
 from cxrnets.data import DATASET_NAMES
 from cxrnets.errors import CxrError
-from cxrnets.models import MODEL_NAMES
-from cxrnets.training import OPTIMIZER_NAMES
+from cxrnets.names import MIN_IMAGE_SIZE, MODEL_NAMES, OPTIMIZER_NAMES
+
+if TYPE_CHECKING:
+    import optuna
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
@@ -78,6 +79,8 @@ class Dimension:
 
     def distribution(self) -> optuna.distributions.BaseDistribution | None:
         """The Optuna distribution `sample` draws from (None for a fixed value)."""
+        import optuna
+
         if self.kind == "value":
             return None
         if self.kind == "choice":
@@ -146,6 +149,8 @@ class SearchSpace:
         return grid
 
     def make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        import optuna
+
         if self.sampler == "grid":
             return optuna.samplers.GridSampler(self.optuna_grid(), seed=seed)
         if self.sampler == "random":
@@ -323,8 +328,6 @@ def _check_value(where: str, key: str, value: Any) -> None:
 
 def _check_models_fit_image_size(source: str, space: SearchSpace) -> None:
     """Catch 'alexnet at 32 px' before any trial runs."""
-    from cxrnets.models import MIN_IMAGE_SIZE
-
     sizes = space.values_of("image_size") or ([space.study["image_size"]] if "image_size" in space.study else [])
     for model, size in itertools.product(space.values_of("model"), sizes):
         if isinstance(size, int) and size < MIN_IMAGE_SIZE[model]:

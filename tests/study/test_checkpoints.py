@@ -10,11 +10,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
-import pytest
 import torch
 
-from cxrnets.errors import CxrError
-from study.checkpoints import (CheckpointPolicy, WeightsKeeper, delete_full_states, improves, parse_keep,
+from study.checkpoints import (CheckpointPolicy, WeightsKeeper, delete_full_states, improves,
                                prune_weights, read_best_weights, save_best_weights, sidecar_uri, weights_to_drop,
                                weights_uri)
 
@@ -32,13 +30,6 @@ def test_improves_is_strict_and_ignores_nan():
     assert improves(0.5, None, "max") and improves(0.6, 0.5, "max") and not improves(0.5, 0.5, "max")
     assert improves(0.4, 0.5, "min") and not improves(0.6, 0.5, "min")
     assert not improves(math.nan, None, "max") and not improves(None, 0.1, "max")
-
-
-def test_keep_parses_all_or_a_positive_count():
-    assert parse_keep("all") == "all" and parse_keep("ALL") == "all" and parse_keep("3") == 3
-    for bad in ("0", "-1", "best", ""):
-        with pytest.raises(CxrError, match="--keep"):
-            parse_keep(bad)
 
 
 def test_weights_to_drop_keeps_each_cells_best_among_all_trials():

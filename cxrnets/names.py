@@ -1,0 +1,28 @@
+"""The names the command lines accept for models and optimizers, and the smallest image each model takes.
+
+Kept apart from cxrnets.models and cxrnets.training, which load torch (seconds), so that a
+command's `--help` and its option errors answer at once. cxrnets.models explains the sizes.
+"""
+
+from __future__ import annotations
+
+from cxrnets.errors import CxrError
+
+MODEL_NAMES: tuple[str, ...] = ("alexnet", "vgg11", "resnet50")
+OPTIMIZER_NAMES: tuple[str, ...] = ("adam", "sgd")
+
+MIN_IMAGE_SIZE: dict[str, int] = {"alexnet": 63, "vgg11": 32, "resnet50": 1}
+
+
+def check_model_name(name: str) -> None:
+    if name not in MODEL_NAMES:
+        raise CxrError(f"unknown model {name!r}: choose one of {', '.join(MODEL_NAMES)}")
+
+
+def check_image_size(name: str, image_size: int) -> None:
+    """Raise ``CxrError`` if ``name`` cannot take square images of ``image_size`` px."""
+    check_model_name(name)
+    minimum = MIN_IMAGE_SIZE[name]
+    if image_size < minimum:
+        raise CxrError(f"image_size {image_size} is too small for model {name!r}: it needs "
+                       f"at least {minimum} px; raise image_size to {minimum} or more")
