@@ -1,4 +1,4 @@
-"""Ray's OptunaSearch, telling Optuna each trial's value at its best epoch: the value ASHA and the analysis use.
+"""Ray's OptunaSearch, telling Optuna each trial's value at its best epoch, in an Optuna study stored with the study.
 
 Ray's OptunaSearch records for a trial the metric of its last report, while the
 study keeps each trial's best epoch (BestEpochASHA judges rungs by it and the
@@ -11,32 +11,164 @@ than PRUNED: their best is a real measurement of the configuration (a lower
 bound of what it would have reached), the same figure the results table and
 the analysis show for them, and TPE then weighs them with every other trial
 instead of setting them aside as pruned.
+
+The Optuna study lives in an SQLite file, `optuna.db` in the study folder, so
+that Optuna's own tools open it while the study runs and after:
+
+    optuna-dashboard sqlite:////abs/path/studies/<name>/optuna.db
+
+For a study in object storage the driver works on a local copy (`working_file`)
+and writes it into the bucket after every change (a trial's start, each epoch,
+its end); `--resume` fetches it back first (`restore_storage_file`). Each Optuna trial carries its Tune trial id as
+the user attribute `trial_id`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
+import tempfile
+from pathlib import Path
 
+import optuna
 from ray.tune.search.optuna import OptunaSearch
+
+from cxrnets.errors import CxrError
+from study import storage
+
+log = logging.getLogger(__name__)
+
+OPTUNA_FILE = "optuna.db"
+
+
+def storage_file_uri(study_uri: str) -> str:
+    """Where a study keeps its Optuna storage file (in its folder or its bucket)."""
+    return storage.join(study_uri, OPTUNA_FILE)
+
+
+def working_file(study_uri: str) -> Path:
+    """The file the driver's Optuna study reads and writes: the study's own file on local storage; for
+    object storage, a local copy named after the study's URI (the same on every resume)."""
+    if not storage.is_remote(study_uri):
+        return Path(storage_file_uri(study_uri))
+    digest = hashlib.sha1(study_uri.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "cxr-tune-optuna" / digest / OPTUNA_FILE
+
+
+def storage_url(path: Path) -> str:
+    return f"sqlite:///{path.resolve()}"
+
+
+def open_storage(path: Path) -> optuna.storages.RDBStorage:
+    """A new or existing Optuna storage file (its folder is made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(storage_url(path))
+
+
+def restore_storage_file(study_uri: str, optuna_study: str) -> Path:
+    """Before a resume: fetch the study's Optuna file from object storage, and check that it holds the
+    Optuna study `optuna_study` (CxrError otherwise, naming the file and what to do). Returns the working file."""
+    uri, path = storage_file_uri(study_uri), working_file(study_uri)
+    if storage.is_remote(study_uri):
+        try:
+            data = storage.read_bytes(uri)
+        except FileNotFoundError as error:
+            raise CxrError(f"{uri} is missing: it holds the study's Optuna study, which --resume continues; "
+                           "restore the file from a copy of the study, or start a new study") from error
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    elif not path.is_file():
+        raise CxrError(f"{uri} is missing: it holds the study's Optuna study, which --resume continues; "
+                       "restore the file from a copy of the study, or start a new study")
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        names = optuna.get_all_study_names(storage_url(path))
+    except (SQLAlchemyError, RuntimeError) as error:
+        raise CxrError(f"{uri} is not a readable Optuna storage ({str(error).splitlines()[0]}); restore the "
+                       "study's own file from a copy of the study, or start a new study") from error
+    if optuna_study not in names:
+        raise CxrError(f"{uri} holds the Optuna study {', '.join(map(repr, names)) or 'of no name'}, not this "
+                       f"study's {optuna_study!r}: it comes from another study; put back this study's own "
+                       "optuna.db, or start a new study")
+    return path
 
 
 class BestEpochOptunaSearch(OptunaSearch):
-    """OptunaSearch whose completed trials carry their best epoch's value of the metric."""
+    """OptunaSearch whose completed trials carry their best epoch's value of the metric.
+
+    `copy_to`: a URI the storage file (`storage_file`) is copied to after each trial start, result and end
+    (object storage; None when the file already lies in the study folder).
+    """
+
+    def __init__(self, *args, storage_file: Path | None = None, copy_to: str | None = None, **kwargs) -> None:
+        if storage_file is not None:
+            kwargs["storage"] = open_storage(storage_file)
+        super().__init__(*args, **kwargs)
+        self._storage_file, self._copy_to = storage_file, copy_to
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        if trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr("trial_id", trial_id)
+            self._copy_storage_file()
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        super().on_trial_result(trial_id, result)
-        value = result.get(self.metric)
-        if not isinstance(value, (int, float)) or math.isnan(value):
-            return
-        best = self._best_values().get(trial_id)
-        if best is None or (value > best if self.mode == "max" else value < best):
-            self._best_values()[trial_id] = value
+        if trial_id in self._completed_trials:
+            return  # a trial the Optuna study had finished before an interruption, rerun by the resume
+        self._record_epoch(trial_id, result)
+        self._copy_storage_file()
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials:
+            return
+        if result and not error:
+            # The result that ends a trial (the last epoch, or the rung where ASHA stopped it) reaches the
+            # searcher only here: Tune calls on_trial_result only for trials that go on.
+            self._record_epoch(trial_id, result)
         best = self._best_values().pop(trial_id, None)
         if result and best is not None:
             result = {**result, self.metric: best}
         super().on_trial_complete(trial_id, result, error)
+        self._copy_storage_file()
+
+    def _record_epoch(self, trial_id: str, result: dict) -> None:
+        """An epoch's result: the Optuna trial's intermediate value at that epoch (once), and its best so far."""
+        value, epoch = result.get(self.metric), result.get("training_iteration")
+        if not isinstance(value, (int, float)) or math.isnan(value) or epoch is None:
+            return
+        reported = self.__dict__.setdefault("_last_epoch_reported", {})
+        if epoch > reported.get(trial_id, 0):
+            self._ot_trials[trial_id].report(value, epoch)
+            reported[trial_id] = epoch
+        best = self._best_values().get(trial_id)
+        if best is None or (value > best if self.mode == "max" else value < best):
+            self._best_values()[trial_id] = value
+
+    def restore(self, checkpoint_path: str) -> None:
+        """The searcher's state from Tune's last snapshot, reconciled with the Optuna storage, which may be
+        ahead of it: a trial the storage holds as finished is not told again (the resume reruns it from its
+        last full state), and a trial started after the snapshot, which the resume forgets, is marked failed."""
+        super().restore(checkpoint_path)
+        if getattr(self, "_storage_file", None) is None:
+            return  # in-memory Optuna study (studies from before the storage file)
+        known = {trial.number: trial_id for trial_id, trial in self._ot_trials.items()}
+        for frozen in self._ot_study.get_trials(deepcopy=False):
+            if frozen.number in known and frozen.state.is_finished():
+                self._completed_trials.add(known[frozen.number])
+            elif frozen.number not in known and frozen.state == optuna.trial.TrialState.RUNNING:
+                self._ot_study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
+                log.info("Optuna trial %d had started when the study was interrupted and is not resumed: "
+                         "marked failed", frozen.number)
+
+    def _copy_storage_file(self) -> None:
+        """Object storage: the bucket's copy follows every change, so that it always knows at least every
+        trial of Tune's last snapshot (which a resume restores) and every epoch they reported."""
+        copy_to, path = getattr(self, "_copy_to", None), getattr(self, "_storage_file", None)  # None: older studies
+        if copy_to and path is not None:
+            storage.write_bytes(copy_to, path.read_bytes())
 
     def _best_values(self) -> dict[str, float]:
         """trial id -> best value so far; kept in the searcher's saved state, so a resumed study keeps it."""

@@ -1,10 +1,13 @@
-"""BestEpochOptunaSearch: Optuna records each trial's best epoch, the value ASHA and the analysis use."""
+"""BestEpochOptunaSearch: Optuna records each trial's best epoch, the value ASHA and the analysis use, in an
+Optuna storage file that a resume continues."""
 
 from __future__ import annotations
 
 import optuna
+import pytest
 
-from study.searcher import BestEpochOptunaSearch
+from cxrnets.errors import CxrError
+from study.searcher import BestEpochOptunaSearch, open_storage, restore_storage_file, storage_url
 
 
 def space(trial: optuna.Trial) -> None:
@@ -17,8 +20,10 @@ def searcher(mode: str = "max") -> BestEpochOptunaSearch:
 
 
 def feed(search: BestEpochOptunaSearch, trial_id: str, curve: list[float]) -> None:
+    """As Tune does for a trial stopped by the scheduler (ASHA at a rung or at max_t): every epoch but the
+    last through on_trial_result, the last only through on_trial_complete."""
     assert search.suggest(trial_id) is not None
-    for epoch, value in enumerate(curve, start=1):
+    for epoch, value in enumerate(curve[:-1], start=1):
         search.on_trial_result(trial_id, {"training_iteration": epoch, "val/f1_macro": value})
     search.on_trial_complete(trial_id, {"training_iteration": len(curve), "val/f1_macro": curve[-1]})
 
@@ -33,6 +38,18 @@ def test_the_recorded_value_is_the_best_epochs():
     assert [t.value for t in trials] == [max(curve) for curve in curves.values()]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     assert [list(t.intermediate_values.values()) for t in trials] == list(curves.values())  # every epoch kept
+
+
+def test_the_epoch_that_ends_a_trial_counts_however_it_arrives():
+    search = searcher()
+    feed(search, "best-last", [0.2, 0.3, 0.5])  # the last epoch only in on_trial_complete (a stopped trial)
+    search.suggest("ran-out")  # a trainable that returned: its last result also came through on_trial_result
+    for epoch, value in enumerate([0.1, 0.4], start=1):
+        search.on_trial_result("ran-out", {"training_iteration": epoch, "val/f1_macro": value})
+    search.on_trial_complete("ran-out", {"training_iteration": 2, "val/f1_macro": 0.4})
+    best_last, ran_out = search._ot_study.trials
+    assert best_last.value == 0.5 and best_last.intermediate_values == {1: 0.2, 2: 0.3, 3: 0.5}
+    assert ran_out.value == 0.4 and ran_out.intermediate_values == {1: 0.1, 2: 0.4}
 
 
 def test_a_loss_records_its_lowest_epoch():
@@ -54,3 +71,96 @@ def test_the_bests_survive_a_restore(tmp_path):
     restored.on_trial_result("t", {"training_iteration": 2, "val/f1_macro": 0.3})
     restored.on_trial_complete("t", {"training_iteration": 2, "val/f1_macro": 0.3})
     assert restored._ot_study.trials[0].value == 0.5
+
+
+# ------------------------------------------------------------------ the Optuna study stored with the study
+
+def stored_searcher(path) -> BestEpochOptunaSearch:
+    return BestEpochOptunaSearch(space, metric="val/f1_macro", mode="max", sampler=optuna.samplers.TPESampler(seed=0),
+                                 study_name="demo", storage_file=path)
+
+
+def stored_trials(path) -> dict[str, optuna.trial.FrozenTrial]:
+    """The storage file's trials, read by Optuna itself, by their Tune trial id."""
+    trials = optuna.load_study(study_name="demo", storage=storage_url(path)).trials
+    return {t.user_attrs.get("trial_id", f"#{t.number}"): t for t in trials}
+
+
+def test_the_storage_file_holds_each_trial_with_its_best_epoch(tmp_path):
+    path = tmp_path / "study" / "optuna.db"
+    search = stored_searcher(path)
+    feed(search, "a", [0.30, 0.45, 0.38])
+    feed(search, "b", [0.29, 0.33])
+    trials = stored_trials(path)
+    assert set(trials) == {"a", "b"}
+    assert trials["a"].value == 0.45 and trials["b"].value == 0.33
+    assert trials["a"].intermediate_values == {1: 0.30, 2: 0.45, 3: 0.38}
+
+
+def test_a_restore_reconciles_the_snapshot_with_a_storage_that_ran_ahead(tmp_path):
+    """Tune's snapshot of the searcher can be older than the storage file: a trial that finished after
+    it is rerun by the resume but keeps its one value; a trial started after it is forgotten by the
+    resume and marked failed; a trial running at the snapshot goes on."""
+    path = tmp_path / "optuna.db"
+    search = stored_searcher(path)
+    feed(search, "done", [0.2, 0.4])
+    search.suggest("finished-after")
+    search.on_trial_result("finished-after", {"training_iteration": 1, "val/f1_macro": 0.3})
+    search.suggest("running")
+    search.on_trial_result("running", {"training_iteration": 1, "val/f1_macro": 0.1})
+    search.save(str(tmp_path / "searcher.pkl"))  # Tune's snapshot
+    search.on_trial_result("finished-after", {"training_iteration": 2, "val/f1_macro": 0.5})
+    search.on_trial_complete("finished-after", {"training_iteration": 2, "val/f1_macro": 0.5})
+    search.suggest("started-after")  # then the driver is killed
+
+    resumed = stored_searcher(path)
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    for epoch, value in ((2, 0.1), (3, 0.05)):  # the resume reruns "finished-after" from its checkpoint
+        resumed.on_trial_result("finished-after", {"training_iteration": epoch, "val/f1_macro": value})
+    resumed.on_trial_complete("finished-after", {"training_iteration": 3, "val/f1_macro": 0.05})
+    resumed.on_trial_result("running", {"training_iteration": 2, "val/f1_macro": 0.6})
+    resumed.on_trial_complete("running", {"training_iteration": 2, "val/f1_macro": 0.6})
+    feed(resumed, "new", [0.35])
+
+    trials = stored_trials(path)
+    assert sorted(trials) == ["done", "finished-after", "new", "running", "started-after"]  # each once
+    assert {k: t.value for k, t in trials.items() if t.state.name == "COMPLETE"} == {
+        "done": 0.4, "finished-after": 0.5, "running": 0.6, "new": 0.35}
+    assert trials["started-after"].state.name == "FAIL"
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt", "another study"])
+def test_a_resume_refuses_a_storage_file_it_cannot_continue(tmp_path, damage):
+    study_dir = tmp_path / "studies" / "demo"
+    path = study_dir / "optuna.db"
+    if damage == "corrupt":
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"not a database" * 100)
+    elif damage == "another study":
+        optuna.create_study(study_name="other", storage=open_storage(path))
+    with pytest.raises(CxrError) as error:
+        restore_storage_file(str(study_dir), "demo")
+    assert str(path) in str(error.value)
+    assert {"missing": "is missing", "corrupt": "not a readable Optuna storage",
+            "another study": "holds the Optuna study 'other', not this study's 'demo'"}[damage] in str(error.value)
+    assert "restore" in str(error.value) or "put back" in str(error.value)
+
+
+def test_a_resume_accepts_its_own_storage_file(tmp_path):
+    study_dir = tmp_path / "demo"
+    stored_searcher(study_dir / "optuna.db")
+    assert restore_storage_file(str(study_dir), "demo") == study_dir / "optuna.db"
+
+
+def test_the_copy_for_object_storage_follows_every_start_epoch_and_end(tmp_path):
+    """A study in a bucket: the copy always knows every trial started and every epoch reported, so a
+    resume from it can continue any trial Tune's snapshot holds."""
+    working, copy = tmp_path / "driver" / "optuna.db", tmp_path / "bucket" / "optuna.db"
+    search = BestEpochOptunaSearch(space, metric="val/f1_macro", mode="max", study_name="demo",
+                                   sampler=optuna.samplers.TPESampler(seed=0), storage_file=working, copy_to=str(copy))
+    search.suggest("a")
+    assert list(stored_trials(copy)) == ["a"] and stored_trials(copy)["a"].state.name == "RUNNING"
+    search.on_trial_result("a", {"training_iteration": 1, "val/f1_macro": 0.3})
+    assert stored_trials(copy)["a"].intermediate_values == {1: 0.3}
+    search.on_trial_complete("a", {"training_iteration": 1, "val/f1_macro": 0.3})
+    assert stored_trials(copy)["a"].value == 0.3
