@@ -125,7 +125,7 @@ class JobNames:
 def build_tuner(settings: StudySettings, jobs: list[ConfirmJob], splits: dict[str, pd.DataFrame], resume: bool):
     from ray import tune
 
-    from study.run import trial_context
+    from study.driver import trial_context
 
     uri = confirm_uri(settings.study_uri)
     trainable = tune.with_resources(
@@ -150,7 +150,7 @@ def build_tuner(settings: StudySettings, jobs: list[ConfirmJob], splits: dict[st
 def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, address: str | None = None,
                 num_cpus: int | None = None):
     """Start (or resume) the confirm run of a study; returns Tune's ResultGrid."""
-    from study.run import check_cluster, check_local_resources, connect, prepare_splits, runs_on_this_machine
+    from study.driver import check_cluster, check_local_resources, connect, prepare_splits, runs_on_this_machine
 
     import ray
 

@@ -73,7 +73,7 @@ def dataset_missing_message(path: str, node_id: str) -> str:
 def check_node(context: TrialContext, data_root: str) -> None:
     """Refuse to train on a node that cannot see the study's storage or the dataset.
 
-    The driver checks the nodes alive when the study starts (study.run.check_cluster); this
+    The driver checks the nodes alive when the study starts (study.driver.check_cluster); this
     catches nodes that join later, such as autoscaled GPU workers.
     """
     if context.settings_file and not Path(context.settings_file).is_file():

@@ -46,7 +46,7 @@ def open_study(study_dir: str | Path) -> Study:
     uri = settings.study_uri
     results = read_results(uri)
     events = read_trial_events(uri)
-    # Tune names a trial's folder <trial_id>_<trial name> (study.run.trial_dirname).
+    # Tune names a trial's folder <trial_id>_<trial name> (study.driver.trial_dirname).
     known = sorted({*results.get("trial_id", []), *events["trial_id"]}, key=len, reverse=True)
     trial_dirs: dict[str, list[str]] = {}
     for entry in storage.listing(uri):

@@ -127,7 +127,7 @@ def spread(workdir: Path, cache_dir: str, out: dict[str, Any]) -> None:
     """A 4-trial study on the two-node cluster; then check_cluster on paths that no node has."""
     from cxrnets.errors import CxrError
     from study.results import read_results
-    from study.run import check_cluster, run_study
+    from study.driver import check_cluster, run_study
 
     settings = make_settings(workdir, "spread", cache_dir, "--num-samples", "4", "--max-epochs", "2",
                              "--grace-period", "2", "--max-failures", "0")
@@ -153,14 +153,14 @@ def spread(workdir: Path, cache_dir: str, out: dict[str, Any]) -> None:
 def node_loss(workdir: Path, cache_dir: str, out: dict[str, Any], cluster, worker) -> None:
     """A 2-trial, 6-epoch study; the worker node is removed as soon as Tune has registered the first
     full state of a trial there, and a new node added."""
-    import study.run
+    import study.driver
     from study.results import read_results
 
     settings = make_settings(workdir, "node-loss", cache_dir, "--checkpoint-every", "1", "--num-samples", "2",
                              "--max-epochs", "6",
                              "--grace-period", "6", "--max-failures", "2")
     removed = threading.Event()
-    keeper = study.run.WeightsKeeper
+    keeper = study.driver.WeightsKeeper
 
     class RemoveWorkerAfterItsFirstSave(keeper):
         """Removes the worker from inside Tune's loop, right after Tune registered a checkpoint of a
@@ -180,13 +180,13 @@ def node_loss(workdir: Path, cache_dir: str, out: dict[str, Any], cluster, worke
         def __reduce__(self):  # Tune pickles its callbacks (for a resume this scenario never does)
             return keeper, (self.study_uri, self.metric, self.mode, self.keep)
 
-    study.run.WeightsKeeper = RemoveWorkerAfterItsFirstSave
+    study.driver.WeightsKeeper = RemoveWorkerAfterItsFirstSave
     # The study runs in a thread: adding a node registers signal handlers, which only the main thread may.
     outcome: dict[str, Any] = {}
 
     def run() -> None:
         try:
-            outcome["grid"] = study.run.run_study(settings)
+            outcome["grid"] = study.driver.run_study(settings)
         except BaseException:  # noqa: BLE001 - re-raised below
             outcome["error"] = traceback.format_exc()
 
@@ -237,7 +237,7 @@ def counting_trial(config, context):
 
 def always_fails(workdir: Path, cache_dir: str) -> None:
     global ATTEMPTS_FILE
-    import study.run
+    import study.driver
     from cxrnets.data import SAMPLE_ROOT
     from study.results import read_results
 
@@ -247,16 +247,16 @@ def always_fails(workdir: Path, cache_dir: str) -> None:
                              "--grace-period", "1", "--max-failures", "1", "--data-root", str(data_root))
     ATTEMPTS_FILE = str(workdir / "attempts.txt")
     Path(ATTEMPTS_FILE).touch()
-    check_cluster = study.run.check_cluster
+    check_cluster = study.driver.check_cluster
 
     def check_then_lose_data(settings_, **options):
         check_cluster(settings_, **options)
         shutil.rmtree(data_root)  # the driver prepared the data; now it vanishes before any trial starts
 
-    study.run.check_cluster = check_then_lose_data
-    study.run.train_trial = counting_trial
+    study.driver.check_cluster = check_then_lose_data
+    study.driver.train_trial = counting_trial
     started = time.perf_counter()
-    grid = study.run.run_study(settings, num_cpus=1)
+    grid = study.driver.run_study(settings, num_cpus=1)
     OUTPUT["fit_seconds"] = time.perf_counter() - started
     OUTPUT["grid"] = grid_summary(grid)
     OUTPUT["errors"] = [repr(result.error) for result in grid if result.error]

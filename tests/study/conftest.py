@@ -99,7 +99,8 @@ def grid_study(ray_session, tmp_path_factory) -> Path:
     """A small real study, built once for the session (a minute or two on 2 cores): part of the
     embedded sample, two models, both optimizers, two learning rates (6 trials of their grid of 8),
     2 epochs, ASHA, the weights of every trial kept. Tests that change it work on copies."""
-    from study.run import build_parser, run_study, settings_from_args
+    from study.driver import run_study
+    from study.run import build_parser, settings_from_args
 
     work = tmp_path_factory.mktemp("analyze-study")
     data = subset_of_sample(work / "data")

@@ -201,7 +201,7 @@ def settings(tmp_path):
 
 def fake_nodes(monkeypatch, nodes: list[str], hidden: dict[str, set[str]] | None = None) -> list[list[str]]:
     """Pretend the cluster has these live nodes; node N does not see the paths in hidden[N]."""
-    import study.run
+    import study.driver
 
     asked: list[list[str]] = []
 
@@ -210,13 +210,13 @@ def fake_nodes(monkeypatch, nodes: list[str], hidden: dict[str, set[str]] | None
         return {node: [Path(p).exists() and p not in (hidden or {}).get(node, set()) for p in paths]
                 for node in node_ids}
 
-    monkeypatch.setattr(study.run, "_alive_nodes", lambda: list(nodes))
-    monkeypatch.setattr(study.run, "_paths_seen_by_nodes", seen)
+    monkeypatch.setattr(study.driver, "_alive_nodes", lambda: list(nodes))
+    monkeypatch.setattr(study.driver, "_paths_seen_by_nodes", seen)
     return asked
 
 
 def test_check_cluster_on_one_node_asks_nothing(monkeypatch, settings):
-    from study.run import check_cluster
+    from study.driver import check_cluster
 
     asked = fake_nodes(monkeypatch, ["a" * 56], hidden={"a" * 56: {str(Path(settings.storage) / "x")}})
     check_cluster(settings)
@@ -225,10 +225,10 @@ def test_check_cluster_on_one_node_asks_nothing(monkeypatch, settings):
 
 def test_a_head_alone_with_a_local_storage_folder_is_warned_about(monkeypatch, settings, caplog):
     """A cluster whose workers come later (autoscaling, min 0): nothing to ask yet, but a warning."""
-    from study.run import check_cluster
+    from study.driver import check_cluster
 
     asked = fake_nodes(monkeypatch, ["a" * 56])
-    with caplog.at_level("WARNING", logger="study.run"):
+    with caplog.at_level("WARNING", logger="study.driver"):
         check_cluster(settings, joined=True)
         check_cluster(replace(settings, storage="s3://bucket/cxr-tune"), joined=True)
     assert asked == []
@@ -237,7 +237,7 @@ def test_a_head_alone_with_a_local_storage_folder_is_warned_about(monkeypatch, s
 
 
 def test_check_cluster_passes_when_every_node_sees_everything(monkeypatch, settings):
-    from study.run import check_cluster
+    from study.driver import check_cluster
     from study.settings import SETTINGS_FILE
 
     asked = fake_nodes(monkeypatch, ["a" * 56, "b" * 56])
@@ -247,7 +247,7 @@ def test_check_cluster_passes_when_every_node_sees_everything(monkeypatch, setti
 
 
 def test_storage_not_visible_from_a_node_is_refused(monkeypatch, settings):
-    from study.run import check_cluster
+    from study.driver import check_cluster
     from study.settings import SETTINGS_FILE
 
     marker = str(Path(settings.storage) / settings.name / SETTINGS_FILE)
@@ -259,7 +259,7 @@ def test_storage_not_visible_from_a_node_is_refused(monkeypatch, settings):
 
 
 def test_dataset_missing_on_a_node_is_refused(monkeypatch, settings):
-    from study.run import check_cluster
+    from study.driver import check_cluster
 
     root = settings.data_roots["covid-chestxray-3class"]
     fake_nodes(monkeypatch, ["a" * 56, "b" * 56], hidden={"b" * 56: {root}})
@@ -270,7 +270,7 @@ def test_dataset_missing_on_a_node_is_refused(monkeypatch, settings):
 
 def test_object_storage_is_not_looked_for_on_the_nodes(monkeypatch, settings):
     """With s3:// storage the nodes reach the bucket themselves; only the datasets are checked."""
-    from study.run import check_cluster
+    from study.driver import check_cluster
 
     asked = fake_nodes(monkeypatch, ["a" * 56, "b" * 56])
     check_cluster(replace(settings, storage="s3://bucket/cxr-tune"))
@@ -299,7 +299,7 @@ def test_a_trial_refuses_a_node_that_joined_after_the_check(monkeypatch, tmp_pat
 
 def test_a_study_joins_only_a_cluster_started_with_ray_start(monkeypatch, tmp_path):
     """--address, else RAY_ADDRESS, else the address `ray start` records; never another process's ray.init()."""
-    from study.run import cluster_address
+    from study.driver import cluster_address
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))

@@ -31,13 +31,14 @@ import pandas as pd
 import pytest
 
 from study import analyze as analyze_module
+from study import driver
 from study import run as run_module
 from study import storage
 from study.analyze import analyze
 from study.checkpoints import read_best_weights, weights_uri
 from study.results import read_results, read_trial_events
 from study.settings import load_settings
-from test_run import (build_tiny_folder, raw_parts, snapshot, study_argv, study_commands, tensorboard_scalars,
+from test_run import (assert_optuna_study_matches, build_tiny_folder, raw_parts, snapshot, study_argv, study_commands, tensorboard_scalars,
                       wait_for_a_finished_and_a_running_trial, write_space)
 
 EPOCHS, SAMPLES = 3, 2
@@ -66,7 +67,7 @@ def forbid_ray(monkeypatch) -> list:
         calls.append(args)
         raise AssertionError("Ray was started for a study that should have stopped before it")
 
-    monkeypatch.setattr(run_module, "connect", refuse)
+    monkeypatch.setattr(driver, "connect", refuse)
     return calls
 
 
@@ -239,6 +240,14 @@ def test_killed_study_resumed_from_the_bucket_loses_and_repeats_nothing(s3_study
     assert set(new["trial_id"]) == {unfinished}
     results = read_results(s3_study.uri)
     assert len(results) == SAMPLES * EPOCHS
+
+
+def test_the_bucket_holds_the_optuna_study_with_every_trial_once(s3_study, tmp_path):
+    """optuna.db, copied into the bucket after each trial and fetched back by --resume, ends with both
+    trials, the one finished before the kill included, each valued at its best epoch."""
+    local = tmp_path / "optuna.db"
+    local.write_bytes(storage.read_bytes(storage.join(s3_study.uri, "optuna.db")))
+    assert_optuna_study_matches(local, s3_study.name, read_results(s3_study.uri))
 
 
 # ------------------------------------------------------------------ analysing a study in a bucket

@@ -28,6 +28,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 import torch
@@ -36,9 +37,10 @@ from PIL import Image
 
 from study import storage
 from study.checkpoints import read_best_weights
+from study.driver import print_summary, run_study
 from study.results import ResultsTable, read_results, read_trial_events
 from study.tables import best_epochs
-from study.run import build_parser, main, print_summary, run_study, settings_from_args
+from study.run import build_parser, main, settings_from_args
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = {"covid": 210, "normal": 50, "pneumonia": 130}  # class -> mean brightness: something to learn
@@ -202,6 +204,18 @@ def test_storage_bucket_that_cannot_be_reached(tmp_path, capsys, tiny_data, cach
     assert elapsed < 60, f"the unreachable bucket took {elapsed:.0f} s to refuse"
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["--max-epochs", "0"], ["--space", "no-such-space"],
+                                  ["--keep", "none"], ["--model-typo"]])
+def test_help_and_option_errors_answer_without_loading_torch_ray_or_optuna(argv):
+    """--help and a bad option answer at once: nothing heavy is imported before the options are checked
+    (torch and Ray took 8-10 s to import here)."""
+    code = ("import sys\nfrom study.run import main\ntry:\n    code = main(sys.argv[1:])\n"
+            "except SystemExit as exit:\n    code = exit.code\n"
+            "print('exit', code, sorted(m for m in ('torch', 'ray', 'optuna', 'sklearn') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.stdout.splitlines()[-1] == f"exit {0 if argv == ['--help'] else 2} []", done.stdout + done.stderr
+
+
 def test_resume_of_a_folder_that_is_no_study(tmp_path, capsys):
     code = main(["--resume", str(tmp_path)])
     err = capsys.readouterr().err
@@ -220,6 +234,32 @@ def test_resume_of_a_study_whose_split_is_missing(tmp_path, capsys, tiny_data, c
     err = capsys.readouterr().err
     assert code == 2
     assert f"{settings.study_uri}/splits/folder.csv: the study's split is missing" in err and "restore" in err
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt", "another study's"])
+def test_resume_of_a_study_whose_optuna_storage_cannot_be_continued(tmp_path, capsys, tiny_data, cache_dir,
+                                                                     monkeypatch, damage):
+    """optuna.db holds what the searcher learned: a resume without it, or with a corrupt file or another
+    study's, stops before Ray, naming the file and what to do."""
+    import study.driver
+    from study.settings import save_settings
+
+    space = write_space(tmp_path / "space.yaml", GOOD_SPACE)
+    settings = settings_from_args(build_parser().parse_args(
+        study_argv(space, tmp_path / "studies", "no-optuna", tiny_data, cache_dir, "--image-size", "32")))
+    study.driver.prepare_splits(settings, resume=False)
+    save_settings(settings)
+    optuna_file = Path(settings.study_uri) / "optuna.db"
+    if damage == "corrupt":
+        optuna_file.write_bytes(b"\0" * 4096)
+    elif damage == "another study's":
+        optuna.create_study(study_name="someone-else", storage=f"sqlite:///{optuna_file}")
+    monkeypatch.setattr(study.driver, "connect", lambda *a, **k: pytest.fail("Ray started"))
+    assert main(["--resume", settings.study_uri]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {optuna_file} ")
+    assert {"missing": "is missing", "corrupt": "is not a readable Optuna storage",
+            "another study's": "holds the Optuna study 'someone-else', not this study's 'no-optuna'"}[damage] in err
 
 
 def test_fewer_epochs_than_the_spaces_grace_period_lower_it(tmp_path, caplog):
@@ -285,13 +325,15 @@ def main_study(ray_session, tmp_path_factory, tiny_data, cache_dir):
         "--seed", "2", "--checkpoint-every", "2"))
     settings = settings_from_args(args)
     started = time.monotonic()
-    grid = run_study(settings)
+    console = io.StringIO()
+    with contextlib.redirect_stdout(console):
+        grid = run_study(settings)
     print(f"main study: {time.monotonic() - started:.0f} s")
-    return settings, grid, Path(settings.study_uri)
+    return settings, grid, Path(settings.study_uri), console.getvalue()
 
 
 def test_study_over_two_models_and_both_optimizers_completes(main_study, capsys):
-    settings, grid, study_dir = main_study
+    settings, grid, study_dir, _ = main_study
     assert len(grid) == 6 and not grid.errors
     results = read_results(settings.study_uri)
     assert results["trial_id"].nunique() == 6
@@ -309,11 +351,32 @@ def test_study_over_two_models_and_both_optimizers_completes(main_study, capsys)
     assert f"tensorboard --logdir {study_dir}" in out
 
 
+def test_the_console_shows_each_trials_end_and_the_studys_progress(main_study):
+    """By default a study prints a status line and one line per trial that ends, not Tune's tables."""
+    settings, _, _, console = main_study
+    results = read_results(settings.study_uri)
+    epochs = results.groupby("trial_id")["training_iteration"].max()
+    best = results.groupby("trial_id")["val/loss"].min()
+    lines = console.splitlines()
+    ends = [line for line in lines if re.match(r"\[ *\d+:\d\d\] (done|stopped early|diverged)", line)]
+    assert len(ends) == len(epochs)
+    for trial_id, trial_epochs in epochs.items():
+        (line,) = [line for line in ends if f" {trial_id} " in line]
+        how = "done, 3 epochs" if trial_epochs == MAX_EPOCHS else f"stopped early after {trial_epochs} of 3 epochs"
+        assert how in line and f"best val/loss {best[trial_id]:.3f}" in line, line
+    stopped = int((epochs < MAX_EPOCHS).sum())
+    final = [line for line in lines if "trials:" in line][-1]
+    assert f"trials: 0 running, 6 done ({stopped} stopped early) | epochs {epochs.sum()} |" in final
+    assert f"best val/loss {best.min():.3f} {best.idxmin()} " in final
+    assert not any(mark in console for mark in ("╭", "Trial status", "Configuration for experiment")), console
+    assert len(lines) < 40, console
+
+
 def test_what_stays_is_each_models_best_weights_and_no_full_state(main_study):
     """--keep 1 (the default): after the study each model's best trial on the study metric keeps the
     weights of its best epoch; the other trials' weights, and every full state (written after epoch 2
     with --checkpoint-every 2), are gone."""
-    settings, _, study_dir = main_study
+    settings, _, study_dir, _ = main_study
     results = read_results(settings.study_uri)
     best = best_epochs(results, "val/loss", "min").sort_values(["val/loss", "trial_id"])
     winners = best.drop_duplicates("config/model")
@@ -328,7 +391,7 @@ def test_what_stays_is_each_models_best_weights_and_no_full_state(main_study):
 
 
 def test_adam_trials_never_carry_sgd_dimensions(main_study):
-    settings, _, study_dir = main_study
+    settings, _, study_dir, _ = main_study
     for trial_dir in trial_dirs(study_dir):
         params = json.loads((trial_dir / "params.json").read_text())
         if params["optimizer"] == "adam":
@@ -341,7 +404,7 @@ def test_adam_trials_never_carry_sgd_dimensions(main_study):
 
 
 def test_asha_stops_a_trial_early(main_study):
-    settings, _, _ = main_study
+    settings, _, _, _ = main_study
     results = read_results(settings.study_uri)
     trained = results.groupby("trial_id").filter(lambda rows: (rows["diverged"] == 0).all())
     epochs = trained.groupby("trial_id")["training_iteration"].max()
@@ -351,7 +414,7 @@ def test_asha_stops_a_trial_early(main_study):
 
 def test_parquet_table_holds_every_reported_epoch(main_study):
     """Every line of every trial's result.json (and progress.csv) is a row of the Parquet table."""
-    settings, _, study_dir = main_study
+    settings, _, study_dir, _ = main_study
     results = read_results(settings.study_uri)
     dirs = trial_dirs(study_dir)
     assert len(dirs) == 6
@@ -375,7 +438,7 @@ def test_parquet_table_holds_every_reported_epoch(main_study):
 
 
 def test_tensorboard_holds_every_epoch_of_every_trial_with_hparams(main_study):
-    settings, _, study_dir = main_study
+    settings, _, study_dir, _ = main_study
     results = read_results(settings.study_uri)
     for trial_dir in trial_dirs(study_dir):
         assert list(trial_dir.glob("events.out.tfevents.*")), f"no TensorBoard events in {trial_dir}"
@@ -619,17 +682,22 @@ def test_kill_and_resume_continues_without_rerunning(tmp_path, tiny_data, cache_
     events = read_trial_events(str(study_dir))
     assert set(events["trial_id"]) == trials and set(events["event"]) == {"completed"}
 
-    # The searcher keeps what it learned: its saved Optuna study holds all three trials, complete,
-    # and the value of the trial that finished before the kill.
-    from ray.tune.search.optuna import OptunaSearch
+    # The Optuna study stored with the study (optuna.db, read by Optuna itself) holds every trial once,
+    # complete, with its best epoch's value, including the trial that finished before the kill.
+    assert_optuna_study_matches(study_dir / "optuna.db", "resume", results)
 
-    searcher = OptunaSearch()
-    searcher.restore_from_dir(str(study_dir))
-    optuna_trials = searcher._ot_study.trials  # no public accessor for the searcher's Optuna study
-    assert len(optuna_trials) == samples
-    assert all(t.state.name == "COMPLETE" for t in optuna_trials)
-    assert set(searcher._ot_trials) == trials
-    for trial_id in trials:
-        last = results.loc[(results["trial_id"] == trial_id) & (results["training_iteration"] == epochs),
-                           "val/f1_macro"].item()
-        assert math.isclose(optuna_trials[searcher._ot_trials[trial_id].number].value, last)
+
+def assert_optuna_study_matches(path: Path, study_name: str, results: pd.DataFrame,
+                                metric: str = "val/f1_macro") -> None:
+    """The Optuna storage file holds each trial of the results once, COMPLETE, valued at its best epoch,
+    with every reported epoch as an intermediate value (so the sampler saw the epochs after a resume too)."""
+    trials = optuna.load_study(study_name=study_name, storage=f"sqlite:///{path}").trials
+    by_trial = {t.user_attrs["trial_id"]: t for t in trials}
+    assert len(by_trial) == len(trials) == results["trial_id"].nunique()
+    assert set(by_trial) == set(results["trial_id"])
+    assert all(t.state.name == "COMPLETE" for t in trials)
+    best = results.groupby("trial_id")[metric].max()
+    for trial_id, trial in by_trial.items():
+        assert math.isclose(trial.value, best[trial_id]), (trial_id, trial.value, best[trial_id])
+        epochs = results.loc[results["trial_id"] == trial_id, "training_iteration"]
+        assert sorted(trial.intermediate_values) == sorted(epochs), (trial_id, trial.intermediate_values)

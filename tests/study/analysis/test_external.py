@@ -182,7 +182,8 @@ def test_label_map_from_a_yaml_file(tmp_path):
 @pytest.fixture(scope="module")
 def heldout_study(ray_session, tmp_path_factory, sample_subset) -> Path:
     """One ResNet50 trial of 2 epochs on part of the embedded sample, radiopaedia.org held out."""
-    from study.run import build_parser, run_study, settings_from_args
+    from study.driver import run_study
+    from study.run import build_parser, settings_from_args
 
     work = tmp_path_factory.mktemp("heldout-study")
     data = sample_subset(work / "data", per_class=30)

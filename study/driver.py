@@ -1,0 +1,339 @@
+"""Run one study: check this machine or the cluster, prepare the data once, then let Ray Tune run the trials.
+
+`python -m study.run` (the command line, study/run.py) builds the study's settings and calls
+`run_study`; `study.confirm` reuses the cluster and data steps for its seed repeats.
+
+Before Ray starts any trial the driver checks every option, indexes each
+dataset, decodes it once into the node's cache, and makes the study's split
+(saved in the study directory; every trial uses it). Then the space's
+`cover_first` trials run (e.g. every model with each optimizer), Optuna
+proposes the rest, and ASHA stops trials whose best epoch so far is weak.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+# Checkpoints with CheckpointConfig(num_to_keep) make Tune warn at every experiment snapshot
+# (see RAY-NOTES.md); the snapshots are what we want, the warnings are noise.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+
+from cxrnets.cache import build_cache  # noqa: E402
+from cxrnets.data import load_dataset  # noqa: E402
+from cxrnets.errors import CxrError  # noqa: E402
+from cxrnets.metrics import majority_baseline  # noqa: E402
+from cxrnets.splits import describe, make_split  # noqa: E402
+from cxrnets.training import SPLIT_COLUMNS, align_split  # noqa: E402
+from study import storage  # noqa: E402
+from study.asha import BestEpochASHA  # noqa: E402
+from study.checkpoints import WEIGHTS_DIR, CheckpointPolicy, WeightsKeeper, prune_weights  # noqa: E402
+from study.console import StudyConsole  # noqa: E402
+from study.results import ResultsTable, read_results, read_trial_events  # noqa: E402
+from study.searcher import (BestEpochOptunaSearch, restore_storage_file, storage_file_uri,  # noqa: E402
+                            storage_url, working_file)
+from study.settings import StudySettings, metric_mode, read_split, save_settings, settings_uri, split_uri  # noqa: E402
+from study.tables import comparison_table, markdown_table  # noqa: E402
+from study.trainable import (TrialContext, dataset_missing_message, storage_not_shared_message,  # noqa: E402
+                             train_trial)
+
+log = logging.getLogger(__name__)
+
+# ------------------------------------------------------------------ this machine
+
+def runs_on_this_machine(address: str | None) -> bool:
+    """True when the study's trials run on this machine alone: a local Ray instance, not a cluster.
+
+    A cluster's head may have no GPU (cluster.yaml: the GPUs are on autoscaled workers), so
+    --gpus-per-trial is checked against this machine only when no cluster is joined.
+    """
+    if ray.is_initialized():
+        return len(_alive_nodes()) < 2
+    return cluster_address(address) is None
+
+
+def check_local_resources(settings: StudySettings, cores: int | None = None) -> None:
+    """On a machine that runs the study itself, refuse what it cannot give (cores: the CPUs Ray may use)."""
+    import torch
+
+    machine = os.cpu_count() or 1
+    cores = min(cores, machine) if cores else machine
+    if settings.cpus_per_trial > cores:
+        where = "this machine" if cores == machine else "the local Ray instance (--num-cpus)"
+        raise CxrError(f"--cpus-per-trial {settings.cpus_per_trial:g} exceeds the {cores} CPU cores of {where}: "
+                       "no trial could ever start")
+    if settings.gpus_per_trial > 0 and torch.cuda.device_count() == 0:
+        raise CxrError(f"--gpus-per-trial {settings.gpus_per_trial:g} asked for, but this machine has no CUDA GPU: "
+                       "drop the flag to run on CPU, or pass --address of a cluster with GPUs")
+    if settings.gpus_per_trial > torch.cuda.device_count():
+        raise CxrError(f"--gpus-per-trial {settings.gpus_per_trial:g} exceeds the "
+                       f"{torch.cuda.device_count()} GPU(s) of this machine")
+
+
+# ------------------------------------------------------------------ data, once per study
+
+def prepare_splits(settings: StudySettings, resume: bool) -> dict[str, pd.DataFrame]:
+    """Index and decode every dataset once, and make (or, resuming, reread) the study's split of each."""
+    splits = {}
+    for dataset, root in settings.data_roots.items():
+        index = load_dataset(dataset, root, **settings.dataset_options.get(dataset, {}))
+        cache = build_cache(index, settings.image_size, settings.cache_dir)
+        frame = cache.index.frame.assign(sha1=cache.sha1)
+        uri = split_uri(settings.study_uri, dataset)
+        if resume:
+            split = align_split(read_split(uri), frame, Path(uri))
+        else:
+            split = make_split(frame, cache.index.stratum(), seed=settings.seed)
+            storage.write_csv(uri, split[SPLIT_COLUMNS])
+        targets = cache.index.targets()
+        rows = {name: (split["split"] == name).to_numpy() for name in ("train", "val")}
+        baseline = majority_baseline(targets[rows["train"]], targets[rows["val"]], cache.index.multilabel,
+                                     len(cache.index.classes))
+        log.info("%s split: %s; majority-class baseline val/f1_macro %.3f", dataset, describe(split),
+                 baseline["f1_macro"])
+        splits[dataset] = split[SPLIT_COLUMNS]
+        settings.baselines[dataset] = baseline
+    return splits
+
+
+# ------------------------------------------------------------------ Ray
+
+def cluster_address(address: str | None) -> str | None:
+    """The Ray cluster a study joins: --address, else RAY_ADDRESS, else the cluster that `ray start`
+    (or `ray up`) started on this machine; None when there is none and the study starts its own instance.
+
+    Only a cluster recorded by `ray start` counts as "running here": Ray's address="auto" would also
+    join the private instance of any other process's ray.init() (another study, a test run), which
+    dies with that process.
+    """
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        return address
+    from ray._private.utils import read_ray_address  # the file `ray start` writes under RAY_TMPDIR
+
+    return read_ray_address() or None
+
+
+def connect(address: str | None, num_cpus: int | None, trial_logs: bool = True) -> bool:
+    """Join a cluster or start a local instance; True if this call started a local one.
+    `trial_logs`: show what the trials' processes print and log (else it stays in Ray's session logs)."""
+    if ray.is_initialized():
+        return False
+    address = cluster_address(address)
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=trial_logs)
+        except ConnectionError as error:
+            raise CxrError(f"cannot reach the Ray cluster at {address} ({error}); check --address or "
+                           "RAY_ADDRESS, or run `ray stop` if a cluster started here is gone") from error
+        log.info("joined the Ray cluster at %s", address)
+        return False
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=trial_logs)
+    return True
+
+
+def _alive_nodes() -> list[str]:
+    """Node ids of the Ray cluster's live nodes."""
+    return [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+
+
+def _paths_seen_by_nodes(node_ids: list[str], paths: list[str], timeout: float = 120) -> dict[str, list[bool]]:
+    """Whether each path exists, as seen from each node: a zero-CPU task pinned to every node."""
+    from ray.exceptions import GetTimeoutError
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0)
+    def look(paths: list[str]) -> list[bool]:
+        return [Path(p).exists() for p in paths]
+
+    refs = {node_id: look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+                                  max_retries=0).remote(paths) for node_id in node_ids}
+    seen = {}
+    for node_id, ref in refs.items():
+        try:
+            seen[node_id] = ray.get(ref, timeout=timeout)
+        except GetTimeoutError as error:
+            raise CxrError(f"node {node_id[:8]} did not answer within {timeout:.0f} s whether it sees the "
+                           "study's storage and datasets; check `ray status` and try again") from error
+    return seen
+
+
+def check_cluster(settings: StudySettings, joined: bool = False) -> None:
+    """On a multi-node cluster, every node must see the study's storage and the datasets.
+
+    Only the nodes alive now are checked; a node that joins later (an autoscaled worker) is checked
+    by each trial it runs (see study.trainable). `joined`: the study joined a cluster rather than
+    starting its own Ray, so nodes may join later.
+    """
+    nodes = _alive_nodes()
+    local_storage = not storage.is_remote(settings.storage)
+    if len(nodes) < 2:
+        if joined and local_storage:
+            log.warning("--storage %s is a local folder and the cluster has one node now: a node that joins "
+                        "later must see it at the same path (a shared file system), or its trials fail; "
+                        "on a cloud cluster use --storage s3://...", settings.storage)
+        return
+    marker = settings_uri(settings.study_uri) if local_storage else None
+    wanted = list(settings.data_roots.values()) + ([marker] if marker else [])
+    for node_id, seen in _paths_seen_by_nodes(nodes, wanted).items():
+        for path, ok in zip(wanted, seen):
+            if ok:
+                continue
+            if path == marker:
+                raise CxrError(storage_not_shared_message(settings.storage, node_id))
+            raise CxrError(dataset_missing_message(path, node_id))
+
+
+def trial_name(trial) -> str:
+    config = trial.config
+    parts = [config.get("model", "?"), config.get("optimizer", "?"), f"lr{config.get('lr', 0):.0e}",
+             f"bs{config.get('batch_size', '?')}"]
+    if config.get("pretrained"):
+        parts.append("pretrained")
+    if len(str(config.get("dataset", ""))) and "dataset" in config:
+        parts.insert(0, config["dataset"])
+    return "_".join(str(p) for p in parts)
+
+
+def trial_dirname(trial) -> str:
+    return f"{trial.trial_id}_{trial_name(trial)}"
+
+
+def trial_context(settings: StudySettings, splits: dict[str, pd.DataFrame], weights_uri: str | None = None
+                  ) -> TrialContext:
+    """What every trial of the study shares; `weights_uri`: where trials write their best weights
+    (default: the study folder; a seed-repeat run of study.confirm writes under its own folder)."""
+    return TrialContext(
+        data_roots=settings.data_roots, splits=splits, metric=settings.metric, mode=settings.mode,
+        dataset_options=settings.dataset_options,
+        study_uri=weights_uri or settings.study_uri, storage=settings.storage,
+        settings_file=None if storage.is_remote(settings.storage) else settings_uri(settings.study_uri),
+        checkpoint_policy=CheckpointPolicy(settings.checkpoint_every, settings.checkpoint_minutes),
+        defaults={"image_size": settings.image_size, "epochs": settings.max_epochs, "seed": settings.seed,
+                  "cache_dir": settings.cache_dir, "device": "auto"})
+
+
+def build_tuner(settings: StudySettings, splits: dict[str, pd.DataFrame], resume: bool, verbose: bool = False):
+    """Tune's Tuner for a new study, or restored for a resume (which keeps the searcher, the scheduler, the
+    callbacks and the console the study started with). `verbose`: Tune's own tables instead of StudyConsole."""
+    space = settings.search_space()
+    trainable = tune.with_resources(tune.with_parameters(train_trial, context=trial_context(settings, splits)),
+                                    {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
+    if resume:
+        return tune.Tuner.restore(settings.study_uri, trainable, resume_unfinished=True, resume_errored=True)
+    first = space.first_points()
+    if first:
+        log.info("the first %d trials cover every combination of %s; then %s proposes",
+                 min(len(first), settings.num_samples), " x ".join(space.cover_first), space.sampler.upper())
+    optuna_file = working_file(settings.study_uri)
+    optuna_file.unlink(missing_ok=True)  # a new study: a local copy left by an earlier study of this URI is stale
+    searcher = BestEpochOptunaSearch(
+        space, metric=settings.metric, mode=settings.mode,
+        points_to_evaluate=first[:settings.num_samples] or None,  # more would wait in the Optuna study forever
+        sampler=space.make_sampler(settings.seed), study_name=settings.optuna_study, storage_file=optuna_file,
+        copy_to=storage_file_uri(settings.study_uri) if storage.is_remote(settings.study_uri) else None)
+    scheduler = BestEpochASHA(time_attr="training_iteration", max_t=settings.max_epochs,
+                              grace_period=settings.grace_period, reduction_factor=settings.reduction_factor,
+                              tie_break=settings.tie_break, tie_break_mode=metric_mode(settings.tie_break or ""))
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=settings.metric, mode=settings.mode, search_alg=searcher, scheduler=scheduler,
+            num_samples=settings.num_samples, max_concurrent_trials=settings.max_concurrent, reuse_actors=True,
+            trial_name_creator=trial_name, trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=settings.name, storage_path=settings.storage,
+            callbacks=[ResultsTable(settings.study_uri),
+                       WeightsKeeper(settings.study_uri, settings.metric, settings.mode, settings.keep)]
+            + ([] if verbose else [StudyConsole(settings.num_samples, settings.max_epochs, settings.metric,
+                                                settings.mode)]),
+            failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+            # Full states only (best weights are the trainable's own files): the newest one is all a resume needs.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=1 if verbose else 0),
+    )
+
+
+def run_study(settings: StudySettings, resume: bool = False, address: str | None = None,
+              num_cpus: int | None = None, verbose: bool = False):
+    """Check, prepare and run one study; returns Tune's ResultGrid. `verbose`: Tune's own output and the
+    trials' logs, instead of the study's status line (StudyConsole)."""
+    started_here = False
+    if not resume:
+        storage.check_writable(settings.study_uri)
+    local = runs_on_this_machine(address)
+    if local:
+        check_local_resources(settings, cores=num_cpus)
+    splits = prepare_splits(settings, resume)
+    if resume and settings.optuna_study:
+        restore_storage_file(settings.study_uri, settings.optuna_study)
+    if not resume:
+        save_settings(settings)
+    # Tune's newer output engine prints its configuration table even at verbose=0; the older one is silent.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
+    if not verbose:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    started_here = connect(address, num_cpus, trial_logs=verbose)
+    try:
+        check_cluster(settings, joined=not local)
+        tuner = build_tuner(settings, splits, resume, verbose)
+        for line in watch_commands(settings, running=True):
+            log.info(line)
+        started = time.perf_counter()
+        results = tuner.fit()
+        log.info("study finished in %.0f s", time.perf_counter() - started)
+        events = read_trial_events(settings.study_uri)
+        prune_weights(settings.study_uri, read_results(settings.study_uri),
+                      events.loc[events["event"] == "completed", "trial_id"], settings.keep, settings.metric,
+                      settings.mode)
+    finally:
+        if started_here:
+            ray.shutdown()
+    return results
+
+
+def print_summary(settings: StudySettings) -> None:
+    results = read_results(settings.study_uri)
+    if results.empty:
+        print("no trial reported an epoch")
+        return
+    table = comparison_table(results, settings.metric, settings.mode)
+    print(f"\nBest trial per model (chosen on {settings.metric}, validation split):\n")
+    print(markdown_table(table))
+    for dataset, baseline in settings.baselines.items():
+        print(f"\nmajority-class baseline on {dataset}: val/f1_macro {baseline['f1_macro']:.3f}, "
+              f"val/accuracy {baseline['accuracy']:.3f}")
+    weights = storage.total_bytes(storage.join(settings.study_uri, WEIGHTS_DIR))
+    print(f"\nstudy:       {settings.study_uri} ({storage.total_bytes(settings.study_uri) / 1e6:,.0f} MB, of which "
+          f"{weights / 1e6:,.0f} MB best weights of "
+          + ("every trial" if settings.keep == "all" else f"each model's {settings.keep} best trial(s)") + ", --keep)")
+    print(f"results:     {settings.study_uri}/results (Parquet, every trial and epoch)")
+    for line in watch_commands(settings, running=False):
+        print(line)
+    print(f"analysis:    python -m study.analyze {settings.study_uri}")
+
+
+def watch_commands(settings: StudySettings, running: bool) -> list[str]:
+    """The commands that show the study's curves (TensorBoard) and its search (Optuna's dashboard)."""
+    lines = [f"tensorboard: tensorboard --logdir {settings.study_uri}"]
+    if not settings.optuna_study:
+        return lines  # a study from before the Optuna storage file
+    dashboard = "optuna-dashboard"  # pip install -e ".[dashboard]"
+    if not storage.is_remote(settings.study_uri):
+        lines.append(f"optuna:      {dashboard} {storage_url(working_file(settings.study_uri))}")
+    elif running:
+        lines.append(f"optuna:      {dashboard} {storage_url(working_file(settings.study_uri))} "
+                     f"(this machine's copy of {storage_file_uri(settings.study_uri)})")
+    else:
+        lines.append(f"optuna:      {storage_file_uri(settings.study_uri)}: download it, then "
+                     f"{dashboard} sqlite:///optuna.db")
+    return lines
