@@ -1,0 +1,150 @@
+"""What a study prints while it runs: one status line, refreshed, and a line for each trial that ends.
+
+    [  3:12] trials: 2 running, 5 done (3 stopped early), 3 to start | epochs 19, at most 21 left, ~4 min |
+             best val/f1_macro 0.455 resnet50_adam_lr7e-04_bs16
+
+Everything is computed from Tune's trial list at each step (status, last and best
+result of each trial), so a resumed study shows the trials of its first run too.
+On a terminal the status line is rewritten in place; in a log it is printed when
+it changes, at most every `every_s` seconds. Tune's own tables and the trials'
+logs are shown instead with `python -m study.run -v`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from ray.tune import Callback
+
+# Trial statuses as Tune names them.
+RUNNING, PENDING, PAUSED, TERMINATED, ERROR = "RUNNING", "PENDING", "PAUSED", "TERMINATED", "ERROR"
+
+
+def clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes:3d}:{seconds:02d}"
+
+
+class StudyConsole(Callback):
+    """A Tune callback that prints the study's progress compactly (see the module docstring)."""
+
+    def __init__(self, num_samples: int, max_epochs: int, metric: str, mode: str, every_s: float = 30.0) -> None:
+        self.num_samples, self.max_epochs, self.metric, self.mode = num_samples, max_epochs, metric, mode
+        self.every_s = every_s
+        self._started = self._last_print = None
+        self._epochs_at_start = None
+        self._last_line = ""
+        self._ended: set[str] = set()  # trials ended in this run whose status Tune has not updated yet
+
+    # ------------------------------------------------------------------ Tune's hooks
+
+    def setup(self, **info) -> None:
+        self._started, self._last_print, self._epochs_at_start = time.monotonic(), 0.0, None
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        self._show_status(trials)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self._ended.add(trial.trial_id)
+        self._print_event(self.trial_end_line(trial))
+        self._show_status(trials, force=True)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._print_event(f"error after {self.epochs_of(trial)} epochs: {self.label(trial)}; its traceback: "
+                          f"{trial.error_file or 'in the trial folder'}")
+        self._show_status(trials, force=True)
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        self._show_status(trials, force=True)
+        if sys.stdout.isatty():
+            print(flush=True)
+
+    # ------------------------------------------------------------------ the lines
+
+    @staticmethod
+    def label(trial) -> str:
+        """The trial's name without the dataset (the same for every trial of most studies)."""
+        return f"{trial.trial_id} " + str(trial).removeprefix(f"{trial.config.get('dataset')}_")
+
+    def status_of(self, trial) -> str:
+        if trial.trial_id in self._ended and trial.status not in (TERMINATED, ERROR):
+            return TERMINATED
+        return trial.status
+
+    def epochs_of(self, trial) -> int:
+        return int((trial.last_result or {}).get("training_iteration") or 0)
+
+    def best_of(self, trial) -> float | None:
+        """The trial's best value of the study metric so far (Tune tracks each metric's max and min)."""
+        return (getattr(trial, "metric_analysis", {}) or {}).get(self.metric, {}).get(self.mode)
+
+    def trial_end_line(self, trial) -> str:
+        epochs, best = self.epochs_of(trial), self.best_of(trial)
+        result = trial.last_result or {}
+        if result.get("diverged"):
+            how = f"diverged at epoch {epochs}"
+        elif epochs < self.max_epochs:
+            how = f"stopped early after {epochs} of {self.max_epochs} epochs"
+        else:
+            how = f"done, {epochs} epochs"
+        shown = "no epoch" if best is None else f"best {self.metric} {best:.3f}"
+        return f"{how:<36} {shown:<26} {self.label(trial)}"
+
+    def status_line(self, trials: list, now: float) -> str:
+        by_status: dict[str, list] = {}
+        for trial in trials:
+            by_status.setdefault(self.status_of(trial), []).append(trial)
+        ended = by_status.get(TERMINATED, [])
+        stopped = [t for t in ended if self.epochs_of(t) < self.max_epochs and not (t.last_result or {}).get("diverged")]
+        to_start = max(self.num_samples - len(trials), 0) + len(by_status.get(PENDING, []))
+        epochs = sum(self.epochs_of(t) for t in trials)
+        left = sum(self.max_epochs - self.epochs_of(t) for t in trials
+                   if self.status_of(t) in (RUNNING, PENDING, PAUSED))
+        left += max(self.num_samples - len(trials), 0) * self.max_epochs
+        parts = [f"trials: {len(by_status.get(RUNNING, []))} running, {len(ended)} done "
+                 f"({len(stopped)} stopped early)"
+                 + (f", {len(by_status[ERROR])} errored" if by_status.get(ERROR) else "")
+                 + (f", {to_start} to start" if to_start else "")]
+        parts.append(f"epochs {epochs}" + (f", at most {left} left{self._eta(epochs, left, now)}" if left else ""))
+        scored = [(self.best_of(t), t) for t in trials if self.best_of(t) is not None]
+        if scored:
+            value, best = (max if self.mode == "max" else min)(scored, key=lambda pair: pair[0])
+            parts.append(f"best {self.metric} {value:.3f} {self.label(best)}")
+        return f"[{clock(now - self._started)}] " + " | ".join(parts)
+
+    def _eta(self, epochs: int, left: int, now: float) -> str:
+        """", ~N min": the epochs left at the pace of the epochs this run has done (none yet: no estimate)."""
+        if self._epochs_at_start is None:
+            self._epochs_at_start = epochs  # a resumed study's earlier epochs say nothing of this run's pace
+        done_here = epochs - self._epochs_at_start
+        if done_here < 1:
+            return ""
+        seconds = left * (now - self._started) / done_here
+        return f", ~{max(round(seconds / 60), 1)} min" if seconds >= 60 else f", ~{seconds:.0f} s"
+
+    # ------------------------------------------------------------------ printing
+
+    def _show_status(self, trials: list, force: bool = False) -> None:
+        now = time.monotonic()
+        if self._started is None:
+            self.setup()
+        line = self.status_line(trials, now)
+        if sys.stdout.isatty():
+            if force or now - self._last_print >= 1:
+                print("\r\033[K" + line, end="", flush=True)
+                self._last_print = now
+        elif force or (now - self._last_print >= self.every_s and self._body(line) != self._body(self._last_line)):
+            print(line, flush=True)
+            self._last_print, self._last_line = now, line
+
+    @staticmethod
+    def _body(line: str) -> str:
+        """A status line without its clock and time estimate: what says whether anything happened."""
+        return line.partition("] ")[2].split(", ~")[0] + line.rpartition(" | best")[2]
+
+    def _print_event(self, text: str) -> None:
+        now = time.monotonic() - (self._started or time.monotonic())
+        prefix = "\r\033[K" if sys.stdout.isatty() else ""
+        print(f"{prefix}[{clock(now)}] {text}", flush=True)

@@ -1,0 +1,73 @@
+"""StudyConsole: the status line and the trial-end lines a study prints, from Tune's trial list."""
+
+from __future__ import annotations
+
+import io
+from contextlib import redirect_stdout
+from types import SimpleNamespace
+
+from study.console import StudyConsole
+
+
+class FakeTrial(SimpleNamespace):
+    """What StudyConsole reads of a Tune trial."""
+
+    def __str__(self) -> str:
+        return f"d_{self.config['model']}_adam"
+
+
+def trial(trial_id: str, status: str, epochs: int, best: float | None, diverged: bool = False) -> FakeTrial:
+    result = {"training_iteration": epochs, "diverged": int(diverged)} if epochs else {}
+    analysis = {"val/f1_macro": {"max": best, "min": best}} if best is not None else {}
+    return FakeTrial(trial_id=trial_id, status=status, last_result=result, metric_analysis=analysis,
+                     config={"dataset": "d", "model": f"m{trial_id}"}, error_file=None)
+
+
+def console() -> StudyConsole:
+    shown = StudyConsole(num_samples=6, max_epochs=4, metric="val/f1_macro", mode="max", every_s=0)
+    shown.setup()
+    return shown
+
+
+def test_status_line_counts_trials_epochs_and_the_best():
+    trials = [trial("a", "TERMINATED", 4, 0.45), trial("b", "TERMINATED", 1, 0.20),
+              trial("c", "TERMINATED", 2, 0.0, diverged=True), trial("d", "RUNNING", 2, 0.50),
+              trial("e", "PENDING", 0, None)]
+    line = console().status_line(trials, now=console()._started + 5)
+    assert "trials: 1 running, 3 done (1 stopped early), 2 to start" in line  # e pending + 1 not created
+    # epochs: 4 + 1 + 2 + 2; left: d's 2, e's 4 and the uncreated trial's 4
+    assert "epochs 9, at most 10 left" in line
+    assert line.endswith("best val/f1_macro 0.500 d md_adam")
+
+
+def test_trial_end_lines_say_how_each_trial_ended():
+    shown = console()
+    assert shown.trial_end_line(trial("a", "TERMINATED", 4, 0.45)).startswith("done, 4 epochs")
+    stopped = shown.trial_end_line(trial("b", "RUNNING", 1, 0.2))
+    assert stopped.startswith("stopped early after 1 of 4 epochs") and "best val/f1_macro 0.200" in stopped
+    assert shown.trial_end_line(trial("c", "RUNNING", 2, 0.0, diverged=True)).startswith("diverged at epoch 2")
+    assert "no epoch" in shown.trial_end_line(trial("z", "RUNNING", 0, None))
+
+
+def test_a_trial_just_completed_counts_as_done_before_tune_updates_its_status():
+    shown = console()
+    running = trial("a", "RUNNING", 4, 0.45)
+    out = io.StringIO()
+    with redirect_stdout(out):
+        shown.on_trial_complete(0, [running], running)
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith("a ma_adam") and "done, 4 epochs" in lines[0]
+    assert "trials: 0 running, 1 done (0 stopped early), 5 to start" in lines[1]
+
+
+def test_a_log_gets_a_status_line_only_when_something_changed():
+    shown = StudyConsole(num_samples=2, max_epochs=2, metric="val/f1_macro", mode="max", every_s=0)
+    shown.setup()
+    trials = [trial("a", "RUNNING", 1, 0.3)]
+    out = io.StringIO()
+    with redirect_stdout(out):
+        shown.on_step_end(0, trials)
+        shown.on_step_end(1, trials)  # nothing new: no line
+        trials[0].last_result["training_iteration"] = 2
+        shown.on_step_end(2, trials)
+    assert len(out.getvalue().splitlines()) == 2
