@@ -71,7 +71,7 @@ def bench_data(bench: Bench) -> None:
         models = {}
         data = None
         for model in s.data_models:
-            from cxrnets.models import MIN_IMAGE_SIZE
+            from cxrnets.names import MIN_IMAGE_SIZE
 
             if size < MIN_IMAGE_SIZE[model]:
                 log.info("data: %s skipped at %d px (needs %d px)", model, size, MIN_IMAGE_SIZE[model])

@@ -84,7 +84,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 def validate(s: Settings) -> None:
     """Refuse settings that cannot run, naming the flag (CxrError)."""
     from cxrnets.errors import CxrError
-    from cxrnets.models import MIN_IMAGE_SIZE
+    from cxrnets.names import MIN_IMAGE_SIZE
 
     unknown = set(s.parts) - set(PARTS)
     if unknown or not s.parts:
