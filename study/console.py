@@ -57,9 +57,8 @@ class StudyConsole(Callback):
         self._show_status(trials, force=True)
 
     def on_experiment_end(self, trials: list, **info) -> None:
-        self._show_status(trials, force=True)
         if sys.stdout.isatty():
-            print(flush=True)
+            print(flush=True)  # the status line stays; what follows starts below it
 
     # ------------------------------------------------------------------ the lines
 
