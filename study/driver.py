@@ -266,7 +266,6 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
               num_cpus: int | None = None, verbose: bool = False):
     """Check, prepare and run one study; returns Tune's ResultGrid. `verbose`: Tune's own output and the
     trials' logs, instead of the study's status line (StudyConsole)."""
-    started_here = False
     if not resume:
         storage.check_writable(settings.study_uri)
     local = runs_on_this_machine(address)

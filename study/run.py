@@ -1,12 +1,13 @@
 """Run a hyperparameter study of chest X-ray classifiers with Ray Tune, Optuna and ASHA.
 
-    python -m study.run                                   # demo study on the embedded sample (~10 min, 2 CPUs)
+    python -m study.run                                   # demo study on the embedded sample (~3 min, 2 CPUs)
     python -m study.run --dataset covid-chestxray-3class --data-root ../shared/data/covid-chestxray-dataset \
         --image-size 64 --num-samples 12 --max-epochs 6
     python -m study.run --space paper --dataset covid-radiography --data-root ~/data/covid-radiography \
         --gpus-per-trial 0.25 --storage s3://bucket/cxr-tune --name paper-grid
     python -m study.run --resume studies/demo-20261125-101500  # continue an interrupted study
     tensorboard --logdir studies/demo-20261125-101500
+    optuna-dashboard sqlite:///$PWD/studies/demo-20261125-101500/optuna.db   # pip install -e ".[dashboard]"
 
 This module is the command line: it parses and checks the options, then hands the
 study to `study.driver`, which runs it.
