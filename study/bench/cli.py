@@ -21,7 +21,9 @@ Five parts, all measured in one run on one machine:
    own time (Tune's time_total_s) over the trial slots.
 4. search: the full grid of a small space run to the maximum epochs without early stopping against
    the ASHA + Optuna study of the same space: epochs spent and best validation metric, as ratios.
-   Both run one trial at a time, seeded, so that they repeat.
+   Both run one trial at a time, seeded, so that they repeat. Beside them, plain Optuna (TPE and its
+   SuccessiveHalvingPruner, one process, the same training) on the same budget, and the study again
+   with two trials at once as a user runs it: its wall time against plain Optuna's.
 5. storage: the default study (the orchestration study's sizes) run as a user runs it, with local
    storage: the bytes it writes, the bytes it leaves (by kind: weights, full states, results,
    TensorBoard events, the rest), and `study.analyze`'s time and downloads; then the same study with

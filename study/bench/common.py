@@ -38,6 +38,8 @@ GOALS = (
     ("search/epochs_ratio", "<=", 1 / 3, "ASHA + Optuna spends <= 1/3 of the full grid's epochs"),
     ("search/best_gap_vs_optuna", "<=", 0.01, "the study's best within 0.01 of plain Optuna's on the same budget"),
     ("search/epochs_vs_optuna", "<=", 1.0, "the study spends no more epochs than plain Optuna with its pruner"),
+    ("search/parallel_wall_vs_optuna", "<=", 1.0,
+     "the study with 2 trials at once takes no longer than plain Optuna in one process"),
     # Meant for the default study (the full preset); the quick and smoke presets print it all the same.
     ("storage/demo_bytes_left", "<=", 1.5e9, "the default study leaves <= 1.5 GB in its storage"),
     ("storage/s3_analysis_vs_local", "<=", 2.0, "the analysis of a study in S3 takes <= 2x the local one's time"),

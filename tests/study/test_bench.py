@@ -29,7 +29,8 @@ SMOKE_FIGURES = [
     "orchestration/overhead",
     "search/grid_epochs", "search/asha_epochs", "search/epochs_ratio", "search/grid_best", "search/asha_best",
     "search/best_gap", "search/best_ratio", "search/optuna_epochs", "search/optuna_best", "search/epochs_vs_optuna",
-    "search/best_gap_vs_optuna", "search/wall_vs_optuna",
+    "search/best_gap_vs_optuna", "search/wall_vs_optuna", "search/parallel_epochs", "search/parallel_best",
+    "search/parallel_wall_vs_optuna",
     "storage/study_wall_seconds", "storage/written_bytes", "storage/written_weights_bytes",
     "storage/written_weights_bytes_seen",
     "storage/written_checkpoints_bytes", "storage/peak_bytes", "storage/demo_bytes_left",
@@ -57,7 +58,7 @@ def test_smoke_run_gives_every_figure(tmp_path: Path, capsys: pytest.CaptureFixt
     assert checked == {"data/cache_vs_decode@16", "data/cache_vs_fastest_model@16", "trainable/ratio/resnet50",
                        "orchestration/overhead", "orchestration/first_epoch_seconds", "search/best_gap",
                        "search/epochs_ratio", "search/best_gap_vs_optuna", "search/epochs_vs_optuna",
-                       "storage/demo_bytes_left", "storage/s3_analysis_vs_local"}
+                       "search/parallel_wall_vs_optuna", "storage/demo_bytes_left", "storage/s3_analysis_vs_local"}
     assert all(isinstance(goal["met"], bool) for goal in report["goals"])
     # the grid ran every configuration to the last epoch; ASHA ran the same space
     search = report["details"]["search"]
@@ -66,6 +67,9 @@ def test_smoke_run_gives_every_figure(tmp_path: Path, capsys: pytest.CaptureFixt
     assert figures["search/grid_epochs"] == 4 and 2 <= figures["search/asha_epochs"] <= 4
     assert search["optuna"]["trials"] == 2 and 2 <= figures["search/optuna_epochs"] <= 4
     assert figures["search/epochs_vs_optuna"] == figures["search/asha_epochs"] / figures["search/optuna_epochs"]
+    assert search["asha_parallel"]["trials"] == 2 and 2 <= figures["search/parallel_epochs"] <= 4
+    assert figures["search/parallel_wall_vs_optuna"] == \
+        search["asha_parallel"]["wall_seconds"] / search["optuna"]["wall_seconds"]
     # the trainable's epoch is broken down into what limits it; its one epoch is its first best: weights
     # only (the last epoch writes no full state), and the full state's cost measured apart
     parts = report["details"]["trainable"]["models"]["resnet50"]
@@ -95,7 +99,8 @@ def test_every_study_command_of_every_preset_is_valid(preset: str, tmp_path: Pat
     unnoticed (--quick once stopped with "--grace-period 2 exceeds --max-epochs 1")."""
     settings, _ = cli.settings_from_args(cli.build_parser().parse_args([] if preset == "--full" else [preset]))
     planned = cli.planned_studies(settings, tmp_path)
-    assert set(planned) == {"orchestration", "search-grid", "search-asha", "storage-local", "storage-s3"}
+    assert set(planned) == {"orchestration", "search-grid", "search-asha", "search-asha-parallel", "storage-local",
+                            "storage-s3"}
     for name, argv in planned.items():
         study = run.settings_from_args(run.build_parser().parse_args(argv))  # raises CxrError if refused
         assert study.name == name
