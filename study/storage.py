@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -279,12 +280,14 @@ def download_cache_dir() -> Path:
     return Path(root) / "downloads"
 
 
-def download(uri: str, cache_dir: str | Path | None = None, progress: bool = True) -> tuple[Path, int]:
+def download(uri: str, cache_dir: str | Path | None = None, progress: bool = True, bar: Any = None
+             ) -> tuple[Path, int]:
     """A local file with the content of `uri`, and the bytes fetched to get it: the file itself for a
     local path (0 bytes), else a copy in the download cache keyed by URI, size and modification time,
     so that a second call fetches nothing.
 
-    Shows a progress bar (tqdm) while it downloads; OSError if the object is missing or unreadable.
+    Shows a progress bar (tqdm) while it downloads, or advances `bar` (a tqdm shared by several
+    downloads; a cached copy advances it by its size); OSError if the object is missing or unreadable.
     """
     if not is_remote(uri):
         return Path(uri), 0
@@ -298,17 +301,19 @@ def download(uri: str, cache_dir: str | Path | None = None, progress: bool = Tru
     folder = Path(cache_dir) if cache_dir else download_cache_dir()
     local = folder / f"{key}-{size}-{name_of(uri)}"
     if local.is_file() and local.stat().st_size == size:
+        if bar is not None:
+            bar.update(size)
         return local, 0
     folder.mkdir(parents=True, exist_ok=True)
     from tqdm.auto import tqdm
 
-    partial = local.with_name(local.name + ".part")
-    with fs.open_input_stream(path) as stream, partial.open("wb") as out, \
-            tqdm(total=size, unit="B", unit_scale=True, desc=f"download {name_of(uri)}", disable=not progress,
-                 leave=False) as bar:
+    partial = local.with_name(f"{local.name}.{threading.get_ident()}.part")  # one per thread downloading it
+    own_bar = tqdm(total=size, unit="B", unit_scale=True, desc=f"download {name_of(uri)}",
+                   disable=not progress or bar is not None, leave=False)
+    with fs.open_input_stream(path) as stream, partial.open("wb") as out, own_bar:
         while chunk := stream.read(CHUNK):
             out.write(chunk)
-            bar.update(len(chunk))
+            (bar or own_bar).update(len(chunk))
     fetched = partial.stat().st_size
     if fetched != size:
         partial.unlink()

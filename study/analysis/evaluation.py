@@ -8,8 +8,10 @@ majority-class baseline on the same images.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,8 @@ from cxrnets.errors import CxrError
 from study import storage
 from study.analysis.reading import Study
 from study.settings import read_split, split_uri
+
+PARALLEL_DOWNLOADS = 4  # weight files fetched at once from object storage
 
 
 class AnalysisRefused(CxrError):
@@ -70,6 +74,7 @@ class StudyData:
         self._prepared: dict[tuple, Any] = {}
         self._splits: dict[str, pd.DataFrame] = {}
         self.downloaded_bytes = 0  # weights fetched from object storage (0 when all came from the local cache)
+        self._downloads: dict[str, concurrent.futures.Future] = {}  # weights URI -> its download (prefetch)
 
     def split_uri(self, dataset: str) -> str:
         return split_uri(self.study.uri, dataset)
@@ -78,9 +83,29 @@ class StudyData:
         """Where weights from object storage are cached on this machine."""
         return Path(self.cache_dir) / "downloads" if self.cache_dir else storage.download_cache_dir()
 
+    def prefetch(self, weights_uris: list[str]) -> None:
+        """Start downloading from object storage, side by side and in the background, the weights the
+        analysis is about to evaluate: the downloads overlap each other and the evaluations. One progress
+        bar for them all; `fetch` waits for each."""
+        remote = [uri for uri in dict.fromkeys(weights_uris) if storage.is_remote(uri) and uri not in self._downloads]
+        if not remote:
+            return
+        from tqdm.auto import tqdm
+
+        sizes = [storage.size_of(uri) or 0 for uri in remote]
+        bar = tqdm(total=sum(sizes), unit="B", unit_scale=True, desc=f"download {len(remote)} weight files",
+                   leave=False)
+        pool = ThreadPoolExecutor(max_workers=min(len(remote), PARALLEL_DOWNLOADS), thread_name_prefix="download")
+        futures = [pool.submit(storage.download, uri, self.download_dir(), False, bar) for uri in remote]
+        self._downloads.update(zip(remote, futures))
+        pool.shutdown(wait=False)
+        for future in futures:
+            future.add_done_callback(lambda _: all(f.done() for f in futures) and bar.close())
+
     def fetch(self, weights_uri: str) -> Path:
         """A local copy of a weights file (itself where it is local), counting the bytes downloaded."""
-        local, fetched = storage.download(weights_uri, self.download_dir())
+        started = self._downloads.pop(weights_uri, None)
+        local, fetched = started.result() if started else storage.download(weights_uri, self.download_dir())
         self.downloaded_bytes += fetched
         return local
 

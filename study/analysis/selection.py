@@ -138,6 +138,7 @@ def select_and_evaluate(analysis: Analysis, data: StudyData) -> None:
         queue.append((dataset, model, candidates(analysis.study, members, analysis.metric, analysis.mode,
                                                  analysis.notes, analysis.top_k)))
     total = sum(min(len(ranked), analysis.top_k) for *_, ranked in queue)
+    data.prefetch([candidate.weights.uri for *_, ranked in queue for candidate in ranked[:analysis.top_k]])
     done = 0
     for dataset, model, ranked in queue:
         rank = 0
