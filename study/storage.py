@@ -313,7 +313,7 @@ def download(uri: str, cache_dir: str | Path | None = None, progress: bool = Tru
     with fs.open_input_stream(path) as stream, partial.open("wb") as out, own_bar:
         while chunk := stream.read(CHUNK):
             out.write(chunk)
-            (bar or own_bar).update(len(chunk))
+            (own_bar if bar is None else bar).update(len(chunk))
     fetched = partial.stat().st_size
     if fetched != size:
         partial.unlink()

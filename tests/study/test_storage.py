@@ -250,6 +250,21 @@ def test_download_fetches_once_and_again_when_the_size_changes(s3_bucket, tmp_pa
     assert path.parent == storage.download_cache_dir() and fetched == 5
 
 
+def test_downloads_advance_a_shared_progress_bar_whatever_its_total(s3_bucket, tmp_path):
+    """A bar shared by several downloads counts every byte, downloaded or found in the cache, even when
+    its total is 0 (sizes unknown) and tqdm's bar is falsy."""
+    import io
+
+    from tqdm.auto import tqdm
+
+    uri = storage.join(s3_bucket, "weights", "t.pt")
+    storage.write_bytes(uri, b"w" * 3_000_000)
+    with tqdm(total=0, file=io.StringIO()) as bar:
+        storage.download(uri, tmp_path / "cache", progress=False, bar=bar)
+        storage.download(uri, tmp_path / "cache", progress=False, bar=bar)  # from the cache
+        assert bar.n == 6_000_000
+
+
 def test_download_fetches_an_object_rewritten_with_the_same_size(s3_bucket, tmp_path):
     uri = storage.join(s3_bucket, "studies", "demo", "weights", "0a1b2c3d.pt")
     storage.write_bytes(uri, b"epoch 1 weights")
