@@ -26,23 +26,20 @@ def search_args(s: Settings, workdir: Path) -> dict[str, list[str]]:
     asha_space = write_space(workdir, "search-asha", search_space_text(s, s.search_sampler))
     configs = len(load_space(grid_space).grid())
     samples = s.search_samples or configs
+    budget = ["--image-size", str(s.search_image_size), "--max-epochs", str(s.search_max_epochs),
+              "--metric", s.search_metric]
     # One trial at a time with every core: ASHA's decisions and Optuna's proposals then do not depend
     # on which trial finishes first, so the seeded run repeats.
-    common = ["--image-size", str(s.search_image_size), "--max-epochs", str(s.search_max_epochs),
-              "--metric", s.search_metric, "--cpus-per-trial", str(s.num_cpus), "--max-concurrent", "1"]
+    one_at_a_time = ["--cpus-per-trial", str(s.num_cpus), "--max-concurrent", "1"]
+    asha = ["--space", str(asha_space), "--num-samples", str(samples), "--grace-period", str(s.search_grace_period),
+            "--reduction-factor", str(s.search_reduction_factor), *budget]
     # The full grid: ASHA with its grace period at the maximum epochs never stops a trial early.
     return {"search-grid": ["--space", str(grid_space), "--num-samples", str(configs),
-                            "--grace-period", str(s.search_max_epochs), "--reduction-factor", "2", *common],
-            "search-asha": ["--space", str(asha_space), "--num-samples", str(samples),
-                            "--grace-period", str(s.search_grace_period),
-                            "--reduction-factor", str(s.search_reduction_factor), *common],
+                            "--grace-period", str(s.search_max_epochs), "--reduction-factor", "2", *budget,
+                            *one_at_a_time],
+            "search-asha": [*asha, *one_at_a_time],
             # Which trial reaches a rung first now depends on timing, so its epochs and best may differ.
-            "search-asha-parallel": ["--space", str(asha_space), "--num-samples", str(samples),
-                                     "--grace-period", str(s.search_grace_period),
-                                     "--reduction-factor", str(s.search_reduction_factor),
-                                     "--image-size", str(s.search_image_size), "--max-epochs",
-                                     str(s.search_max_epochs), "--metric", s.search_metric,
-                                     "--cpus-per-trial", str(max(s.num_cpus // 2, 1)), "--max-concurrent", "2"]}
+            "search-asha-parallel": [*asha, "--cpus-per-trial", str(max(s.num_cpus // 2, 1)), "--max-concurrent", "2"]}
 
 
 def search_space_text(s: Settings, sampler: str) -> str:
