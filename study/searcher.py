@@ -70,17 +70,17 @@ def restore_storage_file(study_uri: str, optuna_study: str) -> Path:
     """Before a resume: fetch the study's Optuna file from object storage, and check that it holds the
     Optuna study `optuna_study` (CxrError otherwise, naming the file and what to do). Returns the working file."""
     uri, path = storage_file_uri(study_uri), working_file(study_uri)
+    missing = (f"{uri} is missing: it holds the study's Optuna study, which --resume continues; restore the file "
+               "from a copy of the study, or start a new study")
     if storage.is_remote(study_uri):
         try:
             data = storage.read_bytes(uri)
         except FileNotFoundError as error:
-            raise CxrError(f"{uri} is missing: it holds the study's Optuna study, which --resume continues; "
-                           "restore the file from a copy of the study, or start a new study") from error
+            raise CxrError(missing) from error
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     elif not path.is_file():
-        raise CxrError(f"{uri} is missing: it holds the study's Optuna study, which --resume continues; "
-                       "restore the file from a copy of the study, or start a new study")
+        raise CxrError(missing)
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
