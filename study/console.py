@@ -129,12 +129,14 @@ class StudyConsole(Callback):
         now = time.monotonic()
         if self._started is None:
             self.setup()
+        terminal = sys.stdout.isatty()
+        if not force and now - self._last_print < (1 if terminal else self.every_s):
+            return  # Tune steps many times a second: the line is built only when it may be shown
         line = self.status_line(trials, now)
-        if sys.stdout.isatty():
-            if force or now - self._last_print >= 1:
-                print("\r\033[K" + line, end="", flush=True)
-                self._last_print = now
-        elif force or (now - self._last_print >= self.every_s and self._body(line) != self._body(self._last_line)):
+        if terminal:
+            print("\r\033[K" + line, end="", flush=True)
+            self._last_print = now
+        elif force or self._body(line) != self._body(self._last_line):
             print(line, flush=True)
             self._last_print, self._last_line = now, line
 
