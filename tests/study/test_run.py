@@ -575,16 +575,19 @@ def wait_for_a_finished_and_a_running_trial(process: subprocess.Popen, study_uri
 
 
 def _kill_leftovers(ray_tmp: str) -> list[int]:
-    """SIGKILL processes this test started that outlived their group (their command line names our RAY_TMPDIR)."""
+    """SIGKILL processes this test started that outlived their group: their command line or their environment
+    names our RAY_TMPDIR (Ray's trial workers retitle themselves "ray::...", and would otherwise go on
+    training, and writing, until they notice that their Ray is gone)."""
     killed = []
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
             cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+            environ = (proc / "environ").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if ray_tmp in cmdline:
+        if ray_tmp in cmdline or f"RAY_TMPDIR={ray_tmp}\0" in environ + "\0":
             try:
                 os.kill(int(proc.name), signal.SIGKILL)
                 killed.append(int(proc.name))
