@@ -103,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"image sizes of the data part (default: {','.join(map(str, d.image_sizes))})")
     add("--trainable-image-size", type=int, default=None,
         help=f"image size of the trainable part (default: {d.trainable_image_size})")
-    add("--repeats", type=int, default=None, help=f"repetitions of each trainable measurement; the median "
-        f"is reported (default: {d.repeats})")
+    add("--repeats", type=int, default=None, help=f"epochs of each model's trainable and bare-loop runs, measured "
+        f"alternately; images/s over all of them (default: {d.repeats})")
     add("--model-batches", type=int, default=None,
         help=f"timed training batches per model and size in the data part (default: {d.model_batches})")
     add("--decode-images", type=int, default=None, help="images decoded per size in the data part "
