@@ -30,7 +30,7 @@ from typing import Any
 from ray import tune
 
 from study import storage
-from study.settings import CHECKPOINT_EVERY, CHECKPOINT_MINUTES
+from study.settings import CHECKPOINT_EVERY, CHECKPOINT_MINUTES, study_location
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +211,10 @@ class WeightsKeeper(tune.Callback):
         self.study_uri, self.metric, self.mode, self.keep = study_uri, metric, mode, keep
         self.bests: dict[str, tuple[tuple, float]] = {}
         self.ended: set[str] = set()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # unpickled by a resume: the study may have moved
+        self.__dict__.update(state)
+        self.study_uri = study_location(self.study_uri)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(self.metric)

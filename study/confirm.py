@@ -19,6 +19,7 @@ results table, TensorBoard events, and each seed's best weights.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import sys
@@ -32,7 +33,7 @@ from cxrnets.errors import CxrError
 from study import storage
 from study.checkpoints import WeightsKeeper
 from study.results import ResultsTable, read_results
-from study.settings import StudySettings, load_settings
+from study.settings import StudySettings, load_settings, resumed_study
 from study.tables import best_trials
 
 log = logging.getLogger("study.confirm")
@@ -176,7 +177,8 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
     try:
         check_cluster(settings, joined=not runs_on_this_machine(address))
         started = time.perf_counter()
-        grid = build_tuner(settings, jobs, splits, resume).fit()
+        with resumed_study(confirm_uri(settings.study_uri)) if resume else contextlib.nullcontext():
+            grid = build_tuner(settings, jobs, splits, resume).fit()
         log.info("confirm finished in %.0f s", time.perf_counter() - started)
     finally:
         if started_here:

@@ -12,6 +12,7 @@ proposes the rest, and ASHA stops trials whose best epoch so far is weak.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -25,6 +26,7 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
+from ray.tune.search import ConcurrencyLimiter  # noqa: E402
 
 from cxrnets.cache import build_cache  # noqa: E402
 from cxrnets.data import load_dataset  # noqa: E402
@@ -37,9 +39,10 @@ from study.asha import BestEpochASHA  # noqa: E402
 from study.checkpoints import WEIGHTS_DIR, CheckpointPolicy, WeightsKeeper, prune_weights  # noqa: E402
 from study.console import StudyConsole  # noqa: E402
 from study.results import ResultsTable, read_results, read_trial_events  # noqa: E402
-from study.searcher import (BestEpochOptunaSearch, restore_storage_file, storage_file_uri,  # noqa: E402
-                            storage_url, working_file)
-from study.settings import StudySettings, metric_mode, read_split, save_settings, settings_uri, split_uri  # noqa: E402
+from study.searcher import (BestEpochOptunaSearch, StudySearchGenerator, restore_storage_file,  # noqa: E402
+                            storage_file_uri, storage_url, working_file)
+from study.settings import (StudySettings, metric_mode, read_split, resumed_study, save_settings,  # noqa: E402
+                            settings_uri, split_uri)
 from study.tables import comparison_table, markdown_table  # noqa: E402
 from study.trainable import (TrialContext, dataset_missing_message, storage_not_shared_message,  # noqa: E402
                              train_trial)
@@ -238,16 +241,18 @@ def build_tuner(settings: StudySettings, splits: dict[str, pd.DataFrame], resume
     searcher = BestEpochOptunaSearch(
         space, metric=settings.metric, mode=settings.mode,
         points_to_evaluate=first[:settings.num_samples] or None,  # more would wait in the Optuna study forever
-        sampler=space.make_sampler(settings.seed), study_name=settings.optuna_study, storage_file=optuna_file,
-        copy_to=storage_file_uri(settings.study_uri) if storage.is_remote(settings.study_uri) else None)
+        sampler=space.make_sampler(settings.seed), study_name=settings.optuna_study, study_uri=settings.study_uri)
     scheduler = BestEpochASHA(time_attr="training_iteration", max_t=settings.max_epochs,
                               grace_period=settings.grace_period, reduction_factor=settings.reduction_factor,
                               tie_break=settings.tie_break, tie_break_mode=metric_mode(settings.tie_break or ""))
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            metric=settings.metric, mode=settings.mode, search_alg=searcher, scheduler=scheduler,
-            num_samples=settings.num_samples, max_concurrent_trials=settings.max_concurrent, reuse_actors=True,
+            metric=settings.metric, mode=settings.mode, scheduler=scheduler, num_samples=settings.num_samples,
+            # What TuneConfig(max_concurrent_trials=...) would build, with the study's own trial maker.
+            search_alg=StudySearchGenerator(ConcurrencyLimiter(searcher, settings.max_concurrent)
+                                            if settings.max_concurrent else searcher),
+            reuse_actors=True,
             trial_name_creator=trial_name, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=settings.name, storage_path=settings.storage,
@@ -284,11 +289,12 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
     started_here = connect(address, num_cpus, trial_logs=verbose)
     try:
         check_cluster(settings, joined=not local)
-        tuner = build_tuner(settings, splits, resume, verbose)
-        for line in watch_commands(settings, running=True):
-            log.info(line)
-        started = time.perf_counter()
-        results = tuner.fit()
+        with resumed_study(settings.study_uri) if resume else contextlib.nullcontext():
+            tuner = build_tuner(settings, splits, resume, verbose)
+            for line in watch_commands(settings, running=True):
+                log.info(line)
+            started = time.perf_counter()
+            results = tuner.fit()
         log.info("study finished in %.0f s", time.perf_counter() - started)
         events = read_trial_events(settings.study_uri)
         prune_weights(settings.study_uri, read_results(settings.study_uri),

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from ray import tune
 
 from study import storage
+from study.settings import study_location
 
 RESULTS_DIR = "results"
 EVENTS_DIR = "trial_events"
@@ -50,6 +51,10 @@ class ResultsTable(tune.Callback):
         # Tune pickles the callback with the run config (tuner.pkl) and `Tuner.restore` unpickles it:
         # a resumed run must not reuse the first run's part names, or it would overwrite its parts.
         return {**self.__dict__, "_session": None, "_sequence": 0}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.study_uri = study_location(self.study_uri)
 
     def _write(self, folder: str, row: dict[str, Any]) -> None:
         if self._session is None:

@@ -25,17 +25,21 @@ the user attribute `trial_id`.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import math
+import pickle
 import tempfile
 from pathlib import Path
 
 import optuna
+from ray.tune.search import SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from cxrnets.errors import CxrError
 from study import storage
+from study.settings import resumed_study_uri, study_location
 
 log = logging.getLogger(__name__)
 
@@ -98,15 +102,51 @@ def restore_storage_file(study_uri: str, optuna_study: str) -> Path:
 class BestEpochOptunaSearch(OptunaSearch):
     """OptunaSearch whose completed trials carry their best epoch's value of the metric.
 
-    `copy_to`: a URI the storage file (`storage_file`) is copied to after each trial start, result and end
-    (object storage; None when the file already lies in the study folder).
+    `study_uri`: the study's folder or URI, whose `optuna.db` holds the Optuna study (through the driver's
+    `working_file` and a copy after each trial start, result and end, for object storage); None: an
+    in-memory Optuna study. Pickled (Tune's tuner.pkl and searcher snapshots), the searcher keeps the
+    Optuna study's name and its trials' numbers, and reopens the file where the study lies when a resume
+    unpickles it (study.settings.study_location), so that a moved study continues its own Optuna study.
     """
 
-    def __init__(self, *args, storage_file: Path | None = None, copy_to: str | None = None, **kwargs) -> None:
-        if storage_file is not None:
-            kwargs["storage"] = open_storage(storage_file)
+    def __init__(self, *args, study_uri: str | None = None, **kwargs) -> None:
+        self._study_uri, self._storage_file, self._copy_to = None, None, None
+        if study_uri is not None:
+            self._locate(study_uri)
+            kwargs["storage"] = open_storage(self._storage_file)
         super().__init__(*args, **kwargs)
-        self._storage_file, self._copy_to = storage_file, copy_to
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        if state.get("_study_uri") is None:
+            return state  # in-memory Optuna study: pickled whole, as OptunaSearch does
+        state["_storage"] = state["_ot_study"] = None
+        state["_ot_trials"] = {trial_id: trial.number for trial_id, trial in self._ot_trials.items()}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.__dict__.get("_study_uri") is not None and self._ot_study is None:
+            self._reopen(study_location(self._study_uri))
+
+    def _locate(self, study_uri: str) -> None:
+        self._study_uri, self._storage_file = study_uri, working_file(study_uri)
+        self._copy_to = storage_file_uri(study_uri) if storage.is_remote(study_uri) else None
+
+    def _reopen(self, study_uri: str) -> None:
+        """The Optuna study and its running trials, from the storage file of the study at `study_uri`."""
+        self._locate(study_uri)
+        self._storage = open_storage(self._storage_file)
+        self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage, sampler=self._sampler,
+                                          pruner=optuna.pruners.NopPruner())
+        study_id = self._storage.get_study_id_from_name(self._study_name)
+        self._ot_trials = {
+            trial_id: optuna.Trial(self._ot_study, self._storage.get_trial_id_from_study_id_trial_number(study_id, number))
+            for trial_id, number in self._ot_trials.items()}
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as file:
+            pickle.dump(self.__getstate__(), file)
 
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
@@ -154,6 +194,8 @@ class BestEpochOptunaSearch(OptunaSearch):
         super().restore(checkpoint_path)
         if getattr(self, "_storage_file", None) is None:
             return  # in-memory Optuna study (studies from before the storage file)
+        if self._ot_study is None:  # a snapshot that names its Optuna study rather than holding it
+            self._reopen(study_location(self._study_uri))
         known = {trial.number: trial_id for trial_id, trial in self._ot_trials.items()}
         for frozen in self._ot_study.get_trials(deepcopy=False):
             if frozen.number in known and frozen.state.is_finished():
@@ -173,3 +215,23 @@ class BestEpochOptunaSearch(OptunaSearch):
     def _best_values(self) -> dict[str, float]:
         """trial id -> best value so far; kept in the searcher's saved state, so a resumed study keeps it."""
         return self.__dict__.setdefault("_best_by_trial", {})
+
+
+class StudySearchGenerator(SearchGenerator):
+    """Tune's wrapper that makes trials of the searcher's suggestions, whose trials made after the resume of
+    a moved study go where the study lies now.
+
+    Tune moves the trials it restores to a moved study's folder, but makes the next ones from the experiment
+    spec this wrapper restores, which still names the old folder (Ray 2.60): their workers would fail with
+    "Unable to set up cluster storage", or write beside the old copy.
+    """
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        study_uri = resumed_study_uri()
+        if study_uri is None or self._experiment is None:
+            return
+        moved = copy.copy(self._experiment.spec["storage"])
+        moved.storage_filesystem, moved.storage_fs_path = storage.filesystem(storage.parent_of(study_uri))
+        moved.experiment_dir_name = storage.name_of(study_uri)
+        self._experiment.spec["storage"] = self._experiment.storage = moved

@@ -8,8 +8,10 @@ bucket works like one on disk.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -126,6 +128,34 @@ def save_settings(settings: StudySettings) -> None:
     if storage.kind(uri) != "missing":
         raise CxrError(f"{settings.study_uri} already holds a study: use --resume or another --name")
     storage.write_text(uri, json.dumps(asdict(settings), indent=2))
+
+
+# Set by `resumed_study` for the length of a resume (one study per driver process).
+_resumed_study_uri: str | None = None
+
+
+@contextlib.contextmanager
+def resumed_study(study_uri: str) -> Iterator[None]:
+    """While a resume runs: the study (the Tune run being resumed: a study, or its confirm run) lies at
+    `study_uri`. Tune pickled the run's driver-side objects (the results table, the weights keeper, the
+    searcher) with the folder they had then, and a resume unpickles them; they take their folder from
+    `study_location`, so that a study moved or renamed since continues where it lies now."""
+    global _resumed_study_uri
+    _resumed_study_uri = study_uri
+    try:
+        yield
+    finally:
+        _resumed_study_uri = None
+
+
+def resumed_study_uri() -> str | None:
+    """Where the study being resumed lies now (None outside a resume; see resumed_study)."""
+    return _resumed_study_uri
+
+
+def study_location(pickled_uri: str) -> str:
+    """The folder a driver-side object pickled with `pickled_uri` reads and writes now (see resumed_study)."""
+    return _resumed_study_uri or pickled_uri
 
 
 def split_uri(study_uri: str, dataset: str) -> str:

@@ -113,7 +113,8 @@ def test_a_partial_confirm_is_reported_as_partial_and_a_finished_one_resumes_to_
 
 def test_a_killed_confirm_resumes_without_losing_or_repeating(grid_study, tmp_path):
     """SIGKILL the confirm driver (and its Ray) once one seed run has finished and another has
-    reported an epoch; --resume completes every run, keeps every report, reruns nothing finished."""
+    reported an epoch, move the study; --resume completes every run, keeps every report, reruns nothing
+    finished."""
     from test_run import raw_parts, study_commands, wait_for_a_finished_and_a_running_trial
 
     study = linked_copy(grid_study, tmp_path / "grid")
@@ -129,9 +130,16 @@ def test_a_killed_confirm_resumes_without_losing_or_repeating(grid_study, tmp_pa
         done, _ = wait_for_a_finished_and_a_running_trial(first, uri, tmp_path / "first.log")
         commands.kill(first)
         before = raw_parts(uri)
+        # The study moves (and is renamed) before the resume, which reads and writes only where it lies now.
+        first_place, study = study, tmp_path / "elsewhere" / "grid-moved"
+        study.parent.mkdir()
+        shutil.move(first_place, study)
+        uri = confirm_uri(str(study))
         second = commands.start([str(study), "--resume", "--num-cpus", "2"], tmp_path / "second.log",
                                 module="study.confirm")
         assert second.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    assert not first_place.exists(), ("the resumed confirm run wrote where the study lay before it moved: "
+                                      f"{sorted(str(p.relative_to(first_place)) for p in first_place.rglob('*'))}")
     after = raw_parts(uri)
     kept = after[after["session"].isin(set(before["session"]))]
     assert len(kept) == len(before)  # every part written before the kill is still there

@@ -90,7 +90,8 @@ def s3_env(s3_server):
 
 @pytest.fixture(scope="module")
 def s3_study(s3_env, tmp_path_factory, tiny_data):
-    """A study in the bucket, killed (SIGKILL, the driver's whole process group) mid-study, then resumed.
+    """A study in the bucket, killed (SIGKILL, the driver's whole process group) mid-study, moved to another
+    prefix of the bucket, then resumed there.
 
     Two trials of 3 epochs one at a time, a full state after epochs 1 and 2 (--checkpoint-every 1),
     every trial's best weights kept (--keep all). Returns what the tests need, including what the
@@ -120,6 +121,12 @@ def s3_study(s3_env, tmp_path_factory, tiny_data):
                        for entry in storage.listing(folders[unfinished], recursive=True)
                        if "checkpoint_" in entry.uri and not entry.is_dir]
         before = raw_parts(study_uri)
+        # The study moves to another prefix before the resume (a copy to another bucket, say): the resumed
+        # run reads and writes only there.
+        first_uri, storage_uri = study_uri, storage.join(s3_env, "archive")
+        study_uri = storage.join(storage_uri, name)
+        storage.copy_tree(first_uri, study_uri)
+        storage.delete(first_uri)
 
         resumed_at = time.monotonic()
         second = commands.start(["--resume", study_uri, "--num-cpus", "2"], work / "resume.log")
@@ -127,7 +134,7 @@ def s3_study(s3_env, tmp_path_factory, tiny_data):
         resumed_in = time.monotonic() - resumed_at
         env = commands.env
     print(f"s3 study: killed after {killed_after:.0f} s, resumed run {resumed_in:.0f} s")
-    return SimpleNamespace(uri=study_uri, storage=storage_uri, name=name, cwd=cwd, cache=cache, env=env, work=work,
+    return SimpleNamespace(uri=study_uri, first_uri=first_uri, storage=storage_uri, name=name, cwd=cwd, cache=cache, env=env, work=work,
                            finished=finished, unfinished=unfinished, status_at_kill=status, checkpointed=checkpointed,
                            full_states_at_kill=full_states, before=before, after=raw_parts(study_uri))
 
@@ -240,6 +247,7 @@ def test_killed_study_resumed_from_the_bucket_loses_and_repeats_nothing(s3_study
     assert set(new["trial_id"]) == {unfinished}
     results = read_results(s3_study.uri)
     assert len(results) == SAMPLES * EPOCHS
+    assert storage.kind(s3_study.first_uri) == "missing", "the resumed run wrote where the study lay before it moved"
 
 
 def test_the_bucket_holds_the_optuna_study_with_every_trial_once(s3_study, tmp_path):

@@ -656,11 +656,17 @@ def test_kill_and_resume_continues_without_rerunning(tmp_path, tiny_data, cache_
         assert sorted(before.loc[before["trial_id"] == finished, "epoch"]) == list(range(1, epochs + 1))
         assert before["session"].nunique() == 1
 
+        # The study folder moves (and is renamed) before the resume: a copy to another disk or machine.
+        moved = tmp_path / "elsewhere" / "resume-moved"
+        moved.parent.mkdir()
+        shutil.move(study_dir, moved)
+        study_dir = moved
         resumed_at = time.monotonic()
         second = commands.start(["--resume", str(study_dir), "--num-cpus", "2"], tmp_path / "resume.log")
         assert second.wait(timeout=400) == 0, (tmp_path / "resume.log").read_text()[-3000:]
         print(f"the resumed run took {time.monotonic() - resumed_at:.0f} s")
 
+    assert not (storage / "resume").exists(), "the resumed run wrote to the study's old place"
     after = raw_parts(study_dir)
     # the first run's parts are all still there, unchanged: resuming appends
     kept = after[after["session"] == before["session"].iloc[0]]

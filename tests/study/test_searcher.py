@@ -3,11 +3,17 @@ Optuna storage file that a resume continues."""
 
 from __future__ import annotations
 
+import pickle
+import shutil
+
 import optuna
 import pytest
 
 from cxrnets.errors import CxrError
-from study.searcher import BestEpochOptunaSearch, open_storage, restore_storage_file, storage_url
+from study import storage
+from study.searcher import (BestEpochOptunaSearch, open_storage, restore_storage_file, storage_file_uri,
+                            storage_url)
+from study.settings import resumed_study
 
 
 def space(trial: optuna.Trial) -> None:
@@ -75,9 +81,9 @@ def test_the_bests_survive_a_restore(tmp_path):
 
 # ------------------------------------------------------------------ the Optuna study stored with the study
 
-def stored_searcher(path) -> BestEpochOptunaSearch:
+def stored_searcher(study_uri) -> BestEpochOptunaSearch:
     return BestEpochOptunaSearch(space, metric="val/f1_macro", mode="max", sampler=optuna.samplers.TPESampler(seed=0),
-                                 study_name="demo", storage_file=path)
+                                 study_name="demo", study_uri=str(study_uri))
 
 
 def stored_trials(path) -> dict[str, optuna.trial.FrozenTrial]:
@@ -88,7 +94,7 @@ def stored_trials(path) -> dict[str, optuna.trial.FrozenTrial]:
 
 def test_the_storage_file_holds_each_trial_with_its_best_epoch(tmp_path):
     path = tmp_path / "study" / "optuna.db"
-    search = stored_searcher(path)
+    search = stored_searcher(path.parent)
     feed(search, "a", [0.30, 0.45, 0.38])
     feed(search, "b", [0.29, 0.33])
     trials = stored_trials(path)
@@ -102,7 +108,7 @@ def test_a_restore_reconciles_the_snapshot_with_a_storage_that_ran_ahead(tmp_pat
     it is rerun by the resume but keeps its one value; a trial started after it is forgotten by the
     resume and marked failed; a trial running at the snapshot goes on."""
     path = tmp_path / "optuna.db"
-    search = stored_searcher(path)
+    search = stored_searcher(tmp_path)
     feed(search, "done", [0.2, 0.4])
     search.suggest("finished-after")
     search.on_trial_result("finished-after", {"training_iteration": 1, "val/f1_macro": 0.3})
@@ -113,7 +119,7 @@ def test_a_restore_reconciles_the_snapshot_with_a_storage_that_ran_ahead(tmp_pat
     search.on_trial_complete("finished-after", {"training_iteration": 2, "val/f1_macro": 0.5})
     search.suggest("started-after")  # then the driver is killed
 
-    resumed = stored_searcher(path)
+    resumed = stored_searcher(tmp_path)
     resumed.restore(str(tmp_path / "searcher.pkl"))
     for epoch, value in ((2, 0.1), (3, 0.05)):  # the resume reruns "finished-after" from its checkpoint
         resumed.on_trial_result("finished-after", {"training_iteration": epoch, "val/f1_macro": value})
@@ -148,19 +154,52 @@ def test_a_resume_refuses_a_storage_file_it_cannot_continue(tmp_path, damage):
 
 def test_a_resume_accepts_its_own_storage_file(tmp_path):
     study_dir = tmp_path / "demo"
-    stored_searcher(study_dir / "optuna.db")
+    stored_searcher(study_dir)
     assert restore_storage_file(str(study_dir), "demo") == study_dir / "optuna.db"
 
 
-def test_the_copy_for_object_storage_follows_every_start_epoch_and_end(tmp_path):
+def test_the_copy_for_object_storage_follows_every_start_epoch_and_end(tmp_path, s3_bucket):
     """A study in a bucket: the copy always knows every trial started and every epoch reported, so a
     resume from it can continue any trial Tune's snapshot holds."""
-    working, copy = tmp_path / "driver" / "optuna.db", tmp_path / "bucket" / "optuna.db"
-    search = BestEpochOptunaSearch(space, metric="val/f1_macro", mode="max", study_name="demo",
-                                   sampler=optuna.samplers.TPESampler(seed=0), storage_file=working, copy_to=str(copy))
+    study_uri = f"{s3_bucket}/studies/demo"
+
+    def bucket_trials() -> dict[str, optuna.trial.FrozenTrial]:
+        copy = tmp_path / "copy.db"
+        copy.write_bytes(storage.read_bytes(storage_file_uri(study_uri)))
+        return stored_trials(copy)
+
+    search = stored_searcher(study_uri)
     search.suggest("a")
-    assert list(stored_trials(copy)) == ["a"] and stored_trials(copy)["a"].state.name == "RUNNING"
+    assert list(bucket_trials()) == ["a"] and bucket_trials()["a"].state.name == "RUNNING"
     search.on_trial_result("a", {"training_iteration": 1, "val/f1_macro": 0.3})
-    assert stored_trials(copy)["a"].intermediate_values == {1: 0.3}
+    assert bucket_trials()["a"].intermediate_values == {1: 0.3}
     search.on_trial_complete("a", {"training_iteration": 1, "val/f1_macro": 0.3})
-    assert stored_trials(copy)["a"].value == 0.3
+    assert bucket_trials()["a"].value == 0.3
+
+
+def test_a_moved_study_continues_its_own_optuna_study_where_it_lies_now(tmp_path):
+    """Tune pickles the searcher twice (tuner.pkl at the start, a snapshot as it runs); a resume of the
+    study moved and renamed since unpickles both: the searcher reads and writes the moved optuna.db, with
+    its trials, and never recreates the old folder."""
+    old, new = tmp_path / "studies" / "demo", tmp_path / "elsewhere" / "demo-copy"
+    search = stored_searcher(old)
+    pickled_at_start = pickle.dumps(search)
+    feed(search, "done", [0.2, 0.4])
+    search.suggest("running")
+    search.on_trial_result("running", {"training_iteration": 1, "val/f1_macro": 0.1})
+    search.save(str(tmp_path / "searcher.pkl"))
+    new.parent.mkdir()
+    shutil.move(old, new)
+
+    with resumed_study(str(new)):
+        resumed = pickle.loads(pickled_at_start)
+        resumed.restore(str(tmp_path / "searcher.pkl"))
+    resumed.on_trial_result("running", {"training_iteration": 2, "val/f1_macro": 0.6})
+    resumed.on_trial_complete("running", {"training_iteration": 2, "val/f1_macro": 0.6})
+    feed(resumed, "new", [0.35])
+
+    assert not old.exists()
+    trials = stored_trials(new / "optuna.db")
+    assert {k: (t.state.name, t.value) for k, t in trials.items()} == {
+        "done": ("COMPLETE", 0.4), "running": ("COMPLETE", 0.6), "new": ("COMPLETE", 0.35)}
+    assert trials["running"].intermediate_values == {1: 0.1, 2: 0.6}
