@@ -8,11 +8,14 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from study.bench.common import (Bench, data_root, drop_model_files, run_study_command, space_text, trial_summary,
                                 write_space)
 from study.bench.settings import Settings
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +76,9 @@ def bench_search(bench: Bench) -> None:
     grid = run_study_command(bench, "search-grid", studies["search-grid"])
     asha = run_study_command(bench, "search-asha", studies["search-asha"])
     parallel = run_study_command(bench, "search-asha-parallel", studies["search-asha-parallel"])
-    outcome = {}
+    outcome, results_of = {}, {}
     for label, study in (("grid", grid), ("asha", asha), ("asha_parallel", parallel)):
-        results = read_results(study.study_uri)
+        results = results_of[label] = read_results(study.study_uri)
         if results.empty:
             raise RuntimeError(f"the {label} study reported nothing; see {study.log_file}")
         summary = trial_summary(results)
@@ -122,12 +125,99 @@ def bench_search(bench: Bench) -> None:
     bench.figure("search/parallel_best", outcome["asha_parallel"]["best"])
     bench.figure("search/parallel_wall_vs_optuna",
                  outcome["asha_parallel"]["wall_seconds"] / outcome["optuna"]["wall_seconds"])
+    replay = replay_schedulers(results_of["grid"], results_of["asha"], s, metric, mode)
+    if replay:
+        outcome["replay"] = replay
+        promoting_best = -replay["promoting"]["best"] if mode == "min" else replay["promoting"]["best"]
+        bench.figure("search/replay_stop_epochs", replay["stop_based"]["epochs"])
+        bench.figure("search/replay_promoting_epochs", replay["promoting"]["epochs"])
+        bench.figure("search/replay_promoting_epochs_ratio", replay["promoting"]["epochs"] / outcome["grid"]["epochs"])
+        bench.figure("search/replay_promoting_best_gap", grid_best - promoting_best)
     bench.details["search"] = {
         "metric": metric, "configs": configs, "asha_samples": samples, "sampler": s.search_sampler,
         "max_epochs": s.search_max_epochs, "grace_period": s.search_grace_period,
         "reduction_factor": s.search_reduction_factor, "image_size": s.search_image_size, "mode": mode,
         "space": search_space_text(s, "grid"), **outcome,
     }
+
+
+def replay_schedulers(grid: pd.DataFrame, asha: pd.DataFrame, s: Settings, metric: str, mode: str) -> dict[str, Any]:
+    """The grid's curves replayed through two schedulers, one trial at a time, configurations in the order the
+    ASHA study started them (a configuration's seeded curve is the same in any study):
+
+    - the study's own BestEpochASHA (stop-based: a trial goes on unless it falls below its rung's cutoff), which
+      checks the replay: it must spend the epochs the study spent;
+    - promoting ASHA, the pausing form of Li et al. (2020): a trial pauses at each rung, and a free slot resumes
+      the paused trial of the highest rung that ranks in the top 1/reduction factor of its rung, else starts a
+      new configuration. Ranked as BestEpochASHA ranks: best epoch so far, ties broken by its tie-break.
+
+    It measures what pausing would save before anyone builds it (TPE's proposals after its start-up trials
+    could differ under it: the replay keeps the study's)."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from study.asha import BestEpochASHA
+    from study.settings import TIE_BREAK, metric_mode
+
+    keys = ["config/model", "config/optimizer", "config/lr"]
+    curves = {tuple(rows[keys].iloc[0].astype(str)): rows.sort_values("training_iteration")[[metric, TIE_BREAK]]
+              .to_numpy().tolist() for _, rows in grid.groupby("trial_id")}
+    started = asha.groupby("trial_id")["timestamp"].min().sort_values().index
+    order = [tuple(asha.loc[asha["trial_id"] == t, keys].iloc[0].astype(str)) for t in started]
+    if any(config not in curves for config in order):
+        return {}
+    max_t, rf = s.search_max_epochs, s.search_reduction_factor
+
+    scheduler = BestEpochASHA(time_attr="training_iteration", max_t=max_t, grace_period=s.search_grace_period,
+                              reduction_factor=rf, tie_break=TIE_BREAK, tie_break_mode=metric_mode(TIE_BREAK))
+    scheduler.set_search_properties(metric, mode)
+    stop_epochs, stop_best = 0, []
+    for n, config in enumerate(order):
+        trial = SimpleNamespace(trial_id=str(n))
+        scheduler.on_trial_add(None, trial)
+        for epoch, (value, second) in enumerate(curves[config], start=1):
+            stop_epochs += 1
+            stop_best.append(value)
+            result = {"training_iteration": epoch, metric: value, TIE_BREAK: second}
+            if scheduler.on_trial_result(None, trial, result) == TrialScheduler.STOP:
+                break
+
+    sign, tie_sign = (1 if mode == "max" else -1), (1 if metric_mode(TIE_BREAK) == "max" else -1)
+
+    def rank(n: int, epochs: int) -> tuple[float, float]:
+        return max((round(sign * value, 6), tie_sign * second) for value, second in curves[order[n]][:epochs])
+
+    rungs = []
+    while (rungs[-1] * rf if rungs else s.search_grace_period) < max_t:
+        rungs.append(round(rungs[-1] * rf) if rungs else s.search_grace_period)
+    rungs.append(max_t)
+    ranked_at = {r: {} for r in rungs}    # rung -> {trial: rank}
+    promoted = {r: set() for r in rungs}
+    trained: dict[int, int] = {}
+    promote_epochs, unstarted = 0, list(range(len(order)))
+    while True:
+        chosen = None
+        for lower, upper in reversed(list(zip(rungs, rungs[1:]))):
+            top = sorted(ranked_at[lower], key=ranked_at[lower].get, reverse=True)[:int(len(ranked_at[lower]) / rf)]
+            waiting = [n for n in top if n not in promoted[lower]]
+            if waiting:
+                chosen = (waiting[0], upper)
+                promoted[lower].add(waiting[0])
+                break
+        if chosen is None and unstarted:
+            chosen = (unstarted.pop(0), rungs[0])
+        if chosen is None:
+            break
+        n, target = chosen
+        promote_epochs += target - trained.get(n, 0)
+        trained[n] = target
+        ranked_at[target][n] = rank(n, target)
+    promote_best = [value for n, epochs in trained.items() for value, _ in curves[order[n]][:epochs]]
+    pick = max if mode == "max" else min
+    return {"trials": len(order), "stop_based": {"epochs": stop_epochs, "best": float(pick(stop_best))},
+            "promoting": {"epochs": promote_epochs, "best": float(pick(promote_best)),
+                          "trials_at_max_epochs": sum(e >= max_t for e in trained.values())}}
 
 
 def plain_optuna_search(bench: Bench, space_file: Path, samples: int) -> dict[str, Any]:

@@ -30,7 +30,8 @@ SMOKE_FIGURES = [
     "search/grid_epochs", "search/asha_epochs", "search/epochs_ratio", "search/grid_best", "search/asha_best",
     "search/best_gap", "search/best_ratio", "search/optuna_epochs", "search/optuna_best", "search/epochs_vs_optuna",
     "search/best_gap_vs_optuna", "search/wall_vs_optuna", "search/parallel_epochs", "search/parallel_best",
-    "search/parallel_wall_vs_optuna",
+    "search/parallel_wall_vs_optuna", "search/replay_stop_epochs", "search/replay_promoting_epochs",
+    "search/replay_promoting_epochs_ratio", "search/replay_promoting_best_gap",
     "storage/study_wall_seconds", "storage/written_bytes", "storage/written_weights_bytes",
     "storage/written_weights_bytes_seen",
     "storage/written_checkpoints_bytes", "storage/peak_bytes", "storage/demo_bytes_left",
@@ -70,6 +71,8 @@ def test_smoke_run_gives_every_figure(tmp_path: Path, capsys: pytest.CaptureFixt
     assert search["asha_parallel"]["trials"] == 2 and 2 <= figures["search/parallel_epochs"] <= 4
     assert figures["search/parallel_wall_vs_optuna"] == \
         search["asha_parallel"]["wall_seconds"] / search["optuna"]["wall_seconds"]
+    # the replay of the grid's curves through the study's own ASHA spends what the study spent
+    assert figures["search/replay_stop_epochs"] == figures["search/asha_epochs"]
     # the trainable's epoch is broken down into what limits it; its one epoch is its first best: weights
     # only (the last epoch writes no full state), and the full state's cost measured apart
     parts = report["details"]["trainable"]["models"]["resnet50"]
@@ -193,3 +196,22 @@ def test_search_space_is_a_valid_space_of_the_study(sampler: str) -> None:
     assert space.sampler == sampler
     assert len(space.grid()) == len(settings.search_models) * len(settings.search_optimizers) * len(settings.search_lrs)
     assert set(space.values_of("model")) == set(settings.search_models)
+
+
+def test_the_replay_counts_the_epochs_of_each_scheduler() -> None:
+    """Three configurations (epoch-1 scores 0.1, 0.3, 0.2, each rising 0.01 an epoch), replayed one trial at a time in the study's
+    order A, B, C (grace period 1, reduction factor 3, 3 epochs): the study's stop-based ASHA runs A and B
+    to the end (no cutoff yet, then B above A) and stops C below the rung's cutoff (7 epochs); promoting
+    ASHA starts all three for one epoch, then resumes only B, the rung's top third (5 epochs)."""
+    import pandas as pd
+
+    first_epoch = {"A": 0.1, "B": 0.3, "C": 0.2}
+    rows = [{"trial_id": name, "training_iteration": epoch, "timestamp": 100 * i + epoch,
+             "config/model": "resnet50", "config/optimizer": "adam", "config/lr": 1e-3 * (i + 1),
+             "val/f1_macro": value + 0.01 * (epoch - 1), "val/loss": 1.0}
+            for i, (name, value) in enumerate(first_epoch.items()) for epoch in (1, 2, 3)]
+    grid = pd.DataFrame(rows)
+    settings = bench_settings.Settings(search_max_epochs=3, search_grace_period=1, search_reduction_factor=3)
+    replay = search.replay_schedulers(grid, grid, settings, "val/f1_macro", "max")
+    assert replay["stop_based"] == {"epochs": 7, "best": pytest.approx(0.32)}
+    assert replay["promoting"] == {"epochs": 5, "best": pytest.approx(0.32), "trials_at_max_epochs": 1}
