@@ -188,10 +188,11 @@ def replay_schedulers(grid: pd.DataFrame, asha: pd.DataFrame, s: Settings, metri
     def rank(n: int, epochs: int) -> tuple[float, float]:
         return max((round(sign * value, 6), tie_sign * second) for value, second in curves[order[n]][:epochs])
 
-    rungs = []
-    while (rungs[-1] * rf if rungs else s.search_grace_period) < max_t:
-        rungs.append(round(rungs[-1] * rf) if rungs else s.search_grace_period)
-    rungs.append(max_t)
+    rungs = [s.search_grace_period]  # the epochs where a trial pauses, as ASHA's milestones, then the last
+    while rungs[-1] * rf < max_t:
+        rungs.append(round(rungs[-1] * rf))
+    if rungs[-1] < max_t:
+        rungs.append(max_t)
     ranked_at = {r: {} for r in rungs}    # rung -> {trial: rank}
     promoted = {r: set() for r in rungs}
     trained: dict[int, int] = {}
