@@ -1,4 +1,5 @@
-"""ASHA that judges each trial at a rung by its best epoch so far, ties broken by a second metric.
+"""ASHA that judges each trial at a rung by its best epoch so far, ties broken by a second metric, in its
+stop-based form (BestEpochASHA) and its promoting form (PromotingASHA, the study's default).
 
 A study keeps each trial's best checkpoint and compares trials at their best
 epoch (study.tables.best_epochs, study.analyze), so that is what ASHA should
@@ -20,10 +21,12 @@ ones whose loss is worse than their rung's cutoff are stopped.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter
 
 # The rung compares one number per trial (Ray's _Bracket takes a percentile of them): the pair is
 # folded into metric (rounded to 1e-6, so that float noise counts as a tie) + TIE_WEIGHT x the
@@ -69,3 +72,152 @@ class BestEpochASHA(ASHAScheduler):
         if not getattr(self, "_tie_break", None):
             return best[0]
         return round(best[0], METRIC_DIGITS) + TIE_WEIGHT * (2 / math.pi) * math.atan(best[1])
+
+
+def rung_epochs(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
+    """The epochs at which ASHA judges a trial: grace period x reduction factor^k, below max_t (as the
+    milestones of Ray's ASHA bracket; a trial at max_t has ended)."""
+    rungs, epoch = [], grace_period
+    while epoch < max_t:
+        rungs.append(epoch)
+        epoch = round(epoch * reduction_factor)
+    return rungs
+
+
+class PromotingASHA(BestEpochASHA):
+    """ASHA in its promoting form (Li et al. 2020, "A system for massively parallel hyperparameter
+    tuning", Algorithm 2): a trial that reaches a rung waits there (Tune's PAUSE, from the full state the
+    trainable attaches to that epoch's report) and goes on only once it ranks in the top 1/reduction factor
+    of the trials that reached its rung. A free slot goes to the waiting trial of the highest rung that
+    ranks there, else to a new configuration. When the searcher has none left and nothing runs, a rung that
+    has promoted no trial promotes its best (so that a study of fewer trials than the reduction factor still
+    trains one to the last epoch), and then the trials still waiting end where they are (stopped early, with
+    their best so far).
+
+    Stop-based ASHA (BestEpochASHA) lets the first trials of a rung go on, with nothing to compare them to;
+    here every trial is judged against the rung's final company, so fewer reach the last epoch (replayed on
+    the bench's curves: study.bench.search). Trials are ranked as BestEpochASHA ranks them: best epoch so
+    far, ties broken by `tie_break`.
+
+    `max_running`: at most this many trials train at once (--max-concurrent); waiting trials do not count,
+    so they never hold a slot. PromotionGate asks `wants_new_trial` before the searcher proposes a trial.
+
+    A resumed study starts with empty rungs (Tune restores the scheduler as it was built), and Tune restarts
+    the waiting trials from their rung's full state: they go on to their next rung, where they are judged again.
+    """
+
+    def __init__(self, max_running: int | None = None, **asha_options: Any):
+        super().__init__(**asha_options)
+        self._rungs = rung_epochs(asha_options.get("grace_period", 1), self._reduction_factor, self._max_t)
+        self._max_running = max_running
+        self._ranked: dict[int, dict[str, float]] = {rung: {} for rung in self._rungs}  # rung -> trial -> score
+        self._live: set[str] = set()        # trials added and not ended: running, pending or waiting
+        self._waiting: dict[str, int] = {}  # paused (or pausing) trial -> the rung it waits at
+        self._promoted: dict[int, set[str]] = {rung: set() for rung in self._rungs}  # rung -> trials gone on
+        self._starting: str | None = None   # the promoted trial Tune is starting
+
+    def wants_new_trial(self) -> bool:
+        """Whether a new configuration may start: no waiting trial is due to take a free slot, and fewer than
+        `max_running` trials run or wait to start (Tune keeps at most one new trial pending: PromotionGate)."""
+        if self._next_promotion() is not None:
+            return False
+        return self._max_running is None or len(self._live) - len(self._waiting) < self._max_running
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        super().on_trial_add(tune_controller, trial)
+        if trial.status not in ("TERMINATED", "ERROR"):  # a resume adds the trials that ended, too
+            self._live.add(trial.trial_id)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        epoch = result.get(self._time_attr)
+        best = self._with_best(trial.trial_id, result).get(self._metric)
+        self._waiting.pop(trial.trial_id, None)  # reporting: it runs (a resume restarts waiting trials)
+        if self._starting == trial.trial_id:
+            self._starting = None
+        if (epoch not in self._ranked or result.get("diverged") or not isinstance(best, (int, float))
+                or math.isnan(best)):
+            return self.CONTINUE  # a diverged trial has ended: nothing to pause
+        self._ranked[epoch][trial.trial_id] = self._metric_op * best  # higher is better
+        self._waiting[trial.trial_id] = epoch
+        if self._next_promotion() == trial.trial_id:
+            self._promote(trial.trial_id)
+            return self.CONTINUE
+        return self.PAUSE
+
+    def _promote(self, trial_id: str) -> None:
+        self._promoted[self._waiting.pop(trial_id)].add(trial_id)
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        self._forget(trial.trial_id)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        self._forget(trial.trial_id)
+
+    def on_trial_error(self, tune_controller, trial) -> None:
+        self._forget(trial.trial_id)
+
+    def _forget(self, trial_id: str) -> None:
+        self._live.discard(trial_id)
+        self._waiting.pop(trial_id, None)
+        self._best.pop(trial_id, None)
+
+    def choose_trial_to_run(self, tune_controller):
+        trials = {trial.trial_id: trial for trial in tune_controller.get_trials()}
+        starting = trials.get(self._starting)
+        if starting is not None and starting.status in ("PENDING", "PAUSED"):
+            return starting  # asked again before Tune started it: the same answer
+        self._starting = None
+        busy = sum(trial.status in ("RUNNING", "PENDING") for trial in trials.values())
+        finishing = busy == 0 and tune_controller.search_alg.is_finished()
+        promotion = self._next_promotion(finishing)
+        if promotion is not None and trials.get(promotion) is not None and trials[promotion].status == "PAUSED":
+            if self._max_running is not None and busy >= self._max_running:
+                return None
+            self._promote(promotion)
+            self._starting = promotion
+            return trials[promotion]
+        if finishing:
+            for trial_id in list(self._waiting):  # no promotion is left for them
+                if trials.get(trial_id) is not None and trials[trial_id].status == "PAUSED":
+                    tune_controller.stop_trial(trials[trial_id])
+        return None
+
+    def _next_promotion(self, finishing: bool = False) -> str | None:
+        """The waiting trial a free slot goes to: of the highest rung, the best-ranked trial in the top
+        1/reduction factor of the trials that reached that rung (Li et al.'s get_job). `finishing` (no
+        configuration left, nothing running): a rung that has promoted none promotes its best."""
+        for rung in reversed(self._rungs):
+            ranked = self._ranked[rung]
+            size = int(len(ranked) / self._reduction_factor)
+            if finishing and not self._promoted[rung]:
+                size = max(size, 1)
+            top = sorted(ranked, key=ranked.get, reverse=True)[:size]
+            for trial_id in top:
+                if self._waiting.get(trial_id) == rung:
+                    return trial_id
+        return None
+
+    def debug_string(self) -> str:
+        waiting = ", ".join(f"{sum(r == rung for r in self._waiting.values())} at epoch {rung}" for rung in self._rungs)
+        return f"PromotingASHA: rungs at epochs {self._rungs}; waiting: {waiting}"
+
+
+class PromotionGate(ConcurrencyLimiter):
+    """The searcher's wrapper under PromotingASHA: a new configuration only when the scheduler has a free slot
+    that no waiting trial is due to take. (A ConcurrencyLimiter of 1 keeps Tune to one pending trial at a
+    time; its own count of live trials, which would count waiting trials, is not used.)"""
+
+    def __init__(self, searcher, scheduler: PromotingASHA):
+        super().__init__(searcher, max_concurrent=1)
+        self.scheduler = scheduler
+
+    def _set_searcher_max_concurrency(self) -> None:
+        self._limit_concurrency = False
+
+    def suggest(self, trial_id: str):
+        if not self.scheduler.wants_new_trial():
+            return None
+        return self.searcher.suggest(trial_id)
+
+    def get_state(self) -> dict:  # Tune's snapshot of the wrapper: the scheduler is not the wrapper's to save
+        return copy.deepcopy({key: value for key, value in self.__dict__.items() if key not in ("searcher", "scheduler")})

@@ -24,8 +24,9 @@ Five parts, all measured in one run on one machine:
    Both run one trial at a time, seeded, so that they repeat. Beside them, plain Optuna (TPE and its
    SuccessiveHalvingPruner, one process, the same training) on the same budget, and the study again
    with two trials at once as a user runs it: its wall time against plain Optuna's. Last, no training:
-   the grid's curves replayed through the study's ASHA (which must spend what the study spent) and
-   through a pausing, promoting ASHA, in the study's order: what pausing would save.
+   the grid's curves replayed, in the study's order, through both forms of the study's ASHA
+   (study.asha): the one the study ran must spend what the study spent; the other shows what it
+   would spend.
 5. storage: the default study (the orchestration study's sizes) run as a user runs it, with local
    storage: the bytes it writes, the bytes it leaves (by kind: weights, full states, results,
    TensorBoard events, the rest), and `study.analyze`'s time and downloads; then the same study with

@@ -37,7 +37,7 @@ def search_args(s: Settings, workdir: Path) -> dict[str, list[str]]:
     asha = ["--space", str(asha_space), "--num-samples", str(samples), "--grace-period", str(s.search_grace_period),
             "--reduction-factor", str(s.search_reduction_factor), *budget]
     # The full grid: ASHA with its grace period at the maximum epochs never stops a trial early.
-    return {"search-grid": ["--space", str(grid_space), "--num-samples", str(configs),
+    return {"search-grid": ["--space", str(grid_space), "--num-samples", str(configs), "--asha", "stopping",
                             "--grace-period", str(s.search_max_epochs), "--reduction-factor", "2", *budget,
                             *one_at_a_time],
             "search-asha": [*asha, *one_at_a_time],
@@ -63,7 +63,7 @@ def search_space_text(s: Settings, sampler: str) -> str:
 
 def bench_search(bench: Bench) -> None:
     from study.results import read_results
-    from study.settings import metric_mode
+    from study.settings import load_settings, metric_mode
     from study.space import load_space
     from study.tables import best_epochs
 
@@ -97,6 +97,7 @@ def bench_search(bench: Bench) -> None:
                                 if len(first) else 0},
             "trials_at_max_epochs": int((summary["per_trial"]["epochs"] >= s.search_max_epochs).sum()),
             "wall_seconds": round(study.wall_seconds, 1), "log": study.log_file,
+            "asha": load_settings(study.study_uri).asha,
         }
         drop_model_files(study.study_uri)
     outcome["optuna"] = plain_optuna_search(bench, bench.workdir / "search-asha.yaml", samples)
@@ -129,6 +130,7 @@ def bench_search(bench: Bench) -> None:
     if replay:
         outcome["replay"] = replay
         promoting_best = -replay["promoting"]["best"] if mode == "min" else replay["promoting"]["best"]
+        replay["study_form"] = "promoting" if outcome["asha"]["asha"] == "promoting" else "stop_based"
         bench.figure("search/replay_stop_epochs", replay["stop_based"]["epochs"])
         bench.figure("search/replay_promoting_epochs", replay["promoting"]["epochs"])
         bench.figure("search/replay_promoting_epochs_ratio", replay["promoting"]["epochs"] / outcome["grid"]["epochs"])
@@ -142,22 +144,12 @@ def bench_search(bench: Bench) -> None:
 
 
 def replay_schedulers(grid: pd.DataFrame, asha: pd.DataFrame, s: Settings, metric: str, mode: str) -> dict[str, Any]:
-    """The grid's curves replayed through two schedulers, one trial at a time, configurations in the order the
-    ASHA study started them (a configuration's seeded curve is the same in any study):
-
-    - the study's own BestEpochASHA (stop-based: a trial goes on unless it falls below its rung's cutoff), which
-      checks the replay: it must spend the epochs the study spent;
-    - promoting ASHA, the pausing form of Li et al. (2020): a trial pauses at each rung, and a free slot resumes
-      the paused trial of the highest rung that ranks in the top 1/reduction factor of its rung, else starts a
-      new configuration. Ranked as BestEpochASHA ranks: best epoch so far, ties broken by its tie-break.
-
-    It measures what pausing would save before anyone builds it (TPE's proposals after its start-up trials
-    could differ under it: the replay keeps the study's)."""
-    from types import SimpleNamespace
-
-    from ray.tune.schedulers import TrialScheduler
-
-    from study.asha import BestEpochASHA
+    """The grid's curves replayed through the study's two ASHA forms (study.asha), one trial at a time, new
+    configurations in the order the ASHA study started them (a configuration's seeded curve is the same in any
+    study): stop-based BestEpochASHA and PromotingASHA. The replay of the form the study ran must spend the
+    epochs the study spent (a check that the replay is faithful); the other says what that form would spend.
+    (TPE's proposals after its start-up trials could differ under the other form: the replay keeps the study's.)"""
+    from study.asha import BestEpochASHA, PromotingASHA
     from study.settings import TIE_BREAK, metric_mode
 
     keys = ["config/model", "config/optimizer", "config/lr"]
@@ -167,58 +159,59 @@ def replay_schedulers(grid: pd.DataFrame, asha: pd.DataFrame, s: Settings, metri
     order = [tuple(asha.loc[asha["trial_id"] == t, keys].iloc[0].astype(str)) for t in started]
     if any(config not in curves for config in order):
         return {}
-    max_t, rf = s.search_max_epochs, s.search_reduction_factor
+    options = dict(time_attr="training_iteration", max_t=s.search_max_epochs, grace_period=s.search_grace_period,
+                   reduction_factor=s.search_reduction_factor, tie_break=TIE_BREAK,
+                   tie_break_mode=metric_mode(TIE_BREAK))
+    replay = {"trials": len(order)}
+    for form, scheduler in (("stop_based", BestEpochASHA(**options)), ("promoting", PromotingASHA(max_running=1, **options))):
+        scheduler.set_search_properties(metric, mode)
+        trained = replay_one_at_a_time(scheduler, [curves[config] for config in order], metric, TIE_BREAK)
+        values = [value for n, epochs in enumerate(trained) for value, _ in curves[order[n]][:epochs]]
+        replay[form] = {"epochs": sum(trained), "best": float(max(values) if mode == "max" else min(values)),
+                        "trials_at_max_epochs": sum(epochs >= s.search_max_epochs for epochs in trained)}
+    return replay
 
-    scheduler = BestEpochASHA(time_attr="training_iteration", max_t=max_t, grace_period=s.search_grace_period,
-                              reduction_factor=rf, tie_break=TIE_BREAK, tie_break_mode=metric_mode(TIE_BREAK))
-    scheduler.set_search_properties(metric, mode)
-    stop_epochs, stop_best = 0, []
-    for n, config in enumerate(order):
-        trial = SimpleNamespace(trial_id=str(n))
-        scheduler.on_trial_add(None, trial)
-        for epoch, (value, second) in enumerate(curves[config], start=1):
-            stop_epochs += 1
-            stop_best.append(value)
-            result = {"training_iteration": epoch, metric: value, TIE_BREAK: second}
-            if scheduler.on_trial_result(None, trial, result) == TrialScheduler.STOP:
-                break
 
-    sign, tie_sign = (1 if mode == "max" else -1), (1 if metric_mode(TIE_BREAK) == "max" else -1)
+def replay_one_at_a_time(scheduler, curves: list[list[tuple[float, float]]], metric: str, tie_break: str) -> list[int]:
+    """Feed each curve's epochs ((metric, tie-break) per epoch) to a Tune scheduler as Tune's controller would
+    with one slot: the scheduler's choice first (a paused trial it promotes), else the next curve as a new trial,
+    one epoch after another until the scheduler stops or pauses it or the curve ends. Returns each curve's
+    epochs trained."""
+    from types import SimpleNamespace
 
-    def rank(n: int, epochs: int) -> tuple[float, float]:
-        return max((round(sign * value, 6), tie_sign * second) for value, second in curves[order[n]][:epochs])
+    from ray.tune.schedulers import TrialScheduler
 
-    rungs = [s.search_grace_period]  # the epochs where a trial pauses, as ASHA's milestones, then the last
-    while rungs[-1] * rf < max_t:
-        rungs.append(round(rungs[-1] * rf))
-    if rungs[-1] < max_t:
-        rungs.append(max_t)
-    ranked_at = {r: {} for r in rungs}    # rung -> {trial: rank}
-    promoted = {r: set() for r in rungs}
-    trained: dict[int, int] = {}
-    promote_epochs, unstarted = 0, list(range(len(order)))
+    trials: list[SimpleNamespace] = []
+    controller = SimpleNamespace(get_trials=lambda: trials, search_alg=SimpleNamespace(is_finished=lambda: True))
+
+    def stop_trial(trial):
+        scheduler.on_trial_remove(controller, trial)
+        trial.status = "TERMINATED"
+
+    controller.stop_trial = stop_trial
+    trained = [0] * len(curves)
     while True:
-        chosen = None
-        for lower, upper in reversed(list(zip(rungs, rungs[1:]))):
-            top = sorted(ranked_at[lower], key=ranked_at[lower].get, reverse=True)[:int(len(ranked_at[lower]) / rf)]
-            waiting = [n for n in top if n not in promoted[lower]]
-            if waiting:
-                chosen = (waiting[0], upper)
-                promoted[lower].add(waiting[0])
+        controller.search_alg.is_finished = lambda: len(trials) == len(curves)
+        trial = scheduler.choose_trial_to_run(controller)
+        if trial is None and len(trials) < len(curves) and getattr(scheduler, "wants_new_trial", lambda: True)():
+            trial = SimpleNamespace(trial_id=str(len(trials)), status="PENDING", config={})
+            trials.append(trial)
+            scheduler.on_trial_add(controller, trial)
+        if trial is None:
+            return trained
+        trial.status, n = "RUNNING", int(trial.trial_id)
+        for epoch in range(trained[n] + 1, len(curves[n]) + 1):
+            trained[n] = epoch
+            value, second = curves[n][epoch - 1]
+            result = {"training_iteration": epoch, metric: value, tie_break: second}
+            decision = scheduler.on_trial_result(controller, trial, result)
+            if decision == TrialScheduler.PAUSE:
+                trial.status = "PAUSED"
                 break
-        if chosen is None and unstarted:
-            chosen = (unstarted.pop(0), rungs[0])
-        if chosen is None:
-            break
-        n, target = chosen
-        promote_epochs += target - trained.get(n, 0)
-        trained[n] = target
-        ranked_at[target][n] = rank(n, target)
-    promote_best = [value for n, epochs in trained.items() for value, _ in curves[order[n]][:epochs]]
-    pick = max if mode == "max" else min
-    return {"trials": len(order), "stop_based": {"epochs": stop_epochs, "best": float(pick(stop_best))},
-            "promoting": {"epochs": promote_epochs, "best": float(pick(promote_best)),
-                          "trials_at_max_epochs": sum(e >= max_t for e in trained.values())}}
+            if decision == TrialScheduler.STOP or epoch == len(curves[n]):
+                scheduler.on_trial_complete(controller, trial, result)
+                trial.status = "TERMINATED"
+                break
 
 
 def plain_optuna_search(bench: Bench, space_file: Path, samples: int) -> dict[str, Any]:

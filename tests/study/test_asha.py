@@ -1,4 +1,5 @@
-"""BestEpochASHA: rungs judge a trial by its best epoch so far, as the study selects it.
+"""BestEpochASHA: rungs judge a trial by its best epoch so far, as the study selects it; PromotingASHA:
+trials wait at each rung until they rank in its top 1/reduction factor.
 
 The curves are the ones measured on the covid-chestxray copy (val macro-F1 per
 epoch, grace period 2, reduction factor 2, 6 epochs): a trial stuck on the
@@ -11,8 +12,10 @@ import math
 from types import SimpleNamespace
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search import Searcher
 
-from study.asha import BestEpochASHA
+from study.asha import BestEpochASHA, PromotingASHA, PromotionGate, rung_epochs
+from study.bench.search import replay_one_at_a_time
 
 CONSTANT = [0.297] * 6                                  # predicts COVID-19 for every image
 LEARNER = [0.297, 0.297, 0.238, 0.283, 0.238, 0.490]     # ResNet50 + Adam, lr 1e-4, batch 16
@@ -140,3 +143,154 @@ def test_the_metric_still_comes_first():
 def test_trials_without_the_tie_break_metric_are_judged_on_the_metric_alone():
     curves = {name: [f1 for f1, _ in curve] for name, curve in STUCK.items()}
     assert run(tie_breaking(), curves) == {"a": 6, "b": 6, "c": 6, "d": 6}
+
+
+# ------------------------------------------------------------------ promoting ASHA (trials wait at rungs)
+
+def promoting(max_t: int = 6, grace_period: int = 2, reduction_factor: int = 2, max_running: int | None = 1):
+    scheduler = PromotingASHA(max_running=max_running, time_attr="training_iteration", max_t=max_t,
+                              grace_period=grace_period, reduction_factor=reduction_factor, tie_break="val/loss",
+                              tie_break_mode="min")
+    scheduler.set_search_properties("val/f1_macro", "max")
+    return scheduler
+
+
+def one_at_a_time(scheduler, curves: dict[str, list[float]]) -> dict[str, int]:
+    """Each curve (val/f1_macro per epoch, equal losses) through the scheduler with one slot, new trials in
+    the given order; returns the epochs each trial trained."""
+    trained = replay_one_at_a_time(scheduler, [[(value, 1.0) for value in curve] for curve in curves.values()],
+                                   "val/f1_macro", "val/loss")
+    return dict(zip(curves, trained))
+
+
+def test_rungs_are_the_grace_period_times_powers_of_the_reduction_factor_below_the_last_epoch():
+    assert rung_epochs(1, 3, 9) == [1, 3]
+    assert rung_epochs(2, 3, 4) == [2]
+    assert rung_epochs(1, 2, 4) == [1, 2]
+    assert rung_epochs(4, 2, 4) == []
+
+
+def test_promoting_asha_runs_only_the_rung_top_third_on():
+    """Three trials at the epoch-1 rung (reduction factor 3): only the best goes on; stop-based ASHA lets the
+    first two go on, since nothing stood at the rung to compare them with."""
+    curves = {"A": [0.1, 0.11, 0.12], "B": [0.3, 0.31, 0.32], "C": [0.2, 0.21, 0.22]}
+    assert one_at_a_time(promoting(max_t=3, grace_period=1, reduction_factor=3), curves) == {"A": 1, "B": 3, "C": 1}
+    stop_based = BestEpochASHA(time_attr="training_iteration", max_t=3, grace_period=1, reduction_factor=3)
+    stop_based.set_search_properties("val/f1_macro", "max")
+    assert one_at_a_time(stop_based, curves) == {"A": 3, "B": 3, "C": 1}
+
+
+def test_a_waiting_trial_is_promoted_when_later_trials_rank_below_it():
+    """A reaches the rung first and waits (alone, it is not in the top half of one); B ranks below it, so the
+    free slot goes to A, which trains on before C starts."""
+    scheduler = promoting(max_t=4, grace_period=2, reduction_factor=2)
+    order: list[tuple[str, int]] = []
+    result_of = scheduler.on_trial_result
+
+    def noted(controller, trial, result):
+        order.append((trial.trial_id, result["training_iteration"]))
+        return result_of(controller, trial, result)
+
+    scheduler.on_trial_result = noted
+    trained = replay_one_at_a_time(scheduler, [[(v, 1.0) for v in curve] for curve in
+                                               ([0.3, 0.3, 0.4, 0.5], [0.1, 0.1, 0.1, 0.1], [0.2, 0.2, 0.2, 0.2])],
+                                   "val/f1_macro", "val/loss")
+    assert order[:6] == [("0", 1), ("0", 2), ("1", 1), ("1", 2), ("0", 3), ("0", 4)]
+    assert trained == [4, 2, 2]  # C ranks below A at the rung of three: top int(3/2) = 1 is A
+
+
+def test_a_tie_at_the_rung_is_broken_by_the_loss():
+    scheduler = promoting(max_t=2, grace_period=1, reduction_factor=2)
+    curves = [[(0.297, 1.2)] * 2, [(0.297, 1.0)] * 2]  # tied on macro-F1, the second with the lower loss
+    assert replay_one_at_a_time(scheduler, curves, "val/f1_macro", "val/loss") == [1, 2]
+    scheduler = promoting(max_t=2, grace_period=1, reduction_factor=2)
+    assert replay_one_at_a_time(scheduler, curves[::-1], "val/f1_macro", "val/loss") == [2, 1]
+
+
+class Proposer(Searcher):
+    def suggest(self, trial_id: str) -> dict:
+        return {"lr": 0.1}
+
+
+class Controller:
+    """The part of Tune's controller a scheduler sees: the trials, whether the searcher is done, stop_trial."""
+
+    def __init__(self, finished: bool = False):
+        self.trials: list[SimpleNamespace] = []
+        self.stopped: list[str] = []
+        self.search_alg = SimpleNamespace(is_finished=lambda: finished)
+
+    def get_trials(self):
+        return self.trials
+
+    def stop_trial(self, trial):
+        self.stopped.append(trial.trial_id)
+        trial.status = "TERMINATED"
+
+
+def add(scheduler, controller, trial_id: str, status: str = "RUNNING"):
+    trial = SimpleNamespace(trial_id=trial_id, status=status, config={})
+    controller.trials.append(trial)
+    scheduler.on_trial_add(controller, trial)
+    return trial
+
+
+def report(scheduler, controller, trial, epoch: int, value: float) -> str:
+    decision = scheduler.on_trial_result(controller, trial, {"training_iteration": epoch, "val/f1_macro": value,
+                                                             "val/loss": 1.0})
+    if decision == TrialScheduler.PAUSE:
+        trial.status = "PAUSED"
+    return decision
+
+
+def test_waiting_trials_hold_no_slot_and_a_promotion_comes_before_a_new_trial():
+    """--max-concurrent 2: two trials run; one waits at the rung, and its slot goes to a new trial that the gate
+    lets the searcher propose; once a waiting trial ranks in the rung's top half, the free slot goes to it."""
+    scheduler, controller = promoting(max_t=4, grace_period=2, reduction_factor=2, max_running=2), Controller()
+    gate = PromotionGate(Proposer(metric="val/f1_macro", mode="max"), scheduler)
+    a, b = add(scheduler, controller, "a"), add(scheduler, controller, "b")
+    assert scheduler.choose_trial_to_run(controller) is None
+    assert gate.suggest("c") is None  # two run: the limit
+    assert report(scheduler, controller, a, 2, 0.1) == TrialScheduler.PAUSE  # alone at its rung
+    assert scheduler.choose_trial_to_run(controller) is None and gate.suggest("c") == {"lr": 0.1}
+    c = add(scheduler, controller, "c")
+    assert report(scheduler, controller, b, 2, 0.5) == TrialScheduler.CONTINUE  # top 1 of 2
+    assert report(scheduler, controller, c, 2, 0.3) == TrialScheduler.PAUSE  # top 1 of 3 is b
+    assert scheduler.choose_trial_to_run(controller) is None and gate.suggest("d") == {"lr": 0.1}
+    d = add(scheduler, controller, "d")
+    assert report(scheduler, controller, d, 2, 0.05) == TrialScheduler.PAUSE  # top 2 of 4: b, then c, waiting
+    assert scheduler.choose_trial_to_run(controller) is c
+    assert scheduler.choose_trial_to_run(controller) is c  # asked again before Tune starts it: the same answer
+    assert gate.suggest("e") is None  # c takes the free slot
+    assert [t.trial_id for t in controller.trials if t.status == "PAUSED"] == ["a", "c", "d"]  # Tune restarts c
+
+
+def test_when_the_searcher_is_done_a_rung_that_promoted_none_promotes_its_best_and_the_rest_end():
+    """Three trials at the epoch-2 rung (reduction factor 4): none is in the top int(3/4) = 0, so none went
+    on; once no configuration is left and nothing runs, the rung's best goes on (a study always trains one
+    trial to the last epoch), and the two others end where they wait."""
+    scheduler, controller = promoting(max_t=4, grace_period=2, reduction_factor=4), Controller(finished=True)
+    trials = [add(scheduler, controller, name) for name in "abc"]
+    for trial, value in zip(trials, (0.1, 0.3, 0.2)):
+        assert report(scheduler, controller, trial, 2, value) == TrialScheduler.PAUSE
+    best = scheduler.choose_trial_to_run(controller)
+    assert best is trials[1] and controller.stopped == []
+    best.status = "RUNNING"
+    assert report(scheduler, controller, best, 3, 0.35) == TrialScheduler.CONTINUE
+    scheduler.on_trial_complete(controller, best, {"training_iteration": 4, "val/f1_macro": 0.4})
+    best.status = "TERMINATED"
+    assert scheduler.choose_trial_to_run(controller) is None
+    assert controller.stopped == ["a", "c"]
+
+
+def test_a_lone_trial_runs_to_the_last_epoch():
+    assert one_at_a_time(promoting(max_t=4, grace_period=1, reduction_factor=2), {"only": [0.1, 0.2, 0.3, 0.4]}) \
+        == {"only": 4}
+
+
+def test_a_resumed_trial_that_waited_is_judged_again_at_its_next_rung():
+    """After a resume Tune restarts waiting trials from their rung's full state: the scheduler lets them run."""
+    scheduler, controller = promoting(max_t=8, grace_period=2, reduction_factor=2), Controller()
+    a = add(scheduler, controller, "a")
+    assert report(scheduler, controller, a, 3, 0.2) == TrialScheduler.CONTINUE
+    assert report(scheduler, controller, a, 4, 0.2) == TrialScheduler.PAUSE

@@ -71,8 +71,10 @@ def test_smoke_run_gives_every_figure(tmp_path: Path, capsys: pytest.CaptureFixt
     assert search["asha_parallel"]["trials"] == 2 and 2 <= figures["search/parallel_epochs"] <= 4
     assert figures["search/parallel_wall_vs_optuna"] == \
         search["asha_parallel"]["wall_seconds"] / search["optuna"]["wall_seconds"]
-    # the replay of the grid's curves through the study's own ASHA spends what the study spent
-    assert figures["search/replay_stop_epochs"] == figures["search/asha_epochs"]
+    # the replay of the grid's curves through the study's own ASHA (promoting, the default) spends what the
+    # study spent
+    assert search["asha"]["asha"] == "promoting" and search["replay"]["study_form"] == "promoting"
+    assert figures["search/replay_promoting_epochs"] == figures["search/asha_epochs"]
     # the trainable's epoch is broken down into what limits it; its one epoch is its first best: weights
     # only (the last epoch writes no full state), and the full state's cost measured apart
     parts = report["details"]["trainable"]["models"]["resnet50"]
@@ -213,5 +215,5 @@ def test_the_replay_counts_the_epochs_of_each_scheduler() -> None:
     grid = pd.DataFrame(rows)
     settings = bench_settings.Settings(search_max_epochs=3, search_grace_period=1, search_reduction_factor=3)
     replay = search.replay_schedulers(grid, grid, settings, "val/f1_macro", "max")
-    assert replay["stop_based"] == {"epochs": 7, "best": pytest.approx(0.32)}
+    assert replay["stop_based"] == {"epochs": 7, "best": pytest.approx(0.32), "trials_at_max_epochs": 2}
     assert replay["promoting"] == {"epochs": 5, "best": pytest.approx(0.32), "trials_at_max_epochs": 1}
