@@ -9,8 +9,8 @@ Two needs, two kinds of file, nothing more:
   metric, value, bytes) that the analysis reads instead of the weights.
 - **Fault tolerance** needs a full state (weights, optimizer state, epoch, best so far) recent
   enough to continue a trial on another node. It is a Tune checkpoint, written every
-  `checkpoint_every` epochs or after `checkpoint_minutes` minutes, whichever comes first, never
-  after a trial's last epoch; Tune keeps only the newest (CheckpointConfig(num_to_keep=1)), and
+  `checkpoint_every` epochs or after `checkpoint_minutes` minutes, whichever comes first, and at each
+  rung of a promoting ASHA (study.asha.PromotingASHA), where the trial may wait; never after a trial's last epoch; Tune keeps only the newest (CheckpointConfig(num_to_keep=1)), and
   `WeightsKeeper` deletes it when the trial ends. A resumed trial repeats at most the epochs since
   its last full state: fewer than `checkpoint_every`, or the epoch that crossed `checkpoint_minutes`.
 
@@ -60,11 +60,13 @@ class CheckpointPolicy:
 
     every: int = CHECKPOINT_EVERY        # epochs
     minutes: float = CHECKPOINT_MINUTES  # or minutes since the last full state, whichever comes first
+    pause_epochs: tuple[int, ...] = ()   # and at these epochs, where the scheduler may pause the trial
 
     def full_state_due(self, epoch: int, last_epoch: int, seconds_since_last: float) -> bool:
         if epoch >= last_epoch:  # the trial ends here: nothing left to resume
             return False
-        return epoch % self.every == 0 or seconds_since_last >= 60 * self.minutes
+        return (epoch % self.every == 0 or seconds_since_last >= 60 * self.minutes
+                or epoch in getattr(self, "pause_epochs", ()))  # getattr: a policy pickled before pausing
 
 
 @dataclass

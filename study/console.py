@@ -1,7 +1,7 @@
 """What a study prints while it runs: one status line, refreshed, and a line for each trial that ends.
 
-    [  3:12] trials: 2 running, 5 done (3 stopped early), 3 to start | epochs 19, at most 21 left, ~4 min |
-             best val/f1_macro 0.455 resnet50_adam_lr7e-04_bs16
+    [  3:12] trials: 2 running, 1 waiting at a rung, 5 done (3 stopped early), 3 to start | epochs 19,
+             at most 21 left, ~4 min | best val/f1_macro 0.455 resnet50_adam_lr7e-04_bs16
 
 Everything is computed from Tune's trial list at each step (status, last and best
 result of each trial), so a resumed study shows the trials of its first run too.
@@ -102,7 +102,9 @@ class StudyConsole(Callback):
         left = sum(self.max_epochs - self.epochs_of(t) for t in trials
                    if self.status_of(t) in (RUNNING, PENDING, PAUSED))
         left += max(self.num_samples - len(trials), 0) * self.max_epochs
-        parts = [f"trials: {len(by_status.get(RUNNING, []))} running, {len(ended)} done "
+        waiting = len(by_status.get(PAUSED, []))  # at a rung of promoting ASHA (study.asha)
+        parts = [f"trials: {len(by_status.get(RUNNING, []))} running, "
+                 + (f"{waiting} waiting at a rung, " if waiting else "") + f"{len(ended)} done "
                  f"({len(stopped)} stopped early)"
                  + (f", {len(by_status[ERROR])} errored" if by_status.get(ERROR) else "")
                  + (f", {to_start} to start" if to_start else "")]

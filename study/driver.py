@@ -35,7 +35,7 @@ from cxrnets.metrics import majority_baseline  # noqa: E402
 from cxrnets.splits import describe, make_split  # noqa: E402
 from cxrnets.training import SPLIT_COLUMNS, align_split  # noqa: E402
 from study import storage  # noqa: E402
-from study.asha import BestEpochASHA  # noqa: E402
+from study.asha import BestEpochASHA, PromotingASHA, PromotionGate, rung_epochs  # noqa: E402
 from study.checkpoints import WEIGHTS_DIR, CheckpointPolicy, WeightsKeeper, prune_weights  # noqa: E402
 from study.console import StudyConsole  # noqa: E402
 from study.results import ResultsTable, read_results, read_trial_events  # noqa: E402
@@ -219,7 +219,9 @@ def trial_context(settings: StudySettings, splits: dict[str, pd.DataFrame], weig
         dataset_options=settings.dataset_options,
         study_uri=weights_uri or settings.study_uri, storage=settings.storage,
         settings_file=None if storage.is_remote(settings.storage) else settings_uri(settings.study_uri),
-        checkpoint_policy=CheckpointPolicy(settings.checkpoint_every, settings.checkpoint_minutes),
+        checkpoint_policy=CheckpointPolicy(settings.checkpoint_every, settings.checkpoint_minutes, pause_epochs=(
+            tuple(rung_epochs(settings.grace_period, settings.reduction_factor, settings.max_epochs))
+            if settings.asha == "promoting" else ())),
         defaults={"image_size": settings.image_size, "epochs": settings.max_epochs, "seed": settings.seed,
                   "cache_dir": settings.cache_dir, "device": "auto"})
 
@@ -242,16 +244,21 @@ def build_tuner(settings: StudySettings, splits: dict[str, pd.DataFrame], resume
         space, metric=settings.metric, mode=settings.mode,
         points_to_evaluate=first[:settings.num_samples] or None,  # more would wait in the Optuna study forever
         sampler=space.make_sampler(settings.seed), study_name=settings.optuna_study, study_uri=settings.study_uri)
-    scheduler = BestEpochASHA(time_attr="training_iteration", max_t=settings.max_epochs,
-                              grace_period=settings.grace_period, reduction_factor=settings.reduction_factor,
-                              tie_break=settings.tie_break, tie_break_mode=metric_mode(settings.tie_break or ""))
+    asha_options = dict(time_attr="training_iteration", max_t=settings.max_epochs, grace_period=settings.grace_period,
+                        reduction_factor=settings.reduction_factor, tie_break=settings.tie_break,
+                        tie_break_mode=metric_mode(settings.tie_break or ""))
+    if settings.asha == "promoting":
+        scheduler = PromotingASHA(max_running=settings.max_concurrent, **asha_options)
+        searcher = PromotionGate(searcher, scheduler)  # it also keeps --max-concurrent, counting running trials only
+    else:
+        scheduler = BestEpochASHA(**asha_options)
+        searcher = ConcurrencyLimiter(searcher, settings.max_concurrent) if settings.max_concurrent else searcher
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             metric=settings.metric, mode=settings.mode, scheduler=scheduler, num_samples=settings.num_samples,
             # What TuneConfig(max_concurrent_trials=...) would build, with the study's own trial maker.
-            search_alg=StudySearchGenerator(ConcurrencyLimiter(searcher, settings.max_concurrent)
-                                            if settings.max_concurrent else searcher),
+            search_alg=StudySearchGenerator(searcher),
             reuse_actors=True,
             trial_name_creator=trial_name, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(

@@ -25,8 +25,8 @@ from cxrnets.data import SAMPLE_ROOT, dataset_options_help, parse_dataset_option
 from cxrnets.errors import CxrError
 from cxrnets.names import check_image_size
 from study import storage
-from study.settings import (CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DEFAULTS, METRICS, TIE_BREAK, StudySettings,
-                            load_settings, metric_mode, parse_keep)
+from study.settings import (ASHA_FORMS, CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DEFAULTS, METRICS, TIE_BREAK,
+                            StudySettings, load_settings, metric_mode, parse_keep)
 from study.space import load_space
 
 log = logging.getLogger("study.run")
@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
              "(default: the space's, else 1)")
     add("--reduction-factor", type=int, default=None,
         help="ASHA keeps 1/this of trials at each rung (default: the space's, else 2)")
+    add("--asha", default=None, choices=ASHA_FORMS,
+        help="promoting: a trial waits at each rung until it ranks in the top 1/reduction-factor of the trials "
+             "that reached it (its full state kept meanwhile), so fewer trials reach the last epoch; stopping: a "
+             "trial goes on unless it ranks below the rung's cutoff now (no waiting, no full state at rungs; "
+             "default: the space's, else promoting)")
     add("--metric", default=None, choices=METRICS, help="validation metric that ASHA and Optuna optimise "
         "(default: the space's, else val/f1_macro; minimised if it is a loss)")
     add("--tie-break", default=TIE_BREAK, choices=(*METRICS, "none"),
@@ -132,7 +137,7 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
         space=document, space_source=str(source), data_roots=_data_roots(args.data_root, datasets),
         image_size=image_size, num_samples=pick("num_samples"), max_epochs=pick("max_epochs"),
         grace_period=pick("grace_period"), reduction_factor=pick("reduction_factor"), metric=pick("metric"),
-        mode=metric_mode(pick("metric")), tie_break=tie_break, cpus_per_trial=args.cpus_per_trial,
+        mode=metric_mode(pick("metric")), tie_break=tie_break, asha=pick("asha"), cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
         seed=args.seed, cache_dir=args.cache_dir, checkpoint_every=args.checkpoint_every,
         checkpoint_minutes=args.checkpoint_minutes, keep=parse_keep(args.keep),
@@ -180,6 +185,8 @@ def validate(settings: StudySettings) -> None:
             raise CxrError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(settings, key)}")
     if settings.reduction_factor < 2:
         raise CxrError(f"--reduction-factor must be at least 2, got {settings.reduction_factor}")
+    if settings.asha not in ASHA_FORMS:
+        raise CxrError(f"asha: {settings.asha!r} in {settings.space_source}: choose one of {', '.join(ASHA_FORMS)}")
     if settings.grace_period > settings.max_epochs:
         raise CxrError(f"--grace-period {settings.grace_period} exceeds --max-epochs {settings.max_epochs}")
     if settings.cpus_per_trial <= 0 or settings.gpus_per_trial < 0:

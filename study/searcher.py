@@ -169,8 +169,8 @@ class BestEpochOptunaSearch(OptunaSearch):
             # searcher only here: Tune calls on_trial_result only for trials that go on.
             self._record_epoch(trial_id, result)
         best = self._best_values().pop(trial_id, None)
-        if result and best is not None:
-            result = {**result, self.metric: best}
+        if best is not None and (result or not error):  # no result: a trial that waited at a rung, ended there
+            result = {**(result or {}), self.metric: best}
         super().on_trial_complete(trial_id, result, error)
         self._copy_storage_file()
 

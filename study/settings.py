@@ -26,7 +26,8 @@ METRICS = ("val/f1_macro", "val/accuracy", "val/precision_macro", "val/recall_ma
 TIE_BREAK = "val/loss"  # what ASHA's rungs rank tied trials by (study.asha)
 # Used where neither the command line nor the space says.
 DEFAULTS = {"dataset": "covid-chestxray-3class", "image_size": 64, "num_samples": 10, "max_epochs": 4,
-            "grace_period": 1, "reduction_factor": 2, "metric": "val/f1_macro"}
+            "grace_period": 1, "reduction_factor": 2, "metric": "val/f1_macro", "asha": "promoting"}
+ASHA_FORMS = ("promoting", "stopping")  # study.asha: PromotingASHA pauses trials at rungs, BestEpochASHA stops them
 # The checkpoint policy's defaults (see study.checkpoints).
 CHECKPOINT_EVERY = 5          # epochs between two full states of a running trial
 CHECKPOINT_MINUTES = 15.0     # ... or minutes, whichever comes first
@@ -59,6 +60,7 @@ class StudySettings:
     keep: int | str = 1  # best weights kept after the study: each (dataset, model) cell's k best trials, or "all"
     dataset_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # dataset -> its loader's options
     tie_break: str | None = None  # ASHA's second metric for ties (None: plain ties, as studies before it had)
+    asha: str = "stopping"  # ASHA_FORMS; studies from before the promoting form stopped trials
     # The Optuna study's name in optuna.db (study.searcher); None: a study from before that file, whose
     # Optuna study lived in the driver's memory and in Tune's snapshots only.
     optuna_study: str | None = None

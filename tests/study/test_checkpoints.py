@@ -26,6 +26,12 @@ def test_full_state_every_k_epochs_or_minutes_never_after_the_last():
     assert [e for e in range(1, 5) if CheckpointPolicy(every=5).full_state_due(e, 4, 1)] == []  # the demo's 4 epochs
 
 
+def test_full_state_at_each_epoch_where_promoting_asha_may_pause_the_trial():
+    policy = CheckpointPolicy(every=5, minutes=10, pause_epochs=(1, 3))
+    assert [e for e in range(1, 10) if policy.full_state_due(e, 9, seconds_since_last=5)] == [1, 3, 5]
+    assert not CheckpointPolicy(pause_epochs=(4,)).full_state_due(4, 4, 1)  # the last epoch: the trial ends
+
+
 def test_improves_is_strict_and_ignores_nan():
     assert improves(0.5, None, "max") and improves(0.6, 0.5, "max") and not improves(0.5, 0.5, "max")
     assert improves(0.4, 0.5, "min") and not improves(0.6, 0.5, "min")

@@ -40,6 +40,13 @@ def test_status_line_counts_trials_epochs_and_the_best():
     assert line.endswith("best val/f1_macro 0.500 d md_adam")
 
 
+def test_trials_waiting_at_a_rung_are_counted_apart_and_their_epochs_may_still_come():
+    trials = [trial("a", "PAUSED", 2, 0.30), trial("b", "RUNNING", 3, 0.40)]
+    line = console().status_line(trials, now=console()._started + 5)
+    assert "trials: 1 running, 1 waiting at a rung, 0 done (0 stopped early), 4 to start" in line
+    assert "epochs 5, at most 19 left" in line  # a's 2, b's 1 and 4 x 4 not yet created
+
+
 def test_trial_end_lines_say_how_each_trial_ended():
     shown = console()
     assert shown.trial_end_line(trial("a", "TERMINATED", 4, 0.45)).startswith("done, 4 epochs")

@@ -58,6 +58,20 @@ def test_the_epoch_that_ends_a_trial_counts_however_it_arrives():
     assert ran_out.value == 0.4 and ran_out.intermediate_values == {1: 0.1, 2: 0.4}
 
 
+def test_a_trial_that_waited_at_a_rung_and_ended_there_completes_with_its_best():
+    """Promoting ASHA: a trial paused at a rung is never promoted; Tune ends it without a result."""
+    search = searcher()
+    search.suggest("waited")
+    for epoch, value in enumerate([0.3, 0.2], start=1):
+        search.on_trial_result("waited", {"training_iteration": epoch, "val/f1_macro": value})
+    search.on_trial_complete("waited")
+    search.suggest("never-ran")  # ended before its first epoch: nothing to record
+    search.on_trial_complete("never-ran")
+    waited, never_ran = search._ot_study.trials
+    assert waited.state == optuna.trial.TrialState.COMPLETE and waited.value == 0.3
+    assert never_ran.state == optuna.trial.TrialState.PRUNED
+
+
 def test_a_loss_records_its_lowest_epoch():
     search = BestEpochOptunaSearch(space, metric="val/loss", mode="min", sampler=optuna.samplers.TPESampler(seed=0))
     search.suggest("t")
