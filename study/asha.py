@@ -220,4 +220,5 @@ class PromotionGate(ConcurrencyLimiter):
         return self.searcher.suggest(trial_id)
 
     def get_state(self) -> dict:  # Tune's snapshot of the wrapper: the scheduler is not the wrapper's to save
-        return copy.deepcopy({key: value for key, value in self.__dict__.items() if key not in ("searcher", "scheduler")})
+        return copy.deepcopy({key: value for key, value in self.__dict__.items()
+                              if key not in ("searcher", "scheduler")})

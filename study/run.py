@@ -137,9 +137,10 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
         space=document, space_source=str(source), data_roots=_data_roots(args.data_root, datasets),
         image_size=image_size, num_samples=pick("num_samples"), max_epochs=pick("max_epochs"),
         grace_period=pick("grace_period"), reduction_factor=pick("reduction_factor"), metric=pick("metric"),
-        mode=metric_mode(pick("metric")), tie_break=tie_break, asha=pick("asha"), cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
-        seed=args.seed, cache_dir=args.cache_dir, checkpoint_every=args.checkpoint_every,
+        mode=metric_mode(pick("metric")), tie_break=tie_break, asha=pick("asha"),
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        max_concurrent=args.max_concurrent, max_failures=args.max_failures, seed=args.seed,
+        cache_dir=args.cache_dir, checkpoint_every=args.checkpoint_every,
         checkpoint_minutes=args.checkpoint_minutes, keep=parse_keep(args.keep),
         dataset_options=parse_dataset_options(args.dataset_option, datasets))
     validate(settings)

@@ -161,6 +161,14 @@ def test_bad_input_is_one_clear_error_before_any_trial(tmp_path, capsys, tiny_da
     assert_no_trial(storage)
 
 
+def test_an_unknown_asha_form_in_the_space_is_refused(tmp_path, capsys, tiny_data, cache_dir):
+    space = write_space(tmp_path / "space.yaml", GOOD_SPACE, study={"asha": "pausing"})
+    code = main(study_argv(space, tmp_path / "studies", "bad", tiny_data, cache_dir, "--image-size", "32"))
+    err = capsys.readouterr().err
+    assert code == 2 and "asha: 'pausing' in " in err and "choose one of promoting, stopping" in err, err
+    assert_no_trial(tmp_path / "studies")
+
+
 def test_data_root_that_does_not_exist(tmp_path, capsys, cache_dir):
     space = write_space(tmp_path / "space.yaml", GOOD_SPACE)
     missing = tmp_path / "no-such-data"
@@ -404,12 +412,16 @@ def test_adam_trials_never_carry_sgd_dimensions(main_study):
 
 
 def test_asha_stops_a_trial_early(main_study):
+    """Promoting ASHA (the default) with one rung, at epoch 1: the trials wait there, the rung's top
+    int(6 / 4) = 1 goes on from its full state (its own epoch count continues: nothing retrained)."""
     settings, _, _, _ = main_study
+    assert settings.asha == "promoting"
     results = read_results(settings.study_uri)
     trained = results.groupby("trial_id").filter(lambda rows: (rows["diverged"] == 0).all())
     epochs = trained.groupby("trial_id")["training_iteration"].max()
     assert (epochs < MAX_EPOCHS).any(), f"ASHA stopped no trial: epochs per trial {epochs.to_dict()}"
     assert (epochs == MAX_EPOCHS).any(), f"no trial ran all {MAX_EPOCHS} epochs: {epochs.to_dict()}"
+    assert (results["epoch"] == results["training_iteration"]).all()
 
 
 def test_parquet_table_holds_every_reported_epoch(main_study):
