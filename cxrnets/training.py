@@ -371,12 +371,22 @@ class TrainingRun:
         return metrics, y_true, scores
 
     def checkpoint(self) -> dict[str, Any]:
-        """Everything needed to resume or evaluate this run; loadable with weights_only=True."""
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "epoch": self.epoch, "config": asdict(self.config), "classes": list(self.classes),
-                "multilabel": self.multilabel}
+        """Everything needed to resume or evaluate this run; loadable with weights_only=True.
+
+        It carries torch's random state (dropout draws from it; the batch order and flips are seeded by
+        epoch), so that a resumed run continues exactly as the uninterrupted one would."""
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "epoch": self.epoch, "config": asdict(self.config), "classes": list(self.classes),
+                 "multilabel": self.multilabel, "rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.epoch = int(checkpoint["epoch"])
+        if "rng" in checkpoint:  # absent from checkpoints written before it was kept
+            torch.set_rng_state(checkpoint["rng"].cpu())
+        if "cuda_rng" in checkpoint and self.device.type == "cuda":
+            torch.cuda.set_rng_state(checkpoint["cuda_rng"].cpu(), self.device)

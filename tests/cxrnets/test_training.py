@@ -274,6 +274,7 @@ def test_sample_run_reports_every_metric(sample_run) -> None:
 
 def test_checkpoint_loads_safely_and_restores(sample_run, tmp_path: Path) -> None:
     run, _ = sample_run
+    torch.rand(8)  # as AlexNet's and VGG11's dropout advance torch's generator each epoch (ResNet50 draws nothing)
     path = tmp_path / "checkpoint.pt"
     torch.save(run.checkpoint(), path)
     checkpoint = torch.load(path, weights_only=True)  # nothing in it needs pickle's code execution
@@ -281,8 +282,10 @@ def test_checkpoint_loads_safely_and_restores(sample_run, tmp_path: Path) -> Non
     assert checkpoint["epoch"] == 2 and checkpoint["classes"] == run.classes and checkpoint["multilabel"] is False
     # a new run from the stored config (more epochs: resume) picks up where the first stopped
     config = TrainConfig(**{**checkpoint["config"], "epochs": 3})
-    resumed = TrainingRun(config, data=run.data)
+    next_draws = torch.rand(4)  # what the first run's next dropout masks would draw from
+    resumed = TrainingRun(config, data=run.data)  # seeds torch's generator afresh
     resumed.restore(checkpoint)
+    assert torch.equal(torch.rand(4), next_draws)  # the resumed run draws what the first run would have
     assert resumed.epoch == 2
     for name, tensor in run.model.state_dict().items():
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
