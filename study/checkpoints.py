@@ -65,8 +65,7 @@ class CheckpointPolicy:
     def full_state_due(self, epoch: int, last_epoch: int, seconds_since_last: float) -> bool:
         if epoch >= last_epoch:  # the trial ends here: nothing left to resume
             return False
-        return (epoch % self.every == 0 or seconds_since_last >= 60 * self.minutes
-                or epoch in getattr(self, "pause_epochs", ()))  # getattr: a policy pickled before pausing
+        return epoch % self.every == 0 or seconds_since_last >= 60 * self.minutes or epoch in self.pause_epochs
 
 
 @dataclass

@@ -183,7 +183,8 @@ def replay_one_at_a_time(scheduler, curves: list[list[tuple[float, float]]], met
     from ray.tune.schedulers import TrialScheduler
 
     trials: list[SimpleNamespace] = []
-    controller = SimpleNamespace(get_trials=lambda: trials, search_alg=SimpleNamespace(is_finished=lambda: True))
+    controller = SimpleNamespace(get_trials=lambda: trials,
+                                 search_alg=SimpleNamespace(is_finished=lambda: len(trials) == len(curves)))
 
     def stop_trial(trial):
         scheduler.on_trial_remove(controller, trial)
@@ -192,7 +193,6 @@ def replay_one_at_a_time(scheduler, curves: list[list[tuple[float, float]]], met
     controller.stop_trial = stop_trial
     trained = [0] * len(curves)
     while True:
-        controller.search_alg.is_finished = lambda: len(trials) == len(curves)
         trial = scheduler.choose_trial_to_run(controller)
         if trial is None and len(trials) < len(curves) and getattr(scheduler, "wants_new_trial", lambda: True)():
             trial = SimpleNamespace(trial_id=str(len(trials)), status="PENDING", config={})
