@@ -18,12 +18,11 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-import torch
 
 from cxrnets.data import DATASET_NAMES, dataset_options_help, parse_dataset_options
 from cxrnets.errors import CxrError, DivergedError
 from cxrnets.models import MODEL_NAMES
-from cxrnets.training import OPTIMIZER_NAMES, TrainConfig, TrainingRun
+from cxrnets.training import OPTIMIZER_NAMES, TrainConfig, TrainingRun, save_checkpoint
 
 log = logging.getLogger("cxrnets.train")
 
@@ -93,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                  config.epochs, metrics["train/loss"], shown, metrics["epoch_seconds"], metrics["images_per_second"])
         with history.open("a") as file:
             file.write(json.dumps(metrics) + "\n")
-        torch.save(run.checkpoint(), out / "checkpoint.pt")
+        save_checkpoint(run.checkpoint(), out / "checkpoint.pt")
     test_metrics, _, _ = run.evaluate_split("test")
     log.info("test: %s", "  ".join(f"{k.removeprefix('test/')} {v:.3f}" for k, v in test_metrics.items()))
     log.info("checkpoint: %s", out / "checkpoint.pt")

@@ -6,7 +6,7 @@ trainable drive, one epoch at a time:
     run = TrainingRun(TrainConfig(model="resnet50", image_size=64))
     for epoch in range(run.epoch, run.config.epochs):
         metrics = run.train_epoch()      # train/loss, val/accuracy, val/f1_macro, ...
-    torch.save(run.checkpoint(), "checkpoint.pt")
+    save_checkpoint(run.checkpoint(), "checkpoint.pt")
 """
 
 from __future__ import annotations
@@ -35,6 +35,20 @@ from cxrnets.splits import describe, load_split, make_split, save_split
 log = logging.getLogger(__name__)
 
 SPLIT_COLUMNS = ["relpath", "patient", "sha1", "stratum", "split"]
+
+
+def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """torch.save without the zip format's CRC-32 of every record, which takes longer than writing the bytes.
+
+    What the CRC would catch is caught elsewhere: a truncated file still fails to load (the zip's directory
+    is at its end), the study renames only complete files into place, and object stores checksum uploads.
+    """
+    crc32 = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save(checkpoint, path)
+    finally:
+        torch.serialization.set_crc32_options(crc32)
 
 
 @dataclass

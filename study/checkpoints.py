@@ -114,13 +114,13 @@ def save_best_weights(study_uri: str, trial_id: str, run, metric: str, value: fl
 
     The sidecar comes second, so that one that exists always names complete weights of its epoch.
     """
-    import torch
+    from cxrnets.training import save_checkpoint
 
     checkpoint = run.checkpoint()
     weights = {key: checkpoint[key] for key in ("model", "epoch", "config", "classes", "multilabel")}
     uri = weights_uri(study_uri, trial_id)
     with storage.written_file(uri) as path:
-        torch.save({**weights, "metric": metric, "value": value}, path)
+        save_checkpoint({**weights, "metric": metric, "value": value}, path)
         size = path.stat().st_size
     best = BestWeights(trial_id, int(checkpoint["epoch"]), metric, value, size, uri)
     storage.write_json(sidecar_uri(study_uri, trial_id), asdict(best))

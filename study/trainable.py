@@ -25,7 +25,7 @@ import torch
 from ray import tune
 
 from cxrnets.errors import CxrError, DivergedError
-from cxrnets.training import PreparedData, TrainConfig, TrainingRun, prepare_data
+from cxrnets.training import PreparedData, TrainConfig, TrainingRun, prepare_data, save_checkpoint
 from study import storage
 from study.checkpoints import STATE_FILE, CheckpointPolicy, TrialWeights
 
@@ -133,6 +133,6 @@ def train_trial(config: dict[str, Any], context: TrialContext) -> None:
             tune.report(metrics)
             continue
         with tempfile.TemporaryDirectory() as directory:
-            torch.save({**run.checkpoint(), **weights.state()}, Path(directory) / STATE_FILE)
+            save_checkpoint({**run.checkpoint(), **weights.state()}, Path(directory) / STATE_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
         last_full_state = time.monotonic()

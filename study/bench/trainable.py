@@ -40,18 +40,18 @@ def _policy(s: Settings):
 
 
 def persist_full_state(run, weights, trial_folder: Path, index: int) -> tuple[float, float, int]:
-    """What study.trainable and tune.report do with a full state, timed: torch.save of the run's
+    """What study.trainable and tune.report do with a full state, timed: save_checkpoint of the run's
     checkpoint and the trial's best so far into a temporary directory, then Ray's copy of it into the
     trial's folder in the study's storage (pyarrow.fs.copy_files, 64 MiB chunks,
     ray.train._internal.storage). Returns (save seconds, persist seconds, bytes)."""
     import pyarrow.fs
-    import torch
 
+    from cxrnets.training import save_checkpoint
     from study.checkpoints import CHECKPOINT_PREFIX, STATE_FILE
 
     with tempfile.TemporaryDirectory() as directory:
         started = time.perf_counter()
-        torch.save({**run.checkpoint(), **weights.state()}, Path(directory) / STATE_FILE)
+        save_checkpoint({**run.checkpoint(), **weights.state()}, Path(directory) / STATE_FILE)
         saved = time.perf_counter()
         size = (Path(directory) / STATE_FILE).stat().st_size
         destination = trial_folder / f"{CHECKPOINT_PREFIX}{index:06d}"

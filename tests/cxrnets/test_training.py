@@ -30,6 +30,7 @@ from cxrnets.training import (
     autocast_dtype,
     build_optimizer,
     prepare_data,
+    save_checkpoint,
     select_device,
 )
 
@@ -276,7 +277,8 @@ def test_checkpoint_loads_safely_and_restores(sample_run, tmp_path: Path) -> Non
     run, _ = sample_run
     torch.rand(8)  # as AlexNet's and VGG11's dropout advance torch's generator each epoch (ResNet50 draws nothing)
     path = tmp_path / "checkpoint.pt"
-    torch.save(run.checkpoint(), path)
+    save_checkpoint(run.checkpoint(), path)
+    assert torch.serialization.get_crc32_options()  # saving without the CRC left torch's own setting alone
     checkpoint = torch.load(path, weights_only=True)  # nothing in it needs pickle's code execution
     assert checkpoint["config"] == asdict(run.config)
     assert checkpoint["epoch"] == 2 and checkpoint["classes"] == run.classes and checkpoint["multilabel"] is False
