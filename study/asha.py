@@ -102,14 +102,23 @@ class PromotingASHA(BestEpochASHA):
     `max_running`: at most this many trials train at once (--max-concurrent); waiting trials do not count,
     so they never hold a slot. PromotionGate asks `wants_new_trial` before the searcher proposes a trial.
 
+    `num_trials`: the study's trial budget, which bounds how many trials a rung can ever promote. A trial
+    ranked below that many at its rung can never go on (later arrivals only push it down): it ends at once
+    instead of waiting, with its full state, for the end of the study.
+
     A resumed study starts with empty rungs (Tune restores the scheduler as it was built), and Tune restarts
     the waiting trials from their rung's full state: they go on to their next rung, where they are judged again.
     """
 
-    def __init__(self, max_running: int | None = None, **asha_options: Any):
+    def __init__(self, max_running: int | None = None, num_trials: int | None = None, **asha_options: Any):
         super().__init__(**asha_options)
         self._rungs = rung_epochs(asha_options.get("grace_period", 1), self._reduction_factor, self._max_t)
         self._max_running = max_running
+        self._most_promoted: dict[int, int] = {}  # rung -> the most trials it can ever promote
+        reaching = num_trials
+        for rung in self._rungs if num_trials else ():
+            # the top int(n / factor) of n, or its best at the end (_next_promotion); they reach the next rung
+            self._most_promoted[rung] = reaching = max(1, int(reaching / self._reduction_factor))
         self._ranked: dict[int, dict[str, float]] = {rung: {} for rung in self._rungs}  # rung -> trial -> score
         self._live: set[str] = set()        # trials added and not ended: running, pending or waiting
         self._waiting: dict[str, int] = {}  # paused (or pausing) trial -> the rung it waits at
@@ -142,6 +151,9 @@ class PromotingASHA(BestEpochASHA):
         if self._next_promotion() == trial.trial_id:
             self._promote(trial.trial_id)
             return self.CONTINUE
+        if self._never_promoted(trial.trial_id, epoch):
+            self._waiting.pop(trial.trial_id)
+            return self.STOP
         return self.PAUSE
 
     def _promote(self, trial_id: str) -> None:
@@ -167,6 +179,11 @@ class PromotingASHA(BestEpochASHA):
         if starting is not None and starting.status in ("PENDING", "PAUSED"):
             return starting  # asked again before Tune started it: the same answer
         self._starting = None
+        for trial_id, rung in list(self._waiting.items()):  # pushed out of their rung's reach by later arrivals
+            if trials.get(trial_id) is not None and trials[trial_id].status == "PAUSED" \
+                    and self._never_promoted(trial_id, rung):
+                tune_controller.stop_trial(trials[trial_id])
+                self._forget(trial_id)
         busy = sum(trial.status in ("RUNNING", "PENDING") for trial in trials.values())
         finishing = busy == 0 and tune_controller.search_alg.is_finished()
         promotion = self._next_promotion(finishing)
@@ -187,15 +204,22 @@ class PromotingASHA(BestEpochASHA):
         1/reduction factor of the trials that reached that rung (Li et al.'s get_job). `finishing` (no
         configuration left, nothing running): a rung that has promoted none promotes its best."""
         for rung in reversed(self._rungs):
-            ranked = self._ranked[rung]
-            size = int(len(ranked) / self._reduction_factor)
+            size = int(len(self._ranked[rung]) / self._reduction_factor)
             if finishing and not self._promoted[rung]:
                 size = max(size, 1)
-            top = sorted(ranked, key=ranked.get, reverse=True)[:size]
-            for trial_id in top:
+            for trial_id in self._ranking(rung)[:size]:
                 if self._waiting.get(trial_id) == rung:
                     return trial_id
         return None
+
+    def _ranking(self, rung: int) -> list[str]:
+        """The trials that reached `rung`, best first; a tie ranks the earlier arrival first."""
+        ranked = self._ranked[rung]
+        return sorted(ranked, key=ranked.get, reverse=True)  # sorted() is stable, reversed or not
+
+    def _never_promoted(self, trial_id: str, rung: int) -> bool:
+        most = self._most_promoted.get(rung)
+        return most is not None and self._ranking(rung).index(trial_id) >= most
 
     def debug_string(self) -> str:
         waiting = ", ".join(f"{sum(r == rung for r in self._waiting.values())} at epoch {rung}" for rung in self._rungs)

@@ -248,7 +248,8 @@ def build_tuner(settings: StudySettings, splits: dict[str, pd.DataFrame], resume
                         reduction_factor=settings.reduction_factor, tie_break=settings.tie_break,
                         tie_break_mode=metric_mode(settings.tie_break or ""))
     if settings.asha == "promoting":
-        scheduler = PromotingASHA(max_running=settings.max_concurrent, **asha_options)
+        scheduler = PromotingASHA(max_running=settings.max_concurrent, num_trials=settings.num_samples,
+                                  **asha_options)
         searcher = PromotionGate(searcher, scheduler)  # it also keeps --max-concurrent, counting running trials only
     else:
         scheduler = BestEpochASHA(**asha_options)

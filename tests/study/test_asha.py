@@ -147,8 +147,9 @@ def test_trials_without_the_tie_break_metric_are_judged_on_the_metric_alone():
 
 # ------------------------------------------------------------------ promoting ASHA (trials wait at rungs)
 
-def promoting(max_t: int = 6, grace_period: int = 2, reduction_factor: int = 2, max_running: int | None = 1):
-    scheduler = PromotingASHA(max_running=max_running, time_attr="training_iteration", max_t=max_t,
+def promoting(max_t: int = 6, grace_period: int = 2, reduction_factor: int = 2, max_running: int | None = 1,
+              num_trials: int | None = None):
+    scheduler = PromotingASHA(max_running=max_running, num_trials=num_trials, time_attr="training_iteration", max_t=max_t,
                               grace_period=grace_period, reduction_factor=reduction_factor, tie_break="val/loss",
                               tie_break_mode="min")
     scheduler.set_search_properties("val/f1_macro", "max")
@@ -294,3 +295,55 @@ def test_a_resumed_trial_that_waited_is_judged_again_at_its_next_rung():
     a = add(scheduler, controller, "a")
     assert report(scheduler, controller, a, 3, 0.2) == TrialScheduler.CONTINUE
     assert report(scheduler, controller, a, 4, 0.2) == TrialScheduler.PAUSE
+
+
+def test_a_trial_that_can_no_longer_be_promoted_ends_instead_of_waiting():
+    """A study of 4 trials (reduction factor 2) promotes at most 2 from its rung: a trial ranked third there ends,
+    at once if it arrives third or lower, or as soon as later arrivals push it there."""
+    scheduler, controller = promoting(max_t=4, grace_period=2, reduction_factor=2, max_running=2, num_trials=4), \
+        Controller()
+    a, b = add(scheduler, controller, "a"), add(scheduler, controller, "b")
+    assert report(scheduler, controller, a, 2, 0.3) == TrialScheduler.PAUSE
+    assert report(scheduler, controller, b, 2, 0.2) == TrialScheduler.PAUSE  # second: may still go on
+    c = add(scheduler, controller, "c")
+    assert report(scheduler, controller, c, 2, 0.4) == TrialScheduler.CONTINUE  # top 1 of 3
+    assert scheduler.choose_trial_to_run(controller) is None  # a waits for the top 2 of 4
+    assert controller.stopped == ["b"]  # third now: it would only wait, with its full state, to be stopped
+    d = add(scheduler, controller, "d")
+    assert report(scheduler, controller, d, 2, 0.1) == TrialScheduler.STOP
+    scheduler.on_trial_complete(controller, d, {})
+    d.status = "TERMINATED"
+    assert scheduler.choose_trial_to_run(controller) is a  # top 2 of 4
+
+
+def test_ending_the_trials_that_can_no_longer_be_promoted_changes_nothing_else_and_fewer_wait():
+    """On random curves, the trial budget known: every trial trains the same epochs, and fewer wait at once."""
+    import random
+
+    rng = random.Random(0)
+    for _ in range(30):
+        curves = {str(n): [round(rng.random(), 1) for _ in range(9)] for n in range(rng.randint(1, 14))}
+        trained, peaks = {}, {}
+        for budget in (None, len(curves)):
+            scheduler = promoting(max_t=9, grace_period=1, reduction_factor=3, num_trials=budget)
+            waiting, peak = set(), [0]
+            decide, remove = scheduler.on_trial_result, scheduler.on_trial_remove
+
+            def on_result(controller, trial, result, decide=decide, waiting=waiting, peak=peak):
+                waiting.discard(trial.trial_id)
+                decision = decide(controller, trial, result)
+                if decision == TrialScheduler.PAUSE:
+                    waiting.add(trial.trial_id)
+                    peak[0] = max(peak[0], len(waiting))
+                return decision
+
+            def on_remove(controller, trial, remove=remove, waiting=waiting):
+                waiting.discard(trial.trial_id)
+                return remove(controller, trial)
+
+            scheduler.on_trial_result, scheduler.on_trial_remove = on_result, on_remove
+            trained[budget], peaks[budget] = one_at_a_time(scheduler, curves), peak[0]
+        assert trained[None] == trained[len(curves)], curves
+        assert peaks[len(curves)] <= peaks[None]
+        at_first_rung = max(1, len(curves) // 3)  # the rungs' top thirds, at most (rungs at epochs 1 and 3)
+        assert peaks[len(curves)] <= at_first_rung + max(1, at_first_rung // 3), curves
