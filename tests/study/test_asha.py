@@ -149,9 +149,9 @@ def test_trials_without_the_tie_break_metric_are_judged_on_the_metric_alone():
 
 def promoting(max_t: int = 6, grace_period: int = 2, reduction_factor: int = 2, max_running: int | None = 1,
               num_trials: int | None = None):
-    scheduler = PromotingASHA(max_running=max_running, num_trials=num_trials, time_attr="training_iteration", max_t=max_t,
-                              grace_period=grace_period, reduction_factor=reduction_factor, tie_break="val/loss",
-                              tie_break_mode="min")
+    scheduler = PromotingASHA(max_running=max_running, num_trials=num_trials, time_attr="training_iteration",
+                              max_t=max_t, grace_period=grace_period, reduction_factor=reduction_factor,
+                              tie_break="val/loss", tie_break_mode="min")
     scheduler.set_search_properties("val/f1_macro", "max")
     return scheduler
 
