@@ -18,7 +18,6 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-
 from cxrnets.data import DATASET_NAMES, dataset_options_help, parse_dataset_options
 from cxrnets.errors import CxrError, DivergedError
 from cxrnets.models import MODEL_NAMES

@@ -163,7 +163,8 @@ def replay_schedulers(grid: pd.DataFrame, asha: pd.DataFrame, s: Settings, metri
                    reduction_factor=s.search_reduction_factor, tie_break=TIE_BREAK,
                    tie_break_mode=metric_mode(TIE_BREAK))
     replay = {"trials": len(order)}
-    schedulers = {"stop_based": BestEpochASHA(**options), "promoting": PromotingASHA(max_running=1, num_trials=len(order), **options)}
+    schedulers = {"stop_based": BestEpochASHA(**options),
+                  "promoting": PromotingASHA(max_running=1, num_trials=len(order), **options)}
     for form, scheduler in schedulers.items():
         scheduler.set_search_properties(metric, mode)
         trained = replay_one_at_a_time(scheduler, [curves[config] for config in order], metric, TIE_BREAK)
