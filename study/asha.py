@@ -179,11 +179,7 @@ class PromotingASHA(BestEpochASHA):
         if starting is not None and starting.status in ("PENDING", "PAUSED"):
             return starting  # asked again before Tune started it: the same answer
         self._starting = None
-        for trial_id, rung in list(self._waiting.items()):  # pushed out of their rung's reach by later arrivals
-            if trials.get(trial_id) is not None and trials[trial_id].status == "PAUSED" \
-                    and self._never_promoted(trial_id, rung):
-                tune_controller.stop_trial(trials[trial_id])
-                self._forget(trial_id)
+        self._stop_waiting(tune_controller, trials, self._never_promoted)  # pushed out of reach by later arrivals
         busy = sum(trial.status in ("RUNNING", "PENDING") for trial in trials.values())
         finishing = busy == 0 and tune_controller.search_alg.is_finished()
         promotion = self._next_promotion(finishing)
@@ -194,10 +190,16 @@ class PromotingASHA(BestEpochASHA):
             self._starting = promotion
             return trials[promotion]
         if finishing:
-            for trial_id in list(self._waiting):  # no promotion is left for them
-                if trials.get(trial_id) is not None and trials[trial_id].status == "PAUSED":
-                    tune_controller.stop_trial(trials[trial_id])
+            self._stop_waiting(tune_controller, trials, lambda trial_id, rung: True)  # no promotion is left for them
         return None
+
+    def _stop_waiting(self, tune_controller, trials: dict, ends) -> None:
+        """Stop each paused waiting trial for which `ends(trial id, rung)` holds. Tune's stop_trial calls
+        on_trial_remove, which forgets it."""
+        for trial_id, rung in list(self._waiting.items()):
+            trial = trials.get(trial_id)
+            if trial is not None and trial.status == "PAUSED" and ends(trial_id, rung):
+                tune_controller.stop_trial(trial)
 
     def _next_promotion(self, finishing: bool = False) -> str | None:
         """The waiting trial a free slot goes to: of the highest rung, the best-ranked trial in the top

@@ -10,7 +10,8 @@ Two needs, two kinds of file, nothing more:
 - **Fault tolerance** needs a full state (weights, optimizer state, epoch, best so far) recent
   enough to continue a trial on another node. It is a Tune checkpoint, written every
   `checkpoint_every` epochs or after `checkpoint_minutes` minutes, whichever comes first, and at each
-  rung of a promoting ASHA (study.asha.PromotingASHA), where the trial may wait; never after a trial's last epoch; Tune keeps only the newest (CheckpointConfig(num_to_keep=1)), and
+  rung of a promoting ASHA (study.asha.PromotingASHA), where the trial may wait; never after a trial's
+  last epoch. Tune keeps only the newest (CheckpointConfig(num_to_keep=1)), and
   `WeightsKeeper` deletes it when the trial ends. A resumed trial repeats at most the epochs since
   its last full state: fewer than `checkpoint_every`, or the epoch that crossed `checkpoint_minutes`.
 

@@ -219,6 +219,7 @@ class Controller:
     def __init__(self, finished: bool = False):
         self.trials: list[SimpleNamespace] = []
         self.stopped: list[str] = []
+        self.scheduler = None  # the scheduler under test, set by add()
         self.search_alg = SimpleNamespace(is_finished=lambda: finished)
 
     def get_trials(self):
@@ -226,11 +227,14 @@ class Controller:
 
     def stop_trial(self, trial):
         self.stopped.append(trial.trial_id)
+        if trial.status in ("PENDING", "PAUSED"):  # as Tune's controller does
+            self.scheduler.on_trial_remove(self, trial)
         trial.status = "TERMINATED"
 
 
 def add(scheduler, controller, trial_id: str, status: str = "RUNNING"):
     trial = SimpleNamespace(trial_id=trial_id, status=status, config={})
+    controller.scheduler = scheduler
     controller.trials.append(trial)
     scheduler.on_trial_add(controller, trial)
     return trial
