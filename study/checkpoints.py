@@ -3,10 +3,16 @@
 Two needs, two kinds of file, nothing more:
 
 - **Selection** needs each trial's weights at its best epoch on the study metric, the epoch the
-  analysis evaluates. A trial writes them, model weights only (no optimizer state), to
-  `<study>/weights/<trial id>.pt` whenever its best epoch improves (strictly: the first of tied
-  epochs stays, as in study.tables.best_epochs), then a small sidecar `<trial id>.json` (epoch,
-  metric, value, bytes) that the analysis reads instead of the weights.
+  analysis evaluates. When its best epoch improves (strictly: the first of tied epochs stays, as in
+  study.tables.best_epochs) a trial keeps a copy of its weights in memory, and writes the newest
+  such copy, model weights only (no optimizer state), to `<study>/weights/<trial id>.pt`, then a
+  small sidecar `<trial id>.json` (epoch, metric, value, bytes) that the analysis reads instead of
+  the weights, before each report after which the trial may end: its last epoch, each ASHA rung
+  (where the scheduler may stop or pause it) and each full state (whose best so far they are).
+  A best superseded between two of those points is never written. A study interrupted and not
+  resumed may therefore hold, for a trial that was running, the weights of an earlier best than its
+  results show (at most the epochs since its last rung or full state); the analysis says so and
+  ranks that trial by the epoch it has (study.analysis.selection). A resume retrains those epochs.
 - **Fault tolerance** needs a full state (weights, optimizer state, epoch, best so far) recent
   enough to continue a trial on another node. It is a Tune checkpoint, written every
   `checkpoint_every` epochs or after `checkpoint_minutes` minutes, whichever comes first, and at each
@@ -62,11 +68,27 @@ class CheckpointPolicy:
     every: int = CHECKPOINT_EVERY        # epochs
     minutes: float = CHECKPOINT_MINUTES  # or minutes since the last full state, whichever comes first
     pause_epochs: tuple[int, ...] = ()   # and at these epochs, where the scheduler may pause the trial
+    rung_epochs: tuple[int, ...] = ()    # ASHA's rungs, where the scheduler may stop (or pause) the trial
+
+    @classmethod
+    def of_study(cls, settings) -> "CheckpointPolicy":
+        """A study's (study.settings.StudySettings): its --checkpoint-every and --checkpoint-minutes, its ASHA
+        rungs, and with promoting ASHA a full state at each rung."""
+        from study.asha import rung_epochs
+
+        rungs = tuple(rung_epochs(settings.grace_period, settings.reduction_factor, settings.max_epochs))
+        return cls(settings.checkpoint_every, settings.checkpoint_minutes,
+                   pause_epochs=rungs if settings.asha == "promoting" else (), rung_epochs=rungs)
 
     def full_state_due(self, epoch: int, last_epoch: int, seconds_since_last: float) -> bool:
         if epoch >= last_epoch:  # the trial ends here: nothing left to resume
             return False
         return epoch % self.every == 0 or seconds_since_last >= 60 * self.minutes or epoch in self.pause_epochs
+
+    def weights_due(self, epoch: int, last_epoch: int) -> bool:
+        """Whether the best weights must be written before this epoch's report because the trial may end
+        after it (a full state due there writes them too)."""
+        return epoch >= last_epoch or epoch in self.rung_epochs or epoch in self.pause_epochs
 
 
 @dataclass
@@ -87,43 +109,63 @@ class BestWeights:
 
 
 class TrialWeights:
-    """A running trial's best so far, and the writing of its best weights (in the trial's process)."""
+    """A running trial's best so far: noted after each epoch, its weights written when `flush` is called
+    (in the trial's process)."""
 
     def __init__(self, study_uri: str, trial_id: str, metric: str, mode: str):
         self.study_uri, self.trial_id, self.metric, self.mode = study_uri, trial_id, metric, mode
         self.best_value: float | None = None
         self.best_epoch: int | None = None
+        self.unwritten: dict[str, Any] | None = None  # the best's weights, copied, until flush() writes them
 
     def state(self) -> dict[str, Any]:
-        """What a full state carries of the best so far."""
+        """What a full state carries of the best so far (flush first: the state names written weights)."""
         return {"best_value": self.best_value, "best_epoch": self.best_epoch}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.best_value, self.best_epoch = state.get("best_value"), state.get("best_epoch")
+        self.unwritten = None
 
-    def update(self, run, metrics: dict[str, Any]) -> BestWeights | None:
-        """After an epoch: write the weights if this epoch is the trial's best so far."""
+    def update(self, run, metrics: dict[str, Any]) -> bool:
+        """After an epoch: whether it is the trial's best so far; if so, a copy of its weights waits for flush()."""
         value = metrics.get(self.metric)
         if not improves(value, self.best_value, self.mode):
-            return None
+            return False
         self.best_value, self.best_epoch = float(value), int(run.epoch)
-        return save_best_weights(self.study_uri, self.trial_id, run, self.metric, float(value))
+        self.unwritten = weights_of(run)
+        return True
+
+    def flush(self) -> BestWeights | None:
+        """Write the best weights noted since the last flush, if any; returns what was written."""
+        if self.unwritten is None:
+            return None
+        best = save_best_weights(self.study_uri, self.trial_id, self.unwritten, self.metric, float(self.best_value))
+        self.unwritten = None
+        return best
 
 
-def save_best_weights(study_uri: str, trial_id: str, run, metric: str, value: float) -> BestWeights:
-    """Write a TrainingRun's weights (with its epoch, config and classes), then their sidecar.
+def weights_of(run) -> dict[str, Any]:
+    """What a best-weights file holds of a TrainingRun: its weights (a copy on the CPU, which later epochs
+    leave alone), epoch, config and classes."""
+    checkpoint = run.checkpoint()
+    weights = {key: checkpoint[key] for key in ("epoch", "config", "classes", "multilabel")}
+    weights["model"] = {name: tensor.detach().to("cpu", copy=True) for name, tensor in checkpoint["model"].items()}
+    return weights
+
+
+def save_best_weights(study_uri: str, trial_id: str, weights: dict[str, Any], metric: str,
+                      value: float) -> BestWeights:
+    """Write best weights (weights_of: the weights with their epoch, config and classes), then their sidecar.
 
     The sidecar comes second, so that one that exists always names complete weights of its epoch.
     """
     from cxrnets.training import save_checkpoint
 
-    checkpoint = run.checkpoint()
-    weights = {key: checkpoint[key] for key in ("model", "epoch", "config", "classes", "multilabel")}
     uri = weights_uri(study_uri, trial_id)
     with storage.written_file(uri) as path:
         save_checkpoint({**weights, "metric": metric, "value": value}, path)
         size = path.stat().st_size
-    best = BestWeights(trial_id, int(checkpoint["epoch"]), metric, value, size, uri)
+    best = BestWeights(trial_id, int(weights["epoch"]), metric, value, size, uri)
     storage.write_json(sidecar_uri(study_uri, trial_id), asdict(best))
     return best
 

@@ -35,7 +35,7 @@ from cxrnets.metrics import majority_baseline  # noqa: E402
 from cxrnets.splits import describe, make_split  # noqa: E402
 from cxrnets.training import SPLIT_COLUMNS, align_split  # noqa: E402
 from study import storage  # noqa: E402
-from study.asha import BestEpochASHA, PromotingASHA, PromotionGate, rung_epochs  # noqa: E402
+from study.asha import BestEpochASHA, PromotingASHA, PromotionGate  # noqa: E402
 from study.checkpoints import WEIGHTS_DIR, CheckpointPolicy, WeightsKeeper, prune_weights  # noqa: E402
 from study.console import StudyConsole  # noqa: E402
 from study.results import ResultsTable, read_results, read_trial_events  # noqa: E402
@@ -219,9 +219,7 @@ def trial_context(settings: StudySettings, splits: dict[str, pd.DataFrame], weig
         dataset_options=settings.dataset_options,
         study_uri=weights_uri or settings.study_uri, storage=settings.storage,
         settings_file=None if storage.is_remote(settings.storage) else settings_uri(settings.study_uri),
-        checkpoint_policy=CheckpointPolicy(settings.checkpoint_every, settings.checkpoint_minutes, pause_epochs=(
-            tuple(rung_epochs(settings.grace_period, settings.reduction_factor, settings.max_epochs))
-            if settings.asha == "promoting" else ())),
+        checkpoint_policy=CheckpointPolicy.of_study(settings),
         defaults={"image_size": settings.image_size, "epochs": settings.max_epochs, "seed": settings.seed,
                   "cache_dir": settings.cache_dir, "device": "auto"})
 

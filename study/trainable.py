@@ -1,10 +1,11 @@
 """The Ray Tune trainable: one trial trains one cxrnets configuration, reporting every epoch.
 
 What it writes follows the checkpoint policy (study.checkpoints): the weights
-of each new best epoch, before that epoch's report; and a full state (model,
-optimizer, epoch, best so far) as a Tune checkpoint every `checkpoint_every`
-epochs or `checkpoint_minutes` minutes, from which a trial that Tune retries
-(its node died) or a resumed study continues. A diverging trial (NaN loss)
+of its newest best epoch, before each report after which it may end (its last
+epoch, each ASHA rung, each full state); and a full state (model, optimizer,
+epoch, best so far) as a Tune checkpoint every `checkpoint_every` epochs or
+`checkpoint_minutes` minutes (and at promoting ASHA's rungs), from which a
+trial that Tune retries (its node died) or a resumed study continues. A diverging trial (NaN loss)
 reports a worst-possible result and stops: the searcher sees a poor trial
 (ASHA, which judges trials by their best epoch, sees its best before it
 diverged), the study goes on.
@@ -98,9 +99,11 @@ def _prepared_data(config: TrainConfig, split: pd.DataFrame) -> PreparedData:
     return _PREPARED[key]
 
 
-def _report_diverged(context: TrialContext, epoch: int, error: Exception) -> None:
-    """End the trial as the worst possible result, which ASHA and the searcher see (no checkpoint)."""
+def _report_diverged(context: TrialContext, weights: TrialWeights, epoch: int, error: Exception) -> None:
+    """End the trial as the worst possible result, which ASHA and the searcher see (no checkpoint), with the
+    weights of its best epoch before it diverged written."""
     log.warning("trial diverged at epoch %d: %s", epoch, error)
+    weights.flush()
     tune.report({"epoch": epoch, **context.worst_result(), "status": "diverged"})
 
 
@@ -123,13 +126,16 @@ def train_trial(config: dict[str, Any], context: TrialContext) -> None:
         try:
             metrics = run.train_epoch()
         except DivergedError as error:
-            _report_diverged(context, epoch, error)
+            _report_diverged(context, weights, epoch, error)
             return
         metrics["diverged"] = 0
         metrics["node_id"] = _node_id()  # nodes on one machine share an IP: tell them apart by node id
-        weights.update(run, metrics)  # before the report: a result the driver sees has its weights saved
-        if not context.checkpoint_policy.full_state_due(run.epoch, train_config.epochs,
-                                                        time.monotonic() - last_full_state):
+        weights.update(run, metrics)
+        policy = context.checkpoint_policy
+        full_state = policy.full_state_due(run.epoch, train_config.epochs, time.monotonic() - last_full_state)
+        if full_state or policy.weights_due(run.epoch, train_config.epochs):
+            weights.flush()  # before the report: the trial may end after it
+        if not full_state:
             tune.report(metrics)
             continue
         with tempfile.TemporaryDirectory() as directory:

@@ -163,12 +163,16 @@ class FolderWatch:
         return [[round(when - since, 1), round(size / 1e6, 1)] for when, size in picked]
 
 
-def weights_written(results, metric: str, mode: str, sizes: dict[str, int]) -> tuple[int, dict[str, int]]:
-    """The bytes of best weights a study wrote, without polling's blind spot: a trial writes its weights
-    at each epoch whose study metric strictly improves on its best so far (study.checkpoints.improves,
-    TrialWeights.update's own rule; a diverged epoch writes nothing), counted from the results table,
-    each at the size of that trial's weights file as seen (`sizes`, by trial id), else at the median
-    size of its model's files seen. Returns (bytes, writes by trial id); sidecars are left out."""
+def weights_written(results, metric: str, mode: str, sizes: dict[str, int], policy, max_epochs: int
+                    ) -> tuple[int, dict[str, int]]:
+    """The bytes of best weights a study wrote, without polling's blind spot, counted from the results table
+    by the trainable's own rules: a trial notes a new best at each epoch whose study metric strictly improves
+    on its best so far (study.checkpoints.improves; a diverged epoch never does) and writes the newest one
+    noted before the report of its last epoch, of each epoch where `policy` (the study's CheckpointPolicy)
+    says weights_due, and of each full state (every `policy.every` epochs: the minutes clock is left out, as
+    the bench's studies are too short for it). Each write counts at the size of that trial's weights file
+    as seen (`sizes`, by trial id), else at the median size of its model's files seen. Returns (bytes,
+    writes by trial id); sidecars are left out."""
     from study.checkpoints import improves
 
     if results.empty or metric not in results:
@@ -178,15 +182,17 @@ def weights_written(results, metric: str, mode: str, sizes: dict[str, int]) -> t
     by_model: dict[str, list[int]] = {}
     for trial_id, size in sizes.items():
         by_model.setdefault(str(models.get(trial_id)), []).append(size)
-    diverged = results["diverged"].fillna(0) > 0 if "diverged" in results else None
     total, writes = 0, {}
     for trial_id, rows in results.groupby("trial_id"):
-        best, count = None, 0
-        for index, value in rows[metric].items():
-            if diverged is not None and diverged[index]:
-                continue
-            if improves(None if value is None else float(value), best, mode):
-                best, count = float(value), count + 1
+        best, unwritten, count = None, False, 0
+        last = int(rows["training_iteration"].iloc[-1])
+        for row in rows.to_dict("records"):
+            value, epoch = row[metric], int(row["training_iteration"])
+            if not row.get("diverged") and improves(None if value is None else float(value), best, mode):
+                best, unwritten = float(value), True
+            if unwritten and (epoch == last or policy.weights_due(epoch, max_epochs)
+                              or policy.full_state_due(epoch, max_epochs, seconds_since_last=0)):
+                count, unwritten = count + 1, False
         writes[trial_id] = count
         same_model = by_model.get(str(models.get(trial_id)), [])
         size = sizes.get(trial_id) or (int(np.median(same_model)) if same_model else 0)
@@ -218,6 +224,7 @@ def bench_storage(bench: Bench) -> None:
     from study import storage
     from study.local_s3 import LocalS3Server
     from study.results import read_results
+    from study.checkpoints import CheckpointPolicy
     from study.settings import load_settings
 
     s = bench.settings
@@ -233,7 +240,8 @@ def bench_storage(bench: Bench) -> None:
     settings = load_settings(study.study_uri)
     left, written = bytes_by_kind(study.study_uri), watch.written()
     seen_weights = written["weights"]
-    written["weights"], writes = weights_written(results, settings.metric, settings.mode, watch.weights_sizes())
+    written["weights"], writes = weights_written(results, settings.metric, settings.mode, watch.weights_sizes(),
+                                                 CheckpointPolicy.of_study(settings), settings.max_epochs)
     bench.figure("storage/study_wall_seconds", study.wall_seconds)
     bench.figure("storage/written_bytes", sum(written.values()))
     bench.figure("storage/written_weights_bytes", written["weights"])

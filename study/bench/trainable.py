@@ -80,9 +80,10 @@ def bench_trainable(bench: Bench) -> None:
     """The trainable's epochs against the bare loop's, over `repeats` consecutive epochs of one run each.
 
     Each trainable epoch does what study.trainable.train_trial does: train_epoch(), then
-    TrialWeights.update (the best weights and their sidecar, written only when the study metric
-    improves), then a full state when CheckpointPolicy.full_state_due says so (the run is a trial of
-    `repeats` epochs: never after its last). The ratio is the throughput over the whole run (images
+    TrialWeights.update (a copy of the weights when the study metric improves), TrialWeights.flush (the
+    newest best's weights and their sidecar, written where CheckpointPolicy.weights_due says: here the
+    run's last epoch, no rungs), then a full state when CheckpointPolicy.full_state_due says so (the run is
+    a trial of `repeats` epochs: never after its last; the weights are flushed before it). The ratio is the throughput over the whole run (images
     over seconds, summed over the epochs), not a median: the checkpoint costs come in some epochs only.
     """
     import torch
@@ -131,7 +132,9 @@ def bench_trainable(bench: Bench) -> None:
                 started = time.perf_counter()
                 metrics = trial.train_epoch()
                 epoch_seconds = time.perf_counter() - started
-                best = weights.update(trial, metrics)
+                weights.update(trial, metrics)
+                full_state = policy.full_state_due(trial.epoch, s.repeats, time.monotonic() - last_full_state)
+                best = weights.flush() if full_state or policy.weights_due(trial.epoch, s.repeats) else None
                 weights_seconds = time.perf_counter() - started - epoch_seconds
                 written = 0
                 if best is not None:
@@ -139,7 +142,7 @@ def bench_trainable(bench: Bench) -> None:
                     weights_bytes = best.bytes + (storage.size_of(sidecar_uri(study_uri, trial_id)) or 0)
                     written += weights_bytes
                 save = persist = 0.0
-                if policy.full_state_due(trial.epoch, s.repeats, time.monotonic() - last_full_state):
+                if full_state:
                     save, persist, state_bytes = persist_full_state(trial, weights, trial_folder, full_states)
                     _keep_newest_state(trial_folder, f"{CHECKPOINT_PREFIX}{full_states:06d}")
                     last_full_state = time.monotonic()

@@ -142,20 +142,28 @@ def test_storage_kinds_and_the_written_bytes(tmp_path: Path) -> None:
                                                "other": 5}
 
 
-def test_weights_written_counts_every_improvement_at_the_trials_size() -> None:
-    """What polling misses (weights written and deleted within a poll), counted from the results: one
-    write per strict improvement of the study metric, none for a diverged epoch or a NaN."""
+def test_weights_written_counts_the_trainables_writes_at_the_trials_size() -> None:
+    """What polling misses (weights written and deleted within a poll), counted from the results: the newest
+    strict improvement of the study metric is written at the trial's last epoch, at each rung and each full
+    state; a diverged epoch or a NaN is no improvement."""
     import pandas as pd
+
+    from study.checkpoints import CheckpointPolicy
 
     nan = float("nan")
     results = pd.DataFrame({
-        "trial_id": ["a", "a", "a", "b", "b", "c", "d"], "training_iteration": [1, 2, 3, 1, 2, 1, 1],
-        "val/f1_macro": [0.2, 0.1, 0.3, nan, 0.5, 0.0, 0.4], "diverged": [0, 0, 0, 0, 0, 1, 0],
-        "config/model": ["alexnet"] * 5 + ["vgg11", "vgg11"]})
-    total, writes = bench_storage.weights_written(results, "val/f1_macro", "max", {"a": 100, "d": 70})
-    assert writes == {"a": 2, "b": 1, "c": 0, "d": 1}
-    assert total == 2 * 100 + 1 * 100 + 0 + 1 * 70  # b was never seen: the size of its model's files seen
-    assert bench_storage.weights_written(results, "val/loss", "min", {}) == (0, {})
+        "trial_id": ["a", "a", "a", "b", "b", "c", "d"] + ["e"] * 6,
+        "training_iteration": [1, 2, 3, 1, 2, 1, 1] + [1, 2, 3, 4, 5, 6],
+        "val/f1_macro": [0.2, 0.1, 0.3, nan, 0.5, 0.0, 0.4] + [0.1, 0.2, 0.3, 0.35, 0.4, 0.4],
+        "diverged": [0, 0, 0, 0, 0, 1, 0] + [0] * 6,
+        "config/model": ["alexnet"] * 5 + ["vgg11", "vgg11"] + ["alexnet"] * 6})
+    policy = CheckpointPolicy(every=4, rung_epochs=(2,))
+    total, writes = bench_storage.weights_written(results, "val/f1_macro", "max", {"a": 100, "d": 70}, policy, 6)
+    # e improves at every epoch but the last: written at its rung (2), its full state (4) and epoch 5, its last
+    # improvement, at its last epoch (6)
+    assert writes == {"a": 2, "b": 1, "c": 0, "d": 1, "e": 3}
+    assert total == 2 * 100 + 1 * 100 + 0 + 1 * 70 + 3 * 100  # b and e never seen: their model's size seen
+    assert bench_storage.weights_written(results, "val/loss", "min", {}, policy, 6) == (0, {})
 
 
 def test_goals_apply_to_every_matching_figure() -> None:

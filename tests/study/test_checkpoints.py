@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import pandas as pd
 import torch
 
-from study.checkpoints import (CheckpointPolicy, WeightsKeeper, delete_full_states, improves,
-                               prune_weights, read_best_weights, save_best_weights, sidecar_uri, weights_to_drop,
-                               weights_uri)
+from study.checkpoints import (CheckpointPolicy, TrialWeights, WeightsKeeper, delete_full_states, improves,
+                               prune_weights, read_best_weights, save_best_weights, sidecar_uri, weights_of,
+                               weights_to_drop, weights_uri)
 
 
 def test_full_state_every_k_epochs_or_minutes_never_after_the_last():
@@ -30,6 +30,36 @@ def test_full_state_at_each_epoch_where_promoting_asha_may_pause_the_trial():
     policy = CheckpointPolicy(every=5, minutes=10, pause_epochs=(1, 3))
     assert [e for e in range(1, 10) if policy.full_state_due(e, 9, seconds_since_last=5)] == [1, 3, 5]
     assert not CheckpointPolicy(pause_epochs=(4,)).full_state_due(4, 4, 1)  # the last epoch: the trial ends
+
+
+def test_best_weights_are_due_where_the_trial_may_end():
+    """Before the report of its last epoch and of each rung, where ASHA may stop or pause the trial."""
+    policy = CheckpointPolicy(every=5, rung_epochs=(2, 6))
+    assert [e for e in range(1, 11) if policy.weights_due(e, 10)] == [2, 6, 10]
+    assert [e for e in range(1, 5) if CheckpointPolicy(pause_epochs=(2,)).weights_due(e, 4)] == [2, 4]
+
+
+def test_a_trial_writes_only_the_newest_best_noted_since_its_last_flush(tmp_path):
+    """Epochs 1 and 2 improve, epoch 3 does not: one write at the flush, of epoch 2's weights as they were
+    then (training after the note does not change them); a flush with nothing new writes nothing."""
+    class TrainingInPlace(FakeRun):  # as a real run: one set of parameters, changed in place by each epoch
+        def checkpoint(self) -> dict:
+            return {**super().checkpoint(), "model": {"w": self.w}}
+
+    weights = TrialWeights(str(tmp_path), "aaaa0001", "val/f1_macro", "max")
+    run = TrainingInPlace(1)
+    run.w = torch.full((3,), 1.0)
+    assert weights.update(run, {"val/f1_macro": 0.3})
+    run.epoch, _ = 2, run.w.fill_(2.0)
+    assert weights.update(run, {"val/f1_macro": 0.4})
+    run.epoch, _ = 3, run.w.fill_(3.0)
+    assert not weights.update(run, {"val/f1_macro": 0.4})  # a tie: the first of tied epochs stays
+    assert read_best_weights(str(tmp_path)) == ({}, [])  # nothing written before the flush
+    best = weights.flush()
+    assert (best.epoch, best.value) == (2, 0.4)
+    assert torch.equal(torch.load(best.uri, weights_only=True)["model"]["w"], torch.full((3,), 2.0))
+    assert weights.state() == {"best_value": 0.4, "best_epoch": 2}
+    assert weights.flush() is None
 
 
 def test_improves_is_strict_and_ignores_nan():
@@ -52,7 +82,7 @@ def test_weights_to_drop_keeps_each_cells_best_among_all_trials():
 
 
 class FakeRun:
-    """What save_best_weights reads of a TrainingRun."""
+    """What weights_of reads of a TrainingRun."""
 
     def __init__(self, epoch: int):
         self.epoch = epoch
@@ -63,7 +93,7 @@ class FakeRun:
 
 
 def write_trial(study: Path, trial_id: str, epoch: int, value: float) -> None:
-    save_best_weights(str(study), trial_id, FakeRun(epoch), "val/f1_macro", value)
+    save_best_weights(str(study), trial_id, weights_of(FakeRun(epoch)), "val/f1_macro", value)
 
 
 def test_best_weights_hold_weights_only_and_a_sidecar_says_what_they_are(tmp_path):

@@ -69,15 +69,21 @@ def study_context(context, tmp_path) -> TrialContext:
 
 
 class Reports:
-    """Stands in for tune.report / tune.get_checkpoint: records each report and its checkpoint's content."""
+    """Stands in for tune.report / tune.get_checkpoint: records each report, its checkpoint's content and
+    the epoch of the best weights in the study folder when it came (`study_uri`, None: not looked at)."""
 
     def __init__(self, checkpoint: tune.Checkpoint | None = None):
         self.metrics: list[dict] = []
         self.checkpoints: list[dict | None] = []
+        self.weights_epochs: list[int | None] = []
         self.checkpoint = checkpoint
+        self.study_uri: str | None = None
 
     def report(self, metrics, checkpoint=None):
         self.metrics.append(dict(metrics))
+        if self.study_uri:
+            written = read_best_weights(self.study_uri)[0].get("trial-1")
+            self.weights_epochs.append(written.epoch if written else None)
         saved = None
         if checkpoint is not None:  # the trainable deletes the folder once report() returns
             with checkpoint.as_directory() as folder:
@@ -180,6 +186,35 @@ def test_every_epoch_is_reported_and_checkpoints_follow_the_policy(study_context
     saved = torch.load(weights["trial-1"].uri, weights_only=True)
     assert saved["epoch"] == best_epoch and "optimizer" not in saved  # weights only
     assert Path(weights["trial-1"].uri).stat().st_size == weights["trial-1"].bytes
+
+
+def test_best_weights_are_written_before_each_report_after_which_the_trial_may_end(study_context, reports,
+                                                                                   monkeypatch):
+    """5 epochs, a rung at epoch 2 and a full state every 4: before the reports of epochs 2 (ASHA may stop
+    it there), 4 (a full state names its best so far) and 5 (its last), the weights in the study folder are
+    those of the best epoch so far; a best that is superseded before any of them is never written."""
+    from dataclasses import replace
+
+    context = replace(study_context, checkpoint_policy=CheckpointPolicy(every=4, rung_epochs=(2,)))
+    reports.study_uri = context.study_uri
+    written: list[int] = []  # the epoch of each weights file written
+    flush = trainable.TrialWeights.flush
+
+    def recording_flush(self):
+        best = flush(self)
+        written.extend([best.epoch] if best else [])
+        return best
+
+    monkeypatch.setattr(trainable.TrialWeights, "flush", recording_flush)
+    train_trial({"dataset": "folder", "model": "resnet50", "optimizer": "adam", "lr": 1e-3, "batch_size": 16,
+                 "epochs": 5}, context)
+    scores = [m["val/f1_macro"] for m in reports.metrics]
+    best_so_far = [scores.index(max(scores[:epoch])) + 1 for epoch in range(1, 6)]
+    assert [c is not None for c in reports.checkpoints] == [False, False, False, True, False]
+    for epoch in (2, 4, 5):
+        assert reports.weights_epochs[epoch - 1] == best_so_far[epoch - 1], (epoch, scores)
+    assert reports.weights_epochs[0] is None  # epoch 1's best waits for the rung
+    assert set(written) <= {best_so_far[1], best_so_far[3], best_so_far[4]} and len(written) <= 3
 
 
 def test_a_retried_trial_continues_from_its_full_state(study_context, reports):
