@@ -86,8 +86,8 @@ def rung_epochs(grace_period: int, reduction_factor: float, max_t: int) -> list[
 
 class PromotingASHA(BestEpochASHA):
     """ASHA in its promoting form (Li et al. 2020, "A system for massively parallel hyperparameter
-    tuning", Algorithm 2): a trial that reaches a rung waits there (Tune's PAUSE, from the full state the
-    trainable attaches to that epoch's report) and goes on only once it ranks in the top 1/reduction factor
+    tuning", Algorithm 2): a trial that reaches a rung waits there (Tune's PAUSE, which asks the trainable
+    for its full state) and goes on only once it ranks in the top 1/reduction factor
     of the trials that reached its rung. A free slot goes to the waiting trial of the highest rung that
     ranks there, else to a new configuration. When the searcher has none left and nothing runs, a rung that
     has promoted no trial promotes its best (so that a study of fewer trials than the reduction factor still

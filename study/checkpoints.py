@@ -15,11 +15,12 @@ Two needs, two kinds of file, nothing more:
   ranks that trial by the epoch it has (study.analysis.selection). A resume retrains those epochs.
 - **Fault tolerance** needs a full state (weights, optimizer state, epoch, best so far) recent
   enough to continue a trial on another node. It is a Tune checkpoint, written every
-  `checkpoint_every` epochs or after `checkpoint_minutes` minutes, whichever comes first, and at each
-  rung of a promoting ASHA (study.asha.PromotingASHA), where the trial may wait; never after a trial's
-  last epoch. Tune keeps only the newest (CheckpointConfig(num_to_keep=1)), and
-  `WeightsKeeper` deletes it when the trial ends. A resumed trial repeats at most the epochs since
-  its last full state: fewer than `checkpoint_every`, or the epoch that crossed `checkpoint_minutes`.
+  `checkpoint_every` epochs or after `checkpoint_minutes` minutes, whichever comes first, and when a
+  scheduler pauses the trial (promoting ASHA, study.asha.PromotingASHA, at a rung where the trial waits:
+  Tune asks the trainable for it then); never after a trial's last epoch. Tune keeps only the newest
+  (CheckpointConfig(num_to_keep=1)), and `WeightsKeeper` deletes it when the trial ends. A resumed
+  trial repeats at most the epochs since its last full state: fewer than `checkpoint_every`, or the
+  epoch that crossed `checkpoint_minutes`.
 
 After the study only each (dataset, model) cell's `keep` best trials on the study metric keep their
 weights ("all": every trial's). `WeightsKeeper` deletes the others as trials end (a trial that has
@@ -67,28 +68,27 @@ class CheckpointPolicy:
 
     every: int = CHECKPOINT_EVERY        # epochs
     minutes: float = CHECKPOINT_MINUTES  # or minutes since the last full state, whichever comes first
-    pause_epochs: tuple[int, ...] = ()   # and at these epochs, where the scheduler may pause the trial
-    rung_epochs: tuple[int, ...] = ()    # ASHA's rungs, where the scheduler may stop (or pause) the trial
+    rung_epochs: tuple[int, ...] = ()    # ASHA's rungs, where the scheduler may stop or pause the trial
 
     @classmethod
     def of_study(cls, settings) -> "CheckpointPolicy":
-        """A study's (study.settings.StudySettings): its --checkpoint-every and --checkpoint-minutes, its ASHA
-        rungs, and with promoting ASHA a full state at each rung."""
+        """A study's (study.settings.StudySettings): its --checkpoint-every and --checkpoint-minutes and its
+        ASHA rungs."""
         from study.asha import rung_epochs
 
         rungs = tuple(rung_epochs(settings.grace_period, settings.reduction_factor, settings.max_epochs))
-        return cls(settings.checkpoint_every, settings.checkpoint_minutes,
-                   pause_epochs=rungs if settings.asha == "promoting" else (), rung_epochs=rungs)
+        return cls(settings.checkpoint_every, settings.checkpoint_minutes, rung_epochs=rungs)
 
     def full_state_due(self, epoch: int, last_epoch: int, seconds_since_last: float) -> bool:
+        """Whether the trial asks Tune for a full state after this epoch (a pause asks too, by itself)."""
         if epoch >= last_epoch:  # the trial ends here: nothing left to resume
             return False
-        return epoch % self.every == 0 or seconds_since_last >= 60 * self.minutes or epoch in self.pause_epochs
+        return epoch % self.every == 0 or seconds_since_last >= 60 * self.minutes
 
     def weights_due(self, epoch: int, last_epoch: int) -> bool:
-        """Whether the best weights must be written before this epoch's report because the trial may end
-        after it (a full state due there writes them too)."""
-        return epoch >= last_epoch or epoch in self.rung_epochs or epoch in self.pause_epochs
+        """Whether the best weights must be written before this epoch's result because the trial may end
+        after it (a full state writes them too)."""
+        return epoch >= last_epoch or epoch in self.rung_epochs
 
 
 @dataclass

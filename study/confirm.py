@@ -105,13 +105,6 @@ def read_jobs(study_uri: str) -> list[ConfirmJob] | None:
         raise CxrError(f"{uri}: not a readable confirm jobs file ({error})") from error
 
 
-def train_job(config: dict[str, Any], context, jobs: list[dict[str, Any]]) -> None:
-    """The trainable: study.trainable.train_trial on the job's configuration."""
-    from study.trainable import train_trial
-
-    train_trial(jobs[config["job"]], context)
-
-
 class JobNames:
     """Tune's trial names and folder names for a confirm run (picklable, unlike a closure)."""
 
@@ -127,10 +120,11 @@ def build_tuner(settings: StudySettings, jobs: list[ConfirmJob], splits: dict[st
     from ray import tune
 
     from study.driver import trial_context
+    from study.trainable import JobTrainable
 
     uri = confirm_uri(settings.study_uri)
     trainable = tune.with_resources(
-        tune.with_parameters(train_job, context=trial_context(settings, splits, weights_uri=uri),
+        tune.with_parameters(JobTrainable, context=trial_context(settings, splits, weights_uri=uri),
                              jobs=[job.config for job in jobs]),
         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
     if resume:
@@ -145,7 +139,7 @@ def build_tuner(settings: StudySettings, jobs: list[ConfirmJob], splits: dict[st
             name=CONFIRM_DIR, storage_path=settings.study_uri,
             callbacks=[ResultsTable(uri), WeightsKeeper(uri, settings.metric, settings.mode, "all")],
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1))
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_at_end=False), verbose=1))
 
 
 def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, address: str | None = None,

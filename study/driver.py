@@ -44,8 +44,8 @@ from study.searcher import (BestEpochOptunaSearch, StudySearchGenerator, restore
 from study.settings import (StudySettings, metric_mode, read_split, resumed_study, save_settings,  # noqa: E402
                             settings_uri, split_uri)
 from study.tables import comparison_table, markdown_table  # noqa: E402
-from study.trainable import (TrialContext, dataset_missing_message, storage_not_shared_message,  # noqa: E402
-                             train_trial)
+from study.trainable import (TrialContext, TrialTrainable, dataset_missing_message,  # noqa: E402
+                             storage_not_shared_message)
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ def build_tuner(settings: StudySettings, splits: dict[str, pd.DataFrame], resume
     """Tune's Tuner for a new study, or restored for a resume (which keeps the searcher, the scheduler, the
     callbacks and the console the study started with). `verbose`: Tune's own tables instead of StudyConsole."""
     space = settings.search_space()
-    trainable = tune.with_resources(tune.with_parameters(train_trial, context=trial_context(settings, splits)),
+    trainable = tune.with_resources(tune.with_parameters(TrialTrainable, context=trial_context(settings, splits)),
                                     {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
     if resume:
         return tune.Tuner.restore(settings.study_uri, trainable, resume_unfinished=True, resume_errored=True)
@@ -268,7 +268,7 @@ def build_tuner(settings: StudySettings, splits: dict[str, pd.DataFrame], resume
                                                 settings.mode)]),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
             # Full states only (best weights are the trainable's own files): the newest one is all a resume needs.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_at_end=False),
             verbose=1 if verbose else 0),
     )
 

@@ -1,11 +1,12 @@
 """The Ray Tune trainable: one trial trains one cxrnets configuration, reporting every epoch.
 
 What it writes follows the checkpoint policy (study.checkpoints): the weights
-of its newest best epoch, before each report after which it may end (its last
+of its newest best epoch, before each result after which it may end (its last
 epoch, each ASHA rung, each full state); and a full state (model, optimizer,
 epoch, best so far) as a Tune checkpoint every `checkpoint_every` epochs or
-`checkpoint_minutes` minutes (and at promoting ASHA's rungs), from which a
-trial that Tune retries (its node died) or a resumed study continues. A diverging trial (NaN loss)
+`checkpoint_minutes` minutes, and when a scheduler pauses the trial, from
+which a paused or retried trial (its node died) or a resumed study
+continues. A diverging trial (NaN loss)
 reports a worst-possible result and stops: the searcher sees a poor trial
 (ASHA, which judges trials by their best epoch, sees its best before it
 diverged), the study goes on.
@@ -14,7 +15,6 @@ diverged), the study goes on.
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,46 +99,61 @@ def _prepared_data(config: TrainConfig, split: pd.DataFrame) -> PreparedData:
     return _PREPARED[key]
 
 
-def _report_diverged(context: TrialContext, weights: TrialWeights, epoch: int, error: Exception) -> None:
-    """End the trial as the worst possible result, which ASHA and the searcher see (no checkpoint), with the
-    weights of its best epoch before it diverged written."""
-    log.warning("trial diverged at epoch %d: %s", epoch, error)
-    weights.flush()
-    tune.report({"epoch": epoch, **context.worst_result(), "status": "diverged"})
+class TrialTrainable(tune.Trainable):
+    """One trial: one cxrnets configuration, an epoch per step.
 
+    Tune's class API, so that Tune asks for a full state (save_checkpoint) only when one is needed: at the
+    policy's epochs (the step's `should_checkpoint`) and when a scheduler pauses the trial (promoting ASHA's
+    rungs), never for a trial that goes on from a rung or ends there. Tune reuses the actor for later trials
+    (reset_config), keeping the decoded data open.
+    """
 
-def train_trial(config: dict[str, Any], context: TrialContext) -> None:
-    train_config = context.train_config(config)
-    check_node(context, train_config.data_root)
-    data = _prepared_data(train_config, context.splits[train_config.dataset])
-    run = TrainingRun(train_config, data)
-    weights = TrialWeights(context.study_uri, tune.get_context().get_trial_id(), context.metric, context.mode)
-    checkpoint = tune.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as directory:
-            state = torch.load(Path(directory) / STATE_FILE, map_location=run.device, weights_only=True)
-        run.restore(state)
-        weights.restore(state)
-        log.info("resumed %s from epoch %d", train_config.model, run.epoch)
-    last_full_state = time.monotonic()
-    while run.epoch < train_config.epochs:
-        epoch = run.epoch + 1  # train_epoch() counts the epoch before it evaluates, so note it first
+    def setup(self, config: dict[str, Any], context: TrialContext) -> None:
+        self.context = context
+        self.train_config = context.train_config(config)
+        check_node(context, self.train_config.data_root)
+        data = _prepared_data(self.train_config, context.splits[self.train_config.dataset])
+        self.run = TrainingRun(self.train_config, data)
+        self.weights = TrialWeights(context.study_uri, self.trial_id, context.metric, context.mode)
+        self.last_full_state = time.monotonic()
+
+    def reset_config(self, new_config: dict[str, Any]) -> bool:
+        self.setup(new_config)  # Tune's with_parameters subclass: its setup(config) passes the context on
+        return True
+
+    def step(self) -> dict[str, Any]:
+        epoch = self.run.epoch + 1  # train_epoch() counts the epoch before it evaluates, so note it first
         try:
-            metrics = run.train_epoch()
+            metrics = self.run.train_epoch()
         except DivergedError as error:
-            _report_diverged(context, weights, epoch, error)
-            return
+            # The worst possible result, which ASHA and the searcher see; the best weights before it stay.
+            log.warning("trial diverged at epoch %d: %s", epoch, error)
+            self.weights.flush()
+            return {"epoch": epoch, **self.context.worst_result(), "status": "diverged", "done": True}
         metrics["diverged"] = 0
         metrics["node_id"] = _node_id()  # nodes on one machine share an IP: tell them apart by node id
-        weights.update(run, metrics)
-        policy = context.checkpoint_policy
-        full_state = policy.full_state_due(run.epoch, train_config.epochs, time.monotonic() - last_full_state)
-        if full_state or policy.weights_due(run.epoch, train_config.epochs):
-            weights.flush()  # before the report: the trial may end after it
-        if not full_state:
-            tune.report(metrics)
-            continue
-        with tempfile.TemporaryDirectory() as directory:
-            save_checkpoint({**run.checkpoint(), **weights.state()}, Path(directory) / STATE_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
-        last_full_state = time.monotonic()
+        self.weights.update(self.run, metrics)
+        policy, last = self.context.checkpoint_policy, self.train_config.epochs
+        full_state = policy.full_state_due(self.run.epoch, last, time.monotonic() - self.last_full_state)
+        if policy.weights_due(self.run.epoch, last):
+            self.weights.flush()  # before the result: the trial may end after it (a pause saves a full state)
+        return {**metrics, "should_checkpoint": full_state, "done": self.run.epoch >= last}
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        self.weights.flush()  # the state's best so far names written weights
+        save_checkpoint({**self.run.checkpoint(), **self.weights.state()}, Path(checkpoint_dir) / STATE_FILE)
+        self.last_full_state = time.monotonic()
+
+    def load_checkpoint(self, checkpoint_dir: str) -> None:
+        state = torch.load(Path(checkpoint_dir) / STATE_FILE, map_location=self.run.device, weights_only=True)
+        self.run.restore(state)
+        self.weights.restore(state)
+        log.info("resumed %s from epoch %d", self.train_config.model, self.run.epoch)
+
+
+class JobTrainable(TrialTrainable):
+    """A trial whose config is {"job": i}: it trains `jobs[i]` (study.confirm's seed repeats, whose trials Tune
+    names by job)."""
+
+    def setup(self, config: dict[str, Any], context: TrialContext, jobs: list[dict[str, Any]]) -> None:
+        super().setup(jobs[config["job"]], context)

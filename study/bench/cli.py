@@ -12,8 +12,9 @@ Five parts, all measured in one run on one machine:
    fastest model's training images/s (a bare loop: forward, backward, step).
 2. trainable: per model, images/s of what the study's trainable runs each epoch (study.trainable:
    TrainingRun.train_epoch = training + validation metrics, then the checkpoint policy of
-   study.checkpoints: the best weights whenever the trial's best epoch improves, and a full state,
-   saved and copied into the study's storage as tune.report does, when the policy says it is due)
+   study.checkpoints: the newest best's weights where the trial may end (here its last epoch), and a
+   full state, saved and copied into the study's storage as Tune's Trainable.save does, when the
+   policy says it is due)
    against a bare PyTorch loop doing the same forward/backward/step on the same batches, over
    consecutive epochs of one run; and the bytes it writes per epoch.
 3. orchestration: `python -m study.run` as a user runs it (a subprocess with its own Ray instance):

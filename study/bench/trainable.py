@@ -40,7 +40,7 @@ def _policy(s: Settings):
 
 
 def persist_full_state(run, weights, trial_folder: Path, index: int) -> tuple[float, float, int]:
-    """What study.trainable and tune.report do with a full state, timed: save_checkpoint of the run's
+    """What study.trainable and Tune's Trainable.save do with a full state, timed: save_checkpoint of the run's
     checkpoint and the trial's best so far into a temporary directory, then Ray's copy of it into the
     trial's folder in the study's storage (pyarrow.fs.copy_files, 64 MiB chunks,
     ray.train._internal.storage). Returns (save seconds, persist seconds, bytes)."""
@@ -79,12 +79,13 @@ TRAINABLE_PARTS = ("train", "val", "weights", "state_save", "state_persist")
 def bench_trainable(bench: Bench) -> None:
     """The trainable's epochs against the bare loop's, over `repeats` consecutive epochs of one run each.
 
-    Each trainable epoch does what study.trainable.train_trial does: train_epoch(), then
+    Each trainable epoch does what a study.trainable.TrialTrainable step does: train_epoch(), then
     TrialWeights.update (a copy of the weights when the study metric improves), TrialWeights.flush (the
     newest best's weights and their sidecar, written where CheckpointPolicy.weights_due says: here the
     run's last epoch, no rungs), then a full state when CheckpointPolicy.full_state_due says so (the run is
-    a trial of `repeats` epochs: never after its last; the weights are flushed before it). The ratio is the throughput over the whole run (images
-    over seconds, summed over the epochs), not a median: the checkpoint costs come in some epochs only.
+    a trial of `repeats` epochs: never after its last; the weights are flushed before it). The ratio is the
+    throughput over the whole run (images over seconds, summed over the epochs), not a median: the
+    checkpoint costs come in some epochs only.
     """
     import torch
 
@@ -119,7 +120,7 @@ def bench_trainable(bench: Bench) -> None:
         samples: dict[str, list[float]] = {k: [] for k in ("bare_images", "bare_seconds", "trained_images",
                                                            "trainable_seconds", "bytes", *TRAINABLE_PARTS)}
         weights_writes, full_states, weights_bytes, state_bytes = 0, 0, 0, 0
-        last_full_state = time.monotonic()  # as train_trial: the clock starts with the run
+        last_full_state = time.monotonic()  # as TrialTrainable: the clock starts with the run
         for repeat in range(s.repeats):
             # Alternate which goes first, so that a change in the machine's load hits both alike.
             for kind in (("bare", "trainable") if repeat % 2 == 0 else ("trainable", "bare")):

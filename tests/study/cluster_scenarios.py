@@ -221,22 +221,21 @@ def two_nodes(workdir: Path, cache_dir: str) -> None:
             out["error"] = traceback.format_exc()
 
 
-ATTEMPTS_FILE = ""
+def counting_trials(attempts_file: str):
+    """study.trainable.TrialTrainable, recording each attempt in `attempts_file` (a class made here is
+    pickled by value into the Ray workers)."""
+    from study.trainable import TrialTrainable
 
+    class CountingTrial(TrialTrainable):
+        def setup(self, config, context):
+            with open(attempts_file, "a") as file:
+                file.write(self.trial_id + "\n")
+            super().setup(config, context)
 
-def counting_trial(config, context):
-    """study.trainable.train_trial, recording each attempt (pickled by value into the Ray workers)."""
-    from ray import tune
-
-    from study.trainable import train_trial
-
-    with open(ATTEMPTS_FILE, "a") as file:
-        file.write(tune.get_context().get_trial_id() + "\n")
-    return train_trial(config, context)
+    return CountingTrial
 
 
 def always_fails(workdir: Path, cache_dir: str) -> None:
-    global ATTEMPTS_FILE
     import study.driver
     from cxrnets.data import SAMPLE_ROOT
     from study.results import read_results
@@ -245,8 +244,8 @@ def always_fails(workdir: Path, cache_dir: str) -> None:
     shutil.copytree(SAMPLE_ROOT, data_root)
     settings = make_settings(workdir, "always-fails", cache_dir, "--num-samples", "1", "--max-epochs", "1",
                              "--grace-period", "1", "--max-failures", "1", "--data-root", str(data_root))
-    ATTEMPTS_FILE = str(workdir / "attempts.txt")
-    Path(ATTEMPTS_FILE).touch()
+    attempts_file = workdir / "attempts.txt"
+    attempts_file.touch()
     check_cluster = study.driver.check_cluster
 
     def check_then_lose_data(settings_, **options):
@@ -254,13 +253,13 @@ def always_fails(workdir: Path, cache_dir: str) -> None:
         shutil.rmtree(data_root)  # the driver prepared the data; now it vanishes before any trial starts
 
     study.driver.check_cluster = check_then_lose_data
-    study.driver.train_trial = counting_trial
+    study.driver.TrialTrainable = counting_trials(str(attempts_file))
     started = time.perf_counter()
     grid = study.driver.run_study(settings, num_cpus=1)
     OUTPUT["fit_seconds"] = time.perf_counter() - started
     OUTPUT["grid"] = grid_summary(grid)
     OUTPUT["errors"] = [repr(result.error) for result in grid if result.error]
-    OUTPUT["attempts"] = Path(ATTEMPTS_FILE).read_text().split()
+    OUTPUT["attempts"] = attempts_file.read_text().split()
     OUTPUT["results"] = rows(read_results(settings.study_uri))
     OUTPUT["events"] = events(settings.study_uri)
 

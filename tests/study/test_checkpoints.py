@@ -26,17 +26,17 @@ def test_full_state_every_k_epochs_or_minutes_never_after_the_last():
     assert [e for e in range(1, 5) if CheckpointPolicy(every=5).full_state_due(e, 4, 1)] == []  # the demo's 4 epochs
 
 
-def test_full_state_at_each_epoch_where_promoting_asha_may_pause_the_trial():
-    policy = CheckpointPolicy(every=5, minutes=10, pause_epochs=(1, 3))
-    assert [e for e in range(1, 10) if policy.full_state_due(e, 9, seconds_since_last=5)] == [1, 3, 5]
-    assert not CheckpointPolicy(pause_epochs=(4,)).full_state_due(4, 4, 1)  # the last epoch: the trial ends
+def test_a_rung_asks_for_no_full_state():
+    """A pause saves one by itself (Tune asks the trainable); a trial that goes on from a rung or ends there
+    needs none."""
+    policy = CheckpointPolicy(every=5, minutes=10, rung_epochs=(1, 3))
+    assert [e for e in range(1, 10) if policy.full_state_due(e, 9, seconds_since_last=5)] == [5]
 
 
 def test_best_weights_are_due_where_the_trial_may_end():
     """Before the report of its last epoch and of each rung, where ASHA may stop or pause the trial."""
     policy = CheckpointPolicy(every=5, rung_epochs=(2, 6))
     assert [e for e in range(1, 11) if policy.weights_due(e, 10)] == [2, 6, 10]
-    assert [e for e in range(1, 5) if CheckpointPolicy(pause_epochs=(2,)).weights_due(e, 4)] == [2, 4]
 
 
 def test_a_trial_writes_only_the_newest_best_noted_since_its_last_flush(tmp_path):

@@ -1,30 +1,30 @@
-"""The Tune trainable without Ray: config merging, per-epoch reports, the checkpoint policy, resume,
+"""The Tune trainable without Ray: config merging, per-epoch results, the checkpoint policy, resume,
 divergence.
 
-`train_trial` is called directly with Tune's `report`, `get_checkpoint` and `get_context` replaced
-by recorders, on a tiny class-per-folder dataset at 32 px (ResNet50, about a second an epoch).
+`TrialTrainable` is driven as Tune drives it (TuneStandIn: a step per epoch, a full state saved when a
+result asks for one or the scheduler pauses the trial), on a tiny class-per-folder dataset at 32 px
+(ResNet50, about a second an epoch).
 """
 
 from __future__ import annotations
 
 import math
 import tempfile
+from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from ray import tune
 
 import study.trainable as trainable
 from cxrnets.errors import DivergedError
 from cxrnets.training import TrainConfig, TrainingRun, prepare_data
 from study.checkpoints import STATE_FILE, CheckpointPolicy, read_best_weights
 from study.tables import best_epochs
-from study.trainable import TrialContext, train_trial
+from study.trainable import TrialContext, TrialTrainable
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -63,45 +63,58 @@ def context(tiny_data, tmp_path_factory) -> TrialContext:
 @pytest.fixture
 def study_context(context, tmp_path) -> TrialContext:
     """The module's context writing its best weights into a fresh study folder."""
-    from dataclasses import replace
-
     return replace(context, study_uri=str(tmp_path / "study"))
 
 
-class Reports:
-    """Stands in for tune.report / tune.get_checkpoint: records each report, its checkpoint's content and
-    the epoch of the best weights in the study folder when it came (`study_uri`, None: not looked at)."""
+class TuneStandIn:
+    """Drives a TrialTrainable as Tune does: setup, then (from a full state, for a retried or resumed trial)
+    load_checkpoint, then a step per epoch until a result says done; after a result that asks for a full
+    state, or at an epoch in `pause_at` (where the scheduler pauses the trial), save_checkpoint into a
+    temporary folder. Records each result, the full state saved after it (None: none) and the epoch of the
+    best weights in the study folder when the result came (None: none yet)."""
 
-    def __init__(self, checkpoint: tune.Checkpoint | None = None):
-        self.metrics: list[dict] = []
-        self.checkpoints: list[dict | None] = []
+    def __init__(self, context: TrialContext):
+        self.context = context
+        self.results: list[dict] = []
+        self.states: list[dict | None] = []
         self.weights_epochs: list[int | None] = []
-        self.checkpoint = checkpoint
-        self.study_uri: str | None = None
 
-    def report(self, metrics, checkpoint=None):
-        self.metrics.append(dict(metrics))
-        if self.study_uri:
-            written = read_best_weights(self.study_uri)[0].get("trial-1")
+    def run(self, config: dict, state: dict | None = None, pause_at: tuple[int, ...] = ()) -> "TuneStandIn":
+        context = self.context
+
+        class Trial(TrialTrainable):  # what tune.with_parameters(TrialTrainable, context=...) makes
+            def setup(self, config):
+                super().setup(config, context)
+
+        trial = Trial(config=config)
+        if state is not None:
+            with tempfile.TemporaryDirectory() as folder:
+                torch.save(state, Path(folder) / STATE_FILE)
+                trial.load_checkpoint(folder)
+        while True:
+            result = trial.step()
+            written = read_best_weights(context.study_uri)[0].get(trial.trial_id) if context.study_uri else None
             self.weights_epochs.append(written.epoch if written else None)
-        saved = None
-        if checkpoint is not None:  # the trainable deletes the folder once report() returns
-            with checkpoint.as_directory() as folder:
-                saved = torch.load(Path(folder) / STATE_FILE, weights_only=True, mmap=True)
-        self.checkpoints.append(saved)
+            self.results.append(result)
+            saved = None
+            if result.get("should_checkpoint") or result["epoch"] in pause_at:
+                with tempfile.TemporaryDirectory() as folder:
+                    trial.save_checkpoint(folder)
+                    saved = torch.load(Path(folder) / STATE_FILE, weights_only=True)
+            self.states.append(saved)
+            if result["done"]:
+                break
+        trial.stop()
+        return self
 
-    def get_checkpoint(self):
-        return self.checkpoint
 
+@pytest.fixture(autouse=True)
+def no_ray(monkeypatch, tmp_path):
+    """Outside Tune a Trainable makes its log folder in Ray's default storage, and asks Ray for its node."""
+    import ray.tune.trainable.trainable as tune_trainable
 
-@pytest.fixture
-def reports(monkeypatch) -> Reports:
-    recorder = Reports()
-    monkeypatch.setattr(trainable.tune, "report", recorder.report)
-    monkeypatch.setattr(trainable.tune, "get_checkpoint", recorder.get_checkpoint)
-    monkeypatch.setattr(trainable.tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: "trial-1"))
+    monkeypatch.setattr(tune_trainable, "DEFAULT_STORAGE_PATH", str(tmp_path / "ray_results"))
     monkeypatch.setattr(trainable, "_node_id", lambda: "node-under-test")
-    return recorder
 
 
 # ------------------------------------------------------------------ the trial config
@@ -153,97 +166,93 @@ def test_worst_result_is_the_worst_value_of_the_study_metric():
         {"val/loss": math.inf, "diverged": 1}
 
 
-# ------------------------------------------------------------------ train_trial
+# ------------------------------------------------------------------ TrialTrainable
 
-def test_every_epoch_is_reported_and_checkpoints_follow_the_policy(study_context, reports):
-    """5 epochs, a full state every 2: reports at every epoch, full states after epochs 2 and 4 (none
-    after the last), and the best weights of the best epoch so far, with a sidecar naming it."""
-    train_trial({"dataset": "folder", "model": "resnet50", "optimizer": "adam", "lr": 1e-3, "batch_size": 16,
-                 "epochs": 5, "__trial_index__": 0}, study_context)
-    assert [m["epoch"] for m in reports.metrics] == [1, 2, 3, 4, 5]
-    for metrics in reports.metrics:
+def test_every_epoch_is_a_result_and_full_states_follow_the_policy(study_context):
+    """5 epochs, a full state every 2: a result at every epoch, the last one done; full states after epochs
+    2 and 4 (none after the last), and the best weights of the best epoch, with a sidecar naming it."""
+    tune = TuneStandIn(study_context).run({"dataset": "folder", "model": "resnet50", "optimizer": "adam",
+                                           "lr": 1e-3, "batch_size": 16, "epochs": 5, "__trial_index__": 0})
+    assert [r["epoch"] for r in tune.results] == [1, 2, 3, 4, 5]
+    assert [r["done"] for r in tune.results] == [False] * 4 + [True]
+    for result in tune.results:
         for key in ("train/loss", "val/loss", "val/accuracy", "val/precision_macro", "val/recall_macro",
                     "val/f1_macro", "epoch_seconds", "images_per_second"):
-            assert math.isfinite(metrics[key]), key
-        assert metrics["diverged"] == 0 and metrics["node_id"] == "node-under-test"
-    assert [c is not None for c in reports.checkpoints] == [False, True, False, True, False]
-    scores = [m["val/f1_macro"] for m in reports.metrics]
-    for metrics, saved in zip(reports.metrics, reports.checkpoints):
+            assert math.isfinite(result[key]), key
+        assert result["diverged"] == 0 and result["node_id"] == "node-under-test"
+    assert [s is not None for s in tune.states] == [False, True, False, True, False]
+    scores = [r["val/f1_macro"] for r in tune.results]
+    for result, saved in zip(tune.results, tune.states):
         if saved is None:
             continue
-        assert saved["epoch"] == metrics["epoch"]
+        assert saved["epoch"] == result["epoch"]
         assert saved["config"]["model"] == "resnet50" and saved["config"]["lr"] == 1e-3
         assert {"model", "optimizer"} <= set(saved)
-        so_far = scores[:metrics["epoch"]]
+        so_far = scores[:result["epoch"]]
         assert saved["best_value"] == max(so_far) and saved["best_epoch"] == so_far.index(max(so_far)) + 1
 
     best_epoch = scores.index(max(scores)) + 1  # the first of tied epochs, as study.tables.best_epochs
-    frame = pd.DataFrame({"trial_id": "trial-1", "val/f1_macro": scores, "training_iteration": range(1, 6)})
+    frame = pd.DataFrame({"trial_id": "default", "val/f1_macro": scores, "training_iteration": range(1, 6)})
     assert best_epochs(frame, "val/f1_macro", "max")["training_iteration"].item() == best_epoch
     weights, problems = read_best_weights(study_context.study_uri)
-    assert problems == [] and list(weights) == ["trial-1"]
-    assert (weights["trial-1"].epoch, weights["trial-1"].value) == (best_epoch, max(scores))
-    saved = torch.load(weights["trial-1"].uri, weights_only=True)
+    assert problems == [] and list(weights) == ["default"]  # a Trainable outside Tune is trial "default"
+    assert (weights["default"].epoch, weights["default"].value) == (best_epoch, max(scores))
+    saved = torch.load(weights["default"].uri, weights_only=True)
     assert saved["epoch"] == best_epoch and "optimizer" not in saved  # weights only
-    assert Path(weights["trial-1"].uri).stat().st_size == weights["trial-1"].bytes
+    assert Path(weights["default"].uri).stat().st_size == weights["default"].bytes
 
 
-def test_best_weights_are_written_before_each_report_after_which_the_trial_may_end(study_context, reports,
-                                                                                   monkeypatch):
-    """5 epochs, a rung at epoch 2 and a full state every 4: before the reports of epochs 2 (ASHA may stop
-    it there), 4 (a full state names its best so far) and 5 (its last), the weights in the study folder are
-    those of the best epoch so far; a best that is superseded before any of them is never written."""
-    from dataclasses import replace
-
+def test_best_weights_are_written_before_each_result_after_which_the_trial_may_end(study_context):
+    """5 epochs, a rung at epoch 2 and a full state every 4: when the results of epochs 2 (ASHA may stop the
+    trial there), 4 (a full state names its best so far) and 5 (its last) come, the weights in the study
+    folder are those of the best epoch so far; not before."""
     context = replace(study_context, checkpoint_policy=CheckpointPolicy(every=4, rung_epochs=(2,)))
-    reports.study_uri = context.study_uri
-    written: list[int] = []  # the epoch of each weights file written
-    flush = trainable.TrialWeights.flush
-
-    def recording_flush(self):
-        best = flush(self)
-        written.extend([best.epoch] if best else [])
-        return best
-
-    monkeypatch.setattr(trainable.TrialWeights, "flush", recording_flush)
-    train_trial({"dataset": "folder", "model": "resnet50", "optimizer": "adam", "lr": 1e-3, "batch_size": 16,
-                 "epochs": 5}, context)
-    scores = [m["val/f1_macro"] for m in reports.metrics]
+    tune = TuneStandIn(context).run({"dataset": "folder", "model": "resnet50", "optimizer": "adam", "lr": 1e-3,
+                                     "batch_size": 16, "epochs": 5})
+    scores = [r["val/f1_macro"] for r in tune.results]
     best_so_far = [scores.index(max(scores[:epoch])) + 1 for epoch in range(1, 6)]
-    assert [c is not None for c in reports.checkpoints] == [False, False, False, True, False]
+    assert [s is not None for s in tune.states] == [False, False, False, True, False]
     for epoch in (2, 4, 5):
-        assert reports.weights_epochs[epoch - 1] == best_so_far[epoch - 1], (epoch, scores)
-    assert reports.weights_epochs[0] is None  # epoch 1's best waits for the rung
-    assert set(written) <= {best_so_far[1], best_so_far[3], best_so_far[4]} and len(written) <= 3
+        assert tune.weights_epochs[epoch - 1] == best_so_far[epoch - 1], (epoch, scores)
+    assert tune.weights_epochs[0] is None  # epoch 1's best waits for the rung
 
 
-def test_a_retried_trial_continues_from_its_full_state(study_context, reports):
+def test_a_paused_trial_saves_a_full_state_only_when_paused(study_context):
+    """Promoting ASHA pauses a trial at a rung: Tune asks for a full state then, and only then (every 5
+    epochs would give none in 3), and it names a best whose weights are written."""
+    context = replace(study_context, checkpoint_policy=CheckpointPolicy(every=5, rung_epochs=(2,)))
+    tune = TuneStandIn(context).run({"dataset": "folder", "model": "resnet50", "optimizer": "sgd", "lr": 1e-3,
+                                     "batch_size": 16, "momentum": 0.9, "epochs": 3}, pause_at=(2,))
+    assert [s is not None for s in tune.states] == [False, True, False]
+    paused = tune.states[1]
+    assert paused["epoch"] == 2 and paused["optimizer"]["state"]
+    assert paused["best_epoch"] == tune.weights_epochs[1]
+
+
+def test_a_retried_trial_continues_from_its_full_state(study_context):
     """Tune hands a retried (or resumed) trial its last full state: training goes on from that epoch,
     with the best so far it carried (here unbeatable, so no new weights are written)."""
     config = {"dataset": "folder", "model": "resnet50", "optimizer": "sgd", "lr": 1e-3, "batch_size": 16,
               "momentum": 0.9, "epochs": 3}
     run = TrainingRun(study_context.train_config(config))
     run.train_epoch()
-    with tempfile.TemporaryDirectory() as folder:
-        torch.save({**run.checkpoint(), "best_value": 1.0, "best_epoch": 1}, Path(folder) / STATE_FILE)
-        reports.checkpoint = tune.Checkpoint.from_directory(folder)
-        train_trial(config, study_context)
-    assert [m["epoch"] for m in reports.metrics] == [2, 3]
+    tune = TuneStandIn(study_context).run(config, state={**run.checkpoint(), "best_value": 1.0, "best_epoch": 1})
+    assert [r["epoch"] for r in tune.results] == [2, 3]
     # a full state after epoch 2 (every 2), from the restored optimizer state: SGD's momentum buffers came back
-    assert [c is not None for c in reports.checkpoints] == [True, False]
-    assert reports.checkpoints[0]["optimizer"]["state"] and reports.checkpoints[0]["best_value"] == 1.0
+    assert [s is not None for s in tune.states] == [True, False]
+    assert tune.states[0]["optimizer"]["state"] and tune.states[0]["best_value"] == 1.0
     assert read_best_weights(study_context.study_uri) == ({}, [])
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_diverging_trial_reports_the_worst_result_and_ends(study_context, reports, optimizer):
+def test_diverging_trial_reports_the_worst_result_and_ends(study_context, optimizer):
     """lr 1e6: the loss becomes NaN while training, or (here, on 2 batches an epoch) the training loss
     stays finite and the model's validation outputs are NaN. Either way the trial reports the worst
-    F1 once, with no checkpoint and no weights, and ends instead of raising (which would make Tune retry it)."""
-    train_trial({"dataset": "folder", "model": "resnet50", "optimizer": optimizer, "lr": 1e6, "batch_size": 16},
-                study_context)
-    assert reports.metrics == [{"epoch": 1, "val/f1_macro": 0.0, "diverged": 1, "status": "diverged"}]
-    assert reports.checkpoints == [None]
+    F1 once, with no full state and no weights, and ends instead of raising (which would make Tune retry it)."""
+    tune = TuneStandIn(study_context).run({"dataset": "folder", "model": "resnet50", "optimizer": optimizer,
+                                           "lr": 1e6, "batch_size": 16})
+    assert tune.results == [{"epoch": 1, "val/f1_macro": 0.0, "diverged": 1, "status": "diverged", "done": True}]
+    assert tune.states == [None]
     assert read_best_weights(study_context.study_uri) == ({}, [])
 
 
