@@ -222,9 +222,9 @@ def bench_storage(bench: Bench) -> None:
     """The default study's storage: bytes written and left, locally and in S3, and the analysis's
     time and downloads from each (see study.bench.cli's docstring)."""
     from study import storage
+    from study.checkpoints import CheckpointPolicy
     from study.local_s3 import LocalS3Server
     from study.results import read_results
-    from study.checkpoints import CheckpointPolicy
     from study.settings import load_settings
 
     s = bench.settings
