@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--storage", default="studies", help="where studies are written: a local folder, s3:// or gs:// URI")
     add("--checkpoint-every", type=int, default=CHECKPOINT_EVERY,
         help="epochs between two full states (model + optimizer) of a running trial, from which a trial on a "
-             "lost node or an interrupted study continues; a trial's best weights are written whenever its best "
-             "epoch improves, whatever this says")
+             "lost node or an interrupted study continues; a trial's best weights are written where it may end "
+             "(its last epoch, each ASHA rung, each full state), whatever this says")
     add("--checkpoint-minutes", type=float, default=CHECKPOINT_MINUTES,
         help="also write a full state once this many minutes have passed since the last one (long epochs)")
     add("--keep", default="1", help="best weights kept after the study: each model's K best trials on the "
