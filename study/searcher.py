@@ -21,6 +21,11 @@ For a study in object storage the driver works on a local copy (`working_file`)
 and writes it into the bucket after every change (a trial's start, each epoch,
 its end); `--resume` fetches it back first (`restore_storage_file`). Each Optuna trial carries its Tune trial id as
 the user attribute `trial_id`.
+
+Every trial of a study trains with the study's seed, so a configuration that ran (or runs) already would
+train the same curve again. TPE proposes such repeats freely on a discrete space, so a repeat is drawn
+again, up to REDRAWS times: the skipped proposal stays in the Optuna study as a FAIL trial (TPE ignores
+those) with the user attribute `repeat_of` (the earlier Optuna trial's number).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from study.settings import resumed_study_uri, study_location
 log = logging.getLogger(__name__)
 
 OPTUNA_FILE = "optuna.db"
+REDRAWS = 20  # proposals skipped at most for one trial as repeats; the next one is used whatever it is
 
 
 def storage_file_uri(study_uri: str) -> str:
@@ -149,11 +155,29 @@ class BestEpochOptunaSearch(OptunaSearch):
             pickle.dump(self.__getstate__(), file)
 
     def suggest(self, trial_id: str) -> dict | None:
-        config = super().suggest(trial_id)
+        for redraw in range(REDRAWS + 1):
+            config = super().suggest(trial_id)
+            ot_trial = self._ot_trials.get(trial_id)
+            earlier = self._same_configuration(ot_trial) if ot_trial is not None else None
+            if earlier is None:
+                break
+            if redraw == REDRAWS:
+                log.info("trial %s repeats the configuration of Optuna trial %d: the sampler proposed only repeats "
+                         "%d times (a small discrete space, nearly all run)", trial_id, earlier.number, REDRAWS + 1)
+                break
+            ot_trial.set_user_attr("repeat_of", earlier.number)
+            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+            del self._ot_trials[trial_id]
         if trial_id in self._ot_trials:
             self._ot_trials[trial_id].set_user_attr("trial_id", trial_id)
             self._copy_storage_file()
         return config
+
+    def _same_configuration(self, ot_trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
+        """The earliest finished or running trial with exactly `ot_trial`'s parameters, if any."""
+        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+        return next((other for other in self._ot_study.get_trials(deepcopy=False, states=states)
+                     if other.number != ot_trial.number and other.params == ot_trial.params), None)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials:

@@ -11,8 +11,8 @@ import pytest
 
 from cxrnets.errors import CxrError
 from study import storage
-from study.searcher import (BestEpochOptunaSearch, open_storage, restore_storage_file, storage_file_uri,
-                            storage_url)
+from study.searcher import (REDRAWS, BestEpochOptunaSearch, open_storage, restore_storage_file,
+                            storage_file_uri, storage_url)
 from study.settings import resumed_study
 
 
@@ -91,6 +91,40 @@ def test_the_bests_survive_a_restore(tmp_path):
     restored.on_trial_result("t", {"training_iteration": 2, "val/f1_macro": 0.3})
     restored.on_trial_complete("t", {"training_iteration": 2, "val/f1_macro": 0.3})
     assert restored._ot_study.trials[0].value == 0.5
+
+
+def test_a_trial_never_repeats_a_configuration_that_ran_or_runs():
+    """Every trial trains with the study's seed: a repeated configuration would train the same curve again.
+    A repeat is drawn again, and stays in the Optuna study as a FAIL trial naming the trial it repeats."""
+    def three_rates(trial: optuna.Trial) -> None:
+        trial.suggest_categorical("lr", [1e-4, 1e-3, 1e-2])
+
+    search = BestEpochOptunaSearch(three_rates, metric="val/f1_macro", mode="max",
+                                   sampler=optuna.samplers.RandomSampler(seed=0))
+    feed(search, "a", [0.3, 0.4])            # finished
+    running = search.suggest("b")            # still running when the next is proposed
+    third = search.suggest("c")
+    configs = [search._ot_trials[t].params["lr"] for t in ("a", "b", "c")]
+    assert sorted(configs) == [1e-4, 1e-3, 1e-2] and running["lr"] == configs[1] and third["lr"] == configs[2]
+    trials = search._ot_study.get_trials(deepcopy=False)
+    skipped = [t for t in trials if "repeat_of" in t.user_attrs]
+    assert skipped, "seeded random draws from 3 values repeat within 3 trials"
+    assert all(t.state == optuna.trial.TrialState.FAIL and "trial_id" not in t.user_attrs for t in skipped)
+    assert all(trials[t.user_attrs["repeat_of"]].params == t.params for t in skipped)
+    assert {t.user_attrs.get("trial_id") for t in trials} - {None} == {"a", "b", "c"}
+
+
+def test_once_every_configuration_has_run_a_trial_repeats_one_rather_than_waiting():
+    def one_rate(trial: optuna.Trial) -> None:
+        trial.suggest_categorical("lr", [1e-3])
+
+    search = BestEpochOptunaSearch(one_rate, metric="val/f1_macro", mode="max",
+                                   sampler=optuna.samplers.TPESampler(seed=0))
+    feed(search, "a", [0.3])
+    assert search.suggest("b") == {"lr": 1e-3}
+    trials = search._ot_study.get_trials(deepcopy=False)
+    assert sum("repeat_of" in t.user_attrs for t in trials) == REDRAWS
+    assert trials[-1].user_attrs["trial_id"] == "b" and trials[-1].state == optuna.trial.TrialState.RUNNING
 
 
 # ------------------------------------------------------------------ the Optuna study stored with the study
