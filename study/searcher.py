@@ -25,7 +25,10 @@ the user attribute `trial_id`.
 Every trial of a study trains with the study's seed, so a configuration that ran (or runs) already would
 train the same curve again. TPE proposes such repeats freely on a discrete space, so a repeat is drawn
 again, up to REDRAWS times: the skipped proposal stays in the Optuna study as a FAIL trial (TPE ignores
-those) with the user attribute `repeat_of` (the earlier Optuna trial's number).
+those) with the user attribute `repeat_of` (the earlier Optuna trial's number). After that, on a space of
+choices, the trial takes a configuration no trial has taken, at random; once every configuration has run
+or runs, the search ends (Searcher.FINISHED), whatever trials --num-samples had left. (A space with a range
+cannot be listed: there the repeat runs.)
 """
 
 from __future__ import annotations
@@ -35,11 +38,12 @@ import hashlib
 import logging
 import math
 import pickle
+import random
 import tempfile
 from pathlib import Path
 
 import optuna
-from ray.tune.search import SearchGenerator
+from ray.tune.search import SearchGenerator, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from cxrnets.errors import CxrError
@@ -49,7 +53,7 @@ from study.settings import resumed_study_uri, study_location
 log = logging.getLogger(__name__)
 
 OPTUNA_FILE = "optuna.db"
-REDRAWS = 20  # proposals skipped at most for one trial as repeats; the next one is used whatever it is
+REDRAWS = 20  # repeated proposals redrawn for one trial before it takes an untried configuration at random
 
 
 def storage_file_uri(study_uri: str) -> str:
@@ -154,24 +158,47 @@ class BestEpochOptunaSearch(OptunaSearch):
         with open(checkpoint_path, "wb") as file:
             pickle.dump(self.__getstate__(), file)
 
-    def suggest(self, trial_id: str) -> dict | None:
-        for redraw in range(REDRAWS + 1):
-            config = super().suggest(trial_id)
+    def suggest(self, trial_id: str) -> dict | str | None:
+        config = super().suggest(trial_id)
+        for redraw in range(1, REDRAWS + 2):
             ot_trial = self._ot_trials.get(trial_id)
             earlier = self._same_configuration(ot_trial) if ot_trial is not None else None
             if earlier is None:
                 break
-            if redraw == REDRAWS:
+            untried = self._untried_configurations()
+            if untried is None and redraw > REDRAWS:
                 log.info("trial %s repeats the configuration of Optuna trial %d: the sampler proposed only repeats "
-                         "%d times (a small discrete space, nearly all run)", trial_id, earlier.number, REDRAWS + 1)
+                         "%d times", trial_id, earlier.number, REDRAWS + 1)
                 break
             ot_trial.set_user_attr("repeat_of", earlier.number)
             self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
             del self._ot_trials[trial_id]
+            if untried == []:
+                log.info("every configuration of the space has run or runs: the search ends")
+                self._copy_storage_file()
+                return Searcher.FINISHED
+            if redraw > REDRAWS:
+                # The sampler keeps to what ran (TPE on a small space it has nearly covered): the trial
+                # takes an untried configuration, drawn at random, as an enqueued Optuna trial.
+                choice = random.Random(ot_trial.number).choice(untried)
+                log.info("the sampler proposed only repeats %d times: trial %s takes an untried configuration, "
+                         "%s", REDRAWS + 1, trial_id, choice)
+                self._ot_study.enqueue_trial(choice)
+            config = super().suggest(trial_id)
         if trial_id in self._ot_trials:
             self._ot_trials[trial_id].set_user_attr("trial_id", trial_id)
             self._copy_storage_file()
         return config
+
+    def _untried_configurations(self) -> list[dict] | None:
+        """The space's configurations that no finished or running trial has taken; None for a space with a
+        range (or a plain define-by-run function), whose configurations cannot be listed."""
+        listed = getattr(self._space, "configurations", lambda: None)()
+        if listed is None:
+            return None
+        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+        taken = [trial.params for trial in self._ot_study.get_trials(deepcopy=False, states=states)]
+        return [config for config in listed if config not in taken]
 
     def _same_configuration(self, ot_trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
         """The earliest finished or running trial with exactly `ot_trial`'s parameters, if any."""

@@ -133,6 +133,17 @@ class SearchSpace:
             combos = grown
         return combos
 
+    def configurations(self) -> list[dict[str, Any]] | None:
+        """Every configuration a trial can take, as its suggested values (an Optuna trial's params, constants
+        left out); None for a space with a range, whose configurations cannot be listed."""
+        if any(dimension.kind not in ("choice", "value") for dimension in self.dimensions):
+            return None
+
+        def suggested(config: dict[str, Any], name: str) -> bool:
+            return next(d for d in self.dimensions if d.name == name and d.applies(config)).kind == "choice"
+
+        return [{name: value for name, value in config.items() if suggested(config, name)} for config in self.grid()]
+
     def first_points(self) -> list[dict[str, Any]]:
         """The trials the study starts with: every combination of the `cover_first` choices, in the
         order the space lists them; the sampler draws their other dimensions."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
 import os
 import pickle
@@ -505,6 +506,23 @@ def test_diverging_trials_end_as_poor_results_and_the_study_completes(ray_sessio
         assert result.error is None and result.metrics["diverged"] == 1
     print_summary(settings)
     assert "| resnet50 " in capsys.readouterr().out
+
+
+def test_a_study_ends_once_every_configuration_of_its_space_has_run(ray_session, tmp_path, tiny_data, cache_dir,
+                                                                     caplog):
+    """Every trial trains with the study's seed: with more trials asked than the space has configurations,
+    the study trains each configuration once and ends, rather than training the same curves again."""
+    space = write_space(tmp_path / "two.yaml", {
+        "model": {"value": "resnet50"}, "optimizer": {"value": "adam"}, "lr": {"choice": [1.0e-4, 1.0e-3]},
+        "batch_size": {"value": 16}})
+    settings = settings_from_args(build_parser().parse_args(study_argv(
+        space, tmp_path / "studies", "two", tiny_data, cache_dir, "--image-size", "32", "--max-epochs", "1",
+        "--num-samples", "4")))
+    with caplog.at_level(logging.INFO, logger="study.searcher"):
+        grid = run_study(settings)
+    assert len(grid) == 2 and not grid.errors
+    assert sorted(read_results(settings.study_uri)["config/lr"]) == [1.0e-4, 1.0e-3]
+    assert "every configuration of the space has run or runs: the search ends" in caplog.text
 
 
 def test_dataset_options_are_saved_and_reused_by_resume_and_analysis(ray_session, tmp_path, make_csv_dataset,

@@ -8,12 +8,14 @@ import shutil
 
 import optuna
 import pytest
+from ray.tune.search import Searcher
 
 from cxrnets.errors import CxrError
 from study import storage
 from study.searcher import (REDRAWS, BestEpochOptunaSearch, open_storage, restore_storage_file,
                             storage_file_uri, storage_url)
 from study.settings import resumed_study
+from study.space import parse_space
 
 
 def space(trial: optuna.Trial) -> None:
@@ -114,7 +116,30 @@ def test_a_trial_never_repeats_a_configuration_that_ran_or_runs():
     assert {t.user_attrs.get("trial_id") for t in trials} - {None} == {"a", "b", "c"}
 
 
-def test_once_every_configuration_has_run_a_trial_repeats_one_rather_than_waiting():
+def stuck_searcher(rates: list[float]) -> BestEpochOptunaSearch:
+    """A searcher over a space of `rates` whose sampler proposes the first rate, whatever ran (as TPE does
+    on a small space it has nearly covered, concentrating on the best so far)."""
+    space = parse_space({"search": {"lr": {"choice": rates}, "batch_size": {"value": 16}}})
+    stuck = optuna.samplers.PartialFixedSampler({"lr": rates[0]}, optuna.samplers.RandomSampler(seed=0))
+    return BestEpochOptunaSearch(space, metric="val/f1_macro", mode="max", sampler=stuck)
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # PartialFixedSampler
+def test_a_sampler_that_proposes_only_repeats_gets_untried_configurations_then_the_search_ends():
+    search = stuck_searcher([1e-3, 1e-4, 1e-2])
+    feed(search, "a", [0.3])
+    second = search.suggest("b")  # REDRAWS repeats, then an untried configuration
+    third = search.suggest("c")   # runs beside b
+    assert sorted([1e-3, second["lr"], third["lr"]]) == [1e-4, 1e-3, 1e-2]
+    assert second["batch_size"] == third["batch_size"] == 16  # the space's constants still come with it
+    assert search.suggest("d") == Searcher.FINISHED, "every configuration ran or runs: nothing new to train"
+    trials = search._ot_study.get_trials(deepcopy=False)
+    assert [t.user_attrs["trial_id"] for t in trials if "trial_id" in t.user_attrs] == ["a", "b", "c"]
+    assert sum("repeat_of" in t.user_attrs for t in trials) == 2 * (REDRAWS + 1) + 1  # b's and c's proposals, d's one
+
+
+def test_a_space_with_a_range_repeats_a_configuration_rather_than_waiting():
+    """A range's configurations cannot be listed: after REDRAWS repeats the repeat runs."""
     def one_rate(trial: optuna.Trial) -> None:
         trial.suggest_categorical("lr", [1e-3])
 

@@ -77,6 +77,21 @@ def test_paper_grid_is_the_papers_108_combinations():
     assert math.prod(len(values) for values in space.optuna_grid().values()) == 108
 
 
+def test_configurations_are_what_optuna_records_for_a_trial():
+    """The searcher tells an untried configuration from the Optuna trials' params: constants (momentum,
+    weight decay, fixed for SGD only) are not among them. A space with a range has none to list."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    space = load_space("paper")
+    listed = space.configurations()
+    searcher = OptunaSearch(space, metric="val/f1_macro", mode="max", sampler=space.make_sampler(0))
+    for i in range(108):
+        searcher.suggest(f"trial-{i}")
+    recorded = [trial.params for trial in searcher._ot_study.trials]
+    assert len(listed) == 108 and sorted(map(str, listed)) == sorted(map(str, recorded))
+    assert load_space("demo").configurations() is None
+
+
 def test_paper_grid_through_optuna_search_runs_every_combination_once():
     """Ray's OptunaSearch with the grid sampler proposes all 108 points before repeating one,
     even when every trial is still running (none has reported)."""
