@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    goals = check_goals(bench.figures)
+    goals = check_goals(bench.figures, preset)
     report = {
         "preset": preset, "machine": machine, "settings": asdict(settings), "seconds": round(time.perf_counter()
                                                                                             - started, 1),
