@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
              f"(e.g. patient_column=patientid for a csv dataset). Options: {dataset_options_help()} "
              "(default: none)")
     add("--num-samples", type=int, default=None,
-        help="trials to run (default: the space's, else every combination for a grid space, else 10)")
+        help="trials to run (default: the space's, else every combination for a grid space, else 10); a space "
+        "of choices ends sooner once every configuration has run")
     add("--max-epochs", type=int, default=None, help="epochs of a trial that ASHA never stops (default: space's, else 4)")
     add("--grace-period", type=int, default=None,
         help="epochs every trial gets before ASHA may stop it; ASHA judges a trial by its best epoch so far "
