@@ -219,7 +219,7 @@ class StudyRun:
 # ------------------------------------------------------------------ the studies' command lines
 # Built by these functions and each part's <part>_args alone (study.bench.cli.planned_studies gathers
 # them), which run nothing, so that a test can check every preset's command lines with study.run's own
-# validation before anything runs (tests/study/test_bench.py).
+# validation before anything runs (tests/study/bench/test_cli.py).
 
 def studies_storage(workdir: Path) -> str:
     """--storage of the studies the bench runs on local disk."""

@@ -1,4 +1,5 @@
-"""study.bench: the benchmark runs at its smallest size and gives every figure; its bookkeeping is right.
+"""study.bench.cli: the benchmark runs at its smallest size and gives every figure; its presets and flags
+give study commands that study.run accepts, and bad flags are refused.
 
 No timing thresholds here: the figures depend on the machine (and on what else runs on it); the
 test only checks that each one is there and finite.
@@ -11,14 +12,12 @@ import math
 from pathlib import Path
 
 import pytest
-import yaml
 
 from cxrnets.errors import CxrError
 from study import run
-from study.bench import cli, common, search
+from study.bench import cli
 from study.bench import settings as bench_settings
 from study.bench import storage as bench_storage
-from study.space import parse_space
 
 SMOKE_FIGURES = [
     "data/decode_images_per_second@16", "data/cache_images_per_second@16", "data/cache_vs_decode@16",
@@ -116,75 +115,6 @@ def test_every_study_command_of_every_preset_is_valid(preset: str, tmp_path: Pat
     assert run.settings_from_args(run.build_parser().parse_args(planned["storage-s3"])).storage.startswith("s3://")
 
 
-def test_storage_kinds_and_the_written_bytes(tmp_path: Path) -> None:
-    """The storage part's accounting on a folder it watches: weights versions each count, a full state
-    counts once at its largest size, deleted files stay counted."""
-    study = tmp_path / "study"
-    (study / "weights").mkdir(parents=True)
-    (study / "t1_x" / "checkpoint_000000").mkdir(parents=True)
-    (study / "results").mkdir()
-    watch = bench_storage.FolderWatch(str(study))
-    (study / "weights" / "t1.pt").write_bytes(b"w" * 100)
-    (study / "weights" / "t1.pt.tmp").write_bytes(b"w" * 7)  # being written: not counted
-    (study / "t1_x" / "checkpoint_000000" / "state.pt").write_bytes(b"s" * 150)  # half written
-    watch.poll()
-    (study / "t1_x" / "checkpoint_000000" / "state.pt").write_bytes(b"s" * 300)
-    (study / "weights" / "t1.pt.tmp").replace(study / "weights" / "t1.pt")  # a new best
-    (study / "results" / "part-1.parquet").write_bytes(b"r" * 10)
-    (study / "t1_x" / "events.out.tfevents.1").write_bytes(b"e" * 20)
-    (study / "t1_x" / "params.json").write_bytes(b"p" * 5)
-    watch.poll()
-    (study / "t1_x" / "checkpoint_000000" / "state.pt").unlink()  # the trial ended: its full state goes
-    watch.poll()
-    assert watch.written() == {"weights": 107, "checkpoints": 300, "results": 10, "tensorboard": 20, "other": 5}
-    assert watch.peak_bytes == 7 + 300 + 10 + 20 + 5
-    assert bench_storage.bytes_by_kind(str(study)) == {"weights": 7, "checkpoints": 0, "results": 10, "tensorboard": 20,
-                                               "other": 5}
-
-
-def test_weights_written_counts_the_trainables_writes_at_the_trials_size() -> None:
-    """What polling misses (weights written and deleted within a poll), counted from the results: the newest
-    strict improvement of the study metric is written at the trial's last epoch, at each rung and each full
-    state; a diverged epoch or a NaN is no improvement."""
-    import pandas as pd
-
-    from study.checkpoints import CheckpointPolicy
-
-    nan = float("nan")
-    results = pd.DataFrame({
-        "trial_id": ["a", "a", "a", "b", "b", "c", "d"] + ["e"] * 6,
-        "training_iteration": [1, 2, 3, 1, 2, 1, 1] + [1, 2, 3, 4, 5, 6],
-        "val/f1_macro": [0.2, 0.1, 0.3, nan, 0.5, 0.0, 0.4] + [0.1, 0.2, 0.3, 0.35, 0.4, 0.4],
-        "diverged": [0, 0, 0, 0, 0, 1, 0] + [0] * 6,
-        "config/model": ["alexnet"] * 5 + ["vgg11", "vgg11"] + ["alexnet"] * 6})
-    policy = CheckpointPolicy(every=4, rung_epochs=(2,))
-    total, writes = bench_storage.weights_written(results, "val/f1_macro", "max", {"a": 100, "d": 70}, policy, 6)
-    # e improves at every epoch but the last: written at its rung (2), its full state (4) and epoch 5, its last
-    # improvement, at its last epoch (6)
-    assert writes == {"a": 2, "b": 1, "c": 0, "d": 1, "e": 3}
-    assert total == 2 * 100 + 1 * 100 + 0 + 1 * 70 + 3 * 100  # b and e never seen: their model's size seen
-    assert bench_storage.weights_written(results, "val/loss", "min", {}, policy, 6) == (0, {})
-
-
-def test_goals_apply_to_every_matching_figure() -> None:
-    figures = {"data/cache_vs_decode@64": 12.0, "data/cache_vs_decode@224": 8.0, "trainable/ratio/alexnet": 0.96,
-               "trainable/ratio/vgg11": float("nan"), "search/epochs_ratio": 0.5, "search/grid_best": 0.7}
-    goals = {goal["figure"]: goal["met"] for goal in common.check_goals(figures)}
-    assert goals == {"data/cache_vs_decode@64": True, "data/cache_vs_decode@224": False,
-                     "trainable/ratio/alexnet": True, "trainable/ratio/vgg11": False, "search/epochs_ratio": False}
-    table = common.render_table(figures, common.check_goals(figures))
-    assert "| data " in table and "NO" in table and "yes" in table and "grid_best" in table
-
-
-def test_the_quick_search_is_held_to_half_the_grids_epochs_the_full_one_to_a_third() -> None:
-    """The issue's goals: 1/3 at the full preset, 1/2 at the quick sizes (whose one rung, at epoch 1 of 4
-    with factor 4, leaves at least 11 of 32 epochs)."""
-    figures = {"search/epochs_ratio": 0.44}
-    assert [goal["met"] for goal in common.check_goals(figures, "quick")] == [True]
-    assert [goal["met"] for goal in common.check_goals(figures, "full")] == [False]
-    assert common.check_goals(figures, "quick")[0]["goal"] == "<= 0.5"
-
-
 def test_presets_and_flags() -> None:
     parser = cli.build_parser()
     quick, preset = cli.settings_from_args(parser.parse_args(["--quick", "--models", "alexnet", "--repeats", "2"]))
@@ -206,31 +136,3 @@ def test_bad_flags_are_refused(argv: list[str], message: str) -> None:
     with pytest.raises(CxrError, match=message):
         cli.settings_from_args(cli.build_parser().parse_args(argv))
     assert cli.main(argv + ["--out", "/nonexistent/never-written.json"]) == 2
-
-
-@pytest.mark.parametrize("sampler", ["grid", "tpe"])
-def test_search_space_is_a_valid_space_of_the_study(sampler: str) -> None:
-    settings = bench_settings.Settings()
-    space = parse_space(yaml.safe_load(search.search_space_text(settings, sampler)))
-    assert space.sampler == sampler
-    assert len(space.grid()) == len(settings.search_models) * len(settings.search_optimizers) * len(settings.search_lrs)
-    assert set(space.values_of("model")) == set(settings.search_models)
-
-
-def test_the_replay_counts_the_epochs_of_each_scheduler() -> None:
-    """Three configurations (epoch-1 scores 0.1, 0.3, 0.2, each rising 0.01 an epoch), replayed one trial at a time in the study's
-    order A, B, C (grace period 1, reduction factor 3, 3 epochs): the study's stop-based ASHA runs A and B
-    to the end (no cutoff yet, then B above A) and stops C below the rung's cutoff (7 epochs); promoting
-    ASHA starts all three for one epoch, then resumes only B, the rung's top third (5 epochs)."""
-    import pandas as pd
-
-    first_epoch = {"A": 0.1, "B": 0.3, "C": 0.2}
-    rows = [{"trial_id": name, "training_iteration": epoch, "timestamp": 100 * i + epoch,
-             "config/model": "resnet50", "config/optimizer": "adam", "config/lr": 1e-3 * (i + 1),
-             "val/f1_macro": value + 0.01 * (epoch - 1), "val/loss": 1.0}
-            for i, (name, value) in enumerate(first_epoch.items()) for epoch in (1, 2, 3)]
-    grid = pd.DataFrame(rows)
-    settings = bench_settings.Settings(search_max_epochs=3, search_grace_period=1, search_reduction_factor=3)
-    replay = search.replay_schedulers(grid, grid, settings, "val/f1_macro", "max")
-    assert replay["stop_based"] == {"epochs": 7, "best": pytest.approx(0.32), "trials_at_max_epochs": 2}
-    assert replay["promoting"] == {"epochs": 5, "best": pytest.approx(0.32), "trials_at_max_epochs": 1}
