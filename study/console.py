@@ -37,11 +37,13 @@ class StudyConsole(Callback):
         self._epochs_at_start = None
         self._last_line = ""
         self._ended: set[str] = set()  # trials ended in this run whose status Tune has not updated yet
+        self._ended_experiment = False  # Tune's loop has ended: no more trials in this run
 
     # ------------------------------------------------------------------ Tune's hooks
 
     def setup(self, **info) -> None:
         self._started, self._last_print, self._epochs_at_start = time.monotonic(), 0.0, None
+        self._ended_experiment = False  # a resumed study's console ran to an end before
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         self._show_status(trials)
@@ -57,8 +59,16 @@ class StudyConsole(Callback):
         self._show_status(trials, force=True)
 
     def on_experiment_end(self, trials: list, **info) -> None:
+        """The last status line: trials the study never created are "not started", not "to start" (the
+        search ended: every configuration of a space of choices ran; or the study was interrupted)."""
+        self._ended_experiment = True
+        if self._started is None:
+            self.setup()
+        line = self.status_line(trials, time.monotonic())
         if sys.stdout.isatty():
-            print(flush=True)  # the status line stays; what follows starts below it
+            print("\r\033[K" + line, flush=True)  # the status line stays; what follows starts below it
+        elif self._body(line) != self._body(self._last_line):
+            print(line, flush=True)
 
     # ------------------------------------------------------------------ the lines
 
@@ -87,7 +97,7 @@ class StudyConsole(Callback):
         elif epochs < self.max_epochs:
             how = f"stopped early after {epochs} of {self.max_epochs} epochs"
         else:
-            how = f"done, {epochs} epochs"
+            how = f"done, {epochs} epoch{'s' if epochs != 1 else ''}"
         shown = "no epoch" if best is None else f"best {self.metric} {best:.3f}"
         return f"{how:<36} {shown:<26} {self.label(trial)}"
 
@@ -97,18 +107,22 @@ class StudyConsole(Callback):
             by_status.setdefault(self.status_of(trial), []).append(trial)
         ended = by_status.get(TERMINATED, [])
         stopped = [t for t in ended if self.epochs_of(t) < self.max_epochs and not (t.last_result or {}).get("diverged")]
-        to_start = max(self.num_samples - len(trials), 0) + len(by_status.get(PENDING, []))
+        uncreated = max(self.num_samples - len(trials), 0)
+        ended_experiment = self._ended_experiment
+        to_start = (0 if ended_experiment else uncreated) + len(by_status.get(PENDING, []))
         epochs = sum(self.epochs_of(t) for t in trials)
         left = sum(self.max_epochs - self.epochs_of(t) for t in trials
                    if self.status_of(t) in (RUNNING, PENDING, PAUSED))
-        left += max(self.num_samples - len(trials), 0) * self.max_epochs
+        left += 0 if ended_experiment else uncreated * self.max_epochs
         waiting = len(by_status.get(PAUSED, []))  # at a rung of promoting ASHA (study.asha)
         parts = [f"trials: {len(by_status.get(RUNNING, []))} running, "
                  + (f"{waiting} waiting at a rung, " if waiting else "") + f"{len(ended)} done "
                  f"({len(stopped)} stopped early)"
                  + (f", {len(by_status[ERROR])} errored" if by_status.get(ERROR) else "")
-                 + (f", {to_start} to start" if to_start else "")]
-        parts.append(f"epochs {epochs}" + (f", at most {left} left{self._eta(epochs, left, now)}" if left else ""))
+                 + (f", {to_start} to start" if to_start else "")
+                 + (f", {uncreated} not started" if ended_experiment and uncreated else "")]
+        eta = "" if ended_experiment else self._eta(epochs, left, now)
+        parts.append(f"epochs {epochs}" + (f", at most {left} left{eta}" if left else ""))
         scored = [(self.best_of(t), t) for t in trials if self.best_of(t) is not None]
         if scored:
             value, best = (max if self.mode == "max" else min)(scored, key=lambda pair: pair[0])

@@ -78,3 +78,26 @@ def test_a_log_gets_a_status_line_only_when_something_changed():
         trials[0].last_result["training_iteration"] = 2
         shown.on_step_end(2, trials)
     assert len(out.getvalue().splitlines()) == 2
+
+
+def test_the_last_line_counts_trials_never_created_as_not_started():
+    """A search that ends before --num-samples (every configuration of a space of choices ran) leaves no
+    trial "to start" and no epochs "left" on the study's last line."""
+    shown = console()
+    trials = [trial("a", "TERMINATED", 4, 0.45), trial("b", "TERMINATED", 1, 0.20)]
+    out = io.StringIO()
+    with redirect_stdout(out):
+        shown.on_experiment_end(trials)
+    last = out.getvalue().splitlines()[-1]
+    assert "trials: 0 running, 2 done (1 stopped early), 4 not started | epochs 5 | best" in last
+    assert "to start" not in last and "left" not in last
+
+
+def test_the_last_line_is_not_repeated_when_nothing_changed():
+    shown = console()
+    trials = [trial(name, "TERMINATED", 4, 0.4) for name in "abcdef"]
+    out = io.StringIO()
+    with redirect_stdout(out):
+        shown.on_trial_complete(0, trials, trials[-1])
+        shown.on_experiment_end(trials)
+    assert sum("trials:" in line for line in out.getvalue().splitlines()) == 1

@@ -509,7 +509,7 @@ def test_diverging_trials_end_as_poor_results_and_the_study_completes(ray_sessio
 
 
 def test_a_study_ends_once_every_configuration_of_its_space_has_run(ray_session, tmp_path, tiny_data, cache_dir,
-                                                                     caplog):
+                                                                     caplog, capsys):
     """Every trial trains with the study's seed: with more trials asked than the space has configurations,
     the study trains each configuration once and ends, rather than training the same curves again."""
     space = write_space(tmp_path / "two.yaml", {
@@ -523,6 +523,8 @@ def test_a_study_ends_once_every_configuration_of_its_space_has_run(ray_session,
     assert len(grid) == 2 and not grid.errors
     assert sorted(read_results(settings.study_uri)["config/lr"]) == [1.0e-4, 1.0e-3]
     assert "every configuration of the space has run or runs: the search ends" in caplog.text
+    last = [line for line in capsys.readouterr().out.splitlines() if "trials:" in line][-1]
+    assert "2 done (0 stopped early), 2 not started | epochs 2 |" in last  # nothing left "to start"
 
 
 def test_dataset_options_are_saved_and_reused_by_resume_and_analysis(ray_session, tmp_path, make_csv_dataset,
