@@ -108,20 +108,19 @@ class StudyConsole(Callback):
         ended = by_status.get(TERMINATED, [])
         stopped = [t for t in ended if self.epochs_of(t) < self.max_epochs and not (t.last_result or {}).get("diverged")]
         uncreated = max(self.num_samples - len(trials), 0)
-        ended_experiment = self._ended_experiment
-        to_start = (0 if ended_experiment else uncreated) + len(by_status.get(PENDING, []))
+        to_start = (0 if self._ended_experiment else uncreated) + len(by_status.get(PENDING, []))
         epochs = sum(self.epochs_of(t) for t in trials)
         left = sum(self.max_epochs - self.epochs_of(t) for t in trials
                    if self.status_of(t) in (RUNNING, PENDING, PAUSED))
-        left += 0 if ended_experiment else uncreated * self.max_epochs
+        left += 0 if self._ended_experiment else uncreated * self.max_epochs
         waiting = len(by_status.get(PAUSED, []))  # at a rung of promoting ASHA (study.asha)
         parts = [f"trials: {len(by_status.get(RUNNING, []))} running, "
                  + (f"{waiting} waiting at a rung, " if waiting else "") + f"{len(ended)} done "
                  f"({len(stopped)} stopped early)"
                  + (f", {len(by_status[ERROR])} errored" if by_status.get(ERROR) else "")
                  + (f", {to_start} to start" if to_start else "")
-                 + (f", {uncreated} not started" if ended_experiment and uncreated else "")]
-        eta = "" if ended_experiment else self._eta(epochs, left, now)
+                 + (f", {uncreated} not started" if self._ended_experiment and uncreated else "")]
+        eta = "" if self._ended_experiment else self._eta(epochs, left, now)
         parts.append(f"epochs {epochs}" + (f", at most {left} left{eta}" if left else ""))
         scored = [(self.best_of(t), t) for t in trials if self.best_of(t) is not None]
         if scored:

@@ -196,15 +196,18 @@ class BestEpochOptunaSearch(OptunaSearch):
         listed = getattr(self._space, "configurations", lambda: None)()
         if listed is None:
             return None
-        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
-        taken = [trial.params for trial in self._ot_study.get_trials(deepcopy=False, states=states)]
+        taken = [trial.params for trial in self._taken_trials()]
         return [config for config in listed if config not in taken]
 
     def _same_configuration(self, ot_trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
         """The earliest finished or running trial with exactly `ot_trial`'s parameters, if any."""
-        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
-        return next((other for other in self._ot_study.get_trials(deepcopy=False, states=states)
+        return next((other for other in self._taken_trials()
                      if other.number != ot_trial.number and other.params == ot_trial.params), None)
+
+    def _taken_trials(self) -> list[optuna.trial.FrozenTrial]:
+        """The Optuna trials whose configuration counts as taken: finished or running."""
+        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+        return self._ot_study.get_trials(deepcopy=False, states=states)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials:
