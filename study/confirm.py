@@ -34,6 +34,7 @@ from study import storage
 from study.checkpoints import WeightsKeeper
 from study.results import ResultsTable, read_results
 from study.settings import StudySettings, load_settings, resumed_study
+from study.space import config_name
 from study.tables import best_trials
 
 log = logging.getLogger("study.confirm")
@@ -55,9 +56,7 @@ class ConfirmJob:
 
     @property
     def name(self) -> str:
-        config = self.config
-        return (f"{self.dataset}_{self.model}_{config.get('optimizer', '?')}_lr{config.get('lr', 0):.0e}_"
-                f"bs{config.get('batch_size', '?')}_seed{self.seed}")
+        return f"{config_name({'dataset': self.dataset, 'model': self.model, **self.config})}_seed{self.seed}"
 
 
 def confirm_uri(study_uri: str) -> str:

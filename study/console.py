@@ -1,7 +1,7 @@
 """What a study prints while it runs: one status line, refreshed, and a line for each trial that ends.
 
     [  3:12] trials: 2 running, 1 waiting at a rung, 5 done (3 stopped early), 3 to start | epochs 19,
-             at most 21 left, ~4 min | best val/f1_macro 0.455 resnet50_adam_lr7e-04_bs16
+             at most 21 left, ~4 min | best val/f1_macro 0.455 resnet50_adam_lr6.8e-04_bs16
 
 Everything is computed from Tune's trial list at each step (status, last and best
 result of each trial), so a resumed study shows the trials of its first run too.

@@ -43,6 +43,7 @@ from study.searcher import (BestEpochOptunaSearch, StudySearchGenerator, restore
                             storage_file_uri, storage_url, working_file)
 from study.settings import (StudySettings, metric_mode, read_split, resumed_study, save_settings,  # noqa: E402
                             settings_uri, split_uri)
+from study.space import config_name  # noqa: E402
 from study.tables import comparison_table, markdown_table  # noqa: E402
 from study.trainable import (TrialContext, TrialTrainable, dataset_missing_message,  # noqa: E402
                              storage_not_shared_message)
@@ -196,14 +197,7 @@ def check_cluster(settings: StudySettings, joined: bool = False) -> None:
 
 
 def trial_name(trial) -> str:
-    config = trial.config
-    parts = [config.get("model", "?"), config.get("optimizer", "?"), f"lr{config.get('lr', 0):.0e}",
-             f"bs{config.get('batch_size', '?')}"]
-    if config.get("pretrained"):
-        parts.append("pretrained")
-    if len(str(config.get("dataset", ""))) and "dataset" in config:
-        parts.insert(0, config["dataset"])
-    return "_".join(str(p) for p in parts)
+    return config_name(trial.config)
 
 
 def trial_dirname(trial) -> str:

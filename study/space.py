@@ -177,6 +177,20 @@ class SearchSpace:
         return found
 
 
+def config_name(config: dict[str, Any]) -> str:
+    """A configuration's name, as its trial is named: [dataset_]model_optimizer_lr<lr>_bs<batch size>[_pretrained].
+
+    The learning rate has two significant digits, as the tables print it: 2.5e-04 and 3.4e-04 are told apart.
+    """
+    parts = [config.get("model", "?"), config.get("optimizer", "?"), f"lr{config.get('lr', 0):.1e}",
+             f"bs{config.get('batch_size', '?')}"]
+    if config.get("pretrained"):
+        parts.append("pretrained")
+    if config.get("dataset"):
+        parts.insert(0, config["dataset"])
+    return "_".join(str(p) for p in parts)
+
+
 def resolve_space_path(space: str | Path) -> Path:
     """A YAML path, or the name of a file in search_spaces/ ("demo" or "demo.yaml")."""
     path = Path(space).expanduser()

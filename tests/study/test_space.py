@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from cxrnets.errors import CxrError
-from study.space import SPACES_DIR, load_space, parse_space
+from study.space import SPACES_DIR, config_name, load_space, parse_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -327,3 +327,11 @@ def test_invalid_yaml_names_the_file(tmp_path):
     path.write_text("search:\n  model: {choice: [resnet50\n")
     with pytest.raises(CxrError, match=rf"{path}: not valid YAML"):
         load_space(path)
+
+
+def test_config_names_tell_apart_learning_rates_that_round_alike():
+    base = {"dataset": "covid-chestxray-3class", "model": "alexnet", "optimizer": "adam", "batch_size": 16}
+    assert config_name({**base, "lr": 2.5e-4}) == "covid-chestxray-3class_alexnet_adam_lr2.5e-04_bs16"
+    assert config_name({**base, "lr": 3.4e-4}) != config_name({**base, "lr": 2.5e-4})
+    assert config_name({**base, "lr": 1e-3, "pretrained": True}).endswith("_lr1.0e-03_bs16_pretrained")
+    assert config_name({"model": "vgg11", "optimizer": "sgd", "lr": 0.01, "batch_size": 32}) == "vgg11_sgd_lr1.0e-02_bs32"
