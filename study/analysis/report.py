@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from study.analysis.figures import write_figures
-from study.analysis.report_tables import reported_metric, slug
+from study.analysis.report_tables import never_predicted, reported_metric, slug
 from study.analysis.selection import Analysis
 from study.tables import METRIC_TITLES, NOT_SET, PAPER_METRICS, STATUSES, interval_text, markdown_table
 
@@ -160,6 +160,11 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
         if figures and f"confusion_{name}" in analysis.figures:
             lines += [f"![confusion matrix, {chosen.dataset} / {chosen.model}](figures/confusion_{name}.png)", ""]
         lines += [markdown_table(tables[f"confusion_{name}"]), "", markdown_table(tables[f"_shown_per_class_{name}"]), ""]
+        unpredicted = never_predicted(evaluation)
+        if unpredicted:
+            lines += [f"Never predicted on this split: {', '.join(unpredicted)}. Precision is then 0/0: the table "
+                      "shows 0, and an interval of [0.00, 0.00], by scikit-learn's convention (zero_division=0, "
+                      "as in the macro averages above), not as a measurement.", ""]
 
     if figures:
         lines += ["## Curves", ""]

@@ -285,6 +285,17 @@ def paired_differences(analysis: Analysis) -> pd.DataFrame:
                                        "distinguishable"])
 
 
+def never_predicted(evaluation: Evaluation) -> list[str]:
+    """The classes (labels) predicted for no image of the split: their precision is 0/0, which the
+    per-class table prints as 0 (scikit-learn's zero_division=0), with a resampled interval of [0, 0]."""
+    from cxrnets.metrics import predictions
+
+    predicted = predictions(evaluation.scores, evaluation.multilabel)
+    counts = (predicted.sum(axis=0) if evaluation.multilabel
+              else np.bincount(predicted, minlength=len(evaluation.classes)))
+    return [name for name, count in zip(evaluation.classes, counts) if count == 0]
+
+
 def confusion_table(evaluation: Evaluation) -> pd.DataFrame:
     """Single-label: rows true class, columns predicted class. Multi-label: one row per label (TN FP FN TP)."""
     from cxrnets.metrics import confusion_matrix, predictions

@@ -259,6 +259,11 @@ def test_report_files(evaluated, study_dir):
         assert from_csv.shape == table.shape == from_parquet.shape, name
     # Markdown tables render on GitHub: a header separator under every table header
     assert text.count("|:--") + text.count("|--") >= 10
+    # a class no test image was predicted as is named, its precision of 0 called a convention
+    classes = ["COVID-19", "Other pneumonia", "No Finding"]
+    unpredicted = [sum(confusion[classes].sum(axis=0).to_numpy() == 0)
+                   for name, confusion in analysis.tables.items() if name.startswith("confusion_")]
+    assert text.count("Never predicted on this split: ") == sum(1 for n in unpredicted if n)
 
 
 def test_intervals_resample_patients_and_pair_the_comparisons(evaluated, study_dir):
