@@ -46,19 +46,16 @@ import logging
 import sys
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from cxrnets.errors import CxrError
-from study.analysis.confirmation import evaluate_confirmation
-from study.analysis.evaluation import StudyData
-from study.analysis.external import (ExternalSpec, check_externals, evaluate_elsewhere, parse_externals,
-                                     parse_label_map)
-from study.analysis.importance import EVALUATORS, Importance, parameter_importance
-from study.analysis.reading import cell_columns, open_study, resolve_metric, trial_configs
-from study.analysis.report import write_report
-from study.analysis.report_tables import build_tables
-from study.analysis.saliency import saliency_panels
-from study.analysis.selection import Analysis, select_and_evaluate
-from study.analysis.uncertainty import RESAMPLES, bootstrap_split
-from study.tables import markdown_table, search_summary, trial_table, wall_seconds
+from study.analysis.importance import EVALUATORS
+from study.analysis.uncertainty import RESAMPLES
+
+if TYPE_CHECKING:
+    from study.analysis.external import ExternalSpec
+    from study.analysis.importance import Importance
+    from study.analysis.selection import Analysis
 
 log = logging.getLogger("study.analyze")
 
@@ -90,6 +87,16 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
     if unknown:
         raise CxrError(f"--format {','.join(sorted(unknown))}: choose from {','.join(FORMATS)}")
     from cxrnets.training import select_device
+    from study.analysis.confirmation import evaluate_confirmation
+    from study.analysis.evaluation import StudyData
+    from study.analysis.external import check_externals, evaluate_elsewhere
+    from study.analysis.reading import open_study, resolve_metric, trial_configs
+    from study.analysis.report import write_report
+    from study.analysis.report_tables import build_tables
+    from study.analysis.saliency import saliency_panels
+    from study.analysis.selection import Analysis, select_and_evaluate
+    from study.analysis.uncertainty import bootstrap_split
+    from study.tables import search_summary, trial_table, wall_seconds
 
     select_device(device)  # a --device this machine lacks stops here, not at every trial
     study = open_study(study_dir)
@@ -133,6 +140,9 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
 
 def importances(analysis: Analysis, evaluator: str) -> list[Importance]:
     """Each dataset's parameter importances over its completed trials (none if the space is unreadable)."""
+    from study.analysis.importance import parameter_importance
+    from study.analysis.reading import cell_columns
+
     try:
         dimensions = analysis.study.settings.search_space().dimensions
     except CxrError as error:
@@ -203,8 +213,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise CxrError(f"--data-root {item!r}: write DATASET=PATH")
             roots[name] = str(Path(path).expanduser().resolve())
         formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
-        externals = parse_externals(args.external, args.dataset_option)
-        label_map = parse_label_map(args.label_map)
+        externals, label_map = [], {}
+        if args.external or args.dataset_option or args.label_map:  # the external module loads torch: only if asked
+            from study.analysis.external import parse_externals, parse_label_map
+
+            externals = parse_externals(args.external, args.dataset_option)
+            label_map = parse_label_map(args.label_map)
         analysis = analyze(args.study_dir, metric=args.metric, split=args.split, top_k=args.top_k,
                            formats=formats, out=args.out, data_roots=roots, cache_dir=args.cache_dir,
                            device=args.device, resamples=args.bootstrap, importance=args.importance,
@@ -212,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    from study.tables import markdown_table
+
     for note in analysis.notes:
         print(f"note: {note}")
     if analysis.study.remote:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -586,3 +588,16 @@ def test_run_summary_uses_the_same_comparison(evaluated, study_dir):
     pd.testing.assert_frame_equal(analysis.tables["validation_best"], expected)
     chosen = {s.model: s.candidate.trial_name for s in analysis.selected}
     assert chosen == dict(zip(expected["model"], expected["trial_name"]))
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["some-study", "--top-k", "0"], ["some-study", "--format", "pdf"]])
+def test_help_and_option_errors_answer_without_loading_torch_ray_or_optuna(argv):
+    """--help and a bad option answer at once (loading torch for the evaluations took 4-5 s here)."""
+    code = ("import sys\nfrom study.analyze import main\ntry:\n    code = main(sys.argv[1:])\n"
+            "except SystemExit as exit:\n    code = exit.code\n"
+            "print('exit', code, sorted(m for m in ('torch', 'ray', 'optuna') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
+    assert done.stdout.splitlines()[-1] == f"exit {0 if argv == ['--help'] else 2} []", done.stdout + done.stderr
+    if argv != ["--help"]:
+        assert done.stderr.startswith(f"error: {argv[1]} ")
+
