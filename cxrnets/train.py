@@ -18,10 +18,10 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from cxrnets.config import TrainConfig
 from cxrnets.data import DATASET_NAMES, dataset_options_help, parse_dataset_options
 from cxrnets.errors import CxrError, DivergedError
-from cxrnets.models import MODEL_NAMES
-from cxrnets.training import OPTIMIZER_NAMES, TrainConfig, TrainingRun, save_checkpoint
+from cxrnets.names import MODEL_NAMES, OPTIMIZER_NAMES
 
 log = logging.getLogger("cxrnets.train")
 
@@ -70,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path]:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config, out = parse_args(argv)
+    from cxrnets.training import TrainingRun, save_checkpoint  # torch: after the options are read
+
     try:
         run = TrainingRun(config)
     except CxrError as error:

@@ -26,7 +26,8 @@ import torch
 from ray import tune
 
 from cxrnets.errors import CxrError, DivergedError
-from cxrnets.training import PreparedData, TrainConfig, TrainingRun, prepare_data, save_checkpoint
+from cxrnets.config import TrainConfig
+from cxrnets.training import PreparedData, TrainingRun, prepare_data, save_checkpoint
 from study import storage
 from study.checkpoints import STATE_FILE, CheckpointPolicy, TrialWeights
 

@@ -163,7 +163,7 @@ class StudyData:
         return data
 
     def train_config(self, checkpoint: dict):
-        from cxrnets.training import TrainConfig
+        from cxrnets.config import TrainConfig
 
         values = dict(checkpoint["config"])
         dataset = values.get("dataset")

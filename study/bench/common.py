@@ -132,7 +132,7 @@ def data_root(settings: Settings) -> str:
 
 
 def train_config(settings: Settings, model: str, image_size: int, cache_dir: Path):
-    from cxrnets.training import TrainConfig
+    from cxrnets.config import TrainConfig
 
     return TrainConfig(dataset=settings.dataset, data_root=data_root(settings), model=model,
                        batch_size=settings.batch_size, epochs=1, image_size=image_size, seed=settings.seed,

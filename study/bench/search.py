@@ -226,7 +226,8 @@ def plain_optuna_search(bench: Bench, space_file: Path, samples: int) -> dict[st
     import torch
 
     from cxrnets.errors import DivergedError
-    from cxrnets.training import TrainConfig, TrainingRun, prepare_data
+    from cxrnets.config import TrainConfig
+    from cxrnets.training import TrainingRun, prepare_data
     from study.settings import metric_mode
     from study.space import load_space
 

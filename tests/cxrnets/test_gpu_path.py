@@ -17,7 +17,8 @@ from torch import nn
 
 from cxrnets.batches import Batches
 from cxrnets.errors import DivergedError
-from cxrnets.training import TrainConfig, TrainingRun, evaluate, gpu_path, train_one_epoch
+from cxrnets.config import TrainConfig
+from cxrnets.training import TrainingRun, evaluate, gpu_path, train_one_epoch
 
 TIMING_KEYS = ("epoch_seconds", "images_per_second")
 

@@ -21,7 +21,8 @@ from PIL import Image
 
 import study.trainable as trainable
 from cxrnets.errors import DivergedError
-from cxrnets.training import TrainConfig, TrainingRun, prepare_data
+from cxrnets.config import TrainConfig
+from cxrnets.training import TrainingRun, prepare_data
 from study.checkpoints import STATE_FILE, CheckpointPolicy, read_best_weights
 from study.tables import best_epochs
 from study.trainable import TrialContext, TrialTrainable

@@ -1,0 +1,65 @@
+"""What defines one training run (TrainConfig): light to import, for the command lines' defaults and checks."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from cxrnets.data import DATASET_NAMES, SAMPLE_ROOT
+from cxrnets.errors import CxrError
+from cxrnets.names import MODEL_NAMES, OPTIMIZER_NAMES, check_image_size
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines one training run; stored in every checkpoint."""
+
+    dataset: str = "covid-chestxray-3class"
+    data_root: str = str(SAMPLE_ROOT)
+    model: str = "resnet50"
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    batch_size: int = 32
+    epochs: int = 5
+    image_size: int = 64
+    pretrained: bool = False
+    weights: str | None = None
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    seed: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    split_file: str | None = None
+    cache_dir: str | None = None
+    device: str = "auto"
+    # The GPU path: each acts on CUDA only and leaves CPU results unchanged (see gpu_path()).
+    amp: bool = True             # mixed precision: bf16 where the card supports it, else fp16 + loss scaling
+    channels_last: bool = True   # channels-last memory format for the (convolutional) models
+    compile: bool = False        # torch.compile the model
+    balance_classes: bool = True  # weight single-label cross-entropy by inverse class frequency
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Build from a dict that may hold extra keys (a Tune trial config): those are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
+
+    def validate(self) -> None:
+        if self.dataset not in DATASET_NAMES:
+            raise CxrError(f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASET_NAMES)}")
+        if self.model not in MODEL_NAMES:
+            raise CxrError(f"unknown model {self.model!r}: choose one of {', '.join(MODEL_NAMES)}")
+        if self.optimizer not in OPTIMIZER_NAMES:
+            raise CxrError(f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZER_NAMES)}")
+        if not (isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool)
+                and math.isfinite(self.lr) and self.lr > 0):
+            raise CxrError(f"option lr must be a positive number, got {self.lr!r}")
+        for name in ("batch_size", "epochs", "image_size"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+                raise CxrError(f"option {name} must be a positive integer, got {value!r}")
+        if self.momentum < 0 or self.weight_decay < 0:
+            raise CxrError(f"momentum ({self.momentum}) and weight_decay ({self.weight_decay}) must be >= 0")
+        check_image_size(self.model, self.image_size)
