@@ -318,9 +318,10 @@ def print_summary(settings: StudySettings) -> None:
         print(f"\nmajority-class baseline on {dataset}: val/f1_macro {baseline['f1_macro']:.3f}, "
               f"val/accuracy {baseline['accuracy']:.3f}")
     weights = storage.total_bytes(storage.join(settings.study_uri, WEIGHTS_DIR))
-    print(f"\nstudy:       {settings.study_uri} ({storage.total_bytes(settings.study_uri) / 1e6:,.0f} MB, of which "
-          f"{weights / 1e6:,.0f} MB best weights of "
-          + ("every trial" if settings.keep == "all" else f"each model's {settings.keep} best trial(s)") + ", --keep)")
+    kept = {"all": "every trial's best weights", 1: "the best weights of each model's best trial"}.get(
+        settings.keep, f"the best weights of each model's {settings.keep} best trials")
+    print(f"\nstudy:       {settings.study_uri} ({storage.total_bytes(settings.study_uri) / 1e6:,.0f} MB in all; "
+          f"{weights / 1e6:,.0f} MB of it {kept}, --keep {settings.keep})")
     print(f"results:     {settings.study_uri}/results (Parquet, every trial and epoch)")
     for line in watch_commands(settings, running=False):
         print(line)

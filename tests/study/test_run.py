@@ -358,6 +358,9 @@ def test_study_over_two_models_and_both_optimizers_completes(main_study, capsys)
     assert "| resnet50 " in out and "| alexnet " in out
     assert re.search(r"\| \d\.\de-0\d +\|", out), "learning rates are not in scientific notation:\n" + out
     assert f"tensorboard --logdir {study_dir}" in out
+    # what the study leaves: its size, and how much of it the weights --keep kept are
+    weights_mb = sum(f.stat().st_size for f in (study_dir / "weights").iterdir()) / 1e6
+    assert f"MB in all; {weights_mb:,.0f} MB of it the best weights of each model's best trial, --keep 1)" in out
 
 
 def test_the_console_shows_each_trials_end_and_the_studys_progress(main_study):
