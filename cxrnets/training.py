@@ -1,4 +1,5 @@
-"""One training run: its config, its data, and small train-one-epoch / evaluate functions.
+"""One training run (configured by cxrnets.config.TrainConfig): its data, and small train-one-epoch / evaluate
+functions.
 
 `TrainingRun` is what both `python -m cxrnets.train` and the study's Ray
 trainable drive, one epoch at a time:

@@ -45,7 +45,6 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from cxrnets.errors import CxrError
