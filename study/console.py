@@ -62,13 +62,7 @@ class StudyConsole(Callback):
         """The last status line: trials the study never created are "not started", not "to start" (the
         search ended: every configuration of a space of choices ran; or the study was interrupted)."""
         self._ended_experiment = True
-        if self._started is None:
-            self.setup()
-        line = self.status_line(trials, time.monotonic())
-        if sys.stdout.isatty():
-            print("\r\033[K" + line, flush=True)  # the status line stays; what follows starts below it
-        elif self._body(line) != self._body(self._last_line):
-            print(line, flush=True)
+        self._show_status(trials, last=True)
 
     # ------------------------------------------------------------------ the lines
 
@@ -140,16 +134,19 @@ class StudyConsole(Callback):
 
     # ------------------------------------------------------------------ printing
 
-    def _show_status(self, trials: list, force: bool = False) -> None:
+    def _show_status(self, trials: list, force: bool = False, last: bool = False) -> None:
+        """The status line: at most every second on a terminal (rewritten in place) and every `every_s`
+        in a log, unless `force` or `last`; in a log only if it changed, unless `force`. The `last` line
+        stays on a terminal: what follows starts below it."""
         now = time.monotonic()
         if self._started is None:
             self.setup()
         terminal = sys.stdout.isatty()
-        if not force and now - self._last_print < (1 if terminal else self.every_s):
+        if not (force or last) and now - self._last_print < (1 if terminal else self.every_s):
             return  # Tune steps many times a second: the line is built only when it may be shown
         line = self.status_line(trials, now)
         if terminal:
-            print("\r\033[K" + line, end="", flush=True)
+            print("\r\033[K" + line, end="\n" if last else "", flush=True)
             self._last_print = now
         elif force or self._body(line) != self._body(self._last_line):
             print(line, flush=True)

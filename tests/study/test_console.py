@@ -101,3 +101,19 @@ def test_the_last_line_is_not_repeated_when_nothing_changed():
         shown.on_trial_complete(0, trials, trials[-1])
         shown.on_experiment_end(trials)
     assert sum("trials:" in line for line in out.getvalue().splitlines()) == 1
+
+
+def test_on_a_terminal_the_last_line_is_rewritten_in_place_and_kept():
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    shown = console()
+    trials = [trial("a", "TERMINATED", 4, 0.45), trial("b", "TERMINATED", 1, 0.20)]
+    out = Terminal()
+    with redirect_stdout(out):
+        shown.on_step_end(1, trials)
+        shown.on_experiment_end(trials)
+    lines = out.getvalue().split("\r\033[K")
+    assert lines[0] == "" and "4 to start" in lines[1] and not lines[1].endswith("\n")
+    assert "4 not started" in lines[2] and lines[2].endswith("\n")  # what follows starts below it
