@@ -68,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--asha", default=None, choices=ASHA_FORMS,
         help="promoting: a trial waits at each rung until it ranks in the top 1/reduction-factor of the trials "
              "that reached it (its full state kept meanwhile), so fewer trials reach the last epoch; stopping: a "
-             "trial goes on unless it ranks below the rung's cutoff now (no waiting, no full state at rungs; "
-             "default: the space's, else promoting)")
+             "trial goes on unless it ranks below the rung's cutoff now (no waiting, no full state at rungs) "
+             "(default: the space's, else promoting)")
     add("--metric", default=None, choices=METRICS, help="validation metric that ASHA and Optuna optimise "
         "(default: the space's, else val/f1_macro; minimised if it is a loss)")
     add("--tie-break", default=TIE_BREAK, choices=(*METRICS, "none"),

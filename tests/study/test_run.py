@@ -225,6 +225,14 @@ def test_help_and_option_errors_answer_without_loading_torch_ray_or_optuna(argv)
     assert done.stdout.splitlines()[-1] == f"exit {0 if argv == ['--help'] else 2} []", done.stdout + done.stderr
 
 
+def test_help_states_each_default_once():
+    """Each flag's help says its default once, in words where it is not a value (never 'default: None')."""
+    text = build_parser().format_help()
+    for block in re.split(r"\n  (?=-)", text.split("options:", 1)[1]):
+        flat = " ".join(block.split())
+        assert flat.count("(default:") <= 1 and "default: None" not in flat, flat
+
+
 def test_resume_of_a_folder_that_is_no_study(tmp_path, capsys):
     code = main(["--resume", str(tmp_path)])
     err = capsys.readouterr().err
