@@ -4,9 +4,13 @@
     python -m cxrnets.train --dataset covid-chestxray --data-root ../shared/data/covid-chestxray-dataset \
         --model resnet50 --image-size 64 --epochs 2
     python -m cxrnets.train --dataset csv --data-root labels.csv --dataset-option patient_column=patient
+    python -m cxrnets.train --epochs 8 --resume  # the first command's run, continued to epoch 8
 
 Prints the validation metrics after every epoch, evaluates on the test split
-at the end, and saves `<out>/checkpoint.pt` (model, optimizer, epoch, config).
+at the end, and saves `<out>/checkpoint.pt` (model, optimizer, epoch, config)
+and `<out>/metrics.jsonl` after every epoch. A folder that already holds a run
+is refused unless `--resume` continues it (with the run's own options; only
+--epochs and the device options may change).
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Any
 
 from cxrnets.config import TrainConfig
 from cxrnets.data import DATASET_NAMES, dataset_options_help, parse_dataset_options
@@ -26,36 +32,51 @@ from cxrnets.names import MODEL_NAMES, OPTIMIZER_NAMES
 log = logging.getLogger("cxrnets.train")
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path]:
+RUN_FILES = ("checkpoint.pt", "metrics.jsonl")
+RESUME_MAY_CHANGE = ("epochs", "device", "cache_dir", "amp", "compile")  # how far and where, not what is trained
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
     defaults = TrainConfig()
-    parser = argparse.ArgumentParser(description="Train one chest X-ray classifier configuration (no Ray).",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--dataset", default=defaults.dataset, choices=DATASET_NAMES, help="dataset name")
-    parser.add_argument("--data-root", default=defaults.data_root,
-                        help="dataset folder (the CSV file for 'csv'); default: the embedded sample")
-    parser.add_argument("--dataset-option", action="append", default=None, metavar="KEY=VALUE",
-                        help=f"a loader option, repeatable ({dataset_options_help()})")
-    parser.add_argument("--model", default=defaults.model, choices=MODEL_NAMES, help="network")
-    parser.add_argument("--optimizer", default=defaults.optimizer, choices=OPTIMIZER_NAMES, help="optimizer")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="learning rate")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per batch")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs")
-    parser.add_argument("--image-size", type=int, default=defaults.image_size, help="square input size in pixels")
-    parser.add_argument("--pretrained", action="store_true", help="start from ImageNet weights")
-    parser.add_argument("--weights", default=None, help="start from this weights file (implies --pretrained)")
-    parser.add_argument("--momentum", type=float, default=defaults.momentum, help="SGD momentum")
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="L2 weight decay")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the split, init and shuffling")
-    parser.add_argument("--split-file", default=None, help="reuse (or write) the train/val/test split here")
-    parser.add_argument("--cache-dir", default=None, help="decode-once cache root (default: ~/.cache/cxr-tune)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1")
-    parser.add_argument("--no-amp", action="store_true",
-                        help="disable mixed precision on CUDA (bf16 where the card supports it, else fp16); "
-                             "CPU always trains in float32")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA only: ignored on CPU)")
-    parser.add_argument("--no-balance", action="store_true",
-                        help="plain cross-entropy instead of weighting classes by inverse training frequency")
-    parser.add_argument("--out", default="runs/train", help="folder for checkpoint.pt and metrics.jsonl")
+    parser = argparse.ArgumentParser(description="Train one chest X-ray classifier configuration (no Ray).")
+    add = parser.add_argument
+    add("--dataset", default=defaults.dataset, choices=DATASET_NAMES,
+        help=f"dataset name (default: {defaults.dataset})")
+    add("--data-root", default=defaults.data_root,
+        help="dataset folder (the CSV file for 'csv') (default: the embedded sample)")
+    add("--dataset-option", action="append", default=None, metavar="KEY=VALUE",
+        help=f"a loader option, repeatable ({dataset_options_help()}) (default: none)")
+    add("--model", default=defaults.model, choices=MODEL_NAMES, help=f"network (default: {defaults.model})")
+    add("--optimizer", default=defaults.optimizer, choices=OPTIMIZER_NAMES,
+        help=f"optimizer (default: {defaults.optimizer})")
+    add("--lr", type=float, default=defaults.lr, help=f"learning rate (default: {defaults.lr})")
+    add("--batch-size", type=int, default=defaults.batch_size,
+        help=f"images per batch (default: {defaults.batch_size})")
+    add("--epochs", type=int, default=defaults.epochs,
+        help=f"train to this epoch (default: {defaults.epochs}); with --resume, raise it to train further")
+    add("--image-size", type=int, default=defaults.image_size,
+        help=f"square input size in pixels (default: {defaults.image_size})")
+    add("--pretrained", action="store_true", help="start from ImageNet weights (default: from scratch)")
+    add("--weights", default=None, help="start from this weights file (implies --pretrained; default: none)")
+    add("--momentum", type=float, default=defaults.momentum, help=f"SGD momentum (default: {defaults.momentum})")
+    add("--weight-decay", type=float, default=defaults.weight_decay,
+        help=f"L2 weight decay (default: {defaults.weight_decay})")
+    add("--seed", type=int, default=defaults.seed,
+        help=f"seed of the split, init and shuffling (default: {defaults.seed})")
+    add("--split-file", default=None, help="reuse (or write) the train/val/test split here (default: none, the "
+        "split is made from --seed)")
+    add("--cache-dir", default=None, help="decode-once cache root (default: $CXR_TUNE_CACHE or ~/.cache/cxr-tune)")
+    add("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1 (default: auto)")
+    add("--no-amp", action="store_true",
+        help="disable mixed precision on CUDA (bf16 where the card supports it, else fp16); "
+             "CPU always trains in float32")
+    add("--compile", action="store_true", help="torch.compile the model (CUDA only: ignored on CPU)")
+    add("--no-balance", action="store_true",
+        help="plain cross-entropy instead of weighting classes by inverse training frequency")
+    add("--out", default="runs/train", help="folder for checkpoint.pt and metrics.jsonl (default: runs/train)")
+    add("--resume", action="store_true",
+        help="continue the run in --out from its checkpoint.pt, given the run's own options (only --epochs, "
+             "--device, --cache-dir, --no-amp and --compile may differ)")
     args = parser.parse_args(argv)
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     try:
@@ -64,15 +85,76 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path]:
         parser.error(str(error))
     config = TrainConfig(**given, amp=not args.no_amp, balance_classes=not args.no_balance, dataset_options=options)
     config.pretrained = config.pretrained or config.weights is not None
-    return config, Path(args.out)
+    return config, Path(args.out), args.resume
+
+
+def refuse_an_earlier_run(out: Path) -> None:
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if found:
+        raise CxrError(f"{out} already holds a run ({', '.join(found)}): pass --resume to continue it, or another "
+                       "--out; nothing was overwritten")
+
+
+def resumable_checkpoint(out: Path, config: TrainConfig) -> dict[str, Any]:
+    """The run in `out` to continue with `config`: its checkpoint, if `config` trains the same thing further."""
+    import torch
+
+    path = out / "checkpoint.pt"
+    if not path.is_file():
+        raise CxrError(f"--resume: {path} does not exist: nothing to continue (leave out --resume to start a run)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for a truncated or foreign file
+        raise CxrError(f"--resume: {path} cannot be read ({type(error).__name__}: {error}); "
+                       "start a new run with another --out") from error
+    if not isinstance(checkpoint, dict) or not {"config", "epoch", "model", "optimizer"} <= checkpoint.keys():
+        raise CxrError(f"--resume: {path} is not a checkpoint of python -m cxrnets.train (no config, epoch, model "
+                       "and optimizer state); start a new run with another --out")
+    saved, now = checkpoint["config"], asdict(config)
+    changed = [f"{key} {saved.get(key)!r} in the checkpoint, {value!r} now" for key, value in now.items()
+               if key not in RESUME_MAY_CHANGE and saved.get(key) != value]
+    if changed:
+        raise CxrError(f"--resume: {path} trained another configuration ({'; '.join(changed)}): give the run's own "
+                       f"options (only {', '.join(RESUME_MAY_CHANGE)} may change), or another --out")
+    if checkpoint["epoch"] >= config.epochs:
+        raise CxrError(f"--resume: {path} is at epoch {checkpoint['epoch']} already: raise --epochs above it to "
+                       "train further")
+    return checkpoint
+
+
+def recorded_epoch(line: str) -> float:
+    """The epoch of a metrics.jsonl line; infinite for a line cut short by an interruption."""
+    try:
+        return json.loads(line)["epoch"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
+def drop_epochs_after(history: Path, epoch: int) -> None:
+    """Forget the metrics of epochs after the checkpoint's (written before an interruption stopped their
+    checkpoint): the resumed run trains them again."""
+    if not history.exists():
+        return
+    lines = history.read_text().splitlines()
+    kept = [line for line in lines if recorded_epoch(line) <= epoch]
+    if len(kept) < len(lines):
+        log.info("%s: dropping %d epoch(s) recorded after the checkpoint's epoch %d, to be trained again",
+                 history, len(lines) - len(kept), epoch)
+        history.write_text("".join(line + "\n" for line in kept))
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config, out = parse_args(argv)
+    config, out, resume = parse_args(argv)
     from cxrnets.training import TrainingRun, save_checkpoint  # torch: after the options are read
 
+    history, checkpoint_path = out / "metrics.jsonl", out / "checkpoint.pt"
     try:
+        checkpoint = None
+        if resume:
+            checkpoint = resumable_checkpoint(out, config)
+        else:
+            refuse_an_earlier_run(out)
         run = TrainingRun(config)
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -80,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     log.info("%s on %s (%s), %d classes: %s", config.model, config.dataset, run.device, len(run.classes),
              ", ".join(run.classes))
-    history = out / "metrics.jsonl"
+    if checkpoint is not None:
+        run.restore(checkpoint)
+        drop_epochs_after(history, run.epoch)
+        log.info("resumed from %s at epoch %d", checkpoint_path, run.epoch)
     for _ in range(run.epoch, config.epochs):
         try:
             metrics = run.train_epoch()
@@ -93,10 +178,13 @@ def main(argv: list[str] | None = None) -> int:
                  config.epochs, metrics["train/loss"], shown, metrics["epoch_seconds"], metrics["images_per_second"])
         with history.open("a") as file:
             file.write(json.dumps(metrics) + "\n")
-        save_checkpoint(run.checkpoint(), out / "checkpoint.pt")
+        # Replaced whole, never half-written: an interrupted run resumes from the last complete epoch.
+        partial = checkpoint_path.with_name(checkpoint_path.name + ".partial")
+        save_checkpoint(run.checkpoint(), partial)
+        partial.replace(checkpoint_path)
     test_metrics, _, _ = run.evaluate_split("test")
     log.info("test: %s", "  ".join(f"{k.removeprefix('test/')} {v:.3f}" for k, v in test_metrics.items()))
-    log.info("checkpoint: %s", out / "checkpoint.pt")
+    log.info("checkpoint: %s", checkpoint_path)
     return 0
 
 

@@ -7,6 +7,7 @@ cache; the error paths use tiny fixture datasets.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -277,13 +278,30 @@ def test_multilabel_run_uses_bce(sample_cache: Path) -> None:
 # ------------------------------------------------------------------ the CLI
 
 
-def test_cli_trains_the_sample(sample_cache: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    out = tmp_path / "run"
-    caplog.set_level(logging.INFO)
-    code = main(["--model", "resnet50", "--image-size", "32", "--batch-size", "32", "--epochs", "2",
-                 "--cache-dir", str(sample_cache), "--out", str(out)])
+CLI_SAMPLE_ARGUMENTS = ["--model", "resnet50", "--image-size", "32", "--batch-size", "32"]
+
+
+@pytest.fixture(scope="module")
+def cli_run(sample_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """`python -m cxrnets.train` for 2 epochs of ResNet50 on the sample: its folder and its log."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    lines = io.StringIO()
+    handler = logging.StreamHandler(lines)
+    logger = logging.getLogger("cxrnets")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        code = main([*CLI_SAMPLE_ARGUMENTS, "--epochs", "2", "--cache-dir", str(sample_cache), "--out", str(out)])
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     assert code == 0
-    text = caplog.text
+    return out, lines.getvalue()
+
+
+def test_cli_trains_the_sample(cli_run: tuple[Path, str], sample_cache: Path) -> None:
+    out, text = cli_run
     assert "resnet50 on covid-chestxray-3class" in text
     for epoch in (1, 2):  # one line per epoch with the loss and the validation metrics
         assert re.search(rf"epoch {epoch}/2 .*train loss [\d.]+.*(f1|F1)\S* [\d.]+", text), text
@@ -294,6 +312,45 @@ def test_cli_trains_the_sample(sample_cache: Path, tmp_path: Path, caplog: pytes
     assert checkpoint["epoch"] == 2
     assert checkpoint["config"]["model"] == "resnet50" and checkpoint["config"]["image_size"] == 32
     assert checkpoint["config"]["cache_dir"] == str(sample_cache)
+    assert not (out / "checkpoint.pt.partial").exists()
+
+
+def test_cli_resume_continues_the_run_as_if_uninterrupted(cli_run: tuple[Path, str], sample_cache: Path,
+                                                          tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A run stopped after epoch 1 and resumed to epoch 2 ends where one uninterrupted run ends; a folder that
+    holds a run is never overwritten, and a resume with other options is refused, naming them."""
+    arguments = [*CLI_SAMPLE_ARGUMENTS, "--cache-dir", str(sample_cache)]
+    whole, parts = cli_run[0], tmp_path / "parts"
+    assert main([*arguments, "--epochs", "1", "--out", str(parts)]) == 0
+    first_checkpoint = (parts / "checkpoint.pt").read_bytes()
+
+    assert main([*arguments, "--epochs", "2", "--out", str(parts)]) == 2  # a second run into the same folder
+    err = capsys.readouterr().err
+    assert f"{parts} already holds a run (checkpoint.pt, metrics.jsonl): pass --resume" in err, err
+    assert main([*arguments, "--epochs", "2", "--lr", "0.01", "--out", str(parts), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "trained another configuration (lr 0.001 in the checkpoint, 0.01 now)" in err, err
+    assert main([*arguments, "--epochs", "1", "--out", str(parts), "--resume"]) == 2
+    assert "is at epoch 1 already: raise --epochs" in capsys.readouterr().err
+    assert main([*arguments, "--out", str(tmp_path / "empty"), "--resume"]) == 2
+    assert "checkpoint.pt does not exist: nothing to continue" in capsys.readouterr().err
+    assert (parts / "checkpoint.pt").read_bytes() == first_checkpoint  # nothing was overwritten
+
+    # An interruption after epoch 2's metrics were recorded but before its checkpoint replaced epoch 1's,
+    # one of them cut short: the resume trains epoch 2 again and records it once.
+    history = parts / "metrics.jsonl"
+    history.write_text(history.read_text() + json.dumps({"epoch": 2, "train/loss": 9.9}) + "\n" + '{"epoch": 2, "tr')
+    assert main([*arguments, "--epochs", "2", "--out", str(parts), "--resume"]) == 0
+
+    def without_timings(line: str) -> dict:
+        return {k: v for k, v in json.loads(line).items() if k not in ("epoch_seconds", "images_per_second")}
+
+    resumed = [without_timings(line) for line in history.read_text().splitlines()]
+    uninterrupted = [without_timings(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert resumed == uninterrupted and [m["epoch"] for m in resumed] == [1, 2]
+    weights = torch.load(parts / "checkpoint.pt", weights_only=True)["model"]
+    for name, tensor in torch.load(whole / "checkpoint.pt", weights_only=True)["model"].items():
+        assert torch.equal(tensor, weights[name]), name
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -337,6 +394,8 @@ def test_cli_help_explains_every_flag(capsys: pytest.CaptureFixture) -> None:
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--dataset", "--data-root", "--model", "--optimizer", "--lr", "--batch-size", "--epochs",
-                 "--image-size", "--pretrained", "--weights", "--seed", "--split-file", "--cache-dir", "--out"):
+                 "--image-size", "--pretrained", "--weights", "--seed", "--split-file", "--cache-dir", "--out",
+                 "--resume"):
         assert flag in text
     assert "default: 0.001" in text and "default: resnet50" in text
+    assert "default: None" not in " ".join(text.split())  # a default that is no value is said in words
