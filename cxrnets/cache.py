@@ -127,8 +127,9 @@ def _open(directory: Path, index: DatasetIndex, decoded: int) -> ImageCache:
     if skipped:
         index = index.subset(ok)
         index.skipped["undecodable image"] = skipped
-        log.warning("%s: %d undecodable image(s) left out: %s", index.name, skipped,
-                    "; ".join(table.loc[~ok, "error"].head(5)))
+        more = f"; and {skipped - 5} more, listed in {directory / 'index.parquet'}" if skipped > 5 else ""
+        log.warning("%s: %d undecodable image(s) left out: %s%s", index.name, skipped,
+                    "; ".join(table.loc[~ok, "error"].head(5)), more)
         images = images[ok]  # a copy in memory; only happens for datasets with broken files
     return ImageCache(directory, index, images, table.loc[ok, "sha1"].to_numpy(), decoded)
 

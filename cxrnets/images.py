@@ -53,6 +53,8 @@ def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
 
 def decode(data: bytes, size: int, name: str | Path = "<bytes>") -> np.ndarray:
     """Decode image bytes into a (3, size, size) uint8 array; CxrError names `name` on failure."""
+    if not data:
+        raise CxrError(f"{name}: empty file (0 bytes), no image; replace or delete the file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -69,7 +71,10 @@ def decode(data: bytes, size: int, name: str | Path = "<bytes>") -> np.ndarray:
             image.load()
     except CxrError:
         raise
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError,
+    except UnidentifiedImageError as error:  # its message names an in-memory buffer, not the file
+        raise CxrError(f"{name}: cannot decode image (not a format Pillow reads, or its header is damaged; "
+                       f"{len(data):,} bytes); replace or delete the file") from error
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as error:
         raise CxrError(f"{name}: cannot decode image ({error}); replace or delete the file") from error
     return np.asarray(resize_center_crop(to_rgb(image), size)).transpose(2, 0, 1).copy()

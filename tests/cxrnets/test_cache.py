@@ -100,6 +100,21 @@ def test_corrupt_image_is_skipped_and_logged(make_folder, tmp_path: Path, caplog
     np.testing.assert_array_equal(np.asarray(again.images), np.asarray(built.images))
 
 
+def test_many_undecodable_images_are_summed_up(make_folder, tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Reading a cache names the first 5 undecodable images and says where the rest are listed."""
+    root = make_folder(per_class=4)
+    for i in range(7):
+        (root / "sick" / f"broken-{i}.png").write_bytes(b"")
+    build_cache(load_dataset("folder", root), SIZE, cache_root=tmp_path)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cxrnets.cache"):
+        cache = build_cache(load_dataset("folder", root), SIZE, cache_root=tmp_path)
+    assert cache.index.skipped == {"undecodable image": 7}
+    assert caplog.text.count("empty file (0 bytes)") == 5
+    assert f"and 2 more, listed in {cache.directory / 'index.parquet'}" in caplog.text
+
+
 def test_concurrent_builds_decode_once(radiography, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     original = cache_module._decode_into
