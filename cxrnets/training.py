@@ -342,6 +342,8 @@ class TrainingRun:
                  "multilabel": self.multilabel, "rng": torch.get_rng_state()}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        if self.scaler is not None:  # fp16's loss scale, which a fresh scaler would relearn by skipping steps
+            state["scaler"] = self.scaler.state_dict()
         return state
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
@@ -352,3 +354,5 @@ class TrainingRun:
             torch.set_rng_state(checkpoint["rng"].cpu())
         if "cuda_rng" in checkpoint and self.device.type == "cuda":
             torch.cuda.set_rng_state(checkpoint["cuda_rng"].cpu(), self.device)
+        if "scaler" in checkpoint and self.scaler is not None:
+            self.scaler.load_state_dict(checkpoint["scaler"])

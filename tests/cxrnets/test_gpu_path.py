@@ -18,7 +18,7 @@ from torch import nn
 from cxrnets.batches import Batches
 from cxrnets.errors import DivergedError
 from cxrnets.config import TrainConfig
-from cxrnets.training import TrainingRun, evaluate, gpu_path, train_one_epoch
+from cxrnets.training import TrainingRun, evaluate, gpu_path, save_checkpoint, train_one_epoch
 
 TIMING_KEYS = ("epoch_seconds", "images_per_second")
 
@@ -60,6 +60,21 @@ def test_gpu_path_options_on_or_off_give_identical_cpu_runs(tiny_folder: Path, t
     for key in on_state:
         assert torch.equal(on_state[key], off_state[key]), key
         assert on_state[key].is_contiguous(), key  # no channels-last weights on CPU
+
+
+def test_checkpoint_carries_the_fp16_loss_scale(tiny_folder: Path, tmp_path: Path) -> None:
+    """A resumed fp16 run goes on with the loss scale its scaler had learnt (CUDA's scaler, stood in for
+    by the CPU one: the same class and state)."""
+    config = tiny_config(tiny_folder, tmp_path)
+    run = TrainingRun(config)
+    run.scaler = torch.amp.GradScaler("cpu")
+    run.scaler.scale(torch.ones(()))  # the scale exists once a loss has been scaled
+    run.scaler.update(new_scale=512.0)
+    save_checkpoint(run.checkpoint(), tmp_path / "state.pt")
+    resumed = TrainingRun(config)
+    resumed.scaler = torch.amp.GradScaler("cpu")
+    resumed.restore(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert resumed.scaler.get_scale() == 512.0
 
 
 def reference_train_one_epoch(model, batches, optimizer, loss_fn) -> float:
