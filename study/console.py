@@ -35,6 +35,7 @@ class StudyConsole(Callback):
         self.every_s = every_s
         self._started = self._last_print = None
         self._epochs_at_start = None
+        self._most_running = 1  # trials running at once, at most, in this run: the pace's parallelism
         self._last_line = ""
         self._ended: set[str] = set()  # trials ended in this run whose status Tune has not updated yet
         self._ended_experiment = False  # Tune's loop has ended: no more trials in this run
@@ -43,6 +44,7 @@ class StudyConsole(Callback):
 
     def setup(self, **info) -> None:
         self._started, self._last_print, self._epochs_at_start = time.monotonic(), 0.0, None
+        self._most_running = 1
         self._ended_experiment = False  # a resumed study's console ran to an end before
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
@@ -114,7 +116,10 @@ class StudyConsole(Callback):
                  + (f", {len(by_status[ERROR])} errored" if by_status.get(ERROR) else "")
                  + (f", {to_start} to start" if to_start else "")
                  + (f", {uncreated} not started" if self._ended_experiment and uncreated else "")]
-        eta = "" if self._ended_experiment else self._eta(epochs, left, now)
+        running = len(by_status.get(RUNNING, []))
+        self._most_running = max(self._most_running, running)
+        with_epochs_left = running + waiting + to_start
+        eta = "" if self._ended_experiment else self._eta(epochs, left, with_epochs_left, now)
         parts.append(f"epochs {epochs}" + (f", at most {left} left{eta}" if left else ""))
         scored = [(self.best_of(t), t) for t in trials if self.best_of(t) is not None]
         if scored:
@@ -122,14 +127,17 @@ class StudyConsole(Callback):
             parts.append(f"best {self.metric} {value:.3f} {self.label(best)}")
         return f"[{clock(now - self._started)}] " + " | ".join(parts)
 
-    def _eta(self, epochs: int, left: int, now: float) -> str:
-        """", ~N min": the epochs left at the pace of the epochs this run has done (none yet: no estimate)."""
+    def _eta(self, epochs: int, left: int, trials_left: int, now: float) -> str:
+        """", ~N min": the epochs left at the pace of the epochs this run has done (none yet: no estimate), on
+        as many trials at once as ran at most so far, or fewer when fewer trials are left: the last trial's
+        epochs come one at a time."""
         if self._epochs_at_start is None:
             self._epochs_at_start = epochs  # a resumed study's earlier epochs say nothing of this run's pace
         done_here = epochs - self._epochs_at_start
         if done_here < 1:
             return ""
-        seconds = left * (now - self._started) / done_here
+        seconds_per_epoch_per_slot = (now - self._started) * self._most_running / done_here
+        seconds = left * seconds_per_epoch_per_slot / max(min(self._most_running, trials_left), 1)
         return f", ~{max(round(seconds / 60), 1)} min" if seconds >= 60 else f", ~{seconds:.0f} s"
 
     # ------------------------------------------------------------------ printing

@@ -117,3 +117,15 @@ def test_on_a_terminal_the_last_line_is_rewritten_in_place_and_kept():
     lines = out.getvalue().split("\r\033[K")
     assert lines[0] == "" and "4 to start" in lines[1] and not lines[1].endswith("\n")
     assert "4 not started" in lines[2] and lines[2].endswith("\n")  # what follows starts below it
+
+
+def test_the_estimate_counts_the_trials_that_can_still_run_at_once():
+    """Two trials at a time made the pace; the last trial's epochs come one at a time, at half of it."""
+    shown = console()
+    start = shown._started
+    shown.status_line([trial("a", "RUNNING", 0, None), trial("b", "RUNNING", 0, None)], now=start + 1)
+    middle = shown.status_line([trial("a", "RUNNING", 2, 0.3), trial("b", "RUNNING", 2, 0.3)], now=start + 20)
+    assert "epochs 4, at most 20 left, ~2 min" in middle  # 20 epochs at 4 per 20 s on two slots: 100 s
+    ended = [trial(name, "TERMINATED", 4, 0.3) for name in "abcde"]
+    last = shown.status_line([*ended, trial("f", "RUNNING", 2, 0.3)], now=start + 100)
+    assert "epochs 22, at most 2 left, ~18 s" in last  # 100 s x 2 slots / 22 epochs = 9.1 s per epoch on one
