@@ -109,14 +109,13 @@ class StudyConsole(Callback):
         left = sum(self.max_epochs - self.epochs_of(t) for t in trials
                    if self.status_of(t) in (RUNNING, PENDING, PAUSED))
         left += 0 if self._ended_experiment else uncreated * self.max_epochs
-        waiting = len(by_status.get(PAUSED, []))  # at a rung of promoting ASHA (study.asha)
-        parts = [f"trials: {len(by_status.get(RUNNING, []))} running, "
+        running, waiting = len(by_status.get(RUNNING, [])), len(by_status.get(PAUSED, []))  # PAUSED: at a rung
+        parts = [f"trials: {running} running, "
                  + (f"{waiting} waiting at a rung, " if waiting else "") + f"{len(ended)} done "
                  f"({len(stopped)} stopped early)"
                  + (f", {len(by_status[ERROR])} errored" if by_status.get(ERROR) else "")
                  + (f", {to_start} to start" if to_start else "")
                  + (f", {uncreated} not started" if self._ended_experiment and uncreated else "")]
-        running = len(by_status.get(RUNNING, []))
         self._most_running = max(self._most_running, running)
         with_epochs_left = running + waiting + to_start
         eta = "" if self._ended_experiment else self._eta(epochs, left, with_epochs_left, now)
