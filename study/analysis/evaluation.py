@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from cxrnets.errors import CxrError
+from cxrnets.predict import load_checkpoint
 from study import storage
 from study.analysis.reading import Study
 from study.settings import read_split, split_uri
@@ -30,36 +31,6 @@ PARALLEL_DOWNLOADS = 4  # weight files fetched at once from object storage
 class AnalysisRefused(CxrError):
     """An error that stops the whole analysis (the data or the split changed, the data is absent),
     not just one trial."""
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """A trial's best weights (a local file, weights_only), checked for the keys the analysis needs;
-    CxrError if unusable."""
-    import torch
-
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... on a bad file
-        raise CxrError(f"{path}: not a readable checkpoint ({type(error).__name__}: {str(error)[:200]})") from error
-    missing = {"model", "epoch", "config", "classes", "multilabel"} - set(checkpoint if isinstance(checkpoint, dict)
-                                                                         else {})
-    if missing:
-        raise CxrError(f"{path}: not a study checkpoint (missing {sorted(missing)})")
-    return checkpoint
-
-
-def model_from_checkpoint(checkpoint: dict, device: str = "auto"):
-    """(model, device): the checkpoint's network with its weights, in eval mode on `device`."""
-    from cxrnets.models import build_model
-    from cxrnets.training import select_device
-
-    model = build_model(checkpoint["config"]["model"], len(checkpoint["classes"]))
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except (RuntimeError, KeyError, TypeError) as error:
-        raise CxrError(f"the weights do not fit {checkpoint['config']['model']} ({str(error)[:200]})") from error
-    target = select_device(device)
-    return model.to(target).eval(), target
 
 
 class StudyData:

@@ -30,7 +30,8 @@ import pandas as pd
 
 from cxrnets.data import DATASET_NAMES, DatasetIndex, load_dataset, parse_dataset_options
 from cxrnets.errors import CxrError
-from study.analysis.evaluation import Evaluation, StudyData, load_checkpoint, model_from_checkpoint
+from cxrnets.predict import load_checkpoint, model_from_checkpoint, predict
+from study.analysis.evaluation import Evaluation, StudyData
 from study.analysis.selection import Analysis
 from study.analysis.uncertainty import (BASELINE, group_strata, partial_class_samples, percentile_interval,
                                         resample_weights)
@@ -229,20 +230,6 @@ def heldout_set(data: StudyData, config, classes: list[str]) -> ExternalSet | No
     groups = leakage_groups(prepared.split["patient"].astype(str), prepared.split["sha1"])[rows]
     return ExternalSet(HELDOUT_SET, f"{config.dataset}'s held-out sources: {', '.join(sources)}", config.dataset,
                        list(classes), prepared.images, rows, prepared.targets[rows], groups)
-
-
-def predict(model, device, images: np.ndarray, rows: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """A model's class probabilities (len(rows), classes) on `rows` of the decoded `images`; `model` and
-    `device` as evaluation.model_from_checkpoint gives them."""
-    import torch
-
-    from cxrnets.batches import Batches
-    from cxrnets.training import evaluate
-
-    placeholder = np.zeros(len(images), dtype=np.int64)  # evaluate() computes a loss: targets it ignores here
-    _, _, scores = evaluate(model, Batches(images, placeholder, rows, batch_size, device, train=False),
-                            torch.nn.CrossEntropyLoss(), multilabel=False)
-    return scores
 
 
 # ------------------------------------------------------------------ the comparison

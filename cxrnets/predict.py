@@ -1,0 +1,201 @@
+"""Classify new images with a trained model: a study's selected weights or a `cxrnets.train` checkpoint.
+
+    python -m cxrnets.predict studies/<name>/weights/<trial id>.pt ~/xrays/ --out predictions.csv
+    python -m cxrnets.predict runs/train/checkpoint.pt a.png b.jpg
+
+Each image is decoded and resized exactly as the model's training images were
+(the checkpoint carries its image size and classes) and scored in batches; the
+CSV holds one row per image: its path, the predicted class (multi-label: every
+label at probability 0.5 or more, ';'-joined) and each class's probability. An
+image that cannot be decoded gets a row with the error and no scores; the others
+are scored. For research: no model here is a diagnostic device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxrnets.errors import CxrError
+from cxrnets.images import IMAGE_SUFFIXES, load_image
+
+log = logging.getLogger("cxrnets.predict")
+
+CHUNK = 512  # images decoded and scored at a time: bounds memory (77 MB of uint8 pixels at 224 px)
+MULTILABEL_THRESHOLD = 0.5
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A trained model's file (a study's best weights or a cxrnets.train checkpoint; local, weights_only),
+    checked for what scoring needs; CxrError if unusable."""
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... on a bad file
+        raise CxrError(f"{path}: not a readable checkpoint ({type(error).__name__}: {str(error)[:200]})") from error
+    missing = {"model", "epoch", "config", "classes", "multilabel"} - set(checkpoint if isinstance(checkpoint, dict)
+                                                                         else {})
+    if missing:
+        raise CxrError(f"{path}: not a trained model's checkpoint (missing {sorted(missing)}); pass a study's "
+                       "weights/<trial id>.pt or a checkpoint.pt of python -m cxrnets.train")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], device: str = "auto"):
+    """(model, device): the checkpoint's network with its weights, in eval mode on `device`."""
+    from cxrnets.models import build_model
+    from cxrnets.training import select_device
+
+    model = build_model(checkpoint["config"]["model"], len(checkpoint["classes"]))
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except (RuntimeError, KeyError, TypeError) as error:
+        raise CxrError(f"the weights do not fit {checkpoint['config']['model']} ({str(error)[:200]})") from error
+    target = select_device(device)
+    return model.to(target).eval(), target
+
+
+def predict(model, device, images: np.ndarray, rows: np.ndarray, multilabel: bool = False,
+            batch_size: int = 64) -> np.ndarray:
+    """A model's probabilities (len(rows), classes) on `rows` of decoded uint8 `images` (N, 3, S, S),
+    preprocessed as training's evaluation preprocesses them (cxrnets.batches): softmax, or a sigmoid per label
+    if `multilabel`. `model` and `device` as model_from_checkpoint gives them."""
+    import torch
+
+    from cxrnets.batches import Batches
+
+    placeholder = np.zeros(len(images), dtype=np.int64)  # Batches yields targets too: there are none here
+    scores = []
+    with torch.inference_mode():
+        for inputs, _ in Batches(images, placeholder, rows, batch_size, device, train=False):
+            logits = model(inputs).float()
+            scores.append(torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1))
+    probabilities = torch.cat(scores).cpu().numpy()
+    if not np.isfinite(probabilities).all():
+        raise CxrError("the model's outputs are NaN or infinite: its weights are unusable (a diverged trial?)")
+    return probabilities
+
+
+def image_paths(paths: list[str | Path]) -> list[Path]:
+    """The image files named, and those under the folders named (recursively, sorted); CxrError for a path
+    that does not exist or when there is no image at all."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise CxrError(f"{path} does not exist: pass image files or folders of images")
+    if not found:
+        raise CxrError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {', '.join(map(str, paths))}")
+    return found
+
+
+def decode_all(paths: list[Path], image_size: int, workers: int = 4) -> tuple[np.ndarray, list[str]]:
+    """(N, 3, S, S) uint8 pixels of `paths` and an error per path ('' where it decoded; its pixels stay 0)."""
+    pixels = np.zeros((len(paths), 3, image_size, image_size), dtype=np.uint8)
+    errors = [""] * len(paths)
+
+    def decode_one(i: int) -> None:
+        try:
+            pixels[i] = load_image(paths[i], image_size)
+        except CxrError as error:
+            errors[i] = str(error)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(decode_one, range(len(paths))))
+    return pixels, errors
+
+
+def prediction_rows(paths: list[Path], scores: np.ndarray, errors: list[str], classes: list[str],
+                    multilabel: bool) -> list[dict[str, Any]]:
+    """One row per path: path, predicted, one probability column per class, error."""
+    rows, scored = [], iter(scores)
+    for path, error in zip(paths, errors):
+        row: dict[str, Any] = {"path": str(path), "predicted": ""}
+        if error:
+            row.update({f"p({name})": float("nan") for name in classes})
+        else:
+            probabilities = next(scored)
+            if multilabel:
+                row["predicted"] = ";".join(name for name, p in zip(classes, probabilities)
+                                            if p >= MULTILABEL_THRESHOLD)
+            else:
+                row["predicted"] = classes[int(np.argmax(probabilities))]
+            row.update({f"p({name})": float(p) for name, p in zip(classes, probabilities)})
+        row["error"] = error
+        rows.append(row)
+    return rows
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m cxrnets.predict",
+                                     description="Classify images with a trained model (no labels needed).")
+    parser.add_argument("weights", help="a study's weights/<trial id>.pt or a checkpoint.pt of python -m "
+                        "cxrnets.train, as a local file (python -m study.analyze leaves the copies of a bucket's "
+                        "that it evaluated in ~/.cache/cxr-tune/downloads/)")
+    parser.add_argument("images", nargs="+", help="image files, or folders searched recursively for images")
+    parser.add_argument("--out", default="predictions.csv", help="the CSV to write (default: predictions.csv)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1 "
+                        "(default: auto)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    import pandas as pd
+
+    try:
+        paths = image_paths(args.images)
+        checkpoint = load_checkpoint(args.weights)
+        model, device = model_from_checkpoint(checkpoint, args.device)
+    except CxrError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    classes, multilabel = list(checkpoint["classes"]), bool(checkpoint["multilabel"])
+    image_size = int(checkpoint["config"]["image_size"])
+    chosen_on = (f", {checkpoint['metric']} {checkpoint['value']:.3f} on validation" if "metric" in checkpoint
+                 else "")
+    log.info("%s, epoch %d%s; %d classes: %s; %d images at %d px", checkpoint["config"]["model"],
+             checkpoint["epoch"], chosen_on, len(classes), ", ".join(classes), len(paths), image_size)
+    rows = []
+    for start in range(0, len(paths), CHUNK):
+        chunk = paths[start:start + CHUNK]
+        pixels, errors = decode_all(chunk, image_size)
+        decoded = np.flatnonzero([not error for error in errors])
+        scores = (predict(model, device, pixels, decoded, multilabel, args.batch_size) if len(decoded)
+                  else np.zeros((0, len(classes))))
+        rows += prediction_rows(chunk, scores, errors, classes, multilabel)
+        if len(paths) > CHUNK:
+            log.info("scored %d/%d images", min(start + CHUNK, len(paths)), len(paths))
+    table = pd.DataFrame(rows)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False, float_format="%.6g")
+    failed = table[table["error"] != ""]
+    for _, row in failed.head(5).iterrows():
+        log.warning("not scored: %s", row["error"])
+    counts = Counter(table.loc[table["error"] == "", "predicted"])
+    log.info("predicted: %s", ", ".join(f"{name or '(no label)'} {count}" for name, count in counts.most_common())
+             or "nothing")
+    log.info("%d of %d images scored%s; written to %s", len(table) - len(failed), len(table),
+             f" ({len(failed)} could not be decoded: see the error column)" if len(failed) else "", out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

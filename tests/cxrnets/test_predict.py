@@ -1,0 +1,117 @@
+"""`python -m cxrnets.predict`: a trained model's probabilities on new image files, as evaluation computes them."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cxrnets.config import TrainConfig
+from cxrnets.data import SAMPLE_ROOT
+from cxrnets.predict import load_checkpoint, main
+from cxrnets.training import TrainingRun, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainingRun, Path]:
+    """ResNet50 trained one epoch on the embedded sample at 32 px, and its checkpoint file."""
+    folder = tmp_path_factory.mktemp("trained")
+    run = TrainingRun(TrainConfig(model="resnet50", image_size=32, epochs=1, cache_dir=str(folder / "cache")))
+    run.train_epoch()
+    save_checkpoint(run.checkpoint(), folder / "checkpoint.pt")
+    return run, folder / "checkpoint.pt"
+
+
+def test_probabilities_of_image_files_are_those_of_the_evaluation(trained, tmp_path: Path, caplog) -> None:
+    """The files of the validation split, decoded from disk, get the probabilities the run's own evaluation
+    gives them from its cache; an undecodable file gets a row with its error and the others are scored."""
+    run, checkpoint = trained
+    rows = run.data.rows("val")
+    files = [str(path) for path in np.asarray(run.data.index.paths(), dtype=object)[rows]]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    out = tmp_path / "out" / "predictions.csv"
+    caplog.set_level(logging.INFO, logger="cxrnets.predict")
+    assert main([str(checkpoint), *files, str(broken), "--out", str(out), "--batch-size", "7"]) == 0
+
+    table = pd.read_csv(out, keep_default_na=False)
+    assert list(table["path"]) == [*files, str(broken)]
+    classes = run.classes
+    assert list(table.columns) == ["path", "predicted", *[f"p({name})" for name in classes], "error"]
+    scored = table.iloc[:-1]
+    _, _, expected = run.evaluate_split("val")
+    probabilities = scored[[f"p({name})" for name in classes]].to_numpy(dtype=float)
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+    assert list(scored["predicted"]) == [classes[k] for k in expected.argmax(axis=1)]
+    assert (scored["error"] == "").all()
+    assert "broken.png: cannot decode image" in table.iloc[-1]["error"] and table.iloc[-1]["predicted"] == ""
+    assert f"{len(files)} of {len(files) + 1} images scored (1 could not be decoded" in caplog.text
+
+
+def test_a_folder_is_searched_for_images(trained, tmp_path: Path) -> None:
+    run, checkpoint = trained
+    folder = tmp_path / "new"
+    (folder / "deeper").mkdir(parents=True)
+    for name, path in zip(("a.png", "deeper/b.png"), run.data.index.paths()[:2]):
+        (folder / name).write_bytes(Path(path).read_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "predictions.csv"
+    assert main([str(checkpoint), str(folder), "--out", str(out)]) == 0
+    table = pd.read_csv(out, keep_default_na=False)
+    assert list(table["path"]) == [str(folder / "a.png"), str(folder / "deeper" / "b.png")]
+    assert set(table["predicted"]) <= set(run.classes)
+
+
+def test_multilabel_models_name_every_label_over_one_half(tmp_path: Path) -> None:
+    run = TrainingRun(TrainConfig(dataset="covid-chestxray", model="resnet50", image_size=32, epochs=1,
+                                  cache_dir=str(tmp_path / "cache")))
+    save_checkpoint(run.checkpoint(), tmp_path / "checkpoint.pt")
+    files = [str(path) for path in run.data.index.paths()[:5]]
+    out = tmp_path / "predictions.csv"
+    assert main([str(tmp_path / "checkpoint.pt"), *files, "--out", str(out)]) == 0
+    table = pd.read_csv(out, keep_default_na=False)
+    probabilities = table[[f"p({name})" for name in run.classes]].to_numpy(dtype=float)
+    assert ((probabilities >= 0) & (probabilities <= 1)).all()
+    for row, p in zip(table["predicted"], probabilities):
+        assert row == ";".join(name for name, value in zip(run.classes, p) if value >= 0.5)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing", "does not exist: pass image files or folders"),
+    ("empty folder", "no image files"),
+    ("weights", "not a readable checkpoint"),
+    ("foreign", "not a trained model's checkpoint (missing"),
+])
+def test_bad_input_is_refused_naming_it(trained, tmp_path: Path, capsys, damage: str, message: str) -> None:
+    _, checkpoint = trained
+    weights, images = str(checkpoint), [str(SAMPLE_ROOT / "images")]
+    if damage == "missing":
+        images = [str(tmp_path / "nowhere")]
+    elif damage == "empty folder":
+        (tmp_path / "empty").mkdir()
+        images = [str(tmp_path / "empty")]
+    elif damage == "weights":
+        weights = str(tmp_path / "cut.pt")
+        Path(weights).write_bytes(checkpoint.read_bytes()[:1000])
+    else:
+        weights = str(tmp_path / "foreign.pt")
+        torch.save({"state_dict": {}}, weights)
+    out = tmp_path / "predictions.csv"
+    assert main([weights, *images, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_a_study_weights_file_loads_like_a_training_checkpoint(trained, tmp_path: Path) -> None:
+    """A study's best-weights file (study.checkpoints: weights, epoch, config, classes, no optimizer) is
+    accepted as is."""
+    run, checkpoint = trained
+    full = torch.load(checkpoint, weights_only=True)
+    best = {key: full[key] for key in ("model", "epoch", "config", "classes", "multilabel")}
+    save_checkpoint({**best, "metric": "val/f1_macro", "value": 0.5}, tmp_path / "best.pt")
+    assert load_checkpoint(tmp_path / "best.pt")["classes"] == run.classes
