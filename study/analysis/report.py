@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from study import storage
 from study.analysis.figures import write_figures
 from study.analysis.report_tables import never_predicted, reported_metric, slug
 from study.analysis.selection import Analysis
@@ -125,6 +126,7 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
         lines += [markdown_table(tables["_shown_selected_trials"]), ""]
         lines += ["`best epoch`: the trial's best epoch on validation; `evaluated epoch`: the checkpoint evaluated "
                   "(they differ only where the best checkpoint is gone, or ties).", ""]
+        lines += predict_commands(analysis)
     else:
         lines += ["None.", ""]
     if analysis.notes:
@@ -178,6 +180,20 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
         lines += ["## Files", "", "Every table above as " + " and ".join(k.upper() for k in kinds)
                   + " under `tables/`: " + ", ".join(f"`{n}`" for n in stored) + ".", ""]
     return "\n".join(lines)
+
+
+def predict_commands(analysis: Analysis) -> list[str]:
+    """How to run each cell's chosen model on new images."""
+    chosen = [c for c in analysis.selected if c.rank == 1]
+    if not chosen:
+        return []
+    remote = any(storage.is_remote(c.candidate.weights.uri) for c in chosen)
+    lines = ["Each cell's chosen model on new images, no labels needed (one CSV row per image: predicted class "
+             "and each class's probability)" + ("; copy a bucket's weights file down first" if remote else "") + ":",
+             ""]
+    lines += [f"- {c.dataset} / {c.model}: `python -m cxrnets.predict {c.candidate.weights.uri} IMAGES_OR_FOLDERS "
+              f"--out predictions.csv`" for c in chosen]
+    return lines + [""]
 
 
 def uncertainty_paragraph(analysis: Analysis) -> str:

@@ -10,6 +10,7 @@ and never write into a linked file.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from cxrnets.data import SAMPLE_ROOT
 from cxrnets.errors import CxrError
+from cxrnets.predict import main as predict_main
 from study.analysis import selection as selection_module
 from study.analysis.evaluation import Evaluation, StudyData, evaluate_checkpoint
 from study.analysis.figures import plot_confusion, plot_curves, plot_pretrained, pretrained_pairs
@@ -266,6 +269,12 @@ def test_report_files(evaluated, study_dir):
     unpredicted = [sum(confusion[classes].sum(axis=0).to_numpy() == 0)
                    for name, confusion in analysis.tables.items() if name.startswith("confusion_")]
     assert text.count("Never predicted on this split: ") == sum(1 for n in unpredicted if n)
+    # each cell's chosen model, with the command that runs it on new images: that command works
+    commands = re.findall(r"`python -m cxrnets\.predict (\S+) IMAGES_OR_FOLDERS --out predictions\.csv`", text)
+    assert sorted(commands) == sorted(c.candidate.weights.uri for c in analysis.selected if c.rank == 1)
+    images = [str(path) for path in sorted((SAMPLE_ROOT / "images").iterdir())[:2]]
+    assert predict_main([commands[0], *images, "--out", str(report / "predictions.csv")]) == 0
+    assert len(pd.read_csv(report / "predictions.csv")) == len(images)
 
 
 def test_intervals_resample_patients_and_pair_the_comparisons(evaluated, study_dir):
