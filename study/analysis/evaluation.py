@@ -162,6 +162,7 @@ class Evaluation:
     baseline_scores: np.ndarray  # the majority-class predictor's scores on the same images
     seconds: float = 0.0
     baseline: dict[str, float] = field(default_factory=dict)  # the majority-class predictor's metrics
+    images: pd.DataFrame | None = None  # each image's relpath and patient, in y_true's order
 
 
 def evaluate_checkpoint(path: str | Path, data: StudyData, split: str = "test", trial_id: str = "") -> Evaluation:
@@ -185,9 +186,11 @@ def evaluate_checkpoint(path: str | Path, data: StudyData, split: str = "test", 
         raise CxrError(f"{path}: the weights do not fit {config.model} ({str(error)[:200]})") from error
     metrics, y_true, scores = run.evaluate_split(split)
     multilabel, classes = bool(prepared.index.multilabel), list(prepared.index.classes)
-    groups = leakage_groups(prepared.split["patient"].astype(str), prepared.split["sha1"])[prepared.rows(split)]
+    rows = prepared.rows(split)
+    groups = leakage_groups(prepared.split["patient"].astype(str), prepared.split["sha1"])[rows]
+    images = prepared.split.iloc[rows][["relpath", "patient"]].reset_index(drop=True)
     baseline_scores = majority_scores(prepared.targets[prepared.rows("train")], len(y_true), multilabel, len(classes))
     baseline = classification_metrics(y_true, baseline_scores, multilabel)
     return Evaluation(trial_id, int(checkpoint["epoch"]), split, metrics, y_true, scores, classes, multilabel,
                       dict(checkpoint["config"]), groups, baseline_scores, time.perf_counter() - started,
-                      {f"{split}/{k}": v for k, v in baseline.items()})
+                      {f"{split}/{k}": v for k, v in baseline.items()}, images)

@@ -179,6 +179,10 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
     if kinds:
         lines += ["## Files", "", "Every table above as " + " and ".join(k.upper() for k in kinds)
                   + " under `tables/`: " + ", ".join(f"`{n}`" for n in stored) + ".", ""]
+        if any(n.startswith("predictions_") for n in stored):
+            lines += [f"`predictions_<dataset>_<model>`: each {split_name} image's true and predicted class and "
+                      "class probabilities under each cell's chosen model (its relpath and patient as in the "
+                      "study's split), from which the figures above can be recomputed.", ""]
     return "\n".join(lines)
 
 

@@ -195,7 +195,27 @@ def per_class_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
                 per_class[f"{column} upper"] = [b[1] for b in bounds]
         tables[f"per_class_{name}"] = per_class
         tables[f"_shown_per_class_{name}"] = with_intervals(per_class)
+        if evaluation.images is not None:
+            tables[f"predictions_{name}"] = predictions_table(evaluation)
     return tables
+
+
+def predictions_table(evaluation: Evaluation) -> pd.DataFrame:
+    """One row per image of the evaluated split: its relpath and patient, the true and predicted class
+    (multi-label: ';'-joined labels) and each class's probability: what the split's figures are made of."""
+    from cxrnets.metrics import predictions
+
+    predicted = predictions(evaluation.scores, evaluation.multilabel)
+    classes = np.asarray(evaluation.classes, dtype=object)
+    table = evaluation.images.copy()
+    if evaluation.multilabel:
+        table["true"] = [";".join(classes[row.astype(bool)]) for row in evaluation.y_true]
+        table["predicted"] = [";".join(classes[row.astype(bool)]) for row in predicted]
+    else:
+        table["true"], table["predicted"] = classes[evaluation.y_true], classes[predicted]
+    for k, name in enumerate(evaluation.classes):
+        table[f"p({name})"] = evaluation.scores[:, k]
+    return table
 
 
 def reported_metric(analysis: Analysis) -> str:

@@ -233,6 +233,17 @@ def test_confusion_matrices_sum_to_the_test_split(evaluated, study_dir):
         assert list(per_class["class"]) == classes
         assert (per_class["support"].to_numpy() == true_counts).all()
         assert per_class[["precision", "recall", "f1"]].apply(lambda c: c.between(0, 1)).all(axis=None)
+        # the per-image table the figures come from: the split's test images, the same confusion matrix
+        images = analysis.tables[f"predictions_{DATASET}_{model}"]
+        test = split[split["split"] == "test"]
+        assert sorted(images["relpath"]) == sorted(test["relpath"])
+        assert dict(zip(images["relpath"], images["patient"].astype(str))) == dict(
+            zip(test["relpath"], test["patient"].astype(str)))
+        crossed = pd.crosstab(images["true"], images["predicted"]).reindex(index=classes, columns=classes,
+                                                                             fill_value=0)
+        assert (crossed.to_numpy() == confusion[classes].to_numpy()).all()
+        probabilities = images[[f"p({name})" for name in classes]].to_numpy()
+        assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
 
 
 def test_report_files(evaluated, study_dir):
