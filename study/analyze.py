@@ -31,7 +31,10 @@ and every --external set, with what exists when a set lacks classes
 figures; and Grad-CAM maps show where it looks (study.analysis.external,
 study.analysis.saliency).
 
-Only the trials chosen on validation are ever evaluated on test. A trial
+Only the trials chosen on validation are ever evaluated on test, and each
+analysis of the test split records which trials it evaluated there in the
+study (analyses/), so that its report says how often, and for which other
+trials, the split was read before (study.analysis.looks). A trial
 whose weights are missing or unreadable is reported and the next best
 trial of its cell takes its place. The split is part of the study: if the
 images changed since the study made it (their SHA-1s are in the split file),
@@ -89,6 +92,7 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
     from study.analysis.confirmation import evaluate_confirmation
     from study.analysis.evaluation import StudyData
     from study.analysis.external import check_externals, evaluate_elsewhere
+    from study.analysis.looks import Look, earlier_looks, record_look
     from study.analysis.reading import open_study, resolve_metric, trial_configs
     from study.analysis.report import write_report
     from study.analysis.report_tables import build_tables
@@ -128,6 +132,11 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
                 analysis.notes.append(f"no intervals for {dataset}: {error}")
     analysis.external = evaluate_elsewhere(analysis, data, externals or [], external_indexes, label_map or {},
                                            resamples, device)
+    if split == "test" and analysis.selected:
+        analysis.look = Look.of(analysis)
+        analysis.earlier_looks, analysis.look_problems = earlier_looks(study.uri)
+        unrecorded = record_look(study.uri, analysis.look)
+        analysis.look_problems += [unrecorded] if unrecorded else []
     if saliency and "png" in formats:
         analysis.saliency = saliency_panels(analysis, data, saliency, device)
     if importance != "none":

@@ -80,7 +80,8 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
               f"- Trials chosen on **{analysis.metric}** ({'lower' if analysis.mode == 'min' else 'higher'} is "
               f"better, validation split); evaluated once on the **{split_name}** split"
               + (f"; cells are the mean ± std of the {analysis.top_k} best trials" if analysis.top_k > 1 else ""),
-              f"- Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by `python -m study.analyze`", ""]
+              f"- Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by `python -m study.analyze`"]
+    lines += looks_summary(analysis) + [""]
 
     summary = analysis.summary
     lines += ["## Search summary", ""]
@@ -133,6 +134,8 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
         lines += ["### Skipped trials and notes", ""]
         lines += [f"- {note}" for note in analysis.notes] + [""]
 
+    lines += earlier_looks_section(analysis)
+
     lines += ["## Best trials on validation (as `python -m study.run` prints them)", "",
               markdown_table(tables["validation_best"]), ""]
 
@@ -184,6 +187,42 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
                       "class probabilities under each cell's chosen model (its relpath and patient as in the "
                       "study's split), from which the figures above can be recomputed.", ""]
     return "\n".join(lines)
+
+
+def looks_summary(analysis: Analysis) -> list[str]:
+    """The header's line on how often the test split has been read (study.analysis.looks)."""
+    if analysis.look is None:
+        return []
+    other = [look for look in analysis.earlier_looks if not look.same_models(analysis.look)]
+    same = len(analysis.earlier_looks) - len(other)
+    if not analysis.earlier_looks:
+        return ["- Test split: first read by this analysis (recorded in the study's `analyses/`)"]
+    if not other:
+        return [f"- Test split: read by {same} earlier analyses of these same trials at these epochs: the same "
+                "figures, no new look"]
+    return [f"- Test split: **read before for other trials** by {len(other)} earlier analyses (see Earlier looks "
+            f"at the test split){f', and by {same} of these same trials' if same else ''}: a choice among them "
+            "made by their test figures would make the test split a second validation split"]
+
+
+def earlier_looks_section(analysis: Analysis) -> list[str]:
+    """Each earlier analysis of the test split: when, its selection, what it evaluated."""
+    if analysis.look is None:
+        return []
+    differing = any(not look.same_models(analysis.look) for look in analysis.earlier_looks)
+    if not (differing or analysis.look_problems):
+        return []  # the header's line says it all
+    lines = ["### Earlier looks at the test split", ""]
+    if analysis.earlier_looks:
+        rows = [{"analysed (UTC)": look.time, "metric": look.metric, "top-k": look.top_k,
+                 "trials evaluated (id@epoch)": "; ".join(f"{cell}: {', '.join(ids)}"
+                                                          for cell, ids in look.evaluated.items()),
+                 "elsewhere": ", ".join(look.external),
+                 "same trials as this analysis": "yes" if look.same_models(analysis.look) else "no"}
+                for look in analysis.earlier_looks]
+        lines += [markdown_table(pd.DataFrame(rows).astype(str)), ""]
+    lines += [f"- {problem}" for problem in analysis.look_problems] + ([""] if analysis.look_problems else [])
+    return lines
 
 
 def predict_commands(analysis: Analysis) -> list[str]:

@@ -121,6 +121,9 @@ class Analysis:
     external_sets: list = field(default_factory=list)  # study.analysis.external.ExternalSet, each evaluated
     external: pd.DataFrame = field(default_factory=pd.DataFrame)  # internal split vs each external set
     saliency: list = field(default_factory=list)       # study.analysis.saliency.SaliencyPanel, one per cell
+    look: Any = None                                   # study.analysis.looks.Look: this analysis's, on test
+    earlier_looks: list = field(default_factory=list)  # the Looks recorded by earlier analyses of the study
+    look_problems: list[str] = field(default_factory=list)  # records unreadable, or this one unwritten
 
     def best(self, dataset: str, model: str) -> Selected | None:
         return next((s for s in self.selected if (s.dataset, s.model, s.rank) == (dataset, model, 1)), None)

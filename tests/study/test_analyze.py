@@ -377,6 +377,34 @@ def _result_parts(study: Path) -> list[tuple[Path, str, int]]:
     return parts
 
 
+def test_each_look_at_the_test_split_is_recorded_and_reported(study_dir, tmp_path):
+    """The same selection again reads the same figures; another (top-2) is a new look, which later
+    reports name; a validation analysis is no look at test; a look that cannot be recorded is said."""
+    copy = linked_copy(study_dir, tmp_path / "grid")
+    shutil.rmtree(copy / "analyses", ignore_errors=True)  # other tests' analyses of the session's study
+    quick = dict(formats=("md",), resamples=0, saliency=0, importance="none")
+
+    def header(analysis) -> str:
+        return next(line for line in (analysis.out / "report.md").read_text().splitlines()
+                    if line.startswith("- Test split:"))
+
+    assert "first read by this analysis" in header(analyze(copy, **quick))
+    assert "read by 1 earlier analyses of these same trials" in header(analyze(copy, **quick))
+    analyze(copy, split="val", **quick)
+    top2 = analyze(copy, top_k=2, **quick)
+    assert "**read before for other trials** by 2 earlier analyses" in header(top2)
+    text = (top2.out / "report.md").read_text()
+    assert "### Earlier looks at the test split" in text and text.count("| no ") == 2
+    again = analyze(copy, **quick)
+    assert "read before for other trials** by 1 earlier analyses (see Earlier looks at the test split), and by " \
+           "2 of these same trials" in header(again)
+    assert len(list((copy / "analyses").glob("*.json"))) == 4  # the validation analysis recorded nothing
+    shutil.rmtree(copy / "analyses")
+    (copy / "analyses").write_text("a file where the folder should be")
+    unrecorded = (analyze(copy, **quick).out / "report.md").read_text()
+    assert "could not be recorded at" in unrecorded and "first read by this analysis" in unrecorded
+
+
 def test_interrupted_study_is_analysed_from_what_it_has(evaluated, study_dir, tmp_path):
     """No trial ends recorded, the val-best resnet50 trial lost the result of its weights' epoch, and
     another trial lost its weights: the analysis uses what is left."""

@@ -1,0 +1,72 @@
+"""The test split's ledger: which trials each analysis of a study evaluated on it.
+
+A test figure is a held-out estimate of the model chosen on validation only while nothing was chosen by
+looking at it. Analysing again with the same selection reads the same figures: no new look. An analysis
+that evaluates other trials on the test split (another --metric or --top-k, or a study that has gone on
+since) is a new look, and picking among looks by their test figures turns the test split into a second
+validation split. Each analysis of the test split therefore writes `<study>/analyses/<UTC time>.json`
+(the trials it evaluated there, at which epochs, with what selection), and its report lists the earlier
+ones, saying which evaluated other trials.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+from cxrnets.errors import CxrError
+from study import storage
+from study.analysis.selection import Analysis
+
+LOOKS_DIR = "analyses"
+
+
+@dataclass
+class Look:
+    """One analysis's reading of the test split."""
+
+    time: str                          # UTC, ISO 8601 to the millisecond
+    metric: str
+    top_k: int
+    evaluated: dict[str, list[str]]    # "dataset / model" -> "trial id@epoch" evaluated on test, best first
+    external: list[str] = field(default_factory=list)  # sets from elsewhere evaluated too
+
+    @classmethod
+    def of(cls, analysis: Analysis) -> "Look":
+        evaluated: dict[str, list[str]] = {}
+        for chosen in sorted(analysis.selected, key=lambda c: (c.dataset, c.model, c.rank)):
+            evaluated.setdefault(f"{chosen.dataset} / {chosen.model}", []).append(
+                f"{chosen.candidate.trial_id}@{chosen.evaluation.epoch}")
+        external = sorted({s.name for s in analysis.external_sets})
+        now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return cls(now, analysis.metric, analysis.top_k, evaluated, external)
+
+    def same_models(self, other: "Look") -> bool:
+        return self.evaluated == other.evaluated
+
+
+def earlier_looks(study_uri: str) -> tuple[list[Look], list[str]]:
+    """The looks recorded in the study, oldest first, and what could not be read (why)."""
+    looks, problems = [], []
+    for entry in storage.listing(storage.join(study_uri, LOOKS_DIR)):
+        if entry.is_dir or not entry.name.endswith(".json"):
+            continue
+        try:
+            values = storage.read_json(entry.uri)
+            looks.append(Look(str(values["time"]), str(values["metric"]), int(values["top_k"]),
+                                  {str(k): [str(t) for t in v] for k, v in values["evaluated"].items()},
+                                  [str(name) for name in values.get("external", [])]))
+        except (OSError, CxrError, ValueError, KeyError, TypeError, AttributeError) as error:
+            problems.append(f"{entry.uri}: unreadable record of an earlier analysis ({error})")
+    return sorted(looks, key=lambda look: look.time), problems
+
+
+def record_look(study_uri: str, look: Look) -> str | None:
+    """Write the look into the study; what went wrong instead (a read-only bucket, say), if anything."""
+    uri = storage.join(study_uri, LOOKS_DIR, f"{look.time.replace(':', '')}-{uuid.uuid4().hex[:8]}.json")
+    try:
+        storage.write_json(uri, asdict(look))
+    except (OSError, CxrError) as error:
+        return f"this analysis's look at the test split could not be recorded at {uri} ({error})"
+    return None
