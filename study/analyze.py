@@ -236,8 +236,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from study.tables import markdown_table
 
-    for note in analysis.notes:
+    for note in analysis.notes + analysis.look_problems:
         print(f"note: {note}")
+    if analysis.look is not None:
+        from study.analysis.looks import history
+
+        print(f"test split: {history(analysis.look, analysis.earlier_looks)}")
     if analysis.study.remote:
         print(f"downloaded {analysis.downloaded_bytes / 1e6:,.1f} MB of weights from {analysis.study.uri} "
               f"(cached for the next analysis)")

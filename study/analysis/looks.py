@@ -70,3 +70,16 @@ def record_look(study_uri: str, look: Look) -> str | None:
     except (OSError, CxrError) as error:
         return f"this analysis's look at the test split could not be recorded at {uri} ({error})"
     return None
+
+
+def history(look: Look, earlier: list[Look]) -> str:
+    """How often the test split was read before this look, in words (the report's header, the console)."""
+    other = sum(not item.same_models(look) for item in earlier)
+    same = len(earlier) - other
+    if not earlier:
+        return "first read by this analysis (recorded in the study's analyses/)"
+    if not other:
+        return f"read by {same} earlier analyses of these same trials at these epochs: the same figures, no new look"
+    return (f"read before for other trials by {other} earlier analyses (see Earlier looks at the test split)"
+            f"{f', and by {same} of these same trials' if same else ''}: a choice among them made by their test "
+            "figures would make the test split a second validation split")

@@ -11,6 +11,7 @@ import pandas as pd
 
 from study import storage
 from study.analysis.figures import write_figures
+from study.analysis.looks import history
 from study.analysis.report_tables import never_predicted, reported_metric, slug
 from study.analysis.selection import Analysis
 from study.tables import METRIC_TITLES, NOT_SET, PAPER_METRICS, STATUSES, interval_text, markdown_table
@@ -81,7 +82,9 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
               f"better, validation split); evaluated once on the **{split_name}** split"
               + (f"; cells are the mean ± std of the {analysis.top_k} best trials" if analysis.top_k > 1 else ""),
               f"- Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by `python -m study.analyze`"]
-    lines += looks_summary(analysis) + [""]
+    if analysis.look is not None:
+        lines.append(f"- Test split: {history(analysis.look, analysis.earlier_looks)}")
+    lines.append("")
 
     summary = analysis.summary
     lines += ["## Search summary", ""]
@@ -187,22 +190,6 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
                       "class probabilities under each cell's chosen model (its relpath and patient as in the "
                       "study's split), from which the figures above can be recomputed.", ""]
     return "\n".join(lines)
-
-
-def looks_summary(analysis: Analysis) -> list[str]:
-    """The header's line on how often the test split has been read (study.analysis.looks)."""
-    if analysis.look is None:
-        return []
-    other = [look for look in analysis.earlier_looks if not look.same_models(analysis.look)]
-    same = len(analysis.earlier_looks) - len(other)
-    if not analysis.earlier_looks:
-        return ["- Test split: first read by this analysis (recorded in the study's `analyses/`)"]
-    if not other:
-        return [f"- Test split: read by {same} earlier analyses of these same trials at these epochs: the same "
-                "figures, no new look"]
-    return [f"- Test split: **read before for other trials** by {len(other)} earlier analyses (see Earlier looks "
-            f"at the test split){f', and by {same} of these same trials' if same else ''}: a choice among them "
-            "made by their test figures would make the test split a second validation split"]
 
 
 def earlier_looks_section(analysis: Analysis) -> list[str]:

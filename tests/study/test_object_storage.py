@@ -284,6 +284,11 @@ def test_analysis_of_the_bucket_matches_that_of_a_local_copy(s3_study, analyses)
         print(f"{name}: columns that differ from the local copy's analysis: "
               f"{ {t: c for t, c in differing.items() if c} }")
     assert analyses.second.notes == analyses.local.notes
+    # each analysis recorded its look at the test split in the bucket, and the next one read it
+    assert "test split: first read by this analysis" in analyses.cli.stdout
+    assert [look.same_models(analyses.second.look) for look in analyses.second.earlier_looks] == [True]
+    records = [e.name for e in storage.listing(storage.join(s3_study.uri, "analyses")) if e.name.endswith(".json")]
+    assert len(records) == 2, records
     assert analyses.local.best(DATASET, MODEL) is not None
     assert analyses.second.best(DATASET, MODEL).candidate.trial_id == analyses.local.best(DATASET, MODEL).candidate.trial_id
 
