@@ -55,8 +55,8 @@ def earlier_looks(study_uri: str) -> tuple[list[Look], list[str]]:
         try:
             values = storage.read_json(entry.uri)
             looks.append(Look(str(values["time"]), str(values["metric"]), int(values["top_k"]),
-                                  {str(k): [str(t) for t in v] for k, v in values["evaluated"].items()},
-                                  [str(name) for name in values.get("external", [])]))
+                              {str(k): [str(t) for t in v] for k, v in values["evaluated"].items()},
+                              [str(name) for name in values.get("external", [])]))
         except (OSError, CxrError, ValueError, KeyError, TypeError, AttributeError) as error:
             problems.append(f"{entry.uri}: unreadable record of an earlier analysis ({error})")
     return sorted(looks, key=lambda look: look.time), problems
