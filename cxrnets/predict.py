@@ -29,7 +29,6 @@ from cxrnets.images import IMAGE_SUFFIXES, load_image
 log = logging.getLogger("cxrnets.predict")
 
 CHUNK = 512  # images decoded and scored at a time: bounds memory (77 MB of uint8 pixels at 224 px)
-MULTILABEL_THRESHOLD = 0.5
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -118,20 +117,21 @@ def decode_all(paths: list[Path], image_size: int, workers: int = 4) -> tuple[np
 
 def prediction_rows(paths: list[Path], scores: np.ndarray, errors: list[str], classes: list[str],
                     multilabel: bool) -> list[dict[str, Any]]:
-    """One row per path: path, predicted, one probability column per class, error."""
+    """One row per path: path, predicted (as the metrics predict: argmax, or every label at 0.5 or more),
+    one probability column per class, error. `scores`: one row per path without an error."""
+    from cxrnets.metrics import predictions
+
+    names = np.asarray(classes, dtype=object)
+    predicted = iter(predictions(scores, multilabel) if len(scores) else [])
     rows, scored = [], iter(scores)
     for path, error in zip(paths, errors):
         row: dict[str, Any] = {"path": str(path), "predicted": ""}
         if error:
             row.update({f"p({name})": float("nan") for name in classes})
         else:
-            probabilities = next(scored)
-            if multilabel:
-                row["predicted"] = ";".join(name for name, p in zip(classes, probabilities)
-                                            if p >= MULTILABEL_THRESHOLD)
-            else:
-                row["predicted"] = classes[int(np.argmax(probabilities))]
-            row.update({f"p({name})": float(p) for name, p in zip(classes, probabilities)})
+            guess = next(predicted)
+            row["predicted"] = ";".join(names[guess.astype(bool)]) if multilabel else names[guess]
+            row.update({f"p({name})": float(p) for name, p in zip(classes, next(scored))})
         row["error"] = error
         rows.append(row)
     return rows
