@@ -237,3 +237,45 @@ def majority_baseline(train_targets: np.ndarray, eval_targets: np.ndarray, multi
         num_classes = num_classes or int(max(train_targets.max(), eval_targets.max())) + 1
     scores = majority_scores(train_targets, len(eval_targets), multilabel, num_classes)
     return classification_metrics(eval_targets, scores, multilabel=multilabel)
+
+
+CALIBRATION_BINS = 10
+
+
+def calibration(y_true: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None,
+                bins: int = CALIBRATION_BINS) -> dict[str, np.ndarray]:
+    """How far single-label probabilities are from the frequencies they claim, for each row of `weights`
+    (resamples, images; None: every image once, the point figures as arrays of one value):
+
+    - brier: the mean over images of the squared distance between the probabilities and the one-hot
+      truth (0 best; 2 for a confident wrong answer every time);
+    - ece: the top-label expected calibration error: over `bins` equal-width bins of the predicted class's
+      probability (its confidence), the image-weighted mean of |accuracy - confidence| in each bin
+      (0: a model right 70 % of the times it says 70 %).
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    scores = _check_scores(scores)
+    weights = np.ones((1, len(y_true))) if weights is None else np.asarray(weights, dtype=np.float64)
+    truth = np.zeros_like(scores)
+    truth[np.arange(len(y_true)), y_true] = 1.0
+    total = weights.sum(axis=1)
+    brier = (weights @ ((scores - truth) ** 2).sum(axis=1)) / total
+    confidence = scores.max(axis=1)
+    gap = (scores.argmax(axis=1) == y_true) - confidence  # accuracy minus confidence, image by image
+    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    in_bin = which[None, :] == np.arange(bins)[:, None]  # (bins, images)
+    ece = np.abs(weights @ (in_bin * gap).T).sum(axis=1) / total
+    return {"brier": brier, "ece": ece}
+
+
+def reliability_bins(y_true: np.ndarray, scores: np.ndarray, bins: int = CALIBRATION_BINS) -> pd.DataFrame:
+    """The reliability diagram's points: per confidence bin with images, their count, mean confidence
+    and accuracy (single-label)."""
+    scores = _check_scores(scores)
+    confidence = scores.max(axis=1)
+    correct = scores.argmax(axis=1) == np.asarray(y_true, dtype=np.int64)
+    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    rows = [{"bin": f"{b / bins:.1f}-{(b + 1) / bins:.1f}", "images": int((which == b).sum()),
+             "confidence": float(confidence[which == b].mean()), "accuracy": float(correct[which == b].mean())}
+            for b in range(bins) if (which == b).any()]
+    return pd.DataFrame(rows, columns=["bin", "images", "confidence", "accuracy"])

@@ -176,10 +176,41 @@ def write_figures(analysis: Analysis, folder: Path) -> None:
             name = f"importance_{slug(importance.dataset)}"
             plot_importance(importance, analysis.metric, folder / f"{name}.png")
             analysis.figures[name] = folder / f"{name}.png"
+    single_label = [c for c in analysis.selected if c.rank == 1 and not c.evaluation.multilabel]
+    for dataset in dict.fromkeys(c.dataset for c in single_label):
+        name = f"reliability_{slug(dataset)}"
+        plot_reliability([c for c in single_label if c.dataset == dataset], dataset, split_name, folder / f"{name}.png")
+        analysis.figures[name] = folder / f"{name}.png"
     for panel in analysis.saliency:
         name = f"gradcam_{panel.slug}"
         plot_gradcam(panel, folder / f"{name}.png")
         analysis.figures[name] = folder / f"{name}.png"
+
+
+def plot_reliability(cells: list, dataset: str, split_name: str, path: Path) -> None:
+    """Each cell's chosen model: accuracy against confidence per confidence bin (marker area: images in the
+    bin), beside the diagonal of a calibrated model."""
+    from cxrnets.metrics import calibration, reliability_bins
+
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(5.5, 5))
+    axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="calibrated")
+    for chosen in cells:
+        evaluation = chosen.evaluation
+        points = reliability_bins(evaluation.y_true, evaluation.scores)
+        ece = calibration(evaluation.y_true, evaluation.scores)["ece"][0]
+        line, = axis.plot(points["confidence"], points["accuracy"], marker="o",
+                          label=f"{chosen.model} (ECE {ece:.3f})")
+        axis.scatter(points["confidence"], points["accuracy"], s=20 + 200 * points["images"] / len(evaluation.y_true),
+                     alpha=0.3, color=line.get_color())
+    images = len(cells[0].evaluation.y_true)
+    axis.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (the predicted class's probability)",
+             ylabel="accuracy of the images in the bin",
+             title=f"{dataset}: calibration, {split_name} split ({images} images)")
+    axis.legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def plot_gradcam(panel: SaliencyPanel, path: Path) -> None:

@@ -174,6 +174,8 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
                       "shows 0, and an interval of [0.00, 0.00], by scikit-learn's convention (zero_division=0, "
                       "as in the macro averages above), not as a measurement.", ""]
 
+    lines += calibration_section(analysis, split_name, figures)
+
     if figures:
         lines += ["## Curves", ""]
         for name, path in analysis.figures.items():
@@ -190,6 +192,26 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
                       "class probabilities under each cell's chosen model (its relpath and patient as in the "
                       "study's split), from which the figures above can be recomputed.", ""]
     return "\n".join(lines)
+
+
+def calibration_section(analysis: Analysis, split_name: str, figures: bool) -> list[str]:
+    """Whether each chosen model's probabilities mean what they say (single-label cells)."""
+    if "calibration" not in analysis.tables:
+        return []
+    lines = [f"## Calibration ({split_name} split)", "",
+             "Whether a model's probabilities can be read as such: the **Brier score** (mean squared distance "
+             "between the probabilities and the true class, 0 best, 2 for a confident wrong answer each time) "
+             "and the top-label **ECE** (over 10 bins of the predicted class's probability, the image-weighted "
+             "mean gap between accuracy and that probability; 0 for a model right 70 % of the times it says "
+             "70 %)" + (", with 95% intervals over the same resampled patients as above" if analysis.bootstraps
+                        else "") + ". A small split puts a handful of images in most bins, which makes the ECE, and more so its "
+             "resampled values, lean high: read the intervals and the marker sizes in the diagram. Single-label "
+             "cells only.", "",
+             markdown_table(analysis.tables["_shown_calibration"]), ""]
+    if figures:
+        lines += [f"![calibration, {name.removeprefix('reliability_')}](figures/{path.name})"
+                  for name, path in analysis.figures.items() if name.startswith("reliability_")] + [""]
+    return lines
 
 
 def earlier_looks_section(analysis: Analysis) -> list[str]:

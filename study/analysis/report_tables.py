@@ -12,7 +12,8 @@ from study.analysis.confirmation import seed_differences, seed_runs_table, seed_
 from study.analysis.evaluation import Evaluation
 from study.analysis.reading import cell_columns, model_order, search_dimensions
 from study.analysis.selection import Analysis
-from study.analysis.uncertainty import BASELINE, SplitBootstrap, percentile_interval
+from study.analysis.uncertainty import (BASELINE, SplitBootstrap, group_strata, percentile_interval,
+                                        resample_weights)
 from study.tables import (PAPER_METRICS, ablation_table, comparison_table, format_paper_table, interval_text,
                           paper_table)
 
@@ -71,6 +72,10 @@ def build_tables(analysis: Analysis) -> None:
         if importance.table is not None:
             tables[f"importance_{slug(importance.dataset)}"] = importance.table
     tables.update(per_class_tables(analysis))
+    calibrated = calibration_table(analysis)
+    if len(calibrated):
+        tables["calibration"] = calibrated
+        tables["_shown_calibration"] = with_intervals(calibrated)
     if len(analysis.external):
         tables.update(external_tables(analysis))
 
@@ -198,6 +203,38 @@ def per_class_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
         if evaluation.images is not None:
             tables[f"predictions_{name}"] = predictions_table(evaluation)
     return tables
+
+
+def calibration_table(analysis: Analysis) -> pd.DataFrame:
+    """Per single-label cell's chosen model: Brier score and top-label ECE on the evaluated split (with
+    intervals over the same resampled patients as every other figure), mean confidence and accuracy."""
+    from cxrnets.metrics import calibration
+
+    rows = []
+    for chosen in analysis.selected:
+        evaluation = chosen.evaluation
+        if chosen.rank != 1 or evaluation.multilabel:
+            continue
+        point = calibration(evaluation.y_true, evaluation.scores)
+        row = {"dataset": chosen.dataset, "model": chosen.model, "trial_id": chosen.candidate.trial_id,
+               "images": len(evaluation.y_true)}
+        bootstrap = analysis.bootstraps.get(chosen.dataset)
+        samples = calibration(evaluation.y_true, evaluation.scores, bootstrap_weights(evaluation, bootstrap)) \
+            if bootstrap is not None else None
+        for name in ("brier", "ece"):
+            row[name] = float(point[name][0])
+            if samples is not None:
+                row[f"{name} lower"], row[f"{name} upper"] = percentile_interval(samples[name])
+        row["mean confidence"] = float(evaluation.scores.max(axis=1).mean())
+        row["accuracy"] = float((evaluation.scores.argmax(axis=1) == evaluation.y_true).mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def bootstrap_weights(evaluation: Evaluation, bootstrap: SplitBootstrap) -> np.ndarray:
+    """The resampled patients of `bootstrap` (its seed: the same draws) as weights on `evaluation`'s images."""
+    strata = group_strata(evaluation.groups, evaluation.y_true, evaluation.multilabel)
+    return resample_weights(evaluation.groups, strata, bootstrap.resamples, bootstrap.seed)
 
 
 def predictions_table(evaluation: Evaluation) -> pd.DataFrame:

@@ -9,10 +9,12 @@ import pandas as pd
 import pytest
 
 from cxrnets.metrics import (
+    calibration,
     classification_metrics,
     confusion_matrix,
     per_class_table,
     predictions,
+    reliability_bins,
 )
 
 SINGLE_KEYS = {"accuracy", "precision_macro", "recall_macro", "f1_macro"}
@@ -305,3 +307,29 @@ def test_label_out_of_range_raises() -> None:
 def test_non_finite_scores_raise() -> None:
     with pytest.raises(ValueError, match="NaN"):
         classification_metrics(np.array([0, 1]), np.array([[np.nan, 0.0], [0.0, 1.0]]), False)
+
+
+# ------------------------------------------------------------------ calibration
+
+def test_calibration_of_certain_answers() -> None:
+    y_true = np.array([0, 1, 2, 0])
+    right, wrong = np.eye(3)[y_true], np.eye(3)[[1, 2, 0, 1]]
+    assert calibration(y_true, right) == {"brier": pytest.approx([0.0]), "ece": pytest.approx([0.0])}
+    assert calibration(y_true, wrong) == {"brier": pytest.approx([2.0]), "ece": pytest.approx([1.0])}
+
+
+def test_calibration_hand_computed_and_weighted_like_repeated_images() -> None:
+    y_true = np.array([0, 1, 2, 0])
+    scores = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.9, 0.05, 0.05]])
+    point = calibration(y_true, scores)
+    # Brier: (0.09+0.04+0.01) + (0.36+0.49+0.01) + (0.04+0.25+0.49) + (0.01+0.0025+0.0025), over 4 images
+    assert point["brier"][0] == pytest.approx((0.14 + 0.86 + 0.78 + 0.015) / 4)
+    # one image per bin; right at 0.7 and 0.9, wrong at 0.6 and 0.5: (0.3 + 0.6 + 0.5 + 0.1) / 4
+    assert point["ece"][0] == pytest.approx(0.375)
+    weighted = calibration(y_true, scores, np.array([[1, 1, 1, 1], [2, 0, 1, 1]]))
+    repeated = calibration(y_true[[0, 0, 2, 3]], scores[[0, 0, 2, 3]])
+    assert weighted["ece"][0] == pytest.approx(point["ece"][0])
+    assert weighted["ece"][1] == pytest.approx(repeated["ece"][0])
+    assert weighted["brier"][1] == pytest.approx(repeated["brier"][0])
+    bins = reliability_bins(y_true, scores)
+    assert list(bins["images"]) == [1, 1, 1, 1] and list(bins["accuracy"]) == [0.0, 0.0, 1.0, 1.0]

@@ -244,6 +244,13 @@ def test_confusion_matrices_sum_to_the_test_split(evaluated, study_dir):
         assert (crossed.to_numpy() == confusion[classes].to_numpy()).all()
         probabilities = images[[f"p({name})" for name in classes]].to_numpy()
         assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    # calibration of each chosen model, from the same probabilities, with intervals that hold the point
+    calibration = analysis.tables["calibration"].set_index("model")
+    assert sorted(calibration.index) == ["alexnet", "resnet50"] and (calibration["images"] == test_size).all()
+    for name, high in (("brier", 2.0), ("ece", 1.0)):
+        assert (calibration[f"{name} lower"] <= calibration[name]).all() and (
+            calibration[name] <= calibration[f"{name} upper"]).all()
+        assert calibration[name].between(0, high).all()
 
 
 def test_report_files(evaluated, study_dir):
@@ -252,14 +259,14 @@ def test_report_files(evaluated, study_dir):
     assert analysis.out == report
     text = (report / "report.md").read_text()
     for heading in ("## Search summary", "## Comparison (test split)", "### Macro F1", "### Accuracy",
-                    "## Ablations", "### lr", "## Confusion matrices", "## Curves",
+                    "## Ablations", "### lr", "## Confusion matrices", "## Calibration (test split)", "## Curves",
                     "## Where the models look (Grad-CAM)"):
         assert heading in text
     assert "## Elsewhere" not in text  # no held-out sources, no external set
     figures = sorted(p.name for p in (report / "figures").iterdir())
     assert figures == sorted([f"confusion_{DATASET}_alexnet.png", f"confusion_{DATASET}_resnet50.png",
                               f"curves_{DATASET}.png", f"gradcam_{DATASET}_alexnet.png",
-                              f"gradcam_{DATASET}_resnet50.png"])
+                              f"gradcam_{DATASET}_resnet50.png", f"reliability_{DATASET}.png"])
     for name in figures:
         path = report / "figures" / name
         assert f"](figures/{name})" in text
