@@ -219,11 +219,11 @@ def calibration_table(analysis: Analysis) -> pd.DataFrame:
         row = {"dataset": chosen.dataset, "model": chosen.model, "trial_id": chosen.candidate.trial_id,
                "images": len(evaluation.y_true)}
         bootstrap = analysis.bootstraps.get(chosen.dataset)
-        samples = calibration(evaluation.y_true, evaluation.scores, bootstrap_weights(evaluation, bootstrap)) \
-            if bootstrap is not None else None
         for name in ("brier", "ece"):
             row[name] = float(point[name][0])
-            if samples is not None:
+        if bootstrap is not None:
+            samples = calibration(evaluation.y_true, evaluation.scores, bootstrap_weights(evaluation, bootstrap))
+            for name in ("brier", "ece"):
                 row[f"{name} lower"], row[f"{name} upper"] = percentile_interval(samples[name])
         row["mean confidence"] = float(evaluation.scores.max(axis=1).mean())
         row["accuracy"] = float((evaluation.scores.argmax(axis=1) == evaluation.y_true).mean())
