@@ -12,8 +12,7 @@ from study.analysis.confirmation import seed_differences, seed_runs_table, seed_
 from study.analysis.evaluation import Evaluation
 from study.analysis.reading import cell_columns, model_order, search_dimensions
 from study.analysis.selection import Analysis
-from study.analysis.uncertainty import (BASELINE, SplitBootstrap, group_strata, percentile_interval,
-                                        resample_weights)
+from study.analysis.uncertainty import BASELINE, SplitBootstrap, percentile_interval
 from study.tables import (PAPER_METRICS, ablation_table, comparison_table, format_paper_table, interval_text,
                           paper_table)
 
@@ -222,19 +221,12 @@ def calibration_table(analysis: Analysis) -> pd.DataFrame:
         for name in ("brier", "ece"):
             row[name] = float(point[name][0])
         if bootstrap is not None:
-            samples = calibration(evaluation.y_true, evaluation.scores, bootstrap_weights(evaluation, bootstrap))
-            for name in ("brier", "ece"):
-                row[f"{name} lower"], row[f"{name} upper"] = percentile_interval(samples[name])
+            for name, samples in bootstrap.calibration[chosen.candidate.trial_id].items():
+                row[f"{name} lower"], row[f"{name} upper"] = percentile_interval(samples)
         row["mean confidence"] = float(evaluation.scores.max(axis=1).mean())
-        row["accuracy"] = float((evaluation.scores.argmax(axis=1) == evaluation.y_true).mean())
+        row["accuracy"] = evaluation.metrics[f"{evaluation.split}/accuracy"]
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def bootstrap_weights(evaluation: Evaluation, bootstrap: SplitBootstrap) -> np.ndarray:
-    """The resampled patients of `bootstrap` (its seed: the same draws) as weights on `evaluation`'s images."""
-    strata = group_strata(evaluation.groups, evaluation.y_true, evaluation.multilabel)
-    return resample_weights(evaluation.groups, strata, bootstrap.resamples, bootstrap.seed)
 
 
 def predictions_table(evaluation: Evaluation) -> pd.DataFrame:
