@@ -260,22 +260,25 @@ def calibration(y_true: np.ndarray, scores: np.ndarray, weights: np.ndarray | No
     truth[np.arange(len(y_true)), y_true] = 1.0
     total = weights.sum(axis=1)
     brier = (weights @ ((scores - truth) ** 2).sum(axis=1)) / total
-    confidence = scores.max(axis=1)
-    gap = (scores.argmax(axis=1) == y_true) - confidence  # accuracy minus confidence, image by image
-    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    confidence, correct, which = _confidence_bins(y_true, scores, bins)
     in_bin = which[None, :] == np.arange(bins)[:, None]  # (bins, images)
-    ece = np.abs(weights @ (in_bin * gap).T).sum(axis=1) / total
+    ece = np.abs(weights @ (in_bin * (correct - confidence)).T).sum(axis=1) / total
     return {"brier": brier, "ece": ece}
 
 
 def reliability_bins(y_true: np.ndarray, scores: np.ndarray, bins: int = CALIBRATION_BINS) -> pd.DataFrame:
     """The reliability diagram's points: per confidence bin with images, their count, mean confidence
     and accuracy (single-label)."""
-    scores = _check_scores(scores)
-    confidence = scores.max(axis=1)
-    correct = scores.argmax(axis=1) == np.asarray(y_true, dtype=np.int64)
-    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    confidence, correct, which = _confidence_bins(np.asarray(y_true, dtype=np.int64), _check_scores(scores), bins)
     rows = [{"bin": f"{b / bins:.1f}-{(b + 1) / bins:.1f}", "images": int((which == b).sum()),
              "confidence": float(confidence[which == b].mean()), "accuracy": float(correct[which == b].mean())}
             for b in range(bins) if (which == b).any()]
     return pd.DataFrame(rows, columns=["bin", "images", "confidence", "accuracy"])
+
+
+def _confidence_bins(y_true: np.ndarray, scores: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each image's confidence (its predicted class's probability), whether that prediction is right (0/1),
+    and its bin among `bins` equal-width ones."""
+    confidence = scores.max(axis=1)
+    correct = (scores.argmax(axis=1) == y_true).astype(np.float64)
+    return confidence, correct, np.minimum((confidence * bins).astype(np.int64), bins - 1)
