@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from cxrnets.errors import CxrError
-from cxrnets.images import IMAGE_SUFFIXES
+from cxrnets.images import image_files
 
 log = logging.getLogger(__name__)
 
@@ -254,10 +254,6 @@ def dataset_options_help() -> str:
 
 # ---------------------------------------------------------------- class-folder layouts
 
-def _image_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def _subdirectories(root: Path) -> dict[str, Path]:
     """Sub-folders of root keyed by lower-cased name."""
     if not root.is_dir():
@@ -299,7 +295,7 @@ def _load_covid_radiography(root: Path) -> DatasetIndex:
         images = _subdirectories(folder).get("images")
         if images is None:
             raise CxrError(f"{folder}: has no images/ folder (covid-radiography v4+ layout is <Class>/images/)")
-        class_files[class_name] = _image_files(images)
+        class_files[class_name] = image_files(images)
     return _from_class_folders("covid-radiography", root, class_files)
 
 
@@ -307,7 +303,7 @@ def _load_covid_pneumonia_normal(root: Path) -> DatasetIndex:
     """COVID-19, Pneumonia, Normal Chest X-ray PA dataset: covid/, normal/, pneumonia/ holding images."""
     folders = _find_class_folders(root, PNEUMONIA_NORMAL_CLASSES, "covid-pneumonia-normal")
     return _from_class_folders(
-        "covid-pneumonia-normal", root, {c: _image_files(f) for c, f in folders.items()}
+        "covid-pneumonia-normal", root, {c: image_files(f) for c, f in folders.items()}
     )
 
 
@@ -317,7 +313,7 @@ def _load_folder(root: Path) -> DatasetIndex:
     if len(folders) < 2:
         raise CxrError(f"{root}: a folder dataset needs at least two class sub-folders, found {len(folders)}")
     class_files = {
-        folder.name: [p for p in _image_files(folder)
+        folder.name: [p for p in image_files(folder)
                       if "masks" not in {part.lower() for part in p.relative_to(root).parts}]
         for folder in folders.values()
     }

@@ -22,6 +22,11 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".
 MAX_PIXELS = 20_000 * 20_000
 
 
+def image_files(directory: Path) -> list[Path]:
+    """The image files under `directory`, recursively, sorted."""
+    return sorted(p for p in Path(directory).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL mode (1, L, LA, P, RGB, RGBA, CMYK, I;16, I, F) to 8-bit RGB.
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from cxrnets.errors import CxrError
-from cxrnets.images import IMAGE_SUFFIXES, load_image
+from cxrnets.images import IMAGE_SUFFIXES, image_files, load_image
 
 log = logging.getLogger("cxrnets.predict")
 
@@ -89,7 +89,7 @@ def image_paths(paths: list[str | Path]) -> list[Path]:
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found += image_files(path)
         elif path.is_file():
             found.append(path)
         else:
