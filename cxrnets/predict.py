@@ -31,23 +31,6 @@ log = logging.getLogger("cxrnets.predict")
 CHUNK = 512  # images decoded and scored at a time: bounds memory (77 MB of uint8 pixels at 224 px)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A trained model's file (a study's best weights or a cxrnets.train checkpoint; local, weights_only),
-    checked for what scoring needs; CxrError if unusable."""
-    import torch
-
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... on a bad file
-        raise CxrError(f"{path}: not a readable checkpoint ({type(error).__name__}: {str(error)[:200]})") from error
-    missing = {"model", "epoch", "config", "classes", "multilabel"} - set(checkpoint if isinstance(checkpoint, dict)
-                                                                         else {})
-    if missing:
-        raise CxrError(f"{path}: not a trained model's checkpoint (missing {sorted(missing)}); pass a study's "
-                       "weights/<trial id>.pt or a checkpoint.pt of python -m cxrnets.train")
-    return checkpoint
-
-
 def model_from_checkpoint(checkpoint: dict[str, Any], device: str = "auto"):
     """(model, device): the checkpoint's network with its weights, in eval mode on `device`."""
     from cxrnets.models import build_model
@@ -158,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
     import pandas as pd
+
+    from cxrnets.training import load_checkpoint
 
     try:
         paths = image_paths(args.images)

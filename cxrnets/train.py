@@ -97,19 +97,16 @@ def refuse_an_earlier_run(out: Path) -> None:
 
 def resumable_checkpoint(out: Path, config: TrainConfig) -> dict[str, Any]:
     """The run in `out` to continue with `config`: its checkpoint, if `config` trains the same thing further."""
-    import torch
+    from cxrnets.training import TRAINED_MODEL_KEYS, load_checkpoint
 
     path = out / "checkpoint.pt"
     if not path.is_file():
         raise CxrError(f"--resume: {path} does not exist: nothing to continue (leave out --resume to start a run)")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for a truncated or foreign file
-        raise CxrError(f"--resume: {path} cannot be read ({type(error).__name__}: {error}); "
-                       "start a new run with another --out") from error
-    if not isinstance(checkpoint, dict) or not {"config", "epoch", "model", "optimizer"} <= checkpoint.keys():
-        raise CxrError(f"--resume: {path} is not a checkpoint of python -m cxrnets.train (no config, epoch, model "
-                       "and optimizer state); start a new run with another --out")
+        # Not memory-mapped: the run goes on from these tensors while checkpoint.pt is replaced.
+        checkpoint = load_checkpoint(path, (*TRAINED_MODEL_KEYS, "optimizer"), mmap=False)
+    except CxrError as error:
+        raise CxrError(f"--resume: {error}; or start a new run with another --out") from error
     saved, now = checkpoint["config"], asdict(config)
     changed = [f"{key} {saved.get(key)!r} in the checkpoint, {value!r} now" for key, value in now.items()
                if key not in RESUME_MAY_CHANGE and saved.get(key) != value]

@@ -53,6 +53,25 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> None:
         torch.serialization.set_crc32_options(crc32)
 
 
+TRAINED_MODEL_KEYS = ("model", "epoch", "config", "classes", "multilabel")  # what scoring a model needs
+
+
+def load_checkpoint(path: str | Path, required: tuple[str, ...] = TRAINED_MODEL_KEYS, mmap: bool = True
+                    ) -> dict[str, Any]:
+    """A checkpoint file (a study's best weights or a cxrnets.train checkpoint; local) loaded safely
+    (weights_only, on the CPU; memory-mapped unless `mmap` is off) and checked for the `required` keys;
+    CxrError naming the file if it is unusable."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... on a bad file
+        raise CxrError(f"{path}: not a readable checkpoint ({type(error).__name__}: {str(error)[:200]})") from error
+    missing = set(required) - set(checkpoint if isinstance(checkpoint, dict) else {})
+    if missing:
+        raise CxrError(f"{path}: not a trained model's checkpoint (missing {sorted(missing)}); pass a study's "
+                       "weights/<trial id>.pt or a checkpoint.pt of python -m cxrnets.train")
+    return checkpoint
+
+
 # ------------------------------------------------------------------ data
 
 @dataclass

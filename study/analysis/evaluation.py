@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from cxrnets.errors import CxrError
-from cxrnets.predict import load_checkpoint
+from cxrnets.training import load_checkpoint
 from study import storage
 from study.analysis.reading import Study
 from study.settings import read_split, split_uri

@@ -30,7 +30,8 @@ import pandas as pd
 
 from cxrnets.data import DATASET_NAMES, DatasetIndex, load_dataset, parse_dataset_options
 from cxrnets.errors import CxrError
-from cxrnets.predict import load_checkpoint, model_from_checkpoint, predict
+from cxrnets.predict import model_from_checkpoint, predict
+from cxrnets.training import load_checkpoint
 from study.analysis.evaluation import Evaluation, StudyData
 from study.analysis.selection import Analysis
 from study.analysis.uncertainty import (BASELINE, group_strata, partial_class_samples, percentile_interval,

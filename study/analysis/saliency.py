@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cxrnets.predict import load_checkpoint, model_from_checkpoint
+from cxrnets.predict import model_from_checkpoint
+from cxrnets.training import load_checkpoint
 from study.analysis.evaluation import StudyData
 from study.analysis.report_tables import slug
 from study.analysis.selection import Analysis

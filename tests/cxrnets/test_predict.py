@@ -12,8 +12,8 @@ import torch
 
 from cxrnets.config import TrainConfig
 from cxrnets.data import SAMPLE_ROOT
-from cxrnets.predict import load_checkpoint, main
-from cxrnets.training import TrainingRun, save_checkpoint
+from cxrnets.predict import main
+from cxrnets.training import TrainingRun, load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")
