@@ -96,6 +96,15 @@ def predictions(scores: np.ndarray, multilabel: bool, threshold: float = 0.5) ->
     return np.argmax(scores, axis=1).astype(np.int64)
 
 
+def class_names(rows: np.ndarray, classes: list[str], multilabel: bool) -> list[str]:
+    """Each row's class name (single-label: class indices), or its labels ';'-joined (multi-label: 0/1 rows,
+    '' for none): targets or predictions as people read them."""
+    names = np.asarray(classes, dtype=object)
+    if multilabel:
+        return [";".join(names[np.asarray(row).astype(bool)]) for row in rows]
+    return list(names[np.asarray(rows, dtype=np.int64)])
+
+
 def _per_label_roc_auc(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """ROC AUC of each label column; nan where y_true holds only one class."""
     aucs = np.full(y_true.shape[1], np.nan, dtype=np.float64)

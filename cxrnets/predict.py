@@ -102,18 +102,16 @@ def prediction_rows(paths: list[Path], scores: np.ndarray, errors: list[str], cl
                     multilabel: bool) -> list[dict[str, Any]]:
     """One row per path: path, predicted (as the metrics predict: argmax, or every label at 0.5 or more),
     one probability column per class, error. `scores`: one row per path without an error."""
-    from cxrnets.metrics import predictions
+    from cxrnets.metrics import class_names, predictions
 
-    names = np.asarray(classes, dtype=object)
-    predicted = iter(predictions(scores, multilabel) if len(scores) else [])
+    predicted = iter(class_names(predictions(scores, multilabel), classes, multilabel) if len(scores) else [])
     rows, scored = [], iter(scores)
     for path, error in zip(paths, errors):
         row: dict[str, Any] = {"path": str(path), "predicted": ""}
         if error:
             row.update({f"p({name})": float("nan") for name in classes})
         else:
-            guess = next(predicted)
-            row["predicted"] = ";".join(names[guess.astype(bool)]) if multilabel else names[guess]
+            row["predicted"] = next(predicted)
             row.update({f"p({name})": float(p) for name, p in zip(classes, next(scored))})
         row["error"] = error
         rows.append(row)

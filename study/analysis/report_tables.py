@@ -232,16 +232,12 @@ def calibration_table(analysis: Analysis) -> pd.DataFrame:
 def predictions_table(evaluation: Evaluation) -> pd.DataFrame:
     """One row per image of the evaluated split: its relpath and patient, the true and predicted class
     (multi-label: ';'-joined labels) and each class's probability: what the split's figures are made of."""
-    from cxrnets.metrics import predictions
+    from cxrnets.metrics import class_names, predictions
 
     predicted = predictions(evaluation.scores, evaluation.multilabel)
-    classes = np.asarray(evaluation.classes, dtype=object)
     table = evaluation.images.copy()
-    if evaluation.multilabel:
-        table["true"] = [";".join(classes[row.astype(bool)]) for row in evaluation.y_true]
-        table["predicted"] = [";".join(classes[row.astype(bool)]) for row in predicted]
-    else:
-        table["true"], table["predicted"] = classes[evaluation.y_true], classes[predicted]
+    table["true"] = class_names(evaluation.y_true, evaluation.classes, evaluation.multilabel)
+    table["predicted"] = class_names(predicted, evaluation.classes, evaluation.multilabel)
     for k, name in enumerate(evaluation.classes):
         table[f"p({name})"] = evaluation.scores[:, k]
     return table
