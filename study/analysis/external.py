@@ -15,7 +15,9 @@ An external set rarely has every class, so it is scored on what exists with part
 accuracy, each present class's recall, and each present class's one-vs-rest ROC AUC; the summaries
 average over the classes present in both the external set and the internal split. Intervals come
 from the same patient bootstrap as the internal figures, the external set's patients resampled
-independently of the internal split's, and the change is the difference of the two.
+independently of the internal split's, and the change is the difference of the two; a class's recall
+of 0 or 1 gets the exact binomial interval over its patients instead (study.analysis.uncertainty),
+and its change the interval combining the two sides' (MOVER).
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ from cxrnets.predict import model_from_checkpoint, predict
 from cxrnets.training import load_checkpoint
 from study.analysis.evaluation import Evaluation, StudyData
 from study.analysis.selection import Analysis
-from study.analysis.uncertainty import (BASELINE, group_strata, partial_class_samples, percentile_interval,
-                                        resample_weights)
+from study.analysis.uncertainty import (BASELINE, boundary_interval, group_strata, independent_difference_interval,
+                                        partial_class_samples, percentile_interval, resample_weights)
 
 log = logging.getLogger("study.analyze")
 
@@ -271,20 +273,28 @@ def compare(cell: dict, internal: Evaluation, internal_scores: np.ndarray, exter
         value_in, value_out = float(_column(inside, metric, k)[0]), float(_column(outside, metric, k)[0])
         samples_in = _column(inside_samples, metric, k) if inside_samples is not None else None
         samples_out = _column(outside_samples, metric, k) if outside_samples is not None else None
-        change = samples_out - samples_in if samples_in is not None else None
+        interval_in, interval_out = _interval(samples_in), _interval(samples_out)
+        change = _interval(samples_out - samples_in if samples_in is not None else None)
         note = ""
         if k is not None and not counts_out[k]:
             note = f"absent from {external.name}"
         elif k is not None and not counts_in[k]:
             note = f"absent from the internal {internal.split} split"
+        elif metric == "recall" and resamples and (value_in in (0.0, 1.0) or value_out in (0.0, 1.0)):
+            # A recall of 0 or 1 repeats in every resample: the exact interval over the class's patients.
+            if value_in in (0.0, 1.0):
+                interval_in = boundary_interval(value_in, len(np.unique(internal.groups[internal.y_true == k])))
+            if value_out in (0.0, 1.0):
+                interval_out = boundary_interval(value_out, len(np.unique(external.groups[external.y_true == k])))
+            change = independent_difference_interval(value_out, interval_out, value_in, interval_in)
+            note = "exact interval at 0 or 1"
         rows.append({**base, "metric": metric, "class": class_name,
                      "internal_images": len(internal.y_true) if k is None else int(counts_in[k]),
                      "external_images": len(external.y_true) if k is None else int(counts_out[k]),
-                     "internal": value_in, "internal_lower": _interval(samples_in)[0],
-                     "internal_upper": _interval(samples_in)[1], "external": value_out,
-                     "external_lower": _interval(samples_out)[0], "external_upper": _interval(samples_out)[1],
-                     "change": value_out - value_in, "change_lower": _interval(change)[0],
-                     "change_upper": _interval(change)[1], "note": note})
+                     "internal": value_in, "internal_lower": interval_in[0], "internal_upper": interval_in[1],
+                     "external": value_out, "external_lower": interval_out[0], "external_upper": interval_out[1],
+                     "change": value_out - value_in, "change_lower": change[0], "change_upper": change[1],
+                     "note": note})
     return rows
 
 

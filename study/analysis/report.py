@@ -12,7 +12,7 @@ import pandas as pd
 from study import storage
 from study.analysis.figures import write_figures
 from study.analysis.looks import history
-from study.analysis.report_tables import never_predicted, reported_metric, slug
+from study.analysis.report_tables import boundary_proportions, never_predicted, reported_metric, slug
 from study.analysis.selection import Analysis
 from study.tables import METRIC_TITLES, NOT_SET, PAPER_METRICS, STATUSES, interval_text, markdown_table
 
@@ -173,6 +173,8 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
             lines += [f"Never predicted on this split: {', '.join(unpredicted)}. Precision is then 0/0: the table "
                       "shows 0, and an interval of [0.00, 0.00], by scikit-learn's convention (zero_division=0, "
                       "as in the macro averages above), not as a measurement.", ""]
+        if chosen.dataset in analysis.bootstraps:
+            lines += boundary_sentence(evaluation)
 
     lines += calibration_section(analysis, split_name, figures)
 
@@ -192,6 +194,27 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
                       "class probabilities under each cell's chosen model (its relpath and patient as in the "
                       "study's split), from which the figures above can be recomputed.", ""]
     return "\n".join(lines)
+
+
+def boundary_sentence(evaluation) -> list[str]:
+    """Which per-class intervals are exact binomial ones, and why (empty when none is)."""
+    found = boundary_proportions(evaluation)
+    if not found:
+        return []
+    named = [f"{b.figure} of {b.class_name} ({b.value:.3f}: {round(b.value * b.images)} of {b.images} image(s), "
+             f"{b.patients} patient(s))" for b in found]
+    at = {(b.class_name, b.figure, b.value) for b in found}
+    # F1 is 0 wherever nothing of a class is right, 1 where precision and recall are both 1.
+    f1_flat = [name for name in evaluation.classes if (name, "recall", 0.0) in at
+               or {(name, "precision", 1.0), (name, "recall", 1.0)} <= at]
+    text = (f"At 0 or 1 no resample moves a proportion: {'; '.join(named)}. Their intervals are the exact "
+            "binomial (Clopper-Pearson) 95% intervals over those patients, not the bootstrap's, whose every "
+            "resample repeats the figure.")
+    if f1_flat:
+        names = " and ".join([", ".join(f1_flat[:-1]), f1_flat[-1]] if len(f1_flat) > 1 else f1_flat)
+        text += (f" F1 of {names} is then the same in every resample too: its interval has no width; read "
+                 "precision's and recall's.")
+    return [text, ""]
 
 
 def calibration_section(analysis: Analysis, split_name: str, figures: bool) -> list[str]:
@@ -370,7 +393,9 @@ def elsewhere_section(analysis: Analysis, figures: bool) -> list[str]:
                   "every class, so the figures are those that exist with partial classes: accuracy, and each present "
                   "class's recall and one-vs-rest ROC AUC; the means run over the classes present in both sets. "
                   "Intervals: 95%, patient bootstrap of each set (resampled independently); the change is "
-                  "external − internal. Accuracy moves with a set's class mix: the majority-class predictor's rows "
+                  "external − internal. A class's recall of 0 or 1 is the same in every resample: it gets the exact "
+                  "binomial (Clopper-Pearson) interval over the class's patients, and its change the two sides' "
+                  "intervals combined (MOVER), noted in its row. Accuracy moves with a set's class mix: the majority-class predictor's rows "
                   "show how much of a change the mix alone makes; the recall and AUC means do not depend on it.", ""]
         lines += [f"- **{s.name}** ({s.description}): {s.summary().partition(': ')[2]}" for s in analysis.external_sets]
         lines.append("")

@@ -4,6 +4,7 @@ validation table, ablations, confusion matrices and per-class metrics."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,7 @@ from study.analysis.confirmation import seed_differences, seed_runs_table, seed_
 from study.analysis.evaluation import Evaluation
 from study.analysis.reading import cell_columns, model_order, search_dimensions
 from study.analysis.selection import Analysis
-from study.analysis.uncertainty import BASELINE, SplitBootstrap, percentile_interval
+from study.analysis.uncertainty import BASELINE, SplitBootstrap, boundary_interval, percentile_interval
 from study.tables import (PAPER_METRICS, ablation_table, comparison_table, format_paper_table, interval_text,
                           paper_table)
 
@@ -188,6 +189,9 @@ def per_class_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
         name = f"{slug(chosen.dataset)}_{slug(chosen.model)}"
         tables[f"confusion_{name}"] = confusion_table(evaluation)
         per_class = per_class_table(evaluation.y_true, evaluation.scores, evaluation.classes, evaluation.multilabel)
+        truth, _ = class_members(evaluation)
+        per_class.insert(per_class.columns.get_loc("support") + 1, "patients",
+                         [len(np.unique(evaluation.groups[truth[:, k]])) for k in range(len(per_class))])
         bootstrap = analysis.bootstraps.get(chosen.dataset)
         if bootstrap is not None:
             samples = bootstrap.samples[chosen.candidate.trial_id].per_class
@@ -197,6 +201,10 @@ def per_class_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
                           for j in range(len(per_class))]
                 per_class[f"{column} lower"] = [b[0] for b in bounds]
                 per_class[f"{column} upper"] = [b[1] for b in bounds]
+            for boundary in boundary_proportions(evaluation):
+                row = evaluation.classes.index(boundary.class_name)
+                lower, upper = boundary_interval(boundary.value, boundary.patients)
+                per_class.loc[row, [f"{boundary.figure} lower", f"{boundary.figure} upper"]] = [lower, upper]
         tables[f"per_class_{name}"] = per_class
         tables[f"_shown_per_class_{name}"] = with_intervals(per_class)
         if evaluation.images is not None:
@@ -333,12 +341,45 @@ def paired_differences(analysis: Analysis) -> pd.DataFrame:
 def never_predicted(evaluation: Evaluation) -> list[str]:
     """The classes (labels) predicted for no image of the split: their precision is 0/0, which the
     per-class table prints as 0 (scikit-learn's zero_division=0), with a resampled interval of [0, 0]."""
+    _, guessed = class_members(evaluation)
+    return [name for name, predicted in zip(evaluation.classes, guessed.any(axis=0)) if not predicted]
+
+
+def class_members(evaluation: Evaluation) -> tuple[np.ndarray, np.ndarray]:
+    """(images, classes) booleans: which images are of each class (label), and which are predicted so."""
     from cxrnets.metrics import predictions
 
     predicted = predictions(evaluation.scores, evaluation.multilabel)
-    counts = (predicted.sum(axis=0) if evaluation.multilabel
-              else np.bincount(predicted, minlength=len(evaluation.classes)))
-    return [name for name, count in zip(evaluation.classes, counts) if count == 0]
+    if evaluation.multilabel:
+        return np.asarray(evaluation.y_true).astype(bool), np.asarray(predicted).astype(bool)
+    columns = np.arange(len(evaluation.classes))
+    return (np.asarray(evaluation.y_true)[:, None] == columns[None, :]), (predicted[:, None] == columns[None, :])
+
+
+@dataclass
+class BoundaryProportion:
+    """A class's precision or recall observed at 0 or 1: no resample of the split moves it."""
+
+    class_name: str
+    figure: str     # "precision" or "recall"
+    value: float    # 0.0 or 1.0
+    images: int     # the proportion's denominator: images predicted as the class, or of the class
+    patients: int   # the patients those images belong to: the exact interval's units
+
+
+def boundary_proportions(evaluation: Evaluation) -> list[BoundaryProportion]:
+    """Each class's precision and recall that are 0 or 1 over at least one image, in class order.
+    Precision over no image (a class never predicted) is 0/0, not a proportion: never_predicted's."""
+    truth, guessed = class_members(evaluation)
+    right = (truth & guessed).sum(axis=0)
+    found = []
+    for k, name in enumerate(evaluation.classes):
+        for figure, members in (("precision", guessed[:, k]), ("recall", truth[:, k])):
+            images = int(members.sum())
+            if images and right[k] in (0, images):
+                found.append(BoundaryProportion(name, figure, float(right[k] == images), images,
+                                                len(np.unique(evaluation.groups[members]))))
+    return found
 
 
 def confusion_table(evaluation: Evaluation) -> pd.DataFrame:

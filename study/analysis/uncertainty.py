@@ -12,9 +12,13 @@ one per image (how many times its group was drawn), and every metric of
 cxrnets.metrics.classification_metrics is computed from weighted counts for
 all resamples at once (weights of ones give exactly the point estimates).
 
-Intervals are percentile intervals. Paired differences use the same
-resampled patients for both sides, so that what the two models share (the
-hard patients) cancels out.
+Intervals are percentile intervals, but for a proportion observed at 0 or
+1 (a class whose every image is right, or none): every resample repeats it,
+so the percentile interval has no width, and the exact binomial
+(Clopper-Pearson) interval over the patients behind it is given instead
+(boundary_interval). Paired differences use the same resampled patients for
+both sides, so that what the two models share (the hard patients) cancels
+out.
 """
 
 from __future__ import annotations
@@ -179,6 +183,31 @@ def percentile_interval(samples: np.ndarray, level: float = LEVEL) -> tuple[floa
     tail = (1 - level) / 2 * 100
     lower, upper = np.percentile(finite, [tail, 100 - tail])
     return float(lower), float(upper)
+
+
+def boundary_interval(proportion: float, patients: int, level: float = LEVEL) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) interval of a proportion observed at 0 or 1 over `patients` patients.
+
+    Patients, not images, are the independent units (as in the resampling), which makes the interval
+    wider than one over the images. At the boundary the exact interval has a closed form:
+    x = n gives [(alpha/2)^(1/n), 1], x = 0 gives [0, 1 - (alpha/2)^(1/n)].
+    """
+    if proportion not in (0.0, 1.0) or patients < 1:
+        raise ValueError(f"boundary_interval: a proportion of 0 or 1 over at least one patient, got "
+                         f"{proportion} over {patients}")
+    bound = ((1 - level) / 2) ** (1 / patients)
+    return (bound, 1.0) if proportion == 1.0 else (0.0, 1.0 - bound)
+
+
+def independent_difference_interval(first: float, first_interval: tuple[float, float], second: float,
+                                    second_interval: tuple[float, float]) -> tuple[float, float]:
+    """The interval of first - second, two proportions from independent samples, from each one's own
+    interval (MOVER, Zou & Donner 2008): where one side's interval is an exact one, the difference of
+    resampled values would repeat that side's figure in every resample and be too narrow."""
+    (first_lower, first_upper), (second_lower, second_upper) = first_interval, second_interval
+    difference = first - second
+    return (difference - float(np.hypot(first - first_lower, second_upper - second)),
+            difference + float(np.hypot(first_upper - first, second - second_lower)))
 
 
 def undefined_reasons(y_true: np.ndarray, classes: list[str], multilabel: bool, groups: np.ndarray) -> dict[str, str]:

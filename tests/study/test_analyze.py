@@ -320,6 +320,9 @@ def test_intervals_resample_patients_and_pair_the_comparisons(evaluated, study_d
     assert "test/loss" not in analysis.tables["_shown_selected_trials"]  # no interval for the mean loss
     per_class = analysis.tables[f"per_class_{DATASET}_resnet50"]
     assert {"precision lower", "recall upper", "f1 lower"} <= set(per_class.columns)
+    # each class's test patients, from the split file (its stratum: the class of a single-label image)
+    patients = test.groupby("stratum")["patient"].nunique()
+    assert per_class["patients"].tolist() == [patients.get(c, 0) for c in per_class["class"]]
 
     paired = analysis.tables["paired_differences"]
     reference = max((c for c in analysis.selected), key=lambda c: (c.candidate.value, c.model == "alexnet")).model

@@ -122,3 +122,28 @@ def test_evaluations_of_different_images_are_refused():
     other = evaluation("b", y_true[::-1].copy(), np.eye(2)[y_true], np.arange(4))
     with pytest.raises(ValueError, match="evaluated on different images"):
         bootstrap_split("d", [first, other], resamples=200)
+
+
+@pytest.mark.parametrize("patients", [1, 2, 5, 30])
+def test_a_proportion_at_0_or_1_gets_the_exact_binomial_interval_over_its_patients(patients):
+    from scipy.stats import binomtest
+
+    from study.analysis.uncertainty import boundary_interval
+
+    for right in (0, patients):
+        exact = binomtest(right, patients).proportion_ci(0.95, method="exact")
+        assert boundary_interval(right / patients, patients) == pytest.approx((exact.low, exact.high), abs=1e-12)
+    assert boundary_interval(1.0, 2)[0] == pytest.approx(0.158, abs=1e-3)  # 2 of 2 patients: anywhere above 0.16
+    with pytest.raises(ValueError, match="0 or 1"):
+        boundary_interval(0.5, 4)
+
+
+def test_the_difference_of_independent_proportions_combines_their_intervals():
+    from study.analysis.uncertainty import boundary_interval, independent_difference_interval
+
+    # symmetric intervals of half-widths 0.3 and 0.4: the difference +- 0.5
+    assert independent_difference_interval(0.5, (0.2, 0.8), 0.6, (0.2, 1.0)) == pytest.approx((-0.6, 0.4))
+    # 0 of 3 patients against 4 of 4: the difference -1, its interval reaching as far as either side allows
+    low, high = independent_difference_interval(0.0, boundary_interval(0.0, 3), 1.0, boundary_interval(1.0, 4))
+    assert low == pytest.approx(-1.0) and -1.0 < high < 0
+    assert high == pytest.approx(np.hypot(boundary_interval(0.0, 3)[1], 1 - boundary_interval(1.0, 4)[0]) - 1)
