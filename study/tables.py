@@ -316,8 +316,20 @@ def format_paper_table(mean: pd.DataFrame, std: pd.DataFrame, count: pd.DataFram
 
 
 def interval_text(lower: float, upper: float, digits: int = 2, signed: bool = False) -> str:
-    """`[0.21, 0.41]` (`[-0.04, +0.10]` signed, for a difference), or `[undefined]` where either bound is NaN."""
+    """`[0.21, 0.41]` (`[-0.04, +0.10]` signed, for a difference), or `[undefined]` where either bound is NaN.
+
+    A difference's bound that is not 0 but rounds to it gets the digits that show its sign (`[+0.003, +0.30]`):
+    whether an interval excludes zero is what a reader takes from it.
+    """
     if pd.isna(lower) or pd.isna(upper):
         return "[undefined]"
-    sign = "+" if signed else ""
-    return f"[{lower:{sign}.{digits}f}, {upper:{sign}.{digits}f}]"
+    if not signed:
+        return f"[{lower:.{digits}f}, {upper:.{digits}f}]"
+
+    def bound(value: float) -> str:
+        shown = digits
+        while value != 0 and round(value, shown) == 0 and shown < digits + 3:
+            shown += 1
+        return f"{value:+.{shown}f}"
+
+    return f"[{bound(lower)}, {bound(upper)}]"

@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from study.tables import markdown_table
+from study.tables import interval_text, markdown_table
 
 
 def test_small_hyperparameters_keep_their_digits():
@@ -12,3 +12,12 @@ def test_small_hyperparameters_keep_their_digits():
     lines = markdown_table(table).splitlines()
     assert [cell.strip() for cell in lines[2].strip("|").split("|")] == ["sgd", "1.5e-03", "1.0e-04", "0.297"]
     assert [cell.strip() for cell in lines[3].strip("|").split("|")] == ["adam", "3.4e-05", "", "0.500"]
+
+
+def test_a_difference_bound_near_zero_shows_its_sign():
+    """A paired difference called distinguishable must not print a bound of +0.00."""
+    assert interval_text(0.0021, 0.30, signed=True) == "[+0.002, +0.30]"
+    assert interval_text(-0.19, -0.00004, signed=True) == "[-0.19, -0.00004]"
+    assert interval_text(0.0, 0.3, signed=True) == "[+0.00, +0.30]"
+    assert interval_text(0.0021, 0.30) == "[0.00, 0.30]"  # a figure's interval, not a difference
+    assert interval_text(float("nan"), 0.3) == "[undefined]"
