@@ -28,6 +28,7 @@ __all__ = [
     "confusion_matrix",
     "majority_baseline",
     "majority_scores",
+    "class_indicators",
     "per_class_table",
     "predictions",
 ]
@@ -196,11 +197,15 @@ def per_class_table(
     multilabel: bool,
     threshold: float = 0.5,
 ) -> pd.DataFrame:
-    """One row per class (or label): precision, recall, f1 and support.
+    """One row per class (or label), each class against the rest: precision, recall (sensitivity),
+    specificity, f1, support and ROC AUC.
 
-    Columns: ``class``, ``precision``, ``recall``, ``f1``, ``support`` (number
-    of true members), and for multi-label also ``roc_auc`` (nan where the label
-    has only one class in y_true).
+    Columns: ``class``, ``precision``, ``recall``, ``specificity`` (true
+    negatives over the images not of the class; 0 where there are none),
+    ``f1``, ``roc_auc`` (the class's score against its membership,
+    one-vs-rest for single-label; nan where y_true has only members or only
+    non-members: single-label scores must then be probabilities, a softmax)
+    and ``support`` (number of true members).
     """
     y_true, scores = _check_inputs(y_true, scores, multilabel)
     if len(class_names) != scores.shape[1]:
@@ -211,18 +216,30 @@ def per_class_table(
     precision, recall, f1, support = skm.precision_recall_fscore_support(
         y_true, y_pred, labels=list(range(scores.shape[1])), average=None, zero_division=0
     )
-    table = pd.DataFrame(
+    truth = class_indicators(y_true, scores.shape[1], multilabel)
+    guessed = class_indicators(y_pred, scores.shape[1], multilabel)
+    negatives = (~truth).sum(axis=0)
+    true_negatives = (~truth & ~guessed).sum(axis=0)
+    return pd.DataFrame(
         {
             "class": list(class_names),
             "precision": np.asarray(precision, dtype=np.float64),
             "recall": np.asarray(recall, dtype=np.float64),
+            "specificity": np.where(negatives > 0, true_negatives / np.maximum(negatives, 1), 0.0),
             "f1": np.asarray(f1, dtype=np.float64),
+            "roc_auc": _per_label_roc_auc(truth.astype(np.int64), scores),
             "support": np.asarray(support, dtype=np.int64),
         }
     )
+
+
+def class_indicators(rows: np.ndarray, num_classes: int, multilabel: bool) -> np.ndarray:
+    """(N, classes) booleans: which class (labels) each row of targets or predictions is. Single-label
+    rows are class indices, multi-label rows 0/1 already."""
+    rows = np.asarray(rows)
     if multilabel:
-        table["roc_auc"] = _per_label_roc_auc(y_true, scores)
-    return table
+        return rows.astype(bool)
+    return rows[:, None] == np.arange(num_classes)[None, :]
 
 
 def majority_scores(train_targets: np.ndarray, count: int, multilabel: bool, num_classes: int) -> np.ndarray:

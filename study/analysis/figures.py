@@ -1,5 +1,5 @@
-"""The report's figures (PNG, matplotlib's Agg backend): confusion matrices, validation curves, and
-pretrained against from scratch."""
+"""The report's figures (PNG, matplotlib's Agg backend): confusion matrices, ROC curves, validation
+curves, pretrained against from scratch, calibration, importance and Grad-CAM."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pandas as pd
 from study.analysis.evaluation import Evaluation
 from study.analysis.importance import Importance
 from study.analysis.reading import cell_columns, model_order
-from study.analysis.report_tables import confusion_table, slug
+from study.analysis.report_tables import class_members, confusion_table, slug
 from study.analysis.saliency import SaliencyPanel
 from study.analysis.selection import Analysis
 from study.tables import best_epochs, epoch_column
@@ -176,6 +176,11 @@ def write_figures(analysis: Analysis, folder: Path) -> None:
             name = f"importance_{slug(importance.dataset)}"
             plot_importance(importance, analysis.metric, folder / f"{name}.png")
             analysis.figures[name] = folder / f"{name}.png"
+    best = [c for c in analysis.selected if c.rank == 1]
+    for dataset in dict.fromkeys(c.dataset for c in best):
+        name = f"roc_{slug(dataset)}"
+        plot_roc([c for c in best if c.dataset == dataset], dataset, split_name, folder / f"{name}.png")
+        analysis.figures[name] = folder / f"{name}.png"
     single_label = [c for c in analysis.selected if c.rank == 1 and not c.evaluation.multilabel]
     for dataset in dict.fromkeys(c.dataset for c in single_label):
         name = f"reliability_{slug(dataset)}"
@@ -185,6 +190,44 @@ def write_figures(analysis: Analysis, folder: Path) -> None:
         name = f"gradcam_{panel.slug}"
         plot_gradcam(panel, folder / f"{name}.png")
         analysis.figures[name] = folder / f"{name}.png"
+
+
+def plot_roc(cells: list, dataset: str, split_name: str, path: Path) -> None:
+    """One panel per class (label): each cell's chosen model's ROC curve of that class against the rest
+    (the class's probability as the score), its AUC in the legend, and a marker where the model's own
+    decision (the most probable class; multi-label: probability 0.5) sits: sensitivity against
+    1 − specificity. A class without members or without non-members on the split has no curve."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _pyplot()
+    first = cells[0].evaluation
+    count = len(first.classes)
+    columns = min(count, 4)
+    rows = math.ceil(count / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.6 * rows + 0.5), squeeze=False)
+    for axis in axes.flat[count:]:
+        axis.axis("off")
+    for k, (axis, name) in enumerate(zip(axes.flat, first.classes)):
+        axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+        truth = class_members(first)[0][:, k]
+        axis.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="1 − specificity", ylabel="sensitivity",
+                 title=f"{name} ({int(truth.sum())} of {len(truth)} images)")
+        if truth.all() or not truth.any():
+            axis.text(0.5, 0.5, "no curve: the split has\nonly one side of this class", ha="center", va="center",
+                      fontsize=8)
+            continue
+        for chosen in cells:
+            evaluation = chosen.evaluation
+            _, guessed = class_members(evaluation)
+            fpr, tpr, _ = roc_curve(truth, evaluation.scores[:, k])
+            line, = axis.plot(fpr, tpr, label=f"{chosen.model} (AUC {roc_auc_score(truth, evaluation.scores[:, k]):.2f})")
+            axis.plot(guessed[~truth, k].mean(), guessed[truth, k].mean(), marker="o", color=line.get_color())
+        axis.legend(loc="lower right", fontsize=7)
+    figure.suptitle(f"{dataset}: ROC, each class against the rest, {split_name} split; dots: the models' decisions",
+                    fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def plot_reliability(cells: list, dataset: str, split_name: str, path: Path) -> None:

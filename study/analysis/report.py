@@ -157,6 +157,11 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
     best = [s for s in analysis.selected if s.rank == 1]
     if not best:
         lines += ["None (no cell could be evaluated).", ""]
+    else:
+        lines += ["Each class against the rest: precision (positive predictive value), recall (sensitivity), "
+                  "specificity (the images not of the class that the model does not call so), F1, and the ROC AUC "
+                  "of the class's probability; `support` and `patients`: the class's images and patients on "
+                  "the split.", ""]
     for chosen in best:
         name = f"{slug(chosen.dataset)}_{slug(chosen.model)}"
         evaluation = chosen.evaluation
@@ -175,6 +180,15 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
                       "as in the macro averages above), not as a measurement.", ""]
         if chosen.dataset in analysis.bootstraps:
             lines += boundary_sentence(evaluation)
+    roc = [(name, path) for name, path in analysis.figures.items() if name.startswith("roc_")]
+    if figures and roc:
+        lines += ["### ROC curves", "",
+                  "Per class, each chosen model's ROC curve of that class against the rest (AUC in the legend) and, as "
+                  "a dot, where its own decision sits (the most probable class; multi-label: probability 0.5): "
+                  "a dot below its curve means a threshold on that class's probability would reach a higher "
+                  "sensitivity at the same specificity than the model's decision does (above it: the decision, which weighs "
+                  "the other classes' probabilities too, does better than any threshold on this one's).", ""]
+        lines += [f"![ROC, {name.removeprefix('roc_')}](figures/{path.name})" for name, path in roc] + [""]
 
     lines += calibration_section(analysis, split_name, figures)
 

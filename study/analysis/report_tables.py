@@ -196,7 +196,7 @@ def per_class_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
         if bootstrap is not None:
             samples = bootstrap.samples[chosen.candidate.trial_id].per_class
             present = per_class["support"].to_numpy() > 0
-            for column in [c for c in ("precision", "recall", "f1", "roc_auc") if c in per_class]:
+            for column in [c for c in ("precision", "recall", "specificity", "f1", "roc_auc") if c in per_class]:
                 bounds = [percentile_interval(samples[column][:, j]) if present[j] else (np.nan, np.nan)
                           for j in range(len(per_class))]
                 per_class[f"{column} lower"] = [b[0] for b in bounds]
@@ -347,37 +347,36 @@ def never_predicted(evaluation: Evaluation) -> list[str]:
 
 def class_members(evaluation: Evaluation) -> tuple[np.ndarray, np.ndarray]:
     """(images, classes) booleans: which images are of each class (label), and which are predicted so."""
-    from cxrnets.metrics import predictions
+    from cxrnets.metrics import class_indicators, predictions
 
     predicted = predictions(evaluation.scores, evaluation.multilabel)
-    if evaluation.multilabel:
-        return np.asarray(evaluation.y_true).astype(bool), np.asarray(predicted).astype(bool)
-    columns = np.arange(len(evaluation.classes))
-    return (np.asarray(evaluation.y_true)[:, None] == columns[None, :]), (predicted[:, None] == columns[None, :])
+    count = len(evaluation.classes)
+    return (class_indicators(evaluation.y_true, count, evaluation.multilabel),
+            class_indicators(predicted, count, evaluation.multilabel))
 
 
 @dataclass
 class BoundaryProportion:
-    """A class's precision or recall observed at 0 or 1: no resample of the split moves it."""
+    """A class's precision, recall or specificity observed at 0 or 1: no resample of the split moves it."""
 
     class_name: str
-    figure: str     # "precision" or "recall"
+    figure: str     # "precision", "recall" or "specificity"
     value: float    # 0.0 or 1.0
-    images: int     # the proportion's denominator: images predicted as the class, or of the class
+    images: int     # the proportion's denominator: images predicted as the class, of it, or not of it
     patients: int   # the patients those images belong to: the exact interval's units
 
 
 def boundary_proportions(evaluation: Evaluation) -> list[BoundaryProportion]:
-    """Each class's precision and recall that are 0 or 1 over at least one image, in class order.
-    Precision over no image (a class never predicted) is 0/0, not a proportion: never_predicted's."""
+    """Each class's precision, recall and specificity that are 0 or 1 over at least one image, in class
+    order. Precision over no image (a class never predicted) is 0/0, not a proportion: never_predicted's."""
     truth, guessed = class_members(evaluation)
-    right = (truth & guessed).sum(axis=0)
     found = []
     for k, name in enumerate(evaluation.classes):
-        for figure, members in (("precision", guessed[:, k]), ("recall", truth[:, k])):
-            images = int(members.sum())
-            if images and right[k] in (0, images):
-                found.append(BoundaryProportion(name, figure, float(right[k] == images), images,
+        for figure, members, right in (("precision", guessed[:, k], truth[:, k]), ("recall", truth[:, k], guessed[:, k]),
+                                       ("specificity", ~truth[:, k], ~guessed[:, k])):
+            images, hits = int(members.sum()), int((members & right).sum())
+            if images and hits in (0, images):
+                found.append(BoundaryProportion(name, figure, float(hits == images), images,
                                                 len(np.unique(evaluation.groups[members]))))
     return found
 

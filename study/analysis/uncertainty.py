@@ -37,7 +37,7 @@ RESAMPLES = 2000
 @dataclass
 class MetricSamples:
     """One set of predictions scored on every resample: metric name -> (resamples,) values, and
-    per-class precision, recall and f1 -> (resamples, classes)."""
+    per-class precision, recall, specificity, f1 and ROC AUC -> (resamples, classes)."""
 
     summary: dict[str, np.ndarray]
     per_class: dict[str, np.ndarray]
@@ -111,7 +111,7 @@ def _weighted_auc(truth: np.ndarray, scores: np.ndarray, weights: np.ndarray) ->
 
 
 def metric_samples(y_true: np.ndarray, scores: np.ndarray, multilabel: bool, weights: np.ndarray) -> MetricSamples:
-    """Every metric of classification_metrics, and per-class precision/recall/f1, for each row of
+    """Every metric of classification_metrics, and per_class_table's per-class figures, for each row of
     `weights` (resamples, images)."""
     y_true = np.asarray(y_true, dtype=np.int64)
     predicted = predictions(scores, multilabel)
@@ -120,6 +120,7 @@ def metric_samples(y_true: np.ndarray, scores: np.ndarray, multilabel: bool, wei
         tp = weights @ (truth * guess)
         fp = weights @ ((1 - truth) * guess)
         fn = weights @ (truth * (1 - guess))
+        tn = weights @ ((1 - truth) * (1 - guess))
         total = weights.sum(axis=1)
         right_cells = weights @ (truth == guess).sum(axis=1)
         exact = weights @ (truth == guess).all(axis=1)
@@ -137,7 +138,8 @@ def metric_samples(y_true: np.ndarray, scores: np.ndarray, multilabel: bool, wei
             "f1_micro": _divide(2 * tp.sum(axis=1), 2 * tp.sum(axis=1) + fp.sum(axis=1) + fn.sum(axis=1)),
             "roc_auc_macro": auc_macro,
         }
-        return MetricSamples(summary, {"precision": precision, "recall": recall, "f1": f1, "roc_auc": aucs})
+        return MetricSamples(summary, {"precision": precision, "recall": recall, "specificity": _divide(tn, tn + fp),
+                                       "f1": f1, "roc_auc": aucs})
     classes = np.asarray(scores).shape[1]
     pair = np.zeros((len(y_true), classes * classes))
     pair[np.arange(len(y_true)), y_true * classes + predicted] = 1.0
@@ -145,10 +147,16 @@ def metric_samples(y_true: np.ndarray, scores: np.ndarray, multilabel: bool, wei
     tp = np.diagonal(confusion, axis1=1, axis2=2)
     support, guessed = confusion.sum(axis=2), confusion.sum(axis=1)
     precision, recall, f1 = _prf(tp, guessed, support)
+    total = support.sum(axis=1, keepdims=True)
+    negatives = total - support
+    specificity = _divide(negatives - (guessed - tp), negatives)
+    aucs = np.stack([_weighted_auc((y_true == k).astype(np.float64), np.asarray(scores)[:, k], weights)
+                     for k in range(classes)], axis=1)
     summary = {"accuracy": _divide(tp.sum(axis=1), support.sum(axis=1)),
                "precision_macro": precision.mean(axis=1), "recall_macro": recall.mean(axis=1),
                "f1_macro": f1.mean(axis=1)}
-    return MetricSamples(summary, {"precision": precision, "recall": recall, "f1": f1})
+    return MetricSamples(summary, {"precision": precision, "recall": recall, "specificity": specificity, "f1": f1,
+                                   "roc_auc": aucs})
 
 
 def partial_class_samples(y_true: np.ndarray, scores: np.ndarray, classes_used: np.ndarray,
@@ -163,8 +171,7 @@ def partial_class_samples(y_true: np.ndarray, scores: np.ndarray, classes_used: 
     base = metric_samples(y_true, scores, False, weights)
     present = np.bincount(y_true, minlength=classes) > 0
     recall = np.where(present[None, :], base.per_class["recall"], np.nan)
-    auc = np.stack([_weighted_auc((y_true == k).astype(np.float64), scores[:, k], weights) if present[k]
-                    else np.full(len(weights), np.nan) for k in range(classes)], axis=1)
+    auc = base.per_class["roc_auc"]  # NaN for a class absent from the set: no positives
     used = np.asarray(classes_used, dtype=bool)
     with warnings.catch_warnings():  # no class used, or an AUC undefined in every used class: NaN
         warnings.simplefilter("ignore", RuntimeWarning)

@@ -245,11 +245,16 @@ def test_per_class_table_single_label() -> None:
         Y_TRUE_1, one_hot_scores(Y_PRED_1, 3), ["covid", "pneumonia", "normal"], multilabel=False
     )
     assert isinstance(table, pd.DataFrame)
-    assert list(table.columns) == ["class", "precision", "recall", "f1", "support"]
+    assert list(table.columns) == ["class", "precision", "recall", "specificity", "f1", "roc_auc", "support"]
     assert list(table["class"]) == ["covid", "pneumonia", "normal"]
     assert list(table["precision"]) == pytest.approx([1 / 2, 2 / 3, 1.0])
     assert list(table["recall"]) == pytest.approx([1 / 2, 1.0, 1 / 2])
+    # of the 4 images not of each class, 1, 1 and 0 are called that class
+    assert list(table["specificity"]) == pytest.approx([3 / 4, 3 / 4, 1.0])
     assert list(table["f1"]) == pytest.approx([1 / 2, 4 / 5, 2 / 3])
+    # one-vs-rest on the class's probability (0.8 where predicted, 0.1 elsewhere; ties count a half):
+    # covid's members score 0.8 and 0.1 against 0.1, 0.1, 0.1, 0.8: (3.5 + 1.5) / 8
+    assert list(table["roc_auc"]) == pytest.approx([5 / 8, 7 / 8, 6 / 8])
     assert list(table["support"]) == [2, 2, 2]
 
 
@@ -258,13 +263,15 @@ def test_per_class_table_absent_class_has_zero_row() -> None:
         np.array([0, 0, 1, 1]), one_hot_scores([0, 1, 1, 1], 3), ["a", "b", "c"], multilabel=False
     )
     assert table.iloc[2][["precision", "recall", "f1", "support"]].tolist() == [0, 0, 0, 0]
+    assert table.iloc[2]["specificity"] == 1.0 and np.isnan(table.iloc[2]["roc_auc"])  # no member: no curve
 
 
 def test_per_class_table_multilabel() -> None:
     table = per_class_table(Y_TRUE_ML, SCORES_ML, ["x", "y", "z"], multilabel=True)
-    assert list(table.columns) == ["class", "precision", "recall", "f1", "support", "roc_auc"]
+    assert list(table.columns) == ["class", "precision", "recall", "specificity", "f1", "roc_auc", "support"]
     assert list(table["precision"]) == pytest.approx([1.0, 1.0, 0.0])
     assert list(table["recall"]) == pytest.approx([1.0, 1.0, 0.0])
+    assert list(table["specificity"]) == pytest.approx([1.0, 1.0, 0.5])  # z: 1 of its 2 negatives called z
     assert list(table["f1"]) == pytest.approx([1.0, 1.0, 0.0])
     assert list(table["support"]) == [2, 2, 1]
     assert list(table["roc_auc"]) == pytest.approx([1.0, 1.0, 1 / 2])

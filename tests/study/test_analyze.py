@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
 from cxrnets.data import SAMPLE_ROOT
 from cxrnets.errors import CxrError
@@ -244,6 +245,15 @@ def test_confusion_matrices_sum_to_the_test_split(evaluated, study_dir):
         assert (crossed.to_numpy() == confusion[classes].to_numpy()).all()
         probabilities = images[[f"p({name})" for name in classes]].to_numpy()
         assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+        # specificity from the confusion matrix; each class's AUC from its probability in the per-image table
+        matrix = confusion[classes].to_numpy()
+        negatives = test_size - matrix.sum(axis=1)
+        called = matrix.sum(axis=0) - np.diag(matrix)
+        assert per_class["specificity"].to_numpy() == pytest.approx((negatives - called) / negatives)
+        for name, auc in zip(classes, per_class["roc_auc"]):
+            members = images["true"] == name
+            assert auc == pytest.approx(roc_auc_score(members, images[f"p({name})"]) if 0 < members.sum() < test_size
+                                        else np.nan, nan_ok=True)
     # calibration of each chosen model, from the same probabilities, with intervals that hold the point
     calibration = analysis.tables["calibration"].set_index("model")
     assert sorted(calibration.index) == ["alexnet", "resnet50"] and (calibration["images"] == test_size).all()
@@ -259,14 +269,16 @@ def test_report_files(evaluated, study_dir):
     assert analysis.out == report
     text = (report / "report.md").read_text()
     for heading in ("## Search summary", "## Comparison (test split)", "### Macro F1", "### Accuracy",
-                    "## Ablations", "### lr", "## Confusion matrices", "## Calibration (test split)", "## Curves",
+                    "## Ablations", "### lr", "## Confusion matrices", "### ROC curves", "## Calibration (test split)",
+                    "## Curves",
                     "## Where the models look (Grad-CAM)"):
         assert heading in text
     assert "## Elsewhere" not in text  # no held-out sources, no external set
     figures = sorted(p.name for p in (report / "figures").iterdir())
     assert figures == sorted([f"confusion_{DATASET}_alexnet.png", f"confusion_{DATASET}_resnet50.png",
                               f"curves_{DATASET}.png", f"gradcam_{DATASET}_alexnet.png",
-                              f"gradcam_{DATASET}_resnet50.png", f"reliability_{DATASET}.png"])
+                              f"gradcam_{DATASET}_resnet50.png", f"reliability_{DATASET}.png",
+                              f"roc_{DATASET}.png"])
     for name in figures:
         path = report / "figures" / name
         assert f"](figures/{name})" in text

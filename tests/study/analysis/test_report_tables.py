@@ -74,12 +74,15 @@ def _small_split() -> Evaluation:
 def test_a_class_all_right_or_none_right_is_named_with_its_images_and_patients():
     found = boundary_proportions(_small_split())
     assert found == [BoundaryProportion("COVID-19", "precision", 1.0, 3, 2),
+                     BoundaryProportion("COVID-19", "specificity", 1.0, 6, 4),
                      BoundaryProportion("Other pneumonia", "recall", 1.0, 3, 2),
-                     BoundaryProportion("No Finding", "recall", 0.0, 3, 2)]
+                     BoundaryProportion("No Finding", "recall", 0.0, 3, 2),
+                     BoundaryProportion("No Finding", "specificity", 1.0, 9, 5)]
     # Precision of COVID-19: 3 predicted, all right
     both = _evaluation([0, 0, 1, 1], np.eye(3)[[0, 0, 0, 1]] * 0.7 + 0.1)
     assert [(b.class_name, b.figure, b.value) for b in boundary_proportions(both)] == [
-        ("COVID-19", "recall", 1.0), ("Other pneumonia", "precision", 1.0)]
+        ("COVID-19", "recall", 1.0), ("Other pneumonia", "precision", 1.0), ("Other pneumonia", "specificity", 1.0),
+        ("No Finding", "specificity", 1.0)]
 
 
 def test_per_class_intervals_at_0_or_1_are_exact_and_have_width():
@@ -107,4 +110,4 @@ def test_per_class_intervals_at_0_or_1_are_exact_and_have_width():
     assert "recall of Other pneumonia (1.000: 3 of 3 image(s), 2 patient(s))" in sentence
     assert "recall of No Finding (0.000: 0 of 3 image(s), 2 patient(s))" in sentence
     assert "Clopper-Pearson" in sentence and "F1 of No Finding is then the same in every resample" in sentence
-    assert boundary_sentence(_evaluation([0, 1, 0, 1], np.eye(3)[[0, 1, 1, 0]] * 0.7 + 0.1)) == []
+    assert boundary_sentence(_evaluation([0, 0, 1, 1, 2, 2], np.eye(3)[[0, 1, 1, 2, 2, 0]] * 0.7 + 0.1)) == []

@@ -32,7 +32,7 @@ def test_weights_of_ones_give_the_metrics_and_a_resample_equals_its_duplicated_i
     for name, value in classification_metrics(y_true, scores, multilabel).items():
         assert ones.summary[name][0] == pytest.approx(value, abs=1e-12), name
     per_class = per_class_table(y_true, scores, list("abcd"), multilabel)
-    for column in ("precision", "recall", "f1") + (("roc_auc",) if multilabel else ()):
+    for column in ("precision", "recall", "specificity", "f1", "roc_auc"):
         np.testing.assert_allclose(ones.per_class[column][0], per_class[column].to_numpy())
 
     weights = resample_weights(groups, group_strata(groups, y_true, multilabel), 50, seed=3)
