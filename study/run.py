@@ -122,7 +122,7 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
         document["search"] = {k: v for k, v in document["search"].items() if k != "dataset"}
     document["search"] = {"dataset": {"choice": datasets} if len(datasets) > 1 else {"value": datasets[0]},
                           **{k: v for k, v in document["search"].items() if k != "dataset"}}
-    if args.grace_period is None and args.max_epochs is not None and study["grace_period"] > args.max_epochs:
+    if args.grace_period is None and args.max_epochs is not None and study["grace_period"] > args.max_epochs >= 1:
         log.warning("the space's grace period %d exceeds --max-epochs %d: ASHA's grace period lowered to %d",
                     study["grace_period"], args.max_epochs, args.max_epochs)
         study["grace_period"] = args.max_epochs

@@ -223,6 +223,8 @@ def test_help_and_option_errors_answer_without_loading_torch_ray_or_optuna(argv)
             "print('exit', code, sorted(m for m in ('torch', 'ray', 'optuna', 'sklearn') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.stdout.splitlines()[-1] == f"exit {0 if argv == ['--help'] else 2} []", done.stdout + done.stderr
+    if argv == ["--max-epochs", "0"]:  # the error alone: no note of a grace period "lowered to 0" before it
+        assert done.stderr.strip() == "error: --max-epochs must be at least 1, got 0", done.stderr
 
 
 def test_help_states_each_default_once():
