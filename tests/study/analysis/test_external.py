@@ -136,7 +136,8 @@ def test_the_report_shows_the_comparison_and_the_gradcam_figures(external_analys
     (["--external", "x=csv:{labels}", "--dataset-option", "x:label_column=subject"],
      r"--external x: no class in common with the study: the set's classes are \['b0', .*\], the study's "
      r"\['COVID-19', 'Other pneumonia', 'No Finding'\]"),
-    (["--external", "x=csv:{tmp}/nowhere.csv"], r"--external x: data root .*nowhere.csv does not exist"),
+    (["--external", "x=csv:{tmp}/nowhere.csv"],
+     r"--external x=csv:.*nowhere.csv: .*nowhere.csv does not exist; give the path of the csv set \(NAME=DATASET:PATH\)"),
     (["--external", "x=csv:{labels}"], r"--external x: .*labels.csv: missing column\(s\) \['label'\]"),
     (["--external", "x=lungs:{labels}"], r"--external 'x=lungs:.*': unknown dataset 'lungs'"),
     (["--external", "x"], r"--external 'x': write NAME=DATASET:PATH"),
