@@ -29,6 +29,7 @@ __all__ = [
     "majority_baseline",
     "majority_scores",
     "class_indicators",
+    "class_probabilities",
     "per_class_table",
     "predictions",
 ]
@@ -122,7 +123,10 @@ def classification_metrics(
     """Summary metrics for one split.
 
     Single-label keys: ``accuracy``, ``precision_macro``, ``recall_macro``,
-    ``f1_macro`` (macro over all C score columns).
+    ``f1_macro`` (macro over all C score columns), and ``roc_auc_macro`` (the
+    mean one-vs-rest ROC AUC of each class's probability over the classes
+    present with other classes; nan when none is): threshold-free, it ranks
+    models that all predict the majority class, where the macro F1 ties.
 
     Multi-label keys: ``accuracy`` (label-wise: fraction of the N*L cells
     predicted right), ``subset_accuracy`` (exact match of whole rows),
@@ -138,21 +142,24 @@ def classification_metrics(
     precision, recall, f1, _ = skm.precision_recall_fscore_support(
         y_true, y_pred, labels=labels, average="macro", zero_division=0
     )
+    aucs = _per_label_roc_auc(class_indicators(y_true, scores.shape[1], multilabel).astype(np.int64),
+                              scores if multilabel else class_probabilities(scores))
+    defined = aucs[~np.isnan(aucs)]
+    if defined.size < aucs.size:
+        logger.debug(
+            "ROC AUC undefined for %d of %d classes or labels (only members or only non-members in y_true)",
+            aucs.size - defined.size,
+            aucs.size,
+        )
+    roc_auc_macro = float(defined.mean()) if defined.size else float("nan")
     if not multilabel:
         return {
             "accuracy": float(skm.accuracy_score(y_true, y_pred)),
             "precision_macro": float(precision),
             "recall_macro": float(recall),
             "f1_macro": float(f1),
+            "roc_auc_macro": roc_auc_macro,
         }
-    aucs = _per_label_roc_auc(y_true, scores)
-    defined = aucs[~np.isnan(aucs)]
-    if defined.size < aucs.size:
-        logger.debug(
-            "ROC AUC undefined for %d of %d labels (only one class in y_true)",
-            aucs.size - defined.size,
-            aucs.size,
-        )
     return {
         # Label-wise accuracy: every (sample, label) cell counts once.
         "accuracy": float(skm.accuracy_score(y_true.ravel(), y_pred.ravel())),
@@ -164,7 +171,7 @@ def classification_metrics(
         "f1_micro": float(
             skm.f1_score(y_true, y_pred, labels=labels, average="micro", zero_division=0)
         ),
-        "roc_auc_macro": float(defined.mean()) if defined.size else float("nan"),
+        "roc_auc_macro": roc_auc_macro,
     }
 
 
@@ -203,9 +210,8 @@ def per_class_table(
     Columns: ``class``, ``precision``, ``recall``, ``specificity`` (true
     negatives over the images not of the class; 0 where there are none),
     ``f1``, ``roc_auc`` (the class's score against its membership,
-    one-vs-rest for single-label; nan where y_true has only members or only
-    non-members: single-label scores must then be probabilities, a softmax)
-    and ``support`` (number of true members).
+    one-vs-rest on its probability for single-label; nan where y_true has
+    only members or only non-members) and ``support`` (number of true members).
     """
     y_true, scores = _check_inputs(y_true, scores, multilabel)
     if len(class_names) != scores.shape[1]:
@@ -227,10 +233,22 @@ def per_class_table(
             "recall": np.asarray(recall, dtype=np.float64),
             "specificity": np.where(negatives > 0, true_negatives / np.maximum(negatives, 1), 0.0),
             "f1": np.asarray(f1, dtype=np.float64),
-            "roc_auc": _per_label_roc_auc(truth.astype(np.int64), scores),
+            "roc_auc": _per_label_roc_auc(truth.astype(np.int64),
+                                          scores if multilabel else class_probabilities(scores)),
             "support": np.asarray(support, dtype=np.int64),
         }
     )
+
+
+def class_probabilities(scores: np.ndarray) -> np.ndarray:
+    """Single-label scores as probabilities: rows that are already a distribution (non-negative, summing
+    to 1) as they are, logits through a softmax. A class's one-vs-rest ROC AUC ranks images by its
+    probability, which a class's logit alone does not order the same way."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if (scores >= 0).all() and np.allclose(scores.sum(axis=1), 1.0, atol=1e-4):
+        return scores
+    exp = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def class_indicators(rows: np.ndarray, num_classes: int, multilabel: bool) -> np.ndarray:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cxrnets.metrics import calibration, predictions
+from cxrnets.metrics import calibration, class_probabilities, predictions
 
 LEVEL = 0.95
 RESAMPLES = 2000
@@ -150,11 +150,15 @@ def metric_samples(y_true: np.ndarray, scores: np.ndarray, multilabel: bool, wei
     total = support.sum(axis=1, keepdims=True)
     negatives = total - support
     specificity = _divide(negatives - (guessed - tp), negatives)
-    aucs = np.stack([_weighted_auc((y_true == k).astype(np.float64), np.asarray(scores)[:, k], weights)
+    probabilities = class_probabilities(scores)
+    aucs = np.stack([_weighted_auc((y_true == k).astype(np.float64), probabilities[:, k], weights)
                      for k in range(classes)], axis=1)
+    with warnings.catch_warnings():  # a resample where no class has members and non-members: NaN, as in the metrics
+        warnings.simplefilter("ignore", RuntimeWarning)
+        auc_macro = np.nanmean(aucs, axis=1)
     summary = {"accuracy": _divide(tp.sum(axis=1), support.sum(axis=1)),
                "precision_macro": precision.mean(axis=1), "recall_macro": recall.mean(axis=1),
-               "f1_macro": f1.mean(axis=1)}
+               "f1_macro": f1.mean(axis=1), "roc_auc_macro": auc_macro}
     return MetricSamples(summary, {"precision": precision, "recall": recall, "specificity": specificity, "f1": f1,
                                    "roc_auc": aucs})
 

@@ -17,8 +17,8 @@ from cxrnets.metrics import (
     reliability_bins,
 )
 
-SINGLE_KEYS = {"accuracy", "precision_macro", "recall_macro", "f1_macro"}
-MULTI_KEYS = SINGLE_KEYS | {"subset_accuracy", "f1_micro", "roc_auc_macro"}
+SINGLE_KEYS = {"accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc_macro"}
+MULTI_KEYS = SINGLE_KEYS | {"subset_accuracy", "f1_micro"}
 
 
 def one_hot_scores(y_pred: list[int], num_classes: int, high: float = 0.8) -> np.ndarray:
@@ -51,6 +51,8 @@ def test_single_label_hand_computed() -> None:
     assert result["precision_macro"] == pytest.approx(13 / 18)
     assert result["recall_macro"] == pytest.approx(2 / 3)
     assert result["f1_macro"] == pytest.approx(59 / 90)
+    # one-vs-rest on each class's probability: 5/8, 7/8, 6/8 (as in test_per_class_table_single_label)
+    assert result["roc_auc_macro"] == pytest.approx(3 / 4)
     assert all(type(v) is float for v in result.values())
 
 
@@ -90,17 +92,20 @@ def test_macro_average_counts_absent_class() -> None:
     assert result["recall_macro"] == pytest.approx(1 / 2)
     assert result["f1_macro"] == pytest.approx(22 / 45)
     assert result["precision_macro"] != pytest.approx(5 / 6)
+    # ROC AUC needs a class's members and non-members: the absent class has none, the mean runs over
+    # the two others (0.75 each: class 0's members score 0.8 and 0.1 against 0.1, 0.1; ties count a half)
+    assert result["roc_auc_macro"] == pytest.approx(3 / 4)
 
 
 def test_single_label_perfect_and_all_wrong() -> None:
     y_true = np.array([0, 1, 2])
     perfect = classification_metrics(y_true, one_hot_scores([0, 1, 2], 3), multilabel=False)
     assert perfect == pytest.approx(
-        {"accuracy": 1.0, "precision_macro": 1.0, "recall_macro": 1.0, "f1_macro": 1.0}
+        {"accuracy": 1.0, "precision_macro": 1.0, "recall_macro": 1.0, "f1_macro": 1.0, "roc_auc_macro": 1.0}
     )
     wrong = classification_metrics(y_true, one_hot_scores([1, 2, 0], 3), multilabel=False)
     assert wrong == pytest.approx(
-        {"accuracy": 0.0, "precision_macro": 0.0, "recall_macro": 0.0, "f1_macro": 0.0}
+        {"accuracy": 0.0, "precision_macro": 0.0, "recall_macro": 0.0, "f1_macro": 0.0, "roc_auc_macro": 0.25}
     )
 
 
