@@ -317,9 +317,10 @@ def print_summary(settings: StudySettings) -> None:
     table = comparison_table(results, settings.metric, settings.mode)
     print(f"\nBest trial per model (chosen on {settings.metric}, validation split):\n")
     print(markdown_table(table))
+    shown = list(dict.fromkeys((settings.metric.removeprefix("val/"), "f1_macro", "accuracy")))
     for dataset, baseline in settings.baselines.items():
-        print(f"\nmajority-class baseline on {dataset}: val/f1_macro {baseline['f1_macro']:.3f}, "
-              f"val/accuracy {baseline['accuracy']:.3f}")
+        figures = ", ".join(f"val/{m} {baseline[m]:.3f}" for m in shown if m in baseline)
+        print(f"\nmajority-class baseline on {dataset}: {figures}")
     weights = storage.total_bytes(storage.join(settings.study_uri, WEIGHTS_DIR))
     kept = {"all": "every trial's best weights", 1: "the best weights of each model's best trial"}.get(
         settings.keep, f"the best weights of each model's {settings.keep} best trials")

@@ -12,6 +12,7 @@ About 3-4.5 minutes on 2 cores shared with other work (less on idle ones).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -371,6 +372,11 @@ def test_study_over_two_models_and_both_optimizers_completes(main_study, capsys)
     # what the study leaves: its size, and how much of it the weights --keep kept are
     weights_mb = sum(f.stat().st_size for f in (study_dir / "weights").iterdir()) / 1e6
     assert f"MB in all; {weights_mb:,.0f} MB of it the best weights of each model's best trial, --keep 1)" in out
+    # the floor beside the best trials, on the study metric first where the baseline has it (a loss it has not)
+    assert re.search(r"majority-class baseline on folder: val/f1_macro 0\.\d{3}, val/accuracy 0\.\d{3}\n", out)
+    print_summary(dataclasses.replace(settings, metric="val/roc_auc_macro", mode="max"))
+    assert re.search(r"majority-class baseline on folder: val/roc_auc_macro 0\.500, val/f1_macro 0\.\d{3}, "
+                     r"val/accuracy 0\.\d{3}\n", capsys.readouterr().out)
 
 
 def test_the_console_shows_each_trials_end_and_the_studys_progress(main_study):
