@@ -207,9 +207,10 @@ def plot_roc(cells: list, dataset: str, split_name: str, path: Path) -> None:
     figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.6 * rows + 0.5), squeeze=False)
     for axis in axes.flat[count:]:
         axis.axis("off")
+    members, _ = class_members(first)
     for k, (axis, name) in enumerate(zip(axes.flat, first.classes)):
         axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
-        truth = class_members(first)[0][:, k]
+        truth = members[:, k]
         axis.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="1 − specificity", ylabel="sensitivity",
                  title=f"{name} ({int(truth.sum())} of {len(truth)} images)")
         if truth.all() or not truth.any():
@@ -220,7 +221,8 @@ def plot_roc(cells: list, dataset: str, split_name: str, path: Path) -> None:
             evaluation = chosen.evaluation
             _, guessed = class_members(evaluation)
             fpr, tpr, _ = roc_curve(truth, evaluation.scores[:, k])
-            line, = axis.plot(fpr, tpr, label=f"{chosen.model} (AUC {roc_auc_score(truth, evaluation.scores[:, k]):.2f})")
+            auc = roc_auc_score(truth, evaluation.scores[:, k])
+            line, = axis.plot(fpr, tpr, label=f"{chosen.model} (AUC {auc:.2f})")
             axis.plot(guessed[~truth, k].mean(), guessed[truth, k].mean(), marker="o", color=line.get_color())
         axis.legend(loc="lower right", fontsize=7)
     figure.suptitle(f"{dataset}: ROC, each class against the rest, {split_name} split; dots: the models' decisions",

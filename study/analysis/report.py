@@ -186,8 +186,8 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
                   "Per class, each chosen model's ROC curve of that class against the rest (AUC in the legend) and, as "
                   "a dot, where its own decision sits (the most probable class; multi-label: probability 0.5): "
                   "a dot below its curve means a threshold on that class's probability would reach a higher "
-                  "sensitivity at the same specificity than the model's decision does (above it: the decision, which weighs "
-                  "the other classes' probabilities too, does better than any threshold on this one's).", ""]
+                  "sensitivity at the same specificity than the model's decision does (above it: the decision, which "
+                  "weighs the other classes' probabilities too, does better than any threshold on this one's).", ""]
         lines += [f"![ROC, {name.removeprefix('roc_')}](figures/{path.name})" for name, path in roc] + [""]
 
     lines += calibration_section(analysis, split_name, figures)
@@ -409,8 +409,8 @@ def elsewhere_section(analysis: Analysis, figures: bool) -> list[str]:
                   "Intervals: 95%, patient bootstrap of each set (resampled independently); the change is "
                   "external − internal. A class's recall of 0 or 1 is the same in every resample: it gets the exact "
                   "binomial (Clopper-Pearson) interval over the class's patients, and its change the two sides' "
-                  "intervals combined (MOVER), noted in its row. Accuracy moves with a set's class mix: the majority-class predictor's rows "
-                  "show how much of a change the mix alone makes; the recall and AUC means do not depend on it.", ""]
+                  "intervals combined (MOVER), noted in its row. Accuracy moves with a set's class mix: the "
+                  "majority-class predictor's rows show how much of a change the mix alone makes; the recall and AUC means do not depend on it.", ""]
         lines += [f"- **{s.name}** ({s.description}): {s.summary().partition(': ')[2]}" for s in analysis.external_sets]
         lines.append("")
         summary = table[table["class"] == ALL_PRESENT]

@@ -196,7 +196,7 @@ def per_class_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
         if bootstrap is not None:
             samples = bootstrap.samples[chosen.candidate.trial_id].per_class
             present = per_class["support"].to_numpy() > 0
-            for column in [c for c in ("precision", "recall", "specificity", "f1", "roc_auc") if c in per_class]:
+            for column in ("precision", "recall", "specificity", "f1", "roc_auc"):
                 bounds = [percentile_interval(samples[column][:, j]) if present[j] else (np.nan, np.nan)
                           for j in range(len(per_class))]
                 per_class[f"{column} lower"] = [b[0] for b in bounds]
@@ -372,7 +372,9 @@ def boundary_proportions(evaluation: Evaluation) -> list[BoundaryProportion]:
     truth, guessed = class_members(evaluation)
     found = []
     for k, name in enumerate(evaluation.classes):
-        for figure, members, right in (("precision", guessed[:, k], truth[:, k]), ("recall", truth[:, k], guessed[:, k]),
+        # (figure, the images it is a proportion of, which of them it counts right)
+        for figure, members, right in (("precision", guessed[:, k], truth[:, k]),
+                                       ("recall", truth[:, k], guessed[:, k]),
                                        ("specificity", ~truth[:, k], ~guessed[:, k])):
             images, hits = int(members.sum()), int((members & right).sum())
             if images and hits in (0, images):
