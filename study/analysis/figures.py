@@ -31,13 +31,8 @@ def plot_confusion(evaluation: Evaluation, title: str, path: Path) -> None:
     plt = _pyplot()
     table = confusion_table(evaluation)
     if evaluation.multilabel:
-        count = len(evaluation.classes)
-        columns = min(count, 4)
-        rows = math.ceil(count / columns)
-        figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.6 * rows + 0.6), squeeze=False)
-        for axis in axes.flat[count:]:
-            axis.axis("off")
-        for axis, row in zip(axes.flat, table.itertuples(index=False)):
+        figure, axes = _panels(plt, len(evaluation.classes), 2.6, 0.6)
+        for axis, row in zip(axes, table.itertuples(index=False)):
             matrix = np.array([[row.TN, row.FP], [row.FN, row.TP]])
             _draw_matrix(axis, matrix, ["absent", "present"], ["absent", "present"])
             axis.set_title(row.label, fontsize=9)
@@ -55,6 +50,16 @@ def plot_confusion(evaluation: Evaluation, title: str, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def _panels(plt, count: int, inches: float, title_room: float):
+    """(figure, the first `count` axes) of a grid of square panels, at most 4 a row (the rest hidden)."""
+    columns = min(count, 4)
+    rows = math.ceil(count / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(inches * columns, inches * rows + title_room), squeeze=False)
+    for axis in axes.flat[count:]:
+        axis.axis("off")
+    return figure, axes.flat[:count]
 
 
 def _draw_matrix(axis, matrix: np.ndarray, rows: list[str], columns: list[str]) -> None:
@@ -201,14 +206,9 @@ def plot_roc(cells: list, dataset: str, split_name: str, path: Path) -> None:
 
     plt = _pyplot()
     first = cells[0].evaluation
-    count = len(first.classes)
-    columns = min(count, 4)
-    rows = math.ceil(count / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.6 * rows + 0.5), squeeze=False)
-    for axis in axes.flat[count:]:
-        axis.axis("off")
+    figure, axes = _panels(plt, len(first.classes), 3.6, 0.5)
     members, _ = class_members(first)
-    for k, (axis, name) in enumerate(zip(axes.flat, first.classes)):
+    for k, (axis, name) in enumerate(zip(axes, first.classes)):
         axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
         truth = members[:, k]
         axis.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="1 − specificity", ylabel="sensitivity",
