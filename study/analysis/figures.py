@@ -227,7 +227,7 @@ def plot_roc(cells: list, dataset: str, split_name: str, path: Path) -> None:
         axis.legend(loc="lower right", fontsize=7)
     figure.suptitle(f"{dataset}: ROC, each class against the rest, {split_name} split; dots: the models' decisions",
                     fontsize=10)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.4 / figure.get_figheight()))  # room for the title above the panels
     figure.savefig(path, dpi=110)
     plt.close(figure)
 

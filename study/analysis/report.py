@@ -215,15 +215,19 @@ def boundary_sentence(evaluation) -> list[str]:
     found = boundary_proportions(evaluation)
     if not found:
         return []
-    named = [f"{b.figure} of {b.class_name} ({b.value:.3f}: {round(b.value * b.images)} of {b.images} image(s), "
-             f"{b.patients} patient(s))" for b in found]
+    groups = []
+    for figure in ("precision", "recall", "specificity"):
+        cells = [f"{b.class_name} ({round(b.value * b.images)} of {b.images} image(s), {b.patients} patient(s))"
+                 for b in found if b.figure == figure]
+        if cells:
+            groups.append(f"{figure} of {', '.join(cells)}")
     at = {(b.class_name, b.figure, b.value) for b in found}
     # F1 is 0 wherever nothing of a class is right, 1 where precision and recall are both 1.
     f1_flat = [name for name in evaluation.classes if (name, "recall", 0.0) in at
                or {(name, "precision", 1.0), (name, "recall", 1.0)} <= at]
-    text = (f"At 0 or 1 no resample moves a proportion: {'; '.join(named)}. Their intervals are the exact "
-            "binomial (Clopper-Pearson) 95% intervals over those patients, not the bootstrap's, whose every "
-            "resample repeats the figure.")
+    text = ("At 0 or 1 no resample moves a proportion, so these intervals are the exact binomial "
+            "(Clopper-Pearson) 95% intervals over the patients behind each figure, not the bootstrap's: "
+            f"{'; '.join(groups)}.")
     if f1_flat:
         names = " and ".join([", ".join(f1_flat[:-1]), f1_flat[-1]] if len(f1_flat) > 1 else f1_flat)
         text += (f" F1 of {names} is then the same in every resample too: its interval has no width; read "

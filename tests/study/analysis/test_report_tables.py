@@ -107,7 +107,8 @@ def test_per_class_intervals_at_0_or_1_are_exact_and_have_width():
     assert shown.loc["Other pneumonia", "recall"] == "1.000 [0.16, 1.00]"
 
     sentence = " ".join(boundary_sentence(evaluation))
-    assert "recall of Other pneumonia (1.000: 3 of 3 image(s), 2 patient(s))" in sentence
-    assert "recall of No Finding (0.000: 0 of 3 image(s), 2 patient(s))" in sentence
+    assert ("recall of Other pneumonia (3 of 3 image(s), 2 patient(s)), No Finding (0 of 3 image(s), 2 patient(s))"
+            in sentence)
+    assert "; specificity of COVID-19 (6 of 6 image(s), 4 patient(s)), No Finding (9 of 9" in sentence
     assert "Clopper-Pearson" in sentence and "F1 of No Finding is then the same in every resample" in sentence
     assert boundary_sentence(_evaluation([0, 0, 1, 1, 2, 2], np.eye(3)[[0, 1, 1, 2, 2, 0]] * 0.7 + 0.1)) == []
