@@ -208,6 +208,7 @@ def plot_roc(cells: list, dataset: str, split_name: str, path: Path) -> None:
     first = cells[0].evaluation
     figure, axes = _panels(plt, len(first.classes), 3.6, 0.5)
     members, _ = class_members(first)
+    decisions = [class_members(chosen.evaluation)[1] for chosen in cells]  # each model's predicted classes
     for k, (axis, name) in enumerate(zip(axes, first.classes)):
         axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
         truth = members[:, k]
@@ -217,11 +218,10 @@ def plot_roc(cells: list, dataset: str, split_name: str, path: Path) -> None:
             axis.text(0.5, 0.5, "no curve: the split has\nonly one side of this class", ha="center", va="center",
                       fontsize=8)
             continue
-        for chosen in cells:
-            evaluation = chosen.evaluation
-            _, guessed = class_members(evaluation)
-            fpr, tpr, _ = roc_curve(truth, evaluation.scores[:, k])
-            auc = roc_auc_score(truth, evaluation.scores[:, k])
+        for chosen, guessed in zip(cells, decisions):
+            scores = chosen.evaluation.scores[:, k]
+            fpr, tpr, _ = roc_curve(truth, scores)
+            auc = roc_auc_score(truth, scores)
             line, = axis.plot(fpr, tpr, label=f"{chosen.model} (AUC {auc:.2f})")
             axis.plot(guessed[~truth, k].mean(), guessed[truth, k].mean(), marker="o", color=line.get_color())
         axis.legend(loc="lower right", fontsize=7)

@@ -414,7 +414,8 @@ def elsewhere_section(analysis: Analysis, figures: bool) -> list[str]:
                   "external − internal. A class's recall of 0 or 1 is the same in every resample: it gets the exact "
                   "binomial (Clopper-Pearson) interval over the class's patients, and its change the two sides' "
                   "intervals combined (MOVER), noted in its row. Accuracy moves with a set's class mix: the "
-                  "majority-class predictor's rows show how much of a change the mix alone makes; the recall and AUC means do not depend on it.", ""]
+                  "majority-class predictor's rows show how much of a change the mix alone makes; the recall and "
+                  "AUC means do not depend on it.", ""]
         lines += [f"- **{s.name}** ({s.description}): {s.summary().partition(': ')[2]}" for s in analysis.external_sets]
         lines.append("")
         summary = table[table["class"] == ALL_PRESENT]
