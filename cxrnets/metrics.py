@@ -24,14 +24,17 @@ from sklearn import metrics as skm
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "calibration",
+    "class_indicators",
+    "class_names",
+    "class_probabilities",
     "classification_metrics",
     "confusion_matrix",
     "majority_baseline",
     "majority_scores",
-    "class_indicators",
-    "class_probabilities",
     "per_class_table",
     "predictions",
+    "reliability_bins",
 ]
 
 
@@ -300,8 +303,7 @@ def calibration(y_true: np.ndarray, scores: np.ndarray, weights: np.ndarray | No
     y_true = np.asarray(y_true, dtype=np.int64)
     scores = _check_scores(scores)
     weights = np.ones((1, len(y_true))) if weights is None else np.asarray(weights, dtype=np.float64)
-    truth = np.zeros_like(scores)
-    truth[np.arange(len(y_true)), y_true] = 1.0
+    truth = class_indicators(y_true, scores.shape[1], multilabel=False)
     total = weights.sum(axis=1)
     brier = (weights @ ((scores - truth) ** 2).sum(axis=1)) / total
     confidence, correct, which = _confidence_bins(y_true, scores, bins)
@@ -324,5 +326,5 @@ def _confidence_bins(y_true: np.ndarray, scores: np.ndarray, bins: int) -> tuple
     """Each image's confidence (its predicted class's probability), whether that prediction is right (0/1),
     and its bin among `bins` equal-width ones."""
     confidence = scores.max(axis=1)
-    correct = (scores.argmax(axis=1) == y_true).astype(np.float64)
+    correct = (predictions(scores, multilabel=False) == y_true).astype(np.float64)
     return confidence, correct, np.minimum((confidence * bins).astype(np.int64), bins - 1)
