@@ -15,9 +15,10 @@ An external set rarely has every class, so it is scored on what exists with part
 accuracy, each present class's recall, and each present class's one-vs-rest ROC AUC; the summaries
 average over the classes present in both the external set and the internal split. Intervals come
 from the same patient bootstrap as the internal figures, the external set's patients resampled
-independently of the internal split's, and the change is the difference of the two; a class's recall
-of 0 or 1 gets the exact binomial interval over its patients instead (study.analysis.uncertainty),
-and its change the interval combining the two sides' (MOVER).
+independently of the internal split's, and the change is the difference of the two; a class's recall,
+a proportion, gets the exact binomial interval over its patients instead
+(study.analysis.uncertainty.proportion_interval), and its change the interval combining the two
+sides' (MOVER).
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ import pandas as pd
 
 from cxrnets.data import DATASET_NAMES, DatasetIndex, load_dataset, parse_dataset_options
 from cxrnets.errors import CxrError
+from cxrnets.metrics import predictions
 from cxrnets.predict import model_from_checkpoint, predict
 from cxrnets.training import load_checkpoint
 from study.analysis.evaluation import Evaluation, StudyData
 from study.analysis.selection import Analysis
-from study.analysis.uncertainty import (BASELINE, boundary_interval, group_strata, independent_difference_interval,
-                                        partial_class_samples, percentile_interval, resample_weights)
+from study.analysis.uncertainty import (BASELINE, group_strata, independent_difference_interval, partial_class_samples,
+                                        percentile_interval, proportion_interval, resample_weights)
 
 log = logging.getLogger("study.analyze")
 
@@ -268,6 +270,8 @@ def compare(cell: dict, internal: Evaluation, internal_scores: np.ndarray, exter
     both = (counts_in > 0) & (counts_out > 0)
     inside, inside_samples = _figures(internal.y_true, internal_scores, internal.groups, both, resamples, seed)
     outside, outside_samples = _figures(external.y_true, scores, external.groups, both, resamples, set_seed)
+    right_in = predictions(internal_scores, False) == internal.y_true
+    right_out = predictions(scores, False) == external.y_true
     rows = []
     base = {**cell, "set": external.name, "external_patients": len(np.unique(external.groups))}
     wanted = [(metric, ALL_PRESENT, None) for metric in EXTERNAL_METRICS]
@@ -278,19 +282,17 @@ def compare(cell: dict, internal: Evaluation, internal_scores: np.ndarray, exter
         samples_out = _column(outside_samples, metric, k) if outside_samples is not None else None
         interval_in, interval_out = _interval(samples_in), _interval(samples_out)
         change = _interval(samples_out - samples_in if samples_in is not None else None)
+        if metric == "recall" and resamples:
+            # A proportion: its exact interval over the class's patients on each side, as in the per-class
+            # tables (the resampled one is too narrow over few patients), and the change combining the two.
+            interval_in = proportion_interval(right_in[internal.y_true == k], internal.groups[internal.y_true == k])
+            interval_out = proportion_interval(right_out[external.y_true == k], external.groups[external.y_true == k])
+            change = independent_difference_interval(value_out, interval_out, value_in, interval_in)
         note = ""
         if k is not None and not counts_out[k]:
             note = f"absent from {external.name}"
         elif k is not None and not counts_in[k]:
             note = f"absent from the internal {internal.split} split"
-        elif metric == "recall" and resamples and (value_in in (0.0, 1.0) or value_out in (0.0, 1.0)):
-            # A recall of 0 or 1 repeats in every resample: the exact interval over the class's patients.
-            if value_in in (0.0, 1.0):
-                interval_in = boundary_interval(value_in, len(np.unique(internal.groups[internal.y_true == k])))
-            if value_out in (0.0, 1.0):
-                interval_out = boundary_interval(value_out, len(np.unique(external.groups[external.y_true == k])))
-            change = independent_difference_interval(value_out, interval_out, value_in, interval_in)
-            note = "exact interval at 0 or 1"
         rows.append({**base, "metric": metric, "class": class_name,
                      "internal_images": len(internal.y_true) if k is None else int(counts_in[k]),
                      "external_images": len(external.y_true) if k is None else int(counts_out[k]),

@@ -12,7 +12,7 @@ import pandas as pd
 from study import storage
 from study.analysis.figures import write_figures
 from study.analysis.looks import history
-from study.analysis.report_tables import boundary_proportions, never_predicted, reported_metric, slug
+from study.analysis.report_tables import never_predicted, reported_metric, slug
 from study.analysis.selection import Analysis
 from study.tables import METRIC_TITLES, NOT_SET, PAPER_METRICS, STATUSES, interval_text, markdown_table
 
@@ -161,7 +161,13 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
         lines += ["Each class against the rest: precision (positive predictive value), recall (sensitivity), "
                   "specificity (the images not of the class that the model does not call so), F1, and the ROC AUC "
                   "of the class's probability; `support` and `patients`: the class's images and patients on "
-                  "the split.", ""]
+                  "the split."
+                  + (" Intervals (95%): precision, recall and specificity are proportions of images, and over the "
+                     "few patients a class often has the bootstrap's percentile interval of a proportion is too "
+                     "narrow (at 0 or 1 it has no width), so theirs are exact binomial intervals with the patients "
+                     "as clusters (Korn & Graubard 1998: Clopper-Pearson at the images' effective sample size; "
+                     "at 0 or 1 each patient counts once); F1 and ROC AUC: the patient bootstrap's."
+                     if analysis.bootstraps else ""), ""]
     for chosen in best:
         name = f"{slug(chosen.dataset)}_{slug(chosen.model)}"
         evaluation = chosen.evaluation
@@ -176,10 +182,10 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
         unpredicted = never_predicted(evaluation)
         if unpredicted:
             lines += [f"Never predicted on this split: {', '.join(unpredicted)}. Precision is then 0/0: the table "
-                      "shows 0, and an interval of [0.00, 0.00], by scikit-learn's convention (zero_division=0, "
-                      "as in the macro averages above), not as a measurement.", ""]
+                      "shows 0 by scikit-learn's convention (zero_division=0, as in the macro averages above), not as "
+                      "a measurement, and no interval.", ""]
         if chosen.dataset in analysis.bootstraps:
-            lines += boundary_sentence(evaluation)
+            lines += flat_f1_sentence(tables[f"per_class_{name}"])
     roc = [(name, path) for name, path in analysis.figures.items() if name.startswith("roc_")]
     if figures and roc:
         lines += ["### ROC curves", "",
@@ -210,29 +216,17 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
-def boundary_sentence(evaluation) -> list[str]:
-    """Which per-class intervals are exact binomial ones, and why (empty when none is)."""
-    found = boundary_proportions(evaluation)
-    if not found:
+def flat_f1_sentence(per_class: pd.DataFrame) -> list[str]:
+    """The classes whose F1 every resample repeats, and what to read instead (empty when none)."""
+    # F1 is 0 wherever nothing of a class is right, 1 where its precision and recall are both 1.
+    flat = per_class[(per_class["support"] > 0) & ((per_class["recall"] == 0)
+                                                   | ((per_class["precision"] == 1) & (per_class["recall"] == 1)))]
+    if flat.empty:
         return []
-    groups = []
-    for figure in ("precision", "recall", "specificity"):
-        cells = [f"{b.class_name} ({round(b.value * b.images)} of {b.images} image(s), {b.patients} patient(s))"
-                 for b in found if b.figure == figure]
-        if cells:
-            groups.append(f"{figure} of {', '.join(cells)}")
-    at = {(b.class_name, b.figure, b.value) for b in found}
-    # F1 is 0 wherever nothing of a class is right, 1 where precision and recall are both 1.
-    f1_flat = [name for name in evaluation.classes if (name, "recall", 0.0) in at
-               or {(name, "precision", 1.0), (name, "recall", 1.0)} <= at]
-    text = ("At 0 or 1 no resample moves a proportion, so these intervals are the exact binomial "
-            "(Clopper-Pearson) 95% intervals over the patients behind each figure, not the bootstrap's: "
-            f"{'; '.join(groups)}.")
-    if f1_flat:
-        names = " and ".join([", ".join(f1_flat[:-1]), f1_flat[-1]] if len(f1_flat) > 1 else f1_flat)
-        text += (f" F1 of {names} is then the same in every resample too: its interval has no width; read "
-                 "precision's and recall's.")
-    return [text, ""]
+    names = list(flat["class"])
+    named = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+    return [f"F1 of {named} is the same in every resample of this split (none of the class's images right, or "
+            "all of them and all its predictions): its interval has no width; read precision's and recall's.", ""]
 
 
 def calibration_section(analysis: Analysis, split_name: str, figures: bool) -> list[str]:
@@ -411,11 +405,10 @@ def elsewhere_section(analysis: Analysis, figures: bool) -> list[str]:
                   "every class, so the figures are those that exist with partial classes: accuracy, and each present "
                   "class's recall and one-vs-rest ROC AUC; the means run over the classes present in both sets. "
                   "Intervals: 95%, patient bootstrap of each set (resampled independently); the change is "
-                  "external − internal. A class's recall of 0 or 1 is the same in every resample: it gets the exact "
-                  "binomial (Clopper-Pearson) interval over the class's patients, and its change the two sides' "
-                  "intervals combined (MOVER), noted in its row. Accuracy moves with a set's class mix: the "
-                  "majority-class predictor's rows show how much of a change the mix alone makes; the recall and "
-                  "AUC means do not depend on it.", ""]
+                  "external − internal. A class's recall, a proportion, gets the exact binomial interval over its "
+                  "patients (as in the per-class tables), and its change the two sides' intervals combined (MOVER). "
+                  "Accuracy moves with a set's class mix: the majority-class predictor's rows show how much of a "
+                  "change the mix alone makes; the recall and AUC means do not depend on it.", ""]
         lines += [f"- **{s.name}** ({s.description}): {s.summary().partition(': ')[2]}" for s in analysis.external_sets]
         lines.append("")
         summary = table[table["class"] == ALL_PRESENT]

@@ -4,8 +4,6 @@ validation table, ablations, confusion matrices and per-class metrics."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 
@@ -13,9 +11,13 @@ from study.analysis.confirmation import seed_differences, seed_runs_table, seed_
 from study.analysis.evaluation import Evaluation
 from study.analysis.reading import cell_columns, model_order, search_dimensions
 from study.analysis.selection import Analysis
-from study.analysis.uncertainty import BASELINE, SplitBootstrap, boundary_interval, percentile_interval
+from study.analysis.uncertainty import BASELINE, SplitBootstrap, percentile_interval, proportion_interval
 from study.tables import (PAPER_METRICS, ablation_table, comparison_table, format_paper_table, interval_text,
                           paper_table)
+
+
+# The per-class figures that are proportions of images: their intervals are proportion_interval's.
+PROPORTIONS = ("precision", "recall", "specificity")
 
 
 def slug(text: str) -> str:
@@ -196,15 +198,13 @@ def per_class_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
         if bootstrap is not None:
             samples = bootstrap.samples[chosen.candidate.trial_id].per_class
             present = per_class["support"].to_numpy() > 0
-            for column in ("precision", "recall", "specificity", "f1", "roc_auc"):
-                bounds = [percentile_interval(samples[column][:, j]) if present[j] else (np.nan, np.nan)
-                          for j in range(len(per_class))]
-                per_class[f"{column} lower"] = [b[0] for b in bounds]
-                per_class[f"{column} upper"] = [b[1] for b in bounds]
-            for boundary in boundary_proportions(evaluation):
-                row = evaluation.classes.index(boundary.class_name)
-                lower, upper = boundary_interval(boundary.value, boundary.patients)
-                per_class.loc[row, [f"{boundary.figure} lower", f"{boundary.figure} upper"]] = [lower, upper]
+            intervals = class_proportion_intervals(evaluation)
+            for column in ("f1", "roc_auc"):  # not proportions: the patient bootstrap's intervals
+                intervals[column] = [percentile_interval(samples[column][:, j]) if present[j] else (np.nan, np.nan)
+                                     for j in range(len(per_class))]
+            for column in (*PROPORTIONS, "f1", "roc_auc"):
+                per_class[f"{column} lower"] = [bounds[0] for bounds in intervals[column]]
+                per_class[f"{column} upper"] = [bounds[1] for bounds in intervals[column]]
         tables[f"per_class_{name}"] = per_class
         tables[f"_shown_per_class_{name}"] = with_intervals(per_class)
         if evaluation.images is not None:
@@ -340,7 +340,7 @@ def paired_differences(analysis: Analysis) -> pd.DataFrame:
 
 def never_predicted(evaluation: Evaluation) -> list[str]:
     """The classes (labels) predicted for no image of the split: their precision is 0/0, which the
-    per-class table prints as 0 (scikit-learn's zero_division=0), with a resampled interval of [0, 0]."""
+    per-class table prints as 0 (scikit-learn's zero_division=0), without an interval."""
     _, guessed = class_members(evaluation)
     return [name for name, predicted in zip(evaluation.classes, guessed.any(axis=0)) if not predicted]
 
@@ -355,32 +355,18 @@ def class_members(evaluation: Evaluation) -> tuple[np.ndarray, np.ndarray]:
             class_indicators(predicted, count, evaluation.multilabel))
 
 
-@dataclass
-class BoundaryProportion:
-    """A class's precision, recall or specificity observed at 0 or 1: no resample of the split moves it."""
-
-    class_name: str
-    figure: str     # "precision", "recall" or "specificity"
-    value: float    # 0.0 or 1.0
-    images: int     # the proportion's denominator: images predicted as the class, of it, or not of it
-    patients: int   # the patients those images belong to: the exact interval's units
-
-
-def boundary_proportions(evaluation: Evaluation) -> list[BoundaryProportion]:
-    """Each class's precision, recall and specificity that are 0 or 1 over at least one image, in class
-    order. Precision over no image (a class never predicted) is 0/0, not a proportion: never_predicted's."""
+def class_proportion_intervals(evaluation: Evaluation) -> dict[str, list[tuple[float, float]]]:
+    """Each class's precision, recall and specificity interval (study.analysis.uncertainty.proportion_interval,
+    over the patients of the images each is a proportion of); (nan, nan) for a precision over no image
+    (a class never predicted: 0/0, never_predicted's)."""
     truth, guessed = class_members(evaluation)
-    found = []
-    for k, name in enumerate(evaluation.classes):
-        # (figure, the images it is a proportion of, which of them it counts right)
-        for figure, members, right in (("precision", guessed[:, k], truth[:, k]),
-                                       ("recall", truth[:, k], guessed[:, k]),
-                                       ("specificity", ~truth[:, k], ~guessed[:, k])):
-            images, hits = int(members.sum()), int((members & right).sum())
-            if images and hits in (0, images):
-                found.append(BoundaryProportion(name, figure, float(hits == images), images,
-                                                len(np.unique(evaluation.groups[members]))))
-    return found
+    intervals: dict[str, list[tuple[float, float]]] = {figure: [] for figure in PROPORTIONS}
+    for k in range(len(evaluation.classes)):
+        # figure -> (the images it is a proportion of, which of them it counts right)
+        for figure, (members, right) in zip(PROPORTIONS, ((guessed[:, k], truth[:, k]), (truth[:, k], guessed[:, k]),
+                                                          (~truth[:, k], ~guessed[:, k]))):
+            intervals[figure].append(proportion_interval(right[members], evaluation.groups[members]))
+    return intervals
 
 
 def confusion_table(evaluation: Evaluation) -> pd.DataFrame:

@@ -12,13 +12,15 @@ one per image (how many times its group was drawn), and every metric of
 cxrnets.metrics.classification_metrics is computed from weighted counts for
 all resamples at once (weights of ones give exactly the point estimates).
 
-Intervals are percentile intervals, but for a proportion observed at 0 or
-1 (a class whose every image is right, or none): every resample repeats it,
-so the percentile interval has no width, and the exact binomial
-(Clopper-Pearson) interval over the patients behind it is given instead
-(boundary_interval). Paired differences use the same resampled patients for
-both sides, so that what the two models share (the hard patients) cancels
-out.
+Intervals are percentile intervals, but for the per-class proportions
+(precision, recall, specificity: images counted right among those predicted
+as a class, of it, or not of it). With the few patients a class often has on
+a test split, the percentile interval of a resampled proportion is too
+narrow (at 0 or 1 it has no width at all), so those get the exact binomial
+interval at the patients' effective sample size instead
+(proportion_interval). Paired differences use the same resampled patients
+for both sides, so that what the two models share (the hard patients)
+cancels out.
 """
 
 from __future__ import annotations
@@ -196,25 +198,45 @@ def percentile_interval(samples: np.ndarray, level: float = LEVEL) -> tuple[floa
     return float(lower), float(upper)
 
 
-def boundary_interval(proportion: float, patients: int, level: float = LEVEL) -> tuple[float, float]:
-    """The exact (Clopper-Pearson) interval of a proportion observed at 0 or 1 over `patients` patients.
+def proportion_interval(correct: np.ndarray, groups: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """The 95% interval of a proportion of images counted right, the images' patients as clusters:
+    Korn & Graubard's (1998) exact binomial interval, as R's survey::svyciprop(method = "beta") gives it.
 
-    Patients, not images, are the independent units (as in the resampling), which makes the interval
-    wider than one over the images. At the boundary the exact interval has a closed form:
-    x = n gives [(alpha/2)^(1/n), 1], x = 0 gives [0, 1 - (alpha/2)^(1/n)].
+    The Clopper-Pearson interval is taken at the effective sample size: the images divided by their
+    design effect (the variance of the proportion over patients, a ratio estimator's, against the
+    binomial one; at least 1 here: images of one patient never count for more than independent
+    ones), scaled by the squared ratio of t quantiles at the images' and the patients' degrees of
+    freedom, which widens it where patients are few. At 0 or 1, or over one patient, no design effect
+    can be estimated: each patient counts as one image. `correct`: one boolean per image of the
+    proportion's denominator; `groups`: each of those images' patient. (nan, nan) over no image.
     """
-    if proportion not in (0.0, 1.0) or patients < 1:
-        raise ValueError(f"boundary_interval: a proportion of 0 or 1 over at least one patient, got "
-                         f"{proportion} over {patients}")
-    bound = ((1 - level) / 2) ** (1 / patients)
-    return (bound, 1.0) if proportion == 1.0 else (0.0, 1.0 - bound)
+    from scipy import stats
+
+    correct = np.asarray(correct, dtype=np.float64)
+    if correct.size == 0:
+        return float("nan"), float("nan")
+    _, patient = np.unique(np.asarray(groups), return_inverse=True)
+    images, hits = np.bincount(patient).astype(np.float64), np.bincount(patient, weights=correct)
+    patients, total = len(images), float(correct.size)
+    proportion = hits.sum() / total
+    alpha = 1 - level
+    if proportion in (0.0, 1.0) or patients < 2:
+        effective = float(patients)
+    else:
+        variance = patients / (patients - 1) * np.sum((hits - proportion * images) ** 2) / total ** 2
+        effective = total if variance == 0 else min(total, proportion * (1 - proportion) / variance)
+        effective *= (stats.t.ppf(alpha / 2, total - 1) / stats.t.ppf(alpha / 2, patients - 1)) ** 2
+    right = proportion * effective
+    lower = float(stats.beta.ppf(alpha / 2, right, effective - right + 1)) if right > 0 else 0.0
+    upper = float(stats.beta.ppf(1 - alpha / 2, right + 1, effective - right)) if right < effective else 1.0
+    return lower, upper
 
 
 def independent_difference_interval(first: float, first_interval: tuple[float, float], second: float,
                                     second_interval: tuple[float, float]) -> tuple[float, float]:
     """The interval of first - second, two proportions from independent samples, from each one's own
-    interval (MOVER, Zou & Donner 2008): where one side's interval is an exact one, the difference of
-    resampled values would repeat that side's figure in every resample and be too narrow."""
+    interval (MOVER, Zou & Donner 2008): for proportions whose intervals are proportion_interval's,
+    the difference of resampled values would be as much too narrow as each side's."""
     (first_lower, first_upper), (second_lower, second_upper) = first_interval, second_interval
     difference = first - second
     return (difference - float(np.hypot(first - first_lower, second_upper - second)),

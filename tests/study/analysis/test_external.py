@@ -13,7 +13,7 @@ import pytest
 
 from cxrnets.errors import CxrError
 from study.analysis.external import ALL_PRESENT, HELDOUT_SET, parse_externals, parse_label_map
-from study.analysis.uncertainty import BASELINE, boundary_interval, independent_difference_interval
+from study.analysis.uncertainty import BASELINE, independent_difference_interval, proportion_interval
 from study.analyze import analyze, main
 from PIL import Image
 
@@ -95,14 +95,16 @@ def test_each_cell_is_compared_on_what_exists_with_partial_classes(external_anal
     constant = table[table["model"] == BASELINE].set_index(["metric", "class"])
     assert constant.loc[("accuracy", ALL_PRESENT), "external"] == pytest.approx(8 / 13)
     assert constant.loc[("roc_auc_present", ALL_PRESENT), "external"] == pytest.approx(0.5)
-    # Its recalls are 1 (COVID-19) and 0 (No Finding) in every resample of either set: the exact interval
-    # over the class's patients (4 and 5 in the set), and the change combining the two (MOVER).
+    # Its recalls are 1 (COVID-19) and 0 (No Finding) in every resample of either set; a recall is a
+    # proportion: the exact interval over the class's patients (4 and 5 in the set; at 0 or 1 each counts
+    # once), and the change combining the two (MOVER).
     internal = [s for s in analysis.selected if s.rank == 1][0].evaluation
     for k, name, value, patients in ((0, "COVID-19", 1.0, 4), (2, "No Finding", 0.0, 5)):
         row = constant.loc[("recall", name)]
-        assert row["note"] == "exact interval at 0 or 1" and row["external"] == row["internal"] == value
-        outside = boundary_interval(value, patients)
-        inside = boundary_interval(value, len(np.unique(internal.groups[internal.y_true == k])))
+        assert row["external"] == row["internal"] == value
+        members = internal.y_true == k
+        outside = proportion_interval(np.full(patients, value == 1.0), np.arange(patients))
+        inside = proportion_interval(np.full(members.sum(), value == 1.0), internal.groups[members])
         assert (row["external_lower"], row["external_upper"]) == pytest.approx(outside)
         assert (row["internal_lower"], row["internal_upper"]) == pytest.approx(inside)
         assert (row["change_lower"], row["change_upper"]) == pytest.approx(

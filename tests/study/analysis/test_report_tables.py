@@ -1,5 +1,4 @@
-"""The report's tables: classes a model never predicts, per-class intervals at 0 or 1, and the per-image
-predictions."""
+"""The report's tables: classes a model never predicts, per-class intervals, and the per-image predictions."""
 
 from __future__ import annotations
 
@@ -10,10 +9,10 @@ import pandas as pd
 import pytest
 
 from study.analysis.evaluation import Evaluation
-from study.analysis.report import boundary_sentence
-from study.analysis.report_tables import (BoundaryProportion, boundary_proportions, confusion_table, never_predicted,
-                                          per_class_tables, predictions_table)
-from study.analysis.uncertainty import boundary_interval, bootstrap_split, percentile_interval
+from study.analysis.report import flat_f1_sentence
+from study.analysis.report_tables import (PROPORTIONS, confusion_table, never_predicted, per_class_tables,
+                                          predictions_table)
+from study.analysis.uncertainty import bootstrap_split, percentile_interval, proportion_interval
 
 CLASSES = ["COVID-19", "Other pneumonia", "No Finding"]
 
@@ -71,44 +70,58 @@ def _small_split() -> Evaluation:
     return evaluation
 
 
-def test_a_class_all_right_or_none_right_is_named_with_its_images_and_patients():
-    found = boundary_proportions(_small_split())
-    assert found == [BoundaryProportion("COVID-19", "precision", 1.0, 3, 2),
-                     BoundaryProportion("COVID-19", "specificity", 1.0, 6, 4),
-                     BoundaryProportion("Other pneumonia", "recall", 1.0, 3, 2),
-                     BoundaryProportion("No Finding", "recall", 0.0, 3, 2),
-                     BoundaryProportion("No Finding", "specificity", 1.0, 9, 5)]
-    # Precision of COVID-19: 3 predicted, all right
-    both = _evaluation([0, 0, 1, 1], np.eye(3)[[0, 0, 0, 1]] * 0.7 + 0.1)
-    assert [(b.class_name, b.figure, b.value) for b in boundary_proportions(both)] == [
-        ("COVID-19", "recall", 1.0), ("Other pneumonia", "precision", 1.0), ("Other pneumonia", "specificity", 1.0),
-        ("No Finding", "specificity", 1.0)]
-
-
-def test_per_class_intervals_at_0_or_1_are_exact_and_have_width():
-    """The bootstrap repeats a recall of 1 (or 0) in every resample: [1.00, 1.00] would claim a
-    certainty that 2 patients cannot give. The table shows the exact interval over the patients."""
-    evaluation = _small_split()
-    bootstrap = bootstrap_split("d", [evaluation], resamples=500)
-    recall = bootstrap.samples["t1"].per_class["recall"]
-    assert percentile_interval(recall[:, 1]) == (1.0, 1.0) and percentile_interval(recall[:, 2]) == (0.0, 0.0)
+def _analysis(evaluation: Evaluation, resamples: int | None = 500) -> types.SimpleNamespace:
     chosen = types.SimpleNamespace(rank=1, dataset="d", model="m", evaluation=evaluation,
                                    candidate=types.SimpleNamespace(trial_id="t1"))
-    tables = per_class_tables(types.SimpleNamespace(selected=[chosen], bootstraps={"d": bootstrap}))
+    bootstraps = {"d": bootstrap_split("d", [evaluation], resamples=resamples)} if resamples else {}
+    return types.SimpleNamespace(selected=[chosen], bootstraps=bootstraps)
+
+
+def test_per_class_proportions_get_exact_intervals_over_their_patients():
+    """The bootstrap repeats a recall of 1 (or 0) in every resample: [1.00, 1.00] would claim a certainty
+    that 2 patients cannot give; inside (0, 1) its percentile interval is too narrow over few patients
+    too. Precision, recall and specificity get the exact clustered interval over the patients of the
+    images each is a proportion of; F1 and ROC AUC keep the bootstrap's."""
+    evaluation = _small_split()
+    analysis = _analysis(evaluation)
+    per_class_samples = analysis.bootstraps["d"].samples["t1"].per_class
+    recall = per_class_samples["recall"]
+    assert percentile_interval(recall[:, 1]) == (1.0, 1.0) and percentile_interval(recall[:, 2]) == (0.0, 0.0)
+    tables = per_class_tables(analysis)
     table = tables["per_class_d_m"].set_index("class")
     assert table["patients"].tolist() == [3, 2, 2] and table["support"].tolist() == [6, 3, 3]
+    groups = evaluation.groups
+    # Other pneumonia: 3 of 3 images right, 2 patients; No Finding: 0 of 3, 2 patients
     assert tuple(table.loc["Other pneumonia", ["recall lower", "recall upper"]]) == pytest.approx(
-        boundary_interval(1.0, 2))
-    assert tuple(table.loc["No Finding", ["recall lower", "recall upper"]]) == pytest.approx(boundary_interval(0.0, 2))
-    assert table.loc["Other pneumonia", "recall lower"] < 0.2 and table.loc["No Finding", "recall upper"] > 0.8
-    # a proportion inside (0, 1) keeps the bootstrap's interval
-    assert tuple(table.loc["COVID-19", ["recall lower", "recall upper"]]) == percentile_interval(recall[:, 0])
+        proportion_interval(np.ones(3, bool), groups[6:9]))
+    assert table.loc["Other pneumonia", "recall lower"] == pytest.approx(0.025 ** 0.5)  # 2 of 2 patients
+    assert table.loc["No Finding", "recall upper"] > 0.8
+    # COVID-19: recall 3 of 6 images (patients a, b, c)
+    assert tuple(table.loc["COVID-19", ["recall lower", "recall upper"]]) == pytest.approx(
+        proportion_interval(np.r_[np.ones(3, bool), np.zeros(3, bool)], groups[:6]))
+    # precision of Other pneumonia: 3 right of its 9 predictions; specificity of COVID-19: 6 of 6
+    assert tuple(table.loc["Other pneumonia", ["precision lower", "precision upper"]]) == pytest.approx(
+        proportion_interval(evaluation.y_true[3:] == 1, groups[3:]))
+    assert table.loc["COVID-19", "specificity upper"] == 1.0
+    for column in ("f1", "roc_auc"):
+        assert tuple(table.loc["COVID-19", [f"{column} lower", f"{column} upper"]]) == percentile_interval(
+            per_class_samples[column][:, 0])
     shown = tables["_shown_per_class_d_m"].set_index("class")
     assert shown.loc["Other pneumonia", "recall"] == "1.000 [0.16, 1.00]"
+    assert list(tables["per_class_d_m"].columns[-10:]) == [f"{c} {side}" for c in (*PROPORTIONS, "f1", "roc_auc")
+                                                           for side in ("lower", "upper")]
 
-    sentence = " ".join(boundary_sentence(evaluation))
-    assert ("recall of Other pneumonia (3 of 3 image(s), 2 patient(s)), No Finding (0 of 3 image(s), 2 patient(s))"
-            in sentence)
-    assert "; specificity of COVID-19 (6 of 6 image(s), 4 patient(s)), No Finding (9 of 9" in sentence
-    assert "Clopper-Pearson" in sentence and "F1 of No Finding is then the same in every resample" in sentence
-    assert boundary_sentence(_evaluation([0, 0, 1, 1, 2, 2], np.eye(3)[[0, 1, 1, 2, 2, 0]] * 0.7 + 0.1)) == []
+
+def test_an_f1_that_no_resample_moves_is_named():
+    # No Finding is never right: its F1 is 0 in every resample; the others' move
+    assert " ".join(flat_f1_sentence(per_class_tables(_analysis(_small_split()))["per_class_d_m"])).startswith(
+        "F1 of No Finding is the same in every resample")
+    each_half_right = _evaluation([0, 0, 1, 1, 2, 2], np.eye(3)[[0, 1, 1, 2, 2, 0]] * 0.7 + 0.1)
+    assert flat_f1_sentence(per_class_tables(_analysis(each_half_right, None))["per_class_d_m"]) == []
+
+
+def test_a_class_never_predicted_has_no_precision_interval():
+    evaluation = _small_split()  # No Finding is never predicted
+    assert never_predicted(evaluation) == ["No Finding"]
+    shown = per_class_tables(_analysis(evaluation, 200))["_shown_per_class_d_m"].set_index("class")
+    assert shown.loc["No Finding", "precision"] == "0.000 [undefined]"
