@@ -163,6 +163,7 @@ class Evaluation:
     seconds: float = 0.0
     baseline: dict[str, float] = field(default_factory=dict)  # the majority-class predictor's metrics
     images: pd.DataFrame | None = None  # each image's relpath and patient, in y_true's order
+    weights_file: str = ""  # the local file evaluated: the weights, or the download cache's copy of a bucket's
 
 
 def evaluate_checkpoint(path: str | Path, data: StudyData, split: str = "test", trial_id: str = "") -> Evaluation:
@@ -193,4 +194,4 @@ def evaluate_checkpoint(path: str | Path, data: StudyData, split: str = "test", 
     baseline = classification_metrics(y_true, baseline_scores, multilabel)
     return Evaluation(trial_id, int(checkpoint["epoch"]), split, metrics, y_true, scores, classes, multilabel,
                       dict(checkpoint["config"]), groups, baseline_scores, time.perf_counter() - started,
-                      {f"{split}/{k}": v for k, v in baseline.items()}, images)
+                      {f"{split}/{k}": v for k, v in baseline.items()}, images, str(path))

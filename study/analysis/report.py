@@ -274,12 +274,14 @@ def predict_commands(analysis: Analysis) -> list[str]:
     chosen = [c for c in analysis.selected if c.rank == 1]
     if not chosen:
         return []
-    remote = any(storage.is_remote(c.candidate.weights.uri) for c in chosen)
     lines = ["Each cell's chosen model on new images, no labels needed (one CSV row per image: predicted class "
-             "and each class's probability)" + ("; copy a bucket's weights file down first" if remote else "") + ":",
-             ""]
-    lines += [f"- {c.dataset} / {c.model}: `python -m cxrnets.predict {c.candidate.weights.uri} IMAGES_OR_FOLDERS "
-              f"--out predictions.csv`" for c in chosen]
+             "and each class's probability):", ""]
+    for c in chosen:
+        uri = c.candidate.weights.uri
+        # A bucket's weights: the copy this analysis evaluated (cxrnets.predict reads local files).
+        local = c.evaluation.weights_file if storage.is_remote(uri) and c.evaluation.weights_file else uri
+        lines.append(f"- {c.dataset} / {c.model}: `python -m cxrnets.predict {local} IMAGES_OR_FOLDERS "
+                     f"--out predictions.csv`" + (f" (this machine's copy of {uri})" if local != uri else ""))
     return lines + [""]
 
 

@@ -305,6 +305,14 @@ def test_analysis_downloads_the_evaluated_weights_once(s3_study, analyses):
     assert {p.name: p.stat().st_size for p in analyses.downloads.iterdir()} == analyses.cached_after_first
     # a local study is never "downloaded"
     assert analyses.local.downloaded_bytes == 0
+    # the report's commands that run the chosen models on new images name the local copies (cxrnets.predict
+    # reads local files), and which weights in the bucket they are
+    report = (analyses.first_out / "report.md").read_text()
+    commands = re.findall(r"`python -m cxrnets\.predict (\S+) IMAGES_OR_FOLDERS --out predictions\.csv` "
+                          r"\(this machine's copy of (\S+)\)", report)
+    assert commands and all(Path(local).parent.resolve() == analyses.downloads.resolve() and Path(local).name in analyses.cached_after_first
+                            and uri.startswith("s3://") and uri.endswith(Path(local).name.rpartition("-")[2])
+                            for local, uri in commands), commands
 
 
 def test_analysis_of_a_bucket_needs_a_local_report_folder(s3_study, capsys):
