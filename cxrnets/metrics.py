@@ -289,42 +289,57 @@ def majority_baseline(train_targets: np.ndarray, eval_targets: np.ndarray, multi
 CALIBRATION_BINS = 10
 
 
-def calibration(y_true: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None,
+def calibration(y_true: np.ndarray, scores: np.ndarray, multilabel: bool = False, weights: np.ndarray | None = None,
                 bins: int = CALIBRATION_BINS) -> dict[str, np.ndarray]:
-    """How far single-label probabilities are from the frequencies they claim, for each row of `weights`
-    (resamples, images; None: every image once, the point figures as arrays of one value):
+    """How far probabilities are from the frequencies they claim, for each row of `weights` (resamples,
+    images; None: every image once, the point figures as arrays of one value):
 
-    - brier: the mean over images of the squared distance between the probabilities and the one-hot
-      truth (0 best; 2 for a confident wrong answer every time);
-    - ece: the top-label expected calibration error: over `bins` equal-width bins of the predicted class's
-      probability (its confidence), the image-weighted mean of |accuracy - confidence| in each bin
-      (0: a model right 70 % of the times it says 70 %).
+    - brier: single-label, the mean over images of the squared distance between the probabilities and
+      the one-hot truth (0 best; 2 for a confident wrong answer every time); multi-label, the mean over
+      images and labels of the squared distance between each label's probability and its presence
+      (0 best; 1 for a confident wrong answer on every label);
+    - ece: the expected calibration error over `bins` equal-width bins of the forecasts' probabilities:
+      the forecast-weighted mean of |observed frequency - probability| in each bin. Single-label, one
+      forecast per image, top-label: "the predicted class is right", at its probability (0 for a model
+      right 70 % of the times it says 70 %); multi-label, one per image and label: "the label is
+      present", at the label's probability;
+    - mean_probability and observed: the forecasts' mean probability and the share of them that came
+      true (calibration in the large: a model that says 90 % on average and is right 60 % of the time
+      is overconfident, whatever its bins).
     """
-    y_true = np.asarray(y_true, dtype=np.int64)
-    scores = _check_scores(scores)
     weights = np.ones((1, len(y_true))) if weights is None else np.asarray(weights, dtype=np.float64)
-    truth = class_indicators(y_true, scores.shape[1], multilabel=False)
-    total = weights.sum(axis=1)
-    brier = (weights @ ((scores - truth) ** 2).sum(axis=1)) / total
-    confidence, correct, which = _confidence_bins(y_true, scores, bins)
-    in_bin = which[None, :] == np.arange(bins)[:, None]  # (bins, images)
-    ece = np.abs(weights @ (in_bin * (correct - confidence)).T).sum(axis=1) / total
-    return {"brier": brier, "ece": ece}
+    scores = _check_scores(scores)
+    squared = (scores - class_indicators(y_true, scores.shape[1], multilabel)) ** 2
+    brier = (weights @ (squared.mean(axis=1) if multilabel else squared.sum(axis=1))) / weights.sum(axis=1)
+    probability, came_true, which = _calibration_forecasts(y_true, scores, multilabel, bins)
+    forecasts = probability.shape[1] * weights.sum(axis=1)  # one per image, or one per image and label
+    gaps = np.stack([((which == b) * (came_true - probability)).sum(axis=1) for b in range(bins)])  # (bins, images)
+    return {"brier": brier, "ece": np.abs(weights @ gaps.T).sum(axis=1) / forecasts,
+            "mean_probability": (weights @ probability.sum(axis=1)) / forecasts,
+            "observed": (weights @ came_true.sum(axis=1)) / forecasts}
 
 
-def reliability_bins(y_true: np.ndarray, scores: np.ndarray, bins: int = CALIBRATION_BINS) -> pd.DataFrame:
-    """The reliability diagram's points: per confidence bin with images, their count, mean confidence
-    and accuracy (single-label)."""
-    confidence, correct, which = _confidence_bins(np.asarray(y_true, dtype=np.int64), _check_scores(scores), bins)
-    rows = [{"bin": f"{b / bins:.1f}-{(b + 1) / bins:.1f}", "images": int((which == b).sum()),
-             "confidence": float(confidence[which == b].mean()), "accuracy": float(correct[which == b].mean())}
+def reliability_bins(y_true: np.ndarray, scores: np.ndarray, multilabel: bool = False,
+                     bins: int = CALIBRATION_BINS) -> pd.DataFrame:
+    """The reliability diagram's points: per probability bin with forecasts (calibration's), their
+    count, mean probability and the share of them that came true."""
+    probability, came_true, which = _calibration_forecasts(y_true, _check_scores(scores), multilabel, bins)
+    probability, came_true, which = probability.ravel(), came_true.ravel(), which.ravel()
+    rows = [{"bin": f"{b / bins:.1f}-{(b + 1) / bins:.1f}", "forecasts": int((which == b).sum()),
+             "probability": float(probability[which == b].mean()), "observed": float(came_true[which == b].mean())}
             for b in range(bins) if (which == b).any()]
-    return pd.DataFrame(rows, columns=["bin", "images", "confidence", "accuracy"])
+    return pd.DataFrame(rows, columns=["bin", "forecasts", "probability", "observed"])
 
 
-def _confidence_bins(y_true: np.ndarray, scores: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each image's confidence (its predicted class's probability), whether that prediction is right (0/1),
-    and its bin among `bins` equal-width ones."""
-    confidence = scores.max(axis=1)
-    correct = (predictions(scores, multilabel=False) == y_true).astype(np.float64)
-    return confidence, correct, np.minimum((confidence * bins).astype(np.int64), bins - 1)
+def _calibration_forecasts(y_true: np.ndarray, scores: np.ndarray, multilabel: bool, bins: int
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images, forecasts per image) arrays: each forecast's probability, whether it came true (0/1), and
+    its bin among `bins` equal-width ones. Single-label: one per image, its predicted class's probability
+    and whether that class is right; multi-label: one per label, its probability and its presence."""
+    if multilabel:
+        probability, came_true = scores, np.asarray(y_true, dtype=np.float64)
+    else:
+        probability = scores.max(axis=1, keepdims=True)
+        came_true = (predictions(scores, multilabel=False) == np.asarray(y_true, dtype=np.int64))[:, None]
+        came_true = came_true.astype(np.float64)
+    return probability, came_true, np.minimum((probability * bins).astype(np.int64), bins - 1)

@@ -186,10 +186,9 @@ def write_figures(analysis: Analysis, folder: Path) -> None:
         name = f"roc_{slug(dataset)}"
         plot_roc([c for c in best if c.dataset == dataset], dataset, split_name, folder / f"{name}.png")
         analysis.figures[name] = folder / f"{name}.png"
-    single_label = [c for c in analysis.selected if c.rank == 1 and not c.evaluation.multilabel]
-    for dataset in dict.fromkeys(c.dataset for c in single_label):
+    for dataset in dict.fromkeys(c.dataset for c in best):
         name = f"reliability_{slug(dataset)}"
-        plot_reliability([c for c in single_label if c.dataset == dataset], dataset, split_name, folder / f"{name}.png")
+        plot_reliability([c for c in best if c.dataset == dataset], dataset, split_name, folder / f"{name}.png")
         analysis.figures[name] = folder / f"{name}.png"
     for panel in analysis.saliency:
         name = f"gradcam_{panel.slug}"
@@ -233,8 +232,9 @@ def plot_roc(cells: list, dataset: str, split_name: str, path: Path) -> None:
 
 
 def plot_reliability(cells: list, dataset: str, split_name: str, path: Path) -> None:
-    """Each cell's chosen model: accuracy against confidence per confidence bin (marker area: images in the
-    bin), beside the diagonal of a calibrated model."""
+    """Each cell's chosen model: per probability bin of its forecasts (cxrnets.metrics.calibration's: the
+    predicted class single-label, each label multi-label), how often they came true against their mean
+    probability (marker area: forecasts in the bin), beside the diagonal of a calibrated model."""
     from cxrnets.metrics import calibration, reliability_bins
 
     plt = _pyplot()
@@ -242,16 +242,21 @@ def plot_reliability(cells: list, dataset: str, split_name: str, path: Path) -> 
     axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="calibrated")
     for chosen in cells:
         evaluation = chosen.evaluation
-        points = reliability_bins(evaluation.y_true, evaluation.scores)
-        ece = calibration(evaluation.y_true, evaluation.scores)["ece"][0]
-        line, = axis.plot(points["confidence"], points["accuracy"], marker="o",
+        points = reliability_bins(evaluation.y_true, evaluation.scores, evaluation.multilabel)
+        ece = calibration(evaluation.y_true, evaluation.scores, evaluation.multilabel)["ece"][0]
+        line, = axis.plot(points["probability"], points["observed"], marker="o",
                           label=f"{chosen.model} (ECE {ece:.3f})")
-        axis.scatter(points["confidence"], points["accuracy"], s=20 + 200 * points["images"] / len(evaluation.y_true),
-                     alpha=0.3, color=line.get_color())
-    images = len(cells[0].evaluation.y_true)
-    axis.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (the predicted class's probability)",
-             ylabel="accuracy of the images in the bin",
-             title=f"{dataset}: calibration, {split_name} split ({images} images)")
+        area = 20 + 200 * points["forecasts"] / points["forecasts"].sum()
+        axis.scatter(points["probability"], points["observed"], s=area, alpha=0.3, color=line.get_color())
+    first = cells[0].evaluation
+    if first.multilabel:
+        labels = ("a label's probability", "share of the (image, label) pairs in the bin with the label")
+        counted = f"{len(first.y_true)} images x {len(first.classes)} labels"
+    else:
+        labels = ("confidence (the predicted class's probability)", "accuracy of the images in the bin")
+        counted = f"{len(first.y_true)} images"
+    axis.set(xlim=(0, 1), ylim=(0, 1), xlabel=labels[0], ylabel=labels[1],
+             title=f"{dataset}: calibration, {split_name} split ({counted})")
     axis.legend(loc="upper left", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)

@@ -230,18 +230,28 @@ def flat_f1_sentence(per_class: pd.DataFrame) -> list[str]:
 
 
 def calibration_section(analysis: Analysis, split_name: str, figures: bool) -> list[str]:
-    """Whether each chosen model's probabilities mean what they say (single-label cells)."""
+    """Whether each chosen model's probabilities mean what they say."""
     if "calibration" not in analysis.tables:
         return []
+    kinds = set(analysis.tables["calibration"]["forecasts"])
+    forecasts, brier = [], []
+    if "top label" in kinds:
+        forecasts.append("single-label, one per image: the predicted class, at its probability (top-label)")
+        brier.append("single-label summed over the classes, 2 for a confident wrong answer")
+    if "each label" in kinds:
+        forecasts.append("multi-label, one per image and label: the label's presence, at its probability")
+        brier.append("multi-label averaged over the labels, 1 for a confident wrong answer on every label")
     lines = [f"## Calibration ({split_name} split)", "",
-             "Whether a model's probabilities can be read as such: the **Brier score** (mean squared distance "
-             "between the probabilities and the true class, 0 best, 2 for a confident wrong answer each time) "
-             "and the top-label **ECE** (over 10 bins of the predicted class's probability, the image-weighted "
-             "mean gap between accuracy and that probability; 0 for a model right 70 % of the times it says "
-             "70 %)" + (", with 95% intervals over the same resampled patients as above" if analysis.bootstraps
-                        else "") + ". A small split puts a handful of images in most bins, which makes the ECE, and more so its "
-             "resampled values, lean high: read the intervals and the marker sizes in the diagram. Single-label "
-             "cells only.", "",
+             "Whether a model's probabilities can be read as such. Each probability is a forecast: "
+             + "; ".join(forecasts) + ". The **Brier score** is the mean squared distance between the "
+             "probabilities and the truth (0 best; " + "; ".join(brier) + "), the **ECE** (expected calibration "
+             "error) the forecast-weighted mean gap between how often the forecasts in each of 10 probability bins "
+             "came true and their probability (0 for a model right 70 % of the times it says 70 %)"
+             + (", with 95% intervals over the same resampled patients as above" if analysis.bootstraps else "")
+             + "; `mean probability` and `observed`: over all forecasts (a mean probability far above the observed "
+             "share is overconfidence). A small split puts a handful of forecasts in most bins, which makes the "
+             "ECE, and more so its resampled values, lean high: read the intervals and the marker sizes in the "
+             "diagram.", "",
              markdown_table(analysis.tables["_shown_calibration"]), ""]
     if figures:
         lines += [f"![calibration, {name.removeprefix('reliability_')}](figures/{path.name})"

@@ -213,26 +213,27 @@ def per_class_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
 
 
 def calibration_table(analysis: Analysis) -> pd.DataFrame:
-    """Per single-label cell's chosen model: Brier score and top-label ECE on the evaluated split (with
-    intervals over the same resampled patients as every other figure), mean confidence and accuracy."""
+    """Per cell's chosen model: Brier score and ECE on the evaluated split (cxrnets.metrics.calibration:
+    top-label forecasts single-label, one per label multi-label), with intervals over the same resampled
+    patients as every other figure, and the forecasts' mean probability and how often they came true."""
     from cxrnets.metrics import calibration
 
     rows = []
     for chosen in analysis.selected:
         evaluation = chosen.evaluation
-        if chosen.rank != 1 or evaluation.multilabel:
+        if chosen.rank != 1:
             continue
-        point = calibration(evaluation.y_true, evaluation.scores)
+        point = {name: float(values[0]) for name, values in
+                 calibration(evaluation.y_true, evaluation.scores, evaluation.multilabel).items()}
         row = {"dataset": chosen.dataset, "model": chosen.model, "trial_id": chosen.candidate.trial_id,
-               "images": len(evaluation.y_true)}
+               "forecasts": "each label" if evaluation.multilabel else "top label", "images": len(evaluation.y_true)}
         bootstrap = analysis.bootstraps.get(chosen.dataset)
         for name in ("brier", "ece"):
-            row[name] = float(point[name][0])
-        if bootstrap is not None:
-            for name, samples in bootstrap.calibration[chosen.candidate.trial_id].items():
-                row[f"{name} lower"], row[f"{name} upper"] = percentile_interval(samples)
-        row["mean confidence"] = float(evaluation.scores.max(axis=1).mean())
-        row["accuracy"] = evaluation.metrics[f"{evaluation.split}/accuracy"]
+            row[name] = point[name]
+            if bootstrap is not None:
+                row[f"{name} lower"], row[f"{name} upper"] = percentile_interval(
+                    bootstrap.calibration[chosen.candidate.trial_id][name])
+        row["mean probability"], row["observed"] = point["mean_probability"], point["observed"]
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -281,7 +281,7 @@ class SplitBootstrap:
     images: int
     undefined: dict[str, str]          # metric -> why its interval is undefined
     samples: dict[str, MetricSamples]  # trial id (and BASELINE) -> its metrics on every resample
-    # single-label trial id -> cxrnets.metrics.calibration (brier, ece) on every resample
+    # trial id -> cxrnets.metrics.calibration (brier, ece) on every resample
     calibration: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def cell(self, trial_ids: list[str], metric: str) -> np.ndarray:
@@ -301,7 +301,7 @@ def bootstrap_split(dataset: str, evaluations: list, resamples: int = RESAMPLES,
     weights = resample_weights(first.groups, strata, resamples, seed)
     samples = {e.trial_id: metric_samples(e.y_true, e.scores, e.multilabel, weights) for e in evaluations}
     samples[BASELINE] = metric_samples(first.y_true, first.baseline_scores, first.multilabel, weights)
-    calibrated = {e.trial_id: calibration(e.y_true, e.scores, weights) for e in evaluations if not e.multilabel}
+    calibrated = {e.trial_id: calibration(e.y_true, e.scores, e.multilabel, weights) for e in evaluations}
     return SplitBootstrap(dataset, resamples, seed, len(np.unique(first.groups)), len(first.y_true),
                           undefined_reasons(first.y_true, first.classes, first.multilabel, first.groups), samples,
                           calibrated)

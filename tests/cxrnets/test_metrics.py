@@ -326,8 +326,14 @@ def test_non_finite_scores_raise() -> None:
 def test_calibration_of_certain_answers() -> None:
     y_true = np.array([0, 1, 2, 0])
     right, wrong = np.eye(3)[y_true], np.eye(3)[[1, 2, 0, 1]]
-    assert calibration(y_true, right) == {"brier": pytest.approx([0.0]), "ece": pytest.approx([0.0])}
-    assert calibration(y_true, wrong) == {"brier": pytest.approx([2.0]), "ece": pytest.approx([1.0])}
+    assert calibration(y_true, right) == {"brier": pytest.approx([0.0]), "ece": pytest.approx([0.0]),
+                                          "mean_probability": pytest.approx([1.0]), "observed": pytest.approx([1.0])}
+    assert calibration(y_true, wrong) == {"brier": pytest.approx([2.0]), "ece": pytest.approx([1.0]),
+                                          "mean_probability": pytest.approx([1.0]), "observed": pytest.approx([0.0])}
+    labels = np.array([[1, 0, 1], [0, 0, 1]])
+    assert calibration(labels, labels.astype(float), multilabel=True)["brier"] == pytest.approx([0.0])
+    worst = calibration(labels, 1.0 - labels, multilabel=True)
+    assert (worst["brier"], worst["ece"]) == (pytest.approx([1.0]), pytest.approx([1.0]))
 
 
 def test_calibration_hand_computed_and_weighted_like_repeated_images() -> None:
@@ -338,10 +344,30 @@ def test_calibration_hand_computed_and_weighted_like_repeated_images() -> None:
     assert point["brier"][0] == pytest.approx((0.14 + 0.86 + 0.78 + 0.015) / 4)
     # one image per bin; right at 0.7 and 0.9, wrong at 0.6 and 0.5: (0.3 + 0.6 + 0.5 + 0.1) / 4
     assert point["ece"][0] == pytest.approx(0.375)
-    weighted = calibration(y_true, scores, np.array([[1, 1, 1, 1], [2, 0, 1, 1]]))
+    assert (point["mean_probability"][0], point["observed"][0]) == pytest.approx(((0.7 + 0.6 + 0.5 + 0.9) / 4, 0.5))
+    weighted = calibration(y_true, scores, weights=np.array([[1, 1, 1, 1], [2, 0, 1, 1]]))
     repeated = calibration(y_true[[0, 0, 2, 3]], scores[[0, 0, 2, 3]])
-    assert weighted["ece"][0] == pytest.approx(point["ece"][0])
-    assert weighted["ece"][1] == pytest.approx(repeated["ece"][0])
-    assert weighted["brier"][1] == pytest.approx(repeated["brier"][0])
+    for name in ("brier", "ece", "mean_probability", "observed"):
+        assert weighted[name] == pytest.approx([point[name][0], repeated[name][0]])
     bins = reliability_bins(y_true, scores)
-    assert list(bins["images"]) == [1, 1, 1, 1] and list(bins["accuracy"]) == [0.0, 0.0, 1.0, 1.0]
+    assert list(bins["forecasts"]) == [1, 1, 1, 1] and list(bins["observed"]) == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_multilabel_calibration_counts_each_label_as_a_forecast() -> None:
+    """Each (image, label) pair forecasts the label's presence at its probability."""
+    y_true = np.array([[1, 0], [0, 0], [1, 1]])
+    scores = np.array([[0.75, 0.15], [0.35, 0.05], [0.95, 0.45]])
+    point = calibration(y_true, scores, multilabel=True)
+    # Brier: squared gaps 0.0625, 0.0225, 0.1225, 0.0025, 0.0025, 0.3025, over 6 forecasts
+    assert point["brier"][0] == pytest.approx(0.515 / 6)
+    # bins: 0.0-0.1 {0.05: absent}, 0.1-0.2 {0.15: absent}, 0.3-0.4 {0.35: absent}, 0.4-0.5 {0.45: present},
+    # 0.7-0.8 {0.75: present}, 0.9-1.0 {0.95: present}: gaps 0.05, 0.15, 0.35, 0.55, 0.25, 0.05 over 6
+    assert point["ece"][0] == pytest.approx(1.4 / 6)
+    assert (point["mean_probability"][0], point["observed"][0]) == pytest.approx((2.7 / 6, 0.5))
+    bins = reliability_bins(y_true, scores, multilabel=True)
+    assert list(bins["bin"]) == ["0.0-0.1", "0.1-0.2", "0.3-0.4", "0.4-0.5", "0.7-0.8", "0.9-1.0"]
+    assert list(bins["observed"]) == [0, 0, 0, 1, 1, 1] and bins["forecasts"].sum() == 6
+    weighted = calibration(y_true, scores, multilabel=True, weights=np.array([[0, 2, 1]]))
+    repeated = calibration(y_true[[1, 1, 2]], scores[[1, 1, 2]], multilabel=True)
+    for name in ("brier", "ece", "mean_probability", "observed"):
+        assert weighted[name] == pytest.approx(repeated[name])

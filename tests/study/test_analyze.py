@@ -29,7 +29,7 @@ from cxrnets.errors import CxrError
 from cxrnets.predict import main as predict_main
 from study.analysis import selection as selection_module
 from study.analysis.evaluation import Evaluation, StudyData, evaluate_checkpoint
-from study.analysis.figures import plot_confusion, plot_curves, plot_pretrained, pretrained_pairs
+from study.analysis.figures import plot_confusion, plot_curves, plot_pretrained, plot_reliability, pretrained_pairs
 from study.analysis.reading import open_study
 from study.analysis.report import render_markdown
 from study.analysis.report_tables import build_tables, confusion_table
@@ -261,6 +261,11 @@ def test_confusion_matrices_sum_to_the_test_split(evaluated, study_dir):
         assert (calibration[f"{name} lower"] <= calibration[name]).all() and (
             calibration[name] <= calibration[f"{name} upper"]).all()
         assert calibration[name].between(0, high).all()
+    assert (calibration["forecasts"] == "top label").all()
+    for model, row in calibration.iterrows():  # calibration in the large: mean confidence against accuracy
+        chosen = analysis.best(DATASET, model).evaluation
+        assert row["mean probability"] == pytest.approx(chosen.scores.max(axis=1).mean())
+        assert row["observed"] == pytest.approx(chosen.metrics["test/accuracy"])
 
 
 def test_report_files(evaluated, study_dir):
@@ -599,6 +604,9 @@ def test_multilabel_confusion_and_pretrained_figure(tmp_path):
     assert (table[["TN", "FP", "FN", "TP"]].sum(axis=1) == 20).all()
     plot_confusion(evaluation, "multi-label", tmp_path / "ml.png")
     assert (tmp_path / "ml.png").read_bytes()[:8] == PNG_MAGIC
+    plot_reliability([types.SimpleNamespace(model="alexnet", evaluation=evaluation)], "multi-label", "test",
+                     tmp_path / "reliability.png")
+    assert (tmp_path / "reliability.png").stat().st_size > 5000
 
     rows = []
     for trial, model, pretrained, scores in (("p1", "resnet50", True, [0.5, 0.7]), ("s1", "resnet50", False, [0.3, 0.4]),
@@ -646,8 +654,17 @@ def test_multilabel_tables():
     confusion = analysis.tables["confusion_covid-chestxray_alexnet"]
     assert list(confusion["label"]) == classes and (confusion[["TN", "FP", "FN", "TP"]].sum(axis=1) == 12).all()
     assert "roc_auc" in analysis.tables["per_class_covid-chestxray_resnet50"].columns
+    # calibration: each (image, label) a forecast of the label's presence
+    calibration = analysis.tables["calibration"].set_index("model")
+    assert sorted(calibration.index) == ["alexnet", "resnet50"] and (calibration["forecasts"] == "each label").all()
+    for selected in analysis.selected:
+        row = calibration.loc[selected.model]
+        y_true, scores = selected.evaluation.y_true, selected.evaluation.scores
+        assert row["brier"] == pytest.approx(((scores - y_true) ** 2).mean())
+        assert (row["mean probability"], row["observed"]) == pytest.approx((scores.mean(), y_true.mean()))
     text = render_markdown(analysis, ("md",))
     assert "### Subset accuracy (multi-label)" in text and "### Macro ROC AUC" in text
+    assert "multi-label, one per image and label" in text and "single-label, one per image" not in text
 
 
 def test_run_summary_uses_the_same_comparison(evaluated, study_dir):
