@@ -133,10 +133,11 @@ class TrialTrainable(tune.Trainable):
             return {"epoch": epoch, **self.context.worst_result(), "status": "diverged", "done": True}
         metrics["diverged"] = 0
         metrics["node_id"] = _node_id()  # nodes on one machine share an IP: tell them apart by node id
-        self.weights.update(self.run, metrics)
         policy, last = self.context.checkpoint_policy, self.train_config.epochs
+        weights_due = policy.weights_due(self.run.epoch, last)
+        self.weights.update(self.run, metrics, copy=not weights_due)
         full_state = policy.full_state_due(self.run.epoch, last, time.monotonic() - self.last_full_state)
-        if policy.weights_due(self.run.epoch, last):
+        if weights_due:
             self.weights.flush()  # before the result: the trial may end after it (a pause saves a full state)
         return {**metrics, "should_checkpoint": full_state, "done": self.run.epoch >= last}
 

@@ -80,7 +80,8 @@ def bench_trainable(bench: Bench) -> None:
     """The trainable's epochs against the bare loop's, over `repeats` consecutive epochs of one run each.
 
     Each trainable epoch does what a study.trainable.TrialTrainable step does: train_epoch(), then
-    TrialWeights.update (a copy of the weights when the study metric improves), TrialWeights.flush (the
+    TrialWeights.update (when the study metric improves, the weights: a copy unless they are written
+    this epoch), TrialWeights.flush (the
     newest best's weights and their sidecar, written where CheckpointPolicy.weights_due says: here the
     run's last epoch, no rungs), then a full state when CheckpointPolicy.full_state_due says so (the run is
     a trial of `repeats` epochs: never after its last; the weights are flushed before it). The ratio is the
@@ -133,9 +134,10 @@ def bench_trainable(bench: Bench) -> None:
                 started = time.perf_counter()
                 metrics = trial.train_epoch()
                 epoch_seconds = time.perf_counter() - started
-                weights.update(trial, metrics)
+                weights_due = policy.weights_due(trial.epoch, s.repeats)
+                weights.update(trial, metrics, copy=not weights_due)
                 full_state = policy.full_state_due(trial.epoch, s.repeats, time.monotonic() - last_full_state)
-                best = weights.flush() if full_state or policy.weights_due(trial.epoch, s.repeats) else None
+                best = weights.flush() if full_state or weights_due else None
                 weights_seconds = time.perf_counter() - started - epoch_seconds
                 written = 0
                 if best is not None:

@@ -62,6 +62,23 @@ def test_a_trial_writes_only_the_newest_best_noted_since_its_last_flush(tmp_path
     assert weights.flush() is None
 
 
+def test_weights_written_in_their_epoch_are_not_copied_first(tmp_path):
+    """Where the policy writes the weights in the epoch that noted them (copy=False), they are written
+    from the run's own tensors: the same bytes as a copy would give, without the copy's memory and time."""
+    class TrainingInPlace(FakeRun):
+        def checkpoint(self) -> dict:
+            return {**super().checkpoint(), "model": {"w": self.w}}
+
+    weights = TrialWeights(str(tmp_path), "aaaa0001", "val/f1_macro", "max")
+    run = TrainingInPlace(1)
+    run.w = torch.full((3,), 1.0)
+    assert weights.update(run, {"val/f1_macro": 0.3}, copy=False)
+    assert weights.unwritten["model"]["w"].data_ptr() == run.w.data_ptr()
+    best = weights.flush()
+    assert torch.equal(torch.load(best.uri, weights_only=True)["model"]["w"], torch.full((3,), 1.0))
+    assert weights.unwritten is None  # nothing of the run is held after the write
+
+
 def test_improves_is_strict_and_ignores_nan():
     assert improves(0.5, None, "max") and improves(0.6, 0.5, "max") and not improves(0.5, 0.5, "max")
     assert improves(0.4, 0.5, "min") and not improves(0.6, 0.5, "min")
