@@ -4,6 +4,7 @@ validation table, ablations, confusion matrices and per-class metrics."""
 from __future__ import annotations
 
 import re
+
 import numpy as np
 import pandas as pd
 

@@ -199,8 +199,8 @@ def percentile_interval(samples: np.ndarray, level: float = LEVEL) -> tuple[floa
 
 
 def proportion_interval(correct: np.ndarray, groups: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
-    """The 95% interval of a proportion of images counted right, the images' patients as clusters:
-    Korn & Graubard's (1998) exact binomial interval, as R's survey::svyciprop(method = "beta") gives it.
+    """The `level` interval of a proportion of images counted right, the images' patients as clusters:
+    Korn & Graubard's (1998) exact binomial interval (R's survey::svyciprop(method = "beta")).
 
     The Clopper-Pearson interval is taken at the effective sample size: the images divided by their
     design effect (the variance of the proportion over patients, a ratio estimator's, against the
