@@ -111,8 +111,9 @@ class DatasetIndex:
         return text + (f"; skipped: {skipped}" if skipped else "")
 
 
-def load_dataset(name: str, root: str | Path, **options) -> DatasetIndex:
-    """Index the dataset `name` found at `root`. Options are per loader (DATASET_OPTIONS)."""
+def load_dataset(name: str, root: str | Path, *, root_option: str = "--data-root", **options) -> DatasetIndex:
+    """Index the dataset `name` found at `root`. Options are per loader (DATASET_OPTIONS); `root_option`
+    names, in errors about the root itself, the command-line option that gave it."""
     loaders = {
         "covid-radiography": _load_covid_radiography,
         "covid-pneumonia-normal": _load_covid_pneumonia_normal,
@@ -126,7 +127,11 @@ def load_dataset(name: str, root: str | Path, **options) -> DatasetIndex:
     options = check_dataset_options(name, options)
     root = Path(root).expanduser()
     if not root.exists():
-        raise CxrError(f"data root {root} does not exist: pass --data-root pointing at the {name} dataset")
+        raise CxrError(f"data root {root} does not exist: pass {root_option} pointing at the {name} dataset")
+    if name == "csv" and root.is_dir():
+        raise CxrError(f"{root}: the csv dataset takes the CSV file itself as {root_option}")
+    if name != "csv" and not root.is_dir():
+        raise CxrError(f"{root}: is a file, not a folder; pass the {name} dataset's folder as {root_option}")
     index = loaders[name](root, **options)
     if len(index.frame) == 0:
         raise CxrError(f"{root}: no usable images found for dataset {name!r} ({index.summary()})")
@@ -256,8 +261,6 @@ def dataset_options_help() -> str:
 
 def _subdirectories(root: Path) -> dict[str, Path]:
     """Sub-folders of root keyed by lower-cased name."""
-    if not root.is_dir():
-        raise CxrError(f"{root}: is a file, not a folder; pass the dataset's folder as --data-root")
     return {p.name.lower(): p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
 
 
@@ -382,8 +385,6 @@ def _load_csv(root: Path, path_column: str = "path", label_column: str = "label"
     """Any CSV of image path and label (and optional patient and source) columns. `root` is the CSV file;
     relative image paths are resolved against its folder. Rows whose image is absent are skipped;
     a blank patient makes the image its own patient."""
-    if root.is_dir():
-        raise CxrError(f"{root}: the csv dataset takes the CSV file itself as --data-root")
     required = [path_column, label_column] + [c for c in (patient_column, source_column) if c]
     table = _read_csv(root, required, encoding)
     base = root.parent

@@ -181,7 +181,9 @@ def check_externals(data: StudyData, specs: list[ExternalSpec], label_map: dict[
                     raise CxrError(f"--external {spec.name}={spec.dataset}:{spec.path}: {spec.path} does not exist; "
                                    f"give the path of the {spec.dataset} set (NAME=DATASET:PATH)")
                 try:
-                    indexes[spec.name] = load_dataset(spec.dataset, spec.path, **spec.options)
+                    indexes[spec.name] = load_dataset(spec.dataset, spec.path,
+                                                     root_option="the PATH of --external NAME=DATASET:PATH",
+                                                     **spec.options)
                 except CxrError as error:
                     raise CxrError(f"--external {spec.name}: {error}") from error
             labels = {labels[0] for labels in indexes[spec.name].frame["labels"]}

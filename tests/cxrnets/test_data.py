@@ -194,8 +194,15 @@ def test_csv_without_the_named_columns(make_csv_dataset) -> None:
 
 
 def test_csv_root_must_be_the_file(make_csv_dataset) -> None:
-    with pytest.raises(CxrError, match="takes the CSV file itself"):
+    with pytest.raises(CxrError, match="takes the CSV file itself as --data-root"):
         load_dataset("csv", make_csv_dataset().parent)
+
+
+@pytest.mark.parametrize("name", [name for name in DATASET_NAMES if name != "csv"])
+def test_folder_dataset_given_a_file_names_the_option(name: str, make_csv_dataset) -> None:
+    with pytest.raises(CxrError, match=rf"labels.csv: is a file, not a folder; pass the {name} dataset's folder "
+                                       r"as --source-root"):
+        load_dataset(name, make_csv_dataset(), root_option="--source-root")
 
 
 def test_csv_empty_file(tmp_path: Path) -> None:

@@ -142,6 +142,10 @@ def test_the_report_shows_the_comparison_and_the_gradcam_figures(external_analys
      r"--external x=csv:.*nowhere.csv: .*nowhere.csv does not exist; give the path of the csv set "
      r"\(NAME=DATASET:PATH\)"),
     (["--external", "x=csv:{labels}"], r"--external x: .*labels.csv: missing column\(s\) \['label'\]"),
+    (["--external", "x=csv:{tmp}/set"], r"--external x: .*set: the csv dataset takes the CSV file itself as the "
+                                        r"PATH of --external NAME=DATASET:PATH"),
+    (["--external", "x=folder:{labels}"], r"--external x: .*labels.csv: is a file, not a folder; pass the folder "
+                                          r"dataset's folder as the PATH of --external"),
     (["--external", "x=lungs:{labels}"], r"--external 'x=lungs:.*': unknown dataset 'lungs'"),
     (["--external", "x"], r"--external 'x': write NAME=DATASET:PATH"),
     (["--dataset-option", "label_column=finding"], r"--dataset-option in the analysis applies to --external sets"),
