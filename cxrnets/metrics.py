@@ -303,18 +303,29 @@ def calibration(y_true: np.ndarray, scores: np.ndarray, multilabel: bool = False
       forecast per image, top-label: "the predicted class is right", at its probability (0 for a model
       right 70 % of the times it says 70 %); multi-label, one per image and label: "the label is
       present", at the label's probability;
+    - classwise_ece: the ECE of each class's own probability as a forecast of that class (of the label's
+      presence, multi-label), over every image, averaged over the classes (Kull et al. 2019). Top-label
+      ECE never looks at the probability of a class the model did not pick (the COVID-19 probability of
+      an image called Normal, which is what a threshold on COVID-19 would use), and multi-label ECE,
+      pooled over labels, is dominated by the many confident absences; here each class counts alike;
     - mean_probability and observed: the forecasts' mean probability and the share of them that came
       true (calibration in the large: a model that says 90 % on average and is right 60 % of the time
       is overconfident, whatever its bins).
     """
     weights = np.ones((1, len(y_true))) if weights is None else np.asarray(weights, dtype=np.float64)
     scores = _check_scores(scores)
-    squared = (scores - class_indicators(y_true, scores.shape[1], multilabel)) ** 2
+    truth = class_indicators(y_true, scores.shape[1], multilabel)
+    squared = (scores - truth) ** 2
     brier = (weights @ (squared.mean(axis=1) if multilabel else squared.sum(axis=1))) / weights.sum(axis=1)
     probability, came_true, which = _calibration_forecasts(y_true, scores, multilabel, bins)
     forecasts = probability.shape[1] * weights.sum(axis=1)  # one per image, or one per image and label
     gaps = np.stack([((which == b) * (came_true - probability)).sum(axis=1) for b in range(bins)])  # (bins, images)
+    class_bin = _probability_bins(scores, bins)
+    class_gaps = np.stack([(class_bin == b) * (truth - scores) for b in range(bins)], axis=1)  # (images, bins, classes)
+    binned = (weights @ class_gaps.reshape(len(class_gaps), -1)).reshape(len(weights), bins, -1)
+    per_class_ece = np.abs(binned).sum(axis=1) / weights.sum(axis=1)[:, None]  # (resamples, classes)
     return {"brier": brier, "ece": np.abs(weights @ gaps.T).sum(axis=1) / forecasts,
+            "classwise_ece": per_class_ece.mean(axis=1),
             "mean_probability": (weights @ probability.sum(axis=1)) / forecasts,
             "observed": (weights @ came_true.sum(axis=1)) / forecasts}
 
@@ -342,4 +353,9 @@ def _calibration_forecasts(y_true: np.ndarray, scores: np.ndarray, multilabel: b
         probability = scores.max(axis=1, keepdims=True)
         came_true = (predictions(scores, multilabel=False) == np.asarray(y_true, dtype=np.int64))[:, None]
         came_true = came_true.astype(np.float64)
-    return probability, came_true, np.minimum((probability * bins).astype(np.int64), bins - 1)
+    return probability, came_true, _probability_bins(probability, bins)
+
+
+def _probability_bins(probability: np.ndarray, bins: int) -> np.ndarray:
+    """Each probability's bin among `bins` equal-width ones on [0, 1] (1.0 in the last)."""
+    return np.minimum((probability * bins).astype(np.int64), bins - 1)

@@ -246,7 +246,10 @@ def calibration_section(analysis: Analysis, split_name: str, figures: bool) -> l
              + "; ".join(forecasts) + ". The **Brier score** is the mean squared distance between the "
              "probabilities and the truth (0 best; " + "; ".join(brier) + "), the **ECE** (expected calibration "
              "error) the forecast-weighted mean gap between how often the forecasts in each of 10 probability bins "
-             "came true and their probability (0 for a model right 70 % of the times it says 70 %)"
+             "came true and their probability (0 for a model right 70 % of the times it says 70 %), the "
+             "**classwise ECE** the same gap for each class's own probability as a forecast of that class, on every "
+             "image, averaged over the classes (it reads the probabilities a threshold on one class would use, which "
+             "the top label ignores, and weighs a rare class as much as a common one)"
              + (", with 95% intervals over the same resampled patients as above" if analysis.bootstraps else "")
              + "; `mean probability` and `observed`: over all forecasts (a mean probability far above the observed "
              "share is overconfidence). A small split puts a handful of forecasts in most bins, which makes the "

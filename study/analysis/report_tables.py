@@ -214,9 +214,10 @@ def per_class_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
 
 
 def calibration_table(analysis: Analysis) -> pd.DataFrame:
-    """Per cell's chosen model: Brier score and ECE on the evaluated split (cxrnets.metrics.calibration:
-    top-label forecasts single-label, one per label multi-label), with intervals over the same resampled
-    patients as every other figure, and the forecasts' mean probability and how often they came true."""
+    """Per cell's chosen model: Brier score, ECE and classwise ECE on the evaluated split
+    (cxrnets.metrics.calibration: top-label forecasts single-label, one per label multi-label), with
+    intervals over the same resampled patients as every other figure, and the forecasts' mean probability
+    and how often they came true."""
     from cxrnets.metrics import calibration
 
     rows = []
@@ -229,10 +230,11 @@ def calibration_table(analysis: Analysis) -> pd.DataFrame:
         row = {"dataset": chosen.dataset, "model": chosen.model, "trial_id": chosen.candidate.trial_id,
                "forecasts": "each label" if evaluation.multilabel else "top label", "images": len(evaluation.y_true)}
         bootstrap = analysis.bootstraps.get(chosen.dataset)
-        for name in ("brier", "ece"):
-            row[name] = point[name]
+        for name in ("brier", "ece", "classwise_ece"):
+            column = name.replace("_", " ")
+            row[column] = point[name]
             if bootstrap is not None:
-                row[f"{name} lower"], row[f"{name} upper"] = percentile_interval(
+                row[f"{column} lower"], row[f"{column} upper"] = percentile_interval(
                     bootstrap.calibration[chosen.candidate.trial_id][name])
         row["mean probability"], row["observed"] = point["mean_probability"], point["observed"]
         rows.append(row)

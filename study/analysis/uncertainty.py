@@ -281,7 +281,7 @@ class SplitBootstrap:
     images: int
     undefined: dict[str, str]          # metric -> why its interval is undefined
     samples: dict[str, MetricSamples]  # trial id (and BASELINE) -> its metrics on every resample
-    # trial id -> cxrnets.metrics.calibration (brier, ece) on every resample
+    # trial id -> cxrnets.metrics.calibration (brier, ece, classwise_ece, ...) on every resample
     calibration: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def cell(self, trial_ids: list[str], metric: str) -> np.ndarray:

@@ -327,8 +327,12 @@ def test_calibration_of_certain_answers() -> None:
     y_true = np.array([0, 1, 2, 0])
     right, wrong = np.eye(3)[y_true], np.eye(3)[[1, 2, 0, 1]]
     assert calibration(y_true, right) == {"brier": pytest.approx([0.0]), "ece": pytest.approx([0.0]),
+                                          "classwise_ece": pytest.approx([0.0]),
                                           "mean_probability": pytest.approx([1.0]), "observed": pytest.approx([1.0])}
+    # classwise: class 0 forecast 0 for images 0, 1, 3 (two of them class 0) and 1 for image 2 (not): 3/4;
+    # class 1 likewise 3/4; class 2 wrong on images 1 (said) and 2 (missed): 2/4
     assert calibration(y_true, wrong) == {"brier": pytest.approx([2.0]), "ece": pytest.approx([1.0]),
+                                          "classwise_ece": pytest.approx([2 / 3]),
                                           "mean_probability": pytest.approx([1.0]), "observed": pytest.approx([0.0])}
     labels = np.array([[1, 0, 1], [0, 0, 1]])
     assert calibration(labels, labels.astype(float), multilabel=True)["brier"] == pytest.approx([0.0])
@@ -344,10 +348,13 @@ def test_calibration_hand_computed_and_weighted_like_repeated_images() -> None:
     assert point["brier"][0] == pytest.approx((0.14 + 0.86 + 0.78 + 0.015) / 4)
     # one image per bin; right at 0.7 and 0.9, wrong at 0.6 and 0.5: (0.3 + 0.6 + 0.5 + 0.1) / 4
     assert point["ece"][0] == pytest.approx(0.375)
+    # each class's probability on every image, one image per bin but for class 2's two 0.1s: class 0
+    # (0.3 + 0.6 + 0.2 + 0.1) / 4, class 1 (0.2 + 0.7 + 0.5 + 0.05) / 4, class 2 (0.2 + 0.7 + 0.05) / 4
+    assert point["classwise_ece"][0] == pytest.approx((0.3 + 0.3625 + 0.2375) / 3)
     assert (point["mean_probability"][0], point["observed"][0]) == pytest.approx(((0.7 + 0.6 + 0.5 + 0.9) / 4, 0.5))
     weighted = calibration(y_true, scores, weights=np.array([[1, 1, 1, 1], [2, 0, 1, 1]]))
     repeated = calibration(y_true[[0, 0, 2, 3]], scores[[0, 0, 2, 3]])
-    for name in ("brier", "ece", "mean_probability", "observed"):
+    for name in ("brier", "ece", "classwise_ece", "mean_probability", "observed"):
         assert weighted[name] == pytest.approx([point[name][0], repeated[name][0]])
     bins = reliability_bins(y_true, scores)
     assert list(bins["forecasts"]) == [1, 1, 1, 1] and list(bins["observed"]) == [0.0, 0.0, 1.0, 1.0]
@@ -364,10 +371,12 @@ def test_multilabel_calibration_counts_each_label_as_a_forecast() -> None:
     # 0.7-0.8 {0.75: present}, 0.9-1.0 {0.95: present}: gaps 0.05, 0.15, 0.35, 0.55, 0.25, 0.05 over 6
     assert point["ece"][0] == pytest.approx(1.4 / 6)
     assert (point["mean_probability"][0], point["observed"][0]) == pytest.approx((2.7 / 6, 0.5))
+    # per label: (0.25 + 0.35 + 0.05) / 3 and (0.15 + 0.05 + 0.55) / 3
+    assert point["classwise_ece"][0] == pytest.approx((0.65 / 3 + 0.75 / 3) / 2)
     bins = reliability_bins(y_true, scores, multilabel=True)
     assert list(bins["bin"]) == ["0.0-0.1", "0.1-0.2", "0.3-0.4", "0.4-0.5", "0.7-0.8", "0.9-1.0"]
     assert list(bins["observed"]) == [0, 0, 0, 1, 1, 1] and bins["forecasts"].sum() == 6
     weighted = calibration(y_true, scores, multilabel=True, weights=np.array([[0, 2, 1]]))
     repeated = calibration(y_true[[1, 1, 2]], scores[[1, 1, 2]], multilabel=True)
-    for name in ("brier", "ece", "mean_probability", "observed"):
+    for name in ("brier", "ece", "classwise_ece", "mean_probability", "observed"):
         assert weighted[name] == pytest.approx(repeated[name])

@@ -35,7 +35,7 @@ from study.analysis.report import render_markdown
 from study.analysis.report_tables import build_tables, confusion_table
 from study.analysis.selection import Analysis, Candidate, Selected
 from study.analyze import analyze, main
-from cxrnets.metrics import classification_metrics
+from cxrnets.metrics import calibration as calibration_metrics, classification_metrics
 from study.checkpoints import BestWeights
 from study.results import read_results
 from study.space import parse_space
@@ -257,7 +257,7 @@ def test_confusion_matrices_sum_to_the_test_split(evaluated, study_dir):
     # calibration of each chosen model, from the same probabilities, with intervals that hold the point
     calibration = analysis.tables["calibration"].set_index("model")
     assert sorted(calibration.index) == ["alexnet", "resnet50"] and (calibration["images"] == test_size).all()
-    for name, high in (("brier", 2.0), ("ece", 1.0)):
+    for name, high in (("brier", 2.0), ("ece", 1.0), ("classwise ece", 1.0)):
         assert (calibration[f"{name} lower"] <= calibration[name]).all() and (
             calibration[name] <= calibration[f"{name} upper"]).all()
         assert calibration[name].between(0, high).all()
@@ -266,6 +266,8 @@ def test_confusion_matrices_sum_to_the_test_split(evaluated, study_dir):
         chosen = analysis.best(DATASET, model).evaluation
         assert row["mean probability"] == pytest.approx(chosen.scores.max(axis=1).mean())
         assert row["observed"] == pytest.approx(chosen.metrics["test/accuracy"])
+        truth = np.eye(len(chosen.classes))[chosen.y_true]
+        assert row["classwise ece"] <= np.abs(chosen.scores - truth).mean() + 1e-9  # binning only cancels gaps
 
 
 def test_report_files(evaluated, study_dir):
@@ -662,6 +664,9 @@ def test_multilabel_tables():
         y_true, scores = selected.evaluation.y_true, selected.evaluation.scores
         assert row["brier"] == pytest.approx(((scores - y_true) ** 2).mean())
         assert (row["mean probability"], row["observed"]) == pytest.approx((scores.mean(), y_true.mean()))
+        each_label = [calibration_metrics(y_true[:, [k]], scores[:, [k]], multilabel=True)["ece"][0]
+                      for k in range(3)]
+        assert row["classwise ece"] == pytest.approx(np.mean(each_label))  # each label alike, not pooled
     text = render_markdown(analysis, ("md",))
     assert "### Subset accuracy (multi-label)" in text and "### Macro ROC AUC" in text
     assert "multi-label, one per image and label" in text and "single-label, one per image" not in text
