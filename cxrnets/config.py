@@ -8,7 +8,7 @@ from typing import Any
 
 from cxrnets.data import DATASET_NAMES, SAMPLE_ROOT
 from cxrnets.errors import CxrError
-from cxrnets.names import MODEL_NAMES, OPTIMIZER_NAMES, check_image_size
+from cxrnets.names import MODEL_NAMES, OPTIMIZER_NAMES, check_image_size, check_seed
 
 
 @dataclass
@@ -63,3 +63,4 @@ class TrainConfig:
         if self.momentum < 0 or self.weight_decay < 0:
             raise CxrError(f"momentum ({self.momentum}) and weight_decay ({self.weight_decay}) must be >= 0")
         check_image_size(self.model, self.image_size)
+        check_seed(self.seed, "option seed")

@@ -1,4 +1,5 @@
-"""The names the command lines accept for models and optimizers, and the smallest image each model takes.
+"""The names the command lines accept for models and optimizers, the smallest image each model takes,
+and the seeds they accept.
 
 Kept apart from cxrnets.models and cxrnets.training, which load torch (seconds), so that a
 command's `--help` and its option errors answer at once. cxrnets.models explains the sizes.
@@ -12,6 +13,15 @@ MODEL_NAMES: tuple[str, ...] = ("alexnet", "vgg11", "resnet50")
 OPTIMIZER_NAMES: tuple[str, ...] = ("adam", "sgd")
 
 MIN_IMAGE_SIZE: dict[str, int] = {"alexnet": 63, "vgg11": 32, "resnet50": 1}
+
+# numpy and scikit-learn take seeds below 2**32, and seeds are derived by addition (the split's
+# validation hold-out from seed + 1, study.confirm's repeats from seed + 1 ... + N): half that range.
+MAX_SEED = 2**31 - 1
+
+
+def check_seed(seed: int, option: str = "--seed") -> None:
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED):
+        raise CxrError(f"{option} {seed!r}: a seed is a whole number from 0 to {MAX_SEED}")
 
 
 def check_model_name(name: str) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from cxrnets.data import SAMPLE_ROOT, dataset_options_help, parse_dataset_options
 from cxrnets.errors import CxrError
-from cxrnets.names import check_image_size
+from cxrnets.names import check_image_size, check_seed
 from study import storage
 from study.settings import (ASHA_FORMS, CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DEFAULTS, METRICS, TIE_BREAK,
                             StudySettings, load_settings, metric_mode, parse_keep)
@@ -187,6 +187,7 @@ def validate(settings: StudySettings) -> None:
             raise CxrError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(settings, key)}")
     if settings.reduction_factor < 2:
         raise CxrError(f"--reduction-factor must be at least 2, got {settings.reduction_factor}")
+    check_seed(settings.seed)
     if settings.asha not in ASHA_FORMS:
         raise CxrError(f"asha: {settings.asha!r} in {settings.space_source}: choose one of {', '.join(ASHA_FORMS)}")
     if settings.grace_period > settings.max_epochs:

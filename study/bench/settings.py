@@ -84,7 +84,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 def validate(s: Settings) -> None:
     """Refuse settings that cannot run, naming the flag (CxrError)."""
     from cxrnets.errors import CxrError
-    from cxrnets.names import MIN_IMAGE_SIZE
+    from cxrnets.names import MIN_IMAGE_SIZE, check_seed
 
     unknown = set(s.parts) - set(PARTS)
     if unknown or not s.parts:
@@ -116,6 +116,7 @@ def validate(s: Settings) -> None:
         raise CxrError(f"--search-metric {s.search_metric}: choose one of {', '.join(METRICS)}")
     if s.search_grace_period > s.search_max_epochs:
         raise CxrError("--search-grace-period must not exceed --search-max-epochs")
+    check_seed(s.seed)
     if any(size < 1 for size in s.image_sizes) or not s.image_sizes:
         raise CxrError("--image-sizes must be positive")
 

@@ -36,6 +36,8 @@ def test_default_config_is_valid() -> None:
     ({"model": "vgg11", "image_size": 31}, r"too small for model 'vgg11'"),
     ({"momentum": -0.5}, "momentum"),
     ({"weight_decay": -1e-4}, "weight_decay"),
+    ({"seed": -1}, r"option seed -1: a seed is a whole number from 0 to 2147483647"),
+    ({"seed": 2**32}, r"option seed 4294967296"),
 ])
 def test_validate_errors(changes: dict, message: str) -> None:
     with pytest.raises(CxrError, match=message):

@@ -139,6 +139,7 @@ BAD_INPUT = {
     "grace period past max epochs": (GOOD_SPACE, ["--max-epochs", "2", "--grace-period", "3"],
                                      r"--grace-period 3 exceeds --max-epochs 2"),
     "zero trials": (GOOD_SPACE, ["--num-samples", "0"], r"--num-samples must be at least 1"),
+    "negative seed": (GOOD_SPACE, ["--seed", "-1"], r"--seed -1: a seed is a whole number from 0 to 2147483647"),
 }
 
 

@@ -131,6 +131,7 @@ def test_presets_and_flags() -> None:
     (["--models", "lenet"], "--models"),
     (["--models", "alexnet", "--trainable-image-size", "32"], "too small for alexnet"),
     (["--search-max-epochs", "2", "--search-grace-period", "3"], "grace"),
+    (["--seed", "-5"], "--seed -5: a seed is a whole number"),
 ])
 def test_bad_flags_are_refused(argv: list[str], message: str) -> None:
     with pytest.raises(CxrError, match=message):
