@@ -132,6 +132,9 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
     if space.values_of("image_size") and args.image_size is not None:
         raise CxrError("--image-size conflicts with the space's image_size dimension; drop one")
     name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if "/" in name or "\\" in name or name.strip() in ("", ".", ".."):
+        raise CxrError(f"--name {name!r}: a study's name is its one folder under --storage; to group studies, "
+                       "give that group's folder as --storage")
     settings = StudySettings(
         name=name, optuna_study=name,
         storage=storage.location(args.storage),

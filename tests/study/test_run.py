@@ -140,6 +140,8 @@ BAD_INPUT = {
                                      r"--grace-period 3 exceeds --max-epochs 2"),
     "zero trials": (GOOD_SPACE, ["--num-samples", "0"], r"--num-samples must be at least 1"),
     "negative seed": (GOOD_SPACE, ["--seed", "-1"], r"--seed -1: a seed is a whole number from 0 to 2147483647"),
+    "a name that is a path": (GOOD_SPACE, ["--name", "../elsewhere"],
+                              r"--name '\.\./elsewhere': a study's name is its one folder under --storage"),
 }
 
 
