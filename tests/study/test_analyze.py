@@ -375,6 +375,17 @@ def test_bootstrap_option(study_dir, tmp_path, capsys):
     assert "Paired differences" not in (tmp_path / "r" / "report.md").read_text()
 
 
+def test_a_report_folder_that_cannot_be_written_is_refused_before_evaluating(study_dir, tmp_path, capsys):
+    """Before any model is evaluated and before the look at the test split is recorded."""
+    looks = set((study_dir / "analyses").glob("*.json"))
+    (tmp_path / "a-file").write_text("")
+    assert main([str(study_dir), "--out", str(tmp_path / "a-file" / "report")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: --out {tmp_path / 'a-file' / 'report'}: cannot write the report there (Not a "
+                      "directory); give a folder you can write"]
+    assert set((study_dir / "analyses").glob("*.json")) == looks
+
+
 def test_cli_top_k_on_validation(study_dir, tmp_path, capsys):
     """--top-k 2 --split val: mean ± std of the 2 best trials per cell; evaluated on validation, each
     checkpoint reproduces the validation metric the study recorded for its epoch."""
