@@ -89,6 +89,7 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
     if unknown:
         raise CxrError(f"--format {','.join(sorted(unknown))}: choose from {','.join(FORMATS)}")
     from cxrnets.training import select_device
+    from study import storage
     from study.analysis.confirmation import evaluate_confirmation
     from study.analysis.evaluation import StudyData
     from study.analysis.external import check_externals, evaluate_elsewhere
@@ -120,7 +121,7 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
 
     data = StudyData(study, data_roots, cache_dir, device)
     external_indexes = check_externals(data, externals or [], label_map or {})
-    check_report_folder(analysis.out)
+    storage.check_writable(str(analysis.out), "--out")  # before any model is evaluated or a look recorded
     select_and_evaluate(analysis, data)
     analysis.confirmation = evaluate_confirmation(study, split, data)
     analysis.downloaded_bytes = data.downloaded_bytes
@@ -145,20 +146,6 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
     build_tables(analysis)
     write_report(analysis, formats)
     return analysis
-
-
-def check_report_folder(out: Path) -> None:
-    """Make the report's folder and write a file into it, so that a folder that cannot hold the report
-    is refused before any model is evaluated and before the look at the test split is recorded."""
-    import tempfile
-
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as error:
-        raise CxrError(f"--out {out}: cannot write the report there ({error.strerror or error}); "
-                       "give a folder you can write") from error
 
 
 def importances(analysis: Analysis, evaluator: str) -> list[Importance]:

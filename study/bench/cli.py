@@ -52,6 +52,7 @@ from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from study import storage
 from study.bench.common import Bench, check_goals, machine_info, render_table, study_run_argv, write_report
 from study.bench.data import bench_data
 from study.bench.orchestration import bench_orchestration, orchestration_args
@@ -178,8 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     from cxrnets.errors import CxrError
 
     args = build_parser().parse_args(argv)
+    out = Path(args.out)
     try:
         settings, preset = settings_from_args(args)
+        if out.is_dir():
+            raise CxrError(f"--out {out} is a folder: give the JSON file's path (e.g. {out / 'bench.json'})")
+        storage.check_writable(str(out.parent.resolve()), "--out")  # not after an hour of measuring
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -222,7 +227,6 @@ def main(argv: list[str] | None = None) -> int:
         "figures": bench.figures, "goals": goals, "details": bench.details, "failures": failures,
         "workdir": str(workdir) if args.keep else None,
     }
-    out = Path(args.out)
     write_report(out, report)
     print(f"\nBenchmark ({preset}) on {machine['cpu']}, {machine['cores']} cores, device {machine['device']}"
           + (f" ({machine['gpu']})" if machine["gpu"] else "") + f", {machine['date']}; "

@@ -137,3 +137,12 @@ def test_bad_flags_are_refused(argv: list[str], message: str) -> None:
     with pytest.raises(CxrError, match=message):
         cli.settings_from_args(cli.build_parser().parse_args(argv))
     assert cli.main(argv + ["--out", "/nonexistent/never-written.json"]) == 2
+
+
+def test_an_out_file_that_cannot_be_written_is_refused_before_measuring(tmp_path: Path, capsys) -> None:
+    (tmp_path / "a-file").write_text("")
+    assert cli.main(["--smoke", "--parts", "data", "--out", str(tmp_path / "a-file" / "bench.json")]) == 2
+    assert f"error: --out {tmp_path / 'a-file'}: cannot write there" in capsys.readouterr().err
+    assert cli.main(["--smoke", "--parts", "data", "--out", str(tmp_path)]) == 2
+    assert f"error: --out {tmp_path} is a folder: give the JSON file's path" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
