@@ -140,12 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import pandas as pd
 
-    from cxrnets.training import load_checkpoint
+    from cxrnets.training import check_output_folder, load_checkpoint
 
+    out = Path(args.out)
     try:
         paths = image_paths(args.images)
         checkpoint = load_checkpoint(args.weights)
         model, device = model_from_checkpoint(checkpoint, args.device)
+        check_output_folder(out.parent, f"--out {out}")
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -166,8 +168,6 @@ def main(argv: list[str] | None = None) -> int:
         if len(paths) > CHUNK:
             log.info("scored %d/%d images", min(start + CHUNK, len(paths)), len(paths))
     table = pd.DataFrame(rows)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False, float_format="%.6g")
     failed = table[table["error"] != ""]
     for _, row in failed.head(5).iterrows():

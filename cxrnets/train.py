@@ -143,7 +143,8 @@ def drop_epochs_after(history: Path, epoch: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config, out, resume = parse_args(argv)
-    from cxrnets.training import TrainingRun, save_checkpoint  # torch: after the options are read
+    # torch: after the options are read
+    from cxrnets.training import TrainingRun, check_output_folder, save_checkpoint
 
     history, checkpoint_path = out / "metrics.jsonl", out / "checkpoint.pt"
     try:
@@ -152,11 +153,11 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint = resumable_checkpoint(out, config)
         else:
             refuse_an_earlier_run(out)
+        check_output_folder(out, f"--out {out}")
         run = TrainingRun(config)
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    out.mkdir(parents=True, exist_ok=True)
     log.info("%s on %s (%s), %d classes: %s", config.model, config.dataset, run.device, len(run.classes),
              ", ".join(run.classes))
     if checkpoint is not None:

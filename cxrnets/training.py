@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,6 +55,18 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> None:
 
 
 TRAINED_MODEL_KEYS = ("model", "epoch", "config", "classes", "multilabel")  # what scoring a model needs
+
+
+def check_output_folder(folder: Path, option: str) -> None:
+    """Make `folder` and write a probe file into it, so that a command refuses an output it cannot write
+    (CxrError naming `option`) before it works rather than after."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise CxrError(f"{option}: cannot write in {folder} ({error.strerror or error}); pick a folder you can "
+                       "write to") from error
 
 
 def load_checkpoint(path: str | Path, required: tuple[str, ...] = TRAINED_MODEL_KEYS, mmap: bool = True

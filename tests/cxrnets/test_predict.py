@@ -107,6 +107,15 @@ def test_bad_input_is_refused_naming_it(trained, tmp_path: Path, capsys, damage:
     assert not out.exists()
 
 
+def test_an_out_that_cannot_be_written_is_refused_before_predicting(trained, tmp_path: Path, capsys) -> None:
+    _, checkpoint = trained
+    (tmp_path / "a-file").write_text("")
+    out = tmp_path / "a-file" / "predictions.csv"
+    assert main([str(checkpoint), str(SAMPLE_ROOT / "images"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {out}: cannot write in {tmp_path / 'a-file'}") and "Traceback" not in err, err
+
+
 def test_a_study_weights_file_loads_like_a_training_checkpoint(trained, tmp_path: Path) -> None:
     """A study's best-weights file (study.checkpoints: weights, epoch, config, classes, no optimizer) is
     accepted as is."""

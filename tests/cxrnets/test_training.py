@@ -281,6 +281,14 @@ def test_multilabel_run_uses_bce(sample_cache: Path) -> None:
 CLI_SAMPLE_ARGUMENTS = ["--model", "resnet50", "--image-size", "32", "--batch-size", "32"]
 
 
+def test_cli_refuses_an_out_it_cannot_write(sample_cache: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "a-file").write_text("")
+    out = tmp_path / "a-file" / "run"
+    assert main([*CLI_SAMPLE_ARGUMENTS, "--epochs", "1", "--cache-dir", str(sample_cache), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {out}: cannot write in {out} (Not a directory)") and "Traceback" not in err
+
+
 @pytest.fixture(scope="module")
 def cli_run(sample_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """`python -m cxrnets.train` for 2 epochs of ResNet50 on the sample: its folder and its log."""
