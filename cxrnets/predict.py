@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(paths) > CHUNK:
             log.info("scored %d/%d images", min(start + CHUNK, len(paths)), len(paths))
     table = pd.DataFrame(rows)
+    out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False, float_format="%.6g")
     failed = table[table["error"] != ""]
     for _, row in failed.head(5).iterrows():

@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    out.mkdir(parents=True, exist_ok=True)
     log.info("%s on %s (%s), %d classes: %s", config.model, config.dataset, run.device, len(run.classes),
              ", ".join(run.classes))
     if checkpoint is not None:

@@ -58,8 +58,9 @@ TRAINED_MODEL_KEYS = ("model", "epoch", "config", "classes", "multilabel")  # wh
 
 
 def check_output_folder(folder: Path, option: str) -> None:
-    """Make `folder` and write a probe file into it, so that a command refuses an output it cannot write
-    (CxrError naming `option`) before it works rather than after."""
+    """Write a probe file into `folder` (made for it and removed again, with any parents it needed), so
+    that a command refuses an output it cannot write (CxrError naming `option`) before it works."""
+    made = [path for path in (folder, *folder.parents) if not path.exists()]  # innermost first
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
@@ -67,6 +68,10 @@ def check_output_folder(folder: Path, option: str) -> None:
     except OSError as error:
         raise CxrError(f"{option}: cannot write in {folder} ({error.strerror or error}); pick a folder you can "
                        "write to") from error
+    finally:
+        for path in made:
+            if path.is_dir():
+                path.rmdir()
 
 
 def load_checkpoint(path: str | Path, required: tuple[str, ...] = TRAINED_MODEL_KEYS, mmap: bool = True

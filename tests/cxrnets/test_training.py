@@ -391,9 +391,10 @@ def test_cli_bad_values(arguments: list[str], message: str, tmp_path: Path, caps
 
 
 def test_cli_missing_data_root(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    code = main(["--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
+    code = main(["--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out" / "run")])
     assert code == 2
     assert "nowhere does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # the probe of --out leaves nothing behind
 
 
 def test_cli_help_explains_every_flag(capsys: pytest.CaptureFixture) -> None:
