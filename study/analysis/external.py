@@ -177,9 +177,6 @@ def check_externals(data: StudyData, specs: list[ExternalSpec], label_map: dict[
         check_label_map(label_map, classes)
         for spec in specs:
             if spec.name not in indexes:
-                if not Path(spec.path).expanduser().exists():
-                    raise CxrError(f"--external {spec.name}={spec.dataset}:{spec.path}: {spec.path} does not exist; "
-                                   f"give the path of the {spec.dataset} set (NAME=DATASET:PATH)")
                 try:
                     indexes[spec.name] = load_dataset(spec.dataset, spec.path,
                                                      root_option="the PATH of --external NAME=DATASET:PATH",

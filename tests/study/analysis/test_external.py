@@ -139,8 +139,8 @@ def test_the_report_shows_the_comparison_and_the_gradcam_figures(external_analys
      r"--external x: no class in common with the study: the set's classes are \['b0', .*\], the study's "
      r"\['COVID-19', 'Other pneumonia', 'No Finding'\]"),
     (["--external", "x=csv:{tmp}/nowhere.csv"],
-     r"--external x=csv:.*nowhere.csv: .*nowhere.csv does not exist; give the path of the csv set "
-     r"\(NAME=DATASET:PATH\)"),
+     r"--external x: data root .*nowhere.csv does not exist: pass the PATH of --external NAME=DATASET:PATH "
+     r"pointing at the csv dataset"),
     (["--external", "x=csv:{labels}"], r"--external x: .*labels.csv: missing column\(s\) \['label'\]"),
     (["--external", "x=csv:{tmp}/set"], r"--external x: .*set: the csv dataset takes the CSV file itself as the "
                                         r"PATH of --external NAME=DATASET:PATH"),
