@@ -52,7 +52,6 @@ from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from study import storage
 from study.bench.common import Bench, check_goals, machine_info, render_table, study_run_argv, write_report
 from study.bench.data import bench_data
 from study.bench.orchestration import bench_orchestration, orchestration_args
@@ -177,6 +176,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, str]:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     from cxrnets.errors import CxrError
+    from study import storage  # pandas and pyarrow: not for --help
 
     args = build_parser().parse_args(argv)
     out = Path(args.out)
