@@ -132,7 +132,8 @@ def test_study_runs_trials_on_both_nodes(two_nodes):
     for trial_id, rows in trials.items():
         assert [row["epoch"] for row in rows] == [1, 2], (trial_id, rows)
     nodes = {row["node_id"] for row in spread["results"]}
-    assert nodes == {head, worker}, f"trials ran on {nodes}, expected the head {head} and the worker {worker}"
+    assert nodes == {head, worker}, (f"trials ran on {nodes}, expected the head {head} and the worker {worker} "
+                                     f"(CPUs free when the study started: {two_nodes.get('cpus_available_at_start')})")
 
 
 def test_check_cluster_asks_every_node_for_real(two_nodes):
