@@ -135,8 +135,10 @@ def spread(workdir: Path, cache_dir: str, out: dict[str, Any]) -> None:
     from study.results import read_results
     from study.driver import check_cluster, run_study
 
-    settings = make_settings(workdir, "spread", cache_dir, "--num-samples", "4", "--max-epochs", "2",
-                             "--grace-period", "2", "--max-failures", "0")
+    # Trials of 6 epochs: a trial of 2 (about 5 s) could end before the second node's actor started, and Tune
+    # (reuse_actors) then gives the next trial the finished trial's actor: every trial on one node, in turn.
+    settings = make_settings(workdir, "spread", cache_dir, "--num-samples", "4", "--max-epochs", "6",
+                             "--grace-period", "6", "--max-failures", "0")
     started = time.perf_counter()
     grid = run_study(settings)
     out["study_seconds"] = time.perf_counter() - started

@@ -130,7 +130,7 @@ def test_study_runs_trials_on_both_nodes(two_nodes):
     trials = by_trial(spread["results"])
     assert len(trials) == 4
     for trial_id, rows in trials.items():
-        assert [row["epoch"] for row in rows] == [1, 2], (trial_id, rows)
+        assert [row["epoch"] for row in rows] == [1, 2, 3, 4, 5, 6], (trial_id, rows)
     nodes = {row["node_id"] for row in spread["results"]}
     assert nodes == {head, worker}, (f"trials ran on {nodes}, expected the head {head} and the worker {worker} "
                                      f"(CPUs free when the study started: {two_nodes.get('cpus_available_at_start')})")
