@@ -80,11 +80,6 @@ def start_cluster():
     worker = CLUSTER.add_node(num_cpus=1)
     CLUSTER.wait_for_nodes()
     ray.init(address=CLUSTER.address)
-    # A node is registered before the cluster's resource view counts its CPU; a study started in between
-    # runs every trial on the head, one at a time. Wait (up to 60 s) until both CPUs are free.
-    deadline = time.monotonic() + 60
-    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
     OUTPUT.update(head=CLUSTER.head_node.node_id, worker=worker.node_id,
                   cluster_start_seconds=time.perf_counter() - started,
                   cpus_available_at_start=ray.available_resources().get("CPU", 0))
