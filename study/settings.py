@@ -104,7 +104,11 @@ def load_settings(study_dir: str, flag: str = "study directory") -> StudySetting
     CxrError, naming the folder, if it holds no study.json or an unreadable one.
     """
     uri = storage.location(study_dir, flag)
-    if storage.kind(uri) != "dir":
+    try:
+        found = storage.kind(uri, first_look=True)
+    except CxrError as error:  # the storage refused to say (credentials, network)
+        raise CxrError(f"{flag} {error}") from error
+    if found != "dir":
         raise CxrError(f"{flag} {study_dir}: no such study directory; pass the folder python -m study.run wrote "
                        "(<storage>/<study name>)")
     try:

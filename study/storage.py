@@ -37,6 +37,10 @@ from cxrnets.errors import CxrError
 log = logging.getLogger(__name__)
 
 REMOTE_SCHEMES = ("s3", "gs")
+# How long a first look at a user's location in object storage may retry. Google's client retries a
+# bucket it cannot reach, or reach without credentials, for 15 minutes by default, without a word;
+# S3's gives up after 3 attempts.
+FIRST_LOOK_SECONDS = 30.0
 # Bytes per read or write of a large file. Large: an S3 GET has a fixed cost (and moto serves each
 # ranged GET in time proportional to the whole object: 250 MB took 4.4 s in 8 MiB reads, 1.0 s in 64 MiB).
 CHUNK = 64 * 2**20
@@ -77,10 +81,16 @@ def parent_of(uri: str) -> str:
     return str(uri).rstrip("/").rpartition("/")[0]
 
 
-def filesystem(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    """The pyarrow filesystem of a location and the path within it (a bucket path has no scheme)."""
+def filesystem(uri: str, first_look: bool = False) -> tuple[pyarrow.fs.FileSystem, str]:
+    """The pyarrow filesystem of a location and the path within it (a bucket path has no scheme).
+
+    `first_look`: for the first access to a location a user gave, which gives up within
+    FIRST_LOOK_SECONDS instead of retrying as long as the storage's client would.
+    """
     if not is_remote(uri):
         return pyarrow.fs.LocalFileSystem(), str(uri)
+    if first_look and uri.partition("://")[0].lower() == "gs":
+        uri = f"{uri}?retry_limit_seconds={FIRST_LOOK_SECONDS:g}"
     try:
         return pyarrow.fs.FileSystem.from_uri(uri)
     except (pyarrow.ArrowInvalid, OSError) as error:
@@ -106,9 +116,10 @@ class Entry:
     mtime_ns: int | None = None  # last modification, where the storage says
 
 
-def kind(uri: str) -> str:
-    """'file', 'dir' or 'missing'; CxrError naming the location if the storage refuses to say (credentials)."""
-    fs, path = filesystem(uri)
+def kind(uri: str, first_look: bool = False) -> str:
+    """'file', 'dir' or 'missing'; CxrError naming the location if the storage refuses to say (credentials).
+    `first_look`: as for `filesystem`."""
+    fs, path = filesystem(uri, first_look)
     try:
         found = fs.get_file_info(path).type
     except OSError as error:
@@ -238,7 +249,7 @@ def check_writable(uri: str, flag: str = "--storage") -> None:
     """
     probe = join(uri, ".write-check")
     try:
-        fs, path = filesystem(probe)
+        fs, path = filesystem(probe, first_look=True)
         folder = path.rpartition("/")[0]
         # The top-most folder the probe creates: removed again, with what it holds (an object store
         # keeps empty "folder/" marker objects too).
@@ -261,8 +272,12 @@ def check_writable(uri: str, flag: str = "--storage") -> None:
 def _access_hint(uri: str) -> str:
     if not is_remote(uri):
         return "pick a folder you can write to"
-    return ("check the credentials and network, and that the bucket exists (credentials come from the environment: "
-            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS)")
+    if uri.partition("://")[0].lower() == "gs":
+        where = ("GOOGLE_APPLICATION_CREDENTIALS naming a service account's key file, or "
+                 "`gcloud auth application-default login`")
+    else:
+        where = "the environment: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+    return f"check the credentials and network, and that the bucket exists (credentials come from {where})"
 
 
 def _first_line(error: Exception) -> str:
@@ -270,6 +285,8 @@ def _first_line(error: Exception) -> str:
     if not text:
         return type(error).__name__
     missing = re.search(r"Bucket '([^']+)' not found", text)  # pyarrow goes on about allow_bucket_creation
+    if "OAuth2 access token" in text:  # Google's client, after retrying, in a paragraph
+        return "no Google Cloud credentials could be found or used"
     return f"bucket {missing.group(1)} does not exist" if missing else text.splitlines()[0][:300]
 
 

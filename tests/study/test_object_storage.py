@@ -380,6 +380,54 @@ def test_refused_credentials_stop_the_study_before_ray(s3_bucket, s3_server, tmp
     assert storage.listing(s3_bucket, recursive=True) == []  # nothing of the study was written
 
 
+@pytest.fixture
+def no_gcs_credentials(tmp_path, monkeypatch) -> str:
+    """A gs:// location with no Google Cloud credentials anywhere Google's client looks (no key file, an
+    empty gcloud configuration, a metadata server on a port nothing listens on), which the client
+    retries for 15 minutes by default; the first look gives up after 2 s here."""
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+    monkeypatch.setenv("GCE_METADATA_ROOT", f"127.0.0.1:{port}")
+    monkeypatch.setattr(storage, "FIRST_LOOK_SECONDS", 2.0)
+    return f"gs://cxr-{uuid.uuid4().hex[:12]}/studies"
+
+
+def test_gcs_without_credentials_stops_the_study_before_ray(no_gcs_credentials, tmp_path, tiny_data, capsys,
+                                                            monkeypatch):
+    calls = forbid_ray(monkeypatch)
+    space = write_space(tmp_path / "space.yaml", SEARCH)
+    started = time.monotonic()
+    code = run_module.main(study_argv(space, no_gcs_credentials, "bad", tiny_data, tmp_path / "cache",
+                                      "--image-size", "64"))
+    elapsed = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"error: --storage {no_gcs_credentials}/bad: cannot write there (no Google Cloud "
+                          "credentials could be found or used)") and err.count("\n") == 1, err
+    assert "GOOGLE_APPLICATION_CREDENTIALS" in err and "AWS_" not in err
+    assert calls == []
+    assert elapsed < 60, f"the missing credentials took {elapsed:.0f} s to refuse"
+
+
+def test_gcs_without_credentials_stops_a_resume_and_an_analysis(no_gcs_credentials, tmp_path, capsys, monkeypatch):
+    calls = forbid_ray(monkeypatch)
+    study = f"{no_gcs_credentials}/demo"
+    assert run_module.main(["--resume", study]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --resume {study}: cannot read this location (no Google Cloud credentials") \
+        and err.count("\n") == 1, err
+    assert analyze_module.main([study, "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: study directory {study}: cannot read this location (no Google Cloud "
+                          "credentials"), err
+    assert calls == [] and not (tmp_path / "report").exists()
+
+
 def test_study_refused_after_the_write_check_leaves_nothing_in_the_bucket(s3_bucket, tmp_path, capsys,
                                                                          monkeypatch):
     """The bucket is writable but the data is not there: the study stops before Ray, and the bucket
