@@ -32,7 +32,7 @@ import pandas as pd
 from cxrnets.errors import CxrError
 from study import storage
 from study.checkpoints import WeightsKeeper
-from study.results import ResultsTable, read_results
+from study.results import ResultsTable, read_results, read_trial_events
 from study.settings import StudySettings, load_settings, resumed_study
 from study.space import config_name
 from study.tables import best_trials
@@ -144,7 +144,8 @@ def build_tuner(settings: StudySettings, jobs: list[ConfirmJob], splits: dict[st
 def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, address: str | None = None,
                 num_cpus: int | None = None):
     """Start (or resume) the confirm run of a study; returns Tune's ResultGrid."""
-    from study.driver import check_cluster, check_local_resources, connect, prepare_splits, runs_on_this_machine
+    from study.driver import (check_cluster, check_local_resources, connect, drop_tune_resume_hint, log_run_end,
+                              prepare_splits, runs_on_this_machine)
 
     import ray
 
@@ -166,13 +167,14 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
     cells = len({(job.dataset, job.model) for job in jobs})
     log.info("confirm: %d configuration(s) x %d seed(s) = %d trials of %d epochs", cells, len(jobs) // max(cells, 1),
              len(jobs), settings.max_epochs)
+    logging.getLogger("ray.tune.tune").addFilter(drop_tune_resume_hint)
     started_here = connect(address, num_cpus)
     try:
         check_cluster(settings, joined=not runs_on_this_machine(address))
         started = time.perf_counter()
         with resumed_study(confirm_uri(settings.study_uri)) if resume else contextlib.nullcontext():
             grid = build_tuner(settings, jobs, splits, resume).fit()
-        log.info("confirm finished in %.0f s", time.perf_counter() - started)
+        log_run_end("confirm", grid, read_trial_events(confirm_uri(settings.study_uri)), time.perf_counter() - started)
     finally:
         if started_here:
             ray.shutdown()
@@ -195,12 +197,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
     try:
-        run_confirm(args.study_dir, seeds=args.seeds, resume=args.resume, address=args.address,
-                    num_cpus=args.num_cpus)
+        grid = run_confirm(args.study_dir, seeds=args.seeds, resume=args.resume, address=args.address,
+                           num_cpus=args.num_cpus)
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"\nconfirm run: {confirm_uri(load_settings(args.study_dir).study_uri)}")
+    from study.driver import unfinished_trials
+
+    uri = confirm_uri(load_settings(args.study_dir).study_uri)
+    print(f"\nconfirm run: {uri}")
+    unfinished = unfinished_trials(grid, read_trial_events(uri))
+    if unfinished:
+        print(f"interrupted: {len(unfinished)} trial{'s' if len(unfinished) != 1 else ''} unfinished; continue "
+              f"the confirm run with\n  python -m study.confirm {args.study_dir} --resume")
+        return 130  # as a shell reports a command stopped by Ctrl-C
     print(f"analysis:    python -m study.analyze {args.study_dir}")
     return 0
 

@@ -19,6 +19,8 @@ from ray.tune import Callback
 
 # Trial statuses as Tune names them.
 RUNNING, PENDING, PAUSED, TERMINATED, ERROR = "RUNNING", "PENDING", "PAUSED", "TERMINATED", "ERROR"
+# A trial Tune stopped, unfinished, when the study was interrupted (Ctrl-C): a resume continues it.
+INTERRUPTED = "INTERRUPTED"
 
 
 def clock(seconds: float) -> str:
@@ -38,6 +40,7 @@ class StudyConsole(Callback):
         self._most_running = 1  # trials running at once, at most, in this run: the pace's parallelism
         self._last_line = ""
         self._ended: set[str] = set()  # trials ended in this run whose status Tune has not updated yet
+        self._unfinished: set[str] = set()  # trials seen running, waiting or pending in this run
         self._ended_experiment = False  # Tune's loop has ended: no more trials in this run
 
     # ------------------------------------------------------------------ Tune's hooks
@@ -46,8 +49,10 @@ class StudyConsole(Callback):
         self._started, self._last_print, self._epochs_at_start = time.monotonic(), 0.0, None
         self._most_running = 1
         self._ended_experiment = False  # a resumed study's console ran to an end before
+        self._unfinished = set()  # what a resumed study's console saw in its first run says nothing now
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        self._unfinished.update(t.trial_id for t in trials if t.status in (RUNNING, PENDING, PAUSED))
         self._show_status(trials)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
@@ -76,6 +81,10 @@ class StudyConsole(Callback):
     def status_of(self, trial) -> str:
         if trial.trial_id in self._ended and trial.status not in (TERMINATED, ERROR):
             return TERMINATED
+        # Tune marks the trials it stops on Ctrl-C TERMINATED, but never reports them complete.
+        if (self._ended_experiment and trial.status == TERMINATED and trial.trial_id in self._unfinished
+                and trial.trial_id not in self._ended):
+            return INTERRUPTED
         return trial.status
 
     def epochs_of(self, trial) -> int:
@@ -114,6 +123,7 @@ class StudyConsole(Callback):
                  + (f"{waiting} waiting at a rung, " if waiting else "") + f"{len(ended)} done "
                  f"({len(stopped)} stopped early)"
                  + (f", {len(by_status[ERROR])} errored" if by_status.get(ERROR) else "")
+                 + (f", {len(by_status[INTERRUPTED])} interrupted" if by_status.get(INTERRUPTED) else "")
                  + (f", {to_start} to start" if to_start else "")
                  + (f", {uncreated} not started" if self._ended_experiment and uncreated else "")]
         self._most_running = max(self._most_running, running)

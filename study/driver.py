@@ -289,6 +289,7 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
         # Tune's notes that one pass of its event loop was slow (over 0.5 s: the driver deleting an ended
         # trial's files takes 0.1-0.5 s here) say nothing about the study; -v shows them.
         logging.getLogger("ray.tune.utils.util").setLevel(logging.ERROR)
+    logging.getLogger("ray.tune.tune").addFilter(drop_tune_resume_hint)  # once, however many studies run
     started_here = connect(address, num_cpus, trial_logs=verbose)
     try:
         check_cluster(settings, joined=not local)
@@ -298,8 +299,8 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
                 log.info(line)
             started = time.perf_counter()
             results = tuner.fit()
-        log.info("study finished in %.0f s", time.perf_counter() - started)
         events = read_trial_events(settings.study_uri)
+        log_run_end("study", results, events, time.perf_counter() - started)
         prune_weights(settings.study_uri, read_results(settings.study_uri),
                       events.loc[events["event"] == "completed", "trial_id"], settings.keep, settings.metric,
                       settings.mode)
@@ -307,6 +308,32 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
         if started_here:
             ray.shutdown()
     return results
+
+
+def unfinished_trials(grid, events: pd.DataFrame) -> list[str]:
+    """The folder names of the trials of Tune's ResultGrid that neither completed nor failed (no trial
+    event in `events`, read_trial_events): the run was interrupted (Ctrl-C), and a resume continues them."""
+    # Trial folders are <trial id>_<name> (trial_dirname; study.confirm's JobNames), and a trial id may
+    # hold "_" itself (Tune's own ids: 6e6fe_00001).
+    ended = tuple(f"{trial_id}_" for trial_id in events["trial_id"])
+    folders = [Path(result.path).name for result in grid]
+    return [folder for folder in folders if not folder.startswith(ended)]
+
+
+def log_run_end(label: str, grid, events: pd.DataFrame, seconds: float) -> None:
+    """'<label> finished in N s', or, when trials are unfinished (Ctrl-C), that it was interrupted."""
+    unfinished = unfinished_trials(grid, events)
+    if unfinished:
+        log.warning("%s interrupted after %.0f s: %d of %d trials unfinished; what they reported is kept",
+                    label, seconds, len(unfinished), len(grid))
+    else:
+        log.info("%s finished in %.0f s", label, seconds)
+
+
+def drop_tune_resume_hint(record: logging.LogRecord) -> bool:
+    """A logging filter: Tune's own resume hint after Ctrl-C names its Python API (Tuner.restore); the
+    study prints its command instead."""
+    return "Tuner.restore(" not in record.getMessage()
 
 
 def print_summary(settings: StudySettings) -> None:

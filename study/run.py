@@ -228,14 +228,21 @@ def main(argv: list[str] | None = None) -> int:
         else:
             settings = settings_from_args(args)
         # Imported once the options are known good: the driver loads torch and Ray (seconds).
-        from study.driver import print_summary, run_study
+        from study.driver import print_summary, run_study, unfinished_trials
+        from study.results import read_trial_events
 
-        run_study(settings, resume=bool(args.resume), address=args.address, num_cpus=args.num_cpus,
-                  verbose=args.verbose)
+        grid = run_study(settings, resume=bool(args.resume), address=args.address, num_cpus=args.num_cpus,
+                         verbose=args.verbose)
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print_summary(settings)
+    unfinished = unfinished_trials(grid, read_trial_events(settings.study_uri))
+    if unfinished:
+        print(f"\ninterrupted: {len(unfinished)} trial{'s' if len(unfinished) != 1 else ''} unfinished; "
+              "continue the study with\n"
+              f"  python -m study.run --resume {settings.study_uri}")
+        return 130  # as a shell reports a command stopped by Ctrl-C
     return 0
 
 

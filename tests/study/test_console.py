@@ -129,3 +129,32 @@ def test_the_estimate_counts_the_trials_that_can_still_run_at_once():
     ended = [trial(name, "TERMINATED", 4, 0.3) for name in "abcde"]
     last = shown.status_line([*ended, trial("f", "RUNNING", 2, 0.3)], now=start + 100)
     assert "epochs 22, at most 2 left, ~18 s" in last  # 100 s x 2 slots / 22 epochs = 9.1 s per epoch on one
+
+
+def test_trials_stopped_by_ctrl_c_are_counted_as_interrupted_not_done():
+    """On Ctrl-C Tune marks the running trial TERMINATED without reporting it complete: the last line
+    counts it apart (a resume continues it), not as a trial stopped early."""
+    shown = console()
+    a, b = trial("a", "RUNNING", 4, 0.45), trial("b", "RUNNING", 1, 0.20)
+    out = io.StringIO()
+    with redirect_stdout(out):
+        shown.on_step_end(0, [a, b])
+        a.status = "TERMINATED"
+        shown.on_trial_complete(1, [a, b], a)
+        b.status = "TERMINATED"  # stopped by the interrupt
+        shown.on_experiment_end([a, b])
+    last = out.getvalue().splitlines()[-1]
+    assert "trials: 0 running, 1 done (0 stopped early), 1 interrupted, 4 not started" in last, last
+
+
+def test_a_resumed_study_does_not_count_trials_its_first_run_saw_running_as_interrupted():
+    shown = console()
+    a = trial("a", "RUNNING", 2, 0.3)
+    with redirect_stdout(io.StringIO()):
+        shown.on_step_end(0, [a])
+    shown.setup()  # the resume: Tune sets the unpickled callback up again; a ended between the two runs
+    a.status = "TERMINATED"
+    out = io.StringIO()
+    with redirect_stdout(out):
+        shown.on_experiment_end([a])
+    assert "interrupted" not in out.getvalue() and "1 done (1 stopped early)" in out.getvalue()

@@ -750,6 +750,54 @@ def test_kill_and_resume_continues_without_rerunning(tmp_path, tiny_data, cache_
     assert_optuna_study_matches(study_dir / "optuna.db", "resume", results)
 
 
+def test_ctrl_c_stops_the_study_with_its_resume_command_and_the_resume_finishes_it(tmp_path, tiny_data, cache_dir):
+    """Ctrl-C (SIGINT to the command's process group, as a terminal sends it) once one trial has finished
+    and a second has reported an epoch: the study says it was interrupted, not finished, counts the
+    second trial apart, prints the command that continues it (not Tune's Python API) and exits 130;
+    that command finishes the study without rerunning the finished trial."""
+    space = write_space(tmp_path / "ctrl-c.yaml", {
+        "model": {"value": "resnet50"}, "optimizer": {"value": "adam"}, "lr": {"loguniform": [1.0e-4, 1.0e-3]},
+        "batch_size": {"value": 16}})
+    epochs = 3
+    study_dir = tmp_path / "studies" / "ctrl-c"
+    argv = study_argv(space, tmp_path / "studies", "ctrl-c", tiny_data, cache_dir, "--image-size", "32",
+                      "--num-samples", "2", "--max-epochs", str(epochs), "--grace-period", str(epochs),
+                      "--max-concurrent", "1", "--num-cpus", "2", "--seed", "0", "--checkpoint-every", "1")
+    with study_commands(REPO) as commands:
+        first = commands.start(argv, tmp_path / "first.log")
+        (finished,), (interrupted,) = wait_for_a_finished_and_a_running_trial(first, study_dir, tmp_path / "first.log")
+        os.killpg(first.pid, signal.SIGINT)
+        code = first.wait(timeout=120)
+        log = (tmp_path / "first.log").read_text()
+        assert code == 130, log[-3000:]
+        assert "study interrupted after" in log and "study finished" not in log, log[-3000:]
+        assert re.search(r"trials: 0 running, 1 done \(0 stopped early\), 1 interrupted", log), log[-3000:]
+        assert log.rstrip().endswith(f"interrupted: 1 trial unfinished; continue the study with\n"
+                                     f"  python -m study.run --resume {study_dir}"), log[-3000:]
+        assert "Tuner.restore" not in log
+        assert set(read_trial_events(str(study_dir))["trial_id"]) == {finished}
+
+        second = commands.start(["--resume", str(study_dir), "--num-cpus", "2"], tmp_path / "resume.log")
+        assert second.wait(timeout=400) == 0, (tmp_path / "resume.log").read_text()[-3000:]
+    assert "interrupted" not in (tmp_path / "resume.log").read_text()
+    events = read_trial_events(str(study_dir))
+    assert set(events["trial_id"]) == {finished, interrupted} and set(events["event"]) == {"completed"}
+    results = read_results(str(study_dir))
+    assert results.groupby("trial_id")["training_iteration"].apply(list).to_dict() == \
+        {finished: list(range(1, epochs + 1)), interrupted: list(range(1, epochs + 1))}
+    assert raw_parts(study_dir).query("trial_id == @finished")["session"].nunique() == 1, "the finished trial reran"
+
+
+def test_unfinished_trials_are_those_with_no_end_recorded():
+    from study.driver import unfinished_trials
+
+    grid = [SimpleNamespace(path=f"/s/{folder}") for folder in
+            ("77582f4e_alexnet_sgd", "214e37ca_vgg11_adam", "6e6fe_00001_seed1", "6e6fe_00002_seed2")]
+    events = pd.DataFrame({"trial_id": ["77582f4e", "6e6fe_00001"], "event": ["completed", "error"]})
+    assert unfinished_trials(grid, events) == ["214e37ca_vgg11_adam", "6e6fe_00002_seed2"]
+    assert unfinished_trials(grid, events.iloc[:0]) == [Path(r.path).name for r in grid]
+
+
 def assert_optuna_study_matches(path: Path, study_name: str, results: pd.DataFrame,
                                 metric: str = "val/f1_macro") -> None:
     """The Optuna storage file holds each trial of the results once, COMPLETE, valued at its best epoch,
