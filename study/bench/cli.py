@@ -185,13 +185,16 @@ def main(argv: list[str] | None = None) -> int:
         if out.is_dir():
             raise CxrError(f"--out {out} is a folder: give the JSON file's path (e.g. {out / 'bench.json'})")
         storage.check_writable(str(out.parent.resolve()), "--out")  # not after an hour of measuring
+        machine = machine_info(settings)  # CxrError for --device cuda where there is none
+        if settings.gpus_per_trial and not machine["gpu"]:
+            raise CxrError(f"--gpus-per-trial {settings.gpus_per_trial:g} asked for, but this machine has no CUDA "
+                           "GPU: drop the flag, or run the bench where there is one")
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     workdir = Path(args.workdir).expanduser().resolve() if args.workdir else Path(tempfile.mkdtemp(prefix="cxr-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     bench = Bench(settings, workdir)
-    machine = machine_info(settings)
     log.info("bench (%s) on %s, %s cores, device %s; work directory %s", preset, machine["cpu"], machine["cores"],
              machine["device"], workdir)
     started = time.perf_counter()

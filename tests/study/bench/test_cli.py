@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from cxrnets.errors import CxrError
 from study import run
@@ -146,3 +147,16 @@ def test_an_out_file_that_cannot_be_written_is_refused_before_measuring(tmp_path
     assert cli.main(["--smoke", "--parts", "data", "--out", str(tmp_path)]) == 2
     assert f"error: --out {tmp_path} is a folder: give the JSON file's path" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+@pytest.mark.parametrize("flags, message", [
+    (["--device", "cuda"], "device 'cuda' asked for, but this machine has no CUDA GPU; use --device cpu or auto"),
+    (["--gpus-per-trial", "0.5"], "--gpus-per-trial 0.5 asked for, but this machine has no CUDA GPU"),
+])
+def test_a_gpu_asked_for_where_there_is_none_is_refused_before_measuring(flags, message, tmp_path: Path,
+                                                                        capsys) -> None:
+    assert cli.main(["--smoke", "--out", str(tmp_path / "bench.json"), "--workdir", str(tmp_path / "work"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
