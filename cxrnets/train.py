@@ -10,7 +10,8 @@ Prints the validation metrics after every epoch, evaluates on the test split
 at the end, and saves `<out>/checkpoint.pt` (model, optimizer, epoch, config)
 and `<out>/metrics.jsonl` after every epoch. A folder that already holds a run
 is refused unless `--resume` continues it (with the run's own options; only
---epochs and the device options may change).
+--epochs and the device options may change): after Ctrl-C, which keeps the
+last finished epoch, or to train further.
 """
 
 from __future__ import annotations
@@ -165,22 +166,30 @@ def main(argv: list[str] | None = None) -> int:
         run.restore(checkpoint)
         drop_epochs_after(history, run.epoch)
         log.info("resumed from %s at epoch %d", checkpoint_path, run.epoch)
+    saved = run.epoch  # the epoch checkpoint.pt holds
     for _ in range(run.epoch, config.epochs):
         try:
             metrics = run.train_epoch()
+            shown = "  ".join(f"{key.removeprefix('val/')} {value:.3f}" for key, value in metrics.items()
+                              if key.startswith("val/"))
+            log.info("epoch %d/%d  train loss %.4f  val: %s  (%.1f s, %.1f images/s)", metrics["epoch"],
+                     config.epochs, metrics["train/loss"], shown, metrics["epoch_seconds"],
+                     metrics["images_per_second"])
+            with history.open("a") as file:
+                file.write(json.dumps(metrics) + "\n")
+            # Replaced whole, never half-written: an interrupted run resumes from the last complete epoch.
+            partial = checkpoint_path.with_name(checkpoint_path.name + ".partial")
+            save_checkpoint(run.checkpoint(), partial)
+            partial.replace(checkpoint_path)
+            saved = metrics["epoch"]
         except DivergedError as error:
             print(f"status: diverged at epoch {run.epoch + 1}: {error}; try a lower --lr", file=sys.stderr)
             return 3
-        shown = "  ".join(f"{key.removeprefix('val/')} {value:.3f}" for key, value in metrics.items()
-                          if key.startswith("val/"))
-        log.info("epoch %d/%d  train loss %.4f  val: %s  (%.1f s, %.1f images/s)", metrics["epoch"],
-                 config.epochs, metrics["train/loss"], shown, metrics["epoch_seconds"], metrics["images_per_second"])
-        with history.open("a") as file:
-            file.write(json.dumps(metrics) + "\n")
-        # Replaced whole, never half-written: an interrupted run resumes from the last complete epoch.
-        partial = checkpoint_path.with_name(checkpoint_path.name + ".partial")
-        save_checkpoint(run.checkpoint(), partial)
-        partial.replace(checkpoint_path)
+        except KeyboardInterrupt:
+            kept = f"{checkpoint_path} holds epoch {saved}" if saved else "no epoch was finished"
+            print(f"interrupted in epoch {saved + 1}: {kept}; continue the run with the same command and "
+                  "--resume", file=sys.stderr)
+            return 130  # as a shell reports a command stopped by Ctrl-C
     test_metrics, _, _ = run.evaluate_split("test")
     log.info("test: %s", "  ".join(f"{k.removeprefix('test/')} {v:.3f}" for k, v in test_metrics.items()))
     log.info("checkpoint: %s", checkpoint_path)

@@ -361,6 +361,32 @@ def test_cli_resume_continues_the_run_as_if_uninterrupted(cli_run: tuple[Path, s
         assert torch.equal(tensor, weights[name]), name
 
 
+def test_cli_ctrl_c_says_which_epoch_is_kept_and_how_to_continue(sample_cache: Path, tmp_path: Path, capsys,
+                                                                 monkeypatch) -> None:
+    """Ctrl-C (KeyboardInterrupt) in the second epoch: the first epoch's checkpoint stays, the command says
+    so and how to continue, and exits 130; --resume then trains the second epoch."""
+    from cxrnets.training import TrainingRun
+
+    train_epoch, calls = TrainingRun.train_epoch, []
+
+    def interrupted_second_epoch(self):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return train_epoch(self)
+
+    monkeypatch.setattr(TrainingRun, "train_epoch", interrupted_second_epoch)
+    out = tmp_path / "run"
+    arguments = [*CLI_SAMPLE_ARGUMENTS, "--epochs", "2", "--cache-dir", str(sample_cache), "--out", str(out)]
+    assert main(arguments) == 130
+    err = capsys.readouterr().err
+    assert err == (f"interrupted in epoch 2: {out / 'checkpoint.pt'} holds epoch 1; continue the run with the same "
+                   "command and --resume\n")
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert main([*arguments, "--resume"]) == 0
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--model", "resnet18"], "invalid choice: 'resnet18'"),
     (["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
