@@ -202,6 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C, which Tune's first message invites, or one before Tune ran
+        if read_jobs(load_settings(args.study_dir).study_uri) is None:
+            print("\ninterrupted before the confirm run started: nothing to continue", file=sys.stderr)
+        else:
+            print(f"\ninterrupted; continue the confirm run with\n  python -m study.confirm {args.study_dir} --resume",
+                  file=sys.stderr)
+        return 130  # as a shell reports a command stopped by Ctrl-C
     from study.driver import unfinished_trials
 
     uri = confirm_uri(load_settings(args.study_dir).study_uri)

@@ -26,7 +26,7 @@ from cxrnets.errors import CxrError
 from cxrnets.names import check_image_size, check_seed
 from study import storage
 from study.settings import (ASHA_FORMS, CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DEFAULTS, METRICS, TIE_BREAK,
-                            StudySettings, load_settings, metric_mode, parse_keep)
+                            StudySettings, load_settings, metric_mode, parse_keep, settings_uri)
 from study.space import load_space
 
 log = logging.getLogger("study.run")
@@ -222,6 +222,7 @@ def validate(settings: StudySettings) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
+    settings = None
     try:
         if args.resume:
             settings = load_settings(args.resume, "--resume")
@@ -236,13 +237,20 @@ def main(argv: list[str] | None = None) -> int:
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C, which Tune's first message invites, or one before Tune ran
+        if settings is None or storage.kind(settings_uri(settings.study_uri)) != "file":
+            print("\ninterrupted before the study started: nothing to continue", file=sys.stderr)
+        else:
+            print(f"\ninterrupted; continue the study with\n  python -m study.run --resume {settings.study_uri}",
+                  file=sys.stderr)
+        return 130  # as a shell reports a command stopped by Ctrl-C
     print_summary(settings)
     unfinished = unfinished_trials(grid, read_trial_events(settings.study_uri))
     if unfinished:
         print(f"\ninterrupted: {len(unfinished)} trial{'s' if len(unfinished) != 1 else ''} unfinished; "
               "continue the study with\n"
               f"  python -m study.run --resume {settings.study_uri}")
-        return 130  # as a shell reports a command stopped by Ctrl-C
+        return 130
     return 0
 
 

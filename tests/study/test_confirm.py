@@ -174,3 +174,18 @@ def test_bad_input(grid_study, confirmed, tmp_path, capsys):
     shutil.rmtree(empty / "results")
     assert main([str(empty)]) == 2
     assert "nothing to confirm" in capsys.readouterr().err
+
+
+def test_a_second_ctrl_c_says_whether_there_is_a_confirm_run_to_resume(grid_study, confirmed, capsys, monkeypatch):
+    """A second Ctrl-C ends Tune's run with KeyboardInterrupt: the command says what to do and exits 130."""
+    import study.confirm
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study.confirm, "run_confirm", interrupted)
+    assert main([str(confirmed), "--resume"]) == 130
+    assert capsys.readouterr().err.endswith(
+        f"interrupted; continue the confirm run with\n  python -m study.confirm {confirmed} --resume\n")
+    assert main([str(grid_study)]) == 130  # no confirm run was written yet
+    assert capsys.readouterr().err.endswith("interrupted before the confirm run started: nothing to continue\n")

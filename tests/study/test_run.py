@@ -788,6 +788,30 @@ def test_ctrl_c_stops_the_study_with_its_resume_command_and_the_resume_finishes_
     assert raw_parts(study_dir).query("trial_id == @finished")["session"].nunique() == 1, "the finished trial reran"
 
 
+@pytest.mark.parametrize("settings_saved", [False, True])
+def test_a_second_ctrl_c_says_whether_there_is_a_study_to_resume(tmp_path, capsys, tiny_data, cache_dir, monkeypatch,
+                                                                 settings_saved):
+    """A second Ctrl-C (Tune's first message invites it) ends tuner.fit() with KeyboardInterrupt: the
+    command says what to do, not a traceback, and exits 130."""
+    import study.driver
+    from study.settings import save_settings
+
+    def interrupted(settings, **kwargs):
+        if settings_saved:
+            save_settings(settings)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study.driver, "run_study", interrupted)
+    space = write_space(tmp_path / "space.yaml", GOOD_SPACE)
+    assert main(study_argv(space, tmp_path / "studies", "twice", tiny_data, cache_dir, "--image-size", "32")) == 130
+    err = capsys.readouterr().err
+    if settings_saved:
+        assert err.endswith(f"interrupted; continue the study with\n  python -m study.run --resume "
+                            f"{tmp_path / 'studies' / 'twice'}\n"), err
+    else:
+        assert err.endswith("interrupted before the study started: nothing to continue\n"), err
+
+
 def test_unfinished_trials_are_those_with_no_end_recorded():
     from study.driver import unfinished_trials
 
