@@ -145,7 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     try:
         paths = image_paths(args.images)
-        checkpoint = load_checkpoint(args.weights)
+        weights = Path(args.weights)
+        if not weights.is_file():
+            raise CxrError(f"{weights} {'is a folder' if weights.is_dir() else 'does not exist'}: pass a study's "
+                           "weights/<trial id>.pt or a checkpoint.pt of python -m cxrnets.train")
+        if weights.suffix == ".json":
+            raise CxrError(f"{weights} is the sidecar (epoch, metric) of weights: pass the .pt file beside it")
+        checkpoint = load_checkpoint(weights)
         model, device = model_from_checkpoint(checkpoint, args.device)
         check_output_folder(out.parent, f"--out {out}")
     except CxrError as error:

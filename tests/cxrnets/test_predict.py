@@ -85,6 +85,9 @@ def test_multilabel_models_name_every_label_over_one_half(tmp_path: Path) -> Non
     ("empty folder", "no image files"),
     ("weights", "not a readable checkpoint"),
     ("foreign", "not a trained model's checkpoint (missing"),
+    ("weights missing", "does not exist: pass a study's weights/<trial id>.pt or a checkpoint.pt"),
+    ("weights folder", "is a folder: pass a study's weights/<trial id>.pt"),
+    ("sidecar", "is the sidecar (epoch, metric) of weights: pass the .pt file beside it"),
 ])
 def test_bad_input_is_refused_naming_it(trained, tmp_path: Path, capsys, damage: str, message: str) -> None:
     _, checkpoint = trained
@@ -97,6 +100,13 @@ def test_bad_input_is_refused_naming_it(trained, tmp_path: Path, capsys, damage:
     elif damage == "weights":
         weights = str(tmp_path / "cut.pt")
         Path(weights).write_bytes(checkpoint.read_bytes()[:1000])
+    elif damage == "weights missing":
+        weights = str(tmp_path / "gone.pt")
+    elif damage == "weights folder":
+        weights = str(tmp_path)
+    elif damage == "sidecar":
+        weights = str(tmp_path / "0a1b2c3d.json")
+        Path(weights).write_text('{"epoch": 2}')
     else:
         weights = str(tmp_path / "foreign.pt")
         torch.save({"state_dict": {}}, weights)
