@@ -21,8 +21,10 @@ before `ray.init` for trials to reach the server.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -152,10 +154,34 @@ class LocalS3Server:
         return f"s3://{name}"
 
 
-if __name__ == "__main__":  # python -m study.local_s3: a server to try --storage s3://... by hand
-    with LocalS3Server() as server:
-        server.create_bucket(sys.argv[1] if len(sys.argv) > 1 else "cxr")
-        print("export " + " ".join(f"{k}={v}" for k, v in server.env().items()), flush=True)
-        print("bucket s3://" + (sys.argv[1] if len(sys.argv) > 1 else "cxr") + " ready; Ctrl-C stops the server")
-        with contextlib.suppress(KeyboardInterrupt):
-            server.process.wait()
+# S3's rule for a bucket name: 3-63 lowercase letters, digits, dots and hyphens, a letter or digit at each end.
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m study.local_s3 [BUCKET]: a server to try --storage s3://... by hand, until Ctrl-C."""
+    parser = argparse.ArgumentParser(
+        prog="python -m study.local_s3",
+        description="Start a local S3 server (moto) with one bucket, and print the export line that points "
+                    "pyarrow, Ray and python -m study.run at it; Ctrl-C stops it (its files go with it).")
+    parser.add_argument("bucket", nargs="?", default="cxr", help="the bucket to create (default: cxr)")
+    parser.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: a free one)")
+    args = parser.parse_args(argv)
+    try:
+        if not BUCKET_NAME.fullmatch(args.bucket):
+            raise CxrError(f"bucket {args.bucket!r}: S3 bucket names are 3-63 lowercase letters, digits, dots and "
+                           "hyphens, starting and ending with a letter or digit")
+        with LocalS3Server(port=args.port) as server:
+            server.create_bucket(args.bucket)
+            print("export " + " ".join(f"{k}={v}" for k, v in server.env().items()), flush=True)
+            print(f"bucket s3://{args.bucket} ready; Ctrl-C stops the server", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                server.process.wait()
+    except CxrError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
