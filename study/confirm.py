@@ -145,7 +145,7 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
                 num_cpus: int | None = None):
     """Start (or resume) the confirm run of a study; returns Tune's ResultGrid."""
     from study.driver import (check_cluster, check_local_resources, connect, drop_tune_resume_hint, log_run_end,
-                              prepare_splits, runs_on_this_machine)
+                              prepare_splits, runs_on_this_machine, sigterm_stops_tune)
 
     import ray
 
@@ -173,7 +173,8 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
         check_cluster(settings, joined=not runs_on_this_machine(address))
         started = time.perf_counter()
         with resumed_study(confirm_uri(settings.study_uri)) if resume else contextlib.nullcontext():
-            grid = build_tuner(settings, jobs, splits, resume).fit()
+            with sigterm_stops_tune():
+                grid = build_tuner(settings, jobs, splits, resume).fit()
         log_run_end("confirm", grid, read_trial_events(confirm_uri(settings.study_uri)), time.perf_counter() - started)
     finally:
         if started_here:

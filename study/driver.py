@@ -15,7 +15,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 # Checkpoints with CheckpointConfig(num_to_keep) make Tune warn at every experiment snapshot
@@ -298,7 +301,8 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
             for line in watch_commands(settings, running=True):
                 log.info(line)
             started = time.perf_counter()
-            results = tuner.fit()
+            with sigterm_stops_tune():
+                results = tuner.fit()
         events = read_trial_events(settings.study_uri)
         log_run_end("study", results, events, time.perf_counter() - started)
         prune_weights(settings.study_uri, read_results(settings.study_uri),
@@ -328,6 +332,21 @@ def log_run_end(label: str, grid, events: pd.DataFrame, seconds: float) -> None:
                     label, seconds, len(unfinished), len(grid))
     else:
         log.info("%s finished in %.0f s", label, seconds)
+
+
+@contextlib.contextmanager
+def sigterm_stops_tune() -> Iterator[None]:
+    """While Tune runs, SIGTERM (`kill`, a batch scheduler's time limit) stops it as Ctrl-C does: Tune
+    saves its state and the study says it was interrupted. Otherwise Ray's own handler ends the driver
+    at once, as SIGKILL would. Tune stops on SIGUSR1 as on SIGINT; SIGTERM is passed on as that."""
+    if not hasattr(signal, "SIGUSR1") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGUSR1))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
 
 
 def drop_tune_resume_hint(record: logging.LogRecord) -> bool:

@@ -750,11 +750,14 @@ def test_kill_and_resume_continues_without_rerunning(tmp_path, tiny_data, cache_
     assert_optuna_study_matches(study_dir / "optuna.db", "resume", results)
 
 
-def test_ctrl_c_stops_the_study_with_its_resume_command_and_the_resume_finishes_it(tmp_path, tiny_data, cache_dir):
-    """Ctrl-C (SIGINT to the command's process group, as a terminal sends it) once one trial has finished
-    and a second has reported an epoch: the study says it was interrupted, not finished, counts the
-    second trial apart, prints the command that continues it (not Tune's Python API) and exits 130;
-    that command finishes the study without rerunning the finished trial."""
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_an_interrupted_study_says_so_with_its_resume_command_and_the_resume_finishes_it(tmp_path, tiny_data,
+                                                                                         cache_dir, stop):
+    """Ctrl-C (SIGINT to the command's process group, as a terminal sends it), or SIGTERM to the command
+    (`kill`, a batch scheduler's time limit), once one trial has finished and a second has reported an
+    epoch: the study says it was interrupted, not finished, counts the second trial apart, prints the
+    command that continues it (not Tune's Python API) and exits 130; after Ctrl-C, that command
+    finishes the study without rerunning the finished trial (the same resume after SIGTERM: not run)."""
     space = write_space(tmp_path / "ctrl-c.yaml", {
         "model": {"value": "resnet50"}, "optimizer": {"value": "adam"}, "lr": {"loguniform": [1.0e-4, 1.0e-3]},
         "batch_size": {"value": 16}})
@@ -766,7 +769,10 @@ def test_ctrl_c_stops_the_study_with_its_resume_command_and_the_resume_finishes_
     with study_commands(REPO) as commands:
         first = commands.start(argv, tmp_path / "first.log")
         (finished,), (interrupted,) = wait_for_a_finished_and_a_running_trial(first, study_dir, tmp_path / "first.log")
-        os.killpg(first.pid, signal.SIGINT)
+        if stop == "ctrl-c":
+            os.killpg(first.pid, signal.SIGINT)
+        else:
+            first.send_signal(signal.SIGTERM)
         code = first.wait(timeout=120)
         log = (tmp_path / "first.log").read_text()
         assert code == 130, log[-3000:]
@@ -776,6 +782,8 @@ def test_ctrl_c_stops_the_study_with_its_resume_command_and_the_resume_finishes_
                                      f"  python -m study.run --resume {study_dir}"), log[-3000:]
         assert "Tuner.restore" not in log
         assert set(read_trial_events(str(study_dir))["trial_id"]) == {finished}
+        if stop == "sigterm":
+            return
 
         second = commands.start(["--resume", str(study_dir), "--num-cpus", "2"], tmp_path / "resume.log")
         assert second.wait(timeout=400) == 0, (tmp_path / "resume.log").read_text()[-3000:]
