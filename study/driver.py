@@ -13,6 +13,7 @@ proposes the rest, and ASHA stops trials whose best epoch so far is weak.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import signal
@@ -383,7 +384,7 @@ def watch_commands(settings: StudySettings, running: bool) -> list[str]:
     lines = [f"tensorboard: tensorboard --logdir {settings.study_uri}"]
     if not settings.optuna_study:
         return lines  # a study from before the Optuna storage file
-    dashboard = "optuna-dashboard"  # pip install -e ".[dashboard]"
+    dashboard = "optuna-dashboard"
     if not storage.is_remote(settings.study_uri):
         lines.append(f"optuna:      {dashboard} {storage_url(working_file(settings.study_uri))}")
     elif running:
@@ -392,4 +393,6 @@ def watch_commands(settings: StudySettings, running: bool) -> list[str]:
     else:
         lines.append(f"optuna:      {storage_file_uri(settings.study_uri)}: download it, then "
                      f"{dashboard} sqlite:///optuna.db")
+    if importlib.util.find_spec("optuna_dashboard") is None:
+        lines[-1] += '  (an optional extra: pip install -e ".[dashboard]")'
     return lines

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import io
 import json
 import logging
@@ -372,6 +373,9 @@ def test_study_over_two_models_and_both_optimizers_completes(main_study, capsys)
     assert "| resnet50 " in out and "| alexnet " in out
     assert re.search(r"\| \d\.\de-0\d +\|", out), "learning rates are not in scientific notation:\n" + out
     assert f"tensorboard --logdir {study_dir}" in out
+    dashboard = f"optuna-dashboard sqlite:///{study_dir}/optuna.db"
+    installed = importlib.util.find_spec("optuna_dashboard") is not None
+    assert (dashboard + "\n" if installed else dashboard + '  (an optional extra: pip install -e ".[dashboard]")') in out
     # what the study leaves: its size, and how much of it the weights --keep kept are
     weights_mb = sum(f.stat().st_size for f in (study_dir / "weights").iterdir()) / 1e6
     assert f"MB in all; {weights_mb:,.0f} MB of it the best weights of each model's best trial, --keep 1)" in out
