@@ -382,6 +382,10 @@ def print_summary(settings: StudySettings) -> None:
 def watch_commands(settings: StudySettings, running: bool) -> list[str]:
     """The commands that show the study's curves (TensorBoard) and its search (Optuna's dashboard)."""
     lines = [f"tensorboard: tensorboard --logdir {settings.study_uri}"]
+    # TensorBoard reads s3:// through boto3 and gs:// through fsspec's gcsfs, if they are installed.
+    reader = {"s3": "boto3", "gs": "gcsfs"}.get(settings.study_uri.partition("://")[0].lower())
+    if reader and importlib.util.find_spec(reader) is None:
+        lines[0] += f"  (TensorBoard reads this with {reader}: pip install {reader})"
     if not settings.optuna_study:
         return lines  # a study from before the Optuna storage file
     dashboard = "optuna-dashboard"

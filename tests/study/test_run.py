@@ -824,6 +824,23 @@ def test_a_second_ctrl_c_says_whether_there_is_a_study_to_resume(tmp_path, capsy
         assert err.endswith("interrupted before the study started: nothing to continue\n"), err
 
 
+@pytest.mark.parametrize("storage_uri, reader", [("s3://bucket/studies", "boto3"), ("gs://bucket/studies", "gcsfs"),
+                                                 ("/tmp/studies", None)])
+def test_the_tensorboard_line_names_the_package_tensorboard_needs_for_a_bucket(storage_uri, reader, monkeypatch):
+    from study.driver import watch_commands
+    from study.settings import StudySettings
+
+    settings = StudySettings(name="s", storage=storage_uri, space={}, space_source="demo", data_roots={},
+                             image_size=64, num_samples=1, max_epochs=1, grace_period=1, reduction_factor=3,
+                             metric="val/f1_macro", mode="max", cpus_per_trial=1, gpus_per_trial=0,
+                             max_concurrent=None, max_failures=0, seed=0)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == reader else find_spec(name, *a))
+    (line,) = watch_commands(settings, running=True)
+    expected = f"tensorboard: tensorboard --logdir {storage_uri}/s"
+    assert line == (expected + f"  (TensorBoard reads this with {reader}: pip install {reader})" if reader else expected)
+
+
 def test_unfinished_trials_are_those_with_no_end_recorded():
     from study.driver import unfinished_trials
 
