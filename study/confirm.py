@@ -25,6 +25,7 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass
+from shlex import quote
 from typing import Any
 
 import pandas as pd
@@ -207,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         if read_jobs(load_settings(args.study_dir).study_uri) is None:
             print("\ninterrupted before the confirm run started: nothing to continue", file=sys.stderr)
         else:
-            print(f"\ninterrupted; continue the confirm run with\n  python -m study.confirm {args.study_dir} --resume",
-                  file=sys.stderr)
+            print("\ninterrupted; continue the confirm run with\n"
+                  f"  python -m study.confirm {quote(args.study_dir)} --resume", file=sys.stderr)
         return 130  # as a shell reports a command stopped by Ctrl-C
     from study.driver import unfinished_trials
 
@@ -217,9 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     unfinished = unfinished_trials(grid, read_trial_events(uri))
     if unfinished:
         print(f"interrupted: {len(unfinished)} trial{'s' if len(unfinished) != 1 else ''} unfinished; continue "
-              f"the confirm run with\n  python -m study.confirm {args.study_dir} --resume")
+              f"the confirm run with\n  python -m study.confirm {quote(args.study_dir)} --resume")
         return 130  # as a shell reports a command stopped by Ctrl-C
-    print(f"analysis:    python -m study.analyze {args.study_dir}")
+    print(f"analysis:    python -m study.analyze {quote(args.study_dir)}")
     return 0
 
 

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from shlex import quote
 
 # Checkpoints with CheckpointConfig(num_to_keep) make Tune warn at every experiment snapshot
 # (see RAY-NOTES.md); the snapshots are what we want, the warnings are noise.
@@ -376,12 +377,12 @@ def print_summary(settings: StudySettings) -> None:
     print(f"results:     {settings.study_uri}/results (Parquet, every trial and epoch)")
     for line in watch_commands(settings, running=False):
         print(line)
-    print(f"analysis:    python -m study.analyze {settings.study_uri}")
+    print(f"analysis:    python -m study.analyze {quote(settings.study_uri)}")
 
 
 def watch_commands(settings: StudySettings, running: bool) -> list[str]:
     """The commands that show the study's curves (TensorBoard) and its search (Optuna's dashboard)."""
-    lines = [f"tensorboard: tensorboard --logdir {settings.study_uri}"]
+    lines = [f"tensorboard: tensorboard --logdir {quote(settings.study_uri)}"]
     # TensorBoard reads s3:// through boto3 and gs:// through fsspec's gcsfs, if they are installed.
     reader = {"s3": "boto3", "gs": "gcsfs"}.get(settings.study_uri.partition("://")[0].lower())
     if reader and importlib.util.find_spec(reader) is None:
@@ -390,9 +391,9 @@ def watch_commands(settings: StudySettings, running: bool) -> list[str]:
         return lines  # a study from before the Optuna storage file
     dashboard = "optuna-dashboard"
     if not storage.is_remote(settings.study_uri):
-        lines.append(f"optuna:      {dashboard} {storage_url(working_file(settings.study_uri))}")
+        lines.append(f"optuna:      {dashboard} {quote(storage_url(working_file(settings.study_uri)))}")
     elif running:
-        lines.append(f"optuna:      {dashboard} {storage_url(working_file(settings.study_uri))} "
+        lines.append(f"optuna:      {dashboard} {quote(storage_url(working_file(settings.study_uri)))} "
                      f"(this machine's copy of {storage_file_uri(settings.study_uri)})")
     else:
         lines.append(f"optuna:      {storage_file_uri(settings.study_uri)}: download it, then "

@@ -20,6 +20,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from shlex import quote
 
 from cxrnets.data import SAMPLE_ROOT, dataset_options_help, parse_dataset_options
 from cxrnets.errors import CxrError
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         if settings is None or storage.kind(settings_uri(settings.study_uri)) != "file":
             print("\ninterrupted before the study started: nothing to continue", file=sys.stderr)
         else:
-            print(f"\ninterrupted; continue the study with\n  python -m study.run --resume {settings.study_uri}",
+            print(f"\ninterrupted; continue the study with\n  python -m study.run --resume {quote(settings.study_uri)}",
                   file=sys.stderr)
         return 130  # as a shell reports a command stopped by Ctrl-C
     print_summary(settings)
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     if unfinished:
         print(f"\ninterrupted: {len(unfinished)} trial{'s' if len(unfinished) != 1 else ''} unfinished; "
               "continue the study with\n"
-              f"  python -m study.run --resume {settings.study_uri}")
+              f"  python -m study.run --resume {quote(settings.study_uri)}")
         return 130
     return 0
 

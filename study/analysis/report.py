@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from shlex import quote
 
 import numpy as np
 import pandas as pd
@@ -374,7 +375,8 @@ def seed_section(analysis: Analysis) -> list[str]:
              f"{analysis.split} split. {title}: the search's run next to the seeds' mean ± standard deviation.", ""]
     if not confirmation.complete:
         lines += [f"**Partial:** {evaluated} of {len(confirmation.runs)} seed runs finished and evaluated; "
-                  f"continue with `python -m study.confirm {analysis.study.uri} --resume`, then analyse again.", ""]
+                  f"continue with `python -m study.confirm {quote(analysis.study.uri)} --resume`, then analyse "
+                  "again.", ""]
     summary = tables["seed_summary"]
     if len(summary):
         shown = summary.assign(**{
