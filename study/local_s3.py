@@ -26,6 +26,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -171,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         if not BUCKET_NAME.fullmatch(args.bucket):
             raise CxrError(f"bucket {args.bucket!r}: S3 bucket names are 3-63 lowercase letters, digits, dots and "
                            "hyphens, starting and ending with a letter or digit")
+        # `kill` (SIGTERM) stops the server as Ctrl-C does, rather than leaving moto_server running alone.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
         with LocalS3Server(port=args.port) as server:
             server.create_bucket(args.bucket)
             print("export " + " ".join(f"{k}={v}" for k, v in server.env().items()), flush=True)
