@@ -384,7 +384,7 @@ def watch_commands(settings: StudySettings, running: bool) -> list[str]:
     """The commands that show the study's curves (TensorBoard) and its search (Optuna's dashboard)."""
     lines = [f"tensorboard: tensorboard --logdir {quote(settings.study_uri)}"]
     # TensorBoard reads s3:// through boto3 and gs:// through fsspec's gcsfs, if they are installed.
-    reader = {"s3": "boto3", "gs": "gcsfs"}.get(settings.study_uri.partition("://")[0].lower())
+    reader = {"s3": "boto3", "gs": "gcsfs"}.get(storage.scheme_of(settings.study_uri))
     if reader and importlib.util.find_spec(reader) is None:
         lines[0] += f"  (TensorBoard reads this with {reader}: pip install {reader})"
     if not settings.optuna_study:

@@ -51,13 +51,18 @@ def is_remote(uri: str) -> bool:
     return "://" in str(uri)
 
 
+def scheme_of(uri: str) -> str:
+    """A location's scheme in lower case ("s3", "gs"); "" for a local path."""
+    return str(uri).partition("://")[0].lower() if is_remote(uri) else ""
+
+
 def location(text: str | Path, flag: str = "--storage") -> str:
     """A user's storage location as the study stores it: an absolute local path, or a URI whose
     scheme pyarrow can write to (CxrError naming `flag` otherwise)."""
     text = str(text)
     if not is_remote(text):
         return str(Path(text).expanduser().resolve())
-    scheme = text.partition("://")[0].lower()
+    scheme = scheme_of(text)
     if scheme == "file":
         return str(Path(text.partition("://")[2]).resolve())
     if scheme not in REMOTE_SCHEMES:
@@ -89,7 +94,7 @@ def filesystem(uri: str, first_look: bool = False) -> tuple[pyarrow.fs.FileSyste
     """
     if not is_remote(uri):
         return pyarrow.fs.LocalFileSystem(), str(uri)
-    if first_look and uri.partition("://")[0].lower() == "gs":
+    if first_look and scheme_of(uri) == "gs":
         uri = f"{uri}?retry_limit_seconds={FIRST_LOOK_SECONDS:g}"
     try:
         return pyarrow.fs.FileSystem.from_uri(uri)
@@ -272,7 +277,7 @@ def check_writable(uri: str, flag: str = "--storage") -> None:
 def _access_hint(uri: str) -> str:
     if not is_remote(uri):
         return "pick a folder you can write to"
-    if uri.partition("://")[0].lower() == "gs":
+    if scheme_of(uri) == "gs":
         where = ("GOOGLE_APPLICATION_CREDENTIALS naming a service account's key file, or "
                  "`gcloud auth application-default login`")
     else:
