@@ -145,8 +145,8 @@ def build_tuner(settings: StudySettings, jobs: list[ConfirmJob], splits: dict[st
 def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, address: str | None = None,
                 num_cpus: int | None = None):
     """Start (or resume) the confirm run of a study; returns Tune's ResultGrid."""
-    from study.driver import (check_cluster, check_local_resources, connect, drop_tune_resume_hint, log_run_end,
-                              prepare_splits, runs_on_this_machine, sigterm_stops_tune)
+    from study.driver import (check_cluster, check_local_resources, connect, log_run_end, prepare_splits,
+                              runs_on_this_machine, tune_interrupts)
 
     import ray
 
@@ -168,13 +168,12 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
     cells = len({(job.dataset, job.model) for job in jobs})
     log.info("confirm: %d configuration(s) x %d seed(s) = %d trials of %d epochs", cells, len(jobs) // max(cells, 1),
              len(jobs), settings.max_epochs)
-    logging.getLogger("ray.tune.tune").addFilter(drop_tune_resume_hint)
     started_here = connect(address, num_cpus)
     try:
         check_cluster(settings, joined=not runs_on_this_machine(address))
         started = time.perf_counter()
         with resumed_study(confirm_uri(settings.study_uri)) if resume else contextlib.nullcontext():
-            with sigterm_stops_tune():
+            with tune_interrupts():
                 grid = build_tuner(settings, jobs, splits, resume).fit()
         log_run_end("confirm", grid, read_trial_events(confirm_uri(settings.study_uri)), time.perf_counter() - started)
     finally:
@@ -211,14 +210,13 @@ def main(argv: list[str] | None = None) -> int:
             print("\ninterrupted; continue the confirm run with\n"
                   f"  python -m study.confirm {quote(args.study_dir)} --resume", file=sys.stderr)
         return 130  # as a shell reports a command stopped by Ctrl-C
-    from study.driver import unfinished_trials
+    from study.driver import interrupted_line, unfinished_trials
 
     uri = confirm_uri(load_settings(args.study_dir).study_uri)
     print(f"\nconfirm run: {uri}")
     unfinished = unfinished_trials(grid, read_trial_events(uri))
     if unfinished:
-        print(f"interrupted: {len(unfinished)} trial{'s' if len(unfinished) != 1 else ''} unfinished; continue "
-              f"the confirm run with\n  python -m study.confirm {quote(args.study_dir)} --resume")
+        print(interrupted_line(unfinished, "confirm run", f"python -m study.confirm {quote(args.study_dir)} --resume"))
         return 130  # as a shell reports a command stopped by Ctrl-C
     print(f"analysis:    python -m study.analyze {quote(args.study_dir)}")
     return 0

@@ -294,7 +294,6 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
         # Tune's notes that one pass of its event loop was slow (over 0.5 s: the driver deleting an ended
         # trial's files takes 0.1-0.5 s here) say nothing about the study; -v shows them.
         logging.getLogger("ray.tune.utils.util").setLevel(logging.ERROR)
-    logging.getLogger("ray.tune.tune").addFilter(drop_tune_resume_hint)  # once, however many studies run
     started_here = connect(address, num_cpus, trial_logs=verbose)
     try:
         check_cluster(settings, joined=not local)
@@ -303,7 +302,7 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
             for line in watch_commands(settings, running=True):
                 log.info(line)
             started = time.perf_counter()
-            with sigterm_stops_tune():
+            with tune_interrupts():
                 results = tuner.fit()
         events = read_trial_events(settings.study_uri)
         log_run_end("study", results, events, time.perf_counter() - started)
@@ -336,24 +335,33 @@ def log_run_end(label: str, grid, events: pd.DataFrame, seconds: float) -> None:
         log.info("%s finished in %.0f s", label, seconds)
 
 
+def interrupted_line(unfinished: list[str], run: str, command: str) -> str:
+    """What a command prints when its run left trials unfinished: how many, and the command that continues."""
+    count = len(unfinished)
+    return f"interrupted: {count} trial{'s' if count != 1 else ''} unfinished; continue the {run} with\n  {command}"
+
+
 @contextlib.contextmanager
-def sigterm_stops_tune() -> Iterator[None]:
-    """While Tune runs, SIGTERM (`kill`, a batch scheduler's time limit) stops it as Ctrl-C does: Tune
-    saves its state and the study says it was interrupted. Otherwise Ray's own handler ends the driver
-    at once, as SIGKILL would. Tune stops on SIGUSR1 as on SIGINT; SIGTERM is passed on as that."""
-    if not hasattr(signal, "SIGUSR1") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGUSR1))
+def tune_interrupts() -> Iterator[None]:
+    """Around tuner.fit(): SIGTERM (`kill`, a batch scheduler's time limit) stops Tune as Ctrl-C does,
+    with its state saved (otherwise Ray's own handler ends the driver at once, as SIGKILL would; Tune
+    stops on SIGUSR1 as on SIGINT, and SIGTERM is passed on as that); and Tune's own resume hint, which
+    names its Python API (Tuner.restore), is dropped: the commands print theirs."""
+    tune_log = logging.getLogger("ray.tune.tune")
+    tune_log.addFilter(drop_tune_resume_hint)
+    catch = hasattr(signal, "SIGUSR1") and threading.current_thread() is threading.main_thread()
+    if catch:
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGUSR1))
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
+        tune_log.removeFilter(drop_tune_resume_hint)
+        if catch:  # None: a handler set outside Python (Ray's)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def drop_tune_resume_hint(record: logging.LogRecord) -> bool:
-    """A logging filter: Tune's own resume hint after Ctrl-C names its Python API (Tuner.restore); the
-    study prints its command instead."""
+    """A logging filter for Tune's resume hint (see tune_interrupts)."""
     return "Tuner.restore(" not in record.getMessage()
 
 

@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             settings = settings_from_args(args)
         # Imported once the options are known good: the driver loads torch and Ray (seconds).
-        from study.driver import print_summary, run_study, unfinished_trials
+        from study.driver import interrupted_line, print_summary, run_study, unfinished_trials
         from study.results import read_trial_events
 
         grid = run_study(settings, resume=bool(args.resume), address=args.address, num_cpus=args.num_cpus,
@@ -248,9 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     print_summary(settings)
     unfinished = unfinished_trials(grid, read_trial_events(settings.study_uri))
     if unfinished:
-        print(f"\ninterrupted: {len(unfinished)} trial{'s' if len(unfinished) != 1 else ''} unfinished; "
-              "continue the study with\n"
-              f"  python -m study.run --resume {quote(settings.study_uri)}")
+        print("\n" + interrupted_line(unfinished, "study", f"python -m study.run --resume {quote(settings.study_uri)}"))
         return 130
     return 0
 
