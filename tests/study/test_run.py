@@ -829,15 +829,11 @@ def test_a_second_ctrl_c_says_whether_there_is_a_study_to_resume(tmp_path, capsy
                                                  ("/tmp/studies", None)])
 def test_the_tensorboard_line_names_the_package_tensorboard_needs_for_a_bucket(storage_uri, reader, monkeypatch):
     from study.driver import watch_commands
-    from study.settings import StudySettings
 
-    settings = StudySettings(name="s", storage=storage_uri, space={}, space_source="demo", data_roots={},
-                             image_size=64, num_samples=1, max_epochs=1, grace_period=1, reduction_factor=3,
-                             metric="val/f1_macro", mode="max", cpus_per_trial=1, gpus_per_trial=0,
-                             max_concurrent=None, max_failures=0, seed=0)
+    settings = settings_from_args(build_parser().parse_args(["--storage", storage_uri, "--name", "s"]))
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == reader else find_spec(name, *a))
-    (line,) = watch_commands(settings, running=True)
+    line = watch_commands(settings, running=True)[0]
     expected = f"tensorboard: tensorboard --logdir {storage_uri}/s"
     assert line == (expected + f"  (TensorBoard reads this with {reader}: pip install {reader})" if reader else expected)
 
@@ -845,12 +841,8 @@ def test_the_tensorboard_line_names_the_package_tensorboard_needs_for_a_bucket(s
 def test_printed_commands_quote_a_study_path_with_a_space(tmp_path):
     """What the study prints to copy into a shell survives a folder name with a space."""
     from study.driver import watch_commands
-    from study.settings import StudySettings
 
-    settings = StudySettings(name="my study", storage=str(tmp_path), space={}, space_source="demo", data_roots={},
-                             image_size=64, num_samples=1, max_epochs=1, grace_period=1, reduction_factor=3,
-                             metric="val/f1_macro", mode="max", cpus_per_trial=1, gpus_per_trial=0,
-                             max_concurrent=None, max_failures=0, seed=0, optuna_study="my study")
+    settings = settings_from_args(build_parser().parse_args(["--storage", str(tmp_path), "--name", "my study"]))
     tensorboard, optuna_line = watch_commands(settings, running=True)
     assert tensorboard == f"tensorboard: tensorboard --logdir '{tmp_path}/my study'"
     assert f"optuna-dashboard 'sqlite:///{tmp_path}/my study/optuna.db'" in optuna_line
