@@ -34,5 +34,5 @@ def check_image_size(name: str, image_size: int) -> None:
     check_model_name(name)
     minimum = MIN_IMAGE_SIZE[name]
     if image_size < minimum:
-        raise CxrError(f"image_size {image_size} is too small for model {name!r}: it needs "
-                       f"at least {minimum} px; raise image_size to {minimum} or more")
+        raise CxrError(f"--image-size {image_size} is too small for model {name!r}: it needs "
+                       f"at least {minimum} px; raise --image-size to {minimum} or more")

@@ -72,8 +72,10 @@ def check_local_resources(settings: StudySettings, cores: int | None = None) -> 
     """On a machine that runs the study itself, refuse what it cannot give (cores: the CPUs Ray may use)."""
     import torch
 
+    if cores is not None and cores < 1:
+        raise CxrError(f"--num-cpus {cores}: the local Ray instance needs at least 1 CPU to run a trial")
     machine = os.cpu_count() or 1
-    cores = min(cores, machine) if cores else machine
+    cores = min(cores, machine) if cores is not None else machine
     if settings.cpus_per_trial > cores:
         where = "this machine" if cores == machine else "the local Ray instance (--num-cpus)"
         raise CxrError(f"--cpus-per-trial {settings.cpus_per_trial:g} exceeds the {cores} CPU cores of {where}: "

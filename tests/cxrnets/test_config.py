@@ -32,7 +32,7 @@ def test_default_config_is_valid() -> None:
     ({"optimizer": "rmsprop"}, r"unknown optimizer 'rmsprop'.*adam, sgd"),
     ({"model": "resnet18"}, r"unknown model 'resnet18'.*alexnet"),
     ({"dataset": "imagenet"}, r"unknown dataset 'imagenet'"),
-    ({"model": "alexnet", "image_size": 32}, r"image_size 32 is too small for model 'alexnet'.*63"),
+    ({"model": "alexnet", "image_size": 32}, r"--image-size 32 is too small for model 'alexnet'.*63"),
     ({"model": "vgg11", "image_size": 31}, r"too small for model 'vgg11'"),
     ({"momentum": -0.5}, "momentum"),
     ({"weight_decay": -1e-4}, "weight_decay"),

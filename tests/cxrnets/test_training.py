@@ -407,7 +407,7 @@ def test_cli_bad_flags(arguments: list[str], message: str, capsys: pytest.Captur
     (["--lr", "-0.001"], "error: option lr"),
     (["--batch-size", "0"], "error: option batch_size must be a positive integer"),
     (["--epochs", "-1"], "error: option epochs"),
-    (["--model", "alexnet", "--image-size", "32"], "too small for model 'alexnet'"),
+    (["--model", "alexnet", "--image-size", "32"], "--image-size 32 is too small for model 'alexnet'"),
 ])
 def test_cli_bad_values(arguments: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main([*arguments, "--out", str(tmp_path / "out")]) == 2

@@ -163,6 +163,8 @@ def test_bad_input(grid_study, confirmed, tmp_path, capsys):
     for seeds in ("0", "-2"):
         assert main([str(grid_study), "--seeds", seeds]) == 2
         assert f"--seeds {seeds}: give how many new seeds" in capsys.readouterr().err
+    assert main([str(grid_study), "--num-cpus", "0"]) == 2
+    assert "--num-cpus 0: the local Ray instance needs at least 1 CPU" in capsys.readouterr().err
     assert storage.kind(confirm_uri(str(grid_study))) == "missing"  # nothing written
     assert main([str(confirmed), "--seeds", "2"]) == 2
     assert "already holds a confirm run" in capsys.readouterr().err
