@@ -36,6 +36,7 @@ from cxrnets.images import decode
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1  # bump when decoding or resizing changes
+PROGRESS_SECONDS = 30  # a progress line at least this often while decoding, besides every 500 images
 
 
 def default_cache_root() -> Path:
@@ -75,9 +76,35 @@ def build_cache(index: DatasetIndex, image_size: int, cache_root: str | Path | N
 
 
 def _decode_into(directory: Path, index: DatasetIndex, image_size: int, workers: int) -> int:
+    """Decode into `<directory>.partial`, renamed to `directory` when complete; removed if decoding fails or
+    is interrupted, so that no half-written array of gigabytes stays behind."""
     partial = directory.with_name(directory.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
+    check_free_space(directory, index.name, len(index.frame), image_size)
     partial.mkdir(parents=True)
+    try:
+        _decode_files(partial, index, image_size, workers, directory)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(directory, ignore_errors=True)
+    partial.rename(directory)
+    return len(index.frame)
+
+
+def check_free_space(directory: Path, dataset: str, count: int, image_size: int) -> None:
+    """Refuse a cache the disk cannot hold: a write into a memory-mapped file on a full disk kills the
+    process (SIGBUS) instead of raising."""
+    needed = count * 3 * image_size * image_size
+    free = shutil.disk_usage(directory.parent).free
+    if needed > free:
+        raise CxrError(f"{directory.parent}: the cache of {count} images of {dataset} at {image_size} px needs "
+                       f"{needed / 1e6:,.1f} MB and the disk has {free / 1e6:,.1f} MB free; free some space, "
+                       "choose a smaller --image-size, or put the cache on a larger disk (--cache-dir or "
+                       "CXR_TUNE_CACHE)")
+
+
+def _decode_files(partial: Path, index: DatasetIndex, image_size: int, workers: int, directory: Path) -> None:
     paths = index.paths()
     images = np.lib.format.open_memmap(
         partial / "images.npy", mode="w+", dtype=np.uint8, shape=(len(paths), 3, image_size, image_size)
@@ -93,13 +120,18 @@ def _decode_into(directory: Path, index: DatasetIndex, image_size: int, workers:
         except (CxrError, OSError) as error:
             errors[i] = str(error)
 
-    started = time.perf_counter()
-    log.info("decoding %d images of %s at %d px into %s", len(paths), index.name, image_size, directory)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    started = last_report = time.perf_counter()
+    log.info("decoding %d images of %s at %d px into %s (%s MB)", len(paths), index.name, image_size, directory,
+             f"{images.nbytes / 1e6:,.1f}")
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
         for done, _ in enumerate(pool.map(decode_one, range(len(paths))), start=1):
-            if done % 500 == 0 or done == len(paths):
-                rate = done / max(time.perf_counter() - started, 1e-9)
-                log.info("decoded %d/%d images (%.0f images/s)", done, len(paths), rate)
+            now = time.perf_counter()
+            if done % 500 == 0 or done == len(paths) or now - last_report > PROGRESS_SECONDS:
+                log.info("decoded %d/%d images (%.1f images/s)", done, len(paths), done / max(now - started, 1e-9))
+                last_report = now
+    finally:
+        pool.shutdown(cancel_futures=True)  # on Ctrl-C, not after decoding every image queued
     images.flush()
     del images
     for i, error in enumerate(errors):
@@ -112,9 +144,6 @@ def _decode_into(directory: Path, index: DatasetIndex, image_size: int, workers:
             "images": len(paths), "undecodable": int((~frame["ok"]).sum()),
             "seconds": round(time.perf_counter() - started, 2)}
     (partial / "meta.json").write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(directory, ignore_errors=True)
-    partial.rename(directory)
-    return len(paths)
 
 
 def _open(directory: Path, index: DatasetIndex, decoded: int) -> ImageCache:

@@ -16,6 +16,7 @@ import pytest
 from cxrnets import cache as cache_module
 from cxrnets.cache import build_cache, cache_key, default_cache_root
 from cxrnets.data import load_dataset
+from cxrnets.errors import CxrError
 
 SIZE = 24
 
@@ -145,6 +146,47 @@ def test_concurrent_builds_decode_once(radiography, tmp_path: Path, monkeypatch:
     assert sorted(result.decoded for result in results) == [0, 12]
     np.testing.assert_array_equal(np.asarray(results[0].images), np.asarray(results[1].images))
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_a_cache_the_disk_cannot_hold_is_refused_before_writing(radiography, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    needed = 12 * 3 * SIZE * SIZE
+    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda path: shutil_usage(free=needed - 1))
+    with pytest.raises(CxrError, match=r"12 images .* at 24 px needs 0\.0 MB and the disk has 0\.0 MB free.*--image-size.*--cache-dir"):
+        build_cache(radiography, SIZE, cache_root=tmp_path / "cache")
+    assert [path.name for path in (tmp_path / "cache").iterdir() if not path.name.endswith(".lock")] == []
+    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda path: shutil_usage(free=needed))
+    assert build_cache(radiography, SIZE, cache_root=tmp_path / "cache").decoded == 12
+
+
+def shutil_usage(free: int):
+    import shutil
+
+    return shutil._ntuple_diskusage(total=10 * free, used=9 * free, free=free)
+
+
+def test_an_interrupted_build_stops_at_once_and_leaves_nothing(radiography, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while decoding: the images still queued are not decoded, the half-written cache is removed,
+    and the next build decodes from scratch."""
+    calls = []
+    original = cache_module.decode
+
+    def interrupted_decode(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        if len(calls) > 3:
+            time.sleep(0.2)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "decode", interrupted_decode)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(radiography, SIZE, cache_root=tmp_path / "cache", workers=1)
+    assert len(calls) <= 5  # of 12
+    assert [path.name for path in (tmp_path / "cache").iterdir() if not path.name.endswith(".lock")] == []
+    monkeypatch.setattr(cache_module, "decode", original)
+    assert build_cache(radiography, SIZE, cache_root=tmp_path / "cache").decoded == 12
 
 
 def test_default_cache_root_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
