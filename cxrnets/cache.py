@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -185,6 +186,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{args.dataset} at {size}px: {state}, {len(cache.index.frame)} usable -> {cache.directory}")
     except CxrError as error:
         raise SystemExit(f"error: {error}") from None
+    except KeyboardInterrupt:
+        print("interrupted: the cache being decoded was removed (those printed above are complete); run the "
+              "same command again", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m study.analyze", description=__doc__.split("\n\n")[0],
         epilog="Writes <study dir>/report/: report.md, tables/*.csv and *.parquet, figures/*.png. "
-               "Exit status 2 on bad input (not a study, nothing finished, a changed split).")
+               "Exit status 2 on bad input (not a study, nothing finished, a changed split), 130 on Ctrl-C.")
     add = parser.add_argument
     add("study_dir", help="the study directory python -m study.run wrote (<storage>/<study name>)")
     add("--metric", default=None, help="validation metric the best trials are chosen on, e.g. val/accuracy; "
@@ -236,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: no complete report; run the same command again. The study is unchanged, but for the "
+              "record of this analysis's look at the test split if its evaluation had finished (analyses/)",
+              file=sys.stderr)
+        return 130
     from study.tables import markdown_table
 
     for note in analysis.notes + analysis.look_problems:

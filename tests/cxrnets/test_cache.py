@@ -219,3 +219,26 @@ def test_cache_cli_takes_the_loaders_options(make_csv_dataset, tmp_path: Path, c
         cache_module.main(arguments)
     cache_module.main([*arguments, "--dataset-option", "path_column=file", "--dataset-option", "label_column=diagnosis"])
     assert "at 16px: decoded 24 images, 24 usable" in capsys.readouterr().out
+
+
+def test_cache_cli_ctrl_c_keeps_the_finished_sizes(make_pneumonia_normal, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+                                                   ) -> None:
+    root = make_pneumonia_normal(per_class=3)
+    original = cache_module.decode
+
+    def interrupted_at_20px(data, size, name):
+        if size == 20:
+            raise KeyboardInterrupt
+        return original(data, size, name)
+
+    monkeypatch.setattr(cache_module, "decode", interrupted_at_20px)
+    with pytest.raises(SystemExit) as exit_info:
+        cache_module.main(["--dataset", "covid-pneumonia-normal", "--data-root", str(root), "--image-size", "16",
+                           "20", "--cache-dir", str(tmp_path / "cache")])
+    assert exit_info.value.code == 130
+    captured = capsys.readouterr()
+    assert "at 16px: decoded 9 images" in captured.out
+    assert captured.err.startswith("interrupted: the cache being decoded was removed")
+    folders = [path.name for path in (tmp_path / "cache").iterdir() if path.is_dir()]
+    assert len(folders) == 1 and folders[0].startswith("covid-pneumonia-normal-16px-")

@@ -537,6 +537,18 @@ def test_bad_input(tmp_path, capsys):
     assert "not a readable study settings file" in capsys.readouterr().err
 
 
+def test_ctrl_c_says_what_was_kept(study_dir, capsys, monkeypatch):
+    import study.analyze
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study.analyze, "analyze", interrupted)
+    assert main([str(study_dir)]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("interrupted: no complete report; run the same command again") and "Traceback" not in err
+
+
 def test_study_without_a_finished_epoch(study_dir, tmp_path, capsys):
     copy = tmp_path / "grid"
     copy.mkdir()
