@@ -145,8 +145,8 @@ def build_tuner(settings: StudySettings, jobs: list[ConfirmJob], splits: dict[st
 def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, address: str | None = None,
                 num_cpus: int | None = None):
     """Start (or resume) the confirm run of a study; returns Tune's ResultGrid."""
-    from study.driver import (check_cluster, check_local_resources, connect, log_run_end, prepare_splits,
-                              runs_on_this_machine, tune_interrupts)
+    from study.driver import (check_cluster, check_cluster_reachable, check_local_resources, connect, log_run_end,
+                              prepare_splits, runs_on_this_machine, tune_interrupts)
 
     import ray
 
@@ -162,6 +162,8 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
         jobs = make_jobs(settings, read_results(settings.study_uri), seeds if seeds is not None else 3)
     if runs_on_this_machine(address):
         check_local_resources(settings, cores=num_cpus)
+    else:
+        check_cluster_reachable(address)
     splits = prepare_splits(settings, resume=True)  # the study's own split, checked against the data
     if not resume:
         storage.write_json(jobs_uri(settings.study_uri), [asdict(job) for job in jobs])

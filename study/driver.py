@@ -17,6 +17,7 @@ import importlib.util
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -54,6 +55,8 @@ from study.trainable import (TrialContext, TrialTrainable, dataset_missing_messa
                              storage_not_shared_message)
 
 log = logging.getLogger(__name__)
+
+CLUSTER_CONNECT_SECONDS = 10
 
 # ------------------------------------------------------------------ this machine
 
@@ -130,6 +133,22 @@ def cluster_address(address: str | None) -> str | None:
     from ray._private.utils import read_ray_address  # the file `ray start` writes under RAY_TMPDIR
 
     return read_ray_address() or None
+
+
+def check_cluster_reachable(address: str | None) -> None:
+    """Refuse, in seconds and before anything is written, a cluster address that nothing answers on:
+    ray.init retries such an address for minutes, printing only its own warnings."""
+    if ray.is_initialized():
+        return
+    address = cluster_address(address)
+    host, _, port = (address or "").removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # no cluster to join, or a form of Ray's own ("auto"), left to ray.init
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CLUSTER_CONNECT_SECONDS).close()
+    except OSError as error:
+        raise CxrError(f"cannot reach the Ray cluster at {address} ({error.strerror or error}); check --address or "
+                       "RAY_ADDRESS, or run `ray stop` if a cluster started here is gone") from error
 
 
 def connect(address: str | None, num_cpus: int | None, trial_logs: bool = True) -> bool:
@@ -283,6 +302,8 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
     local = runs_on_this_machine(address)
     if local:
         check_local_resources(settings, cores=num_cpus)
+    else:
+        check_cluster_reachable(address)
     splits = prepare_splits(settings, resume)
     if resume and settings.optuna_study:
         restore_storage_file(settings.study_uri, settings.optuna_study)

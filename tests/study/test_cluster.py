@@ -313,6 +313,40 @@ def test_a_study_joins_only_a_cluster_started_with_ray_start(monkeypatch, tmp_pa
     assert cluster_address("10.0.0.7:6379") == "10.0.0.7:6379"
 
 
+def test_a_cluster_address_nothing_answers_on_is_refused_in_seconds(monkeypatch, tmp_path, capsys):
+    """ray.init retried such an address for minutes (its warnings only), after the study had written its
+    settings and split: a folder for every failed try."""
+    import ray
+
+    from study.local_s3 import free_port
+    from study.run import main
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh `python -m study.run`
+    port = free_port()  # nothing listens on it
+    started = time.monotonic()
+    assert main(["--address", f"127.0.0.1:{port}", "--storage", str(tmp_path / "studies"), "--name", "s"]) == 2
+    assert time.monotonic() - started < 30
+    err = capsys.readouterr().err
+    assert f"error: cannot reach the Ray cluster at 127.0.0.1:{port}" in err and "check --address" in err
+    assert not (tmp_path / "studies" / "s").exists()
+
+
+def test_a_listening_cluster_address_passes_the_reachability_check(monkeypatch):
+    import socket
+
+    import ray
+
+    from study.driver import check_cluster_reachable
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        check_cluster_reachable(f"127.0.0.1:{port}")
+        check_cluster_reachable(f"ray://127.0.0.1:{port}")
+    check_cluster_reachable("auto")  # Ray's own forms are left to ray.init
+
+
 # ------------------------------------------------------------------ 4. bounded retries
 
 def test_a_trial_that_always_fails_ends_after_max_failures_retries(always_fails):

@@ -178,6 +178,19 @@ def test_bad_input(grid_study, confirmed, tmp_path, capsys):
     assert "nothing to confirm" in capsys.readouterr().err
 
 
+def test_a_cluster_address_nothing_answers_on_is_refused_before_anything_is_written(grid_study, capsys,
+                                                                                     monkeypatch):
+    import ray
+
+    from study.local_s3 import free_port
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    port = free_port()
+    assert main([str(grid_study), "--address", f"127.0.0.1:{port}"]) == 2
+    assert f"cannot reach the Ray cluster at 127.0.0.1:{port}" in capsys.readouterr().err
+    assert storage.kind(confirm_uri(str(grid_study))) == "missing"
+
+
 def test_a_second_ctrl_c_says_whether_there_is_a_confirm_run_to_resume(grid_study, confirmed, capsys, monkeypatch):
     """A second Ctrl-C ends Tune's run with KeyboardInterrupt: the command says what to do and exits 130."""
     import study.confirm
