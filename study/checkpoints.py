@@ -18,7 +18,8 @@ Two needs, two kinds of file, nothing more:
   `checkpoint_every` epochs or after `checkpoint_minutes` minutes, whichever comes first, and when a
   scheduler pauses the trial (promoting ASHA, study.asha.PromotingASHA, at a rung where the trial waits:
   Tune asks the trainable for it then); never after a trial's last epoch. Tune keeps only the newest
-  (CheckpointConfig(num_to_keep=1)), and `WeightsKeeper` deletes it when the trial ends. A resumed
+  (CheckpointConfig(num_to_keep=1)), and `WeightsKeeper` deletes it after the trial ends, once a
+  resume can no longer restore the trial from it (see there). A resumed
   trial repeats at most the epochs since its last full state: fewer than `checkpoint_every`, or the
   epoch that crossed `checkpoint_minutes`.
 
@@ -36,6 +37,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ray import tune
+from ray.tune.experiment import Trial
 
 from study import storage
 from study.settings import CHECKPOINT_EVERY, CHECKPOINT_MINUTES, study_location
@@ -251,16 +253,30 @@ def prune_weights(study_uri: str, results, ended: Iterable[str], keep: int | str
 
 class WeightsKeeper(tune.Callback):
     """On the driver: deletes an ended trial's full state, and the weights of trials that ended outside
-    their cell's `keep` best. It knows the trials whose results it saw (after a resume, those since)."""
+    their cell's `keep` best. It knows the trials whose results it saw (after a resume, those since).
+
+    An ended trial's files go only once Tune's experiment snapshot, which a resume restores, holds the
+    trial as ended and is on storage: restored from an older snapshot (the driver killed in between),
+    the trial would continue from its full state, and fail if that were gone. Tune calls get_state()
+    while it takes a snapshot (every 10 s or more) and uploads the snapshot after it; the trials one
+    snapshot holds as ended are cleaned at the next, and at the experiment's end, which comes after
+    Tune's last snapshot is written and uploaded. That also cleans what a killed run left of trials
+    that had ended.
+    """
 
     def __init__(self, study_uri: str, metric: str, mode: str, keep: int | str):
         self.study_uri, self.metric, self.mode, self.keep = study_uri, metric, mode, keep
         self.bests: dict[str, tuple[tuple, float]] = {}
-        self.ended: set[str] = set()
+        self.ended: set[str] = set()  # cleaned, and in the running for --keep's deletions
+        self.trials: list = []  # Tune's trials, as of the last step
+        self.ended_in_snapshot: dict[str, str] = {}  # trial id -> folder: ended, as of the last snapshot
 
     def __setstate__(self, state: dict[str, Any]) -> None:  # unpickled by a resume: the study may have moved
         self.__dict__.update(state)
         self.study_uri = study_location(self.study_uri)
+
+    def on_step_begin(self, iteration, trials, **info):
+        self.trials = trials
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(self.metric)
@@ -268,11 +284,22 @@ class WeightsKeeper(tune.Callback):
         if improves(value, known[1] if known else None, self.mode):
             self.bests[trial.trial_id] = (cell_of(trial.config), float(value))
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self.ended.add(trial.trial_id)
-        if trial.path:
-            delete_full_states(storage.join(self.study_uri, storage.name_of(trial.path)))
+    def get_state(self) -> None:
+        """Tune takes a snapshot: clean what the previous one held as ended (it is on storage by now),
+        and note what this one holds. Nothing of this callback is saved in the snapshot."""
+        self.clean(self.ended_in_snapshot)
+        self.ended_in_snapshot = {trial.trial_id: trial.path for trial in self.trials
+                                  if trial.status == Trial.TERMINATED and trial.trial_id not in self.ended}
+        return None
+
+    def on_experiment_end(self, trials, **info):
+        self.clean(self.ended_in_snapshot)
+
+    def clean(self, ended: dict[str, str]) -> None:
+        for trial_id, path in ended.items():
+            if path:
+                delete_full_states(storage.join(self.study_uri, storage.name_of(path)))
+            self.ended.add(trial_id)
         for trial_id in weights_to_drop(self.bests, self.ended, self.keep, self.mode):
             delete_weights(self.study_uri, trial_id)
-            self.ended.discard(trial_id)
             self.bests.pop(trial_id, None)

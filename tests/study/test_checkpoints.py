@@ -159,10 +159,13 @@ def test_prune_deletes_ended_trials_outside_the_top_k_of_their_model(tmp_path):
 
 
 def fake_trial(trial_id: str, model: str, folder: Path) -> SimpleNamespace:
-    return SimpleNamespace(trial_id=trial_id, config={"dataset": "d", "model": model}, path=str(folder))
+    return SimpleNamespace(trial_id=trial_id, config={"dataset": "d", "model": model}, path=str(folder),
+                           status="RUNNING")
 
 
-def test_keeper_deletes_full_states_at_the_end_and_weights_that_fell_out(tmp_path):
+def test_keeper_deletes_an_ended_trials_full_state_once_a_snapshot_on_storage_holds_its_end(tmp_path):
+    """A resume restores Tune's last snapshot on storage: a trial that snapshot holds as running continues
+    from its full state, which must still be there. Weights of trials that fell out of --keep go too."""
     keeper = WeightsKeeper(str(tmp_path), "val/f1_macro", "max", keep=1)
     trials = {t: fake_trial(t, "alexnet", tmp_path / f"{t}_alexnet") for t in ("t1", "t2")}
     for trial in trials.values():
@@ -171,17 +174,38 @@ def test_keeper_deletes_full_states_at_the_end_and_weights_that_fell_out(tmp_pat
         (Path(trial.path) / "result.json").write_text("{}")
     write_trial(tmp_path, "t1", 1, 0.4)
     write_trial(tmp_path, "t2", 1, 0.7)
+    keeper.on_step_begin(0, list(trials.values()))
     keeper.on_trial_result(0, [], trials["t1"], {"val/f1_macro": 0.4})
     keeper.on_trial_result(0, [], trials["t2"], {"val/f1_macro": 0.7})
-    keeper.on_trial_complete(0, [], trials["t2"])
+    trials["t2"].status = "TERMINATED"
+    assert keeper.get_state() is None  # the snapshot that holds t2's end: being written, not yet on storage
+    assert (Path(trials["t2"].path) / "checkpoint_000001").exists()
+    keeper.get_state()  # the next snapshot: the one before is on storage
     assert not (Path(trials["t2"].path) / "checkpoint_000001").exists()
     assert (Path(trials["t2"].path) / "result.json").is_file()   # only the full state goes
     assert (Path(trials["t1"].path) / "checkpoint_000001").exists()  # t1 is still running
     assert Path(weights_uri(str(tmp_path), "t1")).is_file()
-    keeper.on_trial_complete(0, [], trials["t1"])  # ended behind t2: its weights go too
+    trials["t1"].status = "TERMINATED"  # ended behind t2: its weights go too, at the end of the experiment
+    keeper.get_state()  # Tune's last snapshot, written and uploaded before on_experiment_end
+    assert Path(weights_uri(str(tmp_path), "t1")).is_file()
+    keeper.on_experiment_end(list(trials.values()))
+    assert not (Path(trials["t1"].path) / "checkpoint_000001").exists()
     assert not Path(weights_uri(str(tmp_path), "t1")).exists()
     assert not Path(sidecar_uri(str(tmp_path), "t1")).exists()
     assert Path(weights_uri(str(tmp_path), "t2")).is_file()
+
+
+def test_keeper_cleans_what_a_killed_run_left_of_ended_trials(tmp_path):
+    """A run killed before it cleaned an ended trial: the resumed run gets that trial back from the snapshot
+    as ended, and cleans it."""
+    keeper = WeightsKeeper(str(tmp_path), "val/f1_macro", "max", keep="all")
+    ended = fake_trial("t1", "alexnet", tmp_path / "elsewhere" / "t1_alexnet")  # the study has moved since
+    ended.status = "TERMINATED"
+    (tmp_path / "t1_alexnet" / "checkpoint_000002").mkdir(parents=True)
+    keeper.on_step_begin(0, [ended])
+    keeper.get_state()
+    keeper.get_state()
+    assert not (tmp_path / "t1_alexnet" / "checkpoint_000002").exists()
 
 
 def test_delete_full_states_reports_the_bytes_freed(tmp_path):
