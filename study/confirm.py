@@ -175,7 +175,7 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
         check_cluster(settings, joined=not runs_on_this_machine(address))
         started = time.perf_counter()
         with resumed_study(confirm_uri(settings.study_uri)) if resume else contextlib.nullcontext():
-            with tune_interrupts():
+            with tune_interrupts(f"python -m study.confirm {quote(study_dir)} --resume"):
                 grid = build_tuner(settings, jobs, splits, resume).fit()
         log_run_end("confirm", grid, read_trial_events(confirm_uri(settings.study_uri)), time.perf_counter() - started)
     finally:

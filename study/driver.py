@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -325,7 +326,7 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
             for line in watch_commands(settings, running=True):
                 log.info(line)
             started = time.perf_counter()
-            with tune_interrupts():
+            with tune_interrupts(f"python -m study.run --resume {quote(settings.study_uri)}"):
                 results = tuner.fit()
         events = read_trial_events(settings.study_uri)
         log_run_end("study", results, events, time.perf_counter() - started)
@@ -365,22 +366,57 @@ def interrupted_line(unfinished: list[str], run: str, command: str) -> str:
 
 
 @contextlib.contextmanager
-def tune_interrupts() -> Iterator[None]:
+def tune_interrupts(resume_command: str) -> Iterator[None]:
     """Around tuner.fit(): SIGTERM (`kill`, a batch scheduler's time limit) stops Tune as Ctrl-C does,
     with its state saved (otherwise Ray's own handler ends the driver at once, as SIGKILL would; Tune
     stops on SIGUSR1 as on SIGINT, and SIGTERM is passed on as that); and Tune's own resume hint, which
-    names its Python API (Tuner.restore), is dropped: the commands print theirs."""
+    names its Python API (Tuner.restore), is dropped: the commands print theirs.
+
+    A SIGTERM sent to the whole process group (`timeout`, `kill -TERM -PGID`) also stops the Ray instance
+    this command started, whose processes share the group: Tune can then neither stop its trials nor
+    save, and Ray's client would end the driver only after a minute of retries. If the instance stops
+    answering within seconds of the signal, the driver says so with `resume_command` and exits 130 at
+    once; the resume continues from Tune's last snapshot, as after a kill."""
     tune_log = logging.getLogger("ray.tune.tune")
     tune_log.addFilter(drop_tune_resume_hint)
+    fit_returned = threading.Event()
     catch = hasattr(signal, "SIGUSR1") and threading.current_thread() is threading.main_thread()
     if catch:
-        previous = signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGUSR1))
+        gcs_address = ray.get_runtime_context().gcs_address
+
+        def on_sigterm(signum, frame):
+            threading.Thread(target=exit_if_ray_is_gone, args=(gcs_address, fit_returned, resume_command),
+                             daemon=True).start()
+            signal.raise_signal(signal.SIGUSR1)
+
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         yield
     finally:
+        fit_returned.set()
         tune_log.removeFilter(drop_tune_resume_hint)
         if catch:  # None: a handler set outside Python (Ray's)
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def exit_if_ray_is_gone(gcs_address: str, fit_returned: threading.Event, resume_command: str,
+                        seconds: float = 10) -> None:
+    """After a SIGTERM: if Ray's GCS stops answering before fit() returns, print what happened and how to
+    continue, and exit 130 (see tune_interrupts)."""
+    host, _, port = gcs_address.rpartition(":")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not fit_returned.is_set():
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+        except OSError:
+            if fit_returned.is_set():  # the driver's own ray.shutdown(), after a stop that went well
+                return
+            print("\ninterrupted: the SIGTERM reached the Ray instance of this command too (sent to the whole "
+                  "process group, as `timeout` does), so its trials stopped where they were; what they reported is "
+                  f"kept. Continue with\n  {resume_command}", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(130)
+        time.sleep(0.5)
 
 
 def drop_tune_resume_hint(record: logging.LogRecord) -> bool:

@@ -756,14 +756,16 @@ def test_kill_and_resume_continues_without_rerunning(tmp_path, tiny_data, cache_
     assert_optuna_study_matches(study_dir / "optuna.db", "resume", results)
 
 
-@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm", "sigterm-to-the-group"])
 def test_an_interrupted_study_says_so_with_its_resume_command_and_the_resume_finishes_it(tmp_path, tiny_data,
                                                                                          cache_dir, stop):
     """Ctrl-C (SIGINT to the command's process group, as a terminal sends it), or SIGTERM to the command
     (`kill`, a batch scheduler's time limit), once one trial has finished and a second has reported an
     epoch: the study says it was interrupted, not finished, counts the second trial apart, prints the
     command that continues it (not Tune's Python API) and exits 130; after Ctrl-C, that command
-    finishes the study without rerunning the finished trial (the same resume after SIGTERM: not run)."""
+    finishes the study without rerunning the finished trial (the same resume after SIGTERM: not run).
+    SIGTERM to the whole process group (`timeout`) stops the command's Ray instance too: the command says
+    so with the same resume command at once (not after Ray's minute of retries), and the resume finishes."""
     space = write_space(tmp_path / "ctrl-c.yaml", {
         "model": {"value": "resnet50"}, "optimizer": {"value": "adam"}, "lr": {"loguniform": [1.0e-4, 1.0e-3]},
         "batch_size": {"value": 16}})
@@ -777,15 +779,22 @@ def test_an_interrupted_study_says_so_with_its_resume_command_and_the_resume_fin
         (finished,), (interrupted,) = wait_for_a_finished_and_a_running_trial(first, study_dir, tmp_path / "first.log")
         if stop == "ctrl-c":
             os.killpg(first.pid, signal.SIGINT)
-        else:
+        elif stop == "sigterm":
             first.send_signal(signal.SIGTERM)
-        code = first.wait(timeout=120)
+        else:
+            os.killpg(first.pid, signal.SIGTERM)
+        code = first.wait(timeout=120 if stop != "sigterm-to-the-group" else 30)
         log = (tmp_path / "first.log").read_text()
         assert code == 130, log[-3000:]
-        assert "study interrupted after" in log and "study finished" not in log, log[-3000:]
-        assert re.search(r"trials: 0 running, 1 done \(0 stopped early\), 1 interrupted", log), log[-3000:]
-        assert log.rstrip().endswith(f"interrupted: 1 trial unfinished; continue the study with\n"
-                                     f"  python -m study.run --resume {study_dir}"), log[-3000:]
+        if stop == "sigterm-to-the-group":
+            assert log.rstrip().endswith(f"so its trials stopped where they were; what they reported is kept. "
+                                         f"Continue with\n  python -m study.run --resume {study_dir}"), log[-3000:]
+            assert "Failed to connect to GCS" not in log, log[-3000:]
+        else:
+            assert "study interrupted after" in log and "study finished" not in log, log[-3000:]
+            assert re.search(r"trials: 0 running, 1 done \(0 stopped early\), 1 interrupted", log), log[-3000:]
+            assert log.rstrip().endswith(f"interrupted: 1 trial unfinished; continue the study with\n"
+                                         f"  python -m study.run --resume {study_dir}"), log[-3000:]
         assert "Tuner.restore" not in log
         assert set(read_trial_events(str(study_dir))["trial_id"]) == {finished}
         if stop == "sigterm":
