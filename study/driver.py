@@ -145,11 +145,20 @@ def check_cluster_reachable(address: str | None) -> None:
     host, _, port = (address or "").removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         return  # no cluster to join, or a form of Ray's own ("auto"), left to ray.init
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=CLUSTER_CONNECT_SECONDS).close()
-    except OSError as error:
+    error = connection_error(f"{host}:{port}", CLUSTER_CONNECT_SECONDS)
+    if error:
         raise CxrError(f"cannot reach the Ray cluster at {address} ({error.strerror or error}); check --address or "
                        "RAY_ADDRESS, or run `ray stop` if a cluster started here is gone") from error
+
+
+def connection_error(host_port: str, timeout: float) -> OSError | None:
+    """None if something accepts a TCP connection at HOST:PORT within `timeout` seconds, else why not."""
+    host, _, port = host_port.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as error:
+        return error
+    return None
 
 
 def connect(address: str | None, num_cpus: int | None, trial_logs: bool = True) -> bool:
@@ -403,12 +412,9 @@ def exit_if_ray_is_gone(gcs_address: str, fit_returned: threading.Event, resume_
                         seconds: float = 10) -> None:
     """After a SIGTERM: if Ray's GCS stops answering before fit() returns, print what happened and how to
     continue, and exit 130 (see tune_interrupts)."""
-    host, _, port = gcs_address.rpartition(":")
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and not fit_returned.is_set():
-        try:
-            socket.create_connection((host, int(port)), timeout=1).close()
-        except OSError:
+        if connection_error(gcs_address, timeout=1):
             if fit_returned.is_set():  # the driver's own ray.shutdown(), after a stop that went well
                 return
             print("\ninterrupted: the SIGTERM reached the Ray instance of this command too (sent to the whole "
