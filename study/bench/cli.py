@@ -35,7 +35,9 @@ Five parts, all measured in one run on one machine:
    analysis's time and downloads from there against the local analysis.
 
 The bench prints a table of every figure, its goal and whether it is met, and writes them all, with
-the machine and the settings, to a JSON file (--out). Everything it writes besides lies in a
+the machine and the settings, to a JSON file (--out), after every part: a bench killed partway keeps
+what it measured, and Ctrl-C or SIGTERM marks the part it stopped as interrupted, stops the study it
+ran, lists the parts not run and exits 130. Everything it writes besides lies in a
 temporary work directory, deleted at the end unless --keep (checkpoints and weights reach gigabytes).
 """
 
@@ -45,6 +47,7 @@ import argparse
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -197,19 +200,25 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(settings, workdir)
     log.info("bench (%s) on %s, %s cores, device %s; work directory %s", preset, machine["cpu"], machine["cores"],
              machine["device"], workdir)
+    previous_sigterm = signal.signal(signal.SIGTERM, stop_as_on_ctrl_c)  # `kill`: as Ctrl-C
     started = time.perf_counter()
     failures = {}
     runners = {"data": bench_data, "trainable": bench_trainable, "orchestration": bench_orchestration,
                "search": bench_search, "storage": bench_storage}
+    to_run = [part for part in PARTS if part in settings.parts]
+    report = bench_report(bench, preset, machine, started, failures, to_run, args.keep)
+    interrupted = False
     try:
-        for part in PARTS:
-            if part not in settings.parts:
-                continue
+        for index, part in enumerate(to_run):
             log.info("---- %s", part)
             part_started = time.perf_counter()
             load_before = os.getloadavg()[0]
             try:
                 runners[part](bench)
+            except KeyboardInterrupt:
+                log.error("part %s interrupted (Ctrl-C or SIGTERM); the parts before it are complete", part)
+                failures[part] = "interrupted (Ctrl-C or SIGTERM)"
+                interrupted = True
             except (CxrError, RuntimeError, OSError) as error:
                 log.error("part %s failed: %s", part, error)
                 failures[part] = str(error)
@@ -218,19 +227,16 @@ def main(argv: list[str] | None = None) -> int:
                 failures[part] = f"{type(error).__name__}: {error}"
             bench.part_seconds[part] = round(time.perf_counter() - part_started, 1)
             bench.load[part] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+            # After every part, so that a bench that is killed or interrupted keeps what it measured.
+            report = bench_report(bench, preset, machine, started, failures, to_run[index + 1:], args.keep)
+            write_report(out, report)
+            if interrupted:
+                break
     finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    goals = check_goals(bench.figures, preset)
-    report = {
-        "preset": preset, "machine": machine, "settings": asdict(settings), "seconds": round(time.perf_counter()
-                                                                                            - started, 1),
-        "part_seconds": bench.part_seconds,
-        "load_average": {part: {"before": v[0], "after": v[1]} for part, v in bench.load.items()},
-        "figures": bench.figures, "goals": goals, "details": bench.details, "failures": failures,
-        "workdir": str(workdir) if args.keep else None,
-    }
-    write_report(out, report)
+    goals = report["goals"]
     print(f"\nBenchmark ({preset}) on {machine['cpu']}, {machine['cores']} cores, device {machine['device']}"
           + (f" ({machine['gpu']})" if machine["gpu"] else "") + f", {machine['date']}; "
           f"{report['seconds']:.0f} s in all\n")
@@ -239,5 +245,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ngoals met: {met} of {len(goals)}; figures and details: {out}")
     for part, error in failures.items():
         print(f"part {part} FAILED: {error}", file=sys.stderr)
+    if interrupted:
+        print(f"interrupted: parts not run: {', '.join(report['parts_not_run']) or 'none'}", file=sys.stderr)
+        return 130
     return 1 if failures else 0
+
+
+def stop_as_on_ctrl_c(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def bench_report(bench: Bench, preset: str, machine: dict[str, Any], started: float, failures: dict[str, str],
+                 not_run: list[str], keep: bool) -> dict[str, Any]:
+    """Everything the bench measured so far, for --out: figures, goals, details, failures, the parts not run."""
+    return {
+        "preset": preset, "machine": machine, "settings": asdict(bench.settings),
+        "seconds": round(time.perf_counter() - started, 1), "part_seconds": bench.part_seconds,
+        "load_average": {part: {"before": v[0], "after": v[1]} for part, v in bench.load.items()},
+        "figures": bench.figures, "goals": check_goals(bench.figures, preset), "details": bench.details,
+        "failures": failures, "parts_not_run": not_run, "workdir": str(bench.workdir) if keep else None,
+    }
 

@@ -293,16 +293,18 @@ def run_study_command(bench: Bench, name: str, args: list[str], storage: str | N
             started = time.time()
             process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=environment,
                                        cwd=str(bench.workdir))
-            while process.poll() is None:
-                if first is None:
-                    first = first_part()
-                if watch is not None:
-                    watch.maybe_poll()
-                if time.time() - started > s.timeout_s:
-                    process.kill()
-                    process.wait()
-                    raise RuntimeError(f"study {name} ran past {s.timeout_s:.0f} s; see {log_file}")
-                time.sleep(0.05)
+            try:
+                while process.poll() is None:
+                    if first is None:
+                        first = first_part()
+                    if watch is not None:
+                        watch.maybe_poll()
+                    if time.time() - started > s.timeout_s:
+                        raise RuntimeError(f"study {name} ran past {s.timeout_s:.0f} s; see {log_file}")
+                    time.sleep(0.05)
+            except BaseException:  # the time limit, or Ctrl-C: no study outlives the bench
+                stop(process)
+                raise
             wall = time.time() - started
             if watch is not None:
                 watch.poll()
@@ -319,6 +321,16 @@ def run_study_command(bench: Bench, name: str, args: list[str], storage: str | N
     if first is None:
         first = first_part()
     return StudyRun(name, study_uri, wall, first, fit, process.returncode, str(log_file), started)
+
+
+def stop(process: subprocess.Popen, grace_seconds: float = 30) -> None:
+    """SIGTERM (a study stops as on Ctrl-C, and its Ray instance with it), then SIGKILL after `grace_seconds`."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def write_space(workdir: Path, name: str, text: str) -> Path:

@@ -160,3 +160,56 @@ def test_a_gpu_asked_for_where_there_is_none_is_refused_before_measuring(flags, 
     err = capsys.readouterr().err
     assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_report_is_written_after_every_part_and_ctrl_c_keeps_what_was_measured(tmp_path: Path, capsys,
+                                                                                   monkeypatch) -> None:
+    out, workdir = tmp_path / "bench.json", tmp_path / "work"
+
+    def data_part(bench) -> None:
+        bench.figures["data/cache_vs_decode@16"] = 12.0
+
+    def trainable_part(bench) -> None:
+        written = json.loads(out.read_text())  # on disk before the next part starts: a killed bench keeps it
+        assert written["figures"] == {"data/cache_vs_decode@16": 12.0}
+        assert written["parts_not_run"] == ["trainable", "orchestration"]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "bench_data", data_part)
+    monkeypatch.setattr(cli, "bench_trainable", trainable_part)
+    monkeypatch.setattr(cli, "bench_orchestration", lambda bench: pytest.fail("a part ran after Ctrl-C"))
+    code = cli.main(["--smoke", "--parts", "data,trainable,orchestration", "--out", str(out), "--workdir",
+                     str(workdir)])
+    assert code == 130
+    report = json.loads(out.read_text())
+    assert report["figures"] == {"data/cache_vs_decode@16": 12.0}
+    assert report["failures"] == {"trainable": "interrupted (Ctrl-C or SIGTERM)"}
+    assert report["parts_not_run"] == ["orchestration"]
+    assert [goal["figure"] for goal in report["goals"]] == ["data/cache_vs_decode@16"]
+    assert "interrupted: parts not run: orchestration" in capsys.readouterr().err
+    assert not workdir.exists()
+
+
+def test_a_study_past_its_time_limit_is_stopped_not_left_running(tmp_path: Path) -> None:
+    """The same stop as on Ctrl-C while a study subprocess runs: no study outlives the bench."""
+    from dataclasses import replace
+
+    from study.bench.common import Bench, run_study_command
+
+    settings = replace(bench_settings.Settings(), timeout_s=0.5)
+    with pytest.raises(RuntimeError, match="ran past 0 s"):
+        run_study_command(Bench(settings, tmp_path), "late", ["--space", "demo"])
+    assert processes_naming(str(tmp_path)) == []
+
+
+def processes_naming(text: str) -> list[str]:
+    """The command lines of this machine's processes that contain `text` (Linux: /proc)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:  # ended meanwhile
+            continue
+        if text in cmdline:
+            found.append(cmdline.replace("\0", " "))
+    return found
