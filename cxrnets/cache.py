@@ -134,7 +134,6 @@ def _decode_files(partial: Path, index: DatasetIndex, image_size: int, workers: 
     finally:
         pool.shutdown(cancel_futures=True)  # on Ctrl-C, not after decoding every image queued
     images.flush()
-    del images
     for i, error in enumerate(errors):
         if error:
             log.warning("skipped undecodable image: %s", error)
