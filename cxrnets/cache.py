@@ -164,7 +164,8 @@ def _open(directory: Path, index: DatasetIndex, decoded: int) -> ImageCache:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Decode a dataset once into the node's image cache.")
+    parser = argparse.ArgumentParser(prog="python -m cxrnets.cache",
+                                     description="Decode a dataset once into the node's image cache.")
     parser.add_argument("--dataset", required=True, choices=DATASET_NAMES, help="dataset name")
     parser.add_argument("--data-root", required=True, help="where the dataset lies (the CSV file for 'csv')")
     parser.add_argument("--dataset-option", action="append", default=None, metavar="KEY=VALUE",

@@ -132,11 +132,47 @@ def load_dataset(name: str, root: str | Path, *, root_option: str = "--data-root
         raise CxrError(f"{root}: the csv dataset takes the CSV file itself as {root_option}")
     if name != "csv" and not root.is_dir():
         raise CxrError(f"{root}: is a file, not a folder; pass the {name} dataset's folder as {root_option}")
+    if not has_layout(name, root, options.get("metadata", "metadata.csv")):
+        below = locate_dataset(name, root, options.get("metadata", "metadata.csv"))
+        if below is not None:  # an archive extracted one folder up, as Kaggle's and GitHub's are
+            raise CxrError(f"{root}: the {name} dataset lies in {below}: pass {root_option} {below}")
     index = loaders[name](root, **options)
     if len(index.frame) == 0:
         raise CxrError(f"{root}: no usable images found for dataset {name!r} ({index.summary()})")
     log.info(index.summary())
     return index
+
+
+LAYOUT_DEPTH = 3  # how many folders below a data root locate_dataset looks
+
+
+def has_layout(name: str, folder: Path, metadata: str = "metadata.csv") -> bool:
+    """Whether `folder` has the top of dataset `name`'s layout (its class folders, or its metadata file);
+    always True for the `folder` and `csv` datasets, which have no fixed layout."""
+    if name == "covid-radiography":
+        return {c.lower() for c in RADIOGRAPHY_CLASSES} <= set(_subdirectories(folder))
+    if name == "covid-pneumonia-normal":
+        return set(PNEUMONIA_NORMAL_CLASSES) <= set(_subdirectories(folder))
+    if name in ("covid-chestxray", "covid-chestxray-3class"):
+        return (folder / metadata).is_file()
+    return True
+
+
+def locate_dataset(name: str, folder: str | Path, metadata: str = "metadata.csv") -> Path | None:
+    """The shallowest folder at most LAYOUT_DEPTH levels below `folder` (itself included) that has dataset
+    `name`'s layout, or None; hidden folders are not searched."""
+    level = [Path(folder)]
+    for _ in range(LAYOUT_DEPTH + 1):
+        below = []
+        for candidate in level:
+            try:
+                if has_layout(name, candidate, metadata):
+                    return candidate
+                below += _subdirectories(candidate).values()
+            except OSError:  # a folder this user may not read holds no dataset of theirs
+                continue
+        level = below
+    return None
 
 
 # ---------------------------------------------------------------- loader options

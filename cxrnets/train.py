@@ -39,7 +39,8 @@ RESUME_MAY_CHANGE = ("epochs", "device", "cache_dir", "amp", "compile")  # how f
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
     defaults = TrainConfig()
-    parser = argparse.ArgumentParser(description="Train one chest X-ray classifier configuration (no Ray).")
+    parser = argparse.ArgumentParser(prog="python -m cxrnets.train",
+                                     description="Train one chest X-ray classifier configuration (no Ray).")
     add = parser.add_argument
     add("--dataset", default=defaults.dataset, choices=DATASET_NAMES,
         help=f"dataset name (default: {defaults.dataset})")

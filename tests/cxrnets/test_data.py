@@ -81,6 +81,30 @@ def test_radiography_root_that_is_a_file(tmp_path: Path) -> None:
         load_dataset("covid-radiography", path)
 
 
+@pytest.mark.parametrize("name", ["covid-radiography", "covid-pneumonia-normal", "covid-chestxray-3class"])
+def test_dataset_one_folder_down_is_named(name: str, make_radiography, make_pneumonia_normal, make_chestxray,
+                                          tmp_path: Path) -> None:
+    """An archive extracted as it comes (Kaggle's and GitHub's wrap the dataset in a folder): the error
+    names the folder that holds the dataset and the option to pass it with."""
+    build = {"covid-radiography": make_radiography, "covid-pneumonia-normal": make_pneumonia_normal,
+             "covid-chestxray-3class": make_chestxray}[name]
+    extracted = tmp_path / "archive"
+    inner = build(extracted / "Dataset_Wrapper")
+    (extracted / "README.txt").write_text("beside the dataset\n")
+    with pytest.raises(CxrError, match=rf"lies in {inner}: pass --data-root {inner}$"):
+        load_dataset(name, extracted)
+    with pytest.raises(CxrError, match=rf"--image-root {inner}$"):
+        load_dataset(name, tmp_path, root_option="--image-root")  # two levels down, the caller's option
+    assert len(load_dataset(name, inner).frame) > 0
+
+
+def test_incomplete_layout_below_is_not_offered(make_radiography, tmp_path: Path) -> None:
+    inner = make_radiography(tmp_path / "archive" / "COVID-19_Radiography_Dataset")
+    shutil.rmtree(inner / "Normal")
+    with pytest.raises(CxrError, match=r"not a covid-radiography dataset.*'Normal'"):
+        load_dataset("covid-radiography", tmp_path / "archive")
+
+
 # ------------------------------------------------------------------ covid-pneumonia-normal
 
 
