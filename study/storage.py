@@ -169,13 +169,14 @@ def read_bytes(uri: str) -> bytes:
 def write_bytes(uri: str, data: bytes) -> None:
     """Write a whole file, creating its folder. A reader never sees half of it: locally it is written
     beside and renamed; an object store shows an object only once it is complete."""
+    if not is_remote(uri):
+        with written_file(uri) as partial:
+            partial.write_bytes(data)
+        return
     fs, path = filesystem(uri)
     fs.create_dir(path.rpartition("/")[0], recursive=True)
-    target = path + ".tmp" if not is_remote(uri) else path
-    with fs.open_output_stream(target) as stream:
+    with fs.open_output_stream(path) as stream:
         stream.write(data)
-    if target != path:
-        fs.move(target, path)
 
 
 @contextmanager

@@ -106,9 +106,11 @@ def render_table(figures: dict[str, float], goals: list[dict[str, Any]]) -> str:
 
 
 def write_report(out: Path, report: dict[str, Any]) -> None:
-    """The JSON file of every figure, goal and detail (--out)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=_json_default))
+    """The JSON file of every figure, goal and detail (--out), replaced whole: a stop while it is written
+    leaves the previous part's report."""
+    from study import storage
+
+    storage.write_text(str(out.resolve()), json.dumps(report, indent=2, default=_json_default))
 
 
 def _json_default(value: Any) -> Any:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
 from study.bench import common
 
 
@@ -22,3 +28,21 @@ def test_the_quick_search_is_held_to_half_the_grids_epochs_the_full_one_to_a_thi
     assert [goal["met"] for goal in common.check_goals(figures, "quick")] == [True]
     assert [goal["met"] for goal in common.check_goals(figures, "full")] == [False]
     assert common.check_goals(figures, "quick")[0]["goal"] == "<= 0.5"
+
+
+def test_a_stop_while_the_report_is_written_keeps_the_previous_one(tmp_path, monkeypatch) -> None:
+    """The bench rewrites its JSON after every part; Ctrl-C or SIGTERM in the middle of a write (raised
+    as KeyboardInterrupt wherever the bench is) leaves the last complete report, and no temporary file."""
+    out = tmp_path / "bench" / "bench.json"
+    common.write_report(out, {"figures": {"data/cache_vs_decode@64": np.float64(12.5)}, "parts_not_run": ["search"]})
+    write_bytes = Path.write_bytes
+
+    def stopped_halfway(self, data):
+        write_bytes(self, data[: len(data) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_bytes", stopped_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        common.write_report(out, {"figures": {"search/best_gap": 0.0}, "parts_not_run": []})
+    assert json.loads(out.read_text()) == {"figures": {"data/cache_vs_decode@64": 12.5}, "parts_not_run": ["search"]}
+    assert sorted(p.name for p in out.parent.iterdir()) == ["bench.json"]
