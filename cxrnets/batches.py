@@ -19,9 +19,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class Batches:
-    """Iterate (images, targets) over `rows` of a (N, 3, S, S) uint8 array; reshuffled each epoch."""
+    """Iterate (images, targets) over `rows` of `images`, (N, 3, S, S) uint8 (an array, or a cache's
+    CachedImages); reshuffled each epoch."""
 
-    def __init__(self, images: np.ndarray, targets: np.ndarray, rows: np.ndarray, batch_size: int,
+    def __init__(self, images, targets: np.ndarray, rows: np.ndarray, batch_size: int,
                  device: torch.device, train: bool, seed: int = 0, channels_last: bool = False):
         self.images, self.targets, self.rows = images, targets, np.asarray(rows)
         self.batch_size, self.device, self.train = batch_size, device, train

@@ -1,11 +1,14 @@
-"""Decode once: every image of a dataset, resized for one image size, in a uint8 array file.
+"""Decode once: every image of a dataset, resized for one image size, in uint8 array files.
 
-A cache lives in `<cache root>/<dataset>-<size>px-<key>/` and holds
-`images.npy` (a (N, 3, size, size) uint8 array, read as a memmap), `index.parquet` (relpath,
-sha1 of the file, whether it decoded) and `meta.json`. The key hashes the
-dataset name, the image size and every file's path, size and mtime, so it
-changes when the files change. Building runs under a file lock: two trials
-on a node never build the same cache at once; the second one waits and reads.
+A cache lives in `<cache root>/<dataset>-<size>px-<key>/` and holds `grey.npy` (an (N, size, size)
+uint8 array, read as a memmap: one plane per image, enough for a grey image, whose three channels are
+equal), `colour.u8` (the three planes of each image whose channels differ, K of them: an annotated
+figure, a photograph), `index.parquet` (relpath, sha1 of the file, whether it decoded, its row in
+`colour.u8` or -1) and `meta.json`. `CachedImages` reads them back as one (N, 3, size, size) array
+would be read, bit for bit what `cxrnets.images.decode` gives. The key hashes the dataset name, the
+image size and every file's path, size and mtime, so it changes when the files change. Building runs
+under a file lock: two trials on a node never build the same cache at once; the second one waits and
+reads.
 
 Stage a dataset on a node before a study (the cluster's setup commands do this):
 
@@ -21,6 +24,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,7 +40,7 @@ from cxrnets.images import decode
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when decoding or resizing changes
+CACHE_FORMAT = 2  # bump when decoding, resizing or the files of a cache change
 PROGRESS_SECONDS = 30  # a progress line at least this often while decoding, besides every 500 images
 
 
@@ -45,12 +49,47 @@ def default_cache_root() -> Path:
 
 
 @dataclass
+class CachedImages:
+    """A cache's images, indexed as an (N, 3, S, S) uint8 array: `images[rows]` (an integer array, or one
+    integer) is a new, writable array; a grey image's plane is repeated into three channels, a colour
+    image comes from `colour`."""
+
+    grey: np.ndarray    # (cache rows, S, S): each image's plane (left unused for a colour image)
+    colour: np.ndarray  # (K, 3, S, S)
+    slots: np.ndarray   # (cache rows,): the image's row in `colour`, -1 for a grey image
+    rows: np.ndarray    # (N,): the cache row of each image here (a cache without its undecodable files)
+    dtype = np.dtype(np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.rows), 3, *self.grey.shape[1:])
+
+    def __getitem__(self, index) -> np.ndarray:
+        rows = self.rows[index]
+        if np.ndim(rows) == 0:
+            return self[np.atleast_1d(index)][0]
+        pixels = np.repeat(self.grey[rows][:, None], 3, axis=1)
+        slots = self.slots[rows]
+        coloured = np.flatnonzero(slots >= 0)
+        if len(coloured):
+            pixels[coloured] = self.colour[slots[coloured]]
+        return pixels
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        pixels = self[np.arange(len(self))]
+        return pixels if dtype is None else pixels.astype(dtype)
+
+
+@dataclass
 class ImageCache:
     """A decoded dataset. `images[i]` belongs to `index.frame.iloc[i]`; undecodable files are dropped."""
 
     directory: Path
     index: DatasetIndex
-    images: np.ndarray
+    images: CachedImages
     sha1: np.ndarray
     decoded: int  # images decoded by this call: 0 when the cache was already there
 
@@ -93,37 +132,65 @@ def _decode_into(directory: Path, index: DatasetIndex, image_size: int, workers:
     return len(index.frame)
 
 
+def _no_space(directory: Path, dataset: str, needed: str, free: int) -> CxrError:
+    return CxrError(f"{directory.parent}: the cache of {dataset} needs {needed} and the disk has "
+                    f"{free / 1e6:,.1f} MB free; free some space, choose a smaller --image-size, or put the cache "
+                    "on a larger disk (--cache-dir or CXR_TUNE_CACHE)")
+
+
 def check_free_space(directory: Path, dataset: str, count: int, image_size: int) -> None:
-    """Refuse a cache the disk cannot hold: a write into a memory-mapped file on a full disk kills the
-    process (SIGBUS) instead of raising."""
-    needed = count * 3 * image_size * image_size
+    """Refuse a cache the disk cannot hold even if every image is grey (one byte per pixel; a colour image
+    takes three, written as it is decoded, and a full disk then stops the build with an error)."""
+    needed = count * image_size * image_size
     free = shutil.disk_usage(directory.parent).free
     if needed > free:
-        raise CxrError(f"{directory.parent}: the cache of {count} images of {dataset} at {image_size} px needs "
-                       f"{needed / 1e6:,.1f} MB and the disk has {free / 1e6:,.1f} MB free; free some space, "
-                       "choose a smaller --image-size, or put the cache on a larger disk (--cache-dir or "
-                       "CXR_TUNE_CACHE)")
+        raise _no_space(directory, dataset, f"at least {needed / 1e6:,.1f} MB ({count} images at {image_size} px)",
+                        free)
+
+
+def _allocate(path: Path, directory: Path, dataset: str) -> None:
+    """Give the memory-mapped file its disk blocks now: a write into a memory map on a full disk kills the
+    process (SIGBUS) instead of raising."""
+    if not hasattr(os, "posix_fallocate"):  # macOS: check_free_space alone
+        return
+    size = path.stat().st_size
+    with path.open("r+b") as file:
+        try:
+            os.posix_fallocate(file.fileno(), 0, size)
+        except OSError as error:
+            raise _no_space(directory, dataset, f"{size / 1e6:,.1f} MB ({error.strerror})",
+                            shutil.disk_usage(path.parent).free) from error
 
 
 def _decode_files(partial: Path, index: DatasetIndex, image_size: int, workers: int, directory: Path) -> None:
     paths = index.paths()
-    images = np.lib.format.open_memmap(
-        partial / "images.npy", mode="w+", dtype=np.uint8, shape=(len(paths), 3, image_size, image_size)
-    )
+    grey = np.lib.format.open_memmap(partial / "grey.npy", mode="w+", dtype=np.uint8,
+                                     shape=(len(paths), image_size, image_size))
+    _allocate(partial / "grey.npy", directory, index.name)
     sha1 = [""] * len(paths)
     errors: list[str | None] = [None] * len(paths)
+    slots = np.full(len(paths), -1, dtype=np.int64)
+    colour_file = (partial / "colour.u8").open("wb")
+    colour_lock = threading.Lock()
 
     def decode_one(i: int) -> None:
         try:
             data = paths[i].read_bytes()
             sha1[i] = hashlib.sha1(data).hexdigest()
-            images[i] = decode(data, image_size, paths[i])
+            pixels = decode(data, image_size, paths[i])
         except (CxrError, OSError) as error:
             errors[i] = str(error)
+            return
+        if (pixels[0] == pixels[1]).all() and (pixels[0] == pixels[2]).all():
+            grey[i] = pixels[0]
+            return
+        with colour_lock:
+            slots[i] = colour_file.tell() // pixels.nbytes
+            colour_file.write(pixels.tobytes())
 
     started = last_report = time.perf_counter()
-    log.info("decoding %d images of %s at %d px into %s (%s MB)", len(paths), index.name, image_size, directory,
-             f"{images.nbytes / 1e6:,.1f}")
+    log.info("decoding %d images of %s at %d px into %s (%s MB if every image is grey; a colour image takes "
+             "three times its share)", len(paths), index.name, image_size, directory, f"{grey.nbytes / 1e6:,.1f}")
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
         for done, _ in enumerate(pool.map(decode_one, range(len(paths))), start=1):
@@ -131,17 +198,24 @@ def _decode_files(partial: Path, index: DatasetIndex, image_size: int, workers: 
             if done % 500 == 0 or done == len(paths) or now - last_report > PROGRESS_SECONDS:
                 log.info("decoded %d/%d images (%.1f images/s)", done, len(paths), done / max(now - started, 1e-9))
                 last_report = now
+    except OSError as error:  # writing colour.u8: the disk filled up
+        raise _no_space(directory, index.name, "more", shutil.disk_usage(partial).free) from error
     finally:
         pool.shutdown(cancel_futures=True)  # on Ctrl-C, not after decoding every image queued
-    images.flush()
+        colour_file.close()
+    grey.flush()
     for i, error in enumerate(errors):
         if error:
             log.warning("skipped undecodable image: %s", error)
     frame = pd.DataFrame({"relpath": index.frame["relpath"], "sha1": sha1, "ok": [e is None for e in errors],
-                          "error": [e or "" for e in errors]})
+                          "error": [e or "" for e in errors], "colour_slot": slots})
     frame.to_parquet(partial / "index.parquet", index=False)
+    colour = int((slots >= 0).sum())
+    if colour:
+        log.info("%d of %d images are in colour (three planes each in the cache)", colour, len(paths))
     meta = {"format": CACHE_FORMAT, "dataset": index.name, "root": str(index.root), "image_size": image_size,
-            "images": len(paths), "undecodable": int((~frame["ok"]).sum()),
+            "images": len(paths), "colour_images": colour, "undecodable": int((~frame["ok"]).sum()),
+            "bytes": grey.nbytes + colour * 3 * image_size * image_size,
             "seconds": round(time.perf_counter() - started, 2)}
     (partial / "meta.json").write_text(json.dumps(meta, indent=2))
 
@@ -150,7 +224,11 @@ def _open(directory: Path, index: DatasetIndex, decoded: int) -> ImageCache:
     table = pd.read_parquet(directory / "index.parquet")
     if list(table["relpath"]) != list(index.frame["relpath"]):
         raise CxrError(f"{directory}: cache index does not match the dataset; delete the folder to rebuild it")
-    images = np.load(directory / "images.npy", mmap_mode="r")
+    grey = np.load(directory / "grey.npy", mmap_mode="r")
+    slots = table["colour_slot"].to_numpy()
+    shape = (int((slots >= 0).sum()), 3, *grey.shape[1:])
+    colour = (np.memmap(directory / "colour.u8", dtype=np.uint8, mode="r", shape=shape) if shape[0]
+              else np.zeros(shape, dtype=np.uint8))
     ok = table["ok"].to_numpy()
     skipped = int((~ok).sum())
     if skipped:
@@ -159,7 +237,7 @@ def _open(directory: Path, index: DatasetIndex, decoded: int) -> ImageCache:
         more = f"; and {skipped - 5} more, listed in {directory / 'index.parquet'}" if skipped > 5 else ""
         log.warning("%s: %d undecodable image(s) left out: %s%s", index.name, skipped,
                     "; ".join(table.loc[~ok, "error"].head(5)), more)
-        images = images[ok]  # a copy in memory; only happens for datasets with broken files
+    images = CachedImages(grey, colour, slots, np.flatnonzero(ok))
     return ImageCache(directory, index, images, table.loc[ok, "sha1"].to_numpy(), decoded)
 
 

@@ -45,9 +45,10 @@ def model_from_checkpoint(checkpoint: dict[str, Any], device: str = "auto"):
     return model.to(target).eval(), target
 
 
-def predict(model, device, images: np.ndarray, rows: np.ndarray, multilabel: bool = False,
+def predict(model, device, images, rows: np.ndarray, multilabel: bool = False,
             batch_size: int = 64) -> np.ndarray:
-    """A model's probabilities (len(rows), classes) on `rows` of decoded uint8 `images` (N, 3, S, S),
+    """A model's probabilities (len(rows), classes) on `rows` of decoded uint8 `images` (N, 3, S, S): an
+    array or a cache's CachedImages,
     preprocessed as training's evaluation preprocesses them (cxrnets.batches): softmax, or a sigmoid per label
     if `multilabel`. `model` and `device` as model_from_checkpoint gives them."""
     import torch

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from cxrnets.batches import Batches
-from cxrnets.cache import build_cache
+from cxrnets.cache import CachedImages, build_cache
 from cxrnets.config import TrainConfig
 from cxrnets.data import DatasetIndex, load_dataset
 from cxrnets.errors import CxrError, DivergedError
@@ -97,7 +97,7 @@ class PreparedData:
     """A dataset decoded at one size, with its split; `images` rows align with `index.frame` rows."""
 
     index: DatasetIndex
-    images: np.ndarray
+    images: CachedImages
     targets: np.ndarray
     split: pd.DataFrame
 

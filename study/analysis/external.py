@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrnets.cache import CachedImages, build_cache
 from cxrnets.data import DATASET_NAMES, DatasetIndex, load_dataset, parse_dataset_options
 from cxrnets.errors import CxrError
 from cxrnets.metrics import predictions
@@ -70,7 +71,7 @@ class ExternalSet:
     description: str
     dataset: str                  # the study dataset whose models it evaluates
     classes: list[str]            # the study's classes (the models' outputs)
-    images: np.ndarray            # decoded images (a cache's memmap); `rows` of it belong to the set
+    images: CachedImages          # decoded images (a cache's); `rows` of them belong to the set
     rows: np.ndarray
     y_true: np.ndarray            # class indices into `classes`
     groups: np.ndarray            # each image's patient (leakage group): the bootstrap's unit
@@ -201,7 +202,6 @@ def load_external(spec: ExternalSpec, index: DatasetIndex, dataset: str, classes
                   label_map: dict[str, str], image_size: int, cache_dir: str | None) -> ExternalSet:
     """Decode (once, into the cache) and label one external set (`index`: its images, check_externals)
     for the models of `dataset`."""
-    from cxrnets.cache import build_cache
     from cxrnets.splits import leakage_groups
 
     if index.multilabel:

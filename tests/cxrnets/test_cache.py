@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from cxrnets import cache as cache_module
 from cxrnets.cache import build_cache, cache_key, default_cache_root
 from cxrnets.data import load_dataset
 from cxrnets.errors import CxrError
+from cxrnets.images import load_image
 
 SIZE = 24
 
@@ -35,7 +37,7 @@ def test_second_build_decodes_nothing(radiography, tmp_path: Path) -> None:
     assert second.decoded == 0
     assert second.directory == first.directory
     np.testing.assert_array_equal(np.asarray(second.images), np.asarray(first.images))
-    assert isinstance(second.images, np.memmap)  # read from disk, not held in memory
+    assert isinstance(second.images.grey, np.memmap)  # read from disk, not held in memory
     # the cached pixels are the decoded images, in the index's order, brighter class brighter
     means = np.asarray(second.images).reshape(12, -1).mean(axis=1)
     classes = [labels[0] for labels in second.index.frame["labels"]]
@@ -43,6 +45,9 @@ def test_second_build_decodes_nothing(radiography, tmp_path: Path) -> None:
     assert by_class["COVID"] > by_class["Lung_Opacity"] > by_class["Viral Pneumonia"] > by_class["Normal"]
     meta = json.loads((first.directory / "meta.json").read_text())
     assert meta["images"] == 12 and meta["undecodable"] == 0 and meta["image_size"] == SIZE
+    # grey X-rays in every PIL mode: one byte per pixel on disk
+    assert meta["colour_images"] == 0 and meta["bytes"] == 12 * SIZE * SIZE
+    assert (first.directory / "colour.u8").stat().st_size == 0
     assert first.directory.name.startswith(f"covid-radiography-{SIZE}px-")
 
 
@@ -101,6 +106,34 @@ def test_corrupt_image_is_skipped_and_logged(make_folder, tmp_path: Path, caplog
     np.testing.assert_array_equal(np.asarray(again.images), np.asarray(built.images))
 
 
+def test_colour_images_keep_their_colour_and_grey_ones_one_plane(make_folder, tmp_path: Path) -> None:
+    """Dataset 3 holds annotated figures in colour beside grey X-rays in every mode: the cache gives back
+    exactly what decoding each file gives (three planes for colour, the grey plane three times), also
+    around an undecodable file, and takes one byte per pixel for a grey image, three for a colour one."""
+    root = make_folder(per_class=4)
+    rng = np.random.default_rng(0)
+    for i, suffix in enumerate((".png", ".jpg", ".png")):
+        pixels = np.repeat(rng.integers(0, 255, (30, 36, 1), dtype=np.uint8), 3, axis=2)
+        pixels[5:12, 5:12] = (220, 30, 30)  # a red arrow on an X-ray figure
+        Image.fromarray(pixels).save(root / ("sick", "healthy", "sick")[i] / f"figure-{i}{suffix}")
+    (root / "sick" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    index = load_dataset("folder", root)
+    built = build_cache(index, SIZE, cache_root=tmp_path)
+    decoded = np.stack([load_image(path, SIZE) for path in built.index.paths()])
+    assert len(decoded) == len(built.images) == 11
+    np.testing.assert_array_equal(np.asarray(built.images), decoded)
+    rows = np.array([10, 3, 3, 0, 7])
+    np.testing.assert_array_equal(built.images[rows], decoded[rows])
+    np.testing.assert_array_equal(built.images[9], decoded[9])
+    pixels = built.images[rows]
+    pixels[:] = 0  # a new array each time: the cache is untouched
+    np.testing.assert_array_equal(built.images[rows], decoded[rows])
+    meta = json.loads((built.directory / "meta.json").read_text())
+    assert meta["colour_images"] == 3
+    assert (built.directory / "colour.u8").stat().st_size == 3 * 3 * SIZE * SIZE
+    assert meta["bytes"] == 12 * SIZE * SIZE + 3 * 3 * SIZE * SIZE  # the broken file's plane is never used
+
+
 def test_many_undecodable_images_are_summed_up(make_folder, tmp_path: Path,
                                               caplog: pytest.LogCaptureFixture) -> None:
     """Reading a cache names the first 5 undecodable images and says where the rest are listed."""
@@ -150,13 +183,27 @@ def test_concurrent_builds_decode_once(radiography, tmp_path: Path, monkeypatch:
 
 def test_a_cache_the_disk_cannot_hold_is_refused_before_writing(radiography, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    needed = 12 * 3 * SIZE * SIZE
+    needed = 12 * SIZE * SIZE  # every image is grey: one byte per pixel
     monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda path: shutil_usage(free=needed - 1))
-    with pytest.raises(CxrError, match=r"12 images .* at 24 px needs 0\.0 MB and the disk has 0\.0 MB free.*--image-size.*--cache-dir"):
+    with pytest.raises(CxrError, match=r"cache of covid-radiography needs at least 0\.0 MB \(12 images at 24 px\) "
+                                       r"and the disk has 0\.0 MB free.*--image-size.*--cache-dir"):
         build_cache(radiography, SIZE, cache_root=tmp_path / "cache")
     assert [path.name for path in (tmp_path / "cache").iterdir() if not path.name.endswith(".lock")] == []
     monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda path: shutil_usage(free=needed))
     assert build_cache(radiography, SIZE, cache_root=tmp_path / "cache").decoded == 12
+
+
+def test_a_disk_that_cannot_give_the_blocks_stops_the_build_with_an_error(radiography, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The free space can go between the check and the build (another writer): the memory-mapped file
+    gets its blocks before any image is decoded, so a full disk is an error, not a SIGBUS."""
+    def full(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache_module.os, "posix_fallocate", full, raising=False)
+    with pytest.raises(CxrError, match=r"needs 0\.0 MB \(No space left on device\).*--cache-dir"):
+        build_cache(radiography, SIZE, cache_root=tmp_path / "cache")
+    assert [path.name for path in (tmp_path / "cache").iterdir() if not path.name.endswith(".lock")] == []
 
 
 def shutil_usage(free: int):
