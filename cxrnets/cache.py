@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +34,7 @@ import pandas as pd
 from filelock import FileLock
 
 from cxrnets.data import DATASET_NAMES, DatasetIndex, dataset_options_help, load_dataset, parse_dataset_options
-from cxrnets.errors import CxrError
+from cxrnets.errors import CxrError, command_ends
 from cxrnets.images import decode
 
 log = logging.getLogger(__name__)
@@ -255,19 +254,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="cache root (default: $CXR_TUNE_CACHE or ~/.cache/cxr-tune)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
+    with command_ends("the cache being decoded was removed (those printed above are complete); run the same "
+                      "command again"):
         options = parse_dataset_options(args.dataset_option, [args.dataset]).get(args.dataset, {})
         index = load_dataset(args.dataset, args.data_root, **options)
         for size in args.image_size:
             cache = build_cache(index, size, args.cache_dir)
             state = f"decoded {cache.decoded} images" if cache.decoded else "already cached"
             print(f"{args.dataset} at {size}px: {state}, {len(cache.index.frame)} usable -> {cache.directory}")
-    except CxrError as error:
-        raise SystemExit(f"error: {error}") from None
-    except KeyboardInterrupt:
-        print("interrupted: the cache being decoded was removed (those printed above are complete); run the "
-              "same command again", file=sys.stderr)
-        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

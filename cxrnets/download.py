@@ -19,7 +19,6 @@ import argparse
 import http.client
 import logging
 import shutil
-import sys
 import urllib.error
 import urllib.request
 import zipfile
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxrnets.data import LAYOUT_DEPTH, DatasetIndex, load_dataset, locate_dataset
-from cxrnets.errors import CxrError
+from cxrnets.errors import CxrError, command_ends
 from cxrnets.training import check_output_folder
 
 log = logging.getLogger(__name__)
@@ -202,14 +201,9 @@ def main(argv: list[str] | None = None) -> None:
     given.add_argument("--url", default=None, help="download the zip archive from this URL (a mirror) instead")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        root, index = fetch(args.dataset, args.out, args.archive, args.url)
-    except CxrError as error:
-        raise SystemExit(f"error: {error}") from None
-    except KeyboardInterrupt:
-        print("interrupted: nothing half-written was kept; an archive downloaded completely stays in --out, "
-              "and the same command uses it again", file=sys.stderr)
-        raise SystemExit(130) from None
+    with command_ends("nothing half-written was kept; an archive downloaded completely stays in --out, and the "
+                      "same command uses it again"):
+        root, _ = fetch(args.dataset, args.out, args.archive, args.url)
     print(f"pass --data-root {root}, e.g. python -m cxrnets.cache --dataset {args.dataset} --data-root {root} "
           "--image-size 224")
 

@@ -1,4 +1,8 @@
-"""The one exception type for mistakes a user can make and fix."""
+"""The one exception type for mistakes a user can make and fix, and how a simple command ends on it."""
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class CxrError(Exception):
@@ -7,3 +11,16 @@ class CxrError(Exception):
 
 class DivergedError(CxrError):
     """Training produced a NaN or infinite loss."""
+
+
+@contextmanager
+def command_ends(interrupted: str) -> Iterator[None]:
+    """The body of a command's main: a CxrError ends it with "error: ..." (status 1), Ctrl-C with
+    "interrupted: <interrupted>" (status 130, as a shell reports a command stopped by Ctrl-C)."""
+    try:
+        yield
+    except CxrError as error:
+        raise SystemExit(f"error: {error}") from None
+    except KeyboardInterrupt:
+        print(f"interrupted: {interrupted}", file=sys.stderr)
+        raise SystemExit(130) from None
