@@ -198,7 +198,8 @@ def _decode_files(partial: Path, index: DatasetIndex, image_size: int, workers: 
                 log.info("decoded %d/%d images (%.1f images/s)", done, len(paths), done / max(now - started, 1e-9))
                 last_report = now
     except OSError as error:  # writing colour.u8: the disk filled up
-        raise _no_space(directory, index.name, "more", shutil.disk_usage(partial).free) from error
+        raise _no_space(directory, index.name, f"more room for its colour images ({error.strerror or error})",
+                        shutil.disk_usage(partial).free) from error
     finally:
         pool.shutdown(cancel_futures=True)  # on Ctrl-C, not after decoding every image queued
         colour_file.close()

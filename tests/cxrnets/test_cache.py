@@ -206,6 +206,38 @@ def test_a_disk_that_cannot_give_the_blocks_stops_the_build_with_an_error(radiog
     assert [path.name for path in (tmp_path / "cache").iterdir() if not path.name.endswith(".lock")] == []
 
 
+def test_a_disk_that_fills_with_colour_images_stops_the_build_with_an_error(make_folder, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    root = make_folder(per_class=3)
+    pixels = np.zeros((30, 30, 3), dtype=np.uint8)
+    pixels[..., 0] = 200  # red: a colour image, written to colour.u8 as it is decoded
+    Image.fromarray(pixels).save(root / "sick" / "figure.png")
+    opened = Path.open
+
+    class FullDisk:
+        def __init__(self, file):
+            self.file = file
+
+        def tell(self) -> int:
+            return 0
+
+        def write(self, data) -> int:
+            raise OSError(28, "No space left on device")
+
+        def close(self) -> None:
+            self.file.close()
+
+    def open_full(path, mode="r", *args, **kwargs):
+        file = opened(path, mode, *args, **kwargs)
+        return FullDisk(file) if path.name == "colour.u8" else file
+
+    monkeypatch.setattr(Path, "open", open_full)
+    with pytest.raises(CxrError, match=r"needs more room for its colour images \(No space left on device\).*"
+                                       r"--cache-dir"):
+        build_cache(load_dataset("folder", root), SIZE, cache_root=tmp_path / "cache")
+    assert [path.name for path in (tmp_path / "cache").iterdir() if not path.name.endswith(".lock")] == []
+
+
 def shutil_usage(free: int):
     import shutil
 
