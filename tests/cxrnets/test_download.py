@@ -227,6 +227,7 @@ def test_kaggle_unreachable_says_how_to_get_it(tmp_path: Path, monkeypatch) -> N
     assert "Kaggle download of tawsifurrahman/covid19-radiography-database failed" in message
     assert "https://www.kaggle.com/datasets/tawsifurrahman/covid19-radiography-database" in message
     assert "API token" in message and "--archive FILE" in message
+    assert "ProxyError" in message  # the refusing proxy answered: no request left this machine
     assert leftovers(out) == []
 
 
