@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from cxrnets.data import DATASET_NAMES, DatasetIndex, dataset_options_help, load_dataset, parse_dataset_options
 from cxrnets.errors import CxrError, command_ends
@@ -244,11 +245,55 @@ def _open(directory: Path, index: DatasetIndex, decoded: int) -> ImageCache:
     return ImageCache(directory, index, images, table.loc[ok, "sha1"].to_numpy(), decoded)
 
 
+CACHE_FOLDER = re.compile(r".+-\d+px-[0-9a-f]{16}(\.partial)?")  # <dataset>-<size>px-<key>, build_cache's
+
+
+def stale_caches(cache_root: str | Path | None = None) -> list[Path]:
+    """The cache folders under `cache_root` that this version never reads: those of another format (or
+    without the meta.json a complete cache has), and the `.partial` folders that a killed build left
+    (no build holds their lock). Other folders there (the analysis's downloads/) are not caches."""
+    cache_root = Path(cache_root) if cache_root else default_cache_root()
+    stale = []
+    for folder in sorted(cache_root.iterdir()) if cache_root.is_dir() else []:
+        if not (folder.is_dir() and CACHE_FOLDER.fullmatch(folder.name)):
+            continue
+        if folder.name.endswith(".partial"):
+            stale.append(folder)
+            continue
+        try:
+            current = json.loads((folder / "meta.json").read_text()).get("format") == CACHE_FORMAT
+        except (OSError, ValueError):
+            current = False
+        if not current:
+            stale.append(folder)
+    return stale
+
+
+def prune(cache_root: str | Path | None = None) -> tuple[list[Path], int]:
+    """Delete `stale_caches`, each only while no build holds its lock; returns the folders deleted and
+    their bytes."""
+    deleted, freed = [], 0
+    for folder in stale_caches(cache_root):
+        lock = FileLock(str(folder).removesuffix(".partial") + ".lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:  # a build is writing it now
+            continue
+        try:
+            freed += sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+            shutil.rmtree(folder)
+            deleted.append(folder)
+        finally:
+            lock.release()
+    return deleted, freed
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m cxrnets.cache",
                                      description="Decode a dataset once into the node's image cache.")
-    parser.add_argument("--dataset", required=True, choices=DATASET_NAMES, help="dataset name")
-    parser.add_argument("--data-root", required=True, help="where the dataset lies (the CSV file for 'csv')")
+    parser.add_argument("--dataset", choices=DATASET_NAMES, help="dataset name (required unless --prune)")
+    parser.add_argument("--data-root", help="where the dataset lies (the CSV file for 'csv'; required unless "
+                                            "--prune)")
     parser.add_argument("--dataset-option", action="append", default=None, metavar="KEY=VALUE",
                         help="a loader option, repeatable; the images cached are those the options keep "
                              f"({dataset_options_help()})")
@@ -256,8 +301,19 @@ def main(argv: list[str] | None = None) -> None:
                         help="one or more square sizes in pixels to cache (default: 224)")
     parser.add_argument("--cache-dir", default=None,
                         help="cache root (default: $CXR_TUNE_CACHE or ~/.cache/cxr-tune)")
+    parser.add_argument("--prune", action="store_true",
+                        help="delete the cache folders this version never reads (another cache format's, a "
+                             "killed build's) and stop")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.prune:
+        deleted, freed = prune(args.cache_dir)
+        for folder in deleted:
+            print(f"deleted {folder}")
+        print(f"{len(deleted)} cache folder(s) deleted, {freed / 1e6:,.1f} MB freed")
+        return
+    if args.dataset is None or args.data_root is None:
+        parser.error("--dataset and --data-root are required (or --prune)")
     with command_ends("the cache being decoded was removed (those printed above are complete); run the same "
                       "command again"):
         options = parse_dataset_options(args.dataset_option, [args.dataset]).get(args.dataset, {})

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from filelock import FileLock
 from PIL import Image
 
 from cxrnets import cache as cache_module
@@ -305,6 +306,36 @@ def test_cache_cli(make_pneumonia_normal, tmp_path: Path, capsys: pytest.Capture
     with pytest.raises(SystemExit, match=r"error: .*does not exist"):
         cache_module.main(["--dataset", "folder", "--data-root", str(tmp_path / "nowhere"),
                            "--cache-dir", str(tmp_path / "cache")])
+
+
+def test_prune_deletes_only_what_this_version_never_reads(radiography, tmp_path: Path, capsys) -> None:
+    """After a cache format change the old folders would stay on every node; --prune deletes them and a
+    killed build's leftovers, and keeps the current caches, a build in progress and what else lies there."""
+    cache_root = tmp_path / "cache"
+    current = build_cache(radiography, SIZE, cache_root=cache_root)
+    old = cache_root / "covid-radiography-224px-0123456789abcdef"  # a format-1 cache: 3 planes per image
+    old.mkdir()
+    np.save(old / "images.npy", np.zeros((12, 3, 8, 8), dtype=np.uint8))
+    (old / "meta.json").write_text(json.dumps({"format": 1, "images": 12}))
+    killed = cache_root / "covid-radiography-64px-fedcba9876543210.partial"
+    killed.mkdir()
+    (killed / "grey.npy").write_bytes(bytes(1000))
+    building = cache_root / "covid-radiography-32px-00000000000000ff.partial"
+    building.mkdir()
+    (cache_root / "downloads").mkdir()
+    (cache_root / "downloads" / "weights.pt").write_bytes(bytes(10))
+    with FileLock(str(building).removesuffix(".partial") + ".lock"):  # another process decoding it
+        cache_module.main(["--prune", "--cache-dir", str(cache_root)])
+    out = capsys.readouterr().out
+    assert f"deleted {old}" in out and f"deleted {killed}" in out and "2 cache folder(s) deleted" in out
+    folders = sorted(p.name for p in cache_root.iterdir() if p.is_dir())
+    assert folders == sorted([current.directory.name, building.name, "downloads"])
+    assert build_cache(radiography, SIZE, cache_root=cache_root).decoded == 0  # the current cache is intact
+    cache_module.main(["--prune", "--cache-dir", str(cache_root)])
+    assert "1 cache folder(s) deleted" in capsys.readouterr().out  # the build's leftover, once unlocked
+    with pytest.raises(SystemExit):
+        cache_module.main(["--cache-dir", str(cache_root)])  # neither a dataset nor --prune
+    assert "--dataset and --data-root are required (or --prune)" in capsys.readouterr().err
 
 
 def test_cache_cli_takes_the_loaders_options(make_csv_dataset, tmp_path: Path, capsys) -> None:
