@@ -170,6 +170,8 @@ def test_stages_datasets_into_the_decode_once_cache(name):
     assert "python -m cxrnets.cache" in setup
     for flag in ("--dataset", "--data-root", "--image-size"):
         assert flag in setup
+    # a node kept from an earlier install deletes the caches it will never read, before decoding new ones
+    assert -1 < setup.find("python -m cxrnets.cache --prune") < setup.find("python -m cxrnets.cache --dataset")
     if name == "aws":
         assert "aws s3 sync" in setup and "/datasets/" in setup
 
