@@ -71,6 +71,11 @@ def fetch(dataset: str, out: str | Path, archive: str | Path | None = None, url:
     if dataset not in SOURCES:
         raise CxrError(f"--dataset {dataset!r} has no download source: choose one of {', '.join(SOURCES)}")
     source = SOURCES[dataset]
+    if archive is not None and Path(archive).expanduser().is_dir():
+        found = locate_dataset(dataset, Path(archive).expanduser())
+        raise CxrError(f"--archive {archive}: a folder, not a zip; " + (
+            f"the dataset in it needs no download: pass --data-root {found} to the other commands" if found else
+            f"and it holds no {dataset} dataset ({source.layout})"))
     out = Path(out).expanduser()
     target = out / source.folder
     if target.exists():

@@ -198,6 +198,16 @@ def test_bad_archives(github_archive: Path, tmp_path: Path) -> None:
     assert github_archive.is_file() and damaged.is_file()
 
 
+def test_an_extracted_folder_as_archive_is_pointed_at_its_data_root(github_archive: Path, tmp_path: Path) -> None:
+    inner = github_archive.parent / "src" / "covid-chestxray-dataset-master"
+    with pytest.raises(CxrError, match=rf"a folder, not a zip; the dataset in it needs no download: pass "
+                                       rf"--data-root {inner} to the other commands"):
+        download.fetch("covid-chestxray", tmp_path / "data", archive=inner.parent)
+    with pytest.raises(CxrError, match=r"a folder, not a zip; and it holds no covid-radiography dataset"):
+        download.fetch("covid-radiography", tmp_path / "data", archive=inner.parent)
+    assert leftovers(tmp_path / "data") == []
+
+
 def test_archive_larger_than_the_disk(github_archive: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(download.shutil, "disk_usage", lambda path: types.SimpleNamespace(free=1000))
     with pytest.raises(CxrError, match=r"unpacks to 0.00 GB but .* has 0.00 GB free.*--out"):
