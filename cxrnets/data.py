@@ -132,10 +132,9 @@ def load_dataset(name: str, root: str | Path, *, root_option: str = "--data-root
         raise CxrError(f"{root}: the csv dataset takes the CSV file itself as {root_option}")
     if name != "csv" and not root.is_dir():
         raise CxrError(f"{root}: is a file, not a folder; pass the {name} dataset's folder as {root_option}")
-    if not has_layout(name, root, options.get("metadata", "metadata.csv")):
-        below = locate_dataset(name, root, options.get("metadata", "metadata.csv"))
-        if below is not None:  # an archive unzipped as it comes: Kaggle's and GitHub's wrap the dataset in a folder
-            raise CxrError(f"{root}: the {name} dataset lies in {below}: pass {root_option} {below}")
+    found = locate_dataset(name, root, options.get("metadata", "metadata.csv"))
+    if found not in (None, root):  # an archive unzipped as it comes: Kaggle's and GitHub's wrap the dataset in a folder
+        raise CxrError(f"{root}: the {name} dataset lies in {found}: pass {root_option} {found}")
     index = loaders[name](root, **options)
     if len(index.frame) == 0:
         raise CxrError(f"{root}: no usable images found for dataset {name!r} ({index.summary()})")
