@@ -71,8 +71,9 @@ def fetch(dataset: str, out: str | Path, archive: str | Path | None = None, url:
     if dataset not in SOURCES:
         raise CxrError(f"--dataset {dataset!r} has no download source: choose one of {', '.join(SOURCES)}")
     source = SOURCES[dataset]
-    if archive is not None and Path(archive).expanduser().is_dir():
-        found = locate_dataset(dataset, Path(archive).expanduser())
+    archive = Path(archive).expanduser() if archive is not None else None
+    if archive is not None and archive.is_dir():
+        found = locate_dataset(dataset, archive)
         raise CxrError(f"--archive {archive}: a folder, not a zip; " + (
             f"the dataset in it needs no download: pass --data-root {found} to the other commands" if found else
             f"and it holds no {dataset} dataset ({source.layout})"))
@@ -91,7 +92,7 @@ def fetch(dataset: str, out: str | Path, archive: str | Path | None = None, url:
     shutil.rmtree(partial, ignore_errors=True)  # what an earlier, interrupted extraction left
     try:
         if archive is not None:
-            extract(Path(archive).expanduser(), partial)
+            extract(archive, partial)
         elif source.kaggle and url is None:
             download_from_kaggle(source, partial)
         else:
