@@ -19,11 +19,12 @@ from cxrnets.data import load_dataset
 from cxrnets.errors import CxrError
 
 
-def zip_folder(folder: Path, archive: Path) -> Path:
-    """`folder` zipped as a source ships it: its own name as the archive's top folder."""
+def zip_folder(folder: Path, archive: Path, wrapped: bool = True) -> Path:
+    """`folder` zipped as a source ships it: its own name as the archive's top folder (`wrapped`), or its
+    contents at the top."""
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
         for path in sorted(folder.rglob("*")):
-            zipped.write(path, path.relative_to(folder.parent).as_posix())
+            zipped.write(path, path.relative_to(folder.parent if wrapped else folder).as_posix())
     return archive
 
 
@@ -94,10 +95,7 @@ def test_kaggle_archives_by_hand(dataset: str, make_radiography, make_pneumonia_
         archive = zip_folder(inner, tmp_path / "archive.zip")
     else:
         inner = make_pneumonia_normal(tmp_path / "src" / "archive")
-        with zipfile.ZipFile(tmp_path / "archive.zip", "w") as zipped:
-            for path in sorted(inner.rglob("*")):
-                zipped.write(path, path.relative_to(inner).as_posix())
-        archive = tmp_path / "archive.zip"
+        archive = zip_folder(inner, tmp_path / "archive.zip", wrapped=False)
     root, index = download.fetch(dataset, tmp_path / "data", archive=archive)
     assert root == tmp_path / "data" / dataset
     assert len(index.frame) == len(load_dataset(dataset, inner).frame)
