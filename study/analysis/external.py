@@ -18,7 +18,8 @@ from the same patient bootstrap as the internal figures, the external set's pati
 independently of the internal split's, and the change is the difference of the two; a class's recall,
 a proportion, gets the exact binomial interval over its patients instead
 (study.analysis.uncertainty.proportion_interval), and its change the interval combining the two
-sides' (MOVER).
+sides' (MOVER). A resampled figure has no interval on a side where a class it covers has one patient
+(every resample draws that patient), nor has its change.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ from cxrnets.predict import model_from_checkpoint, predict
 from cxrnets.training import load_checkpoint
 from study.analysis.evaluation import Evaluation, StudyData
 from study.analysis.selection import Analysis
-from study.analysis.uncertainty import (BASELINE, group_strata, independent_difference_interval, partial_class_samples,
-                                        percentile_interval, proportion_interval, resample_weights)
+from study.analysis.uncertainty import (BASELINE, class_patients, group_strata, independent_difference_interval,
+                                        partial_class_samples, percentile_interval, proportion_interval,
+                                        resample_weights)
 
 log = logging.getLogger("study.analyze")
 
@@ -267,6 +269,8 @@ def compare(cell: dict, internal: Evaluation, internal_scores: np.ndarray, exter
     counts_in = np.bincount(internal.y_true, minlength=len(external.classes))
     counts_out = np.bincount(external.y_true, minlength=len(external.classes))
     both = (counts_in > 0) & (counts_out > 0)
+    alone_in = class_patients(internal.y_true, internal.groups, len(external.classes), False) == 1
+    alone_out = class_patients(external.y_true, external.groups, len(external.classes), False) == 1
     inside, inside_samples = _figures(internal.y_true, internal_scores, internal.groups, both, resamples, seed)
     outside, outside_samples = _figures(external.y_true, scores, external.groups, both, resamples, set_seed)
     right_in = predictions(internal_scores, False) == internal.y_true
@@ -287,6 +291,13 @@ def compare(cell: dict, internal: Evaluation, internal_scores: np.ndarray, exter
             interval_in = proportion_interval(right_in[internal.y_true == k], internal.groups[internal.y_true == k])
             interval_out = proportion_interval(right_out[external.y_true == k], external.groups[external.y_true == k])
             change = independent_difference_interval(value_out, interval_out, value_in, interval_in)
+        elif metric != "accuracy":  # a resampled figure of one class, or averaged over the classes present
+            covered = both if k is None else np.arange(len(external.classes)) == k
+            undefined = (float("nan"), float("nan"))
+            if (alone_in & covered).any():
+                interval_in, change = undefined, undefined
+            if (alone_out & covered).any():
+                interval_out, change = undefined, undefined
         note = ""
         if k is not None and not counts_out[k]:
             note = f"absent from {external.name}"

@@ -15,6 +15,7 @@ from study.analysis.figures import write_figures
 from study.analysis.looks import history
 from study.analysis.report_tables import never_predicted, reported_metric, slug
 from study.analysis.selection import Analysis
+from study.analysis.uncertainty import FEW_PATIENTS
 from study.tables import METRIC_TITLES, NOT_SET, PAPER_METRICS, STATUSES, interval_text, markdown_table
 
 log = logging.getLogger("study.analyze")
@@ -186,7 +187,7 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
                       "shows 0 by scikit-learn's convention (zero_division=0, as in the macro averages above), not as "
                       "a measurement, and no interval.", ""]
         if chosen.dataset in analysis.bootstraps:
-            lines += flat_f1_sentence(tables[f"per_class_{name}"])
+            lines += one_patient_sentence(tables[f"per_class_{name}"]) + flat_f1_sentence(tables[f"per_class_{name}"])
     roc = [(name, path) for name, path in analysis.figures.items() if name.startswith("roc_")]
     if figures and roc:
         lines += ["### ROC curves", "",
@@ -217,17 +218,30 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def joined_names(names: list[str]) -> str:
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+
+
+def one_patient_sentence(per_class: pd.DataFrame) -> list[str]:
+    """The classes of one patient, whose F1 and ROC AUC have no interval (empty when none)."""
+    alone = list(per_class.loc[per_class["patients"] == 1, "class"])
+    if not alone:
+        return []
+    return [f"{joined_names(alone)}: one patient on this split, drawn in every resample, so F1 and ROC AUC have no "
+            "interval; precision, recall and specificity keep their exact ones.", ""]
+
+
 def flat_f1_sentence(per_class: pd.DataFrame) -> list[str]:
-    """The classes whose F1 every resample repeats, and what to read instead (empty when none)."""
+    """The classes (of two patients or more) whose F1 every resample repeats, and what to read instead
+    (empty when none)."""
     # F1 is 0 wherever nothing of a class is right, 1 where its precision and recall are both 1.
-    flat = per_class[(per_class["support"] > 0) & ((per_class["recall"] == 0)
-                                                   | ((per_class["precision"] == 1) & (per_class["recall"] == 1)))]
+    flat = per_class[(per_class["patients"] > 1) & ((per_class["recall"] == 0)
+                                                    | ((per_class["precision"] == 1) & (per_class["recall"] == 1)))]
     if flat.empty:
         return []
-    names = list(flat["class"])
-    named = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
-    return [f"F1 of {named} is the same in every resample of this split (none of the class's images right, or "
-            "all of them and all its predictions): its interval has no width; read precision's and recall's.", ""]
+    return [f"F1 of {joined_names(list(flat['class']))} is the same in every resample of this split (none of the "
+            "class's images right, or all of them and all its predictions): its interval has no width; read "
+            "precision's and recall's.", ""]
 
 
 def calibration_section(analysis: Analysis, split_name: str, figures: bool) -> list[str]:
@@ -311,10 +325,18 @@ def uncertainty_paragraph(analysis: Analysis) -> str:
             f"({sizes}.)")
     if analysis.top_k > 1:
         text += f" With --top-k {analysis.top_k} the interval is that of the cell's mean."
-    undefined = sorted({f"{b.dataset}: {', '.join(sorted(b.undefined))}: {reason}"
-                        for b in analysis.bootstraps.values() for reason in set(b.undefined.values())})
+    undefined = sorted({f"{b.dataset}: {', '.join(sorted(m for m, why in b.undefined.items() if why == reason))}: "
+                        f"{reason}" for b in analysis.bootstraps.values() for reason in set(b.undefined.values())})
     if undefined:
         text += " Undefined intervals: " + "; ".join(undefined) + "."
+    few = [f"{b.dataset}: " + ", ".join(f"{name} {count}" for name, count in b.few_patients().items())
+           for b in analysis.bootstraps.values() if b.few_patients()]
+    if few:
+        text += (f" **Few patients:** classes with fewer than {FEW_PATIENTS} patients on the split ("
+                 + "; ".join(few) + "): the intervals of averages over classes (macro precision, recall, F1 and "
+                 "ROC AUC, classwise ECE), and of those classes' own F1 and ROC AUC, are too narrow over so few "
+                 "patients (a resample can only redraw the few there are): read them as the least uncertainty "
+                 "there is.")
     return text
 
 
@@ -338,6 +360,12 @@ def paired_section(analysis: Analysis) -> list[str]:
         else:
             verdict = "distinguishable" if row.distinguishable else "not distinguishable"
         lines.append(f"- {row.dataset}: {row.model} vs {row.versus}: {row.difference:+.3f} {interval}, {verdict}")
+    for dataset in dict.fromkeys(shown.loc[shown["lower"].isna(), "dataset"]):
+        bootstrap = analysis.bootstraps[dataset]
+        if metric in bootstrap.undefined:
+            instead = ("; accuracy's differences, which weigh every image alike, have theirs in "
+                       "`tables/paired_differences`" if bootstrap.difference_defined("accuracy") else "")
+            lines.append(f"- {dataset}: no interval: {bootstrap.undefined[metric]}{instead}.")
     return lines + [""]
 
 

@@ -12,7 +12,8 @@ from study.analysis.confirmation import seed_differences, seed_runs_table, seed_
 from study.analysis.evaluation import Evaluation
 from study.analysis.reading import cell_columns, model_order, search_dimensions
 from study.analysis.selection import Analysis
-from study.analysis.uncertainty import BASELINE, SplitBootstrap, percentile_interval, proportion_interval
+from study.analysis.uncertainty import (BASELINE, SplitBootstrap, class_patients, percentile_interval,
+                                        proportion_interval)
 from study.tables import (PAPER_METRICS, ablation_table, comparison_table, format_paper_table, interval_text,
                           paper_table)
 
@@ -192,17 +193,15 @@ def per_class_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
         name = f"{slug(chosen.dataset)}_{slug(chosen.model)}"
         tables[f"confusion_{name}"] = confusion_table(evaluation)
         per_class = per_class_table(evaluation.y_true, evaluation.scores, evaluation.classes, evaluation.multilabel)
-        truth, _ = class_members(evaluation)
         per_class.insert(per_class.columns.get_loc("support") + 1, "patients",
-                         [len(np.unique(evaluation.groups[truth[:, k]])) for k in range(len(per_class))])
+                         class_patients(evaluation.y_true, evaluation.groups, len(per_class), evaluation.multilabel))
         bootstrap = analysis.bootstraps.get(chosen.dataset)
         if bootstrap is not None:
             samples = bootstrap.samples[chosen.candidate.trial_id].per_class
-            present = per_class["support"].to_numpy() > 0
             intervals = class_proportion_intervals(evaluation)
-            for column in ("f1", "roc_auc"):  # not proportions: the patient bootstrap's intervals
-                intervals[column] = [percentile_interval(samples[column][:, j]) if present[j] else (np.nan, np.nan)
-                                     for j in range(len(per_class))]
+            for column in ("f1", "roc_auc"):  # not proportions: the patient bootstrap's, for a class it resamples
+                intervals[column] = [percentile_interval(samples[column][:, j]) if bootstrap.class_resampled(j)
+                                     else (np.nan, np.nan) for j in range(len(per_class))]
             for column in (*PROPORTIONS, "f1", "roc_auc"):
                 per_class[f"{column} lower"] = [bounds[0] for bounds in intervals[column]]
                 per_class[f"{column} upper"] = [bounds[1] for bounds in intervals[column]]
@@ -234,8 +233,8 @@ def calibration_table(analysis: Analysis) -> pd.DataFrame:
             column = name.replace("_", " ")
             row[column] = point[name]
             if bootstrap is not None:
-                row[f"{column} lower"], row[f"{column} upper"] = percentile_interval(
-                    bootstrap.calibration[chosen.candidate.trial_id][name])
+                row[f"{column} lower"], row[f"{column} upper"] = interval_of(
+                    bootstrap, name, bootstrap.calibration[chosen.candidate.trial_id][name])
         row["mean probability"], row["observed"] = point["mean_probability"], point["observed"]
         rows.append(row)
     return pd.DataFrame(rows)
@@ -334,7 +333,8 @@ def paired_differences(analysis: Analysis) -> pd.DataFrame:
                 versus = others + ([(f"{reference} (best on validation)", point[reference], samples[reference])]
                                    if model != reference else [])
                 for name, value, reference_samples in versus:
-                    lower, upper = percentile_interval(samples[model] - reference_samples)
+                    lower, upper = (percentile_interval(samples[model] - reference_samples)
+                                    if bootstrap.difference_defined(metric) else (np.nan, np.nan))
                     rows.append({"dataset": dataset, "metric": metric, "model": model, "versus": name,
                                  "difference": point[model] - value, "lower": lower, "upper": upper,
                                  "distinguishable": bool(lower > 0 or upper < 0)})

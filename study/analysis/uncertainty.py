@@ -21,6 +21,13 @@ interval at the patients' effective sample size instead
 (proportion_interval). Paired differences use the same resampled patients
 for both sides, so that what the two models share (the hard patients)
 cancels out.
+
+A class with one patient on the split is that patient in every resample:
+its part of an average over classes (macro precision, recall, F1, ROC AUC,
+the classwise ECE) never moves, so those intervals, and the class's own F1
+and ROC AUC intervals, are left undefined (undefined_reasons). With a few
+patients more the percentile intervals of such averages are still too narrow
+(FEW_PATIENTS); the report says so.
 """
 
 from __future__ import annotations
@@ -34,6 +41,12 @@ from cxrnets.metrics import calibration, class_probabilities, predictions
 
 LEVEL = 0.95
 RESAMPLES = 2000
+# The figures that average over classes (labels), each class weighing alike: a class of few patients
+# moves them as much as a class of many.
+CLASS_AVERAGES = ("precision_macro", "recall_macro", "f1_macro", "roc_auc_macro", "classwise_ece")
+# Below this many patients in a class the percentile intervals of CLASS_AVERAGES cover the truth less
+# often than they say (measured in the README's Analysis section).
+FEW_PATIENTS = 10
 
 
 @dataclass
@@ -243,25 +256,43 @@ def independent_difference_interval(first: float, first_interval: tuple[float, f
             difference + float(np.hypot(first_upper - first, second - second_lower)))
 
 
-def undefined_reasons(y_true: np.ndarray, classes: list[str], multilabel: bool, groups: np.ndarray) -> dict[str, str]:
-    """Metric -> why its interval is undefined on this test split (empty when all are defined).
+def class_patients(y_true: np.ndarray, groups: np.ndarray, classes: int, multilabel: bool) -> np.ndarray:
+    """(classes,) how many patients (groups) have an image of each class (label) on the split."""
+    y_true, groups = np.asarray(y_true), np.asarray(groups)
+    members = (y_true.astype(bool) if multilabel
+               else y_true.astype(np.int64)[:, None] == np.arange(classes)[None, :])
+    return np.array([len(np.unique(groups[members[:, k]])) for k in range(classes)])
 
-    A class with no test image makes every macro average a constant zero term that no resampling
-    of this split can move: the interval would describe the split, not the model.
+
+def undefined_reasons(y_true: np.ndarray, classes: list[str], multilabel: bool, groups: np.ndarray) -> dict[str, str]:
+    """Metric -> why its interval is undefined on this split (empty when all are defined).
+
+    A class with no image makes every macro average a constant zero term that no resampling of this
+    split can move: the interval would describe the split, not the model. A class with one patient is
+    that patient in every resample: its part of every average over classes never moves.
     """
     if len(np.unique(groups)) < 2:
-        reason = f"the test split holds one patient ({len(y_true)} image(s)): nothing to resample"
+        reason = f"the split holds one patient ({len(y_true)} image(s)): nothing to resample"
         names = ("accuracy", "subset_accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_micro",
-                 "roc_auc_macro")
+                 "roc_auc_macro", "brier", "ece", "classwise_ece")
         return {name: reason for name in names}
-    present = (np.asarray(y_true).sum(axis=0) > 0 if multilabel
-               else np.bincount(np.asarray(y_true, dtype=np.int64), minlength=len(classes)) > 0)
-    absent = [name for name, here in zip(classes, present) if not here]
-    if not absent:
-        return {}
-    reason = (f"{'label' if multilabel else 'class'} {', '.join(absent)} has no test image: the macro "
-              "average counts it as 0 in every resample")
-    return {name: reason for name in ("precision_macro", "recall_macro", "f1_macro")}
+    kind = "label" if multilabel else "class"
+    patients = class_patients(y_true, groups, len(classes), multilabel)
+    reasons: dict[str, list[str]] = {}
+    absent = [name for name, count in zip(classes, patients) if count == 0]
+    if absent:
+        for name in ("precision_macro", "recall_macro", "f1_macro"):
+            reasons.setdefault(name, []).append(
+                f"{kind} {', '.join(absent)} has no image on the split: the macro average counts it as 0 in "
+                "every resample")
+    alone = [name for name, count in zip(classes, patients) if count == 1]
+    if alone:
+        for name in CLASS_AVERAGES:
+            reasons.setdefault(name, []).append(
+                f"{kind} {', '.join(alone)} has one patient on the split: every resample draws that patient, so "
+                f"its part of an average over {kind}es never moves (its precision, recall and specificity have "
+                "exact intervals in the per-class table)")
+    return {name: "; ".join(why) for name, why in reasons.items()}
 
 
 # ------------------------------------------------------------------ the analysis's test splits
@@ -283,10 +314,26 @@ class SplitBootstrap:
     samples: dict[str, MetricSamples]  # trial id (and BASELINE) -> its metrics on every resample
     # trial id -> cxrnets.metrics.calibration (brier, ece, classwise_ece, ...) on every resample
     calibration: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    class_patients: dict[str, int] = field(default_factory=dict)  # class (label) -> its patients on the split
 
     def cell(self, trial_ids: list[str], metric: str) -> np.ndarray:
         """(resamples,) the mean of `metric` over a cell's evaluated trials (top-k) on each resample."""
         return np.mean([self.samples[t].summary[metric] for t in trial_ids], axis=0)
+
+    def class_resampled(self, k: int) -> bool:
+        """Whether class (label) k's own figures move across resamples: it has two patients or more."""
+        return list(self.class_patients.values())[k] >= 2
+
+    def difference_defined(self, metric: str) -> bool:
+        """Whether a paired difference of `metric` has an interval: not an average over classes where a
+        class has one patient (an absent class adds the same 0 to both sides, which the difference cancels),
+        nor any figure of a split of one patient."""
+        return self.patients >= 2 and not (metric in CLASS_AVERAGES and 1 in self.class_patients.values())
+
+    def few_patients(self) -> dict[str, int]:
+        """Classes (labels) with 2 to FEW_PATIENTS - 1 patients on the split: resampled, but too few for the
+        percentile intervals of averages over classes to hold their level."""
+        return {name: count for name, count in self.class_patients.items() if 2 <= count < FEW_PATIENTS}
 
 
 def bootstrap_split(dataset: str, evaluations: list, resamples: int = RESAMPLES, seed: int = 0) -> SplitBootstrap:
@@ -302,6 +349,7 @@ def bootstrap_split(dataset: str, evaluations: list, resamples: int = RESAMPLES,
     samples = {e.trial_id: metric_samples(e.y_true, e.scores, e.multilabel, weights) for e in evaluations}
     samples[BASELINE] = metric_samples(first.y_true, first.baseline_scores, first.multilabel, weights)
     calibrated = {e.trial_id: calibration(e.y_true, e.scores, e.multilabel, weights) for e in evaluations}
+    patients = class_patients(first.y_true, first.groups, len(first.classes), first.multilabel)
     return SplitBootstrap(dataset, resamples, seed, len(np.unique(first.groups)), len(first.y_true),
                           undefined_reasons(first.y_true, first.classes, first.multilabel, first.groups), samples,
-                          calibrated)
+                          calibrated, dict(zip(first.classes, patients.tolist())))

@@ -100,8 +100,12 @@ def test_comparison_tables_have_the_paper_shape(evaluated):
         assert shown.shape == (1, 3) and "±" not in shown.iloc[0, 1]
         for model in ("alexnet", "resnet50"):  # the interval follows the figure: `0.310 [0.21, 0.41]`
             lower, upper = table.loc[0, f"{model} lower"], table.loc[0, f"{model} upper"]
+            if metric in analysis.bootstraps[DATASET].undefined:  # the sample's test split: see the intervals test
+                assert shown.loc[0, model] == f"{table.loc[0, model]:.3f} [undefined]"
+                continue
             assert 0 <= lower <= upper <= 1
             assert shown.loc[0, model] == f"{table.loc[0, model]:.3f} [{lower:.2f}, {upper:.2f}]"
+    assert "accuracy" not in analysis.bootstraps[DATASET].undefined
     # single-label data: no multi-label metrics
     assert "comparison_subset_accuracy" not in analysis.tables
     selected = analysis.tables["selected_trials"]
@@ -258,9 +262,12 @@ def test_confusion_matrices_sum_to_the_test_split(evaluated, study_dir):
     calibration = analysis.tables["calibration"].set_index("model")
     assert sorted(calibration.index) == ["alexnet", "resnet50"] and (calibration["images"] == test_size).all()
     for name, high in (("brier", 2.0), ("ece", 1.0), ("classwise ece", 1.0)):
+        assert calibration[name].between(0, high).all()
+        if name.replace(" ", "_") in analysis.bootstraps[DATASET].undefined:  # a class of one patient (below)
+            assert calibration[[f"{name} lower", f"{name} upper"]].isna().all(axis=None)
+            continue
         assert (calibration[f"{name} lower"] <= calibration[name]).all() and (
             calibration[name] <= calibration[f"{name} upper"]).all()
-        assert calibration[name].between(0, high).all()
     assert (calibration["forecasts"] == "top label").all()
     for model, row in calibration.iterrows():  # calibration in the large: mean confidence against accuracy
         chosen = analysis.best(DATASET, model).evaluation
@@ -326,16 +333,27 @@ def test_intervals_resample_patients_and_pair_the_comparisons(evaluated, study_d
     assert bootstrap.images == len(test) and bootstrap.patients == test["patient"].nunique()
     assert bootstrap.resamples == 2000 and set(bootstrap.samples) == {
         *(c.candidate.trial_id for c in analysis.selected), BASELINE}
+    # This subset's test split holds a class of one patient, who is in every resample: the averages over
+    # classes have no interval; accuracy has.
+    patients = test.groupby("stratum")["patient"].nunique()
+    assert bootstrap.class_patients == {name: patients.get(name, 0) for name in bootstrap.class_patients}
+    alone = [name for name, count in bootstrap.class_patients.items() if count == 1]
+    assert len(alone) == 1, "the test reads a split with one class of one patient"
+    assert {"precision_macro", "recall_macro", "f1_macro", "roc_auc_macro"} <= set(bootstrap.undefined)
+    assert "accuracy" not in bootstrap.undefined
     # Seeded with the study's seed: the same resamples give the same intervals.
     again = bootstrap_split(DATASET, [c.evaluation for c in analysis.selected], 2000, seed=bootstrap.seed)
     for chosen in analysis.selected:
-        table = analysis.tables["comparison_f1_macro"]
+        table = analysis.tables["comparison_accuracy"]
         assert (table.loc[0, f"{chosen.model} lower"], table.loc[0, f"{chosen.model} upper"]) == pytest.approx(
-            percentile_interval(again.samples[chosen.candidate.trial_id].summary["f1_macro"]))
+            percentile_interval(again.samples[chosen.candidate.trial_id].summary["accuracy"]))
+        table = analysis.tables["comparison_f1_macro"]
+        assert table[[f"{chosen.model} lower", f"{chosen.model} upper"]].isna().all(axis=None)
     baseline = analysis.tables["majority_baseline"]
     assert baseline.loc[0, "accuracy lower"] <= baseline.loc[0, "accuracy"] <= baseline.loc[0, "accuracy upper"]
     selected = analysis.tables["selected_trials"]
-    assert (selected["test/f1_macro lower"] <= selected["test/f1_macro upper"]).all()
+    assert (selected["test/accuracy lower"] <= selected["test/accuracy upper"]).all()
+    assert selected["test/f1_macro lower"].isna().all()
     assert "test/loss" not in analysis.tables["_shown_selected_trials"]  # no interval for the mean loss
     per_class = analysis.tables[f"per_class_{DATASET}_resnet50"]
     assert {"precision lower", "recall upper", "f1 lower"} <= set(per_class.columns)
@@ -349,19 +367,27 @@ def test_intervals_resample_patients_and_pair_the_comparisons(evaluated, study_d
     assert sorted(zip(f1["model"], f1["versus"])) == sorted(
         [("alexnet", BASELINE), ("resnet50", BASELINE)]
         + [(m, f"{reference} (best on validation)") for m in ("alexnet", "resnet50") if m != reference])
-    for row in f1.to_dict("records"):
+    accuracy = paired[paired["metric"] == "accuracy"]
+    assert len(accuracy) == len(f1)
+    for row in accuracy.to_dict("records"):
         assert row["lower"] <= row["upper"]
         assert row["distinguishable"] == (row["lower"] > 0 or row["upper"] < 0)
+    for row in f1.to_dict("records"):
+        assert np.isnan(row["lower"]) and np.isnan(row["upper"]) and not row["distinguishable"]
         if row["versus"] == BASELINE:
             chosen = next(c for c in analysis.selected if c.model == row["model"])
             assert row["difference"] == pytest.approx(chosen.evaluation.metrics["test/f1_macro"]
                                                       - chosen.evaluation.baseline["test/f1_macro"])
     text = (analysis.out / "report.md").read_text()
     assert "bootstrap resamples of the split's **patients**" in text
+    assert f"class {alone[0]} has one patient on the split" in text and "Undefined intervals: " in text
     assert "### Paired differences (Macro F1)" in text
     for row in f1.to_dict("records"):
-        assert f"{row['model']} vs {row['versus']}: {row['difference']:+.3f}" in text
-    assert "distinguishable" in text
+        assert f"{row['model']} vs {row['versus']}: {row['difference']:+.3f} [undefined], no interval" in text
+    assert f"{alone[0]}: one patient on this split" in text
+    # The other classes have 2 to 9 patients: resampled, with a warning that their averages are too narrow
+    few = [f"{name} {count}" for name, count in bootstrap.class_patients.items() if 2 <= count < 10]
+    assert few and f"**Few patients:** classes with fewer than 10 patients on the split ({DATASET}: {', '.join(few)})" in text
 
 
 def test_bootstrap_option(study_dir, tmp_path, capsys):

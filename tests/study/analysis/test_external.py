@@ -6,13 +6,14 @@ from __future__ import annotations
 import csv
 import re
 import shutil
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cxrnets.errors import CxrError
-from study.analysis.external import ALL_PRESENT, HELDOUT_SET, parse_externals, parse_label_map
+from study.analysis.external import ALL_PRESENT, HELDOUT_SET, compare, parse_externals, parse_label_map
 from study.analysis.uncertainty import BASELINE, independent_difference_interval, proportion_interval
 from study.analyze import analyze, main
 from PIL import Image
@@ -110,6 +111,28 @@ def test_each_cell_is_compared_on_what_exists_with_partial_classes(external_anal
         assert (row["change_lower"], row["change_upper"]) == pytest.approx(
             independent_difference_interval(value, outside, value, inside))
         assert row["change_lower"] < 0 < row["change_upper"]
+
+
+def test_a_class_of_one_patient_leaves_the_resampled_figures_of_its_side_without_interval():
+    """No Finding has one patient in the external set: every resample of the set draws him, so the mean
+    recall and ROC AUC over the classes present, and No Finding's ROC AUC, have no interval there, nor
+    their change; its recall keeps the exact interval over one patient, and accuracy its interval."""
+    classes = ["COVID-19", "Other pneumonia", "No Finding"]
+    rng = np.random.default_rng(0)
+    y_in = np.repeat([0, 1, 2], [20, 10, 10])
+    internal = types.SimpleNamespace(y_true=y_in, groups=np.arange(40) // 2, split="test")
+    y_out = np.r_[np.zeros(12, int), [2, 2, 2]]
+    external = types.SimpleNamespace(name="b", classes=classes, y_true=y_out, groups=np.r_[np.arange(12), [50, 50, 50]])
+    scores_in, scores_out = rng.dirichlet(np.ones(3), len(y_in)), rng.dirichlet(np.ones(3), len(y_out))
+    rows = compare({"model": "m"}, internal, scores_in, external, scores_out, 300, 0, 1)
+    table = {(row["metric"], row["class"]): row for row in rows}
+    for key in (("recall_present", ALL_PRESENT), ("roc_auc_present", ALL_PRESENT), ("roc_auc", "No Finding")):
+        row = table[key]
+        assert np.isnan([row["external_lower"], row["external_upper"], row["change_lower"], row["change_upper"]]).all()
+        assert row["internal_lower"] <= row["internal"] <= row["internal_upper"]  # 5 patients inside
+    for key in (("accuracy", ALL_PRESENT), ("recall", "No Finding"), ("roc_auc", "COVID-19")):
+        row = table[key]
+        assert row["external_lower"] <= row["external"] <= row["external_upper"] and not np.isnan(row["change_lower"])
 
 
 def test_the_report_shows_the_comparison_and_the_gradcam_figures(external_analysis):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from study.analysis.evaluation import Evaluation
-from study.analysis.report import flat_f1_sentence
+from study.analysis.report import flat_f1_sentence, one_patient_sentence
 from study.analysis.report_tables import (PROPORTIONS, confusion_table, never_predicted, per_class_tables,
                                           predictions_table)
 from study.analysis.uncertainty import bootstrap_split, percentile_interval, proportion_interval
@@ -125,3 +125,19 @@ def test_a_class_never_predicted_has_no_precision_interval():
     assert never_predicted(evaluation) == ["No Finding"]
     shown = per_class_tables(_analysis(evaluation, 200))["_shown_per_class_d_m"].set_index("class")
     assert shown.loc["No Finding", "precision"] == "0.000 [undefined]"
+
+
+def test_a_class_of_one_patient_has_no_f1_or_roc_auc_interval_and_the_report_says_why():
+    """Every resample draws No Finding's one patient: its F1 and ROC AUC would not move; its recall's exact
+    interval over one patient stays (wide)."""
+    evaluation = _small_split()
+    evaluation.groups = np.array(["a", "a", "b", "b", "c", "c", "d", "d", "e", "f", "f", "f"])
+    table = per_class_tables(_analysis(evaluation))["per_class_d_m"]
+    by_class = table.set_index("class")
+    assert by_class["patients"].tolist() == [3, 2, 1]
+    assert by_class.loc["No Finding", ["f1 lower", "f1 upper", "roc_auc lower", "roc_auc upper"]].isna().all()
+    assert by_class.loc["No Finding", "recall upper"] > 0.9
+    assert not by_class.loc["COVID-19", ["f1 lower", "roc_auc lower"]].isna().any()
+    assert one_patient_sentence(table)[0].startswith("No Finding: one patient on this split")
+    assert flat_f1_sentence(table) == []  # its F1 of 0 is the one-patient sentence's, not "the same in every resample"
+    assert one_patient_sentence(per_class_tables(_analysis(_small_split()))["per_class_d_m"]) == []

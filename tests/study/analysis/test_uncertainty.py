@@ -110,10 +110,70 @@ def test_an_absent_class_or_a_single_patient_leaves_intervals_undefined_with_why
     reasons = undefined_reasons(np.array([0, 0, 1, 1]), ["COVID-19", "Pneumonia", "No Finding"], False,
                                 np.array([0, 1, 2, 3]))
     assert set(reasons) == {"precision_macro", "recall_macro", "f1_macro"}
-    assert "No Finding has no test image" in reasons["f1_macro"]
-    assert undefined_reasons(np.array([0, 1, 2]), ["a", "b", "c"], False, np.array([0, 1, 2])) == {}
+    assert "No Finding has no image on the split" in reasons["f1_macro"]
+    assert undefined_reasons(np.array([0, 1, 2, 0, 1, 2]), ["a", "b", "c"], False, np.arange(6)) == {}
     one = undefined_reasons(np.array([0, 1]), ["a", "b"], False, np.array([4, 4]))
     assert "accuracy" in one and "one patient" in one["accuracy"]
+
+
+def one_patient_class_split(resamples: int = 500):
+    """30 patients of class 0, 8 of class 1, and class 2 as one patient with two images; two models."""
+    rng = np.random.default_rng(4)
+    groups = np.r_[np.repeat(np.arange(38), 2), [38, 38]]
+    y_true = np.r_[np.zeros(60, int), np.ones(16, int), [2, 2]]
+    guessed = np.where(rng.random(len(y_true)) < 0.7, y_true, rng.integers(0, 3, len(y_true)))
+    return bootstrap_split("d", [evaluation("m", y_true, np.eye(3)[guessed], groups, classes=("a", "b", "c"))],
+                           resamples=resamples, seed=0), y_true, groups
+
+
+def test_a_class_of_one_patient_leaves_the_averages_over_classes_without_interval():
+    """Every resample draws the lone patient of class c: its recall never moves, so an interval of the
+    macro recall (or F1, precision, ROC AUC, classwise ECE) would leave a third of the average fixed."""
+    split, y_true, groups = one_patient_class_split()
+    recall = split.samples["m"].per_class["recall"]
+    assert np.ptp(recall[:, 2]) == 0 and np.ptp(recall[:, 1]) > 0
+    assert split.class_patients == {"a": 30, "b": 8, "c": 1}
+    assert set(split.undefined) == {"precision_macro", "recall_macro", "f1_macro", "roc_auc_macro", "classwise_ece"}
+    assert "class c has one patient on the split" in split.undefined["f1_macro"]
+    assert not split.class_resampled(2) and split.class_resampled(1)
+    assert not split.difference_defined("f1_macro") and split.difference_defined("accuracy")
+    assert split.few_patients() == {"b": 8}
+    # Two patients of class c: resampled, defined, and named among the few.
+    two = undefined_reasons(y_true, ["a", "b", "c"], False, np.where(np.arange(len(y_true)) == 77, 99, groups))
+    assert two == {}
+
+
+def test_a_class_absent_from_the_split_keeps_paired_differences():
+    """An absent class adds the same 0 to both sides of a difference: the difference keeps its interval."""
+    y_true = np.repeat([0, 1], 20)
+    split = bootstrap_split("d", [evaluation("m", y_true, np.eye(3)[y_true], np.arange(40), classes=("a", "b", "c"))],
+                            resamples=200)
+    assert "f1_macro" in split.undefined and split.difference_defined("f1_macro")
+
+
+def test_the_bootstrap_of_an_average_over_classes_covers_too_rarely_with_few_patients_in_a_class():
+    """Seeded simulation behind the report's few-patients warning: 3 classes of 20, 6 and 3 patients
+    (1-3 correlated images each); the model right with a patient-own probability. The patient
+    bootstrap's 95% interval of the macro recall misses the true value more often than 1 time in 12."""
+    rng = np.random.default_rng(0)
+    patients, truth = (20, 6, 3), np.array([0.8, 0.65, 0.6])
+    replicates, covered = 150, 0
+    for _ in range(replicates):
+        y_true, right, groups = [], [], []
+        for k, count in enumerate(patients):
+            for _patient in range(count):
+                images = int(rng.integers(1, 4))
+                own = rng.beta(truth[k] * 4, (1 - truth[k]) * 4)
+                y_true += [k] * images
+                right += list(rng.random(images) < own)
+                groups += [len(set(groups))] * images
+        y_true, groups = np.array(y_true), np.array(groups)
+        guessed = np.where(right, y_true, (y_true + 1) % 3)
+        weights = resample_weights(groups, group_strata(groups, y_true, False), 300, int(rng.integers(1 << 30)))
+        lower, upper = percentile_interval(metric_samples(y_true, np.eye(3)[guessed], False, weights)
+                                           .summary["recall_macro"])
+        covered += lower <= truth.mean() <= upper
+    assert covered / replicates < 0.92
 
 
 def test_evaluations_of_different_images_are_refused():
