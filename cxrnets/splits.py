@@ -130,6 +130,15 @@ def load_split(path: str | Path) -> pd.DataFrame:
     return split
 
 
+def patients_per_class(split: pd.DataFrame, part: str) -> pd.Series:
+    """How many patients of each class (each label of a multi-label stratum) the split's `part` holds,
+    0 for a class it lacks, indexed by class name."""
+    labels = split.assign(label=split["stratum"].astype(str).str.split("|")).explode("label")
+    labels = labels[labels["label"] != ""]
+    every = sorted(labels["label"].unique())
+    return labels[labels["split"] == part].groupby("label")["patient"].nunique().reindex(every, fill_value=0)
+
+
 def describe(split: pd.DataFrame) -> str:
     counts = split.groupby("split").agg(images=("relpath", "size"), patients=("patient", "nunique"))
     return ", ".join(f"{name} {counts.loc[name, 'images']} images/{counts.loc[name, 'patients']} patients"

@@ -39,7 +39,7 @@ from cxrnets.cache import build_cache  # noqa: E402
 from cxrnets.data import load_dataset  # noqa: E402
 from cxrnets.errors import CxrError  # noqa: E402
 from cxrnets.metrics import majority_baseline  # noqa: E402
-from cxrnets.splits import describe, make_split  # noqa: E402
+from cxrnets.splits import describe, make_split, patients_per_class  # noqa: E402
 from cxrnets.training import SPLIT_COLUMNS, align_split  # noqa: E402
 from study import storage  # noqa: E402
 from study.asha import BestEpochASHA, PromotingASHA, PromotionGate  # noqa: E402
@@ -105,7 +105,8 @@ def prepare_splits(settings: StudySettings, resume: bool) -> dict[str, pd.DataFr
         if resume:
             split = align_split(read_split(uri), frame, Path(uri))
         else:
-            split = make_split(frame, cache.index.stratum(), seed=settings.seed)
+            split = make_split(frame, cache.index.stratum(), settings.val_fraction, settings.test_fraction,
+                               settings.seed)
             storage.write_csv(uri, split[SPLIT_COLUMNS])
         targets = cache.index.targets()
         rows = {name: (split["split"] == name).to_numpy() for name in ("train", "val")}
@@ -113,6 +114,12 @@ def prepare_splits(settings: StudySettings, resume: bool) -> dict[str, pd.DataFr
                                      len(cache.index.classes))
         log.info("%s split: %s; majority-class baseline val/f1_macro %.3f", dataset, describe(split),
                  baseline["f1_macro"])
+        test_patients = patients_per_class(split, "test")
+        alone = [f"{name} ({count})" for name, count in test_patients.items() if count < 2]
+        if alone and not resume:
+            log.warning("%s: fewer than 2 patients on the test split for %s: the analysis cannot give the averages "
+                        "over classes (macro F1, ...) an interval; a larger --test-fraction (now %g) gives the class "
+                        "more test patients", dataset, ", ".join(alone), settings.test_fraction)
         splits[dataset] = split[SPLIT_COLUMNS]
         settings.baselines[dataset] = baseline
     return splits

@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
         "study metric (what study.analyze --top-k K can evaluate), or 'all'")
     add("--name", default=None, help="study name, the folder under --storage (default: <space>-<date-time>)")
     add("--seed", type=int, default=0, help="seed of the split, the sampler and the trials")
+    add("--val-fraction", type=float, default=0.15,
+        help="share of the patients held out for validation (what trials are selected on), stratified by class")
+    add("--test-fraction", type=float, default=0.15,
+        help="share of the patients held out for the analysis's one test evaluation, stratified by class; "
+             "raise it when a rare class gets one test patient, whose figures no bootstrap can move")
     add("--cache-dir", default=None,
         help="decode-once image cache on each node (default: $CXR_TUNE_CACHE, else ~/.cache/cxr-tune)")
     add("--resume", default=None, metavar="STUDY_DIR",
@@ -145,7 +150,7 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
         mode=metric_mode(pick("metric")), tie_break=tie_break, asha=pick("asha"),
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         max_concurrent=args.max_concurrent, max_failures=args.max_failures, seed=args.seed,
-        cache_dir=args.cache_dir, checkpoint_every=args.checkpoint_every,
+        val_fraction=args.val_fraction, test_fraction=args.test_fraction, cache_dir=args.cache_dir, checkpoint_every=args.checkpoint_every,
         checkpoint_minutes=args.checkpoint_minutes, keep=parse_keep(args.keep),
         dataset_options=parse_dataset_options(args.dataset_option, datasets))
     validate(settings)
@@ -192,6 +197,10 @@ def validate(settings: StudySettings) -> None:
     if settings.reduction_factor < 2:
         raise CxrError(f"--reduction-factor must be at least 2, got {settings.reduction_factor}")
     check_seed(settings.seed)
+    if not (0 < settings.val_fraction < 1 and 0 < settings.test_fraction < 1
+            and settings.val_fraction + settings.test_fraction < 1):
+        raise CxrError(f"--val-fraction {settings.val_fraction:g} and --test-fraction {settings.test_fraction:g}: "
+                       "each must lie between 0 and 1, and together leave patients to train on (sum below 1)")
     if settings.asha not in ASHA_FORMS:
         raise CxrError(f"asha: {settings.asha!r} in {settings.space_source}: choose one of {', '.join(ASHA_FORMS)}")
     if settings.grace_period > settings.max_epochs:

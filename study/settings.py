@@ -55,6 +55,8 @@ class StudySettings:
     max_failures: int
     seed: int
     cache_dir: str | None = None
+    val_fraction: float = 0.15   # of the patients, stratified by class (cxrnets.splits.make_split)
+    test_fraction: float = 0.15
     checkpoint_every: int = CHECKPOINT_EVERY
     checkpoint_minutes: float = CHECKPOINT_MINUTES
     keep: int | str = 1  # best weights kept after the study: each (dataset, model) cell's k best trials, or "all"

@@ -115,7 +115,9 @@ class StudyData:
         # The split file itself must be the one the study made: remake it (seeded) and compare.
         frame = data.index.frame.assign(sha1=data.split["sha1"].to_numpy())
         try:
-            remade = make_split(frame, data.index.stratum(), seed=self.study.settings.seed)
+            settings = self.study.settings
+            remade = make_split(frame, data.index.stratum(), settings.val_fraction, settings.test_fraction,
+                                settings.seed)
         except CxrError as error:
             raise AnalysisRefused(f"refusing to evaluate: the data at {config.data_root} no longer gives the "
                                   f"study's split ({error})") from error

@@ -291,7 +291,8 @@ def undefined_reasons(y_true: np.ndarray, classes: list[str], multilabel: bool, 
             reasons.setdefault(name, []).append(
                 f"{kind} {', '.join(alone)} has one patient on the split: every resample draws that patient, so "
                 f"its part of an average over {kind}es never moves (its precision, recall and specificity have "
-                "exact intervals in the per-class table)")
+                "exact intervals in the per-class table; a study made with a larger --test-fraction or "
+                "--val-fraction gives it more patients)")
     return {name: "; ".join(why) for name, why in reasons.items()}
 
 

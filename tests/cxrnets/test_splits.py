@@ -11,7 +11,8 @@ import pytest
 
 from cxrnets.data import SAMPLE_ROOT, DatasetIndex, load_dataset
 from cxrnets.errors import CxrError
-from cxrnets.splits import HELDOUT, SPLITS, check_leakage, describe, leakage_groups, load_split, make_split, save_split
+from cxrnets.splits import (HELDOUT, SPLITS, check_leakage, describe, leakage_groups, load_split, make_split,
+                            patients_per_class, save_split)
 
 
 def with_sha1(index: DatasetIndex) -> pd.DataFrame:
@@ -194,6 +195,14 @@ def test_strata_are_label_sets_for_multilabel(make_chestxray) -> None:
     split = split_of(index)
     assert_disjoint(split)
     assert np.array_equal(split["stratum"].to_numpy(), strata.to_numpy())
+
+
+def test_patients_per_class_counts_each_label_of_a_multilabel_stratum_and_zero_for_a_missing_class() -> None:
+    split = pd.DataFrame({"patient": ["a", "a", "b", "c", "d", "e"],
+                          "stratum": ["COVID-19|Pneumonia", "COVID-19", "Pneumonia", "", "No Finding", "COVID-19"],
+                          "split": ["test", "test", "test", "test", "train", "test"]})
+    counts = patients_per_class(split, "test")
+    assert counts.to_dict() == {"COVID-19": 2, "No Finding": 0, "Pneumonia": 2}
 
 
 # ------------------------------------------------------------------ held-out sources

@@ -143,6 +143,10 @@ BAD_INPUT = {
                                      r"--grace-period 3 exceeds --max-epochs 2"),
     "zero trials": (GOOD_SPACE, ["--num-samples", "0"], r"--num-samples must be at least 1"),
     "negative seed": (GOOD_SPACE, ["--seed", "-1"], r"--seed -1: a seed is a whole number from 0 to 2147483647"),
+    "no patient left to train on": (GOOD_SPACE, ["--val-fraction", "0.5", "--test-fraction", "0.5"],
+                                    r"--val-fraction 0\.5 and --test-fraction 0\.5: each must lie between 0 and 1, "
+                                    r"and together leave patients to train on"),
+    "a negative test fraction": (GOOD_SPACE, ["--test-fraction", "-0.1"], r"--test-fraction -0\.1: each must lie"),
     "a name that is a path": (GOOD_SPACE, ["--name", "../elsewhere"],
                               r"--name '\.\./elsewhere': a study's name is its one folder under --storage"),
 }
@@ -582,6 +586,39 @@ def test_dataset_options_are_saved_and_reused_by_resume_and_analysis(ray_session
     analysis = analyze(study_dir, resamples=0, importance="none", formats=("md",), cache_dir=str(cache_dir))
     assert [(s.model, len(s.evaluation.y_true)) for s in analysis.selected] == [
         ("resnet50", int((split["split"] == "test").sum()))]
+
+
+def test_split_fractions_are_saved_and_a_class_of_one_test_patient_is_warned_of(ray_session, tmp_path, cache_dir,
+                                                                                caplog):
+    """The embedded sample's default split (15 % of the patients for test) gives No Finding one test patient,
+    whose figures no bootstrap moves: the study says so before it trains. --val-fraction 0.2 --test-fraction
+    0.3 gives it three; the fractions are saved, and the analysis, which remakes the split to check the
+    study's file, remakes it with them."""
+    from study.analyze import analyze
+    from study.driver import prepare_splits
+
+    space = write_space(tmp_path / "one.yaml", GOOD_SPACE)
+    argv = ["--space", str(space), "--storage", str(tmp_path), "--cache-dir", str(cache_dir), "--image-size", "32"]
+    default = settings_from_args(build_parser().parse_args([*argv, "--name", "default"]))
+    with caplog.at_level(logging.WARNING, logger="study.driver"):
+        prepare_splits(default, resume=False)
+    assert "fewer than 2 patients on the test split for No Finding (1)" in caplog.text
+    assert "--test-fraction (now 0.15)" in caplog.text
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="study.driver"):
+        assert main([*argv, "--name", "wider", "--val-fraction", "0.2", "--test-fraction", "0.3", "--num-samples", "1",
+                     "--max-epochs", "1"]) == 0
+    assert "fewer than 2 patients" not in caplog.text
+    study_dir = tmp_path / "wider"
+    saved = json.loads((study_dir / "study.json").read_text())
+    assert (saved["val_fraction"], saved["test_fraction"]) == (0.2, 0.3)
+    split = pd.read_csv(study_dir / "splits" / "covid-chestxray-3class.csv")
+    test = split[split["split"] == "test"]
+    assert test.loc[test["stratum"] == "No Finding", "patient"].nunique() == 3
+    assert 0.25 < test["patient"].nunique() / split["patient"].nunique() < 0.35
+    analysis = analyze(study_dir, resamples=0, importance="none", formats=("md",), cache_dir=str(cache_dir))
+    assert [len(s.evaluation.y_true) for s in analysis.selected] == [len(test)]
 
 
 # ------------------------------------------------------------------ kill the driver, then resume
