@@ -114,15 +114,26 @@ def prepare_splits(settings: StudySettings, resume: bool) -> dict[str, pd.DataFr
                                      len(cache.index.classes))
         log.info("%s split: %s; majority-class baseline val/f1_macro %.3f", dataset, describe(split),
                  baseline["f1_macro"])
-        test_patients = patients_per_class(split, "test")
-        alone = [f"{name} ({count})" for name, count in test_patients.items() if count < 2]
-        if alone and not resume:
-            log.warning("%s: fewer than 2 patients on the test split for %s: the analysis cannot give the averages "
-                        "over classes (macro F1, ...) an interval; a larger --test-fraction (now %g) gives the class "
-                        "more test patients", dataset, ", ".join(alone), settings.test_fraction)
+        if not resume:
+            warn_of_thin_classes(dataset, split, settings)
         splits[dataset] = split[SPLIT_COLUMNS]
         settings.baselines[dataset] = baseline
     return splits
+
+
+def warn_of_thin_classes(dataset: str, split: pd.DataFrame, settings: StudySettings) -> None:
+    """Warn, before anything trains, of a class with fewer than 2 patients on the validation or test split."""
+    consequences = {
+        "val": ("--val-fraction", settings.val_fraction, "ASHA and Optuna, choosing on an average over classes "
+                "(macro F1, ...), choose on that one patient's images"),
+        "test": ("--test-fraction", settings.test_fraction, "the analysis cannot give the averages over classes "
+                 "(macro F1, ...) an interval"),
+    }
+    for part, (flag, fraction, consequence) in consequences.items():
+        thin = [f"{name} ({count})" for name, count in patients_per_class(split, part).items() if count < 2]
+        if thin:
+            log.warning("%s: fewer than 2 patients on the %s split for %s: %s; a larger %s (now %g) gives the "
+                        "class more", dataset, part, ", ".join(thin), consequence, flag, fraction)
 
 
 # ------------------------------------------------------------------ Ray

@@ -590,10 +590,11 @@ def test_dataset_options_are_saved_and_reused_by_resume_and_analysis(ray_session
 
 def test_split_fractions_are_saved_and_a_class_of_one_test_patient_is_warned_of(ray_session, tmp_path, cache_dir,
                                                                                 caplog):
-    """The embedded sample's default split (15 % of the patients for test) gives No Finding one test patient,
-    whose figures no bootstrap moves: the study says so before it trains. --val-fraction 0.2 --test-fraction
-    0.3 gives it three; the fractions are saved, and the analysis, which remakes the split to check the
-    study's file, remakes it with them."""
+    """The embedded sample's default split (15 % of the patients each for validation and test) gives No
+    Finding one validation and one test patient, whose figures no bootstrap moves and on whose images the
+    selection by macro F1 rests: the study says so before it trains. --val-fraction 0.2 --test-fraction
+    0.3 gives it two and three; the fractions are saved, and the analysis, which remakes the split to check
+    the study's file, remakes it with them."""
     from study.analyze import analyze
     from study.driver import prepare_splits
 
@@ -604,6 +605,7 @@ def test_split_fractions_are_saved_and_a_class_of_one_test_patient_is_warned_of(
         prepare_splits(default, resume=False)
     assert "fewer than 2 patients on the test split for No Finding (1)" in caplog.text
     assert "--test-fraction (now 0.15)" in caplog.text
+    assert "fewer than 2 patients on the val split for No Finding (1): ASHA and Optuna" in caplog.text
 
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="study.driver"):
