@@ -150,8 +150,8 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
         mode=metric_mode(pick("metric")), tie_break=tie_break, asha=pick("asha"),
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         max_concurrent=args.max_concurrent, max_failures=args.max_failures, seed=args.seed,
-        val_fraction=args.val_fraction, test_fraction=args.test_fraction, cache_dir=args.cache_dir, checkpoint_every=args.checkpoint_every,
-        checkpoint_minutes=args.checkpoint_minutes, keep=parse_keep(args.keep),
+        val_fraction=args.val_fraction, test_fraction=args.test_fraction, cache_dir=args.cache_dir,
+        checkpoint_every=args.checkpoint_every, checkpoint_minutes=args.checkpoint_minutes, keep=parse_keep(args.keep),
         dataset_options=parse_dataset_options(args.dataset_option, datasets))
     validate(settings)
     return settings
