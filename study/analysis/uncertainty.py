@@ -33,7 +33,7 @@ patients more the percentile intervals of such averages are still too narrow
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -314,8 +314,8 @@ class SplitBootstrap:
     undefined: dict[str, str]          # metric -> why its interval is undefined
     samples: dict[str, MetricSamples]  # trial id (and BASELINE) -> its metrics on every resample
     # trial id -> cxrnets.metrics.calibration (brier, ece, classwise_ece, ...) on every resample
-    calibration: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    class_patients: dict[str, int] = field(default_factory=dict)  # class (label) -> its patients on the split
+    calibration: dict[str, dict[str, np.ndarray]]
+    class_patients: dict[str, int]  # class (label) -> its patients on the split, in the classes' order
 
     def cell(self, trial_ids: list[str], metric: str) -> np.ndarray:
         """(resamples,) the mean of `metric` over a cell's evaluated trials (top-k) on each resample."""
@@ -350,7 +350,8 @@ def bootstrap_split(dataset: str, evaluations: list, resamples: int = RESAMPLES,
     samples = {e.trial_id: metric_samples(e.y_true, e.scores, e.multilabel, weights) for e in evaluations}
     samples[BASELINE] = metric_samples(first.y_true, first.baseline_scores, first.multilabel, weights)
     calibrated = {e.trial_id: calibration(e.y_true, e.scores, e.multilabel, weights) for e in evaluations}
-    patients = class_patients(first.y_true, first.groups, len(first.classes), first.multilabel)
-    return SplitBootstrap(dataset, resamples, seed, len(np.unique(first.groups)), len(first.y_true),
-                          undefined_reasons(first.y_true, first.classes, first.multilabel, first.groups), samples,
-                          calibrated, dict(zip(first.classes, patients.tolist())))
+    per_class = class_patients(first.y_true, first.groups, len(first.classes), first.multilabel)
+    return SplitBootstrap(dataset, resamples, seed, patients=len(np.unique(first.groups)), images=len(first.y_true),
+                          undefined=undefined_reasons(first.y_true, first.classes, first.multilabel, first.groups),
+                          samples=samples, calibration=calibrated,
+                          class_patients=dict(zip(first.classes, per_class.tolist())))
