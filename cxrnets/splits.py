@@ -50,9 +50,29 @@ def leakage_groups(patients: pd.Series, sha1: pd.Series) -> np.ndarray:
     return pd.factorize(pd.Series(roots))[0]
 
 
+MAX_FOLDS = 20
+FOLD_TOLERANCE = 0.1  # relative: one fold of round(1 / fraction) is kept where it is this close to the fraction
+
+
+def fold_plan(fraction: float, groups: int) -> tuple[int, int]:
+    """(m, n): hold out m of n stratified group folds, m / n close to `fraction`.
+
+    One fold of round(1 / fraction) where that is within FOLD_TOLERANCE of the fraction: the defaults (1/7
+    for 0.15), and every split made before other fractions could be asked, whose analysis remakes the
+    split and must get it again. Elsewhere one fold is far off (0.4 would hold out 1/2) and the closest
+    m / n over n up to MAX_FOLDS (and the groups) is taken instead: 2/5 for 0.4, 3/10 for 0.3.
+    """
+    folds = max(2, round(1 / fraction))
+    if abs(1 / folds - fraction) <= FOLD_TOLERANCE * fraction or groups < 2:
+        return 1, folds
+    _, folds, held = min((abs(m / n - fraction), n, m) for n in range(2, min(MAX_FOLDS, groups) + 1)
+                         for m in range(1, n))
+    return held, folds
+
+
 def _hold_out(strata: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of about `fraction` of the rows, whole groups only, stratified."""
-    n_splits = max(2, round(1 / fraction))
+    held_folds, n_splits = fold_plan(fraction, len(np.unique(groups)))
     if len(np.unique(groups)) < n_splits:
         raise CxrError(
             f"only {len(np.unique(groups))} patients/groups: too few to hold out {fraction:.0%} of them; "
@@ -61,7 +81,8 @@ def _hold_out(strata: np.ndarray, groups: np.ndarray, fraction: float, seed: int
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class")
-        _, held = next(splitter.split(np.zeros(len(strata)), strata, groups))
+        folds = splitter.split(np.zeros(len(strata)), strata, groups)
+        held = np.concatenate([next(folds)[1] for _ in range(held_folds)])
     mask = np.zeros(len(strata), dtype=bool)
     mask[held] = True
     return mask

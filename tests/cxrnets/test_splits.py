@@ -11,8 +11,8 @@ import pytest
 
 from cxrnets.data import SAMPLE_ROOT, DatasetIndex, load_dataset
 from cxrnets.errors import CxrError
-from cxrnets.splits import (HELDOUT, SPLITS, check_leakage, describe, leakage_groups, load_split, make_split,
-                            patients_per_class, save_split)
+from cxrnets.splits import (HELDOUT, SPLITS, check_leakage, describe, fold_plan, leakage_groups, load_split,
+                            make_split, patients_per_class, save_split)
 
 
 def with_sha1(index: DatasetIndex) -> pd.DataFrame:
@@ -53,11 +53,26 @@ def test_stratified_and_sized(three_classes: DatasetIndex) -> None:
     assert 4 <= sizes["test"] <= 9 and 4 <= sizes["val"] <= 9 and sizes["train"] >= 26
 
 
-def test_fractions_are_honoured(make_folder) -> None:
-    index = load_dataset("folder", make_folder(classes={"a": 60, "b": 190}, per_class=30))
-    split = split_of(index, val_fraction=0.25, test_fraction=0.25)
-    sizes = split["split"].value_counts()
-    assert 12 <= sizes["test"] <= 18 and 12 <= sizes["val"] <= 18
+@pytest.mark.parametrize("val, test", [(0.25, 0.25), (0.15, 0.3), (0.1, 0.4), (0.2, 0.45), (0.1, 0.6)])
+def test_fractions_are_honoured(make_folder, val: float, test: float) -> None:
+    index = load_dataset("folder", make_folder(classes={"a": 60, "b": 190}, per_class=50))
+    shares = split_of(index, val_fraction=val, test_fraction=test)["split"].value_counts(normalize=True)
+    assert shares["test"] == pytest.approx(test, abs=0.03) and shares["val"] == pytest.approx(val, abs=0.03)
+
+
+@pytest.mark.parametrize("fraction, plan", [(0.15, (1, 7)), (0.15 / 0.85, (1, 6)), (0.2, (1, 5)), (0.35, (1, 3)),
+                                            (0.3, (3, 10)), (0.4, (2, 5)), (0.6, (3, 5))])
+def test_a_fraction_is_held_out_as_whole_folds_one_where_that_is_close(fraction: float, plan: tuple) -> None:
+    assert fold_plan(fraction, groups=150) == plan
+
+
+def test_the_default_fractions_give_the_split_earlier_studies_were_made_with() -> None:
+    # The analysis remakes a study's split and refuses a study whose split it does not get again.
+    index = load_dataset("covid-chestxray-3class", SAMPLE_ROOT)
+    for fractions, made_before in (({}, "6803d2adc3a268f4a906e992e7d0fea961ad20fa"),
+                                   ({"test_fraction": 0.2}, "7ffca4bd2d5b0d3b05f9120219f56167e2917e15")):
+        split = split_of(index, **fractions)
+        assert hashlib.sha1(",".join(split["split"]).encode()).hexdigest() == made_before, fractions
 
 
 def test_patient_disjoint_on_fixture_tree(make_chestxray) -> None:
