@@ -72,10 +72,11 @@ def fold_plan(fraction: float, groups: int) -> tuple[int, int]:
 
 def _hold_out(strata: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of about `fraction` of the rows, whole groups only, stratified."""
-    held_folds, n_splits = fold_plan(fraction, len(np.unique(groups)))
-    if len(np.unique(groups)) < n_splits:
+    count = len(np.unique(groups))
+    held_folds, n_splits = fold_plan(fraction, count)
+    if count < n_splits:
         raise CxrError(
-            f"only {len(np.unique(groups))} patients/groups: too few to hold out {fraction:.0%} of them; "
+            f"only {count} patients/groups: too few to hold out {fraction:.0%} of them; "
             "use a larger dataset or larger split fractions"
         )
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
