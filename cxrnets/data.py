@@ -38,6 +38,8 @@ DATASET_NAMES = (
     "csv",
 )
 
+MULTILABEL_DATASETS = ("covid-chestxray",)  # an image may hold several labels; the others give one class each
+
 RADIOGRAPHY_CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
 PNEUMONIA_NORMAL_CLASSES = ("covid", "normal", "pneumonia")
 
@@ -535,4 +537,4 @@ def _load_covid_chestxray(root: Path, three_class: bool, metadata: str = "metada
     else:
         classes = sorted({label for labels in frame["labels"] for label in labels})
         name = "covid-chestxray"
-    return DatasetIndex(name, root, frame, classes, multilabel=not three_class, skipped=dict(skipped))
+    return DatasetIndex(name, root, frame, classes, multilabel=name in MULTILABEL_DATASETS, skipped=dict(skipped))

@@ -27,7 +27,8 @@ from cxrnets.errors import CxrError
 from cxrnets.names import check_image_size, check_seed
 from study import storage
 from study.settings import (ASHA_FORMS, CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DEFAULTS, METRICS, TIE_BREAK,
-                            StudySettings, load_settings, metric_mode, parse_keep, settings_uri)
+                            StudySettings, check_metric_reported, check_space_study, load_settings, metric_mode,
+                            parse_keep, settings_uri)
 from study.space import load_space
 
 log = logging.getLogger("study.run")
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace) -> StudySettings:
     space = load_space(args.space)
+    check_space_study(space)
     source = Path(space.source)
     document = _read_yaml(source)
     study = {**DEFAULTS, **space.study}
@@ -201,10 +203,12 @@ def validate(settings: StudySettings) -> None:
             and settings.val_fraction + settings.test_fraction < 1):
         raise CxrError(f"--val-fraction {settings.val_fraction:g} and --test-fraction {settings.test_fraction:g}: "
                        "each must lie between 0 and 1, and together leave patients to train on (sum below 1)")
-    if settings.asha not in ASHA_FORMS:
-        raise CxrError(f"asha: {settings.asha!r} in {settings.space_source}: choose one of {', '.join(ASHA_FORMS)}")
     if settings.grace_period > settings.max_epochs:
-        raise CxrError(f"--grace-period {settings.grace_period} exceeds --max-epochs {settings.max_epochs}")
+        raise CxrError(f"--grace-period {settings.grace_period} exceeds --max-epochs {settings.max_epochs} (the "
+                       f"options, else the study section of {settings.space_source})")
+    check_metric_reported(settings.metric, list(settings.data_roots), "metric")
+    if settings.tie_break:
+        check_metric_reported(settings.tie_break, list(settings.data_roots), "--tie-break")
     if settings.cpus_per_trial <= 0 or settings.gpus_per_trial < 0:
         raise CxrError("--cpus-per-trial must be positive and --gpus-per-trial non-negative")
     if settings.gpus_per_trial > 1 and settings.gpus_per_trial != int(settings.gpus_per_trial):

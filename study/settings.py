@@ -15,19 +15,23 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from cxrnets.data import DATASET_NAMES, MULTILABEL_DATASETS
 from cxrnets.errors import CxrError
 from study import storage
 from study.space import SearchSpace, parse_space
 
 SETTINGS_FILE = "study.json"
-# What ASHA and Optuna may optimise: the validation metrics every trial reports (losses are minimised).
+# What ASHA and Optuna may optimise: the validation metrics trials report (losses are minimised).
 METRICS = ("val/f1_macro", "val/accuracy", "val/precision_macro", "val/recall_macro", "val/loss",
-           "val/subset_accuracy", "val/f1_micro", "val/roc_auc_macro", "train/loss")
+           "val/subset_accuracy", "val/f1_micro", "val/roc_auc_macro")
+MULTILABEL_METRICS = ("val/subset_accuracy", "val/f1_micro")  # reported on multi-label datasets only (cxrnets.metrics)
 TIE_BREAK = "val/loss"  # what ASHA's rungs rank tied trials by (study.asha)
 # Used where neither the command line nor the space says.
 DEFAULTS = {"dataset": "covid-chestxray-3class", "image_size": 64, "num_samples": 10, "max_epochs": 4,
             "grace_period": 1, "reduction_factor": 2, "metric": "val/f1_macro", "asha": "promoting"}
 ASHA_FORMS = ("promoting", "stopping")  # study.asha: PromotingASHA pauses trials at rungs, BestEpochASHA stops them
+# What a space's `study:` section may set: defaults for these options of study.run.
+SPACE_STUDY_KEYS = tuple(DEFAULTS)
 # The checkpoint policy's defaults (see study.checkpoints).
 CHECKPOINT_EVERY = 5          # epochs between two full states of a running trial
 CHECKPOINT_MINUTES = 15.0     # ... or minutes, whichever comes first
@@ -75,6 +79,32 @@ class StudySettings:
 
     def search_space(self) -> SearchSpace:
         return parse_space(self.space, self.space_source, self.name)
+
+
+def check_space_study(space: SearchSpace) -> None:
+    """The space's `study:` section, each key checked as its command-line option is, naming the file and key."""
+    allowed = {"dataset": DATASET_NAMES, "metric": METRICS, "asha": ASHA_FORMS}
+    lowest = {"num_samples": 1, "max_epochs": 1, "grace_period": 1, "reduction_factor": 2, "image_size": 1}
+    unknown = [key for key in space.study if key not in SPACE_STUDY_KEYS]
+    if unknown:
+        raise CxrError(f"{space.source}: study: unknown key(s) {unknown}; a space's study section may set "
+                       f"{', '.join(SPACE_STUDY_KEYS)}")
+    for key, value in space.study.items():
+        where = f"{space.source}: study.{key}"
+        if key in allowed and value not in allowed[key]:
+            raise CxrError(f"{where}: {value!r} is not one of {', '.join(allowed[key])}")
+        if key in lowest and not (isinstance(value, int) and not isinstance(value, bool) and value >= lowest[key]):
+            raise CxrError(f"{where}: a whole number of at least {lowest[key]}, got {value!r}")
+
+
+def check_metric_reported(metric: str, datasets: list[str], option: str) -> None:
+    """Refuse a metric that some of the study's datasets never report: Tune would stop the study at the
+    first result without it."""
+    single_label = [name for name in datasets if name not in MULTILABEL_DATASETS]
+    if metric in MULTILABEL_METRICS and single_label:
+        reported = [m for m in METRICS if m not in MULTILABEL_METRICS]
+        raise CxrError(f"{option} {metric}: only multi-label datasets ({', '.join(MULTILABEL_DATASETS)}) report it, "
+                       f"and {', '.join(single_label)} is single-label; choose one of {', '.join(reported)}")
 
 
 def metric_mode(metric: str) -> str:

@@ -2,7 +2,8 @@
 
 A space file (see `search_spaces/*.yaml`) has three sections:
 
-    study:                      # defaults for the study's flags; the command line wins
+    study:                      # defaults for the study's flags (those of study.settings.SPACE_STUDY_KEYS);
+                                # the command line wins
       dataset: covid-chestxray-3class
       image_size: 64
       num_samples: 12

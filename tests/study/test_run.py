@@ -149,6 +149,11 @@ BAD_INPUT = {
     "a negative test fraction": (GOOD_SPACE, ["--test-fraction", "-0.1"], r"--test-fraction -0\.1: each must lie"),
     "a name that is a path": (GOOD_SPACE, ["--name", "../elsewhere"],
                               r"--name '\.\./elsewhere': a study's name is its one folder under --storage"),
+    "a multi-label metric on single-label data": (
+        GOOD_SPACE, ["--metric", "val/subset_accuracy"],
+        r"metric val/subset_accuracy: only multi-label datasets \(covid-chestxray\) report it, and folder is single-label"),
+    "a multi-label tie-break on single-label data": (GOOD_SPACE, ["--tie-break", "val/f1_micro"],
+                                                     r"--tie-break val/f1_micro: only multi-label datasets"),
 }
 
 
@@ -173,11 +178,27 @@ def test_bad_input_is_one_clear_error_before_any_trial(tmp_path, capsys, tiny_da
     assert_no_trial(storage)
 
 
-def test_an_unknown_asha_form_in_the_space_is_refused(tmp_path, capsys, tiny_data, cache_dir):
-    space = write_space(tmp_path / "space.yaml", GOOD_SPACE, study={"asha": "pausing"})
+SPACE_STUDY_MISTAKES = {
+    "an unknown ASHA form": ({"asha": "pausing"}, r"study\.asha: 'pausing' is not one of promoting, stopping"),
+    "a misspelt key": ({"max_epoch": 3}, r"study: unknown key\(s\) \['max_epoch'\]; a space's study section may "
+                                         r"set dataset, image_size, num_samples, max_epochs,"),
+    "epochs in words": ({"max_epochs": "three"}, r"study\.max_epochs: a whole number of at least 1, got 'three'"),
+    "a fraction of an epoch": ({"max_epochs": 2.5}, r"study\.max_epochs: a whole number of at least 1, got 2\.5"),
+    "a reduction factor of 1": ({"reduction_factor": 1}, r"study\.reduction_factor: a whole number of at least 2"),
+    "an unknown metric": ({"metric": "val/auc"}, r"study\.metric: 'val/auc' is not one of val/f1_macro, "),
+    "a training metric": ({"metric": "train/loss"}, r"study\.metric: 'train/loss' is not one of"),
+}
+
+
+@pytest.mark.parametrize("section, message", SPACE_STUDY_MISTAKES.values(), ids=SPACE_STUDY_MISTAKES.keys())
+def test_a_mistake_in_the_spaces_study_section_names_the_file_and_key(tmp_path, capsys, tiny_data, cache_dir,
+                                                                       section, message):
+    """The space's study section gives the study's defaults: a mistake there is refused as the option's would
+    be (not ignored, not a crash once trials report), naming the file, before any trial."""
+    space = write_space(tmp_path / "space.yaml", GOOD_SPACE, study=section)
     code = main(study_argv(space, tmp_path / "studies", "bad", tiny_data, cache_dir, "--image-size", "32"))
     err = capsys.readouterr().err
-    assert code == 2 and "asha: 'pausing' in " in err and "choose one of promoting, stopping" in err, err
+    assert code == 2 and err.startswith(f"error: {space}: study") and re.search(message, err), err
     assert_no_trial(tmp_path / "studies")
 
 

@@ -9,7 +9,8 @@ import pytest
 from cxrnets.errors import CxrError
 from study.checkpoints import WeightsKeeper
 from study.results import ResultsTable
-from study.settings import parse_keep, resumed_study
+from study.settings import check_metric_reported, check_space_study, parse_keep, resumed_study
+from study.space import SPACES_DIR, load_space
 
 
 def test_keep_parses_all_or_a_positive_count():
@@ -27,3 +28,15 @@ def test_a_resume_points_the_unpickled_callbacks_at_the_study_where_it_lies_now(
     with resumed_study("s3://bucket/moved/demo"):
         assert [c.study_uri for c in pickle.loads(pickled)] == ["s3://bucket/moved/demo"] * 2
     assert [c.study_uri for c in pickle.loads(pickled)] == ["/old/studies/demo"] * 2
+
+
+@pytest.mark.parametrize("space", sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
+def test_every_shipped_space_has_a_valid_study_section(space):
+    check_space_study(load_space(space))
+
+
+def test_a_multi_label_metric_is_refused_where_a_dataset_is_single_label():
+    check_metric_reported("val/f1_micro", ["covid-chestxray"], "metric")
+    check_metric_reported("val/f1_macro", ["covid-chestxray", "covid-radiography"], "metric")
+    with pytest.raises(CxrError, match=r"--tie-break val/subset_accuracy: .* covid-radiography is single-label"):
+        check_metric_reported("val/subset_accuracy", ["covid-chestxray", "covid-radiography"], "--tie-break")
