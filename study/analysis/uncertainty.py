@@ -276,22 +276,23 @@ def undefined_reasons(y_true: np.ndarray, classes: list[str], multilabel: bool, 
         names = ("accuracy", "subset_accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_micro",
                  "roc_auc_macro", "brier", "ece", "classwise_ece")
         return {name: reason for name in names}
-    kind = "label" if multilabel else "class"
+    kind, kinds = ("label", "labels") if multilabel else ("class", "classes")
+    named = lambda names: f"{kind if len(names) == 1 else kinds} {', '.join(names)}"  # noqa: E731
     patients = class_patients(y_true, groups, len(classes), multilabel)
     reasons: dict[str, list[str]] = {}
     absent = [name for name, count in zip(classes, patients) if count == 0]
     if absent:
         for name in ("precision_macro", "recall_macro", "f1_macro"):
             reasons.setdefault(name, []).append(
-                f"{kind} {', '.join(absent)} has no image on the split: the macro average counts it as 0 in "
+                f"no image on the split of {named(absent)}: the macro average counts each such {kind} as 0 in "
                 "every resample")
     alone = [name for name, count in zip(classes, patients) if count == 1]
     if alone:
         for name in CLASS_AVERAGES:
             reasons.setdefault(name, []).append(
-                f"{kind} {', '.join(alone)} has one patient on the split: every resample draws that patient, so "
-                f"its part of an average over {kind}es never moves (its precision, recall and specificity have "
-                "exact intervals in the per-class table; a study made with a larger --test-fraction or "
+                f"one patient on the split of {named(alone)}: every resample draws that patient, so each such "
+                f"{kind}'s part of an average over {kinds} never moves (its precision, recall and specificity "
+                "have exact intervals in the per-class table; a study made with a larger --test-fraction or "
                 "--val-fraction gives it more patients)")
     return {name: "; ".join(why) for name, why in reasons.items()}
 

@@ -380,7 +380,7 @@ def test_intervals_resample_patients_and_pair_the_comparisons(evaluated, study_d
                                                       - chosen.evaluation.baseline["test/f1_macro"])
     text = (analysis.out / "report.md").read_text()
     assert "bootstrap resamples of the split's **patients**" in text
-    assert f"class {alone[0]} has one patient on the split" in text and "Undefined intervals: " in text
+    assert f"one patient on the split of class {alone[0]}: every resample" in text and "Undefined intervals: " in text
     assert "### Paired differences (Macro F1)" in text
     for row in f1.to_dict("records"):
         assert f"{row['model']} vs {row['versus']}: {row['difference']:+.3f} [undefined], no interval" in text

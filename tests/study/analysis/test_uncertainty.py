@@ -110,10 +110,20 @@ def test_an_absent_class_or_a_single_patient_leaves_intervals_undefined_with_why
     reasons = undefined_reasons(np.array([0, 0, 1, 1]), ["COVID-19", "Pneumonia", "No Finding"], False,
                                 np.array([0, 1, 2, 3]))
     assert set(reasons) == {"precision_macro", "recall_macro", "f1_macro"}
-    assert "No Finding has no image on the split" in reasons["f1_macro"]
+    assert "no image on the split of class No Finding: the macro average" in reasons["f1_macro"]
     assert undefined_reasons(np.array([0, 1, 2, 0, 1, 2]), ["a", "b", "c"], False, np.arange(6)) == {}
     one = undefined_reasons(np.array([0, 1]), ["a", "b"], False, np.array([4, 4]))
     assert "accuracy" in one and "one patient" in one["accuracy"]
+
+
+def test_the_reasons_name_several_labels_as_labels():
+    """Multi-label: two labels of one patient each (rows 0 and 1), a third on no image; read as written."""
+    y_true = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 0]])
+    reasons = undefined_reasons(y_true, ["Fungal", "SARS", "COVID-19", "Lipoid"], True, np.array([0, 1, 2, 3]))
+    assert reasons["f1_macro"].startswith("no image on the split of label Lipoid: the macro average counts each "
+                                          "such label as 0 in every resample; one patient on the split of labels "
+                                          "Fungal, SARS: every resample draws that patient, so each such label's "
+                                          "part of an average over labels never moves")
 
 
 def one_patient_class_split(resamples: int = 500):
@@ -134,7 +144,7 @@ def test_a_class_of_one_patient_leaves_the_averages_over_classes_without_interva
     assert np.ptp(recall[:, 2]) == 0 and np.ptp(recall[:, 1]) > 0
     assert split.class_patients == {"a": 30, "b": 8, "c": 1}
     assert set(split.undefined) == {"precision_macro", "recall_macro", "f1_macro", "roc_auc_macro", "classwise_ece"}
-    assert "class c has one patient on the split" in split.undefined["f1_macro"]
+    assert "one patient on the split of class c: every resample" in split.undefined["f1_macro"]
     assert not split.class_resampled(2) and split.class_resampled(1)
     assert not split.difference_defined("f1_macro") and split.difference_defined("accuracy")
     assert split.few_patients() == {"b": 8}
