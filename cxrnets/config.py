@@ -8,7 +8,7 @@ from typing import Any
 
 from cxrnets.data import DATASET_NAMES, SAMPLE_ROOT
 from cxrnets.errors import CxrError
-from cxrnets.names import MODEL_NAMES, OPTIMIZER_NAMES, check_image_size, check_seed
+from cxrnets.names import MODEL_NAMES, OPTIMIZER_NAMES, check_device_name, check_image_size, check_seed
 
 
 @dataclass
@@ -62,5 +62,8 @@ class TrainConfig:
                 raise CxrError(f"option {name} must be a positive integer, got {value!r}")
         if self.momentum < 0 or self.weight_decay < 0:
             raise CxrError(f"momentum ({self.momentum}) and weight_decay ({self.weight_decay}) must be >= 0")
+        if self.momentum >= 1:
+            raise CxrError(f"option momentum must be below 1 (SGD's velocity would never decay), got {self.momentum}")
+        check_device_name(self.device, "option device")
         check_image_size(self.model, self.image_size)
         check_seed(self.seed, "option seed")

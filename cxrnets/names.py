@@ -1,11 +1,13 @@
-"""The names the command lines accept for models and optimizers, the smallest image each model takes,
-and the seeds they accept.
+"""The names the command lines accept for models, optimizers and devices, the smallest image each model
+takes, and the seeds they accept.
 
 Kept apart from cxrnets.models and cxrnets.training, which load torch (seconds), so that a
 command's `--help` and its option errors answer at once. cxrnets.models explains the sizes.
 """
 
 from __future__ import annotations
+
+import re
 
 from cxrnets.errors import CxrError
 
@@ -36,3 +38,9 @@ def check_image_size(name: str, image_size: int) -> None:
     if image_size < minimum:
         raise CxrError(f"--image-size {image_size} is too small for model {name!r}: it needs "
                        f"at least {minimum} px; raise --image-size to {minimum} or more")
+
+
+def check_device_name(name: str, option: str = "--device") -> None:
+    """auto, cpu, cuda or cuda:N; whether this machine has that device is cxrnets.training.select_device's to say."""
+    if not (isinstance(name, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", name)):
+        raise CxrError(f"{option} {name!r}: choose auto (CUDA if present, else CPU), cpu, cuda or cuda:N")

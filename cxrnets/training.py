@@ -32,7 +32,7 @@ from cxrnets.data import DatasetIndex, load_dataset
 from cxrnets.errors import CxrError, DivergedError
 from cxrnets.metrics import classification_metrics
 from cxrnets.models import build_model
-from cxrnets.names import OPTIMIZER_NAMES
+from cxrnets.names import OPTIMIZER_NAMES, check_device_name
 from cxrnets.splits import describe, load_split, make_split, save_split
 
 log = logging.getLogger(__name__)
@@ -172,11 +172,16 @@ def build_optimizer(name: str, parameters, lr: float, momentum: float = 0.9,
 
 
 def select_device(name: str = "auto") -> torch.device:
+    check_device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise CxrError(f"device {name!r} asked for, but this machine has no CUDA GPU; use --device cpu or auto")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise CxrError(f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                       "numbered from 0")
+    return device
 
 
 def autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:

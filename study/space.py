@@ -348,6 +348,8 @@ def _check_value(where: str, key: str, value: Any) -> None:
     positive = key in ("lr", "batch_size", "image_size")
     if (positive and value <= 0) or value < 0:
         raise CxrError(f"{where}: {key} must be {'positive' if positive else 'non-negative'}, got {value!r}")
+    if key == "momentum" and value >= 1:
+        raise CxrError(f"{where}: momentum must be below 1 (SGD's velocity would never decay), got {value!r}")
     if key in ("batch_size", "image_size", "seed") and not isinstance(value, int):
         raise CxrError(f"{where}: {key} must be an integer, got {value!r}")
 

@@ -92,6 +92,15 @@ def test_optimizers_and_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(CxrError, match="no CUDA GPU"):
             select_device("cuda")
+    with pytest.raises(CxrError, match=r"--device 'tpu': choose auto"):
+        select_device("tpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_index_past_the_machines_gpus_is_refused_by_name():
+    count = torch.cuda.device_count()
+    with pytest.raises(CxrError, match=rf"device 'cuda:{count}' asked for, but this machine has {count} CUDA GPU"):
+        select_device(f"cuda:{count}")
 
 
 # ------------------------------------------------------------------ divergence

@@ -276,6 +276,8 @@ MALFORMED = {
         r"image_size 32 is too small for alexnet"),
     "negative learning rate": ({"search": {**GOOD, "lr": {"choice": [0.01, -0.1]}}},
                                r"search\.lr: lr must be positive"),
+    "momentum of 1": ({"search": {**GOOD, "momentum": {"uniform": [0.5, 1.0]}}},
+                      r"search\.momentum: momentum must be below 1 \(SGD.s velocity would never decay\), got 1\.0"),
     "fractional batch size": ({"search": {**GOOD, "batch_size": {"choice": [16, 32.5]}}},
                               r"search\.batch_size: batch_size must be an integer"),
     "alternative without when": (
