@@ -155,6 +155,9 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
     if resume:
         if jobs is None:
             raise CxrError(f"{settings.study_uri} has no confirm run to resume; start one with --seeds N")
+        if seeds is not None:
+            raise CxrError(f"--seeds {seeds} with --resume: the confirm run continues with the {len(jobs)} trials it "
+                           "started with; drop --seeds")
     else:
         if jobs is not None:
             raise CxrError(f"{confirm_uri(settings.study_uri)} already holds a confirm run ({len(jobs)} trials): "
@@ -188,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m study.confirm", description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("study_dir", help="the study directory python -m study.run wrote (<storage>/<study name>)")
-    add("--seeds", type=int, default=3, help="new seeds per selected configuration (default: 3)")
+    add("--seeds", type=int, default=None, help="new seeds per selected configuration (default: 3)")
     add("--resume", action="store_true", help="continue this study's interrupted confirm run")
     add("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a cluster running here, "
         "else a local Ray instance)")

@@ -103,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--cache-dir", default=None,
         help="decode-once image cache on each node (default: $CXR_TUNE_CACHE, else ~/.cache/cxr-tune)")
     add("--resume", default=None, metavar="STUDY_DIR",
-        help="continue the study in this directory with the settings in its study.json "
-             "(only --address and --num-cpus still apply) (default: start a new study)")
+        help="continue the study in this directory with the settings in its study.json; only --address, "
+             "--num-cpus and -v go with it (default: start a new study)")
     add("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a cluster running here, "
         "else a new local instance)")
     add("--num-cpus", type=int, default=None, help="CPUs of a new local Ray instance (default: all)")
@@ -112,6 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="Tune's own tables and every trial's log lines, instead of the study's one status line; a resumed "
              "study shows what it started with")
     return parser
+
+
+RESUME_OPTIONS = ("resume", "address", "num_cpus", "verbose")  # what a resume still takes: where it runs, how it shows
+
+
+def check_resume_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A resume runs the study as study.json defines it: refuse, naming them, options it would not use."""
+    ignored = [f"--{dest.replace('_', '-')}" for dest, value in vars(args).items()
+               if dest not in RESUME_OPTIONS and value != parser.get_default(dest)]
+    if ignored:
+        raise CxrError(f"--resume continues the study as its study.json defines it: {', '.join(ignored)} would not "
+                       "change it; drop them (only --address, --num-cpus and -v go with --resume), or start a new "
+                       "study with them")
 
 
 def settings_from_args(args: argparse.Namespace) -> StudySettings:
@@ -235,10 +248,12 @@ def validate(settings: StudySettings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     settings = None
     try:
         if args.resume:
+            check_resume_options(parser, args)
             settings = load_settings(args.resume, "--resume")
         else:
             settings = settings_from_args(args)

@@ -170,6 +170,8 @@ def test_bad_input(grid_study, confirmed, tmp_path, capsys):
     assert "already holds a confirm run" in capsys.readouterr().err
     assert main([str(grid_study), "--resume"]) == 2
     assert "no confirm run to resume" in capsys.readouterr().err
+    assert main([str(confirmed), "--resume", "--seeds", "5"]) == 2
+    assert "--seeds 5 with --resume: the confirm run continues with the" in capsys.readouterr().err
     assert main([str(tmp_path)]) == 2
     assert "not a study directory" in capsys.readouterr().err
     empty = linked_copy(grid_study, tmp_path / "empty")

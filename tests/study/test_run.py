@@ -267,6 +267,14 @@ def test_help_states_each_default_once():
         assert flat.count("(default:") <= 1 and "default: None" not in flat, flat
 
 
+def test_a_resume_refuses_options_that_would_not_change_the_study(tmp_path, capsys):
+    """A resume runs the study its study.json defines: --max-epochs 8 beside it must not pass for an extension."""
+    code = main(["--resume", str(tmp_path), "--max-epochs", "8", "--seed", "3", "--num-cpus", "1", "-v"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --resume continues the study as its study.json defines it: "
+                                        "--max-epochs, --seed would not change it; drop them"), err
+
+
 def test_resume_of_a_folder_that_is_no_study(tmp_path, capsys):
     code = main(["--resume", str(tmp_path)])
     err = capsys.readouterr().err
