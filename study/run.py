@@ -217,8 +217,8 @@ def validate(settings: StudySettings) -> None:
         raise CxrError(f"--val-fraction {settings.val_fraction:g} and --test-fraction {settings.test_fraction:g}: "
                        "each must lie between 0 and 1, and together leave patients to train on (sum below 1)")
     if settings.grace_period > settings.max_epochs:
-        raise CxrError(f"--grace-period {settings.grace_period} exceeds --max-epochs {settings.max_epochs} (the "
-                       f"options, else the study section of {settings.space_source})")
+        raise CxrError(f"--grace-period {settings.grace_period} exceeds --max-epochs {settings.max_epochs} (where "
+                       f"not given, each comes from the study section of {settings.space_source})")
     check_metric_reported(settings.metric, list(settings.data_roots), "metric")
     if settings.tie_break:
         check_metric_reported(settings.tie_break, list(settings.data_roots), "--tie-break")

@@ -103,8 +103,9 @@ def check_metric_reported(metric: str, datasets: list[str], option: str) -> None
     single_label = [name for name in datasets if name not in MULTILABEL_DATASETS]
     if metric in MULTILABEL_METRICS and single_label:
         reported = [m for m in METRICS if m not in MULTILABEL_METRICS]
+        verb = "is" if len(single_label) == 1 else "are"
         raise CxrError(f"{option} {metric}: only multi-label datasets ({', '.join(MULTILABEL_DATASETS)}) report it, "
-                       f"and {', '.join(single_label)} is single-label; choose one of {', '.join(reported)}")
+                       f"and {', '.join(single_label)} {verb} single-label; choose one of {', '.join(reported)}")
 
 
 def metric_mode(metric: str) -> str:
