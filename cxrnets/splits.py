@@ -13,12 +13,15 @@ other sources as usual.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import sklearn
 from sklearn.model_selection import StratifiedGroupKFold
 
 from cxrnets.errors import CxrError
@@ -48,6 +51,20 @@ def leakage_groups(patients: pd.Series, sha1: pd.Series) -> np.ndarray:
                 first_seen[value] = i
     roots = [find(i) for i in range(len(parent))]
     return pd.factorize(pd.Series(roots))[0]
+
+
+# StratifiedGroupKFold(shuffle=True) stratifies from scikit-learn 1.8 on: before, it shuffled the groups' class
+# counts apart from the groups themselves and held out groups at random (scikit-learn#32540).
+STRATIFYING_SCIKIT_LEARN = (1, 8)
+
+
+def check_splitter(version: str = sklearn.__version__) -> None:
+    """Refuse a scikit-learn whose StratifiedGroupKFold would not stratify the split it is asked for."""
+    release = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+    if release < STRATIFYING_SCIKIT_LEARN:
+        raise CxrError(f"scikit-learn {version} cannot make a stratified split: its StratifiedGroupKFold holds out "
+                       "patients at random when it shuffles (fixed in 1.8, scikit-learn#32540); "
+                       "pip install 'scikit-learn>=1.8'")
 
 
 MAX_FOLDS = 20
@@ -96,6 +113,7 @@ def make_split(frame: pd.DataFrame, strata: pd.Series, val_fraction: float = 0.1
 
     Returns a frame with columns relpath, patient, sha1, stratum, split.
     """
+    check_splitter()
     if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
         raise CxrError(f"split fractions val={val_fraction}, test={test_fraction} must be in (0, 1) and sum below 1")
     split = frame[["relpath", "patient", "sha1"]].reset_index(drop=True).copy()
@@ -131,6 +149,17 @@ def check_leakage(split: pd.DataFrame) -> None:
             raise CxrError(
                 f"split leaks: {len(leaking)} {what}(s) fall on two sides, e.g. {column}={example!r}:\n{where}"
             )
+
+
+def split_digest(split: pd.DataFrame) -> str:
+    """SHA-256 of which image went where (relpath, patient, sha1 and split as text, in the frame's order).
+
+    A study records it when it makes its split, so that an edit of the split file is found without making
+    the split again: StratifiedGroupKFold's folds for the same seed differ between scikit-learn releases
+    (1.7 and 1.9 split the embedded sample differently).
+    """
+    text = split[["relpath", "patient", "sha1", "split"]].astype(str).to_csv(index=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def save_split(split: pd.DataFrame, path: str | Path) -> None:

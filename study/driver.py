@@ -39,7 +39,7 @@ from cxrnets.cache import build_cache  # noqa: E402
 from cxrnets.data import load_dataset  # noqa: E402
 from cxrnets.errors import CxrError  # noqa: E402
 from cxrnets.metrics import majority_baseline  # noqa: E402
-from cxrnets.splits import describe, make_split, patients_per_class  # noqa: E402
+from cxrnets.splits import describe, make_split, patients_per_class, split_digest  # noqa: E402
 from cxrnets.training import SPLIT_COLUMNS, align_split  # noqa: E402
 from study import storage  # noqa: E402
 from study.asha import BestEpochASHA, PromotingASHA, PromotionGate  # noqa: E402
@@ -108,6 +108,7 @@ def prepare_splits(settings: StudySettings, resume: bool) -> dict[str, pd.DataFr
             split = make_split(frame, cache.index.stratum(), settings.val_fraction, settings.test_fraction,
                                settings.seed)
             storage.write_csv(uri, split[SPLIT_COLUMNS])
+            settings.split_digests[dataset] = split_digest(read_split(uri))
         targets = cache.index.targets()
         rows = {name: (split["split"] == name).to_numpy() for name in ("train", "val")}
         baseline = majority_baseline(targets[rows["train"]], targets[rows["val"]], cache.index.multilabel,

@@ -71,6 +71,9 @@ class StudySettings:
     # Optuna study lived in the driver's memory and in Tune's snapshots only.
     optuna_study: str | None = None
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # majority class, per dataset
+    # dataset -> cxrnets.splits.split_digest of its split file as made; empty for a study from before them,
+    # whose analysis makes the split again to check the file.
+    split_digests: dict[str, str] = field(default_factory=dict)
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
 
     @property

@@ -18,8 +18,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import sklearn
 
 from cxrnets.errors import CxrError
+from cxrnets.splits import make_split, split_digest
 from cxrnets.training import load_checkpoint
 from study import storage
 from study.analysis.reading import Study
@@ -95,7 +97,6 @@ class StudyData:
 
     def prepare(self, config) -> Any:
         """The dataset of `config` (a TrainConfig) with the study's split; refuses if either changed."""
-        from cxrnets.splits import make_split
         from cxrnets.training import prepare_data
 
         key = (config.dataset, config.data_root, config.image_size, config.cache_dir,
@@ -112,10 +113,26 @@ class StudyData:
         except CxrError as error:
             raise AnalysisRefused(f"refusing to evaluate: {uri} no longer matches the data at "
                                   f"{config.data_root}: {error}") from error
-        # The split file itself must be the one the study made: remake it (seeded) and compare.
+        self.check_split_unedited(config, uri, saved, data)
+        for name in ("train", "val", "test"):
+            if len(data.rows(name)) == 0:
+                raise AnalysisRefused(f"{uri}: the {name} split of {config.dataset} is empty; nothing to evaluate on")
+        self._prepared[key] = data
+        return data
+
+    def check_split_unedited(self, config, uri: str, saved: pd.DataFrame, data) -> None:
+        """The split file must be the one the study made: its digest as recorded then, or, for a study from
+        before digests, the split made again (seeded) from the same data."""
+        settings = self.study.settings
+        recorded = settings.split_digests.get(config.dataset)
+        if recorded is not None:
+            if split_digest(saved) != recorded:
+                raise AnalysisRefused(f"refusing to evaluate: {uri} was edited since the study made it (its content "
+                                      "no longer has the digest recorded in study.json); the split is part of the "
+                                      "study: restore the file, or start a new study")
+            return
         frame = data.index.frame.assign(sha1=data.split["sha1"].to_numpy())
         try:
-            settings = self.study.settings
             remade = make_split(frame, data.index.stratum(), settings.val_fraction, settings.test_fraction,
                                 settings.seed)
         except CxrError as error:
@@ -127,13 +144,11 @@ class StudyData:
             raise AnalysisRefused(
                 f"refusing to evaluate: {uri} was edited since the study made it: {int(moved.sum())} image(s) "
                 f"changed split, e.g. {example['relpath']} is now in {example['split']} but the study put it in "
-                f"{remade.loc[moved, 'split'].iloc[0]} (seed {self.study.settings.seed}); the split is part of "
-                "the study: restore the file, or start a new study")
-        for name in ("train", "val", "test"):
-            if len(data.rows(name)) == 0:
-                raise AnalysisRefused(f"{uri}: the {name} split of {config.dataset} is empty; nothing to evaluate on")
-        self._prepared[key] = data
-        return data
+                f"{remade.loc[moved, 'split'].iloc[0]} (seed {settings.seed}); the split is part of the study: "
+                "restore the file, or start a new study. (Or the file is intact and this scikit-learn, "
+                f"{sklearn.__version__}, splits differently from the release the study was made with: this study "
+                "predates the split digests in study.json, so the split is made again to check it; analyse it "
+                "where that release is installed.)")
 
     def train_config(self, checkpoint: dict):
         from cxrnets.config import TrainConfig

@@ -9,6 +9,7 @@ and never write into a linked file.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -27,7 +28,8 @@ from sklearn.metrics import roc_auc_score
 from cxrnets.data import SAMPLE_ROOT
 from cxrnets.errors import CxrError
 from cxrnets.predict import main as predict_main
-from study.analysis import selection as selection_module
+from cxrnets.splits import make_split, split_digest
+from study.analysis import evaluation as evaluation_module, selection as selection_module
 from study.analysis.evaluation import Evaluation, StudyData, evaluate_checkpoint
 from study.analysis.figures import plot_confusion, plot_curves, plot_pretrained, plot_reliability, pretrained_pairs
 from study.analysis.reading import open_study
@@ -535,6 +537,54 @@ def test_edited_split_file_is_refused(study_dir, tmp_path, capsys):
     error = capsys.readouterr().err
     assert error.startswith("error: refusing to evaluate") and "edited" in error
     assert not (copy / "report" / "tables" / "selected_trials.csv").exists()
+
+
+def without_split_digests(study: Path) -> None:
+    """Make a linked copy's study.json that of a study from before split digests."""
+    path = study / "study.json"
+    settings = json.loads(path.read_text())
+    del settings["split_digests"]
+    path.unlink()
+    path.write_text(json.dumps(settings))
+
+
+def test_the_study_records_its_splits_digest(study_dir):
+    split = pd.read_csv(study_dir / "splits" / f"{DATASET}.csv", dtype=str, keep_default_na=False)
+    assert open_study(study_dir).settings.split_digests == {DATASET: split_digest(split)}
+
+
+def test_a_scikit_learn_that_splits_differently_still_analyses_the_study(study_dir, evaluated, tmp_path,
+                                                                        monkeypatch):
+    """StratifiedGroupKFold's folds for a seed differ between scikit-learn releases (1.7 and 1.9 split the
+    sample differently): the analysis of a study made under one must not depend on the release here."""
+    def another_release(frame, strata, val_fraction, test_fraction, seed):
+        return make_split(frame, strata, val_fraction, test_fraction, seed + 1)
+
+    monkeypatch.setattr(evaluation_module, "make_split", another_release)
+    result = analyze(linked_copy(study_dir, tmp_path / "grid"), formats=("csv",))
+    analysis, _ = evaluated
+    for model in ("alexnet", "resnet50"):
+        assert result.best(DATASET, model).candidate.trial_id == analysis.best(DATASET, model).candidate.trial_id
+    older = linked_copy(study_dir, tmp_path / "older")
+    without_split_digests(older)  # a study from before digests: checked by making the split again
+    with pytest.raises(CxrError, match=r"was edited since .*Or the file is intact and this scikit-learn, "
+                                       r"[0-9.]+, splits differently"):
+        analyze(older, formats=("csv",))
+
+
+def test_an_edited_split_of_a_study_from_before_digests_is_refused(study_dir, tmp_path, capsys):
+    copy = linked_copy(study_dir, tmp_path / "grid")
+    without_split_digests(copy)
+    path = copy / "splits" / f"{DATASET}.csv"
+    split = pd.read_csv(path, dtype=str, keep_default_na=False)
+    path.unlink()
+    moved = split.index[split["split"] == "test"][0]
+    split.loc[moved, "split"] = "train"
+    split.to_csv(path, index=False)
+    assert main([str(copy), "--format", "csv"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: refusing to evaluate: {path} was edited since the study made it: 1 image(s) "
+                            f"changed split, e.g. {split.loc[moved, 'relpath']} is now in train"), error
 
 
 def test_changed_test_images_are_refused(study_dir, tmp_path):
