@@ -48,8 +48,8 @@ from study.console import StudyConsole  # noqa: E402
 from study.results import ResultsTable, read_results, read_trial_events  # noqa: E402
 from study.searcher import (BestEpochOptunaSearch, StudySearchGenerator, restore_storage_file,  # noqa: E402
                             storage_file_uri, storage_url, working_file)
-from study.settings import (StudySettings, metric_mode, read_split, resumed_study, save_settings,  # noqa: E402
-                            settings_uri, split_uri)
+from study.settings import (StudySettings, check_split_digest, metric_mode, read_split,  # noqa: E402
+                            resumed_study, save_settings, settings_uri, split_uri)
 from study.space import config_name  # noqa: E402
 from study.tables import comparison_table, markdown_table  # noqa: E402
 from study.trainable import (TrialContext, TrialTrainable, dataset_missing_message,  # noqa: E402
@@ -103,7 +103,9 @@ def prepare_splits(settings: StudySettings, resume: bool) -> dict[str, pd.DataFr
         frame = cache.index.frame.assign(sha1=cache.sha1)
         uri = split_uri(settings.study_uri, dataset)
         if resume:
-            split = align_split(read_split(uri), frame, Path(uri))
+            saved = read_split(uri)
+            check_split_digest(settings, dataset, saved, uri)
+            split = align_split(saved, frame, Path(uri))
         else:
             split = make_split(frame, cache.index.stratum(), settings.val_fraction, settings.test_fraction,
                                settings.seed)

@@ -204,6 +204,17 @@ def split_uri(study_uri: str, dataset: str) -> str:
     return storage.join(study_uri, "splits", f"{dataset}.csv")
 
 
+def check_split_digest(settings: StudySettings, dataset: str, split, uri: str) -> None:
+    """CxrError if a study's split file is no longer the one it made (cxrnets.splits.split_digest; a study
+    from before digests has none to compare with, and passes here)."""
+    from cxrnets.splits import split_digest  # loads scikit-learn: kept out of study.run --help
+
+    recorded = settings.split_digests.get(dataset)
+    if recorded is not None and split_digest(split) != recorded:
+        raise CxrError(f"{uri} was edited since the study made it (its content no longer has the digest recorded "
+                       "in study.json); the split is part of the study: restore the file, or start a new study")
+
+
 def read_split(uri: str):
     """A study's saved split (a DataFrame); CxrError naming the file if it is missing."""
     try:

@@ -21,11 +21,11 @@ import pandas as pd
 import sklearn
 
 from cxrnets.errors import CxrError
-from cxrnets.splits import make_split, split_digest
+from cxrnets.splits import make_split
 from cxrnets.training import load_checkpoint
 from study import storage
 from study.analysis.reading import Study
-from study.settings import read_split, split_uri
+from study.settings import check_split_digest, read_split, split_uri
 
 PARALLEL_DOWNLOADS = 4  # weight files fetched at once from object storage
 
@@ -124,12 +124,11 @@ class StudyData:
         """The split file must be the one the study made: its digest as recorded then, or, for a study from
         before digests, the split made again (seeded) from the same data."""
         settings = self.study.settings
-        recorded = settings.split_digests.get(config.dataset)
-        if recorded is not None:
-            if split_digest(saved) != recorded:
-                raise AnalysisRefused(f"refusing to evaluate: {uri} was edited since the study made it (its content "
-                                      "no longer has the digest recorded in study.json); the split is part of the "
-                                      "study: restore the file, or start a new study")
+        if config.dataset in settings.split_digests:
+            try:
+                check_split_digest(settings, config.dataset, saved, uri)
+            except CxrError as error:
+                raise AnalysisRefused(f"refusing to evaluate: {error}") from error
             return
         frame = data.index.frame.assign(sha1=data.split["sha1"].to_numpy())
         try:

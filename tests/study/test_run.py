@@ -295,6 +295,25 @@ def test_resume_of_a_study_whose_split_is_missing(tmp_path, capsys, tiny_data, c
     assert f"{settings.study_uri}/splits/folder.csv: the study's split is missing" in err and "restore" in err
 
 
+def test_resume_of_a_study_whose_split_was_edited(tmp_path, capsys, tiny_data, cache_dir, monkeypatch):
+    """A resume must train on the split the study started with: an edited split file stops it before Ray."""
+    import study.driver
+    from study.settings import save_settings
+
+    space = write_space(tmp_path / "space.yaml", GOOD_SPACE)
+    settings = settings_from_args(build_parser().parse_args(
+        study_argv(space, tmp_path / "studies", "edited", tiny_data, cache_dir, "--image-size", "32")))
+    study.driver.prepare_splits(settings, resume=False)
+    save_settings(settings)
+    path = Path(settings.study_uri) / "splits" / "folder.csv"
+    split = pd.read_csv(path, dtype=str, keep_default_na=False)
+    split.loc[split.index[split["split"] == "val"][0], "split"] = "train"
+    split.to_csv(path, index=False)
+    monkeypatch.setattr(study.driver, "connect", lambda *a, **k: pytest.fail("Ray started"))
+    assert main(["--resume", settings.study_uri]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {path} was edited since the study made it")
+
+
 @pytest.mark.parametrize("damage", ["missing", "corrupt", "another study's"])
 def test_resume_of_a_study_whose_optuna_storage_cannot_be_continued(tmp_path, capsys, tiny_data, cache_dir,
                                                                      monkeypatch, damage):
