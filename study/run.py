@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from shlex import quote
 
-from cxrnets.data import SAMPLE_ROOT, dataset_options_help, parse_dataset_options
+from cxrnets.data import DATASET_NAMES, SAMPLE_ROOT, dataset_options_help, parse_dataset_options
 from cxrnets.errors import CxrError
 from cxrnets.names import check_image_size, check_seed
 from study import storage
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m study.run", description=__doc__.split("\n\n")[0], formatter_class=_HelpFormatter)
     add = parser.add_argument
     add("--space", default="demo", help="search space: a YAML file or the name of one in search_spaces/")
-    add("--dataset", default=None,
+    add("--dataset", default=None, choices=DATASET_NAMES,
         help="dataset name; overrides the space's (default: the space's, else covid-chestxray-3class)")
     add("--data-root", action="append", default=None, metavar="[DATASET=]PATH",
         help="where a dataset lies; repeat as DATASET=PATH when the space searches over datasets "
@@ -184,7 +184,7 @@ def _data_roots(given: list[str] | None, datasets: list[str]) -> dict[str, str]:
         name, sep, path = item.partition("=")
         if sep and name in datasets:
             roots[name] = path
-        elif len(datasets) == 1 and not (sep and name in _all_dataset_names()):
+        elif len(datasets) == 1 and not (sep and name in DATASET_NAMES):
             roots[datasets[0]] = item
         else:
             raise CxrError(f"--data-root {item!r}: with several datasets, write DATASET=PATH for one of {datasets}")
@@ -195,12 +195,6 @@ def _data_roots(given: list[str] | None, datasets: list[str]) -> dict[str, str]:
             roots[name] = str(SAMPLE_ROOT)
         roots[name] = str(Path(roots[name]).expanduser().resolve())
     return roots
-
-
-def _all_dataset_names() -> tuple[str, ...]:
-    from cxrnets.data import DATASET_NAMES
-
-    return DATASET_NAMES
 
 
 def validate(settings: StudySettings) -> None:

@@ -275,6 +275,13 @@ def test_a_resume_refuses_options_that_would_not_change_the_study(tmp_path, caps
                                         "--max-epochs, --seed would not change it; drop them"), err
 
 
+def test_an_unknown_dataset_is_named_with_the_choices(capsys):
+    """Not 'covid-nope needs --data-root': the name itself is wrong."""
+    with pytest.raises(SystemExit):
+        main(["--dataset", "covid-nope"])
+    assert "argument --dataset: invalid choice: 'covid-nope' (choose from 'covid-radiography'" in capsys.readouterr().err
+
+
 def test_resume_of_a_folder_that_is_no_study(tmp_path, capsys):
     code = main(["--resume", str(tmp_path)])
     err = capsys.readouterr().err
