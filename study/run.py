@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="decode-once image cache on each node (default: $CXR_TUNE_CACHE, else ~/.cache/cxr-tune)")
     add("--resume", default=None, metavar="STUDY_DIR",
         help="continue the study in this directory with the settings in its study.json; only --address, "
-             "--num-cpus and -v go with it (default: start a new study)")
+             "--num-cpus, --data-root and --cache-dir (where they lie now) and -v go with it (default: start a "
+             "new study)")
     add("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a cluster running here, "
         "else a new local instance)")
     add("--num-cpus", type=int, default=None, help="CPUs of a new local Ray instance (default: all)")
@@ -114,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-RESUME_OPTIONS = ("resume", "address", "num_cpus", "verbose")  # what a resume still takes: where it runs, how it shows
+# What a resume still takes: where it runs, where the data and the cache lie now, how it shows.
+RESUME_OPTIONS = ("resume", "address", "num_cpus", "data_root", "cache_dir", "verbose")
 
 
 def check_resume_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -123,8 +125,8 @@ def check_resume_options(parser: argparse.ArgumentParser, args: argparse.Namespa
                if dest not in RESUME_OPTIONS and value != parser.get_default(dest)]
     if ignored:
         raise CxrError(f"--resume continues the study as its study.json defines it: {', '.join(ignored)} would not "
-                       "change it; drop them (only --address, --num-cpus and -v go with --resume), or start a new "
-                       "study with them")
+                       "change it; drop them (only --address, --num-cpus, --data-root, --cache-dir and -v go with "
+                       "--resume), or start a new study with them")
 
 
 def settings_from_args(args: argparse.Namespace) -> StudySettings:
@@ -178,7 +180,8 @@ def _read_yaml(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def _data_roots(given: list[str] | None, datasets: list[str]) -> dict[str, str]:
+def _given_data_roots(given: list[str] | None, datasets: list[str]) -> dict[str, str]:
+    """The --data-root options, as dataset -> absolute path, for those datasets they name."""
     roots: dict[str, str] = {}
     for item in given or []:
         name, sep, path = item.partition("=")
@@ -188,13 +191,25 @@ def _data_roots(given: list[str] | None, datasets: list[str]) -> dict[str, str]:
             roots[datasets[0]] = item
         else:
             raise CxrError(f"--data-root {item!r}: with several datasets, write DATASET=PATH for one of {datasets}")
+    return {name: str(Path(path).expanduser().resolve()) for name, path in roots.items()}
+
+
+def _data_roots(given: list[str] | None, datasets: list[str]) -> dict[str, str]:
+    roots = _given_data_roots(given, datasets)
     for name in datasets:
         if name not in roots:
             if not name.startswith("covid-chestxray"):
                 raise CxrError(f"dataset {name!r} needs --data-root (only covid-chestxray has an embedded sample)")
             roots[name] = str(SAMPLE_ROOT)
-        roots[name] = str(Path(roots[name]).expanduser().resolve())
     return roots
+
+
+def relocate_for_resume(settings: StudySettings, args: argparse.Namespace) -> None:
+    """Where the data and the image cache lie for this resume (moved since, or on another machine): the
+    resume checks the data against the saved split; study.json keeps what it says."""
+    settings.data_roots.update(_given_data_roots(args.data_root, list(settings.data_roots)))
+    if args.cache_dir is not None:
+        settings.cache_dir = args.cache_dir
 
 
 def validate(settings: StudySettings) -> None:
@@ -249,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume:
             check_resume_options(parser, args)
             settings = load_settings(args.resume, "--resume")
+            relocate_for_resume(settings, args)
         else:
             settings = settings_from_args(args)
         # Imported once the options are known good: the driver loads torch and Ray (seconds).

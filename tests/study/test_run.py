@@ -272,7 +272,8 @@ def test_a_resume_refuses_options_that_would_not_change_the_study(tmp_path, caps
     code = main(["--resume", str(tmp_path), "--max-epochs", "8", "--seed", "3", "--num-cpus", "1", "-v"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: --resume continues the study as its study.json defines it: "
-                                        "--max-epochs, --seed would not change it; drop them"), err
+                                        "--max-epochs, --seed would not change it; drop them (only --address, "
+                                        "--num-cpus, --data-root, --cache-dir and -v go with --resume)"), err
 
 
 def test_an_unknown_dataset_is_named_with_the_choices(capsys):
@@ -612,6 +613,25 @@ def test_a_study_ends_once_every_configuration_of_its_space_has_run(ray_session,
     assert "every configuration of the space has run or runs: the search ends" in caplog.text
     last = [line for line in capsys.readouterr().out.splitlines() if "trials:" in line][-1]
     assert "2 done (0 stopped early), 2 not started | epochs 2 |" in last  # nothing left "to start"
+
+
+def test_a_resume_finds_the_data_where_it_lies_now(ray_session, tmp_path, cache_dir, capsys):
+    """The data moved (or the study goes on on another machine): the resume that cannot find it says to pass
+    --data-root, and one given it continues, once the data there is the data the split was made of."""
+    data = build_tiny_folder(tmp_path / "data", per_class=8)
+    space = write_space(tmp_path / "one.yaml", GOOD_SPACE)
+    assert main(study_argv(space, tmp_path / "studies", "moved", data, cache_dir, "--image-size", "32",
+                           "--num-samples", "1", "--max-epochs", "1")) == 0
+    study_dir = tmp_path / "studies" / "moved"
+    moved = data.rename(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert main(["--resume", str(study_dir)]) == 2
+    assert f"data root {data} does not exist: pass --data-root" in capsys.readouterr().err
+    assert main(["--resume", str(study_dir), "--data-root", str(moved), "--cache-dir", str(cache_dir)]) == 0
+    assert json.loads((study_dir / "study.json").read_text())["data_roots"] == {"folder": str(data)}  # unchanged
+    shutil.copy(moved / "normal" / "normal-00.png", moved / "normal" / "normal-extra.png")
+    assert main(["--resume", str(study_dir), "--data-root", str(moved)]) == 2
+    assert "the dataset changed since this split was made (1 new images" in capsys.readouterr().err
 
 
 def test_dataset_options_are_saved_and_reused_by_resume_and_analysis(ray_session, tmp_path, make_csv_dataset,
