@@ -34,7 +34,7 @@ from cxrnets.errors import CxrError
 from study import storage
 from study.checkpoints import WeightsKeeper
 from study.results import ResultsTable, read_results, read_trial_events
-from study.settings import StudySettings, load_settings, resumed_study
+from study.settings import StudySettings, load_settings, relocate, resumed_study
 from study.space import config_name
 from study.tables import best_trials
 
@@ -143,14 +143,16 @@ def build_tuner(settings: StudySettings, jobs: list[ConfirmJob], splits: dict[st
 
 
 def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, address: str | None = None,
-                num_cpus: int | None = None):
-    """Start (or resume) the confirm run of a study; returns Tune's ResultGrid."""
+                num_cpus: int | None = None, data_roots: list[str] | None = None, cache_dir: str | None = None):
+    """Start (or resume) the confirm run of a study; returns Tune's ResultGrid. `data_roots` ([DATASET=]PATH)
+    and `cache_dir`: where the study's data and image cache lie now, if not where study.json says."""
     from study.driver import (check_cluster, check_cluster_reachable, check_local_resources, connect, log_run_end,
                               prepare_splits, runs_on_this_machine, tune_interrupts)
 
     import ray
 
     settings = load_settings(study_dir)
+    relocate(settings, data_roots, cache_dir)
     jobs = read_jobs(settings.study_uri)
     if resume:
         if jobs is None:
@@ -196,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a cluster running here, "
         "else a local Ray instance)")
     add("--num-cpus", type=int, default=None, help="CPUs of a new local Ray instance (default: all)")
+    add("--data-root", action="append", default=None, metavar="[DATASET=]PATH",
+        help="where a dataset of the study lies now, if not where study.json says; repeatable (default: the "
+             "roots in study.json)")
+    add("--cache-dir", default=None, help="decoded-image cache (default: the study's, else $CXR_TUNE_CACHE or "
+        "~/.cache/cxr-tune)")
     return parser
 
 
@@ -204,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         grid = run_confirm(args.study_dir, seeds=args.seeds, resume=args.resume, address=args.address,
-                           num_cpus=args.num_cpus)
+                           num_cpus=args.num_cpus, data_roots=args.data_root, cache_dir=args.cache_dir)
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

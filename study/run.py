@@ -28,7 +28,7 @@ from cxrnets.names import check_image_size, check_seed
 from study import storage
 from study.settings import (ASHA_FORMS, CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DEFAULTS, METRICS, TIE_BREAK,
                             StudySettings, check_metric_reported, check_space_study, load_settings, metric_mode,
-                            parse_keep, settings_uri)
+                            parse_data_roots, parse_keep, relocate, settings_uri)
 from study.space import load_space
 
 log = logging.getLogger("study.run")
@@ -180,36 +180,14 @@ def _read_yaml(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def _given_data_roots(given: list[str] | None, datasets: list[str]) -> dict[str, str]:
-    """The --data-root options, as dataset -> absolute path, for those datasets they name."""
-    roots: dict[str, str] = {}
-    for item in given or []:
-        name, sep, path = item.partition("=")
-        if sep and name in datasets:
-            roots[name] = path
-        elif len(datasets) == 1 and not (sep and name in DATASET_NAMES):
-            roots[datasets[0]] = item
-        else:
-            raise CxrError(f"--data-root {item!r}: with several datasets, write DATASET=PATH for one of {datasets}")
-    return {name: str(Path(path).expanduser().resolve()) for name, path in roots.items()}
-
-
 def _data_roots(given: list[str] | None, datasets: list[str]) -> dict[str, str]:
-    roots = _given_data_roots(given, datasets)
+    roots = parse_data_roots(given, datasets)
     for name in datasets:
         if name not in roots:
             if not name.startswith("covid-chestxray"):
                 raise CxrError(f"dataset {name!r} needs --data-root (only covid-chestxray has an embedded sample)")
             roots[name] = str(SAMPLE_ROOT)
     return roots
-
-
-def relocate_for_resume(settings: StudySettings, args: argparse.Namespace) -> None:
-    """Where the data and the image cache lie for this resume (moved since, or on another machine): the
-    resume checks the data against the saved split; study.json keeps what it says."""
-    settings.data_roots.update(_given_data_roots(args.data_root, list(settings.data_roots)))
-    if args.cache_dir is not None:
-        settings.cache_dir = args.cache_dir
 
 
 def validate(settings: StudySettings) -> None:
@@ -264,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume:
             check_resume_options(parser, args)
             settings = load_settings(args.resume, "--resume")
-            relocate_for_resume(settings, args)
+            relocate(settings, args.data_root, args.cache_dir)
         else:
             settings = settings_from_args(args)
         # Imported once the options are known good: the driver loads torch and Ray (seconds).

@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from cxrnets.data import DATASET_NAMES, MULTILABEL_DATASETS
@@ -109,6 +110,30 @@ def check_metric_reported(metric: str, datasets: list[str], option: str) -> None
         verb = "is" if len(single_label) == 1 else "are"
         raise CxrError(f"{option} {metric}: only multi-label datasets ({', '.join(MULTILABEL_DATASETS)}) report it, "
                        f"and {', '.join(single_label)} {verb} single-label; choose one of {', '.join(reported)}")
+
+
+def parse_data_roots(items: list[str] | None, datasets: list[str]) -> dict[str, str]:
+    """--data-root options ([DATASET=]PATH; DATASET= where there are several datasets) as dataset -> absolute
+    path, for the datasets they name."""
+    roots: dict[str, str] = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if sep and name in datasets:
+            roots[name] = path
+        elif len(datasets) == 1 and not (sep and name in DATASET_NAMES):
+            roots[datasets[0]] = item
+        else:
+            raise CxrError(f"--data-root {item!r}: with several datasets, write DATASET=PATH for one of {datasets}")
+    return {name: str(Path(path).expanduser().resolve()) for name, path in roots.items()}
+
+
+def relocate(settings: StudySettings, data_roots: list[str] | None, cache_dir: str | None) -> None:
+    """Where the data (--data-root) and the image cache (--cache-dir) lie for this run of a saved study: moved
+    since, or on another machine. study.json keeps what it says; the data is checked against the saved split
+    when it is read (cxrnets.training.align_split)."""
+    settings.data_roots.update(parse_data_roots(data_roots, list(settings.data_roots)))
+    if cache_dir is not None:
+        settings.cache_dir = cache_dir
 
 
 def metric_mode(metric: str) -> str:

@@ -172,6 +172,10 @@ def test_bad_input(grid_study, confirmed, tmp_path, capsys):
     assert "no confirm run to resume" in capsys.readouterr().err
     assert main([str(confirmed), "--resume", "--seeds", "5"]) == 2
     assert "--seeds 5 with --resume: the confirm run continues with the" in capsys.readouterr().err
+    moved = tmp_path / "moved-data"
+    assert main([str(grid_study), "--data-root", str(moved)]) == 2  # the study's data, looked for where it lies now
+    assert f"data root {moved} does not exist" in capsys.readouterr().err
+    assert storage.kind(confirm_uri(str(grid_study))) == "missing"
     assert main([str(tmp_path)]) == 2
     assert "not a study directory" in capsys.readouterr().err
     empty = linked_copy(grid_study, tmp_path / "empty")
