@@ -293,7 +293,8 @@ def paper_table(cells: pd.DataFrame, metric: str, models: list[str] | None = Non
 def format_paper_table(mean: pd.DataFrame, std: pd.DataFrame, count: pd.DataFrame, top_k: int = 1,
                        digits: int = 3, lower: pd.DataFrame | None = None,
                        upper: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Cells as text: `0.812`, or `0.812 ± 0.020` over the top-k trials (`(n=1)` when fewer than k);
+    """Cells as text: `0.812`, or `0.812 ± 0.020` over the top-k trials (`(n=2)` when fewer than k; one
+    trial has no spread: `0.812 (n=1)`);
     with `lower` and `upper` (same shape), the 95% interval after it: `0.812 [0.74, 0.87]`
     (`[undefined]` where it is NaN)."""
     shown = pd.DataFrame(index=mean.index, columns=mean.columns, dtype=object)
@@ -305,8 +306,7 @@ def format_paper_table(mean: pd.DataFrame, std: pd.DataFrame, count: pd.DataFram
             elif top_k == 1:
                 text = f"{value:.{digits}f}"
             else:
-                spread = std.loc[dataset, model]
-                text = f"{value:.{digits}f} ± {0.0 if pd.isna(spread) else spread:.{digits}f}"
+                text = f"{value:.{digits}f}" + (f" ± {std.loc[dataset, model]:.{digits}f}" if n > 1 else "")
                 if n < top_k:
                     text += f" (n={n})"
             if lower is not None and text != "—":
