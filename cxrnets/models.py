@@ -91,8 +91,7 @@ def _missing_imagenet_error(name: str, path: Path, reason: str) -> CxrError:
     return CxrError(
         f"the ImageNet weights for model {name!r} are not available ({reason}): "
         f"download {_imagenet_url(name)} and save it as {path} "
-        f"(torchvision's cache; set TORCH_HOME to move it), "
-        f"or pass a weights file instead"
+        f"(torchvision's cache; set TORCH_HOME to move it)"
     )
 
 
@@ -120,6 +119,15 @@ def _load_imagenet_state_dict(name: str, allow_download: bool) -> tuple[dict[str
             name, path, f"the download failed: {type(exc).__name__}: {exc}"
         ) from exc
     return _state_dict_of(state, path), path
+
+
+def fetch_imagenet_weights(name: str) -> Path:
+    """Torchvision's cache file of ``name``'s ImageNet weights, downloaded into it first if it is not there;
+    ``CxrError`` naming the file and its URL where it cannot be."""
+    path = imagenet_weights_path(name)
+    if not path.is_file():
+        _load_imagenet_state_dict(name, allow_download=True)
+    return path
 
 
 def _read_file(path: Path) -> dict[str, Any]:

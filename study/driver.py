@@ -39,6 +39,7 @@ from cxrnets.cache import build_cache  # noqa: E402
 from cxrnets.data import load_dataset  # noqa: E402
 from cxrnets.errors import CxrError  # noqa: E402
 from cxrnets.metrics import majority_baseline  # noqa: E402
+from cxrnets.models import fetch_imagenet_weights  # noqa: E402
 from cxrnets.splits import describe, make_split, patients_per_class, split_digest  # noqa: E402
 from cxrnets.training import SPLIT_COLUMNS, align_split  # noqa: E402
 from study import storage  # noqa: E402
@@ -122,6 +123,20 @@ def prepare_splits(settings: StudySettings, resume: bool) -> dict[str, pd.DataFr
         splits[dataset] = split[SPLIT_COLUMNS]
         settings.baselines[dataset] = baseline
     return splits
+
+
+def fetch_pretrained_weights(settings: StudySettings) -> None:
+    """Trials that start from ImageNet weights read them from torchvision's cache: fetched here once, before
+    Ray starts, rather than by every trial at once; where they cannot be, the study stops with the file and
+    the URL to fetch it from (not with each trial's traceback)."""
+    space = settings.search_space()
+    if True in space.values_of("pretrained"):
+        for model in space.values_of("model"):
+            try:
+                fetch_imagenet_weights(model)
+            except CxrError as error:
+                raise CxrError(f"{error}; or train from scratch only (pretrained: false in "
+                               f"{settings.space_source})") from error
 
 
 def warn_of_thin_classes(dataset: str, split: pd.DataFrame, settings: StudySettings) -> None:
@@ -335,6 +350,7 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
         check_local_resources(settings, cores=num_cpus)
     else:
         check_cluster_reachable(address)
+    fetch_pretrained_weights(settings)
     splits = prepare_splits(settings, resume)
     if resume and settings.optuna_study:
         restore_storage_file(settings.study_uri, settings.optuna_study)

@@ -14,6 +14,7 @@ from cxrnets.models import (
     MODEL_NAMES,
     build_model,
     check_image_size,
+    fetch_imagenet_weights,
     imagenet_weights_path,
 )
 
@@ -123,6 +124,22 @@ def test_failed_download_says_where_to_put_the_file(
         build_model("alexnet", num_classes=3, pretrained=True)
     assert torchvision.models.AlexNet_Weights.DEFAULT.url in str(err.value)
     assert str(imagenet_weights_path("alexnet")) in str(err.value)
+
+
+def test_fetching_weights_downloads_only_what_the_cache_lacks(torch_home: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    path = imagenet_weights_path("resnet50")
+    with pytest.raises(CxrError, match=r"the ImageNet weights for model 'resnet50' are not available \(the "
+                                       r"download failed: OSError: network is unreachable\)") as err:
+        fetch_imagenet_weights("resnet50")
+    assert torchvision.models.ResNet50_Weights.DEFAULT.url in str(err.value) and str(path) in str(err.value)
+    path.parent.mkdir(parents=True)
+    torch.save(_imagenet_state("resnet50"), path)
+    assert fetch_imagenet_weights("resnet50") == path  # in the cache: nothing to download
 
 
 def test_corrupt_weights_file(tmp_path: Path) -> None:

@@ -178,6 +178,24 @@ def test_bad_input_is_one_clear_error_before_any_trial(tmp_path, capsys, tiny_da
     assert_no_trial(storage)
 
 
+def test_imagenet_weights_that_cannot_be_fetched_stop_the_study_before_any_trial(tmp_path, capsys, tiny_data,
+                                                                                 cache_dir, monkeypatch):
+    """Every pretrained trial would die on its own traceback: the study says once what to fetch, and where."""
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty cache, whatever this machine holds
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    space = write_space(tmp_path / "space.yaml", {**GOOD_SPACE, "pretrained": {"choice": [True, False]}})
+    code = main(study_argv(space, tmp_path / "studies", "offline", tiny_data, cache_dir, "--image-size", "32"))
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: the ImageNet weights for model 'resnet50' are not available "), err
+    assert f"{tmp_path / 'torch'}" in err and err.rstrip().endswith(f"or train from scratch only (pretrained: false "
+                                                                     f"in {space})")
+    assert_no_trial(tmp_path / "studies")
+
+
 SPACE_STUDY_MISTAKES = {
     "an unknown ASHA form": ({"asha": "pausing"}, r"study\.asha: 'pausing' is not one of promoting, stopping"),
     "a misspelt key": ({"max_epoch": 3}, r"study: unknown key\(s\) \['max_epoch'\]; a space's study section may "
