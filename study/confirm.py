@@ -146,9 +146,9 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
                 num_cpus: int | None = None, data_roots: list[str] | None = None, cache_dir: str | None = None):
     """Start (or resume) the confirm run of a study; returns Tune's ResultGrid. `data_roots` ([DATASET=]PATH)
     and `cache_dir`: where the study's data and image cache lie now, if not where study.json says."""
-    from study.driver import (check_cluster, check_cluster_reachable, check_local_resources, connect,
-                              fetch_pretrained_weights, log_run_end, prepare_splits, runs_on_this_machine,
-                              tune_interrupts)
+    from cxrnets.models import fetch_imagenet_weights
+    from study.driver import (check_cluster, check_cluster_reachable, check_local_resources, connect, log_run_end,
+                              prepare_splits, runs_on_this_machine, tune_interrupts)
 
     import ray
 
@@ -170,7 +170,8 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
         check_local_resources(settings, cores=num_cpus)
     else:
         check_cluster_reachable(address)
-    fetch_pretrained_weights(settings)
+    for model in {job.model for job in jobs if job.config.get("pretrained")}:
+        fetch_imagenet_weights(model)  # once here, not by each of its seeds' trials at once
     splits = prepare_splits(settings, resume=True)  # the study's own split, checked against the data
     if not resume:
         storage.write_json(jobs_uri(settings.study_uri), [asdict(job) for job in jobs])
