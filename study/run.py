@@ -26,7 +26,7 @@ from cxrnets.data import DATASET_NAMES, SAMPLE_ROOT, dataset_options_help, parse
 from cxrnets.errors import CxrError
 from cxrnets.names import check_image_size, check_seed
 from study import storage
-from study.settings import (ASHA_FORMS, CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DEFAULTS, METRICS, TIE_BREAK,
+from study.settings import (ASHA_FORMS, CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DEFAULTS, LOWEST, METRICS, TIE_BREAK,
                             StudySettings, check_metric_reported, check_space_study, load_settings, metric_mode,
                             parse_data_roots, parse_keep, relocate, settings_uri)
 from study.space import load_space
@@ -193,11 +193,9 @@ def _data_roots(given: list[str] | None, datasets: list[str]) -> dict[str, str]:
 def validate(settings: StudySettings) -> None:
     """Every check that needs no Ray: run before Ray starts anything."""
     space = settings.search_space()
-    for key in ("num_samples", "max_epochs", "grace_period", "image_size"):
-        if getattr(settings, key) < 1:
-            raise CxrError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(settings, key)}")
-    if settings.reduction_factor < 2:
-        raise CxrError(f"--reduction-factor must be at least 2, got {settings.reduction_factor}")
+    for key, lowest in LOWEST.items():
+        if getattr(settings, key) < lowest:
+            raise CxrError(f"--{key.replace('_', '-')} must be at least {lowest}, got {getattr(settings, key)}")
     check_seed(settings.seed)
     if not (0 < settings.val_fraction < 1 and 0 < settings.test_fraction < 1
             and settings.val_fraction + settings.test_fraction < 1):

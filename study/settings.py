@@ -33,6 +33,8 @@ DEFAULTS = {"dataset": "covid-chestxray-3class", "image_size": 64, "num_samples"
 ASHA_FORMS = ("promoting", "stopping")  # study.asha: PromotingASHA pauses trials at rungs, BestEpochASHA stops them
 # What a space's `study:` section may set: defaults for these options of study.run.
 SPACE_STUDY_KEYS = tuple(DEFAULTS)
+# The least each whole-number setting may be, from the command line or a space.
+LOWEST = {"num_samples": 1, "max_epochs": 1, "grace_period": 1, "reduction_factor": 2, "image_size": 1}
 # The checkpoint policy's defaults (see study.checkpoints).
 CHECKPOINT_EVERY = 5          # epochs between two full states of a running trial
 CHECKPOINT_MINUTES = 15.0     # ... or minutes, whichever comes first
@@ -88,7 +90,6 @@ class StudySettings:
 def check_space_study(space: SearchSpace) -> None:
     """The space's `study:` section, each key checked as its command-line option is, naming the file and key."""
     allowed = {"dataset": DATASET_NAMES, "metric": METRICS, "asha": ASHA_FORMS}
-    lowest = {"num_samples": 1, "max_epochs": 1, "grace_period": 1, "reduction_factor": 2, "image_size": 1}
     unknown = [key for key in space.study if key not in SPACE_STUDY_KEYS]
     if unknown:
         raise CxrError(f"{space.source}: study: unknown key(s) {unknown}; a space's study section may set "
@@ -97,8 +98,8 @@ def check_space_study(space: SearchSpace) -> None:
         where = f"{space.source}: study.{key}"
         if key in allowed and value not in allowed[key]:
             raise CxrError(f"{where}: {value!r} is not one of {', '.join(allowed[key])}")
-        if key in lowest and not (isinstance(value, int) and not isinstance(value, bool) and value >= lowest[key]):
-            raise CxrError(f"{where}: a whole number of at least {lowest[key]}, got {value!r}")
+        if key in LOWEST and not (isinstance(value, int) and not isinstance(value, bool) and value >= LOWEST[key]):
+            raise CxrError(f"{where}: a whole number of at least {LOWEST[key]}, got {value!r}")
 
 
 def check_metric_reported(metric: str, datasets: list[str], option: str) -> None:
