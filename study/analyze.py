@@ -69,11 +69,12 @@ SALIENCY_PER_CLASS = 2
 
 def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test", top_k: int = 1,
             formats: tuple[str, ...] = FORMATS, out: str | Path | None = None,
-            data_roots: dict[str, str] | None = None, cache_dir: str | None = None,
+            data_roots: list[str] | None = None, cache_dir: str | None = None,
             device: str = "auto", resamples: int = RESAMPLES, importance: str = "fanova",
             externals: list[ExternalSpec] | None = None, label_map: dict[str, str] | None = None,
             saliency: int = SALIENCY_PER_CLASS) -> Analysis:
-    """Analyse one study and write its report; returns everything it computed."""
+    """Analyse one study and write its report; returns everything it computed. `data_roots` are --data-root
+    options ([DATASET=]PATH): where the study's datasets lie on this machine, if not where it read them."""
     if split not in ("val", "test"):
         raise CxrError(f"--split {split}: choose val or test")
     if top_k < 1:
@@ -100,6 +101,7 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
     from study.analysis.saliency import saliency_panels
     from study.analysis.selection import Analysis, select_and_evaluate
     from study.analysis.uncertainty import bootstrap_split
+    from study.settings import parse_data_roots
     from study.tables import search_summary, trial_table, wall_seconds
 
     select_device(device)  # a --device this machine lacks stops here, not at every trial
@@ -119,7 +121,7 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
         raise CxrError(f"{study.uri} is in object storage: pass --out DIR (a local folder) for the report")
     analysis.out = Path(out) if out is not None else Path(study.uri) / REPORT_DIR
 
-    data = StudyData(study, data_roots, cache_dir, device)
+    data = StudyData(study, parse_data_roots(data_roots, list(settings.data_roots)), cache_dir, device)
     external_indexes = check_externals(data, externals or [], label_map or {})
     storage.check_writable(str(analysis.out), "--out")  # before any model is evaluated or a look recorded
     select_and_evaluate(analysis, data)
@@ -202,9 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--format", default=",".join(FORMATS),
         help=f"what to write, comma-separated from {','.join(FORMATS)} (default: all of them)")
     add("--out", default=None, help="report folder (default: <study dir>/report)")
-    add("--data-root", action="append", default=None, metavar="DATASET=PATH",
-        help="where a dataset lies on this machine, if not where the study read it; repeatable "
-             "(default: the roots in study.json)")
+    add("--data-root", action="append", default=None, metavar="[DATASET=]PATH",
+        help="where a dataset lies on this machine, if not where the study read it; DATASET= where the study has "
+             "several; repeatable (default: the roots in study.json)")
     add("--cache-dir", default=None, help="decoded-image cache (default: the study's, else $CXR_TUNE_CACHE "
         "or ~/.cache/cxr-tune)")
     add("--device", default="auto", help="device for the evaluations: auto, cpu, cuda, cuda:1 "
@@ -216,12 +218,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
     try:
-        roots = {}
-        for item in args.data_root or []:
-            name, sep, path = item.partition("=")
-            if not sep:
-                raise CxrError(f"--data-root {item!r}: write DATASET=PATH")
-            roots[name] = str(Path(path).expanduser().resolve())
         formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
         externals, label_map = [], {}
         if args.external or args.dataset_option or args.label_map:  # the external module loads torch: only if asked
@@ -230,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             externals = parse_externals(args.external, args.dataset_option)
             label_map = parse_label_map(args.label_map)
         analysis = analyze(args.study_dir, metric=args.metric, split=args.split, top_k=args.top_k,
-                           formats=formats, out=args.out, data_roots=roots, cache_dir=args.cache_dir,
+                           formats=formats, out=args.out, data_roots=args.data_root, cache_dir=args.cache_dir,
                            device=args.device, resamples=args.bootstrap, importance=args.importance,
                            externals=externals, label_map=label_map, saliency=args.saliency)
     except CxrError as error:

@@ -123,8 +123,12 @@ def parse_data_roots(items: list[str] | None, datasets: list[str]) -> dict[str, 
             roots[name] = path
         elif len(datasets) == 1 and not (sep and name in DATASET_NAMES):
             roots[datasets[0]] = item
+        elif len(datasets) == 1:
+            raise CxrError(f"--data-root {item!r}: {name} is not this study's dataset; write PATH alone, or "
+                           f"{datasets[0]}=PATH")
         else:
-            raise CxrError(f"--data-root {item!r}: with several datasets, write DATASET=PATH for one of {datasets}")
+            raise CxrError(f"--data-root {item!r}: with several datasets, write DATASET=PATH for one of "
+                           f"{', '.join(datasets)}")
     return {name: str(Path(path).expanduser().resolve()) for name, path in roots.items()}
 
 

@@ -600,7 +600,7 @@ def test_changed_test_images_are_refused(study_dir, tmp_path):
     image.unlink()
     flipped.save(image, format="PNG")
     with pytest.raises(CxrError, match="refusing to evaluate.*changed content"):
-        analyze(copy, data_roots={DATASET: str(changed)}, formats=("csv",))
+        analyze(copy, data_roots=[str(changed)], formats=("csv",))  # PATH alone: one dataset
 
 
 def test_bad_input(tmp_path, capsys):
@@ -634,6 +634,14 @@ def test_study_without_a_finished_epoch(study_dir, tmp_path, capsys):
     assert "no trial has finished an epoch" in capsys.readouterr().err
     assert main([str(study_dir), "--metric", "test/f1_macro"]) == 2
     assert "validation metric" in capsys.readouterr().err
+
+
+
+def test_a_data_root_for_another_dataset_is_refused(study_dir, tmp_path, capsys):
+    assert main([str(study_dir), "--out", str(tmp_path / "report"), "--data-root", f"covid-chestxray={tmp_path}"]) == 2
+    assert (f"error: --data-root 'covid-chestxray={tmp_path}': covid-chestxray is not this study's dataset; write "
+            f"PATH alone, or {DATASET}=PATH") in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()
 
 
 # ------------------------------------------------------------------ pure functions, no study needed

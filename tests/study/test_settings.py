@@ -9,7 +9,7 @@ import pytest
 from cxrnets.errors import CxrError
 from study.checkpoints import WeightsKeeper
 from study.results import ResultsTable
-from study.settings import check_metric_reported, check_space_study, parse_keep, resumed_study
+from study.settings import check_metric_reported, check_space_study, parse_data_roots, parse_keep, resumed_study
 from study.space import SPACES_DIR, load_space
 
 
@@ -40,3 +40,17 @@ def test_a_multi_label_metric_is_refused_where_a_dataset_is_single_label():
     check_metric_reported("val/f1_macro", ["covid-chestxray", "covid-radiography"], "metric")
     with pytest.raises(CxrError, match=r"--tie-break val/subset_accuracy: .* covid-radiography is single-label"):
         check_metric_reported("val/subset_accuracy", ["covid-chestxray", "covid-radiography"], "--tie-break")
+
+
+def test_data_roots_are_named_for_the_study_s_own_datasets(tmp_path):
+    one = ["covid-chestxray-3class"]
+    assert parse_data_roots([str(tmp_path)], one) == {one[0]: str(tmp_path)}
+    assert parse_data_roots([f"{one[0]}={tmp_path}"], one) == {one[0]: str(tmp_path)}
+    with pytest.raises(CxrError, match=r"'covid-chestxray=.*': covid-chestxray is not this study's dataset; write "
+                                       r"PATH alone, or covid-chestxray-3class=PATH"):
+        parse_data_roots([f"covid-chestxray={tmp_path}"], one)
+    two = ["covid-chestxray-3class", "covid-pneumonia-normal"]
+    assert parse_data_roots([f"covid-pneumonia-normal={tmp_path}"], two) == {"covid-pneumonia-normal": str(tmp_path)}
+    with pytest.raises(CxrError, match="several datasets, write DATASET=PATH for one of covid-chestxray-3class, "
+                                       "covid-pneumonia-normal"):
+        parse_data_roots([str(tmp_path)], two)
