@@ -50,7 +50,7 @@ from study.results import ResultsTable, read_results, read_trial_events  # noqa:
 from study.searcher import (BestEpochOptunaSearch, StudySearchGenerator, restore_storage_file,  # noqa: E402
                             storage_file_uri, storage_url, working_file)
 from study.settings import (StudySettings, check_split_digest, metric_mode, read_split,  # noqa: E402
-                            resumed_study, save_settings, settings_uri, split_uri)
+                            refuse_existing_study, resumed_study, save_settings, settings_uri, split_uri)
 from study.space import config_name  # noqa: E402
 from study.tables import comparison_table, markdown_table  # noqa: E402
 from study.trainable import (TrialContext, TrialTrainable, dataset_missing_message,  # noqa: E402
@@ -344,6 +344,7 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
     """Check, prepare and run one study; returns Tune's ResultGrid. `verbose`: Tune's own output and the
     trials' logs, instead of the study's status line (StudyConsole)."""
     if not resume:
+        refuse_existing_study(settings.study_uri)  # before its split or anything else is written there
         storage.check_writable(settings.study_uri)
     local = runs_on_this_machine(address)
     if local:

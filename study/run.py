@@ -158,6 +158,7 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
     if "/" in name or "\\" in name or name.strip() in ("", ".", ".."):
         raise CxrError(f"--name {name!r}: a study's name is its one folder under --storage; to group studies, "
                        "give that group's folder as --storage")
+    storage.check_uri_path(name, f"--name {name!r}")
     settings = StudySettings(
         name=name, optuna_study=name,
         storage=storage.location(args.storage),

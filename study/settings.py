@@ -194,12 +194,16 @@ def load_settings(study_dir: str, flag: str = "study directory") -> StudySetting
         raise CxrError(f"{settings_uri(uri)}: not a readable study settings file ({error})") from error
 
 
+def refuse_existing_study(study_uri: str) -> None:
+    """CxrError if `study_uri` already holds a study: a new study never writes into another's folder."""
+    if storage.kind(settings_uri(study_uri)) != "missing":
+        raise CxrError(f"{study_uri} already holds a study: use --resume or another --name")
+
+
 def save_settings(settings: StudySettings) -> None:
     """Write study.json of a new study; CxrError if the folder already holds a study (never rewritten)."""
-    uri = settings_uri(settings.study_uri)
-    if storage.kind(uri) != "missing":
-        raise CxrError(f"{settings.study_uri} already holds a study: use --resume or another --name")
-    storage.write_text(uri, json.dumps(asdict(settings), indent=2))
+    refuse_existing_study(settings.study_uri)
+    storage.write_text(settings_uri(settings.study_uri), json.dumps(asdict(settings), indent=2))
 
 
 # Set by `resumed_study` for the length of a resume (one study per driver process).

@@ -68,9 +68,22 @@ def location(text: str | Path, flag: str = "--storage") -> str:
     if scheme not in REMOTE_SCHEMES:
         raise CxrError(f"{flag} {text}: unsupported scheme {scheme}://; use a local folder, s3://BUCKET/PATH "
                        "or gs://BUCKET/PATH")
-    if not text.partition("://")[2].strip("/"):
+    path = text.partition("://")[2]
+    if not path.strip("/"):
         raise CxrError(f"{flag} {text}: name a bucket ({scheme}://BUCKET/PATH)")
-    return text.rstrip("/")
+    check_uri_path(path, f"{flag} {text}")
+    return f"{scheme}://{path}".rstrip("/")
+
+
+URI_SPECIAL = "?#%"  # a URI's query, fragment and escapes: pyarrow would read them as such, not as a name
+
+
+def check_uri_path(path: str, what: str) -> None:
+    """CxrError naming `what` if `path` holds a character a storage URI cannot carry as part of a name."""
+    found = sorted({character for character in path if character in URI_SPECIAL})
+    if found:
+        raise CxrError(f"{what}: {' '.join(repr(c) for c in found)} cannot be part of a storage location's "
+                       "name (a URI reads it as a query, fragment or escape); rename without it")
 
 
 def join(base: str, *parts: str) -> str:

@@ -149,6 +149,8 @@ BAD_INPUT = {
     "a negative test fraction": (GOOD_SPACE, ["--test-fraction", "-0.1"], r"--test-fraction -0\.1: each must lie"),
     "a name that is a path": (GOOD_SPACE, ["--name", "../elsewhere"],
                               r"--name '\.\./elsewhere': a study's name is its one folder under --storage"),
+    "a name a storage URI cannot carry": (GOOD_SPACE, ["--name", "run#2"],
+                                          r"--name 'run#2': '#' cannot be part of a storage location's name"),
     "a multi-label metric on single-label data": (
         GOOD_SPACE, ["--metric", "val/subset_accuracy"],
         r"metric val/subset_accuracy: only multi-label datasets \(covid-chestxray\) report it, and folder is single-label"),
@@ -305,6 +307,22 @@ def test_resume_of_a_folder_that_is_no_study(tmp_path, capsys):
     code = main(["--resume", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith(f"error: --resume {tmp_path}: not a study directory, it has no study.json")
+
+
+def test_a_new_study_under_a_taken_name_leaves_that_study_untouched(tmp_path, capsys, tiny_data, cache_dir):
+    """Refused before anything is written: the other study's split (and so its resume and analysis) stays."""
+    from study.settings import save_settings
+
+    space = write_space(tmp_path / "space.yaml", GOOD_SPACE)
+    argv = study_argv(space, tmp_path / "studies", "taken", tiny_data, cache_dir, "--image-size", "32")
+    settings = settings_from_args(build_parser().parse_args(argv))
+    save_settings(settings)
+    split = tmp_path / "studies" / "taken" / "splits" / "folder.csv"
+    split.parent.mkdir()
+    split.write_text("relpath,patient,sha1,split\n")
+    assert main([*argv, "--seed", "1"]) == 2
+    assert f"error: {settings.study_uri} already holds a study: use --resume or another --name" in capsys.readouterr().err
+    assert split.read_text() == "relpath,patient,sha1,split\n"
 
 
 def test_resume_of_a_study_whose_split_is_missing(tmp_path, capsys, tiny_data, cache_dir):

@@ -56,6 +56,7 @@ def test_location_keeps_an_object_storage_uri():
     assert storage.location("s3://bucket/studies/") == "s3://bucket/studies"
     assert storage.location("s3://bucket") == "s3://bucket"
     assert storage.location("gs://bucket/a/b") == "gs://bucket/a/b"
+    assert storage.location("S3://bucket/studies") == "s3://bucket/studies"  # pyarrow knows the scheme in lower case
     assert storage.is_remote("s3://bucket/studies") and storage.is_remote("gs://bucket")
 
 
@@ -66,6 +67,9 @@ def test_location_keeps_an_object_storage_uri():
     ("s3://", "--storage", r"^--storage s3://: name a bucket \(s3://BUCKET/PATH\)$"),
     ("s3:///", "--storage", r"^--storage s3:///: name a bucket"),
     ("gs://", "--resume", r"^--resume gs://: name a bucket \(gs://BUCKET/PATH\)$"),
+    ("s3://bucket/run#2", "--storage", r"^--storage s3://bucket/run#2: '#' cannot be part of a storage location's "
+                                       r"name \(a URI reads it as a query, fragment or escape\); rename without it$"),
+    ("gs://bucket/a?b=1", "--resume", r"^--resume gs://bucket/a\?b=1: '\?' cannot be part"),
 ])
 def test_location_refuses_what_cannot_be_written(text, flag, message):
     with pytest.raises(CxrError, match=message):
