@@ -93,11 +93,25 @@ def _read_parts(study_uri: str, folder: str) -> pd.DataFrame:
 
 
 def read_results(study_uri: str) -> pd.DataFrame:
-    """Every reported epoch of every trial, one row each (a resumed epoch counts once: the last report)."""
+    """Every reported epoch of every trial, one row each, as the trial's latest run reported it.
+
+    A resumed trial goes on from its last full state, or from its start if it had none, and reports its
+    epochs from there again: a report supersedes every earlier report of that trial at the same or a later
+    epoch, which the trial may not reach again (a scheduler that pauses or stops it sooner). Reports are
+    ordered by Tune's timestamp, not by the parts' names, whose time is the local one of the machine that
+    wrote them.
+    """
     results = _read_parts(study_uri, RESULTS_DIR)
     if results.empty:
         return results
-    results = results.drop_duplicates(["trial_id", "training_iteration"], keep="last")
+    if "timestamp" not in results:  # every Tune result has one; rows written by hand may not
+        results = results.drop_duplicates(["trial_id", "training_iteration"], keep="last")
+        return results.sort_values(["trial_id", "training_iteration"]).reset_index(drop=True)
+    results = results.sort_values("timestamp", kind="stable")
+    iteration = results["training_iteration"]
+    earliest_after = (iteration[::-1].groupby(results["trial_id"][::-1]).cummin()[::-1]
+                      .groupby(results["trial_id"]).shift(-1))
+    results = results[earliest_after.isna() | (iteration < earliest_after)]
     return results.sort_values(["trial_id", "training_iteration"]).reset_index(drop=True)
 
 

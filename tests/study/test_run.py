@@ -418,6 +418,24 @@ def test_results_table_of_a_resumed_run_never_overwrites_the_first_runs_parts(tm
     assert list(results["config/lr"]) == [0.01, 0.01]
 
 
+def test_a_resumed_trials_reports_supersede_its_earlier_ones_whatever_the_parts_are_named(tmp_path, monkeypatch):
+    """The first run (on a machine whose local time names its parts later than the resume's) reported
+    epochs 1-3; the resumed trial, with no full state to go on from, started again and was paused after
+    epoch 2. What it reports now is its history: epoch 3 of the first run has no weights behind it."""
+    import study.results
+
+    trial = SimpleNamespace(trial_id="t1", config={"model": "resnet50"})
+    for clock, started, values in (("20261205-230000", 1_000, [0.31, 0.32, 0.47]), ("20261205-140000", 2_000,
+                                                                                   [0.51, 0.52])):
+        monkeypatch.setattr(study.results.time, "strftime", lambda _format, clock=clock: clock)
+        table = ResultsTable(str(tmp_path))
+        for epoch, value in enumerate(values, start=1):
+            table.on_trial_result(0, [], trial, {"training_iteration": epoch, "timestamp": started + epoch,
+                                                 "val/f1_macro": value})
+    results = read_results(str(tmp_path))
+    assert list(results["training_iteration"]) == [1, 2] and list(results["val/f1_macro"]) == [0.51, 0.52]
+
+
 # ------------------------------------------------------------------ a study of several trials
 
 MAX_EPOCHS = 3
