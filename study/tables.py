@@ -20,10 +20,11 @@ def best_epochs(results: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
 
 
 def best_trials(results: pd.DataFrame, metric: str, mode: str, by: tuple[str, ...]) -> pd.DataFrame:
-    """The best trial (at its best epoch) per group of config columns, e.g. per (dataset, model)."""
+    """The best trial (at its best epoch) per group of config columns, e.g. per (dataset, model); of
+    trials tied on `metric`, the lower trial id, as study.analyze and --keep rank them."""
     best = best_epochs(results, metric, mode)
     by = [column for column in by if column in best.columns]
-    best = best.sort_values(metric, ascending=(mode == "min"), kind="stable")
+    best = best.sort_values([metric, "trial_id"], ascending=[mode == "min", True], kind="stable")
     return best.drop_duplicates(by, keep="first").sort_values(by).reset_index(drop=True)
 
 

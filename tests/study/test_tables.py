@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from study.tables import interval_text, markdown_table
+from study.tables import best_trials, interval_text, markdown_table
 
 
 def test_small_hyperparameters_keep_their_digits():
@@ -21,3 +21,14 @@ def test_a_difference_bound_near_zero_shows_its_sign():
     assert interval_text(0.0, 0.3, signed=True) == "[+0.00, +0.30]"
     assert interval_text(0.0021, 0.30) == "[0.00, 0.30]"  # a figure's interval, not a difference
     assert interval_text(float("nan"), 0.3) == "[undefined]"
+
+
+def test_of_tied_trials_the_best_is_the_lower_trial_id_as_the_analysis_selects():
+    """Cells of trials at the constant prediction tie: study.run's table and study.confirm must name the
+    trial study.analyze evaluates, not whichever reported first."""
+    results = pd.DataFrame({"trial_id": ["d4c1e2f0", "d4c1e2f0", "1a2b3c4d", "1a2b3c4d"],
+                            "training_iteration": [1, 2, 1, 2], "config/model": ["alexnet"] * 4,
+                            "val/f1_macro": [0.20, 0.284, 0.284, 0.10]})
+    assert best_trials(results, "val/f1_macro", "max", ("config/model",))["trial_id"].tolist() == ["1a2b3c4d"]
+    assert best_trials(results.assign(**{"val/f1_macro": [0.3, 0.1, 0.1, 0.3]}), "val/f1_macro", "min",
+                       ("config/model",))["trial_id"].tolist() == ["1a2b3c4d"]
