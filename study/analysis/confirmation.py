@@ -108,13 +108,16 @@ def seed_runs_table(confirmation: Confirmation, split: str, metric: str) -> pd.D
     return pd.DataFrame(rows)
 
 
-def seed_summary(runs: pd.DataFrame, figure: str, search: dict[tuple[str, str], float]) -> pd.DataFrame:
-    """Per cell: the search's own run next to the mean ± std over the evaluated seeds (`figure`: a
-    column of seed_runs_table, e.g. test/f1_macro); `search`: (dataset, model) -> the search's value."""
+def seed_summary(runs: pd.DataFrame, figure: str, search: dict[str, float]) -> pd.DataFrame:
+    """Per cell: the search's trial that the seeds repeat next to the mean ± std over the evaluated seeds
+    (`figure`: a column of seed_runs_table, e.g. test/f1_macro); `search`: trial id -> its value, for the
+    search's trials the analysis evaluated (a trial it did not evaluate shows none)."""
     rows = []
     for (dataset, model), group in runs.groupby(["dataset", "model"], sort=False):
         values = group[figure].dropna() if figure in group else pd.Series(dtype=float)
-        rows.append({"dataset": dataset, "model": model, "search's run": search.get((dataset, model), np.nan),
+        repeated = group["confirms"].iloc[0]
+        rows.append({"dataset": dataset, "model": model, "search's trial": repeated,
+                     "search's run": search.get(repeated, np.nan),
                      "seeds mean": values.mean() if len(values) else np.nan,
                      "seeds std": values.std() if len(values) > 1 else np.nan,
                      "seeds evaluated": len(values), "seeds asked": len(group),

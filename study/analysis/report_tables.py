@@ -176,8 +176,17 @@ def seed_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
     """study.confirm's seed runs, their summary per cell, and the differences between models."""
     runs = seed_runs_table(analysis.confirmation, analysis.split, analysis.metric)
     figure = f"{analysis.split}/{reported_metric(analysis)}"
-    search = {(c.dataset, c.model): c.evaluation.metrics.get(figure) for c in analysis.selected if c.rank == 1}
-    return {"seed_runs": runs, "seed_summary": seed_summary(runs, figure, search),
+    search = {c.candidate.trial_id: c.evaluation.metrics.get(figure) for c in analysis.selected}
+    summary = seed_summary(runs, figure, search)
+    chosen = {(c.dataset, c.model): c.candidate.trial_id for c in analysis.selected if c.rank == 1}
+    for cell in summary.to_dict("records"):
+        repeated, where = cell["search's trial"], (cell["dataset"], cell["model"])
+        if repeated not in search:
+            analysis.confirmation.notes.append(
+                f"{where[0]} / {where[1]}: the seeds repeat trial {repeated}, which this analysis did not evaluate "
+                f"(it chose {chosen.get(where, 'no trial')} on {analysis.metric}: the study went on after "
+                "study.confirm, or another --metric); the search's run is left blank")
+    return {"seed_runs": runs, "seed_summary": summary,
             "seed_differences": seed_differences(runs, figure)}
 
 

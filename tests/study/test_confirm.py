@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from study import storage
@@ -88,6 +89,26 @@ def test_the_analysis_reports_the_seed_spread_next_to_the_search(confirmed):
     text = (confirmed / "report" / "report.md").read_text()
     assert "## Seed repeats (`python -m study.confirm`)" in text and "(2 of 2)" in text
     assert "alexnet − resnet50" in text and "Partial" not in text and "resumed" not in text
+
+
+def test_seeds_of_a_trial_the_analysis_did_not_choose_are_not_set_beside_its_choice(confirmed, tmp_path):
+    """The study went on after study.confirm (or the analysis selects on another --metric): the seeds
+    repeat a trial that is no longer the cell's pick, so the pick's test figure is not theirs to sit beside."""
+    copy = linked_copy(confirmed, tmp_path / "grid")
+    jobs = copy / "confirm" / "jobs.json"
+    listed = json.loads(jobs.read_text())
+    jobs.unlink()  # a hard link to the shared study's file
+    jobs.write_text(json.dumps([{**job, "confirms": "0ther1d0"} if job["model"] == "alexnet" else job
+                                for job in listed]))
+    analysis = analyze(copy, formats=("md",), resamples=0, importance="none", saliency=0)
+    summary = analysis.tables["seed_summary"].set_index("model")
+    assert summary.loc["alexnet", "search's trial"] == "0ther1d0" and pd.isna(summary.loc["alexnet", "search's run"])
+    resnet = analysis.best(DATASET, "resnet50")
+    assert summary.loc["resnet50", "search's run"] == pytest.approx(resnet.evaluation.metrics["test/f1_macro"])
+    chosen = analysis.best(DATASET, "alexnet").candidate.trial_id
+    text = (copy / "report" / "report.md").read_text()
+    assert (f"{DATASET} / alexnet: the seeds repeat trial 0ther1d0, which this analysis did not evaluate (it "
+            f"chose {chosen} on {METRIC}") in text
 
 
 def test_a_partial_confirm_is_reported_as_partial_and_a_finished_one_resumes_to_nothing(confirmed, tmp_path):
