@@ -34,12 +34,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from cxrnets.config import TrainConfig
 from cxrnets.data import DATASET_NAMES
 from cxrnets.errors import CxrError
 from cxrnets.names import MIN_IMAGE_SIZE, MODEL_NAMES, OPTIMIZER_NAMES
@@ -52,6 +53,8 @@ SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 # Trial-config keys a space may search over: the TrainConfig fields that define a model's training.
 SEARCHABLE = ("dataset", "model", "optimizer", "lr", "batch_size", "pretrained", "momentum", "weight_decay",
               "image_size", "seed")
+# The searchable keys TrainConfig holds as int (its annotations are strings): a float range would draw fractions.
+WHOLE_NUMBER_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name in SEARCHABLE and f.type == "int")
 KINDS = ("choice", "uniform", "loguniform", "int", "value")
 SAMPLERS = ("tpe", "random", "grid")
 ALLOWED_NAMES = {"dataset": DATASET_NAMES, "model": MODEL_NAMES, "optimizer": OPTIMIZER_NAMES}
@@ -328,6 +331,10 @@ def _parse_dimension(source: str, key: str, spec: Any, earlier: list[str], where
             raise CxrError(f"{where}.{kind}: a log scale needs low > 0, got {low}")
         if kind == "int" and not all(isinstance(v, int) for v in args):
             raise CxrError(f"{where}.int: bounds must be integers, got {args!r}")
+        if kind != "int" and key in WHOLE_NUMBER_KEYS:
+            log_scale = ", log: true" if kind == "loguniform" else ""
+            raise CxrError(f"{where}.{kind}: {key} is a whole number, but a {kind} range draws fractions "
+                           f"(such as 42.34); use {{int: [{math.ceil(low)}, {math.floor(high)}]{log_scale}}}")
         for value in args:
             _check_value(where, key, value)
         args = tuple(args)
@@ -350,7 +357,7 @@ def _check_value(where: str, key: str, value: Any) -> None:
         raise CxrError(f"{where}: {key} must be {'positive' if positive else 'non-negative'}, got {value!r}")
     if key == "momentum" and value >= 1:
         raise CxrError(f"{where}: momentum must be below 1 (SGD's velocity would never decay), got {value!r}")
-    if key in ("batch_size", "image_size", "seed") and not isinstance(value, int):
+    if key in WHOLE_NUMBER_KEYS and not isinstance(value, int):
         raise CxrError(f"{where}: {key} must be an integer, got {value!r}")
 
 

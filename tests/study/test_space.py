@@ -7,6 +7,7 @@ Ray's OptunaSearch searcher (which needs no running Ray to suggest configs).
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import optuna
@@ -329,6 +330,31 @@ def test_invalid_yaml_names_the_file(tmp_path):
     path.write_text("search:\n  model: {choice: [resnet50\n")
     with pytest.raises(CxrError, match=rf"{path}: not valid YAML"):
         load_space(path)
+
+
+def write_space(tmp_path: Path, search: dict) -> Path:
+    """A space file of GOOD's dimensions plus `search` (in order: a `when` names earlier dimensions)."""
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({"search": {**GOOD, **search}}, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("key, spec, instead", [
+    ("batch_size", {"uniform": [16, 64]}, "{int: [16, 64]}"),
+    ("seed", {"loguniform": [1, 1000]}, "{int: [1, 1000], log: true}"),
+    ("image_size", {"uniform": [64.0, 224.5]}, "{int: [64, 224]}"),
+])
+def test_a_whole_number_key_refuses_a_float_range(tmp_path, key, spec, instead):
+    """Every trial would draw a fraction (batch_size 42.34) and fail in TrainConfig.validate."""
+    path = write_space(tmp_path, {key: spec})
+    kind = next(iter(spec))
+    with pytest.raises(CxrError, match=re.escape(
+            f"{path}: search.{key}.{kind}: {key} is a whole number, but a {kind} range draws fractions "
+            f"(such as 42.34); use {instead}")):
+        load_space(path)
+    suggested = yaml.safe_load(instead)
+    configs = sample_configs(parse_space({"search": {**GOOD, key: suggested}}), 5)
+    assert all(isinstance(config[key], int) for config in configs)
 
 
 def test_config_names_tell_apart_learning_rates_that_round_alike():
