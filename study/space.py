@@ -299,13 +299,18 @@ def _parse_dimension(source: str, key: str, spec: Any, earlier: list[str], where
         spec = {"value": spec}
     spec = dict(spec)
     when_spec = spec.pop("when", {}) or {}
-    log = bool(spec.pop("log", False))
+    log = spec.pop("log", False)
+    if not isinstance(log, bool):
+        raise CxrError(f"{where}.log: takes true or false, got {log!r}")
     kinds = [k for k in spec if k in KINDS]
     extra = [k for k in spec if k not in KINDS]
     if extra or len(kinds) != 1:
         raise CxrError(f"{where}: give exactly one of {', '.join(KINDS)} (plus optional when/log); got {sorted(spec)}")
     kind = kinds[0]
     args = spec[kind]
+    if log and kind in ("uniform", "choice", "value"):  # sample() would ignore it: a uniform range is drawn linearly
+        instead = "use loguniform: [low, high] instead" if kind == "uniform" else f"a {kind} has no scale: drop log"
+        raise CxrError(f"{where}.log: only int and loguniform ranges take log: true; {instead}")
     if not isinstance(when_spec, dict):
         raise CxrError(f"{where}.when: must map an earlier dimension to its value(s)")
     when = {}

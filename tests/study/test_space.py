@@ -357,6 +357,24 @@ def test_a_whole_number_key_refuses_a_float_range(tmp_path, key, spec, instead):
     assert all(isinstance(config[key], int) for config in configs)
 
 
+def test_log_is_refused_where_it_would_be_ignored(tmp_path):
+    """A uniform range is drawn linearly whatever `log` says: the space file says loguniform instead."""
+    path = write_space(tmp_path, {"momentum": {"uniform": [0.5, 0.99], "log": True}})
+    with pytest.raises(CxrError, match=re.escape(
+            f"{path}: search.momentum.log: only int and loguniform ranges take log: true; "
+            "use loguniform: [low, high] instead")):
+        load_space(path)
+    path = write_space(tmp_path, {"lr": {"choice": [0.01, 0.1], "log": True}})
+    with pytest.raises(CxrError, match=re.escape(f"{path}: search.lr.log: only int and loguniform ranges take "
+                                                 "log: true; a choice has no scale: drop log")):
+        load_space(path)
+    path = write_space(tmp_path, {"batch_size": {"int": [8, 128], "log": "no"}})
+    with pytest.raises(CxrError, match=re.escape(f"{path}: search.batch_size.log: takes true or false, got 'no'")):
+        load_space(path)
+    batch_size = parse_space({"search": {**GOOD, "batch_size": {"int": [8, 128], "log": True}}}).dimensions[-1]
+    assert batch_size.distribution() == optuna.distributions.IntDistribution(8, 128, log=True)
+
+
 def test_config_names_tell_apart_learning_rates_that_round_alike():
     base = {"dataset": "covid-chestxray-3class", "model": "alexnet", "optimizer": "adam", "batch_size": 16}
     assert config_name({**base, "lr": 2.5e-4}) == "covid-chestxray-3class_alexnet_adam_lr2.5e-04_bs16"
