@@ -98,6 +98,21 @@ class Dimension:
         """Every value of a grid dimension."""
         return [self.args] if self.kind == "value" else list(self.args)
 
+    def can_take(self, value: Any) -> bool:
+        """Whether a trial can draw `value` here, as a `when` on this dimension compares it."""
+        if self.kind in ("choice", "value"):
+            return value in self.values()
+        low, high = self.args
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return number and low <= value <= high and (self.kind != "int" or isinstance(value, int))
+
+    def describe(self) -> str:
+        """What the dimension takes, as an error message lists it: 'adam', 'sgd' or int [8, 64]."""
+        if self.kind in ("choice", "value"):
+            return ", ".join(repr(value) for value in self.values())
+        low, high = self.args
+        return f"{self.kind} [{low}, {high}]"
+
 
 @dataclass
 class SearchSpace:
@@ -232,7 +247,7 @@ def parse_space(document: Any, source: str = "<space>", name: str = "space") -> 
         raise CxrError(f"{source}: sampler {sampler!r} is not one of {', '.join(SAMPLERS)}")
     dimensions: list[Dimension] = []
     for key, spec in search.items():
-        earlier = [d.name for d in dimensions]
+        earlier = list(dimensions)
         if isinstance(spec, list):
             dimensions += _parse_alternatives(source, key, spec, earlier)
         else:
@@ -274,7 +289,7 @@ def _parse_cover_first(source: str, names: Any, dimensions: list[Dimension], sam
     return tuple(names)
 
 
-def _parse_alternatives(source: str, key: str, specs: list, earlier: list[str]) -> list[Dimension]:
+def _parse_alternatives(source: str, key: str, specs: list, earlier: list[Dimension]) -> list[Dimension]:
     """One key with a range per condition, e.g. a learning-rate range for each optimizer."""
     where = f"{source}: search.{key}"
     if not specs:
@@ -291,7 +306,7 @@ def _parse_alternatives(source: str, key: str, specs: list, earlier: list[str]) 
     return alternatives
 
 
-def _parse_dimension(source: str, key: str, spec: Any, earlier: list[str], where: str = "") -> Dimension:
+def _parse_dimension(source: str, key: str, spec: Any, earlier: list[Dimension], where: str = "") -> Dimension:
     where = where or f"{source}: search.{key}"
     if key not in SEARCHABLE:
         raise CxrError(f"{where}: unknown dimension {key!r}; searchable keys are {', '.join(SEARCHABLE)}")
@@ -315,9 +330,12 @@ def _parse_dimension(source: str, key: str, spec: Any, earlier: list[str], where
         raise CxrError(f"{where}.when: must map an earlier dimension to its value(s)")
     when = {}
     for condition, values in when_spec.items():
-        if condition not in earlier:
+        conditioning = [d for d in earlier if d.name == condition]
+        if not conditioning:
             raise CxrError(f"{where}.when: {condition!r} must be a dimension listed before {key!r}")
         when[condition] = tuple(values) if isinstance(values, list) else (values,)
+        for value in when[condition]:
+            _check_condition_value(where, condition, value, conditioning)
     if kind == "choice":
         if not isinstance(args, list) or not args:
             raise CxrError(f"{where}.choice: must be a non-empty list")
@@ -344,6 +362,17 @@ def _parse_dimension(source: str, key: str, spec: Any, earlier: list[str], where
             _check_value(where, key, value)
         args = tuple(args)
     return Dimension(key, kind, args, log, when)
+
+
+def _check_condition_value(where: str, condition: str, value: Any, conditioning: list[Dimension]) -> None:
+    """Refuse a `when` value its dimension never takes (`optimizer: SGD` for sgd): the condition would never hold."""
+    if any(dimension.can_take(value) for dimension in conditioning):
+        return
+    if condition == "dataset" and value in DATASET_NAMES:
+        return  # study.run's --dataset narrows the space to one dataset; conditions on its others then never hold
+    takes = " or ".join(dict.fromkeys(dimension.describe() for dimension in conditioning))
+    raise CxrError(f"{where}.when: {condition} never takes {value!r}, so the condition would never hold; "
+                   f"choose from {takes}")
 
 
 def _check_value(where: str, key: str, value: Any) -> None:

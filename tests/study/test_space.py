@@ -375,6 +375,38 @@ def test_log_is_refused_where_it_would_be_ignored(tmp_path):
     assert batch_size.distribution() == optuna.distributions.IntDistribution(8, 128, log=True)
 
 
+@pytest.mark.parametrize("condition, values, takes", [
+    ({"optimizer": "SGD"}, "'SGD'", "'adam', 'sgd'"),
+    ({"optimizer": ["sgd", "Adam"]}, "'Adam'", "'adam', 'sgd'"),
+    ({"batch_size": 48}, "48", "16, 32"),
+    ({"weight_decay": 0.1}, "0.1", "loguniform [1e-06, 0.01]"),
+])
+def test_a_condition_on_a_value_its_dimension_never_takes_is_refused(tmp_path, condition, values, takes):
+    """`when: {optimizer: SGD}` never holds (the optimizer is sgd): momentum would silently keep its default."""
+    path = write_space(tmp_path, {"batch_size": {"choice": [16, 32]}, "weight_decay": {"loguniform": [1e-6, 1e-2]},
+                                  "momentum": {"uniform": [0.5, 0.99], "when": condition}})
+    key = next(iter(condition))
+    with pytest.raises(CxrError, match=re.escape(
+            f"{path}: search.momentum.when: {key} never takes {values}, so the condition would never hold; "
+            f"choose from {takes}")):
+        load_space(path)
+
+
+def test_a_condition_on_a_dataset_the_command_line_left_out_still_parses():
+    """study.run --dataset replaces a space's dataset choice by that one dataset: the space's conditions
+    on its other datasets then never hold, and that is no mistake. A name no dataset has still is."""
+    def narrowed(other: str) -> dict:
+        return {"search": {"dataset": {"value": "covid-radiography"}, **GOOD,
+                           "lr": [{"loguniform": [1e-4, 1e-2], "when": {"dataset": "covid-radiography"}},
+                                  {"loguniform": [1e-3, 1e-1], "when": {"dataset": other}}]}}
+
+    assert len(parse_space(narrowed("covid-pneumonia-normal")).dimensions) == 5
+    with pytest.raises(CxrError, match=re.escape(
+            "bad.yaml: search.lr[1].when: dataset never takes 'covid-pneumonia', so the condition would never hold; "
+            "choose from 'covid-radiography'")):
+        parse_space(narrowed("covid-pneumonia"), "bad.yaml")
+
+
 def test_config_names_tell_apart_learning_rates_that_round_alike():
     base = {"dataset": "covid-chestxray-3class", "model": "alexnet", "optimizer": "adam", "batch_size": 16}
     assert config_name({**base, "lr": 2.5e-4}) == "covid-chestxray-3class_alexnet_adam_lr2.5e-04_bs16"
