@@ -32,7 +32,6 @@ Every dimension becomes a key of the trial config, and so a column of the analys
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -105,6 +104,10 @@ class Dimension:
         low, high = self.args
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         return number and low <= value <= high and (self.kind != "int" or isinstance(value, int))
+
+    def lowest(self) -> Any:
+        """The least value a trial can draw here."""
+        return self.args[0] if self.kind not in ("choice", "value") else min(self.values())
 
     def describe(self) -> str:
         """What the dimension takes, as an error message lists it: 'adam', 'sgd' or int [8, 64]."""
@@ -396,10 +399,17 @@ def _check_value(where: str, key: str, value: Any) -> None:
 
 
 def _check_models_fit_image_size(source: str, space: SearchSpace) -> None:
-    """Catch 'alexnet at 32 px' before any trial runs."""
-    sizes = space.values_of("image_size") or ([space.study["image_size"]] if "image_size" in space.study else [])
-    for model, size in itertools.product(space.values_of("model"), sizes):
-        if isinstance(size, int) and size < MIN_IMAGE_SIZE[model]:
-            raise CxrError(f"{source}: image_size {size} is too small for {model} "
-                           f"(needs at least {MIN_IMAGE_SIZE[model]} px)")
+    """Catch 'alexnet at 32 px' before any trial runs: the least size the space gives, against every model."""
+    searched = [d for d in space.dimensions if d.name == "image_size"]
+    if searched:  # a trial's image_size dimension overrides the study section's
+        key, least = "search.image_size", min(d.lowest() for d in searched)
+    elif "image_size" in space.study:
+        key, least = "study.image_size", space.study["image_size"]
+    else:
+        return
+    for model in space.values_of("model"):
+        if isinstance(least, int) and least < MIN_IMAGE_SIZE[model]:
+            raise CxrError(f"{source}: {key}: image_size {least} is too small for {model} "
+                           f"(needs at least {MIN_IMAGE_SIZE[model]} px); raise it to {MIN_IMAGE_SIZE[model]} "
+                           f"or more, or drop {model}")
 

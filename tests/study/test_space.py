@@ -407,6 +407,17 @@ def test_a_condition_on_a_dataset_the_command_line_left_out_still_parses():
         parse_space(narrowed("covid-pneumonia"), "bad.yaml")
 
 
+def test_an_image_size_range_must_fit_every_model(tmp_path):
+    """The range's low end is a trial's image size too: alexnet cannot take 29 px."""
+    path = write_space(tmp_path, {"model": {"choice": ["resnet50", "alexnet"]}, "image_size": {"int": [29, 128]}})
+    with pytest.raises(CxrError, match=re.escape(
+            f"{path}: search.image_size: image_size 29 is too small for alexnet (needs at least 63 px); "
+            "raise it to 63 or more, or drop alexnet")):
+        load_space(path)
+    fits = parse_space({"search": {**GOOD, "model": {"choice": ["alexnet"]}, "image_size": {"int": [63, 128]}}})
+    assert fits.dimensions[-1].args == (63, 128)
+
+
 def test_config_names_tell_apart_learning_rates_that_round_alike():
     base = {"dataset": "covid-chestxray-3class", "model": "alexnet", "optimizer": "adam", "batch_size": 16}
     assert config_name({**base, "lr": 2.5e-4}) == "covid-chestxray-3class_alexnet_adam_lr2.5e-04_bs16"
