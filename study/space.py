@@ -19,9 +19,11 @@ A space file (see `search_spaces/*.yaml`) has three sections:
 
 A dimension is one of `choice: [...]`, `uniform: [low, high]`,
 `loguniform: [low, high]`, `int: [low, high]` (add `log: true` for a log
-scale) or `value: x` (a constant). `when: {key: value or [values]}` keeps the
-dimension only for trials whose earlier dimensions match. A key may also take a
-list of such ranges, each with its own `when`; the first that matches is used:
+scale) or `value: x` (a constant); batch_size, image_size and seed take whole
+numbers, so never uniform or loguniform. `when: {key: value or [values]}` keeps
+the dimension only for trials whose earlier dimensions match, each value one
+that dimension can take. A key may also take a list of such ranges, each with
+its own `when`; the first that matches is used:
 
       lr:                       # Adam and SGD want learning rates a decade or two apart
         - {loguniform: [1.0e-5, 1.0e-3], when: {optimizer: adam}}
