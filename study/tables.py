@@ -154,15 +154,16 @@ def bin_values(values: pd.Series, scale: str | None = None, max_values: int = 6,
                bins: int = 4) -> tuple[pd.Series, list[str]]:
     """Labels for the ablation rows of one dimension, and their order.
 
-    Categorical values (and numbers with at most `max_values` distinct values, unless `scale` says
-    the dimension is continuous) are their own rows. Continuous numbers are binned: per decade on
-    a log scale (`scale="log"`, or positive numbers spanning a factor 10 or more), else in `bins`
+    Each value is its own row where `scale` is "categorical" (a choice: 7 batch sizes are 7 rows), for
+    text, and for numbers of unknown scale with at most `max_values` distinct values. Continuous
+    numbers (`scale` "log" or "linear", or unknown with more values) are binned: per decade on a log
+    scale (`scale="log"`, or positive numbers spanning a factor 10 or more), else in `bins`
     equal-width bins. Missing values (a conditional dimension) get NOT_SET.
     """
     present = values.dropna()
     numeric = (len(present) > 0 and pd.api.types.is_numeric_dtype(present.infer_objects())
                and not pd.api.types.is_bool_dtype(present.infer_objects()))
-    continuous = scale in ("log", "linear") or (numeric and present.nunique() > max_values)
+    continuous = scale in ("log", "linear") or (scale is None and numeric and present.nunique() > max_values)
     if not numeric or not continuous or present.nunique() <= 1:
         distinct = sorted(present.unique(), key=lambda v: (str(type(v)), v))
         labels = {v: _value_label(v) for v in distinct}

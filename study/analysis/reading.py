@@ -93,7 +93,8 @@ def trial_configs(study: Study) -> dict[str, dict]:
 
 
 def search_dimensions(study: Study, trials: pd.DataFrame) -> list[tuple[str, str | None]]:
-    """(dimension, scale) for every config/ column, in the space's order; scale is log, linear or None."""
+    """(dimension, scale) for every config/ column, in the space's order; scale is log or linear for a
+    range, categorical for a choice or a constant, None for a column the space does not name."""
     scales: dict[str, str | None] = {}
     try:
         for dimension in study.settings.search_space().dimensions:
@@ -101,7 +102,7 @@ def search_dimensions(study: Study, trials: pd.DataFrame) -> list[tuple[str, str
                 scale = "log" if dimension.kind == "loguniform" or dimension.log else "linear"
                 scales.setdefault(dimension.name, scale)
             else:
-                scales.setdefault(dimension.name, None)
+                scales.setdefault(dimension.name, "categorical")
     except CxrError as error:  # a space file this version no longer parses: bin from the values alone
         log.warning("the study's search space does not parse (%s); ablations bin numbers by their values", error)
     columns = [c.removeprefix("config/") for c in trials.columns if c.startswith("config/")]

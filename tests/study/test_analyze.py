@@ -32,7 +32,7 @@ from cxrnets.splits import make_split, split_digest
 from study.analysis import evaluation as evaluation_module, selection as selection_module
 from study.analysis.evaluation import Evaluation, StudyData, evaluate_checkpoint
 from study.analysis.figures import plot_confusion, plot_curves, plot_pretrained, plot_reliability, pretrained_pairs
-from study.analysis.reading import open_study
+from study.analysis.reading import open_study, search_dimensions
 from study.analysis.report import render_markdown
 from study.analysis.report_tables import build_tables, confusion_table
 from study.analysis.selection import Analysis, Candidate, Selected
@@ -690,6 +690,15 @@ def test_binning():
     assert len(order) == 4 and labels.value_counts().sum() == 10
     assert bin_values(pd.Series([True, False, True]))[1] == ["false", "true"]
     assert bin_values(pd.Series([16, 32, 16]))[1] == ["16", "32"]
+    # a choice of seven batch sizes (a factor 64 apart) is seven rows, not decades that merge 16, 32 and 64
+    batch_sizes = pd.Series([8, 16, 32, 64, 128, 256, 512, 16, 32])
+    assert bin_values(batch_sizes, scale="categorical")[1] == ["8", "16", "32", "64", "128", "256", "512"]
+
+
+def test_a_choice_of_numbers_is_categorical_in_the_ablations(study_dir):
+    study = open_study(study_dir)
+    scales = dict(search_dimensions(study, study.results))
+    assert scales["lr"] == "categorical" and scales["model"] == "categorical"  # the grid's choices
 
 
 def test_paper_table_with_top_k():
