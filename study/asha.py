@@ -37,16 +37,34 @@ TIE_WEIGHT = 1e-9
 
 class BestEpochASHA(ASHAScheduler):
     """ASHAScheduler whose rungs record each trial's best value of the metric so far (ties broken by
-    `tie_break`, a metric the trials report, in `tie_break_mode`)."""
+    `tie_break`, a metric the trials report, in `tie_break_mode`).
+
+    It judges a trial only at a rung epoch (and stops it at max_t), where the trainable writes its best
+    weights (study.checkpoints.CheckpointPolicy.weights_due). Ray's bracket judges a trial at its first report
+    at or after each rung it has not recorded: after a resume, which gives the scheduler back as it was built
+    (empty rungs, no bests so far), that is the first epoch a restored trial reports, and a stop there would
+    lose the trial's best since its last write. Such a trial goes on to its next rung instead, where it is
+    judged by its best since the resume."""
 
     def __init__(self, tie_break: str | None = None, tie_break_mode: str = "min", **asha_options: Any):
         super().__init__(**asha_options)
         self._tie_break = tie_break
         self._tie_op = -1.0 if tie_break_mode == "min" else 1.0
         self._best: dict[str, tuple[float, float]] = {}  # trial id -> best (metric, tie-break), both to maximise
+        self._rungs = rung_epochs(asha_options.get("grace_period", 1), self._reduction_factor, self._max_t)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if "_rungs" not in state:  # pickled (tuner.pkl) before it kept its rungs: the bracket's milestones
+            self._rungs = sorted(int(milestone) for milestone, _ in self._brackets[0]._rungs
+                                 if milestone < self._max_t)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        return super().on_trial_result(tune_controller, trial, self._with_best(trial.trial_id, result))
+        result = self._with_best(trial.trial_id, result)
+        epoch = result.get(self._time_attr)
+        if epoch in self._rungs or (isinstance(epoch, (int, float)) and epoch >= self._max_t):
+            return super().on_trial_result(tune_controller, trial, result)
+        return self.CONTINUE
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         super().on_trial_complete(tune_controller, trial, self._with_best(trial.trial_id, result))
@@ -112,7 +130,6 @@ class PromotingASHA(BestEpochASHA):
 
     def __init__(self, max_running: int | None = None, num_trials: int | None = None, **asha_options: Any):
         super().__init__(**asha_options)
-        self._rungs = rung_epochs(asha_options.get("grace_period", 1), self._reduction_factor, self._max_t)
         self._max_running = max_running
         self._most_promoted: dict[int, int] = {}  # rung -> the most trials it can ever promote
         reaching = num_trials

@@ -16,6 +16,7 @@ from ray.tune.search import Searcher
 
 from study.asha import BestEpochASHA, PromotingASHA, PromotionGate, rung_epochs
 from study.bench.search import replay_one_at_a_time
+from study.checkpoints import CheckpointPolicy
 
 CONSTANT = [0.297] * 6                                  # predicts COVID-19 for every image
 LEARNER = [0.297, 0.297, 0.238, 0.283, 0.238, 0.490]     # ResNet50 + Adam, lr 1e-4, batch 16
@@ -96,6 +97,29 @@ def test_the_best_epochs_survive_a_restore(tmp_path):
         == TrialScheduler.CONTINUE
     assert restored.on_trial_result(None, trials["learner"], {"training_iteration": 4, "val/f1_macro": 0.283}) \
         == TrialScheduler.CONTINUE
+
+
+def test_a_resumed_trial_is_stopped_only_at_a_rung_where_its_best_weights_are_written():
+    """A resume gives Tune's scheduler back as it was built, with empty rungs, and restarts trials from their
+    full states (here epoch 10, past the rungs at 2 and 6). Ray's bracket would judge each one at its first
+    report at or after a rung it has not recorded (epoch 11); the trainable writes its best weights only
+    where the trial may end (rungs, its last epoch), so a stop at epoch 11 would lose its best since epoch 6.
+    The trials go on to the next rung (18), where the worse one is stopped."""
+    scheduler = BestEpochASHA(time_attr="training_iteration", max_t=54, grace_period=2, reduction_factor=3,
+                              metric="val/f1_macro", mode="max", tie_break="val/loss", tie_break_mode="min")
+    trials = {name: SimpleNamespace(trial_id=name) for name in ("better", "worse")}
+    for trial in trials.values():
+        scheduler.on_trial_add(None, trial)
+    stopped = {}
+    for epoch in range(11, 55):
+        for name, value in (("better", 0.50), ("worse", 0.45)):
+            if name not in stopped and scheduler.on_trial_result(
+                    None, trials[name], {"training_iteration": epoch, "val/f1_macro": value, "val/loss": 1.0}) \
+                    == TrialScheduler.STOP:
+                stopped[name] = epoch
+    assert stopped == {"worse": 18, "better": 54}
+    policy = CheckpointPolicy(rung_epochs=tuple(rung_epochs(2, 3, 54)))
+    assert policy.weights_due(18, 54)
 
 
 # ------------------------------------------------------------------ ties broken by a second metric
@@ -351,3 +375,20 @@ def test_ending_the_trials_that_can_no_longer_be_promoted_changes_nothing_else_a
         assert peaks[len(curves)] <= peaks[None]
         at_first_rung = max(1, len(curves) // 3)  # the rungs' top thirds, at most (rungs at epochs 1 and 3)
         assert peaks[len(curves)] <= at_first_rung + max(1, at_first_rung // 3), curves
+
+
+def test_a_stopping_scheduler_pickled_before_it_kept_its_rungs_still_judges_only_at_them():
+    """A study started before resumes with the scheduler pickled then (tuner.pkl)."""
+    import pickle
+
+    old = BestEpochASHA(time_attr="training_iteration", max_t=54, grace_period=2, reduction_factor=3,
+                        metric="val/f1_macro", mode="max")
+    del old._rungs
+    restored = pickle.loads(pickle.dumps(old))
+    trials = {name: SimpleNamespace(trial_id=name) for name in ("better", "worse")}
+    for trial in trials.values():
+        restored.on_trial_add(None, trial)
+    decisions = {(name, epoch): restored.on_trial_result(None, trials[name],
+                                                         {"training_iteration": epoch, "val/f1_macro": value})
+                 for epoch in (11, 18) for name, value in (("better", 0.50), ("worse", 0.45))}
+    assert [key for key, decision in decisions.items() if decision == TrialScheduler.STOP] == [("worse", 18)]
