@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 WEIGHTS_DIR = "weights"
 STATE_FILE = "state.pt"  # the full state inside a Tune checkpoint folder
 CHECKPOINT_PREFIX = "checkpoint_"  # Tune's checkpoint folders inside a trial's folder
+WRITTEN_KEY = "written_best"  # result key: the study metric's value at the epoch of the trial's written weights
 
 
 def weights_uri(study_uri: str, trial_id: str) -> str:
@@ -119,6 +120,7 @@ class TrialWeights:
         self.best_value: float | None = None
         self.best_epoch: int | None = None
         self.unwritten: dict[str, Any] | None = None  # the best's weights, copied, until flush() writes them
+        self.written_value: float | None = None  # of the weights on storage
 
     def state(self) -> dict[str, Any]:
         """What a full state carries of the best so far (flush first: the state names written weights)."""
@@ -126,7 +128,12 @@ class TrialWeights:
 
     def restore(self, state: dict[str, Any]) -> None:
         self.best_value, self.best_epoch = state.get("best_value"), state.get("best_epoch")
+        self.written_value = self.best_value
         self.unwritten = None
+
+    def written(self) -> dict[str, float]:
+        """What a result carries of the written weights (WRITTEN_KEY: their value), for WeightsKeeper."""
+        return {} if self.written_value is None else {WRITTEN_KEY: self.written_value}
 
     def update(self, run, metrics: dict[str, Any], copy: bool = True) -> bool:
         """After an epoch: whether it is the trial's best so far; if so, its weights wait for flush(): a
@@ -144,7 +151,7 @@ class TrialWeights:
         if self.unwritten is None:
             return None
         best = save_best_weights(self.study_uri, self.trial_id, self.unwritten, self.metric, float(self.best_value))
-        self.unwritten = None
+        self.unwritten, self.written_value = None, best.value
         return best
 
 

@@ -2,11 +2,12 @@
 
 What it writes follows the checkpoint policy (study.checkpoints): the weights
 of its newest best epoch, before each result after which it may end (its last
-epoch, each ASHA rung, each full state); and a full state (model, optimizer,
-epoch, best so far) as a Tune checkpoint every `checkpoint_every` epochs or
-`checkpoint_minutes` minutes, and when a scheduler pauses the trial, from
-which a paused or retried trial (its node died) or a resumed study
-continues. A diverging trial (NaN loss)
+epoch, each ASHA rung, each full state), and each result says the value of
+the weights written so far (WRITTEN_KEY, by which the driver ranks trials for
+--keep); and a full state (model, optimizer, epoch, best so far) as a Tune
+checkpoint every `checkpoint_every` epochs or `checkpoint_minutes` minutes,
+and when a scheduler pauses the trial, from which a paused or retried trial
+(its node died) or a resumed study continues. A diverging trial (NaN loss)
 reports a worst-possible result and stops: the searcher sees a poor trial
 (ASHA, which judges trials by their best epoch, sees its best before it
 diverged), the study goes on.
@@ -130,16 +131,17 @@ class TrialTrainable(tune.Trainable):
             # The worst possible result, which ASHA and the searcher see; the best weights before it stay.
             log.warning("trial diverged at epoch %d: %s", epoch, error)
             self.weights.flush()
-            return {"epoch": epoch, **self.context.worst_result(), "status": "diverged", "done": True}
+            return {"epoch": epoch, **self.context.worst_result(), **self.weights.written(), "status": "diverged",
+                    "done": True}
         metrics["diverged"] = 0
         metrics["node_id"] = _node_id()  # nodes on one machine share an IP: tell them apart by node id
         policy, last = self.context.checkpoint_policy, self.train_config.epochs
-        weights_due = policy.weights_due(self.run.epoch, last)
-        self.weights.update(self.run, metrics, copy=not weights_due)
         full_state = policy.full_state_due(self.run.epoch, last, time.monotonic() - self.last_full_state)
-        if weights_due:
+        write = full_state or policy.weights_due(self.run.epoch, last)
+        self.weights.update(self.run, metrics, copy=not write)
+        if write:
             self.weights.flush()  # before the result: the trial may end after it (a pause saves a full state)
-        return {**metrics, "should_checkpoint": full_state, "done": self.run.epoch >= last}
+        return {**metrics, **self.weights.written(), "should_checkpoint": full_state, "done": self.run.epoch >= last}
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         self.weights.flush()  # the state's best so far names written weights

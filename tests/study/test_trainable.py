@@ -23,7 +23,7 @@ import study.trainable as trainable
 from cxrnets.errors import DivergedError
 from cxrnets.config import TrainConfig
 from cxrnets.training import TrainingRun, prepare_data
-from study.checkpoints import STATE_FILE, CheckpointPolicy, read_best_weights
+from study.checkpoints import STATE_FILE, WRITTEN_KEY, CheckpointPolicy, read_best_weights
 from study.tables import best_epochs
 from study.trainable import TrialContext, TrialTrainable
 
@@ -71,14 +71,15 @@ class TuneStandIn:
     """Drives a TrialTrainable as Tune does: setup, then (from a full state, for a retried or resumed trial)
     load_checkpoint, then a step per epoch until a result says done; after a result that asks for a full
     state, or at an epoch in `pause_at` (where the scheduler pauses the trial), save_checkpoint into a
-    temporary folder. Records each result, the full state saved after it (None: none) and the epoch of the
-    best weights in the study folder when the result came (None: none yet)."""
+    temporary folder. Records each result, the full state saved after it (None: none) and the epoch and value
+    of the best weights in the study folder when the result came (None: none yet)."""
 
     def __init__(self, context: TrialContext):
         self.context = context
         self.results: list[dict] = []
         self.states: list[dict | None] = []
         self.weights_epochs: list[int | None] = []
+        self.weights_values: list[float | None] = []
 
     def run(self, config: dict, state: dict | None = None, pause_at: tuple[int, ...] = ()) -> "TuneStandIn":
         context = self.context
@@ -96,6 +97,7 @@ class TuneStandIn:
             result = trial.step()
             written = read_best_weights(context.study_uri)[0].get(trial.trial_id) if context.study_uri else None
             self.weights_epochs.append(written.epoch if written else None)
+            self.weights_values.append(written.value if written else None)
             self.results.append(result)
             saved = None
             if result.get("should_checkpoint") or result["epoch"] in pause_at:
@@ -216,6 +218,17 @@ def test_best_weights_are_written_before_each_result_after_which_the_trial_may_e
     for epoch in (2, 4, 5):
         assert tune.weights_epochs[epoch - 1] == best_so_far[epoch - 1], (epoch, scores)
     assert tune.weights_epochs[0] is None  # epoch 1's best waits for the rung
+
+
+def test_each_result_says_the_value_of_the_weights_written_so_far(study_context):
+    """The driver deletes weights for --keep by what the trials have written (study.checkpoints.WeightsKeeper),
+    not by the bests they reported and hold in memory: every result carries the value of the weights in the
+    study folder when it comes."""
+    context = replace(study_context, checkpoint_policy=CheckpointPolicy(every=4, rung_epochs=(2,)))
+    tune = TuneStandIn(context).run({"dataset": "folder", "model": "resnet50", "optimizer": "adam", "lr": 1e-3,
+                                     "batch_size": 16, "epochs": 5})
+    assert [r.get(WRITTEN_KEY) for r in tune.results] == tune.weights_values
+    assert tune.weights_values[0] is None and tune.weights_values[-1] == max(r["val/f1_macro"] for r in tune.results)
 
 
 def test_a_paused_trial_saves_a_full_state_only_when_paused(study_context):
