@@ -26,6 +26,10 @@ Two needs, two kinds of file, nothing more:
 After the study only each (dataset, model) cell's `keep` best trials on the study metric keep their
 weights ("all": every trial's). `WeightsKeeper` deletes the others as trials end (a trial that has
 ended outside its cell's top `keep` can never re-enter it), and `prune_weights` once more at the end.
+Both rank trials by the value of the weights they have written, not by the bests their results show: a
+running trial's newer best waits in memory until it may end, and is lost if it fails or the study is
+interrupted and not resumed. So a trial's weights go only once `keep` others of its cell hold written
+weights at least as good.
 """
 
 from __future__ import annotations
@@ -217,9 +221,11 @@ def weights_to_drop(bests: dict[str, tuple[tuple, float]], ended: Iterable[str],
                     mode: str) -> list[str]:
     """Trials whose weights can go: ended, and outside their cell's `keep` best.
 
-    `bests`: trial id -> (cell, best value so far) for every trial known, running ones too (their bests
-    only get better, so a trial that ended outside the top `keep` stays outside). Ties rank the lower
-    trial id first, as the analysis does.
+    `bests`: trial id -> (cell, value of the best weights it has written) for every trial known, running
+    ones too. A trial writes only weights better than those it wrote before, so the `keep` trials ahead of
+    one that ended keep weights at least as good whether or not they ever write again, and it never gets
+    back into the top `keep`. (A reported best that is not yet written gives no such promise: the trial may
+    fail first.) Ties rank the lower trial id first, as the analysis does.
     """
     if keep == "all":
         return []
@@ -240,17 +246,19 @@ def cell_of(config: dict[str, Any]) -> tuple[str, str]:
 
 def prune_weights(study_uri: str, results, ended: Iterable[str], keep: int | str, metric: str,
                   mode: str) -> list[str]:
-    """Delete the weights of ended trials outside their cell's `keep` best (results: study.results)."""
-    from study.tables import best_epochs
-
-    if keep == "all" or results.empty or metric not in results:
+    """Delete the weights of ended trials outside their cell's `keep` best, ranked by the sidecars of the
+    weights on storage (results: study.results, which give each trial's cell). The weights file of an ended
+    trial without a sidecar (a deletion interrupted between the two) goes too."""
+    if keep == "all" or results.empty:
         return []
-    best = best_epochs(results, metric, mode)
-    bests = {row["trial_id"]: ((str(row.get("config/dataset", "")), str(row.get("config/model", ""))),
-                               float(row[metric])) for row in best.to_dict("records")}
-    drop = [t for t in weights_to_drop(bests, ended, keep, mode)
-            if storage.kind(sidecar_uri(study_uri, t)) != "missing" or storage.kind(weights_uri(study_uri, t))
-            != "missing"]
+    cells = {row["trial_id"]: (str(row.get("config/dataset", "")), str(row.get("config/model", "")))
+             for row in results.drop_duplicates("trial_id").to_dict("records")}
+    written, _ = read_best_weights(study_uri)
+    bests = {t: (cells[t], best.value) for t, best in written.items() if t in cells and best.metric == metric}
+    ended = set(ended)
+    listed = {entry.name for entry in storage.listing(storage.join(study_uri, WEIGHTS_DIR))}
+    orphans = [t for t in ended if f"{t}.pt" in listed and f"{t}.json" not in listed]
+    drop = sorted(weights_to_drop(bests, ended, keep, mode) + orphans)
     for trial_id in drop:
         delete_weights(study_uri, trial_id)
     if drop:
@@ -261,6 +269,9 @@ def prune_weights(study_uri: str, results, ended: Iterable[str], keep: int | str
 class WeightsKeeper(tune.Callback):
     """On the driver: deletes an ended trial's full state, and the weights of trials that ended outside
     their cell's `keep` best. It knows the trials whose results it saw (after a resume, those since).
+
+    Trials are ranked by the value of the weights they have written, which each result carries (WRITTEN_KEY):
+    the driver reads no storage for it.
 
     An ended trial's files go only once Tune's experiment snapshot, which a resume restores, holds the
     trial as ended and is on storage: restored from an older snapshot (the driver killed in between),
@@ -273,7 +284,7 @@ class WeightsKeeper(tune.Callback):
 
     def __init__(self, study_uri: str, metric: str, mode: str, keep: int | str):
         self.study_uri, self.metric, self.mode, self.keep = study_uri, metric, mode, keep
-        self.bests: dict[str, tuple[tuple, float]] = {}
+        self.bests: dict[str, tuple[tuple, float]] = {}  # trial id -> (cell, value of its written weights)
         self.ended: set[str] = set()  # cleaned, and in the running for --keep's deletions
         self.trials: list = []  # Tune's trials, as of the last step
         self.ended_in_snapshot: dict[str, str] = {}  # trial id -> folder: ended, as of the last snapshot
@@ -286,7 +297,7 @@ class WeightsKeeper(tune.Callback):
         self.trials = trials
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        value = result.get(self.metric)
+        value = result.get(WRITTEN_KEY)
         known = self.bests.get(trial.trial_id)
         if improves(value, known[1] if known else None, self.mode):
             self.bests[trial.trial_id] = (cell_of(trial.config), float(value))

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pandas as pd
 import torch
 
-from study.checkpoints import (CheckpointPolicy, TrialWeights, WeightsKeeper, delete_full_states, improves,
+from study.checkpoints import (WRITTEN_KEY, CheckpointPolicy, TrialWeights, WeightsKeeper, delete_full_states, improves,
                                prune_weights, read_best_weights, save_best_weights, sidecar_uri, weights_of,
                                weights_to_drop, weights_uri)
 
@@ -158,6 +158,27 @@ def test_prune_deletes_ended_trials_outside_the_top_k_of_their_model(tmp_path):
     assert prune_weights(str(tmp_path), results, ["t1", "t2", "t3", "t4"], "all", "val/f1_macro", "max") == []
 
 
+def test_prune_ranks_trials_by_the_weights_they_wrote_not_the_bests_they_reported(tmp_path):
+    """keep 1: trial a reported 0.60 at epoch 3 but failed before it wrote it (its weights: 0.50, of epoch 2);
+    b ended at 0.55. b's weights are the best there are, and stay; c, ended behind b, loses its."""
+    results = results_frame([("a", "alexnet", 2, 0.50), ("a", "alexnet", 3, 0.60), ("b", "alexnet", 4, 0.55),
+                             ("c", "alexnet", 4, 0.52)])
+    write_trial(tmp_path, "a", 2, 0.50)
+    write_trial(tmp_path, "b", 4, 0.55)
+    write_trial(tmp_path, "c", 4, 0.52)
+    assert prune_weights(str(tmp_path), results, ["b", "c"], 1, "val/f1_macro", "max") == ["c"]
+    assert {t: w.value for t, w in read_best_weights(str(tmp_path))[0].items()} == {"a": 0.50, "b": 0.55}
+
+
+def test_prune_deletes_the_weights_file_an_interrupted_deletion_left(tmp_path):
+    results = results_frame([("t1", "alexnet", 1, 0.5), ("t2", "alexnet", 1, 0.6)])
+    write_trial(tmp_path, "t1", 1, 0.5)
+    write_trial(tmp_path, "t2", 1, 0.6)
+    Path(sidecar_uri(str(tmp_path), "t1")).unlink()  # delete_weights removes the sidecar first
+    assert prune_weights(str(tmp_path), results, ["t1", "t2"], 1, "val/f1_macro", "max") == ["t1"]
+    assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["t2.json", "t2.pt"]
+
+
 def fake_trial(trial_id: str, model: str, folder: Path) -> SimpleNamespace:
     return SimpleNamespace(trial_id=trial_id, config={"dataset": "d", "model": model}, path=str(folder),
                            status="RUNNING")
@@ -175,8 +196,8 @@ def test_keeper_deletes_an_ended_trials_full_state_once_a_snapshot_on_storage_ho
     write_trial(tmp_path, "t1", 1, 0.4)
     write_trial(tmp_path, "t2", 1, 0.7)
     keeper.on_step_begin(0, list(trials.values()))
-    keeper.on_trial_result(0, [], trials["t1"], {"val/f1_macro": 0.4})
-    keeper.on_trial_result(0, [], trials["t2"], {"val/f1_macro": 0.7})
+    keeper.on_trial_result(0, [], trials["t1"], {"val/f1_macro": 0.4, WRITTEN_KEY: 0.4})
+    keeper.on_trial_result(0, [], trials["t2"], {"val/f1_macro": 0.7, WRITTEN_KEY: 0.7})
     trials["t2"].status = "TERMINATED"
     assert keeper.get_state() is None  # the snapshot that holds t2's end: being written, not yet on storage
     assert (Path(trials["t2"].path) / "checkpoint_000001").exists()
@@ -193,6 +214,40 @@ def test_keeper_deletes_an_ended_trials_full_state_once_a_snapshot_on_storage_ho
     assert not Path(weights_uri(str(tmp_path), "t1")).exists()
     assert not Path(sidecar_uri(str(tmp_path), "t1")).exists()
     assert Path(weights_uri(str(tmp_path), "t2")).is_file()
+
+
+def test_keeper_keeps_an_ended_trials_weights_until_others_have_written_better(tmp_path):
+    """keep 1: running trial a has written 0.50 at its rung and reported 0.60 since, which it holds in memory
+    until its next rung; b ends at 0.55. b keeps its weights: a may fail before it writes its 0.60 (here it
+    does), and the best weights of the study are then b's."""
+    keeper = WeightsKeeper(str(tmp_path), "val/f1_macro", "max", keep=1)
+    a, b = (fake_trial(t, "alexnet", tmp_path / f"{t}_alexnet") for t in ("a", "b"))
+    keeper.on_step_begin(0, [a, b])
+    write_trial(tmp_path, "a", 2, 0.50)
+    keeper.on_trial_result(0, [], a, {"val/f1_macro": 0.50, WRITTEN_KEY: 0.50})
+    keeper.on_trial_result(0, [], a, {"val/f1_macro": 0.60, WRITTEN_KEY: 0.50})
+    write_trial(tmp_path, "b", 4, 0.55)
+    keeper.on_trial_result(0, [], b, {"val/f1_macro": 0.55, WRITTEN_KEY: 0.55})
+    b.status = "TERMINATED"
+    keeper.get_state()
+    keeper.get_state()
+    a.status = "ERROR"
+    keeper.on_experiment_end([a, b])
+    assert {t: w.value for t, w in read_best_weights(str(tmp_path))[0].items()} == {"a": 0.50, "b": 0.55}
+
+
+def test_keeper_deletes_an_ended_trials_weights_once_a_running_trial_has_written_better(tmp_path):
+    keeper = WeightsKeeper(str(tmp_path), "val/f1_macro", "max", keep=1)
+    a, b = (fake_trial(t, "alexnet", tmp_path / f"{t}_alexnet") for t in ("a", "b"))
+    keeper.on_step_begin(0, [a, b])
+    write_trial(tmp_path, "b", 4, 0.55)
+    keeper.on_trial_result(0, [], b, {"val/f1_macro": 0.55, WRITTEN_KEY: 0.55})
+    b.status = "TERMINATED"
+    keeper.get_state()
+    write_trial(tmp_path, "a", 6, 0.60)  # a's rung
+    keeper.on_trial_result(0, [], a, {"val/f1_macro": 0.60, WRITTEN_KEY: 0.60})
+    keeper.get_state()
+    assert list(read_best_weights(str(tmp_path))[0]) == ["a"]
 
 
 def test_keeper_cleans_what_a_killed_run_left_of_ended_trials(tmp_path):
