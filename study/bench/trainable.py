@@ -81,10 +81,10 @@ def bench_trainable(bench: Bench) -> None:
 
     Each trainable epoch does what a study.trainable.TrialTrainable step does: train_epoch(), then
     TrialWeights.update (when the study metric improves, the weights: a copy unless they are written
-    this epoch), TrialWeights.flush (the
-    newest best's weights and their sidecar, written where CheckpointPolicy.weights_due says: here the
-    run's last epoch, no rungs), then a full state when CheckpointPolicy.full_state_due says so (the run is
-    a trial of `repeats` epochs: never after its last; the weights are flushed before it). The ratio is the
+    this epoch), TrialWeights.flush (the newest best's weights and their sidecar, written where
+    CheckpointPolicy.weights_due says, here the run's last epoch, no rungs, and before each full state),
+    then a full state when CheckpointPolicy.full_state_due says so (the run is a trial of `repeats`
+    epochs: never after its last). The ratio is the
     throughput over the whole run (images over seconds, summed over the epochs), not a median: the
     checkpoint costs come in some epochs only.
     """
@@ -134,10 +134,10 @@ def bench_trainable(bench: Bench) -> None:
                 started = time.perf_counter()
                 metrics = trial.train_epoch()
                 epoch_seconds = time.perf_counter() - started
-                weights_due = policy.weights_due(trial.epoch, s.repeats)
-                weights.update(trial, metrics, copy=not weights_due)
                 full_state = policy.full_state_due(trial.epoch, s.repeats, time.monotonic() - last_full_state)
-                best = weights.flush() if full_state or weights_due else None
+                write = full_state or policy.weights_due(trial.epoch, s.repeats)
+                weights.update(trial, metrics, copy=not write)
+                best = weights.flush() if write else None
                 weights_seconds = time.perf_counter() - started - epoch_seconds
                 written = 0
                 if best is not None:
