@@ -5,7 +5,8 @@ looking at it. Analysing again with the same selection reads the same figures: n
 that evaluates other trials on the test split (another --metric or --top-k, or a study that has gone on
 since) is a new look, and picking among looks by their test figures turns the test split into a second
 validation split. Each analysis of the test split therefore writes `<study>/analyses/<UTC time>.json`
-(the trials it evaluated there, at which epochs, with what selection), and its report lists the earlier
+(the trials it evaluated there, study.confirm's seed runs included, at which epochs, with what
+selection), and its report lists the earlier
 ones, saying which evaluated other trials.
 """
 
@@ -29,7 +30,9 @@ class Look:
     time: str                          # UTC, ISO 8601 to the millisecond
     metric: str
     top_k: int
-    evaluated: dict[str, list[str]]    # "dataset / model" -> "trial id@epoch" evaluated on test, best first
+    # "dataset / model" -> "trial id@epoch" evaluated on test, best first; "dataset / model seeds" -> the
+    # study.confirm seed runs evaluated there
+    evaluated: dict[str, list[str]]
     external: list[str] = field(default_factory=list)  # sets from elsewhere evaluated too
 
     @classmethod
@@ -38,6 +41,10 @@ class Look:
         for chosen in sorted(analysis.selected, key=lambda c: (c.dataset, c.model, c.rank)):
             evaluated.setdefault(f"{chosen.dataset} / {chosen.model}", []).append(
                 f"{chosen.candidate.trial_id}@{chosen.evaluation.epoch}")
+        for run in analysis.confirmation.runs if analysis.confirmation else []:
+            if run.evaluation is not None:
+                evaluated.setdefault(f"{run.job.dataset} / {run.job.model} seeds", []).append(
+                    f"{run.trial_id}@{run.evaluation.epoch}")
         external = sorted({s.name for s in analysis.external_sets})
         now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         return cls(now, analysis.metric, analysis.top_k, evaluated, external)

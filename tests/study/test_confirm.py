@@ -89,6 +89,11 @@ def test_the_analysis_reports_the_seed_spread_next_to_the_search(confirmed):
     text = (confirmed / "report" / "report.md").read_text()
     assert "## Seed repeats (`python -m study.confirm`)" in text and "(2 of 2)" in text
     assert "alexnet − resnet50" in text and "Partial" not in text and "resumed" not in text
+    # the seed runs' test figures are a look at the test split too: the ledger names them
+    for model in ("alexnet", "resnet50"):
+        seeds = runs[runs["model"] == model]
+        assert sorted(analysis.look.evaluated[f"{DATASET} / {model} seeds"]) == sorted(
+            f"{trial}@{epoch}" for trial, epoch in zip(seeds["trial_id"], seeds["best epoch"]))
 
 
 def test_seeds_of_a_trial_the_analysis_did_not_choose_are_not_set_beside_its_choice(confirmed, tmp_path):
