@@ -169,7 +169,7 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
     if runs_on_this_machine(address):
         check_local_resources(settings, cores=num_cpus)
     else:
-        check_cluster_reachable(address)
+        check_cluster_reachable(address, num_cpus)
     for model in {job.model for job in jobs if job.config.get("pretrained")}:
         fetch_imagenet_weights(model)  # once here, not by each of its seeds' trials at once
     splits = prepare_splits(settings, resume=True)  # the study's own split, checked against the data

@@ -172,12 +172,17 @@ def cluster_address(address: str | None) -> str | None:
     return read_ray_address() or None
 
 
-def check_cluster_reachable(address: str | None) -> None:
+def check_cluster_reachable(address: str | None, num_cpus: int | None = None) -> None:
     """Refuse, in seconds and before anything is written, a cluster address that nothing answers on:
-    ray.init retries such an address for minutes, printing only its own warnings."""
+    ray.init retries such an address for minutes, printing only its own warnings. And --num-cpus, which
+    sizes a Ray instance started here, for a study that joins a cluster."""
     if ray.is_initialized():
         return
     address = cluster_address(address)
+    if address and num_cpus is not None:
+        raise CxrError(f"--num-cpus {num_cpus} sizes the Ray instance a study starts on this machine; it joins the "
+                       f"cluster at {address} (--address or RAY_ADDRESS), whose nodes give their own CPUs: drop "
+                       "--num-cpus")
     host, _, port = (address or "").removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         return  # no cluster to join, or a form of Ray's own ("auto"), left to ray.init
@@ -350,7 +355,7 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
     if local:
         check_local_resources(settings, cores=num_cpus)
     else:
-        check_cluster_reachable(address)
+        check_cluster_reachable(address, num_cpus)
     fetch_pretrained_weights(settings)
     splits = prepare_splits(settings, resume)
     if resume and settings.optuna_study:

@@ -347,6 +347,20 @@ def test_a_listening_cluster_address_passes_the_reachability_check(monkeypatch):
     check_cluster_reachable("auto")  # Ray's own forms are left to ray.init
 
 
+def test_num_cpus_for_a_study_that_joins_a_cluster_is_refused(monkeypatch, tmp_path, capsys):
+    """--num-cpus sizes a Ray instance started here: with a cluster it was ignored without a word."""
+    import ray
+
+    from study.run import main
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert main(["--num-cpus", "8", "--storage", str(tmp_path / "studies"), "--name", "s"]) == 2
+    assert ("error: --num-cpus 8 sizes the Ray instance a study starts on this machine; it joins the cluster at "
+            "127.0.0.1:6379 (--address or RAY_ADDRESS)") in capsys.readouterr().err
+    assert not (tmp_path / "studies" / "s").exists()
+
+
 # ------------------------------------------------------------------ 4. bounded retries
 
 def test_a_trial_that_always_fails_ends_after_max_failures_retries(always_fails):
