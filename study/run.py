@@ -152,7 +152,7 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
     image_size = pick("image_size")
     # A tie-break on the study metric itself breaks nothing.
     tie_break = None if args.tie_break in ("none", pick("metric")) else args.tie_break
-    if space.values_of("image_size") and args.image_size is not None:
+    if any(dimension.name == "image_size" for dimension in space.dimensions) and args.image_size is not None:
         raise CxrError("--image-size conflicts with the space's image_size dimension; drop one")
     name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if "/" in name or "\\" in name or name.strip() in ("", ".", ".."):

@@ -149,6 +149,8 @@ BAD_INPUT = {
     "a negative test fraction": (GOOD_SPACE, ["--test-fraction", "-0.1"], r"--test-fraction -0\.1: each must lie"),
     "a name that is a path": (GOOD_SPACE, ["--name", "../elsewhere"],
                               r"--name '\.\./elsewhere': a study's name is its one folder under --storage"),
+    "--image-size beside a space's image_size range": ({**GOOD_SPACE, "image_size": {"int": [64, 128]}}, [],
+                                                        r"--image-size conflicts with the space's image_size"),
     "a name a storage URI cannot carry": (GOOD_SPACE, ["--name", "run#2"],
                                           r"--name 'run#2': '#' cannot be part of a storage location's name"),
     "a multi-label metric on single-label data": (
