@@ -79,9 +79,9 @@ def decode(data: bytes, size: int, name: str | Path = "<bytes>") -> np.ndarray:
     except UnidentifiedImageError as error:  # its message names an in-memory buffer, not the file
         raise CxrError(f"{name}: cannot decode image (not a format Pillow reads, or its header is damaged; "
                        f"{len(data):,} bytes); replace or delete the file") from error
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as error:
-        raise CxrError(f"{name}: cannot decode image ({error}); replace or delete the file") from error
+    except Exception as error:  # Pillow's decoders raise OSError, ValueError, TypeError, ... on damaged bytes
+        raise CxrError(f"{name}: cannot decode image ({error or type(error).__name__}); replace or delete the "
+                       "file") from error
     return np.asarray(resize_center_crop(to_rgb(image), size)).transpose(2, 0, 1).copy()
 
 

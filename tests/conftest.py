@@ -14,6 +14,8 @@ empty class...) in its own tmp_path.
 from __future__ import annotations
 
 import csv
+import io
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -103,6 +105,22 @@ def _write_class_images(folder: Path, count: int, brightness: int, seed: int, su
                    seed * 1000 + i, sizes[i % len(sizes)])
         for i in range(count)
     ]
+
+
+@pytest.fixture
+def damaged_tiff() -> bytes:
+    """A 48x40 grey TIFF whose StripOffsets tag claims the type FLOAT: Pillow's decoder raises TypeError
+    on it (neither OSError nor ValueError)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((40, 48), 100, dtype=np.uint8)).save(buffer, format="TIFF")
+    data = bytearray(buffer.getvalue())
+    assert data[:4] == b"II*\x00"  # Pillow writes little-endian TIFFs
+    directory = struct.unpack_from("<I", data, 4)[0]
+    entries = struct.unpack_from("<H", data, directory)[0]
+    for entry in range(directory + 2, directory + 2 + 12 * entries, 12):
+        if struct.unpack_from("<H", data, entry)[0] == 273:  # StripOffsets: its type LONG (4) becomes FLOAT (11)
+            struct.pack_into("<H", data, entry + 2, 11)
+    return bytes(data)
 
 
 # ------------------------------------------------------------------ dataset layouts

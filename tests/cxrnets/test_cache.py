@@ -81,20 +81,22 @@ def test_changing_a_file_rebuilds_with_new_pixels(radiography, tmp_path: Path, w
     np.testing.assert_array_equal(np.asarray(again.images[1:]), np.asarray(first.images[1:]))
 
 
-def test_corrupt_image_is_skipped_and_logged(make_folder, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_corrupt_image_is_skipped_and_logged(make_folder, damaged_tiff: bytes, tmp_path: Path,
+                                            caplog: pytest.LogCaptureFixture) -> None:
     root = make_folder(per_class=4)
     (root / "sick" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    (root / "sick" / "damaged.tif").write_bytes(damaged_tiff)  # Pillow raises TypeError on this one
     whole = (root / "healthy" / "img-001.png").read_bytes()
     (root / "healthy" / "cut.png").write_bytes(whole[: len(whole) // 2])
     index = load_dataset("folder", root)
-    assert len(index.frame) == 10
+    assert len(index.frame) == 11
     with caplog.at_level(logging.WARNING, logger="cxrnets.cache"):
         built = build_cache(index, SIZE, cache_root=tmp_path)
-    assert built.decoded == 10
-    assert "broken.png" in caplog.text and "cut.png" in caplog.text
-    assert built.index.skipped == {"undecodable image": 2}
+    assert built.decoded == 11
+    assert "broken.png" in caplog.text and "cut.png" in caplog.text and "damaged.tif" in caplog.text
+    assert built.index.skipped == {"undecodable image": 3}
     assert len(built.index.frame) == 8 == len(built.images) == len(built.sha1)
-    assert not built.index.frame["relpath"].str.contains("broken|cut").any()
+    assert not built.index.frame["relpath"].str.contains("broken|cut|damaged").any()
     assert built.index.targets().tolist().count(0) == 4  # the others are still usable
     table = pd.read_parquet(built.directory / "index.parquet")
     assert table["ok"].sum() == 8 and table.loc[~table["ok"], "error"].str.contains("cannot decode").all()

@@ -123,6 +123,13 @@ def test_corrupt_file_names_the_file(tmp_path: Path) -> None:
     assert "not a format Pillow reads" in str(error.value) and "BytesIO" not in str(error.value)
 
 
+def test_a_damaged_tiff_names_the_file(damaged_tiff: bytes, tmp_path: Path) -> None:
+    path = tmp_path / "damaged.tif"
+    path.write_bytes(damaged_tiff)
+    with pytest.raises(CxrError, match=r"damaged.tif: cannot decode image \(.+\); replace or delete the file"):
+        load_image(path, 32)
+
+
 @pytest.mark.parametrize("mode, suffix", [("L", ".png"), ("RGBA", ".png"), ("L", ".jpg")])
 def test_truncated_file_names_the_file(mode: str, suffix: str, tmp_path: Path, write_image) -> None:
     whole = write_image(tmp_path / f"whole{suffix}", mode, brightness=120, seed=4, size=(64, 64)).read_bytes()
