@@ -40,7 +40,7 @@ from cxrnets.images import decode
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # bump when decoding, resizing or the files of a cache change
+CACHE_FORMAT = 3  # bump when decoding, resizing or the files of a cache change
 PROGRESS_SECONDS = 30  # a progress line at least this often while decoding, besides every 500 images
 
 

@@ -21,6 +21,11 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".
 # Images above this many pixels are refused rather than risk a decompression bomb.
 MAX_PIXELS = 20_000 * 20_000
 
+# The modes in which Pillow holds greyscale of more than 8 bits: to_rgb stretches them to 8.
+HIGH_BIT_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+PNG_COLOUR_TYPES = {2: "RGB", 4: "grey+alpha", 6: "RGBA"}  # those that may hold 16 bits per sample
+
 
 def image_files(directory: Path) -> list[Path]:
     """The image files under `directory`, recursively, sorted."""
@@ -39,7 +44,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         image = image.convert("RGBA")
     elif image.mode == "P":
         image = image.convert("RGB")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    if image.mode in HIGH_BIT_GREY_MODES:
         array = np.asarray(image, dtype=np.float64)
         low, high = float(array.min()), float(array.max())
         scale = 255.0 / (high - low) if high > low else 0.0
@@ -49,6 +54,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, rgba)
     return image.convert("RGB")
+
+
+def high_byte_only(image: Image.Image, data: bytes) -> str | None:
+    """What the file `data` (opened as `image`) is if it holds 16 bits per sample in colour or with alpha,
+    which Pillow reads into an 8-bit mode by keeping each sample's high byte; None for any other file."""
+    if image.format == "PNG" and data[12:16] == b"IHDR" and data[24] == 16 and data[25] in PNG_COLOUR_TYPES:
+        return f"a 16-bit {PNG_COLOUR_TYPES[data[25]]} PNG"  # IHDR's bit depth and colour type bytes
+    if image.format == "TIFF" and image.mode not in HIGH_BIT_GREY_MODES:
+        bits = max(np.atleast_1d(image.tag_v2.get(258, 8)))  # BitsPerSample
+        if bits > 8:
+            return f"a {bits}-bit {image.mode} TIFF"
+    return None
 
 
 def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
@@ -68,6 +85,14 @@ def decode(data: bytes, size: int, name: str | Path = "<bytes>") -> np.ndarray:
                 raise CxrError(
                     f"{name}: image is {image.width}x{image.height} pixels, over the "
                     f"{MAX_PIXELS:,}-pixel limit; downsize it before use"
+                )
+            truncated = high_byte_only(image, data)
+            if truncated:
+                raise CxrError(
+                    f"{name}: {truncated}, whose samples Pillow reads as their high byte only (an X-ray that "
+                    "uses 10-12 of the 16 bits comes out nearly black); convert it to 16-bit greyscale, e.g. "
+                    "magick IN -background black -alpha remove -colorspace Gray -depth 16 OUT.png (ImageMagick), "
+                    "or to 8 bits per sample"
                 )
             if image.format == "JPEG":
                 # Let libjpeg decode at a reduced scale: large JPEGs decode many times faster.

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import re
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +56,68 @@ def test_16_bit_keeps_its_contrast() -> None:
     assert array.min() == 0 and array.max() == 255  # stretched over the full range
     assert len(np.unique(array)) > 200  # and not posterised
     assert np.all(np.diff(array[0].astype(int).ravel()) >= 0)  # the ramp keeps its order
+
+
+def png(pixels: np.ndarray, colour_type: int) -> bytes:
+    """A 16-bit PNG of uint16 `pixels` ((H, W) or (H, W, samples)), written by hand: Pillow writes 16 bits
+    per sample for greyscale only."""
+    height, width = pixels.shape[:2]
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)  # filter byte 0: none
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
+
+
+def tiff(pixels: np.ndarray, photometric: int = 1) -> bytes:
+    """An uncompressed little-endian TIFF of `pixels` ((H, W) or (H, W, samples): uint8, uint16 or float32),
+    written by hand: Pillow writes neither 16-bit RGB nor WhiteIsZero (photometric 0)."""
+    height, width = pixels.shape[:2]
+    samples = pixels.shape[2] if pixels.ndim == 3 else 1
+    strip = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+    tags = {256: (4, [width]), 257: (4, [height]), 258: (3, [pixels.dtype.itemsize * 8] * samples),
+            259: (3, [1]), 262: (3, [photometric]), 273: (4, [8]), 277: (3, [samples]), 278: (4, [height]),
+            279: (4, [len(strip)])}
+    if pixels.dtype.kind == "f":
+        tags[339] = (3, [3])  # SampleFormat: IEEE float
+    directory = 8 + len(strip) + len(strip) % 2
+    extra_at = directory + 2 + 12 * len(tags) + 4
+    entries, extra = b"", b""
+    for tag, (kind, values) in sorted(tags.items()):
+        packed = struct.pack(f"<{len(values)}{'H' if kind == 3 else 'I'}", *values)
+        if len(packed) > 4:  # stored after the directory, which holds its offset
+            packed, extra = struct.pack("<I", extra_at + len(extra)), extra + packed
+        entries += struct.pack("<HHI", tag, kind, len(values)) + packed.ljust(4, b"\x00")
+    return (b"II*\x00" + struct.pack("<I", directory) + strip + b"\x00" * (len(strip) % 2)
+            + struct.pack("<H", len(tags)) + entries + b"\x00" * 4 + extra)
+
+
+TWELVE_BIT_RAMP = np.tile(np.linspace(0, 4095, 64), (64, 1)).astype(np.uint16)  # an X-ray in 12 of 16 bits
+
+
+def test_a_16_bit_grey_image_written_by_hand_is_read_like_pillows() -> None:
+    by_hand = decode(png(TWELVE_BIT_RAMP, colour_type=0), 32, "hand.png")
+    buffer = io.BytesIO()
+    Image.fromarray(TWELVE_BIT_RAMP).save(buffer, format="PNG")
+    np.testing.assert_array_equal(by_hand, decode(buffer.getvalue(), 32))
+    np.testing.assert_array_equal(decode(tiff(TWELVE_BIT_RAMP), 32, "hand.tif"), by_hand)
+    assert by_hand.max() >= 250
+
+
+@pytest.mark.parametrize("kind", ["RGB PNG", "grey+alpha PNG", "RGBA PNG", "RGB TIFF"])
+def test_16_bit_colour_or_alpha_is_refused_saying_how_to_convert(kind: str) -> None:
+    """Pillow keeps the high byte of each sample of these: a 12-bit X-ray came out nearly black."""
+    opaque = np.full_like(TWELVE_BIT_RAMP, 65535)
+    data = {"RGB PNG": lambda: png(np.dstack([TWELVE_BIT_RAMP] * 3), colour_type=2),
+            "grey+alpha PNG": lambda: png(np.dstack([TWELVE_BIT_RAMP, opaque]), colour_type=4),
+            "RGBA PNG": lambda: png(np.dstack([TWELVE_BIT_RAMP] * 3 + [opaque]), colour_type=6),
+            "RGB TIFF": lambda: tiff(np.dstack([TWELVE_BIT_RAMP] * 3), photometric=2)}[kind]()
+    with pytest.raises(CxrError, match=rf"x-ray.img: a 16-bit {re.escape(kind)}, whose samples Pillow reads as "
+                                       r"their high byte only .* convert it to 16-bit greyscale, e\.g\. magick "):
+        decode(data, 32, "x-ray.img")
 
 
 def test_flat_16_bit_image_is_black_not_an_error() -> None:
