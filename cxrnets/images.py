@@ -37,7 +37,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
     Transparent pixels are composited onto black, the background of an X-ray.
     High-bit-depth greyscale (16-bit PNG, 32-bit int or float) is stretched
-    from its own min..max to 0..255, since many 16-bit X-rays use 10-12 bits.
+    from its own min..max to 0..255, since many 16-bit X-rays use 10-12 bits;
+    its NaN and infinite pixels become black, and ValueError says that it has
+    no other pixel.
     """
     if image.mode in ("P", "1", "L", "RGB") and image.info.get("transparency") is not None:
         # a palette entry or a tRNS colour marks transparent pixels: make them an alpha channel
@@ -45,10 +47,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
     elif image.mode == "P":
         image = image.convert("RGB")
     if image.mode in HIGH_BIT_GREY_MODES:
-        array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
+        array = np.array(image, dtype=np.float64)
+        finite = np.isfinite(array)
+        if not finite.any():
+            raise ValueError("every pixel is NaN or infinite")
+        low, high = float(array[finite].min()), float(array[finite].max())
         scale = 255.0 / (high - low) if high > low else 0.0
-        image = Image.fromarray(((array - low) * scale).round().astype(np.uint8), mode="L")
+        array[~finite] = low
+        grey = ((array - low) * scale).round()
+        grey[~finite] = 0.0
+        image = Image.fromarray(grey.astype(np.uint8), mode="L")
     if image.mode in ("LA", "RGBA", "La", "RGBa"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
@@ -107,7 +115,11 @@ def decode(data: bytes, size: int, name: str | Path = "<bytes>") -> np.ndarray:
     except Exception as error:  # Pillow's decoders raise OSError, ValueError, TypeError, ... on damaged bytes
         raise CxrError(f"{name}: cannot decode image ({error or type(error).__name__}); replace or delete the "
                        "file") from error
-    return np.asarray(resize_center_crop(to_rgb(image), size)).transpose(2, 0, 1).copy()
+    try:
+        rgb = to_rgb(image)
+    except ValueError as error:  # a float image without a finite pixel
+        raise CxrError(f"{name}: cannot decode image ({error}); replace or delete the file") from error
+    return np.asarray(resize_center_crop(rgb, size)).transpose(2, 0, 1).copy()
 
 
 def load_image(path: str | Path, size: int) -> np.ndarray:

@@ -120,6 +120,20 @@ def test_16_bit_colour_or_alpha_is_refused_saying_how_to_convert(kind: str) -> N
         decode(data, 32, "x-ray.img")
 
 
+def test_nan_and_infinite_pixels_are_black_and_the_rest_keeps_its_contrast() -> None:
+    ramp = np.linspace(-1.0, 3.0, 64 * 64).reshape(64, 64).astype(np.float32)
+    ramp[0, 0], ramp[63, 63], ramp[32, :] = np.nan, np.inf, -np.inf
+    array = decode(tiff(ramp), 64, "float.tif")
+    assert array[0, 0, 0] == array[0, 32].max() == 0
+    assert array[0, 63, 62] == 255 and array[0, 0, 1] == 0  # the finite maximum and minimum
+    assert len(np.unique(array)) > 200
+
+
+def test_a_float_image_without_a_finite_pixel_is_refused() -> None:
+    with pytest.raises(CxrError, match=r"nan.tif: cannot decode image \(every pixel is NaN or infinite\)"):
+        decode(tiff(np.full((8, 8), np.nan, dtype=np.float32)), 8, "nan.tif")
+
+
 def test_flat_16_bit_image_is_black_not_an_error() -> None:
     buffer = io.BytesIO()
     Image.fromarray(np.full((8, 8), 777, dtype=np.uint16)).save(buffer, format="PNG")
