@@ -32,14 +32,15 @@ def image_files(directory: Path) -> list[Path]:
     return sorted(p for p in Path(directory).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image, white_is_zero: bool = False) -> Image.Image:
     """Convert any PIL mode (1, L, LA, P, RGB, RGBA, CMYK, I;16, I, F) to 8-bit RGB.
 
     Transparent pixels are composited onto black, the background of an X-ray.
     High-bit-depth greyscale (16-bit PNG, 32-bit int or float) is stretched
-    from its own min..max to 0..255, since many 16-bit X-rays use 10-12 bits;
-    its NaN and infinite pixels become black, and ValueError says that it has
-    no other pixel.
+    from its own min..max to 0..255, since many 16-bit X-rays use 10-12 bits,
+    then inverted if `white_is_zero` (a TIFF's PhotometricInterpretation 0,
+    which Pillow inverts itself in 8-bit images only); its NaN and infinite
+    pixels become black (ValueError if it has no other pixel).
     """
     if image.mode in ("P", "1", "L", "RGB") and image.info.get("transparency") is not None:
         # a palette entry or a tRNS colour marks transparent pixels: make them an alpha channel
@@ -55,6 +56,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
         scale = 255.0 / (high - low) if high > low else 0.0
         array[~finite] = low
         grey = ((array - low) * scale).round()
+        if white_is_zero:
+            grey = 255.0 - grey
         grey[~finite] = 0.0
         image = Image.fromarray(grey.astype(np.uint8), mode="L")
     if image.mode in ("LA", "RGBA", "La", "RGBa"):
@@ -102,6 +105,7 @@ def decode(data: bytes, size: int, name: str | Path = "<bytes>") -> np.ndarray:
                     "magick IN -background black -alpha remove -colorspace Gray -depth 16 OUT.png (ImageMagick), "
                     "or to 8 bits per sample"
                 )
+            white_is_zero = image.format == "TIFF" and image.tag_v2.get(262) == 0  # PhotometricInterpretation
             if image.format == "JPEG":
                 # Let libjpeg decode at a reduced scale: large JPEGs decode many times faster.
                 image.draft("RGB", (size, size))
@@ -116,7 +120,7 @@ def decode(data: bytes, size: int, name: str | Path = "<bytes>") -> np.ndarray:
         raise CxrError(f"{name}: cannot decode image ({error or type(error).__name__}); replace or delete the "
                        "file") from error
     try:
-        rgb = to_rgb(image)
+        rgb = to_rgb(image, white_is_zero)
     except ValueError as error:  # a float image without a finite pixel
         raise CxrError(f"{name}: cannot decode image ({error}); replace or delete the file") from error
     return np.asarray(resize_center_crop(rgb, size)).transpose(2, 0, 1).copy()

@@ -134,6 +134,19 @@ def test_a_float_image_without_a_finite_pixel_is_refused() -> None:
         decode(tiff(np.full((8, 8), np.nan, dtype=np.float32)), 8, "nan.tif")
 
 
+@pytest.mark.parametrize("pixels", [
+    (TWELVE_BIT_RAMP // 16).astype(np.uint8),  # Pillow inverts 8-bit WhiteIsZero itself
+    TWELVE_BIT_RAMP,
+    TWELVE_BIT_RAMP.astype(np.float32),
+], ids=["8-bit", "16-bit", "float"])
+def test_white_is_zero_tiffs_are_inverted_at_every_depth(pixels: np.ndarray) -> None:
+    """PhotometricInterpretation WhiteIsZero: the same numbers show the negative picture."""
+    black_is_zero = decode(tiff(pixels, photometric=1), 64)  # at its own size: no resizing to round
+    white_is_zero = decode(tiff(pixels, photometric=0), 64)
+    assert black_is_zero[0, 16, 0] < 10 and black_is_zero[0, 16, -1] > 245  # dark to bright, left to right
+    np.testing.assert_array_equal(white_is_zero, 255 - black_is_zero)
+
+
 def test_flat_16_bit_image_is_black_not_an_error() -> None:
     buffer = io.BytesIO()
     Image.fromarray(np.full((8, 8), 777, dtype=np.uint16)).save(buffer, format="PNG")
