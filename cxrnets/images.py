@@ -18,7 +18,8 @@ from cxrnets.errors import CxrError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
 
-# Images above this many pixels are refused rather than risk a decompression bomb.
+# Images above this many pixels are refused rather than risk a decompression bomb; decode makes it Pillow's
+# limit too (Image.MAX_IMAGE_PIXELS, 89.5 million pixels by default, for the whole process).
 MAX_PIXELS = 20_000 * 20_000
 
 # The modes in which Pillow holds greyscale of more than 8 bits: to_rgb stretches them to 8.
@@ -90,7 +91,10 @@ def decode(data: bytes, size: int, name: str | Path = "<bytes>") -> np.ndarray:
         raise CxrError(f"{name}: empty file (0 bytes), no image; replace or delete the file")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Image.open checks Pillow's own limit (a warning over it, an error over twice it): make that
+            # MAX_PIXELS, and let the check below say so
+            Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             if image.width * image.height > MAX_PIXELS:
                 raise CxrError(
@@ -113,6 +117,9 @@ def decode(data: bytes, size: int, name: str | Path = "<bytes>") -> np.ndarray:
             image.load()
     except CxrError:
         raise
+    except Image.DecompressionBombError as error:
+        raise CxrError(f"{name}: image is over the {MAX_PIXELS:,}-pixel limit ({error}); downsize it before "
+                       "use") from error
     except UnidentifiedImageError as error:  # its message names an in-memory buffer, not the file
         raise CxrError(f"{name}: cannot decode image (not a format Pillow reads, or its header is damaged; "
                        f"{len(data):,} bytes); replace or delete the file") from error

@@ -264,10 +264,22 @@ def test_damaged_bytes_never_escape_as_other_errors(tmp_path: Path, write_image)
                 assert array.shape == (3, 16, 16)
 
 
-def test_huge_image_is_refused(tmp_path: Path, write_image, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("limit", [40 * 32 - 1, 40 * 32 // 2 - 1], ids=["just over", "over twice"])
+def test_huge_image_is_refused(limit: int, tmp_path: Path, write_image, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_image(tmp_path / "huge.png", "L", 128, seed=6, size=(40, 32))
-    monkeypatch.setattr(images, "MAX_PIXELS", 40 * 32 - 1)
-    with pytest.raises(CxrError, match=r"huge.png.*40x32.*limit"):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # decode sets it: restored after
+    monkeypatch.setattr(images, "MAX_PIXELS", limit)
+    with pytest.raises(CxrError, match=rf"huge.png: image is .*over the {limit:,}-pixel limit.*; downsize it"):
         load_image(path, 16)
     monkeypatch.setattr(images, "MAX_PIXELS", 40 * 32)
     assert load_image(path, 16).shape == (3, 16, 16)
+
+
+def test_the_pixel_limit_is_max_pixels_not_pillows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow refuses images over its own limit (89.5 million pixels, twice that without a warning) before
+    cxrnets.images' check sees them: MAX_PIXELS is the limit that applies."""
+    path = tmp_path / "big.png"
+    Image.new("L", (120, 100), 90).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # as if Pillow's default were below MAX_PIXELS
+    assert load_image(path, 16).shape == (3, 16, 16)
+    assert load_image(path, 16).max() == 90
