@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from cxrnets.errors import CxrError
-from cxrnets.images import image_files
+from cxrnets.images import image_files, is_hidden
 
 log = logging.getLogger(__name__)
 
@@ -297,8 +297,8 @@ def dataset_options_help() -> str:
 # ---------------------------------------------------------------- class-folder layouts
 
 def _subdirectories(root: Path) -> dict[str, Path]:
-    """Sub-folders of root keyed by lower-cased name."""
-    return {p.name.lower(): p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+    """Sub-folders of root keyed by lower-cased name, but hidden ones and a zip's __MACOSX (is_hidden)."""
+    return {p.name.lower(): p for p in sorted(root.iterdir()) if p.is_dir() and not is_hidden(p.name)}
 
 
 def _from_class_folders(name: str, root: Path, class_files: dict[str, list[Path]]) -> DatasetIndex:

@@ -28,9 +28,18 @@ HIGH_BIT_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 PNG_COLOUR_TYPES = {2: "RGB", 4: "grey+alpha", 6: "RGBA"}  # those that may hold 16 bits per sample
 
 
+def is_hidden(name: str) -> bool:
+    """Whether a file or folder name is one that holds no data: hidden (macOS's ._* AppleDouble files among
+    them) or the __MACOSX folder of a zip made on a Mac."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
 def image_files(directory: Path) -> list[Path]:
-    """The image files under `directory`, recursively, sorted."""
-    return sorted(p for p in Path(directory).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """The image files under `directory`, recursively, sorted; hidden files and folders (is_hidden) are not
+    searched."""
+    directory = Path(directory)
+    return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not any(is_hidden(part) for part in p.relative_to(directory).parts))
 
 
 def to_rgb(image: Image.Image, white_is_zero: bool = False) -> Image.Image:

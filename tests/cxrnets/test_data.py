@@ -166,6 +166,21 @@ def test_folder_under_a_path_named_masks(make_folder, tmp_path: Path) -> None:
     assert len(index.frame) == 6
 
 
+def test_folder_unzipped_on_a_mac_has_only_its_own_classes_and_images(make_folder) -> None:
+    """A zip made on a Mac holds __MACOSX/ (AppleDouble ._* files mirroring the tree) and ._* files beside
+    the images: neither is a class or an image."""
+    root = make_folder(per_class=3)
+    apple_double = b"\x00\x05\x16\x07" + b"\x00" * 78  # resource-fork metadata, not an image
+    for relpath in ("__MACOSX/healthy/._img-000.png", "__MACOSX/._healthy", "healthy/._img-000.png",
+                    "sick/batch2/._img-000.png", "sick/.thumbnails/img-001.png"):
+        (root / relpath).parent.mkdir(parents=True, exist_ok=True)
+        (root / relpath).write_bytes(apple_double)
+    index = load_dataset("folder", root)
+    assert index.classes == ["healthy", "sick"]
+    assert class_counts(index) == {"healthy": 3, "sick": 3}
+    assert not index.frame["relpath"].str.contains("/\\.|__MACOSX").any()
+
+
 def test_folder_needs_two_classes(tmp_path: Path, write_image) -> None:
     write_image(tmp_path / "data" / "only" / "a.png")
     with pytest.raises(CxrError, match="at least two class sub-folders"):
