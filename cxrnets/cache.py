@@ -241,6 +241,11 @@ def _open(directory: Path, index: DatasetIndex, decoded: int) -> ImageCache:
         more = f"; and {skipped - 5} more, listed in {directory / 'index.parquet'}" if skipped > 5 else ""
         log.warning("%s: %d undecodable image(s) left out: %s%s", index.name, skipped,
                     "; ".join(table.loc[~ok, "error"].head(5)), more)
+        left = {labels[0] for labels in index.frame["labels"]}
+        emptied = [name for name in index.classes if name not in left]
+        if emptied and not index.multilabel:
+            raise CxrError(f"{index.root}: no image of class {emptied[0]!r} can be decoded (the errors are listed "
+                           f"in {directory / 'index.parquet'}); replace its files, or remove the class")
     images = CachedImages(grey, colour, slots, np.flatnonzero(ok))
     return ImageCache(directory, index, images, table.loc[ok, "sha1"].to_numpy(), decoded)
 

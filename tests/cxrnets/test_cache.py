@@ -169,6 +169,18 @@ def test_many_undecodable_images_are_summed_up(make_folder, tmp_path: Path,
     assert f"and 2 more, listed in {cache.directory / 'index.parquet'}" in caplog.text
 
 
+def test_a_class_without_a_decodable_image_is_refused_naming_it(make_folder, tmp_path: Path) -> None:
+    root = make_folder(per_class=3)
+    for i in range(2):
+        (root / "unsure" / f"scan-{i}.png").parent.mkdir(exist_ok=True)
+        (root / "unsure" / f"scan-{i}.png").write_bytes(b"not a picture")
+    index = load_dataset("folder", root)
+    assert index.classes == ["healthy", "sick", "unsure"]
+    with pytest.raises(CxrError, match=rf"{root}: no image of class 'unsure' can be decoded \(the errors are listed "
+                                       r"in .*index.parquet\); replace its files, or remove the class"):
+        build_cache(index, SIZE, cache_root=tmp_path)
+
+
 def test_concurrent_builds_decode_once(radiography, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     original = cache_module._decode_into
