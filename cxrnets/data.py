@@ -416,16 +416,60 @@ def _mark_sources(frame: pd.DataFrame, sources: list[str], path: Path, source_co
     return frame
 
 
+def _one_row_per_image(rows: list[dict[str, Any]], path: Path, multilabel: bool,
+                       skipped: Counter) -> list[dict[str, Any]]:
+    """`rows` (relpath, patient, labels, and row: the CSV row it came from) with each image once, at its first
+    row; every later row of it counts as a "duplicate row" in `skipped`. Multi-label rows merge their labels;
+    single-label rows of one image must agree (CxrError naming both rows). Patients that list the same image
+    become one patient, under the id that comes first in `rows`, as the split would have grouped them by the
+    identical file."""
+    first: dict[str, dict[str, Any]] = {}
+    same_patient: dict[str, str] = {}  # a patient id -> an earlier one's that shares an image with it
+    order: dict[str, int] = {}
+    for position, row in enumerate(rows):
+        order.setdefault(row["patient"], position)
+
+    def patient_of(patient: str) -> str:
+        while patient in same_patient:
+            patient = same_patient[patient]
+        return patient
+
+    examples = []
+    for row in rows:
+        kept = first.setdefault(row["relpath"], row)
+        if kept is row:
+            continue
+        skipped["duplicate row"] += 1
+        if multilabel:
+            kept["labels"] = tuple(sorted(set(kept["labels"]) | set(row["labels"])))
+        elif kept["labels"] != row["labels"]:
+            raise CxrError(f"{path}: rows {kept['row']} and {row['row']} both list {row['relpath']}, labelled "
+                           f"{kept['labels'][0]!r} and {row['labels'][0]!r}; delete the row whose label is wrong")
+        earlier, later = sorted((patient_of(kept["patient"]), patient_of(row["patient"])), key=order.get)
+        if earlier != later:
+            same_patient[later] = earlier
+        examples.append(f"{row['relpath']} (rows {kept['row']} and {row['row']})")
+    if examples:
+        log.warning("%s: %d duplicate row(s) left out, each listing an image an earlier row lists%s; the patients of "
+                    "such rows count as one patient: %s%s", path, len(examples),
+                    " (their findings are merged into it)" if multilabel else "", "; ".join(examples[:5]),
+                    f"; and {len(examples) - 5} more" if len(examples) > 5 else "")
+    unique = list(first.values())
+    for row in unique:
+        row["patient"] = patient_of(row["patient"])
+    return unique
+
+
 def _load_csv(root: Path, path_column: str = "path", label_column: str = "label",
               patient_column: str | None = None, encoding: str = "utf-8", source_column: str | None = None,
               holdout_sources: list[str] | None = None) -> DatasetIndex:
     """Any CSV of image path and label (and optional patient and source) columns. `root` is the CSV file;
-    relative image paths are resolved against its folder. Rows whose image is absent are skipped;
-    a blank patient makes the image its own patient."""
+    relative image paths are resolved against its folder. Rows whose image is absent are skipped, and so
+    are the later rows of an image listed twice; a blank patient makes the image its own patient."""
     required = [path_column, label_column] + [c for c in (patient_column, source_column) if c]
     table = _read_csv(root, required, encoding)
     base = root.parent
-    rows, sources, skipped, blank_patients = [], [], Counter(), 0
+    rows, skipped, blank_patients = [], Counter(), 0
     for line, record in enumerate(table.to_dict("records"), start=2):
         label = record[label_column].strip()
         if not label:
@@ -439,15 +483,15 @@ def _load_csv(root: Path, path_column: str = "path", label_column: str = "label"
             continue
         patient = record[patient_column].strip() if patient_column else ""
         blank_patients += bool(patient_column and not patient)
-        rows.append({"relpath": image.relative_to(base.resolve()).as_posix() if image.is_relative_to(base.resolve())
-                     else str(image), "patient": patient or None, "labels": (label,)})
-        sources.append(source_of(record[source_column]) if source_column else None)
+        relpath = image.relative_to(base.resolve()).as_posix() if image.is_relative_to(base.resolve()) else str(image)
+        rows.append({"relpath": relpath, "patient": patient or relpath, "labels": (label,), "row": line,
+                     "source": source_of(record[source_column]) if source_column else None})
     if blank_patients:
         log.warning("%s: %d row(s) with a blank %r: each of those images is its own patient", root, blank_patients,
                     patient_column)
+    rows = _one_row_per_image(rows, root, multilabel=False, skipped=skipped)
     frame = pd.DataFrame(rows, columns=["relpath", "patient", "labels"])
-    frame["patient"] = frame["patient"].fillna(frame["relpath"])
-    frame = _mark_sources(frame, sources, root, source_column, holdout_sources)
+    frame = _mark_sources(frame, [row["source"] for row in rows], root, source_column, holdout_sources)
     classes = sorted({labels[0] for labels in frame["labels"]})
     return DatasetIndex("csv", base.resolve(), frame, classes, skipped=dict(skipped))
 
@@ -492,7 +536,8 @@ def _load_covid_chestxray(root: Path, three_class: bool, metadata: str = "metada
                           ) -> DatasetIndex:
     """ieee8023 covid-chestxray-dataset: metadata.csv (finding, patientid, view, modality, folder,
     filename, and the url each image came from: its source) beside the image folders. Skipped rows
-    are counted by reason and logged."""
+    are counted by reason and logged; an image listed on several rows is kept once, with the findings of
+    all of them (then mapped to one of three classes, for the 3-class view)."""
     csv_path = root / metadata
     if not csv_path.is_file():
         raise CxrError(f"{root}: no {metadata} (covid-chestxray needs metadata.csv beside images/)")
@@ -502,8 +547,8 @@ def _load_covid_chestxray(root: Path, three_class: bool, metadata: str = "metada
     if source_column not in table.columns:
         source_column = None  # an older metadata.csv without url: no sources
     wanted_views = {v.lower() for v in views} if views else None
-    rows, sources, skipped = [], [], Counter()
-    for record in table.to_dict("records"):
+    rows, skipped = [], Counter()
+    for line, record in enumerate(table.to_dict("records"), start=2):
         finding = record["finding"].strip()
         if finding.lower() in UNLABELLED_FINDINGS:
             skipped[f"finding {finding or 'blank'}"] += 1
@@ -519,17 +564,21 @@ def _load_covid_chestxray(root: Path, three_class: bool, metadata: str = "metada
             skipped["image file absent"] += 1
             log.debug("%s: %s listed but absent, skipped", csv_path, relpath)
             continue
-        labels = parse_finding(finding, hierarchy)
-        if three_class:
-            label = three_class_label(labels)
+        rows.append({"relpath": relpath, "patient": record["patientid"].strip() or relpath,
+                     "labels": parse_finding(finding, hierarchy), "row": line,
+                     "source": source_of(record[source_column]) if source_column else None})
+    rows = _one_row_per_image(rows, csv_path, multilabel=True, skipped=skipped)  # the findings of every row
+    if three_class:
+        three_class_rows = []
+        for row in rows:
+            label = three_class_label(row["labels"])
             if label is None:
                 skipped["not COVID-19/pneumonia/No Finding"] += 1
                 continue
-            labels = (label,)
-        rows.append({"relpath": relpath, "patient": record["patientid"].strip() or relpath, "labels": labels})
-        sources.append(source_of(record[source_column]) if source_column else None)
+            three_class_rows.append({**row, "labels": (label,)})
+        rows = three_class_rows
     frame = pd.DataFrame(rows, columns=["relpath", "patient", "labels"])
-    frame = _mark_sources(frame, sources, csv_path, source_column, holdout_sources)
+    frame = _mark_sources(frame, [row["source"] for row in rows], csv_path, source_column, holdout_sources)
     if three_class:
         present = {labels[0] for labels in frame["labels"]}
         classes = [c for c in THREE_CLASSES if c in present]

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from cxrnets.data import (
@@ -213,6 +214,41 @@ def test_csv_layout(make_csv_dataset, caplog: pytest.LogCaptureFixture) -> None:
     assert "skipped: image file absent 1, blank label 1" in index.summary()
 
 
+def test_csv_image_listed_twice_is_kept_once_and_counted(make_csv_dataset, caplog: pytest.LogCaptureFixture) -> None:
+    csv_path = make_csv_dataset()
+    with csv_path.open("a") as file:
+        file.write("./img/p00-0.png,normal,patient-00\n")  # the first row's image again, spelt otherwise
+    with caplog.at_level(logging.WARNING, logger="cxrnets.data"):
+        index = load_dataset("csv", csv_path, patient_column="patient")
+    assert len(index.frame) == 24 and index.frame["relpath"].is_unique
+    assert class_counts(index) == {"covid": 12, "normal": 12}
+    assert index.skipped["duplicate row"] == 1
+    assert "duplicate row 1" in index.summary()
+    assert "labels.csv: 1 duplicate row(s) left out" in caplog.text and "rows 2 and 28" in caplog.text
+
+
+def test_csv_image_listed_with_two_labels_is_refused_naming_both_rows(make_csv_dataset) -> None:
+    csv_path = make_csv_dataset()
+    with csv_path.open("a") as file:
+        file.write("img/p00-0.png,covid,patient-00\n")
+    with pytest.raises(CxrError, match=r"labels.csv: rows 2 and 28 both list img/p00-0.png, labelled 'normal' and "
+                                       r"'covid'; delete the row whose label is wrong"):
+        load_dataset("csv", csv_path)
+
+
+def test_patients_listing_the_same_image_are_one_patient(make_csv_dataset) -> None:
+    """The split kept such patients together through the identical file; kept once, the image would no
+    longer tie the second patient's other images to the first's."""
+    csv_path = make_csv_dataset()
+    with csv_path.open("a") as file:
+        file.write("img/p00-0.png,normal,patient-77\nimg/p02-0.png,normal,patient-77\n")
+    index = load_dataset("csv", csv_path, patient_column="patient")
+    patients = dict(zip(index.frame["relpath"], index.frame["patient"]))
+    assert patients["img/p00-0.png"] == patients["img/p00-1.png"] == "patient-00"
+    assert patients["img/p02-0.png"] == patients["img/p02-1.png"] == "patient-00"  # patient-02 was patient-77 too
+    assert "patient-77" not in set(index.frame["patient"]) and index.skipped["duplicate row"] == 2
+
+
 def test_csv_without_patient_column_groups_by_image(make_csv_dataset) -> None:
     index = load_dataset("csv", make_csv_dataset())
     assert list(index.frame["patient"]) == list(index.frame["relpath"])
@@ -361,6 +397,32 @@ def test_chestxray_three_class(make_chestxray) -> None:
     assert index.stratum().nunique() == 3
 
 
+def test_chestxray_image_listed_twice_is_kept_once_with_every_finding(make_chestxray, write_image) -> None:
+    """Upstream lists a few images twice, under two patient ids: each image weighs once, with the findings of
+    both rows (mapped to one class in the 3-class view), and its two patients are one."""
+    root = make_chestxray()
+    metadata = pd.read_csv(root / "metadata.csv", dtype=str, keep_default_na=False)
+    again = metadata[metadata["filename"].isin(["p11.png", "p14-a.png"])].copy()
+    again.loc[again["filename"] == "p11.png", ["patientid", "finding"]] = ["40", "COVID-19"]
+    own = again[again["filename"] == "p11.png"].assign(filename="p40.png", finding="No Finding")
+    write_image(root / "images" / "p40.png", "L", 60, seed=7)
+    pd.concat([metadata, again, own]).to_csv(root / "metadata.csv", index=False)
+
+    multi = load_dataset("covid-chestxray", root)
+    assert len(multi.frame) == 26 and multi.frame["relpath"].is_unique
+    assert multi.skipped == {**CHESTXRAY_SKIPPED, "duplicate row": 2}
+    labels = dict(zip(multi.frame["relpath"], multi.frame["labels"]))
+    assert labels["images/p11.png"] == ("COVID-19", "Pneumonia", "Viral")
+    assert labels["images/p14-a.png"] == ("No Finding",)
+    patients = dict(zip(multi.frame["relpath"], multi.frame["patient"]))
+    assert patients["images/p11.png"] == patients["images/p40.png"] == "11"
+
+    three = load_dataset("covid-chestxray-3class", root)
+    assert class_counts(three) == {"COVID-19": 11, "Other pneumonia": 7, "No Finding": 7}
+    assert dict(zip(three.frame["relpath"], three.frame["labels"]))["images/p11.png"] == ("COVID-19",)
+    assert "duplicate row 2" in three.summary()
+
+
 def test_chestxray_view_and_modality_filters(make_chestxray) -> None:
     root = make_chestxray()
     any_view = load_dataset("covid-chestxray", root, views=None)
@@ -416,6 +478,8 @@ def test_real_dataset_three_class(real_chestxray: Path) -> None:
     counts = class_counts(index)
     assert index.classes == list(THREE_CLASSES)
     assert 400 <= len(index.frame) <= 800
+    # 4 frontal images are listed twice upstream (under patients 285 and 339, 287 and 340): kept once
+    assert index.frame["relpath"].is_unique and index.skipped["duplicate row"] == 4
     assert counts["COVID-19"] > counts["Other pneumonia"] > counts["No Finding"] > 0
     assert index.frame["patient"].nunique() >= 200
     assert index.skipped["image file absent"] == 11

@@ -199,19 +199,26 @@ def test_prepare_data_refuses_a_split_of_other_images(make_folder, tmp_path: Pat
 
 
 def test_split_file_with_an_image_listed_twice(make_chestxray, tmp_path: Path) -> None:
-    """Dataset 3 lists a few images under two patient ids: the saved split must still align."""
+    """Dataset 3 lists a few images under two patient ids: the split holds such an image once, under one
+    patient, and a split saved before, which held it twice, is refused saying why."""
     root = make_chestxray()
     metadata = pd.read_csv(root / "metadata.csv", dtype=str, keep_default_na=False)
     twice = metadata[metadata["filename"] == "p8-a.png"].assign(patientid="99")
     pd.concat([metadata, twice]).to_csv(root / "metadata.csv", index=False)
+    split_file = tmp_path / "split.csv"
     config = TrainConfig(dataset="covid-chestxray-3class", data_root=str(root), model="resnet50", image_size=16,
-                         cache_dir=str(tmp_path / "cache"), split_file=str(tmp_path / "split.csv"))
+                         cache_dir=str(tmp_path / "cache"), split_file=str(split_file))
     first = prepare_data(config)
-    assert len(first.split) == 25 and (first.split["relpath"] == "images/p8-a.png").sum() == 2
+    assert len(first.split) == 24 and (first.split["relpath"] == "images/p8-a.png").sum() == 1
+    assert "99" not in set(first.split["patient"])  # patients 8 and 99 share a picture: one patient
     second = prepare_data(config)
     pd.testing.assert_frame_equal(second.split.astype(str), first.split.astype(str))
-    sides = second.split.loc[second.split["patient"].isin(["8", "99"]), "split"]
-    assert sides.nunique() == 1  # patient 8 and 99 share a picture: one side
+    saved = pd.read_csv(split_file, dtype=str, keep_default_na=False)
+    before = pd.concat([saved, saved[saved["relpath"] == "images/p8-a.png"].assign(patient="99")])
+    before.to_csv(split_file, index=False)
+    with pytest.raises(CxrError, match=r"split.csv: the dataset changed .*the split lists 25 images, the data 24: "
+                                       r"some file is listed a different number of times, as in a split made before"):
+        prepare_data(config)
 
 
 def test_align_split_orders_like_the_data() -> None:
