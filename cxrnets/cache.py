@@ -105,11 +105,20 @@ def cache_key(index: DatasetIndex, image_size: int) -> str:
 def build_cache(index: DatasetIndex, image_size: int, cache_root: str | Path | None = None,
                 workers: int | None = None) -> ImageCache:
     """Return the decoded images of `index` at `image_size`, decoding only if no cache exists yet."""
-    cache_root = Path(cache_root) if cache_root else default_cache_root()
+    if cache_root:
+        cache_root, chosen_by = Path(cache_root), "--cache-dir "
+    else:
+        cache_root = default_cache_root()
+        chosen_by = "CXR_TUNE_CACHE=" if os.environ.get("CXR_TUNE_CACHE") else "the default cache folder "
     directory = cache_root / f"{index.name}-{image_size}px-{cache_key(index, image_size)}"
-    cache_root.mkdir(parents=True, exist_ok=True)
+    try:
+        cache_root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(directory) + ".lock").acquire()
+    except OSError as error:
+        raise CxrError(f"{chosen_by}{cache_root}: cannot keep the image cache there ({error.strerror or error}); "
+                       "pick a folder you can write to, with --cache-dir or CXR_TUNE_CACHE") from error
     decoded = 0
-    with FileLock(str(directory) + ".lock"):
+    with lock:
         if not (directory / "meta.json").is_file():
             decoded = _decode_into(directory, index, image_size, workers or os.cpu_count() or 1)
     return _open(directory, index, decoded)

@@ -308,6 +308,26 @@ def test_default_cache_root_follows_the_environment(monkeypatch: pytest.MonkeyPa
     assert built.directory.parent == tmp_path / "env-cache"
 
 
+def test_a_cache_folder_that_cannot_be_made_names_where_it_came_from(radiography, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(CxrError, match=rf"--cache-dir {tmp_path / 'a-file' / 'cache'}: cannot keep the image cache "
+                                       r"there \(Not a directory\); pick a folder you can write to"):
+        build_cache(radiography, SIZE, cache_root=tmp_path / "a-file" / "cache")
+    monkeypatch.setenv("CXR_TUNE_CACHE", str(tmp_path / "a-file"))
+    with pytest.raises(CxrError, match=rf"CXR_TUNE_CACHE={tmp_path / 'a-file'}: cannot keep the image cache there "
+                                       r"\(File exists\); .*--cache-dir or CXR_TUNE_CACHE"):
+        build_cache(radiography, SIZE)
+
+
+def test_cache_cli_names_a_cache_dir_it_cannot_use(make_pneumonia_normal, tmp_path: Path) -> None:
+    root = make_pneumonia_normal(per_class=2)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(SystemExit, match=r"error: --cache-dir .*a-file/cache: cannot keep the image cache there"):
+        cache_module.main(["--dataset", "covid-pneumonia-normal", "--data-root", str(root),
+                           "--cache-dir", str(tmp_path / "a-file" / "cache")])
+
+
 def test_cache_cli(make_pneumonia_normal, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     root = make_pneumonia_normal(per_class=3)
     arguments = ["--dataset", "covid-pneumonia-normal", "--data-root", str(root), "--image-size", "16", "20",
