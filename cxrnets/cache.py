@@ -37,6 +37,7 @@ from filelock import FileLock, Timeout
 from cxrnets.data import DATASET_NAMES, DatasetIndex, dataset_options_help, load_dataset, parse_dataset_options
 from cxrnets.errors import CxrError, command_ends
 from cxrnets.images import decode
+from cxrnets.names import MIN_IMAGE_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -328,6 +329,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.dataset is None or args.data_root is None:
         parser.error("--dataset and --data-root are required (or --prune)")
+    smallest = min(MIN_IMAGE_SIZE.values())
+    for size in args.image_size:
+        if size < smallest:
+            least = ", ".join(f"{model} {pixels}" for model, pixels in MIN_IMAGE_SIZE.items())
+            parser.error(f"--image-size {size}: no model takes images under {smallest} px (the least each "
+                         f"takes: {least})")
     with command_ends("the cache being decoded was removed (those printed above are complete); run the same "
                       "command again"):
         options = parse_dataset_options(args.dataset_option, [args.dataset]).get(args.dataset, {})

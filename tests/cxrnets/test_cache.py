@@ -342,6 +342,18 @@ def test_cache_cli(make_pneumonia_normal, tmp_path: Path, capsys: pytest.Capture
                            "--cache-dir", str(tmp_path / "cache")])
 
 
+@pytest.mark.parametrize("size", ["0", "-3"])
+def test_cache_cli_refuses_an_image_size_no_model_takes(size: str, make_pneumonia_normal, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    root = make_pneumonia_normal(per_class=2)
+    with pytest.raises(SystemExit) as stopped:
+        cache_module.main(["--dataset", "covid-pneumonia-normal", "--data-root", str(root), "--image-size", "16",
+                           size, "--cache-dir", str(tmp_path / "cache")])
+    assert stopped.value.code == 2
+    assert f"--image-size {size}: no model takes images under 1 px" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()  # not even the valid size was cached
+
+
 def test_prune_deletes_only_what_this_version_never_reads(radiography, tmp_path: Path, capsys) -> None:
     """After a cache format change the old folders would stay on every node; --prune deletes them and a
     killed build's leftovers, and keeps the current caches, a build in progress and what else lies there."""
