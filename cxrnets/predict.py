@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     try:
+        if out.is_dir():
+            raise CxrError(f"--out {out} is a folder: pass the CSV file to write, e.g. --out {out / 'predictions.csv'}")
         paths = image_paths(args.images)
         weights = Path(args.weights)
         if not weights.is_file():

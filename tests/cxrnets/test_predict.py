@@ -126,6 +126,16 @@ def test_an_out_that_cannot_be_written_is_refused_before_predicting(trained, tmp
     assert err.startswith(f"error: --out {out}: cannot write in {tmp_path / 'a-file'}") and "Traceback" not in err, err
 
 
+def test_an_out_that_is_a_folder_is_refused_before_predicting(trained, tmp_path: Path, capsys,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    _, checkpoint = trained
+    monkeypatch.setattr("cxrnets.predict.decode_all", lambda *args, **kwargs: pytest.fail("decoded images"))
+    assert main([str(checkpoint), str(SAMPLE_ROOT / "images"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {tmp_path} is a folder: pass the CSV file to write, e.g. --out "
+                          f"{tmp_path / 'predictions.csv'}") and "Traceback" not in err, err
+
+
 def test_a_study_weights_file_loads_like_a_training_checkpoint(trained, tmp_path: Path) -> None:
     """A study's best-weights file (study.checkpoints: weights, epoch, config, classes, no optimizer) is
     accepted as is."""
