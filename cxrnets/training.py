@@ -129,8 +129,14 @@ def prepare_data(config: TrainConfig, split: pd.DataFrame | None = None) -> Prep
 
 
 def align_split(split: pd.DataFrame, frame: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """Order a saved split like `frame`, refusing if the images it names changed or went missing."""
-    by_path = split.set_index("relpath")
+    """Order a saved split like `frame` (one row per image), refusing if the images it names changed or went
+    missing.
+
+    A split made before cxrnets.data kept each image once lists a few of dataset 3's images twice (on two
+    metadata rows, under two patient ids, on one side of the split: the same file): its first listing of
+    each stands for the image, so that such a study still resumes and analyses.
+    """
+    by_path = split.drop_duplicates("relpath", keep="first").set_index("relpath")
     missing = frame.loc[~frame["relpath"].isin(by_path.index), "relpath"]
     gone = by_path.index[~by_path.index.isin(frame["relpath"])]
     if len(missing) or len(gone):
@@ -139,20 +145,7 @@ def align_split(split: pd.DataFrame, frame: pd.DataFrame, path: Path) -> pd.Data
             f"{list(missing[:3])}; {len(gone)} gone, e.g. {list(gone[:3])}); the split is part of the study: "
             "start a new study for the new data"
         )
-    # A file can be listed twice (in a split made before cxrnets.data kept each image once, dataset 3 lists
-    # some images under two patient ids): match the n-th listing in the split with the n-th in the data, so
-    # that every row is aligned once.
-    keyed = split.assign(_listing=split.groupby("relpath").cumcount()).set_index(["relpath", "_listing"])
-    wanted = pd.MultiIndex.from_arrays([frame["relpath"], frame.groupby("relpath").cumcount()],
-                                       names=["relpath", "_listing"])
-    if len(keyed) != len(frame) or not wanted.isin(keyed.index).all():
-        raise CxrError(
-            f"{path}: the dataset changed since this split was made (the split lists {len(keyed)} images, "
-            f"the data {len(frame)}: some file is listed a different number of times, as in a split made before "
-            "an image listed on two rows of the metadata was kept once); the split is part of the study: start a "
-            "new study for the new data"
-        )
-    aligned = keyed.loc[wanted].reset_index(level="_listing", drop=True).reset_index()
+    aligned = by_path.loc[frame["relpath"]].reset_index()
     changed = aligned["sha1"].to_numpy() != frame["sha1"].to_numpy()
     if changed.any():
         raise CxrError(
