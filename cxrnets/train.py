@@ -10,8 +10,8 @@ Prints the validation metrics after every epoch, evaluates on the test split
 at the end, and saves `<out>/checkpoint.pt` (model, optimizer, epoch, config)
 and `<out>/metrics.jsonl` after every epoch. A folder that already holds a run
 is refused unless `--resume` continues it (with the run's own options; only
---epochs and the device options may change): after Ctrl-C, which keeps the
-last finished epoch, or to train further.
+--epochs, --cache-dir and the device options may change): after Ctrl-C,
+which keeps the last finished epoch, or to train further.
 """
 
 from __future__ import annotations

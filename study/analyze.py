@@ -38,8 +38,9 @@ trials, the split was read before (study.analysis.looks). A trial
 whose weights are missing or unreadable is reported and the next best
 trial of its cell takes its place. The split is part of the study: if the
 images changed since the study made it (their SHA-1s are in the split file),
-or the split file was edited (the analysis remakes the split from the data
-and the study's seed and compares), the analysis refuses.
+or the split file was edited (its SHA-256, which study.json records; for a
+study from before that, the analysis remakes the split from the data and the
+study's seed and compares), the analysis refuses.
 """
 
 from __future__ import annotations
