@@ -274,30 +274,27 @@ def _read_losses(pending: list[tuple[torch.Tensor, int]], total_loss: float, ima
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Batches, loss_fn: nn.Module, multilabel: bool,
              amp_dtype: torch.dtype | None = None) -> tuple[float, np.ndarray, np.ndarray]:
-    """Mean loss, true targets and scores (softmax or sigmoid probabilities) over the batches.
+    """The loss over the whole split, true targets and scores (softmax or sigmoid probabilities).
 
-    Everything stays on the device until the last batch and is read back once.
+    The loss is taken once over every output (a class-weighted loss's mean divides by the split's weights,
+    not by each batch's: the same figure whatever the batch size). Everything stays on the device until
+    the end and is read back once.
     """
     model.eval()
-    losses, counts, all_targets, all_scores = [], [], [], []
+    all_logits, all_targets = [], []
     for inputs, targets in batches:
         with torch.autocast(inputs.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(inputs)
-        logits = logits.float()
-        losses.append(loss_fn(logits, targets))
-        counts.append(len(inputs))
+            all_logits.append(model(inputs).float())
         all_targets.append(targets)
-        all_scores.append(torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1))
-    if not losses:
+    if not all_logits:
         raise CxrError("nothing to evaluate: the split is empty")
-    total_loss = 0.0
-    for value, count in zip(torch.stack(losses).tolist(), counts):
-        total_loss += value * count
-    scores = torch.cat(all_scores).cpu().numpy()
-    if not (math.isfinite(total_loss) and np.isfinite(scores).all()):
+    logits, targets = torch.cat(all_logits), torch.cat(all_targets)
+    loss = float(loss_fn(logits, targets))
+    scores = (torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)).cpu().numpy()
+    if not (math.isfinite(loss) and np.isfinite(scores).all()):
         # The training loss can stay finite while the weights no longer give finite outputs.
-        raise DivergedError(f"the model's outputs on evaluation are NaN or infinite (loss {total_loss})")
-    return total_loss / max(sum(counts), 1), torch.cat(all_targets).cpu().numpy(), scores
+        raise DivergedError(f"the model's outputs on evaluation are NaN or infinite (loss {loss})")
+    return loss, targets.cpu().numpy(), scores
 
 
 # ------------------------------------------------------------------ the run
