@@ -43,7 +43,7 @@ class Batches:
         for start in range(0, len(order), self.batch_size):
             batch = order[start:start + self.batch_size]
             if self.train and len(batch) < 2:
-                continue  # BatchNorm cannot train on a single image
+                continue  # BatchNorm cannot train on a single image (TrainConfig: batch_size >= 2)
             pixels = self.images[batch]  # an integer-array index: a new, writable array
             targets = torch.from_numpy(self.targets[batch])
             flip = rng.random(len(batch)) < 0.5 if self.train else None

@@ -6,9 +6,12 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from cxrnets.data import DATASET_NAMES, SAMPLE_ROOT
+from cxrnets.data import DATASET_NAMES, MULTILABEL_DATASETS, SAMPLE_ROOT
 from cxrnets.errors import CxrError
 from cxrnets.names import MODEL_NAMES, OPTIMIZER_NAMES, check_device_name, check_image_size, check_seed
+
+
+MIN_BATCH_SIZE = 2  # cxrnets.batches skips a training batch of one image: BatchNorm cannot train on it
 
 
 @dataclass
@@ -60,10 +63,18 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
                 raise CxrError(f"option {name} must be a positive integer, got {value!r}")
-        if self.momentum < 0 or self.weight_decay < 0:
-            raise CxrError(f"momentum ({self.momentum}) and weight_decay ({self.weight_decay}) must be >= 0")
+        if self.batch_size < MIN_BATCH_SIZE:
+            raise CxrError(f"option batch_size must be at least {MIN_BATCH_SIZE} (a training batch of one image is "
+                           f"skipped: BatchNorm cannot train on it), got {self.batch_size}")
+        if not (math.isfinite(self.momentum) and math.isfinite(self.weight_decay)
+                and self.momentum >= 0 and self.weight_decay >= 0):
+            raise CxrError(f"momentum ({self.momentum}) and weight_decay ({self.weight_decay}) must be finite and "
+                           ">= 0")
         if self.momentum >= 1:
             raise CxrError(f"option momentum must be below 1 (SGD's velocity would never decay), got {self.momentum}")
+        if not self.balance_classes and self.dataset in MULTILABEL_DATASETS:
+            raise CxrError(f"--no-balance: {self.dataset} is multi-label, trained with a per-label loss that weights "
+                           "no class; drop it")
         check_device_name(self.device, "option device")
         check_image_size(self.model, self.image_size)
         check_seed(self.seed, "option seed")

@@ -121,6 +121,16 @@ def resumable_checkpoint(out: Path, config: TrainConfig) -> dict[str, Any]:
     return checkpoint
 
 
+def check_same_split(checkpoint: dict[str, Any], digest: str, out: Path) -> None:
+    """Refuse to continue a run on another split than its own: images it validated or will be tested on would
+    be trained on (the split is made again from the data and the seed, unless --split-file keeps it)."""
+    saved = checkpoint.get("split_digest")  # absent from checkpoints written before it was kept
+    if saved is not None and saved != digest:
+        raise CxrError(f"--resume: the split made from the data now differs from the one {out / 'checkpoint.pt'} "
+                       "trained on (images added, removed or changed since): continuing would train on images it "
+                       "held out; start a new run with another --out, or restore the data it trained on")
+
+
 def recorded_epoch(line: str) -> float:
     """The epoch of a metrics.jsonl line; infinite for a line cut short by an interruption."""
     try:
@@ -146,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config, out, resume = parse_args(argv)
     # torch: after the options are read
+    from cxrnets.splits import split_digest
     from cxrnets.training import TrainingRun, check_output_folder, save_checkpoint
 
     history, checkpoint_path = out / "metrics.jsonl", out / "checkpoint.pt"
@@ -157,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
             refuse_an_earlier_run(out)
         check_output_folder(out, f"--out {out}")
         run = TrainingRun(config)
+        digest = split_digest(run.data.split)
+        if checkpoint is not None:
+            check_same_split(checkpoint, digest, out)
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -180,11 +194,11 @@ def main(argv: list[str] | None = None) -> int:
                 file.write(json.dumps(metrics) + "\n")
             # Replaced whole, never half-written: an interrupted run resumes from the last complete epoch.
             partial = checkpoint_path.with_name(checkpoint_path.name + ".partial")
-            save_checkpoint(run.checkpoint(), partial)
+            save_checkpoint({**run.checkpoint(), "split_digest": digest}, partial)
             partial.replace(checkpoint_path)
             saved = metrics["epoch"]
         except DivergedError as error:
-            print(f"status: diverged at epoch {run.epoch + 1}: {error}; try a lower --lr", file=sys.stderr)
+            print(f"status: diverged at epoch {saved + 1}: {error}; try a lower --lr", file=sys.stderr)
             return 3
         except KeyboardInterrupt:
             kept = f"{checkpoint_path} holds epoch {saved}" if saved else "no epoch was finished"

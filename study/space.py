@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from cxrnets.config import TrainConfig
+from cxrnets.config import MIN_BATCH_SIZE, TrainConfig
 from cxrnets.data import DATASET_NAMES
 from cxrnets.errors import CxrError
 from cxrnets.names import MIN_IMAGE_SIZE, MODEL_NAMES, OPTIMIZER_NAMES
@@ -396,6 +396,9 @@ def _check_value(where: str, key: str, value: Any) -> None:
         raise CxrError(f"{where}: {key} must be {'positive' if positive else 'non-negative'}, got {value!r}")
     if key == "momentum" and value >= 1:
         raise CxrError(f"{where}: momentum must be below 1 (SGD's velocity would never decay), got {value!r}")
+    if key == "batch_size" and value < MIN_BATCH_SIZE:
+        raise CxrError(f"{where}: batch_size must be at least {MIN_BATCH_SIZE} (a training batch of one image is "
+                       f"skipped: BatchNorm cannot train on it), got {value!r}")
     if key in WHOLE_NUMBER_KEYS and not isinstance(value, int):
         raise CxrError(f"{where}: {key} must be an integer, got {value!r}")
 

@@ -25,11 +25,13 @@ from cxrnets.data import SAMPLE_ROOT
 from cxrnets.errors import CxrError, DivergedError
 from cxrnets.train import main
 from cxrnets.config import TrainConfig
+from cxrnets.batches import Batches
 from cxrnets.training import (
     TrainingRun,
     align_split,
     autocast_dtype,
     build_optimizer,
+    evaluate,
     prepare_data,
     save_checkpoint,
     select_device,
@@ -138,6 +140,19 @@ def test_cli_reports_divergence(tiny_folder: Path, tmp_path: Path, capsys: pytes
     assert code == 3
     assert "status: diverged at epoch 1" in err and "lower --lr" in err
     assert "Traceback" not in err
+
+
+def test_cli_names_the_epoch_whose_evaluation_diverged(tiny_folder: Path, tmp_path: Path, capsys,
+                                                       monkeypatch) -> None:
+    import cxrnets.training
+
+    def nan_outputs(*args, **kwargs):
+        raise DivergedError("the model's outputs on evaluation are NaN or infinite (loss nan)")
+
+    monkeypatch.setattr(cxrnets.training, "evaluate", nan_outputs)  # epoch 1 trains, then its validation fails
+    code = main(["--dataset", "folder", "--data-root", str(tiny_folder), "--image-size", "32", "--batch-size", "4",
+                 "--epochs", "2", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out")])
+    assert code == 3 and "status: diverged at epoch 1: the model's outputs on evaluation" in capsys.readouterr().err
 
 
 def test_cli_groups_a_csv_by_its_patient_column(make_csv_dataset, tmp_path: Path, caplog) -> None:
@@ -252,6 +267,17 @@ def test_sample_run_reports_every_metric(sample_run) -> None:
     assert {"test/loss", "test/accuracy", "test/f1_macro"} <= set(test_metrics)
     assert scores.shape == (len(run.data.rows("test")), 3)
     np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-5)  # softmax probabilities
+
+
+def test_the_validation_loss_does_not_depend_on_the_batch_size(sample_run) -> None:
+    """A class-weighted loss's mean divides by the weights of the images it averages: taken per batch and
+    averaged by image count, val/loss (the default tie-break, and a metric) moved with the trial's batch size."""
+    run, _ = sample_run
+    rows = run.data.rows("val")
+    losses = [evaluate(run.forward, Batches(run.data.images, run.data.targets, rows, size, run.device, train=False),
+                       run.loss_fn, run.multilabel)[0] for size in (1, 7, len(rows))]
+    assert run.loss_fn.weight is not None and len(set(run.data.targets[rows])) > 1
+    assert losses == pytest.approx([losses[-1]] * 3, rel=1e-5)
 
 
 def test_checkpoint_loads_safely_and_restores(sample_run, tmp_path: Path) -> None:
@@ -374,6 +400,20 @@ def test_cli_resume_continues_the_run_as_if_uninterrupted(cli_run: tuple[Path, s
     weights = torch.load(parts / "checkpoint.pt", weights_only=True)["model"]
     for name, tensor in torch.load(whole / "checkpoint.pt", weights_only=True)["model"].items():
         assert torch.equal(tensor, weights[name]), name
+
+
+def test_cli_resume_on_data_that_splits_differently_is_refused(tiny_folder: Path, tmp_path: Path, write_image,
+                                                               capsys) -> None:
+    """Without --split-file the split is made again from the data: images added since would move held-out
+    images into training."""
+    arguments = ["--dataset", "folder", "--data-root", str(tiny_folder), "--image-size", "32", "--batch-size", "4",
+                 "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run")]
+    assert main([*arguments, "--epochs", "1"]) == 0
+    for number in range(8):
+        write_image(tiny_folder / "dark" / f"later-{number}.png", "L", 60, seed=900 + number)
+    assert main([*arguments, "--epochs", "2", "--resume"]) == 2
+    assert ("error: --resume: the split made from the data now differs from the one "
+            f"{tmp_path / 'run' / 'checkpoint.pt'} trained on") in capsys.readouterr().err
 
 
 def test_cli_ctrl_c_says_which_epoch_is_kept_and_how_to_continue(sample_cache: Path, tmp_path: Path, capsys,

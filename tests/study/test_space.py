@@ -281,6 +281,9 @@ MALFORMED = {
                       r"search\.momentum: momentum must be below 1 \(SGD.s velocity would never decay\), got 1\.0"),
     "fractional batch size": ({"search": {**GOOD, "batch_size": {"choice": [16, 32.5]}}},
                               r"search\.batch_size: batch_size must be an integer"),
+    "batch size of one": ({"search": {**GOOD, "batch_size": {"int": [1, 64]}}},
+                          r"search\.batch_size: batch_size must be at least 2 \(a training batch of one image "
+                          r"is skipped"),
     "alternative without when": (
         {"search": {**GOOD, "lr": [{"loguniform": [1e-5, 1e-3], "when": {"optimizer": "adam"}},
                                    {"loguniform": [1e-3, 1e-1]}]}},
