@@ -349,8 +349,8 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
     """Check, prepare and run one study; returns Tune's ResultGrid. `verbose`: Tune's own output and the
     trials' logs, instead of the study's status line (StudyConsole)."""
     if not resume:
-        refuse_existing_study(settings.study_uri)  # before its split or anything else is written there
         storage.check_writable(settings.study_uri)
+        refuse_existing_study(settings.study_uri)  # before its split or anything else is written there
     local = runs_on_this_machine(address)
     if local:
         check_local_resources(settings, cores=num_cpus)
