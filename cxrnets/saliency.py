@@ -6,7 +6,7 @@
 Grad-CAM weighs the last convolutional layer's activations by the gradient of the target class's
 score and keeps the positive part (Selvaraju et al. 2017), then the map is upsampled to the input.
 The layer is the last convolution of AlexNet and VGG11 and ResNet50's last stage (`layer4`); on
-small inputs where `layer4`'s grid is under 4x4 (ResNet50 below 128 px) the map would be 1 or 4
+small inputs where `layer4`'s grid is under 4x4 (ResNet50 at 96 px and below) the map would be 1 to 9
 cells, so `layer3` (twice as fine) is used and named.
 """
 
@@ -42,8 +42,8 @@ def gradcam_layer(model: nn.Module, model_name: str, image_size: int) -> tuple[n
         raise CxrError(f"unknown model {model_name!r}: choose one of {', '.join(MODEL_NAMES)}")
     if model_name in ("alexnet", "vgg11"):
         return _last_conv(model.features)
-    # ResNet50: stride 32 at layer4, 16 at layer3 (each rounding up).
-    if -(-image_size // 32) < MIN_GRID <= -(-image_size // 16):
+    # ResNet50: stride 32 at layer4 (rounding up); layer3, at 16, is twice as fine.
+    if -(-image_size // 32) < MIN_GRID:
         return model.layer3, "layer3"
     return model.layer4, "layer4"
 

@@ -278,15 +278,17 @@ def plot_gradcam(panel: SaliencyPanel, path: Path) -> None:
         for c, (image, heat) in enumerate(zip(row.images, row.maps)):
             axis = axes[r, c]
             axis.imshow(image.transpose(1, 2, 0).mean(axis=2), cmap="gray", vmin=0, vmax=255)
-            if heat.any():  # a flat map (nothing raised the predicted class's score) is left undrawn
+            # A flat map (nothing raised the predicted class's score) or a uniform one (a 1x1 grid) shows no
+            # region: left undrawn.
+            flat = "\nflat map" if not heat.any() else "\nuniform map" if np.ptp(heat) == 0 else ""
+            if not flat:
                 axis.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
             right = row.true[c] == row.predicted[c]
-            flat = "\nflat map" if not heat.any() else ""
             axis.set_title(f"{row.true[c]} →\n{row.predicted[c]} ({row.probability[c]:.2f}){flat}", fontsize=7,
                            color="black" if right else "tab:red")
     figure.suptitle(f"{panel.dataset} / {panel.model}: Grad-CAM of the predicted class ({panel.layer}, "
                     f"{panel.grid} grid on {panel.image_size} px); red title: wrong prediction;\n'flat map': no "
-                    "region raised the predicted class's score", fontsize=9)
+                    "region raised the predicted class's score; 'uniform map': the grid tells no regions apart", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -474,7 +474,7 @@ def elsewhere_section(analysis: Analysis, figures: bool) -> list[str]:
         lines += ["### Where the models look (Grad-CAM)" if len(table) else "## Where the models look (Grad-CAM)", ""]
         first = analysis.saliency[0]
         lines += [f"Grad-CAM (captum's LayerGradCam) of the predicted class on the last convolutional layer (ResNet50: "
-                  f"layer3 on inputs under 128 px, where layer4 is a 2x2 grid), upsampled "
+                  f"layer3 on inputs of 96 px and less, where layer4's grid is under 4x4), upsampled "
                   f"to the input and laid over it (warm: the regions that raised the predicted class's score), for "
                   f"{first.per_class} seeded image(s) per class of each set. Titles: true class → predicted class "
                   "(probability). Maps at this input size are coarse (the layer's grid is named under each figure); "

@@ -15,6 +15,8 @@ from cxrnets.saliency import gradcam_layer, grad_cam
     ("alexnet", 64, "features.10", (3, 3)),
     ("vgg11", 64, "features.18", (4, 4)),
     ("resnet50", 64, "layer3", (4, 4)),   # layer4 would be 2x2 at 64 px
+    ("resnet50", 32, "layer3", (2, 2)),   # layer4 would be 1x1: one uniform cell
+    ("resnet50", 112, "layer4", (4, 4)),
     ("resnet50", 128, "layer4", (4, 4)),
 ])
 def test_maps_for_each_architecture_differ_between_inputs(model_name, size, layer, grid):
