@@ -56,8 +56,15 @@ def markdown_table(table: pd.DataFrame) -> str:
             shown[column] = values.map(lambda v: "" if _missing(v) else str(v).lower()
                                        if isinstance(v, (bool, np.bool_)) else str(v))
         align.append("right" if numeric else "left")
-    # Every cell is text by now: tabulate must not reparse labels like `0.01` or `7.0e-04` as numbers.
+    # Every cell is text by now: tabulate must not reparse labels like `0.01` or `7.0e-04` as numbers. A `|`
+    # or a line break in a label (a class named Effusion|Infiltration) would split its row.
+    shown = shown.map(_markdown_cell)
+    shown.columns = [_markdown_cell(str(column)) for column in shown.columns]
     return shown.to_markdown(index=False, disable_numparse=True, colalign=align)
+
+
+def _markdown_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\r\n", " ").replace("\n", " ")
 
 
 def _number(value: Any) -> str:

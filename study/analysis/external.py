@@ -133,7 +133,8 @@ def parse_label_map(items: list[str] | None) -> dict[str, str]:
         path = Path(item).expanduser()
         if path.suffix.lower() in (".yaml", ".yml", ".json") or path.is_file():
             try:
-                document = yaml.safe_load(path.read_text())
+                # Every key and value as written: YAML 1.1 would read labels such as no, yes, on and off as booleans
+                document = yaml.load(path.read_text(), Loader=yaml.BaseLoader)
             except OSError as error:
                 raise CxrError(f"--label-map {item}: cannot read it ({error.strerror}); pass a YAML file of "
                                "'external label: study class' lines, or EXTERNAL=STUDY") from error

@@ -32,3 +32,13 @@ def test_of_tied_trials_the_best_is_the_lower_trial_id_as_the_analysis_selects()
     assert best_trials(results, "val/f1_macro", "max", ("config/model",))["trial_id"].tolist() == ["1a2b3c4d"]
     assert best_trials(results.assign(**{"val/f1_macro": [0.3, 0.1, 0.1, 0.3]}), "val/f1_macro", "min",
                        ("config/model",))["trial_id"].tolist() == ["1a2b3c4d"]
+
+
+def test_a_label_with_a_pipe_or_a_line_break_keeps_its_row_whole():
+    """A class named like NIH's `Effusion|Infiltration` split the header into more cells than the delimiter row
+    has, and GitHub rendered no table."""
+    table = pd.DataFrame({"true class": ["Effusion|Infiltration", "No\nFinding"], "Effusion|Infiltration": [3, 1]})
+    lines = markdown_table(table).splitlines()
+    assert len(lines) == 4
+    assert all(line.count("|") - line.count("\\|") == 3 for line in lines), lines
+    assert "Effusion\\|Infiltration" in lines[0] and "No Finding" in lines[3]

@@ -218,6 +218,9 @@ def test_label_map_from_a_yaml_file(tmp_path):
         "No finding": "No Finding", "COVID": "COVID-19", "Normal": "No Finding"}
     with pytest.raises(CxrError, match=r"--label-map .*missing.yaml: cannot read it"):
         parse_label_map([str(tmp_path / "missing.yaml")])
+    answers = tmp_path / "answers.yaml"  # a yes/no covid column: YAML 1.1 would read both as booleans
+    answers.write_text("no: No Finding\nyes: COVID-19\nOn: Other pneumonia\n")
+    assert parse_label_map([str(answers)]) == {"no": "No Finding", "yes": "COVID-19", "On": "Other pneumonia"}
 
 
 # ------------------------------------------------------------------ held-out sources
