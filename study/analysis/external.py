@@ -77,6 +77,7 @@ class ExternalSet:
     rows: np.ndarray
     y_true: np.ndarray            # class indices into `classes`
     groups: np.ndarray            # each image's patient (leakage group): the bootstrap's unit
+    image_size: int               # the size its images are decoded at: that of the models it evaluates
     left_out: dict[str, int] = field(default_factory=dict)  # external label without a counterpart -> images
     skipped: dict[str, int] = field(default_factory=dict)   # the loader's skips (undecodable, absent, ...)
 
@@ -222,7 +223,7 @@ def load_external(spec: ExternalSpec, index: DatasetIndex, dataset: str, classes
     groups = leakage_groups(index.frame["patient"].astype(str), pd.Series(cache.sha1))[rows]
     external = ExternalSet(
         spec.name, f"{spec.dataset} at {spec.path}", dataset, list(classes), cache.images, rows,
-        np.array([position[mapped[i]] for i in rows], dtype=np.int64), groups,
+        np.array([position[mapped[i]] for i in rows], dtype=np.int64), groups, image_size,
         dict(Counter(label for label, kept in zip(labels, keep) if not kept)), dict(index.skipped))
     log.info("external %s", external.summary())
     return external
@@ -239,7 +240,7 @@ def heldout_set(data: StudyData, config, classes: list[str]) -> ExternalSet | No
     sources = sorted(set(prepared.index.frame["source"].to_numpy()[rows])) if "source" in prepared.index.frame else []
     groups = leakage_groups(prepared.split["patient"].astype(str), prepared.split["sha1"])[rows]
     return ExternalSet(HELDOUT_SET, f"{config.dataset}'s held-out sources: {', '.join(sources)}", config.dataset,
-                       list(classes), prepared.images, rows, prepared.targets[rows], groups)
+                       list(classes), prepared.images, rows, prepared.targets[rows], groups, config.image_size)
 
 
 # ------------------------------------------------------------------ the comparison
@@ -319,17 +320,17 @@ def evaluate_elsewhere(analysis: Analysis, data: StudyData, specs: list[External
                        device: str = "auto") -> pd.DataFrame:
     """Each cell's best model (rank 1) on each external set (`indexes`: check_externals's) and on its
     dataset's held-out sources: the comparison table (one row per cell, set, metric and class); the
-    sets go to analysis.external_sets."""
+    sets go to analysis.external_sets, decoded once per dataset and image size (a space may search it)."""
     seed = analysis.study.settings.seed
     rows: list[dict] = []
     baselines: dict[tuple[str, str], list[dict]] = {}
-    loaded: dict[tuple[str, str], ExternalSet] = {}
+    loaded: dict[tuple[str, str, int], ExternalSet] = {}
     best = [chosen for chosen in analysis.selected if chosen.rank == 1]
     for chosen in best:
         if chosen.evaluation.multilabel:
-            if specs:
-                analysis.notes.append(f"{chosen.dataset}: external evaluation scores single-label studies; "
-                                      f"{chosen.dataset} is multi-label")
+            if specs or analysis.study.settings.dataset_options.get(chosen.dataset, {}).get("holdout_sources"):
+                analysis.notes.append(f"{chosen.dataset}: evaluation elsewhere (--external, held-out sources) scores "
+                                      f"single-label studies; {chosen.dataset} is multi-label, not evaluated there")
             continue
         classes = chosen.evaluation.classes
         check_label_map(label_map, classes)
@@ -338,10 +339,9 @@ def evaluate_elsewhere(analysis: Analysis, data: StudyData, specs: list[External
         sets = []
         held = heldout_set(data, config, classes)
         if held is not None:
-            loaded.setdefault((held.name, chosen.dataset), held)
-            sets.append(held)
+            sets.append(loaded.setdefault((held.name, chosen.dataset, config.image_size), held))
         for spec in specs:
-            key = (spec.name, chosen.dataset)
+            key = (spec.name, chosen.dataset, config.image_size)
             if key not in loaded:
                 loaded[key] = load_external(spec, indexes[spec.name], chosen.dataset, classes, label_map,
                                             config.image_size, data.cache_dir)

@@ -454,7 +454,8 @@ def elsewhere_section(analysis: Analysis, figures: bool) -> list[str]:
                   "patients (as in the per-class tables), and its change the two sides' intervals combined (MOVER). "
                   "Accuracy moves with a set's class mix: the majority-class predictor's rows show how much of a "
                   "change the mix alone makes; the recall and AUC means do not depend on it.", ""]
-        lines += [f"- **{s.name}** ({s.description}): {s.summary().partition(': ')[2]}" for s in analysis.external_sets]
+        described = {(s.name, s.dataset): s for s in analysis.external_sets}  # one line per set at any image size
+        lines += [f"- **{s.name}** ({s.description}): {s.summary().partition(': ')[2]}" for s in described.values()]
         lines.append("")
         summary = table[table["class"] == ALL_PRESENT]
         for (dataset, model, name), rows in summary.groupby(["dataset", "model", "set"], sort=False):

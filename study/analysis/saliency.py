@@ -65,7 +65,13 @@ def saliency_panels(analysis: Analysis, data: StudyData, per_class: int, device:
     seed = analysis.study.settings.seed
     panels = []
     for chosen in analysis.selected:
-        if chosen.rank != 1 or chosen.evaluation.multilabel:
+        if chosen.rank != 1:
+            continue
+        if chosen.evaluation.multilabel:
+            note = (f"{chosen.dataset}: no Grad-CAM figures (they show the predicted class of a single-label study; "
+                    f"{chosen.dataset} is multi-label)")
+            if per_class and note not in analysis.notes:
+                analysis.notes.append(note)
             continue
         checkpoint = load_checkpoint(data.fetch(chosen.candidate.weights.uri))
         config = data.train_config(checkpoint)
@@ -74,7 +80,8 @@ def saliency_panels(analysis: Analysis, data: StudyData, per_class: int, device:
         classes = list(checkpoint["classes"])
         split_rows = prepared.rows(analysis.split)
         sets = [(f"internal {analysis.split}", prepared.images, split_rows, prepared.targets[split_rows])]
-        sets += [(s.name, s.images, s.rows, s.y_true) for s in analysis.external_sets if s.dataset == chosen.dataset]
+        sets += [(s.name, s.images, s.rows, s.y_true) for s in analysis.external_sets
+                 if (s.dataset, s.image_size) == (chosen.dataset, config.image_size)]
         panel = None
         for number, (name, images, rows, y_true) in enumerate(sets):
             picked = pick_images(y_true, np.arange(len(rows)), len(classes), per_class, seed + number)

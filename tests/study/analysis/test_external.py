@@ -154,6 +154,34 @@ def test_the_report_shows_the_comparison_and_the_gradcam_figures(external_analys
     assert not np.allclose(internal.maps[0], internal.maps[-1])  # a map per image, not one for all
 
 
+def test_each_model_meets_the_external_set_at_its_own_image_size(grid_study, tmp_path, monkeypatch):
+    """A space may search image_size: a model trained at 96 px is scored, and its Grad-CAM drawn, on the
+    external images decoded at 96 px, not at the first model's 64."""
+    import dataclasses
+
+    from study.analysis.evaluation import StudyData
+
+    train_config = StudyData.train_config
+
+    def resnet50_at_96_px(self, checkpoint):
+        config = train_config(self, checkpoint)
+        return dataclasses.replace(config, image_size=96) if config.model == "resnet50" else config
+
+    monkeypatch.setattr(StudyData, "train_config", resnet50_at_96_px)
+    labels = external_csv(tmp_path / "hospital-b")
+    specs = parse_externals([f"hospital-b=csv:{labels}"], [a for a in EXTERNAL_ARGS if a != "--dataset-option"])
+    analysis = analyze(grid_study, out=tmp_path / "report", resamples=0, importance="none", externals=specs,
+                       label_map=parse_label_map(["No finding=No Finding"]), saliency=1)
+    assert sorted(s.image_size for s in analysis.external_sets) == [64, 96]
+    for external in analysis.external_sets:
+        assert external.images[external.rows[:1]].shape[-1] == external.image_size
+    panels = {panel.model: panel for panel in analysis.saliency}
+    assert {row.images.shape[-1] for row in panels["resnet50"].rows} == {96}
+    assert {row.images.shape[-1] for row in panels["alexnet"].rows} == {64}
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert report.count("- **hospital-b** (") == 1
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--external", "x=csv:{labels}", "--label-map", "No finding=Healthy"],
      r"--label-map maps 'No finding' to 'Healthy', which is no class of the study \(COVID-19, Other pneumonia, "
@@ -260,3 +288,22 @@ def test_held_out_sources_are_evaluated_beside_the_internal_test(heldout_study, 
     report = (tmp_path / "report" / "report.md").read_text()
     assert "resnet50 on held-out sources: accuracy" in report
     assert [row.name for row in analysis.saliency[0].rows] == ["internal test", HELDOUT_SET]
+
+
+def test_a_multi_label_study_says_why_it_has_no_evaluation_elsewhere_and_no_grad_cam():
+    """Both skip multi-label cells: the report's sections vanished without a word."""
+    from study.analysis.external import evaluate_elsewhere
+    from study.analysis.saliency import saliency_panels
+
+    settings = types.SimpleNamespace(seed=0, dataset_options={"covid-chestxray": {"holdout_sources": ["a.org"]}})
+    chosen = types.SimpleNamespace(rank=1, dataset="covid-chestxray", model="resnet50",
+                                   evaluation=types.SimpleNamespace(multilabel=True))
+    analysis = types.SimpleNamespace(study=types.SimpleNamespace(settings=settings), selected=[chosen], notes=[],
+                                     external_sets=[])
+    assert evaluate_elsewhere(analysis, None, [], {}, {}, 0).empty
+    assert saliency_panels(analysis, None, 2) == []
+    assert analysis.notes == [
+        "covid-chestxray: evaluation elsewhere (--external, held-out sources) scores single-label studies; "
+        "covid-chestxray is multi-label, not evaluated there",
+        "covid-chestxray: no Grad-CAM figures (they show the predicted class of a single-label study; "
+        "covid-chestxray is multi-label)"]
