@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
              "new study)")
     add("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a cluster running here, "
         "else a new local instance)")
-    add("--num-cpus", type=int, default=None, help="CPUs of a new local Ray instance (default: all; refused with a cluster)")
+    add("--num-cpus", type=int, default=None,
+        help="CPUs of a new local Ray instance (default: all; refused with a cluster)")
     add("-v", "--verbose", action="store_true",
         help="Tune's own tables and every trial's log lines, instead of the study's one status line; a resumed "
              "study shows what it started with")

@@ -288,7 +288,8 @@ def plot_gradcam(panel: SaliencyPanel, path: Path) -> None:
                            color="black" if right else "tab:red")
     figure.suptitle(f"{panel.dataset} / {panel.model}: Grad-CAM of the predicted class ({panel.layer}, "
                     f"{panel.grid} grid on {panel.image_size} px); red title: wrong prediction;\n'flat map': no "
-                    "region raised the predicted class's score; 'uniform map': the grid tells no regions apart", fontsize=9)
+                    "region raised the predicted class's score; 'uniform map': the grid tells no regions apart",
+                    fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

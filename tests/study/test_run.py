@@ -323,7 +323,8 @@ def test_a_new_study_under_a_taken_name_leaves_that_study_untouched(tmp_path, ca
     split.parent.mkdir()
     split.write_text("relpath,patient,sha1,split\n")
     assert main([*argv, "--seed", "1"]) == 2
-    assert f"error: {settings.study_uri} already holds a study: use --resume or another --name" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"error: {settings.study_uri} already holds a study: use --resume or another --name" in err
     assert split.read_text() == "relpath,patient,sha1,split\n"
 
 
