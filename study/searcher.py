@@ -218,6 +218,9 @@ class BestEpochOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials:
             return
+        if trial_id in self._failed_then_resumed():
+            self._tell_again(trial_id, result, error)
+            return
         if result and not error:
             # The result that ends a trial (the last epoch, or the rung where ASHA stopped it) reaches the
             # searcher only here: Tune calls on_trial_result only for trials that go on.
@@ -234,7 +237,7 @@ class BestEpochOptunaSearch(OptunaSearch):
         if not isinstance(value, (int, float)) or math.isnan(value) or epoch is None:
             return
         reported = self.__dict__.setdefault("_last_epoch_reported", {})
-        if epoch > reported.get(trial_id, 0):
+        if epoch > reported.get(trial_id, 0) and trial_id not in self._failed_then_resumed():
             self._ot_trials[trial_id].report(value, epoch)
             reported[trial_id] = epoch
         best = self._best_values().get(trial_id)
@@ -244,7 +247,9 @@ class BestEpochOptunaSearch(OptunaSearch):
     def restore(self, checkpoint_path: str) -> None:
         """The searcher's state from Tune's last snapshot, reconciled with the Optuna storage, which may be
         ahead of it: a trial the storage holds as finished is not told again (the resume reruns it from its
-        last full state), and a trial started after the snapshot, which the resume forgets, is marked failed."""
+        last full state), and a trial started after the snapshot, which the resume forgets, is marked failed.
+        A trial that had failed (errored), which the resume runs again, is told anew when it ends
+        (_tell_again)."""
         super().restore(checkpoint_path)
         if getattr(self, "_storage_file", None) is None:
             return  # in-memory Optuna study (studies from before the storage file)
@@ -252,7 +257,11 @@ class BestEpochOptunaSearch(OptunaSearch):
             self._reopen(study_location(self._study_uri))
         known = {trial.number: trial_id for trial_id, trial in self._ot_trials.items()}
         for frozen in self._ot_study.get_trials(deepcopy=False):
-            if frozen.number in known and frozen.state.is_finished():
+            if frozen.number in known and frozen.state == optuna.trial.TrialState.FAIL:
+                # An errored trial, which the resume runs again: its results count, and its end is told anew.
+                self._completed_trials.discard(known[frozen.number])
+                self._failed_then_resumed().add(known[frozen.number])
+            elif frozen.number in known and frozen.state.is_finished():
                 self._completed_trials.add(known[frozen.number])
             elif frozen.number not in known and frozen.state == optuna.trial.TrialState.RUNNING:
                 self._ot_study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
@@ -265,6 +274,28 @@ class BestEpochOptunaSearch(OptunaSearch):
         copy_to, path = getattr(self, "_copy_to", None), getattr(self, "_storage_file", None)  # None: older studies
         if copy_to and path is not None:
             storage.write_bytes(copy_to, path.read_bytes())
+
+    def _failed_then_resumed(self) -> set[str]:
+        """Trials that had failed (their Optuna trial FAIL) and that a resume runs again from their last full
+        state (Tuner.restore(resume_errored=True)); kept in the searcher's saved state."""
+        return self.__dict__.setdefault("_failed_resumed", set())
+
+    def _tell_again(self, trial_id: str, result: dict | None, error: bool) -> None:
+        """A trial that failed, then ended after a resume: a finished Optuna trial cannot be told again, so
+        its configuration and best value go in as a new COMPLETE trial (user attribute `rerun_of`: the failed
+        one's number), which TPE learns from."""
+        if result and not error:
+            self._record_epoch(trial_id, result)
+        best = self._best_values().pop(trial_id, None)
+        self._failed_then_resumed().discard(trial_id)
+        if error or best is None:
+            return
+        failed = self._ot_trials[trial_id].number
+        frozen = next(t for t in self._ot_study.get_trials(deepcopy=False) if t.number == failed)
+        self._ot_study.add_trial(optuna.trial.create_trial(
+            params=frozen.params, distributions=frozen.distributions, value=best,
+            user_attrs={"trial_id": trial_id, "rerun_of": failed}))
+        self._copy_storage_file()
 
     def _best_values(self) -> dict[str, float]:
         """trial id -> best value so far; kept in the searcher's saved state, so a resumed study keeps it."""

@@ -208,6 +208,30 @@ def test_a_restore_reconciles_the_snapshot_with_a_storage_that_ran_ahead(tmp_pat
     assert trials["started-after"].state.name == "FAIL"
 
 
+def test_a_trial_that_failed_and_ends_after_a_resume_teaches_the_sampler_its_best(tmp_path):
+    """Tuner.restore(resume_errored=True) runs an errored trial again from its last full state; its Optuna
+    trial is FAIL, which cannot be told again, and TPE ignores FAIL trials: its configuration and best value
+    go in as a new COMPLETE trial."""
+    path = tmp_path / "optuna.db"
+    search = stored_searcher(tmp_path)
+    assert search.suggest("crashed") is not None
+    search.on_trial_result("crashed", {"training_iteration": 1, "val/f1_macro": 0.3})
+    search.on_trial_complete("crashed", error=True)  # its worker died past --max-failures
+    search.save(str(tmp_path / "searcher.pkl"))
+
+    resumed = stored_searcher(tmp_path)
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    for epoch, value in ((2, 0.45), (3, 0.4)):
+        resumed.on_trial_result("crashed", {"training_iteration": epoch, "val/f1_macro": value})
+    resumed.on_trial_complete("crashed", {"training_iteration": 4, "val/f1_macro": 0.35})
+
+    trials = optuna.load_study(study_name="demo", storage=storage_url(path)).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    failed, rerun = trials
+    assert rerun.value == 0.45 and rerun.params == failed.params
+    assert rerun.user_attrs == {"trial_id": "crashed", "rerun_of": failed.number}
+
+
 @pytest.mark.parametrize("damage", ["missing", "corrupt", "another study"])
 def test_a_resume_refuses_a_storage_file_it_cannot_continue(tmp_path, damage):
     study_dir = tmp_path / "studies" / "demo"
