@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from ray import tune
 
+from cxrnets.errors import CxrError
 from study import storage
 from study.settings import study_location
 
@@ -88,7 +89,14 @@ def _read_parts(study_uri: str, folder: str) -> pd.DataFrame:
     if not names:
         return pd.DataFrame()
     filesystem, path = storage.filesystem(folder)  # once: opening a bucket's filesystem has a cost
-    tables = [pq.read_table(f"{path}/{name}", filesystem=filesystem) for name in names]
+    tables = []
+    for name in names:
+        try:
+            tables.append(pq.read_table(f"{path}/{name}", filesystem=filesystem))
+        except (pa.ArrowInvalid, OSError) as error:
+            raise CxrError(f"{storage.join(folder, name)}: a damaged part of the study's table ({error}); move it "
+                           "out of the folder (it holds one reported row, which is then missing) and run again"
+                           ) from error
     return pa.concat_tables(tables, promote_options="permissive").to_pandas()
 
 

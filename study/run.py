@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -209,7 +210,8 @@ def validate(settings: StudySettings) -> None:
     check_metric_reported(settings.metric, list(settings.data_roots), "metric")
     if settings.tie_break:
         check_metric_reported(settings.tie_break, list(settings.data_roots), "--tie-break")
-    if settings.cpus_per_trial <= 0 or settings.gpus_per_trial < 0:
+    if not (math.isfinite(settings.cpus_per_trial) and math.isfinite(settings.gpus_per_trial)
+            and settings.cpus_per_trial > 0 and settings.gpus_per_trial >= 0):
         raise CxrError("--cpus-per-trial must be positive and --gpus-per-trial non-negative")
     if settings.gpus_per_trial > 1 and settings.gpus_per_trial != int(settings.gpus_per_trial):
         raise CxrError(f"--gpus-per-trial {settings.gpus_per_trial}: above 1 it must be a whole number of GPUs")

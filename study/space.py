@@ -216,14 +216,17 @@ def config_name(config: dict[str, Any]) -> str:
 
 
 def resolve_space_path(space: str | Path) -> Path:
-    """A YAML path, or the name of a file in search_spaces/ ("demo" or "demo.yaml")."""
+    """A YAML path, or the name of a file in search_spaces/ ("demo" or "demo.yaml"); a path with a folder is a
+    path only (a mistyped /my/spaces/demo.yaml must not run the shipped demo)."""
     path = Path(space).expanduser()
     if path.is_file():
         return path
+    names = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+    if len(path.parts) > 1:
+        raise CxrError(f"search space {space!r}: no such file; give a YAML file or one of {', '.join(names)}")
     shipped = SPACES_DIR / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
     if shipped.is_file():
         return shipped
-    names = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
     raise CxrError(f"search space {space!r} not found: give a YAML file or one of {', '.join(names)}")
 
 

@@ -38,6 +38,7 @@ import torch
 import yaml
 from PIL import Image
 
+from cxrnets.errors import CxrError
 from study import storage
 from study.checkpoints import read_best_weights
 from study.driver import print_summary, run_study
@@ -133,6 +134,10 @@ BAD_INPUT = {
                                                  r"--gpus-per-trial 1 .*no CUDA GPU", marks=NO_GPU),
     "fraction of a GPU without one": pytest.param(GOOD_SPACE, ["--gpus-per-trial", "0.25"],
                                                   r"--gpus-per-trial 0\.25 .*no CUDA GPU", marks=NO_GPU),
+    "infinite GPUs per trial": (GOOD_SPACE, ["--gpus-per-trial", "inf"],
+                                r"--cpus-per-trial must be positive and --gpus-per-trial non-negative"),
+    "NaN CPUs per trial": (GOOD_SPACE, ["--cpus-per-trial", "nan"],
+                           r"--cpus-per-trial must be positive and --gpus-per-trial non-negative"),
     "more CPUs than the machine": (GOOD_SPACE, ["--cpus-per-trial", TOO_MANY_CPUS],
                                    rf"--cpus-per-trial {TOO_MANY_CPUS} exceeds the \d+ CPU cores of this machine"),
     "more CPUs than --num-cpus": (GOOD_SPACE, ["--num-cpus", "1", "--cpus-per-trial", "2"],
@@ -419,6 +424,17 @@ def test_results_table_of_a_resumed_run_never_overwrites_the_first_runs_parts(tm
     results = read_results(str(tmp_path))
     assert list(results["training_iteration"]) == [1, 2] and list(results["val/loss"]) == [1.5, 1.2]
     assert list(results["config/lr"]) == [0.01, 0.01]
+
+
+def test_a_damaged_part_of_the_results_is_named(tmp_path):
+    table = ResultsTable(str(tmp_path))
+    trial = SimpleNamespace(trial_id="t1", config={"model": "resnet50"})
+    for epoch in (1, 2):
+        table.on_trial_result(0, [], trial, {"training_iteration": epoch, "timestamp": epoch, "val/loss": 1.0})
+    damaged = sorted((tmp_path / "results").glob("part-*.parquet"))[1]
+    damaged.write_bytes(damaged.read_bytes()[:20])
+    with pytest.raises(CxrError, match=rf"{damaged}: a damaged part of the study's table .*move it out of the folder"):
+        read_results(str(tmp_path))
 
 
 def test_a_resumed_trials_reports_supersede_its_earlier_ones_whatever_the_parts_are_named(tmp_path, monkeypatch):

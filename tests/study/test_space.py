@@ -59,6 +59,12 @@ def test_unknown_space_name_lists_the_shipped_ones():
         load_space("nonexistent-space")
 
 
+def test_a_mistyped_path_is_not_taken_for_the_shipped_space_of_its_name(tmp_path):
+    """--space /my/spaces/demo.yaml that does not exist ran the shipped demo space without a word."""
+    with pytest.raises(CxrError, match=r"'.*/my-spaces/demo\.yaml': no such file; give a YAML file or one of demo"):
+        load_space(str(tmp_path / "my-spaces" / "demo.yaml"))
+
+
 def test_paper_grid_is_the_papers_108_combinations():
     space = load_space("paper")
     assert space.sampler == "grid"
