@@ -30,7 +30,7 @@ from study import storage
 from study.settings import (ASHA_FORMS, CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DEFAULTS, LOWEST, METRICS, TIE_BREAK,
                             StudySettings, check_metric_reported, check_space_study, load_settings, metric_mode,
                             parse_data_roots, parse_keep, relocate, settings_uri)
-from study.space import load_space
+from study.space import load_space, read_space_file
 
 log = logging.getLogger("study.run")
 
@@ -135,7 +135,7 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
     space = load_space(args.space)
     check_space_study(space)
     source = Path(space.source)
-    document = _read_yaml(source)
+    document = read_space_file(source)
     study = {**DEFAULTS, **space.study}
     if space.sampler == "grid" and "num_samples" not in space.study:
         study["num_samples"] = len(space.grid())  # a grid space runs every combination unless told otherwise
@@ -175,12 +175,6 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
         dataset_options=parse_dataset_options(args.dataset_option, datasets))
     validate(settings)
     return settings
-
-
-def _read_yaml(path: Path) -> dict:
-    import yaml
-
-    return yaml.safe_load(path.read_text())
 
 
 def _data_roots(given: list[str] | None, datasets: list[str]) -> dict[str, str]:

@@ -230,13 +230,24 @@ def resolve_space_path(space: str | Path) -> Path:
     raise CxrError(f"search space {space!r} not found: give a YAML file or one of {', '.join(names)}")
 
 
-def load_space(space: str | Path) -> SearchSpace:
-    path = resolve_space_path(space)
+def read_space_file(path: Path) -> Any:
+    """A space file's YAML document, refusing, naming the file, one that is not UTF-8 or not valid YAML."""
+    data = path.read_bytes()
     try:
-        document = yaml.safe_load(path.read_text())
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise CxrError(f"{path}: not UTF-8 (line {line} has the byte {data[error.start]:#04x}: the file was saved in "
+                       "another encoding, such as latin-1 or UTF-16); save it as UTF-8") from error
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise CxrError(f"{path}: not valid YAML ({error})") from error
-    return parse_space(document, str(path), path.stem)
+
+
+def load_space(space: str | Path) -> SearchSpace:
+    path = resolve_space_path(space)
+    return parse_space(read_space_file(path), str(path), path.stem)
 
 
 def parse_space(document: Any, source: str = "<space>", name: str = "space") -> SearchSpace:

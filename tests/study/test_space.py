@@ -341,6 +341,23 @@ def test_invalid_yaml_names_the_file(tmp_path):
         load_space(path)
 
 
+@pytest.mark.parametrize("encoding, line, byte", [("latin-1", 2, "0xe9"), ("utf-16", 1, "0xff")])
+def test_a_space_file_not_in_utf8_is_refused_naming_the_file(tmp_path, encoding, line, byte):
+    """An accented comment saved as latin-1, or a file a Windows editor saved as UTF-16."""
+    path = tmp_path / "space.yaml"
+    path.write_text("search:\n  model: {choice: [resnet50]}  # réseau\n", encoding=encoding)
+    with pytest.raises(CxrError, match=re.escape(
+            f"{path}: not UTF-8 (line {line} has the byte {byte}: the file was saved in another encoding, "
+            "such as latin-1 or UTF-16); save it as UTF-8")):
+        load_space(path)
+
+
+def test_a_space_file_with_a_utf8_byte_order_mark_loads(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("search:\n  model: {choice: [resnet50]}  # réseau\n", encoding="utf-8-sig")
+    assert [d.name for d in load_space(path).dimensions] == ["model"]
+
+
 def write_space(tmp_path: Path, search: dict) -> Path:
     """A space file of GOOD's dimensions plus `search` (in order: a `when` names earlier dimensions)."""
     path = tmp_path / "space.yaml"
