@@ -230,8 +230,24 @@ def resolve_space_path(space: str | Path) -> Path:
     raise CxrError(f"search space {space!r} not found: give a YAML file or one of {', '.join(names)}")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, refusing a key given twice in one mapping (PyYAML would keep the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+                if key in lines:
+                    raise CxrError(f"{self.name}: {key!r} is given twice, on lines {lines[key]} and {line}; "
+                                   "YAML would keep only the last: remove or rename one")
+                lines[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def read_space_file(path: Path) -> Any:
-    """A space file's YAML document, refusing, naming the file, one that is not UTF-8 or not valid YAML."""
+    """A space file's YAML document, refusing, naming the file, one that is not UTF-8, not valid YAML or that
+    gives a key twice."""
     data = path.read_bytes()
     try:
         text = data.decode("utf-8-sig")
@@ -239,10 +255,14 @@ def read_space_file(path: Path) -> Any:
         line = data[:error.start].count(b"\n") + 1
         raise CxrError(f"{path}: not UTF-8 (line {line} has the byte {data[error.start]:#04x}: the file was saved in "
                        "another encoding, such as latin-1 or UTF-16); save it as UTF-8") from error
+    loader = _UniqueKeyLoader(text)
+    loader.name = str(path)  # the name a YAML error's position gives, and a duplicate key's message
     try:
-        return yaml.safe_load(text)
+        return loader.get_single_data()
     except yaml.YAMLError as error:
         raise CxrError(f"{path}: not valid YAML ({error})") from error
+    finally:
+        loader.dispose()
 
 
 def load_space(space: str | Path) -> SearchSpace:

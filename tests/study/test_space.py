@@ -358,6 +358,38 @@ def test_a_space_file_with_a_utf8_byte_order_mark_loads(tmp_path):
     assert [d.name for d in load_space(path).dimensions] == ["model"]
 
 
+DUPLICATES = {
+    "a dimension": ("search:\n  model: {choice: [resnet50]}\n  lr: {loguniform: [1.0e-4, 1.0e-1]}\n"
+                    "  lr: {loguniform: [1.0e-3, 1.0e-2]}\n", "'lr'", 3, 4),
+    "a section": ("study:\n  image_size: 64\nsearch:\n  model: {choice: [resnet50]}\nstudy:\n  image_size: 32\n",
+                  "'study'", 1, 5),
+    "a kind in a flow mapping": ("search:\n  model: {choice: [resnet50]}\n"
+                                 "  lr: {loguniform: [1.0e-4, 1.0e-1],\n       loguniform: [1.0e-3, 1.0e-2]}\n",
+                                 "'loguniform'", 3, 4),
+}
+
+
+@pytest.mark.parametrize("text, key, first, second", DUPLICATES.values(), ids=DUPLICATES.keys())
+def test_a_key_given_twice_is_refused_naming_it_and_its_lines(tmp_path, text, key, first, second):
+    """YAML keeps the last of two `lr:` entries silently: the study would search a range the user did not mean."""
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(CxrError, match=re.escape(
+            f"{path}: {key} is given twice, on lines {first} and {second}; YAML would keep only the last: "
+            "remove or rename one")):
+        load_space(path)
+
+
+def test_a_merge_key_may_be_overridden(tmp_path):
+    """`<<: *anchor` then a key of the anchor's mapping is YAML's way to override it, not a key given twice."""
+    path = tmp_path / "space.yaml"
+    path.write_text("search:\n  model: {choice: [resnet50]}\n  optimizer: {choice: [adam, sgd]}\n"
+                    "  momentum: &sgd_only {uniform: [0.5, 0.99], when: {optimizer: sgd}}\n"
+                    "  weight_decay: {<<: *sgd_only, uniform: [0.0, 0.01]}\n")
+    weight_decay = load_space(path).dimensions[-1]
+    assert (weight_decay.args, weight_decay.when) == ((0.0, 0.01), {"optimizer": ("sgd",)})
+
+
 def write_space(tmp_path: Path, search: dict) -> Path:
     """A space file of GOOD's dimensions plus `search` (in order: a `when` names earlier dimensions)."""
     path = tmp_path / "space.yaml"
