@@ -22,8 +22,10 @@ A dimension is one of `choice: [...]`, `uniform: [low, high]`,
 scale) or `value: x` (a constant); batch_size, image_size and seed take whole
 numbers, so never uniform or loguniform. `when: {key: value or [values]}` keeps
 the dimension only for trials whose earlier dimensions match, each value one
-that dimension can take. A key may also take a list of such ranges, each with
-its own `when`; the first that matches is used:
+that dimension can take; the key names a choice, an int range or a value (a float
+drawn from a uniform or loguniform range almost never equals a given value). A key
+may also take a list of such ranges, each with its own `when`; the first that
+matches is used:
 
       lr:                       # Adam and SGD want learning rates a decade or two apart
         - {loguniform: [1.0e-5, 1.0e-3], when: {optimizer: adam}}
@@ -404,11 +406,17 @@ def _parse_dimension(source: str, key: str, spec: Any, earlier: list[Dimension],
 
 
 def _check_condition_value(where: str, condition: str, value: Any, conditioning: list[Dimension]) -> None:
-    """Refuse a `when` value its dimension never takes (`optimizer: SGD` for sgd): the condition would never hold."""
-    if any(dimension.can_take(value) for dimension in conditioning):
+    """Refuse a `when` value its dimension never takes (`optimizer: SGD` for sgd), or takes only as a float drawn
+    from a range (`lr: 0.01`, almost never drawn exactly): the condition would (almost) never hold."""
+    continuous = [dimension for dimension in conditioning if dimension.kind in ("uniform", "loguniform")]
+    if any(dimension.can_take(value) for dimension in conditioning if dimension not in continuous):
         return
     if condition == "dataset" and value in DATASET_NAMES:
         return  # study.run's --dataset narrows the space to one dataset; conditions on its others then never hold
+    if continuous:
+        raise CxrError(f"{where}.when: {condition} is a {continuous[0].kind} range, whose drawn floats almost never "
+                       f"equal {value!r}, so the condition would almost never hold; a when can name a choice, an "
+                       f"int range or a value: make {condition} a choice to condition on it")
     takes = " or ".join(dict.fromkeys(dimension.describe() for dimension in conditioning))
     raise CxrError(f"{where}.when: {condition} never takes {value!r}, so the condition would never hold; "
                    f"choose from {takes}")

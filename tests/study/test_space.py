@@ -437,17 +437,42 @@ def test_log_is_refused_where_it_would_be_ignored(tmp_path):
     ({"optimizer": "SGD"}, "'SGD'", "'adam', 'sgd'"),
     ({"optimizer": ["sgd", "Adam"]}, "'Adam'", "'adam', 'sgd'"),
     ({"batch_size": 48}, "48", "16, 32"),
-    ({"weight_decay": 0.1}, "0.1", "loguniform [1e-06, 0.01]"),
+    ({"seed": 12}, "12", "int [1, 10]"),
 ])
 def test_a_condition_on_a_value_its_dimension_never_takes_is_refused(tmp_path, condition, values, takes):
     """`when: {optimizer: SGD}` never holds (the optimizer is sgd): momentum would silently keep its default."""
-    path = write_space(tmp_path, {"batch_size": {"choice": [16, 32]}, "weight_decay": {"loguniform": [1e-6, 1e-2]},
+    path = write_space(tmp_path, {"batch_size": {"choice": [16, 32]}, "seed": {"int": [1, 10]},
                                   "momentum": {"uniform": [0.5, 0.99], "when": condition}})
     key = next(iter(condition))
     with pytest.raises(CxrError, match=re.escape(
             f"{path}: search.momentum.when: {key} never takes {values}, so the condition would never hold; "
             f"choose from {takes}")):
         load_space(path)
+
+
+@pytest.mark.parametrize("condition", [{"lr": 0.01}, {"lr": [0.01, 0.05]}, {"weight_decay": 0.1}])
+def test_a_condition_on_a_float_range_is_refused(tmp_path, condition):
+    """A loguniform lr of [1e-4, 0.1] holds 0.01, but a drawn lr is almost never 0.01 exactly: momentum, which
+    only trials with that lr would draw, would never be searched."""
+    path = write_space(tmp_path, {"weight_decay": {"loguniform": [1e-6, 1e-2]},
+                                  "momentum": {"uniform": [0.5, 0.99], "when": condition}})
+    key = next(iter(condition))
+    value = condition[key][0] if isinstance(condition[key], list) else condition[key]
+    with pytest.raises(CxrError, match=re.escape(
+            f"{path}: search.momentum.when: {key} is a loguniform range, whose drawn floats almost never equal "
+            f"{value!r}, so the condition would almost never hold; a when can name a choice, an int range or a "
+            f"value: make {key} a choice to condition on it")):
+        load_space(path)
+
+
+def test_a_condition_on_an_alternatives_constant_holds_where_the_constant_applies():
+    """lr is a constant for SGD and a range for Adam: `when: {lr: 0.01}` is SGD's trials."""
+    space = parse_space({"search": {**GOOD, "lr": [{"value": 0.01, "when": {"optimizer": "sgd"}},
+                                                   {"loguniform": [1e-5, 1e-3], "when": {"optimizer": "adam"}}],
+                                    "momentum": {"uniform": [0.5, 0.99], "when": {"lr": 0.01}}}})
+    configs = sample_configs(space, 20)
+    assert {"momentum" in config for config in configs if config["optimizer"] == "sgd"} == {True}
+    assert {"momentum" in config for config in configs if config["optimizer"] == "adam"} == {False}
 
 
 def test_a_condition_on_a_dataset_the_command_line_left_out_still_parses():
