@@ -121,10 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
 RESUME_OPTIONS = ("resume", "address", "num_cpus", "data_root", "cache_dir", "verbose")
 
 
-def check_resume_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def given_options(argv: list[str]) -> list[str]:
+    """The options typed in `argv` (as argparse dests), whatever their values: one typed at its default counts."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS  # an option not typed stays out of the namespace
+    return list(vars(parser.parse_args(argv)))
+
+
+def check_resume_options(argv: list[str]) -> None:
     """A resume runs the study as study.json defines it: refuse, naming them, options it would not use."""
-    ignored = [f"--{dest.replace('_', '-')}" for dest, value in vars(args).items()
-               if dest not in RESUME_OPTIONS and value != parser.get_default(dest)]
+    ignored = [f"--{dest.replace('_', '-')}" for dest in given_options(argv) if dest not in RESUME_OPTIONS]
     if ignored:
         raise CxrError(f"--resume continues the study as its study.json defines it: {', '.join(ignored)} would not "
                        "change it; drop them (only --address, --num-cpus, --data-root, --cache-dir and -v go with "
@@ -231,12 +238,12 @@ def validate(settings: StudySettings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
     settings = None
     try:
         if args.resume:
-            check_resume_options(parser, args)
+            check_resume_options(argv)
             settings = load_settings(args.resume, "--resume")
             relocate(settings, args.data_root, args.cache_dir)
         else:

@@ -303,6 +303,14 @@ def test_a_resume_refuses_options_that_would_not_change_the_study(tmp_path, caps
                                         "--num-cpus, --data-root, --cache-dir and -v go with --resume)"), err
 
 
+def test_a_resume_refuses_options_typed_at_their_default_values(tmp_path, capsys):
+    """--seed 0 beside the resume of a study made with --seed 7 must not pass for a change of seed."""
+    code = main(["--resume", str(tmp_path), "--seed", "0", "--space=demo", "--tie-break", "val/loss", "-v"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --resume continues the study as its study.json defines it: "
+                                        "--seed, --space, --tie-break would not change it"), err
+
+
 def test_an_unknown_dataset_is_named_with_the_choices(capsys):
     """Not 'covid-nope needs --data-root': the name itself is wrong."""
     with pytest.raises(SystemExit):
