@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import types
+import typing
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -164,10 +166,66 @@ def settings_uri(study_uri: str) -> str:
     return storage.join(study_uri, SETTINGS_FILE)
 
 
+# The fields of study.json that take one of a few values, which the code tells apart.
+SETTINGS_CHOICES = {"mode": ("min", "max"), "asha": ASHA_FORMS}
+DAMAGED = ("the file was edited or damaged since the study wrote it: restore it (from a copy of the study), or start "
+           "a new study")
+_JSON_NAMES = {str: ("a string", "strings"), int: ("a whole number", "whole numbers"), float: ("a number", "numbers"),
+               type(None): ("null", "nulls")}
+
+
+def _holds(value: Any, hint: Any) -> bool:
+    """Whether a value read from JSON is one of type `hint` (a StudySettings annotation)."""
+    if hint is Any:
+        return True
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_holds(value, arm) for arm in typing.get_args(hint))
+    if typing.get_origin(hint) is dict:
+        return isinstance(value, dict) and all(_holds(item, typing.get_args(hint)[1]) for item in value.values())
+    if isinstance(value, bool):
+        return hint is bool
+    return isinstance(value, (int, float) if hint is float else hint)
+
+
+def _json_type(hint: Any, plural: bool = False) -> str:
+    """A StudySettings annotation as JSON names it: 'a whole number or null', 'an object of strings'."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_json_type(arm, plural) for arm in typing.get_args(hint))
+    if typing.get_origin(hint) is dict:
+        values, noun = typing.get_args(hint)[1], "objects" if plural else "an object"
+        return noun if values is Any else f"{noun} of {_json_type(values, plural=True)}"
+    return _JSON_NAMES[hint][plural]
+
+
+def _shown(value: Any) -> str:
+    """A value read from JSON as the file writes it, cut short."""
+    text = json.dumps(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def check_settings_values(values: dict[str, Any], uri: str) -> None:
+    """CxrError, naming study.json at `uri` and the field, if `values` (study.json as read) is not what a study
+    writes: each field of StudySettings, of its type. Fields with a default may be missing: older studies lack
+    them."""
+    hints = typing.get_type_hints(StudySettings)
+    for setting in fields(StudySettings):
+        name, hint = setting.name, hints[setting.name]
+        if name not in values:
+            if setting.default is MISSING and setting.default_factory is MISSING:
+                raise CxrError(f"{uri}: {name} is missing, where a study's settings hold {_json_type(hint)}; {DAMAGED}")
+        elif not _holds(values[name], hint):
+            raise CxrError(f"{uri}: {name} holds {_shown(values[name])}, where a study's settings hold "
+                           f"{_json_type(hint)}; {DAMAGED}")
+        elif name in SETTINGS_CHOICES and values[name] not in SETTINGS_CHOICES[name]:
+            raise CxrError(f"{uri}: {name} holds {_shown(values[name])}, where a study's settings hold one of "
+                           f"{', '.join(SETTINGS_CHOICES[name])}; {DAMAGED}")
+
+
 def load_settings(study_dir: str, flag: str = "study directory") -> StudySettings:
     """The settings of the study at `study_dir` (a local folder or a URI), wherever it lies now.
 
-    CxrError, naming the folder, if it holds no study.json or an unreadable one.
+    CxrError, naming the folder, if it holds no study.json; naming the file, and the field, if it is unreadable
+    or holds what no study writes.
     """
     uri = storage.location(study_dir, flag)
     try:
@@ -182,16 +240,17 @@ def load_settings(study_dir: str, flag: str = "study directory") -> StudySetting
     except FileNotFoundError as error:
         raise CxrError(f"{flag} {study_dir}: not a study directory, it has no {SETTINGS_FILE}; pass the folder "
                        "python -m study.run wrote (<storage>/<study name>)") from error
-    except (OSError, ValueError) as error:
+    except OSError as error:
         raise CxrError(f"{settings_uri(uri)}: not a readable study settings file ({error})") from error
-    known = {f.name for f in fields(StudySettings)}
-    values = {key: value for key, value in values.items() if key in known} if isinstance(values, dict) else {}
+    except ValueError as error:
+        raise CxrError(f"{settings_uri(uri)}: not a readable study settings file ({error}); {DAMAGED}") from error
+    if not isinstance(values, dict):
+        raise CxrError(f"{settings_uri(uri)}: holds {_shown(values)}, not the object of a study's settings; {DAMAGED}")
     # The directory may have moved since the study started: it is where the study is now.
-    values["storage"], values["name"] = storage.parent_of(uri), storage.name_of(uri)
-    try:
-        return StudySettings(**values)
-    except TypeError as error:
-        raise CxrError(f"{settings_uri(uri)}: not a readable study settings file ({error})") from error
+    values.update(storage=storage.parent_of(uri), name=storage.name_of(uri))
+    check_settings_values(values, settings_uri(uri))
+    known = {f.name for f in fields(StudySettings)}
+    return StudySettings(**{key: value for key, value in values.items() if key in known})
 
 
 def refuse_existing_study(study_uri: str) -> None:

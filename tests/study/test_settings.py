@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import importlib
+import json
+import math
 import pickle
+from pathlib import Path
 
 import pytest
 
 from cxrnets.errors import CxrError
 from study.checkpoints import WeightsKeeper
 from study.results import ResultsTable
-from study.settings import check_metric_reported, check_space_study, parse_data_roots, parse_keep, resumed_study
+from study.settings import (StudySettings, check_metric_reported, check_space_study, load_settings, parse_data_roots,
+                            parse_keep, resumed_study, save_settings)
 from study.space import SPACES_DIR, load_space
+
+DAMAGED = ("the file was edited or damaged since the study wrote it: restore it (from a copy of the study), or start "
+           "a new study")
 
 
 def test_keep_parses_all_or_a_positive_count():
@@ -54,3 +62,82 @@ def test_data_roots_are_named_for_the_study_s_own_datasets(tmp_path):
     with pytest.raises(CxrError, match="several datasets, write DATASET=PATH for one of covid-chestxray-3class, "
                                        "covid-pneumonia-normal"):
         parse_data_roots([str(tmp_path)], two)
+
+
+# ------------------------------------------------------------------ study.json as read back
+
+def saved_study(storage: Path) -> Path:
+    """The folder of a study with its study.json as study.run writes it (a NaN baseline included: a class
+    missing from the validation split leaves ROC AUC undefined)."""
+    settings = StudySettings(
+        name="demo", storage=str(storage), space={"search": {"model": {"choice": ["alexnet"]}}},
+        space_source="demo.yaml", data_roots={"covid-chestxray-3class": "/data/covid-chestxray"}, image_size=64,
+        num_samples=10, max_epochs=4, grace_period=1, reduction_factor=2, metric="val/f1_macro", mode="max",
+        cpus_per_trial=1.0, gpus_per_trial=0.0, max_concurrent=None, max_failures=2, seed=7,
+        baselines={"covid-chestxray-3class": {"f1_macro": 0.28, "roc_auc_macro": math.nan}})
+    save_settings(settings)
+    return Path(settings.study_uri)
+
+
+DELETE = object()
+
+
+def edit_settings(study: Path, **values) -> None:
+    """Change study.json's fields as a hand edit would; DELETE takes a field out."""
+    path = study / "study.json"
+    saved = json.loads(path.read_text())
+    saved.update(values)
+    path.write_text(json.dumps({key: value for key, value in saved.items() if value is not DELETE}))
+
+
+@pytest.mark.parametrize(("edit", "said"), [
+    ({"data_roots": ["/data/covid-chestxray"]},
+     'data_roots holds ["/data/covid-chestxray"], where a study\'s settings hold an object of strings'),
+    ({"seed": "zero"}, 'seed holds "zero", where a study\'s settings hold a whole number'),
+    ({"image_size": "64"}, 'image_size holds "64", where a study\'s settings hold a whole number'),
+    ({"dataset_options": None}, "dataset_options holds null, where a study's settings hold an object of objects"),
+    ({"val_fraction": "x"}, 'val_fraction holds "x", where a study\'s settings hold a number'),
+    ({"max_concurrent": 1.5}, "max_concurrent holds 1.5, where a study's settings hold a whole number or null"),
+    ({"baselines": {"covid-chestxray-3class": {"f1_macro": "0.28"}}},
+     "baselines holds {\"covid-chestxray-3class\": {\"f1_macro\": \"0.28\"}}, where a study's settings hold an "
+     "object of objects of numbers"),
+    ({"mode": "maximize"}, 'mode holds "maximize", where a study\'s settings hold one of min, max'),
+    ({"metric": DELETE}, "metric is missing, where a study's settings hold a string"),
+])
+def test_a_damaged_study_json_is_refused_naming_the_field_and_what_it_should_hold(tmp_path, edit, said):
+    """Not a traceback far from the load (a list has no .update, None no .get), nor a study that runs on with a
+    seed of "zero" or picks its worst trials for the best under mode "maximize"."""
+    study = saved_study(tmp_path)
+    edit_settings(study, **edit)
+    with pytest.raises(CxrError) as refused:
+        load_settings(str(study))
+    assert str(refused.value) == f"{study / 'study.json'}: {said}; {DAMAGED}"
+
+
+def test_a_study_json_that_is_no_object_is_refused(tmp_path):
+    study = saved_study(tmp_path)
+    (study / "study.json").write_text("[1, 2]")
+    with pytest.raises(CxrError) as refused:
+        load_settings(str(study))
+    assert str(refused.value) == (f"{study / 'study.json'}: holds [1, 2], not the object of a study's settings; "
+                                  f"{DAMAGED}")
+
+
+def test_a_study_from_before_the_later_settings_loads_with_their_defaults(tmp_path):
+    """Older studies lack the fields added since (split digests, baselines, the Optuna study, ...)."""
+    study = saved_study(tmp_path)
+    later = ("cache_dir", "val_fraction", "test_fraction", "checkpoint_every", "checkpoint_minutes", "keep",
+             "dataset_options", "tie_break", "asha", "optuna_study", "baselines", "split_digests", "created")
+    edit_settings(study, **dict.fromkeys(later, DELETE))
+    settings = load_settings(str(study))
+    assert (settings.seed, settings.asha, settings.split_digests, settings.optuna_study) == (7, "stopping", {}, None)
+
+
+@pytest.mark.parametrize("command", ["study.run --resume", "study.analyze", "study.confirm"])
+def test_each_command_reading_a_study_names_the_damaged_field(tmp_path, capsys, command):
+    study = saved_study(tmp_path)
+    edit_settings(study, data_roots=["/data/covid-chestxray"])
+    module, *flag = command.split()
+    assert importlib.import_module(module).main([*flag, str(study)]) == 2
+    assert capsys.readouterr().err == (f"error: {study / 'study.json'}: data_roots holds [\"/data/covid-chestxray\"], "
+                                       f"where a study's settings hold an object of strings; {DAMAGED}\n")
