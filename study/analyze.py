@@ -87,6 +87,8 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
         raise CxrError(f"--saliency {saliency}: give the images per class for the Grad-CAM figures, or 0 for none")
     if importance not in (*EVALUATORS, "none"):
         raise CxrError(f"--importance {importance}: choose from {', '.join(EVALUATORS)} or none")
+    if not formats:
+        raise CxrError(f"--format is empty: name what to write, comma-separated from {','.join(FORMATS)}")
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise CxrError(f"--format {','.join(sorted(unknown))}: choose from {','.join(FORMATS)}")

@@ -414,6 +414,18 @@ def test_a_report_folder_that_cannot_be_written_is_refused_before_evaluating(stu
     assert set((study_dir / "analyses").glob("*.json")) == looks
 
 
+def test_an_empty_format_list_is_refused_before_evaluating(study_dir, tmp_path, capsys):
+    """--format '' would write no table: refused before any model is evaluated and before a look at the test
+    split is recorded."""
+    looks = set((study_dir / "analyses").glob("*.json"))
+    for empty in ("", " , "):
+        assert main([str(study_dir), "--format", empty, "--out", str(tmp_path / "report")]) == 2
+        assert capsys.readouterr().err == ("error: --format is empty: name what to write, comma-separated from "
+                                           "md,csv,parquet,png\n")
+    assert set((study_dir / "analyses").glob("*.json")) == looks
+    assert not (tmp_path / "report").exists()
+
+
 def test_cli_top_k_on_validation(study_dir, tmp_path, capsys):
     """--top-k 2 --split val: mean ± std of the 2 best trials per cell; evaluated on validation, each
     checkpoint reproduces the validation metric the study recorded for its epoch."""
@@ -798,7 +810,8 @@ def test_run_summary_uses_the_same_comparison(evaluated, study_dir):
     assert chosen == dict(zip(expected["model"], expected["trial_name"]))
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["some-study", "--top-k", "0"], ["some-study", "--format", "pdf"]])
+@pytest.mark.parametrize("argv", [["--help"], ["some-study", "--top-k", "0"], ["some-study", "--format", "pdf"],
+                                  ["some-study", "--format", ""]])
 def test_help_and_option_errors_answer_without_loading_torch_ray_or_optuna(argv):
     """--help and a bad option answer at once (loading torch for the evaluations took 4-5 s here)."""
     code = ("import sys\nfrom study.analyze import main\ntry:\n    code = main(sys.argv[1:])\n"
