@@ -13,6 +13,10 @@ class DivergedError(CxrError):
     """Training produced a NaN or infinite loss."""
 
 
+class SplitMismatch(CxrError):
+    """A saved split no longer matches the dataset: images new, gone or changed since it was made."""
+
+
 @contextmanager
 def command_ends(interrupted: str) -> Iterator[None]:
     """The body of a command's main: a CxrError ends it with "error: ..." (status 1), Ctrl-C with

@@ -29,7 +29,7 @@ from cxrnets.batches import Batches
 from cxrnets.cache import CachedImages, build_cache
 from cxrnets.config import TrainConfig
 from cxrnets.data import DatasetIndex, load_dataset
-from cxrnets.errors import CxrError, DivergedError
+from cxrnets.errors import CxrError, DivergedError, SplitMismatch
 from cxrnets.metrics import classification_metrics
 from cxrnets.models import build_model
 from cxrnets.names import OPTIMIZER_NAMES, check_device_name
@@ -140,7 +140,7 @@ def align_split(split: pd.DataFrame, frame: pd.DataFrame, path: Path) -> pd.Data
     missing = frame.loc[~frame["relpath"].isin(by_path.index), "relpath"]
     gone = by_path.index[~by_path.index.isin(frame["relpath"])]
     if len(missing) or len(gone):
-        raise CxrError(
+        raise SplitMismatch(
             f"{path}: the dataset changed since this split was made ({len(missing)} new images, e.g. "
             f"{list(missing[:3])}; {len(gone)} gone, e.g. {list(gone[:3])}); the split is part of the study: "
             "start a new study for the new data"
@@ -148,7 +148,7 @@ def align_split(split: pd.DataFrame, frame: pd.DataFrame, path: Path) -> pd.Data
     aligned = by_path.loc[frame["relpath"]].reset_index()
     changed = aligned["sha1"].to_numpy() != frame["sha1"].to_numpy()
     if changed.any():
-        raise CxrError(
+        raise SplitMismatch(
             f"{path}: {int(changed.sum())} image file(s) changed content since the split was made, e.g. "
             f"{aligned.loc[changed, 'relpath'].iloc[0]}; start a new study for the new data"
         )

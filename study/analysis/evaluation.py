@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import sklearn
 
-from cxrnets.errors import CxrError
+from cxrnets.errors import CxrError, SplitMismatch
 from cxrnets.splits import make_split
 from cxrnets.training import load_checkpoint
 from study import storage
@@ -110,9 +110,11 @@ class StudyData:
                                   f"--data-root {config.dataset}=PATH")
         try:
             data = prepare_data(config, split=saved)
-        except CxrError as error:
+        except SplitMismatch as error:
             raise AnalysisRefused(f"refusing to evaluate: {uri} no longer matches the data at "
                                   f"{config.data_root}: {error}") from error
+        except CxrError as error:  # not the split: the data or the cache, which the error names
+            raise AnalysisRefused(str(error)) from error
         self.check_split_unedited(config, uri, saved, data)
         for name in ("train", "val", "test"):
             if len(data.rows(name)) == 0:

@@ -615,6 +615,25 @@ def test_changed_test_images_are_refused(study_dir, tmp_path):
         analyze(copy, data_roots=[str(changed)], formats=("csv",))  # PATH alone: one dataset
 
 
+def test_a_bad_cache_dir_or_data_root_is_refused_as_itself_not_as_a_changed_split(study_dir, tmp_path, capsys):
+    """Only a split that no longer matches the data is called one (test_changed_test_images_are_refused)."""
+    looks = set((study_dir / "analyses").glob("*.json"))
+    a_file, empty = tmp_path / "a-file", tmp_path / "empty"
+    a_file.write_text("")
+    empty.mkdir()
+    assert main([str(study_dir), "--cache-dir", str(a_file), "--out", str(tmp_path / "r")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: --cache-dir {a_file}: cannot keep the image cache there ("), error
+    assert main([str(study_dir), "--data-root", str(a_file), "--out", str(tmp_path / "r")]) == 2
+    error = capsys.readouterr().err
+    assert error == f"error: {a_file}: is a file, not a folder; pass the {DATASET} dataset's folder as --data-root\n"
+    assert main([str(study_dir), "--data-root", str(empty), "--out", str(tmp_path / "r")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {empty}: ") and "split" not in error, error
+    assert set((study_dir / "analyses").glob("*.json")) == looks
+    assert not (tmp_path / "r" / "report.md").exists()
+
+
 def test_bad_input(tmp_path, capsys):
     assert main([str(tmp_path)]) == 2
     assert "not a study directory" in capsys.readouterr().err
