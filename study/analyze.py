@@ -35,8 +35,9 @@ Only the trials chosen on validation are ever evaluated on test, and each
 analysis of the test split records which trials it evaluated there in the
 study (analyses/), so that its report says how often, and for which other
 trials, the split was read before (study.analysis.looks). A trial
-whose weights are missing or unreadable is reported and the next best
-trial of its cell takes its place. The split is part of the study: if the
+whose weights are missing or unreadable, or not its own (trained with
+another config than the results give the trial), is reported and the next
+best trial of its cell takes its place. The split is part of the study: if the
 images changed since the study made it (their SHA-1s are in the split file),
 or the split file was edited (its SHA-256, which study.json records; for a
 study from before that, the analysis remakes the split from the data and the

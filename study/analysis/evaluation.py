@@ -2,14 +2,17 @@
 
 StudyData reads each dataset's split file, checks it against the data and
 the study's seed (refusing if either changed), and prepares each dataset
-once; evaluate_checkpoint loads one weights file and scores it, with the
-majority-class baseline on the same images.
+once; evaluate_checkpoint loads one weights file, checks that it was
+trained with the trial's config, and scores it, with the majority-class
+baseline on the same images.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import json
+import math
+import numbers
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,6 +31,7 @@ from study.analysis.reading import Study
 from study.settings import check_split_digest, read_split, split_uri
 
 PARALLEL_DOWNLOADS = 4  # weight files fetched at once from object storage
+NODE_KEYS = ("data_root", "dataset_options")  # set by the study for each node, not by a trial's config
 
 
 class AnalysisRefused(CxrError):
@@ -184,15 +188,20 @@ class Evaluation:
     weights_file: str = ""  # the local file evaluated: the weights, or the download cache's copy of a bucket's
 
 
-def evaluate_checkpoint(path: str | Path, data: StudyData, split: str = "test", trial_id: str = "") -> Evaluation:
+def evaluate_checkpoint(path: str | Path, data: StudyData, split: str = "test", trial_id: str = "",
+                        trial_config: dict[str, Any] | None = None) -> Evaluation:
     """Load a trial's weights (a local file) and evaluate them once on `split` of the study's split;
-    CxrError if unusable."""
+    CxrError if unusable, or if the config they were trained with is not `trial_config` (the trial's, as
+    the study recorded it)."""
     from cxrnets.metrics import classification_metrics, majority_scores
     from cxrnets.splits import leakage_groups
     from cxrnets.training import TrainingRun
 
     started = time.perf_counter()
     checkpoint = load_checkpoint(path)
+    if trial_config is not None:
+        check_trained_config(path, checkpoint["config"], {"image_size": data.study.settings.image_size,
+                                                          **trial_config})
     config = data.train_config(checkpoint)
     prepared = data.prepare(config)
     if list(checkpoint["classes"]) != list(prepared.index.classes):
@@ -213,3 +222,28 @@ def evaluate_checkpoint(path: str | Path, data: StudyData, split: str = "test", 
     return Evaluation(trial_id, int(checkpoint["epoch"]), split, metrics, y_true, scores, classes, multilabel,
                       dict(checkpoint["config"]), groups, baseline_scores, time.perf_counter() - started,
                       {f"{split}/{k}": v for k, v in baseline.items()}, images, str(path))
+
+
+def check_trained_config(path: str | Path, trained: dict[str, Any], recorded: dict[str, Any]) -> None:
+    """Refuse weights trained with another config than the trial's (`recorded`: its config as the study
+    recorded it), as when another trial's weights file was copied over the trial's."""
+    differing = [key for key, value in recorded.items()
+                 if key in trained and key not in NODE_KEYS and not same_setting(trained[key], value)]
+    if differing:
+        raise CxrError(f"{path}: not this trial's weights: trained with "
+                       f"{', '.join(f'{key}={shown(trained[key])}' for key in differing)} where the study's results "
+                       f"give the trial {', '.join(f'{key}={shown(recorded[key])}' for key in differing)}; was "
+                       "another trial's weights file copied over it? Put the trial's own weights back, or delete "
+                       "this file and its .json sidecar to leave the trial out")
+
+
+def same_setting(trained: Any, recorded: Any) -> bool:
+    if isinstance(trained, (bool, np.bool_)) or isinstance(recorded, (bool, np.bool_)):
+        return bool(trained) == bool(recorded)
+    if isinstance(trained, numbers.Number) and isinstance(recorded, numbers.Number):
+        return math.isclose(float(trained), float(recorded), rel_tol=1e-9)
+    return trained == recorded
+
+
+def shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -4,7 +4,7 @@ Per cell, `candidates` ranks the trials that have best weights by the
 validation metric at the weights' epoch (from the sidecars and the results
 table, never from the weights); `select_and_evaluate` downloads and
 evaluates the `top_k` best, letting the next trial take the place of one
-whose weights are missing or unreadable. `Analysis` holds what the selection
+whose weights are missing, unreadable or another trial's. `Analysis` holds what the selection
 found and what the later steps add (intervals, seed repeats, importance,
 tables, figures).
 """
@@ -41,6 +41,7 @@ class Candidate:
     value: float                 # the validation metric at `epoch`, as the results table recorded it
     best_epoch: int
     best_value: float
+    config: dict[str, Any] = field(default_factory=dict)  # the trial's, as the results table recorded it
 
 
 def candidates(study: Study, trials: pd.DataFrame, metric: str, mode: str,
@@ -76,7 +77,9 @@ def candidates(study: Study, trials: pd.DataFrame, metric: str, mode: str,
             notes.append(f"trial {trial_id} ({name}): its weights are of epoch {weights.epoch} ({metric} "
                          f"{value:.3f}), not of its best epoch on {metric} ({best_epoch}, {best_value:.3f}): the "
                          f"study kept the best on {weights.metric}")
-        ranked.append(Candidate(trial_id, name, weights, weights.epoch, value, best_epoch, best_value))
+        config = {key.removeprefix("config/"): setting for key, setting in trial.items()
+                  if key.startswith("config/") and not (pd.api.types.is_scalar(setting) and pd.isna(setting))}
+        ranked.append(Candidate(trial_id, name, weights, weights.epoch, value, best_epoch, best_value, config))
     sign = 1 if mode == "min" else -1
     for value, trial_id, name, epoch in unweighted:
         better = sum(1 for c in ranked if (sign * c.value, c.trial_id) < (sign * value, trial_id))
@@ -154,7 +157,7 @@ def select_and_evaluate(analysis: Analysis, data: StudyData) -> None:
                      candidate.value, analysis.split)
             try:
                 evaluation = evaluate_checkpoint(data.fetch(candidate.weights.uri), data, analysis.split,
-                                                 candidate.trial_id)
+                                                 candidate.trial_id, trial_config=candidate.config)
             except AnalysisRefused:
                 raise
             except (CxrError, OSError) as error:

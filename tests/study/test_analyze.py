@@ -63,9 +63,9 @@ def evaluated(study_dir):
     calls = []
     original = selection_module.evaluate_checkpoint
 
-    def recording(path, data, split="test", trial_id=""):
+    def recording(path, data, split="test", trial_id="", **options):
         calls.append((trial_id, path, split))
-        return original(path, data, split, trial_id)
+        return original(path, data, split, trial_id, **options)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(selection_module, "evaluate_checkpoint", recording)
@@ -536,6 +536,31 @@ def test_corrupt_checkpoint_is_skipped(evaluated, study_dir, tmp_path):
     chosen = result.best(DATASET, "alexnet")
     assert chosen is not None and chosen.candidate.trial_id != broken.trial_id
     assert result.best(DATASET, "resnet50").candidate.trial_id == analysis.best(DATASET, "resnet50").candidate.trial_id
+
+
+def test_another_trials_weights_copied_over_a_trials_are_skipped(evaluated, study_dir, tmp_path):
+    """Weights whose own config is not their trial's are never reported as that trial's: across models (the
+    best alexnet's file replaced by a resnet50's) and within one (the best resnet50's by another resnet50's)."""
+    analysis, _ = evaluated
+    copy = linked_copy(study_dir, tmp_path / "grid")
+    results = read_results(str(copy)).drop_duplicates("trial_id").set_index("trial_id")
+    best = {model: analysis.best(DATASET, model).candidate.trial_id for model in ("alexnet", "resnet50")}
+    other = next(t for t in results.index[results["config/model"] == "resnet50"] if t != best["resnet50"])
+    replaced = {best["alexnet"]: best["resnet50"], best["resnet50"]: other}
+    for trial_id, source in replaced.items():
+        (copy / "weights" / f"{trial_id}.pt").unlink()  # a hard link: never write into it
+        os.link(study_dir / "weights" / f"{source}.pt", copy / "weights" / f"{trial_id}.pt")
+    result = analyze(copy, formats=("csv",), resamples=0, importance="none", saliency=0)
+    for trial_id in replaced:
+        note = "".join(n for n in result.notes if n.startswith(f"trial {trial_id} "))
+        assert f"{copy / 'weights' / trial_id}.pt: not this trial's weights: trained with " in note, result.notes
+        assert note.endswith("; skipped, the next best trial of its cell takes its place"), note
+        assert trial_id not in {chosen.candidate.trial_id for chosen in result.selected}
+    assert re.search(r"trained with .*model=resnet50.* where the study's results give the trial .*model=alexnet",
+                     "\n".join(result.notes))
+    for chosen in result.selected:
+        assert chosen.evaluation.config["model"] == chosen.model
+        assert chosen.evaluation.config["lr"] == results.loc[chosen.candidate.trial_id, "config/lr"]
 
 
 def test_edited_split_file_is_refused(study_dir, tmp_path, capsys):
