@@ -10,6 +10,7 @@ is decoded here; `cxrnets.cache` decodes each image once.
 from __future__ import annotations
 
 import codecs
+import io
 import logging
 import re
 from collections import Counter
@@ -198,6 +199,7 @@ def _any_or(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 def _encoding(value: Any) -> str:
     try:
+        io.TextIOWrapper(io.BytesIO(), encoding=str(value).strip())  # as open() does: refuses base64, rot13
         return codecs.lookup(str(value).strip()).name
     except LookupError:
         raise ValueError("a text encoding Python knows, such as utf-8, latin-1 or cp1252") from None
@@ -362,18 +364,42 @@ def _load_folder(root: Path) -> DatasetIndex:
 
 # ---------------------------------------------------------------- CSV layouts
 
+# Longest first: a UTF-32 LE mark begins with the UTF-16 LE one.
+BYTE_ORDER_MARKS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+                    (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def _not_text(path: Path, encoding: str) -> str:
+    """Why `path` does not decode with `encoding`, and which encoding to pass instead."""
+    data = path.read_bytes()
+    marked = next((name for mark, name in BYTE_ORDER_MARKS if data.startswith(mark)), None)
+    if marked and _decodes(data, marked):
+        return (f"{path}: is not {encoding} text: it starts with a {marked.removesuffix('-sig').upper()} byte order "
+                f"mark; pass --dataset-option encoding={marked}")
+    if _decodes(data, "utf-8"):
+        return f"{path}: is not {encoding} text but UTF-8; pass --dataset-option encoding=utf-8 (the default)"
+    try:
+        data.decode(encoding)  # pandas decodes in chunks: find the byte's place in the whole file
+        place = f"{path}: is not {encoding} text"
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        place = f"{path}: line {line} is not {encoding} text (byte {data[error.start]:#04x})"
+    return f"{place}; pass the file's encoding, e.g. --dataset-option encoding=latin-1"
+
+
+def _decodes(data: bytes, encoding: str) -> bool:
+    try:
+        data.decode(encoding)
+    except UnicodeError:
+        return False
+    return True
+
+
 def _read_csv(path: Path, required: list[str], encoding: str = "utf-8") -> pd.DataFrame:
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding)
-    except UnicodeDecodeError as error:
-        data = path.read_bytes()
-        try:
-            data.decode(encoding)  # pandas decodes in chunks: find the byte's place in the whole file
-        except UnicodeDecodeError as whole:
-            error = whole
-        line = data[:error.start].count(b"\n") + 1
-        raise CxrError(f"{path}: line {line} is not {encoding} text (byte {error.object[error.start]:#04x}); pass "
-                       "the file's encoding, e.g. --dataset-option encoding=latin-1") from error
+    except UnicodeError as error:  # UTF-16 without a byte order mark raises a plain UnicodeError
+        raise CxrError(_not_text(path, encoding)) from error
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise CxrError(f"{path}: cannot read CSV ({error}); check that it is a CSV file with a header row") from error
     missing = [column for column in required if column not in table.columns]

@@ -535,6 +535,29 @@ def test_a_latin1_csv_is_refused_naming_the_line_and_the_option(make_csv_dataset
     assert "neumonía" in index.classes and len(index.frame) == 24
 
 
+def test_an_encoding_that_is_not_a_text_encoding_is_refused_naming_the_option() -> None:
+    for codec in ("base64", "rot13"):
+        with pytest.raises(CxrError, match=rf"encoding={codec}: dataset 'csv' wants a text encoding"):
+            parse_dataset_options([f"encoding={codec}"], ["csv"])
+
+
+def test_a_utf16_csv_read_as_utf8_is_told_to_pass_utf16(make_csv_dataset) -> None:
+    csv_path = make_csv_dataset()
+    csv_path.write_text(csv_path.read_text(), encoding="utf-16")
+    with pytest.raises(CxrError, match=r"labels.csv: is not utf-8 text: it starts with a UTF-16 byte order mark; "
+                                       r"pass --dataset-option encoding=utf-16"):
+        load_dataset("csv", csv_path)
+    assert len(load_dataset("csv", csv_path, encoding="utf-16").frame) == 24
+
+
+def test_a_utf8_file_read_as_utf16_is_told_it_is_utf8(make_csv_dataset, make_chestxray) -> None:
+    refused = r"is not utf-16 text but UTF-8; pass --dataset-option encoding=utf-8"
+    with pytest.raises(CxrError, match=rf"labels.csv: {refused}"):
+        load_dataset("csv", make_csv_dataset(), encoding="utf-16")
+    with pytest.raises(CxrError, match=rf"metadata.csv: {refused}"):
+        load_dataset("covid-chestxray", make_chestxray(), encoding="utf-16")
+
+
 def test_blank_patient_ids_are_their_own_patients(make_csv_dataset, caplog: pytest.LogCaptureFixture) -> None:
     csv_path = make_csv_dataset()
     text = csv_path.read_text().replace(",patient-00\n", ",\n")  # patient-00's two images lose their id
