@@ -261,11 +261,12 @@ def parse_dataset_options(items: list[str] | None, targets: list[str] | dict[str
 
     `targets`: the datasets of the run, or a mapping of names (study.analyze's external sets) to the
     dataset each is read as. Without a TARGET: prefix an option applies to the only target, or to
-    every target whose loader takes it.
+    every target whose loader takes it. A key given twice for one target must have the same value.
     """
     loaders = dict(targets) if isinstance(targets, dict) else {name: name for name in targets}
     names = ", ".join(loaders) or "none"
     options: dict[str, dict[str, Any]] = {}
+    given_by: dict[tuple[str, str], str] = {}  # (target, key) -> the flag that set it
     for item in items or []:
         target, colon, assignment = item.partition(":") if ":" in item.partition("=")[0] else ("", "", item)
         key, equals, value = assignment.partition("=")
@@ -282,7 +283,12 @@ def parse_dataset_options(items: list[str] | None, targets: list[str] | dict[str
             if not chosen:
                 raise CxrError(f"--dataset-option {item!r}: no dataset of this run ({names}) takes {key!r}")
         for name in chosen:
-            options.setdefault(name, {}).update(check_dataset_options(loaders[name], {key: value}))
+            checked = check_dataset_options(loaders[name], {key: value})[key]
+            earlier = given_by.setdefault((name, key), item)
+            if earlier != item and options[name][key] != checked:
+                raise CxrError(f"--dataset-option {earlier!r} and {item!r} give {name}'s {key!r} two values: keep "
+                               "the one meant")
+            options.setdefault(name, {})[key] = checked
     return options
 
 

@@ -515,6 +515,17 @@ def test_dataset_options_from_the_command_line() -> None:
         parse_dataset_options(["encoding=klingon"], ["csv"])
 
 
+def test_a_dataset_option_given_twice_with_two_values_is_refused() -> None:
+    with pytest.raises(CxrError, match=r"'label_column=a' and 'label_column=b' give csv's 'label_column' two values"):
+        parse_dataset_options(["label_column=a", "label_column=b"], ["csv"])
+    both = ["covid-chestxray-3class", "csv"]
+    with pytest.raises(CxrError, match=r"'encoding=latin-1' and 'csv:encoding=utf-8' give csv's 'encoding' two"):
+        parse_dataset_options(["encoding=latin-1", "csv:encoding=utf-8"], both)
+    same = parse_dataset_options(["encoding=latin-1", "csv:encoding=iso-8859-1", "label_column=a", "label_column=a"],
+                                 both)
+    assert same["csv"] == {"encoding": "iso8859-1", "label_column": "a"}
+
+
 def test_views_option_keeps_the_views_named(make_chestxray) -> None:
     root = make_chestxray()
     lateral_too = load_dataset("covid-chestxray-3class", root, views="PA,AP,AP Supine,AP semi erect,L")
