@@ -14,6 +14,7 @@ other sources as usual.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import re
 import warnings
@@ -168,16 +169,51 @@ def save_split(split: pd.DataFrame, path: str | Path) -> None:
     split.to_csv(path, index=False)
 
 
-def load_split(path: str | Path) -> pd.DataFrame:
+SPLIT_FILE_COLUMNS = ("relpath", "patient", "sha1", "split")  # and stratum, in files written by save_split
+
+
+def load_split(path: str | Path, remedy: str = "restore the file, or make the split again") -> pd.DataFrame:
+    """The split saved at `path` (parse_split's checks); `remedy` says what to do if it is refused."""
     path = Path(path)
+    if path.is_dir():
+        raise CxrError(f"{path}: is a folder, not a split file; name a file in it (e.g. {path / 'split.csv'})")
     try:
-        split = pd.read_csv(path, dtype=str, keep_default_na=False)
+        data = path.read_bytes()
     except OSError as error:
         raise CxrError(f"{path}: cannot read split file ({error})") from error
-    missing = {"relpath", "patient", "sha1", "split"} - set(split.columns)
+    return parse_split(data, path, remedy)
+
+
+def parse_split(data: bytes, name: str | Path, remedy: str) -> pd.DataFrame:
+    """A split file's content (`data`, from the file `name`), refused with CxrError naming the file, what is
+    wrong with it and `remedy` where it is empty, cut short, not a split file, names a part other than
+    train/val/test/heldout, lacks train, val or test images, or leaks."""
+    if not data.strip():
+        raise CxrError(f"{name}: the split file is empty; {remedy}")
+    try:
+        split = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+    except (ValueError, pd.errors.ParserError) as error:  # UnicodeDecodeError is a ValueError
+        raise CxrError(f"{name}: not a split file ({str(error).splitlines()[0]}); {remedy}") from error
+    missing = set(SPLIT_FILE_COLUMNS) - set(split.columns)
     if missing:
-        raise CxrError(f"{path}: not a split file, missing columns {sorted(missing)}")
-    check_leakage(split)
+        raise CxrError(f"{name}: not a split file, missing columns {sorted(missing)}; {remedy}")
+    if not data.endswith(b"\n"):  # save_split ends every line, the last one too
+        raise CxrError(f"{name}: the split file looks cut short (its last line is incomplete: "
+                       f"{data.splitlines()[-1][-60:].decode(errors='replace')!r}); {remedy}")
+    parts = split["split"].value_counts()
+    unknown = [part for part in parts.index if part not in (*SPLITS, HELDOUT)]
+    if unknown:
+        first = int(np.flatnonzero(split["split"].isin(unknown))[0]) + 2
+        raise CxrError(f"{name}: lists split names other than {', '.join((*SPLITS, HELDOUT))}: "
+                       f"{', '.join(f'{part!r} ({parts[part]} rows)' for part in unknown)}, first on line {first}; "
+                       f"{remedy}")
+    lacking = [part for part in SPLITS if part not in parts.index]
+    if lacking:
+        raise CxrError(f"{name}: lists no {' and no '.join(lacking)} image (it has {describe(split) or 'no rows'}); {remedy}")
+    try:
+        check_leakage(split)
+    except CxrError as error:
+        raise CxrError(f"{name}: {error}") from None
     return split
 
 

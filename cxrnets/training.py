@@ -118,8 +118,9 @@ def prepare_data(config: TrainConfig, split: pd.DataFrame | None = None) -> Prep
     split_file = Path(config.split_file) if config.split_file else None
     if split is not None:
         split = align_split(split, frame, Path("<the study's split>"))
-    elif split_file and split_file.is_file():
-        split = align_split(load_split(split_file), frame, split_file)
+    elif split_file and split_file.exists():
+        remedy = "pass another --split-file, or delete this one to make the split again from --seed"
+        split = align_split(load_split(split_file, remedy), frame, split_file)
     else:
         split = make_split(frame, index.stratum(), config.val_fraction, config.test_fraction, config.seed)
         if split_file:
@@ -139,6 +140,12 @@ def align_split(split: pd.DataFrame, frame: pd.DataFrame, path: Path) -> pd.Data
     by_path = split.drop_duplicates("relpath", keep="first").set_index("relpath")
     missing = frame.loc[~frame["relpath"].isin(by_path.index), "relpath"]
     gone = by_path.index[~by_path.index.isin(frame["relpath"])]
+    if len(missing) and list(by_path.index) == list(frame["relpath"][:len(by_path)]):  # saved in the data's order
+        raise CxrError(
+            f"{path}: lists only the first {len(by_path)} of the data's {len(frame)} images, and then stops: the file "
+            f"looks cut short (or images were added after them since the split was made: {len(missing)}, e.g. "
+            f"{list(missing[:3])}); restore the file, or start a new study for the new data"
+        )
     if len(missing) or len(gone):
         raise SplitMismatch(
             f"{path}: the dataset changed since this split was made ({len(missing)} new images, e.g. "

@@ -309,9 +309,14 @@ def check_split_digest(settings: StudySettings, dataset: str, split, uri: str) -
 
 
 def read_split(uri: str):
-    """A study's saved split (a DataFrame); CxrError naming the file if it is missing."""
+    """A study's saved split (a DataFrame), checked as cxrnets.splits.parse_split checks a split file;
+    CxrError naming the file if it is missing or damaged."""
+    from cxrnets.splits import parse_split  # loads scikit-learn: kept out of study.run --help
+
+    remedy = "it is part of the study and cannot be remade safely: restore the file (from a copy of the study), " \
+             "or start a new study"
     try:
-        return storage.read_csv(uri, dtype=str, keep_default_na=False)
+        data = storage.read_bytes(uri)
     except FileNotFoundError as error:
-        raise CxrError(f"{uri}: the study's split is missing; it is part of the study and cannot be remade "
-                       "safely: restore the file (from a copy of the study), or start a new study") from error
+        raise CxrError(f"{uri}: the study's split is missing; {remedy}") from error
+    return parse_split(data, uri, remedy)

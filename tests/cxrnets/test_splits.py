@@ -207,6 +207,28 @@ def test_load_split_bad_files(tmp_path: Path) -> None:
         load_split(path)
 
 
+def test_load_split_refuses_a_damaged_file_saying_what_is_wrong(tmp_path: Path) -> None:
+    path = tmp_path / "split.csv"
+    save_split(hand_made_split(), path)
+    whole = path.read_text()
+    damaged = {
+        "": r"split.csv: the split file is empty",
+        whole[:-8]: r"split.csv: the split file looks cut short \(its last line is incomplete: 'd.png,p4,s4'\)",
+        whole.replace(",val\n", ",validation\n"): r"split.csv: lists split names other than train, val, test, "
+                                                    r"heldout: 'validation' \(1 rows\), first on line 4",
+        whole.replace(",val\n", ",train\n"): r"split.csv: lists no val image \(it has train 3 images/3 patients, "
+                                               r"test 1 images/1 patients\)",
+    }
+    for text, refused in damaged.items():
+        path.write_text(text)
+        with pytest.raises(CxrError, match=refused + r".*; delete it"):
+            load_split(path, remedy="delete it")
+    folder = tmp_path / "study"
+    folder.mkdir()
+    with pytest.raises(CxrError, match=r"study: is a folder, not a split file; name a file in it"):
+        load_split(folder)
+
+
 @pytest.mark.parametrize("val, test", [(0, 0.15), (0.15, 0), (-0.1, 0.15), (0.5, 0.5), (0.7, 0.4), (1.0, 0.1)])
 def test_bad_fractions(three_classes: DatasetIndex, val: float, test: float) -> None:
     with pytest.raises(CxrError, match="split fractions"):

@@ -208,7 +208,7 @@ def test_prepare_data_refuses_a_split_of_other_images(make_folder, tmp_path: Pat
     config = TrainConfig(dataset="folder", data_root=str(root), model="resnet50", image_size=16,
                          cache_dir=str(tmp_path / "cache"), split_file=str(split_file))
     prepare_data(config)
-    write_image(root / "sick" / "new-one.png", "L", 190, seed=4242)
+    write_image(root / "healthy" / "new-one.png", "L", 60, seed=4242)  # among the images listed: not a cut file
     with pytest.raises(CxrError, match=r"dataset changed since this split was made \(1 new images.*new-one.png"):
         prepare_data(config)
 
@@ -233,6 +233,32 @@ def test_split_file_with_an_image_listed_twice(make_chestxray, tmp_path: Path) -
     before.to_csv(split_file, index=False)
     third = prepare_data(config)
     pd.testing.assert_frame_equal(third.split.astype(str), first.split.astype(str))
+
+
+@pytest.mark.parametrize("damage, refused", [
+    ("empty", "the split file is empty; pass another --split-file, or delete this one"),
+    ("a folder", "is a folder, not a split file"),
+    ("other names", "lists split names other than train, val, test, heldout: 'holdout'"),
+    ("cut in a line", "the split file looks cut short (its last line is incomplete"),
+    ("cut between lines", "lists only the first 12 of the data's 16 images, and then stops: the file looks cut short"),
+])
+def test_cli_refuses_a_damaged_split_file(tiny_folder: Path, tmp_path: Path, capsys, damage: str, refused: str) -> None:
+    split_file = tmp_path / "split.csv"
+    prepare_data(tiny_config(tiny_folder, tmp_path / "cache", split_file=str(split_file)))
+    text = split_file.read_text()
+    if damage == "a folder":
+        split_file.unlink()
+        split_file.mkdir()
+    else:
+        split_file.write_text({"empty": "", "other names": text.replace(",test\n", ",holdout\n"),
+                               "cut in a line": text[:-10],
+                               "cut between lines": "".join(text.splitlines(keepends=True)[:13])}[damage])
+    out = tmp_path / "run"
+    assert main(["--dataset", "folder", "--data-root", str(tiny_folder), "--image-size", "32", "--cache-dir",
+                 str(tmp_path / "cache"), "--split-file", str(split_file), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {split_file}: ") and refused in err, err
+    assert not out.exists()
 
 
 def test_align_split_orders_like_the_data() -> None:

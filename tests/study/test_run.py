@@ -374,6 +374,24 @@ def test_resume_of_a_study_whose_split_was_edited(tmp_path, capsys, tiny_data, c
     assert capsys.readouterr().err.startswith(f"error: {path} was edited since the study made it")
 
 
+def test_resume_of_a_study_whose_split_was_cut_short(tmp_path, capsys, tiny_data, cache_dir, monkeypatch):
+    """The study reads its split with cxrnets.splits' checks: a split file cut in a line is named as such."""
+    import study.driver
+    from study.settings import save_settings
+
+    space = write_space(tmp_path / "space.yaml", GOOD_SPACE)
+    settings = settings_from_args(build_parser().parse_args(
+        study_argv(space, tmp_path / "studies", "cut", tiny_data, cache_dir, "--image-size", "32")))
+    study.driver.prepare_splits(settings, resume=False)
+    save_settings(settings)
+    path = Path(settings.study_uri) / "splits" / "folder.csv"
+    path.write_bytes(path.read_bytes()[:-10])
+    monkeypatch.setattr(study.driver, "connect", lambda *a, **k: pytest.fail("Ray started"))
+    assert main(["--resume", settings.study_uri]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {path}: the split file looks cut short (its last line is "
+                                              "incomplete")
+
+
 @pytest.mark.parametrize("damage", ["missing", "corrupt", "another study's"])
 def test_resume_of_a_study_whose_optuna_storage_cannot_be_continued(tmp_path, capsys, tiny_data, cache_dir,
                                                                      monkeypatch, damage):
