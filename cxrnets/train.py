@@ -25,6 +25,8 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cxrnets.config import TrainConfig
 from cxrnets.data import DATASET_NAMES, dataset_options_help, parse_dataset_options
 from cxrnets.errors import CxrError, DivergedError
@@ -131,6 +133,23 @@ def check_same_split(checkpoint: dict[str, Any], digest: str, out: Path) -> None
                        "held out; start a new run with another --out, or restore the data it trained on")
 
 
+def warn_of_absent_classes(run) -> None:
+    """Warn of a class with no image on the validation or test split: the macro averages (cxrnets.metrics) count
+    it as 0 in precision, recall and F1, and leave it out of the ROC AUC, which is nan where no class has one."""
+    for part, name in (("val", "validation"), ("test", "test")):
+        targets = run.data.targets[run.data.rows(part)]
+        counts = targets.sum(axis=0) if run.multilabel else np.bincount(targets, minlength=len(run.classes))
+        absent = [run.classes[k] for k in np.flatnonzero(counts == 0)]
+        if not absent:
+            continue
+        # A class's one-vs-rest ROC AUC needs images of it and images without it.
+        ranked = ((counts > 0) & (counts < len(targets))).sum() if run.multilabel else (counts > 0).sum() > 1
+        log.warning("no %s image of %s: %s/precision_macro, recall_macro and f1_macro count %s as 0, and %s", name,
+                    ", ".join(absent), part, "it" if len(absent) == 1 else "them",
+                    f"{part}/roc_auc_macro averages the other classes only" if ranked else
+                    f"{part}/roc_auc_macro is nan: no class there has images of it and images without it")
+
+
 def recorded_epoch(line: str) -> float:
     """The epoch of a metrics.jsonl line; infinite for a line cut short by an interruption."""
     try:
@@ -177,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     log.info("%s on %s (%s), %d classes: %s", config.model, config.dataset, run.device, len(run.classes),
              ", ".join(run.classes))
+    warn_of_absent_classes(run)
     if checkpoint is not None:
         run.restore(checkpoint)
         drop_epochs_after(history, run.epoch)

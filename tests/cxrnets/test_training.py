@@ -261,6 +261,23 @@ def test_cli_refuses_a_damaged_split_file(tiny_folder: Path, tmp_path: Path, cap
     assert not out.exists()
 
 
+def test_cli_says_why_a_class_without_validation_images_gives_a_nan_roc_auc(tiny_folder: Path, tmp_path: Path,
+                                                                            caplog) -> None:
+    split_file = tmp_path / "split.csv"
+    prepare_data(tiny_config(tiny_folder, tmp_path / "cache", split_file=str(split_file)))
+    split = pd.read_csv(split_file, dtype=str, keep_default_na=False)
+    split.loc[(split["split"] == "val") & (split["stratum"] == "bright"), "split"] = "train"
+    split.to_csv(split_file, index=False)
+    with caplog.at_level(logging.INFO, logger="cxrnets.train"):
+        assert main(["--dataset", "folder", "--data-root", str(tiny_folder), "--image-size", "32", "--epochs", "1",
+                     "--cache-dir", str(tmp_path / "cache"), "--split-file", str(split_file),
+                     "--out", str(tmp_path / "run")]) == 0
+    assert "roc_auc_macro nan" in caplog.text
+    assert ("no validation image of bright: val/precision_macro, recall_macro and f1_macro count it as 0, and "
+            "val/roc_auc_macro is nan: no class there has images of it and images without it") in caplog.text
+    assert "no test image" not in caplog.text
+
+
 def test_align_split_orders_like_the_data() -> None:
     frame = pd.DataFrame({"relpath": ["a", "b", "c"], "patient": ["1", "2", "3"], "sha1": ["x", "y", "z"]})
     split = frame.iloc[::-1].assign(stratum="s", split=["test", "val", "train"])
