@@ -209,7 +209,8 @@ def parse_split(data: bytes, name: str | Path, remedy: str) -> pd.DataFrame:
                        f"{remedy}")
     lacking = [part for part in SPLITS if part not in parts.index]
     if lacking:
-        raise CxrError(f"{name}: lists no {' and no '.join(lacking)} image (it has {describe(split) or 'no rows'}); {remedy}")
+        raise CxrError(f"{name}: lists no {' and no '.join(lacking)} image (it has {describe(split) or 'no rows'}); "
+                       f"{remedy}")
     try:
         check_leakage(split)
     except CxrError as error:

@@ -141,7 +141,7 @@ def align_split(split: pd.DataFrame, frame: pd.DataFrame, path: Path) -> pd.Data
     missing = frame.loc[~frame["relpath"].isin(by_path.index), "relpath"]
     gone = by_path.index[~by_path.index.isin(frame["relpath"])]
     if len(missing) and list(by_path.index) == list(frame["relpath"][:len(by_path)]):  # saved in the data's order
-        raise CxrError(
+        raise SplitMismatch(
             f"{path}: lists only the first {len(by_path)} of the data's {len(frame)} images, and then stops: the file "
             f"looks cut short (or images were added after them since the split was made: {len(missing)}, e.g. "
             f"{list(missing[:3])}); restore the file, or start a new study for the new data"
