@@ -126,31 +126,49 @@ def parse_externals(items: list[str] | None, option_items: list[str] | None) -> 
 
 
 def parse_label_map(items: list[str] | None) -> dict[str, str]:
-    """`--label-map` flags: YAML files of `external label: study class`, or inline `EXTERNAL=STUDY`."""
-    import yaml
-
+    """`--label-map` flags: YAML files of `external label: study class`, or inline `EXTERNAL=STUDY`. An
+    external label mapped to two classes (in one file, or by two flags) is refused."""
     mapping: dict[str, str] = {}
+    given_by: dict[str, str] = {}  # external label -> where it was mapped
     for item in items or []:
         path = Path(item).expanduser()
         if path.suffix.lower() in (".yaml", ".yml", ".json") or path.is_file():
-            try:
-                # Every key and value as written: YAML 1.1 would read labels such as no, yes, on and off as booleans
-                document = yaml.load(path.read_text(), Loader=yaml.BaseLoader)
-            except OSError as error:
-                raise CxrError(f"--label-map {item}: cannot read it ({error.strerror}); pass a YAML file of "
-                               "'external label: study class' lines, or EXTERNAL=STUDY") from error
-            except yaml.YAMLError as error:
-                raise CxrError(f"--label-map {item}: not YAML ({str(error).splitlines()[0]})") from error
-            if not isinstance(document, dict):
-                raise CxrError(f"--label-map {item}: holds no mapping; write one 'external label: study class' per line")
-            mapping.update({str(key).strip(): str(value).strip() for key, value in document.items()})
-            continue
-        external, equals, study = item.partition("=")
-        if not (equals and external.strip() and study.strip()):
-            raise CxrError(f"--label-map {item!r}: write EXTERNAL=STUDY (e.g. \"No finding=No Finding\") or name "
-                           "a YAML file")
-        mapping[external.strip()] = study.strip()
+            pairs = read_label_map_file(path, item)
+        else:
+            external, equals, study = item.partition("=")
+            if not (equals and external.strip() and study.strip()):
+                raise CxrError(f"--label-map {item!r}: write EXTERNAL=STUDY (e.g. \"No finding=No Finding\") or "
+                               "name a YAML file")
+            pairs = [(external.strip(), study.strip(), f"--label-map {item!r}")]
+        for external, study, where in pairs:
+            if external in mapping and mapping[external] != study:
+                raise CxrError(f"{given_by[external]} maps {external!r} to {mapping[external]!r} and {where} to "
+                               f"{study!r}: keep the one meant")
+            mapping[external], given_by[external] = study, where
     return mapping
+
+
+def read_label_map_file(path: Path, item: str) -> list[tuple[str, str, str]]:
+    """A --label-map YAML file's (external label, study class, where) lines, every key and value as text."""
+    import yaml
+
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+        # BaseLoader: every key and value as written (YAML 1.1 reads labels such as no, yes, on and off as booleans)
+        document = yaml.compose(text, Loader=yaml.BaseLoader)
+    except OSError as error:
+        raise CxrError(f"--label-map {item}: cannot read it ({error.strerror}); pass a YAML file of "
+                       "'external label: study class' lines, or EXTERNAL=STUDY") from error
+    except UnicodeDecodeError as error:
+        raise CxrError(f"--label-map {item}: not UTF-8 (byte {error.object[error.start]:#04x}); save it as UTF-8") \
+            from error
+    except yaml.YAMLError as error:
+        raise CxrError(f"--label-map {item}: not YAML ({str(error).splitlines()[0]})") from error
+    if not isinstance(document, yaml.MappingNode) or not all(
+            isinstance(key, yaml.ScalarNode) and isinstance(value, yaml.ScalarNode) for key, value in document.value):
+        raise CxrError(f"--label-map {item}: holds no mapping; write one 'external label: study class' per line")
+    return [(key.value.strip(), value.value.strip(), f"--label-map {item} (line {key.start_mark.line + 1})")
+            for key, value in document.value]
 
 
 def check_label_map(label_map: dict[str, str], classes: list[str]) -> None:

@@ -251,6 +251,26 @@ def test_label_map_from_a_yaml_file(tmp_path):
     assert parse_label_map([str(answers)]) == {"no": "No Finding", "yes": "COVID-19", "On": "Other pneumonia"}
 
 
+def test_a_label_mapped_twice_or_a_label_map_not_in_utf8_is_refused(tmp_path):
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("COVID: COVID-19\nNormal: No Finding\nCOVID: Other pneumonia\n")
+    with pytest.raises(CxrError, match=r"twice.yaml \(line 1\) maps 'COVID' to 'COVID-19' and --label-map "
+                                       r".*twice.yaml \(line 3\) to 'Other pneumonia': keep the one meant"):
+        parse_label_map([str(twice)])
+    with pytest.raises(CxrError, match=r"--label-map 'Normal=No Finding' maps 'Normal' to 'No Finding' and "
+                                       r"--label-map 'Normal=COVID-19' to 'COVID-19'"):
+        parse_label_map(["Normal=No Finding", "Normal=COVID-19"])
+    assert parse_label_map(["Normal=No Finding", "Normal=No Finding"]) == {"Normal": "No Finding"}
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("Neumonía: Other pneumonia\n".encode("latin-1"))
+    with pytest.raises(CxrError, match=r"--label-map .*latin.yaml: not UTF-8 \(byte 0xed\); save it as UTF-8"):
+        parse_label_map([str(latin)])
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("COVID: [COVID-19]\n")
+    with pytest.raises(CxrError, match="holds no mapping"):
+        parse_label_map([str(nested)])
+
+
 # ------------------------------------------------------------------ held-out sources
 
 
