@@ -105,11 +105,13 @@ class PreparedData:
         return np.flatnonzero(self.split["split"].to_numpy() == name)
 
 
-def prepare_data(config: TrainConfig, split: pd.DataFrame | None = None) -> PreparedData:
+def prepare_data(config: TrainConfig, split: pd.DataFrame | None = None,
+                 split_source: str = "the given split") -> PreparedData:
     """Index the dataset, decode it once into the cache, and make or reuse its split.
 
     A given `split` (the study makes one and hands it to every trial) or an
     existing `config.split_file` is reused; it must still match the data.
+    `split_source` names the given split in errors: the file it was read from.
     """
     index = load_dataset(config.dataset, config.data_root, **config.dataset_options)
     cache = build_cache(index, config.image_size, config.cache_dir)
@@ -117,7 +119,7 @@ def prepare_data(config: TrainConfig, split: pd.DataFrame | None = None) -> Prep
     frame = index.frame.assign(sha1=cache.sha1)
     split_file = Path(config.split_file) if config.split_file else None
     if split is not None:
-        split = align_split(split, frame, Path("<the study's split>"))
+        split = align_split(split, frame, split_source)
     elif split_file and split_file.exists():
         remedy = "pass another --split-file, or delete this one to make the split again from --seed"
         split = align_split(load_split(split_file, remedy), frame, split_file)
@@ -129,9 +131,9 @@ def prepare_data(config: TrainConfig, split: pd.DataFrame | None = None) -> Prep
     return PreparedData(index, cache.images, index.targets(), split)
 
 
-def align_split(split: pd.DataFrame, frame: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """Order a saved split like `frame` (one row per image), refusing if the images it names changed or went
-    missing.
+def align_split(split: pd.DataFrame, frame: pd.DataFrame, path: str | Path) -> pd.DataFrame:
+    """Order a saved split like `frame` (one row per image), refusing, naming `path` (the split's file or URI), if
+    the images it names changed or went missing.
 
     A split made before cxrnets.data kept each image once lists a few of dataset 3's images twice (on two
     metadata rows, under two patient ids, on one side of the split: the same file): its first listing of

@@ -106,7 +106,7 @@ def prepare_splits(settings: StudySettings, resume: bool) -> dict[str, pd.DataFr
         if resume:
             saved = read_split(uri)
             check_split_digest(settings, dataset, saved, uri)
-            split = align_split(saved, frame, Path(uri))
+            split = align_split(saved, frame, uri)
         else:
             split = make_split(frame, cache.index.stratum(), settings.val_fraction, settings.test_fraction,
                                settings.seed)

@@ -97,7 +97,7 @@ def _prepared_data(config: TrainConfig, split: pd.DataFrame) -> PreparedData:
     key = (config.dataset, config.data_root, config.image_size, config.cache_dir,
            tuple(sorted((k, str(v)) for k, v in config.dataset_options.items())))
     if key not in _PREPARED:
-        _PREPARED[key] = prepare_data(config, split=split)
+        _PREPARED[key] = prepare_data(config, split=split, split_source=f"the study's split of {config.dataset}")
     return _PREPARED[key]
 
 

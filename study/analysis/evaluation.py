@@ -110,10 +110,10 @@ class StudyData:
             raise AnalysisRefused(f"dataset {config.dataset}: no data at {config.data_root} on this machine; pass "
                                   f"--data-root {config.dataset}=PATH")
         try:
-            data = prepare_data(config, split=saved)
-        except SplitMismatch as error:
-            raise AnalysisRefused(f"refusing to evaluate: {uri} no longer matches the data at "
-                                  f"{config.data_root}: {error}") from error
+            data = prepare_data(config, split=saved, split_source=uri)
+        except SplitMismatch as error:  # the error names the split's file
+            raise AnalysisRefused(f"refusing to evaluate: the data at {config.data_root} no longer matches the "
+                                  f"study's split: {error}") from error
         except CxrError as error:  # not the split: the data or the cache, which the error names
             raise AnalysisRefused(str(error)) from error
         self.check_split_unedited(config, uri, saved, data)

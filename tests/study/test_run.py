@@ -392,6 +392,22 @@ def test_resume_of_a_study_whose_split_was_cut_short(tmp_path, capsys, tiny_data
                                               "incomplete")
 
 
+def test_resume_of_a_study_in_a_bucket_whose_data_changed_names_the_split_object(tmp_path, s3_bucket, cache_dir):
+    """The resume checks the saved split against the data before Ray: the error names the split by its URI."""
+    import study.driver
+
+    data = build_tiny_folder(tmp_path / "data", per_class=8)
+    space = write_space(tmp_path / "space.yaml", GOOD_SPACE)
+    settings = settings_from_args(build_parser().parse_args(
+        study_argv(space, tmp_path, "changed", data, cache_dir, "--image-size", "32", "--storage", s3_bucket)))
+    study.driver.prepare_splits(settings, resume=False)
+    shutil.copy(data / "normal" / "normal-00.png", data / "normal" / "normal-extra.png")
+    with pytest.raises(CxrError) as refused:
+        study.driver.prepare_splits(settings, resume=True)
+    assert str(refused.value).startswith(f"{s3_bucket}/changed/splits/folder.csv: the dataset changed since this "
+                                         "split was made (1 new images")
+
+
 @pytest.mark.parametrize("damage", ["missing", "corrupt", "another study's"])
 def test_resume_of_a_study_whose_optuna_storage_cannot_be_continued(tmp_path, capsys, tiny_data, cache_dir,
                                                                      monkeypatch, damage):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from cxrnets.config import TrainConfig
+from cxrnets.training import SPLIT_COLUMNS, prepare_data
 from study import storage
-from study.analysis.evaluation import StudyData
+from study.analysis.evaluation import AnalysisRefused, StudyData
 
 
 def study_data(cache) -> StudyData:
@@ -40,3 +43,20 @@ def test_local_weights_are_not_copied(tmp_path):
     data = study_data(tmp_path / "cache")
     data.prefetch([str(weights)])
     assert data.fetch(str(weights)) == weights and data.downloaded_bytes == 0
+
+
+def test_a_split_the_data_no_longer_matches_is_refused_naming_its_file_once(make_folder, tmp_path):
+    data_root = make_folder(tmp_path / "data", per_class=12)
+    config = TrainConfig(dataset="folder", data_root=str(data_root), image_size=16, cache_dir=str(tmp_path / "cache"))
+    split = Path(storage.join(str(tmp_path / "study"), "splits", "folder.csv"))
+    split.parent.mkdir(parents=True)
+    prepare_data(config).split[SPLIT_COLUMNS].to_csv(split, index=False)
+    (data_root / "sick" / "img-001.png").unlink()
+    data = StudyData(SimpleNamespace(uri=str(tmp_path / "study"), settings=SimpleNamespace(
+        data_roots={"folder": str(data_root)}, cache_dir=str(tmp_path / "cache"), split_digests={})))
+    with pytest.raises(AnalysisRefused) as refused:
+        data.prepare(config)
+    assert str(refused.value).startswith(
+        f"refusing to evaluate: the data at {data_root} no longer matches the study's split: {split}: the dataset "
+        "changed since this split was made (0 new images, e.g. []; 1 gone, e.g. ['sick/img-001.png'])")
+    assert str(refused.value).count(str(split)) == 1
