@@ -74,18 +74,19 @@ def check_output_folder(folder: Path, option: str) -> None:
                 path.rmdir()
 
 
-def load_checkpoint(path: str | Path, required: tuple[str, ...] = TRAINED_MODEL_KEYS, mmap: bool = True
-                    ) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, required: tuple[str, ...] = TRAINED_MODEL_KEYS, mmap: bool = True,
+                    name: str | None = None) -> dict[str, Any]:
     """A checkpoint file (a study's best weights or a cxrnets.train checkpoint; local) loaded safely
     (weights_only, on the CPU; memory-mapped unless `mmap` is off) and checked for the `required` keys;
-    CxrError naming the file if it is unusable."""
+    CxrError naming the file (as `name` says, where `path` is a downloaded copy) if it is unusable."""
+    name = name or str(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... on a bad file
-        raise CxrError(f"{path}: not a readable checkpoint ({type(error).__name__}: {str(error)[:200]})") from error
+        raise CxrError(f"{name}: not a readable checkpoint ({type(error).__name__}: {str(error)[:200]})") from error
     missing = set(required) - set(checkpoint if isinstance(checkpoint, dict) else {})
     if missing:
-        raise CxrError(f"{path}: not a trained model's checkpoint (missing {sorted(missing)}); pass a study's "
+        raise CxrError(f"{name}: not a trained model's checkpoint (missing {sorted(missing)}); pass a study's "
                        "weights/<trial id>.pt or a checkpoint.pt of python -m cxrnets.train")
     return checkpoint
 

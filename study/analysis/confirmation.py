@@ -76,7 +76,7 @@ def evaluate_confirmation(study: Study, split: str, data: StudyData) -> Confirma
             confirmation.notes.append(f"seed run {run.job.name} ({run.trial_id}): no best weights; not evaluated")
             continue
         try:
-            run.evaluation = evaluate_checkpoint(data.fetch(best.uri), data, split, run.trial_id,
+            run.evaluation = evaluate_checkpoint(best.uri, data, split, run.trial_id,
                                                  trial_config=run.job.config)
         except AnalysisRefused:
             raise

@@ -185,30 +185,33 @@ class Evaluation:
     weights_file: str = ""  # the local file evaluated: the weights, or the download cache's copy of a bucket's
 
 
-def evaluate_checkpoint(path: str | Path, data: StudyData, split: str = "test", trial_id: str = "",
+def evaluate_checkpoint(weights_uri: str, data: StudyData, split: str = "test", trial_id: str = "",
                         trial_config: dict[str, Any] | None = None) -> Evaluation:
-    """Load a trial's weights (a local file) and evaluate them once on `split` of the study's split;
-    CxrError if unusable, or if the config they were trained with is not `trial_config` (the trial's, as
-    the study recorded it)."""
+    """Fetch a trial's weights (`weights_uri`: the study's file or bucket object) and evaluate them once on
+    `split` of the study's split; CxrError, naming `weights_uri`, if unusable, or if the config they were
+    trained with is not `trial_config` (the trial's, as the study recorded it); OSError if they cannot be
+    fetched."""
     from cxrnets.metrics import classification_metrics, majority_scores
     from cxrnets.splits import leakage_groups
     from cxrnets.training import TrainingRun
 
+    path = data.fetch(weights_uri)
     started = time.perf_counter()
-    checkpoint = load_checkpoint(path)
+    downloaded = f" (downloaded to {path})" if storage.is_remote(weights_uri) else ""
+    checkpoint = load_checkpoint(path, name=f"{weights_uri}{downloaded}")
     if trial_config is not None:
-        check_trained_config(path, checkpoint["config"], {"image_size": data.study.settings.image_size,
-                                                          **trial_config})
+        check_trained_config(weights_uri, checkpoint["config"], {"image_size": data.study.settings.image_size,
+                                                                 **trial_config})
     config = data.train_config(checkpoint)
     prepared = data.prepare(config)
     if list(checkpoint["classes"]) != list(prepared.index.classes):
-        raise CxrError(f"{path}: the checkpoint's classes {checkpoint['classes']} differ from the dataset's "
+        raise CxrError(f"{weights_uri}: the checkpoint's classes {checkpoint['classes']} differ from the dataset's "
                        f"{prepared.index.classes}")
     run = TrainingRun(config, prepared)
     try:
         run.model.load_state_dict(checkpoint["model"])
     except (RuntimeError, KeyError, TypeError) as error:
-        raise CxrError(f"{path}: the weights do not fit {config.model} ({str(error)[:200]})") from error
+        raise CxrError(f"{weights_uri}: the weights do not fit {config.model} ({str(error)[:200]})") from error
     metrics, y_true, scores = run.evaluate_split(split)
     multilabel, classes = bool(prepared.index.multilabel), list(prepared.index.classes)
     rows = prepared.rows(split)
@@ -221,13 +224,14 @@ def evaluate_checkpoint(path: str | Path, data: StudyData, split: str = "test", 
                       {f"{split}/{k}": v for k, v in baseline.items()}, images, str(path))
 
 
-def check_trained_config(path: str | Path, trained: dict[str, Any], recorded: dict[str, Any]) -> None:
-    """Refuse weights trained with another config than the trial's (`recorded`: its config as the study
-    recorded it), as when another trial's weights file was copied over the trial's."""
+def check_trained_config(weights_uri: str, trained: dict[str, Any], recorded: dict[str, Any]) -> None:
+    """Refuse weights (the study's file or bucket object at `weights_uri`) trained with another config than the
+    trial's (`recorded`: its config as the study recorded it), as when another trial's weights file was copied
+    over the trial's."""
     differing = [key for key, value in recorded.items()
                  if key in trained and key not in NODE_KEYS and not same_setting(trained[key], value)]
     if differing:
-        raise CxrError(f"{path}: not this trial's weights: trained with "
+        raise CxrError(f"{weights_uri}: not this trial's weights: trained with "
                        f"{', '.join(f'{key}={shown(trained[key])}' for key in differing)} where the study's results "
                        f"give the trial {', '.join(f'{key}={shown(recorded[key])}' for key in differing)}; was "
                        "another trial's weights file copied over it? Put the trial's own weights back, or delete "

@@ -156,7 +156,7 @@ def select_and_evaluate(analysis: Analysis, data: StudyData) -> None:
                      dataset, model, candidate.trial_id, candidate.trial_name, candidate.epoch, analysis.metric,
                      candidate.value, analysis.split)
             try:
-                evaluation = evaluate_checkpoint(data.fetch(candidate.weights.uri), data, analysis.split,
+                evaluation = evaluate_checkpoint(candidate.weights.uri, data, analysis.split,
                                                  candidate.trial_id, trial_config=candidate.config)
             except AnalysisRefused:
                 raise

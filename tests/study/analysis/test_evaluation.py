@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from cxrnets.config import TrainConfig
+from cxrnets.errors import CxrError
 from cxrnets.training import SPLIT_COLUMNS, prepare_data
 from study import storage
-from study.analysis.evaluation import AnalysisRefused, StudyData
+from study.analysis.evaluation import AnalysisRefused, StudyData, evaluate_checkpoint
 
 
 def study_data(cache) -> StudyData:
@@ -60,3 +63,28 @@ def test_a_split_the_data_no_longer_matches_is_refused_naming_its_file_once(make
         f"refusing to evaluate: the data at {data_root} no longer matches the study's split: {split}: the dataset "
         "changed since this split was made (0 new images, e.g. []; 1 gone, e.g. ['sick/img-001.png'])")
     assert str(refused.value).count(str(split)) == 1
+
+
+def test_weights_in_a_bucket_that_cannot_be_used_are_named_by_their_object_not_the_download(s3_bucket, tmp_path):
+    """The analysis notes a trial's unusable weights with the message; for a study in a bucket, it names the
+    object (what to restore or delete, with its .json sidecar), not this machine's downloaded copy."""
+    buffer = io.BytesIO()
+    torch.save({"model": {}, "epoch": 1, "config": {"lr": 0.1}, "classes": ["a", "b"], "multilabel": False}, buffer)
+    another_trials = storage.join(s3_bucket, "study", "weights", "t1.pt")
+    storage.write_bytes(another_trials, buffer.getvalue())
+    cut_short = storage.join(s3_bucket, "study", "weights", "t2.pt")
+    storage.write_bytes(cut_short, buffer.getvalue()[:100])
+    data = StudyData(SimpleNamespace(settings=SimpleNamespace(data_roots={}, cache_dir=str(tmp_path / "cache"),
+                                                              image_size=16)))
+    downloads = tmp_path / "cache" / "downloads"
+
+    with pytest.raises(CxrError) as refused:
+        evaluate_checkpoint(another_trials, data, trial_id="t1", trial_config={"lr": 0.01})
+    assert str(refused.value).startswith(f"{another_trials}: not this trial's weights: trained with lr=0.1 where "
+                                         "the study's results give the trial lr=0.01")
+    assert "delete this file and its .json sidecar" in str(refused.value) and str(downloads) not in str(refused.value)
+
+    with pytest.raises(CxrError) as refused:
+        evaluate_checkpoint(cut_short, data, trial_id="t2", trial_config={"lr": 0.1})
+    (copy,) = downloads.glob("*-t2.pt")
+    assert str(refused.value).startswith(f"{cut_short} (downloaded to {copy}): not a readable checkpoint (")
