@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -27,9 +26,9 @@ from cxrnets.data import DATASET_NAMES, SAMPLE_ROOT, dataset_options_help, parse
 from cxrnets.errors import CxrError
 from cxrnets.names import check_image_size, check_seed
 from study import storage
-from study.settings import (ASHA_FORMS, CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DEFAULTS, LOWEST, METRICS, TIE_BREAK,
-                            StudySettings, check_metric_reported, check_space_study, load_settings, metric_mode,
-                            parse_data_roots, parse_keep, relocate, settings_uri)
+from study.settings import (ASHA_FORMS, CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DEFAULTS, METRICS, TIE_BREAK,
+                            StudySettings, check_metric_reported, check_setting_rules, check_space_study,
+                            load_settings, metric_mode, parse_data_roots, parse_keep, relocate, settings_uri)
 from study.space import load_space, read_space_file
 
 log = logging.getLogger("study.run")
@@ -197,32 +196,11 @@ def _data_roots(given: list[str] | None, datasets: list[str]) -> dict[str, str]:
 def validate(settings: StudySettings) -> None:
     """Every check that needs no Ray: run before Ray starts anything."""
     space = settings.search_space()
-    for key, lowest in LOWEST.items():
-        if getattr(settings, key) < lowest:
-            raise CxrError(f"--{key.replace('_', '-')} must be at least {lowest}, got {getattr(settings, key)}")
+    check_setting_rules(settings)
     check_seed(settings.seed)
-    if not (0 < settings.val_fraction < 1 and 0 < settings.test_fraction < 1
-            and settings.val_fraction + settings.test_fraction < 1):
-        raise CxrError(f"--val-fraction {settings.val_fraction:g} and --test-fraction {settings.test_fraction:g}: "
-                       "each must lie between 0 and 1, and together leave patients to train on (sum below 1)")
-    if settings.grace_period > settings.max_epochs:
-        raise CxrError(f"--grace-period {settings.grace_period} exceeds --max-epochs {settings.max_epochs} (where "
-                       f"not given, each comes from the study section of {settings.space_source})")
     check_metric_reported(settings.metric, list(settings.data_roots), "metric")
     if settings.tie_break:
         check_metric_reported(settings.tie_break, list(settings.data_roots), "--tie-break")
-    if not (math.isfinite(settings.cpus_per_trial) and math.isfinite(settings.gpus_per_trial)
-            and settings.cpus_per_trial > 0 and settings.gpus_per_trial >= 0):
-        raise CxrError("--cpus-per-trial must be positive and --gpus-per-trial non-negative")
-    if settings.gpus_per_trial > 1 and settings.gpus_per_trial != int(settings.gpus_per_trial):
-        raise CxrError(f"--gpus-per-trial {settings.gpus_per_trial}: above 1 it must be a whole number of GPUs")
-    if settings.max_concurrent is not None and settings.max_concurrent < 1:
-        raise CxrError("--max-concurrent must be at least 1")
-    if settings.max_failures < 0:
-        raise CxrError("--max-failures must be 0 or more")
-    if settings.checkpoint_every < 1 or not settings.checkpoint_minutes > 0:
-        raise CxrError(f"--checkpoint-every ({settings.checkpoint_every}) must be at least 1 and "
-                       f"--checkpoint-minutes ({settings.checkpoint_minutes:g}) above 0")
     for model in space.values_of("model"):
         check_image_size(model, settings.image_size)
     if space.sampler == "grid" and settings.num_samples < len(space.grid()):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 import types
 import typing
@@ -29,6 +30,7 @@ METRICS = ("val/f1_macro", "val/accuracy", "val/precision_macro", "val/recall_ma
            "val/subset_accuracy", "val/f1_micro", "val/roc_auc_macro")
 MULTILABEL_METRICS = ("val/subset_accuracy", "val/f1_micro")  # reported on multi-label datasets only (cxrnets.metrics)
 TIE_BREAK = "val/loss"  # what ASHA's rungs rank tied trials by (study.asha)
+EARLIER_METRICS = ("train/loss",)  # a study metric earlier versions allowed: their studies still resume and analyse
 # Used where neither the command line nor the space says.
 DEFAULTS = {"dataset": "covid-chestxray-3class", "image_size": 64, "num_samples": 10, "max_epochs": 4,
             "grace_period": 1, "reduction_factor": 2, "metric": "val/f1_macro", "asha": "promoting"}
@@ -221,6 +223,64 @@ def check_settings_values(values: dict[str, Any], uri: str) -> None:
                            f"{', '.join(SETTINGS_CHOICES[name])}; {DAMAGED}")
 
 
+def broken_setting_rules(settings: StudySettings) -> Iterator[tuple[tuple[str, ...], str]]:
+    """The rules on values (beyond their types) that `settings` break, each as the fields it concerns and what they
+    must hold."""
+    for key, lowest in LOWEST.items():
+        if getattr(settings, key) < lowest:
+            yield (key,), f"must be at least {lowest}"
+    val, test = settings.val_fraction, settings.test_fraction
+    if not (0 < val < 1 and 0 < test < 1 and val + test < 1):
+        yield ("val_fraction", "test_fraction"), ("each must lie between 0 and 1, and together leave patients to "
+                                                  "train on (sum below 1)")
+    if settings.grace_period > settings.max_epochs:
+        yield ("grace_period", "max_epochs"), "ASHA's grace period may not exceed a trial's epochs"
+    if settings.metric not in (*METRICS, *EARLIER_METRICS):
+        yield ("metric",), f"must be one of {', '.join(METRICS)}"
+    elif settings.mode != metric_mode(settings.metric):
+        yield ("metric", "mode"), "a loss is minimised (min), any other metric maximised (max)"
+    if settings.tie_break is not None and settings.tie_break not in (*METRICS, *EARLIER_METRICS):
+        yield ("tie_break",), f"must be one of {', '.join(METRICS)}, or null for plain ties"
+    cpus, gpus = settings.cpus_per_trial, settings.gpus_per_trial
+    if not (math.isfinite(cpus) and cpus > 0):
+        yield ("cpus_per_trial",), "must be a finite number above 0"
+    if not (math.isfinite(gpus) and gpus >= 0):
+        yield ("gpus_per_trial",), "must be a finite number of 0 or more"
+    elif gpus > 1 and gpus != int(gpus):
+        yield ("gpus_per_trial",), "above 1, must be a whole number of GPUs"
+    if settings.max_concurrent is not None and settings.max_concurrent < 1:
+        yield ("max_concurrent",), "must be at least 1"
+    if settings.max_failures < 0:
+        yield ("max_failures",), "must be 0 or more"
+    if settings.checkpoint_every < 1:
+        yield ("checkpoint_every",), "must be at least 1"
+    if not settings.checkpoint_minutes > 0:
+        yield ("checkpoint_minutes",), "must be above 0"
+    if settings.keep != "all" and not (isinstance(settings.keep, int) and settings.keep >= 1):
+        yield ("keep",), "must be 'all' or a whole number of at least 1"
+
+
+def check_setting_rules(settings: StudySettings, saved_in: str | None = None) -> None:
+    """CxrError for the first rule `settings` break (broken_setting_rules), naming a new study's command-line
+    options (`saved_in` None), or the fields of a study read back from its study.json at `saved_in`."""
+    broken = next(broken_setting_rules(settings), None)
+    if broken is None:
+        return
+    keys, rule = broken
+    if saved_in is not None:
+        named = " and ".join(f"{key} holds {_shown(getattr(settings, key))}" for key in keys)
+        raise CxrError(f"{saved_in}: {named}: {rule}; {DAMAGED}")
+    named = " and ".join(f"--{key.replace('_', '-')} {_option_value(getattr(settings, key))}" for key in keys)
+    # check_space_study checked each of the space's values alone: a pair may join a typed option and a space's value.
+    from_space = len(keys) > 1 and any(key in SPACE_STUDY_KEYS for key in keys)
+    where = f" (where not given, each comes from the study section of {settings.space_source})" if from_space else ""
+    raise CxrError(f"{named}: {rule}{where}")
+
+
+def _option_value(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def load_settings(study_dir: str, flag: str = "study directory") -> StudySettings:
     """The settings of the study at `study_dir` (a local folder or a URI), wherever it lies now.
 
@@ -250,7 +310,9 @@ def load_settings(study_dir: str, flag: str = "study directory") -> StudySetting
     values.update(storage=storage.parent_of(uri), name=storage.name_of(uri))
     check_settings_values(values, settings_uri(uri))
     known = {f.name for f in fields(StudySettings)}
-    return StudySettings(**{key: value for key, value in values.items() if key in known})
+    settings = StudySettings(**{key: value for key, value in values.items() if key in known})
+    check_setting_rules(settings, settings_uri(uri))
+    return settings
 
 
 def refuse_existing_study(study_uri: str) -> None:

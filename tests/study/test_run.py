@@ -135,9 +135,8 @@ BAD_INPUT = {
     "fraction of a GPU without one": pytest.param(GOOD_SPACE, ["--gpus-per-trial", "0.25"],
                                                   r"--gpus-per-trial 0\.25 .*no CUDA GPU", marks=NO_GPU),
     "infinite GPUs per trial": (GOOD_SPACE, ["--gpus-per-trial", "inf"],
-                                r"--cpus-per-trial must be positive and --gpus-per-trial non-negative"),
-    "NaN CPUs per trial": (GOOD_SPACE, ["--cpus-per-trial", "nan"],
-                           r"--cpus-per-trial must be positive and --gpus-per-trial non-negative"),
+                                r"--gpus-per-trial inf: must be a finite number of 0 or more"),
+    "NaN CPUs per trial": (GOOD_SPACE, ["--cpus-per-trial", "nan"], r"--cpus-per-trial nan: must be a finite number above 0"),
     "more CPUs than the machine": (GOOD_SPACE, ["--cpus-per-trial", TOO_MANY_CPUS],
                                    rf"--cpus-per-trial {TOO_MANY_CPUS} exceeds the \d+ CPU cores of this machine"),
     "more CPUs than --num-cpus": (GOOD_SPACE, ["--num-cpus", "1", "--cpus-per-trial", "2"],
@@ -145,8 +144,9 @@ BAD_INPUT = {
     "no CPU for the local Ray instance": (GOOD_SPACE, ["--num-cpus", "0"],
                                           r"--num-cpus 0: the local Ray instance needs at least 1 CPU"),
     "grace period past max epochs": (GOOD_SPACE, ["--max-epochs", "2", "--grace-period", "3"],
-                                     r"--grace-period 3 exceeds --max-epochs 2"),
-    "zero trials": (GOOD_SPACE, ["--num-samples", "0"], r"--num-samples must be at least 1"),
+                                     r"--grace-period 3 and --max-epochs 2: ASHA's grace period may not exceed a "
+                                     r"trial's epochs \(where not given, each comes from the study section of "),
+    "zero trials": (GOOD_SPACE, ["--num-samples", "0"], r"--num-samples 0: must be at least 1"),
     "negative seed": (GOOD_SPACE, ["--seed", "-1"], r"--seed -1: a seed is a whole number from 0 to 2147483647"),
     "no patient left to train on": (GOOD_SPACE, ["--val-fraction", "0.5", "--test-fraction", "0.5"],
                                     r"--val-fraction 0\.5 and --test-fraction 0\.5: each must lie between 0 and 1, "
@@ -283,7 +283,7 @@ def test_help_and_option_errors_answer_without_loading_torch_ray_or_optuna(argv)
     done = subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.stdout.splitlines()[-1] == f"exit {0 if argv == ['--help'] else 2} []", done.stdout + done.stderr
     if argv == ["--max-epochs", "0"]:  # the error alone: no note of a grace period "lowered to 0" before it
-        assert done.stderr.strip() == "error: --max-epochs must be at least 1, got 0", done.stderr
+        assert done.stderr.strip() == "error: --max-epochs 0: must be at least 1", done.stderr
 
 
 def test_help_states_each_default_once():

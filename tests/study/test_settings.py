@@ -13,8 +13,8 @@ import pytest
 from cxrnets.errors import CxrError
 from study.checkpoints import WeightsKeeper
 from study.results import ResultsTable
-from study.settings import (StudySettings, check_metric_reported, check_space_study, load_settings, parse_data_roots,
-                            parse_keep, resumed_study, save_settings)
+from study.settings import (METRICS, StudySettings, check_metric_reported, check_space_study, load_settings,
+                            parse_data_roots, parse_keep, resumed_study, save_settings)
 from study.space import SPACES_DIR, load_space
 
 DAMAGED = ("the file was edited or damaged since the study wrote it: restore it (from a copy of the study), or start "
@@ -112,6 +112,47 @@ def test_a_damaged_study_json_is_refused_naming_the_field_and_what_it_should_hol
     with pytest.raises(CxrError) as refused:
         load_settings(str(study))
     assert str(refused.value) == f"{study / 'study.json'}: {said}; {DAMAGED}"
+
+
+@pytest.mark.parametrize(("edit", "said"), [
+    ({"keep": "best"}, 'keep holds "best": must be \'all\' or a whole number of at least 1'),
+    ({"keep": 0}, "keep holds 0: must be 'all' or a whole number of at least 1"),
+    ({"metric": "val/auc"}, f'metric holds "val/auc": must be one of {", ".join(METRICS)}'),
+    ({"tie_break": "val/auc"}, f'tie_break holds "val/auc": must be one of {", ".join(METRICS)}, or null for plain '
+                               "ties"),
+    ({"mode": "min"}, 'metric holds "val/f1_macro" and mode holds "min": a loss is minimised (min), any other metric '
+                      "maximised (max)"),
+    ({"val_fraction": 1.5}, "val_fraction holds 1.5 and test_fraction holds 0.15: each must lie between 0 and 1, "
+                            "and together leave patients to train on (sum below 1)"),
+    ({"val_fraction": 0.6, "test_fraction": 0.5}, "val_fraction holds 0.6 and test_fraction holds 0.5: each must lie "
+                                                  "between 0 and 1, and together leave patients to train on (sum "
+                                                  "below 1)"),
+    ({"max_epochs": 0}, "max_epochs holds 0: must be at least 1"),
+    ({"grace_period": 9}, "grace_period holds 9 and max_epochs holds 4: ASHA's grace period may not exceed a "
+                          "trial's epochs"),
+    ({"num_samples": -2}, "num_samples holds -2: must be at least 1"),
+    ({"reduction_factor": 1}, "reduction_factor holds 1: must be at least 2"),
+    ({"cpus_per_trial": 0}, "cpus_per_trial holds 0: must be a finite number above 0"),
+    ({"gpus_per_trial": 1.5}, "gpus_per_trial holds 1.5: above 1, must be a whole number of GPUs"),
+    ({"max_failures": -1}, "max_failures holds -1: must be 0 or more"),
+    ({"checkpoint_minutes": 0}, "checkpoint_minutes holds 0: must be above 0"),
+])
+def test_a_study_json_value_no_study_runs_with_is_refused_as_the_option_would_be(tmp_path, edit, said):
+    """study.json holds values study.run checked when it made the study: one edited since to a value no study runs
+    with is refused by the same rule, naming the field (not a resume that runs zero epochs, or an analysis that
+    selects on a metric no trial reported)."""
+    study = saved_study(tmp_path)
+    edit_settings(study, **edit)
+    with pytest.raises(CxrError) as refused:
+        load_settings(str(study))
+    assert str(refused.value) == f"{study / 'study.json'}: {said}; {DAMAGED}"
+
+
+def test_a_study_whose_metric_an_earlier_version_allowed_still_loads(tmp_path):
+    """Earlier versions let a study optimise train/loss (and break ties on it): such a study resumes and analyses."""
+    study = saved_study(tmp_path)
+    edit_settings(study, metric="train/loss", mode="min", tie_break="train/loss")
+    assert load_settings(str(study)).metric == "train/loss"
 
 
 def test_a_study_json_that_is_no_object_is_refused(tmp_path):
