@@ -126,7 +126,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "cxrnets.train, as a local file (python -m study.analyze leaves the copies of a bucket's "
                         "that it evaluated in ~/.cache/cxr-tune/downloads/)")
     parser.add_argument("images", nargs="+", help="image files, or folders searched recursively for images")
-    parser.add_argument("--out", default="predictions.csv", help="the CSV to write (default: predictions.csv)")
+    parser.add_argument("--out", default="predictions.csv", help="the CSV to write, which must not exist yet "
+                        "(default: predictions.csv)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1 "
                         "(default: auto)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
@@ -147,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if out.is_dir():
             raise CxrError(f"--out {out} is a folder: pass the CSV file to write, e.g. --out {out / 'predictions.csv'}")
+        if out.exists():
+            raise CxrError(f"--out {out} already exists (earlier predictions?): remove it or choose another --out; "
+                           "nothing was overwritten")
         paths = image_paths(args.images)
         weights = Path(args.weights)
         if not weights.is_file():

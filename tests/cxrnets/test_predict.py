@@ -136,6 +136,22 @@ def test_an_out_that_is_a_folder_is_refused_before_predicting(trained, tmp_path:
                           f"{tmp_path / 'predictions.csv'}") and "Traceback" not in err, err
 
 
+def test_an_existing_out_file_is_refused_before_predicting_and_kept(trained, tmp_path: Path, capsys,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second run with the same --out would lose the first run's predictions."""
+    run, checkpoint = trained
+    out = tmp_path / "p1.csv"
+    assert main([str(checkpoint), str(run.data.index.paths()[0]), "--out", str(out)]) == 0
+    earlier = out.read_bytes()
+    monkeypatch.setattr("cxrnets.predict.decode_all", lambda *args, **kwargs: pytest.fail("decoded images"))
+    capsys.readouterr()
+    assert main([str(checkpoint), str(SAMPLE_ROOT / "images"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {out} already exists") and "remove it or choose another --out" in err, err
+    assert "Traceback" not in err
+    assert out.read_bytes() == earlier
+
+
 def test_a_study_weights_file_loads_like_a_training_checkpoint(trained, tmp_path: Path) -> None:
     """A study's best-weights file (study.checkpoints: weights, epoch, config, classes, no optimizer) is
     accepted as is."""
