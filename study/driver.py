@@ -51,7 +51,7 @@ from study.searcher import (BestEpochOptunaSearch, StudySearchGenerator, restore
                             storage_file_uri, storage_url, working_file)
 from study.settings import (StudySettings, check_split_digest, metric_mode, read_split,  # noqa: E402
                             refuse_existing_study, resumed_study, save_settings, settings_uri, split_uri)
-from study.space import config_name  # noqa: E402
+from study.space import SearchSpace, config_name  # noqa: E402
 from study.tables import comparison_table, markdown_table  # noqa: E402
 from study.trainable import (TrialContext, TrialTrainable, dataset_missing_message,  # noqa: E402
                              storage_not_shared_message)
@@ -295,6 +295,17 @@ def trial_context(settings: StudySettings, splits: dict[str, pd.DataFrame], weig
                   "cache_dir": settings.cache_dir, "device": "auto"})
 
 
+def first_trials_line(space: SearchSpace, num_samples: int) -> str:
+    """What the study's first trials try: the combinations of the space's cover_first choices, all of them
+    or as many as --num-samples allows, and whether the sampler proposes trials after them."""
+    combinations, first = " x ".join(space.cover_first), len(space.first_points())
+    tried = min(first, num_samples)
+    covered = (f"every combination of {combinations}" if tried == first
+               else f"{tried} of the {first} combinations of {combinations}")
+    then = f"; then {space.sampler.upper()} proposes" if num_samples > first else ""
+    return f"the first {tried} trials cover {covered}{then}"
+
+
 def build_tuner(settings: StudySettings, splits: dict[str, pd.DataFrame], resume: bool, verbose: bool = False):
     """Tune's Tuner for a new study, or restored for a resume (which keeps the searcher, the scheduler, the
     callbacks and the console the study started with). `verbose`: Tune's own tables instead of StudyConsole."""
@@ -305,8 +316,7 @@ def build_tuner(settings: StudySettings, splits: dict[str, pd.DataFrame], resume
         return tune.Tuner.restore(settings.study_uri, trainable, resume_unfinished=True, resume_errored=True)
     first = space.first_points()
     if first:
-        log.info("the first %d trials cover every combination of %s; then %s proposes",
-                 min(len(first), settings.num_samples), " x ".join(space.cover_first), space.sampler.upper())
+        log.info(first_trials_line(space, settings.num_samples))
     optuna_file = working_file(settings.study_uri)
     optuna_file.unlink(missing_ok=True)  # a new study: a local copy left by an earlier study of this URI is stale
     searcher = BestEpochOptunaSearch(

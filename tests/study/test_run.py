@@ -1116,3 +1116,21 @@ def assert_optuna_study_matches(path: Path, study_name: str, results: pd.DataFra
         assert math.isclose(trial.value, best[trial_id]), (trial_id, trial.value, best[trial_id])
         epochs = results.loc[results["trial_id"] == trial_id, "training_iteration"]
         assert sorted(trial.intermediate_values) == sorted(epochs), (trial_id, trial.intermediate_values)
+
+
+@pytest.mark.parametrize("num_samples, line", [
+    (3, "the first 3 trials cover 3 of the 6 combinations of model x optimizer\n"),
+    (6, "the first 6 trials cover every combination of model x optimizer\n"),
+    (10, "the first 6 trials cover every combination of model x optimizer; then TPE proposes\n"),
+])
+def test_the_log_says_how_many_cover_first_combinations_the_first_trials_try(ray_session, tmp_path, caplog,
+                                                                             num_samples, line):
+    """The demo space covers model x optimizer first (6 combinations); fewer trials cover only some."""
+    from study.driver import build_tuner
+    from study.run import build_parser, settings_from_args
+
+    settings = settings_from_args(build_parser().parse_args([
+        "--space", "demo", "--num-samples", str(num_samples), "--storage", str(tmp_path), "--name", "cover"]))
+    with caplog.at_level(logging.INFO, logger="study.driver"):
+        build_tuner(settings, {}, resume=False)
+    assert line in caplog.text
