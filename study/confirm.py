@@ -116,9 +116,13 @@ class JobNames:
         return f"{trial.trial_id}_{name}" if self.folder else name
 
 
-def build_tuner(settings: StudySettings, jobs: list[ConfirmJob], splits: dict[str, pd.DataFrame], resume: bool):
+def build_tuner(settings: StudySettings, jobs: list[ConfirmJob], splits: dict[str, pd.DataFrame], resume: bool,
+                verbose: bool = False):
+    """Tune's Tuner for the confirm run, or restored for a resume (which keeps the console it started with).
+    `verbose`: Tune's own tables instead of StudyConsole."""
     from ray import tune
 
+    from study.console import StudyConsole
     from study.driver import trial_context
     from study.trainable import JobTrainable
 
@@ -137,18 +141,22 @@ def build_tuner(settings: StudySettings, jobs: list[ConfirmJob], splits: dict[st
             reuse_actors=True, trial_name_creator=JobNames(jobs), trial_dirname_creator=JobNames(jobs, folder=True)),
         run_config=tune.RunConfig(
             name=CONFIRM_DIR, storage_path=settings.study_uri,
-            callbacks=[ResultsTable(uri), WeightsKeeper(uri, settings.metric, settings.mode, "all")],
+            callbacks=[ResultsTable(uri), WeightsKeeper(uri, settings.metric, settings.mode, "all")]
+            + ([] if verbose else [StudyConsole(len(jobs), settings.max_epochs, settings.metric, settings.mode)]),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_at_end=False), verbose=1))
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_at_end=False),
+            verbose=1 if verbose else 0))
 
 
 def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, address: str | None = None,
-                num_cpus: int | None = None, data_roots: list[str] | None = None, cache_dir: str | None = None):
+                num_cpus: int | None = None, data_roots: list[str] | None = None, cache_dir: str | None = None,
+                verbose: bool = False):
     """Start (or resume) the confirm run of a study; returns Tune's ResultGrid. `data_roots` ([DATASET=]PATH)
-    and `cache_dir`: where the study's data and image cache lie now, if not where study.json says."""
+    and `cache_dir`: where the study's data and image cache lie now, if not where study.json says. `verbose`:
+    Tune's own output and the trials' logs, instead of the status line (StudyConsole)."""
     from cxrnets.models import fetch_imagenet_weights
     from study.driver import (check_cluster, check_cluster_reachable, check_local_resources, connect, log_run_end,
-                              prepare_splits, runs_on_this_machine, tune_interrupts)
+                              prepare_splits, quiet_tune, runs_on_this_machine, tensorboard_line, tune_interrupts)
 
     import ray
 
@@ -178,13 +186,15 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
     cells = len({(job.dataset, job.model) for job in jobs})
     log.info("confirm: %d configuration(s) x %d seed(s) = %d trials of %d epochs", cells, len(jobs) // max(cells, 1),
              len(jobs), settings.max_epochs)
-    started_here = connect(address, num_cpus)
+    quiet_tune(verbose)
+    started_here = connect(address, num_cpus, trial_logs=verbose)
     try:
         check_cluster(settings, joined=not runs_on_this_machine(address))
+        log.info(tensorboard_line(confirm_uri(settings.study_uri)))
         started = time.perf_counter()
         with resumed_study(confirm_uri(settings.study_uri)) if resume else contextlib.nullcontext():
             with tune_interrupts(f"python -m study.confirm {quote(study_dir)} --resume"):
-                grid = build_tuner(settings, jobs, splits, resume).fit()
+                grid = build_tuner(settings, jobs, splits, resume, verbose).fit()
         log_run_end("confirm", grid, read_trial_events(confirm_uri(settings.study_uri)), time.perf_counter() - started)
     finally:
         if started_here:
@@ -206,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
              "roots in study.json)")
     add("--cache-dir", default=None, help="decoded-image cache (default: the study's, else $CXR_TUNE_CACHE or "
         "~/.cache/cxr-tune)")
+    add("-v", "--verbose", action="store_true",
+        help="Tune's own tables and every trial's log lines, instead of the run's one status line; a resumed "
+             "confirm run shows what it started with")
     return parser
 
 
@@ -214,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         grid = run_confirm(args.study_dir, seeds=args.seeds, resume=args.resume, address=args.address,
-                           num_cpus=args.num_cpus, data_roots=args.data_root, cache_dir=args.cache_dir)
+                           num_cpus=args.num_cpus, data_roots=args.data_root, cache_dir=args.cache_dir,
+                           verbose=args.verbose)
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -225,10 +239,11 @@ def main(argv: list[str] | None = None) -> int:
             print("\ninterrupted; continue the confirm run with\n"
                   f"  python -m study.confirm {quote(args.study_dir)} --resume", file=sys.stderr)
         return 130  # as a shell reports a command stopped by Ctrl-C
-    from study.driver import interrupted_line, unfinished_trials
+    from study.driver import interrupted_line, tensorboard_line, unfinished_trials
 
     uri = confirm_uri(load_settings(args.study_dir).study_uri)
     print(f"\nconfirm run: {uri}")
+    print(tensorboard_line(uri))
     unfinished = unfinished_trials(grid, read_trial_events(uri))
     if unfinished:
         print(interrupted_line(unfinished, "confirm run", f"python -m study.confirm {quote(args.study_dir)} --resume"))

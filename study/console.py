@@ -7,7 +7,7 @@ Everything is computed from Tune's trial list at each step (status, last and bes
 result of each trial), so a resumed study shows the trials of its first run too.
 On a terminal the status line is rewritten in place; in a log it is printed when
 it changes, at most every `every_s` seconds. Tune's own tables and the trials'
-logs are shown instead with `python -m study.run -v`.
+logs are shown instead with `-v` (`python -m study.run -v`, `python -m study.confirm -v`).
 """
 
 from __future__ import annotations

@@ -354,6 +354,19 @@ def build_tuner(settings: StudySettings, splits: dict[str, pd.DataFrame], resume
     )
 
 
+def quiet_tune(verbose: bool) -> None:
+    """Before a run's Tuner is built: unless `verbose`, Tune's and Optuna's own output is kept to warnings,
+    and the run's StudyConsole alone shows its progress."""
+    # Tune's newer output engine prints its configuration table even at verbose=0; the older one is silent.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
+    if not verbose:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        logging.getLogger("ray.tune").setLevel(logging.WARNING)
+        # Tune's notes that one pass of its event loop was slow (over 0.5 s: the driver deleting an ended
+        # trial's files takes 0.1-0.5 s here) say nothing about the study; -v shows them.
+        logging.getLogger("ray.tune.utils.util").setLevel(logging.ERROR)
+
+
 def run_study(settings: StudySettings, resume: bool = False, address: str | None = None,
               num_cpus: int | None = None, verbose: bool = False):
     """Check, prepare and run one study; returns Tune's ResultGrid. `verbose`: Tune's own output and the
@@ -372,14 +385,7 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
         restore_storage_file(settings.study_uri, settings.optuna_study)
     if not resume:
         save_settings(settings)
-    # Tune's newer output engine prints its configuration table even at verbose=0; the older one is silent.
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
-    if not verbose:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        logging.getLogger("ray.tune").setLevel(logging.WARNING)
-        # Tune's notes that one pass of its event loop was slow (over 0.5 s: the driver deleting an ended
-        # trial's files takes 0.1-0.5 s here) say nothing about the study; -v shows them.
-        logging.getLogger("ray.tune.utils.util").setLevel(logging.ERROR)
+    quiet_tune(verbose)
     started_here = connect(address, num_cpus, trial_logs=verbose)
     try:
         check_cluster(settings, joined=not local)
@@ -506,13 +512,20 @@ def print_summary(settings: StudySettings) -> None:
     print(f"analysis:    python -m study.analyze {quote(settings.study_uri)}")
 
 
+def tensorboard_line(uri: str) -> str:
+    """The command that shows the TensorBoard curves of the trials under `uri` (Tune's own hint names its
+    temporary session folder instead)."""
+    line = f"tensorboard: tensorboard --logdir {quote(uri)}"
+    # TensorBoard reads s3:// through boto3 and gs:// through fsspec's gcsfs, if they are installed.
+    reader = {"s3": "boto3", "gs": "gcsfs"}.get(storage.scheme_of(uri))
+    if reader and importlib.util.find_spec(reader) is None:
+        line += f"  (TensorBoard reads this with {reader}: pip install {reader})"
+    return line
+
+
 def watch_commands(settings: StudySettings, running: bool) -> list[str]:
     """The commands that show the study's curves (TensorBoard) and its search (Optuna's dashboard)."""
-    lines = [f"tensorboard: tensorboard --logdir {quote(settings.study_uri)}"]
-    # TensorBoard reads s3:// through boto3 and gs:// through fsspec's gcsfs, if they are installed.
-    reader = {"s3": "boto3", "gs": "gcsfs"}.get(storage.scheme_of(settings.study_uri))
-    if reader and importlib.util.find_spec(reader) is None:
-        lines[0] += f"  (TensorBoard reads this with {reader}: pip install {reader})"
+    lines = [tensorboard_line(settings.study_uri)]
     if not settings.optuna_study:
         return lines  # a study from before the Optuna storage file
     dashboard = "optuna-dashboard"

@@ -3,8 +3,11 @@ analysis that reports their spread (on a hard-linked copy of the session's grid 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -34,11 +37,20 @@ def part_names(folder: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def confirmed(grid_study, tmp_path_factory) -> Path:
+    """The grid study confirmed with SEEDS seeds by the command line; what it printed is in
+    printed_by_confirm(study)."""
     study = linked_copy(grid_study, tmp_path_factory.mktemp("confirm") / "grid")
     before = part_names(study / "results")
-    run_confirm(str(study), seeds=SEEDS)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main([str(study), "--seeds", str(SEEDS)]) == 0
+    (study.parent / "printed.txt").write_text(printed.getvalue())
     assert part_names(study / "results") == before  # the study's own results are untouched
     return study
+
+
+def printed_by_confirm(study: Path) -> str:
+    return (study.parent / "printed.txt").read_text()
 
 
 def test_each_selected_configuration_is_trained_again_with_each_new_seed(confirmed):
@@ -66,6 +78,17 @@ def test_each_selected_configuration_is_trained_again_with_each_new_seed(confirm
     for model in ("alexnet", "resnet50"):
         seed_one, seed_two = (next(j.job for j in jobs if (j.model, j.seed) == (model, s)) for s in (1, 2))
         assert by_job[seed_one] != by_job[seed_two]
+
+
+def test_the_confirm_run_shows_its_progress_as_a_study_does_and_where_its_curves_are(confirmed):
+    """One status line and a line per trial that ends, as study.run prints them, not Tune's tables; and the
+    TensorBoard command for the confirm run's events, not Tune's temporary session folder."""
+    printed = printed_by_confirm(confirmed)
+    assert len(re.findall(r"^\[ *\d+:\d\d\] done, 2 epochs ", printed, re.MULTILINE)) == 2 * SEEDS
+    assert re.search(r"^\[ *\d+:\d\d\] trials: 0 running, 4 done \(0 stopped early\) \| epochs 8 \| best "
+                     + re.escape(METRIC), printed, re.MULTILINE), printed
+    assert "Current best trial" not in printed and "params" not in printed and "/tmp/ray" not in printed, printed
+    assert f"tensorboard: tensorboard --logdir {confirmed / 'confirm'}\n" in printed
 
 
 def test_the_analysis_reports_the_seed_spread_next_to_the_search(confirmed):
