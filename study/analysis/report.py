@@ -321,8 +321,9 @@ def uncertainty_paragraph(analysis: Analysis) -> str:
     text = (f"In brackets: the 95% interval from {first.resamples:,} bootstrap resamples of the split's "
             f"**patients** (all images of a patient drawn together, within strata of each patient's class; "
             f"seed {first.seed}), not of images: images of one patient are correlated. Stratified as pROC "
-            f"does, the intervals hold the split's class mix fixed: a constant predictor's figure barely moves. "
-            f"({sizes}.)")
+            f"does, each resample keeps the split's number of patients of each class, not of images: image-level "
+            f"figures such as accuracy still move with the images each drawn patient brings, even a constant "
+            f"predictor's (the majority-class baseline's interval shows how much). ({sizes}.)")
     if analysis.top_k > 1:
         text += f" With --top-k {analysis.top_k} the interval is that of the cell's mean."
     undefined = sorted({f"{b.dataset}: {', '.join(sorted(m for m, why in b.undefined.items() if why == reason))}: "

@@ -1,0 +1,38 @@
+"""The report's text and header: what the intervals, the split and the loss mean for the figures shown."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pandas as pd
+
+from study.analysis.evaluation import Evaluation
+from study.analysis.report import uncertainty_paragraph
+from study.analysis.uncertainty import BASELINE, bootstrap_split, percentile_interval
+
+CLASSES = ["COVID-19", "Other pneumonia", "No Finding"]
+
+
+def _evaluation(y_true, groups, trial_id: str = "t1") -> Evaluation:
+    """Every image predicted right, beside the majority-class (COVID-19) baseline."""
+    y_true = np.asarray(y_true)
+    scores = np.eye(3)[y_true] * 0.8 + 0.05
+    images = pd.DataFrame({"relpath": [f"images/{i}.png" for i in range(len(y_true))], "patient": groups})
+    return Evaluation(trial_id, 3, "test", {}, y_true, scores, CLASSES, False, {}, np.asarray(groups),
+                      np.tile([0.8, 0.1, 0.1], (len(y_true), 1)), images=images)
+
+
+# COVID-19 patients bring 1 to 4 images each: the images per class change with the patients drawn.
+Y_TRUE = [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2]
+GROUPS = ["a", "a", "a", "a", "b", "c", "c", "d", "e", "e", "f", "g", "h", "h", "i", "j", "k", "k"]
+
+
+def test_the_interval_paragraph_says_the_patients_per_class_stay_fixed_not_the_images():
+    bootstrap = bootstrap_split("d", [_evaluation(Y_TRUE, GROUPS)], resamples=500)
+    lower, upper = percentile_interval(bootstrap.samples[BASELINE].summary["accuracy"])
+    assert upper - lower > 0.1  # a constant predictor's accuracy moves
+    text = uncertainty_paragraph(types.SimpleNamespace(bootstraps={"d": bootstrap}, top_k=1))
+    assert "class mix fixed" not in text and "barely moves" not in text
+    assert "number of patients of each class, not of images" in text
+    assert "accuracy still move" in text
