@@ -73,20 +73,10 @@ def write_report(analysis: Analysis, formats: tuple[str, ...]) -> None:
 
 
 def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
-    study, settings, tables = analysis.study, analysis.study.settings, analysis.tables
+    settings, tables = analysis.study.settings, analysis.tables
     split_name = "test" if analysis.split == "test" else "validation"
     figures = "png" in formats
-    lines = [f"# Study `{settings.name}`: analysis", ""]
-    lines += [f"- Study directory: `{study.uri}` (created {settings.created})",
-              f"- Search space: `{settings.space_source}`; datasets: "
-              + ", ".join(f"`{d}`" for d in settings.data_roots),
-              f"- Trials chosen on **{analysis.metric}** ({'lower' if analysis.mode == 'min' else 'higher'} is "
-              f"better, validation split); evaluated once on the **{split_name}** split"
-              + (f"; cells are the mean ± std of the {analysis.top_k} best trials" if analysis.top_k > 1 else ""),
-              f"- Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by `python -m study.analyze`"]
-    if analysis.look is not None:
-        lines.append(f"- Test split: {history(analysis.look, analysis.earlier_looks)}")
-    lines.append("")
+    lines = [f"# Study `{settings.name}`: analysis", ""] + header_lines(analysis) + [""]
 
     summary = analysis.summary
     lines += ["## Search summary", ""]
@@ -106,7 +96,8 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
 
     lines += [f"## Comparison ({split_name} split)", ""]
     lines += [f"Each cell: the best trial of that dataset and model on {analysis.metric} (validation), "
-              f"evaluated once on the held-out {split_name} split from its best checkpoint. "
+              f"evaluated once on the {'held-out ' if analysis.split == 'test' else ''}{split_name} split from its "
+              "best checkpoint. "
               "For multi-label datasets accuracy is label-wise (the paper's accuracy).", ""]
     if analysis.bootstraps:
         lines += [uncertainty_paragraph(analysis), ""]
@@ -216,6 +207,25 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
                       "class probabilities under each cell's chosen model (its relpath and patient as in the "
                       "study's split), from which the figures above can be recomputed.", ""]
     return "\n".join(lines)
+
+
+def header_lines(analysis: Analysis) -> list[str]:
+    """The report's opening bullets: the study, how its trials were chosen and evaluated, and what that
+    means for the figures."""
+    study, settings = analysis.study, analysis.study.settings
+    split_name = "test" if analysis.split == "test" else "validation"
+    lines = [f"- Study directory: `{study.uri}` (created {settings.created})",
+             f"- Search space: `{settings.space_source}`; datasets: " + ", ".join(f"`{d}`" for d in settings.data_roots),
+             f"- Trials chosen on **{analysis.metric}** ({'lower' if analysis.mode == 'min' else 'higher'} is "
+             f"better, validation split); evaluated once on the **{split_name}** split"
+             + (f"; cells are the mean ± std of the {analysis.top_k} best trials" if analysis.top_k > 1 else ""),
+             f"- Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by `python -m study.analyze`"]
+    if analysis.split == "val":
+        lines.append("- **Optimistic:** the trials were chosen on this validation split, so its figures favour "
+                     "them; the test split (`--split test`, the default) gives the unbiased ones")
+    if analysis.look is not None:
+        lines.append(f"- Test split: {history(analysis.look, analysis.earlier_looks)}")
+    return lines
 
 
 def joined_names(names: list[str]) -> str:

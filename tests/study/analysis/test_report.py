@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from study.analysis.evaluation import Evaluation
-from study.analysis.report import uncertainty_paragraph
+from study.analysis.report import header_lines, uncertainty_paragraph
 from study.analysis.uncertainty import BASELINE, bootstrap_split, percentile_interval
 
 CLASSES = ["COVID-19", "Other pneumonia", "No Finding"]
@@ -36,3 +36,18 @@ def test_the_interval_paragraph_says_the_patients_per_class_stay_fixed_not_the_i
     assert "class mix fixed" not in text and "barely moves" not in text
     assert "number of patients of each class, not of images" in text
     assert "accuracy still move" in text
+
+
+def _analysis(split: str = "test", top_k: int = 1, selected=(), keep: int | str = 1) -> types.SimpleNamespace:
+    settings = types.SimpleNamespace(created="2026-01-01 00:00:00", space_source="demo.yaml", data_roots={"d": "/data"},
+                                     keep=keep)
+    return types.SimpleNamespace(study=types.SimpleNamespace(uri="/studies/s", settings=settings), split=split,
+                                 metric="val/f1_macro", mode="max", top_k=top_k, selected=list(selected), look=None)
+
+
+def test_a_report_on_the_validation_split_says_its_figures_are_optimistic():
+    header = "\n".join(header_lines(_analysis("val")))
+    assert "evaluated once on the **validation** split" in header
+    assert "chosen on this validation split, so its figures favour them" in header
+    assert "test split (`--split test`, the default) gives the unbiased ones" in header
+    assert "Optimistic" not in "\n".join(header_lines(_analysis("test")))
