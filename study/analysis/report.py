@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from shlex import quote
 
@@ -218,7 +219,7 @@ def header_lines(analysis: Analysis) -> list[str]:
              f"- Search space: `{settings.space_source}`; datasets: " + ", ".join(f"`{d}`" for d in settings.data_roots),
              f"- Trials chosen on **{analysis.metric}** ({'lower' if analysis.mode == 'min' else 'higher'} is "
              f"better, validation split); evaluated once on the **{split_name}** split"
-             + (f"; cells are the mean ± std of the {analysis.top_k} best trials" if analysis.top_k > 1 else ""),
+             + top_k_words(analysis),
              f"- Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by `python -m study.analyze`"]
     if analysis.split == "val":
         lines.append("- **Optimistic:** the trials were chosen on this validation split, so its figures favour "
@@ -226,6 +227,20 @@ def header_lines(analysis: Analysis) -> list[str]:
     if analysis.look is not None:
         lines.append(f"- Test split: {history(analysis.look, analysis.earlier_looks)}")
     return lines
+
+
+def top_k_words(analysis: Analysis) -> str:
+    """With --top-k above 1, how many trials the cells average: fewer where the study kept fewer weights."""
+    if analysis.top_k == 1:
+        return ""
+    held = sorted(set(Counter((s.dataset, s.model) for s in analysis.selected).values()))
+    if not held or held == [analysis.top_k]:
+        return f"; cells are the mean ± std of the {analysis.top_k} best trials"
+    here = f"{held[0]}" if len(held) == 1 else f"{held[0]} to {held[-1]}"
+    keep = analysis.study.settings.keep
+    why = (f"the study kept the weights of {keep} trial{'s' if keep != 1 else ''} per model (--keep {keep})"
+           if keep != "all" and keep < analysis.top_k else "see the notes")
+    return f"; cells are the mean ± std of up to {analysis.top_k} best trials (here {here}: {why})"
 
 
 def joined_names(names: list[str]) -> str:

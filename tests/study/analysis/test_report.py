@@ -51,3 +51,23 @@ def test_a_report_on_the_validation_split_says_its_figures_are_optimistic():
     assert "chosen on this validation split, so its figures favour them" in header
     assert "test split (`--split test`, the default) gives the unbiased ones" in header
     assert "Optimistic" not in "\n".join(header_lines(_analysis("test")))
+
+
+def _cells(*counts: int) -> list[types.SimpleNamespace]:
+    """Evaluated trials: `counts[i]` of model m{i}."""
+    return [types.SimpleNamespace(dataset="d", model=f"m{i}", rank=rank)
+            for i, count in enumerate(counts) for rank in range(1, count + 1)]
+
+
+def test_the_header_says_how_many_trials_the_cells_hold():
+    def line(analysis):
+        return next(text for text in header_lines(analysis) if text.startswith("- Trials chosen"))
+
+    assert line(_analysis(top_k=2, selected=_cells(2, 2), keep=2)).endswith(
+        "; cells are the mean ± std of the 2 best trials")
+    assert line(_analysis(top_k=2, selected=_cells(1, 1), keep=1)).endswith(
+        "; cells are the mean ± std of up to 2 best trials (here 1: the study kept the weights of 1 trial per "
+        "model (--keep 1))")
+    assert line(_analysis(top_k=3, selected=_cells(1, 3), keep="all")).endswith(
+        "of up to 3 best trials (here 1 to 3: see the notes)")
+    assert "mean ± std" not in line(_analysis(top_k=1, selected=_cells(1, 1)))
