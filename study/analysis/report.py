@@ -294,12 +294,31 @@ def calibration_section(analysis: Analysis, split_name: str, figures: bool) -> l
              + "; `mean probability` and `observed`: over all forecasts (a mean probability far above the observed "
              "share is overconfidence). A small split puts a handful of forecasts in most bins, which makes the "
              "ECE, and more so its resampled values, lean high: read the intervals and the marker sizes in the "
-             "diagram.", "",
-             markdown_table(analysis.tables["_shown_calibration"]), ""]
+             "diagram.", ""]
+    lines += class_weight_sentence(analysis)
+    lines += [markdown_table(analysis.tables["_shown_calibration"]), ""]
     if figures:
         lines += [f"![calibration, {name.removeprefix('reliability_')}](figures/{path.name})"
                   for name, path in analysis.figures.items() if name.startswith("reliability_")] + [""]
     return lines
+
+
+def class_weight_sentence(analysis: Analysis) -> list[str]:
+    """Which chosen models were trained with a class-weighted loss, and what it does to their probabilities
+    (empty when none was)."""
+    from cxrnets.config import TrainConfig
+
+    chosen = [c for c in analysis.selected if c.rank == 1]
+    weighted = [f"{c.dataset} / {c.model}" for c in chosen if not c.evaluation.multilabel
+                and c.evaluation.config.get("balance_classes", TrainConfig.balance_classes)]
+    if not weighted:
+        return []
+    who = ("Every model here was" if len(weighted) == len(chosen)
+           else f"{joined_names(weighted)} {'was' if len(weighted) == 1 else 'were'}")
+    return [f"{who} trained with a class-weighted cross-entropy (each class weighted by the inverse of its "
+            "frequency in the training split), which moves the probabilities toward the rare classes: a rare "
+            "class's probability runs above how often it comes true and the common class's below, miscalibration "
+            "that the ECE and Brier score count and plain cross-entropy would not add.", ""]
 
 
 def earlier_looks_section(analysis: Analysis) -> list[str]:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from study.analysis.evaluation import Evaluation
-from study.analysis.report import header_lines, uncertainty_paragraph
+from study.analysis.report import calibration_section, header_lines, uncertainty_paragraph
 from study.analysis.uncertainty import BASELINE, bootstrap_split, percentile_interval
 
 CLASSES = ["COVID-19", "Other pneumonia", "No Finding"]
@@ -71,3 +71,26 @@ def test_the_header_says_how_many_trials_the_cells_hold():
     assert line(_analysis(top_k=3, selected=_cells(1, 3), keep="all")).endswith(
         "of up to 3 best trials (here 1 to 3: see the notes)")
     assert "mean ± std" not in line(_analysis(top_k=1, selected=_cells(1, 1)))
+
+
+def _calibrated(*cells: tuple[str, dict, bool]) -> types.SimpleNamespace:
+    """An analysis whose chosen models (model, trained config, multi-label) have a calibration table."""
+    selected = [types.SimpleNamespace(dataset="d", model=model, rank=1,
+                                      evaluation=types.SimpleNamespace(config=config, multilabel=multilabel))
+                for model, config, multilabel in cells]
+    table = pd.DataFrame({"model": [model for model, *_ in cells],
+                          "forecasts": ["each label" if multilabel else "top label" for *_, multilabel in cells]})
+    return types.SimpleNamespace(selected=selected, bootstraps={}, figures={},
+                                 tables={"calibration": table, "_shown_calibration": table})
+
+
+def test_the_calibration_section_says_where_the_loss_was_class_weighted():
+    weighted = "\n".join(calibration_section(_calibrated(("alexnet", {"balance_classes": True}, False),
+                                                          ("vgg11", {}, False)), "test", False))
+    assert "Every model here was trained with a class-weighted cross-entropy" in weighted
+    assert "a rare class's probability runs above how often it comes true" in weighted
+    mixed = "\n".join(calibration_section(_calibrated(("alexnet", {"balance_classes": True}, False),
+                                                       ("vgg11", {"balance_classes": False}, False)), "test", False))
+    assert "d / alexnet was trained with a class-weighted cross-entropy" in mixed
+    for plain in (("alexnet", {"balance_classes": False}, False), ("alexnet", {}, True)):  # multi-label: unweighted
+        assert "class-weighted" not in "\n".join(calibration_section(_calibrated(plain), "test", False))
