@@ -2,6 +2,7 @@
 
     maps = grad_cam(model, "resnet50", inputs, targets)   # (N, H, W) in [0, 1], one per input
     maps.layer, maps.grid                                  # which layer, and its spatial grid
+    no_region(maps.maps[0])                                # "near-uniform map" etc. where a map marks out nothing
 
 Grad-CAM weighs the last convolutional layer's activations by the gradient of the target class's
 score and keeps the positive part (Selvaraju et al. 2017), then the map is upsampled to the input.
@@ -22,6 +23,9 @@ from cxrnets.errors import CxrError
 from cxrnets.models import MODEL_NAMES
 
 MIN_GRID = 4  # a coarser map than this many cells a side says little about where a model looks
+# A map whose every cell is within this fraction of its peak (the weakest at 80% of the strongest) marks out
+# no region: laid over the image it is one hue of the colour map, which reads as "the whole image".
+NEAR_UNIFORM = 0.2
 
 
 @dataclass
@@ -63,3 +67,15 @@ def grad_cam(model: nn.Module, model_name: str, inputs: torch.Tensor, targets: l
     peak = maps.reshape(len(maps), -1).max(axis=1)
     maps = np.where(peak[:, None, None] > 0, maps / np.where(peak > 0, peak, 1)[:, None, None], 0.0)
     return SaliencyMaps(np.clip(maps, 0.0, 1.0), name, grid)
+
+
+def no_region(heat: np.ndarray) -> str:
+    """Why a map (scaled to [0, 1] as grad_cam's are) marks out no region, to be said instead of drawing it:
+    "flat map" (nothing raised the class's score), "uniform map" (one value: a 1x1 grid), "near-uniform map"
+    (every cell within NEAR_UNIFORM of the peak); "" for a map that does."""
+    if not heat.any():
+        return "flat map"
+    spread = float(np.ptp(heat))
+    if spread == 0:
+        return "uniform map"
+    return "near-uniform map" if spread < NEAR_UNIFORM * float(heat.max()) else ""

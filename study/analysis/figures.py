@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrnets.saliency import NEAR_UNIFORM, no_region
 from study.analysis.evaluation import Evaluation
 from study.analysis.importance import Importance
 from study.analysis.reading import cell_columns, model_order
@@ -278,18 +279,17 @@ def plot_gradcam(panel: SaliencyPanel, path: Path) -> None:
         for c, (image, heat) in enumerate(zip(row.images, row.maps)):
             axis = axes[r, c]
             axis.imshow(image.transpose(1, 2, 0).mean(axis=2), cmap="gray", vmin=0, vmax=255)
-            # A flat map (nothing raised the predicted class's score) or a uniform one (a 1x1 grid) shows no
-            # region: left undrawn.
-            flat = "\nflat map" if not heat.any() else "\nuniform map" if np.ptp(heat) == 0 else ""
-            if not flat:
+            unmarked = no_region(heat)
+            if not unmarked:
                 axis.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
             right = row.true[c] == row.predicted[c]
-            axis.set_title(f"{row.true[c]} →\n{row.predicted[c]} ({row.probability[c]:.2f}){flat}", fontsize=7,
-                           color="black" if right else "tab:red")
+            axis.set_title(f"{row.true[c]} →\n{row.predicted[c]} ({row.probability[c]:.2f})"
+                           + (f"\n{unmarked}" if unmarked else ""), fontsize=7, color="black" if right else "tab:red")
     figure.suptitle(f"{panel.dataset} / {panel.model}: Grad-CAM of the predicted class ({panel.layer}, "
                     f"{panel.grid} grid on {panel.image_size} px); red title: wrong prediction;\n'flat map': no "
-                    "region raised the predicted class's score; 'uniform map': the grid tells no regions apart",
-                    fontsize=9)
+                    "region raised the predicted class's score; 'uniform map': the grid tells no regions apart; "
+                    f"'near-uniform map': every cell within {NEAR_UNIFORM:.0%} of the peak (maps so labelled are "
+                    "not drawn)", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -8,7 +8,7 @@ import torch
 
 from cxrnets.errors import CxrError
 from cxrnets.models import build_model
-from cxrnets.saliency import gradcam_layer, grad_cam
+from cxrnets.saliency import gradcam_layer, grad_cam, no_region
 
 
 @pytest.mark.parametrize("model_name, size, layer, grid", [
@@ -42,3 +42,14 @@ def test_the_target_class_changes_the_map():
 def test_unknown_model_is_refused():
     with pytest.raises(CxrError, match="unknown model 'densenet'"):
         gradcam_layer(torch.nn.Identity(), "densenet", 64)
+
+
+def test_a_map_that_marks_out_no_region_is_named():
+    grid = torch.tensor([[0.86, 0.93, 1.0], [0.9, 0.88, 0.95], [1.0, 0.97, 0.91]])  # AlexNet's 3x3 at 64 px
+    near_uniform = torch.nn.functional.interpolate(grid[None, None], size=(64, 64), mode="bilinear")[0, 0].numpy()
+    assert no_region(near_uniform) == "near-uniform map"
+    assert no_region(np.zeros((8, 8))) == "flat map"
+    assert no_region(np.ones((8, 8))) == "uniform map"
+    marked = near_uniform.copy()
+    marked[:20] = 0.5
+    assert no_region(marked) == ""
