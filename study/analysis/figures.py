@@ -73,6 +73,15 @@ def _draw_matrix(axis, matrix: np.ndarray, rows: list[str], columns: list[str]) 
                   color="white" if value > high else "black")
 
 
+def _epoch_axis(axis, epochs: pd.Series) -> None:
+    """x: the epochs, ticked at whole numbers only (a lone epoch would get ticks at 0.96 ... 1.04)."""
+    axis.set_xlabel("epoch")
+    if epochs.nunique() == 1:
+        axis.set_xticks(epochs.unique())
+    else:
+        axis.xaxis.get_major_locator().set_params(integer=True)
+
+
 def plot_curves(analysis: Analysis, dataset: str, path: Path) -> None:
     """Per model: every trial's validation metric per epoch (grey), the selected trials in colour."""
     plt = _pyplot()
@@ -102,9 +111,9 @@ def plot_curves(analysis: Analysis, dataset: str, path: Path) -> None:
             label = f"#{rank} {curve['trial_name'].iloc[-1].removeprefix(f'{dataset}_')}"
             axis.plot(curve["_epoch"], curve[analysis.metric], marker="o", linewidth=2, label=label,
                       zorder=10 - min(rank, 9))
-        axis.set_title(f"{model} ({own['trial_id'].nunique()} trials)")
-        axis.set_xlabel("epoch")
-        axis.xaxis.get_major_locator().set_params(integer=True)
+        trials = own["trial_id"].nunique()
+        axis.set_title(f"{model} ({trials} trial{'s' if trials != 1 else ''})")
+        _epoch_axis(axis, own["_epoch"])
         axis.grid(alpha=0.3)
         if highlighted or baseline is not None:
             axis.legend(fontsize=7, loc="best")
@@ -145,8 +154,7 @@ def plot_pretrained(analysis: Analysis, dataset: str, pairs: dict, path: Path) -
             label = f"{'pretrained' if flag else 'from scratch'} ({curve['trial_name'].iloc[-1].removeprefix(dataset + '_')})"
             axis.plot(curve["_epoch"], curve[analysis.metric], style, marker="o", label=label)
         axis.set_title(model)
-        axis.set_xlabel("epoch")
-        axis.xaxis.get_major_locator().set_params(integer=True)
+        _epoch_axis(axis, results.loc[results["trial_id"].isin(pairs[(dataset, model)].values()), "_epoch"])
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     axes.flat[0].set_ylabel(f"{analysis.metric} (validation)")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
+import pandas as pd
 import pytest
 
-from study.analysis.figures import plot_gradcam
+from study.analysis.figures import plot_curves, plot_gradcam
 from study.analysis.saliency import SaliencyPanel, SaliencyRow
 
 
@@ -38,3 +41,18 @@ def test_a_near_uniform_grad_cam_map_is_labelled_and_not_drawn(drawn, tmp_path):
     assert axes[0].get_title().endswith("near-uniform map") and len(axes[0].images) == 1  # the image alone
     assert "map" not in axes[1].get_title() and len(axes[1].images) == 2                  # the map over it
     assert "'near-uniform map': every cell within 20% of the peak" in drawn[0]._suptitle.get_text()
+
+
+def test_a_model_of_one_trial_of_one_epoch_gets_whole_epoch_ticks_and_a_singular_title(drawn, tmp_path):
+    results = pd.DataFrame({"trial_id": ["a", "b", "b", "c"], "trial_name": ["d_alexnet_a", "d_vgg11_b", "d_vgg11_b",
+                                                                             "d_vgg11_c"],
+                            "config/model": ["alexnet", "vgg11", "vgg11", "vgg11"], "epoch": [1, 1, 2, 1],
+                            "training_iteration": [1, 1, 2, 1], "val/f1_macro": [0.28, 0.3, 0.4, 0.35]})
+    settings = types.SimpleNamespace(data_roots={"d": "/data"}, baselines={})
+    analysis = types.SimpleNamespace(study=types.SimpleNamespace(results=results, settings=settings), selected=[],
+                                     metric="val/f1_macro", mode="max", top_k=1)
+    plot_curves(analysis, "d", tmp_path / "curves.png")
+    alexnet, vgg11 = drawn[0].axes
+    assert alexnet.get_title() == "alexnet (1 trial)" and list(alexnet.get_xticks()) == [1]
+    assert vgg11.get_title() == "vgg11 (2 trials)"
+    assert all(tick == int(tick) for tick in vgg11.get_xticks())
