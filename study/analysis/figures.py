@@ -4,6 +4,7 @@ curves, pretrained against from scratch, calibration, importance and Grad-CAM.""
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -276,8 +277,13 @@ def plot_gradcam(panel: SaliencyPanel, path: Path) -> None:
     """One row per set: each image in grey with its Grad-CAM map laid over it."""
     plt = _pyplot()
     columns = max(len(row.images) for row in panel.rows)
-    figure, axes = plt.subplots(len(panel.rows), columns, figsize=(1.9 * columns, 2.4 * len(panel.rows) + 0.7),
-                                squeeze=False)
+    title = textwrap.wrap(
+        f"{panel.dataset} / {panel.model}: Grad-CAM of the predicted class ({panel.layer}, {panel.grid} grid on "
+        f"{panel.image_size} px); red title: wrong prediction; not drawn: 'flat map', no region raised the "
+        "predicted class's score; 'uniform map', the grid tells no regions apart; 'near-uniform map', every "
+        f"cell within {NEAR_UNIFORM:.0%} of the peak", width=max(40, int(12 * 1.9 * columns)), break_on_hyphens=False)
+    figure, axes = plt.subplots(len(panel.rows), columns,
+                                figsize=(1.9 * columns, 2.4 * len(panel.rows) + 0.2 + 0.2 * len(title)), squeeze=False)
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])
@@ -293,11 +299,7 @@ def plot_gradcam(panel: SaliencyPanel, path: Path) -> None:
             right = row.true[c] == row.predicted[c]
             axis.set_title(f"{row.true[c]} →\n{row.predicted[c]} ({row.probability[c]:.2f})"
                            + (f"\n{unmarked}" if unmarked else ""), fontsize=7, color="black" if right else "tab:red")
-    figure.suptitle(f"{panel.dataset} / {panel.model}: Grad-CAM of the predicted class ({panel.layer}, "
-                    f"{panel.grid} grid on {panel.image_size} px); red title: wrong prediction;\n'flat map': no "
-                    "region raised the predicted class's score; 'uniform map': the grid tells no regions apart; "
-                    f"'near-uniform map': every cell within {NEAR_UNIFORM:.0%} of the peak (maps so labelled are "
-                    "not drawn)", fontsize=9)
+    figure.suptitle("\n".join(title), fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
