@@ -99,7 +99,7 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
     from study.analysis.evaluation import StudyData
     from study.analysis.external import check_externals, evaluate_elsewhere
     from study.analysis.looks import Look, earlier_looks, record_look
-    from study.analysis.reading import open_study, resolve_metric, trial_configs
+    from study.analysis.reading import open_study, resolve_metric, trial_configs, untried
     from study.analysis.report import write_report
     from study.analysis.report_tables import build_tables
     from study.analysis.saliency import saliency_panels
@@ -119,6 +119,7 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
     settings = study.settings
     trials = trial_table(study.results, study.events, metric, mode, settings.max_epochs, trial_configs(study))
     analysis = Analysis(study, metric, mode, split, top_k, trials, notes=list(study.weights_problems))
+    analysis.notes += untried(study, trials)
     analysis.summary = search_summary(trials, settings.max_epochs, wall_seconds(study.results, study.events))
 
     if out is None and study.remote:

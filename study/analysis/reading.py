@@ -110,6 +110,26 @@ def search_dimensions(study: Study, trials: pd.DataFrame) -> list[tuple[str, str
     return [(name, scales.get(name)) for name in ordered]
 
 
+def untried(study: Study, trials: pd.DataFrame) -> list[str]:
+    """A note for each kind (datasets, models) of which the study's search space has members no trial ran,
+    and why (none if the space no longer parses)."""
+    settings = study.settings
+    try:
+        space = settings.search_space()
+    except CxrError:
+        return []
+    ran = cell_columns(trials, settings)
+    missing = {"dataset": [d for d in settings.data_roots if d not in set(ran["dataset"])],
+               "model": [m for m in model_order(space.values_of("model")) if m not in set(ran["model"])]}
+    starts = len(space.first_points())
+    why = (f"--num-samples {settings.num_samples} is fewer than the {starts} combinations of cover_first "
+           f"({', '.join(space.cover_first)}) the study starts with" if starts > settings.num_samples
+           else f"the study ran {len(trials)} trial(s) (--num-samples {settings.num_samples})")
+    return [f"the search space's {kind}{'s' if len(names) > 1 else ''} {', '.join(names)}: no trial ran "
+            f"({why}), so no table shows {'them' if len(names) > 1 else 'it'}"
+            for kind, names in missing.items() if names]
+
+
 def cell_columns(frame: pd.DataFrame, settings) -> pd.DataFrame:
     """dataset and model columns for every trial (a study over one dataset may not record it per trial)."""
     default_dataset = next(iter(settings.data_roots), "?")
