@@ -2,12 +2,13 @@
 
 A test figure is a held-out estimate of the model chosen on validation only while nothing was chosen by
 looking at it. Analysing again with the same selection reads the same figures: no new look. An analysis
-that evaluates other trials on the test split (another --metric or --top-k, or a study that has gone on
+that evaluates another selection on the test split (another --metric or --top-k, or a study that has gone on
 since) is a new look, and picking among looks by their test figures turns the test split into a second
-validation split. Each analysis of the test split therefore writes `<study>/analyses/<UTC time>.json`
-(the trials it evaluated there, study.confirm's seed runs included, at which epochs, with what
-selection), and its report lists the earlier
-ones, saying which evaluated other trials.
+validation split. study.confirm's seed runs repeat a selected trial and choose nothing: an analysis that
+adds them to the same selection looks at no other choice. Each analysis of the test split therefore writes
+`<study>/analyses/<UTC time>.json` (the trials it evaluated there, study.confirm's seed runs included, at
+which epochs, with what selection), and its report lists the earlier ones, saying which selected other
+trials.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from study import storage
 from study.analysis.selection import Analysis
 
 LOOKS_DIR = "analyses"
+SEEDS = " seeds"  # ends the key of a cell's study.confirm seed runs in Look.evaluated
 
 
 @dataclass
@@ -43,14 +45,19 @@ class Look:
                 f"{chosen.candidate.trial_id}@{chosen.evaluation.epoch}")
         for run in analysis.confirmation.runs if analysis.confirmation else []:
             if run.evaluation is not None:
-                evaluated.setdefault(f"{run.job.dataset} / {run.job.model} seeds", []).append(
+                evaluated.setdefault(f"{run.job.dataset} / {run.job.model}{SEEDS}", []).append(
                     f"{run.trial_id}@{run.evaluation.epoch}")
         external = sorted({s.name for s in analysis.external_sets})
         now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         return cls(now, analysis.metric, analysis.top_k, evaluated, external)
 
+    @property
+    def selection(self) -> dict[str, list[str]]:
+        """The trials chosen on validation that it evaluated, per cell: what it evaluated but the seed runs."""
+        return {cell: trials for cell, trials in self.evaluated.items() if not cell.endswith(SEEDS)}
+
     def same_models(self, other: "Look") -> bool:
-        return self.evaluated == other.evaluated
+        return self.selection == other.selection
 
 
 def earlier_looks(study_uri: str) -> tuple[list[Look], list[str]]:

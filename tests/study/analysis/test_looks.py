@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from study.analysis.looks import LOOKS_DIR, Look, earlier_looks, record_look
+from study.analysis.looks import LOOKS_DIR, Look, earlier_looks, history, record_look
 
 
 def look(time: str, alexnet: str = "a1@3", top_k: int = 1) -> Look:
@@ -20,6 +20,22 @@ def test_looks_are_read_back_oldest_first(tmp_path: Path) -> None:
     assert looks[0] == look("2026-12-03T09:00:00Z")
     assert looks[0].same_models(look("later")) and not looks[1].same_models(look("later"))
     assert not look("x").same_models(look("x", alexnet="a1@4"))  # the same trial at another epoch: new figures
+
+
+def test_seed_runs_added_to_the_same_selection_are_no_new_look(tmp_path: Path) -> None:
+    # analyze, then study.confirm, then analyze again: the second look adds the seed runs of the chosen trials
+    before = look("2026-12-03T09:00:00Z")
+    after = look("2026-12-03T10:00:00Z")
+    after.evaluated.update({"d / alexnet seeds": ["c_00000@4"], "d / resnet50 seeds": ["c_00001@2"]})
+    record_look(str(tmp_path), before)
+    record_look(str(tmp_path), after)
+    looks, _ = earlier_looks(str(tmp_path))
+    assert looks[1].evaluated["d / alexnet seeds"] == ["c_00000@4"]  # still recorded, still read back
+    assert history(look("now"), looks).startswith("read by 2 earlier analyses of these same trials")
+    assert "no new look" in history(after, [before])
+    other = look("now", alexnet="a2@4")  # another selection, with or without seed runs, is a new look
+    other.evaluated["d / alexnet seeds"] = ["c_00000@4"]
+    assert history(other, looks).startswith("read before for other trials by 2 earlier analyses")
 
 
 def test_an_unreadable_record_is_named_and_the_others_kept(tmp_path: Path) -> None:
