@@ -40,6 +40,9 @@ DATASET_NAMES = (
 )
 
 MULTILABEL_DATASETS = ("covid-chestxray",)  # an image may hold several labels; the others give one class each
+# Layouts of anyone's images: their file names and patient ids are the owner's, and two sets' can coincide. The
+# other loaders each read one public dataset, whose names mean the same image and patient in any copy of it.
+OWN_LAYOUTS = ("folder", "csv")
 
 RADIOGRAPHY_CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
 PNEUMONIA_NORMAL_CLASSES = ("covid", "normal", "pneumonia")

@@ -8,7 +8,10 @@ validation is also evaluated, once, on every image of each external set:
 - `--external NAME=DATASET:PATH`: any dataset cxrnets reads, with its loader options, decoded once
   into the same cache at the study's image size; its labels reconciled with the study's classes
   through a label map. Images whose label has no counterpart are counted and left out; a study
-  class the set lacks is reported absent, never scored.
+  class the set lacks is reported absent, never scored. In a set read by the loader of one of the
+  study's datasets, the images the study's split holds (the same patient or file name; in a folder or
+  CSV of anyone's images, the same file) are the study's own: counted and left out, and a set of
+  nothing else is refused.
 - the split's `heldout` part, where the study held out whole sources (cxrnets.splits).
 
 An external set rarely has every class, so it is scored on what exists with partial classes:
@@ -33,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from cxrnets.cache import CachedImages, build_cache
-from cxrnets.data import DATASET_NAMES, DatasetIndex, load_dataset, parse_dataset_options
+from cxrnets.data import DATASET_NAMES, OWN_LAYOUTS, DatasetIndex, load_dataset, parse_dataset_options
 from cxrnets.errors import CxrError
 from cxrnets.metrics import predictions
 from cxrnets.predict import model_from_checkpoint, predict
@@ -66,6 +69,14 @@ class ExternalSpec:
 
 
 @dataclass
+class ExternalIndex:
+    """The images of one external set the study can score (check_externals): its own images left out."""
+
+    index: DatasetIndex
+    in_study_split: str = ""  # the images left out because the study's split holds them, in words
+
+
+@dataclass
 class ExternalSet:
     """The images of one external set that the study's classes can score, for one study dataset."""
 
@@ -80,6 +91,7 @@ class ExternalSet:
     image_size: int               # the size its images are decoded at: that of the models it evaluates
     left_out: dict[str, int] = field(default_factory=dict)  # external label without a counterpart -> images
     skipped: dict[str, int] = field(default_factory=dict)   # the loader's skips (undecodable, absent, ...)
+    in_study_split: str = ""      # the images left out because the study's split holds them, in words
 
     @property
     def present(self) -> np.ndarray:
@@ -92,6 +104,8 @@ class ExternalSet:
         absent = [c for c, n in zip(self.classes, counts) if not n]
         if absent:
             text += f"; absent: {', '.join(absent)}"
+        if self.in_study_split:
+            text += f"; left out: {self.in_study_split}"
         if self.left_out:
             text += "; left out (no counterpart among the study's classes): " + ", ".join(
                 f"{label} {count}" for label, count in sorted(self.left_out.items()))
@@ -180,11 +194,12 @@ def check_label_map(label_map: dict[str, str], classes: list[str]) -> None:
 
 
 def check_externals(data: StudyData, specs: list[ExternalSpec], label_map: dict[str, str]
-                    ) -> dict[str, DatasetIndex]:
+                    ) -> dict[str, ExternalIndex]:
     """Refuse, before anything is evaluated, external sets and label maps the study cannot score: a path
-    that does not exist, a set with no class in common, a map onto a class the study lacks, a multi-label
-    study. Reads indexes only (no image is decoded); returns each external set's index by name."""
-    indexes: dict[str, DatasetIndex] = {}
+    that does not exist, a set with no class in common or with no image but the study's own, a map onto a
+    class the study lacks, a multi-label study. Reads indexes only (no image is decoded); returns each
+    external set's index by name, without the images the study's split holds."""
+    indexes: dict[str, ExternalIndex] = {}
     if not specs and not label_map:
         return indexes
     settings = data.study.settings
@@ -201,15 +216,48 @@ def check_externals(data: StudyData, specs: list[ExternalSpec], label_map: dict[
         for spec in specs:
             if spec.name not in indexes:
                 try:
-                    indexes[spec.name] = load_dataset(spec.dataset, spec.path,
-                                                     root_option="the PATH of --external NAME=DATASET:PATH",
-                                                     **spec.options)
+                    indexes[spec.name] = ExternalIndex(load_dataset(
+                        spec.dataset, spec.path, root_option="the PATH of --external NAME=DATASET:PATH",
+                        **spec.options))
                 except CxrError as error:
                     raise CxrError(f"--external {spec.name}: {error}") from error
-            labels = {labels[0] for labels in indexes[spec.name].frame["labels"]}
+            if spec.dataset == dataset:
+                indexes[spec.name] = without_study_images(spec, indexes[spec.name].index, study_index,
+                                                          data.split(dataset))
+            labels = {labels[0] for labels in indexes[spec.name].index.frame["labels"]}
             if not {label_map.get(label, label) for label in labels} & set(classes):
                 raise no_common_class(spec, labels, classes)
     return indexes
+
+
+def without_study_images(spec: ExternalSpec, external: DatasetIndex, study_index: DatasetIndex,
+                         split: pd.DataFrame) -> ExternalIndex:
+    """`external`, read by the loader of the study's dataset `study_index`, without the images that the study's
+    `split` of that dataset holds (any part): those of its patients or file names, or where the loader reads
+    a folder or CSV of anyone's images, whose ids and names may coincide with another set's, the same files.
+    CxrError if no image is left."""
+    frame = external.frame
+    if spec.dataset in OWN_LAYOUTS:
+        study_files = {str(Path(study_index.root).resolve() / relpath) for relpath in split["relpath"]}
+        root = Path(external.root).resolve()
+        held = frame["relpath"].map(lambda relpath: str(root / relpath) in study_files).to_numpy(dtype=bool)
+        matched = "the same image files"
+    else:
+        held = (frame["relpath"].isin(split["relpath"]) | frame["patient"].astype(str).isin(split["patient"])
+                ).to_numpy(dtype=bool)
+        matched = "the same patient ids or file names"
+    if not held.any():
+        return ExternalIndex(external)
+    first = frame[held].iloc[0]
+    known = (f"{int(held.sum())} images of {frame.loc[held, 'patient'].nunique()} patients the study's split of "
+             f"{study_index.name} already holds ({matched}, e.g. {first['relpath']} of patient {first['patient']})")
+    if held.all():
+        raise CxrError(f"--external {spec.name}: all {known}: the study trained, chose or tested its models on "
+                       "them (or held them out as its own sources), so nothing from elsewhere is left to evaluate; "
+                       "name a set of other patients")
+    log.warning("--external %s: %s were left out: they are the study's own images, not images from elsewhere",
+                spec.name, known)
+    return ExternalIndex(external.subset(~held), known)
 
 
 def no_common_class(spec: ExternalSpec, labels, classes: list[str]) -> CxrError:
@@ -220,12 +268,13 @@ def no_common_class(spec: ExternalSpec, labels, classes: list[str]) -> CxrError:
 
 # ------------------------------------------------------------------ the sets
 
-def load_external(spec: ExternalSpec, index: DatasetIndex, dataset: str, classes: list[str],
+def load_external(spec: ExternalSpec, indexed: ExternalIndex, dataset: str, classes: list[str],
                   label_map: dict[str, str], image_size: int, cache_dir: str | None) -> ExternalSet:
-    """Decode (once, into the cache) and label one external set (`index`: its images, check_externals)
+    """Decode (once, into the cache) and label one external set (`indexed`: its images, check_externals)
     for the models of `dataset`."""
     from cxrnets.splits import leakage_groups
 
+    index = indexed.index
     if index.multilabel:
         raise CxrError(f"--external {spec.name}: {spec.dataset} is multi-label; external evaluation scores "
                        "single-label sets (use covid-chestxray-3class, folder or csv)")
@@ -242,7 +291,8 @@ def load_external(spec: ExternalSpec, index: DatasetIndex, dataset: str, classes
     external = ExternalSet(
         spec.name, f"{spec.dataset} at {spec.path}", dataset, list(classes), cache.images, rows,
         np.array([position[mapped[i]] for i in rows], dtype=np.int64), groups, image_size,
-        dict(Counter(label for label, kept in zip(labels, keep) if not kept)), dict(index.skipped))
+        dict(Counter(label for label, kept in zip(labels, keep) if not kept)), dict(index.skipped),
+        indexed.in_study_split)
     log.info("external %s", external.summary())
     return external
 
@@ -334,7 +384,7 @@ def compare(cell: dict, internal: Evaluation, internal_scores: np.ndarray, exter
 
 
 def evaluate_elsewhere(analysis: Analysis, data: StudyData, specs: list[ExternalSpec],
-                       indexes: dict[str, DatasetIndex], label_map: dict[str, str], resamples: int,
+                       indexes: dict[str, ExternalIndex], label_map: dict[str, str], resamples: int,
                        device: str = "auto") -> pd.DataFrame:
     """Each cell's best model (rank 1) on each external set (`indexes`: check_externals's) and on its
     dataset's held-out sources: the comparison table (one row per cell, set, metric and class); the

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from cxrnets.errors import CxrError
+from cxrnets.data import SAMPLE_ROOT, DatasetIndex
 from study.analysis.external import ALL_PRESENT, HELDOUT_SET, compare, parse_externals, parse_label_map
 from study.analysis.uncertainty import BASELINE, independent_difference_interval, proportion_interval
 from study.analyze import analyze, main
@@ -182,6 +183,53 @@ def test_each_model_meets_the_external_set_at_its_own_image_size(grid_study, tmp
     assert report.count("- **hospital-b** (") == 1
 
 
+def test_the_study_s_own_images_are_left_out_of_a_set_read_by_its_loader(grid_study, tmp_path):
+    """The whole embedded sample as an external set of a study trained on part of it: the images (and the
+    patients) the study split into train, val and test are left out, counted and named; the rest is scored."""
+    import pandas as pd
+
+    from cxrnets.data import load_dataset
+
+    split = pd.read_csv(grid_study / "splits" / f"{GRID_DATASET}.csv", dtype=str, keep_default_na=False)
+    sample = load_dataset(GRID_DATASET, SAMPLE_ROOT).frame
+    own = sample["relpath"].isin(split["relpath"]) | sample["patient"].isin(split["patient"])
+    analysis = analyze(grid_study, out=tmp_path / "report", resamples=0, importance="none", saliency=0,
+                       formats=("md",), externals=parse_externals([f"sample={GRID_DATASET}:{SAMPLE_ROOT}"], None))
+    [external] = analysis.external_sets
+    assert own.sum() >= len(split) and len(external.y_true) == (~own).sum() > 0
+    left_out = (f"{own.sum()} images of {sample.loc[own, 'patient'].nunique()} patients the study's split of "
+                f"{GRID_DATASET} already holds (the same patient ids or file names, e.g. ")
+    assert external.in_study_split.startswith(left_out)
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert f"- **sample** ({GRID_DATASET} at {SAMPLE_ROOT}): {(~own).sum()} images" in report
+    assert f"left out: {left_out}" in report
+
+
+def test_only_the_same_files_count_as_the_study_s_own_in_a_folder_or_csv_of_anyone_s_images(tmp_path):
+    """Two hospitals' CSVs may both name patients 1 to 4 and images img/00.png to img/03.png: other images."""
+    import pandas as pd
+
+    from study.analysis.external import ExternalSpec, without_study_images
+
+    def index(root: Path, numbers: range) -> DatasetIndex:
+        frame = pd.DataFrame({"relpath": [f"img/{i:02d}.png" for i in numbers],
+                              "patient": [str(i + 1) for i in numbers], "labels": [("COVID-19",)] * len(numbers)})
+        return DatasetIndex("csv", root, frame, ["COVID-19", "No Finding"])
+
+    study = index(tmp_path / "a", range(4))
+    split = study.frame.assign(split=["train", "train", "val", "test"])
+    spec = ExternalSpec("b", "csv", str(tmp_path / "b" / "labels.csv"))
+    other_hospital = without_study_images(spec, index(tmp_path / "b", range(4)), study, split)
+    assert len(other_hospital.index.frame) == 4 and other_hospital.in_study_split == ""
+    beside = without_study_images(spec, index(tmp_path / "b" / ".." / "a", range(2, 6)), study, split)
+    assert list(beside.index.frame["relpath"]) == ["img/04.png", "img/05.png"]
+    assert beside.in_study_split.startswith("2 images of 2 patients the study's split of csv already holds (the same "
+                                            "image files")
+    with pytest.raises(CxrError, match=r"--external b: all 4 images of 4 patients the study's split of csv already "
+                                       r"holds .*nothing from elsewhere is left to evaluate"):
+        without_study_images(spec, index(tmp_path / "a", range(4)), study, split)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--external", "x=csv:{labels}", "--label-map", "No finding=Healthy"],
      r"--label-map maps 'No finding' to 'Healthy', which is no class of the study \(COVID-19, Other pneumonia, "
@@ -200,11 +248,14 @@ def test_each_model_meets_the_external_set_at_its_own_image_size(grid_study, tmp
     (["--external", "x=lungs:{labels}"], r"--external 'x=lungs:.*': unknown dataset 'lungs'"),
     (["--external", "x"], r"--external 'x': write NAME=DATASET:PATH"),
     (["--dataset-option", "label_column=finding"], r"--dataset-option in the analysis applies to --external sets"),
+    (["--external", f"x={GRID_DATASET}:{{study_data}}"],
+     r"--external x: all \d+ images of \d+ patients the study's split of covid-chestxray-3class already holds \(the "
+     r"same patient ids or file names, e.g\. .*\): the study trained, chose or tested its models on them"),
 ])
 def test_bad_external_input_is_refused_before_any_evaluation(grid_study, tmp_path, capsys, flags, message):
     labels = external_csv(tmp_path / "set")
     argv = [str(grid_study), "--out", str(tmp_path / "report"), "--bootstrap", "0", "--importance", "none",
-            *[flag.format(labels=labels, tmp=tmp_path) for flag in flags]]
+            *[flag.format(labels=labels, tmp=tmp_path, study_data=grid_study.parents[1] / "data") for flag in flags]]
     assert main(argv) == 2
     err = capsys.readouterr().err  # Ray's workers may still stream a line to the driver's stderr
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
