@@ -355,41 +355,37 @@ def test_resume_of_a_study_whose_split_is_missing(tmp_path, capsys, tiny_data, c
     assert f"{settings.study_uri}/splits/folder.csv: the study's split is missing" in err and "restore" in err
 
 
-def test_resume_of_a_study_whose_split_was_edited(tmp_path, capsys, tiny_data, cache_dir, monkeypatch):
-    """A resume must train on the split the study started with: an edited split file stops it before Ray."""
-    import study.driver
-    from study.settings import save_settings
-
-    space = write_space(tmp_path / "space.yaml", GOOD_SPACE)
-    settings = settings_from_args(build_parser().parse_args(
-        study_argv(space, tmp_path / "studies", "edited", tiny_data, cache_dir, "--image-size", "32")))
-    study.driver.prepare_splits(settings, resume=False)
-    save_settings(settings)
-    path = Path(settings.study_uri) / "splits" / "folder.csv"
+def move_a_val_image_to_train(path: Path) -> None:
     split = pd.read_csv(path, dtype=str, keep_default_na=False)
     split.loc[split.index[split["split"] == "val"][0], "split"] = "train"
     split.to_csv(path, index=False)
-    monkeypatch.setattr(study.driver, "connect", lambda *a, **k: pytest.fail("Ray started"))
-    assert main(["--resume", settings.study_uri]) == 2
-    assert capsys.readouterr().err.startswith(f"error: {path} was edited since the study made it")
 
 
-def test_resume_of_a_study_whose_split_was_cut_short(tmp_path, capsys, tiny_data, cache_dir, monkeypatch):
-    """The study reads its split with cxrnets.splits' checks: a split file cut in a line is named as such."""
+def cut_in_its_last_line(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-10])
+
+
+@pytest.mark.parametrize("damage, message", [
+    (move_a_val_image_to_train, " was edited since the study made it"),
+    (cut_in_its_last_line, ": the split file looks cut short (its last line is incomplete"),
+], ids=["edited", "cut short"])
+def test_resume_of_a_study_whose_split_was_damaged(tmp_path, capsys, tiny_data, cache_dir, monkeypatch, damage,
+                                                   message):
+    """A resume must train on the split the study started with: a split file edited, or cut short (read with
+    cxrnets.splits' checks), stops it before Ray, named."""
     import study.driver
     from study.settings import save_settings
 
     space = write_space(tmp_path / "space.yaml", GOOD_SPACE)
     settings = settings_from_args(build_parser().parse_args(
-        study_argv(space, tmp_path / "studies", "cut", tiny_data, cache_dir, "--image-size", "32")))
+        study_argv(space, tmp_path / "studies", "damaged", tiny_data, cache_dir, "--image-size", "32")))
     study.driver.prepare_splits(settings, resume=False)
     save_settings(settings)
     path = Path(settings.study_uri) / "splits" / "folder.csv"
-    path.write_bytes(path.read_bytes()[:-10])
+    damage(path)
     monkeypatch.setattr(study.driver, "connect", lambda *a, **k: pytest.fail("Ray started"))
     assert main(["--resume", settings.study_uri]) == 2
-    assert capsys.readouterr().err.startswith(f"error: {path}: the split file looks cut short (its last line is "
-                                              "incomplete")
+    assert capsys.readouterr().err.startswith(f"error: {path}{message}")
 
 
 def test_resume_of_a_study_in_a_bucket_whose_data_changed_names_the_split_object(tmp_path, s3_bucket, cache_dir):
