@@ -341,14 +341,33 @@ def test_invalid_yaml_names_the_file(tmp_path):
         load_space(path)
 
 
-@pytest.mark.parametrize("encoding, line, byte", [("latin-1", 2, "0xe9"), ("utf-16", 1, "0xff")])
-def test_a_space_file_not_in_utf8_is_refused_naming_the_file(tmp_path, encoding, line, byte):
-    """An accented comment saved as latin-1, or a file a Windows editor saved as UTF-16."""
+REFUSED_FILES = {
+    # An accented comment saved as latin-1, or a file a Windows editor saved as UTF-16.
+    "latin-1": ("search:\n  model: {choice: [resnet50]}  # réseau\n".encode("latin-1"),
+                "not UTF-8 (line 2 has the byte 0xe9: the file was saved in another encoding, such as latin-1 or "
+                "UTF-16); save it as UTF-8"),
+    "utf-16": ("search:\n  model: {choice: [resnet50]}  # réseau\n".encode("utf-16"),
+               "not UTF-8 (line 1 has the byte 0xff: the file was saved in another encoding, such as latin-1 or "
+               "UTF-16); save it as UTF-8"),
+    # YAML keeps the last of two `lr:` entries silently: the study would search a range the user did not mean.
+    "a dimension twice": (b"search:\n  model: {choice: [resnet50]}\n  lr: {loguniform: [1.0e-4, 1.0e-1]}\n"
+                          b"  lr: {loguniform: [1.0e-3, 1.0e-2]}\n",
+                          "'lr' is given twice, on lines 3 and 4; YAML would keep only the last: remove or rename one"),
+    "a section twice": (b"study:\n  image_size: 64\nsearch:\n  model: {choice: [resnet50]}\nstudy:\n  image_size: 32\n",
+                        "'study' is given twice, on lines 1 and 5; YAML would keep only the last: remove or rename "
+                        "one"),
+    "a kind twice in a flow mapping": (b"search:\n  model: {choice: [resnet50]}\n"
+                                       b"  lr: {loguniform: [1.0e-4, 1.0e-1],\n       loguniform: [1.0e-3, 1.0e-2]}\n",
+                                       "'loguniform' is given twice, on lines 3 and 4; YAML would keep only the last: "
+                                       "remove or rename one"),
+}
+
+
+@pytest.mark.parametrize("content, message", REFUSED_FILES.values(), ids=REFUSED_FILES.keys())
+def test_a_space_file_not_in_utf8_or_giving_a_key_twice_is_refused_naming_the_file(tmp_path, content, message):
     path = tmp_path / "space.yaml"
-    path.write_text("search:\n  model: {choice: [resnet50]}  # réseau\n", encoding=encoding)
-    with pytest.raises(CxrError, match=re.escape(
-            f"{path}: not UTF-8 (line {line} has the byte {byte}: the file was saved in another encoding, "
-            "such as latin-1 or UTF-16); save it as UTF-8")):
+    path.write_bytes(content)
+    with pytest.raises(CxrError, match=re.escape(f"{path}: {message}")):
         load_space(path)
 
 
@@ -356,28 +375,6 @@ def test_a_space_file_with_a_utf8_byte_order_mark_loads(tmp_path):
     path = tmp_path / "space.yaml"
     path.write_text("search:\n  model: {choice: [resnet50]}  # réseau\n", encoding="utf-8-sig")
     assert [d.name for d in load_space(path).dimensions] == ["model"]
-
-
-DUPLICATES = {
-    "a dimension": ("search:\n  model: {choice: [resnet50]}\n  lr: {loguniform: [1.0e-4, 1.0e-1]}\n"
-                    "  lr: {loguniform: [1.0e-3, 1.0e-2]}\n", "'lr'", 3, 4),
-    "a section": ("study:\n  image_size: 64\nsearch:\n  model: {choice: [resnet50]}\nstudy:\n  image_size: 32\n",
-                  "'study'", 1, 5),
-    "a kind in a flow mapping": ("search:\n  model: {choice: [resnet50]}\n"
-                                 "  lr: {loguniform: [1.0e-4, 1.0e-1],\n       loguniform: [1.0e-3, 1.0e-2]}\n",
-                                 "'loguniform'", 3, 4),
-}
-
-
-@pytest.mark.parametrize("text, key, first, second", DUPLICATES.values(), ids=DUPLICATES.keys())
-def test_a_key_given_twice_is_refused_naming_it_and_its_lines(tmp_path, text, key, first, second):
-    """YAML keeps the last of two `lr:` entries silently: the study would search a range the user did not mean."""
-    path = tmp_path / "space.yaml"
-    path.write_text(text)
-    with pytest.raises(CxrError, match=re.escape(
-            f"{path}: {key} is given twice, on lines {first} and {second}; YAML would keep only the last: "
-            "remove or rename one")):
-        load_space(path)
 
 
 def test_a_merge_key_may_be_overridden(tmp_path):
