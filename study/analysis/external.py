@@ -196,8 +196,8 @@ def check_label_map(label_map: dict[str, str], classes: list[str]) -> None:
 def check_externals(data: StudyData, specs: list[ExternalSpec], label_map: dict[str, str]
                     ) -> dict[str, ExternalIndex]:
     """Refuse, before anything is evaluated, external sets and label maps the study cannot score: a path
-    that does not exist, a set with no class in common or with no image but the study's own, a map onto a
-    class the study lacks, a multi-label study. Reads indexes only (no image is decoded); returns each
+    that does not exist, a multi-label set, a set with no class in common or with no image but the study's own,
+    a map onto a class the study lacks, a multi-label study. Reads indexes only (no image is decoded); returns each
     external set's index by name, without the images the study's split holds."""
     indexes: dict[str, ExternalIndex] = {}
     if not specs and not label_map:
@@ -221,6 +221,9 @@ def check_externals(data: StudyData, specs: list[ExternalSpec], label_map: dict[
                         **spec.options))
                 except CxrError as error:
                     raise CxrError(f"--external {spec.name}: {error}") from error
+                if indexes[spec.name].index.multilabel:
+                    raise CxrError(f"--external {spec.name}: {spec.dataset} is multi-label; external evaluation "
+                                   "scores single-label sets (use covid-chestxray-3class, folder or csv)")
             if spec.dataset == dataset:
                 indexes[spec.name] = without_study_images(spec, indexes[spec.name].index, study_index,
                                                           data.split(dataset))
@@ -275,9 +278,6 @@ def load_external(spec: ExternalSpec, indexed: ExternalIndex, dataset: str, clas
     from cxrnets.splits import leakage_groups
 
     index = indexed.index
-    if index.multilabel:
-        raise CxrError(f"--external {spec.name}: {spec.dataset} is multi-label; external evaluation scores "
-                       "single-label sets (use covid-chestxray-3class, folder or csv)")
     cache = build_cache(index, image_size, cache_dir)
     index = cache.index  # undecodable images left out, counted in index.skipped
     labels = [labels[0] for labels in index.frame["labels"]]

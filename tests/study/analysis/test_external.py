@@ -4,6 +4,7 @@ partial classes, a label map, left-out labels, undecodable images, and their Gra
 from __future__ import annotations
 
 import csv
+import logging
 import re
 import shutil
 import types
@@ -248,20 +249,26 @@ def test_only_the_same_files_count_as_the_study_s_own_in_a_folder_or_csv_of_anyo
     (["--external", "x=lungs:{labels}"], r"--external 'x=lungs:.*': unknown dataset 'lungs'"),
     (["--external", "x"], r"--external 'x': write NAME=DATASET:PATH"),
     (["--dataset-option", "label_column=finding"], r"--dataset-option in the analysis applies to --external sets"),
+    (["--external", "x=covid-chestxray:{study_data}"],
+     r"--external x: covid-chestxray is multi-label; external evaluation scores single-label sets"),
     (["--external", f"x={GRID_DATASET}:{{study_data}}"],
      r"--external x: all \d+ images of \d+ patients the study's split of covid-chestxray-3class already holds \(the "
      r"same patient ids or file names, e.g\. .*\): the study trained, chose or tested its models on them"),
 ])
-def test_bad_external_input_is_refused_before_any_evaluation(grid_study, tmp_path, capsys, flags, message):
+def test_bad_external_input_is_refused_before_any_evaluation(grid_study, tmp_path, capsys, caplog, flags, message):
+    caplog.set_level(logging.INFO, logger="study.analyze")
     labels = external_csv(tmp_path / "set")
     argv = [str(grid_study), "--out", str(tmp_path / "report"), "--bootstrap", "0", "--importance", "none",
             *[flag.format(labels=labels, tmp=tmp_path, study_data=grid_study.parents[1] / "data") for flag in flags]]
+    looks = sorted((grid_study / "analyses").glob("*.json"))
     assert main(argv) == 2
     err = capsys.readouterr().err  # Ray's workers may still stream a line to the driver's stderr
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "Traceback" not in err
     assert re.search(message, errors[0]), err
     assert not (tmp_path / "report").exists()
+    assert sorted((grid_study / "analyses").glob("*.json")) == looks  # no look at the test split recorded
+    assert not [record for record in caplog.records if "evaluating trial" in record.getMessage()]
 
 
 def test_a_checkpoint_of_other_classes_is_skipped_and_the_next_trial_evaluated(grid_study, tmp_path):
