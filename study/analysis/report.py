@@ -216,7 +216,8 @@ def header_lines(analysis: Analysis) -> list[str]:
     study, settings = analysis.study, analysis.study.settings
     split_name = "test" if analysis.split == "test" else "validation"
     lines = [f"- Study directory: `{study.uri}` (created {settings.created})",
-             f"- Search space: `{settings.space_source}`; datasets: " + ", ".join(f"`{d}`" for d in settings.data_roots),
+             f"- Search space: `{settings.space_source}`; datasets: "
+             + ", ".join(f"`{d}`" for d in settings.data_roots),
              f"- Trials chosen on **{analysis.metric}** ({'lower' if analysis.mode == 'min' else 'higher'} is "
              f"better, validation split); evaluated once on the **{split_name}** split"
              + top_k_words(analysis),
