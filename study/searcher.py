@@ -247,9 +247,9 @@ class BestEpochOptunaSearch(OptunaSearch):
     def restore(self, checkpoint_path: str) -> None:
         """The searcher's state from Tune's last snapshot, reconciled with the Optuna storage, which may be
         ahead of it: a trial the storage holds as finished is not told again (the resume reruns it from its
-        last full state), and a trial started after the snapshot, which the resume forgets, is marked failed.
-        A trial that had failed (errored), which the resume runs again, is told anew when it ends
-        (_tell_again)."""
+        last full state), and a trial started after the snapshot is marked failed (the resume forgets it, unless
+        Tune's snapshot of its trials holds it). A trial that had failed (errored), or had started after the
+        snapshot, which the resume runs again, is told anew when it ends (_tell_again)."""
         super().restore(checkpoint_path)
         if getattr(self, "_storage_file", None) is None:
             return  # in-memory Optuna study (studies from before the storage file)
@@ -265,8 +265,16 @@ class BestEpochOptunaSearch(OptunaSearch):
                 self._completed_trials.add(known[frozen.number])
             elif frozen.number not in known and frozen.state == optuna.trial.TrialState.RUNNING:
                 self._ot_study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
-                log.info("Optuna trial %d had started when the study was interrupted and is not resumed: "
-                         "marked failed", frozen.number)
+                log.info("Optuna trial %d had started after the searcher's last snapshot: marked failed, and "
+                         "told anew if the resume runs its trial", frozen.number)
+                # Tune's snapshot of its trials may be newer than its snapshot of the searcher: if it holds
+                # this trial, the resume runs it, and its end goes in as a new trial, as a failed one's does.
+                trial_id = frozen.user_attrs.get("trial_id")
+                if trial_id is not None:
+                    study_id = self._storage.get_study_id_from_name(self._study_name)
+                    self._ot_trials[trial_id] = optuna.Trial(
+                        self._ot_study, self._storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number))
+                    self._failed_then_resumed().add(trial_id)
 
     def _copy_storage_file(self) -> None:
         """Object storage: the bucket's copy follows every change, so that it always knows at least every

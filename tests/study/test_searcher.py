@@ -232,6 +232,29 @@ def test_a_trial_that_failed_and_ends_after_a_resume_teaches_the_sampler_its_bes
     assert rerun.user_attrs == {"trial_id": "crashed", "rerun_of": failed.number}
 
 
+def test_a_trial_started_after_the_searchers_snapshot_that_the_resume_runs_is_told_when_it_ends(tmp_path):
+    """Tune's snapshot of its trials can be newer than its snapshot of the searcher: the resume then runs a
+    trial the restored searcher never suggested (a KeyError ended the resumed study). It reports as a
+    failed-then-resumed trial does: its end goes in as a new COMPLETE trial."""
+    path = tmp_path / "optuna.db"
+    search = stored_searcher(tmp_path)
+    feed(search, "done", [0.2, 0.4])
+    search.save(str(tmp_path / "searcher.pkl"))  # the searcher's snapshot
+    search.suggest("started-after")  # Tune's snapshot of its trials holds it; then the driver is killed
+
+    resumed = stored_searcher(tmp_path)
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    for epoch, value in ((1, 0.25), (2, 0.5)):
+        resumed.on_trial_result("started-after", {"training_iteration": epoch, "val/f1_macro": value})
+    resumed.on_trial_complete("started-after", {"training_iteration": 3, "val/f1_macro": 0.45})
+
+    trials = optuna.load_study(study_name="demo", storage=storage_url(path)).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    _, started, rerun = trials
+    assert rerun.value == 0.5 and rerun.params == started.params
+    assert rerun.user_attrs == {"trial_id": "started-after", "rerun_of": started.number}
+
+
 @pytest.mark.parametrize("damage", ["missing", "corrupt", "another study"])
 def test_a_resume_refuses_a_storage_file_it_cannot_continue(tmp_path, damage):
     study_dir = tmp_path / "studies" / "demo"
