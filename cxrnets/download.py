@@ -178,6 +178,11 @@ def extract(archive: Path, folder: Path) -> None:
     if not archive.is_file():
         raise CxrError(f"--archive {archive}: no such file")
     if not zipfile.is_zipfile(archive):
+        with archive.open("rb") as file:
+            begins_as_zip = file.read(4) == b"PK\x03\x04"
+        if begins_as_zip:  # a zip lists its files at its end: a download that stopped early has none
+            raise DamagedArchiveError(f"{archive}: a zip archive cut short (it lacks the list of files a zip ends "
+                                      "with): download it again")
         raise DamagedArchiveError(f"{archive}: not a zip archive (the datasets' sources give zip files)")
     folder.mkdir(parents=True)
     try:

@@ -177,6 +177,10 @@ def test_bad_archives(github_archive: Path, tmp_path: Path) -> None:
     text.write_text("<html>sign in</html>")
     with pytest.raises(CxrError, match=r"page.html: not a zip archive"):
         download.fetch("covid-chestxray", out, archive=text)
+    cut = tmp_path / "cut.zip"  # a browser's download that stopped early
+    cut.write_bytes(github_archive.read_bytes()[:20_000])
+    with pytest.raises(CxrError, match=r"cut.zip: a zip archive cut short \(.*\): download it again"):
+        download.fetch("covid-chestxray", out, archive=cut)
     with pytest.raises(CxrError, match=r"nothere.zip: no such file"):
         download.fetch("covid-chestxray", out, archive=tmp_path / "nothere.zip")
     damaged = tmp_path / "damaged.zip"
