@@ -60,7 +60,8 @@ def test_smoke_run_gives_every_figure(tmp_path: Path, capsys: pytest.CaptureFixt
                        "orchestration/overhead", "orchestration/first_epoch_seconds", "search/best_gap",
                        "search/epochs_ratio", "search/best_gap_vs_optuna", "search/epochs_vs_optuna",
                        "search/parallel_wall_vs_optuna", "storage/demo_bytes_left", "storage/s3_analysis_vs_local"}
-    assert all(isinstance(goal["met"], bool) for goal in report["goals"])
+    assert all(goal["met"] is None for goal in report["goals"])  # smoke sizes: figures, no verdicts
+    assert "goals not judged at the smoke sizes" in printed and "| NO" not in printed
     # the grid ran every configuration to the last epoch; ASHA ran the same space
     search = report["details"]["search"]
     assert search["grid"]["trials"] == search["configs"] == 2

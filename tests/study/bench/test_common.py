@@ -30,6 +30,16 @@ def test_the_quick_search_is_held_to_half_the_grids_epochs_the_full_one_to_a_thi
     assert common.check_goals(figures, "quick")[0]["goal"] == "<= 0.5"
 
 
+def test_no_goal_is_judged_at_the_smoke_sizes() -> None:
+    """The smoke preset gives every figure quickly; its 4-epoch search and seconds-long timings say nothing of
+    the goals."""
+    figures = {"search/epochs_ratio": 0.75, "trainable/ratio/resnet50": 1.72}
+    goals = common.check_goals(figures, "smoke")
+    assert [goal["met"] for goal in goals] == [None, None]
+    table = common.render_table(figures, goals)
+    assert "not judged (smoke sizes)" in table and "yes" not in table and "NO" not in table
+
+
 def test_a_stop_while_the_report_is_written_keeps_the_previous_one(tmp_path, monkeypatch) -> None:
     """The bench rewrites its JSON after every part; Ctrl-C or SIGTERM in the middle of a write (raised
     as KeyboardInterrupt wherever the bench is) leaves the last complete report, and no temporary file."""
