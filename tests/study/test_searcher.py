@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 import shutil
+from pathlib import Path
 
 import optuna
 import pytest
@@ -208,51 +209,45 @@ def test_a_restore_reconciles_the_snapshot_with_a_storage_that_ran_ahead(tmp_pat
     assert trials["started-after"].state.name == "FAIL"
 
 
-def test_a_trial_that_failed_and_ends_after_a_resume_teaches_the_sampler_its_best(tmp_path):
-    """Tuner.restore(resume_errored=True) runs an errored trial again from its last full state; its Optuna
-    trial is FAIL, which cannot be told again, and TPE ignores FAIL trials: its configuration and best value
-    go in as a new COMPLETE trial."""
-    path = tmp_path / "optuna.db"
-    search = stored_searcher(tmp_path)
-    assert search.suggest("crashed") is not None
-    search.on_trial_result("crashed", {"training_iteration": 1, "val/f1_macro": 0.3})
-    search.on_trial_complete("crashed", error=True)  # its worker died past --max-failures
-    search.save(str(tmp_path / "searcher.pkl"))
-
-    resumed = stored_searcher(tmp_path)
-    resumed.restore(str(tmp_path / "searcher.pkl"))
-    for epoch, value in ((2, 0.45), (3, 0.4)):
-        resumed.on_trial_result("crashed", {"training_iteration": epoch, "val/f1_macro": value})
-    resumed.on_trial_complete("crashed", {"training_iteration": 4, "val/f1_macro": 0.35})
-
-    trials = optuna.load_study(study_name="demo", storage=storage_url(path)).trials
-    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
-    failed, rerun = trials
-    assert rerun.value == 0.45 and rerun.params == failed.params
-    assert rerun.user_attrs == {"trial_id": "crashed", "rerun_of": failed.number}
+def failed_before_the_snapshot(search: BestEpochOptunaSearch, snapshot: Path) -> None:
+    """Its worker died past --max-failures; Tuner.restore(resume_errored=True) runs it again from its last
+    full state."""
+    assert search.suggest("rerun") is not None
+    search.on_trial_result("rerun", {"training_iteration": 1, "val/f1_macro": 0.3})
+    search.on_trial_complete("rerun", error=True)
+    search.save(str(snapshot))
 
 
-def test_a_trial_started_after_the_searchers_snapshot_that_the_resume_runs_is_told_when_it_ends(tmp_path):
-    """Tune's snapshot of its trials can be newer than its snapshot of the searcher: the resume then runs a
-    trial the restored searcher never suggested (a KeyError ended the resumed study). It reports as a
-    failed-then-resumed trial does: its end goes in as a new COMPLETE trial."""
-    path = tmp_path / "optuna.db"
-    search = stored_searcher(tmp_path)
+def started_after_the_snapshot(search: BestEpochOptunaSearch, snapshot: Path) -> None:
+    """Tune's snapshot of its trials can be newer than its snapshot of the searcher: the resume runs a trial
+    the restored searcher never suggested (a KeyError ended the resumed study)."""
     feed(search, "done", [0.2, 0.4])
-    search.save(str(tmp_path / "searcher.pkl"))  # the searcher's snapshot
-    search.suggest("started-after")  # Tune's snapshot of its trials holds it; then the driver is killed
+    search.save(str(snapshot))
+    search.suggest("rerun")  # then the driver is killed
+
+
+@pytest.mark.parametrize("before_the_kill, states", [
+    (failed_before_the_snapshot, ["FAIL", "COMPLETE"]),
+    (started_after_the_snapshot, ["COMPLETE", "FAIL", "COMPLETE"]),
+], ids=["failed", "started after the searcher's snapshot"])
+def test_a_trial_optuna_holds_failed_that_the_resume_runs_teaches_the_sampler_its_best(tmp_path, before_the_kill,
+                                                                                        states):
+    """A finished (FAIL) Optuna trial cannot be told again, and TPE ignores FAIL trials: the configuration and
+    best value of a trial the resume runs go in as a new COMPLETE trial."""
+    path, snapshot = tmp_path / "optuna.db", tmp_path / "searcher.pkl"
+    before_the_kill(stored_searcher(tmp_path), snapshot)
 
     resumed = stored_searcher(tmp_path)
-    resumed.restore(str(tmp_path / "searcher.pkl"))
-    for epoch, value in ((1, 0.25), (2, 0.5)):
-        resumed.on_trial_result("started-after", {"training_iteration": epoch, "val/f1_macro": value})
-    resumed.on_trial_complete("started-after", {"training_iteration": 3, "val/f1_macro": 0.45})
+    resumed.restore(str(snapshot))
+    for epoch, value in ((2, 0.45), (3, 0.4)):
+        resumed.on_trial_result("rerun", {"training_iteration": epoch, "val/f1_macro": value})
+    resumed.on_trial_complete("rerun", {"training_iteration": 4, "val/f1_macro": 0.35})
 
     trials = optuna.load_study(study_name="demo", storage=storage_url(path)).trials
-    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
-    _, started, rerun = trials
-    assert rerun.value == 0.5 and rerun.params == started.params
-    assert rerun.user_attrs == {"trial_id": "started-after", "rerun_of": started.number}
+    assert [t.state.name for t in trials] == states
+    failed, rerun = trials[-2:]
+    assert rerun.value == 0.45 and rerun.params == failed.params
+    assert rerun.user_attrs == {"trial_id": "rerun", "rerun_of": failed.number}
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt", "another study"])
