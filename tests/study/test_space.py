@@ -130,7 +130,7 @@ def test_adam_trials_never_get_sgd_dimensions(name):
     if name == "demo":  # weight decay is SGD's only in demo.yaml ...
         assert not any("weight_decay" in c for c in adam)
         assert all(c["momentum"] == 0.9 and c["weight_decay"] == 1e-4 for c in sgd)
-    else:  # ... wide.yaml gives both optimizers their own weight decay range
+    else:  # ... wide.yaml searches it for both optimizers over one range
         assert all(1e-6 <= c["weight_decay"] <= 1e-2 for c in configs)
         assert all(0.5 <= c["momentum"] <= 0.99 for c in sgd)
         assert all(1e-6 <= c["lr"] <= 1e-2 for c in adam) and all(1e-4 <= c["lr"] <= 1e-1 for c in sgd)
