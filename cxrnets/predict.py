@@ -119,6 +119,20 @@ def prediction_rows(paths: list[Path], scores: np.ndarray, errors: list[str], cl
     return rows
 
 
+def write_new_file(text: str, path: Path) -> Path:
+    """Write `text` to `path`, created here and now (a file there is never overwritten), or, where `path`
+    exists by now, to the first free `<stem>-1<suffix>`, `<stem>-2<suffix>`, ... beside it; the file written."""
+    candidate, number = path, 0
+    while True:
+        try:
+            with candidate.open("x", encoding="utf-8", newline="") as file:
+                file.write(text)
+            return candidate
+        except FileExistsError:
+            number += 1
+            candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m cxrnets.predict",
                                      description="Classify images with a trained model (no labels needed).")
@@ -182,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("scored %d/%d images", min(start + CHUNK, len(paths)), len(paths))
     table = pd.DataFrame(rows)
     out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, index=False, float_format="%.6g")
+    written = write_new_file(table.to_csv(index=False, float_format="%.6g"), out)
     failed = table[table["error"] != ""]
     for _, row in failed.head(5).iterrows():
         log.warning("not scored: %s", row["error"])
@@ -190,7 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     log.info("predicted: %s", ", ".join(f"{name or '(no label)'} {count}" for name, count in counts.most_common())
              or "nothing")
     log.info("%d of %d images scored%s; written to %s", len(table) - len(failed), len(table),
-             f" ({len(failed)} could not be decoded: see the error column)" if len(failed) else "", out)
+             f" ({len(failed)} could not be decoded: see the error column)" if len(failed) else "", written)
+    if written != out:
+        print(f"error: --out {out} appeared while predicting (another run?) and was left as it is; these "
+              f"predictions were written to {written} instead", file=sys.stderr)
+        return 2
     return 0
 
 

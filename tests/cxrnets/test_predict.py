@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+import cxrnets.predict
 from cxrnets.config import TrainConfig
 from cxrnets.data import SAMPLE_ROOT
 from cxrnets.predict import main
@@ -150,6 +151,28 @@ def test_an_existing_out_file_is_refused_before_predicting_and_kept(trained, tmp
     assert err.startswith(f"error: --out {out} already exists") and "remove it or choose another --out" in err, err
     assert "Traceback" not in err
     assert out.read_bytes() == earlier
+
+
+def test_an_out_file_made_while_predicting_is_kept_and_the_predictions_go_beside_it(
+        trained, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another run writing the same --out between the start and the end: neither its file nor these
+    predictions are lost."""
+    run, checkpoint = trained
+    out = tmp_path / "predictions.csv"
+    decode_all = cxrnets.predict.decode_all
+
+    def decode_while_another_run_writes_out(*args, **kwargs):
+        out.write_text("another run's predictions\n")
+        return decode_all(*args, **kwargs)
+
+    monkeypatch.setattr("cxrnets.predict.decode_all", decode_while_another_run_writes_out)
+    assert main([str(checkpoint), str(run.data.index.paths()[0]), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    instead = tmp_path / "predictions-1.csv"
+    assert err.startswith(f"error: --out {out} appeared while predicting") and "Traceback" not in err, err
+    assert f"written to {instead} instead" in err
+    assert out.read_text() == "another run's predictions\n"
+    assert list(pd.read_csv(instead)["path"]) == [str(run.data.index.paths()[0])]
 
 
 def test_a_study_weights_file_loads_like_a_training_checkpoint(trained, tmp_path: Path) -> None:
