@@ -396,6 +396,32 @@ def _not_text(path: Path, encoding: str) -> str:
     return f"{place}; pass the file's encoding, e.g. --dataset-option encoding=latin-1"
 
 
+def _misread(path: Path, encoding: str, columns: list[str]) -> str | None:
+    """Why the header `columns` of `path`, decoded with `encoding`, look misread: the file decodes as its byte
+    order mark says (or as UTF-16 where a NUL byte begins it, else as UTF-8) into another header; UTF-8 read as
+    UTF-16 turns into CJK-like text. None where that gives the same header or does not decode."""
+    data = path.read_bytes()
+    marked = next((name for mark, name in BYTE_ORDER_MARKS if data.startswith(mark)), None)
+    if marked:
+        likely, what = marked, f"starts with a {marked.removesuffix('-sig').upper()} byte order mark"
+    elif b"\0" in data[:2]:
+        likely, what = "utf-16-le" if data[1:2] == b"\0" else "utf-16-be", "looks like UTF-16 without a byte order mark"
+    else:
+        likely, what = "utf-8", "looks like UTF-8"
+    if not _decodes(data, likely):
+        return None
+    try:
+        header = list(pd.read_csv(io.BytesIO(data), dtype=str, nrows=0, encoding=likely).columns)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None
+    if header == columns:
+        return None
+    garbled = ",".join(columns)
+    garbled = garbled if len(garbled) <= 30 else garbled[:30] + "..."
+    return (f"{path}: read as {encoding} its header is nonsense ({garbled!r}); the file {what}, which gives the "
+            f"columns {header}: pass --dataset-option encoding={likely}{' (the default)' if likely == 'utf-8' else ''}")
+
+
 def _decodes(data: bytes, encoding: str) -> bool:
     try:
         data.decode(encoding)
@@ -413,6 +439,9 @@ def _read_csv(path: Path, required: list[str], encoding: str = "utf-8") -> pd.Da
         raise CxrError(f"{path}: cannot read CSV ({error}); check that it is a CSV file with a header row") from error
     missing = [column for column in required if column not in table.columns]
     if missing:
+        misread = _misread(path, encoding, list(table.columns))
+        if misread:
+            raise CxrError(misread)
         raise CxrError(
             f"{path}: missing column(s) {missing}; the file has {list(table.columns)}. "
             "Name the right columns with --dataset-option (e.g. path_column=..., label_column=..., "

@@ -569,6 +569,29 @@ def test_a_utf8_file_read_as_utf16_is_told_it_is_utf8(make_csv_dataset, make_che
         load_dataset("covid-chestxray", make_chestxray(), encoding="utf-16")
 
 
+@pytest.mark.parametrize("decoded_as", ["utf-16-le", "utf-16-be"])
+def test_a_utf8_file_that_decodes_as_utf16_is_told_it_is_utf8(make_csv_dataset, decoded_as: str) -> None:
+    """An even number of UTF-8 bytes decodes as UTF-16 without error, into CJK-like text."""
+    csv_path = make_csv_dataset()
+    data = csv_path.read_bytes()
+    csv_path.write_bytes(data if len(data) % 2 == 0 else data + b"\n")
+    with pytest.raises(CxrError) as refused:
+        load_dataset("csv", csv_path, encoding=decoded_as)
+    assert str(refused.value).startswith(f"{csv_path}: read as {decoded_as} its header is nonsense (")
+    assert str(refused.value).endswith("the file looks like UTF-8, which gives the columns ['path', 'label', "
+                                       "'patient']: pass --dataset-option encoding=utf-8 (the default)")
+
+
+def test_a_utf16_file_without_byte_order_mark_read_as_utf8_is_told_its_encoding(make_csv_dataset) -> None:
+    csv_path = make_csv_dataset()
+    csv_path.write_bytes(csv_path.read_text().encode("utf-16-le"))
+    with pytest.raises(CxrError, match=r"labels.csv: read as utf-8 its header is nonsense \('p\\x00a\\x00t.*the file "
+                                       r"looks like UTF-16 without a byte order mark, which gives the columns "
+                                       r"\['path', 'label', 'patient'\]: pass --dataset-option encoding=utf-16-le$"):
+        load_dataset("csv", csv_path)
+    assert len(load_dataset("csv", csv_path, encoding="utf-16-le").frame) == 24
+
+
 def test_blank_patient_ids_are_their_own_patients(make_csv_dataset, caplog: pytest.LogCaptureFixture) -> None:
     csv_path = make_csv_dataset()
     text = csv_path.read_text().replace(",patient-00\n", ",\n")  # patient-00's two images lose their id
