@@ -146,9 +146,14 @@ def check_leakage(split: pd.DataFrame) -> None:
         leaking = sides[sides > 1]
         if len(leaking):
             example = leaking.index[0]
-            where = split.loc[split[column] == example, ["relpath", "split"]].to_string(index=False)
+            rows = split[split[column] == example]
+            parts = [part for part in (*SPLITS, HELDOUT) if part in set(rows["split"])]
+            counts = rows["split"].value_counts()
+            files = [f"{rows.loc[rows['split'] == part, 'relpath'].iloc[0]} in {part}" for part in parts]
             raise CxrError(
-                f"split leaks: {len(leaking)} {what}(s) fall on two sides, e.g. {column}={example!r}:\n{where}"
+                f"split leaks: {len(leaking)} {what}(s) fall on two sides, e.g. {column}={example!r}: "
+                f"{len(rows)} images, {', '.join(f'{counts[part]} in {part}' for part in parts)} "
+                f"(such as {', '.join(files)})"
             )
 
 

@@ -154,6 +154,22 @@ def test_check_leakage_patient_on_two_sides() -> None:
         check_leakage(split)
 
 
+def test_a_leaking_patient_of_many_images_is_named_with_counts_and_a_few_files() -> None:
+    images = 300
+    split = pd.DataFrame({
+        "relpath": [f"img{i}.png" for i in range(images)] + ["other.png"],
+        "patient": ["many"] * images + ["p2"],
+        "sha1": [f"{i:040x}" for i in range(images + 1)],
+        "stratum": ["x"] * (images + 1),
+        "split": ["train"] * 250 + ["val"] * 40 + ["test"] * 10 + ["train"],
+    })
+    with pytest.raises(CxrError) as refused:
+        check_leakage(split)
+    assert str(refused.value) == ("split leaks: 1 patient(s) fall on two sides, e.g. patient='many': 300 images, "
+                                  "250 in train, 40 in val, 10 in test (such as img0.png in train, img250.png in "
+                                  "val, img290.png in test)")
+
+
 def test_check_leakage_identical_file_on_two_sides() -> None:
     split = hand_made_split()
     split.loc[3, "sha1"] = "s2"
