@@ -59,6 +59,12 @@ class ConfirmJob:
     def name(self) -> str:
         return f"{config_name({'dataset': self.dataset, 'model': self.model, **self.config})}_seed{self.seed}"
 
+    def label(self, with_dataset: bool) -> str:
+        """What the status lines call this trial: its configuration, seed and the study trial it repeats."""
+        configuration = config_name({**self.config, "model": self.model,
+                                     "dataset": self.dataset if with_dataset else None})
+        return f"{configuration} seed {self.seed}, repeats {self.confirms}"
+
 
 def confirm_uri(study_uri: str) -> str:
     return storage.join(study_uri, CONFIRM_DIR)
@@ -116,6 +122,18 @@ class JobNames:
         return f"{trial.trial_id}_{name}" if self.folder else name
 
 
+class JobLabels:
+    """StudyConsole's name for each trial of a confirm run (whose config holds only its job): ConfirmJob.label,
+    with the dataset where the run covers several."""
+
+    def __init__(self, jobs: list[ConfirmJob]):
+        several = len({job.dataset for job in jobs}) > 1
+        self.labels = [job.label(with_dataset=several) for job in jobs]
+
+    def __call__(self, trial) -> str:
+        return self.labels[trial.config["job"]]
+
+
 def build_tuner(settings: StudySettings, jobs: list[ConfirmJob], splits: dict[str, pd.DataFrame], resume: bool,
                 verbose: bool = False):
     """Tune's Tuner for the confirm run, or restored for a resume (which keeps the console it started with).
@@ -142,7 +160,8 @@ def build_tuner(settings: StudySettings, jobs: list[ConfirmJob], splits: dict[st
         run_config=tune.RunConfig(
             name=CONFIRM_DIR, storage_path=settings.study_uri,
             callbacks=[ResultsTable(uri), WeightsKeeper(uri, settings.metric, settings.mode, "all")]
-            + ([] if verbose else [StudyConsole(len(jobs), settings.max_epochs, settings.metric, settings.mode)]),
+            + ([] if verbose else [StudyConsole(len(jobs), settings.max_epochs, settings.metric, settings.mode,
+                                                name_of=JobLabels(jobs))]),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_at_end=False),
             verbose=1 if verbose else 0))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any, Callable
 
 from ray.tune import Callback
 
@@ -23,6 +24,11 @@ RUNNING, PENDING, PAUSED, TERMINATED, ERROR = "RUNNING", "PENDING", "PAUSED", "T
 INTERRUPTED = "INTERRUPTED"
 
 
+def name_without_dataset(trial) -> str:
+    """A study trial's name without the dataset (the same for every trial of most studies)."""
+    return str(trial).removeprefix(f"{trial.config.get('dataset')}_")
+
+
 def clock(seconds: float) -> str:
     minutes, seconds = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
@@ -30,11 +36,18 @@ def clock(seconds: float) -> str:
 
 
 class StudyConsole(Callback):
-    """A Tune callback that prints the study's progress compactly (see the module docstring)."""
+    """A Tune callback that prints the study's progress compactly (see the module docstring). `name_of`: what
+    the lines call a trial, after its id."""
 
-    def __init__(self, num_samples: int, max_epochs: int, metric: str, mode: str, every_s: float = 30.0) -> None:
+    # A class default too: a console unpickled from a Tune run's saved state may lack the attribute.
+    name_of: Callable[[Any], str] = staticmethod(name_without_dataset)
+
+    def __init__(self, num_samples: int, max_epochs: int, metric: str, mode: str, every_s: float = 30.0,
+                 name_of: Callable[[Any], str] | None = None) -> None:
         self.num_samples, self.max_epochs, self.metric, self.mode = num_samples, max_epochs, metric, mode
         self.every_s = every_s
+        if name_of is not None:
+            self.name_of = name_of
         self._started = self._last_print = None
         self._epochs_at_start = None
         self._most_running = 1  # trials running at once, at most, in this run: the pace's parallelism
@@ -73,10 +86,8 @@ class StudyConsole(Callback):
 
     # ------------------------------------------------------------------ the lines
 
-    @staticmethod
-    def label(trial) -> str:
-        """The trial's name without the dataset (the same for every trial of most studies)."""
-        return f"{trial.trial_id} " + str(trial).removeprefix(f"{trial.config.get('dataset')}_")
+    def label(self, trial) -> str:
+        return f"{trial.trial_id} {self.name_of(trial)}"
 
     def status_of(self, trial) -> str:
         if trial.trial_id in self._ended and trial.status not in (TERMINATED, ERROR):

@@ -10,13 +10,15 @@ import os
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
 from study import storage
 from study.analyze import analyze
-from study.confirm import confirm_uri, main, read_jobs, run_confirm
+from study.confirm import ConfirmJob, JobLabels, confirm_uri, main, read_jobs, run_confirm
+from study.console import StudyConsole
 from study.results import read_results, read_trial_events
 from study.tables import best_trials
 
@@ -89,6 +91,27 @@ def test_the_confirm_run_shows_its_progress_as_a_study_does_and_where_its_curves
                      + re.escape(METRIC), printed, re.MULTILINE), printed
     assert "Current best trial" not in printed and "params" not in printed and "/tmp/ray" not in printed, printed
     assert f"tensorboard: tensorboard --logdir {confirmed / 'confirm'}\n" in printed
+    for job in read_jobs(str(confirmed)):
+        assert re.search(rf"^\[ *\d+:\d\d\] done, 2 epochs .* \w+ {re.escape(job.model)}_\w+_lr[^ ]+_bs\d+ seed "
+                         rf"{job.seed}, repeats {job.confirms}$", printed, re.MULTILINE), printed
+    assert f"{DATASET}_" not in printed
+
+
+def confirm_trial(job: int) -> SimpleNamespace:
+    return SimpleNamespace(trial_id=f"c0nf1rm0_0000{job}", config={"job": job}, error_file=None,
+                           last_result={"training_iteration": 3}, metric_analysis={METRIC: {"max": 0.5}})
+
+
+def test_the_status_lines_call_a_confirm_trial_by_its_configuration_seed_and_the_trial_it_repeats():
+    """A confirm trial's config holds only its job: its name (its folder's) is no name for the status lines."""
+    config = {"dataset": DATASET, "model": "resnet50", "optimizer": "adam", "lr": 1e-3, "batch_size": 16}
+    jobs = [ConfirmJob(job, DATASET, "resnet50", "8001e117", seed, {**config, "seed": seed})
+            for job, seed in enumerate((1, 2))]
+    console = StudyConsole(len(jobs), 3, METRIC, "max", name_of=JobLabels(jobs))
+    assert console.trial_end_line(confirm_trial(1)).endswith(
+        f"best {METRIC} 0.500    c0nf1rm0_00001 resnet50_adam_lr1.0e-03_bs16 seed 2, repeats 8001e117")
+    two_datasets = [*jobs, ConfirmJob(2, "csv", "resnet50", "7c3e0a12", 1, {**config, "dataset": "csv", "seed": 1})]
+    assert JobLabels(two_datasets)(confirm_trial(2)) == "csv_resnet50_adam_lr1.0e-03_bs16 seed 1, repeats 7c3e0a12"
 
 
 def test_the_analysis_reports_the_seed_spread_next_to_the_search(confirmed):

@@ -67,6 +67,15 @@ def test_a_trial_just_completed_counts_as_done_before_tune_updates_its_status():
     assert "trials: 0 running, 1 done (0 stopped early), 5 to start" in lines[1]
 
 
+def test_a_console_given_a_name_for_trials_uses_it_in_every_line():
+    shown = StudyConsole(num_samples=6, max_epochs=4, metric="val/f1_macro", mode="max", every_s=0,
+                         name_of=lambda t: f"job of {t.config['model']}")
+    shown.setup()
+    ended = trial("a", "TERMINATED", 4, 0.45)
+    assert shown.trial_end_line(ended).endswith("a job of ma")
+    assert shown.status_line([ended], now=shown._started + 5).endswith("best val/f1_macro 0.450 a job of ma")
+
+
 def test_a_log_gets_a_status_line_only_when_something_changed():
     shown = StudyConsole(num_samples=2, max_epochs=2, metric="val/f1_macro", mode="max", every_s=0)
     shown.setup()
