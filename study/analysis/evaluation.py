@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import logging
 import math
 import numbers
 import time
@@ -29,6 +30,8 @@ from cxrnets.training import load_checkpoint
 from study import storage
 from study.analysis.reading import Study
 from study.settings import check_split_digest, read_split, split_uri
+
+log = logging.getLogger("study.analyze")
 
 PARALLEL_DOWNLOADS = 4  # weight files fetched at once from object storage
 NODE_KEYS = ("data_root", "dataset_options")  # set by the study for each node, not by a trial's config
@@ -125,7 +128,8 @@ class StudyData:
 
     def check_split_unedited(self, config, uri: str, saved: pd.DataFrame, data) -> None:
         """The split file must be the one the study made: its digest as recorded then, or, for a study from
-        before digests, the split made again (seeded) from the same data."""
+        before digests, the split made again (seeded) from the same data; from the file's own rows where it
+        lists an image twice, as dataset 3's splits did before each image was kept once."""
         settings = self.study.settings
         if config.dataset in settings.split_digests:
             try:
@@ -133,16 +137,28 @@ class StudyData:
             except CxrError as error:
                 raise AnalysisRefused(f"refusing to evaluate: {error}") from error
             return
+        listing, strata = data.split, data.index.stratum()
         frame = data.index.frame.assign(sha1=data.split["sha1"].to_numpy())
+        listed_twice = saved.loc[saved["relpath"].duplicated(), "relpath"]
+        if len(listed_twice) and "stratum" in saved:
+            # Made before cxrnets.data kept each image once, from rows the data no longer lists: the file's own
+            # rows are split again (align_split found their images all present and unchanged).
+            heldout = dict(zip(frame["relpath"], frame["heldout"])) if "heldout" in frame else {}
+            listing = saved.reset_index(drop=True)
+            frame = listing.assign(heldout=listing["relpath"].map(heldout).fillna(False).astype(bool))
+            strata = listing["stratum"]
+            sides = sorted(set(listing.loc[listing["relpath"].isin(listed_twice), "split"]))
+            log.warning("%s: made before each image was kept once, it lists %d image(s) twice (e.g. %s, in %s): the "
+                        "study weighed them double, the analysis counts each once", uri, len(listed_twice),
+                        listed_twice.iloc[0], " and ".join(sides))
         try:
-            remade = make_split(frame, data.index.stratum(), settings.val_fraction, settings.test_fraction,
-                                settings.seed)
+            remade = make_split(frame, strata, settings.val_fraction, settings.test_fraction, settings.seed)
         except CxrError as error:
             raise AnalysisRefused(f"refusing to evaluate: the data at {config.data_root} no longer gives the "
                                   f"study's split ({error})") from error
-        moved = remade["split"].to_numpy() != data.split["split"].to_numpy()
+        moved = remade["split"].to_numpy() != listing["split"].to_numpy()
         if moved.any():
-            example = data.split.loc[moved, ["relpath", "split"]].iloc[0]
+            example = listing.loc[moved, ["relpath", "split"]].iloc[0]
             raise AnalysisRefused(
                 f"refusing to evaluate: {uri} was edited since the study made it: {int(moved.sum())} image(s) "
                 f"changed split, e.g. {example['relpath']} is now in {example['split']} but the study put it in "

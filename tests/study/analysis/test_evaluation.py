@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import torch
 
 from cxrnets.config import TrainConfig
 from cxrnets.errors import CxrError
+from cxrnets.splits import make_split
 from cxrnets.training import SPLIT_COLUMNS, prepare_data
 from study import storage
 from study.analysis.evaluation import AnalysisRefused, StudyData, evaluate_checkpoint
@@ -63,6 +66,44 @@ def test_a_split_the_data_no_longer_matches_is_refused_naming_its_file_once(make
         f"refusing to evaluate: the data at {data_root} no longer matches the study's split: {split}: the dataset "
         "changed since this split was made (0 new images, e.g. []; 1 gone, e.g. ['sick/img-001.png'])")
     assert str(refused.value).count(str(split)) == 1
+
+
+def test_a_split_from_before_each_image_was_kept_once_is_checked_on_its_own_rows(make_chestxray, tmp_path, caplog):
+    """A study from before split digests, made when dataset 3's loader listed an image twice (two metadata rows,
+    two patient ids): its split is checked by splitting its own rows again, the data no longer listing them;
+    each image is evaluated once, and an edit of the file is still refused."""
+    root = make_chestxray()
+    metadata = pd.read_csv(root / "metadata.csv", dtype=str, keep_default_na=False)
+    twice = metadata[metadata["filename"] == "p8-a.png"].assign(patientid="99")
+    pd.concat([metadata, twice]).to_csv(root / "metadata.csv", index=False)
+    config = TrainConfig(dataset="covid-chestxray-3class", data_root=str(root), image_size=16,
+                         cache_dir=str(tmp_path / "cache"))
+    now = prepare_data(config)
+    rows_now = now.index.frame.assign(sha1=now.split["sha1"].to_numpy())
+    listed_again = rows_now.index[rows_now["relpath"] == "images/p8-a.png"]
+    rows_then = pd.concat([rows_now, rows_now.loc[listed_again].assign(patient="99")], ignore_index=True)
+    strata_then = pd.concat([now.index.stratum(), now.index.stratum()[listed_again]], ignore_index=True)
+    seed = 3
+    split_then = make_split(rows_then, strata_then, seed=seed)[SPLIT_COLUMNS]
+    path = tmp_path / "study" / "splits" / "covid-chestxray-3class.csv"
+    path.parent.mkdir(parents=True)
+    split_then.to_csv(path, index=False)
+    settings = SimpleNamespace(data_roots={"covid-chestxray-3class": str(root)}, cache_dir=str(tmp_path / "cache"),
+                               split_digests={}, val_fraction=0.15, test_fraction=0.15, seed=seed)
+
+    with caplog.at_level(logging.WARNING, logger="study.analyze"):
+        prepared = StudyData(SimpleNamespace(uri=str(tmp_path / "study"), settings=settings)).prepare(config)
+    assert list(prepared.split["relpath"]) == list(rows_now["relpath"])
+    assert f"{path}: made before each image was kept once, it lists 1 image(s) twice (e.g. images/p8-a.png, in " \
+           in caplog.text and "the analysis counts each once" in caplog.text
+
+    alone = split_then.groupby("patient")["relpath"].transform("size") == 1
+    edited = split_then.index[(split_then["split"] == "test") & alone][0]
+    split_then.loc[edited, "split"] = "train"
+    split_then.to_csv(path, index=False)
+    with pytest.raises(AnalysisRefused, match=rf"{path} was edited since the study made it: 1 image\(s\) changed "
+                                              rf"split, e.g. {split_then.loc[edited, 'relpath']} is now in train"):
+        StudyData(SimpleNamespace(uri=str(tmp_path / "study"), settings=settings)).prepare(config)
 
 
 def test_weights_in_a_bucket_that_cannot_be_used_are_named_by_their_object_not_the_download(s3_bucket, tmp_path):
