@@ -156,6 +156,12 @@ def warn_of_thin_classes(dataset: str, split: pd.DataFrame, settings: StudySetti
 
 # ------------------------------------------------------------------ Ray
 
+def study_console(settings: StudySettings) -> StudyConsole:
+    """The study's status line; its trials are named without the dataset unless the study covers several."""
+    return StudyConsole(settings.num_samples, settings.max_epochs, settings.metric, settings.mode,
+                        name_of=None if len(settings.data_roots) == 1 else str)
+
+
 def cluster_address(address: str | None) -> str | None:
     """The Ray cluster a study joins: --address, else RAY_ADDRESS, else the cluster that `ray start`
     (or `ray up`) started on this machine; None when there is none and the study starts its own instance.
@@ -345,8 +351,7 @@ def build_tuner(settings: StudySettings, splits: dict[str, pd.DataFrame], resume
             name=settings.name, storage_path=settings.storage,
             callbacks=[ResultsTable(settings.study_uri),
                        WeightsKeeper(settings.study_uri, settings.metric, settings.mode, settings.keep)]
-            + ([] if verbose else [StudyConsole(settings.num_samples, settings.max_epochs, settings.metric,
-                                                settings.mode)]),
+            + ([] if verbose else [study_console(settings)]),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
             # Full states only (best weights are the trainable's own files): the newest one is all a resume needs.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_at_end=False),

@@ -167,3 +167,15 @@ def test_a_resumed_study_does_not_count_trials_its_first_run_saw_running_as_inte
     with redirect_stdout(out):
         shown.on_experiment_end([a])
     assert "interrupted" not in out.getvalue() and "1 done (1 stopped early)" in out.getvalue()
+
+
+def test_a_study_of_several_datasets_names_each_trial_with_its_dataset():
+    from study.driver import study_console
+
+    def settings(datasets):
+        return SimpleNamespace(num_samples=2, max_epochs=2, metric="val/f1_macro", mode="max",
+                               data_roots={name: f"/data/{name}" for name in datasets})
+
+    one, two = study_console(settings(["d"])), study_console(settings(["d", "e"]))
+    assert one.label(trial("a", "RUNNING", 1, 0.3)) == "a ma_adam"
+    assert two.label(trial("a", "RUNNING", 1, 0.3)) == "a d_ma_adam"
