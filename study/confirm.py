@@ -142,6 +142,7 @@ def build_tuner(settings: StudySettings, jobs: list[ConfirmJob], splits: dict[st
 
     from study.console import StudyConsole
     from study.driver import trial_context
+    from study.tensorboard import StudyTensorBoard
     from study.trainable import JobTrainable
 
     uri = confirm_uri(settings.study_uri)
@@ -159,7 +160,8 @@ def build_tuner(settings: StudySettings, jobs: list[ConfirmJob], splits: dict[st
             reuse_actors=True, trial_name_creator=JobNames(jobs), trial_dirname_creator=JobNames(jobs, folder=True)),
         run_config=tune.RunConfig(
             name=CONFIRM_DIR, storage_path=settings.study_uri,
-            callbacks=[ResultsTable(uri), WeightsKeeper(uri, settings.metric, settings.mode, "all")]
+            callbacks=[ResultsTable(uri), WeightsKeeper(uri, settings.metric, settings.mode, "all"),
+                       StudyTensorBoard(settings.metric, settings.mode, [job.config for job in jobs])]
             + ([] if verbose else [StudyConsole(len(jobs), settings.max_epochs, settings.metric, settings.mode,
                                                 name_of=JobLabels(jobs))]),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),

@@ -53,6 +53,7 @@ from study.settings import (StudySettings, check_split_digest, metric_mode, read
                             refuse_existing_study, resumed_study, save_settings, settings_uri, split_uri)
 from study.space import SearchSpace, config_name  # noqa: E402
 from study.tables import comparison_table, markdown_table  # noqa: E402
+from study.tensorboard import StudyTensorBoard, write_experiment  # noqa: E402
 from study.trainable import (TrialContext, TrialTrainable, dataset_missing_message,  # noqa: E402
                              storage_not_shared_message)
 
@@ -350,7 +351,8 @@ def build_tuner(settings: StudySettings, splits: dict[str, pd.DataFrame], resume
         run_config=tune.RunConfig(
             name=settings.name, storage_path=settings.storage,
             callbacks=[ResultsTable(settings.study_uri),
-                       WeightsKeeper(settings.study_uri, settings.metric, settings.mode, settings.keep)]
+                       WeightsKeeper(settings.study_uri, settings.metric, settings.mode, settings.keep),
+                       StudyTensorBoard(settings.metric, settings.mode)]
             + ([] if verbose else [study_console(settings)]),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
             # Full states only (best weights are the trainable's own files): the newest one is all a resume needs.
@@ -390,6 +392,7 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
         restore_storage_file(settings.study_uri, settings.optuna_study)
     if not resume:
         save_settings(settings)
+        write_experiment(settings)
     quiet_tune(verbose)
     started_here = connect(address, num_cpus, trial_logs=verbose)
     try:

@@ -217,7 +217,7 @@ def test_tensorboard_events_in_the_bucket_hold_every_epoch(s3_study, tmp_path):
         if entry.name.startswith("events.out.tfevents."):
             (tmp_path / entry.name).write_bytes(storage.read_bytes(entry.uri))
     rows = read_results(s3_study.uri).query("trial_id == @s3_study.finished")
-    loss = tensorboard_scalars(tmp_path).Scalars("ray/tune/val/loss")
+    loss = tensorboard_scalars(tmp_path).Scalars("val/loss")
     assert [e.step for e in loss] == list(rows["training_iteration"]) == list(range(1, EPOCHS + 1))
     assert [round(e.value, 5) for e in loss] == [round(v, 5) for v in rows["val/loss"]]
 

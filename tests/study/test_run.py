@@ -45,6 +45,7 @@ from study.driver import print_summary, run_study
 from study.results import ResultsTable, read_results, read_trial_events
 from study.tables import best_epochs
 from study.run import build_parser, main, settings_from_args
+from test_tensorboard import hparams_tab
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = {"covid": 210, "normal": 50, "pneumonia": 130}  # class -> mean brightness: something to learn
@@ -660,15 +661,15 @@ def test_tensorboard_holds_every_epoch_of_every_trial_with_hparams(main_study):
         # named by its configuration
         assert params["model"] in trial_dir.name and params["optimizer"] in trial_dir.name
         events = tensorboard_scalars(trial_dir)
-        loss = events.Scalars("ray/tune/val/loss")
+        loss = events.Scalars("val/loss")
         assert [e.step for e in loss] == list(rows["training_iteration"])
         assert np.allclose([e.value for e in loss], rows["val/loss"], rtol=1e-5)
         scored = rows.dropna(subset=["val/f1_macro"])
         if len(scored):
-            f1 = events.Scalars("ray/tune/val/f1_macro")
+            f1 = events.Scalars("val/f1_macro")
             assert [e.step for e in f1] == list(scored["training_iteration"])
             assert np.allclose([e.value for e in f1], scored["val/f1_macro"], rtol=1e-5)
-            assert [e.step for e in events.Scalars("ray/tune/train/loss")] == list(scored["training_iteration"])
+            assert [e.step for e in events.Scalars("train/loss")] == list(scored["training_iteration"])
         hparams = hparams_of(events)
         assert hparams, f"no HPARAMS for {trial_dir.name}"
         assert hparams["model"] == params["model"] and hparams["optimizer"] == params["optimizer"]
@@ -677,6 +678,11 @@ def test_tensorboard_holds_every_epoch_of_every_trial_with_hparams(main_study):
             assert math.isclose(hparams["momentum"], 0.9)
         else:
             assert "momentum" not in hparams
+    # TensorBoard's HPARAMS tab: every trial, by the best epoch the study selects on
+    _, sessions = hparams_tab(study_dir)
+    shown = {name.split("_")[0]: session["metrics"]["best/val/loss"][1] for name, session in sessions.items()}
+    best = results.groupby("trial_id")["val/loss"].min()
+    assert shown.keys() == set(best.index) and np.allclose([shown[t] for t in best.index], best, rtol=1e-5)
 
 
 # ------------------------------------------------------------------ a diverging trial

@@ -1,0 +1,169 @@
+"""study.tensorboard: what TensorBoard shows of a study, read back through the hparams plugin's own backend
+(what its HPARAMS tab requests) and TensorBoard's event accumulator (the scalars). The callback is fed fake
+trials and results: no Ray, about 5 s."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+
+from study import storage
+from study.run import build_parser, settings_from_args
+from study.tensorboard import EXPERIMENT_FILE, StudyTensorBoard, write_experiment
+
+DEMO_DIMENSIONS = {"dataset", "model", "optimizer", "lr", "batch_size", "momentum", "weight_decay", "pretrained"}
+ADAM = {"dataset": "covid-chestxray-3class", "model": "alexnet", "optimizer": "adam", "lr": 2.5e-4, "batch_size": 16,
+        "pretrained": False}
+SGD = {**ADAM, "model": "vgg11", "optimizer": "sgd", "lr": 4.5e-3, "momentum": 0.9, "weight_decay": 1e-4}
+
+
+def hparams_tab(logdir: Path):
+    """What TensorBoard's HPARAMS tab shows of `logdir`: the experiment (its columns) and the session groups
+    (one per trial: its hyperparameters, status and metric values), as the plugin serves them."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment, list_session_groups
+
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    backend = backend_context.Context(base_plugin.TBContext(
+        logdir=str(logdir), multiplexer=multiplexer,
+        data_provider=data_provider.MultiplexerDataProvider(multiplexer, str(logdir))))
+    request_context = context.RequestContext()
+    experiment = get_experiment.Handler(request_context, backend, "", api_pb2.GetExperimentRequest()).run()
+    every_status = [api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS, api_pb2.STATUS_FAILURE, api_pb2.STATUS_RUNNING]
+    request = api_pb2.ListSessionGroupsRequest(start_index=0, slice_size=1000, include_metrics=True,
+                                               allowed_statuses=every_status)
+    groups = list_session_groups.Handler(request_context, backend, "", request).run().session_groups
+    sessions = {}
+    for group in groups:
+        session = group.sessions[0]
+        sessions[session.name] = {
+            "hparams": {key: getattr(value, value.WhichOneof("kind")) for key, value in group.hparams.items()},
+            "status": api_pb2.Status.Name(session.status),
+            "metrics": {value.name.tag: (value.training_step, round(value.value, 6)) for value in session.metric_values}}
+    return experiment, sessions
+
+
+def scalars(trial_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(trial_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, round(e.value, 6)) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+class FakeTrial:
+    """What Tune's logger callbacks use of a trial."""
+
+    def __init__(self, folder: Path, trial_id: str, config: dict):
+        self.local_path, self.trial_id, self.config = str(folder / trial_id), trial_id, config
+
+    def init_local_path(self) -> None:
+        Path(self.local_path).mkdir(parents=True, exist_ok=True)
+
+
+def result(epoch: int, f1: float, **more) -> dict:
+    """A result as Tune passes it to callbacks: the trial's metrics and Tune's own counters."""
+    return {"epoch": epoch, "train/loss": 1.0 / epoch, "val/loss": 2.0 / epoch, "val/f1_macro": f1,
+            "epoch_seconds": 3.0, "images_per_second": 50.0, "diverged": 0, "node_id": "abc", "written_best": f1,
+            "training_iteration": epoch, "time_this_iter_s": 3.1, "time_total_s": 3.1 * epoch, "pid": 4242,
+            "timestamp": 1_800_000_000 + epoch, "iterations_since_restore": epoch, "done": False,
+            "config": {"model": "alexnet"}, **more}
+
+
+def demo_settings(folder: Path):
+    return settings_from_args(build_parser().parse_args(["--storage", str(folder), "--name", "demo"]))
+
+
+def test_the_hparams_tab_lists_every_dimension_and_ranks_trials_by_their_best_epoch(tmp_path):
+    settings = demo_settings(tmp_path)
+    study = Path(settings.study_uri)
+    write_experiment(settings)
+    callback = StudyTensorBoard("val/f1_macro", "max")
+    adam, sgd = FakeTrial(study, "aaaa0001", ADAM), FakeTrial(study, "bbbb0002", SGD)
+    callback.log_trial_start(adam)  # the Adam trial first: it has no momentum
+    for epoch, f1 in enumerate([0.3, 0.5, 0.4], start=1):
+        callback.log_trial_result(epoch, adam, result(epoch, f1))
+    callback.log_trial_end(adam)
+    callback.log_trial_start(sgd)
+    callback.log_trial_result(1, sgd, result(1, 0.2))  # still running
+
+    experiment, sessions = hparams_tab(study)
+    assert {info.name for info in experiment.hparam_infos} == DEMO_DIMENSIONS
+    lr = next(info for info in experiment.hparam_infos if info.name == "lr").domain_interval
+    assert (lr.min_value, lr.max_value) == (2.0e-5, 5.0e-2)  # both optimizers' ranges
+    assert [info.name.tag for info in experiment.metric_infos][:2] == ["best/val/f1_macro", "val/f1_macro"]
+    assert sessions.keys() == {"aaaa0001", "bbbb0002"}
+    finished, running = sessions["aaaa0001"], sessions["bbbb0002"]
+    assert finished["status"] == "STATUS_SUCCESS"
+    assert finished["metrics"]["best/val/f1_macro"] == (3, 0.5)  # its best epoch's value, not the last epoch's 0.4
+    assert finished["hparams"] == {**ADAM, "batch_size": 16.0}
+    assert running["status"] == "STATUS_UNKNOWN" and running["metrics"]["best/val/f1_macro"] == (1, 0.2)
+    assert running["hparams"]["momentum"] == 0.9
+
+
+def test_trial_curves_carry_the_study_metric_names_by_epoch_and_no_tune_counters(tmp_path):
+    callback = StudyTensorBoard("val/loss", "min")
+    trial = FakeTrial(tmp_path, "aaaa0001", ADAM)
+    callback.log_trial_start(trial)
+    for epoch, loss in enumerate([0.9, 0.7, 0.8], start=1):
+        callback.log_trial_result(epoch, trial, {**result(epoch, 0.1), "val/loss": loss})
+    curves = scalars(Path(trial.local_path))
+    assert sorted(curves) == ["best/val/loss", "epoch_seconds", "images_per_second", "train/loss", "val/f1_macro",
+                              "val/loss"]
+    assert curves["val/loss"] == [(1, 0.9), (2, 0.7), (3, 0.8)]
+    assert curves["best/val/loss"] == [(1, 0.9), (2, 0.7), (3, 0.7)]
+
+
+def test_a_trial_resumed_from_an_earlier_epoch_continues_its_curves_and_best_from_there(tmp_path):
+    """Tune restores the callback from its snapshot (get_state), and the trial from its last full state
+    (after epoch 1): the epochs it reported after that are replaced, in its best and on its curves."""
+    trial = FakeTrial(tmp_path, "aaaa0001", ADAM)
+    first = StudyTensorBoard("val/f1_macro", "max")
+    first.log_trial_start(trial)
+    for epoch, f1 in enumerate([0.2, 0.6, 0.3], start=1):
+        first.log_trial_result(epoch, trial, result(epoch, f1))
+    first.log_trial_end(trial, failed=True)  # say, its node died, and the study was resumed
+
+    resumed = pickle.loads(pickle.dumps(StudyTensorBoard("val/f1_macro", "max")))  # as tuner.pkl holds it
+    resumed.set_state(pickle.loads(pickle.dumps(first.get_state())))
+    resumed.log_trial_start(trial)
+    for epoch, f1 in [(2, 0.25), (3, 0.35)]:
+        resumed.log_trial_result(epoch, trial, result(epoch, f1))
+    resumed.log_trial_end(trial)
+
+    curves = scalars(Path(trial.local_path))
+    assert curves["val/f1_macro"] == [(1, 0.2), (2, 0.25), (3, 0.35)]
+    assert curves["best/val/f1_macro"] == [(1, 0.2), (2, 0.25), (3, 0.35)]
+
+
+def test_a_confirm_run_lists_each_job_with_its_configuration(tmp_path):
+    seeded = {**SGD, "seed": 3}
+    callback = StudyTensorBoard("val/f1_macro", "max", job_configs=[ADAM, seeded])
+    trial = FakeTrial(tmp_path, "cccc0003", {"job": 1})
+    callback.log_trial_start(trial)
+    callback.log_trial_result(1, trial, result(1, 0.4))
+    callback.log_trial_end(trial)
+    _, sessions = hparams_tab(tmp_path)
+    assert sessions["cccc0003"]["hparams"] == {**seeded, "batch_size": 16.0, "seed": 3.0}
+    assert sessions["cccc0003"]["metrics"]["best/val/f1_macro"] == (1, 0.4)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_the_experiment_summary_is_written_into_the_study_folder(where, tmp_path, request):
+    if where == "s3":
+        settings = demo_settings(tmp_path)
+        settings.storage = request.getfixturevalue("s3_bucket") + "/studies"
+    else:
+        settings = demo_settings(tmp_path / "studies")
+    write_experiment(settings)
+    local = tmp_path / "copy"
+    local.mkdir()
+    (local / EXPERIMENT_FILE).write_bytes(storage.read_bytes(storage.join(settings.study_uri, EXPERIMENT_FILE)))
+    experiment, _ = hparams_tab(local)
+    assert {info.name for info in experiment.hparam_infos} == DEMO_DIMENSIONS
