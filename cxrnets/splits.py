@@ -2,7 +2,10 @@
 
 Images are grouped so that a group never straddles two splits: one group per
 patient, merged with any other image whose file is byte-identical (the same
-picture listed twice, under two patients or names, would leak otherwise).
+picture listed twice, under two patients or names, would leak otherwise) and,
+where the split is given the images' fingerprints, with any image that is
+near-identical to it (cxrnets.fingerprints: the same X-ray re-encoded, resized
+or squashed, as public datasets copy each other's).
 
 Where a dataset holds out whole sources (cxrnets.data: the `holdout_sources`
 option marks their images `heldout`), those images form a fourth part,
@@ -26,6 +29,7 @@ import sklearn
 from sklearn.model_selection import StratifiedGroupKFold
 
 from cxrnets.errors import CxrError
+from cxrnets.fingerprints import BITS, near_identical_pairs
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +37,10 @@ SPLITS = ("train", "val", "test")
 HELDOUT = "heldout"  # images of held-out sources: a test set from elsewhere
 
 
-def leakage_groups(patients: pd.Series, sha1: pd.Series) -> np.ndarray:
-    """Connected components of 'same patient' and 'same file content' as integer group ids."""
+def leakage_groups(patients: pd.Series, sha1: pd.Series,
+                   near_identical: list[tuple[int, int, int]] = ()) -> np.ndarray:
+    """Connected components of 'same patient', 'same file content' and the `near_identical` pairs of rows
+    (cxrnets.fingerprints.near_identical_pairs) as integer group ids."""
     parent = list(range(len(patients)))
 
     def find(i: int) -> int:
@@ -50,6 +56,8 @@ def leakage_groups(patients: pd.Series, sha1: pd.Series) -> np.ndarray:
                 parent[find(i)] = find(first_seen[value])
             else:
                 first_seen[value] = i
+    for i, j, _ in near_identical:
+        parent[find(j)] = find(i)
     roots = [find(i) for i in range(len(parent))]
     return pd.factorize(pd.Series(roots))[0]
 
@@ -108,9 +116,10 @@ def _hold_out(strata: np.ndarray, groups: np.ndarray, fraction: float, seed: int
 
 
 def make_split(frame: pd.DataFrame, strata: pd.Series, val_fraction: float = 0.15,
-               test_fraction: float = 0.15, seed: int = 0) -> pd.DataFrame:
+               test_fraction: float = 0.15, seed: int = 0, fingerprints: np.ndarray | None = None) -> pd.DataFrame:
     """Assign every row of `frame` (columns relpath, patient, sha1, and optionally heldout) to train,
-    val or test (and heldout: every group with a held-out image).
+    val or test (and heldout: every group with a held-out image). With `fingerprints` (one per row,
+    cxrnets.fingerprints.fingerprints), near-identical images fall on one side, as identical files do.
 
     Returns a frame with columns relpath, patient, sha1, stratum, split.
     """
@@ -120,6 +129,8 @@ def make_split(frame: pd.DataFrame, strata: pd.Series, val_fraction: float = 0.1
     split = frame[["relpath", "patient", "sha1"]].reset_index(drop=True).copy()
     split["stratum"] = strata.to_numpy()
     groups = leakage_groups(split["patient"], split["sha1"])
+    if fingerprints is not None:
+        groups = _join_near_identical(split, groups, fingerprints)
     labels = pd.factorize(split["stratum"])[0]
     assignment = np.full(len(split), "train", dtype=object)
     marked = frame["heldout"].to_numpy(dtype=bool) if "heldout" in frame else np.zeros(len(split), dtype=bool)
@@ -137,6 +148,21 @@ def make_split(frame: pd.DataFrame, strata: pd.Series, val_fraction: float = 0.1
     split["split"] = assignment
     check_leakage(split)
     return split
+
+
+def _join_near_identical(split: pd.DataFrame, groups: np.ndarray, fingerprints: np.ndarray) -> np.ndarray:
+    """`groups` with the groups of near-identical images joined (logged, with the first pair that joined two)."""
+    pairs = near_identical_pairs(fingerprints)
+    joined = leakage_groups(split["patient"], split["sha1"], pairs)
+    merged = len(np.unique(groups)) - len(np.unique(joined))
+    if merged:
+        i, j, bits = next((i, j, bits) for i, j, bits in pairs if groups[i] != groups[j])
+        log.warning("%d group(s) of images joined others because they hold a near-identical image (the same X-ray "
+                    "re-encoded, resized or squashed, under another patient id or file name): they stay on one side "
+                    "of the split; e.g. %s (patient %s) and %s (patient %s), %d of %d fingerprint bits apart",
+                    merged, split["relpath"][i], split["patient"][i], split["relpath"][j], split["patient"][j],
+                    bits, BITS)
+    return joined
 
 
 def check_leakage(split: pd.DataFrame) -> None:

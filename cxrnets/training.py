@@ -30,6 +30,7 @@ from cxrnets.cache import CachedImages, build_cache
 from cxrnets.config import TrainConfig
 from cxrnets.data import DatasetIndex, load_dataset
 from cxrnets.errors import CxrError, DivergedError, SplitMismatch
+from cxrnets.fingerprints import fingerprints
 from cxrnets.metrics import classification_metrics
 from cxrnets.models import build_model
 from cxrnets.names import OPTIMIZER_NAMES, check_device_name
@@ -125,7 +126,8 @@ def prepare_data(config: TrainConfig, split: pd.DataFrame | None = None,
         remedy = "pass another --split-file, or delete this one to make the split again from --seed"
         split = align_split(load_split(split_file, remedy), frame, split_file)
     else:
-        split = make_split(frame, index.stratum(), config.val_fraction, config.test_fraction, config.seed)
+        split = make_split(frame, index.stratum(), config.val_fraction, config.test_fraction, config.seed,
+                           fingerprints(cache.images))
         if split_file:
             save_split(split[SPLIT_COLUMNS], split_file)
     log.info("split: %s", describe(split))

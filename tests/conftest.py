@@ -175,6 +175,69 @@ def make_pneumonia_normal(tmp_path: Path) -> Callable[..., Path]:
     return build
 
 
+def sample_xrays(count: int) -> list[Path]:
+    """`count` real X-rays from the embedded sample (dataset 3), one per patient, each 0.9 to 1.3 times as wide
+    as high (as most are), none a copy of another."""
+    from cxrnets.data import SAMPLE_ROOT
+
+    metadata = csv.DictReader((SAMPLE_ROOT / "metadata.csv").open(newline=""))
+    chosen: dict[str, Path] = {}
+    for row in sorted(metadata, key=lambda row: row["filename"]):
+        path = SAMPLE_ROOT / "images" / row["filename"]
+        # patient 178's X-rays are patient 97's (one case published twice): a copy
+        if row["patientid"] in chosen or row["patientid"] == "178" or row["modality"] != "X-ray":
+            continue
+        with Image.open(path) as image:
+            if 0.9 <= image.width / image.height <= 1.3:
+                chosen[row["patientid"]] = path
+        if len(chosen) == count:
+            return list(chosen.values())
+    raise AssertionError(f"the embedded sample has fewer than {count} X-rays of that shape")
+
+
+def squashed_299_png(source: Path, target: Path) -> Path:
+    """`source` squashed to 299x299 grey PNG, as the Kaggle datasets 1 and 2 hold dataset 3's X-rays."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(source) as image:
+        image.convert("L").resize((299, 299), Image.Resampling.BILINEAR).save(target, format="PNG")
+    return target
+
+
+def resized_jpeg(source: Path, target: Path, width: int = 400, quality: int = 75) -> Path:
+    """`source` resized to `width` px wide (its aspect ratio kept) and saved as a JPEG of `quality`."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(source) as image:
+        height = round(image.height * width / image.width)
+        image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS).save(target, format="JPEG",
+                                                                                   quality=quality)
+    return target
+
+
+@pytest.fixture
+def make_radiography_copies(tmp_path: Path) -> Callable[..., tuple[Path, list[tuple[str, str]]]]:
+    """covid-radiography (dataset 1) as Kaggle assembled it: real X-rays (the embedded sample's) squashed to 299x299
+    PNG, `per_class` in each class folder, where the first X-ray is there twice: also as a 400 px wide JPEG of its
+    own aspect ratio under another name.
+
+    make_radiography_copies(root=None, per_class=6) -> (root, [(the PNG's relpath, its JPEG copy's relpath), ...])
+    """
+
+    def build(root: Path | None = None, per_class: int = 6) -> tuple[Path, list[tuple[str, str]]]:
+        root = root or tmp_path / "covid-radiography-copies"
+        xrays = iter(sample_xrays(per_class * len(RADIOGRAPHY_BRIGHTNESS)))
+        copies = []
+        for name in RADIOGRAPHY_BRIGHTNESS:
+            for i in range(per_class):
+                source = next(xrays)
+                squashed_299_png(source, root / name / "images" / f"{name}-{i + 1}.png")
+                if i == 0:
+                    resized_jpeg(source, root / name / "images" / f"{name}-{per_class + 1}.jpg")
+                    copies.append((f"{name}/images/{name}-1.png", f"{name}/images/{name}-{per_class + 1}.jpg"))
+        return root, copies
+
+    return build
+
+
 @pytest.fixture
 def make_folder(tmp_path: Path) -> Callable[..., Path]:
     """A generic class-per-folder tree: <class>/ with images, some in sub-folders, a masks/

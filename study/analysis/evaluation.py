@@ -128,8 +128,9 @@ class StudyData:
 
     def check_split_unedited(self, config, uri: str, saved: pd.DataFrame, data) -> None:
         """The split file must be the one the study made: its digest as recorded then, or, for a study from
-        before digests, the split made again (seeded) from the same data; from the file's own rows where it
-        lists an image twice, as dataset 3's splits did before each image was kept once."""
+        before digests, the split made again (seeded) from the same data, as such studies were split: without
+        joining near-identical images (cxrnets.splits.make_split without fingerprints); from the file's own rows
+        where it lists an image twice, as dataset 3's splits did before each image was kept once."""
         settings = self.study.settings
         if config.dataset in settings.split_digests:
             try:

@@ -191,6 +191,17 @@ def test_prepare_data_reuses_the_split_file(make_chestxray, tmp_path: Path) -> N
         prepare_data(replace(config, seed=7, split_file=None)).split["split"], first.split["split"])
 
 
+def test_prepare_data_keeps_an_x_ray_and_its_resized_copy_on_one_side(make_radiography_copies, tmp_path: Path) -> None:
+    """python -m cxrnets.train's split: an X-ray of dataset 1 held twice (a 299x299 PNG and a JPEG of its own
+    shape) falls on one side, whatever the seed."""
+    root, copies = make_radiography_copies()
+    for seed in range(4):
+        config = TrainConfig(dataset="covid-radiography", data_root=str(root), image_size=64, seed=seed,
+                             cache_dir=str(tmp_path / "cache"))
+        part = prepare_data(config).split.set_index("relpath")["split"]
+        assert [part[png] == part[jpeg] for png, jpeg in copies] == [True] * len(copies)
+
+
 def test_prepare_data_refuses_a_split_whose_images_changed(make_chestxray, tmp_path: Path, write_image) -> None:
     root = make_chestxray()
     split_file = tmp_path / "split.csv"

@@ -405,6 +405,27 @@ def test_resume_of_a_study_in_a_bucket_whose_data_changed_names_the_split_object
                                          "split was made (1 new images")
 
 
+def test_a_study_s_split_keeps_an_x_ray_and_its_resized_copy_on_one_side(tmp_path, make_radiography_copies,
+                                                                            cache_dir, caplog):
+    """Dataset 1 holds dataset 3's X-rays squashed to 299x299 PNG, some twice (also as a JPEG of their own shape,
+    under another name): a study's split keeps each such pair on one side, whatever its seed, and says so."""
+    import study.driver
+
+    data, copies = make_radiography_copies()
+    space = write_space(tmp_path / "space.yaml", GOOD_SPACE)
+    for seed in range(4):
+        settings = settings_from_args(build_parser().parse_args(
+            study_argv(space, tmp_path / "studies", f"copies-{seed}", data, cache_dir, "--dataset",
+                       "covid-radiography", "--image-size", "64", "--seed", str(seed))))
+        with caplog.at_level(logging.WARNING, logger="cxrnets.splits"):
+            split = study.driver.prepare_splits(settings, resume=False)["covid-radiography"]
+        part = split.set_index("relpath")["split"]
+        assert [part[png] == part[jpeg] for png, jpeg in copies] == [True] * len(copies)
+    assert re.search(r"4 group\(s\) of images joined others because they hold a near-identical image .* e\.g\. "
+                     r"COVID/images/COVID-1\.png \(patient COVID/images/COVID-1\.png\) and COVID/images/COVID-7\.jpg",
+                     caplog.text)
+
+
 @pytest.mark.parametrize("damage", ["missing", "corrupt", "another study's"])
 def test_resume_of_a_study_whose_optuna_storage_cannot_be_continued(tmp_path, capsys, tiny_data, cache_dir,
                                                                      monkeypatch, damage):
@@ -782,7 +803,7 @@ def test_dataset_options_are_saved_and_reused_by_resume_and_analysis(ray_session
 
 def test_split_fractions_are_saved_and_a_class_of_one_test_patient_is_warned_of(ray_session, tmp_path, cache_dir,
                                                                                 caplog):
-    """The embedded sample's default split (15 % of the patients each for validation and test) gives No
+    """The embedded sample's split of seed 1 (15 % of the patients each for validation and test) gives No
     Finding one validation and one test patient, whose figures no bootstrap moves and on whose images the
     selection by macro F1 rests: the study says so before it trains. --val-fraction 0.2 --test-fraction
     0.3 gives it two and three; the fractions are saved, and the analysis, which remakes the split to check
@@ -792,7 +813,7 @@ def test_split_fractions_are_saved_and_a_class_of_one_test_patient_is_warned_of(
 
     space = write_space(tmp_path / "one.yaml", GOOD_SPACE)
     argv = ["--space", str(space), "--storage", str(tmp_path), "--cache-dir", str(cache_dir), "--image-size", "32"]
-    default = settings_from_args(build_parser().parse_args([*argv, "--name", "default"]))
+    default = settings_from_args(build_parser().parse_args([*argv, "--name", "default", "--seed", "1"]))
     with caplog.at_level(logging.WARNING, logger="study.driver"):
         prepare_splits(default, resume=False)
     assert "fewer than 2 patients on the test split for No Finding (1)" in caplog.text
