@@ -10,7 +10,9 @@ validation is also evaluated, once, on every image of each external set:
   through a label map. Images whose label has no counterpart are counted and left out; a study
   class the set lacks is reported absent, never scored. In a set read by the loader of one of the
   study's datasets, the images the study's split holds (the same patient or file name; in a folder or
-  CSV of anyone's images, the same file) are the study's own: counted and left out, and a set of
+  CSV of anyone's images, the same file) are the study's own; so, in any set, are the images
+  near-identical to one of the split's (cxrnets.fingerprints: the same X-ray re-encoded, resized or
+  squashed, as public datasets copy each other's). They are counted and left out, and a set of
   nothing else is refused.
 - the split's `heldout` part, where the study held out whole sources (cxrnets.splits).
 
@@ -38,6 +40,7 @@ import pandas as pd
 from cxrnets.cache import CachedImages, build_cache
 from cxrnets.data import DATASET_NAMES, OWN_LAYOUTS, DatasetIndex, load_dataset, parse_dataset_options
 from cxrnets.errors import CxrError
+from cxrnets.fingerprints import fingerprints, near_identical_to
 from cxrnets.metrics import predictions
 from cxrnets.predict import model_from_checkpoint, predict
 from cxrnets.training import load_checkpoint
@@ -74,6 +77,8 @@ class ExternalIndex:
 
     index: DatasetIndex
     in_study_split: str = ""  # the images left out because the study's split holds them, in words
+    near_identical: str = ""  # the images left out because the split holds near-identical ones, in words
+    near_relpaths: set[str] = field(default_factory=set)  # those images
 
 
 @dataclass
@@ -92,6 +97,7 @@ class ExternalSet:
     left_out: dict[str, int] = field(default_factory=dict)  # external label without a counterpart -> images
     skipped: dict[str, int] = field(default_factory=dict)   # the loader's skips (undecodable, absent, ...)
     in_study_split: str = ""      # the images left out because the study's split holds them, in words
+    near_identical: str = ""      # the images left out because the split holds near-identical ones, in words
 
     @property
     def present(self) -> np.ndarray:
@@ -106,6 +112,8 @@ class ExternalSet:
             text += f"; absent: {', '.join(absent)}"
         if self.in_study_split:
             text += f"; left out: {self.in_study_split}"
+        if self.near_identical:
+            text += f"; left out: {self.near_identical}"
         if self.left_out:
             text += "; left out (no counterpart among the study's classes): " + ", ".join(
                 f"{label} {count}" for label, count in sorted(self.left_out.items()))
@@ -197,8 +205,9 @@ def check_externals(data: StudyData, specs: list[ExternalSpec], label_map: dict[
                     ) -> dict[str, ExternalIndex]:
     """Refuse, before anything is evaluated, external sets and label maps the study cannot score: a path
     that does not exist, a multi-label set, a set with no class in common or with no image but the study's own,
-    a map onto a class the study lacks, a multi-label study. Reads indexes only (no image is decoded); returns each
-    external set's index by name, without the images the study's split holds."""
+    a map onto a class the study lacks, a multi-label study. Decodes each set and the study's datasets into the
+    cache at the study's image size (to find near-identical images); returns each external set's index by name,
+    without the images the study's split holds and with those near-identical to them named."""
     indexes: dict[str, ExternalIndex] = {}
     if not specs and not label_map:
         return indexes
@@ -230,6 +239,8 @@ def check_externals(data: StudyData, specs: list[ExternalSpec], label_map: dict[
             labels = {labels[0] for labels in indexes[spec.name].index.frame["labels"]}
             if not {label_map.get(label, label) for label in labels} & set(classes):
                 raise no_common_class(spec, labels, classes)
+            indexes[spec.name] = without_near_identical(spec, indexes[spec.name], study_index, data.split(dataset),
+                                                        settings.image_size, data.cache_dir)
     return indexes
 
 
@@ -263,6 +274,37 @@ def without_study_images(spec: ExternalSpec, external: DatasetIndex, study_index
     return ExternalIndex(external.subset(~held), known)
 
 
+def without_near_identical(spec: ExternalSpec, external: ExternalIndex, study_index: DatasetIndex,
+                           split: pd.DataFrame, image_size: int, cache_dir: str | None) -> ExternalIndex:
+    """`external` with its images near-identical to an image of the study's `split` of `study_index` (any part)
+    named, to be left out (cxrnets.fingerprints; both decoded at `image_size`). CxrError if no other image is
+    left."""
+    try:
+        study_cache = build_cache(study_index, image_size, cache_dir)
+        cache = build_cache(external.index, image_size, cache_dir)
+    except CxrError as error:
+        raise CxrError(f"--external {spec.name}: {error}") from error
+    in_split = np.flatnonzero(study_cache.index.frame["relpath"].isin(split["relpath"]).to_numpy())
+    nearest = near_identical_to(fingerprints(cache.images), fingerprints(study_cache.images, in_split))
+    near = (nearest >= 0) & ~cache.index.frame["relpath"].isin(external.near_relpaths).to_numpy()
+    if not near.any():
+        return external
+    frame = cache.index.frame
+    first = int(np.flatnonzero(near)[0])
+    twin = study_cache.index.frame["relpath"].iloc[in_split[nearest[first]]]
+    known = (f"{int(near.sum())} images of {frame.loc[near, 'patient'].nunique()} patients near-identical to images "
+             f"the study's split of {study_index.name} holds (the same X-ray re-encoded, resized or squashed, e.g. "
+             f"{frame['relpath'].iloc[first]} and the study's {twin})")
+    relpaths = external.near_relpaths | set(frame.loc[near, "relpath"])
+    if frame["relpath"].isin(relpaths).all():
+        raise CxrError(f"--external {spec.name}: all {known}: the study trained, chose or tested its models on "
+                       "them, so nothing from elsewhere is left to evaluate; name a set of other images")
+    log.warning("--external %s: %s were left out: they are the study's own images, not images from elsewhere",
+                spec.name, known)
+    return ExternalIndex(external.index, external.in_study_split,
+                         "; ".join(filter(None, (external.near_identical, known))), relpaths)
+
+
 def no_common_class(spec: ExternalSpec, labels, classes: list[str]) -> CxrError:
     return CxrError(f"--external {spec.name}: no class in common with the study: the set's classes are "
                     f"{sorted(set(labels))}, the study's {classes}; reconcile them with --label-map EXTERNAL=STUDY "
@@ -283,7 +325,8 @@ def load_external(spec: ExternalSpec, indexed: ExternalIndex, dataset: str, clas
     labels = [labels[0] for labels in index.frame["labels"]]
     position = {name: i for i, name in enumerate(classes)}
     mapped = [label_map.get(label, label) for label in labels]
-    keep = np.array([name in position for name in mapped], dtype=bool)
+    near = index.frame["relpath"].isin(indexed.near_relpaths).to_numpy()
+    keep = np.array([name in position for name in mapped], dtype=bool) & ~near
     if not keep.any():  # possible here only when the images in common could not be decoded
         raise no_common_class(spec, labels, classes)
     rows = np.flatnonzero(keep)
@@ -291,8 +334,8 @@ def load_external(spec: ExternalSpec, indexed: ExternalIndex, dataset: str, clas
     external = ExternalSet(
         spec.name, f"{spec.dataset} at {spec.path}", dataset, list(classes), cache.images, rows,
         np.array([position[mapped[i]] for i in rows], dtype=np.int64), groups, image_size,
-        dict(Counter(label for label, kept in zip(labels, keep) if not kept)), dict(index.skipped),
-        indexed.in_study_split)
+        dict(Counter(label for label, kept, copy in zip(labels, keep, near) if not (kept or copy))),
+        dict(index.skipped), indexed.in_study_split, indexed.near_identical)
     log.info("external %s", external.summary())
     return external
 

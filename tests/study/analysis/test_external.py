@@ -186,7 +186,9 @@ def test_each_model_meets_the_external_set_at_its_own_image_size(grid_study, tmp
 
 def test_the_study_s_own_images_are_left_out_of_a_set_read_by_its_loader(grid_study, tmp_path):
     """The whole embedded sample as an external set of a study trained on part of it: the images (and the
-    patients) the study split into train, val and test are left out, counted and named; the rest is scored."""
+    patients) the study split into train, val and test are left out, counted and named, and so are the copies
+    of two of them that the sample files under another patient (patient 178's of patient 97's); the rest is
+    scored."""
     import pandas as pd
 
     from cxrnets.data import load_dataset
@@ -197,13 +199,17 @@ def test_the_study_s_own_images_are_left_out_of_a_set_read_by_its_loader(grid_st
     analysis = analyze(grid_study, out=tmp_path / "report", resamples=0, importance="none", saliency=0,
                        formats=("md",), externals=parse_externals([f"sample={GRID_DATASET}:{SAMPLE_ROOT}"], None))
     [external] = analysis.external_sets
-    assert own.sum() >= len(split) and len(external.y_true) == (~own).sum() > 0
+    assert own.sum() >= len(split) and len(external.y_true) == (~own).sum() - 2 > 0
     left_out = (f"{own.sum()} images of {sample.loc[own, 'patient'].nunique()} patients the study's split of "
                 f"{GRID_DATASET} already holds (the same patient ids or file names, e.g. ")
     assert external.in_study_split.startswith(left_out)
+    copies = (f"2 images of 1 patients near-identical to images the study's split of {GRID_DATASET} holds (the same "
+              "X-ray re-encoded, resized or squashed, e.g. images/16660_2_1.jpg and the study's images/covid-19-"
+              "rapidly-progressive-acute-respiratory-distress-syndrome-ards-admission.jpg)")
+    assert external.near_identical == copies
     report = (tmp_path / "report" / "report.md").read_text()
-    assert f"- **sample** ({GRID_DATASET} at {SAMPLE_ROOT}): {(~own).sum()} images" in report
-    assert f"left out: {left_out}" in report
+    assert f"- **sample** ({GRID_DATASET} at {SAMPLE_ROOT}): {(~own).sum() - 2} images" in report
+    assert f"left out: {left_out}" in report and f"left out: {copies}" in report
 
 
 def test_only_the_same_files_count_as_the_study_s_own_in_a_folder_or_csv_of_anyone_s_images(tmp_path):
@@ -229,6 +235,55 @@ def test_only_the_same_files_count_as_the_study_s_own_in_a_folder_or_csv_of_anyo
     with pytest.raises(CxrError, match=r"--external b: all 4 images of 4 patients the study's split of csv already "
                                        r"holds .*nothing from elsewhere is left to evaluate"):
         without_study_images(spec, index(tmp_path / "a", range(4)), study, split)
+
+
+RADIOGRAPHY_MAP = {"COVID": "COVID-19", "Normal": "No Finding", "Viral Pneumonia": "Other pneumonia"}
+
+
+def the_sample_as_a_study(tmp_path: Path) -> types.SimpleNamespace:
+    """What check_externals reads of a study (study.analysis.evaluation.StudyData): one whose split holds every
+    image of the embedded sample, at 64 px."""
+    from cxrnets.data import load_dataset
+
+    split = load_dataset(GRID_DATASET, SAMPLE_ROOT).frame[["relpath", "patient"]].assign(split="train")
+    settings = types.SimpleNamespace(dataset_options={}, image_size=64)
+    return types.SimpleNamespace(study=types.SimpleNamespace(settings=settings), data_roots={GRID_DATASET: SAMPLE_ROOT},
+                                 split=lambda dataset: split, cache_dir=str(tmp_path / "cache"))
+
+
+def test_an_external_set_s_copies_of_the_study_s_x_rays_are_left_out_and_counted(tmp_path, make_radiography,
+                                                                                make_radiography_copies, caplog):
+    """Dataset 1 holds dataset 3's X-rays squashed to 299x299 PNG: in it as an external set of a study of dataset 3,
+    those copies are the study's own images, whatever their names: left out, counted and named, in the log and in
+    the set's line of the report; the set's other images are scored."""
+    from study.analysis.external import ExternalSpec, check_externals, load_external
+
+    root = make_radiography(per_class=3)
+    copies, _ = make_radiography_copies(tmp_path / "copies", per_class=1)
+    for name in ("COVID", "Normal"):
+        shutil.copy(copies / name / "images" / f"{name}-1.png", root / name / "images" / f"copy-{name}.png")
+    data = the_sample_as_a_study(tmp_path)
+    spec = ExternalSpec("kaggle", "covid-radiography", str(root))
+    with caplog.at_level(logging.WARNING, logger="study.analyze"):
+        indexes = check_externals(data, [spec], RADIOGRAPHY_MAP)
+    external = load_external(spec, indexes["kaggle"], GRID_DATASET, ["COVID-19", "Other pneumonia", "No Finding"],
+                             RADIOGRAPHY_MAP, 64, data.cache_dir)
+    assert len(external.y_true) == 9 and external.left_out == {"Lung_Opacity": 3}
+    left_out = (r"2 images of 2 patients near-identical to images the study's split of covid-chestxray-3class holds "
+                r"\(the same X-ray re-encoded, resized or squashed, e\.g\. COVID/images/copy-COVID\.png and the "
+                r"study's images/\S+\)")
+    assert re.search(f"; left out: {left_out}", external.summary())
+    assert re.search(f"--external kaggle: {left_out} were left out", caplog.text)
+
+
+def test_an_external_set_of_nothing_but_copies_of_the_study_s_x_rays_is_refused(tmp_path, make_radiography_copies):
+    from study.analysis.external import ExternalSpec, check_externals
+
+    root, _ = make_radiography_copies()
+    with pytest.raises(CxrError, match=r"--external kaggle: all 28 images of 28 patients near-identical to images "
+                                       r"the study's split of covid-chestxray-3class holds .*nothing from elsewhere"):
+        check_externals(the_sample_as_a_study(tmp_path), [ExternalSpec("kaggle", "covid-radiography", str(root))],
+                        RADIOGRAPHY_MAP)
 
 
 @pytest.mark.parametrize("flags, message", [
