@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 HELDOUT = "heldout"  # images of held-out sources: a test set from elsewhere
+LARGE_DATASET = 5000  # images: comparing their fingerprints takes long enough to say so
 
 
 def leakage_groups(patients: pd.Series, sha1: pd.Series,
@@ -152,6 +153,8 @@ def make_split(frame: pd.DataFrame, strata: pd.Series, val_fraction: float = 0.1
 
 def _join_near_identical(split: pd.DataFrame, groups: np.ndarray, fingerprints: np.ndarray) -> np.ndarray:
     """`groups` with the groups of near-identical images joined (logged, with the first pair that joined two)."""
+    if len(split) >= LARGE_DATASET:
+        log.info("comparing the fingerprints of %d images to find near-identical ones", len(split))
     pairs = near_identical_pairs(fingerprints)
     joined = leakage_groups(split["patient"], split["sha1"], pairs)
     merged = len(np.unique(groups)) - len(np.unique(joined))
@@ -159,9 +162,10 @@ def _join_near_identical(split: pd.DataFrame, groups: np.ndarray, fingerprints: 
         i, j, bits = next((i, j, bits) for i, j, bits in pairs if groups[i] != groups[j])
         log.warning("%d group(s) of images joined others because they hold a near-identical image (the same X-ray "
                     "re-encoded, resized or squashed, under another patient id or file name): they stay on one side "
-                    "of the split; e.g. %s (patient %s) and %s (patient %s), %d of %d fingerprint bits apart",
-                    merged, split["relpath"][i], split["patient"][i], split["relpath"][j], split["patient"][j],
-                    bits, BITS)
+                    "of the split; e.g. %s (patient %s) and %s (patient %s), %d of %d fingerprint bits apart; the "
+                    "largest group holds %d images (%d before)", merged, split["relpath"][i], split["patient"][i],
+                    split["relpath"][j], split["patient"][j], bits, BITS, np.bincount(joined).max(),
+                    np.bincount(groups).max())
     return joined
 
 

@@ -133,6 +133,24 @@ def test_identical_files_under_two_patients_end_on_one_side() -> None:
         assert split.loc[20, "split"] == split.loc[21, "split"]
 
 
+def test_near_identical_images_are_joined_and_the_log_names_a_pair_and_the_largest_group(caplog) -> None:
+    from cxrnets.fingerprints import BITS, PROBES
+
+    rows = 40
+    frame = pd.DataFrame({"relpath": [f"img{i}.png" for i in range(rows)], "patient": [f"p{i}" for i in range(rows)],
+                          "sha1": [f"{i:040x}" for i in range(rows)]})
+    prints = np.random.default_rng(0).integers(0, 256, (rows, len(PROBES), BITS // 8), dtype=np.uint8)
+    prints[[1, 2]] = prints[0]  # p0, p1 and p2: one X-ray under three patient ids
+    prints[2, 0, 0] ^= 0b111  # 3 bits off
+    strata = pd.Series(["x" if i % 2 else "y" for i in range(rows)])
+    with caplog.at_level("WARNING", logger="cxrnets.splits"):
+        split = make_split(frame, strata, seed=0, fingerprints=prints)
+    assert split.loc[0, "split"] == split.loc[1, "split"] == split.loc[2, "split"]
+    assert "2 group(s) of images joined others" in caplog.text
+    assert "img0.png (patient p0) and img1.png (patient p1), 0 of 512 fingerprint bits apart" in caplog.text
+    assert "the largest group holds 3 images (1 before)" in caplog.text
+
+
 def hand_made_split() -> pd.DataFrame:
     return pd.DataFrame({
         "relpath": ["a.png", "b.png", "c.png", "d.png"],
