@@ -2,9 +2,10 @@
 
 StudyData reads each dataset's split file, checks it against the data and
 the study's seed (refusing if either changed), and prepares each dataset
-once; evaluate_checkpoint loads one weights file, checks that it was
-trained with the trial's config, and scores it, with the majority-class
-baseline on the same images.
+once, with its images' fingerprints (cxrnets.fingerprints): the bootstrap's
+groups join near-identical images. evaluate_checkpoint loads one weights
+file, checks that it was trained with the trial's config, and scores it,
+with the majority-class baseline on the same images.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ import pandas as pd
 import sklearn
 
 from cxrnets.errors import CxrError, SplitMismatch
+from cxrnets.fingerprints import fingerprints
 from cxrnets.splits import make_split
 from cxrnets.training import load_checkpoint
 from study import storage
 from study.analysis.reading import Study
+from study.analysis.uncertainty import resampling_groups
 from study.settings import check_split_digest, read_split, split_uri
 
 log = logging.getLogger("study.analyze")
@@ -52,6 +55,8 @@ class StudyData:
         self.cache_dir = cache_dir or study.settings.cache_dir
         self.device = device
         self._prepared: dict[tuple, Any] = {}
+        self._fingerprints: dict[tuple, np.ndarray] = {}  # as _prepared: every image's fingerprints
+        self._groups: dict[tuple, np.ndarray] = {}  # (as _prepared, part) -> its images' resampling groups
         self._splits: dict[str, pd.DataFrame] = {}
         self.downloaded_bytes = 0  # weights fetched from object storage (0 when all came from the local cache)
         self._downloads: dict[str, concurrent.futures.Future] = {}  # weights URI -> its download (prefetch)
@@ -99,12 +104,16 @@ class StudyData:
             self._splits[dataset] = split
         return self._splits[dataset]
 
+    @staticmethod
+    def _key(config) -> tuple:
+        return (config.dataset, config.data_root, config.image_size, config.cache_dir,
+                json.dumps(config.dataset_options, sort_keys=True))
+
     def prepare(self, config) -> Any:
         """The dataset of `config` (a TrainConfig) with the study's split; refuses if either changed."""
         from cxrnets.training import prepare_data
 
-        key = (config.dataset, config.data_root, config.image_size, config.cache_dir,
-               json.dumps(config.dataset_options, sort_keys=True))
+        key = self._key(config)
         if key in self._prepared:
             return self._prepared[key]
         uri = self.split_uri(config.dataset)
@@ -124,7 +133,19 @@ class StudyData:
             if len(data.rows(name)) == 0:
                 raise AnalysisRefused(f"{uri}: the {name} split of {config.dataset} is empty; nothing to evaluate on")
         self._prepared[key] = data
+        self._fingerprints[key] = fingerprints(data.images)
         return data
+
+    def resampling_groups(self, config, part: str) -> np.ndarray:
+        """The bootstrap's unit for each image of `part` of `config`'s dataset (in the order of its rows):
+        patients joined where they share a file or a near-identical image (uncertainty.resampling_groups)."""
+        prepared = self.prepare(config)
+        key = self._key(config)
+        if (key, part) not in self._groups:
+            rows = prepared.rows(part)
+            self._groups[key, part] = resampling_groups(prepared.split["patient"], prepared.split["sha1"], rows,
+                                                        self._fingerprints[key][rows])
+        return self._groups[key, part]
 
     def check_split_unedited(self, config, uri: str, saved: pd.DataFrame, data) -> None:
         """The split file must be the one the study made: its digest as recorded then, or, for a study from
@@ -194,7 +215,7 @@ class Evaluation:
     classes: list[str]
     multilabel: bool
     config: dict[str, Any]
-    groups: np.ndarray           # each image's patient (leakage group, cxrnets.splits): the bootstrap's unit
+    groups: np.ndarray           # each image's patient (resampling group, StudyData): the bootstrap's unit
     baseline_scores: np.ndarray  # the majority-class predictor's scores on the same images
     seconds: float = 0.0
     baseline: dict[str, float] = field(default_factory=dict)  # the majority-class predictor's metrics
@@ -209,7 +230,6 @@ def evaluate_checkpoint(weights_uri: str, data: StudyData, split: str = "test", 
     trained with is not `trial_config` (the trial's, as the study recorded it); OSError if they cannot be
     fetched."""
     from cxrnets.metrics import classification_metrics, majority_scores
-    from cxrnets.splits import leakage_groups
     from cxrnets.training import TrainingRun
 
     path = data.fetch(weights_uri)
@@ -232,7 +252,7 @@ def evaluate_checkpoint(weights_uri: str, data: StudyData, split: str = "test", 
     metrics, y_true, scores = run.evaluate_split(split)
     multilabel, classes = bool(prepared.index.multilabel), list(prepared.index.classes)
     rows = prepared.rows(split)
-    groups = leakage_groups(prepared.split["patient"].astype(str), prepared.split["sha1"])[rows]
+    groups = data.resampling_groups(config, split)
     images = prepared.split.iloc[rows][["relpath", "patient"]].reset_index(drop=True)
     baseline_scores = majority_scores(prepared.targets[prepared.rows("train")], len(y_true), multilabel, len(classes))
     baseline = classification_metrics(y_true, baseline_scores, multilabel)

@@ -48,7 +48,7 @@ from study.analysis.evaluation import Evaluation, StudyData
 from study.analysis.selection import Analysis
 from study.analysis.uncertainty import (BASELINE, class_patients, group_strata, independent_difference_interval,
                                         partial_class_samples, percentile_interval, proportion_interval,
-                                        resample_weights)
+                                        resample_weights, resampling_groups)
 
 log = logging.getLogger("study.analyze")
 
@@ -92,7 +92,7 @@ class ExternalSet:
     images: CachedImages          # decoded images (a cache's); `rows` of them belong to the set
     rows: np.ndarray
     y_true: np.ndarray            # class indices into `classes`
-    groups: np.ndarray            # each image's patient (leakage group): the bootstrap's unit
+    groups: np.ndarray            # each image's patient (uncertainty.resampling_groups): the bootstrap's unit
     image_size: int               # the size its images are decoded at: that of the models it evaluates
     left_out: dict[str, int] = field(default_factory=dict)  # external label without a counterpart -> images
     skipped: dict[str, int] = field(default_factory=dict)   # the loader's skips (undecodable, absent, ...)
@@ -317,8 +317,6 @@ def load_external(spec: ExternalSpec, indexed: ExternalIndex, dataset: str, clas
                   label_map: dict[str, str], image_size: int, cache_dir: str | None) -> ExternalSet:
     """Decode (once, into the cache) and label one external set (`indexed`: its images, check_externals)
     for the models of `dataset`."""
-    from cxrnets.splits import leakage_groups
-
     index = indexed.index
     cache = build_cache(index, image_size, cache_dir)
     index = cache.index  # undecodable images left out, counted in index.skipped
@@ -330,7 +328,7 @@ def load_external(spec: ExternalSpec, indexed: ExternalIndex, dataset: str, clas
     if not keep.any():  # possible here only when the images in common could not be decoded
         raise no_common_class(spec, labels, classes)
     rows = np.flatnonzero(keep)
-    groups = leakage_groups(index.frame["patient"].astype(str), pd.Series(cache.sha1))[rows]
+    groups = resampling_groups(index.frame["patient"], pd.Series(cache.sha1), rows, fingerprints(cache.images, rows))
     external = ExternalSet(
         spec.name, f"{spec.dataset} at {spec.path}", dataset, list(classes), cache.images, rows,
         np.array([position[mapped[i]] for i in rows], dtype=np.int64), groups, image_size,
@@ -342,14 +340,14 @@ def load_external(spec: ExternalSpec, indexed: ExternalIndex, dataset: str, clas
 
 def heldout_set(data: StudyData, config, classes: list[str]) -> ExternalSet | None:
     """The study split's held-out sources of `config`'s dataset, as an external set (None if it has none)."""
-    from cxrnets.splits import HELDOUT, leakage_groups
+    from cxrnets.splits import HELDOUT
 
     prepared = data.prepare(config)
     rows = prepared.rows(HELDOUT)
     if len(rows) == 0:
         return None
     sources = sorted(set(prepared.index.frame["source"].to_numpy()[rows])) if "source" in prepared.index.frame else []
-    groups = leakage_groups(prepared.split["patient"].astype(str), prepared.split["sha1"])[rows]
+    groups = data.resampling_groups(config, HELDOUT)
     return ExternalSet(HELDOUT_SET, f"{config.dataset}'s held-out sources: {', '.join(sources)}", config.dataset,
                        list(classes), prepared.images, rows, prepared.targets[rows], groups, config.image_size)
 

@@ -4,7 +4,8 @@ Images of one patient are correlated (same lungs, same scanner, often the
 same day), so resampling images treats a patient with ten images as ten
 independent observations and gives intervals that are too narrow. Here
 the unit is the split's leakage group (a patient, merged with any patient
-that shares a byte-identical file: cxrnets.splits.leakage_groups), drawn
+that shares a byte-identical file or a near-identical image, the same X-ray
+re-encoded, resized or squashed: resampling_groups), drawn
 with replacement within strata (each group's most frequent class, or for
 multi-label its rarest present label), so that a class present in the test
 split stays present in every resample. A resample is a vector of weights,
@@ -36,8 +37,11 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
+from cxrnets.fingerprints import near_identical_pairs
 from cxrnets.metrics import calibration, class_probabilities, predictions
+from cxrnets.splits import leakage_groups
 
 LEVEL = 0.95
 RESAMPLES = 2000
@@ -56,6 +60,14 @@ class MetricSamples:
 
     summary: dict[str, np.ndarray]
     per_class: dict[str, np.ndarray]
+
+
+def resampling_groups(patients: pd.Series, sha1: pd.Series, rows: np.ndarray, prints: np.ndarray) -> np.ndarray:
+    """The bootstrap's unit for the images `rows` of a dataset: their leakage groups (cxrnets.splits.leakage_groups
+    of every image's patient and file `sha1`), joined where two of them are near-identical (`prints`: their
+    fingerprints, cxrnets.fingerprints), as a split made now joins them."""
+    pairs = [(rows[i], rows[j], bits) for i, j, bits in near_identical_pairs(prints)]
+    return leakage_groups(patients.astype(str), sha1, pairs)[rows]
 
 
 def group_strata(groups: np.ndarray, y_true: np.ndarray, multilabel: bool) -> np.ndarray:

@@ -129,3 +129,46 @@ def test_weights_in_a_bucket_that_cannot_be_used_are_named_by_their_object_not_t
         evaluate_checkpoint(cut_short, data, trial_id="t2", trial_config={"lr": 0.1})
     (copy,) = downloads.glob("*-t2.pt")
     assert str(refused.value).startswith(f"{cut_short} (downloaded to {copy}): not a readable checkpoint (")
+
+
+def study_of_copies(make_radiography_copies, tmp_path: Path, sides):
+    """A study of dataset 1 whose each class holds one X-ray twice (make_radiography_copies: a 299x299 PNG and a JPEG
+    under another name, hence another patient), its split as the study reads it back, with the images that
+    `sides(copies)` names (relpath -> part) moved there. Returns (StudyData, its TrainConfig, the copies)."""
+    from cxrnets.splits import split_digest
+    from study.settings import read_split
+
+    root, copies = make_radiography_copies()
+    config = TrainConfig(dataset="covid-radiography", data_root=str(root), model="alexnet", image_size=64,
+                         cache_dir=str(tmp_path / "cache"), device="cpu")
+    split = prepare_data(config).split[SPLIT_COLUMNS]
+    split["split"] = split["relpath"].map(sides(copies)).fillna(split["split"])
+    path = tmp_path / "study" / "splits" / "covid-radiography.csv"
+    path.parent.mkdir(parents=True)
+    split.to_csv(path, index=False)
+    settings = SimpleNamespace(data_roots={"covid-radiography": str(root)}, cache_dir=str(tmp_path / "cache"),
+                               split_digests={"covid-radiography": split_digest(read_split(str(path)))},
+                               image_size=64)
+    return StudyData(SimpleNamespace(uri=str(tmp_path / "study"), settings=settings)), config, copies
+
+
+def test_the_bootstrap_resamples_an_x_ray_and_its_copy_under_another_patient_as_one(make_radiography_copies, tmp_path):
+    """Two copies of one X-ray on the test split, under two patients, are one resampling unit: the interval's
+    patients count them once."""
+    from cxrnets.training import TrainingRun, save_checkpoint
+    from study.analysis.uncertainty import bootstrap_split
+
+    data, config, copies = study_of_copies(make_radiography_copies, tmp_path,
+                                           lambda copies: {relpath: "test" for pair in copies[:2] for relpath in pair})
+    prepared = data.prepare(config)
+    weights = tmp_path / "study" / "weights" / "t1.pt"
+    weights.parent.mkdir()
+    save_checkpoint({"model": TrainingRun(config, prepared).model.state_dict(), "epoch": 1,
+                     "config": config.__dict__, "classes": list(prepared.index.classes), "multilabel": False}, weights)
+
+    evaluation = evaluate_checkpoint(str(weights), data, "test", "t1")
+    group = dict(zip(evaluation.images["relpath"], evaluation.groups))
+    assert [group[png] == group[jpeg] for png, jpeg in copies[:2]] == [True, True]
+    tested = len(evaluation.y_true)
+    assert bootstrap_split("covid-radiography", [evaluation], resamples=200).patients == tested - 2
+

@@ -276,6 +276,27 @@ def test_an_external_set_s_copies_of_the_study_s_x_rays_are_left_out_and_counted
     assert re.search(f"--external kaggle: {left_out} were left out", caplog.text)
 
 
+def test_an_external_set_s_x_ray_filed_twice_is_one_patient_of_its_intervals(tmp_path, make_radiography,
+                                                                             make_radiography_copies):
+    """An external set that holds an X-ray twice, under two names (two patients to its loader), resamples the two
+    as one patient: the set's line of the report counts them once."""
+    from cxrnets.data import load_dataset
+    from study.analysis.external import ExternalSpec, check_externals, load_external
+
+    study_root = make_radiography(per_class=3)
+    study_index = load_dataset("covid-radiography", study_root)
+    split = study_index.frame[["relpath", "patient"]].assign(split="train")
+    data = types.SimpleNamespace(study=types.SimpleNamespace(settings=types.SimpleNamespace(
+        dataset_options={}, image_size=64)), data_roots={"covid-radiography": study_root},
+        split=lambda dataset: split, cache_dir=str(tmp_path / "cache"))
+    root, copies = make_radiography_copies(tmp_path / "copies")
+    spec = ExternalSpec("kaggle", "covid-radiography", str(root))
+    indexes = check_externals(data, [spec], {})
+    external = load_external(spec, indexes["kaggle"], "covid-radiography", list(study_index.classes), {}, 64,
+                             data.cache_dir)
+    assert external.summary().startswith(f"kaggle: 28 images of {28 - len(copies)} patients (")
+
+
 def test_an_external_set_of_nothing_but_copies_of_the_study_s_x_rays_is_refused(tmp_path, make_radiography_copies):
     from study.analysis.external import ExternalSpec, check_externals
 
