@@ -127,6 +127,7 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
     analysis.out = Path(out) if out is not None else Path(study.uri) / REPORT_DIR
 
     data = StudyData(study, parse_data_roots(data_roots, list(settings.data_roots)), cache_dir, device)
+    analysis.split_notes = data.split_notes
     external_indexes = check_externals(data, externals or [], label_map or {})
     storage.check_writable(str(analysis.out), "--out")  # before any model is evaluated or a look recorded
     select_and_evaluate(analysis, data)

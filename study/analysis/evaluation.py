@@ -3,9 +3,10 @@
 StudyData reads each dataset's split file, checks it against the data and
 the study's seed (refusing if either changed), and prepares each dataset
 once, with its images' fingerprints (cxrnets.fingerprints): the bootstrap's
-groups join near-identical images. evaluate_checkpoint loads one weights
-file, checks that it was trained with the trial's config, and scores it,
-with the majority-class baseline on the same images.
+groups join near-identical images, and a split made before such images were
+kept on one side is said to hold copies on two sides. evaluate_checkpoint
+loads one weights file, checks that it was trained with the trial's config,
+and scores it, with the majority-class baseline on the same images.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import pandas as pd
 import sklearn
 
 from cxrnets.errors import CxrError, SplitMismatch
-from cxrnets.fingerprints import fingerprints
-from cxrnets.splits import make_split
+from cxrnets.fingerprints import fingerprints, near_identical_to
+from cxrnets.splits import LARGE_DATASET, make_split
 from cxrnets.training import load_checkpoint
 from study import storage
 from study.analysis.reading import Study
@@ -58,6 +59,7 @@ class StudyData:
         self._fingerprints: dict[tuple, np.ndarray] = {}  # as _prepared: every image's fingerprints
         self._groups: dict[tuple, np.ndarray] = {}  # (as _prepared, part) -> its images' resampling groups
         self._splits: dict[str, pd.DataFrame] = {}
+        self.split_notes: dict[str, str] = {}  # split URI -> its near-identical images across parts, in words
         self.downloaded_bytes = 0  # weights fetched from object storage (0 when all came from the local cache)
         self._downloads: dict[str, concurrent.futures.Future] = {}  # weights URI -> its download (prefetch)
 
@@ -134,6 +136,7 @@ class StudyData:
                 raise AnalysisRefused(f"{uri}: the {name} split of {config.dataset} is empty; nothing to evaluate on")
         self._prepared[key] = data
         self._fingerprints[key] = fingerprints(data.images)
+        self.note_copies_across_parts(uri, data.split, self._fingerprints[key])
         return data
 
     def resampling_groups(self, config, part: str) -> np.ndarray:
@@ -146,6 +149,35 @@ class StudyData:
             self._groups[key, part] = resampling_groups(prepared.split["patient"], prepared.split["sha1"], rows,
                                                         self._fingerprints[key][rows])
         return self._groups[key, part]
+
+    def note_copies_across_parts(self, uri: str, split: pd.DataFrame, prints: np.ndarray) -> None:
+        """Warn, and note for the report, where the study's split (`uri`, its rows `split`, their fingerprints
+        `prints`) puts near-identical images on two sides, as a split made before they were kept on one side
+        could: the test (val) images with a copy in another part. Compares those parts' images with the rest only."""
+        if uri in self.split_notes:
+            return
+        parts = split["split"].to_numpy()
+        if len(split) >= LARGE_DATASET:
+            log.info("%s: comparing the fingerprints of the test and val images with the rest's, to find copies "
+                     "across the split", uri)
+        counts, example = [], ""
+        for part in ("test", "val"):
+            inside, outside = np.flatnonzero(parts == part), np.flatnonzero(parts != part)
+            nearest = near_identical_to(prints[inside], prints[outside])
+            copied = np.flatnonzero(nearest >= 0)
+            if len(copied):
+                counts.append(f"{len(copied)} {part} image(s)")
+                first, twin = inside[copied[0]], outside[nearest[copied[0]]]
+                example = example or (f"{split['relpath'].iloc[first]} ({part}) and {split['relpath'].iloc[twin]} "
+                                      f"({parts[twin]})")
+        if counts:
+            note = (f"{uri}: {' and '.join(counts)} have a near-identical copy (the same X-ray re-encoded, resized or "
+                    "squashed, under another patient id or file name) in another part of the split, e.g. "
+                    f"{example}: the split was made before such copies were kept on one side, so the figures on "
+                    "those images are optimistic (the models trained on, or were chosen on, their copies); the "
+                    "split is kept as the study made it")
+            log.warning(note)
+            self.split_notes[uri] = note
 
     def check_split_unedited(self, config, uri: str, saved: pd.DataFrame, data) -> None:
         """The split file must be the one the study made: its digest as recorded then, or, for a study from

@@ -225,6 +225,7 @@ def header_lines(analysis: Analysis) -> list[str]:
     if analysis.split == "val":
         lines.append("- **Optimistic:** the trials were chosen on this validation split, so its figures favour "
                      "them; the test split (`--split test`, the default) gives the unbiased ones")
+    lines += [f"- **Copies across the split:** {note}" for note in analysis.split_notes.values()]
     if analysis.look is not None:
         lines.append(f"- Test split: {history(analysis.look, analysis.earlier_looks)}")
     return lines

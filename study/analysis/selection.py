@@ -112,6 +112,7 @@ class Analysis:
     trials: pd.DataFrame
     selected: list[Selected] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    split_notes: dict[str, str] = field(default_factory=dict)  # StudyData's: copies across a split's parts
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)   # name -> table (what CSV/Parquet hold)
     summary: dict[str, Any] = field(default_factory=dict)
     figures: dict[str, Path] = field(default_factory=dict)

@@ -17,6 +17,7 @@ from cxrnets.splits import make_split
 from cxrnets.training import SPLIT_COLUMNS, prepare_data
 from study import storage
 from study.analysis.evaluation import AnalysisRefused, StudyData, evaluate_checkpoint
+from study.analysis.report import header_lines
 
 
 def study_data(cache) -> StudyData:
@@ -172,3 +173,26 @@ def test_the_bootstrap_resamples_an_x_ray_and_its_copy_under_another_patient_as_
     tested = len(evaluation.y_true)
     assert bootstrap_split("covid-radiography", [evaluation], resamples=200).patients == tested - 2
 
+
+def test_a_split_from_before_copies_were_joined_is_said_to_hold_copies_on_two_sides(make_radiography_copies,
+                                                                                    tmp_path, caplog):
+    """A study's split made before near-identical X-rays were kept on one side, with a copy in test and its
+    original in train (and another pair across val and train): the analysis evaluates it as it is, but warns,
+    counting them and naming a pair, and says so in the report's header."""
+    data, config, copies = study_of_copies(make_radiography_copies, tmp_path, lambda copies: {
+        copies[0][0]: "test", copies[0][1]: "train", copies[1][0]: "val", copies[1][1]: "train"})
+    (test_png, train_jpeg), (val_png, _) = copies[:2]
+    with caplog.at_level(logging.WARNING, logger="study.analyze"):
+        prepared = data.prepare(config)
+    assert prepared.split.set_index("relpath").loc[[test_png, val_png], "split"].tolist() == ["test", "val"]
+    uri = tmp_path / "study" / "splits" / "covid-radiography.csv"
+    assert list(data.split_notes) == [str(uri)]
+    note = data.split_notes[str(uri)]
+    assert note.startswith(f"{uri}: 1 test image(s) and 1 val image(s) have a near-identical copy (the same X-ray "
+                           "re-encoded, resized or squashed, under another patient id or file name) in another part "
+                           f"of the split, e.g. {test_png} (test) and {train_jpeg} (train)")
+    assert "optimistic" in note and note in caplog.text
+    analysis = SimpleNamespace(study=SimpleNamespace(uri=str(tmp_path / "study"), settings=SimpleNamespace(
+        created="2026-01-01 00:00:00", space_source="grid.yaml", data_roots=data.data_roots)), split="test",
+        metric="val/f1_macro", mode="max", top_k=1, look=None, split_notes=data.split_notes)
+    assert f"- **Copies across the split:** {note}" in header_lines(analysis)

@@ -38,11 +38,13 @@ def test_the_interval_paragraph_says_the_patients_per_class_stay_fixed_not_the_i
     assert "accuracy still move" in text
 
 
-def _analysis(split: str = "test", top_k: int = 1, selected=(), keep: int | str = 1) -> types.SimpleNamespace:
+def _analysis(split: str = "test", top_k: int = 1, selected=(), keep: int | str = 1,
+              split_notes: dict[str, str] | None = None) -> types.SimpleNamespace:
     settings = types.SimpleNamespace(created="2026-01-01 00:00:00", space_source="demo.yaml", data_roots={"d": "/data"},
                                      keep=keep)
     return types.SimpleNamespace(study=types.SimpleNamespace(uri="/studies/s", settings=settings), split=split,
-                                 metric="val/f1_macro", mode="max", top_k=top_k, selected=list(selected), look=None)
+                                 metric="val/f1_macro", mode="max", top_k=top_k, selected=list(selected), look=None,
+                                 split_notes=split_notes or {})
 
 
 def test_a_report_on_the_validation_split_says_its_figures_are_optimistic():
