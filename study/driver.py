@@ -114,6 +114,7 @@ def prepare_splits(settings: StudySettings, resume: bool) -> dict[str, pd.DataFr
                                settings.seed, fingerprints(cache.images))
             storage.write_csv(uri, split[SPLIT_COLUMNS])
             settings.split_digests[dataset] = split_digest(read_split(uri))
+            settings.splits_join_near_identical = True
         targets = cache.index.targets()
         rows = {name: (split["split"] == name).to_numpy() for name in ("train", "val")}
         baseline = majority_baseline(targets[rows["train"]], targets[rows["val"]], cache.index.multilabel,

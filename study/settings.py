@@ -81,6 +81,9 @@ class StudySettings:
     # dataset -> cxrnets.splits.split_digest of its split file as made; empty for a study from before them,
     # whose analysis makes the split again to check the file.
     split_digests: dict[str, str] = field(default_factory=dict)
+    # Whether the study's splits joined near-identical X-rays (cxrnets.fingerprints) when made; False for a study
+    # from before, whose analysis looks for copies across the parts of its split.
+    splits_join_near_identical: bool = False
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
 
     @property

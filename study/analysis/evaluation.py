@@ -56,7 +56,6 @@ class StudyData:
         self.cache_dir = cache_dir or study.settings.cache_dir
         self.device = device
         self._prepared: dict[tuple, Any] = {}
-        self._fingerprints: dict[tuple, np.ndarray] = {}  # as _prepared: every image's fingerprints
         self._groups: dict[tuple, np.ndarray] = {}  # (as _prepared, part) -> its images' resampling groups
         self._splits: dict[str, pd.DataFrame] = {}
         self.split_notes: dict[str, str] = {}  # split URI -> its near-identical images across parts, in words
@@ -135,8 +134,8 @@ class StudyData:
             if len(data.rows(name)) == 0:
                 raise AnalysisRefused(f"{uri}: the {name} split of {config.dataset} is empty; nothing to evaluate on")
         self._prepared[key] = data
-        self._fingerprints[key] = fingerprints(data.images)
-        self.note_copies_across_parts(uri, data.split, self._fingerprints[key])
+        if not self.study.settings.splits_join_near_identical:
+            self.note_copies_across_parts(uri, data.split, fingerprints(data.images))
         return data
 
     def resampling_groups(self, config, part: str) -> np.ndarray:
@@ -147,7 +146,7 @@ class StudyData:
         if (key, part) not in self._groups:
             rows = prepared.rows(part)
             self._groups[key, part] = resampling_groups(prepared.split["patient"], prepared.split["sha1"], rows,
-                                                        self._fingerprints[key][rows])
+                                                        fingerprints(prepared.images, rows))
         return self._groups[key, part]
 
     def note_copies_across_parts(self, uri: str, split: pd.DataFrame, prints: np.ndarray) -> None:

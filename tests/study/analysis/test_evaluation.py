@@ -60,7 +60,8 @@ def test_a_split_the_data_no_longer_matches_is_refused_naming_its_file_once(make
     prepare_data(config).split[SPLIT_COLUMNS].to_csv(split, index=False)
     (data_root / "sick" / "img-001.png").unlink()
     data = StudyData(SimpleNamespace(uri=str(tmp_path / "study"), settings=SimpleNamespace(
-        data_roots={"folder": str(data_root)}, cache_dir=str(tmp_path / "cache"), split_digests={})))
+        data_roots={"folder": str(data_root)}, cache_dir=str(tmp_path / "cache"), split_digests={},
+        splits_join_near_identical=False)))
     with pytest.raises(AnalysisRefused) as refused:
         data.prepare(config)
     assert str(refused.value).startswith(
@@ -90,7 +91,8 @@ def test_a_split_from_before_each_image_was_kept_once_is_checked_on_its_own_rows
     path.parent.mkdir(parents=True)
     split_then.to_csv(path, index=False)
     settings = SimpleNamespace(data_roots={"covid-chestxray-3class": str(root)}, cache_dir=str(tmp_path / "cache"),
-                               split_digests={}, val_fraction=0.15, test_fraction=0.15, seed=seed)
+                               split_digests={}, val_fraction=0.15, test_fraction=0.15, seed=seed,
+                               splits_join_near_identical=False)
 
     with caplog.at_level(logging.WARNING, logger="study.analyze"):
         prepared = StudyData(SimpleNamespace(uri=str(tmp_path / "study"), settings=settings)).prepare(config)
@@ -132,10 +134,11 @@ def test_weights_in_a_bucket_that_cannot_be_used_are_named_by_their_object_not_t
     assert str(refused.value).startswith(f"{cut_short} (downloaded to {copy}): not a readable checkpoint (")
 
 
-def study_of_copies(make_radiography_copies, tmp_path: Path, sides):
+def study_of_copies(make_radiography_copies, tmp_path: Path, sides, joined: bool = False):
     """A study of dataset 1 whose each class holds one X-ray twice (make_radiography_copies: a 299x299 PNG and a JPEG
     under another name, hence another patient), its split as the study reads it back, with the images that
-    `sides(copies)` names (relpath -> part) moved there. Returns (StudyData, its TrainConfig, the copies)."""
+    `sides(copies)` names (relpath -> part) moved there; `joined`: the study's splits_join_near_identical.
+    Returns (StudyData, its TrainConfig, the copies)."""
     from cxrnets.splits import split_digest
     from study.settings import read_split
 
@@ -149,7 +152,7 @@ def study_of_copies(make_radiography_copies, tmp_path: Path, sides):
     split.to_csv(path, index=False)
     settings = SimpleNamespace(data_roots={"covid-radiography": str(root)}, cache_dir=str(tmp_path / "cache"),
                                split_digests={"covid-radiography": split_digest(read_split(str(path)))},
-                               image_size=64)
+                               image_size=64, splits_join_near_identical=joined)
     return StudyData(SimpleNamespace(uri=str(tmp_path / "study"), settings=settings)), config, copies
 
 
@@ -196,3 +199,14 @@ def test_a_split_from_before_copies_were_joined_is_said_to_hold_copies_on_two_si
         created="2026-01-01 00:00:00", space_source="grid.yaml", data_roots=data.data_roots)), split="test",
         metric="val/f1_macro", mode="max", top_k=1, look=None, split_notes=data.split_notes)
     assert f"- **Copies across the split:** {note}" in header_lines(analysis)
+
+
+def test_a_study_whose_splits_joined_near_identical_x_rays_is_not_searched_for_copies_across_them(
+        make_radiography_copies, tmp_path, caplog):
+    """A study made since splits join near-identical X-rays holds no copies across parts: the analysis spends no
+    comparison of every image on looking for them (even where an edited split would hold some)."""
+    data, config, _ = study_of_copies(make_radiography_copies, tmp_path, lambda copies: {
+        copies[0][0]: "test", copies[0][1]: "train"}, joined=True)
+    with caplog.at_level(logging.WARNING, logger="study.analyze"):
+        data.prepare(config)
+    assert data.split_notes == {} and "near-identical copy" not in caplog.text
