@@ -133,6 +133,24 @@ def check_same_split(checkpoint: dict[str, Any], digest: str, out: Path) -> None
                        "held out; start a new run with another --out, or restore the data it trained on")
 
 
+def on_split_made_before_near_identical_joined(run, checkpoint: dict[str, Any], out: Path):
+    """The run on the split it would have got before splits joined near-identical X-rays (cxrnets.fingerprints),
+    where that is the split its checkpoint trained on: a run from then continues on its own split. None otherwise."""
+    from dataclasses import replace
+
+    from cxrnets.splits import make_split, split_digest
+    from cxrnets.training import TrainingRun
+
+    data, config = run.data, run.config
+    earlier = make_split(data.index.frame.assign(sha1=data.split["sha1"].to_numpy()), data.index.stratum(),
+                         config.val_fraction, config.test_fraction, config.seed)
+    if split_digest(earlier) != checkpoint.get("split_digest"):
+        return None
+    log.info("%s trained on the split made before near-identical X-rays were kept on one side: it continues on "
+             "that split", out / "checkpoint.pt")
+    return TrainingRun(config, replace(data, split=earlier))
+
+
 def warn_of_absent_classes(run) -> None:
     """Warn of a class with no image on the validation or test split: the macro averages (cxrnets.metrics) count
     it as 0 in precision, recall and F1, and leave it out of the ROC AUC, which is nan where no class has one."""
@@ -188,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         check_output_folder(out, f"--out {out}")
         run = TrainingRun(config)
         digest = split_digest(run.data.split)
+        if checkpoint is not None and checkpoint.get("split_digest") not in (None, digest):
+            run = on_split_made_before_near_identical_joined(run, checkpoint, out) or run
+            digest = split_digest(run.data.split)
         if checkpoint is not None:
             check_same_split(checkpoint, digest, out)
     except CxrError as error:

@@ -470,6 +470,34 @@ def test_cli_resume_on_data_that_splits_differently_is_refused(tiny_folder: Path
             f"{tmp_path / 'run' / 'checkpoint.pt'} trained on") in capsys.readouterr().err
 
 
+def test_cli_resume_of_a_run_split_before_near_identical_x_rays_were_joined_continues_on_its_split(
+        make_radiography_copies, tmp_path: Path, caplog) -> None:
+    """A run made before splits joined near-identical X-rays trained on the split made without them: its resume
+    continues on that split (said in the log), not refused as data that changed."""
+    from cxrnets.splits import make_split, split_digest
+
+    root, _ = make_radiography_copies()
+    config = TrainConfig(dataset="covid-radiography", data_root=str(root), image_size=32,
+                         cache_dir=str(tmp_path / "cache"))
+    data = prepare_data(config)
+    frame = data.index.frame.assign(sha1=data.split["sha1"].to_numpy())
+    seed, before = next((seed, split) for seed in range(20) for split in [make_split(frame, data.index.stratum(),
+                        seed=seed)] if split_digest(split) != split_digest(prepare_data(replace(config,
+                                                                                                seed=seed)).split))
+    arguments = ["--dataset", "covid-radiography", "--data-root", str(root), "--image-size", "32", "--batch-size",
+                 "8", "--seed", str(seed), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run")]
+    assert main([*arguments, "--epochs", "1"]) == 0
+    checkpoint_path = tmp_path / "run" / "checkpoint.pt"
+    checkpoint = torch.load(checkpoint_path, weights_only=False)
+    save_checkpoint({**checkpoint, "split_digest": split_digest(before)}, checkpoint_path)  # as a run from then
+
+    with caplog.at_level(logging.INFO, logger="cxrnets.train"):
+        assert main([*arguments, "--epochs", "2", "--resume"]) == 0
+    assert f"{checkpoint_path} trained on the split made before near-identical X-rays were kept on one side" \
+        in caplog.text
+    assert torch.load(checkpoint_path, weights_only=False)["split_digest"] == split_digest(before)
+
+
 def test_cli_ctrl_c_says_which_epoch_is_kept_and_how_to_continue(sample_cache: Path, tmp_path: Path, capsys,
                                                                  monkeypatch) -> None:
     """Ctrl-C (KeyboardInterrupt) in the second epoch: the first epoch's checkpoint stays, the command says
