@@ -378,10 +378,15 @@ BYTE_ORDER_MARKS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-
                     (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 
 
+def _marked_encoding(data: bytes) -> str | None:
+    """The encoding a byte order mark at the start of `data` names; None where there is none."""
+    return next((name for mark, name in BYTE_ORDER_MARKS if data.startswith(mark)), None)
+
+
 def _not_text(path: Path, encoding: str) -> str:
     """Why `path` does not decode with `encoding`, and which encoding to pass instead."""
     data = path.read_bytes()
-    marked = next((name for mark, name in BYTE_ORDER_MARKS if data.startswith(mark)), None)
+    marked = _marked_encoding(data)
     if marked and _decodes(data, marked):
         return (f"{path}: is not {encoding} text: it starts with a {marked.removesuffix('-sig').upper()} byte order "
                 f"mark; pass --dataset-option encoding={marked}")
@@ -401,7 +406,7 @@ def _misread(path: Path, encoding: str, columns: list[str]) -> str | None:
     order mark says (or as UTF-16 where a NUL byte begins it, else as UTF-8) into another header; UTF-8 read as
     UTF-16 turns into CJK-like text. None where that gives the same header or does not decode."""
     data = path.read_bytes()
-    marked = next((name for mark, name in BYTE_ORDER_MARKS if data.startswith(mark)), None)
+    marked = _marked_encoding(data)
     if marked:
         likely, what = marked, f"starts with a {marked.removesuffix('-sig').upper()} byte order mark"
     elif b"\0" in data[:2]:
