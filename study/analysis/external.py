@@ -222,6 +222,7 @@ def check_externals(data: StudyData, specs: list[ExternalSpec], label_map: dict[
                            "single-label studies")
         classes = list(study_index.classes)
         check_label_map(label_map, classes)
+        study_images = None  # the split's relpaths and fingerprints, once per dataset (split_fingerprints)
         for spec in specs:
             if spec.name not in indexes:
                 try:
@@ -239,7 +240,10 @@ def check_externals(data: StudyData, specs: list[ExternalSpec], label_map: dict[
             labels = {labels[0] for labels in indexes[spec.name].index.frame["labels"]}
             if not {label_map.get(label, label) for label in labels} & set(classes):
                 raise no_common_class(spec, labels, classes)
-            indexes[spec.name] = without_near_identical(spec, indexes[spec.name], study_index, data.split(dataset),
+            if study_images is None:
+                study_images = split_fingerprints(spec, study_index, data.split(dataset), settings.image_size,
+                                                  data.cache_dir)
+            indexes[spec.name] = without_near_identical(spec, indexes[spec.name], study_index.name, study_images,
                                                         settings.image_size, data.cache_dir)
     return indexes
 
@@ -274,26 +278,38 @@ def without_study_images(spec: ExternalSpec, external: DatasetIndex, study_index
     return ExternalIndex(external.subset(~held), known)
 
 
-def without_near_identical(spec: ExternalSpec, external: ExternalIndex, study_index: DatasetIndex,
-                           split: pd.DataFrame, image_size: int, cache_dir: str | None) -> ExternalIndex:
-    """`external` with its images near-identical to an image of the study's `split` of `study_index` (any part)
-    named, to be left out (cxrnets.fingerprints; both decoded at `image_size`). CxrError if no other image is
-    left."""
+def split_fingerprints(spec: ExternalSpec, study_index: DatasetIndex, split: pd.DataFrame, image_size: int,
+                       cache_dir: str | None) -> tuple[pd.Series, np.ndarray]:
+    """The relpaths and fingerprints (cxrnets.fingerprints) of the images of the study's `split` of `study_index`
+    (any part), decoded at `image_size`; a CxrError in decoding is named as `spec`'s, the set being checked."""
     try:
         study_cache = build_cache(study_index, image_size, cache_dir)
-        cache = build_cache(external.index, image_size, cache_dir)
     except CxrError as error:
         raise CxrError(f"--external {spec.name}: {error}") from error
     in_split = np.flatnonzero(study_cache.index.frame["relpath"].isin(split["relpath"]).to_numpy())
-    nearest = near_identical_to(fingerprints(cache.images), fingerprints(study_cache.images, in_split))
+    return study_cache.index.frame["relpath"].iloc[in_split], fingerprints(study_cache.images, in_split)
+
+
+def without_near_identical(spec: ExternalSpec, external: ExternalIndex, study_name: str,
+                           study_images: tuple[pd.Series, np.ndarray], image_size: int,
+                           cache_dir: str | None) -> ExternalIndex:
+    """`external` with its images near-identical to an image of the study's split of dataset `study_name` (any
+    part; `study_images`: its relpaths and fingerprints, split_fingerprints) named, to be left out (both decoded
+    at `image_size`). CxrError if no other image is left."""
+    try:
+        cache = build_cache(external.index, image_size, cache_dir)
+    except CxrError as error:
+        raise CxrError(f"--external {spec.name}: {error}") from error
+    study_relpaths, study_prints = study_images
+    nearest = near_identical_to(fingerprints(cache.images), study_prints)
     near = (nearest >= 0) & ~cache.index.frame["relpath"].isin(external.near_relpaths).to_numpy()
     if not near.any():
         return external
     frame = cache.index.frame
     first = int(np.flatnonzero(near)[0])
-    twin = study_cache.index.frame["relpath"].iloc[in_split[nearest[first]]]
+    twin = study_relpaths.iloc[nearest[first]]
     known = (f"{int(near.sum())} images of {frame.loc[near, 'patient'].nunique()} patients near-identical to images "
-             f"the study's split of {study_index.name} holds (the same X-ray re-encoded, resized or squashed, e.g. "
+             f"the study's split of {study_name} holds (the same X-ray re-encoded, resized or squashed, e.g. "
              f"{frame['relpath'].iloc[first]} and the study's {twin})")
     relpaths = external.near_relpaths | set(frame.loc[near, "relpath"])
     if frame["relpath"].isin(relpaths).all():
