@@ -16,6 +16,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -452,18 +453,20 @@ def tune_interrupts(resume_command: str) -> Iterator[None]:
 
     A SIGTERM sent to the whole process group (`timeout`, `kill -TERM -PGID`) also stops the Ray instance
     this command started, whose processes share the group: Tune can then neither stop its trials nor
-    save, and Ray's client would end the driver only after a minute of retries. If the instance stops
-    answering within seconds of the signal, the driver says so with `resume_command` and exits 130 at
-    once; the resume continues from Tune's last snapshot, as after a kill."""
+    save, and Ray's client ends the driver with status 1 and no word (once its raylet is gone) or after a
+    minute of retries (once its GCS is gone). If the instance stops within seconds of the signal, the
+    driver says so with `resume_command` and exits 130 at once; the resume continues from Tune's last
+    snapshot, as after a kill."""
     tune_log = logging.getLogger("ray.tune.tune")
     tune_log.addFilter(drop_tune_resume_hint)
     fit_returned = threading.Event()
     catch = hasattr(signal, "SIGUSR1") and threading.current_thread() is threading.main_thread()
     if catch:
         gcs_address = ray.get_runtime_context().gcs_address
+        instance = RayInstanceProcesses.of_this_command()
 
         def on_sigterm(signum, frame):
-            threading.Thread(target=exit_if_ray_is_gone, args=(gcs_address, fit_returned, resume_command),
+            threading.Thread(target=exit_if_ray_is_gone, args=(gcs_address, instance, fit_returned, resume_command),
                              daemon=True).start()
             signal.raise_signal(signal.SIGUSR1)
 
@@ -475,15 +478,67 @@ def tune_interrupts(resume_command: str) -> Iterator[None]:
         tune_log.removeFilter(drop_tune_resume_hint)
         if catch:  # None: a handler set outside Python (Ray's)
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+            instance.close()
 
 
-def exit_if_ray_is_gone(gcs_address: str, fit_returned: threading.Event, resume_command: str,
-                        seconds: float = 10) -> None:
-    """After a SIGTERM: if Ray's GCS stops answering before fit() returns, print what happened and how to
-    continue, and exit 130 (see tune_interrupts)."""
+class RayInstanceProcesses:
+    """The processes of the Ray instance this command started (its GCS, raylet and Ray's monitors: the
+    children of this process in its process group), watched through Linux pidfds, which become readable
+    the moment a process exits. A SIGTERM to the group ends some of them at once (the monitors), others
+    only once they have talked to the GCS (the raylet). Empty where the driver joined a running
+    instance, or off Linux (the GCS's port is watched alone then)."""
+
+    def __init__(self, pidfds: list[int]):
+        self.pidfds = pidfds
+
+    @classmethod
+    def of_this_command(cls) -> RayInstanceProcesses:
+        if not hasattr(os, "pidfd_open"):
+            return cls([])
+        pidfds = []
+        for pid in child_processes(os.getpid(), os.getpgrp()):
+            with contextlib.suppress(OSError):  # exited since
+                pidfds.append(os.pidfd_open(pid))
+        return cls(pidfds)
+
+    def any_exited(self, wait: float) -> bool:
+        """Whether one of them has exited, waiting up to `wait` seconds for it."""
+        if not self.pidfds:
+            time.sleep(wait)
+            return False
+        try:
+            exited, _, _ = select.select(self.pidfds, [], [], wait)
+        except (OSError, ValueError):  # closed meanwhile: fit() returned
+            return False
+        return bool(exited)
+
+    def close(self) -> None:
+        for pidfd in self.pidfds:
+            os.close(pidfd)
+        self.pidfds = []
+
+
+def child_processes(parent: int, group: int) -> list[int]:
+    """The pids of `parent`'s children in process group `group` (read from /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            text = stat.read_text()
+            ppid, pgrp = text[text.rindex(")") + 2:].split()[1:3]
+            if int(ppid) == parent and int(pgrp) == group:
+                children.append(int(stat.parent.name))
+    return children
+
+
+def exit_if_ray_is_gone(gcs_address: str, instance: RayInstanceProcesses, fit_returned: threading.Event,
+                        resume_command: str, seconds: float = 10) -> None:
+    """After a SIGTERM: if this command's Ray instance stops (one of its processes exits, or its GCS stops
+    answering) before fit() returns, print what happened and how to continue, and exit 130 (see
+    tune_interrupts). Its GCS alone is not enough to watch: a GCS slow to stop (a loaded machine) holds
+    the raylet's shutdown, and once that goes on, Ray's client ends the driver within milliseconds."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and not fit_returned.is_set():
-        if connection_error(gcs_address, timeout=1):
+        if instance.any_exited(wait=0.1) or connection_error(gcs_address, timeout=1):
             if fit_returned.is_set():  # the driver's own ray.shutdown(), after a stop that went well
                 return
             print("\ninterrupted: the SIGTERM reached the Ray instance of this command too (sent to the whole "
@@ -491,7 +546,6 @@ def exit_if_ray_is_gone(gcs_address: str, fit_returned: threading.Event, resume_
                   f"kept. Continue with\n  {resume_command}", file=sys.stderr, flush=True)
             sys.stdout.flush()
             os._exit(130)
-        time.sleep(0.5)
 
 
 def drop_tune_resume_hint(record: logging.LogRecord) -> bool:

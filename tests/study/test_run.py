@@ -908,6 +908,18 @@ def _kill_leftovers(ray_tmp: str) -> list[int]:
     return killed
 
 
+def _gcs_server(ray_tmp: str) -> int:
+    """The pid of the GCS of the Ray instance whose session lies under `ray_tmp`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            cmdline = (proc / "cmdline").read_bytes()
+            if b"gcs_server" in cmdline and ray_tmp.encode() in cmdline:
+                found.append(int(proc.name))
+    (pid,) = found
+    return pid
+
+
 @contextlib.contextmanager
 def study_commands(cwd: Path, env: dict[str, str] | None = None):
     """Runs `python -m study.run ARGS` (or another command: `.start(args, log, module="study.confirm")`) in
@@ -932,7 +944,7 @@ def study_commands(cwd: Path, env: dict[str, str] | None = None):
         _kill_leftovers(ray_tmp)
 
     try:
-        yield SimpleNamespace(start=start, kill=kill, env=full_env)
+        yield SimpleNamespace(start=start, kill=kill, env=full_env, gcs=lambda: _gcs_server(ray_tmp))
     finally:
         for process in processes:
             if process.poll() is None:
@@ -1017,7 +1029,9 @@ def test_an_interrupted_study_says_so_with_its_resume_command_and_the_resume_fin
     command that continues it (not Tune's Python API) and exits 130; after Ctrl-C, that command
     finishes the study without rerunning the finished trial (the same resume after SIGTERM: not run).
     SIGTERM to the whole process group (`timeout`) stops the command's Ray instance too: the command says
-    so with the same resume command at once (not after Ray's minute of retries), and the resume finishes."""
+    so with the same resume command at once (not after Ray's minute of retries, nor with status 1 and no
+    word, which a GCS slow to stop on a loaded machine brought about: the test holds the GCS stopped for
+    3 s across the signal), and the resume finishes."""
     space = write_space(tmp_path / "ctrl-c.yaml", {
         "model": {"value": "resnet50"}, "optimizer": {"value": "adam"}, "lr": {"loguniform": [1.0e-4, 1.0e-3]},
         "batch_size": {"value": 16}})
@@ -1034,7 +1048,12 @@ def test_an_interrupted_study_says_so_with_its_resume_command_and_the_resume_fin
         elif stop == "sigterm":
             first.send_signal(signal.SIGTERM)
         else:
+            gcs = commands.gcs()
+            os.kill(gcs, signal.SIGSTOP)
             os.killpg(first.pid, signal.SIGTERM)
+            time.sleep(3)
+            with contextlib.suppress(ProcessLookupError):  # the command ended, and its Ray with it
+                os.kill(gcs, signal.SIGCONT)
         code = first.wait(timeout=120 if stop != "sigterm-to-the-group" else 30)
         log = (tmp_path / "first.log").read_text()
         assert code == 130, log[-3000:]
