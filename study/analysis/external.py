@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -235,8 +235,7 @@ def check_externals(data: StudyData, specs: list[ExternalSpec], label_map: dict[
                     raise CxrError(f"--external {spec.name}: {spec.dataset} is multi-label; external evaluation "
                                    "scores single-label sets (use covid-chestxray-3class, folder or csv)")
             if spec.dataset == dataset:
-                indexes[spec.name] = without_study_images(spec, indexes[spec.name].index, study_index,
-                                                          data.split(dataset))
+                indexes[spec.name] = without_study_images(spec, indexes[spec.name], study_index, data.split(dataset))
             labels = {labels[0] for labels in indexes[spec.name].index.frame["labels"]}
             if not {label_map.get(label, label) for label in labels} & set(classes):
                 raise no_common_class(spec, labels, classes)
@@ -248,16 +247,16 @@ def check_externals(data: StudyData, specs: list[ExternalSpec], label_map: dict[
     return indexes
 
 
-def without_study_images(spec: ExternalSpec, external: DatasetIndex, study_index: DatasetIndex,
+def without_study_images(spec: ExternalSpec, external: ExternalIndex, study_index: DatasetIndex,
                          split: pd.DataFrame) -> ExternalIndex:
     """`external`, read by the loader of the study's dataset `study_index`, without the images that the study's
     `split` of that dataset holds (any part): those of its patients or file names, or where the loader reads
     a folder or CSV of anyone's images, whose ids and names may coincide with another set's, the same files.
-    CxrError if no image is left."""
-    frame = external.frame
+    The images it names as near-identical to another study dataset's stay named. CxrError if no image is left."""
+    frame = external.index.frame
     if spec.dataset in OWN_LAYOUTS:
         study_files = {str(Path(study_index.root).resolve() / relpath) for relpath in split["relpath"]}
-        root = Path(external.root).resolve()
+        root = Path(external.index.root).resolve()
         held = frame["relpath"].map(lambda relpath: str(root / relpath) in study_files).to_numpy(dtype=bool)
         matched = "the same image files"
     else:
@@ -265,7 +264,7 @@ def without_study_images(spec: ExternalSpec, external: DatasetIndex, study_index
                 ).to_numpy(dtype=bool)
         matched = "the same patient ids or file names"
     if not held.any():
-        return ExternalIndex(external)
+        return external
     first = frame[held].iloc[0]
     known = (f"{int(held.sum())} images of {frame.loc[held, 'patient'].nunique()} patients the study's split of "
              f"{study_index.name} already holds ({matched}, e.g. {first['relpath']} of patient {first['patient']})")
@@ -273,9 +272,12 @@ def without_study_images(spec: ExternalSpec, external: DatasetIndex, study_index
         raise CxrError(f"--external {spec.name}: all {known}: the study trained, chose or tested its models on "
                        "them (or held them out as its own sources), so nothing from elsewhere is left to evaluate; "
                        "name a set of other patients")
+    if (held | frame["relpath"].isin(external.near_relpaths).to_numpy()).all():
+        raise CxrError(f"--external {spec.name}: {known}, and {external.near_identical}: nothing from elsewhere is "
+                       "left to evaluate; name a set of other images")
     log.warning("--external %s: %s were left out: they are the study's own images, not images from elsewhere",
                 spec.name, known)
-    return ExternalIndex(external.subset(~held), known)
+    return replace(external, index=external.index.subset(~held), in_study_split=known)
 
 
 def split_fingerprints(spec: ExternalSpec, study_index: DatasetIndex, split: pd.DataFrame, image_size: int,

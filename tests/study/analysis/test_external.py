@@ -216,14 +216,14 @@ def test_only_the_same_files_count_as_the_study_s_own_in_a_folder_or_csv_of_anyo
     """Two hospitals' CSVs may both name patients 1 to 4 and images img/00.png to img/03.png: other images."""
     import pandas as pd
 
-    from study.analysis.external import ExternalSpec, without_study_images
+    from study.analysis.external import ExternalIndex, ExternalSpec, without_study_images
 
-    def index(root: Path, numbers: range) -> DatasetIndex:
+    def index(root: Path, numbers: range) -> ExternalIndex:
         frame = pd.DataFrame({"relpath": [f"img/{i:02d}.png" for i in numbers],
                               "patient": [str(i + 1) for i in numbers], "labels": [("COVID-19",)] * len(numbers)})
-        return DatasetIndex("csv", root, frame, ["COVID-19", "No Finding"])
+        return ExternalIndex(DatasetIndex("csv", root, frame, ["COVID-19", "No Finding"]))
 
-    study = index(tmp_path / "a", range(4))
+    study = index(tmp_path / "a", range(4)).index
     split = study.frame.assign(split=["train", "train", "val", "test"])
     spec = ExternalSpec("b", "csv", str(tmp_path / "b" / "labels.csv"))
     other_hospital = without_study_images(spec, index(tmp_path / "b", range(4)), study, split)
@@ -235,6 +235,64 @@ def test_only_the_same_files_count_as_the_study_s_own_in_a_folder_or_csv_of_anyo
     with pytest.raises(CxrError, match=r"--external b: all 4 images of 4 patients the study's split of csv already "
                                        r"holds .*nothing from elsewhere is left to evaluate"):
         without_study_images(spec, index(tmp_path / "a", range(4)), study, split)
+
+
+def two_hospitals_study(tmp_path: Path) -> types.SimpleNamespace:
+    """What check_externals reads of a study of a CSV dataset (hospital-a) and a folder dataset (hospital-b), both
+    of classes covid and normal, checked in that order, whose splits hold every image; and a folder of 6 other
+    X-rays (elsewhere) that holds a copy of hospital-a's covid-0.png as covid/copy.png."""
+    from cxrnets.data import load_dataset
+
+    def x_ray(path: Path, seed: int, brightness: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.random.default_rng(seed).normal(brightness, 30, (80, 80)).clip(0, 255).astype(np.uint8)
+                        ).save(path)
+
+    rows = []
+    for k, (label, brightness) in enumerate({"covid": 200, "normal": 60}.items()):
+        for i in range(3):
+            x_ray(tmp_path / "hospital-a" / f"{label}-{i}.png", 100 * k + i, brightness)
+            rows.append({"path": f"{label}-{i}.png", "label": label})
+            x_ray(tmp_path / "hospital-b" / label / f"{i}.png", 1000 + 100 * k + i, brightness)
+            x_ray(tmp_path / "elsewhere" / label / f"{i}.png", 2000 + 100 * k + i, brightness)
+    with (tmp_path / "hospital-a" / "labels.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=["path", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    shutil.copy(tmp_path / "hospital-a" / "covid-0.png", tmp_path / "elsewhere" / "covid" / "copy.png")
+    roots = {"csv": tmp_path / "hospital-a" / "labels.csv", "folder": tmp_path / "hospital-b"}
+    splits = {name: load_dataset(name, root).frame[["relpath", "patient"]].assign(split="train")
+              for name, root in roots.items()}
+    return types.SimpleNamespace(study=types.SimpleNamespace(settings=types.SimpleNamespace(
+        dataset_options={}, image_size=64)), data_roots=roots, split=splits.get, cache_dir=str(tmp_path / "cache"))
+
+
+def test_a_copy_of_one_study_dataset_s_x_ray_stays_out_though_the_set_shares_another_dataset_s_loader(tmp_path):
+    """An external folder of other X-rays that holds a copy of one of the CSV dataset's: the copy is left out of
+    the set for both datasets' models, though the folder dataset, checked after the CSV one, reads the set with
+    its own loader (which leaves out the folder dataset's own files)."""
+    from study.analysis.external import ExternalSpec, check_externals, load_external
+
+    data = two_hospitals_study(tmp_path)
+    spec = ExternalSpec("elsewhere", "folder", str(tmp_path / "elsewhere"))
+    indexes = check_externals(data, [spec], {})
+    assert indexes["elsewhere"].near_relpaths == {"covid/copy.png"}
+    for dataset in data.data_roots:
+        external = load_external(spec, indexes["elsewhere"], dataset, ["covid", "normal"], {}, 64, data.cache_dir)
+        assert len(external.y_true) == 6 and "covid/copy.png" in external.near_identical
+
+
+def test_a_set_of_one_study_dataset_s_files_and_another_s_copies_is_refused(tmp_path):
+    """hospital-b's own folder, to which a copy of a hospital-a X-ray was added after the split: nothing of it
+    comes from elsewhere."""
+    from study.analysis.external import ExternalSpec, check_externals
+
+    data = two_hospitals_study(tmp_path)
+    shutil.copy(tmp_path / "hospital-a" / "covid-0.png", tmp_path / "hospital-b" / "covid" / "copy.png")
+    with pytest.raises(CxrError, match=r"--external b-again: 6 images of 6 patients the study's split of folder "
+                                       r"already holds .*, and 1 images of 1 patients near-identical to images the "
+                                       r"study's split of csv holds .*: nothing from elsewhere is left to evaluate"):
+        check_externals(data, [ExternalSpec("b-again", "folder", str(tmp_path / "hospital-b"))], {})
 
 
 RADIOGRAPHY_MAP = {"COVID": "COVID-19", "Normal": "No Finding", "Viral Pneumonia": "Other pneumonia"}
