@@ -129,8 +129,9 @@ def check_same_split(checkpoint: dict[str, Any], digest: str, out: Path) -> None
     saved = checkpoint.get("split_digest")  # absent from checkpoints written before it was kept
     if saved is not None and saved != digest:
         raise CxrError(f"--resume: the split made from the data now differs from the one {out / 'checkpoint.pt'} "
-                       "trained on (images added, removed or changed since): continuing would train on images it "
-                       "held out; start a new run with another --out, or restore the data it trained on")
+                       "trained on (images added, removed or changed since; or the run was made by an earlier "
+                       "cxr-tune, one that indexed an image listed twice in the data twice): continuing would train "
+                       "on images it held out; start a new run with another --out, or restore the data it trained on")
 
 
 def on_split_made_before_near_identical_joined(run, checkpoint: dict[str, Any], out: Path):

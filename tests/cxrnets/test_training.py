@@ -467,7 +467,8 @@ def test_cli_resume_on_data_that_splits_differently_is_refused(tiny_folder: Path
         write_image(tiny_folder / "dark" / f"later-{number}.png", "L", 60, seed=900 + number)
     assert main([*arguments, "--epochs", "2", "--resume"]) == 2
     assert ("error: --resume: the split made from the data now differs from the one "
-            f"{tmp_path / 'run' / 'checkpoint.pt'} trained on") in capsys.readouterr().err
+            f"{tmp_path / 'run' / 'checkpoint.pt'} trained on (images added, removed or changed since; or the run "
+            "was made by an earlier cxr-tune") in capsys.readouterr().err
 
 
 def test_cli_resume_of_a_run_split_before_near_identical_x_rays_were_joined_continues_on_its_split(
