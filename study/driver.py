@@ -465,9 +465,13 @@ def tune_interrupts(resume_command: str) -> Iterator[None]:
         gcs_address = ray.get_runtime_context().gcs_address
         instance = RayInstanceProcesses.of_this_command()
 
+        watching = threading.Event()
+
         def on_sigterm(signum, frame):
-            threading.Thread(target=exit_if_ray_is_gone, args=(gcs_address, instance, fit_returned, resume_command),
-                             daemon=True).start()
+            if not watching.is_set():
+                watching.set()
+                threading.Thread(target=exit_if_ray_is_gone,
+                                 args=(gcs_address, instance, fit_returned, resume_command), daemon=True).start()
             signal.raise_signal(signal.SIGUSR1)
 
         previous = signal.signal(signal.SIGTERM, on_sigterm)
@@ -493,29 +497,49 @@ class RayInstanceProcesses:
 
     @classmethod
     def of_this_command(cls) -> RayInstanceProcesses:
+        """Those running now (one that ended before, as a monitor may, is no sign of anything later)."""
         if not hasattr(os, "pidfd_open"):
             return cls([])
         pidfds = []
         for pid in child_processes(os.getpid(), os.getpgrp()):
             with contextlib.suppress(OSError):  # exited since
                 pidfds.append(os.pidfd_open(pid))
-        return cls(pidfds)
+        instance = cls(pidfds)
+        instance.forget_ended()
+        return instance
 
-    def any_exited(self, wait: float) -> bool:
-        """Whether one of them has exited, waiting up to `wait` seconds for it."""
+    def ended(self, wait: float) -> list[int]:
+        """The pidfds of those that have exited, waiting up to `wait` seconds for one to."""
         if not self.pidfds:
             time.sleep(wait)
-            return False
+            return []
         try:
-            exited, _, _ = select.select(self.pidfds, [], [], wait)
+            ended, _, _ = select.select(self.pidfds, [], [], wait)
         except (OSError, ValueError):  # closed meanwhile: fit() returned
-            return False
-        return bool(exited)
+            return []
+        return ended
+
+    def forget_ended(self, unless_by: int | None = None) -> None:
+        """Stop watching those that have exited, except those that signal `unless_by` ended."""
+        for pidfd in self.ended(wait=0):
+            if unless_by is None or not ended_by(pidfd, unless_by):
+                self.pidfds.remove(pidfd)
+                os.close(pidfd)
 
     def close(self) -> None:
         for pidfd in self.pidfds:
             os.close(pidfd)
         self.pidfds = []
+
+
+def ended_by(pidfd: int, signum: int) -> bool:
+    """Whether the child process behind `pidfd`, exited and not yet reaped, was killed by signal `signum` or
+    exited with status `signum` (as Ray's Python processes do on SIGTERM)."""
+    try:
+        status = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOWAIT | os.WNOHANG)
+    except ChildProcessError:  # reaped already: nothing to tell
+        return False
+    return status is not None and status.si_status == signum
 
 
 def child_processes(parent: int, group: int) -> list[int]:
@@ -536,9 +560,11 @@ def exit_if_ray_is_gone(gcs_address: str, instance: RayInstanceProcesses, fit_re
     answering) before fit() returns, print what happened and how to continue, and exit 130 (see
     tune_interrupts). Its GCS alone is not enough to watch: a GCS slow to stop (a loaded machine) holds
     the raylet's shutdown, and once that goes on, Ray's client ends the driver within milliseconds."""
+    # What ended before this thread started counts if the SIGTERM ended it; what had crashed before does not.
+    instance.forget_ended(unless_by=signal.SIGTERM)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and not fit_returned.is_set():
-        if instance.any_exited(wait=0.1) or connection_error(gcs_address, timeout=1):
+        if instance.ended(wait=0.1) or connection_error(gcs_address, timeout=1):
             if fit_returned.is_set():  # the driver's own ray.shutdown(), after a stop that went well
                 return
             print("\ninterrupted: the SIGTERM reached the Ray instance of this command too (sent to the whole "
