@@ -136,19 +136,27 @@ def check_same_split(checkpoint: dict[str, Any], digest: str, out: Path) -> None
 
 def on_split_made_before_near_identical_joined(run, checkpoint: dict[str, Any], out: Path):
     """The run on the split it would have got before splits joined near-identical X-rays (cxrnets.fingerprints),
-    where that is the split its checkpoint trained on: a run from then continues on its own split. None otherwise."""
+    where that is the split its checkpoint trained on: a run from then continues on its own split. A checkpoint
+    without a split digest was written before both, and continues on that split too, unless --split-file kept
+    its split. None otherwise."""
     from dataclasses import replace
 
     from cxrnets.splits import make_split, split_digest
     from cxrnets.training import TrainingRun
 
     data, config = run.data, run.config
+    saved = checkpoint.get("split_digest")  # absent from checkpoints written before it was kept
+    if saved is None and config.split_file:
+        return None
     earlier = make_split(data.index.frame.assign(sha1=data.split["sha1"].to_numpy()), data.index.stratum(),
                          config.val_fraction, config.test_fraction, config.seed)
-    if split_digest(earlier) != checkpoint.get("split_digest"):
+    if saved is not None and split_digest(earlier) != saved:
         return None
-    log.info("%s trained on the split made before near-identical X-rays were kept on one side: it continues on "
-             "that split", out / "checkpoint.pt")
+    if split_digest(earlier) == split_digest(data.split):
+        return None
+    log.info("%s trained on the split made before near-identical X-rays were kept on one side%s: it continues on "
+             "that split", out / "checkpoint.pt", " (it has no split digest: an earlier cxr-tune wrote it)"
+             if saved is None else "")
     return TrainingRun(config, replace(data, split=earlier))
 
 
@@ -207,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         check_output_folder(out, f"--out {out}")
         run = TrainingRun(config)
         digest = split_digest(run.data.split)
-        if checkpoint is not None and checkpoint.get("split_digest") not in (None, digest):
+        if checkpoint is not None and checkpoint.get("split_digest") != digest:
             run = on_split_made_before_near_identical_joined(run, checkpoint, out) or run
             digest = split_digest(run.data.split)
         if checkpoint is not None:
