@@ -13,7 +13,7 @@ validation is also evaluated, once, on every image of each external set:
   CSV of anyone's images, the same file) are the study's own; so, in any set, are the images
   near-identical to one of the split's (cxrnets.fingerprints: the same X-ray re-encoded, resized or
   squashed, as public datasets copy each other's). They are counted and left out, and a set of
-  nothing else is refused.
+  nothing else, or of no other image of a class the study has, is refused.
 - the split's `heldout` part, where the study held out whole sources (cxrnets.splits).
 
 An external set rarely has every class, so it is scored on what exists with partial classes:
@@ -204,10 +204,11 @@ def check_label_map(label_map: dict[str, str], classes: list[str]) -> None:
 def check_externals(data: StudyData, specs: list[ExternalSpec], label_map: dict[str, str]
                     ) -> dict[str, ExternalIndex]:
     """Refuse, before anything is evaluated, external sets and label maps the study cannot score: a path
-    that does not exist, a multi-label set, a set with no class in common or with no image but the study's own,
-    a map onto a class the study lacks, a multi-label study. Decodes each set and the study's datasets into the
-    cache at the study's image size (to find near-identical images); returns each external set's index by name,
-    without the images the study's split holds and with those near-identical to them named."""
+    that does not exist, a multi-label set, a set with no class in common (its copies of the study's X-rays
+    aside) or with no image but the study's own, a map onto a class the study lacks, a multi-label study. Decodes
+    each set and the study's datasets into the cache at the study's image size (to find near-identical images);
+    returns each external set's index by name, without the images the study's split holds and with those
+    near-identical to them named."""
     indexes: dict[str, ExternalIndex] = {}
     if not specs and not label_map:
         return indexes
@@ -236,14 +237,13 @@ def check_externals(data: StudyData, specs: list[ExternalSpec], label_map: dict[
                                    "scores single-label sets (use covid-chestxray-3class, folder or csv)")
             if spec.dataset == dataset:
                 indexes[spec.name] = without_study_images(spec, indexes[spec.name], study_index, data.split(dataset))
-            labels = {labels[0] for labels in indexes[spec.name].index.frame["labels"]}
-            if not {label_map.get(label, label) for label in labels} & set(classes):
-                raise no_common_class(spec, labels, classes)
+            check_common_class(spec, indexes[spec.name], classes, label_map)  # before decoding anything
             if study_images is None:
                 study_images = split_fingerprints(spec, study_index, data.split(dataset), settings.image_size,
                                                   data.cache_dir)
             indexes[spec.name] = without_near_identical(spec, indexes[spec.name], study_index.name, study_images,
                                                         settings.image_size, data.cache_dir)
+            check_common_class(spec, indexes[spec.name], classes, label_map)  # without the copies just found
     return indexes
 
 
@@ -321,6 +321,26 @@ def without_near_identical(spec: ExternalSpec, external: ExternalIndex, study_na
                 spec.name, known)
     return ExternalIndex(external.index, external.in_study_split,
                          "; ".join(filter(None, (external.near_identical, known))), relpaths)
+
+
+def check_common_class(spec: ExternalSpec, external: ExternalIndex, classes: list[str],
+                       label_map: dict[str, str]) -> None:
+    """Refuse `external` unless an image of it other than the copies of the study's X-rays it names
+    (near_relpaths, left out) has a label that is, or `label_map` maps to, one of the study's `classes`."""
+    frame = external.index.frame
+    labels = [labels[0] for labels in frame["labels"]]
+    shared = np.array([label_map.get(label, label) in classes for label in labels], dtype=bool)
+    if not shared.any():
+        raise no_common_class(spec, labels, classes)
+    copies = frame["relpath"].isin(external.near_relpaths).to_numpy()
+    if (shared & ~copies).any():
+        return
+    copied = sorted({label for label, common in zip(labels, shared) if common})
+    others = sorted({label for label, common in zip(labels, shared) if not common})
+    raise CxrError(f"--external {spec.name}: its {', '.join(copied)} images are all copies of the study's X-rays "
+                   f"({external.near_identical}), left out, and its other classes, {others}, are none of the "
+                   f"study's {classes}: nothing the study's models can be scored on is left; name a set of other "
+                   "images, or reconcile its classes with --label-map EXTERNAL=STUDY (or a YAML file)")
 
 
 def no_common_class(spec: ExternalSpec, labels, classes: list[str]) -> CxrError:

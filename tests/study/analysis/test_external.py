@@ -295,6 +295,24 @@ def test_a_set_of_one_study_dataset_s_files_and_another_s_copies_is_refused(tmp_
         check_externals(data, [ExternalSpec("b-again", "folder", str(tmp_path / "hospital-b"))], {})
 
 
+def test_a_set_whose_only_images_of_the_study_s_classes_are_copies_of_its_x_rays_is_refused_saying_so(tmp_path):
+    """A folder of three tuberculosis X-rays and a copy of hospital-a's covid-0.png as covid: without the copy, left
+    out, nothing of the study's classes is left. It is refused before any evaluation, naming the copies, not said to
+    share no class with the study (as load_external said after every evaluation)."""
+    from study.analysis.external import ExternalSpec, check_externals
+
+    data = two_hospitals_study(tmp_path)
+    root = tmp_path / "tuberculosis-and-a-copy"
+    shutil.copytree(tmp_path / "elsewhere" / "normal", root / "tuberculosis")  # other X-rays
+    (root / "covid").mkdir()
+    shutil.copy(tmp_path / "hospital-a" / "covid-0.png", root / "covid" / "copy.png")
+    with pytest.raises(CxrError, match=r"--external tb: its covid images are all copies of the study's X-rays \(1 "
+                                       r"images of 1 patients near-identical to images the study's split of csv holds "
+                                       r"\(.*e\.g\. covid/copy\.png and the study's covid-0\.png\)\), left out, and "
+                                       r"its other classes, \['tuberculosis'\], are none of the study's"):
+        check_externals(data, [ExternalSpec("tb", "folder", str(root))], {})
+
+
 RADIOGRAPHY_MAP = {"COVID": "COVID-19", "Normal": "No Finding", "Viral Pneumonia": "Other pneumonia"}
 
 
