@@ -28,7 +28,7 @@ import sklearn
 
 from cxrnets.errors import CxrError, SplitMismatch
 from cxrnets.fingerprints import fingerprints, near_identical_to
-from cxrnets.splits import LARGE_DATASET, make_split
+from cxrnets.splits import HELDOUT, LARGE_DATASET, make_split
 from cxrnets.training import load_checkpoint
 from study import storage
 from study.analysis.reading import Study
@@ -39,6 +39,10 @@ log = logging.getLogger("study.analyze")
 
 PARALLEL_DOWNLOADS = 4  # weight files fetched at once from object storage
 NODE_KEYS = ("data_root", "dataset_options")  # set by the study for each node, not by a trial's config
+# Each part of a split whose figures a near-identical copy elsewhere makes optimistic, its name in words, and the
+# parts the models trained or were chosen on before being scored on it.
+SCORED_AFTER = (("test", "test", ("train", "val")), ("val", "val", ("train",)),
+                (HELDOUT, "held-out", ("train", "val")))
 
 
 class AnalysisRefused(CxrError):
@@ -59,6 +63,7 @@ class StudyData:
         self._groups: dict[tuple, np.ndarray] = {}  # (as _prepared, part) -> its images' resampling groups
         self._splits: dict[str, pd.DataFrame] = {}
         self.split_notes: dict[str, str] = {}  # split URI -> its near-identical images across parts, in words
+        self._searched_for_copies: set[str] = set()  # split URIs whose parts were compared (note_copies_across_parts)
         self.downloaded_bytes = 0  # weights fetched from object storage (0 when all came from the local cache)
         self._downloads: dict[str, concurrent.futures.Future] = {}  # weights URI -> its download (prefetch)
 
@@ -135,7 +140,7 @@ class StudyData:
                 raise AnalysisRefused(f"{uri}: the {name} split of {config.dataset} is empty; nothing to evaluate on")
         self._prepared[key] = data
         if not self.study.settings.splits_join_near_identical:
-            self.note_copies_across_parts(uri, data.split, fingerprints(data.images))
+            self.note_copies_across_parts(uri, data.split, data.images)
         return data
 
     def resampling_groups(self, config, part: str) -> np.ndarray:
@@ -149,32 +154,36 @@ class StudyData:
                                                         fingerprints(prepared.images, rows))
         return self._groups[key, part]
 
-    def note_copies_across_parts(self, uri: str, split: pd.DataFrame, prints: np.ndarray) -> None:
-        """Warn, and note for the report, where the study's split (`uri`, its rows `split`, their fingerprints
-        `prints`) puts near-identical images on two sides, as a split made before they were kept on one side
-        could: the test (val) images with a copy in another part. Compares those parts' images with the rest only."""
-        if uri in self.split_notes:
+    def note_copies_across_parts(self, uri: str, split: pd.DataFrame, images) -> None:
+        """Warn, and note for the report, where the study's split (`uri`, its rows `split`, their decoded `images`)
+        puts near-identical images on two sides, as a split made before they were kept on one side could: the
+        test and held-out images with a copy in train or val, and the val images with a copy in train (the parts
+        the models trained, or were chosen, on before being scored on them). Compares each split once."""
+        if uri in self._searched_for_copies:
             return
+        self._searched_for_copies.add(uri)
         parts = split["split"].to_numpy()
         if len(split) >= LARGE_DATASET:
-            log.info("%s: comparing the fingerprints of the test and val images with the rest's, to find copies "
-                     "across the split", uri)
+            log.info("%s: comparing the fingerprints of the test, val and held-out images with those the models "
+                     "trained or were chosen on, to find copies across the split", uri)
+        prints = fingerprints(images)
         counts, example = [], ""
-        for part in ("test", "val"):
-            inside, outside = np.flatnonzero(parts == part), np.flatnonzero(parts != part)
-            nearest = near_identical_to(prints[inside], prints[outside])
+        for part, name, before in SCORED_AFTER:
+            scored, seen = np.flatnonzero(parts == part), np.flatnonzero(np.isin(parts, before))
+            nearest = near_identical_to(prints[scored], prints[seen])
             copied = np.flatnonzero(nearest >= 0)
             if len(copied):
-                counts.append(f"{len(copied)} {part} image(s)")
-                first, twin = inside[copied[0]], outside[nearest[copied[0]]]
+                copy = "" if counts else (" have a near-identical copy (the same X-ray re-encoded, resized or "
+                                          "squashed, under another patient id or file name)")
+                counts.append(f"{len(copied)} {name} image(s){copy} in {' or '.join(before)}")
+                first, twin = scored[copied[0]], seen[nearest[copied[0]]]
                 example = example or (f"{split['relpath'].iloc[first]} ({part}) and {split['relpath'].iloc[twin]} "
                                       f"({parts[twin]})")
         if counts:
-            note = (f"{uri}: {' and '.join(counts)} have a near-identical copy (the same X-ray re-encoded, resized or "
-                    "squashed, under another patient id or file name) in another part of the split, e.g. "
-                    f"{example}: the split was made before such copies were kept on one side, so the figures on "
-                    "those images are optimistic (the models trained on, or were chosen on, their copies); the "
-                    "split is kept as the study made it")
+            found = " and ".join([", ".join(counts[:-1]), counts[-1]] if len(counts) > 1 else counts)
+            note = (f"{uri}: {found}, e.g. {example}: the split was made before such copies were kept on one side, "
+                    "so the figures on those images are optimistic (the models trained on, or were chosen on, their "
+                    "copies); the split is kept as the study made it")
             log.warning(note)
             self.split_notes[uri] = note
 

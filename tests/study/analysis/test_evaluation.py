@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -191,14 +192,45 @@ def test_a_split_from_before_copies_were_joined_is_said_to_hold_copies_on_two_si
     uri = tmp_path / "study" / "splits" / "covid-radiography.csv"
     assert list(data.split_notes) == [str(uri)]
     note = data.split_notes[str(uri)]
-    assert note.startswith(f"{uri}: 1 test image(s) and 1 val image(s) have a near-identical copy (the same X-ray "
-                           "re-encoded, resized or squashed, under another patient id or file name) in another part "
-                           f"of the split, e.g. {test_png} (test) and {train_jpeg} (train)")
+    assert note.startswith(f"{uri}: 1 test image(s) have a near-identical copy (the same X-ray re-encoded, resized "
+                           "or squashed, under another patient id or file name) in train or val and 1 val image(s) in "
+                           f"train, e.g. {test_png} (test) and {train_jpeg} (train)")
     assert "optimistic" in note and note in caplog.text
     analysis = SimpleNamespace(study=SimpleNamespace(uri=str(tmp_path / "study"), settings=SimpleNamespace(
         created="2026-01-01 00:00:00", space_source="grid.yaml", data_roots=data.data_roots)), split="test",
         metric="val/f1_macro", mode="max", top_k=1, look=None, split_notes=data.split_notes)
     assert f"- **Copies across the split:** {note}" in header_lines(analysis)
+
+
+def test_copies_across_the_split_count_where_the_models_trained_or_were_chosen_on_them(make_radiography_copies,
+                                                                                      tmp_path, caplog, monkeypatch):
+    """Held-out sources are scored, never trained or chosen on: a test image whose copy is held out is no optimistic
+    figure, and a held-out image whose copy is in train is one; a test image with its copy in val is counted once, as
+    a test image (the val figures owe nothing to a test copy). A second image size fingerprints the split no more."""
+    import study.analysis.evaluation as evaluation
+
+    data, config, copies = study_of_copies(make_radiography_copies, tmp_path, lambda copies: {
+        copies[0][0]: "test", copies[0][1]: "heldout", copies[1][0]: "heldout", copies[1][1]: "train",
+        copies[2][0]: "val", copies[2][1]: "test"})
+    with caplog.at_level(logging.WARNING, logger="study.analyze"):
+        data.prepare(config)
+    uri = tmp_path / "study" / "splits" / "covid-radiography.csv"
+    assert data.split_notes[str(uri)].startswith(
+        f"{uri}: 1 test image(s) have a near-identical copy (the same X-ray re-encoded, resized or squashed, under "
+        f"another patient id or file name) in train or val and 1 held-out image(s) in train or val, e.g. "
+        f"{copies[2][1]} (test) and {copies[2][0]} (val): ")
+    assert caplog.text.count("near-identical copy") == 1
+
+    whole_datasets, fingerprints = [], evaluation.fingerprints
+
+    def counted(images, rows=None):
+        if rows is None:
+            whole_datasets.append(images)
+        return fingerprints(images, rows)
+
+    monkeypatch.setattr(evaluation, "fingerprints", counted)
+    data.prepare(replace(config, image_size=32))
+    assert whole_datasets == []
 
 
 def test_a_study_whose_splits_joined_near_identical_x_rays_is_not_searched_for_copies_across_them(
