@@ -4,7 +4,10 @@ ranks the trials on their best epoch, as the study selects them.
 Each trial's folder gets events files (StudyTensorBoard, a Tune callback on the driver): per epoch (the step)
 the metrics the trial reported (`train/loss`, `val/f1_macro`, ..., `epoch_seconds`, `images_per_second`; not
 Tune's counters) and `best/<study metric>`, the trial's best value so far, so that its last point is the trial's
-best; the trial's hyperparameters when it starts (a running trial is listed) and its status when it ends.
+best; the trial's hyperparameters when it starts (a running trial is listed) and its status when it ends. The
+hparams plugin shows the first status it reads of a trial: when a resume runs an errored trial again, its
+earlier files are rewritten without their failure (in the study's storage, and where Tune staged them), every
+other event kept.
 
 The study's folder gets one experiment summary (write_experiment): the HPARAMS tab's columns, every dimension
 of the search space, and `best/<study metric>` first, then the validation metrics. TensorBoard's hparams plugin
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import struct
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +36,7 @@ from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
 
 from cxrnets.data import MULTILABEL_DATASETS
 from study import storage
-from study.settings import METRICS, MULTILABEL_METRICS, StudySettings
+from study.settings import METRICS, MULTILABEL_METRICS, StudySettings, resumed_study_uri
 from study.space import SearchSpace
 
 EXPERIMENT_FILE = "events.out.tfevents.study"  # at the study folder's root: TensorBoard's run "."
@@ -40,6 +44,7 @@ TIMING_METRICS = ("epoch_seconds", "images_per_second")  # reported each epoch b
 EXPERIMENT_TAG = "_hparams_/experiment"
 SESSION_START_TAG = "_hparams_/session_start_info"
 SESSION_END_TAG = "_hparams_/session_end_info"
+EVENTS_PREFIX = "events.out.tfevents."  # how every events file's name begins (tensorboardX's EventsWriter)
 
 
 def best_tag(metric: str) -> str:
@@ -93,6 +98,32 @@ def hparams_summary(tag: str, data: HParamsPluginData) -> Summary:
     return Summary(value=[Summary.Value(tag=tag, metadata=metadata)])
 
 
+def drop_session_ends(trial_uri: str) -> None:
+    """Rewrite the events files of a trial's folder that hold a session end (its status) without it, so that
+    the status the trial ends with this time is the one TensorBoard shows."""
+    for entry in storage.listing(trial_uri):
+        if entry.is_dir or not entry.name.startswith(EVENTS_PREFIX):
+            continue
+        events = storage.read_bytes(entry.uri)
+        kept = without_session_ends(events)
+        if kept != events:
+            storage.write_bytes(entry.uri, kept)
+
+
+def without_session_ends(events: bytes) -> bytes:
+    """An events file without its session end events, each other record kept byte for byte. A record is the
+    event's length (8 bytes) and the length's checksum (4), the event, and the event's checksum (4)."""
+    records, offset = [], 0
+    while offset < len(events):
+        (length,) = struct.unpack_from("<Q", events, offset)
+        end = offset + 12 + length + 4
+        event = Event.FromString(events[offset + 12:end - 4])
+        if not any(value.tag == SESSION_END_TAG for value in event.summary.value):
+            records.append(events[offset:end])
+        offset = end
+    return b"".join(records)
+
+
 def is_metric(key: str, value: Any) -> bool:
     """Whether a result's entry is a metric the study reports (not Tune's counters, nor the study's own
     bookkeeping such as `diverged`), with a value TensorBoard can plot."""
@@ -137,6 +168,12 @@ class StudyTensorBoard(TBXLoggerCallback):
         if trial in self.writers:
             self.writers[trial].close()
         trial.init_local_path()
+        run_uri = resumed_study_uri()
+        if run_uri is not None:  # the trial may have errored before
+            # Its earlier files are in the study's storage; a resume on the same Ray instance stages the trial's
+            # files where the first run did, and Tune's next upload would bring back the copies there.
+            for folder in (trial.local_path, storage.join(run_uri, storage.name_of(trial.path))):
+                drop_session_ends(folder)
         # A new events file in the trial's folder, named after its start to the second, then the nanosecond:
         # TensorBoard reads a folder's files in name order, and a second file of the same second would
         # otherwise replace the first.

@@ -772,6 +772,48 @@ def test_a_resume_finds_the_data_where_it_lies_now(ray_session, tmp_path, cache_
     assert "the dataset changed since this split was made (1 new images" in capsys.readouterr().err
 
 
+def failing_while(marker: Path):
+    """study.trainable.TrialTrainable, raising in its second epoch while `marker` exists (a class made here is
+    pickled by value into the Ray workers)."""
+    from study.trainable import TrialTrainable
+
+    class FailsWhileMarked(TrialTrainable):
+        def step(self):
+            if self.run.epoch >= 1 and marker.exists():
+                raise RuntimeError(f"failing while {marker} exists")
+            return super().step()
+
+    return FailsWhileMarked
+
+
+def test_tensorboard_shows_a_trial_that_errored_and_that_a_resume_finished_as_finished(ray_session, tmp_path,
+                                                                                        cache_dir, monkeypatch):
+    """The trial errored in its second epoch (--max-failures 0), after a full state of its first; the resume
+    ran it again from there to its end. The HPARAMS tab showed it failed: TensorBoard's hparams plugin keeps
+    the first status it reads of a trial, and the first run's events file holds the failure."""
+    import study.driver
+
+    marker = tmp_path / "fail"
+    marker.touch()
+    monkeypatch.setattr(study.driver, "TrialTrainable", failing_while(marker))
+    data = build_tiny_folder(tmp_path / "data", per_class=8)
+    space = write_space(tmp_path / "one.yaml", GOOD_SPACE)
+    settings = settings_from_args(build_parser().parse_args(study_argv(
+        space, tmp_path / "studies", "errored", data, cache_dir, "--image-size", "32", "--num-samples", "1",
+        "--max-epochs", "2", "--checkpoint-every", "1", "--max-failures", "0")))
+    assert len(run_study(settings).errors) == 1
+    marker.unlink()
+    assert main(["--resume", settings.study_uri]) == 0
+
+    study_dir = Path(settings.study_uri)
+    _, sessions = hparams_tab(study_dir)
+    [session] = sessions.values()
+    assert session["status"] == "STATUS_SUCCESS"
+    [trial_dir] = trial_dirs(study_dir)
+    curve = tensorboard_scalars(trial_dir).Scalars(settings.metric)
+    assert [point.step for point in curve] == [1, 2]
+
+
 def test_dataset_options_are_saved_and_reused_by_resume_and_analysis(ray_session, tmp_path, make_csv_dataset,
                                                                     cache_dir, capsys):
     """A user's CSV with its own column names and a patient column: the options reach the split (by

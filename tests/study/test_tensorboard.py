@@ -11,6 +11,7 @@ import pytest
 
 from study import storage
 from study.run import build_parser, settings_from_args
+from study.settings import resumed_study
 from study.tensorboard import EXPERIMENT_FILE, StudyTensorBoard, write_experiment
 
 DEMO_DIMENSIONS = {"dataset", "model", "optimizer", "lr", "batch_size", "momentum", "weight_decay", "pretrained"}
@@ -58,10 +59,12 @@ def scalars(trial_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 class FakeTrial:
-    """What Tune's logger callbacks use of a trial."""
+    """What Tune's logger callbacks use of a trial: `folder` stages its files (local_path), which Tune uploads
+    to its folder in the run's storage (path; by default the staging folder itself)."""
 
-    def __init__(self, folder: Path, trial_id: str, config: dict):
+    def __init__(self, folder: Path, trial_id: str, config: dict, run_uri: str | None = None):
         self.local_path, self.trial_id, self.config = str(folder / trial_id), trial_id, config
+        self.path = storage.join(run_uri, trial_id) if run_uri else self.local_path
 
     def init_local_path(self) -> None:
         Path(self.local_path).mkdir(parents=True, exist_ok=True)
@@ -140,6 +143,45 @@ def test_a_trial_resumed_from_an_earlier_epoch_continues_its_curves_and_best_fro
     curves = scalars(Path(trial.local_path))
     assert curves["val/f1_macro"] == [(1, 0.2), (2, 0.25), (3, 0.35)]
     assert curves["best/val/f1_macro"] == [(1, 0.2), (2, 0.25), (3, 0.35)]
+
+
+@pytest.mark.parametrize("staged", ["in a new folder", "where the first run staged them"])
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_failed_trial_that_a_resume_finishes_is_shown_as_finished_with_every_epoch(where, staged, tmp_path,
+                                                                                        request):
+    """Its worker died past --max-failures after epoch 2, and the resume ran it again from its last full state
+    (epoch 1) to its end. TensorBoard's hparams plugin keeps the first end status it reads of a trial: the tab
+    showed the finished trial as failed. Tune stages a trial's files on the driver and uploads them: a resume
+    in a new Ray instance stages them in a new folder, one on the same Ray instance where the first run did."""
+    study_uri = (request.getfixturevalue("s3_bucket") + "/studies/demo" if where == "s3"
+                 else str(tmp_path / "studies" / "demo"))
+    first_run = FakeTrial(tmp_path / "first", "aaaa0001", ADAM, study_uri)
+    resumed_run = FakeTrial(tmp_path / ("resumed" if staged == "in a new folder" else "first"), "aaaa0001", ADAM,
+                            study_uri)
+    first = StudyTensorBoard("val/f1_macro", "max")
+    first.log_trial_start(first_run)
+    for epoch, f1 in enumerate([0.3, 0.6], start=1):
+        first.log_trial_result(epoch, first_run, result(epoch, f1))
+    first.log_trial_end(first_run, failed=True)
+    storage.copy_tree(first_run.local_path, first_run.path)  # Tune uploads what the driver staged
+
+    resumed = StudyTensorBoard("val/f1_macro", "max")
+    resumed.set_state(first.get_state())
+    with resumed_study(study_uri):
+        resumed.log_trial_start(resumed_run)
+        for epoch, f1 in [(2, 0.45), (3, 0.5)]:
+            resumed.log_trial_result(epoch, resumed_run, result(epoch, f1))
+        resumed.log_trial_end(resumed_run)
+    storage.copy_tree(resumed_run.local_path, resumed_run.path)
+
+    shown = tmp_path / "shown"
+    storage.copy_tree(study_uri, str(shown))
+    _, sessions = hparams_tab(shown)
+    assert sessions["aaaa0001"]["status"] == "STATUS_SUCCESS"
+    assert sessions["aaaa0001"]["metrics"]["best/val/f1_macro"] == (3, 0.5)
+    curves = scalars(shown / "aaaa0001")
+    assert curves["val/f1_macro"] == [(1, 0.3), (2, 0.45), (3, 0.5)]
+    assert curves["train/loss"] == [(1, 1.0), (2, 0.5), (3, round(1 / 3, 6))]
 
 
 def test_a_confirm_run_lists_each_job_with_its_configuration(tmp_path):
