@@ -112,16 +112,19 @@ def drop_session_ends(trial_uri: str) -> None:
 
 def without_session_ends(events: bytes) -> bytes:
     """An events file without its session end events, each other record kept byte for byte. A record is the
-    event's length (8 bytes) and the length's checksum (4), the event, and the event's checksum (4)."""
+    event's length (8 bytes) and the length's checksum (4), the event, and the event's checksum (4); a record
+    cut short (a driver killed as it wrote) stays at the end, as it is."""
     records, offset = [], 0
-    while offset < len(events):
+    while offset + 12 <= len(events):
         (length,) = struct.unpack_from("<Q", events, offset)
         end = offset + 12 + length + 4
+        if end > len(events):
+            break
         event = Event.FromString(events[offset + 12:end - 4])
         if not any(value.tag == SESSION_END_TAG for value in event.summary.value):
             records.append(events[offset:end])
         offset = end
-    return b"".join(records)
+    return b"".join(records) + events[offset:]
 
 
 def is_metric(key: str, value: Any) -> bool:

@@ -184,6 +184,28 @@ def test_a_failed_trial_that_a_resume_finishes_is_shown_as_finished_with_every_e
     assert curves["train/loss"] == [(1, 1.0), (2, 0.5), (3, round(1 / 3, 6))]
 
 
+def test_a_resume_goes_on_from_an_events_file_cut_short_in_the_trials_failure(tmp_path):
+    """The driver was killed while it wrote the trial's failure: the file ends in part of that event, which
+    TensorBoard passes over. The resume keeps the file as it is."""
+    trial = FakeTrial(tmp_path, "aaaa0001", ADAM)
+    first = StudyTensorBoard("val/f1_macro", "max")
+    first.log_trial_start(trial)
+    first.log_trial_result(1, trial, result(1, 0.3))
+    first.log_trial_end(trial, failed=True)
+    [events] = Path(trial.local_path).glob("events.out.tfevents.*")
+    events.write_bytes(events.read_bytes()[:-10])
+
+    resumed = StudyTensorBoard("val/f1_macro", "max")
+    resumed.set_state(first.get_state())
+    with resumed_study(str(tmp_path)):
+        resumed.log_trial_start(trial)
+        resumed.log_trial_result(2, trial, result(2, 0.4))
+        resumed.log_trial_end(trial)
+    _, sessions = hparams_tab(tmp_path)
+    assert sessions["aaaa0001"]["status"] == "STATUS_SUCCESS"
+    assert scalars(Path(trial.local_path))["val/f1_macro"] == [(1, 0.3), (2, 0.4)]
+
+
 def test_a_confirm_run_lists_each_job_with_its_configuration(tmp_path):
     seeded = {**SGD, "seed": 3}
     callback = StudyTensorBoard("val/f1_macro", "max", job_configs=[ADAM, seeded])
