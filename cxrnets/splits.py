@@ -106,6 +106,13 @@ def _hold_out(strata: np.ndarray, groups: np.ndarray, fraction: float, seed: int
             f"only {count} patients/groups: too few to hold out {fraction:.0%} of them; "
             "use a larger dataset or larger split fractions"
         )
+    largest = np.bincount(strata).max()
+    if largest < n_splits:  # StratifiedGroupKFold's ValueError, said in the user's terms
+        raise CxrError(
+            f"only {largest} images in the largest class: too few to hold out {fraction:.0%} of them in "
+            f"{n_splits} class-stratified folds (one image of a class per fold at least); use a larger dataset or "
+            "larger split fractions"
+        )
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class")

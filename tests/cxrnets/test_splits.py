@@ -76,6 +76,20 @@ def test_the_default_fractions_give_the_split_earlier_studies_were_made_with() -
         assert hashlib.sha1(",".join(split["split"]).encode()).hexdigest() == made_before, fractions
 
 
+def test_too_few_images_of_every_class_for_the_folds_is_refused_saying_what_to_do() -> None:
+    # 15 patients, 5 images of each class: enough groups for 7 folds, but StratifiedGroupKFold needs a class with
+    # an image for each fold, and raised a bare ValueError ("n_splits=7 cannot be greater than the number of
+    # members in each class")
+    rows = 15
+    frame = pd.DataFrame({"relpath": [f"img{i}.png" for i in range(rows)], "patient": [f"p{i}" for i in range(rows)],
+                          "sha1": [f"{i:040x}" for i in range(rows)]})
+    strata = pd.Series([("a", "b", "c")[i % 3] for i in range(rows)])
+    with pytest.raises(CxrError, match=r"only 5 images in the largest class: too few to hold out 15% of them in 7 "
+                                       r"class-stratified folds .*; use a larger dataset or larger split fractions"):
+        make_split(frame, strata, seed=0)
+    assert set(make_split(frame, strata, seed=0, test_fraction=0.35, val_fraction=0.35)["split"]) == set(SPLITS)
+
+
 def test_patient_disjoint_on_fixture_tree(make_chestxray) -> None:
     index = load_dataset("covid-chestxray-3class", make_chestxray())
     for seed in range(5):
