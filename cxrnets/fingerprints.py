@@ -5,8 +5,9 @@ and a dataset may hold one X-ray twice in two sizes, under two names or two pati
 are caught by their sha1; these fingerprints catch the rest.
 
 An image's fingerprint is a difference hash of its cached pixels (cxrnets.cache: resized and center-cropped to
-the study's image size): the grey image shrunk to 17x17 cells, one bit per pair of neighbouring cells
-(right brighter than left, and below brighter than above), 512 bits. A copy squashed to a square is cropped
+the study's image size, or to FINGERPRINT_SIZE where the study's is smaller: cache_fingerprints): the grey image
+shrunk to 17x17 cells, one bit per pair of neighbouring cells (right brighter than left, and below brighter than
+above), 512 bits. A copy squashed to a square is cropped
 differently by the cache than its original (which loses its sides), so each image also gets the fingerprints
 of central crops of its cached pixels (PROBES), one of which frames the original as the cache does; two images
 are near-identical when the plain fingerprint of either is within NEAR_IDENTICAL_BITS of any of the other's.
@@ -17,14 +18,24 @@ to 299x299 PNG at most 47 (aspect ratios 0.8 to 1.45; 3 of 648 beyond, all more 
 under two patient ids, the closest (within 39 bits) are 6 X-rays filed twice, the next (42 to 65 bits) the same
 person or X-ray again; 0.01 % of all such pairs lie within 78 bits, half within 182. Not found: a copy
 cropped by 3 % on every side (a third of them), or brightened until it clips (3 %).
+
+Below about 16 px the 17x17 cells enlarge the image rather than shrink it: neighbouring cells repeat a pixel, most
+bits are 0 in every image, and unrelated X-rays fall within NEAR_IDENTICAL_BITS (on the embedded sample at 10 px,
+148 patients joined into 82 groups, one of 117 images). Hence the fixed FINGERPRINT_SIZE, at which a split is the
+same as at 64 and 224 px; a study at a smaller size is split as at that size.
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from PIL import Image
 
-from cxrnets.cache import CachedImages
+from cxrnets.cache import CachedImages, ImageCache, build_cache
+from cxrnets.errors import CxrError
+
+log = logging.getLogger(__name__)
 
 CELLS = 17  # the grey image is shrunk to CELLS x CELLS; neighbouring cells give 2 * (CELLS - 1)^2 bits
 BITS = 2 * (CELLS - 1) ** 2
@@ -35,10 +46,32 @@ PROBES = ((1.0, 1.0), (0.93, 1.0), (0.86, 1.0), (0.8, 1.0), (0.74, 1.0), (0.69, 
 NEAR_IDENTICAL_BITS = 48  # of BITS: at most this many bits apart, two images are one X-ray
 LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 CHUNK = 256  # images fingerprinted, or compared with all others, at once
+FINGERPRINT_SIZE = 32  # px: images cached smaller are fingerprinted from the same files decoded at this size
+
+
+def cache_fingerprints(cache: ImageCache, rows: np.ndarray | None = None) -> np.ndarray:
+    """The fingerprints of `cache.images[rows]` (every image if None): from those images where they are
+    FINGERPRINT_SIZE px or more, else from the same files decoded at FINGERPRINT_SIZE, into a cache of that size
+    beside `cache` (decoded once, as any cache)."""
+    size = cache.images.shape[-1]
+    if size >= FINGERPRINT_SIZE:
+        return fingerprints(cache.images, rows)
+    log.info("%s at %d px: fingerprinting its images at %d px (at fewer pixels, unrelated X-rays would look "
+             "near-identical)", cache.index.name, size, FINGERPRINT_SIZE)
+    larger = build_cache(cache.index, FINGERPRINT_SIZE, cache.directory.parent)
+    lost = len(cache.index.frame) - len(larger.index.frame)  # larger.index: the images of cache.index it decoded
+    if lost:
+        raise CxrError(f"{larger.directory}: {lost} image(s) of {cache.index.name} that decode at {size} px do not "
+                       f"at {FINGERPRINT_SIZE} px, to be fingerprinted (the errors are listed in "
+                       f"{larger.directory / 'index.parquet'}); replace or remove those files")
+    return fingerprints(larger.images, rows)
 
 
 def fingerprints(images: CachedImages, rows: np.ndarray | None = None) -> np.ndarray:
-    """(N, len(PROBES), BITS // 8) uint8, packed bits: the fingerprints of `images[rows]` (every image if None)."""
+    """(N, len(PROBES), BITS // 8) uint8, packed bits: the fingerprints of `images[rows]` (every image if None),
+    images of FINGERPRINT_SIZE px or more (cache_fingerprints fingerprints smaller ones)."""
+    if images.shape[-1] < FINGERPRINT_SIZE:
+        raise ValueError(f"images of {images.shape[-1]} px are too small to fingerprint (under {FINGERPRINT_SIZE} px)")
     rows = np.arange(len(images)) if rows is None else np.asarray(rows)
     result = np.zeros((len(rows), len(PROBES), BITS // 8), dtype=np.uint8)
     for start in range(0, len(rows), CHUNK):

@@ -26,11 +26,11 @@ import torch
 from torch import nn
 
 from cxrnets.batches import Batches
-from cxrnets.cache import CachedImages, build_cache
+from cxrnets.cache import CachedImages, ImageCache, build_cache
 from cxrnets.config import TrainConfig
 from cxrnets.data import DatasetIndex, load_dataset
 from cxrnets.errors import CxrError, DivergedError, SplitMismatch
-from cxrnets.fingerprints import fingerprints
+from cxrnets.fingerprints import cache_fingerprints
 from cxrnets.metrics import classification_metrics
 from cxrnets.models import build_model
 from cxrnets.names import OPTIMIZER_NAMES, check_device_name
@@ -102,6 +102,7 @@ class PreparedData:
     images: CachedImages
     targets: np.ndarray
     split: pd.DataFrame
+    cache: ImageCache  # where `images` come from: cxrnets.fingerprints.cache_fingerprints(cache) fingerprints them
 
     def rows(self, name: str) -> np.ndarray:
         return np.flatnonzero(self.split["split"].to_numpy() == name)
@@ -127,11 +128,11 @@ def prepare_data(config: TrainConfig, split: pd.DataFrame | None = None,
         split = align_split(load_split(split_file, remedy), frame, split_file)
     else:
         split = make_split(frame, index.stratum(), config.val_fraction, config.test_fraction, config.seed,
-                           fingerprints(cache.images))
+                           cache_fingerprints(cache))
         if split_file:
             save_split(split[SPLIT_COLUMNS], split_file)
     log.info("split: %s", describe(split))
-    return PreparedData(index, cache.images, index.targets(), split)
+    return PreparedData(index, cache.images, index.targets(), split, cache)
 
 
 def align_split(split: pd.DataFrame, frame: pd.DataFrame, path: str | Path) -> pd.DataFrame:

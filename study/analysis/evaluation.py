@@ -27,7 +27,7 @@ import pandas as pd
 import sklearn
 
 from cxrnets.errors import CxrError, SplitMismatch
-from cxrnets.fingerprints import fingerprints, near_identical_to
+from cxrnets.fingerprints import cache_fingerprints, near_identical_to
 from cxrnets.splits import HELDOUT, LARGE_DATASET, make_split
 from cxrnets.training import load_checkpoint
 from study import storage
@@ -140,7 +140,7 @@ class StudyData:
                 raise AnalysisRefused(f"{uri}: the {name} split of {config.dataset} is empty; nothing to evaluate on")
         self._prepared[key] = data
         if not self.study.settings.splits_join_near_identical:
-            self.note_copies_across_parts(uri, data.split, data.images)
+            self.note_copies_across_parts(uri, data.split, data.cache)
         return data
 
     def resampling_groups(self, config, part: str) -> np.ndarray:
@@ -151,11 +151,11 @@ class StudyData:
         if (key, part) not in self._groups:
             rows = prepared.rows(part)
             self._groups[key, part] = resampling_groups(prepared.split["patient"], prepared.split["sha1"], rows,
-                                                        fingerprints(prepared.images, rows))
+                                                        cache_fingerprints(prepared.cache, rows))
         return self._groups[key, part]
 
-    def note_copies_across_parts(self, uri: str, split: pd.DataFrame, images) -> None:
-        """Warn, and note for the report, where the study's split (`uri`, its rows `split`, their decoded `images`)
+    def note_copies_across_parts(self, uri: str, split: pd.DataFrame, cache) -> None:
+        """Warn, and note for the report, where the study's split (`uri`, its rows `split`, their images' `cache`)
         puts near-identical images on two sides, as a split made before they were kept on one side could: the
         test and held-out images with a copy in train or val, and the val images with a copy in train (the parts
         the models trained, or were chosen, on before being scored on them). Compares each split once."""
@@ -166,7 +166,7 @@ class StudyData:
         if len(split) >= LARGE_DATASET:
             log.info("%s: comparing the fingerprints of the test, val and held-out images with those the models "
                      "trained or were chosen on, to find copies across the split", uri)
-        prints = fingerprints(images)
+        prints = cache_fingerprints(cache)
         counts, example = [], ""
         for part, name, before in SCORED_AFTER:
             scored, seen = np.flatnonzero(parts == part), np.flatnonzero(np.isin(parts, before))

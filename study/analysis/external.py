@@ -40,7 +40,7 @@ import pandas as pd
 from cxrnets.cache import CachedImages, build_cache
 from cxrnets.data import DATASET_NAMES, OWN_LAYOUTS, DatasetIndex, load_dataset, parse_dataset_options
 from cxrnets.errors import CxrError
-from cxrnets.fingerprints import fingerprints, near_identical_to
+from cxrnets.fingerprints import cache_fingerprints, near_identical_to
 from cxrnets.metrics import predictions
 from cxrnets.predict import model_from_checkpoint, predict
 from cxrnets.training import load_checkpoint
@@ -206,9 +206,9 @@ def check_externals(data: StudyData, specs: list[ExternalSpec], label_map: dict[
     """Refuse, before anything is evaluated, external sets and label maps the study cannot score: a path
     that does not exist, a multi-label set, a set with no class in common (its copies of the study's X-rays
     aside) or with no image but the study's own, a map onto a class the study lacks, a multi-label study. Decodes
-    each set and the study's datasets into the cache at the study's image size (to find near-identical images);
-    returns each external set's index by name, without the images the study's split holds and with those
-    near-identical to them named."""
+    each set and the study's datasets into the cache at the study's image size (to find near-identical images, at
+    cxrnets.fingerprints.FINGERPRINT_SIZE where that is smaller); returns each external set's index by name,
+    without the images the study's split holds and with those near-identical to them named."""
     indexes: dict[str, ExternalIndex] = {}
     if not specs and not label_map:
         return indexes
@@ -286,10 +286,11 @@ def split_fingerprints(spec: ExternalSpec, study_index: DatasetIndex, split: pd.
     (any part), decoded at `image_size`; a CxrError in decoding is named as `spec`'s, the set being checked."""
     try:
         study_cache = build_cache(study_index, image_size, cache_dir)
+        in_split = np.flatnonzero(study_cache.index.frame["relpath"].isin(split["relpath"]).to_numpy())
+        prints = cache_fingerprints(study_cache, in_split)
     except CxrError as error:
         raise CxrError(f"--external {spec.name}: {error}") from error
-    in_split = np.flatnonzero(study_cache.index.frame["relpath"].isin(split["relpath"]).to_numpy())
-    return study_cache.index.frame["relpath"].iloc[in_split], fingerprints(study_cache.images, in_split)
+    return study_cache.index.frame["relpath"].iloc[in_split], prints
 
 
 def without_near_identical(spec: ExternalSpec, external: ExternalIndex, study_name: str,
@@ -300,10 +301,11 @@ def without_near_identical(spec: ExternalSpec, external: ExternalIndex, study_na
     at `image_size`). CxrError if no other image is left."""
     try:
         cache = build_cache(external.index, image_size, cache_dir)
+        prints = cache_fingerprints(cache)
     except CxrError as error:
         raise CxrError(f"--external {spec.name}: {error}") from error
     study_relpaths, study_prints = study_images
-    nearest = near_identical_to(fingerprints(cache.images), study_prints)
+    nearest = near_identical_to(prints, study_prints)
     near = (nearest >= 0) & ~cache.index.frame["relpath"].isin(external.near_relpaths).to_numpy()
     if not near.any():
         return external
@@ -366,7 +368,7 @@ def load_external(spec: ExternalSpec, indexed: ExternalIndex, dataset: str, clas
     if not keep.any():  # possible here only when the images in common could not be decoded
         raise no_common_class(spec, labels, classes)
     rows = np.flatnonzero(keep)
-    groups = resampling_groups(index.frame["patient"], pd.Series(cache.sha1), rows, fingerprints(cache.images, rows))
+    groups = resampling_groups(index.frame["patient"], pd.Series(cache.sha1), rows, cache_fingerprints(cache, rows))
     external = ExternalSet(
         spec.name, f"{spec.dataset} at {spec.path}", dataset, list(classes), cache.images, rows,
         np.array([position[mapped[i]] for i in rows], dtype=np.int64), groups, image_size,

@@ -221,14 +221,14 @@ def test_copies_across_the_split_count_where_the_models_trained_or_were_chosen_o
         f"{copies[2][1]} (test) and {copies[2][0]} (val): ")
     assert caplog.text.count("near-identical copy") == 1
 
-    whole_datasets, fingerprints = [], evaluation.fingerprints
+    whole_datasets, fingerprints = [], evaluation.cache_fingerprints
 
-    def counted(images, rows=None):
+    def counted(cache, rows=None):
         if rows is None:
-            whole_datasets.append(images)
-        return fingerprints(images, rows)
+            whole_datasets.append(cache)
+        return fingerprints(cache, rows)
 
-    monkeypatch.setattr(evaluation, "fingerprints", counted)
+    monkeypatch.setattr(evaluation, "cache_fingerprints", counted)
     data.prepare(replace(config, image_size=32))
     assert whole_datasets == []
 
@@ -242,3 +242,30 @@ def test_a_study_whose_splits_joined_near_identical_x_rays_is_not_searched_for_c
     with caplog.at_level(logging.WARNING, logger="study.analyze"):
         data.prepare(config)
     assert data.split_notes == {} and "near-identical copy" not in caplog.text
+
+
+def test_the_bootstrap_of_a_study_at_a_few_pixels_resamples_the_groups_it_would_at_64_px(tmp_path):
+    """At 8 px the analysis fingerprints the embedded sample at FINGERPRINT_SIZE: at its own size unrelated X-rays
+    looked near-identical, and the bootstrap resampled a test split's patients as a handful of groups."""
+    from dataclasses import replace
+
+    from cxrnets.data import SAMPLE_ROOT
+    from cxrnets.splits import split_digest
+    from study.settings import read_split
+
+    dataset = "covid-chestxray-3class"
+    config = TrainConfig(dataset=dataset, data_root=str(SAMPLE_ROOT), image_size=8, cache_dir=str(tmp_path / "cache"))
+    path = tmp_path / "study" / "splits" / f"{dataset}.csv"
+    path.parent.mkdir(parents=True)
+    prepare_data(replace(config, image_size=64)).split[SPLIT_COLUMNS].to_csv(path, index=False)
+
+    def groups(image_size: int) -> dict[str, list[int]]:
+        settings = SimpleNamespace(data_roots={dataset: str(SAMPLE_ROOT)}, cache_dir=str(tmp_path / "cache"),
+                                   split_digests={dataset: split_digest(read_split(str(path)))},
+                                   image_size=image_size, splits_join_near_identical=True)
+        data = StudyData(SimpleNamespace(uri=str(tmp_path / "study"), settings=settings))
+        return {part: pd.factorize(data.resampling_groups(replace(config, image_size=image_size), part))[0].tolist()
+                for part in ("val", "test")}
+
+    at_64 = groups(64)
+    assert groups(8) == at_64 and len(set(at_64["test"])) > 10
