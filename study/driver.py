@@ -465,13 +465,18 @@ def tune_interrupts(resume_command: str) -> Iterator[None]:
         gcs_address = ray.get_runtime_context().gcs_address
         instance = RayInstanceProcesses.of_this_command()
 
-        watching = threading.Event()
+        watching = threading.Event()  # one watcher at a time; a SIGTERM after it gave up starts another
+
+        def watch() -> None:
+            try:
+                exit_if_ray_is_gone(gcs_address, instance, fit_returned, resume_command)
+            finally:
+                watching.clear()
 
         def on_sigterm(signum, frame):
             if not watching.is_set():
                 watching.set()
-                threading.Thread(target=exit_if_ray_is_gone,
-                                 args=(gcs_address, instance, fit_returned, resume_command), daemon=True).start()
+                threading.Thread(target=watch, daemon=True).start()
             signal.raise_signal(signal.SIGUSR1)
 
         previous = signal.signal(signal.SIGTERM, on_sigterm)
@@ -487,13 +492,15 @@ def tune_interrupts(resume_command: str) -> Iterator[None]:
 
 class RayInstanceProcesses:
     """The processes of the Ray instance this command started (its GCS, raylet and Ray's monitors: the
-    children of this process in its process group), watched through Linux pidfds, which become readable
-    the moment a process exits. A SIGTERM to the group ends some of them at once (the monitors), others
-    only once they have talked to the GCS (the raylet). Empty where the driver joined a running
-    instance, or off Linux (the GCS's port is watched alone then)."""
+    children of this process in its process group that run Ray's programs), watched through Linux pidfds,
+    which become readable the moment a process exits. A SIGTERM to the group ends some of them at once (the
+    monitors), others only once they have talked to the GCS (the raylet). Empty where the driver joined a
+    running instance, or off Linux (the GCS's port is watched alone then). The signal handler's watcher
+    thread and the driver's thread share it: a lock keeps a pidfd from being closed while polled."""
 
     def __init__(self, pidfds: list[int]):
         self.pidfds = pidfds
+        self.lock = threading.Lock()
 
     @classmethod
     def of_this_command(cls) -> RayInstanceProcesses:
@@ -501,7 +508,7 @@ class RayInstanceProcesses:
         if not hasattr(os, "pidfd_open"):
             return cls([])
         pidfds = []
-        for pid in child_processes(os.getpid(), os.getpgrp()):
+        for pid in child_processes(os.getpid(), os.getpgrp(), running=os.path.dirname(ray.__file__)):
             with contextlib.suppress(OSError):  # exited since
                 pidfds.append(os.pidfd_open(pid))
         instance = cls(pidfds)
@@ -510,26 +517,29 @@ class RayInstanceProcesses:
 
     def ended(self, wait: float) -> list[int]:
         """The pidfds of those that have exited, waiting up to `wait` seconds for one to."""
-        if not self.pidfds:
-            time.sleep(wait)
-            return []
-        try:
-            ended, _, _ = select.select(self.pidfds, [], [], wait)
-        except (OSError, ValueError):  # closed meanwhile: fit() returned
-            return []
-        return ended
+        with self.lock:
+            if self.pidfds:
+                poll = select.poll()
+                for pidfd in self.pidfds:
+                    poll.register(pidfd, select.POLLIN)
+                return [pidfd for pidfd, _ in poll.poll(wait * 1000)]
+        time.sleep(wait)
+        return []
 
     def forget_ended(self, unless_by: int | None = None) -> None:
         """Stop watching those that have exited, except those that signal `unless_by` ended."""
-        for pidfd in self.ended(wait=0):
-            if unless_by is None or not ended_by(pidfd, unless_by):
-                self.pidfds.remove(pidfd)
-                os.close(pidfd)
+        ended = self.ended(wait=0)
+        with self.lock:
+            for pidfd in ended:
+                if pidfd in self.pidfds and (unless_by is None or not ended_by(pidfd, unless_by)):
+                    self.pidfds.remove(pidfd)
+                    os.close(pidfd)
 
     def close(self) -> None:
-        for pidfd in self.pidfds:
-            os.close(pidfd)
-        self.pidfds = []
+        with self.lock:
+            for pidfd in self.pidfds:
+                os.close(pidfd)
+            self.pidfds = []
 
 
 def ended_by(pidfd: int, signum: int) -> bool:
@@ -537,20 +547,21 @@ def ended_by(pidfd: int, signum: int) -> bool:
     exited with status `signum` (as Ray's Python processes do on SIGTERM)."""
     try:
         status = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOWAIT | os.WNOHANG)
-    except ChildProcessError:  # reaped already: nothing to tell
+    except OSError:  # reaped already (ChildProcessError), or a kernel before 5.4: nothing to tell
         return False
     return status is not None and status.si_status == signum
 
 
-def child_processes(parent: int, group: int) -> list[int]:
-    """The pids of `parent`'s children in process group `group` (read from /proc)."""
+def child_processes(parent: int, group: int, running: str) -> list[int]:
+    """The pids of `parent`'s children in process group `group` whose command line names `running` (a
+    folder of the programs they run), read from /proc."""
     children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for proc in Path("/proc").glob("[0-9]*"):
         with contextlib.suppress(OSError):
-            text = stat.read_text()
-            ppid, pgrp = text[text.rindex(")") + 2:].split()[1:3]
-            if int(ppid) == parent and int(pgrp) == group:
-                children.append(int(stat.parent.name))
+            stat = (proc / "stat").read_text()
+            ppid, pgrp = stat[stat.rindex(")") + 2:].split()[1:3]
+            if int(ppid) == parent and int(pgrp) == group and running in (proc / "cmdline").read_text():
+                children.append(int(proc.name))
     return children
 
 

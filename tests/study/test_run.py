@@ -1065,25 +1065,33 @@ def test_kill_and_resume_continues_without_rerunning(tmp_path, tiny_data, cache_
 @pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="pidfds are Linux's")
 def test_only_what_ends_with_or_after_a_sigterm_tells_that_it_reached_the_ray_instance():
     """What tells the driver that a SIGTERM reached its Ray instance too (study.driver.exit_if_ray_is_gone, which
-    then ends the study at once, unsaved): one of the instance's processes (children in the driver's process group)
-    ending after the signal, or ended by it; not one that had ended otherwise, before the study or during it (a
-    crashed monitor), which would turn a plain `kill` into an exit without Tune's last save."""
+    then ends the study at once, unsaved): one of the instance's processes (children in the driver's process group
+    running Ray's programs) ending after the signal, or ended by it; not one that had ended otherwise, before the
+    study or during it (a crashed monitor), nor another program's process, either of which would turn a plain
+    `kill` into an exit without Tune's last save."""
+    import ray
+
     from study.driver import RayInstanceProcesses
+
+    def ray_program(code: str) -> subprocess.Popen:  # a process whose command line names Ray's folder, as Ray's do
+        return subprocess.Popen([sys.executable, "-c", code, os.path.dirname(ray.__file__)])
 
     def exited(process: subprocess.Popen) -> subprocess.Popen:  # not reaped, as Ray leaves its processes
         while Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
             time.sleep(0.01)
         return process
 
-    crashed_before = exited(subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"]))
-    crashes_during, ended_by_it, ends_after = (subprocess.Popen(["sleep", "600"]) for _ in range(3))
+    crashed_before = exited(ray_program("raise SystemExit(1)"))
+    crashes_during, ended_by_it, ends_after = (ray_program("import time; time.sleep(600)") for _ in range(3))
+    not_ray = subprocess.Popen(["sleep", "600"])
     instance = RayInstanceProcesses.of_this_command()
     try:
         assert instance.ended(wait=0) == []  # crashed_before is not watched
+        not_ray.terminate()
         crashes_during.kill()
         ended_by_it.terminate()
-        exited(crashes_during), exited(ended_by_it)
-        assert len(instance.ended(wait=0)) == 2
+        exited(not_ray), exited(crashes_during), exited(ended_by_it)
+        assert len(instance.ended(wait=0)) == 2  # not not_ray
         instance.forget_ended(unless_by=signal.SIGTERM)  # the watcher's first step, once the SIGTERM came
         assert len(instance.ended(wait=0)) == 1  # ended_by_it
         ends_after.terminate()
@@ -1091,7 +1099,7 @@ def test_only_what_ends_with_or_after_a_sigterm_tells_that_it_reached_the_ray_in
         assert len(instance.ended(wait=0)) == 2
     finally:
         instance.close()
-        for process in (crashed_before, crashes_during, ended_by_it, ends_after):
+        for process in (crashed_before, crashes_during, ended_by_it, ends_after, not_ray):
             process.kill()
             process.wait()
 
