@@ -18,6 +18,7 @@ every hyperparameter its trials have and every curve.
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import struct
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.message import DecodeError
 from google.protobuf.struct_pb2 import ListValue, Value
 from ray.tune.logger import TBXLoggerCallback
 from tensorboardX.event_file_writer import EventsWriter
@@ -38,6 +40,8 @@ from cxrnets.data import MULTILABEL_DATASETS
 from study import storage
 from study.settings import METRICS, MULTILABEL_METRICS, StudySettings, resumed_study_uri
 from study.space import SearchSpace
+
+log = logging.getLogger(__name__)
 
 EXPERIMENT_FILE = "events.out.tfevents.study"  # at the study folder's root: TensorBoard's run "."
 TIMING_METRICS = ("epoch_seconds", "images_per_second")  # reported each epoch beside the train/ and val/ metrics
@@ -100,27 +104,36 @@ def hparams_summary(tag: str, data: HParamsPluginData) -> Summary:
 
 def drop_session_ends(trial_uri: str) -> None:
     """Rewrite the events files of a trial's folder that hold a session end (its status) without it, so that
-    the status the trial ends with this time is the one TensorBoard shows."""
-    for entry in storage.listing(trial_uri):
-        if entry.is_dir or not entry.name.startswith(EVENTS_PREFIX):
-            continue
-        events = storage.read_bytes(entry.uri)
-        kept = without_session_ends(events)
-        if kept != events:
-            storage.write_bytes(entry.uri, kept)
+    the status the trial ends with this time is the one TensorBoard shows. A folder that cannot be listed,
+    read or written is warned of and left as it is: a resume never stops for what TensorBoard shows."""
+    try:
+        for entry in storage.listing(trial_uri):
+            if entry.is_dir or not entry.name.startswith(EVENTS_PREFIX):
+                continue
+            events = storage.read_bytes(entry.uri)
+            kept = without_session_ends(events)
+            if kept != events:
+                storage.write_bytes(entry.uri, kept)
+    except OSError as error:
+        log.warning("%s: could not take the earlier failure out of the trial's TensorBoard events (%s): the "
+                    "HPARAMS tab may still show it as failed", trial_uri, error)
 
 
 def without_session_ends(events: bytes) -> bytes:
     """An events file without its session end events, each other record kept byte for byte. A record is the
     event's length (8 bytes) and the length's checksum (4), the event, and the event's checksum (4); a record
-    cut short (a driver killed as it wrote) stays at the end, as it is."""
+    cut short (a driver killed as it wrote), or one that does not decode (a disk's damage), stays as it is, with
+    all that follows it."""
     records, offset = [], 0
     while offset + 12 <= len(events):
         (length,) = struct.unpack_from("<Q", events, offset)
         end = offset + 12 + length + 4
         if end > len(events):
             break
-        event = Event.FromString(events[offset + 12:end - 4])
+        try:
+            event = Event.FromString(events[offset + 12:end - 4])
+        except DecodeError:
+            break
         if not any(value.tag == SESSION_END_TAG for value in event.summary.value):
             records.append(events[offset:end])
         offset = end

@@ -4,6 +4,7 @@ trials and results: no Ray, about 5 s."""
 
 from __future__ import annotations
 
+import logging
 import pickle
 from pathlib import Path
 
@@ -203,6 +204,36 @@ def test_a_resume_goes_on_from_an_events_file_cut_short_in_the_trials_failure(tm
         resumed.log_trial_end(trial)
     _, sessions = hparams_tab(tmp_path)
     assert sessions["aaaa0001"]["status"] == "STATUS_SUCCESS"
+    assert scalars(Path(trial.local_path))["val/f1_macro"] == [(1, 0.3), (2, 0.4)]
+
+
+@pytest.mark.parametrize("trouble", ["a record that does not decode", "storage that refuses to read"])
+def test_a_resume_goes_on_whatever_it_cannot_rewrite_in_the_earlier_events(tmp_path, monkeypatch, caplog, trouble):
+    """The earlier events cannot be rewritten (a disk's damage after the trial's failure, or storage refusing): the
+    resume goes on, warns that the tab may still show the failure, and every epoch's scalars are kept."""
+    trial = FakeTrial(tmp_path, "aaaa0001", ADAM)
+    first = StudyTensorBoard("val/f1_macro", "max")
+    first.log_trial_start(trial)
+    first.log_trial_result(1, trial, result(1, 0.3))
+    first.log_trial_end(trial, failed=True)
+    [events] = Path(trial.local_path).glob("events.out.tfevents.*")
+    if trouble == "a record that does not decode":
+        garbage = b"\xff" * 10
+        events.write_bytes(events.read_bytes() + len(garbage).to_bytes(8, "little") + bytes(4) + garbage + bytes(4))
+    else:
+        def refuse(uri):
+            raise PermissionError(f"{uri}: access denied")
+        monkeypatch.setattr(storage, "read_bytes", refuse)
+
+    resumed = StudyTensorBoard("val/f1_macro", "max")
+    resumed.set_state(first.get_state())
+    with resumed_study(str(tmp_path)), caplog.at_level(logging.WARNING, logger="study.tensorboard"):
+        resumed.log_trial_start(trial)
+        resumed.log_trial_result(2, trial, result(2, 0.4))
+        resumed.log_trial_end(trial)
+    if trouble == "storage that refuses to read":
+        assert "could not take the earlier failure out of the trial's TensorBoard events" in caplog.text
+    monkeypatch.undo()
     assert scalars(Path(trial.local_path))["val/f1_macro"] == [(1, 0.3), (2, 0.4)]
 
 
