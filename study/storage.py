@@ -23,6 +23,7 @@ import os
 import re
 import tempfile
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -196,13 +197,14 @@ def write_bytes(uri: str, data: bytes) -> None:
 def written_file(uri: str) -> Iterator[Path]:
     """A local path to write a (large) file to; when the block ends, the file is at `uri`, complete.
 
-    Locally the file is written beside its place and renamed into it; for object storage it is
-    written to a temporary file and uploaded. If the block raises, nothing appears at `uri`.
+    Locally the file is written beside its place, under a name of its own (a reader that picks files by
+    name, as TensorBoard picks `*tfevents*`, never takes it for the file), and renamed into it; for object
+    storage it is written to a temporary file and uploaded. If the block raises, nothing appears at `uri`.
     """
     fs, path = filesystem(uri)
     fs.create_dir(path.rpartition("/")[0], recursive=True)
     if not is_remote(uri):
-        partial = Path(path + ".tmp")
+        partial = Path(path).with_name(f"partial-{uuid.uuid4().hex[:12]}.tmp")
         try:
             yield partial
             partial.replace(path)

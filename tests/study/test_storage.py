@@ -110,6 +110,15 @@ def test_round_trip_of_bytes_text_json_and_csv(root):
     assert not [name for name in names if name.endswith(".tmp")], names
 
 
+def test_a_file_being_written_does_not_look_like_it_by_name(tmp_path):
+    """TensorBoard reads every file whose name holds "tfevents": an experiment summary being written is not one."""
+    uri = str(tmp_path / "events.out.tfevents.study")
+    with storage.written_file(uri) as partial:
+        partial.write_bytes(b"half")
+        assert [path.name for path in tmp_path.iterdir() if "tfevents" in path.name] == []
+    assert [path.name for path in tmp_path.iterdir()] == ["events.out.tfevents.study"]
+
+
 def test_reading_a_missing_file_is_file_not_found(root):
     """What study.settings.load_settings tells apart from an unreadable file."""
     storage.write_text(storage.join(root, "other.txt"), "x")
