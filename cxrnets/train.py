@@ -130,8 +130,9 @@ def check_same_split(checkpoint: dict[str, Any], digest: str, out: Path) -> None
     if saved is not None and saved != digest:
         raise CxrError(f"--resume: the split made from the data now differs from the one {out / 'checkpoint.pt'} "
                        "trained on (images added, removed or changed since; or the run was made by an earlier "
-                       "cxr-tune, one that indexed an image listed twice in the data twice): continuing would train "
-                       "on images it held out; start a new run with another --out, or restore the data it trained on")
+                       "cxr-tune, one that indexed an image listed twice in the data twice, or that fingerprinted "
+                       "images under 32 px at their own size): continuing would train on images it held out; start "
+                       "a new run with another --out, or restore the data it trained on")
 
 
 def on_split_made_before_near_identical_joined(run, checkpoint: dict[str, Any], out: Path):
@@ -154,9 +155,12 @@ def on_split_made_before_near_identical_joined(run, checkpoint: dict[str, Any], 
         return None
     if split_digest(earlier) == split_digest(data.split):
         return None
-    log.info("%s trained on the split made before near-identical X-rays were kept on one side%s: it continues on "
-             "that split", out / "checkpoint.pt", " (it has no split digest: an earlier cxr-tune wrote it)"
-             if saved is None else "")
+    if saved is None:
+        log.info("%s has no split digest (an earlier cxr-tune wrote it): it continues on the split made as then, "
+                 "before near-identical X-rays were kept on one side", out / "checkpoint.pt")
+    else:
+        log.info("%s trained on the split made before near-identical X-rays were kept on one side: it continues on "
+                 "that split", out / "checkpoint.pt")
     return TrainingRun(config, replace(data, split=earlier))
 
 
