@@ -185,39 +185,21 @@ def test_a_failed_trial_that_a_resume_finishes_is_shown_as_finished_with_every_e
     assert curves["train/loss"] == [(1, 1.0), (2, 0.5), (3, round(1 / 3, 6))]
 
 
-def test_a_resume_goes_on_from_an_events_file_cut_short_in_the_trials_failure(tmp_path):
-    """The driver was killed while it wrote the trial's failure: the file ends in part of that event, which
-    TensorBoard passes over. The resume keeps the file as it is."""
-    trial = FakeTrial(tmp_path, "aaaa0001", ADAM)
-    first = StudyTensorBoard("val/f1_macro", "max")
-    first.log_trial_start(trial)
-    first.log_trial_result(1, trial, result(1, 0.3))
-    first.log_trial_end(trial, failed=True)
-    [events] = Path(trial.local_path).glob("events.out.tfevents.*")
-    events.write_bytes(events.read_bytes()[:-10])
-
-    resumed = StudyTensorBoard("val/f1_macro", "max")
-    resumed.set_state(first.get_state())
-    with resumed_study(str(tmp_path)):
-        resumed.log_trial_start(trial)
-        resumed.log_trial_result(2, trial, result(2, 0.4))
-        resumed.log_trial_end(trial)
-    _, sessions = hparams_tab(tmp_path)
-    assert sessions["aaaa0001"]["status"] == "STATUS_SUCCESS"
-    assert scalars(Path(trial.local_path))["val/f1_macro"] == [(1, 0.3), (2, 0.4)]
-
-
-@pytest.mark.parametrize("trouble", ["a record that does not decode", "storage that refuses to read"])
+@pytest.mark.parametrize("trouble", ["the failure cut short", "a record that does not decode",
+                                     "storage that refuses to read"])
 def test_a_resume_goes_on_whatever_it_cannot_rewrite_in_the_earlier_events(tmp_path, monkeypatch, caplog, trouble):
-    """The earlier events cannot be rewritten (a disk's damage after the trial's failure, or storage refusing): the
-    resume goes on, warns that the tab may still show the failure, and every epoch's scalars are kept."""
+    """The earlier events cannot all be rewritten: the driver was killed while it wrote the trial's failure (the
+    file ends in part of that event, which TensorBoard passes over), a disk damaged a record, or storage refuses.
+    The resume goes on, keeps every epoch's scalars, and shows the new status or warns that it may not."""
     trial = FakeTrial(tmp_path, "aaaa0001", ADAM)
     first = StudyTensorBoard("val/f1_macro", "max")
     first.log_trial_start(trial)
     first.log_trial_result(1, trial, result(1, 0.3))
     first.log_trial_end(trial, failed=True)
     [events] = Path(trial.local_path).glob("events.out.tfevents.*")
-    if trouble == "a record that does not decode":
+    if trouble == "the failure cut short":
+        events.write_bytes(events.read_bytes()[:-10])
+    elif trouble == "a record that does not decode":
         garbage = b"\xff" * 10
         events.write_bytes(events.read_bytes() + len(garbage).to_bytes(8, "little") + bytes(4) + garbage + bytes(4))
     else:
@@ -231,9 +213,11 @@ def test_a_resume_goes_on_whatever_it_cannot_rewrite_in_the_earlier_events(tmp_p
         resumed.log_trial_start(trial)
         resumed.log_trial_result(2, trial, result(2, 0.4))
         resumed.log_trial_end(trial)
-    if trouble == "storage that refuses to read":
-        assert "could not take the earlier failure out of the trial's TensorBoard events" in caplog.text
     monkeypatch.undo()
+    if trouble == "the failure cut short":
+        assert hparams_tab(tmp_path)[1]["aaaa0001"]["status"] == "STATUS_SUCCESS"
+    elif trouble == "storage that refuses to read":
+        assert "could not take the earlier failure out of the trial's TensorBoard events" in caplog.text
     assert scalars(Path(trial.local_path))["val/f1_macro"] == [(1, 0.3), (2, 0.4)]
 
 
