@@ -96,13 +96,20 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = TRAINED_MODEL_
 
 @dataclass
 class PreparedData:
-    """A dataset decoded at one size, with its split; `images` rows align with `index.frame` rows."""
+    """A dataset decoded at one size (`cache`, which cxrnets.fingerprints.cache_fingerprints fingerprints), with
+    its split; `images` rows align with `index.frame` rows."""
 
-    index: DatasetIndex
-    images: CachedImages
+    cache: ImageCache
     targets: np.ndarray
     split: pd.DataFrame
-    cache: ImageCache  # where `images` come from: cxrnets.fingerprints.cache_fingerprints(cache) fingerprints them
+
+    @property
+    def index(self) -> DatasetIndex:
+        return self.cache.index
+
+    @property
+    def images(self) -> CachedImages:
+        return self.cache.images
 
     def rows(self, name: str) -> np.ndarray:
         return np.flatnonzero(self.split["split"].to_numpy() == name)
@@ -132,7 +139,7 @@ def prepare_data(config: TrainConfig, split: pd.DataFrame | None = None,
         if split_file:
             save_split(split[SPLIT_COLUMNS], split_file)
     log.info("split: %s", describe(split))
-    return PreparedData(index, cache.images, index.targets(), split, cache)
+    return PreparedData(cache, index.targets(), split)
 
 
 def align_split(split: pd.DataFrame, frame: pd.DataFrame, path: str | Path) -> pd.DataFrame:
