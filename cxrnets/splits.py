@@ -97,19 +97,20 @@ def fold_plan(fraction: float, groups: int) -> tuple[int, int]:
     return held, folds
 
 
-def _hold_out(strata: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of about `fraction` of the rows, whole groups only, stratified."""
+def _hold_out(strata: np.ndarray, groups: np.ndarray, fraction: float, seed: int, part: str) -> np.ndarray:
+    """Boolean mask of about `fraction` of the rows, whole groups only, stratified. `part` names what is held
+    out, for the errors."""
     count = len(np.unique(groups))
     held_folds, n_splits = fold_plan(fraction, count)
     if count < n_splits:
         raise CxrError(
-            f"only {count} patients/groups: too few to hold out {fraction:.0%} of them; "
+            f"only {count} patients/groups: too few to hold out {part}; "
             "use a larger dataset or larger split fractions"
         )
     largest = np.bincount(strata).max()
     if largest < n_splits:  # StratifiedGroupKFold's ValueError, said in the user's terms
         raise CxrError(
-            f"only {largest} images in the largest class: too few to hold out {fraction:.0%} of them in "
+            f"only {largest} images in the largest class: too few to hold out {part} in "
             f"{n_splits} class-stratified folds (one image of a class per fold at least); use a larger dataset or "
             "larger split fractions"
         )
@@ -148,10 +149,14 @@ def make_split(frame: pd.DataFrame, strata: pd.Series, val_fraction: float = 0.1
                     "with it", int((held & ~marked).sum()))
     assignment[held] = HELDOUT
     kept = np.flatnonzero(~held)
-    test = kept[_hold_out(labels[kept], groups[kept], test_fraction, seed)]
+    test = kept[_hold_out(labels[kept], groups[kept], test_fraction, seed,
+                          f"a test part of {test_fraction:.0%} (--test-fraction {test_fraction:g})")]
     assignment[test] = "test"
     rest = np.setdiff1d(kept, test)
-    val = _hold_out(labels[rest], groups[rest], val_fraction / (1 - test_fraction), seed + 1)
+    left = val_fraction / (1 - test_fraction)
+    val = _hold_out(labels[rest], groups[rest], left, seed + 1,
+                    f"a validation part of {val_fraction:.0%} (--val-fraction {val_fraction:g}: {left:.0%} of the "
+                    "patients the test part left)")
     assignment[rest[val]] = "val"
     split["split"] = assignment
     check_leakage(split)

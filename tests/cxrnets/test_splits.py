@@ -84,9 +84,14 @@ def test_too_few_images_of_every_class_for_the_folds_is_refused_saying_what_to_d
     frame = pd.DataFrame({"relpath": [f"img{i}.png" for i in range(rows)], "patient": [f"p{i}" for i in range(rows)],
                           "sha1": [f"{i:040x}" for i in range(rows)]})
     strata = pd.Series([("a", "b", "c")[i % 3] for i in range(rows)])
-    with pytest.raises(CxrError, match=r"only 5 images in the largest class: too few to hold out 15% of them in 7 "
-                                       r"class-stratified folds .*; use a larger dataset or larger split fractions"):
+    with pytest.raises(CxrError, match=r"only 5 images in the largest class: too few to hold out a test part of 15% "
+                                       r"\(--test-fraction 0.15\) in 7 class-stratified folds .*; use a larger "
+                                       r"dataset or larger split fractions"):
         make_split(frame, strata, seed=0)
+    # The validation part is held out of what the test part left: the error says which part, and the option.
+    with pytest.raises(CxrError, match=r"only 3 images in the largest class: too few to hold out a validation part "
+                                       r"of 10% \(--val-fraction 0.1: 20% of the patients the test part left\)"):
+        make_split(frame, strata, seed=0, test_fraction=0.5, val_fraction=0.1)
     assert set(make_split(frame, strata, seed=0, test_fraction=0.35, val_fraction=0.35)["split"]) == set(SPLITS)
 
 
