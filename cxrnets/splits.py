@@ -29,7 +29,7 @@ import sklearn
 from sklearn.model_selection import StratifiedGroupKFold
 
 from cxrnets.errors import CxrError
-from cxrnets.fingerprints import BITS, near_identical_pairs
+from cxrnets.fingerprints import BITS, NEAR_IDENTICAL_BITS, near_identical_pairs
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +125,12 @@ def _hold_out(strata: np.ndarray, groups: np.ndarray, fraction: float, seed: int
 
 
 def make_split(frame: pd.DataFrame, strata: pd.Series, val_fraction: float = 0.15,
-               test_fraction: float = 0.15, seed: int = 0, fingerprints: np.ndarray | None = None) -> pd.DataFrame:
+               test_fraction: float = 0.15, seed: int = 0, fingerprints: np.ndarray | None = None,
+               near_identical_bits: int = NEAR_IDENTICAL_BITS) -> pd.DataFrame:
     """Assign every row of `frame` (columns relpath, patient, sha1, and optionally heldout) to train,
     val or test (and heldout: every group with a held-out image). With `fingerprints` (one per row,
-    cxrnets.fingerprints.fingerprints), near-identical images fall on one side, as identical files do.
+    cxrnets.fingerprints.fingerprints), near-identical images (within `near_identical_bits`) fall on one side,
+    as identical files do.
 
     Returns a frame with columns relpath, patient, sha1, stratum, split.
     """
@@ -139,7 +141,7 @@ def make_split(frame: pd.DataFrame, strata: pd.Series, val_fraction: float = 0.1
     split["stratum"] = strata.to_numpy()
     groups = leakage_groups(split["patient"], split["sha1"])
     if fingerprints is not None:
-        groups = _join_near_identical(split, groups, fingerprints)
+        groups = _join_near_identical(split, groups, fingerprints, near_identical_bits)
     labels = pd.factorize(split["stratum"])[0]
     assignment = np.full(len(split), "train", dtype=object)
     marked = frame["heldout"].to_numpy(dtype=bool) if "heldout" in frame else np.zeros(len(split), dtype=bool)
@@ -163,17 +165,19 @@ def make_split(frame: pd.DataFrame, strata: pd.Series, val_fraction: float = 0.1
     return split
 
 
-def _join_near_identical(split: pd.DataFrame, groups: np.ndarray, fingerprints: np.ndarray) -> np.ndarray:
+def _join_near_identical(split: pd.DataFrame, groups: np.ndarray, fingerprints: np.ndarray,
+                         within: int) -> np.ndarray:
     """`groups` with the groups of near-identical images joined (logged, with the first pair that joined two)."""
     if len(split) >= LARGE_DATASET:
         log.info("comparing the fingerprints of %d images to find near-identical ones", len(split))
-    pairs = near_identical_pairs(fingerprints)
+    pairs = near_identical_pairs(fingerprints, within)
     joined = leakage_groups(split["patient"], split["sha1"], pairs)
     merged = len(np.unique(groups)) - len(np.unique(joined))
     if merged:
         i, j, bits = next((i, j, bits) for i, j, bits in pairs if groups[i] != groups[j])
         log.warning("%d group(s) of images joined others because they hold a near-identical image (the same X-ray "
-                    "re-encoded, resized or squashed, under another patient id or file name): they stay on one side "
+                    "re-encoded, resized, squashed or windowed otherwise, or the same person's, under another patient "
+                    "id or file name): they stay on one side "
                     "of the split; e.g. %s (patient %s) and %s (patient %s), %d of %d fingerprint bits apart; the "
                     "largest group holds %d images (%d before)", merged, split["relpath"][i], split["patient"][i],
                     split["relpath"][j], split["patient"][j], bits, BITS, np.bincount(joined).max(),

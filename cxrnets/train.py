@@ -135,13 +135,15 @@ def check_same_split(checkpoint: dict[str, Any], digest: str, out: Path) -> None
                        "a new run with another --out, or restore the data it trained on")
 
 
-def on_split_made_before_near_identical_joined(run, checkpoint: dict[str, Any], out: Path):
-    """The run on the split it would have got before splits joined near-identical X-rays (cxrnets.fingerprints),
-    where that is the split its checkpoint trained on: a run from then continues on its own split. A checkpoint
-    without a split digest was written before both, and continues on that split too, unless --split-file kept
-    its split. None otherwise."""
+def on_split_made_by_an_earlier_rule(run, checkpoint: dict[str, Any], out: Path):
+    """The run on the split an earlier cxr-tune made of the same data, where that is the split its checkpoint
+    trained on: a run from then continues on its own split. Splits joined near-identical X-rays within fewer
+    fingerprint bits before (cxrnets.fingerprints.EARLIER_NEAR_IDENTICAL_BITS), and before that not at all; a
+    checkpoint without a split digest was written before both, and continues on the split made without them,
+    unless --split-file kept its split. None otherwise."""
     from dataclasses import replace
 
+    from cxrnets.fingerprints import EARLIER_NEAR_IDENTICAL_BITS, NEAR_IDENTICAL_BITS, cache_fingerprints
     from cxrnets.splits import make_split, split_digest
     from cxrnets.training import TrainingRun
 
@@ -149,19 +151,28 @@ def on_split_made_before_near_identical_joined(run, checkpoint: dict[str, Any], 
     saved = checkpoint.get("split_digest")  # absent from checkpoints written before it was kept
     if saved is None and config.split_file:
         return None
-    earlier = make_split(data.index.frame.assign(sha1=data.split["sha1"].to_numpy()), data.index.stratum(),
-                         config.val_fraction, config.test_fraction, config.seed)
-    if saved is not None and split_digest(earlier) != saved:
-        return None
-    if split_digest(earlier) == split_digest(data.split):
-        return None
-    if saved is None:
-        log.info("%s has no split digest (an earlier cxr-tune wrote it): it continues on the split made as then, "
-                 "before near-identical X-rays were kept on one side", out / "checkpoint.pt")
-    else:
-        log.info("%s trained on the split made before near-identical X-rays were kept on one side: it continues on "
-                 "that split", out / "checkpoint.pt")
-    return TrainingRun(config, replace(data, split=earlier))
+    frame = data.index.frame.assign(sha1=data.split["sha1"].to_numpy())
+    rules = [(EARLIER_NEAR_IDENTICAL_BITS, "the split made when near-identical X-rays were joined within "
+              f"{EARLIER_NEAR_IDENTICAL_BITS} fingerprint bits (now {NEAR_IDENTICAL_BITS})"),
+             (None, "the split made before near-identical X-rays were kept on one side")]
+    for within, made in rules[1:] if saved is None else rules:
+        splits_log = logging.getLogger("cxrnets.splits")
+        splits_log.disabled = True  # the earlier split's own log would read as today's
+        try:
+            earlier = make_split(frame, data.index.stratum(), config.val_fraction, config.test_fraction, config.seed,
+                                 None if within is None else cache_fingerprints(data.cache), within or 0)
+        finally:
+            splits_log.disabled = False
+        digest = split_digest(earlier)
+        if digest == split_digest(data.split) or (saved is not None and digest != saved):
+            continue
+        if saved is None:
+            log.info("%s has no split digest (an earlier cxr-tune wrote it): it continues on %s, as then",
+                     out / "checkpoint.pt", made)
+        else:
+            log.info("%s trained on %s: it continues on that split", out / "checkpoint.pt", made)
+        return TrainingRun(config, replace(data, split=earlier))
+    return None
 
 
 def warn_of_absent_classes(run) -> None:
@@ -220,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         run = TrainingRun(config)
         digest = split_digest(run.data.split)
         if checkpoint is not None and checkpoint.get("split_digest") != digest:
-            run = on_split_made_before_near_identical_joined(run, checkpoint, out) or run
+            run = on_split_made_by_an_earlier_rule(run, checkpoint, out) or run
             digest = split_digest(run.data.split)
         if checkpoint is not None:
             check_same_split(checkpoint, digest, out)

@@ -21,6 +21,7 @@ from typing import Any
 
 from cxrnets.data import DATASET_NAMES, MULTILABEL_DATASETS
 from cxrnets.errors import CxrError
+from cxrnets.fingerprints import EARLIER_NEAR_IDENTICAL_BITS
 from study import storage
 from study.space import SearchSpace, parse_space
 
@@ -81,9 +82,11 @@ class StudySettings:
     # dataset -> cxrnets.splits.split_digest of its split file as made; empty for a study from before them,
     # whose analysis makes the split again to check the file.
     split_digests: dict[str, str] = field(default_factory=dict)
-    # Whether the study's splits joined near-identical X-rays (cxrnets.fingerprints) when made; False for a study
-    # from before, whose analysis looks for copies across the parts of its split.
+    # Whether the study's splits joined near-identical X-rays (cxrnets.fingerprints) when made, and within how many
+    # fingerprint bits (those studies that joined before the bits were recorded joined within 48); the analysis of
+    # a study from before, or that joined within fewer bits than now, looks for copies across the parts of its split.
     splits_join_near_identical: bool = False
+    splits_near_identical_bits: int = EARLIER_NEAR_IDENTICAL_BITS
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
 
     @property

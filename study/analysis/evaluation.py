@@ -27,7 +27,7 @@ import pandas as pd
 import sklearn
 
 from cxrnets.errors import CxrError, SplitMismatch
-from cxrnets.fingerprints import cache_fingerprints, near_identical_to
+from cxrnets.fingerprints import NEAR_IDENTICAL_BITS, cache_fingerprints, near_identical_to
 from cxrnets.splits import HELDOUT, LARGE_DATASET, make_split
 from cxrnets.training import load_checkpoint
 from study import storage
@@ -139,7 +139,8 @@ class StudyData:
             if len(data.rows(name)) == 0:
                 raise AnalysisRefused(f"{uri}: the {name} split of {config.dataset} is empty; nothing to evaluate on")
         self._prepared[key] = data
-        if not self.study.settings.splits_join_near_identical:
+        settings = self.study.settings
+        if not settings.splits_join_near_identical or settings.splits_near_identical_bits < NEAR_IDENTICAL_BITS:
             self.note_copies_across_parts(uri, data.split, data.cache)
         return data
 
@@ -173,8 +174,9 @@ class StudyData:
             nearest = near_identical_to(prints[scored], prints[seen])
             copied = np.flatnonzero(nearest >= 0)
             if len(copied):
-                copy = "" if counts else (" have a near-identical copy (the same X-ray re-encoded, resized or "
-                                          "squashed, under another patient id or file name)")
+                copy = "" if counts else (" have a near-identical copy (the same X-ray re-encoded, resized, "
+                                          "squashed or windowed otherwise, or the same person's, under another "
+                                          "patient id or file name)")
                 counts.append(f"{len(copied)} {name} image(s){copy} in {' or '.join(before)}")
                 first, twin = scored[copied[0]], seen[nearest[copied[0]]]
                 example = example or (f"{split['relpath'].iloc[first]} ({part}) and {split['relpath'].iloc[twin]} "

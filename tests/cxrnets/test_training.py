@@ -514,7 +514,35 @@ def test_cli_resume_of_a_run_split_before_near_identical_x_rays_were_joined_cont
         assert main([*arguments, "--epochs", "2", "--resume"]) == 0
     assert (f"{checkpoint_path} trained on the split made before near-identical X-rays were kept on one side" if
             digest == "kept" else f"{checkpoint_path} has no split digest (an earlier cxr-tune wrote it): it continues "
-            "on the split made as then") in caplog.text
+            "on the split made before near-identical X-rays were kept on one side, as then") in caplog.text
+    assert torch.load(checkpoint_path, weights_only=False)["split_digest"] == split_digest(before)
+
+
+def test_cli_resume_of_a_run_split_when_fewer_fingerprint_bits_joined_x_rays_continues_on_its_split(
+        real_chestxray: Path, tmp_path: Path, caplog) -> None:
+    """Splits joined near-identical X-rays within 48 fingerprint bits before; on the real copy at 32 px that split
+    differs from today's. A run made then continues on its own split (said in the log), not refused as data that
+    changed, nor moved onto today's split."""
+    from cxrnets.fingerprints import EARLIER_NEAR_IDENTICAL_BITS, cache_fingerprints
+    from cxrnets.splits import make_split, split_digest
+
+    arguments = ["--dataset", "covid-chestxray-3class", "--data-root", str(real_chestxray), "--image-size", "32",
+                 "--batch-size", "64", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run")]
+    assert main([*arguments, "--epochs", "1"]) == 0
+    config = TrainConfig(dataset="covid-chestxray-3class", data_root=str(real_chestxray), image_size=32,
+                         cache_dir=str(tmp_path / "cache"))
+    data = prepare_data(config)
+    before = make_split(data.index.frame.assign(sha1=data.split["sha1"].to_numpy()), data.index.stratum(),
+                        fingerprints=cache_fingerprints(data.cache), near_identical_bits=EARLIER_NEAR_IDENTICAL_BITS)
+    assert split_digest(before) != split_digest(data.split)
+    checkpoint_path = tmp_path / "run" / "checkpoint.pt"
+    checkpoint = torch.load(checkpoint_path, weights_only=False)
+    save_checkpoint({**checkpoint, "split_digest": split_digest(before)}, checkpoint_path)  # as a run from then
+
+    with caplog.at_level(logging.INFO, logger="cxrnets.train"):
+        assert main([*arguments, "--epochs", "2", "--resume"]) == 0
+    assert (f"{checkpoint_path} trained on the split made when near-identical X-rays were joined within 48 "
+            "fingerprint bits (now 60): it continues on that split") in caplog.text
     assert torch.load(checkpoint_path, weights_only=False)["split_digest"] == split_digest(before)
 
 

@@ -14,6 +14,7 @@ import torch
 
 from cxrnets.config import TrainConfig
 from cxrnets.errors import CxrError
+from cxrnets.fingerprints import EARLIER_NEAR_IDENTICAL_BITS, NEAR_IDENTICAL_BITS
 from cxrnets.splits import make_split
 from cxrnets.training import SPLIT_COLUMNS, prepare_data
 from study import storage
@@ -135,10 +136,11 @@ def test_weights_in_a_bucket_that_cannot_be_used_are_named_by_their_object_not_t
     assert str(refused.value).startswith(f"{cut_short} (downloaded to {copy}): not a readable checkpoint (")
 
 
-def study_of_copies(make_radiography_copies, tmp_path: Path, sides, joined: bool = False):
+def study_of_copies(make_radiography_copies, tmp_path: Path, sides, joined: int | None = None):
     """A study of dataset 1 whose each class holds one X-ray twice (make_radiography_copies: a 299x299 PNG and a JPEG
     under another name, hence another patient), its split as the study reads it back, with the images that
-    `sides(copies)` names (relpath -> part) moved there; `joined`: the study's splits_join_near_identical.
+    `sides(copies)` names (relpath -> part) moved there; `joined`: the fingerprint bits within which the study's
+    splits joined near-identical X-rays, None where they did not.
     Returns (StudyData, its TrainConfig, the copies)."""
     from cxrnets.splits import split_digest
     from study.settings import read_split
@@ -153,7 +155,8 @@ def study_of_copies(make_radiography_copies, tmp_path: Path, sides, joined: bool
     split.to_csv(path, index=False)
     settings = SimpleNamespace(data_roots={"covid-radiography": str(root)}, cache_dir=str(tmp_path / "cache"),
                                split_digests={"covid-radiography": split_digest(read_split(str(path)))},
-                               image_size=64, splits_join_near_identical=joined)
+                               image_size=64, splits_join_near_identical=joined is not None,
+                               splits_near_identical_bits=joined or 48)
     return StudyData(SimpleNamespace(uri=str(tmp_path / "study"), settings=settings)), config, copies
 
 
@@ -192,8 +195,9 @@ def test_a_split_from_before_copies_were_joined_is_said_to_hold_copies_on_two_si
     uri = tmp_path / "study" / "splits" / "covid-radiography.csv"
     assert list(data.split_notes) == [str(uri)]
     note = data.split_notes[str(uri)]
-    assert note.startswith(f"{uri}: 1 test image(s) have a near-identical copy (the same X-ray re-encoded, resized "
-                           "or squashed, under another patient id or file name) in train or val and 1 val image(s) in "
+    assert note.startswith(f"{uri}: 1 test image(s) have a near-identical copy (the same X-ray re-encoded, resized, "
+                           "squashed or windowed otherwise, or the same person's, under another patient id or file "
+                           "name) in train or val and 1 val image(s) in "
                            f"train, e.g. {test_png} (test) and {train_jpeg} (train)")
     assert "optimistic" in note and note in caplog.text
     analysis = SimpleNamespace(study=SimpleNamespace(uri=str(tmp_path / "study"), settings=SimpleNamespace(
@@ -216,8 +220,8 @@ def test_copies_across_the_split_count_where_the_models_trained_or_were_chosen_o
         data.prepare(config)
     uri = tmp_path / "study" / "splits" / "covid-radiography.csv"
     assert data.split_notes[str(uri)].startswith(
-        f"{uri}: 1 test image(s) have a near-identical copy (the same X-ray re-encoded, resized or squashed, under "
-        f"another patient id or file name) in train or val and 1 held-out image(s) in train or val, e.g. "
+        f"{uri}: 1 test image(s) have a near-identical copy (the same X-ray re-encoded, resized, squashed or "
+        f"windowed otherwise, or the same person's, under another patient id or file name) in train or val and 1 held-out image(s) in train or val, e.g. "
         f"{copies[2][1]} (test) and {copies[2][0]} (val): ")
     assert caplog.text.count("near-identical copy") == 1
 
@@ -233,15 +237,20 @@ def test_copies_across_the_split_count_where_the_models_trained_or_were_chosen_o
     assert whole_datasets == []
 
 
-def test_a_study_whose_splits_joined_near_identical_x_rays_is_not_searched_for_copies_across_them(
-        make_radiography_copies, tmp_path, caplog):
-    """A study made since splits join near-identical X-rays holds no copies across parts: the analysis spends no
-    comparison of every image on looking for them (even where an edited split would hold some)."""
-    data, config, _ = study_of_copies(make_radiography_copies, tmp_path, lambda copies: {
-        copies[0][0]: "test", copies[0][1]: "train"}, joined=True)
+@pytest.mark.parametrize("joined_within", [NEAR_IDENTICAL_BITS, EARLIER_NEAR_IDENTICAL_BITS])
+def test_a_study_whose_splits_joined_near_identical_x_rays_as_now_is_not_searched_for_copies_across_them(
+        make_radiography_copies, tmp_path, caplog, joined_within):
+    """A study whose splits joined near-identical X-rays within today's fingerprint bits holds no copies across
+    parts: the analysis spends no comparison of every image on looking for them (even where an edited split would
+    hold some). One whose splits joined within fewer bits may hold some, and is searched."""
+    data, config, copies = study_of_copies(make_radiography_copies, tmp_path, lambda copies: {
+        copies[0][0]: "test", copies[0][1]: "train"}, joined=joined_within)
     with caplog.at_level(logging.WARNING, logger="study.analyze"):
         data.prepare(config)
-    assert data.split_notes == {} and "near-identical copy" not in caplog.text
+    if joined_within == NEAR_IDENTICAL_BITS:
+        assert data.split_notes == {} and "near-identical copy" not in caplog.text
+    else:
+        assert f"e.g. {copies[0][0]} (test) and {copies[0][1]} (train)" in caplog.text
 
 
 def test_the_bootstrap_of_a_study_at_a_few_pixels_resamples_the_groups_it_would_at_64_px(tmp_path):
@@ -262,7 +271,8 @@ def test_the_bootstrap_of_a_study_at_a_few_pixels_resamples_the_groups_it_would_
     def groups(image_size: int) -> dict[str, list[int]]:
         settings = SimpleNamespace(data_roots={dataset: str(SAMPLE_ROOT)}, cache_dir=str(tmp_path / "cache"),
                                    split_digests={dataset: split_digest(read_split(str(path)))},
-                                   image_size=image_size, splits_join_near_identical=True)
+                                   image_size=image_size, splits_join_near_identical=True,
+                                   splits_near_identical_bits=NEAR_IDENTICAL_BITS)
         data = StudyData(SimpleNamespace(uri=str(tmp_path / "study"), settings=settings))
         return {part: pd.factorize(data.resampling_groups(replace(config, image_size=image_size), part))[0].tolist()
                 for part in ("val", "test")}
