@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 3  # bump when decoding, resizing or the files of a cache change
 PROGRESS_SECONDS = 30  # a progress line at least this often while decoding, besides every 500 images
+READ_RETRY_SECONDS = 2  # a file that fails to read is read again after this pause (a network file system's hiccup)
 
 
 def default_cache_root() -> Path:
@@ -184,9 +185,9 @@ def _decode_files(partial: Path, index: DatasetIndex, image_size: int, workers: 
     colour_lock = threading.Lock()
 
     def decode_one(i: int) -> None:
+        data = _read(paths[i])
+        sha1[i] = hashlib.sha1(data).hexdigest()
         try:
-            data = paths[i].read_bytes()
-            sha1[i] = hashlib.sha1(data).hexdigest()
             pixels = decode(data, image_size, paths[i])
         except (CxrError, OSError) as error:
             errors[i] = str(error)
@@ -229,6 +230,22 @@ def _decode_files(partial: Path, index: DatasetIndex, image_size: int, workers: 
             "bytes": grey.nbytes + colour * 3 * image_size * image_size,
             "seconds": round(time.perf_counter() - started, 2)}
     (partial / "meta.json").write_text(json.dumps(meta, indent=2))
+
+
+def _read(path: Path) -> bytes:
+    """The bytes of `path`, read a second time if the first read fails; CxrError if that fails too. A read error
+    says nothing about the image, so it never makes the image undecodable, which the cache would keep for good."""
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        log.warning("%s: cannot read the file (%s); trying again", path, error.strerror or error)
+    time.sleep(READ_RETRY_SECONDS)
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise CxrError(f"{path}: cannot read the file ({error.strerror or error}), twice; the cache build stopped "
+                       "without keeping the images decoded so far: check the file system (a network share, "
+                       "permissions) and run again") from error
 
 
 def _open(directory: Path, index: DatasetIndex, decoded: int) -> ImageCache:

@@ -415,3 +415,46 @@ def test_cache_cli_ctrl_c_keeps_the_finished_sizes(make_pneumonia_normal, tmp_pa
     assert captured.err.startswith("interrupted: the cache being decoded was removed")
     folders = [path.name for path in (tmp_path / "cache").iterdir() if path.is_dir()]
     assert len(folders) == 1 and folders[0].startswith("covid-pneumonia-normal-16px-")
+
+
+def test_a_file_that_cannot_be_read_stops_the_build_instead_of_being_left_out(radiography, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read error (EIO, ESTALE on a network file system) says nothing about the image: the build stops naming
+    the file, and nothing is cached that would leave the image out for good once the file reads again."""
+    unreadable = radiography.paths()[5]
+    read_bytes = Path.read_bytes
+
+    def failing_read(path: Path) -> bytes:
+        if path == unreadable:
+            raise OSError(5, "Input/output error", str(path))
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", failing_read)
+    monkeypatch.setattr(cache_module, "READ_RETRY_SECONDS", 0)
+    with pytest.raises(CxrError, match=rf"{unreadable}: cannot read the file \(Input/output error\).*check the file "
+                                       r"system.*run again"):
+        build_cache(radiography, SIZE, cache_root=tmp_path / "cache", workers=2)
+    assert [path.name for path in (tmp_path / "cache").iterdir() if not path.name.endswith(".lock")] == []
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    again = build_cache(radiography, SIZE, cache_root=tmp_path / "cache")
+    assert again.decoded == 12 and len(again.images) == 12 and again.index.skipped == {}
+
+
+def test_a_read_that_fails_once_is_tried_again(radiography, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    flaky = radiography.paths()[5]
+    read_bytes = Path.read_bytes
+    failures = []
+
+    def fails_once(path: Path) -> bytes:
+        if path == flaky and not failures:
+            failures.append(path)
+            raise OSError(116, "Stale file handle", str(path))
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", fails_once)
+    monkeypatch.setattr(cache_module, "READ_RETRY_SECONDS", 0)
+    with caplog.at_level(logging.WARNING, logger="cxrnets.cache"):
+        built = build_cache(radiography, SIZE, cache_root=tmp_path / "cache", workers=2)
+    assert built.decoded == 12 and len(built.images) == 12 and built.index.skipped == {}
+    assert f"{flaky}: cannot read the file (Stale file handle); trying again" in caplog.text
