@@ -249,17 +249,17 @@ def _read(path: Path) -> bytes:
 
 
 def _open(directory: Path, index: DatasetIndex, decoded: int) -> ImageCache:
-    table = pd.read_parquet(directory / "index.parquet")
-    if list(table["relpath"]) != list(index.frame["relpath"]):
-        raise CxrError(f"{directory}: cache index does not match the dataset; delete the folder to rebuild it")
-    slots = table["colour_slot"].to_numpy()
     try:
+        table = pd.read_parquet(directory / "index.parquet")
+        slots = table["colour_slot"].to_numpy()
         grey = np.load(directory / "grey.npy", mmap_mode="r")
         shape = (int((slots >= 0).sum()), 3, *grey.shape[1:])
         colour = (np.memmap(directory / "colour.u8", dtype=np.uint8, mode="r", shape=shape) if shape[0]
                   else np.zeros(shape, dtype=np.uint8))
     except (OSError, ValueError) as error:  # a file deleted or cut short by hand, a disk error
         raise CxrError(f"{directory}: the cache is damaged ({error}); delete the folder to rebuild it") from error
+    if list(table["relpath"]) != list(index.frame["relpath"]):
+        raise CxrError(f"{directory}: cache index does not match the dataset; delete the folder to rebuild it")
     ok = table["ok"].to_numpy()
     skipped = int((~ok).sum())
     if skipped:

@@ -137,7 +137,8 @@ def test_colour_images_keep_their_colour_and_grey_ones_one_plane(make_folder, tm
     assert meta["bytes"] == 12 * SIZE * SIZE + 3 * 3 * SIZE * SIZE  # the broken file's plane is never used
 
 
-@pytest.mark.parametrize("damage", ["colour.u8 cut short", "grey.npy deleted"])
+@pytest.mark.parametrize("damage", ["colour.u8 cut short", "grey.npy deleted", "index.parquet cut short",
+                                    "index.parquet deleted"])
 def test_a_damaged_cache_is_named(damage: str, make_folder, tmp_path: Path) -> None:
     root = make_folder(per_class=3)
     pixels = np.zeros((30, 30, 3), dtype=np.uint8)
@@ -145,11 +146,12 @@ def test_a_damaged_cache_is_named(damage: str, make_folder, tmp_path: Path) -> N
     Image.fromarray(pixels).save(root / "sick" / "figure.png")
     index = load_dataset("folder", root)
     built = build_cache(index, SIZE, cache_root=tmp_path)
-    if damage == "colour.u8 cut short":
-        with (built.directory / "colour.u8").open("r+b") as file:
+    damaged = built.directory / damage.split()[0]
+    if damage.endswith("cut short"):
+        with damaged.open("r+b") as file:
             file.truncate(100)
     else:
-        (built.directory / "grey.npy").unlink()
+        damaged.unlink()
     with pytest.raises(CxrError, match=rf"{built.directory}: the cache is damaged .*delete the folder to rebuild it"):
         build_cache(index, SIZE, cache_root=tmp_path)
 
