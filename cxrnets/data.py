@@ -435,7 +435,13 @@ def _decodes(data: bytes, encoding: str) -> bool:
     return True
 
 
-def _read_csv(path: Path, required: list[str], encoding: str = "utf-8") -> pd.DataFrame:
+CSV_COLUMNS_HINT = ("Name the right columns with --dataset-option (e.g. path_column=..., label_column=..., "
+                    "patient_column=...).")
+
+
+def _read_csv(path: Path, required: list[str], encoding: str = "utf-8", hint: str = CSV_COLUMNS_HINT
+              ) -> pd.DataFrame:
+    """`path` read as text columns; CxrError if it lacks a `required` column, ending with `hint` (what to do)."""
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding)
     except UnicodeError as error:  # UTF-16 without a byte order mark raises a plain UnicodeError
@@ -447,11 +453,7 @@ def _read_csv(path: Path, required: list[str], encoding: str = "utf-8") -> pd.Da
         misread = _misread(path, encoding, list(table.columns))
         if misread:
             raise CxrError(misread)
-        raise CxrError(
-            f"{path}: missing column(s) {missing}; the file has {list(table.columns)}. "
-            "Name the right columns with --dataset-option (e.g. path_column=..., label_column=..., "
-            "patient_column=...)."
-        )
+        raise CxrError(f"{path}: missing column(s) {missing}; the file has {list(table.columns)}. {hint}")
     return table
 
 
@@ -610,10 +612,14 @@ def _load_covid_chestxray(root: Path, three_class: bool, metadata: str = "metada
     csv_path = root / metadata
     if not csv_path.is_file():
         raise CxrError(f"{root}: no {metadata} (covid-chestxray needs metadata.csv beside images/)")
-    explicit_source = source_column != "url"
-    table = _read_csv(csv_path, ["patientid", "finding", "filename"] + ([source_column] if explicit_source else []),
-                      encoding)
+    table = _read_csv(csv_path, ["patientid", "finding", "filename"], encoding,
+                      hint="It is not the covid-chestxray dataset's metadata file (github.com/ieee8023/"
+                           "covid-chestxray-dataset), whose columns are read by these names: pass that dataset's "
+                           "folder, or rename the column(s).")
     if source_column not in table.columns:
+        if source_column != "url":
+            raise CxrError(f"{csv_path}: missing column(s) [{source_column!r}] (--dataset-option source_column="
+                           f"{source_column}); the file has {list(table.columns)}: name one of them")
         source_column = None  # an older metadata.csv without url: no sources
     wanted_views = {v.lower() for v in views} if views else None
     rows, skipped = [], Counter()

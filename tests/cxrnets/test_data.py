@@ -459,6 +459,27 @@ def test_chestxray_metadata_without_columns(make_chestxray) -> None:
         load_dataset("covid-chestxray-3class", root)
 
 
+@pytest.mark.parametrize("name", ["covid-chestxray", "covid-chestxray-3class"])
+def test_chestxray_metadata_missing_a_column_suggests_no_option_the_loader_refuses(name: str, make_chestxray) -> None:
+    """The csv loader's hint (path_column=..., patient_column=...) names options these loaders refuse: their
+    columns have fixed names, so the file is another one, or a column was renamed."""
+    root = make_chestxray()
+    metadata = (root / "metadata.csv").read_text()
+    (root / "metadata.csv").write_text(metadata.replace("patientid,", "Patient ID,", 1))
+    with pytest.raises(CxrError) as refused:
+        load_dataset(name, root)
+    message = str(refused.value)
+    assert "missing column(s) ['patientid']" in message
+    assert "not the covid-chestxray dataset's metadata" in message and "rename the column(s)" in message
+    assert "path_column" not in message and "patient_column" not in message
+    (root / "metadata.csv").write_text(metadata)
+    with pytest.raises(CxrError) as refused:
+        load_dataset(name, root, source_column="journal")
+    message = str(refused.value)
+    assert "missing column(s) ['journal'] (--dataset-option source_column=journal)" in message
+    assert "path_column" not in message and "not the covid-chestxray dataset's metadata" not in message
+
+
 # ------------------------------------------------------------------ the embedded sample and the real copy
 
 
