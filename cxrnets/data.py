@@ -622,6 +622,10 @@ def _load_covid_chestxray(root: Path, three_class: bool, metadata: str = "metada
                            f"{source_column}); the file has {list(table.columns)}: name one of them")
         source_column = None  # an older metadata.csv without url: no sources
     wanted_views = {v.lower() for v in views} if views else None
+    if wanted_views is not None and "view" not in table.columns:
+        default = "default " if tuple(views) == FRONTAL_VIEWS else ""
+        raise CxrError(f"{csv_path}: no 'view' column, which the views option ({default}{','.join(views)}) reads: "
+                       "pass --dataset-option views=any to keep every view, or add the column")
     rows, skipped = [], Counter()
     for line, record in enumerate(table.to_dict("records"), start=2):
         finding = record["finding"].strip()

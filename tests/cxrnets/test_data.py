@@ -437,6 +437,16 @@ def test_chestxray_view_and_modality_filters(make_chestxray) -> None:
     assert pa_only.skipped["image file absent"] == 1  # only the PA one: the view filter comes first
 
 
+def test_chestxray_metadata_without_a_view_column_says_so(make_chestxray) -> None:
+    root = make_chestxray()
+    table = pd.read_csv(root / "metadata.csv", dtype=str, keep_default_na=False)
+    table.drop(columns=["view"]).to_csv(root / "metadata.csv", index=False)
+    with pytest.raises(CxrError, match=rf"{root / 'metadata.csv'}: no 'view' column, which the views option "
+                                       r"\(default PA,AP,.*\) reads: pass --dataset-option views=any"):
+        load_dataset("covid-chestxray-3class", root)
+    assert len(load_dataset("covid-chestxray-3class", root, views="any").frame) == 25
+
+
 def test_chestxray_hierarchy_option(make_chestxray) -> None:
     index = load_dataset("covid-chestxray", make_chestxray(), hierarchy={})
     # no implied parents: only rows that spell the path out ("Pneumonia/Viral/COVID-19") have them
