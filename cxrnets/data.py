@@ -63,7 +63,7 @@ FINDING_PARENTS = {
 }
 UNLABELLED_FINDINGS = frozenset({"todo", "unknown", ""})
 NO_FINDING = "No Finding"
-FRONTAL_VIEWS = ("PA", "AP", "AP Supine", "AP semi erect")
+FRONTAL_VIEWS = ("PA", "AP", "AP Supine", "AP semi erect", "AP Erect")  # matched whatever the case
 THREE_CLASSES = ("COVID-19", "Other pneumonia", "No Finding")
 UNKNOWN_SOURCE = "(unknown)"
 

@@ -447,6 +447,18 @@ def test_chestxray_metadata_without_a_view_column_says_so(make_chestxray) -> Non
     assert len(load_dataset("covid-chestxray-3class", root, views="any").frame) == 25
 
 
+def test_chestxray_ap_erect_is_a_frontal_view_in_any_case(make_chestxray) -> None:
+    """The dataset's current metadata spells an upright AP film "AP Erect" (also "AP erect")."""
+    root = make_chestxray()
+    table = pd.read_csv(root / "metadata.csv", dtype=str, keep_default_na=False)
+    ap = table.index[table["view"] == "AP"]
+    table.loc[ap[::2], "view"] = "AP Erect"
+    table.loc[ap[1::2], "view"] = "AP erect"
+    table.to_csv(root / "metadata.csv", index=False)
+    index = load_dataset("covid-chestxray-3class", root)
+    assert len(index.frame) == 24 and index.skipped["view not frontal"] == 1  # the lateral
+
+
 def test_chestxray_hierarchy_option(make_chestxray) -> None:
     index = load_dataset("covid-chestxray", make_chestxray(), hierarchy={})
     # no implied parents: only rows that spell the path out ("Pneumonia/Viral/COVID-19") have them
