@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from cxrnets.errors import CxrError
-from cxrnets.images import image_files, is_hidden
+from cxrnets.images import data_files, is_hidden, is_image_file
 
 log = logging.getLogger(__name__)
 
@@ -312,10 +312,23 @@ def _subdirectories(root: Path) -> dict[str, Path]:
     return {p.name.lower(): p for p in sorted(root.iterdir()) if p.is_dir() and not is_hidden(p.name)}
 
 
-def _from_class_folders(name: str, root: Path, class_files: dict[str, list[Path]]) -> DatasetIndex:
-    for class_name, files in class_files.items():
-        if not files:
-            raise CxrError(f"{root}: class folder for {class_name!r} holds no images; add images or remove the folder")
+def _from_class_folders(name: str, root: Path, class_folders: dict[str, Path], skip_masks: bool = False
+                        ) -> DatasetIndex:
+    """One class per folder: the image files under each (but in masks/ folders, where `skip_masks`). Other
+    files are counted in `skipped` by their type (DICOM files, say, are not read); is_hidden's are ignored."""
+    class_files, skipped = {}, Counter()
+    for class_name, folder in class_folders.items():
+        files = [path for path in data_files(folder)
+                 if not (skip_masks and "masks" in {part.lower() for part in path.relative_to(folder).parts[:-1]})]
+        images = [path for path in files if is_image_file(path)]
+        not_read = Counter(path.suffix.lower() or "(no extension)" for path in files if not is_image_file(path))
+        if not images:
+            types = ", ".join(f"{suffix} {count}" for suffix, count in sorted(not_read.items()))
+            raise CxrError(f"{root}: class folder for {class_name!r} holds no images"
+                           f"{f' (only files of a type not read: {types})' if types else ''}; add images or remove "
+                           "the folder")
+        class_files[class_name] = images
+        skipped.update({f"unsupported file type {suffix}": count for suffix, count in not_read.items()})
     rows = [
         {"relpath": path.relative_to(root).as_posix(), "patient": None, "labels": (class_name,)}
         for class_name, files in class_files.items()
@@ -324,7 +337,7 @@ def _from_class_folders(name: str, root: Path, class_files: dict[str, list[Path]
     frame = pd.DataFrame(rows, columns=["relpath", "patient", "labels"])
     # No patient ids in these layouts: each image is its own group when splitting.
     frame["patient"] = frame["relpath"]
-    return DatasetIndex(name, root, frame, list(class_files))
+    return DatasetIndex(name, root, frame, list(class_files), skipped=dict(sorted(skipped.items())))
 
 
 def _find_class_folders(root: Path, expected: tuple[str, ...], dataset: str) -> dict[str, Path]:
@@ -341,21 +354,19 @@ def _find_class_folders(root: Path, expected: tuple[str, ...], dataset: str) -> 
 def _load_covid_radiography(root: Path) -> DatasetIndex:
     """COVID-19 Radiography Database v4+: <Class>/images/*.png; <Class>/masks/ are never samples."""
     folders = _find_class_folders(root, RADIOGRAPHY_CLASSES, "covid-radiography")
-    class_files = {}
+    image_folders = {}
     for class_name, folder in folders.items():
         images = _subdirectories(folder).get("images")
         if images is None:
             raise CxrError(f"{folder}: has no images/ folder (covid-radiography v4+ layout is <Class>/images/)")
-        class_files[class_name] = image_files(images)
-    return _from_class_folders("covid-radiography", root, class_files)
+        image_folders[class_name] = images
+    return _from_class_folders("covid-radiography", root, image_folders)
 
 
 def _load_covid_pneumonia_normal(root: Path) -> DatasetIndex:
     """COVID-19, Pneumonia, Normal Chest X-ray PA dataset: covid/, normal/, pneumonia/ holding images."""
     folders = _find_class_folders(root, PNEUMONIA_NORMAL_CLASSES, "covid-pneumonia-normal")
-    return _from_class_folders(
-        "covid-pneumonia-normal", root, {c: image_files(f) for c, f in folders.items()}
-    )
+    return _from_class_folders("covid-pneumonia-normal", root, folders)
 
 
 def _load_folder(root: Path) -> DatasetIndex:
@@ -363,12 +374,7 @@ def _load_folder(root: Path) -> DatasetIndex:
     folders = {key: folder for key, folder in _subdirectories(root).items() if key != "masks"}
     if len(folders) < 2:
         raise CxrError(f"{root}: a folder dataset needs at least two class sub-folders, found {len(folders)}")
-    class_files = {
-        folder.name: [p for p in image_files(folder)
-                      if "masks" not in {part.lower() for part in p.relative_to(root).parts}]
-        for folder in folders.values()
-    }
-    return _from_class_folders("folder", root, class_files)
+    return _from_class_folders("folder", root, {folder.name: folder for folder in folders.values()}, skip_masks=True)
 
 
 # ---------------------------------------------------------------- CSV layouts

@@ -28,18 +28,30 @@ HIGH_BIT_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 PNG_COLOUR_TYPES = {2: "RGB", 4: "grey+alpha", 6: "RGBA"}  # those that may hold 16 bits per sample
 
 
+WINDOWS_FOLDER_FILES = frozenset({"thumbs.db", "desktop.ini"})  # what Windows Explorer writes beside pictures
+
+
 def is_hidden(name: str) -> bool:
     """Whether a file or folder name is one that holds no data: hidden (macOS's ._* AppleDouble files among
-    them) or the __MACOSX folder of a zip made on a Mac."""
-    return name.startswith(".") or name == "__MACOSX"
+    them), the __MACOSX folder of a zip made on a Mac, or Windows Explorer's Thumbs.db and desktop.ini."""
+    return name.startswith(".") or name == "__MACOSX" or name.lower() in WINDOWS_FOLDER_FILES
+
+
+def data_files(directory: Path) -> list[Path]:
+    """The files under `directory`, recursively, sorted; hidden files and folders (is_hidden) are not searched."""
+    directory = Path(directory)
+    return sorted(p for p in directory.rglob("*") if p.is_file()
+                  and not any(is_hidden(part) for part in p.relative_to(directory).parts))
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether `path`'s suffix is that of an image type decode reads."""
+    return path.suffix.lower() in IMAGE_SUFFIXES
 
 
 def image_files(directory: Path) -> list[Path]:
-    """The image files under `directory`, recursively, sorted; hidden files and folders (is_hidden) are not
-    searched."""
-    directory = Path(directory)
-    return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not any(is_hidden(part) for part in p.relative_to(directory).parts))
+    """The image files of data_files(directory)."""
+    return [path for path in data_files(directory) if is_image_file(path)]
 
 
 def to_rgb(image: Image.Image, white_is_zero: bool = False) -> Image.Image:

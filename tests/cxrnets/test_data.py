@@ -182,6 +182,35 @@ def test_folder_unzipped_on_a_mac_has_only_its_own_classes_and_images(make_folde
     assert not index.frame["relpath"].str.contains("/\\.|__MACOSX").any()
 
 
+@pytest.mark.parametrize("name", ["folder", "covid-radiography", "covid-pneumonia-normal"])
+def test_files_of_a_type_not_read_are_counted_by_type(name: str, make_folder, make_radiography,
+                                                      make_pneumonia_normal) -> None:
+    """DICOM files (.dcm), or a type such as .jfif, in a class folder are not read: the summary counts them, so
+    that a user sees them; what holds no data (hidden files, Thumbs.db, desktop.ini) and masks are not counted."""
+    root = {"folder": make_folder, "covid-radiography": make_radiography,
+            "covid-pneumonia-normal": make_pneumonia_normal}[name](per_class=3)
+    first, second = {"folder": ("sick", "healthy"), "covid-radiography": ("COVID/images", "Normal/images"),
+                     "covid-pneumonia-normal": ("covid", "normal")}[name]
+    for relpath in (f"{first}/scan-1.dcm", f"{first}/scan-2.DCM", f"{second}/photo.jfif", f"{first}/.DS_Store",
+                    f"{first}/._scan-1.dcm", f"{first}/Thumbs.db", f"{second}/desktop.ini"):
+        (root / relpath).write_bytes(b"\0" * 10)
+    if name == "folder":
+        (root / "sick" / "masks" / "mask-1.dcm").write_bytes(b"\0" * 10)
+    index = load_dataset(name, root)
+    assert index.skipped == {"unsupported file type .dcm": 2, "unsupported file type .jfif": 1}
+    assert index.summary().endswith("; skipped: unsupported file type .dcm 2, unsupported file type .jfif 1")
+    assert len(index.frame) == {"folder": 6, "covid-radiography": 12, "covid-pneumonia-normal": 9}[name]
+
+
+def test_a_class_folder_of_files_not_read_says_their_type(make_folder) -> None:
+    root = make_folder(per_class=3)
+    (root / "unsure").mkdir()
+    for i in range(4):
+        (root / "unsure" / f"scan-{i}.dcm").write_bytes(b"\0" * 10)
+    with pytest.raises(CxrError, match=r"'unsure' holds no images \(only files of a type not read: .dcm 4\)"):
+        load_dataset("folder", root)
+
+
 def test_folder_needs_two_classes(tmp_path: Path, write_image) -> None:
     write_image(tmp_path / "data" / "only" / "a.png")
     with pytest.raises(CxrError, match="at least two class sub-folders"):
