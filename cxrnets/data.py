@@ -374,7 +374,24 @@ def _load_folder(root: Path) -> DatasetIndex:
     folders = {key: folder for key, folder in _subdirectories(root).items() if key != "masks"}
     if len(folders) < 2:
         raise CxrError(f"{root}: a folder dataset needs at least two class sub-folders, found {len(folders)}")
+    _refuse_one_level_too_high(root, list(folders.values()))
     return _from_class_folders("folder", root, {folder.name: folder for folder in folders.values()}, skip_masks=True)
+
+
+def _refuse_one_level_too_high(root: Path, class_folders: list[Path]) -> None:
+    """CxrError where no class folder holds an image itself and each holds the same two or more folders, as
+    train/, test/ and val/ each hold NORMAL/ and PNEUMONIA/ (Kermany's layout): the classes are one level down.
+    (Class folders that each hold one same folder, <class>/images/, are a dataset.)"""
+    below = [{key: path.name for key, path in _subdirectories(folder).items() if key != "masks"}
+             for folder in class_folders]
+    if len(below[0]) < 2 or any(names.keys() != below[0].keys() for names in below):
+        return
+    if any(is_image_file(path) for folder in class_folders for path in folder.iterdir()
+           if path.is_file() and not is_hidden(path.name)):
+        return
+    tops = ", ".join(folder.name for folder in class_folders)
+    raise CxrError(f"{root}: {tops} hold no image, each the same folders ({', '.join(below[0].values())}): those are "
+                   f"the classes, one level down; pass one of {tops} (e.g. {class_folders[0]}) as the data root")
 
 
 # ---------------------------------------------------------------- CSV layouts

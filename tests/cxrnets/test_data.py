@@ -211,6 +211,25 @@ def test_a_class_folder_of_files_not_read_says_their_type(make_folder) -> None:
         load_dataset("folder", root)
 
 
+def test_folder_one_level_too_high_is_refused_naming_the_level_below(tmp_path: Path, write_image) -> None:
+    """Kermany's pneumonia dataset is chest_xray/{train,test,val}/{NORMAL,PNEUMONIA}/: given chest_xray, the
+    folder dataset would train on train/test/val as classes."""
+    root = tmp_path / "chest_xray"
+    for part in ("train", "test", "val"):
+        for i, label in enumerate(("NORMAL", "PNEUMONIA")):
+            write_image(root / part / label / f"{part}-{i}.jpeg", "L", 60 + 100 * i, seed=len(part) * 10 + i)
+    with pytest.raises(CxrError, match=rf"{root}: test, train, val hold no image, each the same folders \(NORMAL, "
+                                       rf"PNEUMONIA\): .*pass one of test, train, val \(e.g. {root / 'test'}\)"):
+        load_dataset("folder", root)
+    assert load_dataset("folder", root / "train").classes == ["NORMAL", "PNEUMONIA"]
+
+
+def test_folder_of_classes_holding_one_same_folder_is_a_dataset(make_radiography) -> None:
+    """<class>/images/ (covid-radiography's layout) is a class-per-folder tree like any other."""
+    index = load_dataset("folder", make_radiography(per_class=2))
+    assert index.classes == list(RADIOGRAPHY_CLASSES) and len(index.frame) == 8
+
+
 def test_folder_needs_two_classes(tmp_path: Path, write_image) -> None:
     write_image(tmp_path / "data" / "only" / "a.png")
     with pytest.raises(CxrError, match="at least two class sub-folders"):
