@@ -80,6 +80,7 @@ class DatasetIndex:
     classes: list[str]
     multilabel: bool = False
     skipped: dict[str, int] = field(default_factory=dict)
+    patient_ids: bool = True  # False: the layout names no patients, each image is its own (`patient` is relpath)
 
     def paths(self) -> list[Path]:
         return [self.root / relpath for relpath in self.frame["relpath"]]
@@ -100,7 +101,8 @@ class DatasetIndex:
 
     def subset(self, keep: pd.Series | np.ndarray) -> "DatasetIndex":
         frame = self.frame[np.asarray(keep)].reset_index(drop=True)
-        return DatasetIndex(self.name, self.root, frame, self.classes, self.multilabel, dict(self.skipped))
+        return DatasetIndex(self.name, self.root, frame, self.classes, self.multilabel, dict(self.skipped),
+                            self.patient_ids)
 
     def summary(self) -> str:
         if self.multilabel:
@@ -109,8 +111,11 @@ class DatasetIndex:
             counts = Counter(labels[0] for labels in self.frame["labels"])
         per_class = ", ".join(f"{name} {counts.get(name, 0)}" for name in self.classes)
         skipped = ", ".join(f"{reason} {count}" for reason, count in self.skipped.items() if count)
-        patients = self.frame["patient"].nunique()
-        text = f"{self.name}: {len(self.frame)} images of {patients} patients ({per_class})"
+        if self.patient_ids:
+            text = f"{self.name}: {len(self.frame)} images of {self.frame['patient'].nunique()} patients ({per_class})"
+        else:
+            text = (f"{self.name}: {len(self.frame)} images ({per_class}); no patient ids: split by image "
+                    "(near-identical copies kept together)")
         if "heldout" in self.frame and self.frame["heldout"].any():
             held = self.frame.loc[self.frame["heldout"], "source"].value_counts()
             text += f"; held-out sources: {', '.join(f'{name} {count}' for name, count in held.items())}"
@@ -337,7 +342,7 @@ def _from_class_folders(name: str, root: Path, class_folders: dict[str, Path], s
     frame = pd.DataFrame(rows, columns=["relpath", "patient", "labels"])
     # No patient ids in these layouts: each image is its own group when splitting.
     frame["patient"] = frame["relpath"]
-    return DatasetIndex(name, root, frame, list(class_files), skipped=dict(sorted(skipped.items())))
+    return DatasetIndex(name, root, frame, list(class_files), skipped=dict(sorted(skipped.items())), patient_ids=False)
 
 
 def _find_class_folders(root: Path, expected: tuple[str, ...], dataset: str) -> dict[str, Path]:
@@ -587,7 +592,8 @@ def _load_csv(root: Path, path_column: str = "path", label_column: str = "label"
     frame = pd.DataFrame(rows, columns=["relpath", "patient", "labels"])
     frame = _mark_sources(frame, [row["source"] for row in rows], root, source_column, holdout_sources)
     classes = sorted({labels[0] for labels in frame["labels"]})
-    return DatasetIndex("csv", base.resolve(), frame, classes, skipped=dict(skipped))
+    return DatasetIndex("csv", base.resolve(), frame, classes, skipped=dict(skipped),
+                        patient_ids=patient_column is not None)
 
 
 def parse_finding(finding: str, hierarchy: dict[str, str] | None = None) -> tuple[str, ...]:

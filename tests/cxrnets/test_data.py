@@ -53,6 +53,23 @@ def test_radiography_layout(make_radiography, lower: bool) -> None:
         assert relpaths[0].startswith("covid/images/")
 
 
+@pytest.mark.parametrize("name", ["covid-radiography", "covid-pneumonia-normal", "folder", "csv"])
+def test_a_dataset_without_patient_ids_says_its_split_goes_by_image(name: str, make_radiography, make_pneumonia_normal,
+                                                                   make_folder, make_csv_dataset,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Class folders (and a CSV without a patient column) carry no patient ids: each image is its own patient,
+    which "N images of N patients" hid."""
+    root = {"covid-radiography": make_radiography, "covid-pneumonia-normal": make_pneumonia_normal,
+            "folder": make_folder, "csv": make_csv_dataset}[name]()
+    with caplog.at_level(logging.INFO, logger="cxrnets.data"):
+        index = load_dataset(name, root)
+    line = next(record.getMessage() for record in caplog.records if record.getMessage().startswith(f"{name}: "))
+    assert line.startswith(f"{name}: {len(index.frame)} images (") and "patients" not in line
+    assert "; no patient ids: split by image" in line and "\n" not in line
+    if name == "csv":
+        assert "images of 16 patients" in load_dataset(name, root, patient_column="patient").summary()
+
+
 def test_radiography_missing_class_folder(make_radiography) -> None:
     root = make_radiography()
     shutil.rmtree(root / "Viral Pneumonia")
