@@ -19,6 +19,7 @@ import argparse
 import http.client
 import logging
 import shutil
+import socket
 import urllib.error
 import urllib.request
 import zipfile
@@ -164,10 +165,25 @@ def download_from_kaggle(source: Source, folder: Path) -> None:
     log.info("downloading %s from Kaggle into %s", source.kaggle, folder)
     try:
         kagglehub.dataset_download(source.kaggle, output_dir=str(folder), force_download=True)
-    except Exception as error:  # no network, a proxy, no token, terms not accepted: all end the same way
+    except Exception as error:  # no network, a proxy, no token, terms not accepted
+        if _cannot_connect(error):
+            raise CxrError(f"this machine cannot reach Kaggle to download {source.kaggle} ({type(error).__name__}: "
+                           f"{error}): on a machine that is online, download its archive from {source.page} and "
+                           f"pass it as --archive FILE; to download here once online, note that {KAGGLE_TOKEN_HELP}") from error
         raise CxrError(f"the Kaggle download of {source.kaggle} failed ({type(error).__name__}: {error}). "
                        f"{KAGGLE_TOKEN_HELP}, and the dataset's terms accepted on {source.page}; or download "
                        "its archive there by hand and pass it as --archive FILE") from error
+
+
+def _cannot_connect(error: BaseException | None) -> bool:
+    """Whether `error`, or an error it was raised from, is a failure to reach a server: no network, a name that
+    does not resolve, a proxy that refuses, a connection timed out (kagglehub's requests.ConnectionError is raised
+    from the socket's error)."""
+    while error is not None:
+        if isinstance(error, (ConnectionError, TimeoutError, socket.gaierror)):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def extract(archive: Path, folder: Path) -> None:

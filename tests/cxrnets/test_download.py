@@ -225,8 +225,9 @@ def test_folder_in_the_way_is_refused(tmp_path: Path) -> None:
 
 
 def test_kaggle_unreachable_says_how_to_get_it(tmp_path: Path, monkeypatch) -> None:
-    """Through a proxy that refuses (so that no machine reaches Kaggle in this test): the error names
-    the dataset's page, the token Kaggle needs and --archive, and nothing is left."""
+    """Through a proxy that refuses (so that no machine reaches Kaggle in this test): the error says first that
+    Kaggle cannot be reached, then names the dataset's page, --archive and the token Kaggle needs, and nothing is
+    left."""
     for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
         monkeypatch.setenv(name, "http://127.0.0.1:1")
     for name in ("NO_PROXY", "no_proxy"):
@@ -236,11 +237,48 @@ def test_kaggle_unreachable_says_how_to_get_it(tmp_path: Path, monkeypatch) -> N
     with pytest.raises(CxrError) as error:
         download.fetch("covid-radiography", out)
     message = str(error.value)
-    assert "Kaggle download of tawsifurrahman/covid19-radiography-database failed" in message
-    assert "https://www.kaggle.com/datasets/tawsifurrahman/covid19-radiography-database" in message
-    assert "API token" in message and "--archive FILE" in message
-    assert "ProxyError" in message  # the refusing proxy answered: no request left this machine
+    assert message.startswith("this machine cannot reach Kaggle to download "
+                              "tawsifurrahman/covid19-radiography-database (ProxyError")  # no request left it
+    assert ("on a machine that is online, download its archive from "
+            "https://www.kaggle.com/datasets/tawsifurrahman/covid19-radiography-database and pass it as --archive "
+            "FILE") in message
+    assert message.index("--archive FILE") < message.index("API token")
     assert leftovers(out) == []
+
+
+def test_kaggle_name_that_does_not_resolve_says_kaggle_cannot_be_reached(tmp_path: Path, monkeypatch) -> None:
+    """Offline, the name api.kaggle.com does not resolve: requests raises its ConnectionError from the socket's."""
+    import socket
+
+    import kagglehub
+    import requests
+
+    def offline(*args, **kwargs):
+        try:
+            raise socket.gaierror(-3, "Temporary failure in name resolution")
+        except socket.gaierror as error:
+            raise requests.ConnectionError("Failed to resolve 'api.kaggle.com'") from error
+
+    monkeypatch.setattr(kagglehub, "dataset_download", offline)
+    with pytest.raises(CxrError, match=r"^this machine cannot reach Kaggle to download .*\(ConnectionError: Failed "
+                                       r"to resolve 'api.kaggle.com'\): on a machine that is online, .*--archive FILE"):
+        download.fetch("covid-radiography", tmp_path / "data")
+
+
+def test_kaggle_refusing_the_download_leads_with_the_token(tmp_path: Path, monkeypatch) -> None:
+    """Kaggle reached but the download refused (no token, terms not accepted): the token comes first."""
+    import kagglehub
+
+    def refused(*args, **kwargs):
+        raise PermissionError("401 Client Error: Unauthorized")
+
+    monkeypatch.setattr(kagglehub, "dataset_download", refused)
+    with pytest.raises(CxrError) as error:
+        download.fetch("covid-radiography", tmp_path / "data")
+    message = str(error.value)
+    assert message.startswith("the Kaggle download of tawsifurrahman/covid19-radiography-database failed "
+                              "(PermissionError: 401 Client Error: Unauthorized). Kaggle needs an API token")
+    assert "--archive FILE" in message and "cannot reach" not in message
 
 
 def test_unwritable_out_is_named(github_archive: Path, tmp_path: Path) -> None:
