@@ -383,10 +383,14 @@ def _load_folder(root: Path) -> DatasetIndex:
     return _from_class_folders("folder", root, {folder.name: folder for folder in folders.values()}, skip_masks=True)
 
 
+SPLIT_FOLDER_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid", "validation"})
+
+
 def _refuse_one_level_too_high(root: Path, class_folders: list[Path]) -> None:
-    """CxrError where no class folder holds an image itself and each holds the same two or more folders, as
-    train/, test/ and val/ each hold NORMAL/ and PNEUMONIA/ (Kermany's layout): the classes are one level down.
-    (Class folders that each hold one same folder, <class>/images/, are a dataset.)"""
+    """Where no class folder holds an image itself and each holds the same two or more folders, the classes may be
+    one level down: CxrError where the top folders are a split's (train/, test/ and val/ each holding NORMAL/ and
+    PNEUMONIA/, Kermany's layout), a warning otherwise (classes may share batch folders). Class folders that each
+    hold one same folder, <class>/images/, are a dataset."""
     below = [{key: path.name for key, path in _subdirectories(folder).items() if key != "masks"}
              for folder in class_folders]
     if len(below[0]) < 2 or any(names.keys() != below[0].keys() for names in below):
@@ -395,8 +399,12 @@ def _refuse_one_level_too_high(root: Path, class_folders: list[Path]) -> None:
            if path.is_file() and not is_hidden(path.name)):
         return
     tops = ", ".join(folder.name for folder in class_folders)
-    raise CxrError(f"{root}: {tops} hold no image, each the same folders ({', '.join(below[0].values())}): those are "
-                   f"the classes, one level down; pass one of {tops} (e.g. {class_folders[0]}) as the data root")
+    seen = f"{root}: {tops} hold no image, each the same folders ({', '.join(below[0].values())})"
+    if {folder.name.lower() for folder in class_folders} <= SPLIT_FOLDER_NAMES:
+        raise CxrError(f"{seen}: those are the classes, one level down; pass one of {tops} (e.g. "
+                       f"{class_folders[0]}) as the data root")
+    log.warning("%s: the classes are %s; if they are %s instead, pass one of %s as the data root", seen, tops,
+                ", ".join(below[0].values()), tops)
 
 
 # ---------------------------------------------------------------- CSV layouts

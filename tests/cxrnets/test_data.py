@@ -241,6 +241,19 @@ def test_folder_one_level_too_high_is_refused_naming_the_level_below(tmp_path: P
     assert load_dataset("folder", root / "train").classes == ["NORMAL", "PNEUMONIA"]
 
 
+def test_folder_of_classes_holding_the_same_batch_folders_is_a_dataset_with_a_warning(tmp_path: Path, write_image,
+                                                                                     caplog) -> None:
+    """Class folders that share their batch folders (covid/2020, covid/2021, normal/2020, ...) may be a dataset, or
+    the classes one level down: loaded as classes, with a warning naming the other reading."""
+    root = tmp_path / "by-year"
+    for i, label in enumerate(("covid", "normal")):
+        for year in ("2020", "2021"):
+            write_image(root / label / year / f"{label}-{year}.png", "L", 60 + 100 * i, seed=int(year) + i)
+    with caplog.at_level(logging.WARNING, logger="cxrnets.data"):
+        assert load_dataset("folder", root).classes == ["covid", "normal"]
+    assert "the classes are covid, normal; if they are 2020, 2021 instead, pass one of covid, normal" in caplog.text
+
+
 def test_folder_of_classes_holding_one_same_folder_is_a_dataset(make_radiography) -> None:
     """<class>/images/ (covid-radiography's layout) is a class-per-folder tree like any other."""
     index = load_dataset("folder", make_radiography(per_class=2))
