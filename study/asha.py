@@ -217,6 +217,7 @@ class PromotingASHA(BestEpochASHA):
             trial = trials.get(trial_id)
             if trial is not None and trial.status == "PAUSED" and ends(trial_id, rung):
                 tune_controller.stop_trial(trial)
+                record_in_snapshot(tune_controller, trial)
 
     def _next_promotion(self, finishing: bool = False) -> str | None:
         """The waiting trial a free slot goes to: of the highest rung, the best-ranked trial in the top
@@ -243,6 +244,16 @@ class PromotingASHA(BestEpochASHA):
     def debug_string(self) -> str:
         waiting = ", ".join(f"{sum(r == rung for r in self._waiting.values())} at epoch {rung}" for rung in self._rungs)
         return f"PromotingASHA: rungs at epochs {self._rungs}; waiting: {waiting}"
+
+
+def record_in_snapshot(tune_controller, trial) -> None:
+    """Have Tune's next experiment snapshot hold `trial`'s status as it is now. Tune records a trial anew there
+    when a change of status involves its actor; a paused trial has none, so one stopped stays PAUSED in the
+    snapshot, and a resume would start it again from the full state its end deleted (Ray 2.60,
+    TuneController._schedule_trial_stop). Tune offers schedulers no public call for it; `tune_controller` is the
+    wrapper Tune hands them, around the controller itself."""
+    controller = getattr(tune_controller, "_tune_controller", tune_controller)
+    controller._mark_trial_to_checkpoint(trial)
 
 
 class PromotionGate(ConcurrencyLimiter):

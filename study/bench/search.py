@@ -185,7 +185,8 @@ def replay_one_at_a_time(scheduler, curves: list[list[tuple[float, float]]], met
 
     trials: list[SimpleNamespace] = []
     controller = SimpleNamespace(get_trials=lambda: trials,
-                                 search_alg=SimpleNamespace(is_finished=lambda: len(trials) == len(curves)))
+                                 search_alg=SimpleNamespace(is_finished=lambda: len(trials) == len(curves)),
+                                 _mark_trial_to_checkpoint=lambda trial: None)  # Tune's snapshot: none here
 
     def stop_trial(trial):
         scheduler.on_trial_remove(controller, trial)

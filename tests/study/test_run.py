@@ -772,6 +772,37 @@ def test_a_resume_finds_the_data_where_it_lies_now(ray_session, tmp_path, cache_
     assert "the dataset changed since this split was made (1 new images" in capsys.readouterr().err
 
 
+def test_a_resume_of_a_finished_study_reruns_none_of_the_trials_that_ended_waiting_at_a_rung(ray_session, tmp_path,
+                                                                                           tiny_data, cache_dir,
+                                                                                           monkeypatch):
+    """Promoting ASHA ends a trial waiting at a rung (paused, with no actor) once later arrivals rank above it.
+    Tune's snapshot held such trials as PAUSED while their full states were deleted as ended: a resume of the
+    finished study started them again, failed to restore them three times, and turned them into errors. Here each
+    arrival ranks first, so the first trial waits and is pushed out: promoted, the other two reach epoch 2."""
+    from study.asha import PromotingASHA
+
+    monkeypatch.setattr(PromotingASHA, "_ranking", lambda self, rung: list(reversed(self._ranked[rung])))
+    space = write_space(tmp_path / "three.yaml", {
+        "model": {"value": "resnet50"}, "optimizer": {"value": "adam"}, "lr": {"choice": [1.0e-4, 1.0e-3, 1.0e-2]},
+        "batch_size": {"value": 16}})
+    study_dir = tmp_path / "studies" / "waited"
+    assert main(study_argv(space, tmp_path / "studies", "waited", tiny_data, cache_dir, "--image-size", "32",
+                           "--num-samples", "3", "--max-epochs", "2", "--grace-period", "1", "--reduction-factor", "2",
+                           "--max-concurrent", "1", "--asha", "promoting")) == 0
+    results = read_results(str(study_dir))
+    first = results.sort_values("timestamp")["trial_id"].iloc[0]
+    epochs = results.groupby("trial_id")["training_iteration"].max().to_dict()
+    assert epochs.pop(first) == 1 and set(epochs.values()) == {2}
+    (state,) = study_dir.glob("experiment_state-*.json")
+    statuses = [json.loads(trial)["status"] for trial, _ in json.loads(state.read_text())["trial_data"]]
+    assert statuses == ["TERMINATED"] * 3
+
+    assert main(["--resume", str(study_dir)]) == 0
+    assert set(read_trial_events(str(study_dir))["event"]) == {"completed"}
+    assert read_results(str(study_dir)).groupby("trial_id")["training_iteration"].max().to_dict() == {
+        **epochs, first: 1}
+
+
 def failing_while(marker: Path):
     """study.trainable.TrialTrainable, raising in its second epoch while `marker` exists (a class made here is
     pickled by value into the Ray workers)."""
