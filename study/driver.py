@@ -88,6 +88,10 @@ def check_local_resources(settings: StudySettings, cores: int | None = None) -> 
         where = "this machine" if cores == machine else "the local Ray instance (--num-cpus)"
         raise CxrError(f"--cpus-per-trial {settings.cpus_per_trial:g} exceeds the {cores} CPU cores of {where}: "
                        "no trial could ever start")
+    if settings.gpus_per_trial == 0 and torch.cuda.device_count() > 0:
+        log.warning("this machine has %d CUDA GPU(s), which the trials leave alone (--gpus-per-trial 0): pass "
+                    "--gpus-per-trial 1, or a fraction such as 0.25 to share a card, to train on them",
+                    torch.cuda.device_count())
     if settings.gpus_per_trial > 0 and torch.cuda.device_count() == 0:
         raise CxrError(f"--gpus-per-trial {settings.gpus_per_trial:g} asked for, but this machine has no CUDA GPU: "
                        "drop the flag to run on CPU, or pass --address of a cluster with GPUs")
@@ -303,7 +307,13 @@ def trial_context(settings: StudySettings, splits: dict[str, pd.DataFrame], weig
         settings_file=None if storage.is_remote(settings.storage) else settings_uri(settings.study_uri),
         checkpoint_policy=CheckpointPolicy.of_study(settings),
         defaults={"image_size": settings.image_size, "epochs": settings.max_epochs, "seed": settings.seed,
-                  "cache_dir": settings.cache_dir, "device": "auto"})
+                  "cache_dir": settings.cache_dir, "device": trial_device(settings.gpus_per_trial)})
+
+
+def trial_device(gpus_per_trial: float) -> str:
+    """A trial trains on the GPU Ray gave it, or on the CPU where it was given none: Ray (2.60) no longer hides
+    the node's GPUs from tasks that reserved none, and every such trial would load GPU 0 unaccounted."""
+    return "cuda" if gpus_per_trial > 0 else "cpu"
 
 
 def first_trials_line(space: SearchSpace, num_samples: int) -> str:

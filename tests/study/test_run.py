@@ -803,6 +803,28 @@ def test_a_resume_of_a_finished_study_reruns_none_of_the_trials_that_ended_waiti
         **epochs, first: 1}
 
 
+@pytest.mark.parametrize("gpus, device", [("0", "cpu"), ("0.25", "cuda"), ("1", "cuda")])
+def test_trials_train_on_the_gpu_ray_gave_them_and_on_the_cpu_where_it_gave_none(tmp_path, tiny_data, cache_dir,
+                                                                                 monkeypatch, caplog, gpus, device):
+    """Ray 2.60 no longer hides a node's GPUs from trials that reserved none: with --gpus-per-trial 0 each trial
+    took GPU 0 ("auto"), unaccounted, as many at once as there are cores. They train on the CPU, and a machine with
+    GPUs says how to use them."""
+    import torch
+
+    from study.driver import check_local_resources, trial_context
+
+    space = write_space(tmp_path / "one.yaml", GOOD_SPACE)
+    settings = settings_from_args(build_parser().parse_args(study_argv(
+        space, tmp_path / "studies", "gpu", tiny_data, cache_dir, "--gpus-per-trial", gpus)))
+    assert trial_context(settings, {}).defaults["device"] == device
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with caplog.at_level(logging.WARNING, logger="study.driver"):
+        check_local_resources(settings)
+    warned = "this machine has 2 CUDA GPU(s), which the trials leave alone (--gpus-per-trial 0): pass " \
+             "--gpus-per-trial 1, or a fraction such as 0.25 to share a card, to train on them"
+    assert (warned in caplog.text) == (gpus == "0")
+
+
 def failing_while(marker: Path):
     """study.trainable.TrialTrainable, raising in its second epoch while `marker` exists (a class made here is
     pickled by value into the Ray workers)."""
