@@ -13,7 +13,10 @@ best-weights sidecars (study.checkpoints). For every (dataset, model) it picks
 the best trial on the validation metric, evaluates that trial's best weights
 once on the held-out test split, and writes `<study dir>/report/` (or --out):
 report.md (tables inline, figures linked), one CSV and one Parquet file per
-table under tables/, and PNG figures under figures/. A study in object storage
+table under tables/, PNG figures under figures/, and analysis-files.json, the
+list of them: an analysis into that folder again replaces those files, and
+refuses a folder holding other such files (a report.md, tables or figures of
+someone else's, which it would overwrite). A study in object storage
 (s3://, gs://) is read in place; only the weights it evaluates are downloaded,
 into a local cache that a second analysis reuses.
 
@@ -100,7 +103,7 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
     from study.analysis.external import check_externals, evaluate_elsewhere
     from study.analysis.looks import Look, earlier_looks, record_look
     from study.analysis.reading import open_study, resolve_metric, trial_configs, untried
-    from study.analysis.report import write_report
+    from study.analysis.report import check_report_folder, write_report
     from study.analysis.report_tables import build_tables
     from study.analysis.saliency import saliency_panels
     from study.analysis.selection import Analysis, select_and_evaluate
@@ -130,6 +133,7 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
     analysis.split_notes = data.split_notes
     external_indexes = check_externals(data, externals or [], label_map or {})
     storage.check_writable(str(analysis.out), "--out")  # before any model is evaluated or a look recorded
+    check_report_folder(analysis.out)
     select_and_evaluate(analysis, data)
     analysis.confirmation = evaluate_confirmation(study, split, data)
     analysis.downloaded_bytes = data.downloaded_bytes
@@ -177,7 +181,8 @@ def importances(analysis: Analysis, evaluator: str) -> list[Importance]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m study.analyze", description=__doc__.split("\n\n")[0],
-        epilog="Writes <study dir>/report/: report.md, tables/*.csv and *.parquet, figures/*.png. "
+        epilog="Writes <study dir>/report/: report.md, tables/*.csv and *.parquet, figures/*.png, and "
+               "analysis-files.json, their list. "
                "Exit status 2 on bad input (not a study, nothing finished, a changed split), 130 on Ctrl-C.")
     add = parser.add_argument
     add("study_dir", help="the study directory python -m study.run wrote (<storage>/<study name>)")
@@ -209,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
              f"cell (0 for none; default: {SALIENCY_PER_CLASS})")
     add("--format", default=",".join(FORMATS),
         help=f"what to write, comma-separated from {','.join(FORMATS)} (default: all of them)")
-    add("--out", default=None, help="report folder (default: <study dir>/report)")
+    add("--out", default=None, help="report folder, refused if it holds a report.md, tables or figures that "
+        "study.analyze did not write (default: <study dir>/report)")
     add("--data-root", action="append", default=None, metavar="[DATASET=]PATH",
         help="where a dataset lies on this machine, if not where the study read it; DATASET= where the study has "
              "several; repeatable (default: the roots in study.json)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -11,6 +12,7 @@ from shlex import quote
 import numpy as np
 import pandas as pd
 
+from cxrnets.errors import CxrError
 from study import storage
 from study.analysis.figures import write_figures
 from study.analysis.looks import history
@@ -22,12 +24,45 @@ from study.tables import METRIC_TITLES, NOT_SET, PAPER_METRICS, STATUSES, interv
 log = logging.getLogger("study.analyze")
 
 
-def _clean(folder: Path, suffixes: tuple[str, ...]) -> None:
-    """Remove what an earlier analysis wrote (files of ours only), so no stale table or figure stays."""
-    if folder.is_dir():
-        for path in folder.iterdir():
-            if path.is_file() and path.suffix in suffixes:
-                path.unlink()
+FILES_LIST = "analysis-files.json"  # the files study.analyze wrote in its report folder, which its next run replaces
+OUTPUTS = {"tables": (".csv", ".parquet"), "figures": (".png",)}  # folder -> the kinds of file written there
+
+
+def report_files(out: Path) -> set[str]:
+    """The files now in `out` (paths relative to it) of the kinds the analysis writes, where it writes them:
+    report.md, tables/*.csv and *.parquet, figures/*.png."""
+    found = {"report.md"} if (out / "report.md").is_file() else set()
+    for folder, suffixes in OUTPUTS.items():
+        if (out / folder).is_dir():
+            found |= {f"{folder}/{path.name}" for path in (out / folder).iterdir()
+                      if path.is_file() and path.suffix in suffixes}
+    return found
+
+
+def earlier_files(out: Path) -> set[str]:
+    """What earlier analyses wrote in `out`, as their FILES_LIST says (nothing without one)."""
+    listing = out / FILES_LIST
+    if not listing.exists():
+        return set()
+    try:
+        return {str(name) for name in json.loads(listing.read_text())["files"]}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CxrError(f"{listing}: not a readable list of the files study.analyze wrote in {out} ({error}): delete "
+                       "it and the report files it listed, or pass another --out") from error
+
+
+def check_report_folder(out: Path) -> set[str]:
+    """Refuse a report folder holding files the analysis did not write where it writes (it would overwrite or
+    delete them); returns what earlier analyses wrote there, which the next report replaces."""
+    earlier = earlier_files(out)
+    theirs = sorted(report_files(out) - earlier)
+    if theirs:
+        more = f" and {len(theirs) - 1} more" if len(theirs) > 1 else ""
+        raise CxrError(f"--out {out}: holds {theirs[0]}{more}, which study.analyze did not write (not listed in the "
+                       f"{FILES_LIST} it writes there: your own files, or a report of a study.analyze from before "
+                       "that list); the report would overwrite or delete them: move them elsewhere, or pass another "
+                       "--out")
+    return earlier
 
 
 def _for_files(table: pd.DataFrame) -> pd.DataFrame:
@@ -45,13 +80,25 @@ def _for_files(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_report(analysis: Analysis, formats: tuple[str, ...]) -> None:
+    """Write the report into analysis.out, replacing what an earlier analysis wrote there (no stale table or
+    figure stays) and nothing else."""
     out = analysis.out
+    for name in check_report_folder(out) & report_files(out):
+        (out / name).unlink()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        _write_files(analysis, formats)
+    finally:  # an interrupted report lists what it wrote too: report_files holds nothing else by now
+        listing = out / f"{FILES_LIST}.partial"
+        listing.write_text(json.dumps({"written_by": "python -m study.analyze", "files": sorted(report_files(out))},
+                                      indent=1) + "\n")
+        listing.replace(out / FILES_LIST)  # whole or not at all
+    log.info("report written to %s", out / "report.md" if "md" in formats else out)
+
+
+def _write_files(analysis: Analysis, formats: tuple[str, ...]) -> None:
+    out = analysis.out
     tables_dir, figures_dir = out / "tables", out / "figures"
-    _clean(tables_dir, (".csv", ".parquet"))
-    _clean(figures_dir, (".png",))
-    if (out / "report.md").is_file():
-        (out / "report.md").unlink()
     if "csv" in formats or "parquet" in formats:
         tables_dir.mkdir(parents=True, exist_ok=True)
         for name, table in analysis.tables.items():
@@ -70,7 +117,6 @@ def write_report(analysis: Analysis, formats: tuple[str, ...]) -> None:
     if "md" in formats:
         (out / "report.md").write_text(render_markdown(analysis, formats))
         analysis.files.append(out / "report.md")
-    log.info("report written to %s", out / "report.md" if "md" in formats else out)
 
 
 def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:

@@ -414,6 +414,19 @@ def test_a_report_folder_that_cannot_be_written_is_refused_before_evaluating(stu
     assert set((study_dir / "analyses").glob("*.json")) == looks
 
 
+def test_a_report_folder_of_files_the_analysis_did_not_write_is_refused_before_evaluating(study_dir, tmp_path,
+                                                                                          capsys):
+    """--out into a folder of one's own figures: refused, the figures kept, before any evaluation or look."""
+    looks = set((study_dir / "analyses").glob("*.json"))
+    (tmp_path / "paper" / "figures").mkdir(parents=True)
+    (tmp_path / "paper" / "figures" / "figure1.png").write_bytes(b"mine")
+    assert main([str(study_dir), "--out", str(tmp_path / "paper")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --out {tmp_path / 'paper'}: holds figures/figure1.png, which "
+                                              "study.analyze did not write")
+    assert (tmp_path / "paper" / "figures" / "figure1.png").read_bytes() == b"mine"
+    assert set((study_dir / "analyses").glob("*.json")) == looks
+
+
 def test_an_empty_format_list_is_refused_before_evaluating(study_dir, tmp_path, capsys):
     """--format '' would write no table: refused before any model is evaluated and before a look at the test
     split is recorded."""

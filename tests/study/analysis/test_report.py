@@ -6,9 +6,11 @@ import types
 
 import numpy as np
 import pandas as pd
+import pytest
 
+from cxrnets.errors import CxrError
 from study.analysis.evaluation import Evaluation
-from study.analysis.report import calibration_section, header_lines, uncertainty_paragraph
+from study.analysis.report import calibration_section, header_lines, uncertainty_paragraph, write_report
 from study.analysis.uncertainty import BASELINE, bootstrap_split, percentile_interval
 
 CLASSES = ["COVID-19", "Other pneumonia", "No Finding"]
@@ -96,3 +98,32 @@ def test_the_calibration_section_says_where_the_loss_was_class_weighted():
     assert "d / alexnet was trained with a class-weighted cross-entropy" in mixed
     for plain in (("alexnet", {"balance_classes": False}, False), ("alexnet", {}, True)):  # multi-label: unweighted
         assert "class-weighted" not in "\n".join(calibration_section(_calibrated(plain), "test", False))
+
+
+def _written(out, *tables: str) -> types.SimpleNamespace:
+    """A report of these tables, as CSV and Parquet, into `out`."""
+    analysis = types.SimpleNamespace(out=out, files=[], tables={name: pd.DataFrame({"x": [1]}) for name in tables})
+    write_report(analysis, ("csv", "parquet"))
+    return analysis
+
+
+def test_a_rerun_replaces_its_own_earlier_files_and_leaves_the_users_alone(tmp_path):
+    """The earlier report's table of a model no longer there goes; files the analysis never wrote stay."""
+    _written(tmp_path, "comparison_f1_macro", "per_class_d_gone")
+    (tmp_path / "notes.md").write_text("mine")
+    (tmp_path / "tables" / "README.txt").write_text("mine")
+    _written(tmp_path, "comparison_f1_macro")
+    assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == [
+        "README.txt", "comparison_f1_macro.csv", "comparison_f1_macro.parquet"]
+    assert (tmp_path / "notes.md").read_text() == "mine"
+
+
+@pytest.mark.parametrize("theirs", ["tables/results.csv", "figures/plot.png", "report.md"])
+def test_a_report_folder_holding_files_the_analysis_did_not_write_is_refused(tmp_path, theirs):
+    """--out into a folder of the user's own tables or figures would have deleted them."""
+    _written(tmp_path, "comparison_f1_macro")
+    (tmp_path / theirs).parent.mkdir(exist_ok=True)
+    (tmp_path / theirs).write_text("mine")
+    with pytest.raises(CxrError, match=rf"--out {tmp_path}: holds {theirs}, which study.analyze did not write"):
+        _written(tmp_path, "comparison_f1_macro")
+    assert (tmp_path / theirs).read_text() == "mine"
