@@ -36,7 +36,7 @@ from study.checkpoints import WeightsKeeper
 from study.results import ResultsTable, read_results, read_trial_events
 from study.settings import StudySettings, load_settings, relocate, resumed_study
 from study.space import config_name
-from study.tables import best_trials
+from study.tables import best_trials, diverged_cells
 
 log = logging.getLogger("study.confirm")
 
@@ -87,7 +87,13 @@ def make_jobs(settings: StudySettings, results: pd.DataFrame, seeds: int) -> lis
                        "study run (or --resume it) first")
     default_dataset = next(iter(settings.data_roots))
     results = results.assign(**{"config/dataset": results.get("config/dataset", default_dataset)})
-    chosen = best_trials(results, settings.metric, settings.mode, by=("config/dataset", "config/model"))
+    cells = ("config/dataset", "config/model")
+    chosen = best_trials(results, settings.metric, settings.mode, by=cells)
+    if chosen.empty:
+        raise CxrError(f"{settings.study_uri}: every trial diverged (NaN loss) before measuring {settings.metric}; "
+                       "nothing to confirm")
+    for line in diverged_cells(results, settings.metric, cells):
+        log.warning("%s; not confirmed", line)
     jobs = []
     for seed in range(settings.seed + 1, settings.seed + 1 + seeds):
         for row in chosen.to_dict("records"):

@@ -102,7 +102,12 @@ class StudyConsole(Callback):
         return int((trial.last_result or {}).get("training_iteration") or 0)
 
     def best_of(self, trial) -> float | None:
-        """The trial's best value of the study metric so far (Tune tracks each metric's max and min)."""
+        """The trial's best value of the study metric so far (Tune tracks each metric's max and min); None for a
+        trial that diverged in its first epoch, whose one result holds the worst value as a placeholder (a later
+        diverged epoch's placeholder never beats the trial's measured epochs)."""
+        result = trial.last_result or {}
+        if result.get("diverged") and self.epochs_of(trial) <= 1:
+            return None
         return (getattr(trial, "metric_analysis", {}) or {}).get(self.metric, {}).get(self.mode)
 
     def trial_end_line(self, trial) -> str:
@@ -114,7 +119,10 @@ class StudyConsole(Callback):
             how = f"stopped early after {epochs} of {self.max_epochs} epochs"
         else:
             how = f"done, {epochs} epoch{'s' if epochs != 1 else ''}"
-        shown = "no epoch" if best is None else f"best {self.metric} {best:.3f}"
+        if best is None:
+            shown = "no best" if result.get("diverged") else "no epoch"
+        else:
+            shown = f"best {self.metric} {best:.3f}"
         return f"{how:<36} {shown:<26} {self.label(trial)}"
 
     def status_line(self, trials: list, now: float) -> str:

@@ -54,7 +54,7 @@ from study.searcher import (BestEpochOptunaSearch, StudySearchGenerator, restore
 from study.settings import (StudySettings, check_split_digest, metric_mode, read_split,  # noqa: E402
                             refuse_existing_study, resumed_study, save_settings, settings_uri, split_uri)
 from study.space import SearchSpace, config_name  # noqa: E402
-from study.tables import comparison_table, markdown_table  # noqa: E402
+from study.tables import comparison_table, diverged_cells, markdown_table  # noqa: E402
 from study.tensorboard import StudyTensorBoard, write_experiment  # noqa: E402
 from study.trainable import (TrialContext, TrialTrainable, dataset_missing_message,  # noqa: E402
                              storage_not_shared_message)
@@ -608,7 +608,10 @@ def print_summary(settings: StudySettings) -> None:
         return
     table = comparison_table(results, settings.metric, settings.mode)
     print(f"\nBest trial per model (chosen on {settings.metric}, validation split):\n")
-    print(markdown_table(table))
+    if len(table):
+        print(markdown_table(table))
+    for line in diverged_cells(results, settings.metric, ("config/dataset", "config/model")):
+        print(line)
     shown = list(dict.fromkeys((settings.metric.removeprefix("val/"), "f1_macro", "accuracy")))
     for dataset, baseline in settings.baselines.items():
         figures = ", ".join(f"val/{m} {baseline[m]:.3f}" for m in shown if m in baseline)

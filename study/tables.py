@@ -12,9 +12,18 @@ CONFIG_COLUMNS = ("config/optimizer", "config/lr", "config/batch_size", "config/
 SCIENTIFIC_COLUMNS = ("lr", "weight_decay")
 
 
+def measured(results: pd.DataFrame) -> pd.DataFrame:
+    """The rows of epochs that were measured: not the epoch a trial diverged in (NaN loss), whose row holds
+    the worst value of the study metric as a placeholder (study.trainable) and no weights."""
+    if "diverged" not in results:
+        return results
+    return results[~(results["diverged"].fillna(0) > 0)]
+
+
 def best_epochs(results: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
-    """One row per trial: its best epoch on `metric` (the epoch whose checkpoint Tune keeps)."""
-    scored = results.dropna(subset=[metric])
+    """One row per trial that measured `metric`: its best epoch on it (the first of tied epochs: the epoch
+    whose best weights the trial keeps, study.checkpoints)."""
+    scored = measured(results).dropna(subset=[metric])
     order = scored.sort_values(metric, ascending=(mode == "min"), kind="stable")
     return order.drop_duplicates("trial_id", keep="first").reset_index(drop=True)
 
@@ -26,6 +35,28 @@ def best_trials(results: pd.DataFrame, metric: str, mode: str, by: tuple[str, ..
     by = [column for column in by if column in best.columns]
     best = best.sort_values([metric, "trial_id"], ascending=[mode == "min", True], kind="stable")
     return best.drop_duplicates(by, keep="first").sort_values(by).reset_index(drop=True)
+
+
+def diverged_cells(results: pd.DataFrame, metric: str, by: tuple[str, ...]) -> list[str]:
+    """A line for each group of config columns (e.g. dataset and model) whose every trial diverged before
+    measuring `metric`: best_trials has no row for it."""
+    by = [column for column in by if column in results.columns]
+    if not by or "diverged" not in results:
+        return []
+    scored = set(measured(results).dropna(subset=[metric])["trial_id"])
+    lines = []
+    for key, group in results.groupby(by, sort=True):
+        if set(group["trial_id"]) & scored:
+            continue
+        ends = group[group["diverged"].fillna(0) > 0]
+        if ends.empty:
+            continue
+        trials = group["trial_id"].nunique()
+        epochs = ", ".join(str(epoch) for epoch in sorted(set(epoch_column(ends))))
+        cell = " / ".join(str(value) for value in (key if isinstance(key, tuple) else (key,)))
+        lines.append(f"{cell}: {f'all {trials} trials' if trials > 1 else 'its one trial'} diverged (NaN loss) at "
+                     f"epoch {epochs}, before measuring {metric}: no best")
+    return lines
 
 
 def comparison_table(results: pd.DataFrame, metric: str, mode: str,

@@ -25,7 +25,7 @@ from study.analysis.importance import Importance
 from study.analysis.reading import Study, cell_columns, model_order
 from study.analysis.uncertainty import SplitBootstrap
 from study.checkpoints import BestWeights
-from study.tables import epoch_column
+from study.tables import DIVERGED, epoch_column
 
 log = logging.getLogger("study.analyze")
 
@@ -53,12 +53,15 @@ def candidates(study: Study, trials: pd.DataFrame, metric: str, mode: str,
     among the `top_k` evaluated (the study deletes the others' weights by design: --keep).
     """
     results = study.results
-    ranked, unweighted = [], []
+    ranked, unweighted, diverged = [], [], []
     for trial in trials.to_dict("records"):
         trial_id, name = trial["trial_id"], trial["trial_name"]
         weights = study.weights.get(trial_id)
         if pd.isna(trial.get("_best")):
-            if weights:
+            if trial.get("status") == DIVERGED:
+                diverged.append(f"trial {trial_id} ({name}): diverged (NaN loss) at epoch {trial['epochs']}, before "
+                                "writing weights; not evaluated")
+            elif weights:
                 notes.append(f"trial {trial_id} ({name}): has best weights but no recorded {metric} (the study "
                              "stopped before recording its first epoch); not used")
             continue
@@ -87,6 +90,8 @@ def candidates(study: Study, trials: pd.DataFrame, metric: str, mode: str,
             notes.append(f"trial {trial_id} ({name}): no best weights (best {metric} {value:.3f} at epoch {epoch}); "
                          f"skipped. The study keeps the weights of each model's {study.settings.keep} best trials "
                          f"on {study.settings.metric} (study.run --keep)")
+    if len(ranked) < top_k:
+        notes += diverged
     # Ties go to the lower trial id, as in study.tables.best_trials (what study.run prints).
     return sorted(ranked, key=lambda c: (sign * c.value, c.trial_id))
 

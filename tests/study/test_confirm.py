@@ -17,7 +17,8 @@ import pytest
 
 from study import storage
 from study.analyze import analyze
-from study.confirm import ConfirmJob, JobLabels, confirm_uri, main, read_jobs, run_confirm
+from cxrnets.errors import CxrError
+from study.confirm import ConfirmJob, JobLabels, confirm_uri, main, make_jobs, read_jobs, run_confirm
 from study.console import StudyConsole
 from study.results import read_results, read_trial_events
 from study.tables import best_trials
@@ -282,3 +283,26 @@ def test_a_second_ctrl_c_says_whether_there_is_a_confirm_run_to_resume(grid_stud
         f"interrupted; continue the confirm run with\n  python -m study.confirm {confirmed} --resume\n")
     assert main([str(grid_study)]) == 130  # no confirm run was written yet
     assert capsys.readouterr().err.endswith("interrupted before the confirm run started: nothing to continue\n")
+
+
+def search_results(models: dict[str, list[tuple[str, float, int]]]) -> pd.DataFrame:
+    """A study's results: model -> its trials' (trial id, val/f1_macro, diverged) in their first epoch."""
+    rows = [{"trial_id": trial_id, "trial_name": trial_id, "training_iteration": 1, "epoch": 1,
+             "config/dataset": DATASET, "config/model": model, "config/lr": 1e-3, METRIC: value, "diverged": diverged}
+            for model, trials in models.items() for trial_id, value, diverged in trials]
+    return pd.DataFrame(rows)
+
+
+SEARCH = SimpleNamespace(metric=METRIC, mode="max", study_uri="/studies/s", data_roots={DATASET: "/data"}, seed=0)
+
+
+def test_a_cell_whose_trials_all_diverged_is_not_confirmed(caplog):
+    """Its diverged configuration was retrained with new seeds, as if the placeholder 0.0 were its best."""
+    results = search_results({"alexnet": [("a1", 0.0, 1), ("a2", 0.0, 1)], "vgg11": [("v1", 0.3, 0)]})
+    with caplog.at_level("WARNING", logger="study.confirm"):
+        jobs = make_jobs(SEARCH, results, seeds=2)
+    assert [(job.model, job.confirms) for job in jobs] == [("vgg11", "v1"), ("vgg11", "v1")]
+    assert (f"{DATASET} / alexnet: all 2 trials diverged (NaN loss) at epoch 1, before measuring {METRIC}: no best; "
+            "not confirmed") in caplog.text
+    with pytest.raises(CxrError, match=f"every trial diverged .* before measuring {METRIC}; nothing to confirm"):
+        make_jobs(SEARCH, search_results({"alexnet": [("a1", 0.0, 1)]}), seeds=2)

@@ -56,6 +56,16 @@ def test_trial_end_lines_say_how_each_trial_ended():
     assert "no epoch" in shown.trial_end_line(trial("z", "RUNNING", 0, None))
 
 
+def test_a_trial_that_diverged_in_its_first_epoch_shows_no_best():
+    """Its one result is the placeholder worst value (0.0 for F1), no measurement: it was shown as the best."""
+    diverged = trial("c", "TERMINATED", 1, 0.0, diverged=True)
+    line = console().trial_end_line(diverged)
+    assert line.startswith("diverged at epoch 1") and "no best" in line and "0.000" not in line
+    assert "best" not in console().status_line([diverged], now=console()._started + 5)
+    later = console().status_line([diverged, trial("d", "RUNNING", 1, 0.0)], now=console()._started + 5)
+    assert later.endswith("best val/f1_macro 0.000 d md_adam")
+
+
 def test_a_trial_just_completed_counts_as_done_before_tune_updates_its_status():
     shown = console()
     running = trial("a", "RUNNING", 4, 0.45)

@@ -731,7 +731,10 @@ def test_diverging_trials_end_as_poor_results_and_the_study_completes(ray_sessio
     for result in grid:
         assert result.error is None and result.metrics["diverged"] == 1
     print_summary(settings)
-    assert "| resnet50 " in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| resnet50 " not in printed  # a diverged trial is no best
+    assert "folder / resnet50: all 2 trials diverged (NaN loss) at epoch 1, before measuring val/f1_macro: no best" \
+        in printed
 
 
 def test_a_study_ends_once_every_configuration_of_its_space_has_run(ray_session, tmp_path, tiny_data, cache_dir,

@@ -2,7 +2,10 @@
 
 import pandas as pd
 
-from study.tables import best_trials, interval_text, markdown_table
+from study.tables import (DIVERGED, best_trials, comparison_table, diverged_cells, interval_text, markdown_table,
+                          trial_table)
+
+NO_EVENTS = pd.DataFrame(columns=["trial_id", "event", "timestamp", "error_file"])
 
 
 def test_small_hyperparameters_keep_their_digits():
@@ -42,3 +45,29 @@ def test_a_label_with_a_pipe_or_a_line_break_keeps_its_row_whole():
     assert len(lines) == 4
     assert all(line.count("|") - line.count("\\|") == 3 for line in lines), lines
     assert "Effusion\\|Infiltration" in lines[0] and "No Finding" in lines[3]
+
+
+def diverging_study(placeholder: float = 0.0) -> pd.DataFrame:
+    """alexnet: both trials diverged in their first epoch, which reports `placeholder` (study.trainable's worst
+    value of the metric); vgg11: one trial measured, one diverged in epoch 2 after its best in epoch 1."""
+    return pd.DataFrame({"trial_id": ["a1", "a2", "v1", "v2", "v2"], "trial_name": ["a1", "a2", "v1", "v2", "v2"],
+                         "training_iteration": [1, 1, 1, 1, 2], "epoch": [1, 1, 1, 1, 2],
+                         "config/model": ["alexnet", "alexnet", "vgg11", "vgg11", "vgg11"],
+                         "val/metric": [placeholder, placeholder, 0.3, 0.2, placeholder],
+                         "diverged": [1, 1, 0, 0, 1]})
+
+
+def test_a_diverged_epoch_is_no_measurement_and_a_cell_whose_trials_all_diverged_has_no_best():
+    """study.run's table showed alexnet's diverged trial as its best, at 0.000."""
+    for mode, placeholder in (("max", 0.0), ("min", float("inf"))):
+        results = diverging_study(placeholder)
+        table = comparison_table(results, "val/metric", mode, by=("config/model",))
+        assert table["model"].tolist() == ["vgg11"], mode
+        assert diverged_cells(results, "val/metric", ("config/model",)) == [
+            "alexnet: all 2 trials diverged (NaN loss) at epoch 1, before measuring val/metric: no best"]
+        trials = trial_table(results, NO_EVENTS, "val/metric", mode, max_epochs=2).set_index("trial_id")
+        assert trials.loc[["a1", "a2"], "status"].tolist() == [DIVERGED, DIVERGED]
+        assert trials.loc[["a1", "a2"], "best_epoch"].isna().all()
+        assert trials.loc[["a1", "a2"], "val/metric"].isna().all()
+        assert (trials.loc["v2", "status"], trials.loc["v2", "best_epoch"]) == (DIVERGED, 1)
+        assert trials.loc["v2", "val/metric"] == 0.2

@@ -1,0 +1,41 @@
+"""Which trials each (dataset, model) cell puts forward for evaluation, and what the notes say of the others."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pandas as pd
+
+from study.analysis.selection import candidates
+from study.checkpoints import BestWeights
+from study.tables import trial_table
+
+METRIC = "val/f1_macro"
+NO_EVENTS = pd.DataFrame(columns=["trial_id", "event", "timestamp", "error_file"])
+
+
+def weights(trial_id: str, epoch: int, value: float) -> BestWeights:
+    return BestWeights(trial_id, epoch, METRIC, value, 1, f"/study/weights/{trial_id}.pt")
+
+
+def ranked(results: pd.DataFrame, written: dict[str, BestWeights], keep: int | str = 1, top_k: int = 1,
+           max_epochs: int = 2) -> tuple[list, list[str]]:
+    """candidates() of one cell, its trials as study.analyze prepares them; (ranked, notes)."""
+    study = SimpleNamespace(results=results, weights=written, uri="/study",
+                            settings=SimpleNamespace(keep=keep, metric=METRIC))
+    trials = trial_table(results, NO_EVENTS, METRIC, "max", max_epochs)
+    trials = trials.assign(_best=trials[METRIC], _best_epoch=trials["best_epoch"])
+    notes: list[str] = []
+    return candidates(study, trials, METRIC, "max", notes, top_k), notes
+
+
+def test_a_cell_whose_trials_diverged_says_so_not_that_keep_deleted_their_weights():
+    """Both trials diverged in their first epoch (the placeholder 0.0): the note said 'no best weights (best 0.000
+    ...) (study.run --keep)'."""
+    results = pd.DataFrame({"trial_id": ["a1", "a2"], "trial_name": ["alexnet_a1", "alexnet_a2"],
+                            "training_iteration": [1, 1], "epoch": [1, 1], "config/model": "alexnet",
+                            METRIC: [0.0, 0.0], "diverged": [1, 1]})
+    chosen, notes = ranked(results, {})
+    assert chosen == []
+    assert notes == [f"trial {t} (alexnet_{t}): diverged (NaN loss) at epoch 1, before writing weights; not evaluated"
+                     for t in ("a1", "a2")]
