@@ -16,9 +16,11 @@ from study.analysis.reading import Study, model_order
 from study.checkpoints import read_best_weights
 from study.confirm import ConfirmJob, confirm_uri, read_jobs
 from study.results import RESULTS_DIR, read_results, read_trial_events
-from study.tables import COMPLETED, trial_table
+from study.tables import COMPLETED, DIVERGED, FAILED, STOPPED_EARLY, trial_table
 
 log = logging.getLogger("study.analyze")
+
+ENDED = (COMPLETED, STOPPED_EARLY, DIVERGED, FAILED)  # the statuses of study.tables.trial_table that a resume leaves
 
 
 @dataclass
@@ -33,6 +35,18 @@ class SeedRun:
     validation: float = float("nan")       # the study metric at the best epoch
     evaluation: Evaluation | None = None   # its best weights on the evaluated split
 
+    @property
+    def ended(self) -> bool:
+        """Whether the run is over (a --resume would not train it again): completed, diverged, failed or stopped."""
+        return self.status in ENDED
+
+    def how_it_ended(self) -> str:
+        """E.g. `diverged (NaN loss) at epoch 3` (for a run that has ended)."""
+        return {COMPLETED: f"completed its {self.epochs} epochs",
+                DIVERGED: f"diverged (NaN loss) at epoch {self.epochs}",
+                FAILED: f"failed after {self.epochs} epoch(s)",
+                STOPPED_EARLY: f"stopped after {self.epochs} epoch(s)"}[self.status]
+
 
 @dataclass
 class Confirmation:
@@ -42,7 +56,8 @@ class Confirmation:
 
     @property
     def complete(self) -> bool:
-        return all(run.status == COMPLETED and run.evaluation is not None for run in self.runs)
+        """Every run has ended and been evaluated."""
+        return all(run.ended and run.evaluation is not None for run in self.runs)
 
 
 def evaluate_confirmation(study: Study, split: str, data: StudyData) -> Confirmation | None:
@@ -73,8 +88,13 @@ def evaluate_confirmation(study: Study, split: str, data: StudyData) -> Confirma
             run.best_epoch, run.validation = int(row["best_epoch"]), float(row[settings.metric])
         best = weights.get(run.trial_id)
         if best is None:
-            confirmation.notes.append(f"seed run {run.job.name} ({run.trial_id}): no best weights; not evaluated")
+            why = (f"{run.how_it_ended()}, before writing weights" if run.ended and run.best_epoch is None
+                   else "no best weights")
+            confirmation.notes.append(f"seed run {run.job.name} ({run.trial_id}): {why}; not evaluated")
             continue
+        if run.status in (DIVERGED, FAILED, STOPPED_EARLY):
+            confirmation.notes.append(f"seed run {run.job.name} ({run.trial_id}): {run.how_it_ended()}; evaluated at "
+                                      f"its best epoch before that ({best.epoch})")
         try:
             run.evaluation = evaluate_checkpoint(best.uri, data, split, run.trial_id,
                                                  trial_config=run.job.config)

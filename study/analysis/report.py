@@ -488,16 +488,13 @@ def seed_section(analysis: Analysis) -> list[str]:
     confirmation, tables = analysis.confirmation, analysis.tables
     metric = reported_metric(analysis)
     title = METRIC_TITLES.get(metric, metric)
-    evaluated = sum(run.evaluation is not None for run in confirmation.runs)
     lines = ["## Seed repeats (`python -m study.confirm`)", "",
              f"Each cell's selected configuration trained again with seeds {', '.join(map(str, confirmation.seeds))} "
              f"(initialisation and batch order; same split, {analysis.study.settings.max_epochs} epochs, no early "
              f"stopping), each seed's best epoch on {analysis.study.settings.metric} evaluated once on the "
              f"{analysis.split} split. {title}: the search's run next to the seeds' mean ± standard deviation.", ""]
     if not confirmation.complete:
-        lines += [f"**Partial:** {evaluated} of {len(confirmation.runs)} seed runs finished and evaluated; "
-                  f"continue with `python -m study.confirm {quote(analysis.study.uri)} --resume`, then analyse "
-                  "again.", ""]
+        lines += [partial_confirmation(analysis), ""]
     summary = tables["seed_summary"]
     if len(summary):
         shown = summary.assign(**{
@@ -516,6 +513,28 @@ def seed_section(analysis: Analysis) -> list[str]:
         lines.append("")
     lines += [f"- {note}" for note in confirmation.notes] + ([""] if confirmation.notes else [])
     return lines
+
+
+def partial_confirmation(analysis: Analysis) -> str:
+    """What a confirm run lacks: the seed runs that ended without an evaluation, and how; and the unfinished
+    ones, which a --resume continues."""
+    runs = analysis.confirmation.runs
+    evaluated = sum(run.evaluation is not None for run in runs)
+    text = f"**Partial:** {evaluated} of {len(runs)} seed runs evaluated"
+    ended = [run for run in runs if run.ended and run.evaluation is None]
+    if ended:
+        text += ": " + "; ".join(
+            f"seed {run.job.seed} of {run.job.dataset} / {run.job.model} {run.how_it_ended()}"
+            + (", before writing weights" if run.best_epoch is None else " (see the notes below)") for run in ended)
+    text += "."
+    unfinished = [run for run in runs if not run.ended]
+    if unfinished:
+        some = sum(run.evaluation is not None for run in unfinished)
+        so_far = ("" if not some else " (evaluated at the best epoch so far)" if some == len(unfinished)
+                  else f" ({some} of them evaluated at the best epoch so far)")
+        text += (f" {len(unfinished)} seed run{'s' if len(unfinished) > 1 else ''} unfinished{so_far}: continue "
+                 f"with `python -m study.confirm {quote(analysis.study.uri)} --resume`, then analyse again.")
+    return text
 
 
 def _change_words(row) -> str:

@@ -9,8 +9,11 @@ import pandas as pd
 import pytest
 
 from cxrnets.errors import CxrError
+from study.analysis.confirmation import Confirmation, SeedRun
 from study.analysis.evaluation import Evaluation
-from study.analysis.report import calibration_section, header_lines, uncertainty_paragraph, write_report
+from study.analysis.report import calibration_section, header_lines, seed_section, uncertainty_paragraph, write_report
+from study.confirm import ConfirmJob
+from study.tables import COMPLETED, DIVERGED, UNFINISHED
 from study.analysis.uncertainty import BASELINE, bootstrap_split, percentile_interval
 
 CLASSES = ["COVID-19", "Other pneumonia", "No Finding"]
@@ -127,3 +130,28 @@ def test_a_report_folder_holding_files_the_analysis_did_not_write_is_refused(tmp
     with pytest.raises(CxrError, match=rf"--out {tmp_path}: holds {theirs}, which study.analyze did not write"):
         _written(tmp_path, "comparison_f1_macro")
     assert (tmp_path / theirs).read_text() == "mine"
+
+
+def _confirmed(*runs: tuple[int, str, int, bool]) -> types.SimpleNamespace:
+    """An analysis with a confirm run of alexnet: per seed (seed, status, epochs, evaluated)."""
+    seed_runs = [SeedRun(ConfirmJob(i, "d", "alexnet", "a1", seed, {"seed": seed}), f"t{i}", status, epochs,
+                         best_epoch=1 if evaluated else None, evaluation=object() if evaluated else None)
+                 for i, (seed, status, epochs, evaluated) in enumerate(runs)]
+    settings = types.SimpleNamespace(max_epochs=2, metric="val/f1_macro")
+    differences = pd.DataFrame(columns=["dataset", "model", "versus", "seeds", "mean difference", "std"])
+    return types.SimpleNamespace(confirmation=Confirmation(seed_runs, sorted(seed for seed, *_ in runs)),
+                                 study=types.SimpleNamespace(uri="/studies/s", settings=settings),
+                                 metric="val/f1_macro", split="test",
+                                 tables={"seed_summary": pd.DataFrame(), "seed_differences": differences})
+
+
+def test_a_confirm_run_whose_seed_run_diverged_has_ended_and_no_resume_is_suggested():
+    """A diverged seed run counted as unfinished: 'continue with ... --resume', which trains nothing."""
+    text = "\n".join(seed_section(_confirmed((1, DIVERGED, 1, False), (2, COMPLETED, 2, True))))
+    assert ("**Partial:** 1 of 2 seed runs evaluated: seed 1 of d / alexnet diverged (NaN loss) at epoch 1, before "
+            "writing weights.") in text
+    assert "--resume" not in text
+    text = "\n".join(seed_section(_confirmed((1, DIVERGED, 1, False), (2, UNFINISHED, 1, True))))
+    assert ("1 seed run unfinished (evaluated at the best epoch so far): continue with `python -m study.confirm "
+            "/studies/s --resume`, then analyse again.") in text
+    assert "Partial" not in "\n".join(seed_section(_confirmed((1, COMPLETED, 2, True), (2, COMPLETED, 2, True))))
