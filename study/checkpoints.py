@@ -26,7 +26,8 @@ Two needs, two kinds of file, nothing more:
 After the study only each (dataset, model) cell's `keep` best trials on the study metric keep their
 weights ("all": every trial's). `WeightsKeeper` deletes the others as trials end (a trial that has
 ended outside its cell's top `keep` can never re-enter it), and `prune_weights` once more at the end.
-Both rank trials by the value of the weights they have written, not by the bests their results show: a
+Both rank trials by the value of the weights they have written (ties by the study's tie-break metric at
+their epoch, then by trial id, as the analysis ranks trials), not by the bests their results show: a
 running trial's newer best waits in memory until it may end, and is lost if it fails or the study is
 interrupted and not resumed. So a trial's weights go only once `keep` others of its cell hold written
 weights at least as good.
@@ -44,7 +45,8 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from study import storage
-from study.settings import CHECKPOINT_EVERY, CHECKPOINT_MINUTES, study_location
+from study.settings import CHECKPOINT_EVERY, CHECKPOINT_MINUTES, metric_mode, study_location
+from study.tables import rank_key
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ WEIGHTS_DIR = "weights"
 STATE_FILE = "state.pt"  # the full state inside a Tune checkpoint folder
 CHECKPOINT_PREFIX = "checkpoint_"  # Tune's checkpoint folders inside a trial's folder
 WRITTEN_KEY = "written_best"  # result key: the study metric's value at the epoch of the trial's written weights
+WRITTEN_TIE_KEY = "written_tie_break"  # result key: the study's tie-break metric at that epoch
 
 
 def weights_uri(study_uri: str, trial_id: str) -> str:
@@ -108,36 +111,49 @@ class BestWeights:
     value: float
     bytes: int
     uri: str  # the weights file
+    tie_break: str | None = None           # the study's tie-break metric (None: plain ties, or weights from before)
+    tie_break_value: float | None = None   # its value at `epoch`
 
     @classmethod
     def from_sidecar(cls, values: dict[str, Any]) -> "BestWeights":
+        tie = values.get("tie_break_value")
         return cls(str(values["trial_id"]), int(values["epoch"]), str(values["metric"]), float(values["value"]),
-                   int(values["bytes"]), str(values["uri"]))
+                   int(values["bytes"]), str(values["uri"]), values.get("tie_break"),
+                   None if tie is None else float(tie))
 
 
 class TrialWeights:
     """A running trial's best so far: noted after each epoch, its weights written when `flush` is called
-    (in the trial's process)."""
+    (in the trial's process). `tie_break`: the study's tie-break metric, whose value at the best epoch goes
+    with the weights (--keep ranks tied trials by it)."""
 
-    def __init__(self, study_uri: str, trial_id: str, metric: str, mode: str):
+    def __init__(self, study_uri: str, trial_id: str, metric: str, mode: str, tie_break: str | None = None):
         self.study_uri, self.trial_id, self.metric, self.mode = study_uri, trial_id, metric, mode
+        self.tie_break = tie_break
         self.best_value: float | None = None
         self.best_epoch: int | None = None
+        self.best_tie: float | None = None  # the tie-break metric at the best epoch
         self.unwritten: dict[str, Any] | None = None  # the best's weights, copied, until flush() writes them
         self.written_value: float | None = None  # of the weights on storage
+        self.written_tie: float | None = None
 
     def state(self) -> dict[str, Any]:
         """What a full state carries of the best so far (flush first: the state names written weights)."""
-        return {"best_value": self.best_value, "best_epoch": self.best_epoch}
+        return {"best_value": self.best_value, "best_epoch": self.best_epoch, "best_tie": self.best_tie}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.best_value, self.best_epoch = state.get("best_value"), state.get("best_epoch")
-        self.written_value = self.best_value
+        self.best_tie = state.get("best_tie")  # absent from a full state from before tie-breaks
+        self.written_value, self.written_tie = self.best_value, self.best_tie
         self.unwritten = None
 
     def written(self) -> dict[str, float]:
-        """What a result carries of the written weights (WRITTEN_KEY: their value), for WeightsKeeper."""
-        return {} if self.written_value is None else {WRITTEN_KEY: self.written_value}
+        """What a result carries of the written weights, for WeightsKeeper: their value (WRITTEN_KEY) and their
+        tie-break value (WRITTEN_TIE_KEY)."""
+        if self.written_value is None:
+            return {}
+        tie = {} if self.written_tie is None else {WRITTEN_TIE_KEY: self.written_tie}
+        return {WRITTEN_KEY: self.written_value, **tie}
 
     def update(self, run, metrics: dict[str, Any], copy: bool = True) -> bool:
         """After an epoch: whether it is the trial's best so far; if so, its weights wait for flush(): a
@@ -147,6 +163,8 @@ class TrialWeights:
         if not improves(value, self.best_value, self.mode):
             return False
         self.best_value, self.best_epoch = float(value), int(run.epoch)
+        tie = metrics.get(self.tie_break) if self.tie_break else None
+        self.best_tie = float(tie) if isinstance(tie, (int, float)) and not math.isnan(tie) else None
         self.unwritten = weights_of(run, copy)
         return True
 
@@ -154,8 +172,10 @@ class TrialWeights:
         """Write the best weights noted since the last flush, if any; returns what was written."""
         if self.unwritten is None:
             return None
-        best = save_best_weights(self.study_uri, self.trial_id, self.unwritten, self.metric, float(self.best_value))
-        self.unwritten, self.written_value = None, best.value
+        tie_break = (self.tie_break, self.best_tie) if self.best_tie is not None else None
+        best = save_best_weights(self.study_uri, self.trial_id, self.unwritten, self.metric, float(self.best_value),
+                                 tie_break)
+        self.unwritten, self.written_value, self.written_tie = None, best.value, best.tie_break_value
         return best
 
 
@@ -168,9 +188,10 @@ def weights_of(run, copy: bool = True) -> dict[str, Any]:
     return weights
 
 
-def save_best_weights(study_uri: str, trial_id: str, weights: dict[str, Any], metric: str,
-                      value: float) -> BestWeights:
-    """Write best weights (weights_of: the weights with their epoch, config and classes), then their sidecar.
+def save_best_weights(study_uri: str, trial_id: str, weights: dict[str, Any], metric: str, value: float,
+                      tie_break: tuple[str, float] | None = None) -> BestWeights:
+    """Write best weights (weights_of: the weights with their epoch, config and classes), then their sidecar;
+    `tie_break`: the study's tie-break metric and its value at the weights' epoch.
 
     The sidecar comes second, so that one that exists always names complete weights of its epoch.
     """
@@ -180,7 +201,7 @@ def save_best_weights(study_uri: str, trial_id: str, weights: dict[str, Any], me
     with storage.written_file(uri) as path:
         save_checkpoint({**weights, "metric": metric, "value": value}, path)
         size = path.stat().st_size
-    best = BestWeights(trial_id, int(weights["epoch"]), metric, value, size, uri)
+    best = BestWeights(trial_id, int(weights["epoch"]), metric, value, size, uri, *(tie_break or (None, None)))
     storage.write_json(sidecar_uri(study_uri, trial_id), asdict(best))
     return best
 
@@ -217,26 +238,26 @@ def delete_full_states(trial_folder: str) -> int:
     return freed
 
 
-def weights_to_drop(bests: dict[str, tuple[tuple, float]], ended: Iterable[str], keep: int | str,
-                    mode: str) -> list[str]:
+def weights_to_drop(bests: dict[str, tuple[tuple, float, float | None]], ended: Iterable[str], keep: int | str,
+                    mode: str, tie_mode: str = "min") -> list[str]:
     """Trials whose weights can go: ended, and outside their cell's `keep` best.
 
-    `bests`: trial id -> (cell, value of the best weights it has written) for every trial known, running
-    ones too. A trial writes only weights better than those it wrote before, so the `keep` trials ahead of
-    one that ended keep weights at least as good whether or not they ever write again, and it never gets
-    back into the top `keep`. (A reported best that is not yet written gives no such promise: the trial may
-    fail first.) Ties rank the lower trial id first, as the analysis does.
+    `bests`: trial id -> (cell, value of the best weights it has written, the study's tie-break metric at their
+    epoch or None) for every trial known, running ones too. A trial writes only weights strictly better than
+    those it wrote before, so the `keep` trials ahead of one that ended keep weights at least as good whether
+    or not they ever write again, and it never gets back into the top `keep`. (A reported best that is not yet
+    written gives no such promise: the trial may fail first.) Trials rank as the analysis ranks them: ties by
+    the tie-break value (in `tie_mode`), then by the lower trial id (study.tables.rank_key).
     """
     if keep == "all":
         return []
-    sign = 1 if mode == "min" else -1
-    by_cell: dict[tuple, list[tuple[float, str]]] = {}
-    for trial_id, (cell, value) in bests.items():
-        by_cell.setdefault(cell, []).append((sign * value, trial_id))
+    by_cell: dict[tuple, list[tuple]] = {}
+    for trial_id, (cell, value, tie) in bests.items():
+        by_cell.setdefault(cell, []).append(rank_key(trial_id, value, mode, tie, tie_mode))
     ended = set(ended)
     drop = []
     for ranked in by_cell.values():
-        drop += [trial_id for _, trial_id in sorted(ranked)[int(keep):] if trial_id in ended]
+        drop += [key[-1] for key in sorted(ranked)[int(keep):] if key[-1] in ended]
     return sorted(drop)
 
 
@@ -245,20 +266,21 @@ def cell_of(config: dict[str, Any]) -> tuple[str, str]:
 
 
 def prune_weights(study_uri: str, results, ended: Iterable[str], keep: int | str, metric: str,
-                  mode: str) -> list[str]:
+                  mode: str, tie_break: str | None = None) -> list[str]:
     """Delete the weights of ended trials outside their cell's `keep` best, ranked by the sidecars of the
-    weights on storage (results: study.results, which give each trial's cell). The weights file of an ended
-    trial without a sidecar (a deletion interrupted between the two) goes too."""
+    weights on storage (results: study.results, which give each trial's cell; `tie_break`: the study's). The
+    weights file of an ended trial without a sidecar (a deletion interrupted between the two) goes too."""
     if keep == "all" or results.empty:
         return []
     cells = {row["trial_id"]: (str(row.get("config/dataset", "")), str(row.get("config/model", "")))
              for row in results.drop_duplicates("trial_id").to_dict("records")}
     written, _ = read_best_weights(study_uri)
-    bests = {t: (cells[t], best.value) for t, best in written.items() if t in cells and best.metric == metric}
+    bests = {t: (cells[t], best.value, best.tie_break_value if tie_break and best.tie_break == tie_break else None)
+             for t, best in written.items() if t in cells and best.metric == metric}
     ended = set(ended)
     listed = {entry.name for entry in storage.listing(storage.join(study_uri, WEIGHTS_DIR))}
     orphans = [t for t in ended if f"{t}.pt" in listed and f"{t}.json" not in listed]
-    drop = sorted(weights_to_drop(bests, ended, keep, mode) + orphans)
+    drop = sorted(weights_to_drop(bests, ended, keep, mode, metric_mode(tie_break or "")) + orphans)
     for trial_id in drop:
         delete_weights(study_uri, trial_id)
     if drop:
@@ -282,9 +304,12 @@ class WeightsKeeper(tune.Callback):
     that had ended.
     """
 
-    def __init__(self, study_uri: str, metric: str, mode: str, keep: int | str):
-        self.study_uri, self.metric, self.mode, self.keep = study_uri, metric, mode, keep
-        self.bests: dict[str, tuple[tuple, float]] = {}  # trial id -> (cell, value of its written weights)
+    tie_break: str | None = None  # a class default too: a keeper unpickled from an older study's run lacks it
+
+    def __init__(self, study_uri: str, metric: str, mode: str, keep: int | str, tie_break: str | None = None):
+        self.study_uri, self.metric, self.mode, self.keep, self.tie_break = study_uri, metric, mode, keep, tie_break
+        # trial id -> (cell, value of its written weights, their tie-break value or None)
+        self.bests: dict[str, tuple[tuple, float, float | None]] = {}
         self.ended: set[str] = set()  # cleaned, and in the running for --keep's deletions
         self.trials: list = []  # Tune's trials, as of the last step
         self.ended_in_snapshot: dict[str, str] = {}  # trial id -> folder: ended, as of the last snapshot
@@ -300,7 +325,7 @@ class WeightsKeeper(tune.Callback):
         value = result.get(WRITTEN_KEY)
         known = self.bests.get(trial.trial_id)
         if improves(value, known[1] if known else None, self.mode):
-            self.bests[trial.trial_id] = (cell_of(trial.config), float(value))
+            self.bests[trial.trial_id] = (cell_of(trial.config), float(value), result.get(WRITTEN_TIE_KEY))
 
     def get_state(self) -> None:
         """Tune takes a snapshot: clean what the previous one held as ended (it is on storage by now),
@@ -318,6 +343,7 @@ class WeightsKeeper(tune.Callback):
             if path:
                 delete_full_states(storage.join(self.study_uri, storage.name_of(path)))
             self.ended.add(trial_id)
-        for trial_id in weights_to_drop(self.bests, self.ended, self.keep, self.mode):
+        tie_mode = metric_mode(self.tie_break or "")
+        for trial_id in weights_to_drop(self.bests, self.ended, self.keep, self.mode, tie_mode):
             delete_weights(self.study_uri, trial_id)
             self.bests.pop(trial_id, None)

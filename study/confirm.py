@@ -88,7 +88,7 @@ def make_jobs(settings: StudySettings, results: pd.DataFrame, seeds: int) -> lis
     default_dataset = next(iter(settings.data_roots))
     results = results.assign(**{"config/dataset": results.get("config/dataset", default_dataset)})
     cells = ("config/dataset", "config/model")
-    chosen = best_trials(results, settings.metric, settings.mode, by=cells)
+    chosen = best_trials(results, settings.metric, settings.mode, by=cells, tie_break=settings.tie_break)
     if chosen.empty:
         raise CxrError(f"{settings.study_uri}: every trial diverged (NaN loss) before measuring {settings.metric}; "
                        "nothing to confirm")

@@ -302,7 +302,7 @@ def trial_context(settings: StudySettings, splits: dict[str, pd.DataFrame], weig
     (default: the study folder; a seed-repeat run of study.confirm writes under its own folder)."""
     return TrialContext(
         data_roots=settings.data_roots, splits=splits, metric=settings.metric, mode=settings.mode,
-        dataset_options=settings.dataset_options,
+        tie_break=settings.tie_break, dataset_options=settings.dataset_options,
         study_uri=weights_uri or settings.study_uri, storage=settings.storage,
         settings_file=None if storage.is_remote(settings.storage) else settings_uri(settings.study_uri),
         checkpoint_policy=CheckpointPolicy.of_study(settings),
@@ -365,7 +365,8 @@ def build_tuner(settings: StudySettings, splits: dict[str, pd.DataFrame], resume
         run_config=tune.RunConfig(
             name=settings.name, storage_path=settings.storage,
             callbacks=[ResultsTable(settings.study_uri),
-                       WeightsKeeper(settings.study_uri, settings.metric, settings.mode, settings.keep),
+                       WeightsKeeper(settings.study_uri, settings.metric, settings.mode, settings.keep,
+                                     settings.tie_break),
                        StudyTensorBoard(settings.metric, settings.mode)]
             + ([] if verbose else [study_console(settings)]),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
@@ -422,7 +423,7 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
         log_run_end("study", results, events, time.perf_counter() - started)
         prune_weights(settings.study_uri, read_results(settings.study_uri),
                       events.loc[events["event"] == "completed", "trial_id"], settings.keep, settings.metric,
-                      settings.mode)
+                      settings.mode, settings.tie_break)
     finally:
         if started_here:
             ray.shutdown()
@@ -606,7 +607,7 @@ def print_summary(settings: StudySettings) -> None:
     if results.empty:
         print("no trial reported an epoch")
         return
-    table = comparison_table(results, settings.metric, settings.mode)
+    table = comparison_table(results, settings.metric, settings.mode, tie_break=settings.tie_break)
     print(f"\nBest trial per model (chosen on {settings.metric}, validation split):\n")
     if len(table):
         print(markdown_table(table))

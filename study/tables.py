@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from study.settings import metric_mode
+
 COMPARISON_METRICS = ("val/accuracy", "val/precision_macro", "val/recall_macro", "val/f1_macro")
 CONFIG_COLUMNS = ("config/optimizer", "config/lr", "config/batch_size", "config/pretrained")
 SCIENTIFIC_COLUMNS = ("lr", "weight_decay")
@@ -28,12 +30,32 @@ def best_epochs(results: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
     return order.drop_duplicates("trial_id", keep="first").reset_index(drop=True)
 
 
-def best_trials(results: pd.DataFrame, metric: str, mode: str, by: tuple[str, ...]) -> pd.DataFrame:
-    """The best trial (at its best epoch) per group of config columns, e.g. per (dataset, model); of
-    trials tied on `metric`, the lower trial id, as study.analyze and --keep rank them."""
-    best = best_epochs(results, metric, mode)
+def rank_key(trial_id: str, value: float, mode: str, tie: float | None = None, tie_mode: str = "min") -> tuple:
+    """Sorts trials best first: on the metric's `value` (in `mode`), trials tied on it by the value `tie` of the
+    study's tie-break metric at the same epoch (in `tie_mode`; a trial without one after those with), then by
+    the lower trial id. The study's ASHA breaks ties so too (study.asha); study.run's table, study.analyze,
+    study.confirm and --keep (study.checkpoints.weights_to_drop) rank by this key."""
+    missing = tie is None or pd.isna(tie)
+    return (value if mode == "min" else -value, missing, 0.0 if missing else tie if tie_mode == "min" else -tie,
+            trial_id)
+
+
+def ranked_trials(best: pd.DataFrame, metric: str, mode: str, tie_break: str | None = None) -> pd.DataFrame:
+    """Trials at their best epoch (rows of best_epochs), best first (rank_key; `tie_break`: the study's
+    tie-break metric, None for plain ties)."""
+    tie_mode = metric_mode(tie_break or "")
+    ties = best[tie_break] if tie_break in best else pd.Series(None, index=best.index, dtype=float)
+    keys = [rank_key(trial_id, value, mode, tie, tie_mode)
+            for trial_id, value, tie in zip(best["trial_id"], best[metric], ties)]
+    return best.iloc[sorted(range(len(best)), key=keys.__getitem__)]
+
+
+def best_trials(results: pd.DataFrame, metric: str, mode: str, by: tuple[str, ...],
+                tie_break: str | None = None) -> pd.DataFrame:
+    """The best trial (at its best epoch) per group of config columns, e.g. per (dataset, model), as
+    ranked_trials ranks them (`tie_break`: the study's, study.settings.StudySettings.tie_break)."""
+    best = ranked_trials(best_epochs(results, metric, mode), metric, mode, tie_break)
     by = [column for column in by if column in best.columns]
-    best = best.sort_values([metric, "trial_id"], ascending=[mode == "min", True], kind="stable")
     return best.drop_duplicates(by, keep="first").sort_values(by).reset_index(drop=True)
 
 
@@ -60,9 +82,10 @@ def diverged_cells(results: pd.DataFrame, metric: str, by: tuple[str, ...]) -> l
 
 
 def comparison_table(results: pd.DataFrame, metric: str, mode: str,
-                     by: tuple[str, ...] = ("config/dataset", "config/model")) -> pd.DataFrame:
+                     by: tuple[str, ...] = ("config/dataset", "config/model"),
+                     tie_break: str | None = None) -> pd.DataFrame:
     """Best trial per model (and dataset): validation accuracy, macro precision, recall and F1."""
-    best = best_trials(results, metric, mode, by)
+    best = best_trials(results, metric, mode, by, tie_break)
     columns = [c for c in by if c in best.columns] + ["trial_name", "training_iteration"]
     columns += [c for c in CONFIG_COLUMNS if c in best.columns]
     columns += [c for c in dict.fromkeys((*COMPARISON_METRICS, metric)) if c in best.columns]

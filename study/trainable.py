@@ -44,6 +44,7 @@ class TrialContext:
     defaults: dict[str, Any]             # TrainConfig values every trial shares (image_size, epochs, ...)
     metric: str = "val/f1_macro"
     mode: str = "max"
+    tie_break: str | None = None         # the study's tie-break metric, noted with the best weights (for --keep)
     dataset_options: dict[str, dict] = field(default_factory=dict)
     study_uri: str = ""                  # the study's folder or URI: best weights go to <study_uri>/weights/
     storage: str | None = None           # the study's --storage, for messages
@@ -116,7 +117,7 @@ class TrialTrainable(tune.Trainable):
         check_node(context, self.train_config.data_root)
         data = _prepared_data(self.train_config, context.splits[self.train_config.dataset])
         self.run = TrainingRun(self.train_config, data)
-        self.weights = TrialWeights(context.study_uri, self.trial_id, context.metric, context.mode)
+        self.weights = TrialWeights(context.study_uri, self.trial_id, context.metric, context.mode, context.tie_break)
         self.last_full_state = time.monotonic()
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:

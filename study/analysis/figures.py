@@ -17,7 +17,7 @@ from study.analysis.reading import cell_columns, model_order
 from study.analysis.report_tables import class_members, confusion_table, slug
 from study.analysis.saliency import SaliencyPanel
 from study.analysis.selection import Analysis
-from study.tables import best_epochs, epoch_column
+from study.tables import best_epochs, epoch_column, ranked_trials
 
 
 def _pyplot():
@@ -91,7 +91,9 @@ def plot_curves(analysis: Analysis, dataset: str, path: Path) -> None:
     models = model_order(results["model"])
     figure, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.8), squeeze=False, sharey=True)
     selected = {s.candidate.trial_id: s for s in analysis.selected if s.dataset == dataset}
-    best = best_epochs(results, analysis.metric, analysis.mode).set_index("trial_id")[analysis.metric]
+    tie_break = analysis.study.settings.tie_break
+    best = ranked_trials(best_epochs(results, analysis.metric, analysis.mode), analysis.metric, analysis.mode,
+                         tie_break)
     baseline = (analysis.study.settings.baselines.get(dataset, {}).get(analysis.metric.removeprefix("val/"))
                 if analysis.metric.startswith("val/") else None)
     for axis, model in zip(axes.flat, models):
@@ -100,9 +102,8 @@ def plot_curves(analysis: Analysis, dataset: str, path: Path) -> None:
         own = results[results["model"] == model]
         order = sorted(own["trial_id"].unique(), key=lambda t: (selected[t].rank if t in selected else 10**6, t))
         highlighted = [t for t in order if t in selected]
-        if not highlighted:  # nothing evaluated in this cell: show its best trial on validation
-            ranked = best[best.index.isin(own["trial_id"])].sort_values(ascending=analysis.mode == "min")
-            highlighted = list(ranked.index[:analysis.top_k])
+        if not highlighted:  # nothing evaluated in this cell: show its best trials on validation
+            highlighted = list(best.loc[best["trial_id"].isin(own["trial_id"]), "trial_id"][:analysis.top_k])
         for trial_id in order:
             curve = own[own["trial_id"] == trial_id].sort_values("_epoch")
             if trial_id not in highlighted:
@@ -125,18 +126,18 @@ def plot_curves(analysis: Analysis, dataset: str, path: Path) -> None:
     plt.close(figure)
 
 
-def pretrained_pairs(results: pd.DataFrame, metric: str, mode: str) -> dict[tuple[str, str], dict[bool, str]]:
+def pretrained_pairs(results: pd.DataFrame, metric: str, mode: str,
+                     tie_break: str | None = None) -> dict[tuple[str, str], dict[bool, str]]:
     """(dataset, model) -> {True: best pretrained trial id, False: best from-scratch trial id}, for the
-    cells that have both."""
+    cells that have both (ranked as study.tables.ranked_trials ranks them)."""
     if "config/pretrained" not in results:
         return {}
-    best = best_epochs(results, metric, mode)
+    best = ranked_trials(best_epochs(results, metric, mode), metric, mode, tie_break)
     best = best.assign(_pretrained=best["config/pretrained"].fillna(False).astype(bool))
     pairs = {}
-    for (dataset, model), group in best.groupby(["dataset", "model"]):
+    for (dataset, model), group in best.groupby(["dataset", "model"], sort=True):
         if group["_pretrained"].nunique() == 2:
-            ordered = group.sort_values(metric, ascending=mode == "min", kind="stable")
-            pairs[(dataset, model)] = {flag: ordered.loc[ordered["_pretrained"] == flag, "trial_id"].iloc[0]
+            pairs[(dataset, model)] = {flag: group.loc[group["_pretrained"] == flag, "trial_id"].iloc[0]
                                        for flag in (True, False)}
     return pairs
 
@@ -181,7 +182,7 @@ def write_figures(analysis: Analysis, folder: Path) -> None:
         name = f"curves_{slug(dataset)}"
         plot_curves(analysis, dataset, folder / f"{name}.png")
         analysis.figures[name] = folder / f"{name}.png"
-    pairs = pretrained_pairs(results, analysis.metric, analysis.mode)
+    pairs = pretrained_pairs(results, analysis.metric, analysis.mode, analysis.study.settings.tie_break)
     for dataset in sorted({d for d, _ in pairs}):
         name = f"pretrained_{slug(dataset)}"
         plot_pretrained(analysis, dataset, pairs, folder / f"{name}.png")

@@ -66,7 +66,8 @@ def build_tables(analysis: Analysis) -> None:
     if analysis.confirmation is not None:
         tables.update(seed_tables(analysis))
     # The validation table study.run prints at the end of a run (same code: study.tables.comparison_table).
-    tables["validation_best"] = comparison_table(analysis.study.results, analysis.metric, analysis.mode)
+    tables["validation_best"] = comparison_table(analysis.study.results, analysis.metric, analysis.mode,
+                                                 tie_break=analysis.study.settings.tie_break)
     tables["trials"] = analysis.trials
     for dimension, scale in search_dimensions(analysis.study, analysis.trials):
         tables[f"ablation_{dimension}"] = ablation_table(analysis.trials, dimension, analysis.metric,

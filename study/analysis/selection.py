@@ -25,7 +25,8 @@ from study.analysis.importance import Importance
 from study.analysis.reading import Study, cell_columns, model_order
 from study.analysis.uncertainty import SplitBootstrap
 from study.checkpoints import BestWeights
-from study.tables import DIVERGED, epoch_column
+from study.settings import metric_mode
+from study.tables import DIVERGED, epoch_column, measured, rank_key
 
 log = logging.getLogger("study.analyze")
 
@@ -41,18 +42,26 @@ class Candidate:
     value: float                 # the validation metric at `epoch`, as the results table recorded it
     best_epoch: int
     best_value: float
+    tie: float = float("nan")    # the study's tie-break metric at `epoch` (NaN: none)
     config: dict[str, Any] = field(default_factory=dict)  # the trial's, as the results table recorded it
 
 
 def candidates(study: Study, trials: pd.DataFrame, metric: str, mode: str,
                notes: list[str], top_k: int = 1) -> list[Candidate]:
-    """The trials of `trials` that have best weights, best first (their epoch as the sidecar says:
-    no weights file is read here).
+    """The trials of `trials` that have best weights, best first: on `metric` at the weights' epoch (as the
+    sidecar says: no weights file is read here), ties broken by the study's tie-break metric at that epoch, then
+    by trial id (study.tables.rank_key).
 
     Trials without usable weights are left out; why goes into `notes` for those that would have been
     among the `top_k` evaluated (the study deletes the others' weights by design: --keep).
     """
     results = study.results
+    tie_break = study.settings.tie_break
+
+    def tie_at(own: pd.DataFrame, epoch: int) -> float:
+        rows = own[epoch_column(own) == epoch]
+        return float(rows[tie_break].iloc[0]) if tie_break in own and len(rows) else float("nan")
+
     ranked, unweighted, diverged = [], [], []
     for trial in trials.to_dict("records"):
         trial_id, name = trial["trial_id"], trial["trial_name"]
@@ -65,10 +74,11 @@ def candidates(study: Study, trials: pd.DataFrame, metric: str, mode: str,
                 notes.append(f"trial {trial_id} ({name}): has best weights but no recorded {metric} (the study "
                              "stopped before recording its first epoch); not used")
             continue
+        own = measured(results[results["trial_id"] == trial_id])
         if weights is None:
-            unweighted.append((float(trial["_best"]), trial_id, name, int(trial["_best_epoch"])))
+            epoch = int(trial["_best_epoch"])
+            unweighted.append((float(trial["_best"]), tie_at(own, epoch), trial_id, name, epoch))
             continue
-        own = results[results["trial_id"] == trial_id]
         scores = dict(zip(epoch_column(own), own[metric]))
         if weights.epoch not in scores or pd.isna(scores[weights.epoch]):
             notes.append(f"trial {trial_id} ({name}): its best weights are of epoch {weights.epoch}, which has no "
@@ -82,18 +92,22 @@ def candidates(study: Study, trials: pd.DataFrame, metric: str, mode: str,
                          f"study kept the best on {weights.metric}")
         config = {key.removeprefix("config/"): setting for key, setting in trial.items()
                   if key.startswith("config/") and not (pd.api.types.is_scalar(setting) and pd.isna(setting))}
-        ranked.append(Candidate(trial_id, name, weights, weights.epoch, value, best_epoch, best_value, config))
-    sign = 1 if mode == "min" else -1
-    for value, trial_id, name, epoch in unweighted:
-        better = sum(1 for c in ranked if (sign * c.value, c.trial_id) < (sign * value, trial_id))
+        ranked.append(Candidate(trial_id, name, weights, weights.epoch, value, best_epoch, best_value,
+                                tie_at(own, weights.epoch), config))
+    tie_mode = metric_mode(tie_break or "")
+
+    def key(candidate: Candidate) -> tuple:
+        return rank_key(candidate.trial_id, candidate.value, mode, candidate.tie, tie_mode)
+
+    for value, tie, trial_id, name, epoch in unweighted:
+        better = sum(1 for c in ranked if key(c) < rank_key(trial_id, value, mode, tie, tie_mode))
         if better < top_k:
             notes.append(f"trial {trial_id} ({name}): no best weights (best {metric} {value:.3f} at epoch {epoch}); "
                          f"skipped. The study keeps the weights of each model's {study.settings.keep} best trials "
                          f"on {study.settings.metric} (study.run --keep)")
     if len(ranked) < top_k:
         notes += diverged
-    # Ties go to the lower trial id, as in study.tables.best_trials (what study.run prints).
-    return sorted(ranked, key=lambda c: (sign * c.value, c.trial_id))
+    return sorted(ranked, key=key)  # as study.tables.best_trials ranks them (what study.run prints)
 
 
 @dataclass

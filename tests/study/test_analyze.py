@@ -166,11 +166,15 @@ def test_test_metrics_come_from_the_best_validation_trial(evaluated, study_dir):
     data = StudyData(study)
     assert {trial_id for trial_id, *_ in calls} == {s.candidate.trial_id for s in analysis.selected}
     assert len(calls) == 2 and all(split == "test" for *_, split in calls)
+    tie_break = study.settings.tie_break
+    assert tie_break == "val/loss"  # study.run's default
     for chosen in analysis.selected:
         cell = best[best["config/model"] == chosen.model]
         top = cell[METRIC].max()
-        # chosen on validation: the best value of its cell (ties go to the lowest trial id)
-        assert chosen.candidate.trial_id == sorted(cell.loc[cell[METRIC] == top, "trial_id"])[0]
+        # chosen on validation: the best value of its cell; of trials tied there, the lowest validation loss at
+        # their best epoch (as the study's ASHA ranks them), then the lowest trial id
+        tied = cell[cell[METRIC] == top].sort_values([tie_break, "trial_id"])
+        assert chosen.candidate.trial_id == tied["trial_id"].iloc[0]
         assert chosen.candidate.value == pytest.approx(top)
         own = results[results["trial_id"] == chosen.candidate.trial_id].set_index("epoch")
         assert own.loc[chosen.evaluation.epoch, METRIC] == pytest.approx(top)  # a best-epoch checkpoint
@@ -825,7 +829,7 @@ def test_multilabel_tables():
     events = pd.DataFrame({"trial_id": ["t1", "t2"], "event": "completed", "timestamp": 1.0, "error_file": ""})
     trials = trial_table(results, events, METRIC, "max", 2)
     settings = types.SimpleNamespace(
-        name="ml", created="now", space_source="x.yaml", data_roots={"covid-chestxray": "."},
+        name="ml", created="now", space_source="x.yaml", data_roots={"covid-chestxray": "."}, tie_break="val/loss",
         search_space=lambda: parse_space({"search": {"model": {"choice": ["alexnet", "resnet50"]}}}))
     study = types.SimpleNamespace(uri="/nowhere", settings=settings, results=results, events=events)
     analysis = Analysis(study, METRIC, "max", "test", 1, trials, summary=search_summary(trials, 2))
@@ -865,7 +869,7 @@ def test_run_summary_uses_the_same_comparison(evaluated, study_dir):
     """study.run prints study.tables.comparison_table; the report's validation table is that table."""
     analysis, _ = evaluated
     results = read_results(str(study_dir))
-    expected = comparison_table(results, METRIC, "max")
+    expected = comparison_table(results, METRIC, "max", tie_break=analysis.study.settings.tie_break)
     pd.testing.assert_frame_equal(analysis.tables["validation_best"], expected)
     chosen = {s.model: s.candidate.trial_name for s in analysis.selected}
     assert chosen == dict(zip(expected["model"], expected["trial_name"]))

@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import pandas as pd
 import torch
 
-from study.checkpoints import (WRITTEN_KEY, CheckpointPolicy, TrialWeights, WeightsKeeper, delete_full_states, improves,
-                               prune_weights, read_best_weights, save_best_weights, sidecar_uri, weights_of,
-                               weights_to_drop, weights_uri)
+from study.checkpoints import (WRITTEN_KEY, WRITTEN_TIE_KEY, CheckpointPolicy, TrialWeights, WeightsKeeper,
+                               delete_full_states, improves, prune_weights, read_best_weights, save_best_weights,
+                               sidecar_uri, weights_of, weights_to_drop, weights_uri)
 
 
 def test_full_state_every_k_epochs_or_minutes_never_after_the_last():
@@ -58,7 +58,7 @@ def test_a_trial_writes_only_the_newest_best_noted_since_its_last_flush(tmp_path
     best = weights.flush()
     assert (best.epoch, best.value) == (2, 0.4)
     assert torch.equal(torch.load(best.uri, weights_only=True)["model"]["w"], torch.full((3,), 2.0))
-    assert weights.state() == {"best_value": 0.4, "best_epoch": 2}
+    assert weights.state() == {"best_value": 0.4, "best_epoch": 2, "best_tie": None}
     assert weights.flush() is None
 
 
@@ -87,8 +87,8 @@ def test_improves_is_strict_and_ignores_nan():
 
 def test_weights_to_drop_keeps_each_cells_best_among_all_trials():
     cell_a, cell_b = ("d", "alexnet"), ("d", "resnet50")
-    bests = {"t1": (cell_a, 0.5), "t2": (cell_a, 0.7), "t3": (cell_a, 0.6), "t4": (cell_b, 0.1),
-             "t5": (cell_a, 0.7)}
+    bests = {"t1": (cell_a, 0.5, None), "t2": (cell_a, 0.7, None), "t3": (cell_a, 0.6, None), "t4": (cell_b, 0.1, None),
+             "t5": (cell_a, 0.7, None)}
     # t2 and t5 tie at 0.7: the lower trial id ranks first, as in the analysis
     assert weights_to_drop(bests, {"t1", "t2", "t3", "t4", "t5"}, 1, "max") == ["t1", "t3", "t5"]
     assert weights_to_drop(bests, {"t1", "t2", "t3", "t4", "t5"}, 2, "max") == ["t1", "t3"]
@@ -96,6 +96,54 @@ def test_weights_to_drop_keeps_each_cells_best_among_all_trials():
     assert weights_to_drop(bests, {"t3"}, 2, "max") == ["t3"]
     assert weights_to_drop(bests, {"t1", "t2", "t3"}, "all", "max") == []
     assert weights_to_drop(bests, {"t1", "t2", "t3", "t4", "t5"}, 1, "min") == ["t2", "t3", "t5"]
+
+
+def test_weights_to_drop_breaks_ties_by_the_tie_break_of_the_written_weights():
+    """Two trials on the constant prediction (0.279): the one whose weights had the lower validation loss keeps
+    them, as the analysis ranks them (the lower trial id did); a trial without a tie-break value goes after."""
+    cell = ("d", "alexnet")
+    bests = {"0aaa": (cell, 0.279, 1.30), "ffff": (cell, 0.279, 1.05), "9ccc": (cell, 0.279, None)}
+    assert weights_to_drop(bests, set(bests), 1, "max", tie_mode="min") == ["0aaa", "9ccc"]
+    assert weights_to_drop(bests, set(bests), 1, "max", tie_mode="max") == ["9ccc", "ffff"]
+
+
+def test_a_trial_notes_the_tie_break_of_its_best_weights_in_their_sidecar_and_its_results(tmp_path):
+    weights = TrialWeights(str(tmp_path), "ffff0001", "val/f1_macro", "max", tie_break="val/loss")
+    assert weights.update(FakeRun(1), {"val/f1_macro": 0.279, "val/loss": 1.05})
+    assert not weights.update(FakeRun(2), {"val/f1_macro": 0.279, "val/loss": 0.80})  # the first tied epoch stays
+    best = weights.flush()
+    assert (best.epoch, best.tie_break, best.tie_break_value) == (1, "val/loss", 1.05)
+    assert read_best_weights(str(tmp_path))[0]["ffff0001"].tie_break_value == 1.05
+    assert weights.written() == {WRITTEN_KEY: 0.279, WRITTEN_TIE_KEY: 1.05}
+    restored = TrialWeights(str(tmp_path), "ffff0001", "val/f1_macro", "max", tie_break="val/loss")
+    restored.restore(weights.state())
+    assert restored.written() == weights.written()
+
+
+def write_tied_trials(study: Path) -> dict[str, float]:
+    """Two trials' best weights at 0.279, of validation losses 1.30 and 1.05; trial id -> loss."""
+    losses = {"0aaa": 1.30, "ffff": 1.05}
+    for trial_id, loss in losses.items():
+        save_best_weights(str(study), trial_id, weights_of(FakeRun(1)), "val/f1_macro", 0.279,
+                          tie_break=("val/loss", loss))
+    return losses
+
+
+def test_prune_and_the_keeper_break_ties_by_the_tie_break_of_the_written_weights(tmp_path):
+    write_tied_trials(tmp_path / "pruned")
+    results = results_frame([("0aaa", "alexnet", 1, 0.279), ("ffff", "alexnet", 1, 0.279)])
+    assert prune_weights(str(tmp_path / "pruned"), results, ["0aaa", "ffff"], 1, "val/f1_macro", "max",
+                         tie_break="val/loss") == ["0aaa"]
+    losses = write_tied_trials(tmp_path / "kept")
+    keeper = WeightsKeeper(str(tmp_path / "kept"), "val/f1_macro", "max", keep=1, tie_break="val/loss")
+    trials = [fake_trial(t, "alexnet", tmp_path / "kept" / f"{t}_alexnet") for t in losses]
+    keeper.on_step_begin(0, trials)
+    for trial in trials:
+        keeper.on_trial_result(0, [], trial, {WRITTEN_KEY: 0.279, WRITTEN_TIE_KEY: losses[trial.trial_id]})
+        trial.status = "TERMINATED"
+    keeper.get_state()
+    keeper.on_experiment_end(trials)
+    assert list(read_best_weights(str(tmp_path / "kept"))[0]) == ["ffff"]
 
 
 class FakeRun:

@@ -21,6 +21,7 @@ from cxrnets.errors import CxrError
 from study.confirm import ConfirmJob, JobLabels, confirm_uri, main, make_jobs, read_jobs, run_confirm
 from study.console import StudyConsole
 from study.results import read_results, read_trial_events
+from study.settings import load_settings
 from study.tables import best_trials
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,7 +59,8 @@ def printed_by_confirm(study: Path) -> str:
 
 def test_each_selected_configuration_is_trained_again_with_each_new_seed(confirmed):
     results = read_results(str(confirmed))
-    chosen = best_trials(results, METRIC, "max", by=("config/dataset", "config/model")).set_index("config/model")
+    chosen = best_trials(results, METRIC, "max", by=("config/dataset", "config/model"),
+                         tie_break=load_settings(str(confirmed)).tie_break).set_index("config/model")
     jobs = read_jobs(str(confirmed))
     assert sorted((job.model, job.seed) for job in jobs) == [("alexnet", 1), ("alexnet", 2),
                                                               ("resnet50", 1), ("resnet50", 2)]
@@ -293,7 +295,8 @@ def search_results(models: dict[str, list[tuple[str, float, int]]]) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-SEARCH = SimpleNamespace(metric=METRIC, mode="max", study_uri="/studies/s", data_roots={DATASET: "/data"}, seed=0)
+SEARCH = SimpleNamespace(metric=METRIC, mode="max", study_uri="/studies/s", data_roots={DATASET: "/data"}, seed=0,
+                         tie_break="val/loss")
 
 
 def test_a_cell_whose_trials_all_diverged_is_not_confirmed(caplog):
@@ -306,3 +309,8 @@ def test_a_cell_whose_trials_all_diverged_is_not_confirmed(caplog):
             "not confirmed") in caplog.text
     with pytest.raises(CxrError, match=f"every trial diverged .* before measuring {METRIC}; nothing to confirm"):
         make_jobs(SEARCH, search_results({"alexnet": [("a1", 0.0, 1)]}), seeds=2)
+
+
+def test_of_tied_trials_the_one_better_on_the_tie_break_is_confirmed():
+    results = search_results({"alexnet": [("0aaa", 0.279, 0), ("ffff", 0.279, 0)]}).assign(**{"val/loss": [1.3, 1.05]})
+    assert {job.confirms for job in make_jobs(SEARCH, results, seeds=2)} == {"ffff"}

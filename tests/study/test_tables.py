@@ -71,3 +71,27 @@ def test_a_diverged_epoch_is_no_measurement_and_a_cell_whose_trials_all_diverged
         assert trials.loc[["a1", "a2"], "val/metric"].isna().all()
         assert (trials.loc["v2", "status"], trials.loc["v2", "best_epoch"]) == (DIVERGED, 1)
         assert trials.loc["v2", "val/metric"] == 0.2
+
+
+def tied_study() -> pd.DataFrame:
+    """Two alexnet trials on the constant prediction (0.279 in both epochs): ffff's validation loss is lower."""
+    return pd.DataFrame({"trial_id": ["0aaa", "0aaa", "ffff", "ffff"], "trial_name": ["a", "a", "b", "b"],
+                         "training_iteration": [1, 2, 1, 2], "epoch": [1, 2, 1, 2], "config/model": "alexnet",
+                         "val/f1_macro": [0.279] * 4, "val/loss": [1.30, 1.29, 1.05, 0.80],
+                         "val/roc_auc_macro": [0.48, 0.50, 0.71, 0.83]})
+
+
+def test_trials_tied_on_the_metric_are_ranked_by_the_tie_break_at_their_best_epoch():
+    """As the study's ASHA ranks them: the trial with the lower validation loss, not the lower (random) trial id;
+    at its first epoch at the best value, the one whose weights the trial keeps."""
+    results = tied_study()
+    best = best_trials(results, "val/f1_macro", "max", ("config/model",), tie_break="val/loss")
+    assert best[["trial_id", "epoch"]].values.tolist() == [["ffff", 1]]
+    table = comparison_table(results, "val/f1_macro", "max", ("config/model",), tie_break="val/loss")
+    assert table["trial_name"].tolist() == ["b"]
+    assert best_trials(results, "val/f1_macro", "max", ("config/model",),
+                       tie_break="val/roc_auc_macro")["trial_id"].tolist() == ["ffff"]  # higher is better there
+    assert best_trials(results, "val/f1_macro", "max", ("config/model",))["trial_id"].tolist() == ["0aaa"]
+    without_loss = results.assign(**{"val/loss": [1.30, 1.29, None, None]})  # a trial without it ranks after
+    assert best_trials(without_loss, "val/f1_macro", "max", ("config/model",),
+                       tie_break="val/loss")["trial_id"].tolist() == ["0aaa"]

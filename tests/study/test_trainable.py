@@ -23,7 +23,7 @@ import study.trainable as trainable
 from cxrnets.errors import DivergedError
 from cxrnets.config import TrainConfig
 from cxrnets.training import TrainingRun, prepare_data
-from study.checkpoints import STATE_FILE, WRITTEN_KEY, CheckpointPolicy, read_best_weights
+from study.checkpoints import STATE_FILE, WRITTEN_KEY, WRITTEN_TIE_KEY, CheckpointPolicy, read_best_weights
 from study.tables import best_epochs
 from study.trainable import TrialContext, TrialTrainable
 
@@ -224,11 +224,16 @@ def test_each_result_says_the_value_of_the_weights_written_so_far(study_context)
     """The driver deletes weights for --keep by what the trials have written (study.checkpoints.WeightsKeeper),
     not by the bests they reported and hold in memory: every result carries the value of the weights in the
     study folder when it comes."""
-    context = replace(study_context, checkpoint_policy=CheckpointPolicy(every=4, rung_epochs=(2,)))
+    context = replace(study_context, checkpoint_policy=CheckpointPolicy(every=4, rung_epochs=(2,)),
+                      tie_break="val/loss")
     tune = TuneStandIn(context).run({"dataset": "folder", "model": "resnet50", "optimizer": "adam", "lr": 1e-3,
                                      "batch_size": 16, "epochs": 5})
     assert [r.get(WRITTEN_KEY) for r in tune.results] == tune.weights_values
     assert tune.weights_values[0] is None and tune.weights_values[-1] == max(r["val/f1_macro"] for r in tune.results)
+    # and the tie-break metric at the written weights' epoch, by which --keep ranks trials tied on the metric
+    losses = {r["epoch"]: r["val/loss"] for r in tune.results}
+    assert [r.get(WRITTEN_TIE_KEY) for r in tune.results] == [None if epoch is None else losses[epoch]
+                                                              for epoch in tune.weights_epochs]
 
 
 def test_a_paused_trial_saves_a_full_state_only_when_paused(study_context):

@@ -48,7 +48,7 @@ def test_a_model_of_one_trial_of_one_epoch_gets_whole_epoch_ticks_and_a_singular
                                                                              "d_vgg11_c"],
                             "config/model": ["alexnet", "vgg11", "vgg11", "vgg11"], "epoch": [1, 1, 2, 1],
                             "training_iteration": [1, 1, 2, 1], "val/f1_macro": [0.28, 0.3, 0.4, 0.35]})
-    settings = types.SimpleNamespace(data_roots={"d": "/data"}, baselines={})
+    settings = types.SimpleNamespace(data_roots={"d": "/data"}, baselines={}, tie_break="val/loss")
     analysis = types.SimpleNamespace(study=types.SimpleNamespace(results=results, settings=settings), selected=[],
                                      metric="val/f1_macro", mode="max", top_k=1)
     plot_curves(analysis, "d", tmp_path / "curves.png")

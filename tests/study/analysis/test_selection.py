@@ -19,10 +19,10 @@ def weights(trial_id: str, epoch: int, value: float) -> BestWeights:
 
 
 def ranked(results: pd.DataFrame, written: dict[str, BestWeights], keep: int | str = 1, top_k: int = 1,
-           max_epochs: int = 2) -> tuple[list, list[str]]:
+           max_epochs: int = 2, tie_break: str | None = "val/loss") -> tuple[list, list[str]]:
     """candidates() of one cell, its trials as study.analyze prepares them; (ranked, notes)."""
     study = SimpleNamespace(results=results, weights=written, uri="/study",
-                            settings=SimpleNamespace(keep=keep, metric=METRIC))
+                            settings=SimpleNamespace(keep=keep, metric=METRIC, tie_break=tie_break))
     trials = trial_table(results, NO_EVENTS, METRIC, "max", max_epochs)
     trials = trials.assign(_best=trials[METRIC], _best_epoch=trials["best_epoch"])
     notes: list[str] = []
@@ -39,3 +39,15 @@ def test_a_cell_whose_trials_diverged_says_so_not_that_keep_deleted_their_weight
     assert chosen == []
     assert notes == [f"trial {t} (alexnet_{t}): diverged (NaN loss) at epoch 1, before writing weights; not evaluated"
                      for t in ("a1", "a2")]
+
+
+def test_trials_tied_on_the_metric_are_ranked_by_the_tie_break_at_the_weights_epoch():
+    """Two trials on the constant prediction (0.279): the one with the lower validation loss at the epoch of its
+    weights goes first (it went by the random trial id), as the study's ASHA and --keep rank them."""
+    results = pd.DataFrame({"trial_id": ["0aaa", "0aaa", "ffff", "ffff"], "trial_name": ["a", "a", "b", "b"],
+                            "training_iteration": [1, 2, 1, 2], "epoch": [1, 2, 1, 2], "config/model": "alexnet",
+                            METRIC: [0.279] * 4, "val/loss": [1.30, 1.29, 1.05, 0.80], "diverged": 0})
+    written = {trial_id: weights(trial_id, 1, 0.279) for trial_id in ("0aaa", "ffff")}
+    chosen, notes = ranked(results, written)
+    assert [(c.trial_id, c.epoch) for c in chosen] == [("ffff", 1), ("0aaa", 1)] and notes == []
+    assert [c.trial_id for c in ranked(results, written, tie_break=None)[0]] == ["0aaa", "ffff"]
