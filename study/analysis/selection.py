@@ -24,7 +24,8 @@ from study.analysis.evaluation import AnalysisRefused, Evaluation, StudyData, ev
 from study.analysis.importance import Importance
 from study.analysis.reading import Study, cell_columns, model_order
 from study.analysis.uncertainty import SplitBootstrap
-from study.checkpoints import BestWeights
+from study import storage
+from study.checkpoints import BestWeights, sidecar_uri, weights_uri
 from study.settings import metric_mode
 from study.tables import DIVERGED, epoch_column, measured, rank_key
 
@@ -99,15 +100,38 @@ def candidates(study: Study, trials: pd.DataFrame, metric: str, mode: str,
     def key(candidate: Candidate) -> tuple:
         return rank_key(candidate.trial_id, candidate.value, mode, candidate.tie, tie_mode)
 
-    for value, tie, trial_id, name, epoch in unweighted:
-        better = sum(1 for c in ranked if key(c) < rank_key(trial_id, value, mode, tie, tie_mode))
+    unweighted_keys = [rank_key(trial_id, value, mode, tie, tie_mode) for value, tie, trial_id, *_ in unweighted]
+    for (value, _, trial_id, name, epoch), mine in zip(unweighted, unweighted_keys):
+        better = sum(1 for c in ranked if key(c) < mine)
         if better < top_k:
-            notes.append(f"trial {trial_id} ({name}): no best weights (best {metric} {value:.3f} at epoch {epoch}); "
-                         f"skipped. The study keeps the weights of each model's {study.settings.keep} best trials "
-                         f"on {study.settings.metric} (study.run --keep)")
+            ahead = better + sum(1 for other in unweighted_keys if other < mine)
+            notes.append(f"trial {trial_id} ({name}): {no_weights_words(study, trial_id, ahead, metric, value, epoch)}")
     if len(ranked) < top_k:
         notes += diverged
     return sorted(ranked, key=key)  # as study.tables.best_trials ranks them (what study.run prints)
+
+
+def no_weights_words(study: Study, trial_id: str, ahead: int, metric: str, value: float, epoch: int) -> str:
+    """Why a trial with a best on `metric` has no usable weights: --keep deleted them (`ahead`: trials of its
+    cell ranked before it), or they are missing, or their sidecar is."""
+    keep = study.settings.keep
+    if keep != "all" and ahead >= keep:
+        return (f"no best weights (best {metric} {value:.3f} at epoch {epoch}); skipped. The study keeps the weights "
+                f"of {kept_trials(keep)} on {study.settings.metric} only (study.run --keep {keep})")
+    found = f"best {metric} {value:.3f} at epoch {epoch}, but"
+    weights, sidecar = weights_uri(study.uri, trial_id), sidecar_uri(study.uri, trial_id)
+    if storage.kind(sidecar) == "file":
+        return f"{found} the sidecar of its best weights, {sidecar}, is unreadable; skipped"
+    if storage.kind(weights) == "file":
+        return (f"{found} its best weights {weights} have no sidecar ({sidecar}: a deletion interrupted between the "
+                "two, or a copy that left it out); skipped")
+    kept = "every trial's" if keep == "all" else f"those of {kept_trials(keep)}"
+    return f"{found} its best weights {weights} are missing (--keep {keep} keeps {kept}); skipped"
+
+
+def kept_trials(keep: int) -> str:
+    """The trials whose weights --keep keeps: `each model's best trial`, `each model's 3 best trials`."""
+    return "each model's best trial" if keep == 1 else f"each model's {keep} best trials"
 
 
 @dataclass

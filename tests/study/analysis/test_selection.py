@@ -19,9 +19,9 @@ def weights(trial_id: str, epoch: int, value: float) -> BestWeights:
 
 
 def ranked(results: pd.DataFrame, written: dict[str, BestWeights], keep: int | str = 1, top_k: int = 1,
-           max_epochs: int = 2, tie_break: str | None = "val/loss") -> tuple[list, list[str]]:
+           max_epochs: int = 2, tie_break: str | None = "val/loss", uri: str = "/study") -> tuple[list, list[str]]:
     """candidates() of one cell, its trials as study.analyze prepares them; (ranked, notes)."""
-    study = SimpleNamespace(results=results, weights=written, uri="/study",
+    study = SimpleNamespace(results=results, weights=written, uri=uri,
                             settings=SimpleNamespace(keep=keep, metric=METRIC, tie_break=tie_break))
     trials = trial_table(results, NO_EVENTS, METRIC, "max", max_epochs)
     trials = trials.assign(_best=trials[METRIC], _best_epoch=trials["best_epoch"])
@@ -51,3 +51,35 @@ def test_trials_tied_on_the_metric_are_ranked_by_the_tie_break_at_the_weights_ep
     chosen, notes = ranked(results, written)
     assert [(c.trial_id, c.epoch) for c in chosen] == [("ffff", 1), ("0aaa", 1)] and notes == []
     assert [c.trial_id for c in ranked(results, written, tie_break=None)[0]] == ["0aaa", "ffff"]
+
+
+def two_trials() -> pd.DataFrame:
+    """Trial t1 best (0.5), t2 behind (0.4), each of one epoch."""
+    return pd.DataFrame({"trial_id": ["t1", "t2"], "trial_name": ["n1", "n2"], "training_iteration": [1, 1],
+                         "epoch": [1, 1], "config/model": "alexnet", METRIC: [0.5, 0.4], "val/loss": [1.0, 1.1],
+                         "diverged": 0})
+
+
+def test_missing_or_unreadable_weights_are_called_so_and_only_keeps_deletions_blamed_on_keep(tmp_path):
+    """The note blamed --keep whatever the cause, and read "each model's all best trials" under --keep all."""
+    _, notes = ranked(two_trials(), {}, keep="all", uri=str(tmp_path))
+    assert notes == [f"trial {t} (n{t[1]}): best {METRIC} {v} at epoch 1, but its best weights "
+                     f"{tmp_path}/weights/{t}.pt are missing (--keep all keeps every trial's); skipped"
+                     for t, v in (("t1", "0.500"), ("t2", "0.400"))]
+    _, notes = ranked(two_trials(), {"t2": weights("t2", 1, 0.4)}, keep=1, uri=str(tmp_path))
+    assert notes == [f"trial t1 (n1): best {METRIC} 0.500 at epoch 1, but its best weights {tmp_path}/weights/t1.pt "
+                     "are missing (--keep 1 keeps those of each model's best trial); skipped"]
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "t1.pt").write_bytes(b"weights")
+    (tmp_path / "weights" / "t1.json").write_text("{not json")
+    _, notes = ranked(two_trials(), {"t2": weights("t2", 1, 0.4)}, keep=1, uri=str(tmp_path))
+    assert notes == [f"trial t1 (n1): best {METRIC} 0.500 at epoch 1, but the sidecar of its best weights, "
+                     f"{tmp_path}/weights/t1.json, is unreadable; skipped"]
+    (tmp_path / "weights" / "t1.json").unlink()
+    _, notes = ranked(two_trials(), {"t2": weights("t2", 1, 0.4)}, keep=1, uri=str(tmp_path))
+    assert notes == [f"trial t1 (n1): best {METRIC} 0.500 at epoch 1, but its best weights {tmp_path}/weights/t1.pt "
+                     f"have no sidecar ({tmp_path}/weights/t1.json: a deletion interrupted between the two, or a copy "
+                     "that left it out); skipped"]
+    _, notes = ranked(two_trials(), {"t1": weights("t1", 1, 0.5)}, keep=1, top_k=2, uri=str(tmp_path))
+    assert notes == [f"trial t2 (n2): no best weights (best {METRIC} 0.400 at epoch 1); skipped. The study keeps "
+                     f"the weights of each model's best trial on {METRIC} only (study.run --keep 1)"]
