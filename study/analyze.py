@@ -102,7 +102,7 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
     from study.analysis.evaluation import StudyData
     from study.analysis.external import check_externals, evaluate_elsewhere
     from study.analysis.looks import Look, earlier_looks, record_look
-    from study.analysis.reading import open_study, resolve_metric, trial_configs, untried
+    from study.analysis.reading import nothing_to_analyse, open_study, resolve_metric, trial_configs, untried
     from study.analysis.report import check_report_folder, write_report
     from study.analysis.report_tables import build_tables
     from study.analysis.saliency import saliency_panels
@@ -114,8 +114,7 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
     select_device(device)  # a --device this machine lacks stops here, not at every trial
     study = open_study(study_dir)
     if study.results.empty:
-        raise CxrError(f"{study.uri}: no trial has finished an epoch yet (the results table is empty); "
-                       "nothing to analyse: let the study run (or --resume it) first")
+        raise CxrError(nothing_to_analyse(study))
     metric, mode = resolve_metric(study, metric)
     if study.results[metric].notna().sum() == 0:
         raise CxrError(f"{study.uri}: no finished epoch recorded {metric}; nothing to analyse")

@@ -9,6 +9,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from shlex import quote
 
 import pandas as pd
 
@@ -59,6 +60,37 @@ def open_study(study_dir: str | Path) -> Study:
             trial_dirs.setdefault(trial_id, []).append(entry.uri)
     weights, problems = read_best_weights(uri)
     return Study(uri, settings, results, events, trial_dirs, weights, problems)
+
+
+def error_file(study: Study, trial_id: str) -> str:
+    """Where a failed trial's error lies: Tune's error.txt in its folder in the study, else where Tune wrote it
+    (the driver's machine), else the trial's folder."""
+    folders = study.trial_dirs.get(trial_id, [])
+    for folder in folders:
+        if storage.kind(storage.join(folder, "error.txt")) == "file":
+            return storage.join(folder, "error.txt")
+    recorded = study.events.loc[study.events["trial_id"] == trial_id, "error_file"]
+    if len(recorded) and isinstance(recorded.iloc[-1], str) and recorded.iloc[-1]:
+        return recorded.iloc[-1]
+    return folders[0] if folders else f"{study.uri} (the folder of trial {trial_id})"
+
+
+def nothing_to_analyse(study: Study) -> str:
+    """Why a study without a reported epoch has nothing to analyse: its trials failed before their first epoch
+    (where one's error lies), or none has finished an epoch yet."""
+    failed = list(study.events.loc[study.events["event"] == "error", "trial_id"])
+    trials = len({*study.events["trial_id"], *study.trial_dirs})
+    if not failed:
+        return (f"{study.uri}: no trial has finished an epoch yet (the results table is empty); nothing to analyse: "
+                "let the study run (or --resume it) first")
+    where = error_file(study, failed[0])
+    if len(failed) < trials:
+        return (f"{study.uri}: {len(failed)} of {trials} trials failed before their first epoch (why: in {where}), and "
+                "no other has finished an epoch yet: nothing to analyse: let the study run (or --resume it) first")
+    who, why = ((f"all {len(failed)} trials failed before their first epoch", "in each trial's error file, such as")
+                if len(failed) > 1 else ("its one trial failed before its first epoch", "in its error file,"))
+    return (f"{study.uri}: {who}: nothing to analyse. Why: {why} {where}; fix the cause, then resume the study "
+            f"(python -m study.run --resume {quote(study.uri)}), which retries failed trials")
 
 
 def resolve_metric(study: Study, metric: str | None) -> tuple[str, str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from study.analysis.reading import untried
+from study.analysis.reading import nothing_to_analyse, untried
 from study.space import parse_space
 
 DEMO = Path(__file__).parents[3] / "search_spaces" / "demo.yaml"
@@ -39,3 +39,36 @@ def test_a_dataset_that_no_trial_ran_is_named():
                                                                                        "resnet50"))
     assert notes == ["the search space's dataset covid-radiography: no trial ran (the study ran 3 trial(s) "
                      "(--num-samples 10)), so no table shows it"]
+
+
+def _unreported(folder: Path, events: list[tuple[str, str, str]],
+                running: tuple[str, ...] = ()) -> types.SimpleNamespace:
+    """A study without a reported epoch whose trials ended as `events`: (trial id, event, error file as Tune
+    recorded it), and `running` trials without an end; each trial has its folder in the study."""
+    trial_dirs = {}
+    for trial_id in [*(trial_id for trial_id, *_ in events), *running]:
+        (folder / f"{trial_id}_alexnet").mkdir(parents=True)
+        trial_dirs[trial_id] = [str(folder / f"{trial_id}_alexnet")]
+    frame = pd.DataFrame(events, columns=["trial_id", "event", "error_file"]).assign(timestamp=1.0)
+    return types.SimpleNamespace(uri=str(folder), results=pd.DataFrame(), events=frame, trial_dirs=trial_dirs)
+
+
+def test_a_study_whose_trials_all_failed_says_so_and_where_one_error_is(tmp_path):
+    """It said "no trial has finished an epoch yet ... let the study run (or --resume it) first"."""
+    study = _unreported(tmp_path, [("a1", "error", "/tmp/ray/session/a1/error.txt"),
+                                   ("a2", "error", "/tmp/ray/session/a2/error.txt")])
+    (tmp_path / "a1_alexnet" / "error.txt").write_text("Traceback ...")
+    assert nothing_to_analyse(study) == (
+        f"{tmp_path}: all 2 trials failed before their first epoch: nothing to analyse. Why: in each trial's error "
+        f"file, such as {tmp_path}/a1_alexnet/error.txt; fix the cause, then resume the study (python -m study.run "
+        f"--resume {tmp_path}), which retries failed trials")
+    one = nothing_to_analyse(_unreported(tmp_path / "b", [("a2", "error", "/tmp/ray/session/a2/error.txt")]))
+    assert one.startswith(f"{tmp_path / 'b'}: its one trial failed before its first epoch: nothing to analyse. Why: "
+                          "in its error file, /tmp/ray/session/a2/error.txt;")  # no copy in the study: Tune's
+    running = _unreported(tmp_path / "c", [("a1", "error", "")], running=("a2",))
+    assert nothing_to_analyse(running) == (
+        f"{tmp_path / 'c'}: 1 of 2 trials failed before their first epoch (why: in {tmp_path}/c/a1_alexnet), and no "
+        "other has finished an epoch yet: nothing to analyse: let the study run (or --resume it) first")
+    assert nothing_to_analyse(_unreported(tmp_path / "d", [])) == (
+        f"{tmp_path / 'd'}: no trial has finished an epoch yet (the results table is empty); nothing to analyse: "
+        "let the study run (or --resume it) first")
