@@ -175,6 +175,12 @@ def importances(analysis: Analysis, evaluator: str) -> list[Importance]:
             for dataset in sorted(trials["dataset"].unique())]
 
 
+def comparison_heading(split: str, metric: str, top_k: int) -> str:
+    """What the printed comparison's cells are: each model's best trial, or the mean of its top_k best."""
+    cells = "best trial per model" if top_k == 1 else f"mean ± std of the {top_k} best trials per model"
+    return f"Macro F1 on the {split} split ({cells}, chosen on {metric}):"
+
+
 # ------------------------------------------------------------------ command line
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(cached for the next analysis)")
     shown = analysis.tables.get("_shown_comparison_f1_macro")
     if shown is not None:
-        print(f"\nMacro F1 on the {analysis.split} split (best trial per model, chosen on {analysis.metric}):\n")
+        print(f"\n{comparison_heading(analysis.split, analysis.metric, analysis.top_k)}\n")
         print(markdown_table(shown))
     elsewhere = analysis.tables.get("_shown_external_accuracy")
     if elsewhere is not None:

@@ -450,6 +450,7 @@ def test_cli_top_k_on_validation(study_dir, tmp_path, capsys):
     assert main([str(study_dir), "--top-k", "2", "--split", "val", "--format", "md,csv", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "±" in printed
+    assert f"Macro F1 on the val split (mean ± std of the 2 best trials per model, chosen on {METRIC}):" in printed
     selected = pd.read_csv(out / "tables" / "selected_trials.csv")
     assert sorted(selected["rank"]) == [1, 1, 2, 2]
     # the checkpoint evaluated on validation gives what the study recorded for that epoch
@@ -722,6 +723,16 @@ def test_a_data_root_for_another_dataset_is_refused(study_dir, tmp_path, capsys)
 
 
 # ------------------------------------------------------------------ pure functions, no study needed
+
+def test_the_printed_comparison_says_what_its_cells_are():
+    """With --top-k 2 the header said "best trial per model" above means of two trials."""
+    from study.analyze import comparison_heading
+
+    assert comparison_heading("test", METRIC, 1) == (f"Macro F1 on the test split (best trial per model, chosen on "
+                                                     f"{METRIC}):")
+    assert comparison_heading("val", METRIC, 2) == (f"Macro F1 on the val split (mean ± std of the 2 best trials per "
+                                                    f"model, chosen on {METRIC}):")
+
 
 def _results(rows: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
