@@ -40,15 +40,25 @@ def report_files(out: Path) -> set[str]:
 
 
 def earlier_files(out: Path) -> set[str]:
-    """What earlier analyses wrote in `out`, as their FILES_LIST says (nothing without one)."""
+    """What earlier analyses wrote in `out`, as their FILES_LIST says; without one, a report of a study.analyze
+    from before that list (its report.md says who wrote it) wrote every report file there."""
     listing = out / FILES_LIST
     if not listing.exists():
-        return set()
+        return report_files(out) if written_by_an_earlier_analysis(out / "report.md") else set()
     try:
         return {str(name) for name in json.loads(listing.read_text())["files"]}
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise CxrError(f"{listing}: not a readable list of the files study.analyze wrote in {out} ({error}): delete "
                        "it and the report files it listed, or pass another --out") from error
+
+
+def written_by_an_earlier_analysis(report: Path) -> bool:
+    """Whether `report` is a report.md that study.analyze wrote (its title, and its header naming the command)."""
+    try:
+        text = report.read_text(errors="replace")[:5000]
+    except OSError:
+        return False
+    return text.startswith("# Study `") and "by `python -m study.analyze`" in text
 
 
 def check_report_folder(out: Path) -> set[str]:
@@ -59,8 +69,7 @@ def check_report_folder(out: Path) -> set[str]:
     if theirs:
         more = f" and {len(theirs) - 1} more" if len(theirs) > 1 else ""
         raise CxrError(f"--out {out}: holds {theirs[0]}{more}, which study.analyze did not write (not listed in the "
-                       f"{FILES_LIST} it writes there: your own files, or a report of a study.analyze from before "
-                       "that list); the report would overwrite or delete them: move them elsewhere, or pass another "
+                       f"{FILES_LIST} it writes there); the report would overwrite or delete them: move them elsewhere, or pass another "
                        "--out")
     return earlier
 

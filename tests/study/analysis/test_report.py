@@ -132,6 +132,18 @@ def test_a_report_folder_holding_files_the_analysis_did_not_write_is_refused(tmp
     assert (tmp_path / theirs).read_text() == "mine"
 
 
+def test_a_report_of_an_analysis_from_before_the_list_of_its_files_is_replaced(tmp_path):
+    """The default --out, <study>/report, of a study analysed before analysis-files.json existed holds that
+    analysis's report.md, tables and figures: its own, replaced, not refused."""
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "per_class_d_gone.csv").write_text("x\n1\n")
+    (tmp_path / "report.md").write_text("# Study `demo`: analysis\n\n- Study directory: `studies/demo`\n"
+                                        "- Generated 2026-12-01 10:00:00 by `python -m study.analyze`\n")
+    _written(tmp_path, "comparison_f1_macro")
+    assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == ["comparison_f1_macro.csv",
+                                                                      "comparison_f1_macro.parquet"]
+
+
 def _confirmed(*runs: tuple[int, str, int, bool]) -> types.SimpleNamespace:
     """An analysis with a confirm run of alexnet: per seed (seed, status, epochs, evaluated)."""
     seed_runs = [SeedRun(ConfirmJob(i, "d", "alexnet", "a1", seed, {"seed": seed}), f"t{i}", status, epochs,
