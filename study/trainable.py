@@ -8,9 +8,10 @@ the weights written so far (WRITTEN_KEY, by which the driver ranks trials for
 checkpoint every `checkpoint_every` epochs or `checkpoint_minutes` minutes,
 and when a scheduler pauses the trial, from which a paused or retried trial
 (its node died) or a resumed study continues. A diverging trial (NaN loss)
-reports a worst-possible result and stops: the searcher sees a poor trial
-(ASHA, which judges trials by their best epoch, sees its best before it
-diverged), the study goes on.
+reports a worst-possible result, marked diverged, and stops; the study goes
+on. ASHA and the searcher judge it, as any trial, by its best epoch: its best
+before it diverged, or that worst result where it diverged in its first epoch;
+no table ranks the diverged epoch itself (study.tables).
 """
 
 from __future__ import annotations
