@@ -49,8 +49,8 @@ from study.asha import BestEpochASHA, PromotingASHA, PromotionGate  # noqa: E402
 from study.checkpoints import WEIGHTS_DIR, CheckpointPolicy, WeightsKeeper, prune_weights  # noqa: E402
 from study.console import StudyConsole  # noqa: E402
 from study.results import ResultsTable, read_results, read_trial_events  # noqa: E402
-from study.searcher import (BestEpochOptunaSearch, StudySearchGenerator, restore_storage_file,  # noqa: E402
-                            storage_file_uri, storage_url, working_file)
+from study.searcher import (OPTUNA_FILE, BestEpochOptunaSearch, StudySearchGenerator,  # noqa: E402
+                            restore_storage_file, storage_file_uri, storage_url, working_file)
 from study.settings import (StudySettings, check_split_digest, metric_mode, read_split,  # noqa: E402
                             refuse_existing_study, resumed_study, save_settings, settings_uri, split_uri)
 from study.space import SearchSpace, config_name  # noqa: E402
@@ -392,10 +392,15 @@ def quiet_tune(verbose: bool) -> None:
 def run_study(settings: StudySettings, resume: bool = False, address: str | None = None,
               num_cpus: int | None = None, verbose: bool = False):
     """Check, prepare and run one study; returns Tune's ResultGrid. `verbose`: Tune's own output and the
-    trials' logs, instead of the study's status line (StudyConsole)."""
+    trials' logs, instead of the study's status line (StudyConsole). The resume of a study stopped before its
+    search wrote anything starts it, with the settings and the split it saved."""
     if not resume:
         storage.check_writable(settings.study_uri)
         refuse_existing_study(settings.study_uri)  # before its split or anything else is written there
+    restore = resume and bool(search_state_files(settings.study_uri))
+    if resume and not restore:
+        log.info("%s was stopped before its trials started (it holds neither %s nor Tune's state): starting them "
+                 "now, with the settings and the split it saved", settings.study_uri, OPTUNA_FILE)
     local = runs_on_this_machine(address)
     if local:
         check_local_resources(settings, cores=num_cpus)
@@ -403,17 +408,18 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
         check_cluster_reachable(address, num_cpus)
     fetch_pretrained_weights(settings)
     splits = prepare_splits(settings, resume)
-    if resume and settings.optuna_study:
+    if restore and settings.optuna_study:
         restore_storage_file(settings.study_uri, settings.optuna_study)
     if not resume:
         save_settings(settings)
+    if not restore:
         write_experiment(settings)
     quiet_tune(verbose)
     started_here = connect(address, num_cpus, trial_logs=verbose)
     try:
         check_cluster(settings, joined=not local)
-        with resumed_study(settings.study_uri) if resume else contextlib.nullcontext():
-            tuner = build_tuner(settings, splits, resume, verbose)
+        with resumed_study(settings.study_uri) if restore else contextlib.nullcontext():
+            tuner = build_tuner(settings, splits, restore, verbose)
             for line in watch_commands(settings, running=True):
                 log.info(line)
             started = time.perf_counter()
@@ -428,6 +434,15 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
         if started_here:
             ray.shutdown()
     return results
+
+
+def search_state_files(study_uri: str) -> list[str]:
+    """The files of the study at `study_uri` that its search writes once Ray runs (the Optuna storage file,
+    Tune's tuner.pkl and experiment snapshots); none in a study stopped in its start-up (Ctrl-C while Ray
+    started, a node refused by check_cluster), which holds only study.json, its split and the TensorBoard
+    experiment summary."""
+    return [entry.name for entry in storage.listing(study_uri)
+            if entry.name in (OPTUNA_FILE, "tuner.pkl") or entry.name.startswith("experiment_state-")]
 
 
 def unfinished_trials(grid, events: pd.DataFrame) -> list[str]:

@@ -429,8 +429,8 @@ def test_a_study_s_split_keeps_an_x_ray_and_its_resized_copy_on_one_side(tmp_pat
 @pytest.mark.parametrize("damage", ["missing", "corrupt", "another study's"])
 def test_resume_of_a_study_whose_optuna_storage_cannot_be_continued(tmp_path, capsys, tiny_data, cache_dir,
                                                                      monkeypatch, damage):
-    """optuna.db holds what the searcher learned: a resume without it, or with a corrupt file or another
-    study's, stops before Ray, naming the file and what to do."""
+    """optuna.db holds what the searcher learned: the resume of a study that ran (Tune's state is there) without
+    it, or with a corrupt file or another study's, stops before Ray, naming the file and what to do."""
     import study.driver
     from study.settings import save_settings
 
@@ -439,6 +439,7 @@ def test_resume_of_a_study_whose_optuna_storage_cannot_be_continued(tmp_path, ca
         study_argv(space, tmp_path / "studies", "no-optuna", tiny_data, cache_dir, "--image-size", "32")))
     study.driver.prepare_splits(settings, resume=False)
     save_settings(settings)
+    (Path(settings.study_uri) / "experiment_state-2026-12-06_08-00-00.json").write_text("{}")
     optuna_file = Path(settings.study_uri) / "optuna.db"
     if damage == "corrupt":
         optuna_file.write_bytes(b"\0" * 4096)
@@ -826,6 +827,37 @@ def test_trials_train_on_the_gpu_ray_gave_them_and_on_the_cpu_where_it_gave_none
     warned = "this machine has 2 CUDA GPU(s), which the trials leave alone (--gpus-per-trial 0): pass " \
              "--gpus-per-trial 1, or a fraction such as 0.25 to share a card, to train on them"
     assert (warned in caplog.text) == (gpus == "0")
+
+
+def test_a_study_stopped_before_its_trials_started_is_started_by_its_resume(ray_session, tmp_path, tiny_data,
+                                                                            cache_dir, monkeypatch, capsys, caplog):
+    """Ctrl-C while Ray starts (or check_cluster refusing a node), once study.json and the split are saved but
+    before the search wrote anything: the command says to --resume, and that resume starts the study, with the
+    settings and the split it saved, saying so (it was refused: 'optuna.db is missing')."""
+    import study.driver
+
+    def ray_starting(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    space = write_space(tmp_path / "one.yaml", GOOD_SPACE)
+    study_dir = tmp_path / "studies" / "early"
+    with monkeypatch.context() as patched:
+        patched.setattr(study.driver, "connect", ray_starting)
+        assert main(study_argv(space, tmp_path / "studies", "early", tiny_data, cache_dir, "--image-size", "32",
+                               "--num-samples", "1", "--max-epochs", "1", "--seed", "3")) == 130
+    assert capsys.readouterr().err.endswith(f"continue the study with\n  python -m study.run --resume {study_dir}\n")
+    assert sorted(p.name for p in study_dir.iterdir()) == ["events.out.tfevents.study", "splits", "study.json"]
+    split = (study_dir / "splits" / "folder.csv").read_text()
+
+    with caplog.at_level(logging.INFO, logger="study.driver"):
+        assert main(["--resume", str(study_dir)]) == 0, capsys.readouterr().err
+    assert (f"{study_dir} was stopped before its trials started (it holds neither optuna.db nor Tune's state): "
+            "starting them now, with the settings and the split it saved") in caplog.text
+    assert (study_dir / "splits" / "folder.csv").read_text() == split
+    assert json.loads((study_dir / "study.json").read_text())["seed"] == 3
+    results = read_results(str(study_dir))
+    assert list(results["training_iteration"]) == [1] and list(read_trial_events(str(study_dir))["event"]) == [
+        "completed"]
 
 
 def failing_while(marker: Path):
