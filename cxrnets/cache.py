@@ -47,7 +47,15 @@ READ_RETRY_SECONDS = 2  # a file that fails to read is read again after this pau
 
 
 def default_cache_root() -> Path:
-    return Path(os.environ.get("CXR_TUNE_CACHE", Path.home() / ".cache" / "cxr-tune"))
+    """$CXR_TUNE_CACHE (a relative one or ~ made absolute, see absolute_cache_dir), else ~/.cache/cxr-tune."""
+    return Path(absolute_cache_dir(os.environ.get("CXR_TUNE_CACHE")) or Path.home() / ".cache" / "cxr-tune")
+
+
+def absolute_cache_dir(given: str | None) -> str | None:
+    """A cache root as given (--cache-dir, CXR_TUNE_CACHE) as an absolute path, ~ expanded and a relative path
+    taken from the working folder now: a Tune trial, which runs in a folder of its own, then reads the folder
+    meant rather than decoding the dataset again there. None (not given) stays None."""
+    return str(Path(given).expanduser().resolve()) if given else None
 
 
 @dataclass
@@ -337,6 +345,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="delete the cache folders this version never reads (another cache format's, a "
                              "killed build's) and stop")
     args = parser.parse_args(argv)
+    args.cache_dir = absolute_cache_dir(args.cache_dir)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.prune:
         deleted, freed = prune(args.cache_dir)

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from cxrnets.cache import absolute_cache_dir
 from cxrnets.config import TrainConfig
 from cxrnets.data import DATASET_NAMES, dataset_options_help, parse_dataset_options
 from cxrnets.errors import CxrError, DivergedError
@@ -82,6 +83,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         help="continue the run in --out from its checkpoint.pt, given the run's own options (only --epochs, "
              "--device, --cache-dir, --no-amp and --compile may differ)")
     args = parser.parse_args(argv)
+    args.cache_dir = absolute_cache_dir(args.cache_dir)
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     try:
         options = parse_dataset_options(args.dataset_option, [args.dataset]).get(args.dataset, {})

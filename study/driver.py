@@ -36,7 +36,7 @@ import ray  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.search import ConcurrencyLimiter  # noqa: E402
 
-from cxrnets.cache import build_cache  # noqa: E402
+from cxrnets.cache import build_cache, default_cache_root  # noqa: E402
 from cxrnets.data import load_dataset  # noqa: E402
 from cxrnets.errors import CxrError  # noqa: E402
 from cxrnets.fingerprints import NEAR_IDENTICAL_BITS, cache_fingerprints  # noqa: E402
@@ -232,6 +232,9 @@ def connect(address: str | None, num_cpus: int | None, trial_logs: bool = True) 
         log.info("joined the Ray cluster at %s", address)
         return False
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if os.environ.get("CXR_TUNE_CACHE"):
+        # The instance's trial workers inherit this environment, but run in folders of their own.
+        os.environ["CXR_TUNE_CACHE"] = str(default_cache_root())
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=trial_logs)
     return True
 

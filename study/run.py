@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from shlex import quote
 
+from cxrnets.cache import absolute_cache_dir
 from cxrnets.data import DATASET_NAMES, SAMPLE_ROOT, dataset_options_help, parse_dataset_options
 from cxrnets.errors import CxrError
 from cxrnets.names import check_image_size, check_seed
@@ -176,7 +177,7 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
         mode=metric_mode(pick("metric")), tie_break=tie_break, asha=pick("asha"),
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         max_concurrent=args.max_concurrent, max_failures=args.max_failures, seed=args.seed,
-        val_fraction=args.val_fraction, test_fraction=args.test_fraction, cache_dir=args.cache_dir,
+        val_fraction=args.val_fraction, test_fraction=args.test_fraction, cache_dir=absolute_cache_dir(args.cache_dir),
         checkpoint_every=args.checkpoint_every, checkpoint_minutes=args.checkpoint_minutes, keep=parse_keep(args.keep),
         dataset_options=parse_dataset_options(args.dataset_option, datasets))
     validate(settings)

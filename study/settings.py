@@ -19,6 +19,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from cxrnets.cache import absolute_cache_dir
 from cxrnets.data import DATASET_NAMES, MULTILABEL_DATASETS
 from cxrnets.errors import CxrError
 from cxrnets.fingerprints import EARLIER_NEAR_IDENTICAL_BITS
@@ -148,7 +149,7 @@ def relocate(settings: StudySettings, data_roots: list[str] | None, cache_dir: s
     when it is read (cxrnets.training.align_split)."""
     settings.data_roots.update(parse_data_roots(data_roots, list(settings.data_roots)))
     if cache_dir is not None:
-        settings.cache_dir = cache_dir
+        settings.cache_dir = absolute_cache_dir(cache_dir)
 
 
 def metric_mode(metric: str) -> str:

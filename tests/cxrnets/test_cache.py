@@ -16,7 +16,7 @@ from filelock import FileLock
 from PIL import Image
 
 from cxrnets import cache as cache_module
-from cxrnets.cache import build_cache, cache_key, default_cache_root
+from cxrnets.cache import absolute_cache_dir, build_cache, cache_key, default_cache_root
 from cxrnets.data import load_dataset
 from cxrnets.errors import CxrError
 from cxrnets.images import load_image
@@ -310,6 +310,21 @@ def test_default_cache_root_follows_the_environment(monkeypatch: pytest.MonkeyPa
     assert built.directory.parent == tmp_path / "env-cache"
 
 
+def test_a_relative_or_home_cache_root_is_made_absolute_where_it_is_read(monkeypatch: pytest.MonkeyPatch,
+                                                                         tmp_path: Path) -> None:
+    """A Tune trial runs in a folder of its own: a cache root kept as typed (`cache`, `~/cache`) would name another
+    folder there, and each trial would decode the dataset again."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CXR_TUNE_CACHE", "env-cache")
+    assert default_cache_root() == tmp_path / "env-cache"
+    monkeypatch.setenv("CXR_TUNE_CACHE", "~/env-cache")
+    assert default_cache_root() == tmp_path / "home" / "env-cache"
+    assert absolute_cache_dir("cache") == str(tmp_path / "cache")
+    assert absolute_cache_dir("~/cache") == str(tmp_path / "home" / "cache")
+    assert absolute_cache_dir(None) is None
+
+
 def test_a_cache_folder_that_cannot_be_made_names_where_it_came_from(radiography, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "a-file").write_text("")
@@ -328,6 +343,16 @@ def test_cache_cli_names_a_cache_dir_it_cannot_use(make_pneumonia_normal, tmp_pa
     with pytest.raises(SystemExit, match=r"error: --cache-dir .*a-file/cache: cannot keep the image cache there"):
         cache_module.main(["--dataset", "covid-pneumonia-normal", "--data-root", str(root),
                            "--cache-dir", str(tmp_path / "a-file" / "cache")])
+
+
+def test_cache_cli_names_the_cache_of_a_relative_cache_dir_by_its_absolute_path(make_pneumonia_normal,
+                                                                                 tmp_path: Path, monkeypatch,
+                                                                                 capsys) -> None:
+    root = make_pneumonia_normal(per_class=2)
+    monkeypatch.chdir(tmp_path)
+    cache_module.main(["--dataset", "covid-pneumonia-normal", "--data-root", str(root), "--image-size", "32",
+                       "--cache-dir", "cache"])
+    assert f"-> {tmp_path / 'cache'}/covid-pneumonia-normal-32px-" in capsys.readouterr().out
 
 
 def test_cache_cli(make_pneumonia_normal, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

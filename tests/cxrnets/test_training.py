@@ -23,7 +23,7 @@ from torch import nn
 
 from cxrnets.data import SAMPLE_ROOT
 from cxrnets.errors import CxrError, DivergedError
-from cxrnets.train import main
+from cxrnets.train import main, parse_args
 from cxrnets.config import TrainConfig
 from cxrnets.batches import Batches
 from cxrnets.training import (
@@ -599,6 +599,15 @@ def test_cli_bad_values(arguments: list[str], message: str, tmp_path: Path, caps
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("typed, meant", [("cache", "cache"), ("~/cache", "home/cache")])
+def test_cli_keeps_a_relative_cache_dir_as_the_folder_it_named(tmp_path: Path, monkeypatch, typed: str,
+                                                              meant: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    config, _, _ = parse_args(["--cache-dir", typed])
+    assert config.cache_dir == str(tmp_path / meant)
 
 
 def test_cli_missing_data_root(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -453,6 +453,34 @@ def test_resume_of_a_study_whose_optuna_storage_cannot_be_continued(tmp_path, ca
             "another study's": "holds the Optuna study 'someone-else', not this study's 'no-optuna'"}[damage] in err
 
 
+@pytest.mark.parametrize("typed, meant", [("cache", "cache"), ("~/cache", "home/cache")])
+def test_a_relative_cache_dir_is_held_as_the_absolute_folder_it_named(tmp_path, monkeypatch, typed, meant):
+    """Each Tune trial runs in a folder of its own: a --cache-dir kept as typed would name another folder there,
+    and every trial would decode the dataset again."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    settings = settings_from_args(build_parser().parse_args(["--storage", "studies", "--cache-dir", typed]))
+    assert settings.cache_dir == str(tmp_path / meant)
+
+
+def test_the_ray_instance_a_study_starts_reads_a_relative_cxr_tune_cache_as_the_folder_it_named(tmp_path,
+                                                                                              monkeypatch):
+    """Its trial workers inherit the driver's environment but run in folders of their own."""
+    import ray
+
+    from study.driver import connect
+
+    seen = {}
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CXR_TUNE_CACHE", "cache")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr("study.driver.cluster_address", lambda address: None)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **options: seen.update(cache=os.environ["CXR_TUNE_CACHE"]))
+    assert connect(None, 1) is True
+    assert seen == {"cache": str(tmp_path / "cache")}
+
+
 def test_fewer_epochs_than_the_spaces_grace_period_lower_it(tmp_path, caplog):
     """`--max-epochs 1` on the demo space (grace period 2) runs, with a grace period of 1 and a warning;
     a --grace-period given beyond --max-epochs is still refused (BAD_INPUT)."""

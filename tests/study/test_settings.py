@@ -14,7 +14,7 @@ from cxrnets.errors import CxrError
 from study.checkpoints import WeightsKeeper
 from study.results import ResultsTable
 from study.settings import (METRICS, StudySettings, check_metric_reported, check_space_study, load_settings,
-                            parse_data_roots, parse_keep, resumed_study, save_settings)
+                            parse_data_roots, parse_keep, relocate, resumed_study, save_settings)
 from study.space import SPACES_DIR, load_space
 
 DAMAGED = ("the file was edited or damaged since the study wrote it: restore it (from a copy of the study), or start "
@@ -62,6 +62,16 @@ def test_data_roots_are_named_for_the_study_s_own_datasets(tmp_path):
     with pytest.raises(CxrError, match="several datasets, write DATASET=PATH for one of covid-chestxray-3class, "
                                        "covid-pneumonia-normal"):
         parse_data_roots([str(tmp_path)], two)
+
+
+@pytest.mark.parametrize("typed, meant", [("cache", "cache"), ("~/cache", "home/cache")])
+def test_a_resumes_cache_dir_is_held_as_an_absolute_path(tmp_path, monkeypatch, typed, meant):
+    """Each Tune trial runs in a folder of its own: a --cache-dir kept as typed would name another folder there."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    settings = load_settings(str(saved_study(tmp_path / "studies")))
+    relocate(settings, None, typed)
+    assert settings.cache_dir == str(tmp_path / meant)
 
 
 # ------------------------------------------------------------------ study.json as read back
