@@ -143,6 +143,12 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
     check_space_study(space)
     source = Path(space.source)
     document = read_space_file(source)
+    if space.filled:
+        log.info("%s: its search leaves out %s: every trial trains %s (cxrnets' defaults); search or set them in the "
+                 "space to choose", source, ", ".join(space.filled),
+                 ", ".join(f"{key} {value}" for key, value in space.filled.items()))
+        # study.json holds what the trials train, whatever later defaults are
+        document["search"] = {**{key: {"value": value} for key, value in space.filled.items()}, **document["search"]}
     study = {**DEFAULTS, **space.study}
     if space.sampler == "grid" and "num_samples" not in space.study:
         study["num_samples"] = len(space.grid())  # a grid space runs every combination unless told otherwise

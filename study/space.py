@@ -31,7 +31,9 @@ matches is used:
         - {loguniform: [1.0e-5, 1.0e-3], when: {optimizer: adam}}
         - {loguniform: [1.0e-3, 1.0e-1], when: {optimizer: sgd}}
 
-Every dimension becomes a key of the trial config, and so a column of the analysis.
+Every dimension becomes a key of the trial config, and so a column of the analysis. A space that leaves out
+one of the keys trials are named by (model, optimizer, lr, batch_size) trains TrainConfig's default of it,
+which the parsed space holds as a constant (`SearchSpace.filled`), so that the trials record it too.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ SEARCHABLE = ("dataset", "model", "optimizer", "lr", "batch_size", "pretrained",
               "image_size", "seed")
 # The searchable keys TrainConfig holds as int (its annotations are strings): a float range would draw fractions.
 WHOLE_NUMBER_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name in SEARCHABLE and f.type == "int")
+# The keys a trial is named by (config_name) and the tables show: a space leaving one out gets TrainConfig's default.
+NAMING_KEYS = ("model", "optimizer", "lr", "batch_size")
 KINDS = ("choice", "uniform", "loguniform", "int", "value")
 SAMPLERS = ("tpe", "random", "grid")
 ALLOWED_NAMES = {"dataset": DATASET_NAMES, "model": MODEL_NAMES, "optimizer": OPTIMIZER_NAMES}
@@ -131,6 +135,7 @@ class SearchSpace:
     study: dict[str, Any] = field(default_factory=dict)
     source: str = ""
     cover_first: tuple[str, ...] = ()
+    filled: dict[str, Any] = field(default_factory=dict)  # NAMING_KEYS the file left out -> TrainConfig's default
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         """Suggest every applicable dimension; return the constants (Tune merges them into the config)."""
@@ -297,7 +302,11 @@ def parse_space(document: Any, source: str = "<space>", name: str = "space") -> 
     if not isinstance(study, dict):
         raise CxrError(f"{source}: 'study' must be a mapping of study settings")
     cover_first = _parse_cover_first(source, document.get("cover_first"), dimensions, sampler)
-    space = SearchSpace(str(document.get("name", name)), dimensions, sampler, study, source, cover_first)
+    searched = {dimension.name for dimension in dimensions}
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    filled = {key: defaults[key] for key in NAMING_KEYS if key not in searched}
+    dimensions = [Dimension(key, "value", value) for key, value in filled.items()] + dimensions
+    space = SearchSpace(str(document.get("name", name)), dimensions, sampler, study, source, cover_first, filled)
     if sampler == "grid":
         continuous = [d.name for d in dimensions if d.kind not in ("choice", "value")]
         if continuous:

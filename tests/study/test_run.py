@@ -481,6 +481,20 @@ def test_the_ray_instance_a_study_starts_reads_a_relative_cxr_tune_cache_as_the_
     assert seen == {"cache": str(tmp_path / "cache")}
 
 
+def test_a_study_of_a_space_leaving_out_the_model_says_what_its_trials_train_and_records_it(tmp_path, caplog):
+    """A space without model, optimizer or batch_size: trials train TrainConfig's defaults, said once and saved
+    in study.json's space (so its trials' configs, names and tables show them)."""
+    space = write_space(tmp_path / "lr-only.yaml", {"lr": {"choice": [1.0e-3, 1.0e-2]}})
+    with caplog.at_level(logging.INFO, logger="study.run"):
+        settings = settings_from_args(build_parser().parse_args(["--space", str(space), "--storage", str(tmp_path)]))
+    assert (f"{space}: its search leaves out model, optimizer, batch_size: every trial trains model resnet50, "
+            "optimizer adam, batch_size 32 (cxrnets' defaults); search or set them in the space to choose") \
+        in caplog.messages
+    assert {key: settings.space["search"][key] for key in ("model", "optimizer", "batch_size")} == {
+        "model": {"value": "resnet50"}, "optimizer": {"value": "adam"}, "batch_size": {"value": 32}}
+    assert settings.search_space().filled == {}
+
+
 def test_fewer_epochs_than_the_spaces_grace_period_lower_it(tmp_path, caplog):
     """`--max-epochs 1` on the demo space (grace period 2) runs, with a grace period of 1 and a warning;
     a --grace-period given beyond --max-epochs is still refused (BAD_INPUT)."""
