@@ -39,6 +39,7 @@ which the parsed space holds as a constant (`SearchSpace.filled`), so that the t
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,6 +65,9 @@ WHOLE_NUMBER_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name in SEARC
 NAMING_KEYS = ("model", "optimizer", "lr", "batch_size")
 KINDS = ("choice", "uniform", "loguniform", "int", "value")
 SAMPLERS = ("tpe", "random", "grid")
+# YAML 1.1 (PyYAML) reads a number in exponent form as text unless it has a dot and a signed exponent: 1e-4, 1.0e2.
+EXPONENT_FORM = re.compile(r"([-+]?)(\d+)(?:\.(\d*))?([eE])([-+]?)(\d+)")
+YAML_NUMBERS = "YAML reads a number with an exponent as text unless it has a dot and a signed exponent"
 ALLOWED_NAMES = {"dataset": DATASET_NAMES, "model": MODEL_NAMES, "optimizer": OPTIMIZER_NAMES}
 
 
@@ -396,7 +400,7 @@ def _parse_dimension(source: str, key: str, spec: Any, earlier: list[Dimension],
         _check_value(where, key, args)
     else:
         if not (isinstance(args, list) and len(args) == 2 and all(isinstance(v, (int, float)) for v in args)):
-            raise CxrError(f"{where}.{kind}: must be [low, high] numbers, got {args!r}")
+            raise CxrError(f"{where}.{kind}: must be [low, high] numbers, got {args!r}{_yaml_number_hint(args, key)}")
         low, high = args
         if not low < high:
             raise CxrError(f"{where}.{kind}: low {low} must be below high {high}")
@@ -428,7 +432,7 @@ def _check_condition_value(where: str, condition: str, value: Any, conditioning:
                        f"int range or a value: make {condition} a choice to condition on it")
     takes = " or ".join(dict.fromkeys(dimension.describe() for dimension in conditioning))
     raise CxrError(f"{where}.when: {condition} never takes {value!r}, so the condition would never hold; "
-                   f"choose from {takes}")
+                   f"choose from {takes}{_yaml_number_hint(value, condition)}")
 
 
 def _check_value(where: str, key: str, value: Any) -> None:
@@ -441,7 +445,7 @@ def _check_value(where: str, key: str, value: Any) -> None:
             raise CxrError(f"{where}: pretrained takes true or false, got {value!r}")
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise CxrError(f"{where}: {key} takes numbers, got {value!r}")
+        raise CxrError(f"{where}: {key} takes numbers, got {value!r}{_yaml_number_hint(value, key)}")
     positive = key in ("lr", "batch_size", "image_size")
     if (positive and value <= 0) or value < 0:
         raise CxrError(f"{where}: {key} must be {'positive' if positive else 'non-negative'}, got {value!r}")
@@ -452,6 +456,35 @@ def _check_value(where: str, key: str, value: Any) -> None:
                        f"skipped: BatchNorm cannot train on it), got {value!r}")
     if key in WHOLE_NUMBER_KEYS and not isinstance(value, int):
         raise CxrError(f"{where}: {key} must be an integer, got {value!r}")
+
+
+def _yaml_number_hint(given: Any, key: str) -> str:
+    """'; write 1.0e-4 (YAML reads ...)' where `given` (a value, or a range's [low, high]) holds text that YAML read
+    from a number in exponent form (1e-4), and every value of it can be written as a number; else ''."""
+    values = given if isinstance(given, list) else [given]
+    if isinstance(given, list) and len(given) != 2 or not any(isinstance(value, str) for value in values):
+        return ""
+    written = [_as_yaml_number(value, whole=key in WHOLE_NUMBER_KEYS) for value in values]
+    if None in written:
+        return ""
+    shown = f"[{', '.join(written)}]" if isinstance(given, list) else written[0]
+    return f"; write {shown} ({YAML_NUMBERS})"
+
+
+def _as_yaml_number(value: Any, whole: bool) -> str | None:
+    """How to write `value` so that YAML reads it as the number it is or was meant to be: 1.0e-4 for the text
+    1e-4 (an integer for a `whole` number key: 30 for 3e1), 1.0e-06 for the float 1e-06; None for text that is
+    no number, and for what is not a number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    text = value.strip() if isinstance(value, str) else repr(value)
+    match = EXPONENT_FORM.fullmatch(text)
+    if match is None:
+        return None if isinstance(value, str) else text
+    if whole and float(text).is_integer():
+        return str(int(float(text)))
+    sign, digits, fraction, e, exponent_sign, exponent = match.groups()
+    return f"{sign}{digits}.{fraction or '0'}{e}{exponent_sign or '+'}{exponent}"
 
 
 def _check_models_fit_image_size(source: str, space: SearchSpace) -> None:

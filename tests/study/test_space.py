@@ -402,6 +402,31 @@ def test_a_merge_key_may_be_overridden(tmp_path):
     assert (weight_decay.args, weight_decay.when) == ((0.0, 0.01), {"optimizer": ("sgd",)})
 
 
+YAML_NUMBER = "(YAML reads a number with an exponent as text unless it has a dot and a signed exponent)"
+
+
+@pytest.mark.parametrize("typed, said", [
+    ("lr: {loguniform: [1e-4, 1e-2]}",
+     f"search.lr.loguniform: must be [low, high] numbers, got ['1e-4', '1e-2']; write [1.0e-4, 1.0e-2] {YAML_NUMBER}"),
+    ("lr: {uniform: [0.0001, 1.0e-2], when: {optimizer: sgd}}\n  weight_decay: {loguniform: [1.0e-6, 1.0e2]}",
+     f"search.weight_decay.loguniform: must be [low, high] numbers, got [1e-06, '1.0e2']; write [1.0e-06, 1.0e+2] "
+     f"{YAML_NUMBER}"),
+    ("lr: {choice: [1.0e-3, 5E-3]}", f"search.lr: lr takes numbers, got '5E-3'; write 5.0E-3 {YAML_NUMBER}"),
+    ("batch_size: {value: 3e1}", f"search.batch_size: batch_size takes numbers, got '3e1'; write 30 {YAML_NUMBER}"),
+    ("lr: {choice: [1.0e-3, 1.0e-2]}\n  momentum: {value: 0.9, when: {lr: 1e-3}}",
+     "search.momentum.when: lr never takes '1e-3', so the condition would never hold; choose from 0.001, 0.01; "
+     f"write 1.0e-3 {YAML_NUMBER}"),
+])
+def test_a_number_yaml_reads_as_text_is_refused_saying_how_to_write_it(tmp_path, typed, said):
+    """YAML 1.1 reads 1e-4 (no dot) and 1.0e2 (no sign in the exponent) as strings: a user who typed numbers was
+    told they were not numbers."""
+    path = tmp_path / "space.yaml"
+    path.write_text(f"search:\n  model: {{value: resnet50}}\n  optimizer: {{choice: [adam, sgd]}}\n  {typed}\n")
+    with pytest.raises(CxrError) as refused:
+        load_space(path)
+    assert str(refused.value) == f"{path}: {said}"
+
+
 def write_space(tmp_path: Path, search: dict) -> Path:
     """A space file of GOOD's dimensions plus `search` (in order: a `when` names earlier dimensions)."""
     path = tmp_path / "space.yaml"
