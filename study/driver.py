@@ -474,6 +474,19 @@ def interrupted_line(unfinished: list[str], run: str, command: str) -> str:
     return f"interrupted: {count} trial{'s' if count != 1 else ''} unfinished; continue the {run} with\n  {command}"
 
 
+def errored_line(events: pd.DataFrame, command: str) -> str | None:
+    """What a command prints when trials of its run errored (their last event in `events`, read_trial_events, an
+    error): how many, where their tracebacks are, and the command that runs them again; None if none errored."""
+    count = int((events["event"] == "error").sum())
+    if count == 0:
+        return None
+    if count == 1:
+        return ("1 trial errored (its traceback: error.txt in its trial folder); once the cause is fixed, the resume "
+                f"runs it again, from its last full state:\n  {command}")
+    return (f"{count} trials errored (their tracebacks: error.txt in each one's trial folder); once the cause is "
+            f"fixed, the resume runs them again, from their last full state:\n  {command}")
+
+
 @contextlib.contextmanager
 def tune_interrupts(resume_command: str) -> Iterator[None]:
     """Around tuner.fit(): SIGTERM (`kill`, a batch scheduler's time limit) stops Tune as Ctrl-C does,

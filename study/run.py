@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             settings = settings_from_args(args)
         # Imported once the options are known good: the driver loads torch and Ray (seconds).
-        from study.driver import interrupted_line, print_summary, run_study, unfinished_trials
+        from study.driver import errored_line, interrupted_line, print_summary, run_study, unfinished_trials
         from study.results import read_trial_events
 
         grid = run_study(settings, resume=bool(args.resume), address=args.address, num_cpus=args.num_cpus,
@@ -250,9 +250,14 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
         return 130  # as a shell reports a command stopped by Ctrl-C
     print_summary(settings)
-    unfinished = unfinished_trials(grid, read_trial_events(settings.study_uri))
+    events = read_trial_events(settings.study_uri)
+    resume_command = f"python -m study.run --resume {quote(settings.study_uri)}"
+    errored = errored_line(events, resume_command)
+    if errored:
+        print("\n" + errored)
+    unfinished = unfinished_trials(grid, events)
     if unfinished:
-        print("\n" + interrupted_line(unfinished, "study", f"python -m study.run --resume {quote(settings.study_uri)}"))
+        print("\n" + interrupted_line(unfinished, "study", resume_command))
         return 130
     return 0
 

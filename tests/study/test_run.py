@@ -917,10 +917,12 @@ def failing_while(marker: Path):
 
 
 def test_tensorboard_shows_a_trial_that_errored_and_that_a_resume_finished_as_finished(ray_session, tmp_path,
-                                                                                        cache_dir, monkeypatch):
-    """The trial errored in its second epoch (--max-failures 0), after a full state of its first; the resume
-    ran it again from there to its end. The HPARAMS tab showed it failed: TensorBoard's hparams plugin keeps
-    the first status it reads of a trial, and the first run's events file holds the failure."""
+                                                                                        cache_dir, monkeypatch,
+                                                                                        capsys):
+    """The trial errored in its second epoch (--max-failures 0), after a full state of its first; the study
+    said so with the command that runs it again (it ended 'study finished' alone), and that resume ran it
+    from there to its end. The HPARAMS tab showed it failed: TensorBoard's hparams plugin keeps the first
+    status it reads of a trial, and the first run's events file holds the failure."""
     import study.driver
 
     marker = tmp_path / "fail"
@@ -928,12 +930,18 @@ def test_tensorboard_shows_a_trial_that_errored_and_that_a_resume_finished_as_fi
     monkeypatch.setattr(study.driver, "TrialTrainable", failing_while(marker))
     data = build_tiny_folder(tmp_path / "data", per_class=8)
     space = write_space(tmp_path / "one.yaml", GOOD_SPACE)
-    settings = settings_from_args(build_parser().parse_args(study_argv(
-        space, tmp_path / "studies", "errored", data, cache_dir, "--image-size", "32", "--num-samples", "1",
-        "--max-epochs", "2", "--checkpoint-every", "1", "--max-failures", "0")))
-    assert len(run_study(settings).errors) == 1
+    argv = study_argv(space, tmp_path / "studies", "errored", data, cache_dir, "--image-size", "32",
+                      "--num-samples", "1", "--max-epochs", "2", "--checkpoint-every", "1", "--max-failures", "0")
+    settings = settings_from_args(build_parser().parse_args(argv))
+    assert main(argv) == 0  # the study ran to its end, and says what its resume does
+    out = capsys.readouterr().out
+    assert out.endswith("\n1 trial errored (its traceback: error.txt in its trial folder); once the cause is fixed, "
+                        "the resume runs it again, from its last full state:\n  python -m study.run --resume "
+                        f"{settings.study_uri}\n"), out
+    assert len(list(Path(settings.study_uri).glob("*/error.txt"))) == 1
     marker.unlink()
     assert main(["--resume", settings.study_uri]) == 0
+    assert "trial errored" not in capsys.readouterr().out
 
     study_dir = Path(settings.study_uri)
     _, sessions = hparams_tab(study_dir)
@@ -1352,6 +1360,19 @@ def test_unfinished_trials_are_those_with_no_end_recorded():
     events = pd.DataFrame({"trial_id": ["77582f4e", "6e6fe_00001"], "event": ["completed", "error"]})
     assert unfinished_trials(grid, events) == ["214e37ca_vgg11_adam", "6e6fe_00002_seed2"]
     assert unfinished_trials(grid, events.iloc[:0]) == [Path(r.path).name for r in grid]
+
+
+def test_the_errored_line_counts_the_trials_whose_last_end_was_an_error():
+    from study.driver import errored_line
+
+    events = pd.DataFrame({"trial_id": ["a", "b", "c"], "event": ["completed", "error", "error"]})
+    assert errored_line(events, "python -m study.run --resume /s") == (
+        "2 trials errored (their tracebacks: error.txt in each one's trial folder); once the cause is fixed, the "
+        "resume runs them again, from their last full state:\n  python -m study.run --resume /s")
+    assert errored_line(events.iloc[:2], "cmd") == (
+        "1 trial errored (its traceback: error.txt in its trial folder); once the cause is fixed, the resume runs it "
+        "again, from its last full state:\n  cmd")
+    assert errored_line(events.iloc[:1], "cmd") is None
 
 
 def assert_optuna_study_matches(path: Path, study_name: str, results: pd.DataFrame,
