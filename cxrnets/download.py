@@ -169,7 +169,8 @@ def download_from_kaggle(source: Source, folder: Path) -> None:
         if _cannot_connect(error):
             raise CxrError(f"this machine cannot reach Kaggle to download {source.kaggle} ({type(error).__name__}: "
                            f"{error}): on a machine that is online, download its archive from {source.page} and "
-                           f"pass it as --archive FILE; to download here once online, note that {KAGGLE_TOKEN_HELP}") from error
+                           f"pass it as --archive FILE; to download here once online, note that "
+                           f"{KAGGLE_TOKEN_HELP}") from error
         raise CxrError(f"the Kaggle download of {source.kaggle} failed ({type(error).__name__}: {error}). "
                        f"{KAGGLE_TOKEN_HELP}, and the dataset's terms accepted on {source.page}; or download "
                        "its archive there by hand and pass it as --archive FILE") from error

@@ -157,8 +157,8 @@ def on_split_made_by_an_earlier_rule(run, checkpoint: dict[str, Any], out: Path)
     rules = [(EARLIER_NEAR_IDENTICAL_BITS, "the split made when near-identical X-rays were joined within "
               f"{EARLIER_NEAR_IDENTICAL_BITS} fingerprint bits (now {NEAR_IDENTICAL_BITS})"),
              (None, "the split made before near-identical X-rays were kept on one side")]
+    splits_log = logging.getLogger("cxrnets.splits")
     for within, made in rules[1:] if saved is None else rules:
-        splits_log = logging.getLogger("cxrnets.splits")
         splits_log.disabled = True  # the earlier split's own log would read as today's
         try:
             earlier = make_split(frame, data.index.stratum(), config.val_fraction, config.test_fraction, config.seed,

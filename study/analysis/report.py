@@ -69,8 +69,8 @@ def check_report_folder(out: Path) -> set[str]:
     if theirs:
         more = f" and {len(theirs) - 1} more" if len(theirs) > 1 else ""
         raise CxrError(f"--out {out}: holds {theirs[0]}{more}, which study.analyze did not write (not listed in the "
-                       f"{FILES_LIST} it writes there); the report would overwrite or delete them: move them elsewhere, or pass another "
-                       "--out")
+                       f"{FILES_LIST} it writes there); the report would overwrite or delete them: move them "
+                       "elsewhere, or pass another --out")
     return earlier
 
 

@@ -221,7 +221,8 @@ def test_copies_across_the_split_count_where_the_models_trained_or_were_chosen_o
     uri = tmp_path / "study" / "splits" / "covid-radiography.csv"
     assert data.split_notes[str(uri)].startswith(
         f"{uri}: 1 test image(s) have a near-identical copy (the same X-ray re-encoded, resized, squashed or "
-        f"windowed otherwise, or the same person's, under another patient id or file name) in train or val and 1 held-out image(s) in train or val, e.g. "
+        f"windowed otherwise, or the same person's, under another patient id or file name) in train or val and 1 "
+        f"held-out image(s) in train or val, e.g. "
         f"{copies[2][1]} (test) and {copies[2][0]} (val): ")
     assert caplog.text.count("near-identical copy") == 1
 
