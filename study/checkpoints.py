@@ -45,7 +45,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from study import storage
-from study.settings import CHECKPOINT_EVERY, CHECKPOINT_MINUTES, metric_mode, study_location
+from study.settings import CHECKPOINT_EVERY, CHECKPOINT_MINUTES, study_location
 from study.tables import rank_key
 
 log = logging.getLogger(__name__)
@@ -239,7 +239,7 @@ def delete_full_states(trial_folder: str) -> int:
 
 
 def weights_to_drop(bests: dict[str, tuple[tuple, float, float | None]], ended: Iterable[str], keep: int | str,
-                    mode: str, tie_mode: str = "min") -> list[str]:
+                    mode: str, tie_break: str | None = None) -> list[str]:
     """Trials whose weights can go: ended, and outside their cell's `keep` best.
 
     `bests`: trial id -> (cell, value of the best weights it has written, the study's tie-break metric at their
@@ -247,13 +247,13 @@ def weights_to_drop(bests: dict[str, tuple[tuple, float, float | None]], ended: 
     those it wrote before, so the `keep` trials ahead of one that ended keep weights at least as good whether
     or not they ever write again, and it never gets back into the top `keep`. (A reported best that is not yet
     written gives no such promise: the trial may fail first.) Trials rank as the analysis ranks them: ties by
-    the tie-break value (in `tie_mode`), then by the lower trial id (study.tables.rank_key).
+    the value of `tie_break` (the study's tie-break metric), then by the lower trial id (study.tables.rank_key).
     """
     if keep == "all":
         return []
     by_cell: dict[tuple, list[tuple]] = {}
     for trial_id, (cell, value, tie) in bests.items():
-        by_cell.setdefault(cell, []).append(rank_key(trial_id, value, mode, tie, tie_mode))
+        by_cell.setdefault(cell, []).append(rank_key(trial_id, value, mode, tie, tie_break))
     ended = set(ended)
     drop = []
     for ranked in by_cell.values():
@@ -280,7 +280,7 @@ def prune_weights(study_uri: str, results, ended: Iterable[str], keep: int | str
     ended = set(ended)
     listed = {entry.name for entry in storage.listing(storage.join(study_uri, WEIGHTS_DIR))}
     orphans = [t for t in ended if f"{t}.pt" in listed and f"{t}.json" not in listed]
-    drop = sorted(weights_to_drop(bests, ended, keep, mode, metric_mode(tie_break or "")) + orphans)
+    drop = sorted(weights_to_drop(bests, ended, keep, mode, tie_break) + orphans)
     for trial_id in drop:
         delete_weights(study_uri, trial_id)
     if drop:
@@ -343,7 +343,6 @@ class WeightsKeeper(tune.Callback):
             if path:
                 delete_full_states(storage.join(self.study_uri, storage.name_of(path)))
             self.ended.add(trial_id)
-        tie_mode = metric_mode(self.tie_break or "")
-        for trial_id in weights_to_drop(self.bests, self.ended, self.keep, self.mode, tie_mode):
+        for trial_id in weights_to_drop(self.bests, self.ended, self.keep, self.mode, self.tie_break):
             delete_weights(self.study_uri, trial_id)
             self.bests.pop(trial_id, None)

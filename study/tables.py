@@ -30,12 +30,14 @@ def best_epochs(results: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
     return order.drop_duplicates("trial_id", keep="first").reset_index(drop=True)
 
 
-def rank_key(trial_id: str, value: float, mode: str, tie: float | None = None, tie_mode: str = "min") -> tuple:
-    """Sorts trials best first: on the metric's `value` (in `mode`), trials tied on it by the value `tie` of the
-    study's tie-break metric at the same epoch (in `tie_mode`; a trial without one after those with), then by
+def rank_key(trial_id: str, value: float, mode: str, tie: float | None = None, tie_break: str | None = None
+             ) -> tuple:
+    """Sorts trials best first: on the metric's `value` (in `mode`), trials tied on it by the value `tie` of
+    `tie_break`, the study's tie-break metric, at the same epoch (a trial without one after those with), then by
     the lower trial id. The study's ASHA breaks ties so too (study.asha); study.run's table, study.analyze,
     study.confirm and --keep (study.checkpoints.weights_to_drop) rank by this key."""
     missing = tie is None or pd.isna(tie)
+    tie_mode = metric_mode(tie_break or "")
     return (value if mode == "min" else -value, missing, 0.0 if missing else tie if tie_mode == "min" else -tie,
             trial_id)
 
@@ -43,9 +45,8 @@ def rank_key(trial_id: str, value: float, mode: str, tie: float | None = None, t
 def ranked_trials(best: pd.DataFrame, metric: str, mode: str, tie_break: str | None = None) -> pd.DataFrame:
     """Trials at their best epoch (rows of best_epochs), best first (rank_key; `tie_break`: the study's
     tie-break metric, None for plain ties)."""
-    tie_mode = metric_mode(tie_break or "")
     ties = best[tie_break] if tie_break in best else pd.Series(None, index=best.index, dtype=float)
-    keys = [rank_key(trial_id, value, mode, tie, tie_mode)
+    keys = [rank_key(trial_id, value, mode, tie, tie_break)
             for trial_id, value, tie in zip(best["trial_id"], best[metric], ties)]
     return best.iloc[sorted(range(len(best)), key=keys.__getitem__)]
 

@@ -26,7 +26,6 @@ from study.analysis.reading import Study, cell_columns, model_order
 from study.analysis.uncertainty import SplitBootstrap
 from study import storage
 from study.checkpoints import BestWeights, sidecar_uri, weights_uri
-from study.settings import metric_mode
 from study.tables import DIVERGED, epoch_column, measured, rank_key
 
 log = logging.getLogger("study.analyze")
@@ -95,12 +94,10 @@ def candidates(study: Study, trials: pd.DataFrame, metric: str, mode: str,
                   if key.startswith("config/") and not (pd.api.types.is_scalar(setting) and pd.isna(setting))}
         ranked.append(Candidate(trial_id, name, weights, weights.epoch, value, best_epoch, best_value,
                                 tie_at(own, weights.epoch), config))
-    tie_mode = metric_mode(tie_break or "")
-
     def key(candidate: Candidate) -> tuple:
-        return rank_key(candidate.trial_id, candidate.value, mode, candidate.tie, tie_mode)
+        return rank_key(candidate.trial_id, candidate.value, mode, candidate.tie, tie_break)
 
-    unweighted_keys = [rank_key(trial_id, value, mode, tie, tie_mode) for value, tie, trial_id, *_ in unweighted]
+    unweighted_keys = [rank_key(trial_id, value, mode, tie, tie_break) for value, tie, trial_id, *_ in unweighted]
     for (value, _, trial_id, name, epoch), mine in zip(unweighted, unweighted_keys):
         better = sum(1 for c in ranked if key(c) < mine)
         if better < top_k:

@@ -103,8 +103,8 @@ def test_weights_to_drop_breaks_ties_by_the_tie_break_of_the_written_weights():
     them, as the analysis ranks them (the lower trial id did); a trial without a tie-break value goes after."""
     cell = ("d", "alexnet")
     bests = {"0aaa": (cell, 0.279, 1.30), "ffff": (cell, 0.279, 1.05), "9ccc": (cell, 0.279, None)}
-    assert weights_to_drop(bests, set(bests), 1, "max", tie_mode="min") == ["0aaa", "9ccc"]
-    assert weights_to_drop(bests, set(bests), 1, "max", tie_mode="max") == ["9ccc", "ffff"]
+    assert weights_to_drop(bests, set(bests), 1, "max", tie_break="val/loss") == ["0aaa", "9ccc"]
+    assert weights_to_drop(bests, set(bests), 1, "max", tie_break="val/roc_auc_macro") == ["9ccc", "ffff"]
 
 
 def test_a_trial_notes_the_tie_break_of_its_best_weights_in_their_sidecar_and_its_results(tmp_path):
