@@ -17,7 +17,7 @@ from study.analysis.reading import cell_columns, model_order
 from study.analysis.report_tables import class_members, confusion_table, slug
 from study.analysis.saliency import SaliencyPanel
 from study.analysis.selection import Analysis
-from study.tables import best_epochs, epoch_column, ranked_trials
+from study.tables import best_epochs, epoch_column, measured, ranked_trials
 
 
 def _pyplot():
@@ -83,6 +83,17 @@ def _epoch_axis(axis, epochs: pd.Series) -> None:
         axis.xaxis.get_major_locator().set_params(integer=True)
 
 
+def _mark_divergence(axis, results: pd.DataFrame) -> None:
+    """A red cross at the foot of the axis at each epoch a trial diverged in (NaN loss): that row's metric is a
+    placeholder (study.tables.measured), so the curves stop at the epoch before."""
+    if "diverged" not in results:
+        return
+    epochs = results.loc[results["diverged"].fillna(0) > 0, "_epoch"]
+    if len(epochs):
+        axis.plot(epochs, [0.02] * len(epochs), "x", color="tab:red", markersize=8, clip_on=False,
+                  transform=axis.get_xaxis_transform(), label="diverged (NaN loss)", zorder=20)
+
+
 def plot_curves(analysis: Analysis, dataset: str, path: Path) -> None:
     """Per model: every trial's validation metric per epoch (grey), the selected trials in colour."""
     plt = _pyplot()
@@ -104,20 +115,22 @@ def plot_curves(analysis: Analysis, dataset: str, path: Path) -> None:
         highlighted = [t for t in order if t in selected]
         if not highlighted:  # nothing evaluated in this cell: show its best trials on validation
             highlighted = list(best.loc[best["trial_id"].isin(own["trial_id"]), "trial_id"][:analysis.top_k])
+        curves = measured(own)
         for trial_id in order:
-            curve = own[own["trial_id"] == trial_id].sort_values("_epoch")
+            curve = curves[curves["trial_id"] == trial_id].sort_values("_epoch")
             if trial_id not in highlighted:
                 axis.plot(curve["_epoch"], curve[analysis.metric], color="0.7", linewidth=1, marker=".", zorder=1)
         for rank, trial_id in enumerate(highlighted, 1):  # the best on top, first in the legend
-            curve = own[own["trial_id"] == trial_id].sort_values("_epoch")
+            curve = curves[curves["trial_id"] == trial_id].sort_values("_epoch")
             label = f"#{rank} {curve['trial_name'].iloc[-1].removeprefix(f'{dataset}_')}"
             axis.plot(curve["_epoch"], curve[analysis.metric], marker="o", linewidth=2, label=label,
                       zorder=10 - min(rank, 9))
+        _mark_divergence(axis, own)
         trials = own["trial_id"].nunique()
         axis.set_title(f"{model} ({trials} trial{'s' if trials != 1 else ''})")
         _epoch_axis(axis, own["_epoch"])
         axis.grid(alpha=0.3)
-        if highlighted or baseline is not None:
+        if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=7, loc="best")
     axes.flat[0].set_ylabel(f"{analysis.metric} (validation)")
     figure.suptitle(f"{dataset}: {analysis.metric} per epoch; selected trials in colour, others grey", fontsize=10)
@@ -152,11 +165,13 @@ def plot_pretrained(analysis: Analysis, dataset: str, pairs: dict, path: Path) -
     for axis, model in zip(axes.flat, models):
         for flag, style in ((True, "-"), (False, "--")):
             trial_id = pairs[(dataset, model)][flag]
-            curve = results[results["trial_id"] == trial_id].sort_values("_epoch")
+            curve = measured(results[results["trial_id"] == trial_id]).sort_values("_epoch")
             label = f"{'pretrained' if flag else 'from scratch'} ({curve['trial_name'].iloc[-1].removeprefix(dataset + '_')})"
             axis.plot(curve["_epoch"], curve[analysis.metric], style, marker="o", label=label)
         axis.set_title(model)
-        _epoch_axis(axis, results.loc[results["trial_id"].isin(pairs[(dataset, model)].values()), "_epoch"])
+        pair = results[results["trial_id"].isin(pairs[(dataset, model)].values())]
+        _mark_divergence(axis, pair)
+        _epoch_axis(axis, pair["_epoch"])
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     axes.flat[0].set_ylabel(f"{analysis.metric} (validation)")

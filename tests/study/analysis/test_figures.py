@@ -56,3 +56,22 @@ def test_a_model_of_one_trial_of_one_epoch_gets_whole_epoch_ticks_and_a_singular
     assert alexnet.get_title() == "alexnet (1 trial)" and list(alexnet.get_xticks()) == [1]
     assert vgg11.get_title() == "vgg11 (2 trials)"
     assert all(tick == int(tick) for tick in vgg11.get_xticks())
+
+
+def test_a_diverged_epoch_is_marked_not_drawn_as_a_measured_value(drawn, tmp_path):
+    """Trial b diverged in its epoch 3, whose row holds the placeholder 0.0 (the worst macro F1): its curve
+    fell to 0.0 as if measured."""
+    results = pd.DataFrame({"trial_id": ["a", "a", "a", "b", "b", "b"], "trial_name": ["d_alexnet_a"] * 3 + ["d_alexnet_b"] * 3,
+                            "config/model": "alexnet", "epoch": [1, 2, 3, 1, 2, 3], "training_iteration": [1, 2, 3, 1, 2, 3],
+                            "val/f1_macro": [0.28, 0.3, 0.4, 0.35, 0.36, 0.0], "diverged": [0, 0, 0, 0, 0, 1]})
+    settings = types.SimpleNamespace(data_roots={"d": "/data"}, baselines={}, tie_break="val/loss")
+    analysis = types.SimpleNamespace(study=types.SimpleNamespace(results=results, settings=settings), selected=[],
+                                     metric="val/f1_macro", mode="max", top_k=2)
+    plot_curves(analysis, "d", tmp_path / "curves.png")
+    (axis,) = drawn[0].axes
+    drawn_values = [value for line in axis.get_lines() if line.get_label() != "diverged (NaN loss)"
+                    for value in line.get_ydata()]
+    assert 0.0 not in drawn_values and 0.36 in drawn_values
+    (mark,) = [line for line in axis.get_lines() if line.get_label() == "diverged (NaN loss)"]
+    assert list(mark.get_xdata()) == [3]
+    assert "diverged (NaN loss)" in [text.get_text() for text in axis.get_legend().get_texts()]
