@@ -209,6 +209,8 @@ class StudyTensorBoard(TBXLoggerCallback):
             # drops what an earlier file holds from the step at which a session starts again.
             self.write(trial, step=epoch, session_log=SessionLog(status=SessionLog.START))
             self.restarted.discard(trial)
+        if result.get("diverged"):
+            return  # nothing was measured: its study metric is a placeholder (study.trainable)
         values = [Summary.Value(tag=key, simple_value=float(value)) for key, value in result.items()
                   if is_metric(key, value)]
         best = self.running_best(trial.trial_id, epoch, result.get(self.metric))

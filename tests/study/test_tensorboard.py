@@ -124,6 +124,22 @@ def test_trial_curves_carry_the_study_metric_names_by_epoch_and_no_tune_counters
     assert curves["best/val/loss"] == [(1, 0.9), (2, 0.7), (3, 0.7)]
 
 
+def test_the_epoch_a_trial_diverged_in_adds_no_point_to_its_curves(tmp_path):
+    """The diverged epoch's row holds the worst value of the study metric (0.0 here) as a placeholder, not a
+    measurement: its curve dropped to 0.0 at epoch 3."""
+    callback = StudyTensorBoard("val/f1_macro", "max")
+    trial = FakeTrial(tmp_path, "aaaa0001", ADAM)
+    callback.log_trial_start(trial)
+    callback.log_trial_result(1, trial, result(1, 0.3))
+    callback.log_trial_result(2, trial, result(2, 0.4))
+    callback.log_trial_result(3, trial, {"epoch": 3, "val/f1_macro": 0.0, "diverged": 1, "training_iteration": 3,
+                                         "time_this_iter_s": 3.1, "done": True})
+    callback.log_trial_end(trial)
+    curves = scalars(Path(trial.local_path))
+    assert curves["val/f1_macro"] == [(1, 0.3), (2, 0.4)]
+    assert curves["best/val/f1_macro"] == [(1, 0.3), (2, 0.4)]
+
+
 def test_a_trial_resumed_from_an_earlier_epoch_continues_its_curves_and_best_from_there(tmp_path):
     """Tune restores the callback from its snapshot (get_state), and the trial from its last full state
     (after epoch 1): the epochs it reported after that are replaced, in its best and on its curves."""
