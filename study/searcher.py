@@ -237,6 +237,10 @@ class BestEpochOptunaSearch(OptunaSearch):
         if not isinstance(value, (int, float)) or math.isnan(value) or epoch is None:
             return
         reported = self.__dict__.setdefault("_last_epoch_reported", {})
+        if result.get("diverged"):  # its value is the worst-value placeholder (study.trainable), not measured
+            self._ot_trials[trial_id].set_user_attr("diverged_at_epoch", int(epoch))
+            self._best_values().setdefault(trial_id, value)
+            return
         if epoch > reported.get(trial_id, 0) and trial_id not in self._failed_then_resumed():
             self._ot_trials[trial_id].report(value, epoch)
             reported[trial_id] = epoch

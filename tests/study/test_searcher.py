@@ -49,6 +49,24 @@ def test_the_recorded_value_is_the_best_epochs():
     assert [list(t.intermediate_values.values()) for t in trials] == list(curves.values())  # every epoch kept
 
 
+def test_a_diverged_epoch_is_no_intermediate_value_and_a_trial_that_diverged_at_once_records_the_worst():
+    """The epoch a trial diverged in reports a placeholder (the worst value), not a measurement: Optuna's
+    dashboard plotted it as that epoch's value. The trial's value stays its best measured epoch, or the worst
+    value where it diverged in its first epoch (so that the sampler learns to avoid it)."""
+    search = searcher()
+    for trial_id, curve in (("late", [0.3, 0.4]), ("at-once", [])):
+        search.suggest(trial_id)
+        for epoch, value in enumerate(curve, start=1):
+            search.on_trial_result(trial_id, {"training_iteration": epoch, "val/f1_macro": value, "diverged": 0})
+        search.on_trial_complete(trial_id, {"training_iteration": len(curve) + 1, "val/f1_macro": 0.0,
+                                            "diverged": 1})
+    late, at_once = search._ot_study.trials
+    assert late.intermediate_values == {1: 0.3, 2: 0.4} and late.value == 0.4
+    assert late.user_attrs["diverged_at_epoch"] == 3
+    assert at_once.intermediate_values == {} and at_once.value == 0.0
+    assert at_once.state == optuna.trial.TrialState.COMPLETE and at_once.user_attrs["diverged_at_epoch"] == 1
+
+
 def test_the_epoch_that_ends_a_trial_counts_however_it_arrives():
     search = searcher()
     feed(search, "best-last", [0.2, 0.3, 0.5])  # the last epoch only in on_trial_complete (a stopped trial)
