@@ -291,18 +291,22 @@ def ablation_table(trials: pd.DataFrame, dimension: str, metric: str, mode: str,
 
 
 def search_summary(trials: pd.DataFrame, max_epochs: int, wall_seconds: float | None = None) -> dict:
-    """Trials run and how they ended, epochs spent, and the budget ASHA saved against running every
-    trial to max_epochs: 1 - epochs spent / (trials * max_epochs)."""
+    """Trials run and how they ended, epochs spent, and the share of the budget (every trial to max_epochs)
+    that ASHA saved: the epochs its stopped-early trials did not run. The epochs that trials which diverged,
+    failed or are unfinished did not run are counted apart ("epochs not run otherwise")."""
     count = len(trials)
     spent = int(trials["epochs_run"].sum()) if count else 0
     budget = count * max_epochs
+    stopped = trials[trials["status"] == STOPPED_EARLY] if count else trials
+    saved = int((max_epochs - stopped["epochs"]).clip(lower=0).sum()) if len(stopped) else 0
     summary = {"trials": count}
     summary.update({status: int((trials["status"] == status).sum()) for status in STATUSES})
     summary.update({
         "max epochs": max_epochs,
         "epochs spent": spent,
         "epochs without early stopping": budget,
-        "ASHA saving": 1 - spent / budget if budget else float("nan"),
+        "ASHA saving": saved / budget if budget else float("nan"),
+        "epochs not run otherwise": max(budget - spent - saved, 0),
         "epochs per trial (mean)": spent / count if count else float("nan"),
         "epochs per trial (min)": int(trials["epochs_run"].min()) if count else 0,
         "epochs per trial (max)": int(trials["epochs_run"].max()) if count else 0,

@@ -140,7 +140,10 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
     shown += [(status, summary[status]) for status in STATUSES]
     shown += [("epochs spent", f"{summary['epochs spent']} of {summary['epochs without early stopping']} "
                                f"({summary['trials']} trials × {summary['max epochs']} epochs)"),
-              ("ASHA saving", f"{summary['ASHA saving']:.0%} of the epochs"),
+              ("ASHA saving", f"{summary['ASHA saving']:.0%} of the epochs (not run by the trials it stopped)"),
+              *([("epochs not run otherwise", f"{summary['epochs not run otherwise']} (trials that diverged, "
+                                              "failed or are unfinished)")]
+                if summary.get("epochs not run otherwise") else []),
               ("epochs per trial", f"mean {summary['epochs per trial (mean)']:.2f}, min "
                                    f"{summary['epochs per trial (min)']}, max {summary['epochs per trial (max)']}"),
               ("trial compute time", f"{summary['trial compute seconds']:.0f} s")]

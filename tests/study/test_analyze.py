@@ -760,7 +760,8 @@ def test_trial_status_and_search_summary():
     assert trials.set_index("trial_id").loc["a", "best_epoch"] == 3
     summary = search_summary(trials, 3)
     assert summary["trials"] == 6 and summary["epochs spent"] == 9
-    assert summary["ASHA saving"] == pytest.approx(1 - 9 / 18)
+    # Only b's 2 epochs were ASHA's to save; c diverged, d failed, e and f are unfinished: 1 + 1 + 2 + 3 epochs.
+    assert summary["ASHA saving"] == pytest.approx(2 / 18) and summary["epochs not run otherwise"] == 7
     table = ablation_table(trials, "lr", METRIC, "max", scale="log")
     assert list(table["lr"]) == ["1e-03 – 1e-02", "1e-01 – 1e00"]
     assert table["trials"].sum() == 6 and table.loc[0, f"best {METRIC}"] == pytest.approx(0.8)
