@@ -487,14 +487,14 @@ def test_each_look_at_the_test_split_is_recorded_and_reported(study_dir, tmp_pat
                     if line.startswith("- Test split:"))
 
     assert "first read by this analysis" in header(analyze(copy, **quick))
-    assert "read by 1 earlier analyses of these same trials" in header(analyze(copy, **quick))
+    assert "read by 1 earlier analysis of these same trials" in header(analyze(copy, **quick))
     analyze(copy, split="val", **quick)
     top2 = analyze(copy, top_k=2, **quick)
     assert "read before for other trials by 2 earlier analyses" in header(top2)
     text = (top2.out / "report.md").read_text()
     assert "### Earlier looks at the test split" in text and text.count("| no ") == 2
     again = analyze(copy, **quick)
-    assert "read before for other trials by 1 earlier analyses (see Earlier looks at the test split), and by " \
+    assert "read before for other trials by 1 earlier analysis (see Earlier looks at the test split), and by " \
            "2 of these same trials" in header(again)
     assert len(list((copy / "analyses").glob("*.json"))) == 4  # the validation analysis recorded nothing
     shutil.rmtree(copy / "analyses")
