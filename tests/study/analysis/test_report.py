@@ -41,6 +41,8 @@ def test_the_interval_paragraph_says_the_patients_per_class_stay_fixed_not_the_i
     assert "class mix fixed" not in text and "barely moves" not in text
     assert "number of patients of each class, not of images" in text
     assert "accuracy still move" in text
+    assert "A patient here is a patient id, or several joined where they share an image file or a near-identical" \
+        in text  # the count ("18 images of 11 patients") can be below the split's patient ids
 
 
 def _analysis(split: str = "test", top_k: int = 1, selected=(), keep: int | str = 1,
