@@ -140,6 +140,14 @@ class JobLabels:
         return self.labels[trial.config["job"]]
 
 
+def tune_state_saved(uri: str) -> bool:
+    """Whether Tune saved the state of the confirm run at `uri` (tuner.pkl, written as the run starts, and an
+    experiment snapshot, written once it runs), which Tuner.restore continues. A confirm run stopped in its
+    start-up (Ctrl-C while Ray started, Ray timing out) holds only jobs.json."""
+    names = {entry.name for entry in storage.listing(uri)}
+    return "tuner.pkl" in names and any(name.startswith("experiment_state-") for name in names)
+
+
 def build_tuner(settings: StudySettings, jobs: list[ConfirmJob], splits: dict[str, pd.DataFrame], resume: bool,
                 verbose: bool = False):
     """Tune's Tuner for the confirm run, or restored for a resume (which keeps the console it started with).
@@ -180,7 +188,8 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
                 verbose: bool = False):
     """Start (or resume) the confirm run of a study; returns Tune's ResultGrid. `data_roots` ([DATASET=]PATH)
     and `cache_dir`: where the study's data and image cache lie now, if not where study.json says. `verbose`:
-    Tune's own output and the trials' logs, instead of the status line (StudyConsole)."""
+    Tune's own output and the trials' logs, instead of the status line (StudyConsole). The resume of a confirm
+    run stopped before Tune saved anything starts it, with the jobs it saved."""
     from cxrnets.models import fetch_imagenet_weights
     from study.driver import (check_cluster, check_cluster_reachable, check_local_resources, connect, log_run_end,
                               prepare_splits, quiet_tune, runs_on_this_machine, tensorboard_line, tune_interrupts)
@@ -189,6 +198,7 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
 
     settings = load_settings(study_dir)
     relocate(settings, data_roots, cache_dir)
+    uri = confirm_uri(settings.study_uri)
     jobs = read_jobs(settings.study_uri)
     if resume:
         if jobs is None:
@@ -198,9 +208,13 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
                            "started with; drop --seeds")
     else:
         if jobs is not None:
-            raise CxrError(f"{confirm_uri(settings.study_uri)} already holds a confirm run ({len(jobs)} trials): "
-                           "continue it with --resume, or delete that folder to start again")
+            raise CxrError(f"{uri} already holds a confirm run ({len(jobs)} trials): continue it with --resume, or "
+                           "delete that folder to start again")
         jobs = make_jobs(settings, read_results(settings.study_uri), seeds if seeds is not None else 3)
+    restore = resume and tune_state_saved(uri)
+    if resume and not restore:
+        log.info("%s was stopped before its trials started (it holds %s, not Tune's state): starting them now",
+                 uri, JOBS_FILE)
     if runs_on_this_machine(address):
         check_local_resources(settings, cores=num_cpus)
     else:
@@ -217,12 +231,12 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
     started_here = connect(address, num_cpus, trial_logs=verbose)
     try:
         check_cluster(settings, joined=not runs_on_this_machine(address))
-        log.info(tensorboard_line(confirm_uri(settings.study_uri)))
+        log.info(tensorboard_line(uri))
         started = time.perf_counter()
-        with resumed_study(confirm_uri(settings.study_uri)) if resume else contextlib.nullcontext():
+        with resumed_study(uri) if restore else contextlib.nullcontext():
             with tune_interrupts(f"python -m study.confirm {quote(study_dir)} --resume"):
-                grid = build_tuner(settings, jobs, splits, resume, verbose).fit()
-        log_run_end("confirm", grid, read_trial_events(confirm_uri(settings.study_uri)), time.perf_counter() - started)
+                grid = build_tuner(settings, jobs, splits, restore, verbose).fit()
+        log_run_end("confirm", grid, read_trial_events(uri), time.perf_counter() - started)
     finally:
         if started_here:
             ray.shutdown()

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+from dataclasses import asdict, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +19,7 @@ import pytest
 from study import storage
 from study.analyze import analyze
 from cxrnets.errors import CxrError
-from study.confirm import ConfirmJob, JobLabels, confirm_uri, main, make_jobs, read_jobs, run_confirm
+from study.confirm import ConfirmJob, JobLabels, confirm_uri, jobs_uri, main, make_jobs, read_jobs, run_confirm
 from study.console import StudyConsole
 from study.results import read_results, read_trial_events
 from study.settings import load_settings
@@ -226,6 +227,30 @@ def test_a_killed_confirm_resumes_without_losing_or_repeating(grid_study, tmp_pa
     analysis = analyze(study, formats=("md",), resamples=0, importance="none")
     assert analysis.confirmation.complete
     assert "the confirm run was resumed 1 time(s)" in (study / "report" / "report.md").read_text()
+
+
+def test_a_confirm_run_stopped_in_its_start_up_is_started_by_resume(grid_study, tmp_path, capsys):
+    """Stopped once it had saved its jobs but before Tune saved anything (Ctrl-C while Ray started, Ray timing
+    out under load), the confirm folder holds jobs.json only: --resume crashed on Tune's missing tuner.pkl, and
+    --seeds is refused ('continue it with --resume'). The resume starts the run with the jobs it saved."""
+    study = linked_copy(grid_study, tmp_path / "grid")
+    settings = json.loads((study / "study.json").read_text())
+    (study / "study.json").unlink()  # a hard link to the shared study's file
+    (study / "study.json").write_text(json.dumps({**settings, "max_epochs": 1}))  # a quick seed run
+    chosen = make_jobs(load_settings(str(study)), read_results(str(study)), seeds=1)
+    saved = replace(next(job for job in chosen if job.model == "alexnet"), job=0)
+    storage.write_json(jobs_uri(str(study)), [asdict(saved)])  # as the start-up leaves it
+    assert main([str(study), "--seeds", "1"]) == 2
+    assert "continue it with --resume" in capsys.readouterr().err
+
+    assert main([str(study), "--resume"]) == 0
+    uri = confirm_uri(str(study))
+    assert read_jobs(str(study)) == [saved]
+    results = read_results(uri)
+    assert results["config/job"].tolist() == [0] and results["epoch"].tolist() == [1]
+    assert read_trial_events(uri)["event"].tolist() == ["completed"]
+    assert len(list((study / "confirm" / "weights").glob("*.pt"))) == 1
+    assert f"analysis:    python -m study.analyze {study}" in capsys.readouterr().out
 
 
 def _trial_of(path: Path) -> str:
