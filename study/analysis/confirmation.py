@@ -20,7 +20,9 @@ from study.tables import COMPLETED, DIVERGED, FAILED, STOPPED_EARLY, trial_table
 
 log = logging.getLogger("study.analyze")
 
-ENDED = (COMPLETED, STOPPED_EARLY, DIVERGED, FAILED)  # the statuses of study.tables.trial_table that a resume leaves
+# The statuses of study.tables.trial_table that a resume leaves; it runs a failed trial again (study.confirm
+# restores Tune's run with resume_errored).
+ENDED = (COMPLETED, STOPPED_EARLY, DIVERGED)
 
 
 @dataclass
@@ -37,11 +39,16 @@ class SeedRun:
 
     @property
     def ended(self) -> bool:
-        """Whether the run is over (a --resume would not train it again): completed, diverged, failed or stopped."""
+        """Whether the run is over (a --resume would not train it again): completed, diverged or stopped."""
         return self.status in ENDED
 
+    @property
+    def failed(self) -> bool:
+        """Whether the run ended in an error, which a --resume runs again (from its last full state)."""
+        return self.status == FAILED
+
     def how_it_ended(self) -> str:
-        """E.g. `diverged (NaN loss) at epoch 3` (for a run that has ended)."""
+        """E.g. `diverged (NaN loss) at epoch 3` (for a run that has ended or failed)."""
         return {COMPLETED: f"completed its {self.epochs} epochs",
                 DIVERGED: f"diverged (NaN loss) at epoch {self.epochs}",
                 FAILED: f"failed after {self.epochs} epoch(s)",
@@ -88,8 +95,8 @@ def evaluate_confirmation(study: Study, split: str, data: StudyData) -> Confirma
             run.best_epoch, run.validation = int(row["best_epoch"]), float(row[settings.metric])
         best = weights.get(run.trial_id)
         if best is None:
-            why = (f"{run.how_it_ended()}, before writing weights" if run.ended and run.best_epoch is None
-                   else "no best weights")
+            why = (f"{run.how_it_ended()}, before writing weights"
+                   if (run.ended or run.failed) and run.best_epoch is None else "no best weights")
             confirmation.notes.append(f"seed run {run.job.name} ({run.trial_id}): {why}; not evaluated")
             continue
         if run.status in (DIVERGED, FAILED, STOPPED_EARLY):

@@ -530,9 +530,10 @@ def seed_section(analysis: Analysis) -> list[str]:
 
 
 def partial_confirmation(analysis: Analysis) -> str:
-    """What a confirm run lacks: the seed runs that ended without an evaluation, and how; and the unfinished
-    ones, which a --resume continues."""
+    """What a confirm run lacks: the seed runs that ended without an evaluation, and how; the failed ones,
+    which a --resume runs again; and the unfinished ones, which a --resume continues."""
     runs = analysis.confirmation.runs
+    resume = f"`python -m study.confirm {quote(analysis.study.uri)} --resume`"
     evaluated = sum(run.evaluation is not None for run in runs)
     text = f"**Partial:** {evaluated} of {len(runs)} seed runs evaluated"
     ended = [run for run in runs if run.ended and run.evaluation is None]
@@ -541,13 +542,21 @@ def partial_confirmation(analysis: Analysis) -> str:
             f"seed {run.job.seed} of {run.job.dataset} / {run.job.model} {run.how_it_ended()}"
             + (", before writing weights" if run.best_epoch is None else " (see the notes below)") for run in ended)
     text += "."
-    unfinished = [run for run in runs if not run.ended]
+    failed = [run for run in runs if run.failed]
+    if failed:
+        which = "; ".join(f"seed {run.job.seed} of {run.job.dataset} / {run.job.model}, after {run.epochs} epoch(s)"
+                          + ("" if run.evaluation is None else ", evaluated at its best epoch before that")
+                          for run in failed)
+        text += (f" {len(failed)} seed run{'s' if len(failed) > 1 else ''} failed ({which}; the traceback of each: "
+                 f"error.txt in its trial folder): once the cause is fixed, {resume} runs "
+                 f"{'it' if len(failed) == 1 else 'them'} again from the last full state, then analyse again.")
+    unfinished = [run for run in runs if not run.ended and not run.failed]
     if unfinished:
         some = sum(run.evaluation is not None for run in unfinished)
         so_far = ("" if not some else " (evaluated at the best epoch so far)" if some == len(unfinished)
                   else f" ({some} of them evaluated at the best epoch so far)")
         text += (f" {len(unfinished)} seed run{'s' if len(unfinished) > 1 else ''} unfinished{so_far}: continue "
-                 f"with `python -m study.confirm {quote(analysis.study.uri)} --resume`, then analyse again.")
+                 f"with {resume}, then analyse again.")
     return text
 
 

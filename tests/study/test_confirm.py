@@ -21,7 +21,7 @@ from study.analyze import analyze
 from cxrnets.errors import CxrError
 from study.confirm import ConfirmJob, JobLabels, confirm_uri, jobs_uri, main, make_jobs, read_jobs, run_confirm
 from study.console import StudyConsole
-from study.results import read_results, read_trial_events
+from study.results import ResultsTable, read_results, read_trial_events
 from study.settings import load_settings
 from study.tables import best_trials
 
@@ -310,6 +310,22 @@ def test_a_second_ctrl_c_says_whether_there_is_a_confirm_run_to_resume(grid_stud
         f"interrupted; continue the confirm run with\n  python -m study.confirm {confirmed} --resume\n")
     assert main([str(grid_study)]) == 130  # no confirm run was written yet
     assert capsys.readouterr().err.endswith("interrupted before the confirm run started: nothing to continue\n")
+
+
+def test_a_confirm_run_whose_seed_runs_errored_says_that_its_resume_runs_them_again(grid_study, tmp_path, capsys,
+                                                                                      monkeypatch):
+    """It exited 0 with no word of them; Tune's restore (resume_errored) runs errored trials again."""
+    import study.confirm
+
+    folder = linked_copy(grid_study, tmp_path / "grid")
+    events = ResultsTable(confirm_uri(str(folder)))
+    events.on_trial_complete(1, [], SimpleNamespace(trial_id="c0nf1rm0_00000"))
+    events.on_trial_error(2, [], SimpleNamespace(trial_id="c0nf1rm0_00001", error_file="/tmp/ray/error.txt"))
+    monkeypatch.setattr(study.confirm, "run_confirm", lambda *args, **kwargs: [])  # Tune's grid: none unfinished
+    assert main([str(folder), "--seeds", "1"]) == 0
+    assert ("1 trial errored (its traceback: error.txt in its trial folder); once the cause is fixed, the resume runs "
+            f"it again, from its last full state:\n  python -m study.confirm {folder} --resume\n"
+            ) in capsys.readouterr().out
 
 
 def search_results(models: dict[str, list[tuple[str, float, int]]]) -> pd.DataFrame:

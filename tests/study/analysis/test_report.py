@@ -13,7 +13,7 @@ from study.analysis.confirmation import Confirmation, SeedRun
 from study.analysis.evaluation import Evaluation
 from study.analysis.report import calibration_section, header_lines, seed_section, uncertainty_paragraph, write_report
 from study.confirm import ConfirmJob
-from study.tables import COMPLETED, DIVERGED, UNFINISHED
+from study.tables import COMPLETED, DIVERGED, FAILED, UNFINISHED
 from study.analysis.uncertainty import BASELINE, bootstrap_split, percentile_interval
 
 CLASSES = ["COVID-19", "Other pneumonia", "No Finding"]
@@ -169,3 +169,16 @@ def test_a_confirm_run_whose_seed_run_diverged_has_ended_and_no_resume_is_sugges
     assert ("1 seed run unfinished (evaluated at the best epoch so far): continue with `python -m study.confirm "
             "/studies/s --resume`, then analyse again.") in text
     assert "Partial" not in "\n".join(seed_section(_confirmed((1, COMPLETED, 2, True), (2, COMPLETED, 2, True))))
+
+
+def test_a_confirm_run_whose_seed_run_failed_is_partial_and_its_resume_is_suggested():
+    """A failed seed run (an error in Tune: out of memory, a lost file) was told as ended, with no --resume,
+    and as complete where it had weights from before; the resume runs it again (Tune's resume_errored)."""
+    resume = "`python -m study.confirm /studies/s --resume` runs it again from the last full state, then analyse again."
+    text = "\n".join(seed_section(_confirmed((1, FAILED, 1, False), (2, COMPLETED, 2, True))))
+    assert ("**Partial:** 1 of 2 seed runs evaluated. 1 seed run failed (seed 1 of d / alexnet, after 1 epoch(s); the "
+            f"traceback of each: error.txt in its trial folder): once the cause is fixed, {resume}") in text
+    text = "\n".join(seed_section(_confirmed((1, FAILED, 1, True), (2, COMPLETED, 2, True))))
+    assert ("**Partial:** 2 of 2 seed runs evaluated. 1 seed run failed (seed 1 of d / alexnet, after 1 epoch(s), "
+            "evaluated at its best epoch before that; the traceback of each: error.txt in its trial folder): once the "
+            f"cause is fixed, {resume}") in text
