@@ -16,7 +16,7 @@ from study.analysis.reading import Study, model_order
 from study.checkpoints import read_best_weights
 from study.confirm import ConfirmJob, confirm_uri, read_jobs
 from study.results import RESULTS_DIR, read_results, read_trial_events
-from study.tables import COMPLETED, DIVERGED, FAILED, STOPPED_EARLY, trial_table
+from study.tables import COMPLETED, DIVERGED, FAILED, STOPPED_EARLY, best_epochs, trial_table
 
 log = logging.getLogger("study.analyze")
 
@@ -33,8 +33,8 @@ class SeedRun:
     trial_id: str | None = None
     status: str = "not started"
     epochs: int = 0
-    best_epoch: int | None = None
-    validation: float = float("nan")       # the study metric at the best epoch
+    best_epoch: int | None = None          # its best on the study metric
+    validation: dict[str, float] = field(default_factory=dict)  # the val/ metrics at best_epoch
     evaluation: Evaluation | None = None   # its best weights on the evaluated split
 
     @property
@@ -85,6 +85,7 @@ def evaluate_confirmation(study: Study, split: str, data: StudyData) -> Confirma
         confirmation.notes.append(f"{uri}: no seed run has reported an epoch yet")
         return confirmation
     trials = trial_table(results, events, settings.metric, settings.mode, settings.max_epochs)
+    best_rows = best_epochs(results, settings.metric, settings.mode).set_index("trial_id")
     for run in confirmation.runs:
         mine = trials[trials["config/job"] == run.job.job] if "config/job" in trials else trials.iloc[0:0]
         if mine.empty:
@@ -92,7 +93,9 @@ def evaluate_confirmation(study: Study, split: str, data: StudyData) -> Confirma
         row = mine.sort_values("epochs", ascending=False).iloc[0]
         run.trial_id, run.status, run.epochs = str(row["trial_id"]), str(row["status"]), int(row["epochs"])
         if pd.notna(row["best_epoch"]):
-            run.best_epoch, run.validation = int(row["best_epoch"]), float(row[settings.metric])
+            run.best_epoch = int(row["best_epoch"])
+            run.validation = {key: float(value) for key, value in best_rows.loc[run.trial_id].items()
+                              if key.startswith("val/") and pd.notna(value)}
         best = weights.get(run.trial_id)
         if best is None:
             why = (f"{run.how_it_ended()}, before writing weights"
@@ -123,13 +126,16 @@ def driver_runs(uri: str) -> int:
     return len(sessions)
 
 
-def seed_runs_table(confirmation: Confirmation, split: str, metric: str) -> pd.DataFrame:
-    """One row per seed run: its cell, seed, status, epochs, validation best and figures on the split."""
+def seed_runs_table(confirmation: Confirmation, split: str, metric: str, study_metric: str) -> pd.DataFrame:
+    """One row per seed run: its cell, seed, status, epochs, its best epoch on `study_metric` and its value
+    there, the analysis's `metric` (if another) at that epoch, and its figures on the split."""
     rows = []
     for run in confirmation.runs:
         row = {"dataset": run.job.dataset, "model": run.job.model, "confirms": run.job.confirms,
                "seed": run.job.seed, "trial_id": run.trial_id, "status": run.status, "epochs": run.epochs,
-               "best epoch": run.best_epoch, f"{metric} (best)": run.validation}
+               "best epoch": run.best_epoch, f"{study_metric} (best)": run.validation.get(study_metric, np.nan)}
+        if metric != study_metric:
+            row[f"{metric} at best epoch"] = run.validation.get(metric, np.nan)
         if run.evaluation is not None:
             row.update({k: v for k, v in run.evaluation.metrics.items() if k.startswith(f"{split}/")})
         rows.append(row)

@@ -175,7 +175,7 @@ def baseline_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
 
 def seed_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
     """study.confirm's seed runs, their summary per cell, and the differences between models."""
-    runs = seed_runs_table(analysis.confirmation, analysis.split, analysis.metric)
+    runs = seed_runs_table(analysis.confirmation, analysis.split, analysis.metric, analysis.study.settings.metric)
     figure = f"{analysis.split}/{reported_metric(analysis)}"
     search = {c.candidate.trial_id: c.evaluation.metrics.get(figure) for c in analysis.selected}
     summary = seed_summary(runs, figure, search)

@@ -1,0 +1,42 @@
+"""study.confirm's seed runs as the analysis reads them (a confirm folder written here, no Ray)."""
+
+from __future__ import annotations
+
+import types
+from dataclasses import asdict
+
+import pytest
+
+from study import storage
+from study.analysis.confirmation import evaluate_confirmation
+from study.analysis.report_tables import seed_tables
+from study.confirm import ConfirmJob, confirm_uri, jobs_uri
+from study.results import ResultsTable
+
+METRIC = "val/f1_macro"
+
+
+def _confirm_run(study_uri: str, epochs: list[dict[str, float]]) -> None:
+    """A confirm run of one seed run that completed `epochs` (each epoch's validation metrics), without weights."""
+    job = ConfirmJob(0, "d", "alexnet", "a1", 1, {"dataset": "d", "model": "alexnet", "seed": 1})
+    storage.write_json(jobs_uri(study_uri), [asdict(job)])
+    table = ResultsTable(confirm_uri(study_uri))
+    trial = types.SimpleNamespace(trial_id="c0nf1rm0_00000", config={"job": 0})
+    for epoch, metrics in enumerate(epochs, start=1):
+        table.on_trial_result(epoch, [], trial, {"epoch": epoch, "training_iteration": epoch, "diverged": 0,
+                                                 "time_this_iter_s": 1.0, **metrics})
+    table.on_trial_complete(len(epochs), [], trial)
+
+
+def test_the_seed_runs_table_gives_the_analysis_metric_at_the_epoch_chosen_on_the_study_metric(tmp_path):
+    """With study.analyze --metric val/accuracy, the column `val/accuracy (best)` held the study's val/f1_macro."""
+    _confirm_run(str(tmp_path), [{METRIC: 0.3, "val/accuracy": 0.8}, {METRIC: 0.5, "val/accuracy": 0.6}])
+    settings = types.SimpleNamespace(metric=METRIC, mode="max", max_epochs=2)
+    confirmation = evaluate_confirmation(types.SimpleNamespace(uri=str(tmp_path), settings=settings), "test", None)
+    analysis = types.SimpleNamespace(confirmation=confirmation, split="test", metric="val/accuracy", selected=[],
+                                     study=types.SimpleNamespace(settings=settings))
+    run = seed_tables(analysis)["seed_runs"].iloc[0]
+    assert run["best epoch"] == 2  # the best on the study's metric: the epoch of the weights evaluated
+    assert run[f"{METRIC} (best)"] == pytest.approx(0.5)
+    assert run["val/accuracy at best epoch"] == pytest.approx(0.6)
+    assert "val/accuracy (best)" not in run
