@@ -9,6 +9,7 @@
 Prints the validation metrics after every epoch, evaluates on the test split
 at the end, and saves `<out>/checkpoint.pt` (model, optimizer, epoch, config)
 and `<out>/metrics.jsonl` after every epoch. A folder that already holds a run
+(a checkpoint.pt; without one, what a run stopped before it left is replaced)
 is refused unless `--resume` continues it (with the run's own options; only
 --epochs, --cache-dir and the device options may change): after Ctrl-C,
 which keeps the last finished epoch, or to train further.
@@ -37,6 +38,7 @@ log = logging.getLogger("cxrnets.train")
 
 
 RUN_FILES = ("checkpoint.pt", "metrics.jsonl")
+PARTIAL_CHECKPOINT = "checkpoint.pt.partial"  # the next checkpoint, renamed to checkpoint.pt once written whole
 RESUME_MAY_CHANGE = ("epochs", "device", "cache_dir", "amp", "compile")  # how far and where, not what is trained
 
 
@@ -95,10 +97,22 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
 
 
 def refuse_an_earlier_run(out: Path) -> None:
-    found = [name for name in RUN_FILES if (out / name).exists()]
-    if found:
+    """Refuse a folder with a checkpoint.pt: a run that --resume continues (without one, there is nothing to
+    continue, and clear_an_unfinished_start makes way for the new run)."""
+    if (out / "checkpoint.pt").exists():
+        found = [name for name in RUN_FILES if (out / name).exists()]
         raise CxrError(f"{out} already holds a run ({', '.join(found)}): pass --resume to continue it, or another "
                        "--out; nothing was overwritten")
+
+
+def clear_an_unfinished_start(out: Path) -> None:
+    """Remove what a run stopped before its first checkpoint left in `out` (the metrics of an epoch whose
+    checkpoint was never written, a half-written checkpoint): the new run starts in its place."""
+    for name in ("metrics.jsonl", PARTIAL_CHECKPOINT):
+        path = out / name
+        if path.exists():
+            log.info("%s: left by a run stopped before its first checkpoint; removed, the run starts again", path)
+            path.unlink()
 
 
 def resumable_checkpoint(out: Path, config: TrainConfig) -> dict[str, Any]:
@@ -241,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
+    if checkpoint is None:
+        clear_an_unfinished_start(out)
     log.info("%s on %s (%s), %d classes: %s", config.model, config.dataset, run.device, len(run.classes),
              ", ".join(run.classes))
     warn_of_absent_classes(run)
@@ -260,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             with history.open("a") as file:
                 file.write(json.dumps(metrics) + "\n")
             # Replaced whole, never half-written: an interrupted run resumes from the last complete epoch.
-            partial = checkpoint_path.with_name(checkpoint_path.name + ".partial")
+            partial = out / PARTIAL_CHECKPOINT
             save_checkpoint({**run.checkpoint(), "split_digest": digest}, partial)
             partial.replace(checkpoint_path)
             saved = metrics["epoch"]

@@ -546,6 +546,42 @@ def test_cli_resume_of_a_run_split_when_fewer_fingerprint_bits_joined_x_rays_con
     assert torch.load(checkpoint_path, weights_only=False)["split_digest"] == split_digest(before)
 
 
+def tiny_cli_arguments(root: Path, tmp_path: Path, *more: str) -> list[str]:
+    """`python -m cxrnets.train` on a tiny_folder dataset, into tmp_path/run."""
+    return ["--dataset", "folder", "--data-root", str(root), "--image-size", "32", "--batch-size", "4",
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run"), *more]
+
+
+def recorded_epochs(out: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_cli_a_run_stopped_before_its_first_checkpoint_starts_again_with_the_same_command(
+        tiny_folder: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """Ctrl-C while epoch 1's checkpoint is written, after its metrics line: the folder holds no run to continue
+    (no checkpoint.pt), so --resume says to leave it out, and the same command starts the run there again."""
+    import cxrnets.training
+
+    save_checkpoint = cxrnets.training.save_checkpoint
+
+    def save_then_ctrl_c(checkpoint, path):
+        save_checkpoint(checkpoint, path)  # checkpoint.pt.partial is written: Ctrl-C lands before its rename
+        raise KeyboardInterrupt
+
+    out, arguments = tmp_path / "run", tiny_cli_arguments(tiny_folder, tmp_path, "--epochs", "1")
+    monkeypatch.setattr(cxrnets.training, "save_checkpoint", save_then_ctrl_c)
+    assert main(arguments) == 130
+    assert recorded_epochs(out) == [1] and not (out / "checkpoint.pt").exists()
+    monkeypatch.setattr(cxrnets.training, "save_checkpoint", save_checkpoint)
+    capsys.readouterr()
+    assert main([*arguments, "--resume"]) == 2
+    assert (f"--resume: {out / 'checkpoint.pt'} does not exist: nothing to continue (leave out --resume to start "
+            "a run)") in capsys.readouterr().err
+    assert main(arguments) == 0
+    assert recorded_epochs(out) == [1] and torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert not (out / "checkpoint.pt.partial").exists()
+
+
 def test_cli_ctrl_c_says_which_epoch_is_kept_and_how_to_continue(sample_cache: Path, tmp_path: Path, capsys,
                                                                  monkeypatch) -> None:
     """Ctrl-C (KeyboardInterrupt) in the second epoch: the first epoch's checkpoint stays, the command says
