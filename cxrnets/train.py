@@ -284,9 +284,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"status: diverged at epoch {saved + 1}: {error}; try a lower --lr", file=sys.stderr)
             return 3
         except KeyboardInterrupt:
-            kept = f"{checkpoint_path} holds epoch {saved}" if saved else "no epoch was finished"
-            print(f"interrupted in epoch {saved + 1}: {kept}; continue the run with the same command and "
-                  "--resume", file=sys.stderr)
+            then = (f"{checkpoint_path} holds epoch {saved}; continue the run with the same command and --resume"
+                    if saved else "no checkpoint was written yet; run the same command again to start the run over")
+            print(f"interrupted in epoch {saved + 1}: {then}", file=sys.stderr)
             return 130  # as a shell reports a command stopped by Ctrl-C
     test_metrics, _, _ = run.evaluate_split("test")
     log.info("test: %s", "  ".join(f"{k.removeprefix('test/')} {v:.3f}" for k, v in test_metrics.items()))

@@ -608,6 +608,23 @@ def test_cli_ctrl_c_says_which_epoch_is_kept_and_how_to_continue(sample_cache: P
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
+def test_cli_ctrl_c_in_the_first_epoch_says_to_run_the_same_command_again(tiny_folder: Path, tmp_path: Path,
+                                                                          capsys, monkeypatch) -> None:
+    """No checkpoint to continue from: the same command, without --resume, starts the run again."""
+    from cxrnets.training import TrainingRun
+
+    def ctrl_c(self):
+        raise KeyboardInterrupt
+
+    arguments = tiny_cli_arguments(tiny_folder, tmp_path, "--epochs", "1")
+    with monkeypatch.context() as patch:
+        patch.setattr(TrainingRun, "train_epoch", ctrl_c)
+        assert main(arguments) == 130
+    assert capsys.readouterr().err == ("interrupted in epoch 1: no checkpoint was written yet; run the same command "
+                                       "again to start the run over\n")
+    assert main(arguments) == 0 and recorded_epochs(tmp_path / "run") == [1]
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--model", "resnet18"], "invalid choice: 'resnet18'"),
     (["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
