@@ -187,7 +187,7 @@ def on_split_made_by_an_earlier_rule(run, checkpoint: dict[str, Any], out: Path)
                      out / "checkpoint.pt", made)
         else:
             log.info("%s trained on %s: it continues on that split", out / "checkpoint.pt", made)
-        return TrainingRun(config, replace(data, split=earlier))
+        return TrainingRun(config, replace(data, split=earlier), starting_weights=False)
     return None
 
 
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             refuse_an_earlier_run(out)
         check_output_folder(out, f"--out {out}")
-        run = TrainingRun(config)
+        run = TrainingRun(config, starting_weights=checkpoint is None)
         digest = split_digest(run.data.split)
         if checkpoint is not None and checkpoint.get("split_digest") != digest:
             run = on_split_made_by_an_earlier_rule(run, checkpoint, out) or run

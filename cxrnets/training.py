@@ -320,9 +320,13 @@ def evaluate(model: nn.Module, batches: Batches, loss_fn: nn.Module, multilabel:
 # ------------------------------------------------------------------ the run
 
 class TrainingRun:
-    """Model, optimizer and data of one configuration, trained an epoch at a time."""
+    """Model, optimizer and data of one configuration, trained an epoch at a time.
 
-    def __init__(self, config: TrainConfig, data: PreparedData | None = None):
+    The model starts from the configuration's pretrained or --weights file unless `starting_weights` is off:
+    where restore() will overwrite every weight from a checkpoint, which needs neither file nor network.
+    """
+
+    def __init__(self, config: TrainConfig, data: PreparedData | None = None, starting_weights: bool = True):
         config.validate()
         self.config = config
         torch.manual_seed(config.seed)
@@ -333,7 +337,8 @@ class TrainingRun:
         for name in ("train", "val"):
             if len(self.data.rows(name)) == 0:
                 raise CxrError(f"the {name} split of {config.dataset} is empty; use a larger dataset")
-        self.model = build_model(config.model, len(self.classes), config.pretrained, config.weights)
+        self.model = (build_model(config.model, len(self.classes), config.pretrained, config.weights)
+                      if starting_weights else build_model(config.model, len(self.classes)))
         self.gpu_path = gpu_path(config, self.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # one input size per run: let cuDNN time and pick its kernels

@@ -469,6 +469,33 @@ def test_cli_resume_continues_the_run_as_if_uninterrupted(cli_run: tuple[Path, s
         assert torch.equal(tensor, weights[name]), name
 
 
+@pytest.mark.parametrize("start", ["--weights", "--pretrained"])
+def test_cli_resume_reads_no_starting_weights(tiny_folder: Path, tmp_path: Path, capsys, monkeypatch,
+                                             start: str) -> None:
+    """The checkpoint holds every weight: a resume reads neither the --weights file the run started from (deleted
+    since) nor torchvision's ImageNet weights (offline, not in its cache)."""
+    import torchvision
+
+    import cxrnets.models
+
+    imagenet_like = torchvision.models.resnet50().state_dict()
+    weights = tmp_path / "start.pt"
+    torch.save(imagenet_like, weights)
+
+    def offline(name, allow_download):
+        raise CxrError(f"cannot download the ImageNet weights of {name}: offline")
+
+    options = ["--weights", str(weights)] if start == "--weights" else ["--pretrained"]
+    monkeypatch.setattr(cxrnets.models, "_load_imagenet_state_dict", lambda name, allow_download: (imagenet_like,
+                                                                                                     weights))
+    assert main(tiny_cli_arguments(tiny_folder, tmp_path, *options, "--epochs", "1")) == 0
+    weights.unlink()
+    monkeypatch.setattr(cxrnets.models, "_load_imagenet_state_dict", offline)
+    assert main(tiny_cli_arguments(tiny_folder, tmp_path, *options, "--epochs", "2", "--resume")) == 0, \
+        capsys.readouterr().err
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["epoch"] == 2
+
+
 def test_cli_resume_on_data_that_splits_differently_is_refused(tiny_folder: Path, tmp_path: Path, write_image,
                                                                capsys) -> None:
     """Without --split-file the split is made again from the data: images added since would move held-out
