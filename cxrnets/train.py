@@ -11,8 +11,9 @@ at the end, and saves `<out>/checkpoint.pt` (model, optimizer, epoch, config)
 and `<out>/metrics.jsonl` after every epoch. A folder that already holds a run
 (a checkpoint.pt; without one, what a run stopped before it left is replaced)
 is refused unless `--resume` continues it (with the run's own options; only
---epochs, --cache-dir and the device options may change): after Ctrl-C,
-which keeps the last finished epoch, or to train further.
+--epochs, --cache-dir, the device options, --data-root where the data moved
+and --weights, which is not read again, may change): after Ctrl-C, which
+keeps the last finished epoch, or to train further.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ log = logging.getLogger("cxrnets.train")
 
 RUN_FILES = ("checkpoint.pt", "metrics.jsonl")
 PARTIAL_CHECKPOINT = "checkpoint.pt.partial"  # the next checkpoint, renamed to checkpoint.pt once written whole
-RESUME_MAY_CHANGE = ("epochs", "device", "cache_dir", "amp", "compile")  # how far and where, not what is trained
+# How far and where, not what is trained: the data may have moved (check_same_split checks it is the same
+# data), and the starting weights file is not read again (the checkpoint keeps naming the one the run read).
+RESUME_MAY_CHANGE = ("epochs", "device", "cache_dir", "amp", "compile", "data_root", "weights")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
@@ -83,7 +86,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
     add("--out", default="runs/train", help="folder for checkpoint.pt and metrics.jsonl (default: runs/train)")
     add("--resume", action="store_true",
         help="continue the run in --out from its checkpoint.pt, given the run's own options (only --epochs, "
-             "--device, --cache-dir, --no-amp and --compile may differ)")
+             "--device, --cache-dir, --no-amp, --compile, --data-root where the data moved (it must split as "
+             "before) and --weights (not read again) may differ)")
     args = parser.parse_args(argv)
     args.cache_dir = absolute_cache_dir(args.cache_dir)
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
@@ -241,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = None
         if resume:
             checkpoint = resumable_checkpoint(out, config)
+            config.weights = checkpoint["config"].get("weights")  # the file the run started from
         else:
             refuse_an_earlier_run(out)
         check_output_folder(out, f"--out {out}")

@@ -496,6 +496,27 @@ def test_cli_resume_reads_no_starting_weights(tiny_folder: Path, tmp_path: Path,
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["epoch"] == 2
 
 
+def test_cli_resume_takes_the_data_and_the_starting_weights_from_where_they_moved(tiny_folder: Path,
+                                                                                   tmp_path: Path, capsys) -> None:
+    """The data folder and the starting weights file moved since the run started (a re-clone, a reinstall that
+    moved the embedded sample, another mount): the resume reads the data where it is now (the split digest
+    checks it is the same data), and its checkpoint keeps naming the weights file the run started from."""
+    from cxrnets.models import build_model
+
+    weights = tmp_path / "start.pt"
+    torch.save(build_model("resnet50", 2).state_dict(), weights)
+    assert main(tiny_cli_arguments(tiny_folder, tmp_path, "--weights", str(weights), "--epochs", "1")) == 0
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    tiny_folder.rename(moved / "folder")
+    weights.rename(moved / "start.pt")
+    assert main(tiny_cli_arguments(moved / "folder", tmp_path, "--weights", str(moved / "start.pt"), "--epochs", "2",
+                                   "--resume")) == 0, capsys.readouterr().err
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] == 2 and checkpoint["config"]["data_root"] == str(moved / "folder")
+    assert checkpoint["config"]["weights"] == str(weights)
+
+
 def test_cli_resume_on_data_that_splits_differently_is_refused(tiny_folder: Path, tmp_path: Path, write_image,
                                                                capsys) -> None:
     """Without --split-file the split is made again from the data: images added since would move held-out
