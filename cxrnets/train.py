@@ -233,32 +233,26 @@ def drop_epochs_after(history: Path, epoch: int) -> None:
         history.write_text("".join(line + "\n" for line in kept))
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config, out, resume = parse_args(argv)
-    # torch: after the options are read
+def start_or_resume(config: TrainConfig, out: Path, resume: bool):
+    """(run, digest of its split): the run to train into `out`, restored from its checkpoint if `resume`, with
+    `out` ready for its next epoch; CxrError where `out` or the options do not allow it."""
     from cxrnets.splits import split_digest
-    from cxrnets.training import TrainingRun, check_output_folder, save_checkpoint
+    from cxrnets.training import TrainingRun, check_output_folder
 
-    history, checkpoint_path = out / "metrics.jsonl", out / "checkpoint.pt"
-    try:
-        checkpoint = None
-        if resume:
-            checkpoint = resumable_checkpoint(out, config)
-            config.weights = checkpoint["config"].get("weights")  # the file the run started from
-        else:
-            refuse_an_earlier_run(out)
-        check_output_folder(out, f"--out {out}")
-        run = TrainingRun(config, starting_weights=checkpoint is None)
+    checkpoint = None
+    if resume:
+        checkpoint = resumable_checkpoint(out, config)
+        config.weights = checkpoint["config"].get("weights")  # the file the run started from
+    else:
+        refuse_an_earlier_run(out)
+    check_output_folder(out, f"--out {out}")
+    run = TrainingRun(config, starting_weights=checkpoint is None)
+    digest = split_digest(run.data.split)
+    if checkpoint is not None and checkpoint.get("split_digest") != digest:
+        run = on_split_made_by_an_earlier_rule(run, checkpoint, out) or run
         digest = split_digest(run.data.split)
-        if checkpoint is not None and checkpoint.get("split_digest") != digest:
-            run = on_split_made_by_an_earlier_rule(run, checkpoint, out) or run
-            digest = split_digest(run.data.split)
-        if checkpoint is not None:
-            check_same_split(checkpoint, digest, out)
-    except CxrError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if checkpoint is not None:
+        check_same_split(checkpoint, digest, out)
     out.mkdir(parents=True, exist_ok=True)
     if checkpoint is None:
         clear_an_unfinished_start(out)
@@ -267,8 +261,26 @@ def main(argv: list[str] | None = None) -> int:
     warn_of_absent_classes(run)
     if checkpoint is not None:
         run.restore(checkpoint)
-        drop_epochs_after(history, run.epoch)
-        log.info("resumed from %s at epoch %d", checkpoint_path, run.epoch)
+        drop_epochs_after(out / "metrics.jsonl", run.epoch)
+        log.info("resumed from %s at epoch %d", out / "checkpoint.pt", run.epoch)
+    return run, digest
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    config, out, resume = parse_args(argv)
+    # torch: after the options are read
+    from cxrnets.training import save_checkpoint
+
+    history, checkpoint_path = out / "metrics.jsonl", out / "checkpoint.pt"
+    try:
+        run, digest = start_or_resume(config, out, resume)
+    except CxrError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted before training started: run the same command again", file=sys.stderr)
+        return 130  # as a shell reports a command stopped by Ctrl-C
     saved = run.epoch  # the epoch checkpoint.pt holds
     for _ in range(run.epoch, config.epochs):
         try:
@@ -292,8 +304,13 @@ def main(argv: list[str] | None = None) -> int:
             then = (f"{checkpoint_path} holds epoch {saved}; continue the run with the same command and --resume"
                     if saved else "no checkpoint was written yet; run the same command again to start the run over")
             print(f"interrupted in epoch {saved + 1}: {then}", file=sys.stderr)
-            return 130  # as a shell reports a command stopped by Ctrl-C
-    test_metrics, _, _ = run.evaluate_split("test")
+            return 130
+    try:
+        test_metrics, _, _ = run.evaluate_split("test")
+    except KeyboardInterrupt:
+        print(f"interrupted in the test evaluation: {checkpoint_path} holds the trained model (epoch {saved}); its "
+              "test metrics were not computed", file=sys.stderr)
+        return 130
     log.info("test: %s", "  ".join(f"{k.removeprefix('test/')} {v:.3f}" for k, v in test_metrics.items()))
     log.info("checkpoint: %s", checkpoint_path)
     return 0

@@ -673,6 +673,47 @@ def test_cli_ctrl_c_in_the_first_epoch_says_to_run_the_same_command_again(tiny_f
     assert main(arguments) == 0 and recorded_epochs(tmp_path / "run") == [1]
 
 
+@pytest.mark.parametrize("resume", [False, True])
+def test_cli_ctrl_c_before_training_says_to_run_the_same_command_again(tiny_folder: Path, tmp_path: Path, capsys,
+                                                                       monkeypatch, resume: bool) -> None:
+    """Ctrl-C while the dataset is decoded into the cache (or anywhere before the first epoch starts): one line,
+    status 130, and the same command then runs."""
+    import cxrnets.training
+
+    arguments = tiny_cli_arguments(tiny_folder, tmp_path, "--epochs", "2" if resume else "1",
+                                   *(["--resume"] if resume else []))
+    if resume:
+        assert main(tiny_cli_arguments(tiny_folder, tmp_path, "--epochs", "1")) == 0
+        capsys.readouterr()
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cxrnets.training, "build_cache", ctrl_c)
+        assert main(arguments) == 130
+    assert capsys.readouterr().err == "interrupted before training started: run the same command again\n"
+    assert main(arguments) == 0 and recorded_epochs(tmp_path / "run") == ([1, 2] if resume else [1])
+
+
+def test_cli_ctrl_c_in_the_test_evaluation_says_the_trained_model_is_kept(tiny_folder: Path, tmp_path: Path,
+                                                                          capsys, monkeypatch) -> None:
+    from cxrnets.training import TrainingRun
+
+    evaluate_split = TrainingRun.evaluate_split
+
+    def ctrl_c_in_test(self, split):
+        if split == "test":
+            raise KeyboardInterrupt
+        return evaluate_split(self, split)
+
+    monkeypatch.setattr(TrainingRun, "evaluate_split", ctrl_c_in_test)
+    out = tmp_path / "run"
+    assert main(tiny_cli_arguments(tiny_folder, tmp_path, "--epochs", "1")) == 130
+    assert capsys.readouterr().err == (f"interrupted in the test evaluation: {out / 'checkpoint.pt'} holds the "
+                                       "trained model (epoch 1); its test metrics were not computed\n")
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--model", "resnet18"], "invalid choice: 'resnet18'"),
     (["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
