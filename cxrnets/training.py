@@ -67,8 +67,8 @@ def check_output_folder(folder: Path, option: str) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as error:
-        raise CxrError(f"{option}: cannot write in {folder} ({error.strerror or error}); pick a folder you can "
-                       "write to") from error
+        reason = "a file, not a folder" if isinstance(error, FileExistsError) else error.strerror or error
+        raise CxrError(f"{option}: cannot write in {folder} ({reason}); pick a folder you can write to") from error
     finally:
         for path in made:
             if path.is_dir():
@@ -123,11 +123,13 @@ def prepare_data(config: TrainConfig, split: pd.DataFrame | None = None,
     existing `config.split_file` is reused; it must still match the data.
     `split_source` names the given split in errors: the file it was read from.
     """
+    split_file = Path(config.split_file) if config.split_file else None
+    if split is None and split_file and not split_file.exists():  # to be written: refuse a folder it cannot be in
+        check_output_folder(split_file.parent, f"--split-file {split_file}")
     index = load_dataset(config.dataset, config.data_root, **config.dataset_options)
     cache = build_cache(index, config.image_size, config.cache_dir)
     index = cache.index
     frame = index.frame.assign(sha1=cache.sha1)
-    split_file = Path(config.split_file) if config.split_file else None
     if split is not None:
         split = align_split(split, frame, split_source)
     elif split_file and split_file.exists():

@@ -285,6 +285,17 @@ def test_cli_refuses_a_damaged_split_file(tiny_folder: Path, tmp_path: Path, cap
     assert not out.exists()
 
 
+def test_cli_refuses_a_split_file_under_a_file_before_decoding(tiny_folder: Path, tmp_path: Path, capsys,
+                                                               monkeypatch) -> None:
+    (tmp_path / "a-file").write_text("")
+    split_file = tmp_path / "a-file" / "split.csv"
+    monkeypatch.setattr("cxrnets.training.build_cache", lambda *args, **kwargs: pytest.fail("decoded the dataset"))
+    assert main(tiny_cli_arguments(tiny_folder, tmp_path, "--split-file", str(split_file))) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: --split-file {split_file}: cannot write in {tmp_path / 'a-file'} (a file, not a folder); "
+                   "pick a folder you can write to\n")
+
+
 def test_cli_says_why_a_class_without_validation_images_gives_a_nan_roc_auc(tiny_folder: Path, tmp_path: Path,
                                                                             caplog) -> None:
     split_file = tmp_path / "split.csv"
