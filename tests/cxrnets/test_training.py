@@ -313,6 +313,17 @@ def test_cli_says_why_a_class_without_validation_images_gives_a_nan_roc_auc(tiny
     assert "no test image" not in caplog.text
 
 
+def test_cli_warns_of_a_class_without_training_images(tiny_folder: Path, tmp_path: Path, caplog) -> None:
+    split_file = tmp_path / "split.csv"
+    prepare_data(tiny_config(tiny_folder, tmp_path / "cache", split_file=str(split_file)))
+    split = pd.read_csv(split_file, dtype=str, keep_default_na=False)
+    split.loc[(split["split"] == "train") & (split["stratum"] == "bright"), "split"] = "test"
+    split.to_csv(split_file, index=False)
+    with caplog.at_level(logging.INFO, logger="cxrnets.train"):
+        assert main(tiny_cli_arguments(tiny_folder, tmp_path, "--epochs", "1", "--split-file", str(split_file))) == 0
+    assert "no training image of bright: the model cannot learn it" in caplog.text
+
+
 def test_align_split_orders_like_the_data() -> None:
     frame = pd.DataFrame({"relpath": ["a", "b", "c"], "patient": ["1", "2", "3"], "sha1": ["x", "y", "z"]})
     split = frame.iloc[::-1].assign(stratum="s", split=["test", "val", "train"])
