@@ -303,7 +303,10 @@ def main(argv: list[str] | None = None) -> int:
             partial.replace(checkpoint_path)
             saved = metrics["epoch"]
         except DivergedError as error:
-            print(f"status: diverged at epoch {saved + 1}: {error}; try a lower --lr", file=sys.stderr)
+            # A checkpoint at this lr refuses a fresh start in its folder, and a resume at another lr.
+            then = f"{checkpoint_path} holds epoch {saved}: try a lower --lr with another --out" if saved else \
+                "try a lower --lr"
+            print(f"status: diverged at epoch {saved + 1}: {error}; {then}", file=sys.stderr)
             return 3
         except KeyboardInterrupt:
             then = (f"{checkpoint_path} holds epoch {saved}; continue the run with the same command and --resume"

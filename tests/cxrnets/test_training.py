@@ -155,6 +155,24 @@ def test_cli_names_the_epoch_whose_evaluation_diverged(tiny_folder: Path, tmp_pa
     assert code == 3 and "status: diverged at epoch 1: the model's outputs on evaluation" in capsys.readouterr().err
 
 
+def test_cli_divergence_after_a_checkpoint_says_to_try_a_lower_lr_in_another_out(tiny_folder: Path, tmp_path: Path,
+                                                                                 capsys, monkeypatch) -> None:
+    """The folder then holds a run at the diverged lr, which refuses a fresh start and a resume at another lr."""
+    train_epoch, calls = TrainingRun.train_epoch, []
+
+    def diverges_in_epoch_2(self):
+        calls.append(1)
+        if len(calls) == 2:
+            raise DivergedError("training diverged: loss became nan after 8 images")
+        return train_epoch(self)
+
+    monkeypatch.setattr(TrainingRun, "train_epoch", diverges_in_epoch_2)
+    assert main(tiny_cli_arguments(tiny_folder, tmp_path, "--epochs", "2")) == 3
+    assert capsys.readouterr().err == (
+        "status: diverged at epoch 2: training diverged: loss became nan after 8 images; "
+        f"{tmp_path / 'run' / 'checkpoint.pt'} holds epoch 1: try a lower --lr with another --out\n")
+
+
 def test_cli_groups_a_csv_by_its_patient_column(make_csv_dataset, tmp_path: Path, caplog) -> None:
     """--dataset-option reaches the loader: 24 images of 16 patients, not of 24."""
     csv_path = make_csv_dataset(columns=("file", "diagnosis", "subject"))
