@@ -225,6 +225,13 @@ def recorded_epoch(line: str) -> float:
         return math.inf
 
 
+def metrics_line(metrics: dict[str, float]) -> str:
+    """One epoch's line of metrics.jsonl; a nan or infinite value (roc_auc_macro where no class can be ranked)
+    written as null: json.dumps would write NaN, which strict JSON readers refuse."""
+    finite = {key: value if math.isfinite(value) else None for key, value in metrics.items()}
+    return json.dumps(finite) + "\n"
+
+
 def drop_epochs_after(history: Path, epoch: int) -> None:
     """Forget the metrics of epochs after the checkpoint's (written before an interruption stopped their
     checkpoint): the resumed run trains them again."""
@@ -296,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                      config.epochs, metrics["train/loss"], shown, metrics["epoch_seconds"],
                      metrics["images_per_second"])
             with history.open("a") as file:
-                file.write(json.dumps(metrics) + "\n")
+                file.write(metrics_line(metrics))
             # Replaced whole, never half-written: an interrupted run resumes from the last complete epoch.
             partial = out / PARTIAL_CHECKPOINT
             save_checkpoint({**run.checkpoint(), "split_digest": digest}, partial)

@@ -173,6 +173,20 @@ def test_cli_divergence_after_a_checkpoint_says_to_try_a_lower_lr_in_another_out
         f"{tmp_path / 'run' / 'checkpoint.pt'} holds epoch 1: try a lower --lr with another --out\n")
 
 
+def test_cli_records_a_nan_metric_as_json_null(tiny_folder: Path, tmp_path: Path, monkeypatch) -> None:
+    """roc_auc_macro is nan where no class can be ranked: metrics.jsonl stays JSON that strict readers accept."""
+    train_epoch = TrainingRun.train_epoch
+    monkeypatch.setattr(TrainingRun, "train_epoch", lambda self: {**train_epoch(self), "val/roc_auc_macro": math.nan})
+    assert main(tiny_cli_arguments(tiny_folder, tmp_path, "--epochs", "1")) == 0
+
+    def refuse(constant: str):
+        pytest.fail(f"metrics.jsonl holds {constant}, which is no JSON")
+
+    line = (tmp_path / "run" / "metrics.jsonl").read_text()
+    recorded = json.loads(line, parse_constant=refuse)
+    assert recorded["val/roc_auc_macro"] is None and math.isfinite(recorded["val/loss"])
+
+
 def test_cli_groups_a_csv_by_its_patient_column(make_csv_dataset, tmp_path: Path, caplog) -> None:
     """--dataset-option reaches the loader: 24 images of 16 patients, not of 24."""
     csv_path = make_csv_dataset(columns=("file", "diagnosis", "subject"))
