@@ -8,7 +8,10 @@ Each image is decoded and resized exactly as the model's training images were
 CSV holds one row per image: its path, the predicted class (multi-label: every
 label at probability 0.5 or more, ';'-joined) and each class's probability. An
 image that cannot be decoded gets a row with the error and no scores; the others
-are scored. For research: no model here is a diagnostic device.
+are scored. The rows are written as each chunk of images is scored, to
+`<out>.partial`, renamed to `<out>` at the end: Ctrl-C (status 130) or a crash
+keeps the rows scored so far there. For research: no model here is a
+diagnostic device.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import logging
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -99,6 +103,18 @@ def decode_all(paths: list[Path], image_size: int, workers: int = 4) -> tuple[np
     return pixels, errors
 
 
+def scored_chunks(paths: list[Path], model, device, classes: list[str], multilabel: bool, image_size: int,
+                  batch_size: int) -> Iterator[list[dict[str, Any]]]:
+    """prediction_rows of `paths`, CHUNK images at a time (decoded, then scored)."""
+    for start in range(0, len(paths), CHUNK):
+        chunk = paths[start:start + CHUNK]
+        pixels, errors = decode_all(chunk, image_size)
+        decoded = np.flatnonzero([not error for error in errors])
+        scores = (predict(model, device, pixels, decoded, multilabel, batch_size) if len(decoded)
+                  else np.zeros((0, len(classes))))
+        yield prediction_rows(chunk, scores, errors, classes, multilabel)
+
+
 def prediction_rows(paths: list[Path], scores: np.ndarray, errors: list[str], classes: list[str],
                     multilabel: bool) -> list[dict[str, Any]]:
     """One row per path: path, predicted (as the metrics predict: argmax, or every label at 0.5 or more),
@@ -119,18 +135,16 @@ def prediction_rows(paths: list[Path], scores: np.ndarray, errors: list[str], cl
     return rows
 
 
-def write_new_file(text: str, path: Path) -> Path:
-    """Write `text` to `path`, created here and now (a file there is never overwritten), or, where `path`
-    exists by now, to the first free `<stem>-1<suffix>`, `<stem>-2<suffix>`, ... beside it; the file written."""
+def rename_to_a_new_name(source: Path, path: Path) -> Path:
+    """Rename `source` to `path` or, where `path` exists by now, to the first free `<stem>-1<suffix>`,
+    `<stem>-2<suffix>`, ... beside it (a file is never overwritten, bar one made in the instant between the
+    check and the rename); the name it got."""
     candidate, number = path, 0
-    while True:
-        try:
-            with candidate.open("x", encoding="utf-8", newline="") as file:
-                file.write(text)
-            return candidate
-        except FileExistsError:
-            number += 1
-            candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
+    source.rename(candidate)
+    return candidate
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -159,12 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     from cxrnets.training import check_output_folder, load_checkpoint
 
     out = Path(args.out)
+    partial = out.with_name(out.name + ".partial")  # the rows written so far, renamed to `out` at the end
     try:
         if out.is_dir():
             raise CxrError(f"--out {out} is a folder: pass the CSV file to write, e.g. --out {out / 'predictions.csv'}")
         if out.exists():
             raise CxrError(f"--out {out} already exists (earlier predictions?): remove it or choose another --out; "
                            "nothing was overwritten")
+        if partial.exists():
+            raise CxrError(f"--out {out}: {partial} already exists (the predictions of an interrupted run?): move it "
+                           "away, or choose another --out; nothing was overwritten")
         paths = image_paths(args.images)
         weights = Path(args.weights)
         if not weights.is_file():
@@ -178,33 +196,42 @@ def main(argv: list[str] | None = None) -> int:
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: no image was scored yet; nothing was written", file=sys.stderr)
+        return 130  # as a shell reports a command stopped by Ctrl-C
     classes, multilabel = list(checkpoint["classes"]), bool(checkpoint["multilabel"])
     image_size = int(checkpoint["config"]["image_size"])
     chosen_on = (f", {checkpoint['metric']} {checkpoint['value']:.3f} on validation" if "metric" in checkpoint
                  else "")
     log.info("%s, epoch %d%s; %d classes: %s; %d images at %d px", checkpoint["config"]["model"],
              checkpoint["epoch"], chosen_on, len(classes), ", ".join(classes), len(paths), image_size)
-    rows = []
-    for start in range(0, len(paths), CHUNK):
-        chunk = paths[start:start + CHUNK]
-        pixels, errors = decode_all(chunk, image_size)
-        decoded = np.flatnonzero([not error for error in errors])
-        scores = (predict(model, device, pixels, decoded, multilabel, args.batch_size) if len(decoded)
-                  else np.zeros((0, len(classes))))
-        rows += prediction_rows(chunk, scores, errors, classes, multilabel)
-        if len(paths) > CHUNK:
-            log.info("scored %d/%d images", min(start + CHUNK, len(paths)), len(paths))
-    table = pd.DataFrame(rows)
+    done, errors, counts = 0, [], Counter()
     out.parent.mkdir(parents=True, exist_ok=True)
-    written = write_new_file(table.to_csv(index=False, float_format="%.6g"), out)
-    failed = table[table["error"] != ""]
-    for _, row in failed.head(5).iterrows():
-        log.warning("not scored: %s", row["error"])
-    counts = Counter(table.loc[table["error"] == "", "predicted"])
+    try:
+        with partial.open("x", encoding="utf-8", newline="") as file:
+            for rows in scored_chunks(paths, model, device, classes, multilabel, image_size, args.batch_size):
+                pd.DataFrame(rows).to_csv(file, header=done == 0, index=False, float_format="%.6g")
+                file.flush()
+                done += len(rows)
+                errors += [row["error"] for row in rows if row["error"]]
+                counts.update(row["predicted"] for row in rows if not row["error"])
+                if len(paths) > CHUNK:
+                    log.info("scored %d/%d images", done, len(paths))
+    except KeyboardInterrupt:
+        if done:
+            print(f"interrupted: {done} of {len(paths)} images scored, in {partial} (move it away before running "
+                  "the same command again)", file=sys.stderr)
+        else:
+            partial.unlink(missing_ok=True)
+            print("interrupted: no image was scored yet; nothing was written", file=sys.stderr)
+        return 130
+    written = rename_to_a_new_name(partial, out)
+    for error in errors[:5]:
+        log.warning("not scored: %s", error)
     log.info("predicted: %s", ", ".join(f"{name or '(no label)'} {count}" for name, count in counts.most_common())
              or "nothing")
-    log.info("%d of %d images scored%s; written to %s", len(table) - len(failed), len(table),
-             f" ({len(failed)} could not be decoded: see the error column)" if len(failed) else "", written)
+    log.info("%d of %d images scored%s; written to %s", done - len(errors), done,
+             f" ({len(errors)} could not be decoded: see the error column)" if errors else "", written)
     if written != out:
         print(f"error: --out {out} appeared while predicting (another run?) and was left as it is; these "
               f"predictions were written to {written} instead", file=sys.stderr)

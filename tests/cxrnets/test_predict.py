@@ -51,6 +51,7 @@ def test_probabilities_of_image_files_are_those_of_the_evaluation(trained, tmp_p
     assert (scored["error"] == "").all()
     assert "broken.png: cannot decode image" in table.iloc[-1]["error"] and table.iloc[-1]["predicted"] == ""
     assert f"{len(files)} of {len(files) + 1} images scored (1 could not be decoded" in caplog.text
+    assert not out.with_name("predictions.csv.partial").exists()
 
 
 def test_a_folder_is_searched_for_images(trained, tmp_path: Path) -> None:
@@ -173,6 +174,61 @@ def test_an_out_file_made_while_predicting_is_kept_and_the_predictions_go_beside
     assert f"written to {instead} instead" in err
     assert out.read_text() == "another run's predictions\n"
     assert list(pd.read_csv(instead)["path"]) == [str(run.data.index.paths()[0])]
+
+
+@pytest.mark.parametrize("stop", ["Ctrl-C", "crash"])
+def test_predictions_are_written_as_each_chunk_is_scored(trained, tmp_path: Path, capsys,
+                                                         monkeypatch: pytest.MonkeyPatch, stop: str) -> None:
+    """Ctrl-C (or a crash) late in a large folder keeps the rows of the chunks already scored, in
+    <out>.partial; Ctrl-C says how many and where, with status 130."""
+    run, checkpoint = trained
+    files = [str(path) for path in run.data.index.paths()[:5]]
+    decode_all, calls = cxrnets.predict.decode_all, []
+
+    def stopped_in_chunk_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt if stop == "Ctrl-C" else MemoryError
+        return decode_all(*args, **kwargs)
+
+    monkeypatch.setattr(cxrnets.predict, "CHUNK", 2)
+    monkeypatch.setattr(cxrnets.predict, "decode_all", stopped_in_chunk_3)
+    out = tmp_path / "predictions.csv"
+    partial = tmp_path / "predictions.csv.partial"
+    if stop == "Ctrl-C":
+        assert main([str(checkpoint), *files, "--out", str(out)]) == 130
+        assert capsys.readouterr().err == (f"interrupted: 4 of 5 images scored, in {partial} (move it away before "
+                                           "running the same command again)\n")
+    else:
+        with pytest.raises(MemoryError):
+            main([str(checkpoint), *files, "--out", str(out)])
+    assert list(pd.read_csv(partial)["path"]) == files[:4] and not out.exists()
+
+
+def test_a_partial_file_of_an_interrupted_run_is_refused_before_predicting_and_kept(
+        trained, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, checkpoint = trained
+    partial = tmp_path / "predictions.csv.partial"
+    partial.write_text("an interrupted run's predictions\n")
+    monkeypatch.setattr("cxrnets.predict.decode_all", lambda *args, **kwargs: pytest.fail("decoded images"))
+    assert main([str(checkpoint), str(SAMPLE_ROOT / "images"), "--out", str(tmp_path / "predictions.csv")]) == 2
+    assert capsys.readouterr().err == (f"error: --out {tmp_path / 'predictions.csv'}: {partial} already exists (the "
+                                       "predictions of an interrupted run?): move it away, or choose another --out; "
+                                       "nothing was overwritten\n")
+    assert partial.read_text() == "an interrupted run's predictions\n"
+
+
+def test_ctrl_c_before_any_image_is_scored_leaves_nothing(trained, tmp_path: Path, capsys,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    _, checkpoint = trained
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("cxrnets.predict.decode_all", ctrl_c)
+    assert main([str(checkpoint), str(SAMPLE_ROOT / "images"), "--out", str(tmp_path / "predictions.csv")]) == 130
+    assert capsys.readouterr().err == "interrupted: no image was scored yet; nothing was written\n"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_study_weights_file_loads_like_a_training_checkpoint(trained, tmp_path: Path) -> None:
