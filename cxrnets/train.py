@@ -137,9 +137,12 @@ def resumable_checkpoint(out: Path, config: TrainConfig) -> dict[str, Any]:
     if changed:
         raise CxrError(f"--resume: {path} trained another configuration ({'; '.join(changed)}): give the run's own "
                        f"options (only {', '.join(RESUME_MAY_CHANGE)} may change), or another --out")
-    if checkpoint["epoch"] >= config.epochs:
-        raise CxrError(f"--resume: {path} is at epoch {checkpoint['epoch']} already: raise --epochs above it to "
-                       "train further")
+    if checkpoint["epoch"] > config.epochs:
+        raise CxrError(f"--resume: {path} is at epoch {checkpoint['epoch']} already, past --epochs {config.epochs}: "
+                       "raise --epochs above it to train further")
+    if checkpoint["epoch"] == config.epochs:
+        log.info("%s is at epoch %d, --epochs: nothing to train; evaluating it on the test split (raise --epochs "
+                 "to train further)", path, checkpoint["epoch"])
     return checkpoint
 
 
@@ -324,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         test_metrics, _, _ = run.evaluate_split("test")
     except KeyboardInterrupt:
         print(f"interrupted in the test evaluation: {checkpoint_path} holds the trained model (epoch {saved}); its "
-              "test metrics were not computed", file=sys.stderr)
+              "test metrics were not computed: the same command with --resume computes them, training nothing more",
+              file=sys.stderr)
         return 130
     log.info("test: %s", "  ".join(f"{k.removeprefix('test/')} {v:.3f}" for k, v in test_metrics.items()))
     log.info("checkpoint: %s", checkpoint_path)

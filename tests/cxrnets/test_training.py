@@ -500,8 +500,10 @@ def test_cli_resume_continues_the_run_as_if_uninterrupted(cli_run: tuple[Path, s
     assert main([*arguments, "--epochs", "2", "--lr", "0.01", "--out", str(parts), "--resume"]) == 2
     err = capsys.readouterr().err
     assert "trained another configuration (lr 0.001 in the checkpoint, 0.01 now)" in err, err
-    assert main([*arguments, "--epochs", "1", "--out", str(parts), "--resume"]) == 2
-    assert "is at epoch 1 already: raise --epochs" in capsys.readouterr().err
+    assert main([*arguments, "--epochs", "1", "--out", str(parts), "--resume"]) == 0  # evaluates, trains nothing
+    assert len((parts / "metrics.jsonl").read_text().splitlines()) == 1
+    assert main([*arguments, "--epochs", "0", "--out", str(parts), "--resume"]) == 2
+    assert "is at epoch 1 already, past --epochs 0: raise --epochs" in capsys.readouterr().err
     assert main([*arguments, "--out", str(tmp_path / "empty"), "--resume"]) == 2
     assert "checkpoint.pt does not exist: nothing to continue" in capsys.readouterr().err
     assert (parts / "checkpoint.pt").read_bytes() == first_checkpoint  # nothing was overwritten
@@ -765,7 +767,11 @@ def test_cli_ctrl_c_in_the_test_evaluation_says_the_trained_model_is_kept(tiny_f
     out = tmp_path / "run"
     assert main(tiny_cli_arguments(tiny_folder, tmp_path, "--epochs", "1")) == 130
     assert capsys.readouterr().err == (f"interrupted in the test evaluation: {out / 'checkpoint.pt'} holds the "
-                                       "trained model (epoch 1); its test metrics were not computed\n")
+                                       "trained model (epoch 1); its test metrics were not computed: the same "
+                                       "command with --resume computes them, training nothing more\n")
+    monkeypatch.undo()
+    assert main(tiny_cli_arguments(tiny_folder, tmp_path, "--epochs", "1", "--resume")) == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
 
 
 @pytest.mark.parametrize("arguments, message", [
