@@ -520,7 +520,7 @@ def seed_section(analysis: Analysis) -> list[str]:
         lines += [markdown_table(shown), ""]
     differences = tables["seed_differences"].dropna(subset=["mean difference"])
     if len(differences):
-        lines += [f"Between models, seed by seed ({title}, the seeds both finished):", ""]
+        lines += [f"Between models, seed by seed ({title}, the seeds evaluated for both):", ""]
         for row in differences.itertuples(index=False):
             spread = "" if pd.isna(row.std) else f" ± {row.std:.3f}"
             lines.append(f"- {row.dataset}: {row.model} − {row.versus}: {row[4]:+.3f}{spread} over {row.seeds} seed(s)")
