@@ -328,13 +328,19 @@ def test_cli_refuses_a_split_file_under_a_file_before_decoding(tiny_folder: Path
                    "pick a folder you can write to\n")
 
 
-def test_cli_says_why_a_class_without_validation_images_gives_a_nan_roc_auc(tiny_folder: Path, tmp_path: Path,
-                                                                            caplog) -> None:
+def split_file_moving_bright(tiny_folder: Path, tmp_path: Path, part: str, to: str) -> Path:
+    """tiny_folder's split file, its `part`'s images of the class `bright` moved to the part `to`."""
     split_file = tmp_path / "split.csv"
     prepare_data(tiny_config(tiny_folder, tmp_path / "cache", split_file=str(split_file)))
     split = pd.read_csv(split_file, dtype=str, keep_default_na=False)
-    split.loc[(split["split"] == "val") & (split["stratum"] == "bright"), "split"] = "train"
+    split.loc[(split["split"] == part) & (split["stratum"] == "bright"), "split"] = to
     split.to_csv(split_file, index=False)
+    return split_file
+
+
+def test_cli_says_why_a_class_without_validation_images_gives_a_nan_roc_auc(tiny_folder: Path, tmp_path: Path,
+                                                                            caplog) -> None:
+    split_file = split_file_moving_bright(tiny_folder, tmp_path, "val", to="train")
     with caplog.at_level(logging.INFO, logger="cxrnets.train"):
         assert main(["--dataset", "folder", "--data-root", str(tiny_folder), "--image-size", "32", "--epochs", "1",
                      "--cache-dir", str(tmp_path / "cache"), "--split-file", str(split_file),
@@ -346,11 +352,7 @@ def test_cli_says_why_a_class_without_validation_images_gives_a_nan_roc_auc(tiny
 
 
 def test_cli_warns_of_a_class_without_training_images(tiny_folder: Path, tmp_path: Path, caplog) -> None:
-    split_file = tmp_path / "split.csv"
-    prepare_data(tiny_config(tiny_folder, tmp_path / "cache", split_file=str(split_file)))
-    split = pd.read_csv(split_file, dtype=str, keep_default_na=False)
-    split.loc[(split["split"] == "train") & (split["stratum"] == "bright"), "split"] = "test"
-    split.to_csv(split_file, index=False)
+    split_file = split_file_moving_bright(tiny_folder, tmp_path, "train", to="test")
     with caplog.at_level(logging.INFO, logger="cxrnets.train"):
         assert main(tiny_cli_arguments(tiny_folder, tmp_path, "--epochs", "1", "--split-file", str(split_file))) == 0
     assert "no training image of bright: the model cannot learn it" in caplog.text
