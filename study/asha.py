@@ -14,8 +14,9 @@ never learn stay at the constant prediction's 0.297 and stopped it at epoch 4).
 On macro-F1 many trials tie at that constant prediction's value, and Ray's
 rung stops only a trial strictly below its cutoff, so a rung of tied trials
 stops none. With `tie_break` (validation loss by default in study.run) a
-trial's best epoch is its best on (metric, then tie-break metric), and the rung
-ranks trials by that pair: among trials sitting on the constant prediction, the
+trial's best epoch is its best on (metric, then tie-break metric), the epoch
+whose weights it keeps (study.tables.improves), and the rung ranks trials by
+that pair: among trials sitting on the constant prediction, the
 ones whose loss is worse than their rung's cutoff are stopped.
 """
 

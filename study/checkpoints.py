@@ -3,10 +3,12 @@
 Two needs, two kinds of file, nothing more:
 
 - **Selection** needs each trial's weights at its best epoch on the study metric, the epoch the
-  analysis evaluates. When its best epoch improves (strictly: the first of tied epochs stays, as in
-  study.tables.best_epochs) a trial keeps a copy of its weights in memory, and writes the newest
-  such copy, model weights only (no optimizer state), to `<study>/weights/<trial id>.pt`, then a
-  small sidecar `<trial id>.json` (epoch, metric, value, bytes) that the analysis reads instead of
+  analysis evaluates, the one the study's ASHA ranks the trial by and study.tables.best_epochs shows.
+  When its best epoch improves (study.tables.improves: strictly better on the metric, or tied there
+  and strictly better on the study's tie-break metric) a trial keeps a copy of its weights in memory,
+  and writes the newest such copy, model weights only (no optimizer state), to
+  `<study>/weights/<trial id>.pt`, then a small sidecar `<trial id>.json` (epoch, metric, value, the
+  tie-break metric and its value, bytes) that the analysis reads instead of
   the weights, before each report after which the trial may end: its last epoch, each ASHA rung
   (where the scheduler may stop or pause it) and each full state (whose best so far they are).
   A best superseded between two of those points is never written. A study interrupted and not
@@ -46,7 +48,7 @@ from ray.tune.experiment import Trial
 
 from study import storage
 from study.settings import CHECKPOINT_EVERY, CHECKPOINT_MINUTES, study_location
-from study.tables import rank_key
+from study.tables import improves, rank_key
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +65,6 @@ def weights_uri(study_uri: str, trial_id: str) -> str:
 
 def sidecar_uri(study_uri: str, trial_id: str) -> str:
     return storage.join(study_uri, WEIGHTS_DIR, f"{trial_id}.json")
-
-
-def improves(value: float | None, best: float | None, mode: str) -> bool:
-    """Whether `value` is strictly better than `best` (None: nothing yet); NaN never improves."""
-    if value is None or not isinstance(value, (int, float)) or math.isnan(value):
-        return False
-    return best is None or (value < best if mode == "min" else value > best)
 
 
 @dataclass
@@ -160,10 +155,10 @@ class TrialWeights:
         copy, or with copy=False the run's own tensors, for a flush() before the next epoch changes them
         (which saves copying the weights: 0.5 GB for VGG11)."""
         value = metrics.get(self.metric)
-        if not improves(value, self.best_value, self.mode):
+        tie = metrics.get(self.tie_break) if self.tie_break else None
+        if not improves(value, self.best_value, self.mode, tie, self.best_tie, self.tie_break):
             return False
         self.best_value, self.best_epoch = float(value), int(run.epoch)
-        tie = metrics.get(self.tie_break) if self.tie_break else None
         self.best_tie = float(tie) if isinstance(tie, (int, float)) and not math.isnan(tie) else None
         self.unwritten = weights_of(run, copy)
         return True
@@ -243,8 +238,9 @@ def weights_to_drop(bests: dict[str, tuple[tuple, float, float | None]], ended: 
     """Trials whose weights can go: ended, and outside their cell's `keep` best.
 
     `bests`: trial id -> (cell, value of the best weights it has written, the study's tie-break metric at their
-    epoch or None) for every trial known, running ones too. A trial writes only weights strictly better than
-    those it wrote before, so the `keep` trials ahead of one that ended keep weights at least as good whether
+    epoch or None) for every trial known, running ones too. A trial writes only weights better than those it
+    wrote before (study.tables.improves: on the metric, then on `tie_break`, as they rank here), so the `keep`
+    trials ahead of one that ended keep weights at least as good whether
     or not they ever write again, and it never gets back into the top `keep`. (A reported best that is not yet
     written gives no such promise: the trial may fail first.) Trials rank as the analysis ranks them: ties by
     the value of `tie_break` (the study's tie-break metric), then by the lower trial id (study.tables.rank_key).
@@ -322,10 +318,10 @@ class WeightsKeeper(tune.Callback):
         self.trials = trials
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        value = result.get(WRITTEN_KEY)
-        known = self.bests.get(trial.trial_id)
-        if improves(value, known[1] if known else None, self.mode):
-            self.bests[trial.trial_id] = (cell_of(trial.config), float(value), result.get(WRITTEN_TIE_KEY))
+        value, tie = result.get(WRITTEN_KEY), result.get(WRITTEN_TIE_KEY)
+        _, best, best_tie = self.bests.get(trial.trial_id, (None, None, None))
+        if improves(value, best, self.mode, tie, best_tie, self.tie_break):
+            self.bests[trial.trial_id] = (cell_of(trial.config), float(value), tie)
 
     def get_state(self) -> None:
         """Tune takes a snapshot: clean what the previous one held as ended (it is on storage by now),

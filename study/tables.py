@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -22,11 +24,40 @@ def measured(results: pd.DataFrame) -> pd.DataFrame:
     return results[~(results["diverged"].fillna(0) > 0)]
 
 
-def best_epochs(results: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
-    """One row per trial that measured `metric`: its best epoch on it (the first of tied epochs: the epoch
-    whose best weights the trial keeps, study.checkpoints)."""
+def improves(value: float | None, best: float | None, mode: str, tie: float | None = None,
+             best_tie: float | None = None, tie_break: str | None = None) -> bool:
+    """Whether an epoch of `value` on the study metric (in `mode`) is a trial's new best over its best so far,
+    `best` (None: none yet): strictly better on the metric, or equal there and strictly better on `tie_break`
+    (the study's tie-break metric; None: plain ties), whose value `tie` beats `best_tie` at the best so far (a
+    value beats none). Of epochs tied on both the first stays; a value of NaN or None never improves.
+
+    The one rule of a trial's best epoch: the study's ASHA ranks a trial by it (study.asha), the trial keeps its
+    weights (study.checkpoints) and the tables show it (best_epochs)."""
+    if not _is_number(value):
+        return False
+    if best is None:
+        return True
+    if value != best:
+        return value < best if mode == "min" else value > best
+    if not tie_break or not _is_number(tie):
+        return False
+    return not _is_number(best_tie) or (tie < best_tie if metric_mode(tie_break) == "min" else tie > best_tie)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not math.isnan(value)
+
+
+def best_epochs(results: pd.DataFrame, metric: str, mode: str, tie_break: str | None = None) -> pd.DataFrame:
+    """One row per trial that measured `metric`: its best epoch on it, of epochs tied there the one of the better
+    value of `tie_break` (the study's tie-break metric; an epoch without it after those with), then the first
+    (improves: the epoch whose best weights the trial keeps, study.checkpoints)."""
     scored = measured(results).dropna(subset=[metric])
-    order = scored.sort_values(metric, ascending=(mode == "min"), kind="stable")
+    columns, ascending = [metric], [mode == "min"]
+    if tie_break and tie_break in scored:
+        columns.append(tie_break)
+        ascending.append(metric_mode(tie_break) == "min")
+    order = scored.sort_values(columns, ascending=ascending, kind="stable", na_position="last")
     return order.drop_duplicates("trial_id", keep="first").reset_index(drop=True)
 
 
@@ -55,7 +86,7 @@ def best_trials(results: pd.DataFrame, metric: str, mode: str, by: tuple[str, ..
                 tie_break: str | None = None) -> pd.DataFrame:
     """The best trial (at its best epoch) per group of config columns, e.g. per (dataset, model), as
     ranked_trials ranks them (`tie_break`: the study's, study.settings.StudySettings.tie_break)."""
-    best = ranked_trials(best_epochs(results, metric, mode), metric, mode, tie_break)
+    best = ranked_trials(best_epochs(results, metric, mode, tie_break), metric, mode, tie_break)
     by = [column for column in by if column in best.columns]
     return best.drop_duplicates(by, keep="first").sort_values(by).reset_index(drop=True)
 
@@ -150,19 +181,21 @@ def epoch_column(results: pd.DataFrame) -> pd.Series:
 
 
 def trial_table(results: pd.DataFrame, events: pd.DataFrame, metric: str, mode: str, max_epochs: int,
-                configs: dict[str, dict] | None = None) -> pd.DataFrame:
+                configs: dict[str, dict] | None = None, tie_break: str | None = None) -> pd.DataFrame:
     """One row per trial: trial_id, trial_name, its config/ columns, epochs, best epoch and value, status.
 
     status is one of STATUSES: `completed` (reached max_epochs), `stopped early` (ended before
     max_epochs without diverging: ASHA stopped it), `diverged` (NaN loss), `failed` (Tune recorded an
     error), `unfinished` (no end recorded and short of max_epochs: still running or interrupted).
-    `configs` adds trials that never reported an epoch (trial_id -> config, e.g. from params.json).
+    `configs` adds trials that never reported an epoch (trial_id -> config, e.g. from params.json). The best
+    epoch is best_epochs' (`tie_break`: the study's tie-break metric).
     """
     rows = []
     results = results.assign(_epoch=epoch_column(results)) if len(results) else results
     ended = dict(zip(events["trial_id"], events["event"])) if len(events) else {}
     trial_ids = list(dict.fromkeys([*(results["trial_id"] if len(results) else []), *ended, *(configs or {})]))
-    best = best_epochs(results, metric, mode).set_index("trial_id") if len(results) and metric in results else None
+    best = (best_epochs(results, metric, mode, tie_break).set_index("trial_id") if len(results) and metric in results
+            else None)
     for trial_id in trial_ids:
         own = results[results["trial_id"] == trial_id] if len(results) else results
         row: dict = {"trial_id": trial_id}

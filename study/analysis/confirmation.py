@@ -84,8 +84,9 @@ def evaluate_confirmation(study: Study, split: str, data: StudyData) -> Confirma
     if results.empty:
         confirmation.notes.append(f"{uri}: no seed run has reported an epoch yet")
         return confirmation
-    trials = trial_table(results, events, settings.metric, settings.mode, settings.max_epochs)
-    best_rows = best_epochs(results, settings.metric, settings.mode).set_index("trial_id")
+    trials = trial_table(results, events, settings.metric, settings.mode, settings.max_epochs,
+                         tie_break=settings.tie_break)
+    best_rows = best_epochs(results, settings.metric, settings.mode, settings.tie_break).set_index("trial_id")
     for run in confirmation.runs:
         mine = trials[trials["config/job"] == run.job.job] if "config/job" in trials else trials.iloc[0:0]
         if mine.empty:

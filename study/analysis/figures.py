@@ -103,8 +103,8 @@ def plot_curves(analysis: Analysis, dataset: str, path: Path) -> None:
     figure, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.8), squeeze=False, sharey=True)
     selected = {s.candidate.trial_id: s for s in analysis.selected if s.dataset == dataset}
     tie_break = analysis.study.settings.tie_break
-    best = ranked_trials(best_epochs(results, analysis.metric, analysis.mode), analysis.metric, analysis.mode,
-                         tie_break)
+    best = ranked_trials(best_epochs(results, analysis.metric, analysis.mode, tie_break), analysis.metric,
+                         analysis.mode, tie_break)
     baseline = (analysis.study.settings.baselines.get(dataset, {}).get(analysis.metric.removeprefix("val/"))
                 if analysis.metric.startswith("val/") else None)
     for axis, model in zip(axes.flat, models):
@@ -145,7 +145,7 @@ def pretrained_pairs(results: pd.DataFrame, metric: str, mode: str,
     cells that have both (ranked as study.tables.ranked_trials ranks them)."""
     if "config/pretrained" not in results:
         return {}
-    best = ranked_trials(best_epochs(results, metric, mode), metric, mode, tie_break)
+    best = ranked_trials(best_epochs(results, metric, mode, tie_break), metric, mode, tie_break)
     best = best.assign(_pretrained=best["config/pretrained"].fillna(False).astype(bool))
     pairs = {}
     for (dataset, model), group in best.groupby(["dataset", "model"], sort=True):

@@ -81,8 +81,9 @@ def bench_search(bench: Bench) -> None:
         results = results_of[label] = read_results(study.study_uri)
         if results.empty:
             raise RuntimeError(f"the {label} study reported nothing; see {study.log_file}")
+        study_settings = load_settings(study.study_uri)
         summary = trial_summary(results)
-        best = best_epochs(results, metric, mode)
+        best = best_epochs(results, metric, mode, study_settings.tie_break)
         top = best.iloc[0]
         # ASHA stops a trial only when its result is strictly worse than the rung's cutoff: ties pass.
         first = results[results["training_iteration"] == s.search_grace_period][metric]
@@ -97,7 +98,7 @@ def bench_search(bench: Bench) -> None:
                                 if len(first) else 0},
             "trials_at_max_epochs": int((summary["per_trial"]["epochs"] >= s.search_max_epochs).sum()),
             "wall_seconds": round(study.wall_seconds, 1), "log": study.log_file,
-            "asha": load_settings(study.study_uri).asha,
+            "asha": study_settings.asha,
         }
         drop_model_files(study.study_uri)
     outcome["optuna"] = plain_optuna_search(bench, bench.workdir / "search-asha.yaml", samples)

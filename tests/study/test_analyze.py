@@ -161,13 +161,13 @@ def test_test_metrics_come_from_the_best_validation_trial(evaluated, study_dir):
     every trial's test metrics shows the table holds the val-best's, whatever the test-best is."""
     analysis, calls = evaluated
     results = read_results(str(study_dir))
-    best = best_epochs(results, METRIC, "max")
     study = open_study(study_dir)
     data = StudyData(study)
     assert {trial_id for trial_id, *_ in calls} == {s.candidate.trial_id for s in analysis.selected}
     assert len(calls) == 2 and all(split == "test" for *_, split in calls)
     tie_break = study.settings.tie_break
     assert tie_break == "val/loss"  # study.run's default
+    best = best_epochs(results, METRIC, "max", tie_break)
     for chosen in analysis.selected:
         cell = best[best["config/model"] == chosen.model]
         top = cell[METRIC].max()

@@ -5,7 +5,6 @@ Trials and results are small stand-ins; the files are real (a local study folder
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,7 +12,7 @@ import pandas as pd
 import torch
 
 from study.checkpoints import (WRITTEN_KEY, WRITTEN_TIE_KEY, CheckpointPolicy, TrialWeights, WeightsKeeper,
-                               delete_full_states, improves, prune_weights, read_best_weights, save_best_weights,
+                               delete_full_states, prune_weights, read_best_weights, save_best_weights,
                                sidecar_uri, weights_of, weights_to_drop, weights_uri)
 
 
@@ -79,12 +78,6 @@ def test_weights_written_in_their_epoch_are_not_copied_first(tmp_path):
     assert weights.unwritten is None  # nothing of the run is held after the write
 
 
-def test_improves_is_strict_and_ignores_nan():
-    assert improves(0.5, None, "max") and improves(0.6, 0.5, "max") and not improves(0.5, 0.5, "max")
-    assert improves(0.4, 0.5, "min") and not improves(0.6, 0.5, "min")
-    assert not improves(math.nan, None, "max") and not improves(None, 0.1, "max")
-
-
 def test_weights_to_drop_keeps_each_cells_best_among_all_trials():
     cell_a, cell_b = ("d", "alexnet"), ("d", "resnet50")
     bests = {"t1": (cell_a, 0.5, None), "t2": (cell_a, 0.7, None), "t3": (cell_a, 0.6, None), "t4": (cell_b, 0.1, None),
@@ -110,7 +103,7 @@ def test_weights_to_drop_breaks_ties_by_the_tie_break_of_the_written_weights():
 def test_a_trial_notes_the_tie_break_of_its_best_weights_in_their_sidecar_and_its_results(tmp_path):
     weights = TrialWeights(str(tmp_path), "ffff0001", "val/f1_macro", "max", tie_break="val/loss")
     assert weights.update(FakeRun(1), {"val/f1_macro": 0.279, "val/loss": 1.05})
-    assert not weights.update(FakeRun(2), {"val/f1_macro": 0.279, "val/loss": 0.80})  # the first tied epoch stays
+    assert not weights.update(FakeRun(2), {"val/f1_macro": 0.279, "val/loss": 1.20})  # tied, of a worse loss
     best = weights.flush()
     assert (best.epoch, best.tie_break, best.tie_break_value) == (1, "val/loss", 1.05)
     assert read_best_weights(str(tmp_path))[0]["ffff0001"].tie_break_value == 1.05
@@ -118,6 +111,41 @@ def test_a_trial_notes_the_tie_break_of_its_best_weights_in_their_sidecar_and_it
     restored = TrialWeights(str(tmp_path), "ffff0001", "val/f1_macro", "max", tie_break="val/loss")
     restored.restore(weights.state())
     assert restored.written() == weights.written()
+
+
+def test_of_epochs_tied_on_the_metric_a_trial_keeps_the_weights_of_the_better_tie_break(tmp_path):
+    """On the constant prediction (0.279) for epochs 1 to 3 while its validation loss falls: the trial keeps
+    epoch 3's weights, the epoch ASHA ranks it by (study.asha) and the tables show (study.tables.best_epochs), not
+    epoch 1's of a worse loss. Without a tie-break the first of tied epochs stays."""
+    epochs = [(1, 1.30), (2, 1.10), (3, 0.90)]
+    for tie_break, kept in (("val/loss", 3), (None, 1)):
+        weights = TrialWeights(str(tmp_path / str(tie_break)), "ffff0001", "val/f1_macro", "max", tie_break)
+        noted = [weights.update(FakeRun(epoch), {"val/f1_macro": 0.279, "val/loss": loss}) for epoch, loss in epochs]
+        assert noted == [True, tie_break is not None, tie_break is not None]
+        best = weights.flush()
+        assert best.epoch == kept and weights.state()["best_epoch"] == kept
+        sidecar = read_best_weights(str(tmp_path / str(tie_break)))[0]["ffff0001"]
+        assert sidecar.epoch == kept and torch.load(sidecar.uri, weights_only=True)["epoch"] == kept
+        assert weights.written().get(WRITTEN_TIE_KEY) == (0.90 if tie_break else None)
+
+
+def test_the_keeper_knows_a_newer_write_tied_on_the_metric_with_a_better_tie_break(tmp_path):
+    """Trial 0aaa first writes epoch 1's weights (0.279, loss 1.30), then epoch 3's (0.279, loss 0.70); ffff holds
+    (0.279, loss 1.05). With --keep 1 the keeper must keep 0aaa's, as the analysis would rank them."""
+    study = tmp_path / "kept"
+    for trial_id, loss in (("0aaa", 0.70), ("ffff", 1.05)):
+        save_best_weights(str(study), trial_id, weights_of(FakeRun(1)), "val/f1_macro", 0.279,
+                          tie_break=("val/loss", loss))
+    keeper = WeightsKeeper(str(study), "val/f1_macro", "max", keep=1, tie_break="val/loss")
+    trials = [fake_trial(t, "alexnet", study / f"{t}_alexnet") for t in ("0aaa", "ffff")]
+    keeper.on_step_begin(0, trials)
+    for trial, loss in ((trials[0], 1.30), (trials[1], 1.05), (trials[0], 0.70), (trials[0], 1.30)):
+        keeper.on_trial_result(0, [], trial, {WRITTEN_KEY: 0.279, WRITTEN_TIE_KEY: loss})
+    for trial in trials:
+        trial.status = "TERMINATED"
+    keeper.get_state()
+    keeper.on_experiment_end(trials)
+    assert list(read_best_weights(str(study))[0]) == ["0aaa"]
 
 
 def write_tied_trials(study: Path) -> dict[str, float]:

@@ -2,8 +2,8 @@
 
 import pandas as pd
 
-from study.tables import (DIVERGED, best_trials, comparison_table, diverged_cells, interval_text, markdown_table,
-                          trial_table)
+from study.tables import (DIVERGED, best_epochs, best_trials, comparison_table, diverged_cells, improves,
+                          interval_text, markdown_table, trial_table)
 
 NO_EVENTS = pd.DataFrame(columns=["trial_id", "event", "timestamp", "error_file"])
 
@@ -83,10 +83,10 @@ def tied_study() -> pd.DataFrame:
 
 def test_trials_tied_on_the_metric_are_ranked_by_the_tie_break_at_their_best_epoch():
     """As the study's ASHA ranks them: the trial with the lower validation loss, not the lower (random) trial id;
-    at its first epoch at the best value, the one whose weights the trial keeps."""
+    at its epoch of the lowest loss among those at the best value, the one whose weights the trial keeps."""
     results = tied_study()
     best = best_trials(results, "val/f1_macro", "max", ("config/model",), tie_break="val/loss")
-    assert best[["trial_id", "epoch"]].values.tolist() == [["ffff", 1]]
+    assert best[["trial_id", "epoch"]].values.tolist() == [["ffff", 2]]
     table = comparison_table(results, "val/f1_macro", "max", ("config/model",), tie_break="val/loss")
     assert table["trial_name"].tolist() == ["b"]
     assert best_trials(results, "val/f1_macro", "max", ("config/model",),
@@ -95,3 +95,39 @@ def test_trials_tied_on_the_metric_are_ranked_by_the_tie_break_at_their_best_epo
     without_loss = results.assign(**{"val/loss": [1.30, 1.29, None, None]})  # a trial without it ranks after
     assert best_trials(without_loss, "val/f1_macro", "max", ("config/model",),
                        tie_break="val/loss")["trial_id"].tolist() == ["0aaa"]
+
+
+def test_of_epochs_tied_on_the_metric_the_best_is_the_one_of_the_better_tie_break():
+    """A network on the constant prediction scores 0.279 for three epochs while its validation loss falls: its best
+    epoch is the third, the epoch ASHA ranked it by and whose weights it keeps (study.checkpoints), not the first.
+    An epoch without the tie-break metric comes after one with it; without a tie-break, the first tied epoch."""
+    results = pd.DataFrame({"trial_id": "0aaa", "trial_name": "a", "training_iteration": [1, 2, 3, 4],
+                            "epoch": [1, 2, 3, 4], "config/model": "alexnet",
+                            "val/f1_macro": [0.279, 0.279, 0.279, 0.25], "val/loss": [1.30, None, 0.90, 0.80],
+                            "val/roc_auc_macro": [0.71, 0.60, 0.50, 0.90]})
+
+    def best_epoch(tie_break):
+        return best_epochs(results, "val/f1_macro", "max", tie_break)["epoch"].tolist()
+
+    assert best_epoch("val/loss") == [3]
+    assert best_epoch("val/roc_auc_macro") == [1]  # higher is better there
+    assert best_epoch(None) == [1]
+    trials = trial_table(results, NO_EVENTS, "val/f1_macro", "max", max_epochs=4, tie_break="val/loss")
+    assert trials["best_epoch"].tolist() == [3]
+    untied = results.assign(**{"val/loss": [None, None, 0.90, 0.80]})  # the later epoch has it, the first not
+    assert best_epochs(untied, "val/f1_macro", "max", "val/loss")["epoch"].tolist() == [3]
+
+
+def test_an_epoch_improves_on_the_best_by_the_metric_then_by_the_tie_break():
+    """The rule of a trial's best epoch (the trainable's weights, the tables, --keep): strictly better on the
+    metric, or tied there and strictly better on the tie-break metric; NaN never improves."""
+    nan = float("nan")
+    assert improves(0.5, None, "max") and improves(0.6, 0.5, "max") and not improves(0.5, 0.5, "max")
+    assert improves(0.4, 0.5, "min") and not improves(0.6, 0.5, "min")
+    assert not improves(nan, None, "max") and not improves(None, 0.1, "max")
+    assert improves(0.5, 0.5, "max", 0.8, 1.0, "val/loss") and not improves(0.5, 0.5, "max", 1.0, 1.0, "val/loss")
+    assert not improves(0.5, 0.5, "max", 1.2, 1.0, "val/loss") and not improves(0.4, 0.5, "max", 0.1, 1.0, "val/loss")
+    assert improves(0.5, 0.5, "max", 0.9, 0.8, "val/roc_auc_macro")  # higher is better there
+    assert improves(0.5, 0.5, "max", 1.2, None, "val/loss") and improves(0.5, 0.5, "max", 1.2, nan, "val/loss")
+    assert not improves(0.5, 0.5, "max", None, 1.0, "val/loss") and not improves(0.5, 0.5, "max", nan, None, "val/loss")
+    assert not improves(0.5, 0.5, "max", 0.8, 1.0)  # no tie-break: the first of tied epochs stays

@@ -194,7 +194,7 @@ def test_every_epoch_is_a_result_and_full_states_follow_the_policy(study_context
         so_far = scores[:result["epoch"]]
         assert saved["best_value"] == max(so_far) and saved["best_epoch"] == so_far.index(max(so_far)) + 1
 
-    best_epoch = scores.index(max(scores)) + 1  # the first of tied epochs, as study.tables.best_epochs
+    best_epoch = scores.index(max(scores)) + 1  # no tie-break: the first of tied epochs, as study.tables.best_epochs
     frame = pd.DataFrame({"trial_id": "default", "val/f1_macro": scores, "training_iteration": range(1, 6)})
     assert best_epochs(frame, "val/f1_macro", "max")["training_iteration"].item() == best_epoch
     weights, problems = read_best_weights(study_context.study_uri)

@@ -31,7 +31,7 @@ def _confirm_run(study_uri: str, epochs: list[dict[str, float]]) -> None:
 def test_the_seed_runs_table_gives_the_analysis_metric_at_the_epoch_chosen_on_the_study_metric(tmp_path):
     """With study.analyze --metric val/accuracy, the column `val/accuracy (best)` held the study's val/f1_macro."""
     _confirm_run(str(tmp_path), [{METRIC: 0.3, "val/accuracy": 0.8}, {METRIC: 0.5, "val/accuracy": 0.6}])
-    settings = types.SimpleNamespace(metric=METRIC, mode="max", max_epochs=2)
+    settings = types.SimpleNamespace(metric=METRIC, mode="max", max_epochs=2, tie_break="val/loss")
     confirmation = evaluate_confirmation(types.SimpleNamespace(uri=str(tmp_path), settings=settings), "test", None)
     analysis = types.SimpleNamespace(confirmation=confirmation, split="test", metric="val/accuracy", selected=[],
                                      study=types.SimpleNamespace(settings=settings))

@@ -23,7 +23,7 @@ def ranked(results: pd.DataFrame, written: dict[str, BestWeights], keep: int | s
     """candidates() of one cell, its trials as study.analyze prepares them; (ranked, notes)."""
     study = SimpleNamespace(results=results, weights=written, uri=uri,
                             settings=SimpleNamespace(keep=keep, metric=METRIC, tie_break=tie_break))
-    trials = trial_table(results, NO_EVENTS, METRIC, "max", max_epochs)
+    trials = trial_table(results, NO_EVENTS, METRIC, "max", max_epochs, tie_break=tie_break)
     trials = trials.assign(_best=trials[METRIC], _best_epoch=trials["best_epoch"])
     notes: list[str] = []
     return candidates(study, trials, METRIC, "max", notes, top_k), notes
