@@ -163,17 +163,18 @@ class FolderWatch:
         return [[round(when - since, 1), round(size / 1e6, 1)] for when, size in picked]
 
 
-def weights_written(results, metric: str, mode: str, sizes: dict[str, int], policy, max_epochs: int
-                    ) -> tuple[int, dict[str, int]]:
+def weights_written(results, metric: str, mode: str, sizes: dict[str, int], policy, max_epochs: int,
+                    tie_break: str | None = None) -> tuple[int, dict[str, int]]:
     """The bytes of best weights a study wrote, without polling's blind spot, counted from the results table
-    by the trainable's own rules: a trial notes a new best at each epoch whose study metric strictly improves
-    on its best so far (study.checkpoints.improves; a diverged epoch never does) and writes the newest one
+    by the trainable's own rules: a trial notes a new best at each epoch that improves on its best so far (on
+    the study metric, then on `tie_break`, the study's tie-break metric: study.tables.improves; a diverged
+    epoch never does) and writes the newest one
     noted before the report of its last epoch, of each epoch where `policy` (the study's CheckpointPolicy)
     says weights_due, and of each full state (every `policy.every` epochs: the minutes clock is left out, as
     the bench's studies are too short for it). Each write counts at the size of that trial's weights file
     as seen (`sizes`, by trial id), else at the median size of its model's files seen. Returns (bytes,
     writes by trial id); sidecars are left out."""
-    from study.checkpoints import improves
+    from study.tables import improves
 
     if results.empty or metric not in results:
         return 0, {}
@@ -184,12 +185,13 @@ def weights_written(results, metric: str, mode: str, sizes: dict[str, int], poli
         by_model.setdefault(str(models.get(trial_id)), []).append(size)
     total, writes = 0, {}
     for trial_id, rows in results.groupby("trial_id"):
-        best, unwritten, count = None, False, 0
+        best, best_tie, unwritten, count = None, None, False, 0
         last = int(rows["training_iteration"].iloc[-1])
         for row in rows.to_dict("records"):
             value, epoch = row[metric], int(row["training_iteration"])
-            if not row.get("diverged") and improves(None if value is None else float(value), best, mode):
-                best, unwritten = float(value), True
+            tie = row.get(tie_break) if tie_break else None
+            if not row.get("diverged") and improves(value, best, mode, tie, best_tie, tie_break):
+                best, best_tie, unwritten = value, tie, True
             if unwritten and (epoch == last or policy.weights_due(epoch, max_epochs)
                               or policy.full_state_due(epoch, max_epochs, seconds_since_last=0)):
                 count, unwritten = count + 1, False
@@ -241,7 +243,8 @@ def bench_storage(bench: Bench) -> None:
     left, written = bytes_by_kind(study.study_uri), watch.written()
     seen_weights = written["weights"]
     written["weights"], writes = weights_written(results, settings.metric, settings.mode, watch.weights_sizes(),
-                                                 CheckpointPolicy.of_study(settings), settings.max_epochs)
+                                                 CheckpointPolicy.of_study(settings), settings.max_epochs,
+                                                 settings.tie_break)
     bench.figure("storage/study_wall_seconds", study.wall_seconds)
     bench.figure("storage/written_bytes", sum(written.values()))
     bench.figure("storage/written_weights_bytes", written["weights"])

@@ -55,3 +55,19 @@ def test_weights_written_counts_the_trainables_writes_at_the_trials_size() -> No
     assert writes == {"a": 2, "b": 1, "c": 0, "d": 1, "e": 3}
     assert total == 2 * 100 + 1 * 100 + 0 + 1 * 70 + 3 * 100  # b and e never seen: their model's size seen
     assert bench_storage.weights_written(results, "val/loss", "min", {}, policy, 6) == (0, {})
+
+
+def test_weights_written_counts_a_tied_epoch_of_a_better_tie_break_as_a_new_best() -> None:
+    """As the trainable notes its best (study.tables.improves): on the constant prediction (0.279) for three
+    epochs while the validation loss falls, epoch 3 is a new best, written at the last epoch after the rung's
+    write of epoch 2; without a tie-break only epoch 1's, at the rung."""
+    import pandas as pd
+
+    from study.checkpoints import CheckpointPolicy
+
+    results = pd.DataFrame({"trial_id": "a", "training_iteration": [1, 2, 3], "val/f1_macro": [0.279] * 3,
+                            "val/loss": [1.30, 1.10, 0.90], "diverged": 0, "config/model": "alexnet"})
+    policy = CheckpointPolicy(every=4, rung_epochs=(2,))
+    assert bench_storage.weights_written(results, "val/f1_macro", "max", {"a": 100}, policy, 6,
+                                         tie_break="val/loss") == (200, {"a": 2})
+    assert bench_storage.weights_written(results, "val/f1_macro", "max", {"a": 100}, policy, 6) == (100, {"a": 1})
