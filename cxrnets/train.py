@@ -160,13 +160,15 @@ def check_same_split(checkpoint: dict[str, Any], digest: str, out: Path) -> None
 
 def on_split_made_by_an_earlier_rule(run, checkpoint: dict[str, Any], out: Path):
     """The run on the split an earlier cxr-tune made of the same data, where that is the split its checkpoint
-    trained on: a run from then continues on its own split. Splits joined near-identical X-rays within fewer
-    fingerprint bits before (cxrnets.fingerprints.EARLIER_NEAR_IDENTICAL_BITS), and before that not at all; a
-    checkpoint without a split digest was written before both, and continues on the split made without them,
-    unless --split-file kept its split. None otherwise."""
+    trained on: a run from then continues on its own split. Splits fingerprinted images at the run's own size
+    before (where 32 px or more: cxrnets.fingerprints.own_size_fingerprints), joined near-identical X-rays within
+    fewer fingerprint bits before that (cxrnets.fingerprints.EARLIER_NEAR_IDENTICAL_BITS), and before that not at
+    all; a checkpoint without a split digest was written before all three, and continues on the split made without
+    them, unless --split-file kept its split. None otherwise."""
     from dataclasses import replace
 
-    from cxrnets.fingerprints import EARLIER_NEAR_IDENTICAL_BITS, NEAR_IDENTICAL_BITS, cache_fingerprints
+    from cxrnets.fingerprints import (EARLIER_NEAR_IDENTICAL_BITS, FINGERPRINT_SIZE, NEAR_IDENTICAL_BITS,
+                                      own_size_fingerprints)
     from cxrnets.splits import make_split, split_digest
     from cxrnets.training import TrainingRun
 
@@ -178,12 +180,18 @@ def on_split_made_by_an_earlier_rule(run, checkpoint: dict[str, Any], out: Path)
     rules = [(EARLIER_NEAR_IDENTICAL_BITS, "the split made when near-identical X-rays were joined within "
               f"{EARLIER_NEAR_IDENTICAL_BITS} fingerprint bits (now {NEAR_IDENTICAL_BITS})"),
              (None, "the split made before near-identical X-rays were kept on one side")]
+    size = data.cache.images.shape[-1]
+    if size > FINGERPRINT_SIZE:  # fingerprinted at its own size then, unlike now
+        at_own_size = f"found at the run's own {size} px (now at {FINGERPRINT_SIZE} px, at every size)"
+        rules = [(NEAR_IDENTICAL_BITS, f"the split made when near-identical X-rays were {at_own_size}"),
+                 (EARLIER_NEAR_IDENTICAL_BITS, f"{rules[0][1]}, {at_own_size}"), rules[1]]
+    prints = None if saved is None else own_size_fingerprints(data.cache)
     splits_log = logging.getLogger("cxrnets.splits")
-    for within, made in rules[1:] if saved is None else rules:
+    for within, made in rules[-1:] if saved is None else rules:
         splits_log.disabled = True  # the earlier split's own log would read as today's
         try:
             earlier = make_split(frame, data.index.stratum(), config.val_fraction, config.test_fraction, config.seed,
-                                 None if within is None else cache_fingerprints(data.cache), within or 0)
+                                 None if within is None else prints, within or 0)
         finally:
             splits_log.disabled = False
         digest = split_digest(earlier)

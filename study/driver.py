@@ -39,7 +39,7 @@ from ray.tune.search import ConcurrencyLimiter  # noqa: E402
 from cxrnets.cache import build_cache, default_cache_root  # noqa: E402
 from cxrnets.data import load_dataset  # noqa: E402
 from cxrnets.errors import CxrError  # noqa: E402
-from cxrnets.fingerprints import NEAR_IDENTICAL_BITS, cache_fingerprints  # noqa: E402
+from cxrnets.fingerprints import FINGERPRINT_SIZE, NEAR_IDENTICAL_BITS, cache_fingerprints  # noqa: E402
 from cxrnets.metrics import majority_baseline  # noqa: E402
 from cxrnets.models import fetch_imagenet_weights  # noqa: E402
 from cxrnets.splits import describe, make_split, patients_per_class, split_digest  # noqa: E402
@@ -121,6 +121,7 @@ def prepare_splits(settings: StudySettings, resume: bool) -> dict[str, pd.DataFr
             settings.split_digests[dataset] = split_digest(read_split(uri))
             settings.splits_join_near_identical = True
             settings.splits_near_identical_bits = NEAR_IDENTICAL_BITS
+            settings.splits_fingerprint_size = FINGERPRINT_SIZE
         targets = cache.index.targets()
         rows = {name: (split["split"] == name).to_numpy() for name in ("train", "val")}
         baseline = majority_baseline(targets[rows["train"]], targets[rows["val"]], cache.index.multilabel,

@@ -83,11 +83,14 @@ class StudySettings:
     # dataset -> cxrnets.splits.split_digest of its split file as made; empty for a study from before them,
     # whose analysis makes the split again to check the file.
     split_digests: dict[str, str] = field(default_factory=dict)
-    # Whether the study's splits joined near-identical X-rays (cxrnets.fingerprints) when made, and within how many
-    # fingerprint bits (those studies that joined before the bits were recorded joined within 48); the analysis of
-    # a study from before, or that joined within fewer bits than now, looks for copies across the parts of its split.
+    # Whether the study's splits joined near-identical X-rays (cxrnets.fingerprints) when made, within how many
+    # fingerprint bits (those studies that joined before the bits were recorded joined within 48), and from images
+    # decoded at what size (None: before the size was recorded, at the study's image_size, at FINGERPRINT_SIZE where
+    # smaller); the analysis of a study from before, or that joined otherwise than now, looks for copies across the
+    # parts of its split.
     splits_join_near_identical: bool = False
     splits_near_identical_bits: int = EARLIER_NEAR_IDENTICAL_BITS
+    splits_fingerprint_size: int | None = None
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
 
     @property

@@ -4,7 +4,7 @@ StudyData reads each dataset's split file, checks it against the data and
 the study's seed (refusing if either changed), and prepares each dataset
 once, with its images' fingerprints (cxrnets.fingerprints): the bootstrap's
 groups join near-identical images, and a split made before such images were
-kept on one side is said to hold copies on two sides. evaluate_checkpoint
+kept on one side as now is said to hold copies on two sides. evaluate_checkpoint
 loads one weights file, checks that it was trained with the trial's config,
 and scores it, with the majority-class baseline on the same images.
 """
@@ -27,7 +27,7 @@ import pandas as pd
 import sklearn
 
 from cxrnets.errors import CxrError, SplitMismatch
-from cxrnets.fingerprints import NEAR_IDENTICAL_BITS, cache_fingerprints, near_identical_to
+from cxrnets.fingerprints import FINGERPRINT_SIZE, NEAR_IDENTICAL_BITS, cache_fingerprints, near_identical_to
 from cxrnets.splits import HELDOUT, LARGE_DATASET, make_split
 from cxrnets.training import load_checkpoint
 from study import storage
@@ -48,6 +48,23 @@ SCORED_AFTER = (("test", "test", ("train", "val")), ("val", "val", ("train",)),
 class AnalysisRefused(CxrError):
     """An error that stops the whole analysis (the data or the split changed, the data is absent),
     not just one trial."""
+
+
+def earlier_split_rule(settings) -> str:
+    """How the study's splits (`settings`: its StudySettings) were made, in words, where that could leave
+    near-identical X-rays on two sides as a split made now would not; "" for splits made as now."""
+    if not settings.splits_join_near_identical:
+        return "the split was made before such copies were kept on one side"
+    found_otherwise = []
+    if settings.splits_near_identical_bits < NEAR_IDENTICAL_BITS:
+        found_otherwise.append(f"within {settings.splits_near_identical_bits} fingerprint bits (now "
+                               f"{NEAR_IDENTICAL_BITS})")
+    fingerprinted_at = settings.splits_fingerprint_size or max(settings.image_size, FINGERPRINT_SIZE)
+    if fingerprinted_at != FINGERPRINT_SIZE:
+        found_otherwise.append(f"at the study's {fingerprinted_at} px (now at {FINGERPRINT_SIZE} px, at every size)")
+    if not found_otherwise:
+        return ""
+    return f"the split was made when such copies were found {', '.join(found_otherwise)}"
 
 
 class StudyData:
@@ -139,9 +156,9 @@ class StudyData:
             if len(data.rows(name)) == 0:
                 raise AnalysisRefused(f"{uri}: the {name} split of {config.dataset} is empty; nothing to evaluate on")
         self._prepared[key] = data
-        settings = self.study.settings
-        if not settings.splits_join_near_identical or settings.splits_near_identical_bits < NEAR_IDENTICAL_BITS:
-            self.note_copies_across_parts(uri, data.split, data.cache)
+        made_how = earlier_split_rule(self.study.settings)
+        if made_how:
+            self.note_copies_across_parts(uri, data.split, data.cache, made_how)
         return data
 
     def resampling_groups(self, config, part: str) -> np.ndarray:
@@ -155,11 +172,12 @@ class StudyData:
                                                         cache_fingerprints(prepared.cache, rows))
         return self._groups[key, part]
 
-    def note_copies_across_parts(self, uri: str, split: pd.DataFrame, cache) -> None:
+    def note_copies_across_parts(self, uri: str, split: pd.DataFrame, cache, made_how: str) -> None:
         """Warn, and note for the report, where the study's split (`uri`, its rows `split`, their images' `cache`)
-        puts near-identical images on two sides, as a split made before they were kept on one side could: the
-        test and held-out images with a copy in train or val, and the val images with a copy in train (the parts
-        the models trained, or were chosen, on before being scored on them). Compares each split once."""
+        puts near-identical images on two sides, as a split made before they were kept on one side as now could
+        (`made_how`: earlier_split_rule): the test and held-out images with a copy in train or val, and the val
+        images with a copy in train (the parts the models trained, or were chosen, on before being scored on them).
+        Compares each split once."""
         if uri in self._searched_for_copies:
             return
         self._searched_for_copies.add(uri)
@@ -183,9 +201,8 @@ class StudyData:
                                       f"({parts[twin]})")
         if counts:
             found = " and ".join([", ".join(counts[:-1]), counts[-1]] if len(counts) > 1 else counts)
-            note = (f"{uri}: {found}, e.g. {example}: the split was made before such copies were kept on one side, "
-                    "so the figures on those images are optimistic (the models trained on, or were chosen on, their "
-                    "copies); the split is kept as the study made it")
+            note = (f"{uri}: {found}, e.g. {example}: {made_how}, so the figures on those images are optimistic "
+                    "(the models trained on, or were chosen on, their copies); the split is kept as the study made it")
             log.warning(note)
             self.split_notes[uri] = note
 

@@ -688,6 +688,39 @@ def test_cli_a_run_stopped_before_its_first_checkpoint_starts_again_with_the_sam
     assert not (out / "checkpoint.pt.partial").exists()
 
 
+@pytest.mark.parametrize("bits", [60, 48])
+def test_cli_resume_of_a_run_whose_split_fingerprinted_its_own_image_size_continues_on_its_split(
+        real_chestxray: Path, tmp_path: Path, caplog, bits: int) -> None:
+    """Splits fingerprinted images at the run's own size before (32 px or more), and joined within 48 bits before
+    that; on the real copy at 64 px both splits differ from today's, made from 32 px fingerprints at every size. A
+    run made then continues on its own split (said in the log), not refused as data that changed, nor moved onto
+    today's split (195 of its 523 images on another side)."""
+    from cxrnets.fingerprints import fingerprints
+    from cxrnets.splits import make_split, split_digest
+
+    arguments = ["--dataset", "covid-chestxray-3class", "--data-root", str(real_chestxray), "--image-size", "64",
+                 "--model", "alexnet", "--batch-size", "64", "--cache-dir", str(tmp_path / "cache"),
+                 "--out", str(tmp_path / "run")]
+    assert main([*arguments, "--epochs", "1"]) == 0
+    config = TrainConfig(dataset="covid-chestxray-3class", data_root=str(real_chestxray), model="alexnet",
+                         cache_dir=str(tmp_path / "cache"))
+    data = prepare_data(config)
+    before = make_split(data.index.frame.assign(sha1=data.split["sha1"].to_numpy()), data.index.stratum(),
+                        fingerprints=fingerprints(data.cache.images), near_identical_bits=bits)
+    assert split_digest(before) != split_digest(data.split)
+    checkpoint_path = tmp_path / "run" / "checkpoint.pt"
+    checkpoint = torch.load(checkpoint_path, weights_only=False)
+    save_checkpoint({**checkpoint, "split_digest": split_digest(before)}, checkpoint_path)  # as a run from then
+
+    with caplog.at_level(logging.INFO, logger="cxrnets.train"):
+        assert main([*arguments, "--epochs", "2", "--resume"]) == 0
+    made = ("near-identical X-rays were found at the run's own 64 px (now at 32 px, at every size)" if bits == 60 else
+            "near-identical X-rays were joined within 48 fingerprint bits (now 60), found at the run's own 64 px "
+            "(now at 32 px, at every size)")
+    assert f"{checkpoint_path} trained on the split made when {made}: it continues on that split" in caplog.text
+    assert torch.load(checkpoint_path, weights_only=False)["split_digest"] == split_digest(before)
+
+
 def test_cli_ctrl_c_says_which_epoch_is_kept_and_how_to_continue(sample_cache: Path, tmp_path: Path, capsys,
                                                                  monkeypatch) -> None:
     """Ctrl-C (KeyboardInterrupt) in the second epoch: the first epoch's checkpoint stays, the command says

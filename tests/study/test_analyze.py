@@ -603,13 +603,14 @@ def without_split_digests(study: Path) -> None:
     path.write_text(json.dumps(settings))
 
 
-def test_the_study_records_its_splits_digest_and_the_bits_within_which_they_joined_near_identical_x_rays(study_dir):
-    from cxrnets.fingerprints import NEAR_IDENTICAL_BITS
+def test_the_study_records_its_splits_digest_and_how_they_joined_near_identical_x_rays(study_dir):
+    from cxrnets.fingerprints import FINGERPRINT_SIZE, NEAR_IDENTICAL_BITS
 
     split = pd.read_csv(study_dir / "splits" / f"{DATASET}.csv", dtype=str, keep_default_na=False)
     settings = open_study(study_dir).settings
     assert settings.split_digests == {DATASET: split_digest(split)}
     assert settings.splits_join_near_identical and settings.splits_near_identical_bits == NEAR_IDENTICAL_BITS
+    assert settings.splits_fingerprint_size == FINGERPRINT_SIZE
 
 
 def test_a_scikit_learn_that_splits_differently_still_analyses_the_study(study_dir, evaluated, tmp_path,

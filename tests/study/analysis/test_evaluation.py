@@ -14,7 +14,7 @@ import torch
 
 from cxrnets.config import TrainConfig
 from cxrnets.errors import CxrError
-from cxrnets.fingerprints import EARLIER_NEAR_IDENTICAL_BITS, NEAR_IDENTICAL_BITS
+from cxrnets.fingerprints import EARLIER_NEAR_IDENTICAL_BITS, FINGERPRINT_SIZE, NEAR_IDENTICAL_BITS
 from cxrnets.splits import make_split
 from cxrnets.training import SPLIT_COLUMNS, prepare_data
 from study import storage
@@ -136,11 +136,13 @@ def test_weights_in_a_bucket_that_cannot_be_used_are_named_by_their_object_not_t
     assert str(refused.value).startswith(f"{cut_short} (downloaded to {copy}): not a readable checkpoint (")
 
 
-def study_of_copies(make_radiography_copies, tmp_path: Path, sides, joined: int | None = None):
-    """A study of dataset 1 whose each class holds one X-ray twice (make_radiography_copies: a 299x299 PNG and a JPEG
-    under another name, hence another patient), its split as the study reads it back, with the images that
-    `sides(copies)` names (relpath -> part) moved there; `joined`: the fingerprint bits within which the study's
-    splits joined near-identical X-rays, None where they did not.
+def study_of_copies(make_radiography_copies, tmp_path: Path, sides, joined: int | None = None,
+                    fingerprinted_at: int | None = FINGERPRINT_SIZE):
+    """A study of dataset 1 at 64 px whose each class holds one X-ray twice (make_radiography_copies: a 299x299 PNG
+    and a JPEG under another name, hence another patient), its split as the study reads it back, with the images
+    that `sides(copies)` names (relpath -> part) moved there; `joined`: the fingerprint bits within which the study's
+    splits joined near-identical X-rays, None where they did not; `fingerprinted_at`: the image size their
+    fingerprints were made at, None for a study from before it was recorded (at its own size).
     Returns (StudyData, its TrainConfig, the copies)."""
     from cxrnets.splits import split_digest
     from study.settings import read_split
@@ -156,7 +158,7 @@ def study_of_copies(make_radiography_copies, tmp_path: Path, sides, joined: int 
     settings = SimpleNamespace(data_roots={"covid-radiography": str(root)}, cache_dir=str(tmp_path / "cache"),
                                split_digests={"covid-radiography": split_digest(read_split(str(path)))},
                                image_size=64, splits_join_near_identical=joined is not None,
-                               splits_near_identical_bits=joined or 48)
+                               splits_near_identical_bits=joined or 48, splits_fingerprint_size=fingerprinted_at)
     return StudyData(SimpleNamespace(uri=str(tmp_path / "study"), settings=settings)), config, copies
 
 
@@ -238,20 +240,27 @@ def test_copies_across_the_split_count_where_the_models_trained_or_were_chosen_o
     assert whole_datasets == []
 
 
-@pytest.mark.parametrize("joined_within", [NEAR_IDENTICAL_BITS, EARLIER_NEAR_IDENTICAL_BITS])
+@pytest.mark.parametrize("joined_within, fingerprinted_at, made_when", [
+    (NEAR_IDENTICAL_BITS, FINGERPRINT_SIZE, None),
+    (EARLIER_NEAR_IDENTICAL_BITS, None, "within 48 fingerprint bits (now 60), at the study's 64 px (now at 32 px, at "
+                                        "every size)"),
+    (NEAR_IDENTICAL_BITS, None, "at the study's 64 px (now at 32 px, at every size)")])
 def test_a_study_whose_splits_joined_near_identical_x_rays_as_now_is_not_searched_for_copies_across_them(
-        make_radiography_copies, tmp_path, caplog, joined_within):
-    """A study whose splits joined near-identical X-rays within today's fingerprint bits holds no copies across
-    parts: the analysis spends no comparison of every image on looking for them (even where an edited split would
-    hold some). One whose splits joined within fewer bits may hold some, and is searched."""
+        make_radiography_copies, tmp_path, caplog, joined_within, fingerprinted_at, made_when):
+    """A study whose splits joined near-identical X-rays as now (within today's fingerprint bits, fingerprinted at
+    32 px) holds no copies across parts: the analysis spends no comparison of every image on looking for them (even
+    where an edited split would hold some). One whose splits joined within fewer bits, or fingerprinted its images at
+    its own size (of 64 px: copies found at 32 px may lie on two sides), may hold some, is searched, and the note
+    says how its split was made."""
     data, config, copies = study_of_copies(make_radiography_copies, tmp_path, lambda copies: {
-        copies[0][0]: "test", copies[0][1]: "train"}, joined=joined_within)
+        copies[0][0]: "test", copies[0][1]: "train"}, joined=joined_within, fingerprinted_at=fingerprinted_at)
     with caplog.at_level(logging.WARNING, logger="study.analyze"):
         data.prepare(config)
-    if joined_within == NEAR_IDENTICAL_BITS:
+    if made_when is None:
         assert data.split_notes == {} and "near-identical copy" not in caplog.text
     else:
-        assert f"e.g. {copies[0][0]} (test) and {copies[0][1]} (train)" in caplog.text
+        assert (f"e.g. {copies[0][0]} (test) and {copies[0][1]} (train): the split was made when such copies were "
+                f"found {made_when}, so the figures on those images are optimistic") in caplog.text
 
 
 def test_the_bootstrap_of_a_study_at_a_few_pixels_resamples_the_groups_it_would_at_64_px(tmp_path):
@@ -273,7 +282,8 @@ def test_the_bootstrap_of_a_study_at_a_few_pixels_resamples_the_groups_it_would_
         settings = SimpleNamespace(data_roots={dataset: str(SAMPLE_ROOT)}, cache_dir=str(tmp_path / "cache"),
                                    split_digests={dataset: split_digest(read_split(str(path)))},
                                    image_size=image_size, splits_join_near_identical=True,
-                                   splits_near_identical_bits=NEAR_IDENTICAL_BITS)
+                                   splits_near_identical_bits=NEAR_IDENTICAL_BITS,
+                                   splits_fingerprint_size=FINGERPRINT_SIZE)
         data = StudyData(SimpleNamespace(uri=str(tmp_path / "study"), settings=settings))
         return {part: pd.factorize(data.resampling_groups(replace(config, image_size=image_size), part))[0].tolist()
                 for part in ("val", "test")}
