@@ -1,41 +1,44 @@
 """Perceptual fingerprints of decoded images: the same X-ray re-encoded, resized or squashed is found as near-identical.
 
-Public chest X-ray datasets copy each other: datasets 1 and 2 hold dataset 3's images squashed to 299x299 PNG,
-and a dataset may hold one X-ray twice in two sizes, under two names or two patient ids. Byte-identical files
-are caught by their sha1; these fingerprints catch the rest.
+Public chest X-ray datasets copy each other: datasets 1 and 2 hold dataset 3's images squashed to 299x299 PNG, and a
+dataset may hold one X-ray twice in two sizes, under two names or two patient ids. Byte-identical files are caught
+by their sha1; these fingerprints catch the rest.
 
 An image's fingerprint is a difference hash of its pixels decoded at FINGERPRINT_SIZE (cxrnets.cache: resized and
-center-cropped to 32 px, whatever the study's image size: cache_fingerprints): the grey image shrunk to 17x17
-cells, one bit per pair of neighbouring cells (right brighter than left, and below brighter than above), 512
-bits. A copy squashed to a square is cropped differently by the cache than its original (which loses its sides),
-so each image also gets the fingerprints of central crops of its cached pixels (PROBES), one of which frames the
-original as the cache does; two images are near-identical when the plain fingerprint of either is within
-NEAR_IDENTICAL_BITS of any of the other's.
+center-cropped to 64 px, whatever the study's image size: cache_fingerprints): the grey image shrunk to 17x17 cells,
+one bit per pair of neighbouring cells (right brighter than left, and below brighter than above), 512 bits. A copy
+squashed to a square is cropped differently by the cache than its original (which loses its sides), so each image
+also gets the fingerprints of central crops of its cached pixels (PROBES), one of which frames the original as the
+cache does; two images are near-identical when the plain fingerprint of either is within NEAR_IDENTICAL_BITS of any
+of the other's.
 
 Measured on the real covid-chestxray-dataset (ieee8023), at 64 and 224 px, of its 648 X-rays: a copy re-encoded
-(JPEG q75), resized (1024 px) or with its gamma changed lies at most 36 bits from its original, a copy squashed
-to 299x299 PNG at most 47 (aspect ratios 0.8 to 1.45; 3 of 648 beyond, all more oblong); at FINGERPRINT_SIZE, of
-the 523 X-rays of its 3-class view, resized or with gamma 0.8 at most 38, squashed at most 55 (one beyond, 2.24
-times wider than high), re-encoded at most 57 but for one figure (ryct.2020003.fig2-c.png, 64: missed). Of the
-pairs of images under two patient ids in its frontal X-rays, at 32, 64 and 224 px: 6 X-rays filed twice lie
-within 39 bits; then come the same X-ray filed again with other windowing (2-chest-filmc.jpg, 7-fatal-covid19.jpg:
-55 to 58 bits), the same person's X-rays of two days (AR-1.jpg, AR-2.jpg, extubation-1.jpg: 42 to 58; 64 and 66
-at 48 px), and one X-ray cropped otherwise (pneumonia-7.jpg, streptococcus-...-day1.jpg: 52 at 32 px, 60 at 40,
-65 and 68 above); the closest pair of other people's X-rays (checked by eye) lies 67 bits apart at 32 px, 68 at
-64 px, 72 at 224 px; 0.01 % of all such pairs lie within 78 bits, half within 182. Hence NEAR_IDENTICAL_BITS
-between the two, nearer the people's X-rays: a pair joined wrongly costs the split a little balance, a pair
-missed leaks one X-ray. Not found: a copy cropped by 3 % on every side (a third of them), or brightened until it
-clips (3 %).
+(JPEG q75), resized (1024 px) or with its gamma changed lies at most 36 bits from its original, a copy squashed to
+299x299 PNG at most 47 (aspect ratios 0.8 to 1.45; 3 of 648 beyond, all more oblong). Of the 523 X-rays of its
+3-class view, at 64 px: re-encoded at most 21, resized or with gamma 0.8 at most 37, squashed at most 45 (one
+beyond, 2.24 times wider than high); at 32 px: re-encoded at most 57 but for one figure (ryct.2020003.fig2-c.png,
+64: missed), resized or with gamma 0.8 at most 38, squashed at most 55 (the same one beyond). Of the pairs of images
+under two patient ids in its frontal X-rays, at 32, 64 and 224 px: 6 X-rays filed twice lie within 39 bits; then
+come the same X-ray filed again with other windowing (2-chest-filmc.jpg, 7-fatal-covid19.jpg: 55 to 58 bits), the
+same person's X-rays of two days (AR-1.jpg, AR-2.jpg, extubation-1.jpg: 42 to 58; 64 and 66 at 48 px), and one X-ray
+cropped otherwise (pneumonia-7.jpg, streptococcus-...-day1.jpg: 52 at 32 px, 60 at 40, 65 and 68 above); the closest
+pair of other people's X-rays (checked by eye) lies 67 bits apart at 32 px, 68 at 64 px, 72 at 224 px; 0.01 % of all
+such pairs lie within 78 bits, half within 182. Hence NEAR_IDENTICAL_BITS between the two, nearer the people's
+X-rays: a pair joined wrongly costs the split a little balance, a pair missed leaks one X-ray. Not found: a copy
+cropped by 3 % on every side (a third of them), or brightened until it clips (3 %).
 
-Every image size is fingerprinted at the one FINGERPRINT_SIZE (cache_fingerprints), so that a dataset splits
-alike at every size: two runs or studies of one seed at two sizes hold out the same patients. Fingerprinted at its
-own size, as before, the real copy's cropped pair above was joined at 32 and 40 px only, and that one join put 195
-of the 523 images of its 3-class split (seed 0) on another side at 64 px than at 40. Below about 16 px the 17x17
-cells enlarge the image rather than shrink it: neighbouring cells repeat a pixel, most bits are 0 in every image,
-and unrelated X-rays fall within NEAR_IDENTICAL_BITS (on the embedded sample at 10 px and 48 bits, 148 patients
-joined into 82 groups, one of 117 images). 32 px lies safely above that, finds all four pairs of the real copy
-filed again, and splits the embedded sample as 64 and 224 px did; its cost, a copy lying farther from its
-original than at 64 px (above).
+Every image size is fingerprinted at the one FINGERPRINT_SIZE (cache_fingerprints), so that a dataset splits alike
+at every size: two runs or studies of one seed at two sizes hold out the same patients. Fingerprinted at its own
+size, as before, the real copy's cropped pair above was joined at 32 and 40 px only, and that one join put 195 of
+the 523 images of its 3-class split (seed 0) on another side at 64 px than at 40. FINGERPRINT_SIZE is 64 px for the
+copies: datasets 1 and 2 are largely dataset 3 re-encoded and squashed, and at 64 px such a copy lies well within
+NEAR_IDENTICAL_BITS (re-encoded within 21 bits, squashed within 45), where at 32 px it lies close to it (57 and 55)
+or beyond (one re-encode, 64). What 64 px misses: the real copy's cropped pair (pneumonia-7.jpg,
+streptococcus-...-day1.jpg, 65 bits apart; 52 at 32 px) may fall on two sides. Below about 16 px the 17x17 cells
+enlarge the image rather than shrink it: neighbouring cells repeat a pixel, most bits are 0 in every image, and
+unrelated X-rays fall within NEAR_IDENTICAL_BITS (on the embedded sample at 10 px and 48 bits, 148 patients joined
+into 82 groups, one of 117 images); hence a study at a few pixels is fingerprinted at 64 px too, and splits as at 64
+and 224 px.
 """
 
 from __future__ import annotations
@@ -62,7 +65,10 @@ NEAR_IDENTICAL_BITS = 60  # of BITS: at most this many bits apart, two images ar
 EARLIER_NEAR_IDENTICAL_BITS = 48
 LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 CHUNK = 256  # images fingerprinted, or compared with all others, at once
-FINGERPRINT_SIZE = 32  # px: images of every size are fingerprinted from the same files decoded at this size
+FINGERPRINT_SIZE = 64  # px: images of every size are fingerprinted from the same files decoded at this size
+# px: before FINGERPRINT_SIZE, images were fingerprinted at their own size, at this size where smaller
+# (own_size_fingerprints); the fewest pixels fingerprinted.
+EARLIER_LEAST_FINGERPRINT_SIZE = 32
 
 
 def cache_fingerprints(cache: ImageCache, rows: np.ndarray | None = None) -> np.ndarray:
@@ -70,34 +76,45 @@ def cache_fingerprints(cache: ImageCache, rows: np.ndarray | None = None) -> np.
     FINGERPRINT_SIZE: `cache` itself at that size, else a cache of that size beside it (decoded once, as any
     cache)."""
     size = cache.images.shape[-1]
-    if size == FINGERPRINT_SIZE:
-        return fingerprints(cache.images, rows)
-    log.info("%s at %d px: fingerprinting its images at %d px, as at every size (so that it splits alike at every "
-             "size)", cache.index.name, size, FINGERPRINT_SIZE)
-    decoded = build_cache(cache.index, FINGERPRINT_SIZE, cache.directory.parent)
-    lost = len(cache.index.frame) - len(decoded.index.frame)  # decoded.index: the images of cache.index it decoded
-    if lost:
-        raise CxrError(f"{decoded.directory}: {lost} image(s) of {cache.index.name} that decode at {size} px do not "
-                       f"at {FINGERPRINT_SIZE} px, to be fingerprinted (the errors are listed in "
-                       f"{decoded.directory / 'index.parquet'}); replace or remove those files")
-    return fingerprints(decoded.images, rows)
+    if size != FINGERPRINT_SIZE:
+        log.info("%s at %d px: fingerprinting its images at %d px, as at every size (so that it splits alike at "
+                 "every size)", cache.index.name, size, FINGERPRINT_SIZE)
+    return fingerprints(decoded_at(cache, FINGERPRINT_SIZE).images, rows)
 
 
 def own_size_fingerprints(cache: ImageCache) -> np.ndarray:
     """The fingerprints splits were made from before every size was fingerprinted at FINGERPRINT_SIZE: from
-    `cache`'s own images where they are FINGERPRINT_SIZE px or more (cache_fingerprints' below), for a
-    cxrnets.train run split then, which continues on its split."""
-    if cache.images.shape[-1] < FINGERPRINT_SIZE:
-        return cache_fingerprints(cache)
-    return fingerprints(cache.images)
+    `cache`'s own images, or from the same files decoded at EARLIER_LEAST_FINGERPRINT_SIZE where they are smaller,
+    for a cxrnets.train run split then, which continues on its split."""
+    return fingerprints(decoded_at(cache, own_size_fingerprint_size(cache.images.shape[-1])).images)
+
+
+def own_size_fingerprint_size(image_size: int) -> int:
+    """The size images of `image_size` px were fingerprinted at before FINGERPRINT_SIZE (own_size_fingerprints)."""
+    return max(image_size, EARLIER_LEAST_FINGERPRINT_SIZE)
+
+
+def decoded_at(cache: ImageCache, size: int) -> ImageCache:
+    """`cache` itself where its images are `size` px, else a cache of the same files decoded at `size` beside it
+    (decoded once, as any cache); CxrError if one of the images of `cache` does not decode at `size`."""
+    if cache.images.shape[-1] == size:
+        return cache
+    decoded = build_cache(cache.index, size, cache.directory.parent)
+    lost = len(cache.index.frame) - len(decoded.index.frame)  # decoded.index: the images of cache.index it decoded
+    if lost:
+        raise CxrError(f"{decoded.directory}: {lost} image(s) of {cache.index.name} that decode at "
+                       f"{cache.images.shape[-1]} px do not at {size} px, to be fingerprinted (the errors are listed "
+                       f"in {decoded.directory / 'index.parquet'}); replace or remove those files")
+    return decoded
 
 
 def fingerprints(images: CachedImages, rows: np.ndarray | None = None) -> np.ndarray:
     """(N, len(PROBES), BITS // 8) uint8, packed bits: the fingerprints of `images[rows]` (every image if None),
-    images of FINGERPRINT_SIZE px or more (cache_fingerprints fingerprints a cache at FINGERPRINT_SIZE whatever its
-    size)."""
-    if images.shape[-1] < FINGERPRINT_SIZE:
-        raise ValueError(f"images of {images.shape[-1]} px are too small to fingerprint (under {FINGERPRINT_SIZE} px)")
+    images of EARLIER_LEAST_FINGERPRINT_SIZE px or more (cache_fingerprints fingerprints a cache at FINGERPRINT_SIZE
+    whatever its size)."""
+    if images.shape[-1] < EARLIER_LEAST_FINGERPRINT_SIZE:
+        raise ValueError(f"images of {images.shape[-1]} px are too small to fingerprint (under "
+                         f"{EARLIER_LEAST_FINGERPRINT_SIZE} px)")
     rows = np.arange(len(images)) if rows is None else np.asarray(rows)
     result = np.zeros((len(rows), len(PROBES), BITS // 8), dtype=np.uint8)
     for start in range(0, len(rows), CHUNK):

@@ -161,14 +161,14 @@ def check_same_split(checkpoint: dict[str, Any], digest: str, out: Path) -> None
 def on_split_made_by_an_earlier_rule(run, checkpoint: dict[str, Any], out: Path):
     """The run on the split an earlier cxr-tune made of the same data, where that is the split its checkpoint
     trained on: a run from then continues on its own split. Splits fingerprinted images at the run's own size
-    before (where 32 px or more: cxrnets.fingerprints.own_size_fingerprints), joined near-identical X-rays within
+    before (at 32 px where smaller: cxrnets.fingerprints.own_size_fingerprints), joined near-identical X-rays within
     fewer fingerprint bits before that (cxrnets.fingerprints.EARLIER_NEAR_IDENTICAL_BITS), and before that not at
     all; a checkpoint without a split digest was written before all three, and continues on the split made without
     them, unless --split-file kept its split. None otherwise."""
     from dataclasses import replace
 
     from cxrnets.fingerprints import (EARLIER_NEAR_IDENTICAL_BITS, FINGERPRINT_SIZE, NEAR_IDENTICAL_BITS,
-                                      own_size_fingerprints)
+                                      own_size_fingerprint_size, own_size_fingerprints)
     from cxrnets.splits import make_split, split_digest
     from cxrnets.training import TrainingRun
 
@@ -181,8 +181,10 @@ def on_split_made_by_an_earlier_rule(run, checkpoint: dict[str, Any], out: Path)
               f"{EARLIER_NEAR_IDENTICAL_BITS} fingerprint bits (now {NEAR_IDENTICAL_BITS})"),
              (None, "the split made before near-identical X-rays were kept on one side")]
     size = data.cache.images.shape[-1]
-    if size > FINGERPRINT_SIZE:  # fingerprinted at its own size then, unlike now
-        at_own_size = f"found at the run's own {size} px (now at {FINGERPRINT_SIZE} px, at every size)"
+    fingerprinted_at = own_size_fingerprint_size(size)
+    if fingerprinted_at != FINGERPRINT_SIZE:  # then fingerprinted otherwise than now
+        at_own_size = (f"found at the run's own {size} px" if fingerprinted_at == size else
+                       f"found at {fingerprinted_at} px") + f" (now at {FINGERPRINT_SIZE} px, at every size)"
         rules = [(NEAR_IDENTICAL_BITS, f"the split made when near-identical X-rays were {at_own_size}"),
                  (EARLIER_NEAR_IDENTICAL_BITS, f"{rules[0][1]}, {at_own_size}"), rules[1]]
     prints = None if saved is None else own_size_fingerprints(data.cache)

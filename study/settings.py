@@ -85,9 +85,9 @@ class StudySettings:
     split_digests: dict[str, str] = field(default_factory=dict)
     # Whether the study's splits joined near-identical X-rays (cxrnets.fingerprints) when made, within how many
     # fingerprint bits (those studies that joined before the bits were recorded joined within 48), and from images
-    # decoded at what size (None: before the size was recorded, at the study's image_size, at FINGERPRINT_SIZE where
-    # smaller); the analysis of a study from before, or that joined otherwise than now, looks for copies across the
-    # parts of its split.
+    # decoded at what size (None: before the size was recorded, at the study's image_size, at 32 px where smaller:
+    # cxrnets.fingerprints.own_size_fingerprint_size); the analysis of a study from before, or that joined otherwise
+    # than now, looks for copies across the parts of its split.
     splits_join_near_identical: bool = False
     splits_near_identical_bits: int = EARLIER_NEAR_IDENTICAL_BITS
     splits_fingerprint_size: int | None = None

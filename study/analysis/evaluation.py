@@ -27,7 +27,8 @@ import pandas as pd
 import sklearn
 
 from cxrnets.errors import CxrError, SplitMismatch
-from cxrnets.fingerprints import FINGERPRINT_SIZE, NEAR_IDENTICAL_BITS, cache_fingerprints, near_identical_to
+from cxrnets.fingerprints import (FINGERPRINT_SIZE, NEAR_IDENTICAL_BITS, cache_fingerprints, near_identical_to,
+                                  own_size_fingerprint_size)
 from cxrnets.splits import HELDOUT, LARGE_DATASET, make_split
 from cxrnets.training import load_checkpoint
 from study import storage
@@ -59,9 +60,10 @@ def earlier_split_rule(settings) -> str:
     if settings.splits_near_identical_bits < NEAR_IDENTICAL_BITS:
         found_otherwise.append(f"within {settings.splits_near_identical_bits} fingerprint bits (now "
                                f"{NEAR_IDENTICAL_BITS})")
-    fingerprinted_at = settings.splits_fingerprint_size or max(settings.image_size, FINGERPRINT_SIZE)
+    fingerprinted_at = settings.splits_fingerprint_size or own_size_fingerprint_size(settings.image_size)
     if fingerprinted_at != FINGERPRINT_SIZE:
-        found_otherwise.append(f"at the study's {fingerprinted_at} px (now at {FINGERPRINT_SIZE} px, at every size)")
+        at = f"the study's {fingerprinted_at}" if fingerprinted_at == settings.image_size else str(fingerprinted_at)
+        found_otherwise.append(f"at {at} px (now at {FINGERPRINT_SIZE} px, at every size)")
     if not found_otherwise:
         return ""
     return f"the split was made when such copies were found {', '.join(found_otherwise)}"

@@ -206,8 +206,8 @@ def check_externals(data: StudyData, specs: list[ExternalSpec], label_map: dict[
     """Refuse, before anything is evaluated, external sets and label maps the study cannot score: a path
     that does not exist, a multi-label set, a set with no class in common (its copies of the study's X-rays
     aside) or with no image but the study's own, a map onto a class the study lacks, a multi-label study. Decodes
-    each set and the study's datasets into the cache at the study's image size (to find near-identical images, at
-    cxrnets.fingerprints.FINGERPRINT_SIZE where that is smaller); returns each external set's index by name,
+    each set and the study's datasets into the cache at the study's image size (and, to find near-identical images,
+    at cxrnets.fingerprints.FINGERPRINT_SIZE where that is another); returns each external set's index by name,
     without the images the study's split holds and with those near-identical to them named."""
     indexes: dict[str, ExternalIndex] = {}
     if not specs and not label_map:

@@ -626,16 +626,17 @@ def test_cli_resume_of_a_run_split_before_near_identical_x_rays_were_joined_cont
 
 def test_cli_resume_of_a_run_split_when_fewer_fingerprint_bits_joined_x_rays_continues_on_its_split(
         real_chestxray: Path, tmp_path: Path, caplog) -> None:
-    """Splits joined near-identical X-rays within 48 fingerprint bits before; on the real copy at 32 px that split
-    differs from today's. A run made then continues on its own split (said in the log), not refused as data that
-    changed, nor moved onto today's split."""
+    """Splits joined near-identical X-rays within 48 fingerprint bits before; on the real copy at 64 px (the size
+    every run is fingerprinted at now) that split differs from today's. A run made then continues on its own split
+    (said in the log), not refused as data that changed, nor moved onto today's split."""
     from cxrnets.fingerprints import EARLIER_NEAR_IDENTICAL_BITS, cache_fingerprints
     from cxrnets.splits import make_split, split_digest
 
-    arguments = ["--dataset", "covid-chestxray-3class", "--data-root", str(real_chestxray), "--image-size", "32",
-                 "--batch-size", "64", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run")]
+    arguments = ["--dataset", "covid-chestxray-3class", "--data-root", str(real_chestxray), "--image-size", "64",
+                 "--model", "alexnet", "--batch-size", "64", "--cache-dir", str(tmp_path / "cache"),
+                 "--out", str(tmp_path / "run")]
     assert main([*arguments, "--epochs", "1"]) == 0
-    config = TrainConfig(dataset="covid-chestxray-3class", data_root=str(real_chestxray), image_size=32,
+    config = TrainConfig(dataset="covid-chestxray-3class", data_root=str(real_chestxray), model="alexnet",
                          cache_dir=str(tmp_path / "cache"))
     data = prepare_data(config)
     before = make_split(data.index.frame.assign(sha1=data.split["sha1"].to_numpy()), data.index.stratum(),
@@ -691,18 +692,17 @@ def test_cli_a_run_stopped_before_its_first_checkpoint_starts_again_with_the_sam
 @pytest.mark.parametrize("bits", [60, 48])
 def test_cli_resume_of_a_run_whose_split_fingerprinted_its_own_image_size_continues_on_its_split(
         real_chestxray: Path, tmp_path: Path, caplog, bits: int) -> None:
-    """Splits fingerprinted images at the run's own size before (32 px or more), and joined within 48 bits before
-    that; on the real copy at 64 px both splits differ from today's, made from 32 px fingerprints at every size. A
-    run made then continues on its own split (said in the log), not refused as data that changed, nor moved onto
-    today's split (195 of its 523 images on another side)."""
+    """Splits fingerprinted images at the run's own size before (at 32 px where smaller), and joined within 48 bits
+    before that; on the real copy at 32 px both splits differ from today's, made from 64 px fingerprints at every
+    size (at seed 0, 195 of its 523 images on another side). A run made then continues on its own split (said in
+    the log), not refused as data that changed, nor moved onto today's split."""
     from cxrnets.fingerprints import fingerprints
     from cxrnets.splits import make_split, split_digest
 
-    arguments = ["--dataset", "covid-chestxray-3class", "--data-root", str(real_chestxray), "--image-size", "64",
-                 "--model", "alexnet", "--batch-size", "64", "--cache-dir", str(tmp_path / "cache"),
-                 "--out", str(tmp_path / "run")]
+    arguments = ["--dataset", "covid-chestxray-3class", "--data-root", str(real_chestxray), "--image-size", "32",
+                 "--batch-size", "64", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run")]
     assert main([*arguments, "--epochs", "1"]) == 0
-    config = TrainConfig(dataset="covid-chestxray-3class", data_root=str(real_chestxray), model="alexnet",
+    config = TrainConfig(dataset="covid-chestxray-3class", data_root=str(real_chestxray), image_size=32,
                          cache_dir=str(tmp_path / "cache"))
     data = prepare_data(config)
     before = make_split(data.index.frame.assign(sha1=data.split["sha1"].to_numpy()), data.index.stratum(),
@@ -714,9 +714,9 @@ def test_cli_resume_of_a_run_whose_split_fingerprinted_its_own_image_size_contin
 
     with caplog.at_level(logging.INFO, logger="cxrnets.train"):
         assert main([*arguments, "--epochs", "2", "--resume"]) == 0
-    made = ("near-identical X-rays were found at the run's own 64 px (now at 32 px, at every size)" if bits == 60 else
-            "near-identical X-rays were joined within 48 fingerprint bits (now 60), found at the run's own 64 px "
-            "(now at 32 px, at every size)")
+    made = ("near-identical X-rays were found at the run's own 32 px (now at 64 px, at every size)" if bits == 60 else
+            "near-identical X-rays were joined within 48 fingerprint bits (now 60), found at the run's own 32 px "
+            "(now at 64 px, at every size)")
     assert f"{checkpoint_path} trained on the split made when {made}: it continues on that split" in caplog.text
     assert torch.load(checkpoint_path, weights_only=False)["split_digest"] == split_digest(before)
 

@@ -137,18 +137,18 @@ def test_weights_in_a_bucket_that_cannot_be_used_are_named_by_their_object_not_t
 
 
 def study_of_copies(make_radiography_copies, tmp_path: Path, sides, joined: int | None = None,
-                    fingerprinted_at: int | None = FINGERPRINT_SIZE):
-    """A study of dataset 1 at 64 px whose each class holds one X-ray twice (make_radiography_copies: a 299x299 PNG
-    and a JPEG under another name, hence another patient), its split as the study reads it back, with the images
-    that `sides(copies)` names (relpath -> part) moved there; `joined`: the fingerprint bits within which the study's
-    splits joined near-identical X-rays, None where they did not; `fingerprinted_at`: the image size their
-    fingerprints were made at, None for a study from before it was recorded (at its own size).
-    Returns (StudyData, its TrainConfig, the copies)."""
+                    fingerprinted_at: int | None = FINGERPRINT_SIZE, image_size: int = 64):
+    """A study of dataset 1 at `image_size` whose each class holds one X-ray twice (make_radiography_copies: a
+    299x299 PNG and a JPEG under another name, hence another patient), its split as the study reads it back, with
+    the images that `sides(copies)` names (relpath -> part) moved there; `joined`: the fingerprint bits within which
+    the study's splits joined near-identical X-rays, None where they did not; `fingerprinted_at`: the image size
+    their fingerprints were made at, None for a study from before it was recorded (at its own size, at 32 px where
+    smaller). Returns (StudyData, its TrainConfig, the copies)."""
     from cxrnets.splits import split_digest
     from study.settings import read_split
 
     root, copies = make_radiography_copies()
-    config = TrainConfig(dataset="covid-radiography", data_root=str(root), model="alexnet", image_size=64,
+    config = TrainConfig(dataset="covid-radiography", data_root=str(root), model="alexnet", image_size=image_size,
                          cache_dir=str(tmp_path / "cache"), device="cpu")
     split = prepare_data(config).split[SPLIT_COLUMNS]
     split["split"] = split["relpath"].map(sides(copies)).fillna(split["split"])
@@ -157,7 +157,7 @@ def study_of_copies(make_radiography_copies, tmp_path: Path, sides, joined: int 
     split.to_csv(path, index=False)
     settings = SimpleNamespace(data_roots={"covid-radiography": str(root)}, cache_dir=str(tmp_path / "cache"),
                                split_digests={"covid-radiography": split_digest(read_split(str(path)))},
-                               image_size=64, splits_join_near_identical=joined is not None,
+                               image_size=image_size, splits_join_near_identical=joined is not None,
                                splits_near_identical_bits=joined or 48, splits_fingerprint_size=fingerprinted_at)
     return StudyData(SimpleNamespace(uri=str(tmp_path / "study"), settings=settings)), config, copies
 
@@ -240,20 +240,24 @@ def test_copies_across_the_split_count_where_the_models_trained_or_were_chosen_o
     assert whole_datasets == []
 
 
-@pytest.mark.parametrize("joined_within, fingerprinted_at, made_when", [
-    (NEAR_IDENTICAL_BITS, FINGERPRINT_SIZE, None),
-    (EARLIER_NEAR_IDENTICAL_BITS, None, "within 48 fingerprint bits (now 60), at the study's 64 px (now at 32 px, at "
-                                        "every size)"),
-    (NEAR_IDENTICAL_BITS, None, "at the study's 64 px (now at 32 px, at every size)")])
+@pytest.mark.parametrize("joined_within, fingerprinted_at, image_size, made_when", [
+    (NEAR_IDENTICAL_BITS, FINGERPRINT_SIZE, 40, None),
+    (NEAR_IDENTICAL_BITS, None, 64, None),
+    (EARLIER_NEAR_IDENTICAL_BITS, None, 64, "within 48 fingerprint bits (now 60)"),
+    (NEAR_IDENTICAL_BITS, None, 40, "at the study's 40 px (now at 64 px, at every size)"),
+    (EARLIER_NEAR_IDENTICAL_BITS, None, 224, "within 48 fingerprint bits (now 60), at the study's 224 px (now at 64 "
+                                             "px, at every size)"),
+    (NEAR_IDENTICAL_BITS, None, 16, "at 32 px (now at 64 px, at every size)")])
 def test_a_study_whose_splits_joined_near_identical_x_rays_as_now_is_not_searched_for_copies_across_them(
-        make_radiography_copies, tmp_path, caplog, joined_within, fingerprinted_at, made_when):
+        make_radiography_copies, tmp_path, caplog, joined_within, fingerprinted_at, image_size, made_when):
     """A study whose splits joined near-identical X-rays as now (within today's fingerprint bits, fingerprinted at
-    32 px) holds no copies across parts: the analysis spends no comparison of every image on looking for them (even
-    where an edited split would hold some). One whose splits joined within fewer bits, or fingerprinted its images at
-    its own size (of 64 px: copies found at 32 px may lie on two sides), may hold some, is searched, and the note
-    says how its split was made."""
+    64 px, as every study at 64 px was) holds no copies across parts: the analysis spends no comparison of every
+    image on looking for them (even where an edited split would hold some). One whose splits joined within fewer
+    bits, or fingerprinted its images at another size (its own, or 32 px where smaller: copies found at 64 px may
+    lie on two sides), may hold some, is searched, and the note says how its split was made."""
     data, config, copies = study_of_copies(make_radiography_copies, tmp_path, lambda copies: {
-        copies[0][0]: "test", copies[0][1]: "train"}, joined=joined_within, fingerprinted_at=fingerprinted_at)
+        copies[0][0]: "test", copies[0][1]: "train"}, joined=joined_within, fingerprinted_at=fingerprinted_at,
+        image_size=image_size)
     with caplog.at_level(logging.WARNING, logger="study.analyze"):
         data.prepare(config)
     if made_when is None:
