@@ -13,6 +13,9 @@ reads.
 Stage a dataset on a node before a study (the cluster's setup commands do this):
 
     python -m cxrnets.cache --dataset covid-radiography --data-root ~/data/covid-radiography --image-size 224
+
+It caches the dataset at 64 px too, the size a study's split fingerprints near-identical X-rays at
+(cxrnets.fingerprints), so that the driver's node decodes nothing when the study starts.
 """
 
 from __future__ import annotations
@@ -338,7 +341,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="a loader option, repeatable; the images cached are those the options keep "
                              f"({dataset_options_help()})")
     parser.add_argument("--image-size", type=int, nargs="+", default=[224],
-                        help="one or more square sizes in pixels to cache (default: 224)")
+                        help="one or more square sizes in pixels to cache (default: 224); 64 px, the size a "
+                             "study's split fingerprints near-identical X-rays at, is cached too")
     parser.add_argument("--cache-dir", default=None,
                         help="cache root (default: $CXR_TUNE_CACHE or ~/.cache/cxr-tune)")
     parser.add_argument("--prune", action="store_true",
@@ -365,10 +369,14 @@ def main(argv: list[str] | None = None) -> None:
                       "command again"):
         options = parse_dataset_options(args.dataset_option, [args.dataset]).get(args.dataset, {})
         index = load_dataset(args.dataset, args.data_root, **options)
-        for size in args.image_size:
+        from cxrnets.fingerprints import FINGERPRINT_SIZE
+
+        sizes = {size: "" for size in args.image_size}
+        sizes.setdefault(FINGERPRINT_SIZE, " (splits fingerprint near-identical X-rays at this size)")
+        for size, why in sizes.items():
             cache = build_cache(index, size, args.cache_dir)
             state = f"decoded {cache.decoded} images" if cache.decoded else "already cached"
-            print(f"{args.dataset} at {size}px: {state}, {len(cache.index.frame)} usable -> {cache.directory}")
+            print(f"{args.dataset} at {size}px{why}: {state}, {len(cache.index.frame)} usable -> {cache.directory}")
 
 
 if __name__ == "__main__":

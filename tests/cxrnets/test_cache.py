@@ -362,8 +362,12 @@ def test_cache_cli(make_pneumonia_normal, tmp_path: Path, capsys: pytest.Capture
     cache_module.main(arguments)
     out = capsys.readouterr().out
     assert "at 16px: decoded 9 images, 9 usable" in out and "at 20px: decoded 9 images" in out
+    assert "at 64px (splits fingerprint near-identical X-rays at this size): decoded 9 images" in out
     cache_module.main(arguments)
-    assert "at 16px: already cached" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "at 16px: already cached" in out
+    # A node staged this way also holds what a study's split is fingerprinted from: no decoding at its start.
+    assert "at 64px (splits fingerprint near-identical X-rays at this size): already cached" in out
     with pytest.raises(SystemExit, match=r"error: .*does not exist"):
         cache_module.main(["--dataset", "folder", "--data-root", str(tmp_path / "nowhere"),
                            "--cache-dir", str(tmp_path / "cache")])
