@@ -624,6 +624,20 @@ def test_cli_resume_of_a_run_split_before_near_identical_x_rays_were_joined_cont
     assert torch.load(checkpoint_path, weights_only=False)["split_digest"] == split_digest(before)
 
 
+def resume_as_if_split_then(arguments: list[str], out: Path, before: pd.DataFrame, caplog) -> Path:
+    """Mark the run in `out` as trained on the split `before` (as a run from an earlier rule), resume it for a second
+    epoch with `arguments`, and check that it kept that split; its checkpoint's path."""
+    from cxrnets.splits import split_digest
+
+    checkpoint_path = out / "checkpoint.pt"
+    checkpoint = torch.load(checkpoint_path, weights_only=False)
+    save_checkpoint({**checkpoint, "split_digest": split_digest(before)}, checkpoint_path)
+    with caplog.at_level(logging.INFO, logger="cxrnets.train"):
+        assert main([*arguments, "--epochs", "2", "--resume"]) == 0
+    assert torch.load(checkpoint_path, weights_only=False)["split_digest"] == split_digest(before)
+    return checkpoint_path
+
+
 def test_cli_resume_of_a_run_split_when_fewer_fingerprint_bits_joined_x_rays_continues_on_its_split(
         real_chestxray: Path, tmp_path: Path, caplog) -> None:
     """Splits joined near-identical X-rays within 48 fingerprint bits before; on the real copy at 64 px (the size
@@ -642,15 +656,9 @@ def test_cli_resume_of_a_run_split_when_fewer_fingerprint_bits_joined_x_rays_con
     before = make_split(data.index.frame.assign(sha1=data.split["sha1"].to_numpy()), data.index.stratum(),
                         fingerprints=cache_fingerprints(data.cache), near_identical_bits=EARLIER_NEAR_IDENTICAL_BITS)
     assert split_digest(before) != split_digest(data.split)
-    checkpoint_path = tmp_path / "run" / "checkpoint.pt"
-    checkpoint = torch.load(checkpoint_path, weights_only=False)
-    save_checkpoint({**checkpoint, "split_digest": split_digest(before)}, checkpoint_path)  # as a run from then
-
-    with caplog.at_level(logging.INFO, logger="cxrnets.train"):
-        assert main([*arguments, "--epochs", "2", "--resume"]) == 0
+    checkpoint_path = resume_as_if_split_then(arguments, tmp_path / "run", before, caplog)
     assert (f"{checkpoint_path} trained on the split made when near-identical X-rays were joined within 48 "
             "fingerprint bits (now 60): it continues on that split") in caplog.text
-    assert torch.load(checkpoint_path, weights_only=False)["split_digest"] == split_digest(before)
 
 
 def tiny_cli_arguments(root: Path, tmp_path: Path, *more: str) -> list[str]:
@@ -708,17 +716,11 @@ def test_cli_resume_of_a_run_whose_split_fingerprinted_its_own_image_size_contin
     before = make_split(data.index.frame.assign(sha1=data.split["sha1"].to_numpy()), data.index.stratum(),
                         fingerprints=fingerprints(data.cache.images), near_identical_bits=bits)
     assert split_digest(before) != split_digest(data.split)
-    checkpoint_path = tmp_path / "run" / "checkpoint.pt"
-    checkpoint = torch.load(checkpoint_path, weights_only=False)
-    save_checkpoint({**checkpoint, "split_digest": split_digest(before)}, checkpoint_path)  # as a run from then
-
-    with caplog.at_level(logging.INFO, logger="cxrnets.train"):
-        assert main([*arguments, "--epochs", "2", "--resume"]) == 0
+    checkpoint_path = resume_as_if_split_then(arguments, tmp_path / "run", before, caplog)
     made = ("near-identical X-rays were found at the run's own 32 px (now at 64 px, at every size)" if bits == 60 else
             "near-identical X-rays were joined within 48 fingerprint bits (now 60), found at the run's own 32 px "
             "(now at 64 px, at every size)")
     assert f"{checkpoint_path} trained on the split made when {made}: it continues on that split" in caplog.text
-    assert torch.load(checkpoint_path, weights_only=False)["split_digest"] == split_digest(before)
 
 
 def test_cli_ctrl_c_says_which_epoch_is_kept_and_how_to_continue(sample_cache: Path, tmp_path: Path, capsys,
