@@ -115,7 +115,7 @@ def s3_study(s3_env, tmp_path_factory, tiny_data):
         commands.kill(first)
         killed_after = time.monotonic() - started
         (finished,), (unfinished,) = done, running
-        status, checkpointed = snapshot(study_uri)[unfinished]  # what --resume restores
+        status, _, checkpointed = snapshot(study_uri)[unfinished]  # what --resume restores
         folders = trial_folders(study_uri)
         full_states = [entry.uri.removeprefix(folders[unfinished] + "/")
                        for entry in storage.listing(folders[unfinished], recursive=True)

@@ -1018,8 +1018,13 @@ def test_split_fractions_are_saved_and_a_class_of_one_test_patient_is_warned_of(
 
 # ------------------------------------------------------------------ kill the driver, then resume
 
-def snapshot(study_uri: str | Path) -> dict[str, tuple[str, int | None]]:
-    """trial id -> (status, last reported iteration) in Tune's latest experiment snapshot (a folder or bucket)."""
+def snapshot(study_uri: str | Path) -> dict[str, tuple[str, int | None, int | None]]:
+    """trial id -> (status, last reported iteration, iteration of its latest full state) in Tune's latest
+    experiment snapshot (a folder or bucket).
+
+    The two iterations differ while a full state is being written: Tune processes a trial's result, then asks
+    the trial for its full state in a second call, and a snapshot taken in between names the older state (the
+    one a resume continues from)."""
     files = sorted(entry.uri for entry in storage.listing(str(study_uri))
                    if entry.name.startswith("experiment_state-") and entry.name.endswith(".json"))
     if not files:
@@ -1032,7 +1037,11 @@ def snapshot(study_uri: str | Path) -> dict[str, tuple[str, int | None]]:
     for trial, runtime in state["trial_data"]:
         trial = json.loads(trial) if isinstance(trial, str) else trial
         runtime = json.loads(runtime) if isinstance(runtime, str) else runtime
-        trials[trial["trial_id"]] = (trial["status"], (runtime.get("last_result") or {}).get("training_iteration"))
+        last_result = runtime.get("last_result") or {}
+        last_result = json.loads(last_result) if isinstance(last_result, str) else last_result
+        full_state = pickle.loads(bytes.fromhex(runtime["checkpoint_manager"]["value"])).latest_checkpoint_result
+        trials[trial["trial_id"]] = (trial["status"], last_result.get("training_iteration"),
+                                     full_state.metrics.get("training_iteration") if full_state else None)
     return trials
 
 
@@ -1049,14 +1058,14 @@ def raw_parts(study_uri: str | Path) -> pd.DataFrame:
 def wait_for_a_finished_and_a_running_trial(process: subprocess.Popen, study_uri: str | Path, log: Path,
                                            timeout: float = 400) -> tuple[list[str], list[str]]:
     """Poll a study run by `process` until Tune's snapshot shows a finished trial (its end recorded)
-    and a running one that has reported an epoch; returns their ids (done, running)."""
+    and a running one with a full state (after an epoch it reported); returns their ids (done, running)."""
     deadline = time.monotonic() + timeout
     while True:
         assert process.poll() is None, "the run ended before it could be killed:\n" + log.read_text()[-3000:]
         assert time.monotonic() < deadline, "no finished trial and second trial in time:\n" + log.read_text()[-3000:]
         trials_now = snapshot(study_uri)
-        done = [t for t, (status, _) in trials_now.items() if status == "TERMINATED"]
-        running = [t for t, (status, it) in trials_now.items() if status == "RUNNING" and it]
+        done = [t for t, (status, _, _) in trials_now.items() if status == "TERMINATED"]
+        running = [t for t, (status, _, full_state) in trials_now.items() if status == "RUNNING" and full_state]
         if done and running:
             events = read_trial_events(str(study_uri))
             reported = read_results(str(study_uri))
@@ -1153,8 +1162,8 @@ def test_kill_and_resume_continues_without_rerunning(tmp_path, tiny_data, cache_
         commands.kill(first)
         print(f"killed the first run after {time.monotonic() - started:.0f} s")
         (finished,), (unfinished,) = done, running
-        status, checkpointed = snapshot(study_dir)[unfinished]  # what --resume restores (a report may have
-        assert status == "RUNNING" and 1 <= checkpointed < epochs  # come in since the poll)
+        status, _, checkpointed = snapshot(study_dir)[unfinished]  # what --resume restores (a later full state
+        assert status == "RUNNING" and 1 <= checkpointed < epochs  # may have come in since the poll)
         before = raw_parts(study_dir)
         assert set(before["trial_id"]) == {finished, unfinished}
         assert sorted(before.loc[before["trial_id"] == finished, "epoch"]) == list(range(1, epochs + 1))
