@@ -22,8 +22,11 @@ Two needs, two kinds of file, nothing more:
   Tune asks the trainable for it then); never after a trial's last epoch. Tune keeps only the newest
   (CheckpointConfig(num_to_keep=1)), and `WeightsKeeper` deletes it after the trial ends, once a
   resume can no longer restore the trial from it (see there). A resumed
-  trial repeats at most the epochs since its last full state: fewer than `checkpoint_every`, or the
-  epoch that crossed `checkpoint_minutes`.
+  trial repeats at most the epochs since the last full state Tune's snapshot names: fewer than
+  `checkpoint_every`, or the epoch that crossed `checkpoint_minutes`, and one such interval more if
+  the driver was killed between a full state's write and the snapshot naming it. Tune deletes the
+  older state as the newer one lands, before that snapshot: the trainable then continues from the
+  newest full state in the trial's folder (study.trainable.TrialTrainable.restore).
 
 After the study only each (dataset, model) cell's `keep` best trials on the study metric keep their
 weights ("all": every trial's). `WeightsKeeper` deletes the others as trials end (a trial that has
@@ -55,6 +58,7 @@ log = logging.getLogger(__name__)
 WEIGHTS_DIR = "weights"
 STATE_FILE = "state.pt"  # the full state inside a Tune checkpoint folder
 CHECKPOINT_PREFIX = "checkpoint_"  # Tune's checkpoint folders inside a trial's folder
+MISSING_STATE_NOTE = "MISSING.txt"  # left in a Tune checkpoint folder whose full state was gone at a resume
 WRITTEN_KEY = "written_best"  # result key: the study metric's value at the epoch of the trial's written weights
 WRITTEN_TIE_KEY = "written_tie_break"  # result key: the study's tie-break metric at that epoch
 
@@ -231,6 +235,14 @@ def delete_full_states(trial_folder: str) -> int:
             freed += storage.total_bytes(entry.uri)
             storage.delete(entry.uri)
     return freed
+
+
+def full_state_folders(trial_folder: str) -> list[str]:
+    """The Tune checkpoint folders in a trial's folder that hold a full state, oldest first (Tune numbers
+    them in order: checkpoint_000000, checkpoint_000001, ...)."""
+    return sorted(entry.name for entry in storage.listing(trial_folder)
+                  if entry.is_dir and entry.name.startswith(CHECKPOINT_PREFIX)
+                  and storage.kind(storage.join(entry.uri, STATE_FILE)) == "file")
 
 
 def weights_to_drop(bests: dict[str, tuple[tuple, float, float | None]], ended: Iterable[str], keep: int | str,

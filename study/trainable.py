@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
@@ -31,7 +31,7 @@ from cxrnets.errors import CxrError, DivergedError
 from cxrnets.config import TrainConfig
 from cxrnets.training import PreparedData, TrainingRun, prepare_data, save_checkpoint
 from study import storage
-from study.checkpoints import STATE_FILE, CheckpointPolicy, TrialWeights
+from study.checkpoints import MISSING_STATE_NOTE, STATE_FILE, CheckpointPolicy, TrialWeights, full_state_folders
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,30 @@ class TrialTrainable(tune.Trainable):
         self.weights.flush()  # the state's best so far names written weights
         save_checkpoint({**self.run.checkpoint(), **self.weights.state()}, Path(checkpoint_dir) / STATE_FILE)
         self.last_full_state = time.monotonic()
+
+    def restore(self, checkpoint_path: Any) -> None:
+        """Tune hands a resumed or retried trial the full state its experiment snapshot names. A driver
+        killed after a newer full state landed (Tune then deletes the older one at once) and before its
+        next snapshot named it leaves a snapshot naming a deleted state, from which Tune would fail the
+        trial at every try and every resume: continue from the newest full state in the trial's folder
+        instead, or start the trial again if it holds none."""
+        named = getattr(checkpoint_path, "checkpoint", None)  # Tune's (full state, metrics at it)
+        if named is None:
+            return super().restore(checkpoint_path)
+        trial_path, named_folder = PurePosixPath(named.path).parent, PurePosixPath(named.path).name
+        trial_folder = storage.join(self.context.study_uri, trial_path.name)
+        held = full_state_folders(trial_folder)
+        if named_folder in held:
+            return super().restore(checkpoint_path)
+        instead = f"continuing from {held[-1]}" if held else "the trial's folder holds no other: starting it again"
+        log.warning("the full state %s is missing (the study was stopped before Tune's snapshot named a newer one): %s",
+                    named.path, instead)
+        # Tune deletes the state it names once the trial writes a newer one, and logs an error if it is not there.
+        storage.write_text(storage.join(trial_folder, named_folder, MISSING_STATE_NOTE), f"full state missing: {instead}\n")
+        if held:
+            newest = tune.Checkpoint(str(trial_path / held[-1]), filesystem=named.filesystem)
+            super().restore(type(checkpoint_path)(checkpoint=newest, metrics={}))
+            self._iteration = self.run.epoch  # Tune counts iterations on from the metrics it noted with a state
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         state = torch.load(Path(checkpoint_dir) / STATE_FILE, map_location=self.run.device, weights_only=True)

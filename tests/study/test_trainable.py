@@ -18,12 +18,14 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from ray import tune
+from ray.train._internal.session import _TrainingResult as TrainingResult  # what Tune hands restore()
 
 import study.trainable as trainable
 from cxrnets.errors import DivergedError
 from cxrnets.config import TrainConfig
 from cxrnets.training import TrainingRun, prepare_data
-from study.checkpoints import STATE_FILE, WRITTEN_KEY, WRITTEN_TIE_KEY, CheckpointPolicy, read_best_weights
+from study.checkpoints import MISSING_STATE_NOTE, STATE_FILE, WRITTEN_KEY, WRITTEN_TIE_KEY, CheckpointPolicy, read_best_weights
 from study.tables import best_epochs
 from study.trainable import TrialContext, TrialTrainable
 
@@ -67,6 +69,14 @@ def study_context(context, tmp_path) -> TrialContext:
     return replace(context, study_uri=str(tmp_path / "study"))
 
 
+def trial_of(context: TrialContext, config: dict) -> TrialTrainable:
+    class Trial(TrialTrainable):  # what tune.with_parameters(TrialTrainable, context=...) makes
+        def setup(self, config):
+            super().setup(config, context)
+
+    return Trial(config=config)
+
+
 class TuneStandIn:
     """Drives a TrialTrainable as Tune does: setup, then (from a full state, for a retried or resumed trial)
     load_checkpoint, then a step per epoch until a result says done; after a result that asks for a full
@@ -83,12 +93,7 @@ class TuneStandIn:
 
     def run(self, config: dict, state: dict | None = None, pause_at: tuple[int, ...] = ()) -> "TuneStandIn":
         context = self.context
-
-        class Trial(TrialTrainable):  # what tune.with_parameters(TrialTrainable, context=...) makes
-            def setup(self, config):
-                super().setup(config, context)
-
-        trial = Trial(config=config)
+        trial = trial_of(context, config)
         if state is not None:
             with tempfile.TemporaryDirectory() as folder:
                 torch.save(state, Path(folder) / STATE_FILE)
@@ -261,6 +266,30 @@ def test_a_retried_trial_continues_from_its_full_state(study_context):
     assert [s is not None for s in tune.states] == [True, False]
     assert tune.states[0]["optimizer"]["state"] and tune.states[0]["best_value"] == 1.0
     assert read_best_weights(study_context.study_uri) == ({}, [])
+
+
+@pytest.mark.parametrize("held", [["checkpoint_000001"], []])
+def test_a_resumed_trial_whose_named_full_state_is_gone_continues_from_its_newest(study_context, held):
+    """A driver killed after a newer full state landed and Tune deleted the older one, before its snapshot
+    named the newer: the resume hands the trial the deleted state. It continues from the newest full state
+    in its folder (training_iteration too), or with none there starts again, instead of failing at every try."""
+    config = {"dataset": "folder", "model": "resnet50", "optimizer": "sgd", "lr": 1e-3, "batch_size": 16,
+              "momentum": 0.9, "epochs": 3}
+    run = TrainingRun(study_context.train_config(config))
+    run.train_epoch()
+    trial_folder = Path(study_context.study_uri) / "abcd1234_folder_resnet50"
+    for name in held:
+        (trial_folder / name).mkdir(parents=True)
+        torch.save({**run.checkpoint(), "best_value": 1.0, "best_epoch": 1}, trial_folder / name / STATE_FILE)
+    (trial_folder / "checkpoint_000002").mkdir(parents=True)  # a folder without a full state (an unfinished upload)
+    named = tune.Checkpoint(str(trial_folder / "checkpoint_000000"))
+    trial = trial_of(study_context, config)
+    trial.restore(TrainingResult(checkpoint=named, metrics={"training_iteration": 1}))
+    result = trial.train()
+    trial.stop()
+    assert (result["epoch"], result["training_iteration"]) == ((2, 2) if held else (1, 1))
+    # the named folder is there again (a note inside), for Tune to delete when the trial writes a newer state
+    assert (Path(named.path) / MISSING_STATE_NOTE).is_file() and not (Path(named.path) / STATE_FILE).exists()
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
