@@ -217,6 +217,14 @@ def main(argv: list[str] | None = None) -> int:
                 counts.update(row["predicted"] for row in rows if not row["error"])
                 if len(paths) > CHUNK:
                     log.info("scored %d/%d images", done, len(paths))
+    except CxrError as error:  # the model's outputs are NaN: the weights of a diverged run
+        if done:
+            kept = f"the {done} rows written before are in {partial} (move it away before running again)"
+        else:
+            partial.unlink(missing_ok=True)
+            kept = "nothing was written"
+        print(f"error: {weights}: {error}: pass the weights of another trial or run; {kept}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         if done:
             print(f"interrupted: {done} of {len(paths)} images scored, in {partial} (move it away before running "

@@ -239,3 +239,36 @@ def test_a_study_weights_file_loads_like_a_training_checkpoint(trained, tmp_path
     best = {key: full[key] for key in ("model", "epoch", "config", "classes", "multilabel")}
     save_checkpoint({**best, "metric": "val/f1_macro", "value": 0.5}, tmp_path / "best.pt")
     assert load_checkpoint(tmp_path / "best.pt")["classes"] == run.classes
+
+
+@pytest.mark.parametrize("scored_before", [0, 2])
+def test_weights_with_nan_outputs_end_in_one_line_naming_the_file(trained, tmp_path: Path, capsys,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  scored_before: int) -> None:
+    """The weights of a diverged run (NaN) give NaN probabilities: the command says so in one line naming the
+    file, with status 2; the rows of the chunks written before (here: undecodable files, which are not scored)
+    stay in <out>.partial, and where there are none nothing is left behind."""
+    run, checkpoint = trained
+    diverged = torch.load(checkpoint, weights_only=True)
+    diverged["model"] = {key: value.fill_(float("nan")) if value.is_floating_point() else value
+                         for key, value in diverged["model"].items()}
+    weights = tmp_path / "diverged.pt"
+    save_checkpoint(diverged, weights)
+    broken = []
+    for i in range(scored_before):
+        broken.append(tmp_path / f"broken-{i}.png")
+        broken[-1].write_bytes(b"not an image")
+    monkeypatch.setattr(cxrnets.predict, "CHUNK", 2)
+    out = tmp_path / "out" / "predictions.csv"
+    partial = out.with_name("predictions.csv.partial")
+    files = [*map(str, broken), *map(str, run.data.index.paths()[:3])]
+    assert main([str(weights), *files, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {weights}: the model's outputs are NaN or infinite") and err.count("\n") == 1, err
+    assert "pass the weights of another trial or run" in err and "Traceback" not in err
+    assert not out.exists()
+    if scored_before:
+        assert f"the {scored_before} rows written before are in {partial}" in err
+        assert list(pd.read_csv(partial)["path"]) == files[:scored_before]
+    else:
+        assert err.rstrip().endswith("nothing was written") and not partial.exists()
