@@ -340,6 +340,11 @@ def main(argv: list[str] | None = None) -> int:
               "test metrics were not computed: the same command with --resume computes them, training nothing more",
               file=sys.stderr)
         return 130
+    except DivergedError as error:
+        print(f"status: diverged in the test evaluation: {error}; {checkpoint_path} holds epoch {saved}, finite on "
+              "validation but not on the test images: its weights are unusable; try a lower --lr with another --out",
+              file=sys.stderr)
+        return 3
     log.info("test: %s", "  ".join(f"{k.removeprefix('test/')} {v:.3f}" for k, v in test_metrics.items()))
     log.info("checkpoint: %s", checkpoint_path)
     return 0

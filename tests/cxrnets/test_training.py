@@ -173,6 +173,28 @@ def test_cli_divergence_after_a_checkpoint_says_to_try_a_lower_lr_in_another_out
         f"{tmp_path / 'run' / 'checkpoint.pt'} holds epoch 1: try a lower --lr with another --out\n")
 
 
+def test_cli_divergence_in_the_test_evaluation_keeps_the_run_and_says_so(tiny_folder: Path, tmp_path: Path,
+                                                                          capsys, monkeypatch) -> None:
+    """The last epoch's weights gave finite validation outputs but NaN test outputs: the run's checkpoint and
+    metrics stay, and one line says that its weights are unusable and what to try, with divergence's status 3."""
+    evaluate_split = TrainingRun.evaluate_split
+
+    def nan_on_test(self, split):
+        if split == "test":
+            raise DivergedError("the model's outputs on evaluation are NaN or infinite (loss nan)")
+        return evaluate_split(self, split)
+
+    monkeypatch.setattr(TrainingRun, "evaluate_split", nan_on_test)
+    out = tmp_path / "run"
+    assert main(tiny_cli_arguments(tiny_folder, tmp_path, "--epochs", "2")) == 3
+    assert capsys.readouterr().err == (
+        "status: diverged in the test evaluation: the model's outputs on evaluation are NaN or infinite (loss nan); "
+        f"{out / 'checkpoint.pt'} holds epoch 2, finite on validation but not on the test images: its weights are "
+        "unusable; try a lower --lr with another --out\n")
+    assert recorded_epochs(out) == [1, 2]
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
+
+
 def test_cli_records_a_nan_metric_as_json_null(tiny_folder: Path, tmp_path: Path, monkeypatch) -> None:
     """roc_auc_macro is nan where no class can be ranked: metrics.jsonl stays JSON that strict readers accept."""
     train_epoch = TrainingRun.train_epoch
