@@ -4,11 +4,12 @@
     maps.layer, maps.grid                                  # which layer, and its spatial grid
     no_region(maps.maps[0])                                # "near-uniform map" etc. where a map marks out nothing
 
-Grad-CAM weighs the last convolutional layer's activations by the gradient of the target class's
+Grad-CAM weighs a convolutional layer's activations by the gradient of the target class's
 score and keeps the positive part (Selvaraju et al. 2017), then the map is upsampled to the input.
-The layer is the last convolution of AlexNet and VGG11 and ResNet50's last stage (`layer4`); on
-small inputs where `layer4`'s grid is under 4x4 (ResNet50 at 96 px and below) the map would be 1 to 9
-cells, so `layer3` (twice as fine) is used and named.
+The layer is the last one whose grid is at least 4x4, of AlexNet's and VGG11's convolutions and
+ResNet50's stages (`layer1` to `layer4`): the last convolution or `layer4` on inputs large enough
+(AlexNet 79 px, VGG11 64 px, ResNet50 97 px), an earlier, finer one below, where the last would map
+1 to 9 cells; the finest where none is 4x4 (ResNet50 under 13 px). The maps name the layer and grid.
 """
 
 from __future__ import annotations
@@ -35,21 +36,40 @@ class SaliencyMaps:
     grid: tuple[int, int]  # that layer's spatial size: the map's real resolution
 
 
-def _last_conv(features: nn.Sequential) -> tuple[nn.Module, str]:
-    index = max(i for i, module in enumerate(features) if isinstance(module, nn.Conv2d))
-    return features[index], f"features.{index}"
+def _candidate_layers(model: nn.Module, model_name: str) -> list[tuple[str, nn.Module]]:
+    """The layers Grad-CAM may read, by name, finest (earliest) first."""
+    if model_name == "resnet50":
+        return [(name, getattr(model, name)) for name in ("layer1", "layer2", "layer3", "layer4")]
+    return [(f"features.{i}", module) for i, module in enumerate(model.features) if isinstance(module, nn.Conv2d)]
+
+
+def _grids(model: nn.Module, layers: list[tuple[str, nn.Module]], image_size: int) -> list[tuple[int, int]]:
+    """Each layer's spatial output size on `image_size` px inputs, from a forward pass of a blank image."""
+    grids: dict[str, tuple[int, int]] = {}
+    hooks = [layer.register_forward_hook(
+        lambda module, args, output, name=name: grids.__setitem__(name, tuple(output.shape[-2:])))
+        for name, layer in layers]
+    parameter = next(model.parameters())
+    training = model.training
+    try:
+        model.eval()  # in training mode BatchNorm would learn from the blank image
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size, dtype=parameter.dtype, device=parameter.device))
+    finally:
+        model.train(training)
+        for hook in hooks:
+            hook.remove()
+    return [grids[name] for name, _ in layers]
 
 
 def gradcam_layer(model: nn.Module, model_name: str, image_size: int) -> tuple[nn.Module, str]:
-    """The layer Grad-CAM reads for `model_name` at `image_size` (see the module docstring)."""
+    """The layer Grad-CAM reads for `model_name` at `image_size`, and its name (see the module docstring)."""
     if model_name not in MODEL_NAMES:
         raise CxrError(f"unknown model {model_name!r}: choose one of {', '.join(MODEL_NAMES)}")
-    if model_name in ("alexnet", "vgg11"):
-        return _last_conv(model.features)
-    # ResNet50: stride 32 at layer4 (rounding up); layer3, at 16, is twice as fine.
-    if -(-image_size // 32) < MIN_GRID:
-        return model.layer3, "layer3"
-    return model.layer4, "layer4"
+    layers = _candidate_layers(model, model_name)
+    fine_enough = [i for i, grid in enumerate(_grids(model, layers, image_size)) if min(grid) >= MIN_GRID]
+    name, layer = layers[fine_enough[-1] if fine_enough else 0]
+    return layer, name
 
 
 def grad_cam(model: nn.Module, model_name: str, inputs: torch.Tensor, targets: list[int] | torch.Tensor

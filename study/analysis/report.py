@@ -609,8 +609,8 @@ def elsewhere_section(analysis: Analysis, figures: bool) -> list[str]:
     if analysis.saliency:
         lines += ["### Where the models look (Grad-CAM)" if len(table) else "## Where the models look (Grad-CAM)", ""]
         first = analysis.saliency[0]
-        lines += [f"Grad-CAM (captum's LayerGradCam) of the predicted class on the last convolutional layer (ResNet50: "
-                  f"layer3 on inputs of 96 px and less, where layer4's grid is under 4x4), upsampled "
+        lines += [f"Grad-CAM (captum's LayerGradCam) of the predicted class on the last convolution (AlexNet, VGG11) "
+                  f"or stage (ResNet50) whose grid is at least 4x4 (on small inputs one before the last), upsampled "
                   f"to the input and laid over it (warm: the regions that raised the predicted class's score), for "
                   f"{first.per_class} seeded image(s) per class of each set. Titles: true class → predicted class "
                   "(probability). Maps at this input size are coarse (the layer's grid is named under each figure); "

@@ -12,14 +12,16 @@ from cxrnets.saliency import gradcam_layer, grad_cam, no_region
 
 
 @pytest.mark.parametrize("model_name, size, layer, grid", [
-    ("alexnet", 64, "features.10", (3, 3)),
+    ("alexnet", 64, "features.3", (7, 7)),    # features.6, .8 and .10 would be 3x3
+    ("alexnet", 80, "features.10", (4, 4)),
+    ("vgg11", 32, "features.13", (4, 4)),     # features.16 and .18 would be 2x2
     ("vgg11", 64, "features.18", (4, 4)),
-    ("resnet50", 64, "layer3", (4, 4)),   # layer4 would be 2x2 at 64 px
-    ("resnet50", 32, "layer3", (2, 2)),   # layer4 would be 1x1: one uniform cell
+    ("resnet50", 32, "layer2", (4, 4)),       # layer3 would be 2x2, layer4 1x1: one uniform cell
+    ("resnet50", 64, "layer3", (4, 4)),       # layer4 would be 2x2
     ("resnet50", 112, "layer4", (4, 4)),
     ("resnet50", 128, "layer4", (4, 4)),
 ])
-def test_maps_for_each_architecture_differ_between_inputs(model_name, size, layer, grid):
+def test_maps_are_of_the_last_layer_with_a_grid_of_at_least_4x4(model_name, size, layer, grid):
     torch.manual_seed(0)
     model = build_model(model_name, 3)
     inputs = torch.randn(2, 3, size, size)
@@ -29,6 +31,13 @@ def test_maps_for_each_architecture_differ_between_inputs(model_name, size, laye
     assert maps.maps.shape == (2, size, size) and np.isfinite(maps.maps).all()
     assert maps.maps.min() >= 0 and maps.maps.max() <= 1
     assert np.abs(maps.maps[0] - maps.maps[1]).max() > 0.05  # each input its own map
+
+
+def test_where_no_layer_has_a_4x4_grid_the_finest_is_used():
+    torch.manual_seed(0)
+    model = build_model("resnet50", 3)
+    maps = grad_cam(model, "resnet50", torch.randn(2, 3, 8, 8), [0, 0])
+    assert maps.layer == "layer1" and maps.grid == (2, 2)
 
 
 def test_the_target_class_changes_the_map():
@@ -45,7 +54,7 @@ def test_unknown_model_is_refused():
 
 
 def test_a_map_that_marks_out_no_region_is_named():
-    grid = torch.tensor([[0.86, 0.93, 1.0], [0.9, 0.88, 0.95], [1.0, 0.97, 0.91]])  # AlexNet's 3x3 at 64 px
+    grid = torch.tensor([[0.86, 0.93, 1.0], [0.9, 0.88, 0.95], [1.0, 0.97, 0.91]])  # a 3x3 grid
     near_uniform = torch.nn.functional.interpolate(grid[None, None], size=(64, 64), mode="bilinear")[0, 0].numpy()
     assert no_region(near_uniform) == "near-uniform map"
     assert no_region(np.zeros((8, 8))) == "flat map"
