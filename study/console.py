@@ -18,6 +18,9 @@ from typing import Any, Callable
 
 from ray.tune import Callback
 
+from study import storage
+from study.settings import study_location
+
 # Trial statuses as Tune names them.
 RUNNING, PENDING, PAUSED, TERMINATED, ERROR = "RUNNING", "PENDING", "PAUSED", "TERMINATED", "ERROR"
 # A trial Tune stopped, unfinished, when the study was interrupted (Ctrl-C): a resume continues it.
@@ -37,15 +40,17 @@ def clock(seconds: float) -> str:
 
 class StudyConsole(Callback):
     """A Tune callback that prints the study's progress compactly (see the module docstring). `name_of`: what
-    the lines call a trial, after its id."""
+    the lines call a trial, after its id; `run_uri`: the folder of the Tune run (the study, or its confirm run),
+    where its trials' folders lie."""
 
-    # A class default too: a console unpickled from a Tune run's saved state may lack the attribute.
+    # Class defaults too: a console unpickled from a Tune run's saved state may lack the attributes.
     name_of: Callable[[Any], str] = staticmethod(name_without_dataset)
+    run_uri: str | None = None
 
     def __init__(self, num_samples: int, max_epochs: int, metric: str, mode: str, every_s: float = 30.0,
-                 name_of: Callable[[Any], str] | None = None) -> None:
+                 name_of: Callable[[Any], str] | None = None, run_uri: str | None = None) -> None:
         self.num_samples, self.max_epochs, self.metric, self.mode = num_samples, max_epochs, metric, mode
-        self.every_s = every_s
+        self.every_s, self.run_uri = every_s, run_uri
         if name_of is not None:
             self.name_of = name_of
         self._started = self._last_print = None
@@ -75,7 +80,7 @@ class StudyConsole(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         self._print_event(f"error after {self.epochs_of(trial)} epochs: {self.label(trial)}; its traceback: "
-                          f"{trial.error_file or 'in the trial folder'}")
+                          f"{self.error_file_of(trial)}")
         self._show_status(trials, force=True)
 
     def on_experiment_end(self, trials: list, **info) -> None:
@@ -85,6 +90,15 @@ class StudyConsole(Callback):
         self._show_status(trials, last=True)
 
     # ------------------------------------------------------------------ the lines
+
+    def error_file_of(self, trial) -> str:
+        """Where the trial's traceback lasts: error.txt in the trial's folder in the run's storage (a local folder
+        or a bucket), where Tune uploads it; not trial.error_file, Tune's staging copy in Ray's temporary
+        files. A resumed run names the folder where the run lies now (study.settings.study_location)."""
+        run_uri = study_location(self.run_uri)
+        if run_uri is None:
+            return "error.txt in its trial folder"
+        return storage.join(run_uri, storage.name_of(trial.path), "error.txt")
 
     def label(self, trial) -> str:
         return f"{trial.trial_id} {self.name_of(trial)}"

@@ -169,7 +169,7 @@ def warn_of_thin_classes(dataset: str, split: pd.DataFrame, settings: StudySetti
 def study_console(settings: StudySettings) -> StudyConsole:
     """The study's status line; its trials are named without the dataset unless the study covers several."""
     return StudyConsole(settings.num_samples, settings.max_epochs, settings.metric, settings.mode,
-                        name_of=None if len(settings.data_roots) == 1 else str)
+                        name_of=None if len(settings.data_roots) == 1 else str, run_uri=settings.study_uri)
 
 
 def cluster_address(address: str | None) -> str | None:

@@ -184,8 +184,38 @@ def test_a_study_of_several_datasets_names_each_trial_with_its_dataset():
 
     def settings(datasets):
         return SimpleNamespace(num_samples=2, max_epochs=2, metric="val/f1_macro", mode="max",
-                               data_roots={name: f"/data/{name}" for name in datasets})
+                               data_roots={name: f"/data/{name}" for name in datasets}, study_uri="/studies/s")
 
     one, two = study_console(settings(["d"])), study_console(settings(["d", "e"]))
     assert one.label(trial("a", "RUNNING", 1, 0.3)) == "a ma_adam"
     assert two.label(trial("a", "RUNNING", 1, 0.3)) == "a d_ma_adam"
+
+
+def test_an_error_line_names_the_traceback_in_the_trial_folder_of_the_study_not_in_rays_temporary_files():
+    """It named Tune's staging copy under Ray's temporary folder (gone with Ray's session files); Tune uploads
+    error.txt into the trial's folder in the study's storage, local or a bucket, and a resume of a study moved
+    since names it where the study lies now."""
+    import pickle
+
+    from study.settings import resumed_study
+
+    def failed() -> FakeTrial:
+        errored = trial("a", "ERROR", 2, 0.3)
+        errored.path = "bucket/studies/demo/a_d_ma_adam"  # Tune's path on the bucket's filesystem: no scheme
+        errored.error_file = "/tmp/ray/session_1/artifacts/2026/demo/driver_artifacts/a_d_ma_adam/error.txt"
+        return errored
+
+    shown = StudyConsole(num_samples=6, max_epochs=4, metric="val/f1_macro", mode="max", every_s=0,
+                         run_uri="s3://bucket/studies/demo")
+    shown.setup()
+    out = io.StringIO()
+    with redirect_stdout(out):
+        shown.on_trial_error(3, [failed()], failed())
+        resumed = pickle.loads(pickle.dumps(shown))  # Tuner.restore unpickles the console of tuner.pkl
+        with resumed_study("/elsewhere/demo-moved"):
+            resumed.on_trial_error(4, [failed()], failed())
+    first, second = [line for line in out.getvalue().splitlines() if "error after" in line]
+    assert first.endswith("error after 2 epochs: a ma_adam; its traceback: s3://bucket/studies/demo/a_d_ma_adam/"
+                          "error.txt"), first
+    assert second.endswith("its traceback: /elsewhere/demo-moved/a_d_ma_adam/error.txt"), second
+    assert "/tmp/ray" not in out.getvalue()
