@@ -140,14 +140,6 @@ class JobLabels:
         return self.labels[trial.config["job"]]
 
 
-def tune_state_saved(uri: str) -> bool:
-    """Whether Tune saved the state of the confirm run at `uri` (tuner.pkl, written as the run starts, and an
-    experiment snapshot, written once it runs), which Tuner.restore continues. A confirm run stopped in its
-    start-up (Ctrl-C while Ray started, Ray timing out) holds only jobs.json."""
-    names = {entry.name for entry in storage.listing(uri)}
-    return "tuner.pkl" in names and any(name.startswith("experiment_state-") for name in names)
-
-
 def build_tuner(settings: StudySettings, jobs: list[ConfirmJob], splits: dict[str, pd.DataFrame], resume: bool,
                 verbose: bool = False):
     """Tune's Tuner for the confirm run, or restored for a resume (which keeps the console it started with).
@@ -189,10 +181,11 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
     """Start (or resume) the confirm run of a study; returns Tune's ResultGrid. `data_roots` ([DATASET=]PATH)
     and `cache_dir`: where the study's data and image cache lie now, if not where study.json says. `verbose`:
     Tune's own output and the trials' logs, instead of the status line (StudyConsole). The resume of a confirm
-    run stopped before Tune saved anything starts it, with the jobs it saved."""
+    run stopped before Tune's first snapshot (study.driver.tune_state_saved) starts it, with the jobs it saved."""
     from cxrnets.models import fetch_imagenet_weights
     from study.driver import (check_cluster, check_cluster_reachable, check_local_resources, connect, log_run_end,
-                              prepare_splits, quiet_tune, runs_on_this_machine, tensorboard_line, tune_interrupts)
+                              prepare_splits, quiet_tune, runs_on_this_machine, tensorboard_line, tune_interrupts,
+                              tune_state_saved)
 
     import ray
 

@@ -49,7 +49,7 @@ from study.asha import BestEpochASHA, PromotingASHA, PromotionGate  # noqa: E402
 from study.checkpoints import WEIGHTS_DIR, CheckpointPolicy, WeightsKeeper, prune_weights  # noqa: E402
 from study.console import StudyConsole  # noqa: E402
 from study.results import ResultsTable, read_results, read_trial_events  # noqa: E402
-from study.searcher import (OPTUNA_FILE, BestEpochOptunaSearch, StudySearchGenerator,  # noqa: E402
+from study.searcher import (BestEpochOptunaSearch, StudySearchGenerator,  # noqa: E402
                             restore_storage_file, storage_file_uri, storage_url, working_file)
 from study.settings import (StudySettings, check_split_digest, metric_mode, read_split,  # noqa: E402
                             refuse_existing_study, resumed_study, save_settings, settings_uri, split_uri)
@@ -396,15 +396,15 @@ def quiet_tune(verbose: bool) -> None:
 def run_study(settings: StudySettings, resume: bool = False, address: str | None = None,
               num_cpus: int | None = None, verbose: bool = False):
     """Check, prepare and run one study; returns Tune's ResultGrid. `verbose`: Tune's own output and the
-    trials' logs, instead of the study's status line (StudyConsole). The resume of a study stopped before its
-    search wrote anything starts it, with the settings and the split it saved."""
+    trials' logs, instead of the study's status line (StudyConsole). The resume of a study stopped before
+    Tune's first snapshot (tune_state_saved) starts it, with the settings and the split it saved."""
     if not resume:
         storage.check_writable(settings.study_uri)
         refuse_existing_study(settings.study_uri)  # before its split or anything else is written there
-    restore = resume and bool(search_state_files(settings.study_uri))
+    restore = resume and tune_state_saved(settings.study_uri)
     if resume and not restore:
-        log.info("%s was stopped before its trials started (it holds neither %s nor Tune's state): starting them "
-                 "now, with the settings and the split it saved", settings.study_uri, OPTUNA_FILE)
+        log.info("%s was stopped before its trials started (it holds no snapshot of Tune's run): starting them now, "
+                 "with the settings and the split it saved", settings.study_uri)
     local = runs_on_this_machine(address)
     if local:
         check_local_resources(settings, cores=num_cpus)
@@ -440,13 +440,14 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
     return results
 
 
-def search_state_files(study_uri: str) -> list[str]:
-    """The files of the study at `study_uri` that its search writes once Ray runs (the Optuna storage file,
-    Tune's tuner.pkl and experiment snapshots); none in a study stopped in its start-up (Ctrl-C while Ray
-    started, a node refused by check_cluster), which holds only study.json, its split and the TensorBoard
-    experiment summary."""
-    return [entry.name for entry in storage.listing(study_uri)
-            if entry.name in (OPTUNA_FILE, "tuner.pkl") or entry.name.startswith("experiment_state-")]
+def tune_state_saved(run_uri: str) -> bool:
+    """Whether Tune saved the state of the run at `run_uri` (a study, or its confirm run) that Tuner.restore
+    continues: tuner.pkl, written as the Tuner is built, and an experiment snapshot, written once Tune's loop
+    runs. Without a snapshot there are no trials to continue (Tuner.restore would log a traceback and start the
+    run over): a run stopped before one (Ctrl-C while Ray started or before Tune's first step, a node refused by
+    check_cluster) is started again from what it saved (a study's settings and split, a confirm run's jobs)."""
+    names = {entry.name for entry in storage.listing(run_uri)}
+    return "tuner.pkl" in names and any(name.startswith("experiment_state-") for name in names)
 
 
 def unfinished_trials(grid, events: pd.DataFrame) -> list[str]:

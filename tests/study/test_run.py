@@ -439,6 +439,7 @@ def test_resume_of_a_study_whose_optuna_storage_cannot_be_continued(tmp_path, ca
         study_argv(space, tmp_path / "studies", "no-optuna", tiny_data, cache_dir, "--image-size", "32")))
     study.driver.prepare_splits(settings, resume=False)
     save_settings(settings)
+    (Path(settings.study_uri) / "tuner.pkl").write_bytes(b"")  # Tune's state (study.driver.tune_state_saved)
     (Path(settings.study_uri) / "experiment_state-2026-12-06_08-00-00.json").write_text("{}")
     optuna_file = Path(settings.study_uri) / "optuna.db"
     if damage == "corrupt":
@@ -893,13 +894,48 @@ def test_a_study_stopped_before_its_trials_started_is_started_by_its_resume(ray_
 
     with caplog.at_level(logging.INFO, logger="study.driver"):
         assert main(["--resume", str(study_dir)]) == 0, capsys.readouterr().err
-    assert (f"{study_dir} was stopped before its trials started (it holds neither optuna.db nor Tune's state): "
-            "starting them now, with the settings and the split it saved") in caplog.text
+    assert (f"{study_dir} was stopped before its trials started (it holds no snapshot of Tune's run): starting "
+            "them now, with the settings and the split it saved") in caplog.text
     assert (study_dir / "splits" / "folder.csv").read_text() == split
     assert json.loads((study_dir / "study.json").read_text())["seed"] == 3
     results = read_results(str(study_dir))
     assert list(results["training_iteration"]) == [1] and list(read_trial_events(str(study_dir))["event"]) == [
         "completed"]
+
+
+
+def test_a_study_stopped_before_tunes_first_snapshot_is_started_by_its_resume(ray_session, tmp_path, tiny_data,
+                                                                              cache_dir, monkeypatch, capfd, caplog):
+    """Ctrl-C once the Tuner was built (it saved tuner.pkl, its searcher optuna.db) but before Tune's first
+    snapshot (experiment_state-*.json): the resume restored Tune's run, which has no trials to continue, so Tune
+    printed 'Failed to restore the run state' with a traceback and started over. It is started, as a study
+    stopped before its Tuner was built is, from the settings and the split it saved."""
+    import study.driver
+
+    build_tuner = study.driver.build_tuner
+
+    def built_then_interrupted(*args, **kwargs):
+        tuner = build_tuner(*args, **kwargs)
+        monkeypatch.setattr(tuner, "fit", lambda: (_ for _ in ()).throw(KeyboardInterrupt))
+        return tuner
+
+    space = write_space(tmp_path / "one.yaml", GOOD_SPACE)
+    study_dir = tmp_path / "studies" / "built"
+    with monkeypatch.context() as patched:
+        patched.setattr(study.driver, "build_tuner", built_then_interrupted)
+        assert main(study_argv(space, tmp_path / "studies", "built", tiny_data, cache_dir, "--image-size", "32",
+                               "--num-samples", "1", "--max-epochs", "1")) == 130
+    assert capfd.readouterr().err.endswith(f"continue the study with\n  python -m study.run --resume {study_dir}\n")
+    saved = {path.name for path in study_dir.iterdir()}
+    assert {"tuner.pkl", "optuna.db", "study.json"} <= saved and not any(
+        name.startswith("experiment_state-") for name in saved), saved
+
+    with caplog.at_level(logging.INFO, logger="study.driver"):
+        assert main(["--resume", str(study_dir)]) == 0
+    assert f"{study_dir} was stopped before its trials started" in caplog.text
+    assert "Failed to restore the run state" not in capfd.readouterr().err
+    assert list(read_results(str(study_dir))["training_iteration"]) == [1]
+    assert list(read_trial_events(str(study_dir))["event"]) == ["completed"]
 
 
 def failing_while(marker: Path):
