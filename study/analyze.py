@@ -119,8 +119,8 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
     if study.results[metric].notna().sum() == 0:
         raise CxrError(f"{study.uri}: no finished epoch recorded {metric}; nothing to analyse")
     settings = study.settings
-    trials = trial_table(study.results, study.events, metric, mode, settings.max_epochs, trial_configs(study),
-                         settings.tie_break)
+    trials = trial_table(study.results, study.events, metric, mode, settings.max_epochs,
+                         trial_configs(study.trial_dirs, study.results), settings.tie_break)
     analysis = Analysis(study, metric, mode, split, top_k, trials, notes=list(study.weights_problems))
     analysis.notes += untried(study, trials)
     analysis.summary = search_summary(trials, settings.max_epochs, wall_seconds(study.results, study.events))

@@ -12,7 +12,7 @@ import pandas as pd
 from cxrnets.errors import CxrError
 from study import storage
 from study.analysis.evaluation import AnalysisRefused, Evaluation, StudyData, evaluate_checkpoint
-from study.analysis.reading import Study, model_order
+from study.analysis.reading import Study, model_order, trial_configs, trial_folders
 from study.checkpoints import read_best_weights
 from study.confirm import ConfirmJob, confirm_uri, read_jobs
 from study.results import RESULTS_DIR, read_results, read_trial_events
@@ -83,10 +83,13 @@ def evaluate_confirmation(study: Study, split: str, data: StudyData) -> Confirma
                                   "a seed run interrupted mid-way went on from its last full state")
     if results.empty:
         confirmation.notes.append(f"{uri}: no seed run has reported an epoch yet")
-        return confirmation
+    # A seed run that ended before its first epoch (an error) has no results row, whose config holds its job:
+    # its trial folder's params.json does.
+    trial_dirs = trial_folders(uri, [*results.get("trial_id", []), *events["trial_id"]])
     trials = trial_table(results, events, settings.metric, settings.mode, settings.max_epochs,
-                         tie_break=settings.tie_break)
-    best_rows = best_epochs(results, settings.metric, settings.mode, settings.tie_break).set_index("trial_id")
+                         trial_configs(trial_dirs, results), tie_break=settings.tie_break)
+    best_rows = (best_epochs(results, settings.metric, settings.mode, settings.tie_break).set_index("trial_id")
+                 if len(results) else None)
     for run in confirmation.runs:
         mine = trials[trials["config/job"] == run.job.job] if "config/job" in trials else trials.iloc[0:0]
         if mine.empty:

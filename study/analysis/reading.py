@@ -47,10 +47,18 @@ def open_study(study_dir: str | Path) -> Study:
     uri = settings.study_uri
     results = read_results(uri)
     events = read_trial_events(uri)
-    # Tune names a trial's folder <trial_id>_<trial name> (study.driver.trial_dirname).
-    known = sorted({*results.get("trial_id", []), *events["trial_id"]}, key=len, reverse=True)
+    trial_dirs = trial_folders(uri, [*results.get("trial_id", []), *events["trial_id"]])
+    weights, problems = read_best_weights(uri)
+    return Study(uri, settings, results, events, trial_dirs, weights, problems)
+
+
+def trial_folders(run_uri: str, trial_ids) -> dict[str, list[str]]:
+    """trial_id -> its Tune trial folder(s) in the run at `run_uri` (a study, or its confirm run), for the trials
+    of `trial_ids` and any other whose id is a study's (8 hex digits)."""
+    # Tune names a trial's folder <trial_id>_<trial name> (study.driver.trial_dirname, study.confirm.JobNames).
+    known = sorted(set(trial_ids), key=len, reverse=True)
     trial_dirs: dict[str, list[str]] = {}
-    for entry in storage.listing(uri):
+    for entry in storage.listing(run_uri):
         if not entry.is_dir:
             continue
         trial_id = next((t for t in known if entry.name.startswith(f"{t}_")), None)
@@ -58,8 +66,7 @@ def open_study(study_dir: str | Path) -> Study:
         trial_id = trial_id or (match.group(1) if match else None)
         if trial_id:
             trial_dirs.setdefault(trial_id, []).append(entry.uri)
-    weights, problems = read_best_weights(uri)
-    return Study(uri, settings, results, events, trial_dirs, weights, problems)
+    return trial_dirs
 
 
 def error_file(study: Study, trial_id: str) -> str:
@@ -108,18 +115,19 @@ def resolve_metric(study: Study, metric: str | None) -> tuple[str, str]:
     return metric, mode
 
 
-def trial_configs(study: Study) -> dict[str, dict]:
-    """Configs of trials that never reported an epoch, from their params.json (for the trial table)."""
-    reported = set(study.results["trial_id"]) if len(study.results) else set()
+def trial_configs(trial_dirs: dict[str, list[str]], results: pd.DataFrame) -> dict[str, dict]:
+    """Configs of the trials of `trial_dirs` (trial_folders) that never reported an epoch in `results`, from the
+    params.json Tune wrote into their folders as they started (for the trial table)."""
+    reported = set(results["trial_id"]) if len(results) else set()
     configs = {}
-    for trial_id, folders in study.trial_dirs.items():
+    for trial_id, folders in trial_dirs.items():
         if trial_id in reported:
             continue
         try:
             config = storage.read_json(storage.join(folders[0], "params.json"))
         except (OSError, ValueError):
             config = {}
-        config["__trial_name__"] = folders[0].rstrip("/").rpartition("/")[2].partition("_")[2]
+        config["__trial_name__"] = storage.name_of(folders[0]).removeprefix(f"{trial_id}_")
         configs[trial_id] = config
     return configs
 

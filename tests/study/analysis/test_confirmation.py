@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import types
 from dataclasses import asdict
 
@@ -9,6 +10,7 @@ import pytest
 
 from study import storage
 from study.analysis.confirmation import evaluate_confirmation
+from study.analysis.report import partial_confirmation
 from study.analysis.report_tables import seed_tables
 from study.confirm import ConfirmJob, confirm_uri, jobs_uri
 from study.results import ResultsTable
@@ -40,3 +42,32 @@ def test_the_seed_runs_table_gives_the_analysis_metric_at_the_epoch_chosen_on_th
     assert run[f"{METRIC} (best)"] == pytest.approx(0.5)
     assert run["val/accuracy at best epoch"] == pytest.approx(0.6)
     assert "val/accuracy (best)" not in run
+
+
+def test_a_seed_run_that_errored_before_its_first_epoch_is_reported_as_failed_not_as_not_started(tmp_path):
+    """Its error event holds no job number, and it reported no epoch (whose rows hold one): the report called
+    it not started, and advised continuing it as an unfinished run. Its job is in the params.json Tune wrote
+    into its trial folder: it is a failed run, which the resume runs again. A run never started stays so."""
+    config = {"dataset": "d", "model": "resnet50", "optimizer": "adam", "lr": 1e-3, "batch_size": 16}
+    jobs = [ConfirmJob(job, "d", "resnet50", "8001e117", seed, {**config, "seed": seed})
+            for job, seed in enumerate((1, 2))]
+    study_uri = str(tmp_path / "grid")
+    storage.write_json(jobs_uri(study_uri), [asdict(job) for job in jobs])
+    uri = confirm_uri(study_uri)
+    folder = tmp_path / "grid" / "confirm" / f"c0nf1rm0_00001_{jobs[1].name}"  # study.confirm.JobNames
+    folder.mkdir()
+    (folder / "params.json").write_text(json.dumps({"job": 1}))
+    (folder / "error.txt").write_text("Failure # 1\nRuntimeError: out of memory\n")
+    ResultsTable(uri).on_trial_error(1, [], types.SimpleNamespace(trial_id="c0nf1rm0_00001", error_file=str(folder)))
+    settings = types.SimpleNamespace(metric=METRIC, mode="max", max_epochs=2, tie_break="val/loss")
+    study = types.SimpleNamespace(uri=study_uri, settings=settings)
+
+    confirmation = evaluate_confirmation(study, "test", data=None)
+    not_started, errored = confirmation.runs
+    assert (not_started.status, not_started.trial_id) == ("not started", None)
+    assert (errored.status, errored.trial_id, errored.epochs) == ("failed", "c0nf1rm0_00001", 0)
+    text = partial_confirmation(types.SimpleNamespace(confirmation=confirmation, study=study))
+    assert (f"1 seed run failed (seed 2 of d / resnet50, after 0 epoch(s); the traceback of each: error.txt "
+            f"in its trial folder): once the cause is fixed, `python -m study.confirm {study_uri} --resume` runs it "
+            "again") in text, text
+    assert "1 seed run unfinished: continue" in text, text
