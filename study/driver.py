@@ -371,7 +371,7 @@ def build_tuner(settings: StudySettings, splits: dict[str, pd.DataFrame], resume
             callbacks=[ResultsTable(settings.study_uri),
                        WeightsKeeper(settings.study_uri, settings.metric, settings.mode, settings.keep,
                                      settings.tie_break),
-                       StudyTensorBoard(settings.metric, settings.mode)]
+                       StudyTensorBoard(settings.metric, settings.mode, seed=settings.seed)]
             + ([] if verbose else [study_console(settings)]),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
             # Full states only (best weights are the trainable's own files): the newest one is all a resume needs.

@@ -10,7 +10,8 @@ earlier files are rewritten without their failure (in the study's storage, and w
 other event kept.
 
 The study's folder gets one experiment summary (write_experiment): the HPARAMS tab's columns, every dimension
-of the search space, and `best/<study metric>` first, then the validation metrics. TensorBoard's hparams plugin
+of the search space and the seed (study.confirm's seed runs of a configuration differ in it alone), and
+`best/<study metric>` first, then the validation metrics. TensorBoard's hparams plugin
 takes the columns from one experiment summary, an arbitrary one if there are several, so a trial's own files
 hold none; with none at all (a logdir below the study's folder, such as study.confirm's `confirm/`) it lists
 every hyperparameter its trials have and every curve.
@@ -59,7 +60,10 @@ def write_experiment(settings: StudySettings) -> None:
     """Write the study's experiment summary: the HPARAMS tab's columns (see the module's docstring)."""
     multilabel = any(dataset in MULTILABEL_DATASETS for dataset in settings.data_roots)
     metrics = [best_tag(settings.metric)] + [m for m in METRICS if multilabel or m not in MULTILABEL_METRICS]
-    experiment = Experiment(hparam_infos=hparam_infos(settings.search_space()),
+    columns = hparam_infos(settings.search_space())
+    if "seed" not in {info.name for info in columns}:  # a space may search it
+        columns.append(HParamInfo(name="seed", type=DataType.Value("DATA_TYPE_FLOAT64")))
+    experiment = Experiment(hparam_infos=columns,
                             metric_infos=[MetricInfo(name=MetricName(tag=tag)) for tag in metrics])
     summary = hparams_summary(EXPERIMENT_TAG, HParamsPluginData(experiment=experiment))
     with tempfile.TemporaryDirectory() as folder:
@@ -152,7 +156,8 @@ def finite_number(value: Any) -> bool:
 
 class StudyTensorBoard(TBXLoggerCallback):
     """Writes each trial's TensorBoard events (see the module's docstring). `job_configs`: for a run whose
-    trial configs are {"job": i} (study.confirm), the configuration each job trains.
+    trial configs are {"job": i} (study.confirm), the configuration each job trains; `seed`: the seed of the
+    trials whose configuration has none (the study's --seed).
 
     A TBXLoggerCallback, so that Tune adds no TensorBoard logger of its own (it still adds its CSV and JSON
     loggers); it writes its files itself, each event on disk at once, from where Tune uploads the trial's
@@ -163,9 +168,12 @@ class StudyTensorBoard(TBXLoggerCallback):
     (get_state), which a resume restores.
     """
 
-    def __init__(self, metric: str, mode: str, job_configs: list[dict[str, Any]] | None = None):
+    seed: int | None = None  # a class default too: a callback unpickled from a run saved before it had one
+
+    def __init__(self, metric: str, mode: str, job_configs: list[dict[str, Any]] | None = None,
+                 seed: int | None = None):
         super().__init__()
-        self.metric, self.mode, self.job_configs = metric, mode, job_configs
+        self.metric, self.mode, self.job_configs, self.seed = metric, mode, job_configs, seed
         self.reported: dict[str, dict[int, float]] = {}  # trial id -> epoch -> its value of the study metric
         self.writers: dict[Any, EventsWriter] = {}  # trial -> its events file, while it runs
         self.restarted: set = set()  # trials whose events file holds no result yet
@@ -178,6 +186,8 @@ class StudyTensorBoard(TBXLoggerCallback):
 
     def hyperparameters(self, trial) -> dict[str, Any]:
         config = self.job_configs[trial.config["job"]] if self.job_configs is not None else trial.config
+        if self.seed is not None:
+            config = {"seed": self.seed, **config}
         return {key: value for key, value in config.items() if isinstance(value, (str, bool, int, float))}
 
     def log_trial_start(self, trial) -> None:

@@ -739,6 +739,7 @@ def test_tensorboard_holds_every_epoch_of_every_trial_with_hparams(main_study):
         assert hparams, f"no HPARAMS for {trial_dir.name}"
         assert hparams["model"] == params["model"] and hparams["optimizer"] == params["optimizer"]
         assert math.isclose(hparams["lr"], params["lr"], rel_tol=1e-9)
+        assert hparams["seed"] == settings.seed  # the column that tells study.confirm's seed runs apart
         if params["optimizer"] == "sgd":
             assert math.isclose(hparams["momentum"], 0.9)
         else:

@@ -98,7 +98,7 @@ def test_the_hparams_tab_lists_every_dimension_and_ranks_trials_by_their_best_ep
     callback.log_trial_result(1, sgd, result(1, 0.2))  # still running
 
     experiment, sessions = hparams_tab(study)
-    assert {info.name for info in experiment.hparam_infos} == DEMO_DIMENSIONS
+    assert {info.name for info in experiment.hparam_infos} == DEMO_DIMENSIONS | {"seed"}
     lr = next(info for info in experiment.hparam_infos if info.name == "lr").domain_interval
     assert (lr.min_value, lr.max_value) == (2.0e-5, 5.0e-2)  # both optimizers' ranges
     assert [info.name.tag for info in experiment.metric_infos][:2] == ["best/val/f1_macro", "val/f1_macro"]
@@ -249,6 +249,30 @@ def test_a_confirm_run_lists_each_job_with_its_configuration(tmp_path):
     assert sessions["cccc0003"]["metrics"]["best/val/f1_macro"] == (1, 0.4)
 
 
+def test_the_study_hparams_tab_tells_the_seed_runs_of_study_confirm_apart_by_their_seed(tmp_path):
+    """Its columns were the search space's dimensions: the seed runs of a configuration (under confirm/, which
+    `tensorboard --logdir <study>` shows too) had the same values in every column, as had the search's trial
+    they repeat. The seed is a column; the search's trials show the study's --seed."""
+    settings = demo_settings(tmp_path)
+    settings.seed = 7
+    study = Path(settings.study_uri)
+    write_experiment(settings)
+    searched = FakeTrial(study, "aaaa0001", ADAM)
+    repeats = [FakeTrial(study / "confirm", f"cccc000{job}", {"job": job}) for job in (0, 1)]
+    for callback, trials in ((StudyTensorBoard("val/f1_macro", "max", seed=settings.seed), [searched]),
+                             (StudyTensorBoard("val/f1_macro", "max", job_configs=[{**ADAM, "seed": 8},
+                                                                                   {**ADAM, "seed": 9}]), repeats)):
+        for trial in trials:
+            callback.log_trial_start(trial)
+            callback.log_trial_result(1, trial, result(1, 0.4))
+            callback.log_trial_end(trial)
+
+    experiment, sessions = hparams_tab(study)
+    assert "seed" in {info.name for info in experiment.hparam_infos}
+    assert {name: session["hparams"]["seed"] for name, session in sessions.items()} == {
+        "aaaa0001": 7.0, "confirm/cccc0000": 8.0, "confirm/cccc0001": 9.0}
+
+
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_the_experiment_summary_is_written_into_the_study_folder(where, tmp_path, request):
     if where == "s3":
@@ -261,4 +285,4 @@ def test_the_experiment_summary_is_written_into_the_study_folder(where, tmp_path
     local.mkdir()
     (local / EXPERIMENT_FILE).write_bytes(storage.read_bytes(storage.join(settings.study_uri, EXPERIMENT_FILE)))
     experiment, _ = hparams_tab(local)
-    assert {info.name for info in experiment.hparam_infos} == DEMO_DIMENSIONS
+    assert {info.name for info in experiment.hparam_infos} == DEMO_DIMENSIONS | {"seed"}
