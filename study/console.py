@@ -79,8 +79,9 @@ class StudyConsole(Callback):
         self._show_status(trials, force=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        self._print_event(f"error after {self.epochs_of(trial)} epochs: {self.label(trial)}; its traceback: "
-                          f"{self.error_file_of(trial)}")
+        epochs = self.epochs_of(trial)
+        self._print_event(f"error after {epochs} epoch{'s' if epochs != 1 else ''}: {self.label(trial)}; "
+                          f"its traceback: {self.error_file_of(trial)}")
         self._show_status(trials, force=True)
 
     def on_experiment_end(self, trials: list, **info) -> None:

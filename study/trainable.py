@@ -168,7 +168,8 @@ class TrialTrainable(tune.Trainable):
         log.warning("the full state %s is missing (the study was stopped before Tune's snapshot named a newer one): %s",
                     named.path, instead)
         # Tune deletes the state it names once the trial writes a newer one, and logs an error if it is not there.
-        storage.write_text(storage.join(trial_folder, named_folder, MISSING_STATE_NOTE), f"full state missing: {instead}\n")
+        storage.write_text(storage.join(trial_folder, named_folder, MISSING_STATE_NOTE),
+                           f"full state missing: {instead}\n")
         if held:
             newest = tune.Checkpoint(str(trial_path / held[-1]), filesystem=named.filesystem)
             super().restore(type(checkpoint_path)(checkpoint=newest, metrics={}))

@@ -978,7 +978,7 @@ def test_tensorboard_shows_a_trial_that_errored_and_that_a_resume_finished_as_fi
                         f"{settings.study_uri}\n"), out
     (traceback,) = Path(settings.study_uri).glob("*/error.txt")
     # the console's line names it where it lasts, not Tune's staging copy in Ray's temporary files
-    assert re.search(rf"^\[ *\d+:\d\d\] error after 1 epochs: .*; its traceback: {re.escape(str(traceback))}$", out,
+    assert re.search(rf"^\[ *\d+:\d\d\] error after 1 epoch: .*; its traceback: {re.escape(str(traceback))}$", out,
                      re.MULTILINE), out
     marker.unlink()
     assert main(["--resume", settings.study_uri]) == 0
