@@ -227,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = None
     try:
-        if args.resume:
+        if args.resume is not None:
+            if not args.resume.strip():  # `--resume "$STUDY"` with STUDY unset: never a new study
+                raise CxrError(f"--resume {args.resume!r}: give the study's folder or URI")
             check_resume_options(argv)
             settings = load_settings(args.resume, "--resume")
             relocate(settings, args.data_root, args.cache_dir)
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         from study.driver import errored_line, interrupted_line, print_summary, run_study, unfinished_trials
         from study.results import read_trial_events
 
-        grid = run_study(settings, resume=bool(args.resume), address=args.address, num_cpus=args.num_cpus,
+        grid = run_study(settings, resume=args.resume is not None, address=args.address, num_cpus=args.num_cpus,
                          verbose=args.verbose)
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -319,6 +319,17 @@ def test_an_unknown_dataset_is_named_with_the_choices(capsys):
     assert "argument --dataset: invalid choice: 'covid-nope' (choose from 'covid-radiography'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("typed", ["", "  "])
+def test_a_resume_of_a_blank_folder_is_refused_not_taken_for_a_new_study(tmp_path, capsys, monkeypatch, typed):
+    """`--resume "$STUDY"` with STUDY unset started a new demo study: a blank folder is an error, before any study."""
+    import study.driver
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(study.driver, "run_study", lambda *args, **kwargs: pytest.fail("a study was started"))
+    code = main(["--resume", typed])
+    assert (code, capsys.readouterr().err) == (2, f"error: --resume {typed!r}: give the study's folder or URI\n")
+
+
 def test_resume_of_a_folder_that_is_no_study(tmp_path, capsys):
     code = main(["--resume", str(tmp_path)])
     err = capsys.readouterr().err
