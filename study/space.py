@@ -33,13 +33,15 @@ matches is used:
 
 Every dimension becomes a key of the trial config, and so a column of the analysis. A space that leaves out
 one of the keys trials are named by (model, optimizer, lr, batch_size) trains TrainConfig's default of it,
-which the parsed space holds as a constant (`SearchSpace.filled`), so that the trials record it too.
+which the parsed space holds as a constant (`SearchSpace.filled`), so that the trials record it too. A space
+file that gives one of them under `when` only must give it for every trial (`load_space` refuses it otherwise).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -152,9 +154,10 @@ class SearchSpace:
                     constants[dimension.name] = config[dimension.name]
         return constants
 
-    def grid(self, names: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    def grid(self, names: tuple[str, ...] | None = None,
+             values: Callable[[Dimension], list] = Dimension.values) -> list[dict[str, Any]]:
         """Every combination of the space's values, conditional dimensions applied (grid sampler);
-        with `names`, every combination of those dimensions only."""
+        with `names`, every combination of those dimensions only; with `values`, of those values of each."""
         combos: list[dict[str, Any]] = [{}]
         for dimension in self.dimensions:
             if names is not None and dimension.name not in names:
@@ -162,7 +165,7 @@ class SearchSpace:
             grown = []
             for config in combos:
                 if dimension.name not in config and dimension.applies(config):
-                    grown += [{**config, dimension.name: value} for value in dimension.values()]
+                    grown += [{**config, dimension.name: value} for value in values(dimension)]
                 else:
                     grown.append(config)
             combos = grown
@@ -277,8 +280,13 @@ def read_space_file(path: Path) -> Any:
 
 
 def load_space(space: str | Path) -> SearchSpace:
+    """The space file a new study starts from (a path, or the name of a shipped space), parsed and checked."""
     path = resolve_space_path(space)
-    return parse_space(read_space_file(path), str(path), path.stem)
+    parsed = parse_space(read_space_file(path), str(path), path.stem)
+    # Not in parse_space: the spaces of studies that ran before this check still resume and analyse.
+    for key in NAMING_KEYS:
+        _check_every_trial_gets(parsed, key)
+    return parsed
 
 
 def parse_space(document: Any, source: str = "<space>", name: str = "space") -> SearchSpace:
@@ -485,6 +493,52 @@ def _as_yaml_number(value: Any, whole: bool) -> str | None:
         return str(int(float(text)))
     sign, digits, fraction, e, exponent_sign, exponent = match.groups()
     return f"{sign}{digits}.{fraction or '0'}{e}{exponent_sign or '+'}{exponent}"
+
+
+class _OtherDraw:
+    """A range's draws that no `when` names, as one case of a trial."""
+
+    def __init__(self, dimension: Dimension, named: list) -> None:
+        self.text = (f"other than {', '.join(map(repr, named))} of" if named else "drawn from") + \
+            f" {dimension.describe()}"
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _check_every_trial_gets(space: SearchSpace, key: str) -> None:
+    """Refuse a key given under `when` only (lr for Adam) where some trials match none of its conditions: they
+    would train TrainConfig's default of it, with no value in their config (so in their names and results)."""
+    # The key and the dimensions its conditions depend on, through conditions of conditions.
+    involved = {key}
+    for dimension in reversed(space.dimensions):  # a when names earlier dimensions only
+        if dimension.name in involved:
+            involved |= set(dimension.when)
+    named: dict[str, dict] = {}  # dimension -> the values whens name (a dict keeps their order)
+    for dimension in space.dimensions:
+        for name, values in dimension.when.items():
+            named.setdefault(name, {}).update(dict.fromkeys(values))
+    cases = space.grid(tuple(involved), lambda dimension: _cases_of(dimension, list(named.get(dimension.name, {}))))
+    left_out = next((case for case in cases if key not in case), None)
+    if left_out is None:
+        return
+    trials = ", ".join(f"{name} {value!r}" for name, value in left_out.items())
+    default = next(f.default for f in fields(TrainConfig) if f.name == key)
+    raise CxrError(f"{space.source}: search.{key}: no when of {key} holds for trials with {trials}: they would train "
+                   f"cxrnets' default {key} {default} unrecorded (their names and results show no {key}); add an "
+                   f"alternative whose when holds for them, or give {key} a range or value without when")
+
+
+def _cases_of(dimension: Dimension, named: list) -> list:
+    """The values of `dimension` that conditions tell apart: every value of a choice or constant; of a range,
+    each value a when names that it draws (floats almost never), and its other draws."""
+    if dimension.kind in ("choice", "value"):
+        return dimension.values()
+    if dimension.kind != "int":
+        return [_OtherDraw(dimension, [])]
+    drawn = [value for value in named if dimension.can_take(value)]
+    low, high = dimension.args
+    return drawn + ([_OtherDraw(dimension, drawn)] if high - low + 1 > len(drawn) else [])
 
 
 def _check_models_fit_image_size(source: str, space: SearchSpace) -> None:

@@ -527,6 +527,44 @@ def test_a_condition_on_a_dataset_the_command_line_left_out_still_parses():
         parse_space(narrowed("covid-pneumonia"), "bad.yaml")
 
 
+UNSET_FOR_SOME_TRIALS = {
+    "lr for adam only": ({"lr": [{"loguniform": [1e-5, 1e-3], "when": {"optimizer": "adam"}}]},
+                         "lr", "optimizer 'sgd'", "0.001"),
+    "batch_size for one model": ({"model": {"choice": ["resnet50", "vgg11"]},
+                                  "batch_size": {"value": 16, "when": {"model": "resnet50"}}},
+                                 "batch_size", "model 'vgg11'", "32"),
+    "lr for a momentum only sgd has": ({"momentum": {"choice": [0.9], "when": {"optimizer": "sgd"}},
+                                        "lr": {"value": 0.01, "when": {"momentum": 0.9}}},
+                                       "lr", "optimizer 'adam'", "0.001"),
+    "lr for one batch size of a range": ({"batch_size": {"int": [8, 64]},
+                                          "lr": {"value": 0.01, "when": {"batch_size": 16}}},
+                                         "lr", "batch_size other than 16 of int [8, 64]", "0.001"),
+}
+
+
+@pytest.mark.parametrize("search, key, trials, default", UNSET_FOR_SOME_TRIALS.values(),
+                         ids=UNSET_FOR_SOME_TRIALS.keys())
+def test_a_key_trials_are_named_by_that_some_trials_would_not_get_is_refused(tmp_path, search, key, trials, default):
+    """lr given for Adam only: SGD trials trained the default lr unrecorded, named lr0.0e+00 (bs? for a batch
+    size), and the results held no lr. A space file a study starts from is refused, naming who is left out;
+    the space of a study that ran with it still parses (its resume and analysis read it)."""
+    path = tmp_path / "space.yaml"  # GOOD's dimensions that `search` leaves out, then `search`, in its order
+    path.write_text(yaml.safe_dump({"search": {**{k: v for k, v in GOOD.items() if k not in search}, **search}},
+                                   sort_keys=False))
+    with pytest.raises(CxrError, match=re.escape(
+            f"{path}: search.{key}: no when of {key} holds for trials with {trials}: they would train cxrnets' "
+            f"default {key} {default} unrecorded (their names and results show no {key}); add an alternative "
+            f"whose when holds for them, or give {key} a range or value without when")):
+        load_space(path)
+    parse_space(yaml.safe_load(path.read_text()))
+
+
+def test_a_key_trials_are_named_by_given_for_every_trial_by_its_alternatives_loads(tmp_path):
+    lr = [{"loguniform": [1e-5, 1e-3], "when": {"optimizer": "adam"}},
+          {"value": 0.01, "when": {"optimizer": ["sgd"]}}]
+    assert len(load_space(write_space(tmp_path, {"lr": lr})).dimensions) == 5
+
+
 def test_an_image_size_range_must_fit_every_model(tmp_path):
     """The range's low end is a trial's image size too: alexnet cannot take 29 px."""
     path = write_space(tmp_path, {"model": {"choice": ["resnet50", "alexnet"]}, "image_size": {"int": [29, 128]}})
