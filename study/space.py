@@ -51,7 +51,7 @@ import yaml
 from cxrnets.config import MIN_BATCH_SIZE, TrainConfig
 from cxrnets.data import DATASET_NAMES
 from cxrnets.errors import CxrError
-from cxrnets.names import MIN_IMAGE_SIZE, MODEL_NAMES, OPTIMIZER_NAMES
+from cxrnets.names import MIN_IMAGE_SIZE, MODEL_NAMES, OPTIMIZER_NAMES, check_seed
 
 if TYPE_CHECKING:
     import optuna
@@ -464,6 +464,8 @@ def _check_value(where: str, key: str, value: Any) -> None:
                        f"skipped: BatchNorm cannot train on it), got {value!r}")
     if key in WHOLE_NUMBER_KEYS and not isinstance(value, int):
         raise CxrError(f"{where}: {key} must be an integer, got {value!r}")
+    if key == "seed":
+        check_seed(value, f"{where}: seed")  # a trial's TrainConfig would refuse it, after Ray started
 
 
 def _yaml_number_hint(given: Any, key: str) -> str:

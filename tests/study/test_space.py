@@ -330,6 +330,10 @@ MALFORMED = {
         {"cover_first": ["momentum"], "search": {**GOOD, "momentum": {"choice": [0.8, 0.9],
                                                                       "when": {"optimizer": "sgd"}}}},
         r"cover_first: 'momentum' depends on \['optimizer'\], which must be covered too"),
+    "seed beyond the largest": ({"search": {**GOOD, "seed": {"value": 4294967296}}},
+                                r"search\.seed: seed 4294967296: a seed is a whole number from 0 to 2147483647"),
+    "seed range beyond the largest": ({"search": {**GOOD, "seed": {"int": [0, 2**31]}}},
+                                      r"search\.seed: seed 2147483648: a seed is a whole number from 0 to 2147483647"),
     "pretrained not a boolean": ({"search": {**GOOD, "pretrained": {"choice": ["yes", "no"]}}},
                                  r"search\.pretrained: pretrained takes true or false"),
 }
