@@ -30,7 +30,7 @@ from study import storage
 from study.settings import (ASHA_FORMS, CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DEFAULTS, METRICS, TIE_BREAK,
                             StudySettings, check_metric_reported, check_setting_rules, check_space_study,
                             load_settings, metric_mode, parse_data_roots, parse_keep, relocate, settings_uri)
-from study.space import load_space, read_space_file
+from study.space import check_models_fit_image_size, load_space, read_space_file
 
 log = logging.getLogger("study.run")
 
@@ -165,6 +165,8 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
                     study["grace_period"], args.max_epochs, args.max_epochs)
         study["grace_period"] = args.max_epochs
     image_size = pick("image_size")
+    if args.image_size is None and "image_size" in space.study:
+        check_models_fit_image_size(space, image_size, f"{source}: study.image_size")
     # A tie-break on the study metric itself breaks nothing.
     tie_break = None if args.tie_break in ("none", pick("metric")) else args.tie_break
     if any(dimension.name == "image_size" for dimension in space.dimensions) and args.image_size is not None:

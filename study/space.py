@@ -324,7 +324,9 @@ def parse_space(document: Any, source: str = "<space>", name: str = "space") -> 
         if continuous:
             raise CxrError(f"{source}: the grid sampler needs choice or value dimensions; "
                            f"{continuous} are ranges")
-    _check_models_fit_image_size(source, space)
+    searched_sizes = [d for d in dimensions if d.name == "image_size"]
+    if searched_sizes:  # the study section's size, which the command line may override, is study.run's to check
+        check_models_fit_image_size(space, min(d.lowest() for d in searched_sizes), f"{source}: search.image_size")
     return space
 
 
@@ -543,18 +545,11 @@ def _cases_of(dimension: Dimension, named: list) -> list:
     return drawn + ([_OtherDraw(dimension, drawn)] if high - low + 1 > len(drawn) else [])
 
 
-def _check_models_fit_image_size(source: str, space: SearchSpace) -> None:
-    """Catch 'alexnet at 32 px' before any trial runs: the least size the space gives, against every model."""
-    searched = [d for d in space.dimensions if d.name == "image_size"]
-    if searched:  # a trial's image_size dimension overrides the study section's
-        key, least = "search.image_size", min(d.lowest() for d in searched)
-    elif "image_size" in space.study:
-        key, least = "study.image_size", space.study["image_size"]
-    else:
-        return
+def check_models_fit_image_size(space: SearchSpace, least: int, where: str) -> None:
+    """Catch 'alexnet at 32 px' before any trial runs: `least`, the least size the space's trials get (named by
+    `where`), against every model."""
     for model in space.values_of("model"):
-        if isinstance(least, int) and least < MIN_IMAGE_SIZE[model]:
-            raise CxrError(f"{source}: {key}: image_size {least} is too small for {model} "
+        if least < MIN_IMAGE_SIZE[model]:
+            raise CxrError(f"{where}: image_size {least} is too small for {model} "
                            f"(needs at least {MIN_IMAGE_SIZE[model]} px); raise it to {MIN_IMAGE_SIZE[model]} "
                            f"or more, or drop {model}")
-

@@ -507,6 +507,19 @@ def test_a_study_of_a_space_leaving_out_the_model_says_what_its_trials_train_and
     assert settings.search_space().filled == {}
 
 
+def test_image_size_overrides_the_spaces_study_section_that_a_model_could_not_take(tmp_path):
+    """The command line wins over the study section: --image-size 64 runs alexnet on a space made for 32 px,
+    which without it is refused naming the space's key."""
+    space = write_space(tmp_path / "space.yaml", {**GOOD_SPACE, "model": {"choice": ["alexnet", "resnet50"]}},
+                        study={"image_size": 32})
+    argv = ["--space", str(space), "--storage", str(tmp_path)]
+    assert settings_from_args(build_parser().parse_args([*argv, "--image-size", "64"])).image_size == 64
+    with pytest.raises(CxrError, match=re.escape(
+            f"{space}: study.image_size: image_size 32 is too small for alexnet (needs at least 63 px); raise it to "
+            "63 or more, or drop alexnet")):
+        settings_from_args(build_parser().parse_args(argv))
+
+
 def test_fewer_epochs_than_the_spaces_grace_period_lower_it(tmp_path, caplog):
     """`--max-epochs 1` on the demo space (grace period 2) runs, with a grace period of 1 and a warning;
     a --grace-period given beyond --max-epochs is still refused (BAD_INPUT)."""

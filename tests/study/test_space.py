@@ -290,9 +290,6 @@ MALFORMED = {
     "unknown sampler": ({"sampler": "bayes", "search": GOOD}, r"sampler 'bayes' is not one of tpe, random, grid"),
     "unknown top-level key": ({"serach": GOOD}, r"unknown top-level key\(s\) \['serach'\]"),
     "no search section": ({"study": {"image_size": 64}}, r"'search' must map dimension names"),
-    "alexnet at 32 px (study setting)": (
-        {"study": {"image_size": 32}, "search": {**GOOD, "model": {"choice": ["resnet50", "alexnet"]}}},
-        r"image_size 32 is too small for alexnet \(needs at least 63 px\)"),
     "alexnet at 32 px (dimension)": (
         {"search": {**GOOD, "model": {"choice": ["alexnet"]}, "image_size": {"choice": [32, 64]}}},
         r"image_size 32 is too small for alexnet"),
