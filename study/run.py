@@ -30,7 +30,7 @@ from study import storage
 from study.settings import (ASHA_FORMS, CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DEFAULTS, METRICS, TIE_BREAK,
                             StudySettings, check_metric_reported, check_setting_rules, check_space_study,
                             load_settings, metric_mode, parse_data_roots, parse_keep, relocate, settings_uri)
-from study.space import check_models_fit_image_size, load_space, read_space_file
+from study.space import check_models_fit_image_size, load_space, parse_space, read_space_file
 
 log = logging.getLogger("study.run")
 
@@ -150,8 +150,6 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
         # study.json holds what the trials train, whatever later defaults are
         document["search"] = {**{key: {"value": value} for key, value in space.filled.items()}, **document["search"]}
     study = {**DEFAULTS, **space.study}
-    if space.sampler == "grid" and "num_samples" not in space.study:
-        study["num_samples"] = len(space.grid())  # a grid space runs every combination unless told otherwise
     pick = lambda key: getattr(args, key) if getattr(args, key) is not None else study[key]  # noqa: E731
 
     datasets = space.values_of("dataset") or [args.dataset or study["dataset"]]
@@ -160,6 +158,9 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
         document["search"] = {k: v for k, v in document["search"].items() if k != "dataset"}
     document["search"] = {"dataset": {"choice": datasets} if len(datasets) > 1 else {"value": datasets[0]},
                           **{k: v for k, v in document["search"].items() if k != "dataset"}}
+    if space.sampler == "grid" and "num_samples" not in space.study:
+        # A grid space runs every combination unless told otherwise: those of the datasets the study has.
+        study["num_samples"] = len(parse_space(document, str(source), source.stem).grid())
     if args.grace_period is None and args.max_epochs is not None and study["grace_period"] > args.max_epochs >= 1:
         log.warning("the space's grace period %d exceeds --max-epochs %d: ASHA's grace period lowered to %d",
                     study["grace_period"], args.max_epochs, args.max_epochs)

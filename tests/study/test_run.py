@@ -539,6 +539,15 @@ def test_grid_space_runs_every_combination_by_default(tmp_path):
     assert settings.num_samples == 4
 
 
+def test_a_grid_narrowed_by_dataset_runs_every_combination_of_that_dataset_by_default(tmp_path):
+    """--dataset picks one of a grid space's two datasets: half its combinations, not the whole grid's count."""
+    space = write_space(tmp_path / "grid.yaml", {"dataset": {"choice": ["covid-chestxray-3class", "covid-chestxray"]},
+                                                 **GOOD_SPACE, "lr": {"choice": [1.0e-3, 1.0e-2]}}, sampler="grid")
+    argv = ["--space", str(space), "--storage", str(tmp_path)]
+    assert settings_from_args(build_parser().parse_args(argv)).num_samples == 4
+    assert settings_from_args(build_parser().parse_args([*argv, "--dataset", "covid-chestxray"])).num_samples == 2
+
+
 def test_results_table_of_a_resumed_run_never_overwrites_the_first_runs_parts(tmp_path):
     """Tuner.restore unpickles the callback that the first run pickled: the resumed run must write
     parts of its own next to the first run's, never over them."""
