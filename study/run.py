@@ -30,7 +30,7 @@ from study import storage
 from study.settings import (ASHA_FORMS, CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DEFAULTS, METRICS, TIE_BREAK,
                             StudySettings, check_metric_reported, check_setting_rules, check_space_study,
                             load_settings, metric_mode, parse_data_roots, parse_keep, relocate, settings_uri)
-from study.space import check_models_fit_image_size, load_space, parse_space, read_space_file
+from study.space import SearchSpace, check_models_fit_image_size, load_space, parse_space, read_space_file
 
 log = logging.getLogger("study.run")
 
@@ -172,11 +172,7 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
     tie_break = None if args.tie_break in ("none", pick("metric")) else args.tie_break
     if any(dimension.name == "image_size" for dimension in space.dimensions) and args.image_size is not None:
         raise CxrError("--image-size conflicts with the space's image_size dimension; drop one")
-    name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if "/" in name or "\\" in name or name.strip() in ("", ".", ".."):
-        raise CxrError(f"--name {name!r}: a study's name is its one folder under --storage; to group studies, "
-                       "give that group's folder as --storage")
-    storage.check_uri_path(name, f"--name {name!r}")
+    name = study_name(args.name, space, document)
     settings = StudySettings(
         name=name, optuna_study=name,
         storage=storage.location(args.storage),
@@ -191,6 +187,28 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
         dataset_options=parse_dataset_options(args.dataset_option, datasets))
     validate(settings)
     return settings
+
+
+def study_name(given: str | None, space: SearchSpace, document: dict) -> str:
+    """--name, else the space's name (its name key, else its file's) and the time; CxrError, naming where it
+    came from, for a name that cannot be the study's folder under --storage."""
+    if given is not None:
+        _check_study_name(given, f"--name {given!r}")
+        return given
+    name = f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    origin, change = ((f"the name key of {space.source}", "change the name key") if "name" in document
+                      else (f"the space file's name, {Path(space.source).name}", "rename the file"))
+    _check_study_name(name, f"the study's default name {name!r} (from {origin})",
+                      f"{change}, or give the study a --name")
+    return name
+
+
+def _check_study_name(name: str, what: str, change: str | None = None) -> None:
+    """CxrError naming `what` if `name` cannot be a study's one folder under --storage; `change`: what to do."""
+    if "/" in name or "\\" in name or name.strip() in ("", ".", ".."):
+        raise CxrError(f"{what}: a study's name is its one folder under --storage; "
+                       + (change or "to group studies, give that group's folder as --storage"))
+    storage.check_uri_path(name, what, change or "rename without it")
 
 
 def _data_roots(given: list[str] | None, datasets: list[str]) -> dict[str, str]:

@@ -79,12 +79,12 @@ def location(text: str | Path, flag: str = "--storage") -> str:
 URI_SPECIAL = "?#%"  # a URI's query, fragment and escapes: pyarrow would read them as such, not as a name
 
 
-def check_uri_path(path: str, what: str) -> None:
+def check_uri_path(path: str, what: str, remedy: str = "rename without it") -> None:
     """CxrError naming `what` if `path` holds a character a storage URI cannot carry as part of a name."""
     found = sorted({character for character in path if character in URI_SPECIAL})
     if found:
         raise CxrError(f"{what}: {' '.join(repr(c) for c in found)} cannot be part of a storage location's "
-                       "name (a URI reads it as a query, fragment or escape); rename without it")
+                       f"name (a URI reads it as a query, fragment or escape); {remedy}")
 
 
 def join(base: str, *parts: str) -> str:

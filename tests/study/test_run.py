@@ -520,6 +520,34 @@ def test_image_size_overrides_the_spaces_study_section_that_a_model_could_not_ta
         settings_from_args(build_parser().parse_args(argv))
 
 
+DEFAULT_NAMES = {
+    "a name key with '#'": ("space.yaml", {"name": "lung#1"}, r"the study's default name 'lung#1-\d{8}-\d{6}' "
+                            r"\(from the name key of {space}\): '#' cannot be part of a storage location's name "
+                            r"\(a URI reads it as a query, fragment or escape\); change the name key, or give the "
+                            r"study a --name"),
+    "a name key with '/'": ("space.yaml", {"name": "../../evil"}, r"the study's default name '\.\./\.\./evil-\d{8}-"
+                            r"\d{6}' \(from the name key of {space}\): a study's name is its one folder under "
+                            r"--storage; change the name key, or give the study a --name"),
+    "a file name with '%'": ("lung%v2.yaml", {}, r"the study's default name 'lung%v2-\d{8}-\d{6}' \(from the space "
+                             r"file's name, lung%v2\.yaml\): '%' cannot be part of a storage location's name \(a URI "
+                             r"reads it as a query, fragment or escape\); rename the file, or give the study a --name"),
+}
+
+
+@pytest.mark.parametrize("file, top, message", DEFAULT_NAMES.values(), ids=DEFAULT_NAMES.keys())
+def test_a_default_study_name_no_folder_can_take_names_where_it_came_from(tmp_path, file, top, message):
+    """Not '--name ...', which the user never typed: the space's name key or file name, and --name to choose."""
+    space = write_space(tmp_path / file, GOOD_SPACE, **top)
+    with pytest.raises(CxrError) as refused:
+        settings_from_args(build_parser().parse_args(["--space", str(space), "--storage", str(tmp_path)]))
+    assert re.fullmatch(message.replace("{space}", re.escape(str(space))), str(refused.value)), refused.value
+
+
+def test_a_blank_name_is_refused_not_replaced_by_the_default(tmp_path):
+    with pytest.raises(CxrError, match=r"^--name '': a study's name is its one folder under --storage"):
+        settings_from_args(build_parser().parse_args(["--name", "", "--storage", str(tmp_path)]))
+
+
 def test_fewer_epochs_than_the_spaces_grace_period_lower_it(tmp_path, caplog):
     """`--max-epochs 1` on the demo space (grace period 2) runs, with a grace period of 1 and a warning;
     a --grace-period given beyond --max-epochs is still refused (BAD_INPUT)."""
