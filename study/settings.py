@@ -128,21 +128,27 @@ def check_metric_reported(metric: str, datasets: list[str], option: str) -> None
 
 
 def parse_data_roots(items: list[str] | None, datasets: list[str]) -> dict[str, str]:
-    """--data-root options ([DATASET=]PATH; DATASET= where there are several datasets) as dataset -> absolute
-    path, for the datasets they name."""
+    """--data-root options ([DATASET=]PATH; DATASET= where there are several datasets; one for each dataset at
+    most) as dataset -> absolute path, for the datasets they name."""
     roots: dict[str, str] = {}
     for item in items or []:
         name, sep, path = item.partition("=")
         if sep and name in datasets:
-            roots[name] = path
+            dataset = name
         elif len(datasets) == 1 and not (sep and name in DATASET_NAMES):
-            roots[datasets[0]] = item
+            dataset, path = datasets[0], item
         elif len(datasets) == 1:
             raise CxrError(f"--data-root {item!r}: {name} is not this study's dataset; write PATH alone, or "
                            f"{datasets[0]}=PATH")
+        elif sep and name in DATASET_NAMES:
+            raise CxrError(f"--data-root {item!r}: {name} is not one of the study's datasets ({', '.join(datasets)})")
         else:
             raise CxrError(f"--data-root {item!r}: with several datasets, write DATASET=PATH for one of "
                            f"{', '.join(datasets)}")
+        if dataset in roots:
+            raise CxrError(f"--data-root {item!r}: {dataset}'s data root is given twice (also as {roots[dataset]!r}); "
+                           "give it once")
+        roots[dataset] = path
     return {name: str(Path(path).expanduser().resolve()) for name, path in roots.items()}
 
 

@@ -6,6 +6,7 @@ import importlib
 import json
 import math
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,27 @@ def test_data_roots_are_named_for_the_study_s_own_datasets(tmp_path):
     with pytest.raises(CxrError, match="several datasets, write DATASET=PATH for one of covid-chestxray-3class, "
                                        "covid-pneumonia-normal"):
         parse_data_roots([str(tmp_path)], two)
+
+
+def test_a_dataset_given_two_data_roots_is_refused(tmp_path):
+    """--data-root /a --data-root /b kept /b silently."""
+    one, two = ["covid-chestxray-3class"], ["covid-chestxray-3class", "covid-pneumonia-normal"]
+    with pytest.raises(CxrError, match=re.escape(
+            f"--data-root '{tmp_path}/b': covid-chestxray-3class's data root is given twice (also as "
+            f"'{tmp_path}/a'); give it once")):
+        parse_data_roots([f"{tmp_path}/a", f"{tmp_path}/b"], one)
+    with pytest.raises(CxrError, match="covid-chestxray-3class's data root is given twice"):
+        parse_data_roots([f"{tmp_path}/a", f"covid-chestxray-3class={tmp_path}/a"], one)
+    with pytest.raises(CxrError, match="covid-pneumonia-normal's data root is given twice"):
+        parse_data_roots([f"covid-pneumonia-normal={tmp_path}/a", f"covid-pneumonia-normal={tmp_path}/b"], two)
+
+
+def test_a_data_root_for_a_dataset_of_no_study_of_several_says_so(tmp_path):
+    two = ["covid-chestxray-3class", "covid-pneumonia-normal"]
+    with pytest.raises(CxrError, match=re.escape(
+            f"--data-root 'covid-radiography={tmp_path}': covid-radiography is not one of the study's datasets "
+            "(covid-chestxray-3class, covid-pneumonia-normal)")):
+        parse_data_roots([f"covid-chestxray-3class={tmp_path}", f"covid-radiography={tmp_path}"], two)
 
 
 @pytest.mark.parametrize("typed, meant", [("cache", "cache"), ("~/cache", "home/cache")])
