@@ -103,25 +103,23 @@ def check_local_resources(settings: StudySettings, cores: int | None = None) -> 
 # ------------------------------------------------------------------ data, once per study
 
 def prepare_splits(settings: StudySettings, resume: bool) -> dict[str, pd.DataFrame]:
-    """Index and decode every dataset once, and make (or, resuming, reread) the study's split of each."""
+    """Index and decode every dataset once, and make (or, resuming, reread) the study's split of each. A new
+    study writes its split files once every split is made: a dataset that fails leaves no study folder behind."""
+    # Every dataset indexed (its root and layout checked) before any is decoded, which may take long.
+    indexes = {dataset: load_dataset(dataset, root, **settings.dataset_options.get(dataset, {}))
+               for dataset, root in settings.data_roots.items()}
     splits = {}
-    for dataset, root in settings.data_roots.items():
-        index = load_dataset(dataset, root, **settings.dataset_options.get(dataset, {}))
+    for dataset, index in indexes.items():
         cache = build_cache(index, settings.image_size, settings.cache_dir)
         frame = cache.index.frame.assign(sha1=cache.sha1)
-        uri = split_uri(settings.study_uri, dataset)
         if resume:
+            uri = split_uri(settings.study_uri, dataset)
             saved = read_split(uri)
             check_split_digest(settings, dataset, saved, uri)
             split = align_split(saved, frame, uri)
         else:
             split = make_split(frame, cache.index.stratum(), settings.val_fraction, settings.test_fraction,
                                settings.seed, cache_fingerprints(cache))
-            storage.write_csv(uri, split[SPLIT_COLUMNS])
-            settings.split_digests[dataset] = split_digest(read_split(uri))
-            settings.splits_join_near_identical = True
-            settings.splits_near_identical_bits = NEAR_IDENTICAL_BITS
-            settings.splits_fingerprint_size = FINGERPRINT_SIZE
         targets = cache.index.targets()
         rows = {name: (split["split"] == name).to_numpy() for name in ("train", "val")}
         baseline = majority_baseline(targets[rows["train"]], targets[rows["val"]], cache.index.multilabel,
@@ -132,6 +130,14 @@ def prepare_splits(settings: StudySettings, resume: bool) -> dict[str, pd.DataFr
             warn_of_thin_classes(dataset, split, settings)
         splits[dataset] = split[SPLIT_COLUMNS]
         settings.baselines[dataset] = baseline
+    if not resume:
+        for dataset, split in splits.items():
+            uri = split_uri(settings.study_uri, dataset)
+            storage.write_csv(uri, split)
+            settings.split_digests[dataset] = split_digest(read_split(uri))
+        settings.splits_join_near_identical = True
+        settings.splits_near_identical_bits = NEAR_IDENTICAL_BITS
+        settings.splits_fingerprint_size = FINGERPRINT_SIZE
     return splits
 
 

@@ -246,6 +246,20 @@ def test_data_root_that_does_not_exist(tmp_path, capsys, cache_dir):
     assert_no_trial(tmp_path / "studies")
 
 
+def test_a_missing_data_root_of_a_later_dataset_leaves_no_split_of_the_first(tmp_path, capsys, tiny_data, cache_dir):
+    """The first dataset's split was written before the second's root was found missing: a study folder with
+    splits/ and no study.json was left, which a start under that name then ran into."""
+    space = write_space(tmp_path / "space.yaml", {"dataset": {"choice": ["folder", "covid-chestxray-3class"]},
+                                                  **GOOD_SPACE})
+    missing = tmp_path / "no-such-data"
+    code = main(["--space", str(space), "--data-root", f"folder={tiny_data}",
+                 "--data-root", f"covid-chestxray-3class={missing}", "--storage", str(tmp_path / "studies"),
+                 "--name", "two", "--cache-dir", str(cache_dir), "--image-size", "32"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: data root {missing} does not exist"), err
+    assert_no_trial(tmp_path / "studies")
+
+
 @pytest.mark.parametrize("where", ["a file", "under a file"])
 def test_storage_that_cannot_be_written(tmp_path, capsys, tiny_data, cache_dir, where):
     space = write_space(tmp_path / "space.yaml", GOOD_SPACE)
