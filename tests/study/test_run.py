@@ -948,68 +948,51 @@ def test_trials_train_on_the_gpu_ray_gave_them_and_on_the_cpu_where_it_gave_none
     assert (warned in caplog.text) == (gpus == "0")
 
 
-def test_a_study_stopped_before_its_trials_started_is_started_by_its_resume(ray_session, tmp_path, tiny_data,
-                                                                            cache_dir, monkeypatch, capsys, caplog):
-    """Ctrl-C while Ray starts (or check_cluster refusing a node), once study.json and the split are saved but
-    before the search wrote anything: the command says to --resume, and that resume starts the study, with the
-    settings and the split it saved, saying so (it was refused: 'optuna.db is missing')."""
+@pytest.mark.parametrize("stopped", ["while Ray starts", "before Tune's first snapshot"])
+def test_a_study_stopped_before_its_trials_started_is_started_by_its_resume(stopped, ray_session, tmp_path, tiny_data,
+                                                                            cache_dir, monkeypatch, capfd, caplog):
+    """Ctrl-C once study.json and the split are saved: while Ray starts (or check_cluster refusing a node), or
+    once the Tuner was built (it saved tuner.pkl, its searcher optuna.db) but before Tune's first snapshot
+    (experiment_state-*.json). The command says to --resume, and that resume starts the study, with the settings
+    and the split it saved, saying so. (The first was refused: 'optuna.db is missing'; the second restored Tune's
+    run, which has no trials to continue: Tune printed 'Failed to restore the run state' and started over.)"""
     import study.driver
 
-    def ray_starting(*args, **kwargs):
+    def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
-
-    space = write_space(tmp_path / "one.yaml", GOOD_SPACE)
-    study_dir = tmp_path / "studies" / "early"
-    with monkeypatch.context() as patched:
-        patched.setattr(study.driver, "connect", ray_starting)
-        assert main(study_argv(space, tmp_path / "studies", "early", tiny_data, cache_dir, "--image-size", "32",
-                               "--num-samples", "1", "--max-epochs", "1", "--seed", "3")) == 130
-    assert capsys.readouterr().err.endswith(f"continue the study with\n  python -m study.run --resume {study_dir}\n")
-    assert sorted(p.name for p in study_dir.iterdir()) == ["events.out.tfevents.study", "splits", "study.json"]
-    split = (study_dir / "splits" / "folder.csv").read_text()
-
-    with caplog.at_level(logging.INFO, logger="study.driver"):
-        assert main(["--resume", str(study_dir)]) == 0, capsys.readouterr().err
-    assert (f"{study_dir} was stopped before its trials started (it holds no snapshot of Tune's run): starting "
-            "them now, with the settings and the split it saved") in caplog.text
-    assert (study_dir / "splits" / "folder.csv").read_text() == split
-    assert json.loads((study_dir / "study.json").read_text())["seed"] == 3
-    results = read_results(str(study_dir))
-    assert list(results["training_iteration"]) == [1] and list(read_trial_events(str(study_dir))["event"]) == [
-        "completed"]
-
-
-
-def test_a_study_stopped_before_tunes_first_snapshot_is_started_by_its_resume(ray_session, tmp_path, tiny_data,
-                                                                              cache_dir, monkeypatch, capfd, caplog):
-    """Ctrl-C once the Tuner was built (it saved tuner.pkl, its searcher optuna.db) but before Tune's first
-    snapshot (experiment_state-*.json): the resume restored Tune's run, which has no trials to continue, so Tune
-    printed 'Failed to restore the run state' with a traceback and started over. It is started, as a study
-    stopped before its Tuner was built is, from the settings and the split it saved."""
-    import study.driver
 
     build_tuner = study.driver.build_tuner
 
     def built_then_interrupted(*args, **kwargs):
         tuner = build_tuner(*args, **kwargs)
-        monkeypatch.setattr(tuner, "fit", lambda: (_ for _ in ()).throw(KeyboardInterrupt))
+        monkeypatch.setattr(tuner, "fit", interrupt)
         return tuner
 
     space = write_space(tmp_path / "one.yaml", GOOD_SPACE)
-    study_dir = tmp_path / "studies" / "built"
+    study_dir = tmp_path / "studies" / "early"
     with monkeypatch.context() as patched:
-        patched.setattr(study.driver, "build_tuner", built_then_interrupted)
-        assert main(study_argv(space, tmp_path / "studies", "built", tiny_data, cache_dir, "--image-size", "32",
-                               "--num-samples", "1", "--max-epochs", "1")) == 130
+        if stopped == "while Ray starts":
+            patched.setattr(study.driver, "connect", interrupt)
+        else:
+            patched.setattr(study.driver, "build_tuner", built_then_interrupted)
+        assert main(study_argv(space, tmp_path / "studies", "early", tiny_data, cache_dir, "--image-size", "32",
+                               "--num-samples", "1", "--max-epochs", "1", "--seed", "3")) == 130
     assert capfd.readouterr().err.endswith(f"continue the study with\n  python -m study.run --resume {study_dir}\n")
     saved = {path.name for path in study_dir.iterdir()}
-    assert {"tuner.pkl", "optuna.db", "study.json"} <= saved and not any(
-        name.startswith("experiment_state-") for name in saved), saved
+    if stopped == "while Ray starts":
+        assert saved == {"events.out.tfevents.study", "splits", "study.json"}
+    else:
+        assert {"tuner.pkl", "optuna.db", "study.json"} <= saved and not any(
+            name.startswith("experiment_state-") for name in saved), saved
+    split = (study_dir / "splits" / "folder.csv").read_text()
 
     with caplog.at_level(logging.INFO, logger="study.driver"):
-        assert main(["--resume", str(study_dir)]) == 0
-    assert f"{study_dir} was stopped before its trials started" in caplog.text
+        assert main(["--resume", str(study_dir)]) == 0, capfd.readouterr().err
+    assert (f"{study_dir} was stopped before its trials started (it holds no snapshot of Tune's run): starting "
+            "them now, with the settings and the split it saved") in caplog.text
     assert "Failed to restore the run state" not in capfd.readouterr().err
+    assert (study_dir / "splits" / "folder.csv").read_text() == split
+    assert json.loads((study_dir / "study.json").read_text())["seed"] == 3
     assert list(read_results(str(study_dir))["training_iteration"]) == [1]
     assert list(read_trial_events(str(study_dir))["event"]) == ["completed"]
 
