@@ -161,9 +161,9 @@ class TrialTrainable(tune.Trainable):
             return super().restore(checkpoint_path)
         trial_path, named_folder = PurePosixPath(named.path).parent, PurePosixPath(named.path).name
         trial_folder = storage.join(self.context.study_uri, trial_path.name)
-        held = full_state_folders(trial_folder)
-        if named_folder in held:
+        if storage.kind(storage.join(trial_folder, named_folder, STATE_FILE)) == "file":
             return super().restore(checkpoint_path)
+        held = full_state_folders(trial_folder)
         instead = f"continuing from {held[-1]}" if held else "the trial's folder holds no other: starting it again"
         log.warning("the full state %s is missing (the study was stopped before Tune's snapshot named a newer one): %s",
                     named.path, instead)
