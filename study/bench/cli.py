@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--checkpoint-minutes", type=float, default=None, help="or minutes, whichever comes first (default: the "
         "study's, 15)")
     add("--num-cpus", type=int, default=None, help="CPUs of each study's Ray instance (default: all)")
-    add("--gpus-per-trial", type=float, default=None, help="GPUs per trial in the studies (default: 0)")
+    add("--gpus-per-trial", type=float, default=None, help="GPUs per trial in the studies (default: 1 on a GPU device, else 0)")
     add("--seed", type=int, default=None, help="seed of every part (default: 0)")
     add("--out", default="bench.json", help="JSON file of every figure (default: bench.json)")
     add("--workdir", default=None, help="work directory (default: a new temporary directory)")
@@ -176,6 +176,27 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, str]:
     return settings, preset
 
 
+def studies_gpus_per_trial(gpus_per_trial: float, device: str, gpu: str | None, given: bool) -> float:
+    """The GPUs per trial of the bench's studies, on the device its in-process parts use: a study's
+    trial takes the GPU exactly when it is given GPUs, so the studies' figures and the bare loops'
+    would otherwise come from different devices. On a GPU device the default is one GPU per trial."""
+    from cxrnets.errors import CxrError
+
+    if gpus_per_trial and not gpu:
+        raise CxrError(f"--gpus-per-trial {gpus_per_trial:g} asked for, but this machine has no CUDA GPU: drop "
+                       "the flag, or run the bench where there is one")
+    on_gpu = device.startswith("cuda")
+    if gpus_per_trial and not on_gpu:
+        raise CxrError(f"--gpus-per-trial {gpus_per_trial:g} with --device {device}: the studies' trials would "
+                       "train on the GPU and the other parts on the CPU; drop one of the two flags")
+    if on_gpu and not gpus_per_trial:
+        if given:
+            raise CxrError(f"--gpus-per-trial 0 with device {device}: the studies' trials would train on the CPU "
+                           "and the other parts on the GPU; give --gpus-per-trial (e.g. 0.5) or --device cpu")
+        return 1.0
+    return gpus_per_trial
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     from cxrnets.errors import CxrError
@@ -189,9 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             raise CxrError(f"--out {out} is a folder: give the JSON file's path (e.g. {out / 'bench.json'})")
         storage.check_writable(str(out.parent.resolve()), "--out")  # not after an hour of measuring
         machine = machine_info(settings)  # CxrError for --device cuda where there is none
-        if settings.gpus_per_trial and not machine["gpu"]:
-            raise CxrError(f"--gpus-per-trial {settings.gpus_per_trial:g} asked for, but this machine has no CUDA "
-                           "GPU: drop the flag, or run the bench where there is one")
+        settings.gpus_per_trial = studies_gpus_per_trial(settings.gpus_per_trial, machine["device"],
+                                                         machine["gpu"], given=args.gpus_per_trial is not None)
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -161,6 +162,23 @@ def test_a_gpu_asked_for_where_there_is_none_is_refused_before_measuring(flags, 
     err = capsys.readouterr().err
     assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("gpus, device, given, message", [
+    (0.5, "cpu", True, "--gpus-per-trial 0.5 with --device cpu: the studies' trials would train on the GPU"),
+    (0.0, "cuda", True, "--gpus-per-trial 0 with device cuda: the studies' trials would train on the CPU"),
+    (0.0, "cuda:1", True, "--gpus-per-trial 0 with device cuda:1"),
+])
+def test_studies_and_bare_loops_on_different_devices_are_refused(gpus, device, given, message) -> None:
+    with pytest.raises(CxrError, match=re.escape(message)):
+        cli.studies_gpus_per_trial(gpus, device, "NVIDIA H100", given=given)
+
+
+def test_the_studies_take_one_gpu_per_trial_on_a_gpu_device_unless_told_otherwise() -> None:
+    assert cli.studies_gpus_per_trial(0.0, "cuda", "NVIDIA H100", given=False) == 1.0
+    assert cli.studies_gpus_per_trial(0.5, "cuda", "NVIDIA H100", given=True) == 0.5
+    assert cli.studies_gpus_per_trial(0.0, "cpu", "NVIDIA H100", given=False) == 0.0
+    assert cli.studies_gpus_per_trial(0.0, "cpu", None, given=False) == 0.0
 
 
 def test_the_report_is_written_after_every_part_and_ctrl_c_keeps_what_was_measured(tmp_path: Path, capsys,
