@@ -179,7 +179,7 @@ def locate_dataset(name: str, folder: str | Path, metadata: str = "metadata.csv"
                 if has_layout(name, candidate, metadata):
                     return candidate
                 below += _subdirectories(candidate).values()
-            except OSError:  # a folder this user may not read holds no dataset of theirs
+            except (OSError, CxrError):  # unreadable, or sub-folders differing only in case (the loader says so)
                 continue
         level = below
     return None
@@ -313,8 +313,16 @@ def dataset_options_help() -> str:
 # ---------------------------------------------------------------- class-folder layouts
 
 def _subdirectories(root: Path) -> dict[str, Path]:
-    """Sub-folders of root keyed by lower-cased name, but hidden ones and a zip's __MACOSX (is_hidden)."""
-    return {p.name.lower(): p for p in sorted(root.iterdir()) if p.is_dir() and not is_hidden(p.name)}
+    """Sub-folders of root keyed by lower-cased name, but hidden ones and a zip's __MACOSX (is_hidden); CxrError
+    where two names differ only in letter case (Normal/ and normal/), which would be read as one class."""
+    folders: dict[str, Path] = {}
+    for path in sorted(root.iterdir()):
+        if path.is_dir() and not is_hidden(path.name):
+            first = folders.setdefault(path.name.lower(), path)
+            if first is not path:
+                raise CxrError(f"{first} and {path}: two folders whose names differ only in letter case, read as "
+                               "one; merge them into one")
+    return folders
 
 
 def _from_class_folders(name: str, root: Path, class_folders: dict[str, Path], skip_masks: bool = False

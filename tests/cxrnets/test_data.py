@@ -147,6 +147,18 @@ def test_pneumonia_normal_upper_case_folders(make_pneumonia_normal, tmp_path: Pa
     assert len(index.frame) == 9
 
 
+@pytest.mark.parametrize("name", ["covid-pneumonia-normal", "folder"])
+def test_two_class_folders_differing_only_in_case_are_refused_naming_both(name: str, make_pneumonia_normal,
+                                                                          write_image) -> None:
+    """normal/ and Normal/ (two copies merged on Linux) were one class, the later folder's: the earlier one's
+    images were dropped without a word."""
+    root = make_pneumonia_normal(per_class=3)
+    write_image(root / "Normal" / "extra-000.png", "L", 60, seed=777)
+    with pytest.raises(CxrError, match=rf"{root / 'Normal'} and {root / 'normal'}: two folders whose names "
+                                       r"differ only in letter case, read as one; merge them into one"):
+        load_dataset(name, root)
+
+
 def test_pneumonia_normal_empty_class(make_pneumonia_normal) -> None:
     root = make_pneumonia_normal(per_class=3)
     for path in (root / "pneumonia").iterdir():
