@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import io
 import logging
+import os
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -310,6 +311,21 @@ def dataset_options_help() -> str:
     return "; ".join(parts)
 
 
+# ---------------------------------------------------------------- the index of images
+
+def _image_frame(rows: list[dict[str, Any]], root: Path) -> pd.DataFrame:
+    """A loader's `rows` as its frame (relpath, patient, labels); CxrError naming the first image whose path below
+    `root` is not UTF-8, which a table of text cannot hold."""
+    for row in rows:
+        try:
+            row["relpath"].encode()
+        except UnicodeEncodeError:
+            raise CxrError(f"{os.fsencode(root / row['relpath'])!r}: the name is not UTF-8 text (a zip made on Windows "
+                           f"names files in its code page); rename it by hand, or every such name under {root} with "
+                           f"convmv -f latin1 -t utf8 -r --notest {root}") from None
+    return pd.DataFrame(rows, columns=["relpath", "patient", "labels"])
+
+
 # ---------------------------------------------------------------- class-folder layouts
 
 def _subdirectories(root: Path) -> dict[str, Path]:
@@ -347,7 +363,7 @@ def _from_class_folders(name: str, root: Path, class_folders: dict[str, Path], s
         for class_name, files in class_files.items()
         for path in files
     ]
-    frame = pd.DataFrame(rows, columns=["relpath", "patient", "labels"])
+    frame = _image_frame(rows, root)
     # No patient ids in these layouts: each image is its own group when splitting.
     frame["patient"] = frame["relpath"]
     return DatasetIndex(name, root, frame, list(class_files), skipped=dict(sorted(skipped.items())), patient_ids=False)
@@ -605,7 +621,7 @@ def _load_csv(root: Path, path_column: str = "path", label_column: str = "label"
         log.warning("%s: %d row(s) with a blank %r: each of those images is its own patient", root, blank_patients,
                     patient_column)
     rows = _one_row_per_image(rows, root, multilabel=False, skipped=skipped)
-    frame = pd.DataFrame(rows, columns=["relpath", "patient", "labels"])
+    frame = _image_frame(rows, base.resolve())
     frame = _mark_sources(frame, [row["source"] for row in rows], root, source_column, holdout_sources)
     classes = sorted({labels[0] for labels in frame["labels"]})
     return DatasetIndex("csv", base.resolve(), frame, classes, skipped=dict(skipped),
@@ -701,7 +717,7 @@ def _load_covid_chestxray(root: Path, three_class: bool, metadata: str = "metada
                 continue
             three_class_rows.append({**row, "labels": (label,)})
         rows = three_class_rows
-    frame = pd.DataFrame(rows, columns=["relpath", "patient", "labels"])
+    frame = _image_frame(rows, root)
     frame = _mark_sources(frame, [row["source"] for row in rows], csv_path, source_column, holdout_sources)
     if three_class:
         present = {labels[0] for labels in frame["labels"]}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -172,6 +174,26 @@ def test_pneumonia_normal_missing_class(make_pneumonia_normal) -> None:
     shutil.rmtree(root / "normal")
     with pytest.raises(CxrError, match=r"not a covid-pneumonia-normal dataset.*'normal'"):
         load_dataset("covid-pneumonia-normal", root)
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_naming_the_file_and_how_to_rename(make_pneumonia_normal) -> None:
+    """A zip made on Windows names files in its code page (b'caf\\xe9' in Latin-1): indexing crashed with a bare
+    UnicodeEncodeError naming no file."""
+    root = make_pneumonia_normal(per_class=3)
+    latin1 = os.fsencode(root / "normal") + b"/caf\xe9 0.png"
+    os.rename(root / "normal" / "normal-000.png", latin1)
+    with pytest.raises(CxrError, match=re.escape(f"{latin1!r}: the name is not UTF-8 text") + ".*rename it.*"
+                                       + re.escape(f"convmv -f latin1 -t utf8 -r --notest {root}")):
+        load_dataset("covid-pneumonia-normal", root)
+
+
+def test_a_csv_row_leading_to_a_file_name_that_is_not_utf8_is_refused_naming_the_file(make_csv_dataset) -> None:
+    csv_path = make_csv_dataset()
+    latin1 = os.fsencode(csv_path.parent / "img") + b"/caf\xe9.png"
+    os.rename(csv_path.parent / "img" / "p00-0.png", latin1)
+    (csv_path.parent / "img" / "p00-0.png").symlink_to(os.fsdecode(latin1))  # the row's path leads there
+    with pytest.raises(CxrError, match=re.escape(f"{latin1!r}: the name is not UTF-8 text")):
+        load_dataset("csv", csv_path)
 
 
 # ------------------------------------------------------------------ folder
