@@ -344,18 +344,23 @@ def _subdirectories(root: Path) -> dict[str, Path]:
 def _from_class_folders(name: str, root: Path, class_folders: dict[str, Path], skip_masks: bool = False
                         ) -> DatasetIndex:
     """One class per folder: the image files under each (but in masks/ folders, where `skip_masks`). Other
-    files are counted in `skipped` by their type (DICOM files, say, are not read); is_hidden's are ignored."""
+    files are counted in `skipped` by their type (DICOM files, say, are not read), and links to nothing as
+    broken links; is_hidden's are ignored."""
     class_files, skipped = {}, Counter()
     for class_name, folder in class_folders.items():
-        files = [path for path in data_files(folder)
+        files, broken_links = data_files(folder)
+        files = [path for path in files
                  if not (skip_masks and "masks" in {part.lower() for part in path.relative_to(folder).parts[:-1]})]
         images = [path for path in files if is_image_file(path)]
         not_read = Counter(path.suffix.lower() or "(no extension)" for path in files if not is_image_file(path))
         if not images:
             types = ", ".join(f"{suffix} {count}" for suffix, count in sorted(not_read.items()))
+            broken = f" ({len(broken_links)} link(s) to nothing, e.g. {broken_links[0]})" if broken_links else ""
             raise CxrError(f"{root}: class folder for {class_name!r} holds no images"
-                           f"{f' (only files of a type not read: {types})' if types else ''}; add images or remove "
-                           "the folder")
+                           f"{f' (only files of a type not read: {types})' if types else ''}{broken}; add images or "
+                           "remove the folder")
+        if broken_links:
+            skipped["broken link"] += len(broken_links)
         class_files[class_name] = images
         skipped.update({f"unsupported file type {suffix}": count for suffix, count in not_read.items()})
     rows = [

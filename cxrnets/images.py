@@ -8,6 +8,7 @@ then center-crop a square. Flips and normalisation happen later, on tensors
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from pathlib import Path
 
@@ -37,11 +38,29 @@ def is_hidden(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX" or name.lower() in WINDOWS_FOLDER_FILES
 
 
-def data_files(directory: Path) -> list[Path]:
-    """The files under `directory`, recursively, sorted; hidden files and folders (is_hidden) are not searched."""
-    directory = Path(directory)
-    return sorted(p for p in directory.rglob("*") if p.is_file()
-                  and not any(is_hidden(part) for part in p.relative_to(directory).parts))
+def data_files(directory: Path) -> tuple[list[Path], list[Path]]:
+    """The files under `directory`, recursively, sorted, and the links there that lead nowhere. Links to folders
+    are followed, each folder read once however many links lead to it (a link loop ends); hidden files and
+    folders (is_hidden) are not searched."""
+    files, broken_links = [], []
+    seen = {os.path.realpath(directory)}
+    for folder, subfolders, names in os.walk(directory, followlinks=True):
+        unseen = []
+        for name in sorted(subfolders):
+            real = os.path.realpath(os.path.join(folder, name))
+            if not is_hidden(name) and real not in seen:
+                seen.add(real)
+                unseen.append(name)
+        subfolders[:] = unseen
+        for name in names:
+            path = Path(folder, name)
+            if is_hidden(name):
+                continue
+            if path.is_file():
+                files.append(path)
+            elif not path.exists():  # a link to nothing
+                broken_links.append(path)
+    return sorted(files), sorted(broken_links)
 
 
 def is_image_file(path: Path) -> bool:
@@ -51,7 +70,7 @@ def is_image_file(path: Path) -> bool:
 
 def image_files(directory: Path) -> list[Path]:
     """The image files of data_files(directory)."""
-    return [path for path in data_files(directory) if is_image_file(path)]
+    return [path for path in data_files(directory)[0] if is_image_file(path)]
 
 
 def to_rgb(image: Image.Image, white_is_zero: bool = False) -> Image.Image:

@@ -209,6 +209,29 @@ def test_folder_layout(make_folder) -> None:
     assert not any("masks" in relpath or ".hidden" in relpath for relpath in relpaths)
 
 
+def test_linked_sub_folders_are_read_once_and_broken_links_counted_as_skipped(make_folder, tmp_path: Path,
+                                                                             write_image) -> None:
+    """A sub-folder of a class folder that is a link (to images kept on another disk) was passed over without a
+    word, and so was a link to a file that is gone."""
+    root = make_folder(per_class=3)
+    elsewhere = tmp_path / "elsewhere"
+    for i in range(2):
+        write_image(elsewhere / f"more-{i}.png", "L", 60, seed=800 + i)
+    (root / "healthy" / "more").symlink_to(elsewhere)
+    (root / "healthy" / "again").symlink_to(elsewhere)  # a second link to the same folder: read once
+    (root / "healthy" / "batch2" / "up").symlink_to(root / "healthy")  # a loop: read once
+    (root / "sick" / "gone.png").symlink_to(tmp_path / "deleted.png")
+    index = load_dataset("folder", root)
+    assert class_counts(index) == {"healthy": 5, "sick": 3}
+    assert {"healthy/again/more-0.png", "healthy/again/more-1.png"} <= set(index.frame["relpath"])
+    assert index.skipped == {"broken link": 1}
+    assert index.summary().endswith("; skipped: broken link 1")
+    (root / "unsure").mkdir()
+    (root / "unsure" / "scan.png").symlink_to("/unmounted/scan.png")
+    with pytest.raises(CxrError, match=r"'unsure' holds no images \(1 link\(s\) to nothing, e\.g\. .*scan.png\)"):
+        load_dataset("folder", root)
+
+
 def test_folder_under_a_path_named_masks(make_folder, tmp_path: Path) -> None:
     """Only masks/ folders inside the dataset are skipped, not the dataset's own parents."""
     root = make_folder(root=tmp_path / "masks" / "my-data", per_class=3)
