@@ -37,7 +37,8 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock, Timeout
 
-from cxrnets.data import DATASET_NAMES, DatasetIndex, dataset_options_help, load_dataset, parse_dataset_options
+from cxrnets.data import (DATASET_NAMES, DatasetIndex, dataset_options_help, leaving_out, load_dataset,
+                          parse_dataset_options)
 from cxrnets.errors import CxrError, command_ends
 from cxrnets.images import decode
 from cxrnets.names import MIN_IMAGE_SIZE
@@ -274,6 +275,7 @@ def _open(directory: Path, index: DatasetIndex, decoded: int) -> ImageCache:
     ok = table["ok"].to_numpy()
     skipped = int((~ok).sum())
     if skipped:
+        every_image = index.frame
         index = index.subset(ok)
         index.skipped["undecodable image"] = skipped
         more = f"; and {skipped - 5} more, listed in {directory / 'index.parquet'}" if skipped > 5 else ""
@@ -282,8 +284,12 @@ def _open(directory: Path, index: DatasetIndex, decoded: int) -> ImageCache:
         left = {labels[0] for labels in index.frame["labels"]}
         emptied = [name for name in index.classes if name not in left]
         if emptied and not index.multilabel:
+            relpath = next(relpath for relpath, labels in zip(every_image["relpath"], every_image["labels"])
+                           if labels == (emptied[0],))
+            class_folder = index.root / Path(relpath).parts[0]
             raise CxrError(f"{index.root}: no image of class {emptied[0]!r} can be decoded (the errors are listed "
-                           f"in {directory / 'index.parquet'}); replace its files, or remove the class")
+                           f"in {directory / 'index.parquet'}); replace its files, or "
+                           f"{leaving_out(index.name, class_folder, 'remove the class')}")
     images = CachedImages(grey, colour, slots, np.flatnonzero(ok))
     return ImageCache(directory, index, images, table.loc[ok, "sha1"].to_numpy(), decoded)
 

@@ -44,6 +44,7 @@ MULTILABEL_DATASETS = ("covid-chestxray",)  # an image may hold several labels; 
 # Layouts of anyone's images: their file names and patient ids are the owner's, and two sets' can coincide. The
 # other loaders each read one public dataset, whose names mean the same image and patient in any copy of it.
 OWN_LAYOUTS = ("folder", "csv")
+FIXED_LAYOUTS = ("covid-radiography", "covid-pneumonia-normal")  # each of their class folders is required
 
 RADIOGRAPHY_CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
 PNEUMONIA_NORMAL_CLASSES = ("covid", "normal", "pneumonia")
@@ -341,6 +342,15 @@ def _subdirectories(root: Path) -> dict[str, Path]:
     return folders
 
 
+def leaving_out(dataset: str, class_folder: Path, otherwise: str) -> str:
+    """How to go on without the class whose folder is `class_folder`: `otherwise`, but in FIXED_LAYOUTS, which
+    refuse a missing class folder, by setting the folder aside and reading the others as a folder dataset."""
+    if dataset not in FIXED_LAYOUTS:
+        return otherwise
+    return (f"move {class_folder} out of {class_folder.parent} and pass --dataset folder, which reads the class "
+            f"folders there are ({dataset} needs every one of its own)")
+
+
 def _from_class_folders(name: str, root: Path, class_folders: dict[str, Path], skip_masks: bool = False
                         ) -> DatasetIndex:
     """One class per folder: the image files under each (but in masks/ folders, where `skip_masks`). Other
@@ -356,9 +366,10 @@ def _from_class_folders(name: str, root: Path, class_folders: dict[str, Path], s
         if not images:
             types = ", ".join(f"{suffix} {count}" for suffix, count in sorted(not_read.items()))
             broken = f" ({len(broken_links)} link(s) to nothing, e.g. {broken_links[0]})" if broken_links else ""
+            class_folder = root / folder.relative_to(root).parts[0]  # covid-radiography's holds images/
             raise CxrError(f"{root}: class folder for {class_name!r} holds no images"
-                           f"{f' (only files of a type not read: {types})' if types else ''}{broken}; add images or "
-                           "remove the folder")
+                           f"{f' (only files of a type not read: {types})' if types else ''}{broken}; add images, or "
+                           f"{leaving_out(name, class_folder, 'remove the folder')}")
         if broken_links:
             skipped["broken link"] += len(broken_links)
         class_files[class_name] = images

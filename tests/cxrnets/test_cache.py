@@ -183,6 +183,20 @@ def test_a_class_without_a_decodable_image_is_refused_naming_it(make_folder, tmp
         build_cache(index, SIZE, cache_root=tmp_path)
 
 
+def test_a_class_of_a_fixed_layout_without_a_decodable_image_gets_a_remedy_that_works_there(
+        make_pneumonia_normal, tmp_path: Path) -> None:
+    """"remove the class": its folder removed, covid-pneumonia-normal refused the dataset as missing it."""
+    root = make_pneumonia_normal(per_class=3)
+    for path in (root / "normal").glob("normal-*"):
+        path.write_bytes(b"not a picture")
+    with pytest.raises(CxrError, match=rf"{root}: no image of class 'normal' can be decoded .*; replace its files, "
+                                       rf"or move {root / 'normal'} out of {root} and pass --dataset folder"):
+        build_cache(load_dataset("covid-pneumonia-normal", root), SIZE, cache_root=tmp_path / "cache")
+    (root / "normal").rename(tmp_path / "set-aside")  # the remedy, followed
+    assert build_cache(load_dataset("folder", root), SIZE, cache_root=tmp_path / "cache").index.classes == [
+        "covid", "pneumonia"]
+
+
 def test_concurrent_builds_decode_once(radiography, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     original = cache_module._decode_into

@@ -169,6 +169,25 @@ def test_pneumonia_normal_empty_class(make_pneumonia_normal) -> None:
         load_dataset("covid-pneumonia-normal", root)
 
 
+@pytest.mark.parametrize("name, emptied", [("covid-radiography", "Lung_Opacity"), ("covid-pneumonia-normal", "normal")])
+def test_an_empty_class_folder_of_a_fixed_layout_gets_a_remedy_that_works_there(name: str, emptied: str,
+                                                                                 make_radiography,
+                                                                                 make_pneumonia_normal,
+                                                                                 tmp_path: Path) -> None:
+    """"add images or remove the folder": removed, the folder was then missing, which these layouts refuse."""
+    root = {"covid-radiography": make_radiography, "covid-pneumonia-normal": make_pneumonia_normal}[name]()
+    images = root / emptied / "images" if name == "covid-radiography" else root / emptied
+    for path in images.iterdir():
+        path.unlink()
+    with pytest.raises(CxrError, match=rf"{root}: class folder for '{emptied}' holds no images.*; add images, or "
+                                       rf"move {root / emptied} out of {root} and pass --dataset folder") as refused:
+        load_dataset(name, root)
+    assert "remove the folder" not in str(refused.value)
+    shutil.move(root / emptied, tmp_path / "set-aside")  # the remedy, followed
+    assert sorted(class_counts(load_dataset("folder", root))) == sorted(
+        folder.name for folder in root.iterdir() if folder.is_dir())
+
+
 def test_pneumonia_normal_missing_class(make_pneumonia_normal) -> None:
     root = make_pneumonia_normal(per_class=3)
     shutil.rmtree(root / "normal")
