@@ -140,8 +140,10 @@ def make_split(frame: pd.DataFrame, strata: pd.Series, val_fraction: float = 0.1
     split = frame[["relpath", "patient", "sha1"]].reset_index(drop=True).copy()
     split["stratum"] = strata.to_numpy()
     groups = leakage_groups(split["patient"], split["sha1"])
+    near_identical: list[tuple[int, int, int]] = []
     if fingerprints is not None:
-        groups = _join_near_identical(split, groups, fingerprints, near_identical_bits)
+        groups, near_identical = _join_near_identical(split, groups, fingerprints, near_identical_bits)
+    _warn_of_contradictory_labels(split, near_identical)
     labels = pd.factorize(split["stratum"])[0]
     assignment = np.full(len(split), "train", dtype=object)
     marked = frame["heldout"].to_numpy(dtype=bool) if "heldout" in frame else np.zeros(len(split), dtype=bool)
@@ -166,8 +168,9 @@ def make_split(frame: pd.DataFrame, strata: pd.Series, val_fraction: float = 0.1
 
 
 def _join_near_identical(split: pd.DataFrame, groups: np.ndarray, fingerprints: np.ndarray,
-                         within: int) -> np.ndarray:
-    """`groups` with the groups of near-identical images joined (logged, with the first pair that joined two)."""
+                         within: int) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """`groups` with the groups of near-identical images joined (logged, with the first pair that joined two), and
+    the near-identical pairs of rows."""
     if len(split) >= LARGE_DATASET:
         log.info("comparing the fingerprints of %d images to find near-identical ones", len(split))
     pairs = near_identical_pairs(fingerprints, within)
@@ -182,7 +185,25 @@ def _join_near_identical(split: pd.DataFrame, groups: np.ndarray, fingerprints: 
                     "largest group holds %d images (%d before)", merged, split["relpath"][i], split["patient"][i],
                     split["relpath"][j], split["patient"][j], bits, BITS, np.bincount(joined).max(),
                     np.bincount(groups).max())
-    return joined
+    return joined, pairs
+
+
+def _warn_of_contradictory_labels(split: pd.DataFrame, near_identical: list[tuple[int, int, int]]) -> None:
+    """Warn, once, of the pictures labelled two ways: identical files, or `near_identical` rows of two patients
+    (one patient's X-rays days apart may look alike and rightly differ), whose strata differ."""
+    patients = split["patient"].to_numpy()
+    other_patients = [(i, j, bits) for i, j, bits in near_identical if patients[i] != patients[j]]
+    picture = leakage_groups(pd.Series(range(len(split))), split["sha1"], other_patients)
+    labels = split["stratum"].groupby(picture).nunique()
+    contradictory = labels.index[labels > 1]
+    if len(contradictory) == 0:
+        return
+    copies = split[picture == contradictory[0]]
+    first = copies.iloc[0]
+    other = copies[copies["stratum"] != first["stratum"]].iloc[0]
+    log.warning("%d picture(s) under two labels (identical files, or near-identical X-rays): the model learns or is "
+                "tested on both; e.g. %s labelled %r and %s labelled %r: remove one copy, or fix its label",
+                len(contradictory), first["relpath"], first["stratum"], other["relpath"], other["stratum"])
 
 
 def check_leakage(split: pd.DataFrame) -> None:

@@ -218,6 +218,43 @@ def test_near_identical_images_are_joined_and_the_log_names_a_pair_and_the_large
     assert "the largest group holds 3 images (1 before)" in caplog.text
 
 
+def test_one_file_in_two_class_folders_is_warned_of_with_both_labels(make_folder, caplog) -> None:
+    """The same X-ray filed under two classes was kept on one side of the split without a word: the model
+    trained (or was tested) on both labels of it."""
+    root = make_folder(classes={"healthy": 60, "sick": 190}, per_class=14)
+    (root / "sick" / "copy.png").write_bytes((root / "healthy" / "img-001.png").read_bytes())
+    index = load_dataset("folder", root)
+    with caplog.at_level("WARNING", logger="cxrnets.splits"):
+        split = split_of(index)
+    part = split.set_index("relpath")["split"]
+    assert part["healthy/img-001.png"] == part["sick/copy.png"]  # the split is as before: one side
+    warnings = [record.getMessage() for record in caplog.records if "two labels" in record.getMessage()]
+    assert warnings == ["1 picture(s) under two labels (identical files, or near-identical X-rays): the model learns "
+                        "or is tested on both; e.g. healthy/img-001.png labelled 'healthy' and sick/copy.png labelled "
+                        "'sick': remove one copy, or fix its label"]
+
+
+def test_near_identical_x_rays_under_two_labels_are_warned_of_once(caplog) -> None:
+    from cxrnets.fingerprints import BITS, PROBES
+
+    rows = 40
+    frame = pd.DataFrame({"relpath": [f"img{i}.png" for i in range(rows)], "patient": [f"p{i}" for i in range(rows)],
+                          "sha1": [f"{i:040x}" for i in range(rows)]})
+    prints = np.random.default_rng(0).integers(0, 256, (rows, len(PROBES), BITS // 8), dtype=np.uint8)
+    prints[[3, 5]] = prints[1]  # img1, img3 and img5 are one X-ray, all labelled x: no warning
+    prints[[11, 14]] = prints[10]  # img10 (y), img11 (x) and img14 (y) are one X-ray
+    prints[[21, 22]] = prints[20]  # img20 (y), img21 (x) and img22 (y) are one X-ray
+    prints[31] = prints[30]  # img30 (y) and img31 (x): one patient's X-rays, days apart, rightly labelled apart
+    frame.loc[31, "patient"] = "p30"
+    strata = pd.Series(["x" if i % 2 else "y" for i in range(rows)])
+    with caplog.at_level("WARNING", logger="cxrnets.splits"):
+        make_split(frame, strata, seed=0, fingerprints=prints)
+    warnings = [record.getMessage() for record in caplog.records if "two labels" in record.getMessage()]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("2 picture(s) under two labels")
+    assert "e.g. img10.png labelled 'y' and img11.png labelled 'x'" in warnings[0]
+
+
 def hand_made_split() -> pd.DataFrame:
     return pd.DataFrame({
         "relpath": ["a.png", "b.png", "c.png", "d.png"],
