@@ -45,7 +45,7 @@ from cxrnets.names import MIN_IMAGE_SIZE
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 3  # bump when decoding, resizing or the files of a cache change
+CACHE_FORMAT = 4  # bump when decoding, resizing or the files of a cache change (4: 16-bit grey windowed)
 PROGRESS_SECONDS = 30  # a progress line at least this often while decoding, besides every 500 images
 READ_RETRY_SECONDS = 2  # a file that fails to read is read again after this pause (a network file system's hiccup)
 

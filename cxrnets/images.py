@@ -23,8 +23,11 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".
 # limit too (Image.MAX_IMAGE_PIXELS, 89.5 million pixels by default, for the whole process).
 MAX_PIXELS = 20_000 * 20_000
 
-# The modes in which Pillow holds greyscale of more than 8 bits: to_rgb stretches them to 8.
+# The modes in which Pillow holds greyscale of more than 8 bits: to_rgb windows them into 8.
 HIGH_BIT_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+# The percentiles of its pixels between which to_rgb windows such an image: one hot pixel or a burned-in marker at
+# 65535 would leave a 12-bit X-ray near black if its extremes were the window.
+WINDOW_PERCENTILES = (0.5, 99.5)
 
 PNG_COLOUR_TYPES = {2: "RGB", 4: "grey+alpha", 6: "RGBA"}  # those that may hold 16 bits per sample
 
@@ -77,11 +80,13 @@ def to_rgb(image: Image.Image, white_is_zero: bool = False) -> Image.Image:
     """Convert any PIL mode (1, L, LA, P, RGB, RGBA, CMYK, I;16, I, F) to 8-bit RGB.
 
     Transparent pixels are composited onto black, the background of an X-ray.
-    High-bit-depth greyscale (16-bit PNG, 32-bit int or float) is stretched
-    from its own min..max to 0..255, since many 16-bit X-rays use 10-12 bits,
-    then inverted if `white_is_zero` (a TIFF's PhotometricInterpretation 0,
-    which Pillow inverts itself in 8-bit images only); its NaN and infinite
-    pixels become black (ValueError if it has no other pixel).
+    High-bit-depth greyscale (16-bit PNG, 32-bit int or float) is windowed
+    to 0..255 between its own WINDOW_PERCENTILES, clipping the pixels outside
+    (between its min and max where those percentiles coincide), since many
+    16-bit X-rays use 10-12 bits, then inverted if `white_is_zero` (a TIFF's
+    PhotometricInterpretation 0, which Pillow inverts itself in 8-bit images
+    only); its NaN and infinite pixels become black (ValueError if it has no
+    other pixel).
     """
     if image.mode in ("P", "1", "L", "RGB") and image.info.get("transparency") is not None:
         # a palette entry or a tRNS colour marks transparent pixels: make them an alpha channel
@@ -93,10 +98,12 @@ def to_rgb(image: Image.Image, white_is_zero: bool = False) -> Image.Image:
         finite = np.isfinite(array)
         if not finite.any():
             raise ValueError("every pixel is NaN or infinite")
-        low, high = float(array[finite].min()), float(array[finite].max())
+        low, high = np.percentile(array[finite], WINDOW_PERCENTILES)
+        if high <= low:  # nearly every pixel is one value
+            low, high = array[finite].min(), array[finite].max()
         scale = 255.0 / (high - low) if high > low else 0.0
         array[~finite] = low
-        grey = ((array - low) * scale).round()
+        grey = ((np.clip(array, low, high) - low) * scale).round()
         if white_is_zero:
             grey = 255.0 - grey
         grey[~finite] = 0.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -427,6 +428,18 @@ def test_prune_deletes_only_what_this_version_never_reads(radiography, tmp_path:
     with pytest.raises(SystemExit):
         cache_module.main(["--cache-dir", str(cache_root)])  # neither a dataset nor --prune
     assert "--dataset and --data-root are required (or --prune)" in capsys.readouterr().err
+
+
+def test_a_cache_from_before_16_bit_x_rays_were_windowed_is_stale(radiography, tmp_path: Path) -> None:
+    """Format 3 caches hold 16-bit grey stretched from its minimum to its maximum (cxrnets.images windows it between
+    percentiles now): none is read again, and --prune deletes them."""
+    cache_root = tmp_path / "cache"
+    current = build_cache(radiography, SIZE, cache_root=cache_root)
+    stretched = cache_root / "covid-radiography-24px-0123456789abcdef"
+    shutil.copytree(current.directory, stretched)
+    meta = json.loads((stretched / "meta.json").read_text())
+    (stretched / "meta.json").write_text(json.dumps({**meta, "format": 3}))
+    assert cache_module.stale_caches(cache_root) == [stretched]
 
 
 def test_cache_cli_takes_the_loaders_options(make_csv_dataset, tmp_path: Path, capsys) -> None:

@@ -107,6 +107,26 @@ def test_a_16_bit_grey_image_written_by_hand_is_read_like_pillows() -> None:
     assert by_hand.max() >= 250
 
 
+def test_a_hot_pixel_or_a_burned_in_marker_does_not_darken_a_16_bit_x_ray() -> None:
+    """16-bit grey was stretched from its minimum to its maximum: one pixel at 65535 (a dead detector element, a
+    burned-in marker) left a 12-bit X-ray near black (mean 6.9 of 255)."""
+    plain = decode(png(TWELVE_BIT_RAMP, colour_type=0), 64)
+    for marker in (np.s_[0, 0], np.s_[:2, :4]):  # one pixel; eight (0.2% of the image)
+        marked = TWELVE_BIT_RAMP.copy()
+        marked[marker] = 65535
+        decoded = decode(png(marked, colour_type=0), 64)
+        assert abs(decoded.mean() - plain.mean()) < 2 and decoded.mean() > 120
+        assert decoded[0, 0, 0] == 255  # the marker itself is clipped to white
+
+
+def test_a_16_bit_image_of_almost_one_value_keeps_what_else_it_shows() -> None:
+    """Where the window's percentiles coincide, the image's minimum and maximum window it instead."""
+    almost_flat = np.full((64, 64), 1000, dtype=np.uint16)
+    almost_flat[:4, :4] = 3000  # 0.4% of the image
+    decoded = decode(png(almost_flat, colour_type=0), 64)
+    assert decoded[0, :4, :4].min() == 255 and decoded[0, 8:, 8:].max() == 0
+
+
 @pytest.mark.parametrize("kind", ["RGB PNG", "grey+alpha PNG", "RGBA PNG", "RGB TIFF"])
 def test_16_bit_colour_or_alpha_is_refused_saying_how_to_convert(kind: str) -> None:
     """Pillow keeps the high byte of each sample of these: a 12-bit X-ray came out nearly black."""
