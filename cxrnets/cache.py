@@ -6,9 +6,9 @@ equal), `colour.u8` (the three planes of each image whose channels differ, K of 
 figure, a photograph), `index.parquet` (relpath, sha1 of the file, whether it decoded, its row in
 `colour.u8` or -1) and `meta.json`. `CachedImages` reads them back as one (N, 3, size, size) array
 would be read, bit for bit what `cxrnets.images.decode` gives. The key hashes the dataset name, the
-image size and every file's path, size and mtime, so it changes when the files change. Building runs
-under a file lock: two trials on a node never build the same cache at once; the second one waits and
-reads.
+image size, the Pillow version (another may decode a file otherwise) and every file's path, size and
+mtime, so it changes when the files change. Building runs under a file lock: two trials on a node never
+build the same cache at once; the second one waits and reads.
 
 Stage a dataset on a node before a study (the cluster's setup commands do this):
 
@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import PIL
 from filelock import FileLock, Timeout
 
 from cxrnets.data import (DATASET_NAMES, DatasetIndex, dataset_options_help, leaving_out, load_dataset,
@@ -109,7 +110,7 @@ class ImageCache:
 
 
 def cache_key(index: DatasetIndex, image_size: int) -> str:
-    digest = hashlib.sha256(f"{CACHE_FORMAT}|{index.name}|{image_size}".encode())
+    digest = hashlib.sha256(f"{CACHE_FORMAT}|{PIL.__version__}|{index.name}|{image_size}".encode())
     for relpath, path in zip(index.frame["relpath"], index.paths()):
         stat = path.stat()
         digest.update(f"|{relpath}|{stat.st_size}|{stat.st_mtime_ns}".encode())
@@ -237,9 +238,9 @@ def _decode_files(partial: Path, index: DatasetIndex, image_size: int, workers: 
     colour = int((slots >= 0).sum())
     if colour:
         log.info("%d of %d images are in colour (three planes each in the cache)", colour, len(paths))
-    meta = {"format": CACHE_FORMAT, "dataset": index.name, "root": str(index.root), "image_size": image_size,
-            "images": len(paths), "colour_images": colour, "undecodable": int((~frame["ok"]).sum()),
-            "bytes": grey.nbytes + colour * 3 * image_size * image_size,
+    meta = {"format": CACHE_FORMAT, "pillow": PIL.__version__, "dataset": index.name, "root": str(index.root),
+            "image_size": image_size, "images": len(paths), "colour_images": colour,
+            "undecodable": int((~frame["ok"]).sum()), "bytes": grey.nbytes + colour * 3 * image_size * image_size,
             "seconds": round(time.perf_counter() - started, 2)}
     (partial / "meta.json").write_text(json.dumps(meta, indent=2))
 
@@ -298,8 +299,8 @@ CACHE_FOLDER = re.compile(r".+-\d+px-[0-9a-f]{16}(\.partial)?")  # <dataset>-<si
 
 
 def stale_caches(cache_root: str | Path | None = None) -> list[Path]:
-    """The cache folders under `cache_root` that this version never reads: those of another format (or
-    without the meta.json a complete cache has), and the `.partial` folders that a killed build left
+    """The cache folders under `cache_root` that this version never reads: those of another format or Pillow
+    (or without the meta.json a complete cache has), and the `.partial` folders that a killed build left
     (no build holds their lock). Other folders there (the analysis's downloads/) are not caches."""
     cache_root = Path(cache_root) if cache_root else default_cache_root()
     stale = []
@@ -310,7 +311,8 @@ def stale_caches(cache_root: str | Path | None = None) -> list[Path]:
             stale.append(folder)
             continue
         try:
-            current = json.loads((folder / "meta.json").read_text()).get("format") == CACHE_FORMAT
+            meta = json.loads((folder / "meta.json").read_text())
+            current = meta.get("format") == CACHE_FORMAT and meta.get("pillow") == PIL.__version__
         except (OSError, ValueError):
             current = False
         if not current:
@@ -352,8 +354,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", default=None,
                         help="cache root (default: $CXR_TUNE_CACHE or ~/.cache/cxr-tune)")
     parser.add_argument("--prune", action="store_true",
-                        help="delete the cache folders this version never reads (another cache format's, a "
-                             "killed build's) and stop")
+                        help="delete the cache folders this version never reads (another cache format's or "
+                             "Pillow's, a killed build's) and stop")
     args = parser.parse_args(argv)
     args.cache_dir = absolute_cache_dir(args.cache_dir)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import PIL
 import pytest
 from filelock import FileLock
 from PIL import Image
@@ -69,6 +70,16 @@ def test_touching_a_file_changes_the_key(radiography, tmp_path: Path) -> None:
     again = build_cache(radiography, SIZE, cache_root=tmp_path)
     assert again.decoded == 12 and again.directory != first.directory
     np.testing.assert_array_equal(np.asarray(again.images), np.asarray(first.images))  # same content
+
+
+def test_another_pillow_is_another_cache(radiography, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a Pillow upgrade the cache served the old Pillow's pixels, while cxrnets.predict decoded afresh with
+    the new one: the cache is the decoded images bit for bit only if one Pillow made both."""
+    first = build_cache(radiography, SIZE, cache_root=tmp_path)
+    monkeypatch.setattr(PIL, "__version__", "99.0.0")
+    again = build_cache(radiography, SIZE, cache_root=tmp_path)
+    assert again.decoded == 12 and again.directory != first.directory
+    assert cache_module.stale_caches(tmp_path) == [first.directory]  # never read by this Pillow: --prune deletes it
 
 
 def test_changing_a_file_rebuilds_with_new_pixels(radiography, tmp_path: Path, write_image) -> None:
