@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\ninterrupted; continue the confirm run with\n"
                   f"  python -m study.confirm {quote(args.study_dir)} --resume", file=sys.stderr)
         return 130  # as a shell reports a command stopped by Ctrl-C
-    from study.driver import errored_line, interrupted_line, tensorboard_line, unfinished_trials
+    from study.driver import analysis_line, errored_line, interrupted_line, tensorboard_line, unfinished_trials
 
     uri = confirm_uri(load_settings(args.study_dir).study_uri)
     print(f"\nconfirm run: {uri}")
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     if unfinished:
         print(interrupted_line(unfinished, "confirm run", resume_command))
         return 130  # as a shell reports a command stopped by Ctrl-C
-    print(f"analysis:    python -m study.analyze {quote(args.study_dir)}")
+    print(analysis_line(args.study_dir))
     return 0
 
 

@@ -664,7 +664,15 @@ def print_summary(settings: StudySettings) -> None:
     print(f"results:     {settings.study_uri}/results (Parquet, every trial and epoch)")
     for line in watch_commands(settings, running=False):
         print(line)
-    print(f"analysis:    python -m study.analyze {quote(settings.study_uri)}")
+    print(analysis_line(settings.study_uri))
+
+
+def analysis_line(uri: str) -> str:
+    """The command that analyses the study at `uri`; one in object storage needs a local --out for its report."""
+    line = f"analysis:    python -m study.analyze {quote(uri)}"
+    if storage.is_remote(uri):
+        line += f" --out {quote(storage.name_of(uri) + '-report')}"
+    return line
 
 
 def tensorboard_line(uri: str) -> str:
@@ -693,5 +701,5 @@ def watch_commands(settings: StudySettings, running: bool) -> list[str]:
         lines.append(f"optuna:      {storage_file_uri(settings.study_uri)}: download it, then "
                      f"{dashboard} sqlite:///optuna.db")
     if importlib.util.find_spec("optuna_dashboard") is None:
-        lines[-1] += '  (an optional extra: pip install -e ".[dashboard]")'
+        lines[-1] += "  (an optional extra: pip install optuna-dashboard)"
     return lines

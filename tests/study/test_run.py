@@ -689,7 +689,7 @@ def test_study_over_two_models_and_both_optimizers_completes(main_study, capsys)
     assert f"tensorboard --logdir {study_dir}" in out
     dashboard = f"optuna-dashboard sqlite:///{study_dir}/optuna.db"
     installed = importlib.util.find_spec("optuna_dashboard") is not None
-    assert (dashboard + "\n" if installed else dashboard + '  (an optional extra: pip install -e ".[dashboard]")') in out
+    assert (dashboard + "\n" if installed else dashboard + "  (an optional extra: pip install optuna-dashboard)") in out
     # what the study leaves: its size, and how much of it the weights --keep kept are
     weights_mb = sum(f.stat().st_size for f in (study_dir / "weights").iterdir()) / 1e6
     assert f"MB in all; {weights_mb:,.0f} MB of it the best weights of each model's best trial, --keep 1)" in out
@@ -1448,6 +1448,18 @@ def test_the_tensorboard_line_names_the_package_tensorboard_needs_for_a_bucket(s
     line = watch_commands(settings, running=True)[0]
     expected = f"tensorboard: tensorboard --logdir {storage_uri}/s"
     assert line == (expected + f"  (TensorBoard reads this with {reader}: pip install {reader})" if reader else expected)
+
+
+@pytest.mark.parametrize("study_uri, command", [
+    ("s3://bucket/studies/paper grid", "python -m study.analyze 's3://bucket/studies/paper grid' --out "
+                                       "'paper grid-report'"),
+    ("/tmp/studies/demo", "python -m study.analyze /tmp/studies/demo"),
+])
+def test_the_printed_analysis_command_runs_as_printed(study_uri, command):
+    """A study in a bucket has no local folder for its report: the command it prints names one (--out)."""
+    from study.driver import analysis_line
+
+    assert analysis_line(study_uri) == f"analysis:    {command}"
 
 
 def test_printed_commands_quote_a_study_path_with_a_space(tmp_path):
