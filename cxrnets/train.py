@@ -212,15 +212,18 @@ def warn_of_absent_classes(run) -> None:
     """Warn of a class with no image on a split: on the training split the model cannot learn it; on the
     validation or test split the macro averages (cxrnets.metrics) count it as 0 in precision, recall and F1, and
     leave it out of the ROC AUC, which is nan where no class has one."""
-    for part, name in (("train", "training"), ("val", "validation"), ("test", "test")):
+    from cxrnets.training import named_counts, patients_per_split
+
+    patients = patients_per_split(run.data)
+    untrained = patients[patients["train"] == 0]
+    if len(untrained):
+        log.warning("no training image of %s (patients on train/val/test): the model cannot learn %s",
+                    named_counts(untrained), "it" if len(untrained) == 1 else "them")
+    for part, name in (("val", "validation"), ("test", "test")):
         targets = run.data.targets[run.data.rows(part)]
         counts = targets.sum(axis=0) if run.multilabel else np.bincount(targets, minlength=len(run.classes))
         absent = [run.classes[k] for k in np.flatnonzero(counts == 0)]
         if not absent:
-            continue
-        if part == "train":
-            log.warning("no training image of %s: the model cannot learn %s", ", ".join(absent),
-                        "it" if len(absent) == 1 else "them")
             continue
         # A class's one-vs-rest ROC AUC needs images of it and images without it.
         ranked = ((counts > 0) & (counts < len(targets))).sum() if run.multilabel else (counts > 0).sum() > 1

@@ -34,7 +34,7 @@ from cxrnets.fingerprints import cache_fingerprints
 from cxrnets.metrics import classification_metrics
 from cxrnets.models import build_model
 from cxrnets.names import OPTIMIZER_NAMES, check_device_name
-from cxrnets.splits import describe, load_split, make_split, save_split
+from cxrnets.splits import SPLITS, describe, load_split, make_split, patients_per_class, save_split
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,19 @@ class PreparedData:
 
     def rows(self, name: str) -> np.ndarray:
         return np.flatnonzero(self.split["split"].to_numpy() == name)
+
+
+def patients_per_split(data: PreparedData) -> pd.DataFrame:
+    """How many patients of each class (rows, by class name) the train, val and test splits hold (columns).
+    A class with none on train is one no model of `data` can learn."""
+    split = data.split.assign(stratum=data.index.stratum().to_numpy())  # a --split-file may have no stratum
+    return pd.DataFrame({part: patients_per_class(split, part) for part in SPLITS})
+
+
+def named_counts(patients: pd.DataFrame) -> str:
+    """`ARDS (0/0/2), Fungal (0/1/0)`: each class of patients_per_split's table with its patients on
+    train/val/test."""
+    return ", ".join(f"{name} ({row.train}/{row.val}/{row.test})" for name, row in patients.iterrows())
 
 
 def prepare_data(config: TrainConfig, split: pd.DataFrame | None = None,

@@ -42,8 +42,9 @@ from cxrnets.errors import CxrError  # noqa: E402
 from cxrnets.fingerprints import FINGERPRINT_SIZE, NEAR_IDENTICAL_BITS, cache_fingerprints  # noqa: E402
 from cxrnets.metrics import majority_baseline  # noqa: E402
 from cxrnets.models import fetch_imagenet_weights  # noqa: E402
-from cxrnets.splits import describe, make_split, patients_per_class, split_digest  # noqa: E402
-from cxrnets.training import SPLIT_COLUMNS, align_split  # noqa: E402
+from cxrnets.splits import describe, make_split, split_digest  # noqa: E402
+from cxrnets.training import (SPLIT_COLUMNS, PreparedData, align_split, named_counts,  # noqa: E402
+                              patients_per_split)
 from study import storage  # noqa: E402
 from study.asha import BestEpochASHA, PromotingASHA, PromotionGate  # noqa: E402
 from study.checkpoints import WEIGHTS_DIR, CheckpointPolicy, WeightsKeeper, prune_weights  # noqa: E402
@@ -127,7 +128,7 @@ def prepare_splits(settings: StudySettings, resume: bool) -> dict[str, pd.DataFr
         log.info("%s split: %s; majority-class baseline val/f1_macro %.3f", dataset, describe(split),
                  baseline["f1_macro"])
         if not resume:
-            warn_of_thin_classes(dataset, split, settings)
+            warn_of_thin_classes(dataset, PreparedData(cache, targets, split), settings)
         splits[dataset] = split[SPLIT_COLUMNS]
         settings.baselines[dataset] = baseline
     if not resume:
@@ -155,19 +156,59 @@ def fetch_pretrained_weights(settings: StudySettings) -> None:
                                f"{settings.space_source})") from error
 
 
-def warn_of_thin_classes(dataset: str, split: pd.DataFrame, settings: StudySettings) -> None:
-    """Warn, before anything trains, of a class with fewer than 2 patients on the validation or test split."""
+def warn_of_thin_classes(dataset: str, data: PreparedData, settings: StudySettings) -> None:
+    """Warn, before anything trains, of a class with no patient on the training split, and of one with fewer
+    than 2 on the validation or test split."""
+    patients = patients_per_split(data)
+    untrained = patients[patients["train"] == 0]
+    if len(untrained):
+        warn_of_untrained_classes(dataset, untrained, settings, data.index.multilabel)
+    trained = patients[patients["train"] > 0]
     consequences = {
-        "val": ("--val-fraction", settings.val_fraction, "ASHA and Optuna, choosing on an average over classes "
-                "(macro F1, ...), choose on that one patient's images"),
-        "test": ("--test-fraction", settings.test_fraction, "the analysis cannot give the averages over classes "
-                 "(macro F1, ...) an interval"),
+        "val": ("--val-fraction", settings.val_fraction,
+                "ASHA and Optuna, choosing on an average over classes (macro F1, ...), choose on that one "
+                "patient's images",
+                "the averages over classes (macro F1, ...) that ASHA and Optuna choose on count such a class as 0 "
+                "whatever the trial: nothing to choose on for it"),
+        "test": ("--test-fraction", settings.test_fraction,
+                 "the analysis cannot give the averages over classes (macro F1, ...) an interval",
+                 "the analysis has no image to test such a class on: its averages over classes (macro F1, ...) "
+                 "count it as 0 whatever the model"),
     }
-    for part, (flag, fraction, consequence) in consequences.items():
-        thin = [f"{name} ({count})" for name, count in patients_per_class(split, part).items() if count < 2]
-        if thin:
+    for part, (flag, fraction, on_one, on_none) in consequences.items():
+        one = trained[trained[part] == 1]
+        if len(one):
             log.warning("%s: fewer than 2 patients on the %s split for %s: %s; a larger %s (now %g) gives the "
-                        "class more", dataset, part, ", ".join(thin), consequence, flag, fraction)
+                        "class more", dataset, part, ", ".join(f"{name} (1)" for name in one.index), on_one, flag,
+                        fraction)
+        none = trained[trained[part] == 0]
+        if len(none):
+            log.warning("%s: no patient on the %s split for %s: %s; a larger %s (now %g) may give the class some",
+                        dataset, part, ", ".join(none.index), on_none, flag, fraction)
+
+
+def warn_of_untrained_classes(dataset: str, untrained: pd.DataFrame, settings: StudySettings,
+                              multilabel: bool) -> None:
+    """Warn of the classes no training patient holds (`untrained`: their patients on train/val/test): no trial
+    can learn them, yet the averages over classes count them wherever they have images."""
+    them, they_have = ("it", "it has") if len(untrained) == 1 else ("them", "they have")
+    chosen_on_macro = "macro" in settings.metric
+    if chosen_on_macro:
+        counted_on = (f"the validation split, which ASHA and Optuna choose on (--metric {settings.metric}), and the "
+                      "test split, which the analysis reports")
+    else:
+        counted_on = "the test split, which the analysis reports, and the validation split"
+    remedies = [f"add images of more patients of {them}"]
+    several = [name for name, row in untrained.iterrows() if row.sum() > 1]
+    if several:
+        remedies.append(f"try another --seed, which may put a patient of {', '.join(several)} on train")
+    if chosen_on_macro:
+        micro = "val/f1_micro" if multilabel else "val/accuracy"
+        remedies.append(f"choose on --metric {micro}, which weighs each class by its images")
+    remedy = ", ".join(remedies[:-1]) + ", or " + remedies[-1] if len(remedies) > 1 else remedies[0]
+    log.warning("%s: no patient on the train split for %s (patients on train/val/test): no trial can learn %s, yet "
+                "the averages over classes (macro F1, ...) count %s wherever %s images, on %s; %s", dataset,
+                named_counts(untrained), them, them, they_have, counted_on, remedy)
 
 
 # ------------------------------------------------------------------ Ray

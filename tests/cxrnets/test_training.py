@@ -374,10 +374,14 @@ def test_cli_says_why_a_class_without_validation_images_gives_a_nan_roc_auc(tiny
 
 
 def test_cli_warns_of_a_class_without_training_images(tiny_folder: Path, tmp_path: Path, caplog) -> None:
+    """The class is named with its patients on train/val/test (counted as a study counts them before it trains)."""
     split_file = split_file_moving_bright(tiny_folder, tmp_path, "train", to="test")
+    split = pd.read_csv(split_file, dtype=str, keep_default_na=False)
+    val, test = ((split["stratum"] == "bright") & (split["split"] == part) for part in ("val", "test"))
     with caplog.at_level(logging.INFO, logger="cxrnets.train"):
         assert main(tiny_cli_arguments(tiny_folder, tmp_path, "--epochs", "1", "--split-file", str(split_file))) == 0
-    assert "no training image of bright: the model cannot learn it" in caplog.text
+    assert (f"no training image of bright (0/{val.sum()}/{test.sum()}) (patients on train/val/test): the model "
+            "cannot learn it") in caplog.text
 
 
 def test_align_split_orders_like_the_data() -> None:

@@ -1,0 +1,68 @@
+"""study.driver's steps before Ray: the study's split of each dataset and the warnings about it.
+
+No trial runs here: `prepare_splits` indexes, decodes (at 32 px) and splits a tiny dataset built in its real
+layout (tests/conftest.py). The study end to end is tests/study/test_run.py's.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from study.driver import prepare_splits
+from study.run import build_parser, settings_from_args
+from study.settings import StudySettings
+
+SPACE = "search:\n  model: {value: resnet50}\n  optimizer: {value: adam}\n  lr: {value: 0.001}\n"
+
+
+def study_settings(tmp_path: Path, dataset: str, data: Path, *extra: str) -> StudySettings:
+    (tmp_path / "space.yaml").write_text(SPACE)
+    return settings_from_args(build_parser().parse_args([
+        "--space", str(tmp_path / "space.yaml"), "--dataset", dataset, "--data-root", str(data),
+        "--storage", str(tmp_path / "studies"), "--name", "thin", "--cache-dir", str(tmp_path / "cache"),
+        "--image-size", "32", *extra]))
+
+
+@pytest.fixture
+def chestxray_warnings(tmp_path: Path, make_chestxray, caplog) -> list[str]:
+    """The warnings of a new multi-label study of the covid-chestxray fixture, seed 0: its split puts ARDS's
+    2 patients on test, the one of Fungal, Pneumocystis and SARS each on validation, none on train."""
+    settings = study_settings(tmp_path, "covid-chestxray", make_chestxray(), "--seed", "0")
+    with caplog.at_level(logging.WARNING, logger="study.driver"):
+        prepare_splits(settings, resume=False)
+    return [record.getMessage() for record in caplog.records if record.name == "study.driver"]
+
+
+def test_a_new_study_warns_of_classes_no_training_patient_holds(chestxray_warnings: list[str]) -> None:
+    """No trial can learn a class without a training image, yet the macro averages the study chooses on count
+    it: the study says so before it trains, naming each such class with its patients on train/val/test, and
+    what to do."""
+    untrained = [text for text in chestxray_warnings if "no patient on the train split" in text]
+    assert len(untrained) == 1
+    assert untrained[0].startswith(
+        "covid-chestxray: no patient on the train split for ARDS (0/0/2), Fungal (0/1/0), Pneumocystis (0/1/0), "
+        "SARS (0/1/0) (patients on train/val/test): no trial can learn them, yet the averages over classes "
+        "(macro F1, ...) count them wherever they have images")
+    assert "ASHA and Optuna choose on (--metric val/f1_macro)" in untrained[0]
+    assert "add images of more patients of them" in untrained[0]
+    assert untrained[0].endswith("; add images of more patients of them, try another --seed, which may put a "
+                                 "patient of ARDS on train, or choose on --metric val/f1_micro, which weighs each "
+                                 "class by its images")
+
+
+def test_a_class_no_validation_patient_holds_is_not_said_to_be_chosen_on_one_patient(
+        chestxray_warnings: list[str]) -> None:
+    """A class of one validation patient makes the selection rest on that patient's images; a class of none gives
+    the selection nothing to choose on for it, and is worded so. A class no training patient holds is named
+    once, in the training split's warning."""
+    val = [text for text in chestxray_warnings if "on the val split" in text]
+    assert [text.split(":")[1] for text in val] == [
+        " fewer than 2 patients on the val split for COVID-19 (1)",
+        " no patient on the val split for Bacterial, Influenza, Klebsiella, No Finding, Streptococcus",
+    ]
+    assert "choose on that one patient's images" in val[0]
+    assert "that one patient" not in val[1]
+    assert "count such a class as 0 whatever the trial: nothing to choose on for it" in val[1]
