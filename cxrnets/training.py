@@ -16,6 +16,7 @@ import logging
 import math
 import tempfile
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -139,15 +140,15 @@ def prepare_data(config: TrainConfig, split: pd.DataFrame | None = None,
     split_file = Path(config.split_file) if config.split_file else None
     if split is None and split_file and not split_file.exists():  # to be written: refuse a folder it cannot be in
         check_output_folder(split_file.parent, f"--split-file {split_file}")
-    index = load_dataset(config.dataset, config.data_root, **config.dataset_options)
-    cache = build_cache(index, config.image_size, config.cache_dir)
+    listed = load_dataset(config.dataset, config.data_root, **config.dataset_options)
+    cache = build_cache(listed, config.image_size, config.cache_dir)
     index = cache.index
     frame = index.frame.assign(sha1=cache.sha1)
     if split is not None:
-        split = align_split(split, frame, split_source)
+        split = align_split(split, frame, split_source, undecodable_images(listed, cache))
     elif split_file and split_file.exists():
         remedy = "pass another --split-file, or delete this one to make the split again from --seed"
-        split = align_split(load_split(split_file, remedy), frame, split_file)
+        split = align_split(load_split(split_file, remedy), frame, split_file, undecodable_images(listed, cache))
     else:
         split = make_split(frame, index.stratum(), config.val_fraction, config.test_fraction, config.seed,
                            cache_fingerprints(cache))
@@ -157,9 +158,11 @@ def prepare_data(config: TrainConfig, split: pd.DataFrame | None = None,
     return PreparedData(cache, index.targets(), split)
 
 
-def align_split(split: pd.DataFrame, frame: pd.DataFrame, path: str | Path) -> pd.DataFrame:
+def align_split(split: pd.DataFrame, frame: pd.DataFrame, path: str | Path,
+                undecodable: Collection[str] = ()) -> pd.DataFrame:
     """Order a saved split like `frame` (one row per image), refusing, naming `path` (the split's file or URI), if
-    the images it names changed or went missing.
+    the images it names changed or went missing. `undecodable`: the images the cache left out (undecodable_images),
+    named as such rather than as gone.
 
     A split made before cxrnets.data kept each image once lists a few of dataset 3's images twice (on two
     metadata rows, under two patient ids, on one side of the split: the same file): its first listing of
@@ -174,20 +177,46 @@ def align_split(split: pd.DataFrame, frame: pd.DataFrame, path: str | Path) -> p
             f"looks cut short (or images were added after them since the split was made: {len(missing)}, e.g. "
             f"{list(missing[:3])}); restore the file, or start a new study for the new data"
         )
+
+    def as_recorded(relpaths) -> str:
+        named = ", ".join(f"{relpath} (sha1 {by_path.at[relpath, 'sha1']} in the split)" for relpath in relpaths[:3])
+        return named + (f" and {len(relpaths) - 3} more" if len(relpaths) > 3 else "")
+
     if len(missing) or len(gone):
+        undecodable = set(undecodable)
+        broken = [relpath for relpath in gone if relpath in undecodable]
+        absent = [relpath for relpath in gone if relpath not in undecodable]
+        changes, remedies = [], []
+        if len(missing):
+            changes.append(f"{len(missing)} new images, e.g. {list(missing[:3])}")
+        if broken:
+            changes.append(f"{len(broken)} image(s) no longer decode, the warning above says why: "
+                           f"{as_recorded(broken)}")
+        if absent:
+            changes.append(f"{len(absent)} gone: {as_recorded(absent)}")
+        if len(gone):
+            remedies.append("restore the original file(s)")
+        if len(missing):
+            remedies.append("move the new images out of the data folder")
         raise SplitMismatch(
-            f"{path}: the dataset changed since this split was made ({len(missing)} new images, e.g. "
-            f"{list(missing[:3])}; {len(gone)} gone, e.g. {list(gone[:3])}); the split is part of the study: "
-            "start a new study for the new data"
+            f"{path}: the dataset changed since this split was made ({'; '.join(changes)}); the split is part of "
+            f"the study: {' and '.join(remedies)}, or start a new study for the new data"
         )
     aligned = by_path.loc[frame["relpath"]].reset_index()
     changed = aligned["sha1"].to_numpy() != frame["sha1"].to_numpy()
     if changed.any():
         raise SplitMismatch(
             f"{path}: {int(changed.sum())} image file(s) changed content since the split was made, e.g. "
-            f"{aligned.loc[changed, 'relpath'].iloc[0]}; start a new study for the new data"
+            f"{as_recorded(list(aligned.loc[changed, 'relpath'])[:1])}; restore the original file(s), or start a new "
+            "study for the new data"
         )
     return aligned
+
+
+def undecodable_images(index: DatasetIndex, cache: ImageCache) -> list[str]:
+    """The images of `index` that `cache` (built from it) left out: files there that do not decode, each named,
+    with the decoder's reason, in the cache's warning."""
+    return list(index.frame.loc[~index.frame["relpath"].isin(cache.index.frame["relpath"]), "relpath"])
 
 
 # ------------------------------------------------------------------ model, optimizer, device

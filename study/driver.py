@@ -44,7 +44,7 @@ from cxrnets.metrics import majority_baseline  # noqa: E402
 from cxrnets.models import fetch_imagenet_weights  # noqa: E402
 from cxrnets.splits import describe, make_split, split_digest  # noqa: E402
 from cxrnets.training import (SPLIT_COLUMNS, PreparedData, align_split, named_counts,  # noqa: E402
-                              patients_per_split)
+                              patients_per_split, undecodable_images)
 from study import storage  # noqa: E402
 from study.asha import BestEpochASHA, PromotingASHA, PromotionGate  # noqa: E402
 from study.checkpoints import WEIGHTS_DIR, CheckpointPolicy, WeightsKeeper, prune_weights  # noqa: E402
@@ -117,7 +117,7 @@ def prepare_splits(settings: StudySettings, resume: bool) -> dict[str, pd.DataFr
             uri = split_uri(settings.study_uri, dataset)
             saved = read_split(uri)
             check_split_digest(settings, dataset, saved, uri)
-            split = align_split(saved, frame, uri)
+            split = align_split(saved, frame, uri, undecodable_images(indexes[dataset], cache))
         else:
             split = make_split(frame, cache.index.stratum(), settings.val_fraction, settings.test_fraction,
                                settings.seed, cache_fingerprints(cache))

@@ -6,11 +6,13 @@ layout (tests/conftest.py). The study end to end is tests/study/test_run.py's.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
 import pytest
 
+from cxrnets.errors import CxrError
 from study.driver import prepare_splits
 from study.run import build_parser, settings_from_args
 from study.settings import StudySettings
@@ -66,3 +68,21 @@ def test_a_class_no_validation_patient_holds_is_not_said_to_be_chosen_on_one_pat
     assert "choose on that one patient's images" in val[0]
     assert "that one patient" not in val[1]
     assert "count such a class as 0 whatever the trial: nothing to choose on for it" in val[1]
+
+
+def test_resume_on_data_with_an_image_cut_short_names_it_undecodable_and_offers_to_restore_it(
+        tmp_path: Path, make_pneumonia_normal) -> None:
+    """The study's split lists the image; the file is still there but no longer decodes: the resume names it as
+    such (not as gone), with the sha1 the split recorded, and offers restoring it before a new study."""
+    data = make_pneumonia_normal(per_class=8)
+    settings = study_settings(tmp_path, "covid-pneumonia-normal", data)
+    prepare_splits(settings, resume=False)
+    image = data / "normal" / "normal-000.png"
+    recorded = hashlib.sha1(image.read_bytes()).hexdigest()
+    image.write_bytes(image.read_bytes()[:image.stat().st_size // 2])
+    with pytest.raises(CxrError) as refused:
+        prepare_splits(settings, resume=True)
+    assert str(refused.value) == (
+        f"{settings.study_uri}/splits/covid-pneumonia-normal.csv: the dataset changed since this split was made (1 "
+        f"image(s) no longer decode, the warning above says why: normal/normal-000.png (sha1 {recorded} in the "
+        "split)); the split is part of the study: restore the original file(s), or start a new study for the new data")
