@@ -24,7 +24,7 @@ independently of the internal split's, and the change is the difference of the t
 a proportion, gets the exact binomial interval over its patients instead
 (study.analysis.uncertainty.proportion_interval), and its change the interval combining the two
 sides' (MOVER). A resampled figure has no interval on a side where a class it covers has one patient
-(every resample draws that patient), nor has its change.
+(a resample holds that patient or no image of the class), nor has its change.
 """
 
 from __future__ import annotations

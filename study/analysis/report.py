@@ -312,8 +312,8 @@ def one_patient_sentence(per_class: pd.DataFrame) -> list[str]:
     alone = list(per_class.loc[per_class["patients"] == 1, "class"])
     if not alone:
         return []
-    return [f"{joined_names(alone)}: one patient on this split, drawn in every resample, so F1 and ROC AUC have no "
-            "interval; precision, recall and specificity keep their exact ones.", ""]
+    return [f"{joined_names(alone)}: one patient on this split, whom a resample draws or not, so F1 and ROC AUC "
+            "have no interval; precision, recall and specificity keep their exact ones.", ""]
 
 
 def flat_f1_sentence(per_class: pd.DataFrame) -> list[str]:

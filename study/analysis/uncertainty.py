@@ -23,10 +23,14 @@ interval at the patients' effective sample size instead
 for both sides, so that what the two models share (the hard patients)
 cancels out.
 
-A class with one patient on the split is that patient in every resample:
-its part of an average over classes (macro precision, recall, F1, ROC AUC,
-the classwise ECE) never moves, so those intervals, and the class's own F1
-and ROC AUC intervals, are left undefined (undefined_reasons). With a few
+A patient alone in a stratum (the one patient of a class) is resampled
+with the other such patients: drawn once in every resample, a difference
+made by their images alone would look certain. A class with one patient is
+then that patient, or absent (counted as 0), in a resample: its part of an
+average over classes (macro precision, recall, F1, ROC AUC, the classwise
+ECE) is never a spread over the class's patients, so those intervals, and
+the class's own F1 and ROC AUC intervals, are left undefined
+(undefined_reasons). With a few
 patients more the percentile intervals of such averages are still too narrow
 (FEW_PATIENTS); the report says so.
 """
@@ -70,9 +74,15 @@ def resampling_groups(patients: pd.Series, sha1: pd.Series, rows: np.ndarray, pr
     return leakage_groups(patients.astype(str), sha1, pairs)[rows]
 
 
+POOLED = -2  # the stratum of the groups that had a stratum to themselves (group_strata)
+
+
 def group_strata(groups: np.ndarray, y_true: np.ndarray, multilabel: bool) -> np.ndarray:
     """Each image's stratum: its group's most frequent class (ties: the rarer class in the split),
-    multi-label: its group's rarest present label (-1 for none)."""
+    multi-label: its group's rarest present label (-1 for none).
+
+    A stratum of one group would draw that group once in every resample, never resampling it: such groups
+    share one stratum, POOLED, which joins the largest stratum where it holds a single group itself."""
     groups = np.asarray(groups)
     _, group_index = np.unique(groups, return_inverse=True)
     if multilabel:
@@ -82,14 +92,24 @@ def group_strata(groups: np.ndarray, y_true: np.ndarray, multilabel: bool) -> np
         prevalence = labels.sum(axis=0)
         rarity = np.where(counts > 0, prevalence[None, :], np.iinfo(np.int64).max)
         stratum = np.where(counts.any(axis=1), rarity.argmin(axis=1), -1)
-        return stratum[group_index]
+        return pooled(stratum)[group_index]
     classes = np.asarray(y_true, dtype=np.int64)
     counts = np.zeros((group_index.max() + 1, classes.max() + 1), dtype=np.int64)
     np.add.at(counts, group_index, classes[:, None] == np.arange(classes.max() + 1)[None, :])
     frequency = np.bincount(classes, minlength=counts.shape[1])
     # Most images first; among equals the class rarer in the split (so rare classes get their strata).
     key = counts * (len(classes) + 1) - frequency[None, :]
-    return key.argmax(axis=1)[group_index]
+    return pooled(key.argmax(axis=1))[group_index]
+
+
+def pooled(group_stratum: np.ndarray) -> np.ndarray:
+    """`group_stratum` (one per group) with the groups alone in their stratum moved to POOLED, and POOLED into
+    the largest stratum (the first of equals) where it would hold one group."""
+    strata, sizes = np.unique(group_stratum, return_counts=True)
+    alone = np.isin(group_stratum, strata[sizes < 2])
+    if alone.sum() >= 2 or alone.sum() == len(group_stratum):
+        return np.where(alone, POOLED, group_stratum)
+    return np.where(alone, strata[sizes.argmax()], group_stratum)
 
 
 def resample_weights(groups: np.ndarray, strata: np.ndarray, resamples: int, seed: int) -> np.ndarray:
@@ -281,7 +301,8 @@ def undefined_reasons(y_true: np.ndarray, classes: list[str], multilabel: bool, 
 
     A class with no image makes every macro average a constant zero term that no resampling of this
     split can move: the interval would describe the split, not the model. A class with one patient is
-    that patient in every resample: its part of every average over classes never moves.
+    that patient, or absent, in a resample: its part of every average over classes is that one patient's
+    figure or 0.
     """
     if len(np.unique(groups)) < 2:
         reason = f"the split holds one patient ({len(y_true)} image(s)): nothing to resample"
@@ -302,9 +323,10 @@ def undefined_reasons(y_true: np.ndarray, classes: list[str], multilabel: bool, 
     if alone:
         for name in CLASS_AVERAGES:
             reasons.setdefault(name, []).append(
-                f"one patient on the split of {named(alone)}: every resample draws that patient, so each such "
-                f"{kind}'s part of an average over {kinds} never moves (its precision, recall and specificity "
-                "have exact intervals in the per-class table; a study made with a larger --test-fraction or "
+                f"one patient on the split of {named(alone)}: a resample holds that patient's images or none of "
+                f"the {kind}'s, so each such {kind}'s part of an average over {kinds} is that one patient's figure "
+                f"or 0, never a spread over patients of the {kind} (its precision, recall and specificity have "
+                "exact intervals in the per-class table; a study made with a larger --test-fraction or "
                 "--val-fraction gives it more patients)")
     return {name: "; ".join(why) for name, why in reasons.items()}
 
@@ -335,7 +357,8 @@ class SplitBootstrap:
         return np.mean([self.samples[t].summary[metric] for t in trial_ids], axis=0)
 
     def class_resampled(self, k: int) -> bool:
-        """Whether class (label) k's own figures move across resamples: it has two patients or more."""
+        """Whether class (label) k's own F1 and ROC AUC have a bootstrap interval: it has two patients or more
+        (one patient is drawn or not: its figures or none)."""
         return list(self.class_patients.values())[k] >= 2
 
     def difference_defined(self, metric: str) -> bool:

@@ -116,7 +116,7 @@ def test_each_cell_is_compared_on_what_exists_with_partial_classes(external_anal
 
 
 def test_a_class_of_one_patient_leaves_the_resampled_figures_of_its_side_without_interval():
-    """No Finding has one patient in the external set: every resample of the set draws him, so the mean
+    """No Finding has one patient in the external set: a resample of the set holds him or no No Finding, so the mean
     recall and ROC AUC over the classes present, and No Finding's ROC AUC, have no interval there, nor
     their change; its recall keeps the exact interval over one patient, and accuracy its interval."""
     classes = ["COVID-19", "Other pneumonia", "No Finding"]

@@ -106,6 +106,36 @@ def test_strata_keep_a_rare_class_in_every_resample_and_seeds_repeat():
     assert not np.array_equal(weights, resample_weights(groups, strata, 500, seed=8))
 
 
+def lone_patient_split():
+    """As study r1's test split: 15 patients of class 0, 4 of class 1, and one patient (id 19) with one image of
+    class 0 and two of class 2, the only patient of class 2. Two models differ on that patient's class-0 image only."""
+    groups = np.r_[np.arange(15), np.arange(15), np.arange(15, 19), 19, 19, 19]
+    y_true = np.r_[np.zeros(30, int), np.ones(4, int), [0, 2, 2]]
+    both = np.eye(3)[y_true]
+    other = both.copy()
+    other[34] = np.eye(3)[1]  # the lone patient's class-0 image
+    return groups, y_true, both, other
+
+
+def test_a_patient_alone_in_its_stratum_is_resampled():
+    """A stratum of one patient drawn once in every resample would fix that patient's images in every resample:
+    a difference made by them alone would look certain. Such patients are resampled with the others."""
+    groups, y_true, both, other = lone_patient_split()
+    weights = resample_weights(groups, group_strata(groups, y_true, False), 2000, seed=0)
+    lone = weights[:, groups == 19][:, 0]
+    assert lone.min() == 0 and lone.max() >= 2
+    difference = (metric_samples(y_true, other, False, weights).summary["accuracy"]
+                  - metric_samples(y_true, both, False, weights).summary["accuracy"])
+    lower, upper = percentile_interval(difference)
+    assert lower < 0 <= upper  # not distinguishable: one image of one patient
+    # Two lone patients (of two classes of one patient each) are resampled between them.
+    y_two = np.r_[np.zeros(6, int), [1, 2]]
+    groups_two = np.r_[np.arange(6), 6, 7]
+    weights = resample_weights(groups_two, group_strata(groups_two, y_two, False), 500, seed=0)
+    assert np.ptp(weights[:, 6]) > 0 and np.ptp(weights[:, 7]) > 0
+    assert (weights[:, :6].sum(axis=1) == 6).all()  # the strata of two patients or more keep their count
+
+
 def test_an_absent_class_or_a_single_patient_leaves_intervals_undefined_with_why():
     reasons = undefined_reasons(np.array([0, 0, 1, 1]), ["COVID-19", "Pneumonia", "No Finding"], False,
                                 np.array([0, 1, 2, 3]))
@@ -122,8 +152,9 @@ def test_the_reasons_name_several_labels_as_labels():
     reasons = undefined_reasons(y_true, ["Fungal", "SARS", "COVID-19", "Lipoid"], True, np.array([0, 1, 2, 3]))
     assert reasons["f1_macro"].startswith("no image on the split of label Lipoid: the macro average counts each "
                                           "such label as 0 in every resample; one patient on the split of labels "
-                                          "Fungal, SARS: every resample draws that patient, so each such label's "
-                                          "part of an average over labels never moves")
+                                          "Fungal, SARS: a resample holds that patient's images or none of the "
+                                          "label's, so each such label's part of an average over labels is that "
+                                          "one patient's figure or 0")
 
 
 def one_patient_class_split(resamples: int = 500):
@@ -137,14 +168,15 @@ def one_patient_class_split(resamples: int = 500):
 
 
 def test_a_class_of_one_patient_leaves_the_averages_over_classes_without_interval():
-    """Every resample draws the lone patient of class c: its recall never moves, so an interval of the
-    macro recall (or F1, precision, ROC AUC, classwise ECE) would leave a third of the average fixed."""
+    """A resample holds the lone patient of class c or no image of c: its recall is that patient's or 0, so an
+    interval of the macro recall (or F1, precision, ROC AUC, classwise ECE) would spread over nothing but
+    whether that one patient was drawn."""
     split, y_true, groups = one_patient_class_split()
     recall = split.samples["m"].per_class["recall"]
-    assert np.ptp(recall[:, 2]) == 0 and np.ptp(recall[:, 1]) > 0
+    assert set(np.unique(recall[:, 2])) == {0.0, 0.5} and len(np.unique(recall[:, 1])) > 2  # 1 of its 2 images
     assert split.class_patients == {"a": 30, "b": 8, "c": 1}
     assert set(split.undefined) == {"precision_macro", "recall_macro", "f1_macro", "roc_auc_macro", "classwise_ece"}
-    assert "one patient on the split of class c: every resample" in split.undefined["f1_macro"]
+    assert "one patient on the split of class c: a resample holds" in split.undefined["f1_macro"]
     assert not split.class_resampled(2) and split.class_resampled(1)
     assert not split.difference_defined("f1_macro") and split.difference_defined("accuracy")
     assert split.few_patients() == {"b": 8}
