@@ -41,7 +41,7 @@ from cxrnets.cache import CachedImages, build_cache
 from cxrnets.data import DATASET_NAMES, OWN_LAYOUTS, DatasetIndex, load_dataset, parse_dataset_options
 from cxrnets.errors import CxrError
 from cxrnets.fingerprints import cache_fingerprints, near_identical_to
-from cxrnets.metrics import predictions
+from cxrnets.metrics import class_indicators, predictions
 from cxrnets.predict import model_from_checkpoint, predict
 from cxrnets.training import load_checkpoint
 from study.analysis.evaluation import Evaluation, StudyData
@@ -400,7 +400,8 @@ def _figures(y_true: np.ndarray, scores: np.ndarray, groups: np.ndarray, classes
     point = partial_class_samples(y_true, scores, classes_used, np.ones((1, len(y_true))))
     if not resamples:
         return point, None
-    weights = resample_weights(groups, group_strata(groups, y_true, False), resamples, seed)
+    weights = resample_weights(groups, group_strata(groups, y_true, False), resamples, seed,
+                               class_indicators(y_true, scores.shape[1], False))
     return point, partial_class_samples(y_true, scores, classes_used, weights)
 
 

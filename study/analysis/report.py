@@ -423,11 +423,13 @@ def uncertainty_paragraph(analysis: Analysis) -> str:
     sizes = "; ".join(f"{b.dataset}: {b.images} images of {b.patients} patients"
                       for b in analysis.bootstraps.values())
     text = (f"In brackets: the 95% interval from {first.resamples:,} bootstrap resamples of the split's "
-            f"**patients** (all images of a patient drawn together, within strata of each patient's class; "
-            f"seed {first.seed}), not of images: images of one patient are correlated. A patient here is a "
+            f"**patients** (all images of a patient drawn together, within strata of each patient's rarest "
+            f"class; seed {first.seed}), not of images: images of one patient are correlated. A patient here is a "
             f"patient id, or several joined where they share an image file or a near-identical X-ray, as the "
             f"split joins them, so the count can be below the split's patient ids. Stratified as pROC "
-            f"does, each resample keeps the split's number of patients of each class, not of images: image-level "
+            f"does, each resample keeps the split's number of patients of each stratum, and every class of two "
+            f"patients or more; patients alone in their stratum (a class's only patient) are resampled together. "
+            f"It keeps patients, not images: image-level "
             f"figures such as accuracy still move with the images each drawn patient brings, even a constant "
             f"predictor's (the majority-class baseline's interval shows how much). ({sizes}.)")
     if analysis.top_k > 1:

@@ -6,9 +6,11 @@ independent observations and gives intervals that are too narrow. Here
 the unit is the split's leakage group (a patient, merged with any patient
 that shares a byte-identical file or a near-identical image, the same X-ray
 re-encoded, resized or squashed: resampling_groups), drawn
-with replacement within strata (each group's most frequent class, or for
-multi-label its rarest present label), so that a class present in the test
-split stays present in every resample. A resample is a vector of weights,
+with replacement within strata (each group's rarest class or label, rarest
+by patients on the split), so that a class of two patients or more on the
+split stays present in every resample (a resample that would lack one, which
+the strata cannot rule out where every patient of the class also holds a
+rarer class, is drawn again). A resample is a vector of weights,
 one per image (how many times its group was drawn), and every metric of
 cxrnets.metrics.classification_metrics is computed from weighted counts for
 all resamples at once (weights of ones give exactly the point estimates).
@@ -44,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from cxrnets.fingerprints import near_identical_pairs
-from cxrnets.metrics import calibration, class_probabilities, predictions
+from cxrnets.metrics import calibration, class_indicators, class_probabilities, predictions
 from cxrnets.splits import leakage_groups
 
 LEVEL = 0.95
@@ -78,28 +80,33 @@ POOLED = -2  # the stratum of the groups that had a stratum to themselves (group
 
 
 def group_strata(groups: np.ndarray, y_true: np.ndarray, multilabel: bool) -> np.ndarray:
-    """Each image's stratum: its group's most frequent class (ties: the rarer class in the split),
-    multi-label: its group's rarest present label (-1 for none).
+    """Each image's stratum: the rarest class (label) its group holds, the rarest being the one of the fewest
+    patients (groups) on the split, then of the fewest images, then the first, but for classes of one patient,
+    which come last; -1 for a group of no label. A class of two patients or more so has a stratum of its own,
+    of groups that all hold it, unless each of its groups holds a rarer class (resample_weights keeps such a
+    class present).
 
     A stratum of one group would draw that group once in every resample, never resampling it: such groups
     share one stratum, POOLED, which joins the largest stratum where it holds a single group itself."""
-    groups = np.asarray(groups)
-    _, group_index = np.unique(groups, return_inverse=True)
-    if multilabel:
-        labels = np.asarray(y_true, dtype=np.int64)
-        counts = np.zeros((group_index.max() + 1, labels.shape[1]), dtype=np.int64)
-        np.add.at(counts, group_index, labels)
-        prevalence = labels.sum(axis=0)
-        rarity = np.where(counts > 0, prevalence[None, :], np.iinfo(np.int64).max)
-        stratum = np.where(counts.any(axis=1), rarity.argmin(axis=1), -1)
-        return pooled(stratum)[group_index]
-    classes = np.asarray(y_true, dtype=np.int64)
-    counts = np.zeros((group_index.max() + 1, classes.max() + 1), dtype=np.int64)
-    np.add.at(counts, group_index, classes[:, None] == np.arange(classes.max() + 1)[None, :])
-    frequency = np.bincount(classes, minlength=counts.shape[1])
-    # Most images first; among equals the class rarer in the split (so rare classes get their strata).
-    key = counts * (len(classes) + 1) - frequency[None, :]
-    return pooled(key.argmax(axis=1))[group_index]
+    y_true = np.asarray(y_true, dtype=np.int64)
+    _, group_index = np.unique(np.asarray(groups), return_inverse=True)
+    members = class_indicators(y_true, y_true.shape[1] if multilabel else y_true.max() + 1, multilabel)
+    holds = group_holds(group_index, members)
+    patients = holds.sum(axis=0)
+    order = np.lexsort((np.arange(members.shape[1]), members.sum(axis=0), patients, patients < 2))
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    rarity = np.where(holds, rank[None, :], len(order))
+    stratum = np.where(holds.any(axis=1), rarity.argmin(axis=1), -1)
+    return pooled(stratum)[group_index]
+
+
+def group_holds(group_index: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """(groups, classes) booleans: which classes each group has an image of (`group_index`: each image's group,
+    `members`: (images, classes) booleans, cxrnets.metrics.class_indicators)."""
+    holds = np.zeros((group_index.max() + 1, members.shape[1]), dtype=bool)
+    np.logical_or.at(holds, group_index, members)
+    return holds
 
 
 def pooled(group_stratum: np.ndarray) -> np.ndarray:
@@ -112,21 +119,40 @@ def pooled(group_stratum: np.ndarray) -> np.ndarray:
     return np.where(alone, strata[sizes.argmax()], group_stratum)
 
 
-def resample_weights(groups: np.ndarray, strata: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+def resample_weights(groups: np.ndarray, strata: np.ndarray, resamples: int, seed: int,
+                     members: np.ndarray | None = None) -> np.ndarray:
     """(resamples, images) weights: in each resample, every stratum's groups drawn with replacement
-    as many times as the stratum has groups; an image weighs as often as its group was drawn."""
-    groups = np.asarray(groups)
-    unique_groups, group_index = np.unique(groups, return_inverse=True)
+    as many times as the stratum has groups; an image weighs as often as its group was drawn.
+
+    With `members` ((images, classes) booleans, cxrnets.metrics.class_indicators), a resample without an image
+    of a class that two groups or more hold is drawn again: group_strata's strata keep most such classes in
+    every resample, but not one whose every group holds a rarer class (its groups lie in other classes' strata,
+    which need not draw them)."""
+    unique_groups, group_index = np.unique(np.asarray(groups), return_inverse=True)
     group_stratum = np.zeros(len(unique_groups), dtype=np.int64)
     group_stratum[group_index] = np.unique(strata, return_inverse=True)[1]
     rng = np.random.default_rng(seed)
-    counts = np.zeros((resamples, len(unique_groups)), dtype=np.int32)
+    counts = drawn_groups(group_stratum, resamples, rng)
+    if members is not None:
+        holds = group_holds(group_index, np.asarray(members, dtype=bool))
+        kept = holds[:, holds.sum(axis=0) >= 2].astype(np.int32)
+        missing = ((counts @ kept) == 0).any(axis=1)
+        while missing.any():
+            counts[missing] = drawn_groups(group_stratum, int(missing.sum()), rng)
+            missing = ((counts @ kept) == 0).any(axis=1)
+    return counts[:, group_index].astype(np.float64)
+
+
+def drawn_groups(group_stratum: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """(resamples, groups) how many times each group is drawn: each stratum's groups with replacement, as many
+    times as the stratum has groups (`group_stratum`: one per group)."""
+    counts = np.zeros((resamples, len(group_stratum)), dtype=np.int32)
     rows = np.arange(resamples)[:, None]
     for stratum in np.unique(group_stratum):
         members = np.flatnonzero(group_stratum == stratum)
         drawn = members[rng.integers(0, len(members), size=(resamples, len(members)))]
         np.add.at(counts, (np.broadcast_to(rows, drawn.shape), drawn), 1)
-    return counts[:, group_index].astype(np.float64)
+    return counts
 
 
 def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -382,7 +408,8 @@ def bootstrap_split(dataset: str, evaluations: list, resamples: int = RESAMPLES,
             raise ValueError(f"{dataset}: trials {first.trial_id} and {other.trial_id} were evaluated on different "
                              "images; their figures cannot be paired")
     strata = group_strata(first.groups, first.y_true, first.multilabel)
-    weights = resample_weights(first.groups, strata, resamples, seed)
+    weights = resample_weights(first.groups, strata, resamples, seed,
+                               class_indicators(first.y_true, len(first.classes), first.multilabel))
     samples = {e.trial_id: metric_samples(e.y_true, e.scores, e.multilabel, weights) for e in evaluations}
     samples[BASELINE] = metric_samples(first.y_true, first.baseline_scores, first.multilabel, weights)
     calibrated = {e.trial_id: calibration(e.y_true, e.scores, e.multilabel, weights) for e in evaluations}

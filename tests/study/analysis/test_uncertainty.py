@@ -106,6 +106,60 @@ def test_strata_keep_a_rare_class_in_every_resample_and_seeds_repeat():
     assert not np.array_equal(weights, resample_weights(groups, strata, 500, seed=8))
 
 
+def class_of_shared_patients():
+    """As strata_vanish.py: 12 patients of COVID-19 images only, 2 patients with 2 COVID-19 images and 1 No Finding
+    each (No Finding's only patients), 4 of Other pneumonia."""
+    y_true = np.r_[np.zeros(12, int), [0, 0, 2, 0, 0, 2], np.ones(4, int)]
+    groups = np.r_[np.arange(12), [12, 12, 12, 13, 13, 13], np.arange(14, 18)]
+    return y_true, groups
+
+
+def class_whose_patients_all_hold_rarer_classes():
+    """Class 1 (6 images) has 2 patients, one also holding class 2, the other class 3; classes 2 and 3 (2 images
+    each) have 2 patients: whichever of a patient's classes is the stratum, class 1 has none of its own."""
+    y_true = np.r_[np.zeros(10, int), [1, 1, 1, 2], [1, 1, 1, 3], [2], [3]]
+    groups = np.r_[np.arange(10), [10] * 4, [11] * 4, [12], [13]]
+    return y_true, groups
+
+
+def class_whose_patients_hold_classes_of_one_patient():
+    """Class 1's 2 patients each hold a class of one patient (2 and 3); class 4 is a third lone patient."""
+    y_true = np.r_[np.zeros(10, int), [1, 1, 2], [1, 3], [4]]
+    groups = np.r_[np.arange(10), [10] * 3, [11] * 2, [12]]
+    return y_true, groups
+
+
+def test_a_class_of_two_patients_keeps_its_own_stratum_beside_classes_of_one_patient():
+    """Classes of one patient are resampled in the shared stratum of lone patients: were they the rarest, class 1's
+    patients would go there with them and class 1 could fall out of a resample."""
+    y_true, groups = class_whose_patients_hold_classes_of_one_patient()
+    strata = group_strata(groups, y_true, False)
+    assert (strata[groups == 10] == 1).all() and (strata[groups == 11] == 1).all()
+    assert (strata[groups == 12] == 0).all()  # the one lone patient left joins the largest stratum
+
+
+@pytest.mark.parametrize("split", [class_of_shared_patients, class_whose_patients_all_hold_rarer_classes,
+                                   class_whose_patients_hold_classes_of_one_patient])
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_every_class_of_two_patients_or_more_is_in_every_resample(split, multilabel):
+    """A perfect model's recall of each class is 1 on the split; a resample without a class would count that
+    class's recall as 0 and pull the macro recall's interval below 1. Classes of one patient are resampled too
+    (their averages have no interval)."""
+    y_true, groups = split()
+    classes = y_true.max() + 1
+    truth = np.eye(classes, dtype=int)[y_true] if multilabel else y_true
+    strata = group_strata(groups, truth, multilabel)
+    weights = resample_weights(groups, strata, 2000, seed=0, members=np.eye(classes, dtype=bool)[y_true])
+    present = weights @ np.eye(classes)[y_true] > 0
+    patients = np.array([len(set(groups[y_true == k])) for k in range(classes)])
+    assert present[:, patients >= 2].all()
+    perfect = np.eye(classes)[y_true] * 0.9 + 0.1 / classes
+    recall = metric_samples(truth, perfect, multilabel, weights).per_class["recall"]
+    assert (recall[:, patients >= 2] == 1).all()
+    # The groups are resampled all the same: class 0's patients each drawn a varying number of times.
+    assert np.ptp(weights[:, 0]) > 0
+
+
 def lone_patient_split():
     """As study r1's test split: 15 patients of class 0, 4 of class 1, and one patient (id 19) with one image of
     class 0 and two of class 2, the only patient of class 2. Two models differ on that patient's class-0 image only."""
