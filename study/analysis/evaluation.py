@@ -282,6 +282,8 @@ class Evaluation:
     baseline: dict[str, float] = field(default_factory=dict)  # the majority-class predictor's metrics
     images: pd.DataFrame | None = None  # each image's relpath and patient, in y_true's order
     weights_file: str = ""  # the local file evaluated: the weights, or the download cache's copy of a bucket's
+    # part of the split ("train", "val", "test") -> the classes (labels) with no image there
+    classes_absent: dict[str, list[str]] = field(default_factory=dict)
 
 
 def evaluate_checkpoint(weights_uri: str, data: StudyData, split: str = "test", trial_id: str = "",
@@ -290,7 +292,7 @@ def evaluate_checkpoint(weights_uri: str, data: StudyData, split: str = "test", 
     `split` of the study's split; CxrError, naming `weights_uri`, if unusable, or if the config they were
     trained with is not `trial_config` (the trial's, as the study recorded it); OSError if they cannot be
     fetched."""
-    from cxrnets.metrics import classification_metrics, majority_scores
+    from cxrnets.metrics import class_indicators, classification_metrics, majority_scores
     from cxrnets.training import TrainingRun
 
     path = data.fetch(weights_uri)
@@ -317,9 +319,12 @@ def evaluate_checkpoint(weights_uri: str, data: StudyData, split: str = "test", 
     images = prepared.split.iloc[rows][["relpath", "patient"]].reset_index(drop=True)
     baseline_scores = majority_scores(prepared.targets[prepared.rows("train")], len(y_true), multilabel, len(classes))
     baseline = classification_metrics(y_true, baseline_scores, multilabel)
+    absent = {part: [name for name, held in zip(classes, class_indicators(
+        prepared.targets[prepared.rows(part)], len(classes), multilabel).any(axis=0)) if not held]
+        for part in ("train", "val", "test")}
     return Evaluation(trial_id, int(checkpoint["epoch"]), split, metrics, y_true, scores, classes, multilabel,
                       dict(checkpoint["config"]), groups, baseline_scores, time.perf_counter() - started,
-                      {f"{split}/{k}": v for k, v in baseline.items()}, images, str(path))
+                      {f"{split}/{k}": v for k, v in baseline.items()}, images, str(path), absent)
 
 
 def check_trained_config(weights_uri: str, trained: dict[str, Any], recorded: dict[str, Any]) -> None:

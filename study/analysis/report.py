@@ -165,6 +165,7 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
         lines += ["No cell could be evaluated (see Skipped trials below).", ""]
     for metric in compared:
         lines += [f"### {METRIC_TITLES[metric]}", "", markdown_table(tables[f"_shown_comparison_{metric}"]), ""]
+    lines += absent_classes_note(analysis, analysis.split)
     if "majority_baseline" in tables:
         lines += ["### Majority-class baseline", "",
                   f"Always predicting the training split's most frequent class (multi-label: each label present in "
@@ -198,6 +199,8 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
               f"Per value of each search dimension (continuous ones binned): trials, how they ended, epochs "
               f"spent, and the best and median {analysis.metric} (each trial at its best epoch). "
               f"`{NOT_SET}`: trials the dimension does not apply to.", ""]
+    if analysis.metric.removeprefix("val/") in MACRO_COUNTING_ABSENT:
+        lines += absent_classes_note(analysis, "val")
     for name, table in tables.items():
         if name.startswith("ablation_"):
             lines += [f"### {name.removeprefix('ablation_')}", "", markdown_table(table), ""]
@@ -236,6 +239,7 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
             lines += [f"Never predicted on this split: {', '.join(unpredicted)}. Precision is then 0/0: the table "
                       "shows 0 by scikit-learn's convention (zero_division=0, as in the macro averages above), not as "
                       "a measurement, and no interval.", ""]
+        lines += absent_class_sentence(tables[f"per_class_{name}"])
         if chosen.dataset in analysis.bootstraps:
             lines += one_patient_sentence(tables[f"per_class_{name}"]) + flat_f1_sentence(tables[f"per_class_{name}"])
     roc = [(name, path) for name, path in analysis.figures.items() if name.startswith("roc_")]
@@ -305,6 +309,41 @@ def top_k_words(analysis: Analysis) -> str:
 
 def joined_names(names: list[str]) -> str:
     return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+
+
+# The averages that count a class with no image on the split as 0 (cxrnets.metrics: scikit-learn's macro average
+# over all the dataset's classes); the macro ROC AUC leaves such a class out.
+MACRO_COUNTING_ABSENT = ("precision_macro", "recall_macro", "f1_macro")
+MACRO_WORDS = ("count each as 0 (scikit-learn's macro average over all the dataset's classes, as the selection on "
+               "validation does), so no model reaches 1 on them; the macro ROC AUC leaves them out")
+
+
+def absent_classes_note(analysis: Analysis, part: str) -> list[str]:
+    """The classes with no image on `part` ("val" or "test") of each evaluated dataset, and what the macro averages
+    make of them (empty when every class has images there)."""
+    absent: dict[str, list[str]] = {}
+    for chosen in analysis.selected:
+        names = chosen.evaluation.classes_absent.get(part, [])
+        if names:
+            absent.setdefault(chosen.dataset, names)
+    if not absent:
+        return []
+    split_name = "test" if part == "test" else "validation"
+    named = "; ".join(f"{dataset}: {', '.join(names)}" for dataset, names in absent.items())
+    return [f"Classes with no image on the {split_name} split: {named}. The macro precision, recall and F1 "
+            f"{MACRO_WORDS}.", ""]
+
+
+def absent_class_sentence(per_class: pd.DataFrame) -> list[str]:
+    """The classes with no image on the split, whose recall and F1 the per-class table leaves blank (empty when
+    none)."""
+    absent = list(per_class.loc[per_class["support"] == 0, "class"])
+    if not absent:
+        return []
+    return [f"{joined_names(absent)}: no image on this split (support 0): recall and F1 are not measurable (— here, "
+            f"empty in the CSV); the macro precision, recall and F1 above count {'it' if len(absent) == 1 else 'each'} "
+            "as 0 (scikit-learn's macro average over all the dataset's classes, as the selection on validation "
+            "does).", ""]
 
 
 def one_patient_sentence(per_class: pd.DataFrame) -> list[str]:

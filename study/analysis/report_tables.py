@@ -215,8 +215,15 @@ def per_class_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
             for column in (*PROPORTIONS, "f1", "roc_auc"):
                 per_class[f"{column} lower"] = [bounds[0] for bounds in intervals[column]]
                 per_class[f"{column} upper"] = [bounds[1] for bounds in intervals[column]]
+        # A class with no image on the split: its recall and F1 are 0/0, not measured (metrics counts them 0).
+        unmeasured = [c for c in per_class.columns if c.split(" ")[0] in ("recall", "f1")]
+        per_class.loc[per_class["support"] == 0, unmeasured] = np.nan
         tables[f"per_class_{name}"] = per_class
-        tables[f"_shown_per_class_{name}"] = with_intervals(per_class)
+        shown = with_intervals(per_class)
+        for column in ("recall", "f1", "roc_auc"):  # without intervals: still "—" where not measurable
+            if pd.api.types.is_numeric_dtype(shown[column]):
+                shown[column] = ["—" if pd.isna(value) else f"{value:.3f}" for value in shown[column]]
+        tables[f"_shown_per_class_{name}"] = shown
         if evaluation.images is not None:
             tables[f"predictions_{name}"] = predictions_table(evaluation)
     return tables

@@ -11,7 +11,8 @@ import pytest
 from cxrnets.errors import CxrError
 from study.analysis.confirmation import Confirmation, SeedRun
 from study.analysis.evaluation import Evaluation
-from study.analysis.report import calibration_section, header_lines, seed_section, uncertainty_paragraph, write_report
+from study.analysis.report import (absent_classes_note, calibration_section, header_lines, seed_section,
+                                   uncertainty_paragraph, write_report)
 from study.confirm import ConfirmJob
 from study.tables import COMPLETED, DIVERGED, FAILED, UNFINISHED
 from study.analysis.uncertainty import BASELINE, bootstrap_split, percentile_interval
@@ -183,3 +184,25 @@ def test_a_confirm_run_whose_seed_run_failed_is_partial_and_its_resume_is_sugges
     assert ("**Partial:** 2 of 2 seed runs evaluated. 1 seed run failed (seed 1 of d / alexnet, after 1 epoch(s), "
             "evaluated at its best epoch before that; the traceback of each: error.txt in its trial folder): once the "
             f"cause is fixed, {resume}") in text
+
+
+def _absent(**absent: dict[str, list[str]]) -> types.SimpleNamespace:
+    """An analysis of datasets (keyword: dataset -> part -> its classes with no image there) on the test split."""
+    selected = [types.SimpleNamespace(dataset=dataset, model="m", rank=1,
+                                      evaluation=types.SimpleNamespace(classes_absent=parts, multilabel=False))
+                for dataset, parts in absent.items()]
+    return types.SimpleNamespace(selected=selected, split="test", metric="val/f1_macro")
+
+
+def test_the_comparison_and_ablations_name_the_classes_absent_from_their_split():
+    """A class with no image on a split counts as 0 in its macro precision, recall and F1 (scikit-learn's macro
+    over all labels, which the selection uses too): the tables say which classes, per split."""
+    analysis = _absent(a={"test": ["Lipoid", "Varicella"], "val": ["Influenza"]}, b={"test": [], "val": []})
+    test = " ".join(absent_classes_note(analysis, "test"))
+    assert test.startswith("Classes with no image on the test split: a: Lipoid, Varicella. The macro precision, "
+                           "recall and F1 count each as 0 (scikit-learn's macro average over all the dataset's "
+                           "classes, as the selection on validation does)")
+    assert "b:" not in test
+    assert " ".join(absent_classes_note(analysis, "val")).startswith(
+        "Classes with no image on the validation split: a: Influenza.")
+    assert absent_classes_note(_absent(b={"test": [], "val": []}), "test") == []

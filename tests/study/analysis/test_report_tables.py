@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from study.analysis.evaluation import Evaluation
-from study.analysis.report import flat_f1_sentence, one_patient_sentence
+from study.analysis.report import absent_class_sentence, flat_f1_sentence, one_patient_sentence
 from study.analysis.report_tables import (PROPORTIONS, confusion_table, never_predicted, per_class_tables,
                                           predictions_table)
 from study.analysis.uncertainty import bootstrap_split, percentile_interval, proportion_interval
@@ -141,3 +141,25 @@ def test_a_class_of_one_patient_has_no_f1_or_roc_auc_interval_and_the_report_say
     assert one_patient_sentence(table)[0].startswith("No Finding: one patient on this split")
     assert flat_f1_sentence(table) == []  # its F1 of 0 is the one-patient sentence's, not "the same in every resample"
     assert one_patient_sentence(per_class_tables(_analysis(_small_split()))["per_class_d_m"]) == []
+
+
+@pytest.mark.parametrize("resamples", [None, 200])
+def test_a_class_with_no_image_on_the_split_has_no_recall_or_f1(resamples):
+    """No Finding has no image on the split (support 0): its recall and F1 (0 by scikit-learn's zero_division)
+    measure nothing: shown as "—", empty in the CSV. Its precision, over the images predicted No Finding, is a
+    measurement (0 of 2 right)."""
+    y_true = np.array([0, 0, 0, 1, 1, 1])
+    evaluation = _evaluation(y_true, np.eye(3)[[0, 0, 2, 1, 1, 2]] * 0.7 + 0.1)
+    tables = per_class_tables(_analysis(evaluation, resamples))
+    table = tables["per_class_d_m"].set_index("class")
+    absent = table.loc["No Finding"]
+    assert absent["support"] == 0 and absent["precision"] == 0 and absent["specificity"] == pytest.approx(4 / 6)
+    assert absent[[c for c in table.columns if c.startswith(("recall", "f1"))]].isna().all()
+    assert table.loc["COVID-19", "recall"] == pytest.approx(2 / 3)
+    shown = tables["_shown_per_class_d_m"].set_index("class")
+    assert shown.loc["No Finding", "recall"] == "—" and shown.loc["No Finding", "f1"] == "—"
+    assert "\nNo Finding,0.0,," in tables["per_class_d_m"].to_csv(index=False)  # precision 0, recall empty
+    sentence = " ".join(absent_class_sentence(tables["per_class_d_m"]))
+    assert sentence.startswith("No Finding: no image on this split (support 0): recall and F1 are not measurable")
+    assert "the macro precision, recall and F1 above count it as 0" in sentence
+    assert absent_class_sentence(per_class_tables(_analysis(_small_split(), resamples))["per_class_d_m"]) == []
