@@ -332,7 +332,7 @@ def best_model_on_validation(analysis: Analysis, dataset: str) -> str:
 def paired_differences(analysis: Analysis) -> pd.DataFrame:
     """Per dataset and metric, each model against the majority baseline and against the row's model
     chosen best on validation: the difference of their figures and its interval over the same
-    resampled patients. `distinguishable`: the interval excludes zero."""
+    resampled patients. `distinguishable`: the interval excludes zero (NA where there is no interval)."""
     prefix = f"{analysis.split}/"
     rows = []
     for dataset, bootstrap in analysis.bootstraps.items():
@@ -352,11 +352,14 @@ def paired_differences(analysis: Analysis) -> pd.DataFrame:
                 for name, value, reference_samples in versus:
                     lower, upper = (percentile_interval(samples[model] - reference_samples)
                                     if bootstrap.difference_defined(metric) else (np.nan, np.nan))
+                    # No interval: neither distinguishable nor not (NA, an empty CSV cell).
+                    distinguishable = pd.NA if np.isnan(lower) else bool(lower > 0 or upper < 0)
                     rows.append({"dataset": dataset, "metric": metric, "model": model, "versus": name,
                                  "difference": point[model] - value, "lower": lower, "upper": upper,
-                                 "distinguishable": bool(lower > 0 or upper < 0)})
-    return pd.DataFrame(rows, columns=["dataset", "metric", "model", "versus", "difference", "lower", "upper",
-                                       "distinguishable"])
+                                 "distinguishable": distinguishable})
+    table = pd.DataFrame(rows, columns=["dataset", "metric", "model", "versus", "difference", "lower", "upper",
+                                        "distinguishable"])
+    return table.astype({"distinguishable": "boolean"})
 
 
 def never_predicted(evaluation: Evaluation) -> list[str]:

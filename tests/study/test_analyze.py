@@ -379,7 +379,7 @@ def test_intervals_resample_patients_and_pair_the_comparisons(evaluated, study_d
         assert row["lower"] <= row["upper"]
         assert row["distinguishable"] == (row["lower"] > 0 or row["upper"] < 0)
     for row in f1.to_dict("records"):
-        assert np.isnan(row["lower"]) and np.isnan(row["upper"]) and not row["distinguishable"]
+        assert np.isnan(row["lower"]) and np.isnan(row["upper"]) and pd.isna(row["distinguishable"])
         if row["versus"] == BASELINE:
             chosen = next(c for c in analysis.selected if c.model == row["model"])
             assert row["difference"] == pytest.approx(chosen.evaluation.metrics["test/f1_macro"]

@@ -10,9 +10,9 @@ import pytest
 
 from study.analysis.evaluation import Evaluation
 from study.analysis.report import absent_class_sentence, flat_f1_sentence, one_patient_sentence
-from study.analysis.report_tables import (PROPORTIONS, confusion_table, never_predicted, per_class_tables,
-                                          predictions_table)
-from study.analysis.uncertainty import bootstrap_split, percentile_interval, proportion_interval
+from study.analysis.report_tables import (PROPORTIONS, confusion_table, never_predicted, paired_differences,
+                                          per_class_tables, predictions_table)
+from study.analysis.uncertainty import BASELINE, bootstrap_split, percentile_interval, proportion_interval
 
 CLASSES = ["COVID-19", "Other pneumonia", "No Finding"]
 
@@ -163,3 +163,47 @@ def test_a_class_with_no_image_on_the_split_has_no_recall_or_f1(resamples):
     assert sentence.startswith("No Finding: no image on this split (support 0): recall and F1 are not measurable")
     assert "the macro precision, recall and F1 above count it as 0" in sentence
     assert absent_class_sentence(per_class_tables(_analysis(_small_split(), resamples))["per_class_d_m"]) == []
+
+
+def _scored(trial_id: str, y_true, predicted, groups) -> Evaluation:
+    """A trial's evaluation on the test split with its metrics, beside the majority-class (COVID-19) baseline."""
+    from cxrnets.metrics import classification_metrics
+
+    y_true = np.asarray(y_true)
+    scores, baseline = np.eye(3)[predicted] * 0.8 + 0.1 / 3, np.tile([0.8, 0.1, 0.1], (len(y_true), 1))
+    evaluation = Evaluation(trial_id, 3, "test", {}, y_true, scores, CLASSES, False, {}, np.asarray(groups), baseline)
+    evaluation.metrics = {f"test/{k}": v for k, v in classification_metrics(y_true, scores, False).items()}
+    evaluation.baseline = {f"test/{k}": v for k, v in classification_metrics(y_true, baseline, False).items()}
+    return evaluation
+
+
+def _compared(cells: dict[str, tuple[Evaluation, float, float]], tie_break: str = "val/loss") -> types.SimpleNamespace:
+    """An analysis of dataset d whose models (model -> its trial's evaluation, validation value and tie-break value
+    at that epoch) were each chosen on val/f1_macro."""
+    selected = [types.SimpleNamespace(dataset="d", model=model, rank=1, evaluation=evaluation,
+                                      candidate=types.SimpleNamespace(trial_id=evaluation.trial_id, value=value,
+                                                                      tie=tie))
+                for model, (evaluation, value, tie) in cells.items()]
+    bootstrap = bootstrap_split("d", [chosen.evaluation for chosen in selected], resamples=300)
+    settings = types.SimpleNamespace(tie_break=tie_break)
+    return types.SimpleNamespace(selected=selected, bootstraps={"d": bootstrap}, split="test", mode="max",
+                                 metric="val/f1_macro", study=types.SimpleNamespace(settings=settings))
+
+
+# 8 COVID-19 patients, 4 of Other pneumonia, and No Finding's one patient.
+SPLIT_Y = np.r_[np.zeros(8, int), np.ones(4, int), [2, 2]]
+SPLIT_GROUPS = np.r_[np.arange(12), [12, 12]]
+
+
+def test_a_paired_difference_without_interval_is_neither_distinguishable_nor_not():
+    """The macro F1's differences have no interval here (a class of one patient): \"not distinguishable\" would
+    read as a finding; the table leaves it blank (NA), as it leaves the bounds."""
+    right = _scored("t1", SPLIT_Y, SPLIT_Y, SPLIT_GROUPS)
+    table = paired_differences(_compared({"alexnet": (right, 0.5, 0.1)}))
+    f1 = table[(table["metric"] == "f1_macro") & (table["versus"] == BASELINE)].iloc[0]
+    assert np.isnan(f1["lower"]) and pd.isna(f1["distinguishable"])
+    accuracy = table[(table["metric"] == "accuracy") & (table["versus"] == BASELINE)].iloc[0]
+    assert not pd.isna(accuracy["distinguishable"]) and bool(accuracy["distinguishable"])
+    written = table.to_csv(index=False)
+    assert "d,f1_macro,alexnet,majority baseline," in written
+    assert next(line for line in written.splitlines() if line.startswith("d,f1_macro,alexnet")).endswith(",,,")
