@@ -15,7 +15,7 @@ from study.analysis.selection import Analysis
 from study.analysis.uncertainty import (BASELINE, SplitBootstrap, class_patients, percentile_interval,
                                         proportion_interval)
 from study.tables import (PAPER_METRICS, ablation_table, comparison_table, format_paper_table, interval_text,
-                          paper_table)
+                          paper_table, rank_key)
 
 
 # The per-class figures that are proportions of images: their intervals are proportion_interval's.
@@ -321,12 +321,13 @@ def with_intervals(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
 
 
 def best_model_on_validation(analysis: Analysis, dataset: str) -> str:
-    """The row's reference model: the one whose selected trial is best on the validation metric
-    (chosen before any test figure is seen; ties go to the model listed first)."""
+    """The row's reference model: the one whose selected trial is best on the validation metric (chosen before any
+    test figure is seen), ranked as the selection ranks trials (study.tables.rank_key: ties by the study's
+    tie-break metric at the evaluated epoch, then by trial id)."""
     firsts = [c for c in analysis.selected if c.dataset == dataset and c.rank == 1]
-    order = model_order(c.model for c in firsts)
-    sign = 1 if analysis.mode == "min" else -1
-    return min(firsts, key=lambda c: (sign * c.candidate.value, order.index(c.model))).model
+    tie_break = analysis.study.settings.tie_break
+    return min(firsts, key=lambda c: rank_key(c.candidate.trial_id, c.candidate.value, analysis.mode,
+                                              c.candidate.tie, tie_break)).model
 
 
 def paired_differences(analysis: Analysis) -> pd.DataFrame:

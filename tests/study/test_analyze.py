@@ -42,7 +42,7 @@ from study.checkpoints import BestWeights
 from study.results import read_results
 from study.space import parse_space
 from study.tables import (NOT_SET, STATUSES, ablation_table, best_epochs, bin_values, comparison_table,
-                          format_paper_table, paper_table, search_summary, trial_table)
+                          format_paper_table, paper_table, rank_key, search_summary, trial_table)
 
 DATASET = "covid-chestxray-3class"
 METRIC = "val/f1_macro"
@@ -368,7 +368,9 @@ def test_intervals_resample_patients_and_pair_the_comparisons(evaluated, study_d
     assert per_class["patients"].tolist() == [patients.get(c, 0) for c in per_class["class"]]
 
     paired = analysis.tables["paired_differences"]
-    reference = max((c for c in analysis.selected), key=lambda c: (c.candidate.value, c.model == "alexnet")).model
+    tie_break = analysis.study.settings.tie_break
+    reference = min(analysis.selected, key=lambda c: rank_key(c.candidate.trial_id, c.candidate.value, "max",
+                                                               c.candidate.tie, tie_break)).model
     f1 = paired[paired["metric"] == "f1_macro"]
     assert sorted(zip(f1["model"], f1["versus"])) == sorted(
         [("alexnet", BASELINE), ("resnet50", BASELINE)]

@@ -10,8 +10,8 @@ import pytest
 
 from study.analysis.evaluation import Evaluation
 from study.analysis.report import absent_class_sentence, flat_f1_sentence, one_patient_sentence
-from study.analysis.report_tables import (PROPORTIONS, confusion_table, never_predicted, paired_differences,
-                                          per_class_tables, predictions_table)
+from study.analysis.report_tables import (PROPORTIONS, best_model_on_validation, confusion_table, never_predicted,
+                                          paired_differences, per_class_tables, predictions_table)
 from study.analysis.uncertainty import BASELINE, bootstrap_split, percentile_interval, proportion_interval
 
 CLASSES = ["COVID-19", "Other pneumonia", "No Finding"]
@@ -207,3 +207,22 @@ def test_a_paired_difference_without_interval_is_neither_distinguishable_nor_not
     written = table.to_csv(index=False)
     assert "d,f1_macro,alexnet,majority baseline," in written
     assert next(line for line in written.splitlines() if line.startswith("d,f1_macro,alexnet")).endswith(",,,")
+
+
+def test_the_reference_of_tied_models_is_the_one_the_selection_ranks_first():
+    """Tied on val/f1_macro, the models are ranked as the selection ranks trials: by the study's --tie-break at
+    the chosen epoch (val/loss: lower first), then by trial id; not by the model listed first."""
+    right = _scored("t2", SPLIT_Y, SPLIT_Y, SPLIT_GROUPS)
+    half = _scored("t1", SPLIT_Y, np.where(np.arange(14) % 2, SPLIT_Y, 0), SPLIT_GROUPS)
+    analysis = _compared({"alexnet": (half, 0.5, 0.9), "resnet50": (right, 0.5, 0.4)})
+    assert best_model_on_validation(analysis, "d") == "resnet50"
+    table = paired_differences(analysis)
+    assert set(table.loc[table["versus"] != BASELINE, "model"]) == {"alexnet"}
+    assert set(table["versus"]) == {BASELINE, "resnet50 (best on validation)"}
+    # Tied on the tie-break too: the lower trial id, alexnet's t1.
+    assert best_model_on_validation(_compared({"alexnet": (half, 0.5, 0.4), "resnet50": (right, 0.5, 0.4)}),
+                                    "d") == "alexnet"
+    # No tie-break (--tie-break none): trial id.
+    assert best_model_on_validation(_compared({"alexnet": (right, 0.5, float("nan")),
+                                               "resnet50": (half, 0.5, float("nan"))}, tie_break=None),
+                                    "d") == "resnet50"
