@@ -314,8 +314,6 @@ def joined_names(names: list[str]) -> str:
 # The averages that count a class with no image on the split as 0 (cxrnets.metrics: scikit-learn's macro average
 # over all the dataset's classes); the macro ROC AUC leaves such a class out.
 MACRO_COUNTING_ABSENT = ("precision_macro", "recall_macro", "f1_macro")
-MACRO_WORDS = ("count each as 0 (scikit-learn's macro average over all the dataset's classes, as the selection on "
-               "validation does), so no model reaches 1 on them; the macro ROC AUC leaves them out")
 
 
 def absent_classes_note(analysis: Analysis, part: str) -> list[str]:
@@ -330,8 +328,9 @@ def absent_classes_note(analysis: Analysis, part: str) -> list[str]:
         return []
     split_name = "test" if part == "test" else "validation"
     named = "; ".join(f"{dataset}: {', '.join(names)}" for dataset, names in absent.items())
-    return [f"Classes with no image on the {split_name} split: {named}. The macro precision, recall and F1 "
-            f"{MACRO_WORDS}.", ""]
+    return [f"Classes with no image on the {split_name} split: {named}. The macro precision, recall and F1 count "
+            "each as 0 (scikit-learn's macro average over all the dataset's classes, as the selection on validation "
+            "does): no model can reach 1 on these averages; the macro ROC AUC leaves such classes out.", ""]
 
 
 def absent_class_sentence(per_class: pd.DataFrame) -> list[str]:
