@@ -40,7 +40,9 @@ study (analyses/), so that its report says how often, and for which other
 trials, the split was read before (study.analysis.looks). A trial
 whose weights are missing or unreadable, or not its own (trained with
 another config than the results give the trial), is reported and the next
-best trial of its cell takes its place. The split is part of the study: if the
+best trial of its cell takes its place; one whose outputs on the test images
+are not finite fails its cell, which no other trial fills (that would choose
+it by its test figures). The split is part of the study: if the
 images changed since the study made it (their SHA-1s are in the split file),
 or the split file was edited (its SHA-256, which study.json records; for a
 study from before that, the analysis remakes the split from the data and the
@@ -146,7 +148,7 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
                 analysis.notes.append(f"no intervals for {dataset}: {error}")
     analysis.external = evaluate_elsewhere(analysis, data, externals or [], external_indexes, label_map or {},
                                            resamples, device)
-    if split == "test" and analysis.selected:
+    if split == "test" and (analysis.selected or analysis.failed):
         analysis.look = Look.of(analysis)
         analysis.earlier_looks, analysis.look_problems = earlier_looks(study.uri)
         unrecorded = record_look(study.uri, analysis.look)

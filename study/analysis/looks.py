@@ -40,9 +40,11 @@ class Look:
     @classmethod
     def of(cls, analysis: Analysis) -> "Look":
         evaluated: dict[str, list[str]] = {}
-        for chosen in sorted(analysis.selected, key=lambda c: (c.dataset, c.model, c.rank)):
-            evaluated.setdefault(f"{chosen.dataset} / {chosen.model}", []).append(
-                f"{chosen.candidate.trial_id}@{chosen.evaluation.epoch}")
+        # A trial that failed on the test split was read there too.
+        scored = [(c.dataset, c.model, c.rank, c.candidate.trial_id, c.evaluation.epoch) for c in analysis.selected]
+        scored += [(f.dataset, f.model, f.rank, f.candidate.trial_id, f.candidate.epoch) for f in analysis.failed]
+        for dataset, model, _, trial_id, epoch in sorted(scored):
+            evaluated.setdefault(f"{dataset} / {model}", []).append(f"{trial_id}@{epoch}")
         for run in analysis.confirmation.runs if analysis.confirmation else []:
             if run.evaluation is not None:
                 evaluated.setdefault(f"{run.job.dataset} / {run.job.model}{SEEDS}", []).append(

@@ -16,7 +16,7 @@ from cxrnets.errors import CxrError
 from study import storage
 from study.analysis.figures import write_figures
 from study.analysis.looks import history
-from study.analysis.report_tables import never_predicted, reported_metric, slug
+from study.analysis.report_tables import best_model_on_validation, never_predicted, reported_metric, slug
 from study.analysis.selection import Analysis
 from study.analysis.uncertainty import FEW_PATIENTS
 from study.tables import METRIC_TITLES, NOT_SET, PAPER_METRICS, STATUSES, interval_text, markdown_table
@@ -162,9 +162,11 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
         lines += [uncertainty_paragraph(analysis), ""]
     compared = [m for m in PAPER_METRICS if f"_shown_comparison_{m}" in tables]
     if not compared:
-        lines += ["No cell could be evaluated (see Skipped trials below).", ""]
+        lines += [f"No cell has a figure on the {split_name} split." if analysis.failed
+                  else "No cell could be evaluated (see Skipped trials below).", ""]
     for metric in compared:
         lines += [f"### {METRIC_TITLES[metric]}", "", markdown_table(tables[f"_shown_comparison_{metric}"]), ""]
+    lines += failed_cells_note(analysis, split_name)
     lines += absent_classes_note(analysis, analysis.split)
     if "majority_baseline" in tables:
         lines += ["### Majority-class baseline", "",
@@ -210,7 +212,7 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
 
     lines += ["## Confusion matrices and per-class metrics", ""]
     best = [s for s in analysis.selected if s.rank == 1]
-    if not best:
+    if not best and not analysis.failed:
         lines += ["None (no cell could be evaluated).", ""]
     else:
         lines += ["Each class against the rest: precision (positive predictive value), recall (sensitivity), "
@@ -242,6 +244,12 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
         lines += absent_class_sentence(tables[f"per_class_{name}"])
         if chosen.dataset in analysis.bootstraps:
             lines += one_patient_sentence(tables[f"per_class_{name}"]) + flat_f1_sentence(tables[f"per_class_{name}"])
+    for failed in analysis.failed:
+        if failed.rank == 1:
+            lines += [f"### {failed.dataset} / {failed.model}", "",
+                      f"Trial `{failed.candidate.trial_id}` ({failed.candidate.trial_name}), chosen on validation, "
+                      f"failed on the {split_name} split ({failed.reason}): no confusion matrix, per-class figures, "
+                      "ROC curve or calibration.", ""]
     roc = [(name, path) for name, path in analysis.figures.items() if name.startswith("roc_")]
     if figures and roc:
         lines += ["### ROC curves", "",
@@ -309,6 +317,18 @@ def top_k_words(analysis: Analysis) -> str:
 
 def joined_names(names: list[str]) -> str:
     return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+
+
+def failed_cells_note(analysis: Analysis, split_name: str) -> list[str]:
+    """The cells whose trial chosen on validation failed on the split, and why no other trial fills them (empty
+    when none)."""
+    if not analysis.failed:
+        return []
+    which = "; ".join(f"{failed.dataset} / {failed.model}: trial `{failed.candidate.trial_id}` (rank {failed.rank}), "
+                      f"{failed.reason}" for failed in analysis.failed)
+    return [f"`failed on {analysis.split}`: the trial chosen on validation could not be scored on the {split_name} "
+            f"split ({which}). The cell has no figure there, nor any comparison: the next trial does not take its "
+            f"place, as that would choose the cell's model by its {split_name} figures.", ""]
 
 
 # The averages that count a class with no image on the split as 0 (cxrnets.metrics: scikit-learn's macro average
@@ -507,6 +527,15 @@ def paired_section(analysis: Analysis) -> list[str]:
         else:
             verdict = "distinguishable" if row.distinguishable else "not distinguishable"
         lines.append(f"- {row.dataset}: {row.model} vs {row.versus}: {row.difference:+.3f} {interval}, {verdict}")
+    first_failures: dict[tuple[str, str], object] = {}
+    for failed in analysis.failed:
+        first_failures.setdefault((failed.dataset, failed.model), failed)
+    for (dataset, model), failed in first_failures.items():
+        if dataset in analysis.bootstraps:
+            against = ("; it was the model chosen best on validation, so no model is compared with it"
+                       if best_model_on_validation(analysis, dataset) == model else "")
+            lines.append(f"- {dataset}: {model}: failed on the {analysis.split} split (trial "
+                         f"{failed.candidate.trial_id}): no paired difference{against}")
     for dataset in dict.fromkeys(shown.loc[shown["lower"].isna(), "dataset"]):
         bootstrap = analysis.bootstraps[dataset]
         if metric in bootstrap.undefined:

@@ -47,7 +47,20 @@ def selected_table(analysis: Analysis) -> pd.DataFrame:
                 if prefix + name in evaluation.metrics:
                     row[f"{prefix}{name} lower"], row[f"{prefix}{name} upper"] = interval_of(bootstrap, name, samples)
         rows.append(row)
-    return pd.DataFrame(rows)
+    for failed in analysis.failed:
+        candidate = failed.candidate
+        row = {"dataset": failed.dataset, "model": failed.model, "rank": failed.rank,
+               "trial_id": candidate.trial_id, "trial_name": candidate.trial_name}
+        row.update({c.removeprefix("config/"): trials.loc[candidate.trial_id, c] for c in config_columns})
+        row.update({"best epoch": candidate.best_epoch, "evaluated epoch": candidate.epoch,
+                    f"{analysis.metric} (recorded)": candidate.value, f"failed on {analysis.split}": failed.reason})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if analysis.failed:  # each failed trial among its cell's
+        order = model_order(table["model"])
+        table = table.sort_values(["dataset", "model", "rank"], key=lambda column: column.map(order.index)
+                                  if column.name == "model" else column, kind="stable").reset_index(drop=True)
+    return table
 
 
 def build_tables(analysis: Analysis) -> None:
@@ -131,10 +144,14 @@ def comparison_tables(analysis: Analysis, cells: pd.DataFrame) -> dict[str, pd.D
     prefix = f"{analysis.split}/"
     long = cells.rename(columns=lambda c: c.removeprefix(prefix)) if len(cells) else pd.DataFrame(
         columns=["dataset", "model"])
+    failed = failed_cells(analysis)
+    # A failed cell has no figure: the mean of its other trials would leave out the one that failed.
+    long = long[[(dataset, model) not in failed for dataset, model in zip(long["dataset"], long["model"])]]
+    failed_words = f"failed on {analysis.split}"
     for metric in PAPER_METRICS:
-        if metric not in long.columns or long[metric].notna().sum() == 0:
+        if metric not in long.columns or (long[metric].notna().sum() == 0 and not failed):
             continue
-        rows = sorted(long.loc[long[metric].notna(), "dataset"].unique())
+        rows = sorted({*long.loc[long[metric].notna(), "dataset"], *(dataset for dataset, _ in failed)})
         mean, std, count = paper_table(long, metric, models, rows)
         lower, upper = cell_intervals(analysis, metric, mean)
         table = mean.reset_index()
@@ -145,10 +162,20 @@ def comparison_tables(analysis: Analysis, cells: pd.DataFrame) -> dict[str, pd.D
             if analysis.top_k > 1:
                 table[f"{model} std"] = std[model].to_numpy()
                 table[f"{model} n"] = count[model].to_numpy()
+        shown = format_paper_table(mean, std, count, analysis.top_k, lower=lower if analysis.bootstraps else None,
+                                   upper=upper)
+        if failed:
+            table[failed_words] = [", ".join(m for m in models if (dataset, m) in failed) for dataset in rows]
+            for dataset, model in failed:
+                shown.loc[shown["dataset"] == dataset, model] = failed_words
         tables[f"comparison_{metric}"] = table
-        tables[f"_shown_comparison_{metric}"] = format_paper_table(
-            mean, std, count, analysis.top_k, lower=lower if analysis.bootstraps else None, upper=upper)
+        tables[f"_shown_comparison_{metric}"] = shown
     return tables
+
+
+def failed_cells(analysis: Analysis) -> set[tuple[str, str]]:
+    """The (dataset, model) cells with a chosen trial that failed on the split: no figure, no comparison."""
+    return {(failed.dataset, failed.model) for failed in analysis.failed}
 
 
 def baseline_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
@@ -296,6 +323,9 @@ def cell_intervals(analysis: Analysis, metric: str, mean: pd.DataFrame) -> tuple
 
 
 def cell_trials(analysis: Analysis, dataset: str, model: str) -> list[str]:
+    """The evaluated trials of a cell; none for a failed cell (failed_cells)."""
+    if (dataset, model) in failed_cells(analysis):
+        return []
     return [c.candidate.trial_id for c in analysis.selected if (c.dataset, c.model) == (dataset, model)]
 
 
@@ -323,8 +353,8 @@ def with_intervals(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
 def best_model_on_validation(analysis: Analysis, dataset: str) -> str:
     """The row's reference model: the one whose selected trial is best on the validation metric (chosen before any
     test figure is seen), ranked as the selection ranks trials (study.tables.rank_key: ties by the study's
-    tie-break metric at the evaluated epoch, then by trial id)."""
-    firsts = [c for c in analysis.selected if c.dataset == dataset and c.rank == 1]
+    tie-break metric at the evaluated epoch, then by trial id); it may be a cell that failed on the split."""
+    firsts = [c for c in (*analysis.selected, *analysis.failed) if c.dataset == dataset and c.rank == 1]
     tie_break = analysis.study.settings.tie_break
     return min(firsts, key=lambda c: rank_key(c.candidate.trial_id, c.candidate.value, analysis.mode,
                                               c.candidate.tie, tie_break)).model
@@ -333,12 +363,17 @@ def best_model_on_validation(analysis: Analysis, dataset: str) -> str:
 def paired_differences(analysis: Analysis) -> pd.DataFrame:
     """Per dataset and metric, each model against the majority baseline and against the row's model
     chosen best on validation: the difference of their figures and its interval over the same
-    resampled patients. `distinguishable`: the interval excludes zero (NA where there is no interval)."""
+    resampled patients. `distinguishable`: the interval excludes zero (NA where there is no interval).
+    A cell that failed on the split has no difference, nor has any against it."""
     prefix = f"{analysis.split}/"
+    failed = failed_cells(analysis)
     rows = []
     for dataset, bootstrap in analysis.bootstraps.items():
-        models = model_order(c.model for c in analysis.selected if c.dataset == dataset)
+        models = model_order(c.model for c in analysis.selected if c.dataset == dataset and (dataset, c.model)
+                             not in failed)
         reference = best_model_on_validation(analysis, dataset)
+        if (dataset, reference) in failed:
+            reference = None
         baseline = next(c.evaluation.baseline for c in analysis.selected if c.dataset == dataset)
         for metric in PAPER_METRICS:
             if metric not in bootstrap.samples[BASELINE].summary or prefix + metric not in baseline:
@@ -349,7 +384,7 @@ def paired_differences(analysis: Analysis) -> pd.DataFrame:
             others = [(BASELINE, baseline[prefix + metric], bootstrap.samples[BASELINE].summary[metric])]
             for model in models:
                 versus = others + ([(f"{reference} (best on validation)", point[reference], samples[reference])]
-                                   if model != reference else [])
+                                   if reference not in (None, model) else [])
                 for name, value, reference_samples in versus:
                     lower, upper = (percentile_interval(samples[model] - reference_samples)
                                     if bootstrap.difference_defined(metric) else (np.nan, np.nan))

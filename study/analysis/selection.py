@@ -4,9 +4,12 @@ Per cell, `candidates` ranks the trials that have best weights by the
 validation metric at the weights' epoch (from the sidecars and the results
 table, never from the weights); `select_and_evaluate` downloads and
 evaluates the `top_k` best, letting the next trial take the place of one
-whose weights are missing, unreadable or another trial's. `Analysis` holds what the selection
-found and what the later steps add (intervals, seed repeats, importance,
-tables, figures).
+whose weights are missing, unreadable or another trial's: weights that
+cannot be evaluated on any image. A chosen trial whose outputs on the
+evaluated images are not finite fails its cell instead (`Failed`): taking
+the next trial then would choose the cell's model by its figures on that
+split. `Analysis` holds what the selection found and what the later steps
+add (intervals, seed repeats, importance, tables, figures).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from cxrnets.errors import CxrError
+from cxrnets.errors import CxrError, DivergedError
 from study.analysis.confirmation import Confirmation
 from study.analysis.evaluation import AnalysisRefused, Evaluation, StudyData, evaluate_checkpoint
 from study.analysis.importance import Importance
@@ -143,6 +146,18 @@ class Selected:
 
 
 @dataclass
+class Failed:
+    """A trial chosen on validation whose evaluation on the split failed (outputs not finite on its images):
+    its cell has no figure there; the next trial does not take its place."""
+
+    dataset: str
+    model: str
+    rank: int
+    candidate: Candidate
+    reason: str  # the weights evaluated, and what went wrong
+
+
+@dataclass
 class Analysis:
     study: Study
     metric: str
@@ -151,6 +166,7 @@ class Analysis:
     top_k: int
     trials: pd.DataFrame
     selected: list[Selected] = field(default_factory=list)
+    failed: list[Failed] = field(default_factory=list)  # chosen trials that failed on the split: no replacement
     notes: list[str] = field(default_factory=list)
     split_notes: dict[str, str] = field(default_factory=dict)  # StudyData's: copies across a split's parts
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)   # name -> table (what CSV/Parquet hold)
@@ -201,6 +217,16 @@ def select_and_evaluate(analysis: Analysis, data: StudyData) -> None:
                                                  candidate.trial_id, trial_config=candidate.config)
             except AnalysisRefused:
                 raise
+            except DivergedError as error:
+                rank += 1
+                reason = f"{candidate.weights.uri}: {error}"
+                analysis.failed.append(Failed(dataset, model, rank, candidate, reason))
+                analysis.notes.append(
+                    f"{dataset} / {model}: trial {candidate.trial_id} ({candidate.trial_name}), chosen on validation, "
+                    f"failed on the {analysis.split} split: {reason}; the cell is reported as failed, not replaced by "
+                    f"the next trial (which its {analysis.split} figures would then have chosen)")
+                log.warning("trial %s failed on the %s split: %s", candidate.trial_id, analysis.split, reason)
+                continue
             except (CxrError, OSError) as error:
                 analysis.notes.append(f"trial {candidate.trial_id} ({candidate.trial_name}): {error}; skipped, "
                                       "the next best trial of its cell takes its place")

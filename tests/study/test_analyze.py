@@ -26,7 +26,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from cxrnets.data import SAMPLE_ROOT
-from cxrnets.errors import CxrError
+from cxrnets.errors import CxrError, DivergedError
 from cxrnets.predict import main as predict_main
 from cxrnets.splits import make_split, split_digest
 from study.analysis import evaluation as evaluation_module, selection as selection_module
@@ -556,6 +556,46 @@ def test_corrupt_checkpoint_is_skipped(evaluated, study_dir, tmp_path):
     chosen = result.best(DATASET, "alexnet")
     assert chosen is not None and chosen.candidate.trial_id != broken.trial_id
     assert result.best(DATASET, "resnet50").candidate.trial_id == analysis.best(DATASET, "resnet50").candidate.trial_id
+
+
+def test_a_chosen_trial_whose_outputs_are_not_finite_on_test_fails_its_cell(evaluated, study_dir, tmp_path,
+                                                                            monkeypatch):
+    """The best alexnet on validation gives NaN outputs on the test images: its cell is reported as failed, not
+    filled by the next alexnet trial, and every table, figure and comparison goes on without it."""
+    analysis, _ = evaluated
+    failing = analysis.best(DATASET, "alexnet").candidate.trial_id
+    copy = linked_copy(study_dir, tmp_path / "grid")
+    shutil.rmtree(copy / "analyses", ignore_errors=True)  # other tests' analyses of the session's study
+    original = selection_module.evaluate_checkpoint
+
+    def diverging(path, data, split="test", trial_id="", **options):
+        if trial_id == failing:
+            raise DivergedError("the model's outputs on evaluation are NaN or infinite (loss nan)")
+        return original(path, data, split, trial_id, **options)
+
+    monkeypatch.setattr(selection_module, "evaluate_checkpoint", diverging)
+    result = analyze(copy, formats=("md", "csv", "png"), resamples=200, importance="none", saliency=0)
+    assert result.best(DATASET, "alexnet") is None
+    assert [(f.model, f.rank, f.candidate.trial_id) for f in result.failed] == [("alexnet", 1, failing)]
+    assert {c.model for c in result.selected} == {"resnet50"}
+    tables = result.out / "tables"
+    comparison = pd.read_csv(tables / "comparison_f1_macro.csv")
+    assert comparison["alexnet"].isna().all() and comparison["failed on test"].tolist() == ["alexnet"]
+    assert result.tables["_shown_comparison_f1_macro"].loc[0, "alexnet"] == "failed on test"
+    selected = pd.read_csv(tables / "selected_trials.csv").set_index("trial_id")
+    assert f"{copy / 'weights' / failing}.pt: the model's outputs on evaluation are NaN or infinite" in \
+        selected.loc[failing, "failed on test"]
+    assert selected.loc[failing, "test/f1_macro"] != selected.loc[failing, "test/f1_macro"]  # NaN
+    paired = pd.read_csv(tables / "paired_differences.csv")
+    assert "alexnet" not in set(paired["model"]) and not paired["versus"].str.startswith("alexnet").any()
+    assert not (tables / f"per_class_{DATASET}_alexnet.csv").exists()
+    assert (result.out / "figures" / f"confusion_{DATASET}_resnet50.png").exists()
+    assert not (result.out / "figures" / f"confusion_{DATASET}_alexnet.png").exists()
+    text = (result.out / "report.md").read_text()
+    assert f"trial {failing}" in text and "failed on the test split" in text
+    assert f"- {DATASET}: alexnet: failed on the test split (trial {failing}): no paired difference" in text
+    look = json.loads(next((copy / "analyses").glob("*.json")).read_text())
+    assert any(entry.startswith(f"{failing}@") for entry in look["evaluated"][f"{DATASET} / alexnet"])
 
 
 def test_another_trials_weights_copied_over_a_trials_are_skipped(evaluated, study_dir, tmp_path):

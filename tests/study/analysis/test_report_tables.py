@@ -186,7 +186,7 @@ def _compared(cells: dict[str, tuple[Evaluation, float, float]], tie_break: str 
                 for model, (evaluation, value, tie) in cells.items()]
     bootstrap = bootstrap_split("d", [chosen.evaluation for chosen in selected], resamples=300)
     settings = types.SimpleNamespace(tie_break=tie_break)
-    return types.SimpleNamespace(selected=selected, bootstraps={"d": bootstrap}, split="test", mode="max",
+    return types.SimpleNamespace(selected=selected, failed=[], bootstraps={"d": bootstrap}, split="test", mode="max",
                                  metric="val/f1_macro", study=types.SimpleNamespace(settings=settings))
 
 

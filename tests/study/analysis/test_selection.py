@@ -5,8 +5,11 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pandas as pd
+import pytest
 
-from study.analysis.selection import candidates
+from cxrnets.errors import CxrError, DivergedError
+from study.analysis import selection as selection_module
+from study.analysis.selection import Analysis, candidates, select_and_evaluate
 from study.checkpoints import BestWeights
 from study.tables import trial_table
 
@@ -83,3 +86,46 @@ def test_missing_or_unreadable_weights_are_called_so_and_only_keeps_deletions_bl
     _, notes = ranked(two_trials(), {"t1": weights("t1", 1, 0.5)}, keep=1, top_k=2, uri=str(tmp_path))
     assert notes == [f"trial t2 (n2): no best weights (best {METRIC} 0.400 at epoch 1); skipped. The study keeps "
                      f"the weights of each model's best trial on {METRIC} only (study.run --keep 1)"]
+
+
+def analysed(results: pd.DataFrame, written: dict[str, BestWeights], failures: dict[str, Exception],
+             monkeypatch, top_k: int = 1) -> Analysis:
+    """select_and_evaluate over one cell whose evaluations raise `failures` (trial id -> error) and otherwise
+    return a stand-in evaluation."""
+    settings = SimpleNamespace(keep="all", metric=METRIC, tie_break="val/loss", data_roots={"d": "/data"})
+    study = SimpleNamespace(results=results, weights=written, uri="/study", settings=settings)
+    trials = trial_table(results, NO_EVENTS, METRIC, "max", 2, tie_break="val/loss")
+
+    def evaluate(uri, data, split, trial_id, trial_config=None):
+        if trial_id in failures:
+            raise failures[trial_id]
+        return SimpleNamespace(trial_id=trial_id, metrics={"test/f1_macro": 0.5}, seconds=0.1)
+
+    monkeypatch.setattr(selection_module, "evaluate_checkpoint", evaluate)
+    analysis = Analysis(study, METRIC, "max", "test", top_k, trials)
+    select_and_evaluate(analysis, SimpleNamespace(prefetch=lambda uris: None))
+    return analysis
+
+
+def test_a_chosen_trial_whose_outputs_are_not_finite_on_test_fails_its_cell_without_replacement(monkeypatch):
+    """t1, chosen on validation, gives NaN outputs on the test images: taking t2 instead would choose the cell's
+    model by its test figures. The cell is reported as failed, naming the weights and the reason."""
+    written = {t: weights(t, 1, v) for t, v in (("t1", 0.5), ("t2", 0.4))}
+    diverged = DivergedError("the model's outputs on evaluation are NaN or infinite (loss nan)")
+    analysis = analysed(two_trials(), written, {"t1": diverged}, monkeypatch)
+    assert analysis.selected == []
+    [failed] = analysis.failed
+    assert (failed.dataset, failed.model, failed.rank, failed.candidate.trial_id) == ("d", "alexnet", 1, "t1")
+    note = "\n".join(analysis.notes)
+    assert ("d / alexnet: trial t1 (n1), chosen on validation, failed on the test split: /study/weights/t1.pt: the "
+            "model's outputs on evaluation are NaN or infinite (loss nan)") in note
+    assert "not replaced by the next trial" in note and "takes its place" not in note
+
+
+@pytest.mark.parametrize("error", [CxrError("/study/weights/t1.pt: not a readable checkpoint"),
+                                   FileNotFoundError("/study/weights/t1.pt")])
+def test_weights_that_cannot_be_evaluated_at_all_are_still_replaced_by_the_next_trial(monkeypatch, error):
+    written = {t: weights(t, 1, v) for t, v in (("t1", 0.5), ("t2", 0.4))}
+    analysis = analysed(two_trials(), written, {"t1": error}, monkeypatch)
+    assert [c.candidate.trial_id for c in analysis.selected] == ["t2"] and analysis.failed == []
+    assert any(note.endswith("the next best trial of its cell takes its place") for note in analysis.notes)
