@@ -282,7 +282,7 @@ class Evaluation:
     baseline: dict[str, float] = field(default_factory=dict)  # the majority-class predictor's metrics
     images: pd.DataFrame | None = None  # each image's relpath and patient, in y_true's order
     weights_file: str = ""  # the local file evaluated: the weights, or the download cache's copy of a bucket's
-    # part of the split ("train", "val", "test") -> the classes (labels) with no image there
+    # part of the split ("val", "test": those the report notes) -> the classes (labels) with no image there
     classes_absent: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -321,7 +321,7 @@ def evaluate_checkpoint(weights_uri: str, data: StudyData, split: str = "test", 
     baseline = classification_metrics(y_true, baseline_scores, multilabel)
     absent = {part: [name for name, held in zip(classes, class_indicators(
         prepared.targets[prepared.rows(part)], len(classes), multilabel).any(axis=0)) if not held]
-        for part in ("train", "val", "test")}
+        for part in ("val", "test")}
     return Evaluation(trial_id, int(checkpoint["epoch"]), split, metrics, y_true, scores, classes, multilabel,
                       dict(checkpoint["config"]), groups, baseline_scores, time.perf_counter() - started,
                       {f"{split}/{k}": v for k, v in baseline.items()}, images, str(path), absent)
