@@ -389,9 +389,12 @@ def _find_class_folders(root: Path, expected: tuple[str, ...], dataset: str) -> 
     present = _subdirectories(root)
     missing = [c for c in expected if c.lower() not in present]
     if missing:
+        # Some of its class folders there: a subset of the dataset, which the folder layout reads.
+        subset = len(missing) < len(expected)
         raise CxrError(
             f"{root}: not a {dataset} dataset: class folders {missing} are missing "
             f"(expected {list(expected)}, found {sorted(p.name for p in present.values())})"
+            + ("; to study the classes there are, pass --dataset folder" if subset else "")
         )
     return {c: present[c.lower()] for c in expected}
 

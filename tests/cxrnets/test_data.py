@@ -195,6 +195,25 @@ def test_pneumonia_normal_missing_class(make_pneumonia_normal) -> None:
         load_dataset("covid-pneumonia-normal", root)
 
 
+@pytest.mark.parametrize("name", ["covid-radiography", "covid-pneumonia-normal"])
+def test_a_fixed_layout_missing_some_class_folders_offers_the_folder_layout(name: str, make_radiography,
+                                                                            make_pneumonia_normal) -> None:
+    root = {"covid-radiography": make_radiography, "covid-pneumonia-normal": make_pneumonia_normal}[name]()
+    removed = sorted(folder for folder in root.iterdir() if folder.is_dir())[0]
+    shutil.rmtree(removed)
+    with pytest.raises(CxrError, match=r"are missing .*; to study the classes there are, pass --dataset folder$"):
+        load_dataset(name, root)
+    assert removed.name not in class_counts(load_dataset("folder", root))  # the remedy, followed
+
+
+def test_a_folder_holding_none_of_a_fixed_layouts_classes_is_not_offered_the_folder_layout(tmp_path: Path,
+                                                                                          write_image) -> None:
+    for name in ("a", "b"):
+        write_image(tmp_path / name / "x.png")
+    with pytest.raises(CxrError, match=r"are missing \(expected .*, found \['a', 'b'\]\)$"):
+        load_dataset("covid-pneumonia-normal", tmp_path)
+
+
 def test_a_file_name_that_is_not_utf8_is_refused_naming_the_file_and_how_to_rename(make_pneumonia_normal) -> None:
     """A zip made on Windows names files in its code page (b'caf\\xe9' in Latin-1): indexing crashed with a bare
     UnicodeEncodeError naming no file."""
