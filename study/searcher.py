@@ -109,6 +109,24 @@ def restore_storage_file(study_uri: str, optuna_study: str) -> Path:
     return path
 
 
+class GridSamplerUnderTune(optuna.samplers.GridSampler):
+    """Optuna's GridSampler without the study.stop() it calls once its grid is used up: that works only inside
+    Study.optimize, which Tune never runs, and raised RuntimeError (a crashed study, or Ray's warning at the
+    grid's last trial). BestEpochOptunaSearch ends the search itself, once every configuration has run or runs."""
+
+    @classmethod
+    def instead_of(cls, sampler: optuna.samplers.BaseSampler | None) -> optuna.samplers.BaseSampler | None:
+        """A GridSampler as one of this class, with its grid and its random state; any other sampler as it is."""
+        if type(sampler) is not optuna.samplers.GridSampler:
+            return sampler
+        under_tune = cls.__new__(cls)
+        under_tune.__dict__.update(sampler.__dict__)
+        return under_tune
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+
 class BestEpochOptunaSearch(OptunaSearch):
     """OptunaSearch whose completed trials carry their best epoch's value of the metric.
 
@@ -121,6 +139,7 @@ class BestEpochOptunaSearch(OptunaSearch):
 
     def __init__(self, *args, study_uri: str | None = None, **kwargs) -> None:
         self._study_uri, self._storage_file, self._copy_to = None, None, None
+        kwargs["sampler"] = GridSamplerUnderTune.instead_of(kwargs.get("sampler"))
         if study_uri is not None:
             self._locate(study_uri)
             kwargs["storage"] = open_storage(self._storage_file)
@@ -146,6 +165,7 @@ class BestEpochOptunaSearch(OptunaSearch):
     def _reopen(self, study_uri: str) -> None:
         """The Optuna study and its running trials, from the storage file of the study at `study_uri`."""
         self._locate(study_uri)
+        self._sampler = GridSamplerUnderTune.instead_of(self._sampler)  # a study pickled before it came
         self._storage = open_storage(self._storage_file)
         self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage, sampler=self._sampler,
                                           pruner=optuna.pruners.NopPruner())
@@ -159,6 +179,9 @@ class BestEpochOptunaSearch(OptunaSearch):
             pickle.dump(self.__getstate__(), file)
 
     def suggest(self, trial_id: str) -> dict | str | None:
+        if self._untried_configurations() == []:
+            log.info("every configuration of the space has run or runs: the search ends")
+            return Searcher.FINISHED
         config = super().suggest(trial_id)
         for redraw in range(1, REDRAWS + 2):
             ot_trial = self._ot_trials.get(trial_id)
@@ -173,10 +196,6 @@ class BestEpochOptunaSearch(OptunaSearch):
             ot_trial.set_user_attr("repeat_of", earlier.number)
             self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
             del self._ot_trials[trial_id]
-            if untried == []:
-                log.info("every configuration of the space has run or runs: the search ends")
-                self._copy_storage_file()
-                return Searcher.FINISHED
             if redraw > REDRAWS:
                 # The sampler keeps to what ran (TPE on a small space it has nearly covered): the trial
                 # takes an untried configuration, drawn at random, as an enqueued Optuna trial.

@@ -3,6 +3,7 @@ Optuna storage file that a resume continues."""
 
 from __future__ import annotations
 
+import logging
 import pickle
 import shutil
 from pathlib import Path
@@ -154,7 +155,7 @@ def test_a_sampler_that_proposes_only_repeats_gets_untried_configurations_then_t
     assert search.suggest("d") == Searcher.FINISHED, "every configuration ran or runs: nothing new to train"
     trials = search._ot_study.get_trials(deepcopy=False)
     assert [t.user_attrs["trial_id"] for t in trials if "trial_id" in t.user_attrs] == ["a", "b", "c"]
-    assert sum("repeat_of" in t.user_attrs for t in trials) == 2 * (REDRAWS + 1) + 1  # b's and c's proposals, d's one
+    assert sum("repeat_of" in t.user_attrs for t in trials) == 2 * (REDRAWS + 1)  # b's and c's; d asks for none
 
 
 def test_a_space_with_a_range_repeats_a_configuration_rather_than_waiting():
@@ -169,6 +170,39 @@ def test_a_space_with_a_range_repeats_a_configuration_rather_than_waiting():
     trials = search._ot_study.get_trials(deepcopy=False)
     assert sum("repeat_of" in t.user_attrs for t in trials) == REDRAWS
     assert trials[-1].user_attrs["trial_id"] == "b" and trials[-1].state == optuna.trial.TrialState.RUNNING
+
+
+
+def two_configuration_grid(study_uri=None) -> BestEpochOptunaSearch:
+    space = parse_space({"sampler": "grid", "search": {"model": {"choice": ["resnet50"]},
+                                                       "optimizer": {"choice": ["adam", "sgd"]},
+                                                       "lr": {"value": 1e-3}, "batch_size": {"value": 16}}})
+    return BestEpochOptunaSearch(space, metric="val/f1_macro", mode="max", sampler=space.make_sampler(0),
+                                 study_name="demo", study_uri=study_uri and str(study_uri))
+
+
+@pytest.mark.parametrize("stored", [False, True], ids=["in memory", "stored"])
+def test_a_grid_used_up_ends_the_search_without_an_error_or_a_warning(tmp_path, monkeypatch, caplog, stored):
+    """--num-samples above the grid's configurations: once every configuration ran, the search ends
+    (Searcher.FINISHED). Optuna's GridSampler calls study.stop() once its grid is used up, which raises
+    RuntimeError outside Study.optimize (Tune never runs it): the study crashed with a traceback at its next
+    trial, and Ray warned of it at the grid's last trial. A resume ends the same way."""
+    monkeypatch.setattr(logging.getLogger("ray"), "propagate", True)  # Ray's warnings, to caplog
+    study_uri = tmp_path / "study" if stored else None
+    search = two_configuration_grid(study_uri)
+    with caplog.at_level(logging.WARNING):
+        feed(search, "a", [0.3])
+        feed(search, "b", [0.4])
+        assert search.suggest("c") == Searcher.FINISHED
+        if stored:
+            search.save(str(tmp_path / "searcher.pkl"))
+            resumed = two_configuration_grid(study_uri)
+            resumed.restore(str(tmp_path / "searcher.pkl"))
+            assert resumed.suggest("d") == Searcher.FINISHED
+    assert caplog.messages == []
+    configurations = [t.params for t in search._ot_study.get_trials(deepcopy=False)
+                      if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(c["optimizer"] for c in configurations) == ["adam", "sgd"]
 
 
 # ------------------------------------------------------------------ the Optuna study stored with the study
