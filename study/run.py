@@ -139,7 +139,7 @@ def check_resume_options(argv: list[str]) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> StudySettings:
-    space = load_space(args.space)
+    space = load_space(args.space, args.dataset)
     check_space_study(space)
     source = Path(space.source)
     document = read_space_file(source)
@@ -152,10 +152,7 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
     study = {**DEFAULTS, **space.study}
     pick = lambda key: getattr(args, key) if getattr(args, key) is not None else study[key]  # noqa: E731
 
-    datasets = space.values_of("dataset") or [args.dataset or study["dataset"]]
-    if args.dataset:
-        datasets = [args.dataset]
-        document["search"] = {k: v for k, v in document["search"].items() if k != "dataset"}
+    datasets = space.values_of("dataset") or [study["dataset"]]  # with --dataset, that one (load_space narrowed)
     document["search"] = {"dataset": {"choice": datasets} if len(datasets) > 1 else {"value": datasets[0]},
                           **{k: v for k, v in document["search"].items() if k != "dataset"}}
     if space.sampler == "grid" and "num_samples" not in space.study:

@@ -34,7 +34,8 @@ matches is used:
 Every dimension becomes a key of the trial config, and so a column of the analysis. A space that leaves out
 one of the keys trials are named by (model, optimizer, lr, batch_size) trains TrainConfig's default of it,
 which the parsed space holds as a constant (`SearchSpace.filled`), so that the trials record it too. A space
-file that gives one of them under `when` only must give it for every trial (`load_space` refuses it otherwise).
+file that gives one of them under `when` only must give it for every trial, of the one dataset --dataset names
+where it narrows the study to one (`load_space` refuses it otherwise).
 """
 
 from __future__ import annotations
@@ -279,14 +280,24 @@ def read_space_file(path: Path) -> Any:
         loader.dispose()
 
 
-def load_space(space: str | Path) -> SearchSpace:
-    """The space file a new study starts from (a path, or the name of a shipped space), parsed and checked."""
+def load_space(space: str | Path, dataset: str | None = None) -> SearchSpace:
+    """The space file a new study starts from (a path, or the name of a shipped space), parsed and checked;
+    with `dataset` (study.run's --dataset), narrowed to that one dataset, for which the checks then hold."""
     path = resolve_space_path(space)
-    parsed = parse_space(read_space_file(path), str(path), path.stem)
+    document = read_space_file(path)
+    parsed = parse_space(document, str(path), path.stem)
+    if dataset is not None:
+        parsed = parse_space(narrowed_to(document, dataset), str(path), path.stem)
     # Not in parse_space: the spaces of studies that ran before this check still resume and analyse.
     for key in NAMING_KEYS:
-        _check_every_trial_gets(parsed, key)
+        _check_every_trial_gets(parsed, key, dataset)
     return parsed
+
+
+def narrowed_to(document: dict, dataset: str) -> dict:
+    """A space document whose trials all train on `dataset`: its dataset dimension, first, is that value."""
+    search = {key: spec for key, spec in document["search"].items() if key != "dataset"}
+    return {**document, "search": {"dataset": {"value": dataset}, **search}}
 
 
 def parse_space(document: Any, source: str = "<space>", name: str = "space") -> SearchSpace:
@@ -510,9 +521,10 @@ class _OtherDraw:
         return self.text
 
 
-def _check_every_trial_gets(space: SearchSpace, key: str) -> None:
+def _check_every_trial_gets(space: SearchSpace, key: str, dataset: str | None = None) -> None:
     """Refuse a key given under `when` only (lr for Adam) where some trials match none of its conditions: they
-    would train TrainConfig's default of it, with no value in their config (so in their names and results)."""
+    would train TrainConfig's default of it, with no value in their config (so in their names and results).
+    `dataset`: the one dataset --dataset narrowed the space to."""
     # The key and the dimensions its conditions depend on, through conditions of conditions.
     involved = {key}
     for dimension in reversed(space.dimensions):  # a when names earlier dimensions only
@@ -526,11 +538,14 @@ def _check_every_trial_gets(space: SearchSpace, key: str) -> None:
     left_out = next((case for case in cases if key not in case), None)
     if left_out is None:
         return
-    trials = ", ".join(f"{name} {value!r}" for name, value in left_out.items())
+    from_command_line = dataset is not None and left_out.get("dataset") == dataset
+    trials = ", ".join(f"{name} {value!r}" + (" (--dataset)" if name == "dataset" and from_command_line else "")
+                       for name, value in left_out.items())
     default = next(f.default for f in fields(TrainConfig) if f.name == key)
     raise CxrError(f"{space.source}: search.{key}: no when of {key} holds for trials with {trials}: they would train "
                    f"cxrnets' default {key} {default} unrecorded (their names and results show no {key}); add an "
-                   f"alternative whose when holds for them, or give {key} a range or value without when")
+                   f"alternative whose when holds for them, or give {key} a range or value without when"
+                   + (f", or choose a --dataset the space gives {key} for" if from_command_line else ""))
 
 
 def _cases_of(dimension: Dimension, named: list) -> list:

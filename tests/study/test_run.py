@@ -590,6 +590,40 @@ def test_a_grid_narrowed_by_dataset_runs_every_combination_of_that_dataset_by_de
     assert settings_from_args(build_parser().parse_args([*argv, "--dataset", "covid-chestxray"])).num_samples == 2
 
 
+
+def lr_per_dataset_space(path: Path, datasets: list[str]) -> Path:
+    """A space over two datasets that gives lr per dataset, for `datasets` only."""
+    return write_space(path, {"dataset": {"choice": ["covid-radiography", "covid-pneumonia-normal"]},
+                              "model": {"value": "resnet50"}, "optimizer": {"value": "adam"},
+                              "lr": [{"value": 0.01 * (i + 1), "when": {"dataset": dataset}}
+                                     for i, dataset in enumerate(datasets)],
+                              "batch_size": {"value": 16}})
+
+
+def test_a_dataset_the_spaces_learning_rates_do_not_cover_is_refused(tmp_path):
+    """--dataset names a dataset none of lr's `when: {dataset: ...}` holds for: its trials trained cxrnets'
+    default lr unrecorded, named lr0.0e+00."""
+    space = lr_per_dataset_space(tmp_path / "lr-per-dataset.yaml", ["covid-radiography", "covid-pneumonia-normal"])
+    with pytest.raises(CxrError, match=re.escape(
+            f"{space}: search.lr: no when of lr holds for trials with dataset 'covid-chestxray-3class' (--dataset): "
+            "they would train cxrnets' default lr 0.001 unrecorded")) as refused:
+        settings_from_args(build_parser().parse_args(["--space", str(space), "--storage", str(tmp_path),
+                                                      "--dataset", "covid-chestxray-3class"]))
+    assert "or choose a --dataset the space gives lr for" in str(refused.value)
+
+
+def test_a_space_giving_lr_for_one_of_its_datasets_runs_on_that_dataset(tmp_path):
+    """lr given for covid-radiography only: refused as it is (its covid-pneumonia-normal trials get none), but
+    --dataset covid-radiography narrows the study to trials that all get one."""
+    space = lr_per_dataset_space(tmp_path / "lr-for-one.yaml", ["covid-radiography"])
+    argv = ["--space", str(space), "--storage", str(tmp_path), "--data-root", str(tmp_path)]
+    with pytest.raises(CxrError, match="no when of lr holds for trials with dataset 'covid-pneumonia-normal'"):
+        settings_from_args(build_parser().parse_args(argv))
+    settings = settings_from_args(build_parser().parse_args([*argv, "--dataset", "covid-radiography"]))
+    assert settings.search_space().grid() == [{"dataset": "covid-radiography", "model": "resnet50",
+                                               "optimizer": "adam", "lr": 0.01, "batch_size": 16}]
+
+
 def test_results_table_of_a_resumed_run_never_overwrites_the_first_runs_parts(tmp_path):
     """Tuner.restore unpickles the callback that the first run pickled: the resumed run must write
     parts of its own next to the first run's, never over them."""
