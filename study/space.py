@@ -288,7 +288,9 @@ def load_space(space: str | Path, dataset: str | None = None) -> SearchSpace:
     parsed = parse_space(document, str(path), path.stem)
     if dataset is not None:
         parsed = parse_space(narrowed_to(document, dataset), str(path), path.stem)
-    # Not in parse_space: the spaces of studies that ran before this check still resume and analyse.
+    # Not in parse_space: the spaces of studies that ran before these checks still resume and analyse.
+    for dimension in parsed.dimensions:
+        _check_no_repeated_choice(parsed.source, dimension)
     for key in NAMING_KEYS:
         _check_every_trial_gets(parsed, key, dataset)
     return parsed
@@ -508,6 +510,22 @@ def _as_yaml_number(value: Any, whole: bool) -> str | None:
         return str(int(float(text)))
     sign, digits, fraction, e, exponent_sign, exponent = match.groups()
     return f"{sign}{digits}.{fraction or '0'}{e}{exponent_sign or '+'}{exponent}"
+
+
+def _check_no_repeated_choice(source: str, dimension: Dimension) -> None:
+    """Refuse a choice that gives a value twice (0.001 and 1.0e-3 are one number): the grid, cover_first and
+    the samplers would count it twice."""
+    if dimension.kind != "choice":
+        return
+    for later, value in enumerate(dimension.args):
+        first = dimension.args.index(value)  # the first equal value: numbers compare as numbers
+        if first < later:
+            earlier = dimension.args[first]
+            given = (f"{value!r} is given twice" if repr(earlier) == repr(value)
+                     else f"{earlier!r} and {value!r} are the same number")
+            raise CxrError(f"{source}: search.{dimension.name}.choice: {given} (items {first + 1} and {later + 1}): a "
+                           "value given twice counts twice in the grid, in cover_first and in the sampler's draws; "
+                           "give each value once")
 
 
 class _OtherDraw:

@@ -428,6 +428,24 @@ def test_a_number_yaml_reads_as_text_is_refused_saying_how_to_write_it(tmp_path,
     assert str(refused.value) == f"{path}: {said}"
 
 
+
+@pytest.mark.parametrize("line, said", [
+    ("model: {choice: [resnet50, vgg11, resnet50]}", "search.model.choice: 'resnet50' is given twice (items 1 and 3)"),
+    ("lr: {choice: [0.001, 1.0e-3]}", "search.lr.choice: 0.001 is given twice (items 1 and 2)"),
+    ("momentum: {choice: [0.9, 0, 0.0], when: {optimizer: sgd}}",
+     "search.momentum.choice: 0 and 0.0 are the same number (items 2 and 3)"),
+])
+def test_a_choice_giving_a_value_twice_is_refused(tmp_path, line, said):
+    """A repeated value counted twice: a grid of 2 distinct configurations said '12 to start', cover_first
+    tried combinations twice, and the samplers drew the value twice as often."""
+    path = tmp_path / "space.yaml"
+    path.write_text(f"search:\n  optimizer: {{choice: [adam, sgd]}}\n  {line}\n")
+    with pytest.raises(CxrError) as refused:
+        load_space(path)
+    assert str(refused.value) == (f"{path}: {said}: a value given twice counts twice in the grid, in cover_first "
+                                  "and in the sampler's draws; give each value once")
+
+
 def write_space(tmp_path: Path, search: dict) -> Path:
     """A space file of GOOD's dimensions plus `search` (in order: a `when` names earlier dimensions)."""
     path = tmp_path / "space.yaml"
