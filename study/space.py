@@ -371,6 +371,10 @@ def _parse_alternatives(source: str, key: str, specs: list, earlier: list[Dimens
     where = f"{source}: search.{key}"
     if not specs:
         raise CxrError(f"{where}: an empty list; give one range, or a list of ranges each with its own 'when'")
+    if not any(isinstance(spec, dict) for spec in specs):  # `model: [alexnet, vgg11]`: choice: forgotten
+        choice = yaml.safe_dump({"choice": specs}, default_flow_style=True, width=math.inf).strip()
+        raise CxrError(f"{where}: a list of values; to search over them, write {key}: {choice} (a list under a key "
+                       "is of ranges, each with its own 'when')")
     alternatives = [_parse_dimension(source, key, spec, earlier, f"{where}[{i}]") for i, spec in enumerate(specs)]
     for i, alternative in enumerate(alternatives):
         if not alternative.when:

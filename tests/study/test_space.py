@@ -446,6 +446,23 @@ def test_a_choice_giving_a_value_twice_is_refused(tmp_path, line, said):
                                   "and in the sampler's draws; give each value once")
 
 
+
+@pytest.mark.parametrize("line, instead", [
+    ("model: [alexnet, vgg11]", "model: {choice: [alexnet, vgg11]}"),
+    ("lr: [1.0e-4, 1.0e-2]", "lr: {choice: [0.0001, 0.01]}"),
+])
+def test_a_list_of_plain_values_says_to_write_a_choice(tmp_path, line, instead):
+    """`model: [alexnet, vgg11]`, choice: forgotten, was refused as 'search.model[0]: each alternative needs
+    a when', which said nothing of the choice that was meant."""
+    path = tmp_path / "space.yaml"
+    path.write_text(f"search:\n  {line}\n")
+    with pytest.raises(CxrError) as refused:
+        load_space(path)
+    key = line.split(":")[0]
+    assert str(refused.value) == (f"{path}: search.{key}: a list of values; to search over them, write {instead} "
+                                  "(a list under a key is of ranges, each with its own 'when')")
+
+
 def write_space(tmp_path: Path, search: dict) -> Path:
     """A space file of GOOD's dimensions plus `search` (in order: a `when` names earlier dimensions)."""
     path = tmp_path / "space.yaml"
