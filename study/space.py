@@ -415,6 +415,9 @@ def _parse_dimension(source: str, key: str, spec: Any, earlier: list[Dimension],
         if not conditioning:
             raise CxrError(f"{where}.when: {condition!r} must be a dimension listed before {key!r}")
         when[condition] = tuple(values) if isinstance(values, list) else (values,)
+        if not when[condition]:
+            raise CxrError(f"{where}.when: {condition}: [] names no value, so {key} would apply to no trial; give the "
+                           f"{condition} value(s) it is for, or drop the condition")
         for value in when[condition]:
             _check_condition_value(where, condition, value, conditioning)
     if kind == "choice":

@@ -311,6 +311,10 @@ MALFORMED = {
                                    {"uniform": [1e-3, 1e-1], "when": {"optimizer": "sgd"}}]}},
         r"search\.lr: alternatives must be ranges of one kind"),
     "empty alternatives": ({"search": {**GOOD, "lr": []}}, r"search\.lr: an empty list"),
+    "when naming no value": (  # SGD trained momentum 0.9 unrecorded, an empty HPARAMS column
+        {"search": {**GOOD, "momentum": {"uniform": [0.0, 0.5], "when": {"optimizer": []}}}},
+        r"search\.momentum\.when: optimizer: \[\] names no value, so momentum would apply to no trial; give the "
+        r"optimizer value\(s\) it is for, or drop the condition"),
     "bad range in an alternative": (
         {"search": {**GOOD, "lr": [{"loguniform": [1e-3, 1e-5], "when": {"optimizer": "adam"}}]}},
         r"search\.lr\[0\]\.loguniform: low 0\.001 must be below high 1e-05"),
