@@ -233,6 +233,16 @@ def warn_of_absent_classes(run) -> None:
                     f"{part}/roc_auc_macro is nan: no class there has images of it and images without it")
 
 
+def warn_of_a_full_batch(run) -> None:
+    """Warn of a --batch-size that holds the whole training split: one step per epoch, the same training as
+    any larger one."""
+    train_images = len(run.data.rows("train"))
+    if run.config.batch_size >= train_images:
+        log.warning("--batch-size %d is at least the training split's %d images: each epoch trains one step on the "
+                    "whole split (full-batch), as every --batch-size from %d up would", run.config.batch_size,
+                    train_images, train_images)
+
+
 def recorded_epoch(line: str) -> float:
     """The epoch of a metrics.jsonl line; infinite for a line cut short by an interruption."""
     try:
@@ -287,6 +297,7 @@ def start_or_resume(config: TrainConfig, out: Path, resume: bool):
     log.info("%s on %s (%s), %d classes: %s", config.model, config.dataset, run.device, len(run.classes),
              ", ".join(run.classes))
     warn_of_absent_classes(run)
+    warn_of_a_full_batch(run)
     if checkpoint is not None:
         run.restore(checkpoint)
         drop_epochs_after(out / "metrics.jsonl", run.epoch)

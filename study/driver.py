@@ -129,6 +129,7 @@ def prepare_splits(settings: StudySettings, resume: bool) -> dict[str, pd.DataFr
                  baseline["f1_macro"])
         if not resume:
             warn_of_thin_classes(dataset, PreparedData(cache, targets, split), settings)
+            warn_of_full_batches(dataset, int(rows["train"].sum()), settings)
         splits[dataset] = split[SPLIT_COLUMNS]
         settings.baselines[dataset] = baseline
     if not resume:
@@ -185,6 +186,27 @@ def warn_of_thin_classes(dataset: str, data: PreparedData, settings: StudySettin
         if len(none):
             log.warning("%s: no patient on the %s split for %s: %s; a larger %s (now %g) may give the class some",
                         dataset, part, ", ".join(none.index), on_none, flag, fraction)
+
+
+def warn_of_full_batches(dataset: str, train_images: int, settings: StudySettings) -> None:
+    """Warn of the space's batch sizes that hold the whole training split of `dataset` (`train_images`): each
+    trains one full-batch step per epoch, so trials that differ only in them train identically."""
+    full: list[str] = []
+    for dimension in settings.search_space().dimensions:
+        if dimension.name != "batch_size" or dataset not in dimension.when.get("dataset", (dataset,)):
+            continue
+        if dimension.kind == "int":
+            low, high = dimension.args
+            if high >= train_images:
+                full.append(f"{max(low, train_images)} to {high} (of int [{low}, {high}])")
+        else:
+            full += [str(size) for size in dimension.values() if size >= train_images]
+    full = list(dict.fromkeys(full))
+    if full:
+        log.warning("%s: batch_size %s in %s %s at least the training split's %d images: every batch size from %d "
+                    "up trains one step per epoch on the whole split (full-batch), so trials that differ only in "
+                    "it train identically", dataset, ", ".join(full), settings.space_source,
+                    "are" if len(full) > 1 or " to " in full[0] else "is", train_images, train_images)
 
 
 def warn_of_untrained_classes(dataset: str, untrained: pd.DataFrame, settings: StudySettings,

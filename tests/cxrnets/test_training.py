@@ -410,6 +410,15 @@ def test_cli_warns_of_a_class_without_training_images(tiny_folder: Path, tmp_pat
             "cannot learn it") in caplog.text
 
 
+def test_cli_warns_of_a_batch_size_the_whole_training_split_fits_in(tiny_folder: Path, tmp_path: Path,
+                                                                     caplog) -> None:
+    """One step per epoch on the whole split, said: any larger --batch-size would train the same."""
+    with caplog.at_level(logging.INFO, logger="cxrnets.train"):
+        assert main(tiny_cli_arguments(tiny_folder, tmp_path, "--epochs", "1", "--batch-size", "64")) == 0
+    assert re.search(r"--batch-size 64 is at least the training split's (\d+) images: each epoch trains one step "
+                     r"on the whole split \(full-batch\), as every --batch-size from \1 up would", caplog.text)
+
+
 def test_align_split_orders_like_the_data() -> None:
     frame = pd.DataFrame({"relpath": ["a", "b", "c"], "patient": ["1", "2", "3"], "sha1": ["x", "y", "z"]})
     split = frame.iloc[::-1].assign(stratum="s", split=["test", "val", "train"])

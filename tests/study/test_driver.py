@@ -20,8 +20,8 @@ from study.settings import StudySettings
 SPACE = "search:\n  model: {value: resnet50}\n  optimizer: {value: adam}\n  lr: {value: 0.001}\n"
 
 
-def study_settings(tmp_path: Path, dataset: str, data: Path, *extra: str) -> StudySettings:
-    (tmp_path / "space.yaml").write_text(SPACE)
+def study_settings(tmp_path: Path, dataset: str, data: Path, *extra: str, space: str = SPACE) -> StudySettings:
+    (tmp_path / "space.yaml").write_text(space)
     return settings_from_args(build_parser().parse_args([
         "--space", str(tmp_path / "space.yaml"), "--dataset", dataset, "--data-root", str(data),
         "--storage", str(tmp_path / "studies"), "--name", "thin", "--cache-dir", str(tmp_path / "cache"),
@@ -68,6 +68,21 @@ def test_a_class_no_validation_patient_holds_is_not_said_to_be_chosen_on_one_pat
     assert "choose on that one patient's images" in val[0]
     assert "that one patient" not in val[1]
     assert "count such a class as 0 whatever the trial: nothing to choose on for it" in val[1]
+
+
+def test_a_new_study_warns_of_batch_sizes_the_whole_training_split_fits_in(tmp_path: Path, make_pneumonia_normal,
+                                                                         caplog) -> None:
+    """On a small dataset batch sizes 64 and 128 both train one step per epoch on the whole split: two rows of
+    the ablation that train identically, without a word."""
+    space = SPACE + "  batch_size: {choice: [4, 64, 128]}\n"
+    settings = study_settings(tmp_path, "covid-pneumonia-normal", make_pneumonia_normal(per_class=8), space=space)
+    with caplog.at_level(logging.WARNING, logger="study.driver"):
+        splits = prepare_splits(settings, resume=False)
+    train_images = (splits["covid-pneumonia-normal"]["split"] == "train").sum()
+    assert train_images < 64
+    assert (f"covid-pneumonia-normal: batch_size 64, 128 in {tmp_path / 'space.yaml'} are at least the training "
+            f"split's {train_images} images: every batch size from {train_images} up trains one step per epoch on "
+            "the whole split (full-batch), so trials that differ only in it train identically") in caplog.messages
 
 
 def test_resume_on_data_with_an_image_cut_short_names_it_undecodable_and_offers_to_restore_it(
