@@ -179,11 +179,13 @@ def _first(keys: list[str]) -> str:
     return shown + (f" (and {more} more)" if more > 0 else "")
 
 
-def _load_into(model: nn.Module, name: str, state: dict[str, Any], path: Path) -> None:
-    """Copy ``state`` into ``model``; only the head may be absent or of another shape."""
-    own = model.state_dict()
-    head = set(_HEAD_KEYS[name])
-    missing = [k for k in own if k not in state and k not in head]
+def _misfits(own: dict[str, Any], head: set[str], state: dict[str, Any]) -> list[str]:
+    """How ``state`` does not fit a model whose state dict is ``own``: missing, unexpected and mis-shaped keys.
+
+    BatchNorm's ``num_batches_tracked`` may be absent: files saved before PyTorch 0.4.1 (torchvision's
+    original ``resnet50-19c8e357.pth`` among them) have none, and it stays 0, as ``load_state_dict`` leaves it.
+    """
+    missing = [k for k in own if k not in state and k not in head and not k.endswith(".num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     mismatched = [
         f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
@@ -197,7 +199,38 @@ def _load_into(model: nn.Module, name: str, state: dict[str, Any], path: Path) -
         problems.append(f"unexpected keys: {_first(unexpected)}")
     if mismatched:
         problems.append(f"shape mismatches (file vs model): {_first(mismatched)}")
+    return problems
+
+
+# Key prefixes of a state dict saved from a wrapped model, and the wrapper that adds each.
+_WRAPPER_PREFIXES = {
+    "module.": "nn.DataParallel or DistributedDataParallel",
+    "_orig_mod.": "torch.compile",
+}
+
+
+def _wrapper_prefix(own: dict[str, Any], head: set[str], state: dict[str, Any]) -> str | None:
+    """The prefix every key of ``state`` starts with, where removing it makes ``state`` fit; else None."""
+    for prefix in _WRAPPER_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            if not _misfits(own, head, {k.removeprefix(prefix): v for k, v in state.items()}):
+                return prefix
+    return None
+
+
+def _load_into(model: nn.Module, name: str, state: dict[str, Any], path: Path) -> None:
+    """Copy ``state`` into ``model``; only the head may be absent or of another shape."""
+    own = model.state_dict()
+    head = set(_HEAD_KEYS[name])
+    problems = _misfits(own, head, state)
     if problems:
+        prefix = _wrapper_prefix(own, head, state)
+        if prefix is not None:
+            raise CxrError(
+                f"weights file {path} does not fit model {name!r}: every key in {path.name} starts with "
+                f"{prefix!r} (saved from a model wrapped in {_WRAPPER_PREFIXES[prefix]}): save the state dict "
+                f"of the model inside the wrapper, or remove {prefix!r} from the keys"
+            )
         raise CxrError(
             f"weights file {path} does not fit model {name!r}: {'; '.join(problems)}; "
             f"pass weights saved from a {name} model"

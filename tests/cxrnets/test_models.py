@@ -184,3 +184,30 @@ def test_file_without_state_dict_is_rejected(tmp_path: Path) -> None:
     torch.save([1, 2, 3], path)
     with pytest.raises(CxrError, match=r"list\.pt.*no state dict"):
         build_model("alexnet", num_classes=3, weights=path)
+
+
+@pytest.mark.parametrize("pretrained", [False, True])
+def test_state_dict_saved_before_num_batches_tracked_loads(
+    pretrained: bool, tmp_path: Path, torch_home: Path
+) -> None:
+    """Files saved before PyTorch 0.4.1 (torchvision's original resnet50-19c8e357.pth among them) have no
+    BatchNorm num_batches_tracked: PyTorch loads them, and so do --weights and the ImageNet cache."""
+    state = {k: v for k, v in _imagenet_state("resnet50").items() if not k.endswith("num_batches_tracked")}
+    path = imagenet_weights_path("resnet50") if pretrained else tmp_path / "resnet50-19c8e357.pth"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    model = build_model("resnet50", num_classes=3, pretrained=pretrained, allow_download=False,
+                        weights=None if pretrained else path)
+    own = model.state_dict()
+    for key, value in state.items():
+        if not key.startswith("fc."):
+            assert torch.equal(own[key], value), key
+    assert int(own["bn1.num_batches_tracked"]) == 0
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod."])
+def test_weights_with_a_wrapper_prefix_name_it(prefix: str, tmp_path: Path) -> None:
+    path = tmp_path / "wrapped.pt"
+    torch.save({prefix + k: v for k, v in build_model("alexnet", num_classes=3).state_dict().items()}, path)
+    with pytest.raises(CxrError, match=rf"every key in wrapped\.pt starts with '{prefix}'"):
+        build_model("alexnet", num_classes=3, weights=path)
