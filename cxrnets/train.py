@@ -13,16 +13,21 @@ and `<out>/metrics.jsonl` after every epoch. A folder that already holds a run
 is refused unless `--resume` continues it (with the run's own options; only
 --epochs, --cache-dir, the device options, --data-root where the data moved
 and --weights, which is not read again, may change): after Ctrl-C, which
-keeps the last finished epoch, or to train further.
+keeps the last finished epoch, or to train further. A folder another run is
+writing (a --resume while the run still trains) is refused, naming its process.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import math
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -39,6 +44,7 @@ log = logging.getLogger("cxrnets.train")
 
 
 RUN_FILES = ("checkpoint.pt", "metrics.jsonl")
+LOCK = ".lock"  # held by the run writing the folder; it holds that process's id
 PARTIAL_CHECKPOINT = "checkpoint.pt.partial"  # the next checkpoint, renamed to checkpoint.pt once written whole
 # How far and where, not what is trained: the data may have moved (check_same_split checks it is the same
 # data), and the starting weights file is not read again (the checkpoint keeps naming the one the run read).
@@ -98,6 +104,41 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
     config = TrainConfig(**given, amp=not args.no_amp, balance_classes=not args.no_balance, dataset_options=options)
     config.pretrained = config.pretrained or config.weights is not None
     return config, Path(args.out), args.resume
+
+
+@contextmanager
+def out_folder_lock(out: Path) -> Iterator[None]:
+    """Hold `out` (made where needed) for this process: a second run into it, a --resume while the run still
+    trains included, is refused naming this process. The lock is the operating system's (flock on <out>/.lock),
+    so it ends with the process, even a killed one: it never blocks the resume. A folder made here that holds
+    nothing else at the end (the run stopped before writing) is removed again, with the parents made for it."""
+    from cxrnets.training import check_output_folder
+
+    check_output_folder(out, f"--out {out}")
+    made = [path for path in (out, *out.parents) if not path.exists()]  # innermost first
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / LOCK
+    with lock.open("a+") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip()  # empty in the instant between the holder's lock and its writing it
+            raise CxrError(f"--out {out} is in use by {f'process {holder}' if holder else 'another process'} "
+                           f"(a python -m cxrnets.train writing there; it holds {lock}): wait for it to end, or stop "
+                           "it and then --resume; or pass another --out; nothing was written") from None
+        file.truncate(0)
+        file.write(f"{os.getpid()}\n")
+        file.flush()
+        try:
+            yield
+        finally:
+            if made and [path.name for path in out.iterdir()] == [LOCK]:
+                lock.unlink()
+                for path in made:
+                    if any(path.iterdir()):  # something else made there since
+                        break
+                    path.rmdir()
 
 
 def refuse_an_earlier_run(out: Path) -> None:
@@ -272,10 +313,11 @@ def drop_epochs_after(history: Path, epoch: int) -> None:
 
 
 def start_or_resume(config: TrainConfig, out: Path, resume: bool):
-    """(run, digest of its split): the run to train into `out`, restored from its checkpoint if `resume`, with
-    `out` ready for its next epoch; CxrError where `out` or the options do not allow it."""
+    """(run, digest of its split): the run to train into `out` (which out_folder_lock holds), restored from its
+    checkpoint if `resume`, with `out` ready for its next epoch; CxrError where `out` or the options do not allow
+    it."""
     from cxrnets.splits import split_digest
-    from cxrnets.training import TrainingRun, check_output_folder
+    from cxrnets.training import TrainingRun
 
     checkpoint = None
     if resume:
@@ -283,7 +325,6 @@ def start_or_resume(config: TrainConfig, out: Path, resume: bool):
         config.weights = checkpoint["config"].get("weights")  # the file the run started from
     else:
         refuse_an_earlier_run(out)
-    check_output_folder(out, f"--out {out}")
     run = TrainingRun(config, starting_weights=checkpoint is None)
     digest = split_digest(run.data.split)
     if checkpoint is not None and checkpoint.get("split_digest") != digest:
@@ -308,6 +349,16 @@ def start_or_resume(config: TrainConfig, out: Path, resume: bool):
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config, out, resume = parse_args(argv)
+    try:
+        with out_folder_lock(out):
+            return train_into(config, out, resume)
+    except CxrError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def train_into(config: TrainConfig, out: Path, resume: bool) -> int:
+    """Train (or --resume) the run in `out`, which the caller holds; main's exit status."""
     # torch: after the options are read
     from cxrnets.training import save_checkpoint
 

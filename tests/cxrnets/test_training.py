@@ -931,3 +931,34 @@ def test_cli_help_explains_every_flag(capsys: pytest.CaptureFixture) -> None:
         assert flag in text
     assert "default: 0.001" in text and "default: resnet50" in text
     assert "default: None" not in " ".join(text.split())  # a default that is no value is said in words
+
+
+def test_cli_refuses_an_out_another_run_is_writing_and_a_killed_run_leaves_it_free(tiny_folder: Path,
+                                                                                    tmp_path: Path, capsys) -> None:
+    """A --resume while the run still trains would write metrics.jsonl and checkpoint.pt beside it: it is refused,
+    naming the process that holds --out; once that process is killed, the resume goes ahead."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    out, arguments = tmp_path / "run", tiny_cli_arguments(tiny_folder, tmp_path, "--epochs", "1")
+    assert main(arguments) == 0
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from cxrnets.train import out_folder_lock\n"
+         "with out_folder_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)", str(out)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        assert holder.stdout.readline() == "held\n"
+        capsys.readouterr()
+        started = time.monotonic()
+        assert main([*arguments[:-1], "2", "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {out} is in use by process {holder.pid} (a python -m cxrnets.train writing there" in err, err
+        assert time.monotonic() - started < 5  # refused before the data is read
+        assert recorded_epochs(out) == [1]
+    finally:
+        holder.kill()  # as kill -9 or an out-of-memory kill would end it: no chance to release anything
+        holder.wait()
+    assert main([*arguments[:-1], "2", "--resume"]) == 0, capsys.readouterr().err
+    assert recorded_epochs(out) == [1, 2]
