@@ -76,15 +76,36 @@ def check_output_folder(folder: Path, option: str) -> None:
                 path.rmdir()
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # how torch.save's format (a zip archive) starts
+PICKLE_MAGIC = b"\x80"  # how its legacy format (before PyTorch 1.6, or _use_new_zipfile_serialization=False) starts
+GIT_LFS_POINTER = b"version https://git-lfs"
+
+
 def load_checkpoint(path: str | Path, required: tuple[str, ...] = TRAINED_MODEL_KEYS, mmap: bool = True,
                     name: str | None = None) -> dict[str, Any]:
     """A checkpoint file (a study's best weights or a cxrnets.train checkpoint; local) loaded safely
-    (weights_only, on the CPU; memory-mapped unless `mmap` is off) and checked for the `required` keys;
-    CxrError naming the file (as `name` says, where `path` is a downloaded copy) if it is unusable."""
+    (weights_only, on the CPU; memory-mapped unless `mmap` is off or the file is in torch's legacy format, which
+    cannot be) and checked for the `required` keys; CxrError naming the file (as `name` says, where `path` is a
+    downloaded copy) and saying what it is instead, if it is unusable."""
     name = name or str(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with open(path, "rb") as file:
+            start = file.read(64)
+    except OSError as error:
+        raise CxrError(f"{name}: cannot be read ({error.strerror or error})") from error
+    if not start:
+        raise CxrError(f"{name}: an empty file (0 bytes), not a checkpoint: a copy or download that did not "
+                       "finish? copy the file again")
+    if start.startswith(GIT_LFS_POINTER):
+        raise CxrError(f"{name}: a git-LFS pointer, not the file it stands for: run git lfs pull in its repository "
+                       "(or download the file itself) and pass it again")
+    zipped = start.startswith(ZIP_MAGIC)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
     except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... on a bad file
+        if not zipped and not start.startswith(PICKLE_MAGIC):
+            raise CxrError(f"{name}: not a PyTorch checkpoint (it starts with {start[:24]!r}): pass a study's "
+                           "weights/<trial id>.pt or a checkpoint.pt of python -m cxrnets.train") from error
         raise CxrError(f"{name}: not a readable checkpoint ({type(error).__name__}: {str(error)[:200]})") from error
     missing = set(required) - set(checkpoint if isinstance(checkpoint, dict) else {})
     if missing:

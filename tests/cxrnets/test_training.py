@@ -962,3 +962,35 @@ def test_cli_refuses_an_out_another_run_is_writing_and_a_killed_run_leaves_it_fr
         holder.wait()
     assert main([*arguments[:-1], "2", "--resume"]) == 0, capsys.readouterr().err
     assert recorded_epochs(out) == [1, 2]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "an empty file (0 bytes)"),
+    (b"version https://git-lfs.github.com/spec/v1\noid sha256:4f1e\nsize 94371234\n",
+     "a git-LFS pointer, not the file it stands for: run git lfs pull"),
+    (b"<!DOCTYPE html>\n<html><body>Sign in</body></html>\n", "not a PyTorch checkpoint (it starts with "
+                                                             "b'<!DOCTYPE html>\\n<html><b')"),
+])
+def test_load_checkpoint_says_what_a_file_is_instead(tmp_path: Path, content: bytes, message: str) -> None:
+    """Not torch's advice to re-save the file with _use_new_zipfile_serialization=True (which its mmap gives
+    for any file that is not a zip): what the file is."""
+    from cxrnets.training import load_checkpoint
+
+    path = tmp_path / "best.pt"
+    path.write_bytes(content)
+    with pytest.raises(CxrError) as error:
+        load_checkpoint(path)
+    assert str(error.value).startswith(f"{path}: {message}"), error.value
+    assert "zipfile" not in str(error.value)
+
+
+def test_load_checkpoint_reads_a_checkpoint_in_torchs_legacy_format(tmp_path: Path) -> None:
+    from cxrnets.training import TRAINED_MODEL_KEYS, load_checkpoint
+
+    path = tmp_path / "legacy.pt"
+    checkpoint = {"model": {"fc.bias": torch.ones(2)}, "epoch": 3, "config": {"model": "resnet50"},
+                  "classes": ["a", "b"], "multilabel": False}
+    assert set(checkpoint) == set(TRAINED_MODEL_KEYS)
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=False)
+    loaded = load_checkpoint(path)
+    assert loaded["epoch"] == 3 and torch.equal(loaded["model"]["fc.bias"], torch.ones(2))
