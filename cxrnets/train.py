@@ -161,7 +161,8 @@ def clear_an_unfinished_start(out: Path) -> None:
 
 
 def resumable_checkpoint(out: Path, config: TrainConfig) -> dict[str, Any]:
-    """The run in `out` to continue with `config`: its checkpoint, if `config` trains the same thing further."""
+    """The run in `out` to continue with `config`: its checkpoint, if `config` trains the same thing further
+    (`config` then names the weights file the run started from)."""
     from cxrnets.training import TRAINED_MODEL_KEYS, load_checkpoint
 
     path = out / "checkpoint.pt"
@@ -172,7 +173,12 @@ def resumable_checkpoint(out: Path, config: TrainConfig) -> dict[str, Any]:
         checkpoint = load_checkpoint(path, (*TRAINED_MODEL_KEYS, "optimizer"), mmap=False)
     except CxrError as error:
         raise CxrError(f"--resume: {error}; or start a new run with another --out") from error
-    saved, now = checkpoint["config"], asdict(config)
+    saved = checkpoint["config"]
+    # The run goes on from the weights file it started from, given again or not; as --weights does, it implies
+    # --pretrained (parse_args).
+    config.weights = saved.get("weights")
+    config.pretrained = config.pretrained or config.weights is not None
+    now = asdict(config)
     changed = [f"{key} {saved.get(key)!r} in the checkpoint, {value!r} now" for key, value in now.items()
                if key not in RESUME_MAY_CHANGE and saved.get(key) != value]
     if changed:
@@ -322,7 +328,6 @@ def start_or_resume(config: TrainConfig, out: Path, resume: bool):
     checkpoint = None
     if resume:
         checkpoint = resumable_checkpoint(out, config)
-        config.weights = checkpoint["config"].get("weights")  # the file the run started from
     else:
         refuse_an_earlier_run(out)
     run = TrainingRun(config, starting_weights=checkpoint is None)

@@ -994,3 +994,17 @@ def test_load_checkpoint_reads_a_checkpoint_in_torchs_legacy_format(tmp_path: Pa
     torch.save(checkpoint, path, _use_new_zipfile_serialization=False)
     loaded = load_checkpoint(path)
     assert loaded["epoch"] == 3 and torch.equal(loaded["model"]["fc.bias"], torch.ones(2))
+
+
+def test_cli_resume_of_a_run_started_from_a_weights_file_needs_no_weights_option(tiny_folder: Path, tmp_path: Path,
+                                                                                  capsys) -> None:
+    """--weights may change on a resume (the checkpoint holds every weight), so it may be left out too: the run
+    was pretrained by its weights file, as its checkpoint says."""
+    from cxrnets.models import build_model
+
+    weights = tmp_path / "start.pt"
+    torch.save(build_model("resnet50", 2).state_dict(), weights)
+    assert main(tiny_cli_arguments(tiny_folder, tmp_path, "--weights", str(weights), "--epochs", "1")) == 0
+    assert main(tiny_cli_arguments(tiny_folder, tmp_path, "--epochs", "2", "--resume")) == 0, capsys.readouterr().err
+    config = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["config"]
+    assert config["pretrained"] is True and config["weights"] == str(weights)
