@@ -170,9 +170,12 @@ def resumable_checkpoint(out: Path, config: TrainConfig) -> dict[str, Any]:
         raise CxrError(f"--resume: {path} does not exist: nothing to continue (leave out --resume to start a run)")
     try:
         # Not memory-mapped: the run goes on from these tensors while checkpoint.pt is replaced.
-        checkpoint = load_checkpoint(path, (*TRAINED_MODEL_KEYS, "optimizer"), mmap=False)
+        checkpoint = load_checkpoint(path, TRAINED_MODEL_KEYS, mmap=False)
     except CxrError as error:
         raise CxrError(f"--resume: {error}; or start a new run with another --out") from error
+    if "optimizer" not in checkpoint:
+        raise CxrError(f"--resume: {path} holds no optimizer state (a study's best weights?): start a new run with "
+                       "--weights FILE to fine-tune from it (another --out, or move the file out of this one)")
     saved = checkpoint["config"]
     # The run goes on from the weights file it started from, given again or not; as --weights does, it implies
     # --pretrained (parse_args).

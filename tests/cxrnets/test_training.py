@@ -1008,3 +1008,18 @@ def test_cli_resume_of_a_run_started_from_a_weights_file_needs_no_weights_option
     assert main(tiny_cli_arguments(tiny_folder, tmp_path, "--epochs", "2", "--resume")) == 0, capsys.readouterr().err
     config = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["config"]
     assert config["pretrained"] is True and config["weights"] == str(weights)
+
+
+def test_cli_resume_from_a_studys_weights_says_to_fine_tune_from_them(tiny_folder: Path, tmp_path: Path,
+                                                                      capsys) -> None:
+    """A study's weights/<trial id>.pt copied in as checkpoint.pt holds the model but no optimizer state: there is
+    no run to continue, but a new one can start from those weights."""
+    out = tmp_path / "run"
+    out.mkdir()
+    save_checkpoint({"model": {}, "epoch": 3, "config": asdict(tiny_config(tiny_folder, tmp_path)),
+                     "classes": ["bright", "dark"], "multilabel": False}, out / "checkpoint.pt")
+    assert main(tiny_cli_arguments(tiny_folder, tmp_path, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert (f"--resume: {out / 'checkpoint.pt'} holds no optimizer state (a study's best weights?): start a new run "
+            "with --weights FILE to fine-tune from it") in err, err
+    assert "pass a study's weights" not in err
