@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from cxrnets.errors import CxrError
-from cxrnets.images import data_files, is_hidden, is_image_file
+from cxrnets.images import data_files, described_types, is_hidden, is_image_file, types_not_read
 
 log = logging.getLogger(__name__)
 
@@ -362,9 +362,9 @@ def _from_class_folders(name: str, root: Path, class_folders: dict[str, Path], s
         files = [path for path in files
                  if not (skip_masks and "masks" in {part.lower() for part in path.relative_to(folder).parts[:-1]})]
         images = [path for path in files if is_image_file(path)]
-        not_read = Counter(path.suffix.lower() or "(no extension)" for path in files if not is_image_file(path))
+        not_read = types_not_read(files)
         if not images:
-            types = ", ".join(f"{suffix} {count}" for suffix, count in sorted(not_read.items()))
+            types = described_types(not_read)
             broken = f" ({len(broken_links)} link(s) to nothing, e.g. {broken_links[0]})" if broken_links else ""
             class_folder = root / folder.relative_to(root).parts[0]  # covid-radiography's holds images/
             raise CxrError(f"{root}: class folder for {class_name!r} holds no images"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from cxrnets.errors import CxrError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 
 # Images above this many pixels are refused rather than risk a decompression bomb; decode makes it Pillow's
 # limit too (Image.MAX_IMAGE_PIXELS, 89.5 million pixels by default, for the whole process).
@@ -71,9 +74,22 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def image_files(directory: Path) -> list[Path]:
-    """The image files of data_files(directory)."""
-    return [path for path in data_files(directory)[0] if is_image_file(path)]
+def types_not_read(paths: Iterable[Path]) -> Counter[str]:
+    """How many of `paths` there are of each type (suffix, lower-cased) that is not an image type decode reads."""
+    return Counter(path.suffix.lower() or "(no extension)" for path in paths if not is_image_file(path))
+
+
+def described_types(types: Counter[str]) -> str:
+    """`.dcm 2, .jfif 1`: types_not_read's counts."""
+    return ", ".join(f"{suffix} {count}" for suffix, count in sorted(types.items()))
+
+
+def how_to_read(types: Iterable[str]) -> str:
+    """What to do with files of `types` (types_not_read's) for decode to read them."""
+    types = set(types)
+    if not types & DICOM_SUFFIXES:
+        return "convert them to PNG or JPEG"
+    return "convert DICOM to PNG" + (" (and the others to PNG or JPEG)" if types - DICOM_SUFFIXES else "")
 
 
 def to_rgb(image: Image.Image, white_is_zero: bool = False) -> Image.Image:

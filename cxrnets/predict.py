@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from cxrnets.errors import CxrError
-from cxrnets.images import IMAGE_SUFFIXES, image_files, load_image
+from cxrnets.images import (IMAGE_SUFFIXES, data_files, described_types, how_to_read, is_image_file, load_image,
+                            types_not_read)
 
 log = logging.getLogger("cxrnets.predict")
 
@@ -72,18 +73,29 @@ def predict(model, device, images, rows: np.ndarray, multilabel: bool = False,
 
 
 def image_paths(paths: list[str | Path]) -> list[Path]:
-    """The image files named, and those under the folders named (recursively, sorted); CxrError for a path
-    that does not exist or when there is no image at all."""
+    """The image files named, and those under the folders named (recursively, sorted); the other files there,
+    of a type not read, are logged by type. CxrError for a path that does not exist or when there is no image at
+    all."""
     found: list[Path] = []
+    not_read: dict[Path, Counter[str]] = {}  # folder: its files of each type not read
     for path in map(Path, paths):
         if path.is_dir():
-            found += image_files(path)
+            files = data_files(path)[0]
+            found += [file for file in files if is_image_file(file)]
+            if types := types_not_read(files):
+                not_read[path] = types
         elif path.is_file():
             found.append(path)
         else:
             raise CxrError(f"{path} does not exist: pass image files or folders of images")
     if not found:
-        raise CxrError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {', '.join(map(str, paths))}")
+        types = sum(not_read.values(), Counter())
+        only = (f": only files of a type not read ({described_types(types)}); {how_to_read(types)} to score them"
+                if types else "")
+        raise CxrError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {', '.join(map(str, paths))}{only}")
+    for folder, types in not_read.items():
+        log.warning("not scored: %d file%s in %s of a type not read (%s): %s to score them", types.total(),
+                    "s" if types.total() > 1 else "", folder, described_types(types), how_to_read(types))
     return found
 
 

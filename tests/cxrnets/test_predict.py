@@ -272,3 +272,32 @@ def test_weights_with_nan_outputs_end_in_one_line_naming_the_file(trained, tmp_p
         assert list(pd.read_csv(partial)["path"]) == files[:scored_before]
     else:
         assert err.rstrip().endswith("nothing was written") and not partial.exists()
+
+
+def test_files_of_a_type_not_read_are_counted_by_type(trained, tmp_path: Path, caplog) -> None:
+    """Files in a folder that predict does not decode (DICOM, .jfif) get no row: the log counts them by type and
+    says how to score them."""
+    run, checkpoint = trained
+    folder = tmp_path / "new"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(Path(run.data.index.paths()[0]).read_bytes())
+    for name in ("b.dcm", "c.dcm", "d.jfif"):
+        (folder / name).write_bytes(b"\0" * 200)
+    out = tmp_path / "predictions.csv"
+    caplog.set_level(logging.INFO, logger="cxrnets.predict")
+    assert main([str(checkpoint), str(folder), "--out", str(out)]) == 0
+    assert list(pd.read_csv(out)["path"]) == [str(folder / "a.png")]
+    assert f"not scored: 3 files in {folder} of a type not read (.dcm 2, .jfif 1)" in caplog.text
+    assert "convert DICOM to PNG" in caplog.text
+
+
+def test_a_folder_of_dicom_files_only_says_to_convert_them(trained, tmp_path: Path, capsys) -> None:
+    _, checkpoint = trained
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    for name in ("a.dcm", "b.dcm"):
+        (folder / name).write_bytes(b"\0" * 200)
+    assert main([str(checkpoint), str(folder), "--out", str(tmp_path / "predictions.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "no image files" in err and "only files of a type not read (.dcm 2)" in err, err
+    assert "convert DICOM to PNG" in err
