@@ -130,6 +130,15 @@ def fetch_imagenet_weights(name: str) -> Path:
     return path
 
 
+def local_file(text: str | Path, named: str = "") -> Path:
+    """`text` as a local path (`~` expanded); CxrError for a URL (s3://, gs://, https://...), which is never
+    downloaded here, saying to download it. `named` leads the message: what the file is."""
+    if "://" in str(text):  # Path would make s3://bucket/x s3:/bucket/x, a local path that does not exist
+        raise CxrError(f"{named + ' ' if named else ''}{text} is a URL, not a local file: download it (aws s3 cp, "
+                       "gcloud storage cp, curl -O) and pass the local copy")
+    return Path(text).expanduser()
+
+
 def _read_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CxrError(f"weights file {path} does not exist (or is not a file): check the path")
@@ -281,7 +290,7 @@ def build_model(
     model = torchvision.models.get_model(name, weights=None)
     _replace_head(model, name, num_classes)
     if weights is not None:
-        path = Path(weights).expanduser()
+        path = local_file(weights, "weights file")
         _load_into(model, name, _read_file(path), path)
     elif pretrained:
         state, path = _load_imagenet_state_dict(name, allow_download)

@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import pandas as pd
 
+    from cxrnets.models import local_file
     from cxrnets.training import check_output_folder, load_checkpoint
 
     out = Path(args.out)
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             raise CxrError(f"--out {out}: {partial} already exists (the predictions of an interrupted run?): move it "
                            "away, or choose another --out; nothing was overwritten")
         paths = image_paths(args.images)
-        weights = Path(args.weights)
+        weights = local_file(args.weights)
         if not weights.is_file():
             raise CxrError(f"{weights} {'is a folder' if weights.is_dir() else 'does not exist'}: pass a study's "
                            "weights/<trial id>.pt or a checkpoint.pt of python -m cxrnets.train")

@@ -211,3 +211,10 @@ def test_weights_with_a_wrapper_prefix_name_it(prefix: str, tmp_path: Path) -> N
     torch.save({prefix + k: v for k, v in build_model("alexnet", num_classes=3).state_dict().items()}, path)
     with pytest.raises(CxrError, match=rf"every key in wrapped\.pt starts with '{prefix}'"):
         build_model("alexnet", num_classes=3, weights=path)
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/study/weights/abc.pt", "gs://bucket/abc.pt", "https://host/abc.pt"])
+def test_a_weights_uri_says_to_download_it(uri: str) -> None:
+    with pytest.raises(CxrError) as error:
+        build_model("alexnet", num_classes=3, weights=uri)
+    assert str(error.value).startswith(f"weights file {uri} is a URL, not a local file: download it"), error.value

@@ -301,3 +301,10 @@ def test_a_folder_of_dicom_files_only_says_to_convert_them(trained, tmp_path: Pa
     err = capsys.readouterr().err
     assert "no image files" in err and "only files of a type not read (.dcm 2)" in err, err
     assert "convert DICOM to PNG" in err
+
+
+def test_weights_in_a_bucket_are_refused_saying_to_download_them(tmp_path: Path, capsys) -> None:
+    uri = "s3://bucket/study/weights/abc.pt"
+    assert main([uri, str(SAMPLE_ROOT / "images"), "--out", str(tmp_path / "predictions.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {uri} is a URL, not a local file: download it"), err
