@@ -227,9 +227,8 @@ def _wrapper_prefix(own: dict[str, Any], head: set[str], state: dict[str, Any]) 
     return None
 
 
-def _load_into(model: nn.Module, name: str, state: dict[str, Any], path: Path) -> None:
-    """Copy ``state`` into ``model``; only the head may be absent or of another shape."""
-    own = model.state_dict()
+def _refuse_a_misfit(own: dict[str, Any], name: str, state: dict[str, Any], path: Path) -> None:
+    """CxrError unless ``state`` fits model ``name``, whose state dict is ``own``, bar its head."""
     head = set(_HEAD_KEYS[name])
     problems = _misfits(own, head, state)
     if problems:
@@ -244,6 +243,13 @@ def _load_into(model: nn.Module, name: str, state: dict[str, Any], path: Path) -
             f"weights file {path} does not fit model {name!r}: {'; '.join(problems)}; "
             f"pass weights saved from a {name} model"
         )
+
+
+def _load_into(model: nn.Module, name: str, state: dict[str, Any], path: Path) -> None:
+    """Copy ``state`` into ``model``; only the head may be absent or of another shape."""
+    own = model.state_dict()
+    _refuse_a_misfit(own, name, state, path)
+    head = set(_HEAD_KEYS[name])
     skipped = sorted(k for k in head if k not in state or state[k].shape != own[k].shape)
     to_load = {k: v for k, v in state.items() if k not in skipped}
     model.load_state_dict(to_load, strict=False)
@@ -296,3 +302,16 @@ def build_model(
         state, path = _load_imagenet_state_dict(name, allow_download)
         _load_into(model, name, state, path)
     return model
+
+
+def check_starting_weights(name: str, pretrained: bool = False, weights: str | Path | None = None) -> None:
+    """Refuse now (CxrError) the starting weights that ``build_model`` would refuse: a ``weights`` file that is
+    not there, does not load or does not fit ``name``, or ImageNet weights that are neither in torchvision's
+    cache nor downloadable (they are downloaded now). For a command to check before it reads its data."""
+    check_model_name(name)
+    if weights is not None:
+        path = local_file(weights, "weights file")
+        own = torchvision.models.get_model(name, weights=None).state_dict()  # the head is not compared
+        _refuse_a_misfit(own, name, _read_file(path), path)
+    elif pretrained:
+        fetch_imagenet_weights(name)

@@ -325,6 +325,7 @@ def start_or_resume(config: TrainConfig, out: Path, resume: bool):
     """(run, digest of its split): the run to train into `out` (which out_folder_lock holds), restored from its
     checkpoint if `resume`, with `out` ready for its next epoch; CxrError where `out` or the options do not allow
     it."""
+    from cxrnets.models import check_starting_weights
     from cxrnets.splits import split_digest
     from cxrnets.training import TrainingRun
 
@@ -333,6 +334,7 @@ def start_or_resume(config: TrainConfig, out: Path, resume: bool):
         checkpoint = resumable_checkpoint(out, config)
     else:
         refuse_an_earlier_run(out)
+        check_starting_weights(config.model, config.pretrained, config.weights)
     run = TrainingRun(config, starting_weights=checkpoint is None)
     digest = split_digest(run.data.split)
     if checkpoint is not None and checkpoint.get("split_digest") != digest:

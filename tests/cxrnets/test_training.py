@@ -1023,3 +1023,48 @@ def test_cli_resume_from_a_studys_weights_says_to_fine_tune_from_them(tiny_folde
     assert (f"--resume: {out / 'checkpoint.pt'} holds no optimizer state (a study's best weights?): start a new run "
             "with --weights FILE to fine-tune from it") in err, err
     assert "pass a study's weights" not in err
+
+
+@pytest.mark.parametrize("weights, message", [
+    ("missing.pt", "missing.pt does not exist"),
+    ("s3://bucket/study/weights/abc.pt", "s3://bucket/study/weights/abc.pt is a URL, not a local file"),
+    ("alexnet.pt", "does not fit model 'resnet50'"),
+])
+def test_cli_refuses_a_starting_weights_file_before_reading_the_data(tiny_folder: Path, tmp_path: Path, capsys,
+                                                                     monkeypatch, weights: str, message: str) -> None:
+    import cxrnets.training
+    from cxrnets.models import build_model
+
+    if weights == "alexnet.pt":
+        weights = str(tmp_path / weights)
+        torch.save(build_model("alexnet", 2).state_dict(), weights)
+    elif "://" not in weights:
+        weights = str(tmp_path / weights)
+
+    def unread(*args, **kwargs):
+        raise AssertionError("the data was read")
+
+    monkeypatch.setattr(cxrnets.training, "prepare_data", unread)
+    assert main(tiny_cli_arguments(tiny_folder, tmp_path, "--weights", weights)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_fetches_the_imagenet_weights_before_reading_the_data(tiny_folder: Path, tmp_path: Path, capsys,
+                                                                  monkeypatch) -> None:
+    import cxrnets.models
+    import cxrnets.training
+
+    def offline(name, allow_download):
+        raise CxrError(f"the ImageNet weights for model {name!r} are not available (offline)")
+
+    def unread(*args, **kwargs):
+        raise AssertionError("the data was read")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    monkeypatch.setattr(cxrnets.models, "_load_imagenet_state_dict", offline)
+    monkeypatch.setattr(cxrnets.training, "prepare_data", unread)
+    assert main(tiny_cli_arguments(tiny_folder, tmp_path, "--pretrained")) == 2
+    assert "the ImageNet weights for model 'resnet50' are not available" in capsys.readouterr().err
