@@ -26,6 +26,7 @@ import copy
 import math
 from typing import Any
 
+from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 
@@ -42,10 +43,10 @@ class BestEpochASHA(ASHAScheduler):
 
     It judges a trial only at a rung epoch (and stops it at max_t), where the trainable writes its best
     weights (study.checkpoints.CheckpointPolicy.weights_due). Ray's bracket judges a trial at its first report
-    at or after each rung it has not recorded: after a resume, which gives the scheduler back as it was built
-    (empty rungs, no bests so far), that is the first epoch a restored trial reports, and a stop there would
-    lose the trial's best since its last write. Such a trial goes on to its next rung instead, where it is
-    judged by its best since the resume."""
+    at or after each rung it has not recorded: after the resume of a study whose snapshot holds no rungs
+    (RungSnapshot; studies started before it), which gives the scheduler back as it was built, that is the
+    first epoch a restored trial reports, and a stop there would lose the trial's best since its last write.
+    Such a trial goes on to its next rung instead, where it is judged by its best since the resume."""
 
     def __init__(self, tie_break: str | None = None, tie_break_mode: str = "min", **asha_options: Any):
         super().__init__(**asha_options)
@@ -59,6 +60,17 @@ class BestEpochASHA(ASHAScheduler):
         if "_rungs" not in state:  # pickled (tuner.pkl) before it kept its rungs: the bracket's milestones
             self._rungs = sorted(int(milestone) for milestone, _ in self._brackets[0]._rungs
                                  if milestone < self._max_t)
+
+    def rung_state(self) -> dict:
+        """What the rungs hold (RungSnapshot saves it with Tune's experiment snapshot): each trial's best so far,
+        and what each of Ray's bracket rungs recorded."""
+        return copy.deepcopy({"best": self._best, "brackets": [bracket._rungs for bracket in self._brackets]})
+
+    def restore_rung_state(self, state: dict) -> None:
+        """The rungs as `rung_state` saved them, before Tune adds the restored trials."""
+        self._best = state["best"]
+        for bracket, rungs in zip(self._brackets, state["brackets"]):
+            bracket._rungs = rungs
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         result = self._with_best(trial.trial_id, result)
@@ -125,8 +137,10 @@ class PromotingASHA(BestEpochASHA):
     ranked below that many at its rung can never go on (later arrivals only push it down): it ends at once
     instead of waiting, with its full state, for the end of the study.
 
-    A resumed study starts with empty rungs (Tune restores the scheduler as it was built), and Tune restarts
-    the waiting trials from their rung's full state: they go on to their next rung, where they are judged again.
+    A resume restores the rungs from Tune's experiment snapshot (RungSnapshot), and the trials that waited
+    there wait again: on_trial_add holds them (PAUSED), and choose_trial_to_run hands them out as an
+    uninterrupted study would. The resume of a study whose snapshot holds no rungs (started before RungSnapshot)
+    knows no waiting trials: Tune restarts them, and they go on to their next rung, where they are judged again.
     """
 
     def __init__(self, max_running: int | None = None, num_trials: int | None = None, **asha_options: Any):
@@ -150,10 +164,24 @@ class PromotingASHA(BestEpochASHA):
             return False
         return self._max_running is None or len(self._live) - len(self._waiting) < self._max_running
 
+    def rung_state(self) -> dict:
+        return {**super().rung_state(),
+                **copy.deepcopy({"ranked": self._ranked, "promoted": self._promoted, "waiting": self._waiting})}
+
+    def restore_rung_state(self, state: dict) -> None:
+        super().restore_rung_state(state)
+        self._ranked, self._promoted, self._waiting = state["ranked"], state["promoted"], state["waiting"]
+
     def on_trial_add(self, tune_controller, trial) -> None:
         super().on_trial_add(tune_controller, trial)
-        if trial.status not in ("TERMINATED", "ERROR"):  # a resume adds the trials that ended, too
-            self._live.add(trial.trial_id)
+        if trial.status in ("TERMINATED", "ERROR"):  # a resume adds the trials that ended, too
+            self._forget(trial.trial_id)
+            return
+        if trial.status == "PENDING" and trial.trial_id in self._waiting:
+            # Waiting at its rung when the study was interrupted (a resume restores it PENDING). Tune starts every
+            # PENDING trial; a PAUSED one waits for choose_trial_to_run. Tune files it under the status set here.
+            trial.set_status("PAUSED")
+        self._live.add(trial.trial_id)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         epoch = result.get(self._time_attr)
@@ -165,6 +193,8 @@ class PromotingASHA(BestEpochASHA):
                 or math.isnan(best)):
             return self.CONTINUE  # a diverged trial has ended: nothing to pause
         self._ranked[epoch][trial.trial_id] = self._metric_op * best  # higher is better
+        if trial.trial_id in self._promoted[epoch]:
+            return self.CONTINUE  # again, from a full state older than the snapshot that saw it promoted
         self._waiting[trial.trial_id] = epoch
         if self._next_promotion() == trial.trial_id:
             self._promote(trial.trial_id)
@@ -277,3 +307,21 @@ class PromotionGate(ConcurrencyLimiter):
     def get_state(self) -> dict:  # Tune's snapshot of the wrapper: the scheduler is not the wrapper's to save
         return copy.deepcopy({key: value for key, value in self.__dict__.items()
                               if key not in ("searcher", "scheduler")})
+
+
+class RungSnapshot(tune.Callback):
+    """Keeps ASHA's rungs in Tune's experiment snapshot, which a resume restores (Tune saves the searcher's and
+    the callbacks' states there, not the scheduler's: Tuner.restore gives the scheduler back as it was built).
+
+    Tune pickles the scheduler and this callback together (tuner.pkl), so after Tuner.restore `scheduler` is
+    still the scheduler Tune runs; Tune sets the callbacks' states before it adds the restored trials
+    (TuneController.resume, Ray 2.60)."""
+
+    def __init__(self, scheduler: BestEpochASHA):
+        self.scheduler = scheduler
+
+    def get_state(self) -> dict:
+        return {"rungs": self.scheduler.rung_state()}
+
+    def set_state(self, state: dict) -> None:
+        self.scheduler.restore_rung_state(state["rungs"])

@@ -46,7 +46,7 @@ from cxrnets.splits import describe, make_split, split_digest  # noqa: E402
 from cxrnets.training import (SPLIT_COLUMNS, PreparedData, align_split, named_counts,  # noqa: E402
                               patients_per_split, undecodable_images)
 from study import storage  # noqa: E402
-from study.asha import BestEpochASHA, PromotingASHA, PromotionGate  # noqa: E402
+from study.asha import BestEpochASHA, PromotingASHA, PromotionGate, RungSnapshot  # noqa: E402
 from study.checkpoints import WEIGHTS_DIR, CheckpointPolicy, WeightsKeeper, prune_weights  # noqa: E402
 from study.console import StudyConsole  # noqa: E402
 from study.results import ResultsTable, read_results, read_trial_events  # noqa: E402
@@ -437,7 +437,8 @@ def build_tuner(settings: StudySettings, splits: dict[str, pd.DataFrame], resume
             trial_name_creator=trial_name, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=settings.name, storage_path=settings.storage,
-            callbacks=[ResultsTable(settings.study_uri),
+            callbacks=[RungSnapshot(scheduler),
+                       ResultsTable(settings.study_uri),
                        WeightsKeeper(settings.study_uri, settings.metric, settings.mode, settings.keep,
                                      settings.tie_break),
                        StudyTensorBoard(settings.metric, settings.mode, seed=settings.seed)]

@@ -9,12 +9,13 @@ majority-class prediction, and a ResNet50 that dips below it before it learns.
 from __future__ import annotations
 
 import math
+import pickle
 from types import SimpleNamespace
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from study.asha import BestEpochASHA, PromotingASHA, PromotionGate, rung_epochs
+from study.asha import BestEpochASHA, PromotingASHA, PromotionGate, RungSnapshot, rung_epochs
 from study.bench.search import replay_one_at_a_time
 from study.checkpoints import CheckpointPolicy
 
@@ -395,3 +396,105 @@ def test_a_stopping_scheduler_pickled_before_it_kept_its_rungs_still_judges_only
                                                          {"training_iteration": epoch, "val/f1_macro": value})
                  for epoch in (11, 18) for name, value in (("better", 0.50), ("worse", 0.45))}
     assert [key for key, decision in decisions.items() if decision == TrialScheduler.STOP] == [("worse", 18)]
+
+
+# ------------------------------------------------------------------ the rungs across a resume
+
+def restored(scheduler, controller, trial_id: str, status: str = "PENDING"):
+    """A trial of Tune's snapshot, added back by a resume: unfinished trials come back PENDING (Tune's
+    _requeue_restored_trials), whatever they were."""
+    trial = SimpleNamespace(trial_id=trial_id, status=status, config={})
+    trial.set_status = lambda new: setattr(trial, "status", new)
+    controller.scheduler = scheduler
+    controller.trials.append(trial)
+    scheduler.on_trial_add(controller, trial)
+    return trial
+
+
+def built_then_resumed(scheduler, snapshot_state):
+    """What Tuner.restore gives back: the scheduler and its RungSnapshot callback from tuner.pkl (pickled together,
+    as they were built), then the callback's state from Tune's last experiment snapshot, if it holds one."""
+    tuner_pkl = pickle.dumps((scheduler, RungSnapshot(scheduler)))
+    scheduler, snapshot = pickle.loads(tuner_pkl)
+    assert snapshot.scheduler is scheduler
+    if snapshot_state is not None:
+        snapshot.set_state(pickle.loads(pickle.dumps(snapshot_state)))
+    return scheduler
+
+
+def test_a_resumed_study_makes_the_rung_decisions_of_the_uninterrupted_one():
+    """Two trials wait at the epoch-1 rung when the study is interrupted; the resumed scheduler knows them (Tune
+    restores the scheduler as it was built: its rungs come from the snapshot), holds them until it promotes one,
+    and judges the next trial against them, as the uninterrupted study does."""
+    decisions = {}
+    for resume in (False, True):
+        scheduler, controller = promoting(max_t=4, grace_period=1, reduction_factor=2, max_running=1), Controller()
+        as_built = pickle.loads(pickle.dumps(scheduler))
+        snapshot = RungSnapshot(scheduler)
+        a = add(scheduler, controller, "a")
+        seen = [report(scheduler, controller, a, 1, 0.3)]  # alone at its rung: it waits
+        b = add(scheduler, controller, "b")
+        seen.append(report(scheduler, controller, b, 1, 0.1))  # a is the rung's top half
+        if resume:
+            scheduler, controller = built_then_resumed(as_built, snapshot.get_state()), Controller()
+            a, b = restored(scheduler, controller, "a"), restored(scheduler, controller, "b")
+            assert (a.status, b.status) == ("PAUSED", "PAUSED")  # Tune starts only what the scheduler hands out
+        chosen = scheduler.choose_trial_to_run(controller)
+        seen.append(chosen.trial_id)
+        chosen.status = "RUNNING"
+        seen.append(report(scheduler, controller, a, 2, 0.3))  # alone at the epoch-2 rung
+        c = add(scheduler, controller, "c", status="PENDING")
+        seen.append(report(scheduler, controller, c, 1, 0.2))  # below a at the rung of three
+        controller.search_alg = SimpleNamespace(is_finished=lambda: True)
+        seen.append(scheduler.choose_trial_to_run(controller).trial_id)  # the epoch-2 rung promotes its best
+        a.status = "RUNNING"
+        seen.append(report(scheduler, controller, a, 3, 0.3))
+        scheduler.on_trial_complete(controller, a, {"training_iteration": 4, "val/f1_macro": 0.3})
+        a.status = "TERMINATED"
+        seen.append(scheduler.choose_trial_to_run(controller))
+        decisions[resume] = seen + [controller.stopped]
+    assert decisions[True] == decisions[False] == [
+        TrialScheduler.PAUSE, TrialScheduler.PAUSE, "a", TrialScheduler.PAUSE, TrialScheduler.PAUSE, "a",
+        TrialScheduler.CONTINUE, None, ["b", "c"]]
+
+
+def test_a_trial_promoted_before_the_snapshot_that_reports_its_rung_again_goes_on():
+    """Tune's snapshot may name a full state older than the rung a promoted trial left (its save was under way):
+    the trial reports that rung again after the resume, and goes on as it was promoted to, though a trial that
+    came after it now ranks above it there."""
+    scheduler, controller = promoting(max_t=4, grace_period=1, reduction_factor=2, max_running=2), Controller()
+    as_built, snapshot = pickle.loads(pickle.dumps(scheduler)), RungSnapshot(scheduler)
+    a, b = add(scheduler, controller, "a"), add(scheduler, controller, "b")
+    report(scheduler, controller, a, 1, 0.3)
+    report(scheduler, controller, b, 1, 0.1)
+    assert scheduler.choose_trial_to_run(controller) is a
+    c = add(scheduler, controller, "c")
+    assert report(scheduler, controller, c, 1, 0.5) == TrialScheduler.CONTINUE
+    scheduler, controller = built_then_resumed(as_built, snapshot.get_state()), Controller()
+    a, b, c = (restored(scheduler, controller, name) for name in "abc")
+    assert (a.status, b.status, c.status) == ("PENDING", "PAUSED", "PENDING")
+    a.status = "RUNNING"
+    assert report(scheduler, controller, a, 1, 0.3) == TrialScheduler.CONTINUE
+
+
+def test_the_stopping_schedulers_rungs_survive_a_resume():
+    """--asha stopping: a trial that reaches the epoch-2 rung after the resume is judged against the trials that
+    reached it before (Ray's bracket rungs), not alone."""
+    scheduler = asha(BestEpochASHA)
+    scheduler.set_search_properties("val/f1_macro", "max")
+    as_built, snapshot = pickle.loads(pickle.dumps(scheduler)), RungSnapshot(scheduler)
+    for name, value in (("a", 0.4), ("b", 0.5)):
+        trial = SimpleNamespace(trial_id=name, status="RUNNING")
+        scheduler.on_trial_add(None, trial)
+        for epoch in (1, 2):
+            assert scheduler.on_trial_result(None, trial, {"training_iteration": epoch, "val/f1_macro": value}) \
+                == TrialScheduler.CONTINUE
+    late = SimpleNamespace(trial_id="late", status="RUNNING")
+    scheduler.on_trial_add(None, late)
+    assert scheduler.on_trial_result(None, late, {"training_iteration": 1, "val/f1_macro": 0.42}) \
+        == TrialScheduler.CONTINUE
+    resumed = built_then_resumed(as_built, snapshot.get_state())
+    for name in ("a", "b", "late"):
+        resumed.on_trial_add(None, SimpleNamespace(trial_id=name, status="PENDING"))
+    # its best (0.42 at epoch 1) is below the rung's cutoff (0.45, between a's and b's) only with them there
+    assert resumed.on_trial_result(None, late, {"training_iteration": 2, "val/f1_macro": 0.3}) == TrialScheduler.STOP

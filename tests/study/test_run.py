@@ -40,6 +40,8 @@ from PIL import Image
 
 from cxrnets.errors import CxrError
 from study import storage
+from study.asha import PromotingASHA
+from study.bench.search import replay_one_at_a_time
 from study.checkpoints import read_best_weights
 from study.driver import print_summary, run_study
 from study.results import ResultsTable, read_results, read_trial_events
@@ -1445,6 +1447,55 @@ def test_an_interrupted_study_says_so_with_its_resume_command_and_the_resume_fin
     assert results.groupby("trial_id")["training_iteration"].apply(list).to_dict() == \
         {finished: list(range(1, epochs + 1)), interrupted: list(range(1, epochs + 1))}
     assert raw_parts(study_dir).query("trial_id == @finished")["session"].nunique() == 1, "the finished trial reran"
+
+
+def epochs_the_uninterrupted_study_trains(results: pd.DataFrame, num_trials: int, max_epochs: int) -> list[int]:
+    """The epochs each trial of a --max-concurrent 1 study of PromotingASHA (grace period 1, reduction factor 2,
+    val/f1_macro tie-broken by val/loss) trains when nothing interrupts it: the trials' measured curves, in the
+    order they started, replayed through a fresh scheduler as Tune runs one trial at a time. A curve is padded
+    with its last epoch, which the replay reaches only where the study's decisions differed from it."""
+    order = results.groupby("trial_id")["timestamp"].min().sort_values().index
+    curves = []
+    for trial_id in order:
+        trial = results[results["trial_id"] == trial_id].sort_values("training_iteration")
+        curve = list(zip(trial["val/f1_macro"], trial["val/loss"]))
+        curves.append(curve + curve[-1:] * (max_epochs - len(curve)))
+    scheduler = PromotingASHA(max_running=1, num_trials=num_trials, time_attr="training_iteration",
+                              max_t=max_epochs, grace_period=1, reduction_factor=2, tie_break="val/loss",
+                              tie_break_mode="min")
+    scheduler.set_search_properties("val/f1_macro", "max")
+    return replay_one_at_a_time(scheduler, curves, "val/f1_macro", "val/loss")
+
+
+def test_a_resumed_study_makes_the_uninterrupted_rung_decisions_one_trial_at_a_time(tmp_path, tiny_data, cache_dir):
+    """Ctrl-C while a trial waits at a rung and another trains (--max-concurrent 1); the resume restores ASHA's
+    rungs with the study: every trial trains the epochs it trains in an uninterrupted study (the waiting trial is
+    not restarted unless the rung promotes it, later trials are ranked against the earlier ones)."""
+    space = write_space(tmp_path / "rungs.yaml", {
+        "model": {"value": "resnet50"}, "optimizer": {"value": "adam"}, "lr": {"loguniform": [1.0e-4, 1.0e-2]},
+        "batch_size": {"value": 16}, "pretrained": {"value": False}})
+    samples, epochs = 6, 4
+    study_dir = tmp_path / "studies" / "rungs"
+    argv = study_argv(space, tmp_path / "studies", "rungs", tiny_data, cache_dir, "--image-size", "32",
+                      "--num-samples", str(samples), "--max-epochs", str(epochs), "--grace-period", "1",
+                      "--reduction-factor", "2", "--max-concurrent", "1", "--num-cpus", "2", "--seed", "0")
+    with study_commands(REPO) as commands:
+        first = commands.start(argv, tmp_path / "first.log")
+        deadline = time.monotonic() + 300
+        while not {"PAUSED", "RUNNING"} <= {status for status, _, _ in snapshot(study_dir).values()}:
+            assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(0.2)
+        os.killpg(first.pid, signal.SIGINT)
+        assert first.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()[-3000:]
+        assert "PAUSED" in {status for status, _, _ in snapshot(study_dir).values()}  # what the resume restores
+        second = commands.start(["--resume", str(study_dir), "--num-cpus", "2"], tmp_path / "resume.log")
+        assert second.wait(timeout=400) == 0, (tmp_path / "resume.log").read_text()[-3000:]
+
+    results = read_results(str(study_dir))
+    order = results.groupby("trial_id")["timestamp"].min().sort_values().index
+    trained = results.groupby("trial_id")["training_iteration"].max()[order].tolist()
+    assert len(trained) == samples
+    assert trained == epochs_the_uninterrupted_study_trains(results, samples, epochs)
 
 
 @pytest.mark.parametrize("settings_saved", [False, True])
