@@ -138,9 +138,10 @@ class PromotingASHA(BestEpochASHA):
     instead of waiting, with its full state, for the end of the study.
 
     A resume restores the rungs from Tune's experiment snapshot (RungSnapshot), and the trials that waited
-    there wait again: on_trial_add holds them (PAUSED), and choose_trial_to_run hands them out as an
-    uninterrupted study would. The resume of a study whose snapshot holds no rungs (started before RungSnapshot)
-    knows no waiting trials: Tune restarts them, and they go on to their next rung, where they are judged again.
+    there wait again: on_trial_add holds them (PAUSED), as it holds the restored trials beyond `max_running`
+    (Tune would start every restored trial), and choose_trial_to_run hands them out as an uninterrupted study
+    would. The resume of a study whose snapshot holds no rungs (started before RungSnapshot) knows no waiting
+    trials: they run on, `max_running` at a time, to their next rung, where they are judged again.
     """
 
     def __init__(self, max_running: int | None = None, num_trials: int | None = None, **asha_options: Any):
@@ -177,11 +178,20 @@ class PromotingASHA(BestEpochASHA):
         if trial.status in ("TERMINATED", "ERROR"):  # a resume adds the trials that ended, too
             self._forget(trial.trial_id)
             return
-        if trial.status == "PENDING" and trial.trial_id in self._waiting:
-            # Waiting at its rung when the study was interrupted (a resume restores it PENDING). Tune starts every
-            # PENDING trial; a PAUSED one waits for choose_trial_to_run. Tune files it under the status set here.
+        if trial.status == "PENDING" and (trial.trial_id in self._waiting or not self._slot_free(tune_controller)):
+            # A trial a resume restores (a new one comes only when a slot is free: PromotionGate). Tune starts every
+            # PENDING trial; PAUSED ones wait for choose_trial_to_run. Tune files it under the status set here.
             trial.set_status("PAUSED")
         self._live.add(trial.trial_id)
+
+    def _slot_free(self, tune_controller) -> bool:
+        """Whether fewer than `max_running` trials run or are to start (a trial that pauses at a rung runs until
+        Tune has its full state: it counts as waiting)."""
+        if self._max_running is None or tune_controller is None:
+            return True
+        taken = sum(trial.status in ("RUNNING", "PENDING") and trial.trial_id in self._live
+                    and trial.trial_id not in self._waiting for trial in tune_controller.get_trials())
+        return taken < self._max_running
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         epoch = result.get(self._time_attr)
@@ -229,6 +239,13 @@ class PromotingASHA(BestEpochASHA):
         self._starting = None
         self._stop_waiting(tune_controller, trials, self._never_promoted)  # pushed out of reach by later arrivals
         busy = sum(trial.status in ("RUNNING", "PENDING") for trial in trials.values())
+        held = next((trial for trial_id, trial in trials.items() if trial.status == "PAUSED"
+                     and trial_id in self._live and trial_id not in self._waiting), None)
+        if held is not None:  # restored by a resume beyond max_running (on_trial_add): it goes on first
+            if self._max_running is not None and busy >= self._max_running:
+                return None
+            self._starting = held.trial_id
+            return held
         finishing = busy == 0 and tune_controller.search_alg.is_finished()
         promotion = self._next_promotion(finishing)
         if promotion is not None and trials.get(promotion) is not None and trials[promotion].status == "PAUSED":

@@ -458,6 +458,46 @@ def test_a_resumed_study_makes_the_rung_decisions_of_the_uninterrupted_one():
         TrialScheduler.CONTINUE, None, ["b", "c"]]
 
 
+def test_a_resume_starts_no_more_trials_than_max_concurrent():
+    """--max-concurrent 1: a trial ran (b) and one had errored (e, which the resume runs again) besides one that
+    waited at a rung (a). Tune would start every PENDING trial: the resume holds all but one, and the scheduler
+    hands them out one at a time, the interrupted ones before a promotion and before any new configuration."""
+    scheduler, controller = promoting(max_t=4, grace_period=1, reduction_factor=2, max_running=1), Controller()
+    snapshot = RungSnapshot(scheduler)
+    as_built = pickle.loads(pickle.dumps(scheduler))
+    a = add(scheduler, controller, "a")
+    report(scheduler, controller, a, 1, 0.3)
+    add(scheduler, controller, "b")
+    scheduler.on_trial_error(controller, add(scheduler, controller, "e"))
+    scheduler, controller = built_then_resumed(as_built, snapshot.get_state()), Controller()
+    gate = PromotionGate(Proposer(metric="val/f1_macro", mode="max"), scheduler)
+    b, e, a = (restored(scheduler, controller, name) for name in "bea")
+    assert [t.status for t in (b, e, a)] == ["PENDING", "PAUSED", "PAUSED"]
+    b.status = "RUNNING"
+    assert scheduler.choose_trial_to_run(controller) is None and gate.suggest("c") is None
+    assert report(scheduler, controller, b, 1, 0.5) == TrialScheduler.CONTINUE  # top 1 of 2
+    scheduler.on_trial_complete(controller, b, {"training_iteration": 4, "val/f1_macro": 0.5})
+    b.status = "TERMINATED"
+    assert scheduler.choose_trial_to_run(controller) is e
+    assert scheduler.choose_trial_to_run(controller) is e and gate.suggest("c") is None
+    e.status = "RUNNING"
+    assert report(scheduler, controller, e, 1, 0.4) == TrialScheduler.PAUSE  # b and a above it: 1 of 3 goes on
+    e.status = "PAUSED"
+    assert scheduler.choose_trial_to_run(controller) is None and gate.suggest("c") == {"lr": 0.1}
+
+
+def test_the_resume_of_a_study_whose_snapshot_holds_no_rungs_still_keeps_to_max_concurrent():
+    """A study started before the rungs were saved: its waiting trials are restarted, as before, one at a time."""
+    scheduler, controller = built_then_resumed(promoting(max_t=4, grace_period=1, reduction_factor=2), None), \
+        Controller()
+    a, b = restored(scheduler, controller, "a"), restored(scheduler, controller, "b")
+    assert (a.status, b.status) == ("PENDING", "PAUSED")
+    a.status = "RUNNING"
+    assert report(scheduler, controller, a, 2, 0.3) == TrialScheduler.PAUSE  # judged again at its next rung
+    a.status = "PAUSED"
+    assert scheduler.choose_trial_to_run(controller) is b
+
+
 def test_a_trial_promoted_before_the_snapshot_that_reports_its_rung_again_goes_on():
     """Tune's snapshot may name a full state older than the rung a promoted trial left (its save was under way):
     the trial reports that rung again after the resume, and goes on as it was promoted to, though a trial that

@@ -1470,7 +1470,8 @@ def epochs_the_uninterrupted_study_trains(results: pd.DataFrame, num_trials: int
 def test_a_resumed_study_makes_the_uninterrupted_rung_decisions_one_trial_at_a_time(tmp_path, tiny_data, cache_dir):
     """Ctrl-C while a trial waits at a rung and another trains (--max-concurrent 1); the resume restores ASHA's
     rungs with the study: every trial trains the epochs it trains in an uninterrupted study (the waiting trial is
-    not restarted unless the rung promotes it, later trials are ranked against the earlier ones)."""
+    not restarted unless the rung promotes it, later trials are ranked against the earlier ones), and no two
+    trials train at once (Tune would start every restored trial)."""
     space = write_space(tmp_path / "rungs.yaml", {
         "model": {"value": "resnet50"}, "optimizer": {"value": "adam"}, "lr": {"loguniform": [1.0e-4, 1.0e-2]},
         "batch_size": {"value": 16}, "pretrained": {"value": False}})
@@ -1496,6 +1497,14 @@ def test_a_resumed_study_makes_the_uninterrupted_rung_decisions_one_trial_at_a_t
     trained = results.groupby("trial_id")["training_iteration"].max()[order].tolist()
     assert len(trained) == samples
     assert trained == epochs_the_uninterrupted_study_trains(results, samples, epochs)
+    # Epochs as (start, end) seconds; Tune's timestamps are whole seconds, so two in a row may seem to overlap by
+    # less than one.
+    parts = raw_parts(study_dir)
+    resumed = parts[parts["session"] == sorted(parts["session"].unique())[-1]]
+    spans = list(zip(resumed["trial_id"], resumed["timestamp"] - resumed["time_this_iter_s"], resumed["timestamp"]))
+    overlaps = [(min(end, other_end) - max(start, other_start), trial, other)
+                for trial, start, end in spans for other, other_start, other_end in spans if trial < other]
+    assert max(overlaps, default=(0,))[0] < 1, max(overlaps)
 
 
 @pytest.mark.parametrize("settings_saved", [False, True])
