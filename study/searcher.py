@@ -260,7 +260,9 @@ class BestEpochOptunaSearch(OptunaSearch):
             self._ot_trials[trial_id].set_user_attr("diverged_at_epoch", int(epoch))
             self._best_values().setdefault(trial_id, value)
             return
-        if epoch > reported.get(trial_id, 0) and trial_id not in self._failed_then_resumed():
+        if trial_id in self._failed_then_resumed():
+            self._rerun_epochs().setdefault(trial_id, {})[int(epoch)] = value
+        elif epoch > reported.get(trial_id, 0):
             self._ot_trials[trial_id].report(value, epoch)
             reported[trial_id] = epoch
         best = self._best_values().get(trial_id)
@@ -286,6 +288,11 @@ class BestEpochOptunaSearch(OptunaSearch):
                 self._failed_then_resumed().add(known[frozen.number])
             elif frozen.number in known and frozen.state.is_finished():
                 self._completed_trials.add(known[frozen.number])
+            elif frozen.number in known and frozen.intermediate_values:
+                # A running trial that reported epochs after the snapshot, which the resume trains again.
+                reported = self.__dict__.setdefault("_last_epoch_reported", {})
+                trial_id = known[frozen.number]
+                reported[trial_id] = max(reported.get(trial_id, 0), max(frozen.intermediate_values))
             elif frozen.number not in known and frozen.state == optuna.trial.TrialState.RUNNING:
                 self._ot_study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
                 log.info("Optuna trial %d had started after the searcher's last snapshot: marked failed, and "
@@ -313,20 +320,31 @@ class BestEpochOptunaSearch(OptunaSearch):
 
     def _tell_again(self, trial_id: str, result: dict | None, error: bool) -> None:
         """A trial that failed, then ended after a resume: a finished Optuna trial cannot be told again, so
-        its configuration and best value go in as a new COMPLETE trial (user attribute `rerun_of`: the failed
-        one's number), which TPE learns from."""
+        its configuration and its best value over all its epochs, before the failure and after the resume, go
+        in as a new COMPLETE trial (user attribute `rerun_of`: the failed one's number), which TPE learns from."""
         if result and not error:
             self._record_epoch(trial_id, result)
-        best = self._best_values().pop(trial_id, None)
-        self._failed_then_resumed().discard(trial_id)
-        if error or best is None:
+        if error:  # it failed again: its epochs stay for the next resume, which runs it again
             return
+        best = self._best_values().pop(trial_id, None)
+        rerun_epochs = self._rerun_epochs().pop(trial_id, {})
+        self._failed_then_resumed().discard(trial_id)
         failed = self._ot_trials[trial_id].number
         frozen = next(t for t in self._ot_study.get_trials(deepcopy=False) if t.number == failed)
+        epochs = {**frozen.intermediate_values, **rerun_epochs}
+        pick = max if self.mode == "max" else min
+        best = pick([value for value in (best, *epochs.values()) if value is not None], default=None)
+        if best is None:
+            return
         self._ot_study.add_trial(optuna.trial.create_trial(
-            params=frozen.params, distributions=frozen.distributions, value=best,
+            params=frozen.params, distributions=frozen.distributions, value=best, intermediate_values=epochs,
             user_attrs={"trial_id": trial_id, "rerun_of": failed}))
         self._copy_storage_file()
+
+    def _rerun_epochs(self) -> dict[str, dict[int, float]]:
+        """trial id -> {epoch: value} of a failed trial rerun by a resume (its Optuna trial, finished, takes no
+        more reports); kept in the searcher's saved state."""
+        return self.__dict__.setdefault("_rerun_epochs_by_trial", {})
 
     def _best_values(self) -> dict[str, float]:
         """trial id -> best value so far; kept in the searcher's saved state, so a resumed study keeps it."""

@@ -302,6 +302,44 @@ def test_a_trial_optuna_holds_failed_that_the_resume_runs_teaches_the_sampler_it
     assert rerun.user_attrs == {"trial_id": "rerun", "rerun_of": failed.number}
 
 
+def test_a_rerun_failed_trial_is_told_its_best_over_the_epochs_before_and_after_the_resume(tmp_path):
+    """A trial reported 0.524 and 0.552, errored, and the resume trained its epoch 3 (0.2) from its last full
+    state: the results table and the analysis give it 0.552, and so does Optuna."""
+    path, snapshot = tmp_path / "optuna.db", tmp_path / "searcher.pkl"
+    search = stored_searcher(tmp_path)
+    search.suggest("rerun")
+    for epoch, value in ((1, 0.524), (2, 0.552)):
+        search.on_trial_result("rerun", {"training_iteration": epoch, "val/f1_macro": value})
+    search.on_trial_complete("rerun", error=True)
+    search.save(str(snapshot))
+
+    resumed = stored_searcher(tmp_path)
+    resumed.restore(str(snapshot))
+    resumed.on_trial_complete("rerun", {"training_iteration": 3, "val/f1_macro": 0.2})
+
+    failed, rerun = optuna.load_study(study_name="demo", storage=storage_url(path)).trials
+    assert rerun.state.name == "COMPLETE" and rerun.value == 0.552
+    assert rerun.intermediate_values == {1: 0.524, 2: 0.552, 3: 0.2}
+
+
+def test_a_resume_after_a_kill_does_not_report_an_epoch_optuna_holds_already(tmp_path, recwarn):
+    """Tune's snapshot of the searcher is older than the storage: the resume reruns epochs Optuna holds."""
+    search = stored_searcher(tmp_path)
+    search.suggest("running")
+    search.on_trial_result("running", {"training_iteration": 1, "val/f1_macro": 0.1})
+    search.save(str(tmp_path / "searcher.pkl"))
+    for epoch, value in ((2, 0.3), (3, 0.4)):
+        search.on_trial_result("running", {"training_iteration": epoch, "val/f1_macro": value})
+
+    resumed = stored_searcher(tmp_path)
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    resumed.on_trial_result("running", {"training_iteration": 3, "val/f1_macro": 0.4})
+    resumed.on_trial_complete("running", {"training_iteration": 4, "val/f1_macro": 0.2})
+
+    assert not [w for w in recwarn if "already reported" in str(w.message)]
+    assert stored_trials(tmp_path / "optuna.db")["running"].intermediate_values == {1: 0.1, 2: 0.3, 3: 0.4, 4: 0.2}
+
+
 @pytest.mark.parametrize("damage", ["missing", "corrupt", "another study"])
 def test_a_resume_refuses_a_storage_file_it_cannot_continue(tmp_path, damage):
     study_dir = tmp_path / "studies" / "demo"
