@@ -358,7 +358,18 @@ class StudySearchGenerator(SearchGenerator):
     Tune moves the trials it restores to a moved study's folder, but makes the next ones from the experiment
     spec this wrapper restores, which still names the old folder (Ray 2.60): their workers would fail with
     "Unable to set up cluster storage", or write beside the old copy.
+
+    Under --max-concurrent (Ray's ConcurrencyLimiter), the end of a trial the limiter does not count as live
+    goes to the searcher all the same: Ray 2.60's limiter drops it, and a trial that errored, or started after
+    the limiter's snapshot, and that a resume runs again, is such a trial (Optuna would keep it FAIL).
     """
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        limiter = self.searcher
+        if getattr(limiter, "_limit_concurrency", False) and trial_id not in limiter.live_trials:
+            limiter.searcher.on_trial_complete(trial_id, result=result, error=error)
+        else:
+            super().on_trial_complete(trial_id, result=result, error=error)
 
     def set_state(self, state: dict) -> None:
         super().set_state(state)

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import optuna
 import pytest
-from ray.tune.search import Searcher
+from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from cxrnets.errors import CxrError
 from study import storage
-from study.searcher import (REDRAWS, BestEpochOptunaSearch, open_storage, restore_storage_file,
-                            storage_file_uri, storage_url)
+from study.searcher import (REDRAWS, BestEpochOptunaSearch, StudySearchGenerator, open_storage,
+                            restore_storage_file, storage_file_uri, storage_url)
 from study.settings import resumed_study
 from study.space import parse_space
 
@@ -408,3 +408,28 @@ def test_a_moved_study_continues_its_own_optuna_study_where_it_lies_now(tmp_path
     assert {k: (t.state.name, t.value) for k, t in trials.items()} == {
         "done": ("COMPLETE", 0.4), "running": ("COMPLETE", 0.6), "new": ("COMPLETE", 0.35)}
     assert trials["running"].intermediate_values == {1: 0.1, 2: 0.6}
+
+
+class RecordingSearcher(Searcher):
+    def __init__(self):
+        super().__init__(metric="val/f1_macro", mode="max")
+        self.completed = []
+
+    def suggest(self, trial_id: str) -> dict:
+        return {"lr": 0.01}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.completed.append((trial_id, error))
+
+
+def test_under_max_concurrent_the_end_of_a_trial_the_resume_runs_again_reaches_the_searcher():
+    """--asha stopping --max-concurrent: Ray's ConcurrencyLimiter forgets a trial once it errored (or never knew
+    one started after its snapshot), and dropped its end when the resume ran it again: Optuna kept it FAIL."""
+    searcher = RecordingSearcher()
+    generator = StudySearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=1))
+    assert generator.searcher.suggest("failed") is not None
+    generator.on_trial_complete("failed", error=True)
+    generator.on_trial_complete("failed", {"training_iteration": 3, "val/f1_macro": 0.2})  # run again by --resume
+    generator.on_trial_complete("started-after-the-snapshot", {"training_iteration": 1, "val/f1_macro": 0.3})
+    assert searcher.completed == [("failed", True), ("failed", False), ("started-after-the-snapshot", False)]
+    assert generator.searcher.suggest("next") is not None  # the limiter's own count is unharmed
