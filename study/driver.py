@@ -77,9 +77,17 @@ def runs_on_this_machine(address: str | None) -> bool:
     return cluster_address(address) is None
 
 
-def check_local_resources(settings: StudySettings, cores: int | None = None) -> None:
-    """On a machine that runs the study itself, refuse what it cannot give (cores: the CPUs Ray may use)."""
+def check_local_resources(settings: StudySettings, cores: int | None = None,
+                          from_study_json: frozenset[str] = frozenset()) -> None:
+    """On a machine that runs the study itself, refuse what it cannot give (cores: the CPUs Ray may use).
+    `from_study_json`: the resource settings (cpus_per_trial, gpus_per_trial) a resume read from the study's
+    study.json rather than from flags typed now; a refusal says so, and which flag overrides them."""
     import torch
+
+    def flag(name: str) -> str:
+        option = f"--{name.replace('_', '-')}"
+        origin = f" (the study's, from its study.json; {option} overrides it)" if name in from_study_json else ""
+        return f"{option} {getattr(settings, name):g}{origin}"
 
     if cores is not None and cores < 1:
         raise CxrError(f"--num-cpus {cores}: the local Ray instance needs at least 1 CPU to run a trial")
@@ -87,18 +95,18 @@ def check_local_resources(settings: StudySettings, cores: int | None = None) -> 
     cores = min(cores, machine) if cores is not None else machine
     if settings.cpus_per_trial > cores:
         where = "this machine" if cores == machine else "the local Ray instance (--num-cpus)"
-        raise CxrError(f"--cpus-per-trial {settings.cpus_per_trial:g} exceeds the {cores} CPU cores of {where}: "
-                       "no trial could ever start")
+        raise CxrError(f"{flag('cpus_per_trial')} exceeds the {cores} CPU cores of {where}: no trial could ever "
+                       "start")
     if settings.gpus_per_trial == 0 and torch.cuda.device_count() > 0:
         log.warning("this machine has %d CUDA GPU(s), which the trials leave alone (--gpus-per-trial 0): pass "
                     "--gpus-per-trial 1, or a fraction such as 0.25 to share a card, to train on them",
                     torch.cuda.device_count())
     if settings.gpus_per_trial > 0 and torch.cuda.device_count() == 0:
-        raise CxrError(f"--gpus-per-trial {settings.gpus_per_trial:g} asked for, but this machine has no CUDA GPU: "
-                       "drop the flag to run on CPU, or pass --address of a cluster with GPUs")
+        on_cpu = "pass --gpus-per-trial 0" if "gpus_per_trial" in from_study_json else "drop the flag"
+        raise CxrError(f"{flag('gpus_per_trial')} asked for, but this machine has no CUDA GPU: {on_cpu} to run on "
+                       "CPU, or pass --address of a cluster with GPUs")
     if settings.gpus_per_trial > torch.cuda.device_count():
-        raise CxrError(f"--gpus-per-trial {settings.gpus_per_trial:g} exceeds the "
-                       f"{torch.cuda.device_count()} GPU(s) of this machine")
+        raise CxrError(f"{flag('gpus_per_trial')} exceeds the {torch.cuda.device_count()} GPU(s) of this machine")
 
 
 # ------------------------------------------------------------------ data, once per study
@@ -464,10 +472,12 @@ def quiet_tune(verbose: bool) -> None:
 
 
 def run_study(settings: StudySettings, resume: bool = False, address: str | None = None,
-              num_cpus: int | None = None, verbose: bool = False):
+              num_cpus: int | None = None, verbose: bool = False,
+              resources_from_study_json: frozenset[str] = frozenset()):
     """Check, prepare and run one study; returns Tune's ResultGrid. `verbose`: Tune's own output and the
     trials' logs, instead of the study's status line (StudyConsole). The resume of a study stopped before
-    Tune's first snapshot (tune_state_saved) starts it, with the settings and the split it saved."""
+    Tune's first snapshot (tune_state_saved) starts it, with the settings and the split it saved.
+    `resources_from_study_json`: see check_local_resources."""
     if not resume:
         storage.check_writable(settings.study_uri)
         refuse_existing_study(settings.study_uri)  # before its split or anything else is written there
@@ -477,7 +487,7 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
                  "with the settings and the split it saved", settings.study_uri)
     local = runs_on_this_machine(address)
     if local:
-        check_local_resources(settings, cores=num_cpus)
+        check_local_resources(settings, cores=num_cpus, from_study_json=resources_from_study_json)
     else:
         check_cluster_reachable(address, num_cpus)
     fetch_pretrained_weights(settings)

@@ -105,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="decode-once image cache on each node (default: $CXR_TUNE_CACHE, else ~/.cache/cxr-tune)")
     add("--resume", default=None, metavar="STUDY_DIR",
         help="continue the study in this directory with the settings in its study.json; only --address, "
-             "--num-cpus, --data-root and --cache-dir (where they lie now) and -v go with it (default: start a "
-             "new study)")
+             "--num-cpus, --cpus-per-trial, --gpus-per-trial (what this machine gives), --data-root and "
+             "--cache-dir (where they lie now) and -v go with it (default: start a new study)")
     add("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a cluster running here, "
         "else a new local instance)")
     add("--num-cpus", type=int, default=None,
@@ -117,8 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# What a resume still takes: where it runs, where the data and the cache lie now, how it shows.
-RESUME_OPTIONS = ("resume", "address", "num_cpus", "data_root", "cache_dir", "verbose")
+# What a resume still takes: where it runs and what each trial takes there, where the data and the cache lie
+# now, how it shows.
+TRIAL_RESOURCES = ("cpus_per_trial", "gpus_per_trial")
+RESUME_OPTIONS = ("resume", "address", "num_cpus", *TRIAL_RESOURCES, "data_root", "cache_dir", "verbose")
 
 
 def given_options(argv: list[str]) -> list[str]:
@@ -134,8 +136,19 @@ def check_resume_options(argv: list[str]) -> None:
     ignored = [f"--{dest.replace('_', '-')}" for dest in given_options(argv) if dest not in RESUME_OPTIONS]
     if ignored:
         raise CxrError(f"--resume continues the study as its study.json defines it: {', '.join(ignored)} would not "
-                       "change it; drop them (only --address, --num-cpus, --data-root, --cache-dir and -v go with "
-                       "--resume), or start a new study with them")
+                       "change it; drop them (only --address, --num-cpus, --cpus-per-trial, --gpus-per-trial, "
+                       "--data-root, --cache-dir and -v go with --resume), or start a new study with them")
+
+
+def resume_trial_resources(settings: StudySettings, args: argparse.Namespace, typed: list[str]) -> frozenset[str]:
+    """--cpus-per-trial and --gpus-per-trial typed with --resume: what each trial takes on the machine or the
+    cluster the study goes on on (they change no result; study.json keeps the study's own). Returns the names of
+    the resources left to study.json's values."""
+    for name in TRIAL_RESOURCES:
+        if name in typed:
+            setattr(settings, name, getattr(args, name))
+    check_setting_rules(settings)
+    return frozenset(name for name in TRIAL_RESOURCES if name not in typed)
 
 
 def settings_from_args(args: argparse.Namespace) -> StudySettings:
@@ -251,14 +264,16 @@ def main(argv: list[str] | None = None) -> int:
             check_resume_options(argv)
             settings = load_settings(args.resume, "--resume")
             relocate(settings, args.data_root, args.cache_dir)
+            resources_from_study_json = resume_trial_resources(settings, args, given_options(argv))
         else:
             settings = settings_from_args(args)
+            resources_from_study_json = frozenset()
         # Imported once the options are known good: the driver loads torch and Ray (seconds).
         from study.driver import errored_line, interrupted_line, print_summary, run_study, unfinished_trials
         from study.results import read_trial_events
 
         grid = run_study(settings, resume=args.resume is not None, address=args.address, num_cpus=args.num_cpus,
-                         verbose=args.verbose)
+                         verbose=args.verbose, resources_from_study_json=resources_from_study_json)
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

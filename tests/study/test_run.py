@@ -317,7 +317,8 @@ def test_a_resume_refuses_options_that_would_not_change_the_study(tmp_path, caps
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: --resume continues the study as its study.json defines it: "
                                         "--max-epochs, --seed would not change it; drop them (only --address, "
-                                        "--num-cpus, --data-root, --cache-dir and -v go with --resume)"), err
+                                        "--num-cpus, --cpus-per-trial, --gpus-per-trial, --data-root, --cache-dir "
+                                        "and -v go with --resume)"), err
 
 
 def test_a_resume_refuses_options_typed_at_their_default_values(tmp_path, capsys):
@@ -326,6 +327,36 @@ def test_a_resume_refuses_options_typed_at_their_default_values(tmp_path, capsys
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: --resume continues the study as its study.json defines it: "
                                         "--seed, --space, --tie-break would not change it"), err
+
+
+def saved_study(tmp_path: Path, tiny_data: Path, cache_dir: Path, *flags: str) -> Path:
+    """A study folder holding only its study.json, made with `flags`: what a resume checks first."""
+    from study.settings import save_settings
+
+    space = write_space(tmp_path / "one.yaml", GOOD_SPACE)
+    save_settings(settings_from_args(build_parser().parse_args(
+        study_argv(space, tmp_path / "studies", "saved", tiny_data, cache_dir, *flags))))
+    return tmp_path / "studies" / "saved"
+
+
+@pytest.mark.parametrize("flag, saved, override, refused", [
+    ("--cpus-per-trial", TOO_MANY_CPUS, "1", rf"--cpus-per-trial {TOO_MANY_CPUS} \(the study's, from its study.json; "
+                                            r"--cpus-per-trial overrides it\) exceeds the \d+ CPU cores of this machine"),
+    pytest.param("--gpus-per-trial", "0.25", "0", r"--gpus-per-trial 0.25 \(the study's, from its study.json; "
+                 r"--gpus-per-trial overrides it\) asked for, but this machine has no CUDA GPU: pass "
+                 r"--gpus-per-trial 0 to run on CPU", marks=NO_GPU),
+], ids=["fewer CPUs", "no GPU"])
+def test_a_resume_on_a_smaller_machine_says_which_saved_flag_to_override_and_takes_it(tmp_path, capsys, tiny_data,
+                                                                                     cache_dir, flag, saved, override,
+                                                                                     refused):
+    """The study ran on a larger machine: its saved resources cannot be given here, though the user typed none."""
+    study_dir = saved_study(tmp_path, tiny_data, cache_dir, flag, saved)
+    assert main(["--resume", str(study_dir)]) == 2
+    assert re.search(refused, capsys.readouterr().err)
+    assert main(["--resume", str(study_dir), flag, override]) == 2  # past the resources: the study has no split
+    err = capsys.readouterr().err
+    assert flag not in err and "split" in err, err
+    assert json.loads((study_dir / "study.json").read_text())[flag[2:].replace("-", "_")] == float(saved)
 
 
 def test_an_unknown_dataset_is_named_with_the_choices(capsys):
@@ -960,6 +991,24 @@ def test_a_resume_of_a_finished_study_reruns_none_of_the_trials_that_ended_waiti
     assert set(read_trial_events(str(study_dir))["event"]) == {"completed"}
     assert read_results(str(study_dir)).groupby("trial_id")["training_iteration"].max().to_dict() == {
         **epochs, first: 1}
+
+
+def test_the_trials_a_resume_restores_take_the_resources_typed_with_it(ray_session, tmp_path, tiny_data, cache_dir):
+    """Tune's snapshot holds each trial's resources: those typed with --resume replace them."""
+    from ray._common.utils import hex_to_binary
+
+    def trial_cpus(study_dir: Path) -> list[float]:
+        state = max(study_dir.glob("experiment_state-*.json"))
+        trials = [json.loads(trial) for trial, _ in json.loads(state.read_text())["trial_data"]]
+        return [pickle.loads(hex_to_binary(trial["placement_group_factory"])).bundles[0]["CPU"] for trial in trials]
+
+    space = write_space(tmp_path / "one.yaml", GOOD_SPACE)
+    assert main(study_argv(space, tmp_path / "studies", "cpus", tiny_data, cache_dir, "--image-size", "32",
+                           "--num-samples", "1", "--max-epochs", "1", "--cpus-per-trial", "2")) == 0
+    study_dir = tmp_path / "studies" / "cpus"
+    assert trial_cpus(study_dir) == [2]
+    assert main(["--resume", str(study_dir), "--cpus-per-trial", "1"]) == 0
+    assert trial_cpus(study_dir) == [1]
 
 
 @pytest.mark.parametrize("gpus, device", [("0", "cpu"), ("0.25", "cuda"), ("1", "cuda")])
