@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import math
 import sys
@@ -106,6 +107,47 @@ def make_jobs(settings: StudySettings, results: pd.DataFrame, seeds: int) -> lis
     return jobs
 
 
+def unfinished_search(study_uri: str) -> list[str]:
+    """What the study's search left undone, in words, from its trial events and Tune's newest snapshots of its
+    trials and of its search: trials that errored, trials interrupted (running or waiting), and trials not
+    started (fewer made than --num-samples, the space not exhausted). Empty for a finished search."""
+    import ray.cloudpickle as cloudpickle
+
+    events = read_trial_events(study_uri)
+    errored = events.loc[events["event"] == "error", "trial_id"].tolist()
+    names = [entry.name for entry in storage.listing(study_uri)]
+    interrupted, not_started = [], 0
+    states = sorted(name for name in names if name.startswith("experiment_state-"))
+    if states:
+        snapshot = storage.read_json(storage.join(study_uri, states[-1]))
+        trials = [json.loads(trial) for trial, _ in snapshot["trial_data"]]
+        interrupted = [trial["trial_id"] for trial in trials
+                       if trial["status"] not in ("TERMINATED", "ERROR") and trial["trial_id"] not in errored]
+    generators = sorted(name for name in names if name.startswith("search_gen_state-"))
+    if generators:
+        generator = cloudpickle.loads(storage.read_bytes(storage.join(study_uri, generators[-1])))
+        if not generator["finished"]:
+            not_started = max(0, generator["total_samples"] - generator["counter"])
+    undone = []
+    if errored:
+        undone.append(f"{len(errored)} errored ({', '.join(errored)})")
+    if interrupted:
+        undone.append(f"{len(interrupted)} interrupted ({', '.join(interrupted)})")
+    if not_started:
+        undone.append(f"{not_started} trial{'s' if not_started != 1 else ''} not started")
+    return undone
+
+
+def check_search_finished(study_dir: str, study_uri: str) -> None:
+    """Refuse a confirm run of a study whose search is unfinished (unfinished_search)."""
+    undone = unfinished_search(study_uri)
+    if undone:
+        raise CxrError(f"{study_uri}: the study's search is unfinished: {'; '.join(undone)}. A confirm run now would "
+                       "repeat its best configurations so far, which the finished study may not choose, and a study "
+                       f"keeps one confirm run: finish the study first with\n  python -m study.run --resume "
+                       f"{quote(study_dir)}\nor pass --allow-unfinished to confirm its best so far")
+
+
 def read_jobs(study_uri: str) -> list[ConfirmJob] | None:
     """The confirm run's jobs, or None if the study has none."""
     uri = jobs_uri(study_uri)
@@ -177,11 +219,12 @@ def build_tuner(settings: StudySettings, jobs: list[ConfirmJob], splits: dict[st
 
 def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, address: str | None = None,
                 num_cpus: int | None = None, data_roots: list[str] | None = None, cache_dir: str | None = None,
-                verbose: bool = False):
+                verbose: bool = False, allow_unfinished: bool = False):
     """Start (or resume) the confirm run of a study; returns Tune's ResultGrid. `data_roots` ([DATASET=]PATH)
     and `cache_dir`: where the study's data and image cache lie now, if not where study.json says. `verbose`:
     Tune's own output and the trials' logs, instead of the status line (StudyConsole). The resume of a confirm
-    run stopped before Tune's first snapshot (study.driver.tune_state_saved) starts it, with the jobs it saved."""
+    run stopped before Tune's first snapshot (study.driver.tune_state_saved) starts it, with the jobs it saved.
+    A new confirm run of a study whose search is unfinished is refused unless `allow_unfinished`."""
     from cxrnets.models import fetch_imagenet_weights
     from study.driver import (check_cluster, check_cluster_reachable, check_local_resources, connect, log_run_end,
                               prepare_splits, quiet_tune, runs_on_this_machine, tensorboard_line, tune_interrupts,
@@ -203,6 +246,8 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
         if jobs is not None:
             raise CxrError(f"{uri} already holds a confirm run ({len(jobs)} trials): continue it with --resume, or "
                            "delete that folder to start again")
+        if not allow_unfinished:
+            check_search_finished(study_dir, settings.study_uri)
         jobs = make_jobs(settings, read_results(settings.study_uri), seeds if seeds is not None else 3)
     restore = resume and tune_state_saved(uri)
     if resume and not restore:
@@ -242,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("study_dir", help="the study directory python -m study.run wrote (<storage>/<study name>)")
     add("--seeds", type=int, default=None, help="new seeds per selected configuration (default: 3)")
     add("--resume", action="store_true", help="continue this study's interrupted confirm run")
+    add("--allow-unfinished", action="store_true",
+        help="confirm the best configurations so far of a study whose search is unfinished (trials errored, "
+             "interrupted or not started), rather than refusing until `python -m study.run --resume` finishes it")
     add("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a cluster running here, "
         "else a local Ray instance)")
     add("--num-cpus", type=int, default=None, help="CPUs of a new local Ray instance (default: all)")
@@ -262,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         grid = run_confirm(args.study_dir, seeds=args.seeds, resume=args.resume, address=args.address,
                            num_cpus=args.num_cpus, data_roots=args.data_root, cache_dir=args.cache_dir,
-                           verbose=args.verbose)
+                           verbose=args.verbose, allow_unfinished=args.allow_unfinished)
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

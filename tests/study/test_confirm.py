@@ -328,6 +328,48 @@ def test_a_confirm_run_whose_seed_runs_errored_says_that_its_resume_runs_them_ag
             ) in capsys.readouterr().out
 
 
+def leave_unfinished(study: Path, how: str) -> str:
+    """Make the (linked copy of the) finished study look as `how` leaves it; returns a trial's id it names."""
+    import ray.cloudpickle as cloudpickle
+
+    state = max(study.glob("experiment_state-*.json"))
+    trials = json.loads(state.read_text())
+    trial = json.loads(trials["trial_data"][0][0])
+    if how == "errored":
+        ResultsTable(str(study)).on_trial_error(1, [], SimpleNamespace(trial_id=trial["trial_id"], error_file=None))
+    elif how == "interrupted":  # Tune's newest snapshot: a trial was running (new files: the copy is hard-linked)
+        trials["trial_data"][0][0] = json.dumps({**trial, "status": "PENDING"})
+        (study / "experiment_state-2099-01-01_00-00-00.json").write_text(json.dumps(trials))
+    else:  # trials not started: the search generator had made fewer than --num-samples
+        generator = cloudpickle.loads(max(study.glob("search_gen_state-*.json")).read_bytes())
+        (study / "search_gen_state-2099-01-01_00-00-00.json").write_bytes(
+            cloudpickle.dumps({**generator, "counter": generator["total_samples"] - 2}))
+        return "2 trials not started"
+    return trial["trial_id"]
+
+
+@pytest.mark.parametrize("how", ["errored", "interrupted", "not started"])
+def test_a_study_whose_search_is_unfinished_is_confirmed_only_when_asked(grid_study, tmp_path, capsys, monkeypatch,
+                                                                          how):
+    """A confirm of an unfinished study repeats its best configuration so far, which the resumed study may not
+    choose (and a confirm run, once started, is the study's one): it is refused unless asked for."""
+    import study.confirm
+
+    folder = linked_copy(grid_study, tmp_path / "grid")
+    named = leave_unfinished(folder, how)
+    assert main([str(folder), "--seeds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert named in err and f"python -m study.run --resume {folder}" in err and "--allow-unfinished" in err, err
+    assert storage.kind(confirm_uri(str(folder))) == "missing"
+
+    def past_the_check(*args, **kwargs):
+        raise CxrError("past the check")
+
+    monkeypatch.setattr(study.confirm, "build_tuner", past_the_check)
+    assert main([str(folder), "--seeds", "1", "--allow-unfinished"]) == 2
+    assert "past the check" in capsys.readouterr().err
+
+
 def search_results(models: dict[str, list[tuple[str, float, int]]]) -> pd.DataFrame:
     """A study's results: model -> its trials' (trial id, val/f1_macro, diverged) in their first epoch."""
     rows = [{"trial_id": trial_id, "trial_name": trial_id, "training_iteration": 1, "epoch": 1,
