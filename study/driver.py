@@ -463,12 +463,38 @@ def quiet_tune(verbose: bool) -> None:
     and the run's StudyConsole alone shows its progress."""
     # Tune's newer output engine prints its configuration table even at verbose=0; the older one is silent.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
+    for name, drop in TUNE_NOTES.items():
+        if verbose:
+            logging.getLogger(name).removeFilter(drop)
+        else:
+            logging.getLogger(name).addFilter(drop)
     if not verbose:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         logging.getLogger("ray.tune").setLevel(logging.WARNING)
         # Tune's notes that one pass of its event loop was slow (over 0.5 s: the driver deleting an ended
         # trial's files takes 0.1-0.5 s here) say nothing about the study; -v shows them.
         logging.getLogger("ray.tune.utils.util").setLevel(logging.ERROR)
+
+
+def drop_trials_did_not_complete(record: logging.LogRecord) -> bool:
+    """A logging filter for Tune's 'Trials did not complete: [...]' (an ERROR, on Ctrl-C or errored trials): the
+    commands say what is unfinished, and how to continue, in their own words."""
+    return not record.getMessage().startswith("Trials did not complete")
+
+
+def drop_unreported_trials(record: logging.LogRecord) -> bool:
+    """A logging filter for Tune's 'Failed to fetch metrics' where each trial named has no result file: it never
+    reported an epoch (interrupted or errored before its first), which is no failure of anything."""
+    message = record.getMessage()
+    if not message.startswith("Failed to fetch metrics"):
+        return True
+    failures = message.splitlines()[1:]
+    return not all("FileNotFoundError(" in failure for failure in failures)
+
+
+# Tune's notes that the study's own lines replace, dropped unless -v: logger -> filter.
+TUNE_NOTES = {"ray.tune.tune": drop_trials_did_not_complete,
+              "ray.tune.analysis.experiment_analysis": drop_unreported_trials}
 
 
 def run_study(settings: StudySettings, resume: bool = False, address: str | None = None,

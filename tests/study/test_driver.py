@@ -101,3 +101,31 @@ def test_resume_on_data_with_an_image_cut_short_names_it_undecodable_and_offers_
         f"{settings.study_uri}/splits/covid-pneumonia-normal.csv: the dataset changed since this split was made (1 "
         f"image(s) no longer decode, the warning above says why: normal/normal-000.png (sha1 {recorded} in the "
         "split)); the split is part of the study: restore the original file(s), or start a new study for the new data")
+
+
+@pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "-v"])
+def test_tunes_notes_on_interrupted_and_unreported_trials_show_only_with_v(verbose):
+    """Ctrl-C printed Tune's 'ERROR tune.py -- Trials did not complete: [...]' and a resume 'WARNING
+    experiment_analysis.py -- Failed to fetch metrics ... FileNotFoundError' for a trial that never reported: the
+    commands say what is unfinished in their own words. A failure to read a result that exists still shows."""
+    from study.driver import quiet_tune
+
+    shown = []
+    handler = logging.Handler()
+    handler.emit = lambda record: shown.append(record.getMessage())
+    notes = {"ray.tune.tune": "Trials did not complete: [folder_resnet50_adam_lr1.6e-03_bs16]",
+             "ray.tune.analysis.experiment_analysis": (
+                 "Failed to fetch metrics for 1 trial(s):\n- folder_resnet50: FileNotFoundError('Could not fetch "
+                 "metrics for folder_resnet50: both result.json and progress.csv were not found at /s/t')")}
+    damaged = "Failed to fetch metrics for 1 trial(s):\n- folder_resnet50: JSONDecodeError('Expecting value')"
+    quiet_tune(verbose)
+    try:
+        for name, message in notes.items():
+            logging.getLogger(name).addHandler(handler)
+            logging.getLogger(name).error(message)
+        logging.getLogger("ray.tune.analysis.experiment_analysis").error(damaged)
+    finally:
+        for name in notes:
+            logging.getLogger(name).removeHandler(handler)
+        quiet_tune(True)
+    assert shown == ([*notes.values(), damaged] if verbose else [damaged])
