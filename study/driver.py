@@ -49,6 +49,7 @@ from study import storage  # noqa: E402
 from study.asha import BestEpochASHA, PromotingASHA, PromotionGate, RungSnapshot  # noqa: E402
 from study.checkpoints import WEIGHTS_DIR, CheckpointPolicy, WeightsKeeper, prune_weights  # noqa: E402
 from study.console import StudyConsole  # noqa: E402
+from study.lock import driver_lock  # noqa: E402
 from study.results import ResultsTable, read_results, read_trial_events  # noqa: E402
 from study.searcher import (BestEpochOptunaSearch, StudySearchGenerator,  # noqa: E402
                             restore_storage_file, storage_file_uri, storage_url, working_file)
@@ -518,32 +519,34 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
         check_cluster_reachable(address, num_cpus)
     fetch_pretrained_weights(settings)
     splits = prepare_splits(settings, resume)
-    if restore and settings.optuna_study:
-        restore_storage_file(settings.study_uri, settings.optuna_study)
-    if not resume:
-        save_settings(settings)
-    if not restore:
-        write_experiment(settings)
-    quiet_tune(verbose)
-    started_here = connect(address, num_cpus, trial_logs=verbose)
-    try:
-        check_cluster(settings, joined=not local)
-        with resumed_study(settings.study_uri) if restore else contextlib.nullcontext():
-            tuner = build_tuner(settings, splits, restore, verbose)
-            for line in watch_commands(settings, running=True):
-                log.info(line)
-            started = time.perf_counter()
-            with tune_interrupts(f"python -m study.run --resume {quote(settings.study_uri)}"):
-                results = tuner.fit()
-        events = read_trial_events(settings.study_uri)
-        log_run_end("study", results, events, time.perf_counter() - started)
-        prune_weights(settings.study_uri, read_results(settings.study_uri),
-                      events.loc[events["event"] == "completed", "trial_id"], settings.keep, settings.metric,
-                      settings.mode, settings.tie_break)
-    finally:
-        if started_here:
-            ray.shutdown()
-    return results
+    resume_command = f"python -m study.run --resume {quote(settings.study_uri)}"
+    with driver_lock(settings.study_uri, resume_command):  # the study folder exists from here
+        if restore and settings.optuna_study:
+            restore_storage_file(settings.study_uri, settings.optuna_study)
+        if not resume:
+            save_settings(settings)
+        if not restore:
+            write_experiment(settings)
+        quiet_tune(verbose)
+        started_here = connect(address, num_cpus, trial_logs=verbose)
+        try:
+            check_cluster(settings, joined=not local)
+            with resumed_study(settings.study_uri) if restore else contextlib.nullcontext():
+                tuner = build_tuner(settings, splits, restore, verbose)
+                for line in watch_commands(settings, running=True):
+                    log.info(line)
+                started = time.perf_counter()
+                with tune_interrupts(resume_command):
+                    results = tuner.fit()
+            events = read_trial_events(settings.study_uri)
+            log_run_end("study", results, events, time.perf_counter() - started)
+            prune_weights(settings.study_uri, read_results(settings.study_uri),
+                          events.loc[events["event"] == "completed", "trial_id"], settings.keep, settings.metric,
+                          settings.mode, settings.tie_break)
+        finally:
+            if started_here:
+                ray.shutdown()
+        return results
 
 
 def tune_state_saved(run_uri: str) -> bool:

@@ -1011,6 +1011,29 @@ def test_the_trials_a_resume_restores_take_the_resources_typed_with_it(ray_sessi
     assert trial_cpus(study_dir) == [1]
 
 
+def test_a_resume_is_refused_while_another_driver_runs_the_study_and_takes_over_a_killed_ones_lock(
+        ray_session, tmp_path, tiny_data, cache_dir, capsys):
+    from study.lock import LOCK_FILE, process_start
+
+    space = write_space(tmp_path / "one.yaml", GOOD_SPACE)
+    assert main(study_argv(space, tmp_path / "studies", "locked", tiny_data, cache_dir, "--image-size", "32",
+                           "--num-samples", "1", "--max-epochs", "1")) == 0
+    study_dir = tmp_path / "studies" / "locked"
+    assert not (study_dir / LOCK_FILE).exists()  # given back at the end
+    first = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # stands for a running driver
+    try:
+        (study_dir / LOCK_FILE).write_text(json.dumps({"host": os.uname().nodename, "pid": first.pid,
+                                                       "start": process_start(first.pid)}))
+        capsys.readouterr()
+        assert main(["--resume", str(study_dir)]) == 2
+        assert f"is being run by another driver (pid {first.pid} on this host" in capsys.readouterr().err
+    finally:
+        first.kill()
+        first.wait()
+    assert main(["--resume", str(study_dir)]) == 0  # the killed driver's lock is taken over
+    assert not (study_dir / LOCK_FILE).exists()
+
+
 @pytest.mark.parametrize("gpus, device", [("0", "cpu"), ("0.25", "cuda"), ("1", "cuda")])
 def test_trials_train_on_the_gpu_ray_gave_them_and_on_the_cpu_where_it_gave_none(tmp_path, tiny_data, cache_dir,
                                                                                  monkeypatch, caplog, gpus, device):
