@@ -57,9 +57,7 @@ def driver_lock(study_uri: str, resume_command: str) -> Iterator[None]:
     uri = lock_uri(study_uri)
     try:
         holder = storage.read_json(uri)
-    except FileNotFoundError:
-        holder = None
-    except ValueError:  # a lock cut short as it was written: its driver is gone
+    except (OSError, ValueError):  # none, or one cut short as it was written (its driver is gone)
         holder = None
     if isinstance(holder, dict) and running_driver(holder):
         raise CxrError(f"{study_uri} is being run by another driver (pid {holder['pid']} on this host, named in "
