@@ -1552,7 +1552,9 @@ def test_a_resumed_study_makes_the_uninterrupted_rung_decisions_one_trial_at_a_t
     argv = study_argv(space, tmp_path / "studies", "rungs", tiny_data, cache_dir, "--image-size", "32",
                       "--num-samples", str(samples), "--max-epochs", str(epochs), "--grace-period", "1",
                       "--reduction-factor", "2", "--max-concurrent", "1", "--num-cpus", "2", "--seed", "0")
-    with study_commands(REPO) as commands:
+    # A snapshot at every step of Tune's loop (10 s or more apart otherwise): the seconds in which one trial
+    # waits at a rung while another trains then always reach the snapshot this test watches.
+    with study_commands(REPO, env={"TUNE_GLOBAL_CHECKPOINT_S": "0"}) as commands:
         first = commands.start(argv, tmp_path / "first.log")
         deadline = time.monotonic() + 300
         while not {"PAUSED", "RUNNING"} <= {status for status, _, _ in snapshot(study_dir).values()}:
