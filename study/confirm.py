@@ -35,7 +35,8 @@ from cxrnets.errors import CxrError
 from study import storage
 from study.checkpoints import WeightsKeeper
 from study.results import ResultsTable, read_results, read_trial_events
-from study.settings import StudySettings, load_settings, relocate, resumed_study
+from study.lock import driver_lock
+from study.settings import StudySettings, check_setting_rules, load_settings, relocate, resumed_study
 from study.space import config_name
 from study.tables import best_trials, diverged_cells
 
@@ -219,9 +220,12 @@ def build_tuner(settings: StudySettings, jobs: list[ConfirmJob], splits: dict[st
 
 def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, address: str | None = None,
                 num_cpus: int | None = None, data_roots: list[str] | None = None, cache_dir: str | None = None,
-                verbose: bool = False, allow_unfinished: bool = False):
+                verbose: bool = False, allow_unfinished: bool = False,
+                trial_resources: dict[str, float | None] | None = None):
     """Start (or resume) the confirm run of a study; returns Tune's ResultGrid. `data_roots` ([DATASET=]PATH)
-    and `cache_dir`: where the study's data and image cache lie now, if not where study.json says. `verbose`:
+    and `cache_dir`: where the study's data and image cache lie now, if not where study.json says.
+    `trial_resources`: cpus_per_trial and gpus_per_trial for this run, where not None (they change no result;
+    study.json keeps the study's own). `verbose`:
     Tune's own output and the trials' logs, instead of the status line (StudyConsole). The resume of a confirm
     run stopped before Tune's first snapshot (study.driver.tune_state_saved) starts it, with the jobs it saved.
     A new confirm run of a study whose search is unfinished is refused unless `allow_unfinished`."""
@@ -234,6 +238,13 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
 
     settings = load_settings(study_dir)
     relocate(settings, data_roots, cache_dir)
+    trial_resources = trial_resources or {}
+    for name, value in trial_resources.items():
+        if value is not None:
+            setattr(settings, name, value)
+    check_setting_rules(settings)
+    from_study_json = frozenset(name for name in ("cpus_per_trial", "gpus_per_trial")
+                                if trial_resources.get(name) is None)
     uri = confirm_uri(settings.study_uri)
     jobs = read_jobs(settings.study_uri)
     if resume:
@@ -254,7 +265,7 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
         log.info("%s was stopped before its trials started (it holds %s, not Tune's state): starting them now",
                  uri, JOBS_FILE)
     if runs_on_this_machine(address):
-        check_local_resources(settings, cores=num_cpus)
+        check_local_resources(settings, cores=num_cpus, from_study_json=from_study_json)
     else:
         check_cluster_reachable(address, num_cpus)
     for model in {job.model for job in jobs if job.config.get("pretrained")}:
@@ -265,19 +276,21 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
     cells = len({(job.dataset, job.model) for job in jobs})
     log.info("confirm: %d configuration(s) x %d seed(s) = %d trials of %d epochs", cells, len(jobs) // max(cells, 1),
              len(jobs), settings.max_epochs)
-    quiet_tune(verbose)
-    started_here = connect(address, num_cpus, trial_logs=verbose)
-    try:
-        check_cluster(settings, joined=not runs_on_this_machine(address))
-        log.info(tensorboard_line(uri))
-        started = time.perf_counter()
-        with resumed_study(uri) if restore else contextlib.nullcontext():
-            with tune_interrupts(f"python -m study.confirm {quote(study_dir)} --resume"):
-                grid = build_tuner(settings, jobs, splits, restore, verbose).fit()
-        log_run_end("confirm", grid, read_trial_events(uri), time.perf_counter() - started)
-    finally:
-        if started_here:
-            ray.shutdown()
+    resume_command = f"python -m study.confirm {quote(study_dir)} --resume"
+    with driver_lock(uri, resume_command):
+        quiet_tune(verbose)
+        started_here = connect(address, num_cpus, trial_logs=verbose)
+        try:
+            check_cluster(settings, joined=not runs_on_this_machine(address))
+            log.info(tensorboard_line(uri))
+            started = time.perf_counter()
+            with resumed_study(uri) if restore else contextlib.nullcontext():
+                with tune_interrupts(resume_command):
+                    grid = build_tuner(settings, jobs, splits, restore, verbose).fit()
+            log_run_end("confirm", grid, read_trial_events(uri), time.perf_counter() - started)
+        finally:
+            if started_here:
+                ray.shutdown()
     return grid
 
 
@@ -293,6 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a cluster running here, "
         "else a local Ray instance)")
     add("--num-cpus", type=int, default=None, help="CPUs of a new local Ray instance (default: all)")
+    add("--cpus-per-trial", type=float, default=None,
+        help="CPU cores reserved per trial on this machine or cluster (default: the study's, from its study.json)")
+    add("--gpus-per-trial", type=float, default=None,
+        help="GPUs per trial, a fraction to share a card (default: the study's, from its study.json)")
     add("--data-root", action="append", default=None, metavar="[DATASET=]PATH",
         help="where a dataset of the study lies now, if not where study.json says; repeatable (default: the "
              "roots in study.json)")
@@ -310,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         grid = run_confirm(args.study_dir, seeds=args.seeds, resume=args.resume, address=args.address,
                            num_cpus=args.num_cpus, data_roots=args.data_root, cache_dir=args.cache_dir,
-                           verbose=args.verbose, allow_unfinished=args.allow_unfinished)
+                           verbose=args.verbose, allow_unfinished=args.allow_unfinished,
+                           trial_resources={"cpus_per_trial": args.cpus_per_trial,
+                                            "gpus_per_trial": args.gpus_per_trial})
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -397,3 +397,58 @@ def test_a_cell_whose_trials_all_diverged_is_not_confirmed(caplog):
 def test_of_tied_trials_the_one_better_on_the_tie_break_is_confirmed():
     results = search_results({"alexnet": [("0aaa", 0.279, 0), ("ffff", 0.279, 0)]}).assign(**{"val/loss": [1.3, 1.05]})
     assert {job.confirms for job in make_jobs(SEARCH, results, seeds=2)} == {"ffff"}
+
+
+@pytest.mark.parametrize("saved, override, refused", [
+    ({"cpus_per_trial": 4096.0}, ["--cpus-per-trial", "1"],
+     r"--cpus-per-trial 4096 \(the study's, from its study.json; --cpus-per-trial overrides it\) exceeds the \d+ "
+     r"CPU cores of this machine"),
+    pytest.param({"gpus_per_trial": 0.25}, ["--gpus-per-trial", "0"],
+                 r"--gpus-per-trial 0.25 \(the study's, from its study.json; --gpus-per-trial overrides it\) asked "
+                 r"for, but this machine has no CUDA GPU: pass --gpus-per-trial 0 to run on CPU",
+                 marks=pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")),
+], ids=["fewer CPUs", "no GPU"])
+def test_a_study_made_on_a_larger_machine_is_confirmed_here_with_the_resources_typed(grid_study, tmp_path, capsys,
+                                                                                    monkeypatch, saved, override,
+                                                                                    refused):
+    """The study's trials took what this machine cannot give: the confirm run says which flag overrides it,
+    and takes that flag (for this run only)."""
+    import study.driver
+
+    copy = linked_copy(grid_study, tmp_path / "grid")
+    settings = json.loads((copy / "study.json").read_text())
+    (copy / "study.json").unlink()  # a hard link to the session's study
+    (copy / "study.json").write_text(json.dumps({**settings, **saved}))
+    assert main([str(copy), "--seeds", "1"]) == 2
+    assert re.search(refused, capsys.readouterr().err)
+
+    def past_the_resources(settings, resume):
+        raise CxrError(f"past the resources: {settings.cpus_per_trial:g} CPUs, {settings.gpus_per_trial:g} GPUs")
+
+    monkeypatch.setattr(study.driver, "prepare_splits", past_the_resources)
+    assert main([str(copy), "--seeds", "1", *override]) == 2
+    expected = {**settings, **saved, override[0][2:].replace("-", "_"): float(override[1])}
+    assert (f"past the resources: {expected['cpus_per_trial']:g} CPUs, {expected['gpus_per_trial']:g} GPUs"
+            in capsys.readouterr().err)
+    assert json.loads((copy / "study.json").read_text()) == {**settings, **saved}  # the study's own, kept
+
+
+def test_a_confirm_resume_is_refused_while_another_driver_runs_the_confirm_run(confirmed, tmp_path, capsys):
+    """A second `--resume` typed while the confirm run still trains would run its trials twice."""
+    import subprocess
+    import sys
+
+    from study.lock import LOCK_FILE, process_start
+
+    copy = linked_copy(confirmed, tmp_path / "grid")
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # stands for the first driver
+    try:
+        (copy / "confirm" / LOCK_FILE).write_text(json.dumps({"host": os.uname().nodename, "pid": running.pid,
+                                                              "start": process_start(running.pid)}))
+        assert main([str(copy), "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert f"is being run by another driver (pid {running.pid} on this host" in err
+        assert f"python -m study.confirm {copy} --resume" in err
+    finally:
+        running.kill()
+        running.wait()
