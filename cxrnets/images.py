@@ -22,15 +22,18 @@ from cxrnets.errors import CxrError
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 
-# Images above this many pixels are refused rather than risk a decompression bomb; decode makes it Pillow's
-# limit too (Image.MAX_IMAGE_PIXELS, 89.5 million pixels by default, for the whole process).
-MAX_PIXELS = 20_000 * 20_000
+# Images above this many pixels are refused before they are decompressed: a chest X-ray has at most ~30 million
+# (5000x6000), and a small file of zeros can declare a huge image (a 700 KB 16-bit PNG, 19000x19000 pixels, took
+# ~10 GB to decode). decode makes it Pillow's limit too (Image.MAX_IMAGE_PIXELS, for the whole process).
+MAX_PIXELS = 8_000 * 8_000
 
 # The modes in which Pillow holds greyscale of more than 8 bits: to_rgb windows them into 8.
 HIGH_BIT_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 # The percentiles of its pixels between which to_rgb windows such an image: one hot pixel or a burned-in marker at
 # 65535 would leave a 12-bit X-ray near black if its extremes were the window.
 WINDOW_PERCENTILES = (0.5, 99.5)
+# 16-bit pixels are histogrammed and looked up this many at a time: numpy widens them to 8-byte indices to do so.
+CHUNK_PIXELS = 1 << 20
 
 PNG_COLOUR_TYPES = {2: "RGB", 4: "grey+alpha", 6: "RGBA"}  # those that may hold 16 bits per sample
 
@@ -110,25 +113,80 @@ def to_rgb(image: Image.Image, white_is_zero: bool = False) -> Image.Image:
     elif image.mode == "P":
         image = image.convert("RGB")
     if image.mode in HIGH_BIT_GREY_MODES:
-        array = np.array(image, dtype=np.float64)
-        finite = np.isfinite(array)
-        if not finite.any():
-            raise ValueError("every pixel is NaN or infinite")
-        low, high = np.percentile(array[finite], WINDOW_PERCENTILES)
-        if high <= low:  # nearly every pixel is one value
-            low, high = array[finite].min(), array[finite].max()
-        scale = 255.0 / (high - low) if high > low else 0.0
-        array[~finite] = low
-        grey = ((np.clip(array, low, high) - low) * scale).round()
-        if white_is_zero:
-            grey = 255.0 - grey
-        grey[~finite] = 0.0
-        image = Image.fromarray(grey.astype(np.uint8), mode="L")
+        pixels = np.asarray(image)
+        grey = windowed_16_bit(pixels, white_is_zero) if pixels.dtype.kind == "u" and pixels.itemsize == 2 \
+            else windowed_wide(pixels, white_is_zero)
+        image = Image.fromarray(grey, mode="L")
     if image.mode in ("LA", "RGBA", "La", "RGBa"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, rgba)
     return image.convert("RGB")
+
+
+def window(values: np.ndarray, low: float, high: float, white_is_zero: bool) -> np.ndarray:
+    """`values` (float64, overwritten) clipped to low..high and stretched to 0..255, rounded; inverted if
+    `white_is_zero`."""
+    scale = 255.0 / (high - low) if high > low else 0.0
+    np.clip(values, low, high, out=values)
+    values -= low
+    values *= scale
+    np.round(values, out=values)
+    if white_is_zero:
+        np.subtract(255.0, values, out=values)
+    return values
+
+
+def windowed_16_bit(pixels: np.ndarray, white_is_zero: bool) -> np.ndarray:
+    """to_rgb's window of 16-bit `pixels`, as uint8, in a byte a pixel beyond `pixels`: the percentiles come from
+    a histogram of the 65,536 levels and the window is a table of them, looked up."""
+    flat = pixels.reshape(-1)
+    counts = np.zeros(1 << 16, dtype=np.int64)
+    for start in range(0, flat.size, CHUNK_PIXELS):
+        counts += np.bincount(flat[start:start + CHUNK_PIXELS], minlength=1 << 16)
+    cumulative = np.cumsum(counts)
+    low, high = (percentile_of_levels(cumulative, q) for q in WINDOW_PERCENTILES)
+    if high <= low:  # nearly every pixel is one value
+        present = np.flatnonzero(counts)
+        low, high = float(present[0]), float(present[-1])
+    table = window(np.arange(1 << 16, dtype=np.float64), low, high, white_is_zero).astype(np.uint8)
+    grey = np.empty(flat.size, dtype=np.uint8)
+    for start in range(0, flat.size, CHUNK_PIXELS):
+        grey[start:start + CHUNK_PIXELS] = table[flat[start:start + CHUNK_PIXELS]]
+    return grey.reshape(pixels.shape)
+
+
+def percentile_of_levels(cumulative: np.ndarray, q: float) -> float:
+    """np.percentile(pixels, q), its default (linear) method to the last bit, of the pixels whose count at or
+    below each level 0, 1, 2, ... is `cumulative`."""
+    count = int(cumulative[-1])
+    position = (count - 1) * (q / 100)
+    below = float(np.floor(position))
+    weight = position - below
+
+    def level(rank: float) -> float:  # the rank-th pixel, counted from 0, in sorted order
+        return float(np.searchsorted(cumulative, min(rank, count - 1), side="right"))
+
+    a, b = level(below), level(below + 1)
+    return b - (b - a) * (1 - weight) if weight >= 0.5 else a + (b - a) * weight  # as numpy interpolates
+
+
+def windowed_wide(pixels: np.ndarray, white_is_zero: bool) -> np.ndarray:
+    """to_rgb's window of 32-bit integer or float `pixels`, as uint8, in float64 (its NaN and infinite pixels
+    black; ValueError if it has no other pixel)."""
+    values = pixels.astype(np.float64)
+    finite = np.isfinite(values)
+    if not finite.any():
+        raise ValueError("every pixel is NaN or infinite")
+    finite_values = values[finite]
+    low, high = np.percentile(finite_values, WINDOW_PERCENTILES, overwrite_input=True)
+    if high <= low:  # nearly every pixel is one value
+        low, high = finite_values.min(), finite_values.max()
+    del finite_values
+    values[~finite] = low
+    window(values, low, high, white_is_zero)
+    values[~finite] = 0.0
+    return values.astype(np.uint8)
 
 
 def high_byte_only(image: Image.Image, data: bytes) -> str | None:

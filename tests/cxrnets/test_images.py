@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import struct
+import tracemalloc
 import zlib
 from pathlib import Path
 
@@ -171,6 +172,79 @@ def test_flat_16_bit_image_is_black_not_an_error() -> None:
     buffer = io.BytesIO()
     Image.fromarray(np.full((8, 8), 777, dtype=np.uint16)).save(buffer, format="PNG")
     assert decode(buffer.getvalue(), 8).max() == 0
+
+
+def float64_windowed(pixels: np.ndarray, white_is_zero: bool = False) -> np.ndarray:
+    """The 16-bit windowing as it was done in float64 copies of the image (up to 25 bytes a pixel)."""
+    values = pixels.astype(np.float64)
+    low, high = np.percentile(values, images.WINDOW_PERCENTILES)
+    if high <= low:
+        low, high = values.min(), values.max()
+    scale = 255.0 / (high - low) if high > low else 0.0
+    grey = ((np.clip(values, low, high) - low) * scale).round()
+    return (255.0 - grey if white_is_zero else grey).astype(np.uint8)
+
+
+def twelve_bit_x_ray(width: int, height: int) -> np.ndarray:
+    """A real X-ray of the embedded sample as a detector gives it: 12 bits over an offset, with noise, a
+    burned-in marker and a hot pixel."""
+    from cxrnets.data import SAMPLE_ROOT
+
+    with Image.open(SAMPLE_ROOT / "images" / "000001-2.jpg") as xray:
+        grey = np.asarray(xray.convert("L").resize((width, height), Image.Resampling.BILINEAR), dtype=np.float64)
+    noise = np.random.default_rng(3).normal(0, 6, grey.shape)
+    pixels = np.clip(280 + grey * 14 + noise, 0, 4095).astype(np.uint16)
+    pixels[10:40, 10:90] = 4095  # a burned-in letter
+    pixels[height // 2, width // 3] = 65535  # a dead detector element
+    return pixels
+
+
+@pytest.mark.parametrize("white_is_zero", [False, True])
+def test_16_bit_windowing_is_what_float64_gave(white_is_zero: bool) -> None:
+    xray = twelve_bit_x_ray(1100, 900)
+    np.testing.assert_array_equal(np.asarray(to_rgb(Image.fromarray(xray), white_is_zero))[..., 0],
+                                  float64_windowed(xray, white_is_zero))
+    rng = np.random.default_rng(4)
+    for count in (1, 2, 3, 7, 199, 1000, 12_345):  # the percentiles fall on and between pixels
+        pixels = rng.integers(0, 65536, size=(1, count), dtype=np.uint16)
+        np.testing.assert_array_equal(np.asarray(to_rgb(Image.fromarray(pixels)))[..., 0], float64_windowed(pixels))
+
+
+def test_a_16_bit_x_ray_decodes_in_a_few_bytes_a_pixel() -> None:
+    """A 4000x4000 16-bit X-ray took 401 MB of arrays (25 bytes a pixel) to window in float64; the cache decodes
+    as many at once as the machine has cores."""
+    data = tiff(np.tile(twelve_bit_x_ray(1000, 1000), (4, 4)))  # uncompressed: quick to write
+    tracemalloc.start()
+    try:
+        decoded = decode(data, 64, "big.tif")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert decoded.shape == (3, 64, 64) and decoded.max() > 200
+    assert peak < 6 * 4000 * 4000, f"{peak / 1e6:.0f} MB"
+
+
+def test_a_16_bit_image_over_the_pixel_limit_is_refused_without_decoding_it() -> None:
+    """A 700 KB 16-bit PNG of 19000x19000 zeros passed the 400-million-pixel limit and took ~10 GB to decode; an
+    X-ray has at most ~30 million pixels."""
+    width, height = 8001, 8000  # just over 8000x8000
+    compressor = zlib.compressobj(1)
+    row = b"\x00" * (1 + 2 * width)  # filter byte, then zeros
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    tracemalloc.start()
+    try:
+        with pytest.raises(CxrError, match=r"^zeros.png: image is 8001x8000 pixels, over the 64,000,000-pixel limit; "
+                                           r"downsize it before use$"):
+            decode(data, 224, "zeros.png")
+        assert tracemalloc.get_traced_memory()[1] < 10_000_000
+    finally:
+        tracemalloc.stop()
 
 
 @pytest.mark.parametrize("mode", ["LA", "RGBA", "P-transparent"])
