@@ -8,9 +8,10 @@ The dataset lands in <out>/<dataset folder>/ (the folder holding its layout: an 
 folder is left out), is indexed once to check it, and the command prints the --data-root for
 cxrnets.train, cxrnets.cache and study.run. Nothing half-written is ever left at that path: a
 download goes to a temporary file, an extraction to <folder>.partial/, renamed into place when
-complete; a dataset already there is not downloaded again. Kaggle's datasets come through kagglehub,
-which needs an API token (kaggle.com > Settings > API); a machine without one, or offline, takes an
-archive downloaded by hand (--archive).
+complete; a dataset already there is not downloaded again, and an --archive for it is refused (remove
+the folder to replace it with the archive's). Kaggle's datasets come through kagglehub, which needs an
+API token (kaggle.com > Settings > API); a machine without one, or offline, takes an archive
+downloaded by hand (--archive).
 """
 
 from __future__ import annotations
@@ -85,6 +86,10 @@ def fetch(dataset: str, out: str | Path, archive: str | Path | None = None, url:
         if found is None:
             raise CxrError(f"{target} exists and holds no {dataset} dataset ({source.layout}): remove it, or "
                            "choose another --out")
+        if archive is not None:  # asked for: the files of that archive (a new release, say), not those here
+            raise CxrError(f"--archive {archive}: not extracted, since {found} already holds {dataset}; to replace "
+                           f"it with the archive's, remove or rename {found} and run this again, or pass another "
+                           "--out")
         log.info("%s is already at %s: nothing downloaded", dataset, found)
         return found, load_dataset(dataset, found)
     check_output_folder(out, "--out")
@@ -225,7 +230,8 @@ def main(argv: list[str] | None = None) -> None:
     given = parser.add_mutually_exclusive_group()
     given.add_argument("--archive", default=None,
                        help="a zip of the dataset downloaded by hand (from the page an error names), used "
-                            "instead of downloading; it is left where it is")
+                            "instead of downloading; it is left where it is. Refused if the dataset's folder is "
+                            "in --out already: remove that folder to replace it")
     given.add_argument("--url", default=None, help="download the zip archive from this URL (a mirror) instead")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

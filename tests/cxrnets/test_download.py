@@ -217,6 +217,23 @@ def test_archive_larger_than_the_disk(github_archive: Path, tmp_path: Path, monk
     assert leftovers(tmp_path / "data") == []
 
 
+def test_an_archive_for_a_dataset_already_in_place_is_refused_saying_what_to_do(github_archive: Path, tmp_path: Path,
+                                                                                capsys) -> None:
+    """A user updating to a new release passes its zip: the folder of the old one was kept, and the command said
+    "already at ... nothing downloaded", as if it had done what was asked."""
+    out = tmp_path / "data"
+    root, _ = download.fetch("covid-chestxray", out, archive=github_archive)
+    before = sorted(path.relative_to(root) for path in root.rglob("*"))
+    with pytest.raises(SystemExit, match=rf"^error: --archive {github_archive}: not extracted, since "
+                                         rf"{root} already holds covid-chestxray; to replace it with the "
+                                         rf"archive's, remove or rename {root} and run this again, or pass "
+                                         rf"another --out$"):
+        download.main(["--dataset", "covid-chestxray", "--archive", str(github_archive), "--out", str(out)])
+    assert "pass --data-root" not in capsys.readouterr().out
+    assert sorted(path.relative_to(root) for path in root.rglob("*")) == before
+    assert leftovers(out) == ["covid-chestxray-dataset"]
+
+
 def test_folder_in_the_way_is_refused(tmp_path: Path) -> None:
     (tmp_path / "data" / "covid-radiography").mkdir(parents=True)
     with pytest.raises(CxrError, match=r"covid-radiography exists and holds no covid-radiography "
