@@ -7,8 +7,9 @@ figure, a photograph), `index.parquet` (relpath, sha1 of the file, whether it de
 `colour.u8` or -1) and `meta.json`. `CachedImages` reads them back as one (N, 3, size, size) array
 would be read, bit for bit what `cxrnets.images.decode` gives. The key hashes the dataset name, the
 image size, the Pillow version (another may decode a file otherwise) and every file's path, size and
-mtime, so it changes when the files change. Building runs under a file lock: two trials on a node never
-build the same cache at once; the second one waits and reads.
+mtime, so it changes when the files change (`--prune` deletes the cache that a rebuild then replaced).
+Building runs under a file lock: two trials on a node never build the same cache at once; the second one
+waits and reads.
 
 Stage a dataset on a node before a study (the cluster's setup commands do this):
 
@@ -29,6 +30,7 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,9 +112,14 @@ class ImageCache:
 
 
 def cache_key(index: DatasetIndex, image_size: int) -> str:
-    digest = hashlib.sha256(f"{CACHE_FORMAT}|{PIL.__version__}|{index.name}|{image_size}".encode())
-    for relpath, path in zip(index.frame["relpath"], index.paths()):
-        stat = path.stat()
+    return files_key(index.name, image_size, index.root, index.frame["relpath"])
+
+
+def files_key(dataset: str, image_size: int, root: Path, relpaths: Iterable[str]) -> str:
+    """The key of the cache of the files `relpaths` under `root` as they are now (OSError if one is gone)."""
+    digest = hashlib.sha256(f"{CACHE_FORMAT}|{PIL.__version__}|{dataset}|{image_size}".encode())
+    for relpath in relpaths:
+        stat = (root / relpath).stat()
         digest.update(f"|{relpath}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
 
@@ -298,33 +305,74 @@ def _open(directory: Path, index: DatasetIndex, decoded: int) -> ImageCache:
 CACHE_FOLDER = re.compile(r".+-\d+px-[0-9a-f]{16}(\.partial)?")  # <dataset>-<size>px-<key>, build_cache's
 
 
+def _cache_folders(cache_root: str | Path | None) -> list[Path]:
+    """The folders under `cache_root` named as build_cache names them. Other folders there (the analysis's
+    downloads/) are not caches."""
+    cache_root = Path(cache_root) if cache_root else default_cache_root()
+    folders = sorted(cache_root.iterdir()) if cache_root.is_dir() else []
+    return [folder for folder in folders if folder.is_dir() and CACHE_FOLDER.fullmatch(folder.name)]
+
+
+def _meta(folder: Path) -> dict | None:
+    """A complete cache's meta.json; None if it has none, or it does not read."""
+    try:
+        return json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def stale_caches(cache_root: str | Path | None = None) -> list[Path]:
     """The cache folders under `cache_root` that this version never reads: those of another format or Pillow
     (or without the meta.json a complete cache has), and the `.partial` folders that a killed build left
-    (no build holds their lock). Other folders there (the analysis's downloads/) are not caches."""
-    cache_root = Path(cache_root) if cache_root else default_cache_root()
+    (no build holds their lock)."""
     stale = []
-    for folder in sorted(cache_root.iterdir()) if cache_root.is_dir() else []:
-        if not (folder.is_dir() and CACHE_FOLDER.fullmatch(folder.name)):
-            continue
-        if folder.name.endswith(".partial"):
-            stale.append(folder)
-            continue
-        try:
-            meta = json.loads((folder / "meta.json").read_text())
-            current = meta.get("format") == CACHE_FORMAT and meta.get("pillow") == PIL.__version__
-        except (OSError, ValueError):
-            current = False
-        if not current:
+    for folder in _cache_folders(cache_root):
+        meta = _meta(folder) if not folder.name.endswith(".partial") else None
+        if meta is None or meta.get("format") != CACHE_FORMAT or meta.get("pillow") != PIL.__version__:
             stale.append(folder)
     return stale
 
 
-def prune(cache_root: str | Path | None = None) -> tuple[list[Path], int]:
-    """Delete `stale_caches`, each only while no build holds its lock; returns the folders deleted and
-    their bytes."""
-    deleted, freed = [], 0
-    for folder in stale_caches(cache_root):
+def superseded_caches(cache_root: str | Path | None = None) -> dict[Path, Path]:
+    """The caches under `cache_root` that a rebuild replaced after their files changed (a new copy, `touch`),
+    each with the cache that replaced it: the cache of the same dataset root, image size and images (the
+    loader's options choose those) whose key the files give now. A cache without such a one beside it is
+    kept, and so is one whose root was a relative path (which files it names depends on the folder it was
+    built from) or whose files are not all there (a dataset that changed otherwise, a share not mounted)."""
+    keys: dict[tuple, dict[str, Path]] = {}  # (dataset, root, size, relpaths): {key: folder}
+    for folder in _cache_folders(cache_root):
+        meta = _meta(folder) if not folder.name.endswith(".partial") else None
+        if (meta is None or meta.get("format") != CACHE_FORMAT or meta.get("pillow") != PIL.__version__
+                or not Path(meta.get("root", "")).is_absolute()):
+            continue
+        try:
+            relpaths = tuple(pd.read_parquet(folder / "index.parquet", columns=["relpath"])["relpath"])
+        except (OSError, ValueError, KeyError):  # a damaged cache: building it says so
+            continue
+        listing = (meta["dataset"], meta["root"], meta["image_size"], relpaths)
+        keys.setdefault(listing, {})[folder.name.rsplit("-", 1)[1]] = folder
+    superseded = {}
+    for (dataset, root, image_size, relpaths), folders in keys.items():
+        if len(folders) < 2:
+            continue
+        try:
+            current = files_key(dataset, image_size, Path(root), relpaths)
+        except OSError:
+            continue
+        if current in folders:
+            superseded.update({folder: folders[current] for key, folder in folders.items() if key != current})
+    return superseded
+
+
+def prune(cache_root: str | Path | None = None) -> tuple[dict[Path, str], int]:
+    """Delete `stale_caches` and `superseded_caches`, each only while no build holds its lock; returns the
+    folders deleted, each with why, and their bytes."""
+    why = {folder: "a killed build's" if folder.name.endswith(".partial") else "another cache format's or Pillow's"
+           for folder in stale_caches(cache_root)}
+    why.update({folder: f"superseded by {newer.name}: its files changed since"
+                for folder, newer in superseded_caches(cache_root).items()})
+    deleted, freed = {}, 0
+    for folder, reason in why.items():
         lock = FileLock(str(folder).removesuffix(".partial") + ".lock")
         try:
             lock.acquire(timeout=0)
@@ -333,7 +381,7 @@ def prune(cache_root: str | Path | None = None) -> tuple[list[Path], int]:
         try:
             freed += sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
             shutil.rmtree(folder)
-            deleted.append(folder)
+            deleted[folder] = reason
         finally:
             lock.release()
     return deleted, freed
@@ -355,14 +403,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="cache root (default: $CXR_TUNE_CACHE or ~/.cache/cxr-tune)")
     parser.add_argument("--prune", action="store_true",
                         help="delete the cache folders this version never reads (another cache format's or "
-                             "Pillow's, a killed build's) and stop")
+                             "Pillow's, a killed build's, and those a rebuild replaced after their files "
+                             "changed) and stop")
     args = parser.parse_args(argv)
     args.cache_dir = absolute_cache_dir(args.cache_dir)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.prune:
         deleted, freed = prune(args.cache_dir)
-        for folder in deleted:
-            print(f"deleted {folder}")
+        for folder, why in deleted.items():
+            print(f"deleted {folder} ({why})")
         print(f"{len(deleted)} cache folder(s) deleted, {freed / 1e6:,.1f} MB freed")
         return
     if args.dataset is None or args.data_root is None:

@@ -441,6 +441,36 @@ def test_prune_deletes_only_what_this_version_never_reads(radiography, tmp_path:
     assert "--dataset and --data-root are required (or --prune)" in capsys.readouterr().err
 
 
+def test_prune_deletes_the_caches_a_rebuild_after_a_change_of_files_replaced(radiography, make_radiography,
+                                                                           tmp_path: Path, capsys) -> None:
+    """`touch` of one file made a new cache folder at each size (1 GB at 224 px for dataset 1) and --prune said
+    "0 cache folder(s) deleted" while the old ones stayed for good. It deletes those now, and keeps every cache
+    another dataset root, image size or set of images (other loader options) may be read as."""
+    cache_root = tmp_path / "cache"
+    old = build_cache(radiography, SIZE, cache_root)
+    old_other_size = build_cache(radiography, 16, cache_root)  # not rebuilt since: nothing replaced it
+    fewer_images = build_cache(radiography.subset(np.arange(12) != 4), SIZE, cache_root)  # without the file touched
+    another_root = build_cache(load_dataset("covid-radiography", make_radiography(tmp_path / "copy", per_class=3)),
+                               SIZE, cache_root)
+    path = radiography.paths()[4]
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    new = build_cache(radiography, SIZE, cache_root)
+    assert new.directory != old.directory
+    with FileLock(str(new.directory) + ".lock"):  # the new one in use keeps no old one
+        cache_module.main(["--prune", "--cache-dir", str(cache_root)])
+    out = capsys.readouterr().out
+    assert f"deleted {old.directory} (superseded by {new.directory.name}: its files changed since)\n" in out
+    assert "1 cache folder(s) deleted" in out
+    assert sorted(p for p in cache_root.iterdir() if p.is_dir()) == sorted(
+        cache.directory for cache in (new, old_other_size, fewer_images, another_root))
+    assert build_cache(radiography, SIZE, cache_root).decoded == 0
+    other_size_bytes = sum(path.stat().st_size for path in old_other_size.directory.rglob("*") if path.is_file())
+    rebuilt = build_cache(radiography, 16, cache_root)
+    superseded = f"superseded by {rebuilt.directory.name}: its files changed since"
+    assert cache_module.prune(cache_root) == ({old_other_size.directory: superseded}, other_size_bytes)
+
+
 def test_a_cache_from_before_16_bit_x_rays_were_windowed_is_stale(radiography, tmp_path: Path) -> None:
     """Format 3 caches hold 16-bit grey stretched from its minimum to its maximum (cxrnets.images windows it between
     percentiles now): none is read again, and --prune deletes them."""
