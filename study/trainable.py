@@ -17,6 +17,8 @@ no table ranks the diverged epoch itself (study.tables).
 from __future__ import annotations
 
 import logging
+import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -26,6 +28,7 @@ import pandas as pd
 import ray
 import torch
 from ray import tune
+from ray.tune import PlacementGroupFactory
 
 from cxrnets.errors import CxrError, DivergedError
 from cxrnets.config import TrainConfig
@@ -91,6 +94,28 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
+def reserved_cpus(trial_resources: PlacementGroupFactory | None) -> int | None:
+    """The CPU cores this trial reserved, as PyTorch threads (at least 1): what Ray assigned the trial's
+    actor, else what the trial asked for; None outside a Ray actor (a trainable driven directly)."""
+    if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
+        return None
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    if not cpus and trial_resources is not None:
+        cpus = trial_resources.required_resources.get("CPU")
+    return max(math.floor(cpus), 1) if cpus else None
+
+
+def use_reserved_cpus(trial_resources: PlacementGroupFactory | None) -> None:
+    """Train on as many threads as the trial reserved CPUs. Ray sets OMP_NUM_THREADS to them only where the
+    environment does not set it, and `ray up` starts every node with OMP_NUM_THREADS=1 (as may a user's shell):
+    PyTorch would take one thread from it."""
+    threads = reserved_cpus(trial_resources)
+    if threads is not None and threads != torch.get_num_threads():
+        log.info("PyTorch trains on %d threads, the CPUs the trial reserved (it had %d; OMP_NUM_THREADS=%s)",
+                 threads, torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS", "unset"))
+        torch.set_num_threads(threads)
+
+
 # Decoded datasets stay open in a worker process between trials (Tune reuses actors).
 _PREPARED: dict[tuple, PreparedData] = {}
 
@@ -116,6 +141,7 @@ class TrialTrainable(tune.Trainable):
         self.context = context
         self.train_config = context.train_config(config)
         check_node(context, self.train_config.data_root)
+        use_reserved_cpus(self.trial_resources)
         data = _prepared_data(self.train_config, context.splits[self.train_config.dataset])
         self.run = TrainingRun(self.train_config, data)
         self.weights = TrialWeights(context.study_uri, self.trial_id, context.metric, context.mode, context.tie_break)

@@ -3,12 +3,14 @@ divergence.
 
 `TrialTrainable` is driven as Tune drives it (TuneStandIn: a step per epoch, a full state saved when a
 result asks for one or the scheduler pauses the trial), on a tiny class-per-folder dataset at 32 px
-(ResNet50, about a second an epoch).
+(ResNet50, about a second an epoch). The threads a trial trains on are checked in a Ray actor of the
+session's Ray instance, as Tune runs a trial.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -175,6 +177,29 @@ def test_worst_result_is_the_worst_value_of_the_study_metric():
 
 
 # ------------------------------------------------------------------ TrialTrainable
+
+def test_a_trial_trains_on_as_many_threads_as_it_reserved_cpus(ray_session, context, tmp_path):
+    """`ray up` starts Ray with OMP_NUM_THREADS=1 exported (as may a user's shell), and Ray then leaves it to
+    the workers: PyTorch would train a trial that reserved 2 CPUs on one thread. The trial takes its threads
+    from its reservation instead, in every trial an actor Tune reuses runs."""
+    import ray
+
+    worker_env = {"OMP_NUM_THREADS": "1", "HOME": str(tmp_path)}  # HOME: outside Tune, log folders in ~/ray_results
+    remote_trial = ray.remote(num_cpus=2, runtime_env={"env_vars": worker_env})(
+        tune.with_parameters(TrialTrainable, context=context))  # as Tune runs a trial
+    config = {"dataset": "folder", "model": "resnet50", "batch_size": 16}
+    trial = remote_trial.remote(config=config)
+
+    def threads(trainable: TrialTrainable) -> tuple[str, int]:
+        return os.environ["OMP_NUM_THREADS"], torch.get_num_threads()
+
+    try:
+        assert ray.get(trial.__ray_call__.remote(threads)) == ("1", 2)
+        assert ray.get(trial.reset.remote({**config, "lr": 1e-2}))  # Tune reuses the actor for the next trial
+        assert ray.get(trial.__ray_call__.remote(threads)) == ("1", 2)
+    finally:
+        ray.kill(trial)
+
 
 def test_every_epoch_is_a_result_and_full_states_follow_the_policy(study_context):
     """5 epochs, a full state every 2: a result at every epoch, the last one done; full states after epochs
