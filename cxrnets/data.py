@@ -33,6 +33,7 @@ SAMPLE_ROOT = Path(__file__).resolve().parent / "sample"  # the embedded sample 
 
 DATASET_NAMES = (
     "covid-radiography",
+    "covid-radiography-3class",
     "covid-pneumonia-normal",
     "covid-chestxray",
     "covid-chestxray-3class",
@@ -44,9 +45,13 @@ MULTILABEL_DATASETS = ("covid-chestxray",)  # an image may hold several labels; 
 # Layouts of anyone's images: their file names and patient ids are the owner's, and two sets' can coincide. The
 # other loaders each read one public dataset, whose names mean the same image and patient in any copy of it.
 OWN_LAYOUTS = ("folder", "csv")
-FIXED_LAYOUTS = ("covid-radiography", "covid-pneumonia-normal")  # each of their class folders is required
+FIXED_LAYOUTS = ("covid-radiography", "covid-radiography-3class", "covid-pneumonia-normal")  # every class folder needed
 
 RADIOGRAPHY_CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
+# The paper's task, COVID-19 vs viral pneumonia vs normal (the database's first releases held only these):
+# Lung_Opacity, non-COVID lung opacity, is left out.
+RADIOGRAPHY_VIEWS = {"covid-radiography": RADIOGRAPHY_CLASSES,
+                     "covid-radiography-3class": ("COVID", "Normal", "Viral Pneumonia")}
 PNEUMONIA_NORMAL_CLASSES = ("covid", "normal", "pneumonia")
 
 # covid-chestxray findings imply their parents, so that "COVID-19" also counts as
@@ -128,7 +133,8 @@ def load_dataset(name: str, root: str | Path, *, root_option: str = "--data-root
     """Index the dataset `name` found at `root`. Options are per loader (DATASET_OPTIONS); `root_option`
     names, in errors about the root itself, the command-line option that gave it."""
     loaders = {
-        "covid-radiography": _load_covid_radiography,
+        "covid-radiography": lambda root: _load_covid_radiography(root, "covid-radiography"),
+        "covid-radiography-3class": lambda root: _load_covid_radiography(root, "covid-radiography-3class"),
         "covid-pneumonia-normal": _load_covid_pneumonia_normal,
         "covid-chestxray": lambda root, **kw: _load_covid_chestxray(root, three_class=False, **kw),
         "covid-chestxray-3class": lambda root, **kw: _load_covid_chestxray(root, three_class=True, **kw),
@@ -161,8 +167,8 @@ LAYOUT_DEPTH = 3  # how many folders below a data root locate_dataset looks
 def has_layout(name: str, folder: Path, metadata: str = "metadata.csv") -> bool:
     """Whether `folder` has the top of dataset `name`'s layout (its class folders, or its metadata file);
     always True for the `folder` and `csv` datasets, which have no fixed layout."""
-    if name == "covid-radiography":
-        return {c.lower() for c in RADIOGRAPHY_CLASSES} <= set(_subdirectories(folder))
+    if name in RADIOGRAPHY_VIEWS:
+        return {c.lower() for c in RADIOGRAPHY_VIEWS[name]} <= set(_subdirectories(folder))
     if name == "covid-pneumonia-normal":
         return set(PNEUMONIA_NORMAL_CLASSES) <= set(_subdirectories(folder))
     if name in ("covid-chestxray", "covid-chestxray-3class"):
@@ -229,6 +235,7 @@ _CSV_OPTIONS = {
 # What each loader takes, with a converter from the command line's text (or study.json's value) and help.
 DATASET_OPTIONS: dict[str, dict[str, tuple[Callable[[Any], Any], str]]] = {
     "covid-radiography": {},
+    "covid-radiography-3class": {},
     "covid-pneumonia-normal": {},
     "folder": {},
     "csv": {
@@ -347,7 +354,10 @@ def leaving_out(dataset: str, class_folder: Path, otherwise: str) -> str:
     refuse a missing class folder, by setting the folder aside and reading the others as a folder dataset."""
     if dataset not in FIXED_LAYOUTS:
         return otherwise
-    return (f"move {class_folder} out of {class_folder.parent} and pass --dataset folder, which reads the class "
+    left_out = [name for name in RADIOGRAPHY_CLASSES if name not in RADIOGRAPHY_VIEWS.get(dataset, RADIOGRAPHY_CLASSES)]
+    present = [folder for name in left_out if (folder := _subdirectories(class_folder.parent).get(name.lower()))]
+    also = "".join(f" (and {folder}, which {dataset} leaves out)" for folder in present)
+    return (f"move {class_folder} out of {class_folder.parent}{also} and pass --dataset folder, which reads the class "
             f"folders there are ({dataset} needs every one of its own)")
 
 
@@ -399,16 +409,27 @@ def _find_class_folders(root: Path, expected: tuple[str, ...], dataset: str) -> 
     return {c: present[c.lower()] for c in expected}
 
 
-def _load_covid_radiography(root: Path) -> DatasetIndex:
-    """COVID-19 Radiography Database v4+: <Class>/images/*.png; <Class>/masks/ are never samples."""
-    folders = _find_class_folders(root, RADIOGRAPHY_CLASSES, "covid-radiography")
+def _load_covid_radiography(root: Path, name: str) -> DatasetIndex:
+    """COVID-19 Radiography Database v4+: <Class>/images/*.png; <Class>/masks/ are never samples. The classes are
+    the view `name`'s (RADIOGRAPHY_VIEWS); the images of a class it leaves out are counted as skipped."""
+    classes = RADIOGRAPHY_VIEWS[name]
+    folders = _find_class_folders(root, classes, name)
     image_folders = {}
     for class_name, folder in folders.items():
         images = _subdirectories(folder).get("images")
         if images is None:
             raise CxrError(f"{folder}: has no images/ folder (covid-radiography v4+ layout is <Class>/images/)")
         image_folders[class_name] = images
-    return _from_class_folders("covid-radiography", root, image_folders)
+    index = _from_class_folders(name, root, image_folders)
+    present = _subdirectories(root)
+    for class_name in RADIOGRAPHY_CLASSES:
+        if class_name in classes or class_name.lower() not in present:
+            continue
+        images = _subdirectories(present[class_name.lower()]).get("images")
+        left_out = sum(map(is_image_file, data_files(images)[0])) if images else 0
+        if left_out:
+            index.skipped[f"{class_name} (not {'/'.join(classes)})"] = left_out
+    return index
 
 
 def _load_covid_pneumonia_normal(root: Path) -> DatasetIndex:

@@ -3,7 +3,7 @@
     python -m study.run                                   # demo study on the embedded sample (~3 min, 2 CPUs)
     python -m study.run --dataset covid-chestxray-3class --data-root ../shared/data/covid-chestxray-dataset \
         --image-size 64 --num-samples 12 --max-epochs 6
-    python -m study.run --space paper --dataset covid-radiography --data-root ~/data/covid-radiography \
+    python -m study.run --space paper --dataset covid-radiography-3class --data-root ~/data/covid-radiography \
         --gpus-per-trial 0.25 --storage s3://bucket/cxr-tune --name paper-grid
     python -m study.run --resume studies/demo-20261125-101500  # continue an interrupted study
     tensorboard --logdir studies/demo-20261125-101500

@@ -101,13 +101,39 @@ def test_radiography_root_that_is_a_file(tmp_path: Path) -> None:
         load_dataset("covid-radiography", path)
 
 
-@pytest.mark.parametrize("name", ["covid-radiography", "covid-pneumonia-normal", "covid-chestxray-3class"])
+def test_radiography_three_class_view_leaves_out_lung_opacity_and_counts_it(make_radiography,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """The paper's task is COVID-19 vs viral pneumonia vs normal: the 3-class view reads those three folders and
+    counts the Lung_Opacity images it leaves out in the summary it logs, rather than training on a fourth class."""
+    root = make_radiography(per_class=5)
+    with caplog.at_level(logging.INFO, logger="cxrnets.data"):
+        index = load_dataset("covid-radiography-3class", root)
+    assert index.name == "covid-radiography-3class" and not index.multilabel
+    assert index.classes == ["COVID", "Normal", "Viral Pneumonia"]
+    assert class_counts(index) == {"COVID": 5, "Normal": 5, "Viral Pneumonia": 5}
+    assert not index.frame["relpath"].str.startswith("Lung_Opacity/").any()
+    assert index.skipped == {"Lung_Opacity (not COVID/Normal/Viral Pneumonia)": 5}
+    assert "skipped: Lung_Opacity (not COVID/Normal/Viral Pneumonia) 5" in caplog.text
+    assert sorted(Counter(index.targets().tolist()).items()) == [(0, 5), (1, 5), (2, 5)]
+
+    shutil.rmtree(root / "Lung_Opacity")  # the database's first releases had no Lung_Opacity/
+    index = load_dataset("covid-radiography-3class", root)
+    assert len(index.frame) == 15 and index.skipped == {}
+    with pytest.raises(CxrError, match=r"not a covid-radiography dataset.*'Lung_Opacity'"):
+        load_dataset("covid-radiography", root)
+    shutil.rmtree(root / "Normal")
+    with pytest.raises(CxrError, match=r"not a covid-radiography-3class dataset: class folders \['Normal'\] are missing"):
+        load_dataset("covid-radiography-3class", root)
+
+
+@pytest.mark.parametrize("name", ["covid-radiography", "covid-radiography-3class", "covid-pneumonia-normal",
+                                  "covid-chestxray-3class"])
 def test_dataset_one_folder_down_is_named(name: str, make_radiography, make_pneumonia_normal, make_chestxray,
                                           tmp_path: Path) -> None:
     """An archive extracted as it comes (Kaggle's and GitHub's wrap the dataset in a folder): the error
     names the folder that holds the dataset and the option to pass it with."""
-    build = {"covid-radiography": make_radiography, "covid-pneumonia-normal": make_pneumonia_normal,
-             "covid-chestxray-3class": make_chestxray}[name]
+    build = {"covid-radiography": make_radiography, "covid-radiography-3class": make_radiography,
+             "covid-pneumonia-normal": make_pneumonia_normal, "covid-chestxray-3class": make_chestxray}[name]
     extracted = tmp_path / "archive"
     inner = build(extracted / "Dataset_Wrapper")
     (extracted / "README.txt").write_text("beside the dataset\n")
@@ -169,21 +195,26 @@ def test_pneumonia_normal_empty_class(make_pneumonia_normal) -> None:
         load_dataset("covid-pneumonia-normal", root)
 
 
-@pytest.mark.parametrize("name, emptied", [("covid-radiography", "Lung_Opacity"), ("covid-pneumonia-normal", "normal")])
+@pytest.mark.parametrize("name, emptied", [("covid-radiography", "Lung_Opacity"), ("covid-radiography-3class", "Normal"),
+                                           ("covid-pneumonia-normal", "normal")])
 def test_an_empty_class_folder_of_a_fixed_layout_gets_a_remedy_that_works_there(name: str, emptied: str,
                                                                                  make_radiography,
                                                                                  make_pneumonia_normal,
                                                                                  tmp_path: Path) -> None:
     """"add images or remove the folder": removed, the folder was then missing, which these layouts refuse."""
-    root = {"covid-radiography": make_radiography, "covid-pneumonia-normal": make_pneumonia_normal}[name]()
-    images = root / emptied / "images" if name == "covid-radiography" else root / emptied
+    root = {"covid-radiography": make_radiography, "covid-radiography-3class": make_radiography,
+            "covid-pneumonia-normal": make_pneumonia_normal}[name]()
+    images = root / emptied / "images" if name.startswith("covid-radiography") else root / emptied
     for path in images.iterdir():
         path.unlink()
     with pytest.raises(CxrError, match=rf"{root}: class folder for '{emptied}' holds no images.*; add images, or "
-                                       rf"move {root / emptied} out of {root} and pass --dataset folder") as refused:
+                                       rf"move {root / emptied} out of {root}.* and pass --dataset folder") as refused:
         load_dataset(name, root)
     assert "remove the folder" not in str(refused.value)
     shutil.move(root / emptied, tmp_path / "set-aside")  # the remedy, followed
+    if name == "covid-radiography-3class":  # which leaves Lung_Opacity out: the folder layout would read it
+        assert f"(and {root / 'Lung_Opacity'}, which covid-radiography-3class leaves out)" in str(refused.value)
+        shutil.move(root / "Lung_Opacity", tmp_path / "set-aside-too")
     assert sorted(class_counts(load_dataset("folder", root))) == sorted(
         folder.name for folder in root.iterdir() if folder.is_dir())
 
