@@ -536,6 +536,8 @@ def test_data_root_that_does_not_exist(name: str, tmp_path: Path) -> None:
     ("no   finding", ("No Finding",)),
     ("COVID-19,,ARDS", ("ARDS", "COVID-19", "Pneumonia", "Viral")),
     ("Something  New", ("Something New",)),  # unknown names are kept, whitespace normalised
+    ("Tuberculosis", ("Tuberculosis",)),  # not a pneumonia (newer releases file it outside Pneumonia/)
+    ("tuberculosis", ("Tuberculosis",)),
     ("", ()),
 ])
 def test_parse_finding(finding: str, labels: tuple[str, ...]) -> None:
@@ -556,6 +558,7 @@ def test_parse_finding_with_own_hierarchy() -> None:
     (("No Finding",), "No Finding"),
     (("ARDS",), None),
     (("ARDS", "No Finding"), None),
+    (("Tuberculosis",), None),
 ])
 def test_three_class_label(labels: tuple[str, ...], expected: str | None) -> None:
     assert three_class_label(labels) == expected
@@ -625,6 +628,23 @@ def test_chestxray_image_listed_twice_is_kept_once_with_every_finding(make_chest
     assert class_counts(three) == {"COVID-19": 11, "Other pneumonia": 7, "No Finding": 7}
     assert dict(zip(three.frame["relpath"], three.frame["labels"]))["images/p11.png"] == ("COVID-19",)
     assert "duplicate row 2" in three.summary()
+
+
+def test_chestxray_tuberculosis_is_not_counted_as_pneumonia(make_chestxray, write_image) -> None:
+    """Tuberculosis was mapped to bacterial pneumonia: the 3-class view trained its X-rays as Other pneumonia."""
+    root = make_chestxray()
+    metadata = pd.read_csv(root / "metadata.csv", dtype=str, keep_default_na=False)
+    tuberculosis = metadata[metadata["filename"] == "p4.png"].assign(patientid="41", filename="p41.png",
+                                                                      finding="Tuberculosis")
+    write_image(root / "images" / "p41.png", "L", 90, seed=41)
+    pd.concat([metadata, tuberculosis]).to_csv(root / "metadata.csv", index=False)
+
+    multi = load_dataset("covid-chestxray", root)
+    assert dict(zip(multi.frame["relpath"], multi.frame["labels"]))["images/p41.png"] == ("Tuberculosis",)
+    three = load_dataset("covid-chestxray-3class", root)
+    assert "images/p41.png" not in set(three.frame["relpath"])
+    assert class_counts(three)["Other pneumonia"] == 8
+    assert three.skipped["not COVID-19/pneumonia/No Finding"] == 2
 
 
 def test_chestxray_view_and_modality_filters(make_chestxray) -> None:
