@@ -704,6 +704,18 @@ def three_class_label(labels: tuple[str, ...]) -> str | None:
     return None
 
 
+def _contradicting_findings(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """The images (relpath) that one of `rows` finds nothing in and another finds a disease in, each with its rows'
+    findings ("'No Finding' on row 12, 'COVID-19' on row 30")."""
+    by_image: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_image.setdefault(row["relpath"], []).append(row)
+    return {relpath: ", ".join(f"{row['finding']!r} on row {row['row']}" for row in listed)
+            for relpath, listed in by_image.items()
+            if any(row["labels"] == (NO_FINDING,) for row in listed)
+            and any(set(row["labels"]) - {NO_FINDING} for row in listed)}
+
+
 def _load_covid_chestxray(root: Path, three_class: bool, metadata: str = "metadata.csv",
                           modality: str | None = "X-ray", views: tuple[str, ...] | None = FRONTAL_VIEWS,
                           hierarchy: dict[str, str] | None = None, encoding: str = "utf-8",
@@ -712,7 +724,8 @@ def _load_covid_chestxray(root: Path, three_class: bool, metadata: str = "metada
     """ieee8023 covid-chestxray-dataset: metadata.csv (finding, patientid, view, modality, folder,
     filename, and the url each image came from: its source) beside the image folders. Skipped rows
     are counted by reason and logged; an image listed on several rows is kept once, with the findings of
-    all of them (then mapped to one of three classes, for the 3-class view)."""
+    all of them (then mapped to one of three classes, for the 3-class view), but left out where one row
+    finds nothing in it and another a disease."""
     csv_path = root / metadata
     if not csv_path.is_file():
         raise CxrError(f"{root}: no {metadata} (covid-chestxray needs metadata.csv beside images/)")
@@ -730,7 +743,7 @@ def _load_covid_chestxray(root: Path, three_class: bool, metadata: str = "metada
         default = "default " if tuple(views) == FRONTAL_VIEWS else ""
         raise CxrError(f"{csv_path}: no 'view' column, which the views option ({default}{','.join(views)}) reads: "
                        "pass --dataset-option views=any to keep every view, or add the column")
-    rows, skipped = [], Counter()
+    rows, skipped, blank_patients = [], Counter(), 0
     for line, record in enumerate(table.to_dict("records"), start=2):
         finding = record["finding"].strip()
         if finding.lower() in UNLABELLED_FINDINGS:
@@ -747,10 +760,23 @@ def _load_covid_chestxray(root: Path, three_class: bool, metadata: str = "metada
             skipped["image file absent"] += 1
             log.debug("%s: %s listed but absent, skipped", csv_path, relpath)
             continue
-        rows.append({"relpath": relpath, "patient": record["patientid"].strip() or relpath,
+        patient = record["patientid"].strip()
+        blank_patients += not patient
+        rows.append({"relpath": relpath, "patient": patient or relpath, "finding": finding,
                      "labels": parse_finding(finding, hierarchy), "row": line,
                      "source": source_of(record[source_column]) if source_column else None})
+    if blank_patients:
+        log.warning("%s: %d row(s) with a blank 'patientid': each of those images is its own patient", csv_path,
+                    blank_patients)
+    contradicting = _contradicting_findings(rows)
     rows = _one_row_per_image(rows, csv_path, multilabel=True, skipped=skipped)  # the findings of every row
+    if contradicting:
+        rows = [row for row in rows if row["relpath"] not in contradicting]
+        skipped["findings contradict (No Finding and a disease)"] += len(contradicting)
+        listed = [f"{relpath} ({findings})" for relpath, findings in contradicting.items()]
+        log.warning("%s: %d image(s) listed as No Finding on one row and with a disease on another, left out (neither "
+                    "label can be trusted): %s%s; fix the finding of the wrong row to keep them", csv_path,
+                    len(listed), "; ".join(listed[:5]), f"; and {len(listed) - 5} more" if len(listed) > 5 else "")
     if three_class:
         three_class_rows = []
         for row in rows:

@@ -647,6 +647,37 @@ def test_chestxray_tuberculosis_is_not_counted_as_pneumonia(make_chestxray, writ
     assert three.skipped["not COVID-19/pneumonia/No Finding"] == 2
 
 
+@pytest.mark.parametrize("name", ["covid-chestxray", "covid-chestxray-3class"])
+def test_chestxray_image_both_no_finding_and_a_disease_is_left_out_and_counted(name: str, make_chestxray,
+                                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """A file listed "No Finding" on one row and "COVID-19" on another was merged into COVID-19 (both labels in the
+    multi-label view) with no word of the contradiction: neither label can be trusted."""
+    root = make_chestxray()
+    metadata = pd.read_csv(root / "metadata.csv", dtype=str, keep_default_na=False)
+    again = metadata[metadata["filename"] == "p14-a.png"].assign(patientid="42", finding="COVID-19")
+    pd.concat([metadata, again]).to_csv(root / "metadata.csv", index=False)
+    before = load_dataset(name, make_chestxray(root.parent / "unchanged"))
+    with caplog.at_level(logging.WARNING, logger="cxrnets.data"):
+        index = load_dataset(name, root)
+    assert "images/p14-a.png" not in set(index.frame["relpath"])
+    assert len(index.frame) == len(before.frame) - 1
+    assert index.skipped["findings contradict (No Finding and a disease)"] == 1
+    row = 2 + int(np.flatnonzero(metadata["filename"] == "p14-a.png")[0])
+    assert (f"images/p14-a.png ('No Finding' on row {row}, 'COVID-19' on row {len(metadata) + 2})" in caplog.text)
+    assert "left out" in caplog.text and "fix the finding of the wrong row" in caplog.text
+
+
+def test_chestxray_blank_patient_ids_are_counted(make_chestxray, caplog: pytest.LogCaptureFixture) -> None:
+    root = make_chestxray()
+    metadata = pd.read_csv(root / "metadata.csv", dtype=str, keep_default_na=False)
+    metadata.loc[metadata["filename"].isin(["p14-a.png", "p14-b.png"]), "patientid"] = " "
+    metadata.to_csv(root / "metadata.csv", index=False)
+    with caplog.at_level(logging.WARNING, logger="cxrnets.data"):
+        index = load_dataset("covid-chestxray-3class", root)
+    assert "2 row(s) with a blank 'patientid': each of those images is its own patient" in caplog.text
+    assert index.frame["patient"].nunique() == 19
+
+
 def test_chestxray_view_and_modality_filters(make_chestxray) -> None:
     root = make_chestxray()
     any_view = load_dataset("covid-chestxray", root, views=None)
