@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 HELDOUT = "heldout"  # images of held-out sources: a test set from elsewhere
 LARGE_DATASET = 5000  # images: comparing their fingerprints takes long enough to say so
+SHARE_TOLERANCE = 0.05  # a part whose share of the images is further than this from its fraction is warned of
 
 
 def leakage_groups(patients: pd.Series, sha1: pd.Series,
@@ -164,7 +165,39 @@ def make_split(frame: pd.DataFrame, strata: pd.Series, val_fraction: float = 0.1
     assignment[rest[val]] = "val"
     split["split"] = assignment
     check_leakage(split)
+    _warn_of_parts_off_their_fractions(split.iloc[kept], groups[kept],
+                                       {"train": 1 - val_fraction - test_fraction, "val": val_fraction,
+                                        "test": test_fraction})
     return split
+
+
+def _warn_of_parts_off_their_fractions(split: pd.DataFrame, groups: np.ndarray, fractions: dict[str, float]) -> None:
+    """Warn where a part's share of the images of `split` is more than SHARE_TOLERANCE off its asked fraction,
+    naming the largest of the `groups` (kept whole on one side), which make it so."""
+    shares = split["split"].value_counts(normalize=True).reindex(list(fractions), fill_value=0.0)
+    off = [part for part, fraction in fractions.items() if abs(shares[part] - fraction) > SHARE_TOLERANCE]
+    if not off:
+        return
+    sizes = np.bincount(groups)
+    largest = [group for group in np.argsort(-sizes, kind="stable")[:3]
+               if sizes[group] > 1 and sizes[group] >= 0.01 * len(split)]
+    if largest:
+        named = []
+        for group in largest:
+            first = split.iloc[int(np.flatnonzero(groups == group)[0])]
+            named.append(f"{sizes[group]} images in {first['split']} (e.g. {first['relpath']}, patient "
+                         f"{first['patient']})")
+        cause = ("images kept together (one patient's, identical files, near-identical X-rays) go to one part whole, "
+                 f"and the largest are too large for the fractions: {'; '.join(named)}. Look at them: where a group is "
+                 "not one person's X-rays, fix the patient ids or remove the copies that join it (one near-identical "
+                 "image joins two groups); where it is, choose --test-fraction/--val-fraction it fits, or use the "
+                 "split knowing its parts' sizes")
+    else:
+        cause = (f"each image is a group of its own, but {len(split)} images in class-stratified folds come out no "
+                 "closer: use a larger dataset, or --test-fraction/--val-fraction it fits")
+    log.warning("the split's parts are off the fraction asked: %s; %s",
+                ", ".join(f"{part} {shares[part]:.1%} of the images (asked {fractions[part]:.0%})" for part in off),
+                cause)
 
 
 def _join_near_identical(split: pd.DataFrame, groups: np.ndarray, fingerprints: np.ndarray,

@@ -218,6 +218,34 @@ def test_near_identical_images_are_joined_and_the_log_names_a_pair_and_the_large
     assert "the largest group holds 3 images (1 before)" in caplog.text
 
 
+def test_a_part_far_off_its_fraction_is_warned_of_naming_the_group_that_made_it(caplog) -> None:
+    """400 of 1,000 images in one group (one patient, or near-identical images chained together) land whole in one
+    part, which then holds 40 % or more of the images instead of 15 % (or 70 %): the split said nothing."""
+    rows = 1000
+    frame = pd.DataFrame({"relpath": [f"img{i}.png" for i in range(rows)],
+                          "patient": ["p-big" if i < 400 else f"p{i}" for i in range(rows)],
+                          "sha1": [f"{i:040x}" for i in range(rows)]})
+    strata = pd.Series(["x" if i % 2 else "y" for i in range(rows)])
+    with caplog.at_level("WARNING", logger="cxrnets.splits"):
+        split = make_split(frame, strata, seed=0)
+    shares = split["split"].value_counts(normalize=True)
+    big = split.loc[0, "split"]
+    warnings = [record.getMessage() for record in caplog.records if "off the fraction" in record.getMessage()]
+    assert len(warnings) == 1
+    asked = {"train": 70, "val": 15, "test": 15}
+    for part in SPLITS:
+        named = f"{part} {shares[part]:.1%} of the images (asked {asked[part]}%)" in warnings[0]
+        assert named == (abs(shares[part] - asked[part] / 100) > 0.05), part
+    assert f"400 images in {big} (e.g. img0.png, patient p-big)" in warnings[0]
+    assert "--test-fraction" in warnings[0] and "patient ids" in warnings[0]
+
+
+def test_a_split_close_to_its_fractions_is_not_warned_of(three_classes: DatasetIndex, caplog) -> None:
+    with caplog.at_level("WARNING", logger="cxrnets.splits"):
+        split_of(three_classes)
+    assert "off the fraction" not in caplog.text
+
+
 def test_one_file_in_two_class_folders_is_warned_of_with_both_labels(make_folder, caplog) -> None:
     """The same X-ray filed under two classes was kept on one side of the split without a word: the model
     trained (or was tested) on both labels of it."""
