@@ -35,7 +35,7 @@ from cxrnets.fingerprints import cache_fingerprints
 from cxrnets.metrics import classification_metrics
 from cxrnets.models import build_model
 from cxrnets.names import OPTIMIZER_NAMES, check_device_name
-from cxrnets.splits import SPLITS, describe, load_split, make_split, patients_per_class, save_split
+from cxrnets.splits import HELDOUT, SPLITS, describe, load_split, make_split, patients_per_class, save_split
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,28 @@ def align_split(split: pd.DataFrame, frame: pd.DataFrame, path: str | Path,
             f"{as_recorded(list(aligned.loc[changed, 'relpath'])[:1])}; restore the original file(s), or start a new "
             "study for the new data"
         )
+    _refuse_patients_on_two_sides(aligned, frame["patient"], path)
     return aligned
+
+
+def _refuse_patients_on_two_sides(aligned: pd.DataFrame, patients: pd.Series, path: str | Path) -> None:
+    """SplitMismatch, naming `path`, where a patient of the data now (`patients`, one per row of `aligned`) has
+    images on two sides of the saved split: its patient ids changed (an upstream fix merged two patients). Data
+    without patient ids gives each image its own, which never does."""
+    now = aligned.assign(saved_patient=aligned["patient"], patient=patients.to_numpy())
+    sides = now.groupby("patient")["split"].nunique()
+    leaking = sides.index[sides > 1]
+    if len(leaking) == 0:
+        return
+    rows = now[now["patient"] == leaking[0]]
+    files = [rows[rows["split"] == part].iloc[0] for part in (*SPLITS, HELDOUT) if part in set(rows["split"])]
+    saved = " and ".join(repr(patient) for patient in rows["saved_patient"].unique())
+    raise SplitMismatch(
+        f"{path}: the patient ids changed since this split was made: {len(leaking)} patient(s) now have images on two "
+        f"sides of it, e.g. patient {leaking[0]!r}: {', '.join(f'{row.relpath} in {row.split}' for row in files)} "
+        f"(patients {saved} in the split); the split would leak them: restore the patient ids, or start a new study "
+        "(a new split) for the new data"
+    )
 
 
 def undecodable_images(index: DatasetIndex, cache: ImageCache) -> list[str]:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from cxrnets.data import SAMPLE_ROOT
-from cxrnets.errors import CxrError, DivergedError
+from cxrnets.errors import CxrError, DivergedError, SplitMismatch
 from cxrnets.train import main, parse_args
 from cxrnets.config import TrainConfig
 from cxrnets.batches import Batches
@@ -304,6 +304,38 @@ def test_prepare_data_names_an_image_that_no_longer_decodes_and_offers_to_restor
         f"{split_file}: the dataset changed since this split was made (1 image(s) no longer decode, the warning "
         f"above says why: images/p15.png (sha1 {recorded} in the split)); the split is part of the study: restore "
         "the original file(s), or start a new study for the new data")
+
+
+def test_prepare_data_refuses_a_split_on_which_a_patient_now_falls_on_two_sides(make_chestxray, tmp_path: Path) -> None:
+    """An upstream fix that merges two patients (metadata.csv gives a test patient's X-ray a train patient's id)
+    passed silently: the saved split then held one patient's images in train and in test."""
+    root = make_chestxray()
+    split_file = tmp_path / "split.csv"
+    config = TrainConfig(dataset="covid-chestxray-3class", data_root=str(root), model="resnet50", image_size=16,
+                         cache_dir=str(tmp_path / "cache"), split_file=str(split_file))
+    split = prepare_data(config).split
+    tested = split[split["split"] == "test"].iloc[0]
+    trained = split[split["split"] == "train"].iloc[0]
+    metadata = pd.read_csv(root / "metadata.csv", dtype=str, keep_default_na=False)
+    metadata.loc[metadata["patientid"] == tested["patient"], "patientid"] = trained["patient"]
+    metadata.to_csv(root / "metadata.csv", index=False)
+    with pytest.raises(SplitMismatch) as refused:
+        prepare_data(config)
+    message = str(refused.value)
+    assert message.startswith(f"{split_file}: the patient ids changed since this split was made: 1 patient(s) now "
+                              f"have images on two sides of it, e.g. patient {trained['patient']!r}: ")
+    assert f"{trained['relpath']} in train" in message and f"{tested['relpath']} in test" in message
+    assert f"(patients {trained['patient']!r} and {tested['patient']!r} in the split)" in message
+    assert message.endswith("restore the patient ids, or start a new study (a new split) for the new data")
+
+
+def test_align_split_checks_patients_only_where_the_data_names_them() -> None:
+    """Without patient ids each image is its own patient (its relpath): no image falls on two sides."""
+    frame = pd.DataFrame({"relpath": ["a", "b", "c"], "patient": ["a", "b", "c"], "sha1": ["x", "y", "z"]})
+    split = frame.assign(stratum="s", split=["train", "val", "test"])
+    assert list(align_split(split, frame, Path("split.csv"))["split"]) == ["train", "val", "test"]
+    with pytest.raises(SplitMismatch, match=r"patient 'p': a in train, c in test"):
+        align_split(split, frame.assign(patient=["p", "b", "p"]), Path("split.csv"))
 
 
 def test_prepare_data_refuses_a_split_of_other_images(make_folder, tmp_path: Path, write_image) -> None:
