@@ -64,6 +64,7 @@ SOURCES = {
         url="https://github.com/ieee8023/covid-chestxray-dataset/archive/refs/heads/master.zip"),
 }
 SOURCES["covid-chestxray-3class"] = SOURCES["covid-chestxray"]
+SOURCES["covid-radiography-3class"] = SOURCES["covid-radiography"]
 
 
 def fetch(dataset: str, out: str | Path, archive: str | Path | None = None, url: str | None = None

@@ -85,11 +85,12 @@ def test_github_archive_gives_the_data_root(github_archive: Path, tmp_path: Path
     assert github_archive.is_file()  # the user's archive stays
 
 
-@pytest.mark.parametrize("dataset", ["covid-radiography", "covid-pneumonia-normal"])
+@pytest.mark.parametrize("dataset", ["covid-radiography", "covid-radiography-3class", "covid-pneumonia-normal"])
 def test_kaggle_archives_by_hand(dataset: str, make_radiography, make_pneumonia_normal, tmp_path: Path) -> None:
     """Kaggle's archives: the radiography database inside COVID-19_Radiography_Dataset/ with metadata
-    spreadsheets beside the class folders; the PA dataset's class folders at the top."""
-    if dataset == "covid-radiography":
+    spreadsheets beside the class folders (its 3-class view lands in the same folder); the PA dataset's class
+    folders at the top."""
+    if dataset.startswith("covid-radiography"):
         inner = make_radiography(tmp_path / "src" / "COVID-19_Radiography_Dataset")
         (inner / "COVID.metadata.xlsx").write_bytes(b"xlsx")
         archive = zip_folder(inner, tmp_path / "archive.zip")
@@ -97,7 +98,7 @@ def test_kaggle_archives_by_hand(dataset: str, make_radiography, make_pneumonia_
         inner = make_pneumonia_normal(tmp_path / "src" / "archive")
         archive = zip_folder(inner, tmp_path / "archive.zip", wrapped=False)
     root, index = download.fetch(dataset, tmp_path / "data", archive=archive)
-    assert root == tmp_path / "data" / dataset
+    assert root == tmp_path / "data" / dataset.removesuffix("-3class")
     assert len(index.frame) == len(load_dataset(dataset, inner).frame)
     assert not any("masks" in relpath for relpath in index.frame["relpath"])
 
