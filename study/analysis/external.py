@@ -20,11 +20,13 @@ An external set rarely has every class, so it is scored on what exists with part
 accuracy, each present class's recall, and each present class's one-vs-rest ROC AUC; the summaries
 average over the classes present in both the external set and the internal split. Intervals come
 from the same patient bootstrap as the internal figures, the external set's patients resampled
-independently of the internal split's, and the change is the difference of the two; a class's recall,
-a proportion, gets the exact binomial interval over its patients instead
-(study.analysis.uncertainty.proportion_interval), and its change the interval combining the two
+independently of the internal split's, and the change is the difference of the two; accuracy and a
+class's recall, proportions of images, get the exact binomial interval over their patients instead
+(study.analysis.uncertainty.proportion_interval), and their change the interval combining the two
 sides' (MOVER). A resampled figure has no interval on a side where a class it covers has one patient
-(a resample holds that patient or no image of the class), nor has its change.
+(a resample holds that patient or no image of the class), nor where every resample gives it the same
+value (no spread: a resample keeps each class's patients, and its patients are alike in the figure, as
+one-image patients all right or all wrong are), nor has its change then.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from study.analysis.evaluation import Evaluation, StudyData
 from study.analysis.selection import Analysis
 from study.analysis.uncertainty import (BASELINE, class_patients, group_strata, independent_difference_interval,
                                         partial_class_samples, percentile_interval, proportion_interval,
-                                        resample_weights, resampling_groups)
+                                        resample_weights, resampling_groups, same_in_every_resample)
 
 log = logging.getLogger("study.analyze")
 
@@ -59,6 +61,12 @@ EXTERNAL_TITLES = {"accuracy": "Accuracy", "recall_present": "Mean recall of the
                    "roc_auc_present": "Mean one-vs-rest ROC AUC of the classes present",
                    "recall": "Recall", "roc_auc": "One-vs-rest ROC AUC"}
 ALL_PRESENT = "(classes present)"
+# Why a figure is the same in every resample: a resample redraws the patients of each class, and they are alike in it.
+NO_SPREAD_CAUSES = {
+    "recall": "within each class they are alike (their images all right, or all wrong)",
+    "roc_auc": "within each class they are alike (their images all ranked above, all below or all level with the "
+               "other classes', as a constant predictor's are)",
+}
 
 
 @dataclass
@@ -417,7 +425,9 @@ def _interval(samples: np.ndarray | None) -> tuple[float, float]:
 def compare(cell: dict, internal: Evaluation, internal_scores: np.ndarray, external: ExternalSet,
             scores: np.ndarray, resamples: int, seed: int, set_seed: int) -> list[dict]:
     """Rows of the external comparison for one cell (dataset, model, trial_id) and one set: each summary
-    metric, then each class. `internal_scores`: the cell's scores on the images of `internal`."""
+    metric, then each class. `internal_scores`: the cell's scores on the images of `internal`. A side whose
+    every resample gives a figure the same value has no interval of it (`internal_no_spread`,
+    `external_no_spread`), nor has the change; `no_spread` says why."""
     counts_in = np.bincount(internal.y_true, minlength=len(external.classes))
     counts_out = np.bincount(external.y_true, minlength=len(external.classes))
     both = (counts_in > 0) & (counts_out > 0)
@@ -437,19 +447,34 @@ def compare(cell: dict, internal: Evaluation, internal_scores: np.ndarray, exter
         samples_out = _column(outside_samples, metric, k) if outside_samples is not None else None
         interval_in, interval_out = _interval(samples_in), _interval(samples_out)
         change = _interval(samples_out - samples_in if samples_in is not None else None)
-        if metric == "recall" and resamples:
-            # A proportion: its exact interval over the class's patients on each side, as in the per-class
-            # tables (the resampled one is too narrow over few patients), and the change combining the two.
-            interval_in = proportion_interval(right_in[internal.y_true == k], internal.groups[internal.y_true == k])
-            interval_out = proportion_interval(right_out[external.y_true == k], external.groups[external.y_true == k])
+        flat_in = flat_out = False
+        no_spread = ""
+        if metric in ("accuracy", "recall") and resamples:
+            # A proportion of images: its exact interval over the patients on each side, as in the per-class
+            # tables (the resampled one is too narrow over few patients, and has no width where each patient has
+            # one image and each class is all right or all wrong), and the change combining the two.
+            members_in = np.full(len(internal.y_true), True) if k is None else internal.y_true == k
+            members_out = np.full(len(external.y_true), True) if k is None else external.y_true == k
+            interval_in = proportion_interval(right_in[members_in], internal.groups[members_in])
+            interval_out = proportion_interval(right_out[members_out], external.groups[members_out])
             change = independent_difference_interval(value_out, interval_out, value_in, interval_in)
-        elif metric != "accuracy":  # a resampled figure of one class, or averaged over the classes present
+        elif resamples:  # a resampled figure of one class, or averaged over the classes present
             covered = both if k is None else np.arange(len(external.classes)) == k
             undefined = (float("nan"), float("nan"))
             if (alone_in & covered).any():
                 interval_in, change = undefined, undefined
             if (alone_out & covered).any():
                 interval_out, change = undefined, undefined
+            flat_in = not np.isnan(interval_in[0]) and same_in_every_resample(samples_in)
+            flat_out = not np.isnan(interval_out[0]) and same_in_every_resample(samples_out)
+            if flat_in:
+                interval_in, change = undefined, undefined
+            if flat_out:
+                interval_out, change = undefined, undefined
+            if flat_in or flat_out:
+                where = " and ".join([f"the internal {internal.split} split"] * flat_in + [external.name] * flat_out)
+                no_spread = (f"the same in every resample of {where}: a resample redraws the patients of each class, "
+                             f"and {NO_SPREAD_CAUSES[metric.removesuffix('_present')]}, so no draw moves it")
         note = ""
         if k is not None and not counts_out[k]:
             note = f"absent from {external.name}"
@@ -461,7 +486,8 @@ def compare(cell: dict, internal: Evaluation, internal_scores: np.ndarray, exter
                      "internal": value_in, "internal_lower": interval_in[0], "internal_upper": interval_in[1],
                      "external": value_out, "external_lower": interval_out[0], "external_upper": interval_out[1],
                      "change": value_out - value_in, "change_lower": change[0], "change_upper": change[1],
-                     "note": note})
+                     "note": note, "internal_no_spread": flat_in, "external_no_spread": flat_out,
+                     "no_spread": no_spread})
     return rows
 
 

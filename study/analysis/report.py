@@ -477,19 +477,28 @@ def predict_commands(analysis: Analysis) -> list[str]:
 
 def uncertainty_paragraph(analysis: Analysis) -> str:
     """How the intervals were made, and on how many patients, per dataset."""
-    first = next(iter(analysis.bootstraps.values()))
-    sizes = "; ".join(f"{b.dataset}: {b.images} images of {b.patients} patients"
-                      for b in analysis.bootstraps.values())
+    bootstraps = list(analysis.bootstraps.values())
+    first = bootstraps[0]
+    sizes = "; ".join(f"{b.dataset}: {b.images} images of {b.patients} patients" for b in bootstraps)
     text = (f"In brackets: the 95% interval from {first.resamples:,} bootstrap resamples of the split's "
             f"**patients** (all images of a patient drawn together, within strata of each patient's rarest "
             f"class; seed {first.seed}), not of images: images of one patient are correlated. A patient here is a "
             f"patient id, or several joined where they share an image file or a near-identical X-ray, as the "
             f"split joins them, so the count can be below the split's patient ids. Stratified as pROC "
             f"does, each resample keeps the split's number of patients of each stratum, and every class of two "
-            f"patients or more; patients alone in their stratum (a class's only patient) are resampled together. "
-            f"It keeps patients, not images: image-level "
-            f"figures such as accuracy still move with the images each drawn patient brings, even a constant "
-            f"predictor's (the majority-class baseline's interval shows how much). ({sizes}.)")
+            f"patients or more; patients alone in their stratum (a class's only patient) are resampled together.")
+    several = [b.dataset for b in bootstraps if b.images > b.patients]
+    if several:
+        text += (" It keeps patients, not images: image-level figures such as accuracy still move with the images "
+                 "each drawn patient brings, even a constant predictor's (the majority-class baseline's interval "
+                 "shows how much).")
+    one_each = [b.dataset for b in bootstraps if b.images == b.patients]
+    if one_each:
+        text += (f" On {joined_names(one_each)} every resampled unit is one image, so each resample keeps each "
+                 "class's images: a figure whose every class is all right or all wrong, such as a constant "
+                 "predictor's accuracy, is the same in every resample, and an interval of no width there measures "
+                 "nothing.")
+    text += f" ({sizes}.)"
     if analysis.top_k > 1:
         text += f" With --top-k {analysis.top_k} the interval is that of the cell's mean."
     undefined = sorted({f"{b.dataset}: {', '.join(sorted(m for m, why in b.undefined.items() if why == reason))}: "
@@ -632,11 +641,49 @@ def partial_confirmation(analysis: Analysis) -> str:
 def _change_words(row) -> str:
     if pd.isna(row.change):
         return "undefined"
+    if getattr(row, "no_spread", ""):
+        return f"{row.change:+.3f}, no spread"
     if pd.isna(row.change_lower) or pd.isna(row.change_upper):
         return f"{row.change:+.3f}"
     verdict = ("a drop" if row.change_upper < 0 else "a rise" if row.change_lower > 0
                else "no distinguishable change")
     return f"{row.change:+.3f} {interval_text(row.change_lower, row.change_upper, signed=True)}, {verdict}"
+
+
+def marked_no_spread(shown: pd.DataFrame, rows: pd.DataFrame, internal: str) -> pd.DataFrame:
+    """`shown` (report_tables' table of one metric of the external comparison) with `[no spread]` after each figure
+    that is the same in every resample (`rows`: the comparison's rows of that metric; `internal`: the column of
+    the internal figures)."""
+    if "no_spread" not in rows:
+        return shown
+    keys = [column for column in ("dataset", "model", "set", "class") if column in shown]
+    flat = {tuple(row[k] for k in keys): row for row in rows[rows["no_spread"] != ""].to_dict("records")}
+    marked = shown.copy()
+    for position, cells in marked.iterrows():
+        row = flat.get(tuple(cells[k] for k in keys))
+        for side, column in (("internal", internal), ("external", "external")):
+            if row is not None and row[f"{side}_no_spread"]:
+                marked.at[position, column] = f"{row[side]:.3f} [no spread]"
+    return marked
+
+
+def no_spread_lines(table: pd.DataFrame) -> list[str]:
+    """Why the `[no spread]` figures of the external comparison have no interval, one line per reason."""
+    from study.analysis.external import ALL_PRESENT, EXTERNAL_TITLES
+
+    if "no_spread" not in table:
+        return []
+    lines = []
+    flat = table[table["no_spread"] != ""]
+    for reason, rows in flat.groupby("no_spread", sort=False):
+        figures = []
+        for (metric, class_name), cells in rows.groupby(["metric", "class"], sort=False):
+            title = EXTERNAL_TITLES[metric][0].lower() + EXTERNAL_TITLES[metric][1:]
+            figure = title if class_name == ALL_PRESENT else f"{class_name}'s {title}"
+            figures.append(f"{figure} ({joined_names(list(dict.fromkeys(cells['model'])))})")
+        lines.append(f"- No spread: {'; '.join(figures)}: {reason}. An interval would have no width: neither the "
+                     "figure nor its change gets one.")
+    return lines + ([""] if lines else [])
 
 
 def elsewhere_section(analysis: Analysis, figures: bool) -> list[str]:
@@ -654,8 +701,10 @@ def elsewhere_section(analysis: Analysis, figures: bool) -> list[str]:
                   "every class, so the figures are those that exist with partial classes: accuracy, and each present "
                   "class's recall and one-vs-rest ROC AUC; the means run over the classes present in both sets. "
                   "Intervals: 95%, patient bootstrap of each set (resampled independently); the change is "
-                  "external − internal. A class's recall, a proportion, gets the exact binomial interval over its "
-                  "patients (as in the per-class tables), and its change the two sides' intervals combined (MOVER). "
+                  "external − internal. Accuracy and a class's recall, proportions of images, get the exact binomial "
+                  "interval over their patients (as in the per-class tables), and their change the two sides' "
+                  "intervals combined (MOVER). `[no spread]`: the figure is the same in every resample, which "
+                  "keeps each class's patients (why, below the tables); it and its change have no interval. "
                   "Accuracy moves with a set's class mix: the majority-class predictor's rows show how much of a "
                   "change the mix alone makes; the recall and AUC means do not depend on it.", ""]
         described = {(s.name, s.dataset): s for s in analysis.external_sets}  # one line per set at any image size
@@ -672,8 +721,10 @@ def elsewhere_section(analysis: Analysis, figures: bool) -> list[str]:
         for metric in (*EXTERNAL_METRICS, "recall", "roc_auc"):
             shown = analysis.tables.get(f"_shown_external_{metric}")
             if shown is not None and len(shown):
+                shown = marked_no_spread(shown, table[table["metric"] == metric], internal)
                 lines += [f"### {EXTERNAL_TITLES[metric]}" + (" per class" if metric in ("recall", "roc_auc") else ""),
                           "", markdown_table(shown.rename(columns={"external": "on the set"})), ""]
+        lines += no_spread_lines(table)
         lines += ["Every row, with its bounds, is in `tables/external_evaluation`.", ""]
     if analysis.saliency:
         lines += ["### Where the models look (Grad-CAM)" if len(table) else "## Where the models look (Grad-CAM)", ""]

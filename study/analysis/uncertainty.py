@@ -21,9 +21,13 @@ as a class, of it, or not of it). With the few patients a class often has on
 a test split, the percentile interval of a resampled proportion is too
 narrow (at 0 or 1 it has no width at all), so those get the exact binomial
 interval at the patients' effective sample size instead
-(proportion_interval). Paired differences use the same resampled patients
-for both sides, so that what the two models share (the hard patients)
-cancels out.
+(proportion_interval); so does accuracy in the comparison with external
+sets (study.analysis.external). A figure whose every resample gives the same
+value (same_in_every_resample: where each patient has one image, a resample
+keeps each class's images, and a class all right or all wrong moves nothing)
+has no spread to make an interval of. Paired differences use the same
+resampled patients for both sides, so that what the two models share (the
+hard patients) cancels out.
 
 A patient alone in a stratum (the one patient of a class) is resampled
 with the other such patients: drawn once in every resample, a difference
@@ -267,6 +271,14 @@ def percentile_interval(samples: np.ndarray, level: float = LEVEL) -> tuple[floa
     tail = (1 - level) / 2 * 100
     lower, upper = np.percentile(finite, [tail, 100 - tail])
     return float(lower), float(upper)
+
+
+def same_in_every_resample(samples: np.ndarray) -> bool:
+    """Whether every finite resampled value is the same: a figure without spread over the resamples, whose
+    percentile interval would have no width and say nothing of its uncertainty."""
+    finite = np.asarray(samples, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    return finite.size > 0 and float(np.ptp(finite)) <= 1e-12 * max(1.0, float(np.abs(finite).max()))
 
 
 def proportion_interval(correct: np.ndarray, groups: np.ndarray, level: float = LEVEL) -> tuple[float, float]:

@@ -11,6 +11,7 @@ import types
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from cxrnets.errors import CxrError
@@ -135,6 +136,76 @@ def test_a_class_of_one_patient_leaves_the_resampled_figures_of_its_side_without
     for key in (("accuracy", ALL_PRESENT), ("recall", "No Finding"), ("roc_auc", "COVID-19")):
         row = table[key]
         assert row["external_lower"] <= row["external"] <= row["external_upper"] and not np.isnan(row["change_lower"])
+
+
+ONE_IMAGE_PER_PATIENT = np.repeat([0, 2], [12, 6])  # COVID-19 and No Finding, as a folder set without patient ids
+
+
+def constant_and_perfect_on_a_set_of_one_image_per_patient() -> dict[str, dict]:
+    """compare's rows, by model, metric and class, of a constant predictor (always COVID-19) and of a perfect one on an
+    external set of 18 patients with one image each (12 COVID-19, 6 No Finding) and on an internal split of
+    patients with two images each."""
+    classes = ["COVID-19", "Other pneumonia", "No Finding"]
+    y_in = np.repeat([0, 1, 2], [20, 10, 10])
+    internal = types.SimpleNamespace(y_true=y_in, groups=np.arange(40) // 2, split="test")
+    y_out = ONE_IMAGE_PER_PATIENT
+    external = types.SimpleNamespace(name="ext1", classes=classes, y_true=y_out, groups=np.arange(len(y_out)))
+    tables = {}
+    for model, guess in (("always COVID-19", lambda y: np.zeros_like(y)), ("perfect", lambda y: y)):
+        scores_in, scores_out = np.eye(3)[guess(y_in)] * 0.8 + 0.05, np.eye(3)[guess(y_out)] * 0.8 + 0.05
+        rows = compare({"dataset": "d", "model": model, "trial_id": "t"}, internal, scores_in, external, scores_out,
+                       300, 0, 1)
+        tables[model] = {(row["metric"], row["class"]): row for row in rows}
+    return tables
+
+
+def test_accuracy_gets_the_exact_interval_over_the_patients_where_every_resample_gives_the_same():
+    """Each resample keeps each class's patients, here one image each: where every class's images are all right or
+    all wrong, accuracy is the same in every resample. It is a proportion of images: its interval is the exact one
+    with the patients as clusters (12 of 18 right, 18 of 18 right: not [0.67, 0.67], [1.00, 1.00]), its change the
+    two sides' combined (MOVER)."""
+    tables = constant_and_perfect_on_a_set_of_one_image_per_patient()
+    y_in = np.repeat([0, 1, 2], [20, 10, 10])
+    for model, right_in, right_out in (("always COVID-19", y_in == 0, ONE_IMAGE_PER_PATIENT == 0),
+                                       ("perfect", np.ones(40, bool), np.ones(18, bool))):
+        row = tables[model][("accuracy", ALL_PRESENT)]
+        outside = proportion_interval(right_out, np.arange(18))
+        inside = proportion_interval(right_in, np.arange(40) // 2)
+        assert (row["external_lower"], row["external_upper"]) == pytest.approx(outside)
+        assert (row["internal_lower"], row["internal_upper"]) == pytest.approx(inside)
+        assert (row["change_lower"], row["change_upper"]) == pytest.approx(
+            independent_difference_interval(row["external"], outside, row["internal"], inside))
+        assert row["external_upper"] - row["external_lower"] > 0.1 and row["no_spread"] == ""
+    perfect = tables["perfect"][("accuracy", ALL_PRESENT)]
+    assert perfect["external_lower"] == pytest.approx(0.025 ** (1 / 18))  # Clopper-Pearson, 18 of 18
+    assert perfect["external_upper"] == 1.0
+
+
+def test_a_resampled_figure_the_same_in_every_resample_has_no_spread_with_the_reason(tmp_path):
+    """The mean recall over the classes present of a constant predictor, 1 and 0 in every resample, and its ROC AUC,
+    all ties: no zero-width interval, but `[no spread]` in the report, and why."""
+    from study.analysis.report import elsewhere_section
+    from study.analysis.report_tables import external_tables
+
+    tables = constant_and_perfect_on_a_set_of_one_image_per_patient()
+    constant = tables["always COVID-19"]
+    for key in (("recall_present", ALL_PRESENT), ("roc_auc_present", ALL_PRESENT), ("roc_auc", "COVID-19")):
+        row = constant[key]
+        assert np.isnan([row["external_lower"], row["external_upper"], row["internal_lower"],
+                         row["internal_upper"], row["change_lower"], row["change_upper"]]).all(), key
+        assert "the same in every resample" in row["no_spread"], key
+    assert "all right, or all wrong" in constant[("recall_present", ALL_PRESENT)]["no_spread"]
+    assert "all level with" in constant[("roc_auc_present", ALL_PRESENT)]["no_spread"]
+
+    rows = [row for table in tables.values() for row in table.values()]
+    analysis = types.SimpleNamespace(external=pd.DataFrame(rows), split="test", saliency=[], external_sets=[
+        types.SimpleNamespace(name="ext1", dataset="d", description="folder at /ext",
+                              summary=lambda: "ext1: 18 images (COVID-19 12, No Finding 6)")])
+    analysis.tables = external_tables(analysis)
+    report = "\n".join(elsewhere_section(analysis, figures=False))
+    assert re.search(r"\| always COVID-19 +\| ext1 +\| 0.500 \[no spread\] +\| 0.500 \[no spread\] +\| \+0.000 +\|", report)
+    assert "[0.67, 0.67]" not in report and "[0.50, 0.50]" not in report and "[1.00, 1.00]" not in report
+    assert "No spread: mean recall of the classes present" in report and "all right, or all wrong" in report
 
 
 def test_the_report_shows_the_comparison_and_the_gradcam_figures(external_analysis):
