@@ -26,7 +26,8 @@ class's recall, proportions of images, get the exact binomial interval over thei
 sides' (MOVER). A resampled figure has no interval on a side where a class it covers has one patient
 (a resample holds that patient or no image of the class), nor where every resample gives it the same
 value (no spread: a resample keeps each class's patients, and its patients are alike in the figure, as
-one-image patients all right or all wrong are), nor has its change then.
+one-image patients all right or all wrong are), nor has its change then. A set without patient ids
+(a folder of images) is resampled by image.
 """
 
 from __future__ import annotations
@@ -49,8 +50,9 @@ from cxrnets.training import load_checkpoint
 from study.analysis.evaluation import Evaluation, StudyData
 from study.analysis.selection import Analysis
 from study.analysis.uncertainty import (BASELINE, class_patients, group_strata, independent_difference_interval,
-                                        partial_class_samples, percentile_interval, proportion_interval,
-                                        resample_weights, resampling_groups, same_in_every_resample)
+                                        names_patients, partial_class_samples, percentile_interval,
+                                        proportion_interval, resample_weights, resampling_groups,
+                                        same_in_every_resample)
 
 log = logging.getLogger("study.analyze")
 
@@ -106,6 +108,7 @@ class ExternalSet:
     skipped: dict[str, int] = field(default_factory=dict)   # the loader's skips (undecodable, absent, ...)
     in_study_split: str = ""      # the images left out because the study's split holds them, in words
     near_identical: str = ""      # the images left out because the split holds near-identical ones, in words
+    patient_ids: bool = True      # False: the set names no patients, each image is its own (resampled by image)
 
     @property
     def present(self) -> np.ndarray:
@@ -113,7 +116,9 @@ class ExternalSet:
 
     def summary(self) -> str:
         counts = np.bincount(self.y_true, minlength=len(self.classes))
-        text = (f"{self.name}: {len(self.y_true)} images of {len(np.unique(self.groups))} patients ("
+        size = (f"{len(self.y_true)} images of {len(np.unique(self.groups))} patients" if self.patient_ids
+                else f"{len(self.y_true)} images, no patient ids")
+        text = (f"{self.name}: {size} ("
                 + ", ".join(f"{c} {n}" for c, n in zip(self.classes, counts) if n) + ")")
         absent = [c for c, n in zip(self.classes, counts) if not n]
         if absent:
@@ -381,7 +386,8 @@ def load_external(spec: ExternalSpec, indexed: ExternalIndex, dataset: str, clas
         spec.name, f"{spec.dataset} at {spec.path}", dataset, list(classes), cache.images, rows,
         np.array([position[mapped[i]] for i in rows], dtype=np.int64), groups, image_size,
         dict(Counter(label for label, kept, copy in zip(labels, keep, near) if not (kept or copy))),
-        dict(index.skipped), indexed.in_study_split, indexed.near_identical)
+        dict(index.skipped), indexed.in_study_split, indexed.near_identical,
+        names_patients(index.frame["patient"].iloc[rows], index.frame["relpath"].iloc[rows]))
     log.info("external %s", external.summary())
     return external
 
@@ -396,8 +402,10 @@ def heldout_set(data: StudyData, config, classes: list[str]) -> ExternalSet | No
         return None
     sources = sorted(set(prepared.index.frame["source"].to_numpy()[rows])) if "source" in prepared.index.frame else []
     groups = data.resampling_groups(config, HELDOUT)
+    held = prepared.split.iloc[rows]
     return ExternalSet(HELDOUT_SET, f"{config.dataset}'s held-out sources: {', '.join(sources)}", config.dataset,
-                       list(classes), prepared.images, rows, prepared.targets[rows], groups, config.image_size)
+                       list(classes), prepared.images, rows, prepared.targets[rows], groups, config.image_size,
+                       patient_ids=names_patients(held["patient"], held["relpath"]))
 
 
 # ------------------------------------------------------------------ the comparison

@@ -475,29 +475,53 @@ def predict_commands(analysis: Analysis) -> list[str]:
     return lines + [""]
 
 
+def split_size(bootstrap) -> str:
+    """`d: 18 images of 11 patients`, or for a dataset without patient ids `d: 12 images, no patient ids`."""
+    if bootstrap.patient_ids:
+        return f"{bootstrap.dataset}: {bootstrap.images} images of {bootstrap.patients} patients"
+    joined = (f" ({bootstrap.patients} once near-identical images are joined)"
+              if bootstrap.patients < bootstrap.images else "")
+    return f"{bootstrap.dataset}: {bootstrap.images} images, no patient ids{joined}"
+
+
 def uncertainty_paragraph(analysis: Analysis) -> str:
     """How the intervals were made, and on how many patients, per dataset."""
     bootstraps = list(analysis.bootstraps.values())
     first = bootstraps[0]
-    sizes = "; ".join(f"{b.dataset}: {b.images} images of {b.patients} patients" for b in bootstraps)
-    text = (f"In brackets: the 95% interval from {first.resamples:,} bootstrap resamples of the split's "
-            f"**patients** (all images of a patient drawn together, within strata of each patient's rarest "
-            f"class; seed {first.seed}), not of images: images of one patient are correlated. A patient here is a "
-            f"patient id, or several joined where they share an image file or a near-identical X-ray, as the "
-            f"split joins them, so the count can be below the split's patient ids. Stratified as pROC "
-            f"does, each resample keeps the split's number of patients of each stratum, and every class of two "
-            f"patients or more; patients alone in their stratum (a class's only patient) are resampled together.")
-    several = [b.dataset for b in bootstraps if b.images > b.patients]
+    sizes = "; ".join(split_size(b) for b in bootstraps)
+    by_image = [b.dataset for b in bootstraps if not b.patient_ids]
+    if len(by_image) < len(bootstraps):
+        text = (f"In brackets: the 95% interval from {first.resamples:,} bootstrap resamples of the split's "
+                f"**patients** (all images of a patient drawn together, within strata of each patient's rarest "
+                f"class; seed {first.seed}), not of images: images of one patient are correlated. A patient here is "
+                f"a patient id, or several joined where they share an image file or a near-identical X-ray, as the "
+                f"split joins them, so the count can be below the split's patient ids. Stratified as pROC "
+                f"does, each resample keeps the split's number of patients of each stratum, and every class of two "
+                f"patients or more; patients alone in their stratum (a class's only patient) are resampled "
+                f"together.")
+    else:
+        text = (f"In brackets: the 95% interval from {first.resamples:,} bootstrap resamples of the split's "
+                f"images (near-identical X-rays drawn together, within strata of each image's class; seed "
+                f"{first.seed}). Stratified as pROC does, each resample keeps the split's number of images of each "
+                f"class.")
+    several = [b.dataset for b in bootstraps if b.images > b.patients and b.patient_ids]
     if several:
         text += (" It keeps patients, not images: image-level figures such as accuracy still move with the images "
                  "each drawn patient brings, even a constant predictor's (the majority-class baseline's interval "
                  "shows how much).")
+    if by_image:
+        text += (f" **No patient ids:** {joined_names(by_image)} {'names' if len(by_image) == 1 else 'name'} no "
+                 "patients, so each image is its own patient there: resampled by image (near-identical X-rays, "
+                 "the same image re-encoded or resized, drawn together). The same person's other X-rays (a set "
+                 "without patient ids can hold one person's follow-ups under unrelated file names, as "
+                 "covid-radiography does) count as independent, so the intervals there are optimistic: narrower "
+                 "than over patients.")
     one_each = [b.dataset for b in bootstraps if b.images == b.patients]
     if one_each:
         text += (f" On {joined_names(one_each)} every resampled unit is one image, so each resample keeps each "
                  "class's images: a figure whose every class is all right or all wrong, such as a constant "
-                 "predictor's accuracy, is the same in every resample, and an interval of no width there measures "
-                 "nothing.")
+                 "predictor's accuracy (the majority-class baseline's), is the same in every resample, and an "
+                 "interval of no width there measures nothing.")
     text += f" ({sizes}.)"
     if analysis.top_k > 1:
         text += f" With --top-k {analysis.top_k} the interval is that of the cell's mean."
@@ -508,7 +532,8 @@ def uncertainty_paragraph(analysis: Analysis) -> str:
     few = [f"{b.dataset}: " + ", ".join(f"{name} {count}" for name, count in b.few_patients().items())
            for b in analysis.bootstraps.values() if b.few_patients()]
     if few:
-        text += (f" **Few patients:** classes with fewer than {FEW_PATIENTS} patients on the split ("
+        unit = " (images, on a dataset without patient ids)" if by_image else ""
+        text += (f" **Few patients:** classes with fewer than {FEW_PATIENTS} patients{unit} on the split ("
                  + "; ".join(few) + "): the intervals of averages over classes (macro precision, recall, F1 and "
                  "ROC AUC, classwise ECE), and of those classes' own F1 and ROC AUC, are too narrow over so few "
                  "patients (a resample can only redraw the few there are): read them as the least uncertainty "
@@ -708,6 +733,12 @@ def elsewhere_section(analysis: Analysis, figures: bool) -> list[str]:
                   "Accuracy moves with a set's class mix: the majority-class predictor's rows show how much of a "
                   "change the mix alone makes; the recall and AUC means do not depend on it.", ""]
         described = {(s.name, s.dataset): s for s in analysis.external_sets}  # one line per set at any image size
+        by_image = sorted({s.name for s in described.values() if not s.patient_ids})
+        if by_image:
+            lines += [f"{joined_names(by_image)} {'has' if len(by_image) == 1 else 'have'} no patient ids: resampled "
+                      "by image, so the same person's X-rays there (a set without patient ids can hold one person's "
+                      "follow-ups under unrelated file names, as covid-radiography does) count as independent, and "
+                      "the intervals are optimistic: narrower than over patients.", ""]
         lines += [f"- **{s.name}** ({s.description}): {s.summary().partition(': ')[2]}" for s in described.values()]
         lines.append("")
         summary = table[table["class"] == ALL_PRESENT]

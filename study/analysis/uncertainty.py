@@ -29,6 +29,10 @@ has no spread to make an interval of. Paired differences use the same
 resampled patients for both sides, so that what the two models share (the
 hard patients) cancels out.
 
+A dataset without patient ids makes each image its own patient
+(names_patients): its images are resampled one by one, the same person's
+X-rays counted as independent, which makes its intervals optimistic.
+
 A patient alone in a stratum (the one patient of a class) is resampled
 with the other such patients: drawn once in every resample, a difference
 made by their images alone would look certain. A class with one patient is
@@ -281,6 +285,12 @@ def same_in_every_resample(samples: np.ndarray) -> bool:
     return finite.size > 0 and float(np.ptp(finite)) <= 1e-12 * max(1.0, float(np.abs(finite).max()))
 
 
+def names_patients(patients: pd.Series, relpaths: pd.Series) -> bool:
+    """Whether images name their patients: a layout without patient ids makes each image its own patient, its
+    relpath (cxrnets.data), and the bootstrap then resamples images, one person's X-rays as independent."""
+    return not (np.asarray(patients, dtype=str) == np.asarray(relpaths, dtype=str)).all()
+
+
 def proportion_interval(correct: np.ndarray, groups: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
     """The `level` interval of a proportion of images counted right, the images' patients as clusters:
     Korn & Graubard's (1998) exact binomial interval (R's survey::svyciprop(method = "beta")).
@@ -389,6 +399,7 @@ class SplitBootstrap:
     # trial id -> cxrnets.metrics.calibration (brier, ece, classwise_ece, ...) on every resample
     calibration: dict[str, dict[str, np.ndarray]]
     class_patients: dict[str, int]  # class (label) -> its patients on the split, in the classes' order
+    patient_ids: bool = True  # False: the dataset names no patients, each image is its own (names_patients)
 
     def cell(self, trial_ids: list[str], metric: str) -> np.ndarray:
         """(resamples,) the mean of `metric` over a cell's evaluated trials (top-k) on each resample."""
@@ -426,7 +437,8 @@ def bootstrap_split(dataset: str, evaluations: list, resamples: int = RESAMPLES,
     samples[BASELINE] = metric_samples(first.y_true, first.baseline_scores, first.multilabel, weights)
     calibrated = {e.trial_id: calibration(e.y_true, e.scores, e.multilabel, weights) for e in evaluations}
     per_class = class_patients(first.y_true, first.groups, len(first.classes), first.multilabel)
+    patient_ids = first.images is None or names_patients(first.images["patient"], first.images["relpath"])
     return SplitBootstrap(dataset, resamples, seed, patients=len(np.unique(first.groups)), images=len(first.y_true),
                           undefined=undefined_reasons(first.y_true, first.classes, first.multilabel, first.groups),
                           samples=samples, calibration=calibrated,
-                          class_patients=dict(zip(first.classes, per_class.tolist())))
+                          class_patients=dict(zip(first.classes, per_class.tolist())), patient_ids=patient_ids)

@@ -199,7 +199,7 @@ def test_a_resampled_figure_the_same_in_every_resample_has_no_spread_with_the_re
 
     rows = [row for table in tables.values() for row in table.values()]
     analysis = types.SimpleNamespace(external=pd.DataFrame(rows), split="test", saliency=[], external_sets=[
-        types.SimpleNamespace(name="ext1", dataset="d", description="folder at /ext",
+        types.SimpleNamespace(name="ext1", dataset="d", description="folder at /ext", patient_ids=False,
                               summary=lambda: "ext1: 18 images (COVID-19 12, No Finding 6)")])
     analysis.tables = external_tables(analysis)
     report = "\n".join(elsewhere_section(analysis, figures=False))
@@ -444,6 +444,37 @@ def test_an_external_set_s_x_ray_filed_twice_is_one_patient_of_its_intervals(tmp
     external = load_external(spec, indexes["kaggle"], "covid-radiography", list(study_index.classes), {}, 64,
                              data.cache_dir)
     assert external.summary().startswith(f"kaggle: 28 images of {28 - len(copies)} patients (")
+
+
+def test_an_external_set_without_patient_ids_is_said_to_be_resampled_by_image(tmp_path, make_radiography,
+                                                                            make_pneumonia_normal):
+    """covid-pneumonia-normal names no patients: the set's line counts images, not patients, and the section says its
+    intervals count the same person's X-rays as independent."""
+    from cxrnets.data import load_dataset
+    from study.analysis.external import ExternalSpec, check_externals, load_external
+    from study.analysis.report import elsewhere_section
+
+    study_root = make_radiography(per_class=3)
+    study_index = load_dataset("covid-radiography", study_root)
+    split = study_index.frame[["relpath", "patient"]].assign(split="train")
+    data = types.SimpleNamespace(study=types.SimpleNamespace(settings=types.SimpleNamespace(
+        dataset_options={}, image_size=64)), data_roots={"covid-radiography": study_root},
+        split=lambda dataset: split, cache_dir=str(tmp_path / "cache"))
+    spec = ExternalSpec("kaggle-2", "covid-pneumonia-normal", str(make_pneumonia_normal(per_class=4)))
+    label_map = {"covid": "COVID", "normal": "Normal", "pneumonia": "Viral Pneumonia"}
+    indexes = check_externals(data, [spec], label_map)
+    external = load_external(spec, indexes["kaggle-2"], "covid-radiography", list(study_index.classes), label_map,
+                             64, data.cache_dir)
+    assert not external.patient_ids
+    assert external.summary().startswith("kaggle-2: 12 images, no patient ids (")
+    rows = compare({"dataset": "covid-radiography", "model": "m", "trial_id": "t"},
+                   types.SimpleNamespace(y_true=np.repeat([0, 1, 2, 3], 3), groups=np.arange(12), split="test"),
+                   np.full((12, 4), 0.25), external, np.full((12, 4), 0.25), 0, 0, 1)
+    analysis = types.SimpleNamespace(external=pd.DataFrame(rows), split="test", saliency=[], tables={},
+                                     external_sets=[external])
+    section = "\n".join(elsewhere_section(analysis, figures=False))
+    assert "kaggle-2 has no patient ids: resampled by image" in section
+    assert "count as independent" in section and "optimistic" in section
 
 
 def test_an_external_set_of_nothing_but_copies_of_the_study_s_x_rays_is_refused(tmp_path, make_radiography_copies):

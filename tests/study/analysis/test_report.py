@@ -47,6 +47,33 @@ def test_the_interval_paragraph_says_the_patients_per_class_stay_fixed_not_the_i
         in text  # the count ("18 images of 11 patients") can be below the split's patient ids
 
 
+def test_a_dataset_without_patient_ids_is_said_to_be_resampled_by_image(make_pneumonia_normal):
+    """covid-pneumonia-normal names no patients (each image is its own): its intervals count the same person's X-rays
+    as independent, and the report says so rather than "images of one patient are correlated"."""
+    from cxrnets.data import load_dataset
+
+    index = load_dataset("covid-pneumonia-normal", make_pneumonia_normal(per_class=4))
+    y_true = index.targets()
+    images = index.frame[["relpath", "patient"]]
+    evaluation = Evaluation("t1", 3, "test", {}, y_true, np.eye(3)[y_true] * 0.8 + 0.05, list(index.classes), False,
+                            {}, images["patient"].to_numpy(), np.tile([0.8, 0.1, 0.1], (len(y_true), 1)),
+                            images=images)
+    without_ids = bootstrap_split("covid-pneumonia-normal", [evaluation], resamples=200)
+    with_ids = bootstrap_split("d", [_evaluation(Y_TRUE, GROUPS)], resamples=200)
+
+    text = uncertainty_paragraph(types.SimpleNamespace(bootstraps={"covid-pneumonia-normal": without_ids},
+                                                       top_k=1))
+    assert "12 images of 12 patients" not in text and "images of one patient are correlated" not in text
+    assert "covid-pneumonia-normal: 12 images, no patient ids" in text
+    assert "resampled by image" in text and "count as independent" in text and "optimistic" in text
+    assert "accuracy still move" not in text  # one image per unit: a constant predictor's accuracy stays put
+
+    both = uncertainty_paragraph(types.SimpleNamespace(bootstraps={"d": with_ids,
+                                                                   "covid-pneumonia-normal": without_ids}, top_k=1))
+    assert "d: 18 images of 11 patients" in both and "covid-pneumonia-normal: 12 images, no patient ids" in both
+    assert "images of one patient are correlated" in both and "optimistic" in both
+
+
 def _analysis(split: str = "test", top_k: int = 1, selected=(), keep: int | str = 1,
               split_notes: dict[str, str] | None = None) -> types.SimpleNamespace:
     settings = types.SimpleNamespace(created="2026-01-01 00:00:00", space_source="demo.yaml", data_roots={"d": "/data"},
