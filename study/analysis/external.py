@@ -116,8 +116,11 @@ class ExternalSet:
 
     def summary(self) -> str:
         counts = np.bincount(self.y_true, minlength=len(self.classes))
-        size = (f"{len(self.y_true)} images of {len(np.unique(self.groups))} patients" if self.patient_ids
-                else f"{len(self.y_true)} images, no patient ids")
+        units = len(np.unique(self.groups))
+        size = (f"{len(self.y_true)} images of {units} patients" if self.patient_ids
+                else f"{len(self.y_true)} images, no patient ids" + (
+                    f": resampled as {units} once near-identical X-rays are joined" if units < len(self.y_true)
+                    else ""))
         text = (f"{self.name}: {size} ("
                 + ", ".join(f"{c} {n}" for c, n in zip(self.classes, counts) if n) + ")")
         absent = [c for c, n in zip(self.classes, counts) if not n]

@@ -479,7 +479,7 @@ def split_size(bootstrap) -> str:
     """`d: 18 images of 11 patients`, or for a dataset without patient ids `d: 12 images, no patient ids`."""
     if bootstrap.patient_ids:
         return f"{bootstrap.dataset}: {bootstrap.images} images of {bootstrap.patients} patients"
-    joined = (f" ({bootstrap.patients} once near-identical images are joined)"
+    joined = (f": resampled as {bootstrap.patients} once near-identical X-rays are joined"
               if bootstrap.patients < bootstrap.images else "")
     return f"{bootstrap.dataset}: {bootstrap.images} images, no patient ids{joined}"
 

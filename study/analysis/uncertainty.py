@@ -437,7 +437,8 @@ def bootstrap_split(dataset: str, evaluations: list, resamples: int = RESAMPLES,
     samples[BASELINE] = metric_samples(first.y_true, first.baseline_scores, first.multilabel, weights)
     calibrated = {e.trial_id: calibration(e.y_true, e.scores, e.multilabel, weights) for e in evaluations}
     per_class = class_patients(first.y_true, first.groups, len(first.classes), first.multilabel)
-    patient_ids = first.images is None or names_patients(first.images["patient"], first.images["relpath"])
+    images = getattr(first, "images", None)  # each image's relpath and patient, where the evaluation kept them
+    patient_ids = images is None or names_patients(images["patient"], images["relpath"])
     return SplitBootstrap(dataset, resamples, seed, patients=len(np.unique(first.groups)), images=len(first.y_true),
                           undefined=undefined_reasons(first.y_true, first.classes, first.multilabel, first.groups),
                           samples=samples, calibration=calibrated,

@@ -443,7 +443,8 @@ def test_an_external_set_s_x_ray_filed_twice_is_one_patient_of_its_intervals(tmp
     indexes = check_externals(data, [spec], {})
     external = load_external(spec, indexes["kaggle"], "covid-radiography", list(study_index.classes), {}, 64,
                              data.cache_dir)
-    assert external.summary().startswith(f"kaggle: 28 images of {28 - len(copies)} patients (")
+    assert external.summary().startswith(f"kaggle: 28 images, no patient ids: resampled as {28 - len(copies)} once "
+                                         "near-identical X-rays are joined (")
 
 
 def test_an_external_set_without_patient_ids_is_said_to_be_resampled_by_image(tmp_path, make_radiography,
