@@ -38,7 +38,8 @@ The bench prints a table of every figure, its goal and whether it is met, and wr
 the machine and the settings, to a JSON file (--out), after every part: a bench killed partway keeps
 what it measured, and Ctrl-C or SIGTERM marks the part it stopped as interrupted, stops the study it
 ran, lists the parts not run and exits 130. Everything it writes besides lies in a
-temporary work directory, deleted at the end unless --keep (checkpoints and weights reach gigabytes).
+work directory (a new temporary one, or --workdir: a new or an empty folder), whose contents are
+deleted at the end unless --keep (checkpoints and weights reach gigabytes).
 """
 
 from __future__ import annotations
@@ -153,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--gpus-per-trial", type=float, default=None, help="GPUs per trial in the studies (default: 1 on a GPU device, else 0)")
     add("--seed", type=int, default=None, help="seed of every part (default: 0)")
     add("--out", default="bench.json", help="JSON file of every figure (default: bench.json)")
-    add("--workdir", default=None, help="work directory (default: a new temporary directory)")
+    add("--workdir", default=None, help="work directory: a new or an empty folder, whose contents the end deletes "
+        "unless --keep (default: a new temporary directory)")
     add("--keep", action="store_true", help="keep the work directory (study logs, results; no checkpoints or "
         "weights)")
     return parser
@@ -197,6 +199,41 @@ def studies_gpus_per_trial(gpus_per_trial: float, device: str, gpu: str | None, 
     return gpus_per_trial
 
 
+def make_workdir(given: str | None) -> tuple[Path, bool]:
+    """The bench's work directory, and whether the bench made it: a new temporary folder, or --workdir,
+    which must be new or empty, since the end of the bench deletes what it holds."""
+    from cxrnets.errors import CxrError
+
+    if given is None:
+        return Path(tempfile.mkdtemp(prefix="cxr-bench-")), True
+    workdir = Path(given).expanduser().resolve()
+    try:
+        if workdir.is_dir():
+            held = sorted(path.name for path in workdir.iterdir())
+            if held:
+                raise CxrError(f"--workdir {given} holds files already ({', '.join(held[:3])}"
+                               f"{', ...' if len(held) > 3 else ''}): the bench deletes what its work directory "
+                               "holds at the end; give a new or an empty folder")
+            return workdir, False
+        workdir.mkdir(parents=True)
+    except OSError as error:
+        raise CxrError(f"--workdir {given}: cannot make that folder ({error.strerror or error}); give a folder "
+                       "that can be made, or leave --workdir out for a temporary one") from None
+    return workdir, True
+
+
+def remove_work(workdir: Path, made: bool) -> None:
+    """Delete what the bench wrote: the work directory if the bench made it, else only what is in it."""
+    if made:
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
+    for path in workdir.iterdir():
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     from cxrnets.errors import CxrError
@@ -212,11 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         machine = machine_info(settings)  # CxrError for --device cuda where there is none
         settings.gpus_per_trial = studies_gpus_per_trial(settings.gpus_per_trial, machine["device"],
                                                          machine["gpu"], given=args.gpus_per_trial is not None)
+        workdir, made_workdir = make_workdir(args.workdir)  # last: nothing to undo after it
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    workdir = Path(args.workdir).expanduser().resolve() if args.workdir else Path(tempfile.mkdtemp(prefix="cxr-bench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
     bench = Bench(settings, workdir)
     log.info("bench (%s) on %s, %s cores, device %s; work directory %s", preset, machine["cpu"], machine["cores"],
              machine["device"], workdir)
@@ -255,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
         if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+            remove_work(workdir, made_workdir)
     goals = report["goals"]
     print(f"\nBenchmark ({preset}) on {machine['cpu']}, {machine['cores']} cores, device {machine['device']}"
           + (f" ({machine['gpu']})" if machine["gpu"] else "") + f", {machine['date']}; "

@@ -232,3 +232,44 @@ def processes_naming(text: str) -> list[str]:
         if text in cmdline:
             found.append(cmdline.replace("\0", " "))
     return found
+
+
+def _no_parts_run(monkeypatch) -> None:
+    for runner in ("bench_data", "bench_trainable", "bench_orchestration", "bench_search", "bench_storage"):
+        monkeypatch.setattr(cli, runner, lambda bench: pytest.fail("a part ran"))
+
+
+def test_a_workdir_that_holds_files_is_refused_and_left_as_it_was(tmp_path: Path, capsys, monkeypatch) -> None:
+    """The bench deletes its work directory at the end: a folder with the user's files in it is not one."""
+    _no_parts_run(monkeypatch)
+    workdir = tmp_path / "mywork"
+    workdir.mkdir()
+    (workdir / "precious.txt").write_text("notes")
+    code = cli.main(["--smoke", "--parts", "data", "--workdir", str(workdir), "--out", str(tmp_path / "bench.json")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --workdir {workdir} holds files already (precious.txt)") and err.count("\n") == 1
+    assert (workdir / "precious.txt").read_text() == "notes" and not (tmp_path / "bench.json").exists()
+
+
+def test_an_empty_workdir_is_emptied_at_the_end_not_deleted(tmp_path: Path, monkeypatch) -> None:
+    workdir = tmp_path / "mywork"
+    workdir.mkdir()
+
+    def data_part(bench) -> None:
+        (bench.workdir / "cache").mkdir()
+        (bench.workdir / "cache" / "images.npy").write_bytes(b"x")
+
+    monkeypatch.setattr(cli, "bench_data", data_part)
+    assert cli.main(["--smoke", "--parts", "data", "--workdir", str(workdir), "--out", str(tmp_path / "b.json")]) == 0
+    assert workdir.is_dir() and list(workdir.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["a-file/work", "/proc/no-such-folder/work"])
+def test_a_workdir_that_cannot_be_made_is_a_clear_error(where: str, tmp_path: Path, capsys, monkeypatch) -> None:
+    _no_parts_run(monkeypatch)
+    (tmp_path / "a-file").write_text("")
+    workdir = tmp_path / where
+    assert cli.main(["--smoke", "--parts", "data", "--workdir", str(workdir), "--out", str(tmp_path / "b.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --workdir {workdir}: cannot make that folder") and err.count("\n") == 1, err
