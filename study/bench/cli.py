@@ -118,8 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--decode-images", type=int, default=None, help="images decoded per size in the data part "
         "(default: every image of the dataset)")
     add("--batch-size", type=int, default=None, help=f"batch size everywhere (default: {d.batch_size})")
-    add("--dataset", default=None, help=f"dataset of the data and trainable parts (default: {d.dataset})")
-    add("--data-root", default=None, help="where that dataset lies (default: the embedded sample)")
+    add("--dataset", default=None, help="dataset of every part: the data and trainable parts, and the studies of "
+        "the orchestration, search and storage parts (narrowing --study-space to it) and plain Optuna "
+        f"(default: {d.dataset})")
+    add("--data-root", default=None, help="where that dataset lies, for every part likewise (default: the "
+        "embedded sample)")
     add("--device", default=None, help="auto (CUDA if present), cpu, cuda, cuda:1 (default: auto)")
     add("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     add("--no-channels-last", action="store_true", help="disable channels-last memory format on CUDA")

@@ -234,8 +234,10 @@ def studies_storage(workdir: Path) -> str:
 
 def study_run_argv(s: Settings, workdir: Path, name: str, args: list[str], storage: str | None = None) -> list[str]:
     """The arguments of `python -m study.run` for one of the bench's studies: the part's own `args`,
-    then where it goes (--storage, default: the work directory), its name, cache, seed and CPUs."""
-    argv = [*args, "--storage", storage or studies_storage(workdir), "--name", name,
+    then the bench's dataset and its data root (every part trains on them), where the study goes
+    (--storage, default: the work directory), its name, cache, seed and CPUs."""
+    argv = [*args, "--dataset", s.dataset, "--data-root", f"{s.dataset}={data_root(s)}",
+            "--storage", storage or studies_storage(workdir), "--name", name,
             "--cache-dir", str(workdir / "cache"), "--seed", str(s.seed), "--num-cpus", str(s.num_cpus)]
     if s.gpus_per_trial:
         argv += ["--gpus-per-trial", str(s.gpus_per_trial)]

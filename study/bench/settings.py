@@ -86,6 +86,12 @@ def validate(s: Settings) -> None:
     from cxrnets.errors import CxrError
     from cxrnets.names import MIN_IMAGE_SIZE, check_seed
 
+    from cxrnets.data import DATASET_NAMES
+
+    if s.dataset not in DATASET_NAMES:
+        raise CxrError(f"--dataset {s.dataset}: choose one of {', '.join(DATASET_NAMES)}")
+    if s.data_root is None and not s.dataset.startswith("covid-chestxray"):
+        raise CxrError(f"--dataset {s.dataset} needs --data-root (only covid-chestxray has an embedded sample)")
     unknown = set(s.parts) - set(PARTS)
     if unknown or not s.parts:
         raise CxrError(f"--parts {','.join(s.parts)}: choose from {','.join(PARTS)}")

@@ -135,6 +135,8 @@ def test_presets_and_flags() -> None:
     (["--models", "alexnet", "--trainable-image-size", "32"], "too small for alexnet"),
     (["--search-max-epochs", "2", "--search-grace-period", "3"], "grace"),
     (["--seed", "-5"], "--seed -5: a seed is a whole number"),
+    (["--dataset", "nosuch"], "--dataset nosuch: choose one of"),
+    (["--dataset", "covid-radiography"], "--dataset covid-radiography needs --data-root"),
 ])
 def test_bad_flags_are_refused(argv: list[str], message: str) -> None:
     with pytest.raises(CxrError, match=message):
@@ -273,3 +275,20 @@ def test_a_workdir_that_cannot_be_made_is_a_clear_error(where: str, tmp_path: Pa
     assert cli.main(["--smoke", "--parts", "data", "--workdir", str(workdir), "--out", str(tmp_path / "b.json")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: --workdir {workdir}: cannot make that folder") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("flags, dataset", [
+    ([], "covid-chestxray-3class"),
+    (["--dataset", "covid-radiography"], "covid-radiography"),
+])
+def test_every_study_trains_on_the_dataset_and_data_root_of_the_other_parts(flags, dataset, tmp_path: Path) -> None:
+    """--dataset and --data-root reach every study (orchestration, search, storage) as they reach the data and
+    trainable parts and plain Optuna: the search part compares plain Optuna with the grid and ASHA on one dataset."""
+    from study.bench.common import data_root
+
+    settings, _ = cli.settings_from_args(cli.build_parser().parse_args(
+        ["--quick", *flags, "--data-root", str(tmp_path / "data")]))
+    assert (settings.dataset, data_root(settings)) == (dataset, str(tmp_path / "data"))  # plain Optuna's
+    for name, argv in cli.planned_studies(settings, tmp_path / "work").items():
+        study = run.settings_from_args(run.build_parser().parse_args(argv))
+        assert study.data_roots == {dataset: str(tmp_path / "data")}, name
