@@ -19,12 +19,14 @@ Five parts, all measured in one run on one machine:
    consecutive epochs of one run; and the bytes it writes per epoch.
 3. orchestration: `python -m study.run` as a user runs it (a subprocess with its own Ray instance):
    seconds to the first reported epoch, and the study's wall time against the sum of its trials'
-   own time (Tune's time_total_s) over the trial slots.
+   own time (Tune's time_total_s) over the trial slots (the trials its CPUs, and GPUs at
+   --gpus-per-trial, hold at once).
 4. search: the full grid of a small space run to the maximum epochs without early stopping against
    the ASHA + Optuna study of the same space: epochs spent and best validation metric, as ratios.
    Both run one trial at a time, seeded, so that they repeat. Beside them, plain Optuna (TPE and its
    SuccessiveHalvingPruner, one process, the same training) on the same budget, and the study again
-   with two trials at once as a user runs it: its wall time against plain Optuna's. Last, no training:
+   with two trials at once as a user runs it: its wall time against plain Optuna's (only where the
+   CPUs and GPUs hold two trials at once: search/parallel_trials_at_once). Last, no training:
    the grid's curves replayed, in the study's order, through both forms of the study's ASHA
    (study.asha): the one the study ran must spend what the study spent; the other shows what it
    would spend.
@@ -256,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    bench = Bench(settings, workdir)
+    bench = Bench(settings, workdir, gpus=machine["gpus"])
     log.info("bench (%s) on %s, %s cores, device %s; work directory %s", preset, machine["cpu"], machine["cores"],
              machine["device"], workdir)
     previous_sigterm = signal.signal(signal.SIGTERM, stop_as_on_ctrl_c)  # `kill`: as Ctrl-C

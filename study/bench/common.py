@@ -52,9 +52,10 @@ GOALS = (
 class Bench:
     """Figures, their details and the run's context, filled in part by part."""
 
-    def __init__(self, settings: Settings, workdir: Path):
+    def __init__(self, settings: Settings, workdir: Path, gpus: int = 0):
         self.settings = settings
         self.workdir = workdir
+        self.gpus = gpus  # the machine's, all of which a study's Ray instance takes
         self.figures: dict[str, float] = {}
         self.details: dict[str, Any] = {}
         self.part_seconds: dict[str, float] = {}
@@ -185,16 +186,30 @@ def machine_info(settings: Settings) -> dict[str, Any]:
     except (ValueError, OSError, AttributeError):
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    gpus = torch.cuda.device_count() if gpu else 0
     from cxrnets.training import select_device
 
     device = select_device(settings.device)
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": memory_gb, "gpu": gpu, "device": str(device),
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": memory_gb, "gpu": gpu, "gpus": gpus, "device": str(device),
             "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "ray": ray.__version__, "optuna": optuna.__version__, "torch_threads": torch.get_num_threads(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
 # ------------------------------------------------------------------ studies as a user runs them
+
+def trial_slots(trials: int, num_cpus: int, cpus_per_trial: float, gpus: int, gpus_per_trial: float) -> int:
+    """How many of a study's trials run at once: as many as its Ray instance's CPUs hold at cpus_per_trial and,
+    for trials given GPUs, as its GPUs hold (Ray puts whole trials on one GPU: 1 // 0.3 = 3 a GPU), no more
+    than the trials; at least one."""
+    tolerance = 1e-9  # 1 / (1 / 93) is 92.99999999999999
+    slots = min(trials, int(num_cpus / cpus_per_trial + tolerance))
+    if gpus_per_trial > 0:
+        by_gpus = (gpus * int(1 / gpus_per_trial + tolerance) if gpus_per_trial <= 1
+                   else int(gpus / gpus_per_trial + tolerance))
+        slots = min(slots, by_gpus)
+    return max(1, slots)
+
 
 SMOKE_SPACE: dict[str, Any] = {
     "description": "Bench smoke study (ResNet50 at 16 px on the embedded sample).",

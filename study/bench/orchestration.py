@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from study.bench.common import Bench, default_study_args, drop_model_files, run_study_command, trial_summary
+from study.bench.common import (Bench, default_study_args, drop_model_files, run_study_command, trial_slots,
+                                trial_summary)
 from study.bench.settings import Settings
 
 
@@ -27,7 +28,7 @@ def bench_orchestration(bench: Bench) -> None:
         raise RuntimeError(f"the orchestration study reported nothing; see {study.log_file}")
     summary = trial_summary(results)
     cpus_per_trial = 1.0  # study.run's default
-    slots = max(1, min(summary["trials"], int(s.num_cpus // cpus_per_trial)))
+    slots = trial_slots(summary["trials"], s.num_cpus, cpus_per_trial, bench.gpus, s.gpus_per_trial)
     overhead = 1 - summary["trial_seconds"] / (study.wall_seconds * slots)
     spans = _trial_spans(study.study_uri)
     spans[["start", "end"]] -= study.started  # seconds since the command started

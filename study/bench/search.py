@@ -10,14 +10,26 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from study.bench.common import (Bench, data_root, drop_model_files, run_study_command, space_text, trial_summary,
-                                write_space)
+from study.bench.common import (Bench, data_root, drop_model_files, run_study_command, space_text, trial_slots,
+                                trial_summary, write_space)
 from study.bench.settings import Settings
 
 if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
+
+PARALLEL_TRIALS = 2  # of the study as a user runs it on this machine
+
+
+def parallel_cpus_per_trial(s: Settings) -> int:
+    return max(s.num_cpus // PARALLEL_TRIALS, 1)
+
+
+def parallel_trials_at_once(s: Settings, gpus: int) -> int:
+    """How many trials the "two trials at once" study runs at once on the studies' CPUs and the machine's
+    `gpus` at --gpus-per-trial: one where they hold only one (a whole GPU each on a one-GPU machine, one core)."""
+    return trial_slots(PARALLEL_TRIALS, s.num_cpus, parallel_cpus_per_trial(s), gpus, s.gpus_per_trial)
 
 
 def search_args(s: Settings, workdir: Path) -> dict[str, list[str]]:
@@ -42,7 +54,8 @@ def search_args(s: Settings, workdir: Path) -> dict[str, list[str]]:
                             *one_at_a_time],
             "search-asha": [*asha, *one_at_a_time],
             # Which trial reaches a rung first now depends on timing, so its epochs and best may differ.
-            "search-asha-parallel": [*asha, "--cpus-per-trial", str(max(s.num_cpus // 2, 1)), "--max-concurrent", "2"]}
+            "search-asha-parallel": [*asha, "--cpus-per-trial", str(parallel_cpus_per_trial(s)),
+                                     "--max-concurrent", str(PARALLEL_TRIALS)]}
 
 
 def search_space_text(s: Settings, sampler: str) -> str:
@@ -123,10 +136,20 @@ def bench_search(bench: Bench) -> None:
     bench.figure("search/epochs_vs_optuna", outcome["asha"]["epochs"] / outcome["optuna"]["epochs"])
     bench.figure("search/best_gap_vs_optuna", optuna_best - asha_best)
     bench.figure("search/wall_vs_optuna", outcome["asha"]["wall_seconds"] / outcome["optuna"]["wall_seconds"])
+    at_once = outcome["asha_parallel"]["trials_at_once"] = parallel_trials_at_once(s, bench.gpus)
+    bench.figure("search/parallel_trials_at_once", at_once)
     bench.figure("search/parallel_epochs", outcome["asha_parallel"]["epochs"])
     bench.figure("search/parallel_best", outcome["asha_parallel"]["best"])
-    bench.figure("search/parallel_wall_vs_optuna",
-                 outcome["asha_parallel"]["wall_seconds"] / outcome["optuna"]["wall_seconds"])
+    if at_once >= PARALLEL_TRIALS:
+        bench.figure("search/parallel_wall_vs_optuna",
+                     outcome["asha_parallel"]["wall_seconds"] / outcome["optuna"]["wall_seconds"])
+    else:
+        note = (f"the study meant to run {PARALLEL_TRIALS} trials at once ran {at_once} at a time: "
+                f"{s.num_cpus} CPUs at {parallel_cpus_per_trial(s)} a trial and {bench.gpus} GPU(s) at "
+                f"{s.gpus_per_trial:g} a trial; search/parallel_wall_vs_optuna is left out (give "
+                "--gpus-per-trial 0.5, or --num-cpus 2 or more)")
+        outcome["asha_parallel"]["note"] = note
+        log.warning("search: %s", note)
     replay = replay_schedulers(results_of["grid"], results_of["asha"], s, metric, mode)
     if replay:
         outcome["replay"] = replay

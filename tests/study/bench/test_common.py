@@ -56,3 +56,23 @@ def test_a_stop_while_the_report_is_written_keeps_the_previous_one(tmp_path, mon
         common.write_report(out, {"figures": {"search/best_gap": 0.0}, "parts_not_run": []})
     assert json.loads(out.read_text()) == {"figures": {"data/cache_vs_decode@64": 12.5}, "parts_not_run": ["search"]}
     assert sorted(p.name for p in out.parent.iterdir()) == ["bench.json"]
+
+
+@pytest.mark.parametrize("trials, cpus, cpus_per_trial, gpus, gpus_per_trial, slots", [
+    (10, 16, 1, 0, 0.0, 10),     # CPU trials: as many as the cores hold
+    (10, 2, 1, 0, 0.0, 2),
+    (3, 16, 1, 0, 0.0, 3),       # no more slots than trials
+    (10, 16, 8, 0, 0.0, 2),      # --cpus-per-trial 8
+    (10, 16, 1, 1, 0.5, 2),      # half a GPU each: two trials share the one GPU, whatever the cores
+    (10, 16, 1, 1, 1.0, 1),      # a whole GPU each: one trial at a time
+    (10, 16, 1, 2, 0.5, 4),
+    (10, 16, 1, 1, 1 / 3, 3),
+    (10, 16, 1, 1, 0.3, 3),      # Ray packs whole trials onto a GPU: 3 x 0.3, not 3.33
+    (10, 16, 1, 4, 2.0, 2),
+    (10, 2, 1, 4, 0.5, 2),       # the cores are fewer than the GPUs' slots
+    (2, 1, 1, 0, 0.0, 1),
+])
+def test_trial_slots_count_the_cpus_and_the_gpus(trials, cpus, cpus_per_trial, gpus, gpus_per_trial, slots) -> None:
+    """How many trials of a study run at once on the resources given: what the orchestration overhead divides
+    the trials' time by, and whether the search part's "two trials at once" study can run two at once."""
+    assert common.trial_slots(trials, cpus, cpus_per_trial, gpus, gpus_per_trial) == slots

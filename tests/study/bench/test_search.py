@@ -37,3 +37,16 @@ def test_the_replay_counts_the_epochs_of_each_scheduler() -> None:
     replay = search.replay_schedulers(grid, grid, settings, "val/f1_macro", "max")
     assert replay["stop_based"] == {"epochs": 7, "best": pytest.approx(0.32), "trials_at_max_epochs": 2}
     assert replay["promoting"] == {"epochs": 5, "best": pytest.approx(0.32), "trials_at_max_epochs": 1}
+
+
+@pytest.mark.parametrize("num_cpus, gpus, gpus_per_trial, at_once", [
+    (2, 0, 0.0, 2),     # CPU: a core each
+    (1, 0, 0.0, 1),     # one core: one trial at a time
+    (16, 1, 0.5, 2),    # half the GPU each
+    (16, 1, 1.0, 1),    # the whole GPU each: one trial at a time, whatever the cores
+    (16, 2, 1.0, 2),
+])
+def test_the_parallel_study_runs_two_trials_at_once_only_where_the_resources_hold_two(num_cpus, gpus,
+                                                                                     gpus_per_trial, at_once) -> None:
+    settings = bench_settings.Settings(num_cpus=num_cpus, gpus_per_trial=gpus_per_trial)
+    assert search.parallel_trials_at_once(settings, gpus) == at_once
