@@ -85,6 +85,24 @@ def planned_studies(s: Settings, workdir: Path) -> dict[str, list[str]]:
     return planned
 
 
+def check_planned_studies(s: Settings) -> None:
+    """study.run's own validation of every study the parts in s.parts would run (Ray does not start, nothing
+    runs): a flag a study refuses stops the bench before its first part, not when the part is reached."""
+    from cxrnets.errors import CxrError
+    from study import run
+
+    logging.disable(logging.WARNING)  # what study.run says of its settings, the study's log says when it runs
+    try:
+        with tempfile.TemporaryDirectory(prefix="cxr-bench-plan-") as directory:
+            for name, argv in planned_studies(s, Path(directory)).items():
+                try:
+                    run.settings_from_args(run.build_parser().parse_args(argv))
+                except CxrError as error:
+                    raise CxrError(f"the {name} study would stop: {error}") from None
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 def _csv(kind: Callable[[str], Any]) -> Callable[[str], tuple]:
     def parse(text: str) -> tuple:
         return tuple(kind(item.strip()) for item in text.split(",") if item.strip())
@@ -254,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         machine = machine_info(settings)  # CxrError for --device cuda where there is none
         settings.gpus_per_trial = studies_gpus_per_trial(settings.gpus_per_trial, machine["device"],
                                                          machine["gpu"], given=args.gpus_per_trial is not None)
+        check_planned_studies(settings)
         workdir, made_workdir = make_workdir(args.workdir)  # last: nothing to undo after it
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from study.bench.common import (Bench, data_root, drop_model_files, run_study_command, space_text, trial_slots,
                                 trial_summary, write_space)
-from study.bench.settings import Settings
+from study.bench.settings import Settings, search_space_lr
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -64,7 +64,7 @@ def search_space_text(s: Settings, sampler: str) -> str:
     search: dict[str, Any] = {
         "model": {"choice": list(s.search_models)},
         "optimizer": {"choice": list(s.search_optimizers)},
-        "lr": {"choice": [float(f"{lr:.1e}") for lr in s.search_lrs]},
+        "lr": {"choice": [search_space_lr(lr) for lr in s.search_lrs]},
         "batch_size": {"value": s.batch_size},
     }
     if "sgd" in s.search_optimizers:

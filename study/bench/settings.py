@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +84,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def validate(s: Settings) -> None:
     """Refuse settings that cannot run, naming the flag (CxrError)."""
+    from cxrnets.config import MIN_BATCH_SIZE
     from cxrnets.errors import CxrError
     from cxrnets.names import MIN_IMAGE_SIZE, check_seed
 
@@ -107,11 +109,14 @@ def validate(s: Settings) -> None:
     for model in s.search_models:
         if s.search_image_size < MIN_IMAGE_SIZE[model]:
             raise CxrError(f"the search part's image size {s.search_image_size} is too small for {model}")
-    for name in ("repeats", "model_batches", "batch_size", "search_max_epochs", "search_grace_period", "num_cpus"):
+    if s.batch_size < MIN_BATCH_SIZE:
+        raise CxrError(f"--batch-size {s.batch_size}: must be at least {MIN_BATCH_SIZE} (a training batch of one "
+                       "image is skipped: BatchNorm cannot train on it)")
+    for name in ("repeats", "model_batches", "search_max_epochs", "search_grace_period", "num_cpus"):
         if getattr(s, name) < 1:
             raise CxrError(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("study_samples", "study_epochs", "study_image_size", "storage_samples", "storage_epochs",
-                 "checkpoint_every", "search_samples"):
+    for name in ("decode_images", "study_samples", "study_epochs", "study_image_size", "storage_samples",
+                 "storage_epochs", "checkpoint_every", "search_samples"):
         if getattr(s, name) is not None and getattr(s, name) < 1:
             raise CxrError(f"--{name.replace('_', '-')} must be at least 1")
     if s.checkpoint_minutes is not None and not s.checkpoint_minutes > 0:
@@ -122,7 +127,26 @@ def validate(s: Settings) -> None:
         raise CxrError(f"--search-metric {s.search_metric}: choose one of {', '.join(METRICS)}")
     if s.search_grace_period > s.search_max_epochs:
         raise CxrError("--search-grace-period must not exceed --search-max-epochs")
+    if s.search_reduction_factor < 2:
+        raise CxrError(f"--search-reduction-factor {s.search_reduction_factor}: ASHA's reduction factor must be at "
+                       "least 2 (it keeps 1/this of the trials at each rung)")
+    if not s.search_lrs:
+        raise CxrError("--search-lrs: give at least one learning rate (e.g. 0.001,0.01)")
+    if not all(math.isfinite(lr) and lr > 0 for lr in s.search_lrs):
+        raise CxrError(f"--search-lrs {','.join(f'{lr:g}' for lr in s.search_lrs)}: learning rates must be above 0")
+    rounded = [search_space_lr(lr) for lr in s.search_lrs]
+    repeated = next((lr for n, lr in enumerate(rounded) if lr in rounded[:n]), None)
+    if repeated is not None:
+        raise CxrError(f"--search-lrs {','.join(f'{lr:g}' for lr in s.search_lrs)}: {repeated:g} is given twice at "
+                       "the 2 significant digits of the search space; give each learning rate once")
+    if not s.gpus_per_trial >= 0:
+        raise CxrError(f"--gpus-per-trial {s.gpus_per_trial:g}: must be 0 or more")
     check_seed(s.seed)
     if any(size < 1 for size in s.image_sizes) or not s.image_sizes:
         raise CxrError("--image-sizes must be positive")
 
+
+
+def search_space_lr(lr: float) -> float:
+    """A learning rate as the search part's space holds it: 2 significant digits."""
+    return float(f"{lr:.1e}")

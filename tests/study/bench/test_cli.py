@@ -293,3 +293,25 @@ def test_every_study_trains_on_the_dataset_and_data_root_of_the_other_parts(flag
     for name, argv in cli.planned_studies(settings, tmp_path / "work").items():
         study = run.settings_from_args(run.build_parser().parse_args(argv))
         assert study.data_roots == {dataset: str(tmp_path / "data")}, name
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--study-space", "nosuch"], "the orchestration study would stop: search space 'nosuch' not found"),
+    (["--search-lrs", "0.001,0.00100001"], "--search-lrs 0.001,0.00100001: 0.001 is given twice at the 2 "
+                                           "significant digits of the search space"),
+    (["--search-reduction-factor", "1"], "--search-reduction-factor 1: ASHA's reduction factor must be at least 2"),
+    (["--search-lrs", "-0.1"], "--search-lrs -0.1: learning rates must be above 0"),
+    (["--search-lrs", ","], "--search-lrs: give at least one learning rate"),
+    (["--batch-size", "1"], "--batch-size 1: must be at least 2"),
+    (["--gpus-per-trial", "-1"], "--gpus-per-trial -1: must be 0 or more"),
+    (["--decode-images", "-5"], "--decode-images must be at least 1"),
+])
+def test_flags_a_part_would_refuse_are_refused_before_any_part_runs(flags, message, tmp_path: Path, capsys,
+                                                                   monkeypatch) -> None:
+    """Not after the parts before it, up to an hour later: each study's command line goes through study.run's
+    own validation, and the bench's own numbers through its checks, before the first part."""
+    _no_parts_run(monkeypatch)
+    code = cli.main(["--smoke", *flags, "--out", str(tmp_path / "bench.json"), "--workdir", str(tmp_path / "work")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: {message}"), err
+    assert list(tmp_path.iterdir()) == []
