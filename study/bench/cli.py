@@ -62,7 +62,7 @@ from study.bench.common import Bench, check_goals, machine_info, render_table, s
 from study.bench.data import bench_data
 from study.bench.orchestration import bench_orchestration, orchestration_args
 from study.bench.search import bench_search, search_args
-from study.bench.settings import PARTS, PRESETS, Settings, validate
+from study.bench.settings import PARTS, PRESETS, SMOKE_SPACE_NAME, Settings, validate
 from study.bench.storage import bench_storage, s3_storage, storage_args
 from study.bench.trainable import bench_trainable
 
@@ -147,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     add("--no-channels-last", action="store_true", help="disable channels-last memory format on CUDA")
     add("--compile", action="store_true", help="torch.compile the models (CUDA only)")
-    add("--study-space", default=None, help="space of the orchestration study (default: demo, the default "
-        "study's)")
+    add("--study-space", default=None, help="space of the orchestration and storage studies: a YAML file (a "
+        "relative path from the current folder) or a shipped space's name (default: demo, the default study's)")
     add("--study-samples", type=int, default=None,
         help="trials of the orchestration study (default: the space's own; --quick: 4)")
     add("--study-epochs", type=int, default=None,
@@ -198,7 +198,24 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, str]:
     if args.compile:
         settings.compile = True
     validate(settings)
+    settings.study_space = study_space_path(settings.study_space)
     return settings, preset
+
+
+def study_space_path(space: str) -> str:
+    """--study-space as the studies find it, which run in the work directory: a file as its absolute path (a
+    relative one lies in the user's current folder), else the name of a shipped space."""
+    from cxrnets.errors import CxrError
+    from study.space import resolve_space_path
+
+    if space == SMOKE_SPACE_NAME:
+        return space
+    try:
+        resolve_space_path(space)
+    except CxrError as error:
+        raise CxrError(f"--study-space {space}: {error}") from None
+    path = Path(space).expanduser()
+    return str(path.resolve()) if path.is_file() else space
 
 
 def studies_gpus_per_trial(gpus_per_trial: float, device: str, gpu: str | None, given: bool) -> float:

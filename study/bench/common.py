@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
-from study.bench.settings import Settings
+from study.bench.settings import SMOKE_SPACE_NAME, Settings
 
 if TYPE_CHECKING:
     from study.bench.storage import FolderWatch
@@ -190,9 +190,10 @@ def machine_info(settings: Settings) -> dict[str, Any]:
     from cxrnets.training import select_device
 
     device = select_device(settings.device)
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": memory_gb, "gpu": gpu, "gpus": gpus, "device": str(device),
-            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "ray": ray.__version__, "optuna": optuna.__version__, "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": memory_gb, "gpu": gpu, "gpus": gpus,
+            "device": str(device), "platform": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "ray": ray.__version__, "optuna": optuna.__version__,
+            "torch_threads": torch.get_num_threads(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
@@ -261,7 +262,7 @@ def study_run_argv(s: Settings, workdir: Path, name: str, args: list[str], stora
 
 def study_space(s: Settings, workdir: Path) -> str:
     """--space of the orchestration and storage studies (the smoke space is written to the work directory)."""
-    if s.study_space == "<smoke>":
+    if s.study_space == SMOKE_SPACE_NAME:
         return str(write_space(workdir, "smoke-space", space_text(SMOKE_SPACE)))
     return s.study_space
 

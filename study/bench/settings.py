@@ -63,6 +63,8 @@ class Settings:
     timeout_s: float = 3600.0             # per study subprocess
 
 
+SMOKE_SPACE_NAME = "<smoke>"  # the smoke preset's study space: common.SMOKE_SPACE, written to the work directory
+
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {},
     # About ten minutes on 2 idle CPU cores.
@@ -72,7 +74,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The smallest run that still produces every figure (what the test runs): ResNet50 at 16 px.
     "smoke": dict(image_sizes=(16,), data_models=("resnet50",), model_batches=1, decode_images=16, batch_size=16,
                   models=("resnet50",), trainable_image_size=16, repeats=1, limit_train=32,
-                  study_space="<smoke>", study_samples=2, study_epochs=1, study_image_size=16,
+                  study_space=SMOKE_SPACE_NAME, study_samples=2, study_epochs=1, study_image_size=16,
                   search_models=("resnet50",), search_optimizers=("adam",), search_lrs=(1e-4, 1e-3),
                   search_image_size=16, search_max_epochs=2, search_grace_period=1, search_reduction_factor=2,
                   # storage: one trial of two epochs with a full state after the first, so that the

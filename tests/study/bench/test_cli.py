@@ -296,7 +296,7 @@ def test_every_study_trains_on_the_dataset_and_data_root_of_the_other_parts(flag
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--study-space", "nosuch"], "the orchestration study would stop: search space 'nosuch' not found"),
+    (["--study-space", "nosuch"], "--study-space nosuch: search space 'nosuch' not found"),
     (["--search-lrs", "0.001,0.00100001"], "--search-lrs 0.001,0.00100001: 0.001 is given twice at the 2 "
                                            "significant digits of the search space"),
     (["--search-reduction-factor", "1"], "--search-reduction-factor 1: ASHA's reduction factor must be at least 2"),
@@ -315,3 +315,25 @@ def test_flags_a_part_would_refuse_are_refused_before_any_part_runs(flags, messa
     err = capsys.readouterr().err
     assert code == 2 and err.startswith(f"error: {message}"), err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_relative_study_space_is_the_file_in_the_users_folder(tmp_path: Path, monkeypatch) -> None:
+    """The studies run in the work directory: `--study-space myspace.yaml` still means ./myspace.yaml."""
+    from study.space import SPACES_DIR
+
+    here, workdir = tmp_path / "here", tmp_path / "work"
+    here.mkdir()
+    (here / "myspace.yaml").write_text((SPACES_DIR / "demo.yaml").read_text())
+    monkeypatch.chdir(here)
+    settings, _ = cli.settings_from_args(cli.build_parser().parse_args(["--quick", "--study-space", "myspace.yaml"]))
+    planned = cli.planned_studies(settings, workdir)
+    monkeypatch.chdir(workdir)  # where the studies run
+    for name in ("orchestration", "storage-local"):
+        study = run.settings_from_args(run.build_parser().parse_args(planned[name]))
+        assert study.space_source == str(here / "myspace.yaml"), name
+
+
+def test_a_study_space_that_is_not_there_is_refused_naming_the_flag(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CxrError, match=re.escape("--study-space myspace.yaml: search space 'myspace.yaml' not found")):
+        cli.settings_from_args(cli.build_parser().parse_args(["--study-space", "myspace.yaml"]))
