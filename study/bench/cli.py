@@ -41,7 +41,8 @@ the machine and the settings, to a JSON file (--out), after every part: a bench 
 what it measured, and Ctrl-C or SIGTERM marks the part it stopped as interrupted, stops the study it
 ran, lists the parts not run and exits 130. Everything it writes besides lies in a
 work directory (a new temporary one, or --workdir: a new or an empty folder), whose contents are
-deleted at the end unless --keep (checkpoints and weights reach gigabytes).
+deleted at the end unless --keep (checkpoints and weights reach gigabytes); where a part failed, the
+studies' logs (which its message names) stay there.
 """
 
 from __future__ import annotations
@@ -239,6 +240,14 @@ def studies_gpus_per_trial(gpus_per_trial: float, device: str, gpu: str | None, 
     return gpus_per_trial
 
 
+INTERRUPTED = "interrupted (Ctrl-C or SIGTERM)"  # a part's failure when the bench was stopped in it
+
+
+def failed_parts(failures: dict[str, str]) -> list[str]:
+    """The parts that failed, not counting one the bench was stopped in."""
+    return [part for part, error in failures.items() if error != INTERRUPTED]
+
+
 def make_workdir(given: str | None) -> tuple[Path, bool]:
     """The bench's work directory, and whether the bench made it: a new temporary folder, or --workdir,
     which must be new or empty, since the end of the bench deletes what it holds."""
@@ -262,16 +271,22 @@ def make_workdir(given: str | None) -> tuple[Path, bool]:
     return workdir, True
 
 
-def remove_work(workdir: Path, made: bool) -> None:
-    """Delete what the bench wrote: the work directory if the bench made it, else only what is in it."""
-    if made:
+def remove_work(workdir: Path, made: bool, keep_logs: bool) -> bool:
+    """Delete what the bench wrote: the work directory if the bench made it, else only what is in it; with
+    `keep_logs`, all but the logs of its studies (which a failure's message names). Returns whether logs were
+    kept."""
+    logs = set(workdir.glob("*.log")) if keep_logs else set()
+    if made and not logs:
         shutil.rmtree(workdir, ignore_errors=True)
-        return
+        return False
     for path in workdir.iterdir():
+        if path in logs:
+            continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
+    return bool(logs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -304,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                "search": bench_search, "storage": bench_storage}
     to_run = [part for part in PARTS if part in settings.parts]
     report = bench_report(bench, preset, machine, started, failures, to_run, args.keep)
+    logs_kept = False
     interrupted = False
     try:
         for index, part in enumerate(to_run):
@@ -314,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                 runners[part](bench)
             except KeyboardInterrupt:
                 log.error("part %s interrupted (Ctrl-C or SIGTERM); the parts before it are complete", part)
-                failures[part] = "interrupted (Ctrl-C or SIGTERM)"
+                failures[part] = INTERRUPTED
                 interrupted = True
             except (CxrError, RuntimeError, OSError) as error:
                 log.error("part %s failed: %s", part, error)
@@ -325,14 +341,17 @@ def main(argv: list[str] | None = None) -> int:
             bench.part_seconds[part] = round(time.perf_counter() - part_started, 1)
             bench.load[part] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
             # After every part, so that a bench that is killed or interrupted keeps what it measured.
-            report = bench_report(bench, preset, machine, started, failures, to_run[index + 1:], args.keep)
+            report = bench_report(bench, preset, machine, started, failures, to_run[index + 1:],
+                                  args.keep or bool(failed_parts(failures)))
             write_report(out, report)
             if interrupted:
                 break
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
         if not args.keep:
-            remove_work(workdir, made_workdir)
+            logs_kept = remove_work(workdir, made_workdir, keep_logs=bool(failed_parts(failures)))
+    report = bench_report(bench, preset, machine, started, failures, report["parts_not_run"], args.keep or logs_kept)
+    write_report(out, report)  # where the work directory now stands
     goals = report["goals"]
     print(f"\nBenchmark ({preset}) on {machine['cpu']}, {machine['cores']} cores, device {machine['device']}"
           + (f" ({machine['gpu']})" if machine["gpu"] else "") + f", {machine['date']}; "
@@ -345,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ngoals met: {sum(goal['met'] for goal in goals)} of {len(goals)}; figures and details: {out}")
     for part, error in failures.items():
         print(f"part {part} FAILED: {error}", file=sys.stderr)
+    if logs_kept:
+        print(f"the studies' logs are kept in {workdir}; the rest of the work directory is deleted", file=sys.stderr)
     if interrupted:
         print(f"interrupted: parts not run: {', '.join(report['parts_not_run']) or 'none'}", file=sys.stderr)
         return 130
@@ -356,13 +377,13 @@ def stop_as_on_ctrl_c(signum, frame) -> None:
 
 
 def bench_report(bench: Bench, preset: str, machine: dict[str, Any], started: float, failures: dict[str, str],
-                 not_run: list[str], keep: bool) -> dict[str, Any]:
+                 not_run: list[str], workdir_kept: bool) -> dict[str, Any]:
     """Everything the bench measured so far, for --out: figures, goals, details, failures, the parts not run."""
     return {
         "preset": preset, "machine": machine, "settings": asdict(bench.settings),
         "seconds": round(time.perf_counter() - started, 1), "part_seconds": bench.part_seconds,
         "load_average": {part: {"before": v[0], "after": v[1]} for part, v in bench.load.items()},
         "figures": bench.figures, "goals": check_goals(bench.figures, preset), "details": bench.details,
-        "failures": failures, "parts_not_run": not_run, "workdir": str(bench.workdir) if keep else None,
+        "failures": failures, "parts_not_run": not_run, "workdir": str(bench.workdir) if workdir_kept else None,
     }
 

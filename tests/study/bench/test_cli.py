@@ -337,3 +337,34 @@ def test_a_study_space_that_is_not_there_is_refused_naming_the_flag(tmp_path: Pa
     monkeypatch.chdir(tmp_path)
     with pytest.raises(CxrError, match=re.escape("--study-space myspace.yaml: search space 'myspace.yaml' not found")):
         cli.settings_from_args(cli.build_parser().parse_args(["--study-space", "myspace.yaml"]))
+
+
+def test_the_logs_a_failure_names_are_kept_the_rest_of_the_work_is_deleted(tmp_path: Path, capsys,
+                                                                            monkeypatch) -> None:
+    out, workdir = tmp_path / "bench.json", tmp_path / "work"
+
+    def failing_study(bench) -> None:
+        (bench.workdir / "orchestration.log").write_text("Traceback: the study's own error\n")
+        (bench.workdir / "studies" / "orchestration" / "weights").mkdir(parents=True)
+        (bench.workdir / "studies" / "orchestration" / "weights" / "best.pt").write_bytes(b"weights")
+        raise RuntimeError(f"study orchestration failed (exit 1); the end of {bench.workdir / 'orchestration.log'}")
+
+    monkeypatch.setattr(cli, "bench_orchestration", failing_study)
+    assert cli.main(["--smoke", "--parts", "orchestration", "--out", str(out), "--workdir", str(workdir)]) == 1
+    report = json.loads(out.read_text())
+    named = Path(re.search(r"the end of (\S+)", report["failures"]["orchestration"]).group(1))
+    assert named.read_text() == "Traceback: the study's own error\n"
+    assert [p.name for p in workdir.iterdir()] == ["orchestration.log"] and report["workdir"] == str(workdir)
+    assert f"kept in {workdir}" in capsys.readouterr().err
+
+
+def test_a_failure_without_logs_leaves_no_work_directory(tmp_path: Path, monkeypatch) -> None:
+    workdir = tmp_path / "work"
+
+    def failing_part(bench) -> None:
+        (bench.workdir / "cache").mkdir()
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(cli, "bench_data", failing_part)
+    assert cli.main(["--smoke", "--parts", "data", "--out", str(tmp_path / "b.json"), "--workdir", str(workdir)]) == 1
+    assert not workdir.exists() and json.loads((tmp_path / "b.json").read_text())["workdir"] is None
