@@ -63,7 +63,7 @@ from study.bench.common import Bench, check_goals, machine_info, render_table, s
 from study.bench.data import bench_data
 from study.bench.orchestration import bench_orchestration, orchestration_args
 from study.bench.search import bench_search, search_args
-from study.bench.settings import PARTS, PRESETS, SMOKE_SPACE_NAME, Settings, validate
+from study.bench.settings import GPU_PATH_SWITCHES, PARTS, PRESETS, SMOKE_SPACE_NAME, Settings, validate
 from study.bench.storage import bench_storage, s3_storage, storage_args
 from study.bench.trainable import bench_trainable
 
@@ -145,9 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--data-root", default=None, help="where that dataset lies, for every part likewise (default: the "
         "embedded sample)")
     add("--device", default=None, help="auto (CUDA if present), cpu, cuda, cuda:1 (default: auto)")
-    add("--no-amp", action="store_true", help="disable mixed precision on CUDA")
-    add("--no-channels-last", action="store_true", help="disable channels-last memory format on CUDA")
-    add("--compile", action="store_true", help="torch.compile the models (CUDA only)")
+    # The studies (study.run has no such flags) and plain Optuna train with cxrnets' TrainConfig defaults.
+    add("--no-amp", action="store_true", help="disable mixed precision on CUDA in the data and trainable parts "
+        "(the studies and plain Optuna keep cxrnets' default: on)")
+    add("--no-channels-last", action="store_true", help="disable channels-last memory format on CUDA in the data "
+        "and trainable parts (the studies and plain Optuna keep cxrnets' default: on)")
+    add("--compile", action="store_true", help="torch.compile the models (CUDA only) in the data and trainable parts "
+        "(the studies and plain Optuna keep cxrnets' default: off)")
     add("--study-space", default=None, help="space of the orchestration and storage studies: a YAML file (a "
         "relative path from the current folder) or a shipped space's name (default: demo, the default study's)")
     add("--study-samples", type=int, default=None,
@@ -175,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--checkpoint-minutes", type=float, default=None, help="or minutes, whichever comes first (default: the "
         "study's, 15)")
     add("--num-cpus", type=int, default=None, help="CPUs of each study's Ray instance (default: all)")
-    add("--gpus-per-trial", type=float, default=None, help="GPUs per trial in the studies (default: 1 on a GPU device, else 0)")
+    add("--gpus-per-trial", type=float, default=None,
+        help="GPUs per trial in the studies (default: 1 on a GPU device, else 0)")
     add("--seed", type=int, default=None, help="seed of every part (default: 0)")
     add("--out", default="bench.json", help="JSON file of every figure (default: bench.json)")
     add("--workdir", default=None, help="work directory: a new or an empty folder, whose contents the end deletes "
@@ -190,7 +195,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Settings, str]:
     settings = replace(Settings(), **PRESETS[preset])
     # every flag named like a Settings field overrides the preset when given (the switches come after)
     given = {f.name: getattr(args, f.name) for f in fields(Settings)
-             if f.name not in ("amp", "channels_last", "compile") and getattr(args, f.name, None) is not None}
+             if f.name not in GPU_PATH_SWITCHES and getattr(args, f.name, None) is not None}
     settings = replace(settings, **given)
     if args.no_amp:
         settings.amp = False
@@ -376,11 +381,24 @@ def stop_as_on_ctrl_c(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def recorded_settings(s: Settings) -> dict[str, Any]:
+    """The settings as bench.json records them: the GPU-path switches under each part, since --no-amp,
+    --no-channels-last and --compile reach the data and trainable parts only; the studies and plain Optuna
+    train with cxrnets' TrainConfig defaults."""
+    from cxrnets.config import TrainConfig
+
+    recorded = asdict(s)
+    given = {name: recorded.pop(name) for name in GPU_PATH_SWITCHES}
+    defaults = {name: getattr(TrainConfig(), name) for name in GPU_PATH_SWITCHES}
+    recorded["gpu_path_by_part"] = {part: given if part in ("data", "trainable") else defaults for part in s.parts}
+    return recorded
+
+
 def bench_report(bench: Bench, preset: str, machine: dict[str, Any], started: float, failures: dict[str, str],
                  not_run: list[str], workdir_kept: bool) -> dict[str, Any]:
     """Everything the bench measured so far, for --out: figures, goals, details, failures, the parts not run."""
     return {
-        "preset": preset, "machine": machine, "settings": asdict(bench.settings),
+        "preset": preset, "machine": machine, "settings": recorded_settings(bench.settings),
         "seconds": round(time.perf_counter() - started, 1), "part_seconds": bench.part_seconds,
         "load_average": {part: {"before": v[0], "after": v[1]} for part, v in bench.load.items()},
         "figures": bench.figures, "goals": check_goals(bench.figures, preset), "details": bench.details,

@@ -9,6 +9,8 @@ from typing import Any
 
 PARTS = ("data", "trainable", "orchestration", "search", "storage")
 MODELS = ("alexnet", "vgg11", "resnet50")
+# The switches of cxrnets' GPU path that the data and trainable parts take (the studies: cxrnets' defaults).
+GPU_PATH_SWITCHES = ("amp", "channels_last", "compile")
 
 
 @dataclass
@@ -19,7 +21,7 @@ class Settings:
     dataset: str = "covid-chestxray-3class"
     data_root: str | None = None          # None: the embedded sample
     device: str = "auto"
-    amp: bool = True
+    amp: bool = True                      # GPU_PATH_SWITCHES: the data and trainable parts only
     channels_last: bool = True
     compile: bool = False
     seed: int = 0

@@ -368,3 +368,18 @@ def test_a_failure_without_logs_leaves_no_work_directory(tmp_path: Path, monkeyp
     monkeypatch.setattr(cli, "bench_data", failing_part)
     assert cli.main(["--smoke", "--parts", "data", "--out", str(tmp_path / "b.json"), "--workdir", str(workdir)]) == 1
     assert not workdir.exists() and json.loads((tmp_path / "b.json").read_text())["workdir"] is None
+
+
+def test_the_gpu_path_switches_are_recorded_under_the_parts_they_reach(tmp_path: Path, monkeypatch) -> None:
+    """--no-amp, --no-channels-last and --compile reach the data and trainable parts only; the studies (and plain
+    Optuna beside them) train with cxrnets' defaults, and bench.json says so part by part."""
+    for runner in ("bench_data", "bench_orchestration", "bench_search"):
+        monkeypatch.setattr(cli, runner, lambda bench: None)
+    out = tmp_path / "bench.json"
+    assert cli.main(["--smoke", "--parts", "data,orchestration,search", "--no-amp", "--compile", "--out", str(out),
+                     "--workdir", str(tmp_path / "work")]) == 0
+    settings = json.loads(out.read_text())["settings"]
+    assert not {"amp", "channels_last", "compile"} & set(settings)
+    defaults = {"amp": True, "channels_last": True, "compile": False}
+    assert settings["gpu_path_by_part"] == {"data": {"amp": False, "channels_last": True, "compile": True},
+                                            "orchestration": defaults, "search": defaults}
