@@ -76,6 +76,15 @@ def _keep_newest_state(trial_folder: Path, keep: str) -> None:
 TRAINABLE_PARTS = ("train", "val", "weights", "state_save", "state_persist")
 
 
+def warm_up(bare, trainable) -> None:
+    """The same training warm-up for both runs (first-call allocations, kernel choices; with --compile on CUDA,
+    compiling), then one evaluation pass of the trainable, whose epochs evaluate too: so that its first timed
+    epoch does not compile the model's eval mode."""
+    for run in (bare, trainable):
+        bare_epoch(run, run.train_batches, limit=2)
+    trainable.evaluate_split("val")
+
+
 def bench_trainable(bench: Bench) -> None:
     """The trainable's epochs against the bare loop's, over `repeats` consecutive epochs of one run each.
 
@@ -111,8 +120,7 @@ def bench_trainable(bench: Bench) -> None:
         details["val_images"] = int(len(data.rows("val")))
         bare, trial = TrainingRun(config, data), TrainingRun(config, data)
         details["gpu_path"] = trial.gpu_path
-        for run in (bare, trial):  # the same warm-up for both: first-call allocations, kernel choices
-            bare_epoch(run, run.train_batches, limit=2)
+        warm_up(bare, trial)
         # A study folder of the model's own in the work directory: <study>/weights/ and a trial folder.
         study_uri = str(bench.workdir / "trainable-storage" / model)
         trial_id = f"bench_{model}"
