@@ -34,6 +34,7 @@ from cxrnets.training import load_checkpoint
 from study import storage
 from study.analysis.reading import Study
 from study.analysis.uncertainty import resampling_groups
+from study.checkpoints import BestWeights
 from study.settings import check_split_digest, read_split, split_uri
 
 log = logging.getLogger("study.analyze")
@@ -284,14 +285,17 @@ class Evaluation:
     weights_file: str = ""  # the local file evaluated: the weights, or the download cache's copy of a bucket's
     # part of the split ("val", "test": those the report notes) -> the classes (labels) with no image there
     classes_absent: dict[str, list[str]] = field(default_factory=dict)
+    # The checkpoint scored (weights, epoch, config, classes): what the evaluations elsewhere score, not the file
+    # again, which a running study may have rewritten or deleted since.
+    checkpoint: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 def evaluate_checkpoint(weights_uri: str, data: StudyData, split: str = "test", trial_id: str = "",
-                        trial_config: dict[str, Any] | None = None) -> Evaluation:
+                        trial_config: dict[str, Any] | None = None, sidecar: BestWeights | None = None) -> Evaluation:
     """Fetch a trial's weights (`weights_uri`: the study's file or bucket object) and evaluate them once on
-    `split` of the study's split; CxrError, naming `weights_uri`, if unusable, or if the config they were
-    trained with is not `trial_config` (the trial's, as the study recorded it); OSError if they cannot be
-    fetched."""
+    `split` of the study's split; CxrError, naming `weights_uri`, if unusable, if the config they were
+    trained with is not `trial_config` (the trial's, as the study recorded it), or if they are no longer of the
+    epoch and value `sidecar` (their sidecar as the analysis read it) names; OSError if they cannot be fetched."""
     from cxrnets.metrics import class_indicators, classification_metrics, majority_scores
     from cxrnets.training import TrainingRun
 
@@ -302,6 +306,8 @@ def evaluate_checkpoint(weights_uri: str, data: StudyData, split: str = "test", 
     if trial_config is not None:
         check_trained_config(weights_uri, checkpoint["config"], {"image_size": data.study.settings.image_size,
                                                                  **trial_config})
+    if sidecar is not None:
+        check_unchanged_since(sidecar, weights_uri, checkpoint)
     config = data.train_config(checkpoint)
     prepared = data.prepare(config)
     if list(checkpoint["classes"]) != list(prepared.index.classes):
@@ -324,7 +330,21 @@ def evaluate_checkpoint(weights_uri: str, data: StudyData, split: str = "test", 
         for part in ("val", "test")}
     return Evaluation(trial_id, int(checkpoint["epoch"]), split, metrics, y_true, scores, classes, multilabel,
                       dict(checkpoint["config"]), groups, baseline_scores, time.perf_counter() - started,
-                      {f"{split}/{k}": v for k, v in baseline.items()}, images, str(path), absent)
+                      {f"{split}/{k}": v for k, v in baseline.items()}, images, str(path), absent, checkpoint)
+
+
+def check_unchanged_since(sidecar: BestWeights, weights_uri: str, checkpoint: dict[str, Any]) -> None:
+    """Refuse weights (`checkpoint`, loaded from `weights_uri`) of another epoch or value than their sidecar
+    named when the analysis read it: the trial was ranked on that epoch's validation value, and a running
+    study has rewritten its best weights since."""
+    epoch = int(checkpoint["epoch"])
+    value = checkpoint.get("value") if checkpoint.get("metric") == sidecar.metric else None  # weights from before
+    if epoch == sidecar.epoch and (value is None or same_setting(float(value), sidecar.value)):
+        return
+    now = f"epoch {epoch}" + (f", {sidecar.metric} {float(value):.3f}" if value is not None else "")
+    raise CxrError(f"{weights_uri}: its weights changed since the analysis read them (now of {now}; their sidecar "
+                   f"named epoch {sidecar.epoch}, {sidecar.metric} {sidecar.value:.3f}): the study is still running; "
+                   "analyse again when it ends")
 
 
 def check_trained_config(weights_uri: str, trained: dict[str, Any], recorded: dict[str, Any]) -> None:

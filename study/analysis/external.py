@@ -46,7 +46,6 @@ from cxrnets.errors import CxrError
 from cxrnets.fingerprints import cache_fingerprints, near_identical_to
 from cxrnets.metrics import class_indicators, predictions
 from cxrnets.predict import model_from_checkpoint, predict
-from cxrnets.training import load_checkpoint
 from study.analysis.evaluation import Evaluation, StudyData
 from study.analysis.selection import Analysis
 from study.analysis.uncertainty import (BASELINE, class_patients, group_strata, independent_difference_interval,
@@ -521,7 +520,7 @@ def evaluate_elsewhere(analysis: Analysis, data: StudyData, specs: list[External
             continue
         classes = chosen.evaluation.classes
         check_label_map(label_map, classes)
-        checkpoint = load_checkpoint(data.fetch(chosen.candidate.weights.uri))
+        checkpoint = chosen.evaluation.checkpoint  # the weights scored on the split, not the file read again
         config = data.train_config(checkpoint)
         sets = []
         held = heldout_set(data, config, classes)

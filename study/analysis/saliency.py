@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cxrnets.predict import model_from_checkpoint
-from cxrnets.training import load_checkpoint
 from study.analysis.evaluation import StudyData
 from study.analysis.report_tables import slug
 from study.analysis.selection import Analysis
@@ -73,7 +72,7 @@ def saliency_panels(analysis: Analysis, data: StudyData, per_class: int, device:
             if per_class and note not in analysis.notes:
                 analysis.notes.append(note)
             continue
-        checkpoint = load_checkpoint(data.fetch(chosen.candidate.weights.uri))
+        checkpoint = chosen.evaluation.checkpoint  # the weights scored on the split, not the file read again
         config = data.train_config(checkpoint)
         prepared = data.prepare(config)
         model, target = model_from_checkpoint(checkpoint, device)

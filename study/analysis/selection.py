@@ -213,8 +213,8 @@ def select_and_evaluate(analysis: Analysis, data: StudyData) -> None:
                      dataset, model, candidate.trial_id, candidate.trial_name, candidate.epoch, analysis.metric,
                      candidate.value, analysis.split)
             try:
-                evaluation = evaluate_checkpoint(candidate.weights.uri, data, analysis.split,
-                                                 candidate.trial_id, trial_config=candidate.config)
+                evaluation = evaluate_checkpoint(candidate.weights.uri, data, analysis.split, candidate.trial_id,
+                                                 trial_config=candidate.config, sidecar=candidate.weights)
             except AnalysisRefused:
                 raise
             except DivergedError as error:

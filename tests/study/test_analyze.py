@@ -623,6 +623,61 @@ def test_another_trials_weights_copied_over_a_trials_are_skipped(evaluated, stud
         assert chosen.evaluation.config["lr"] == results.loc[chosen.candidate.trial_id, "config/lr"]
 
 
+def test_weights_a_running_study_rewrites_are_never_paired_with_another_epoch(evaluated, study_dir, tmp_path):
+    """A running study rewrote the best alexnet's weights (epoch 2) after the analysis ranked the trial on the
+    epoch its sidecar named (1): the report paired epoch 1's validation value with epoch 2's test figures. Now the
+    trial is skipped, saying so, and the next alexnet trial takes its place."""
+    import torch
+
+    analysis, _ = evaluated
+    copy = linked_copy(study_dir, tmp_path / "grid")
+    rewritten = analysis.best(DATASET, "alexnet").candidate
+    path = copy / "weights" / f"{rewritten.trial_id}.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    path.unlink()  # a hard link: never write into it
+    torch.save({**checkpoint, "epoch": rewritten.epoch + 1}, path)
+    result = analyze(copy, formats=("csv",), resamples=0, importance="none", saliency=0)
+    note = "".join(n for n in result.notes if n.startswith(f"trial {rewritten.trial_id} "))
+    assert (f"{path}: its weights changed since the analysis read them (now of epoch {rewritten.epoch + 1}, "
+            f"{METRIC} ") in note, result.notes
+    assert note.endswith("the study is still running; analyse again when it ends; skipped, the next best trial of "
+                         "its cell takes its place"), note
+    assert result.best(DATASET, "alexnet").candidate.trial_id != rewritten.trial_id
+    assert all(chosen.evaluation.epoch == chosen.candidate.epoch for chosen in result.selected)
+
+
+def test_the_evaluations_elsewhere_use_the_weights_evaluated_on_test_not_the_file_again(evaluated, study_dir,
+                                                                                         tmp_path):
+    """Once a trial's weights are evaluated on test, a running study may replace or delete the file (its --keep
+    deletes the weights of trials others overtook): the external evaluation and the Grad-CAM figures read it
+    again, and scored other weights than the test figures beside them, or stopped the analysis."""
+    from study.analysis.external import parse_externals
+
+    external = tmp_path / "hospital-b"
+    (external / "img").mkdir(parents=True)
+    rows = ["path,label,patient"]
+    for i, label in enumerate(["COVID-19", "COVID-19", "No Finding", "No Finding"]):
+        pixels = np.random.default_rng(i).normal(100 + 40 * i, 20, (64, 64)).clip(0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(external / "img" / f"{i}.png")
+        rows.append(f"img/{i}.png,{label},p{i}")
+    (external / "labels.csv").write_text("\n".join(rows) + "\n")
+    copy = linked_copy(study_dir, tmp_path / "grid")
+    original = selection_module.evaluate_checkpoint
+
+    def evaluated_then_deleted(path, data, split="test", trial_id="", **options):
+        evaluation = original(path, data, split, trial_id, **options)
+        Path(path).unlink()
+        return evaluation
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(selection_module, "evaluate_checkpoint", evaluated_then_deleted)
+        result = analyze(copy, formats=("csv", "png"), resamples=0, importance="none", saliency=1,
+                         externals=parse_externals([f"hospital-b=csv:{external / 'labels.csv'}"], None))
+    best = [chosen for chosen in result.selected if chosen.rank == 1]
+    assert set(result.external["trial_id"]) - {""} == {chosen.candidate.trial_id for chosen in best}
+    assert {panel.model for panel in result.saliency} == {chosen.model for chosen in best}
+
+
 def test_edited_split_file_is_refused(study_dir, tmp_path, capsys):
     copy = linked_copy(study_dir, tmp_path / "grid")
     path = copy / "splits" / f"{DATASET}.csv"

@@ -136,6 +136,25 @@ def test_weights_in_a_bucket_that_cannot_be_used_are_named_by_their_object_not_t
     assert str(refused.value).startswith(f"{cut_short} (downloaded to {copy}): not a readable checkpoint (")
 
 
+def test_weights_rewritten_since_the_analysis_read_their_sidecar_are_refused_as_changed(tmp_path):
+    """A running study rewrote a trial's best weights after the analysis ranked the trial on the epoch its sidecar
+    named: the report paired that epoch's validation value with the new weights' test figures, silently."""
+    from study.checkpoints import BestWeights
+
+    path = tmp_path / "weights" / "t1.pt"
+    path.parent.mkdir()
+    sidecar = BestWeights("t1", 1, "val/f1_macro", 0.279, 1000, str(path))
+    data = study_data(tmp_path / "cache")
+    for epoch, value, now in ((2, 0.31, "epoch 2, val/f1_macro 0.310"), (1, 0.31, "epoch 1, val/f1_macro 0.310")):
+        torch.save({"model": {}, "epoch": epoch, "config": {"lr": 0.1}, "classes": ["a", "b"], "multilabel": False,
+                    "metric": "val/f1_macro", "value": value}, path)
+        with pytest.raises(CxrError) as refused:
+            evaluate_checkpoint(str(path), data, trial_id="t1", sidecar=sidecar)
+        assert str(refused.value) == (
+            f"{path}: its weights changed since the analysis read them (now of {now}; their sidecar named epoch 1, "
+            "val/f1_macro 0.279): the study is still running; analyse again when it ends")
+
+
 def study_of_copies(make_radiography_copies, tmp_path: Path, sides, joined: int | None = None,
                     fingerprinted_at: int | None = FINGERPRINT_SIZE, image_size: int = 64):
     """A study of dataset 1 at `image_size` whose each class holds one X-ray twice (make_radiography_copies: a

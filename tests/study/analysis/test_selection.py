@@ -96,7 +96,7 @@ def analysed(results: pd.DataFrame, written: dict[str, BestWeights], failures: d
     study = SimpleNamespace(results=results, weights=written, uri="/study", settings=settings)
     trials = trial_table(results, NO_EVENTS, METRIC, "max", 2, tie_break="val/loss")
 
-    def evaluate(uri, data, split, trial_id, trial_config=None):
+    def evaluate(uri, data, split, trial_id, trial_config=None, sidecar=None):
         if trial_id in failures:
             raise failures[trial_id]
         return SimpleNamespace(trial_id=trial_id, metrics={"test/f1_macro": 0.5}, seconds=0.1)
