@@ -42,7 +42,12 @@ whose weights are missing or unreadable, or not its own (trained with
 another config than the results give the trial), is reported and the next
 best trial of its cell takes its place; one whose outputs on the test images
 are not finite fails its cell, which no other trial fills (that would choose
-it by its test figures). The split is part of the study: if the
+it by its test figures); one whose weights a running study rewrote since the
+analysis ranked it is skipped the same way. A study whose search is
+unfinished (trials errored, interrupted or not started) is evaluated on test
+only with --allow-unfinished, as study.confirm confirms it: the trials it
+chooses may still change; a chosen trial that failed or has not ended is
+noted, and its status shown. The split is part of the study: if the
 images changed since the study made it (their SHA-1s are in the split file),
 or the split file was edited (its SHA-256, which study.json records; for a
 study from before that, the analysis remakes the split from the data and the
@@ -55,6 +60,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from shlex import quote
 from typing import TYPE_CHECKING
 
 from cxrnets.errors import CxrError
@@ -79,9 +85,10 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
             data_roots: list[str] | None = None, cache_dir: str | None = None,
             device: str = "auto", resamples: int = RESAMPLES, importance: str = "fanova",
             externals: list[ExternalSpec] | None = None, label_map: dict[str, str] | None = None,
-            saliency: int = SALIENCY_PER_CLASS) -> Analysis:
+            saliency: int = SALIENCY_PER_CLASS, allow_unfinished: bool = False) -> Analysis:
     """Analyse one study and write its report; returns everything it computed. `data_roots` are --data-root
-    options ([DATASET=]PATH): where the study's datasets lie on this machine, if not where it read them."""
+    options ([DATASET=]PATH): where the study's datasets lie on this machine, if not where it read them. A study
+    whose search is unfinished is refused on the test split unless `allow_unfinished`."""
     if split not in ("val", "test"):
         raise CxrError(f"--split {split}: choose val or test")
     if top_k < 1:
@@ -120,6 +127,8 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
     metric, mode = resolve_metric(study, metric)
     if study.results[metric].notna().sum() == 0:
         raise CxrError(f"{study.uri}: no finished epoch recorded {metric}; nothing to analyse")
+    if split == "test" and not allow_unfinished:
+        check_search_finished(study_dir, study.uri)
     settings = study.settings
     trials = trial_table(study.results, study.events, metric, mode, settings.max_epochs,
                          trial_configs(study.trial_dirs, study.results), settings.tie_break)
@@ -160,6 +169,21 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
     build_tables(analysis)
     write_report(analysis, formats)
     return analysis
+
+
+def check_search_finished(study_dir: str | Path, study_uri: str) -> None:
+    """Refuse to evaluate on test the choices of a study whose search is unfinished (as study.confirm refuses
+    to confirm them): each analysis of the test split is a look at it, and the finished study may choose other
+    trials."""
+    from study.confirm import unfinished_search
+
+    undone = unfinished_search(study_uri)
+    if undone:
+        raise CxrError(f"{study_uri}: the study's search is unfinished: {'; '.join(undone)}. The trials it chooses on "
+                       "validation may still change, and each analysis of the test split is recorded as a look at "
+                       "it: let the study finish, or resume it if it stopped, with\n  python -m study.run --resume "
+                       f"{quote(str(study_dir))}\nand analyse it then; or pass --allow-unfinished to evaluate its best "
+                       "trials so far on test, or --split val to choose and evaluate on validation alone")
 
 
 def importances(analysis: Analysis, evaluator: str) -> list[Importance]:
@@ -217,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="reconcile an external set's class names with the study's: a YAML file of 'external label: study "
              "class' lines, or one inline pair such as \"No finding=No Finding\"; repeatable. External images "
              "whose label has no counterpart are counted and left out (default: names must match)")
+    add("--allow-unfinished", action="store_true",
+        help="evaluate on the test split a study whose search is unfinished (trials errored, interrupted or not "
+             "started), its best trials so far; without it such a study is refused there, as study.confirm refuses "
+             "it (--split val is always allowed)")
     add("--saliency", type=int, default=SALIENCY_PER_CLASS, metavar="N",
         help="Grad-CAM figures: N seeded images per class of the evaluated split and of each external set, per "
              f"cell (0 for none; default: {SALIENCY_PER_CLASS})")
@@ -248,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         analysis = analyze(args.study_dir, metric=args.metric, split=args.split, top_k=args.top_k,
                            formats=formats, out=args.out, data_roots=args.data_root, cache_dir=args.cache_dir,
                            device=args.device, resamples=args.bootstrap, importance=args.importance,
-                           externals=externals, label_map=label_map, saliency=args.saliency)
+                           externals=externals, label_map=label_map, saliency=args.saliency,
+                           allow_unfinished=args.allow_unfinished)
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

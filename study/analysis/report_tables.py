@@ -27,7 +27,8 @@ def slug(text: str) -> str:
 
 
 def selected_table(analysis: Analysis) -> pd.DataFrame:
-    """One row per evaluated trial: its cell, rank, config, epochs and metrics on the split."""
+    """One row per evaluated trial: its cell, rank, status in the study (failed, unfinished, ...), config, epochs
+    and metrics on the split."""
     rows = []
     trials = analysis.trials.set_index("trial_id")
     config_columns = [c for c in trials.columns if c.startswith("config/") and c not in
@@ -35,7 +36,8 @@ def selected_table(analysis: Analysis) -> pd.DataFrame:
     for chosen in analysis.selected:
         candidate, evaluation = chosen.candidate, chosen.evaluation
         row = {"dataset": chosen.dataset, "model": chosen.model, "rank": chosen.rank,
-               "trial_id": candidate.trial_id, "trial_name": candidate.trial_name}
+               "trial_id": candidate.trial_id, "trial_name": candidate.trial_name,
+               "status": trials.loc[candidate.trial_id, "status"]}
         row.update({c.removeprefix("config/"): trials.loc[candidate.trial_id, c] for c in config_columns})
         row.update({"best epoch": candidate.best_epoch, "evaluated epoch": evaluation.epoch,
                     f"{analysis.metric} (recorded)": candidate.value})
@@ -50,7 +52,8 @@ def selected_table(analysis: Analysis) -> pd.DataFrame:
     for failed in analysis.failed:
         candidate = failed.candidate
         row = {"dataset": failed.dataset, "model": failed.model, "rank": failed.rank,
-               "trial_id": candidate.trial_id, "trial_name": candidate.trial_name}
+               "trial_id": candidate.trial_id, "trial_name": candidate.trial_name,
+               "status": trials.loc[candidate.trial_id, "status"]}
         row.update({c.removeprefix("config/"): trials.loc[candidate.trial_id, c] for c in config_columns})
         row.update({"best epoch": candidate.best_epoch, "evaluated epoch": candidate.epoch,
                     f"{analysis.metric} (recorded)": candidate.value, f"failed on {analysis.split}": failed.reason})

@@ -29,7 +29,7 @@ from study.analysis.reading import Study, cell_columns, model_order
 from study.analysis.uncertainty import SplitBootstrap
 from study import storage
 from study.checkpoints import BestWeights, sidecar_uri, weights_uri
-from study.tables import DIVERGED, epoch_column, measured, rank_key
+from study.tables import DIVERGED, FAILED, UNFINISHED, epoch_column, measured, rank_key
 
 log = logging.getLogger("study.analyze")
 
@@ -47,6 +47,7 @@ class Candidate:
     best_value: float
     tie: float = float("nan")    # the study's tie-break metric at `epoch` (NaN: none)
     config: dict[str, Any] = field(default_factory=dict)  # the trial's, as the results table recorded it
+    status: str = ""             # how the trial ended in the study (study.tables.STATUSES)
 
 
 def candidates(study: Study, trials: pd.DataFrame, metric: str, mode: str,
@@ -96,7 +97,7 @@ def candidates(study: Study, trials: pd.DataFrame, metric: str, mode: str,
         config = {key.removeprefix("config/"): setting for key, setting in trial.items()
                   if key.startswith("config/") and not (pd.api.types.is_scalar(setting) and pd.isna(setting))}
         ranked.append(Candidate(trial_id, name, weights, weights.epoch, value, best_epoch, best_value,
-                                tie_at(own, weights.epoch), config))
+                                tie_at(own, weights.epoch), config, trial.get("status", "")))
     def key(candidate: Candidate) -> tuple:
         return rank_key(candidate.trial_id, candidate.value, mode, candidate.tie, tie_break)
 
@@ -226,6 +227,7 @@ def select_and_evaluate(analysis: Analysis, data: StudyData) -> None:
                     f"failed on the {analysis.split} split: {reason}; the cell is reported as failed, not replaced by "
                     f"the next trial (which its {analysis.split} figures would then have chosen)")
                 log.warning("trial %s failed on the %s split: %s", candidate.trial_id, analysis.split, reason)
+                note_unended(analysis, dataset, model, candidate)
                 continue
             except (CxrError, OSError) as error:
                 analysis.notes.append(f"trial {candidate.trial_id} ({candidate.trial_name}): {error}; skipped, "
@@ -237,8 +239,25 @@ def select_and_evaluate(analysis: Analysis, data: StudyData) -> None:
             shown = {k: v for k, v in evaluation.metrics.items() if not k.endswith("loss")}
             log.info("    %s (%.1f s)", ", ".join(f"{k} {v:.3f}" for k, v in shown.items()), evaluation.seconds)
             analysis.selected.append(Selected(dataset, model, rank, candidate, evaluation))
+            note_unended(analysis, dataset, model, candidate)
         if rank == 0:
             analysis.notes.append(f"{dataset} / {model}: no trial with a usable checkpoint; the cell stays empty")
         elif rank < analysis.top_k:
             analysis.notes.append(f"{dataset} / {model}: only {rank} trial(s) with a usable checkpoint "
                                   f"(--top-k {analysis.top_k})")
+
+
+def note_unended(analysis: Analysis, dataset: str, model: str, candidate: Candidate) -> None:
+    """Note (and warn of) a trial chosen on validation that errored in the study or has not ended: the study,
+    resumed or finished, may then choose another."""
+    chosen = f"{dataset} / {model}: trial {candidate.trial_id} ({candidate.trial_name}), chosen on validation,"
+    if candidate.status == FAILED:
+        note = (f"{chosen} failed in the study (Tune recorded an error): its figures are of its best weights before "
+                "the error; python -m study.run --resume retries it, and the study may then choose another trial")
+    elif candidate.status == UNFINISHED:
+        note = (f"{chosen} is unfinished (still running, or interrupted): its figures are of its best weights so far "
+                f"(epoch {candidate.epoch}); when it ends, the study may choose another trial")
+    else:
+        return
+    analysis.notes.append(note)
+    log.warning(note)

@@ -678,6 +678,39 @@ def test_the_evaluations_elsewhere_use_the_weights_evaluated_on_test_not_the_fil
     assert {panel.model for panel in result.saliency} == {chosen.model for chosen in best}
 
 
+def test_a_study_whose_search_is_unfinished_is_analysed_on_test_only_when_asked(evaluated, study_dir, tmp_path,
+                                                                                 capsys):
+    """The best alexnet errored in the study: it was chosen, evaluated on test and the look recorded, with no
+    word; `study.run --resume` retries it, and the next analysis may choose otherwise: a second look at test. Now
+    the test split waits for the study to finish (as study.confirm does), unless asked; the validation split does
+    not, and either way the trial's status is shown and noted."""
+    from types import SimpleNamespace
+
+    from study.results import ResultsTable
+
+    analysis, _ = evaluated
+    failed = analysis.best(DATASET, "alexnet").candidate
+    copy = linked_copy(study_dir, tmp_path / "grid")
+    shutil.rmtree(copy / "analyses", ignore_errors=True)  # other tests' analyses of the session's study
+    ResultsTable(str(copy)).on_trial_error(1, [], SimpleNamespace(trial_id=failed.trial_id, error_file=None))
+    quick = ["--format", "csv", "--bootstrap", "0", "--importance", "none", "--saliency", "0"]
+    assert main([str(copy), *quick]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {copy}: the study's search is unfinished: 1 errored ({failed.trial_id})"), err
+    assert f"python -m study.run --resume {copy}" in err and "--allow-unfinished" in err and "--split val" in err
+    assert not (copy / "report").exists() and not (copy / "analyses").exists()
+
+    for split, options in (("val", ["--split", "val"]), ("test", ["--allow-unfinished"])):
+        out = tmp_path / f"report-{split}"
+        assert main([str(copy), *quick, "--out", str(out), *options]) == 0
+        printed = capsys.readouterr().out
+        assert (f"note: {DATASET} / alexnet: trial {failed.trial_id} ({failed.trial_name}), chosen on validation, "
+                "failed in the study (Tune recorded an error)") in printed
+        selected = pd.read_csv(out / "tables" / "selected_trials.csv").set_index("trial_id")
+        assert selected.loc[failed.trial_id, "status"] == "failed"
+    assert len(list((copy / "analyses").glob("*.json"))) == 1  # the test analysis's look, asked for
+
+
 def test_edited_split_file_is_refused(study_dir, tmp_path, capsys):
     copy = linked_copy(study_dir, tmp_path / "grid")
     path = copy / "splits" / f"{DATASET}.csv"

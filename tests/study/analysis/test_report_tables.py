@@ -11,7 +11,7 @@ import pytest
 from study.analysis.evaluation import Evaluation
 from study.analysis.report import absent_class_sentence, flat_f1_sentence, one_patient_sentence
 from study.analysis.report_tables import (PROPORTIONS, best_model_on_validation, confusion_table, never_predicted,
-                                          paired_differences, per_class_tables, predictions_table)
+                                          paired_differences, per_class_tables, predictions_table, selected_table)
 from study.analysis.uncertainty import BASELINE, bootstrap_split, percentile_interval, proportion_interval
 
 CLASSES = ["COVID-19", "Other pneumonia", "No Finding"]
@@ -226,3 +226,18 @@ def test_the_reference_of_tied_models_is_the_one_the_selection_ranks_first():
     assert best_model_on_validation(_compared({"alexnet": (right, 0.5, float("nan")),
                                                "resnet50": (half, 0.5, float("nan"))}, tie_break=None),
                                     "d") == "resnet50"
+
+
+def test_the_selected_trials_table_shows_whether_each_trial_finished():
+    """A chosen trial that errored or never ended looked like any other in the table of evaluated trials."""
+    trials = pd.DataFrame({"trial_id": ["t1", "t2"], "trial_name": ["n1", "n2"], "config/lr": [0.1, 0.01],
+                           "status": ["failed", "completed"]})
+    selected = [types.SimpleNamespace(dataset="d", model=model, rank=1, evaluation=_evaluation([0], [[1, 0, 0]]),
+                                      candidate=types.SimpleNamespace(trial_id=trial_id, trial_name=name, best_epoch=3,
+                                                                      value=0.5))
+                for model, trial_id, name in (("alexnet", "t1", "n1"), ("vgg11", "t2", "n2"))]
+    analysis = types.SimpleNamespace(trials=trials, selected=selected, failed=[], metric="val/f1_macro", split="test",
+                                     bootstraps={})
+    table = selected_table(analysis)
+    assert table["status"].tolist() == ["failed", "completed"]
+    assert list(table.columns[:6]) == ["dataset", "model", "rank", "trial_id", "trial_name", "status"]

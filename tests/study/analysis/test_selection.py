@@ -89,17 +89,17 @@ def test_missing_or_unreadable_weights_are_called_so_and_only_keeps_deletions_bl
 
 
 def analysed(results: pd.DataFrame, written: dict[str, BestWeights], failures: dict[str, Exception],
-             monkeypatch, top_k: int = 1) -> Analysis:
+             monkeypatch, top_k: int = 1, events: pd.DataFrame = NO_EVENTS) -> Analysis:
     """select_and_evaluate over one cell whose evaluations raise `failures` (trial id -> error) and otherwise
-    return a stand-in evaluation."""
+    return a stand-in evaluation; `events`: how trials ended, as the study recorded it."""
     settings = SimpleNamespace(keep="all", metric=METRIC, tie_break="val/loss", data_roots={"d": "/data"})
     study = SimpleNamespace(results=results, weights=written, uri="/study", settings=settings)
-    trials = trial_table(results, NO_EVENTS, METRIC, "max", 2, tie_break="val/loss")
+    trials = trial_table(results, events, METRIC, "max", 2, tie_break="val/loss")
 
     def evaluate(uri, data, split, trial_id, trial_config=None, sidecar=None):
         if trial_id in failures:
             raise failures[trial_id]
-        return SimpleNamespace(trial_id=trial_id, metrics={"test/f1_macro": 0.5}, seconds=0.1)
+        return SimpleNamespace(trial_id=trial_id, epoch=1, metrics={"test/f1_macro": 0.5}, seconds=0.1)
 
     monkeypatch.setattr(selection_module, "evaluate_checkpoint", evaluate)
     analysis = Analysis(study, METRIC, "max", "test", top_k, trials)
@@ -129,3 +129,21 @@ def test_weights_that_cannot_be_evaluated_at_all_are_still_replaced_by_the_next_
     analysis = analysed(two_trials(), written, {"t1": error}, monkeypatch)
     assert [c.candidate.trial_id for c in analysis.selected] == ["t2"] and analysis.failed == []
     assert any(note.endswith("the next best trial of its cell takes its place") for note in analysis.notes)
+
+
+def test_a_chosen_trial_that_failed_or_is_unfinished_is_noted(monkeypatch, caplog):
+    """t1 (best on validation) errored in the study, t2 never ended: each was chosen and evaluated on test with no
+    word; a resumed study retries or finishes them, and may then choose otherwise."""
+    written = {t: weights(t, 1, v) for t, v in (("t1", 0.5), ("t2", 0.4))}
+    results = two_trials().assign(**{"config/model": ["alexnet", "vgg11"]})
+    events = pd.DataFrame({"trial_id": ["t1"], "event": ["error"], "timestamp": [0.0], "error_file": [None]})
+    with caplog.at_level("WARNING", logger="study.analyze"):
+        analysis = analysed(results, written, {}, monkeypatch, events=events)
+    assert [c.candidate.trial_id for c in analysis.selected] == ["t1", "t2"]
+    assert [note for note in analysis.notes if "chosen on validation" in note] == [
+        "d / alexnet: trial t1 (n1), chosen on validation, failed in the study (Tune recorded an error): its figures "
+        "are of its best weights before the error; python -m study.run --resume retries it, and the study may then "
+        "choose another trial",
+        "d / vgg11: trial t2 (n2), chosen on validation, is unfinished (still running, or interrupted): its figures "
+        "are of its best weights so far (epoch 1); when it ends, the study may choose another trial"]
+    assert caplog.text.count("chosen on validation") == 2
