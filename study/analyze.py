@@ -98,6 +98,10 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
                        f"need them; default {RESAMPLES}), or 0 for no intervals")
     if saliency < 0:
         raise CxrError(f"--saliency {saliency}: give the images per class for the Grad-CAM figures, or 0 for none")
+    if label_map and not externals:
+        raise CxrError("--label-map applies to --external sets, and none is given (the study's own datasets and "
+                       "held-out sources keep the study's class names): add --external NAME=DATASET:PATH, or drop "
+                       "--label-map")
     if importance not in (*EVALUATORS, "none"):
         raise CxrError(f"--importance {importance}: choose from {', '.join(EVALUATORS)} or none")
     if not formats:

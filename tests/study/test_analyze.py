@@ -812,6 +812,12 @@ def test_a_bad_cache_dir_or_data_root_is_refused_as_itself_not_as_a_changed_spli
     assert not (tmp_path / "r" / "report.md").exists()
 
 
+def test_a_label_map_without_an_external_set_is_refused(tmp_path, capsys):
+    """--label-map with no --external was accepted and did nothing (the study's own sets keep its class names)."""
+    assert main([str(tmp_path), "--label-map", "No finding=No Finding"]) == 2
+    assert capsys.readouterr().err.startswith("error: --label-map applies to --external sets, and none is given")
+
+
 def test_bad_input(tmp_path, capsys):
     assert main([str(tmp_path)]) == 2
     assert "not a study directory" in capsys.readouterr().err
