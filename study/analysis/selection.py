@@ -206,7 +206,7 @@ def select_and_evaluate(analysis: Analysis, data: StudyData) -> None:
     done = 0
     for dataset, model, ranked in queue:
         rank = 0
-        for candidate in ranked:
+        for position, candidate in enumerate(ranked):
             if rank == analysis.top_k:
                 break
             done += 1
@@ -233,7 +233,8 @@ def select_and_evaluate(analysis: Analysis, data: StudyData) -> None:
                 analysis.notes.append(f"trial {candidate.trial_id} ({candidate.trial_name}): {error}; skipped, "
                                       "the next best trial of its cell takes its place")
                 log.warning("trial %s skipped: %s", candidate.trial_id, error)
-                total += 1
+                if len(ranked) > position + analysis.top_k - rank:  # a further trial takes its place
+                    total += 1
                 continue
             rank += 1
             shown = {k: v for k, v in evaluation.metrics.items() if not k.endswith("loss")}

@@ -147,3 +147,18 @@ def test_a_chosen_trial_that_failed_or_is_unfinished_is_noted(monkeypatch, caplo
         "d / vgg11: trial t2 (n2), chosen on validation, is unfinished (still running, or interrupted): its figures "
         "are of its best weights so far (epoch 1); when it ends, the study may choose another trial"]
     assert caplog.text.count("chosen on validation") == 2
+
+
+def test_the_progress_counts_a_replacement_only_where_there_is_one(monkeypatch, caplog):
+    """--top-k 2 of two trials, one unusable: the counter read [2/3] of two evaluations."""
+    written = {t: weights(t, 1, v) for t, v in (("t1", 0.5), ("t2", 0.4))}
+    with caplog.at_level("INFO", logger="study.analyze"):
+        analysed(two_trials(), written, {"t1": CxrError("/study/weights/t1.pt: unreadable")}, monkeypatch, top_k=2)
+    assert [m.split("]")[0] for m in caplog.messages if m.startswith("[")] == ["[1/2", "[2/2"]
+    caplog.clear()
+    three = pd.concat([two_trials(), two_trials().iloc[[1]].assign(trial_id="t3", trial_name="n3",
+                                                                   **{METRIC: 0.3})])
+    written["t3"] = weights("t3", 1, 0.3)
+    with caplog.at_level("INFO", logger="study.analyze"):
+        analysed(three, written, {"t1": CxrError("/study/weights/t1.pt: unreadable")}, monkeypatch, top_k=2)
+    assert [m.split("]")[0] for m in caplog.messages if m.startswith("[")] == ["[1/2", "[2/3", "[3/3"]
