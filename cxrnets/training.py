@@ -106,7 +106,10 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = TRAINED_MODEL_
         if not zipped and not start.startswith(PICKLE_MAGIC):
             raise CxrError(f"{name}: not a PyTorch checkpoint (it starts with {start[:24]!r}): pass a study's "
                            "weights/<trial id>.pt or a checkpoint.pt of python -m cxrnets.train") from error
-        raise CxrError(f"{name}: not a readable checkpoint ({type(error).__name__}: {str(error)[:200]})") from error
+        # torch's first sentence says what failed; the rest is advice, some of it wrong here
+        reason = str(error).strip().splitlines()[0].split(". ")[0].rstrip(".") if str(error).strip() else ""
+        raise CxrError(f"{name}: not a readable checkpoint (truncated or corrupt: {reason or type(error).__name__}); "
+                       "a copy, download or save that did not finish? copy the file again") from error
     missing = set(required) - set(checkpoint if isinstance(checkpoint, dict) else {})
     if missing:
         raise CxrError(f"{name}: not a trained model's checkpoint (missing {sorted(missing)}); pass a study's "

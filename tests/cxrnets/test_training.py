@@ -1016,6 +1016,23 @@ def test_load_checkpoint_says_what_a_file_is_instead(tmp_path: Path, content: by
     assert "zipfile" not in str(error.value)
 
 
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_truncated_checkpoint_is_called_truncated_or_corrupt_in_whole_words(tmp_path: Path, legacy: bool) -> None:
+    """torch's message was cut at 200 characters: '... a high likelihood that your checkpoint file is)'."""
+    from cxrnets.training import load_checkpoint
+
+    whole, path = tmp_path / "whole.pt", tmp_path / "best.pt"
+    torch.save({"model": {"fc.weight": torch.ones(64, 64)}, "epoch": 1, "config": {}, "classes": ["a", "b"],
+                "multilabel": False}, whole, _use_new_zipfile_serialization=not legacy)
+    path.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(CxrError) as error:
+        load_checkpoint(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: not a readable checkpoint (truncated or corrupt: "), message
+    assert message.endswith("); a copy, download or save that did not finish? copy the file again"), message
+    assert "likelihood" not in message
+
+
 def test_load_checkpoint_reads_a_checkpoint_in_torchs_legacy_format(tmp_path: Path) -> None:
     from cxrnets.training import TRAINED_MODEL_KEYS, load_checkpoint
 
