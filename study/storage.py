@@ -62,6 +62,7 @@ def location(text: str | Path, flag: str = "--storage") -> str:
     scheme pyarrow can write to (CxrError naming `flag` otherwise)."""
     text = str(text)
     if not is_remote(text):
+        refuse_mistyped_uri(text, flag)
         return str(Path(text).expanduser().resolve())
     scheme = scheme_of(text)
     if scheme == "file":
@@ -74,6 +75,23 @@ def location(text: str | Path, flag: str = "--storage") -> str:
         raise CxrError(f"{flag} {text}: name a bucket ({scheme}://BUCKET/PATH)")
     check_uri_path(path, f"{flag} {text}")
     return f"{scheme}://{path}".rstrip("/")
+
+
+# The first part of a local path that is a scheme ("s3:", "file:") or starts with a storage's ("gs:bucket").
+SCHEME_LIKE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):(.*)")
+
+
+def refuse_mistyped_uri(path: str, flag: str) -> None:
+    """CxrError naming `flag` if a local path reads as a URI typed with one slash or none (`s3:/bucket`,
+    `gs:bucket`), which would otherwise put a whole study in a local folder named `s3:`."""
+    first = path.split("/", 1)[0]
+    match = SCHEME_LIKE.fullmatch(first)
+    if not match or (match.group(2) and match.group(1).lower() not in REMOTE_SCHEMES):
+        return
+    scheme, rest = match.group(1).lower(), path.partition(":")[2]
+    meant = f"file://{rest}" if scheme == "file" else f"{scheme}://{rest.lstrip('/')}"
+    raise CxrError(f"{flag} {path}: this is a local folder named {first!r}, not a storage URI; write {meant} "
+                   f"(two slashes after {scheme}:), or ./{path} for a local folder of that name")
 
 
 URI_SPECIAL = "?#%"  # a URI's query, fragment and escapes: pyarrow would read them as such, not as a name

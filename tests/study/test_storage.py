@@ -76,6 +76,23 @@ def test_location_refuses_what_cannot_be_written(text, flag, message):
         storage.location(text, flag)
 
 
+@pytest.mark.parametrize("text, flag, suggested", [
+    ("s3:/bucket/studies", "--storage", "s3://bucket/studies"),
+    ("gs:/x", "--storage", "gs://x"),
+    ("s3:bucket/studies", "--storage", "s3://bucket/studies"),
+    ("GS:/bucket", "--resume", "gs://bucket"),
+    ("file:/home/me/studies", "--storage", "file:///home/me/studies"),
+])
+def test_a_uri_typed_with_one_slash_is_refused_not_taken_for_a_local_folder(text, flag, suggested, tmp_path,
+                                                                           monkeypatch):
+    """`--storage gs:/x` used to run a whole study in a local folder ./gs:/x."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CxrError, match=rf"^{flag} {re.escape(text)}: .*{re.escape(suggested)}"):
+        storage.location(text, flag)
+    assert list(tmp_path.iterdir()) == []
+    assert storage.location(f"./{text}") == str(tmp_path / text)  # a folder of that name, asked for as such
+
+
 def test_join_name_and_parent():
     assert storage.join("s3://bucket/studies/", "demo", "study.json") == "s3://bucket/studies/demo/study.json"
     assert storage.join("/data/studies", "demo") == "/data/studies/demo"
