@@ -10,7 +10,7 @@ from the usual environment (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`,
     uri = location("s3://bucket/studies")          # unchanged; a local path becomes absolute
     write_json(join(uri, "demo", "study.json"), {...})
     read_csv(join(uri, "demo", "splits", "covid-chestxray-3class.csv"))
-    path = download(join(uri, "demo", "weights", "0a1b2c3d.pt"))   # a local file, cached by URI and size
+    path = download(join(uri, "demo", "weights", "0a1b2c3d.pt"))   # a local file, cached by URI and ETag
 """
 
 from __future__ import annotations
@@ -339,8 +339,8 @@ def download_cache_dir() -> Path:
 def download(uri: str, cache_dir: str | Path | None = None, progress: bool = True, bar: Any = None
              ) -> tuple[Path, int]:
     """A local file with the content of `uri`, and the bytes fetched to get it: the file itself for a
-    local path (0 bytes), else a copy in the download cache keyed by URI, size and modification time,
-    so that a second call fetches nothing.
+    local path (0 bytes), else a copy in the download cache keyed by URI, size, modification time and the
+    object's ETag, so that a second call fetches nothing.
 
     Shows a progress bar (tqdm) while it downloads, or advances `bar` (a tqdm shared by several
     downloads; a cached copy advances it by its size); OSError if the object is missing or unreadable.
@@ -352,27 +352,37 @@ def download(uri: str, cache_dir: str | Path | None = None, progress: bool = Tru
     if info.type != pyarrow.fs.FileType.File:
         raise FileNotFoundError(f"{uri}: no such object")
     size = info.size
-    # Size and modification time: weights rewritten at another epoch often have the same size.
-    key = hashlib.sha1(f"{uri} {info.mtime_ns}".encode()).hexdigest()[:16]
-    folder = Path(cache_dir) if cache_dir else download_cache_dir()
-    local = folder / f"{key}-{size}-{name_of(uri)}"
-    if local.is_file() and local.stat().st_size == size:
-        if bar is not None:
-            bar.update(size)
-        return local, 0
-    folder.mkdir(parents=True, exist_ok=True)
     from tqdm.auto import tqdm
 
-    partial = local.with_name(f"{local.name}.{threading.get_ident()}.part")  # one per thread downloading it
-    own_bar = tqdm(total=size, unit="B", unit_scale=True, desc=f"download {name_of(uri)}",
-                   disable=not progress or bar is not None, leave=False)
-    with fs.open_input_stream(path) as stream, partial.open("wb") as out, own_bar:
-        while chunk := stream.read(CHUNK):
-            out.write(chunk)
-            (own_bar if bar is None else bar).update(len(chunk))
+    with fs.open_input_stream(path) as stream:  # reads the object's metadata; its content only when read
+        # The ETag changes with the content: weights rewritten at another epoch have the same size, and object
+        # stores time them to the second. Storage that gives none keys on the rest.
+        key = hashlib.sha1(f"{uri} {info.mtime_ns} {etag_of(stream)}".encode()).hexdigest()[:16]
+        folder = Path(cache_dir) if cache_dir else download_cache_dir()
+        local = folder / f"{key}-{size}-{name_of(uri)}"
+        if local.is_file() and local.stat().st_size == size:
+            if bar is not None:
+                bar.update(size)
+            return local, 0
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = local.with_name(f"{local.name}.{threading.get_ident()}.part")  # one per thread downloading it
+        own_bar = tqdm(total=size, unit="B", unit_scale=True, desc=f"download {name_of(uri)}",
+                       disable=not progress or bar is not None, leave=False)
+        with partial.open("wb") as out, own_bar:
+            while chunk := stream.read(CHUNK):
+                out.write(chunk)
+                (own_bar if bar is None else bar).update(len(chunk))
     fetched = partial.stat().st_size
     if fetched != size:
         partial.unlink()
         raise OSError(f"{uri}: downloaded {fetched} of {size} bytes")
     partial.replace(local)
     return local, fetched
+
+
+def etag_of(stream: pyarrow.NativeFile) -> str:
+    """The ETag of the object a stream reads (S3's "ETag", Google's "etag"); "" where the storage gives none."""
+    for key, value in (stream.metadata() or {}).items():
+        if (key.decode() if isinstance(key, bytes) else key).lower() == "etag":
+            return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    return ""

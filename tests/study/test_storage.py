@@ -305,6 +305,19 @@ def test_download_fetches_an_object_rewritten_with_the_same_size(s3_bucket, tmp_
     assert path.read_bytes() == b"epoch 3 weights" and fetched == 15
 
 
+def test_download_fetches_an_object_rewritten_in_the_same_second_with_the_same_size(s3_bucket, tmp_path):
+    """Weights files of one model always have the same size, and S3 times objects to the second: a trial that
+    wrote a better epoch's weights within a second of a download must not be served the older copy."""
+    uri = storage.join(s3_bucket, "studies", "demo", "weights", "0a1b2c3d.pt")
+    time.sleep(1 - time.time() % 1)  # the start of a second: both writes fall within it
+    storage.write_bytes(uri, b"A" * 1000)
+    storage.download(uri, tmp_path / "cache", progress=False)
+    storage.write_bytes(uri, b"B" * 1000)
+    path, fetched = storage.download(uri, tmp_path / "cache", progress=False)
+    assert path.read_bytes() == b"B" * 1000 and fetched == 1000
+    assert storage.download(uri, tmp_path / "cache", progress=False) == (path, 0)  # cached again
+
+
 def test_download_of_a_missing_object(s3_bucket, tmp_path):
     with pytest.raises(FileNotFoundError, match="no such object"):
         storage.download(storage.join(s3_bucket, "absent.pt"), tmp_path / "cache", progress=False)
