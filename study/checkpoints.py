@@ -21,7 +21,7 @@ Two needs, two kinds of file, nothing more:
   scheduler pauses the trial (promoting ASHA, study.asha.PromotingASHA, at a rung where the trial waits:
   Tune asks the trainable for it then); never after a trial's last epoch. Tune keeps only the newest
   (CheckpointConfig(num_to_keep=1)), and `WeightsKeeper` deletes it after the trial ends, once a
-  resume can no longer restore the trial from it (see there). A resumed
+  resume can no longer continue the trial from it (see there). A resumed
   trial repeats at most the epochs since the last full state Tune's snapshot names: fewer than
   `checkpoint_every`, or the epoch that crossed `checkpoint_minutes`, and one such interval more if
   the driver was killed between a full state's write and the snapshot naming it. Tune deletes the
@@ -40,6 +40,7 @@ weights at least as good.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Iterable
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 WEIGHTS_DIR = "weights"
 STATE_FILE = "state.pt"  # the full state inside a Tune checkpoint folder
 CHECKPOINT_PREFIX = "checkpoint_"  # Tune's checkpoint folders inside a trial's folder
+SNAPSHOT_PREFIX = "experiment_state-"  # Tune's experiment snapshots in a run's folder: experiment_state-<session>.json
 MISSING_STATE_NOTE = "MISSING.txt"  # left in a Tune checkpoint folder whose full state was gone at a resume
 WRITTEN_KEY = "written_best"  # result key: the study metric's value at the epoch of the trial's written weights
 WRITTEN_TIE_KEY = "written_tie_break"  # result key: the study's tie-break metric at that epoch
@@ -245,6 +247,23 @@ def full_state_folders(trial_folder: str) -> list[str]:
                   and storage.kind(storage.join(entry.uri, STATE_FILE)) == "file")
 
 
+def stored_snapshot_trials(run_uri: str) -> dict[str, dict[str, Any]]:
+    """The trials of Tune's newest experiment snapshot on storage in the folder of a run (a study, or its confirm
+    run): the one a resume restores, which Tune picks by the greatest name. Trial id -> the trial's state there
+    (its "status", its folder's name "relative_logdir", ...); {} without a snapshot. OSError or ValueError if it
+    cannot be read (on a local disk Tune may be rewriting it)."""
+    names = [entry.name for entry in storage.listing(run_uri)
+             if not entry.is_dir and entry.name.startswith(SNAPSHOT_PREFIX) and entry.name.endswith(".json")]
+    if not names:
+        return {}
+    snapshot = storage.read_json(storage.join(run_uri, max(names)))
+    trials = {}
+    for trial_state, _ in snapshot["trial_data"]:
+        state = json.loads(trial_state)
+        trials[str(state["trial_id"])] = state
+    return trials
+
+
 def weights_to_drop(bests: dict[str, tuple[tuple, float, float | None]], ended: Iterable[str], keep: int | str,
                     mode: str, tie_break: str | None = None) -> list[str]:
     """Trials whose weights can go: ended, and outside their cell's `keep` best.
@@ -303,13 +322,16 @@ class WeightsKeeper(tune.Callback):
     Trials are ranked by the value of the weights they have written, which each result carries (WRITTEN_KEY):
     the driver reads no storage for it.
 
-    An ended trial's files go only once Tune's experiment snapshot, which a resume restores, holds the
-    trial as ended and is on storage: restored from an older snapshot (the driver killed in between),
-    the trial would continue from its full state, and fail if that were gone. Tune calls get_state()
-    while it takes a snapshot (every 10 s or more) and uploads the snapshot after it; the trials one
-    snapshot holds as ended are cleaned at the next, and at the experiment's end, which comes after
-    Tune's last snapshot is written and uploaded. That also cleans what a killed run left of trials
-    that had ended.
+    An ended trial's files go only once Tune's newest experiment snapshot on storage, the one a resume
+    restores, holds the trial as ended: restored from a snapshot that holds it as running (the driver killed
+    in between), the trial would continue from its full state, and start again if that were gone. Tune
+    uploads its snapshots in the background (to a local folder too), skips the upload of one taken while
+    the one before is still uploading, and calls get_state() as it takes one (every 10 s or more), before any
+    wait for an upload: so the keeper reads the snapshot on storage back (one small file) and cleans the ended
+    trials it holds as ended; the others wait for a later snapshot, or for the experiment's end, which comes
+    after Tune's last snapshot is written and uploaded.
+    Errored trials keep their full states: a resume runs them again from those. A resumed run gets back the
+    trials that had ended, and so cleans what a killed run left of them.
     """
 
     tie_break: str | None = None  # a class default too: a keeper unpickled from an older study's run lacks it
@@ -320,9 +342,9 @@ class WeightsKeeper(tune.Callback):
         self.bests: dict[str, tuple[tuple, float, float | None]] = {}
         self.ended: set[str] = set()  # cleaned, and in the running for --keep's deletions
         self.trials: list = []  # Tune's trials, as of the last step
-        self.ended_in_snapshot: dict[str, str] = {}  # trial id -> folder: ended, as of the last snapshot
 
     def __setstate__(self, state: dict[str, Any]) -> None:  # unpickled by a resume: the study may have moved
+        state.pop("ended_in_snapshot", None)  # kept by keepers of older studies' runs, no longer used
         self.__dict__.update(state)
         self.study_uri = study_location(self.study_uri)
 
@@ -336,21 +358,34 @@ class WeightsKeeper(tune.Callback):
             self.bests[trial.trial_id] = (cell_of(trial.config), float(value), tie)
 
     def get_state(self) -> None:
-        """Tune takes a snapshot: clean what the previous one held as ended (it is on storage by now),
-        and note what this one holds. Nothing of this callback is saved in the snapshot."""
-        self.clean(self.ended_in_snapshot)
-        self.ended_in_snapshot = {trial.trial_id: trial.path for trial in self.trials
-                                  if trial.status == Trial.TERMINATED and trial.trial_id not in self.ended}
+        """Tune takes a snapshot: clean what the snapshot on storage holds as ended. Nothing of this callback is
+        saved in the snapshot."""
+        self.clean(self.trials)
         return None
 
     def on_experiment_end(self, trials, **info):
-        self.clean(self.ended_in_snapshot)
+        self.clean(trials)
 
-    def clean(self, ended: dict[str, str]) -> None:
-        for trial_id, path in ended.items():
+    def clean(self, trials) -> None:
+        ended = {trial.trial_id: trial.path for trial in trials
+                 if trial.status == Trial.TERMINATED and trial.trial_id not in self.ended}
+        for trial_id, path in self.ended_on_storage(ended).items():
             if path:
                 delete_full_states(storage.join(self.study_uri, storage.name_of(path)))
             self.ended.add(trial_id)
         for trial_id in weights_to_drop(self.bests, self.ended, self.keep, self.mode, self.tie_break):
             delete_weights(self.study_uri, trial_id)
             self.bests.pop(trial_id, None)
+
+    def ended_on_storage(self, ended: dict[str, str]) -> dict[str, str]:
+        """Of `ended` (trial id -> its folder), those that the snapshot on storage holds as ended."""
+        if not ended:
+            return {}
+        try:
+            stored = stored_snapshot_trials(self.study_uri)
+        except (OSError, ValueError, KeyError, TypeError) as error:  # being rewritten, or briefly unreachable
+            log.debug("Tune's snapshot in %s could not be read (%s): ended trials wait for the next",
+                      self.study_uri, error)
+            return {}
+        return {trial_id: path for trial_id, path in ended.items()
+                if stored.get(trial_id, {}).get("status") == Trial.TERMINATED}

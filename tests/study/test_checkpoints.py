@@ -5,12 +5,14 @@ Trials and results are small stand-ins; the files are real (a local study folder
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
 import torch
 
+from study import storage
 from study.checkpoints import (WRITTEN_KEY, WRITTEN_TIE_KEY, CheckpointPolicy, TrialWeights, WeightsKeeper,
                                delete_full_states, prune_weights, read_best_weights, save_best_weights,
                                sidecar_uri, weights_of, weights_to_drop, weights_uri)
@@ -143,6 +145,7 @@ def test_the_keeper_knows_a_newer_write_tied_on_the_metric_with_a_better_tie_bre
         keeper.on_trial_result(0, [], trial, {WRITTEN_KEY: 0.279, WRITTEN_TIE_KEY: loss})
     for trial in trials:
         trial.status = "TERMINATED"
+    store_snapshot(study, trials)
     keeper.get_state()
     keeper.on_experiment_end(trials)
     assert list(read_best_weights(str(study))[0]) == ["0aaa"]
@@ -169,6 +172,7 @@ def test_prune_and_the_keeper_break_ties_by_the_tie_break_of_the_written_weights
     for trial in trials:
         keeper.on_trial_result(0, [], trial, {WRITTEN_KEY: 0.279, WRITTEN_TIE_KEY: losses[trial.trial_id]})
         trial.status = "TERMINATED"
+    store_snapshot(tmp_path / "kept", trials)
     keeper.get_state()
     keeper.on_experiment_end(trials)
     assert list(read_best_weights(str(tmp_path / "kept"))[0]) == ["ffff"]
@@ -260,6 +264,42 @@ def fake_trial(trial_id: str, model: str, folder: Path) -> SimpleNamespace:
                            status="RUNNING")
 
 
+def store_snapshot(study_uri: str | Path, trials, session: str = "2026-01-01_00-00-00") -> None:
+    """Put an experiment snapshot of `trials` (fake_trial's: their statuses now) on storage, as Tune's upload
+    would: experiment_state-<session>.json, each trial's JSON state in it (the fields read here)."""
+    trial_data = [[json.dumps({"trial_id": trial.trial_id, "status": trial.status,
+                               "relative_logdir": storage.name_of(trial.path)}), "{}"] for trial in trials]
+    storage.write_json(storage.join(str(study_uri), f"experiment_state-{session}.json"),
+                       {"trial_data": trial_data, "runner_data": {}, "stats": {}})
+
+
+def write_full_state(trial_folder: str) -> str:
+    """A Tune checkpoint folder holding a full state in a trial's folder (local or in a bucket); its URI."""
+    folder = storage.join(trial_folder, "checkpoint_000001")
+    storage.write_bytes(storage.join(folder, "state.pt"), b"x" * 100)
+    return folder
+
+
+def test_keeper_keeps_an_ended_trials_full_state_while_the_snapshot_in_the_bucket_holds_it_running(s3_bucket):
+    """Tune takes a snapshot (and asks the keeper for its state) before the upload of the one before has
+    finished, and skips an upload while one runs: with a slow bucket the snapshot there may still hold a trial
+    as running several snapshots after it ended. A driver killed then resumes the trial from its full state,
+    so the state stays until the snapshot in the bucket holds the trial's end."""
+    study = storage.join(s3_bucket, "studies", "slow")
+    ended = fake_trial("t1", "alexnet", Path("/elsewhere") / "t1_alexnet")  # the driver's own path of it
+    full_state = write_full_state(storage.join(study, "t1_alexnet"))
+    store_snapshot(study, [ended])  # uploaded while t1 ran
+    keeper = WeightsKeeper(study, "val/f1_macro", "max", keep=1)
+    keeper.on_step_begin(0, [ended])
+    ended.status = "TERMINATED"
+    for _ in range(3):  # snapshots taken; none of them uploaded yet
+        keeper.get_state()
+    assert storage.kind(full_state) == "dir"
+    store_snapshot(study, [ended], session="2026-01-01_00-00-00")  # one of them lands in the bucket
+    keeper.get_state()
+    assert storage.kind(full_state) == "missing"
+
+
 def test_keeper_deletes_an_ended_trials_full_state_once_a_snapshot_on_storage_holds_its_end(tmp_path):
     """A resume restores Tune's last snapshot on storage: a trial that snapshot holds as running continues
     from its full state, which must still be there. Weights of trials that fell out of --keep go too."""
@@ -274,17 +314,20 @@ def test_keeper_deletes_an_ended_trials_full_state_once_a_snapshot_on_storage_ho
     keeper.on_step_begin(0, list(trials.values()))
     keeper.on_trial_result(0, [], trials["t1"], {"val/f1_macro": 0.4, WRITTEN_KEY: 0.4})
     keeper.on_trial_result(0, [], trials["t2"], {"val/f1_macro": 0.7, WRITTEN_KEY: 0.7})
+    store_snapshot(tmp_path, trials.values())
     trials["t2"].status = "TERMINATED"
     assert keeper.get_state() is None  # the snapshot that holds t2's end: being written, not yet on storage
     assert (Path(trials["t2"].path) / "checkpoint_000001").exists()
-    keeper.get_state()  # the next snapshot: the one before is on storage
+    store_snapshot(tmp_path, trials.values())  # it is on storage
+    keeper.get_state()  # the next snapshot
     assert not (Path(trials["t2"].path) / "checkpoint_000001").exists()
     assert (Path(trials["t2"].path) / "result.json").is_file()   # only the full state goes
     assert (Path(trials["t1"].path) / "checkpoint_000001").exists()  # t1 is still running
     assert Path(weights_uri(str(tmp_path), "t1")).is_file()
     trials["t1"].status = "TERMINATED"  # ended behind t2: its weights go too, at the end of the experiment
-    keeper.get_state()  # Tune's last snapshot, written and uploaded before on_experiment_end
+    keeper.get_state()  # Tune's last snapshot, written, then uploaded before on_experiment_end
     assert Path(weights_uri(str(tmp_path), "t1")).is_file()
+    store_snapshot(tmp_path, trials.values())
     keeper.on_experiment_end(list(trials.values()))
     assert not (Path(trials["t1"].path) / "checkpoint_000001").exists()
     assert not Path(weights_uri(str(tmp_path), "t1")).exists()
@@ -305,7 +348,7 @@ def test_keeper_keeps_an_ended_trials_weights_until_others_have_written_better(t
     write_trial(tmp_path, "b", 4, 0.55)
     keeper.on_trial_result(0, [], b, {"val/f1_macro": 0.55, WRITTEN_KEY: 0.55})
     b.status = "TERMINATED"
-    keeper.get_state()
+    store_snapshot(tmp_path, [a, b])
     keeper.get_state()
     a.status = "ERROR"
     keeper.on_experiment_end([a, b])
@@ -319,6 +362,7 @@ def test_keeper_deletes_an_ended_trials_weights_once_a_running_trial_has_written
     write_trial(tmp_path, "b", 4, 0.55)
     keeper.on_trial_result(0, [], b, {"val/f1_macro": 0.55, WRITTEN_KEY: 0.55})
     b.status = "TERMINATED"
+    store_snapshot(tmp_path, [a, b])
     keeper.get_state()
     write_trial(tmp_path, "a", 6, 0.60)  # a's rung
     keeper.on_trial_result(0, [], a, {"val/f1_macro": 0.60, WRITTEN_KEY: 0.60})
@@ -333,8 +377,8 @@ def test_keeper_cleans_what_a_killed_run_left_of_ended_trials(tmp_path):
     ended = fake_trial("t1", "alexnet", tmp_path / "elsewhere" / "t1_alexnet")  # the study has moved since
     ended.status = "TERMINATED"
     (tmp_path / "t1_alexnet" / "checkpoint_000002").mkdir(parents=True)
+    store_snapshot(tmp_path, [ended])  # the killed run's
     keeper.on_step_begin(0, [ended])
-    keeper.get_state()
     keeper.get_state()
     assert not (tmp_path / "t1_alexnet" / "checkpoint_000002").exists()
 
@@ -345,3 +389,4 @@ def test_delete_full_states_reports_the_bytes_freed(tmp_path):
     (tmp_path / "params.json").write_text("{}")
     assert delete_full_states(str(tmp_path)) == 1234
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.json"]
+
