@@ -43,6 +43,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -262,6 +263,38 @@ def stored_snapshot_trials(run_uri: str) -> dict[str, dict[str, Any]]:
         state = json.loads(trial_state)
         trials[str(state["trial_id"])] = state
     return trials
+
+
+TRIAL_FOLDER = re.compile(r"([0-9a-f]{8})_.*")  # <trial id>_<name> (study.driver.trial_dirname; Tune's ids)
+
+
+def forget_lost_trials(run_uri: str) -> list[str]:
+    """Before a resume: delete the full states and best weights of trials that Tune's newest snapshot on
+    storage, the one the resume restores, does not hold. Such a trial started after that snapshot landed (the
+    driver was killed before the next one did); Tune forgets it, and its files would stay forever, counted
+    by --keep and evaluated by the analysis. Logs a line for each; returns their ids."""
+    try:
+        known = stored_snapshot_trials(run_uri)
+    except (OSError, ValueError, KeyError, TypeError) as error:  # Tune's restore will say what is wrong with it
+        log.warning("Tune's last snapshot in %s could not be read (%s): the files of trials it may not know are "
+                    "kept", run_uri, error)
+        return []
+    lost: dict[str, list[str]] = {}
+    for entry in storage.listing(run_uri):
+        match = TRIAL_FOLDER.fullmatch(entry.name)
+        if entry.is_dir and match and match.group(1) not in known:
+            freed = delete_full_states(entry.uri)
+            if freed:
+                lost.setdefault(match.group(1), []).append(f"its full state ({freed / 1e6:.0f} MB)")
+    for entry in storage.listing(storage.join(run_uri, WEIGHTS_DIR)):
+        trial_id, _, extension = entry.name.rpartition(".")
+        if not entry.is_dir and extension == "pt" and trial_id not in known:
+            delete_weights(run_uri, trial_id)
+            lost.setdefault(trial_id, []).append(f"its best weights ({WEIGHTS_DIR}/{entry.name})")
+    for trial_id in sorted(lost):
+        log.info("trial %s started after Tune's last snapshot of the study was saved, so the resume does not know it: "
+                 "deleted %s", trial_id, " and ".join(lost[trial_id]))
+    return sorted(lost)
 
 
 def weights_to_drop(bests: dict[str, tuple[tuple, float, float | None]], ended: Iterable[str], keep: int | str,

@@ -47,7 +47,8 @@ from cxrnets.training import (SPLIT_COLUMNS, PreparedData, align_split, named_co
                               patients_per_split, undecodable_images)
 from study import storage  # noqa: E402
 from study.asha import BestEpochASHA, PromotingASHA, PromotionGate, RungSnapshot  # noqa: E402
-from study.checkpoints import WEIGHTS_DIR, CheckpointPolicy, WeightsKeeper, prune_weights  # noqa: E402
+from study.checkpoints import (WEIGHTS_DIR, CheckpointPolicy, WeightsKeeper, forget_lost_trials,  # noqa: E402
+                               prune_weights)
 from study.console import StudyConsole  # noqa: E402
 from study.lock import driver_lock  # noqa: E402
 from study.results import ResultsTable, read_results, read_trial_events  # noqa: E402
@@ -523,6 +524,8 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
     with driver_lock(settings.study_uri, resume_command):  # the study folder exists from here
         if restore and settings.optuna_study:
             restore_storage_file(settings.study_uri, settings.optuna_study)
+        if resume:
+            forget_lost_trials(settings.study_uri)  # so that --keep and the analysis see only the trials it knows
         if not resume:
             save_settings(settings)
         if not restore:

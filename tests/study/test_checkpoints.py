@@ -14,8 +14,8 @@ import torch
 
 from study import storage
 from study.checkpoints import (WRITTEN_KEY, WRITTEN_TIE_KEY, CheckpointPolicy, TrialWeights, WeightsKeeper,
-                               delete_full_states, prune_weights, read_best_weights, save_best_weights,
-                               sidecar_uri, weights_of, weights_to_drop, weights_uri)
+                               delete_full_states, forget_lost_trials, prune_weights, read_best_weights,
+                               save_best_weights, sidecar_uri, weights_of, weights_to_drop, weights_uri)
 
 
 def test_full_state_every_k_epochs_or_minutes_never_after_the_last():
@@ -390,3 +390,23 @@ def test_delete_full_states_reports_the_bytes_freed(tmp_path):
     assert delete_full_states(str(tmp_path)) == 1234
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.json"]
 
+
+def test_a_resume_deletes_the_files_of_trials_tune_forgot(tmp_path, caplog):
+    """A trial that started after the last snapshot on storage (the driver killed before the next landed) is
+    not in the snapshot a resume restores: Tune forgets it, and its full state and weights would stay forever,
+    counted by --keep and evaluated by the analysis. The trials the snapshot holds keep theirs."""
+    known = fake_trial("aaaa0001", "alexnet", tmp_path / "aaaa0001_alexnet")
+    store_snapshot(tmp_path, [known])
+    known_state = write_full_state(str(tmp_path / "aaaa0001_alexnet"))
+    forgotten_state = write_full_state(str(tmp_path / "bbbb0002_alexnet"))  # no params.json: never uploaded
+    write_trial(tmp_path, "aaaa0001", 1, 0.4)
+    write_trial(tmp_path, "bbbb0002", 2, 0.7)
+    (tmp_path / "results").mkdir()  # the study's own folders are no trials
+    with caplog.at_level("INFO", logger="study.checkpoints"):
+        assert forget_lost_trials(str(tmp_path)) == ["bbbb0002"]
+    assert storage.kind(forgotten_state) == "missing" and storage.kind(known_state) == "dir"
+    assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["aaaa0001.json", "aaaa0001.pt"]
+    assert (tmp_path / "results").is_dir()
+    (line,) = [record.getMessage() for record in caplog.records]
+    assert "bbbb0002" in line and "full state" in line and "weights" in line and "snapshot" in line
+    assert forget_lost_trials(str(tmp_path)) == []  # nothing left of it to delete

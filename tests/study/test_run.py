@@ -806,6 +806,31 @@ def test_what_stays_is_each_models_best_weights_and_no_full_state(main_study):
     assert list(study_dir.glob("*/checkpoint_*")) == []
 
 
+def test_a_resume_deletes_the_full_state_and_weights_of_a_trial_tune_forgot(main_study, tmp_path, caplog):
+    """A trial that started after the last snapshot Tune saved (the driver killed before the next one) is not
+    in the study a resume restores: its full state and weights stayed forever, two weights files for a model
+    under --keep 1, the second evaluated by the analysis. The resume deletes them; the trials it knows keep
+    theirs."""
+    _, _, study_dir, _ = main_study
+    study = tmp_path / "copy"
+    shutil.copytree(study_dir, study)
+    lost = study / "0123abcd_folder_resnet50_adam_lr1.0e-03_bs16"
+    (lost / "checkpoint_000001").mkdir(parents=True)
+    (lost / "checkpoint_000001" / "state.pt").write_bytes(b"x" * 2_000_000)
+    kept = sorted(p.name for p in (study / "weights").iterdir())
+    known = kept[0].removesuffix(".json")
+    shutil.copy(study / "weights" / f"{known}.pt", study / "weights" / "0123abcd.pt")
+    sidecar = json.loads((study / "weights" / f"{known}.json").read_text())
+    (study / "weights" / "0123abcd.json").write_text(json.dumps({**sidecar, "trial_id": "0123abcd"}))
+    with caplog.at_level(logging.INFO, logger="study.checkpoints"):
+        assert main(["--resume", str(study)]) == 0
+    assert sorted(p.name for p in (study / "weights").iterdir()) == kept
+    assert not (lost / "checkpoint_000001").exists()
+    assert [r.getMessage() for r in caplog.records if "0123abcd" in r.getMessage()] == [
+        "trial 0123abcd started after Tune's last snapshot of the study was saved, so the resume does not know it: "
+        "deleted its full state (2 MB) and its best weights (weights/0123abcd.pt)"]
+
+
 def test_adam_trials_never_carry_sgd_dimensions(main_study):
     settings, _, study_dir, _ = main_study
     for trial_dir in trial_dirs(study_dir):
