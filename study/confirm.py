@@ -33,7 +33,7 @@ import pandas as pd
 
 from cxrnets.errors import CxrError
 from study import storage
-from study.checkpoints import WeightsKeeper
+from study.checkpoints import WeightsKeeper, forget_lost_trials
 from study.results import ResultsTable, read_results, read_trial_events
 from study.lock import driver_lock
 from study.settings import StudySettings, check_setting_rules, load_settings, relocate, resumed_study
@@ -278,6 +278,8 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
              len(jobs), settings.max_epochs)
     resume_command = f"python -m study.confirm {quote(study_dir)} --resume"
     with driver_lock(uri, resume_command):
+        if resume:
+            forget_lost_trials(uri)  # trials that started after Tune's last snapshot: the resume does not know them
         quiet_tune(verbose)
         started_here = connect(address, num_cpus, trial_logs=verbose)
         try:

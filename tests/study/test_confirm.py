@@ -452,3 +452,23 @@ def test_a_confirm_resume_is_refused_while_another_driver_runs_the_confirm_run(c
     finally:
         running.kill()
         running.wait()
+
+
+def test_a_confirm_resume_deletes_the_full_state_and_weights_of_a_seed_run_tune_forgot(confirmed, tmp_path, caplog):
+    """A seed run that started after the confirm run's last snapshot (the driver killed before the next one) is
+    not in what its resume restores: its full state and weights would stay for good, beside the seed runs'."""
+    import logging
+
+    copy = tmp_path / "grid"
+    shutil.copytree(confirmed, copy, ignore=shutil.ignore_patterns("report"))
+    run = copy / "confirm"
+    lost = run / "0123abcd_covid-chestxray-3class_alexnet_adam_lr1.0e-03_bs16_seed1"
+    (lost / "checkpoint_000001").mkdir(parents=True)
+    (lost / "checkpoint_000001" / "state.pt").write_bytes(b"x" * 2_000_000)
+    kept = sorted(p.name for p in (run / "weights").iterdir())
+    (run / "weights" / "0123abcd.pt").write_bytes(b"y" * 1000)
+    with caplog.at_level(logging.INFO, logger="study.checkpoints"):
+        assert main([str(copy), "--resume"]) == 0
+    assert sorted(p.name for p in (run / "weights").iterdir()) == kept
+    assert not (lost / "checkpoint_000001").exists()
+    assert any("trial 0123abcd started after Tune's last snapshot" in r.getMessage() for r in caplog.records)
