@@ -16,7 +16,7 @@ from cxrnets.errors import CxrError
 from study import storage
 from study.analysis.figures import write_figures
 from study.analysis.looks import history
-from study.analysis.report_tables import best_model_on_validation, never_predicted, reported_metric, slug
+from study.analysis.report_tables import NO_SPREAD, best_model_on_validation, never_predicted, reported_metric, slug
 from study.analysis.selection import Analysis
 from study.analysis.uncertainty import FEW_PATIENTS
 from study.tables import METRIC_TITLES, NOT_SET, PAPER_METRICS, STATUSES, interval_text, markdown_table
@@ -166,6 +166,7 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
                   else "No cell could be evaluated (see Skipped trials below).", ""]
     for metric in compared:
         lines += [f"### {METRIC_TITLES[metric]}", "", markdown_table(tables[f"_shown_comparison_{metric}"]), ""]
+        lines += no_spread_note(tables[f"_shown_comparison_{metric}"])
     lines += failed_cells_note(analysis, split_name)
     lines += absent_classes_note(analysis, analysis.split)
     if "majority_baseline" in tables:
@@ -173,6 +174,7 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
                   f"Always predicting the training split's most frequent class (multi-label: each label present in "
                   f"most training images), scored on the same {split_name} images: the floor a model must beat.", "",
                   markdown_table(tables["_shown_majority_baseline"]), ""]
+        lines += no_spread_note(tables["_shown_majority_baseline"])
     if "paired_differences" in tables:
         lines += paired_section(analysis)
     if analysis.confirmation is not None:
@@ -183,6 +185,7 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
     lines += ["## Evaluated trials", ""]
     if len(tables["selected_trials"]):
         lines += [markdown_table(tables["_shown_selected_trials"]), ""]
+        lines += no_spread_note(tables["_shown_selected_trials"])
         lines += ["`best epoch`: the trial's best epoch on validation; `evaluated epoch`: the checkpoint evaluated "
                   "(they differ only where the best checkpoint is gone, or ties).", ""]
         lines += predict_commands(analysis)
@@ -374,6 +377,17 @@ def one_patient_sentence(per_class: pd.DataFrame) -> list[str]:
             "have no interval; precision, recall and specificity keep their exact ones.", ""]
 
 
+def no_spread_note(shown: pd.DataFrame) -> list[str]:
+    """Why the table's `[no spread]` figures have no interval (empty when it has none)."""
+    if not shown.astype(str).apply(lambda column: column.str.contains(NO_SPREAD, regex=False)).any(axis=None):
+        return []
+    return [f"`{NO_SPREAD}`: the figure is the same in every resample, so it has no interval (one would have no "
+            "width and say nothing of its uncertainty). A resample keeps the split's number of patients of each "
+            "class: a figure that depends only on each class being all right or all wrong (a constant predictor's "
+            "macro recall) does not move, nor, where each patient has one image, does any figure counted over a "
+            "class's images once every image of the class is right or every one wrong.", ""]
+
+
 def flat_f1_sentence(per_class: pd.DataFrame) -> list[str]:
     """The classes (of two patients or more) whose F1 every resample repeats, and what to read instead
     (empty when none)."""
@@ -415,6 +429,7 @@ def calibration_section(analysis: Analysis, split_name: str, figures: bool) -> l
              "diagram.", ""]
     lines += class_weight_sentence(analysis)
     lines += [markdown_table(analysis.tables["_shown_calibration"]), ""]
+    lines += no_spread_note(analysis.tables["_shown_calibration"])
     if figures:
         lines += [f"![calibration, {name.removeprefix('reliability_')}](figures/{path.name})"
                   for name, path in analysis.figures.items() if name.startswith("reliability_")] + [""]
@@ -519,12 +534,15 @@ def uncertainty_paragraph(analysis: Analysis) -> str:
     one_each = [b.dataset for b in bootstraps if b.images == b.patients]
     if one_each:
         text += (f" On {joined_names(one_each)} every resampled unit is one image, so each resample keeps each "
-                 "class's images: a figure whose every class is all right or all wrong, such as a constant "
-                 "predictor's accuracy (the majority-class baseline's), is the same in every resample, and an "
-                 "interval of no width there measures nothing.")
+                 "class's images: a figure whose every class is all right or all wrong is the same in every "
+                 f"resample, and is shown `{NO_SPREAD}` rather than with an interval of no width.")
     text += f" ({sizes}.)"
+    text += (" Accuracy (and subset accuracy) of one trial or of the majority-class baseline, a proportion of images, "
+             "gets the exact binomial interval with the patients as clusters instead, as a class's precision and "
+             "recall do in the per-class tables.")
     if analysis.top_k > 1:
-        text += f" With --top-k {analysis.top_k} the interval is that of the cell's mean."
+        text += (f" With --top-k {analysis.top_k} the interval is that of the cell's mean (the resampled one, for "
+                 "accuracy too).")
     undefined = sorted({f"{b.dataset}: {', '.join(sorted(m for m, why in b.undefined.items() if why == reason))}: "
                         f"{reason}" for b in analysis.bootstraps.values() for reason in set(b.undefined.values())})
     if undefined:
@@ -556,7 +574,9 @@ def paired_section(analysis: Analysis) -> list[str]:
              "`tables/paired_differences`.", ""]
     for row in shown.itertuples(index=False):
         interval = interval_text(row.lower, row.upper, signed=True)
-        if pd.isna(row.lower) or pd.isna(row.upper):
+        if row.no_spread:
+            interval, verdict = NO_SPREAD, "the same in every resample: no interval"
+        elif pd.isna(row.lower) or pd.isna(row.upper):
             verdict = "no interval"
         else:
             verdict = "distinguishable" if row.distinguishable else "not distinguishable"

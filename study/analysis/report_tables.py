@@ -13,13 +13,18 @@ from study.analysis.evaluation import Evaluation
 from study.analysis.reading import cell_columns, model_order, search_dimensions
 from study.analysis.selection import Analysis
 from study.analysis.uncertainty import (BASELINE, SplitBootstrap, class_patients, percentile_interval,
-                                        proportion_interval)
+                                        proportion_interval, same_in_every_resample)
 from study.tables import (PAPER_METRICS, ablation_table, comparison_table, format_paper_table, interval_text,
                           paper_table, rank_key)
 
 
 # The per-class figures that are proportions of images: their intervals are proportion_interval's.
 PROPORTIONS = ("precision", "recall", "specificity")
+# The summary figures that are one predictor's proportion of images (accuracy multi-label: of image-labels): the
+# same.
+IMAGE_PROPORTIONS = ("accuracy", "subset_accuracy")
+# Shown for a figure that is the same in every resample (the CSV leaves its bounds empty and says `no spread`).
+NO_SPREAD = "[no spread]"
 
 
 def slug(text: str) -> str:
@@ -47,7 +52,10 @@ def selected_table(analysis: Analysis) -> pd.DataFrame:
             prefix = f"{analysis.split}/"
             for name, samples in bootstrap.samples[candidate.trial_id].summary.items():
                 if prefix + name in evaluation.metrics:
-                    row[f"{prefix}{name} lower"], row[f"{prefix}{name} upper"] = interval_of(bootstrap, name, samples)
+                    lower, upper, flat = predictor_interval(bootstrap, evaluation, evaluation.scores, name, samples)
+                    row[f"{prefix}{name} lower"], row[f"{prefix}{name} upper"] = lower, upper
+                    if flat:
+                        row[f"{prefix}{name} no spread"] = True
         rows.append(row)
     for failed in analysis.failed:
         candidate = failed.candidate
@@ -58,7 +66,7 @@ def selected_table(analysis: Analysis) -> pd.DataFrame:
         row.update({"best epoch": candidate.best_epoch, "evaluated epoch": candidate.epoch,
                     f"{analysis.metric} (recorded)": candidate.value, f"failed on {analysis.split}": failed.reason})
         rows.append(row)
-    table = pd.DataFrame(rows)
+    table = with_no_spread_filled(pd.DataFrame(rows))
     if analysis.failed:  # each failed trial among its cell's
         order = model_order(table["model"])
         table = table.sort_values(["dataset", "model", "rank"], key=lambda column: column.map(order.index)
@@ -156,17 +164,22 @@ def comparison_tables(analysis: Analysis, cells: pd.DataFrame) -> dict[str, pd.D
             continue
         rows = sorted({*long.loc[long[metric].notna(), "dataset"], *(dataset for dataset, _ in failed)})
         mean, std, count = paper_table(long, metric, models, rows)
-        lower, upper = cell_intervals(analysis, metric, mean)
+        lower, upper, flat = cell_intervals(analysis, metric, mean)
         table = mean.reset_index()
         for model in models:
             if analysis.bootstraps:
                 table[f"{model} lower"] = lower[model].to_numpy()
                 table[f"{model} upper"] = upper[model].to_numpy()
+                if flat[model].any():
+                    table[f"{model} no spread"] = flat[model].to_numpy()
             if analysis.top_k > 1:
                 table[f"{model} std"] = std[model].to_numpy()
                 table[f"{model} n"] = count[model].to_numpy()
         shown = format_paper_table(mean, std, count, analysis.top_k, lower=lower if analysis.bootstraps else None,
                                    upper=upper)
+        for model in models:
+            marked = flat[model].to_numpy()
+            shown.loc[marked, model] = shown.loc[marked, model].str.replace("[undefined]", NO_SPREAD, regex=False)
         if failed:
             table[failed_words] = [", ".join(m for m in models if (dataset, m) in failed) for dataset in rows]
             for dataset, model in failed:
@@ -194,12 +207,14 @@ def baseline_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
                 continue
             row[metric] = evaluation.baseline[prefix + metric]
             if bootstrap is not None:
-                row[f"{metric} lower"], row[f"{metric} upper"] = interval_of(
-                    bootstrap, metric, bootstrap.cell([BASELINE], metric))
+                row[f"{metric} lower"], row[f"{metric} upper"], flat = predictor_interval(
+                    bootstrap, evaluation, evaluation.baseline_scores, metric, bootstrap.cell([BASELINE], metric))
+                if flat:
+                    row[f"{metric} no spread"] = True
         rows.append(row)
     if not rows:
         return {}
-    table = pd.DataFrame(rows).sort_values("dataset", kind="stable")
+    table = with_no_spread_filled(pd.DataFrame(rows)).sort_values("dataset", kind="stable")
     return {"majority_baseline": table, "_shown_majority_baseline": with_intervals(table)}
 
 
@@ -280,11 +295,13 @@ def calibration_table(analysis: Analysis) -> pd.DataFrame:
             column = name.replace("_", " ")
             row[column] = point[name]
             if bootstrap is not None:
-                row[f"{column} lower"], row[f"{column} upper"] = interval_of(
+                row[f"{column} lower"], row[f"{column} upper"], flat = interval_of(
                     bootstrap, name, bootstrap.calibration[chosen.candidate.trial_id][name])
+                if flat:
+                    row[f"{column} no spread"] = True
         row["mean probability"], row["observed"] = point["mean_probability"], point["observed"]
         rows.append(row)
-    return pd.DataFrame(rows)
+    return with_no_spread_filled(pd.DataFrame(rows))
 
 
 def predictions_table(evaluation: Evaluation) -> pd.DataFrame:
@@ -308,21 +325,31 @@ def reported_metric(analysis: Analysis) -> str:
     return metric if metric in PAPER_METRICS else "f1_macro"
 
 
-def cell_intervals(analysis: Analysis, metric: str, mean: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(lower, upper) tables shaped like `mean` (datasets x models): each cell's interval, from the
-    mean over its evaluated trials on every resample; NaN where undefined or not resampled."""
+def cell_intervals(analysis: Analysis, metric: str,
+                   mean: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(lower, upper, no spread) tables shaped like `mean` (datasets x models): each cell's interval, from the
+    mean over its evaluated trials on every resample (a cell of one trial: predictor_interval's); NaN where
+    undefined, not resampled or the same in every resample (no spread: True)."""
     lower = pd.DataFrame(np.nan, index=mean.index, columns=mean.columns)
     upper = lower.copy()
+    flat = pd.DataFrame(False, index=mean.index, columns=mean.columns)
+    evaluations = {c.candidate.trial_id: c.evaluation for c in analysis.selected}
     for dataset in mean.index:
         bootstrap = analysis.bootstraps.get(dataset)
         if bootstrap is None:
             continue
         for model in mean.columns:
             trial_ids = cell_trials(analysis, dataset, model)
-            if trial_ids:
-                lower.loc[dataset, model], upper.loc[dataset, model] = interval_of(
-                    bootstrap, metric, bootstrap.cell(trial_ids, metric))
-    return lower, upper
+            if not trial_ids:
+                continue
+            samples = bootstrap.cell(trial_ids, metric)
+            if len(trial_ids) == 1:
+                evaluation = evaluations[trial_ids[0]]
+                bounds = predictor_interval(bootstrap, evaluation, evaluation.scores, metric, samples)
+            else:
+                bounds = interval_of(bootstrap, metric, samples)
+            lower.loc[dataset, model], upper.loc[dataset, model], flat.loc[dataset, model] = bounds
+    return lower, upper, flat
 
 
 def cell_trials(analysis: Analysis, dataset: str, model: str) -> list[str]:
@@ -332,24 +359,57 @@ def cell_trials(analysis: Analysis, dataset: str, model: str) -> list[str]:
     return [c.candidate.trial_id for c in analysis.selected if (c.dataset, c.model) == (dataset, model)]
 
 
-def interval_of(bootstrap: SplitBootstrap, metric: str, samples: np.ndarray) -> tuple[float, float]:
+def interval_of(bootstrap: SplitBootstrap, metric: str, samples: np.ndarray) -> tuple[float, float, bool]:
+    """(lower, upper, no spread): the percentile interval of `metric`'s resampled values; (nan, nan) where the
+    metric's interval is undefined on the split, or where every resample gives the same value (no spread: True;
+    an interval of no width would say nothing of the figure's uncertainty)."""
     if metric in bootstrap.undefined:
-        return np.nan, np.nan
-    return percentile_interval(samples)
+        return np.nan, np.nan, False
+    if same_in_every_resample(samples):
+        return np.nan, np.nan, True
+    return (*percentile_interval(samples), False)
+
+
+def predictor_interval(bootstrap: SplitBootstrap, evaluation: Evaluation, scores: np.ndarray, metric: str,
+                       samples: np.ndarray) -> tuple[float, float, bool]:
+    """interval_of for one predictor's figure (a trial's `scores`, or the baseline's), but the exact interval
+    with the patients as clusters for a proportion of images (IMAGE_PROPORTIONS), as the per-class tables give
+    precision and recall: its percentile interval is too narrow over few patients, and has no width where each
+    patient has one image and each class is all right or all wrong."""
+    from cxrnets.metrics import predictions
+
+    if metric not in IMAGE_PROPORTIONS or metric in bootstrap.undefined:
+        return interval_of(bootstrap, metric, samples)
+    right = predictions(scores, evaluation.multilabel) == evaluation.y_true
+    groups = evaluation.groups
+    if evaluation.multilabel and metric == "accuracy":  # label-wise: each image-label counts once
+        right, groups = right.ravel(), np.repeat(groups, right.shape[1])
+    elif evaluation.multilabel:  # subset accuracy: an image is right where all its labels are
+        right = right.all(axis=1)
+    return (*proportion_interval(right, groups), False)
+
+
+def with_no_spread_filled(table: pd.DataFrame) -> pd.DataFrame:
+    """`table` with its `X no spread` columns (set only on the rows without spread) False elsewhere."""
+    flags = [column for column in table.columns if column.endswith(" no spread")]
+    return table.astype({column: object for column in flags}).fillna({column: False for column in flags}).astype(
+        {column: bool for column in flags})
 
 
 def with_intervals(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
-    """A table with `X`, `X lower`, `X upper` columns shown as one `X` column: `0.310 [0.21, 0.41]`."""
+    """A table with `X`, `X lower`, `X upper` columns shown as one `X` column: `0.310 [0.21, 0.41]` (`0.310
+    [no spread]` where its `X no spread` column is True)."""
     shown = pd.DataFrame(index=table.index)
     for column in table.columns:
-        if column.endswith(" lower") or column.endswith(" upper"):
+        if column.endswith(" lower") or column.endswith(" upper") or column.endswith(" no spread"):
             continue
         values = table[column]
         if f"{column} lower" not in table or not pd.api.types.is_numeric_dtype(values):
             shown[column] = values
             continue
-        shown[column] = ["—" if pd.isna(v) else f"{v:.{digits}f} {interval_text(lo, hi)}"
-                         for v, lo, hi in zip(values, table[f"{column} lower"], table[f"{column} upper"])]
+        flat = table[f"{column} no spread"] if f"{column} no spread" in table else [False] * len(table)
+        shown[column] = ["—" if pd.isna(v) else f"{v:.{digits}f} {NO_SPREAD if same else interval_text(lo, hi)}"
+                         for v, lo, hi, same in zip(values, table[f"{column} lower"], table[f"{column} upper"], flat)]
     return shown.reset_index(drop=True)
 
 
@@ -367,7 +427,8 @@ def paired_differences(analysis: Analysis) -> pd.DataFrame:
     """Per dataset and metric, each model against the majority baseline and against the row's model
     chosen best on validation: the difference of their figures and its interval over the same
     resampled patients. `distinguishable`: the interval excludes zero (NA where there is no interval).
-    A cell that failed on the split has no difference, nor has any against it."""
+    `no_spread`: the difference is the same in every resample (no interval). A cell that failed on the split
+    has no difference, nor has any against it."""
     prefix = f"{analysis.split}/"
     failed = failed_cells(analysis)
     rows = []
@@ -389,15 +450,17 @@ def paired_differences(analysis: Analysis) -> pd.DataFrame:
                 versus = others + ([(f"{reference} (best on validation)", point[reference], samples[reference])]
                                    if reference not in (None, model) else [])
                 for name, value, reference_samples in versus:
-                    lower, upper = (percentile_interval(samples[model] - reference_samples)
-                                    if bootstrap.difference_defined(metric) else (np.nan, np.nan))
+                    resampled = samples[model] - reference_samples
+                    flat = bootstrap.difference_defined(metric) and same_in_every_resample(resampled)
+                    lower, upper = (percentile_interval(resampled) if bootstrap.difference_defined(metric) and not flat
+                                    else (np.nan, np.nan))
                     # No interval: neither distinguishable nor not (NA, an empty CSV cell).
                     distinguishable = pd.NA if np.isnan(lower) else bool(lower > 0 or upper < 0)
                     rows.append({"dataset": dataset, "metric": metric, "model": model, "versus": name,
                                  "difference": point[model] - value, "lower": lower, "upper": upper,
-                                 "distinguishable": distinguishable})
+                                 "distinguishable": distinguishable, "no_spread": flat})
     table = pd.DataFrame(rows, columns=["dataset", "metric", "model", "versus", "difference", "lower", "upper",
-                                        "distinguishable"])
+                                        "distinguishable", "no_spread"])
     return table.astype({"distinguishable": "boolean"})
 
 

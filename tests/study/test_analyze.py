@@ -330,7 +330,7 @@ def test_report_files(evaluated, study_dir):
 def test_intervals_resample_patients_and_pair_the_comparisons(evaluated, study_dir):
     """Every test figure carries its interval; the paired differences against the baseline and the
     row's model chosen on validation are in a table and, for the study metric, in words."""
-    from study.analysis.uncertainty import BASELINE, bootstrap_split, percentile_interval
+    from study.analysis.uncertainty import BASELINE, bootstrap_split, proportion_interval
 
     analysis, _ = evaluated
     bootstrap = analysis.bootstraps[DATASET]
@@ -347,12 +347,17 @@ def test_intervals_resample_patients_and_pair_the_comparisons(evaluated, study_d
     assert len(alone) == 1, "the test reads a split with one class of one patient"
     assert {"precision_macro", "recall_macro", "f1_macro", "roc_auc_macro"} <= set(bootstrap.undefined)
     assert "accuracy" not in bootstrap.undefined
-    # Seeded with the study's seed: the same resamples give the same intervals.
+    # Seeded with the study's seed: the same resamples give the same intervals; accuracy, a proportion of images,
+    # has the exact one over its patients.
     again = bootstrap_split(DATASET, [c.evaluation for c in analysis.selected], 2000, seed=bootstrap.seed)
     for chosen in analysis.selected:
         table = analysis.tables["comparison_accuracy"]
+        evaluation = chosen.evaluation
+        right = evaluation.scores.argmax(axis=1) == evaluation.y_true
         assert (table.loc[0, f"{chosen.model} lower"], table.loc[0, f"{chosen.model} upper"]) == pytest.approx(
-            percentile_interval(again.samples[chosen.candidate.trial_id].summary["accuracy"]))
+            proportion_interval(right, evaluation.groups))
+        trial = chosen.candidate.trial_id
+        assert np.array_equal(again.samples[trial].summary["accuracy"], bootstrap.samples[trial].summary["accuracy"])
         table = analysis.tables["comparison_f1_macro"]
         assert table[[f"{chosen.model} lower", f"{chosen.model} upper"]].isna().all(axis=None)
     baseline = analysis.tables["majority_baseline"]
@@ -378,6 +383,9 @@ def test_intervals_resample_patients_and_pair_the_comparisons(evaluated, study_d
     accuracy = paired[paired["metric"] == "accuracy"]
     assert len(accuracy) == len(f1)
     for row in accuracy.to_dict("records"):
+        if row["no_spread"]:  # the same in every resample (a model predicting as the baseline does): no interval
+            assert np.isnan(row["lower"]) and pd.isna(row["distinguishable"])
+            continue
         assert row["lower"] <= row["upper"]
         assert row["distinguishable"] == (row["lower"] > 0 or row["upper"] < 0)
     for row in f1.to_dict("records"):
@@ -1035,4 +1043,3 @@ def test_help_and_option_errors_answer_without_loading_torch_ray_or_optuna(argv)
     assert done.stdout.splitlines()[-1] == f"exit {0 if argv == ['--help'] else 2} []", done.stdout + done.stderr
     if argv != ["--help"]:
         assert done.stderr.startswith(f"error: {argv[1]} ")
-

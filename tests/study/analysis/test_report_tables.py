@@ -206,7 +206,7 @@ def test_a_paired_difference_without_interval_is_neither_distinguishable_nor_not
     assert not pd.isna(accuracy["distinguishable"]) and bool(accuracy["distinguishable"])
     written = table.to_csv(index=False)
     assert "d,f1_macro,alexnet,majority baseline," in written
-    assert next(line for line in written.splitlines() if line.startswith("d,f1_macro,alexnet")).endswith(",,,")
+    assert next(line for line in written.splitlines() if line.startswith("d,f1_macro,alexnet")).endswith(",,,,False")
 
 
 def test_the_reference_of_tied_models_is_the_one_the_selection_ranks_first():
@@ -241,3 +241,48 @@ def test_the_selected_trials_table_shows_whether_each_trial_finished():
     table = selected_table(analysis)
     assert table["status"].tolist() == ["failed", "completed"]
     assert list(table.columns[:6]) == ["dataset", "model", "rank", "trial_id", "trial_name", "status"]
+
+
+def _one_image_per_patient() -> types.SimpleNamespace:
+    """An analysis of dataset d as covid-pneumonia-normal's layout makes it (no patient ids: each image its own
+    patient), one trial per cell: 3 images of each class, COVID-19 and Other pneumonia all right, No Finding all
+    called Other pneumonia; the baseline calls everything COVID-19."""
+    y_true = np.repeat([0, 1, 2], 3)
+    evaluation = _scored("t1", y_true, np.array([0, 0, 0, 1, 1, 1, 1, 1, 1]), np.arange(9))
+    analysis = _compared({"alexnet": (evaluation, 0.5, 0.1)})
+    evaluation.epoch = 3
+    analysis.selected[0].candidate.trial_name, analysis.selected[0].candidate.best_epoch = "n1", 3
+    analysis.trials = pd.DataFrame({"trial_id": ["t1"], "trial_name": ["n1"], "status": ["completed"],
+                                    "config/dataset": ["d"], "config/model": ["alexnet"]})
+    analysis.top_k, analysis.study.settings.data_roots = 1, {"d": "."}
+    return analysis
+
+
+def test_a_figure_no_resample_moves_shows_no_spread_not_a_zero_width_interval():
+    """Each class all right or all wrong on one image per patient: every resample kept each class's images and
+    gave the same macro recall, and the tables showed `0.667 [0.67, 0.67]`; accuracy, a proportion of images, has
+    its exact interval over the patients instead."""
+    from study.analysis.report import no_spread_note
+    from study.analysis.report_tables import baseline_tables, comparison_tables
+    from study.tables import interval_text
+
+    analysis = _one_image_per_patient()
+    cells = selected_table(analysis)
+    tables = comparison_tables(analysis, cells)
+    accuracy = proportion_interval(np.array([True] * 6 + [False] * 3), np.arange(9))
+    assert tables["_shown_comparison_accuracy"].loc[0, "alexnet"] == f"0.667 {interval_text(*accuracy)}"
+    recall = tables["_shown_comparison_recall_macro"]
+    assert recall.loc[0, "alexnet"] == "0.667 [no spread]"
+    assert "no spread" in " ".join(no_spread_note(recall)[0].split())
+    assert no_spread_note(tables["_shown_comparison_accuracy"]) == []
+    assert bool(tables["comparison_recall_macro"].loc[0, "alexnet no spread"])
+
+    baseline = baseline_tables(analysis)["_shown_majority_baseline"]
+    exact = proportion_interval(np.array([True] * 3 + [False] * 6), np.arange(9))
+    assert baseline.loc[0, "accuracy"] == f"0.333 {interval_text(*exact)}"
+    assert baseline.loc[0, "recall_macro"] == "0.333 [no spread]"
+    shown = selected_table(analysis)
+    assert "[0.67, 0.67]" not in shown.to_string()
+    differences = paired_differences(analysis)
+    flat = differences[(differences["metric"] == "recall_macro") & (differences["versus"] == BASELINE)].iloc[0]
+    assert bool(flat["no_spread"]) and np.isnan(flat["lower"]) and pd.isna(flat["distinguishable"])
