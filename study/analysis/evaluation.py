@@ -130,6 +130,22 @@ class StudyData:
             self._splits[dataset] = split
         return self._splits[dataset]
 
+    def check_splits(self, trial_configs: dict[str, dict[str, Any]]) -> None:
+        """Read each dataset's split and check the data against it (prepare) before any weights are fetched:
+        a missing or edited split, or data gone or changed, refuses the analysis before it downloads gigabytes.
+        `trial_configs`: dataset -> the config of a trial on it, as the study recorded it (the checkpoint's own
+        config, read later, prepares the same data: the same dataset, image size and options)."""
+        settings = self.study.settings
+        for dataset, config in trial_configs.items():
+            self.split(dataset)
+            values = {"image_size": settings.image_size, "epochs": settings.max_epochs, "seed": settings.seed,
+                      **config, "dataset": dataset, "dataset_options": settings.dataset_options.get(dataset, {})}
+            try:
+                train_config = self.train_config({"config": values})
+            except CxrError:  # a config TrainConfig refuses: that trial's evaluation says so and skips it
+                continue
+            self.prepare(train_config)
+
     @staticmethod
     def _key(config) -> tuple:
         return (config.dataset, config.data_root, config.image_size, config.cache_dir,

@@ -202,6 +202,11 @@ def select_and_evaluate(analysis: Analysis, data: StudyData) -> None:
         queue.append((dataset, model, candidates(analysis.study, members, analysis.metric, analysis.mode,
                                                  analysis.notes, analysis.top_k)))
     total = sum(min(len(ranked), analysis.top_k) for *_, ranked in queue)
+    first_configs: dict[str, dict] = {}
+    for dataset, _, ranked in queue:
+        if ranked:
+            first_configs.setdefault(dataset, ranked[0].config)
+    data.check_splits(first_configs)
     data.prefetch([candidate.weights.uri for *_, ranked in queue for candidate in ranked[:analysis.top_k]])
     done = 0
     for dataset, model, ranked in queue:

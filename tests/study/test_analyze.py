@@ -1043,3 +1043,27 @@ def test_help_and_option_errors_answer_without_loading_torch_ray_or_optuna(argv)
     assert done.stdout.splitlines()[-1] == f"exit {0 if argv == ['--help'] else 2} []", done.stdout + done.stderr
     if argv != ["--help"]:
         assert done.stderr.startswith(f"error: {argv[1]} ")
+
+
+@pytest.mark.parametrize("broken", ["split removed", "data gone"])
+def test_the_split_and_the_data_are_checked_before_any_weights_are_fetched(study_dir, tmp_path, monkeypatch, broken):
+    """A study in a bucket whose split file was missing had every evaluated weights file downloaded (gigabytes with
+    VGG11 and --top-k 3) before the analysis said `the study's split is missing`: the splits, and the data against
+    them, are now read before any weights."""
+    copy = linked_copy(study_dir, tmp_path / "grid")
+    shutil.rmtree(copy / "analyses", ignore_errors=True)
+    roots = None
+    if broken == "split removed":
+        (copy / "splits" / f"{DATASET}.csv").unlink()
+    else:
+        roots = [f"{DATASET}={tmp_path / 'nowhere'}"]
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights fetched or loaded before the split was checked")
+
+    monkeypatch.setattr(StudyData, "prefetch", no_weights)
+    monkeypatch.setattr(StudyData, "fetch", no_weights)
+    monkeypatch.setattr(evaluation_module, "load_checkpoint", no_weights)
+    with pytest.raises(CxrError, match="the study's split is missing" if broken == "split removed"
+                       else "no data at .*nowhere on this machine"):
+        analyze(copy, formats=("csv",), resamples=0, importance="none", saliency=0, data_roots=roots)

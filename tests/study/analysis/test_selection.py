@@ -103,7 +103,7 @@ def analysed(results: pd.DataFrame, written: dict[str, BestWeights], failures: d
 
     monkeypatch.setattr(selection_module, "evaluate_checkpoint", evaluate)
     analysis = Analysis(study, METRIC, "max", "test", top_k, trials)
-    select_and_evaluate(analysis, SimpleNamespace(prefetch=lambda uris: None))
+    select_and_evaluate(analysis, SimpleNamespace(check_splits=lambda configs: None, prefetch=lambda uris: None))
     return analysis
 
 
