@@ -111,7 +111,7 @@ def evaluate_confirmation(study: Study, split: str, data: StudyData) -> Confirma
                                       f"its best epoch before that ({best.epoch})")
         try:
             run.evaluation = evaluate_checkpoint(best.uri, data, split, run.trial_id,
-                                                 trial_config=run.job.config)
+                                                 trial_config=run.job.config, sidecar=best)
         except AnalysisRefused:
             raise
         except (CxrError, OSError) as error:

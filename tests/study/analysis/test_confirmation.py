@@ -71,3 +71,30 @@ def test_a_seed_run_that_errored_before_its_first_epoch_is_reported_as_failed_no
             f"in its trial folder): once the cause is fixed, `python -m study.confirm {study_uri} --resume` runs it "
             "again") in text, text
     assert "1 seed run unfinished: continue" in text, text
+
+
+def test_a_seed_runs_weights_rewritten_since_the_analysis_read_their_sidecar_are_not_evaluated(tmp_path):
+    """A confirm run still running rewrote a seed run's best weights after the analysis read their sidecar: the
+    seed run's row paired the sidecar's epoch with the new weights' test figures (the search's trials were already
+    checked so). Now the seed run is noted and left unevaluated, as such a search trial is skipped."""
+    import torch
+
+    from study.analysis.evaluation import StudyData
+    from study.checkpoints import BestWeights, sidecar_uri, weights_uri
+
+    study_uri = str(tmp_path / "grid")
+    _confirm_run(study_uri, [{METRIC: 0.3}, {METRIC: 0.5}])
+    uri, trial_id = confirm_uri(study_uri), "c0nf1rm0_00000"
+    storage.write_json(sidecar_uri(uri, trial_id), asdict(BestWeights(trial_id, 2, METRIC, 0.5, 1000, "")))
+    path = weights_uri(uri, trial_id)
+    torch.save({"model": {}, "epoch": 3, "config": {"dataset": "d", "model": "alexnet", "seed": 1},
+                "classes": ["a", "b"], "multilabel": False, "metric": METRIC, "value": 0.6}, path)
+    settings = types.SimpleNamespace(metric=METRIC, mode="max", max_epochs=3, tie_break="val/loss", data_roots={},
+                                     cache_dir=str(tmp_path / "cache"), image_size=16)
+    study = types.SimpleNamespace(uri=study_uri, settings=settings)
+
+    confirmation = evaluate_confirmation(study, "test", StudyData(study))
+    assert confirmation.runs[0].evaluation is None
+    assert (f"seed run {confirmation.runs[0].job.name} ({trial_id}): {path}: its weights changed since the analysis "
+            f"read them (now of epoch 3, {METRIC} 0.600; their sidecar named epoch 2, {METRIC} 0.500): the study is "
+            "still running; analyse again when it ends; not evaluated") in confirmation.notes
