@@ -425,12 +425,9 @@ def test_an_external_set_s_copies_of_the_study_s_x_rays_are_left_out_and_counted
     assert re.search(f"--external kaggle: {left_out} were left out", caplog.text)
 
 
-def test_an_external_set_s_x_ray_filed_twice_is_one_patient_of_its_intervals(tmp_path, make_radiography,
-                                                                             make_radiography_copies):
-    """An external set that holds an X-ray twice, under two names (two patients to its loader), resamples the two
-    as one patient: the set's line of the report counts them once."""
+def radiography_study_data(tmp_path, make_radiography):
+    """A study's data as the external checks read it: a small covid-radiography set, all of it in train."""
     from cxrnets.data import load_dataset
-    from study.analysis.external import ExternalSpec, check_externals, load_external
 
     study_root = make_radiography(per_class=3)
     study_index = load_dataset("covid-radiography", study_root)
@@ -438,6 +435,16 @@ def test_an_external_set_s_x_ray_filed_twice_is_one_patient_of_its_intervals(tmp
     data = types.SimpleNamespace(study=types.SimpleNamespace(settings=types.SimpleNamespace(
         dataset_options={}, image_size=64)), data_roots={"covid-radiography": study_root},
         split=lambda dataset: split, cache_dir=str(tmp_path / "cache"))
+    return study_index, data
+
+
+def test_an_external_set_s_x_ray_filed_twice_is_one_patient_of_its_intervals(tmp_path, make_radiography,
+                                                                             make_radiography_copies):
+    """An external set that holds an X-ray twice, under two names (two patients to its loader), resamples the two
+    as one patient: the set's line of the report counts them once."""
+    from study.analysis.external import ExternalSpec, check_externals, load_external
+
+    study_index, data = radiography_study_data(tmp_path, make_radiography)
     root, copies = make_radiography_copies(tmp_path / "copies")
     spec = ExternalSpec("kaggle", "covid-radiography", str(root))
     indexes = check_externals(data, [spec], {})
@@ -451,16 +458,10 @@ def test_an_external_set_without_patient_ids_is_said_to_be_resampled_by_image(tm
                                                                             make_pneumonia_normal):
     """covid-pneumonia-normal names no patients: the set's line counts images, not patients, and the section says its
     intervals count the same person's X-rays as independent."""
-    from cxrnets.data import load_dataset
     from study.analysis.external import ExternalSpec, check_externals, load_external
     from study.analysis.report import elsewhere_section
 
-    study_root = make_radiography(per_class=3)
-    study_index = load_dataset("covid-radiography", study_root)
-    split = study_index.frame[["relpath", "patient"]].assign(split="train")
-    data = types.SimpleNamespace(study=types.SimpleNamespace(settings=types.SimpleNamespace(
-        dataset_options={}, image_size=64)), data_roots={"covid-radiography": study_root},
-        split=lambda dataset: split, cache_dir=str(tmp_path / "cache"))
+    study_index, data = radiography_study_data(tmp_path, make_radiography)
     spec = ExternalSpec("kaggle-2", "covid-pneumonia-normal", str(make_pneumonia_normal(per_class=4)))
     label_map = {"covid": "COVID", "normal": "Normal", "pneumonia": "Viral Pneumonia"}
     indexes = check_externals(data, [spec], label_map)
