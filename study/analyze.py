@@ -179,7 +179,7 @@ def check_search_finished(study_dir: str | Path, study_uri: str) -> None:
     """Refuse to evaluate on test the choices of a study whose search is unfinished (as study.confirm refuses
     to confirm them): each analysis of the test split is a look at it, and the finished study may choose other
     trials."""
-    from study.confirm import unfinished_search
+    from study.results import unfinished_search
 
     undone = unfinished_search(study_uri)
     if undone:

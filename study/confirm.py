@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import math
 import sys
@@ -34,7 +33,7 @@ import pandas as pd
 from cxrnets.errors import CxrError
 from study import storage
 from study.checkpoints import WeightsKeeper, forget_lost_trials
-from study.results import ResultsTable, read_results, read_trial_events
+from study.results import ResultsTable, read_results, read_trial_events, unfinished_search
 from study.lock import driver_lock
 from study.settings import StudySettings, check_setting_rules, load_settings, relocate, resumed_study
 from study.space import config_name
@@ -106,37 +105,6 @@ def make_jobs(settings: StudySettings, results: pd.DataFrame, seeds: int) -> lis
             jobs.append(ConfirmJob(len(jobs), str(config["dataset"]), str(config.get("model", "?")),
                                    str(row["trial_id"]), seed, config))
     return jobs
-
-
-def unfinished_search(study_uri: str) -> list[str]:
-    """What the study's search left undone, in words, from its trial events and Tune's newest snapshots of its
-    trials and of its search: trials that errored, trials interrupted (running or waiting), and trials not
-    started (fewer made than --num-samples, the space not exhausted). Empty for a finished search."""
-    import ray.cloudpickle as cloudpickle
-
-    events = read_trial_events(study_uri)
-    errored = events.loc[events["event"] == "error", "trial_id"].tolist()
-    names = [entry.name for entry in storage.listing(study_uri)]
-    interrupted, not_started = [], 0
-    states = sorted(name for name in names if name.startswith("experiment_state-"))
-    if states:
-        snapshot = storage.read_json(storage.join(study_uri, states[-1]))
-        trials = [json.loads(trial) for trial, _ in snapshot["trial_data"]]
-        interrupted = [trial["trial_id"] for trial in trials
-                       if trial["status"] not in ("TERMINATED", "ERROR") and trial["trial_id"] not in errored]
-    generators = sorted(name for name in names if name.startswith("search_gen_state-"))
-    if generators:
-        generator = cloudpickle.loads(storage.read_bytes(storage.join(study_uri, generators[-1])))
-        if not generator["finished"]:
-            not_started = max(0, generator["total_samples"] - generator["counter"])
-    undone = []
-    if errored:
-        undone.append(f"{len(errored)} errored ({', '.join(errored)})")
-    if interrupted:
-        undone.append(f"{len(interrupted)} interrupted ({', '.join(interrupted)})")
-    if not_started:
-        undone.append(f"{not_started} trial{'s' if not_started != 1 else ''} not started")
-    return undone
 
 
 def check_search_finished(study_dir: str, study_uri: str) -> None:

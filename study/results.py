@@ -19,6 +19,7 @@ from ray import tune
 
 from cxrnets.errors import CxrError
 from study import storage
+from study.checkpoints import stored_snapshot_trials
 from study.settings import study_location
 
 RESULTS_DIR = "results"
@@ -129,3 +130,30 @@ def read_trial_events(study_uri: str) -> pd.DataFrame:
     if events.empty:
         return pd.DataFrame(columns=["trial_id", "event", "timestamp", "error_file"])
     return events.sort_values("timestamp").drop_duplicates("trial_id", keep="last").reset_index(drop=True)
+
+
+def unfinished_search(study_uri: str) -> list[str]:
+    """What the study's search left undone, in words, from its trial events and Tune's newest snapshots of its
+    trials and of its search: trials that errored, trials interrupted (running or waiting), and trials not
+    started (fewer made than --num-samples, the space not exhausted). Empty for a finished search."""
+    import ray.cloudpickle as cloudpickle
+
+    events = read_trial_events(study_uri)
+    errored = events.loc[events["event"] == "error", "trial_id"].tolist()
+    interrupted = [trial_id for trial_id, trial in stored_snapshot_trials(study_uri).items()
+                   if trial["status"] not in ("TERMINATED", "ERROR") and trial_id not in errored]
+    names = [entry.name for entry in storage.listing(study_uri)]
+    not_started = 0
+    generators = sorted(name for name in names if name.startswith("search_gen_state-"))
+    if generators:
+        generator = cloudpickle.loads(storage.read_bytes(storage.join(study_uri, generators[-1])))
+        if not generator["finished"]:
+            not_started = max(0, generator["total_samples"] - generator["counter"])
+    undone = []
+    if errored:
+        undone.append(f"{len(errored)} errored ({', '.join(errored)})")
+    if interrupted:
+        undone.append(f"{len(interrupted)} interrupted ({', '.join(interrupted)})")
+    if not_started:
+        undone.append(f"{not_started} trial{'s' if not_started != 1 else ''} not started")
+    return undone
