@@ -521,9 +521,9 @@ def uncertainty_paragraph(analysis: Analysis) -> str:
                 f"class.")
     several = [b.dataset for b in bootstraps if b.images > b.patients and b.patient_ids]
     if several:
-        text += (" It keeps patients, not images: image-level figures such as accuracy still move with the images "
-                 "each drawn patient brings, even a constant predictor's (the majority-class baseline's interval "
-                 "shows how much).")
+        text += (" It keeps patients, not images: a figure over images resampled this way (the mean accuracy of "
+                 "--top-k trials) still moves with the images each drawn patient brings, even where the predictions "
+                 "are constant.")
     if by_image:
         text += (f" **No patient ids:** {joined_names(by_image)} {'names' if len(by_image) == 1 else 'name'} no "
                  "patients, so each image is its own patient there: resampled by image (near-identical X-rays, "

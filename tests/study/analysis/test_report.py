@@ -42,7 +42,7 @@ def test_the_interval_paragraph_says_the_patients_per_class_stay_fixed_not_the_i
     assert "class mix fixed" not in text and "barely moves" not in text
     assert "number of patients of each stratum, and every class of two patients or more" in text
     assert "It keeps patients, not images" in text
-    assert "accuracy still move" in text
+    assert "still moves with the images each drawn patient brings" in text
     assert "A patient here is a patient id, or several joined where they share an image file or a near-identical" \
         in text  # the count ("18 images of 11 patients") can be below the split's patient ids
 
