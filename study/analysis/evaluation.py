@@ -126,7 +126,7 @@ class StudyData:
             try:
                 split = read_split(uri)
             except CxrError as error:
-                raise AnalysisRefused(f"{error}; the test evaluation needs it") from error
+                raise AnalysisRefused(f"{error}; the analysis needs the split the study was searched on") from error
             self._splits[dataset] = split
         return self._splits[dataset]
 

@@ -235,10 +235,12 @@ def select_and_evaluate(analysis: Analysis, data: StudyData) -> None:
                 note_unended(analysis, dataset, model, candidate)
                 continue
             except (CxrError, OSError) as error:
+                replaced = len(ranked) > position + analysis.top_k - rank
                 analysis.notes.append(f"trial {candidate.trial_id} ({candidate.trial_name}): {error}; skipped, "
-                                      "the next best trial of its cell takes its place")
+                                      + ("the next best trial of its cell takes its place" if replaced
+                                         else "and no further trial of its cell is left to take its place"))
                 log.warning("trial %s skipped: %s", candidate.trial_id, error)
-                if len(ranked) > position + analysis.top_k - rank:  # a further trial takes its place
+                if replaced:
                     total += 1
                 continue
             rank += 1

@@ -131,6 +131,15 @@ def test_weights_that_cannot_be_evaluated_at_all_are_still_replaced_by_the_next_
     assert any(note.endswith("the next best trial of its cell takes its place") for note in analysis.notes)
 
 
+def test_a_skipped_trial_with_no_trial_left_behind_it_is_not_said_to_be_replaced(monkeypatch):
+    written = {t: weights(t, 1, v) for t, v in (("t1", 0.5), ("t2", 0.4))}
+    error = CxrError("/study/weights/t2.pt: not a readable checkpoint")
+    analysis = analysed(two_trials(), written, {"t2": error}, monkeypatch, top_k=2)
+    assert [c.candidate.trial_id for c in analysis.selected] == ["t1"]
+    [skipped] = [note for note in analysis.notes if "t2.pt" in note]
+    assert skipped.endswith("skipped, and no further trial of its cell is left to take its place"), skipped
+
+
 def test_a_chosen_trial_that_failed_or_is_unfinished_is_noted(monkeypatch, caplog):
     """t1 (best on validation) errored in the study, t2 never ended: each was chosen and evaluated on test with no
     word; a resumed study retries or finishes them, and may then choose otherwise."""
