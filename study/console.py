@@ -1,17 +1,21 @@
-"""What a study prints while it runs: one status line, refreshed, and a line for each trial that ends.
+"""What a study prints while it runs: one status line, refreshed, and a line for each trial that ends or is retried.
 
     [  3:12] trials: 2 running, 1 waiting at a rung, 5 done (3 stopped early), 3 to start | epochs 19,
              at most 21 left, ~4 min | best val/f1_macro 0.455 resnet50_adam_lr6.8e-04_bs16
 
 Everything is computed from Tune's trial list at each step (status, last and best
 result of each trial), so a resumed study shows the trials of its first run too.
-On a terminal the status line is rewritten in place; in a log it is printed when
-it changes, at most every `every_s` seconds. Tune's own tables and the trials'
-logs are shown instead with `-v` (`python -m study.run -v`, `python -m study.confirm -v`).
+On a terminal the status line is rewritten in place, shortened to the terminal's
+width (a longer line would wrap, and leave a stale row at each refresh), and a log
+record clears it before it is written; in a log it is printed whole when it changes,
+at most every `every_s` seconds. Tune's own tables and the trials' logs are shown
+instead with `-v` (`python -m study.run -v`, `python -m study.confirm -v`).
 """
 
 from __future__ import annotations
 
+import logging
+import shutil
 import sys
 import time
 from typing import Any, Callable
@@ -25,6 +29,11 @@ from study.settings import study_location
 RUNNING, PENDING, PAUSED, TERMINATED, ERROR = "RUNNING", "PENDING", "PAUSED", "TERMINATED", "ERROR"
 # A trial Tune stopped, unfinished, when the study was interrupted (Ctrl-C): a resume continues it.
 INTERRUPTED = "INTERRUPTED"
+UNFINISHED = (RUNNING, PENDING, PAUSED, INTERRUPTED)  # statuses of trials whose epochs may still come
+CLEAR_LINE = "\r\033[K"  # a terminal's cursor to the row's start, and the row cleared
+# On a terminal too narrow for the whole status line, its parts take their shorter forms in this order (part,
+# form), the least telling first (the best's last form drops it); what is still too long is cut.
+SHORTENING = (("best", 1), ("trials", 1), ("best", 2), ("epochs", 1), ("best", 3))
 
 
 def name_without_dataset(trial) -> str:
@@ -38,6 +47,49 @@ def clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes:3d}:{seconds:02d}"
 
 
+def fitted(prefix: str, parts: dict[str, list[str]], width: int) -> str:
+    """`prefix` and the parts (each a list of forms, the longest first) joined in one line of at most `width`
+    characters: parts shortened in SHORTENING's order until the line fits, then cut."""
+    chosen = dict.fromkeys(parts, 0)
+
+    def line() -> str:
+        return prefix + " | ".join(filter(None, (forms[chosen[name]] for name, forms in parts.items())))
+
+    for name, form in SHORTENING:
+        if len(line()) <= width:
+            break
+        if name in parts:
+            chosen[name] = min(form, len(parts[name]) - 1)
+    shown = line()
+    return shown if len(shown) <= width else shown[:max(width - 3, 0)] + "..."
+
+
+class PendingLineEraser(logging.Filter):
+    """A filter for the handlers that write log records to the terminal: before a record is written, the
+    status line the console left without a newline (`pending`) is cleared, so that the record starts its
+    own row rather than being glued to the line; the console writes the line again below it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.pending:
+            self.pending = False
+            sys.stdout.write(CLEAR_LINE)
+            sys.stdout.flush()
+        return True
+
+
+def terminal_handlers() -> list[logging.Handler]:
+    """The handlers that write log records to a stream (the terminal's stderr, in a study), not to a file:
+    the root logger's and every other logger's (Ray's loggers do not propagate to the root)."""
+    loggers = [logging.getLogger()] + [logger for logger in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(logger, logging.Logger)]
+    return [handler for logger in loggers for handler in logger.handlers
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)]
+
+
 class StudyConsole(Callback):
     """A Tune callback that prints the study's progress compactly (see the module docstring). `name_of`: what
     the lines call a trial, after its id; `run_uri`: the folder of the Tune run (the study, or its confirm run),
@@ -46,6 +98,7 @@ class StudyConsole(Callback):
     # Class defaults too: a console unpickled from a Tune run's saved state may lack the attributes.
     name_of: Callable[[Any], str] = staticmethod(name_without_dataset)
     run_uri: str | None = None
+    _eraser: PendingLineEraser | None = None
 
     def __init__(self, num_samples: int, max_epochs: int, metric: str, mode: str, every_s: float = 30.0,
                  name_of: Callable[[Any], str] | None = None, run_uri: str | None = None) -> None:
@@ -54,8 +107,9 @@ class StudyConsole(Callback):
         if name_of is not None:
             self.name_of = name_of
         self._started = self._last_print = None
-        self._epochs_at_start = None
+        self._epoch_seconds, self._epochs_timed = 0.0, 0  # the epochs this run's trials reported, and their time
         self._most_running = 1  # trials running at once, at most, in this run: the pace's parallelism
+        self._eraser: PendingLineEraser | None = None  # on a terminal, while Tune's loop runs
         self._last_line = ""
         self._ended: set[str] = set()  # trials ended in this run whose status Tune has not updated yet
         self._unfinished: set[str] = set()  # trials seen running, waiting or pending in this run
@@ -64,14 +118,26 @@ class StudyConsole(Callback):
     # ------------------------------------------------------------------ Tune's hooks
 
     def setup(self, **info) -> None:
-        self._started, self._last_print, self._epochs_at_start = time.monotonic(), 0.0, None
+        self._started, self._last_print = time.monotonic(), 0.0
+        self._epoch_seconds, self._epochs_timed = 0.0, 0  # a resumed study may run on other machines
         self._most_running = 1
         self._ended_experiment = False  # a resumed study's console ran to an end before
         self._unfinished = set()  # what a resumed study's console saw in its first run says nothing now
+        self._remove_eraser()
+        if sys.stdout.isatty():
+            self._eraser = PendingLineEraser()
+            for handler in terminal_handlers():
+                handler.addFilter(self._eraser)
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         self._unfinished.update(t.trial_id for t in trials if t.status in (RUNNING, PENDING, PAUSED))
         self._show_status(trials)
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        seconds = result.get("time_this_iter_s")
+        if isinstance(seconds, (int, float)) and seconds > 0:
+            self._epoch_seconds += seconds
+            self._epochs_timed += 1
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         self._ended.add(trial.trial_id)
@@ -84,11 +150,25 @@ class StudyConsole(Callback):
                           f"its traceback: {self.error_file_of(trial)}")
         self._show_status(trials, force=True)
 
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
+        """Tune retries a trial that failed (--max-failures) from its last full state."""
+        retries = trial.max_failures if trial.max_failures >= 0 else "unlimited"
+        self._print_event(f"retrying after error ({trial.num_failures} of {retries}): {self.label(trial)}; "
+                          f"its traceback: {self.error_file_of(trial)}")
+        self._show_status(trials, force=True)
+
     def on_experiment_end(self, trials: list, **info) -> None:
         """The last status line: trials the study never created are "not started", not "to start" (the
         search ended: every configuration of a space of choices ran; or the study was interrupted)."""
         self._ended_experiment = True
         self._show_status(trials, last=True)
+        self._remove_eraser()
+
+    def _remove_eraser(self) -> None:
+        if self._eraser is not None:
+            for handler in terminal_handlers():
+                handler.removeFilter(self._eraser)
+            self._eraser = None
 
     # ------------------------------------------------------------------ the lines
 
@@ -140,47 +220,56 @@ class StudyConsole(Callback):
             shown = f"best {self.metric} {best:.3f}"
         return f"{how:<36} {shown:<26} {self.label(trial)}"
 
-    def status_line(self, trials: list, now: float) -> str:
+    def status_line(self, trials: list, now: float, width: int | None = None) -> str:
+        """The status line; at most `width` characters if given (see fitted)."""
         by_status: dict[str, list] = {}
         for trial in trials:
             by_status.setdefault(self.status_of(trial), []).append(trial)
         ended = by_status.get(TERMINATED, [])
-        stopped = [t for t in ended if self.epochs_of(t) < self.max_epochs and not (t.last_result or {}).get("diverged")]
+        diverged = [t for t in ended if (t.last_result or {}).get("diverged")]
+        stopped = [t for t in ended
+                   if self.epochs_of(t) < self.max_epochs and not (t.last_result or {}).get("diverged")]
+        # Retried by Tune (--max-failures) or rerun by a resume, and not failed for good.
+        retried = [t for t in trials if getattr(t, "num_failures", 0) and self.status_of(t) != ERROR]
         uncreated = max(self.num_samples - len(trials), 0)
+        # Trials left unfinished: the run was interrupted, and a resume creates the trials it never created.
+        interrupted = self._ended_experiment and any(status in by_status for status in UNFINISHED)
         to_start = (0 if self._ended_experiment else uncreated) + len(by_status.get(PENDING, []))
         epochs = sum(self.epochs_of(t) for t in trials)
-        left = sum(self.max_epochs - self.epochs_of(t) for t in trials
-                   if self.status_of(t) in (RUNNING, PENDING, PAUSED))
-        left += 0 if self._ended_experiment else uncreated * self.max_epochs
+        left = sum(self.max_epochs - self.epochs_of(t) for t in trials if self.status_of(t) in UNFINISHED)
+        left += uncreated * self.max_epochs if interrupted or not self._ended_experiment else 0
         running, waiting = len(by_status.get(RUNNING, [])), len(by_status.get(PAUSED, []))  # PAUSED: at a rung
-        parts = [f"trials: {running} running, "
-                 + (f"{waiting} waiting at a rung, " if waiting else "") + f"{len(ended)} done "
-                 f"({len(stopped)} stopped early)"
-                 + (f", {len(by_status[ERROR])} errored" if by_status.get(ERROR) else "")
-                 + (f", {len(by_status[INTERRUPTED])} interrupted" if by_status.get(INTERRUPTED) else "")
-                 + (f", {to_start} to start" if to_start else "")
-                 + (f", {uncreated} not started" if self._ended_experiment and uncreated else "")]
+        outcomes = "".join(f", {count} {what}" for count, what in (
+            (len(by_status.get(ERROR, [])), "errored"), (len(by_status.get(INTERRUPTED, [])), "interrupted"),
+            (to_start, "to start"), (uncreated if self._ended_experiment else 0, "not started")) if count)
+        how_ended = f"{len(stopped)} stopped early" + (f", {len(diverged)} diverged" if diverged else "")
+        parts = {"trials": [
+            f"trials: {running} running, " + (f"{waiting} waiting at a rung, " if waiting else "")
+            + f"{len(ended)} done ({how_ended}){outcomes}" + (f", {len(retried)} retried" if retried else ""),
+            f"{running} running, " + (f"{waiting} at a rung, " if waiting else "") + f"{len(ended)} done{outcomes}"]}
         self._most_running = max(self._most_running, running)
-        with_epochs_left = running + waiting + to_start
-        eta = "" if self._ended_experiment else self._eta(epochs, left, with_epochs_left, now)
-        parts.append(f"epochs {epochs}" + (f", at most {left} left{eta}" if left else ""))
+        eta = "" if self._ended_experiment else self._eta(left, running + waiting + to_start)
+        parts["epochs"] = [f"epochs {epochs}" + (f", at most {left} left{eta}" if left else ""),
+                           f"{left} epochs left{eta}" if left else f"epochs {epochs}"]
         scored = [(self.best_of(t), t) for t in trials if self.best_of(t) is not None]
         if scored:
             value, best = (max if self.mode == "max" else min)(scored, key=lambda pair: pair[0])
-            parts.append(f"best {self.metric} {value:.3f} {self.label(best)}")
-        return f"[{clock(now - self._started)}] " + " | ".join(parts)
+            parts["best"] = [f"best {self.metric} {value:.3f} {self.label(best)}",
+                             f"best {self.metric} {value:.3f} {best.trial_id}", f"best {value:.3f}", ""]
+        prefix = f"[{clock(now - self._started)}] "
+        if width is None:
+            return prefix + " | ".join(forms[0] for forms in parts.values())
+        return fitted(prefix, parts, width)
 
-    def _eta(self, epochs: int, left: int, trials_left: int, now: float) -> str:
-        """", ~N min": the epochs left at the pace of the epochs this run has done (none yet: no estimate), on
-        as many trials at once as ran at most so far, or fewer when fewer trials are left: the last trial's
-        epochs come one at a time."""
-        if self._epochs_at_start is None:
-            self._epochs_at_start = epochs  # a resumed study's earlier epochs say nothing of this run's pace
-        done_here = epochs - self._epochs_at_start
-        if done_here < 1:
+    def _eta(self, left: int, trials_left: int) -> str:
+        """", ~N min": the epochs left at the trials' mean epoch time in this run (Tune's time of each reported
+        epoch: not the time Ray, the workers and the data took to start; none reported yet: no estimate), on as
+        many trials at once as ran at most so far, or fewer when fewer trials are left: the last trial's epochs
+        come one at a time."""
+        if self._epochs_timed == 0:
             return ""
-        seconds_per_epoch_per_slot = (now - self._started) * self._most_running / done_here
-        seconds = left * seconds_per_epoch_per_slot / max(min(self._most_running, trials_left), 1)
+        seconds_per_epoch = self._epoch_seconds / self._epochs_timed
+        seconds = left * seconds_per_epoch / max(min(self._most_running, trials_left), 1)
         return f", ~{max(round(seconds / 60), 1)} min" if seconds >= 60 else f", ~{seconds:.0f} s"
 
     # ------------------------------------------------------------------ printing
@@ -195,11 +284,17 @@ class StudyConsole(Callback):
         terminal = sys.stdout.isatty()
         if not (force or last) and now - self._last_print < (1 if terminal else self.every_s):
             return  # Tune steps many times a second: the line is built only when it may be shown
-        line = self.status_line(trials, now)
         if terminal:
-            print("\r\033[K" + line, end="\n" if last else "", flush=True)
+            # The last line stays, whole; one rewritten in place must fit in one row (the cursor's last column
+            # left free: some terminals wrap once it is written).
+            width = None if last else shutil.get_terminal_size().columns - 1
+            print(CLEAR_LINE + self.status_line(trials, now, width), end="\n" if last else "", flush=True)
             self._last_print = now
-        elif force or self._body(line) != self._body(self._last_line):
+            if self._eraser is not None:
+                self._eraser.pending = not last
+            return
+        line = self.status_line(trials, now)
+        if force or self._body(line) != self._body(self._last_line):
             print(line, flush=True)
             self._last_print, self._last_line = now, line
 
@@ -210,5 +305,7 @@ class StudyConsole(Callback):
 
     def _print_event(self, text: str) -> None:
         now = time.monotonic() - (self._started or time.monotonic())
-        prefix = "\r\033[K" if sys.stdout.isatty() else ""
+        prefix = CLEAR_LINE if sys.stdout.isatty() else ""
         print(f"{prefix}[{clock(now)}] {text}", flush=True)
+        if self._eraser is not None:
+            self._eraser.pending = False

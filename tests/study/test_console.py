@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from contextlib import redirect_stdout
 from types import SimpleNamespace
 
@@ -34,7 +35,7 @@ def test_status_line_counts_trials_epochs_and_the_best():
               trial("c", "TERMINATED", 2, 0.0, diverged=True), trial("d", "RUNNING", 2, 0.50),
               trial("e", "PENDING", 0, None)]
     line = console().status_line(trials, now=console()._started + 5)
-    assert "trials: 1 running, 3 done (1 stopped early), 2 to start" in line  # e pending + 1 not created
+    assert "trials: 1 running, 3 done (1 stopped early, 1 diverged), 2 to start" in line  # e pending + 1 not created
     # epochs: 4 + 1 + 2 + 2; left: d's 2, e's 4 and the uncreated trial's 4
     assert "epochs 9, at most 10 left" in line
     assert line.endswith("best val/f1_macro 0.500 d md_adam")
@@ -138,16 +139,21 @@ def test_on_a_terminal_the_last_line_is_rewritten_in_place_and_kept():
     assert "4 not started" in lines[2] and lines[2].endswith("\n")  # what follows starts below it
 
 
-def test_the_estimate_counts_the_trials_that_can_still_run_at_once():
-    """Two trials at a time made the pace; the last trial's epochs come one at a time, at half of it."""
+def test_the_estimate_goes_at_the_pace_of_the_reported_epochs_on_the_trials_that_can_still_run_at_once():
+    """The pace is the trials' epoch time (Tune's time_this_iter_s), not the time since the run started, which
+    counts Ray's start, the workers' imports and the data's loading (it showed ~15 min for a study that ended
+    86 s later). Two trials at a time ran: the last trial's epochs come one at a time."""
     shown = console()
     start = shown._started
-    shown.status_line([trial("a", "RUNNING", 0, None), trial("b", "RUNNING", 0, None)], now=start + 1)
-    middle = shown.status_line([trial("a", "RUNNING", 2, 0.3), trial("b", "RUNNING", 2, 0.3)], now=start + 20)
-    assert "epochs 4, at most 20 left, ~2 min" in middle  # 20 epochs at 4 per 20 s on two slots: 100 s
+    running = [trial("a", "RUNNING", 2, 0.3), trial("b", "RUNNING", 2, 0.3)]
+    assert ", ~" not in shown.status_line(running, now=start + 600)  # no epoch timed yet: no estimate
+    for epoch_seconds in (12, 8, 11, 9):
+        shown.on_trial_result(0, running, running[0], {"training_iteration": 1, "time_this_iter_s": epoch_seconds})
+    middle = shown.status_line(running, now=start + 900)  # 15 min since the run started
+    assert "epochs 4, at most 20 left, ~2 min" in middle  # 20 epochs of 10 s on two slots: 100 s
     ended = [trial(name, "TERMINATED", 4, 0.3) for name in "abcde"]
-    last = shown.status_line([*ended, trial("f", "RUNNING", 2, 0.3)], now=start + 100)
-    assert "epochs 22, at most 2 left, ~18 s" in last  # 100 s x 2 slots / 22 epochs = 9.1 s per epoch on one
+    last = shown.status_line([*ended, trial("f", "RUNNING", 2, 0.3)], now=start + 1000)
+    assert "epochs 22, at most 2 left, ~20 s" in last  # 2 epochs of 10 s on one slot
 
 
 def test_trials_stopped_by_ctrl_c_are_counted_as_interrupted_not_done():
@@ -164,6 +170,8 @@ def test_trials_stopped_by_ctrl_c_are_counted_as_interrupted_not_done():
         shown.on_experiment_end([a, b])
     last = out.getvalue().splitlines()[-1]
     assert "trials: 0 running, 1 done (0 stopped early), 1 interrupted, 4 not started" in last, last
+    # what a resume may still train: b's 3 epochs and the 4 trials never created; the resume's first line says so
+    assert "| epochs 5, at most 19 left |" in last, last
 
 
 def test_a_resumed_study_does_not_count_trials_its_first_run_saw_running_as_interrupted():
@@ -219,3 +227,116 @@ def test_an_error_line_names_the_traceback_in_the_trial_folder_of_the_study_not_
                           "error.txt"), first
     assert second.endswith("its traceback: /elsewhere/demo-moved/a_d_ma_adam/error.txt"), second
     assert "/tmp/ray" not in out.getvalue()
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def screen(output: str, width: int) -> list[str]:
+    """The rows a terminal `width` columns wide shows after `output`: a character past the last column wraps to
+    the next row, "\\r" returns to the row's start, "\\033[K" clears the row from the cursor."""
+    rows, row, column = [""], 0, 0
+    i = 0
+    while i < len(output):
+        if output.startswith("\033[K", i):
+            rows[row], i = rows[row][:column], i + 3
+            continue
+        char, i = output[i], i + 1
+        if char == "\r":
+            column = 0
+            continue
+        if char == "\n" or column == width:
+            row, column = row + 1, 0
+            rows += [""] * (row + 1 - len(rows))
+            if char == "\n":
+                continue
+        rows[row] = rows[row][:column].ljust(column) + char + rows[row][column + 1:]
+        column += 1
+    return [text for text in rows if text]
+
+
+def long_running_study() -> list[FakeTrial]:
+    """Trials whose status line is some 150 characters long."""
+    return [trial("c7736b42", "RUNNING", 1, 0.033), trial("a024dd80", "PAUSED", 1, 0.02),
+            trial("e2af5757", "TERMINATED", 4, 0.01), trial("f4111475", "TERMINATED", 1, 0.0, diverged=True)]
+
+
+def test_on_a_terminal_the_status_line_fits_its_width_and_each_refresh_overwrites_it(monkeypatch):
+    """A line longer than the terminal wraps, and "\\r" goes back to the start of its last row only: each
+    refresh (one a second) left a stale row above. The line fits the width: its parts shortened, the least telling
+    first, then cut."""
+    shown, trials = console(), long_running_study()
+    assert len(shown.status_line(trials, now=shown._started + 5)) > 150
+    for columns, shown_row in ((120, "[  0:00] 1 running, 1 at a rung, 2 done, 2 to start | epochs 7, at most 14 left"
+                                      " | best val/f1_macro 0.033 c7736b42"),
+                               (80, "[  0:00] 1 running, 1 at a rung, 2 done, 2 to start | 14 epochs left"),
+                               (40, "[  0:00] 1 running, 1 at a rung, 2 d...")):
+        monkeypatch.setenv("COLUMNS", str(columns))
+        out = Terminal()
+        with redirect_stdout(out):
+            for _ in range(3):
+                shown._last_print = 0.0  # a second later
+                shown.on_step_end(0, trials)
+        assert screen(out.getvalue(), width=columns) == [shown_row]
+
+
+def test_a_log_record_on_a_terminal_starts_its_own_row_below_the_status_line():
+    """Tune's stop warning was glued to the end of the status line (...alexnet_sgd_lr3.0e-03_bs322026-12-07
+    03:53:27,056 WARNING tune.py:219 -- Stop signal received)."""
+    out = Terminal()
+    tune_log = logging.getLogger("tests.console.tune")
+    handler = logging.StreamHandler(out)
+    tune_log.addHandler(handler)
+    tune_log.propagate = False
+    try:
+        with redirect_stdout(out):
+            shown = console()  # set up once the handlers are there, as Tune sets its callbacks up after Ray's
+            shown.on_step_end(0, long_running_study())
+            tune_log.warning("Stop signal received")
+            shown.on_trial_complete(1, long_running_study(), trial("c7736b42", "RUNNING", 4, 0.04))
+            tune_log.warning("another record, after an event line")
+            shown._last_print = 0.0
+            shown.on_step_end(2, long_running_study())
+            shown.on_experiment_end(long_running_study())
+    finally:
+        tune_log.removeHandler(handler)
+    rows = screen(out.getvalue(), width=1000)
+    assert rows[0] == "Stop signal received", rows
+    # the status line after the event line is cleared for the next record, and written again below it
+    assert rows[1].startswith("[  0:00] done, 4 epochs") and rows[2] == "another record, after an event line"
+    assert rows[3].startswith("[  0:00] trials: ") and len(rows) == 4
+    assert handler.filters == []  # the console's filter goes with Tune's loop
+
+
+def test_in_a_log_the_status_line_is_whole_and_log_records_are_left_alone(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    handler = logging.StreamHandler(io.StringIO())
+    logging.getLogger().addHandler(handler)
+    out = io.StringIO()
+    try:
+        with redirect_stdout(out):
+            shown = console()
+            shown.on_step_end(0, long_running_study())
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert handler.filters == []
+    assert out.getvalue() == shown.status_line(long_running_study(), now=shown._started) + "\n"
+    assert len(out.getvalue()) > 150
+
+
+def test_a_retried_trial_gets_a_line_and_is_counted():
+    """Tune retries a trial that failed (--max-failures) from its last full state: it said nothing of it."""
+    shown = StudyConsole(num_samples=2, max_epochs=4, metric="val/f1_macro", mode="max", every_s=0,
+                         run_uri="/studies/demo")
+    shown.setup()
+    failed = trial("a", "RUNNING", 1, 0.3)
+    failed.path, failed.num_failures, failed.max_failures = "/studies/demo/a_d_ma_adam", 1, 2
+    out = io.StringIO()
+    with redirect_stdout(out):
+        shown.on_trial_recover(3, [failed], failed)
+    event, status = out.getvalue().splitlines()
+    assert event.endswith("retrying after error (1 of 2): a ma_adam; its traceback: "
+                          "/studies/demo/a_d_ma_adam/error.txt"), event
+    assert "trials: 1 running, 0 done (0 stopped early), 1 to start, 1 retried |" in status, status
