@@ -4,8 +4,9 @@ ranks the trials on their best epoch, as the study selects them.
 Each trial's folder gets events files (StudyTensorBoard, a Tune callback on the driver): per epoch (the step)
 the metrics the trial reported (`train/loss`, `val/f1_macro`, ..., `epoch_seconds`, `images_per_second`; not
 Tune's counters) and `best/<study metric>`, the trial's best value so far, so that its last point is the trial's
-best; the trial's hyperparameters when it starts (a running trial is listed) and its status when it ends. The
-hparams plugin shows the first status it reads of a trial: when a resume runs an errored trial again, its
+best; the trial's hyperparameters when it starts (a running trial is listed) and its status when it ends (a
+failure if it failed or diverged; a trial that ends without running again after a resume, ended by ASHA where it
+waited at a rung, gets it in a new file). The hparams plugin shows the first status it reads of a trial: when a resume runs an errored trial again, its
 earlier files are rewritten without their failure (in the study's storage, and where Tune staged them), every
 other event kept.
 
@@ -200,15 +201,19 @@ class StudyTensorBoard(TBXLoggerCallback):
             # files where the first run did, and Tune's next upload would bring back the copies there.
             for folder in (trial.local_path, storage.join(run_uri, storage.name_of(trial.path))):
                 drop_session_ends(folder)
-        # A new events file in the trial's folder, named after its start to the second, then the nanosecond:
-        # TensorBoard reads a folder's files in name order, and a second file of the same second would
-        # otherwise replace the first.
-        self.writers[trial] = EventsWriter(str(Path(trial.local_path) / "events"), f".{time.time_ns()}")
+        self.open_events_file(trial)
         start = SessionStartInfo(start_time_secs=time.time())
         for key, value in self.hyperparameters(trial).items():
             start.hparams[key].CopyFrom(hparam_value(value))
         self.write(trial, hparams_summary(SESSION_START_TAG, HParamsPluginData(session_start_info=start)))
         self.restarted.add(trial)
+
+    def open_events_file(self, trial) -> None:
+        """A new events file in the trial's folder, named after its start to the second, then the nanosecond:
+        TensorBoard reads a folder's files in name order, and a second file of the same second would otherwise
+        replace the first."""
+        trial.init_local_path()
+        self.writers[trial] = EventsWriter(str(Path(trial.local_path) / "events"), f".{time.time_ns()}")
 
     def log_trial_result(self, iteration: int, trial, result: dict[str, Any]) -> None:
         if trial not in self.writers:
@@ -244,12 +249,16 @@ class StudyTensorBoard(TBXLoggerCallback):
         return max(reported.values()) if self.mode == "max" else min(reported.values())
 
     def log_trial_end(self, trial, failed: bool = False) -> None:
-        if trial in self.writers:
-            end = SessionEndInfo(status=Status.Value("STATUS_FAILURE" if failed else "STATUS_SUCCESS"),
-                                 end_time_secs=time.time())
-            self.write(trial, hparams_summary(SESSION_END_TAG, HParamsPluginData(session_end_info=end)))
-            self.writers.pop(trial).close()
+        """The trial's end status: a failure if it failed or diverged (its loss NaN or infinite), else a success.
+        A trial that ends without running in this run (one waiting at a rung when the study was interrupted,
+        which ASHA ends after the resume) gets a new events file for it."""
+        if trial not in self.writers:
+            self.open_events_file(trial)
+        diverged = bool((trial.last_result or {}).get("diverged"))
+        end = SessionEndInfo(status=Status.Value("STATUS_FAILURE" if failed or diverged else "STATUS_SUCCESS"),
+                             end_time_secs=time.time())
+        self.write(trial, hparams_summary(SESSION_END_TAG, HParamsPluginData(session_end_info=end)))
+        self.writers.pop(trial).close()
         self.restarted.discard(trial)
         if not failed:  # a resume continues failed trials, never completed ones
             self.reported.pop(trial.trial_id, None)
-

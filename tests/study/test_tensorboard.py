@@ -66,6 +66,7 @@ class FakeTrial:
     def __init__(self, folder: Path, trial_id: str, config: dict, run_uri: str | None = None):
         self.local_path, self.trial_id, self.config = str(folder / trial_id), trial_id, config
         self.path = storage.join(run_uri, trial_id) if run_uri else self.local_path
+        self.last_result: dict = {}
 
     def init_local_path(self) -> None:
         Path(self.local_path).mkdir(parents=True, exist_ok=True)
@@ -132,12 +133,53 @@ def test_the_epoch_a_trial_diverged_in_adds_no_point_to_its_curves(tmp_path):
     callback.log_trial_start(trial)
     callback.log_trial_result(1, trial, result(1, 0.3))
     callback.log_trial_result(2, trial, result(2, 0.4))
-    callback.log_trial_result(3, trial, {"epoch": 3, "val/f1_macro": 0.0, "diverged": 1, "training_iteration": 3,
-                                         "time_this_iter_s": 3.1, "done": True})
+    trial.last_result = {"epoch": 3, "val/f1_macro": 0.0, "diverged": 1, "training_iteration": 3,
+                         "time_this_iter_s": 3.1, "done": True}
+    callback.log_trial_result(3, trial, trial.last_result)
     callback.log_trial_end(trial)
     curves = scalars(Path(trial.local_path))
     assert curves["val/f1_macro"] == [(1, 0.3), (2, 0.4)]
     assert curves["best/val/f1_macro"] == [(1, 0.3), (2, 0.4)]
+
+
+def test_a_diverged_trial_ends_as_a_failure_in_the_hparams_tab(tmp_path):
+    """Tune completes a diverged trial as any other: the tab showed it a success, with nothing saying it diverged."""
+    callback = StudyTensorBoard("val/f1_macro", "max")
+    diverged, finished = FakeTrial(tmp_path, "aaaa0001", ADAM), FakeTrial(tmp_path, "bbbb0002", SGD)
+    for trial in (diverged, finished):
+        callback.log_trial_start(trial)
+        callback.log_trial_result(1, trial, result(1, 0.3))
+    diverged.last_result = {**result(2, 0.0), "diverged": 1}
+    finished.last_result = result(2, 0.4)
+    for trial in (diverged, finished):
+        callback.log_trial_result(2, trial, trial.last_result)
+        callback.log_trial_end(trial)
+    _, sessions = hparams_tab(tmp_path)
+    assert sessions["aaaa0001"]["status"] == "STATUS_FAILURE"
+    assert sessions["aaaa0001"]["metrics"]["best/val/f1_macro"] == (1, 0.3)
+    assert sessions["bbbb0002"]["status"] == "STATUS_SUCCESS"
+
+
+def test_a_trial_that_asha_ends_at_its_rung_after_a_resume_gets_its_end_status(tmp_path):
+    """It waited at a rung when the study was interrupted; the resume never ran it again (no events file of this
+    run: Tune calls no start for it), and ASHA ended it there. It stayed "unknown" in the tab for good."""
+    waiting = FakeTrial(tmp_path / "first", "aaaa0001", ADAM, str(tmp_path / "studies" / "demo"))
+    first = StudyTensorBoard("val/f1_macro", "max")
+    first.log_trial_start(waiting)
+    first.log_trial_result(1, waiting, result(1, 0.3))  # the rung; then Ctrl-C
+    storage.copy_tree(waiting.local_path, waiting.path)
+
+    resumed = pickle.loads(pickle.dumps(StudyTensorBoard("val/f1_macro", "max")))
+    resumed.set_state(first.get_state())
+    staged = FakeTrial(tmp_path / "resumed", "aaaa0001", ADAM, waiting.path.rpartition("/")[0])
+    staged.last_result = result(1, 0.3)
+    with resumed_study(str(tmp_path / "studies" / "demo")):
+        resumed.log_trial_end(staged)
+    storage.copy_tree(staged.local_path, staged.path)
+
+    _, sessions = hparams_tab(tmp_path / "studies" / "demo")
+    assert sessions["aaaa0001"]["status"] == "STATUS_SUCCESS"
+    assert sessions["aaaa0001"]["metrics"]["best/val/f1_macro"] == (1, 0.3)
 
 
 def test_a_trial_resumed_from_an_earlier_epoch_continues_its_curves_and_best_from_there(tmp_path):
