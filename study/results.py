@@ -3,11 +3,15 @@
 The driver appends one small Parquet part per reported epoch (and one per
 trial end) under `<study dir>/results/` and `<study dir>/trial_events/`, so
 an interrupted study loses nothing already reported and a resumed one only
-adds parts. `read_results` reads the parts back as one table.
+adds parts. `read_results` reads the parts back as one table. A trial that
+completes after failing (retried by Tune, or run again by a resume) keeps the
+tracebacks of its failures as `recovered-errors.txt` in its folder, not as
+Tune's `error.txt`, which says a trial failed.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from typing import Any
@@ -22,11 +26,17 @@ from study import storage
 from study.checkpoints import stored_snapshot_trials
 from study.settings import study_location
 
+log = logging.getLogger(__name__)
+
 RESULTS_DIR = "results"
 EVENTS_DIR = "trial_events"
 # Result keys that are Tune's bookkeeping rather than the study's.
 TUNE_KEYS = ("trial_id", "training_iteration", "time_total_s", "time_this_iter_s", "timestamp", "node_ip",
              "hostname", "pid", "date", "done")
+# Tune's record of a trial's failures in its folder: the tracebacks, and the latest exception pickled for its
+# ResultGrid. A resume that runs an errored trial again forgets both; nothing else of Tune reads them.
+ERROR_TEXT, ERROR_PICKLE = "error.txt", "error.pkl"
+RECOVERED_ERRORS = "recovered-errors.txt"  # the tracebacks of a trial that completed after failing
 
 
 def result_row(trial: Any, result: dict[str, Any]) -> dict[str, Any]:
@@ -42,7 +52,9 @@ def result_row(trial: Any, result: dict[str, Any]) -> dict[str, Any]:
 
 
 class ResultsTable(tune.Callback):
-    """A Tune callback, run on the driver, that appends every result to the study's Parquet table."""
+    """A Tune callback, run on the driver, that appends every result to the study's Parquet table, and each
+    trial's end to its events; the folder of a trial that completes after failing keeps no error.txt (see the
+    module's docstring)."""
 
     def __init__(self, study_uri: str):
         self.study_uri = study_uri
@@ -72,6 +84,9 @@ class ResultsTable(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._event(trial, "completed")
+        # Where Tune staged its files (its next upload would bring error.txt back) and where they lie.
+        for folder in (trial.local_path, storage.join(self.study_uri, storage.name_of(trial.path))):
+            set_aside_error_files(folder)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._event(trial, "error")
@@ -82,6 +97,23 @@ class ResultsTable(tune.Callback):
             error = str(trial.error_file)
         self._write(EVENTS_DIR, {"trial_id": trial.trial_id, "event": event, "timestamp": time.time(),
                                  "error_file": error})
+
+
+def set_aside_error_files(trial_folder: str) -> None:
+    """In the folder of a trial that completed: its tracebacks appended to RECOVERED_ERRORS and error.txt
+    deleted, and error.pkl deleted. A folder that cannot be read or written is warned of and left as it is."""
+    try:
+        names = {entry.name for entry in storage.listing(trial_folder)}
+        if ERROR_TEXT in names:
+            recovered = storage.join(trial_folder, RECOVERED_ERRORS)
+            earlier = storage.read_bytes(recovered) if RECOVERED_ERRORS in names else b""
+            storage.write_bytes(recovered, earlier + storage.read_bytes(storage.join(trial_folder, ERROR_TEXT)))
+            storage.delete(storage.join(trial_folder, ERROR_TEXT))
+        if ERROR_PICKLE in names:
+            storage.delete(storage.join(trial_folder, ERROR_PICKLE))
+    except OSError as error:
+        log.warning("%s: could not move the tracebacks of the trial's earlier failures out of %s (%s): it completed "
+                    "all the same", trial_folder, ERROR_TEXT, error)
 
 
 def _read_parts(study_uri: str, folder: str) -> pd.DataFrame:

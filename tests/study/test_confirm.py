@@ -319,7 +319,8 @@ def test_a_confirm_run_whose_seed_runs_errored_says_that_its_resume_runs_them_ag
 
     folder = linked_copy(grid_study, tmp_path / "grid")
     events = ResultsTable(confirm_uri(str(folder)))
-    events.on_trial_complete(1, [], SimpleNamespace(trial_id="c0nf1rm0_00000"))
+    completed = str(tmp_path / "staged" / "c0nf1rm0_00000")  # where Tune staged its folder: none left there
+    events.on_trial_complete(1, [], SimpleNamespace(trial_id="c0nf1rm0_00000", local_path=completed, path=completed))
     events.on_trial_error(2, [], SimpleNamespace(trial_id="c0nf1rm0_00001", error_file="/tmp/ray/error.txt"))
     monkeypatch.setattr(study.confirm, "run_confirm", lambda *args, **kwargs: [])  # Tune's grid: none unfinished
     assert main([str(folder), "--seeds", "1"]) == 0
