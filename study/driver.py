@@ -762,15 +762,28 @@ def print_summary(settings: StudySettings) -> None:
     for dataset, baseline in settings.baselines.items():
         figures = ", ".join(f"val/{m} {baseline[m]:.3f}" for m in shown if m in baseline)
         print(f"\nmajority-class baseline on {dataset}: {figures}")
-    weights = storage.total_bytes(storage.join(settings.study_uri, WEIGHTS_DIR))
-    kept = {"all": "every trial's best weights", 1: "the best weights of each model's best trial"}.get(
-        settings.keep, f"the best weights of each model's {settings.keep} best trials")
-    print(f"\nstudy:       {settings.study_uri} ({storage.total_bytes(settings.study_uri) / 1e6:,.0f} MB in all; "
-          f"{weights / 1e6:,.0f} MB of it {kept}, --keep {settings.keep})")
+    print("\n" + size_line(settings, read_trial_events(settings.study_uri)))
     print(f"results:     {settings.study_uri}/results (Parquet, every trial and epoch)")
     for line in watch_commands(settings, running=False):
         print(line)
     print(analysis_line(settings.study_uri))
+
+
+def size_line(settings: StudySettings, events: pd.DataFrame) -> str:
+    """The study's size, and how much of it the weights are that it keeps: each model's --keep best of the trials
+    that completed, and those of the trials that did not (`events`: read_trial_events), which a resume continues
+    or runs again, whatever their rank."""
+    folder = storage.join(settings.study_uri, WEIGHTS_DIR)
+    completed = set(events.loc[events["event"] == "completed", "trial_id"])
+    not_completed = [entry for entry in storage.listing(folder)
+                     if entry.name.endswith(".pt") and entry.name.removesuffix(".pt") not in completed]
+    kept = {"all": "every trial's best weights", 1: "the best weights of each model's best trial"}.get(
+        settings.keep, f"the best weights of each model's {settings.keep} best trials") + f", --keep {settings.keep}"
+    if not_completed and settings.keep != "all":
+        count = len(not_completed)
+        kept += f", and of the {count} trial{'s' if count != 1 else ''} not completed, for the resume"
+    return (f"study:       {settings.study_uri} ({storage.total_bytes(settings.study_uri) / 1e6:,.0f} MB in all; "
+            f"{storage.total_bytes(folder) / 1e6:,.0f} MB of it {kept})")
 
 
 def analysis_line(uri: str) -> str:

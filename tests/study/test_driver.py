@@ -1,4 +1,5 @@
-"""study.driver's steps before Ray: the study's split of each dataset and the warnings about it.
+"""study.driver's steps before Ray: the study's split of each dataset and the warnings about it; and the lines it
+prints after the run.
 
 No trial runs here: `prepare_splits` indexes, decodes (at 32 px) and splits a tiny dataset built in its real
 layout (tests/conftest.py). The study end to end is tests/study/test_run.py's.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -129,3 +131,29 @@ def test_tunes_notes_on_interrupted_and_unreported_trials_show_only_with_v(verbo
             logging.getLogger(name).removeHandler(handler)
         quiet_tune(True)
     assert shown == ([*notes.values(), damaged] if verbose else [damaged])
+
+
+# ------------------------------------------------------------------ what the driver prints after the run
+
+def test_the_size_line_counts_the_weights_kept_for_the_trials_not_completed(tmp_path: Path) -> None:
+    """An interrupted study keeps the weights of its unfinished trials, whatever their rank: the line said they
+    were all each model's best trial's."""
+    from study import storage
+    from study.driver import size_line
+    from study.results import ResultsTable, read_trial_events
+
+    settings = settings_from_args(build_parser().parse_args(["--storage", str(tmp_path), "--name", "demo"]))
+    weights = Path(settings.study_uri) / "weights"
+    weights.mkdir(parents=True)
+    for trial_id in ("aaaa0001", "bbbb0002", "cccc0003"):
+        (weights / f"{trial_id}.pt").write_bytes(bytes(1_000_000))
+        (weights / f"{trial_id}.json").write_text("{}")
+    ResultsTable(settings.study_uri).on_trial_complete(
+        1, [], SimpleNamespace(trial_id="aaaa0001", local_path=str(tmp_path / "staged"), path=str(tmp_path / "x")))
+    line = size_line(settings, read_trial_events(settings.study_uri))
+    assert line == (f"study:       {settings.study_uri} (3 MB in all; 3 MB of it the best weights of each model's best "
+                    "trial, --keep 1, and of the 2 trials not completed, for the resume)")
+    for trial_id in ("bbbb0002", "cccc0003"):
+        storage.delete(str(weights / f"{trial_id}.pt"))
+    assert size_line(settings, read_trial_events(settings.study_uri)).endswith(
+        "1 MB of it the best weights of each model's best trial, --keep 1)")
