@@ -178,7 +178,7 @@ def build_tuner(settings: StudySettings, jobs: list[ConfirmJob], splits: dict[st
         run_config=tune.RunConfig(
             name=CONFIRM_DIR, storage_path=settings.study_uri,
             callbacks=[ResultsTable(uri), WeightsKeeper(uri, settings.metric, settings.mode, "all"),
-                       StudyTensorBoard(settings.metric, settings.mode, [job.config for job in jobs])]
+                       StudyTensorBoard(settings.metric, settings.mode, [job.config for job in jobs], logdir=uri)]
             + ([] if verbose else [StudyConsole(len(jobs), settings.max_epochs, settings.metric, settings.mode,
                                                 name_of=JobLabels(jobs), run_uri=uri)]),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
@@ -199,8 +199,8 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
     A new confirm run of a study whose search is unfinished is refused unless `allow_unfinished`."""
     from cxrnets.models import fetch_imagenet_weights
     from study.driver import (check_cluster, check_cluster_reachable, check_local_resources, connect, log_run_end,
-                              prepare_splits, quiet_tune, runs_on_this_machine, tensorboard_line, tune_interrupts,
-                              tune_state_saved)
+                              prepare_splits, quiet_tune, runs_on_this_machine, tune_interrupts, tune_state_saved)
+    from study.tensorboard import tensorboard_line
 
     import ray
 
@@ -310,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             print("\ninterrupted; continue the confirm run with\n"
                   f"  python -m study.confirm {quote(args.study_dir)} --resume", file=sys.stderr)
         return 130  # as a shell reports a command stopped by Ctrl-C
-    from study.driver import analysis_line, errored_line, interrupted_line, tensorboard_line, unfinished_trials
+    from study.driver import analysis_line, errored_line, interrupted_line, unfinished_trials
+    from study.tensorboard import tensorboard_line
 
     uri = confirm_uri(load_settings(args.study_dir).study_uri)
     print(f"\nconfirm run: {uri}")

@@ -58,7 +58,7 @@ from study.settings import (StudySettings, check_split_digest, metric_mode, read
                             refuse_existing_study, resumed_study, save_settings, settings_uri, split_uri)
 from study.space import SearchSpace, config_name  # noqa: E402
 from study.tables import comparison_table, diverged_cells, markdown_table  # noqa: E402
-from study.tensorboard import StudyTensorBoard, write_experiment  # noqa: E402
+from study.tensorboard import StudyTensorBoard, tensorboard_line, write_experiment  # noqa: E402
 from study.trainable import (TrialContext, TrialTrainable, dataset_missing_message,  # noqa: E402
                              storage_not_shared_message)
 
@@ -451,7 +451,8 @@ def build_tuner(settings: StudySettings, splits: dict[str, pd.DataFrame], resume
                        ResultsTable(settings.study_uri),
                        WeightsKeeper(settings.study_uri, settings.metric, settings.mode, settings.keep,
                                      settings.tie_break),
-                       StudyTensorBoard(settings.metric, settings.mode, seed=settings.seed)]
+                       StudyTensorBoard(settings.metric, settings.mode, seed=settings.seed,
+                                        logdir=settings.study_uri)]
             + ([] if verbose else [study_console(settings)]),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
             # Full states only (best weights are the trainable's own files): the newest one is all a resume needs.
@@ -791,17 +792,6 @@ def analysis_line(uri: str) -> str:
     line = f"analysis:    python -m study.analyze {quote(uri)}"
     if storage.is_remote(uri):
         line += f" --out {quote(storage.name_of(uri) + '-report')}"
-    return line
-
-
-def tensorboard_line(uri: str) -> str:
-    """The command that shows the TensorBoard curves of the trials under `uri` (Tune's own hint names its
-    temporary session folder instead)."""
-    line = f"tensorboard: tensorboard --logdir {quote(uri)}"
-    # TensorBoard reads s3:// through boto3 and gs:// through fsspec's gcsfs, if they are installed.
-    reader = {"s3": "boto3", "gs": "gcsfs"}.get(storage.scheme_of(uri))
-    if reader and importlib.util.find_spec(reader) is None:
-        line += f"  (TensorBoard reads this with {reader}: pip install {reader})"
     return line
 
 

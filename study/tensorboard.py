@@ -20,13 +20,16 @@ every hyperparameter its trials have and every curve.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import numbers
+import os
 import struct
 import tempfile
 import time
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -40,7 +43,7 @@ from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
 
 from cxrnets.data import MULTILABEL_DATASETS
 from study import storage
-from study.settings import METRICS, MULTILABEL_METRICS, StudySettings, resumed_study_uri
+from study.settings import METRICS, MULTILABEL_METRICS, StudySettings, resumed_study_uri, study_location
 from study.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,17 @@ EVENTS_PREFIX = "events.out.tfevents."  # how every events file's name begins (t
 
 def best_tag(metric: str) -> str:
     return f"best/{metric}"
+
+
+def tensorboard_line(uri: str) -> str:
+    """The command that shows the TensorBoard curves of the trials under `uri` (Tune's own hint names its
+    temporary session folder instead)."""
+    line = f"tensorboard: tensorboard --logdir {quote(uri)}"
+    # TensorBoard reads s3:// through boto3 and gs:// through fsspec's gcsfs, if they are installed.
+    reader = {"s3": "boto3", "gs": "gcsfs"}.get(storage.scheme_of(uri))
+    if reader and importlib.util.find_spec(reader) is None:
+        line += f"  (TensorBoard reads this with {reader}: pip install {reader})"
+    return line
 
 
 def write_experiment(settings: StudySettings) -> None:
@@ -162,22 +176,40 @@ class StudyTensorBoard(TBXLoggerCallback):
 
     A TBXLoggerCallback, so that Tune adds no TensorBoard logger of its own (it still adds its CSV and JSON
     loggers); it writes its files itself, each event on disk at once, from where Tune uploads the trial's
-    folder to the study's storage.
+    folder to the study's storage. Tune's newer output engine (-v) then prints a TensorBoard command naming
+    its staging folder, which it has no option to leave out: `logdir`, the run's folder (the study, or its
+    confirm run), is logged right after it, as the command to use.
 
     The running best of a trial resumed from an earlier epoch (its last full state) counts only the epochs
     before the one it reports again; what the unfinished trials reported is part of Tune's snapshot
     (get_state), which a resume restores.
     """
 
-    seed: int | None = None  # a class default too: a callback unpickled from a run saved before it had one
+    # Class defaults too: a callback unpickled from a run saved before it had them.
+    seed: int | None = None
+    logdir: str | None = None
+    tune_hint_due = False  # set up, and Tune's TensorBoard hint not yet followed by the right command
 
     def __init__(self, metric: str, mode: str, job_configs: list[dict[str, Any]] | None = None,
-                 seed: int | None = None):
+                 seed: int | None = None, logdir: str | None = None):
         super().__init__()
-        self.metric, self.mode, self.job_configs, self.seed = metric, mode, job_configs, seed
+        self.metric, self.mode, self.job_configs, self.seed, self.logdir = metric, mode, job_configs, seed, logdir
         self.reported: dict[str, dict[int, float]] = {}  # trial id -> epoch -> its value of the study metric
         self.writers: dict[Any, EventsWriter] = {}  # trial -> its events file, while it runs
         self.restarted: set = set()  # trials whose events file holds no result yet
+
+    def setup(self, *args, **kwargs) -> None:
+        super().setup(*args, **kwargs)
+        self.tune_hint_due = True
+
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        """Tune prints its TensorBoard hint after it sets its callbacks up, before its first step; its newer
+        output engine is on unless RAY_AIR_NEW_OUTPUT is 0 (study.driver.quiet_tune sets it 1 for -v)."""
+        if self.tune_hint_due:
+            self.tune_hint_due = False
+            if self.logdir is not None and os.environ.get("RAY_AIR_NEW_OUTPUT", "1") != "0":
+                log.info("%s  (the trials' TensorBoard events; not Tune's folder above)",
+                         tensorboard_line(study_location(self.logdir)))
 
     def get_state(self) -> dict[str, Any]:
         return {"reported": self.reported}

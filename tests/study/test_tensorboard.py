@@ -328,3 +328,20 @@ def test_the_experiment_summary_is_written_into_the_study_folder(where, tmp_path
     (local / EXPERIMENT_FILE).write_bytes(storage.read_bytes(storage.join(settings.study_uri, EXPERIMENT_FILE)))
     experiment, _ = hparams_tab(local)
     assert {info.name for info in experiment.hparam_infos} == DEMO_DIMENSIONS | {"seed"}
+
+
+def test_with_tunes_newer_output_the_runs_folder_follows_tunes_tensorboard_hint(tmp_path, monkeypatch, caplog):
+    """-v turns Tune's newer output on, which prints `tensorboard --logdir <its staging folder>`, no events there,
+    before its first step; the callback logs the command that shows the trials' events, once per run."""
+    study_uri = str(tmp_path / "studies" / "demo")
+    callback = pickle.loads(pickle.dumps(StudyTensorBoard("val/f1_macro", "max", logdir=study_uri)))
+    for new_output, lines in (("1", 1), ("0", 0)):  # -v; without, the old engine prints no hint
+        monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", new_output)
+        caplog.clear()
+        callback.setup()
+        with caplog.at_level(logging.INFO, logger="study.tensorboard"):
+            for iteration in range(3):
+                callback.on_step_begin(iteration, [])
+        assert [record.getMessage() for record in caplog.records] == [
+            f"tensorboard: tensorboard --logdir {study_uri}  (the trials' TensorBoard events; not Tune's folder "
+            "above)"] * lines
