@@ -306,7 +306,8 @@ def ablation_table(trials: pd.DataFrame, dimension: str, metric: str, mode: str,
                    scale: str | None = None) -> pd.DataFrame:
     """Per value (or bin) of one search dimension: trials, how each ended, epochs spent, best and median
     `metric` (each trial counted at its best epoch). The status counts add up to `trials`, and the
-    `trials` column to the number of trials in `trials`."""
+    `trials` column to the number of trials in `trials`: pass one dataset's, as trials of datasets pooled
+    would show their difference as the dimension's."""
     column = f"config/{dimension}" if f"config/{dimension}" in trials.columns else dimension
     labels, order = bin_values(trials[column], scale)
     frame = trials.assign(_value=labels)

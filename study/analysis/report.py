@@ -19,7 +19,8 @@ from study.analysis.looks import history
 from study.analysis.report_tables import NO_SPREAD, best_model_on_validation, never_predicted, reported_metric, slug
 from study.analysis.selection import Analysis
 from study.analysis.uncertainty import FEW_PATIENTS
-from study.tables import METRIC_TITLES, NOT_SET, PAPER_METRICS, STATUSES, interval_text, markdown_table
+from study.tables import (METRIC_TITLES, NOT_SET, PAPER_METRICS, STATUSES, STOPPED_EARLY, interval_text,
+                          markdown_table)
 
 log = logging.getLogger("study.analyze")
 
@@ -200,15 +201,7 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
     lines += ["## Best trials on validation (as `python -m study.run` prints them)", "",
               markdown_table(tables["validation_best"]), ""]
 
-    lines += ["## Ablations", "",
-              f"Per value of each search dimension (continuous ones binned): trials, how they ended, epochs "
-              f"spent, and the best and median {analysis.metric} (each trial at its best epoch). "
-              f"`{NOT_SET}`: trials the dimension does not apply to.", ""]
-    if analysis.metric.removeprefix("val/") in MACRO_COUNTING_ABSENT:
-        lines += absent_classes_note(analysis, "val")
-    for name, table in tables.items():
-        if name.startswith("ablation_"):
-            lines += [f"### {name.removeprefix('ablation_')}", "", markdown_table(table), ""]
+    lines += ablation_section(analysis)
 
     if analysis.importances:
         lines += importance_section(analysis, figures)
@@ -597,6 +590,33 @@ def paired_section(analysis: Analysis) -> list[str]:
                        "`tables/paired_differences`" if bootstrap.difference_defined("accuracy") else "")
             lines.append(f"- {dataset}: no interval: {bootstrap.undefined[metric]}{instead}.")
     return lines + [""]
+
+
+def ablation_section(analysis: Analysis) -> list[str]:
+    """The ablations (report_tables.ablation_tables), one section per dataset where the study has several, and
+    what a row of them is."""
+    ablations = {name.removeprefix("ablation_"): table for name, table in analysis.tables.items()
+                 if name.startswith("ablation_")}
+    stopped = (analysis.trials["status"] == STOPPED_EARLY).any()
+    lines = ["## Ablations", "",
+             f"Per value of each search dimension (continuous ones binned), on each dataset's trials: trials, how "
+             f"they ended, epochs spent, and the best and median {analysis.metric} (each trial at its best epoch). "
+             f"`{NOT_SET}`: trials the dimension does not apply to. Each row is marginal over the other search "
+             "dimensions: it pools whatever values of them its trials drew, not holding them fixed"
+             + (", and pools the trials ASHA stopped early, each at its best of the fewer epochs it ran, with those "
+                "that ran every epoch" if stopped else "") + ".", ""]
+    if analysis.metric.removeprefix("val/") in MACRO_COUNTING_ABSENT:
+        lines += absent_classes_note(analysis, "val")
+    datasets = sorted({dataset for table in ablations.values() for dataset in table["dataset"]})
+    for dataset in datasets:
+        heading = "###"
+        if len(datasets) > 1:
+            lines += [f"### {dataset}", ""]
+            heading = "####"
+        for dimension, table in ablations.items():
+            own = table[table["dataset"] == dataset].drop(columns="dataset")
+            lines += [f"{heading} {dimension}", "", markdown_table(own), ""]
+    return lines
 
 
 def importance_section(analysis: Analysis, figures: bool) -> list[str]:

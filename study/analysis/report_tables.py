@@ -93,9 +93,7 @@ def build_tables(analysis: Analysis) -> None:
     tables["validation_best"] = comparison_table(analysis.study.results, analysis.metric, analysis.mode,
                                                  tie_break=analysis.study.settings.tie_break)
     tables["trials"] = analysis.trials
-    for dimension, scale in search_dimensions(analysis.study, analysis.trials):
-        tables[f"ablation_{dimension}"] = ablation_table(analysis.trials, dimension, analysis.metric,
-                                                        analysis.mode, scale)
+    tables.update(ablation_tables(analysis))
     tables["search_summary"] = pd.DataFrame([analysis.summary])
     for importance in analysis.importances:
         if importance.table is not None:
@@ -107,6 +105,26 @@ def build_tables(analysis: Analysis) -> None:
         tables["_shown_calibration"] = with_intervals(calibrated)
     if len(analysis.external):
         tables.update(external_tables(analysis))
+
+
+def ablation_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
+    """`ablation_<dimension>` for every search dimension but the dataset: its ablation_table on each dataset's
+    trials apart, a `dataset` column first. Pooled over datasets, a value sampled more on the easier dataset
+    would look better for it."""
+    trials = analysis.trials
+    datasets = cell_columns(trials, analysis.study.settings)["dataset"]
+    tables = {}
+    for dimension, scale in search_dimensions(analysis.study, trials):
+        if dimension == "dataset":
+            continue
+        parts = []
+        for dataset in sorted(set(datasets)):
+            part = ablation_table(trials[datasets == dataset], dimension, analysis.metric, analysis.mode, scale)
+            part.insert(0, "dataset", dataset)
+            parts.append(part)
+        if parts:
+            tables[f"ablation_{dimension}"] = pd.concat(parts, ignore_index=True)
+    return tables
 
 
 def external_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:

@@ -233,3 +233,38 @@ def test_the_comparison_and_ablations_name_the_classes_absent_from_their_split()
     assert " ".join(absent_classes_note(analysis, "val")).startswith(
         "Classes with no image on the validation split: a: Influenza.")
     assert absent_classes_note(_absent(b={"test": [], "val": []}), "test") == []
+
+
+def test_the_ablations_have_a_section_per_dataset_and_say_a_row_is_marginal():
+    from study.analysis.report import ablation_section
+    from study.analysis.report_tables import ablation_tables
+    from test_report_tables import _searched
+
+    analysis = _searched()
+    analysis.tables = ablation_tables(analysis)
+    text = "\n".join(ablation_section(analysis))
+    assert "### easy\n\n#### model\n" in text and "### hard\n\n#### model\n" in text
+    easy, hard = text.split("### hard")
+    assert "| 0.0001 " in easy and "| 0.001 " not in easy
+    assert "| 0.001 " in hard and "| 0.0001 " not in hard
+    assert "dataset |" not in text  # each table is one dataset's
+    assert ("Each row is marginal over the other search dimensions: it pools whatever values of them its trials "
+            "drew, not holding them fixed.") in text
+    assert "ASHA" not in text
+
+    stopped = _searched(("completed", "stopped early") * 6)
+    stopped.tables = ablation_tables(stopped)
+    assert ("not holding them fixed, and pools the trials ASHA stopped early, each at its best of the fewer epochs "
+            "it ran, with those that ran every epoch.") in "\n".join(ablation_section(stopped))
+
+
+def test_the_ablations_of_one_dataset_need_no_dataset_heading():
+    from study.analysis.report import ablation_section
+    from study.analysis.report_tables import ablation_tables
+    from test_report_tables import _searched
+
+    analysis = _searched()
+    analysis.trials = analysis.trials[analysis.trials["config/dataset"] == "easy"]
+    analysis.tables = ablation_tables(analysis)
+    text = "\n".join(ablation_section(analysis))
+    assert "### easy" not in text and "### lr\n" in text and "### model\n" in text
