@@ -253,7 +253,8 @@ def bin_values(values: pd.Series, scale: str | None = None, max_values: int = 6,
     text, and for numbers of unknown scale with at most `max_values` distinct values. Continuous
     numbers (`scale` "log" or "linear", or unknown with more values) are binned: per decade on a log
     scale (`scale="log"`, or positive numbers spanning a factor 10 or more), else in `bins`
-    equal-width bins. Missing values (a conditional dimension) get NOT_SET.
+    equal-width bins. Labels print numbers to 3 significant digits, or as many as tell them apart. Missing
+    values (a conditional dimension) get NOT_SET.
     """
     present = values.dropna()
     numeric = (len(present) > 0 and pd.api.types.is_numeric_dtype(present.infer_objects())
@@ -261,7 +262,8 @@ def bin_values(values: pd.Series, scale: str | None = None, max_values: int = 6,
     continuous = scale in ("log", "linear") or (scale is None and numeric and present.nunique() > max_values)
     if not numeric or not continuous or present.nunique() <= 1:
         distinct = sorted(present.unique(), key=lambda v: (str(type(v)), v))
-        labels = {v: _value_label(v) for v in distinct}
+        digits = _digits_apart([float(v) for v in distinct if isinstance(v, (float, np.floating))])
+        labels = {v: _value_label(v, digits) for v in distinct}
         out = values.map(lambda v: NOT_SET if _missing(v) else labels[v])
         order = list(dict.fromkeys(labels.values()))
     else:
@@ -273,7 +275,9 @@ def bin_values(values: pd.Series, scale: str | None = None, max_values: int = 6,
             out = values.map(lambda v: NOT_SET if _missing(v) else _decade_label(exponent(float(v))))
         else:
             edges = np.linspace(numbers.min(), numbers.max(), bins + 1)
-            order = [f"[{edges[i]:.3g}, {edges[i + 1]:.3g}{']' if i == bins - 1 else ')'}" for i in range(bins)]
+            digits = _digits_apart(list(edges))
+            order = [f"[{edges[i]:.{digits}g}, {edges[i + 1]:.{digits}g}{']' if i == bins - 1 else ')'}"
+                     for i in range(bins)]
 
             def which(v):
                 if _missing(v):
@@ -293,12 +297,21 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA
 
 
-def _value_label(value) -> str:
+def _digits_apart(numbers: list[float], least: int = 3) -> int:
+    """The fewest significant digits, at least `least`, that print distinct `numbers` distinct (0.999 and 0.9991
+    are one row at 3 digits)."""
+    digits = least
+    while digits < 17 and len({f"{n:.{digits}g}" for n in numbers}) < len(set(numbers)):
+        digits += 1
+    return digits
+
+
+def _value_label(value, digits: int = 3) -> str:
     if isinstance(value, (bool, np.bool_)):
         return str(bool(value)).lower()
     if isinstance(value, (float, np.floating)):
         value = float(value)
-        return str(int(value)) if value.is_integer() and abs(value) >= 1 else f"{value:.3g}"
+        return str(int(value)) if value.is_integer() and abs(value) >= 1 else f"{value:.{digits}g}"
     return str(value)
 
 

@@ -1,9 +1,10 @@
 """study.tables: the Markdown tables `study.run` prints."""
 
+import numpy as np
 import pandas as pd
 
-from study.tables import (DIVERGED, best_epochs, best_trials, comparison_table, diverged_cells, improves,
-                          interval_text, markdown_table, trial_table)
+from study.tables import (COMPLETED, DIVERGED, ablation_table, best_epochs, best_trials, bin_values, comparison_table,
+                          diverged_cells, improves, interval_text, markdown_table, trial_table)
 
 NO_EVENTS = pd.DataFrame(columns=["trial_id", "event", "timestamp", "error_file"])
 
@@ -131,3 +132,20 @@ def test_an_epoch_improves_on_the_best_by_the_metric_then_by_the_tie_break():
     assert improves(0.5, 0.5, "max", 1.2, None, "val/loss") and improves(0.5, 0.5, "max", 1.2, nan, "val/loss")
     assert not improves(0.5, 0.5, "max", None, 1.0, "val/loss") and not improves(0.5, 0.5, "max", nan, None, "val/loss")
     assert not improves(0.5, 0.5, "max", 0.8, 1.0)  # no tie-break: the first of tied epochs stays
+
+
+def test_bins_of_a_narrow_range_are_told_apart_and_count_each_trial_once():
+    """A momentum searched over 0.999–0.9999 got bin edges that all printed 0.999 or 1: two rows of the same
+    label, each counting the trials of both, so the trials column summed to more trials than ran."""
+    values = pd.Series(np.linspace(0.999, 0.9999, 8))
+    labels, order = bin_values(values, "linear")
+    assert order == ["[0.999, 0.9992)", "[0.9992, 0.9994)", "[0.9994, 0.9997)", "[0.9997, 0.9999]"]
+    trials = pd.DataFrame({"trial_id": [f"t{i}" for i in range(8)], "config/momentum": values,
+                           "val/f1_macro": np.linspace(0.2, 0.5, 8), "status": COMPLETED, "epochs_run": 2})
+    table = ablation_table(trials, "momentum", "val/f1_macro", "max", "linear")
+    assert table["momentum"].is_unique and table["trials"].tolist() == [2, 2, 2, 2]
+
+    choices = pd.Series([0.999, 0.9991, 0.9991, 0.5])
+    labels, order = bin_values(choices, "categorical")
+    assert order == ["0.5", "0.999", "0.9991"] and labels.tolist() == ["0.999", "0.9991", "0.9991", "0.5"]
+    assert bin_values(pd.Series([0.25, 0.5, 16.0]), "categorical")[1] == ["0.25", "0.5", "16"]  # 3 digits will do
