@@ -211,7 +211,8 @@ def per_class_table(
     specificity, f1, support and ROC AUC.
 
     Columns: ``class``, ``precision``, ``recall``, ``specificity`` (true
-    negatives over the images not of the class; 0 where there are none),
+    negatives over the images not of the class; nan where there are none:
+    a label on every image),
     ``f1``, ``roc_auc`` (the class's score against its membership,
     one-vs-rest on its probability for single-label; nan where y_true has
     only members or only non-members) and ``support`` (number of true members).
@@ -234,7 +235,7 @@ def per_class_table(
             "class": list(class_names),
             "precision": np.asarray(precision, dtype=np.float64),
             "recall": np.asarray(recall, dtype=np.float64),
-            "specificity": np.where(negatives > 0, true_negatives / np.maximum(negatives, 1), 0.0),
+            "specificity": np.where(negatives > 0, true_negatives / np.maximum(negatives, 1), np.nan),
             "f1": np.asarray(f1, dtype=np.float64),
             "roc_auc": _per_label_roc_auc(truth.astype(np.int64),
                                           scores if multilabel else class_probabilities(scores)),

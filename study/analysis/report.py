@@ -237,7 +237,7 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
             lines += [f"Never predicted on this split: {', '.join(unpredicted)}. Precision is then 0/0: the table "
                       "shows 0 by scikit-learn's convention (zero_division=0, as in the macro averages above), not as "
                       "a measurement, and no interval.", ""]
-        lines += absent_class_sentence(tables[f"per_class_{name}"])
+        lines += unmeasurable_sentence(tables[f"per_class_{name}"])
         if chosen.dataset in analysis.bootstraps:
             lines += one_patient_sentence(tables[f"per_class_{name}"]) + flat_f1_sentence(tables[f"per_class_{name}"])
     for failed in analysis.failed:
@@ -349,16 +349,22 @@ def absent_classes_note(analysis: Analysis, part: str) -> list[str]:
             "does): no model can reach 1 on these averages; the macro ROC AUC leaves such classes out.", ""]
 
 
-def absent_class_sentence(per_class: pd.DataFrame) -> list[str]:
-    """The classes with no image on the split, whose recall and F1 the per-class table leaves blank (empty when
-    none)."""
+def unmeasurable_sentence(per_class: pd.DataFrame) -> list[str]:
+    """The classes with no image on the split, whose recall and F1 the per-class table leaves blank, and those on
+    every image, whose specificity it leaves blank (empty when none)."""
     absent = list(per_class.loc[per_class["support"] == 0, "class"])
-    if not absent:
+    everywhere = list(per_class.loc[per_class["specificity"].isna(), "class"])
+    parts = ([f"{joined_names(absent)}: no image on this split (support 0): recall and F1 are not measurable"]
+             if absent else [])
+    parts += ([f"{joined_names(everywhere)}: on every image of this split (no image without it): specificity is not "
+               "measurable"] if everywhere else [])
+    if not parts:
         return []
-    return [f"{joined_names(absent)}: no image on this split (support 0): recall and F1 are not measurable (— here, "
-            f"empty in the CSV); the macro precision, recall and F1 above count {'it' if len(absent) == 1 else 'each'} "
-            "as 0 (scikit-learn's macro average over all the dataset's classes, as the selection on validation "
-            "does).", ""]
+    text = "; ".join(parts) + " (— here, empty in the CSV)"
+    if absent:
+        text += (f"; the macro precision, recall and F1 above count {'it' if len(absent) == 1 else 'each'} as 0 "
+                 "(scikit-learn's macro average over all the dataset's classes, as the selection on validation does)")
+    return [text + ".", ""]
 
 
 def one_patient_sentence(per_class: pd.DataFrame) -> list[str]:

@@ -283,7 +283,7 @@ def per_class_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
         per_class.loc[per_class["support"] == 0, unmeasured] = np.nan
         tables[f"per_class_{name}"] = per_class
         shown = with_intervals(per_class)
-        for column in ("recall", "f1", "roc_auc"):  # without intervals: still "—" where not measurable
+        for column in ("recall", "specificity", "f1", "roc_auc"):  # without intervals: still "—" where not measurable
             if pd.api.types.is_numeric_dtype(shown[column]):
                 shown[column] = ["—" if pd.isna(value) else f"{value:.3f}" for value in shown[column]]
         tables[f"_shown_per_class_{name}"] = shown

@@ -163,10 +163,10 @@ def drawn_groups(group_stratum: np.ndarray, resamples: int, rng: np.random.Gener
     return counts
 
 
-def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    """numerator / denominator, 0 where the denominator is 0 (scikit-learn's zero_division=0)."""
+def _divide(numerator: np.ndarray, denominator: np.ndarray, empty: float = 0.0) -> np.ndarray:
+    """numerator / denominator, `empty` where the denominator is 0 (by default scikit-learn's zero_division=0)."""
     safe = np.where(denominator > 0, denominator, 1)
-    return np.where(denominator > 0, numerator / safe, 0.0)
+    return np.where(denominator > 0, numerator / safe, empty)
 
 
 def _prf(tp: np.ndarray, predicted: np.ndarray, support: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -219,7 +219,8 @@ def metric_samples(y_true: np.ndarray, scores: np.ndarray, multilabel: bool, wei
             "f1_micro": _divide(2 * tp.sum(axis=1), 2 * tp.sum(axis=1) + fp.sum(axis=1) + fn.sum(axis=1)),
             "roc_auc_macro": auc_macro,
         }
-        return MetricSamples(summary, {"precision": precision, "recall": recall, "specificity": _divide(tn, tn + fp),
+        return MetricSamples(summary, {"precision": precision, "recall": recall,
+                                       "specificity": _divide(tn, tn + fp, np.nan),
                                        "f1": f1, "roc_auc": aucs})
     classes = np.asarray(scores).shape[1]
     pair = np.zeros((len(y_true), classes * classes))
@@ -230,7 +231,7 @@ def metric_samples(y_true: np.ndarray, scores: np.ndarray, multilabel: bool, wei
     precision, recall, f1 = _prf(tp, guessed, support)
     total = support.sum(axis=1, keepdims=True)
     negatives = total - support
-    specificity = _divide(negatives - (guessed - tp), negatives)
+    specificity = _divide(negatives - (guessed - tp), negatives, np.nan)  # as cxrnets.metrics.per_class_table
     probabilities = class_probabilities(scores)
     aucs = np.stack([_weighted_auc((y_true == k).astype(np.float64), probabilities[:, k], weights)
                      for k in range(classes)], axis=1)

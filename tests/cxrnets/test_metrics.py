@@ -282,6 +282,16 @@ def test_per_class_table_multilabel() -> None:
     assert list(table["roc_auc"]) == pytest.approx([1.0, 1.0, 1 / 2])
 
 
+def test_specificity_of_a_class_on_every_image_is_not_measured() -> None:
+    """No image without the label (or, single-label, every image of the class): specificity is 0/0, which
+    printed as 0, a model that never once wrongly called the label shown as always wrong."""
+    everywhere = per_class_table(np.array([[1, 0], [1, 1], [1, 0]]), np.array([[0.9, 0.2], [0.8, 0.7], [0.9, 0.6]]),
+                                 ["covid", "effusion"], multilabel=True)
+    assert np.isnan(everywhere.loc[0, "specificity"]) and everywhere.loc[1, "specificity"] == 0.5
+    one_class = per_class_table(np.array([0, 0]), one_hot_scores([0, 1], 2), ["a", "b"], multilabel=False)
+    assert np.isnan(one_class.loc[0, "specificity"]) and one_class.loc[1, "specificity"] == 0.5
+
+
 def test_per_class_table_wrong_number_of_names() -> None:
     with pytest.raises(ValueError, match="class names"):
         per_class_table(Y_TRUE_1, one_hot_scores(Y_PRED_1, 3), ["a", "b"], multilabel=False)

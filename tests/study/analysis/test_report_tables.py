@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from study.analysis.evaluation import Evaluation
-from study.analysis.report import absent_class_sentence, flat_f1_sentence, one_patient_sentence
+from study.analysis.report import flat_f1_sentence, one_patient_sentence, unmeasurable_sentence
 from study.analysis.report_tables import (PROPORTIONS, best_model_on_validation, confusion_table, never_predicted,
                                           paired_differences, per_class_tables, predictions_table, selected_table)
 from study.analysis.uncertainty import BASELINE, bootstrap_split, percentile_interval, proportion_interval
@@ -159,10 +159,27 @@ def test_a_class_with_no_image_on_the_split_has_no_recall_or_f1(resamples):
     shown = tables["_shown_per_class_d_m"].set_index("class")
     assert shown.loc["No Finding", "recall"] == "—" and shown.loc["No Finding", "f1"] == "—"
     assert "\nNo Finding,0.0,," in tables["per_class_d_m"].to_csv(index=False)  # precision 0, recall empty
-    sentence = " ".join(absent_class_sentence(tables["per_class_d_m"]))
+    sentence = " ".join(unmeasurable_sentence(tables["per_class_d_m"]))
     assert sentence.startswith("No Finding: no image on this split (support 0): recall and F1 are not measurable")
     assert "the macro precision, recall and F1 above count it as 0" in sentence
-    assert absent_class_sentence(per_class_tables(_analysis(_small_split(), resamples))["per_class_d_m"]) == []
+    assert unmeasurable_sentence(per_class_tables(_analysis(_small_split(), resamples))["per_class_d_m"]) == []
+
+
+@pytest.mark.parametrize("resamples", [None, 200])
+def test_a_label_on_every_image_has_no_specificity(resamples):
+    """COVID-19 on every image: no image without it, so its specificity is 0/0, which the table showed as 0.000:
+    shown "—", empty in the CSV, and said why."""
+    y_true = np.array([[1, 0, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]] * 3)
+    evaluation = _evaluation(y_true, np.where(y_true == 1, 0.7, 0.3), multilabel=True)
+    evaluation.groups = np.array([f"p{i}" for i in range(len(y_true))])
+    tables = per_class_tables(_analysis(evaluation, resamples))
+    shown = tables["_shown_per_class_d_m"].set_index("class")
+    assert shown.loc["COVID-19", "specificity"] == "—"
+    assert shown.loc["No Finding", "specificity"].startswith("1.000")
+    assert "\nCOVID-19,1.0,1.0,," in tables["per_class_d_m"].to_csv(index=False)  # specificity empty
+    assert " ".join(unmeasurable_sentence(tables["per_class_d_m"])) == (
+        "COVID-19: on every image of this split (no image without it): specificity is not measurable (— here, empty "
+        "in the CSV). ")
 
 
 def _scored(trial_id: str, y_true, predicted, groups) -> Evaluation:
@@ -301,8 +318,8 @@ def _searched(statuses: tuple[str, ...] = ("completed",) * 12) -> types.SimpleNa
                 rows.append({"trial_id": f"t{i:02d}", "config/dataset": dataset, "config/model": model,
                              "config/lr": lr, "val/f1_macro": base + 0.01 * i, "status": statuses[i],
                              "epochs_run": 4 if statuses[i] == "completed" else 1})
-    dimensions = [Dimension("dataset", "choice", ["easy", "hard"]), Dimension("model", "choice", ["alexnet", "resnet50"]),
-                  Dimension("lr", "loguniform", (1e-4, 1e-2))]
+    dimensions = [Dimension("dataset", "choice", ["easy", "hard"]),
+                  Dimension("model", "choice", ["alexnet", "resnet50"]), Dimension("lr", "loguniform", (1e-4, 1e-2))]
     settings = types.SimpleNamespace(data_roots={"easy": ".", "hard": "."},
                                      search_space=lambda: types.SimpleNamespace(dimensions=dimensions))
     return types.SimpleNamespace(trials=pd.DataFrame(rows), study=types.SimpleNamespace(settings=settings),

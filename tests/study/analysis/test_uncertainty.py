@@ -43,6 +43,15 @@ def test_weights_of_ones_give_the_metrics_and_a_resample_equals_its_duplicated_i
             assert samples.summary[name][b] == pytest.approx(value, abs=1e-9), (name, b)
 
 
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_a_class_on_every_image_has_no_specificity_in_any_resample(multilabel):
+    """As in cxrnets.metrics.per_class_table: 0/0 is no measurement, not a specificity of 0."""
+    y_true = np.array([[1, 0], [1, 1], [1, 0]]) if multilabel else np.array([0, 0, 0])
+    scores = np.array([[0.9, 0.2], [0.8, 0.7], [0.4, 0.6]])
+    samples = metric_samples(y_true, scores, multilabel, np.array([[1, 1, 1], [2, 1, 0]]))
+    assert np.isnan(samples.per_class["specificity"][:, 0]).all()
+
+
 def test_resampling_patients_gives_the_width_that_resampling_images_understates():
     """20 patients of 10 images each; a patient's images are all right or all wrong (10 and 10).
     Accuracy 0.5 over 20 independent units: standard error sqrt(0.25 / 20) = 0.112, a 95% interval
