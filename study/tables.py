@@ -127,15 +127,18 @@ def comparison_table(results: pd.DataFrame, metric: str, mode: str,
 
 
 def markdown_table(table: pd.DataFrame) -> str:
-    """GitHub-flavoured Markdown as `study.run` prints it and `report.md` holds it: numbers to 3 decimals
-    (whole numbers as integers), learning rates and weight decays in scientific notation (3 decimals
-    would show a weight decay of 1e-4 as 0.000), booleans as true/false, missing values blank."""
+    """GitHub-flavoured Markdown as `study.run` prints it and `report.md` holds it: integer columns as integers,
+    other numbers to 3 decimals (1.000 beside 0.950; below 0.0005, not 0, to 2 significant digits: 0.0004, never
+    0.000; from 1e6 on to 3: 1.5e+06), learning rates and weight decays in scientific notation, booleans as
+    true/false, missing values blank."""
     shown, align = pd.DataFrame(index=table.index), []
     for column in table.columns:
         values = table[column]
         numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
         if numeric and str(column).removeprefix("config/") in SCIENTIFIC_COLUMNS:
             shown[column] = values.map(lambda v: "" if pd.isna(v) else f"{v:.1e}")
+        elif numeric and pd.api.types.is_integer_dtype(values):
+            shown[column] = values.map(lambda v: "" if _missing(v) else str(int(v)))
         elif numeric:
             shown[column] = values.map(_number)
         else:
@@ -156,11 +159,9 @@ def _markdown_cell(text: str) -> str:
 def _number(value: Any) -> str:
     if _missing(value):
         return ""
-    if isinstance(value, (int, np.integer)):
-        return str(value)
-    if abs(value) >= 1e6:
-        return f"{value:.3g}"
-    return str(int(value)) if float(value).is_integer() and abs(value) >= 1 else f"{value:.3f}"
+    if abs(value) >= 1e6 or 0 < abs(value) < 0.0005:
+        return f"{value:.{3 if abs(value) >= 1e6 else 2}g}"
+    return f"{value:.3f}"
 
 
 # ------------------------------------------------------------------ trials, ablations, search summary

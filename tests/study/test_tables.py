@@ -149,3 +149,13 @@ def test_bins_of_a_narrow_range_are_told_apart_and_count_each_trial_once():
     labels, order = bin_values(choices, "categorical")
     assert order == ["0.5", "0.999", "0.9991"] and labels.tolist() == ["0.999", "0.9991", "0.9991", "0.5"]
     assert bin_values(pd.Series([0.25, 0.5, 16.0]), "categorical")[1] == ["0.25", "0.5", "16"]  # 3 digits will do
+
+
+def test_a_metric_column_keeps_its_decimals_and_a_small_value_its_digits():
+    """A column of F1 scores printed 1 beside 0.950, and 0.0004 as 0.000; a count stays an integer."""
+    table = pd.DataFrame({"f1": [1.0, 0.95, 0.0004, -0.00004, 0.0, 2.5e6, None], "n": [3, 4, 5, 6, 7, 8, 9],
+                          "best_epoch": pd.array([1, None, 2, 3, 4, 5, 6], dtype="Int64")})
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in markdown_table(table).splitlines()[2:]]
+    assert [row[0] for row in rows] == ["1.000", "0.950", "0.0004", "-4e-05", "0.000", "2.5e+06", ""]
+    assert [row[1] for row in rows] == ["3", "4", "5", "6", "7", "8", "9"]
+    assert [row[2] for row in rows] == ["1", "", "2", "3", "4", "5", "6"]
