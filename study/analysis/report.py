@@ -239,7 +239,8 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
                       "a measurement, and no interval.", ""]
         lines += unmeasurable_sentence(tables[f"per_class_{name}"])
         if chosen.dataset in analysis.bootstraps:
-            lines += one_patient_sentence(tables[f"per_class_{name}"]) + flat_f1_sentence(tables[f"per_class_{name}"])
+            per_class = tables[f"per_class_{name}"]
+            lines += one_patient_sentence(per_class) + flat_f1_sentence(per_class) + flat_roc_auc_sentence(per_class)
     for failed in analysis.failed:
         if failed.rank == 1:
             lines += [f"### {failed.dataset} / {failed.model}", "",
@@ -398,6 +399,16 @@ def flat_f1_sentence(per_class: pd.DataFrame) -> list[str]:
     return [f"F1 of {joined_names(list(flat['class']))} is the same in every resample of this split (none of the "
             "class's images right, or all of them and all its predictions): its interval has no width; read "
             "precision's and recall's.", ""]
+
+
+def flat_roc_auc_sentence(per_class: pd.DataFrame) -> list[str]:
+    """The classes whose ROC AUC every resample repeats, shown `[no spread]` (empty when none)."""
+    if "roc_auc no spread" not in per_class:
+        return []
+    flat = list(per_class.loc[per_class["roc_auc no spread"], "class"])
+    return [f"ROC AUC of {joined_names(flat)} is the same in every resample of this split (`{NO_SPREAD}`, no "
+            "interval): a resample keeps images of the class and images not of it, and each of the class's images "
+            "scores above every image not of it (AUC 1), below every one (0), or the same as all (0.5).", ""]
 
 
 def calibration_section(analysis: Analysis, split_name: str, figures: bool) -> list[str]:

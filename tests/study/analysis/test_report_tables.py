@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from study.analysis.evaluation import Evaluation
-from study.analysis.report import flat_f1_sentence, one_patient_sentence, unmeasurable_sentence
+from study.analysis.report import (flat_f1_sentence, flat_roc_auc_sentence, one_patient_sentence,
+                                   unmeasurable_sentence)
 from study.analysis.report_tables import (PROPORTIONS, best_model_on_validation, confusion_table, never_predicted,
                                           paired_differences, per_class_tables, predictions_table, selected_table)
 from study.analysis.uncertainty import BASELINE, bootstrap_split, percentile_interval, proportion_interval
@@ -108,8 +109,8 @@ def test_per_class_proportions_get_exact_intervals_over_their_patients():
             per_class_samples[column][:, 0])
     shown = tables["_shown_per_class_d_m"].set_index("class")
     assert shown.loc["Other pneumonia", "recall"] == "1.000 [0.16, 1.00]"
-    assert list(tables["per_class_d_m"].columns[-10:]) == [f"{c} {side}" for c in (*PROPORTIONS, "f1", "roc_auc")
-                                                           for side in ("lower", "upper")]
+    assert list(tables["per_class_d_m"].columns[-11:]) == [f"{c} {side}" for c in (*PROPORTIONS, "f1", "roc_auc")
+                                                           for side in ("lower", "upper")] + ["roc_auc no spread"]
 
 
 def test_an_f1_that_no_resample_moves_is_named():
@@ -180,6 +181,28 @@ def test_a_label_on_every_image_has_no_specificity(resamples):
     assert " ".join(unmeasurable_sentence(tables["per_class_d_m"])) == (
         "COVID-19: on every image of this split (no image without it): specificity is not measurable (— here, empty "
         "in the CSV). ")
+
+
+def test_a_roc_auc_no_resample_moves_shows_no_spread():
+    """Every image of each label scored above every image without it: each resample keeps both, the ROC AUC is 1 in
+    all of them, and the table showed `1.000 [1.00, 1.00]` without a word."""
+    y_true = np.array([[1, 0, 1], [1, 1, 0], [0, 0, 0], [0, 1, 1]] * 3)
+    evaluation = _evaluation(y_true, np.where(y_true == 1, 0.7, 0.3), multilabel=True)
+    evaluation.groups = np.array([f"p{i}" for i in range(len(y_true))])
+    tables = per_class_tables(_analysis(evaluation, 200))
+    table = tables["per_class_d_m"]
+    assert table["roc_auc no spread"].tolist() == [True, True, True]
+    assert table[["roc_auc lower", "roc_auc upper"]].isna().all(axis=None)
+    assert tables["_shown_per_class_d_m"]["roc_auc"].tolist() == ["1.000 [no spread]"] * 3
+    assert " ".join(flat_roc_auc_sentence(table)).startswith(
+        "ROC AUC of COVID-19, Other pneumonia and No Finding is the same in every resample of this split "
+        "(`[no spread]`, no interval)")
+
+    # No Finding's probability is 0.1 on every image: 0.5 in every resample; COVID-19's moves.
+    small = per_class_tables(_analysis(_small_split(), 200))["per_class_d_m"].set_index("class")
+    assert small["roc_auc no spread"].tolist() == [False, False, True]
+    assert small.loc["No Finding", "roc_auc"] == 0.5 and not np.isnan(small.loc["COVID-19", "roc_auc lower"])
+    assert " ".join(flat_roc_auc_sentence(small.reset_index())).startswith("ROC AUC of No Finding is the same")
 
 
 def _scored(trial_id: str, y_true, predicted, groups) -> Evaluation:
