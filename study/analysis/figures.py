@@ -30,26 +30,34 @@ def _pyplot():
 
 
 def plot_confusion(evaluation: Evaluation, title: str, path: Path) -> None:
+    """The confusion matrix, each cell's count written in it and coloured by its share of its row (the true
+    class's images), so a rare class's row reads as clearly as a common one's."""
     plt = _pyplot()
     table = confusion_table(evaluation)
     if evaluation.multilabel:
         figure, axes = _panels(plt, len(evaluation.classes), 2.6, 0.6)
         for axis, row in zip(axes, table.itertuples(index=False)):
             matrix = np.array([[row.TN, row.FP], [row.FN, row.TP]])
-            _draw_matrix(axis, matrix, ["absent", "present"], ["absent", "present"])
+            image = _draw_matrix(axis, matrix, ["absent", "present"], ["absent", "present"])
             axis.set_title(row.label, fontsize=9)
             axis.set_xlabel("predicted", fontsize=8)
             axis.set_ylabel("true", fontsize=8)
+        share = "share of the row's images\n(absent: specificity, present: recall)"
     else:
         count = len(evaluation.classes)
         size = max(4.0, 1.1 * count + 2)
         figure, axis = plt.subplots(figsize=(size, size))
         matrix = table.drop(columns="true class").to_numpy()
-        _draw_matrix(axis, matrix, evaluation.classes, evaluation.classes)
+        image = _draw_matrix(axis, matrix, evaluation.classes, evaluation.classes)
         axis.set_xlabel("predicted class")
         axis.set_ylabel("true class")
+        share = "share of the true class's images\n(diagonal: recall)"
     figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
+    width = figure.get_figwidth() + 1.1  # an inch on the right for the colour bar and its label
+    figure.set_figwidth(width)
+    figure.tight_layout(rect=(0, 0, 1 - 1.1 / width, 1))
+    bar = figure.colorbar(image, cax=figure.add_axes((1 - 0.9 / width, 0.15, 0.18 / width, 0.7)))
+    bar.set_label(share, fontsize=8)
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
@@ -64,14 +72,17 @@ def _panels(plt, count: int, inches: float, title_room: float):
     return figure, axes.flat[:count]
 
 
-def _draw_matrix(axis, matrix: np.ndarray, rows: list[str], columns: list[str]) -> None:
-    axis.imshow(matrix, cmap="Blues", vmin=0, vmax=max(int(matrix.max()), 1))
+def _draw_matrix(axis, matrix: np.ndarray, rows: list[str], columns: list[str]):
+    """Counts as text, coloured by their share of their row (0 for a row of no image); returns the image."""
+    totals = matrix.sum(axis=1, keepdims=True)
+    shares = matrix / np.maximum(totals, 1)
+    image = axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     axis.set_xticks(range(len(columns)), columns, rotation=30, ha="right", fontsize=8)
     axis.set_yticks(range(len(rows)), rows, fontsize=8)
-    high = matrix.max() / 2
     for (i, j), value in np.ndenumerate(matrix):
         axis.text(j, i, str(int(value)), ha="center", va="center", fontsize=9,
-                  color="white" if value > high else "black")
+                  color="white" if shares[i, j] > 0.5 else "black")
+    return image
 
 
 def _epoch_axis(axis, epochs: pd.Series) -> None:

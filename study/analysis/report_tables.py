@@ -520,7 +520,7 @@ def class_proportion_intervals(evaluation: Evaluation) -> dict[str, list[tuple[f
 
 
 def confusion_table(evaluation: Evaluation) -> pd.DataFrame:
-    """Single-label: rows true class, columns predicted class. Multi-label: one row per label (TN FP FN TP)."""
+    """Single-label: rows true class, columns `predicted: <class>`. Multi-label: one row per label (TN FP FN TP)."""
     from cxrnets.metrics import confusion_matrix, predictions
 
     predicted = predictions(evaluation.scores, evaluation.multilabel)
@@ -534,6 +534,6 @@ def confusion_table(evaluation: Evaluation) -> pd.DataFrame:
                          "TP": int(((truth == 1) & (guess == 1)).sum())})
         return pd.DataFrame(rows)
     matrix = confusion_matrix(evaluation.y_true, predicted, len(evaluation.classes))
-    table = pd.DataFrame(matrix, columns=list(evaluation.classes))
+    table = pd.DataFrame(matrix, columns=[f"predicted: {name}" for name in evaluation.classes])
     table.insert(0, "true class", list(evaluation.classes))
     return table

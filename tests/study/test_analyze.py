@@ -237,9 +237,10 @@ def test_confusion_matrices_sum_to_the_test_split(evaluated, study_dir):
     classes = ["COVID-19", "Other pneumonia", "No Finding"]
     for model in ("alexnet", "resnet50"):
         confusion = analysis.tables[f"confusion_{DATASET}_{model}"]
-        assert list(confusion["true class"]) == classes and list(confusion.columns[1:]) == classes
-        assert confusion[classes].to_numpy().sum() == test_size
-        true_counts = confusion[classes].sum(axis=1).to_numpy()
+        predicted = [f"predicted: {name}" for name in classes]
+        assert list(confusion["true class"]) == classes and list(confusion.columns[1:]) == predicted
+        assert confusion[predicted].to_numpy().sum() == test_size
+        true_counts = confusion[predicted].sum(axis=1).to_numpy()
         per_class = analysis.tables[f"per_class_{DATASET}_{model}"]
         assert list(per_class["class"]) == classes
         assert (per_class["support"].to_numpy() == true_counts).all()
@@ -252,11 +253,11 @@ def test_confusion_matrices_sum_to_the_test_split(evaluated, study_dir):
             zip(test["relpath"], test["patient"].astype(str)))
         crossed = pd.crosstab(images["true"], images["predicted"]).reindex(index=classes, columns=classes,
                                                                              fill_value=0)
-        assert (crossed.to_numpy() == confusion[classes].to_numpy()).all()
+        assert (crossed.to_numpy() == confusion[predicted].to_numpy()).all()
         probabilities = images[[f"p({name})" for name in classes]].to_numpy()
         assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
         # specificity from the confusion matrix; each class's AUC from its probability in the per-image table
-        matrix = confusion[classes].to_numpy()
+        matrix = confusion[predicted].to_numpy()
         negatives = test_size - matrix.sum(axis=1)
         called = matrix.sum(axis=0) - np.diag(matrix)
         assert per_class["specificity"].to_numpy() == pytest.approx((negatives - called) / negatives)
@@ -316,7 +317,7 @@ def test_report_files(evaluated, study_dir):
     assert text.count("|:--") + text.count("|--") >= 10
     # a class no test image was predicted as is named, its precision of 0 called a convention
     classes = ["COVID-19", "Other pneumonia", "No Finding"]
-    unpredicted = [sum(confusion[classes].sum(axis=0).to_numpy() == 0)
+    unpredicted = [sum(confusion[[f"predicted: {name}" for name in classes]].sum(axis=0).to_numpy() == 0)
                    for name, confusion in analysis.tables.items() if name.startswith("confusion_")]
     assert text.count("Never predicted on this split: ") == sum(1 for n in unpredicted if n)
     # each cell's chosen model, with the command that runs it on new images: that command works

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from study.analysis.figures import plot_curves, plot_gradcam
+from study.analysis.evaluation import Evaluation
+from study.analysis.figures import plot_confusion, plot_curves, plot_gradcam
 from study.analysis.saliency import SaliencyPanel, SaliencyRow
 
 
@@ -75,3 +76,24 @@ def test_a_diverged_epoch_is_marked_not_drawn_as_a_measured_value(drawn, tmp_pat
     (mark,) = [line for line in axis.get_lines() if line.get_label() == "diverged (NaN loss)"]
     assert list(mark.get_xdata()) == [3]
     assert "diverged (NaN loss)" in [text.get_text() for text in axis.get_legend().get_texts()]
+
+
+def test_a_confusion_matrix_colours_each_row_by_its_share_so_a_rare_class_reads_too(drawn, tmp_path):
+    """Coloured by raw counts, the 2 No Finding images (both right) were near white beside 30 COVID-19 ones."""
+    y_true = np.r_[np.zeros(30, int), np.ones(8, int), [2, 2]]
+    predicted = np.r_[np.zeros(27, int), [1, 1, 1], np.zeros(4, int), np.ones(4, int), [2, 2]]
+    evaluation = Evaluation("t1", 3, "test", {}, y_true, np.eye(3)[predicted], ["COVID-19", "Other pneumonia",
+                            "No Finding"], False, {}, np.arange(40), np.zeros((40, 3)))
+    plot_confusion(evaluation, "d / alexnet", tmp_path / "confusion.png")
+    matrix, bar = drawn[0].axes
+    np.testing.assert_allclose(matrix.images[0].get_array(), [[0.9, 0.1, 0], [0.5, 0.5, 0], [0, 0, 1]])
+    assert [text.get_text() for text in matrix.texts] == ["27", "3", "0", "4", "4", "0", "0", "0", "2"]
+    assert bar.get_ylabel() == "share of the true class's images\n(diagonal: recall)"
+
+    multilabel = Evaluation("t1", 3, "test", {}, np.array([[1, 0], [1, 1], [0, 0]]), np.array([[0.9, 0.1]] * 3),
+                            ["COVID-19", "Effusion"], True, {}, np.arange(3), np.zeros((3, 2)))
+    plot_confusion(multilabel, "d / alexnet", tmp_path / "multilabel.png")
+    covid, effusion, bar = drawn[1].axes
+    np.testing.assert_allclose(covid.images[0].get_array(), [[0, 1], [0, 1]])  # TN FP / FN TP of 1 and 2 images
+    np.testing.assert_allclose(effusion.images[0].get_array(), [[1, 0], [1, 0]])
+    assert bar.get_ylabel().startswith("share of the row's images")

@@ -30,7 +30,8 @@ def test_a_constant_predictor_never_predicts_the_other_classes():
     evaluation = _evaluation([0, 1, 2, 0], [[0.8, 0.1, 0.1]] * 4)
     assert never_predicted(evaluation) == ["Other pneumonia", "No Finding"]
     confusion = confusion_table(evaluation)
-    assert confusion[CLASSES].sum(axis=0).tolist() == [4, 0, 0]
+    assert list(confusion.columns) == ["true class", *(f"predicted: {name}" for name in CLASSES)]
+    assert confusion[[f"predicted: {name}" for name in CLASSES]].sum(axis=0).tolist() == [4, 0, 0]
 
 
 def test_every_class_predicted():
