@@ -182,7 +182,8 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     """(C, C) int64 counts; rows are true classes, columns predicted classes.
 
     Classes are ``0..num_classes-1``, so a class that never occurs still gets
-    its (zero) row and column.
+    its (zero) row and column. Raises ValueError on a class index outside
+    that range (it would have no row or column to count in).
     """
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
@@ -195,6 +196,14 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
         )
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    for name, values in (("y_true", y_true), ("y_pred", y_pred)):
+        outside = np.unique(values[(values < 0) | (values >= num_classes)])
+        if outside.size:
+            raise ValueError(
+                f"{name} holds class indices outside 0..{num_classes - 1} ({num_classes} classes): "
+                + ", ".join(str(value) for value in outside[:10])
+                + (f" and {outside.size - 10} more" if outside.size > 10 else "")
+            )
     return skm.confusion_matrix(y_true, y_pred, labels=list(range(num_classes))).astype(
         np.int64
     )
@@ -277,12 +286,17 @@ def majority_scores(train_targets: np.ndarray, count: int, multilabel: bool, num
 
 
 def majority_baseline(train_targets: np.ndarray, eval_targets: np.ndarray, multilabel: bool,
-                      num_classes: int | None = None) -> dict[str, float]:
-    """Metrics of the majority predictor (majority_scores): the floor a trained model must beat."""
-    if multilabel:
-        num_classes = np.asarray(train_targets).shape[1]
-    else:
-        num_classes = num_classes or int(max(train_targets.max(), eval_targets.max())) + 1
+                      num_classes: int) -> dict[str, float]:
+    """Metrics of the majority predictor (majority_scores): the floor a trained model must beat.
+
+    ``num_classes`` is the dataset's number of classes (labels), which the
+    targets need not all hold: the macro averages run over all of them.
+    """
+    if multilabel and np.asarray(train_targets).shape[1] != num_classes:
+        raise ValueError(
+            f"multi-label train_targets have {np.asarray(train_targets).shape[1]} label columns, "
+            f"num_classes is {num_classes}"
+        )
     scores = majority_scores(train_targets, len(eval_targets), multilabel, num_classes)
     return classification_metrics(eval_targets, scores, multilabel=multilabel)
 

@@ -12,6 +12,7 @@ from cxrnets.metrics import (
     calibration,
     classification_metrics,
     confusion_matrix,
+    majority_baseline,
     per_class_table,
     predictions,
     reliability_bins,
@@ -127,6 +128,24 @@ def test_confusion_matrix_with_class_that_never_occurs() -> None:
     matrix = confusion_matrix(y_true, y_pred, num_classes=4)
     assert matrix.dtype == np.int64
     np.testing.assert_array_equal(matrix, expected)
+
+
+def test_confusion_matrix_refuses_a_class_index_it_has_no_row_for() -> None:
+    """A label of 3 among 3 classes (0..2) was dropped without a word: the counts no longer summed to the images."""
+    with pytest.raises(ValueError, match=r"y_true holds class indices outside 0\.\.2 \(3 classes\): 3, 7"):
+        confusion_matrix(np.array([0, 3, 1, 7]), np.array([0, 1, 1, 2]), 3)
+    with pytest.raises(ValueError, match=r"y_pred holds class indices outside 0\.\.2 \(3 classes\): -1"):
+        confusion_matrix(np.array([0, 1]), np.array([-1, 1]), 3)
+
+
+def test_majority_baseline_averages_over_every_class_of_the_dataset() -> None:
+    """Guessed from the targets, a third class seen in neither split was left out of the macro averages."""
+    baseline = majority_baseline(np.array([0, 0, 1]), np.array([0, 1, 1]), False, num_classes=3)
+    assert baseline["f1_macro"] == pytest.approx((2 * (1 / 3) / (1 / 3 + 1)) / 3)  # class 0's F1 of 0.5, over 3
+    with pytest.raises(TypeError, match="num_classes"):
+        majority_baseline(np.array([0, 0, 1]), np.array([0, 1, 1]), False)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="2 label columns, num_classes is 3"):
+        majority_baseline(np.array([[1, 0], [1, 1]]), np.array([[1, 0]]), True, num_classes=3)
 
 
 def test_confusion_matrix_class_present_but_never_predicted() -> None:
