@@ -389,16 +389,14 @@ def no_spread_note(shown: pd.DataFrame) -> list[str]:
 
 
 def flat_f1_sentence(per_class: pd.DataFrame) -> list[str]:
-    """The classes (of two patients or more) whose F1 every resample repeats, and what to read instead
-    (empty when none)."""
-    # F1 is 0 wherever nothing of a class is right, 1 where its precision and recall are both 1.
-    flat = per_class[(per_class["patients"] > 1) & ((per_class["recall"] == 0)
-                                                    | ((per_class["precision"] == 1) & (per_class["recall"] == 1)))]
-    if flat.empty:
+    """The classes whose F1 every resample repeats, shown `[no spread]`, and what to read instead (empty when
+    none)."""
+    if "f1 no spread" not in per_class:
         return []
-    return [f"F1 of {joined_names(list(flat['class']))} is the same in every resample of this split (none of the "
-            "class's images right, or all of them and all its predictions): its interval has no width; read "
-            "precision's and recall's.", ""]
+    flat = list(per_class.loc[per_class["f1 no spread"], "class"])
+    return [f"F1 of {joined_names(flat)} is the same in every resample of this split (`{NO_SPREAD}`, no interval: "
+            "none of the class's images right, or all of them and all its predictions); read precision's and "
+            "recall's.", ""]
 
 
 def flat_roc_auc_sentence(per_class: pd.DataFrame) -> list[str]:

@@ -275,18 +275,23 @@ def per_class_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
             for column in ("f1", "roc_auc"):  # not proportions: the patient bootstrap's, for a class it resamples
                 intervals[column] = [percentile_interval(samples[column][:, j]) if bootstrap.class_resampled(j)
                                      else (np.nan, np.nan) for j in range(len(per_class))]
-            flat_auc = [bootstrap.class_resampled(j) and same_in_every_resample(samples["roc_auc"][:, j])
-                        for j in range(len(per_class))]
-            intervals["roc_auc"] = [(np.nan, np.nan) if flat else bounds
-                                    for flat, bounds in zip(flat_auc, intervals["roc_auc"])]
+            no_spread = {column: [bootstrap.class_resampled(j) and same_in_every_resample(samples[column][:, j])
+                                  for j in range(len(per_class))] for column in ("f1", "roc_auc")}
+            for column, flags in no_spread.items():
+                intervals[column] = [(np.nan, np.nan) if flat else bounds
+                                     for flat, bounds in zip(flags, intervals[column])]
             for column in (*PROPORTIONS, "f1", "roc_auc"):
                 per_class[f"{column} lower"] = [bounds[0] for bounds in intervals[column]]
                 per_class[f"{column} upper"] = [bounds[1] for bounds in intervals[column]]
-            if any(flat_auc):
-                per_class["roc_auc no spread"] = flat_auc
+            for column, flags in no_spread.items():
+                if any(flags):
+                    per_class[f"{column} no spread"] = flags
         # A class with no image on the split: its recall and F1 are 0/0, not measured (metrics counts them 0).
-        unmeasured = [c for c in per_class.columns if c.split(" ")[0] in ("recall", "f1")]
+        unmeasured = [c for c in per_class.columns if c in ("recall", "f1") or c.startswith(("recall ", "f1 "))
+                      and not c.endswith(" no spread")]
         per_class.loc[per_class["support"] == 0, unmeasured] = np.nan
+        if "f1 no spread" in per_class:
+            per_class.loc[per_class["support"] == 0, "f1 no spread"] = False
         tables[f"per_class_{name}"] = per_class
         shown = with_intervals(per_class)
         for column in ("recall", "specificity", "f1", "roc_auc"):  # without intervals: still "—" where not measurable

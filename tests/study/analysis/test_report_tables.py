@@ -110,14 +110,18 @@ def test_per_class_proportions_get_exact_intervals_over_their_patients():
             per_class_samples[column][:, 0])
     shown = tables["_shown_per_class_d_m"].set_index("class")
     assert shown.loc["Other pneumonia", "recall"] == "1.000 [0.16, 1.00]"
-    assert list(tables["per_class_d_m"].columns[-11:]) == [f"{c} {side}" for c in (*PROPORTIONS, "f1", "roc_auc")
-                                                           for side in ("lower", "upper")] + ["roc_auc no spread"]
+    assert list(tables["per_class_d_m"].columns[-12:]) == [f"{c} {side}" for c in (*PROPORTIONS, "f1", "roc_auc")
+                                                           for side in ("lower", "upper")] + [
+        "f1 no spread", "roc_auc no spread"]
 
 
 def test_an_f1_that_no_resample_moves_is_named():
-    # No Finding is never right: its F1 is 0 in every resample; the others' move
-    assert " ".join(flat_f1_sentence(per_class_tables(_analysis(_small_split()))["per_class_d_m"])).startswith(
-        "F1 of No Finding is the same in every resample")
+    # No Finding is never right: its F1 is 0 in every resample (it showed `0.000 [0.00, 0.00]`); the others' move
+    tables = per_class_tables(_analysis(_small_split()))
+    assert " ".join(flat_f1_sentence(tables["per_class_d_m"])).startswith(
+        "F1 of No Finding is the same in every resample of this split (`[no spread]`, no interval")
+    assert tables["per_class_d_m"]["f1 no spread"].tolist() == [False, False, True]
+    assert tables["_shown_per_class_d_m"].set_index("class").loc["No Finding", "f1"] == "0.000 [no spread]"
     each_half_right = _evaluation([0, 0, 1, 1, 2, 2], np.eye(3)[[0, 1, 1, 2, 2, 0]] * 0.7 + 0.1)
     assert flat_f1_sentence(per_class_tables(_analysis(each_half_right, None))["per_class_d_m"]) == []
 
