@@ -12,6 +12,7 @@ from cxrnets.names import MODEL_NAMES, OPTIMIZER_NAMES, check_device_name, check
 
 
 MIN_BATCH_SIZE = 2  # cxrnets.batches skips a training batch of one image: BatchNorm cannot train on it
+DEFAULT_MOMENTUM = 0.9  # SGD's; a run of another optimizer carries it unused
 
 
 @dataclass
@@ -28,7 +29,7 @@ class TrainConfig:
     image_size: int = 64
     pretrained: bool = False
     weights: str | None = None
-    momentum: float = 0.9
+    momentum: float = DEFAULT_MOMENTUM
     weight_decay: float = 0.0
     seed: int = 0
     val_fraction: float = 0.15
@@ -49,7 +50,16 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in values.items() if key in known})
 
-    def validate(self) -> None:
+    def validate(self, flags: bool = False) -> None:
+        """CxrError for the first value no run can train with, naming the option as the command line types it
+        (`--lr`) where `flags` says so, else as the config key (`option lr`)."""
+
+        def name(key: str) -> str:
+            return flag(key) if flags else key
+
+        def option(key: str) -> str:
+            return flag(key) if flags else f"option {key}"
+
         if self.dataset not in DATASET_NAMES:
             raise CxrError(f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASET_NAMES)}")
         if self.model not in MODEL_NAMES:
@@ -58,23 +68,44 @@ class TrainConfig:
             raise CxrError(f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZER_NAMES)}")
         if not (isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool)
                 and math.isfinite(self.lr) and self.lr > 0):
-            raise CxrError(f"option lr must be a positive number, got {self.lr!r}")
-        for name in ("batch_size", "epochs", "image_size"):
-            value = getattr(self, name)
+            raise CxrError(f"{option('lr')} must be a positive number, got {self.lr!r}")
+        for key in ("batch_size", "epochs", "image_size"):
+            value = getattr(self, key)
             if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-                raise CxrError(f"option {name} must be a positive integer, got {value!r}")
+                raise CxrError(f"{option(key)} must be a positive integer, got {value!r}")
         if self.batch_size < MIN_BATCH_SIZE:
-            raise CxrError(f"option batch_size must be at least {MIN_BATCH_SIZE} (a training batch of one image is "
-                           f"skipped: BatchNorm cannot train on it), got {self.batch_size}")
+            raise CxrError(f"{option('batch_size')} must be at least {MIN_BATCH_SIZE} (a training batch of one image "
+                           f"is skipped: BatchNorm cannot train on it), got {self.batch_size}")
         if not (math.isfinite(self.momentum) and math.isfinite(self.weight_decay)
                 and self.momentum >= 0 and self.weight_decay >= 0):
-            raise CxrError(f"momentum ({self.momentum}) and weight_decay ({self.weight_decay}) must be finite and "
-                           ">= 0")
+            raise CxrError(f"{name('momentum')} ({self.momentum}) and {name('weight_decay')} ({self.weight_decay}) "
+                           "must be finite and >= 0")
         if self.momentum >= 1:
-            raise CxrError(f"option momentum must be below 1 (SGD's velocity would never decay), got {self.momentum}")
+            raise CxrError(f"{option('momentum')} must be below 1 (SGD's velocity would never decay), "
+                           f"got {self.momentum}")
+        if self.optimizer != "sgd" and self.momentum != DEFAULT_MOMENTUM:
+            raise CxrError(f"{option('momentum')} {self.momentum:g} with {name('optimizer')} {self.optimizer}: "
+                           f"momentum is SGD's, {self.optimizer} would ignore it; drop {name('momentum')}, or "
+                           f"choose {name('optimizer')} sgd")
+        if not split_fractions_fit(self.val_fraction, self.test_fraction):
+            raise CxrError(f"{option('val_fraction')} {self.val_fraction:g} and {name('test_fraction')} "
+                           f"{self.test_fraction:g}: {SPLIT_FRACTIONS_RULE}")
         if not self.balance_classes and self.dataset in MULTILABEL_DATASETS:
             raise CxrError(f"--no-balance: {self.dataset} is multi-label, trained with a per-label loss that weights "
                            "no class; drop it")
-        check_device_name(self.device, "option device")
+        check_device_name(self.device, option("device"))
         check_image_size(self.model, self.image_size)
-        check_seed(self.seed, "option seed")
+        check_seed(self.seed, option("seed"))
+
+
+def flag(key: str) -> str:
+    """The command-line flag of a TrainConfig key: --batch-size for batch_size."""
+    return "--" + key.replace("_", "-")
+
+
+SPLIT_FRACTIONS_RULE = "each must lie between 0 and 1, and together leave patients to train on (sum below 1)"
+
+
+def split_fractions_fit(val_fraction: float, test_fraction: float) -> bool:
+    """Whether the validation and test shares of the patients make a split (SPLIT_FRACTIONS_RULE)."""
+    return 0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1

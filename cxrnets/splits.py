@@ -28,6 +28,7 @@ import pandas as pd
 import sklearn
 from sklearn.model_selection import StratifiedGroupKFold
 
+from cxrnets.config import SPLIT_FRACTIONS_RULE, split_fractions_fit
 from cxrnets.errors import CxrError
 from cxrnets.fingerprints import BITS, NEAR_IDENTICAL_BITS, near_identical_pairs
 
@@ -136,8 +137,8 @@ def make_split(frame: pd.DataFrame, strata: pd.Series, val_fraction: float = 0.1
     Returns a frame with columns relpath, patient, sha1, stratum, split.
     """
     check_splitter()
-    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise CxrError(f"split fractions val={val_fraction}, test={test_fraction} must be in (0, 1) and sum below 1")
+    if not split_fractions_fit(val_fraction, test_fraction):
+        raise CxrError(f"--val-fraction {val_fraction:g} and --test-fraction {test_fraction:g}: {SPLIT_FRACTIONS_RULE}")
     split = frame[["relpath", "patient", "sha1"]].reset_index(drop=True).copy()
     split["stratum"] = strata.to_numpy()
     groups = leakage_groups(split["patient"], split["sha1"])

@@ -74,13 +74,20 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         help=f"square input size in pixels (default: {defaults.image_size})")
     add("--pretrained", action="store_true", help="start from ImageNet weights (default: from scratch)")
     add("--weights", default=None, help="start from this weights file (implies --pretrained; default: none)")
-    add("--momentum", type=float, default=defaults.momentum, help=f"SGD momentum (default: {defaults.momentum})")
+    add("--momentum", type=float, default=defaults.momentum,
+        help=f"SGD momentum, with --optimizer sgd only (default: {defaults.momentum})")
     add("--weight-decay", type=float, default=defaults.weight_decay,
         help=f"L2 weight decay (default: {defaults.weight_decay})")
     add("--seed", type=int, default=defaults.seed,
         help=f"seed of the split, init and shuffling (default: {defaults.seed})")
+    add("--val-fraction", type=float, default=defaults.val_fraction,
+        help="share of the patients held out for validation, stratified by class "
+             f"(default: {defaults.val_fraction}; a --split-file that exists keeps its own)")
+    add("--test-fraction", type=float, default=defaults.test_fraction,
+        help="share of the patients held out for the test evaluation at the end, stratified by class "
+             f"(default: {defaults.test_fraction}; a --split-file that exists keeps its own)")
     add("--split-file", default=None, help="reuse (or write) the train/val/test split here (default: none, the "
-        "split is made from --seed)")
+        "split is made from --seed, --val-fraction and --test-fraction)")
     add("--cache-dir", default=None, help="decode-once cache root (default: $CXR_TUNE_CACHE or ~/.cache/cxr-tune)")
     add("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1 (default: auto)")
     add("--no-amp", action="store_true",
@@ -360,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config, out, resume = parse_args(argv)
     try:
+        config.validate(flags=True)
         with out_folder_lock(out):
             return train_into(config, out, resume)
     except CxrError as error:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrnets.cache import absolute_cache_dir
+from cxrnets.config import SPLIT_FRACTIONS_RULE, split_fractions_fit
 from cxrnets.data import DATASET_NAMES, MULTILABEL_DATASETS
 from cxrnets.errors import CxrError
 from cxrnets.fingerprints import EARLIER_NEAR_IDENTICAL_BITS
@@ -245,10 +246,8 @@ def broken_setting_rules(settings: StudySettings) -> Iterator[tuple[tuple[str, .
     for key, lowest in LOWEST.items():
         if getattr(settings, key) < lowest:
             yield (key,), f"must be at least {lowest}"
-    val, test = settings.val_fraction, settings.test_fraction
-    if not (0 < val < 1 and 0 < test < 1 and val + test < 1):
-        yield ("val_fraction", "test_fraction"), ("each must lie between 0 and 1, and together leave patients to "
-                                                  "train on (sum below 1)")
+    if not split_fractions_fit(settings.val_fraction, settings.test_fraction):
+        yield ("val_fraction", "test_fraction"), SPLIT_FRACTIONS_RULE
     if settings.grace_period > settings.max_epochs:
         yield ("grace_period", "max_epochs"), "ASHA's grace period may not exceed a trial's epochs"
     if settings.metric not in (*METRICS, *EARLIER_METRICS):

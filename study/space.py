@@ -293,6 +293,7 @@ def load_space(space: str | Path, dataset: str | None = None) -> SearchSpace:
         _check_no_repeated_choice(parsed.source, dimension)
     for key in NAMING_KEYS:
         _check_every_trial_gets(parsed, key, dataset)
+    _check_momentum_is_sgds(parsed)
     return parsed
 
 
@@ -550,17 +551,7 @@ def _check_every_trial_gets(space: SearchSpace, key: str, dataset: str | None = 
     """Refuse a key given under `when` only (lr for Adam) where some trials match none of its conditions: they
     would train TrainConfig's default of it, with no value in their config (so in their names and results).
     `dataset`: the one dataset --dataset narrowed the space to."""
-    # The key and the dimensions its conditions depend on, through conditions of conditions.
-    involved = {key}
-    for dimension in reversed(space.dimensions):  # a when names earlier dimensions only
-        if dimension.name in involved:
-            involved |= set(dimension.when)
-    named: dict[str, dict] = {}  # dimension -> the values whens name (a dict keeps their order)
-    for dimension in space.dimensions:
-        for name, values in dimension.when.items():
-            named.setdefault(name, {}).update(dict.fromkeys(values))
-    cases = space.grid(tuple(involved), lambda dimension: _cases_of(dimension, list(named.get(dimension.name, {}))))
-    left_out = next((case for case in cases if key not in case), None)
+    left_out = next((case for case in _trial_cases(space, (key,)) if key not in case), None)
     if left_out is None:
         return
     from_command_line = dataset is not None and left_out.get("dataset") == dataset
@@ -571,6 +562,32 @@ def _check_every_trial_gets(space: SearchSpace, key: str, dataset: str | None = 
                    f"cxrnets' default {key} {default} unrecorded (their names and results show no {key}); add an "
                    f"alternative whose when holds for them, or give {key} a range or value without when"
                    + (f", or choose a --dataset the space gives {key} for" if from_command_line else ""))
+
+
+def _check_momentum_is_sgds(space: SearchSpace) -> None:
+    """Refuse a momentum that trials of another optimizer get: they would ignore it, yet record it (and
+    TrainConfig.validate refuses a momentum other than its default for them)."""
+    case = next((case for case in _trial_cases(space, ("optimizer", "momentum"))
+                 if "momentum" in case and case.get("optimizer") != "sgd"), None)
+    if case is None:
+        return
+    trials = ", ".join(f"{name} {value!r}" for name, value in case.items() if name != "momentum")
+    raise CxrError(f"{space.source}: search.momentum: trials with {trials} get a momentum, which only SGD uses: "
+                   f"{case.get('optimizer')} would ignore it; add when: {{optimizer: sgd}} to momentum")
+
+
+def _trial_cases(space: SearchSpace, keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The cases trials of `space` fall in, told apart by `keys` and the dimensions their conditions depend on
+    (through conditions of conditions): each a combination of their values (_cases_of), conditions applied."""
+    involved = set(keys)
+    for dimension in reversed(space.dimensions):  # a when names earlier dimensions only
+        if dimension.name in involved:
+            involved |= set(dimension.when)
+    named: dict[str, dict] = {}  # dimension -> the values whens name (a dict keeps their order)
+    for dimension in space.dimensions:
+        for name, values in dimension.when.items():
+            named.setdefault(name, {}).update(dict.fromkeys(values))
+    return space.grid(tuple(involved), lambda dimension: _cases_of(dimension, list(named.get(dimension.name, {}))))
 
 
 def _cases_of(dimension: Dimension, named: list) -> list:

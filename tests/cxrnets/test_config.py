@@ -46,10 +46,38 @@ def test_default_config_is_valid() -> None:
     ({"weight_decay": -1e-4}, "weight_decay"),
     ({"seed": -1}, r"option seed -1: a seed is a whole number from 0 to 2147483647"),
     ({"seed": 2**32}, r"option seed 4294967296"),
+    ({"momentum": 0.5}, r"option momentum 0\.5 with optimizer adam: momentum is SGD's, adam would ignore it; drop "
+                        r"momentum, or choose optimizer sgd"),
+    ({"val_fraction": 0.5, "test_fraction": 0.5}, r"option val_fraction 0\.5 and test_fraction 0\.5: each must lie "
+                                                  r"between 0 and 1, and together leave patients to train on"),
+    ({"val_fraction": 0.0}, r"option val_fraction 0 and test_fraction 0\.15"),
+    ({"test_fraction": float("nan")}, r"option val_fraction 0\.15 and test_fraction nan"),
 ])
 def test_validate_errors(changes: dict, message: str) -> None:
     with pytest.raises(CxrError, match=message):
         TrainConfig(**changes).validate()
+
+
+def test_momentum_is_sgds_yet_an_adam_run_may_carry_its_default() -> None:
+    """A study's Adam trial has no momentum in its config: TrainConfig's default, which it does not use."""
+    TrainConfig(optimizer="adam").validate()
+    TrainConfig(optimizer="sgd", momentum=0.5).validate()
+    TrainConfig.from_dict({"optimizer": "adam", "lr": 1e-4}).validate()
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"lr": 0}, "--lr must be a positive number, got 0"),
+    ({"batch_size": 1}, "--batch-size must be at least 2"),
+    ({"image_size": -4}, "--image-size must be a positive integer"),
+    ({"momentum": float("nan")}, r"--momentum \(nan\) and --weight-decay \(0\.0\) must be finite"),
+    ({"optimizer": "adam", "momentum": 0.0}, "--momentum 0 with --optimizer adam: momentum is SGD's"),
+    ({"val_fraction": 0.9}, r"--val-fraction 0\.9 and --test-fraction 0\.15: each must lie"),
+    ({"device": "tpu"}, "--device 'tpu'"),
+    ({"seed": -1}, "--seed -1"),
+])
+def test_validate_names_the_flags_a_command_line_typed(changes: dict, message: str) -> None:
+    with pytest.raises(CxrError, match=f"^{message}"):
+        TrainConfig(**changes).validate(flags=True)
 
 
 def test_from_dict_ignores_trial_extras() -> None:

@@ -598,10 +598,12 @@ def test_cli_resume_continues_the_run_as_if_uninterrupted(cli_run: tuple[Path, s
     assert main([*arguments, "--epochs", "2", "--lr", "0.01", "--out", str(parts), "--resume"]) == 2
     err = capsys.readouterr().err
     assert "trained another configuration (lr 0.001 in the checkpoint, 0.01 now)" in err, err
+    assert main([*arguments, "--epochs", "2", "--val-fraction", "0.2", "--out", str(parts), "--resume"]) == 2
+    assert "(val_fraction 0.15 in the checkpoint, 0.2 now)" in capsys.readouterr().err
     assert main([*arguments, "--epochs", "1", "--out", str(parts), "--resume"]) == 0  # evaluates, trains nothing
     assert len((parts / "metrics.jsonl").read_text().splitlines()) == 1
     assert main([*arguments, "--epochs", "0", "--out", str(parts), "--resume"]) == 2
-    assert "is at epoch 1 already, past --epochs 0: raise --epochs" in capsys.readouterr().err
+    assert capsys.readouterr().err == "error: --epochs must be a positive integer, got 0\n"
     assert main([*arguments, "--out", str(tmp_path / "empty"), "--resume"]) == 2
     assert "checkpoint.pt does not exist: nothing to continue" in capsys.readouterr().err
     assert (parts / "checkpoint.pt").read_bytes() == first_checkpoint  # nothing was overwritten
@@ -621,6 +623,9 @@ def test_cli_resume_continues_the_run_as_if_uninterrupted(cli_run: tuple[Path, s
     weights = torch.load(parts / "checkpoint.pt", weights_only=True)["model"]
     for name, tensor in torch.load(whole / "checkpoint.pt", weights_only=True)["model"].items():
         assert torch.equal(tensor, weights[name]), name
+    capsys.readouterr()
+    assert main([*arguments, "--epochs", "1", "--out", str(parts), "--resume"]) == 2
+    assert "is at epoch 2 already, past --epochs 1: raise --epochs" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("start", ["--weights", "--pretrained"])
@@ -923,17 +928,36 @@ def test_cli_bad_flags(arguments: list[str], message: str, capsys: pytest.Captur
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["--lr", "0"], "error: option lr must be a positive number, got 0.0"),
-    (["--lr", "-0.001"], "error: option lr"),
-    (["--batch-size", "0"], "error: option batch_size must be a positive integer"),
-    (["--epochs", "-1"], "error: option epochs"),
+    (["--lr", "0"], "error: --lr must be a positive number, got 0.0"),
+    (["--lr", "-0.001"], "error: --lr"),
+    (["--batch-size", "0"], "error: --batch-size must be a positive integer"),
+    (["--epochs", "-1"], "error: --epochs"),
     (["--model", "alexnet", "--image-size", "32"], "--image-size 32 is too small for model 'alexnet'"),
+    (["--momentum", "0.5"], "error: --momentum 0.5 with --optimizer adam: momentum is SGD's, adam would ignore it; "
+                            "drop --momentum, or choose --optimizer sgd"),
+    (["--val-fraction", "0.6", "--test-fraction", "0.4"], "error: --val-fraction 0.6 and --test-fraction 0.4: each "
+     "must lie between 0 and 1, and together leave patients to train on (sum below 1)"),
+    (["--test-fraction", "0"], "error: --val-fraction 0.15 and --test-fraction 0: each must lie"),
+    (["--seed", "-1"], "error: --seed -1: a seed is a whole number"),
+    (["--device", "tpu"], "error: --device 'tpu': choose auto"),
 ])
 def test_cli_bad_values(arguments: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main([*arguments, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_split_fractions_make_the_split(tiny_folder: Path, tmp_path: Path) -> None:
+    """--val-fraction and --test-fraction, which the split's errors advise, are the command's own."""
+    arguments = tiny_cli_arguments(tiny_folder, tmp_path)
+    parts = {}
+    for fractions in (["--val-fraction", "0.15", "--test-fraction", "0.15"],
+                      ["--val-fraction", "0.4", "--test-fraction", "0.2"]):
+        config, _, _ = parse_args([*arguments, *fractions])
+        parts[fractions[1]] = prepare_data(config).split["split"].value_counts().to_dict()
+    assert config.val_fraction == 0.4 and config.test_fraction == 0.2
+    assert parts["0.4"]["val"] > parts["0.15"]["val"] and parts["0.4"]["train"] < parts["0.15"]["train"]
 
 
 @pytest.mark.parametrize("typed, meant", [("cache", "cache"), ("~/cache", "home/cache")])
@@ -958,8 +982,8 @@ def test_cli_help_explains_every_flag(capsys: pytest.CaptureFixture) -> None:
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--dataset", "--data-root", "--model", "--optimizer", "--lr", "--batch-size", "--epochs",
-                 "--image-size", "--pretrained", "--weights", "--seed", "--split-file", "--cache-dir", "--out",
-                 "--resume"):
+                 "--image-size", "--pretrained", "--weights", "--seed", "--val-fraction", "--test-fraction",
+                 "--split-file", "--cache-dir", "--out", "--resume"):
         assert flag in text
     assert "default: 0.001" in text and "default: resnet50" in text
     assert "default: None" not in " ".join(text.split())  # a default that is no value is said in words

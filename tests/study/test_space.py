@@ -605,6 +605,22 @@ def test_a_key_trials_are_named_by_given_for_every_trial_by_its_alternatives_loa
     assert len(load_space(write_space(tmp_path, {"lr": lr})).dimensions) == 5
 
 
+@pytest.mark.parametrize("search, trials", [
+    ({"momentum": {"uniform": [0.5, 0.99]}}, "optimizer 'adam'"),
+    ({"optimizer": {"value": "adam"}, "momentum": {"value": 0.0}}, "optimizer 'adam'"),
+    ({"momentum": {"value": 0.5, "when": {"model": "resnet50"}}}, "model 'resnet50', optimizer 'adam'"),
+])
+def test_a_momentum_that_trials_of_another_optimizer_than_sgd_get_is_refused(tmp_path, search, trials):
+    """Adam ignores momentum: its trials would record a momentum that did nothing (and TrainConfig refuses one
+    other than its default)."""
+    path = write_space(tmp_path, search)
+    with pytest.raises(CxrError, match=re.escape(
+            f"{path}: search.momentum: trials with {trials} get a momentum, which only SGD uses: adam would ignore "
+            "it; add when: {optimizer: sgd} to momentum")):
+        load_space(path)
+    parse_space(yaml.safe_load(path.read_text()))  # a study that ran with it still resumes and analyses
+
+
 def test_an_image_size_range_must_fit_every_model(tmp_path):
     """The range's low end is a trial's image size too: alexnet cannot take 29 px."""
     path = write_space(tmp_path, {"model": {"choice": ["resnet50", "alexnet"]}, "image_size": {"int": [29, 128]}})
