@@ -6,9 +6,11 @@
     python -m cxrnets.train --dataset csv --data-root labels.csv --dataset-option patient_column=patient
     python -m cxrnets.train --epochs 8 --resume  # the first command's run, continued to epoch 8
 
-Prints the validation metrics after every epoch, evaluates on the test split
-at the end, and saves `<out>/checkpoint.pt` (model, optimizer, epoch, config)
-and `<out>/metrics.jsonl` after every epoch. A folder that already holds a run
+Prints the validation metrics after every epoch (and a progress line every
+30 s within one), evaluates the last epoch's weights on the test split at the
+end (not the best epoch's on validation: only the last is kept), and saves
+`<out>/checkpoint.pt` (model, optimizer, epoch, config) and
+`<out>/metrics.jsonl` after every epoch. A folder that already holds a run
 (a checkpoint.pt; without one, what a run stopped before it left is replaced)
 is refused unless `--resume` continues it (with the run's own options; only
 --epochs, --cache-dir, the device options, --data-root where the data moved
@@ -26,6 +28,7 @@ import logging
 import math
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, fields
@@ -300,6 +303,26 @@ def warn_of_a_full_batch(run) -> None:
                     train_images, train_images)
 
 
+PROGRESS_SECONDS = 30.0  # between two progress lines within an epoch
+
+
+class EpochProgress:
+    """train_one_epoch's progress callback for the command line: a line every PROGRESS_SECONDS with the images
+    trained of the training split's and the images per second, so that a long epoch does not pass in silence."""
+
+    def __init__(self, epoch: int, epochs: int, train_images: int):
+        self.epoch, self.epochs, self.train_images = epoch, epochs, train_images
+        self.started = self.shown = time.perf_counter()
+
+    def __call__(self, images: int) -> None:
+        now = time.perf_counter()
+        if now - self.shown < PROGRESS_SECONDS:
+            return
+        self.shown = now
+        log.info("epoch %d/%d: %d/%d images trained (%.1f images/s)", self.epoch, self.epochs, images,
+                 self.train_images, images / max(now - self.started, 1e-9))
+
+
 def recorded_epoch(line: str) -> float:
     """The epoch of a metrics.jsonl line; infinite for a line cut short by an interruption."""
     try:
@@ -392,12 +415,13 @@ def train_into(config: TrainConfig, out: Path, resume: bool) -> int:
     saved = run.epoch  # the epoch checkpoint.pt holds
     for _ in range(run.epoch, config.epochs):
         try:
-            metrics = run.train_epoch()
+            started = time.perf_counter()
+            metrics = run.train_epoch(EpochProgress(run.epoch + 1, config.epochs, len(run.data.rows("train"))))
             shown = "  ".join(f"{key.removeprefix('val/')} {value:.3f}" for key, value in metrics.items()
                               if key.startswith("val/"))
-            log.info("epoch %d/%d  train loss %.4f  val: %s  (%.1f s, %.1f images/s)", metrics["epoch"],
-                     config.epochs, metrics["train/loss"], shown, metrics["epoch_seconds"],
-                     metrics["images_per_second"])
+            log.info("epoch %d/%d  train loss %.4f  val: %s  (training %.1f s, %.1f images/s; %.1f s with "
+                     "validation)", metrics["epoch"], config.epochs, metrics["train/loss"], shown,
+                     metrics["epoch_seconds"], metrics["images_per_second"], time.perf_counter() - started)
             with history.open("a") as file:
                 file.write(metrics_line(metrics))
             # Replaced whole, never half-written: an interrupted run resumes from the last complete epoch.

@@ -16,7 +16,7 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from torch import nn
 
 from cxrnets.batches import Batches
 from cxrnets.cache import CachedImages, ImageCache, build_cache
-from cxrnets.config import TrainConfig
+from cxrnets.config import MIN_BATCH_SIZE, TrainConfig
 from cxrnets.data import DatasetIndex, load_dataset
 from cxrnets.errors import CxrError, DivergedError, SplitMismatch
 from cxrnets.fingerprints import cache_fingerprints
@@ -324,13 +324,15 @@ def synchronize(device: torch.device) -> None:
 
 def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
                     amp_dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
-                    sync_every: int | None = None) -> dict:
-    """One pass over the training batches; raises DivergedError on a NaN or infinite loss.
+                    sync_every: int | None = None, progress: Callable[[int], None] | None = None) -> dict:
+    """One pass over the training batches; raises DivergedError on a NaN or infinite loss, and CxrError where
+    no batch could be trained.
 
     The losses are read back to the host every `sync_every` steps (default: every step on CPU, where a
     read costs nothing, and every SYNC_EVERY steps on other devices) and summed in the same order
     either way, so the result does not depend on it. A non-finite loss is found at the next read,
     before that step's update; the error names the images trained before the batch that diverged.
+    `progress`, where given, is called at each read with the number of images trained so far.
     """
     model.train()
     total_loss, images, started = 0.0, 0, time.perf_counter()
@@ -345,8 +347,14 @@ def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.O
         pending.append((loss.detach(), len(inputs)))
         if len(pending) >= sync_every:
             total_loss, images = _read_losses(pending, total_loss, images)
+            if progress is not None:
+                progress(images)
         backward_and_step(loss, optimizer, scaler)
     total_loss, images = _read_losses(pending, total_loss, images)
+    if images == 0:
+        raise CxrError(f"the epoch trained no image: the training split's {len(batches.rows)} image(s) made no "
+                       f"batch of at least {MIN_BATCH_SIZE} (BatchNorm cannot train on one image); give the split more "
+                       "training images")
     if device is not None:
         synchronize(device)
     return {"loss": total_loss / max(images, 1), "images": images, "seconds": time.perf_counter() - started}
@@ -383,11 +391,13 @@ def _read_losses(pending: list[tuple[torch.Tensor, int]], total_loss: float, ima
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Batches, loss_fn: nn.Module, multilabel: bool,
              amp_dtype: torch.dtype | None = None) -> tuple[float, np.ndarray, np.ndarray]:
-    """The loss over the whole split, true targets and scores (softmax or sigmoid probabilities).
+    """The loss over the whole split, true targets and scores (softmax or sigmoid probabilities); DivergedError
+    where the model's outputs are NaN or infinite.
 
     The loss is taken once over every output (a class-weighted loss's mean divides by the split's weights,
     not by each batch's: the same figure whatever the batch size). Everything stays on the device until
-    the end and is read back once.
+    the end. The loss of finite outputs is reported whatever it is: a class-weighted loss over images whose
+    classes all weigh 0 is nan (TrainingRun.evaluation_loss gives such a split another loss).
     """
     model.eval()
     all_logits, all_targets = [], []
@@ -398,11 +408,11 @@ def evaluate(model: nn.Module, batches: Batches, loss_fn: nn.Module, multilabel:
     if not all_logits:
         raise CxrError("nothing to evaluate: the split is empty")
     logits, targets = torch.cat(all_logits), torch.cat(all_targets)
+    if not bool(torch.isfinite(logits).all()):
+        # The training loss can stay finite while the weights no longer give finite outputs.
+        raise DivergedError("the model's outputs on evaluation are NaN or infinite")
     loss = float(loss_fn(logits, targets))
     scores = (torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)).cpu().numpy()
-    if not (math.isfinite(loss) and np.isfinite(scores).all()):
-        # The training loss can stay finite while the weights no longer give finite outputs.
-        raise DivergedError(f"the model's outputs on evaluation are NaN or infinite (loss {loss})")
     return loss, targets.cpu().numpy(), scores
 
 
@@ -423,9 +433,14 @@ class TrainingRun:
         self.data = data or prepare_data(config)
         self.classes = self.data.index.classes
         self.multilabel = self.data.index.multilabel
-        for name in ("train", "val"):
-            if len(self.data.rows(name)) == 0:
-                raise CxrError(f"the {name} split of {config.dataset} is empty; use a larger dataset")
+        if len(self.data.rows("val")) == 0:
+            raise CxrError(f"the val split of {config.dataset} is empty; use a larger dataset")
+        train_images = len(self.data.rows("train"))
+        if train_images < MIN_BATCH_SIZE:
+            raise CxrError(f"the train split of {config.dataset} holds {train_images} image(s): too few to train on "
+                           f"(a training batch needs at least {MIN_BATCH_SIZE}: BatchNorm cannot train on one image); "
+                           "use a larger dataset, or a split with more training images (smaller --val-fraction and "
+                           "--test-fraction, or another --split-file)")
         self.model = (build_model(config.model, len(self.classes), config.pretrained, config.weights)
                       if starting_weights else build_model(config.model, len(self.classes)))
         self.gpu_path = gpu_path(config, self.device)
@@ -445,6 +460,7 @@ class TrainingRun:
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.epoch = 0
         self.train_batches = self.batches("train", train=True)
+        self.unweighted_splits: set[str] = set()  # those evaluation_loss warned of
 
     def class_weights(self) -> torch.Tensor:
         """Inverse class frequency in the training split (sklearn's 'balanced'); 0 for an absent class.
@@ -460,11 +476,12 @@ class TrainingRun:
         return Batches(self.data.images, self.data.targets, self.data.rows(split), self.config.batch_size,
                        self.device, train, self.config.seed, self.gpu_path["channels_last"])
 
-    def train_epoch(self) -> dict[str, float]:
-        """Train one epoch, evaluate on validation; returns the metrics the study reports."""
+    def train_epoch(self, progress: Callable[[int], None] | None = None) -> dict[str, float]:
+        """Train one epoch, evaluate on validation; returns the metrics the study reports. `progress`: as
+        train_one_epoch's."""
         self.train_batches.set_epoch(self.epoch)
         trained = train_one_epoch(self.forward, self.train_batches, self.optimizer, self.loss_fn,
-                                  self.amp_dtype, self.scaler)
+                                  self.amp_dtype, self.scaler, progress=progress)
         self.epoch += 1
         metrics = {"epoch": self.epoch, "train/loss": trained["loss"]}
         metrics.update(self.evaluate_split("val")[0])
@@ -474,11 +491,29 @@ class TrainingRun:
 
     def evaluate_split(self, split: str) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
         """`split/`-prefixed metrics, true targets and scores on one split."""
-        loss, y_true, scores = evaluate(self.forward, self.batches(split), self.loss_fn, self.multilabel,
-                                        self.amp_dtype)
+        loss, y_true, scores = evaluate(self.forward, self.batches(split), self.evaluation_loss(split),
+                                        self.multilabel, self.amp_dtype)
         metrics = {f"{split}/loss": loss}
         metrics.update({f"{split}/{k}": v for k, v in classification_metrics(y_true, scores, self.multilabel).items()})
         return metrics, y_true, scores
+
+    def evaluation_loss(self, split: str) -> nn.Module:
+        """The loss evaluate_split reports on `split`: the training loss, except on a split whose every image is
+        of a class without training images. The class-weighted loss gives those classes weight 0
+        (class_weights), so its mean over such a split is 0/0; there `<split>/loss` is the unweighted
+        cross-entropy instead (a warning names the classes, once per split): finite, and the same figure in
+        every trial of a study, whose split is fixed, so that a study ranking on val/loss still ranks."""
+        weights = getattr(self.loss_fn, "weight", None)
+        targets = self.data.targets[self.data.rows(split)]
+        if weights is None or len(targets) == 0 or weights.cpu().numpy()[targets].sum() > 0:
+            return self.loss_fn
+        if split not in self.unweighted_splits:
+            self.unweighted_splits.add(split)
+            untrained = [self.classes[k] for k in np.unique(targets)]
+            log.warning("the %s split holds images of %s only, which no training image has (weight 0 in the "
+                        "class-weighted loss): %s/loss is their unweighted cross-entropy", split,
+                        ", ".join(untrained), split)
+        return nn.CrossEntropyLoss()
 
     def checkpoint(self) -> dict[str, Any]:
         """Everything needed to resume or evaluate this run; loadable with weights_only=True.

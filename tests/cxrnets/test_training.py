@@ -36,6 +36,7 @@ from cxrnets.training import (
     prepare_data,
     save_checkpoint,
     select_device,
+    train_one_epoch,
 )
 
 METRIC_KEYS = {"epoch", "train/loss", "val/loss", "val/accuracy", "val/precision_macro", "val/recall_macro",
@@ -161,11 +162,11 @@ def test_cli_divergence_after_a_checkpoint_says_to_try_a_lower_lr_in_another_out
     """The folder then holds a run at the diverged lr, which refuses a fresh start and a resume at another lr."""
     train_epoch, calls = TrainingRun.train_epoch, []
 
-    def diverges_in_epoch_2(self):
+    def diverges_in_epoch_2(self, progress=None):
         calls.append(1)
         if len(calls) == 2:
             raise DivergedError("training diverged: loss became nan after 8 images")
-        return train_epoch(self)
+        return train_epoch(self, progress)
 
     monkeypatch.setattr(TrainingRun, "train_epoch", diverges_in_epoch_2)
     assert main(tiny_cli_arguments(tiny_folder, tmp_path, "--epochs", "2")) == 3
@@ -199,7 +200,8 @@ def test_cli_divergence_in_the_test_evaluation_keeps_the_run_and_says_so(tiny_fo
 def test_cli_records_a_nan_metric_as_json_null(tiny_folder: Path, tmp_path: Path, monkeypatch) -> None:
     """roc_auc_macro is nan where no class can be ranked: metrics.jsonl stays JSON that strict readers accept."""
     train_epoch = TrainingRun.train_epoch
-    monkeypatch.setattr(TrainingRun, "train_epoch", lambda self: {**train_epoch(self), "val/roc_auc_macro": math.nan})
+    monkeypatch.setattr(TrainingRun, "train_epoch",
+                        lambda self, progress=None: {**train_epoch(self, progress), "val/roc_auc_macro": math.nan})
     assert main(tiny_cli_arguments(tiny_folder, tmp_path, "--epochs", "1")) == 0
 
     def refuse(constant: str):
@@ -408,14 +410,78 @@ def test_cli_refuses_a_split_file_under_a_file_before_decoding(tiny_folder: Path
                    "pick a folder you can write to\n")
 
 
-def split_file_moving_bright(tiny_folder: Path, tmp_path: Path, part: str, to: str) -> Path:
-    """tiny_folder's split file, its `part`'s images of the class `bright` moved to the part `to`."""
+def split_file_moving_bright(tiny_folder: Path, tmp_path: Path, part: str, to: str, of: str = "bright") -> Path:
+    """tiny_folder's split file (tmp_path/split.csv, made where it is not there yet), its `part`'s images of the
+    class `of` moved to the part `to`."""
     split_file = tmp_path / "split.csv"
     prepare_data(tiny_config(tiny_folder, tmp_path / "cache", split_file=str(split_file)))
     split = pd.read_csv(split_file, dtype=str, keep_default_na=False)
-    split.loc[(split["split"] == part) & (split["stratum"] == "bright"), "split"] = to
+    split.loc[(split["split"] == part) & (split["stratum"] == of), "split"] = to
     split.to_csv(split_file, index=False)
     return split_file
+
+
+def test_a_validation_split_of_untrained_classes_only_reports_the_unweighted_loss(tiny_folder: Path, tmp_path: Path,
+                                                                                  caplog) -> None:
+    """Validation holds only bright, training only dark: the class-weighted loss weighs every validation image 0
+    (0/0). The outputs are finite, so the run has not diverged: val/loss is their unweighted cross-entropy, said
+    once."""
+    split_file_moving_bright(tiny_folder, tmp_path, "train", to="test")
+    split_file = split_file_moving_bright(tiny_folder, tmp_path, "val", to="train", of="dark")
+    run = TrainingRun(tiny_config(tiny_folder, tmp_path / "cache", split_file=str(split_file)))
+    with caplog.at_level(logging.WARNING, logger="cxrnets.training"):
+        first, second = run.train_epoch(), run.train_epoch()
+    assert math.isfinite(first["val/loss"]) and math.isfinite(second["val/loss"])
+    _, _, scores = run.evaluate_split("val")
+    bright = run.classes.index("bright")
+    assert math.isclose(second["val/loss"], float(np.mean(-np.log(scores[:, bright]))), rel_tol=1e-4)
+    assert caplog.text.count("the val split holds images of bright only, which no training image has (weight 0 in "
+                             "the class-weighted loss): val/loss is their unweighted cross-entropy") == 1
+
+
+def test_a_training_split_of_one_image_is_refused(tiny_folder: Path, tmp_path: Path, capsys) -> None:
+    """One image makes no batch BatchNorm can train on: every epoch would train nothing and report loss 0."""
+    split_file = split_file_moving_bright(tiny_folder, tmp_path, "train", to="test")
+    split = pd.read_csv(split_file, dtype=str, keep_default_na=False)
+    split.loc[split.index[split["split"] == "train"][1:], "split"] = "test"
+    split.to_csv(split_file, index=False)
+    assert main(tiny_cli_arguments(tiny_folder, tmp_path, "--split-file", str(split_file))) == 2
+    assert capsys.readouterr().err == (
+        "error: the train split of folder holds 1 image(s): too few to train on (a training batch needs at least 2: "
+        "BatchNorm cannot train on one image); use a larger dataset, or a split with more training images (smaller "
+        "--val-fraction and --test-fraction, or another --split-file)\n")
+
+
+def test_an_epoch_that_trains_no_image_is_an_error() -> None:
+    """A lone image is skipped (BatchNorm cannot train on it): the epoch must not report a loss of 0."""
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.BatchNorm2d(2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    images = np.zeros((1, 3, 8, 8), dtype=np.uint8)
+    batches = Batches(images, np.zeros(1, dtype=np.int64), np.arange(1), 4, torch.device("cpu"), train=True)
+    optimizer = build_optimizer("sgd", model.parameters(), lr=0.1)
+    with pytest.raises(CxrError, match=r"the epoch trained no image: the training split's 1 image\(s\) made no "
+                                       r"batch of at least 2 \(BatchNorm cannot train on one image\)"):
+        train_one_epoch(model, batches, optimizer, nn.CrossEntropyLoss())
+
+
+def test_train_one_epoch_reports_its_progress_at_each_read() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.BatchNorm2d(2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    images = np.random.default_rng(0).integers(0, 255, (10, 3, 8, 8), dtype=np.uint8)
+    batches = Batches(images, np.arange(10) % 2, np.arange(10), 4, torch.device("cpu"), train=True)
+    optimizer = build_optimizer("sgd", model.parameters(), lr=0.1)
+    done: list[int] = []
+    result = train_one_epoch(model, batches, optimizer, nn.CrossEntropyLoss(), progress=done.append)
+    assert done == [4, 8, 10] and result["images"] == 10
+
+
+def test_cli_shows_an_epochs_progress_and_its_time_with_validation(tiny_folder: Path, tmp_path: Path, caplog,
+                                                                   monkeypatch) -> None:
+    monkeypatch.setattr("cxrnets.train.PROGRESS_SECONDS", 0.0)  # a line at each read: every batch on the CPU
+    with caplog.at_level(logging.INFO, logger="cxrnets.train"):
+        assert main(tiny_cli_arguments(tiny_folder, tmp_path, "--epochs", "1")) == 0
+    progress = re.findall(r"epoch 1/1: (\d+)/(\d+) images trained \(\d+\.\d images/s\)", caplog.text)
+    assert [int(done) for done, _ in progress][:2] == [4, 8] and len({total for _, total in progress}) == 1
+    assert re.search(r"epoch 1/1  train loss .*\(training \d+\.\d s, \d+\.\d images/s; \d+\.\d s with "
+                     r"validation\)", caplog.text)
 
 
 def test_cli_says_why_a_class_without_validation_images_gives_a_nan_roc_auc(tiny_folder: Path, tmp_path: Path,
@@ -832,11 +898,11 @@ def test_cli_ctrl_c_says_which_epoch_is_kept_and_how_to_continue(sample_cache: P
 
     train_epoch, calls = TrainingRun.train_epoch, []
 
-    def interrupted_second_epoch(self):
+    def interrupted_second_epoch(self, progress=None):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return train_epoch(self)
+        return train_epoch(self, progress)
 
     monkeypatch.setattr(TrainingRun, "train_epoch", interrupted_second_epoch)
     out = tmp_path / "run"
@@ -855,7 +921,7 @@ def test_cli_ctrl_c_in_the_first_epoch_says_to_run_the_same_command_again(tiny_f
     """No checkpoint to continue from: the same command, without --resume, starts the run again."""
     from cxrnets.training import TrainingRun
 
-    def ctrl_c(self):
+    def ctrl_c(self, progress=None):
         raise KeyboardInterrupt
 
     arguments = tiny_cli_arguments(tiny_folder, tmp_path, "--epochs", "1")
