@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -95,17 +96,50 @@ def _missing_imagenet_error(name: str, path: Path, reason: str) -> CxrError:
     )
 
 
-def _load_imagenet_state_dict(name: str, allow_download: bool) -> tuple[dict[str, Any], Path]:
+def _unusable_imagenet_error(name: str, path: Path, reason: str) -> CxrError:
+    return CxrError(
+        f"torchvision's cache file {path} of the ImageNet weights for model {name!r} {reason}: delete it to have "
+        f"it downloaded again, or replace it with a copy of {_imagenet_url(name)}"
+    )
+
+
+def _fitting_imagenet_state(name: str, path: Path, own: dict[str, Any], saved: Any) -> dict[str, Any]:
+    """The state dict in ``saved`` (read from torchvision's cache file ``path``), checked to fit ``own``, the
+    state dict of model ``name``, bar the head."""
+    state = _state_dict_in(saved)
+    if state is None:
+        raise _unusable_imagenet_error(name, path, "holds no state dict (a mapping of names to tensors)")
+    problems = _misfits(own, set(_HEAD_KEYS[name]), state)
+    if problems:
+        raise _unusable_imagenet_error(
+            name, path, f"does not fit model {name!r} ({'; '.join(problems)}): another model's weights?"
+        )
+    return state
+
+
+def _imagenet_state_dict(
+    name: str, own: dict[str, Any], allow_download: bool, shapes_only: bool = False
+) -> tuple[dict[str, Any], Path]:
+    """``name``'s ImageNet state dict, from torchvision's cache file (downloaded into it first if it is not
+    there and ``allow_download``), checked to fit ``own`` (the model's state dict) bar the head, and that file;
+    ``shapes_only`` as ``_load``'s."""
     path = imagenet_weights_path(name)
     if path.is_file():
-        logger.info("loading ImageNet weights for %s from %s", name, path)
-        return _read_file(path), path
+        try:
+            saved = _load(path, shapes_only)
+        except Exception as exc:
+            logger.debug("torch.load(%s, weights_only=True) failed", path, exc_info=True)
+            raise _unusable_imagenet_error(
+                name, path, f"cannot be read by torch.load(weights_only=True) ({type(exc).__name__}: "
+                f"{_short(exc)}): a damaged or truncated copy?"
+            ) from exc
+        return _fitting_imagenet_state(name, path, own, saved), path
     if not allow_download:
         raise _missing_imagenet_error(name, path, f"{path} does not exist and downloading is off")
     url = _imagenet_url(name)
     logger.info("downloading ImageNet weights for %s from %s to %s", name, url, path)
     try:
-        state = torch.hub.load_state_dict_from_url(
+        saved = torch.hub.load_state_dict_from_url(
             url,
             model_dir=str(path.parent),
             map_location="cpu",
@@ -118,16 +152,21 @@ def _load_imagenet_state_dict(name: str, allow_download: bool) -> tuple[dict[str
         raise _missing_imagenet_error(
             name, path, f"the download failed: {type(exc).__name__}: {exc}"
         ) from exc
-    return _state_dict_of(state, path), path
+    return _fitting_imagenet_state(name, path, own, saved), path
+
+
+def _state_shapes(name: str) -> dict[str, torch.Tensor]:
+    """The state dict of model ``name`` (ImageNet's 1000-class head) on the meta device: shapes without
+    values, built in milliseconds where VGG11's random initialisation takes a second or more."""
+    with torch.device("meta"):
+        return torchvision.models.get_model(name, weights=None).state_dict()
 
 
 def fetch_imagenet_weights(name: str) -> Path:
-    """Torchvision's cache file of ``name``'s ImageNet weights, downloaded into it first if it is not there;
-    ``CxrError`` naming the file and its URL where it cannot be."""
-    path = imagenet_weights_path(name)
-    if not path.is_file():
-        _load_imagenet_state_dict(name, allow_download=True)
-    return path
+    """Torchvision's cache file of ``name``'s ImageNet weights, downloaded into it first if it is not there,
+    and checked to load and fit ``name`` (its tensors are mapped, not read); ``CxrError`` naming the file and
+    its URL where it cannot be downloaded, or where the file there is damaged or holds another model's weights."""
+    return _imagenet_state_dict(name, _state_shapes(name), allow_download=True, shapes_only=True)[1]
 
 
 def local_file(text: str | Path, named: str = "") -> Path:
@@ -139,11 +178,18 @@ def local_file(text: str | Path, named: str = "") -> Path:
     return Path(text).expanduser()
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def _load(path: Path, shapes_only: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` onto the CPU. ``shapes_only``: the tensors are mapped from the
+    file (mmap), not read, which is enough to check what it holds; a file in torch's legacy (non-zip) format,
+    which cannot be mapped, is read whole."""
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=shapes_only and zipfile.is_zipfile(path))
+
+
+def _read_file(path: Path, shapes_only: bool = False) -> dict[str, Any]:
     if not path.is_file():
         raise CxrError(f"weights file {path} does not exist (or is not a file): check the path")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        saved = _load(path, shapes_only)
     except Exception as exc:
         logger.debug("torch.load(%s, weights_only=True) failed", path, exc_info=True)
         raise CxrError(
@@ -153,7 +199,14 @@ def _read_file(path: Path) -> dict[str, Any]:
             f"Python values: pass a file saved with torch.save(model.state_dict()) or one "
             f"of our checkpoints"
         ) from exc
-    return _state_dict_of(obj, path)
+    state = _state_dict_in(saved)
+    if state is None:
+        raise CxrError(
+            f"weights file {path} holds no state dict (a mapping of names to tensors, "
+            f"either at the top or under 'model'); pass a file saved with "
+            f"torch.save(model.state_dict()) or one of our checkpoints"
+        )
+    return state
 
 
 def _short(exc: BaseException) -> str:
@@ -167,19 +220,16 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _state_dict_of(obj: Any, path: Path) -> dict[str, Any]:
-    """The state dict in ``obj``: ``obj`` itself, or ``obj["model"]`` for our checkpoints."""
-    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
-        obj = obj["model"]
-    if not isinstance(obj, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+def _state_dict_in(saved: Any) -> dict[str, Any] | None:
+    """The state dict in ``saved``: ``saved`` itself, or ``saved["model"]`` for our checkpoints; None where
+    there is none."""
+    if isinstance(saved, Mapping) and isinstance(saved.get("model"), Mapping):
+        saved = saved["model"]
+    if not isinstance(saved, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in saved.items()
     ):
-        raise CxrError(
-            f"weights file {path} holds no state dict (a mapping of names to tensors, "
-            f"either at the top or under 'model'); pass a file saved with "
-            f"torch.save(model.state_dict()) or one of our checkpoints"
-        )
-    return dict(obj)
+        return None
+    return dict(saved)
 
 
 def _first(keys: list[str]) -> str:
@@ -299,7 +349,7 @@ def build_model(
         path = local_file(weights, "weights file")
         _load_into(model, name, _read_file(path), path)
     elif pretrained:
-        state, path = _load_imagenet_state_dict(name, allow_download)
+        state, path = _imagenet_state_dict(name, model.state_dict(), allow_download)
         _load_into(model, name, state, path)
     return model
 
@@ -307,11 +357,11 @@ def build_model(
 def check_starting_weights(name: str, pretrained: bool = False, weights: str | Path | None = None) -> None:
     """Refuse now (CxrError) the starting weights that ``build_model`` would refuse: a ``weights`` file that is
     not there, does not load or does not fit ``name``, or ImageNet weights that are neither in torchvision's
-    cache nor downloadable (they are downloaded now). For a command to check before it reads its data."""
+    cache nor downloadable (they are downloaded now), or whose file there does not load or does not fit ``name``.
+    The files' tensors are mapped, not read. For a command to check before it reads its data."""
     check_model_name(name)
     if weights is not None:
         path = local_file(weights, "weights file")
-        own = torchvision.models.get_model(name, weights=None).state_dict()  # the head is not compared
-        _refuse_a_misfit(own, name, _read_file(path), path)
+        _refuse_a_misfit(_state_shapes(name), name, _read_file(path, shapes_only=True), path)
     elif pretrained:
         fetch_imagenet_weights(name)

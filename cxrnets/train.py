@@ -364,7 +364,12 @@ def start_or_resume(config: TrainConfig, out: Path, resume: bool):
         checkpoint = resumable_checkpoint(out, config)
     else:
         refuse_an_earlier_run(out)
-        check_starting_weights(config.model, config.pretrained, config.weights)
+        try:
+            check_starting_weights(config.model, config.pretrained, config.weights)
+        except CxrError as error:
+            if config.weights is None:  # ImageNet's weights
+                raise CxrError(f"{error}; or train from scratch (without --pretrained)") from error
+            raise
     run = TrainingRun(config, starting_weights=checkpoint is None)
     digest = split_digest(run.data.split)
     if checkpoint is not None and checkpoint.get("split_digest") != digest:

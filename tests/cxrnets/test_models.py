@@ -14,6 +14,7 @@ from cxrnets.models import (
     MODEL_NAMES,
     build_model,
     check_image_size,
+    check_starting_weights,
     fetch_imagenet_weights,
     imagenet_weights_path,
 )
@@ -140,6 +141,67 @@ def test_fetching_weights_downloads_only_what_the_cache_lacks(torch_home: Path,
     path.parent.mkdir(parents=True)
     torch.save(_imagenet_state("resnet50"), path)
     assert fetch_imagenet_weights("resnet50") == path  # in the cache: nothing to download
+
+
+def _unusable_cache_file(path: Path, damage: str) -> None:
+    if damage == "random bytes":
+        path.write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
+    elif damage == "truncated":
+        torch.save({"features.0.weight": torch.zeros(64, 3, 11, 11)}, path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "another model's":
+        torch.save(torch.nn.Conv2d(3, 8, 3).state_dict(), path)
+    else:
+        torch.save([1, 2, 3], path)
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("random bytes", "cannot be read by torch.load"),
+    ("truncated", "cannot be read by torch.load"),
+    ("another model's", "does not fit model 'alexnet' (missing keys: features.0.weight"),
+    ("no state dict", "holds no state dict"),
+])
+def test_an_unusable_imagenet_cache_file_is_refused_up_front(
+    torch_home: Path, monkeypatch: pytest.MonkeyPatch, damage: str, reason: str
+) -> None:
+    """The check a run makes before it reads its data loads the cache file: a damaged one, or another model's
+    saved under its name, is refused there, saying to delete or replace that file, not later by build_model
+    with the advice for a --weights file."""
+    def no_download(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the file in the cache was not used")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    path = imagenet_weights_path("alexnet")
+    path.parent.mkdir(parents=True)
+    _unusable_cache_file(path, damage)
+    expected = (f"torchvision's cache file {path} of the ImageNet weights for model 'alexnet' ",
+                f": delete it to have it downloaded again, or replace it with a copy of "
+                f"{torchvision.models.AlexNet_Weights.DEFAULT.url}")
+    for check in (lambda: check_starting_weights("alexnet", pretrained=True),
+                  lambda: fetch_imagenet_weights("alexnet"),
+                  lambda: build_model("alexnet", num_classes=3, pretrained=True)):
+        with pytest.raises(CxrError) as error:
+            check()
+        message = str(error.value)
+        assert message.startswith(expected[0] + reason) and expected[1] in message, message
+        assert "torch.save(model.state_dict())" not in message
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_the_check_of_the_imagenet_cache_maps_the_file_and_reads_a_legacy_one(
+    torch_home: Path, monkeypatch: pytest.MonkeyPatch, legacy: bool
+) -> None:
+    """check_starting_weights maps the tensors of a zip file rather than reading them (build_model reads them
+    once, later); a file in torch's legacy format, which cannot be mapped, is read whole and passes too."""
+    path = imagenet_weights_path("resnet50")
+    path.parent.mkdir(parents=True)
+    torch.save(_imagenet_state("resnet50"), path, _use_new_zipfile_serialization=not legacy)
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: loads.append(kwargs["mmap"]) or real_load(*args,
+                                                                                                         **kwargs))
+    check_starting_weights("resnet50", pretrained=True)
+    assert loads == [not legacy]
 
 
 def test_corrupt_weights_file(tmp_path: Path) -> None:

@@ -701,21 +701,20 @@ def test_cli_resume_reads_no_starting_weights(tiny_folder: Path, tmp_path: Path,
     since) nor torchvision's ImageNet weights (offline, not in its cache)."""
     import torchvision
 
-    import cxrnets.models
+    from cxrnets.models import imagenet_weights_path
 
-    imagenet_like = torchvision.models.resnet50().state_dict()
-    weights = tmp_path / "start.pt"
-    torch.save(imagenet_like, weights)
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
 
-    def offline(name, allow_download):
-        raise CxrError(f"cannot download the ImageNet weights of {name}: offline")
-
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    weights = tmp_path / "start.pt" if start == "--weights" else imagenet_weights_path("resnet50")
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(torchvision.models.resnet50().state_dict(), weights)
     options = ["--weights", str(weights)] if start == "--weights" else ["--pretrained"]
-    monkeypatch.setattr(cxrnets.models, "_load_imagenet_state_dict", lambda name, allow_download: (imagenet_like,
-                                                                                                     weights))
     assert main(tiny_cli_arguments(tiny_folder, tmp_path, *options, "--epochs", "1")) == 0
     weights.unlink()
-    monkeypatch.setattr(cxrnets.models, "_load_imagenet_state_dict", offline)
     assert main(tiny_cli_arguments(tiny_folder, tmp_path, *options, "--epochs", "2", "--resume")) == 0, \
         capsys.readouterr().err
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["epoch"] == 2
@@ -1190,20 +1189,31 @@ def test_cli_refuses_a_starting_weights_file_before_reading_the_data(tiny_folder
     assert not (tmp_path / "run").exists()
 
 
-def test_cli_fetches_the_imagenet_weights_before_reading_the_data(tiny_folder: Path, tmp_path: Path, capsys,
-                                                                  monkeypatch) -> None:
-    import cxrnets.models
+@pytest.mark.parametrize("cache, message", [
+    ("empty", "the ImageNet weights for model 'resnet50' are not available (the download failed: OSError: network "
+              "is unreachable)"),
+    ("damaged", "of the ImageNet weights for model 'resnet50' cannot be read by torch.load"),
+])
+def test_cli_fetches_and_checks_the_imagenet_weights_before_reading_the_data(tiny_folder: Path, tmp_path: Path,
+                                                                             capsys, monkeypatch, cache: str,
+                                                                             message: str) -> None:
     import cxrnets.training
+    from cxrnets.models import imagenet_weights_path
 
-    def offline(name, allow_download):
-        raise CxrError(f"the ImageNet weights for model {name!r} are not available (offline)")
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
 
     def unread(*args, **kwargs):
         raise AssertionError("the data was read")
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(torch.hub, "_hub_dir", None)
-    monkeypatch.setattr(cxrnets.models, "_load_imagenet_state_dict", offline)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     monkeypatch.setattr(cxrnets.training, "prepare_data", unread)
+    if cache == "damaged":
+        imagenet_weights_path("resnet50").parent.mkdir(parents=True)
+        imagenet_weights_path("resnet50").write_bytes(b"\x80\x02not a pickle" * 100)
     assert main(tiny_cli_arguments(tiny_folder, tmp_path, "--pretrained")) == 2
-    assert "the ImageNet weights for model 'resnet50' are not available" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and err.rstrip().endswith("; or train from scratch (without --pretrained)"), err
+    assert str(imagenet_weights_path("resnet50")) in err

@@ -208,6 +208,28 @@ def test_imagenet_weights_that_cannot_be_fetched_stop_the_study_before_any_trial
     assert_no_trial(tmp_path / "studies")
 
 
+def test_a_damaged_imagenet_cache_file_stops_the_study_before_any_trial(tmp_path, capsys, tiny_data, cache_dir,
+                                                                        monkeypatch):
+    """A cache file that does not load (a truncated copy) would fail every pretrained trial inside Ray: the study
+    names the file once, and says to delete or replace it."""
+    from cxrnets.models import imagenet_weights_path
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    cached = imagenet_weights_path("resnet50")
+    cached.parent.mkdir(parents=True)
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, cached)
+    cached.write_bytes(cached.read_bytes()[:200])
+    space = write_space(tmp_path / "space.yaml", {**GOOD_SPACE, "pretrained": {"choice": [True, False]}})
+    code = main(study_argv(space, tmp_path / "studies", "damaged", tiny_data, cache_dir, "--image-size", "32"))
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: torchvision's cache file {cached} of the ImageNet weights for model "
+                                        "'resnet50' cannot be read by torch.load"), err
+    assert "delete it to have it downloaded again" in err and err.rstrip().endswith(
+        f"or train from scratch only (pretrained: false in {space})")
+    assert_no_trial(tmp_path / "studies")
+
+
 SPACE_STUDY_MISTAKES = {
     "an unknown ASHA form": ({"asha": "pausing"}, r"study\.asha: 'pausing' is not one of promoting, stopping"),
     "a misspelt key": ({"max_epoch": 3}, r"study: unknown key\(s\) \['max_epoch'\]; a space's study section may "
