@@ -10,8 +10,9 @@ number of classes, and can then be initialised from
 
 Files are always read with ``torch.load(..., weights_only=True)``: a pickled
 file can run code. A head whose shape does not fit (an ImageNet head has 1000
-classes) is skipped and stays freshly initialised; any other mismatch is an
-error.
+classes), or one of our checkpoints' head for other classes (or the same in
+another order, or multi-label for single-label), is skipped and stays freshly
+initialised; any other mismatch is an error.
 
 ``MIN_IMAGE_SIZE`` (cxrnets.names) is the smallest square input each model accepts. It follows
 from the layers (torchvision's versions, which end in an adaptive average pool,
@@ -185,7 +186,12 @@ def _load(path: Path, shapes_only: bool = False) -> Any:
     return torch.load(path, map_location="cpu", weights_only=True, mmap=shapes_only and zipfile.is_zipfile(path))
 
 
-def _read_file(path: Path, shapes_only: bool = False) -> dict[str, Any]:
+# The classes a saved head scores, and whether it is multi-label: our checkpoints say; a plain state dict does not.
+_HeadLabels = tuple[list[str], bool]
+
+
+def _read_file(path: Path, shapes_only: bool = False) -> tuple[dict[str, Any], _HeadLabels | None]:
+    """The state dict in weights file ``path``, and the labels of its head where the file names them."""
     if not path.is_file():
         raise CxrError(f"weights file {path} does not exist (or is not a file): check the path")
     try:
@@ -206,7 +212,25 @@ def _read_file(path: Path, shapes_only: bool = False) -> dict[str, Any]:
             f"either at the top or under 'model'); pass a file saved with "
             f"torch.save(model.state_dict()) or one of our checkpoints"
         )
-    return state
+    labels = None
+    if isinstance(saved, Mapping) and isinstance(saved.get("classes"), list) and "multilabel" in saved:
+        labels = [str(name) for name in saved["classes"]], bool(saved["multilabel"])
+    return state, labels
+
+
+def _other_labels(saved: _HeadLabels | None, classes: list[str] | None, multilabel: bool) -> str:
+    """How the head saved with ``saved`` labels scores other labels than a model of ``classes`` (multi-label
+    if ``multilabel``) would; "" where they are the same, or where either side is not known."""
+    if saved is None or classes is None:
+        return ""
+    saved_classes, saved_multilabel = saved
+    if saved_classes != list(classes):
+        how = "the same classes in another order" if sorted(saved_classes) == sorted(classes) else "other classes"
+        return f"the file's head scores {how}: {saved_classes}, this model {list(classes)}"
+    if saved_multilabel != multilabel:
+        kind = {True: "multi-label", False: "single-label"}
+        return f"the file's head is {kind[saved_multilabel]}, this model {kind[multilabel]}"
+    return ""
 
 
 def _short(exc: BaseException) -> str:
@@ -295,22 +319,22 @@ def _refuse_a_misfit(own: dict[str, Any], name: str, state: dict[str, Any], path
         )
 
 
-def _load_into(model: nn.Module, name: str, state: dict[str, Any], path: Path) -> None:
-    """Copy ``state`` into ``model``; only the head may be absent or of another shape."""
+def _load_into(model: nn.Module, name: str, state: dict[str, Any], path: Path, other_labels: str = "") -> None:
+    """Copy ``state`` into ``model``; only the head may be absent or of another shape, and it is left out where
+    ``other_labels`` says how it scores other labels than the model's."""
     own = model.state_dict()
     _refuse_a_misfit(own, name, state, path)
     head = set(_HEAD_KEYS[name])
-    skipped = sorted(k for k in head if k not in state or state[k].shape != own[k].shape)
+    skipped = sorted(k for k in head if other_labels or k not in state or state[k].shape != own[k].shape)
     to_load = {k: v for k, v in state.items() if k not in skipped}
     model.load_state_dict(to_load, strict=False)
     if skipped:
-        shapes = ", ".join(
-            f"{k} {tuple(state[k].shape) if k in state else 'absent'}" for k in skipped
+        why = other_labels or "file: {}; model: {} classes".format(
+            ", ".join(f"{k} {tuple(state[k].shape) if k in state else 'absent'}" for k in skipped),
+            own[_HEAD_KEYS[name][1]].shape[0],
         )
         logger.info(
-            "loaded %d tensors from %s into %s; the head was re-initialised "
-            "(file: %s; model: %d classes)",
-            len(to_load), path, name, shapes, own[_HEAD_KEYS[name][1]].shape[0],
+            "loaded %d tensors from %s into %s; the head was re-initialised (%s)", len(to_load), path, name, why
         )
     else:
         logger.info("loaded %d tensors from %s into %s, head included", len(to_load), path, name)
@@ -330,12 +354,17 @@ def build_model(
     pretrained: bool = False,
     weights: str | Path | None = None,
     allow_download: bool = True,
+    classes: list[str] | None = None,
+    multilabel: bool = False,
 ) -> nn.Module:
     """Build model ``name`` with a fresh ``num_classes``-way linear head.
 
     ``weights`` (a state dict file, or a checkpoint holding one under
     ``"model"``) initialises everything whose shape fits; it implies
-    ``pretrained``. ``pretrained`` without ``weights`` reads torchvision's
+    ``pretrained``. The head of one of our checkpoints, which name their
+    classes, is loaded only where they are ``classes``, in that order, and
+    single- or multi-label as ``multilabel`` says (or where ``classes`` is
+    None). ``pretrained`` without ``weights`` reads torchvision's
     ImageNet weights from its cache (``imagenet_weights_path``), downloading
     them there first if ``allow_download``. The ImageNet head (1000 classes)
     is never loaded into a head of another size.
@@ -343,11 +372,14 @@ def build_model(
     check_model_name(name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise CxrError(f"num_classes must be an integer of at least 2, got {num_classes!r}")
+    if classes is not None and len(classes) != num_classes:
+        raise CxrError(f"num_classes {num_classes} is not the number of classes {list(classes)}")
     model = torchvision.models.get_model(name, weights=None)
     _replace_head(model, name, num_classes)
     if weights is not None:
         path = local_file(weights, "weights file")
-        _load_into(model, name, _read_file(path), path)
+        state, saved_labels = _read_file(path)
+        _load_into(model, name, state, path, _other_labels(saved_labels, classes, multilabel))
     elif pretrained:
         state, path = _imagenet_state_dict(name, model.state_dict(), allow_download)
         _load_into(model, name, state, path)
@@ -362,6 +394,6 @@ def check_starting_weights(name: str, pretrained: bool = False, weights: str | P
     check_model_name(name)
     if weights is not None:
         path = local_file(weights, "weights file")
-        _refuse_a_misfit(_state_shapes(name), name, _read_file(path, shapes_only=True), path)
+        _refuse_a_misfit(_state_shapes(name), name, _read_file(path, shapes_only=True)[0], path)
     elif pretrained:
         fetch_imagenet_weights(name)

@@ -441,7 +441,8 @@ class TrainingRun:
                            f"(a training batch needs at least {MIN_BATCH_SIZE}: BatchNorm cannot train on one image); "
                            "use a larger dataset, or a split with more training images (smaller --val-fraction and "
                            "--test-fraction, or another --split-file)")
-        self.model = (build_model(config.model, len(self.classes), config.pretrained, config.weights)
+        self.model = (build_model(config.model, len(self.classes), config.pretrained, config.weights,
+                                  classes=self.classes, multilabel=self.multilabel)
                       if starting_weights else build_model(config.model, len(self.classes)))
         self.gpu_path = gpu_path(config, self.device)
         if self.device.type == "cuda":

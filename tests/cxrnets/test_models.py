@@ -225,6 +225,41 @@ def test_own_checkpoint_loads_with_head(tmp_path: Path) -> None:
         assert torch.equal(model.state_dict()[key], value), key
 
 
+@pytest.fixture(scope="module")
+def covid_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
+    """One of our checkpoints: a ResNet50 of covid-chestxray-3class's classes, single-label."""
+    state = build_model("resnet50", num_classes=3).state_dict()
+    path = tmp_path_factory.mktemp("covid") / "checkpoint.pt"
+    torch.save({"model": state, "classes": ["COVID-19", "Other pneumonia", "No Finding"], "multilabel": False}, path)
+    return path, state
+
+
+@pytest.mark.parametrize("classes, multilabel, reason", [
+    (["COVID-19", "Other pneumonia", "No Finding"], False, ""),
+    (["COVID", "Normal", "Viral Pneumonia"], False,
+     "the file's head scores other classes: ['COVID-19', 'Other pneumonia', 'No Finding'], this model ['COVID', "
+     "'Normal', 'Viral Pneumonia']"),
+    (["No Finding", "COVID-19", "Other pneumonia"], False, "the file's head scores the same classes in another order"),
+    (["COVID-19", "Other pneumonia", "No Finding"], True, "the file's head is single-label, this model multi-label"),
+])
+def test_a_checkpoints_head_loads_only_into_a_model_of_its_classes(
+    covid_checkpoint, caplog: pytest.LogCaptureFixture, classes: list[str], multilabel: bool, reason: str
+) -> None:
+    """Its head's outputs are its classes in its order: another dataset's classes (even as many), the same in
+    another order, or multi-label for single-label would start a run from outputs that mean other things."""
+    path, state = covid_checkpoint
+    with caplog.at_level("INFO", logger="cxrnets.models"):
+        model = build_model("resnet50", num_classes=3, weights=path, classes=classes, multilabel=multilabel)
+    own = model.state_dict()
+    assert all(torch.equal(own[key], state[key]) for key in state if not key.startswith("fc."))
+    if reason:
+        assert not torch.equal(own["fc.weight"], state["fc.weight"])
+        assert f"the head was re-initialised ({reason}" in caplog.text, caplog.text
+    else:
+        assert torch.equal(own["fc.weight"], state["fc.weight"]) and torch.equal(own["fc.bias"], state["fc.bias"])
+        assert "head included" in caplog.text
+
+
 def test_weights_of_another_model_are_rejected(tmp_path: Path) -> None:
     path = tmp_path / "resnet.pt"
     torch.save(build_model("resnet50", num_classes=3).state_dict(), path)

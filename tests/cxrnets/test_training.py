@@ -720,6 +720,22 @@ def test_cli_resume_reads_no_starting_weights(tiny_folder: Path, tmp_path: Path,
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["epoch"] == 2
 
 
+@pytest.mark.parametrize("saved_classes, head_loaded", [(["bright", "dark"], True), (["dark", "bright"], False)])
+def test_a_run_starts_from_a_checkpoints_head_only_where_it_scores_the_runs_classes(
+        tiny_folder: Path, tmp_path: Path, saved_classes: list[str], head_loaded: bool) -> None:
+    """--weights from one of our checkpoints: its head is kept where its classes are the run's, in their order;
+    in another order it is re-initialised (it would start the run with each class's outputs swapped)."""
+    from cxrnets.models import build_model
+
+    state = build_model("resnet50", 2).state_dict()
+    weights = tmp_path / "start.pt"
+    torch.save({"model": state, "classes": saved_classes, "multilabel": False}, weights)
+    run = TrainingRun(tiny_config(tiny_folder, tmp_path / "cache", weights=str(weights)))
+    assert run.classes == ["bright", "dark"]
+    assert torch.equal(run.model.state_dict()["fc.weight"].cpu(), state["fc.weight"]) == head_loaded
+    assert torch.equal(run.model.state_dict()["conv1.weight"].cpu(), state["conv1.weight"])
+
+
 def test_cli_resume_takes_the_data_and_the_starting_weights_from_where_they_moved(tiny_folder: Path,
                                                                                    tmp_path: Path, capsys) -> None:
     """The data folder and the starting weights file moved since the run started (a re-clone, a reinstall that
