@@ -57,6 +57,7 @@ __all__ = [
     "MIN_IMAGE_SIZE",
     "check_image_size",
     "build_model",
+    "head_size",
     "imagenet_weights_path",
 ]
 
@@ -384,6 +385,13 @@ def build_model(
         state, path = _imagenet_state_dict(name, model.state_dict(), allow_download)
         _load_into(model, name, state, path)
     return model
+
+
+def head_size(name: str, state: Mapping[str, Any]) -> int | None:
+    """How many outputs (classes) the head of model ``name`` in the state dict ``state`` has; None where
+    ``state`` holds no such head."""
+    bias = state.get(_HEAD_KEYS[name][1])
+    return int(bias.shape[0]) if isinstance(bias, torch.Tensor) and bias.dim() == 1 else None
 
 
 def check_starting_weights(name: str, pretrained: bool = False, weights: str | Path | None = None) -> None:

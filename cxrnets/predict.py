@@ -30,24 +30,67 @@ import numpy as np
 from cxrnets.errors import CxrError
 from cxrnets.images import (IMAGE_SUFFIXES, data_files, described_types, how_to_read, is_image_file, load_image,
                             types_not_read)
+from cxrnets.names import MIN_IMAGE_SIZE, MODEL_NAMES
 
 log = logging.getLogger("cxrnets.predict")
 
 CHUNK = 512  # images decoded and scored at a time: bounds memory (77 MB of uint8 pixels at 224 px)
 
 
-def model_from_checkpoint(checkpoint: dict[str, Any], device: str = "auto"):
-    """(model, device): the checkpoint's network with its weights, in eval mode on `device`."""
+TRAINED_MODEL_FILES = "a study's weights/<trial id>.pt or a checkpoint.pt of python -m cxrnets.train"
+
+
+def check_trained_model(checkpoint: dict[str, Any], source: str) -> None:
+    """CxrError naming `source` (where the checkpoint was read from) unless its config names a model and an
+    image size that model takes, and it names as many classes (2 or more) as its weights' head scores."""
+    from cxrnets.models import head_size
+
+    config = checkpoint["config"] if isinstance(checkpoint["config"], dict) else {}
+    name = config.get("model")
+    if name not in MODEL_NAMES:
+        named = "names no model" if name is None else f"names model {name!r}, not one of {', '.join(MODEL_NAMES)}"
+        raise CxrError(f"{source}: its config {named}: pass {TRAINED_MODEL_FILES}")
+    size = config.get("image_size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < MIN_IMAGE_SIZE[name]:
+        has = "has no image_size" if size is None else f"has image_size {size!r}, not one {name} takes"
+        raise CxrError(f"{source}: its config {has}: pass {TRAINED_MODEL_FILES}")
+    classes = checkpoint["classes"]
+    if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) for c in classes)):
+        raise CxrError(f"{source}: its classes are {classes!r}, not a list of 2 or more names: pass "
+                       f"{TRAINED_MODEL_FILES}")
+    outputs = head_size(name, checkpoint["model"]) if isinstance(checkpoint["model"], dict) else None
+    if outputs != len(classes):
+        head = f"whose head scores {outputs} classes" if outputs is not None else f"which hold no {name} head"
+        raise CxrError(f"{source}: its {len(classes)} classes ({', '.join(classes)}) do not fit its {name} weights, "
+                       f"{head}: pass {TRAINED_MODEL_FILES}")
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], device: str = "auto", source: str = "the checkpoint"):
+    """(model, device): the checkpoint's network with its weights, in eval mode on `device`; CxrError naming
+    `source` (the file it was read from) where check_trained_model refuses it or the weights do not fit."""
     from cxrnets.models import build_model
     from cxrnets.training import select_device
 
-    model = build_model(checkpoint["config"]["model"], len(checkpoint["classes"]))
+    check_trained_model(checkpoint, source)
+    name = checkpoint["config"]["model"]
+    model = build_model(name, len(checkpoint["classes"]))
     try:
         model.load_state_dict(checkpoint["model"])
     except (RuntimeError, KeyError, TypeError) as error:
-        raise CxrError(f"the weights do not fit {checkpoint['config']['model']} ({str(error)[:200]})") from error
+        raise CxrError(f"{source}: its weights do not fit {name} ({load_problems(error)}): pass "
+                       f"{TRAINED_MODEL_FILES}") from error
     target = select_device(device)
     return model.to(target).eval(), target
+
+
+def load_problems(error: Exception, shown: int = 2, width: int = 150) -> str:
+    """The first `shown` of the problems that load_state_dict's `error` lists (each cut to about `width`
+    characters), and how many more there are."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    problems = lines[1:] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines
+    cut = [line if len(line) <= width else line[:width].rsplit(" ", 1)[0] + " ..." for line in problems[:shown]]
+    more = f" (and {len(problems) - shown} more)" if len(problems) > shown else ""
+    return "; ".join(cut) + more or type(error).__name__
 
 
 def predict(model, device, images, rows: np.ndarray, multilabel: bool = False,
@@ -199,12 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         paths = image_paths(args.images)
         weights = local_file(args.weights)
         if not weights.is_file():
-            raise CxrError(f"{weights} {'is a folder' if weights.is_dir() else 'does not exist'}: pass a study's "
-                           "weights/<trial id>.pt or a checkpoint.pt of python -m cxrnets.train")
+            raise CxrError(f"{weights} {'is a folder' if weights.is_dir() else 'does not exist'}: pass "
+                           f"{TRAINED_MODEL_FILES}")
         if weights.suffix == ".json":
             raise CxrError(f"{weights} is the sidecar (epoch, metric) of weights: pass the .pt file beside it")
         checkpoint = load_checkpoint(weights)
-        model, device = model_from_checkpoint(checkpoint, args.device)
+        model, device = model_from_checkpoint(checkpoint, args.device, str(weights))
         check_output_folder(out.parent, f"--out {out}")
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -119,6 +119,32 @@ def test_bad_input_is_refused_naming_it(trained, tmp_path: Path, capsys, damage:
     assert not out.exists()
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"config": {"image_size": 32}}, "its config names no model"),
+    ({"config": {"model": "resnet18", "image_size": 32}}, "its config names model 'resnet18', not one of alexnet"),
+    ({"config": {"model": "resnet50"}}, "its config has no image_size"),
+    ({"classes": ["a", "b"]}, "its 2 classes (a, b) do not fit its resnet50 weights, whose head scores 3 classes"),
+    ({"model": {"fc.weight": torch.zeros(3, 2048), "fc.bias": torch.zeros(3)}},
+     'its weights do not fit resnet50 (Missing key(s) in state_dict: "conv1.weight", "bn1.weight",'),
+])
+def test_a_checkpoint_that_does_not_describe_its_model_is_refused_naming_it(trained, tmp_path: Path, capsys,
+                                                                            change: dict, message: str) -> None:
+    """Its config must name the model and image size, and its classes fit its weights' head: else one line
+    naming the file and what to pass, not a KeyError's traceback or torch's message cut mid-line."""
+    _, checkpoint = trained
+    saved = torch.load(checkpoint, weights_only=True, mmap=True)
+    damaged = tmp_path / "damaged.pt"
+    assert len(saved["classes"]) == 3
+    save_checkpoint({"model": {"fc.bias": torch.zeros(3)}, "epoch": 1, "classes": saved["classes"],
+                     "multilabel": False, "config": saved["config"], **change}, damaged)
+    out = tmp_path / "predictions.csv"
+    assert main([str(damaged), str(SAMPLE_ROOT / "images"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {damaged}: {message}") and err.count("\n") == 1, err
+    assert err.rstrip().endswith("pass a study's weights/<trial id>.pt or a checkpoint.pt of python -m cxrnets.train")
+    assert not out.exists()
+
+
 def test_an_out_that_cannot_be_written_is_refused_before_predicting(trained, tmp_path: Path, capsys) -> None:
     _, checkpoint = trained
     (tmp_path / "a-file").write_text("")
