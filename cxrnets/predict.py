@@ -116,17 +116,20 @@ def predict(model, device, images, rows: np.ndarray, multilabel: bool = False,
 
 
 def image_paths(paths: list[str | Path]) -> list[Path]:
-    """The image files named, and those under the folders named (recursively, sorted); the other files there,
-    of a type not read, are logged by type. CxrError for a path that does not exist or when there is no image at
-    all."""
+    """The image files named, and those under the folders named (recursively, sorted; hidden files and folders,
+    is_hidden's, are not searched); the other files there, of a type not read, are logged by type, and the links
+    there that lead nowhere by count. CxrError for a path that does not exist or when there is no image at all."""
     found: list[Path] = []
     not_read: dict[Path, Counter[str]] = {}  # folder: its files of each type not read
+    broken: dict[Path, list[Path]] = {}  # folder: its links that lead nowhere
     for path in map(Path, paths):
         if path.is_dir():
-            files = data_files(path)[0]
+            files, broken_links = data_files(path)
             found += [file for file in files if is_image_file(file)]
             if types := types_not_read(files):
                 not_read[path] = types
+            if broken_links:
+                broken[path] = broken_links
         elif path.is_file():
             found.append(path)
         else:
@@ -135,10 +138,17 @@ def image_paths(paths: list[str | Path]) -> list[Path]:
         types = sum(not_read.values(), Counter())
         only = (f": only files of a type not read ({described_types(types)}); {how_to_read(types)} to score them"
                 if types else "")
-        raise CxrError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {', '.join(map(str, paths))}{only}")
+        links = sum(broken.values(), [])
+        nowhere = f" ({len(links)} link(s) to nothing, e.g. {links[0]})" if links else ""
+        raise CxrError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {', '.join(map(str, paths))}"
+                       f"{only}{nowhere}")
     for folder, types in not_read.items():
         log.warning("not scored: %d file%s in %s of a type not read (%s): %s to score them", types.total(),
                     "s" if types.total() > 1 else "", folder, described_types(types), how_to_read(types))
+    for folder, links in broken.items():
+        log.warning("not scored: %d link%s in %s that lead%s nowhere (e.g. %s): point %s at an image or remove %s",
+                    len(links), "s" if len(links) > 1 else "", folder, "" if len(links) > 1 else "s", links[0],
+                    *(("them", "them") if len(links) > 1 else ("it", "it")))
     return found
 
 

@@ -317,6 +317,28 @@ def test_files_of_a_type_not_read_are_counted_by_type(trained, tmp_path: Path, c
     assert "convert DICOM to PNG" in caplog.text
 
 
+def test_links_that_lead_nowhere_are_counted_per_folder(trained, tmp_path: Path, caplog, capsys) -> None:
+    """A link to an image that was moved or deleted gets no row: the log counts them in each folder, as it
+    counts files of a type not read; a folder holding only such links says so in its error."""
+    run, checkpoint = trained
+    folder = tmp_path / "new"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(Path(run.data.index.paths()[0]).read_bytes())
+    for name in ("b.png", "c.jpg"):
+        (folder / name).symlink_to(tmp_path / "moved" / name)
+    out = tmp_path / "predictions.csv"
+    caplog.set_level(logging.INFO, logger="cxrnets.predict")
+    assert main([str(checkpoint), str(folder), "--out", str(out)]) == 0
+    assert list(pd.read_csv(out)["path"]) == [str(folder / "a.png")]
+    assert (f"not scored: 2 links in {folder} that lead nowhere (e.g. {folder / 'b.png'}): point them at an image "
+            "or remove them") in caplog.text
+
+    (folder / "a.png").unlink()
+    assert main([str(checkpoint), str(folder), "--out", str(tmp_path / "again.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "no image files" in err and f"(2 link(s) to nothing, e.g. {folder / 'b.png'})" in err, err
+
+
 def test_a_folder_of_dicom_files_only_says_to_convert_them(trained, tmp_path: Path, capsys) -> None:
     _, checkpoint = trained
     folder = tmp_path / "dicom"
