@@ -4,12 +4,14 @@
     maps.layer, maps.grid                                  # which layer, and its spatial grid
     no_region(maps.maps[0])                                # "near-uniform map" etc. where a map marks out nothing
 
-Grad-CAM weighs a convolutional layer's activations by the gradient of the target class's
+Grad-CAM weighs a convolutional layer's rectified activations by the gradient of the target class's
 score and keeps the positive part (Selvaraju et al. 2017), then the map is upsampled to the input.
-The layer is the last one whose grid is at least 4x4, of AlexNet's and VGG11's convolutions and
-ResNet50's stages (`layer1` to `layer4`): the last convolution or `layer4` on inputs large enough
-(AlexNet 79 px, VGG11 64 px, ResNet50 97 px), an earlier, finer one below, where the last would map
-1 to 9 cells; the finest where none is 4x4 (ResNet50 under 13 px). The maps name the layer and grid.
+The layer is the last one whose grid is at least 4x4, of AlexNet's and VGG11's convolutions, each
+read after its ReLU (the next layer: `features.11` for the convolution `features.10`), and of
+ResNet50's stages (`layer1` to `layer4`, which end in a ReLU): the last convolution or `layer4` on
+inputs large enough (AlexNet 79 px, VGG11 64 px, ResNet50 97 px), an earlier, finer one below, where
+the last would map 1 to 9 cells; the finest where none is 4x4 (ResNet50 under 13 px). The maps name
+the layer and grid.
 """
 
 from __future__ import annotations
@@ -37,10 +39,13 @@ class SaliencyMaps:
 
 
 def _candidate_layers(model: nn.Module, model_name: str) -> list[tuple[str, nn.Module]]:
-    """The layers Grad-CAM may read, by name, finest (earliest) first."""
+    """The layers Grad-CAM may read, by name, finest (earliest) first: AlexNet's and VGG11's are the ReLU after
+    each convolution (in place: captum reads its output, the rectified map, as a test checks by hand)."""
     if model_name == "resnet50":
         return [(name, getattr(model, name)) for name in ("layer1", "layer2", "layer3", "layer4")]
-    return [(f"features.{i}", module) for i, module in enumerate(model.features) if isinstance(module, nn.Conv2d)]
+    features = list(model.features)
+    return [(f"features.{i + 1}", features[i + 1]) for i, module in enumerate(features[:-1])
+            if isinstance(module, nn.Conv2d) and isinstance(features[i + 1], nn.ReLU)]
 
 
 def _grids(model: nn.Module, layers: list[tuple[str, nn.Module]], image_size: int) -> list[tuple[int, int]]:
