@@ -240,7 +240,7 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
         lines += unmeasurable_sentence(tables[f"per_class_{name}"])
         if chosen.dataset in analysis.bootstraps:
             per_class = tables[f"per_class_{name}"]
-            lines += one_patient_sentence(per_class) + flat_f1_sentence(per_class) + flat_roc_auc_sentence(per_class)
+            lines += one_patient_sentence(per_class) + no_spread_sentences(per_class)
     for failed in analysis.failed:
         if failed.rank == 1:
             lines += [f"### {failed.dataset} / {failed.model}", "",
@@ -388,25 +388,22 @@ def no_spread_note(shown: pd.DataFrame) -> list[str]:
             "class's images once every image of the class is right or every one wrong.", ""]
 
 
-def flat_f1_sentence(per_class: pd.DataFrame) -> list[str]:
-    """The classes whose F1 every resample repeats, shown `[no spread]`, and what to read instead (empty when
-    none)."""
-    if "f1 no spread" not in per_class:
-        return []
-    flat = list(per_class.loc[per_class["f1 no spread"], "class"])
-    return [f"F1 of {joined_names(flat)} is the same in every resample of this split (`{NO_SPREAD}`, no interval: "
-            "none of the class's images right, or all of them and all its predictions); read precision's and "
-            "recall's.", ""]
-
-
-def flat_roc_auc_sentence(per_class: pd.DataFrame) -> list[str]:
-    """The classes whose ROC AUC every resample repeats, shown `[no spread]` (empty when none)."""
-    if "roc_auc no spread" not in per_class:
-        return []
-    flat = list(per_class.loc[per_class["roc_auc no spread"], "class"])
-    return [f"ROC AUC of {joined_names(flat)} is the same in every resample of this split (`{NO_SPREAD}`, no "
-            "interval): a resample keeps images of the class and images not of it, and each of the class's images "
-            "scores above every image not of it (AUC 1), below every one (0), or the same as all (0.5).", ""]
+def no_spread_sentences(per_class: pd.DataFrame) -> list[str]:
+    """The classes whose F1 or ROC AUC every resample repeats, shown `[no spread]`, and why (empty when none)."""
+    reasons = {
+        "f1": ("F1", "none of the class's images is right, or all of them and all its predictions are; read "
+                     "precision's and recall's"),
+        "roc_auc": ("ROC AUC", "a resample keeps images of the class and images not of it, and each of the class's "
+                               "images scores above every image not of it (AUC 1), below every one (0), or the same "
+                               "as all (0.5)")}
+    lines = []
+    for column, (name, reason) in reasons.items():
+        flat = list(per_class.loc[per_class[f"{column} no spread"], "class"]) if f"{column} no spread" in per_class \
+            else []
+        if flat:
+            lines += [f"{name} of {joined_names(flat)} is the same in every resample of this split (`{NO_SPREAD}`, "
+                      f"no interval): {reason}.", ""]
+    return lines
 
 
 def calibration_section(analysis: Analysis, split_name: str, figures: bool) -> list[str]:
