@@ -6,9 +6,9 @@ the metrics the trial reported (`train/loss`, `val/f1_macro`, ..., `epoch_second
 Tune's counters) and `best/<study metric>`, the trial's best value so far, so that its last point is the trial's
 best; the trial's hyperparameters when it starts (a running trial is listed) and its status when it ends (a
 failure if it failed or diverged; a trial that ends without running again after a resume, ended by ASHA where it
-waited at a rung, gets it in a new file). The hparams plugin shows the first status it reads of a trial: when a resume runs an errored trial again, its
-earlier files are rewritten without their failure (in the study's storage, and where Tune staged them), every
-other event kept.
+waited at a rung, gets it in a new file). The hparams plugin shows the first status it reads of a trial: when a
+resume runs an errored trial again, its earlier files are rewritten without their failure (in the study's
+storage, and where Tune staged them), every other event kept.
 
 The study's folder gets one experiment summary (write_experiment): the HPARAMS tab's columns, every dimension
 of the search space and the seed (study.confirm's seed runs of a configuration differ in it alone), and
