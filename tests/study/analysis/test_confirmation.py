@@ -23,7 +23,8 @@ def _confirm_run(study_uri: str, epochs: list[dict[str, float]]) -> None:
     job = ConfirmJob(0, "d", "alexnet", "a1", 1, {"dataset": "d", "model": "alexnet", "seed": 1})
     storage.write_json(jobs_uri(study_uri), [asdict(job)])
     table = ResultsTable(confirm_uri(study_uri))
-    trial = types.SimpleNamespace(trial_id="c0nf1rm0_00000", config={"job": 0})
+    folder = storage.join(confirm_uri(study_uri), "c0nf1rm0_00000")  # the trial's folder: where Tune staged it too
+    trial = types.SimpleNamespace(trial_id="c0nf1rm0_00000", config={"job": 0}, local_path=folder, path=folder)
     for epoch, metrics in enumerate(epochs, start=1):
         table.on_trial_result(epoch, [], trial, {"epoch": epoch, "training_iteration": epoch, "diverged": 0,
                                                  "time_this_iter_s": 1.0, **metrics})
