@@ -272,14 +272,12 @@ def per_class_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
         if bootstrap is not None:
             samples = bootstrap.samples[chosen.candidate.trial_id].per_class
             intervals = class_proportion_intervals(evaluation)
-            for column in ("f1", "roc_auc"):  # not proportions: the patient bootstrap's, for a class it resamples
-                intervals[column] = [percentile_interval(samples[column][:, j]) if bootstrap.class_resampled(j)
-                                     else (np.nan, np.nan) for j in range(len(per_class))]
             no_spread = {column: [bootstrap.class_resampled(j) and same_in_every_resample(samples[column][:, j])
                                   for j in range(len(per_class))] for column in ("f1", "roc_auc")}
-            for column, flags in no_spread.items():
-                intervals[column] = [(np.nan, np.nan) if flat else bounds
-                                     for flat, bounds in zip(flags, intervals[column])]
+            for column, flags in no_spread.items():  # not proportions: the patient bootstrap's, where it moves
+                intervals[column] = [percentile_interval(samples[column][:, j])
+                                     if bootstrap.class_resampled(j) and not flags[j] else (np.nan, np.nan)
+                                     for j in range(len(per_class))]
             for column in (*PROPORTIONS, "f1", "roc_auc"):
                 per_class[f"{column} lower"] = [bounds[0] for bounds in intervals[column]]
                 per_class[f"{column} upper"] = [bounds[1] for bounds in intervals[column]]
@@ -287,8 +285,8 @@ def per_class_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
                 if any(flags):
                     per_class[f"{column} no spread"] = flags
         # A class with no image on the split: its recall and F1 are 0/0, not measured (metrics counts them 0).
-        unmeasured = [c for c in per_class.columns if c in ("recall", "f1") or c.startswith(("recall ", "f1 "))
-                      and not c.endswith(" no spread")]
+        unmeasured = [c for c in per_class.columns
+                      if c.split(" ")[0] in ("recall", "f1") and not c.endswith(" no spread")]
         per_class.loc[per_class["support"] == 0, unmeasured] = np.nan
         if "f1 no spread" in per_class:
             per_class.loc[per_class["support"] == 0, "f1 no spread"] = False
