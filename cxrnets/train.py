@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         help=f"square input size in pixels (default: {defaults.image_size})")
     add("--pretrained", action="store_true", help="start from ImageNet weights (default: from scratch)")
     add("--weights", default=None, help="start from this weights file (implies --pretrained; default: none)")
-    add("--momentum", type=float, default=defaults.momentum,
+    add("--momentum", type=float, default=None,
         help=f"SGD momentum, with --optimizer sgd only (default: {defaults.momentum})")
     add("--weight-decay", type=float, default=defaults.weight_decay,
         help=f"L2 weight decay (default: {defaults.weight_decay})")
@@ -106,6 +106,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
              "before) and --weights (not read again) may differ)")
     args = parser.parse_args(argv)
     args.cache_dir = absolute_cache_dir(args.cache_dir)
+    if args.momentum is None:
+        args.momentum = defaults.momentum
+    elif args.optimizer != "sgd":
+        parser.error(f"--momentum {args.momentum:g} with --optimizer {args.optimizer}: momentum is SGD's, "
+                     f"{args.optimizer} would ignore it; drop --momentum, or choose --optimizer sgd")
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     try:
         options = parse_dataset_options(args.dataset_option, [args.dataset]).get(args.dataset, {})
@@ -401,15 +406,18 @@ def main(argv: list[str] | None = None) -> int:
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # while the output folder is checked (which loads torch)
+        print("interrupted before training started: run the same command again", file=sys.stderr)
+        return 130
 
 
 def train_into(config: TrainConfig, out: Path, resume: bool) -> int:
     """Train (or --resume) the run in `out`, which the caller holds; main's exit status."""
-    # torch: after the options are read
-    from cxrnets.training import save_checkpoint
-
     history, checkpoint_path = out / "metrics.jsonl", out / "checkpoint.pt"
     try:
+        # torch: after the options are read, and inside the try, so that Ctrl-C while it loads ends in one line
+        from cxrnets.training import save_checkpoint
+
         run, digest = start_or_resume(config, out, resume)
     except CxrError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -971,6 +971,20 @@ def test_cli_ctrl_c_before_training_says_to_run_the_same_command_again(tiny_fold
     assert main(arguments) == 0 and recorded_epochs(tmp_path / "run") == ([1, 2] if resume else [1])
 
 
+def test_cli_ctrl_c_while_torch_loads_ends_in_one_line(tiny_folder: Path, tmp_path: Path, capsys,
+                                                      monkeypatch) -> None:
+    """Ctrl-C in the first seconds (the output folder's check loads torch): one line and status 130, no
+    traceback."""
+    import cxrnets.training
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cxrnets.training, "check_output_folder", ctrl_c)
+    assert main(tiny_cli_arguments(tiny_folder, tmp_path, "--epochs", "1")) == 130
+    assert capsys.readouterr().err == "interrupted before training started: run the same command again\n"
+
+
 def test_cli_ctrl_c_in_the_test_evaluation_says_the_trained_model_is_kept(tiny_folder: Path, tmp_path: Path,
                                                                           capsys, monkeypatch) -> None:
     from cxrnets.training import TrainingRun
@@ -1000,6 +1014,10 @@ def test_cli_ctrl_c_in_the_test_evaluation_says_the_trained_model_is_kept(tiny_f
     (["--lr", "fast"], "invalid float value: 'fast'"),
     (["--batch-size", "3.5"], "invalid int value: '3.5'"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["--momentum", "0.5"], "error: --momentum 0.5 with --optimizer adam: momentum is SGD's, adam would ignore it; "
+                            "drop --momentum, or choose --optimizer sgd"),
+    # SGD's default value, typed: refused too, not taken for the default
+    (["--optimizer", "adam", "--momentum", "0.9"], "error: --momentum 0.9 with --optimizer adam"),
 ])
 def test_cli_bad_flags(arguments: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
@@ -1014,8 +1032,6 @@ def test_cli_bad_flags(arguments: list[str], message: str, capsys: pytest.Captur
     (["--batch-size", "0"], "error: --batch-size must be a positive integer"),
     (["--epochs", "-1"], "error: --epochs"),
     (["--model", "alexnet", "--image-size", "32"], "--image-size 32 is too small for model 'alexnet'"),
-    (["--momentum", "0.5"], "error: --momentum 0.5 with --optimizer adam: momentum is SGD's, adam would ignore it; "
-                            "drop --momentum, or choose --optimizer sgd"),
     (["--val-fraction", "0.6", "--test-fraction", "0.4"], "error: --val-fraction 0.6 and --test-fraction 0.4: each "
      "must lie between 0 and 1, and together leave patients to train on (sum below 1)"),
     (["--test-fraction", "0"], "error: --val-fraction 0.15 and --test-fraction 0: each must lie"),
