@@ -49,6 +49,7 @@ from ray.tune.search.optuna import OptunaSearch
 from cxrnets.errors import CxrError
 from study import storage
 from study.settings import resumed_study_uri, study_location
+from study.space import trial_config
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ class BestEpochOptunaSearch(OptunaSearch):
         if trial_id in self._ot_trials:
             self._ot_trials[trial_id].set_user_attr("trial_id", trial_id)
             self._copy_storage_file()
-        return config
+        return trial_config(config) if isinstance(config, dict) else config
 
     def _untried_configurations(self) -> list[dict] | None:
         """The space's configurations that no finished or running trial has taken; None for a space with a

@@ -31,6 +31,10 @@ matches is used:
         - {loguniform: [1.0e-5, 1.0e-3], when: {optimizer: adam}}
         - {loguniform: [1.0e-3, 1.0e-1], when: {optimizer: sgd}}
 
+Optuna records each alternative as a parameter of its own, named by the key and its conditions
+(`lr|optimizer=adam`), so that TPE models each range from its own trials' results; trial configs hold it
+under its key (`trial_config`).
+
 Every dimension becomes a key of the trial config, and so a column of the analysis. A space that leaves out
 one of the keys trials are named by (model, optimizer, lr, batch_size) trains TrainConfig's default of it,
 which the parsed space holds as a constant (`SearchSpace.filled`), so that the trials record it too. A space
@@ -43,7 +47,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +76,8 @@ SAMPLERS = ("tpe", "random", "grid")
 EXPONENT_FORM = re.compile(r"([-+]?)(\d+)(?:\.(\d*))?([eE])([-+]?)(\d+)")
 YAML_NUMBERS = "YAML reads a number with an exponent as text unless it has a dot and a signed exponent"
 ALLOWED_NAMES = {"dataset": DATASET_NAMES, "model": MODEL_NAMES, "optimizer": OPTIMIZER_NAMES}
+# Between a key and each condition in the Optuna parameter name of one of its alternatives: lr|optimizer=adam.
+CONDITION_SEPARATOR = "|"
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,17 @@ class Dimension:
     args: Any
     log: bool = False
     when: dict[str, tuple] = field(default_factory=dict)
+    alternative: bool = False  # one of a key's alternatives, each with its own when
+
+    @property
+    def optuna_name(self) -> str:
+        """The Optuna parameter it is suggested as: its key, or for one of a key's alternatives the key and its
+        conditions (lr|optimizer=adam), so that TPE models each alternative's draws apart: SGD's learning
+        rates from SGD trials' results only, not from Adam's, which lie on another range."""
+        if not self.alternative:
+            return self.name
+        conditions = [f"{key}={','.join(map(str, values))}" for key, values in self.when.items()]
+        return CONDITION_SEPARATOR.join([self.name, *conditions])
 
     def applies(self, config: dict[str, Any]) -> bool:
         return all(config.get(key) in values for key, values in self.when.items())
@@ -89,11 +106,11 @@ class Dimension:
         if self.kind == "value":
             return self.args
         if self.kind == "choice":
-            return trial.suggest_categorical(self.name, list(self.args))
+            return trial.suggest_categorical(self.optuna_name, list(self.args))
         low, high = self.args
         if self.kind == "int":
-            return trial.suggest_int(self.name, low, high, log=self.log)
-        return trial.suggest_float(self.name, low, high, log=self.kind == "loguniform")
+            return trial.suggest_int(self.optuna_name, low, high, log=self.log)
+        return trial.suggest_float(self.optuna_name, low, high, log=self.kind == "loguniform")
 
     def distribution(self) -> optuna.distributions.BaseDistribution | None:
         """The Optuna distribution `sample` draws from (None for a fixed value)."""
@@ -178,10 +195,11 @@ class SearchSpace:
         if any(dimension.kind not in ("choice", "value") for dimension in self.dimensions):
             return None
 
-        def suggested(config: dict[str, Any], name: str) -> bool:
-            return next(d for d in self.dimensions if d.name == name and d.applies(config)).kind == "choice"
+        def drawn_by(config: dict[str, Any], name: str) -> Dimension:
+            return next(d for d in self.dimensions if d.name == name and d.applies(config))
 
-        return [{name: value for name, value in config.items() if suggested(config, name)} for config in self.grid()]
+        return [{drawn_by(config, name).optuna_name: value for name, value in config.items()
+                 if drawn_by(config, name).kind == "choice"} for config in self.grid()]
 
     def first_points(self) -> list[dict[str, Any]]:
         """The trials the study starts with: every combination of the `cover_first` choices, in the
@@ -194,8 +212,8 @@ class SearchSpace:
         grid: dict[str, list] = {}
         for dimension in self.dimensions:
             if dimension.kind != "value":
-                grid.setdefault(dimension.name, [])
-                grid[dimension.name] += [v for v in dimension.values() if v not in grid[dimension.name]]
+                values = grid.setdefault(dimension.optuna_name, [])
+                values += [v for v in dimension.values() if v not in values]
         return grid
 
     def make_sampler(self, seed: int) -> optuna.samplers.BaseSampler:
@@ -214,6 +232,12 @@ class SearchSpace:
             if dimension.name == name and dimension.kind in ("choice", "value"):
                 found += [v for v in dimension.values() if v not in found]
         return found
+
+
+def trial_config(params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's config from its Optuna params (or a config holding them): each alternative's value under its
+    key (lr|optimizer=adam -> lr)."""
+    return {name.split(CONDITION_SEPARATOR, 1)[0]: value for name, value in params.items()}
 
 
 def config_name(config: dict[str, Any]) -> str:
@@ -376,13 +400,14 @@ def _parse_alternatives(source: str, key: str, specs: list, earlier: list[Dimens
         choice = yaml.safe_dump({"choice": specs}, default_flow_style=True, width=math.inf).strip()
         raise CxrError(f"{where}: a list of values; to search over them, write {key}: {choice} (a list under a key "
                        "is of ranges, each with its own 'when')")
-    alternatives = [_parse_dimension(source, key, spec, earlier, f"{where}[{i}]") for i, spec in enumerate(specs)]
+    alternatives = [replace(_parse_dimension(source, key, spec, earlier, f"{where}[{i}]"), alternative=True)
+                    for i, spec in enumerate(specs)]
     for i, alternative in enumerate(alternatives):
         if not alternative.when:
             raise CxrError(f"{where}[{i}]: each alternative needs a 'when' (which trials it is for)")
     scales = {(a.kind, a.log) for a in alternatives if a.kind != "value"}
     if len(scales) > 1 or any(a.kind == "choice" for a in alternatives):
-        # Optuna keeps one distribution type per parameter name: ranges may move, their scale may not.
+        # The analysis bins a key's values on one scale (study.analysis.reading.search_dimensions).
         raise CxrError(f"{where}: alternatives must be ranges of one kind (all loguniform, all uniform or all int) "
                        f"or constants; got {sorted(a.kind for a in alternatives)}")
     return alternatives

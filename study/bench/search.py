@@ -254,7 +254,7 @@ def plain_optuna_search(bench: Bench, space_file: Path, samples: int) -> dict[st
     from cxrnets.config import TrainConfig
     from cxrnets.training import TrainingRun, prepare_data
     from study.settings import metric_mode
-    from study.space import load_space
+    from study.space import load_space, trial_config
 
     s = bench.settings
     space = load_space(space_file)
@@ -270,7 +270,7 @@ def plain_optuna_search(bench: Bench, space_file: Path, samples: int) -> dict[st
     def objective(trial: optuna.Trial) -> float:
         nonlocal epochs
         constants = space(trial)  # define-by-run: suggests into trial.params, returns the constants
-        run = TrainingRun(TrainConfig.from_dict({**base, **trial.params, **constants}), data)
+        run = TrainingRun(TrainConfig.from_dict({**base, **trial_config(trial.params), **constants}), data)
         best = None
         for epoch in range(1, s.search_max_epochs + 1):
             try:

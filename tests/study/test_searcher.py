@@ -322,6 +322,50 @@ def test_a_rerun_failed_trial_is_told_its_best_over_the_epochs_before_and_after_
     assert rerun.intermediate_values == {1: 0.524, 2: 0.552, 3: 0.2}
 
 
+LR_PER_OPTIMIZER = {"search": {"model": {"value": "resnet50"}, "optimizer": {"choice": ["adam", "sgd"]},
+                               "lr": [{"loguniform": [1e-5, 1e-3], "when": {"optimizer": "adam"}},
+                                      {"loguniform": [1e-3, 1e-1], "when": {"optimizer": "sgd"}}],
+                               "batch_size": {"value": 16}}}
+
+
+def lr_in_its_optimizers_range(config: dict) -> bool:
+    return (1e-5 <= config["lr"] <= 1e-3) if config["optimizer"] == "adam" else (1e-3 <= config["lr"] <= 1e-1)
+
+
+def test_a_trial_trains_the_key_of_the_alternative_optuna_drew():
+    """Optuna draws Adam's learning rate as lr|optimizer=adam; the trial's config (what it trains, what the
+    results record) holds it as lr."""
+    search = BestEpochOptunaSearch(parse_space(LR_PER_OPTIMIZER), metric="val/f1_macro", mode="max",
+                                   sampler=optuna.samplers.RandomSampler(seed=0))
+    for i in range(6):
+        config = search.suggest(f"t{i}")
+        assert set(config) == {"model", "optimizer", "lr", "batch_size"} and lr_in_its_optimizers_range(config)
+        assert set(search._ot_trials[f"t{i}"].params) == {"optimizer", f"lr|optimizer={config['optimizer']}"}
+
+
+def test_a_study_whose_alternatives_shared_one_optuna_name_resumes_under_that_name(tmp_path):
+    """A study's searcher snapshot holds the space it started with: one from before each alternative had its
+    own Optuna name resumes suggesting lr, as its Optuna trials record it, with TPE past its start-up."""
+    old_space = parse_space(LR_PER_OPTIMIZER)
+    for dimension in old_space.dimensions:
+        del dimension.__dict__["alternative"]  # as a snapshot pickled before the field existed unpickles
+
+    def old_searcher() -> BestEpochOptunaSearch:
+        return BestEpochOptunaSearch(old_space, metric="val/f1_macro", mode="max", study_name="demo",
+                                     sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=2),
+                                     study_uri=str(tmp_path))
+
+    search = old_searcher()
+    for i in range(3):
+        feed(search, f"t{i}", [0.1 * i])
+    search.save(str(tmp_path / "searcher.pkl"))
+    resumed = old_searcher()
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    configs = [resumed.suggest(f"r{i}") for i in range(4)]
+    assert all(set(c) == {"model", "optimizer", "lr", "batch_size"} and lr_in_its_optimizers_range(c) for c in configs)
+    assert {name for t in stored_trials(tmp_path / "optuna.db").values() for name in t.params} == {"optimizer", "lr"}
+
+
 def test_a_resume_after_a_kill_does_not_report_an_epoch_optuna_holds_already(tmp_path, recwarn):
     """Tune's snapshot of the searcher is older than the storage: the resume reruns epochs Optuna holds."""
     search = stored_searcher(tmp_path)

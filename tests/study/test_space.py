@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from pathlib import Path
 
 import optuna
@@ -15,7 +16,7 @@ import pytest
 import yaml
 
 from cxrnets.errors import CxrError
-from study.space import SPACES_DIR, config_name, load_space, parse_space
+from study.space import SPACES_DIR, config_name, load_space, parse_space, trial_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -33,7 +34,7 @@ def sample_configs(space, trials: int, seed: int = 0) -> list[dict]:
     for i in range(trials):
         trial = study.ask()
         constants = space(trial)
-        config = {**trial.params, **constants}
+        config = {**trial_config(trial.params), **constants}
         configs.append(config)
         study.tell(trial, math.sin(i) + (0.5 if config.get("optimizer") == "sgd" else 0.0))
     return configs
@@ -153,10 +154,10 @@ def test_adam_trials_never_get_sgd_dimensions(name):
 
 
 def ray_searcher_configs(space, trials: int, seed: int = 0) -> list[dict]:
-    """Configs as a study's OptunaSearch proposes them, the cover_first points enqueued first."""
-    from ray.tune.search.optuna import OptunaSearch
+    """Configs as a study's searcher proposes them, the cover_first points enqueued first."""
+    from study.searcher import BestEpochOptunaSearch
 
-    searcher = OptunaSearch(space, metric="val/f1_macro", mode="max", sampler=space.make_sampler(seed),
+    searcher = BestEpochOptunaSearch(space, metric="val/f1_macro", mode="max", sampler=space.make_sampler(seed),
                             points_to_evaluate=space.first_points() or None, study_name="cover")
     configs = []
     for i in range(trials):
@@ -166,8 +167,8 @@ def ray_searcher_configs(space, trials: int, seed: int = 0) -> list[dict]:
 
 
 def test_conditional_dimensions_through_ray_optuna_search():
-    """The path a study takes: OptunaSearch proposes configs from the define-by-run function and
-    learns from completed trials; Adam configs never carry momentum or weight decay."""
+    """The path a study takes: its searcher (Ray's OptunaSearch) proposes configs from the define-by-run
+    function and learns from completed trials; Adam configs never carry momentum or weight decay."""
     space = load_space("demo")
     configs = ray_searcher_configs(space, 24)  # past TPE's 10 random start-up trials
     assert {c["optimizer"] for c in configs} == {"adam", "sgd"}
@@ -238,6 +239,47 @@ def test_a_key_can_take_one_range_per_optimizer():
     assert len(adam) >= 5 and len(sgd) >= 5
     assert all(1e-5 <= lr <= 1e-3 for lr in adam)
     assert all(1e-3 <= lr <= 1e-1 for lr in sgd)
+
+
+LR_PER_OPTIMIZER = {"search": {
+    "optimizer": {"choice": ["adam", "sgd"]},
+    "lr": [{"loguniform": [1e-5, 1e-3], "when": {"optimizer": "adam"}},
+           {"loguniform": [1e-3, 1e-1], "when": {"optimizer": "sgd"}}],
+}}
+
+
+def test_each_alternative_is_its_own_optuna_parameter_and_the_trial_config_holds_its_key():
+    """optuna.db (and Optuna's dashboard) show Adam's learning rates as lr|optimizer=adam, SGD's as
+    lr|optimizer=sgd; the trial trains, and the results record, lr."""
+    space = parse_space(LR_PER_OPTIMIZER)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for optimizer in ("adam", "sgd"):
+        study.enqueue_trial({"optimizer": optimizer})
+        trial = study.ask()
+        space(trial)
+        assert set(trial.params) == {"optimizer", f"lr|optimizer={optimizer}"}
+        assert set(trial_config(trial.params)) == {"optimizer", "lr"}
+    two_conditions = parse_space({"search": {**LR_PER_OPTIMIZER["search"], "batch_size": {"choice": [16, 32]},
+                                             "momentum": [{"uniform": [0.5, 0.9],
+                                                           "when": {"optimizer": "sgd", "batch_size": [16, 32]}}]}})
+    assert two_conditions.dimensions[-1].optuna_name == "momentum|optimizer=sgd|batch_size=16,32"
+
+
+def test_tpe_draws_an_alternatives_values_from_its_own_trials_results():
+    """Adam does best at the top of its range, 1e-3, SGD at the top of its own, 1e-1. Under one Optuna name,
+    TPE drew SGD's learning rates next to Adam's best (the median of SGD's last 10 was 10**-2.7)."""
+    space = parse_space(LR_PER_OPTIMIZER)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
+    sgd_rates = []
+    for optimizer in ["adam"] * 20 + ["sgd"] * 20:
+        study.enqueue_trial({"optimizer": optimizer})
+        trial = study.ask()
+        config = {**space(trial), **trial_config(trial.params)}
+        best, score = (-3, 0.9) if optimizer == "adam" else (-1, 0.5)
+        study.tell(trial, score - abs(math.log10(config["lr"]) - best) / 4)
+        if optimizer == "sgd":
+            sgd_rates.append(math.log10(config["lr"]))
+    assert statistics.median(sgd_rates[10:]) > -2.4
 
 
 def test_first_matching_alternative_wins():
