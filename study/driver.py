@@ -399,15 +399,23 @@ def trial_device(gpus_per_trial: float) -> str:
     return "cuda" if gpus_per_trial > 0 else "cpu"
 
 
-def first_trials_line(space: SearchSpace, num_samples: int) -> str:
-    """What the study's first trials try: the combinations of the space's cover_first choices, all of them
-    or as many as --num-samples allows, and whether the sampler proposes trials after them."""
-    combinations, first = " x ".join(space.cover_first), len(space.first_points())
-    tried = min(first, num_samples)
-    covered = (f"every combination of {combinations}" if tried == first
-               else f"{tried} of the {first} combinations of {combinations}")
-    then = f"; then {space.sampler.upper()} proposes" if num_samples > first else ""
-    return f"the first {tried} trials cover {covered}{then}"
+def sampling_line(space: SearchSpace, num_samples: int) -> str | None:
+    """How the study draws its trials: the combinations of the space's cover_first choices its first trials
+    cover, all of them or as many as --num-samples allows, and for TPE how many trials it draws at random
+    before it models their results. None for a space without cover_first under a random or grid sampler."""
+    parts, first = [], len(space.first_points())
+    if first:
+        combinations, tried = " x ".join(space.cover_first), min(first, num_samples)
+        covered = (f"every combination of {combinations}" if tried == first
+                   else f"{tried} of the {first} combinations of {combinations}")
+        parts.append(f"the first {tried} trials cover {covered}")
+        if num_samples > first and space.sampler != "tpe":
+            parts.append(f"then {space.sampler.upper()} proposes")
+    if space.sampler == "tpe":
+        at_random = space.random_start_trials(num_samples)
+        parts.append(f"TPE draws at random until {at_random} trials have finished, then models their results"
+                     if at_random < num_samples else f"TPE draws all {num_samples} trials at random: too few for it to model")
+    return "; ".join(parts) or None
 
 
 def build_tuner(settings: StudySettings, splits: dict[str, pd.DataFrame], resume: bool, verbose: bool = False):
@@ -419,14 +427,16 @@ def build_tuner(settings: StudySettings, splits: dict[str, pd.DataFrame], resume
     if resume:
         return tune.Tuner.restore(settings.study_uri, trainable, resume_unfinished=True, resume_errored=True)
     first = space.first_points()
-    if first:
-        log.info(first_trials_line(space, settings.num_samples))
+    sampling = sampling_line(space, settings.num_samples)
+    if sampling:
+        log.info(sampling)
     optuna_file = working_file(settings.study_uri)
     optuna_file.unlink(missing_ok=True)  # a new study: a local copy left by an earlier study of this URI is stale
     searcher = BestEpochOptunaSearch(
         space, metric=settings.metric, mode=settings.mode,
         points_to_evaluate=first[:settings.num_samples] or None,  # more would wait in the Optuna study forever
-        sampler=space.make_sampler(settings.seed), study_name=settings.optuna_study, study_uri=settings.study_uri)
+        sampler=space.make_sampler(settings.seed, settings.num_samples), study_name=settings.optuna_study,
+        study_uri=settings.study_uri)
     asha_options = dict(time_attr="training_iteration", max_t=settings.max_epochs, grace_period=settings.grace_period,
                         reduction_factor=settings.reduction_factor, tie_break=settings.tie_break,
                         tie_break_mode=metric_mode(settings.tie_break or ""))

@@ -287,7 +287,7 @@ def plain_optuna_search(bench: Bench, space_file: Path, samples: int) -> dict[st
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
-        direction="maximize" if mode == "max" else "minimize", sampler=space.make_sampler(s.seed),
+        direction="maximize" if mode == "max" else "minimize", sampler=space.make_sampler(s.seed, samples),
         pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=s.search_grace_period,
                                                       reduction_factor=s.search_reduction_factor))
     for point in space.first_points()[:samples]:

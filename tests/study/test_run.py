@@ -47,6 +47,7 @@ from study.driver import print_summary, run_study
 from study.results import ResultsTable, read_results, read_trial_events
 from study.tables import best_epochs
 from study.run import build_parser, main, settings_from_args
+from study.space import load_space, parse_space
 from test_tensorboard import hparams_tab
 
 REPO = Path(__file__).resolve().parents[2]
@@ -1730,19 +1731,38 @@ def assert_optuna_study_matches(path: Path, study_name: str, results: pd.DataFra
         assert sorted(trial.intermediate_values) == sorted(epochs), (trial_id, trial.intermediate_values)
 
 
-@pytest.mark.parametrize("num_samples, line", [
-    (3, "the first 3 trials cover 3 of the 6 combinations of model x optimizer\n"),
-    (6, "the first 6 trials cover every combination of model x optimizer\n"),
-    (10, "the first 6 trials cover every combination of model x optimizer; then TPE proposes\n"),
+@pytest.mark.parametrize("space, num_samples, line", [
+    ("demo", 3, "the first 3 trials cover 3 of the 6 combinations of model x optimizer; TPE draws all 3 trials at "
+                "random: too few for it to model"),
+    ("demo", 6, "the first 6 trials cover every combination of model x optimizer; TPE draws all 6 trials at "
+                "random: too few for it to model"),
+    ("demo", 10, "the first 6 trials cover every combination of model x optimizer; TPE draws at random until 6 "
+                 "trials have finished, then models their results"),
+    ("demo", 40, "the first 6 trials cover every combination of model x optimizer; TPE draws at random until 10 "
+                 "trials have finished, then models their results"),
+    ("wide", 30, "the first 12 trials cover every combination of model x pretrained x optimizer; TPE draws at "
+                 "random until 10 trials have finished, then models their results"),
+    ("paper", 108, None),
 ])
-def test_the_log_says_how_many_cover_first_combinations_the_first_trials_try(ray_session, tmp_path, caplog,
-                                                                             num_samples, line):
-    """The demo space covers model x optimizer first (6 combinations); fewer trials cover only some."""
-    from study.driver import build_tuner
+def test_the_start_says_what_the_first_trials_cover_and_how_many_tpe_draws_at_random(space, num_samples, line):
+    """The demo space covers model x optimizer first (6 combinations); fewer trials cover only some. TPE
+    models the results once the covered trials or half the study's trials have finished, at most 10 (with
+    Optuna's 10 the demo's 10 trials were all drawn at random)."""
+    from study.driver import sampling_line
+
+    assert sampling_line(load_space(space), num_samples) == line
+    lr_only = {"search": {"lr": {"loguniform": [1e-4, 1e-1]}}}
+    assert sampling_line(parse_space(lr_only), 8) == ("TPE draws at random until 4 trials have finished, then "
+                                                      "models their results")
+    assert sampling_line(parse_space({**lr_only, "sampler": "random"}), 8) is None
+
+
+def test_a_new_study_logs_how_it_draws_its_trials(ray_session, tmp_path, caplog):
+    from study.driver import build_tuner, sampling_line
     from study.run import build_parser, settings_from_args
 
-    settings = settings_from_args(build_parser().parse_args([
-        "--space", "demo", "--num-samples", str(num_samples), "--storage", str(tmp_path), "--name", "cover"]))
+    settings = settings_from_args(build_parser().parse_args(["--space", "demo", "--storage", str(tmp_path),
+                                                             "--name", "cover"]))
     with caplog.at_level(logging.INFO, logger="study.driver"):
         build_tuner(settings, {}, resume=False)
-    assert line in caplog.text
+    assert sampling_line(settings.search_space(), 10) + "\n" in caplog.text

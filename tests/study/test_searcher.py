@@ -177,7 +177,7 @@ def two_configuration_grid(study_uri=None) -> BestEpochOptunaSearch:
     space = parse_space({"sampler": "grid", "search": {"model": {"choice": ["resnet50"]},
                                                        "optimizer": {"choice": ["adam", "sgd"]},
                                                        "lr": {"value": 1e-3}, "batch_size": {"value": 16}}})
-    return BestEpochOptunaSearch(space, metric="val/f1_macro", mode="max", sampler=space.make_sampler(0),
+    return BestEpochOptunaSearch(space, metric="val/f1_macro", mode="max", sampler=space.make_sampler(0, 2),
                                  study_name="demo", study_uri=study_uri and str(study_uri))
 
 

@@ -29,7 +29,7 @@ def sample_configs(space, trials: int, seed: int = 0) -> list[dict]:
     Each trial is told a made-up score, so that TPE leaves its random start-up phase and
     samples from its model of the (conditional) space too.
     """
-    study = optuna.create_study(direction="maximize", sampler=space.make_sampler(seed))
+    study = optuna.create_study(direction="maximize", sampler=space.make_sampler(seed, trials))
     configs = []
     for i in range(trials):
         trial = study.ask()
@@ -107,7 +107,7 @@ def test_configurations_are_what_optuna_records_for_a_trial():
 
     space = load_space("paper")
     listed = space.configurations()
-    searcher = OptunaSearch(space, metric="val/f1_macro", mode="max", sampler=space.make_sampler(0))
+    searcher = OptunaSearch(space, metric="val/f1_macro", mode="max", sampler=space.make_sampler(0, 108))
     for i in range(108):
         searcher.suggest(f"trial-{i}")
     recorded = [trial.params for trial in searcher._ot_study.trials]
@@ -121,7 +121,7 @@ def test_paper_grid_through_optuna_search_runs_every_combination_once():
     from ray.tune.search.optuna import OptunaSearch
 
     space = load_space("paper")
-    searcher = OptunaSearch(space, metric="val/f1_macro", mode="max", sampler=space.make_sampler(0),
+    searcher = OptunaSearch(space, metric="val/f1_macro", mode="max", sampler=space.make_sampler(0, 108),
                             study_name="paper-grid")
     configs = [searcher.suggest(f"trial-{i}") for i in range(108)]
     assert len({tuple(sorted(c.items())) for c in configs}) == 108
@@ -153,11 +153,13 @@ def test_adam_trials_never_get_sgd_dimensions(name):
         assert {c["batch_size"] for c in configs} <= {8, 16, 32, 64, 128}
 
 
-def ray_searcher_configs(space, trials: int, seed: int = 0) -> list[dict]:
-    """Configs as a study's searcher proposes them, the cover_first points enqueued first."""
+def ray_searcher_configs(space, trials: int, seed: int = 0, sampler=None) -> list[dict]:
+    """Configs as a study of `trials` trials proposes them, the cover_first points enqueued first; `sampler`:
+    another than the space's."""
     from study.searcher import BestEpochOptunaSearch
 
-    searcher = BestEpochOptunaSearch(space, metric="val/f1_macro", mode="max", sampler=space.make_sampler(seed),
+    searcher = BestEpochOptunaSearch(space, metric="val/f1_macro", mode="max",
+                                     sampler=sampler or space.make_sampler(seed, trials),
                             points_to_evaluate=space.first_points() or None, study_name="cover")
     configs = []
     for i in range(trials):
@@ -196,6 +198,19 @@ def test_cover_first_starts_with_every_model_and_optimizer():
     without = parse_space({k: v for k, v in yaml.safe_load((SPACES_DIR / "demo.yaml").read_text()).items()
                            if k != "cover_first"})
     assert [(c["model"], c["optimizer"]) for c in ray_searcher_configs(without, 6)] != first
+
+
+def test_tpe_models_the_demos_last_trials_once_its_covered_trials_finished():
+    """Optuna's TPE draws its first 10 trials at random: the demo's 10 trials were those a RandomSampler of the
+    same seed draws. The study's TPE draws at random until the 6 covered trials have finished, then models them."""
+    space = load_space("demo")
+    assert space.random_start_trials(10) == 6
+    assert space.random_start_trials(4) == 4  # every trial covered
+    assert space.random_start_trials(100) == 10  # Optuna's default, no more
+    tpe = ray_searcher_configs(space, 10)
+    random = ray_searcher_configs(space, 10, sampler=optuna.samplers.RandomSampler(seed=0))
+    assert tpe[:6] == random[:6]
+    assert all(modelled != drawn for modelled, drawn in zip(tpe[6:], random[6:]))
 
 
 def test_cover_first_follows_conditions():
