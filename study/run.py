@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
              "(default: none)")
     add("--num-samples", type=int, default=None,
         help="trials to run (default: the space's, else every combination for a grid space, else 10); a space "
-        "of choices ends sooner once every configuration has run")
+        "of choices runs each configuration once, so at most as many trials as it has configurations")
     add("--max-epochs", type=int, default=None, help="epochs of a trial that ASHA never stops (default: space's, else 4)")
     add("--grace-period", type=int, default=None,
         help="epochs every trial gets before ASHA may stop it; ASHA judges a trial by its best epoch so far "
@@ -168,9 +168,11 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
     datasets = space.values_of("dataset") or [study["dataset"]]  # with --dataset, that one (load_space narrowed)
     document["search"] = {"dataset": {"choice": datasets} if len(datasets) > 1 else {"value": datasets[0]},
                           **{k: v for k, v in document["search"].items() if k != "dataset"}}
+    # Of the datasets the study has: a grid space runs every combination unless told otherwise, and a space of
+    # choices ends once every configuration has run.
+    configurations = parse_space(document, str(source), source.stem).configurations()
     if space.sampler == "grid" and "num_samples" not in space.study:
-        # A grid space runs every combination unless told otherwise: those of the datasets the study has.
-        study["num_samples"] = len(parse_space(document, str(source), source.stem).grid())
+        study["num_samples"] = len(configurations)
     if args.grace_period is None and args.max_epochs is not None and study["grace_period"] > args.max_epochs >= 1:
         log.warning("the space's grace period %d exceeds --max-epochs %d: ASHA's grace period lowered to %d",
                     study["grace_period"], args.max_epochs, args.max_epochs)
@@ -182,12 +184,20 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
     tie_break = None if args.tie_break in ("none", pick("metric")) else args.tie_break
     if any(dimension.name == "image_size" for dimension in space.dimensions) and args.image_size is not None:
         raise CxrError("--image-size conflicts with the space's image_size dimension; drop one")
+    num_samples = pick("num_samples")
+    if configurations is not None and num_samples > len(configurations):
+        given = (f"--num-samples {num_samples}" if args.num_samples is not None
+                 else f"{source}: study.num_samples {num_samples}" if "num_samples" in space.study
+                 else f"the default of {num_samples} trials")
+        log.warning("%s has %d configurations, fewer than %s: the study runs %d trials, each configuration once",
+                    source, len(configurations), given, len(configurations))
+        num_samples = len(configurations)
     name = study_name(args.name, space, document)
     settings = StudySettings(
         name=name, optuna_study=name,
         storage=storage.location(args.storage),
         space=document, space_source=str(source), data_roots=_data_roots(args.data_root, datasets),
-        image_size=image_size, num_samples=pick("num_samples"), max_epochs=pick("max_epochs"),
+        image_size=image_size, num_samples=num_samples, max_epochs=pick("max_epochs"),
         grace_period=pick("grace_period"), reduction_factor=pick("reduction_factor"), metric=pick("metric"),
         mode=metric_mode(pick("metric")), tie_break=tie_break, asha=pick("asha"),
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,

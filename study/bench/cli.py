@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--search-metric", default=None, help="validation metric of the search part's studies (default: "
         f"{d.search_metric}, the study's; val/loss separates configurations that all predict the majority class)")
     add("--search-samples", type=int, default=None,
-        help="trials of the ASHA study (default: as many as the grid's configurations)")
+        help="trials of the ASHA study and of plain Optuna, at most the grid's configurations (default: as many)")
     add("--checkpoint-every", type=int, default=None, help="epochs between two full states in the trainable part "
         "and the storage part's studies (default: the study's, 5; --smoke: 1)")
     add("--checkpoint-minutes", type=float, default=None, help="or minutes, whichever comes first (default: the "

@@ -40,7 +40,7 @@ def search_args(s: Settings, workdir: Path) -> dict[str, list[str]]:
     grid_space = write_space(workdir, "search-grid", search_space_text(s, "grid"))
     asha_space = write_space(workdir, "search-asha", search_space_text(s, s.search_sampler))
     configs = len(load_space(grid_space).grid())
-    samples = s.search_samples or configs
+    samples = min(s.search_samples or configs, configs)  # the study runs each configuration once
     budget = ["--image-size", str(s.search_image_size), "--max-epochs", str(s.search_max_epochs),
               "--metric", s.search_metric]
     # One trial at a time with every core: ASHA's decisions and Optuna's proposals then do not depend
@@ -83,7 +83,7 @@ def bench_search(bench: Bench) -> None:
     s = bench.settings
     studies = search_args(s, bench.workdir)
     configs = len(load_space(bench.workdir / "search-grid.yaml").grid())
-    samples = s.search_samples or configs
+    samples = min(s.search_samples or configs, configs)  # the study runs each configuration once
     metric = s.search_metric
     mode = metric_mode(metric)
     grid = run_study_command(bench, "search-grid", studies["search-grid"])

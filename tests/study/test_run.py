@@ -637,6 +637,27 @@ def test_grid_space_runs_every_combination_by_default(tmp_path):
     assert settings.num_samples == 4
 
 
+@pytest.mark.parametrize("sampler, given, said", [
+    ("tpe", ["--num-samples", "10"], "--num-samples 10"),
+    ("random", [], "the default of 10 trials"),
+    ("grid", ["--num-samples", "10"], "--num-samples 10"),
+])
+def test_more_trials_than_a_space_of_choices_has_configurations_are_lowered_to_its_count(tmp_path, caplog, sampler,
+                                                                                       given, said):
+    """Each configuration runs once: a study asked for 10 trials of a 2-configuration space planned 10 (its status
+    line and time estimate counted them) and ended saying 8 were not started, as if interrupted."""
+    space = write_space(tmp_path / "two.yaml", {**GOOD_SPACE, "lr": {"choice": [1.0e-3, 1.0e-2]}}, sampler=sampler)
+    with caplog.at_level("WARNING", logger="study.run"):
+        settings = settings_from_args(build_parser().parse_args(["--space", str(space), "--storage", str(tmp_path),
+                                                                 *given]))
+    assert settings.num_samples == 2
+    assert (f"{space} has 2 configurations, fewer than {said}: the study runs 2 trials, each configuration once"
+            in caplog.text)
+    ranged = write_space(tmp_path / "ranged.yaml", {**GOOD_SPACE, "lr": {"loguniform": [1.0e-3, 1.0e-2]}})
+    assert settings_from_args(build_parser().parse_args(["--space", str(ranged), "--storage", str(tmp_path),
+                                                         "--num-samples", "10"])).num_samples == 10
+
+
 def test_a_grid_narrowed_by_dataset_runs_every_combination_of_that_dataset_by_default(tmp_path):
     """--dataset picks one of a grid space's two datasets: half its combinations, not the whole grid's count."""
     space = write_space(tmp_path / "grid.yaml", {"dataset": {"choice": ["covid-chestxray-3class", "covid-chestxray"]},
