@@ -183,7 +183,8 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
     # A tie-break on the study metric itself breaks nothing.
     tie_break = None if args.tie_break in ("none", pick("metric")) else args.tie_break
     if any(dimension.name == "image_size" for dimension in space.dimensions) and args.image_size is not None:
-        raise CxrError("--image-size conflicts with the space's image_size dimension; drop one")
+        raise CxrError(f"--image-size conflicts with {source}: search.image_size, from which each trial draws its "
+                       "size; drop one")
     num_samples = pick("num_samples")
     if configurations is not None and num_samples > len(configurations):
         given = (f"--num-samples {num_samples}" if args.num_samples is not None

@@ -115,6 +115,10 @@ def check_space_study(space: SearchSpace) -> None:
             raise CxrError(f"{where}: {value!r} is not one of {', '.join(allowed[key])}")
         if key in LOWEST and not (isinstance(value, int) and not isinstance(value, bool) and value >= LOWEST[key]):
             raise CxrError(f"{where}: a whole number of at least {LOWEST[key]}, got {value!r}")
+    if "image_size" in space.study and any(dimension.name == "image_size" for dimension in space.dimensions):
+        raise CxrError(f"{space.source}: study.image_size {space.study['image_size']} conflicts with "
+                       "search.image_size, from which each trial draws its size (the study's would be recorded, and "
+                       "its cache decoded, for no trial); drop one")
 
 
 def check_metric_reported(metric: str, datasets: list[str], option: str) -> None:

@@ -159,7 +159,7 @@ BAD_INPUT = {
     "a name that is a path": (GOOD_SPACE, ["--name", "../elsewhere"],
                               r"--name '\.\./elsewhere': a study's name is its one folder under --storage"),
     "--image-size beside a space's image_size range": ({**GOOD_SPACE, "image_size": {"int": [64, 128]}}, [],
-                                                        r"--image-size conflicts with the space's image_size"),
+                                                        r"--image-size conflicts with .*space\.yaml: search\.image_size"),
     "a name a storage URI cannot carry": (GOOD_SPACE, ["--name", "run#2"],
                                           r"--name 'run#2': '#' cannot be part of a storage location's name"),
     "a multi-label metric on single-label data": (

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cxrnets.errors import CxrError
 from study.checkpoints import WeightsKeeper
@@ -42,6 +43,19 @@ def test_a_resume_points_the_unpickled_callbacks_at_the_study_where_it_lies_now(
 @pytest.mark.parametrize("space", sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
 def test_every_shipped_space_has_a_valid_study_section(space):
     check_space_study(load_space(space))
+
+
+def test_a_study_image_size_beside_a_searched_image_size_is_refused(tmp_path):
+    """study.json recorded the study's 128 px and the driver decoded a 128 px cache, while every trial drew its
+    size from the search (as --image-size beside it is refused)."""
+    path = tmp_path / "sizes.yaml"
+    path.write_text(yaml.safe_dump({"study": {"image_size": 128}, "search": {
+        "model": {"choice": ["alexnet"]}, "image_size": {"choice": [64, 96]}}}))
+    with pytest.raises(CxrError, match=re.escape(
+            f"{path}: study.image_size 128 conflicts with search.image_size, from which each trial draws its size")):
+        check_space_study(load_space(path))
+    path.write_text(yaml.safe_dump({"study": {"image_size": 128}, "search": {"model": {"choice": ["alexnet"]}}}))
+    check_space_study(load_space(path))
 
 
 def test_a_multi_label_metric_is_refused_where_a_dataset_is_single_label():
