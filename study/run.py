@@ -190,9 +190,9 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
         given = (f"--num-samples {num_samples}" if args.num_samples is not None
                  else f"{source}: study.num_samples {num_samples}" if "num_samples" in space.study
                  else f"the default of {num_samples} trials")
-        log.warning("%s has %d configurations, fewer than %s: the study runs %d trials, each configuration once",
-                    source, len(configurations), given, len(configurations))
         num_samples = len(configurations)
+        log.warning("%s has %d configuration%s, fewer than %s: the study runs %d, each configuration once",
+                    source, num_samples, "" if num_samples == 1 else "s", given, num_samples)
     name = study_name(args.name, space, document)
     settings = StudySettings(
         name=name, optuna_study=name,

@@ -323,6 +323,8 @@ def load_space(space: str | Path, dataset: str | None = None) -> SearchSpace:
     if dataset is not None:
         parsed = parse_space(narrowed_to(document, dataset), str(path), path.stem)
     # Not in parse_space: the spaces of studies that ran before these checks still resume and analyse.
+    if dataset is None:
+        _check_dataset_conditions(parsed)
     for dimension in parsed.dimensions:
         _check_no_repeated_choice(parsed.source, dimension)
     for key in NAMING_KEYS:
@@ -484,14 +486,17 @@ def _parse_dimension(source: str, key: str, spec: Any, earlier: list[Dimension],
     return Dimension(key, kind, args, log, when)
 
 
-def _check_condition_value(where: str, condition: str, value: Any, conditioning: list[Dimension]) -> None:
+def _check_condition_value(where: str, condition: str, value: Any, conditioning: list[Dimension],
+                           narrowed: bool = True) -> None:
     """Refuse a `when` value its dimension never takes (`optimizer: SGD` for sgd), or takes only as a float drawn
-    from a range (`lr: 0.01`, almost never drawn exactly): the condition would (almost) never hold."""
+    from a range (`lr: 0.01`, almost never drawn exactly): the condition would (almost) never hold. `narrowed`:
+    a condition may name any dataset: study.run's --dataset narrows a space to one, which may be one its file
+    gives conditions for but does not search, and conditions on the others then never hold."""
     continuous = [dimension for dimension in conditioning if dimension.kind in ("uniform", "loguniform")]
     if any(dimension.can_take(value) for dimension in conditioning if dimension not in continuous):
         return
-    if condition == "dataset" and value in DATASET_NAMES:
-        return  # study.run's --dataset narrows the space to one dataset; conditions on its others then never hold
+    if narrowed and condition == "dataset" and value in DATASET_NAMES:
+        return
     if continuous:
         raise CxrError(f"{where}.when: {condition} is a {continuous[0].kind} range, whose drawn floats almost never "
                        f"equal {value!r}, so the condition would almost never hold; a when can name a choice, an "
@@ -499,6 +504,20 @@ def _check_condition_value(where: str, condition: str, value: Any, conditioning:
     takes = " or ".join(dict.fromkeys(dimension.describe() for dimension in conditioning))
     raise CxrError(f"{where}.when: {condition} never takes {value!r}, so the condition would never hold; "
                    f"choose from {takes}{_yaml_number_hint(value, condition)}")
+
+
+def _check_dataset_conditions(space: SearchSpace) -> None:
+    """Refuse, in a space not narrowed by --dataset, a `when` naming a dataset its dataset dimension never takes,
+    a real dataset's name included: the condition would never hold."""
+    alternatives: dict[str, int] = {}
+    for position, dimension in enumerate(space.dimensions):
+        where = f"{space.source}: search.{dimension.name}"
+        if dimension.alternative:
+            alternatives[dimension.name] = alternatives.get(dimension.name, -1) + 1
+            where += f"[{alternatives[dimension.name]}]"
+        datasets = [earlier for earlier in space.dimensions[:position] if earlier.name == "dataset"]
+        for value in dimension.when.get("dataset", ()):
+            _check_condition_value(where, "dataset", value, datasets, narrowed=False)
 
 
 def _check_value(where: str, key: str, value: Any) -> None:

@@ -624,6 +624,22 @@ def test_a_condition_on_a_dataset_the_command_line_left_out_still_parses():
         parse_space(narrowed("covid-pneumonia"), "bad.yaml")
 
 
+def test_a_condition_on_a_dataset_the_space_never_takes_is_refused_unless_dataset_narrows_it(tmp_path):
+    """A real dataset's name the space's dataset choice leaves out was accepted silently, its condition never
+    holding. With --dataset, the space is narrowed to one dataset, which may be the one the condition names."""
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({"search": {
+        "dataset": {"choice": ["covid-chestxray", "covid-chestxray-3class"]}, **GOOD,
+        "lr": [{"value": 0.01, "when": {"dataset": "covid-radiography"}},
+               {"value": 0.001, "when": {"dataset": ["covid-chestxray", "covid-chestxray-3class"]}}]}}, sort_keys=False))
+    with pytest.raises(CxrError, match=re.escape(
+            f"{path}: search.lr[0].when: dataset never takes 'covid-radiography', so the condition would never "
+            "hold; choose from 'covid-chestxray', 'covid-chestxray-3class'")):
+        load_space(path)
+    assert load_space(path, "covid-radiography").grid()[0]["lr"] == 0.01
+    assert load_space(path, "covid-chestxray").grid()[0]["lr"] == 0.001
+
+
 UNSET_FOR_SOME_TRIALS = {
     "lr for adam only": ({"lr": [{"loguniform": [1e-5, 1e-3], "when": {"optimizer": "adam"}}]},
                          "lr", "optimizer 'sgd'", "0.001"),
