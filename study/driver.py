@@ -371,12 +371,20 @@ def check_cluster(settings: StudySettings, joined: bool = False) -> None:
             raise CxrError(dataset_missing_message(path, node_id))
 
 
-def trial_name(trial) -> str:
-    return config_name(trial.config)
+class TrialNames:
+    """Tune's trial names, config_name with the keys the space searches (`searched`), and with `folder` its trial
+    folder names, <trial id>_<name> (picklable, unlike a closure)."""
+
+    def __init__(self, searched: tuple[str, ...] = (), folder: bool = False):
+        self.searched, self.folder = searched, folder
+
+    def __call__(self, trial) -> str:
+        name = config_name(trial.config, self.searched)
+        return f"{trial.trial_id}_{name}" if self.folder else name
 
 
-def trial_dirname(trial) -> str:
-    return f"{trial.trial_id}_{trial_name(trial)}"
+# What the tuner.pkl of a study started before TrialNames calls its trials' name makers, which its resume unpickles.
+trial_name, trial_dirname = TrialNames(), TrialNames(folder=True)
 
 
 def trial_context(settings: StudySettings, splits: dict[str, pd.DataFrame], weights_uri: str | None = None
@@ -454,7 +462,8 @@ def build_tuner(settings: StudySettings, splits: dict[str, pd.DataFrame], resume
             # What TuneConfig(max_concurrent_trials=...) would build, with the study's own trial maker.
             search_alg=StudySearchGenerator(searcher),
             reuse_actors=True,
-            trial_name_creator=trial_name, trial_dirname_creator=trial_dirname),
+            trial_name_creator=TrialNames(space.searched_keys()),
+            trial_dirname_creator=TrialNames(space.searched_keys(), folder=True)),
         run_config=tune.RunConfig(
             name=settings.name, storage_path=settings.storage,
             callbacks=[RungSnapshot(scheduler),
@@ -576,7 +585,7 @@ def tune_state_saved(run_uri: str) -> bool:
 def unfinished_trials(grid, events: pd.DataFrame) -> list[str]:
     """The folder names of the trials of Tune's ResultGrid that neither completed nor failed (no trial
     event in `events`, read_trial_events): the run was interrupted (Ctrl-C), and a resume continues them."""
-    # Trial folders are <trial id>_<name> (trial_dirname; study.confirm's JobNames), and a trial id may
+    # Trial folders are <trial id>_<name> (TrialNames; study.confirm's JobNames), and a trial id may
     # hold "_" itself (Tune's own ids: 6e6fe_00001).
     ended = tuple(f"{trial_id}_" for trial_id in events["trial_id"])
     folders = [Path(result.path).name for result in grid]
@@ -763,7 +772,8 @@ def print_summary(settings: StudySettings) -> None:
     if results.empty:
         print("no trial reported an epoch")
         return
-    table = comparison_table(results, settings.metric, settings.mode, tie_break=settings.tie_break)
+    table = comparison_table(results, settings.metric, settings.mode, tie_break=settings.tie_break,
+                             searched=settings.search_space().searched_keys())
     print(f"\nBest trial per model (chosen on {settings.metric}, validation split):\n")
     if len(table):
         print(markdown_table(table))

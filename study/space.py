@@ -235,6 +235,13 @@ class SearchSpace:
             return optuna.samplers.RandomSampler(seed=seed)
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.random_start_trials(num_samples))
 
+    def searched_keys(self) -> tuple[str, ...]:
+        """The keys whose value trials may differ in, in the space's order: those with a range, or with more than
+        one value among their choices and constants."""
+        ranged = {dimension.name for dimension in self.dimensions if dimension.kind not in ("choice", "value")}
+        return tuple(name for name in dict.fromkeys(dimension.name for dimension in self.dimensions)
+                     if name in ranged or len(self.values_of(name)) > 1)
+
     def values_of(self, name: str) -> list:
         """Every value a dimension can take (choices and constants), or [] if it is not in the space."""
         found = []
@@ -250,8 +257,10 @@ def trial_config(params: dict[str, Any]) -> dict[str, Any]:
     return {name.split(CONDITION_SEPARATOR, 1)[0]: value for name, value in params.items()}
 
 
-def config_name(config: dict[str, Any]) -> str:
-    """A configuration's name, as its trial is named: [dataset_]model_optimizer_lr<lr>_bs<batch size>[_pretrained].
+def config_name(config: dict[str, Any], searched: tuple[str, ...] = ()) -> str:
+    """A configuration's name, as its trial is named: [dataset_]model_optimizer_lr<lr>_bs<batch size>[_pretrained],
+    then the value of each other key of `searched` (SearchSpace.searched_keys) the config has: _mom0.9, _wd1.0e-04,
+    _px128, _seed3.
 
     The learning rate has two significant digits, as the tables print it: 2.5e-04 and 3.4e-04 are told apart.
     """
@@ -259,6 +268,9 @@ def config_name(config: dict[str, Any]) -> str:
              f"bs{config.get('batch_size', '?')}"]
     if config.get("pretrained"):
         parts.append("pretrained")
+    shown = {"momentum": lambda v: f"mom{v:.2g}", "weight_decay": lambda v: f"wd{v:.1e}",
+             "image_size": lambda v: f"px{v}", "seed": lambda v: f"seed{v}"}
+    parts += [shown[key](config[key]) for key in shown if key in searched and key in config]
     if config.get("dataset"):
         parts.insert(0, config["dataset"])
     return "_".join(str(p) for p in parts)

@@ -12,7 +12,7 @@ import pandas as pd
 from study.settings import metric_mode
 
 COMPARISON_METRICS = ("val/accuracy", "val/precision_macro", "val/recall_macro", "val/f1_macro")
-CONFIG_COLUMNS = ("config/optimizer", "config/lr", "config/batch_size", "config/pretrained")
+CONFIG_COLUMNS = ("config/optimizer", "config/lr", "config/batch_size", "config/pretrained")  # and those searched
 SCIENTIFIC_COLUMNS = ("lr", "weight_decay")
 
 
@@ -115,11 +115,13 @@ def diverged_cells(results: pd.DataFrame, metric: str, by: tuple[str, ...]) -> l
 
 def comparison_table(results: pd.DataFrame, metric: str, mode: str,
                      by: tuple[str, ...] = ("config/dataset", "config/model"),
-                     tie_break: str | None = None) -> pd.DataFrame:
-    """Best trial per model (and dataset): validation accuracy, macro precision, recall and F1."""
+                     tie_break: str | None = None, searched: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Best trial per model (and dataset): its configuration (CONFIG_COLUMNS and the keys of `searched`, the
+    study's SearchSpace.searched_keys), validation accuracy, macro precision, recall and F1."""
     best = best_trials(results, metric, mode, by, tie_break)
     columns = [c for c in by if c in best.columns] + ["trial_name", "training_iteration"]
-    columns += [c for c in CONFIG_COLUMNS if c in best.columns]
+    shown = dict.fromkeys((*CONFIG_COLUMNS, *(f"config/{key}" for key in searched)))
+    columns += [c for c in shown if c in best.columns and c not in by]
     columns += [c for c in dict.fromkeys((*COMPARISON_METRICS, metric)) if c in best.columns]
     table = best[columns].rename(columns={"training_iteration": "epoch"})
     table.columns = [c.removeprefix("config/") for c in table.columns]

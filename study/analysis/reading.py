@@ -55,7 +55,7 @@ def open_study(study_dir: str | Path) -> Study:
 def trial_folders(run_uri: str, trial_ids) -> dict[str, list[str]]:
     """trial_id -> its Tune trial folder(s) in the run at `run_uri` (a study, or its confirm run), for the trials
     of `trial_ids` and any other whose id is a study's (8 hex digits)."""
-    # Tune names a trial's folder <trial_id>_<trial name> (study.driver.trial_dirname, study.confirm.JobNames).
+    # Tune names a trial's folder <trial_id>_<trial name> (study.driver.TrialNames, study.confirm.JobNames).
     known = sorted(set(trial_ids), key=len, reverse=True)
     trial_dirs: dict[str, list[str]] = {}
     for entry in storage.listing(run_uri):

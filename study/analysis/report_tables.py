@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pandas as pd
 
+from cxrnets.errors import CxrError
 from study.analysis.confirmation import seed_differences, seed_runs_table, seed_summary
 from study.analysis.evaluation import Evaluation
 from study.analysis.reading import cell_columns, model_order, search_dimensions
@@ -90,8 +91,12 @@ def build_tables(analysis: Analysis) -> None:
     if analysis.confirmation is not None:
         tables.update(seed_tables(analysis))
     # The validation table study.run prints at the end of a run (same code: study.tables.comparison_table).
+    try:
+        searched = analysis.study.settings.search_space().searched_keys()
+    except CxrError:  # a space this version no longer parses: the fixed columns alone
+        searched = ()
     tables["validation_best"] = comparison_table(analysis.study.results, analysis.metric, analysis.mode,
-                                                 tie_break=analysis.study.settings.tie_break)
+                                                 tie_break=analysis.study.settings.tie_break, searched=searched)
     tables["trials"] = analysis.trials
     tables.update(ablation_tables(analysis))
     tables["search_summary"] = pd.DataFrame([analysis.summary])

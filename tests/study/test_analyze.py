@@ -1027,7 +1027,9 @@ def test_run_summary_uses_the_same_comparison(evaluated, study_dir):
     """study.run prints study.tables.comparison_table; the report's validation table is that table."""
     analysis, _ = evaluated
     results = read_results(str(study_dir))
-    expected = comparison_table(results, METRIC, "max", tie_break=analysis.study.settings.tie_break)
+    settings = analysis.study.settings
+    expected = comparison_table(results, METRIC, "max", tie_break=settings.tie_break,
+                                searched=settings.search_space().searched_keys())
     pd.testing.assert_frame_equal(analysis.tables["validation_best"], expected)
     chosen = {s.model: s.candidate.trial_name for s in analysis.selected}
     assert chosen == dict(zip(expected["model"], expected["trial_name"]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -157,3 +158,18 @@ def test_the_size_line_counts_the_weights_kept_for_the_trials_not_completed(tmp_
         storage.delete(str(weights / f"{trial_id}.pt"))
     assert size_line(settings, read_trial_events(settings.study_uri)).endswith(
         "1 MB of it the best weights of each model's best trial, --keep 1)")
+
+
+def test_trials_are_named_by_every_key_the_space_searches():
+    """A space searching momentum named two SGD trials differing only in it alike, in the status lines, the
+    tables and the trial folders (whose <trial id>_ prefix is what the study matches them by)."""
+    from study.driver import TrialNames
+
+    trial = SimpleNamespace(trial_id="0a1b2c3d", config={"model": "alexnet", "optimizer": "sgd", "lr": 0.01,
+                                                          "batch_size": 16, "momentum": 0.9})
+    assert TrialNames(("optimizer", "momentum"))(trial) == "alexnet_sgd_lr1.0e-02_bs16_mom0.9"
+    assert TrialNames(("momentum",), folder=True)(trial) == "0a1b2c3d_alexnet_sgd_lr1.0e-02_bs16_mom0.9"
+    assert pickle.loads(pickle.dumps(TrialNames(("momentum",))))(trial) == "alexnet_sgd_lr1.0e-02_bs16_mom0.9"
+    # A study's tuner.pkl from before TrialNames refers to study.driver.trial_name and .trial_dirname by name.
+    assert pickle.loads(b"cstudy.driver\ntrial_name\n.")(trial) == "alexnet_sgd_lr1.0e-02_bs16"
+    assert pickle.loads(b"cstudy.driver\ntrial_dirname\n.")(trial) == "0a1b2c3d_alexnet_sgd_lr1.0e-02_bs16"

@@ -705,6 +705,25 @@ def test_an_image_size_range_must_fit_every_model(tmp_path):
     assert fits.dimensions[-1].args == (63, 128)
 
 
+def test_the_keys_a_space_searches_are_those_its_trials_can_differ_in():
+    assert load_space("demo").searched_keys() == ("model", "optimizer", "lr", "batch_size")  # momentum: one value
+    assert load_space("wide").searched_keys()[-2:] == ("momentum", "weight_decay")
+    assert parse_space({"search": {**GOOD, "lr": [{"value": 0.1, "when": {"optimizer": "sgd"}},
+                                                  {"value": 0.001, "when": {"optimizer": "adam"}}],
+                                   "seed": {"int": [0, 3]}}}).searched_keys() == ("optimizer", "lr", "seed")
+
+
+def test_config_names_show_the_searched_keys_beyond_those_every_name_has():
+    """Two trials differing only in a searched momentum, weight decay, image size or seed got one name."""
+    config = {"model": "alexnet", "optimizer": "sgd", "lr": 0.01, "batch_size": 16, "momentum": 0.87,
+              "weight_decay": 1e-4, "image_size": 128, "seed": 3}
+    searched = ("optimizer", "momentum", "weight_decay", "image_size", "seed")
+    assert config_name(config, searched) == "alexnet_sgd_lr1.0e-02_bs16_mom0.87_wd1.0e-04_px128_seed3"
+    assert config_name(config, ("momentum",)) == "alexnet_sgd_lr1.0e-02_bs16_mom0.87"
+    adam = {key: value for key, value in config.items() if key != "momentum"} | {"optimizer": "adam"}
+    assert config_name(adam, ("momentum",)) == "alexnet_adam_lr1.0e-02_bs16"  # a key the trial has not
+
+
 def test_config_names_tell_apart_learning_rates_that_round_alike():
     base = {"dataset": "covid-chestxray-3class", "model": "alexnet", "optimizer": "adam", "batch_size": 16}
     assert config_name({**base, "lr": 2.5e-4}) == "covid-chestxray-3class_alexnet_adam_lr2.5e-04_bs16"

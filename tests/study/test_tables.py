@@ -74,6 +74,19 @@ def test_a_diverged_epoch_is_no_measurement_and_a_cell_whose_trials_all_diverged
         assert trials.loc["v2", "val/metric"] == 0.2
 
 
+def test_the_best_trials_table_shows_every_key_the_space_searches():
+    """Two SGD trials differing only in a searched momentum: the table hid the winner's momentum."""
+    results = pd.DataFrame({"trial_id": ["a", "b"], "trial_name": ["n", "n"], "training_iteration": [1, 1],
+                            "config/model": "alexnet", "config/optimizer": "sgd", "config/lr": 0.01,
+                            "config/batch_size": 16, "config/momentum": [0.5, 0.9], "config/weight_decay": 1e-4,
+                            "val/f1_macro": [0.3, 0.4]})
+    table = comparison_table(results, "val/f1_macro", "max", ("config/model",), searched=("model", "momentum"))
+    assert list(table.columns) == ["model", "trial_name", "epoch", "optimizer", "lr", "batch_size", "momentum",
+                                   "val/f1_macro"]
+    assert table["momentum"].tolist() == [0.9]
+    assert "momentum" not in comparison_table(results, "val/f1_macro", "max", ("config/model",)).columns
+
+
 def tied_study() -> pd.DataFrame:
     """Two alexnet trials on the constant prediction (0.279 in both epochs): ffff's validation loss is lower."""
     return pd.DataFrame({"trial_id": ["0aaa", "0aaa", "ffff", "ffff"], "trial_name": ["a", "a", "b", "b"],
