@@ -115,7 +115,8 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
     from study.analysis.evaluation import StudyData
     from study.analysis.external import check_externals, evaluate_elsewhere
     from study.analysis.looks import Look, earlier_looks, record_look
-    from study.analysis.reading import nothing_to_analyse, open_study, resolve_metric, trial_configs, untried
+    from study.analysis.reading import (nothing_to_analyse, open_study, resolve_metric, trial_configs, unknown_configs,
+                                        untried)
     from study.analysis.report import check_report_folder, write_report
     from study.analysis.report_tables import build_tables
     from study.analysis.saliency import saliency_panels
@@ -135,9 +136,9 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
         check_search_finished(study_dir, study.uri)
     settings = study.settings
     trials = trial_table(study.results, study.events, metric, mode, settings.max_epochs,
-                         trial_configs(study.trial_dirs, study.results), settings.tie_break)
+                         trial_configs(study.uri, study.trial_dirs, study.results), settings.tie_break)
     analysis = Analysis(study, metric, mode, split, top_k, trials, notes=list(study.weights_problems))
-    analysis.notes += untried(study, trials)
+    analysis.notes += unknown_configs(trials) + untried(study, trials)
     analysis.summary = search_summary(trials, settings.max_epochs, wall_seconds(study.results, study.events))
 
     if out is None and study.remote:

@@ -190,8 +190,9 @@ def trial_table(results: pd.DataFrame, events: pd.DataFrame, metric: str, mode: 
     status is one of STATUSES: `completed` (reached max_epochs), `stopped early` (ended before
     max_epochs without diverging: ASHA stopped it), `diverged` (NaN loss), `failed` (Tune recorded an
     error), `unfinished` (no end recorded and short of max_epochs: still running or interrupted).
-    `configs` adds trials that never reported an epoch (trial_id -> config, e.g. from params.json). The best
-    epoch is best_epochs' (`tie_break`: the study's tie-break metric).
+    `configs` adds trials that never reported an epoch (trial_id -> config, e.g. from params.json; a trial whose
+    config is unknown has no config/ value). The best epoch is best_epochs' (`tie_break`: the study's tie-break
+    metric).
     """
     rows = []
     results = results.assign(_epoch=epoch_column(results)) if len(results) else results
@@ -239,6 +240,11 @@ def trial_table(results: pd.DataFrame, events: pd.DataFrame, metric: str, mode: 
     if table.empty:
         return pd.DataFrame(columns=[*columns, "epochs", "epochs_run", "best_epoch", metric, "seconds", "status"])
     config_columns = sorted(c for c in table.columns if c.startswith("config/"))
+    for column in config_columns:  # a trial without a value there leaves integers (batch sizes) integers
+        given = [row[column] for row in rows if not _missing(row.get(column))]
+        if (table[column].isna().any() and given
+                and all(isinstance(value, numbers.Integral) and not isinstance(value, bool) for value in given)):
+            table[column] = table[column].astype("Int64")
     rest = ["epochs", "epochs_run", "best_epoch", metric, "seconds", "status"]
     table["best_epoch"] = table["best_epoch"].astype("Int64")
     return table[columns + config_columns + rest].sort_values("trial_id").reset_index(drop=True)

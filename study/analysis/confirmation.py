@@ -84,10 +84,10 @@ def evaluate_confirmation(study: Study, split: str, data: StudyData) -> Confirma
     if results.empty:
         confirmation.notes.append(f"{uri}: no seed run has reported an epoch yet")
     # A seed run that ended before its first epoch (an error) has no results row, whose config holds its job:
-    # its trial folder's params.json does.
+    # its trial folder's params.json does (or Tune's snapshot of the confirm run).
     trial_dirs = trial_folders(uri, [*results.get("trial_id", []), *events["trial_id"]])
     trials = trial_table(results, events, settings.metric, settings.mode, settings.max_epochs,
-                         trial_configs(trial_dirs, results), tie_break=settings.tie_break)
+                         trial_configs(uri, trial_dirs, results), tie_break=settings.tie_break)
     best_rows = (best_epochs(results, settings.metric, settings.mode, settings.tie_break).set_index("trial_id")
                  if len(results) else None)
     for run in confirmation.runs:

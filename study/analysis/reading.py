@@ -16,7 +16,7 @@ import pandas as pd
 from cxrnets.errors import CxrError
 from cxrnets.models import MODEL_NAMES
 from study import storage
-from study.checkpoints import BestWeights, read_best_weights
+from study.checkpoints import BestWeights, read_best_weights, stored_snapshot_trials
 from study.results import read_results, read_trial_events
 from study.settings import StudySettings, load_settings, metric_mode
 
@@ -115,10 +115,13 @@ def resolve_metric(study: Study, metric: str | None) -> tuple[str, str]:
     return metric, mode
 
 
-def trial_configs(trial_dirs: dict[str, list[str]], results: pd.DataFrame) -> dict[str, dict]:
-    """Configs of the trials of `trial_dirs` (trial_folders) that never reported an epoch in `results`, from the
-    params.json Tune wrote into their folders as they started (for the trial table)."""
+def trial_configs(run_uri: str, trial_dirs: dict[str, list[str]], results: pd.DataFrame) -> dict[str, dict]:
+    """Configs of the trials of `trial_dirs` (trial_folders) in the run at `run_uri` that never reported an epoch
+    in `results` (for the trial table): the params.json Tune writes into a trial's folder as it starts, else the
+    trial's config in Tune's newest snapshot of the run (a run interrupted before the trial's params.json was
+    written). A trial found in neither has only its `__trial_name__`: its config is unknown (config_known)."""
     reported = set(results["trial_id"]) if len(results) else set()
+    snapshot: dict[str, dict] | None = None
     configs = {}
     for trial_id, folders in trial_dirs.items():
         if trial_id in reported:
@@ -126,10 +129,47 @@ def trial_configs(trial_dirs: dict[str, list[str]], results: pd.DataFrame) -> di
         try:
             config = storage.read_json(storage.join(folders[0], "params.json"))
         except (OSError, ValueError):
-            config = {}
+            if snapshot is None:
+                snapshot = snapshot_configs(run_uri)
+            config = dict(snapshot.get(trial_id, {}))
         config["__trial_name__"] = storage.name_of(folders[0]).removeprefix(f"{trial_id}_")
         configs[trial_id] = config
     return configs
+
+
+def snapshot_configs(run_uri: str) -> dict[str, dict]:
+    """Trial id -> its config in Tune's newest snapshot of the run at `run_uri`; {} if there is none, or it cannot
+    be read."""
+    try:
+        trials = stored_snapshot_trials(run_uri)
+        return {trial_id: dict(trial.get("config") or {}) for trial_id, trial in trials.items()}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        log.warning("Tune's last snapshot in %s could not be read (%s): a trial that left no params.json in its "
+                    "folder has no known config", run_uri, error)
+        return {}
+
+
+def config_known(trials: pd.DataFrame) -> pd.Series:
+    """Per row of a trial table (study.tables.trial_table): whether the trial's config is known, i.e. it has a
+    config/ value. A trial that started but left no config on record (trial_configs) belongs to no cell."""
+    columns = [c for c in trials.columns if str(c).startswith("config/")]
+    if not columns:
+        return pd.Series(True, index=trials.index)
+    return trials[columns].notna().any(axis=1)
+
+
+def unknown_configs(trials: pd.DataFrame) -> list[str]:
+    """A note on the trials of the trial table whose config is unknown (config_known): counted among the trials
+    run, left out of every table by dataset, model or search dimension."""
+    unknown = trials[~config_known(trials)]
+    if unknown.empty:
+        return []
+    named = ", ".join(f"{trial_id} ({status})" for trial_id, status in zip(unknown["trial_id"], unknown["status"]))
+    one = len(unknown) == 1
+    return [f"{'trial' if one else f'{len(unknown)} trials'} {named}: started, but no config of "
+            f"{'it' if one else 'theirs'} is on record (no params.json in {'its' if one else 'their'} folder, and "
+            f"Tune's last snapshot of the study does not hold {'it' if one else 'them'}): counted among the "
+            f"{len(trials)} trials run, and in no table by dataset, model or search dimension"]
 
 
 def search_dimensions(study: Study, trials: pd.DataFrame) -> list[tuple[str, str | None]]:
@@ -171,7 +211,9 @@ def untried(study: Study, trials: pd.DataFrame) -> list[str]:
 
 
 def cell_columns(frame: pd.DataFrame, settings) -> pd.DataFrame:
-    """dataset and model columns for every trial (a study over one dataset may not record it per trial)."""
+    """dataset and model columns for every trial whose config is known (config_known; a study over one dataset
+    may not record it per trial): a trial without one belongs to no cell."""
+    frame = frame[config_known(frame)]
     default_dataset = next(iter(settings.data_roots), "?")
     dataset = frame["config/dataset"] if "config/dataset" in frame else pd.Series(default_dataset, index=frame.index)
     model = frame["config/model"] if "config/model" in frame else pd.Series("?", index=frame.index)

@@ -114,17 +114,17 @@ def build_tables(analysis: Analysis) -> None:
 
 def ablation_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
     """`ablation_<dimension>` for every search dimension but the dataset: its ablation_table on each dataset's
-    trials apart, a `dataset` column first. Pooled over datasets, a value sampled more on the easier dataset
-    would look better for it."""
-    trials = analysis.trials
-    datasets = cell_columns(trials, analysis.study.settings)["dataset"]
+    trials apart (those whose config is known: cell_columns), a `dataset` column first. Pooled over datasets, a
+    value sampled more on the easier dataset would look better for it."""
+    trials = cell_columns(analysis.trials, analysis.study.settings)
     tables = {}
     for dimension, scale in search_dimensions(analysis.study, trials):
         if dimension == "dataset":
             continue
         parts = []
-        for dataset in sorted(set(datasets)):
-            part = ablation_table(trials[datasets == dataset], dimension, analysis.metric, analysis.mode, scale)
+        for dataset in sorted(set(trials["dataset"])):
+            part = ablation_table(trials[trials["dataset"] == dataset], dimension, analysis.metric, analysis.mode,
+                                  scale)
             part.insert(0, "dataset", dataset)
             parts.append(part)
         if parts:

@@ -1,14 +1,17 @@
-"""Reading a study for analysis: what its saved search space says the trials left out."""
+"""Reading a study for analysis: its trials' configs, and what its saved search space says the trials left out."""
 
 from __future__ import annotations
 
+import json
 import types
 from pathlib import Path
 
 import pandas as pd
 
-from study.analysis.reading import nothing_to_analyse, untried
+from study.analysis.reading import (cell_columns, nothing_to_analyse, trial_configs, trial_folders, unknown_configs,
+                                    untried)
 from study.space import parse_space
+from study.tables import trial_table
 
 DEMO = Path(__file__).parents[3] / "search_spaces" / "demo.yaml"
 
@@ -72,3 +75,45 @@ def test_a_study_whose_trials_all_failed_says_so_and_where_one_error_is(tmp_path
     assert nothing_to_analyse(_unreported(tmp_path / "d", [])) == (
         f"{tmp_path / 'd'}: no trial has finished an epoch yet (the results table is empty); nothing to analyse: "
         "let the study run (or --resume it) first")
+
+
+def _snapshot(folder: Path, configs: dict[str, dict]) -> None:
+    """Tune's experiment snapshot of a run in `folder` holding trials `configs` (trial id -> config)."""
+    trials = [[json.dumps({"trial_id": trial_id, "status": "PENDING", "config": config}), "{}"]
+              for trial_id, config in configs.items()]
+    (folder / "experiment_state-2026-12-07_07-54-26.json").write_text(json.dumps({"trial_data": trials}))
+
+
+def test_a_trial_interrupted_before_its_params_json_gets_its_config_from_tunes_snapshot(tmp_path):
+    """It read as config {}: the analysis gave it a model "?" and a "(not set)" row in every ablation."""
+    config = {"model": "alexnet", "lr": 0.0001, "batch_size": 32}
+    for trial_id in ("ba40468b", "c0ffee00"):
+        (tmp_path / f"{trial_id}_alexnet_adam").mkdir()
+    (tmp_path / "c0ffee00_alexnet_adam" / "params.json").write_text(json.dumps({**config, "lr": 0.001}))
+    _snapshot(tmp_path, {"ba40468b": config})
+    trial_dirs = trial_folders(str(tmp_path), [])
+    assert trial_configs(str(tmp_path), trial_dirs, pd.DataFrame()) == {
+        "ba40468b": {**config, "__trial_name__": "alexnet_adam"},
+        "c0ffee00": {**config, "lr": 0.001, "__trial_name__": "alexnet_adam"}}
+    _snapshot(tmp_path, {})
+    assert trial_configs(str(tmp_path), trial_dirs, pd.DataFrame())["ba40468b"] == {"__trial_name__": "alexnet_adam"}
+
+
+def test_a_trial_of_unknown_config_is_counted_but_in_no_cell_and_integers_stay_integers():
+    """Its missing values made batch_size float (32.0 in trials.csv) and put it in a cell of model "?"."""
+    results = pd.DataFrame({"trial_id": ["a", "b"], "training_iteration": 1, "trial_name": ["a", "b"],
+                            "val/f1_macro": [0.3, 0.4], "config/model": ["alexnet", "resnet50"],
+                            "config/batch_size": [32, 16]})
+    events = pd.DataFrame(columns=["trial_id", "event", "timestamp", "error_file"])
+    trials = trial_table(results, events, "val/f1_macro", "max", 2, configs={"c": {"__trial_name__": "c_alexnet"}})
+    assert len(trials) == 3 and trials["config/batch_size"].tolist()[:2] == [32, 16]
+    assert pd.api.types.is_integer_dtype(trials["config/batch_size"])
+    assert trials.to_csv(index=False).splitlines()[1].startswith("a,a,32,alexnet,")
+    settings = types.SimpleNamespace(data_roots={"covid-chestxray-3class": "/data"})
+    cells = cell_columns(trials, settings)
+    assert cells["trial_id"].tolist() == ["a", "b"] and set(cells["model"]) == {"alexnet", "resnet50"}
+    assert unknown_configs(trials) == [
+        "trial c (unfinished): started, but no config of it is on record (no params.json in its folder, and Tune's "
+        "last snapshot of the study does not hold it): counted among the 3 trials run, and in no table by dataset, "
+        "model or search dimension"]
+    assert unknown_configs(trials.iloc[:2]) == []

@@ -366,3 +366,18 @@ def test_the_ablations_are_per_dataset_not_pooled_over_them():
     assert model["trials"].tolist() == [3, 3, 3, 3]
     assert model.loc[("easy", "resnet50"), "best val/f1_macro"] == pytest.approx(0.95)
     assert model.loc[("hard", "alexnet"), "best val/f1_macro"] == pytest.approx(0.38)
+
+
+def test_a_trial_of_unknown_config_gets_no_ablation_row():
+    """A trial interrupted before any config of it was on record got a "(not set)" row in every ablation, which
+    the report defines as the trials a dimension does not apply to."""
+    from study.analysis.report_tables import ablation_tables
+    from study.tables import NOT_SET
+
+    searched = _searched()
+    unknown = {"trial_id": "t99", "val/f1_macro": np.nan, "status": "unfinished", "epochs_run": 0}
+    searched.trials = pd.concat([searched.trials, pd.DataFrame([unknown])], ignore_index=True)
+    tables = ablation_tables(searched)
+    assert sorted(tables) == ["ablation_lr", "ablation_model"]
+    for table in tables.values():
+        assert NOT_SET not in table.iloc[:, 1].tolist() and table["trials"].sum() == 12
