@@ -180,7 +180,8 @@ def build_tuner(settings: StudySettings, jobs: list[ConfirmJob], splits: dict[st
             callbacks=[ResultsTable(uri), WeightsKeeper(uri, settings.metric, settings.mode, "all"),
                        StudyTensorBoard(settings.metric, settings.mode, [job.config for job in jobs], logdir=uri)]
             + ([] if verbose else [StudyConsole(len(jobs), settings.max_epochs, settings.metric, settings.mode,
-                                                name_of=JobLabels(jobs), run_uri=uri)]),
+                                                name_of=JobLabels(jobs), run_uri=uri,
+                                                tie_break=settings.tie_break)]),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_at_end=False),
             verbose=1 if verbose else 0))

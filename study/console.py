@@ -24,6 +24,7 @@ from ray.tune import Callback
 
 from study import storage
 from study.settings import study_location
+from study.tables import improves, rank_key
 
 # Trial statuses as Tune names them.
 RUNNING, PENDING, PAUSED, TERMINATED, ERROR = "RUNNING", "PENDING", "PAUSED", "TERMINATED", "ERROR"
@@ -98,12 +99,15 @@ class StudyConsole(Callback):
     # Class defaults too: a console unpickled from a Tune run's saved state may lack the attributes.
     name_of: Callable[[Any], str] = staticmethod(name_without_dataset)
     run_uri: str | None = None
+    tie_break: str | None = None
     _eraser: PendingLineEraser | None = None
 
     def __init__(self, num_samples: int, max_epochs: int, metric: str, mode: str, every_s: float = 30.0,
-                 name_of: Callable[[Any], str] | None = None, run_uri: str | None = None) -> None:
+                 name_of: Callable[[Any], str] | None = None, run_uri: str | None = None,
+                 tie_break: str | None = None) -> None:
         self.num_samples, self.max_epochs, self.metric, self.mode = num_samples, max_epochs, metric, mode
-        self.every_s, self.run_uri = every_s, run_uri
+        self.every_s, self.run_uri, self.tie_break = every_s, run_uri, tie_break
+        self.bests: dict[str, tuple[float, float | None]] = {}  # trial id -> (metric, tie-break) at its best epoch
         if name_of is not None:
             self.name_of = name_of
         self._started = self._last_print = None
@@ -114,6 +118,9 @@ class StudyConsole(Callback):
         self._ended: set[str] = set()  # trials ended in this run whose status Tune has not updated yet
         self._unfinished: set[str] = set()  # trials seen running, waiting or pending in this run
         self._ended_experiment = False  # Tune's loop has ended: no more trials in this run
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"bests": {}, **state})  # a console pickled before it kept the trials' bests
 
     # ------------------------------------------------------------------ Tune's hooks
 
@@ -138,6 +145,18 @@ class StudyConsole(Callback):
         if isinstance(seconds, (int, float)) and seconds > 0:
             self._epoch_seconds += seconds
             self._epochs_timed += 1
+        if not result.get("diverged"):  # a diverged epoch's value is a placeholder, no measurement
+            value, tie = result.get(self.metric), result.get(self.tie_break) if self.tie_break else None
+            best, best_tie = self.bests.get(trial.trial_id, (None, None))
+            if improves(value, best, self.mode, tie, best_tie, self.tie_break):
+                self.bests[trial.trial_id] = (float(value), tie)
+
+    def get_state(self) -> dict[str, Any]:
+        """What Tune's snapshot keeps of the console, for a resume: each trial's best epoch."""
+        return {"bests": self.bests}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.bests = state["bests"]
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         self._ended.add(trial.trial_id)
@@ -205,6 +224,15 @@ class StudyConsole(Callback):
             return None
         return (getattr(trial, "metric_analysis", {}) or {}).get(self.metric, {}).get(self.mode)
 
+    def rank_of(self, trial) -> tuple:
+        """Where a trial with a best ranks among the run's trials: by its best value of the metric, then the
+        tie-break metric at that epoch, as the study's tables rank them (study.tables.rank_key). A trial whose best
+        epoch this console has not seen (reported before a resume of a run saved without it) ranks after those
+        tied with it whose tie-break value is known."""
+        value = self.best_of(trial)
+        seen, tie = self.bests.get(trial.trial_id, (None, None))
+        return rank_key(trial.trial_id, value, self.mode, tie if seen == value else None, self.tie_break)
+
     def trial_end_line(self, trial) -> str:
         epochs, best = self.epochs_of(trial), self.best_of(trial)
         result = trial.last_result or {}
@@ -251,9 +279,10 @@ class StudyConsole(Callback):
         eta = "" if self._ended_experiment else self._eta(left, running + waiting + to_start)
         parts["epochs"] = [f"epochs {epochs}" + (f", at most {left} left{eta}" if left else ""),
                            f"{left} epochs left{eta}" if left else f"epochs {epochs}"]
-        scored = [(self.best_of(t), t) for t in trials if self.best_of(t) is not None]
+        scored = [t for t in trials if self.best_of(t) is not None]
         if scored:
-            value, best = (max if self.mode == "max" else min)(scored, key=lambda pair: pair[0])
+            best = min(scored, key=self.rank_of)
+            value = self.best_of(best)
             parts["best"] = [f"best {self.metric} {value:.3f} {self.label(best)}",
                              f"best {self.metric} {value:.3f} {best.trial_id}", f"best {value:.3f}", ""]
         prefix = f"[{clock(now - self._started)}] "

@@ -248,7 +248,8 @@ def warn_of_untrained_classes(dataset: str, untrained: pd.DataFrame, settings: S
 def study_console(settings: StudySettings) -> StudyConsole:
     """The study's status line; its trials are named without the dataset unless the study covers several."""
     return StudyConsole(settings.num_samples, settings.max_epochs, settings.metric, settings.mode,
-                        name_of=None if len(settings.data_roots) == 1 else str, run_uri=settings.study_uri)
+                        name_of=None if len(settings.data_roots) == 1 else str, run_uri=settings.study_uri,
+                        tie_break=settings.tie_break)
 
 
 def cluster_address(address: str | None) -> str | None:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import io
 import logging
+import pickle
 from contextlib import redirect_stdout
 from types import SimpleNamespace
 
+import pandas as pd
+
 from study.console import StudyConsole
+from study.tables import best_epochs, ranked_trials
 
 
 class FakeTrial(SimpleNamespace):
@@ -191,7 +195,7 @@ def test_a_study_of_several_datasets_names_each_trial_with_its_dataset():
     from study.driver import study_console
 
     def settings(datasets):
-        return SimpleNamespace(num_samples=2, max_epochs=2, metric="val/f1_macro", mode="max",
+        return SimpleNamespace(num_samples=2, max_epochs=2, metric="val/f1_macro", mode="max", tie_break="val/loss",
                                data_roots={name: f"/data/{name}" for name in datasets}, study_uri="/studies/s")
 
     one, two = study_console(settings(["d"])), study_console(settings(["d", "e"]))
@@ -340,3 +344,25 @@ def test_a_retried_trial_gets_a_line_and_is_counted():
     assert event.endswith("retrying after error (1 of 2): a ma_adam; its traceback: "
                           "/studies/demo/a_d_ma_adam/error.txt"), event
     assert "trials: 1 running, 0 done (0 stopped early), 1 to start, 1 retried |" in status, status
+
+
+def test_trials_tied_on_the_metric_are_ranked_by_the_tie_break_at_their_best_epoch_as_the_tables_rank_them():
+    """At a tie the line named another trial than the end-of-study table, study.analyze and study.confirm: the first
+    in Tune's list (here a, whose val/loss at its best epoch is the higher), not the one the tie-break ranks first."""
+    shown = StudyConsole(num_samples=2, max_epochs=2, metric="val/f1_macro", mode="max", every_s=0,
+                         tie_break="val/loss")
+    pickled = pickle.dumps(shown)  # as Tune saves the console with the run (tuner.pkl), before any result
+    shown.setup()
+    reports = [("a", 1, 0.279, 0.90), ("b", 1, 0.200, 0.70), ("b", 2, 0.279, 0.80), ("a", 2, 0.250, 0.50)]
+    a, b = trial("a", "TERMINATED", 2, 0.279), trial("b", "TERMINATED", 2, 0.279)
+    for trial_id, epoch, f1, loss in reports:
+        shown.on_trial_result(epoch, [a, b], a if trial_id == "a" else b, {"val/f1_macro": f1, "val/loss": loss})
+    results = pd.DataFrame(reports, columns=["trial_id", "training_iteration", "val/f1_macro", "val/loss"])
+    tables_best = ranked_trials(best_epochs(results, "val/f1_macro", "max", "val/loss"), "val/f1_macro", "max",
+                                "val/loss")["trial_id"].iloc[0]
+    assert tables_best == "b"
+    assert shown.status_line([a, b], now=shown._started + 5).endswith("best val/f1_macro 0.279 b mb_adam")
+    resumed = pickle.loads(pickled)  # a resume: Tune unpickles the console, then gives it its saved state
+    resumed.set_state(shown.get_state())
+    resumed.setup()
+    assert resumed.status_line([a, b], now=resumed._started + 5).endswith("best val/f1_macro 0.279 b mb_adam")
