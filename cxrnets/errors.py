@@ -14,7 +14,13 @@ class DivergedError(CxrError):
 
 
 class SplitMismatch(CxrError):
-    """A saved split no longer matches the dataset: images new, gone or changed since it was made."""
+    """A saved split no longer matches the dataset: images new, gone or changed since it was made. `new`: how many
+    of the data's images the split does not list; `gone`: how many of the split's images the data does not hold
+    (both 0 where images changed otherwise)."""
+
+    def __init__(self, message: str, new: int = 0, gone: int = 0):
+        super().__init__(message)
+        self.new, self.gone = new, gone
 
 
 @contextmanager

@@ -199,7 +199,7 @@ def align_split(split: pd.DataFrame, frame: pd.DataFrame, path: str | Path,
         raise SplitMismatch(
             f"{path}: lists only the first {len(by_path)} of the data's {len(frame)} images, and then stops: the file "
             f"looks cut short (or images were added after them since the split was made: {len(missing)}, e.g. "
-            f"{list(missing[:3])}); restore the file, or start a new study for the new data"
+            f"{list(missing[:3])}); restore the file, or start a new study for the new data", new=len(missing)
         )
 
     def as_recorded(relpaths) -> str:
@@ -224,7 +224,8 @@ def align_split(split: pd.DataFrame, frame: pd.DataFrame, path: str | Path,
             remedies.append("move the new images out of the data folder")
         raise SplitMismatch(
             f"{path}: the dataset changed since this split was made ({'; '.join(changes)}); the split is part of "
-            f"the study: {' and '.join(remedies)}, or start a new study for the new data"
+            f"the study: {' and '.join(remedies)}, or start a new study for the new data", new=len(missing),
+            gone=len(gone)
         )
     aligned = by_path.loc[frame["relpath"]].reset_index()
     changed = aligned["sha1"].to_numpy() != frame["sha1"].to_numpy()

@@ -77,6 +77,9 @@ class StudyData:
                  device: str = "auto"):
         self.study = study
         self.data_roots = {**study.settings.data_roots, **(data_roots or {})}
+        # dataset -> the folder --data-root gave it, where that is not the one the study read
+        self.roots_given = {dataset: root for dataset, root in (data_roots or {}).items()
+                            if root != study.settings.data_roots.get(dataset)}
         self.cache_dir = cache_dir or study.settings.cache_dir
         self.device = device
         self._prepared: dict[tuple, Any] = {}
@@ -166,6 +169,8 @@ class StudyData:
         try:
             data = prepare_data(config, split=saved, split_source=uri)
         except SplitMismatch as error:  # the error names the split's file
+            if (error.new or error.gone) and config.data_root == self.roots_given.get(config.dataset):
+                raise AnalysisRefused(self.not_the_studys_data(config, uri, saved, error)) from error
             raise AnalysisRefused(f"refusing to evaluate: the data at {config.data_root} no longer matches the "
                                   f"study's split: {error}") from error
         except CxrError as error:  # not the split: the data or the cache, which the error names
@@ -179,6 +184,17 @@ class StudyData:
         if made_how:
             self.note_copies_across_parts(uri, data.split, data.cache, made_how)
         return data
+
+    def not_the_studys_data(self, config, uri: str, saved: pd.DataFrame, error: SplitMismatch) -> str:
+        """Why the folder --data-root gave `config`'s dataset is refused: it lacks images of the study's split
+        (`saved`, read from `uri`), or holds images the split does not list (`error`: how many of each)."""
+        split_named = f"the study's split ({uri})"
+        lacks = f"it lacks {error.gone} of the {saved['relpath'].nunique()} images of {split_named}"
+        holds = f"holds {error.new} image(s) that {'it' if error.gone else split_named} does not list"
+        differences = f"{lacks} and {holds}" if error.gone and error.new else lacks if error.gone else f"it {holds}"
+        return (f"--data-root {config.data_root}: the folder is not the copy of {config.dataset} this study was made "
+                f"on: {differences}; pass the folder the study read "
+                f"({self.study.settings.data_roots.get(config.dataset)}), or a copy of it")
 
     def resampling_groups(self, config, part: str) -> np.ndarray:
         """The bootstrap's unit for each image of `part` of `config`'s dataset (in the order of its rows):

@@ -72,6 +72,28 @@ def test_a_split_the_data_no_longer_matches_is_refused_naming_its_file_once(make
     assert str(refused.value).count(str(split)) == 1
 
 
+def test_a_data_root_that_does_not_hold_the_studys_images_is_refused_naming_the_option(make_folder, tmp_path):
+    """A --data-root of another copy of the data (the full dataset for a study made on the sample) was refused as a
+    dataset changed since the split was made, advising to move the new images out of the folder."""
+    data_root = make_folder(tmp_path / "data", per_class=12)
+    config = TrainConfig(dataset="folder", data_root=str(data_root), image_size=16, cache_dir=str(tmp_path / "cache"))
+    split = Path(storage.join(str(tmp_path / "study"), "splits", "folder.csv"))
+    split.parent.mkdir(parents=True)
+    prepare_data(config).split[SPLIT_COLUMNS].to_csv(split, index=False)
+    other = make_folder(tmp_path / "other", per_class=14)  # 2 more images per class
+    (other / "sick" / "img-001.png").unlink()
+    study = SimpleNamespace(uri=str(tmp_path / "study"), settings=SimpleNamespace(
+        data_roots={"folder": str(data_root)}, cache_dir=str(tmp_path / "cache"), split_digests={},
+        splits_join_near_identical=False))
+    data = StudyData(study, data_roots={"folder": str(other)})
+    with pytest.raises(AnalysisRefused) as refused:
+        data.prepare(data.train_config({"config": {"dataset": "folder", "image_size": 16}}))
+    assert str(refused.value) == (
+        f"--data-root {other}: the folder is not the copy of folder this study was made on: it lacks 1 of the 24 "
+        f"images of the study's split ({split}) and holds 4 image(s) that it does not list; pass the folder the "
+        f"study read ({data_root}), or a copy of it")
+
+
 def test_a_split_from_before_each_image_was_kept_once_is_checked_on_its_own_rows(make_chestxray, tmp_path, caplog):
     """A study from before split digests, made when dataset 3's loader listed an image twice (two metadata rows,
     two patient ids): its split is checked by splitting its own rows again, the data no longer listing them;
