@@ -51,7 +51,7 @@ from study.checkpoints import (WEIGHTS_DIR, CheckpointPolicy, WeightsKeeper, for
                                prune_weights)
 from study.console import StudyConsole  # noqa: E402
 from study.lock import driver_lock  # noqa: E402
-from study.results import ResultsTable, read_results, read_trial_events  # noqa: E402
+from study.results import ResultsTable, read_results, read_trial_events, unfinished_search  # noqa: E402
 from study.searcher import (BestEpochOptunaSearch, StudySearchGenerator,  # noqa: E402
                             restore_storage_file, storage_file_uri, storage_url, working_file)
 from study.settings import (StudySettings, check_split_digest, metric_mode, read_split,  # noqa: E402
@@ -768,11 +768,35 @@ def drop_tune_resume_hint(record: logging.LogRecord) -> bool:
     return "Tuner.restore(" not in record.getMessage()
 
 
-def print_summary(settings: StudySettings) -> None:
+def print_run_end(settings: StudySettings, grid) -> int:
+    """What study.run prints as its run ends: the summary, the trials that errored or were left unfinished, and
+    the command that continues the study, then, on an unfinished search, the analysis that works now (of the
+    validation split: the test split waits for the finished search, study.analyze.check_search_finished).
+    Returns the exit status: 130 where the run was interrupted (trials left unfinished)."""
+    events = read_trial_events(settings.study_uri)
+    unfinished, undone = unfinished_trials(grid, events), unfinished_search(settings.study_uri)
+    search_finished = not (unfinished or undone)
+    reported = print_summary(settings, search_finished)
+    resume_command = f"python -m study.run --resume {quote(settings.study_uri)}"
+    errored = errored_line(events, resume_command)
+    if errored:
+        print("\n" + errored)
+    if unfinished:
+        print("\n" + interrupted_line(unfinished, "study", resume_command))
+    elif undone and not errored:
+        print(f"\nthe search is unfinished ({'; '.join(undone)}); continue it with\n  {resume_command}")
+    if not search_finished and reported:
+        print(analysis_line(settings.study_uri, search_finished=False))
+    return 130 if unfinished else 0
+
+
+def print_summary(settings: StudySettings, search_finished: bool = True) -> bool:
+    """The best trial per model, the baselines and where the study's files are, with the command that analyses a
+    finished search (`search_finished`); whether any trial reported an epoch."""
     results = read_results(settings.study_uri)
     if results.empty:
         print("no trial reported an epoch")
-        return
+        return False
     table = comparison_table(results, settings.metric, settings.mode, tie_break=settings.tie_break,
                              searched=settings.search_space().searched_keys())
     print(f"\nBest trial per model (chosen on {settings.metric}, validation split):\n")
@@ -788,7 +812,9 @@ def print_summary(settings: StudySettings) -> None:
     print(f"results:     {settings.study_uri}/results (Parquet, every trial and epoch)")
     for line in watch_commands(settings, running=False):
         print(line)
-    print(analysis_line(settings.study_uri))
+    if search_finished:
+        print(analysis_line(settings.study_uri))
+    return True
 
 
 def size_line(settings: StudySettings, events: pd.DataFrame) -> str:
@@ -808,12 +834,16 @@ def size_line(settings: StudySettings, events: pd.DataFrame) -> str:
             f"{storage.total_bytes(folder) / 1e6:,.0f} MB of it {kept})")
 
 
-def analysis_line(uri: str) -> str:
-    """The command that analyses the study at `uri`; one in object storage needs a local --out for its report."""
-    line = f"analysis:    python -m study.analyze {quote(uri)}"
+def analysis_line(uri: str, search_finished: bool = True) -> str:
+    """The command that analyses the study at `uri`; one in object storage needs a local --out for its report.
+    Until its search is finished (`search_finished`), the analysis of the validation split alone."""
+    command = f"python -m study.analyze {quote(uri)}" + ("" if search_finished else " --split val")
     if storage.is_remote(uri):
-        line += f" --out {quote(storage.name_of(uri) + '-report')}"
-    return line
+        command += f" --out {quote(storage.name_of(uri) + '-report')}"
+    if search_finished:
+        return f"analysis:    {command}"
+    return ("until then, the analysis of the validation split alone (the test split waits for the search to end):"
+            f"\n  {command}")
 
 
 def watch_commands(settings: StudySettings, running: bool) -> list[str]:

@@ -280,8 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             settings = settings_from_args(args)
             resources_from_study_json = frozenset()
         # Imported once the options are known good: the driver loads torch and Ray (seconds).
-        from study.driver import errored_line, interrupted_line, print_summary, run_study, unfinished_trials
-        from study.results import read_trial_events
+        from study.driver import print_run_end, run_study
 
         grid = run_study(settings, resume=args.resume is not None, address=args.address, num_cpus=args.num_cpus,
                          verbose=args.verbose, resources_from_study_json=resources_from_study_json)
@@ -295,17 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\ninterrupted; continue the study with\n  python -m study.run --resume {quote(settings.study_uri)}",
                   file=sys.stderr)
         return 130  # as a shell reports a command stopped by Ctrl-C
-    print_summary(settings)
-    events = read_trial_events(settings.study_uri)
-    resume_command = f"python -m study.run --resume {quote(settings.study_uri)}"
-    errored = errored_line(events, resume_command)
-    if errored:
-        print("\n" + errored)
-    unfinished = unfinished_trials(grid, events)
-    if unfinished:
-        print("\n" + interrupted_line(unfinished, "study", resume_command))
-        return 130
-    return 0
+    return print_run_end(settings, grid)
 
 
 if __name__ == "__main__":

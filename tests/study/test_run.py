@@ -1570,7 +1570,11 @@ def test_an_interrupted_study_says_so_with_its_resume_command_and_the_resume_fin
             assert "study interrupted after" in log and "study finished" not in log, log[-3000:]
             assert re.search(r"trials: 0 running, 1 done \(0 stopped early\), 1 interrupted", log), log[-3000:]
             assert log.rstrip().endswith(f"interrupted: 1 trial unfinished; continue the study with\n"
-                                         f"  python -m study.run --resume {study_dir}"), log[-3000:]
+                                         f"  python -m study.run --resume {study_dir}\n"
+                                         "until then, the analysis of the validation split alone (the test split "
+                                         "waits for the search to end):\n"
+                                         f"  python -m study.analyze {study_dir} --split val"), log[-3000:]
+            assert f"analysis:    python -m study.analyze {study_dir}\n" not in log, log[-3000:]
         assert "Tuner.restore" not in log
         assert set(read_trial_events(str(study_dir))["trial_id"]) == {finished}
         if stop == "sigterm":
@@ -1715,6 +1719,39 @@ def test_unfinished_trials_are_those_with_no_end_recorded():
     events = pd.DataFrame({"trial_id": ["77582f4e", "6e6fe_00001"], "event": ["completed", "error"]})
     assert unfinished_trials(grid, events) == ["214e37ca_vgg11_adam", "6e6fe_00002_seed2"]
     assert unfinished_trials(grid, events.iloc[:0]) == [Path(r.path).name for r in grid]
+
+
+@pytest.mark.parametrize("undone", [[], ["1 interrupted (abc12345)"], ["2 trials not started"]])
+def test_the_run_end_prints_the_analysis_that_works_now_after_the_command_that_continues_the_study(
+        tmp_path, capsys, monkeypatch, undone):
+    """After a Ctrl-C the run ended on `analysis: python -m study.analyze <study>`, which study.analyze then refused:
+    the search is unfinished. Now the resume command comes first, then the analysis of the validation split."""
+    import study.driver
+
+    settings = settings_from_args(build_parser().parse_args(["--storage", str(tmp_path), "--name", "s"]))
+    uri = settings.study_uri
+    row = {"trial_id": "abc12345", "trial_name": "folder_alexnet", "training_iteration": 1, "config/dataset": "folder",
+           "config/model": "alexnet", "val/f1_macro": 0.5, "val/loss": 0.7, "timestamp": 1.0}
+    Path(uri, "results").mkdir(parents=True)
+    pd.DataFrame([row]).to_parquet(Path(uri, "results", "part-1.parquet"))
+    interrupted = undone and "interrupted" in undone[0]
+    if not interrupted:
+        Path(uri, "trial_events").mkdir()
+        pd.DataFrame([{"trial_id": "abc12345", "event": "completed", "timestamp": 2.0, "error_file": ""}]).to_parquet(
+            Path(uri, "trial_events", "part-2.parquet"))
+    monkeypatch.setattr(study.driver, "unfinished_search", lambda study_uri: undone)
+    grid = [SimpleNamespace(path=f"{uri}/abc12345_folder_alexnet")]
+    assert study.driver.print_run_end(settings, grid) == (130 if interrupted else 0)
+    out = capsys.readouterr().out
+    resume = f"python -m study.run --resume {uri}"
+    if not undone:
+        assert f"analysis:    python -m study.analyze {uri}\n" in out and resume not in out
+        return
+    assert f"analysis:    python -m study.analyze {uri}\n" not in out, out
+    continued = (f"interrupted: 1 trial unfinished; continue the study with\n  {resume}" if interrupted
+                 else f"the search is unfinished (2 trials not started); continue it with\n  {resume}")
+    assert out.endswith(f"{continued}\nuntil then, the analysis of the validation split alone (the test split waits "
+                        f"for the search to end):\n  python -m study.analyze {uri} --split val\n"), out
 
 
 def test_the_errored_line_counts_the_trials_whose_last_end_was_an_error():
