@@ -128,27 +128,35 @@ def _hold_out(strata: np.ndarray, groups: np.ndarray, fraction: float, seed: int
 
 def make_split(frame: pd.DataFrame, strata: pd.Series, val_fraction: float = 0.15,
                test_fraction: float = 0.15, seed: int = 0, fingerprints: np.ndarray | None = None,
-               near_identical_bits: int = NEAR_IDENTICAL_BITS) -> pd.DataFrame:
+               near_identical_bits: int = NEAR_IDENTICAL_BITS, in_listed_order: bool = False) -> pd.DataFrame:
     """Assign every row of `frame` (columns relpath, patient, sha1, and optionally heldout) to train,
     val or test (and heldout: every group with a held-out image). With `fingerprints` (one per row,
     cxrnets.fingerprints.fingerprints), near-identical images (within `near_identical_bits`) fall on one side,
     as identical files do.
 
-    Returns a frame with columns relpath, patient, sha1, stratum, split.
+    The split is a function of the images and the seed: the rows are split in the order of their paths, so that
+    the same images listed in another order fall on the same sides. `in_listed_order` splits them in the order
+    `frame` lists them instead, as splits were made before: what making an earlier split again needs.
+
+    Returns a frame with columns relpath, patient, sha1, stratum, split, in `frame`'s row order.
     """
     check_splitter()
     if not split_fractions_fit(val_fraction, test_fraction):
         raise CxrError(f"--val-fraction {val_fraction:g} and --test-fraction {test_fraction:g}: {SPLIT_FRACTIONS_RULE}")
-    split = frame[["relpath", "patient", "sha1"]].reset_index(drop=True).copy()
-    split["stratum"] = strata.to_numpy()
+    listed = frame[["relpath", "patient", "sha1"]].reset_index(drop=True).copy()
+    listed["stratum"] = strata.to_numpy()
+    marked = frame["heldout"].to_numpy(dtype=bool) if "heldout" in frame else np.zeros(len(listed), dtype=bool)
+    order = np.arange(len(listed)) if in_listed_order else _path_order(listed)
+    split = listed.iloc[order].reset_index(drop=True)
+    marked = marked[order]
     groups = leakage_groups(split["patient"], split["sha1"])
     near_identical: list[tuple[int, int, int]] = []
     if fingerprints is not None:
-        groups, near_identical = _join_near_identical(split, groups, fingerprints, near_identical_bits)
+        groups, near_identical = _join_near_identical(split, groups, np.asarray(fingerprints)[order],
+                                                      near_identical_bits)
     _warn_of_contradictory_labels(split, near_identical)
     labels = pd.factorize(split["stratum"])[0]
     assignment = np.full(len(split), "train", dtype=object)
-    marked = frame["heldout"].to_numpy(dtype=bool) if "heldout" in frame else np.zeros(len(split), dtype=bool)
     held = np.isin(groups, groups[marked])
     if (held & ~marked).any():
         log.warning("%d image(s) of kept sources share a patient (or a file) with a held-out source: held out "
@@ -169,7 +177,14 @@ def make_split(frame: pd.DataFrame, strata: pd.Series, val_fraction: float = 0.1
     _warn_of_parts_off_their_fractions(split.iloc[kept], groups[kept],
                                        {"train": 1 - val_fraction - test_fraction, "val": val_fraction,
                                         "test": test_fraction})
-    return split
+    return split.iloc[np.argsort(order)].reset_index(drop=True)
+
+
+def _path_order(split: pd.DataFrame) -> np.ndarray:
+    """The positions of `split`'s rows sorted by relpath (then patient, sha1 and stratum, for an image listed
+    twice): the order make_split splits them in, whatever order they are listed in."""
+    keys = ["relpath", "patient", "sha1", "stratum"]
+    return split[keys].astype(str).sort_values(keys, kind="stable").index.to_numpy()
 
 
 def _warn_of_parts_off_their_fractions(split: pd.DataFrame, groups: np.ndarray, fractions: dict[str, float]) -> None:

@@ -225,15 +225,16 @@ def check_same_split(checkpoint: dict[str, Any], digest: str, out: Path) -> None
 
 def on_split_made_by_an_earlier_rule(run, checkpoint: dict[str, Any], out: Path):
     """The run on the split an earlier cxr-tune made of the same data, where that is the split its checkpoint
-    trained on: a run from then continues on its own split. Splits fingerprinted images at the run's own size
-    before (at 32 px where smaller: cxrnets.fingerprints.own_size_fingerprints), joined near-identical X-rays within
+    trained on: a run from then continues on its own split. Splits took the images in the order the data lists
+    them before (cxrnets.splits.make_split's in_listed_order), fingerprinted images at the run's own size before
+    that (at 32 px where smaller: cxrnets.fingerprints.own_size_fingerprints), joined near-identical X-rays within
     fewer fingerprint bits before that (cxrnets.fingerprints.EARLIER_NEAR_IDENTICAL_BITS), and before that not at
-    all; a checkpoint without a split digest was written before all three, and continues on the split made without
+    all; a checkpoint without a split digest was written before all four, and continues on the split made without
     them, unless --split-file kept its split. None otherwise."""
     from dataclasses import replace
 
     from cxrnets.fingerprints import (EARLIER_NEAR_IDENTICAL_BITS, FINGERPRINT_SIZE, NEAR_IDENTICAL_BITS,
-                                      own_size_fingerprint_size, own_size_fingerprints)
+                                      cache_fingerprints, own_size_fingerprint_size, own_size_fingerprints)
     from cxrnets.splits import make_split, split_digest
     from cxrnets.training import TrainingRun
 
@@ -242,23 +243,29 @@ def on_split_made_by_an_earlier_rule(run, checkpoint: dict[str, Any], out: Path)
     if saved is None and config.split_file:
         return None
     frame = data.index.frame.assign(sha1=data.split["sha1"].to_numpy())
-    rules = [(EARLIER_NEAR_IDENTICAL_BITS, "the split made when near-identical X-rays were joined within "
-              f"{EARLIER_NEAR_IDENTICAL_BITS} fingerprint bits (now {NEAR_IDENTICAL_BITS})"),
-             (None, "the split made before near-identical X-rays were kept on one side")]
     size = data.cache.images.shape[-1]
     fingerprinted_at = own_size_fingerprint_size(size)
+    now = own = None
+    if saved is not None:
+        now = cache_fingerprints(data.cache)
+        own = now if fingerprinted_at == FINGERPRINT_SIZE else own_size_fingerprints(data.cache)
+    # (fingerprints, joined within, what split it is), each made in the order the data lists the images
+    rules = [(now, NEAR_IDENTICAL_BITS, "the split made when images were split in the order the data lists them "
+              "(now in the order of their paths)"),
+             (own, EARLIER_NEAR_IDENTICAL_BITS, "the split made when near-identical X-rays were joined within "
+              f"{EARLIER_NEAR_IDENTICAL_BITS} fingerprint bits (now {NEAR_IDENTICAL_BITS})"),
+             (None, 0, "the split made before near-identical X-rays were kept on one side")]
     if fingerprinted_at != FINGERPRINT_SIZE:  # then fingerprinted otherwise than now
         at_own_size = (f"found at the run's own {size} px" if fingerprinted_at == size else
                        f"found at {fingerprinted_at} px") + f" (now at {FINGERPRINT_SIZE} px, at every size)"
-        rules = [(NEAR_IDENTICAL_BITS, f"the split made when near-identical X-rays were {at_own_size}"),
-                 (EARLIER_NEAR_IDENTICAL_BITS, f"{rules[0][1]}, {at_own_size}"), rules[1]]
-    prints = None if saved is None else own_size_fingerprints(data.cache)
+        rules[1:2] = [(own, NEAR_IDENTICAL_BITS, f"the split made when near-identical X-rays were {at_own_size}"),
+                      (own, EARLIER_NEAR_IDENTICAL_BITS, f"{rules[1][2]}, {at_own_size}")]
     splits_log = logging.getLogger("cxrnets.splits")
-    for within, made in rules[-1:] if saved is None else rules:
+    for prints, within, made in rules[-1:] if saved is None else rules:
         splits_log.disabled = True  # the earlier split's own log would read as today's
         try:
             earlier = make_split(frame, data.index.stratum(), config.val_fraction, config.test_fraction, config.seed,
-                                 None if within is None else prints, within or 0)
+                                 prints, within, in_listed_order=True)
         finally:
             splits_log.disabled = False
         digest = split_digest(earlier)

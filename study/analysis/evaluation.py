@@ -244,8 +244,9 @@ class StudyData:
     def check_split_unedited(self, config, uri: str, saved: pd.DataFrame, data) -> None:
         """The split file must be the one the study made: its digest as recorded then, or, for a study from
         before digests, the split made again (seeded) from the same data, as such studies were split: without
-        joining near-identical images (cxrnets.splits.make_split without fingerprints); from the file's own rows
-        where it lists an image twice, as dataset 3's splits did before each image was kept once."""
+        joining near-identical images (cxrnets.splits.make_split without fingerprints), the rows taken in the order
+        the data lists them; from the file's own rows where it lists an image twice, as dataset 3's splits did
+        before each image was kept once."""
         settings = self.study.settings
         if config.dataset in settings.split_digests:
             try:
@@ -268,7 +269,8 @@ class StudyData:
                         "study weighed them double, the analysis counts each once", uri, len(listed_twice),
                         listed_twice.iloc[0], " and ".join(sides))
         try:
-            remade = make_split(frame, strata, settings.val_fraction, settings.test_fraction, settings.seed)
+            remade = make_split(frame, strata, settings.val_fraction, settings.test_fraction, settings.seed,
+                                in_listed_order=True)
         except CxrError as error:
             raise AnalysisRefused(f"refusing to evaluate: the data at {config.data_root} no longer gives the "
                                   f"study's split ({error})") from error

@@ -787,7 +787,7 @@ def test_cli_resume_of_a_run_split_before_near_identical_x_rays_were_joined_cont
     data = prepare_data(config)
     frame = data.index.frame.assign(sha1=data.split["sha1"].to_numpy())
     seed, before = next((seed, split) for seed in range(20) for split in [make_split(frame, data.index.stratum(),
-                        seed=seed)] if split_digest(split) != split_digest(prepare_data(replace(config,
+                        seed=seed, in_listed_order=True)] if split_digest(split) != split_digest(prepare_data(replace(config,
                                                                                                 seed=seed)).split))
     arguments = ["--dataset", "covid-radiography", "--data-root", str(root), "--image-size", "32", "--batch-size",
                  "8", "--seed", str(seed), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run")]
@@ -821,6 +821,34 @@ def resume_as_if_split_then(arguments: list[str], out: Path, before: pd.DataFram
     return checkpoint_path
 
 
+def test_cli_resume_of_a_run_split_in_the_order_the_data_lists_its_images_continues_on_its_split(
+        make_chestxray, tmp_path: Path, caplog) -> None:
+    """Splits took the images in the order the data lists them before they were made in the order of their paths:
+    a run made then, on data listed in another order than its paths, continues on its own split (said in the log),
+    not refused as data that changed, nor moved onto today's split."""
+    from cxrnets.fingerprints import cache_fingerprints
+    from cxrnets.splits import make_split, split_digest
+
+    root = make_chestxray()
+    metadata = pd.read_csv(root / "metadata.csv", dtype=str, keep_default_na=False)
+    metadata.iloc[::-1].to_csv(root / "metadata.csv", index=False)
+    config = TrainConfig(dataset="covid-chestxray-3class", data_root=str(root), image_size=32,
+                         cache_dir=str(tmp_path / "cache"))
+    data = prepare_data(config)
+    frame, prints = data.index.frame.assign(sha1=data.split["sha1"].to_numpy()), cache_fingerprints(data.cache)
+    seed, before = next((seed, split) for seed in range(20)
+                        for split in [make_split(frame, data.index.stratum(), seed=seed, fingerprints=prints,
+                                                 in_listed_order=True)]
+                        if split_digest(split) != split_digest(prepare_data(replace(config, seed=seed)).split))
+    arguments = ["--dataset", "covid-chestxray-3class", "--data-root", str(root), "--image-size", "32",
+                 "--batch-size", "8", "--seed", str(seed), "--cache-dir", str(tmp_path / "cache"),
+                 "--out", str(tmp_path / "run")]
+    assert main([*arguments, "--epochs", "1"]) == 0
+    checkpoint_path = resume_as_if_split_then(arguments, tmp_path / "run", before, caplog)
+    assert (f"{checkpoint_path} trained on the split made when images were split in the order the data lists them "
+            "(now in the order of their paths): it continues on that split") in caplog.text
+
+
 def test_cli_resume_of_a_run_split_when_fewer_fingerprint_bits_joined_x_rays_continues_on_its_split(
         real_chestxray: Path, tmp_path: Path, caplog) -> None:
     """Splits joined near-identical X-rays within 48 fingerprint bits before; on the real copy at 64 px (the size
@@ -837,7 +865,8 @@ def test_cli_resume_of_a_run_split_when_fewer_fingerprint_bits_joined_x_rays_con
                          cache_dir=str(tmp_path / "cache"))
     data = prepare_data(config)
     before = make_split(data.index.frame.assign(sha1=data.split["sha1"].to_numpy()), data.index.stratum(),
-                        fingerprints=cache_fingerprints(data.cache), near_identical_bits=EARLIER_NEAR_IDENTICAL_BITS)
+                        fingerprints=cache_fingerprints(data.cache), near_identical_bits=EARLIER_NEAR_IDENTICAL_BITS,
+                        in_listed_order=True)
     assert split_digest(before) != split_digest(data.split)
     checkpoint_path = resume_as_if_split_then(arguments, tmp_path / "run", before, caplog)
     assert (f"{checkpoint_path} trained on the split made when near-identical X-rays were joined within 48 "
@@ -885,7 +914,7 @@ def test_cli_resume_of_a_run_whose_split_fingerprinted_its_own_image_size_contin
         real_chestxray: Path, tmp_path: Path, caplog, bits: int) -> None:
     """Splits fingerprinted images at the run's own size before (at 32 px where smaller), and joined within 48 bits
     before that; on the real copy at 32 px both splits differ from today's, made from 64 px fingerprints at every
-    size (at seed 0, 195 of its 523 images on another side). A run made then continues on its own split (said in
+    size (at seed 0, 199 of its 523 images on another side). A run made then continues on its own split (said in
     the log), not refused as data that changed, nor moved onto today's split."""
     from cxrnets.fingerprints import fingerprints
     from cxrnets.splits import make_split, split_digest
@@ -897,7 +926,7 @@ def test_cli_resume_of_a_run_whose_split_fingerprinted_its_own_image_size_contin
                          cache_dir=str(tmp_path / "cache"))
     data = prepare_data(config)
     before = make_split(data.index.frame.assign(sha1=data.split["sha1"].to_numpy()), data.index.stratum(),
-                        fingerprints=fingerprints(data.cache.images), near_identical_bits=bits)
+                        fingerprints=fingerprints(data.cache.images), near_identical_bits=bits, in_listed_order=True)
     assert split_digest(before) != split_digest(data.split)
     checkpoint_path = resume_as_if_split_then(arguments, tmp_path / "run", before, caplog)
     made = ("near-identical X-rays were found at the run's own 32 px (now at 64 px, at every size)" if bits == 60 else

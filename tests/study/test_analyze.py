@@ -733,13 +733,20 @@ def test_edited_split_file_is_refused(study_dir, tmp_path, capsys):
     assert not (copy / "report" / "tables" / "selected_trials.csv").exists()
 
 
-def without_split_digests(study: Path) -> None:
-    """Make a linked copy's study.json that of a study from before split digests."""
+def as_a_study_from_before_split_digests(study: Path) -> None:
+    """Make a linked copy that of a study from before split digests: none in its study.json, and its split made as
+    such studies made it (in the order the data lists the images, near-identical X-rays not joined)."""
     path = study / "study.json"
     settings = json.loads(path.read_text())
     del settings["split_digests"]
     path.unlink()
     path.write_text(json.dumps(settings))
+    path = study / "splits" / f"{DATASET}.csv"
+    split = pd.read_csv(path, dtype=str, keep_default_na=False)
+    made_then = make_split(split, split["stratum"], settings["val_fraction"], settings["test_fraction"],
+                           settings["seed"], in_listed_order=True)
+    path.unlink()
+    made_then[list(split.columns)].to_csv(path, index=False)
 
 
 def test_the_study_records_its_splits_digest_and_how_they_joined_near_identical_x_rays(study_dir):
@@ -756,8 +763,8 @@ def test_a_scikit_learn_that_splits_differently_still_analyses_the_study(study_d
                                                                         monkeypatch):
     """StratifiedGroupKFold's folds for a seed differ between scikit-learn releases (1.7 and 1.9 split the
     sample differently): the analysis of a study made under one must not depend on the release here."""
-    def another_release(frame, strata, val_fraction, test_fraction, seed):
-        return make_split(frame, strata, val_fraction, test_fraction, seed + 1)
+    def another_release(frame, strata, val_fraction, test_fraction, seed, **options):
+        return make_split(frame, strata, val_fraction, test_fraction, seed + 1, **options)
 
     monkeypatch.setattr(evaluation_module, "make_split", another_release)
     result = analyze(linked_copy(study_dir, tmp_path / "grid"), formats=("csv",))
@@ -765,7 +772,7 @@ def test_a_scikit_learn_that_splits_differently_still_analyses_the_study(study_d
     for model in ("alexnet", "resnet50"):
         assert result.best(DATASET, model).candidate.trial_id == analysis.best(DATASET, model).candidate.trial_id
     older = linked_copy(study_dir, tmp_path / "older")
-    without_split_digests(older)  # a study from before digests: checked by making the split again
+    as_a_study_from_before_split_digests(older)  # checked by making the split again
     with pytest.raises(CxrError, match=r"was edited since .*Or the file is intact and this scikit-learn, "
                                        r"[0-9.]+, splits differently"):
         analyze(older, formats=("csv",))
@@ -773,7 +780,7 @@ def test_a_scikit_learn_that_splits_differently_still_analyses_the_study(study_d
 
 def test_an_edited_split_of_a_study_from_before_digests_is_refused(study_dir, tmp_path, capsys):
     copy = linked_copy(study_dir, tmp_path / "grid")
-    without_split_digests(copy)
+    as_a_study_from_before_split_digests(copy)
     path = copy / "splits" / f"{DATASET}.csv"
     split = pd.read_csv(path, dtype=str, keep_default_na=False)
     path.unlink()

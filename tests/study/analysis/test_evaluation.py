@@ -110,7 +110,7 @@ def test_a_split_from_before_each_image_was_kept_once_is_checked_on_its_own_rows
     rows_then = pd.concat([rows_now, rows_now.loc[listed_again].assign(patient="99")], ignore_index=True)
     strata_then = pd.concat([now.index.stratum(), now.index.stratum()[listed_again]], ignore_index=True)
     seed = 3
-    split_then = make_split(rows_then, strata_then, seed=seed)[SPLIT_COLUMNS]
+    split_then = make_split(rows_then, strata_then, seed=seed, in_listed_order=True)[SPLIT_COLUMNS]
     path = tmp_path / "study" / "splits" / "covid-chestxray-3class.csv"
     path.parent.mkdir(parents=True)
     split_then.to_csv(path, index=False)
@@ -131,6 +131,31 @@ def test_a_split_from_before_each_image_was_kept_once_is_checked_on_its_own_rows
     with pytest.raises(AnalysisRefused, match=rf"{path} was edited since the study made it: 1 image\(s\) changed "
                                               rf"split, e.g. {split_then.loc[edited, 'relpath']} is now in train"):
         StudyData(SimpleNamespace(uri=str(tmp_path / "study"), settings=settings)).prepare(config)
+
+
+def test_a_split_from_before_digests_made_in_the_order_the_data_lists_its_images_is_accepted(make_chestxray,
+                                                                                               tmp_path):
+    """Splits took the images in the order the data listed them before they were made in the order of their paths:
+    a study from before split digests (checked by making its split again) made so is not refused as edited."""
+    root = make_chestxray()
+    metadata = pd.read_csv(root / "metadata.csv", dtype=str, keep_default_na=False)
+    metadata.iloc[::-1].to_csv(root / "metadata.csv", index=False)  # listed in another order than their paths
+    config = TrainConfig(dataset="covid-chestxray-3class", data_root=str(root), image_size=16,
+                         cache_dir=str(tmp_path / "cache"))
+    now = prepare_data(config)
+    rows, strata = now.index.frame.assign(sha1=now.split["sha1"].to_numpy()), now.index.stratum()
+    seed, split_then = next((seed, split) for seed in range(20)
+                            for split in [make_split(rows, strata, seed=seed, in_listed_order=True)]
+                            if (split["split"] != make_split(rows, strata, seed=seed)["split"]).any())
+    path = tmp_path / "study" / "splits" / "covid-chestxray-3class.csv"
+    path.parent.mkdir(parents=True)
+    split_then[SPLIT_COLUMNS].to_csv(path, index=False)
+    settings = SimpleNamespace(data_roots={"covid-chestxray-3class": str(root)}, cache_dir=str(tmp_path / "cache"),
+                               split_digests={}, val_fraction=0.15, test_fraction=0.15, seed=seed,
+                               splits_join_near_identical=False)
+
+    prepared = StudyData(SimpleNamespace(uri=str(tmp_path / "study"), settings=settings)).prepare(config)
+    assert list(prepared.split["split"]) == list(split_then["split"])
 
 
 def test_weights_in_a_bucket_that_cannot_be_used_are_named_by_their_object_not_the_download(s3_bucket, tmp_path):
