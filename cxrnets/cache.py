@@ -43,7 +43,7 @@ from filelock import FileLock, Timeout
 from cxrnets.data import (DATASET_NAMES, DatasetIndex, dataset_options_help, leaving_out, load_dataset,
                           parse_dataset_options)
 from cxrnets.errors import CxrError, command_ends
-from cxrnets.images import decode
+from cxrnets.images import decode, out_of_memory
 from cxrnets.names import MIN_IMAGE_SIZE
 
 log = logging.getLogger(__name__)
@@ -209,15 +209,25 @@ def _decode_files(partial: Path, index: DatasetIndex, image_size: int, workers: 
         sha1[i] = hashlib.sha1(data).hexdigest()
         try:
             pixels = decode(data, image_size, paths[i])
-        except (CxrError, OSError) as error:
+        except CxrError as error:
             errors[i] = str(error)
             return
+        except (MemoryError, OSError) as error:
+            if not out_of_memory(error):
+                raise
+            raise CxrError(f"{paths[i]}: ran out of memory decoding it ({str(error) or type(error).__name__}); the "
+                           "cache build stopped without keeping the images decoded so far, nor marking the image "
+                           "undecodable: free memory (stop other processes) and run again") from error
         if (pixels[0] == pixels[1]).all() and (pixels[0] == pixels[2]).all():
             grey[i] = pixels[0]
             return
         with colour_lock:
             slots[i] = colour_file.tell() // pixels.nbytes
-            colour_file.write(pixels.tobytes())
+            try:
+                colour_file.write(pixels.tobytes())
+            except OSError as error:  # the disk filled up
+                raise _no_space(directory, index.name, f"more room for its colour images ({error.strerror or error})",
+                                shutil.disk_usage(partial).free) from error
 
     started = last_report = time.perf_counter()
     log.info("decoding %d images of %s at %d px into %s (%s MB if every image is grey; a colour image takes "
@@ -229,9 +239,6 @@ def _decode_files(partial: Path, index: DatasetIndex, image_size: int, workers: 
             if done % 500 == 0 or done == len(paths) or now - last_report > PROGRESS_SECONDS:
                 log.info("decoded %d/%d images (%.1f images/s)", done, len(paths), done / max(now - started, 1e-9))
                 last_report = now
-    except OSError as error:  # writing colour.u8: the disk filled up
-        raise _no_space(directory, index.name, f"more room for its colour images ({error.strerror or error})",
-                        shutil.disk_usage(partial).free) from error
     finally:
         pool.shutdown(cancel_futures=True)  # on Ctrl-C, not after decoding every image queued
         colour_file.close()

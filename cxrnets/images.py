@@ -7,6 +7,7 @@ then center-crop a square. Flips and normalisation happen later, on tensors
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import warnings
@@ -206,8 +207,15 @@ def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     return ImageOps.fit(image, (size, size), method=Image.Resampling.BILINEAR)
 
 
+def out_of_memory(error: BaseException) -> bool:
+    """Whether `error` says the process ran out of memory (MemoryError, or an OSError of ENOMEM): it says nothing
+    about the image, which another try may decode."""
+    return isinstance(error, MemoryError) or (isinstance(error, OSError) and error.errno == errno.ENOMEM)
+
+
 def decode(data: bytes, size: int, name: str | Path = "<bytes>") -> np.ndarray:
-    """Decode image bytes into a (3, size, size) uint8 array; CxrError names `name` on failure."""
+    """Decode image bytes into a (3, size, size) uint8 array; CxrError names `name` where the image cannot be
+    decoded. Running out of memory (out_of_memory) is raised as it is."""
     if not data:
         raise CxrError(f"{name}: empty file (0 bytes), no image; replace or delete the file")
     try:
@@ -245,7 +253,9 @@ def decode(data: bytes, size: int, name: str | Path = "<bytes>") -> np.ndarray:
         raise CxrError(f"{name}: cannot decode image (not a format Pillow reads, or its header is damaged; "
                        f"{len(data):,} bytes); replace or delete the file") from error
     except Exception as error:  # Pillow's decoders raise OSError, ValueError, TypeError, ... on damaged bytes
-        raise CxrError(f"{name}: cannot decode image ({error or type(error).__name__}); replace or delete the "
+        if out_of_memory(error):
+            raise
+        raise CxrError(f"{name}: cannot decode image ({str(error) or type(error).__name__}); replace or delete the "
                        "file") from error
     try:
         rgb = to_rgb(image, white_is_zero)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ import pytest
 from filelock import FileLock
 from PIL import Image
 
-from cxrnets import cache as cache_module
+from cxrnets import cache as cache_module, images
 from cxrnets.cache import absolute_cache_dir, build_cache, cache_key, default_cache_root
 from cxrnets.data import load_dataset
 from cxrnets.errors import CxrError
@@ -535,6 +536,31 @@ def test_a_file_that_cannot_be_read_stops_the_build_instead_of_being_left_out(ra
         build_cache(radiography, SIZE, cache_root=tmp_path / "cache", workers=2)
     assert [path.name for path in (tmp_path / "cache").iterdir() if not path.name.endswith(".lock")] == []
     monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    again = build_cache(radiography, SIZE, cache_root=tmp_path / "cache")
+    assert again.decoded == 12 and len(again.images) == 12 and again.index.skipped == {}
+
+
+@pytest.mark.parametrize("error", [MemoryError(), OSError(errno.ENOMEM, "Cannot allocate memory")],
+                         ids=["MemoryError", "ENOMEM"])
+def test_running_out_of_memory_stops_the_build_instead_of_leaving_the_image_out(
+        radiography, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
+    """Out of memory while an image decodes says nothing about it: the build stops naming the file, and nothing is
+    cached that would leave the image out for good (its key, the file's path, size and time, unchanged)."""
+    starved = radiography.paths()[5]
+    opened = images.Image.open
+
+    def open_without_memory_for(file, *args, **kwargs):
+        if file.getvalue() == starved.read_bytes():
+            raise error
+        return opened(file, *args, **kwargs)
+
+    monkeypatch.setattr(images.Image, "open", open_without_memory_for)
+    with pytest.raises(CxrError, match=rf"{starved}: ran out of memory decoding it \((MemoryError|\[Errno 12\] "
+                                       r"Cannot allocate memory)\); the cache build stopped without keeping the "
+                                       r"images decoded so far, nor marking the image undecodable"):
+        build_cache(radiography, SIZE, cache_root=tmp_path / "cache", workers=2)
+    assert [path.name for path in (tmp_path / "cache").iterdir() if not path.name.endswith(".lock")] == []
+    monkeypatch.setattr(images.Image, "open", opened)
     again = build_cache(radiography, SIZE, cache_root=tmp_path / "cache")
     assert again.decoded == 12 and len(again.images) == 12 and again.index.skipped == {}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import re
 import struct
@@ -356,6 +357,33 @@ def test_damaged_bytes_never_escape_as_other_errors(tmp_path: Path, write_image)
                 assert "damaged.png" in str(error)
             else:
                 assert array.shape == (3, 16, 16)
+
+
+def raising(error: BaseException):
+    def raise_it(*args, **kwargs):
+        raise error
+    return raise_it
+
+
+@pytest.mark.parametrize("error", [MemoryError(), OSError(errno.ENOMEM, "Cannot allocate memory")],
+                         ids=["MemoryError", "ENOMEM"])
+def test_running_out_of_memory_is_not_called_a_bad_image(error: BaseException, tmp_path: Path, write_image,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of memory while Pillow decodes says nothing about the file: it is raised as it is, not as a CxrError
+    that would have the file replaced or deleted (and the cache leave it out for good)."""
+    path = write_image(tmp_path / "fine.png", "L", 128, seed=7, size=(40, 32))
+    monkeypatch.setattr(images.ImageOps, "exif_transpose", raising(error))
+    with pytest.raises(type(error)) as raised:
+        load_image(path, 16)
+    assert raised.value is error
+
+
+def test_an_error_without_a_message_is_named_by_its_type(tmp_path: Path, write_image,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_image(tmp_path / "odd.png", "L", 128, seed=7, size=(40, 32))
+    monkeypatch.setattr(images.ImageOps, "exif_transpose", raising(ValueError()))
+    with pytest.raises(CxrError, match=r"odd.png: cannot decode image \(ValueError\); replace or delete the file"):
+        load_image(path, 16)
 
 
 @pytest.mark.parametrize("limit", [40 * 32 - 1, 40 * 32 // 2 - 1], ids=["just over", "over twice"])
