@@ -76,6 +76,8 @@ TOP_FINDINGS = (NO_FINDING, "Tuberculosis")
 FRONTAL_VIEWS = ("PA", "AP", "AP Supine", "AP semi erect", "AP Erect")  # matched whatever the case
 THREE_CLASSES = ("COVID-19", "Other pneumonia", "No Finding")
 UNKNOWN_SOURCE = "(unknown)"
+# What a spreadsheet or pandas writes into an empty cell, matched whatever the case: read as no label.
+MISSING_VALUES = frozenset({"na", "n/a", "#n/a", "nan", "<na>", "null"})
 
 
 @dataclass
@@ -634,6 +636,19 @@ def _one_row_per_image(rows: list[dict[str, Any]], path: Path, multilabel: bool,
     return unique
 
 
+def _refuse_labels_differing_in_case(rows: list[dict[str, Any]], path: Path, label_column: str) -> None:
+    """CxrError naming two spellings and a row of each where labels of `rows` differ only in letter case (Normal and
+    normal), which would be two classes."""
+    first: dict[str, dict[str, Any]] = {}  # the first row of each spelling, by lower-cased label
+    for row in rows:
+        label = row["labels"][0]
+        other = first.setdefault(label.lower(), row)
+        if other["labels"][0] != label:
+            raise CxrError(f"{path}: {label_column!r} spells one class two ways, {other['labels'][0]!r} (row "
+                           f"{other['row']}) and {label!r} (row {row['row']}), which would be two classes; spell "
+                           "them alike")
+
+
 def _load_csv(root: Path, path_column: str = "path", label_column: str = "label",
               patient_column: str | None = None, encoding: str = "utf-8", source_column: str | None = None,
               holdout_sources: list[str] | None = None) -> DatasetIndex:
@@ -646,9 +661,10 @@ def _load_csv(root: Path, path_column: str = "path", label_column: str = "label"
     rows, skipped, blank_patients = [], Counter(), 0
     for line, record in enumerate(table.to_dict("records"), start=2):
         label = record[label_column].strip()
-        if not label:
+        if not label or label.lower() in MISSING_VALUES:
             skipped["blank label"] += 1
-            log.warning("%s row %d: blank %r, skipped", root, line, label_column)
+            log.warning("%s row %d: %s, skipped", root, line,
+                        f"{label_column!r} is {label!r}, a missing value" if label else f"blank {label_column!r}")
             continue
         image = (base / record[path_column]).resolve()
         if not image.is_file():
@@ -663,6 +679,7 @@ def _load_csv(root: Path, path_column: str = "path", label_column: str = "label"
     if blank_patients:
         log.warning("%s: %d row(s) with a blank %r: each of those images is its own patient", root, blank_patients,
                     patient_column)
+    _refuse_labels_differing_in_case(rows, root, label_column)
     rows = _one_row_per_image(rows, root, multilabel=False, skipped=skipped)
     frame = _image_frame(rows, base.resolve())
     frame = _mark_sources(frame, [row["source"] for row in rows], root, source_column, holdout_sources)

@@ -418,6 +418,39 @@ def test_csv_layout(make_csv_dataset, caplog: pytest.LogCaptureFixture) -> None:
     assert "skipped: image file absent 1, blank label 1" in index.summary()
 
 
+def relabelled(csv_path: Path, labels: dict[int, str]) -> Path:
+    """`csv_path` with the label of each of its `labels` rows (2: the first under the header) replaced."""
+    table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    for row, label in labels.items():
+        table.loc[row - 2, "label"] = label
+    table.to_csv(csv_path, index=False)
+    return csv_path
+
+
+def test_csv_labels_are_read_without_their_surrounding_spaces(make_csv_dataset) -> None:
+    index = load_dataset("csv", relabelled(make_csv_dataset(), {4: " covid", 5: "covid  "}))
+    assert index.classes == ["covid", "normal"] and class_counts(index) == {"covid": 12, "normal": 12}
+
+
+def test_csv_labels_differing_only_in_case_are_refused_naming_both_spellings(make_csv_dataset) -> None:
+    csv_path = relabelled(make_csv_dataset(), {9: "Covid "})
+    with pytest.raises(CxrError, match=r"labels.csv: 'label' spells one class two ways, 'covid' \(row 4\) and "
+                                       r"'Covid' \(row 9\), which would be two classes; spell them alike"):
+        load_dataset("csv", csv_path)
+
+
+def test_csv_labels_that_spell_a_missing_value_are_skipped_as_blank(make_csv_dataset,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """The CSV is read as text (keep_default_na=False): NA, nan or N/A would otherwise be a class."""
+    csv_path = relabelled(make_csv_dataset(), {2: "NA", 4: "nan", 6: " N/A"})
+    with caplog.at_level(logging.WARNING, logger="cxrnets.data"):
+        index = load_dataset("csv", csv_path)
+    assert index.classes == ["covid", "normal"] and class_counts(index) == {"covid": 11, "normal": 10}
+    assert index.skipped["blank label"] == 4
+    assert "labels.csv row 2: 'label' is 'NA', a missing value, skipped" in caplog.text
+    assert "labels.csv row 6: 'label' is 'N/A', a missing value, skipped" in caplog.text
+
+
 def test_csv_image_listed_twice_is_kept_once_and_counted(make_csv_dataset, caplog: pytest.LogCaptureFixture) -> None:
     csv_path = make_csv_dataset()
     with csv_path.open("a") as file:
