@@ -733,6 +733,18 @@ def _contradicting_findings(rows: list[dict[str, Any]]) -> dict[str, str]:
             and any(set(row["labels"]) - {NO_FINDING} for row in listed)}
 
 
+def _refuse_views_no_row_has(views: tuple[str, ...], column: pd.Series, csv_path: Path) -> None:
+    """CxrError where one of the `views` asked for (the views option) is on no row of `column` (the file's views),
+    matched whatever the case: a misspelt view would leave out all its images."""
+    counts = column.str.strip().value_counts()
+    present = {view.lower() for view in counts.index}
+    unknown = [view for view in views if view.lower() not in present]
+    if unknown:
+        listed = ", ".join(f"{view or '(blank)'} ({count})" for view, count in counts.head(15).items())
+        raise CxrError(f"--dataset-option views: no row of {csv_path} has the view(s) {unknown} (its views, with their "
+                       f"rows: {listed}{', ...' if len(counts) > 15 else ''}); spell each as there (whatever the case)")
+
+
 def _load_covid_chestxray(root: Path, three_class: bool, metadata: str = "metadata.csv",
                           modality: str | None = "X-ray", views: tuple[str, ...] | None = FRONTAL_VIEWS,
                           hierarchy: dict[str, str] | None = None, encoding: str = "utf-8",
@@ -760,6 +772,8 @@ def _load_covid_chestxray(root: Path, three_class: bool, metadata: str = "metada
         default = "default " if tuple(views) == FRONTAL_VIEWS else ""
         raise CxrError(f"{csv_path}: no 'view' column, which the views option ({default}{','.join(views)}) reads: "
                        "pass --dataset-option views=any to keep every view, or add the column")
+    if wanted_views is not None and tuple(views) != FRONTAL_VIEWS:
+        _refuse_views_no_row_has(views, table["view"], csv_path)
     rows, skipped, blank_patients = [], Counter(), 0
     for line, record in enumerate(table.to_dict("records"), start=2):
         finding = record["finding"].strip()

@@ -865,6 +865,16 @@ def test_views_option_keeps_the_views_named(make_chestxray) -> None:
     assert len(load_dataset("covid-chestxray-3class", root, views="any", modality="any").frame) == 26
 
 
+def test_a_view_no_row_has_is_refused_listing_the_files_views(make_chestxray) -> None:
+    """A misspelt view (AP Supin) would leave out every image of the view meant, logged only as filtered out."""
+    root = make_chestxray()
+    with pytest.raises(CxrError, match=rf"--dataset-option views: no row of {root / 'metadata.csv'} has the view\(s\) "
+                                       r"\['AP Supin'\] \(its views, with their rows: PA \(22\), AP \(6\), "
+                                       r"AP Supine \(1\), .*\); spell each as there"):
+        load_dataset("covid-chestxray-3class", root, views="PA,AP Supin")
+    assert len(load_dataset("covid-chestxray-3class", root, views="pa,ap supine").frame) > 0  # whatever the case
+
+
 def test_a_latin1_csv_is_refused_naming_the_line_and_the_option(make_csv_dataset) -> None:
     csv_path = make_csv_dataset()
     lines = csv_path.read_text().splitlines()
