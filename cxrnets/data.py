@@ -68,6 +68,7 @@ FINDING_PARENTS = {
     "Viral": "Pneumonia", "Bacterial": "Pneumonia", "Fungal": "Pneumonia", "Lipoid": "Pneumonia",
     "Aspiration": "Pneumonia",
 }
+FINDING_ALIASES = {"SARS-CoV-2": "COVID-19"}  # other names of a finding, matched whatever the case
 UNLABELLED_FINDINGS = frozenset({"todo", "unknown", ""})
 NO_FINDING = "No Finding"
 # Findings with no parent, spelled as here whatever their case. Tuberculosis is not a pneumonia (newer releases
@@ -691,13 +692,14 @@ def _load_csv(root: Path, path_column: str = "path", label_column: str = "label"
 def parse_finding(finding: str, hierarchy: dict[str, str] | None = None) -> tuple[str, ...]:
     """'COVID-19, ARDS' -> ('ARDS', 'COVID-19', 'Pneumonia', 'Viral') with the label hierarchy applied.
 
-    Splits on ',' and '/', normalises whitespace, and matches known names case-insensitively.
+    Splits on ',' and '/', normalises whitespace, and matches known names (and FINDING_ALIASES) case-insensitively.
     """
     hierarchy = FINDING_PARENTS if hierarchy is None else hierarchy
     # spellings of the known findings, whatever hierarchy is applied
     canonical = {name.lower(): name for pair in FINDING_PARENTS.items() for name in pair}
     canonical.update({name.lower(): name for pair in hierarchy.items() for name in pair})
     canonical.update({name.lower(): name for name in TOP_FINDINGS})
+    canonical.update({alias.lower(): name for alias, name in FINDING_ALIASES.items()})
     labels = set()
     for part in re.split(r"[,/]", finding):
         label = " ".join(part.split())
@@ -722,14 +724,14 @@ def three_class_label(labels: tuple[str, ...]) -> str | None:
 
 
 def _contradicting_findings(rows: list[dict[str, Any]]) -> dict[str, str]:
-    """The images (relpath) that one of `rows` finds nothing in and another finds a disease in, each with its rows'
-    findings ("'No Finding' on row 12, 'COVID-19' on row 30")."""
+    """The images (relpath) that `rows` find both nothing and a disease in, on one row or on two, each with its rows'
+    findings ("'No Finding' on row 12, 'COVID-19' on row 30"; "'No Finding, COVID-19' on row 12")."""
     by_image: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_image.setdefault(row["relpath"], []).append(row)
     return {relpath: ", ".join(f"{row['finding']!r} on row {row['row']}" for row in listed)
             for relpath, listed in by_image.items()
-            if any(row["labels"] == (NO_FINDING,) for row in listed)
+            if any(NO_FINDING in row["labels"] for row in listed)
             and any(set(row["labels"]) - {NO_FINDING} for row in listed)}
 
 
@@ -753,8 +755,8 @@ def _load_covid_chestxray(root: Path, three_class: bool, metadata: str = "metada
     """ieee8023 covid-chestxray-dataset: metadata.csv (finding, patientid, view, modality, folder,
     filename, and the url each image came from: its source) beside the image folders. Skipped rows
     are counted by reason and logged; an image listed on several rows is kept once, with the findings of
-    all of them (then mapped to one of three classes, for the 3-class view), but left out where one row
-    finds nothing in it and another a disease."""
+    all of them (then mapped to one of three classes, for the 3-class view), but left out where its rows find
+    both nothing and a disease in it (on one row, or on two)."""
     csv_path = root / metadata
     if not csv_path.is_file():
         raise CxrError(f"{root}: no {metadata} (covid-chestxray needs metadata.csv beside images/)")
@@ -805,8 +807,8 @@ def _load_covid_chestxray(root: Path, three_class: bool, metadata: str = "metada
         rows = [row for row in rows if row["relpath"] not in contradicting]
         skipped["findings contradict (No Finding and a disease)"] += len(contradicting)
         listed = [f"{relpath} ({findings})" for relpath, findings in contradicting.items()]
-        log.warning("%s: %d image(s) listed as No Finding on one row and with a disease on another, left out (neither "
-                    "label can be trusted): %s%s; fix the finding of the wrong row to keep them", csv_path,
+        log.warning("%s: %d image(s) listed as No Finding and with a disease (on one row, or on two), left out "
+                    "(neither label can be trusted): %s%s; fix the wrong finding to keep them", csv_path,
                     len(listed), "; ".join(listed[:5]), f"; and {len(listed) - 5} more" if len(listed) > 5 else "")
     if three_class:
         three_class_rows = []

@@ -564,6 +564,8 @@ def test_data_root_that_does_not_exist(name: str, tmp_path: Path) -> None:
     ("Streptococcus", ("Bacterial", "Pneumonia", "Streptococcus")),
     ("Pneumocystis", ("Fungal", "Pneumocystis", "Pneumonia")),
     ("SARS", ("Pneumonia", "SARS", "Viral")),
+    ("SARS-CoV-2", ("COVID-19", "Pneumonia", "Viral")),  # the virus's name for the disease's
+    ("sars-cov-2, ARDS", ("ARDS", "COVID-19", "Pneumonia", "Viral")),
     ("Pneumonia", ("Pneumonia",)),
     ("No Finding", ("No Finding",)),
     ("no   finding", ("No Finding",)),
@@ -697,7 +699,26 @@ def test_chestxray_image_both_no_finding_and_a_disease_is_left_out_and_counted(n
     assert index.skipped["findings contradict (No Finding and a disease)"] == 1
     row = 2 + int(np.flatnonzero(metadata["filename"] == "p14-a.png")[0])
     assert (f"images/p14-a.png ('No Finding' on row {row}, 'COVID-19' on row {len(metadata) + 2})" in caplog.text)
-    assert "left out" in caplog.text and "fix the finding of the wrong row" in caplog.text
+    assert "left out" in caplog.text and "fix the wrong finding" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["covid-chestxray", "covid-chestxray-3class"])
+def test_chestxray_row_finding_both_no_finding_and_a_disease_is_left_out_as_two_rows_are(
+        name: str, make_chestxray, caplog: pytest.LogCaptureFixture) -> None:
+    """One row's "No Finding, COVID-19" was kept (both labels in the multi-label view, COVID-19 in the 3-class one)
+    with no word, where two rows that say so are left out."""
+    root = make_chestxray()
+    metadata = pd.read_csv(root / "metadata.csv", dtype=str, keep_default_na=False)
+    first = int(np.flatnonzero(metadata["filename"] == "p14-a.png")[0])
+    metadata.loc[first, "finding"] = "No Finding, COVID-19"
+    metadata.to_csv(root / "metadata.csv", index=False)
+    before = load_dataset(name, make_chestxray(root.parent / "unchanged"))
+    with caplog.at_level(logging.WARNING, logger="cxrnets.data"):
+        index = load_dataset(name, root)
+    assert "images/p14-a.png" not in set(index.frame["relpath"])
+    assert len(index.frame) == len(before.frame) - 1
+    assert index.skipped["findings contradict (No Finding and a disease)"] == 1
+    assert f"images/p14-a.png ('No Finding, COVID-19' on row {first + 2})" in caplog.text
 
 
 def test_chestxray_blank_patient_ids_are_counted(make_chestxray, caplog: pytest.LogCaptureFixture) -> None:
