@@ -9,7 +9,7 @@ would be read, bit for bit what `cxrnets.images.decode` gives. The key hashes th
 image size, the Pillow version (another may decode a file otherwise) and every file's path, size and
 mtime, so it changes when the files change (`--prune` deletes the cache that a rebuild then replaced).
 Building runs under a file lock: two trials on a node never build the same cache at once; the second one
-waits and reads.
+waits (saying so after a few seconds) and reads.
 
 Stage a dataset on a node before a study (the cluster's setup commands do this):
 
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 4  # bump when decoding, resizing or the files of a cache change (4: 16-bit grey windowed)
 PROGRESS_SECONDS = 30  # a progress line at least this often while decoding, besides every 500 images
+LOCK_NOTICE_SECONDS = 5  # a build that waits this long for another process's build of the same cache says so
 READ_RETRY_SECONDS = 2  # a file that fails to read is read again after this pause (a network file system's hiccup)
 
 
@@ -135,15 +136,26 @@ def build_cache(index: DatasetIndex, image_size: int, cache_root: str | Path | N
     directory = cache_root / f"{index.name}-{image_size}px-{cache_key(index, image_size)}"
     try:
         cache_root.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(directory) + ".lock").acquire()
+        held = _acquire(FileLock(str(directory) + ".lock"))
     except OSError as error:
         raise CxrError(f"{chosen_by}{cache_root}: cannot keep the image cache there ({error.strerror or error}); "
                        "pick a folder you can write to, with --cache-dir or CXR_TUNE_CACHE") from error
     decoded = 0
-    with lock:
+    with held:
         if not (directory / "meta.json").is_file():
             decoded = _decode_into(directory, index, image_size, workers or os.cpu_count() or 1)
     return _open(directory, index, decoded)
+
+
+def _acquire(lock: FileLock):
+    """`lock` acquired (to be released by leaving a `with` block of what this returns); where another process holds
+    it past LOCK_NOTICE_SECONDS, said once, so that a trial waiting for another's build does not look frozen."""
+    try:
+        return lock.acquire(timeout=LOCK_NOTICE_SECONDS)
+    except Timeout:
+        log.info("%s is held: another process is decoding this cache; waiting for it to finish, then reading what it "
+                 "decoded", lock.lock_file)
+        return lock.acquire()
 
 
 def _decode_into(directory: Path, index: DatasetIndex, image_size: int, workers: int) -> int:

@@ -242,6 +242,36 @@ def test_concurrent_builds_decode_once(radiography, tmp_path: Path, monkeypatch:
     assert not list(tmp_path.glob("*.partial"))
 
 
+def test_a_build_waiting_for_another_processs_build_says_so_once(radiography, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A trial whose cache another process is decoding waits on the lock: it says so (naming the lock) rather than
+    look frozen, then reads what the other decoded."""
+    monkeypatch.setattr(cache_module, "LOCK_NOTICE_SECONDS", 0.1)
+    lock_path = tmp_path / f"covid-radiography-{SIZE}px-{cache_key(radiography, SIZE)}.lock"
+    held, release = threading.Event(), threading.Event()
+
+    def another_build() -> None:
+        with FileLock(str(lock_path)):
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=another_build)
+    holder.start()
+    held.wait(10)
+    threading.Timer(0.5, release.set).start()
+    with caplog.at_level(logging.INFO, logger="cxrnets.cache"):
+        built = build_cache(radiography, SIZE, cache_root=tmp_path)
+    holder.join(10)
+    assert built.decoded == 12
+    notice = f"{lock_path} is held: another process is decoding this cache; waiting for it to finish"
+    assert caplog.text.count(notice) == 1
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="cxrnets.cache"):
+        build_cache(radiography, SIZE, cache_root=tmp_path)
+    assert "is held" not in caplog.text
+
+
 def test_a_cache_the_disk_cannot_hold_is_refused_before_writing(radiography, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     needed = 12 * SIZE * SIZE  # every image is grey: one byte per pixel
