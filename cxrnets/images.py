@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import io
+import logging
 import os
 import warnings
 from collections import Counter
@@ -19,6 +20,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cxrnets.errors import CxrError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
@@ -37,6 +40,13 @@ WINDOW_PERCENTILES = (0.5, 99.5)
 CHUNK_PIXELS = 1 << 20
 
 PNG_COLOUR_TYPES = {2: "RGB", 4: "grey+alpha", 6: "RGBA"}  # those that may hold 16 bits per sample
+ALPHA_MODES = ("LA", "RGBA", "La", "RGBa")  # the modes whose alpha to_rgb composites onto black
+
+# Images decode says are likely not X-rays (kept all the same): a shorter side under LEAST_SIDE pixels, or at
+# least MOSTLY_HIDDEN of the pixels at an alpha under HIDING_ALPHA (composited onto black, the image is black).
+LEAST_SIDE = 32
+HIDING_ALPHA = 16
+MOSTLY_HIDDEN = 0.99
 
 
 WINDOWS_FOLDER_FILES = frozenset({"thumbs.db", "desktop.ini"})  # what Windows Explorer writes beside pictures
@@ -108,8 +118,7 @@ def to_rgb(image: Image.Image, white_is_zero: bool = False) -> Image.Image:
     only); its NaN and infinite pixels become black (ValueError if it has no
     other pixel).
     """
-    if image.mode in ("P", "1", "L", "RGB") and image.info.get("transparency") is not None:
-        # a palette entry or a tRNS colour marks transparent pixels: make them an alpha channel
+    if has_transparent_colour(image):  # a palette entry or a tRNS colour: make it an alpha channel
         image = image.convert("RGBA")
     elif image.mode == "P":
         image = image.convert("RGB")
@@ -118,11 +127,16 @@ def to_rgb(image: Image.Image, white_is_zero: bool = False) -> Image.Image:
         grey = windowed_16_bit(pixels, white_is_zero) if pixels.dtype.kind == "u" and pixels.itemsize == 2 \
             else windowed_wide(pixels, white_is_zero)
         image = Image.fromarray(grey, mode="L")
-    if image.mode in ("LA", "RGBA", "La", "RGBa"):
+    if image.mode in ALPHA_MODES:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, rgba)
     return image.convert("RGB")
+
+
+def has_transparent_colour(image: Image.Image) -> bool:
+    """Whether a palette entry or a colour (PNG's tRNS) of `image` marks its transparent pixels."""
+    return image.mode in ("P", "1", "L", "RGB") and image.info.get("transparency") is not None
 
 
 def window(values: np.ndarray, low: float, high: float, white_is_zero: bool) -> np.ndarray:
@@ -202,6 +216,27 @@ def high_byte_only(image: Image.Image, data: bytes) -> str | None:
     return None
 
 
+def hidden_share(image: Image.Image) -> float:
+    """The share of `image`'s pixels that its alpha (or its transparent palette entry or colour) hides: under
+    HIDING_ALPHA, nearly black once to_rgb composites them onto black. 0 for an image without transparency."""
+    if image.mode not in ALPHA_MODES and not has_transparent_colour(image):
+        return 0.0
+    alpha = np.asarray(image.convert("RGBA").getchannel("A"))
+    return float((alpha < HIDING_ALPHA).mean())
+
+
+def warn_if_degenerate(image: Image.Image, width: int, height: int, name: str | Path) -> None:
+    """Warn, naming the file `name`, of an image (`width` x `height` as stored) too small to hold an X-ray, or
+    whose alpha hides nearly all of it (hidden_share)."""
+    if min(width, height) < LEAST_SIDE:
+        log.warning("%s: the image is %dx%d pixels, under %d on its shorter side: too small to be an X-ray, kept; "
+                    "check the file", name, width, height, LEAST_SIDE)
+    hidden = hidden_share(image)
+    if hidden >= MOSTLY_HIDDEN:
+        log.warning("%s: its transparency hides %.1f%% of the image, which comes out nearly all black (transparent "
+                    "pixels are composited onto black), kept; check the file", name, 100 * hidden)
+
+
 def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     """Resize the shorter side to `size` (bilinear, antialiased), then center-crop size x size."""
     return ImageOps.fit(image, (size, size), method=Image.Resampling.BILINEAR)
@@ -225,6 +260,7 @@ def decode(data: bytes, size: int, name: str | Path = "<bytes>") -> np.ndarray:
             Image.MAX_IMAGE_PIXELS = MAX_PIXELS
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
+            width, height = image.size  # as stored: a JPEG's draft below decodes it smaller
             if image.width * image.height > MAX_PIXELS:
                 raise CxrError(
                     f"{name}: image is {image.width}x{image.height} pixels, over the "
@@ -257,6 +293,7 @@ def decode(data: bytes, size: int, name: str | Path = "<bytes>") -> np.ndarray:
             raise
         raise CxrError(f"{name}: cannot decode image ({str(error) or type(error).__name__}); replace or delete the "
                        "file") from error
+    warn_if_degenerate(image, width, height, name)
     try:
         rgb = to_rgb(image, white_is_zero)
     except ValueError as error:  # a float image without a finite pixel

@@ -122,6 +122,20 @@ def test_corrupt_image_is_skipped_and_logged(make_folder, damaged_tiff: bytes, t
     np.testing.assert_array_equal(np.asarray(again.images), np.asarray(built.images))
 
 
+def test_an_image_too_small_to_be_an_x_ray_is_warned_of_once_when_decoded(make_folder, tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    root = make_folder(per_class=3)
+    Image.new("L", (3, 800), 90).save(root / "sick" / "sliver.png")
+    with caplog.at_level(logging.WARNING):
+        built = build_cache(load_dataset("folder", root), SIZE, cache_root=tmp_path / "cache", workers=2)
+    assert len(built.images) == 7  # kept
+    assert caplog.text.count("sliver.png: the image is 3x800 pixels, under 32 on its shorter side") == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        build_cache(load_dataset("folder", root), SIZE, cache_root=tmp_path / "cache")
+    assert "sliver.png" not in caplog.text  # the cache decodes each image once
+
+
 def test_colour_images_keep_their_colour_and_grey_ones_one_plane(make_folder, tmp_path: Path) -> None:
     """Dataset 3 holds annotated figures in colour beside grey X-rays in every mode: the cache gives back
     exactly what decoding each file gives (three planes for colour, the grey plane three times), also

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import io
+import logging
 import re
 import struct
 import tracemalloc
@@ -272,6 +273,45 @@ def test_greyscale_with_trns_colour_is_transparent() -> None:
     array = decode(buffer.getvalue(), 8)
     assert array[:, :4].max() == 0
     assert np.all(array[:, 4:] == 100)
+
+
+def png_of(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 800), (800, 31)])
+def test_an_image_too_small_to_be_an_x_ray_is_kept_with_a_warning_naming_it(size: tuple[int, int],
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="cxrnets.images"):
+        array = decode(png_of(Image.new("L", size, 120)), 32, "sliver.png")
+    assert array.shape == (3, 32, 32)
+    assert caplog.text.count(f"sliver.png: the image is {size[0]}x{size[1]} pixels, under 32 on its shorter side: "
+                             "too small to be an X-ray, kept; check the file") == 1
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_an_image_its_alpha_hides_nearly_all_of_is_kept_with_a_warning_naming_it(
+        mode: str, caplog: pytest.LogCaptureFixture) -> None:
+    pixels = np.full((100, 100, 4 if mode == "RGBA" else 2), 200, dtype=np.uint8)
+    pixels[..., -1] = 0
+    pixels[0, 0, -1] = 255  # one pixel of 10,000 shows
+    with caplog.at_level(logging.WARNING, logger="cxrnets.images"):
+        array = decode(png_of(Image.fromarray(pixels, mode=mode)), 32, "hidden.png")
+    assert array.shape == (3, 32, 32) and array.max() <= 200
+    assert caplog.text.count("hidden.png: its transparency hides 100.0% of the image, which comes out nearly all "
+                             "black") == 1
+
+
+def test_an_ordinary_image_or_one_partly_transparent_is_not_warned_of(caplog: pytest.LogCaptureFixture,
+                                                                      tmp_path: Path, write_image) -> None:
+    half = np.full((64, 64, 4), 200, dtype=np.uint8)
+    half[:, :32, 3] = 0
+    with caplog.at_level(logging.WARNING, logger="cxrnets.images"):
+        decode(png_of(Image.fromarray(half, mode="RGBA")), 32, "half.png")
+        load_image(write_image(tmp_path / "x.jpg", "JPEG", 128, seed=1, size=(400, 300)), 16)  # drafted under 32
+    assert caplog.text == ""
 
 
 def test_other_modes_convert(tmp_path: Path) -> None:
