@@ -340,12 +340,12 @@ def test_intervals_resample_patients_and_pair_the_comparisons(evaluated, study_d
     assert bootstrap.images == len(test) and bootstrap.patients == test["patient"].nunique()
     assert bootstrap.resamples == 2000 and set(bootstrap.samples) == {
         *(c.candidate.trial_id for c in analysis.selected), BASELINE}
-    # This subset's test split holds a class of one patient, whom a resample holds or not: the averages over
-    # classes have no interval; accuracy has.
+    # This subset's test split holds two classes of one patient each, whom a resample holds or not: the averages
+    # over classes have no interval; accuracy has.
     patients = test.groupby("stratum")["patient"].nunique()
     assert bootstrap.class_patients == {name: patients.get(name, 0) for name in bootstrap.class_patients}
     alone = [name for name, count in bootstrap.class_patients.items() if count == 1]
-    assert len(alone) == 1, "the test reads a split with one class of one patient"
+    assert len(alone) == 2, "the test reads a split with two classes of one patient"
     assert {"precision_macro", "recall_macro", "f1_macro", "roc_auc_macro"} <= set(bootstrap.undefined)
     assert "accuracy" not in bootstrap.undefined
     # Seeded with the study's seed: the same resamples give the same intervals; accuracy, a proportion of images,
@@ -397,11 +397,12 @@ def test_intervals_resample_patients_and_pair_the_comparisons(evaluated, study_d
                                                       - chosen.evaluation.baseline["test/f1_macro"])
     text = (analysis.out / "report.md").read_text()
     assert "bootstrap resamples of the split's **patients**" in text
-    assert f"one patient on the split of class {alone[0]}: a resample holds" in text and "Undefined intervals: " in text
+    assert (f"one patient on the split of classes {', '.join(alone)}: a resample holds" in text
+            and "Undefined intervals: " in text)
     assert "### Paired differences (Macro F1)" in text
     for row in f1.to_dict("records"):
         assert f"{row['model']} vs {row['versus']}: {row['difference']:+.3f} [undefined], no interval" in text
-    assert f"{alone[0]}: one patient on this split" in text
+    assert f"{alone[0]} and {alone[1]}: one patient on this split" in text
     # The other classes have 2 to 9 patients: resampled, with a warning that their averages are too narrow
     few = [f"{name} {count}" for name, count in bootstrap.class_patients.items() if 2 <= count < 10]
     assert few and f"**Few patients:** classes with fewer than 10 patients on the split ({DATASET}: {', '.join(few)})" in text
