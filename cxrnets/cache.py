@@ -242,8 +242,8 @@ def _decode_files(partial: Path, index: DatasetIndex, image_size: int, workers: 
                                 shutil.disk_usage(partial).free) from error
 
     started = last_report = time.perf_counter()
-    log.info("decoding %d images of %s at %d px into %s (%s MB if every image is grey; a colour image takes "
-             "three times its share)", len(paths), index.name, image_size, directory, f"{grey.nbytes / 1e6:,.1f}")
+    log.info("decoding %d images of %s at %d px into %s (%s MB if every image is grey; a colour image "
+             "takes four times its share: its grey slot and three colour planes)", len(paths), index.name, image_size, directory, f"{grey.nbytes / 1e6:,.1f}")
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
         for done, _ in enumerate(pool.map(decode_one, range(len(paths))), start=1):

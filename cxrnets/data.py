@@ -424,7 +424,9 @@ def _load_covid_radiography(root: Path, name: str) -> DatasetIndex:
     for class_name, folder in folders.items():
         images = _subdirectories(folder).get("images")
         if images is None:
-            raise CxrError(f"{folder}: has no images/ folder (covid-radiography v4+ layout is <Class>/images/)")
+            raise CxrError(f"{folder}: has no images/ folder (covid-radiography v4+ layout is <Class>/images/); "
+                           f"for a release with the images directly in its class folders, pass --dataset folder "
+                           f"--data-root {root}")
         image_folders[class_name] = images
     index = _from_class_folders(name, root, image_folders)
     present = _subdirectories(root)

@@ -99,6 +99,10 @@ def fold_plan(fraction: float, groups: int) -> tuple[int, int]:
     return held, folds
 
 
+FEWER_FOLDS = ("use a larger dataset, or fractions whose parts take fewer folds (a part of 1/2, 1/3 or 1/4 of the "
+               "patients left takes 2, 3 or 4; a small part, or one near the whole, takes many)")
+
+
 def _hold_out(strata: np.ndarray, groups: np.ndarray, fraction: float, seed: int, part: str) -> np.ndarray:
     """Boolean mask of about `fraction` of the rows, whole groups only, stratified. `part` names what is held
     out, for the errors."""
@@ -106,15 +110,14 @@ def _hold_out(strata: np.ndarray, groups: np.ndarray, fraction: float, seed: int
     held_folds, n_splits = fold_plan(fraction, count)
     if count < n_splits:
         raise CxrError(
-            f"only {count} patients/groups: too few to hold out {part}; "
-            "use a larger dataset or larger split fractions"
+            f"only {count} patients/groups: too few to hold out {part}, which takes {n_splits} folds; "
+            f"{FEWER_FOLDS}"
         )
     largest = np.bincount(strata).max()
     if largest < n_splits:  # StratifiedGroupKFold's ValueError, said in the user's terms
         raise CxrError(
             f"only {largest} images in the largest class: too few to hold out {part} in "
-            f"{n_splits} class-stratified folds (one image of a class per fold at least); use a larger dataset or "
-            "larger split fractions"
+            f"{n_splits} class-stratified folds (one image of a class per fold at least); {FEWER_FOLDS}"
         )
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():

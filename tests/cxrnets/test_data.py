@@ -86,6 +86,20 @@ def test_radiography_without_images_subfolder(make_radiography) -> None:
         load_dataset("covid-radiography", root)
 
 
+def test_a_radiography_release_without_images_folders_is_sent_to_the_folder_layout(make_radiography) -> None:
+    """Releases before v4 kept the PNGs directly in each class folder: the error names the command that reads
+    them, and that command does."""
+    root = make_radiography()
+    for class_folder in [path for path in root.iterdir() if path.is_dir()]:
+        for image in (class_folder / "images").iterdir():
+            image.rename(class_folder / image.name)
+        shutil.rmtree(class_folder / "images")
+        shutil.rmtree(class_folder / "masks", ignore_errors=True)
+    with pytest.raises(CxrError, match=rf"has no images/ folder .*pass --dataset folder --data-root {root}$"):
+        load_dataset("covid-radiography", root)
+    assert len(load_dataset("folder", root).frame) == len(load_dataset("covid-radiography", make_radiography(root.parent / "v4")).frame)
+
+
 def test_radiography_empty_class_folder(make_radiography) -> None:
     root = make_radiography()
     for path in (root / "Lung_Opacity" / "images").iterdir():

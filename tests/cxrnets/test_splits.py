@@ -106,13 +106,17 @@ def test_too_few_images_of_every_class_for_the_folds_is_refused_saying_what_to_d
     strata = pd.Series([("a", "b", "c")[i % 3] for i in range(rows)])
     with pytest.raises(CxrError, match=r"only 5 images in the largest class: too few to hold out a test part of 15% "
                                        r"\(--test-fraction 0.15\) in 7 class-stratified folds .*; use a larger "
-                                       r"dataset or larger split fractions"):
+                                       r"dataset, or fractions whose parts take fewer folds"):
         make_split(frame, strata, seed=0)
     # The validation part is held out of what the test part left: the error says which part, and the option.
     with pytest.raises(CxrError, match=r"only 3 images in the largest class: too few to hold out a validation part "
                                        r"of 10% \(--val-fraction 0.1: 20% of the patients the test part left\)"):
         make_split(frame, strata, seed=0, test_fraction=0.5, val_fraction=0.1)
     assert set(make_split(frame, strata, seed=0, test_fraction=0.35, val_fraction=0.35)["split"]) == set(SPLITS)
+    # A part near the whole takes as many folds as a small one: the advice is not "larger fractions".
+    with pytest.raises(CxrError, match=r"of the patients the test part left\) in 7 class-stratified folds .*a small "
+                                       r"part, or one near the whole, takes many"):
+        make_split(frame, strata, seed=0, test_fraction=0.48, val_fraction=0.47)
 
 
 def test_patient_disjoint_on_fixture_tree(make_chestxray) -> None:
