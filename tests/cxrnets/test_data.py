@@ -697,34 +697,23 @@ def test_chestxray_tuberculosis_is_not_counted_as_pneumonia(make_chestxray, writ
 
 
 @pytest.mark.parametrize("name", ["covid-chestxray", "covid-chestxray-3class"])
-def test_chestxray_image_both_no_finding_and_a_disease_is_left_out_and_counted(name: str, make_chestxray,
+@pytest.mark.parametrize("on_one_row", [False, True])
+def test_chestxray_image_both_no_finding_and_a_disease_is_left_out_and_counted(name: str, on_one_row: bool,
+                                                                             make_chestxray,
                                                                              caplog: pytest.LogCaptureFixture) -> None:
-    """A file listed "No Finding" on one row and "COVID-19" on another was merged into COVID-19 (both labels in the
-    multi-label view) with no word of the contradiction: neither label can be trusted."""
-    root = make_chestxray()
-    metadata = pd.read_csv(root / "metadata.csv", dtype=str, keep_default_na=False)
-    again = metadata[metadata["filename"] == "p14-a.png"].assign(patientid="42", finding="COVID-19")
-    pd.concat([metadata, again]).to_csv(root / "metadata.csv", index=False)
-    before = load_dataset(name, make_chestxray(root.parent / "unchanged"))
-    with caplog.at_level(logging.WARNING, logger="cxrnets.data"):
-        index = load_dataset(name, root)
-    assert "images/p14-a.png" not in set(index.frame["relpath"])
-    assert len(index.frame) == len(before.frame) - 1
-    assert index.skipped["findings contradict (No Finding and a disease)"] == 1
-    row = 2 + int(np.flatnonzero(metadata["filename"] == "p14-a.png")[0])
-    assert (f"images/p14-a.png ('No Finding' on row {row}, 'COVID-19' on row {len(metadata) + 2})" in caplog.text)
-    assert "left out" in caplog.text and "fix the wrong finding" in caplog.text
-
-
-@pytest.mark.parametrize("name", ["covid-chestxray", "covid-chestxray-3class"])
-def test_chestxray_row_finding_both_no_finding_and_a_disease_is_left_out_as_two_rows_are(
-        name: str, make_chestxray, caplog: pytest.LogCaptureFixture) -> None:
-    """One row's "No Finding, COVID-19" was kept (both labels in the multi-label view, COVID-19 in the 3-class one)
-    with no word, where two rows that say so are left out."""
+    """A file listed "No Finding" on one row and "COVID-19" on another, or "No Finding, COVID-19" on one row, was
+    kept as COVID-19 (both labels in the multi-label view) with no word of the contradiction: neither label can be
+    trusted."""
     root = make_chestxray()
     metadata = pd.read_csv(root / "metadata.csv", dtype=str, keep_default_na=False)
     first = int(np.flatnonzero(metadata["filename"] == "p14-a.png")[0])
-    metadata.loc[first, "finding"] = "No Finding, COVID-19"
+    if on_one_row:
+        metadata.loc[first, "finding"] = "No Finding, COVID-19"
+        named = f"images/p14-a.png ('No Finding, COVID-19' on row {first + 2})"
+    else:
+        again = metadata.iloc[[first]].assign(patientid="42", finding="COVID-19")
+        named = f"images/p14-a.png ('No Finding' on row {first + 2}, 'COVID-19' on row {len(metadata) + 2})"
+        metadata = pd.concat([metadata, again])
     metadata.to_csv(root / "metadata.csv", index=False)
     before = load_dataset(name, make_chestxray(root.parent / "unchanged"))
     with caplog.at_level(logging.WARNING, logger="cxrnets.data"):
@@ -732,7 +721,8 @@ def test_chestxray_row_finding_both_no_finding_and_a_disease_is_left_out_as_two_
     assert "images/p14-a.png" not in set(index.frame["relpath"])
     assert len(index.frame) == len(before.frame) - 1
     assert index.skipped["findings contradict (No Finding and a disease)"] == 1
-    assert f"images/p14-a.png ('No Finding, COVID-19' on row {first + 2})" in caplog.text
+    assert named in caplog.text
+    assert "left out" in caplog.text and "fix the wrong finding" in caplog.text
 
 
 def test_chestxray_blank_patient_ids_are_counted(make_chestxray, caplog: pytest.LogCaptureFixture) -> None:
