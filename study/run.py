@@ -170,9 +170,9 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
                           **{k: v for k, v in document["search"].items() if k != "dataset"}}
     # Of the datasets the study has: a grid space runs every combination unless told otherwise, and a space of
     # choices ends once every configuration has run.
-    configurations = parse_space(document, str(source), source.stem).configurations()
+    configurations = parse_space(document, str(source), source.stem).configuration_count()
     if space.sampler == "grid" and "num_samples" not in space.study:
-        study["num_samples"] = len(configurations)
+        study["num_samples"] = configurations
     if args.grace_period is None and args.max_epochs is not None and study["grace_period"] > args.max_epochs >= 1:
         log.warning("the space's grace period %d exceeds --max-epochs %d: ASHA's grace period lowered to %d",
                     study["grace_period"], args.max_epochs, args.max_epochs)
@@ -186,11 +186,11 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
         raise CxrError(f"--image-size conflicts with {source}: search.image_size, from which each trial draws its "
                        "size; drop one")
     num_samples = pick("num_samples")
-    if configurations is not None and num_samples > len(configurations):
+    if configurations is not None and num_samples > configurations:
         given = (f"--num-samples {num_samples}" if args.num_samples is not None
                  else f"{source}: study.num_samples {num_samples}" if "num_samples" in space.study
                  else f"the default of {num_samples} trials")
-        num_samples = len(configurations)
+        num_samples = configurations
         log.warning("%s has %d configuration%s, fewer than %s: the study runs %d, each configuration once",
                     source, num_samples, "" if num_samples == 1 else "s", given, num_samples)
     name = study_name(args.name, space, document)
@@ -252,9 +252,9 @@ def validate(settings: StudySettings) -> None:
         check_metric_reported(settings.tie_break, list(settings.data_roots), "--tie-break")
     for model in space.values_of("model"):
         check_image_size(model, settings.image_size)
-    if space.sampler == "grid" and settings.num_samples < len(space.grid()):
+    if space.sampler == "grid" and settings.num_samples < space.configuration_count():
         log.warning("the grid has %d combinations but --num-samples is %d: only part of it runs",
-                    len(space.grid()), settings.num_samples)
+                    space.configuration_count(), settings.num_samples)
     first = space.first_points()
     if len(first) > settings.num_samples:
         log.warning("cover_first %s has %d combinations but --num-samples is %d: only the first %d are tried",

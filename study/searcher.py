@@ -41,6 +41,7 @@ import pickle
 import random
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import optuna
 from ray.tune.search import SearchGenerator, Searcher
@@ -108,6 +109,11 @@ def restore_storage_file(study_uri: str, optuna_study: str) -> Path:
                        f"study's {optuna_study!r}: it comes from another study; put back this study's own "
                        "optuna.db, or start a new study")
     return path
+
+
+def params_key(params: dict[str, Any]) -> tuple:
+    """A configuration's Optuna params as a set member: two trials with equal params have equal keys."""
+    return tuple(sorted(params.items()))
 
 
 class GridSamplerUnderTune(optuna.samplers.GridSampler):
@@ -180,7 +186,7 @@ class BestEpochOptunaSearch(OptunaSearch):
             pickle.dump(self.__getstate__(), file)
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        if self._untried_configurations() == []:
+        if self._every_configuration_taken():
             log.info("every configuration of the space has run or runs: the search ends")
             return Searcher.FINISHED
         config = super().suggest(trial_id)
@@ -210,14 +216,20 @@ class BestEpochOptunaSearch(OptunaSearch):
             self._copy_storage_file()
         return trial_config(config) if isinstance(config, dict) else config
 
+    def _every_configuration_taken(self) -> bool:
+        """Whether every configuration of a space of choices has run or runs; never, for a space with a range
+        (or a plain define-by-run function)."""
+        count = getattr(self._space, "configuration_count", lambda: None)()
+        return count is not None and len({params_key(trial.params) for trial in self._taken_trials()}) >= count
+
     def _untried_configurations(self) -> list[dict] | None:
         """The space's configurations that no finished or running trial has taken; None for a space with a
         range (or a plain define-by-run function), whose configurations cannot be listed."""
         listed = getattr(self._space, "configurations", lambda: None)()
         if listed is None:
             return None
-        taken = [trial.params for trial in self._taken_trials()]
-        return [config for config in listed if config not in taken]
+        taken = {params_key(trial.params) for trial in self._taken_trials()}
+        return [config for config in listed if params_key(config) not in taken]
 
     def _same_configuration(self, ot_trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
         """The earliest finished or running trial with exactly `ot_trial`'s parameters, if any."""

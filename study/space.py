@@ -202,6 +202,26 @@ class SearchSpace:
         return [{drawn_by(config, name).optuna_name: value for name, value in config.items()
                  if drawn_by(config, name).kind == "choice"} for config in self.grid()]
 
+    def configuration_count(self) -> int | None:
+        """How many configurations `configurations` lists, counted without listing them (a space of many choices
+        has millions); None for a space with a range."""
+        if any(dimension.kind not in ("choice", "value") for dimension in self.dimensions):
+            return None
+        conditioning = {key for dimension in self.dimensions for key in dimension.when}
+
+        def count(index: int, config: dict[str, Any]) -> int:
+            if index == len(self.dimensions):
+                return 1
+            dimension = self.dimensions[index]
+            if dimension.name in config or not dimension.applies(config):
+                return count(index + 1, config)
+            if dimension.name in conditioning:
+                return sum(count(index + 1, {**config, dimension.name: value}) for value in dimension.values())
+            # No `when` reads this dimension: each of its values leads to as many configurations.
+            return len(dimension.values()) * count(index + 1, {**config, dimension.name: None})
+
+        return count(0, {})
+
     def first_points(self) -> list[dict[str, Any]]:
         """The trials the study starts with: every combination of the `cover_first` choices, in the
         order the space lists them; the sampler draws their other dimensions."""

@@ -158,6 +158,22 @@ def test_a_sampler_that_proposes_only_repeats_gets_untried_configurations_then_t
     assert sum("repeat_of" in t.user_attrs for t in trials) == 2 * (REDRAWS + 1)  # b's and c's; d asks for none
 
 
+def test_a_space_of_many_choices_is_not_listed_at_each_suggestion(monkeypatch):
+    """Each suggestion asked whether the space was used up by listing every configuration: 0.4 s a trial at
+    26,000 configurations, minutes at millions. Counting does; listing waits for a sampler stuck on repeats."""
+    space = parse_space({"search": {"lr": {"choice": [10.0 ** -i for i in range(1, 9)]},
+                                    "batch_size": {"choice": list(range(2, 10))}}})
+    search = BestEpochOptunaSearch(space, metric="val/f1_macro", mode="max",
+                                   sampler=optuna.samplers.RandomSampler(seed=0))
+
+    def listed():
+        raise AssertionError("the space's configurations were listed")
+
+    monkeypatch.setattr(space, "configurations", listed)
+    for trial_id in "abc":
+        feed(search, trial_id, [0.3])
+
+
 def test_a_space_with_a_range_repeats_a_configuration_rather_than_waiting():
     """A range's configurations cannot be listed: after REDRAWS repeats the repeat runs."""
     def one_rate(trial: optuna.Trial) -> None:

@@ -115,6 +115,25 @@ def test_configurations_are_what_optuna_records_for_a_trial():
     assert load_space("demo").configurations() is None
 
 
+def test_configurations_are_counted_as_listed_without_listing_them():
+    """A space of choices is counted, for the study's trial count and the searcher's end, without listing its
+    configurations: listing a space of eight ten-way choices (10^8) took minutes and gigabytes."""
+    conditional = parse_space({"search": {
+        "optimizer": {"choice": ["adam", "sgd"]},
+        "lr": {"choice": [1e-4, 1e-3, 1e-2]},
+        "momentum": {"choice": [0.5, 0.9], "when": {"optimizer": "sgd"}},
+        "weight_decay": [{"value": 0, "when": {"optimizer": "adam"}}, {"value": 1e-4, "when": {"optimizer": "sgd"}}],
+        "batch_size": {"choice": [16, 32]}}})
+    assert conditional.configuration_count() == len(conditional.configurations()) == (3 + 3 * 2) * 2
+    assert load_space("paper").configuration_count() == 108
+    assert load_space("demo").configuration_count() is None  # a range: nothing to count
+    tenths = [i / 10 for i in range(10)]
+    wide = parse_space({"search": {"lr": {"choice": [10.0 ** -i for i in range(1, 11)]},
+                                   "batch_size": {"choice": list(range(2, 12))}, "momentum": {"choice": tenths},
+                                   "weight_decay": {"choice": tenths}, "seed": {"choice": list(range(10))}}})
+    assert wide.configuration_count() == 10 ** 5
+
+
 def test_paper_grid_through_optuna_search_runs_every_combination_once():
     """Ray's OptunaSearch with the grid sampler proposes all 108 points before repeating one,
     even when every trial is still running (none has reported)."""
