@@ -450,7 +450,13 @@ def _load_folder(root: Path) -> DatasetIndex:
     """Any class-per-folder tree: each sub-folder of root is a class; `masks` folders are skipped."""
     folders = {key: folder for key, folder in _subdirectories(root).items() if key != "masks"}
     if len(folders) < 2:
-        raise CxrError(f"{root}: a folder dataset needs at least two class sub-folders, found {len(folders)}")
+        message = f"{root}: a folder dataset needs at least two class sub-folders, found {len(folders)}"
+        if len(folders) == 1:
+            (only,) = folders.values()
+            below = [key for key in _subdirectories(only) if key != "masks"]
+            if len(below) >= 2:
+                message += f" ({only.name}/, which holds {len(below)}): if those are the classes, pass --data-root {only}"
+        raise CxrError(message)
     _refuse_one_level_too_high(root, list(folders.values()))
     return _from_class_folders("folder", root, {folder.name: folder for folder in folders.values()}, skip_masks=True)
 

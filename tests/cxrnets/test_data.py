@@ -406,6 +406,17 @@ def test_folder_needs_two_classes(tmp_path: Path, write_image) -> None:
         load_dataset("folder", tmp_path / "data")
 
 
+def test_folder_whose_one_sub_folder_holds_the_classes_says_which_root_to_pass(tmp_path: Path, write_image) -> None:
+    """An archive unpacked into a folder of its own (data/release/<class>/): 'found 1' left the user to guess."""
+    for name in ("covid", "normal"):
+        write_image(tmp_path / "data" / "release" / name / "a.png")
+    with pytest.raises(CxrError) as refused:
+        load_dataset("folder", tmp_path / "data")
+    assert str(refused.value) == (f"{tmp_path / 'data'}: a folder dataset needs at least two class sub-folders, "
+                                  f"found 1 (release/, which holds 2): if those are the classes, pass --data-root "
+                                  f"{tmp_path / 'data' / 'release'}")
+
+
 def test_folder_empty_class(make_folder) -> None:
     root = make_folder(per_class=3)
     (root / "unsure").mkdir()
