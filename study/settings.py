@@ -42,6 +42,8 @@ ASHA_FORMS = ("promoting", "stopping")  # study.asha: PromotingASHA pauses trial
 SPACE_STUDY_KEYS = tuple(DEFAULTS)
 # The least each whole-number setting may be, from the command line or a space.
 LOWEST = {"num_samples": 1, "max_epochs": 1, "grace_period": 1, "reduction_factor": 2, "image_size": 1}
+# The finest fraction of a CPU or a GPU Ray schedules: a trial asking for less is refused when Tune starts it.
+RESOURCE_UNIT = 0.0001
 # The checkpoint policy's defaults (see study.checkpoints).
 CHECKPOINT_EVERY = 5          # epochs between two full states of a running trial
 CHECKPOINT_MINUTES = 15.0     # ... or minutes, whichever comes first
@@ -263,8 +265,13 @@ def broken_setting_rules(settings: StudySettings) -> Iterator[tuple[tuple[str, .
     cpus, gpus = settings.cpus_per_trial, settings.gpus_per_trial
     if not (math.isfinite(cpus) and cpus > 0):
         yield ("cpus_per_trial",), "must be a finite number above 0"
+    elif cpus < RESOURCE_UNIT:
+        yield ("cpus_per_trial",), f"must be at least {RESOURCE_UNIT:g}, the finest fraction of a CPU Ray schedules"
     if not (math.isfinite(gpus) and gpus >= 0):
         yield ("gpus_per_trial",), "must be a finite number of 0 or more"
+    elif 0 < gpus < RESOURCE_UNIT:
+        yield ("gpus_per_trial",), (f"must be 0 or at least {RESOURCE_UNIT:g}, the finest fraction of a GPU Ray "
+                                    "schedules")
     elif gpus > 1 and gpus != int(gpus):
         yield ("gpus_per_trial",), "above 1, must be a whole number of GPUs"
     if settings.max_concurrent is not None and settings.max_concurrent < 1:

@@ -180,6 +180,10 @@ def test_a_damaged_study_json_is_refused_naming_the_field_and_what_it_should_hol
     ({"reduction_factor": 1}, "reduction_factor holds 1: must be at least 2"),
     ({"cpus_per_trial": 0}, "cpus_per_trial holds 0: must be a finite number above 0"),
     ({"gpus_per_trial": 1.5}, "gpus_per_trial holds 1.5: above 1, must be a whole number of GPUs"),
+    ({"gpus_per_trial": 0.00001}, "gpus_per_trial holds 1e-05: must be 0 or at least 0.0001, the finest fraction "
+                                  "of a GPU Ray schedules"),
+    ({"cpus_per_trial": 0.00001}, "cpus_per_trial holds 1e-05: must be at least 0.0001, the finest fraction of a CPU "
+                                  "Ray schedules"),
     ({"max_failures": -1}, "max_failures holds -1: must be 0 or more"),
     ({"checkpoint_minutes": 0}, "checkpoint_minutes holds 0: must be above 0"),
 ])
