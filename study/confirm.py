@@ -274,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--allow-unfinished", action="store_true",
         help="confirm the best configurations so far of a study whose search is unfinished (trials errored, "
              "interrupted or not started), rather than refusing until `python -m study.run --resume` finishes it")
-    add("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a cluster running here, "
+    add("--address", default=None, help="Ray cluster address, host:port (the head's GCS port, 6379 by default) or "
+        "ray://host:port (default: RAY_ADDRESS, else a cluster running here, "
         "else a local Ray instance)")
     add("--num-cpus", type=int, default=None, help="CPUs of a new local Ray instance (default: all)")
     add("--cpus-per-trial", type=float, default=None,

@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from shlex import quote
 
@@ -252,7 +253,36 @@ def study_console(settings: StudySettings) -> StudyConsole:
                         tie_break=settings.tie_break)
 
 
-def cluster_address(address: str | None) -> str | None:
+@dataclass(frozen=True)
+class ClusterAddress:
+    """The address of the Ray cluster a study joins, and where it came from, which messages about it name."""
+    address: str
+    origin: str  # "--address", "RAY_ADDRESS", or that `ray start` recorded it in its address file
+
+    @property
+    def given(self) -> bool:
+        """Whether the address was given (--address or RAY_ADDRESS), not found where `ray start` recorded it."""
+        return self.origin in ("--address", "RAY_ADDRESS")
+
+    def host_port(self) -> str | None:
+        """HOST:PORT of the address, None for a form of Ray's own ("auto", "local"); CxrError for any other."""
+        if self.address in ("auto", "local"):
+            return None
+        host, _, port = self.address.removeprefix("ray://").rpartition(":")
+        if not host or not port.isdigit():
+            subject = f"{self.origin} {self.address}" if self.given else f"{self.address} ({self.origin})"
+            raise CxrError(f"{subject}: give host:port (the head's GCS port, 6379 by default) or ray://host:port "
+                           "(its Ray Client port, 10001 by default)")
+        return f"{host}:{port}"
+
+    def remedy(self) -> str:
+        """What to do when nothing answers at the address."""
+        if self.given:
+            return f"check {self.origin}"
+        return "run `ray stop` if the cluster that `ray start` started here is gone, or pass --address"
+
+
+def cluster_address(address: str | None) -> ClusterAddress | None:
     """The Ray cluster a study joins: --address, else RAY_ADDRESS, else the cluster that `ray start`
     (or `ray up`) started on this machine; None when there is none and the study starts its own instance.
 
@@ -260,32 +290,37 @@ def cluster_address(address: str | None) -> str | None:
     join the private instance of any other process's ray.init() (another study, a test run), which
     dies with that process.
     """
-    address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        return address
-    from ray._private.utils import read_ray_address  # the file `ray start` writes under RAY_TMPDIR
+        return ClusterAddress(address, "--address")
+    if os.environ.get("RAY_ADDRESS"):
+        return ClusterAddress(os.environ["RAY_ADDRESS"], "RAY_ADDRESS")
+    from ray._common.utils import get_ray_address_file  # the file `ray start` writes under RAY_TMPDIR
 
-    return read_ray_address() or None
+    recorded = Path(get_ray_address_file(None))
+    address = recorded.read_text().strip() if recorded.is_file() else ""
+    return ClusterAddress(address, f"recorded by `ray start` on this machine in {recorded}") if address else None
 
 
 def check_cluster_reachable(address: str | None, num_cpus: int | None = None) -> None:
-    """Refuse, in seconds and before anything is written, a cluster address that nothing answers on:
-    ray.init retries such an address for minutes, printing only its own warnings. And --num-cpus, which
-    sizes a Ray instance started here, for a study that joins a cluster."""
+    """Refuse, in seconds and before anything is written, a cluster address that is no address, or that
+    nothing answers on: ray.init retries such an address for minutes, printing only its own warnings. And
+    --num-cpus, which sizes a Ray instance started here, for a study that joins a cluster."""
+    cluster = cluster_address(address)
+    if cluster is None:
+        return
+    host_port = cluster.host_port()
     if ray.is_initialized():
         return
-    address = cluster_address(address)
-    if address and num_cpus is not None:
+    if num_cpus is not None:
         raise CxrError(f"--num-cpus {num_cpus} sizes the Ray instance a study starts on this machine; it joins the "
-                       f"cluster at {address} (--address or RAY_ADDRESS), whose nodes give their own CPUs: drop "
+                       f"cluster at {cluster.address} ({cluster.origin}), whose nodes give their own CPUs: drop "
                        "--num-cpus")
-    host, _, port = (address or "").removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        return  # no cluster to join, or a form of Ray's own ("auto"), left to ray.init
-    error = connection_error(f"{host}:{port}", CLUSTER_CONNECT_SECONDS)
+    if host_port is None:
+        return
+    error = connection_error(host_port, CLUSTER_CONNECT_SECONDS)
     if error:
-        raise CxrError(f"cannot reach the Ray cluster at {address} ({error.strerror or error}); check --address or "
-                       "RAY_ADDRESS, or run `ray stop` if a cluster started here is gone") from error
+        raise CxrError(f"cannot reach the Ray cluster at {cluster.address} ({cluster.origin}): "
+                       f"{error.strerror or error}; {cluster.remedy()}") from error
 
 
 def connection_error(host_port: str, timeout: float) -> OSError | None:
@@ -303,14 +338,14 @@ def connect(address: str | None, num_cpus: int | None, trial_logs: bool = True) 
     `trial_logs`: show what the trials' processes print and log (else it stays in Ray's session logs)."""
     if ray.is_initialized():
         return False
-    address = cluster_address(address)
-    if address:
+    cluster = cluster_address(address)
+    if cluster:
         try:
-            ray.init(address=address, log_to_driver=trial_logs)
+            ray.init(address=cluster.address, log_to_driver=trial_logs)
         except ConnectionError as error:
-            raise CxrError(f"cannot reach the Ray cluster at {address} ({error}); check --address or "
-                           "RAY_ADDRESS, or run `ray stop` if a cluster started here is gone") from error
-        log.info("joined the Ray cluster at %s", address)
+            raise CxrError(f"cannot reach the Ray cluster at {cluster.address} ({cluster.origin}): {error}; "
+                           f"{cluster.remedy()}") from error
+        log.info("joined the Ray cluster at %s", cluster.address)
         return False
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if os.environ.get("CXR_TUNE_CACHE"):

@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the study in this directory with the settings in its study.json; only --address, "
              "--num-cpus, --cpus-per-trial, --gpus-per-trial (what this machine gives), --data-root and "
              "--cache-dir (where they lie now) and -v go with it (default: start a new study)")
-    add("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a cluster running here, "
+    add("--address", default=None, help="Ray cluster address, host:port (the head's GCS port, 6379 by default) or "
+        "ray://host:port (default: RAY_ADDRESS, else a cluster running here, "
         "else a new local instance)")
     add("--num-cpus", type=int, default=None,
         help="CPUs of a new local Ray instance (default: all; refused with a cluster)")

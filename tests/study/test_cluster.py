@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -307,10 +308,10 @@ def test_a_study_joins_only_a_cluster_started_with_ray_start(monkeypatch, tmp_pa
     assert cluster_address(None) is None
     (tmp_path / "ray").mkdir()
     (tmp_path / "ray" / "ray_current_cluster").write_text("10.0.0.5:6379\n")
-    assert cluster_address(None) == "10.0.0.5:6379"
+    assert cluster_address(None).address == "10.0.0.5:6379"
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.6:6379")
-    assert cluster_address(None) == "10.0.0.6:6379"
-    assert cluster_address("10.0.0.7:6379") == "10.0.0.7:6379"
+    assert cluster_address(None).address == "10.0.0.6:6379"
+    assert cluster_address("10.0.0.7:6379").address == "10.0.0.7:6379"
 
 
 def test_a_cluster_address_nothing_answers_on_is_refused_in_seconds(monkeypatch, tmp_path, capsys):
@@ -357,8 +358,42 @@ def test_num_cpus_for_a_study_that_joins_a_cluster_is_refused(monkeypatch, tmp_p
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
     assert main(["--num-cpus", "8", "--storage", str(tmp_path / "studies"), "--name", "s"]) == 2
     assert ("error: --num-cpus 8 sizes the Ray instance a study starts on this machine; it joins the cluster at "
-            "127.0.0.1:6379 (--address or RAY_ADDRESS)") in capsys.readouterr().err
+            "127.0.0.1:6379 (RAY_ADDRESS), whose nodes give their own CPUs: drop --num-cpus") in capsys.readouterr().err
     assert not (tmp_path / "studies" / "s").exists()
+
+
+def test_num_cpus_beside_a_cluster_started_here_names_the_file_that_recorded_it(monkeypatch, tmp_path, capsys):
+    """Neither --address nor RAY_ADDRESS was typed: the refusal says where the cluster's address came from."""
+    import ray
+
+    from study.run import main
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text("127.0.0.1:6379\n")
+    assert main(["--num-cpus", "1", "--storage", str(tmp_path / "studies"), "--name", "s"]) == 2
+    assert ("it joins the cluster at 127.0.0.1:6379 (recorded by `ray start` on this machine in "
+            f"{tmp_path / 'ray' / 'ray_current_cluster'}), whose nodes give their own CPUs") in capsys.readouterr().err
+    assert not (tmp_path / "studies" / "s").exists()
+
+
+@pytest.mark.parametrize("address", ["192.0.2.2", "ray://192.0.2.2", "192.0.2.2:gcs", ":6379", "http://192.0.2.2"])
+def test_a_cluster_address_without_host_and_port_is_refused_naming_the_forms(monkeypatch, address):
+    """ray.init raised a bare ValueError for it, after the study had written its folder."""
+    import ray
+
+    from study.driver import check_cluster_reachable
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    with pytest.raises(CxrError) as refused:
+        check_cluster_reachable(address)
+    assert str(refused.value) == (f"--address {address}: give host:port (the head's GCS port, 6379 by default) or "
+                                  "ray://host:port (its Ray Client port, 10001 by default)")
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    with pytest.raises(CxrError, match=f"^RAY_ADDRESS {re.escape(address)}: give host:port"):
+        check_cluster_reachable(None)
 
 
 # ------------------------------------------------------------------ 4. bounded retries

@@ -145,6 +145,9 @@ BAD_INPUT = {
                                                 r"--gpus-per-trial 1e-05: must be 0 or at least 0\.0001"),
     "a CPU fraction finer than Ray schedules": (GOOD_SPACE, ["--cpus-per-trial", "0.00001"],
                                                 r"--cpus-per-trial 1e-05: must be at least 0\.0001"),
+    "a cluster address without a port": (GOOD_SPACE, ["--address", "192.0.2.2"],
+                                         r"--address 192\.0\.2\.2: give host:port \(the head's GCS port, 6379 by "
+                                         r"default\) or ray://host:port"),
     "more CPUs than the machine": (GOOD_SPACE, ["--cpus-per-trial", TOO_MANY_CPUS],
                                    rf"--cpus-per-trial {TOO_MANY_CPUS} exceeds the \d+ CPU cores of this machine"),
     "more CPUs than --num-cpus": (GOOD_SPACE, ["--num-cpus", "1", "--cpus-per-trial", "2"],
