@@ -355,9 +355,9 @@ def connect(address: str | None, num_cpus: int | None, trial_logs: bool = True) 
     return True
 
 
-def _alive_nodes() -> list[str]:
-    """Node ids of the Ray cluster's live nodes."""
-    return [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+def _alive_nodes() -> list[dict]:
+    """The Ray cluster's live nodes, as ray.nodes() describes each (NodeID, Resources, ...)."""
+    return [node for node in ray.nodes() if node["Alive"]]
 
 
 def _paths_seen_by_nodes(node_ids: list[str], paths: list[str], timeout: float = 120) -> dict[str, list[bool]]:
@@ -381,14 +381,43 @@ def _paths_seen_by_nodes(node_ids: list[str], paths: list[str], timeout: float =
     return seen
 
 
+def no_node_fits(cpus: float, gpus: float, nodes: list[dict]) -> str | None:
+    """What to say when none of a cluster's live `nodes` (ray.nodes()'s records) has the `cpus` and `gpus` of
+    one trial, None when one has: Tune weighs a trial against the whole cluster's resources, and lets it wait
+    without a word for a node that holds it. Whether an autoscaler will add such a node, the driver cannot tell."""
+    def has(node: dict, resource: str) -> float:
+        return node["Resources"].get(resource, 0.0)
+
+    if any(has(node, "CPU") >= cpus and has(node, "GPU") >= gpus for node in nodes):
+        return None
+    first, then = ("GPU", "CPU") if gpus > 0 else ("CPU", "GPU")
+    largest = max(nodes, key=lambda node: (has(node, first), has(node, then)), default={"Resources": {}})
+    if has(largest, "CPU") > 0:
+        fitting = [f"{flag} {has(largest, resource):g}{' or less' if has(largest, resource) > 0 else ''}"
+                   for flag, resource, asked in (("--cpus-per-trial", "CPU", cpus), ("--gpus-per-trial", "GPU", gpus))
+                   if has(largest, resource) < asked]
+        remedy = f"stop the study with Ctrl-C and resume it with {' and '.join(fitting)}"
+    else:
+        remedy = "add a node with CPUs (`ray start --address` on it)"
+    return (f"no live node of the cluster can hold a trial (--cpus-per-trial {cpus:g}, --gpus-per-trial {gpus:g}): "
+            f"the largest has {has(largest, 'CPU'):g} CPU(s) and {has(largest, 'GPU'):g} GPU(s). The trials wait for "
+            "a node that can: an autoscaling cluster (cluster.yaml) adds one, a fixed cluster (cluster-onprem.yaml, "
+            f"or nodes started by `ray start`) never will: there, {remedy}")
+
+
 def check_cluster(settings: StudySettings, joined: bool = False) -> None:
     """On a multi-node cluster, every node must see the study's storage and the datasets.
 
     Only the nodes alive now are checked; a node that joins later (an autoscaled worker) is checked
     by each trial it runs (see study.trainable). `joined`: the study joined a cluster rather than
-    starting its own Ray, so nodes may join later.
+    starting its own Ray, so nodes may join later, and a trial that no live node can hold is warned
+    about rather than refused (check_local_resources refuses it on a Ray instance of the study's own).
     """
     nodes = _alive_nodes()
+    if joined:
+        unfit = no_node_fits(settings.cpus_per_trial, settings.gpus_per_trial, nodes)
+        if unfit:
+            log.warning(unfit)
     local_storage = not storage.is_remote(settings.storage)
     if len(nodes) < 2:
         if joined and local_storage:
@@ -398,7 +427,7 @@ def check_cluster(settings: StudySettings, joined: bool = False) -> None:
         return
     marker = settings_uri(settings.study_uri) if local_storage else None
     wanted = list(settings.data_roots.values()) + ([marker] if marker else [])
-    for node_id, seen in _paths_seen_by_nodes(nodes, wanted).items():
+    for node_id, seen in _paths_seen_by_nodes([node["NodeID"] for node in nodes], wanted).items():
         for path, ok in zip(wanted, seen):
             if ok:
                 continue

@@ -212,7 +212,8 @@ def fake_nodes(monkeypatch, nodes: list[str], hidden: dict[str, set[str]] | None
         return {node: [Path(p).exists() and p not in (hidden or {}).get(node, set()) for p in paths]
                 for node in node_ids}
 
-    monkeypatch.setattr(study.driver, "_alive_nodes", lambda: list(nodes))
+    monkeypatch.setattr(study.driver, "_alive_nodes",
+                        lambda: [{"NodeID": node, "Alive": True, "Resources": {"CPU": 8.0}} for node in nodes])
     monkeypatch.setattr(study.driver, "_paths_seen_by_nodes", seen)
     return asked
 
@@ -277,6 +278,68 @@ def test_object_storage_is_not_looked_for_on_the_nodes(monkeypatch, settings):
     asked = fake_nodes(monkeypatch, ["a" * 56, "b" * 56])
     check_cluster(replace(settings, storage="s3://bucket/cxr-tune"))
     assert asked == [list(settings.data_roots.values())]
+
+
+def node(cpus: float, gpus: float = 0.0) -> dict[str, Any]:
+    """A live node as ray.nodes() describes it (a node without GPUs lists none)."""
+    return {"NodeID": "a" * 56, "Alive": True,
+            "Resources": {"CPU": cpus, "memory": 8e9, **({"GPU": gpus} if gpus else {})}}
+
+
+@pytest.mark.parametrize(("cpus", "gpus", "nodes"), [
+    (1, 0, [node(1), node(1)]),
+    (2, 0, [node(1), node(4)]),
+    (2, 0.25, [node(8), node(2, 1)]),
+    (0.5, 0, [node(0), node(0.5)]),
+])
+def test_a_trial_that_some_live_node_can_hold_is_no_news(cpus, gpus, nodes):
+    from study.driver import no_node_fits
+
+    assert no_node_fits(cpus, gpus, nodes) is None
+
+
+@pytest.mark.parametrize(("cpus", "gpus", "nodes", "largest", "resume"), [
+    (2, 0, [node(1), node(1)], "1 CPU(s) and 0 GPU(s)", "--cpus-per-trial 1 or less"),
+    (1, 1, [node(1), node(1)], "1 CPU(s) and 0 GPU(s)", "--gpus-per-trial 0"),
+    (4, 1, [node(8), node(2, 1)], "2 CPU(s) and 1 GPU(s)", "--cpus-per-trial 2 or less"),
+    (4, 1, [node(2, 0.5), node(1)], "2 CPU(s) and 0.5 GPU(s)", "--cpus-per-trial 2 or less and --gpus-per-trial "
+                                                               "0.5 or less"),
+])
+def test_a_trial_that_no_live_node_can_hold_is_warned_about_naming_the_largest(cpus, gpus, nodes, largest, resume):
+    """Tune weighs a trial against the whole cluster: two 1-CPU nodes took --cpus-per-trial 2 and the study
+    waited for ever, its status line saying only '2 to start'."""
+    from study.driver import no_node_fits
+
+    said = no_node_fits(cpus, gpus, nodes)
+    assert said.startswith(f"no live node of the cluster can hold a trial (--cpus-per-trial {cpus:g}, "
+                           f"--gpus-per-trial {gpus:g}): the largest has {largest}. ")
+    assert "an autoscaling cluster (cluster.yaml) adds one" in said and "cluster-onprem.yaml" in said
+    assert said.endswith(f"stop the study with Ctrl-C and resume it with {resume}")
+
+
+def test_a_cluster_of_nodes_without_cpus_is_warned_about_asking_for_a_node():
+    """A head started with --num-cpus 0 alone (cluster.yaml's, before its first worker): no lower request fits."""
+    from study.driver import no_node_fits
+
+    said = no_node_fits(1, 0.25, [node(0)])
+    assert "the largest has 0 CPU(s) and 0 GPU(s)" in said and "--cpus-per-trial 0" not in said
+    assert said.endswith("there, add a node with CPUs (`ray start --address` on it)")
+
+
+def test_a_joined_cluster_too_small_for_a_trial_is_warned_about_once(monkeypatch, settings, caplog):
+    """A warning, not a refusal: an autoscaling cluster adds the node the trial waits for. A Ray instance of the
+    study's own was checked before it started (check_local_resources)."""
+    from study.driver import check_cluster
+
+    fake_nodes(monkeypatch, ["a" * 56, "b" * 56])  # 8 CPUs each
+    with caplog.at_level("WARNING", logger="study.driver"):
+        check_cluster(replace(settings, cpus_per_trial=8), joined=True)
+        check_cluster(replace(settings, cpus_per_trial=9))
+        check_cluster(replace(settings, cpus_per_trial=9), joined=True)
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].startswith("no live node of the cluster can hold a trial "
+                                                         "(--cpus-per-trial 9, --gpus-per-trial 0): the largest "
+                                                         "has 8 CPU(s) and 0 GPU(s)")
 
 
 def test_a_trial_refuses_a_node_that_joined_after_the_check(monkeypatch, tmp_path):
