@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
+import re
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -77,8 +80,11 @@ def check_output_folder(folder: Path, option: str) -> None:
 
 
 ZIP_MAGIC = b"PK\x03\x04"  # how torch.save's format (a zip archive) starts
-PICKLE_MAGIC = b"\x80"  # how its legacy format (before PyTorch 1.6, or _use_new_zipfile_serialization=False) starts
+PICKLE_MAGIC = b"\x80"  # how a pickle (protocol 2 or later) starts, torch's legacy format (before PyTorch 1.6, or
+# _use_new_zipfile_serialization=False) among them: that one pickles this number first, in its opening bytes
+LEGACY_MAGIC = torch.serialization.MAGIC_NUMBER.to_bytes(10, "little")
 GIT_LFS_POINTER = b"version https://git-lfs"
+CHECKPOINT_FILES = "a study's weights/<trial id>.pt or a checkpoint.pt of python -m cxrnets.train"
 
 
 def load_checkpoint(path: str | Path, required: tuple[str, ...] = TRAINED_MODEL_KEYS, mmap: bool = True,
@@ -99,21 +105,33 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = TRAINED_MODEL_
     if start.startswith(GIT_LFS_POINTER):
         raise CxrError(f"{name}: a git-LFS pointer, not the file it stands for: run git lfs pull in its repository "
                        "(or download the file itself) and pass it again")
+    if start.startswith(PICKLE_MAGIC) and LEGACY_MAGIC not in start:
+        raise CxrError(f"{name}: a Python pickle (as pickle.dump writes: a study's tuner.pkl, say), not a PyTorch "
+                       f"checkpoint: pass {CHECKPOINT_FILES}")
     zipped = start.startswith(ZIP_MAGIC)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
+        with warnings.catch_warnings():
+            # torch warns of any pickle protocol but 2, which its own legacy format may use too
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
     except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... on a bad file
+        refused = re.search(r"GLOBAL (\S+)", str(error)) if isinstance(error, pickle.UnpicklingError) else None
+        if refused:  # the file is whole, but pickles an object of a class, which weights_only does not build
+            raise CxrError(f"{name}: a pickled {refused[1]} (a whole model saved with torch.save(model)?), not a "
+                           f"weights checkpoint: pass {CHECKPOINT_FILES}; for a model of your own, torch.save a dict "
+                           f"of its state_dict() as 'model' and its {', '.join(map(repr, TRAINED_MODEL_KEYS[1:]))}") \
+                from error
         if not zipped and not start.startswith(PICKLE_MAGIC):
-            raise CxrError(f"{name}: not a PyTorch checkpoint (it starts with {start[:24]!r}): pass a study's "
-                           "weights/<trial id>.pt or a checkpoint.pt of python -m cxrnets.train") from error
+            raise CxrError(f"{name}: not a PyTorch checkpoint (it starts with {start[:24]!r}): pass "
+                           f"{CHECKPOINT_FILES}") from error
         # torch's first sentence says what failed; the rest is advice, some of it wrong here
         reason = str(error).strip().splitlines()[0].split(". ")[0].rstrip(".") if str(error).strip() else ""
         raise CxrError(f"{name}: not a readable checkpoint (truncated or corrupt: {reason or type(error).__name__}); "
                        "a copy, download or save that did not finish? copy the file again") from error
     missing = set(required) - set(checkpoint if isinstance(checkpoint, dict) else {})
     if missing:
-        raise CxrError(f"{name}: not a trained model's checkpoint (missing {sorted(missing)}); pass a study's "
-                       "weights/<trial id>.pt or a checkpoint.pt of python -m cxrnets.train")
+        raise CxrError(f"{name}: not a trained model's checkpoint (missing {sorted(missing)}); pass "
+                       f"{CHECKPOINT_FILES}")
     return checkpoint
 
 

@@ -1184,6 +1184,32 @@ def test_a_truncated_checkpoint_is_called_truncated_or_corrupt_in_whole_words(tm
     assert "likelihood" not in message
 
 
+@pytest.mark.parametrize("kind", ["whole model", "whole model, legacy format", "pickle", "pickle, protocol 2"])
+def test_an_intact_file_of_another_kind_is_named_as_such_not_truncated(tmp_path: Path, kind: str) -> None:
+    """A whole model (torch.save(model)), or a study's tuner.pkl, was called truncated or corrupt, with the advice
+    to copy it again, after torch's UserWarning about its pickle protocol."""
+    import pickle
+    import warnings
+
+    from cxrnets.training import load_checkpoint
+
+    path = tmp_path / "model.pt"
+    if kind.startswith("whole model"):
+        torch.save(nn.Linear(2, 3), path, _use_new_zipfile_serialization=not kind.endswith("legacy format"))
+        said = "a pickled torch.nn.modules.linear.Linear (a whole model saved with torch.save(model)?), not a " \
+               "weights checkpoint: pass a study's weights/<trial id>.pt"
+    else:
+        path.write_bytes(pickle.dumps({"a": 1}, protocol=2 if kind.endswith("2") else 5))
+        said = "a Python pickle (as pickle.dump writes: a study's tuner.pkl, say), not a PyTorch checkpoint: pass " \
+               "a study's weights/<trial id>.pt"
+    with warnings.catch_warnings(record=True) as warned, pytest.raises(CxrError) as error:
+        warnings.simplefilter("always")
+        load_checkpoint(path)
+    assert str(error.value).startswith(f"{path}: {said}"), error.value
+    assert "truncated" not in str(error.value)
+    assert not [w for w in warned if "pickle protocol" in str(w.message)]
+
+
 def test_load_checkpoint_reads_a_checkpoint_in_torchs_legacy_format(tmp_path: Path) -> None:
     from cxrnets.training import TRAINED_MODEL_KEYS, load_checkpoint
 
