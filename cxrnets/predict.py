@@ -254,8 +254,12 @@ def main(argv: list[str] | None = None) -> int:
         if not weights.is_file():
             raise CxrError(f"{weights} {'is a folder' if weights.is_dir() else 'does not exist'}: pass "
                            f"{TRAINED_MODEL_FILES}")
+        if weights.suffix == ".json" and weights.with_suffix(".pt").is_file():
+            raise CxrError(f"{weights} is the sidecar (epoch, metric) of weights: pass the .pt file beside it, "
+                           f"{weights.with_suffix('.pt')}")
         if weights.suffix == ".json":
-            raise CxrError(f"{weights} is the sidecar (epoch, metric) of weights: pass the .pt file beside it")
+            raise CxrError(f"{weights} is a JSON file (a study's study.json, say), not a checkpoint: pass "
+                           f"{TRAINED_MODEL_FILES}")
         checkpoint = load_checkpoint(weights)
         model, device = model_from_checkpoint(checkpoint, args.device, str(weights))
         check_output_folder(out.parent, f"--out {out}")

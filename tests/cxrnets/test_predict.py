@@ -89,7 +89,9 @@ def test_multilabel_models_name_every_label_over_one_half(tmp_path: Path) -> Non
     ("foreign", "not a trained model's checkpoint (missing"),
     ("weights missing", "does not exist: pass a study's weights/<trial id>.pt or a checkpoint.pt"),
     ("weights folder", "is a folder: pass a study's weights/<trial id>.pt"),
-    ("sidecar", "is the sidecar (epoch, metric) of weights: pass the .pt file beside it"),
+    ("sidecar", "0a1b2c3d.json is the sidecar (epoch, metric) of weights: pass the .pt file beside it, "),
+    ("study.json", "study.json is a JSON file (a study's study.json, say), not a checkpoint: pass a study's "
+                   "weights/<trial id>.pt or a checkpoint.pt"),
 ])
 def test_bad_input_is_refused_naming_it(trained, tmp_path: Path, capsys, damage: str, message: str) -> None:
     _, checkpoint = trained
@@ -109,6 +111,10 @@ def test_bad_input_is_refused_naming_it(trained, tmp_path: Path, capsys, damage:
     elif damage == "sidecar":
         weights = str(tmp_path / "0a1b2c3d.json")
         Path(weights).write_text('{"epoch": 2}')
+        (tmp_path / "0a1b2c3d.pt").write_bytes(checkpoint.read_bytes())
+    elif damage == "study.json":
+        weights = str(tmp_path / "study.json")
+        Path(weights).write_text('{"name": "demo"}')
     else:
         weights = str(tmp_path / "foreign.pt")
         torch.save({"state_dict": {}}, weights)
