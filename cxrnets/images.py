@@ -11,6 +11,7 @@ import errno
 import io
 import logging
 import os
+import threading
 import warnings
 from collections import Counter
 from collections.abc import Iterable
@@ -30,6 +31,9 @@ DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 # (5000x6000), and a small file of zeros can declare a huge image (a 700 KB 16-bit PNG, 19000x19000 pixels, took
 # ~10 GB to decode). decode makes it Pillow's limit too (Image.MAX_IMAGE_PIXELS, for the whole process).
 MAX_PIXELS = 8_000 * 8_000
+# Threads decode at once, and Pillow's limit is a global: it is set under this lock, so that declared_size can lift
+# it for the moment it reads a header
+PILLOW_LIMIT = threading.Lock()
 
 # The modes in which Pillow holds greyscale of more than 8 bits: to_rgb windows them into 8.
 HIGH_BIT_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -248,6 +252,24 @@ def out_of_memory(error: BaseException) -> bool:
     return isinstance(error, MemoryError) or (isinstance(error, OSError) and error.errno == errno.ENOMEM)
 
 
+def declared_size(data: bytes) -> tuple[int, int]:
+    """The width and height that the header of image `data` declares, read with Pillow's pixel limit lifted
+    (nothing is decoded)."""
+    with PILLOW_LIMIT:
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                return image.size
+        finally:
+            Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+def too_many_pixels(name: str | Path, width: int, height: int) -> CxrError:
+    """The error for an image of width x height pixels, over MAX_PIXELS."""
+    return CxrError(f"{name}: image is {width}x{height} pixels, over the {MAX_PIXELS:,}-pixel limit; downsize it "
+                    "before use")
+
+
 def decode(data: bytes, size: int, name: str | Path = "<bytes>") -> np.ndarray:
     """Decode image bytes into a (3, size, size) uint8 array; CxrError names `name` where the image cannot be
     decoded. Running out of memory (out_of_memory) is raised as it is."""
@@ -257,15 +279,13 @@ def decode(data: bytes, size: int, name: str | Path = "<bytes>") -> np.ndarray:
         with warnings.catch_warnings():
             # Image.open checks Pillow's own limit (a warning over it, an error over twice it): make that
             # MAX_PIXELS, and let the check below say so
-            Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+            with PILLOW_LIMIT:
+                Image.MAX_IMAGE_PIXELS = MAX_PIXELS
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             width, height = image.size  # as stored: a JPEG's draft below decodes it smaller
-            if image.width * image.height > MAX_PIXELS:
-                raise CxrError(
-                    f"{name}: image is {image.width}x{image.height} pixels, over the "
-                    f"{MAX_PIXELS:,}-pixel limit; downsize it before use"
-                )
+            if width * height > MAX_PIXELS:
+                raise too_many_pixels(name, width, height)
             truncated = high_byte_only(image, data)
             if truncated:
                 raise CxrError(
@@ -282,9 +302,12 @@ def decode(data: bytes, size: int, name: str | Path = "<bytes>") -> np.ndarray:
             image.load()
     except CxrError:
         raise
-    except Image.DecompressionBombError as error:
-        raise CxrError(f"{name}: image is over the {MAX_PIXELS:,}-pixel limit ({error}); downsize it before "
-                       "use") from error
+    except Image.DecompressionBombError as error:  # Pillow's own check, at twice MAX_PIXELS
+        width, height = declared_size(data)
+        if width * height > MAX_PIXELS:
+            raise too_many_pixels(name, width, height) from error
+        raise CxrError(f"{name}: a frame or tile of the image is over the {MAX_PIXELS:,}-pixel limit, though the "
+                       f"image is {width}x{height} pixels: a damaged header? replace or delete the file") from error
     except UnidentifiedImageError as error:  # its message names an in-memory buffer, not the file
         raise CxrError(f"{name}: cannot decode image (not a format Pillow reads, or its header is damaged; "
                        f"{len(data):,} bytes); replace or delete the file") from error

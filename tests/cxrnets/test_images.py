@@ -249,6 +249,24 @@ def test_a_16_bit_image_over_the_pixel_limit_is_refused_without_decoding_it() ->
         tracemalloc.stop()
 
 
+def test_an_image_over_twice_the_limit_is_refused_with_its_own_size_not_pillows_limit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 12000x12000 PNG was refused as 'over the 64,000,000-pixel limit (Image size (144000000 pixels) exceeds
+    limit of 128000000 pixels, ...)': two limits. Its header alone is enough: it is never decoded."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # decode sets it: restored after
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 12000, 12000, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    with pytest.raises(CxrError) as error:
+        decode(data, 224, "big.png")
+    assert str(error.value) == ("big.png: image is 12000x12000 pixels, over the 64,000,000-pixel limit; downsize it "
+                                "before use")
+    assert Image.MAX_IMAGE_PIXELS == images.MAX_PIXELS  # lifted only to read the header
+
+
 @pytest.mark.parametrize("mode", ["LA", "RGBA", "P-transparent"])
 def test_transparency_is_composited_onto_black(mode: str, tmp_path: Path, write_image) -> None:
     # a 32x32 image whose top-left 8x8 corner is fully transparent (white underneath for P)
@@ -431,7 +449,8 @@ def test_huge_image_is_refused(limit: int, tmp_path: Path, write_image, monkeypa
     path = write_image(tmp_path / "huge.png", "L", 128, seed=6, size=(40, 32))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # decode sets it: restored after
     monkeypatch.setattr(images, "MAX_PIXELS", limit)
-    with pytest.raises(CxrError, match=rf"huge.png: image is .*over the {limit:,}-pixel limit.*; downsize it"):
+    with pytest.raises(CxrError, match=rf"^{re.escape(str(path))}: image is 40x32 pixels, over the {limit:,}-pixel "
+                                       r"limit; downsize it before use$"):
         load_image(path, 16)
     monkeypatch.setattr(images, "MAX_PIXELS", 40 * 32)
     assert load_image(path, 16).shape == (3, 16, 16)
