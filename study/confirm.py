@@ -315,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     from study.driver import analysis_line, errored_line, interrupted_line, unfinished_trials
     from study.tensorboard import tensorboard_line
 
-    uri = confirm_uri(load_settings(args.study_dir).study_uri)
+    settings = load_settings(args.study_dir)
+    uri = confirm_uri(settings.study_uri)
     print(f"\nconfirm run: {uri}")
     print(tensorboard_line(uri))
     events = read_trial_events(uri)
@@ -327,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     if unfinished:
         print(interrupted_line(unfinished, "confirm run", resume_command))
         return 130  # as a shell reports a command stopped by Ctrl-C
-    print(analysis_line(args.study_dir))
+    print(analysis_line(args.study_dir, search_finished=not unfinished_search(settings.study_uri),
+                        allow_unfinished=True))
     return 0
 
 

@@ -899,14 +899,19 @@ def size_line(settings: StudySettings, events: pd.DataFrame) -> str:
             f"{storage.total_bytes(folder) / 1e6:,.0f} MB of it {kept})")
 
 
-def analysis_line(uri: str, search_finished: bool = True) -> str:
+def analysis_line(uri: str, search_finished: bool = True, allow_unfinished: bool = False) -> str:
     """The command that analyses the study at `uri`; one in object storage needs a local --out for its report.
-    Until its search is finished (`search_finished`), the analysis of the validation split alone."""
-    command = f"python -m study.analyze {quote(uri)}" + ("" if search_finished else " --split val")
+    Until its search is finished (`search_finished`), the analysis of the validation split alone, or, with
+    `allow_unfinished` (after a confirm run of its best trials so far), of those trials on test too."""
+    command = f"python -m study.analyze {quote(uri)}"
+    if not search_finished:
+        command += " --allow-unfinished" if allow_unfinished else " --split val"
     if storage.is_remote(uri):
         command += f" --out {quote(storage.name_of(uri) + '-report')}"
     if search_finished:
         return f"analysis:    {command}"
+    if allow_unfinished:
+        return f"analysis of the best trials so far (the search is unfinished):\n  {command}"
     return ("until then, the analysis of the validation split alone (the test split waits for the search to end):"
             f"\n  {command}")
 

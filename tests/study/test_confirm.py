@@ -371,6 +371,25 @@ def test_a_study_whose_search_is_unfinished_is_confirmed_only_when_asked(grid_st
     assert "past the check" in capsys.readouterr().err
 
 
+def test_a_confirm_run_of_an_unfinished_study_prints_an_analysis_that_runs_as_printed(grid_study, tmp_path, capsys,
+                                                                                     monkeypatch):
+    """It printed `python -m study.analyze STUDY`, which study.analyze refuses for an unfinished search."""
+    import shlex
+
+    import study.confirm
+    from study.analyze import build_parser as analyze_parser
+
+    folder = linked_copy(grid_study, tmp_path / "grid")
+    leave_unfinished(folder, "interrupted")
+    monkeypatch.setattr(study.confirm, "run_confirm", lambda *args, **kwargs: [])  # a run that ended, every seed done
+    assert main([str(folder), "--seeds", "1", "--allow-unfinished"]) == 0
+    out = capsys.readouterr().out
+    assert f"analysis of the best trials so far (the search is unfinished):\n  python -m study.analyze {folder} " \
+           "--allow-unfinished" in out, out
+    command = out.split("the search is unfinished):\n  ")[1].splitlines()[0]
+    assert analyze_parser().parse_args(shlex.split(command)[3:]).allow_unfinished
+
+
 def search_results(models: dict[str, list[tuple[str, float, int]]]) -> pd.DataFrame:
     """A study's results: model -> its trials' (trial id, val/f1_macro, diverged) in their first epoch."""
     rows = [{"trial_id": trial_id, "trial_name": trial_id, "training_iteration": 1, "epoch": 1,

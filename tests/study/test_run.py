@@ -1710,6 +1710,16 @@ def test_the_printed_analysis_command_runs_as_printed(study_uri, command):
     assert analysis_line(study_uri) == f"analysis:    {command}"
 
 
+def test_an_unfinished_studys_analysis_command_names_the_option_it_needs():
+    """study.analyze refuses the test split of an unfinished search unless --split val or --allow-unfinished."""
+    from study.driver import analysis_line
+
+    assert analysis_line("/s/demo", search_finished=False).endswith("\n  python -m study.analyze /s/demo --split val")
+    assert analysis_line("/s/demo", search_finished=False, allow_unfinished=True) == (
+        "analysis of the best trials so far (the search is unfinished):\n"
+        "  python -m study.analyze /s/demo --allow-unfinished")
+
+
 def test_printed_commands_quote_a_study_path_with_a_space(tmp_path):
     """What the study prints to copy into a shell survives a folder name with a space."""
     from study.driver import watch_commands
