@@ -146,19 +146,23 @@ def seed_runs_table(confirmation: Confirmation, split: str, metric: str, study_m
     return pd.DataFrame(rows)
 
 
-def seed_summary(runs: pd.DataFrame, figure: str, search: dict[str, float]) -> pd.DataFrame:
+def seed_summary(runs: pd.DataFrame, figure: str, search: dict[str, float],
+                 search_epochs: dict[str, int] | None = None) -> pd.DataFrame:
     """Per cell: the search's trial that the seeds repeat next to the mean ± std over the evaluated seeds
     (`figure`: a column of seed_runs_table, e.g. test/f1_macro); `search`: trial id -> its value, for the
-    search's trials the analysis evaluated (a trial it did not evaluate shows none)."""
+    search's trials the analysis evaluated (a trial it did not evaluate shows none); `search_epochs`: trial id ->
+    the epochs it trained, beside the most any of its seeds trained (a trial ASHA stopped trained fewer)."""
     rows = []
     for (dataset, model), group in runs.groupby(["dataset", "model"], sort=False):
         values = group[figure].dropna() if figure in group else pd.Series(dtype=float)
         repeated = group["confirms"].iloc[0]
         rows.append({"dataset": dataset, "model": model, "search's trial": repeated,
                      "search's run": search.get(repeated, np.nan),
+                     "search's epochs": (search_epochs or {}).get(repeated, np.nan),
                      "seeds mean": values.mean() if len(values) else np.nan,
                      "seeds std": values.std() if len(values) > 1 else np.nan,
                      "seeds evaluated": len(values), "seeds asked": len(group),
+                     "seeds' epochs": group["epochs"].max(),
                      "each seed": ", ".join(f"{v:.3f}" for v in values)})
     table = pd.DataFrame(rows)
     if table.empty:

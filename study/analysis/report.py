@@ -666,13 +666,21 @@ def seed_section(analysis: Analysis) -> list[str]:
         lines += [partial_confirmation(analysis), ""]
     summary = tables["seed_summary"]
     if len(summary):
+        max_epochs = analysis.study.settings.max_epochs
+        shorter = summary["search's epochs"] < summary["seeds' epochs"]
         shown = summary.assign(**{
-            "search's run": summary["search's run"].map(lambda v: "—" if pd.isna(v) else f"{v:.3f}"),
+            "search's run": ["—" if pd.isna(value) else f"{value:.3f}" + (
+                f" (stopped at epoch {epochs:.0f} of {max_epochs})" if short else "")
+                for value, epochs, short in zip(summary["search's run"], summary["search's epochs"], shorter)],
             "seeds": [("—" if pd.isna(m) else f"{m:.3f}" + ("" if pd.isna(s) else f" ± {s:.3f}"))
                       + f" ({n} of {k})" for m, s, n, k in zip(summary["seeds mean"], summary["seeds std"],
                                                                summary["seeds evaluated"], summary["seeds asked"])],
         })[["dataset", "model", "search's run", "seeds", "each seed"]]
         lines += [markdown_table(shown), ""]
+        if shorter.any():
+            lines += ["A search's run marked stopped trained fewer epochs than its seeds (ASHA stopped it early, or "
+                      f"the search is unfinished), which train the full {max_epochs} with no early stopping: a gap "
+                      "between the two is partly training length.", ""]
     differences = tables["seed_differences"].dropna(subset=["mean difference"])
     if len(differences):
         lines += [f"Between models, seed by seed ({title}, the seeds evaluated for both):", ""]

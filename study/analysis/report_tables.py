@@ -246,7 +246,7 @@ def seed_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
     runs = seed_runs_table(analysis.confirmation, analysis.split, analysis.metric, analysis.study.settings.metric)
     figure = f"{analysis.split}/{reported_metric(analysis)}"
     search = {c.candidate.trial_id: c.evaluation.metrics.get(figure) for c in analysis.selected}
-    summary = seed_summary(runs, figure, search)
+    summary = seed_summary(runs, figure, search, {c.candidate.trial_id: c.candidate.epochs for c in analysis.selected})
     chosen = {(c.dataset, c.model): c.candidate.trial_id for c in analysis.selected if c.rank == 1}
     for cell in summary.to_dict("records"):
         repeated, where = cell["search's trial"], (cell["dataset"], cell["model"])

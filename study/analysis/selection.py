@@ -48,6 +48,7 @@ class Candidate:
     tie: float = float("nan")    # the study's tie-break metric at `epoch` (NaN: none)
     config: dict[str, Any] = field(default_factory=dict)  # the trial's, as the results table recorded it
     status: str = ""             # how the trial ended in the study (study.tables.STATUSES)
+    epochs: int = 0              # the epochs it trained in the study (fewer than max_epochs where it stopped early)
 
 
 def candidates(study: Study, trials: pd.DataFrame, metric: str, mode: str,
@@ -97,7 +98,7 @@ def candidates(study: Study, trials: pd.DataFrame, metric: str, mode: str,
         config = {key.removeprefix("config/"): setting for key, setting in trial.items()
                   if key.startswith("config/") and not (pd.api.types.is_scalar(setting) and pd.isna(setting))}
         ranked.append(Candidate(trial_id, name, weights, weights.epoch, value, best_epoch, best_value,
-                                tie_at(own, weights.epoch), config, trial.get("status", "")))
+                                tie_at(own, weights.epoch), config, trial.get("status", ""), int(trial["epochs"])))
     def key(candidate: Candidate) -> tuple:
         return rank_key(candidate.trial_id, candidate.value, mode, candidate.tie, tie_break)
 

@@ -132,6 +132,9 @@ def test_the_analysis_reports_the_seed_spread_next_to_the_search(confirmed):
         assert summary.loc[model, "seeds evaluated"] == SEEDS
         search = analysis.best(DATASET, model).evaluation.metrics["test/f1_macro"]
         assert summary.loc[model, "search's run"] == pytest.approx(search)
+        results, repeated = read_results(str(confirmed)), analysis.best(DATASET, model).candidate.trial_id
+        assert summary.loc[model, "search's epochs"] == results.loc[results["trial_id"] == repeated, "epoch"].max()
+        assert summary.loc[model, "seeds' epochs"] == 2  # the study's max epochs
     difference = analysis.tables["seed_differences"].iloc[0]
     by_seed = runs.pivot_table(index="seed", columns="model", values="test/f1_macro")
     assert difference["seeds"] == SEEDS

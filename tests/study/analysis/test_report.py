@@ -268,3 +268,26 @@ def test_the_ablations_of_one_dataset_need_no_dataset_heading():
     analysis.tables = ablation_tables(analysis)
     text = "\n".join(ablation_section(analysis))
     assert "### easy" not in text and "### lr\n" in text and "### model\n" in text
+
+
+@pytest.mark.parametrize("search_epochs", [1, 2], ids=["stopped early", "completed"])
+def test_the_seed_table_says_where_the_search_run_it_repeats_trained_fewer_epochs(search_epochs: int):
+    """The search's run, which ASHA stopped at epoch 1 of 2, stood beside seeds trained for 2 epochs with nothing
+    to say so: `0.125 | 0.279 ± 0.000`, a gap that is partly training length."""
+    from study.analysis.report_tables import seed_tables
+
+    analysis = _confirmed((1, COMPLETED, 2, True), (2, COMPLETED, 2, True))
+    for run in analysis.confirmation.runs:
+        run.evaluation = types.SimpleNamespace(metrics={"test/f1_macro": 0.279})
+    search = types.SimpleNamespace(trial_id="a1", epochs=search_epochs)
+    analysis.selected = [types.SimpleNamespace(dataset="d", model="alexnet", rank=1, candidate=search,
+                                               evaluation=types.SimpleNamespace(metrics={"test/f1_macro": 0.125}))]
+    analysis.tables = seed_tables(analysis)
+    text = "\n".join(seed_section(analysis))
+    if search_epochs == 2:
+        assert "(stopped at" not in text and "marked stopped" not in text, text
+        return
+    assert "| 0.125 (stopped at epoch 1 of 2) | 0.279 ± 0.000 (2 of 2) |" in text, text
+    assert ("A search's run marked stopped trained fewer epochs than its seeds (ASHA stopped it early, or the search "
+            "is unfinished), which train the full 2 with no early stopping: a gap between the two is partly "
+            "training length.") in text
