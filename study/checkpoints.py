@@ -64,6 +64,9 @@ SNAPSHOT_PREFIX = "experiment_state-"  # Tune's experiment snapshots in a run's 
 MISSING_STATE_NOTE = "MISSING.txt"  # left in a Tune checkpoint folder whose full state was gone at a resume
 WRITTEN_KEY = "written_best"  # result key: the study metric's value at the epoch of the trial's written weights
 WRITTEN_TIE_KEY = "written_tie_break"  # result key: the study's tie-break metric at that epoch
+# Result key of a resumed or retried trial's first result: why it did not continue from the full state Tune named
+# (missing or unreadable) and what it did instead; the study's console shows it.
+RESTORE_NOTE_KEY = "restore_note"
 
 
 def weights_uri(study_uri: str, trial_id: str) -> str:

@@ -1,4 +1,5 @@
-"""What a study prints while it runs: one status line, refreshed, and a line for each trial that ends or is retried.
+"""What a study prints while it runs: one status line, refreshed, and a line for each trial that ends or is retried,
+and for each resumed or retried trial that could not continue from its full state.
 
     [  3:12] trials: 2 running, 1 waiting at a rung, 5 done (3 stopped early), 3 to start | epochs 19,
              at most 21 left, ~4 min | best val/f1_macro 0.455 resnet50_adam_lr6.8e-04_bs16
@@ -23,6 +24,7 @@ from typing import Any, Callable
 from ray.tune import Callback
 
 from study import storage
+from study.checkpoints import RESTORE_NOTE_KEY
 from study.settings import study_location
 from study.tables import improves, rank_key
 
@@ -150,6 +152,8 @@ class StudyConsole(Callback):
             best, best_tie = self.bests.get(trial.trial_id, (None, None))
             if improves(value, best, self.mode, tie, best_tie, self.tie_break):
                 self.bests[trial.trial_id] = (float(value), tie)
+        if result.get(RESTORE_NOTE_KEY):  # logged by the trial, whose log shows only with -v
+            self._print_event(f"{self.label(trial)}: {result[RESTORE_NOTE_KEY]}")
 
     def get_state(self) -> dict[str, Any]:
         """What Tune's snapshot keeps of the console, for a resume: each trial's best epoch."""

@@ -32,11 +32,14 @@ from ray.tune import PlacementGroupFactory
 
 from cxrnets.errors import CxrError, DivergedError
 from cxrnets.config import TrainConfig
-from cxrnets.training import PreparedData, TrainingRun, prepare_data, save_checkpoint
+from cxrnets.training import PreparedData, TrainingRun, load_checkpoint, prepare_data, save_checkpoint
 from study import storage
-from study.checkpoints import MISSING_STATE_NOTE, STATE_FILE, CheckpointPolicy, TrialWeights, full_state_folders
+from study.checkpoints import (MISSING_STATE_NOTE, RESTORE_NOTE_KEY, STATE_FILE, CheckpointPolicy, TrialWeights,
+                               full_state_folders)
 
 log = logging.getLogger(__name__)
+
+FULL_STATE_KEYS = ("model", "optimizer", "epoch")  # what a full state must hold to continue a trial from it
 
 
 @dataclass
@@ -146,6 +149,8 @@ class TrialTrainable(tune.Trainable):
         self.run = TrainingRun(self.train_config, data)
         self.weights = TrialWeights(context.study_uri, self.trial_id, context.metric, context.mode, context.tie_break)
         self.last_full_state = time.monotonic()
+        self.restore_note: str | None = None  # why the trial did not continue from the full state Tune named
+        self.state_uri: str | None = None  # the full state being restored, as load_checkpoint names it
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         self.setup(new_config)  # Tune's with_parameters subclass: its setup(config) passes the context on
@@ -169,7 +174,9 @@ class TrialTrainable(tune.Trainable):
         self.weights.update(self.run, metrics, copy=not write)
         if write:
             self.weights.flush()  # before the result: the trial may end after it (a pause saves a full state)
-        return {**metrics, **self.weights.written(), "should_checkpoint": full_state, "done": self.run.epoch >= last}
+        note, self.restore_note = ({RESTORE_NOTE_KEY: self.restore_note} if self.restore_note else {}), None
+        return {**metrics, **self.weights.written(), **note, "should_checkpoint": full_state,
+                "done": self.run.epoch >= last}
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         self.weights.flush()  # the state's best so far names written weights
@@ -177,32 +184,54 @@ class TrialTrainable(tune.Trainable):
         self.last_full_state = time.monotonic()
 
     def restore(self, checkpoint_path: Any) -> None:
-        """Tune hands a resumed or retried trial the full state its experiment snapshot names. A driver
-        killed after a newer full state landed (Tune then deletes the older one at once) and before its
-        next snapshot named it leaves a snapshot naming a deleted state, from which Tune would fail the
-        trial at every try and every resume: continue from the newest full state in the trial's folder
-        instead, or start the trial again if it holds none."""
+        """Tune hands a resumed or retried trial the full state its experiment snapshot names. A state that is
+        gone (a driver killed after a newer full state landed, Tune then deleting the older one at once, and
+        before its next snapshot named the newer) or unreadable (cut short by a copy or upload) would fail the
+        trial at every try and every resume: continue from the newest readable full state in the trial's folder
+        instead, or start the trial again if it holds none. Either is logged, and noted in the first result
+        (RESTORE_NOTE_KEY) for the study's console."""
         named = getattr(checkpoint_path, "checkpoint", None)  # Tune's (full state, metrics at it)
         if named is None:
             return super().restore(checkpoint_path)
         trial_path, named_folder = PurePosixPath(named.path).parent, PurePosixPath(named.path).name
         trial_folder = storage.join(self.context.study_uri, trial_path.name)
-        if storage.kind(storage.join(trial_folder, named_folder, STATE_FILE)) == "file":
-            return super().restore(checkpoint_path)
-        held = full_state_folders(trial_folder)
-        instead = f"continuing from {held[-1]}" if held else "the trial's folder holds no other: starting it again"
-        log.warning("the full state %s is missing (the study was stopped before Tune's snapshot named a newer one): %s",
-                    named.path, instead)
-        # Tune deletes the state it names once the trial writes a newer one, and logs an error if it is not there.
-        storage.write_text(storage.join(trial_folder, named_folder, MISSING_STATE_NOTE),
-                           f"full state missing: {instead}\n")
-        if held:
-            newest = tune.Checkpoint(str(trial_path / held[-1]), filesystem=named.filesystem)
-            super().restore(type(checkpoint_path)(checkpoint=newest, metrics={}))
-            self._iteration = self.run.epoch  # Tune counts iterations on from the metrics it noted with a state
+        named_state = storage.join(trial_folder, named_folder, STATE_FILE)
+        missing = storage.kind(named_state) != "file"
+        if missing:
+            problem = (f"the full state {named_state} is missing (the study was stopped before Tune's snapshot "
+                       "named a newer one)")
+        else:
+            try:
+                return self._restore_state(checkpoint_path, named_state)
+            except CxrError as error:
+                problem = str(error)
+        instead = "the trial's folder holds no other readable full state: starting the trial again"
+        for folder in reversed([held for held in full_state_folders(trial_folder) if held != named_folder]):
+            newest = tune.Checkpoint(str(trial_path / folder), filesystem=named.filesystem)
+            try:
+                self._restore_state(type(checkpoint_path)(checkpoint=newest, metrics={}),
+                                    storage.join(trial_folder, folder, STATE_FILE))
+            except CxrError as error:
+                log.warning("%s", error)
+                continue
+            instead = f"continuing from {folder}"
+            break
+        self._iteration = self.run.epoch  # Tune counts iterations on from the metrics it noted with a state
+        log.warning("%s; %s", problem, instead)
+        self.restore_note = f"{problem}; {instead}"
+        if missing:
+            # Tune deletes the state it names once the trial writes a newer one, and logs an error if it is not there.
+            storage.write_text(storage.join(trial_folder, named_folder, MISSING_STATE_NOTE),
+                               f"full state missing: {instead}\n")
+
+    def _restore_state(self, checkpoint_path: Any, state_uri: str) -> None:
+        self.state_uri = state_uri  # what load_checkpoint names if the state is unreadable
+        super().restore(checkpoint_path)
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
-        state = torch.load(Path(checkpoint_dir) / STATE_FILE, map_location=self.run.device, weights_only=True)
+        path = Path(checkpoint_dir) / STATE_FILE
+        state = load_checkpoint(path, required=FULL_STATE_KEYS, mmap=False,
+                                name=self.state_uri or str(path))
         self.run.restore(state)
         self.weights.restore(state)
         log.info("resumed %s from epoch %d", self.train_config.model, self.run.epoch)

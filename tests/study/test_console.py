@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 
+from study.checkpoints import RESTORE_NOTE_KEY
 from study.console import StudyConsole
 from study.tables import best_epochs, ranked_trials
 
@@ -344,6 +345,19 @@ def test_a_retried_trial_gets_a_line_and_is_counted():
     assert event.endswith("retrying after error (1 of 2): a ma_adam; its traceback: "
                           "/studies/demo/a_d_ma_adam/error.txt"), event
     assert "trials: 1 running, 0 done (0 stopped early), 1 to start, 1 retried |" in status, status
+
+
+def test_a_trial_that_could_not_continue_from_its_full_state_gets_a_line():
+    """Why a resumed or retried trial started again (its full state missing or unreadable) is logged in the
+    trial's process, shown only with -v: its first result carries it to the console."""
+    shown = console()
+    restarted = trial("a", "RUNNING", 1, 0.3)
+    note = "s3://b/demo/a_d/checkpoint_000000/state.pt: not a readable checkpoint (...); starting the trial again"
+    out = io.StringIO()
+    with redirect_stdout(out):
+        shown.on_trial_result(1, [restarted], restarted, {"training_iteration": 1, RESTORE_NOTE_KEY: note})
+        shown.on_trial_result(2, [restarted], restarted, {"training_iteration": 2})
+    assert out.getvalue().splitlines() == [f"[  0:00] a ma_adam: {note}"]
 
 
 def test_trials_tied_on_the_metric_are_ranked_by_the_tie_break_at_their_best_epoch_as_the_tables_rank_them():

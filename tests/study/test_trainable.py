@@ -27,7 +27,8 @@ import study.trainable as trainable
 from cxrnets.errors import DivergedError
 from cxrnets.config import TrainConfig
 from cxrnets.training import TrainingRun, prepare_data
-from study.checkpoints import MISSING_STATE_NOTE, STATE_FILE, WRITTEN_KEY, WRITTEN_TIE_KEY, CheckpointPolicy, read_best_weights
+from study.checkpoints import (MISSING_STATE_NOTE, RESTORE_NOTE_KEY, STATE_FILE, WRITTEN_KEY, WRITTEN_TIE_KEY,
+                               CheckpointPolicy, read_best_weights)
 from study.tables import best_epochs
 from study.trainable import TrialContext, TrialTrainable
 
@@ -315,6 +316,34 @@ def test_a_resumed_trial_whose_named_full_state_is_gone_continues_from_its_newes
     assert (result["epoch"], result["training_iteration"]) == ((2, 2) if held else (1, 1))
     # the named folder is there again (a note inside), for Tune to delete when the trial writes a newer state
     assert (Path(named.path) / MISSING_STATE_NOTE).is_file() and not (Path(named.path) / STATE_FILE).exists()
+    assert "is missing" in result[RESTORE_NOTE_KEY]  # for the study's console, which shows no trial's log
+
+
+@pytest.mark.parametrize("held", [["checkpoint_000001"], []])
+def test_a_resumed_trial_whose_named_full_state_is_truncated_continues_from_another(study_context, held, caplog):
+    """A full state cut short (a partial copy or upload of the study) would fail the trial at every try and
+    every resume: the trial continues from another full state in its folder, or with none there starts again,
+    with a warning naming the file, which the first result carries for the study's console."""
+    config = {"dataset": "folder", "model": "resnet50", "optimizer": "sgd", "lr": 1e-3, "batch_size": 16,
+              "momentum": 0.9, "epochs": 3}
+    run = TrainingRun(study_context.train_config(config))
+    run.train_epoch()
+    trial_folder = Path(study_context.study_uri) / "abcd1234_folder_resnet50"
+    for name in ["checkpoint_000000", *held]:
+        (trial_folder / name).mkdir(parents=True)
+        torch.save({**run.checkpoint(), "best_value": 1.0, "best_epoch": 1}, trial_folder / name / STATE_FILE)
+    named_state = trial_folder / "checkpoint_000000" / STATE_FILE
+    named_state.write_bytes(named_state.read_bytes()[:4096])
+    trial = trial_of(study_context, config)
+    trial.restore(TrainingResult(checkpoint=tune.Checkpoint(str(named_state.parent)),
+                                 metrics={"training_iteration": 1}))
+    result = trial.train()
+    trial.stop()
+    assert (result["epoch"], result["training_iteration"]) == ((2, 2) if held else (1, 1))
+    warned = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warned) == 1 and str(named_state) in warned[0] and "not a readable checkpoint" in warned[0], warned
+    assert warned[0].endswith("continuing from checkpoint_000001" if held else "starting the trial again"), warned
+    assert result[RESTORE_NOTE_KEY] == warned[0]
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
