@@ -206,6 +206,7 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
     import ray
 
     settings = load_settings(study_dir)
+    storage.check_writable(settings.study_uri, "study directory")  # the confirm run and its lock go there
     relocate(settings, data_roots, cache_dir)
     trial_resources = trial_resources or {}
     for name, value in trial_resources.items():

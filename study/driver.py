@@ -591,8 +591,8 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
     trials' logs, instead of the study's status line (StudyConsole). The resume of a study stopped before
     Tune's first snapshot (tune_state_saved) starts it, with the settings and the split it saved.
     `resources_from_study_json`: see check_local_resources."""
+    storage.check_writable(settings.study_uri, "--resume" if resume else "--storage")
     if not resume:
-        storage.check_writable(settings.study_uri)
         refuse_existing_study(settings.study_uri)  # before its split or anything else is written there
     restore = resume and tune_state_saved(settings.study_uri)
     if resume and not restore:

@@ -380,6 +380,35 @@ def test_refused_credentials_stop_the_study_before_ray(s3_bucket, s3_server, tmp
     assert storage.listing(s3_bucket, recursive=True) == []  # nothing of the study was written
 
 
+@pytest.mark.parametrize("command", [["study.run", "--resume"], ["study.confirm", "--resume"], ["study.confirm"]])
+def test_credentials_that_read_but_cannot_write_stop_a_resume_before_ray(s3_bucket, tmp_path, tiny_data, capsys,
+                                                                          monkeypatch, command):
+    """A resume (or a confirm run) reads the study, then writes its lock and results: credentials that may read
+    the bucket but not write it stop it at once, as they stop a new study. Here: none at all, which the server
+    lets read but not write."""
+    from study import confirm as confirm_module
+    from study.settings import save_settings
+
+    calls = forbid_ray(monkeypatch)
+    space = write_space(tmp_path / "space.yaml", SEARCH)
+    argv = study_argv(space, f"{s3_bucket}/studies", "demo", tiny_data, tmp_path / "cache", "--image-size", "64")
+    settings = run_module.settings_from_args(run_module.build_parser().parse_args(argv))
+    save_settings(settings)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    module, *flags = command
+    if module == "study.run":
+        code = run_module.main([*flags, settings.study_uri])
+    else:
+        code = confirm_module.main([settings.study_uri, *flags])
+    err = capsys.readouterr().err
+    flag = "--resume" if module == "study.run" else "study directory"
+    assert code == 2
+    assert err.startswith(f"error: {flag} {settings.study_uri}: cannot write there (") and "ACCESS_DENIED" in err \
+        and err.count("\n") == 1, err
+    assert "credentials" in err and calls == []
+
+
 @pytest.fixture
 def no_gcs_credentials(tmp_path, monkeypatch) -> str:
     """A gs:// location with no Google Cloud credentials anywhere Google's client looks (no key file, an
