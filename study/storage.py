@@ -155,10 +155,14 @@ class Entry:
 
 def kind(uri: str, first_look: bool = False) -> str:
     """'file', 'dir' or 'missing'; CxrError naming the location if the storage refuses to say (credentials).
-    `first_look`: as for `filesystem`."""
+    `first_look`: as for `filesystem`, and a location in a bucket that does not exist is a CxrError saying so."""
     fs, path = filesystem(uri, first_look)
     try:
         found = fs.get_file_info(path).type
+        bucket = path.split("/", 1)[0]
+        if (first_look and found == pyarrow.fs.FileType.NotFound and is_remote(uri)
+                and fs.get_file_info(bucket).type == pyarrow.fs.FileType.NotFound):
+            raise CxrError(f"{uri}: bucket {bucket} does not exist; check the bucket's name")
     except OSError as error:
         raise CxrError(f"{uri}: cannot read this location ({_first_line(error)}); {_access_hint(uri)}") from error
     if found == pyarrow.fs.FileType.File:

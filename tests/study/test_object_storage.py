@@ -485,6 +485,12 @@ def test_resume_of_a_study_that_is_not_in_the_bucket(s3_bucket, capsys, monkeypa
     assert run_module.main(["--resume", f"{s3_bucket}/studies/other"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: --resume {s3_bucket}/studies/other: not a study directory, it has no study.json")
+    # no such bucket: said as a new study says it, not as a folder missing in it
+    nowhere = f"s3://missing-{uuid.uuid4().hex[:12]}/studies/absent"
+    assert run_module.main(["--resume", nowhere]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --resume {nowhere}: bucket {nowhere[5:].split('/')[0]} does not exist") \
+        and err.count("\n") == 1, err
     assert calls == []
 
 
@@ -493,6 +499,11 @@ def test_analysis_of_a_study_that_is_not_in_the_bucket(s3_bucket, tmp_path, caps
     assert analyze_module.main([absent, "--out", str(tmp_path / "report")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: study directory {absent}: no such study directory") and err.count("\n") == 1, err
+    nowhere = f"s3://missing-{uuid.uuid4().hex[:12]}/studies/absent"
+    assert analyze_module.main([nowhere, "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: study directory {nowhere}: bucket {nowhere[5:].split('/')[0]} does not exist") \
+        and err.count("\n") == 1, err
     assert not (tmp_path / "report").exists()
 
 
