@@ -194,10 +194,11 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
         num_samples = configurations
         log.warning("%s has %d configuration%s, fewer than %s: the study runs %d, each configuration once",
                     source, num_samples, "" if num_samples == 1 else "s", given, num_samples)
-    name = study_name(args.name, space, document)
+    where = storage.location(args.storage)
+    name = study_name(args.name, space, document, in_uri=storage.is_remote(where))
     settings = StudySettings(
         name=name, optuna_study=name,
-        storage=storage.location(args.storage),
+        storage=where,
         space=document, space_source=str(source), data_roots=_data_roots(args.data_root, datasets),
         image_size=image_size, num_samples=num_samples, max_epochs=pick("max_epochs"),
         grace_period=pick("grace_period"), reduction_factor=pick("reduction_factor"), metric=pick("metric"),
@@ -211,26 +212,26 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
     return settings
 
 
-def study_name(given: str | None, space: SearchSpace, document: dict) -> str:
+def study_name(given: str | None, space: SearchSpace, document: dict, in_uri: bool = False) -> str:
     """--name, else the space's name (its name key, else its file's) and the time; CxrError, naming where it
-    came from, for a name that cannot be the study's folder under --storage."""
+    came from, for a name that cannot be the study's folder under --storage (`in_uri`: a storage URI)."""
     if given is not None:
-        _check_study_name(given, f"--name {given!r}")
+        _check_study_name(given, f"--name {given!r}", in_uri=in_uri)
         return given
     name = f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     origin, change = ((f"the name key of {space.source}", "change the name key") if "name" in document
                       else (f"the space file's name, {Path(space.source).name}", "rename the file"))
     _check_study_name(name, f"the study's default name {name!r} (from {origin})",
-                      f"{change}, or give the study a --name")
+                      f"{change}, or give the study a --name", in_uri)
     return name
 
 
-def _check_study_name(name: str, what: str, change: str | None = None) -> None:
+def _check_study_name(name: str, what: str, change: str | None = None, in_uri: bool = False) -> None:
     """CxrError naming `what` if `name` cannot be a study's one folder under --storage; `change`: what to do."""
     if "/" in name or "\\" in name or name.strip() in ("", ".", ".."):
         raise CxrError(f"{what}: a study's name is its one folder under --storage; "
                        + (change or "to group studies, give that group's folder as --storage"))
-    storage.check_uri_path(name, what, change or "rename without it")
+    storage.check_uri_path(name, what, change or "rename without it", in_uri)
 
 
 def _data_roots(given: list[str] | None, datasets: list[str]) -> dict[str, str]:

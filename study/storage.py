@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import string
 import tempfile
 import threading
 import uuid
@@ -73,7 +74,7 @@ def location(text: str | Path, flag: str = "--storage") -> str:
     path = text.partition("://")[2]
     if not path.strip("/"):
         raise CxrError(f"{flag} {text}: name a bucket ({scheme}://BUCKET/PATH)")
-    check_uri_path(path, f"{flag} {text}")
+    check_uri_path(path, f"{flag} {text}", in_uri=True)
     return f"{scheme}://{path}".rstrip("/")
 
 
@@ -95,14 +96,22 @@ def refuse_mistyped_uri(path: str, flag: str) -> None:
 
 
 URI_SPECIAL = "?#%"  # a URI's query, fragment and escapes: pyarrow would read them as such, not as a name
+# What a URI's path carries as it is (RFC 3986: unreserved characters, sub-delimiters, ':', '@', '/'): pyarrow
+# cannot parse a URI holding any other (a space, '{', 'é', ...).
+URI_PATH_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-._~!$&'()*+,;=:@/" + URI_SPECIAL)
 
 
-def check_uri_path(path: str, what: str, remedy: str = "rename without it") -> None:
-    """CxrError naming `what` if `path` holds a character a storage URI cannot carry as part of a name."""
+def check_uri_path(path: str, what: str, remedy: str = "rename without it", in_uri: bool = False) -> None:
+    """CxrError naming `what` if `path` holds a character a storage URI cannot carry as part of a name; `in_uri`:
+    `path` is part of a URI (not a local path, which may hold any other character), so it must parse as one."""
     found = sorted({character for character in path if character in URI_SPECIAL})
     if found:
         raise CxrError(f"{what}: {' '.join(repr(c) for c in found)} cannot be part of a storage location's "
                        f"name (a URI reads it as a query, fragment or escape); {remedy}")
+    found = sorted({character for character in path if character not in URI_PATH_CHARACTERS}) if in_uri else []
+    if found:
+        raise CxrError(f"{what}: {' '.join(repr(c) for c in found)} cannot be part of a storage URI (it carries "
+                       f"ASCII letters, digits and -._~!$&'()*+,;=:@ only); {remedy}")
 
 
 def join(base: str, *parts: str) -> str:

@@ -1728,6 +1728,9 @@ def test_printed_commands_quote_a_study_path_with_a_space(tmp_path):
     tensorboard, optuna_line = watch_commands(settings, running=True)
     assert tensorboard == f"tensorboard: tensorboard --logdir '{tmp_path}/my study'"
     assert f"optuna-dashboard 'sqlite:///{tmp_path}/my study/optuna.db'" in optuna_line
+    # a local folder may hold a space; a storage URI cannot
+    with pytest.raises(CxrError, match=r"^--name 'my study': ' ' cannot be part of a storage URI"):
+        settings_from_args(build_parser().parse_args(["--storage", "s3://bucket/studies", "--name", "my study"]))
 
 
 def test_unfinished_trials_are_those_with_no_end_recorded():

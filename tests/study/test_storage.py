@@ -70,6 +70,10 @@ def test_location_keeps_an_object_storage_uri():
     ("s3://bucket/run#2", "--storage", r"^--storage s3://bucket/run#2: '#' cannot be part of a storage location's "
                                        r"name \(a URI reads it as a query, fragment or escape\); rename without it$"),
     ("gs://bucket/a?b=1", "--resume", r"^--resume gs://bucket/a\?b=1: '\?' cannot be part"),
+    # what pyarrow cannot parse in a URI: not "cannot write there ... check the credentials"
+    ("s3://cxr/a b", "--storage", r"^--storage s3://cxr/a b: ' ' cannot be part of a storage URI \(it carries "
+                                  r"ASCII letters, digits and -\._~!\$&'\(\)\*\+,;=:@ only\); rename without it$"),
+    ("gs://cxr/{x}/étude", "--resume", r"^--resume gs://cxr/\{x\}/étude: '\{' '\}' 'é' cannot be part of a storage URI"),
 ])
 def test_location_refuses_what_cannot_be_written(text, flag, message):
     with pytest.raises(CxrError, match=message):
