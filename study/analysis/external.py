@@ -24,9 +24,10 @@ independently of the internal split's, and the change is the difference of the t
 class's recall, proportions of images, get the exact binomial interval over their patients instead
 (study.analysis.uncertainty.proportion_interval), and their change the interval combining the two
 sides' (MOVER). A resampled figure has no interval on a side where a class it covers has one patient
-(a resample holds that patient or no image of the class), nor where every resample gives it the same
-value (no spread: a resample keeps each class's patients, and its patients are alike in the figure, as
-one-image patients all right or all wrong are), nor has its change then. A set without patient ids
+(a resample holds that patient or no image of the class), nor an ROC AUC where the images not of a class
+it covers are one patient's (without them the class's AUC is undefined), nor where every resample gives
+it the same value (no spread: a resample keeps each class's patients, and its patients are alike in the
+figure, as one-image patients all right or all wrong are), nor has its change then. A set without patient ids
 (a folder of images) is resampled by image.
 """
 
@@ -50,7 +51,7 @@ from study.analysis.evaluation import Evaluation, StudyData
 from study.analysis.selection import Analysis
 from study.analysis.uncertainty import (BASELINE, class_patients, group_strata, independent_difference_interval,
                                         names_patients, partial_class_samples, percentile_interval,
-                                        proportion_interval, resample_weights, resampling_groups,
+                                        proportion_interval, resample_weights, resampling_groups, rest_patients,
                                         same_in_every_resample)
 
 log = logging.getLogger("study.analyze")
@@ -443,6 +444,8 @@ def compare(cell: dict, internal: Evaluation, internal_scores: np.ndarray, exter
     both = (counts_in > 0) & (counts_out > 0)
     alone_in = class_patients(internal.y_true, internal.groups, len(external.classes), False) == 1
     alone_out = class_patients(external.y_true, external.groups, len(external.classes), False) == 1
+    lone_rest_in = rest_patients(internal.y_true, internal.groups, len(external.classes), False) == 1
+    lone_rest_out = rest_patients(external.y_true, external.groups, len(external.classes), False) == 1
     inside, inside_samples = _figures(internal.y_true, internal_scores, internal.groups, both, resamples, seed)
     outside, outside_samples = _figures(external.y_true, scores, external.groups, both, resamples, set_seed)
     right_in = predictions(internal_scores, False) == internal.y_true
@@ -470,10 +473,12 @@ def compare(cell: dict, internal: Evaluation, internal_scores: np.ndarray, exter
             change = independent_difference_interval(value_out, interval_out, value_in, interval_in)
         elif resamples:  # a resampled figure of one class, or averaged over the classes present
             covered = both if k is None else np.arange(len(external.classes)) == k
+            lacking_in, lacking_out = ((alone_in | lone_rest_in, alone_out | lone_rest_out)
+                                       if metric.startswith("roc_auc") else (alone_in, alone_out))
             undefined = (float("nan"), float("nan"))
-            if (alone_in & covered).any():
+            if (lacking_in & covered).any():
                 interval_in, change = undefined, undefined
-            if (alone_out & covered).any():
+            if (lacking_out & covered).any():
                 interval_out, change = undefined, undefined
             flat_in = not np.isnan(interval_in[0]) and same_in_every_resample(samples_in)
             flat_out = not np.isnan(interval_out[0]) and same_in_every_resample(samples_out)

@@ -18,7 +18,7 @@ from study.analysis.figures import write_figures
 from study.analysis.looks import history
 from study.analysis.report_tables import NO_SPREAD, best_model_on_validation, never_predicted, reported_metric, slug
 from study.analysis.selection import Analysis
-from study.analysis.uncertainty import FEW_PATIENTS
+from study.analysis.uncertainty import FEW_PATIENTS, SplitBootstrap
 from study.tables import (METRIC_TITLES, NOT_SET, PAPER_METRICS, STATUSES, STOPPED_EARLY, interval_text,
                           markdown_table)
 
@@ -240,7 +240,8 @@ def render_markdown(analysis: Analysis, formats: tuple[str, ...]) -> str:
         lines += unmeasurable_sentence(tables[f"per_class_{name}"])
         if chosen.dataset in analysis.bootstraps:
             per_class = tables[f"per_class_{name}"]
-            lines += one_patient_sentence(per_class) + no_spread_sentences(per_class)
+            lines += (one_patient_sentence(per_class) + one_patient_rest_sentence(analysis.bootstraps[chosen.dataset])
+                      + no_spread_sentences(per_class))
     for failed in analysis.failed:
         if failed.rank == 1:
             lines += [f"### {failed.dataset} / {failed.model}", "",
@@ -375,6 +376,18 @@ def one_patient_sentence(per_class: pd.DataFrame) -> list[str]:
         return []
     return [f"{joined_names(alone)}: one patient on this split, whom a resample draws or not, so F1 and ROC AUC "
             "have no interval; precision, recall and specificity keep their exact ones.", ""]
+
+
+def one_patient_rest_sentence(bootstrap: SplitBootstrap) -> list[str]:
+    """The classes whose rest (the images not of them) is one patient's, whose ROC AUC has no interval (empty
+    when none)."""
+    lone_rest = [name for name, count in bootstrap.rest_patients.items()
+                 if count == 1 and bootstrap.class_patients[name] >= 2]  # else one_patient_sentence's
+    if not lone_rest:
+        return []
+    return [f"{joined_names(lone_rest)}: the images not of {'it' if len(lone_rest) == 1 else 'each'} on this split "
+            "are one patient's, whom a resample draws or not, and without them the one-vs-rest ROC AUC is undefined "
+            "(no negatives): ROC AUC has no interval; precision, recall, specificity and F1 keep theirs.", ""]
 
 
 def no_spread_note(shown: pd.DataFrame) -> list[str]:

@@ -277,11 +277,12 @@ def per_class_tables(analysis: Analysis) -> dict[str, pd.DataFrame]:
         if bootstrap is not None:
             samples = bootstrap.samples[chosen.candidate.trial_id].per_class
             intervals = class_proportion_intervals(evaluation)
-            no_spread = {column: [bootstrap.class_resampled(j) and same_in_every_resample(samples[column][:, j])
-                                  for j in range(len(per_class))] for column in ("f1", "roc_auc")}
+            resampled = {"f1": bootstrap.class_resampled, "roc_auc": bootstrap.auc_resampled}
+            no_spread = {column: [defined(j) and same_in_every_resample(samples[column][:, j])
+                                  for j in range(len(per_class))] for column, defined in resampled.items()}
             for column, flags in no_spread.items():  # not proportions: the patient bootstrap's, where it moves
                 intervals[column] = [percentile_interval(samples[column][:, j])
-                                     if bootstrap.class_resampled(j) and not flags[j] else (np.nan, np.nan)
+                                     if resampled[column](j) and not flags[j] else (np.nan, np.nan)
                                      for j in range(len(per_class))]
             for column in (*PROPORTIONS, "f1", "roc_auc"):
                 per_class[f"{column} lower"] = [bounds[0] for bounds in intervals[column]]

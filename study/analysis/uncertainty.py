@@ -10,7 +10,8 @@ with replacement within strata (each group's rarest class or label, rarest
 by patients on the split), so that a class of two patients or more on the
 split stays present in every resample (a resample that would lack one, which
 the strata cannot rule out where every patient of the class also holds a
-rarer class, is drawn again). A resample is a vector of weights,
+rarer class, is drawn again; so is one that would lack the images not of
+such a class, without which its one-vs-rest ROC AUC is undefined). A resample is a vector of weights,
 one per image (how many times its group was drawn), and every metric of
 cxrnets.metrics.classification_metrics is computed from weighted counts for
 all resamples at once (weights of ones give exactly the point estimates).
@@ -40,7 +41,11 @@ then that patient, or absent (counted as 0), in a resample: its part of an
 average over classes (macro precision, recall, F1, ROC AUC, the classwise
 ECE) is never a spread over the class's patients, so those intervals, and
 the class's own F1 and ROC AUC intervals, are left undefined
-(undefined_reasons). With a few
+(undefined_reasons). So are a class's own ROC AUC interval and the macro ROC
+AUC's where the images not of the class are one patient's (a multi-label
+label on all images but that patient's): without that patient a resample
+has no negatives for it. No interval is made of the resamples where a figure
+happens to be defined (percentile_interval). With a few
 patients more the percentile intervals of such averages are still too narrow
 (FEW_PATIENTS); the report says so.
 """
@@ -133,16 +138,19 @@ def resample_weights(groups: np.ndarray, strata: np.ndarray, resamples: int, see
     as many times as the stratum has groups; an image weighs as often as its group was drawn.
 
     With `members` ((images, classes) booleans, cxrnets.metrics.class_indicators), a resample without an image
-    of a class that two groups or more hold is drawn again: group_strata's strata keep most such classes in
-    every resample, but not one whose every group holds a rarer class (its groups lie in other classes' strata,
-    which need not draw them)."""
+    of a class that two groups or more hold is drawn again, as is one without an image not of such a class (its
+    rest, the negatives of its one-vs-rest ROC AUC, which is undefined without them): group_strata's strata keep
+    most such classes in every resample, but not one whose every group holds a rarer class (its groups lie in
+    other classes' strata, which need not draw them), nor a multi-label rest (images without a label, whose groups
+    lie in the strata of the labels they hold)."""
     unique_groups, group_index = np.unique(np.asarray(groups), return_inverse=True)
     group_stratum = np.zeros(len(unique_groups), dtype=np.int64)
     group_stratum[group_index] = np.unique(strata, return_inverse=True)[1]
     rng = np.random.default_rng(seed)
     counts = drawn_groups(group_stratum, resamples, rng)
     if members is not None:
-        holds = group_holds(group_index, np.asarray(members, dtype=bool))
+        members = np.asarray(members, dtype=bool)
+        holds = np.hstack([group_holds(group_index, members), group_holds(group_index, ~members)])
         kept = holds[:, holds.sum(axis=0) >= 2].astype(np.int32)
         missing = ((counts @ kept) == 0).any(axis=1)
         while missing.any():
@@ -268,22 +276,26 @@ def partial_class_samples(y_true: np.ndarray, scores: np.ndarray, classes_used: 
 
 
 def percentile_interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
-    """The central `level` interval of the finite samples; (nan, nan) when there are none."""
-    finite = np.asarray(samples, dtype=np.float64)
-    finite = finite[np.isfinite(finite)]
-    if finite.size == 0:
+    """The central `level` interval of the resampled values; (nan, nan) where any of them is undefined (NaN).
+
+    The resamples where a figure is defined are those that drew what it needs (a one-vs-rest ROC AUC: images
+    of the class and images not of it): an interval over them alone is one over other patients than the split's,
+    from fewer resamples than it says. The callers say why such an interval is undefined (undefined_reasons,
+    SplitBootstrap.auc_resampled)."""
+    values = np.asarray(samples, dtype=np.float64)
+    if values.size == 0 or not np.isfinite(values).all():
         return float("nan"), float("nan")
     tail = (1 - level) / 2 * 100
-    lower, upper = np.percentile(finite, [tail, 100 - tail])
+    lower, upper = np.percentile(values, [tail, 100 - tail])
     return float(lower), float(upper)
 
 
 def same_in_every_resample(samples: np.ndarray) -> bool:
-    """Whether every finite resampled value is the same: a figure without spread over the resamples, whose
+    """Whether every resampled value is the same, and defined: a figure without spread over the resamples, whose
     percentile interval would have no width and say nothing of its uncertainty."""
-    finite = np.asarray(samples, dtype=np.float64)
-    finite = finite[np.isfinite(finite)]
-    return finite.size > 0 and float(np.ptp(finite)) <= 1e-12 * max(1.0, float(np.abs(finite).max()))
+    values = np.asarray(samples, dtype=np.float64)
+    return (values.size > 0 and bool(np.isfinite(values).all())
+            and float(np.ptp(values)) <= 1e-12 * max(1.0, float(np.abs(values).max())))
 
 
 def names_patients(patients: pd.Series, relpaths: pd.Series) -> bool:
@@ -339,10 +351,19 @@ def independent_difference_interval(first: float, first_interval: tuple[float, f
 
 def class_patients(y_true: np.ndarray, groups: np.ndarray, classes: int, multilabel: bool) -> np.ndarray:
     """(classes,) how many patients (groups) have an image of each class (label) on the split."""
-    y_true, groups = np.asarray(y_true), np.asarray(groups)
-    members = (y_true.astype(bool) if multilabel
-               else y_true.astype(np.int64)[:, None] == np.arange(classes)[None, :])
-    return np.array([len(np.unique(groups[members[:, k]])) for k in range(classes)])
+    return patients_holding(class_indicators(np.asarray(y_true), classes, multilabel), groups)
+
+
+def rest_patients(y_true: np.ndarray, groups: np.ndarray, classes: int, multilabel: bool) -> np.ndarray:
+    """(classes,) how many patients (groups) have an image not of each class (without the label) on the split:
+    the negatives of its one-vs-rest ROC AUC."""
+    return patients_holding(~class_indicators(np.asarray(y_true), classes, multilabel), groups)
+
+
+def patients_holding(members: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """(classes,) how many groups have an image among each column of `members` ((images, classes) booleans)."""
+    groups = np.asarray(groups)
+    return np.array([len(np.unique(groups[members[:, k]])) for k in range(members.shape[1])])
 
 
 def undefined_reasons(y_true: np.ndarray, classes: list[str], multilabel: bool, groups: np.ndarray) -> dict[str, str]:
@@ -377,6 +398,13 @@ def undefined_reasons(y_true: np.ndarray, classes: list[str], multilabel: bool, 
                 f"or 0, never a spread over patients of the {kind} (its precision, recall and specificity have "
                 "exact intervals in the per-class table; a study made with a larger --test-fraction or "
                 "--val-fraction gives it more patients)")
+    rest = rest_patients(y_true, groups, len(classes), multilabel)
+    lone_rest = [name for name, count in zip(classes, rest) if count == 1]
+    if lone_rest:
+        reasons.setdefault("roc_auc_macro", []).append(
+            f"the images not of {named(lone_rest)} are one patient's: a resample holds that patient's images or none, "
+            f"and without them each such {kind}'s one-vs-rest ROC AUC is undefined (no negatives), so the macro ROC "
+            f"AUC would average over other {kinds} from one resample to the next")
     return {name: "; ".join(why) for name, why in reasons.items()}
 
 
@@ -400,6 +428,7 @@ class SplitBootstrap:
     # trial id -> cxrnets.metrics.calibration (brier, ece, classwise_ece, ...) on every resample
     calibration: dict[str, dict[str, np.ndarray]]
     class_patients: dict[str, int]  # class (label) -> its patients on the split, in the classes' order
+    rest_patients: dict[str, int]   # class (label) -> the patients with an image not of it, in the classes' order
     patient_ids: bool = True  # False: the dataset names no patients, each image is its own (names_patients)
 
     def cell(self, trial_ids: list[str], metric: str) -> np.ndarray:
@@ -411,11 +440,19 @@ class SplitBootstrap:
         (one patient is drawn or not: its figures or none)."""
         return list(self.class_patients.values())[k] >= 2
 
+    def auc_resampled(self, k: int) -> bool:
+        """Whether class (label) k's one-vs-rest ROC AUC has a bootstrap interval: its images and the images not
+        of it each come from two patients or more (a side of one patient is drawn or not, and without it the AUC
+        is undefined)."""
+        return self.class_resampled(k) and list(self.rest_patients.values())[k] >= 2
+
     def difference_defined(self, metric: str) -> bool:
         """Whether a paired difference of `metric` has an interval: not an average over classes where a
-        class has one patient (an absent class adds the same 0 to both sides, which the difference cancels),
-        nor any figure of a split of one patient."""
-        return self.patients >= 2 and not (metric in CLASS_AVERAGES and 1 in self.class_patients.values())
+        class has one patient (an absent class adds the same 0 to both sides, which the difference cancels), nor
+        the macro ROC AUC where the images not of a class are one patient's, nor any figure of a split of one
+        patient."""
+        return self.patients >= 2 and not (metric in CLASS_AVERAGES and 1 in self.class_patients.values()) and not (
+            metric == "roc_auc_macro" and 1 in self.rest_patients.values())
 
     def few_patients(self) -> dict[str, int]:
         """Classes (labels) with 2 to FEW_PATIENTS - 1 patients on the split: resampled, but too few for the
@@ -438,9 +475,11 @@ def bootstrap_split(dataset: str, evaluations: list, resamples: int = RESAMPLES,
     samples[BASELINE] = metric_samples(first.y_true, first.baseline_scores, first.multilabel, weights)
     calibrated = {e.trial_id: calibration(e.y_true, e.scores, e.multilabel, weights) for e in evaluations}
     per_class = class_patients(first.y_true, first.groups, len(first.classes), first.multilabel)
+    rest = rest_patients(first.y_true, first.groups, len(first.classes), first.multilabel)
     images = getattr(first, "images", None)  # each image's relpath and patient, where the evaluation kept them
     patient_ids = images is None or names_patients(images["patient"], images["relpath"])
     return SplitBootstrap(dataset, resamples, seed, patients=len(np.unique(first.groups)), images=len(first.y_true),
                           undefined=undefined_reasons(first.y_true, first.classes, first.multilabel, first.groups),
                           samples=samples, calibration=calibrated,
-                          class_patients=dict(zip(first.classes, per_class.tolist())), patient_ids=patient_ids)
+                          class_patients=dict(zip(first.classes, per_class.tolist())),
+                          rest_patients=dict(zip(first.classes, rest.tolist())), patient_ids=patient_ids)

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from study.analysis.evaluation import Evaluation
-from study.analysis.report import no_spread_sentences, one_patient_sentence, unmeasurable_sentence
+from study.analysis.report import (no_spread_sentences, one_patient_rest_sentence, one_patient_sentence,
+                                   unmeasurable_sentence)
 from study.analysis.report_tables import (PROPORTIONS, best_model_on_validation, confusion_table, never_predicted,
                                           paired_differences, per_class_tables, predictions_table, selected_table)
 from study.analysis.uncertainty import BASELINE, bootstrap_split, percentile_interval, proportion_interval
@@ -146,6 +147,27 @@ def test_a_class_of_one_patient_has_no_f1_or_roc_auc_interval_and_the_report_say
     assert one_patient_sentence(table)[0].startswith("No Finding: one patient on this split")
     assert no_spread_sentences(table) == []  # its F1 of 0 is the one-patient sentence's, not "the same in every resample"
     assert one_patient_sentence(per_class_tables(_analysis(_small_split()))["per_class_d_m"]) == []
+
+
+def test_a_label_whose_rest_is_one_patient_has_no_roc_auc_interval_and_the_report_says_why():
+    """As the covid-chestxray study's test split: COVID-19 on every image but patient f's. A resample without f
+    has no image lacking COVID-19, where its ROC AUC is undefined; its interval (`0.564 [0.31, 0.84]` there) came
+    from the other resamples alone. Its F1 keeps an interval: every resample defines it."""
+    groups = np.repeat(list("abcdef"), 2)
+    y_true = np.stack([groups != "f", np.isin(groups, list("abc")), np.isin(groups, list("de"))], axis=1).astype(int)
+    scores = np.clip(0.3 * y_true + 0.7 * np.random.default_rng(2).random(y_true.shape), 0, 1)
+    evaluation = _evaluation(y_true, scores, multilabel=True)
+    evaluation.groups = groups
+    analysis = _analysis(evaluation)
+    tables = per_class_tables(analysis)
+    table = tables["per_class_d_m"].set_index("class")
+    assert table.loc["COVID-19", ["roc_auc lower", "roc_auc upper"]].isna().all()
+    assert not table.loc["COVID-19", ["f1 lower", "f1 upper"]].isna().any()
+    assert not table.loc["Other pneumonia", ["roc_auc lower", "roc_auc upper"]].isna().any()
+    assert tables["_shown_per_class_d_m"].set_index("class").loc["COVID-19", "roc_auc"].endswith("[undefined]")
+    assert one_patient_rest_sentence(analysis.bootstraps["d"])[0].startswith(
+        "COVID-19: the images not of it on this split are one patient's, whom a resample draws or not")
+    assert one_patient_rest_sentence(_analysis(_small_split()).bootstraps["d"]) == []
 
 
 @pytest.mark.parametrize("resamples", [None, 200])

@@ -9,7 +9,8 @@ import pytest
 
 from cxrnets.metrics import classification_metrics, per_class_table
 from study.analysis.uncertainty import (BASELINE, bootstrap_split, group_strata, metric_samples,
-                                        percentile_interval, proportion_interval, resample_weights, undefined_reasons)
+                                        percentile_interval, proportion_interval, resample_weights,
+                                        same_in_every_resample, undefined_reasons)
 
 
 def synthetic(multilabel: bool, images: int = 240, classes: int = 4, seed: int = 0):
@@ -355,3 +356,55 @@ def test_the_difference_of_independent_proportions_combines_their_intervals():
     low, high = independent_difference_interval(0.0, none, 1.0, every)
     assert low == pytest.approx(-1.0) and -1.0 < high < 0
     assert high == pytest.approx(np.hypot(none[1], 1 - every[0]) - 1)
+
+
+def label_on_every_patient_but_one(resamples: int = 500):
+    """As the covid-chestxray study's test split: Pneumonia on every image but those of one patient (19), COVID-19
+    on patients 0-9; 20 patients of two images each."""
+    rng = np.random.default_rng(5)
+    groups = np.repeat(np.arange(20), 2)
+    y_true = np.stack([groups != 19, groups < 10], axis=1).astype(int)
+    scores = np.clip(0.3 * y_true + 0.7 * rng.random(y_true.shape), 0, 1)
+    baseline = np.tile([1.0, 0.0], (len(groups), 1))
+    single = types.SimpleNamespace(trial_id="m", y_true=y_true, scores=scores, groups=groups, multilabel=True,
+                                   classes=["Pneumonia", "COVID-19"], baseline_scores=baseline)
+    return bootstrap_split("d", [single], resamples=resamples, seed=0)
+
+
+def test_a_label_whose_rest_is_one_patient_has_no_roc_auc_interval():
+    """A resample without patient 19 has no image lacking Pneumonia: Pneumonia's ROC AUC is undefined there. Its
+    interval is not made of the other resamples (it was, silently), nor is the macro ROC AUC's, whose average would
+    hold Pneumonia in some resamples and not in others."""
+    split = label_on_every_patient_but_one()
+    auc = split.samples["m"].per_class["roc_auc"]
+    assert 0 < np.isnan(auc[:, 0]).sum() < len(auc)
+    assert split.rest_patients == {"Pneumonia": 1, "COVID-19": 10}
+    assert split.class_resampled(0) and not split.auc_resampled(0) and split.auc_resampled(1)
+    assert percentile_interval(auc[:, 0]) == pytest.approx((np.nan, np.nan), nan_ok=True)
+    assert set(split.undefined) == {"roc_auc_macro"}
+    assert split.undefined["roc_auc_macro"].startswith("the images not of label Pneumonia are one patient's: a "
+                                                       "resample holds that patient's images or none")
+    assert not split.difference_defined("roc_auc_macro") and split.difference_defined("f1_macro")
+
+
+def test_a_figure_undefined_in_some_resamples_has_no_interval():
+    """An interval of the resamples where the figure happens to be defined would rest on fewer resamples than it
+    says, of other patients than the split's."""
+    values = np.r_[np.linspace(0.2, 0.9, 99), np.nan]
+    assert percentile_interval(values) == pytest.approx((np.nan, np.nan), nan_ok=True)
+    assert percentile_interval(np.linspace(0.2, 0.9, 100)) == pytest.approx((0.2175, 0.8825))
+    assert not same_in_every_resample(np.r_[np.full(99, 0.5), np.nan])
+
+
+def test_the_images_without_a_label_stay_in_every_resample_where_two_patients_hold_them():
+    """Two of 20 patients hold the only images without label 0, in label 0's stratum: drawing its 20 patients
+    would leave both out of about 12% of resamples, where label 0's ROC AUC is undefined. Such resamples are drawn
+    again, as those lacking a class of two patients or more are."""
+    groups = np.repeat(np.arange(20), 2)
+    y_true = np.stack([~np.isin(np.arange(40), [1, 3]), groups < 10], axis=1).astype(int)
+    members = y_true.astype(bool)
+    weights = resample_weights(groups, group_strata(groups, y_true, True), 2000, seed=0, members=members)
+    assert ((weights @ ~members[:, 0]) > 0).all()
+    scores = np.random.default_rng(1).random(y_true.shape)
+    auc = metric_samples(y_true, scores, True, weights).per_class["roc_auc"]
+    assert np.isfinite(auc).all() and np.isfinite(percentile_interval(auc[:, 0])).all()
