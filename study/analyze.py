@@ -14,9 +14,10 @@ the best trial on the validation metric, evaluates that trial's best weights
 once on the held-out test split, and writes `<study dir>/report/` (or --out):
 report.md (tables inline, figures linked), one CSV and one Parquet file per
 table under tables/, PNG figures under figures/, and analysis-files.json, the
-list of them: an analysis into that folder again replaces those files, and
-refuses a folder holding other such files (a report.md, tables or figures of
-someone else's, which it would overwrite). A study in object storage
+list of them and the study analysed: an analysis of that study into that
+folder again replaces those files, and refuses a folder holding other such
+files (a report.md, tables or figures of someone else's, which it would
+overwrite) or another study's report. A study in object storage
 (s3://, gs://) is read in place; only the weights it evaluates are downloaded,
 into a local cache that a second analysis reuses.
 
@@ -149,7 +150,7 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
     analysis.split_notes = data.split_notes
     external_indexes = check_externals(data, externals or [], label_map or {})
     storage.check_writable(str(analysis.out), "--out")  # before any model is evaluated or a look recorded
-    check_report_folder(analysis.out)
+    check_report_folder(analysis.out, study)
     select_and_evaluate(analysis, data)
     analysis.confirmation = evaluate_confirmation(study, split, data)
     analysis.downloaded_bytes = data.downloaded_bytes
@@ -256,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--format", default=",".join(FORMATS),
         help=f"what to write, comma-separated from {','.join(FORMATS)} (default: all of them)")
     add("--out", default=None, help="report folder, refused if it holds a report.md, tables or figures that "
-        "study.analyze did not write (default: <study dir>/report)")
+        "study.analyze did not write, or the report of another study (analysis-files.json names the study "
+        "analysed); an earlier report of this study there is replaced (default: <study dir>/report)")
     add("--data-root", action="append", default=None, metavar="[DATASET=]PATH",
         help="where a dataset lies on this machine, if not where the study read it; DATASET= where the study has "
              "several; repeatable (default: the roots in study.json)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -40,6 +41,41 @@ def report_files(out: Path) -> set[str]:
     return found
 
 
+def study_record(study) -> dict[str, str]:
+    """What FILES_LIST records of the study analysed (study.analysis.reading.Study): where it lies, its name, and
+    when it was created, which tells it from another study of the same name."""
+    return {"uri": study.uri, "name": study.settings.name, "created": study.settings.created}
+
+
+def earlier_study(out: Path) -> dict[str, str] | None:
+    """The study (study_record's fields) whose analysis wrote `out`, as its FILES_LIST records it or, from before
+    the list recorded it, as its report.md's title and header name it; None where neither says."""
+    listing = out / FILES_LIST
+    if listing.exists():
+        recorded = json.loads(listing.read_text()).get("study")  # earlier_files has read it whole
+        if recorded is not None:
+            if not (isinstance(recorded, dict) and isinstance(recorded.get("uri"), str)):
+                raise CxrError(f"{listing}: its \"study\" is {recorded!r}, not the study study.analyze records "
+                               f"there; delete {out}, or pass another --out")
+            return recorded
+    if not written_by_an_earlier_analysis(out / "report.md"):
+        return None
+    text = (out / "report.md").read_text(errors="replace")[:5000]
+    name = re.match(r"# Study `([^`]*)`", text)
+    where = re.search(r"^- Study directory: `([^`]*)`(?: \(created ([^)]*)\))?", text, re.MULTILINE)
+    if where is None:
+        return None
+    return {"uri": where.group(1), "name": name.group(1) if name else "", "created": where.group(2) or ""}
+
+
+def same_study(recorded: dict[str, str], study) -> bool:
+    """Whether `recorded` (earlier_study's) is `study`: the same location, or the same name and creation time (the
+    study moved since, with its report)."""
+    ours = study_record(study)
+    return recorded["uri"] == ours["uri"] or (recorded.get("name"), recorded.get("created")) == (
+        ours["name"], ours["created"])
+
+
 def earlier_files(out: Path) -> set[str]:
     """What earlier analyses wrote in `out`, as their FILES_LIST says; without one, a report of a study.analyze
     from before that list (its report.md says who wrote it) wrote every report file there."""
@@ -62,10 +98,17 @@ def written_by_an_earlier_analysis(report: Path) -> bool:
     return text.startswith("# Study `") and "by `python -m study.analyze`" in text
 
 
-def check_report_folder(out: Path) -> set[str]:
-    """Refuse a report folder holding files the analysis did not write where it writes (it would overwrite or
-    delete them); returns what earlier analyses wrote there, which the next report replaces."""
+def check_report_folder(out: Path, study) -> set[str]:
+    """Refuse a report folder holding files the analysis did not write where it writes, or another study's
+    analysis (it would overwrite or delete them); returns what earlier analyses of `study`
+    (study.analysis.reading.Study) wrote there, which the next report replaces."""
     earlier = earlier_files(out)
+    recorded = earlier_study(out)
+    if earlier and recorded is not None and not same_study(recorded, study):
+        named = f"study `{recorded.get('name') or '?'}` at {recorded['uri']}"
+        raise CxrError(f"--out {out}: holds the report of another {named}; analysing study "
+                       f"`{study.settings.name}` ({study.uri}) there would replace it and delete its tables and "
+                       f"figures: pass another --out, or delete {out} first if that report is no longer wanted")
     theirs = sorted(report_files(out) - earlier)
     if theirs:
         more = f" and {len(theirs) - 1} more" if len(theirs) > 1 else ""
@@ -93,15 +136,15 @@ def write_report(analysis: Analysis, formats: tuple[str, ...]) -> None:
     """Write the report into analysis.out, replacing what an earlier analysis wrote there (no stale table or
     figure stays) and nothing else."""
     out = analysis.out
-    for name in check_report_folder(out) & report_files(out):
+    for name in check_report_folder(out, analysis.study) & report_files(out):
         (out / name).unlink()
     out.mkdir(parents=True, exist_ok=True)
     try:
         _write_files(analysis, formats)
     finally:  # an interrupted report lists what it wrote too: report_files holds nothing else by now
         listing = out / f"{FILES_LIST}.partial"
-        listing.write_text(json.dumps({"written_by": "python -m study.analyze", "files": sorted(report_files(out))},
-                                      indent=1) + "\n")
+        listing.write_text(json.dumps({"written_by": "python -m study.analyze", "study": study_record(analysis.study),
+                                       "files": sorted(report_files(out))}, indent=1) + "\n")
         listing.replace(out / FILES_LIST)  # whole or not at all
     log.info("report written to %s", out / "report.md" if "md" in formats else out)
 

@@ -443,6 +443,25 @@ def test_a_report_folder_of_files_the_analysis_did_not_write_is_refused_before_e
     assert set((study_dir / "analyses").glob("*.json")) == looks
 
 
+def test_another_studys_report_folder_is_refused_before_evaluating(study_dir, tmp_path, capsys):
+    """`--out` into the report of another study (as analysis-files.json records it) would replace that report and
+    delete its tables and figures: refused, naming both studies, before any evaluation or look."""
+    looks = set((study_dir / "analyses").glob("*.json"))
+    other = tmp_path / "real3" / "report"
+    (other / "tables").mkdir(parents=True)
+    (other / "tables" / "per_class_d_m.parquet").write_bytes(b"real3's")
+    (other / "analysis-files.json").write_text(json.dumps({
+        "written_by": "python -m study.analyze", "study": {"uri": str(tmp_path / "real3"), "name": "real3",
+                                                           "created": "2026-12-07 10:40:31"},
+        "files": ["tables/per_class_d_m.parquet"]}))
+    assert main([str(study_dir), "--out", str(other)]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"error: --out {other}: holds the report of another study `real3` at {tmp_path / 'real3'}; analysing study "
+        f"`{study_dir.name}` ({study_dir}) there would replace it")
+    assert (other / "tables" / "per_class_d_m.parquet").read_bytes() == b"real3's"
+    assert set((study_dir / "analyses").glob("*.json")) == looks
+
+
 def test_an_empty_format_list_is_refused_before_evaluating(study_dir, tmp_path, capsys):
     """--format '' would write no table: refused before any model is evaluated and before a look at the test
     split is recorded."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import types
 
 import numpy as np
@@ -134,9 +135,14 @@ def test_the_calibration_section_says_where_the_loss_was_class_weighted():
         assert "class-weighted" not in "\n".join(calibration_section(_calibrated(plain), "test", False))
 
 
-def _written(out, *tables: str) -> types.SimpleNamespace:
-    """A report of these tables, as CSV and Parquet, into `out`."""
-    analysis = types.SimpleNamespace(out=out, files=[], tables={name: pd.DataFrame({"x": [1]}) for name in tables})
+def _study(uri: str = "/studies/demo", name: str = "demo", created: str = "2026-12-01 09:00:00"):
+    return types.SimpleNamespace(uri=uri, settings=types.SimpleNamespace(name=name, created=created))
+
+
+def _written(out, *tables: str, study=None) -> types.SimpleNamespace:
+    """A report of these tables, as CSV and Parquet, into `out`, of `study` (default: _study())."""
+    analysis = types.SimpleNamespace(out=out, files=[], tables={name: pd.DataFrame({"x": [1]}) for name in tables},
+                                     study=study or _study())
     write_report(analysis, ("csv", "parquet"))
     return analysis
 
@@ -168,11 +174,45 @@ def test_a_report_of_an_analysis_from_before_the_list_of_its_files_is_replaced(t
     analysis's report.md, tables and figures: its own, replaced, not refused."""
     (tmp_path / "tables").mkdir()
     (tmp_path / "tables" / "per_class_d_gone.csv").write_text("x\n1\n")
-    (tmp_path / "report.md").write_text("# Study `demo`: analysis\n\n- Study directory: `studies/demo`\n"
+    (tmp_path / "report.md").write_text("# Study `demo`: analysis\n\n- Study directory: `/studies/demo`\n"
                                         "- Generated 2026-12-01 10:00:00 by `python -m study.analyze`\n")
     _written(tmp_path, "comparison_f1_macro")
     assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == ["comparison_f1_macro.csv",
                                                                       "comparison_f1_macro.parquet"]
+
+
+def test_another_studys_report_is_refused_naming_both_studies(tmp_path):
+    """`python -m study.analyze studies/tiny --out studies/real3/report` replaced real3's report, deleting its tables
+    and figures: the folder now says which study it is the report of."""
+    _written(tmp_path, "comparison_f1_macro", "per_class_real3", study=_study("/studies/real3", "real3"))
+    assert json.loads((tmp_path / "analysis-files.json").read_text())["study"] == {
+        "uri": "/studies/real3", "name": "real3", "created": "2026-12-01 09:00:00"}
+    with pytest.raises(CxrError, match=rf"--out {tmp_path}: holds the report of another study `real3` at "
+                                       r"/studies/real3; analysing study `tiny` \(/studies/tiny\) there would "
+                                       r"replace it .*pass another --out, or delete"):
+        _written(tmp_path, "comparison_f1_macro", study=_study("/studies/tiny", "tiny"))
+    assert (tmp_path / "tables" / "per_class_real3.parquet").exists()
+    # The same study moved elsewhere (same name, same creation time) keeps replacing its own report.
+    _written(tmp_path, "comparison_f1_macro", study=_study("/moved/real3", "real3"))
+    assert not (tmp_path / "tables" / "per_class_real3.parquet").exists()
+
+
+def test_a_report_from_before_the_study_was_recorded_is_told_by_its_header(tmp_path):
+    """A list of files without the study (written before it was recorded): the report.md beside it names the study
+    in its header; with no report.md to tell, the folder is taken as this study's, as before."""
+    _written(tmp_path, "comparison_f1_macro", study=_study("/studies/real3", "real3"))
+    listing = tmp_path / "analysis-files.json"
+    listing.write_text(json.dumps({key: value for key, value in json.loads(listing.read_text()).items()
+                                   if key != "study"}))
+    _written(tmp_path, "comparison_f1_macro", study=_study("/studies/tiny", "tiny"))  # nothing tells: replaced
+    (tmp_path / "report.md").write_text("# Study `real3`: analysis\n\n- Study directory: `/studies/real3` (created "
+                                        "2026-12-07 10:40:31)\n- Generated 2026-12-07 by `python -m study.analyze`\n")
+    listing.write_text(json.dumps({"written_by": "python -m study.analyze",
+                                   "files": ["report.md", "tables/comparison_f1_macro.csv",
+                                             "tables/comparison_f1_macro.parquet"]}))
+    with pytest.raises(CxrError, match="holds the report of another study `real3` at /studies/real3"):
+        _written(tmp_path, "comparison_f1_macro", study=_study("/studies/tiny", "tiny"))
+    _written(tmp_path, "comparison_f1_macro", study=_study("/studies/real3", "real3", "2026-12-07 10:40:31"))
 
 
 def _confirmed(*runs: tuple[int, str, int, bool]) -> types.SimpleNamespace:
