@@ -73,11 +73,15 @@ def runs_on_this_machine(address: str | None) -> bool:
     """True when the study's trials run on this machine alone: a local Ray instance, not a cluster.
 
     A cluster's head may have no GPU (cluster.yaml: the GPUs are on autoscaled workers), so
-    --gpus-per-trial is checked against this machine only when no cluster is joined.
+    --gpus-per-trial is checked against this machine only when no cluster is joined. An address of no form Ray
+    takes is refused (CxrError) before anything is written, whether or not Ray runs in this process already.
     """
+    cluster = cluster_address(address)
+    if cluster is not None:
+        cluster.host_port()
     if ray.is_initialized():
         return len(_alive_nodes()) < 2
-    return cluster_address(address) is None
+    return cluster is None
 
 
 def check_local_resources(settings: StudySettings, cores: int | None = None,
