@@ -844,7 +844,7 @@ def print_run_end(settings: StudySettings, grid) -> int:
     events = read_trial_events(settings.study_uri)
     unfinished, undone = unfinished_trials(grid, events), unfinished_search(settings.study_uri)
     search_finished = not (unfinished or undone)
-    reported = print_summary(settings, search_finished, events)
+    reported = print_summary(settings, events, search_finished)
     resume_command = f"python -m study.run --resume {quote(settings.study_uri)}"
     errored = errored_line(events, resume_command)
     if errored:
@@ -858,10 +858,10 @@ def print_run_end(settings: StudySettings, grid) -> int:
     return 130 if unfinished else 0
 
 
-def print_summary(settings: StudySettings, search_finished: bool = True, events: pd.DataFrame | None = None) -> bool:
-    """The best trial per model, the baselines and where the study's files are, with the command that analyses a
-    finished search (`search_finished`); whether any trial reported an epoch. `events`: the study's trial events
-    (read_trial_events), where the caller has read them."""
+def print_summary(settings: StudySettings, events: pd.DataFrame, search_finished: bool = True) -> bool:
+    """The best trial per model, the baselines and where the study's files are (`events`: its trial events,
+    read_trial_events), with the command that analyses a finished search (`search_finished`); whether any trial
+    reported an epoch."""
     results = read_results(settings.study_uri)
     if results.empty:
         print("no trial reported an epoch")
@@ -877,7 +877,7 @@ def print_summary(settings: StudySettings, search_finished: bool = True, events:
     for dataset, baseline in settings.baselines.items():
         figures = ", ".join(f"val/{m} {baseline[m]:.3f}" for m in shown if m in baseline)
         print(f"\nmajority-class baseline on {dataset}: {figures}")
-    print("\n" + size_line(settings, read_trial_events(settings.study_uri) if events is None else events))
+    print("\n" + size_line(settings, events))
     print(f"results:     {settings.study_uri}/results (Parquet, every trial and epoch)")
     for line in watch_commands(settings, running=False):
         print(line)

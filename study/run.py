@@ -254,9 +254,10 @@ def validate(settings: StudySettings) -> None:
         check_metric_reported(settings.tie_break, list(settings.data_roots), "--tie-break")
     for model in space.values_of("model"):
         check_image_size(model, settings.image_size)
-    if space.sampler == "grid" and settings.num_samples < space.configuration_count():
+    combinations = space.configuration_count()
+    if space.sampler == "grid" and settings.num_samples < combinations:
         log.warning("the grid has %d combinations but --num-samples is %d: only part of it runs",
-                    space.configuration_count(), settings.num_samples)
+                    combinations, settings.num_samples)
     first = space.first_points()
     if len(first) > settings.num_samples:
         log.warning("cover_first %s has %d combinations but --num-samples is %d: only the first %d are tried",

@@ -799,7 +799,7 @@ def test_study_over_two_models_and_both_optimizers_completes(main_study, capsys)
     assert len(events) == 6 and set(events["event"]) == {"completed"}
     assert (study_dir / "study.json").is_file() and (study_dir / "splits" / "folder.csv").is_file()
     # the end of a run: the comparison table, best trial per model, and where things are
-    print_summary(settings)
+    print_summary(settings, events)
     out = capsys.readouterr().out
     assert "| resnet50 " in out and "| alexnet " in out
     assert re.search(r"\| \d\.\de-0\d +\|", out), "learning rates are not in scientific notation:\n" + out
@@ -812,7 +812,7 @@ def test_study_over_two_models_and_both_optimizers_completes(main_study, capsys)
     assert f"MB in all; {weights_mb:,.0f} MB of it the best weights of each model's best trial, --keep 1)" in out
     # the floor beside the best trials, on the study metric first where the baseline has it (a loss it has not)
     assert re.search(r"majority-class baseline on folder: val/f1_macro 0\.\d{3}, val/accuracy 0\.\d{3}\n", out)
-    print_summary(dataclasses.replace(settings, metric="val/roc_auc_macro", mode="max"))
+    print_summary(dataclasses.replace(settings, metric="val/roc_auc_macro", mode="max"), events)
     assert re.search(r"majority-class baseline on folder: val/roc_auc_macro 0\.500, val/f1_macro 0\.\d{3}, "
                      r"val/accuracy 0\.\d{3}\n", capsys.readouterr().out)
 
@@ -992,7 +992,7 @@ def test_diverging_trials_end_as_poor_results_and_the_study_completes(ray_sessio
     assert set(read_trial_events(settings.study_uri)["event"]) == {"completed"}
     for result in grid:
         assert result.error is None and result.metrics["diverged"] == 1
-    print_summary(settings)
+    print_summary(settings, read_trial_events(settings.study_uri))
     printed = capsys.readouterr().out
     assert "| resnet50 " not in printed  # a diverged trial is no best
     assert "folder / resnet50: all 2 trials diverged (NaN loss) at epoch 1, before measuring val/f1_macro: no best" \
