@@ -35,12 +35,9 @@ def parallel_trials_at_once(s: Settings, gpus: int) -> int:
 def search_args(s: Settings, workdir: Path) -> dict[str, list[str]]:
     """The search part's studies: the full grid, then ASHA + Optuna over the same space one trial at a time
     (seeded, repeatable), then the same study as a user runs it on this machine: two trials at once."""
-    from study.space import load_space
-
     grid_space = write_space(workdir, "search-grid", search_space_text(s, "grid"))
     asha_space = write_space(workdir, "search-asha", search_space_text(s, s.search_sampler))
-    configs = len(load_space(grid_space).grid())
-    samples = min(s.search_samples or configs, configs)  # the study runs each configuration once
+    configs, samples = search_trial_counts(s, grid_space)
     budget = ["--image-size", str(s.search_image_size), "--max-epochs", str(s.search_max_epochs),
               "--metric", s.search_metric]
     # One trial at a time with every core: ASHA's decisions and Optuna's proposals then do not depend
@@ -56,6 +53,14 @@ def search_args(s: Settings, workdir: Path) -> dict[str, list[str]]:
             # Which trial reaches a rung first now depends on timing, so its epochs and best may differ.
             "search-asha-parallel": [*asha, "--cpus-per-trial", str(parallel_cpus_per_trial(s)),
                                      "--max-concurrent", str(PARALLEL_TRIALS)]}
+
+
+def search_trial_counts(s: Settings, grid_space: Path) -> tuple[int, int]:
+    """The grid's configurations and the ASHA studies' trials: --search-samples, at most one per configuration."""
+    from study.space import load_space
+
+    configs = len(load_space(grid_space).grid())
+    return configs, min(s.search_samples or configs, configs)
 
 
 def search_space_text(s: Settings, sampler: str) -> str:
@@ -77,13 +82,11 @@ def search_space_text(s: Settings, sampler: str) -> str:
 def bench_search(bench: Bench) -> None:
     from study.results import read_results
     from study.settings import load_settings, metric_mode
-    from study.space import load_space
     from study.tables import best_epochs
 
     s = bench.settings
     studies = search_args(s, bench.workdir)
-    configs = len(load_space(bench.workdir / "search-grid.yaml").grid())
-    samples = min(s.search_samples or configs, configs)  # the study runs each configuration once
+    configs, samples = search_trial_counts(s, bench.workdir / "search-grid.yaml")
     metric = s.search_metric
     mode = metric_mode(metric)
     grid = run_study_command(bench, "search-grid", studies["search-grid"])
