@@ -583,9 +583,16 @@ def drop_unreported_trials(record: logging.LogRecord) -> bool:
     return not all("FileNotFoundError(" in failure for failure in failures)
 
 
+def drop_trial_tracebacks(record: logging.LogRecord) -> bool:
+    """A logging filter for Tune's 'Trial task failed for trial ...' and the traceback it carries (an ERROR, at
+    each failure of a trial, retried or not): the console's line names the trial's error.txt, which holds it."""
+    return not record.getMessage().startswith("Trial task failed for trial")
+
+
 # Tune's notes that the study's own lines replace, dropped unless -v: logger -> filter.
 TUNE_NOTES = {"ray.tune.tune": drop_trials_did_not_complete,
-              "ray.tune.analysis.experiment_analysis": drop_unreported_trials}
+              "ray.tune.analysis.experiment_analysis": drop_unreported_trials,
+              "ray.tune.execution.tune_controller": drop_trial_tracebacks}
 
 
 def run_study(settings: StudySettings, resume: bool = False, address: str | None = None,

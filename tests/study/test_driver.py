@@ -107,10 +107,12 @@ def test_resume_on_data_with_an_image_cut_short_names_it_undecodable_and_offers_
 
 
 @pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "-v"])
-def test_tunes_notes_on_interrupted_and_unreported_trials_show_only_with_v(verbose):
-    """Ctrl-C printed Tune's 'ERROR tune.py -- Trials did not complete: [...]' and a resume 'WARNING
-    experiment_analysis.py -- Failed to fetch metrics ... FileNotFoundError' for a trial that never reported: the
-    commands say what is unfinished in their own words. A failure to read a result that exists still shows."""
+def test_tunes_notes_on_interrupted_unreported_and_failed_trials_show_only_with_v(verbose):
+    """Ctrl-C printed Tune's 'ERROR tune.py -- Trials did not complete: [...]', a resume 'WARNING
+    experiment_analysis.py -- Failed to fetch metrics ... FileNotFoundError' for a trial that never reported, and
+    each failure of a trial 'ERROR tune_controller.py -- Trial task failed for trial ...' with its traceback: the
+    commands say what is unfinished, and the console names the trial's error.txt, in their own words. A failure to
+    read a result that exists, and Tune's errors that are no trial's failure, still show."""
     from study.driver import quiet_tune
 
     shown = []
@@ -119,19 +121,21 @@ def test_tunes_notes_on_interrupted_and_unreported_trials_show_only_with_v(verbo
     notes = {"ray.tune.tune": "Trials did not complete: [folder_resnet50_adam_lr1.6e-03_bs16]",
              "ray.tune.analysis.experiment_analysis": (
                  "Failed to fetch metrics for 1 trial(s):\n- folder_resnet50: FileNotFoundError('Could not fetch "
-                 "metrics for folder_resnet50: both result.json and progress.csv were not found at /s/t')")}
-    damaged = "Failed to fetch metrics for 1 trial(s):\n- folder_resnet50: JSONDecodeError('Expecting value')"
+                 "metrics for folder_resnet50: both result.json and progress.csv were not found at /s/t')"),
+             "ray.tune.execution.tune_controller": "Trial task failed for trial folder_resnet50_adam_lr1.6e-03_bs16"}
+    kept = {"ray.tune.analysis.experiment_analysis":
+            "Failed to fetch metrics for 1 trial(s):\n- folder_resnet50: JSONDecodeError('Expecting value')",
+            "ray.tune.execution.tune_controller": "Failed to restore the run state."}
     quiet_tune(verbose)
     try:
-        for name, message in notes.items():
+        for name, message in [*notes.items(), *kept.items()]:
             logging.getLogger(name).addHandler(handler)
             logging.getLogger(name).error(message)
-        logging.getLogger("ray.tune.analysis.experiment_analysis").error(damaged)
     finally:
         for name in notes:
             logging.getLogger(name).removeHandler(handler)
         quiet_tune(True)
-    assert shown == ([*notes.values(), damaged] if verbose else [damaged])
+    assert shown == ([*notes.values(), *kept.values()] if verbose else list(kept.values()))
 
 
 # ------------------------------------------------------------------ what the driver prints after the run

@@ -1235,6 +1235,48 @@ def test_tensorboard_shows_a_trial_that_errored_and_that_a_resume_finished_as_fi
     assert [point.step for point in curve] == [1, 2]
 
 
+def failing_once(marker: Path):
+    """study.trainable.TrialTrainable, raising in its first epoch, once: while `marker` exists, which it removes."""
+    from study.trainable import TrialTrainable
+
+    class FailsOnce(TrialTrainable):
+        def step(self):
+            if marker.exists():
+                marker.unlink()
+                raise RuntimeError("injected failure of the first attempt")
+            return super().step()
+
+    return FailsOnce
+
+
+def test_a_retried_trial_names_its_traceback_in_one_line_and_keeps_it_out_of_the_console(ray_session, tmp_path,
+                                                                                          cache_dir, monkeypatch,
+                                                                                          capsys):
+    """Tune retried the trial (--max-failures 1) and logged 'Trial task failed for trial ...' with the whole
+    traceback into the console, beside the console's own line that names the error.txt holding it."""
+    import study.driver
+
+    marker = tmp_path / "fail"
+    marker.touch()
+    monkeypatch.setattr(study.driver, "TrialTrainable", failing_once(marker))
+    data = build_tiny_folder(tmp_path / "data", per_class=8)
+    space = write_space(tmp_path / "one.yaml", GOOD_SPACE)
+    argv = study_argv(space, tmp_path / "studies", "retried", data, cache_dir, "--image-size", "32",
+                      "--num-samples", "1", "--max-epochs", "1", "--max-failures", "1")
+    for handler in logging.getLogger("ray").handlers:  # Ray's console handler writes where stderr was at its import
+        monkeypatch.setattr(handler, "stream", sys.stderr)
+    assert main(argv) == 0
+    printed = capsys.readouterr()
+    # The trial completed on its retry: its error.txt became recovered-errors.txt (study.results).
+    (kept,) = Path(settings_from_args(build_parser().parse_args(argv)).study_uri).glob("*/recovered-errors.txt")
+    assert "injected failure of the first attempt" in kept.read_text()
+    assert re.search(rf"^\[ *\d+:\d\d\] retrying after error \(1 of 1\): .*; its traceback: "
+                     rf"{re.escape(str(kept.parent / 'error.txt'))}$", printed.out, re.MULTILINE), printed.out
+    assert re.search(r"^\[ *\d+:\d\d\] done, 1 epoch ", printed.out, re.MULTILINE), printed.out
+    for shown in (printed.out, printed.err):
+        assert "Traceback" not in shown and "injected failure" not in shown, shown
+
+
 def test_dataset_options_are_saved_and_reused_by_resume_and_analysis(ray_session, tmp_path, make_csv_dataset,
                                                                     cache_dir, capsys):
     """A user's CSV with its own column names and a patient column: the options reach the split (by
