@@ -49,6 +49,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from cxrnets.errors import CxrError
 from study import storage
+from study.checkpoints import stored_snapshot_trials
 from study.settings import resumed_study_uri, study_location
 from study.space import trial_config
 
@@ -285,15 +286,17 @@ class BestEpochOptunaSearch(OptunaSearch):
     def restore(self, checkpoint_path: str) -> None:
         """The searcher's state from Tune's last snapshot, reconciled with the Optuna storage, which may be
         ahead of it: a trial the storage holds as finished is not told again (the resume reruns it from its
-        last full state), and a trial started after the snapshot is marked failed (the resume forgets it, unless
-        Tune's snapshot of its trials holds it). A trial that had failed (errored), or had started after the
-        snapshot, which the resume runs again, is told anew when it ends (_tell_again)."""
+        last full state), and a trial started after the snapshot is marked failed (the resume forgets it), unless
+        Tune's snapshot of its trials, which can be newer (its files reach storage one by one), holds it: the
+        resume runs that trial, which goes on as the same Optuna trial. A trial that had failed (errored), which
+        the resume runs again, is told anew when it ends (_tell_again)."""
         super().restore(checkpoint_path)
         if getattr(self, "_storage_file", None) is None:
             return  # in-memory Optuna study (studies from before the storage file)
         if self._ot_study is None:  # a snapshot that names its Optuna study rather than holding it
             self._reopen(study_location(self._study_uri))
         known = {trial.number: trial_id for trial_id, trial in self._ot_trials.items()}
+        restored_by_tune = stored_snapshot_trials(study_location(self._study_uri))
         for frozen in self._ot_study.get_trials(deepcopy=False):
             if frozen.number in known and frozen.state == optuna.trial.TrialState.FAIL:
                 # An errored trial, which the resume runs again: its results count, and its end is told anew.
@@ -307,17 +310,25 @@ class BestEpochOptunaSearch(OptunaSearch):
                 trial_id = known[frozen.number]
                 reported[trial_id] = max(reported.get(trial_id, 0), max(frozen.intermediate_values))
             elif frozen.number not in known and frozen.state == optuna.trial.TrialState.RUNNING:
-                self._ot_study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
-                log.info("Optuna trial %d had started after the searcher's last snapshot: marked failed, and "
-                         "told anew if the resume runs its trial", frozen.number)
-                # Tune's snapshot of its trials may be newer than its snapshot of the searcher: if it holds
-                # this trial, the resume runs it, and its end goes in as a new trial, as a failed one's does.
                 trial_id = frozen.user_attrs.get("trial_id")
-                if trial_id is not None:
-                    study_id = self._storage.get_study_id_from_name(self._study_name)
-                    self._ot_trials[trial_id] = optuna.Trial(
-                        self._ot_study, self._storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number))
-                    self._failed_then_resumed().add(trial_id)
+                if trial_id in restored_by_tune:
+                    self._adopt(trial_id, frozen)
+                else:
+                    self._ot_study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
+                    log.info("Optuna trial %d had started after the searcher's last snapshot, and the resume "
+                             "forgets its trial: marked failed", frozen.number)
+
+    def _adopt(self, trial_id: str, frozen: optuna.trial.FrozenTrial) -> None:
+        """A running Optuna trial that the restored searcher does not know and that the resume runs: it goes on,
+        with its best so far; the epochs it reported already, which the resume may train again, are not
+        reported twice."""
+        study_id = self._storage.get_study_id_from_name(self._study_name)
+        self._ot_trials[trial_id] = optuna.Trial(
+            self._ot_study, self._storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number))
+        if frozen.intermediate_values:
+            self.__dict__.setdefault("_last_epoch_reported", {})[trial_id] = max(frozen.intermediate_values)
+            pick = max if self.mode == "max" else min
+            self._best_values()[trial_id] = pick(frozen.intermediate_values.values())
 
     def _copy_storage_file(self) -> None:
         """Object storage: the bucket's copy follows every change, so that it always knows at least every
@@ -374,7 +385,8 @@ class StudySearchGenerator(SearchGenerator):
 
     Under --max-concurrent (Ray's ConcurrencyLimiter), the end of a trial the limiter does not count as live
     goes to the searcher all the same: Ray 2.60's limiter drops it, and a trial that errored, or started after
-    the limiter's snapshot, and that a resume runs again, is such a trial (Optuna would keep it FAIL).
+    the limiter's snapshot, and that a resume runs again, is such a trial (Optuna would keep it FAIL, or
+    RUNNING).
     """
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:

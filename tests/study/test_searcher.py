@@ -3,6 +3,7 @@ Optuna storage file that a resume continues."""
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import shutil
@@ -286,24 +287,11 @@ def failed_before_the_snapshot(search: BestEpochOptunaSearch, snapshot: Path) ->
     search.save(str(snapshot))
 
 
-def started_after_the_snapshot(search: BestEpochOptunaSearch, snapshot: Path) -> None:
-    """Tune's snapshot of its trials can be newer than its snapshot of the searcher: the resume runs a trial
-    the restored searcher never suggested (a KeyError ended the resumed study)."""
-    feed(search, "done", [0.2, 0.4])
-    search.save(str(snapshot))
-    search.suggest("rerun")  # then the driver is killed
-
-
-@pytest.mark.parametrize("before_the_kill, states", [
-    (failed_before_the_snapshot, ["FAIL", "COMPLETE"]),
-    (started_after_the_snapshot, ["COMPLETE", "FAIL", "COMPLETE"]),
-], ids=["failed", "started after the searcher's snapshot"])
-def test_a_trial_optuna_holds_failed_that_the_resume_runs_teaches_the_sampler_its_best(tmp_path, before_the_kill,
-                                                                                        states):
+def test_a_trial_optuna_holds_failed_that_the_resume_runs_teaches_the_sampler_its_best(tmp_path):
     """A finished (FAIL) Optuna trial cannot be told again, and TPE ignores FAIL trials: the configuration and
     best value of a trial the resume runs go in as a new COMPLETE trial."""
     path, snapshot = tmp_path / "optuna.db", tmp_path / "searcher.pkl"
-    before_the_kill(stored_searcher(tmp_path), snapshot)
+    failed_before_the_snapshot(stored_searcher(tmp_path), snapshot)
 
     resumed = stored_searcher(tmp_path)
     resumed.restore(str(snapshot))
@@ -312,10 +300,37 @@ def test_a_trial_optuna_holds_failed_that_the_resume_runs_teaches_the_sampler_it
     resumed.on_trial_complete("rerun", {"training_iteration": 4, "val/f1_macro": 0.35})
 
     trials = optuna.load_study(study_name="demo", storage=storage_url(path)).trials
-    assert [t.state.name for t in trials] == states
-    failed, rerun = trials[-2:]
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    failed, rerun = trials
     assert rerun.value == 0.45 and rerun.params == failed.params
     assert rerun.user_attrs == {"trial_id": "rerun", "rerun_of": failed.number}
+
+
+def test_a_trial_started_after_the_searchers_snapshot_that_the_resume_runs_is_in_optuna_once(tmp_path):
+    """Tune's snapshot of its trials, uploaded file by file, can be newer than its snapshot of the searcher: the
+    resume ran a trial the restored searcher never suggested, which was marked FAIL and went in again as a new
+    COMPLETE trial, so optuna.db held it twice (a KeyError ended the resumed study before that). It goes on as
+    the same Optuna trial, valued at its best epoch, the one before the kill included."""
+    path, snapshot = tmp_path / "optuna.db", tmp_path / "searcher.pkl"
+    search = stored_searcher(tmp_path)
+    feed(search, "done", [0.2, 0.4])
+    search.save(str(snapshot))
+    search.suggest("resumed")
+    search.on_trial_result("resumed", {"training_iteration": 1, "val/f1_macro": 0.5})
+    (tmp_path / "experiment_state-2026-12-07_13-00-00.json").write_text(json.dumps(  # Tune's, then the kill
+        {"trial_data": [[json.dumps({"trial_id": trial_id, "status": status}), "{}"]
+                        for trial_id, status in (("done", "TERMINATED"), ("resumed", "RUNNING"))]}))
+
+    resumed = stored_searcher(tmp_path)
+    resumed.restore(str(snapshot))
+    resumed.on_trial_result("resumed", {"training_iteration": 2, "val/f1_macro": 0.45})  # from its full state
+    resumed.on_trial_complete("resumed", {"training_iteration": 3, "val/f1_macro": 0.35})
+
+    trials = stored_trials(path)
+    assert len(optuna.load_study(study_name="demo", storage=storage_url(path)).trials) == 2
+    assert {trial_id: (t.state.name, t.value) for trial_id, t in trials.items()} == {
+        "done": ("COMPLETE", 0.4), "resumed": ("COMPLETE", 0.5)}
+    assert trials["resumed"].intermediate_values == {1: 0.5, 2: 0.45, 3: 0.35}
 
 
 def test_a_rerun_failed_trial_is_told_its_best_over_the_epochs_before_and_after_the_resume(tmp_path):
