@@ -32,6 +32,25 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture
+def ray_console(monkeypatch) -> None:
+    """Ray's log lines (Tune's among them) in what the test's capsys or capfd captures: Ray's console handler
+    writes to the sys.stderr of Ray's import, which a test's capture does not see."""
+    import logging
+    import sys
+
+    class CurrentStderr:
+        def write(self, text: str) -> int:
+            return sys.stderr.write(text)
+
+        def flush(self) -> None:
+            sys.stderr.flush()
+
+    for handler in logging.getLogger("ray").handlers:
+        if hasattr(handler, "stream"):
+            monkeypatch.setattr(handler, "stream", CurrentStderr())
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """moto_server on 127.0.0.1 (study.local_s3.LocalS3Server), started once per test session.

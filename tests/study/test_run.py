@@ -1132,7 +1132,8 @@ def test_trials_train_on_the_gpu_ray_gave_them_and_on_the_cpu_where_it_gave_none
 
 @pytest.mark.parametrize("stopped", ["while Ray starts", "before Tune's first snapshot"])
 def test_a_study_stopped_before_its_trials_started_is_started_by_its_resume(stopped, ray_session, tmp_path, tiny_data,
-                                                                            cache_dir, monkeypatch, capfd, caplog):
+                                                                            cache_dir, monkeypatch, ray_console,
+                                                                            capfd, caplog):
     """Ctrl-C once study.json and the split are saved: while Ray starts (or check_cluster refusing a node), or
     once the Tuner was built (it saved tuner.pkl, its searcher optuna.db) but before Tune's first snapshot
     (experiment_state-*.json). The command says to --resume, and that resume starts the study, with the settings
@@ -1251,7 +1252,7 @@ def failing_once(marker: Path):
 
 def test_a_retried_trial_names_its_traceback_in_one_line_and_keeps_it_out_of_the_console(ray_session, tmp_path,
                                                                                           cache_dir, monkeypatch,
-                                                                                          capsys):
+                                                                                          ray_console, capsys):
     """Tune retried the trial (--max-failures 1) and logged 'Trial task failed for trial ...' with the whole
     traceback into the console, beside the console's own line that names the error.txt holding it."""
     import study.driver
@@ -1263,8 +1264,6 @@ def test_a_retried_trial_names_its_traceback_in_one_line_and_keeps_it_out_of_the
     space = write_space(tmp_path / "one.yaml", GOOD_SPACE)
     argv = study_argv(space, tmp_path / "studies", "retried", data, cache_dir, "--image-size", "32",
                       "--num-samples", "1", "--max-epochs", "1", "--max-failures", "1")
-    for handler in logging.getLogger("ray").handlers:  # Ray's console handler writes where stderr was at its import
-        monkeypatch.setattr(handler, "stream", sys.stderr)
     assert main(argv) == 0
     printed = capsys.readouterr()
     # The trial completed on its retry: its error.txt became recovered-errors.txt (study.results).
