@@ -54,6 +54,10 @@ RADIOGRAPHY_VIEWS = {"covid-radiography": RADIOGRAPHY_CLASSES,
                      "covid-radiography-3class": ("COVID", "Normal", "Viral Pneumonia")}
 PNEUMONIA_NORMAL_CLASSES = ("covid", "normal", "pneumonia")
 
+# Segmentation masks kept beside the X-rays (masks/, mask/, Lung_Masks/, "lung masks", mask_images/): is_mask_folder.
+MASK_WORDS = frozenset({"mask", "masks"})
+SHOWN_MASK_FOLDERS = 5  # the summary names this many mask folders left out, and counts the others
+
 # covid-chestxray findings imply their parents, so that "COVID-19" also counts as
 # viral pneumonia. Newer releases of the dataset spell the path out
 # ("Pneumonia/Viral/COVID-19"); older ones name only the leaf.
@@ -94,6 +98,7 @@ class DatasetIndex:
     multilabel: bool = False
     skipped: dict[str, int] = field(default_factory=dict)
     patient_ids: bool = True  # False: the layout names no patients, each image is its own (`patient` is relpath)
+    mask_folders: dict[str, int] = field(default_factory=dict)  # left out (is_mask_folder): relpath -> its images
 
     def paths(self) -> list[Path]:
         return [self.root / relpath for relpath in self.frame["relpath"]]
@@ -115,7 +120,7 @@ class DatasetIndex:
     def subset(self, keep: pd.Series | np.ndarray) -> "DatasetIndex":
         frame = self.frame[np.asarray(keep)].reset_index(drop=True)
         return DatasetIndex(self.name, self.root, frame, self.classes, self.multilabel, dict(self.skipped),
-                            self.patient_ids)
+                            self.patient_ids, dict(self.mask_folders))
 
     def summary(self) -> str:
         if self.multilabel:
@@ -132,6 +137,11 @@ class DatasetIndex:
         if "heldout" in self.frame and self.frame["heldout"].any():
             held = self.frame.loc[self.frame["heldout"], "source"].value_counts()
             text += f"; held-out sources: {', '.join(f'{name} {count}' for name, count in held.items())}"
+        if self.mask_folders:
+            folders = [f"{relpath}/" for relpath in self.mask_folders]
+            more = f" and {len(folders) - SHOWN_MASK_FOLDERS} more" if len(folders) > SHOWN_MASK_FOLDERS else ""
+            text += (f"; left out as masks: {sum(self.mask_folders.values())} images in "
+                     f"{', '.join(folders[:SHOWN_MASK_FOLDERS])}{more}")
         return text + (f"; skipped: {skipped}" if skipped else "")
 
 
@@ -355,6 +365,13 @@ def _subdirectories(root: Path) -> dict[str, Path]:
     return folders
 
 
+def is_mask_folder(name: str) -> bool:
+    """Whether a folder of this name holds masks: one of its words (split at spaces, punctuation and
+    lower-to-upper case changes) is mask or masks, in any letter case. "Unmasked" is no mask folder."""
+    words = re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+", name)
+    return not MASK_WORDS.isdisjoint(word.lower() for word in words)
+
+
 def leaving_out(dataset: str, class_folder: Path, otherwise: str) -> str:
     """How to go on without the class whose folder is `class_folder`: `otherwise`, but in FIXED_LAYOUTS, which
     refuse a missing class folder, by setting the folder aside and reading the others as a folder dataset."""
@@ -367,16 +384,27 @@ def leaving_out(dataset: str, class_folder: Path, otherwise: str) -> str:
             f"folders there are ({dataset} needs every one of its own)")
 
 
+def _mask_folder_holding(path: Path, class_folder: Path) -> Path | None:
+    """The mask folder (is_mask_folder) below `class_folder` that holds `path`; None where none does. The class
+    folder's own name, and its parents', do not count."""
+    below = path.relative_to(class_folder).parts[:-1]
+    return next((class_folder.joinpath(*below[:i + 1]) for i, part in enumerate(below) if is_mask_folder(part)), None)
+
+
 def _from_class_folders(name: str, root: Path, class_folders: dict[str, Path], skip_masks: bool = False
                         ) -> DatasetIndex:
-    """One class per folder: the image files under each (but in masks/ folders, where `skip_masks`). Other
-    files are counted in `skipped` by their type (DICOM files, say, are not read), and links to nothing as
-    broken links; is_hidden's are ignored."""
-    class_files, skipped = {}, Counter()
+    """One class per folder: the image files under each (but in its sub-folders that are mask folders, where
+    `skip_masks`: is_mask_folder, counted in `mask_folders`). Other files are counted in `skipped` by their type
+    (DICOM files, say, are not read), and links to nothing as broken links; is_hidden's are ignored."""
+    class_files, skipped, mask_folders = {}, Counter(), Counter()
     for class_name, folder in class_folders.items():
         files, broken_links = data_files(folder)
-        files = [path for path in files
-                 if not (skip_masks and "masks" in {part.lower() for part in path.relative_to(folder).parts[:-1]})]
+        if skip_masks:
+            in_masks = {path: _mask_folder_holding(path, folder) for path in [*files, *broken_links]}
+            mask_folders.update(in_masks[path].relative_to(root).as_posix() for path in files
+                                if in_masks[path] and is_image_file(path))
+            files = [path for path in files if not in_masks[path]]
+            broken_links = [path for path in broken_links if not in_masks[path]]
         images = [path for path in files if is_image_file(path)]
         not_read = types_not_read(files)
         if not images:
@@ -398,7 +426,8 @@ def _from_class_folders(name: str, root: Path, class_folders: dict[str, Path], s
     frame = _image_frame(rows, root)
     # No patient ids in these layouts: each image is its own group when splitting.
     frame["patient"] = frame["relpath"]
-    return DatasetIndex(name, root, frame, list(class_files), skipped=dict(sorted(skipped.items())), patient_ids=False)
+    return DatasetIndex(name, root, frame, list(class_files), skipped=dict(sorted(skipped.items())), patient_ids=False,
+                        mask_folders=dict(sorted(mask_folders.items())))
 
 
 def _find_class_folders(root: Path, expected: tuple[str, ...], dataset: str) -> dict[str, Path]:
@@ -447,18 +476,24 @@ def _load_covid_pneumonia_normal(root: Path) -> DatasetIndex:
 
 
 def _load_folder(root: Path) -> DatasetIndex:
-    """Any class-per-folder tree: each sub-folder of root is a class; `masks` folders are skipped."""
-    folders = {key: folder for key, folder in _subdirectories(root).items() if key != "masks"}
+    """Any class-per-folder tree: each sub-folder of root is a class, but one named mask or masks; mask folders
+    below (is_mask_folder) are skipped. Those left out are counted in the index's `mask_folders`."""
+    top_masks = {key: folder for key, folder in _subdirectories(root).items() if key in MASK_WORDS}
+    folders = {key: folder for key, folder in _subdirectories(root).items() if key not in top_masks}
     if len(folders) < 2:
         message = f"{root}: a folder dataset needs at least two class sub-folders, found {len(folders)}"
         if len(folders) == 1:
             (only,) = folders.values()
-            below = [key for key in _subdirectories(only) if key != "masks"]
+            below = [key for key, folder in _subdirectories(only).items() if not is_mask_folder(folder.name)]
             if len(below) >= 2:
                 message += f" ({only.name}/, which holds {len(below)}): if those are the classes, pass --data-root {only}"
         raise CxrError(message)
     _refuse_one_level_too_high(root, list(folders.values()))
-    return _from_class_folders("folder", root, {folder.name: folder for folder in folders.values()}, skip_masks=True)
+    index = _from_class_folders("folder", root, {folder.name: folder for folder in folders.values()}, skip_masks=True)
+    for folder in top_masks.values():
+        index.mask_folders[folder.name] = sum(map(is_image_file, data_files(folder)[0]))
+    index.mask_folders = dict(sorted(index.mask_folders.items()))
+    return index
 
 
 SPLIT_FOLDER_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid", "validation"})
@@ -469,7 +504,7 @@ def _refuse_one_level_too_high(root: Path, class_folders: list[Path]) -> None:
     one level down: CxrError where the top folders are a split's (train/, test/ and val/ each holding NORMAL/ and
     PNEUMONIA/, Kermany's layout), a warning otherwise (classes may share batch folders). Class folders that each
     hold one same folder, <class>/images/, are a dataset."""
-    below = [{key: path.name for key, path in _subdirectories(folder).items() if key != "masks"}
+    below = [{key: path.name for key, path in _subdirectories(folder).items() if not is_mask_folder(path.name)}
              for folder in class_folders]
     if len(below[0]) < 2 or any(names.keys() != below[0].keys() for names in below):
         return

@@ -324,6 +324,50 @@ def test_folder_under_a_path_named_masks(make_folder, tmp_path: Path) -> None:
     assert len(index.frame) == 6
 
 
+@pytest.mark.parametrize("mask_name", ["mask", "Masks", "lung masks", "Lung_Masks", "mask_images", "ManualMask"])
+def test_folder_leaves_out_mask_folders_of_any_common_name_and_says_which(mask_name: str, make_radiography,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Dataset 1 read as a folder dataset with its <Class>/masks/ renamed, as other public sets name them: the
+    masks were read as X-rays of their class unless the folder was named exactly masks."""
+    root = make_radiography(per_class=3)
+    for class_folder in [path for path in root.iterdir() if path.is_dir()]:
+        (class_folder / "masks").rename(class_folder / mask_name)
+    with caplog.at_level(logging.INFO, logger="cxrnets.data"):
+        index = load_dataset("folder", root)
+    assert class_counts(index) == {name: 3 for name in RADIOGRAPHY_CLASSES}
+    assert all("/images/" in relpath for relpath in index.frame["relpath"])
+    shown = ", ".join(f"{name}/{mask_name}/" for name in RADIOGRAPHY_CLASSES)
+    assert f"; left out as masks: 12 images in {shown}" in caplog.text
+    assert "hold no image, each the same folders" not in caplog.text  # <Class>/images/ alone: a dataset
+
+
+@pytest.mark.parametrize("name", ["Unmasked", "maskless", "batch_masked"])
+def test_folder_reads_sub_folders_whose_names_only_contain_mask(name: str, make_folder) -> None:
+    root = make_folder(per_class=3)
+    (root / "sick" / "batch2").rename(root / "sick" / name)
+    index = load_dataset("folder", root)
+    assert class_counts(index) == {"healthy": 3, "sick": 3}
+    assert f"sick/{name}/" in "".join(index.frame["relpath"])
+
+
+def test_a_class_named_with_the_word_mask_stays_a_class(make_folder) -> None:
+    """Only a top folder named mask or masks is not a class: one whose name merely holds the word is."""
+    root = make_folder(classes={"lung masks": 60, "Lung_Masks_normal": 190}, per_class=3)
+    index = load_dataset("folder", root)
+    assert index.classes == ["Lung_Masks_normal", "lung masks"]
+    assert class_counts(index) == {"Lung_Masks_normal": 3, "lung masks": 3}
+    assert index.mask_folders == {"Lung_Masks_normal/masks": 1, "lung masks/masks": 1}
+
+
+def test_a_masks_folder_beside_the_classes_is_named_as_left_out(make_folder, write_image) -> None:
+    root = make_folder(per_class=3)
+    write_image(root / "Masks" / "healthy" / "mask-1.png", "L", 255, seed=1)
+    index = load_dataset("folder", root)
+    assert index.classes == ["healthy", "sick"]
+    assert index.mask_folders == {"Masks": 1, "healthy/masks": 1, "sick/masks": 1}
+    assert "; left out as masks: 3 images in Masks/, healthy/masks/, sick/masks/" in index.summary()
+
+
 def test_folder_unzipped_on_a_mac_has_only_its_own_classes_and_images(make_folder) -> None:
     """A zip made on a Mac holds __MACOSX/ (AppleDouble ._* files mirroring the tree) and ._* files beside
     the images: neither is a class or an image."""
