@@ -45,6 +45,19 @@ log = logging.getLogger(__name__)
 SPLIT_COLUMNS = ["relpath", "patient", "sha1", "stratum", "split"]
 
 
+@dataclass(frozen=True)
+class SplitRemedy:
+    """What align_split's refusals offer besides restoring the data: `kept` says why the split is not simply made
+    again ("" where nothing needs saying), `new_split` how to get a split of the new data."""
+
+    kept: str
+    new_split: str
+
+
+STUDY_SPLIT = SplitRemedy("the split is part of the study: ", "start a new study for the new data")
+SPLIT_FILE = SplitRemedy("", "pass another --split-file, or delete this one to make the split again from --seed")
+
+
 def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> None:
     """torch.save without the zip format's CRC-32 of every record, which takes longer than writing the bytes.
 
@@ -189,8 +202,8 @@ def prepare_data(config: TrainConfig, split: pd.DataFrame | None = None,
     if split is not None:
         split = align_split(split, frame, split_source, undecodable_images(listed, cache))
     elif split_file and split_file.exists():
-        remedy = "pass another --split-file, or delete this one to make the split again from --seed"
-        split = align_split(load_split(split_file, remedy), frame, split_file, undecodable_images(listed, cache))
+        split = align_split(load_split(split_file, SPLIT_FILE.new_split), frame, split_file,
+                            undecodable_images(listed, cache), SPLIT_FILE)
     else:
         split = make_split(frame, index.stratum(), config.val_fraction, config.test_fraction, config.seed,
                            cache_fingerprints(cache))
@@ -200,11 +213,11 @@ def prepare_data(config: TrainConfig, split: pd.DataFrame | None = None,
     return PreparedData(cache, index.targets(), split)
 
 
-def align_split(split: pd.DataFrame, frame: pd.DataFrame, path: str | Path,
-                undecodable: Collection[str] = ()) -> pd.DataFrame:
-    """Order a saved split like `frame` (one row per image), refusing, naming `path` (the split's file or URI), if
-    the images it names changed or went missing. `undecodable`: the images the cache left out (undecodable_images),
-    named as such rather than as gone.
+def align_split(split: pd.DataFrame, frame: pd.DataFrame, path: str | Path, undecodable: Collection[str] = (),
+                remedy: SplitRemedy = STUDY_SPLIT) -> pd.DataFrame:
+    """Order a saved split like `frame` (one row per image), refusing, naming `path` (the split's file or URI) and
+    `remedy`, if the images it names changed or went missing. `undecodable`: the images the cache left out
+    (undecodable_images), named as such rather than as gone.
 
     A split made before cxrnets.data kept each image once lists a few of dataset 3's images twice (on two
     metadata rows, under two patient ids, on one side of the split: the same file): its first listing of
@@ -217,7 +230,7 @@ def align_split(split: pd.DataFrame, frame: pd.DataFrame, path: str | Path,
         raise SplitMismatch(
             f"{path}: lists only the first {len(by_path)} of the data's {len(frame)} images, and then stops: the file "
             f"looks cut short (or images were added after them since the split was made: {len(missing)}, e.g. "
-            f"{list(missing[:3])}); restore the file, or start a new study for the new data", new=len(missing)
+            f"{list(missing[:3])}); restore the file, or {remedy.new_split}", new=len(missing)
         )
 
     def as_recorded(relpaths) -> str:
@@ -241,24 +254,24 @@ def align_split(split: pd.DataFrame, frame: pd.DataFrame, path: str | Path,
         if len(missing):
             remedies.append("move the new images out of the data folder")
         raise SplitMismatch(
-            f"{path}: the dataset changed since this split was made ({'; '.join(changes)}); the split is part of "
-            f"the study: {' and '.join(remedies)}, or start a new study for the new data", new=len(missing),
-            gone=len(gone)
+            f"{path}: the dataset changed since this split was made ({'; '.join(changes)}); {remedy.kept}"
+            f"{' and '.join(remedies)}, or {remedy.new_split}", new=len(missing), gone=len(gone)
         )
     aligned = by_path.loc[frame["relpath"]].reset_index()
     changed = aligned["sha1"].to_numpy() != frame["sha1"].to_numpy()
     if changed.any():
         raise SplitMismatch(
             f"{path}: {int(changed.sum())} image file(s) changed content since the split was made, e.g. "
-            f"{as_recorded(list(aligned.loc[changed, 'relpath'])[:1])}; restore the original file(s), or start a new "
-            "study for the new data"
+            f"{as_recorded(list(aligned.loc[changed, 'relpath'])[:1])}; restore the original file(s), or "
+            f"{remedy.new_split}"
         )
-    _refuse_patients_on_two_sides(aligned, frame["patient"], path)
+    _refuse_patients_on_two_sides(aligned, frame["patient"], path, remedy)
     return aligned
 
 
-def _refuse_patients_on_two_sides(aligned: pd.DataFrame, patients: pd.Series, path: str | Path) -> None:
-    """SplitMismatch, naming `path`, where a patient of the data now (`patients`, one per row of `aligned`) has
+def _refuse_patients_on_two_sides(aligned: pd.DataFrame, patients: pd.Series, path: str | Path,
+                                  remedy: SplitRemedy) -> None:
+    """SplitMismatch, naming `path` and `remedy`, where a patient of the data now (`patients`, one per row of `aligned`) has
     images on two sides of the saved split: its patient ids changed (an upstream fix merged two patients). Data
     without patient ids gives each image its own, which never does."""
     now = aligned.assign(saved_patient=aligned["patient"], patient=patients.to_numpy())
@@ -272,8 +285,7 @@ def _refuse_patients_on_two_sides(aligned: pd.DataFrame, patients: pd.Series, pa
     raise SplitMismatch(
         f"{path}: the patient ids changed since this split was made: {len(leaking)} patient(s) now have images on two "
         f"sides of it, e.g. patient {leaking[0]!r}: {', '.join(f'{row.relpath} in {row.split}' for row in files)} "
-        f"(patients {saved} in the split); the split would leak them: restore the patient ids, or start a new study "
-        "(a new split) for the new data"
+        f"(patients {saved} in the split); the split would leak them: restore the patient ids, or {remedy.new_split}"
     )
 
 

@@ -273,7 +273,8 @@ def test_prepare_data_at_a_small_size_splits_the_sample_as_at_64_px(sample_cache
 
 
 def test_prepare_data_refuses_a_split_whose_images_changed(make_chestxray, tmp_path: Path, write_image) -> None:
-    """Restoring the file (whose sha1 the split records) keeps the run's work; a new study throws it away."""
+    """Restoring the file (whose sha1 the split records) keeps the run's work; a new split throws it away. A
+    --split-file is no study's: the way to a new split is --split-file's, not a new study."""
     root = make_chestxray()
     split_file = tmp_path / "split.csv"
     config = TrainConfig(dataset="covid-chestxray-3class", data_root=str(root), model="resnet50", image_size=16,
@@ -285,7 +286,8 @@ def test_prepare_data_refuses_a_split_whose_images_changed(make_chestxray, tmp_p
         prepare_data(config)
     assert str(refused.value) == (
         f"{split_file}: 1 image file(s) changed content since the split was made, e.g. images/p15.png (sha1 "
-        f"{recorded} in the split); restore the original file(s), or start a new study for the new data")
+        f"{recorded} in the split); restore the original file(s), or pass another --split-file, or delete this one "
+        "to make the split again from --seed")
 
 
 def test_prepare_data_names_an_image_that_no_longer_decodes_and_offers_to_restore_it(make_chestxray,
@@ -304,8 +306,8 @@ def test_prepare_data_names_an_image_that_no_longer_decodes_and_offers_to_restor
         prepare_data(config)
     assert str(refused.value) == (
         f"{split_file}: the dataset changed since this split was made (1 image(s) no longer decode, the warning "
-        f"above says why: images/p15.png (sha1 {recorded} in the split)); the split is part of the study: restore "
-        "the original file(s), or start a new study for the new data")
+        f"above says why: images/p15.png (sha1 {recorded} in the split)); restore the original file(s), or pass "
+        "another --split-file, or delete this one to make the split again from --seed")
 
 
 def test_prepare_data_refuses_a_split_on_which_a_patient_now_falls_on_two_sides(make_chestxray, tmp_path: Path) -> None:
@@ -328,7 +330,8 @@ def test_prepare_data_refuses_a_split_on_which_a_patient_now_falls_on_two_sides(
                               f"have images on two sides of it, e.g. patient {trained['patient']!r}: ")
     assert f"{trained['relpath']} in train" in message and f"{tested['relpath']} in test" in message
     assert f"(patients {trained['patient']!r} and {tested['patient']!r} in the split)" in message
-    assert message.endswith("restore the patient ids, or start a new study (a new split) for the new data")
+    assert message.endswith("restore the patient ids, or pass another --split-file, or delete this one to make the "
+                            "split again from --seed")
 
 
 def test_align_split_checks_patients_only_where_the_data_names_them() -> None:
