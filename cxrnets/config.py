@@ -76,10 +76,10 @@ class TrainConfig:
         if self.batch_size < MIN_BATCH_SIZE:
             raise CxrError(f"{option('batch_size')} must be at least {MIN_BATCH_SIZE} (a training batch of one image "
                            f"is skipped: BatchNorm cannot train on it), got {self.batch_size}")
-        if not (math.isfinite(self.momentum) and math.isfinite(self.weight_decay)
-                and self.momentum >= 0 and self.weight_decay >= 0):
-            raise CxrError(f"{name('momentum')} ({self.momentum}) and {name('weight_decay')} ({self.weight_decay}) "
-                           "must be finite and >= 0")
+        for key in ("momentum", "weight_decay"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0):
+                raise CxrError(f"{option(key)} must be finite and >= 0, got {value}")
         if self.momentum >= 1:
             raise CxrError(f"{option('momentum')} must be below 1 (SGD's velocity would never decay), "
                            f"got {self.momentum}")
