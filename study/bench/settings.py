@@ -110,6 +110,12 @@ def validate(s: Settings) -> None:
         if s.trainable_image_size < MIN_IMAGE_SIZE[model]:
             raise CxrError(f"--trainable-image-size {s.trainable_image_size} is too small for {model} "
                            f"(needs {MIN_IMAGE_SIZE[model]} px)")
+    for size in s.image_sizes if "data" in s.parts else ():
+        if all(size < MIN_IMAGE_SIZE[model] for model in s.data_models):
+            needs = ", ".join(f"{model} needs {MIN_IMAGE_SIZE[model]} px" for model in s.data_models)
+            raise CxrError(f"--image-sizes {size}: none of --data-models {','.join(s.data_models)} trains at {size} px "
+                           f"({needs}), so the data part could not compare the cache with a model there: raise the "
+                           "size, or add a model that fits")
     for model in s.search_models:
         if s.search_image_size < MIN_IMAGE_SIZE[model]:
             raise CxrError(f"the search part's image size {s.search_image_size} is too small for {model}")

@@ -128,12 +128,20 @@ def test_presets_and_flags() -> None:
     assert preset == "full" and full.parts == ("data", "search") and not full.amp and full.compile
     with pytest.raises(SystemExit):
         parser.parse_args(["--quick", "--smoke"])
+    # A size where only some of the data models train is measured with those.
+    some, _ = cli.settings_from_args(parser.parse_args(["--parts", "data", "--image-sizes", "32",
+                                                        "--data-models", "alexnet,vgg11"]))
+    assert some.image_sizes == (32,)
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--parts", "data,gpu"], "--parts"),
     (["--models", "lenet"], "--models"),
     (["--models", "alexnet", "--trainable-image-size", "32"], "too small for alexnet"),
+    (["--smoke", "--parts", "data", "--data-models", "alexnet"],
+     "--image-sizes 16: none of --data-models alexnet trains at 16 px \\(alexnet needs 63 px\\)"),
+    (["--quick", "--parts", "data", "--image-sizes", "64,16", "--data-models", "alexnet,vgg11"],
+     "--image-sizes 16: none of --data-models alexnet,vgg11"),
     (["--search-max-epochs", "2", "--search-grace-period", "3"], "grace"),
     (["--seed", "-5"], "--seed -5: a seed is a whole number"),
     (["--dataset", "nosuch"], "--dataset nosuch: choose one of"),
