@@ -359,6 +359,12 @@ def connect(address: str | None, num_cpus: int | None, trial_logs: bool = True) 
     return True
 
 
+def ray_client_connected() -> bool:
+    """Whether this process joined its cluster through Ray Client (ray://): Tune's loop then runs in an actor on
+    the cluster (Tuner.fit), with the study's callbacks, and this process only streams what that prints."""
+    return ray.util.client.ray.is_connected()
+
+
 def _alive_nodes() -> list[dict]:
     """The Ray cluster's live nodes, as ray.nodes() describes each (NodeID, Resources, ...)."""
     return [node for node in ray.nodes() if node["Alive"]]
@@ -709,12 +715,20 @@ def tune_interrupts(resume_command: str) -> Iterator[None]:
     save, and Ray's client ends the driver with status 1 and no word (once its raylet is gone) or after a
     minute of retries (once its GCS is gone). If the instance stops within seconds of the signal, the
     driver says so with `resume_command` and exits 130 at once; the resume continues from Tune's last
-    snapshot, as after a kill."""
+    snapshot, as after a kill.
+
+    Through Ray Client (ray://), Tune's loop runs on the cluster, where this process's signals never reach it:
+    SIGTERM raises KeyboardInterrupt here, as Ctrl-C does, and Ray ends the run on the cluster as this client
+    disconnects."""
     tune_log = logging.getLogger("ray.tune.tune")
     tune_log.addFilter(drop_tune_resume_hint)
     fit_returned = threading.Event()
-    catch = hasattr(signal, "SIGUSR1") and threading.current_thread() is threading.main_thread()
-    if catch:
+    handler, instance = None, None
+    if threading.current_thread() is not threading.main_thread():
+        pass  # signal handlers are the main thread's alone
+    elif ray_client_connected():
+        handler = signal.default_int_handler
+    elif hasattr(signal, "SIGUSR1"):
         gcs_address = ray.get_runtime_context().gcs_address
         instance = RayInstanceProcesses.of_this_command()
 
@@ -732,14 +746,17 @@ def tune_interrupts(resume_command: str) -> Iterator[None]:
                 threading.Thread(target=watch, daemon=True).start()
             signal.raise_signal(signal.SIGUSR1)
 
-        previous = signal.signal(signal.SIGTERM, on_sigterm)
+        handler = on_sigterm
+    if handler:
+        previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
         fit_returned.set()
         tune_log.removeFilter(drop_tune_resume_hint)
-        if catch:  # None: a handler set outside Python (Ray's)
+        if handler:  # previous None: a handler set outside Python (Ray's)
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        if instance:
             instance.close()
 
 

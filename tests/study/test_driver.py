@@ -138,6 +138,34 @@ def test_tunes_notes_on_interrupted_unreported_and_failed_trials_show_only_with_
     assert shown == ([*notes.values(), *kept.values()] if verbose else list(kept.values()))
 
 
+# ------------------------------------------------------------------ Ray Client (ray://)
+
+def test_through_ray_client_sigterm_stops_the_study_as_ctrl_c_does(monkeypatch, tmp_path: Path, capsys) -> None:
+    """Through Ray Client, Tune runs on the cluster and has no handler here for the SIGUSR1 that SIGTERM was passed
+    on as: `kill` ended the command with 'User defined signal 1' and no resume command."""
+    import os
+    import signal
+    import time
+
+    import study.driver
+    from study.run import main
+    from study.settings import save_settings
+
+    def run_study(settings, **options):  # the study's folder, then Tuner.fit, streaming from the cluster
+        save_settings(settings)
+        with study.driver.tune_interrupts("unused"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # what is left of fit(), which the handler interrupts
+
+    monkeypatch.setattr(study.driver, "ray_client_connected", lambda: True)
+    monkeypatch.setattr(study.driver, "run_study", run_study)
+    sigterm = signal.getsignal(signal.SIGTERM)
+    assert main(["--storage", str(tmp_path / "studies"), "--name", "s", "--address", "ray://127.0.0.1:10001"]) == 130
+    assert capsys.readouterr().err.endswith(
+        f"interrupted; continue the study with\n  python -m study.run --resume {tmp_path / 'studies' / 's'}\n")
+    assert signal.getsignal(signal.SIGTERM) is sigterm
+
+
 # ------------------------------------------------------------------ what the driver prints after the run
 
 def test_the_size_line_counts_the_weights_kept_for_the_trials_not_completed(tmp_path: Path) -> None:
