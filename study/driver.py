@@ -416,7 +416,8 @@ def no_node_fits(cpus: float, gpus: float, nodes: list[dict]) -> str | None:
 
 
 def check_cluster(settings: StudySettings, joined: bool = False) -> None:
-    """On a multi-node cluster, every node must see the study's storage and the datasets.
+    """On a multi-node cluster, and on any cluster joined through Ray Client (ray://), every node must see the
+    study's storage and the datasets.
 
     Only the nodes alive now are checked; a node that joins later (an autoscaled worker) is checked
     by each trial it runs (see study.trainable). `joined`: the study joined a cluster rather than
@@ -429,21 +430,30 @@ def check_cluster(settings: StudySettings, joined: bool = False) -> None:
         if unfit:
             log.warning(unfit)
     local_storage = not storage.is_remote(settings.storage)
-    if len(nodes) < 2:
-        if joined and local_storage:
-            log.warning("--storage %s is a local folder and the cluster has one node now: a node that joins "
-                        "later must see it at the same path (a shared file system), or its trials fail; "
-                        "on a cloud cluster use --storage s3://...", settings.storage)
-        return
-    marker = settings_uri(settings.study_uri) if local_storage else None
-    wanted = list(settings.data_roots.values()) + ([marker] if marker else [])
-    for node_id, seen in _paths_seen_by_nodes([node["NodeID"] for node in nodes], wanted).items():
-        for path, ok in zip(wanted, seen):
-            if ok:
-                continue
-            if path == marker:
-                raise CxrError(storage_not_shared_message(settings.storage, node_id))
-            raise CxrError(dataset_missing_message(path, node_id))
+    client = ray_client_connected()
+    if len(nodes) > 1 or client:  # through Ray Client this machine is no node: even a lone head may not see it
+        marker = settings_uri(settings.study_uri) if local_storage else None
+        wanted = list(settings.data_roots.values()) + ([marker] if marker else [])
+        for node_id, seen in _paths_seen_by_nodes([node["NodeID"] for node in nodes], wanted).items():
+            for path, ok in zip(wanted, seen):
+                if ok:
+                    continue
+                if path == marker:
+                    raise CxrError(client_storage_message(settings.storage, node_id) if client
+                                   else storage_not_shared_message(settings.storage, node_id))
+                raise CxrError(dataset_missing_message(path, node_id))
+    if len(nodes) < 2 and joined and local_storage:
+        log.warning("--storage %s is a local folder and the cluster has one node now: a node that joins "
+                    "later must see it at the same path (a shared file system), or its trials fail; "
+                    "on a cloud cluster use --storage s3://...", settings.storage)
+
+
+def client_storage_message(storage_folder: str, node_id: str) -> str:
+    """Why a study through Ray Client cannot keep a local --storage folder that node `node_id` does not see."""
+    return (f"--storage {storage_folder} is a folder of this machine, which node {node_id[:8]} of the cluster does "
+            "not see: through Ray Client (ray://), Tune writes the study on the cluster while this command reads it "
+            "here; pass --storage s3://bucket/path (or a file system shared at the same path here and on every "
+            "node), or run the command on the head (docs/cluster.md, section 6)")
 
 
 class TrialNames:

@@ -261,6 +261,29 @@ def test_storage_not_visible_from_a_node_is_refused(monkeypatch, settings):
     assert "every node shares" in str(error.value) and "--storage s3://" in str(error.value)
 
 
+def test_through_ray_client_a_lone_head_is_asked_for_the_storage_folder(monkeypatch, settings):
+    """Through Ray Client this machine is no node of the cluster: Tune, on the head, writes a local --storage folder on
+    the head's disk while the command reads it here (its summary, its results). A head that does not see the folder
+    is refused; one that does (on this machine, or sharing the file system) runs the study."""
+    import study.driver
+    from study.driver import check_cluster
+    from study.settings import SETTINGS_FILE
+
+    monkeypatch.setattr(study.driver, "ray_client_connected", lambda: True)
+    marker = str(Path(settings.storage) / settings.name / SETTINGS_FILE)
+    asked = fake_nodes(monkeypatch, ["a" * 56])
+    check_cluster(settings, joined=True)
+    assert asked == [[*settings.data_roots.values(), marker]]
+    fake_nodes(monkeypatch, ["a" * 56], hidden={"a" * 56: {marker}})
+    with pytest.raises(CxrError) as error:
+        check_cluster(settings, joined=True)
+    assert str(error.value) == (
+        f"--storage {settings.storage} is a folder of this machine, which node aaaaaaaa of the cluster does not see: "
+        "through Ray Client (ray://), Tune writes the study on the cluster while this command reads it here; pass "
+        "--storage s3://bucket/path (or a file system shared at the same path here and on every node), or run the "
+        "command on the head (docs/cluster.md, section 6)")
+
+
 def test_dataset_missing_on_a_node_is_refused(monkeypatch, settings):
     from study.driver import check_cluster
 
