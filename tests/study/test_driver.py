@@ -166,6 +166,24 @@ def test_through_ray_client_sigterm_stops_the_study_as_ctrl_c_does(monkeypatch, 
     assert signal.getsignal(signal.SIGTERM) is sigterm
 
 
+def test_joining_through_ray_client_says_what_this_console_shows_and_what_a_stop_does(monkeypatch, caplog) -> None:
+    import ray
+
+    import study.driver
+    from study.driver import connect
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **options: None)
+    monkeypatch.setattr(study.driver, "ray_client_connected", lambda: True)
+    with caplog.at_level(logging.INFO, logger="study.driver"):
+        assert connect("ray://10.0.0.5:10001", None) is False
+    joined, note = [record.getMessage() for record in caplog.records]
+    assert joined == "joined the Ray cluster at ray://10.0.0.5:10001"
+    for told in ("Tune runs on the cluster's head", "none of the study's status and per-trial lines", "-v streams",
+                 "Ctrl-C or SIGTERM", "--resume continues from Tune's last snapshot", "docs/cluster.md"):
+        assert told in note
+
+
 # ------------------------------------------------------------------ what the driver prints after the run
 
 def test_the_size_line_counts_the_weights_kept_for_the_trials_not_completed(tmp_path: Path) -> None:
