@@ -352,12 +352,9 @@ def connect(address: str | None, num_cpus: int | None, trial_logs: bool = True) 
         log.info("joined the Ray cluster at %s", cluster.address)
         if ray_client_connected():
             log.warning("through Ray Client (ray://), Tune runs on the cluster's head: this console shows none of "
-                        "the study's status and per-trial lines (-v streams Tune's own tables and the trials' logs "
-                        "from there; or watch TensorBoard, `ray status` or the results), and Ctrl-C or SIGTERM "
-                        "stops this command and Ray ends the run on the cluster with it, as after a kill (no final "
-                        "save; a command killed outright leaves the run going about half a minute more): --resume "
-                        "continues from Tune's last snapshot. Run the command on the head for the status lines and a "
-                        "clean stop (docs/cluster.md, section 6)")
+                        "the study's status and per-trial lines (-v streams Tune's own output), and Ctrl-C or "
+                        "SIGTERM ends the run there without a final save (--resume continues from Tune's last "
+                        "snapshot). Run the command on the head for both (docs/cluster.md, section 6)")
         return False
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if os.environ.get("CXR_TUNE_CACHE"):
