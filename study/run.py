@@ -23,7 +23,7 @@ from pathlib import Path
 from shlex import quote
 
 from cxrnets.cache import absolute_cache_dir
-from cxrnets.data import DATASET_NAMES, SAMPLE_ROOT, dataset_options_help, parse_dataset_options
+from cxrnets.data import DATASET_NAMES, MULTILABEL_DATASETS, SAMPLE_ROOT, dataset_options_help, parse_dataset_options
 from cxrnets.errors import CxrError
 from cxrnets.names import check_image_size, check_seed
 from study import storage
@@ -254,6 +254,11 @@ def validate(settings: StudySettings) -> None:
         check_metric_reported(settings.tie_break, list(settings.data_roots), "--tie-break")
     for model in space.values_of("model"):
         check_image_size(model, settings.image_size)
+    for dataset in settings.data_roots:
+        if dataset in MULTILABEL_DATASETS and settings.dataset_options.get(dataset, {}).get("holdout_sources"):
+            raise CxrError(f"--dataset-option holdout_sources with the multi-label {dataset}: the analysis evaluates "
+                           "held-out sources for single-label studies only, so those images would neither train nor "
+                           f"be scored; use {dataset}-3class, or drop holdout_sources")
     combinations = space.configuration_count()
     if space.sampler == "grid" and settings.num_samples < combinations:
         log.warning("the grid has %d combinations but --num-samples is %d: only part of it runs",

@@ -674,6 +674,20 @@ def test_a_grid_narrowed_by_dataset_runs_every_combination_of_that_dataset_by_de
 
 
 
+def test_held_out_sources_of_a_multi_label_study_are_refused_before_it_trains(tmp_path, real_chestxray):
+    """The analysis scores held-out sources for single-label studies only: a multi-label study ran with a fifth of
+    dataset 3 held out, neither trained on nor scored, and the analysis said so only afterwards."""
+    argv = ["--storage", str(tmp_path), "--data-root", str(real_chestxray),
+            "--dataset-option", "holdout_sources=radiopaedia.org"]
+    with pytest.raises(CxrError, match=re.escape(
+            "--dataset-option holdout_sources with the multi-label covid-chestxray: the analysis evaluates held-out "
+            "sources for single-label studies only")):
+        settings_from_args(build_parser().parse_args([*argv, "--dataset", "covid-chestxray"]))
+    assert list(tmp_path.iterdir()) == []
+    single = settings_from_args(build_parser().parse_args([*argv, "--dataset", "covid-chestxray-3class"]))
+    assert single.dataset_options == {"covid-chestxray-3class": {"holdout_sources": ["radiopaedia.org"]}}
+
+
 def lr_per_dataset_space(path: Path, datasets: list[str]) -> Path:
     """A space over two datasets that gives lr per dataset, for `datasets` only."""
     return write_space(path, {"dataset": {"choice": ["covid-radiography", "covid-pneumonia-normal"]},
