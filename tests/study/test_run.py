@@ -1194,14 +1194,16 @@ def test_a_study_stopped_before_its_trials_started_is_started_by_its_resume(stop
     assert list(read_trial_events(str(study_dir))["event"]) == ["completed"]
 
 
-def failing_while(marker: Path):
-    """study.trainable.TrialTrainable, raising in its second epoch while `marker` exists (a class made here is
-    pickled by value into the Ray workers)."""
+def failing_while(marker: Path, from_epoch: int = 1, once: bool = False):
+    """study.trainable.TrialTrainable, raising from its epoch `from_epoch` + 1 on while `marker` exists (with
+    `once`, removing it as it raises). A class made here is pickled by value into the Ray workers."""
     from study.trainable import TrialTrainable
 
     class FailsWhileMarked(TrialTrainable):
         def step(self):
-            if self.run.epoch >= 1 and marker.exists():
+            if self.run.epoch >= from_epoch and marker.exists():
+                if once:
+                    marker.unlink()
                 raise RuntimeError(f"failing while {marker} exists")
             return super().step()
 
@@ -1250,20 +1252,6 @@ def test_tensorboard_shows_a_trial_that_errored_and_that_a_resume_finished_as_fi
     assert [point.step for point in curve] == [1, 2]
 
 
-def failing_once(marker: Path):
-    """study.trainable.TrialTrainable, raising in its first epoch, once: while `marker` exists, which it removes."""
-    from study.trainable import TrialTrainable
-
-    class FailsOnce(TrialTrainable):
-        def step(self):
-            if marker.exists():
-                marker.unlink()
-                raise RuntimeError("injected failure of the first attempt")
-            return super().step()
-
-    return FailsOnce
-
-
 def test_a_retried_trial_names_its_traceback_in_one_line_and_keeps_it_out_of_the_console(ray_session, tmp_path,
                                                                                           cache_dir, monkeypatch,
                                                                                           ray_console, capsys):
@@ -1273,7 +1261,7 @@ def test_a_retried_trial_names_its_traceback_in_one_line_and_keeps_it_out_of_the
 
     marker = tmp_path / "fail"
     marker.touch()
-    monkeypatch.setattr(study.driver, "TrialTrainable", failing_once(marker))
+    monkeypatch.setattr(study.driver, "TrialTrainable", failing_while(marker, from_epoch=0, once=True))
     data = build_tiny_folder(tmp_path / "data", per_class=8)
     space = write_space(tmp_path / "one.yaml", GOOD_SPACE)
     argv = study_argv(space, tmp_path / "studies", "retried", data, cache_dir, "--image-size", "32",
@@ -1282,12 +1270,12 @@ def test_a_retried_trial_names_its_traceback_in_one_line_and_keeps_it_out_of_the
     printed = capsys.readouterr()
     # The trial completed on its retry: its error.txt became recovered-errors.txt (study.results).
     (kept,) = Path(settings_from_args(build_parser().parse_args(argv)).study_uri).glob("*/recovered-errors.txt")
-    assert "injected failure of the first attempt" in kept.read_text()
+    assert f"failing while {marker} exists" in kept.read_text()
     assert re.search(rf"^\[ *\d+:\d\d\] retrying after error \(1 of 1\): .*; its traceback: "
                      rf"{re.escape(str(kept.parent / 'error.txt'))}$", printed.out, re.MULTILINE), printed.out
     assert re.search(r"^\[ *\d+:\d\d\] done, 1 epoch ", printed.out, re.MULTILINE), printed.out
     for shown in (printed.out, printed.err):
-        assert "Traceback" not in shown and "injected failure" not in shown, shown
+        assert "Traceback" not in shown and "failing while" not in shown, shown
 
 
 def test_dataset_options_are_saved_and_reused_by_resume_and_analysis(ray_session, tmp_path, make_csv_dataset,
