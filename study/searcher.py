@@ -177,10 +177,12 @@ class BestEpochOptunaSearch(OptunaSearch):
         self._storage = open_storage(self._storage_file)
         self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage, sampler=self._sampler,
                                           pruner=optuna.pruners.NopPruner())
+        self._ot_trials = {trial_id: self._optuna_trial(number) for trial_id, number in self._ot_trials.items()}
+
+    def _optuna_trial(self, number: int) -> optuna.Trial:
+        """The Optuna study's trial `number`, to report to and tell."""
         study_id = self._storage.get_study_id_from_name(self._study_name)
-        self._ot_trials = {
-            trial_id: optuna.Trial(self._ot_study, self._storage.get_trial_id_from_study_id_trial_number(study_id, number))
-            for trial_id, number in self._ot_trials.items()}
+        return optuna.Trial(self._ot_study, self._storage.get_trial_id_from_study_id_trial_number(study_id, number))
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as file:
@@ -269,7 +271,7 @@ class BestEpochOptunaSearch(OptunaSearch):
         value, epoch = result.get(self.metric), result.get("training_iteration")
         if not isinstance(value, (int, float)) or math.isnan(value) or epoch is None:
             return
-        reported = self.__dict__.setdefault("_last_epoch_reported", {})
+        reported = self._last_epochs_reported()
         if result.get("diverged"):  # its value is the worst-value placeholder (study.trainable), not measured
             self._ot_trials[trial_id].set_user_attr("diverged_at_epoch", int(epoch))
             self._best_values().setdefault(trial_id, value)
@@ -306,7 +308,7 @@ class BestEpochOptunaSearch(OptunaSearch):
                 self._completed_trials.add(known[frozen.number])
             elif frozen.number in known and frozen.intermediate_values:
                 # A running trial that reported epochs after the snapshot, which the resume trains again.
-                reported = self.__dict__.setdefault("_last_epoch_reported", {})
+                reported = self._last_epochs_reported()
                 trial_id = known[frozen.number]
                 reported[trial_id] = max(reported.get(trial_id, 0), max(frozen.intermediate_values))
             elif frozen.number not in known and frozen.state == optuna.trial.TrialState.RUNNING:
@@ -322,11 +324,9 @@ class BestEpochOptunaSearch(OptunaSearch):
         """A running Optuna trial that the restored searcher does not know and that the resume runs: it goes on,
         with its best so far; the epochs it reported already, which the resume may train again, are not
         reported twice."""
-        study_id = self._storage.get_study_id_from_name(self._study_name)
-        self._ot_trials[trial_id] = optuna.Trial(
-            self._ot_study, self._storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number))
+        self._ot_trials[trial_id] = self._optuna_trial(frozen.number)
         if frozen.intermediate_values:
-            self.__dict__.setdefault("_last_epoch_reported", {})[trial_id] = max(frozen.intermediate_values)
+            self._last_epochs_reported()[trial_id] = max(frozen.intermediate_values)
             pick = max if self.mode == "max" else min
             self._best_values()[trial_id] = pick(frozen.intermediate_values.values())
 
@@ -369,6 +369,10 @@ class BestEpochOptunaSearch(OptunaSearch):
         """trial id -> {epoch: value} of a failed trial rerun by a resume (its Optuna trial, finished, takes no
         more reports); kept in the searcher's saved state."""
         return self.__dict__.setdefault("_rerun_epochs_by_trial", {})
+
+    def _last_epochs_reported(self) -> dict[str, int]:
+        """trial id -> the last epoch it reported to Optuna; kept in the searcher's saved state."""
+        return self.__dict__.setdefault("_last_epoch_reported", {})
 
     def _best_values(self) -> dict[str, float]:
         """trial id -> best value so far; kept in the searcher's saved state, so a resumed study keeps it."""
