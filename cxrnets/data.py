@@ -478,8 +478,9 @@ def _load_covid_pneumonia_normal(root: Path) -> DatasetIndex:
 def _load_folder(root: Path) -> DatasetIndex:
     """Any class-per-folder tree: each sub-folder of root is a class, but one named mask or masks; mask folders
     below (is_mask_folder) are skipped. Those left out are counted in the index's `mask_folders`."""
-    top_masks = {key: folder for key, folder in _subdirectories(root).items() if key in MASK_WORDS}
-    folders = {key: folder for key, folder in _subdirectories(root).items() if key not in top_masks}
+    subdirectories = _subdirectories(root)
+    top_masks = {key: folder for key, folder in subdirectories.items() if key in MASK_WORDS}
+    folders = {key: folder for key, folder in subdirectories.items() if key not in top_masks}
     if len(folders) < 2:
         message = f"{root}: a folder dataset needs at least two class sub-folders, found {len(folders)}"
         if len(folders) == 1:

@@ -271,9 +271,9 @@ def align_split(split: pd.DataFrame, frame: pd.DataFrame, path: str | Path, unde
 
 def _refuse_patients_on_two_sides(aligned: pd.DataFrame, patients: pd.Series, path: str | Path,
                                   remedy: SplitRemedy) -> None:
-    """SplitMismatch, naming `path` and `remedy`, where a patient of the data now (`patients`, one per row of `aligned`) has
-    images on two sides of the saved split: its patient ids changed (an upstream fix merged two patients). Data
-    without patient ids gives each image its own, which never does."""
+    """SplitMismatch, naming `path` and `remedy`, where a patient of the data now (`patients`, one per row of
+    `aligned`) has images on two sides of the saved split: its patient ids changed (an upstream fix merged two
+    patients). Data without patient ids gives each image its own, which never does."""
     now = aligned.assign(saved_patient=aligned["patient"], patient=patients.to_numpy())
     sides = now.groupby("patient")["split"].nunique()
     leaking = sides.index[sides > 1]

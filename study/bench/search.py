@@ -173,8 +173,9 @@ def bench_search(bench: Bench) -> None:
 def replay_schedulers(grid: pd.DataFrame, asha: pd.DataFrame, s: Settings, metric: str, mode: str) -> dict[str, Any]:
     """The grid's curves replayed through the study's two ASHA forms (study.asha), one trial at a time, new
     configurations in the order the ASHA study started them (a configuration's seeded curve is the same in any
-    study that trains it on as many threads, as the grid and the ASHA study do): stop-based BestEpochASHA and PromotingASHA. The replay of the form the study ran must spend the
-    epochs the study spent (a check that the replay is faithful); the other says what that form would spend.
+    study that trains it on as many threads, as the grid and the ASHA study do): stop-based BestEpochASHA and
+    PromotingASHA. The replay of the form the study ran must spend the epochs the study spent (a check that the
+    replay is faithful); the other says what that form would spend.
     (TPE's proposals after its start-up trials could differ under the other form: the replay keeps the study's.)"""
     from study.asha import BestEpochASHA, PromotingASHA
     from study.settings import TIE_BREAK, metric_mode
