@@ -37,39 +37,37 @@ log = logging.getLogger("cxrnets.predict")
 CHUNK = 512  # images decoded and scored at a time: bounds memory (77 MB of uint8 pixels at 224 px)
 
 
-TRAINED_MODEL_FILES = "a study's weights/<trial id>.pt or a checkpoint.pt of python -m cxrnets.train"
-
-
 def check_trained_model(checkpoint: dict[str, Any], source: str) -> None:
     """CxrError naming `source` (where the checkpoint was read from) unless its config names a model and an
     image size that model takes, and it names as many classes (2 or more) as its weights' head scores."""
     from cxrnets.models import head_size
+    from cxrnets.training import CHECKPOINT_FILES
 
     config = checkpoint["config"] if isinstance(checkpoint["config"], dict) else {}
     name = config.get("model")
     if name not in MODEL_NAMES:
         named = "names no model" if name is None else f"names model {name!r}, not one of {', '.join(MODEL_NAMES)}"
-        raise CxrError(f"{source}: its config {named}: pass {TRAINED_MODEL_FILES}")
+        raise CxrError(f"{source}: its config {named}: pass {CHECKPOINT_FILES}")
     size = config.get("image_size")
     if isinstance(size, bool) or not isinstance(size, int) or size < MIN_IMAGE_SIZE[name]:
         has = "has no image_size" if size is None else f"has image_size {size!r}, not one {name} takes"
-        raise CxrError(f"{source}: its config {has}: pass {TRAINED_MODEL_FILES}")
+        raise CxrError(f"{source}: its config {has}: pass {CHECKPOINT_FILES}")
     classes = checkpoint["classes"]
     if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) for c in classes)):
         raise CxrError(f"{source}: its classes are {classes!r}, not a list of 2 or more names: pass "
-                       f"{TRAINED_MODEL_FILES}")
+                       f"{CHECKPOINT_FILES}")
     outputs = head_size(name, checkpoint["model"]) if isinstance(checkpoint["model"], dict) else None
     if outputs != len(classes):
         head = f"whose head scores {outputs} classes" if outputs is not None else f"which hold no {name} head"
         raise CxrError(f"{source}: its {len(classes)} classes ({', '.join(classes)}) do not fit its {name} weights, "
-                       f"{head}: pass {TRAINED_MODEL_FILES}")
+                       f"{head}: pass {CHECKPOINT_FILES}")
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any], device: str = "auto", source: str = "the checkpoint"):
     """(model, device): the checkpoint's network with its weights, in eval mode on `device`; CxrError naming
     `source` (the file it was read from) where check_trained_model refuses it or the weights do not fit."""
     from cxrnets.models import build_model
-    from cxrnets.training import select_device
+    from cxrnets.training import CHECKPOINT_FILES, select_device
 
     check_trained_model(checkpoint, source)
     name = checkpoint["config"]["model"]
@@ -78,7 +76,7 @@ def model_from_checkpoint(checkpoint: dict[str, Any], device: str = "auto", sour
         model.load_state_dict(checkpoint["model"])
     except (RuntimeError, KeyError, TypeError) as error:
         raise CxrError(f"{source}: its weights do not fit {name} ({load_problems(error)}): pass "
-                       f"{TRAINED_MODEL_FILES}") from error
+                       f"{CHECKPOINT_FILES}") from error
     target = select_device(device)
     return model.to(target).eval(), target
 
@@ -236,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     from cxrnets.models import local_file
-    from cxrnets.training import check_output_folder, load_checkpoint
+    from cxrnets.training import CHECKPOINT_FILES, check_output_folder, load_checkpoint
 
     out = Path(args.out)
     partial = out.with_name(out.name + ".partial")  # the rows written so far, renamed to `out` at the end
@@ -253,13 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         weights = local_file(args.weights)
         if not weights.is_file():
             raise CxrError(f"{weights} {'is a folder' if weights.is_dir() else 'does not exist'}: pass "
-                           f"{TRAINED_MODEL_FILES}")
+                           f"{CHECKPOINT_FILES}")
         if weights.suffix == ".json" and weights.with_suffix(".pt").is_file():
             raise CxrError(f"{weights} is the sidecar (epoch, metric) of weights: pass the .pt file beside it, "
                            f"{weights.with_suffix('.pt')}")
         if weights.suffix == ".json":
             raise CxrError(f"{weights} is a JSON file (a study's study.json, say), not a checkpoint: pass "
-                           f"{TRAINED_MODEL_FILES}")
+                           f"{CHECKPOINT_FILES}")
         checkpoint = load_checkpoint(weights)
         model, device = model_from_checkpoint(checkpoint, args.device, str(weights))
         check_output_folder(out.parent, f"--out {out}")

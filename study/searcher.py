@@ -40,6 +40,7 @@ import math
 import pickle
 import random
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -281,9 +282,7 @@ class BestEpochOptunaSearch(OptunaSearch):
         elif epoch > reported.get(trial_id, 0):
             self._ot_trials[trial_id].report(value, epoch)
             reported[trial_id] = epoch
-        best = self._best_values().get(trial_id)
-        if best is None or (value > best if self.mode == "max" else value < best):
-            self._best_values()[trial_id] = value
+        self._best_values()[trial_id] = self._best_of([value, self._best_values().get(trial_id)])
 
     def restore(self, checkpoint_path: str) -> None:
         """The searcher's state from Tune's last snapshot, reconciled with the Optuna storage, which may be
@@ -327,8 +326,7 @@ class BestEpochOptunaSearch(OptunaSearch):
         self._ot_trials[trial_id] = self._optuna_trial(frozen.number)
         if frozen.intermediate_values:
             self._last_epochs_reported()[trial_id] = max(frozen.intermediate_values)
-            pick = max if self.mode == "max" else min
-            self._best_values()[trial_id] = pick(frozen.intermediate_values.values())
+            self._best_values()[trial_id] = self._best_of(frozen.intermediate_values.values())
 
     def _copy_storage_file(self) -> None:
         """Object storage: the bucket's copy follows every change, so that it always knows at least every
@@ -336,6 +334,11 @@ class BestEpochOptunaSearch(OptunaSearch):
         copy_to, path = getattr(self, "_copy_to", None), getattr(self, "_storage_file", None)  # None: older studies
         if copy_to and path is not None:
             storage.write_bytes(copy_to, path.read_bytes())
+
+    def _best_of(self, values: Iterable[float | None]) -> float | None:
+        """The best of `values` in the study's mode, None (not yet reported) left out; None if none is left."""
+        pick = max if self.mode == "max" else min
+        return pick((value for value in values if value is not None), default=None)
 
     def _failed_then_resumed(self) -> set[str]:
         """Trials that had failed (their Optuna trial FAIL) and that a resume runs again from their last full
@@ -356,8 +359,7 @@ class BestEpochOptunaSearch(OptunaSearch):
         failed = self._ot_trials[trial_id].number
         frozen = next(t for t in self._ot_study.get_trials(deepcopy=False) if t.number == failed)
         epochs = {**frozen.intermediate_values, **rerun_epochs}
-        pick = max if self.mode == "max" else min
-        best = pick([value for value in (best, *epochs.values()) if value is not None], default=None)
+        best = self._best_of([best, *epochs.values()])
         if best is None:
             return
         self._ot_study.add_trial(optuna.trial.create_trial(
