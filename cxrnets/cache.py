@@ -110,6 +110,7 @@ class ImageCache:
     images: CachedImages
     sha1: np.ndarray
     decoded: int  # images decoded by this call: 0 when the cache was already there
+    listed: DatasetIndex  # the index it was built from, undecodable files included: the one its key is made of
 
 
 def cache_key(index: DatasetIndex, image_size: int) -> str:
@@ -288,6 +289,7 @@ def _read(path: Path) -> bytes:
 
 
 def _open(directory: Path, index: DatasetIndex, decoded: int) -> ImageCache:
+    listed = index
     try:
         table = pd.read_parquet(directory / "index.parquet")
         slots = table["colour_slot"].to_numpy()
@@ -318,7 +320,7 @@ def _open(directory: Path, index: DatasetIndex, decoded: int) -> ImageCache:
                            f"in {directory / 'index.parquet'}); replace its files, or "
                            f"{leaving_out(index.name, class_folder, 'remove the class')}")
     images = CachedImages(grey, colour, slots, np.flatnonzero(ok))
-    return ImageCache(directory, index, images, table.loc[ok, "sha1"].to_numpy(), decoded)
+    return ImageCache(directory, index, images, table.loc[ok, "sha1"].to_numpy(), decoded, listed)
 
 
 CACHE_FOLDER = re.compile(r".+-\d+px-[0-9a-f]{16}(\.partial)?")  # <dataset>-<size>px-<key>, build_cache's

@@ -44,6 +44,7 @@ and 224 px.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image
@@ -95,17 +96,22 @@ def own_size_fingerprint_size(image_size: int) -> int:
 
 
 def decoded_at(cache: ImageCache, size: int) -> ImageCache:
-    """`cache` itself where its images are `size` px, else a cache of the same files decoded at `size` beside it
-    (decoded once, as any cache); CxrError if one of the images of `cache` does not decode at `size`."""
+    """`cache` itself where its images are `size` px, else the images of `cache` read from the cache of the same
+    files at `size` beside it: the cache of every file `cache` was built from, undecodable ones included, which is
+    the one `python -m cxrnets.cache` stages (decoded once, as any cache); CxrError if one of the images of `cache`
+    does not decode at `size`."""
     if cache.images.shape[-1] == size:
         return cache
-    decoded = build_cache(cache.index, size, cache.directory.parent)
-    lost = len(cache.index.frame) - len(decoded.index.frame)  # decoded.index: the images of cache.index it decoded
+    decoded = build_cache(cache.listed, size, cache.directory.parent)
+    position = {relpath: row for row, relpath in enumerate(decoded.index.frame["relpath"])}
+    lost = [relpath for relpath in cache.index.frame["relpath"] if relpath not in position]
     if lost:
-        raise CxrError(f"{decoded.directory}: {lost} image(s) of {cache.index.name} that decode at "
-                       f"{cache.images.shape[-1]} px do not at {size} px, to be fingerprinted (the errors are listed "
-                       f"in {decoded.directory / 'index.parquet'}); replace or remove those files")
-    return decoded
+        raise CxrError(f"{decoded.directory}: {len(lost)} image(s) of {cache.index.name} that decode at "
+                       f"{cache.images.shape[-1]} px do not at {size} px, to be fingerprinted (e.g. {lost[0]}; the "
+                       f"errors are listed in {decoded.directory / 'index.parquet'}); replace or remove those files")
+    rows = np.array([position[relpath] for relpath in cache.index.frame["relpath"]], dtype=np.int64)
+    images = replace(decoded.images, rows=decoded.images.rows[rows])
+    return ImageCache(decoded.directory, cache.index, images, decoded.sha1[rows], decoded.decoded, decoded.listed)
 
 
 def fingerprints(images: CachedImages, rows: np.ndarray | None = None) -> np.ndarray:
