@@ -446,7 +446,8 @@ def _find_class_folders(root: Path, expected: tuple[str, ...], dataset: str) -> 
 
 def _load_covid_radiography(root: Path, name: str) -> DatasetIndex:
     """COVID-19 Radiography Database v4+: <Class>/images/*.png; <Class>/masks/ are never samples. The classes are
-    the view `name`'s (RADIOGRAPHY_VIEWS); the images of a class it leaves out are counted as skipped."""
+    the view `name`'s (RADIOGRAPHY_VIEWS); the images of a class it leaves out are counted as skipped, and so are
+    the images of its classes outside their images/ folder, but in mask folders (counted in `mask_folders`)."""
     classes = RADIOGRAPHY_VIEWS[name]
     folders = _find_class_folders(root, classes, name)
     image_folders = {}
@@ -457,7 +458,17 @@ def _load_covid_radiography(root: Path, name: str) -> DatasetIndex:
                            f"for a release with the images directly in its class folders, pass --dataset folder "
                            f"--data-root {root}")
         image_folders[class_name] = images
-    index = _from_class_folders(name, root, image_folders)
+    index = _from_class_folders(name, root, image_folders, skip_masks=True)
+    mask_folders, outside = Counter(index.mask_folders), Counter()
+    for class_name, folder in folders.items():
+        for path in _images_beside(image_folders[class_name]):
+            mask_folder = _mask_folder_holding(path, folder)
+            if mask_folder:
+                mask_folders[mask_folder.relative_to(root).as_posix()] += 1
+            else:
+                outside[path.parent.relative_to(root).as_posix()] += 1
+    index.mask_folders = dict(sorted(mask_folders.items()))
+    index.skipped.update({f"image outside images/ ({folder}/)": count for folder, count in sorted(outside.items())})
     present = _subdirectories(root)
     for class_name in RADIOGRAPHY_CLASSES:
         if class_name in classes or class_name.lower() not in present:
@@ -469,10 +480,22 @@ def _load_covid_radiography(root: Path, name: str) -> DatasetIndex:
     return index
 
 
+def _images_beside(images_folder: Path) -> list[Path]:
+    """The image files in the class folder of `images_folder` (covid-radiography's <Class>/images/) that lie
+    outside `images_folder`, in it or in its other sub-folders."""
+    found = []
+    for path in sorted(images_folder.parent.iterdir()):
+        if is_hidden(path.name) or path == images_folder:
+            continue
+        found += data_files(path)[0] if path.is_dir() else [path] if path.is_file() else []
+    return [path for path in found if is_image_file(path)]
+
+
 def _load_covid_pneumonia_normal(root: Path) -> DatasetIndex:
-    """COVID-19, Pneumonia, Normal Chest X-ray PA dataset: covid/, normal/, pneumonia/ holding images."""
+    """COVID-19, Pneumonia, Normal Chest X-ray PA dataset: covid/, normal/, pneumonia/ holding images; mask
+    folders below (is_mask_folder) are left out, counted in `mask_folders`."""
     folders = _find_class_folders(root, PNEUMONIA_NORMAL_CLASSES, "covid-pneumonia-normal")
-    return _from_class_folders("covid-pneumonia-normal", root, folders)
+    return _from_class_folders("covid-pneumonia-normal", root, folders, skip_masks=True)
 
 
 def _load_folder(root: Path) -> DatasetIndex:

@@ -140,6 +140,22 @@ def test_radiography_three_class_view_leaves_out_lung_opacity_and_counts_it(make
         load_dataset("covid-radiography-3class", root)
 
 
+def test_radiography_names_its_masks_and_counts_the_images_outside_its_images_folders(make_radiography,
+                                                                                    write_image) -> None:
+    """The images of a class folder outside its images/ folder were dropped without a word, and its masks/ were
+    not named, while --dataset folder names the masks it leaves out."""
+    root = make_radiography(per_class=3)
+    for i in range(2):
+        write_image(root / "COVID" / "extra" / f"COVID-extra-{i}.png", "L", 200, seed=900 + i)
+    write_image(root / "Normal" / "Normal-stray.png", "L", 60, seed=910)
+    index = load_dataset("covid-radiography", root)
+    assert len(index.frame) == 12 and index.frame["relpath"].str.contains("/images/").all()
+    summary = index.summary()
+    assert ("left out as masks: 12 images in COVID/masks/, Lung_Opacity/masks/, Normal/masks/, "
+            "Viral Pneumonia/masks/") in summary
+    assert "skipped: image outside images/ (COVID/extra/) 2, image outside images/ (Normal/) 1" in summary
+
+
 @pytest.mark.parametrize("name", ["covid-radiography", "covid-radiography-3class", "covid-pneumonia-normal",
                                   "covid-chestxray-3class"])
 def test_dataset_one_folder_down_is_named(name: str, make_radiography, make_pneumonia_normal, make_chestxray,
@@ -178,6 +194,17 @@ def test_pneumonia_normal_layout(make_pneumonia_normal) -> None:
     assert not any(relpath.endswith(".ini") for relpath in index.frame["relpath"])
     for path in index.paths():  # varied sizes and modes all decode to the same square
         assert load_image(path, 24).shape == (3, 24, 24)
+
+
+def test_pneumonia_normal_leaves_out_mask_folders_and_names_them(make_pneumonia_normal, write_image) -> None:
+    """A covid/masks/ folder's segmentation masks were read as covid X-rays, where --dataset folder leaves them
+    out."""
+    root = make_pneumonia_normal(per_class=3)
+    for i in range(2):
+        write_image(root / "covid" / "masks" / f"covid-{i:03d}.png", "L", 255, seed=950 + i)
+    index = load_dataset("covid-pneumonia-normal", root)
+    assert class_counts(index) == {"covid": 3, "normal": 3, "pneumonia": 3}
+    assert "left out as masks: 2 images in covid/masks/" in index.summary()
 
 
 def test_pneumonia_normal_upper_case_folders(make_pneumonia_normal, tmp_path: Path) -> None:
