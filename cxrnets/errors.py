@@ -1,7 +1,7 @@
 """The one exception type for mistakes a user can make and fix, and how a simple command ends on it."""
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 
@@ -14,13 +14,13 @@ class DivergedError(CxrError):
 
 
 class SplitMismatch(CxrError):
-    """A saved split no longer matches the dataset: images new, gone or changed since it was made. `new`: how many
-    of the data's images the split does not list; `gone`: how many of the split's images the data does not hold
-    (both 0 where images changed otherwise)."""
+    """A saved split no longer matches the dataset: images new, gone or changed since it was made. `new`: the
+    data's images (relpaths) the split does not list; `gone`: the split's images the data does not hold (both
+    empty where images changed otherwise)."""
 
-    def __init__(self, message: str, new: int = 0, gone: int = 0):
+    def __init__(self, message: str, new: Sequence[str] = (), gone: Sequence[str] = ()):
         super().__init__(message)
-        self.new, self.gone = new, gone
+        self.new, self.gone = list(new), list(gone)
 
 
 @contextmanager

@@ -230,7 +230,7 @@ def align_split(split: pd.DataFrame, frame: pd.DataFrame, path: str | Path, unde
         raise SplitMismatch(
             f"{path}: lists only the first {len(by_path)} of the data's {len(frame)} images, and then stops: the file "
             f"looks cut short (or images were added after them since the split was made: {len(missing)}, e.g. "
-            f"{list(missing[:3])}); restore the file, or {remedy.new_split}", new=len(missing)
+            f"{list(missing[:3])}); restore the file, or {remedy.new_split}", new=list(missing)
         )
 
     def as_recorded(relpaths) -> str:
@@ -255,7 +255,7 @@ def align_split(split: pd.DataFrame, frame: pd.DataFrame, path: str | Path, unde
             remedies.append("move the new images out of the data folder")
         raise SplitMismatch(
             f"{path}: the dataset changed since this split was made ({'; '.join(changes)}); {remedy.kept}"
-            f"{' and '.join(remedies)}, or {remedy.new_split}", new=len(missing), gone=len(gone)
+            f"{' and '.join(remedies)}, or {remedy.new_split}", new=list(missing), gone=list(gone)
         )
     aligned = by_path.loc[frame["relpath"]].reset_index()
     changed = aligned["sha1"].to_numpy() != frame["sha1"].to_numpy()

@@ -41,6 +41,7 @@ log = logging.getLogger("study.analyze")
 
 PARALLEL_DOWNLOADS = 4  # weight files fetched at once from object storage
 NODE_KEYS = ("data_root", "dataset_options")  # set by the study for each node, not by a trial's config
+SHOWN_FILES = 3  # a message about many files names this many
 # Each part of a split whose figures a near-identical copy elsewhere makes optimistic, its name in words, and the
 # parts the models trained or were chosen on before being scored on it.
 SCORED_AFTER = (("test", "test", ("train", "val")), ("val", "val", ("train",)),
@@ -187,10 +188,12 @@ class StudyData:
 
     def not_the_studys_data(self, config, uri: str, saved: pd.DataFrame, error: SplitMismatch) -> str:
         """Why the folder --data-root gave `config`'s dataset is refused: it lacks images of the study's split
-        (`saved`, read from `uri`), or holds images the split does not list (`error`: how many of each)."""
+        (`saved`, read from `uri`), or holds images the split does not list (`error`: which of each)."""
         split_named = f"the study's split ({uri})"
-        lacks = f"it lacks {error.gone} of the {saved['relpath'].nunique()} images of {split_named}"
-        holds = f"holds {error.new} image(s) that {'it' if error.gone else split_named} does not list"
+        lacks = (f"it lacks {len(error.gone)} ({listed(error.gone)}) of the {saved['relpath'].nunique()} images of "
+                 f"{split_named}")
+        holds = (f"holds {len(error.new)} image(s) ({listed(error.new)}) that {'it' if error.gone else split_named} "
+                 "does not list")
         differences = f"{lacks} and {holds}" if error.gone and error.new else lacks if error.gone else f"it {holds}"
         return (f"--data-root {config.data_root}: the folder is not the copy of {config.dataset} this study was made "
                 f"on: {differences}; pass the folder the study read "
@@ -405,3 +408,9 @@ def same_setting(trained: Any, recorded: Any) -> bool:
 
 def shown(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def listed(relpaths: list[str]) -> str:
+    """`relpaths` for a message, the first SHOWN_FILES named and the others counted: "a, b, c and 2 more"."""
+    more = f" and {len(relpaths) - SHOWN_FILES} more" if len(relpaths) > SHOWN_FILES else ""
+    return ", ".join(relpaths[:SHOWN_FILES]) + more

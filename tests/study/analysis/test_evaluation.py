@@ -74,7 +74,8 @@ def test_a_split_the_data_no_longer_matches_is_refused_naming_its_file_once(make
 
 def test_a_data_root_that_does_not_hold_the_studys_images_is_refused_naming_the_option(make_folder, tmp_path):
     """A --data-root of another copy of the data (the full dataset for a study made on the sample) was refused as a
-    dataset changed since the split was made, advising to move the new images out of the folder."""
+    dataset changed since the split was made, advising to move the new images out of the folder. It names a few of
+    the images each copy lacks, as the refusal of a changed study folder does."""
     data_root = make_folder(tmp_path / "data", per_class=12)
     config = TrainConfig(dataset="folder", data_root=str(data_root), image_size=16, cache_dir=str(tmp_path / "cache"))
     split = Path(storage.join(str(tmp_path / "study"), "splits", "folder.csv"))
@@ -89,9 +90,10 @@ def test_a_data_root_that_does_not_hold_the_studys_images_is_refused_naming_the_
     with pytest.raises(AnalysisRefused) as refused:
         data.prepare(data.train_config({"config": {"dataset": "folder", "image_size": 16}}))
     assert str(refused.value) == (
-        f"--data-root {other}: the folder is not the copy of folder this study was made on: it lacks 1 of the 24 "
-        f"images of the study's split ({split}) and holds 4 image(s) that it does not list; pass the folder the "
-        f"study read ({data_root}), or a copy of it")
+        f"--data-root {other}: the folder is not the copy of folder this study was made on: it lacks 1 "
+        f"(sick/img-001.png) of the 24 images of the study's split ({split}) and holds 4 image(s) "
+        "(healthy/batch2/img-012.png, healthy/img-013.png, sick/batch2/img-012.png and 1 more) that it does not "
+        f"list; pass the folder the study read ({data_root}), or a copy of it")
 
 
 def test_a_split_from_before_each_image_was_kept_once_is_checked_on_its_own_rows(make_chestxray, tmp_path, caplog):
