@@ -434,14 +434,33 @@ def _find_class_folders(root: Path, expected: tuple[str, ...], dataset: str) -> 
     present = _subdirectories(root)
     missing = [c for c in expected if c.lower() not in present]
     if missing:
-        # Some of its class folders there: a subset of the dataset, which the folder layout reads.
-        subset = len(missing) < len(expected)
+        layouts = _layouts_of(present)
+        if layouts:
+            others = "".join(f" (or --dataset {name})" for name in layouts[1:])
+            hint = f"; those are the class folders of {layouts[0]}: pass --dataset {layouts[0]}{others}"
+        elif len(missing) < len(expected):  # a subset of the dataset, which the folder layout reads
+            hint = "; to study the classes there are, pass --dataset folder"
+        else:
+            hint = ""
         raise CxrError(
             f"{root}: not a {dataset} dataset: class folders {missing} are missing "
-            f"(expected {list(expected)}, found {sorted(p.name for p in present.values())})"
-            + ("; to study the classes there are, pass --dataset folder" if subset else "")
+            f"(expected {list(expected)}, found {sorted(p.name for p in present.values())}){hint}"
         )
     return {c: present[c.lower()] for c in expected}
+
+
+def _layouts_of(present: dict[str, Path]) -> list[str]:
+    """The FIXED_LAYOUTS whose class folders are all among `present` (_subdirectories), each holding images/ for
+    covid-radiography's views."""
+    layouts = []
+    for name in FIXED_LAYOUTS:
+        classes = RADIOGRAPHY_VIEWS.get(name, PNEUMONIA_NORMAL_CLASSES)
+        if not all(c.lower() in present for c in classes):
+            continue
+        if name in RADIOGRAPHY_VIEWS and not all("images" in _subdirectories(present[c.lower()]) for c in classes):
+            continue
+        layouts.append(name)
+    return layouts
 
 
 def _load_covid_radiography(root: Path, name: str) -> DatasetIndex:

@@ -140,6 +140,29 @@ def test_radiography_three_class_view_leaves_out_lung_opacity_and_counts_it(make
         load_dataset("covid-radiography-3class", root)
 
 
+@pytest.mark.parametrize("layout, given, hint", [
+    ("dataset 1", "covid-pneumonia-normal",
+     "those are the class folders of covid-radiography: pass --dataset covid-radiography (or --dataset "
+     "covid-radiography-3class)"),
+    ("dataset 1 without Lung_Opacity", "covid-radiography",
+     "those are the class folders of covid-radiography-3class: pass --dataset covid-radiography-3class"),
+    ("dataset 2", "covid-radiography",
+     "those are the class folders of covid-pneumonia-normal: pass --dataset covid-pneumonia-normal"),
+    ("dataset 2", "covid-radiography-3class",
+     "those are the class folders of covid-pneumonia-normal: pass --dataset covid-pneumonia-normal"),
+])
+def test_a_dataset_passed_as_another_names_the_dataset_it_is(layout: str, given: str, hint: str, make_radiography,
+                                                              make_pneumonia_normal) -> None:
+    """Dataset 1 passed as dataset 2 (whose covid/ and normal/ its COVID/ and Normal/ match), or dataset 2 as
+    dataset 1, was told to pass --dataset folder rather than the name of the dataset it is."""
+    root = make_pneumonia_normal(per_class=2) if layout == "dataset 2" else make_radiography(per_class=2)
+    if layout == "dataset 1 without Lung_Opacity":
+        shutil.rmtree(root / "Lung_Opacity")
+    with pytest.raises(CxrError, match=rf"not a {given} dataset: class folders .* are missing \(.*\); "
+                                       rf"{re.escape(hint)}$"):
+        load_dataset(given, root)
+
+
 def test_radiography_names_its_masks_and_counts_the_images_outside_its_images_folders(make_radiography,
                                                                                     write_image) -> None:
     """The images of a class folder outside its images/ folder were dropped without a word, and its masks/ were
