@@ -251,16 +251,23 @@ def full_state_folders(trial_folder: str) -> list[str]:
                   and storage.kind(storage.join(entry.uri, STATE_FILE)) == "file")
 
 
-def stored_snapshot_trials(run_uri: str) -> dict[str, dict[str, Any]]:
-    """The trials of Tune's newest experiment snapshot on storage in the folder of a run (a study, or its confirm
-    run): the one a resume restores, which Tune picks by the greatest name. Trial id -> the trial's state there
-    (its "status", its folder's name "relative_logdir", ...); {} without a snapshot. OSError or ValueError if it
-    cannot be read (on a local disk Tune may be rewriting it)."""
+def newest_snapshot(run_uri: str) -> str | None:
+    """The URI of Tune's newest experiment snapshot on storage in the folder of a run (a study, or its confirm
+    run): the one a resume restores, which Tune picks by the greatest name (older sessions' stay beside it);
+    None without a snapshot."""
     names = [entry.name for entry in storage.listing(run_uri)
              if not entry.is_dir and entry.name.startswith(SNAPSHOT_PREFIX) and entry.name.endswith(".json")]
-    if not names:
+    return storage.join(run_uri, max(names)) if names else None
+
+
+def stored_snapshot_trials(run_uri: str) -> dict[str, dict[str, Any]]:
+    """The trials of Tune's newest experiment snapshot on storage in the folder of a run (newest_snapshot): trial
+    id -> the trial's state there (its "status", its folder's name "relative_logdir", ...); {} without a snapshot.
+    OSError, ValueError, KeyError or TypeError if it cannot be read (on a local disk Tune may be rewriting it)."""
+    uri = newest_snapshot(run_uri)
+    if uri is None:
         return {}
-    snapshot = storage.read_json(storage.join(run_uri, max(names)))
+    snapshot = storage.read_json(uri)
     trials = {}
     for trial_state, _ in snapshot["trial_data"]:
         state = json.loads(trial_state)
@@ -275,13 +282,9 @@ def forget_lost_trials(run_uri: str) -> list[str]:
     """Before a resume: delete the full states and best weights of trials that Tune's newest snapshot on
     storage, the one the resume restores, does not hold. Such a trial started after that snapshot landed (the
     driver was killed before the next one did); Tune forgets it, and its files would stay forever, counted
-    by --keep and evaluated by the analysis. Logs a line for each; returns their ids."""
-    try:
-        known = stored_snapshot_trials(run_uri)
-    except (OSError, ValueError, KeyError, TypeError) as error:  # Tune's restore will say what is wrong with it
-        log.warning("Tune's last snapshot in %s could not be read (%s): the files of trials it may not know are "
-                    "kept", run_uri, error)
-        return []
+    by --keep and evaluated by the analysis. Logs a line for each; returns their ids. The snapshot must be
+    readable (study.driver.check_tune_state refuses the resume of a run whose snapshot is not)."""
+    known = stored_snapshot_trials(run_uri)
     lost: dict[str, list[str]] = {}
     for entry in storage.listing(run_uri):
         match = TRIAL_FOLDER.fullmatch(entry.name)

@@ -199,8 +199,9 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
     run stopped before Tune's first snapshot (study.driver.tune_state_saved) starts it, with the jobs it saved.
     A new confirm run of a study whose search is unfinished is refused unless `allow_unfinished`."""
     from cxrnets.models import fetch_imagenet_weights
-    from study.driver import (check_cluster, check_cluster_reachable, check_local_resources, connect, log_run_end,
-                              prepare_splits, quiet_tune, runs_on_this_machine, tune_interrupts, tune_state_saved)
+    from study.driver import (check_cluster, check_cluster_reachable, check_local_resources, check_tune_state,
+                              connect, log_run_end, prepare_splits, quiet_tune, runs_on_this_machine, tune_interrupts,
+                              tune_state_saved)
     from study.tensorboard import tensorboard_line
 
     import ray
@@ -248,6 +249,8 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
              len(jobs), settings.max_epochs)
     resume_command = f"python -m study.confirm {quote(study_dir)} --resume"
     with driver_lock(uri, resume_command):
+        if restore:
+            check_tune_state(uri, "confirm run", start_over=f"delete {uri} and start the confirm run again (--seeds)")
         if resume:
             forget_lost_trials(uri)  # trials that started after Tune's last snapshot: the resume does not know them
         quiet_tune(verbose)

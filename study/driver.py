@@ -49,7 +49,7 @@ from cxrnets.training import (SPLIT_COLUMNS, PreparedData, align_split, named_co
 from study import storage  # noqa: E402
 from study.asha import BestEpochASHA, PromotingASHA, PromotionGate, RungSnapshot  # noqa: E402
 from study.checkpoints import (WEIGHTS_DIR, CheckpointPolicy, WeightsKeeper, forget_lost_trials,  # noqa: E402
-                               prune_weights)
+                               newest_snapshot, prune_weights, stored_snapshot_trials)
 from study.console import StudyConsole  # noqa: E402
 from study.lock import driver_lock  # noqa: E402
 from study.results import ResultsTable, read_results, read_trial_events, unfinished_search  # noqa: E402
@@ -639,6 +639,8 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
     splits = prepare_splits(settings, resume)
     resume_command = f"python -m study.run --resume {quote(settings.study_uri)}"
     with driver_lock(settings.study_uri, resume_command):  # the study folder exists from here
+        if restore:
+            check_tune_state(settings.study_uri, "study", start_over="start a new study")
         if restore and settings.optuna_study:
             restore_storage_file(settings.study_uri, settings.optuna_study)
         if resume:
@@ -672,11 +674,28 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
 def tune_state_saved(run_uri: str) -> bool:
     """Whether Tune saved the state of the run at `run_uri` (a study, or its confirm run) that Tuner.restore
     continues: tuner.pkl, written as the Tuner is built, and an experiment snapshot, written once Tune's loop
-    runs. Without a snapshot there are no trials to continue (Tuner.restore would log a traceback and start the
-    run over): a run stopped before one (Ctrl-C while Ray started or before Tune's first step, a node refused by
-    check_cluster) is started again from what it saved (a study's settings and split, a confirm run's jobs)."""
+    runs (check_tune_state checks that the snapshot can be read). Without a snapshot there are no trials to continue
+    (Tuner.restore would log a traceback and start the run over): a run stopped before one (Ctrl-C while Ray
+    started or before Tune's first step, a node refused by check_cluster) is started again from what it saved (a
+    study's settings and split, a confirm run's jobs)."""
     names = {entry.name for entry in storage.listing(run_uri)}
-    return "tuner.pkl" in names and any(name.startswith("experiment_state-") for name in names)
+    return "tuner.pkl" in names and newest_snapshot(run_uri) is not None
+
+
+def check_tune_state(run_uri: str, run: str, start_over: str) -> None:
+    """Before the resume of a run (a study, or its confirm run: `run`) whose Tune state is saved (tune_state_saved):
+    CxrError, naming the file and what to do, where the snapshot Tune restores (its newest) is cut short or
+    damaged (a partial copy or upload). Tune does not stop there: it logs a traceback and starts the run over in
+    its folder, a new search on top of the run's trials. `start_over`: what to do where no copy of the file is
+    left."""
+    remedy = f"restore it from a copy of the study folder, or {start_over}"
+    snapshot_uri = newest_snapshot(run_uri)
+    try:
+        stored_snapshot_trials(run_uri)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CxrError(f"{snapshot_uri} cannot be read ({error}): it is Tune's last snapshot of the {run}'s trials, "
+                       f"which --resume continues (resumed without it, Tune would start the {run} over on top of "
+                       f"its trials); {remedy}") from error
 
 
 def unfinished_trials(grid, events: pd.DataFrame) -> list[str]:

@@ -527,8 +527,7 @@ def test_resume_of_a_study_whose_optuna_storage_cannot_be_continued(tmp_path, ca
         study_argv(space, tmp_path / "studies", "no-optuna", tiny_data, cache_dir, "--image-size", "32")))
     study.driver.prepare_splits(settings, resume=False)
     save_settings(settings)
-    (Path(settings.study_uri) / "tuner.pkl").write_bytes(b"")  # Tune's state (study.driver.tune_state_saved)
-    (Path(settings.study_uri) / "experiment_state-2026-12-06_08-00-00.json").write_text("{}")
+    save_tune_state(settings.study_uri)
     optuna_file = Path(settings.study_uri) / "optuna.db"
     if damage == "corrupt":
         optuna_file.write_bytes(b"\0" * 4096)
@@ -540,6 +539,65 @@ def test_resume_of_a_study_whose_optuna_storage_cannot_be_continued(tmp_path, ca
     assert err.startswith(f"error: {optuna_file} ")
     assert {"missing": "is missing", "corrupt": "is not a readable Optuna storage",
             "another study's": "holds the Optuna study 'someone-else', not this study's 'no-optuna'"}[damage] in err
+
+
+def save_tune_state(study_uri: str, sessions: tuple[str, ...] = ("2026-12-06_08-00-00",)) -> None:
+    """Tune's state of a run, as a run leaves it: tuner.pkl, and an experiment snapshot per session of the run
+    (experiment_state-<session>.json; a resume restores the newest)."""
+    storage.write_bytes(storage.join(study_uri, "tuner.pkl"), pickle.dumps({"searcher": list(range(500))}))
+    for session in sessions:
+        storage.write_json(storage.join(study_uri, f"experiment_state-{session}.json"),
+                           {"trial_data": [[json.dumps({"trial_id": "aaaa0001", "status": "RUNNING"}), "{}"]],
+                            "runner_data": {}, "stats": {}})
+
+
+def cut_short(uri: str, size: int) -> None:
+    storage.write_bytes(uri, storage.read_bytes(uri)[:size])
+
+
+@pytest.mark.parametrize("where", ["local", "bucket"])
+@pytest.mark.parametrize("damage", ["newest snapshot cut short", "an older snapshot cut short"])
+def test_resume_of_a_study_whose_tune_state_cannot_be_read(tmp_path, capsys, tiny_data, cache_dir, monkeypatch,
+                                                           request, where, damage):
+    """A snapshot of Tune's that cannot be read made Tune log 'Failed to restore the run state' and run a new
+    search in the study's folder, on top of its trials (its results and optuna.db mixing both). The resume stops
+    before Ray, naming the file and what to do, and changes nothing. Older sessions' snapshots, which Tune does not
+    restore, do not matter."""
+    import study.driver
+    from study.settings import save_settings
+
+    space = write_space(tmp_path / "space.yaml", GOOD_SPACE)
+    studies = request.getfixturevalue("s3_bucket") if where == "bucket" else str(tmp_path / "studies")
+    settings = settings_from_args(build_parser().parse_args(
+        study_argv(space, tmp_path / "studies", "damaged", tiny_data, cache_dir, "--image-size", "32",
+                   "--storage", studies)))
+    study.driver.prepare_splits(settings, resume=False)
+    save_settings(settings)
+    optuna_file = tmp_path / "optuna.db"
+    optuna.create_study(study_name=settings.optuna_study, storage=f"sqlite:///{optuna_file}")
+    storage.write_bytes(storage.join(settings.study_uri, "optuna.db"), optuna_file.read_bytes())
+    save_tune_state(settings.study_uri, sessions=("2026-12-06_08-00-00", "2026-12-07_09-00-00"))
+    session = "2026-12-07_09-00-00" if damage == "newest snapshot cut short" else "2026-12-06_08-00-00"
+    damaged = storage.join(settings.study_uri, f"experiment_state-{session}.json")
+    cut_short(damaged, 60)
+    before = {entry.uri: storage.read_bytes(entry.uri) for entry in storage.listing(settings.study_uri, True)
+              if not entry.is_dir}
+
+    def ray_starts(*args, **kwargs):
+        raise KeyboardInterrupt  # stands for the run, which the test does not need
+
+    monkeypatch.setattr(study.driver, "connect", ray_starts)
+    status = main(["--resume", settings.study_uri])
+    err = capsys.readouterr().err
+    if damage == "an older snapshot cut short":
+        assert status == 130, err
+        return
+    assert status == 2
+    assert err.startswith(f"error: {damaged} cannot be read (Unterminated string")
+    assert err.rstrip().endswith("restore it from a copy of the study folder, or start a new study")
+    after = {entry.uri: storage.read_bytes(entry.uri) for entry in storage.listing(settings.study_uri, True)
+             if not entry.is_dir}
+    assert after == before
 
 
 @pytest.mark.parametrize("typed, meant", [("cache", "cache"), ("~/cache", "home/cache")])
