@@ -16,6 +16,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import pickletools
 import select
 import signal
 import socket
@@ -66,6 +67,7 @@ from study.trainable import (TrialContext, TrialTrainable, dataset_missing_messa
 log = logging.getLogger(__name__)
 
 CLUSTER_CONNECT_SECONDS = 10
+TUNER_FILE = "tuner.pkl"  # Tune's pickle of a run's Tuner, which Tuner.restore reads
 
 # ------------------------------------------------------------------ this machine
 
@@ -673,22 +675,30 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
 
 def tune_state_saved(run_uri: str) -> bool:
     """Whether Tune saved the state of the run at `run_uri` (a study, or its confirm run) that Tuner.restore
-    continues: tuner.pkl, written as the Tuner is built, and an experiment snapshot, written once Tune's loop
-    runs (check_tune_state checks that the snapshot can be read). Without a snapshot there are no trials to continue
+    continues: an experiment snapshot, written once Tune's loop runs, beside tuner.pkl, written as the Tuner is
+    built (check_tune_state checks that both can be read). Without a snapshot there are no trials to continue
     (Tuner.restore would log a traceback and start the run over): a run stopped before one (Ctrl-C while Ray
     started or before Tune's first step, a node refused by check_cluster) is started again from what it saved (a
     study's settings and split, a confirm run's jobs)."""
-    names = {entry.name for entry in storage.listing(run_uri)}
-    return "tuner.pkl" in names and newest_snapshot(run_uri) is not None
+    return newest_snapshot(run_uri) is not None
 
 
 def check_tune_state(run_uri: str, run: str, start_over: str) -> None:
     """Before the resume of a run (a study, or its confirm run: `run`) whose Tune state is saved (tune_state_saved):
-    CxrError, naming the file and what to do, where the snapshot Tune restores (its newest) is cut short or
-    damaged (a partial copy or upload). Tune does not stop there: it logs a traceback and starts the run over in
-    its folder, a new search on top of the run's trials. `start_over`: what to do where no copy of the file is
-    left."""
+    CxrError, naming the file and what to do, where tuner.pkl or the snapshot Tune restores (its newest) is
+    missing, cut short or damaged (a partial copy or upload). Tune does not stop there: Tuner.restore ends in a
+    traceback on such a tuner.pkl, and on such a snapshot Tune logs one and starts the run over in its folder, a
+    new search on top of the run's trials. `start_over`: what to do where no copy of the file is left."""
     remedy = f"restore it from a copy of the study folder, or {start_over}"
+    tuner_uri = storage.join(run_uri, TUNER_FILE)
+    what = f"it holds Tune's run of the {run} (its searcher, scheduler and callbacks), which --resume restores"
+    if storage.kind(tuner_uri) != "file":
+        raise CxrError(f"{tuner_uri} is missing: {what}; {remedy}")
+    try:
+        for _ in pickletools.genops(storage.read_bytes(tuner_uri)):  # reads its opcodes through, runs nothing
+            pass
+    except (OSError, ValueError) as error:
+        raise CxrError(f"{tuner_uri} cannot be read ({error}): {what}; {remedy}") from error
     snapshot_uri = newest_snapshot(run_uri)
     try:
         stored_snapshot_trials(run_uri)

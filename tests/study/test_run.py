@@ -556,13 +556,14 @@ def cut_short(uri: str, size: int) -> None:
 
 
 @pytest.mark.parametrize("where", ["local", "bucket"])
-@pytest.mark.parametrize("damage", ["newest snapshot cut short", "an older snapshot cut short"])
+@pytest.mark.parametrize("damage", ["newest snapshot cut short", "tuner.pkl cut short", "tuner.pkl missing",
+                                    "an older snapshot cut short"])
 def test_resume_of_a_study_whose_tune_state_cannot_be_read(tmp_path, capsys, tiny_data, cache_dir, monkeypatch,
                                                            request, where, damage):
     """A snapshot of Tune's that cannot be read made Tune log 'Failed to restore the run state' and run a new
-    search in the study's folder, on top of its trials (its results and optuna.db mixing both). The resume stops
-    before Ray, naming the file and what to do, and changes nothing. Older sessions' snapshots, which Tune does not
-    restore, do not matter."""
+    search in the study's folder, on top of its trials (its results and optuna.db mixing both); a tuner.pkl cut
+    short ended the resume in an unpickling traceback. The resume stops before Ray, naming the file and what to
+    do, and changes nothing. Older sessions' snapshots, which Tune does not restore, do not matter."""
     import study.driver
     from study.settings import save_settings
 
@@ -577,9 +578,13 @@ def test_resume_of_a_study_whose_tune_state_cannot_be_read(tmp_path, capsys, tin
     optuna.create_study(study_name=settings.optuna_study, storage=f"sqlite:///{optuna_file}")
     storage.write_bytes(storage.join(settings.study_uri, "optuna.db"), optuna_file.read_bytes())
     save_tune_state(settings.study_uri, sessions=("2026-12-06_08-00-00", "2026-12-07_09-00-00"))
-    session = "2026-12-07_09-00-00" if damage == "newest snapshot cut short" else "2026-12-06_08-00-00"
-    damaged = storage.join(settings.study_uri, f"experiment_state-{session}.json")
-    cut_short(damaged, 60)
+    damaged = storage.join(settings.study_uri, {"newest snapshot cut short": "experiment_state-2026-12-07_09-00-00",
+                                                "an older snapshot cut short": "experiment_state-2026-12-06_08-00-00",
+                                                }.get(damage, "tuner") + (".pkl" if "tuner" in damage else ".json"))
+    if damage == "tuner.pkl missing":
+        storage.delete(damaged)
+    else:
+        cut_short(damaged, 60)
     before = {entry.uri: storage.read_bytes(entry.uri) for entry in storage.listing(settings.study_uri, True)
               if not entry.is_dir}
 
@@ -593,7 +598,9 @@ def test_resume_of_a_study_whose_tune_state_cannot_be_read(tmp_path, capsys, tin
         assert status == 130, err
         return
     assert status == 2
-    assert err.startswith(f"error: {damaged} cannot be read (Unterminated string")
+    cause = {"newest snapshot cut short": "cannot be read (Unterminated string",
+             "tuner.pkl cut short": "cannot be read (", "tuner.pkl missing": "is missing: "}[damage]
+    assert err.startswith(f"error: {damaged} {cause}")
     assert err.rstrip().endswith("restore it from a copy of the study folder, or start a new study")
     after = {entry.uri: storage.read_bytes(entry.uri) for entry in storage.listing(settings.study_uri, True)
              if not entry.is_dir}
