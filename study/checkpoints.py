@@ -24,7 +24,9 @@ Two needs, two kinds of file, nothing more:
   resume can no longer continue the trial from it (see there). A resumed
   trial repeats at most the epochs since the last full state Tune's snapshot names: fewer than
   `checkpoint_every`, or the epoch that crossed `checkpoint_minutes`, and one such interval more if
-  the driver was killed between a full state's write and the snapshot naming it. Tune deletes the
+  the driver stopped between a full state's write and the snapshot naming it: killed, or stopped by
+  Ctrl-C or SIGTERM, whose last snapshot Tune takes without waiting for the full states being saved
+  (a trial whose snapshot names none starts again, and TrialTrainable.restore is never called). Tune deletes the
   older state as the newer one lands, before that snapshot: the trainable then continues from the
   newest full state in the trial's folder (study.trainable.TrialTrainable.restore).
 
