@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import logging
 import os
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ from torch import nn
 
 from cxrnets.errors import CxrError
 from cxrnets.names import MIN_IMAGE_SIZE, MODEL_NAMES, check_image_size, check_model_name
+from cxrnets.torch_files import UnreadableFile, load_safely
 
 __all__ = [
     "MODEL_NAMES",
@@ -69,6 +69,9 @@ _HEAD_KEYS: dict[str, tuple[str, str]] = {
     "vgg11": ("classifier.6.weight", "classifier.6.bias"),
     "resnet50": ("fc.weight", "fc.bias"),
 }
+
+# What a weights file may be.
+WEIGHTS_FILES = "a file saved with torch.save(model.state_dict()) or one of our checkpoints"
 
 # How many offending keys an error message shows.
 _SHOW_KEYS = 5
@@ -128,13 +131,9 @@ def _imagenet_state_dict(
     path = imagenet_weights_path(name)
     if path.is_file():
         try:
-            saved = _load(path, shapes_only)
-        except Exception as exc:
-            logger.debug("torch.load(%s, weights_only=True) failed", path, exc_info=True)
-            raise _unusable_imagenet_error(
-                name, path, f"cannot be read by torch.load(weights_only=True) ({type(exc).__name__}: "
-                f"{_short(exc)}): a damaged or truncated copy?"
-            ) from exc
+            saved = load_safely(path, "state dict", f"a copy of {_imagenet_url(name)}", mmap=shapes_only)
+        except UnreadableFile as error:
+            raise _unusable_imagenet_error(name, path, f"is {error.what}") from error
         return _fitting_imagenet_state(name, path, own, saved), path
     if not allow_download:
         raise _missing_imagenet_error(name, path, f"{path} does not exist and downloading is off")
@@ -180,13 +179,6 @@ def local_file(text: str | Path, named: str = "") -> Path:
     return Path(text).expanduser()
 
 
-def _load(path: Path, shapes_only: bool = False) -> Any:
-    """``torch.load(path, weights_only=True)`` onto the CPU. ``shapes_only``: the tensors are mapped from the
-    file (mmap), not read, which is enough to check what it holds; a file in torch's legacy (non-zip) format,
-    which cannot be mapped, is read whole."""
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=shapes_only and zipfile.is_zipfile(path))
-
-
 # The classes a saved head scores, and whether it is multi-label: our checkpoints say; a plain state dict does not.
 _HeadLabels = tuple[list[str], bool]
 
@@ -195,23 +187,12 @@ def _read_file(path: Path, shapes_only: bool = False) -> tuple[dict[str, Any], _
     """The state dict in weights file ``path``, and the labels of its head where the file names them."""
     if not path.is_file():
         raise CxrError(f"weights file {path} does not exist (or is not a file): check the path")
-    try:
-        saved = _load(path, shapes_only)
-    except Exception as exc:
-        logger.debug("torch.load(%s, weights_only=True) failed", path, exc_info=True)
-        raise CxrError(
-            f"weights file {path} cannot be read as a PyTorch state dict with "
-            f"torch.load(weights_only=True) ({type(exc).__name__}: {_short(exc)}); it is "
-            f"damaged, not a PyTorch file, or holds objects other than tensors and plain "
-            f"Python values: pass a file saved with torch.save(model.state_dict()) or one "
-            f"of our checkpoints"
-        ) from exc
+    saved = load_safely(path, "state dict", WEIGHTS_FILES, f"weights file {path}", mmap=shapes_only)
     state = _state_dict_in(saved)
     if state is None:
         raise CxrError(
             f"weights file {path} holds no state dict (a mapping of names to tensors, "
-            f"either at the top or under 'model'); pass a file saved with "
-            f"torch.save(model.state_dict()) or one of our checkpoints"
+            f"either at the top or under 'model'); pass {WEIGHTS_FILES}"
         )
     labels = None
     if isinstance(saved, Mapping) and isinstance(saved.get("classes"), list) and "multilabel" in saved:
@@ -232,17 +213,6 @@ def _other_labels(saved: _HeadLabels | None, classes: list[str] | None, multilab
         kind = {True: "multi-label", False: "single-label"}
         return f"the file's head is {kind[saved_multilabel]}, this model {kind[multilabel]}"
     return ""
-
-
-def _short(exc: BaseException) -> str:
-    """The gist of ``exc``: torch's weights-only errors bury it under advice to load unsafely."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for i, line in enumerate(lines):
-        if "WeightsUnpickler error:" in line:
-            rest = line.split("WeightsUnpickler error:", 1)[1].strip()
-            return rest or (lines[i + 1] if i + 1 < len(lines) else line)
-    text = lines[0] if lines else repr(exc)
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _state_dict_in(saved: Any) -> dict[str, Any] | None:

@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
-import re
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +36,7 @@ from cxrnets.metrics import classification_metrics
 from cxrnets.models import build_model
 from cxrnets.names import OPTIMIZER_NAMES, check_device_name
 from cxrnets.splits import HELDOUT, SPLITS, describe, load_split, make_split, patients_per_class, save_split
+from cxrnets.torch_files import load_safely
 
 log = logging.getLogger(__name__)
 
@@ -92,55 +90,19 @@ def check_output_folder(folder: Path, option: str) -> None:
                 path.rmdir()
 
 
-ZIP_MAGIC = b"PK\x03\x04"  # how torch.save's format (a zip archive) starts
-PICKLE_MAGIC = b"\x80"  # how a pickle (protocol 2 or later) starts, torch's legacy format (before PyTorch 1.6, or
-# _use_new_zipfile_serialization=False) among them: that one pickles this number first, in its opening bytes
-LEGACY_MAGIC = torch.serialization.MAGIC_NUMBER.to_bytes(10, "little")
-GIT_LFS_POINTER = b"version https://git-lfs"
 CHECKPOINT_FILES = "a study's weights/<trial id>.pt or a checkpoint.pt of python -m cxrnets.train"
 
 
 def load_checkpoint(path: str | Path, required: tuple[str, ...] = TRAINED_MODEL_KEYS, mmap: bool = True,
                     name: str | None = None) -> dict[str, Any]:
     """A checkpoint file (a study's best weights or a cxrnets.train checkpoint; local) loaded safely
-    (weights_only, on the CPU; memory-mapped unless `mmap` is off or the file is in torch's legacy format, which
-    cannot be) and checked for the `required` keys; CxrError naming the file (as `name` says, where `path` is a
-    downloaded copy) and saying what it is instead, if it is unusable."""
+    (cxrnets.torch_files.load_safely; memory-mapped unless `mmap` is off) and checked for the `required` keys;
+    CxrError naming the file (as `name` says, where `path` is a downloaded copy) and saying what it is instead, if
+    it is unusable."""
     name = name or str(path)
-    try:
-        with open(path, "rb") as file:
-            start = file.read(64)
-    except OSError as error:
-        raise CxrError(f"{name}: cannot be read ({error.strerror or error})") from error
-    if not start:
-        raise CxrError(f"{name}: an empty file (0 bytes), not a checkpoint: a copy or download that did not "
-                       "finish? copy the file again")
-    if start.startswith(GIT_LFS_POINTER):
-        raise CxrError(f"{name}: a git-LFS pointer, not the file it stands for: run git lfs pull in its repository "
-                       "(or download the file itself) and pass it again")
-    if start.startswith(PICKLE_MAGIC) and LEGACY_MAGIC not in start:
-        raise CxrError(f"{name}: a Python pickle (as pickle.dump writes: a study's tuner.pkl, say), not a PyTorch "
-                       f"checkpoint: pass {CHECKPOINT_FILES}")
-    zipped = start.startswith(ZIP_MAGIC)
-    try:
-        with warnings.catch_warnings():
-            # torch warns of any pickle protocol but 2, which its own legacy format may use too
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
-    except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... on a bad file
-        refused = re.search(r"GLOBAL (\S+)", str(error)) if isinstance(error, pickle.UnpicklingError) else None
-        if refused:  # the file is whole, but pickles an object of a class, which weights_only does not build
-            raise CxrError(f"{name}: a pickled {refused[1]} (a whole model saved with torch.save(model)?), not a "
-                           f"weights checkpoint: pass {CHECKPOINT_FILES}; for a model of your own, torch.save a dict "
-                           f"of its state_dict() as 'model' and its {', '.join(map(repr, TRAINED_MODEL_KEYS[1:]))}") \
-                from error
-        if not zipped and not start.startswith(PICKLE_MAGIC):
-            raise CxrError(f"{name}: not a PyTorch checkpoint (it starts with {start[:24]!r}): pass "
-                           f"{CHECKPOINT_FILES}") from error
-        # torch's first sentence says what failed; the rest is advice, some of it wrong here
-        reason = str(error).strip().splitlines()[0].split(". ")[0].rstrip(".") if str(error).strip() else ""
-        raise CxrError(f"{name}: not a readable checkpoint (truncated or corrupt: {reason or type(error).__name__}); "
-                       "a copy, download or save that did not finish? copy the file again") from error
+    checkpoint = load_safely(
+        path, "checkpoint", CHECKPOINT_FILES, name, mmap, whole_model="for a model of your own, torch.save a dict "
+        f"of its state_dict() as 'model' and its {', '.join(map(repr, TRAINED_MODEL_KEYS[1:]))}")
     missing = set(required) - set(checkpoint if isinstance(checkpoint, dict) else {})
     if missing:
         raise CxrError(f"{name}: not a trained model's checkpoint (missing {sorted(missing)}); pass "

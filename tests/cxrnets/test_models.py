@@ -144,8 +144,9 @@ def test_fetching_weights_downloads_only_what_the_cache_lacks(torch_home: Path,
 
 
 def _unusable_cache_file(path: Path, damage: str) -> None:
-    if damage == "random bytes":
-        path.write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
+    if damage == "random bytes":  # seeded: not starting with a pickle's or a zip's opening bytes
+        random = torch.Generator().manual_seed(0)
+        path.write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8, generator=random).numpy().tobytes())
     elif damage == "truncated":
         torch.save({"features.0.weight": torch.zeros(64, 3, 11, 11)}, path)
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -156,8 +157,8 @@ def _unusable_cache_file(path: Path, damage: str) -> None:
 
 
 @pytest.mark.parametrize("damage, reason", [
-    ("random bytes", "cannot be read by torch.load"),
-    ("truncated", "cannot be read by torch.load"),
+    ("random bytes", "is not a PyTorch state dict (it starts with b\"\\xac/u"),
+    ("truncated", "is not a readable state dict (truncated or corrupt: "),
     ("another model's", "does not fit model 'alexnet' (missing keys: features.0.weight"),
     ("no state dict", "holds no state dict"),
 ])
@@ -184,7 +185,7 @@ def test_an_unusable_imagenet_cache_file_is_refused_up_front(
             check()
         message = str(error.value)
         assert message.startswith(expected[0] + reason) and expected[1] in message, message
-        assert "torch.save(model.state_dict())" not in message
+        assert "torch.save(model.state_dict())" not in message and "miniz" not in message
 
 
 @pytest.mark.parametrize("legacy", [False, True])
@@ -209,6 +210,43 @@ def test_corrupt_weights_file(tmp_path: Path) -> None:
     path.write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
     with pytest.raises(CxrError, match="corrupt.pth"):
         build_model("alexnet", num_classes=3, weights=path)
+
+
+@pytest.mark.parametrize("kind, said", [
+    ("empty", "an empty file (0 bytes), not a state dict: a copy, download or save that did not finish? copy the "
+              "file again"),
+    ("git-LFS pointer", "a git-LFS pointer, not the file it stands for: run git lfs pull in its repository"),
+    ("study's sidecar", "not a PyTorch state dict (it starts with b'{\"epoch\": 3, \"metric\": \"'): pass a "
+                        "file saved with torch.save(model.state_dict())"),
+    ("whole model", "a pickled torch.nn.modules.linear.Linear (a whole model saved with torch.save(model)?), not the "
+                    "model's weights: pass a file saved with torch.save(model.state_dict())"),
+    ("truncated", "not a readable state dict (truncated or corrupt: "),
+])
+def test_a_weights_file_that_does_not_load_is_named_for_what_it_is(tmp_path: Path, kind: str, said: str) -> None:
+    """torch's own errors named none of these ('EOFError()', 'Unsupported operand 123', a miniz error cut short,
+    advice to allow the pickled class with add_safe_globals, that is to load unsafely): the weights file's
+    messages are a checkpoint's."""
+    path = tmp_path / "start.pt"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "git-LFS pointer":
+        path.write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:4f1e\nsize 94371234\n")
+    elif kind == "study's sidecar":
+        path.write_text('{"epoch": 3, "metric": "val/f1_macro", "value": 0.5}')
+    elif kind == "whole model":
+        torch.save(torch.nn.Linear(2, 3), path)
+    else:
+        torch.save(build_model("alexnet", num_classes=3).state_dict(), path)
+        path.write_bytes(path.read_bytes()[:100_000])
+    for check in (lambda: check_starting_weights("alexnet", weights=path),
+                  lambda: build_model("alexnet", num_classes=3, weights=path)):
+        with pytest.raises(CxrError) as error:
+            check()
+        message = str(error.value)
+        assert message.startswith(f"weights file {path}: {said}"), message
+        assert "safe_globals" not in message and "miniz" not in message and "Error" not in message, message
+    if kind == "truncated":
+        assert message.endswith("): a copy, download or save that did not finish? copy the file again"), message
 
 
 def test_missing_weights_file(tmp_path: Path) -> None:

@@ -232,7 +232,7 @@ def test_a_damaged_imagenet_cache_file_stops_the_study_before_any_trial(tmp_path
     code = main(study_argv(space, tmp_path / "studies", "damaged", tiny_data, cache_dir, "--image-size", "32"))
     err = capsys.readouterr().err
     assert code == 2 and err.startswith(f"error: torchvision's cache file {cached} of the ImageNet weights for model "
-                                        "'resnet50' cannot be read by torch.load"), err
+                                        "'resnet50' is not a readable state dict (truncated or corrupt: "), err
     assert "delete it to have it downloaded again" in err and err.rstrip().endswith(
         f"or train from scratch only (pretrained: false in {space})")
     assert_no_trial(tmp_path / "studies")
