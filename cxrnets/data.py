@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 from cxrnets.errors import CxrError
-from cxrnets.images import data_files, described_types, is_hidden, is_image_file, types_not_read
+from cxrnets.images import (data_files, described_types, images_and_others, is_hidden, is_image_file,
+                            types_not_read)
 
 log = logging.getLogger(__name__)
 
@@ -394,8 +395,9 @@ def _mask_folder_holding(path: Path, class_folder: Path) -> Path | None:
 def _from_class_folders(name: str, root: Path, class_folders: dict[str, Path], skip_masks: bool = False
                         ) -> DatasetIndex:
     """One class per folder: the image files under each (but in its sub-folders that are mask folders, where
-    `skip_masks`: is_mask_folder, counted in `mask_folders`). Other files are counted in `skipped` by their type
-    (DICOM files, say, are not read), and links to nothing as broken links; is_hidden's are ignored."""
+    `skip_masks`: is_mask_folder, counted in `mask_folders`). Other files are counted in `skipped` by their type,
+    as images of a type not read (DICOM, say) or as files that are not images (.csv, .txt), and links to nothing as
+    broken links; is_hidden's are ignored."""
     class_files, skipped, mask_folders = {}, Counter(), Counter()
     for class_name, folder in class_folders.items():
         files, broken_links = data_files(folder)
@@ -406,18 +408,21 @@ def _from_class_folders(name: str, root: Path, class_folders: dict[str, Path], s
             files = [path for path in files if not in_masks[path]]
             broken_links = [path for path in broken_links if not in_masks[path]]
         images = [path for path in files if is_image_file(path)]
-        not_read = types_not_read(files)
+        images_not_read, not_images = images_and_others(types_not_read(files))
         if not images:
-            types = described_types(not_read)
+            kinds = [f"files of a type not read: {described_types(images_not_read)}"] if images_not_read else []
+            kinds += [f"files that are not images: {described_types(not_images)}"] if not_images else []
+            only = f" (only {'; '.join(kinds)})" if kinds else ""
             broken = f" ({len(broken_links)} link(s) to nothing, e.g. {broken_links[0]})" if broken_links else ""
             class_folder = root / folder.relative_to(root).parts[0]  # covid-radiography's holds images/
             raise CxrError(f"{root}: class folder for {class_name!r} holds no images"
-                           f"{f' (only files of a type not read: {types})' if types else ''}{broken}; add images, or "
+                           f"{only}{broken}; add images, or "
                            f"{leaving_out(name, class_folder, 'remove the folder')}")
         if broken_links:
             skipped["broken link"] += len(broken_links)
         class_files[class_name] = images
-        skipped.update({f"unsupported file type {suffix}": count for suffix, count in not_read.items()})
+        skipped.update({f"unsupported file type {suffix}": count for suffix, count in images_not_read.items()})
+        skipped.update({f"not an image {suffix}": count for suffix, count in not_images.items()})
     rows = [
         {"relpath": path.relative_to(root).as_posix(), "patient": None, "labels": (class_name,)}
         for class_name, files in class_files.items()

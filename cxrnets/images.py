@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+# Other image types decode does not read, which an image viewer or converter saves as PNG or JPEG. Files of a type in
+# none of these sets (.csv, .txt, .json, ...) are taken for files that are not images.
+UNREAD_IMAGE_SUFFIXES = frozenset({
+    ".jfif", ".jpe", ".jp2", ".j2k", ".jpf", ".jpx", ".jxl", ".heic", ".heif", ".avif", ".svg", ".ico", ".tga",
+    ".psd", ".pbm", ".pgm", ".ppm", ".pnm", ".exr", ".hdr", ".raw", ".dng", ".nii", ".nrrd", ".mha", ".mhd",
+})
 
 # Images above this many pixels are refused before they are decompressed: a chest X-ray has at most ~30 million
 # (5000x6000), and a small file of zeros can declare a huge image (a 700 KB 16-bit PNG, 19000x19000 pixels, took
@@ -97,13 +103,21 @@ def types_not_read(paths: Iterable[Path]) -> Counter[str]:
     return Counter(path.suffix.lower() or "(no extension)" for path in paths if not is_image_file(path))
 
 
+def images_and_others(types: Counter[str]) -> tuple[Counter[str], Counter[str]]:
+    """types_not_read's counts split into those of images (DICOM, .jfif, .heic, ...: how_to_read says what to do)
+    and those of files that are not images (.csv, .txt, ...)."""
+    images = Counter({suffix: count for suffix, count in types.items()
+                      if suffix in DICOM_SUFFIXES | UNREAD_IMAGE_SUFFIXES})
+    return images, types - images
+
+
 def described_types(types: Counter[str]) -> str:
     """`.dcm 2, .jfif 1`: types_not_read's counts."""
     return ", ".join(f"{suffix} {count}" for suffix, count in sorted(types.items()))
 
 
 def how_to_read(types: Iterable[str]) -> str:
-    """What to do with files of `types` (types_not_read's) for decode to read them."""
+    """What to do with images of `types` (images_and_others' first) for decode to read them."""
     types = set(types)
     if not types & DICOM_SUFFIXES:
         return "convert them to PNG or JPEG"

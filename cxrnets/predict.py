@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from cxrnets.errors import CxrError
-from cxrnets.images import (IMAGE_SUFFIXES, data_files, described_types, how_to_read, is_image_file, load_image,
-                            types_not_read)
+from cxrnets.images import (IMAGE_SUFFIXES, data_files, described_types, how_to_read, images_and_others,
+                            is_image_file, load_image, types_not_read)
 from cxrnets.names import MIN_IMAGE_SIZE, MODEL_NAMES
 
 log = logging.getLogger("cxrnets.predict")
@@ -115,8 +115,9 @@ def predict(model, device, images, rows: np.ndarray, multilabel: bool = False,
 
 def image_paths(paths: list[str | Path]) -> list[Path]:
     """The image files named, and those under the folders named (recursively, sorted; hidden files and folders,
-    is_hidden's, are not searched); the other files there, of a type not read, are logged by type, and the links
-    there that lead nowhere by count. CxrError for a path that does not exist or when there is no image at all."""
+    is_hidden's, are not searched); the other files there (images of a type not read, with what to convert them
+    to, and files that are not images) are logged by type, and the links there that lead nowhere by count.
+    CxrError for a path that does not exist or when there is no image at all."""
     found: list[Path] = []
     not_read: dict[Path, Counter[str]] = {}  # folder: its files of each type not read
     broken: dict[Path, list[Path]] = {}  # folder: its links that lead nowhere
@@ -133,16 +134,25 @@ def image_paths(paths: list[str | Path]) -> list[Path]:
         else:
             raise CxrError(f"{path} does not exist: pass image files or folders of images")
     if not found:
-        types = sum(not_read.values(), Counter())
-        only = (f": only files of a type not read ({described_types(types)}); {how_to_read(types)} to score them"
-                if types else "")
+        images, others = images_and_others(sum(not_read.values(), Counter()))
+        kinds = [f"files of a type not read ({described_types(images)})"] if images else []
+        kinds += [f"files that are not images ({described_types(others)})"] if others else []
+        only = f": only {' and '.join(kinds)}" if kinds else ""
+        only += f"; {how_to_read(images)} to score {'those' if others else 'them'}" if images else ""
         links = sum(broken.values(), [])
         nowhere = f" ({len(links)} link(s) to nothing, e.g. {links[0]})" if links else ""
         raise CxrError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {', '.join(map(str, paths))}"
                        f"{only}{nowhere}")
     for folder, types in not_read.items():
-        log.warning("not scored: %d file%s in %s of a type not read (%s): %s to score them", types.total(),
-                    "s" if types.total() > 1 else "", folder, described_types(types), how_to_read(types))
+        images, others = images_and_others(types)
+        if images:
+            log.warning("not scored: %d file%s in %s of a type not read (%s): %s to score %s", images.total(),
+                        "s" if images.total() > 1 else "", folder, described_types(images), how_to_read(images),
+                        "them" if images.total() > 1 else "it")
+        if others:
+            many = others.total() > 1
+            log.warning("not scored: %d file%s in %s that %s not images (%s)", others.total(), "s" if many else "",
+                        folder, "are" if many else "is", described_types(others))
     for folder, links in broken.items():
         log.warning("not scored: %d link%s in %s that lead%s nowhere (e.g. %s): point %s at an image or remove %s",
                     len(links), "s" if len(links) > 1 else "", folder, "" if len(links) > 1 else "s", links[0],

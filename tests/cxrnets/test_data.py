@@ -462,6 +462,22 @@ def test_a_class_folder_of_files_not_read_says_their_type(make_folder) -> None:
         load_dataset("folder", root)
 
 
+def test_files_that_are_not_images_are_counted_as_such(make_folder) -> None:
+    """A class folder's notes or labels (.txt, .csv) were counted as an 'unsupported file type', as DICOM is: they
+    are no images, of any type."""
+    root = make_folder(per_class=3)
+    (root / "sick" / "notes.txt").write_text("seen by Dr X")
+    (root / "sick" / "scan.dcm").write_bytes(b"\0" * 10)
+    index = load_dataset("folder", root)
+    assert index.summary().endswith("; skipped: not an image .txt 1, unsupported file type .dcm 1")
+    (root / "notes").mkdir()
+    (root / "notes" / "labels.csv").write_text("a,b\n")
+    (root / "notes" / "scan.dcm").write_bytes(b"\0" * 10)
+    with pytest.raises(CxrError, match=r"'notes' holds no images \(only files of a type not read: .dcm 1; files "
+                                       r"that are not images: .csv 1\)"):
+        load_dataset("folder", root)
+
+
 def test_folder_one_level_too_high_is_refused_naming_the_level_below(tmp_path: Path, write_image) -> None:
     """Kermany's pneumonia dataset is chest_xray/{train,test,val}/{NORMAL,PNEUMONIA}/: given chest_xray, the
     folder dataset would train on train/test/val as classes."""

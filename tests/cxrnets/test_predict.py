@@ -323,6 +323,30 @@ def test_files_of_a_type_not_read_are_counted_by_type(trained, tmp_path: Path, c
     assert "convert DICOM to PNG" in caplog.text
 
 
+def test_files_that_are_not_images_are_counted_as_such_with_no_advice_to_convert(trained, tmp_path: Path, caplog,
+                                                                                 capsys) -> None:
+    """The embedded sample's folder (metadata.csv, README.md beside images/) was logged as holding '2 files of a
+    type not read (.csv 1, .md 1): convert them to PNG or JPEG': a CSV is no image to convert; a DICOM file is."""
+    run, checkpoint = trained
+    folder = tmp_path / "new"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(Path(run.data.index.paths()[0]).read_bytes())
+    for name in ("metadata.csv", "README.md", "scan.dcm"):
+        (folder / name).write_bytes(b"\0" * 200)
+    caplog.set_level(logging.INFO, logger="cxrnets.predict")
+    assert main([str(checkpoint), str(folder), "--out", str(tmp_path / "predictions.csv")]) == 0
+    assert f"not scored: 2 files in {folder} that are not images (.csv 1, .md 1)\n" in caplog.text, caplog.text
+    assert (f"not scored: 1 file in {folder} of a type not read (.dcm 1): convert DICOM to PNG to score it\n"
+            in caplog.text), caplog.text
+
+    (folder / "a.png").unlink()
+    (folder / "scan.dcm").unlink()
+    assert main([str(checkpoint), str(folder), "--out", str(tmp_path / "again.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "no image files" in err and err.rstrip().endswith(
+        f"in {folder}: only files that are not images (.csv 1, .md 1)"), err
+
+
 def test_links_that_lead_nowhere_are_counted_per_folder(trained, tmp_path: Path, caplog, capsys) -> None:
     """A link to an image that was moved or deleted gets no row: the log counts them in each folder, as it
     counts files of a type not read; a folder holding only such links says so in its error."""
