@@ -8,10 +8,11 @@ Each image is decoded and resized exactly as the model's training images were
 CSV holds one row per image: its path, the predicted class (multi-label: every
 label at probability 0.5 or more, ';'-joined) and each class's probability. An
 image that cannot be decoded gets a row with the error and no scores; the others
-are scored. The rows are written as each chunk of images is scored, to
+are scored (where none is, the CSV of errors is written all the same and the
+status is 1). The rows are written as each chunk of images is scored, to
 `<out>.partial`, renamed to `<out>` at the end: Ctrl-C (status 130) or a crash
-keeps the rows scored so far there. For research: no model here is a
-diagnostic device.
+keeps the rows scored so far there. Refused input ends with status 2. For
+research: no model here is a diagnostic device.
 """
 
 from __future__ import annotations
@@ -318,11 +319,14 @@ def main(argv: list[str] | None = None) -> int:
              or "nothing")
     log.info("%d of %d images scored%s; written to %s", done - len(errors), done,
              f" ({len(errors)} could not be decoded: see the error column)" if errors else "", written)
+    if len(errors) == done:
+        undecoded = f"none of the {done} images could be decoded" if done > 1 else "the image could not be decoded"
+        print(f"error: no image was scored: {undecoded}; see the error column of {written}", file=sys.stderr)
     if written != out:
         print(f"error: --out {out} appeared while predicting (another run?) and was left as it is; these "
               f"predictions were written to {written} instead", file=sys.stderr)
         return 2
-    return 0
+    return 1 if len(errors) == done else 0
 
 
 if __name__ == "__main__":

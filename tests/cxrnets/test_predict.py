@@ -54,6 +54,25 @@ def test_probabilities_of_image_files_are_those_of_the_evaluation(trained, tmp_p
     assert not out.with_name("predictions.csv.partial").exists()
 
 
+@pytest.mark.parametrize("count", [1, 2])
+def test_no_image_scored_writes_the_errors_and_ends_in_an_error(trained, tmp_path: Path, capsys,
+                                                                count: int) -> None:
+    """Every image undecodable was '0 of 2 images scored' and status 0, as if the predictions were there: the CSV
+    of errors is still written, and the command ends with an error line saying where they are, status 1."""
+    _, checkpoint = trained
+    files = [tmp_path / f"bad{i}.png" for i in range(count)]
+    for file in files:
+        file.write_bytes(b"not an image")
+    out = tmp_path / "predictions.csv"
+    assert main([str(checkpoint), *map(str, files), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    undecoded = "none of the 2 images could be decoded" if count > 1 else "the image could not be decoded"
+    assert err == f"error: no image was scored: {undecoded}; see the error column of {out}\n", err
+    table = pd.read_csv(out, keep_default_na=False)
+    assert list(table["path"]) == list(map(str, files))
+    assert table["error"].str.contains("cannot decode image").all() and (table["predicted"] == "").all()
+
+
 def test_a_folder_is_searched_for_images(trained, tmp_path: Path) -> None:
     run, checkpoint = trained
     folder = tmp_path / "new"
