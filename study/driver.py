@@ -164,14 +164,13 @@ def fetch_pretrained_weights(settings: StudySettings) -> None:
     """Trials that start from ImageNet weights read them from torchvision's cache: fetched here once, before
     Ray starts, rather than by every trial at once; where they cannot be, the study stops with the file and
     the URL to fetch it from (not with each trial's traceback)."""
-    space = settings.search_space()
-    if True in space.values_of("pretrained"):
-        for model in space.values_of("model"):
-            try:
-                fetch_imagenet_weights(model)
-            except CxrError as error:
-                raise CxrError(f"{error}; or train from scratch only (pretrained: false in "
-                               f"{settings.space_source})") from error
+    cases = settings.search_space().cases(("model", "pretrained"))
+    for model in dict.fromkeys(case["model"] for case in cases if case.get("pretrained") is True):
+        try:
+            fetch_imagenet_weights(model)
+        except CxrError as error:
+            raise CxrError(f"{error}; or train {model} from scratch only (pretrained: false for it in "
+                           f"{settings.space_source})") from error
 
 
 def warn_of_thin_classes(dataset: str, data: PreparedData, settings: StudySettings) -> None:

@@ -262,6 +262,22 @@ class SearchSpace:
         return tuple(name for name in dict.fromkeys(dimension.name for dimension in self.dimensions)
                      if name in ranged or len(self.values_of(name)) > 1)
 
+    def cases(self, keys: tuple[str, ...]) -> list[dict[str, Any]]:
+        """The cases trials fall in, told apart by `keys` and the dimensions their conditions depend on (through
+        conditions of conditions): each a combination of values trials can draw together, conditions applied,
+        holding the keys its trials get (a key no dimension gives them is left out). A choice or constant gives
+        each of its values; a range, each value a `when` names that it draws, and its other draws as one
+        `OtherDraws`."""
+        involved = set(keys)
+        for dimension in reversed(self.dimensions):  # a when names earlier dimensions only
+            if dimension.name in involved:
+                involved |= set(dimension.when)
+        named: dict[str, dict] = {}  # dimension -> the values whens name (a dict keeps their order)
+        for dimension in self.dimensions:
+            for name, values in dimension.when.items():
+                named.setdefault(name, {}).update(dict.fromkeys(values))
+        return self.grid(tuple(involved), lambda dimension: _cases_of(dimension, list(named.get(dimension.name, {}))))
+
     def values_of(self, name: str) -> list:
         """Every value a dimension can take (choices and constants), or [] if it is not in the space."""
         found = []
@@ -622,8 +638,8 @@ def _check_no_repeated_choice(source: str, dimension: Dimension) -> None:
                            "give each value once")
 
 
-class _OtherDraw:
-    """A range's draws that no `when` names, as one case of a trial."""
+class OtherDraws:
+    """A range's draws that no `when` names, as one case of a trial (SearchSpace.cases)."""
 
     def __init__(self, dimension: Dimension, named: list) -> None:
         self.text = (f"other than {', '.join(map(repr, named))} of" if named else "drawn from") + \
@@ -637,7 +653,7 @@ def _check_every_trial_gets(space: SearchSpace, key: str, dataset: str | None = 
     """Refuse a key given under `when` only (lr for Adam) where some trials match none of its conditions: they
     would train TrainConfig's default of it, with no value in their config (so in their names and results).
     `dataset`: the one dataset --dataset narrowed the space to."""
-    left_out = next((case for case in _trial_cases(space, (key,)) if key not in case), None)
+    left_out = next((case for case in space.cases((key,)) if key not in case), None)
     if left_out is None:
         return
     from_command_line = dataset is not None and left_out.get("dataset") == dataset
@@ -653,7 +669,7 @@ def _check_every_trial_gets(space: SearchSpace, key: str, dataset: str | None = 
 def _check_momentum_is_sgds(space: SearchSpace) -> None:
     """Refuse a momentum that trials of another optimizer get: they would ignore it, yet record it (and
     TrainConfig.validate refuses a momentum other than its default for them)."""
-    case = next((case for case in _trial_cases(space, ("optimizer", "momentum"))
+    case = next((case for case in space.cases(("optimizer", "momentum"))
                  if "momentum" in case and case.get("optimizer") != "sgd"), None)
     if case is None:
         return
@@ -662,30 +678,16 @@ def _check_momentum_is_sgds(space: SearchSpace) -> None:
                    f"{case.get('optimizer')} would ignore it; add when: {{optimizer: sgd}} to momentum")
 
 
-def _trial_cases(space: SearchSpace, keys: tuple[str, ...]) -> list[dict[str, Any]]:
-    """The cases trials of `space` fall in, told apart by `keys` and the dimensions their conditions depend on
-    (through conditions of conditions): each a combination of their values (_cases_of), conditions applied."""
-    involved = set(keys)
-    for dimension in reversed(space.dimensions):  # a when names earlier dimensions only
-        if dimension.name in involved:
-            involved |= set(dimension.when)
-    named: dict[str, dict] = {}  # dimension -> the values whens name (a dict keeps their order)
-    for dimension in space.dimensions:
-        for name, values in dimension.when.items():
-            named.setdefault(name, {}).update(dict.fromkeys(values))
-    return space.grid(tuple(involved), lambda dimension: _cases_of(dimension, list(named.get(dimension.name, {}))))
-
-
 def _cases_of(dimension: Dimension, named: list) -> list:
     """The values of `dimension` that conditions tell apart: every value of a choice or constant; of a range,
     each value a when names that it draws (floats almost never), and its other draws."""
     if dimension.kind in ("choice", "value"):
         return dimension.values()
     if dimension.kind != "int":
-        return [_OtherDraw(dimension, [])]
+        return [OtherDraws(dimension, [])]
     drawn = [value for value in named if dimension.can_take(value)]
     low, high = dimension.args
-    return drawn + ([_OtherDraw(dimension, drawn)] if high - low + 1 > len(drawn) else [])
+    return drawn + ([OtherDraws(dimension, drawn)] if high - low + 1 > len(drawn) else [])
 
 
 def check_models_fit_image_size(space: SearchSpace, least: int, where: str) -> None:

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from cxrnets.errors import CxrError
-from study.driver import prepare_splits
+from study.driver import fetch_pretrained_weights, prepare_splits
 from study.run import build_parser, settings_from_args
 from study.settings import StudySettings
 
@@ -86,6 +86,48 @@ def test_a_new_study_warns_of_batch_sizes_the_whole_training_split_fits_in(tmp_p
     assert (f"covid-pneumonia-normal: batch_size 64, 128 in {tmp_path / 'space.yaml'} are at least the training "
             f"split's {train_images} images: every batch size from {train_images} up trains one step per epoch on "
             "the whole split (full-batch), so trials that differ only in it train identically") in caplog.messages
+
+
+PRETRAINED_PER_MODEL = {
+    "pretrained under when": ("  model: {choice: [alexnet, resnet50]}\n"
+                              "  pretrained:\n"
+                              "    - {value: true, when: {model: resnet50}}\n"
+                              "    - {value: false, when: {model: alexnet}}\n", "covid-chestxray-3class"),
+    "a model per dataset": ("  dataset: {choice: [covid-chestxray-3class, covid-chestxray]}\n"
+                            "  model:\n"
+                            "    - {value: alexnet, when: {dataset: covid-chestxray}}\n"
+                            "    - {value: resnet50, when: {dataset: covid-chestxray-3class}}\n"
+                            "  pretrained: {value: true}\n", "covid-chestxray-3class"),
+}
+
+
+@pytest.mark.parametrize("search, dataset", PRETRAINED_PER_MODEL.values(), ids=PRETRAINED_PER_MODEL.keys())
+def test_imagenet_weights_are_fetched_only_for_the_models_some_trial_starts_pretrained(
+        tmp_path: Path, monkeypatch, search: str, dataset: str) -> None:
+    """alexnet never starts from ImageNet weights here (its trials train from scratch, or --dataset leaves none of
+    them): its weights are not downloaded (VGG11's are ~500 MB), nor asked for offline."""
+    fetched = []
+    monkeypatch.setattr("study.driver.fetch_imagenet_weights", fetched.append)
+    (tmp_path / "space.yaml").write_text("search:\n" + search + "  optimizer: {value: adam}\n  lr: {value: 0.001}\n")
+    settings = settings_from_args(build_parser().parse_args([
+        "--space", str(tmp_path / "space.yaml"), "--dataset", dataset, "--storage", str(tmp_path / "studies")]))
+    fetch_pretrained_weights(settings)
+    assert fetched == ["resnet50"]
+
+
+def test_a_model_whose_imagenet_weights_cannot_be_had_is_named_with_how_to_train_it_from_scratch(
+        tmp_path: Path, monkeypatch) -> None:
+    def offline(model: str) -> None:
+        raise CxrError(f"the ImageNet weights for model {model!r} are not available")
+
+    monkeypatch.setattr("study.driver.fetch_imagenet_weights", offline)
+    (tmp_path / "space.yaml").write_text("search:\n" + PRETRAINED_PER_MODEL["pretrained under when"][0])
+    settings = settings_from_args(build_parser().parse_args([
+        "--space", str(tmp_path / "space.yaml"), "--storage", str(tmp_path / "studies")]))
+    with pytest.raises(CxrError) as refused:
+        fetch_pretrained_weights(settings)
+    assert str(refused.value) == ("the ImageNet weights for model 'resnet50' are not available; or train resnet50 "
+                                  f"from scratch only (pretrained: false for it in {tmp_path / 'space.yaml'})")
 
 
 def test_resume_on_data_with_an_image_cut_short_names_it_undecodable_and_offers_to_restore_it(

@@ -211,8 +211,8 @@ def test_imagenet_weights_that_cannot_be_fetched_stop_the_study_before_any_trial
     code = main(study_argv(space, tmp_path / "studies", "offline", tiny_data, cache_dir, "--image-size", "32"))
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: the ImageNet weights for model 'resnet50' are not available "), err
-    assert f"{tmp_path / 'torch'}" in err and err.rstrip().endswith(f"or train from scratch only (pretrained: false "
-                                                                     f"in {space})")
+    assert f"{tmp_path / 'torch'}" in err and err.rstrip().endswith(f"or train resnet50 from scratch only "
+                                                                     f"(pretrained: false for it in {space})")
     assert_no_trial(tmp_path / "studies")
 
 
@@ -234,7 +234,7 @@ def test_a_damaged_imagenet_cache_file_stops_the_study_before_any_trial(tmp_path
     assert code == 2 and err.startswith(f"error: torchvision's cache file {cached} of the ImageNet weights for model "
                                         "'resnet50' is not a readable state dict (truncated or corrupt: "), err
     assert "delete it to have it downloaded again" in err and err.rstrip().endswith(
-        f"or train from scratch only (pretrained: false in {space})")
+        f"or train resnet50 from scratch only (pretrained: false for it in {space})")
     assert_no_trial(tmp_path / "studies")
 
 
