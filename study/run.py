@@ -252,8 +252,9 @@ def validate(settings: StudySettings) -> None:
     check_metric_reported(settings.metric, list(settings.data_roots), "metric")
     if settings.tie_break:
         check_metric_reported(settings.tie_break, list(settings.data_roots), "--tie-break")
-    for model in space.values_of("model"):
-        check_image_size(model, settings.image_size)
+    for case in space.cases(("model", "image_size")):
+        if "image_size" not in case:  # trials at the study's size; load_space checked the sizes the space draws
+            check_image_size(case["model"], settings.image_size)
     for dataset in settings.data_roots:
         if dataset in MULTILABEL_DATASETS and settings.dataset_options.get(dataset, {}).get("holdout_sources"):
             raise CxrError(f"--dataset-option holdout_sources with the multi-label {dataset}: the analysis evaluates "

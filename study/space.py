@@ -378,6 +378,7 @@ def load_space(space: str | Path, dataset: str | None = None) -> SearchSpace:
     for key in NAMING_KEYS:
         _check_every_trial_gets(parsed, key, dataset)
     _check_momentum_is_sgds(parsed)
+    check_models_fit_image_size(parsed)
     return parsed
 
 
@@ -422,9 +423,6 @@ def parse_space(document: Any, source: str = "<space>", name: str = "space") -> 
         if continuous:
             raise CxrError(f"{source}: the grid sampler needs choice or value dimensions; "
                            f"{continuous} are ranges")
-    searched_sizes = [d for d in dimensions if d.name == "image_size"]
-    if searched_sizes:  # the study section's size, which the command line may override, is study.run's to check
-        check_models_fit_image_size(space, min(d.lowest() for d in searched_sizes), f"{source}: search.image_size")
     return space
 
 
@@ -557,12 +555,8 @@ def _check_condition_value(where: str, condition: str, value: Any, conditioning:
 def _check_dataset_conditions(space: SearchSpace) -> None:
     """Refuse, in a space not narrowed by --dataset, a `when` naming a dataset its dataset dimension never takes,
     a real dataset's name included: the condition would never hold."""
-    alternatives: dict[str, int] = {}
     for position, dimension in enumerate(space.dimensions):
-        where = f"{space.source}: search.{dimension.name}"
-        if dimension.alternative:
-            alternatives[dimension.name] = alternatives.get(dimension.name, -1) + 1
-            where += f"[{alternatives[dimension.name]}]"
+        where = f"{space.source}: {_key_of(space, dimension)}"
         datasets = [earlier for earlier in space.dimensions[:position] if earlier.name == "dataset"]
         for value in dimension.when.get("dataset", ()):
             _check_condition_value(where, "dataset", value, datasets, narrowed=False)
@@ -644,6 +638,8 @@ class OtherDraws:
     def __init__(self, dimension: Dimension, named: list) -> None:
         self.text = (f"other than {', '.join(map(repr, named))} of" if named else "drawn from") + \
             f" {dimension.describe()}"
+        low, high = dimension.args
+        self.least = low if dimension.kind != "int" else next(v for v in range(low, high + 1) if v not in named)
 
     def __repr__(self) -> str:
         return self.text
@@ -690,11 +686,34 @@ def _cases_of(dimension: Dimension, named: list) -> list:
     return drawn + ([OtherDraws(dimension, drawn)] if high - low + 1 > len(drawn) else [])
 
 
-def check_models_fit_image_size(space: SearchSpace, least: int, where: str) -> None:
-    """Catch 'alexnet at 32 px' before any trial runs: `least`, the least size the space's trials get (named by
-    `where`), against every model."""
-    for model in space.values_of("model"):
-        if least < MIN_IMAGE_SIZE[model]:
-            raise CxrError(f"{where}: image_size {least} is too small for {model} "
+def check_models_fit_image_size(space: SearchSpace, study_size: int | None = None, where: str = "") -> None:
+    """Catch 'alexnet at 32 px' before any trial runs: each model against the least size its trials can draw from
+    search.image_size, conditions applied, and, with `study_size` (the study's size, named by `where`), against
+    that where its trials draw none."""
+    for case in space.cases(("model", "image_size")):
+        model = case["model"]
+        if "image_size" in case:
+            drawn = case["image_size"]
+            size = drawn.least if isinstance(drawn, OtherDraws) else drawn
+            named = f"{space.source}: {_key_of(space, _drawing(space, 'image_size', case))}"
+        elif study_size is not None:
+            size, named = study_size, where
+        else:
+            continue
+        if size < MIN_IMAGE_SIZE[model]:
+            raise CxrError(f"{named}: image_size {size} is too small for {model} "
                            f"(needs at least {MIN_IMAGE_SIZE[model]} px); raise it to {MIN_IMAGE_SIZE[model]} "
                            f"or more, or drop {model}")
+
+
+def _drawing(space: SearchSpace, key: str, case: dict[str, Any]) -> Dimension:
+    """The dimension that draws `key` for trials of `case` (one of SearchSpace.cases): the first that applies."""
+    return next(dimension for dimension in space.dimensions if dimension.name == key and dimension.applies(case))
+
+
+def _key_of(space: SearchSpace, dimension: Dimension) -> str:
+    """Where the space file gives `dimension`: search.lr, or search.lr[1] for the second of lr's alternatives."""
+    if not dimension.alternative:
+        return f"search.{dimension.name}"
+    alternatives = [d for d in space.dimensions if d.name == dimension.name and d.alternative]
+    return f"search.{dimension.name}[{next(i for i, d in enumerate(alternatives) if d is dimension)}]"

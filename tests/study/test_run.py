@@ -662,6 +662,23 @@ def test_image_size_overrides_the_spaces_study_section_that_a_model_could_not_ta
         settings_from_args(build_parser().parse_args(argv))
 
 
+def test_the_image_size_is_checked_against_the_models_the_datasets_trials_train(tmp_path):
+    """alexnet trains on covid-chestxray only: a study of covid-chestxray-3class at 32 px (typed, or in the space's
+    study section) runs no alexnet trial; one of covid-chestxray is refused."""
+    model_per_dataset = {"dataset": {"choice": ["covid-chestxray-3class", "covid-chestxray"]},
+                         "model": [{"value": "alexnet", "when": {"dataset": "covid-chestxray"}},
+                                   {"value": "resnet50", "when": {"dataset": "covid-chestxray-3class"}}],
+                         **{key: spec for key, spec in GOOD_SPACE.items() if key != "model"}}
+    typed = write_space(tmp_path / "typed.yaml", model_per_dataset)
+    in_file = write_space(tmp_path / "in-file.yaml", model_per_dataset, study={"image_size": 32})
+    for argv in (["--space", str(typed), "--image-size", "32"], ["--space", str(in_file)]):
+        argv += ["--storage", str(tmp_path)]
+        assert settings_from_args(build_parser().parse_args([*argv, "--dataset", "covid-chestxray-3class"])) \
+            .image_size == 32
+        with pytest.raises(CxrError, match="32 is too small for (model 'alexnet'|alexnet)"):
+            settings_from_args(build_parser().parse_args([*argv, "--dataset", "covid-chestxray"]))
+
+
 DEFAULT_NAMES = {
     "a name key with '#'": ("space.yaml", {"name": "lung#1"}, r"the study's default name 'lung#1-\d{8}-\d{6}' "
                             r"\(from the name key of {space}\): '#' cannot be part of a storage location's name "
