@@ -25,7 +25,7 @@ the dimension only for trials whose earlier dimensions match, each value one
 that dimension can take; the key names a choice, an int range or a value (a float
 drawn from a uniform or loguniform range almost never equals a given value). A key
 may also take a list of such ranges, each with its own `when`; the first that
-matches is used:
+matches is used (so one that earlier ones match wherever it does is refused):
 
       lr:                       # Adam and SGD want learning rates a decade or two apart
         - {loguniform: [1.0e-5, 1.0e-3], when: {optimizer: adam}}
@@ -378,6 +378,7 @@ def load_space(space: str | Path, dataset: str | None = None) -> SearchSpace:
     for key in NAMING_KEYS:
         _check_every_trial_gets(parsed, key, dataset)
     _check_momentum_is_sgds(parsed)
+    _check_no_alternative_is_shadowed(parsed)
     check_models_fit_image_size(parsed)
     return parsed
 
@@ -660,6 +661,29 @@ def _check_every_trial_gets(space: SearchSpace, key: str, dataset: str | None = 
                    f"cxrnets' default {key} {default} unrecorded (their names and results show no {key}); add an "
                    f"alternative whose when holds for them, or give {key} a range or value without when"
                    + (f", or choose a --dataset the space gives {key} for" if from_command_line else ""))
+
+
+def _check_no_alternative_is_shadowed(space: SearchSpace) -> None:
+    """Refuse an alternative that no trial draws from: a trial draws from the first alternative of a key that
+    holds, and earlier ones hold for every trial this one holds for (`when: {optimizer: [adam, sgd]}` before
+    `when: {optimizer: sgd}`). One that holds for no trial (of another dataset than --dataset's) is left be."""
+    for key in dict.fromkeys(dimension.name for dimension in space.dimensions if dimension.alternative):
+        alternatives = [dimension for dimension in space.dimensions if dimension.name == key and dimension.alternative]
+        cases = space.cases(tuple(dict.fromkeys(name for a in alternatives for name in a.when)))
+        for position, alternative in enumerate(alternatives):
+            holds = [case for case in cases if alternative.applies(case)]
+            earlier = alternatives[:position]
+            if not holds or not all(any(e.applies(case) for e in earlier) for case in holds):
+                continue
+            shadowing = [_key_of(space, e) for e in earlier if any(e.applies(case) for case in holds)]
+            where = _key_of(space, alternative)
+            conditions = ", ".join(f"{name}: {', '.join(map(str, values))}"
+                                   for name, values in alternative.when.items())
+            them, their = ("it", "its") if len(shadowing) == 1 else ("them", "their")
+            raise CxrError(f"{space.source}: {where} (when {conditions}) is never drawn: a trial draws from the first "
+                           f"alternative that holds, and {' and '.join(shadowing)} hold"
+                           f"{'s' if len(shadowing) == 1 else ''} for every trial {where} is for; narrow {their} "
+                           f"when, move {where} before {them}, or drop {where}")
 
 
 def _check_momentum_is_sgds(space: SearchSpace) -> None:

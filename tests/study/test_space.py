@@ -326,6 +326,50 @@ def test_first_matching_alternative_wins():
         assert config["lr"] == (0.5 if config["optimizer"] == "sgd" else 0.001)
 
 
+SHADOWED = {
+    "by one alternative": (
+        [{"loguniform": [1e-4, 1e-3], "when": {"optimizer": ["adam", "sgd"]}},
+         {"loguniform": [1e-2, 1e-1], "when": {"optimizer": "sgd"}}],
+        "search.lr[1] (when optimizer: sgd) is never drawn: a trial draws from the first alternative that holds, "
+        "and search.lr[0] holds for every trial search.lr[1] is for; narrow its when, move search.lr[1] before it, "
+        "or drop search.lr[1]"),
+    "by two together": (
+        [{"value": 0.001, "when": {"optimizer": "adam"}}, {"value": 0.01, "when": {"optimizer": "sgd"}},
+         {"value": 0.1, "when": {"optimizer": ["adam", "sgd"]}}],
+        "search.lr[2] (when optimizer: adam, sgd) is never drawn: a trial draws from the first alternative that "
+        "holds, and search.lr[0] and search.lr[1] hold for every trial search.lr[2] is for; narrow their when, move "
+        "search.lr[2] before them, or drop search.lr[2]"),
+    "by a condition on another key": (
+        [{"value": 0.001, "when": {"model": "resnet50"}}, {"value": 0.01, "when": {"optimizer": "sgd"}}],
+        "search.lr[1] (when optimizer: sgd) is never drawn: a trial draws from the first alternative that holds, "
+        "and search.lr[0] holds for every trial search.lr[1] is for"),
+}
+
+
+@pytest.mark.parametrize("lr, message", SHADOWED.values(), ids=SHADOWED.keys())
+def test_an_alternative_earlier_ones_hold_for_wherever_it_does_is_refused(tmp_path, lr, message):
+    """The first alternative that holds is drawn from: SGD's range after one for Adam and SGD was never used,
+    without a word. A study that ran with such a space still resumes and analyses."""
+    path = write_space(tmp_path, {"lr": lr})
+    with pytest.raises(CxrError, match=re.escape(f"{path}: {message}")):
+        load_space(path)
+    parse_space(yaml.safe_load(path.read_text()))
+
+
+def test_alternatives_each_drawn_by_some_trial_load(tmp_path):
+    """SGD's constant before a range for both: Adam trials draw the range. An alternative of another dataset
+    than --dataset's holds for no trial, and shadows nothing."""
+    lr = [{"value": 0.5, "when": {"optimizer": "sgd"}},
+          {"loguniform": [1e-4, 1e-3], "when": {"optimizer": ["adam", "sgd"]}}]
+    assert len(load_space(write_space(tmp_path, {"lr": lr})).dimensions) == 5
+    path = tmp_path / "datasets.yaml"
+    path.write_text(yaml.safe_dump({"search": {
+        "dataset": {"choice": ["covid-chestxray", "covid-chestxray-3class"]}, **GOOD,
+        "lr": [{"value": 0.01, "when": {"dataset": "covid-chestxray"}},
+               {"value": 0.001, "when": {"dataset": "covid-chestxray-3class"}}]}}, sort_keys=False))
+    assert load_space(path, "covid-chestxray-3class").grid()[0]["lr"] == 0.001
+
+
 # ------------------------------------------------------------------ malformed spaces
 
 GOOD = {"model": {"choice": ["resnet50"]}, "optimizer": {"choice": ["adam", "sgd"]},
