@@ -208,7 +208,7 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, cache_dir=absolute_cache_dir(args.cache_dir),
         checkpoint_every=args.checkpoint_every, checkpoint_minutes=args.checkpoint_minutes, keep=parse_keep(args.keep),
         dataset_options=parse_dataset_options(args.dataset_option, datasets))
-    validate(settings)
+    validate(settings, f"{source}: study.metric" if args.metric is None and "metric" in space.study else "--metric")
     return settings
 
 
@@ -244,12 +244,13 @@ def _data_roots(given: list[str] | None, datasets: list[str]) -> dict[str, str]:
     return roots
 
 
-def validate(settings: StudySettings) -> None:
-    """Every check that needs no Ray: run before Ray starts anything."""
+def validate(settings: StudySettings, metric_from: str) -> None:
+    """Every check that needs no Ray: run before Ray starts anything. `metric_from`: where the study's metric came
+    from, as a message names it (--metric, or the space's study.metric)."""
     space = settings.search_space()
     check_setting_rules(settings)
     check_seed(settings.seed)
-    check_metric_reported(settings.metric, list(settings.data_roots), "metric")
+    check_metric_reported(settings.metric, list(settings.data_roots), metric_from)
     if settings.tie_break:
         check_metric_reported(settings.tie_break, list(settings.data_roots), "--tie-break")
     for case in space.cases(("model", "image_size")):

@@ -171,7 +171,8 @@ BAD_INPUT = {
                                           r"--name 'run#2': '#' cannot be part of a storage location's name"),
     "a multi-label metric on single-label data": (
         GOOD_SPACE, ["--metric", "val/subset_accuracy"],
-        r"metric val/subset_accuracy: only multi-label datasets \(covid-chestxray\) report it, and folder is single-label"),
+        r"--metric val/subset_accuracy: only multi-label datasets \(covid-chestxray\) report it, and folder is "
+        r"single-label"),
     "a multi-label tie-break on single-label data": (GOOD_SPACE, ["--tie-break", "val/f1_micro"],
                                                      r"--tie-break val/f1_micro: only multi-label datasets"),
 }
@@ -247,6 +248,10 @@ SPACE_STUDY_MISTAKES = {
     "a reduction factor of 1": ({"reduction_factor": 1}, r"study\.reduction_factor: a whole number of at least 2"),
     "an unknown metric": ({"metric": "val/auc"}, r"study\.metric: 'val/auc' is not one of val/f1_macro, "),
     "a training metric": ({"metric": "train/loss"}, r"study\.metric: 'train/loss' is not one of"),
+    "a multi-label metric on single-label data": (
+        {"metric": "val/subset_accuracy"},
+        r"study\.metric val/subset_accuracy: only multi-label datasets \(covid-chestxray\) report it, and folder is "
+        r"single-label"),
 }
 
 
