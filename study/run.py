@@ -187,13 +187,19 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
         raise CxrError(f"--image-size conflicts with {source}: search.image_size, from which each trial draws its "
                        "size; drop one")
     num_samples = pick("num_samples")
+    given = (f"--num-samples {num_samples}" if args.num_samples is not None
+             else f"{source}: study.num_samples {num_samples}" if "num_samples" in space.study
+             else f"the default of {num_samples} trials")
     if configurations is not None and num_samples > configurations:
-        given = (f"--num-samples {num_samples}" if args.num_samples is not None
-                 else f"{source}: study.num_samples {num_samples}" if "num_samples" in space.study
-                 else f"the default of {num_samples} trials")
         num_samples = configurations
         log.warning("%s has %d configuration%s, fewer than %s: the study runs %d, each configuration once",
                     source, num_samples, "" if num_samples == 1 else "s", given, num_samples)
+    if space.sampler == "grid" and num_samples < configurations:
+        log.warning("the grid has %d combinations, more than %s: only part of it runs", configurations, given)
+    first = space.first_points()
+    if len(first) > num_samples:
+        log.warning("cover_first %s has %d combinations, more than %s: only the first %d are tried",
+                    list(space.cover_first), len(first), given, num_samples)
     where = storage.location(args.storage)
     name = study_name(args.name, space, document, in_uri=storage.is_remote(where))
     settings = StudySettings(
@@ -261,14 +267,6 @@ def validate(settings: StudySettings, metric_from: str) -> None:
             raise CxrError(f"--dataset-option holdout_sources with the multi-label {dataset}: the analysis evaluates "
                            "held-out sources for single-label studies only, so those images would neither train nor "
                            f"be scored; use {dataset}-3class, or drop holdout_sources")
-    combinations = space.configuration_count()
-    if space.sampler == "grid" and settings.num_samples < combinations:
-        log.warning("the grid has %d combinations but --num-samples is %d: only part of it runs",
-                    combinations, settings.num_samples)
-    first = space.first_points()
-    if len(first) > settings.num_samples:
-        log.warning("cover_first %s has %d combinations but --num-samples is %d: only the first %d are tried",
-                    list(space.cover_first), len(first), settings.num_samples, settings.num_samples)
 
 
 # ------------------------------------------------------------------ main

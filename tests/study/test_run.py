@@ -751,6 +751,24 @@ def test_more_trials_than_a_space_of_choices_has_configurations_are_lowered_to_i
                                                          "--num-samples", "10"])).num_samples == 10
 
 
+@pytest.mark.parametrize("typed", [False, True], ids=["study section", "typed"])
+def test_fewer_trials_than_a_grid_or_cover_first_has_combinations_say_where_the_count_came_from(tmp_path, caplog,
+                                                                                               typed):
+    """A space's study.num_samples was reported as --num-samples, which the user never typed."""
+    models = {**GOOD_SPACE, "model": {"choice": ["resnet50", "vgg11", "alexnet"]}}
+    grid = write_space(tmp_path / "grid.yaml", models, sampler="grid", study={"num_samples": 2})
+    covered = write_space(tmp_path / "covered.yaml", {**models, "lr": {"loguniform": [1.0e-4, 1.0e-2]}},
+                          cover_first=["model"], study={"num_samples": 2})
+    for space in (grid, covered):
+        argv = ["--space", str(space), "--storage", str(tmp_path), *(["--num-samples", "2"] if typed else [])]
+        with caplog.at_level("WARNING", logger="study.run"):
+            assert settings_from_args(build_parser().parse_args(argv)).num_samples == 2
+    given = ["--num-samples 2"] * 2 if typed else [f"{space}: study.num_samples 2" for space in (grid, covered)]
+    assert f"the grid has 3 combinations, more than {given[0]}: only part of it runs" in caplog.messages
+    assert (f"cover_first ['model'] has 3 combinations, more than {given[1]}: only the first 2 are tried"
+            in caplog.messages)
+
+
 def test_a_grid_narrowed_by_dataset_runs_every_combination_of_that_dataset_by_default(tmp_path):
     """--dataset picks one of a grid space's two datasets: half its combinations, not the whole grid's count."""
     space = write_space(tmp_path / "grid.yaml", {"dataset": {"choice": ["covid-chestxray-3class", "covid-chestxray"]},
