@@ -224,6 +224,10 @@ def study_name(given: str | None, space: SearchSpace, document: dict, in_uri: bo
     if given is not None:
         _check_study_name(given, f"--name {given!r}", in_uri=in_uri)
         return given
+    if "name" in document and not (isinstance(document["name"], str) and document["name"].strip()):
+        raise CxrError(f"{space.source}: name {document['name']!r}: the study's default name starts with it, so it "
+                       "must be text that names the study (name: lung-grid); change the name key, or give the study "
+                       "a --name")
     name = f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     origin, change = ((f"the name key of {space.source}", "change the name key") if "name" in document
                       else (f"the space file's name, {Path(space.source).name}", "rename the file"))

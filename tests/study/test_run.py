@@ -707,6 +707,19 @@ def test_a_default_study_name_no_folder_can_take_names_where_it_came_from(tmp_pa
     assert re.fullmatch(message.replace("{space}", re.escape(str(space))), str(refused.value)), refused.value
 
 
+@pytest.mark.parametrize("named, shown", [(["a"], "['a']"), ("", "''"), ("  ", "'  '"), (None, "None")])
+def test_a_name_key_that_is_no_name_is_refused_naming_the_file_and_key(tmp_path, named, shown):
+    """name: [a] made a study folder "['a']-20261207-...", and name: "" one named "-20261207-..."."""
+    space = write_space(tmp_path / "space.yaml", GOOD_SPACE, name=named)
+    with pytest.raises(CxrError) as refused:
+        settings_from_args(build_parser().parse_args(["--space", str(space), "--storage", str(tmp_path)]))
+    assert str(refused.value) == (f"{space}: name {shown}: the study's default name starts with it, so it must be "
+                                  "text that names the study (name: lung-grid); change the name key, or give the "
+                                  "study a --name")
+    assert settings_from_args(build_parser().parse_args(["--space", str(space), "--storage", str(tmp_path),
+                                                         "--name", "lung"])).name == "lung"
+
+
 def test_a_blank_name_is_refused_not_replaced_by_the_default(tmp_path):
     with pytest.raises(CxrError, match=r"^--name '': a study's name is its one folder under --storage"):
         settings_from_args(build_parser().parse_args(["--name", "", "--storage", str(tmp_path)]))
