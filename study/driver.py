@@ -944,6 +944,9 @@ def print_summary(settings: StudySettings, events: pd.DataFrame, search_finished
     for dataset, baseline in settings.baselines.items():
         figures = ", ".join(f"val/{m} {baseline[m]:.3f}" for m in shown if m in baseline)
         print(f"\nmajority-class baseline on {dataset}: {figures}")
+        if "subset_accuracy" in baseline:  # multi-label: a constant prediction gets most image-label cells right
+            print(f"  ({dataset} is multi-label: val/accuracy counts each label of each image, val/subset_accuracy "
+                  f"each image with all its labels right: {baseline['subset_accuracy']:.3f} for the baseline)")
     print("\n" + size_line(settings, events))
     print(f"results:     {settings.study_uri}/results (Parquet, every trial and epoch)")
     for line in watch_commands(settings, running=False):

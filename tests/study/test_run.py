@@ -945,8 +945,16 @@ def test_study_over_two_models_and_both_optimizers_completes(main_study, capsys)
     # the floor beside the best trials, on the study metric first where the baseline has it (a loss it has not)
     assert re.search(r"majority-class baseline on folder: val/f1_macro 0\.\d{3}, val/accuracy 0\.\d{3}\n", out)
     print_summary(dataclasses.replace(settings, metric="val/roc_auc_macro", mode="max"), events)
+    out = capsys.readouterr().out
     assert re.search(r"majority-class baseline on folder: val/roc_auc_macro 0\.500, val/f1_macro 0\.\d{3}, "
-                     r"val/accuracy 0\.\d{3}\n", capsys.readouterr().out)
+                     r"val/accuracy 0\.\d{3}\n", out)
+    assert "multi-label" not in out
+    # on multi-label data the label-wise accuracy of a constant prediction is high: the summary says what it counts
+    multilabel = {"f1_macro": 0.165, "accuracy": 0.962, "subset_accuracy": 0.213}
+    print_summary(dataclasses.replace(settings, baselines={"covid-chestxray": multilabel}), events)
+    assert ("majority-class baseline on covid-chestxray: val/f1_macro 0.165, val/accuracy 0.962\n  (covid-chestxray "
+            "is multi-label: val/accuracy counts each label of each image, val/subset_accuracy each image with all "
+            "its labels right: 0.213 for the baseline)") in capsys.readouterr().out
 
 
 def test_the_console_shows_each_trials_end_and_the_studys_progress(main_study):
