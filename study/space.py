@@ -278,6 +278,12 @@ class SearchSpace:
                 named.setdefault(name, {}).update(dict.fromkeys(values))
         return self.grid(tuple(involved), lambda dimension: _cases_of(dimension, list(named.get(dimension.name, {}))))
 
+    def every_trial_draws(self, key: str) -> bool:
+        """Whether each trial draws `key` from the space (a dimension without `when`, or alternatives that hold for
+        every trial), so that no trial takes the study's value of it."""
+        return any(dimension.name == key for dimension in self.dimensions) and \
+            all(key in case for case in self.cases((key,)))
+
     def values_of(self, name: str) -> list:
         """Every value a dimension can take (choices and constants), or [] if it is not in the space."""
         found = []
@@ -368,6 +374,8 @@ def load_space(space: str | Path, dataset: str | None = None) -> SearchSpace:
     path = resolve_space_path(space)
     document = read_space_file(path)
     parsed = parse_space(document, str(path), path.stem)
+    # In the whole space: narrowed to one dataset, an alternative that the others' trials draw from looks shadowed.
+    _check_no_alternative_is_shadowed(parsed)
     if dataset is not None:
         parsed = parse_space(narrowed_to(document, dataset), str(path), path.stem)
     # Not in parse_space: the spaces of studies that ran before these checks still resume and analyse.
@@ -378,7 +386,6 @@ def load_space(space: str | Path, dataset: str | None = None) -> SearchSpace:
     for key in NAMING_KEYS:
         _check_every_trial_gets(parsed, key, dataset)
     _check_momentum_is_sgds(parsed)
-    _check_no_alternative_is_shadowed(parsed)
     check_models_fit_image_size(parsed)
     return parsed
 

@@ -358,7 +358,8 @@ def test_an_alternative_earlier_ones_hold_for_wherever_it_does_is_refused(tmp_pa
 
 def test_alternatives_each_drawn_by_some_trial_load(tmp_path):
     """SGD's constant before a range for both: Adam trials draw the range. An alternative of another dataset
-    than --dataset's holds for no trial, and shadows nothing."""
+    than --dataset's holds for no trial, and shadows nothing; nor does one for them all, which is checked in the
+    whole space."""
     lr = [{"value": 0.5, "when": {"optimizer": "sgd"}},
           {"loguniform": [1e-4, 1e-3], "when": {"optimizer": ["adam", "sgd"]}}]
     assert len(load_space(write_space(tmp_path, {"lr": lr})).dimensions) == 5
@@ -368,6 +369,15 @@ def test_alternatives_each_drawn_by_some_trial_load(tmp_path):
         "lr": [{"value": 0.01, "when": {"dataset": "covid-chestxray"}},
                {"value": 0.001, "when": {"dataset": "covid-chestxray-3class"}}]}}, sort_keys=False))
     assert load_space(path, "covid-chestxray-3class").grid()[0]["lr"] == 0.001
+    # Adam's of covid-chestxray before Adam's of any dataset: --dataset covid-chestxray's Adam trials draw from the
+    # first only, yet the second is what covid-chestxray-3class's draw from
+    path.write_text(yaml.safe_dump({"search": {
+        "dataset": {"choice": ["covid-chestxray", "covid-chestxray-3class"]}, **GOOD,
+        "lr": [{"value": 0.01, "when": {"dataset": "covid-chestxray", "optimizer": "adam"}},
+               {"value": 0.001, "when": {"optimizer": "adam"}},
+               {"value": 0.1, "when": {"optimizer": "sgd"}}]}}, sort_keys=False))
+    assert {config["lr"] for config in load_space(path, "covid-chestxray").grid()} == {0.01, 0.1}
+    assert {config["lr"] for config in load_space(path, "covid-chestxray-3class").grid()} == {0.001, 0.1}
 
 
 # ------------------------------------------------------------------ malformed spaces
