@@ -183,7 +183,7 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
         check_models_fit_image_size(space, image_size, f"{source}: study.image_size")
     # A tie-break on the study metric itself breaks nothing.
     tie_break = None if args.tie_break in ("none", pick("metric")) else args.tie_break
-    if any(dimension.name == "image_size" for dimension in space.dimensions) and args.image_size is not None:
+    if space.every_trial_draws("image_size") and args.image_size is not None:
         raise CxrError(f"--image-size conflicts with {source}: search.image_size, from which each trial draws its "
                        "size; drop one")
     num_samples = pick("num_samples")

@@ -117,7 +117,7 @@ def check_space_study(space: SearchSpace) -> None:
             raise CxrError(f"{where}: {value!r} is not one of {', '.join(allowed[key])}")
         if key in LOWEST and not (isinstance(value, int) and not isinstance(value, bool) and value >= LOWEST[key]):
             raise CxrError(f"{where}: a whole number of at least {LOWEST[key]}, got {value!r}")
-    if "image_size" in space.study and any(dimension.name == "image_size" for dimension in space.dimensions):
+    if "image_size" in space.study and space.every_trial_draws("image_size"):
         raise CxrError(f"{space.source}: study.image_size {space.study['image_size']} conflicts with "
                        "search.image_size, from which each trial draws its size (the study's would be recorded, and "
                        "its cache decoded, for no trial); drop one")

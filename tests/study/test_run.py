@@ -684,6 +684,21 @@ def test_the_image_size_is_checked_against_the_models_the_datasets_trials_train(
             settings_from_args(build_parser().parse_args([*argv, "--dataset", "covid-chestxray"]))
 
 
+def test_a_study_image_size_beside_an_image_size_some_trials_draw_sets_the_others(tmp_path):
+    """resnet50 and vgg11 trials draw 64 px from the search, alexnet trials none: the study's size, in the space
+    file or typed, is theirs (refused before, as if every trial drew one), and checked against alexnet alone."""
+    space = {**GOOD_SPACE, "model": {"choice": ["alexnet", "resnet50"]},
+             "image_size": {"value": 64, "when": {"model": "resnet50"}}}
+    in_file = write_space(tmp_path / "in-file.yaml", space, study={"image_size": 96})
+    typed = write_space(tmp_path / "typed.yaml", space)
+    for argv, size in ((["--space", str(in_file)], 96), (["--space", str(typed), "--image-size", "128"], 128)):
+        settings = settings_from_args(build_parser().parse_args([*argv, "--storage", str(tmp_path)]))
+        assert settings.image_size == size
+    with pytest.raises(CxrError, match=re.escape("--image-size 32 is too small for model 'alexnet'")):
+        settings_from_args(build_parser().parse_args(["--space", str(typed), "--image-size", "32",
+                                                      "--storage", str(tmp_path)]))
+
+
 DEFAULT_NAMES = {
     "a name key with '#'": ("space.yaml", {"name": "lung#1"}, r"the study's default name 'lung#1-\d{8}-\d{6}' "
                             r"\(from the name key of {space}\): '#' cannot be part of a storage location's name "
