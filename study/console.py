@@ -282,7 +282,7 @@ class StudyConsole(Callback):
         self._most_running = max(self._most_running, running)
         eta = "" if self._ended_experiment else self._eta(left, running + waiting + to_start)
         parts["epochs"] = [f"epochs {epochs}" + (f", at most {left} left{eta}" if left else ""),
-                           f"{left} epochs left{eta}" if left else f"epochs {epochs}"]
+                           f"{left} epoch{'s' if left != 1 else ''} left{eta}" if left else f"epochs {epochs}"]
         scored = [t for t in trials if self.best_of(t) is not None]
         if scored:
             best = min(scored, key=self.rank_of)

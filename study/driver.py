@@ -512,7 +512,8 @@ def sampling_line(space: SearchSpace, num_samples: int) -> str | None:
             parts.append(f"then {space.sampler.upper()} proposes")
     if space.sampler == "tpe":
         at_random = space.random_start_trials(num_samples)
-        parts.append(f"TPE draws at random until {at_random} trials have finished, then models their results"
+        parts.append(f"TPE draws at random until {at_random} trial{'s have' if at_random != 1 else ' has'} finished, "
+                     "then models their results"
                      if at_random < num_samples else f"TPE draws all {num_samples} trials at random: too few for it to model")
     return "; ".join(parts) or None
 

@@ -287,6 +287,13 @@ def test_on_a_terminal_the_status_line_fits_its_width_and_each_refresh_overwrite
         assert screen(out.getvalue(), width=columns) == [shown_row]
 
 
+def test_the_shortened_status_line_says_1_epoch_left_not_1_epochs():
+    shown = StudyConsole(num_samples=1, max_epochs=2, metric="val/f1_macro", mode="max", every_s=0)
+    shown.setup()
+    line = shown.status_line([trial("a", "RUNNING", 1, 0.5)], now=shown._started + 5, width=50)
+    assert "| 1 epoch left" in line, line
+
+
 def test_a_log_record_on_a_terminal_starts_its_own_row_below_the_status_line():
     """Tune's stop warning was glued to the end of the status line (...alexnet_sgd_lr3.0e-03_bs322026-12-07
     03:53:27,056 WARNING tune.py:219 -- Stop signal received)."""

@@ -2020,6 +2020,8 @@ def test_the_start_says_what_the_first_trials_cover_and_how_many_tpe_draws_at_ra
     assert sampling_line(parse_space(lr_only), 8) == ("TPE draws at random until 4 trials have finished, then "
                                                       "models their results")
     assert sampling_line(parse_space({**lr_only, "sampler": "random"}), 8) is None
+    assert sampling_line(parse_space(lr_only), 2) == ("TPE draws at random until 1 trial has finished, then models "
+                                                      "their results")
 
 
 def test_a_new_study_logs_how_it_draws_its_trials(ray_session, tmp_path, caplog):
