@@ -10,7 +10,8 @@ Prints the validation metrics after every epoch (and a progress line every
 30 s within one), evaluates the last epoch's weights on the test split at the
 end (not the best epoch's on validation: only the last is kept), and saves
 `<out>/checkpoint.pt` (model, optimizer, epoch, config) and
-`<out>/metrics.jsonl` after every epoch. A folder that already holds a run
+`<out>/metrics.jsonl` after every epoch. The metrics and the checkpoint's path
+go to stdout; progress lines, warnings and errors to stderr. A folder that already holds a run
 (a checkpoint.pt; without one, what a run stopped before it left is replaced)
 is refused unless `--resume` continues it (with the run's own options; only
 --epochs, --cache-dir, the device options, --data-root where the data moved
@@ -439,9 +440,9 @@ def train_into(config: TrainConfig, out: Path, resume: bool) -> int:
             metrics = run.train_epoch(EpochProgress(run.epoch + 1, config.epochs, len(run.data.rows("train"))))
             shown = "  ".join(f"{key.removeprefix('val/')} {value:.3f}" for key, value in metrics.items()
                               if key.startswith("val/"))
-            log.info("epoch %d/%d  train loss %.4f  val: %s  (training %.1f s, %.1f images/s; %.1f s with "
-                     "validation)", metrics["epoch"], config.epochs, metrics["train/loss"], shown,
-                     metrics["epoch_seconds"], metrics["images_per_second"], time.perf_counter() - started)
+            print(f"epoch {metrics['epoch']}/{config.epochs}  train loss {metrics['train/loss']:.4f}  val: {shown}  "
+                  f"(training {metrics['epoch_seconds']:.1f} s, {metrics['images_per_second']:.1f} images/s; "
+                  f"{time.perf_counter() - started:.1f} s with validation)", flush=True)
             with history.open("a") as file:
                 file.write(metrics_line(metrics))
             # Replaced whole, never half-written: an interrupted run resumes from the last complete epoch.
@@ -472,8 +473,8 @@ def train_into(config: TrainConfig, out: Path, resume: bool) -> int:
               "validation but not on the test images: its weights are unusable; try a lower --lr with another --out",
               file=sys.stderr)
         return 3
-    log.info("test: %s", "  ".join(f"{k.removeprefix('test/')} {v:.3f}" for k, v in test_metrics.items()))
-    log.info("checkpoint: %s", checkpoint_path)
+    print("test: " + "  ".join(f"{k.removeprefix('test/')} {v:.3f}" for k, v in test_metrics.items()))
+    print(f"checkpoint: {checkpoint_path}", flush=True)
     return 0
 
 

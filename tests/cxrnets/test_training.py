@@ -7,6 +7,7 @@ cache; the error paths use tiny fixture datasets.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -477,24 +478,28 @@ def test_train_one_epoch_reports_its_progress_at_each_read() -> None:
 
 
 def test_cli_shows_an_epochs_progress_and_its_time_with_validation(tiny_folder: Path, tmp_path: Path, caplog,
-                                                                   monkeypatch) -> None:
+                                                                   capsys, monkeypatch) -> None:
+    """The progress is logged (stderr); the epoch's metrics are a result (stdout: `> train.out` keeps them)."""
     monkeypatch.setattr("cxrnets.train.PROGRESS_SECONDS", 0.0)  # a line at each read: every batch on the CPU
     with caplog.at_level(logging.INFO, logger="cxrnets.train"):
         assert main(tiny_cli_arguments(tiny_folder, tmp_path, "--epochs", "1")) == 0
     progress = re.findall(r"epoch 1/1: (\d+)/(\d+) images trained \(\d+\.\d images/s\)", caplog.text)
     assert [int(done) for done, _ in progress][:2] == [4, 8] and len({total for _, total in progress}) == 1
-    assert re.search(r"epoch 1/1  train loss .*\(training \d+\.\d s, \d+\.\d images/s; \d+\.\d s with "
-                     r"validation\)", caplog.text)
+    out = capsys.readouterr().out
+    assert re.search(r"^epoch 1/1  train loss .*\(training \d+\.\d s, \d+\.\d images/s; \d+\.\d s with "
+                     r"validation\)$", out, re.MULTILINE), out
+    assert re.search(r"^test: loss [\d.]+  accuracy ", out, re.MULTILINE), out
+    assert out.endswith(f"checkpoint: {tmp_path / 'run' / 'checkpoint.pt'}\n"), out
 
 
 def test_cli_says_why_a_class_without_validation_images_gives_a_nan_roc_auc(tiny_folder: Path, tmp_path: Path,
-                                                                            caplog) -> None:
+                                                                            caplog, capsys) -> None:
     split_file = split_file_moving_bright(tiny_folder, tmp_path, "val", to="train")
     with caplog.at_level(logging.INFO, logger="cxrnets.train"):
         assert main(["--dataset", "folder", "--data-root", str(tiny_folder), "--image-size", "32", "--epochs", "1",
                      "--cache-dir", str(tmp_path / "cache"), "--split-file", str(split_file),
                      "--out", str(tmp_path / "run")]) == 0
-    assert "roc_auc_macro nan" in caplog.text
+    assert "roc_auc_macro nan" in capsys.readouterr().out
     assert ("no validation image of bright: val/precision_macro, recall_macro and f1_macro count it as 0, and "
             "val/roc_auc_macro is nan: no class there has images of it and images without it") in caplog.text
     assert "no test image" not in caplog.text
@@ -620,27 +625,28 @@ def test_cli_refuses_an_out_it_cannot_write(sample_cache: Path, tmp_path: Path, 
 
 
 @pytest.fixture(scope="module")
-def cli_run(sample_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """`python -m cxrnets.train` for 2 epochs of ResNet50 on the sample: its folder and its log."""
+def cli_run(sample_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """`python -m cxrnets.train` for 2 epochs of ResNet50 on the sample: its folder, its log and its stdout."""
     out = tmp_path_factory.mktemp("cli") / "run"
-    lines = io.StringIO()
+    lines, printed = io.StringIO(), io.StringIO()
     handler = logging.StreamHandler(lines)
     logger = logging.getLogger("cxrnets")
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        code = main([*CLI_SAMPLE_ARGUMENTS, "--epochs", "2", "--cache-dir", str(sample_cache), "--out", str(out)])
+        with contextlib.redirect_stdout(printed):
+            code = main([*CLI_SAMPLE_ARGUMENTS, "--epochs", "2", "--cache-dir", str(sample_cache), "--out", str(out)])
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
     assert code == 0
-    return out, lines.getvalue()
+    return out, lines.getvalue(), printed.getvalue()
 
 
-def test_cli_trains_the_sample(cli_run: tuple[Path, str], sample_cache: Path) -> None:
-    out, text = cli_run
-    assert "resnet50 on covid-chestxray-3class" in text
+def test_cli_trains_the_sample(cli_run: tuple[Path, str, str], sample_cache: Path) -> None:
+    out, log_text, text = cli_run
+    assert "resnet50 on covid-chestxray-3class" in log_text
     for epoch in (1, 2):  # one line per epoch with the loss and the validation metrics
         assert re.search(rf"epoch {epoch}/2 .*train loss [\d.]+.*(f1|F1)\S* [\d.]+", text), text
     assert re.search(r"test: .*loss [\d.]+", text)
@@ -653,7 +659,7 @@ def test_cli_trains_the_sample(cli_run: tuple[Path, str], sample_cache: Path) ->
     assert not (out / "checkpoint.pt.partial").exists()
 
 
-def test_cli_resume_continues_the_run_as_if_uninterrupted(cli_run: tuple[Path, str], sample_cache: Path,
+def test_cli_resume_continues_the_run_as_if_uninterrupted(cli_run: tuple[Path, str, str], sample_cache: Path,
                                                           tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A run stopped after epoch 1 and resumed to epoch 2 ends where one uninterrupted run ends; a folder that
     holds a run is never overwritten, and a resume with other options is refused, naming them."""
