@@ -326,11 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     events = read_trial_events(uri)
     resume_command = f"python -m study.confirm {quote(args.study_dir)} --resume"
     errored = errored_line(events, resume_command)
+    sys.stdout.flush()  # what was printed before what follows it on a terminal
     if errored:
-        print("\n" + errored)
+        print("\n" + errored, file=sys.stderr)
     unfinished = unfinished_trials(grid, events)
     if unfinished:
-        print(interrupted_line(unfinished, "confirm run", resume_command))
+        print(interrupted_line(unfinished, "confirm run", resume_command), file=sys.stderr)
         return 130  # as a shell reports a command stopped by Ctrl-C
     print(analysis_line(args.study_dir, search_finished=not unfinished_search(settings.study_uri),
                         allow_unfinished=True))

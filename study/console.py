@@ -9,8 +9,9 @@ result of each trial), so a resumed study shows the trials of its first run too.
 On a terminal the status line is rewritten in place, shortened to the terminal's
 width (a longer line would wrap, and leave a stale row at each refresh), and a log
 record clears it before it is written; in a log it is printed whole when it changes,
-at most every `every_s` seconds. Tune's own tables and the trials' logs are shown
-instead with `-v` (`python -m study.run -v`, `python -m study.confirm -v`).
+at most every `every_s` seconds. A trial's error and retry lines go to stderr (seen
+where stdout goes to a file), the rest to stdout. Tune's own tables and the trials'
+logs are shown instead with `-v` (`python -m study.run -v`, `python -m study.confirm -v`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import logging
 import shutil
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, TextIO
 
 from ray.tune import Callback
 
@@ -170,14 +171,14 @@ class StudyConsole(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         epochs = self.epochs_of(trial)
         self._print_event(f"error after {epochs} epoch{'s' if epochs != 1 else ''}: {self.label(trial)}; "
-                          f"its traceback: {self.error_file_of(trial)}")
+                          f"its traceback: {self.error_file_of(trial)}", stream=sys.stderr)
         self._show_status(trials, force=True)
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
         """Tune retries a trial that failed (--max-failures) from its last full state."""
         retries = trial.max_failures if trial.max_failures >= 0 else "unlimited"
         self._print_event(f"retrying after error ({trial.num_failures} of {retries}): {self.label(trial)}; "
-                          f"its traceback: {self.error_file_of(trial)}")
+                          f"its traceback: {self.error_file_of(trial)}", stream=sys.stderr)
         self._show_status(trials, force=True)
 
     def on_experiment_end(self, trials: list, **info) -> None:
@@ -336,9 +337,12 @@ class StudyConsole(Callback):
         """A status line without its clock and time estimate: what says whether anything happened."""
         return line.partition("] ")[2].split(", ~")[0] + line.rpartition(" | best")[2]
 
-    def _print_event(self, text: str) -> None:
+    def _print_event(self, text: str, stream: TextIO | None = None) -> None:
+        """A line of its own, below the status line; to `stream` if given (stderr: an error, which a user whose
+        stdout goes to a file must still see), else to stdout."""
         now = time.monotonic() - (self._started or time.monotonic())
-        prefix = CLEAR_LINE if sys.stdout.isatty() else ""
-        print(f"{prefix}[{clock(now)}] {text}", flush=True)
+        if sys.stdout.isatty():
+            print(CLEAR_LINE, end="", flush=True)
+        print(f"[{clock(now)}] {text}", file=stream or sys.stdout, flush=True)
         if self._eraser is not None:
             self._eraser.pending = False

@@ -905,9 +905,10 @@ def drop_tune_resume_hint(record: logging.LogRecord) -> bool:
 
 
 def print_run_end(settings: StudySettings, grid) -> int:
-    """What study.run prints as its run ends: the summary, the trials that errored or were left unfinished, and
-    the command that continues the study, then, on an unfinished search, the analysis that works now (of the
-    validation split: the test split waits for the finished search, study.analyze.check_search_finished).
+    """What study.run prints as its run ends: the summary (stdout), then on stderr, where a user whose stdout
+    goes to a file still sees them, the trials that errored or were left unfinished and the command that
+    continues the study, and, on an unfinished search, the analysis that works now (of the validation split:
+    the test split waits for the finished search, study.analyze.check_search_finished).
     Returns the exit status: 130 where the run was interrupted (trials left unfinished)."""
     events = read_trial_events(settings.study_uri)
     unfinished, undone = unfinished_trials(grid, events), unfinished_search(settings.study_uri)
@@ -915,14 +916,16 @@ def print_run_end(settings: StudySettings, grid) -> int:
     reported = print_summary(settings, events, search_finished)
     resume_command = f"python -m study.run --resume {quote(settings.study_uri)}"
     errored = errored_line(events, resume_command)
+    sys.stdout.flush()  # the summary before what follows it on a terminal
     if errored:
-        print("\n" + errored)
+        print("\n" + errored, file=sys.stderr)
     if unfinished:
-        print("\n" + interrupted_line(unfinished, "study", resume_command))
+        print("\n" + interrupted_line(unfinished, "study", resume_command), file=sys.stderr)
     elif undone and not errored:
-        print(f"\nthe search is unfinished ({'; '.join(undone)}); continue it with\n  {resume_command}")
+        print(f"\nthe search is unfinished ({'; '.join(undone)}); continue it with\n  {resume_command}",
+              file=sys.stderr)
     if not search_finished and reported:
-        print(analysis_line(settings.study_uri, search_finished=False))
+        print(analysis_line(settings.study_uri, search_finished=False), file=sys.stderr)
     return 130 if unfinished else 0
 
 

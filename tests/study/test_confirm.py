@@ -329,7 +329,7 @@ def test_a_confirm_run_whose_seed_runs_errored_says_that_its_resume_runs_them_ag
     assert main([str(folder), "--seeds", "1"]) == 0
     assert ("1 trial errored (its traceback: error.txt in its trial folder); once the cause is fixed, the resume runs "
             f"it again, from its last full state:\n  python -m study.confirm {folder} --resume\n"
-            ) in capsys.readouterr().out
+            ) in capsys.readouterr().err  # where a user whose stdout goes to a file still sees it
 
 
 def leave_unfinished(study: Path, how: str) -> str:

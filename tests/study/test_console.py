@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import pickle
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from types import SimpleNamespace
 
 import pandas as pd
@@ -221,17 +221,17 @@ def test_an_error_line_names_the_traceback_in_the_trial_folder_of_the_study_not_
     shown = StudyConsole(num_samples=6, max_epochs=4, metric="val/f1_macro", mode="max", every_s=0,
                          run_uri="s3://bucket/studies/demo")
     shown.setup()
-    out = io.StringIO()
-    with redirect_stdout(out):
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
         shown.on_trial_error(3, [failed()], failed())
         resumed = pickle.loads(pickle.dumps(shown))  # Tuner.restore unpickles the console of tuner.pkl
         with resumed_study("/elsewhere/demo-moved"):
             resumed.on_trial_error(4, [failed()], failed())
-    first, second = [line for line in out.getvalue().splitlines() if "error after" in line]
+    first, second = err.getvalue().splitlines()  # on stderr, which a user whose stdout goes to a file still sees
     assert first.endswith("error after 2 epochs: a ma_adam; its traceback: s3://bucket/studies/demo/a_d_ma_adam/"
                           "error.txt"), first
     assert second.endswith("its traceback: /elsewhere/demo-moved/a_d_ma_adam/error.txt"), second
-    assert "/tmp/ray" not in out.getvalue()
+    assert "/tmp/ray" not in err.getvalue() and "error after" not in out.getvalue()
 
 
 class Terminal(io.StringIO):
@@ -345,10 +345,10 @@ def test_a_retried_trial_gets_a_line_and_is_counted():
     shown.setup()
     failed = trial("a", "RUNNING", 1, 0.3)
     failed.path, failed.num_failures, failed.max_failures = "/studies/demo/a_d_ma_adam", 1, 2
-    out = io.StringIO()
-    with redirect_stdout(out):
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
         shown.on_trial_recover(3, [failed], failed)
-    event, status = out.getvalue().splitlines()
+    (event,), (status,) = err.getvalue().splitlines(), out.getvalue().splitlines()  # the error where `> log` shows it
     assert event.endswith("retrying after error (1 of 2): a ma_adam; its traceback: "
                           "/studies/demo/a_d_ma_adam/error.txt"), event
     assert "trials: 1 running, 0 done (0 stopped early), 1 to start, 1 retried |" in status, status

@@ -1370,19 +1370,21 @@ def test_tensorboard_shows_a_trial_that_errored_and_that_a_resume_finished_as_fi
                       "--num-samples", "1", "--max-epochs", "2", "--checkpoint-every", "1", "--max-failures", "0")
     settings = settings_from_args(build_parser().parse_args(argv))
     assert main(argv) == 0  # the study ran to its end, and says what its resume does
-    out = capsys.readouterr().out
-    assert out.endswith("\n1 trial errored (its traceback: error.txt in its trial folder); once the cause is fixed, "
-                        "the resume runs it again, from its last full state:\n  python -m study.run --resume "
-                        f"{settings.study_uri}\nuntil then, the analysis of the validation split alone (the test "
-                        "split waits for the search to end):\n  python -m study.analyze "
-                        f"{settings.study_uri} --split val\n"), out
+    out, err = capsys.readouterr()
+    # on stderr, which a user whose stdout goes to a file still sees
+    assert ("\n1 trial errored (its traceback: error.txt in its trial folder); once the cause is fixed, "
+            "the resume runs it again, from its last full state:\n  python -m study.run --resume "
+            f"{settings.study_uri}\nuntil then, the analysis of the validation split alone (the test "
+            "split waits for the search to end):\n  python -m study.analyze "
+            f"{settings.study_uri} --split val\n") in err, err
+    assert "trial errored" not in out and "error after" not in out, out
     (traceback,) = Path(settings.study_uri).glob("*/error.txt")
     # the console's line names it where it lasts, not Tune's staging copy in Ray's temporary files
-    assert re.search(rf"^\[ *\d+:\d\d\] error after 1 epoch: .*; its traceback: {re.escape(str(traceback))}$", out,
-                     re.MULTILINE), out
+    assert re.search(rf"^\[ *\d+:\d\d\] error after 1 epoch: .*; its traceback: {re.escape(str(traceback))}$", err,
+                     re.MULTILINE), err
     marker.unlink()
     assert main(["--resume", settings.study_uri]) == 0
-    assert "trial errored" not in capsys.readouterr().out
+    assert "trial errored" not in capsys.readouterr().err
 
     study_dir = Path(settings.study_uri)
     _, sessions = hparams_tab(study_dir)
@@ -1413,7 +1415,7 @@ def test_a_retried_trial_names_its_traceback_in_one_line_and_keeps_it_out_of_the
     (kept,) = Path(settings_from_args(build_parser().parse_args(argv)).study_uri).glob("*/recovered-errors.txt")
     assert f"failing while {marker} exists" in kept.read_text()
     assert re.search(rf"^\[ *\d+:\d\d\] retrying after error \(1 of 1\): .*; its traceback: "
-                     rf"{re.escape(str(kept.parent / 'error.txt'))}$", printed.out, re.MULTILINE), printed.out
+                     rf"{re.escape(str(kept.parent / 'error.txt'))}$", printed.err, re.MULTILINE), printed.err
     assert re.search(r"^\[ *\d+:\d\d\] done, 1 epoch ", printed.out, re.MULTILINE), printed.out
     # The test session's Ray streams what its worker processes print, tagged "(Class pid=N)": a study's own Ray
     # keeps that in its session logs (log_to_driver only with -v), so those lines are not the console's.
@@ -1951,16 +1953,18 @@ def test_the_run_end_prints_the_analysis_that_works_now_after_the_command_that_c
     monkeypatch.setattr(study.driver, "unfinished_search", lambda study_uri: undone)
     grid = [SimpleNamespace(path=f"{uri}/abc12345_folder_alexnet")]
     assert study.driver.print_run_end(settings, grid) == (130 if interrupted else 0)
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     resume = f"python -m study.run --resume {uri}"
     if not undone:
-        assert f"analysis:    python -m study.analyze {uri}\n" in out and resume not in out
+        assert f"analysis:    python -m study.analyze {uri}\n" in out and resume not in out + err
         return
     assert f"analysis:    python -m study.analyze {uri}\n" not in out, out
+    # On stderr, which a user whose stdout goes to a file (`> run.log`) still sees; the summary stays on stdout.
+    assert "Best trial per model" in out and resume not in out and "--split val" not in out, out
     continued = (f"interrupted: 1 trial unfinished; continue the study with\n  {resume}" if interrupted
                  else f"the search is unfinished (2 trials not started); continue it with\n  {resume}")
-    assert out.endswith(f"{continued}\nuntil then, the analysis of the validation split alone (the test split waits "
-                        f"for the search to end):\n  python -m study.analyze {uri} --split val\n"), out
+    assert err == (f"\n{continued}\nuntil then, the analysis of the validation split alone (the test split waits "
+                   f"for the search to end):\n  python -m study.analyze {uri} --split val\n"), err
 
 
 def test_the_errored_line_counts_the_trials_whose_last_end_was_an_error():
