@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -119,6 +120,22 @@ def use_reserved_cpus(trial_resources: PlacementGroupFactory | None) -> None:
         torch.set_num_threads(threads)
 
 
+def log_to_worker_output() -> None:
+    """In a Ray actor, the INFO lines of cxrnets and study (the threads a trial trains on, a resumed trial's
+    epoch, the dataset's decoding, minutes long on a node without a staged cache) to the worker's stderr: its
+    root logger has no handler and stays at WARNING. `-v` streams that output to the study's console; without
+    it, it stays in Ray's worker logs. A handler only where none is: Tune reuses an actor for later trials."""
+    if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
+        return
+    for name in ("cxrnets", "study"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        if not logger.handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            logger.addHandler(handler)
+
+
 # Decoded datasets stay open in a worker process between trials (Tune reuses actors).
 _PREPARED: dict[tuple, PreparedData] = {}
 
@@ -141,6 +158,7 @@ class TrialTrainable(tune.Trainable):
     """
 
     def setup(self, config: dict[str, Any], context: TrialContext) -> None:
+        log_to_worker_output()
         self.context = context
         self.train_config = context.train_config(config)
         check_node(context, self.train_config.data_root)

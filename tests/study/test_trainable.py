@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -126,6 +127,34 @@ def no_ray(monkeypatch, tmp_path):
 
     monkeypatch.setattr(tune_trainable, "DEFAULT_STORAGE_PATH", str(tmp_path / "ray_results"))
     monkeypatch.setattr(trainable, "_node_id", lambda: "node-under-test")
+
+
+def test_a_trials_info_lines_reach_its_workers_output_once_per_line(ray_session, context, tmp_path):
+    """What `-v` streams to the study's console is the worker's output: its root logger has no handler and
+    stays at WARNING, so a trial's INFO lines (the threads it trains on, a resumed trial's epoch, the dataset's
+    decoding) never came out, even with -v. Each comes once, in the later trials of an actor Tune reuses too."""
+    import logging
+
+    import ray
+
+    worker_env = {"OMP_NUM_THREADS": "1", "HOME": str(tmp_path)}  # HOME: outside Tune, log folders in ~/ray_results
+    remote_trial = ray.remote(num_cpus=2, runtime_env={"env_vars": worker_env})(
+        tune.with_parameters(TrialTrainable, context=context))  # as Tune runs a trial
+    config = {"dataset": "folder", "model": "resnet50", "batch_size": 16}
+    trial = remote_trial.remote(config=config)
+
+    def logged(trainable: TrialTrainable) -> str:
+        logging.getLogger("cxrnets.cache").info("decoded 7/9 images")
+        sys.stderr.flush()
+        return Path(os.readlink("/proc/self/fd/2")).read_text()  # Ray's worker-*.err of this actor
+
+    try:
+        assert ray.get(trial.reset.remote({**config, "lr": 1e-2}))  # Tune reuses the actor for the next trial
+        output = ray.get(trial.__ray_call__.remote(logged))
+    finally:
+        ray.kill(trial)
+    assert output.count("PyTorch trains on 2 threads, the CPUs the trial reserved") == 1, output
+    assert output.count("decoded 7/9 images\n") == 1, output
 
 
 # ------------------------------------------------------------------ the trial config
