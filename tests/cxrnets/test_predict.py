@@ -325,15 +325,20 @@ def test_weights_with_nan_outputs_end_in_one_line_naming_the_file(trained, tmp_p
         assert err.rstrip().endswith("nothing was written") and not partial.exists()
 
 
+def folder_of_an_image_and(run, folder: Path, names: tuple[str, ...]) -> Path:
+    """`folder`, made, holding a.png (an image of `run`'s data) and a file of 200 zero bytes by each of `names`."""
+    folder.mkdir()
+    (folder / "a.png").write_bytes(Path(run.data.index.paths()[0]).read_bytes())
+    for name in names:
+        (folder / name).write_bytes(b"\0" * 200)
+    return folder
+
+
 def test_files_of_a_type_not_read_are_counted_by_type(trained, tmp_path: Path, caplog) -> None:
     """Files in a folder that predict does not decode (DICOM, .jfif) get no row: the log counts them by type and
     says how to score them."""
     run, checkpoint = trained
-    folder = tmp_path / "new"
-    folder.mkdir()
-    (folder / "a.png").write_bytes(Path(run.data.index.paths()[0]).read_bytes())
-    for name in ("b.dcm", "c.dcm", "d.jfif"):
-        (folder / name).write_bytes(b"\0" * 200)
+    folder = folder_of_an_image_and(run, tmp_path / "new", ("b.dcm", "c.dcm", "d.jfif"))
     out = tmp_path / "predictions.csv"
     caplog.set_level(logging.INFO, logger="cxrnets.predict")
     assert main([str(checkpoint), str(folder), "--out", str(out)]) == 0
@@ -347,11 +352,7 @@ def test_files_that_are_not_images_are_counted_as_such_with_no_advice_to_convert
     """The embedded sample's folder (metadata.csv, README.md beside images/) was logged as holding '2 files of a
     type not read (.csv 1, .md 1): convert them to PNG or JPEG': a CSV is no image to convert; a DICOM file is."""
     run, checkpoint = trained
-    folder = tmp_path / "new"
-    folder.mkdir()
-    (folder / "a.png").write_bytes(Path(run.data.index.paths()[0]).read_bytes())
-    for name in ("metadata.csv", "README.md", "scan.dcm"):
-        (folder / name).write_bytes(b"\0" * 200)
+    folder = folder_of_an_image_and(run, tmp_path / "new", ("metadata.csv", "README.md", "scan.dcm"))
     caplog.set_level(logging.INFO, logger="cxrnets.predict")
     assert main([str(checkpoint), str(folder), "--out", str(tmp_path / "predictions.csv")]) == 0
     assert f"not scored: 2 files in {folder} that are not images (.csv 1, .md 1)\n" in caplog.text, caplog.text
