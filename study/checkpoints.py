@@ -71,6 +71,15 @@ WRITTEN_TIE_KEY = "written_tie_break"  # result key: the study's tie-break metri
 RESTORE_NOTE_KEY = "restore_note"
 
 
+@dataclass(frozen=True)
+class TuneStateFile:
+    """A pickle that Tune saves beside each experiment snapshot of a run, as <prefix><session><extension>, and
+    that Tuner.restore reads (the newest by name: newest_tune_files). `holds`: what of the run it holds."""
+    prefix: str
+    extension: str
+    holds: str
+
+
 def weights_uri(study_uri: str, trial_id: str) -> str:
     return storage.join(study_uri, WEIGHTS_DIR, f"{trial_id}.pt")
 
@@ -255,21 +264,34 @@ def full_state_folders(trial_folder: str) -> list[str]:
 
 def newest_snapshot(run_uri: str) -> str | None:
     """The URI of Tune's newest experiment snapshot on storage in the folder of a run (a study, or its confirm
-    run): the one a resume restores, which Tune picks by the greatest name (older sessions' stay beside it);
-    None without a snapshot."""
-    names = [entry.name for entry in storage.listing(run_uri)
-             if not entry.is_dir and entry.name.startswith(SNAPSHOT_PREFIX) and entry.name.endswith(".json")]
-    return storage.join(run_uri, max(names)) if names else None
+    run): the one a resume restores (older sessions' stay beside it); None without a snapshot."""
+    return newest_tune_files(run_uri, [(SNAPSHOT_PREFIX, ".json")]).get(SNAPSHOT_PREFIX)
+
+
+def newest_tune_files(run_uri: str, kinds: list[tuple[str, str]]) -> dict[str, str]:
+    """Of each kind (prefix, extension) of the files Tune saves in the folder of a run, one per session
+    (<prefix><session><extension>), the URI of the newest: the one Tune's restore reads, which it picks by the
+    greatest name. prefix -> URI; a kind without a file is left out."""
+    newest: dict[str, str] = {}
+    for entry in storage.listing(run_uri):
+        for prefix, extension in kinds:
+            if not entry.is_dir and entry.name.startswith(prefix) and entry.name.endswith(extension):
+                newest[prefix] = max(newest.get(prefix, ""), entry.name)
+    return {prefix: storage.join(run_uri, name) for prefix, name in newest.items()}
 
 
 def stored_snapshot_trials(run_uri: str) -> dict[str, dict[str, Any]]:
-    """The trials of Tune's newest experiment snapshot on storage in the folder of a run (newest_snapshot): trial
-    id -> the trial's state there (its "status", its folder's name "relative_logdir", ...); {} without a snapshot.
-    OSError, ValueError, KeyError or TypeError if it cannot be read (on a local disk Tune may be rewriting it)."""
+    """The trials of Tune's newest experiment snapshot on storage in the folder of a run (newest_snapshot):
+    snapshot_trials of it; {} without a snapshot."""
     uri = newest_snapshot(run_uri)
-    if uri is None:
-        return {}
-    snapshot = storage.read_json(uri)
+    return snapshot_trials(uri) if uri is not None else {}
+
+
+def snapshot_trials(snapshot_uri: str) -> dict[str, dict[str, Any]]:
+    """The trials of Tune's experiment snapshot at `snapshot_uri`: trial id -> the trial's state there (its
+    "status", its folder's name "relative_logdir", ...). OSError, ValueError, KeyError or TypeError if it cannot
+    be read (on a local disk Tune may be rewriting it)."""
+    snapshot = storage.read_json(snapshot_uri)
     trials = {}
     for trial_state, _ in snapshot["trial_data"]:
         state = json.loads(trial_state)

@@ -32,7 +32,7 @@ import pandas as pd
 
 from cxrnets.errors import CxrError
 from study import storage
-from study.checkpoints import WeightsKeeper, forget_lost_trials
+from study.checkpoints import TuneStateFile, WeightsKeeper, forget_lost_trials
 from study.results import ResultsTable, read_results, read_trial_events, unfinished_search
 from study.lock import driver_lock
 from study.settings import StudySettings, check_setting_rules, load_settings, relocate, resumed_study
@@ -43,6 +43,8 @@ log = logging.getLogger("study.confirm")
 
 CONFIRM_DIR = "confirm"
 JOBS_FILE = "jobs.json"
+CONFIRM_STATE_FILES = (TuneStateFile("basic-variant-state-", ".json", "which of its jobs have started"),
+                       TuneStateFile("callback-states-", ".pkl", "each trial's best epoch"))
 
 
 @dataclass
@@ -250,7 +252,8 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
     resume_command = f"python -m study.confirm {quote(study_dir)} --resume"
     with driver_lock(uri, resume_command):
         if restore:
-            check_tune_state(uri, "confirm run", start_over=f"delete {uri} and start the confirm run again (--seeds)")
+            check_tune_state(uri, "confirm run", start_over=f"delete {uri} and start the confirm run again (--seeds)",
+                             state_files=CONFIRM_STATE_FILES)
         if resume:
             forget_lost_trials(uri)  # trials that started after Tune's last snapshot: the resume does not know them
         quiet_tune(verbose)

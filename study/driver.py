@@ -49,8 +49,9 @@ from cxrnets.training import (SPLIT_COLUMNS, PreparedData, align_split, named_co
                               patients_per_split, undecodable_images)
 from study import storage  # noqa: E402
 from study.asha import BestEpochASHA, PromotingASHA, PromotionGate, RungSnapshot  # noqa: E402
-from study.checkpoints import (WEIGHTS_DIR, CheckpointPolicy, WeightsKeeper, forget_lost_trials,  # noqa: E402
-                               newest_snapshot, prune_weights, stored_snapshot_trials)
+from study.checkpoints import (SNAPSHOT_PREFIX, WEIGHTS_DIR, CheckpointPolicy, WeightsKeeper,  # noqa: E402
+                               TuneStateFile, forget_lost_trials, newest_snapshot, newest_tune_files,
+                               prune_weights, snapshot_trials)
 from study.console import StudyConsole  # noqa: E402
 from study.lock import driver_lock  # noqa: E402
 from study.results import ResultsTable, read_results, read_trial_events, unfinished_search  # noqa: E402
@@ -68,6 +69,10 @@ log = logging.getLogger(__name__)
 
 CLUSTER_CONNECT_SECONDS = 10
 TUNER_FILE = "tuner.pkl"  # Tune's pickle of a run's Tuner, which Tuner.restore reads
+# What Tune saves beside each snapshot of a study's run, which a resume reads (check_tune_state)
+STUDY_STATE_FILES = (TuneStateFile("search_gen_state-", ".json", "how many trials the search has suggested"),
+                     TuneStateFile("searcher-state-", ".pkl", "the Optuna searcher's trials and what they reported"),
+                     TuneStateFile("callback-states-", ".pkl", "ASHA's rungs and each trial's best epoch"))
 
 # ------------------------------------------------------------------ this machine
 
@@ -642,7 +647,7 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
     resume_command = f"python -m study.run --resume {quote(settings.study_uri)}"
     with driver_lock(settings.study_uri, resume_command):  # the study folder exists from here
         if restore:
-            check_tune_state(settings.study_uri, "study", start_over="start a new study")
+            check_tune_state(settings.study_uri, "study", start_over="start a new study", state_files=STUDY_STATE_FILES)
         if restore and settings.optuna_study:
             restore_storage_file(settings.study_uri, settings.optuna_study)
         if resume:
@@ -683,29 +688,47 @@ def tune_state_saved(run_uri: str) -> bool:
     return newest_snapshot(run_uri) is not None
 
 
-def check_tune_state(run_uri: str, run: str, start_over: str) -> None:
+def check_tune_state(run_uri: str, run: str, start_over: str, state_files: tuple[TuneStateFile, ...]) -> None:
     """Before the resume of a run (a study, or its confirm run: `run`) whose Tune state is saved (tune_state_saved):
-    CxrError, naming the file and what to do, where tuner.pkl or the snapshot Tune restores (its newest) is
-    missing, cut short or damaged (a partial copy or upload). Tune does not stop there: Tuner.restore ends in a
-    traceback on such a tuner.pkl, and on such a snapshot Tune logs one and starts the run over in its folder, a
-    new search on top of the run's trials. `start_over`: what to do where no copy of the file is left."""
+    CxrError, naming the file and what to do, where tuner.pkl, the snapshot Tune restores (its newest) or one of
+    the newest of each of the `state_files` is missing, cut short or damaged (a partial copy or upload).
+    Tune does not stop there: on such a tuner.pkl Tuner.restore ends in a traceback; on such a snapshot or
+    searcher state Tune logs one and starts the run over in its folder, a new search on top of the run's trials;
+    without the searcher's state it ends in a traceback at the first result, and without the callbacks' it
+    forgets ASHA's rungs. `start_over`: what to do where no copy of the file is left."""
     remedy = f"restore it from a copy of the study folder, or {start_over}"
-    tuner_uri = storage.join(run_uri, TUNER_FILE)
-    what = f"it holds Tune's run of the {run} (its searcher, scheduler and callbacks), which --resume restores"
-    if storage.kind(tuner_uri) != "file":
-        raise CxrError(f"{tuner_uri} is missing: {what}; {remedy}")
+    check_pickle(storage.join(run_uri, TUNER_FILE),
+                 f"it holds Tune's run of the {run} (its searcher, scheduler and callbacks), which --resume restores; "
+                 f"{remedy}")
+    newest = newest_tune_files(run_uri, [(SNAPSHOT_PREFIX, ".json")] + [(state_file.prefix, state_file.extension)
+                                                                        for state_file in state_files])
+    snapshot_uri = newest[SNAPSHOT_PREFIX]
     try:
-        for _ in pickletools.genops(storage.read_bytes(tuner_uri)):  # reads its opcodes through, runs nothing
-            pass
-    except (OSError, ValueError) as error:
-        raise CxrError(f"{tuner_uri} cannot be read ({error}): {what}; {remedy}") from error
-    snapshot_uri = newest_snapshot(run_uri)
-    try:
-        stored_snapshot_trials(run_uri)
+        snapshot_trials(snapshot_uri)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise CxrError(f"{snapshot_uri} cannot be read ({error}): it is Tune's last snapshot of the {run}'s trials, "
                        f"which --resume continues (resumed without it, Tune would start the {run} over on top of "
                        f"its trials); {remedy}") from error
+    for state_file in state_files:
+        uri = newest.get(state_file.prefix)
+        if uri is None:
+            raise CxrError(f"{run_uri} holds no {state_file.prefix}<session>{state_file.extension}: Tune saves one "
+                           f"with each snapshot of the {run}, and --resume restores {state_file.holds} from the newest; "
+                           f"{remedy}")
+        check_pickle(uri, f"Tune saved it with a snapshot of the {run}, and --resume restores {state_file.holds} "
+                          f"from it; {remedy}")
+
+
+def check_pickle(uri: str, what_and_remedy: str) -> None:
+    """CxrError naming `uri` where the pickle there is missing or cannot be read through (cut short, damaged);
+    runs none of it."""
+    if storage.kind(uri) != "file":
+        raise CxrError(f"{uri} is missing: {what_and_remedy}")
+    try:
+        for _ in pickletools.genops(storage.read_bytes(uri)):  # reads its opcodes through, runs nothing
+            pass
+    except (OSError, ValueError) as error:
+        raise CxrError(f"{uri} cannot be read ({error}): {what_and_remedy}") from error
 
 
 def unfinished_trials(grid, events: pd.DataFrame) -> list[str]:

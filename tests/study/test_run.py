@@ -547,28 +547,43 @@ def test_resume_of_a_study_whose_optuna_storage_cannot_be_continued(tmp_path, ca
 
 
 def save_tune_state(study_uri: str, sessions: tuple[str, ...] = ("2026-12-06_08-00-00",)) -> None:
-    """Tune's state of a run, as a run leaves it: tuner.pkl, and an experiment snapshot per session of the run
-    (experiment_state-<session>.json; a resume restores the newest)."""
+    """Tune's state of a run, as a run leaves it: tuner.pkl, and per session of the run an experiment snapshot
+    (experiment_state-<session>.json) and the searcher's and callbacks' states (a resume restores the newest)."""
     storage.write_bytes(storage.join(study_uri, "tuner.pkl"), pickle.dumps({"searcher": list(range(500))}))
     for session in sessions:
         storage.write_json(storage.join(study_uri, f"experiment_state-{session}.json"),
                            {"trial_data": [[json.dumps({"trial_id": "aaaa0001", "status": "RUNNING"}), "{}"]],
                             "runner_data": {}, "stats": {}})
+        for name in (f"search_gen_state-{session}.json", f"searcher-state-{session}.pkl",
+                     f"callback-states-{session}.pkl"):
+            storage.write_bytes(storage.join(study_uri, name), pickle.dumps({"state": list(range(500))}))
 
 
 def cut_short(uri: str, size: int) -> None:
     storage.write_bytes(uri, storage.read_bytes(uri)[:size])
 
 
+TUNE_STATE_DAMAGE = {  # what is damaged -> (the file, as the error names it; what the error says of it)
+    "newest snapshot cut short": ("experiment_state-2026-12-07_09-00-00.json", "cannot be read (Unterminated string"),
+    "tuner.pkl cut short": ("tuner.pkl", "cannot be read ("),
+    "tuner.pkl missing": ("tuner.pkl", "is missing: "),
+    "newest searcher state cut short": ("searcher-state-2026-12-07_09-00-00.pkl", "cannot be read ("),
+    "every search state missing": ("", "holds no search_gen_state-<session>.json: "),
+    "every callback state missing": ("", "holds no callback-states-<session>.pkl: "),
+    "an older snapshot cut short": ("experiment_state-2026-12-06_08-00-00.json", None),
+    "an older searcher state cut short": ("searcher-state-2026-12-06_08-00-00.pkl", None),
+}
+
+
 @pytest.mark.parametrize("where", ["local", "bucket"])
-@pytest.mark.parametrize("damage", ["newest snapshot cut short", "tuner.pkl cut short", "tuner.pkl missing",
-                                    "an older snapshot cut short"])
+@pytest.mark.parametrize("damage", list(TUNE_STATE_DAMAGE))
 def test_resume_of_a_study_whose_tune_state_cannot_be_read(tmp_path, capsys, tiny_data, cache_dir, monkeypatch,
                                                            request, where, damage):
-    """A snapshot of Tune's that cannot be read made Tune log 'Failed to restore the run state' and run a new
-    search in the study's folder, on top of its trials (its results and optuna.db mixing both); a tuner.pkl cut
-    short ended the resume in an unpickling traceback. The resume stops before Ray, naming the file and what to
-    do, and changes nothing. Older sessions' snapshots, which Tune does not restore, do not matter."""
+    """A snapshot of Tune's or a searcher state that cannot be read made Tune log 'Failed to restore the run
+    state' and run a new search in the study's folder, on top of its trials (its results and optuna.db mixing
+    both); a tuner.pkl cut short ended the resume in an unpickling traceback, a missing search state in a KeyError
+    at the first result. The resume stops before Ray, naming the file and what to do, and changes nothing. Older
+    sessions' files, which Tune does not restore, do not matter."""
     import study.driver
     from study.settings import save_settings
 
@@ -583,10 +598,14 @@ def test_resume_of_a_study_whose_tune_state_cannot_be_read(tmp_path, capsys, tin
     optuna.create_study(study_name=settings.optuna_study, storage=f"sqlite:///{optuna_file}")
     storage.write_bytes(storage.join(settings.study_uri, "optuna.db"), optuna_file.read_bytes())
     save_tune_state(settings.study_uri, sessions=("2026-12-06_08-00-00", "2026-12-07_09-00-00"))
-    damaged = storage.join(settings.study_uri, {"newest snapshot cut short": "experiment_state-2026-12-07_09-00-00",
-                                                "an older snapshot cut short": "experiment_state-2026-12-06_08-00-00",
-                                                }.get(damage, "tuner") + (".pkl" if "tuner" in damage else ".json"))
-    if damage == "tuner.pkl missing":
+    name, cause = TUNE_STATE_DAMAGE[damage]
+    damaged = storage.join(settings.study_uri, name) if name else settings.study_uri
+    if damage.startswith("every"):
+        kind = "search_gen_state-" if "search" in damage else "callback-states-"
+        for entry in storage.listing(settings.study_uri):
+            if entry.name.startswith(kind):
+                storage.delete(entry.uri)
+    elif damage.endswith("missing"):
         storage.delete(damaged)
     else:
         cut_short(damaged, 60)
@@ -599,12 +618,10 @@ def test_resume_of_a_study_whose_tune_state_cannot_be_read(tmp_path, capsys, tin
     monkeypatch.setattr(study.driver, "connect", ray_starts)
     status = main(["--resume", settings.study_uri])
     err = capsys.readouterr().err
-    if damage == "an older snapshot cut short":
+    if cause is None:
         assert status == 130, err
         return
     assert status == 2
-    cause = {"newest snapshot cut short": "cannot be read (Unterminated string",
-             "tuner.pkl cut short": "cannot be read (", "tuner.pkl missing": "is missing: "}[damage]
     assert err.startswith(f"error: {damaged} {cause}")
     assert err.rstrip().endswith("restore it from a copy of the study folder, or start a new study")
     after = {entry.uri: storage.read_bytes(entry.uri) for entry in storage.listing(settings.study_uri, True)
