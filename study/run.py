@@ -25,7 +25,7 @@ from shlex import quote
 from cxrnets.cache import absolute_cache_dir
 from cxrnets.data import DATASET_NAMES, MULTILABEL_DATASETS, SAMPLE_ROOT, dataset_options_help, parse_dataset_options
 from cxrnets.errors import CxrError
-from cxrnets.names import check_image_size, check_seed
+from cxrnets.names import check_seed
 from study import storage
 from study.settings import (ASHA_FORMS, CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DEFAULTS, METRICS, TIE_BREAK,
                             StudySettings, check_metric_reported, check_setting_rules, check_space_study,
@@ -179,8 +179,9 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
                     study["grace_period"], args.max_epochs, args.max_epochs)
         study["grace_period"] = args.max_epochs
     image_size = pick("image_size")
-    if args.image_size is None and "image_size" in space.study:
-        check_models_fit_image_size(space, image_size, f"{source}: study.image_size")
+    check_models_fit_image_size(space, image_size, "--image-size" if args.image_size is not None
+                                else f"{source}: study.image_size" if "image_size" in space.study
+                                else "the default --image-size")
     # A tie-break on the study metric itself breaks nothing.
     tie_break = None if args.tie_break in ("none", pick("metric")) else args.tie_break
     if space.every_trial_draws("image_size") and args.image_size is not None:
@@ -257,15 +258,11 @@ def _data_roots(given: list[str] | None, datasets: list[str]) -> dict[str, str]:
 def validate(settings: StudySettings, metric_from: str) -> None:
     """Every check that needs no Ray: run before Ray starts anything. `metric_from`: where the study's metric came
     from, as a message names it (--metric, or the space's study.metric)."""
-    space = settings.search_space()
     check_setting_rules(settings)
     check_seed(settings.seed)
     check_metric_reported(settings.metric, list(settings.data_roots), metric_from)
     if settings.tie_break:
         check_metric_reported(settings.tie_break, list(settings.data_roots), "--tie-break")
-    for case in space.cases(("model", "image_size")):
-        if "image_size" not in case:  # trials at the study's size; load_space checked the sizes the space draws
-            check_image_size(case["model"], settings.image_size)
     for dataset in settings.data_roots:
         if dataset in MULTILABEL_DATASETS and settings.dataset_options.get(dataset, {}).get("holdout_sources"):
             raise CxrError(f"--dataset-option holdout_sources with the multi-label {dataset}: the analysis evaluates "
