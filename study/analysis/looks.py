@@ -95,8 +95,12 @@ def history(look: Look, earlier: list[Look]) -> str:
     if not earlier:
         return "first read by this analysis (recorded in the study's analyses/)"
     if not other:
-        return (f"read by {same} earlier {'analysis' if same == 1 else 'analyses'} of these same trials at these "
-                "epochs: the same figures, no new look")
-    return (f"read before for other trials by {other} earlier {'analysis' if other == 1 else 'analyses'} (see "
-            f"Earlier looks at the test split){f', and by {same} of these same trials' if same else ''}: a choice "
-            "among them made by their test figures would make the test split a second validation split")
+        return f"read by {_analyses(same)} of these same trials at these epochs: the same figures, no new look"
+    also = f", and by {_analyses(same)} of these same trials" if same else ""
+    return (f"read before for other trials by {_analyses(other)} (see Earlier looks at the test split){also}: a "
+            "choice among them made by their test figures would make the test split a second validation split")
+
+
+def _analyses(count: int) -> str:
+    """`count` earlier analyses, in words."""
+    return f"{count} earlier {'analysis' if count == 1 else 'analyses'}"

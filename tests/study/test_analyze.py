@@ -526,7 +526,7 @@ def test_each_look_at_the_test_split_is_recorded_and_reported(study_dir, tmp_pat
     assert "### Earlier looks at the test split" in text and text.count("| no ") == 2
     again = analyze(copy, **quick)
     assert "read before for other trials by 1 earlier analysis (see Earlier looks at the test split), and by " \
-           "2 of these same trials" in header(again)
+           "2 earlier analyses of these same trials" in header(again)
     assert len(list((copy / "analyses").glob("*.json"))) == 4  # the validation analysis recorded nothing
     shutil.rmtree(copy / "analyses")
     (copy / "analyses").write_text("a file where the folder should be")

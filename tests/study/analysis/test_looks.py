@@ -38,6 +38,16 @@ def test_seed_runs_added_to_the_same_selection_are_no_new_look(tmp_path: Path) -
     assert history(other, looks).startswith("read before for other trials by 2 earlier analyses")
 
 
+def test_earlier_analyses_of_the_same_trials_are_counted_as_analyses(tmp_path: Path) -> None:
+    """Beside looks for other trials, the count of earlier looks at the same trials is of analyses, not trials."""
+    other = look("2026-12-03T08:00:00Z", alexnet="a2@4")
+    same = [look("2026-12-03T09:00:00Z"), look("2026-12-03T10:00:00Z")]
+    assert ("read before for other trials by 1 earlier analysis (see Earlier looks at the test split), and by 2 "
+            "earlier analyses of these same trials: a choice") in history(look("now"), [other, *same])
+    assert ", and by 1 earlier analysis of these same trials: a choice" in history(look("now"), [other, same[0]])
+    assert "these same trials" not in history(look("now"), [other])
+
+
 def test_an_unreadable_record_is_named_and_the_others_kept(tmp_path: Path) -> None:
     record_look(str(tmp_path), look("2026-12-03T09:00:00Z"))
     (tmp_path / LOOKS_DIR / "cut.json").write_text('{"time": "2026')
