@@ -62,6 +62,12 @@ def plot_confusion(evaluation: Evaluation, title: str, path: Path) -> None:
     plt.close(figure)
 
 
+def _wrapped(title: str, inches: float, fontsize: float) -> str:
+    """`title` broken into lines that fit `inches` at `fontsize` points (a character is taken as 0.6 of the
+    font size wide, more than the average of the default font), so no end of it is cut off."""
+    return textwrap.fill(title, width=int(inches * 72 / (0.6 * fontsize)), break_on_hyphens=False)
+
+
 def _panels(plt, count: int, inches: float, title_room: float):
     """(figure, the first `count` axes) of a grid of square panels, at most 4 a row (the rest hidden)."""
     columns = min(count, 4)
@@ -144,7 +150,8 @@ def plot_curves(analysis: Analysis, dataset: str, path: Path) -> None:
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=7, loc="best")
     axes.flat[0].set_ylabel(f"{analysis.metric} (validation)")
-    figure.suptitle(f"{dataset}: {analysis.metric} per epoch; selected trials in colour, others grey", fontsize=10)
+    figure.suptitle(_wrapped(f"{dataset}: {analysis.metric} per epoch; selected trials in colour, others grey",
+                             figure.get_figwidth(), 10), fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -186,7 +193,8 @@ def plot_pretrained(analysis: Analysis, dataset: str, pairs: dict, path: Path) -
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     axes.flat[0].set_ylabel(f"{analysis.metric} (validation)")
-    figure.suptitle(f"{dataset}: ImageNet-pretrained against from scratch (best trial of each)", fontsize=10)
+    figure.suptitle(_wrapped(f"{dataset}: ImageNet-pretrained against from scratch (best trial of each)",
+                             figure.get_figwidth(), 10), fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -293,7 +301,7 @@ def plot_reliability(cells: list, dataset: str, split_name: str, path: Path) -> 
         labels = ("confidence (the predicted class's probability)", "accuracy of the images in the bin")
         counted = f"{len(first.y_true)} images"
     axis.set(xlim=(0, 1), ylim=(0, 1), xlabel=labels[0], ylabel=labels[1],
-             title=f"{dataset}: calibration, {split_name} split ({counted})")
+             title=_wrapped(f"{dataset}: calibration, {split_name} split ({counted})", figure.get_figwidth() - 1, 12))
     axis.legend(loc="upper left", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)

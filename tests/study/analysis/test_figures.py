@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from study.analysis.evaluation import Evaluation
-from study.analysis.figures import plot_confusion, plot_curves, plot_gradcam
+from study.analysis.figures import plot_confusion, plot_curves, plot_gradcam, plot_pretrained, plot_reliability
 from study.analysis.saliency import SaliencyPanel, SaliencyRow
 
 
@@ -97,3 +97,41 @@ def test_a_confusion_matrix_colours_each_row_by_its_share_so_a_rare_class_reads_
     np.testing.assert_allclose(covid.images[0].get_array(), [[0, 1], [0, 1]])  # TN FP / FN TP of 1 and 2 images
     np.testing.assert_allclose(effusion.images[0].get_array(), [[1, 0], [1, 0]])
     assert bar.get_ylabel().startswith("share of the row's images")
+
+
+def inside_the_figure(figure, title) -> bool:
+    """Whether the drawn `title` (a suptitle or an axis title) lies wholly within the figure, no end cut off."""
+    figure.canvas.draw()
+    extent, bounds = title.get_window_extent(), figure.bbox
+    return bounds.x0 <= extent.x0 and extent.x1 <= bounds.x1 and bounds.y0 <= extent.y0 and extent.y1 <= bounds.y1
+
+
+def test_the_titles_of_a_one_model_study_s_figures_fit_their_width(drawn, tmp_path):
+    """One model, one panel 4.6 in wide: 'estxray-3class: val/f1_macro per epoch; selected trials in colour,
+    oth' was all the curves' title showed, cut off on both sides."""
+    dataset = "covid-chestxray-3class"
+    results = pd.DataFrame({"trial_id": ["a", "a", "b", "b"], "trial_name": [f"{dataset}_alexnet_a"] * 2
+                            + [f"{dataset}_alexnet_b"] * 2, "config/model": "alexnet",
+                            "config/pretrained": [True, True, False, False], "epoch": [1, 2, 1, 2],
+                            "training_iteration": [1, 2, 1, 2], "val/f1_macro": [0.28, 0.3, 0.35, 0.4]})
+    settings = types.SimpleNamespace(data_roots={dataset: "/data"}, baselines={}, tie_break="val/loss")
+    analysis = types.SimpleNamespace(study=types.SimpleNamespace(results=results, settings=settings), selected=[],
+                                     metric="val/f1_macro", mode="max", top_k=1)
+    plot_curves(analysis, dataset, tmp_path / "curves.png")
+    plot_pretrained(analysis, dataset, {(dataset, "alexnet"): {True: "a", False: "b"}}, tmp_path / "pretrained.png")
+    for figure, words in zip(drawn, ("val/f1_macro per epoch; selected trials in colour, others grey",
+                                     "ImageNet-pretrained against from scratch (best trial of each)")):
+        assert figure.get_figwidth() == pytest.approx(4.6)
+        title = figure._suptitle
+        assert title.get_text().replace("\n", " ") == f"{dataset}: {words}"  # all of it, in lines
+        assert inside_the_figure(figure, title), title.get_text()
+
+    y_true = np.array([0, 1, 2, 0])
+    evaluation = Evaluation("t1", 3, "val", {}, y_true, np.eye(3)[y_true] * 0.8 + 0.05, ["COVID-19",
+                            "Other pneumonia", "No Finding"], False, {}, np.arange(4), np.zeros((4, 3)))
+    long_name = "covid-radiography-3class"
+    plot_reliability([types.SimpleNamespace(model="alexnet", evaluation=evaluation)], long_name, "validation",
+                     tmp_path / "reliability.png")
+    (axis,) = drawn[2].axes
+    assert axis.get_title().replace("\n", " ") == f"{long_name}: calibration, validation split (4 images)"
+    assert inside_the_figure(drawn[2], axis.title), axis.get_title()
