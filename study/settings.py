@@ -136,19 +136,21 @@ def check_metric_reported(metric: str, datasets: list[str], option: str) -> None
 
 def parse_data_roots(items: list[str] | None, datasets: list[str]) -> dict[str, str]:
     """--data-root options ([DATASET=]PATH; DATASET= where there are several datasets; one for each dataset at
-    most) as dataset -> absolute path, for the datasets they name."""
+    most) as dataset -> absolute path, for the datasets they name. NAME=PATH whose NAME is not one of `datasets`
+    is refused, naming them; a path holding '=' is written with a folder before it (./a=b, /data/a=b)."""
     roots: dict[str, str] = {}
     for item in items or []:
         name, sep, path = item.partition("=")
-        if sep and name in datasets:
+        named = bool(sep) and "/" not in name
+        if named and name in datasets:
             dataset = name
-        elif len(datasets) == 1 and not (sep and name in DATASET_NAMES):
-            dataset, path = datasets[0], item
-        elif len(datasets) == 1:
+        elif named and len(datasets) == 1:
             raise CxrError(f"--data-root {item!r}: {name} is not this study's dataset; write PATH alone, or "
-                           f"{datasets[0]}=PATH")
-        elif sep and name in DATASET_NAMES:
+                           f"{datasets[0]}=PATH (a folder whose name holds '=' as ./{item})")
+        elif named:
             raise CxrError(f"--data-root {item!r}: {name} is not one of the study's datasets ({', '.join(datasets)})")
+        elif len(datasets) == 1:
+            dataset, path = datasets[0], item
         else:
             raise CxrError(f"--data-root {item!r}: with several datasets, write DATASET=PATH for one of "
                            f"{', '.join(datasets)}")

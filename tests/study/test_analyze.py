@@ -888,10 +888,12 @@ def test_study_without_a_finished_epoch(study_dir, tmp_path, capsys):
 
 
 
-def test_a_data_root_for_another_dataset_is_refused(study_dir, tmp_path, capsys):
-    assert main([str(study_dir), "--out", str(tmp_path / "report"), "--data-root", f"covid-chestxray={tmp_path}"]) == 2
-    assert (f"error: --data-root 'covid-chestxray={tmp_path}': covid-chestxray is not this study's dataset; write "
-            f"PATH alone, or {DATASET}=PATH") in capsys.readouterr().err
+@pytest.mark.parametrize("name", ["covid-chestxray", "bogus"])
+def test_a_data_root_for_another_dataset_is_refused(study_dir, tmp_path, capsys, name):
+    """A dataset of other studies, or no dataset at all (`bogus=/tmp` was read as the path <cwd>/bogus=/tmp)."""
+    assert main([str(study_dir), "--out", str(tmp_path / "report"), "--data-root", f"{name}={tmp_path}"]) == 2
+    assert (f"error: --data-root '{name}={tmp_path}': {name} is not this study's dataset; write PATH alone, or "
+            f"{DATASET}=PATH") in capsys.readouterr().err
     assert not (tmp_path / "report").exists()
 
 

@@ -100,6 +100,22 @@ def test_a_data_root_for_a_dataset_of_no_study_of_several_says_so(tmp_path):
         parse_data_roots([f"covid-chestxray-3class={tmp_path}", f"covid-radiography={tmp_path}"], two)
 
 
+def test_a_data_root_named_for_no_dataset_is_refused_naming_the_study_s(tmp_path, monkeypatch):
+    """`--data-root bogus=/tmp` was read as the path <cwd>/bogus=/tmp, and refused later as data not found there."""
+    one, two = ["csv"], ["covid-chestxray-3class", "covid-pneumonia-normal"]
+    with pytest.raises(CxrError, match=re.escape("--data-root 'bogus=/tmp': bogus is not this study's dataset; write "
+                                                 "PATH alone, or csv=PATH (a folder whose name holds '=' as "
+                                                 "./bogus=/tmp)")):
+        parse_data_roots(["bogus=/tmp"], one)
+    with pytest.raises(CxrError, match=re.escape("--data-root 'bogus=/tmp': bogus is not one of the study's "
+                                                 "datasets (covid-chestxray-3class, covid-pneumonia-normal)")):
+        parse_data_roots(["bogus=/tmp"], two)
+    monkeypatch.chdir(tmp_path)  # a path holding '=' still reads as one, with a folder before it
+    assert parse_data_roots(["./a=b"], one) == {"csv": str(tmp_path / "a=b")}
+    assert parse_data_roots([f"covid-pneumonia-normal={tmp_path}/a=b"], two) == {
+        "covid-pneumonia-normal": str(tmp_path / "a=b")}
+
+
 @pytest.mark.parametrize("typed, meant", [("cache", "cache"), ("~/cache", "home/cache")])
 def test_a_resumes_cache_dir_is_held_as_an_absolute_path(tmp_path, monkeypatch, typed, meant):
     """Each Tune trial runs in a folder of its own: a --cache-dir kept as typed would name another folder there."""
