@@ -11,11 +11,14 @@ It reads what a study wrote (finished, still running or interrupted; it never
 trains): the results table, the trial ends, the study's split and the trials'
 best-weights sidecars (study.checkpoints). For every (dataset, model) it picks
 the best trial on the validation metric, evaluates that trial's best weights
-once on the held-out test split, and writes `<study dir>/report/` (or --out):
-report.md (tables inline, figures linked), one CSV and one Parquet file per
-table under tables/, PNG figures under figures/, and analysis-files.json, the
-list of them and the study analysed: an analysis of that study into that
-folder again replaces those files, and refuses a folder holding other such
+once on the held-out test split, and writes `<study dir>/report/`
+(`report-val/` for --split val, so that a look at validation keeps the test
+report; or --out): report.md (tables inline, figures linked), one CSV and one
+Parquet file per table under tables/, PNG figures under figures/, and
+analysis-files.json, the list of them, the split and the study analysed: an
+analysis of that study into that folder again replaces those files (saying
+on stderr which it deleted and did not write again, and whether the report
+it replaced was of the other split), and refuses a folder holding other such
 files (a report.md, tables or figures of someone else's, which it would
 overwrite) or another study's report. A study in object storage
 (s3://, gs://) is read in place; only the weights it evaluates are downloaded,
@@ -76,7 +79,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("study.analyze")
 
 FORMATS = ("md", "csv", "parquet", "png")
-REPORT_DIR = "report"
+REPORT_DIRS = {"test": "report", "val": "report-val"}  # the default --out: a look at validation keeps the test report
 MIN_RESAMPLES = 200
 SALIENCY_PER_CLASS = 2
 
@@ -144,7 +147,7 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
 
     if out is None and study.remote:
         raise CxrError(f"{study.uri} is in object storage: pass --out DIR (a local folder) for the report")
-    analysis.out = Path(out) if out is not None else Path(study.uri) / REPORT_DIR
+    analysis.out = Path(out) if out is not None else Path(study.uri) / REPORT_DIRS[split]
 
     data = StudyData(study, parse_data_roots(data_roots, list(settings.data_roots)), cache_dir, device)
     analysis.split_notes = data.split_notes
@@ -219,8 +222,8 @@ def comparison_heading(split: str, metric: str, top_k: int) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m study.analyze", description=__doc__.split("\n\n")[0],
-        epilog="Writes <study dir>/report/: report.md, tables/*.csv and *.parquet, figures/*.png, and "
-               "analysis-files.json, their list. "
+        epilog="Writes <study dir>/report/ (report-val/ for --split val): report.md, tables/*.csv and *.parquet, "
+               "figures/*.png, and analysis-files.json, their list. "
                "Exit status 2 on bad input (not a study, nothing finished, a changed split), 130 on Ctrl-C.")
     add = parser.add_argument
     add("study_dir", help="the study directory python -m study.run wrote (<storage>/<study name>)")
@@ -258,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"what to write, comma-separated from {','.join(FORMATS)} (default: all of them)")
     add("--out", default=None, help="report folder, refused if it holds a report.md, tables or figures that "
         "study.analyze did not write, or the report of another study (analysis-files.json names the study "
-        "analysed); an earlier report of this study there is replaced (default: <study dir>/report)")
+        "analysed); an earlier report of this study there is replaced, saying which of its files are gone "
+        "(default: <study dir>/report, or <study dir>/report-val for --split val)")
     add("--data-root", action="append", default=None, metavar="[DATASET=]PATH",
         help="where a dataset lies on this machine, if not where the study read it; DATASET= where the study has "
              "several; repeatable (default: the roots in study.json)")

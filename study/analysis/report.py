@@ -134,9 +134,11 @@ def _for_files(table: pd.DataFrame) -> pd.DataFrame:
 
 def write_report(analysis: Analysis, formats: tuple[str, ...]) -> None:
     """Write the report into analysis.out, replacing what an earlier analysis wrote there (no stale table or
-    figure stays) and nothing else."""
+    figure stays) and nothing else, and say on stderr what of an earlier report it replaced."""
     out = analysis.out
-    for name in check_report_folder(out, analysis.study) & report_files(out):
+    earlier = check_report_folder(out, analysis.study) & report_files(out)
+    earlier_split = recorded_split(out)
+    for name in earlier:
         (out / name).unlink()
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -144,9 +146,35 @@ def write_report(analysis: Analysis, formats: tuple[str, ...]) -> None:
     finally:  # an interrupted report lists what it wrote too: report_files holds nothing else by now
         listing = out / f"{FILES_LIST}.partial"
         listing.write_text(json.dumps({"written_by": "python -m study.analyze", "study": study_record(analysis.study),
-                                       "files": sorted(report_files(out))}, indent=1) + "\n")
+                                       "split": analysis.split, "files": sorted(report_files(out))}, indent=1) + "\n")
         listing.replace(out / FILES_LIST)  # whole or not at all
+    replaced = replaced_words(out, earlier, earlier_split, analysis.split)
+    if replaced:
+        log.warning(replaced)
     log.info("report written to %s", out / "report.md" if "md" in formats else out)
+
+
+def recorded_split(out: Path) -> str | None:
+    """The split of the earlier report in `out`, as its FILES_LIST records it (check_report_folder has read that
+    whole); None where there is none, or it is from before the list recorded the split."""
+    listing = out / FILES_LIST
+    split = json.loads(listing.read_text()).get("split") if listing.exists() else None
+    return split if isinstance(split, str) else None
+
+
+def replaced_words(out: Path, earlier: set[str], earlier_split: str | None, split: str) -> str | None:
+    """What this report of `split` replaced in `out`, where it is worth a warning: an earlier report of another
+    split, or files of an earlier report (`earlier`) that it deleted and did not write again."""
+    gone = sorted(earlier - report_files(out))
+    other_split = earlier_split is not None and earlier_split != split
+    if not (gone or other_split):
+        return None
+    text = (f"--out {out}: this report of the {split} split replaced the earlier report there"
+            + (f", of the {earlier_split} split" if other_split else ""))
+    if gone:
+        shown = ", ".join(gone[:3]) + (f" and {len(gone) - 3} more" if len(gone) > 3 else "")
+        text += f", and deleted {len(gone)} of its files that it does not write again ({shown})"
+    return text + "; to keep a report, give the next analysis another --out"
 
 
 def _write_files(analysis: Analysis, formats: tuple[str, ...]) -> None:

@@ -519,7 +519,9 @@ def test_each_look_at_the_test_split_is_recorded_and_reported(study_dir, tmp_pat
 
     assert "first read by this analysis" in header(analyze(copy, **quick))
     assert "read by 1 earlier analysis of these same trials" in header(analyze(copy, **quick))
-    analyze(copy, split="val", **quick)
+    test_report = (copy / "report" / "report.md").read_text()
+    assert analyze(copy, split="val", **quick).out == copy / "report-val"  # a look at validation keeps the test report
+    assert (copy / "report" / "report.md").read_text() == test_report
     top2 = analyze(copy, top_k=2, **quick)
     assert "read before for other trials by 2 earlier analyses" in header(top2)
     text = (top2.out / "report.md").read_text()

@@ -139,11 +139,12 @@ def _study(uri: str = "/studies/demo", name: str = "demo", created: str = "2026-
     return types.SimpleNamespace(uri=uri, settings=types.SimpleNamespace(name=name, created=created))
 
 
-def _written(out, *tables: str, study=None) -> types.SimpleNamespace:
-    """A report of these tables, as CSV and Parquet, into `out`, of `study` (default: _study())."""
+def _written(out, *tables: str, study=None, split: str = "test",
+             formats: tuple[str, ...] = ("csv", "parquet")) -> types.SimpleNamespace:
+    """A report of these tables into `out`, of `study` (default: _study()) on `split`."""
     analysis = types.SimpleNamespace(out=out, files=[], tables={name: pd.DataFrame({"x": [1]}) for name in tables},
-                                     study=study or _study())
-    write_report(analysis, ("csv", "parquet"))
+                                     study=study or _study(), split=split)
+    write_report(analysis, formats)
     return analysis
 
 
@@ -156,6 +157,31 @@ def test_a_rerun_replaces_its_own_earlier_files_and_leaves_the_users_alone(tmp_p
     assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == [
         "README.txt", "comparison_f1_macro.csv", "comparison_f1_macro.parquet"]
     assert (tmp_path / "notes.md").read_text() == "mine"
+
+
+def test_a_report_that_replaces_another_split_s_or_deletes_its_files_says_so(tmp_path, caplog):
+    """A quick `--split val --format csv` into the folder of the full test report deleted the test report's other
+    files, and nothing said so."""
+    tables = [f"per_class_d_model{i}" for i in range(3)]
+    _written(tmp_path, "comparison_f1_macro", *tables)
+    assert json.loads((tmp_path / "analysis-files.json").read_text())["split"] == "test"
+    with caplog.at_level("WARNING", logger="study.analyze"):
+        _written(tmp_path, "comparison_f1_macro", *tables)  # the same report again: nothing to say
+        assert caplog.records == []
+        _written(tmp_path, "comparison_f1_macro", split="val", formats=("csv",))
+    (record,) = caplog.records
+    assert record.levelname == "WARNING"
+    assert record.getMessage() == (
+        f"--out {tmp_path}: this report of the val split replaced the earlier report there, of the test split, and "
+        "deleted 7 of its files that it does not write again (tables/comparison_f1_macro.parquet, "
+        "tables/per_class_d_model0.csv, tables/per_class_d_model0.parquet and 4 more); to keep a report, give the "
+        "next analysis another --out")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="study.analyze"):
+        _written(tmp_path, "comparison_f1_macro", split="test", formats=("csv",))  # a whole report of the other split
+    assert [record.getMessage() for record in caplog.records] == [
+        f"--out {tmp_path}: this report of the test split replaced the earlier report there, of the val split; to "
+        "keep a report, give the next analysis another --out"]
 
 
 @pytest.mark.parametrize("theirs", ["tables/results.csv", "figures/plot.png", "report.md"])
