@@ -45,11 +45,11 @@ from cxrnets.data import (DATASET_NAMES, DatasetIndex, dataset_options_help, lea
 from cxrnets.errors import CxrError, command_ends
 from cxrnets.images import decode, out_of_memory
 from cxrnets.names import MIN_IMAGE_SIZE
+from cxrnets.progress import PROGRESS_SECONDS, speed_and_time_left
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 4  # bump when decoding, resizing or the files of a cache change (4: 16-bit grey windowed)
-PROGRESS_SECONDS = 30  # a progress line at least this often while decoding, besides every 500 images
 LOCK_NOTICE_SECONDS = 5  # a build that waits this long for another process's build of the same cache says so
 READ_RETRY_SECONDS = 2  # a file that fails to read is read again after this pause (a network file system's hiccup)
 
@@ -250,7 +250,8 @@ def _decode_files(partial: Path, index: DatasetIndex, image_size: int, workers: 
         for done, _ in enumerate(pool.map(decode_one, range(len(paths))), start=1):
             now = time.perf_counter()
             if done % 500 == 0 or done == len(paths) or now - last_report > PROGRESS_SECONDS:
-                log.info("decoded %d/%d images (%.1f images/s)", done, len(paths), done / max(now - started, 1e-9))
+                log.info("decoded %d/%d images (%s)", done, len(paths),
+                         speed_and_time_left(done, len(paths), now - started))
                 last_report = now
     finally:
         pool.shutdown(cancel_futures=True)  # on Ctrl-C, not after decoding every image queued

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,7 @@ from cxrnets.errors import CxrError
 from cxrnets.images import (IMAGE_SUFFIXES, data_files, described_types, how_to_read, images_and_others,
                             is_image_file, load_image, types_not_read)
 from cxrnets.names import MIN_IMAGE_SIZE, MODEL_NAMES
+from cxrnets.progress import speed_and_time_left
 
 log = logging.getLogger("cxrnets.predict")
 
@@ -285,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("%s, epoch %d%s; %d classes: %s; %d images at %d px", checkpoint["config"]["model"],
              checkpoint["epoch"], chosen_on, len(classes), ", ".join(classes), len(paths), image_size)
     done, errors, counts = 0, [], Counter()
+    started = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         with partial.open("x", encoding="utf-8", newline="") as file:
@@ -295,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
                 errors += [row["error"] for row in rows if row["error"]]
                 counts.update(row["predicted"] for row in rows if not row["error"])
                 if len(paths) > CHUNK:
-                    log.info("scored %d/%d images", done, len(paths))
+                    log.info("scored %d/%d images (%s)", done, len(paths),
+                             speed_and_time_left(done, len(paths), time.perf_counter() - started))
     except CxrError as error:  # the model's outputs are NaN: the weights of a diverged run
         if done:
             kept = f"the {done} rows written before are in {partial} (move it away before running again)"

@@ -43,6 +43,7 @@ from cxrnets.config import TrainConfig
 from cxrnets.data import DATASET_NAMES, dataset_options_help, parse_dataset_options
 from cxrnets.errors import CxrError, DivergedError
 from cxrnets.names import MODEL_NAMES, OPTIMIZER_NAMES
+from cxrnets.progress import PROGRESS_SECONDS, speed_and_time_left
 
 log = logging.getLogger("cxrnets.train")
 
@@ -316,12 +317,11 @@ def warn_of_a_full_batch(run) -> None:
                     train_images, train_images)
 
 
-PROGRESS_SECONDS = 30.0  # between two progress lines within an epoch
 
 
 class EpochProgress:
     """train_one_epoch's progress callback for the command line: a line every PROGRESS_SECONDS with the images
-    trained of the training split's and the images per second, so that a long epoch does not pass in silence."""
+    trained of the training split's, the images per second and the epoch's time left, so that a long epoch does not pass in silence."""
 
     def __init__(self, epoch: int, epochs: int, train_images: int):
         self.epoch, self.epochs, self.train_images = epoch, epochs, train_images
@@ -332,8 +332,8 @@ class EpochProgress:
         if now - self.shown < PROGRESS_SECONDS:
             return
         self.shown = now
-        log.info("epoch %d/%d: %d/%d images trained (%.1f images/s)", self.epoch, self.epochs, images,
-                 self.train_images, images / max(now - self.started, 1e-9))
+        log.info("epoch %d/%d: %d/%d images trained (%s)", self.epoch, self.epochs, images, self.train_images,
+                 speed_and_time_left(images, self.train_images, now - self.started))
 
 
 def recorded_epoch(line: str) -> float:

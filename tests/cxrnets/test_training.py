@@ -483,8 +483,10 @@ def test_cli_shows_an_epochs_progress_and_its_time_with_validation(tiny_folder: 
     monkeypatch.setattr("cxrnets.train.PROGRESS_SECONDS", 0.0)  # a line at each read: every batch on the CPU
     with caplog.at_level(logging.INFO, logger="cxrnets.train"):
         assert main(tiny_cli_arguments(tiny_folder, tmp_path, "--epochs", "1")) == 0
-    progress = re.findall(r"epoch 1/1: (\d+)/(\d+) images trained \(\d+\.\d images/s\)", caplog.text)
+    progress = re.findall(r"epoch 1/1: (\d+)/(\d+) images trained \(\d+\.\d images/s(?:, ~\d+ s left)?\)",
+                          caplog.text)
     assert [int(done) for done, _ in progress][:2] == [4, 8] and len({total for _, total in progress}) == 1
+    assert re.search(r"epoch 1/1: 4/\d+ images trained \(\d+\.\d images/s, ~\d+ s left\)", caplog.text)
     out = capsys.readouterr().out
     assert re.search(r"^epoch 1/1  train loss .*\(training \d+\.\d s, \d+\.\d images/s; \d+\.\d s with "
                      r"validation\)$", out, re.MULTILINE), out
