@@ -259,7 +259,8 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
         quiet_tune(verbose)
         started_here = connect(address, num_cpus, trial_logs=verbose)
         try:
-            check_cluster(settings, joined=not runs_on_this_machine(address))
+            check_cluster(settings, joined=not runs_on_this_machine(address), run="confirm run",
+                          resume_command=resume_command)
             log.info(tensorboard_line(uri))
             started = time.perf_counter()
             with resumed_study(uri) if restore else contextlib.nullcontext():

@@ -402,10 +402,11 @@ def _paths_seen_by_nodes(node_ids: list[str], paths: list[str], timeout: float =
     return seen
 
 
-def no_node_fits(cpus: float, gpus: float, nodes: list[dict]) -> str | None:
+def no_node_fits(cpus: float, gpus: float, nodes: list[dict], run: str, resume_command: str) -> str | None:
     """What to say when none of a cluster's live `nodes` (ray.nodes()'s records) has the `cpus` and `gpus` of
     one trial, None when one has: Tune weighs a trial against the whole cluster's resources, and lets it wait
-    without a word for a node that holds it. Whether an autoscaler will add such a node, the driver cannot tell."""
+    without a word for a node that holds it. Whether an autoscaler will add such a node, the driver cannot tell.
+    `run`: what the command runs ("study", "confirm run"), which `resume_command` continues."""
     def has(node: dict, resource: str) -> float:
         return node["Resources"].get(resource, 0.0)
 
@@ -414,10 +415,11 @@ def no_node_fits(cpus: float, gpus: float, nodes: list[dict]) -> str | None:
     first, then = ("GPU", "CPU") if gpus > 0 else ("CPU", "GPU")
     largest = max(nodes, key=lambda node: (has(node, first), has(node, then)), default={"Resources": {}})
     if has(largest, "CPU") > 0:
-        fitting = [f"{flag} {has(largest, resource):g}{' or less' if has(largest, resource) > 0 else ''}"
-                   for flag, resource, asked in (("--cpus-per-trial", "CPU", cpus), ("--gpus-per-trial", "GPU", gpus))
-                   if has(largest, resource) < asked]
-        remedy = f"stop the study with Ctrl-C and resume it with {' and '.join(fitting)}"
+        asked = (("--cpus-per-trial", "CPU", cpus), ("--gpus-per-trial", "GPU", gpus))
+        lower = [(flag, has(largest, resource)) for flag, resource, wanted in asked if has(largest, resource) < wanted]
+        fitting = " and ".join(f"{flag} {value:g}{' or less' if value > 0 else ''}" for flag, value in lower)
+        flags = " ".join(f"{flag} {value:g}" for flag, value in lower)
+        remedy = f"stop the {run} with Ctrl-C and resume it with {fitting}:\n  {resume_command} {flags}"
     else:
         remedy = "add a node with CPUs (`ray start --address` on it)"
     return (f"no live node of the cluster can hold a trial (--cpus-per-trial {cpus:g}, --gpus-per-trial {gpus:g}): "
@@ -426,7 +428,8 @@ def no_node_fits(cpus: float, gpus: float, nodes: list[dict]) -> str | None:
             f"or nodes started by `ray start`) never will: there, {remedy}")
 
 
-def check_cluster(settings: StudySettings, joined: bool = False) -> None:
+def check_cluster(settings: StudySettings, joined: bool = False, run: str = "study",
+                  resume_command: str | None = None) -> None:
     """On a multi-node cluster, and on any cluster joined through Ray Client (ray://), every node must see the
     study's storage and the datasets.
 
@@ -434,10 +437,13 @@ def check_cluster(settings: StudySettings, joined: bool = False) -> None:
     by each trial it runs (see study.trainable). `joined`: the study joined a cluster rather than
     starting its own Ray, so nodes may join later, and a trial that no live node can hold is warned
     about rather than refused (check_local_resources refuses it on a Ray instance of the study's own).
+    `run` and `resume_command`: the run being started (the study, or its confirm run) and the command that
+    resumes it (by default the study's), which that warning names.
     """
     nodes = _alive_nodes()
     if joined:
-        unfit = no_node_fits(settings.cpus_per_trial, settings.gpus_per_trial, nodes)
+        resume_command = resume_command or f"python -m study.run --resume {quote(settings.study_uri)}"
+        unfit = no_node_fits(settings.cpus_per_trial, settings.gpus_per_trial, nodes, run, resume_command)
         if unfit:
             log.warning(unfit)
     local_storage = not storage.is_remote(settings.storage)
@@ -659,7 +665,7 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
         quiet_tune(verbose)
         started_here = connect(address, num_cpus, trial_logs=verbose)
         try:
-            check_cluster(settings, joined=not local)
+            check_cluster(settings, joined=not local, resume_command=resume_command)
             with resumed_study(settings.study_uri) if restore else contextlib.nullcontext():
                 tuner = build_tuner(settings, splits, restore, verbose)
                 for line in watch_commands(settings, running=True):

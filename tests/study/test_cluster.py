@@ -309,6 +309,10 @@ def node(cpus: float, gpus: float = 0.0) -> dict[str, Any]:
             "Resources": {"CPU": cpus, "memory": 8e9, **({"GPU": gpus} if gpus else {})}}
 
 
+STUDY_RESUME = "python -m study.run --resume s3://bucket/cxr-tune/grid"
+CONFIRM_RESUME = "python -m study.confirm s3://bucket/cxr-tune/grid --resume"
+
+
 @pytest.mark.parametrize(("cpus", "gpus", "nodes"), [
     (1, 0, [node(1), node(1)]),
     (2, 0, [node(1), node(4)]),
@@ -318,33 +322,44 @@ def node(cpus: float, gpus: float = 0.0) -> dict[str, Any]:
 def test_a_trial_that_some_live_node_can_hold_is_no_news(cpus, gpus, nodes):
     from study.driver import no_node_fits
 
-    assert no_node_fits(cpus, gpus, nodes) is None
+    assert no_node_fits(cpus, gpus, nodes, "study", STUDY_RESUME) is None
 
 
-@pytest.mark.parametrize(("cpus", "gpus", "nodes", "largest", "resume"), [
-    (2, 0, [node(1), node(1)], "1 CPU(s) and 0 GPU(s)", "--cpus-per-trial 1 or less"),
-    (1, 1, [node(1), node(1)], "1 CPU(s) and 0 GPU(s)", "--gpus-per-trial 0"),
-    (4, 1, [node(8), node(2, 1)], "2 CPU(s) and 1 GPU(s)", "--cpus-per-trial 2 or less"),
+@pytest.mark.parametrize(("cpus", "gpus", "nodes", "largest", "lower", "flags"), [
+    (2, 0, [node(1), node(1)], "1 CPU(s) and 0 GPU(s)", "--cpus-per-trial 1 or less", "--cpus-per-trial 1"),
+    (1, 1, [node(1), node(1)], "1 CPU(s) and 0 GPU(s)", "--gpus-per-trial 0", "--gpus-per-trial 0"),
+    (4, 1, [node(8), node(2, 1)], "2 CPU(s) and 1 GPU(s)", "--cpus-per-trial 2 or less", "--cpus-per-trial 2"),
     (4, 1, [node(2, 0.5), node(1)], "2 CPU(s) and 0.5 GPU(s)", "--cpus-per-trial 2 or less and --gpus-per-trial "
-                                                               "0.5 or less"),
+                                                               "0.5 or less", "--cpus-per-trial 2 --gpus-per-trial 0.5"),
 ])
-def test_a_trial_that_no_live_node_can_hold_is_warned_about_naming_the_largest(cpus, gpus, nodes, largest, resume):
+def test_a_trial_that_no_live_node_can_hold_is_warned_about_naming_the_largest(cpus, gpus, nodes, largest, lower,
+                                                                               flags):
     """Tune weighs a trial against the whole cluster: two 1-CPU nodes took --cpus-per-trial 2 and the study
     waited for ever, its status line saying only '2 to start'."""
     from study.driver import no_node_fits
 
-    said = no_node_fits(cpus, gpus, nodes)
+    said = no_node_fits(cpus, gpus, nodes, "study", STUDY_RESUME)
     assert said.startswith(f"no live node of the cluster can hold a trial (--cpus-per-trial {cpus:g}, "
                            f"--gpus-per-trial {gpus:g}): the largest has {largest}. ")
     assert "an autoscaling cluster (cluster.yaml) adds one" in said and "cluster-onprem.yaml" in said
-    assert said.endswith(f"stop the study with Ctrl-C and resume it with {resume}")
+    assert said.endswith(f"stop the study with Ctrl-C and resume it with {lower}:\n  {STUDY_RESUME} {flags}")
+
+
+def test_a_confirm_run_that_no_live_node_can_hold_says_to_resume_the_confirm_run():
+    """The warning spoke of 'the study' in a confirm run too, whose resume is study.confirm's, not study.run's."""
+    from study.driver import no_node_fits
+
+    said = no_node_fits(1, 1, [node(1), node(1)], "confirm run", CONFIRM_RESUME)
+    assert "study" not in said.replace(CONFIRM_RESUME, "")
+    assert said.endswith("stop the confirm run with Ctrl-C and resume it with --gpus-per-trial 0:\n"
+                         f"  {CONFIRM_RESUME} --gpus-per-trial 0")
 
 
 def test_a_cluster_of_nodes_without_cpus_is_warned_about_asking_for_a_node():
     """A head started with --num-cpus 0 alone (cluster.yaml's, before its first worker): no lower request fits."""
     from study.driver import no_node_fits
 
-    said = no_node_fits(1, 0.25, [node(0)])
+    said = no_node_fits(1, 0.25, [node(0)], "study", STUDY_RESUME)
     assert "the largest has 0 CPU(s) and 0 GPU(s)" in said and "--cpus-per-trial 0" not in said
     assert said.endswith("there, add a node with CPUs (`ray start --address` on it)")
 
@@ -363,6 +378,8 @@ def test_a_joined_cluster_too_small_for_a_trial_is_warned_about_once(monkeypatch
     assert len(warnings) == 1 and warnings[0].startswith("no live node of the cluster can hold a trial "
                                                          "(--cpus-per-trial 9, --gpus-per-trial 0): the largest "
                                                          "has 8 CPU(s) and 0 GPU(s)")
+    assert warnings[0].endswith(f"resume it with --cpus-per-trial 8 or less:\n  python -m study.run --resume "
+                                f"{settings.study_uri} --cpus-per-trial 8")
 
 
 def test_a_trial_refuses_a_node_that_joined_after_the_check(monkeypatch, tmp_path):
