@@ -202,8 +202,8 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
     A new confirm run of a study whose search is unfinished is refused unless `allow_unfinished`."""
     from cxrnets.models import fetch_imagenet_weights
     from study.driver import (check_cluster, check_cluster_reachable, check_local_resources, check_tune_state,
-                              connect, log_run_end, prepare_splits, quiet_tune, runs_on_this_machine, tune_interrupts,
-                              tune_state_saved)
+                              connect, log_run_end, prepare_splits, quiet_tune, resumable_start_up,
+                              runs_on_this_machine, tune_interrupts, tune_state_saved)
     from study.tensorboard import tensorboard_line
 
     import ray
@@ -257,10 +257,13 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
         if resume:
             forget_lost_trials(uri)  # trials that started after Tune's last snapshot: the resume does not know them
         quiet_tune(verbose)
-        started_here = connect(address, num_cpus, trial_logs=verbose)
+        started_here = False
         try:
-            check_cluster(settings, joined=not runs_on_this_machine(address), run="confirm run",
-                          resume_command=resume_command)
+            with contextlib.nullcontext() if resume else resumable_start_up(
+                    f"the confirm run's jobs are saved in {jobs_uri(settings.study_uri)}", resume_command):
+                started_here = connect(address, num_cpus, trial_logs=verbose)
+                check_cluster(settings, joined=not runs_on_this_machine(address), run="confirm run",
+                              resume_command=resume_command)
             log.info(tensorboard_line(uri))
             started = time.perf_counter()
             with resumed_study(uri) if restore else contextlib.nullcontext():

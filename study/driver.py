@@ -663,9 +663,12 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
         if not restore:
             write_experiment(settings)
         quiet_tune(verbose)
-        started_here = connect(address, num_cpus, trial_logs=verbose)
+        started_here = False
         try:
-            check_cluster(settings, joined=not local, resume_command=resume_command)
+            with contextlib.nullcontext() if resume else resumable_start_up(
+                    f"the study's settings and split are saved in {settings.study_uri}", resume_command):
+                started_here = connect(address, num_cpus, trial_logs=verbose)
+                check_cluster(settings, joined=not local, resume_command=resume_command)
             with resumed_study(settings.study_uri) if restore else contextlib.nullcontext():
                 tuner = build_tuner(settings, splits, restore, verbose)
                 for line in watch_commands(settings, running=True):
@@ -682,6 +685,18 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
             if started_here:
                 ray.shutdown()
         return results
+
+
+@contextlib.contextmanager
+def resumable_start_up(saved: str, resume_command: str) -> Iterator[None]:
+    """Around a new run's start-up after it saved what its resume starts from (`saved`: where a study's
+    settings and split, or a confirm run's jobs, lie): the command that started the run now refuses its folder,
+    so a CxrError there (a cluster it cannot join, a node without the data) also says what is saved and gives
+    `resume_command`, which starts the run once the cause is fixed (tune_state_saved is still False)."""
+    try:
+        yield
+    except CxrError as error:
+        raise CxrError(f"{error}\n{saved}: once the cause is fixed, start it with\n  {resume_command}") from error
 
 
 def tune_state_saved(run_uri: str) -> bool:

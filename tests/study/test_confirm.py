@@ -256,6 +256,34 @@ def test_a_confirm_run_stopped_in_its_start_up_is_started_by_resume(grid_study, 
     assert f"analysis:    python -m study.analyze {study}" in capsys.readouterr().out
 
 
+def test_a_new_confirm_run_whose_start_up_fails_says_the_resume_command_that_starts_it(grid_study, tmp_path,
+                                                                                       capsys, monkeypatch):
+    """Refused once jobs.json is saved (a cluster it cannot join, a node without the data): the same command
+    again is refused ('already holds a confirm run'), and the error did not give the command that starts it."""
+    import study.driver
+
+    refusal = "cannot reach the Ray cluster at ray://10.0.0.5:10001 (--address): Connection refused; check --address"
+
+    def refuse(*args, **kwargs):
+        raise CxrError(refusal)
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt  # stands for the run, which the test does not need
+
+    study_dir = linked_copy(grid_study, tmp_path / "grid")
+    monkeypatch.setattr(study.driver, "connect", refuse)
+    assert main([str(study_dir), "--seeds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(f"error: {refusal}\nthe confirm run's jobs are saved in {jobs_uri(str(study_dir))}: once the "
+                        f"cause is fixed, start it with\n  python -m study.confirm {study_dir} --resume\n"), err
+
+    monkeypatch.setattr(study.driver, "connect", interrupt)
+    assert main([str(study_dir), "--resume"]) == 130  # the printed command goes past the start-up it failed in
+    err = capsys.readouterr().err
+    assert "already holds a confirm run" not in err
+    assert err.endswith(f"continue the confirm run with\n  python -m study.confirm {study_dir} --resume\n"), err
+
+
 def _trial_of(path: Path) -> str:
     import pyarrow.parquet as pq
 

@@ -1353,6 +1353,42 @@ def test_a_study_stopped_before_its_trials_started_is_started_by_its_resume(stop
     assert list(read_trial_events(str(study_dir))["event"]) == ["completed"]
 
 
+@pytest.mark.parametrize("refused_by", ["connect", "check_cluster"])
+def test_a_new_study_whose_start_up_fails_says_the_resume_command_that_starts_it(refused_by, tmp_path, tiny_data,
+                                                                                 cache_dir, monkeypatch, capsys):
+    """Refused once study.json and the split are saved (a cluster it cannot join, a node without the data): the
+    same command again is refused ('already holds a study'), and the error did not say that --resume starts it."""
+    import study.driver
+    from study.driver import tune_state_saved
+
+    refusal = {"connect": "cannot reach the Ray cluster at ray://10.0.0.5:10001 (--address): Connection refused; "
+                          "check --address",
+               "check_cluster": f"node bbbbbbbb has no dataset at {tiny_data}: stage it there first"}[refused_by]
+
+    def refuse(*args, **kwargs):
+        raise CxrError(refusal)
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt  # stands for the run, which the test does not need
+
+    space = write_space(tmp_path / "one.yaml", GOOD_SPACE)
+    study_dir = tmp_path / "studies" / "refused"
+    with monkeypatch.context() as patched:
+        patched.setattr(study.driver, "connect", lambda *args, **kwargs: False)
+        patched.setattr(study.driver, refused_by, refuse)
+        assert main(study_argv(space, tmp_path / "studies", "refused", tiny_data, cache_dir, "--image-size", "32")) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(f"error: {refusal}\nthe study's settings and split are saved in {study_dir}: once the cause "
+                        f"is fixed, start it with\n  python -m study.run --resume {study_dir}\n"), err
+    assert (study_dir / "splits" / "folder.csv").is_file() and not tune_state_saved(str(study_dir))
+
+    monkeypatch.setattr(study.driver, "connect", interrupt)
+    assert main(["--resume", str(study_dir)]) == 130  # the printed command goes past the start-up it failed in
+    err = capsys.readouterr().err
+    assert "already holds a study" not in err
+    assert err.endswith(f"continue the study with\n  python -m study.run --resume {study_dir}\n"), err
+
+
 def failing_while(marker: Path, from_epoch: int = 1, once: bool = False):
     """study.trainable.TrialTrainable, raising from its epoch `from_epoch` + 1 on while `marker` exists (with
     `once`, removing it as it raises). A class made here is pickled by value into the Ray workers."""
