@@ -3,7 +3,14 @@
 `driver.lock` holds the driver's host, pid and that process's start time. A second driver on the same study
 (a `--resume` typed while the first still runs) is refused while that process lives; a lock whose process has
 ended (a SIGKILLed driver, a crashed machine) or lies on another host, which cannot be checked from here, is
-taken over, so that nothing ever blocks the resume of a killed study.
+taken over, so that nothing ever blocks the resume of a killed study. A new study's driver takes the lock
+before it writes anything in the folder, and is refused by any lock but a dead driver's of this host: another
+driver is starting a study under the same name.
+
+Where no lock is there, a local one is created atomically (storage.create_bytes): of two drivers at once, one
+alone gets it. In object storage, and where a lock is taken over, the driver writes its lock and reads it back,
+and goes on only if the lock it reads is its own: best effort, as two drivers in the same instant may both read
+their own.
 """
 
 from __future__ import annotations
@@ -51,26 +58,57 @@ def running_driver(holder: dict) -> bool:
 
 
 @contextlib.contextmanager
-def driver_lock(study_uri: str, resume_command: str) -> Iterator[None]:
-    """Hold the study's lock while the body runs; CxrError, naming the driver and `resume_command`, while
-    another driver runs the study on this host."""
+def driver_lock(study_uri: str, resume_command: str | None) -> Iterator[None]:
+    """Hold the study's lock while the body runs; CxrError, naming the driver that holds it, where another driver
+    runs the study. `resume_command`: the command that continues the study once that driver ends; None for a new
+    study, whose driver is refused by any lock but a dead driver's of this host (see the module's docstring)."""
     uri = lock_uri(study_uri)
-    try:
-        holder = storage.read_json(uri)
-    except (OSError, ValueError):  # none, or one cut short as it was written (its driver is gone)
-        holder = None
-    if isinstance(holder, dict) and running_driver(holder):
-        raise CxrError(f"{study_uri} is being run by another driver (pid {holder['pid']} on this host, named in "
-                       f"{uri}): wait for it to end, or stop it (Ctrl-C, or kill {holder['pid']}), then continue "
-                       f"with\n  {resume_command}")
-    if isinstance(holder, dict) and holder.get("host") not in (None, socket.gethostname()):
-        log.warning("%s names a driver on host %s (pid %s), which cannot be checked from here: taken over; if that "
-                    "driver still runs this study, stop one of the two", uri, holder.get("host"), holder.get("pid"))
     mine = this_driver()
-    storage.write_json(uri, mine)
+    if not storage.create_json(uri, mine):
+        take_over(study_uri, mine, resume_command)
     try:
         yield
     finally:
         with contextlib.suppress(OSError, ValueError):
             if storage.read_json(uri) == mine:
                 storage.delete(uri)
+
+
+def take_over(study_uri: str, mine: dict, resume_command: str | None) -> None:
+    """Take the lock that another driver left in the study folder, unless that driver runs (CxrError: see
+    driver_lock)."""
+    uri = lock_uri(study_uri)
+    holder = lock_holder(uri)
+    on_another_host = holder is not None and holder.get("host") not in (None, socket.gethostname())
+    if holder is not None and (running_driver(holder) or (on_another_host and resume_command is None)):
+        raise refusal(study_uri, holder, resume_command)
+    if on_another_host:
+        log.warning("%s names a driver on host %s (pid %s), which cannot be checked from here: taken over; if that "
+                    "driver still runs this study, stop one of the two", uri, holder.get("host"), holder.get("pid"))
+    storage.write_json(uri, mine)
+    holder = lock_holder(uri)
+    if holder != mine:  # another driver took it over at the same time
+        raise refusal(study_uri, holder or {}, resume_command)
+
+
+def lock_holder(uri: str) -> dict | None:
+    """The driver the lock at `uri` names; None for no lock, or one cut short as it was written (its driver is
+    gone)."""
+    try:
+        holder = storage.read_json(uri)
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def refusal(study_uri: str, holder: dict, resume_command: str | None) -> CxrError:
+    """The error of a driver refused the study's lock that `holder` holds."""
+    pid, host = holder.get("pid"), holder.get("host")
+    here = host == socket.gethostname()
+    named = f"pid {pid} on {'this host' if here else f'host {host}'}, named in {lock_uri(study_uri)}"
+    if resume_command is None:
+        return CxrError(f"another driver just started a study at {study_uri} ({named}); this one wrote nothing there: "
+                        "start it again under another --name")
+    stop = f"stop it (Ctrl-C, or kill {pid})" if here else "stop it"
+    return CxrError(f"{study_uri} is being run by another driver ({named}): wait for it to end, or {stop}, then "
+                    f"continue with\n  {resume_command}")

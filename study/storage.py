@@ -224,6 +224,34 @@ def write_bytes(uri: str, data: bytes) -> None:
         stream.write(data)
 
 
+def create_bytes(uri: str, data: bytes) -> bool:
+    """Write a file that is not there yet, creating its folder; False where one is there already.
+
+    Locally this is atomic: the file is written beside its place and hard-linked into it, which fails where
+    a file is there (so that of two writers at once, one alone gets True, and no reader sees half a file).
+    Object storage offers no such step here: the object is looked for, written, and read back, and True only if
+    what is read back is `data`; two writers in the same instant may both get True (best effort).
+    """
+    if not is_remote(uri):
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(uri).with_name(f"partial-{uuid.uuid4().hex[:12]}.tmp")  # as written_file names it
+        try:
+            partial.write_bytes(data)
+            os.link(partial, uri)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            partial.unlink(missing_ok=True)
+    if kind(uri) != "missing":
+        return False
+    write_bytes(uri, data)
+    try:
+        return read_bytes(uri) == data
+    except FileNotFoundError:
+        return False
+
+
 @contextmanager
 def written_file(uri: str) -> Iterator[Path]:
     """A local path to write a (large) file to; when the block ends, the file is at `uri`, complete.
@@ -264,6 +292,11 @@ def read_json(uri: str) -> Any:
 
 def write_json(uri: str, value: Any) -> None:
     write_text(uri, json.dumps(value, indent=2))
+
+
+def create_json(uri: str, value: Any) -> bool:
+    """As create_bytes: write a JSON file that is not there yet; False where one is there."""
+    return create_bytes(uri, json.dumps(value, indent=2).encode())
 
 
 def read_csv(uri: str, **options: Any) -> pd.DataFrame:

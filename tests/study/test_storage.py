@@ -6,6 +6,7 @@ must mean the same thing in both. About 10 s on 2 cores.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import uuid
@@ -213,6 +214,45 @@ def test_written_file_appears_complete_only_when_the_block_ends(root):
     assert storage.read_bytes(uri) == data and storage.size_of(uri) == len(data)
     assert [entry.name for entry in storage.listing(storage.join(root, "weights"))] == ["0a1b2c3d.pt"]
     assert not path.exists()  # the local staging file is gone
+
+
+def test_create_bytes_writes_only_a_file_not_there_yet(root):
+    """What a driver's lock is made with: of two drivers, the second finds the first's file and leaves it whole."""
+    uri = storage.join(root, "study", "driver.lock")
+    assert storage.create_bytes(uri, b"first")
+    assert not storage.create_bytes(uri, b"second")
+    assert storage.read_bytes(uri) == b"first"
+    assert [entry.name for entry in storage.listing(storage.join(root, "study"))] == ["driver.lock"]
+
+
+def test_create_bytes_locally_is_refused_a_file_that_appears_as_it_writes(tmp_path, monkeypatch):
+    """Two local writers at once: the one whose file lands second gets False, and the first's file stays whole."""
+    uri = str(tmp_path / "study" / "driver.lock")
+    real_link = os.link
+
+    def other_writer_first(source, target):
+        Path(target).write_bytes(b"other")
+        real_link(source, target)
+
+    monkeypatch.setattr(os, "link", other_writer_first)
+    assert not storage.create_bytes(uri, b"mine")
+    assert (tmp_path / "study" / "driver.lock").read_bytes() == b"other"
+    assert [path.name for path in (tmp_path / "study").iterdir()] == ["driver.lock"]
+
+
+def test_create_bytes_in_a_bucket_reads_back_what_it_wrote(s3_bucket, monkeypatch):
+    """Object storage cannot refuse an object that is there: another writer's object landing over this one's
+    before it is read back makes it False."""
+    uri = storage.join(s3_bucket, "study", "driver.lock")
+    real_write = storage.write_bytes
+
+    def overwritten_at_once(target, data):
+        real_write(target, data)
+        real_write(target, b"other")
+
+    monkeypatch.setattr(storage, "write_bytes", overwritten_at_once)
+    assert not storage.create_bytes(uri, b"mine")
+    assert storage.read_bytes(uri) == b"other"
 
 
 def test_written_file_leaves_nothing_when_the_block_raises(root):
