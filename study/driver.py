@@ -127,7 +127,8 @@ def check_local_resources(settings: StudySettings, cores: int | None = None,
 
 def prepare_splits(settings: StudySettings, resume: bool) -> dict[str, pd.DataFrame]:
     """Index and decode every dataset once, and make (or, resuming, reread) the study's split of each. A new
-    study writes its split files once every split is made: a dataset that fails leaves no study folder behind."""
+    study's splits are written by save_new_study, which run_study calls once it holds the study's lock: nothing
+    is written here."""
     # Every dataset indexed (its root and layout checked) before any is decoded, which may take long.
     indexes = {dataset: load_dataset(dataset, root, **settings.dataset_options.get(dataset, {}))
                for dataset, root in settings.data_roots.items()}
@@ -155,14 +156,22 @@ def prepare_splits(settings: StudySettings, resume: bool) -> dict[str, pd.DataFr
         splits[dataset] = split[SPLIT_COLUMNS]
         settings.baselines[dataset] = baseline
     if not resume:
-        for dataset, split in splits.items():
-            uri = split_uri(settings.study_uri, dataset)
-            storage.write_csv(uri, split)
-            settings.split_digests[dataset] = split_digest(read_split(uri))
         settings.splits_join_near_identical = True
         settings.splits_near_identical_bits = NEAR_IDENTICAL_BITS
         settings.splits_fingerprint_size = FINGERPRINT_SIZE
     return splits
+
+
+def save_new_study(settings: StudySettings, splits: dict[str, pd.DataFrame]) -> None:
+    """Write a new study's split files (`splits`, from prepare_splits), recording their digests, then its
+    study.json. Called while holding the study's lock (driver_lock): CxrError, writing nothing, if another driver
+    started a study in the folder since run_study first looked."""
+    refuse_existing_study(settings.study_uri, just_started=True)
+    for dataset, split in splits.items():
+        uri = split_uri(settings.study_uri, dataset)
+        storage.write_csv(uri, split)
+        settings.split_digests[dataset] = split_digest(read_split(uri))
+    save_settings(settings)
 
 
 def fetch_pretrained_weights(settings: StudySettings) -> None:
@@ -638,7 +647,7 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
     `resources_from_study_json`: see check_local_resources."""
     storage.check_writable(settings.study_uri, "--resume" if resume else "--storage")
     if not resume:
-        refuse_existing_study(settings.study_uri)  # before its split or anything else is written there
+        refuse_existing_study(settings.study_uri)  # at once, before the data is prepared (which may take long)
     restore = resume and tune_state_saved(settings.study_uri)
     if resume and not restore:
         log.info("%s was stopped before its trials started (it holds no snapshot of Tune's run): starting them now, "
@@ -651,7 +660,7 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
     fetch_pretrained_weights(settings)
     splits = prepare_splits(settings, resume)
     resume_command = f"python -m study.run --resume {quote(settings.study_uri)}"
-    with driver_lock(settings.study_uri, resume_command):  # the study folder exists from here
+    with driver_lock(settings.study_uri, resume_command if resume else None):  # the study folder exists from here
         if restore:
             check_tune_state(settings.study_uri, "study", start_over="start a new study", state_files=STUDY_STATE_FILES)
         if restore and settings.optuna_study:
@@ -659,7 +668,7 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
         if resume:
             forget_lost_trials(settings.study_uri)  # so that --keep and the analysis see only the trials it knows
         if not resume:
-            save_settings(settings)
+            save_new_study(settings, splits)
         if not restore:
             write_experiment(settings)
         quiet_tune(verbose)

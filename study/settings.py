@@ -343,10 +343,15 @@ def load_settings(study_dir: str, flag: str = "study directory") -> StudySetting
     return settings
 
 
-def refuse_existing_study(study_uri: str) -> None:
-    """CxrError if `study_uri` already holds a study: a new study never writes into another's folder."""
-    if storage.kind(settings_uri(study_uri)) != "missing":
-        raise CxrError(f"{study_uri} already holds a study: use --resume or another --name")
+def refuse_existing_study(study_uri: str, just_started: bool = False) -> None:
+    """CxrError if `study_uri` already holds a study: a new study never writes into another's folder.
+    `just_started`: a first look found none, so another driver started that study since (the same --name)."""
+    if storage.kind(settings_uri(study_uri)) == "missing":
+        return
+    if just_started:
+        raise CxrError(f"another driver just started a study at {study_uri}; this one wrote nothing there: start it "
+                       "again under another --name")
+    raise CxrError(f"{study_uri} already holds a study: use --resume or another --name")
 
 
 def save_settings(settings: StudySettings) -> None:

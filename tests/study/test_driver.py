@@ -8,15 +8,17 @@ layout (tests/conftest.py). The study end to end is tests/study/test_run.py's.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import pickle
+import socket
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from cxrnets.errors import CxrError
-from study.driver import fetch_pretrained_weights, prepare_splits
+from study.driver import fetch_pretrained_weights, prepare_splits, save_new_study
 from study.run import build_parser, settings_from_args
 from study.settings import StudySettings
 
@@ -136,7 +138,7 @@ def test_resume_on_data_with_an_image_cut_short_names_it_undecodable_and_offers_
     such (not as gone), with the sha1 the split recorded, and offers restoring it before a new study."""
     data = make_pneumonia_normal(per_class=8)
     settings = study_settings(tmp_path, "covid-pneumonia-normal", data)
-    prepare_splits(settings, resume=False)
+    save_new_study(settings, prepare_splits(settings, resume=False))
     image = data / "normal" / "normal-000.png"
     recorded = hashlib.sha1(image.read_bytes()).hexdigest()
     image.write_bytes(image.read_bytes()[:image.stat().st_size // 2])
@@ -146,6 +148,53 @@ def test_resume_on_data_with_an_image_cut_short_names_it_undecodable_and_offers_
         f"{settings.study_uri}/splits/covid-pneumonia-normal.csv: the dataset changed since this split was made (1 "
         f"image(s) no longer decode, the warning above says why: normal/normal-000.png (sha1 {recorded} in the "
         "split)); the split is part of the study: restore the original file(s), or start a new study for the new data")
+
+
+@pytest.mark.parametrize("other", ["running", "finished"])
+def test_a_new_study_that_loses_the_race_for_its_name_writes_nothing_in_the_winner_s_folder(
+        tmp_path: Path, make_pneumonia_normal, monkeypatch, other: str) -> None:
+    """Two new studies under the same --name (two batch jobs started in the same second, default name): the one
+    that took the folder second overwrote the first's split file before the lock refused it, and told its user to
+    --resume a study that was not theirs; the first study's analysis then refused the split as edited. Whether
+    the other driver still runs or has ended, the loser writes nothing there and is told to use another --name."""
+    import subprocess
+    import sys
+
+    import study.driver
+    from study.lock import LOCK_FILE, process_start
+
+    data = make_pneumonia_normal(per_class=8)
+    settings = study_settings(tmp_path, "covid-pneumonia-normal", data, "--seed", "1")
+    winner = study_settings(tmp_path, "covid-pneumonia-normal", data, "--seed", "2")
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    real_prepare_splits = study.driver.prepare_splits
+
+    def other_driver_starts_meanwhile(settings: StudySettings, resume: bool):
+        save_new_study(winner, real_prepare_splits(winner, resume=False))
+        if other == "running":
+            lock = {"host": socket.gethostname(), "pid": process.pid, "start": process_start(process.pid)}
+            (Path(winner.study_uri) / LOCK_FILE).write_text(json.dumps(lock))
+        return real_prepare_splits(settings, resume)
+
+    monkeypatch.setattr(study.driver, "prepare_splits", other_driver_starts_meanwhile)
+    monkeypatch.setattr(study.driver, "connect", lambda *args, **kwargs: pytest.fail("Ray started"))
+    folder = Path(settings.study_uri)
+    try:
+        with pytest.raises(CxrError) as refused:
+            study.driver.run_study(settings)
+        left = {path.relative_to(folder): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    finally:
+        process.kill()
+        process.wait()
+    assert str(refused.value).startswith(f"another driver just started a study at {folder}")
+    assert str(refused.value).endswith("this one wrote nothing there: start it again under another --name")
+    split = Path("splits") / "covid-pneumonia-normal.csv"
+    assert set(left) == {Path("study.json"), split} | ({Path(LOCK_FILE)} if other == "running" else set())
+    assert json.loads(left[Path("study.json")])["seed"] == 2
+    assert (left[split] ==
+            real_prepare_splits(winner, resume=False)["covid-pneumonia-normal"].to_csv(index=False).encode())
+    assert not real_prepare_splits(settings, resume=False)["covid-pneumonia-normal"].equals(
+        real_prepare_splits(winner, resume=False)["covid-pneumonia-normal"])  # the loser's split was another
 
 
 @pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "-v"])

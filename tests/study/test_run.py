@@ -469,13 +469,11 @@ def test_resume_of_a_study_whose_split_was_damaged(tmp_path, capsys, tiny_data, 
     """A resume must train on the split the study started with: a split file edited, or cut short (read with
     cxrnets.splits' checks), stops it before Ray, named."""
     import study.driver
-    from study.settings import save_settings
 
     space = write_space(tmp_path / "space.yaml", GOOD_SPACE)
     settings = settings_from_args(build_parser().parse_args(
         study_argv(space, tmp_path / "studies", "damaged", tiny_data, cache_dir, "--image-size", "32")))
-    study.driver.prepare_splits(settings, resume=False)
-    save_settings(settings)
+    study.driver.save_new_study(settings, study.driver.prepare_splits(settings, resume=False))
     path = Path(settings.study_uri) / "splits" / "folder.csv"
     damage(path)
     monkeypatch.setattr(study.driver, "connect", lambda *a, **k: pytest.fail("Ray started"))
@@ -491,7 +489,7 @@ def test_resume_of_a_study_in_a_bucket_whose_data_changed_names_the_split_object
     space = write_space(tmp_path / "space.yaml", GOOD_SPACE)
     settings = settings_from_args(build_parser().parse_args(
         study_argv(space, tmp_path, "changed", data, cache_dir, "--image-size", "32", "--storage", s3_bucket)))
-    study.driver.prepare_splits(settings, resume=False)
+    study.driver.save_new_study(settings, study.driver.prepare_splits(settings, resume=False))
     shutil.copy(data / "normal" / "normal-00.png", data / "normal" / "normal-extra.png")
     with pytest.raises(CxrError) as refused:
         study.driver.prepare_splits(settings, resume=True)
@@ -526,13 +524,11 @@ def test_resume_of_a_study_whose_optuna_storage_cannot_be_continued(tmp_path, ca
     """optuna.db holds what the searcher learned: the resume of a study that ran (Tune's state is there) without
     it, or with a corrupt file or another study's, stops before Ray, naming the file and what to do."""
     import study.driver
-    from study.settings import save_settings
 
     space = write_space(tmp_path / "space.yaml", GOOD_SPACE)
     settings = settings_from_args(build_parser().parse_args(
         study_argv(space, tmp_path / "studies", "no-optuna", tiny_data, cache_dir, "--image-size", "32")))
-    study.driver.prepare_splits(settings, resume=False)
-    save_settings(settings)
+    study.driver.save_new_study(settings, study.driver.prepare_splits(settings, resume=False))
     save_tune_state(settings.study_uri)
     optuna_file = Path(settings.study_uri) / "optuna.db"
     if damage == "corrupt":
@@ -586,15 +582,13 @@ def test_resume_of_a_study_whose_tune_state_cannot_be_read(tmp_path, capsys, tin
     at the first result. The resume stops before Ray, naming the file and what to do, and changes nothing. Older
     sessions' files, which Tune does not restore, do not matter."""
     import study.driver
-    from study.settings import save_settings
 
     space = write_space(tmp_path / "space.yaml", GOOD_SPACE)
     studies = request.getfixturevalue("s3_bucket") if where == "bucket" else str(tmp_path / "studies")
     settings = settings_from_args(build_parser().parse_args(
         study_argv(space, tmp_path / "studies", "damaged", tiny_data, cache_dir, "--image-size", "32",
                    "--storage", studies)))
-    study.driver.prepare_splits(settings, resume=False)
-    save_settings(settings)
+    study.driver.save_new_study(settings, study.driver.prepare_splits(settings, resume=False))
     optuna_file = tmp_path / "optuna.db"
     optuna.create_study(study_name=settings.optuna_study, storage=f"sqlite:///{optuna_file}")
     storage.write_bytes(storage.join(settings.study_uri, "optuna.db"), optuna_file.read_bytes())
