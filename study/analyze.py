@@ -129,6 +129,9 @@ def analyze(study_dir: str | Path, metric: str | None = None, split: str = "test
     from study.settings import parse_data_roots
     from study.tables import search_summary, trial_table, wall_seconds
 
+    if out is not None and storage.is_remote(str(out)):
+        raise CxrError(f"--out {out}: the report is written to a local folder, not to object storage; pass a local "
+                       "folder (and copy the report to the bucket afterwards if it should be there)")
     select_device(device)  # a --device this machine lacks stops here, not at every trial
     study = open_study(study_dir)
     if study.results.empty:

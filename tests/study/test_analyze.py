@@ -430,6 +430,17 @@ def test_a_report_folder_that_cannot_be_written_is_refused_before_evaluating(stu
     assert set((study_dir / "analyses").glob("*.json")) == looks
 
 
+def test_a_report_folder_in_object_storage_is_refused_as_typed(study_dir, capsys):
+    """--out s3://... was taken for a local path ('s3:/cxr/reports/x'), and refused as a folder it could not
+    write; the report goes to a local folder, and the error says so, naming the URI as typed."""
+    looks = set((study_dir / "analyses").glob("*.json"))
+    assert main([str(study_dir), "--out", "s3://cxr/reports/x"]) == 2
+    assert capsys.readouterr().err == ("error: --out s3://cxr/reports/x: the report is written to a local folder, not "
+                                       "to object storage; pass a local folder (and copy the report to the bucket "
+                                       "afterwards if it should be there)\n")
+    assert set((study_dir / "analyses").glob("*.json")) == looks
+
+
 def test_a_report_folder_of_files_the_analysis_did_not_write_is_refused_before_evaluating(study_dir, tmp_path,
                                                                                           capsys):
     """--out into a folder of one's own figures: refused, the figures kept, before any evaluation or look."""
