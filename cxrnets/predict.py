@@ -228,7 +228,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      description="Classify images with a trained model (no labels needed).")
     parser.add_argument("weights", help="a study's weights/<trial id>.pt or a checkpoint.pt of python -m "
                         "cxrnets.train, as a local file (python -m study.analyze leaves the copies of a bucket's "
-                        "that it evaluated in ~/.cache/cxr-tune/downloads/)")
+                        "that it evaluated in downloads/ of its image cache: --cache-dir, else the study's, else "
+                        "$CXR_TUNE_CACHE or ~/.cache/cxr-tune)")
     parser.add_argument("images", nargs="+", help="image files, or folders searched recursively for images")
     parser.add_argument("--out", default="predictions.csv", help="the CSV to write, which must not exist yet "
                         "(default: predictions.csv)")

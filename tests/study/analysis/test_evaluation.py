@@ -46,6 +46,21 @@ def test_prefetched_weights_arrive_whole_once_and_a_missing_one_fails_at_its_fet
     assert again.downloaded_bytes == 0
 
 
+def test_weights_are_downloaded_into_the_image_cache_the_readme_names(s3_bucket, tmp_path, monkeypatch):
+    """The README's order: downloads/ of the analysis's --cache-dir, else of the study's, else of
+    $CXR_TUNE_CACHE."""
+    uri = storage.join(s3_bucket, "weights", "t1.pt")
+    storage.write_bytes(uri, b"w" * 10)
+    monkeypatch.setenv("CXR_TUNE_CACHE", str(tmp_path / "env"))
+    for study_cache, analysis_cache, expected in ((None, None, tmp_path / "env"),
+                                                  (tmp_path / "study", None, tmp_path / "study"),
+                                                  (tmp_path / "study", tmp_path / "typed", tmp_path / "typed")):
+        settings = SimpleNamespace(data_roots={}, cache_dir=str(study_cache) if study_cache else None)
+        study = SimpleNamespace(settings=settings)
+        data = StudyData(study, cache_dir=str(analysis_cache) if analysis_cache else None)
+        assert data.fetch(uri).parent == expected / "downloads"
+
+
 def test_local_weights_are_not_copied(tmp_path):
     weights = tmp_path / "w.pt"
     weights.write_bytes(b"x" * 10)
