@@ -228,7 +228,8 @@ def create_bytes(uri: str, data: bytes) -> bool:
     """Write a file that is not there yet, creating its folder; False where one is there already.
 
     Locally this is atomic: the file is written beside its place and hard-linked into it, which fails where
-    a file is there (so that of two writers at once, one alone gets True, and no reader sees half a file).
+    a file is there (so that of two writers at once, one alone gets True, and no reader sees half a file; on a
+    filesystem without hard links, it is created exclusively and written in place).
     Object storage offers no such step here: the object is looked for, written, and read back, and True only if
     what is read back is `data`; two writers in the same instant may both get True (best effort).
     """
@@ -241,6 +242,13 @@ def create_bytes(uri: str, data: bytes) -> bool:
             return True
         except FileExistsError:
             return False
+        except OSError:  # a filesystem without hard links (some FUSE and SMB mounts): an exclusive create
+            try:
+                with open(uri, "xb") as file:
+                    file.write(data)
+            except FileExistsError:
+                return False
+            return True
         finally:
             partial.unlink(missing_ok=True)
     if kind(uri) != "missing":

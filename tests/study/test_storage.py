@@ -6,6 +6,7 @@ must mean the same thing in both. About 10 s on 2 cores.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import time
@@ -238,6 +239,20 @@ def test_create_bytes_locally_is_refused_a_file_that_appears_as_it_writes(tmp_pa
     assert not storage.create_bytes(uri, b"mine")
     assert (tmp_path / "study" / "driver.lock").read_bytes() == b"other"
     assert [path.name for path in (tmp_path / "study").iterdir()] == ["driver.lock"]
+
+
+def test_create_bytes_locally_on_a_filesystem_without_hard_links_creates_the_file_exclusively(tmp_path,
+                                                                                            monkeypatch):
+    """Some FUSE and SMB mounts refuse hard links (EPERM): a driver's lock is still taken there, once."""
+    uri = str(tmp_path / "study" / "driver.lock")
+
+    def no_hard_links(source, target):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_hard_links)
+    assert storage.create_bytes(uri, b"first")
+    assert not storage.create_bytes(uri, b"second")
+    assert [(path.name, path.read_bytes()) for path in (tmp_path / "study").iterdir()] == [("driver.lock", b"first")]
 
 
 def test_create_bytes_in_a_bucket_reads_back_what_it_wrote(s3_bucket, monkeypatch):
