@@ -133,9 +133,10 @@ class PromotingASHA(BestEpochASHA):
     `max_running`: at most this many trials train at once (--max-concurrent); waiting trials do not count,
     so they never hold a slot. PromotionGate asks `wants_new_trial` before the searcher proposes a trial.
 
-    `num_trials`: the study's trial budget, which bounds how many trials a rung can ever promote. A trial
-    ranked below that many at its rung can never go on (later arrivals only push it down): it ends at once
-    instead of waiting, with its full state, for the end of the study.
+    `num_trials`: the study's trial budget, which bounds how many trials can ever reach a rung, and so how
+    high a rank its promotions can reach down to: the top int(num_trials / reduction factor). A trial ranked
+    below that at its rung can never go on (later arrivals only push it down): it ends at once instead of
+    waiting, with its full state, for the end of the study.
 
     A resume restores the rungs from Tune's experiment snapshot (RungSnapshot), and the trials that waited
     there wait again: on_trial_add holds them (PAUSED), as it holds the restored trials beyond `max_running`
@@ -147,11 +148,12 @@ class PromotingASHA(BestEpochASHA):
     def __init__(self, max_running: int | None = None, num_trials: int | None = None, **asha_options: Any):
         super().__init__(**asha_options)
         self._max_running = max_running
-        self._most_promoted: dict[int, int] = {}  # rung -> the most trials it can ever promote
-        reaching = num_trials
-        for rung in self._rungs if num_trials else ():
-            # the top int(n / factor) of n, or its best at the end (_next_promotion); they reach the next rung
-            self._most_promoted[rung] = reaching = max(1, int(reaching / self._reduction_factor))
+        # rung -> a trial ranked below this many there is never promoted: the top int(n / factor) of the n that
+        # reached the rung (or its best at the end: _next_promotion), and no rung is reached by more than the
+        # study's trials. A later rung may be reached by more than its predecessor's top int(num_trials /
+        # factor): a trial promoted early, while few had arrived, stays promoted when later arrivals outrank it.
+        most = max(1, int(num_trials / self._reduction_factor)) if num_trials else None
+        self._most_promoted: dict[int, int] = {rung: most for rung in self._rungs} if most else {}
         self._ranked: dict[int, dict[str, float]] = {rung: {} for rung in self._rungs}  # rung -> trial -> score
         self._live: set[str] = set()        # trials added and not ended: running, pending or waiting
         self._waiting: dict[str, int] = {}  # paused (or pausing) trial -> the rung it waits at

@@ -12,6 +12,7 @@ import math
 import pickle
 from types import SimpleNamespace
 
+import pytest
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
@@ -348,16 +349,21 @@ def test_a_trial_that_can_no_longer_be_promoted_ends_instead_of_waiting():
     assert scheduler.choose_trial_to_run(controller) is a  # top 2 of 4
 
 
-def test_ending_the_trials_that_can_no_longer_be_promoted_changes_nothing_else_and_fewer_wait():
-    """On random curves, the trial budget known: every trial trains the same epochs, and fewer wait at once."""
+@pytest.mark.parametrize("reduction_factor, max_t", [(3, 9), (2, 8)])
+def test_ending_the_trials_that_can_no_longer_be_promoted_changes_nothing_else_and_fewer_wait(reduction_factor,
+                                                                                               max_t):
+    """On random curves, the trial budget known: every trial trains the same epochs, and fewer wait at once.
+    A later rung may be reached by more trials than the top 1/factor of the study's: trials promoted early at the
+    rung before, while few had arrived, go on when later arrivals outrank them. Bounding a later rung by the rung
+    before's top ended trials there that would have been promoted (4 of 50 studies of 10 trials, 4 epochs)."""
     import random
 
     rng = random.Random(0)
-    for _ in range(30):
-        curves = {str(n): [round(rng.random(), 1) for _ in range(9)] for n in range(rng.randint(1, 14))}
+    for _ in range(40):
+        curves = {str(n): [round(rng.random(), 2) for _ in range(max_t)] for n in range(rng.randint(1, 24))}
         trained, peaks = {}, {}
         for budget in (None, len(curves)):
-            scheduler = promoting(max_t=9, grace_period=1, reduction_factor=3, num_trials=budget)
+            scheduler = promoting(max_t=max_t, grace_period=1, reduction_factor=reduction_factor, num_trials=budget)
             waiting, peak = set(), [0]
             decide, remove = scheduler.on_trial_result, scheduler.on_trial_remove
 
@@ -377,8 +383,8 @@ def test_ending_the_trials_that_can_no_longer_be_promoted_changes_nothing_else_a
             trained[budget], peaks[budget] = one_at_a_time(scheduler, curves), peak[0]
         assert trained[None] == trained[len(curves)], curves
         assert peaks[len(curves)] <= peaks[None]
-        at_first_rung = max(1, len(curves) // 3)  # the rungs' top thirds, at most (rungs at epochs 1 and 3)
-        assert peaks[len(curves)] <= at_first_rung + max(1, at_first_rung // 3), curves
+        rungs = len(scheduler._rungs)  # at each rung, only the trials ranked in the study's top 1/factor wait
+        assert peaks[len(curves)] <= rungs * max(1, int(len(curves) / reduction_factor)), curves
 
 
 def test_a_stopping_scheduler_pickled_before_it_kept_its_rungs_still_judges_only_at_them():
