@@ -321,7 +321,8 @@ def warn_of_a_full_batch(run) -> None:
 
 class EpochProgress:
     """train_one_epoch's progress callback for the command line: a line every PROGRESS_SECONDS with the images
-    trained of the training split's, the images per second and the epoch's time left, so that a long epoch does not pass in silence."""
+    trained of the training split's, the images per second and the epoch's time left, so that a long epoch does
+    not pass in silence."""
 
     def __init__(self, epoch: int, epochs: int, train_images: int):
         self.epoch, self.epochs, self.train_images = epoch, epochs, train_images

@@ -743,8 +743,8 @@ def check_tune_state(run_uri: str, run: str, start_over: str, state_files: tuple
         uri = newest.get(state_file.prefix)
         if uri is None:
             raise CxrError(f"{run_uri} holds no {state_file.prefix}<session>{state_file.extension}: Tune saves one "
-                           f"with each snapshot of the {run}, and --resume restores {state_file.holds} from the newest; "
-                           f"{remedy}")
+                           f"with each snapshot of the {run}, and --resume restores {state_file.holds} from the "
+                           f"newest; {remedy}")
         check_pickle(uri, f"Tune saved it with a snapshot of the {run}, and --resume restores {state_file.holds} "
                           f"from it; {remedy}")
 

@@ -329,8 +329,8 @@ def test_a_trial_that_some_live_node_can_hold_is_no_news(cpus, gpus, nodes):
     (2, 0, [node(1), node(1)], "1 CPU(s) and 0 GPU(s)", "--cpus-per-trial 1 or less", "--cpus-per-trial 1"),
     (1, 1, [node(1), node(1)], "1 CPU(s) and 0 GPU(s)", "--gpus-per-trial 0", "--gpus-per-trial 0"),
     (4, 1, [node(8), node(2, 1)], "2 CPU(s) and 1 GPU(s)", "--cpus-per-trial 2 or less", "--cpus-per-trial 2"),
-    (4, 1, [node(2, 0.5), node(1)], "2 CPU(s) and 0.5 GPU(s)", "--cpus-per-trial 2 or less and --gpus-per-trial "
-                                                               "0.5 or less", "--cpus-per-trial 2 --gpus-per-trial 0.5"),
+    (4, 1, [node(2, 0.5), node(1)], "2 CPU(s) and 0.5 GPU(s)",
+     "--cpus-per-trial 2 or less and --gpus-per-trial 0.5 or less", "--cpus-per-trial 2 --gpus-per-trial 0.5"),
 ])
 def test_a_trial_that_no_live_node_can_hold_is_warned_about_naming_the_largest(cpus, gpus, nodes, largest, lower,
                                                                                flags):

@@ -133,8 +133,8 @@ BAD_INPUT = {
     "unknown dimension": (UNKNOWN_DIMENSION, [], r"search\.learning_rate: unknown dimension 'learning_rate'"),
     "impossible range": (IMPOSSIBLE_RANGE, [], r"search\.lr\.loguniform: low 0\.01 must be below high 0\.0001"),
     "alexnet at 32 px": ({**GOOD_SPACE, "model": {"choice": ["alexnet", "resnet50"]}}, ["--image-size", "32"],
-                         re.escape("--image-size: image_size 32 is too small for alexnet (needs at least 63 px); raise it "
-                                   "to 63 or more, or drop alexnet")),
+                         re.escape("--image-size: image_size 32 is too small for alexnet (needs at least 63 px); "
+                                   "raise it to 63 or more, or drop alexnet")),
     "GPU on a machine without one": pytest.param(GOOD_SPACE, ["--gpus-per-trial", "1"],
                                                  r"--gpus-per-trial 1 .*no CUDA GPU", marks=NO_GPU),
     "fraction of a GPU without one": pytest.param(GOOD_SPACE, ["--gpus-per-trial", "0.25"],
