@@ -244,13 +244,17 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
     for model in {job.model for job in jobs if job.config.get("pretrained")}:
         fetch_imagenet_weights(model)  # once here, not by each of its seeds' trials at once
     splits = prepare_splits(settings, resume=True)  # the study's own split, checked against the data
-    if not resume:
-        storage.write_json(jobs_uri(settings.study_uri), [asdict(job) for job in jobs])
     cells = len({(job.dataset, job.model) for job in jobs})
     log.info("confirm: %d configuration(s) x %d seed(s) = %d trials of %d epochs", cells, len(jobs) // max(cells, 1),
              len(jobs), settings.max_epochs)
     resume_command = f"python -m study.confirm {quote(study_dir)} --resume"
-    with driver_lock(uri, resume_command):
+    started_elsewhere = f"another driver just started a confirm run at {uri}"
+    wait = f"let that one run (if it stops, continue it with {resume_command})"
+    with driver_lock(uri, resume_command if resume else None, "a confirm run", wait):
+        if not resume:
+            if read_jobs(settings.study_uri) is not None:  # written since this driver first looked
+                raise CxrError(f"{started_elsewhere}; this one wrote nothing there: {wait}")
+            storage.write_json(jobs_uri(settings.study_uri), [asdict(job) for job in jobs])
         if restore:
             check_tune_state(uri, "confirm run", start_over=f"delete {uri} and start the confirm run again (--seeds)",
                              state_files=CONFIRM_STATE_FILES)

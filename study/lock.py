@@ -58,14 +58,17 @@ def running_driver(holder: dict) -> bool:
 
 
 @contextlib.contextmanager
-def driver_lock(study_uri: str, resume_command: str | None) -> Iterator[None]:
+def driver_lock(study_uri: str, resume_command: str | None, new_run: str = "a study",
+                new_remedy: str = "start it again under another --name") -> Iterator[None]:
     """Hold the study's lock while the body runs; CxrError, naming the driver that holds it, where another driver
     runs the study. `resume_command`: the command that continues the study once that driver ends; None for a new
-    study, whose driver is refused by any lock but a dead driver's of this host (see the module's docstring)."""
+    run (`new_run`: "a study", "a confirm run"), whose driver is refused by any lock but a dead driver's of this
+    host (see the module's docstring), with `new_remedy`."""
     uri = lock_uri(study_uri)
     mine = this_driver()
     if not storage.create_json(uri, mine):
-        take_over(study_uri, mine, resume_command)
+        take_over(study_uri, mine, resume_command, f"another driver just started {new_run} at {study_uri}",
+                  new_remedy)
     try:
         yield
     finally:
@@ -74,21 +77,21 @@ def driver_lock(study_uri: str, resume_command: str | None) -> Iterator[None]:
                 storage.delete(uri)
 
 
-def take_over(study_uri: str, mine: dict, resume_command: str | None) -> None:
+def take_over(study_uri: str, mine: dict, resume_command: str | None, started: str, new_remedy: str) -> None:
     """Take the lock that another driver left in the study folder, unless that driver runs (CxrError: see
-    driver_lock)."""
+    driver_lock, whose words for a new run's refusal `started` and `new_remedy` are)."""
     uri = lock_uri(study_uri)
     holder = lock_holder(uri)
     on_another_host = holder is not None and holder.get("host") not in (None, socket.gethostname())
     if holder is not None and (running_driver(holder) or (on_another_host and resume_command is None)):
-        raise refusal(study_uri, holder, resume_command)
+        raise refusal(study_uri, holder, resume_command, started, new_remedy)
     if on_another_host:
         log.warning("%s names a driver on host %s (pid %s), which cannot be checked from here: taken over; if that "
                     "driver still runs this study, stop one of the two", uri, holder.get("host"), holder.get("pid"))
     storage.write_json(uri, mine)
     holder = lock_holder(uri)
     if holder != mine:  # another driver took it over at the same time
-        raise refusal(study_uri, holder or {}, resume_command)
+        raise refusal(study_uri, holder or {}, resume_command, started, new_remedy)
 
 
 def lock_holder(uri: str) -> dict | None:
@@ -101,14 +104,13 @@ def lock_holder(uri: str) -> dict | None:
     return holder if isinstance(holder, dict) else None
 
 
-def refusal(study_uri: str, holder: dict, resume_command: str | None) -> CxrError:
+def refusal(study_uri: str, holder: dict, resume_command: str | None, started: str, new_remedy: str) -> CxrError:
     """The error of a driver refused the study's lock that `holder` holds."""
     pid, host = holder.get("pid"), holder.get("host")
     here = host == socket.gethostname()
     named = f"pid {pid} on {'this host' if here else f'host {host}'}, named in {lock_uri(study_uri)}"
     if resume_command is None:
-        return CxrError(f"another driver just started a study at {study_uri} ({named}); this one wrote nothing there: "
-                        "start it again under another --name")
+        return CxrError(f"{started} ({named}); this one wrote nothing there: {new_remedy}")
     stop = f"stop it (Ctrl-C, or kill {pid})" if here else "stop it"
     return CxrError(f"{study_uri} is being run by another driver ({named}): wait for it to end, or {stop}, then "
                     f"continue with\n  {resume_command}")

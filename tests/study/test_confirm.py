@@ -505,6 +505,47 @@ def test_a_confirm_resume_is_refused_while_another_driver_runs_the_confirm_run(c
         running.wait()
 
 
+@pytest.mark.parametrize("other", ["holds the lock", "wrote its jobs as this one prepared"])
+def test_a_new_confirm_run_started_beside_another_writes_nothing(grid_study, tmp_path, capsys, monkeypatch, other):
+    """Two `--seeds` typed at once: the second wrote its jobs.json over the first's, which the first's trials and
+    the analysis read. It is refused without writing, and told to let the other run."""
+    import subprocess
+    import sys
+
+    from study.lock import LOCK_FILE, process_start
+
+    copy = linked_copy(grid_study, tmp_path / "grid")
+    theirs = [asdict(job) for job in make_jobs(load_settings(str(copy)), read_results(str(copy)), 2)]  # 2 seeds
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # stands for the other driver
+    try:
+        if other == "holds the lock":
+            (copy / "confirm").mkdir()
+            (copy / "confirm" / LOCK_FILE).write_text(json.dumps({"host": os.uname().nodename, "pid": running.pid,
+                                                                  "start": process_start(running.pid)}))
+        else:
+            import study.driver
+
+            real_prepare_splits = study.driver.prepare_splits  # confirm imports it from the driver when it runs
+
+            def other_driver_writes_first(*args, **kwargs):
+                storage.write_json(jobs_uri(str(copy)), theirs)
+                return real_prepare_splits(*args, **kwargs)
+
+            monkeypatch.setattr(study.driver, "prepare_splits", other_driver_writes_first)
+        assert main([str(copy), "--seeds", "1"]) == 2
+    finally:
+        running.kill()
+        running.wait()
+    err = capsys.readouterr().err
+    assert f"another driver just started a confirm run at {copy / 'confirm'}" in err, err
+    assert err.rstrip().endswith(f"this one wrote nothing there: let that one run (if it stops, continue it with "
+                                 f"python -m study.confirm {copy} --resume)"), err
+    if other == "holds the lock":
+        assert sorted(path.name for path in (copy / "confirm").iterdir()) == [LOCK_FILE]
+    else:
+        assert json.loads(Path(jobs_uri(str(copy))).read_text()) == theirs
+
+
 def test_a_confirm_resume_deletes_the_full_state_and_weights_of_a_seed_run_tune_forgot(confirmed, tmp_path, caplog):
     """A seed run that started after the confirm run's last snapshot (the driver killed before the next one) is
     not in what its resume restores: its full state and weights would stay for good, beside the seed runs'."""
