@@ -228,6 +228,11 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
                            "started with; drop --seeds")
     else:
         if jobs is not None:
+            events = read_trial_events(uri)
+            if (events["event"] == "completed").sum() >= len(jobs):
+                raise CxrError(f"{uri} already holds a confirm run ({len(jobs)} trials), finished: the analysis "
+                               f"reports it (python -m study.analyze {quote(study_dir)}); delete that folder to "
+                               "start again")
             raise CxrError(f"{uri} already holds a confirm run ({len(jobs)} trials): continue it with --resume, or "
                            "delete that folder to start again")
         if not allow_unfinished:

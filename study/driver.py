@@ -1034,11 +1034,16 @@ def analysis_line(uri: str, search_finished: bool = True, allow_unfinished: bool
     """The command that analyses the study at `uri`; one in object storage needs a local --out for its report.
     Until its search is finished (`search_finished`), the analysis of the validation split alone, or, with
     `allow_unfinished` (after a confirm run of its best trials so far), of those trials on test too."""
+    from study.analyze import REPORT_DIRS
+
     command = f"python -m study.analyze {quote(uri)}"
-    if not search_finished:
-        command += " --allow-unfinished" if allow_unfinished else " --split val"
-    if storage.is_remote(uri):
-        command += f" --out {quote(storage.name_of(uri) + '-report')}"
+    split = "val" if not (search_finished or allow_unfinished) else "test"
+    if split == "val":
+        command += " --split val"
+    elif not search_finished:
+        command += " --allow-unfinished"
+    if storage.is_remote(uri):  # the report folder a local study's analysis of that split writes, here
+        command += f" --out {quote(storage.name_of(uri) + '-' + REPORT_DIRS[split])}"
     if search_finished:
         return f"analysis:    {command}"
     if allow_unfinished:

@@ -169,7 +169,7 @@ def replaced_words(out: Path, earlier: set[str], earlier_split: str | None, spli
     other_split = earlier_split is not None and earlier_split != split
     if not (gone or other_split):
         return None
-    text = (f"--out {out}: this report of the {split} split replaced the earlier report there"
+    text = (f"{out}: this report of the {split} split replaced the earlier report there"
             + (f", of the {earlier_split} split" if other_split else ""))
     if gone:
         shown = ", ".join(gone[:3]) + (f" and {len(gone) - 3} more" if len(gone) > 3 else "")

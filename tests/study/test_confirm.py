@@ -298,7 +298,8 @@ def test_bad_input(grid_study, confirmed, tmp_path, capsys):
     assert "--num-cpus 0: the local Ray instance needs at least 1 CPU" in capsys.readouterr().err
     assert storage.kind(confirm_uri(str(grid_study))) == "missing"  # nothing written
     assert main([str(confirmed), "--seeds", "2"]) == 2
-    assert "already holds a confirm run" in capsys.readouterr().err
+    assert (f"already holds a confirm run ({len(read_jobs(str(confirmed)))} trials), finished: the analysis reports "
+            f"it (python -m study.analyze {confirmed}); delete that folder") in capsys.readouterr().err
     assert main([str(grid_study), "--resume"]) == 2
     assert "no confirm run to resume" in capsys.readouterr().err
     assert main([str(confirmed), "--resume", "--seeds", "5"]) == 2

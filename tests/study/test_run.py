@@ -1957,6 +1957,18 @@ def test_an_unfinished_studys_analysis_command_names_the_option_it_needs():
         "  python -m study.analyze /s/demo --allow-unfinished")
 
 
+def test_a_bucket_studys_validation_and_test_analyses_go_to_two_report_folders():
+    """As a local study's do (report/, report-val/): the validation look printed while the search runs wrote
+    into the folder the test analysis printed at its end names, and the later one replaced the earlier."""
+    from study.driver import analysis_line
+
+    assert analysis_line("s3://b/s/demo", search_finished=False).endswith(
+        "\n  python -m study.analyze s3://b/s/demo --split val --out demo-report-val")
+    assert analysis_line("s3://b/s/demo").endswith("python -m study.analyze s3://b/s/demo --out demo-report")
+    assert analysis_line("s3://b/s/demo", search_finished=False, allow_unfinished=True).endswith(
+        "python -m study.analyze s3://b/s/demo --allow-unfinished --out demo-report")
+
+
 def test_printed_commands_quote_a_study_path_with_a_space(tmp_path):
     """What the study prints to copy into a shell survives a folder name with a space."""
     from study.driver import watch_commands

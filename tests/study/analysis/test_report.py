@@ -172,7 +172,7 @@ def test_a_report_that_replaces_another_split_s_or_deletes_its_files_says_so(tmp
     (record,) = caplog.records
     assert record.levelname == "WARNING"
     assert record.getMessage() == (
-        f"--out {tmp_path}: this report of the val split replaced the earlier report there, of the test split, and "
+        f"{tmp_path}: this report of the val split replaced the earlier report there, of the test split, and "
         "deleted 7 of its files that it does not write again (tables/comparison_f1_macro.parquet, "
         "tables/per_class_d_model0.csv, tables/per_class_d_model0.parquet and 4 more); to keep a report, give the "
         "next analysis another --out")
@@ -180,7 +180,7 @@ def test_a_report_that_replaces_another_split_s_or_deletes_its_files_says_so(tmp
     with caplog.at_level("WARNING", logger="study.analyze"):
         _written(tmp_path, "comparison_f1_macro", split="test", formats=("csv",))  # a whole report of the other split
     assert [record.getMessage() for record in caplog.records] == [
-        f"--out {tmp_path}: this report of the test split replaced the earlier report there, of the val split; to "
+        f"{tmp_path}: this report of the test split replaced the earlier report there, of the val split; to "
         "keep a report, give the next analysis another --out"]
 
 
