@@ -16,6 +16,7 @@ study to `study.driver`, which runs it.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 import time
@@ -303,6 +304,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\ninterrupted; continue the study with\n  python -m study.run --resume {quote(settings.study_uri)}",
                   file=sys.stderr)
         return 130  # as a shell reports a command stopped by Ctrl-C
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # Tune stops at the first file it cannot write (often its own, in a staging folder under /tmp/ray)
+        print(f"error: {error.filename or 'a file'}: {error.strerror}: the study stopped there; what its trials "
+              "reported is kept. Free space there (a study's folder holds a full state per running trial and each "
+              "kept trial's weights: see --keep)", file=sys.stderr, end="")
+        if settings is not None and storage.kind(settings_uri(settings.study_uri)) == "file":
+            print(f", then continue it with\n  python -m study.run --resume {quote(settings.study_uri)}",
+                  file=sys.stderr)
+        else:
+            print(", then start it again", file=sys.stderr)
+        return 1
     return print_run_end(settings, grid)
 
 

@@ -1922,6 +1922,32 @@ def test_a_second_ctrl_c_says_whether_there_is_a_study_to_resume(tmp_path, capsy
         assert err.endswith("interrupted before the study started: nothing to continue\n"), err
 
 
+@pytest.mark.parametrize("settings_saved", [False, True])
+def test_a_full_disk_stops_the_study_with_what_to_do_not_a_traceback(tmp_path, capsys, tiny_data, cache_dir,
+                                                                     monkeypatch, settings_saved):
+    """Tune stops at the first file it cannot write (here its searcher's state, under /tmp/ray, when a bench run
+    filled the disk): that ended in Tune's traceback. The command names the file, says nothing reported is lost
+    and what to do, and exits 1."""
+    import errno
+
+    import study.driver
+    from study.settings import save_settings
+
+    def disk_full(settings, **kwargs):
+        if settings_saved:
+            save_settings(settings)
+        raise OSError(errno.ENOSPC, "No space left on device", "/tmp/ray/staging/searcher-state-x.pkl")
+
+    monkeypatch.setattr(study.driver, "run_study", disk_full)
+    space = write_space(tmp_path / "space.yaml", GOOD_SPACE)
+    assert main(study_argv(space, tmp_path / "studies", "full", tiny_data, cache_dir, "--image-size", "32")) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: /tmp/ray/staging/searcher-state-x.pkl: No space left on device: the study stopped "
+                          "there; what its trials reported is kept. Free space there"), err
+    assert err.endswith(f", then continue it with\n  python -m study.run --resume {tmp_path / 'studies' / 'full'}\n"
+                        if settings_saved else ", then start it again\n"), err
+
+
 @pytest.mark.parametrize("storage_uri, reader", [("s3://bucket/studies", "boto3"), ("gs://bucket/studies", "gcsfs"),
                                                  ("/tmp/studies", None)])
 def test_the_tensorboard_line_names_the_package_tensorboard_needs_for_a_bucket(storage_uri, reader, monkeypatch):
