@@ -40,12 +40,13 @@ def test_a_second_driver_is_refused_while_the_first_runs(tmp_path, other_driver)
             pass
 
 
-def test_the_lock_of_a_killed_driver_is_taken_over_and_given_back(tmp_path, other_driver):
+@pytest.mark.parametrize("resume_command", [RESUME, None], ids=["a resume", "a new study"])
+def test_the_lock_of_a_killed_driver_is_taken_over_and_given_back(tmp_path, other_driver, resume_command):
     pid, start = other_driver.pid, process_start(other_driver.pid)
     other_driver.kill()
     other_driver.wait()
     write_lock(tmp_path, host=socket.gethostname(), pid=pid, start=start)
-    with driver_lock(str(tmp_path), RESUME):
+    with driver_lock(str(tmp_path), resume_command):
         assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] != pid
     assert not (tmp_path / LOCK_FILE).exists()
 
@@ -80,16 +81,6 @@ def test_a_new_study_is_refused_where_another_driver_is_starting_one(tmp_path, o
                                   f"named in {tmp_path / LOCK_FILE}); "
                                   "this one wrote nothing there: start it again under another --name")
     assert (tmp_path / LOCK_FILE).read_bytes() == lock
-
-
-def test_a_new_study_takes_over_the_lock_of_a_killed_driver(tmp_path, other_driver):
-    pid, start = other_driver.pid, process_start(other_driver.pid)
-    other_driver.kill()
-    other_driver.wait()
-    write_lock(tmp_path, host=socket.gethostname(), pid=pid, start=start)
-    with driver_lock(str(tmp_path), None):
-        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] != pid
-    assert not (tmp_path / LOCK_FILE).exists()
 
 
 def test_of_two_drivers_locking_at_once_the_second_is_refused(tmp_path, other_driver, monkeypatch):
