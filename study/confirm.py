@@ -34,7 +34,7 @@ from cxrnets.errors import CxrError
 from study import storage
 from study.checkpoints import TuneStateFile, WeightsKeeper, forget_lost_trials
 from study.results import ResultsTable, read_results, read_trial_events, unfinished_search
-from study.lock import driver_lock
+from study.lock import driver_lock, started_elsewhere
 from study.settings import StudySettings, check_setting_rules, load_settings, relocate, resumed_study
 from study.space import config_name
 from study.tables import best_trials, diverged_cells
@@ -253,12 +253,11 @@ def run_confirm(study_dir: str, seeds: int | None = None, resume: bool = False, 
     log.info("confirm: %d configuration(s) x %d seed(s) = %d trials of %d epochs", cells, len(jobs) // max(cells, 1),
              len(jobs), settings.max_epochs)
     resume_command = f"python -m study.confirm {quote(study_dir)} --resume"
-    started_elsewhere = f"another driver just started a confirm run at {uri}"
     wait = f"let that one run (if it stops, continue it with {resume_command})"
     with driver_lock(uri, resume_command if resume else None, "a confirm run", wait):
         if not resume:
             if read_jobs(settings.study_uri) is not None:  # written since this driver first looked
-                raise CxrError(f"{started_elsewhere}; this one wrote nothing there: {wait}")
+                raise started_elsewhere(uri, "a confirm run", wait)
             storage.write_json(jobs_uri(settings.study_uri), [asdict(job) for job in jobs])
         if restore:
             check_tune_state(uri, "confirm run", start_over=f"delete {uri} and start the confirm run again (--seeds)",

@@ -57,9 +57,20 @@ def running_driver(holder: dict) -> bool:
     return start is not None and start == holder.get("start")
 
 
+NEW_STUDY_REMEDY = "start it again under another --name"  # for a new study whose folder another driver took
+
+
+def started_elsewhere(run_uri: str, new_run: str, remedy: str, holder: str = "") -> CxrError:
+    """The error of a driver that finds another driver starting `new_run` ("a study", "a confirm run") at
+    `run_uri` before it wrote anything there; `holder`: that driver, as its lock names it; `remedy`: what to do."""
+    named = f" ({holder})" if holder else ""
+    return CxrError(f"another driver just started {new_run} at {run_uri}{named}; this one wrote nothing there: "
+                    f"{remedy}")
+
+
 @contextlib.contextmanager
 def driver_lock(study_uri: str, resume_command: str | None, new_run: str = "a study",
-                new_remedy: str = "start it again under another --name") -> Iterator[None]:
+                new_remedy: str = NEW_STUDY_REMEDY) -> Iterator[None]:
     """Hold the study's lock while the body runs; CxrError, naming the driver that holds it, where another driver
     runs the study. `resume_command`: the command that continues the study once that driver ends; None for a new
     run (`new_run`: "a study", "a confirm run"), whose driver is refused by any lock but a dead driver's of this
@@ -67,8 +78,7 @@ def driver_lock(study_uri: str, resume_command: str | None, new_run: str = "a st
     uri = lock_uri(study_uri)
     mine = this_driver()
     if not storage.create_json(uri, mine):
-        take_over(study_uri, mine, resume_command, f"another driver just started {new_run} at {study_uri}",
-                  new_remedy)
+        take_over(study_uri, mine, resume_command, new_run, new_remedy)
     try:
         yield
     finally:
@@ -77,21 +87,21 @@ def driver_lock(study_uri: str, resume_command: str | None, new_run: str = "a st
                 storage.delete(uri)
 
 
-def take_over(study_uri: str, mine: dict, resume_command: str | None, started: str, new_remedy: str) -> None:
+def take_over(study_uri: str, mine: dict, resume_command: str | None, new_run: str, new_remedy: str) -> None:
     """Take the lock that another driver left in the study folder, unless that driver runs (CxrError: see
-    driver_lock, whose words for a new run's refusal `started` and `new_remedy` are)."""
+    driver_lock, as are `new_run` and `new_remedy`)."""
     uri = lock_uri(study_uri)
     holder = lock_holder(uri)
     on_another_host = holder is not None and holder.get("host") not in (None, socket.gethostname())
     if holder is not None and (running_driver(holder) or (on_another_host and resume_command is None)):
-        raise refusal(study_uri, holder, resume_command, started, new_remedy)
+        raise refusal(study_uri, holder, resume_command, new_run, new_remedy)
     if on_another_host:
         log.warning("%s names a driver on host %s (pid %s), which cannot be checked from here: taken over; if that "
                     "driver still runs this study, stop one of the two", uri, holder.get("host"), holder.get("pid"))
     storage.write_json(uri, mine)
     holder = lock_holder(uri)
     if holder != mine:  # another driver took it over at the same time
-        raise refusal(study_uri, holder or {}, resume_command, started, new_remedy)
+        raise refusal(study_uri, holder or {}, resume_command, new_run, new_remedy)
 
 
 def lock_holder(uri: str) -> dict | None:
@@ -104,13 +114,13 @@ def lock_holder(uri: str) -> dict | None:
     return holder if isinstance(holder, dict) else None
 
 
-def refusal(study_uri: str, holder: dict, resume_command: str | None, started: str, new_remedy: str) -> CxrError:
+def refusal(study_uri: str, holder: dict, resume_command: str | None, new_run: str, new_remedy: str) -> CxrError:
     """The error of a driver refused the study's lock that `holder` holds."""
     pid, host = holder.get("pid"), holder.get("host")
     here = host == socket.gethostname()
     named = f"pid {pid} on {'this host' if here else f'host {host}'}, named in {lock_uri(study_uri)}"
     if resume_command is None:
-        return CxrError(f"{started} ({named}); this one wrote nothing there: {new_remedy}")
+        return started_elsewhere(study_uri, new_run, new_remedy, named)
     stop = f"stop it (Ctrl-C, or kill {pid})" if here else "stop it"
     return CxrError(f"{study_uri} is being run by another driver ({named}): wait for it to end, or {stop}, then "
                     f"continue with\n  {resume_command}")

@@ -25,6 +25,7 @@ from cxrnets.data import DATASET_NAMES, MULTILABEL_DATASETS
 from cxrnets.errors import CxrError
 from cxrnets.fingerprints import EARLIER_NEAR_IDENTICAL_BITS
 from study import storage
+from study.lock import NEW_STUDY_REMEDY, started_elsewhere
 from study.space import SearchSpace, parse_space
 
 SETTINGS_FILE = "study.json"
@@ -349,8 +350,7 @@ def refuse_existing_study(study_uri: str, just_started: bool = False) -> None:
     if storage.kind(settings_uri(study_uri)) == "missing":
         return
     if just_started:
-        raise CxrError(f"another driver just started a study at {study_uri}; this one wrote nothing there: start it "
-                       "again under another --name")
+        raise started_elsewhere(study_uri, "a study", NEW_STUDY_REMEDY)
     raise CxrError(f"{study_uri} already holds a study: use --resume or another --name")
 
 
