@@ -9,12 +9,11 @@ PROGRESS_SECONDS = 30.0  # at most this long between two progress lines
 def speed_and_time_left(done: int, total: int, seconds: float) -> str:
     """"N images/s, ~T left" for `done` of `total` images in `seconds`: the time left at the speed so far."""
     speed = done / max(seconds, 1e-9)
-    left = (total - done) / speed if speed > 0 else float("inf")
     if done >= total:
         return f"{speed:.1f} images/s"
-    if left == float("inf"):
+    if speed == 0:
         return f"{speed:.1f} images/s, time left unknown"
-    return f"{speed:.1f} images/s, ~{duration(left)} left"
+    return f"{speed:.1f} images/s, ~{duration((total - done) / speed)} left"
 
 
 def duration(seconds: float) -> str:
